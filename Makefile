@@ -1,0 +1,47 @@
+# The two commands: `make demo` (runs the quickstart on the embedded default, no server)
+# and `make test` (installs everything, runs the quality gates and the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A newer interpreter to run the suite on too, when the machine has one (pyenv).
+NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
+
+.PHONY: install demo test lint typecheck pytest test-newer bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) examples/quickstart_demo.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy --strict src
+
+pytest: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest test-newer
+
+# Runs the suite again on the newer interpreter, when there is one.
+test-newer:
+ifneq ($(NEWER_PYTHON),)
+	$(MAKE) pytest PYTHON=$(NEWER_PYTHON) VENV=.venv-newer PYTEST_ARGS="$(PYTEST_ARGS)"
+else
+	@echo "no newer Python found: ran the suite on $$($(PY) --version) only"
+endif
+
+bench: install
+	$(PY) -m pip install --quiet -e '.[all,dev,bench]'
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .venv-newer .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,56 @@
+"""pydantic-toast: Pydantic models whose data lives in external storage.
+
+``model_dump()`` stores the model and returns a small reference; ``model_validate()`` takes
+the reference and loads the model back (the claim-check pattern)::
+
+    from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+    class Order(ExternalBaseModel):
+        product: str
+        quantity: int
+        model_config = ExternalConfigDict(storage="sqlite:///shop.db")
+
+    reference = Order(product="tea", quantity=2).model_dump()
+    order = Order.model_validate(reference)
+"""
+
+from pydantic_toast._config import ExternalConfigDict
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    RecordNotFoundError,
+    StorageConfigurationError,
+    StorageConnectionError,
+    StorageSchemaError,
+    StorageUsageError,
+    StorageValidationError,
+)
+from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._reference import ExternalReference
+from pydantic_toast._trees import adump, avalidate, dump, validate
+from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.registry import register_backend
+from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
+
+__all__ = [
+    "ExternalBaseModel",
+    "ExternalConfigDict",
+    "ExternalReference",
+    "ExternalStorageError",
+    "RecordKey",
+    "RecordNotFoundError",
+    "StorageBackend",
+    "StorageConfigurationError",
+    "StorageConnectionError",
+    "StorageSchemaError",
+    "StorageUsageError",
+    "StorageValidationError",
+    "StoredRecord",
+    "aclose_storage",
+    "adump",
+    "avalidate",
+    "close_storage",
+    "dump",
+    "register_backend",
+    "validate",
+]

@@ -1,0 +1,159 @@
+"""Saving: turning a tree of external models into records and writing them in one batch.
+
+A dump walks the tree through Pydantic's own serializer. Each external model met on the way
+becomes a :class:`StoredRecord` in the active :class:`SaveBatch` and is replaced by its
+reference. The outermost dump then writes the batch, one ``save_records`` call per store, and
+returns only once that write has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, TypeAdapter
+
+from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._reference import ExternalReference
+from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast.runtime.loops import run_sync
+
+if TYPE_CHECKING:
+    from pydantic_toast._model import ExternalBaseModel
+
+__all__ = [
+    "Identity",
+    "SaveBatch",
+    "collecting",
+    "dump_value",
+    "identity_of",
+    "is_serializing",
+    "store",
+]
+
+T = TypeVar("T")
+
+_active_batch: ContextVar[SaveBatch | None] = ContextVar("pydantic_toast_batch", default=None)
+# The instance whose own fields are being serialized right now: its serializer must hand back
+# the full data instead of storing it again (compared by identity, so nested external models
+# are still stored on their own).
+_serializing: ContextVar[object] = ContextVar("pydantic_toast_serializing", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The record an instance is stored as: its id and when that record was created."""
+
+    id: UUID
+    created_at: datetime
+
+
+def identity_of(model: ExternalBaseModel) -> Identity | None:
+    """The instance's stored identity, or ``None`` before its first dump."""
+    identity: Identity | None = getattr(model, "_toast_identity", None)
+    return identity
+
+
+def is_serializing(model: ExternalBaseModel) -> bool:
+    """Whether ``model``'s own fields are being serialized (for its stored data)."""
+    return _serializing.get() is model
+
+
+class SaveBatch:
+    """The records collected during one dump, grouped by storage URL."""
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[RecordKey, StoredRecord]] = {}
+
+    def collect(self, model: ExternalBaseModel) -> ExternalReference:
+        """Serialize ``model``'s fields into a record of this batch and return its reference."""
+        settings = type(model).__toast_settings__
+        if settings is None:
+            raise StorageConfigurationError(
+                f"{type(model).__qualname__} is abstract (__abstract__ = True) and has no "
+                "storage of its own: dump an instance of a concrete subclass"
+            )
+        now = datetime.now(UTC)
+        identity = identity_of(model)
+        if identity is None:
+            identity = Identity(uuid4(), now)
+            object.__setattr__(model, "_toast_identity", identity)
+        token = _serializing.set(model)
+        try:
+            data = type(model).__pydantic_serializer__.to_json(model, by_alias=False)
+        finally:
+            _serializing.reset(token)
+        record = StoredRecord(
+            class_name=settings.external_name,
+            id=identity.id,
+            data=data,
+            schema_version=settings.schema_version,
+            created_at=identity.created_at,
+            updated_at=now,
+            ttl=settings.ttl,
+        )
+        self.records.setdefault(settings.url(), {})[record.key] = record
+        return ExternalReference(settings.external_name, identity.id)
+
+    async def write(self) -> None:
+        """Write every collected record: one ``save_records`` call per store, concurrently."""
+        if len(self.records) == 1:
+            ((url, records),) = self.records.items()
+            await _write(url, list(records.values()))
+            return
+        await asyncio.gather(
+            *(_write(url, list(records.values())) for url, records in self.records.items())
+        )
+
+
+async def _write(url: str, records: list[StoredRecord]) -> None:
+    backend = await backend_for(url)
+    await backend.save_records(records)
+
+
+def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:
+    """Run ``dump()`` with a fresh batch active; external models met are collected, not written."""
+    batch = SaveBatch()
+    token = _active_batch.set(batch)
+    try:
+        result = dump()
+    finally:
+        _active_batch.reset(token)
+    return result, batch
+
+
+def store(model: ExternalBaseModel) -> ExternalReference:
+    """Store ``model`` and the external models inside it; the sync path behind ``model_dump``.
+
+    Inside a dump that is already collecting, the model only joins that dump's batch.
+    """
+    batch = _active_batch.get()
+    if batch is not None:
+        return batch.collect(model)
+    reference, batch = collecting(lambda: _collect_into_active(model))
+    run_sync(batch.write)
+    return reference
+
+
+def _collect_into_active(model: ExternalBaseModel) -> ExternalReference:
+    batch = _active_batch.get()
+    assert batch is not None
+    return batch.collect(model)
+
+
+def dump_value(value: Any, mode: Literal["python", "json"]) -> Any:
+    """``value`` serialized by Pydantic, external models inside it becoming references."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode=mode)
+    return _ANY.dump_python(value, mode=mode)
+
+
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)

@@ -1,0 +1,121 @@
+"""The storage backend interface every store implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from uuid import UUID
+
+from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._url import StorageURL, mask_url
+
+__all__ = ["REQUIRED_METHODS", "StorageBackend"]
+
+REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
+
+
+class StorageBackend(ABC):
+    """A store for model records, reached through a URL scheme.
+
+    An implementation needs four coroutine methods: :meth:`connect`, :meth:`disconnect`,
+    :meth:`save` and :meth:`load`. ``save`` receives a JSON-compatible document
+    (``{"schema_version", "created_at", "updated_at", "data": {fields}}``) and ``load`` must
+    give the same document back, or ``None`` when there is none::
+
+        class FileBackend(StorageBackend):
+            async def connect(self) -> None: ...
+            async def disconnect(self) -> None: ...
+            async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None: ...
+            async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None: ...
+
+        register_backend("file", FileBackend)
+
+    The library makes one instance per URL and event loop, calls ``connect`` once before first
+    use and ``disconnect`` when storage is closed. The other methods are optional
+    capabilities with working defaults: the batch methods :meth:`save_records` and
+    :meth:`load_records` loop over ``save`` and ``load`` (override them to use one round trip),
+    and :meth:`delete`, :meth:`list_ids` and :meth:`count` raise
+    :class:`~pydantic_toast.StorageUsageError` until implemented.
+
+    Attributes:
+        url: The storage URL exactly as configured (use ``repr`` or :func:`mask_url` in
+            messages, never ``url`` itself: it may hold a password).
+    """
+
+    supports_ttl: ClassVar[bool] = False
+    """Whether the backend honours :attr:`StoredRecord.ttl` (models may only set ``ttl`` then)."""
+
+    def __init__(self, url: str) -> None:
+        """Remember the URL; open nothing yet (that is :meth:`connect`'s job)."""
+        self.url = url
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        """Check a URL when a model class is defined, before any connection is made.
+
+        Raise :class:`~pydantic_toast.StorageConfigurationError` with the fix when the URL
+        cannot work. The default accepts every URL.
+        """
+        return  # an optional hook: accepting every URL is the right default
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open connections or pools. Called once, before the first operation."""
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Release everything :meth:`connect` opened."""
+
+    @abstractmethod
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        """Insert or replace the document stored under ``(class_name, id)``."""
+
+    @abstractmethod
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        """Return the document stored under ``(class_name, id)``, or ``None``."""
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Write several records; durable when this returns. Default: one ``save`` each."""
+        for record in records:
+            await self.save(record.id, record.class_name, record.to_document())
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read several records, in the order of ``keys``. Default: one ``load`` each."""
+        records: list[StoredRecord | None] = []
+        for class_name, id in keys:
+            document = await self.load(id, class_name)
+            if document is None:
+                records.append(None)
+            else:
+                records.append(StoredRecord.from_document(class_name, id, document))
+        return records
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete one record; return whether it existed."""
+        raise self._unsupported("delete", "async def delete(self, id, class_name) -> bool")
+
+    async def list_ids(
+        self,
+        class_name: str,
+        *,
+        limit: int,
+        after: UUID | None = None,
+    ) -> list[UUID]:
+        """Ids of ``class_name``'s records, newest first, ``limit`` at most, after ``after``."""
+        raise self._unsupported(
+            "listing", "async def list_ids(self, class_name, *, limit, after=None) -> list[UUID]"
+        )
+
+    async def count(self, class_name: str) -> int:
+        """How many records of ``class_name`` are stored."""
+        raise self._unsupported("count", "async def count(self, class_name) -> int")
+
+    def _unsupported(self, what: str, signature: str) -> StorageUsageError:
+        return StorageUsageError(
+            f"{type(self).__name__} does not support {what}: implement `{signature}` on it"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_url(self.url)}>"

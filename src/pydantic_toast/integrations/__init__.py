@@ -1,0 +1,1 @@
+"""Integrations: the command line and web frameworks."""

@@ -1,0 +1,1 @@
+"""The runtime: event loops, connection pools and their lifecycle."""

@@ -1,0 +1,154 @@
+"""Running async storage I/O from sync code.
+
+Backends are async and their pools belong to the event loop that opened them. A sync call
+(``model_dump``, ``model_validate``) runs its I/O on one of two loops owned by the library:
+
+* the **main-thread loop**, when the call comes from the main thread with no loop running
+  there (scripts, workers): it runs in place with ``run_until_complete``, no thread hop;
+* the **loop thread**, a daemon thread started on first need, for calls from other threads or
+  from code already inside a running loop (``async def`` code calling a sync method). The
+  caller blocks until the I/O is done, which blocks its own loop too: async code should use the
+  async API instead.
+
+Both loops keep their pools across calls and are closed at interpreter exit. After
+``os.fork()`` the child forgets the parent's loops and pools without closing them (the sockets
+still belong to the parent) and starts its own on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from pydantic_toast._exceptions import StorageUsageError
+
+__all__ = ["close_library_loops", "run_sync", "shutdown"]
+
+T = TypeVar("T")
+
+_EXIT_TIMEOUT = 10.0
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="pydantic-toast-loop", daemon=True
+        )
+        self.thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(_EXIT_TIMEOUT)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class _Loops:
+    """The library's loops in this process."""
+
+    def __init__(self) -> None:
+        self.main_loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: _LoopThread | None = None
+        self.lock = threading.Lock()
+
+    def get_main_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.main_loop
+        if loop is None:
+            loop = self.main_loop = asyncio.new_event_loop()
+        return loop
+
+    def get_loop_thread(self) -> _LoopThread:
+        loop_thread = self.loop_thread
+        if loop_thread is None:
+            with self.lock:
+                loop_thread = self.loop_thread
+                if loop_thread is None:
+                    loop_thread = self.loop_thread = _LoopThread()
+        return loop_thread
+
+
+_loops = _Loops()
+# Objects inherited across fork: never closed or collected in the child (their sockets and
+# selectors are the parent's), so they are kept alive here.
+_inherited: list[object] = []
+
+
+def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``function()`` makes to completion from sync code; return its result.
+
+    Raises:
+        StorageUsageError: Called from the library's own loop thread, where waiting for the
+            loop would deadlock.
+    """
+    current = threading.current_thread()
+    loop_thread = _loops.loop_thread
+    if loop_thread is not None and current is loop_thread.thread:
+        raise StorageUsageError(
+            "a blocking pydantic-toast call (model_dump, model_validate, ...) was made on "
+            "pydantic-toast's own event loop thread, where it would deadlock: inside a storage "
+            "backend or other code running there, use the async API (await ...) instead"
+        )
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    if not in_loop and current is threading.main_thread():
+        return _loops.get_main_loop().run_until_complete(function())
+    return _loops.get_loop_thread().call(function())
+
+
+def close_library_loops(close: Callable[[], Awaitable[None]]) -> None:
+    """Run ``close()`` on each of the library's loops that exists (to close their pools)."""
+    loop_thread = _loops.loop_thread
+    if loop_thread is not None:
+        loop_thread.call(_as_coroutine(close), timeout=_EXIT_TIMEOUT)
+    main_loop = _loops.main_loop
+    if main_loop is not None and not main_loop.is_closed():
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        if in_loop or threading.current_thread() is not threading.main_thread():
+            # The main-thread loop is idle (its thread is busy elsewhere): run it from a helper.
+            helper = threading.Thread(
+                target=main_loop.run_until_complete, args=(_as_coroutine(close),)
+            )
+            helper.start()
+            helper.join(_EXIT_TIMEOUT)
+        else:
+            main_loop.run_until_complete(close())
+
+
+async def _as_coroutine(close: Callable[[], Awaitable[None]]) -> None:
+    await close()
+
+
+def shutdown(close: Callable[[], Awaitable[None]]) -> None:
+    """Close the pools on the library's loops, then stop and close the loops themselves."""
+    close_library_loops(close)
+    loop_thread, _loops.loop_thread = _loops.loop_thread, None
+    if loop_thread is not None:
+        loop_thread.stop()
+    main_loop, _loops.main_loop = _loops.main_loop, None
+    if main_loop is not None and not main_loop.is_closed():
+        main_loop.close()
+
+
+def _forget_after_fork() -> None:
+    global _loops
+    _inherited.append(_loops)
+    _loops = _Loops()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
