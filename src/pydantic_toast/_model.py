@@ -276,9 +276,11 @@ class ExternalBaseModel(BaseModel):
             migrated = cls.migrate_stored_data(decoded, record.schema_version)
             data = pydantic_core.to_json(migrated, inf_nan_mode="constants")
         try:
-            # Stored data is JSON written by this model: validate it as JSON, and lax, so strict
-            # models still accept their own datetimes, Decimals and sets.
-            instance = cls.__pydantic_validator__.validate_json(data, strict=False)
+            # Stored data is JSON written by this model under field names: validate it as JSON,
+            # by name, and lax, so strict models still accept their own datetimes and sets.
+            instance = cls.__pydantic_validator__.validate_json(
+                data, strict=False, by_alias=False, by_name=True
+            )
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, error['loc'])) or '<root>'}: {error['msg']}"

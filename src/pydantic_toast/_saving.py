@@ -88,7 +88,9 @@ class SaveBatch:
             object.__setattr__(model, "_toast_identity", identity)
         token = _serializing.set(model)
         try:
-            data = type(model).__pydantic_serializer__.to_json(model, by_alias=False)
+            data = type(model).__pydantic_serializer__.to_json(
+                model, by_alias=False, round_trip=True
+            )
         finally:
             _serializing.reset(token)
         record = StoredRecord(

@@ -48,7 +48,7 @@ _stores_lock = threading.Lock()
 
 
 def _store_for(url: str) -> _Store:
-    name = url.split("://", 1)[1]
+    name = url.split("://", 1)[1].split("?", 1)[0]  # query options do not change the store
     with _stores_lock:
         return _stores.setdefault(name, _Store())
 

@@ -1,0 +1,70 @@
+"""Fixtures shared by every test."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from uuid import uuid4
+
+import pytest
+
+from pydantic_toast import RecordKey, StoredRecord, register_backend
+from pydantic_toast.backends.memory import MemoryBackend
+
+
+@dataclass
+class Call:
+    """One batch call a backend received."""
+
+    method: str
+    size: int
+    thread: threading.Thread
+
+
+@dataclass
+class CallLog:
+    """What every CountingBackend instance of one URL received."""
+
+    calls: list[Call] = field(default_factory=list)
+    connects: int = 0
+
+    def of(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+
+CALL_LOGS: dict[str, CallLog] = {}
+
+
+class CountingBackend(MemoryBackend):
+    """memory:// that records each batch call, so tests can count round trips."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.log = CALL_LOGS.setdefault(url, CallLog())
+
+    async def connect(self) -> None:
+        self.log.connects += 1
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        self.log.calls.append(Call("save", len(records), threading.current_thread()))
+        await super().save_records(records)
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        self.log.calls.append(Call("load", len(keys), threading.current_thread()))
+        return await super().load_records(keys)
+
+
+register_backend("counting", CountingBackend)
+
+
+@pytest.fixture
+def memory_url() -> str:
+    """A memory:// store of this test's own."""
+    return f"memory://{uuid4().hex}"
+
+
+@pytest.fixture
+def counting_url() -> str:
+    """A store of this test's own whose batch calls are logged in ``CALL_LOGS[url]``."""
+    return f"counting://{uuid4().hex}"

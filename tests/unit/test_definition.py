@@ -1,0 +1,198 @@
+"""Class definition: storage configuration is checked at the class statement."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import Field
+
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConfigurationError,
+    StorageValidationError,
+)
+
+
+def test_missing_storage_names_the_class_and_the_fix() -> None:
+    """A concrete model without storage fails at the class statement, saying what to add."""
+    with pytest.raises(StorageConfigurationError, match=r"NoStorage has no storage") as info:
+        _ = type("NoStorage", (ExternalBaseModel,), {"__annotations__": {"x": int}})
+    assert "ExternalConfigDict(storage=" in str(info.value)
+    assert "__abstract__ = True" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "is not a URL"),
+        ("postgresql://app:s3cret@db:99999/shop", "invalid port"),
+        ("nosuchscheme://host/x", "no storage backend is registered for scheme 'nosuchscheme'"),
+        ("", "is not a URL"),
+    ],
+)
+def test_bad_urls_fail_at_definition(url: str, expected: str) -> None:
+    """Malformed URLs, bad ports and unknown schemes fail when the class is defined."""
+    with pytest.raises(StorageConfigurationError, match=expected) as info:
+
+        class Bad(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage=url)
+
+    assert "Bad" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_abstract_base_needs_no_storage_and_subclasses_inherit_it(memory_url: str) -> None:
+    """An explicitly abstract base defines without storage; concrete subclasses are checked."""
+
+    class Base(ExternalBaseModel):
+        __abstract__ = True
+        created_by: str = "me"
+
+    class Concrete(Base):
+        x: int
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    reference = Concrete(x=1).model_dump()
+    assert Concrete.model_validate(reference).created_by == "me"
+    with pytest.raises(StorageConfigurationError, match="is abstract"):
+        Base().model_dump()
+    with pytest.raises(StorageConfigurationError, match="has no storage"):
+
+        class StillNoStorage(Base):
+            y: int
+
+
+def test_storage_from_environment_is_read_at_first_use(
+    monkeypatch: pytest.MonkeyPatch, memory_url: str
+) -> None:
+    """storage='env:NAME' defines without the variable and fails clearly until it is set."""
+    monkeypatch.delenv("TOAST_TEST_STORAGE", raising=False)
+
+    class FromEnv(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage="env:TOAST_TEST_STORAGE")
+
+    with pytest.raises(StorageConfigurationError, match="TOAST_TEST_STORAGE is not set"):
+        FromEnv(x=1).model_dump()
+    monkeypatch.setenv("TOAST_TEST_STORAGE", memory_url)
+    reference = FromEnv(x=2).model_dump()
+    assert FromEnv.model_validate(reference).x == 2
+
+
+def test_env_spec_must_name_a_variable() -> None:
+    """A malformed env: setting fails at definition."""
+    with pytest.raises(StorageConfigurationError, match="does not name an environment variable"):
+
+        class BadEnv(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage="env:1-not-a-name")
+
+
+def test_env_url_with_unknown_scheme_fails_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL read from the environment is checked like a literal one, with the password masked."""
+    monkeypatch.setenv("TOAST_TEST_BAD", "nope://u:hunter2@host/x")
+
+    class EnvBad(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage="env:TOAST_TEST_BAD")
+
+    with pytest.raises(StorageConfigurationError, match="scheme 'nope'") as info:
+        EnvBad(x=1).model_dump()
+    assert "hunter2" not in str(info.value)
+
+
+def test_class_name_field_is_rejected(memory_url: str) -> None:
+    """A field named or aliased class_name would make data look like a reference."""
+    with pytest.raises(StorageConfigurationError, match="'class_name'"):
+
+        class Ambiguous(ExternalBaseModel):
+            class_name: str
+            model_config = ExternalConfigDict(storage=memory_url)
+
+    with pytest.raises(StorageConfigurationError, match="'class_name'"):
+
+        class Aliased(ExternalBaseModel):
+            kind: str = Field(alias="class_name")
+            model_config = ExternalConfigDict(storage=memory_url)
+
+
+def test_a_field_called_id_is_fine(memory_url: str) -> None:
+    """Models may have their own id field: only the exact reference shape is a reference."""
+
+    class WithId(ExternalBaseModel):
+        id: int
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    reference = WithId(id=7).model_dump()
+    assert WithId.model_validate(reference).id == 7
+    assert WithId.model_validate({"id": 8}).id == 8
+
+
+def test_same_stored_name_on_same_storage_is_rejected_unless_renamed(memory_url: str) -> None:
+    """Two classes stored under one name on one storage collide; external_name separates them."""
+
+    class Item(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    first = Item
+
+    def define_another_item() -> None:
+        class Item(ExternalBaseModel):
+            y: int
+            model_config = ExternalConfigDict(storage=memory_url)
+
+    with pytest.raises(StorageConfigurationError, match="external_name") as info:
+        define_another_item()
+
+    assert "already stored under that name" in str(info.value)
+
+    class Item2(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage=memory_url, external_name="shop.Item")
+
+    second = Item2
+    a, b = first(x=1).model_dump(), second(x=2).model_dump()
+    assert b["class_name"] == "shop.Item"
+    assert first.model_validate(a).x == 1
+    assert second.model_validate(b).x == 2
+    with pytest.raises(StorageValidationError, match="stored as 'shop.Item'"):
+        second.model_validate(a)
+
+
+def test_ttl_only_where_the_backend_expires_records() -> None:
+    """A ttl on a backend without expiry fails at definition; invalid ttls too."""
+    from pydantic_toast import StorageBackend, register_backend
+
+    class NoExpiry(StorageBackend):
+        async def connect(self) -> None: ...
+        async def disconnect(self) -> None: ...
+        async def save(self, id, class_name, data):  # type: ignore[no-untyped-def]
+            ...
+        async def load(self, id, class_name):  # type: ignore[no-untyped-def]
+            return None
+
+    register_backend("noexpiry", NoExpiry)
+    with pytest.raises(StorageConfigurationError, match="does not expire records"):
+
+        class Expiring(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage="noexpiry://x", ttl=timedelta(seconds=5))
+
+    with pytest.raises(StorageConfigurationError, match="ttl must be a positive"):
+
+        class NegativeTtl(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage="memory://", ttl=-1)
+
+
+def test_schema_version_must_be_positive_int(memory_url: str) -> None:
+    """schema_version is checked at definition."""
+    with pytest.raises(StorageConfigurationError, match="schema_version"):
+
+        class Versioned(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage=memory_url, schema_version=0)

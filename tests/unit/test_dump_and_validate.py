@@ -1,0 +1,326 @@
+"""Dumping stores and returns a reference; validating a reference loads the model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from uuid import UUID, uuid4
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, Json
+
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalReference,
+    RecordNotFoundError,
+    StorageValidationError,
+)
+from pydantic_toast.backends.memory import _store_for
+
+
+def make_model(url: str) -> type[ExternalBaseModel]:
+    class Foo(ExternalBaseModel):
+        field: str
+        field2: str = "b"
+        model_config = ExternalConfigDict(storage=url)
+
+    return Foo
+
+
+def test_dump_returns_exactly_the_reference_in_every_mode(memory_url: str) -> None:
+    """model_dump (python and json mode) and model_dump_json give {class_name, id} only."""
+    foo = make_model(memory_url)(field="aaa", field2="bbb")
+    reference = foo.model_dump()
+    assert set(reference) == {"class_name", "id"}
+    assert reference["class_name"] == "Foo"
+    assert isinstance(reference["id"], str)
+    UUID(reference["id"])
+    assert foo.model_dump(mode="json") == reference
+    assert json.loads(foo.model_dump_json()) == reference
+    assert foo.model_dump_json() == json.dumps(reference, separators=(",", ":"))
+
+
+def test_dump_is_durable_and_stores_fields_by_name(memory_url: str) -> None:
+    """After model_dump returns, the record is in the store with all fields and metadata."""
+    foo = make_model(memory_url)(field="aaa")
+    reference = foo.model_dump()
+    store = _store_for(memory_url)
+    record = store.get(("Foo", UUID(reference["id"])))
+    assert record is not None
+    assert json.loads(record.data) == {"field": "aaa", "field2": "b"}
+    assert record.schema_version == 1
+    assert record.created_at.tzinfo is not None
+    assert record.updated_at >= record.created_at
+
+
+def test_dumping_again_keeps_id_updates_record_and_keeps_created_at(memory_url: str) -> None:
+    """The same instance keeps its id; its record is overwritten; created_at never moves."""
+    foo = make_model(memory_url)(field="one")
+    first = foo.model_dump()
+    record_before = _store_for(memory_url).get(("Foo", UUID(first["id"])))
+    foo.field = "two"
+    second = foo.model_dump()
+    assert second == first
+    record_after = _store_for(memory_url).get(("Foo", UUID(first["id"])))
+    assert record_before is not None and record_after is not None
+    assert json.loads(record_after.data)["field"] == "two"
+    assert record_after.created_at == record_before.created_at
+    assert record_after.updated_at > record_before.updated_at
+
+
+def test_restored_instance_dumps_to_the_same_id(memory_url: str) -> None:
+    """An instance loaded from a reference updates that record when dumped."""
+    model = make_model(memory_url)
+    reference = model(field="x").model_dump()
+    restored = model.model_validate(reference)
+    restored.field = "y"  # type: ignore[attr-defined]
+    assert restored.model_dump() == reference
+    assert model.model_validate(reference).field == "y"  # type: ignore[attr-defined]
+
+
+def test_options_never_change_what_is_stored(memory_url: str) -> None:
+    """include, exclude and by_alias are ignored for the stored data."""
+
+    class Aliased(ExternalBaseModel):
+        name: str = Field(alias="Name")
+        secret: str
+        model_config = ExternalConfigDict(storage=memory_url, populate_by_name=True)
+
+    item = Aliased(Name="n", secret="s")
+    reference = item.model_dump(include={"name"}, exclude={"secret"}, by_alias=True)
+    record = _store_for(memory_url).get(("Aliased", UUID(reference["id"])))
+    assert record is not None
+    assert json.loads(record.data) == {"name": "n", "secret": "s"}
+    assert Aliased.model_validate(reference) == item
+
+
+def test_validate_accepts_str_uuid_json_and_reference_objects(memory_url: str) -> None:
+    """References load from a dict with a str or UUID id, from JSON and from ExternalReference."""
+    model = make_model(memory_url)
+    original = model(field="aaa", field2="bbb")
+    reference = original.model_dump()
+    as_uuid = {"class_name": "Foo", "id": UUID(reference["id"])}
+    for loaded in (
+        model.model_validate(reference),
+        model.model_validate(as_uuid),
+        model.model_validate_json(json.dumps(reference)),
+        model.model_validate(ExternalReference("Foo", UUID(reference["id"]))),
+    ):
+        assert loaded == original
+        assert loaded.external_id == UUID(reference["id"])
+
+
+def test_full_data_still_constructs_normally(memory_url: str) -> None:
+    """A dict of field values validates as in plain Pydantic, without touching storage."""
+    model = make_model(memory_url)
+    item = model.model_validate({"field": "a", "field2": "b"})
+    assert item.external_id is None
+    assert _store_for(memory_url).records == {}
+
+
+def test_unknown_id_raises_record_not_found_with_details(memory_url: str) -> None:
+    """A missing record raises RecordNotFoundError itself, carrying id and class_name."""
+    model = make_model(memory_url)
+    missing = uuid4()
+    with pytest.raises(RecordNotFoundError) as info:
+        model.model_validate({"class_name": "Foo", "id": str(missing)})
+    assert info.value.id == missing
+    assert info.value.class_name == "Foo"
+    assert isinstance(info.value, LookupError)
+
+
+def test_class_mismatch_and_malformed_references_are_storage_validation_errors(
+    memory_url: str,
+) -> None:
+    """A reference to another class, or with a bad id, raises StorageValidationError."""
+    model = make_model(memory_url)
+    with pytest.raises(StorageValidationError, match="names class 'ExternalBar'"):
+        model.model_validate({"class_name": "ExternalBar", "id": str(uuid4())})
+    with pytest.raises(StorageValidationError, match="is not a UUID"):
+        model.model_validate({"class_name": "Foo", "id": "nonexistent-uuid"})
+    with pytest.raises(StorageValidationError, match="is not a UUID"):
+        model.model_validate_json('{"class_name": "Foo", "id": 12}')
+    with pytest.raises(StorageValidationError, match="non-empty string"):
+        model.model_validate({"class_name": 5, "id": str(uuid4())})
+
+
+class Color(Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Inner(BaseModel):
+    when: date
+    ratio: float
+
+
+def test_rich_types_round_trip_exactly_even_in_strict_models(memory_url: str) -> None:
+    """Datetimes, Decimals, sets, enums, bytes, nested models and NaN come back as they went in."""
+
+    class Rich(ExternalBaseModel):
+        at: datetime
+        naive: datetime
+        money: Decimal
+        tags: set[str]
+        pair: tuple[int, str]
+        color: Color
+        blob: bytes
+        inner: Inner
+        mapping: dict[str, list[int]]
+        nan: float
+        inf: float
+        duration: timedelta
+        raw: Json[list[int]]
+        model_config = ExternalConfigDict(storage=memory_url, strict=True)
+
+    rich = Rich(
+        at=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+        naive=datetime(2024, 1, 1, 12, 0),
+        money=Decimal("12.3400"),
+        tags={"a", "b"},
+        pair=(1, "x"),
+        color=Color.BLUE,
+        blob=b"\x00\x01bytes",
+        inner=Inner(when=date(2020, 2, 29), ratio=0.1),
+        mapping={"b": [1], "a": [2, 3]},
+        nan=math.nan,
+        inf=-math.inf,
+        duration=timedelta(days=1, microseconds=5),
+        raw="[1, 2]",  # type: ignore[arg-type]
+    )
+    loaded = Rich.model_validate(rich.model_dump())
+    assert math.isnan(loaded.nan)
+    assert loaded.inf == -math.inf
+    expected = rich.__dict__ | {"nan": loaded.nan}
+    assert loaded.__dict__ == expected
+    assert loaded.money.as_tuple() == Decimal("12.3400").as_tuple()
+    assert type(loaded.tags) is set
+    assert loaded.naive.tzinfo is None
+
+
+def test_models_with_different_validation_and_serialization_aliases(memory_url: str) -> None:
+    """Data is stored under field names, so differing aliases still round-trip."""
+
+    class Aliases(ExternalBaseModel):
+        value: int = Field(validation_alias="in_value", serialization_alias="outValue")
+        model_config = ExternalConfigDict(storage=memory_url, serialize_by_alias=True)
+
+    item = Aliases(in_value=3)  # type: ignore[call-arg]
+    assert Aliases.model_validate(item.model_dump()).value == 3
+
+
+class Picklable(ExternalBaseModel):
+    field: str
+    model_config = ExternalConfigDict(storage="memory://pickle-tests")
+
+
+def test_copies_are_new_records_and_pickles_are_the_same_record() -> None:
+    """model_copy/copy/deepcopy drop the id; pickle keeps it."""
+    model = Picklable
+    original = model(field="orig")
+    reference = original.model_dump()
+    for duplicate in (
+        original.model_copy(update={"field": "changed"}),
+        copy.copy(original),
+        copy.deepcopy(original),
+    ):
+        assert duplicate.external_id is None
+        assert duplicate.model_dump()["id"] != reference["id"]
+    assert model.model_validate(reference).field == "orig"
+    unpickled = pickle.loads(pickle.dumps(original))
+    assert unpickled.external_id == original.external_id
+    assert unpickled.model_dump() == reference
+
+
+def test_identity_does_not_affect_equality(memory_url: str) -> None:
+    """A loaded model equals a fresh one with the same data."""
+    model = make_model(memory_url)
+    original = model(field="x")
+    assert model.model_validate(original.model_dump()) == model(field="x")
+
+
+def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) -> None:
+    """Records carry schema_version; older records pass through migrate_stored_data."""
+
+    class Person(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=memory_url, external_name="Person")
+
+    reference = Person(name="Ada Lovelace").model_dump()
+
+    def define_v2() -> type[ExternalBaseModel]:
+        class Person(ExternalBaseModel):
+            first: str
+            last: str
+            model_config = ExternalConfigDict(
+                storage=f"{memory_url}?v=2", external_name="Person", schema_version=2
+            )
+
+            @classmethod
+            def migrate_stored_data(cls, data: dict[str, object], from_version: int) -> dict[str, object]:
+                assert from_version == 1
+                first, last = str(data["name"]).split()
+                return {"first": first, "last": last}
+
+        return Person
+
+    person_v2 = define_v2()
+    migrated = person_v2.model_validate(reference)
+    assert (migrated.first, migrated.last) == ("Ada", "Lovelace")  # type: ignore[attr-defined]
+    migrated.model_dump()
+    record = _store_for(memory_url).get(("Person", UUID(reference["id"])))
+    assert record is not None and record.schema_version == 2
+    with pytest.raises(StorageValidationError, match="newer than"):
+        Person.model_validate(reference)
+
+
+def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory_url: str) -> None:
+    """A record that fails validation raises StorageValidationError, naming no values."""
+
+    class Loose(ExternalBaseModel):
+        value: str
+        model_config = ExternalConfigDict(storage=memory_url, external_name="Shape")
+
+    reference = Loose(value="top-secret-value").model_dump()
+
+    def define_strict() -> type[ExternalBaseModel]:
+        class Strict(ExternalBaseModel):
+            value: int
+            model_config = ExternalConfigDict(storage=f"{memory_url}?v=2", external_name="Shape")
+
+        return Strict
+
+    with pytest.raises(StorageValidationError, match="does not validate") as info:
+        define_strict().model_validate(reference)
+    assert "top-secret-value" not in str(info.value)
+    assert "value:" in str(info.value)
+
+
+def test_extra_forbid_models_round_trip(memory_url: str) -> None:
+    """Models forbidding extra keys load their own stored data."""
+
+    class Closed(ExternalBaseModel):
+        a: int
+        model_config = ExternalConfigDict(storage=memory_url, extra="forbid")
+
+    assert Closed.model_validate(Closed(a=1).model_dump()).a == 1
+
+
+def test_config_dict_subclass_keeps_pydantic_options(memory_url: str) -> None:
+    """Pydantic options set through ExternalConfigDict still apply."""
+
+    class Frozen(ExternalBaseModel):
+        a: int
+        model_config = ExternalConfigDict(storage=memory_url, frozen=True)
+
+    item = Frozen.model_validate(Frozen(a=1).model_dump())
+    with pytest.raises(Exception, match="frozen"):
+        item.a = 2  # type: ignore[misc]
+    assert isinstance(Frozen.model_config, dict)
+    assert ConfigDict  # the base class of ExternalConfigDict
