@@ -68,7 +68,8 @@ def test_dumping_again_keeps_id_updates_record_and_keeps_created_at(memory_url: 
     second = foo.model_dump()
     assert second == first
     record_after = _store_for(memory_url).get(("Foo", UUID(first["id"])))
-    assert record_before is not None and record_after is not None
+    assert record_before is not None
+    assert record_after is not None
     assert json.loads(record_after.data)["field"] == "two"
     assert record_after.created_at == record_before.created_at
     assert record_after.updated_at > record_before.updated_at
@@ -263,7 +264,9 @@ def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) 
             )
 
             @classmethod
-            def migrate_stored_data(cls, data: dict[str, object], from_version: int) -> dict[str, object]:
+            def migrate_stored_data(
+                cls, data: dict[str, object], from_version: int
+            ) -> dict[str, object]:
                 assert from_version == 1
                 first, last = str(data["name"]).split()
                 return {"first": first, "last": last}
@@ -275,7 +278,8 @@ def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) 
     assert (migrated.first, migrated.last) == ("Ada", "Lovelace")  # type: ignore[attr-defined]
     migrated.model_dump()
     record = _store_for(memory_url).get(("Person", UUID(reference["id"])))
-    assert record is not None and record.schema_version == 2
+    assert record is not None
+    assert record.schema_version == 2
     with pytest.raises(StorageValidationError, match="newer than"):
         Person.model_validate(reference)
 
