@@ -159,7 +159,7 @@ def test_same_stored_name_on_same_storage_is_rejected_unless_renamed(memory_url:
     assert b["class_name"] == "shop.Item"
     assert first.model_validate(a).x == 1
     assert second.model_validate(b).x == 2
-    with pytest.raises(StorageValidationError, match="stored as 'shop.Item'"):
+    with pytest.raises(StorageValidationError, match=r"stored as 'shop\.Item'"):
         second.model_validate(a)
 
 
