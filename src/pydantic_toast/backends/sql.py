@@ -1,0 +1,235 @@
+"""What the SQL backends share: statements on ``external_records`` and one error boundary.
+
+Every operation is a single statement on an AUTOCOMMIT connection: one round trip, no
+BEGIN/COMMIT around it. Statements are built once from the mapped table; SQLAlchemy caches
+their compiled form. Model data travels as the JSON text Pydantic wrote: the engine's JSON
+serializer passes text through instead of re-encoding it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from uuid import UUID
+
+from sqlalchemy import Select, Table, bindparam, delete, func, select, tuple_
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pydantic_toast._exceptions import ExternalStorageError, StorageConnectionError
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.sql_table import ExternalRecord
+
+__all__ = ["SQLAlchemyBackend", "json_as_text", "json_passthrough"]
+
+T = TypeVar("T")
+
+_table: Table = ExternalRecord.__table__  # type: ignore[assignment]
+_c = _table.c
+_COLUMNS = (_c.class_name, _c.id, _c.schema_version, _c.data, _c.created_at, _c.updated_at)
+
+_SELECT_ONE = select(*_COLUMNS).where(
+    _c.class_name == bindparam("class_name"), _c.id == bindparam("id")
+)
+_SELECT_MANY = select(*_COLUMNS).where(
+    tuple_(_c.class_name, _c.id).in_(bindparam("keys", expanding=True))
+)
+_DELETE = delete(_table).where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
+_COUNT = select(func.count()).select_from(_table).where(_c.class_name == bindparam("class_name"))
+_NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
+
+
+def json_passthrough(value: Any) -> str:
+    """The engine's JSON serializer: text is already JSON; anything else is encoded."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def json_as_text(value: Any) -> Any:
+    """The engine's JSON deserializer: keep the text, Pydantic parses it."""
+    return value
+
+
+class SQLAlchemyBackend(StorageBackend):
+    """A store in the ``external_records`` table, reached through an async SQLAlchemy engine.
+
+    Subclasses create the engine (:meth:`_create_engine`) and name the dialect's upsert
+    (:attr:`_insert`); they may refine how driver errors read (:meth:`_explain`).
+    """
+
+    _insert: Callable[..., Any]
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._parsed = StorageURL.parse(url)
+        self._engine: AsyncEngine | None = None
+        insert = self._insert(_table)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[_c.class_name, _c.id],
+            set_={
+                "data": insert.excluded.data,
+                "schema_version": insert.excluded.schema_version,
+                "updated_at": insert.excluded.updated_at,
+            },
+        )
+
+    def _create_engine(self) -> AsyncEngine:
+        raise NotImplementedError
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The connected engine (after :meth:`connect`)."""
+        if self._engine is None:
+            raise StorageConnectionError(
+                f"{self!r} is not connected", url=self._parsed.masked
+            )
+        return self._engine
+
+    async def connect(self) -> None:
+        """Create the engine and check that the table exists (the migration has run)."""
+        self._engine = self._create_engine()
+        try:
+            async with self._connection() as connection:
+                await connection.execute(_COUNT.limit(0), {"class_name": ""})
+        except BaseException:
+            await self._engine.dispose()
+            self._engine = None
+            raise
+
+    async def disconnect(self) -> None:
+        """Close the engine's pool."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        """Store one document (see :meth:`StorageBackend.save`)."""
+        await self.save_records([StoredRecord.from_document(class_name, id, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        """Return one document (see :meth:`StorageBackend.load`)."""
+        (record,) = await self.load_records([(class_name, id)])
+        return None if record is None else record.to_document()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
+        rows = [
+            {
+                "class_name": record.class_name,
+                "id": record.id,
+                "schema_version": record.schema_version,
+                "data": record.data.decode(),
+                "created_at": record.created_at,
+                "updated_at": record.updated_at,
+            }
+            for record in records
+        ]
+        upsert = self._upsert
+
+        async def write(connection: AsyncConnection) -> None:
+            await connection.execute(upsert, rows)
+
+        await self._run(write)
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records in one statement, in the order of ``keys``."""
+        async def read(connection: AsyncConnection) -> dict[RecordKey, StoredRecord]:
+            if len(keys) == 1:
+                ((class_name, id),) = keys
+                result = await connection.execute(_SELECT_ONE, {"class_name": class_name, "id": id})
+            else:
+                result = await connection.execute(_SELECT_MANY, {"keys": list(keys)})
+            return {(row.class_name, row.id): _to_record(row) for row in result}
+
+        found = await self._run(read)
+        return [found.get(key) for key in keys]
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete one record; return whether it existed."""
+        async with self._connection() as connection:
+            result = await connection.execute(_DELETE, {"class_name": class_name, "id": id})
+        return bool(getattr(result, "rowcount", 0))
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        """Ids newest first (``created_at``, then id), starting after the record ``after``."""
+        query: Select[UUID] = select(_c.id).where(_c.class_name == class_name)
+        if after is not None:
+            anchor_created_at = (
+                select(_c.created_at).where(_c.class_name == class_name, _c.id == after)
+            ).scalar_subquery()
+            after_id = bindparam("after", after, type_=_c.id.type)
+            query = query.where(tuple_(_c.created_at, _c.id) < tuple_(anchor_created_at, after_id))
+        query = query.order_by(*_NEWEST_FIRST).limit(limit)
+        async def read(connection: AsyncConnection) -> list[UUID]:
+            return list((await connection.execute(query)).scalars())
+
+        return await self._run(read)
+
+    async def count(self, class_name: str) -> int:
+        """How many records of ``class_name`` are stored."""
+        async def read(connection: AsyncConnection) -> int:
+            return int((await connection.execute(_COUNT, {"class_name": class_name})).scalar_one())
+
+        return await self._run(read)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection, with driver errors translated into the library's errors."""
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        except ExternalStorageError:
+            raise
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise self._explain(exc) from exc
+
+    async def _run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run an idempotent operation, once more if its pooled connection had died.
+
+        After a server restart every pooled connection is dead; SQLAlchemy invalidates the pool
+        on the first failure, and the retry opens a fresh connection.
+        """
+        try:
+            async with self._connection() as connection:
+                return await operation(connection)
+        except StorageConnectionError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                raise
+        async with self._connection() as connection:
+            return await operation(connection)
+
+    def _explain(self, exc: BaseException) -> ExternalStorageError:
+        """The library error for a driver error (refined by each dialect)."""
+        if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+            return ExternalStorageError(
+                f"{self._parsed.masked} refused the operation: {type(exc.orig).__name__}"
+            )
+        return StorageConnectionError(
+            f"lost or could not open the connection to {self._parsed.address} "
+            f"({_cause_name(exc)}): check that the server runs; the next call reconnects",
+            url=self._parsed.masked,
+        )
+
+
+def _cause_name(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return type(orig if orig is not None else exc).__name__
+
+
+def _to_record(row: Row[Any, Any, Any, Any, Any, Any]) -> StoredRecord:
+    data = row.data
+    return StoredRecord(
+        class_name=row.class_name,
+        id=row.id,
+        data=data.encode() if isinstance(data, str) else json.dumps(data).encode(),
+        schema_version=row.schema_version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

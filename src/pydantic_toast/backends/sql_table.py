@@ -1,0 +1,97 @@
+"""The ``external_records`` table, mapped with SQLAlchemy's typed ORM.
+
+Alembic owns this table (``alembic upgrade head``); the library never creates it at run time.
+Add :data:`metadata` to your own Alembic ``target_metadata`` so that your ``alembic check``
+knows the table (see :mod:`pydantic_toast.integrations.alembic`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, Text, Uuid, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["TABLE_NAME", "ExternalRecord", "metadata"]
+
+TABLE_NAME = "external_records"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp on every database: SQLite keeps no zone, so store UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class ExternalRecord(Base):
+    """One stored model instance: its class name, id, schema version, fields and timestamps."""
+
+    __tablename__ = TABLE_NAME
+    __table_args__ = (
+        Index(None, "class_name", "created_at", "id"),
+        {
+            "comment": "Pydantic models stored by pydantic-toast: one row per model instance, "
+            "its fields in data. Schema owned by Alembic (pydantic-toast migrations)."
+        },
+    )
+
+    class_name: Mapped[str] = mapped_column(
+        Text, primary_key=True, comment="The model's stored class name, as in references."
+    )
+    id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, primary_key=True, comment="The record id, as in references."
+    )
+    schema_version: Mapped[int] = mapped_column(
+        Integer,
+        nullable=False,
+        server_default="1",
+        comment="The model's schema_version when the row was last written.",
+    )
+    data: Mapped[dict[str, Any]] = mapped_column(
+        JSON().with_variant(JSONB(), "postgresql"),
+        nullable=False,
+        comment="The model's fields, keyed by field name.",
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        server_default=func.now(),
+        comment="When the record was first written; never changes.",
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        nullable=False,
+        server_default=func.now(),
+        comment="When the record was last written.",
+    )
+
+    def __repr__(self) -> str:
+        return f"<ExternalRecord {self.class_name} {self.id}>"

@@ -1,0 +1,91 @@
+"""``sqlite:///path/to/file.db``: the embedded default, the same table through aiosqlite.
+
+Migrate the file first (``pydantic-toast migrate sqlite:///path/to/file.db``, or
+``alembic upgrade head``). Timestamps stay timezone-aware with microseconds. The database runs
+in WAL mode, so readers do not block the writer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import URL, event
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageConfigurationError,
+    StorageSchemaError,
+)
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.sql import SQLAlchemyBackend, json_as_text, json_passthrough
+from pydantic_toast.backends.sql_table import TABLE_NAME
+
+__all__ = ["SQLiteBackend", "engine_url"]
+
+
+def engine_url(url: StorageURL) -> URL:
+    """The SQLAlchemy URL for ``sqlite:///path``.
+
+    Raises:
+        StorageConfigurationError: No file path, or an in-memory database.
+    """
+    path = url.path[1:] if url.path.startswith("/") else url.path
+    if url.host:
+        raise StorageConfigurationError(
+            f"{url.masked}: write sqlite:///relative/path.db or sqlite:////absolute/path.db "
+            "(three or four slashes, no host)"
+        )
+    if not path or path == ":memory:":
+        raise StorageConfigurationError(
+            f"{url.masked}: SQLite storage needs a file path, e.g. sqlite:///data.db; for an "
+            "in-process store use memory://"
+        )
+    return URL.create("sqlite+aiosqlite", database=path)
+
+
+class SQLiteBackend(SQLAlchemyBackend):
+    """Records in a SQLite file's ``external_records`` table."""
+
+    _insert = staticmethod(insert)
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        """Check that the URL names a file."""
+        engine_url(url)
+
+    def _create_engine(self) -> AsyncEngine:
+        engine = create_async_engine(
+            engine_url(self._parsed),
+            isolation_level="AUTOCOMMIT",
+            hide_parameters=True,
+            json_serializer=json_passthrough,
+            json_deserializer=json_as_text,
+            connect_args={"timeout": 10},
+        )
+        event.listen(engine.sync_engine, "connect", _configure_connection)
+        return engine
+
+    def _explain(self, exc: BaseException) -> ExternalStorageError:
+        if isinstance(exc, OperationalError) and "no such table" in str(exc.orig):
+            return StorageSchemaError(
+                f"the table {TABLE_NAME} does not exist in {self._parsed.path.lstrip('/')}: run "
+                f"`pydantic-toast migrate {self._parsed.masked}` (or `alembic upgrade head`) "
+                "before first use",
+                url=self._parsed.masked,
+            )
+        if isinstance(exc, OperationalError):
+            return ExternalStorageError(
+                f"SQLite could not use {self._parsed.path.lstrip('/')} "
+                f"({type(exc.orig).__name__}: {exc.orig}): check the path and its permissions"
+            )
+        return super()._explain(exc)
+
+
+def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
