@@ -13,12 +13,16 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import URL
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
+import asyncpg
+from sqlalchemy import URL, Text, bindparam, cast, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import ClauseElement
 
 from pydantic_toast._exceptions import (
     ExternalStorageError,
@@ -27,11 +31,14 @@ from pydantic_toast._exceptions import (
     StorageSchemaError,
     StorageValidationError,
 )
+from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.sql import SQLAlchemyBackend, json_as_text, json_passthrough
-from pydantic_toast.backends.sql_table import TABLE_NAME
+from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
+
+T = TypeVar("T")
 
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
@@ -83,6 +90,8 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
     )
     options: dict[str, Any] = {
         "isolation_level": "AUTOCOMMIT",
+        # Nothing to reset: every statement commits on its own.
+        "pool_reset_on_return": None,
         "hide_parameters": True,
         "pool_size": int(numbers["pool_size"]),
         "max_overflow": int(numbers["max_overflow"]),
@@ -116,14 +125,161 @@ def _ssl_option(url: StorageURL) -> Any:
     return context
 
 
+def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
+    compiled = statement.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
+    return str(compiled), list(getattr(compiled, "positiontup", None) or ())
+
+
+def _hot_path_statements() -> dict[str, str]:
+    """The save and load statements, built from the mapped table and compiled once."""
+    table = records_table
+    c = table.c
+    names = ["class_name", "id", "schema_version", "data", "created_at", "updated_at"]
+    arrays = [
+        bindparam(name, type_=ARRAY(Text() if name == "data" else c[name].type)) for name in names
+    ]
+    rows = func.unnest(*arrays).table_valued(*names).render_derived(with_types=False)
+    source = select(*(cast(rows.c.data, JSONB) if n == "data" else rows.c[n] for n in names))
+    upsert = insert(table).from_select(names, source)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[c.class_name, c.id],
+        set_={
+            "data": upsert.excluded.data,
+            "schema_version": upsert.excluded.schema_version,
+            "updated_at": upsert.excluded.updated_at,
+        },
+    )
+    single = insert(table).values(
+        {n: cast(bindparam(n, type_=Text()), JSONB) if n == "data" else bindparam(n) for n in names}
+    )
+    upsert_one = single.on_conflict_do_update(
+        index_elements=[c.class_name, c.id],
+        set_={
+            "data": single.excluded.data,
+            "schema_version": single.excluded.schema_version,
+            "updated_at": single.excluded.updated_at,
+        },
+    )
+    columns = [cast(c.data, Text) if n == "data" else c[n] for n in names]
+    select_one = select(*columns).where(
+        c.class_name == bindparam("class_name"), c.id == bindparam("id")
+    )
+    keys = (
+        func.unnest(
+            bindparam("class_names", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(c.id.type))
+        )
+        .table_valued("class_name", "id")
+        .render_derived(with_types=False)
+    )
+    select_many = select(*columns).join_from(
+        table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id)
+    )
+    statements = {}
+    for name, statement, expected in (
+        ("upsert", upsert, names),
+        ("upsert_one", upsert_one, names),
+        ("select_one", select_one, ["class_name", "id"]),
+        ("select_many", select_many, ["class_names", "ids"]),
+    ):
+        sql, order = _compile(statement)
+        assert order == expected, (name, order)  # the call sites pass parameters in this order
+        statements[name] = sql
+    return statements
+
+
+_SQL = _hot_path_statements()
+
+
 class PostgreSQLBackend(SQLAlchemyBackend):
     """Records in PostgreSQL's ``external_records`` table (create it with Alembic first).
 
-    One engine per URL and event loop, shared by every model on that URL; one round trip per
-    save, load or batch.
+    One engine per URL and event loop, shared by every model on that URL. Saves and loads,
+    single or batched, are one statement each, run on the pooled asyncpg connection itself
+    (prepared once per connection); the rarer operations go through SQLAlchemy Core.
     """
 
     _insert = staticmethod(insert)
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
+        if len(records) == 1:  # a plain VALUES row plans faster than unnest
+            (one,) = records
+            values = (
+                one.class_name,
+                one.id,
+                one.schema_version,
+                one.data.decode(),
+                one.created_at,
+                one.updated_at,
+            )
+            await self._on_driver(
+                lambda connection: connection.execute(_SQL["upsert_one"], *values)
+            )
+            return
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        for record in records:
+            columns[0].append(record.class_name)
+            columns[1].append(record.id)
+            columns[2].append(record.schema_version)
+            columns[3].append(record.data.decode())
+            columns[4].append(record.created_at)
+            columns[5].append(record.updated_at)
+        await self._on_driver(lambda connection: connection.execute(_SQL["upsert"], *columns))
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records in one statement, in the order of ``keys``."""
+        if len(keys) == 1:
+            ((class_name, id),) = keys
+            rows = await self._on_driver(
+                lambda connection: connection.fetch(_SQL["select_one"], class_name, id)
+            )
+        else:
+            names = [key[0] for key in keys]
+            ids = [key[1] for key in keys]
+            rows = await self._on_driver(
+                lambda connection: connection.fetch(_SQL["select_many"], names, ids)
+            )
+        found = {
+            (row[0], row[1]): StoredRecord(
+                class_name=row[0],
+                id=row[1],
+                schema_version=row[2],
+                data=row[3].encode(),
+                created_at=row[4],
+                updated_at=row[5],
+            )
+            for row in rows
+        }
+        return [found.get(key) for key in keys]
+
+    async def _on_driver(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``operation`` on a pooled asyncpg connection, retrying once if it had died.
+
+        After a server restart the pooled connections are dead: the pool is emptied and the
+        retry connects afresh. Errors leave as the library's errors.
+        """
+        for attempt in (1, 2):
+            try:
+                pooled = await self.engine.raw_connection()
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise self._explain(exc) from exc
+            try:
+                result = await operation(pooled.driver_connection)
+            except asyncpg.PostgresError as exc:
+                pooled.close()
+                raise self._explain(exc) from exc
+            except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                pooled.invalidate()
+                await self.engine.dispose()
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    raise self._explain(exc) from exc
+                continue
+            except BaseException:
+                pooled.invalidate()
+                raise
+            pooled.close()
+            return result
+        raise AssertionError("unreachable")
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
-from sqlalchemy import Select, Table, bindparam, delete, func, select, tuple_
+from sqlalchemy import Select, bindparam, delete, func, select, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,13 +23,13 @@ from pydantic_toast._exceptions import ExternalStorageError, StorageConnectionEr
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import StorageBackend
-from pydantic_toast.backends.sql_table import ExternalRecord
+from pydantic_toast.backends.sql_table import records_table
 
 __all__ = ["SQLAlchemyBackend", "json_as_text", "json_passthrough"]
 
 T = TypeVar("T")
 
-_table: Table = ExternalRecord.__table__  # type: ignore[assignment]
+_table = records_table
 _c = _table.c
 _COLUMNS = (_c.class_name, _c.id, _c.schema_version, _c.data, _c.created_at, _c.updated_at)
 
@@ -84,9 +84,7 @@ class SQLAlchemyBackend(StorageBackend):
     def engine(self) -> AsyncEngine:
         """The connected engine (after :meth:`connect`)."""
         if self._engine is None:
-            raise StorageConnectionError(
-                f"{self!r} is not connected", url=self._parsed.masked
-            )
+            raise StorageConnectionError(f"{self!r} is not connected", url=self._parsed.masked)
         return self._engine
 
     async def connect(self) -> None:
@@ -137,6 +135,7 @@ class SQLAlchemyBackend(StorageBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
+
         async def read(connection: AsyncConnection) -> dict[RecordKey, StoredRecord]:
             if len(keys) == 1:
                 ((class_name, id),) = keys
@@ -166,6 +165,7 @@ class SQLAlchemyBackend(StorageBackend):
             after_id = bindparam("after", after, type_=_c.id.type)
             query = query.where(tuple_(_c.created_at, _c.id) < tuple_(anchor_created_at, after_id))
         query = query.order_by(*_NEWEST_FIRST).limit(limit)
+
         async def read(connection: AsyncConnection) -> list[UUID]:
             return list((await connection.execute(query)).scalars())
 
@@ -173,6 +173,7 @@ class SQLAlchemyBackend(StorageBackend):
 
     async def count(self, class_name: str) -> int:
         """How many records of ``class_name`` are stored."""
+
         async def read(connection: AsyncConnection) -> int:
             return int((await connection.execute(_COUNT, {"class_name": class_name})).scalar_one())
 

@@ -11,13 +11,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, Text, Uuid, func
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, Table, Text, Uuid, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["TABLE_NAME", "ExternalRecord", "metadata"]
+__all__ = ["TABLE_NAME", "ExternalRecord", "metadata", "records_table"]
 
 TABLE_NAME = "external_records"
 
@@ -95,3 +95,7 @@ class ExternalRecord(Base):
 
     def __repr__(self) -> str:
         return f"<ExternalRecord {self.class_name} {self.id}>"
+
+
+records_table: Table = ExternalRecord.__table__  # type: ignore[assignment]
+"""The mapped table, for building Core statements."""

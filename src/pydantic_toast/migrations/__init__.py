@@ -1,1 +1,1 @@
-"""Alembic migrations of the ``external_records`` table (``script_location = pydantic_toast:migrations``)."""
+"""Alembic migrations of ``external_records`` (script_location pydantic_toast:migrations)."""
