@@ -1,0 +1,319 @@
+"""``redis://`` and ``rediss://``: records as JSON documents under predictable keys.
+
+URL: ``redis://[[user]:password@]host:6379/0`` (``rediss://`` for TLS). Query options:
+
+* ``prefix`` (default ``pydantic_toast``): keys are ``<prefix>:<class_name>:<uuid>``;
+* ``max_connections`` (default 50) and ``pool_timeout`` (seconds, default 10): the pool waits
+  this long for a free connection when all are busy, instead of failing;
+* ``socket_timeout`` (default 10) and ``socket_connect_timeout`` (default 5), in seconds;
+* ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``
+  (``none``/``optional``/``required``) for ``rediss://``.
+
+Each value is one JSON document, ``{"created_at", "schema_version", "updated_at", "data"}``,
+``data`` holding the model's fields. A save is a server-side script: it keeps ``created_at``
+of an existing record (no read-modify-write race between writers) and sets the rest. With a
+model ``ttl``, every write sets the expiry afresh (a record expires ``ttl`` seconds after its
+last write); without one, a write makes the record permanent. ``<prefix>:<class_name>:index``
+is a sorted set of the class's ids by creation time, for listing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageConfigurationError,
+    StorageConnectionError,
+    StorageValidationError,
+)
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import StorageBackend
+
+__all__ = ["RedisBackend"]
+
+_NUMBERS = {
+    "max_connections": 50,
+    "pool_timeout": 10.0,
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
+}
+_SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_OPTIONS = {"prefix", *_NUMBERS, *_SSL}
+
+# KEYS: record keys, then the class index keys (same order). ARGV: for each record, the
+# document without created_at (starting with ','), its created_at, its creation score, its
+# id and its TTL in milliseconds (0: none). created_at is cut from the stored text,
+# so the data is never decoded and re-encoded by Lua.
+_SAVE_SCRIPT = """
+local n = #KEYS / 2
+for i = 1, n do
+  local base = (i - 1) * 5
+  local ttl = tonumber(ARGV[base + 5])
+  local created = ARGV[base + 2]
+  local old = redis.call('GET', KEYS[i])
+  if old then
+    local kept = string.match(old, '^{"created_at":"([^"]*)"')
+    if kept then created = kept end
+  else
+    redis.call('ZADD', KEYS[n + i], 'NX', ARGV[base + 3], ARGV[base + 4])
+  end
+  local document = '{"created_at":"' .. created .. '"' .. ARGV[base + 1]
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], document, 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], document)
+  end
+end
+return n
+"""
+_DOCUMENT = re.compile(
+    rb'^\{"created_at":"([^"]+)","schema_version":(\d+),"updated_at":"([^"]+)","data":'
+)
+
+
+class RedisBackend(StorageBackend):
+    """Records in Redis, one JSON document per key, written atomically by a server script."""
+
+    supports_ttl = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._parsed = StorageURL.parse(url)
+        self._prefix, self._pool_options = _options(self._parsed)
+        self._client: aioredis.Redis | None = None
+        self._save_script: Any = None
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        """Check the options without connecting."""
+        _options(url)
+
+    def key(self, class_name: str, id: UUID) -> str:
+        """The key a record is stored under: ``<prefix>:<class_name>:<uuid>``."""
+        return f"{self._prefix}:{class_name}:{id}"
+
+    def index_key(self, class_name: str) -> str:
+        """The sorted set of a class's ids by creation time."""
+        return f"{self._prefix}:{class_name}:index"
+
+    async def connect(self) -> None:
+        """Open the pool and check the server answers (and accepts the credentials)."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            _server_url(self._parsed), **self._pool_options
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        self._save_script = self._client.register_script(_SAVE_SCRIPT)
+        try:
+            await self._call(self._client.ping())
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    async def disconnect(self) -> None:
+        """Close the pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        """Store one document (see :meth:`StorageBackend.save`)."""
+        await self.save_records([StoredRecord.from_document(class_name, id, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        """Return one document (see :meth:`StorageBackend.load`)."""
+        (record,) = await self.load_records([(class_name, id)])
+        return None if record is None else record.to_document()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Write the records in one script call (one round trip), keeping ``created_at``."""
+        keys = [self.key(r.class_name, r.id) for r in records]
+        keys += [self.index_key(r.class_name) for r in records]
+        arguments: list[Any] = []
+        for record in records:
+            rest = (
+                f',"schema_version":{record.schema_version},'
+                f'"updated_at":"{record.updated_at.isoformat()}","data":'
+            ).encode()
+            arguments += [
+                rest + record.data + b"}",
+                record.created_at.isoformat(),
+                record.created_at.timestamp(),
+                str(record.id),
+                round(record.ttl * 1000) if record.ttl else 0,
+            ]
+        await self._call(self._save_script(keys=keys, args=arguments))
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records with one MGET."""
+        names = [self.key(class_name, id) for class_name, id in keys]
+        values = await self._call(self._connected().mget(names))
+        return [
+            None if value is None else self._parse(name, class_name, id, value)
+            for name, (class_name, id), value in zip(names, keys, values, strict=True)
+        ]
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete one record; return whether it existed."""
+        client = self._connected()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(class_name, id))
+            pipe.zrem(self.index_key(class_name), str(id))
+            deleted, _ = await self._call(pipe.execute())
+        return bool(deleted)
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        """Ids newest first (creation time, then id), after the record ``after``."""
+        client = self._connected()
+        index = self.index_key(class_name)
+        start_score: float | str = "+inf"
+        if after is not None:
+            score = await self._call(client.zscore(index, str(after)))
+            if score is None:
+                return []
+            start_score = score
+        ids: list[UUID] = []
+        offset = 0
+        while len(ids) < limit:
+            batch = await self._call(
+                client.zrevrangebyscore(
+                    index, start_score, "-inf", start=offset, num=limit * 2, withscores=True
+                )
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            candidates = [
+                UUID(member.decode())
+                for member, score in batch
+                if after is None or score < start_score or member.decode() < str(after)
+            ]
+            live = await self._call(client.mget([self.key(class_name, i) for i in candidates]))
+            stale = [i for i, value in zip(candidates, live, strict=True) if value is None]
+            if stale:
+                await self._call(client.zrem(index, *map(str, stale)))
+            ids += [i for i, value in zip(candidates, live, strict=True) if value is not None]
+        return ids[:limit]
+
+    async def count(self, class_name: str) -> int:
+        """How many live records of ``class_name`` there are."""
+        total = 0
+        after: UUID | None = None
+        while True:
+            page = await self.list_ids(class_name, limit=1000, after=after)
+            total += len(page)
+            if len(page) < 1000:
+                return total
+            after = page[-1]
+
+    def _connected(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StorageConnectionError(f"{self!r} is not connected", url=self._parsed.masked)
+        return self._client
+
+    def _parse(self, key: str, class_name: str, id: UUID, value: bytes) -> StoredRecord:
+        match = _DOCUMENT.match(value)
+        if match is None or not value.endswith(b"}"):
+            raise StorageValidationError(
+                f"the value under Redis key {key} is not a pydantic-toast record (expected a JSON "
+                '{"created_at", "schema_version", "updated_at", "data"} document): it was '
+                "written by something else or damaged; it is left untouched",
+                class_name=class_name,
+                id=id,
+            )
+        from datetime import datetime
+
+        try:
+            created, updated = (datetime.fromisoformat(g.decode()) for g in match.group(1, 3))
+        except ValueError:
+            raise StorageValidationError(
+                f"the value under Redis key {key} has unreadable timestamps",
+                class_name=class_name,
+                id=id,
+            ) from None
+        return StoredRecord(
+            class_name=class_name,
+            id=id,
+            data=value[match.end() : -1],
+            schema_version=int(match.group(2)),
+            created_at=created,
+            updated_at=updated,
+        )
+
+    async def _call(self, awaitable: Any) -> Any:
+        """Await a Redis command, translating driver errors into the library's."""
+        try:
+            return await awaitable
+        except ExternalStorageError:
+            raise
+        except redis_errors.AuthenticationError as exc:
+            raise self._auth_error() from exc
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
+                raise self._auth_error() from exc
+            raise ExternalStorageError(
+                f"Redis at {self._parsed.address} refused a command: {str(exc).split()[0]}"
+            ) from exc
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise StorageConnectionError(
+                f"could not reach Redis at {self._parsed.address} ({type(exc).__name__}): check "
+                "that the server runs and the host and port in the URL",
+                url=self._parsed.masked,
+            ) from exc
+
+    def _auth_error(self) -> StorageConnectionError:
+        who = f"user {self._parsed.username!r}" if self._parsed.username else "the password"
+        return StorageConnectionError(
+            f"Redis at {self._parsed.address} rejected {who}: check the credentials in the "
+            "storage URL (redis://user:password@host:port/db)",
+            url=self._parsed.masked,
+        )
+
+
+def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
+    unknown = sorted(set(url.query) - _OPTIONS)
+    if unknown:
+        raise StorageConfigurationError(
+            f"{url.masked}: unknown option(s) {', '.join(unknown)}; Redis URLs take "
+            f"{', '.join(sorted(_OPTIONS))}"
+        )
+    if url.path.strip("/") and not url.path.strip("/").isdigit():
+        raise StorageConfigurationError(
+            f"{url.masked}: the path must be a database number, e.g. redis://host:6379/0"
+        )
+    options: dict[str, Any] = {}
+    for name, default in _NUMBERS.items():
+        raw = url.query.get(name)
+        try:
+            value = type(default)(raw) if raw is not None else default
+        except ValueError:
+            raise StorageConfigurationError(
+                f"{url.masked}: {name} must be a number, got {raw!r}"
+            ) from None
+        if value <= 0:
+            raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
+        options["timeout" if name == "pool_timeout" else name] = value
+    for name in _SSL:
+        if name in url.query:
+            if url.scheme != "rediss":
+                raise StorageConfigurationError(f"{url.masked}: {name} needs a rediss:// URL")
+            options[name] = url.query[name]
+    prefix = url.query.get("prefix", "pydantic_toast")
+    if not prefix or ":" in prefix:
+        raise StorageConfigurationError(f"{url.masked}: prefix must be non-empty, without ':'")
+    return prefix, options
+
+
+def _server_url(url: StorageURL) -> str:
+    """The URL redis-py gets: ours without the options it does not know."""
+    return url.raw.split("?", 1)[0]

@@ -1,0 +1,125 @@
+"""Real servers for the integration tests, each behaviour run on every backend that claims it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests import servers
+
+
+def _admin(url: str, *statements: str) -> None:
+    """Run statements on the server's maintenance database (autocommit)."""
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def _with_database(url: str, database: str) -> str:
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """An admin URL of the session's PostgreSQL server."""
+    with servers.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A throwaway database of this session, migrated with Alembic, dropped afterwards."""
+    database = f"toast_test_{uuid4().hex[:12]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        yield url
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file to copy for each test."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    assert toast_cli(["migrate", f"sqlite:///{path}"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> Iterator[str]:
+    """A Redis URL for the session (a local redis-server when none is given)."""
+    url = servers.os.environ.get("TOAST_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    try:
+        server = servers.TempRedis()
+    except FileNotFoundError:
+        servers.missing_server("Redis", "TOAST_TEST_REDIS_URL")
+        return
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite", marks=pytest.mark.sqlite),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL of this test's own, on each backend in turn."""
+    kind = request.param
+    tag = uuid4().hex[:12]
+    if kind == "memory":
+        url = f"memory://{tag}"
+    elif kind == "sqlite":
+        path = tmp_path / "toast.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+    elif kind == "postgresql":
+        base = request.getfixturevalue("postgres_database_url")
+        url = f"{base}?application_name=t{tag}"
+    else:
+        base = request.getfixturevalue("redis_base_url")
+        url = f"{base}?prefix=toast_test_{tag}"
+    yield url
+    pydantic_toast.close_storage()
+    if kind == "redis":
+        _delete_redis_prefix(url, f"toast_test_{tag}")
+
+
+def _delete_redis_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url.split("?")[0])
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -1,0 +1,254 @@
+"""Test servers: found from the environment, Docker, or started from local binaries.
+
+Order for each kind: a URL from an environment variable (``TOAST_TEST_POSTGRES_URL``,
+``TOAST_TEST_REDIS_URL``); a Docker engine that answers (testcontainers); a throwaway server
+from local binaries on a free port. With ``CI=true`` a missing server fails the test session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def docker_answers() -> bool:
+    """Whether a Docker engine answers within two seconds."""
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+def missing_server(kind: str, variable: str) -> None:
+    message = (
+        f"no {kind} server for the tests: set {variable}, start Docker, or install the "
+        f"{kind} server binaries"
+    )
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class TempPostgres:
+    """A throwaway PostgreSQL cluster from local binaries, on a free port.
+
+    Runs as the unprivileged ``postgres`` user when started as root. The superuser
+    ``postgres`` has password ``postgres``: TCP connections need it (scram-sha-256).
+    """
+
+    PASSWORD = "postgres"
+
+    def __init__(self) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            raise FileNotFoundError("initdb/pg_ctl")
+        self.pg_ctl = pg_ctl
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="toast-pg-"))
+        self.data = self.root / "data"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        (self.root / "pw").write_text(self.PASSWORD)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for path in (self.root, self.root / "pw"):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._run(
+            initdb,
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={self.root / 'pw'}",
+            "--no-sync",
+        )
+        self.ssl = False
+
+    def _run(self, *argv: str) -> None:
+        command = ["runuser", "-u", self.user, "--", *argv] if self.user else list(argv)
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def enable_ssl(self) -> Path:
+        """Give the cluster a self-signed certificate (applies at the next start); return it."""
+        cert, key = self.data / "server.crt", self.data / "server.key"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        key.chmod(0o600)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for path in (cert, key):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.ssl = True
+        return cert
+
+    def start(self, *, ssl: bool | None = None) -> None:
+        use_ssl = self.ssl if ssl is None else ssl
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
+            f"-c ssl={'on' if use_ssl else 'off'}"
+        )
+        self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
+        secret = f":{password}" if password is not None else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """An admin URL of a PostgreSQL server for the test session."""
+    url = os.environ.get("TOAST_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    try:
+        cluster = TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError):
+        missing_server("PostgreSQL", "TOAST_TEST_POSTGRES_URL")
+        return
+    try:
+        cluster.start()
+        yield cluster.url()
+    finally:
+        cluster.destroy()
+
+
+class TempRedis:
+    """A throwaway redis-server from the local binary, on a free port."""
+
+    def __init__(self, *arguments: str, tls_dir: Path | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise FileNotFoundError("redis-server")
+        self.port = free_port()
+        self.tls_port = free_port() if tls_dir else None
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", *arguments]
+        if tls_dir is not None:
+            argv += [
+                "--tls-port",
+                str(self.tls_port),
+                "--tls-cert-file",
+                str(tls_dir / "server.crt"),
+                "--tls-key-file",
+                str(tls_dir / "server.key"),
+                "--tls-ca-cert-file",
+                str(tls_dir / "server.crt"),
+                "--tls-auth-clients",
+                "no",
+            ]
+        self.argv = argv
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def self_signed_certificate(directory: Path) -> Path:
+    """Write server.crt/server.key for localhost into ``directory``; return the certificate."""
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(directory / "server.key"),
+            "-out",
+            str(directory / "server.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return directory / "server.crt"
