@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import (
     ExternalStorageError,
@@ -263,21 +264,23 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 pooled = await self.engine.raw_connection()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 raise self._explain(exc) from exc
+            # Check-in and invalidation may close an asyncpg connection, which SQLAlchemy's
+            # async adaptation can only await inside its greenlet.
             try:
                 result = await operation(pooled.driver_connection)
             except asyncpg.PostgresError as exc:
-                pooled.close()
+                await greenlet_spawn(pooled.close)
                 raise self._explain(exc) from exc
             except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                pooled.invalidate()
+                await greenlet_spawn(pooled.invalidate)
                 await self.engine.dispose()
                 if attempt == 2 or isinstance(exc, TimeoutError):
                     raise self._explain(exc) from exc
                 continue
             except BaseException:
-                pooled.invalidate()
+                await greenlet_spawn(pooled.invalidate)
                 raise
-            pooled.close()
+            await greenlet_spawn(pooled.close)
             return result
         raise AssertionError("unreachable")
 

@@ -1,0 +1,185 @@
+"""Behaviour every backend claims: run on memory, SQLite, PostgreSQL and Redis alike."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import BaseModel
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+    StorageValidationError,
+)
+from pydantic_toast.backends.registry import backend_class_for
+from pydantic_toast.runtime.connections import backend_for
+
+
+def models(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
+    class Order(ExternalBaseModel):
+        product: str
+        quantity: int
+        price: float = 1.5
+        placed_at: datetime = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        model_config = ExternalConfigDict(storage=url)
+
+    class Basket(ExternalBaseModel):
+        orders: list[Order]
+        note: str = ""
+        model_config = ExternalConfigDict(storage=url)
+
+    return Order, Basket
+
+
+def records(url: str, *keys: tuple[str, object]) -> list[pydantic_toast.StoredRecord | None]:
+    async def read() -> list[pydantic_toast.StoredRecord | None]:
+        backend = await backend_for(url)
+        try:
+            return await backend.load_records(list(keys))  # type: ignore[arg-type]
+        finally:
+            await pydantic_toast.aclose_storage()
+
+    return asyncio.run(read())
+
+
+def test_round_trip_sync(storage_url: str) -> None:
+    """Dump stores, validate loads every field back exactly."""
+    order_cls, _ = models(storage_url)
+    order = order_cls(product="tea", quantity=2, price=0.1)
+    reference = order.model_dump()
+    assert set(reference) == {"class_name", "id"}
+    assert order_cls.model_validate(reference) == order
+    assert order_cls.model_validate_json(order.model_dump_json()) == order
+
+
+async def test_round_trip_async(storage_url: str) -> None:
+    """asave/aload round-trip on the caller's loop."""
+    order_cls, basket_cls = models(storage_url)
+    basket = basket_cls(orders=[order_cls(product=f"p{i}", quantity=i) for i in range(4)])
+    reference = await basket.asave()
+    assert await basket_cls.aload(reference) == basket
+
+
+def test_update_keeps_id_and_created_at_and_moves_updated_at(storage_url: str) -> None:
+    """Dumping again overwrites the record under the same id; created_at stays put."""
+    order_cls, _ = models(storage_url)
+    order = order_cls(product="tea", quantity=1)
+    reference = order.model_dump()
+    key = ("Order", order.external_id)
+    (first,) = records(storage_url, key)
+    order.quantity = 5  # type: ignore[attr-defined]
+    assert order.model_dump() == reference
+    (second,) = records(storage_url, key)
+    assert first is not None
+    assert second is not None
+    assert second.created_at == first.created_at
+    assert second.updated_at > first.updated_at
+    assert second.created_at.tzinfo is not None
+    assert second.created_at.microsecond == first.created_at.microsecond
+    assert order_cls.model_validate(reference).quantity == 5  # type: ignore[attr-defined]
+
+
+def test_created_at_survives_a_fresh_writer(storage_url: str) -> None:
+    """Another instance writing the same id (e.g. another process) keeps created_at."""
+    order_cls, _ = models(storage_url)
+    order = order_cls(product="tea", quantity=1)
+    reference = order.model_dump()
+    (first,) = records(storage_url, ("Order", order.external_id))
+    impostor = order_cls(product="tea", quantity=9)
+    object.__setattr__(impostor, "_toast_identity", None)
+    loaded = order_cls.model_validate(reference)
+    object.__setattr__(
+        loaded,
+        "_toast_identity",
+        type(loaded._toast_identity)(loaded.external_id, datetime.now(UTC)),  # type: ignore[attr-defined]
+    )
+    loaded.model_dump()
+    (second,) = records(storage_url, ("Order", order.external_id))
+    assert first is not None
+    assert second is not None
+    assert second.created_at == first.created_at
+
+
+def test_missing_record(storage_url: str) -> None:
+    """An unknown id raises RecordNotFoundError on every backend."""
+    order_cls, _ = models(storage_url)
+    with pytest.raises(RecordNotFoundError):
+        order_cls.model_validate({"class_name": "Order", "id": "0" * 32})
+
+
+def test_nested_tree_round_trips_through_plain_models(storage_url: str) -> None:
+    """A plain model holding external ones round-trips, batched and unbatched."""
+    order_cls, basket_cls = models(storage_url)
+
+    class Checkout(BaseModel):
+        basket: basket_cls  # type: ignore[valid-type]
+        extras: dict[str, order_cls]  # type: ignore[valid-type]
+
+    checkout = Checkout(
+        basket=basket_cls(orders=[order_cls(product="a", quantity=1)]),
+        extras={"gift": order_cls(product="b", quantity=2)},
+    )
+    assert Checkout.model_validate(checkout.model_dump()) == checkout
+    assert pydantic_toast.validate(Checkout, pydantic_toast.dump(checkout)) == checkout
+
+
+def test_classes_on_one_url_stay_separate(storage_url: str) -> None:
+    """Two classes on the same storage never see each other's records."""
+    order_cls, basket_cls = models(storage_url)
+    order = order_cls(product="tea", quantity=1)
+    reference = order.model_dump()
+    with pytest.raises(StorageValidationError):
+        basket_cls.model_validate(reference)
+    with pytest.raises(RecordNotFoundError):
+        basket_cls.model_validate({"class_name": "Basket", "id": reference["id"]})
+
+
+async def test_hundred_concurrent_async_operations(storage_url: str) -> None:
+    """100 concurrent saves then loads all succeed on one pool."""
+    order_cls, _ = models(storage_url)
+    orders = [order_cls(product=f"p{i}", quantity=i) for i in range(100)]
+    references = await asyncio.gather(*(order.asave() for order in orders))
+    loaded = await asyncio.gather(*(order_cls.aload(ref) for ref in references))
+    assert loaded == orders
+
+
+def test_values_come_back_exactly_or_are_refused(storage_url: str) -> None:
+    """NaN, infinity and NUL characters are stored losslessly or refused, never changed."""
+    order_cls, _ = models(storage_url)
+    kind = backend_class_for(storage_url.split("://")[0]).__name__
+    for risky in (
+        order_cls(product="nan", quantity=1, price=math.nan),
+        order_cls(product="inf", quantity=1, price=-math.inf),
+        order_cls(product="nul\x00inside", quantity=1),
+    ):
+        try:
+            reference = risky.model_dump()
+        except StorageValidationError as exc:
+            assert kind == "PostgreSQLBackend", exc
+            assert "nul\x00" not in str(exc)
+            assert risky.external_id is not None
+            with pytest.raises(RecordNotFoundError):  # nothing was written
+                order_cls.model_validate({"class_name": "Order", "id": str(risky.external_id)})
+            continue
+        loaded = order_cls.model_validate(reference)
+        assert loaded.product == risky.product  # type: ignore[attr-defined]
+        price = loaded.price  # type: ignore[attr-defined]
+        assert (math.isnan(price) and math.isnan(risky.price)) or price == risky.price  # type: ignore[attr-defined]
+
+
+def test_big_and_wide_models(storage_url: str) -> None:
+    """A 100-field model and a ~100 KB payload round-trip."""
+    namespace: dict[str, object] = {f"f{i}": i for i in range(100)}
+    namespace["__annotations__"] = {f"f{i}": int for i in range(100)} | {"blob": str}
+    namespace["blob"] = "x" * 100_000
+    namespace["model_config"] = ExternalConfigDict(storage=storage_url)
+    wide = type("Wide", (ExternalBaseModel,), namespace)
+    item = wide(f3=333)
+    loaded = wide.model_validate(item.model_dump())
+    assert loaded == item
+    assert loaded.f3 == 333  # type: ignore[attr-defined]
