@@ -157,19 +157,20 @@ def test_values_come_back_exactly_or_are_refused(storage_url: str) -> None:
         order_cls(product="inf", quantity=1, price=-math.inf),
         order_cls(product="nul\x00inside", quantity=1),
     ):
-        try:
-            reference = risky.model_dump()
-        except StorageValidationError as exc:
-            assert kind == "PostgreSQLBackend", exc
-            assert "nul\x00" not in str(exc)
-            assert risky.external_id is not None
-            with pytest.raises(RecordNotFoundError):  # nothing was written
+        if kind == "PostgreSQLBackend":  # jsonb cannot hold these: refused, nothing written
+            with pytest.raises(StorageValidationError, match="nothing was written") as info:
+                risky.model_dump()
+            assert "nul\x00" not in str(info.value)
+            with pytest.raises(RecordNotFoundError):
                 order_cls.model_validate({"class_name": "Order", "id": str(risky.external_id)})
             continue
-        loaded = order_cls.model_validate(reference)
+        loaded = order_cls.model_validate(risky.model_dump())
         assert loaded.product == risky.product  # type: ignore[attr-defined]
         price = loaded.price  # type: ignore[attr-defined]
-        assert (math.isnan(price) and math.isnan(risky.price)) or price == risky.price  # type: ignore[attr-defined]
+        if math.isnan(risky.price):  # type: ignore[attr-defined]
+            assert math.isnan(price)
+        else:
+            assert price == risky.price  # type: ignore[attr-defined]
 
 
 def test_big_and_wide_models(storage_url: str) -> None:
