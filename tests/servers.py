@@ -52,11 +52,9 @@ def missing_server(kind: str, variable: str) -> None:
 
 
 def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
+    # Debian keeps the real binaries here; /usr/local/bin may hold wrappers.
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
+    return candidates[-1] if candidates else shutil.which(name)
 
 
 class TempPostgres:
@@ -97,7 +95,9 @@ class TempPostgres:
 
     def _run(self, *argv: str) -> None:
         command = ["runuser", "-u", self.user, "--", *argv] if self.user else list(argv)
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        # No pipes: the server started by pg_ctl would hold them open.
+        with open(self.root / "commands.log", "ab") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=log, timeout=120)
 
     def enable_ssl(self) -> Path:
         """Give the cluster a self-signed certificate (applies at the next start); return it."""
@@ -138,7 +138,10 @@ class TempPostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
             f"-c ssl={'on' if use_ssl else 'off'}"
         )
-        self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-w", "-t", "60", "start")
+        log = str(self.root / "server.log")
+        self._run(
+            self.pg_ctl, "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "60", "start"
+        )
 
     def stop(self) -> None:
         self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")

@@ -189,6 +189,9 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
+# A connection in any of these states is dropped; the operation is retried once on a new one.
+# (InternalClientError: the server went away while the socket looked idle, e.g. a restart.)
+_BROKEN_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 
 class PostgreSQLBackend(SQLAlchemyBackend):
@@ -271,7 +274,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             except asyncpg.PostgresError as exc:
                 await greenlet_spawn(pooled.close)
                 raise self._explain(exc) from exc
-            except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except _BROKEN_CONNECTION as exc:
                 await greenlet_spawn(pooled.invalidate)
                 await self.engine.dispose()
                 if attempt == 2 or isinstance(exc, TimeoutError):

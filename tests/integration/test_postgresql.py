@@ -1,0 +1,394 @@
+"""PostgreSQL specifics: Alembic ownership of the table, URLs, SSL, failures and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConnectionError,
+    StorageSchemaError,
+)
+from pydantic_toast.integrations.cli import main as toast_cli
+from pydantic_toast.runtime.connections import backend_for
+from tests import servers
+from tests.integration.conftest import _admin, _with_database
+
+pytestmark = pytest.mark.postgresql
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_on(url: str, name: str = "Note") -> type[ExternalBaseModel]:
+    return type(
+        name,
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"{name}{uuid4().hex}"),
+        },
+    )
+
+
+@pytest.fixture
+def empty_database(postgres_admin_url: str) -> Iterator[str]:
+    """A database of this test's own, not migrated."""
+    database = f"toast_empty_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(postgres_admin_url, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def alembic(*args: str, url: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=cwd,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_unmigrated_database_says_which_command_to_run(empty_database: str) -> None:
+    """Without the migration, the first operation fails naming the command; nothing is created."""
+    note = model_on(empty_database)
+    with pytest.raises(StorageSchemaError, match="alembic upgrade head") as info:
+        note(text="x").model_dump()
+    assert "external_records does not exist" in str(info.value)
+    with pytest.raises(StorageSchemaError):
+        note(text="x").model_dump()  # still not created behind the user's back
+
+
+def test_alembic_upgrade_check_downgrade(empty_database: str) -> None:
+    """The repository's alembic.ini upgrades, finds no drift, and downgrades to base."""
+    for spelling in (
+        empty_database,
+        empty_database.replace("postgresql://", "postgresql+asyncpg://"),
+    ):
+        upgrade = alembic("upgrade", "head", url=spelling)
+        assert upgrade.returncode == 0, upgrade.stderr
+        check = alembic("check", url=spelling)
+        assert check.returncode == 0, check.stderr
+        assert "No new upgrade operations detected" in check.stdout + check.stderr
+        note = model_on(spelling)
+        assert note.model_validate(note(text="hi").model_dump()).text == "hi"  # type: ignore[attr-defined]
+        pydantic_toast.close_storage()
+        downgrade = alembic("downgrade", "base", url=spelling)
+        assert downgrade.returncode == 0, downgrade.stderr
+
+
+def test_table_is_readable_by_a_dba(postgres_database_url: str) -> None:
+    """The row is plain SQL: class_name, uuid id, jsonb data with field keys, timestamps."""
+    import asyncpg
+
+    note = model_on(postgres_database_url)
+    reference = note(text="readable").model_dump()
+
+    async def query() -> object:
+        connection = await asyncpg.connect(postgres_database_url)
+        try:
+            return await connection.fetchrow(
+                "SELECT class_name, id::text, schema_version, data->>'text' AS text, "
+                "created_at <= updated_at AS ordered, "
+                "obj_description('external_records'::regclass) AS comment "
+                "FROM external_records WHERE id = $1::uuid",
+                reference["id"],
+            )
+        finally:
+            await connection.close()
+
+    row = asyncio.run(query())
+    assert row is not None
+    assert row["class_name"] == reference["class_name"]  # type: ignore[index]
+    assert row["id"] == reference["id"]  # type: ignore[index]
+    assert row["text"] == "readable"  # type: ignore[index]
+    assert row["ordered"] is True  # type: ignore[index]
+    assert "pydantic-toast" in row["comment"]  # type: ignore[index]
+
+
+def test_url_spellings_share_the_table(postgres_database_url: str) -> None:
+    """postgresql://, postgres:// and postgresql+asyncpg:// all reach the same rows."""
+    writer = model_on(postgres_database_url, "Spelled")
+    reference = writer(text="same").model_dump()
+    name = reference["class_name"]
+    for scheme in ("postgres://", "postgresql+asyncpg://"):
+        url = postgres_database_url.replace("postgresql://", scheme)
+        reader = type(
+            "Reader",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": {"text": str},
+                "model_config": ExternalConfigDict(storage=url, external_name=name),
+            },
+        )
+        assert reader.model_validate(reference).text == "same"  # type: ignore[attr-defined]
+
+
+def test_models_on_one_url_share_one_pool(postgres_database_url: str) -> None:
+    """Several classes on the same URL use one backend instance per loop."""
+    first, second = model_on(postgres_database_url, "A"), model_on(postgres_database_url, "B")
+
+    async def backends() -> tuple[object, object]:
+        await first(text="1").asave()
+        await second(text="2").asave()
+        return await backend_for(postgres_database_url), await backend_for(postgres_database_url)
+
+    one, other = asyncio.run(backends())
+    assert one is other
+
+
+def test_unreachable_server_names_host_and_port_never_the_password() -> None:
+    """A closed port raises StorageConnectionError with host:port and no password."""
+    port = servers.free_port()
+    note = model_on(f"postgresql://app:hunter2@127.0.0.1:{port}/shop")
+    with pytest.raises(StorageConnectionError) as info:
+        note(text="x").model_dump()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(info.value.url)
+
+
+def test_silent_host_times_out_within_connect_timeout() -> None:
+    """A server that accepts but never answers fails after connect_timeout, not 60 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        note = model_on(f"postgresql://app@127.0.0.1:{port}/shop?connect_timeout=1")
+        timer = threading.Timer(20, listener.close)
+        timer.start()
+        import time
+
+        started = time.monotonic()
+        with pytest.raises(StorageConnectionError):
+            note(text="x").model_dump()
+        assert time.monotonic() - started < 10
+        timer.cancel()
+    finally:
+        listener.close()
+
+
+def test_bad_options_fail_at_class_definition() -> None:
+    """Unknown options and bad sslmodes are refused when the class is defined."""
+    with pytest.raises(pydantic_toast.StorageConfigurationError, match="unknown option"):
+        model_on("postgresql://u@h/db?sslmod=require")
+    with pytest.raises(pydantic_toast.StorageConfigurationError, match="sslmode must be one of"):
+        model_on("postgresql://u@h/db?sslmode=sometimes")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[servers.TempPostgres]:
+    """A throwaway local cluster (password auth, SSL available) for tests that disturb it."""
+    try:
+        temp = servers.TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if servers.IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    temp.enable_ssl()
+    temp.start()
+    try:
+        assert toast_cli(["migrate", temp.url()]) == 0
+        yield temp
+    finally:
+        pydantic_toast.close_storage()
+        temp.destroy()
+
+
+def test_wrong_password_is_a_clear_authentication_error(cluster: servers.TempPostgres) -> None:
+    """A wrong password says the credentials were rejected, without printing them."""
+    note = model_on(cluster.url(password="not-the-password"))
+    with pytest.raises(StorageConnectionError, match="rejected the credentials") as info:
+        note(text="x").model_dump()
+    assert "not-the-password" not in str(info.value)
+
+
+def test_sslmode_require_and_verify_full_against_an_ssl_server(
+    cluster: servers.TempPostgres,
+) -> None:
+    """sslmode=require and verify-full (with sslrootcert) connect over SSL."""
+    cert = cluster.data / "server.crt"
+    for query in ("sslmode=require", f"sslmode=verify-full&sslrootcert={cert}"):
+        url = f"{cluster.url()}?{query}"
+        note = model_on(url)
+        reference = note(text="secure").model_dump()
+        assert note.model_validate(reference).text == "secure"  # type: ignore[attr-defined]
+        assert _uses_ssl(url)
+
+
+def _uses_ssl(url: str) -> bool:
+    async def check() -> bool:
+        backend = await backend_for(url)
+        async with backend.engine.connect() as connection:  # type: ignore[attr-defined]
+            from sqlalchemy import text
+
+            result = await connection.execute(
+                text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            )
+            used = bool(result.scalar_one())
+        await pydantic_toast.aclose_storage()
+        return used
+
+    return asyncio.run(check())
+
+
+def test_restart_between_calls_reconnects_and_ssl_off_is_refused(
+    cluster: servers.TempPostgres,
+) -> None:
+    """After a restart the next call works; sslmode=require on a non-SSL server fails clearly."""
+    note = model_on(cluster.url())
+    reference = note(text="before").model_dump()
+    cluster.stop()
+    cluster.start(ssl=False)
+    try:
+        assert note.model_validate(reference).text == "before"  # type: ignore[attr-defined]
+        secure = model_on(f"{cluster.url()}?sslmode=require")
+        with pytest.raises(StorageConnectionError, match="SSL"):
+            secure(text="x").model_dump()
+    finally:
+        cluster.stop()
+        cluster.start(ssl=True)
+
+
+def test_packaged_migrations_work_from_an_installed_wheel(
+    tmp_path: Path, empty_database: str
+) -> None:
+    """A wheel carries the migrations: pydantic-toast migrate works from a plain install."""
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheel_dir.glob("*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pydantic_toast/migrations/env.py" in names
+    assert "pydantic_toast/migrations/script.py.mako" in names
+    assert "pydantic_toast/migrations/versions/0001_external_records.py" in names
+    assert "pydantic_toast/py.typed" in names
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pydantic_toast.integrations.cli import main; raise SystemExit(main())",
+            "migrate",
+            empty_database,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        str(target)
+        in subprocess.run(
+            [sys.executable, "-c", "import pydantic_toast; print(pydantic_toast.__file__)"],
+            env={**os.environ, "PYTHONPATH": str(target)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    note = model_on(empty_database)
+    assert note.model_validate(note(text="wheel").model_dump()).text == "wheel"  # type: ignore[attr-defined]
+
+
+USER_ENV = """
+import asyncio, os
+from alembic import context
+from sqlalchemy import Column, Integer, MetaData, Table, Text
+from pydantic_toast.integrations.alembic import include_name, migration_engine
+from pydantic_toast.integrations.alembic import metadata as toast_metadata
+
+app_metadata = MetaData()
+Table("customers", app_metadata, Column("id", Integer, primary_key=True), Column("name", Text))
+
+def run(connection):
+    context.configure(
+        connection=connection,
+        target_metadata=[app_metadata, toast_metadata],
+        include_name=include_name,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+async def main():
+    engine = migration_engine(os.environ["DATABASE_URL"])
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+        await connection.commit()
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+
+USER_VERSION = """
+revision = "app0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+import sqlalchemy as sa
+from alembic import op
+
+def upgrade():
+    op.create_table(
+        "customers", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text)
+    )
+
+def downgrade():
+    op.drop_table("customers")
+"""
+
+
+def test_users_own_alembic_project_keeps_our_table(tmp_path: Path, empty_database: str) -> None:
+    """A user's project with our metadata and include_name passes alembic check."""
+    project = tmp_path / "app"
+    (project / "migrations" / "versions").mkdir(parents=True)
+    (project / "migrations" / "env.py").write_text(USER_ENV)
+    (project / "migrations" / "versions" / "app0001.py").write_text(USER_VERSION)
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
+    assert toast_cli(["migrate", empty_database]) == 0
+    upgrade = alembic("upgrade", "head", url=empty_database, cwd=project)
+    assert upgrade.returncode == 0, upgrade.stderr
+    check = alembic("check", url=empty_database, cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
