@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+DEMO_DB ?= demo.db
+
 demo: install
-	$(PY) examples/quickstart_demo.py
+	$(VENV)/bin/pydantic-toast migrate sqlite:///$(DEMO_DB)
+	DEMO_STORAGE_URL=sqlite:///$(DEMO_DB) $(PY) examples/quickstart_demo.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,8 @@
 """The quickstart end to end on the embedded default: no server needed.
 
-Run it with ``make demo``. It stores models in a SQLite file next to this script (created and
-migrated by ``make demo`` first), dumps them to references, and loads them back.
+Run it with ``make demo``: it migrates a SQLite file (``demo.db``) with the packaged Alembic
+migrations, then stores models there, dumps them to references, and loads them back.
+Without ``DEMO_STORAGE_URL`` it runs on ``memory://``.
 """
 
 from __future__ import annotations
