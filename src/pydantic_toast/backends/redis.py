@@ -20,7 +20,7 @@ is a sorted set of the class's ids by creation time, for listing.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -112,7 +112,7 @@ class RedisBackend(StorageBackend):
         self._client = aioredis.Redis(connection_pool=pool)
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
         try:
-            await self._call(self._client.ping())
+            await self._call(self._client.ping)
         except BaseException:
             await self.disconnect()
             raise
@@ -150,12 +150,12 @@ class RedisBackend(StorageBackend):
                 str(record.id),
                 round(record.ttl * 1000) if record.ttl else 0,
             ]
-        await self._call(self._save_script(keys=keys, args=arguments))
+        await self._call(lambda: self._save_script(keys=keys, args=arguments))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records with one MGET."""
         names = [self.key(class_name, id) for class_name, id in keys]
-        values = await self._call(self._connected().mget(names))
+        values = await self._call(lambda: self._connected().mget(names))
         return [
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
@@ -164,10 +164,14 @@ class RedisBackend(StorageBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
         client = self._connected()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.key(class_name, id))
-            pipe.zrem(self.index_key(class_name), str(id))
-            deleted, _ = await self._call(pipe.execute())
+
+        async def delete_both() -> list[Any]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.key(class_name, id))
+                pipe.zrem(self.index_key(class_name), str(id))
+                return await pipe.execute()
+
+        deleted, _ = await self._call(delete_both)
         return bool(deleted)
 
     async def list_ids(
@@ -178,7 +182,7 @@ class RedisBackend(StorageBackend):
         index = self.index_key(class_name)
         start_score: float | str = "+inf"
         if after is not None:
-            score = await self._call(client.zscore(index, str(after)))
+            score = await self._call(lambda: client.zscore(index, str(after)))
             if score is None:
                 return []
             start_score = score
@@ -186,8 +190,8 @@ class RedisBackend(StorageBackend):
         offset = 0
         while len(ids) < limit:
             batch = await self._call(
-                client.zrevrangebyscore(
-                    index, start_score, "-inf", start=offset, num=limit * 2, withscores=True
+                lambda start=offset: client.zrevrangebyscore(
+                    index, start_score, "-inf", start=start, num=limit * 2, withscores=True
                 )
             )
             if not batch:
@@ -198,10 +202,11 @@ class RedisBackend(StorageBackend):
                 for member, score in batch
                 if after is None or score < start_score or member.decode() < str(after)
             ]
-            live = await self._call(client.mget([self.key(class_name, i) for i in candidates]))
+            keys = [self.key(class_name, i) for i in candidates]
+            live = await self._call(lambda keys=keys: client.mget(keys))
             stale = [i for i, value in zip(candidates, live, strict=True) if value is None]
             if stale:
-                await self._call(client.zrem(index, *map(str, stale)))
+                await self._call(lambda stale=stale: client.zrem(index, *map(str, stale)))
             ids += [i for i, value in zip(candidates, live, strict=True) if value is not None]
         return ids[:limit]
 
@@ -250,10 +255,20 @@ class RedisBackend(StorageBackend):
             updated_at=updated,
         )
 
-    async def _call(self, awaitable: Any) -> Any:
-        """Await a Redis command, translating driver errors into the library's."""
+    async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a Redis command, translating driver errors into the library's.
+
+        Every command here is idempotent, so one that failed on a dropped connection (a server
+        restart, an idle timeout) is sent once more on a fresh one.
+        """
         try:
-            return await awaitable
+            try:
+                return await command()
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                if self._client is None:
+                    raise
+                await self._client.connection_pool.disconnect()
+                return await command()
         except ExternalStorageError:
             raise
         except redis_errors.AuthenticationError as exc:

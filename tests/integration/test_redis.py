@@ -1,0 +1,235 @@
+"""Redis specifics: URLs and auth, TLS, key layout, expiry, pool pressure, damage, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import redis
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+    StorageConnectionError,
+    StorageValidationError,
+)
+from tests import servers
+
+pytestmark = pytest.mark.redis
+
+
+def model_on(url: str, **config: object) -> type[ExternalBaseModel]:
+    return type(
+        "Session",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"user": str},
+            "model_config": ExternalConfigDict(
+                storage=url,
+                external_name=f"Session{uuid4().hex[:8]}",
+                **config,  # type: ignore[typeddict-item]
+            ),
+        },
+    )
+
+
+@pytest.fixture
+def prefixed_url(redis_base_url: str) -> Iterator[tuple[str, redis.Redis]]:
+    """A URL with a key prefix of this test's own, and a plain client; keys removed after."""
+    prefix = f"toast_test_{uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_base_url)
+    yield f"{redis_base_url}?prefix={prefix}", client
+    pydantic_toast.close_storage()
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_key_layout_is_predictable_and_documented(prefixed_url: tuple[str, redis.Redis]) -> None:
+    """Keys are <prefix>:<class_name>:<uuid>; the value is a JSON document with metadata."""
+    url, client = prefixed_url
+    session = model_on(url)
+    reference = session(user="ada").model_dump()
+    prefix = url.split("prefix=")[1]
+    raw = client.get(f"{prefix}:{reference['class_name']}:{reference['id']}")
+    assert raw is not None
+    document = json.loads(raw)
+    assert document["data"] == {"user": "ada"}
+    assert document["schema_version"] == 1
+    assert set(document) == {"created_at", "schema_version", "updated_at", "data"}
+
+
+def test_database_number_is_honoured(redis_base_url: str) -> None:
+    """redis://host:port/3 writes into database 3 only."""
+    base = redis_base_url.rsplit("/", 1)[0]
+    prefix = f"toast_test_{uuid4().hex[:10]}"
+    session = model_on(f"{base}/3?prefix={prefix}")
+    reference = session(user="x").model_dump()
+    key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+    db0, db3 = redis.Redis.from_url(f"{base}/0"), redis.Redis.from_url(f"{base}/3")
+    try:
+        assert db3.exists(key) == 1
+        assert db0.exists(key) == 0
+    finally:
+        db3.delete(key, f"{prefix}:{reference['class_name']}:index")
+        db0.close()
+        db3.close()
+        pydantic_toast.close_storage()
+
+
+def test_ttl_expires_records_and_each_write_renews_it(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """With ttl, a record expires after its last write; a write sets the expiry afresh."""
+    url, client = prefixed_url
+    session = model_on(url, ttl=1.0)
+    item = session(user="short")
+    reference = item.model_dump()
+    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
+    assert 0 < client.pttl(key) <= 1000
+    time.sleep(0.6)
+    item.model_dump()
+    assert client.pttl(key) > 600, "the update renewed the expiry"
+    time.sleep(1.1)
+    with pytest.raises(RecordNotFoundError):
+        session.model_validate(reference)
+    permanent = model_on(url)
+    assert client.pttl(f"{url.split('prefix=')[1]}:x") == -2
+    kept = permanent(user="long").model_dump()
+    assert client.pttl(f"{url.split('prefix=')[1]}:{kept['class_name']}:{kept['id']}") == -1
+
+
+def test_concurrent_writers_keep_created_at(prefixed_url: tuple[str, redis.Redis]) -> None:
+    """Many concurrent writes of one record keep the first created_at (atomic script)."""
+    url, client = prefixed_url
+    session = model_on(url)
+    item = session(user="a")
+    reference = item.model_dump()
+    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
+    created = json.loads(client.get(key))["created_at"]  # type: ignore[arg-type]
+
+    async def hammer() -> None:
+        copies = [session.model_validate(reference) for _ in range(50)]
+        for copy_ in copies:
+            object.__setattr__(copy_, "_toast_identity", None)
+            object.__setattr__(
+                copy_,
+                "_toast_identity",
+                type(item._toast_identity)(item.external_id, time_now()),  # type: ignore[attr-defined]
+            )
+        await asyncio.gather(*(c.asave() for c in copies))
+
+    asyncio.run(hammer())
+    assert json.loads(client.get(key))["created_at"] == created  # type: ignore[arg-type]
+
+
+def time_now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_hundreds_of_concurrent_operations_wait_for_the_pool(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """500 concurrent saves on a 4-connection pool wait instead of failing."""
+    url, _ = prefixed_url
+    session = model_on(f"{url}&max_connections=4")
+
+    async def burst() -> int:
+        items = [session(user=str(i)) for i in range(500)]
+        references = await asyncio.gather(*(item.asave() for item in items))
+        loaded = await asyncio.gather(*(session.aload(ref) for ref in references))
+        return sum(1 for a, b in zip(items, loaded, strict=True) if a == b)
+
+    assert asyncio.run(burst()) == 500
+
+
+def test_corrupted_value_names_the_key(prefixed_url: tuple[str, redis.Redis]) -> None:
+    """A value that is not our document is refused with a clear error naming the key."""
+    url, client = prefixed_url
+    session = model_on(url)
+    reference = session(user="x").model_dump()
+    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
+    for garbage in (b"not json at all", b'{"unexpected": true}'):
+        client.set(key, garbage)
+        with pytest.raises(StorageValidationError, match=key):
+            session.model_validate(reference)
+    assert client.get(key) == b'{"unexpected": true}', "left untouched"
+
+
+def test_unreachable_server(redis_base_url: str) -> None:
+    """A closed port is a StorageConnectionError naming host:port, never the password."""
+    port = servers.free_port()
+    session = model_on(f"redis://:sekrit@127.0.0.1:{port}/0?socket_connect_timeout=1")
+    with pytest.raises(StorageConnectionError) as info:
+        session(user="x").model_dump()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "sekrit" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def secured_redis(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[servers.TempRedis, Path]]:
+    """A throwaway redis-server with a password, an ACL user and a TLS port."""
+    certs = tmp_path_factory.mktemp("redis-tls")
+    servers.self_signed_certificate(certs)
+    try:
+        server = servers.TempRedis("--requirepass", "s3cret", tls_dir=certs)
+    except FileNotFoundError:
+        if servers.IN_CI:
+            pytest.fail("no redis-server binary for the auth and TLS tests")
+        pytest.skip("no redis-server binary")
+    admin = redis.Redis(port=server.port, password="s3cret")
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">apppass", "~*", "+@all")
+    admin.close()
+    try:
+        yield server, certs / "server.crt"
+    finally:
+        pydantic_toast.close_storage()
+        server.stop()
+
+
+def test_password_and_acl_user_authenticate(secured_redis: tuple[servers.TempRedis, Path]) -> None:
+    """Password-only and user+password URLs work; a wrong password is a clear auth error."""
+    server, _ = secured_redis
+    for credentials in (":s3cret", "app:apppass"):
+        session = model_on(f"redis://{credentials}@127.0.0.1:{server.port}/0")
+        assert session.model_validate(session(user="ok").model_dump()).user == "ok"  # type: ignore[attr-defined]
+    for credentials in (":wrong-pass", "app:wrong-pass"):
+        session = model_on(f"redis://{credentials}@127.0.0.1:{server.port}/0")
+        with pytest.raises(StorageConnectionError, match="rejected") as info:
+            session(user="x").model_dump()
+        assert "wrong-pass" not in str(info.value)
+
+
+def test_tls_with_a_ca_certificate(secured_redis: tuple[servers.TempRedis, Path]) -> None:
+    """rediss:// with ssl_ca_certs verifies the server and round-trips."""
+    server, ca = secured_redis
+    session = model_on(f"rediss://:s3cret@localhost:{server.tls_port}/0?ssl_ca_certs={ca}")
+    assert session.model_validate(session(user="tls").model_dump()).user == "tls"  # type: ignore[attr-defined]
+
+
+def test_restart_between_calls_reconnects(tmp_path: Path) -> None:
+    """After redis-server restarts, the next call reconnects by itself."""
+    server = servers.TempRedis()
+    try:
+        session = model_on(f"redis://127.0.0.1:{server.port}/0")
+        first = session(user="before")
+        first.model_dump()
+        server.stop()
+        server.start()
+        reference = first.model_dump()  # the data went with the restart: write it again
+        assert session.model_validate(reference).user == "before"  # type: ignore[attr-defined]
+    finally:
+        pydantic_toast.close_storage()
+        server.stop()
