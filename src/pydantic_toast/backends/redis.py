@@ -20,6 +20,7 @@ is a sorted set of the class's ids by creation time, for listing.
 from __future__ import annotations
 
 import re
+from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -190,8 +191,14 @@ class RedisBackend(StorageBackend):
         offset = 0
         while len(ids) < limit:
             batch = await self._call(
-                lambda start=offset: client.zrevrangebyscore(
-                    index, start_score, "-inf", start=start, num=limit * 2, withscores=True
+                partial(
+                    client.zrevrangebyscore,
+                    index,
+                    start_score,
+                    "-inf",
+                    start=offset,
+                    num=limit * 2,
+                    withscores=True,
                 )
             )
             if not batch:
@@ -203,10 +210,10 @@ class RedisBackend(StorageBackend):
                 if after is None or score < start_score or member.decode() < str(after)
             ]
             keys = [self.key(class_name, i) for i in candidates]
-            live = await self._call(lambda keys=keys: client.mget(keys))
+            live = await self._call(partial(client.mget, keys))
             stale = [i for i, value in zip(candidates, live, strict=True) if value is None]
             if stale:
-                await self._call(lambda stale=stale: client.zrem(index, *map(str, stale)))
+                await self._call(partial(client.zrem, index, *map(str, stale)))
             ids += [i for i, value in zip(candidates, live, strict=True) if value is not None]
         return ids[:limit]
 
