@@ -20,8 +20,8 @@ is a sorted set of the class's ids by creation time, for listing.
 from __future__ import annotations
 
 import re
-from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 from uuid import UUID
 
