@@ -14,6 +14,7 @@ the reference and loads the model back (the claim-check pattern)::
     order = Order.model_validate(reference)
 """
 
+from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
     ExternalStorageError,
@@ -37,6 +38,7 @@ __all__ = [
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "Page",
     "RecordKey",
     "RecordNotFoundError",
     "StorageBackend",
@@ -47,10 +49,16 @@ __all__ = [
     "StorageValidationError",
     "StoredRecord",
     "aclose_storage",
+    "acount",
+    "adelete",
     "adump",
+    "apage",
     "avalidate",
     "close_storage",
+    "count",
+    "delete",
     "dump",
+    "page",
     "register_backend",
     "validate",
 ]

@@ -184,3 +184,39 @@ def test_big_and_wide_models(storage_url: str) -> None:
     loaded = wide.model_validate(item.model_dump())
     assert loaded == item
     assert loaded.f3 == 333  # type: ignore[attr-defined]
+
+
+def test_delete_reports_missing_records(storage_url: str) -> None:
+    """delete removes a record; deleting it again raises RecordNotFoundError."""
+    order_cls, _ = models(storage_url)
+    reference = order_cls(product="gone", quantity=1).model_dump()
+    pydantic_toast.delete(order_cls, reference)
+    with pytest.raises(RecordNotFoundError):
+        order_cls.model_validate(reference)
+    with pytest.raises(RecordNotFoundError):
+        pydantic_toast.delete(order_cls, reference["id"])
+
+
+async def test_pages_are_newest_first_stable_and_counted(storage_url: str) -> None:
+    """Keyset pages list newest first; new records do not shift later pages; count agrees."""
+    order_cls, basket_cls = models(storage_url)
+    created = []
+    for i in range(7):
+        order = order_cls(product=f"p{i}", quantity=i)
+        await order.asave()
+        created.append(order)
+    await basket_cls(orders=[]).asave()  # another class on the same storage is not counted
+    assert await pydantic_toast.acount(order_cls) == 7
+    first = await pydantic_toast.apage(order_cls, limit=3)
+    assert [o.quantity for o in first.items] == [6, 5, 4]  # type: ignore[attr-defined]
+    await order_cls(product="newer", quantity=99).asave()
+    second = await pydantic_toast.apage(order_cls, limit=3, after=first.next_after)
+    assert [o.quantity for o in second.items] == [3, 2, 1]  # type: ignore[attr-defined]
+    third = await pydantic_toast.apage(order_cls, limit=3, after=second.next_after)
+    assert [o.quantity for o in third.items] == [0]  # type: ignore[attr-defined]
+    assert third.next_after is None
+    await pydantic_toast.adelete(order_cls, created[0].external_id)  # type: ignore[arg-type]
+    assert await pydantic_toast.acount(order_cls) == 7
+    everything = pydantic_toast.page(order_cls, limit=100)
+    assert everything.items[0].quantity == 99  # type: ignore[attr-defined]
+    assert len(everything.items) == pydantic_toast.count(order_cls) == 7

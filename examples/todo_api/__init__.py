@@ -1,0 +1,1 @@
+"""The todo API from the seeds: FastAPI on PostgreSQL through pydantic-toast."""

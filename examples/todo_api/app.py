@@ -1,0 +1,107 @@
+"""The todo API: ``DATABASE_URL=postgresql://... uvicorn examples.todo_api.app:app``.
+
+Run ``pydantic-toast migrate`` (or ``alembic upgrade head``) against the database first.
+The routes under ``/api/todos`` use the non-blocking API; the same routes under
+``/api/sync/todos`` call the sync API from ``async def`` code, to compare under load (they
+block the event loop for every round trip: do not write routes like them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from examples.todo_api.models import Todo, TodoCreate, TodoOut, TodoPage, TodoUpdate, now
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import pydantic_toast
+from pydantic_toast.fastapi import check_storage, install_error_handlers, loader, storage_lifespan
+
+app = FastAPI(title="Todos on pydantic-toast", lifespan=storage_lifespan(Todo))
+install_error_handlers(app)
+LoadedTodo = Annotated[Todo, Depends(loader(Todo))]
+
+
+@app.exception_handler(RequestValidationError)
+async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Invalid input is the client's mistake: 400, saying which field and why."""
+    problems = [
+        {"field": ".".join(str(part) for part in error["loc"][1:]), "problem": error["msg"]}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": problems}, status_code=400)
+
+
+@app.post("/api/todos", status_code=201)
+async def create_todo(body: TodoCreate) -> TodoOut:
+    todo = Todo(description=body.description)
+    await todo.asave()
+    return TodoOut.of(todo)
+
+
+@app.get("/api/todos")
+async def list_todos(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: UUID | None = None
+) -> TodoPage:
+    page = await pydantic_toast.apage(Todo, limit=limit, after=after)
+    return TodoPage(items=[TodoOut.of(t) for t in page.items], next_after=page.next_after)
+
+
+@app.get("/api/todos/{id}")
+async def get_todo(todo: LoadedTodo) -> TodoOut:
+    return TodoOut.of(todo)
+
+
+@app.patch("/api/todos/{id}")
+async def update_todo(todo: LoadedTodo, body: TodoUpdate) -> TodoOut:
+    changes = body.model_dump(exclude_none=True)
+    for field, value in changes.items():
+        setattr(todo, field, value)
+    todo.updated_at = now()
+    await todo.asave()
+    return TodoOut.of(todo)
+
+
+@app.delete("/api/todos/{id}", status_code=204)
+async def delete_todo(id: UUID) -> Response:
+    await pydantic_toast.adelete(Todo, id)
+    return Response(status_code=204)
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    await check_storage(Todo)
+    return {"status": "ok", "storage": "ok"}
+
+
+# The same operations through the sync API, for the load test's comparison only.
+
+
+@app.post("/api/sync/todos", status_code=201)
+async def create_todo_sync(body: TodoCreate) -> TodoOut:
+    todo = Todo(description=body.description)
+    todo.model_dump()
+    return TodoOut.of(todo)
+
+
+@app.get("/api/sync/todos")
+async def list_todos_sync(limit: Annotated[int, Query(ge=1, le=100)] = 20) -> TodoPage:
+    page = pydantic_toast.page(Todo, limit=limit)
+    return TodoPage(items=[TodoOut.of(t) for t in page.items], next_after=page.next_after)
+
+
+@app.get("/api/sync/todos/{id}")
+async def get_todo_sync(id: UUID) -> TodoOut:
+    return TodoOut.of(Todo.model_validate({"class_name": "Todo", "id": id}))
+
+
+@app.patch("/api/sync/todos/{id}")
+async def update_todo_sync(id: UUID, body: TodoUpdate) -> TodoOut:
+    todo = Todo.model_validate({"class_name": "Todo", "id": id})
+    for field, value in body.model_dump(exclude_none=True).items():
+        setattr(todo, field, value)
+    todo.updated_at = now()
+    todo.model_dump()
+    return TodoOut.of(todo)

@@ -1,0 +1,55 @@
+"""The stored model and the API's request and response shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+Description = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Todo(ExternalBaseModel):
+    """A todo, stored as a row of external_records (class_name 'Todo')."""
+
+    description: Description
+    completed: bool = False
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+
+    model_config = ExternalConfigDict(storage="env:DATABASE_URL")
+
+
+class TodoCreate(BaseModel):
+    description: Description
+
+
+class TodoUpdate(BaseModel):
+    description: Description | None = None
+    completed: bool | None = None
+
+
+class TodoOut(BaseModel):
+    id: UUID
+    description: str
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, todo: Todo) -> TodoOut:
+        assert todo.external_id is not None, "saved todos have an id"
+        return cls(id=todo.external_id, **todo.__dict__)
+
+
+class TodoPage(BaseModel):
+    items: list[TodoOut]
+    next_after: UUID | None

@@ -1,0 +1,229 @@
+"""FastAPI: the integration helpers and the todo service from the seeds, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast.fastapi import install_error_handlers, loader, storage_lifespan
+from tests import servers
+
+pytestmark = pytest.mark.postgresql
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def todo_client(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """The todo app on the session's database."""
+    monkeypatch.setenv("DATABASE_URL", postgres_database_url)
+    from examples.todo_api.app import app
+
+    with TestClient(app) as client:
+        yield client
+    pydantic_toast.close_storage()
+
+
+def test_todo_crud(todo_client: TestClient) -> None:
+    """Create, read, patch, list and delete todos with the right statuses."""
+    created = todo_client.post("/api/todos", json={"description": "  write tests  "})
+    assert created.status_code == 201
+    todo = created.json()
+    assert todo["description"] == "write tests"
+    assert todo["completed"] is False
+    fetched = todo_client.get(f"/api/todos/{todo['id']}")
+    assert fetched.json() == todo
+    time.sleep(0.01)
+    patched = todo_client.patch(f"/api/todos/{todo['id']}", json={"completed": True}).json()
+    assert patched["completed"] is True
+    assert patched["created_at"] == todo["created_at"]
+    assert patched["updated_at"] > todo["updated_at"]
+    assert todo_client.get(f"/api/todos/{todo['id']}").json() == patched
+    assert todo_client.delete(f"/api/todos/{todo['id']}").status_code == 204
+    assert todo_client.get(f"/api/todos/{todo['id']}").status_code == 404
+    assert todo_client.delete(f"/api/todos/{todo['id']}").status_code == 404
+
+
+def test_todo_validation_and_unknown_ids(todo_client: TestClient) -> None:
+    """Empty or too long descriptions give 400; unknown ids 404; malformed ids 400."""
+    for description in ("", "   ", "x" * 501):
+        response = todo_client.post("/api/todos", json={"description": description})
+        assert response.status_code == 400
+        assert response.json()["detail"][0]["field"] == "description"
+    assert todo_client.post("/api/todos", json={"description": "x" * 500}).status_code == 201
+    assert todo_client.get(f"/api/todos/{uuid4()}").status_code == 404
+    malformed = todo_client.get("/api/todos/not-a-uuid")
+    assert malformed.status_code == 400
+    assert malformed.json()["detail"][0]["field"] == "id"
+    assert todo_client.get("/health").json() == {"status": "ok", "storage": "ok"}
+
+
+def test_todo_list_is_newest_first_and_paginated(todo_client: TestClient) -> None:
+    """GET /api/todos pages newest first with a cursor."""
+    ids = [
+        todo_client.post("/api/todos", json={"description": f"item {i}"}).json()["id"]
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    after = None
+    while True:
+        params = {"limit": 2} | ({"after": after} if after else {})
+        page = todo_client.get("/api/todos", params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        after = page["next_after"]
+        if after is None:
+            break
+    newest_five = seen[:5]
+    assert newest_five == list(reversed(ids))
+
+
+def test_sync_routes_agree_with_async_routes(todo_client: TestClient) -> None:
+    """The comparison routes read and write the same records."""
+    created = todo_client.post("/api/sync/todos", json={"description": "sync"}).json()
+    assert todo_client.get(f"/api/todos/{created['id']}").json() == created
+    patched = todo_client.patch(f"/api/sync/todos/{created['id']}", json={"completed": True})
+    assert patched.json()["completed"] is True
+
+
+class Offline(ExternalBaseModel):
+    """A model whose server is not there."""
+
+    x: int
+    model_config = ExternalConfigDict(
+        storage=f"postgresql://u:pw@127.0.0.1:{servers.free_port()}/x?connect_timeout=2"
+    )
+
+
+def test_loader_answers_503_when_storage_is_down() -> None:
+    """A dependency load against an unreachable store gives 503, not 422 or 500."""
+    app = FastAPI()
+
+    @app.get("/offline/{id}")
+    async def get(item: Offline = Depends(loader(Offline))) -> dict[str, int]:
+        return {"x": item.x}
+
+    with TestClient(app) as client:
+        response = client.get(f"/offline/{uuid4()}")
+    assert response.status_code == 503
+
+
+class Item(ExternalBaseModel):
+    """A module-level model: FastAPI resolves route annotations by name."""
+
+    name: str
+    model_config = ExternalConfigDict(storage="memory://fastapi-tests")
+
+
+def test_bodies_and_responses_with_external_models_and_openapi() -> None:
+    """Bodies take data or a reference, responses give the reference, and OpenAPI says so."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/items")
+    def put(item: Item) -> Item:
+        return item
+
+    with TestClient(app) as client:
+        response = client.post("/items", json={"name": "full data"})
+        reference = response.json()
+        assert response.status_code == 200, response.text
+        assert set(reference) == {"class_name", "id"}
+        assert client.post("/items", json=reference).json() == reference
+        missing = client.post("/items", json={"class_name": "Item", "id": str(uuid4())})
+        assert missing.status_code == 404
+        wrong = client.post("/items", json={"class_name": "Other", "id": str(uuid4())})
+        assert wrong.status_code == 422
+        schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/items"]["post"]["requestBody"]["content"]["application/json"]
+    output = schema["paths"]["/items"]["post"]["responses"]["200"]["content"]["application/json"]
+    text = str(schema)
+    assert "anyOf" in str(body) or "anyOf" in text
+    assert "Item reference" in text
+    assert "'format': 'uuid'" in text
+    assert output["schema"]
+
+
+def test_lifespan_refuses_to_start_on_an_unmigrated_database(
+    postgres_admin_url: str,
+) -> None:
+    """storage_lifespan fails at startup, naming the migration command."""
+    from tests.integration.conftest import _admin, _with_database
+
+    database = f"toast_empty_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+
+        class Unmigrated(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage=_with_database(postgres_admin_url, database))
+
+        app = FastAPI(lifespan=storage_lifespan(Unmigrated))
+        with pytest.raises(pydantic_toast.StorageSchemaError, match="alembic upgrade head"):
+            with TestClient(app):
+                pass
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def start_service(database_url: str, port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.todo_api.app:app", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError("the todo service did not start")
+
+
+def stop_service(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(30)
+
+
+def test_todos_persist_across_service_restarts(postgres_database_url: str) -> None:
+    """Todos created over HTTP are read back unchanged by a restarted uvicorn process."""
+    port = servers.free_port()
+    base = f"http://127.0.0.1:{port}"
+    service = start_service(postgres_database_url, port)
+    try:
+        created = [
+            httpx.post(f"{base}/api/todos", json={"description": f"persist {i}"}).json()
+            for i in range(3)
+        ]
+        httpx.patch(f"{base}/api/todos/{created[0]['id']}", json={"completed": True})
+        before = [httpx.get(f"{base}/api/todos/{t['id']}").json() for t in created]
+    finally:
+        stop_service(service)
+    assert service.returncode == 0
+    service = start_service(postgres_database_url, port)
+    try:
+        after = [httpx.get(f"{base}/api/todos/{t['id']}").json() for t in created]
+    finally:
+        stop_service(service)
+    assert after == before
+    assert after[0]["completed"] is True
