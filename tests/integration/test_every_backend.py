@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from datetime import UTC, datetime
 
@@ -20,18 +21,27 @@ from pydantic_toast.backends.registry import backend_class_for
 from pydantic_toast.runtime.connections import backend_for
 
 
+def name_of(model: type[ExternalBaseModel]) -> str:
+    """The stored class name (unique per test: the PostgreSQL database is shared)."""
+    settings = model.__toast_settings__
+    assert settings is not None
+    return settings.external_name
+
+
 def models(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
+    tag = hashlib.sha1(url.encode()).hexdigest()[:8]
+
     class Order(ExternalBaseModel):
         product: str
         quantity: int
         price: float = 1.5
         placed_at: datetime = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-        model_config = ExternalConfigDict(storage=url)
+        model_config = ExternalConfigDict(storage=url, external_name=f"Order_{tag}")
 
     class Basket(ExternalBaseModel):
         orders: list[Order]
         note: str = ""
-        model_config = ExternalConfigDict(storage=url)
+        model_config = ExternalConfigDict(storage=url, external_name=f"Basket_{tag}")
 
     return Order, Basket
 
@@ -70,7 +80,7 @@ def test_update_keeps_id_and_created_at_and_moves_updated_at(storage_url: str) -
     order_cls, _ = models(storage_url)
     order = order_cls(product="tea", quantity=1)
     reference = order.model_dump()
-    key = ("Order", order.external_id)
+    key = (name_of(order_cls), order.external_id)
     (first,) = records(storage_url, key)
     order.quantity = 5  # type: ignore[attr-defined]
     assert order.model_dump() == reference
@@ -89,7 +99,7 @@ def test_created_at_survives_a_fresh_writer(storage_url: str) -> None:
     order_cls, _ = models(storage_url)
     order = order_cls(product="tea", quantity=1)
     reference = order.model_dump()
-    (first,) = records(storage_url, ("Order", order.external_id))
+    (first,) = records(storage_url, (name_of(order_cls), order.external_id))
     impostor = order_cls(product="tea", quantity=9)
     object.__setattr__(impostor, "_toast_identity", None)
     loaded = order_cls.model_validate(reference)
@@ -99,7 +109,7 @@ def test_created_at_survives_a_fresh_writer(storage_url: str) -> None:
         type(loaded._toast_identity)(loaded.external_id, datetime.now(UTC)),  # type: ignore[attr-defined]
     )
     loaded.model_dump()
-    (second,) = records(storage_url, ("Order", order.external_id))
+    (second,) = records(storage_url, (name_of(order_cls), order.external_id))
     assert first is not None
     assert second is not None
     assert second.created_at == first.created_at
@@ -109,7 +119,7 @@ def test_missing_record(storage_url: str) -> None:
     """An unknown id raises RecordNotFoundError on every backend."""
     order_cls, _ = models(storage_url)
     with pytest.raises(RecordNotFoundError):
-        order_cls.model_validate({"class_name": "Order", "id": "0" * 32})
+        order_cls.model_validate({"class_name": name_of(order_cls), "id": "0" * 32})
 
 
 def test_nested_tree_round_trips_through_plain_models(storage_url: str) -> None:
@@ -136,7 +146,7 @@ def test_classes_on_one_url_stay_separate(storage_url: str) -> None:
     with pytest.raises(StorageValidationError):
         basket_cls.model_validate(reference)
     with pytest.raises(RecordNotFoundError):
-        basket_cls.model_validate({"class_name": "Basket", "id": reference["id"]})
+        basket_cls.model_validate({"class_name": name_of(basket_cls), "id": reference["id"]})
 
 
 async def test_hundred_concurrent_async_operations(storage_url: str) -> None:
@@ -162,7 +172,9 @@ def test_values_come_back_exactly_or_are_refused(storage_url: str) -> None:
                 risky.model_dump()
             assert "nul\x00" not in str(info.value)
             with pytest.raises(RecordNotFoundError):
-                order_cls.model_validate({"class_name": "Order", "id": str(risky.external_id)})
+                order_cls.model_validate(
+                    {"class_name": name_of(order_cls), "id": str(risky.external_id)}
+                )
             continue
         loaded = order_cls.model_validate(risky.model_dump())
         assert loaded.product == risky.product  # type: ignore[attr-defined]

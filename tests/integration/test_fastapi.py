@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 from uuid import uuid4
 
 import httpx
@@ -113,7 +114,7 @@ def test_loader_answers_503_when_storage_is_down() -> None:
     app = FastAPI()
 
     @app.get("/offline/{id}")
-    async def get(item: Offline = Depends(loader(Offline))) -> dict[str, int]:
+    async def get(item: Annotated[Offline, Depends(loader(Offline))]) -> dict[str, int]:
         return {"x": item.x}
 
     with TestClient(app) as client:
@@ -172,9 +173,11 @@ def test_lifespan_refuses_to_start_on_an_unmigrated_database(
             model_config = ExternalConfigDict(storage=_with_database(postgres_admin_url, database))
 
         app = FastAPI(lifespan=storage_lifespan(Unmigrated))
-        with pytest.raises(pydantic_toast.StorageSchemaError, match="alembic upgrade head"):
-            with TestClient(app):
-                pass
+        with (
+            pytest.raises(pydantic_toast.StorageSchemaError, match="alembic upgrade head"),
+            TestClient(app),
+        ):
+            pass
     finally:
         pydantic_toast.close_storage()
         _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
