@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A newer interpreter to run the suite on too, when the machine has one (pyenv).
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: install demo test lint typecheck pytest test-newer bench clean
+.PHONY: install demo test lint typecheck pytest test-newer bench load-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,20 @@ else
 	@echo "no newer Python found: ran the suite on $$($(PY) --version) only"
 endif
 
-bench: install
-	$(PY) -m pip install --quiet -e '.[all,dev,bench]'
-	$(PY) bench/run.py $(BENCH_ARGS)
+# The alternatives compared (SQLModel, redis-om) live in their own environment.
+BENCH_VENV ?= .venv-bench
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[all,dev,bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+load-test: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/load_todo.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-newer .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-newer $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -50,9 +50,12 @@ class LoadSession:
         while wanted:
             urls = list(wanted)
             batches = [sorted(wanted[url]) for url in urls]
-            results = await asyncio.gather(
-                *(_read(url, keys) for url, keys in zip(urls, batches, strict=True))
-            )
+            if len(urls) == 1:  # no task per read when there is one store
+                results = [await _read(urls[0], batches[0])]
+            else:
+                results = await asyncio.gather(
+                    *(_read(url, keys) for url, keys in zip(urls, batches, strict=True))
+                )
             fetched: list[StoredRecord] = []
             for url, keys, records in zip(urls, batches, results, strict=True):
                 for (class_name, id), record in zip(keys, records, strict=True):

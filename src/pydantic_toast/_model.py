@@ -29,6 +29,7 @@ from pydantic_toast._loading import LoadSession, SessionKey, active_session
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
 from pydantic_toast._saving import Identity, collecting, identity_of, is_serializing, store
+from pydantic_toast.runtime.connections import backend_for
 from pydantic_toast.runtime.loops import run_sync
 
 __all__ = ["ExternalBaseModel"]
@@ -169,9 +170,15 @@ class ExternalBaseModel(BaseModel):
             RecordNotFoundError: Nothing is stored under that id.
             StorageValidationError: The reference is malformed or names another class.
         """
-        key = cls._toast_session_key(cls._toast_reference(reference))
+        url, class_name, id = key = cls._toast_session_key(cls._toast_reference(reference))
+        if not cls._toast_has_nested():  # one record: read it directly
+            backend = await backend_for(url)
+            (record,) = await backend.load_records([(class_name, id)])
+            if record is None:
+                raise RecordNotFoundError(class_name, id)
+            return cls._toast_from_record(record)
         session = LoadSession()
-        await session.fetch({key[0]: {(key[1], key[2])}}, follow=cls._toast_has_nested())
+        await session.fetch({url: {(class_name, id)}}, follow=True)
         return cls._toast_build(key, session)
 
     @property

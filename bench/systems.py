@@ -1,0 +1,448 @@
+"""The systems under test, each behind the same small interface.
+
+Every system saves and loads the same field values; Pydantic encoding and decoding is inside
+the timing for all of them (the raw drivers get a plain Pydantic model and its JSON).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from workloads import Workload
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+
+class System:
+    """One way of storing and loading records. Keys are whatever ``save`` returns."""
+
+    name: ClassVar[str]
+    backend: ClassVar[str]  # the raw driver its ratios are taken against
+    sync: ClassVar[bool] = False
+    only_small: ClassVar[bool] = False  # implemented for the 10-field workload only
+
+    def __init__(self, workload: Workload, urls: dict[str, str]) -> None:
+        self.workload = workload
+        self.urls = urls
+
+    def make(self, i: int) -> Any:
+        raise NotImplementedError
+
+    async def setup(self) -> None:
+        """Open connections (not timed)."""
+
+    async def teardown(self) -> None:
+        """Close them."""
+
+    async def save(self, obj: Any) -> Any:
+        raise NotImplementedError
+
+    async def load(self, key: Any) -> Any:
+        raise NotImplementedError
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        return [await self.save(obj) for obj in objs]
+
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        return [await self.load(key) for key in keys]
+
+
+# -- pydantic-toast -----------------------------------------------------------------------------
+
+
+class Toast(System):
+    """pydantic-toast's async API on one backend."""
+
+    storage_kind: ClassVar[str]
+
+    def __init__(self, workload: Workload, urls: dict[str, str]) -> None:
+        super().__init__(workload, urls)
+        annotations = {name: kind for name, (kind, _) in workload.fields.items()}
+        defaults = {name: value for name, (_, value) in workload.fields.items()}
+        self.model: type[ExternalBaseModel] = type(
+            "BenchRecord",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": annotations,
+                **defaults,
+                "model_config": ExternalConfigDict(
+                    storage=urls[self.storage_kind],
+                    external_name=f"bench_{uuid.uuid4().hex[:8]}",
+                ),
+            },
+        )
+        self.list_adapter = list[self.model]  # type: ignore[name-defined]
+
+    def make(self, i: int) -> Any:
+        return self.model(**self.workload.values(i))
+
+    async def save(self, obj: Any) -> Any:
+        return await obj.asave()
+
+    async def load(self, key: Any) -> Any:
+        return await self.model.aload(key)
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        return list(await pydantic_toast.adump(list(objs)))
+
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        return await pydantic_toast.avalidate(self.list_adapter, list(keys))
+
+    async def teardown(self) -> None:
+        await pydantic_toast.aclose_storage()
+
+
+class ToastSync(Toast):
+    """pydantic-toast's sync API from plain code (main thread, no running loop)."""
+
+    sync = True
+
+    def save_sync(self, obj: Any) -> Any:
+        return obj.model_dump()
+
+    def load_sync(self, key: Any) -> Any:
+        return self.model.model_validate(key)
+
+    def save_many_sync(self, objs: Sequence[Any]) -> list[Any]:
+        return list(pydantic_toast.dump(list(objs)))
+
+    def load_many_sync(self, keys: Sequence[Any]) -> list[Any]:
+        return pydantic_toast.validate(self.list_adapter, list(keys))
+
+
+def toast_systems() -> list[type[System]]:
+    systems: list[type[System]] = []
+    for kind, label in (
+        ("postgresql", "PostgreSQL"),
+        ("redis", "Redis"),
+        ("sqlite", "SQLite"),
+        ("memory", "memory"),
+    ):
+        for base, api in ((Toast, "async"), (ToastSync, "sync")):
+            systems.append(
+                type(
+                    f"{base.__name__}_{kind}",
+                    (base,),
+                    {
+                        "name": f"pydantic-toast {api} ({label})",
+                        "backend": kind,
+                        "storage_kind": kind,
+                    },
+                )
+            )
+    return systems
+
+
+# -- raw asyncpg --------------------------------------------------------------------------------
+
+UPSERT = (
+    "INSERT INTO external_records (class_name, id, schema_version, data, created_at, updated_at) "
+    "VALUES ($1, $2, 1, $3::jsonb, $4, $4) ON CONFLICT (class_name, id) DO UPDATE "
+    "SET data = excluded.data, updated_at = excluded.updated_at"
+)
+SELECT = "SELECT data::text FROM external_records WHERE class_name = $1 AND id = $2"
+SELECT_MANY = "SELECT data::text FROM external_records WHERE class_name = $1 AND id = ANY($2)"
+
+
+class RawAsyncpg(System):
+    """asyncpg with prepared statements: one connection sequentially, a pool concurrently."""
+
+    name = "raw asyncpg"
+    backend = "postgresql"
+
+    def make(self, i: int) -> Any:
+        return self.workload.plain_model()(**self.workload.values(i))
+
+    async def setup(self) -> None:
+        import asyncpg
+
+        self.plain = self.workload.plain_model()
+        self.class_name = f"raw_{uuid.uuid4().hex[:8]}"
+        self.pool = await asyncpg.create_pool(self.urls["postgresql"], min_size=10, max_size=10)
+        self.connection = await self.pool.acquire()
+
+    async def teardown(self) -> None:
+        await self.pool.release(self.connection)
+        await self.pool.close()
+
+    async def save(self, obj: Any) -> Any:
+        key = uuid.uuid4()
+        data = obj.__pydantic_serializer__.to_json(obj).decode()
+        await self.connection.execute(UPSERT, self.class_name, key, data, datetime.now(UTC))
+        return key
+
+    async def load(self, key: Any) -> Any:
+        return self.plain.model_validate_json(
+            await self.connection.fetchval(SELECT, self.class_name, key)
+        )
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        keys = [uuid.uuid4() for _ in objs]
+        now = datetime.now(UTC)
+        rows = [
+            (self.class_name, key, obj.__pydantic_serializer__.to_json(obj).decode(), now)
+            for key, obj in zip(keys, objs, strict=True)
+        ]
+        await self.connection.executemany(UPSERT, rows)
+        return keys
+
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        rows = await self.connection.fetch(SELECT_MANY, self.class_name, list(keys))
+        return [self.plain.model_validate_json(row[0]) for row in rows]
+
+
+class ConcurrentRawAsyncpg(RawAsyncpg):
+    """Used for the concurrency test: each operation takes a pooled connection."""
+
+    async def save(self, obj: Any) -> Any:
+        key = uuid.uuid4()
+        data = obj.__pydantic_serializer__.to_json(obj).decode()
+        await self.pool.execute(UPSERT, self.class_name, key, data, datetime.now(UTC))
+        return key
+
+    async def load(self, key: Any) -> Any:
+        return self.plain.model_validate_json(
+            await self.pool.fetchval(SELECT, self.class_name, key)
+        )
+
+
+# -- raw redis.asyncio -------------------------------------------------------------------------
+
+
+class RawRedis(System):
+    """redis.asyncio SET/GET, pipelines and MGET for batches."""
+
+    name = "raw redis.asyncio"
+    backend = "redis"
+
+    def make(self, i: int) -> Any:
+        return self.workload.plain_model()(**self.workload.values(i))
+
+    async def setup(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.plain = self.workload.plain_model()
+        self.prefix = f"bench_raw_{uuid.uuid4().hex[:8]}"
+        self.client = aioredis.Redis.from_url(self.urls["redis"])
+
+    async def teardown(self) -> None:
+        keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await self.client.delete(*keys[start : start + 1000])
+        await self.client.aclose()
+
+    async def save(self, obj: Any) -> Any:
+        key = f"{self.prefix}:{uuid.uuid4()}"
+        await self.client.set(key, obj.__pydantic_serializer__.to_json(obj))
+        return key
+
+    async def load(self, key: Any) -> Any:
+        return self.plain.model_validate_json(await self.client.get(key))
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        keys = [f"{self.prefix}:{uuid.uuid4()}" for _ in objs]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, obj in zip(keys, objs, strict=True):
+                pipe.set(key, obj.__pydantic_serializer__.to_json(obj))
+            await pipe.execute()
+        return keys
+
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        return [self.plain.model_validate_json(v) for v in await self.client.mget(list(keys))]
+
+
+# -- the alternatives a user might pick instead --------------------------------------------------
+
+
+class SQLAlchemyORM(System):
+    """The ORM with an AsyncSession per operation, on the same mapped table."""
+
+    name = "SQLAlchemy ORM AsyncSession"
+    backend = "postgresql"
+
+    def make(self, i: int) -> Any:
+        return self.workload.plain_model()(**self.workload.values(i))
+
+    async def setup(self) -> None:
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+        self.plain = self.workload.plain_model()
+        self.class_name = f"orm_{uuid.uuid4().hex[:8]}"
+        url = self.urls["postgresql"].replace("postgresql://", "postgresql+asyncpg://")
+        self.engine = create_async_engine(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def teardown(self) -> None:
+        await self.engine.dispose()
+
+    def _row(self, obj: Any) -> Any:
+        from pydantic_toast.backends.sql_table import ExternalRecord
+
+        now = datetime.now(UTC)
+        return ExternalRecord(
+            class_name=self.class_name,
+            id=uuid.uuid4(),
+            schema_version=1,
+            data=obj.model_dump(mode="json"),
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def save(self, obj: Any) -> Any:
+        async with self.sessions() as session, session.begin():
+            row = self._row(obj)
+            session.add(row)
+        return row.id
+
+    async def load(self, key: Any) -> Any:
+        from pydantic_toast.backends.sql_table import ExternalRecord
+
+        async with self.sessions() as session:
+            row = await session.get(ExternalRecord, (self.class_name, key))
+            assert row is not None
+            return self.plain.model_validate(row.data)
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        async with self.sessions() as session, session.begin():
+            rows = [self._row(obj) for obj in objs]
+            session.add_all(rows)
+        return [row.id for row in rows]
+
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        from sqlalchemy import select
+
+        from pydantic_toast.backends.sql_table import ExternalRecord
+
+        async with self.sessions() as session:
+            result = await session.scalars(
+                select(ExternalRecord).where(
+                    ExternalRecord.class_name == self.class_name, ExternalRecord.id.in_(list(keys))
+                )
+            )
+            return [self.plain.model_validate(row.data) for row in result]
+
+
+class SQLModelSystem(System):
+    """SQLModel table models (fields as columns), an AsyncSession per operation."""
+
+    name = "SQLModel"
+    backend = "postgresql"
+    only_small = True
+
+    async def setup(self) -> None:
+        from sqlalchemy import JSON, Column, DateTime
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+        from sqlmodel import Field, SQLModel
+
+        table = f"bench_sqlmodel_{uuid.uuid4().hex[:8]}"
+
+        class Customer(SQLModel, table=True):
+            __tablename__ = table
+            id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+            name: str
+            email: str
+            street: str
+            city: str
+            age: int
+            balance: float
+            active: bool
+            created: datetime = Field(sa_column=Column(DateTime(timezone=True)))
+            tags: list[str] = Field(sa_column=Column(JSON))
+            notes: str
+
+        self.row_class = Customer
+        url = self.urls["postgresql"].replace("postgresql://", "postgresql+asyncpg://")
+        self.engine = create_async_engine(url)
+        async with self.engine.begin() as connection:
+            await connection.run_sync(Customer.__table__.create)  # type: ignore[attr-defined]
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def make(self, i: int) -> Any:
+        return self.workload.values(i)
+
+    async def teardown(self) -> None:
+        async with self.engine.begin() as connection:
+            await connection.run_sync(self.row_class.__table__.drop)  # type: ignore[attr-defined]
+        await self.engine.dispose()
+
+    async def save(self, obj: Any) -> Any:
+        row = self.row_class.model_validate(obj)
+        async with self.sessions() as session, session.begin():
+            session.add(row)
+        return row.id
+
+    async def load(self, key: Any) -> Any:
+        async with self.sessions() as session:
+            return await session.get(self.row_class, key)
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        rows = [self.row_class.model_validate(obj) for obj in objs]
+        async with self.sessions() as session, session.begin():
+            session.add_all(rows)
+        return [row.id for row in rows]
+
+
+class RedisOM(System):
+    """redis-om-python's async HashModel (tags joined into one string: hashes are flat)."""
+
+    name = "redis-om HashModel"
+    backend = "redis"
+    only_small = True
+
+    async def setup(self) -> None:
+        from aredis_om import HashModel, get_redis_connection
+
+        database = get_redis_connection(url=self.urls["redis"])
+        prefix = f"bench_om_{uuid.uuid4().hex[:8]}"
+
+        class Customer(HashModel, index=True):
+            name: str
+            email: str
+            street: str
+            city: str
+            age: int
+            balance: float
+            active: int
+            created: datetime
+            tags: str
+            notes: str
+
+            class Meta:
+                global_key_prefix = prefix
+
+        Customer.Meta.database = database  # type: ignore[attr-defined]
+        self.row_class = Customer
+        self.prefix = prefix
+        self.database = database
+
+    def make(self, i: int) -> Any:
+        values = self.workload.values(i)
+        return values | {"tags": ",".join(values["tags"]), "active": int(values["active"])}
+
+    async def teardown(self) -> None:
+        keys = [k async for k in self.database.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await self.database.delete(*keys[start : start + 1000])
+        await self.database.aclose()
+
+    async def save(self, obj: Any) -> Any:
+        row = self.row_class(**obj)
+        await row.save()
+        return row.pk
+
+    async def load(self, key: Any) -> Any:
+        return await self.row_class.get(key)
+
+
+SYSTEMS: list[type[System]] = [
+    RawAsyncpg,
+    RawRedis,
+    *toast_systems(),
+    SQLAlchemyORM,
+    SQLModelSystem,
+    RedisOM,
+]
