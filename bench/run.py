@@ -12,7 +12,6 @@ are comparable: each figure is divided by the raw driver of its backend, measure
 from __future__ import annotations
 
 import argparse
-import warnings
 import asyncio
 import json
 import os
@@ -23,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,10 @@ def percentile(samples: list[float], q: float) -> float:
 
 class Sizes:
     def __init__(self, quick: bool) -> None:
-        self.sequential = 200 if quick else 2000
-        self.warmup = 20 if quick else 100
-        self.batch_cap = 1000 if quick else None
-        self.concurrent_ops = 3 if quick else 10  # per task, 100 tasks
+        self.sequential = 100 if quick else 2000
+        self.warmup = 10 if quick else 100
+        self.batch_cap = 300 if quick else None
+        self.concurrent_ops = 2 if quick else 10  # per task, 100 tasks
 
     def batch(self, workload: Workload) -> int:
         return min(workload.batch, self.batch_cap) if self.batch_cap else workload.batch
@@ -154,7 +154,8 @@ def rss_probe(kind: str, workload_index: int, count: int, url: str) -> None:
     async def probe() -> dict[str, float]:
         await system.setup()
         objs = [system.make(i) for i in range(count)]
-        json_bytes = sum(len(o.__pydantic_serializer__.to_json(o)) for o in objs)
+        plain = workload.plain_model()
+        json_bytes = sum(len(plain(**workload.values(i)).model_dump_json()) for i in range(count))
         await system.load(await system.save(system.make(0)))  # connect outside the window
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         keys = await system.save_many(objs)
@@ -276,7 +277,7 @@ def measure(sizes: Sizes, only: str | None) -> tuple[list[dict[str, Any]], dict[
 def ratio(value: float | None, raw: float | None) -> str:
     if value is None or not raw:
         return ""
-    return f" ({value / raw:.2f}×)"
+    return f" ({value / raw:.2f}x)"
 
 
 def report(rows: list[dict[str, Any]], extra: dict[str, str], sizes: Sizes) -> str:
@@ -323,8 +324,8 @@ def report(rows: list[dict[str, Any]], extra: dict[str, str], sizes: Sizes) -> s
         mb = 1024 * 1024
         lines.append(
             f"| {m['workload']} | {m['backend']} | {m['records']} | {m['json_bytes'] / mb:.1f} MB "
-            f"| {m['save_rss'] / mb:.1f} MB ({m['save_rss'] / m['json_bytes']:.2f}×) "
-            f"| {m['load_rss'] / mb:.1f} MB ({m['load_rss'] / m['json_bytes']:.2f}×) |"
+            f"| {m['save_rss'] / mb:.1f} MB ({m['save_rss'] / m['json_bytes']:.2f}x) "
+            f"| {m['load_rss'] / mb:.1f} MB ({m['load_rss'] / m['json_bytes']:.2f}x) |"
         )
     return "\n".join(lines) + "\n"
 

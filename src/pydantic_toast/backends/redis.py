@@ -154,9 +154,13 @@ class RedisBackend(StorageBackend):
         await self._call(lambda: self._save_script(keys=keys, args=arguments))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records with one MGET."""
+        """Read the records in one round trip (GET, or MGET for several)."""
         names = [self.key(class_name, id) for class_name, id in keys]
-        values = await self._call(lambda: self._connected().mget(names))
+        client = self._connected()
+        if len(names) == 1:
+            values = [await self._call(partial(client.get, names[0]))]
+        else:
+            values = await self._call(partial(client.mget, names))
         return [
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
