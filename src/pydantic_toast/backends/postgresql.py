@@ -17,12 +17,13 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 import asyncpg
 from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
@@ -37,7 +38,15 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.sql import SQLAlchemyBackend, json_as_text, json_passthrough
+from pydantic_toast.backends.sql import (
+    COUNT,
+    DELETE,
+    LIST_AFTER,
+    LIST_FIRST,
+    SQLAlchemyBackend,
+    json_as_text,
+    json_passthrough,
+)
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
@@ -184,6 +193,10 @@ def _hot_path_statements() -> dict[str, str]:
         ("upsert_one", upsert_one, names),
         ("select_one", select_one, ["class_name", "id"]),
         ("select_many", select_many, ["class_names", "ids"]),
+        ("delete", DELETE, ["class_name", "id"]),
+        ("count", COUNT, ["class_name"]),
+        ("list_first", LIST_FIRST, ["class_name", "limit"]),
+        ("list_after", LIST_AFTER, ["class_name", "after", "limit"]),
     ):
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
@@ -210,8 +223,8 @@ class _Leases:
 
     Checking a connection out of SQLAlchemy's async pool and back in costs two greenlet
     switches (~60 µs) per operation; a lease is taken once and reused. Leases are bounded by
-    ``pool_size`` (the engine's overflow stays free for the Core operations) and handed to
-    waiters first come, first served. SQLAlchemy's pool still owns every connection.
+    ``pool_size + max_overflow`` and handed to waiters first come, first served. SQLAlchemy's
+    pool still owns every connection.
     """
 
     def __init__(self, backend: PostgreSQLBackend, *, limit: int, timeout: float) -> None:
@@ -278,9 +291,9 @@ class _Leases:
 class PostgreSQLBackend(SQLAlchemyBackend):
     """Records in PostgreSQL's ``external_records`` table (create it with Alembic first).
 
-    One engine per URL and event loop, shared by every model on that URL. Saves and loads,
-    single or batched, are one statement each, run on the pooled asyncpg connection itself
-    (prepared once per connection); the rarer operations go through SQLAlchemy Core.
+    One engine per URL and event loop, shared by every model on that URL. Every operation is
+    one statement, built from the mapped table, compiled once, and run on a pooled asyncpg
+    connection (prepared once per connection).
     """
 
     _insert = staticmethod(insert)
@@ -288,7 +301,41 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         options = engine_options(self._parsed)[1]
-        self._leases = _Leases(self, limit=options["pool_size"], timeout=options["pool_timeout"])
+        self._leases = _Leases(
+            self,
+            limit=options["pool_size"] + options["max_overflow"],
+            timeout=options["pool_timeout"],
+        )
+
+    async def connect(self) -> None:
+        """Create the engine and check that the table exists (the migration has run)."""
+        self._engine = self._create_engine()
+        try:
+            await self.count("")
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete one record; return whether it existed."""
+        status = await self._on_driver(lambda c: c.execute(_SQL["delete"], class_name, id))
+        return bool(status != "DELETE 0")
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        """Ids newest first (``created_at``, then id), starting after the record ``after``."""
+        if after is None:
+            rows = await self._on_driver(lambda c: c.fetch(_SQL["list_first"], class_name, limit))
+        else:
+            rows = await self._on_driver(
+                lambda c: c.fetch(_SQL["list_after"], class_name, after, limit)
+            )
+        return [row[0] for row in rows]
+
+    async def count(self, class_name: str) -> int:
+        """How many records of ``class_name`` are stored."""
+        return int(await self._on_driver(lambda c: c.fetchval(_SQL["count"], class_name)))
 
     async def disconnect(self) -> None:
         """Return the leased connections, then close the engine's pool."""
@@ -356,7 +403,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         for attempt in (1, 2):
             try:
                 pooled = await self._leases.acquire()
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # SQLAlchemy passes connect errors through unwrapped
                 raise self._explain(exc) from exc
             try:
                 result = await operation(pooled.driver_connection)

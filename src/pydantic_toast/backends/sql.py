@@ -25,7 +25,15 @@ from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import StorageBackend
 from pydantic_toast.backends.sql_table import records_table
 
-__all__ = ["SQLAlchemyBackend", "json_as_text", "json_passthrough"]
+__all__ = [
+    "COUNT",
+    "DELETE",
+    "LIST_AFTER",
+    "LIST_FIRST",
+    "SQLAlchemyBackend",
+    "json_as_text",
+    "json_passthrough",
+]
 
 T = TypeVar("T")
 
@@ -42,6 +50,27 @@ _SELECT_MANY = select(*_COLUMNS).where(
 _DELETE = delete(_table).where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
 _COUNT = select(func.count()).select_from(_table).where(_c.class_name == bindparam("class_name"))
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
+
+
+def _list_statement(*, after: bool) -> Select[UUID]:
+    """Ids of one class, newest first; with ``after``, those older than that record."""
+    query = select(_c.id).where(_c.class_name == bindparam("class_name"))
+    if after:
+        anchor_created_at = (
+            select(_c.created_at).where(
+                _c.class_name == bindparam("class_name"), _c.id == bindparam("after")
+            )
+        ).scalar_subquery()
+        query = query.where(
+            tuple_(_c.created_at, _c.id) < tuple_(anchor_created_at, bindparam("after"))
+        )
+    return query.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
+
+
+LIST_FIRST = _list_statement(after=False)
+LIST_AFTER = _list_statement(after=True)
+DELETE = _DELETE
+COUNT = _COUNT
 
 
 def json_passthrough(value: Any) -> str:
@@ -157,17 +186,11 @@ class SQLAlchemyBackend(StorageBackend):
         self, class_name: str, *, limit: int, after: UUID | None = None
     ) -> list[UUID]:
         """Ids newest first (``created_at``, then id), starting after the record ``after``."""
-        query: Select[UUID] = select(_c.id).where(_c.class_name == class_name)
-        if after is not None:
-            anchor_created_at = (
-                select(_c.created_at).where(_c.class_name == class_name, _c.id == after)
-            ).scalar_subquery()
-            after_id = bindparam("after", after, type_=_c.id.type)
-            query = query.where(tuple_(_c.created_at, _c.id) < tuple_(anchor_created_at, after_id))
-        query = query.order_by(*_NEWEST_FIRST).limit(limit)
+        query = LIST_AFTER if after is not None else LIST_FIRST
+        parameters = {"class_name": class_name, "after": after, "limit": limit}
 
         async def read(connection: AsyncConnection) -> list[UUID]:
-            return list((await connection.execute(query)).scalars())
+            return list((await connection.execute(query, parameters)).scalars())
 
         return await self._run(read)
 
