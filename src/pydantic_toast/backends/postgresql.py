@@ -91,8 +91,11 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
         "command_timeout": numbers["command_timeout"],
         "ssl": _ssl_option(url),
     }
+    # JIT never pays off for single-row statements, and it slows asyncpg's per-connection
+    # type introspection (tens of ms for each new connection's first statements).
+    connect_args["server_settings"] = {"jit": "off"}
     if "application_name" in url.query:
-        connect_args["server_settings"] = {"application_name": url.query["application_name"]}
+        connect_args["server_settings"]["application_name"] = url.query["application_name"]
     sa_url = URL.create(
         "postgresql+asyncpg",
         username=url.username,
