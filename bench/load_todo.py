@@ -3,8 +3,9 @@
     make load-test                        # 15 s per variant
     make load-test BENCH_ARGS=--quick     # 4 s per variant
 
-After an unmeasured warm-up (which opens the connection pools), each client loops over a mix of create (25%), get (40%), list (15%) and patch (20%) for a fixed
-time, first against the routes that use the non-blocking API (/api/todos), then against the
+After an unmeasured warm-up (which opens the connection pools), each client
+loops over a mix of create (25%), get (40%), list (15%) and patch (20%) for a fixed time,
+first against the routes that use the non-blocking API (/api/todos), then against the
 same routes calling the sync API from async code (/api/sync/todos). It reports requests/s,
 p50/p99 latency and every failed request. PostgreSQL from TOAST_BENCH_POSTGRES_URL (a
 throwaway database is created, migrated and dropped).
