@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A newer interpreter to run the suite on too, when the machine has one (pyenv).
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: install demo test lint typecheck pytest test-newer bench load-test clean
+.PHONY: install demo todo test lint typecheck pytest test-newer bench load-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ DEMO_DB ?= demo.db
 demo: install
 	$(VENV)/bin/pydantic-toast migrate sqlite:///$(DEMO_DB)
 	DEMO_STORAGE_URL=sqlite:///$(DEMO_DB) $(PY) examples/quickstart_demo.py
+
+# The todo service from examples/todo_api on PostgreSQL (migrates first).
+DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+
+todo: install
+	$(VENV)/bin/pydantic-toast migrate $(DATABASE_URL)
+	DATABASE_URL=$(DATABASE_URL) $(VENV)/bin/uvicorn examples.todo_api.app:app --port 8000
 
 lint: install
 	$(VENV)/bin/ruff check .

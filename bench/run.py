@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -157,20 +156,38 @@ def rss_probe(kind: str, workload_index: int, count: int, url: str) -> None:
         plain = workload.plain_model()
         json_bytes = sum(len(plain(**workload.values(i)).model_dump_json()) for i in range(count))
         await system.load(await system.save(system.make(0)))  # connect outside the window
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = reset_peak_rss()
         keys = await system.save_many(objs)
-        after_save = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        save_peak = peak_rss() - before
         del objs
+        before = reset_peak_rss()
         await system.load_many(keys)
-        after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        load_peak = peak_rss() - before
         await system.teardown()
         return {
             "json_bytes": json_bytes,
-            "save_rss": after_save - before,
-            "load_rss": after_load - before,
+            "save_rss": save_peak,
+            "load_rss": load_peak,
         }
 
     print(json.dumps(asyncio.run(probe())))
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss() -> int:
+    """Reset the peak-RSS mark to the current RSS (Linux); return the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS:")
+
+
+def peak_rss() -> int:
+    return _status("VmHWM:")
 
 
 def servers() -> tuple[dict[str, str], Callable[[], None]]:

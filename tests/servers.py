@@ -101,29 +101,8 @@ class TempPostgres:
 
     def enable_ssl(self) -> Path:
         """Give the cluster a self-signed certificate (applies at the next start); return it."""
-        cert, key = self.data / "server.crt", self.data / "server.key"
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        cert = self_signed_certificate(self.data)
+        key = self.data / "server.key"
         key.chmod(0o600)
         if self.user:
             entry = pwd.getpwnam(self.user)

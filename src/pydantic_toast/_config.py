@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -16,7 +17,13 @@ from pydantic_toast.backends.registry import backend_class_for
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["ExternalConfigDict", "ModelSettings", "settings_for", "storages_named"]
+__all__ = [
+    "ExternalConfigDict",
+    "ModelSettings",
+    "classes_named",
+    "settings_for",
+    "storages_named",
+]
 
 _RESERVED_FIELD = "class_name"
 
@@ -64,6 +71,7 @@ class ModelSettings:
 
 _catalog: dict[tuple[str, str], str] = {}
 _names: dict[str, set[str]] = {}
+_classes: dict[str, weakref.WeakSet[type[BaseModel]]] = {}
 _catalog_lock = threading.Lock()
 
 
@@ -116,6 +124,12 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
     return ModelSettings(storage, external_name, schema_version, ttl)
 
 
+def classes_named(external_name: str) -> list[type[BaseModel]]:
+    """Every live model class stored under ``external_name``."""
+    with _catalog_lock:
+        return list(_classes.get(external_name, ()))
+
+
 def storages_named(external_name: str) -> list[str]:
     """The storage settings of every model class stored under ``external_name``."""
     with _catalog_lock:
@@ -161,3 +175,4 @@ def _register_name(cls: type[BaseModel], storage: str, external_name: str) -> No
             )
         _catalog[(storage, external_name)] = qualified
         _names.setdefault(external_name, set()).add(storage)
+        _classes.setdefault(external_name, weakref.WeakSet()).add(cls)

@@ -17,14 +17,14 @@ from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._config import storages_named
+from pydantic_toast._config import classes_named, storages_named
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
 from pydantic_toast._url import resolve_storage
 from pydantic_toast.runtime.connections import backend_for
 
-__all__ = ["LoadSession", "active_session", "find_references", "wanted_for"]
+__all__ = ["LoadSession", "active_session", "find_references", "read_one", "wanted_for"]
 
 SessionKey = tuple[str, str, UUID]
 """``(storage URL, class_name, id)``."""
@@ -40,10 +40,12 @@ _active_session: ContextVar[LoadSession | None] = ContextVar(
 class LoadSession:
     """Records fetched ahead of validation; ``None`` marks a record that does not exist."""
 
-    __slots__ = ("records",)
+    __slots__ = ("_nested", "_urls", "records")
 
     def __init__(self) -> None:
         self.records: dict[SessionKey, StoredRecord | None] = {}
+        self._urls: dict[str, list[str]] = {}  # class name -> storage URLs
+        self._nested: dict[str, bool] = {}  # class name -> can hold references
 
     async def fetch(self, wanted: Wanted, *, follow: bool) -> None:
         """Fetch ``wanted``; with ``follow``, then the references inside them, level by level."""
@@ -65,14 +67,28 @@ class LoadSession:
             wanted = {}
             if follow:
                 for record in fetched:
-                    data = pydantic_core.from_json(record.data, allow_inf_nan=True)
-                    self._add_unfetched(wanted, find_references(data))
+                    if self._may_hold_references(record.class_name):
+                        data = pydantic_core.from_json(record.data, allow_inf_nan=True)
+                        self._add_unfetched(wanted, find_references(data))
 
     def _add_unfetched(self, wanted: Wanted, references: Iterator[ExternalReference]) -> None:
         for reference in references:
-            for url in _urls_named(reference.class_name):
-                if (url, reference.class_name, reference.id) not in self.records:
-                    wanted.setdefault(url, set()).add((reference.class_name, reference.id))
+            name = reference.class_name
+            urls = self._urls.get(name)
+            if urls is None:
+                urls = self._urls[name] = _urls_named(name)
+            for url in urls:
+                if (url, name, reference.id) not in self.records:
+                    wanted.setdefault(url, set()).add((name, reference.id))
+
+    def _may_hold_references(self, class_name: str) -> bool:
+        nested = self._nested.get(class_name)
+        if nested is None:
+            nested = self._nested[class_name] = any(
+                model._toast_has_nested()  # type: ignore[attr-defined]
+                for model in classes_named(class_name)
+            )
+        return nested
 
     def activate(self) -> Any:
         """Make this the session validators read from; returns the token for :meth:`deactivate`."""
@@ -114,6 +130,13 @@ def find_references(value: object) -> Iterator[ExternalReference]:
             stack.extend(item)
         elif isinstance(item, ExternalReference):
             yield item
+
+
+async def read_one(url: str, class_name: str, id: UUID) -> StoredRecord | None:
+    """One record, read directly (no prefetch needed for models without nested ones)."""
+    backend = await backend_for(url)
+    (record,) = await backend.load_records([(class_name, id)])
+    return record
 
 
 async def _read(url: str, keys: list[RecordKey]) -> list[StoredRecord | None]:

@@ -25,11 +25,10 @@ from pydantic_toast._exceptions import (
     StorageConfigurationError,
     StorageValidationError,
 )
-from pydantic_toast._loading import LoadSession, SessionKey, active_session
+from pydantic_toast._loading import LoadSession, SessionKey, active_session, read_one
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
 from pydantic_toast._saving import Identity, collecting, identity_of, is_serializing, store
-from pydantic_toast.runtime.connections import backend_for
 from pydantic_toast.runtime.loops import run_sync
 
 __all__ = ["ExternalBaseModel"]
@@ -98,6 +97,11 @@ class ExternalBaseModel(BaseModel):
             return handler(value)
         key = cls._toast_session_key(reference)
         session = active_session()
+        if session is None and not cls._toast_has_nested():  # one record: read it directly
+            record = run_sync(lambda: read_one(*key))
+            if record is None:
+                raise RecordNotFoundError(key[1], key[2])
+            return cls._toast_from_record(record)
         if session is None or key not in session.records:
             session = session or LoadSession()
             wanted = {key[0]: {(key[1], key[2])}}
@@ -172,8 +176,7 @@ class ExternalBaseModel(BaseModel):
         """
         url, class_name, id = key = cls._toast_session_key(cls._toast_reference(reference))
         if not cls._toast_has_nested():  # one record: read it directly
-            backend = await backend_for(url)
-            (record,) = await backend.load_records([(class_name, id)])
+            record = await read_one(url, class_name, id)
             if record is None:
                 raise RecordNotFoundError(class_name, id)
             return cls._toast_from_record(record)

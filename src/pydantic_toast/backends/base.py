@@ -11,7 +11,7 @@ from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url
 
-__all__ = ["REQUIRED_METHODS", "StorageBackend"]
+__all__ = ["REQUIRED_METHODS", "RecordBackend", "StorageBackend"]
 
 REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
 
@@ -119,3 +119,29 @@ class StorageBackend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {mask_url(self.url)}>"
+
+
+class RecordBackend(StorageBackend):
+    """A backend written against the batch methods; the document methods come from them.
+
+    Built-in backends store :class:`StoredRecord` s directly (no decode and re-encode of the
+    data): they implement :meth:`save_records` and :meth:`load_records`, and ``save``/``load``
+    convert documents to and from records here.
+    """
+
+    @abstractmethod
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Write several records; durable when this returns."""
+
+    @abstractmethod
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read several records, in the order of ``keys``."""
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        """Store one document (see :meth:`StorageBackend.save`)."""
+        await self.save_records([StoredRecord.from_document(class_name, id, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        """Return one document (see :meth:`StorageBackend.load`)."""
+        (record,) = await self.load_records([(class_name, id)])
+        return None if record is None else record.to_document()

@@ -11,11 +11,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.base import RecordBackend
 
 __all__ = ["MemoryBackend"]
 
@@ -53,7 +52,7 @@ def _store_for(url: str) -> _Store:
         return _stores.setdefault(name, _Store())
 
 
-class MemoryBackend(StorageBackend):
+class MemoryBackend(RecordBackend):
     """A process-wide dict behind the backend interface, with the same semantics as a server.
 
     ``created_at`` is kept across updates, expiry (``ttl``) is honoured, and the optional
@@ -71,15 +70,6 @@ class MemoryBackend(StorageBackend):
 
     async def disconnect(self) -> None:
         """Nothing to close: the data stays for other users of the same URL."""
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        """Store a document (see :meth:`StorageBackend.save`)."""
-        await self.save_records([StoredRecord.from_document(class_name, id, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        """Return the stored document (see :meth:`StorageBackend.load`)."""
-        (record,) = await self.load_records([(class_name, id)])
-        return None if record is None else record.to_document()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Store records, keeping each existing record's ``created_at``."""

@@ -46,6 +46,7 @@ from pydantic_toast.backends.sql import (
     SQLAlchemyBackend,
     json_as_text,
     json_passthrough,
+    upsert,
 )
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 
@@ -156,26 +157,11 @@ def _hot_path_statements() -> dict[str, str]:
     ]
     rows = func.unnest(*arrays).table_valued(*names).render_derived(with_types=False)
     source = select(*(cast(rows.c.data, JSONB) if n == "data" else rows.c[n] for n in names))
-    upsert = insert(table).from_select(names, source)
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[c.class_name, c.id],
-        set_={
-            "data": upsert.excluded.data,
-            "schema_version": upsert.excluded.schema_version,
-            "updated_at": upsert.excluded.updated_at,
-        },
-    )
+    upsert_many = upsert(insert(table).from_select(names, source))
     single = insert(table).values(
         {n: cast(bindparam(n, type_=Text()), JSONB) if n == "data" else bindparam(n) for n in names}
     )
-    upsert_one = single.on_conflict_do_update(
-        index_elements=[c.class_name, c.id],
-        set_={
-            "data": single.excluded.data,
-            "schema_version": single.excluded.schema_version,
-            "updated_at": single.excluded.updated_at,
-        },
-    )
+    upsert_one = upsert(single)
     columns = [cast(c.data, Text) if n == "data" else c[n] for n in names]
     select_one = select(*columns).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id")
@@ -192,7 +178,7 @@ def _hot_path_statements() -> dict[str, str]:
     )
     statements = {}
     for name, statement, expected in (
-        ("upsert", upsert, names),
+        ("upsert", upsert_many, names),
         ("upsert_one", upsert_one, names),
         ("select_one", select_one, ["class_name", "id"]),
         ("select_many", select_many, ["class_names", "ids"]),

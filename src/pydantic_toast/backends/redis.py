@@ -36,7 +36,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.base import RecordBackend
 
 __all__ = ["RedisBackend"]
 
@@ -80,7 +80,7 @@ _DOCUMENT = re.compile(
 )
 
 
-class RedisBackend(StorageBackend):
+class RedisBackend(RecordBackend):
     """Records in Redis, one JSON document per key, written atomically by a server script."""
 
     supports_ttl = True
@@ -124,15 +124,6 @@ class RedisBackend(StorageBackend):
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        """Store one document (see :meth:`StorageBackend.save`)."""
-        await self.save_records([StoredRecord.from_document(class_name, id, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        """Return one document (see :meth:`StorageBackend.load`)."""
-        (record,) = await self.load_records([(class_name, id)])
-        return None if record is None else record.to_document()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Write the records in one script call (one round trip), keeping ``created_at``."""

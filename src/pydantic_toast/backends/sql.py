@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from pydantic_toast._exceptions import ExternalStorageError, StorageConnectionError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import records_table
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "SQLAlchemyBackend",
     "json_as_text",
     "json_passthrough",
+    "upsert",
 ]
 
 T = TypeVar("T")
@@ -73,6 +74,18 @@ DELETE = _DELETE
 COUNT = _COUNT
 
 
+def upsert(insert: Any) -> Any:
+    """``insert`` (a dialect's INSERT) made an upsert that keeps ``created_at`` of old rows."""
+    return insert.on_conflict_do_update(
+        index_elements=[_c.class_name, _c.id],
+        set_={
+            "data": insert.excluded.data,
+            "schema_version": insert.excluded.schema_version,
+            "updated_at": insert.excluded.updated_at,
+        },
+    )
+
+
 def json_passthrough(value: Any) -> str:
     """The engine's JSON serializer: text is already JSON; anything else is encoded."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -83,7 +96,7 @@ def json_as_text(value: Any) -> Any:
     return value
 
 
-class SQLAlchemyBackend(StorageBackend):
+class SQLAlchemyBackend(RecordBackend):
     """A store in the ``external_records`` table, reached through an async SQLAlchemy engine.
 
     Subclasses create the engine (:meth:`_create_engine`) and name the dialect's upsert
@@ -96,15 +109,7 @@ class SQLAlchemyBackend(StorageBackend):
         super().__init__(url)
         self._parsed = StorageURL.parse(url)
         self._engine: AsyncEngine | None = None
-        insert = self._insert(_table)
-        self._upsert = insert.on_conflict_do_update(
-            index_elements=[_c.class_name, _c.id],
-            set_={
-                "data": insert.excluded.data,
-                "schema_version": insert.excluded.schema_version,
-                "updated_at": insert.excluded.updated_at,
-            },
-        )
+        self._upsert = upsert(self._insert(_table))
 
     def _create_engine(self) -> AsyncEngine:
         raise NotImplementedError
@@ -132,15 +137,6 @@ class SQLAlchemyBackend(StorageBackend):
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        """Store one document (see :meth:`StorageBackend.save`)."""
-        await self.save_records([StoredRecord.from_document(class_name, id, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        """Return one document (see :meth:`StorageBackend.load`)."""
-        (record,) = await self.load_records([(class_name, id)])
-        return None if record is None else record.to_document()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
