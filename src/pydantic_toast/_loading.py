@@ -51,7 +51,7 @@ class LoadSession:
         """Fetch ``wanted``; with ``follow``, then the references inside them, level by level."""
         while wanted:
             urls = list(wanted)
-            batches = [sorted(wanted[url]) for url in urls]
+            batches = [list(wanted[url]) for url in urls]
             if len(urls) == 1:  # no task per read when there is one store
                 results = [await _read(urls[0], batches[0])]
             else:
