@@ -30,7 +30,6 @@ from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
 from pydantic_toast._exceptions import (
-    ExternalStorageError,
     RecordNotFoundError,
     StorageConnectionError,
     StorageSchemaError,
@@ -105,8 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer the library's errors with the right status, wherever a route raises them.
 
     ``RecordNotFoundError`` gives 404, ``StorageValidationError`` 422, and connection or
-    schema problems 503 (the message stays in the server log: it may describe your
+    schema problems 503 (the details stay in the server log: they describe your
     infrastructure). This also covers references in request bodies, which Pydantic loads.
+    Configuration and usage errors stay 500s: they are bugs in the service, not outages.
     """
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -122,4 +122,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StorageValidationError, invalid)
     app.add_exception_handler(StorageConnectionError, unavailable)
     app.add_exception_handler(StorageSchemaError, unavailable)
-    app.add_exception_handler(ExternalStorageError, unavailable)
