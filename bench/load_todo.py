@@ -22,11 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
 import httpx
+from databases import throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
@@ -105,27 +104,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     args = parser.parse_args()
     seconds = args.seconds or (4 if args.quick else 15)
-    admin = os.environ.get(
-        "TOAST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    database = f"toast_load_{uuid.uuid4().hex[:8]}"
+    with throwaway_postgres("toast_load") as url:
+        run_service(url + os.environ.get("TOAST_LOAD_URL_OPTIONS", ""), seconds)
 
-    async def admin_sql(sql: str) -> None:
-        connection = await asyncpg.connect(admin)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
 
-    asyncio.run(admin_sql(f'CREATE DATABASE "{database}"'))
-    url = f"{admin.rsplit('/', 1)[0]}/{database}"
-    url += os.environ.get("TOAST_LOAD_URL_OPTIONS", "")
+def run_service(url: str, seconds: float) -> None:
+    """Serve the todo API on ``url``'s database and load both route variants."""
     port = free_port()
     service = None
     try:
-        subprocess.run(
-            [sys.executable, "-m", "pydantic_toast.integrations.cli", "migrate", url], check=True
-        )
         service = subprocess.Popen(
             [
                 sys.executable,
@@ -169,7 +156,6 @@ def main() -> None:
         if service is not None:
             service.terminate()
             service.wait(30)
-        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from databases import throwaway_postgres  # noqa: E402
 from systems import SYSTEMS, ConcurrentRawAsyncpg, RawAsyncpg, RawRedis, System  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
@@ -190,55 +192,37 @@ def peak_rss() -> int:
     return _status("VmHWM:")
 
 
-def servers() -> tuple[dict[str, str], Callable[[], None]]:
-    import asyncpg
+@contextmanager
+def servers() -> Iterator[dict[str, str]]:
+    """URLs of every store for one run; their data is removed afterwards."""
+    import redis
 
-    admin = os.environ.get(
-        "TOAST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    database = f"toast_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin_sql(sql: str) -> None:
-        connection = await asyncpg.connect(admin)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin_sql(f'CREATE DATABASE "{database}"'))
-    postgres = f"{admin.rsplit('/', 1)[0]}/{database}"
     sqlite_file = Path(tempfile.mkdtemp()) / "bench.db"
-    for url in (postgres, f"sqlite:///{sqlite_file}"):
-        assert toast_cli(["migrate", url]) == 0
+    assert toast_cli(["migrate", f"sqlite:///{sqlite_file}"]) == 0
     redis_base = os.environ.get("TOAST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"bench_{uuid.uuid4().hex[:8]}"
-    urls = {
-        "postgresql": postgres,
-        "redis": redis_base,
-        "redis_toast": f"{redis_base}?prefix={prefix}",
-        "sqlite": f"sqlite:///{sqlite_file}",
-        "memory": f"memory://bench-{prefix}",
-    }
-
-    def cleanup() -> None:
-        import redis
-
-        pydantic_toast.close_storage()
-        client = redis.Redis.from_url(redis_base)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-        client.close()
-        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-
-    return urls, cleanup
+    with throwaway_postgres("toast_bench") as postgres:
+        try:
+            yield {
+                "postgresql": postgres,
+                "redis": redis_base,
+                "redis_toast": f"{redis_base}?prefix={prefix}",
+                "sqlite": f"sqlite:///{sqlite_file}",
+                "memory": f"memory://bench-{prefix}",
+            }
+        finally:
+            pydantic_toast.close_storage()
+            client = redis.Redis.from_url(redis_base)
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+            client.close()
 
 
 def measure(sizes: Sizes, only: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    urls, cleanup = servers()
-    toast_urls = urls | {"redis": urls["redis_toast"]}
     rows: list[dict[str, Any]] = []
-    try:
+    with servers() as urls:
+        toast_urls = urls | {"redis": urls["redis_toast"]}
         for workload in WORKLOADS:
             for system_class in SYSTEMS:
                 if system_class.only_small and workload is not WORKLOADS[0]:
@@ -286,8 +270,6 @@ def measure(sizes: Sizes, only: str | None) -> tuple[list[dict[str, Any]], dict[
                     {"workload": WORKLOADS[index].name, "backend": kind, "records": count}
                     | json.loads(output)
                 )
-    finally:
-        cleanup()
     return rows, {"memory": json.dumps(memory)}
 
 

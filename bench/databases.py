@@ -1,0 +1,41 @@
+"""A throwaway PostgreSQL database for one benchmark run, migrated and dropped afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+
+from pydantic_toast.integrations.cli import main as toast_cli
+
+ADMIN_URL = os.environ.get(
+    "TOAST_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _admin(sql: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(ADMIN_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """Create a database named ``<prefix>_<hex>``, migrate it, yield its URL, drop it."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{database}"')
+    try:
+        url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{database}"
+        assert toast_cli(["migrate", url]) == 0
+        yield url
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
