@@ -28,9 +28,11 @@ class System:
     def __init__(self, workload: Workload, urls: dict[str, str]) -> None:
         self.workload = workload
         self.urls = urls
+        self.plain = workload.plain_model()
 
     def make(self, i: int) -> Any:
-        raise NotImplementedError
+        """Record ``i``'s input (default: the plain Pydantic model the raw drivers store)."""
+        return self.plain(**self.workload.values(i))
 
     async def setup(self) -> None:
         """Open connections (not timed)."""
@@ -154,13 +156,9 @@ class RawAsyncpg(System):
     name = "raw asyncpg"
     backend = "postgresql"
 
-    def make(self, i: int) -> Any:
-        return self.workload.plain_model()(**self.workload.values(i))
-
     async def setup(self) -> None:
         import asyncpg
 
-        self.plain = self.workload.plain_model()
         self.class_name = f"raw_{uuid.uuid4().hex[:8]}"
         self.pool = await asyncpg.create_pool(self.urls["postgresql"], min_size=10, max_size=10)
         self.connection = await self.pool.acquire()
@@ -219,13 +217,9 @@ class RawRedis(System):
     name = "raw redis.asyncio"
     backend = "redis"
 
-    def make(self, i: int) -> Any:
-        return self.workload.plain_model()(**self.workload.values(i))
-
     async def setup(self) -> None:
         import redis.asyncio as aioredis
 
-        self.plain = self.workload.plain_model()
         self.prefix = f"bench_raw_{uuid.uuid4().hex[:8]}"
         self.client = aioredis.Redis.from_url(self.urls["redis"])
 
@@ -264,13 +258,9 @@ class SQLAlchemyORM(System):
     name = "SQLAlchemy ORM AsyncSession"
     backend = "postgresql"
 
-    def make(self, i: int) -> Any:
-        return self.workload.plain_model()(**self.workload.values(i))
-
     async def setup(self) -> None:
         from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-        self.plain = self.workload.plain_model()
         self.class_name = f"orm_{uuid.uuid4().hex[:8]}"
         url = self.urls["postgresql"].replace("postgresql://", "postgresql+asyncpg://")
         self.engine = create_async_engine(url)

@@ -48,8 +48,8 @@ _SELECT_ONE = select(*_COLUMNS).where(
 _SELECT_MANY = select(*_COLUMNS).where(
     tuple_(_c.class_name, _c.id).in_(bindparam("keys", expanding=True))
 )
-_DELETE = delete(_table).where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
-_COUNT = select(func.count()).select_from(_table).where(_c.class_name == bindparam("class_name"))
+DELETE = delete(_table).where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
+COUNT = select(func.count()).select_from(_table).where(_c.class_name == bindparam("class_name"))
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 
 
@@ -70,8 +70,6 @@ def _list_statement(*, after: bool) -> Select[UUID]:
 
 LIST_FIRST = _list_statement(after=False)
 LIST_AFTER = _list_statement(after=True)
-DELETE = _DELETE
-COUNT = _COUNT
 
 
 def upsert(insert: Any) -> Any:
@@ -126,7 +124,7 @@ class SQLAlchemyBackend(RecordBackend):
         self._engine = self._create_engine()
         try:
             async with self._connection() as connection:
-                await connection.execute(_COUNT.limit(0), {"class_name": ""})
+                await connection.execute(COUNT.limit(0), {"class_name": ""})
         except BaseException:
             await self._engine.dispose()
             self._engine = None
@@ -175,7 +173,7 @@ class SQLAlchemyBackend(RecordBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
         async with self._connection() as connection:
-            result = await connection.execute(_DELETE, {"class_name": class_name, "id": id})
+            result = await connection.execute(DELETE, {"class_name": class_name, "id": id})
         return bool(getattr(result, "rowcount", 0))
 
     async def list_ids(
@@ -194,7 +192,7 @@ class SQLAlchemyBackend(RecordBackend):
         """How many records of ``class_name`` are stored."""
 
         async def read(connection: AsyncConnection) -> int:
-            return int((await connection.execute(_COUNT, {"class_name": class_name})).scalar_one())
+            return int((await connection.execute(COUNT, {"class_name": class_name})).scalar_one())
 
         return await self._run(read)
 
