@@ -14,6 +14,9 @@ the reference and loads the model back (the claim-check pattern)::
     order = Order.model_validate(reference)
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
@@ -32,6 +35,11 @@ from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import StorageBackend
 from pydantic_toast.backends.registry import register_backend
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
+
+try:
+    __version__: str = _distribution_version("pydantic-toast")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "ExternalBaseModel",

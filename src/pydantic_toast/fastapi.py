@@ -26,8 +26,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import FastAPI, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
+try:
+    from fastapi import FastAPI, HTTPException, Path, Request
+    from fastapi.responses import JSONResponse
+except ImportError as exc:  # pragma: no cover - exercised in a venv without FastAPI
+    raise ImportError(
+        "pydantic_toast.fastapi needs FastAPI, which is not installed: "
+        "run pip install 'pydantic-toast[fastapi]'",
+        name=exc.name,
+    ) from exc
 
 from pydantic_toast._exceptions import (
     RecordNotFoundError,

@@ -7,6 +7,7 @@ database driver; a backend's module is imported the first time a model uses its 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
 import threading
@@ -14,7 +15,13 @@ import threading
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast.backends.base import REQUIRED_METHODS, StorageBackend
 
-__all__ = ["backend_class_for", "known_schemes", "register_backend"]
+__all__ = [
+    "EXTRA_REQUIRES",
+    "backend_class_for",
+    "known_schemes",
+    "missing_extra",
+    "register_backend",
+]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
 
@@ -28,6 +35,14 @@ _BUILTINS: dict[str, tuple[str, str | None]] = {
     "postgresql+asyncpg": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
     "redis": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
     "rediss": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
+}
+# extra -> the modules it installs. Backends import some drivers lazily (aiosqlite inside
+# SQLAlchemy's dialect), so importing the backend module alone does not prove they are there.
+EXTRA_REQUIRES: dict[str, tuple[str, ...]] = {
+    "sqlite": ("sqlalchemy", "aiosqlite", "alembic"),
+    "postgresql": ("sqlalchemy", "asyncpg", "alembic"),
+    "redis": ("redis",),
+    "fastapi": ("fastapi",),
 }
 _registered: dict[str, type[StorageBackend]] = {}
 _lock = threading.Lock()
@@ -74,6 +89,13 @@ def backend_class_for(scheme: str) -> type[StorageBackend]:
             f"register_backend({scheme!r}, YourBackend)"
         )
     path, extra = builtin
+    missing = missing_extra(scheme)
+    if missing is not None:
+        module, extra = missing
+        raise StorageConfigurationError(
+            f"the {scheme}:// backend needs {module}, which is not installed: "
+            f"run pip install 'pydantic-toast[{extra}]'"
+        )
     module_name, class_name = path.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -84,6 +106,22 @@ def backend_class_for(scheme: str) -> type[StorageBackend]:
         ) from exc
     backend_class: type[StorageBackend] = getattr(module, class_name)
     return backend_class
+
+
+def missing_extra(scheme: str) -> tuple[str, str] | None:
+    """For a built-in scheme whose driver is not installed: (the missing module, the extra).
+
+    ``None`` when everything is installed, or when the scheme is not built in.
+    """
+    if scheme in _registered or scheme not in _BUILTINS:
+        return None
+    extra = _BUILTINS[scheme][1]
+    if extra is None:
+        return None
+    for module in EXTRA_REQUIRES[extra]:
+        if importlib.util.find_spec(module) is None:
+            return module, extra
+    return None
 
 
 def known_schemes() -> list[str]:

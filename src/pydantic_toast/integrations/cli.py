@@ -1,60 +1,264 @@
-"""The ``pydantic-toast`` command: apply the packaged migrations to a database.
+"""The ``pydantic-toast`` command: apply, undo and check the packaged migrations.
 
-Usage::
-
-    pydantic-toast migrate [URL] [--revision head]   # upgrade (URL defaults to $DATABASE_URL)
-    pydantic-toast downgrade [URL] --revision base    # undo
-    pydantic-toast current [URL]                      # show the applied revision
+Every error is one line on stderr (``--verbose`` adds the traceback); URLs are printed with
+their password masked. Exit codes: see :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import difflib
 import os
 import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic_toast._url import mask_url
-from pydantic_toast.integrations.alembic import SCRIPT_LOCATION
+from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
+from pydantic_toast._url import StorageURL, mask_url
+from pydantic_toast.backends.registry import backend_class_for, known_schemes, missing_extra
 
-__all__ = ["alembic_config", "main"]
+__all__ = ["EXIT_CODES", "alembic_config", "main"]
+
+EXIT_OK = 0
+EXIT_STORAGE = 1
+EXIT_USAGE = 2
+EXIT_NOT_AT_HEAD = 3
+
+EXIT_CODES = {
+    EXIT_OK: "done; for check: reachable and at the head revision",
+    EXIT_STORAGE: "the database could not be reached or refused the operation",
+    EXIT_USAGE: "bad arguments or URL, or a missing optional dependency",
+    EXIT_NOT_AT_HEAD: "check: reachable, but not migrated to the head revision",
+}
+
+_SQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite")
+_SCRIPT_LOCATION = "pydantic_toast:migrations"
 
 
-def alembic_config(url: str) -> object:
+class CommandError(Exception):
+    """A failure the command reports in one line, with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Status:
+    """What ``check`` found."""
+
+    current: str | None
+    head: str
+
+
+def alembic_config(url: str) -> Any:
     """An Alembic ``Config`` for the packaged migrations, without any alembic.ini."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("script_location", _SCRIPT_LOCATION)
     config.cmd_opts = argparse.Namespace(x=[f"url={url}"])
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    epilog = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="pydantic-toast",
+        description="Manage the external_records table that pydantic-toast stores models in "
+        "(PostgreSQL and SQLite; Redis and memory:// need no migration).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "url",
+        nargs="?",
+        help="the storage URL, e.g. postgresql://user@host:5432/db or sqlite:///app.db "
+        "(default: $DATABASE_URL)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="print the full traceback on errors"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the table (run this first)",
+        description="Apply the packaged migrations up to a revision (default: head).",
+    )
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    downgrade = commands.add_parser(
+        "downgrade",
+        parents=[common],
+        help="undo migrations down to a revision",
+        description="Undo the packaged migrations; --revision base drops the table and its data.",
+    )
+    downgrade.add_argument("--revision", required=True, help="target revision, e.g. base")
+    commands.add_parser(
+        "current",
+        parents=[common],
+        help="print the applied revision",
+        description="Print the revision the database is at ('none' when never migrated).",
+    )
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="report whether the database is reachable and migrated",
+        description="Connect, then compare the applied revision with the packaged head. "
+        f"Exits {EXIT_OK} when at head, {EXIT_NOT_AT_HEAD} when not, {EXIT_STORAGE} when "
+        "unreachable.",
+    )
+    return parser
+
+
+def _version() -> str:
+    from pydantic_toast import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="pydantic-toast", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, default in (("migrate", "head"), ("downgrade", None), ("current", None)):
-        command = commands.add_parser(name)
-        command.add_argument("url", nargs="?", default=os.environ.get("DATABASE_URL"))
-        if name != "current":
-            command.add_argument("--revision", default=default, required=default is None)
+    parser = _parser()
     args = parser.parse_args(argv)
-    if not args.url:
-        parser.error("give a database URL or set DATABASE_URL")
+    url: str | None = args.url or os.environ.get("DATABASE_URL")
+    if not url:
+        parser.error("give a storage URL or set DATABASE_URL")
     try:
-        from alembic import command as alembic_command
-    except ImportError:
-        print("pydantic-toast migrate needs Alembic: pip install 'pydantic-toast[postgresql]'")
-        return 2
-    config = alembic_config(args.url)
-    if args.command == "migrate":
-        alembic_command.upgrade(config, args.revision)  # type: ignore[arg-type]
-        print(f"{mask_url(args.url)} is at {args.revision}")
-    elif args.command == "downgrade":
-        alembic_command.downgrade(config, args.revision)  # type: ignore[arg-type]
+        return _run(args.command, url, getattr(args, "revision", None))
+    except CommandError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"pydantic-toast {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        message = _masked(f"{type(exc).__name__}: {exc}".splitlines()[0], url)
+        hint = "" if args.verbose else " (run again with --verbose for the traceback)"
+        print(f"pydantic-toast {args.command}: error: {message}{hint}", file=sys.stderr)
+        return EXIT_STORAGE
+
+
+def _run(command: str, url: str, revision: str | None) -> int:
+    parsed = _check_url(url)
+    masked = parsed.masked
+    if command == "check":
+        status = _status(url)
+        at_head = status.current == status.head
+        print(f"{masked}: reachable")
+        print(
+            f"  revision: {status.current or 'none'} (head: {status.head}) - "
+            + ("migrated" if at_head else "NOT migrated: run pydantic-toast migrate")
+        )
+        return EXIT_OK if at_head else EXIT_NOT_AT_HEAD
+    _reachable(url)
+    from alembic import command as alembic_command
+
+    config = alembic_config(url)
+    if command == "migrate":
+        alembic_command.upgrade(config, revision or "head")
+        print(f"{masked}: migrated to {revision}")
+    elif command == "downgrade":
+        alembic_command.downgrade(config, revision or "base")
+        print(f"{masked}: downgraded to {revision}")
     else:
-        alembic_command.current(config)  # type: ignore[arg-type]
-    return 0
+        print(_status(url).current or "none")
+    return EXIT_OK
+
+
+def _check_url(url: str) -> StorageURL:
+    try:
+        parsed = StorageURL.parse(url)
+    except ExternalStorageError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    scheme = parsed.scheme
+    if scheme not in known_schemes():
+        close = difflib.get_close_matches(scheme, known_schemes(), n=1)
+        hint = f": did you mean {close[0]}?" if close else ""
+        raise CommandError(
+            f"unknown scheme {scheme!r} in {parsed.masked}{hint} "
+            f"(known: {', '.join(s for s in _SQL_SCHEMES)})",
+            EXIT_USAGE,
+        )
+    missing = missing_extra(scheme)
+    if missing is not None:
+        module, extra = missing
+        raise CommandError(
+            f"{scheme}:// needs {module}, which is not installed: "
+            f"run pip install 'pydantic-toast[{extra}]'",
+            EXIT_USAGE,
+        )
+    if scheme not in _SQL_SCHEMES:
+        raise CommandError(
+            f"{parsed.masked}: {scheme}:// needs no migration (only PostgreSQL and SQLite "
+            "have a table)",
+            EXIT_USAGE,
+        )
+    return parsed
+
+
+def _reachable(url: str) -> bool:
+    """Connect with the library's backend; return whether the table exists.
+
+    Raises:
+        CommandError: The database cannot be reached (the backend's message says why).
+    """
+
+    async def probe() -> bool:
+        backend = backend_class_for(StorageURL.parse(url).scheme)(url)
+        try:
+            await backend.connect()
+        except StorageSchemaError:
+            return False
+        except ExternalStorageError as exc:
+            raise CommandError(str(exc), EXIT_STORAGE) from exc
+        await backend.disconnect()
+        return True
+
+    return asyncio.run(probe())
+
+
+def _status(url: str) -> Status:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from pydantic_toast.integrations.alembic import VERSION_TABLE, migration_engine
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert head is not None  # the package ships at least one revision
+    if not _reachable(url):
+        return Status(current=None, head=head)
+
+    async def read() -> str | None:
+        engine = migration_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(
+                    lambda sync: MigrationContext.configure(
+                        sync, opts={"version_table": VERSION_TABLE}
+                    ).get_current_revision()
+                )
+        finally:
+            await engine.dispose()
+
+    return Status(current=asyncio.run(read()), head=head)
+
+
+def _masked(text: str, url: str) -> str:
+    try:
+        parsed = StorageURL.parse(url)
+    except ExternalStorageError:
+        return text.replace(url, mask_url(url))
+    text = text.replace(url, parsed.masked)
+    if parsed.password:
+        text = text.replace(parsed.password, "***")
+    return text
 
 
 if __name__ == "__main__":
