@@ -14,7 +14,7 @@ the reference and loads the model back (the claim-check pattern)::
     order = Order.model_validate(reference)
 """
 
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
@@ -38,7 +38,7 @@ from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
 
 try:
     __version__: str = _distribution_version("pydantic-toast")
-except PackageNotFoundError:  # run from a source tree that was never installed
+except _PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [

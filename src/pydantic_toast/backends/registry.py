@@ -91,10 +91,10 @@ def backend_class_for(scheme: str) -> type[StorageBackend]:
     path, extra = builtin
     missing = missing_extra(scheme)
     if missing is not None:
-        module, extra = missing
+        driver, needed = missing
         raise StorageConfigurationError(
-            f"the {scheme}:// backend needs {module}, which is not installed: "
-            f"run pip install 'pydantic-toast[{extra}]'"
+            f"the {scheme}:// backend needs {driver}, which is not installed: "
+            f"run pip install 'pydantic-toast[{needed}]'"
         )
     module_name, class_name = path.split(":")
     try:
@@ -118,7 +118,7 @@ def missing_extra(scheme: str) -> tuple[str, str] | None:
     extra = _BUILTINS[scheme][1]
     if extra is None:
         return None
-    for module in EXTRA_REQUIRES[extra]:
+    for module in EXTRA_REQUIRES.get(extra, ()):
         if importlib.util.find_spec(module) is None:
             return module, extra
     return None

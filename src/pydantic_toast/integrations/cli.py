@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
@@ -209,6 +210,15 @@ def _reachable(url: str) -> bool:
     Raises:
         CommandError: The database cannot be reached (the backend's message says why).
     """
+    parsed = StorageURL.parse(url)
+    if parsed.scheme.startswith("sqlite"):
+        # Checked here: aiosqlite's failed connect leaves its thread calling a closed loop.
+        folder = Path(parsed.path[1:] if parsed.path.startswith("/") else parsed.path).parent
+        if not folder.is_dir():
+            raise CommandError(
+                f"{parsed.masked}: the folder {folder} does not exist: create it first",
+                EXIT_STORAGE,
+            )
 
     async def probe() -> bool:
         backend = backend_class_for(StorageURL.parse(url).scheme)(url)

@@ -1,0 +1,223 @@
+"""The pydantic-toast command: help, one-line errors, exit codes and `check`, on real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.integrations.cli import EXIT_CODES
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests import servers
+
+CLI = [sys.executable, "-m", "pydantic_toast.integrations.cli"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = toast_cli(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line(err: str) -> None:
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of the command and each subcommand is plain text naming what it does."""
+    with pytest.raises(SystemExit) as info:
+        toast_cli(["--help"])
+    assert info.value.code == 0
+    top = capsys.readouterr().out
+    for name in ("migrate", "downgrade", "current", "check", "exit codes"):
+        assert name in top
+    for name in ("migrate", "downgrade", "current", "check"):
+        with pytest.raises(SystemExit):
+            toast_cli([name, "--help"])
+        text = capsys.readouterr().out
+        assert "--verbose" in text
+        assert "DATABASE_URL" in text
+        assert "``" not in text
+        assert "::" not in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version."""
+    with pytest.raises(SystemExit) as info:
+        toast_cli(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pydantic-toast {pydantic_toast.__version__}"
+
+
+def test_exit_codes_are_documented() -> None:
+    """Each exit code has a meaning, shown in --help."""
+    assert set(EXIT_CODES) == {0, 1, 2, 3}
+
+
+def test_misspelled_scheme_suggests_the_right_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """postgressql:// is an unknown scheme with a suggestion, and the password stays hidden."""
+    code, _, err = run(capsys, "migrate", "postgressql://u:s3cret@127.0.0.1/db")
+    assert code == 2
+    assert_one_line(err)
+    assert "unknown scheme 'postgressql'" in err
+    assert "did you mean postgresql?" in err
+    assert "s3cret" not in err
+
+
+def test_redis_needs_no_migration(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Redis URL is refused with exit code 2 and a reason."""
+    code, _, err = run(capsys, "migrate", "redis://127.0.0.1:6379/0")
+    assert code == 2
+    assert_one_line(err)
+    assert "needs no migration" in err
+
+
+def test_no_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a URL or DATABASE_URL the command says which to give."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit) as info:
+        toast_cli(["migrate"])
+    assert info.value.code == 2
+    assert "DATABASE_URL" in capsys.readouterr().err
+
+
+@pytest.mark.sqlite
+def test_sqlite_check_migrate_current_downgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check says not migrated (3), migrate fixes it (0), current and downgrade work."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    code, out, _ = run(capsys, "check", url)
+    assert code == 3
+    assert "reachable" in out
+    assert "NOT migrated" in out
+    code, out, _ = run(capsys, "migrate", url)
+    assert code == 0
+    assert "migrated to head" in out
+    code, out, _ = run(capsys, "check", url)
+    assert code == 0
+    assert "- migrated" in out
+    code, out, _ = run(capsys, "current", url)
+    assert code == 0
+    assert out.strip() != "none"
+    assert out.strip() in run(capsys, "check", url)[1]
+    code, _, _ = run(capsys, "downgrade", url, "--revision", "base")
+    assert code == 0
+    assert run(capsys, "current", url)[1].strip() == "none"
+
+
+@pytest.mark.sqlite
+def test_sqlite_in_a_missing_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SQLite file whose folder does not exist fails in one line with exit code 1."""
+    code, _, err = run(capsys, "migrate", f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+    assert code == 1
+    assert_one_line(err)
+
+
+@pytest.mark.postgresql
+def test_check_a_migrated_postgres_database(
+    postgres_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check on the session's migrated database reports it reachable and at head."""
+    code, out, _ = run(capsys, "check", postgres_database_url)
+    assert code == 0, out
+    assert "reachable" in out
+    assert "- migrated" in out
+
+
+@pytest.mark.postgresql
+def test_refused_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listening: exit code 1, one line naming the address, no traceback."""
+    port = servers.free_port()
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{port}/db"
+    for command in ("migrate", "check"):
+        code, _, err = run(capsys, command, url)
+        assert code == 1
+        assert_one_line(err)
+        assert f"127.0.0.1:{port}" in err
+        assert "hunter2" not in err
+
+
+@pytest.mark.postgresql
+def test_verbose_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """--verbose prints the traceback before the one-line error."""
+    url = f"postgresql://postgres@127.0.0.1:{servers.free_port()}/db"
+    code, _, err = run(capsys, "migrate", url, "--verbose")
+    assert code == 1
+    assert "Traceback" in err
+
+
+@pytest.fixture(scope="module")
+def password_cluster() -> Iterator[servers.TempPostgres]:
+    """A throwaway local cluster whose TCP connections need the password."""
+    try:
+        cluster = servers.TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if servers.IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        pydantic_toast.close_storage()
+        cluster.destroy()
+
+
+@pytest.mark.postgresql
+@pytest.mark.slow
+def test_wrong_password_is_one_line_without_the_password(
+    password_cluster: servers.TempPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password: exit code 1, 'rejected the credentials', the password never shown."""
+    code, _, err = run(capsys, "check", password_cluster.url(password="wr0ng-pass"))
+    assert code == 1
+    assert_one_line(err)
+    assert "rejected the credentials" in err
+    assert "wr0ng-pass" not in err
+
+
+@pytest.mark.postgresql
+@pytest.mark.slow
+def test_missing_database_is_one_line(
+    password_cluster: servers.TempPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database that does not exist: exit code 1 and the createdb hint."""
+    code, _, err = run(capsys, "migrate", password_cluster.url(database="no_such_db"))
+    assert code == 1
+    assert_one_line(err)
+    assert "does not exist" in err
+    assert f":{password_cluster.PASSWORD}@" not in err
+
+
+@pytest.mark.postgresql
+@pytest.mark.slow
+def test_installed_command_migrates_and_checks(password_cluster: servers.TempPostgres) -> None:
+    """As a subprocess: check (3), migrate (0), check (0), password masked in every line."""
+    url = password_cluster.url()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *argv], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+
+    before = cli("check", url)
+    assert before.returncode == 3, before.stderr
+    migrated = cli("migrate", url)
+    assert migrated.returncode == 0, migrated.stderr
+    after = cli("check", url)
+    assert after.returncode == 0, after.stderr
+    for result in (before, migrated, after):
+        assert f":{password_cluster.PASSWORD}@" not in result.stdout + result.stderr
+        assert "***" in result.stdout
