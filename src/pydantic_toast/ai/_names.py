@@ -1,0 +1,35 @@
+"""Checks on the names this package turns into stored class names."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic_toast._exceptions import StorageConfigurationError, StorageUsageError
+
+__all__ = ["check_conversation_id", "check_namespace"]
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_CONVERSATION_ID = 200
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise StorageConfigurationError(
+            f"namespace must be 1 to 64 letters, digits, '_', '.' or '-', got {namespace!r}"
+        )
+    return namespace
+
+
+def check_conversation_id(conversation_id: str) -> str:
+    """Return ``conversation_id`` if it is a non-empty printable string of at most 200 chars."""
+    if (
+        not isinstance(conversation_id, str)
+        or not 0 < len(conversation_id) <= MAX_CONVERSATION_ID
+        or not conversation_id.isprintable()
+    ):
+        raise StorageUsageError(
+            "a conversation_id must be a printable string of 1 to "
+            f"{MAX_CONVERSATION_ID} characters (a UUID is a good choice)"
+        )
+    return conversation_id

@@ -1,0 +1,49 @@
+"""The one place this package reaches below the public API: backends of a storage URL.
+
+Conversations and spilled outputs are stored under class names chosen at run time (one per
+conversation), which no ``ExternalBaseModel`` class can name, so they go through a backend's
+record methods (``save_records``, ``load_records``, ``list_ids``, ``delete``) directly.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._url import StorageURL, mask_url, resolve_storage
+from pydantic_toast.backends.base import StorageBackend
+from pydantic_toast.backends.registry import backend_class_for
+from pydantic_toast.runtime.connections import backend_for
+
+__all__ = ["backend", "checked_url", "ttl_seconds"]
+
+
+async def backend(url: str) -> StorageBackend:
+    """The connected backend for ``url`` on the running event loop."""
+    return await backend_for(url)
+
+
+def checked_url(storage: str, ttl: float | None) -> str:
+    """``storage`` resolved (``env:NAME`` too) and checked, with ``ttl`` only where it expires."""
+    url = resolve_storage(storage)
+    backend_class = backend_class_for(StorageURL.parse(url).scheme)
+    backend_class.check_url(StorageURL.parse(url))
+    if ttl is not None and not backend_class.supports_ttl:
+        raise StorageConfigurationError(
+            f"ttl is set but {backend_class.__name__} ({mask_url(url)}) does not expire records: "
+            "remove ttl or use redis:// or memory://"
+        )
+    return url
+
+
+def ttl_seconds(ttl: float | timedelta | None) -> float | None:
+    """``ttl`` as positive seconds, or ``None``."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        raise StorageConfigurationError(
+            f"ttl must be a positive number of seconds or a timedelta, got {ttl!r}"
+        )
+    return float(ttl)

@@ -1,0 +1,73 @@
+"""``PersistentConversation``: a capability restoring a run's history and appending its turn."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic_ai import RunContext
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.run import AgentRunResult
+
+from pydantic_toast.ai.conversations import MessageStore
+
+__all__ = ["PersistentConversation"]
+
+
+@dataclass
+class PersistentConversation(AbstractCapability[Any]):
+    """Keep an agent's conversations in a :class:`~pydantic_toast.ai.MessageStore`.
+
+    Before a run it loads the conversation's history and puts it in front of the new prompt;
+    after a successful run it appends the run's new messages (one record, nothing rewritten)::
+
+        store = MessageStore("postgresql://app@db/app")
+        agent = Agent(model, capabilities=[PersistentConversation(store)])
+        await agent.run("Hello", conversation_id="chat-42")
+        await agent.run("And then?", conversation_id="chat-42")  # sees the first turn
+
+    The conversation is the run's ``conversation_id`` (``agent.run(..., conversation_id=...)``)
+    unless one is fixed here. When the app passes ``message_history=`` itself, that history is
+    used as given and only the new messages are appended. A run that fails appends nothing.
+
+    Attributes:
+        store: Where conversations are kept.
+        conversation_id: A fixed conversation for every run of this capability; by default the
+            run's own ``conversation_id``.
+        limit: Restore only the newest turns holding at least this many messages (whole turns);
+            everything stays stored.
+    """
+
+    store: MessageStore
+    conversation_id: str | None = None
+    limit: int | None = None
+    _position: datetime | None = field(default=None, init=False, repr=False, compare=False)
+
+    async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
+        """A fresh copy per run, so concurrent runs of one agent keep their own position."""
+        return dataclasses.replace(self)
+
+    def _conversation(self, ctx: RunContext[Any]) -> str:
+        conversation_id = self.conversation_id or ctx.conversation_id
+        if conversation_id is None:  # pydantic-ai always resolves one; be explicit if not
+            raise RuntimeError("the run has no conversation_id: pass conversation_id=")
+        return conversation_id
+
+    async def before_run(self, ctx: RunContext[Any]) -> None:
+        """Put the stored history in front of the run's messages (unless the app passed one)."""
+        if ctx.messages:
+            return
+        history = await self.store.aload(self._conversation(ctx), limit=self.limit)
+        self._position = history.position
+        ctx.messages[:0] = history.messages
+
+    async def after_run(
+        self, ctx: RunContext[Any], *, result: AgentRunResult[Any]
+    ) -> AgentRunResult[Any]:
+        """Append the run's new messages as one batch."""
+        await self.store.aappend(
+            self._conversation(ctx), result.new_messages(), after=self._position
+        )
+        return result

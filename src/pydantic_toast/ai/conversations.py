@@ -1,0 +1,378 @@
+"""Conversations stored as append-only batches of Pydantic AI messages.
+
+Each append writes one new record holding the batch of messages it was given (a run's
+``new_messages()``), plus a small header record naming the conversation, in one
+``save_records`` call. Nothing already stored is read or rewritten, so an append costs the same
+at the 10th and the 10,000th message, and two runs appending to one conversation at the same
+time both land: each writes its own record under its own id.
+
+Ordering rule. Batches are ordered by a position (a UTC timestamp with microsecond resolution)
+stored as the record's ``created_at``, ties broken by the record id. An append's position is
+the latest of: this process's clock, one microsecond after the position of the newest batch
+the caller loaded (``after=``), and one microsecond after the last position this store object
+handed out. So a turn that was written after reading the previous one always sorts after it,
+whatever the clocks of the processes involved say (a hybrid logical clock); only batches
+written concurrently, without seeing each other, are ordered by clock and then id, which is
+the same order for every reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4, uuid5
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+
+from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.ai._names import check_conversation_id, check_namespace
+from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+
+__all__ = ["Appended", "ConversationInfo", "History", "MessageStore"]
+
+FORMAT_VERSION = 1
+_TICK = timedelta(microseconds=1)
+_HEADER_IDS = UUID("6b1f4e58-2f1e-4b55-9f4e-6a2b8c1d0e13")  # uuid5 namespace of headers
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A conversation's messages as loaded, oldest first.
+
+    Attributes:
+        conversation_id: The conversation.
+        messages: Its messages, in the order they were appended.
+        position: The position of the newest batch loaded; pass it as ``after=`` to
+            :meth:`MessageStore.aappend` so the next turn sorts after it. ``None`` for a
+            conversation with nothing stored.
+        complete: ``False`` when ``limit`` left older batches out.
+    """
+
+    conversation_id: str
+    messages: list[ModelMessage]
+    position: datetime | None
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one append stored.
+
+    Attributes:
+        conversation_id: The conversation.
+        batch_id: The id of the batch record written.
+        position: The batch's position (its ordering key).
+        count: How many messages it holds.
+    """
+
+    conversation_id: str
+    batch_id: UUID
+    position: datetime
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """A stored conversation, as listed.
+
+    Attributes:
+        conversation_id: The conversation.
+        created_at: When its first batch was appended.
+        updated_at: When its last batch was appended.
+    """
+
+    conversation_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class _Batch(BaseModel):
+    """The exact shape of a stored batch (anything else is refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    conversation_id: str
+    count: int
+    # The messages as ModelMessagesTypeAdapter's JSON text, kept as a string: PostgreSQL's jsonb
+    # would otherwise normalize numbers inside tool arguments (-0.0 -> 0, 1e16 -> an int).
+    messages: str
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    conversation_id: str
+
+
+class MessageStore:
+    """Pydantic AI conversations in any pydantic-toast storage, appended batch by batch.
+
+    Use it through :class:`~pydantic_toast.ai.PersistentConversation`, or directly when the app
+    passes ``message_history=`` itself::
+
+        store = MessageStore("postgresql://app@db/app")
+        history = await store.aload(conversation_id)
+        result = await agent.run(prompt, message_history=history.messages)
+        await store.aappend(conversation_id, result.new_messages(), after=history.position)
+
+    Stored history is checked on the way back in: the record must be a batch of this store's
+    format version and shape, belong to the conversation asked for, and its messages must
+    validate with Pydantic AI's ``ModelMessagesTypeAdapter`` (every part kind and field typed)
+    and number what the batch says; anything else raises
+    :class:`~pydantic_toast.StorageValidationError` naming the record, without its data.
+
+    Args:
+        storage: A storage URL (``postgresql://...``, ``redis://...``, ``sqlite:///...``,
+            ``memory://``, a registered scheme) or ``env:NAME``.
+        namespace: Separates the conversations of several apps sharing one storage.
+        ttl: Expiry, where the backend supports it (Redis, memory): each batch expires ``ttl``
+            after it was appended, and the conversation's header ``ttl`` after its last append.
+            An idle conversation disappears whole; an active one forgets whole turns older than
+            ``ttl``, never part of a turn.
+        page_size: Batches fetched per page when loading (two round trips per page: listing
+            ids, then loading the records).
+    """
+
+    def __init__(
+        self,
+        storage: str,
+        *,
+        namespace: str = "conversations",
+        ttl: float | timedelta | None = None,
+        page_size: int = 200,
+    ) -> None:
+        """Check the settings; nothing connects before the first operation."""
+        self.ttl = ttl_seconds(ttl)
+        self._url = checked_url(storage, self.ttl)
+        self.namespace = check_namespace(namespace)
+        if not 1 <= page_size <= 1000:
+            raise StorageConfigurationError(f"page_size must be from 1 to 1000, got {page_size}")
+        self.page_size = page_size
+        self._header_class = f"pydantic_toast.ai.{namespace}"
+        self._last = datetime.min.replace(tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        from pydantic_toast._url import mask_url
+
+        return f"<MessageStore {mask_url(self._url)} namespace={self.namespace!r}>"
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def aappend(
+        self,
+        conversation_id: str,
+        messages: Sequence[ModelMessage],
+        *,
+        after: datetime | None = None,
+    ) -> Appended | None:
+        """Append messages to a conversation: one new record, nothing stored is rewritten.
+
+        Args:
+            conversation_id: The conversation (created by its first append).
+            messages: The messages to append, usually a run's ``new_messages()``.
+            after: The ``position`` of the history the messages follow (from :meth:`aload`),
+                so they sort after it even if this machine's clock is behind.
+
+        Returns:
+            What was stored, or ``None`` when ``messages`` is empty (nothing is written).
+        """
+        check_conversation_id(conversation_id)
+        if not messages:
+            return None
+        messages = list(messages)
+        text = ModelMessagesTypeAdapter.dump_json(messages).decode()
+        now = datetime.now(UTC)
+        position = self._next_position(now, after)
+        batch = StoredRecord(
+            class_name=self._batch_class(conversation_id),
+            id=uuid4(),
+            data=pydantic_core.to_json(
+                {"conversation_id": conversation_id, "count": len(messages), "messages": text}
+            ),
+            schema_version=FORMAT_VERSION,
+            created_at=position,
+            updated_at=now,
+            ttl=self.ttl,
+        )
+        header = StoredRecord(
+            class_name=self._header_class,
+            id=_header_id(conversation_id),
+            data=pydantic_core.to_json({"conversation_id": conversation_id}),
+            schema_version=FORMAT_VERSION,
+            created_at=now,  # kept by the backend when the header exists
+            updated_at=now,
+            ttl=self.ttl,
+        )
+        store = await backend(self._url)
+        await store.save_records([batch, header])
+        return Appended(conversation_id, batch.id, position, len(messages))
+
+    def _next_position(self, now: datetime, after: datetime | None) -> datetime:
+        with self._lock:
+            position = max(now, self._last + _TICK)
+            if after is not None:
+                position = max(position, _utc(after) + _TICK)
+            self._last = position
+            return position
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def aload(self, conversation_id: str, *, limit: int | None = None) -> History:
+        """Load a conversation's messages, oldest first (empty if nothing is stored).
+
+        Args:
+            conversation_id: The conversation.
+            limit: Load only the newest batches holding at least this many messages. Whole
+                batches are loaded, so a turn is never cut in half (a tool return without its
+                call would be refused by the model).
+        """
+        batches: list[list[ModelMessage]] = []
+        loaded = 0
+        position: datetime | None = None
+        complete = True
+        async for page in self._pages(conversation_id):
+            for record_position, messages in page:
+                if position is None:
+                    position = record_position
+                batches.append(messages)
+                loaded += len(messages)
+            if limit is not None and loaded >= limit:
+                complete = False
+                break
+        messages = [message for batch in reversed(batches) for message in batch]
+        return History(conversation_id, messages, position, complete)
+
+    async def apages(self, conversation_id: str) -> AsyncIterator[list[ModelMessage]]:
+        """The conversation's messages page by page, newest page first (each page oldest first).
+
+        For a UI scrolling back through a long conversation without loading all of it.
+        """
+        async for page in self._pages(conversation_id):
+            yield [message for _, messages in reversed(page) for message in messages]
+
+    async def _pages(
+        self, conversation_id: str
+    ) -> AsyncIterator[list[tuple[datetime, list[ModelMessage]]]]:
+        check_conversation_id(conversation_id)
+        class_name = self._batch_class(conversation_id)
+        store = await backend(self._url)
+        seen: set[UUID] = set()
+        cursor: UUID | None = None
+        while True:
+            ids = await store.list_ids(class_name, limit=self.page_size, after=cursor)
+            fresh = [id for id in ids if id not in seen]
+            seen.update(fresh)
+            records = await store.load_records([(class_name, id) for id in fresh]) if fresh else []
+            # A batch that expired or was deleted between listing and loading is left out.
+            page = [
+                (record.created_at, _decode(record, conversation_id))
+                for record in records
+                if record is not None
+            ]
+            if page:
+                yield page
+            if len(ids) < self.page_size:
+                return
+            cursor = ids[-1]
+
+    # -- the collection ---------------------------------------------------------------------------
+
+    async def alist(self, *, limit: int = 50, after: str | None = None) -> list[ConversationInfo]:
+        """Stored conversations, newest first (by when they started).
+
+        Args:
+            limit: At most this many (1 to 1000).
+            after: The ``conversation_id`` of the last one of the previous page.
+        """
+        if not 1 <= limit <= 1000:
+            raise StorageConfigurationError(f"limit must be from 1 to 1000, got {limit}")
+        store = await backend(self._url)
+        cursor = _header_id(check_conversation_id(after)) if after is not None else None
+        ids = await store.list_ids(self._header_class, limit=limit, after=cursor)
+        records = await store.load_records([(self._header_class, id) for id in ids]) if ids else []
+        found: list[ConversationInfo] = []
+        for record in records:
+            if record is None:
+                continue
+            try:
+                header = _Header.model_validate_json(record.data)
+            except ValidationError:
+                raise _corrupt(record, "is not a conversation header") from None
+            found.append(
+                ConversationInfo(header.conversation_id, record.created_at, record.updated_at)
+            )
+        return found
+
+    async def adelete(self, conversation_id: str) -> int:
+        """Delete a conversation: every batch, then its header.
+
+        Batches are deleted newest first, so a delete cut short leaves the start of the
+        conversation (a coherent, shorter history), never a gap.
+
+        Returns:
+            How many batches were deleted (0 when nothing was stored).
+        """
+        check_conversation_id(conversation_id)
+        class_name = self._batch_class(conversation_id)
+        store = await backend(self._url)
+        deleted = 0
+        while ids := await store.list_ids(class_name, limit=1000):
+            for id in ids:
+                deleted += await store.delete(id, class_name)
+        await store.delete(_header_id(conversation_id), self._header_class)
+        return deleted
+
+    def _batch_class(self, conversation_id: str) -> str:
+        return f"{self._header_class}/{conversation_id}"
+
+
+def _header_id(conversation_id: str) -> UUID:
+    return uuid5(_HEADER_IDS, conversation_id)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise StorageConfigurationError("after must be a timezone-aware datetime (a position)")
+    return value.astimezone(UTC)
+
+
+def _decode(record: StoredRecord, conversation_id: str) -> list[ModelMessage]:
+    """The messages of a stored batch, after checking everything about it."""
+    if record.schema_version != FORMAT_VERSION:
+        raise _corrupt(
+            record,
+            f"has format version {record.schema_version}, not {FORMAT_VERSION}: it was written "
+            "by another version of pydantic-toast",
+        )
+    try:
+        batch = _Batch.model_validate_json(record.data)
+    except ValidationError:
+        raise _corrupt(record, "is not a message batch") from None
+    if batch.conversation_id != conversation_id:
+        raise _corrupt(record, "belongs to another conversation")
+    try:
+        messages = ModelMessagesTypeAdapter.validate_json(batch.messages)
+    except ValidationError as exc:
+        where = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)[:3]
+        )
+        raise _corrupt(record, f"holds messages that do not validate ({where})") from None
+    if not messages or len(messages) != batch.count:
+        raise _corrupt(record, f"holds {len(messages)} messages, not the {batch.count} it says")
+    return messages
+
+
+def _corrupt(record: StoredRecord, problem: str) -> StorageValidationError:
+    return StorageValidationError(
+        f"the stored record {record.class_name} {record.id} {problem}; it is left untouched "
+        "(delete the conversation or restore the record from a backup)",
+        class_name=record.class_name,
+        id=record.id,
+    )

@@ -1,0 +1,113 @@
+"""Run inputs, deps and outputs passed between processes by reference.
+
+A queue message, a Temporal activity argument or a request to another service carries a small
+reference (``{"class_name": ..., "id": ...}``) instead of the payload; the other side loads it.
+Payloads that are :class:`~pydantic_toast.ExternalBaseModel` s need nothing more than
+``await model.asave()`` and ``await Model.aload(reference)``; these functions do the same for
+any value Pydantic can serialize (a list of models, a dict, a dataclass of deps, a run's
+``new_messages()``), storing external models inside it as their own records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import pydantic_core
+
+from pydantic_toast._exceptions import RecordNotFoundError, StorageValidationError
+from pydantic_toast._records import StoredRecord
+from pydantic_toast._reference import ExternalReference, as_reference
+from pydantic_toast._trees import adump, avalidate
+from pydantic_toast.ai._names import check_namespace
+from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+
+__all__ = ["aload_payload", "astore_payload"]
+
+T = TypeVar("T")
+FORMAT_VERSION = 1
+
+
+async def astore_payload(
+    storage: str,
+    value: Any,
+    *,
+    ttl: float | timedelta | None = None,
+    namespace: str = "payloads",
+) -> ExternalReference:
+    """Store ``value`` and return its reference (``.as_dict()`` is JSON-ready).
+
+    Args:
+        storage: A storage URL or ``env:NAME``.
+        value: Anything Pydantic serializes; external models inside it are stored as their
+            own records (in one batch per store) and referenced.
+        ttl: Expiry, where the backend supports it: a claim check that nobody collects goes.
+        namespace: The stored class name is ``pydantic_toast.ai.<namespace>``.
+    """
+    seconds = ttl_seconds(ttl)
+    url = checked_url(storage, seconds)
+    class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
+    data = await adump(value, mode="json")
+    now = datetime.now(UTC)
+    record = StoredRecord(
+        class_name=class_name,
+        id=uuid4(),
+        data=pydantic_core.to_json({"value": data}, inf_nan_mode="constants"),
+        schema_version=FORMAT_VERSION,
+        created_at=now,
+        updated_at=now,
+        ttl=seconds,
+    )
+    await (await backend(url)).save_records([record])
+    return ExternalReference(class_name, record.id)
+
+
+async def aload_payload(
+    storage: str,
+    reference: ExternalReference | Mapping[str, Any],
+    type_: type[T],
+    *,
+    verify: Callable[[ExternalReference], None] | None = None,
+    namespace: str = "payloads",
+) -> T:
+    """Load a payload stored by :func:`astore_payload` and validate it as ``type_``.
+
+    Args:
+        storage: The storage URL it was stored in.
+        reference: Its reference, as an ``ExternalReference`` or the dict form.
+        type_: What to validate it as (``list[Order]``, a deps dataclass, ...).
+        verify: Called with the reference before storage is touched; raise to refuse it. Where
+            a reference crosses a trust boundary, check its signature or its owner here.
+        namespace: As given to :func:`astore_payload`.
+
+    Raises:
+        RecordNotFoundError: Nothing (or nothing any more) is stored under the reference.
+        StorageValidationError: The reference is malformed or of another namespace.
+    """
+    parsed = as_reference(reference)
+    class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
+    if parsed is None or parsed.class_name != class_name:
+        raise StorageValidationError(
+            f"expected a payload reference {{'class_name': {class_name!r}, 'id': ...}}",
+            class_name=class_name,
+        )
+    if verify is not None:
+        verify(parsed)
+    url = checked_url(storage, None)
+    (record,) = await (await backend(url)).load_records([(class_name, parsed.id)])
+    if record is None:
+        raise RecordNotFoundError(class_name, parsed.id)
+    stored = pydantic_core.from_json(record.data, allow_inf_nan=True)
+    if (
+        record.schema_version != FORMAT_VERSION
+        or not isinstance(stored, dict)
+        or stored.keys() != {"value"}
+    ):
+        raise StorageValidationError(
+            f"the stored record {class_name} {parsed.id} is not a payload; it is left untouched",
+            class_name=class_name,
+            id=parsed.id,
+        )
+    return await avalidate(type_, stored["value"])

@@ -1,0 +1,329 @@
+"""``SpillToolOutputs``: large tool returns go to storage; the model gets a preview and a read tool.
+
+A tool return whose text (the string itself, or its compact JSON) is longer than ``max_chars``
+characters is stored as one record and replaced, in what the model sees, by a short note: its
+size, its reference, and the first ``preview_chars`` characters. The capability adds a read tool
+(``read_tool_output``) returning slices by ``offset``/``length``, and for structured results
+the value at a JSON path first. The threshold is a character count, so the same output is
+always spilled or always not, whatever the model or tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_ai import RunContext
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ModelRetry
+from pydantic_ai.messages import BinaryContent, FileUrl, ToolCallPart, ToolReturn
+from pydantic_ai.tools import Tool, ToolDefinition
+from pydantic_ai.toolsets import FunctionToolset
+
+from pydantic_toast._exceptions import (
+    RecordNotFoundError,
+    StorageConfigurationError,
+    StorageValidationError,
+)
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.ai._names import check_namespace
+from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+
+__all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpilledOutput:
+    """A tool return as it was stored, for the app (audit, UI).
+
+    Attributes:
+        id: Its reference (what the model was given).
+        tool_name: The tool that returned it.
+        tool_call_id: The call it answered.
+        conversation_id: The run's conversation.
+        content: The return value as the model would have seen it: the string itself, or the
+            decoded JSON of a structured return.
+        text: The text the slices are cut from (the string, or the compact JSON).
+        created_at: When it was stored.
+    """
+
+    id: UUID
+    tool_name: str
+    tool_call_id: str
+    conversation_id: str | None
+    content: Any
+    text: str
+    created_at: datetime
+
+
+class _Stored(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    tool_name: str
+    tool_call_id: str
+    conversation_id: str | None
+    structured: bool
+    text: str  # kept as text: jsonb would normalize numbers in a structured return
+
+
+@dataclass
+class SpillToolOutputs(AbstractCapability[Any]):
+    """Store large tool returns externally and let the model read them in slices.
+
+    ::
+
+        agent = Agent(model, capabilities=[SpillToolOutputs("redis://cache:6379/0")])
+
+    Attributes:
+        storage: A storage URL (or ``env:NAME``) for the spilled outputs.
+        max_chars: Returns longer than this many characters are spilled; also the longest
+            slice the read tool returns.
+        preview_chars: How many leading characters the model sees in place of a spilled return.
+        ttl: Expiry of spilled outputs, where the backend supports it (Redis, memory).
+        namespace: Separates apps sharing one storage.
+        read_tool_name: The name of the read tool given to the model.
+    """
+
+    storage: str
+    max_chars: int = 20_000
+    preview_chars: int = 2_000
+    ttl: float | timedelta | None = None
+    namespace: str = "tool_outputs"
+    read_tool_name: str = "read_tool_output"
+    _url: str = field(init=False, repr=False)
+    _class_name: str = field(init=False, repr=False)
+    # Outputs read during one run (the per-run copy's own), so slicing reloads nothing.
+    _cache: dict[UUID, SpilledOutput] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.preview_chars <= self.max_chars:
+            raise StorageConfigurationError(
+                "SpillToolOutputs needs 0 <= preview_chars <= max_chars, got "
+                f"preview_chars={self.preview_chars}, max_chars={self.max_chars}"
+            )
+        self._ttl = ttl_seconds(self.ttl)
+        self._url = checked_url(self.storage, self._ttl)
+        self._class_name = f"pydantic_toast.ai.{check_namespace(self.namespace)}"
+
+    async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
+        """A copy per run, with its own cache of outputs read."""
+        return dataclasses.replace(self)
+
+    def get_toolset(self) -> FunctionToolset[Any]:
+        """The read tool."""
+        return FunctionToolset([Tool(self._read, name=self.read_tool_name, takes_ctx=True)])
+
+    async def after_tool_execute(
+        self,
+        ctx: RunContext[Any],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: Any,
+        result: Any,
+    ) -> Any:
+        """Spill ``result`` when its text is longer than ``max_chars``."""
+        if tool_def.name == self.read_tool_name:
+            return result
+        spillable = _as_text(result)
+        if spillable is None:
+            return result
+        text, structured = spillable
+        if len(text) <= self.max_chars:
+            return result
+        id = await self._store(ctx, call, text, structured)
+        return self._note(id, call.tool_name, text, structured)
+
+    # -- for the app ------------------------------------------------------------------------------
+
+    async def aload(self, reference: UUID | str) -> SpilledOutput:
+        """The full output stored under ``reference`` (as given to the model).
+
+        Raises:
+            RecordNotFoundError: Nothing (or nothing any more, after ``ttl``) is stored there.
+        """
+        id = _parse_id(reference)
+        if id is None:
+            raise RecordNotFoundError(self._class_name, str(reference))
+        store = await backend(self._url)
+        (record,) = await store.load_records([(self._class_name, id)])
+        if record is None:
+            raise RecordNotFoundError(self._class_name, id)
+        return _decode(record)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _store(
+        self, ctx: RunContext[Any], call: ToolCallPart, text: str, structured: bool
+    ) -> UUID:
+        now = datetime.now(UTC)
+        data = {
+            "tool_name": call.tool_name,
+            "tool_call_id": call.tool_call_id,
+            "conversation_id": ctx.conversation_id,
+            "structured": structured,
+            "text": text,
+        }
+        record = StoredRecord(
+            class_name=self._class_name,
+            id=uuid4(),
+            data=pydantic_core.to_json(data),
+            schema_version=FORMAT_VERSION,
+            created_at=now,
+            updated_at=now,
+            ttl=self._ttl,
+        )
+        store = await backend(self._url)
+        await store.save_records([record])
+        return record.id
+
+    def _note(self, id: UUID, tool_name: str, text: str, structured: bool) -> str:
+        kind = "JSON" if structured else "text"
+        path_hint = ', or json_path="$.key[0]" to select part of it first' if structured else ""
+        return (
+            f"[The {kind} output of {tool_name} is {len(text):,} characters, too long to show: "
+            f'it is stored as ref="{id}". Below are its first {self.preview_chars:,} characters. '
+            f"Call {self.read_tool_name}(ref, offset, length) to read up to "
+            f"{self.max_chars:,} characters from any offset{path_hint}.]\n"
+            f"{text[: self.preview_chars]}"
+        )
+
+    async def _read(
+        self,
+        ctx: RunContext[Any],
+        ref: str,
+        offset: int = 0,
+        length: int | None = None,
+        json_path: str | None = None,
+    ) -> str:
+        """Read part of a stored tool output.
+
+        Args:
+            ctx: The run context.
+            ref: The reference given in place of the output.
+            offset: The first character to return.
+            length: How many characters to return (at most the limit stated with the output).
+            json_path: For JSON outputs, a path such as `$.items[2].name` to select first;
+                offset and length then apply to the selected value's JSON.
+        """
+        try:
+            id = _parse_id(ref)
+            output = self._cache.get(id) if id is not None else None
+            if output is None:
+                output = await self.aload(ref)
+                self._cache[output.id] = output
+        except RecordNotFoundError:
+            raise ModelRetry(f"there is no stored output {ref!r}: use the ref given") from None
+        if output.conversation_id is not None and output.conversation_id != ctx.conversation_id:
+            raise ModelRetry(f"there is no stored output {ref!r}: use the ref given") from None
+        text = output.text
+        if json_path is not None:
+            if not isinstance(output.content, dict | list):
+                raise ModelRetry("json_path only applies to JSON outputs; use offset and length")
+            try:
+                selected = select_json_path(output.content, json_path)
+            except LookupError as exc:
+                raise ModelRetry(str(exc)) from None
+            text = pydantic_core.to_json(selected).decode()
+        length = self.max_chars if length is None else max(0, min(length, self.max_chars))
+        offset = max(0, offset)
+        chunk = text[offset : offset + length]
+        where = f" at {json_path}" if json_path is not None else ""
+        return (
+            f"[characters {offset:,} to {offset + len(chunk):,} of {len(text):,}{where}]\n{chunk}"
+        )
+
+
+def _as_text(result: Any) -> tuple[str, bool] | None:
+    """The text the model would see for ``result`` and whether it is JSON; ``None``: leave it."""
+    if isinstance(result, str):
+        return result, False
+    if isinstance(result, bytes | bytearray | BinaryContent | FileUrl | ToolReturn):
+        return None  # multimodal or explicitly shaped returns pass through unchanged
+    try:
+        return pydantic_core.to_json(result).decode(), True
+    except pydantic_core.PydanticSerializationError:
+        return None
+
+
+def _parse_id(reference: UUID | str) -> UUID | None:
+    if isinstance(reference, UUID):
+        return reference
+    try:
+        return UUID(reference.strip().strip("\"'"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _decode(record: StoredRecord) -> SpilledOutput:
+    if record.schema_version != FORMAT_VERSION:
+        raise StorageValidationError(
+            f"the stored tool output {record.id} has format version {record.schema_version}, "
+            f"not {FORMAT_VERSION}",
+            class_name=record.class_name,
+            id=record.id,
+        )
+    try:
+        stored = _Stored.model_validate_json(record.data)
+        content = pydantic_core.from_json(stored.text) if stored.structured else stored.text
+    except (ValidationError, ValueError):
+        raise StorageValidationError(
+            f"the stored record {record.class_name} {record.id} is not a spilled tool output; "
+            "it is left untouched",
+            class_name=record.class_name,
+            id=record.id,
+        ) from None
+    return SpilledOutput(
+        id=record.id,
+        tool_name=stored.tool_name,
+        tool_call_id=stored.tool_call_id,
+        conversation_id=stored.conversation_id,
+        content=content,
+        text=stored.text,
+        created_at=record.created_at,
+    )
+
+
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+
+
+def select_json_path(value: Any, path: str) -> Any:
+    """The part of ``value`` at ``path``: ``$``, then ``.key``, ``[index]`` or ``['key']`` steps.
+
+    Raises:
+        LookupError: The path is malformed or leads nowhere (the message says where).
+    """
+    text = path.strip()
+    if not text.startswith("$"):
+        text = "$" + ("" if text.startswith("[") else ".") + text
+    position, current, walked = 1, value, "$"
+    while position < len(text):
+        step = _STEP.match(text, position)
+        if step is None:
+            raise LookupError(
+                f"cannot read json_path {path!r} at {text[position:]!r}: use steps like "
+                "$.key, $.list[0] or $['odd key']"
+            )
+        name, index, quoted, double = step.groups()
+        key = name if name is not None else quoted if quoted is not None else double
+        if key is not None:
+            if not isinstance(current, dict) or key not in current:
+                keys = list(current)[:20] if isinstance(current, dict) else []
+                raise LookupError(f"{walked} has no key {key!r} (keys: {keys})")
+            current = current[key]
+        else:
+            if not isinstance(current, list) or not -len(current) <= int(index) < len(current):
+                size = len(current) if isinstance(current, list) else "not a list"
+                raise LookupError(f"{walked} has no item [{index}] (length: {size})")
+            current = current[int(index)]
+        walked += step.group(0)
+        position = step.end()
+    return current
