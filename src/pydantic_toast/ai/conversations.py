@@ -236,15 +236,20 @@ class MessageStore:
         loaded = 0
         position: datetime | None = None
         complete = True
-        async for page in self._pages(conversation_id):
+        pages = self._pages(conversation_id)
+        async for page in pages:
             for record_position, messages in page:
+                if limit is not None and loaded >= limit:
+                    complete = False
+                    break
                 if position is None:
                     position = record_position
                 batches.append(messages)
                 loaded += len(messages)
             if limit is not None and loaded >= limit:
-                complete = False
+                complete = False  # older batches may remain (not looked up: that costs a page)
                 break
+        await pages.aclose()
         messages = [message for batch in reversed(batches) for message in batch]
         return History(conversation_id, messages, position, complete)
 

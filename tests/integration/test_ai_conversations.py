@@ -1,0 +1,297 @@
+"""Persistent Pydantic AI conversations on every backend (offline models, real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pydantic_core
+import pytest
+from pydantic_ai.messages import (
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    UserPromptPart,
+)
+
+from pydantic_toast import StorageConfigurationError, StorageValidationError, StoredRecord
+from pydantic_toast.ai import MessageStore
+from pydantic_toast.ai._storage import backend
+from tests.ai_helpers import as_pydantic_ai_round_trips, chat_agent, every_part
+from tests.integration.conftest import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = [param for param in BACKENDS if param.id != "memory"]
+EXPIRING = [param for param in BACKENDS if param.id in {"memory", "redis"}]
+NOT_EXPIRING = [param for param in BACKENDS if param.id in {"sqlite", "postgresql"}]
+
+
+def _store(url: str, **options: Any) -> MessageStore:
+    """A store of this test's own (the PostgreSQL database is shared by the session's tests)."""
+    return MessageStore(url, namespace=f"t{uuid4().hex[:12]}", **options)
+
+
+def _turn(text: str) -> list[ModelRequest | ModelResponse]:
+    return [ModelRequest(parts=[UserPromptPart(text)]), ModelResponse(parts=[TextPart(text)])]
+
+
+def _prompts(messages: list[object]) -> list[str]:
+    return [
+        part.content
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, UserPromptPart) and isinstance(part.content, str)
+    ]
+
+
+def _worker(url: str, namespace: str, mode: str, conversation_id: str, count: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tests.ai_helpers",
+        url,
+        namespace,
+        mode,
+        conversation_id,
+        str(count),
+    ]
+
+
+def _run_worker(url: str, namespace: str, mode: str, conversation_id: str, count: int) -> str:
+    process = subprocess.run(
+        _worker(url, namespace, mode, conversation_id, count),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    return process.stdout
+
+
+async def test_every_part_kind_round_trips_exactly(storage_url: str) -> None:
+    """Every message part kind, binary content, usage and timestamps come back as stored."""
+    store = _store(storage_url)
+    messages = every_part()
+    await store.aappend("parts", messages)
+    loaded = (await store.aload("parts")).messages
+    expected = as_pydantic_ai_round_trips(messages)
+    assert loaded == expected
+    assert ModelMessagesTypeAdapter.dump_json(loaded) == ModelMessagesTypeAdapter.dump_json(
+        expected
+    )
+    # Stored again and loaded again, nothing changes any more (a fixed point).
+    await store.aappend("parts-again", loaded)
+    assert (await store.aload("parts-again")).messages == loaded
+
+
+async def test_agent_turns_are_restored_by_the_capability(storage_url: str) -> None:
+    """Each run sees the earlier turns; the store holds exactly what the runs produced."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    first = await agent.run("hello", conversation_id="chat")
+    second = await agent.run("and then?", conversation_id="chat")
+    assert first.output == "hello"
+    assert second.output == "hello | and then?"
+    history = await store.aload("chat")
+    assert history.messages == [*first.new_messages(), *second.new_messages()]
+    assert second.all_messages() == history.messages
+
+
+async def test_app_managed_history_is_used_as_given(storage_url: str) -> None:
+    """With message_history= the capability restores nothing and still appends the new turn."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    await agent.run("stored turn", conversation_id="own")
+    result = await agent.run("fresh", message_history=_turn("given"), conversation_id="own")
+    assert result.output == "given | fresh"
+    assert _prompts((await store.aload("own")).messages) == ["stored turn", "fresh"]
+
+
+async def test_plain_functions_keep_a_conversation(storage_url: str) -> None:
+    """aload/aappend around agent.run(message_history=...) keep the conversation too."""
+    store = _store(storage_url)
+    agent = chat_agent(MessageStore("memory://unused-" + uuid4().hex))
+    for prompt in ["a", "b", "c"]:
+        history = await store.aload("plain")
+        result = await agent.run(prompt, message_history=history.messages or None)
+        await store.aappend("plain", result.new_messages(), after=history.position)
+    assert result.output == "a | b | c"
+    assert _prompts((await store.aload("plain")).messages) == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_url", SERVERS, indirect=True)
+async def test_conversation_restored_exactly_in_another_process(storage_url: str) -> None:
+    """Turns written by one process load identically in another, and continue there."""
+    store = _store(storage_url)
+    written = _run_worker(storage_url, store.namespace, "chat", "across", 3)
+    loaded = (await store.aload("across")).messages
+    assert ModelMessagesTypeAdapter.dump_json(loaded).decode() == written
+    assert len(loaded) == 6
+    result = await chat_agent(store).run("turn 3", conversation_id="across")
+    assert result.output == "turn 0 | turn 1 | turn 2 | turn 3"
+
+
+async def test_concurrent_runs_lose_and_duplicate_nothing(storage_url: str) -> None:
+    """Ten runs of one conversation at once: every turn is stored once, whole."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    await agent.run("start", conversation_id="race")
+    await asyncio.gather(*(agent.run(f"run {i}", conversation_id="race") for i in range(10)))
+    prompts = _prompts((await store.aload("race")).messages)
+    assert prompts[0] == "start"
+    assert sorted(prompts[1:]) == sorted(f"run {i}" for i in range(10))
+    messages = (await store.aload("race")).messages
+    # Whole turns: each request is followed by its own response.
+    for request, response in zip(messages[::2], messages[1::2], strict=True):
+        assert isinstance(request, ModelRequest)
+        assert isinstance(response, ModelResponse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_url", SERVERS, indirect=True)
+async def test_two_processes_appending_at_once_lose_nothing(storage_url: str) -> None:
+    """Two processes appending 40 batches each to one conversation: all 80 are stored once."""
+    store = _store(storage_url)
+    processes = [
+        await asyncio.create_subprocess_exec(
+            *_worker(storage_url, store.namespace, name, "shared", 40),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for name in ("left", "right")
+    ]
+    for process in processes:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    prompts = _prompts((await store.aload("shared")).messages)
+    assert sorted(prompts) == sorted(f"{side}-{i}" for side in ("left", "right") for i in range(40))
+    # Each process's own appends keep their order.
+    for side in ("left", "right"):
+        assert [p for p in prompts if p.startswith(side)] == [f"{side}-{i}" for i in range(40)]
+
+
+async def test_a_turn_written_after_reading_sorts_after_it_despite_clock_skew(
+    storage_url: str,
+) -> None:
+    """A turn appended after loading sorts after the loaded ones, even if their clock ran ahead."""
+    ahead = _store(storage_url)
+    behind = MessageStore(storage_url, namespace=ahead.namespace)
+    # A process whose clock runs an hour ahead wrote the first turn.
+    future = datetime.now(UTC) + timedelta(hours=1)
+    await ahead.aappend("skew", _turn("first"), after=future)
+    history = await behind.aload("skew")
+    await behind.aappend("skew", _turn("second"), after=history.position)
+    assert _prompts((await behind.aload("skew")).messages) == ["first", "second"]
+
+
+async def test_pages_and_limits_load_whole_turns_in_order(storage_url: str) -> None:
+    """Loading in small pages gives every turn once, in order; a limit keeps whole turns."""
+    store = _store(storage_url, page_size=4)
+    for i in range(11):
+        await store.aappend("long", _turn(f"t{i}"))
+    history = await store.aload("long")
+    assert _prompts(history.messages) == [f"t{i}" for i in range(11)]
+    assert history.complete
+    recent = await store.aload("long", limit=5)
+    assert _prompts(recent.messages) == [f"t{i}" for i in range(8, 11)]  # 3 whole turns >= 5
+    assert not recent.complete
+    pages = [_prompts(page) async for page in store.apages("long")]
+    assert pages == [["t7", "t8", "t9", "t10"], ["t3", "t4", "t5", "t6"], ["t0", "t1", "t2"]]
+
+
+async def test_conversations_are_listed_and_deleted(storage_url: str) -> None:
+    """Listing shows each conversation once; deleting one removes all its turns and no other's."""
+    store = _store(storage_url)
+    for turn in range(3):
+        await store.aappend("doomed", _turn(f"d{turn}"))
+    await store.aappend("kept", _turn("k"))
+    listed = {info.conversation_id for info in await store.alist()}
+    assert listed == {"doomed", "kept"}
+    assert await store.adelete("doomed") == 3
+    assert (await store.aload("doomed")).messages == []
+    assert [info.conversation_id for info in await store.alist()] == ["kept"]
+    assert _prompts((await store.aload("kept")).messages) == ["k"]
+    assert await store.adelete("never-stored") == 0
+
+
+async def test_namespaces_keep_apps_apart(storage_url: str) -> None:
+    """Two stores with different namespaces on one storage never see each other's turns."""
+    one = _store(storage_url)
+    two = _store(storage_url)
+    await one.aappend("same-id", _turn("one"))
+    assert (await two.aload("same-id")).messages == []
+    assert await two.alist() == []
+
+
+@pytest.mark.parametrize("storage_url", EXPIRING, indirect=True)
+async def test_conversations_expire_after_ttl(storage_url: str) -> None:
+    """With a ttl, an idle conversation disappears whole: turns and listing."""
+    store = _store(storage_url, ttl=0.4)
+    await store.aappend("brief", _turn("soon gone"))
+    assert len((await store.aload("brief")).messages) == 2
+    await asyncio.sleep(0.8)
+    assert (await store.aload("brief")).messages == []
+    assert await store.alist() == []
+
+
+@pytest.mark.parametrize("storage_url", NOT_EXPIRING, indirect=True)
+def test_ttl_is_refused_where_records_do_not_expire(storage_url: str) -> None:
+    """A ttl on PostgreSQL or SQLite fails at once with the fix, not silently."""
+    with pytest.raises(StorageConfigurationError, match="does not expire records"):
+        _store(storage_url, ttl=60)
+
+
+async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None:
+    """Stored history that is not a valid batch of this conversation raises, naming the record."""
+    store = _store(storage_url)
+    await store.aappend("victim", _turn("real"))
+    class_name = store._batch_class("victim")
+    now = datetime.now(UTC)
+    bad = {
+        "wrong shape": {"messages": "[]"},
+        "other conversation": {"conversation_id": "other", "count": 1, "messages": "[]"},
+        "invalid messages": {
+            "conversation_id": "victim",
+            "count": 1,
+            "messages": '[{"kind": "request", "parts": [{"part_kind": "evil"}]}]',
+        },
+    }
+    target = await backend(store._url)
+    for problem, data in bad.items():
+        record = StoredRecord(
+            class_name=class_name,
+            id=uuid4(),
+            data=pydantic_core.to_json(data),
+            schema_version=1,
+            created_at=now + timedelta(seconds=1),
+            updated_at=now,
+        )
+        await target.save_records([record])
+        with pytest.raises(StorageValidationError, match=str(record.id)) as caught:
+            await store.aload("victim")
+        assert caught.value.id == record.id, problem
+        assert await target.delete(record.id, class_name)
+    assert _prompts((await store.aload("victim")).messages) == ["real"]
+
+
+def test_bad_settings_fail_at_once_with_the_fix() -> None:
+    """Names and sizes are checked when the store is made, with messages naming the fix."""
+    with pytest.raises(StorageConfigurationError, match="namespace"):
+        MessageStore("memory://", namespace="has space")
+    with pytest.raises(StorageConfigurationError, match="page_size"):
+        MessageStore("memory://", page_size=0)
+    with pytest.raises(StorageConfigurationError, match="ttl"):
+        MessageStore("memory://", ttl=-1)
