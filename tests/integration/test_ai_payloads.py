@@ -1,0 +1,73 @@
+"""Run inputs, deps and outputs passed between processes as references."""
+
+# No `from __future__ import annotations`: the test defines its classes in functions.
+import json
+from dataclasses import dataclass
+from uuid import uuid4
+
+import pytest
+from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalReference,
+    RecordNotFoundError,
+    StorageValidationError,
+)
+from pydantic_toast.ai import aload_payload, astore_payload
+
+
+class Refused(Exception):
+    """What the test's verify hook raises."""
+
+
+async def test_deps_travel_as_a_reference_and_load_on_the_other_side(storage_url: str) -> None:
+    """Deps holding messages and an external model go through a queue as a reference."""
+
+    class Customer(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"C{uuid4().hex}")
+
+    @dataclass
+    class Deps:
+        customer: Customer
+        history: list[ModelMessage]
+        notes: list[str]
+
+    deps = Deps(
+        customer=Customer(name="Ada"),
+        history=[ModelRequest(parts=[UserPromptPart("hi")])],
+        notes=["x" * 10_000],
+    )
+    namespace = f"t{uuid4().hex[:12]}"
+    reference = await astore_payload(storage_url, deps, namespace=namespace)
+    message = json.dumps(reference.as_dict())  # what a queue or activity would carry
+    assert len(message) < 150
+    loaded = await aload_payload(storage_url, json.loads(message), Deps, namespace=namespace)
+    assert loaded.customer.name == "Ada"
+    assert loaded.customer.external_id == deps.customer.external_id
+    assert loaded.history == deps.history
+    assert loaded.notes == deps.notes
+
+
+async def test_verify_refuses_before_storage_is_touched(storage_url: str) -> None:
+    """A verify hook that refuses the reference stops the load with its own error."""
+    seen: list[ExternalReference] = []
+
+    def verify(reference: ExternalReference) -> None:
+        seen.append(reference)
+        raise Refused("unsigned")
+
+    unknown = {"class_name": "pydantic_toast.ai.payloads", "id": str(uuid4())}
+    with pytest.raises(Refused):
+        await aload_payload(storage_url, unknown, dict, verify=verify)
+    assert [str(r.id) for r in seen] == [unknown["id"]]
+    with pytest.raises(RecordNotFoundError):
+        await aload_payload(storage_url, unknown, dict)
+
+
+async def test_a_reference_of_another_kind_is_refused(storage_url: str) -> None:
+    """Only payload references of the namespace asked for are loaded."""
+    with pytest.raises(StorageValidationError, match="payload reference"):
+        await aload_payload(storage_url, {"class_name": "Order", "id": str(uuid4())}, dict)

@@ -1,0 +1,219 @@
+"""Large tool outputs spilled to storage and read back in slices, on every backend."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from pydantic_ai import Agent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from pydantic_toast import RecordNotFoundError, StorageConfigurationError
+from pydantic_toast.ai import SpillToolOutputs, select_json_path
+
+MEGABYTE_TEXT = "".join(f"line {i:06d}: {'abcdefghij' * 4}\n" for i in range(19_700))[:1_000_000]
+ROWS = {"rows": [{"id": i, "name": f"row {i}", "score": i / 7} for i in range(12_000)]}
+
+
+def _spill(url: str, **options: Any) -> SpillToolOutputs:
+    return SpillToolOutputs(url, namespace=f"t{uuid4().hex[:12]}", **options)
+
+
+def _last_return(messages: list[ModelMessage]) -> ToolReturnPart | None:
+    last = messages[-1]
+    if isinstance(last, ModelRequest) and isinstance(last.parts[-1], ToolReturnPart):
+        return last.parts[-1]
+    return None
+
+
+def _ref(note: str) -> str:
+    found = re.search(r'ref="([0-9a-f-]+)"', note)
+    assert found is not None, note[:300]
+    return found.group(1)
+
+
+def _slice_reader(slice_chars: int) -> FunctionModel:
+    """A model that calls `big`, then reads its spilled output slice by slice, then answers."""
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = _last_return(messages)
+        if returned is None:
+            return ModelResponse(parts=[ToolCallPart("big", {})])
+        if returned.tool_name == "big":
+            ref, offset = _ref(returned.model_response_str()), 0
+        else:
+            header = returned.model_response_str().partition("\n")[0]
+            _, end, total = (int(n.replace(",", "")) for n in re.findall(r"[\d,]+", header))
+            if end >= total:
+                return ModelResponse(parts=[TextPart("read it all")])
+            ref, offset = model.ref, end  # type: ignore[attr-defined]
+        model.ref = ref  # type: ignore[attr-defined]
+        arguments = {"ref": ref, "offset": offset, "length": slice_chars}
+        return ModelResponse(parts=[ToolCallPart("read_tool_output", arguments)])
+
+    return FunctionModel(model)
+
+
+def _reassembled(messages: list[ModelMessage]) -> str:
+    chunks = [
+        part.model_response_str().partition("\n")[2]
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "read_tool_output"
+    ]
+    return "".join(chunks)
+
+
+async def test_a_megabyte_result_is_spilled_and_read_back_in_slices(storage_url: str) -> None:
+    """The model sees a short preview of a 1 MB return and reads all of it back in slices."""
+    spill = _spill(storage_url, max_chars=250_000, preview_chars=500)
+    agent = Agent(_slice_reader(250_000), capabilities=[spill])
+
+    @agent.tool_plain
+    def big() -> str:
+        return MEGABYTE_TEXT
+
+    result = await agent.run("read the big file", conversation_id="c")
+    assert result.output == "read it all"
+    note = next(
+        part
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
+    assert len(note.model_response_str()) < 1_000
+    assert note.model_response_str().endswith(MEGABYTE_TEXT[:500])
+    assert _reassembled(result.all_messages()) == MEGABYTE_TEXT
+    stored = await spill.aload(_ref(note.model_response_str()))
+    assert stored.content == MEGABYTE_TEXT
+    assert (stored.tool_name, stored.conversation_id) == ("big", "c")
+
+
+async def test_spilling_cuts_the_tokens_sent_after_a_megabyte_result(storage_url: str) -> None:
+    """The request after a 1 MB tool return costs under 1% of its unspilled tokens."""
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if _last_return(messages) is None:
+            return ModelResponse(parts=[ToolCallPart("big", {})])
+        return ModelResponse(parts=[TextPart("ok")])
+
+    usages = {}
+    for spilled in (False, True):
+        capabilities = [_spill(storage_url)] if spilled else []
+        agent = Agent(FunctionModel(answer), capabilities=capabilities)
+        agent.tool_plain(name="big")(lambda: MEGABYTE_TEXT)
+        usages[spilled] = (await agent.run("go")).usage.input_tokens
+    assert usages[True] < usages[False] / 100
+
+
+async def test_structured_results_are_read_by_json_path(storage_url: str) -> None:
+    """A large JSON return is selected by path; the selected value comes back exactly."""
+    spill = _spill(storage_url)
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = _last_return(messages)
+        if returned is None:
+            return ModelResponse(parts=[ToolCallPart("rows", {})])
+        if returned.tool_name == "rows":
+            ref = _ref(returned.model_response_str())
+            arguments = {"ref": ref, "json_path": "$.rows[7001]"}
+            return ModelResponse(parts=[ToolCallPart("read_tool_output", arguments)])
+        return ModelResponse(parts=[TextPart(returned.model_response_str())])
+
+    agent = Agent(FunctionModel(model), capabilities=[spill])
+    agent.tool_plain(name="rows")(lambda: ROWS)
+    output = (await agent.run("row 7001?")).output
+    header, _, selected = output.partition("\n")
+    assert "$.rows[7001]" in header
+    assert selected == '{"id":7001,"name":"row 7001","score":1000.1428571428571}'
+
+
+async def test_the_threshold_is_an_exact_character_count(storage_url: str) -> None:
+    """A return of max_chars characters passes unchanged; one more character is spilled."""
+    spill = _spill(storage_url, max_chars=1_000, preview_chars=10)
+    seen: list[str] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = _last_return(messages)
+        if returned is None:
+            return ModelResponse(parts=[ToolCallPart("exact", {}), ToolCallPart("over", {})])
+        seen.extend(
+            part.model_response_str()
+            for part in messages[-1].parts
+            if isinstance(part, ToolReturnPart)
+        )
+        return ModelResponse(parts=[TextPart("ok")])
+
+    agent = Agent(FunctionModel(model), capabilities=[spill])
+    agent.tool_plain(name="exact")(lambda: "x" * 1_000)
+    agent.tool_plain(name="over")(lambda: "y" * 1_001)
+    await agent.run("go")
+    assert seen[0] == "x" * 1_000
+    assert seen[1].startswith("[The text output of over is 1,001 characters")
+    assert seen[1].endswith("\n" + "y" * 10)
+
+
+async def test_outputs_of_another_conversation_cannot_be_read(storage_url: str) -> None:
+    """A ref from another conversation is refused to the model like an unknown one."""
+    spill = _spill(storage_url, max_chars=100, preview_chars=50)
+    first = Agent(_slice_reader(100), capabilities=[spill])
+    first.tool_plain(name="big")(lambda: "secret " * 100)
+    result = await first.run("go", conversation_id="owner")
+    ref = next(
+        _ref(part.model_response_str())
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
+    replies: list[str] = []
+
+    def thief(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = _last_return(messages)
+        if returned is None:
+            return ModelResponse(parts=[ToolCallPart("read_tool_output", {"ref": ref})])
+        replies.append(returned.model_response_str())
+        return ModelResponse(parts=[TextPart("done")])
+
+    other = Agent(FunctionModel(thief), capabilities=[spill])
+    await other.run("steal", conversation_id="intruder")
+    assert "secret" not in replies[0]
+    assert "there is no stored output" in replies[0]
+
+
+async def test_the_app_gets_a_clear_error_for_an_unknown_output(storage_url: str) -> None:
+    """Loading an output that was never stored raises RecordNotFoundError."""
+    with pytest.raises(RecordNotFoundError):
+        await _spill(storage_url).aload(uuid4())
+
+
+def test_json_paths_select_keys_indexes_and_quoted_keys() -> None:
+    """Paths step through keys, indexes (negative too) and quoted keys; misses say where."""
+    value = {"a": [{"b": 1}, {"odd key": [10, 20]}]}
+    assert select_json_path(value, "$.a[0].b") == 1
+    assert select_json_path(value, "a[-1]['odd key'][1]") == 20
+    assert select_json_path(value, "$") == value
+    with pytest.raises(LookupError, match=r"\$\.a has no item \[5\]"):
+        select_json_path(value, "$.a[5]")
+    with pytest.raises(LookupError, match="has no key 'zz'"):
+        select_json_path(value, "$.zz")
+    with pytest.raises(LookupError, match="cannot read json_path"):
+        select_json_path(value, "$.a..b")
+
+
+def test_preview_longer_than_the_threshold_is_refused() -> None:
+    """preview_chars above max_chars fails when the capability is made."""
+    with pytest.raises(StorageConfigurationError, match="preview_chars"):
+        SpillToolOutputs("memory://", max_chars=10, preview_chars=11)
