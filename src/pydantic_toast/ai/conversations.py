@@ -19,7 +19,7 @@ the same order for every reader.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4, uuid5
@@ -263,7 +263,7 @@ class MessageStore:
 
     async def _pages(
         self, conversation_id: str
-    ) -> AsyncIterator[list[tuple[datetime, list[ModelMessage]]]]:
+    ) -> AsyncGenerator[list[tuple[datetime, list[ModelMessage]]]]:
         check_conversation_id(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
