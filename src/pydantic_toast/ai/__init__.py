@@ -15,9 +15,11 @@ Install with ``pip install 'pydantic-toast[ai]'`` (``pydantic-ai-slim`` only, no
 
 try:
     import pydantic_ai  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
+except ImportError as exc:  # pragma: no cover - exercised in a venv without Pydantic AI
     raise ImportError(
-        "pydantic_toast.ai needs Pydantic AI: pip install 'pydantic-toast[ai]'"
+        "pydantic_toast.ai needs Pydantic AI (pydantic-ai-slim), which is not installed: "
+        "run pip install 'pydantic-toast[ai]'",
+        name=exc.name,
     ) from exc
 
 from pydantic_toast.ai.capability import PersistentConversation
