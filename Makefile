@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A newer interpreter to run the suite on too, when the machine has one (pyenv).
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: install demo todo test lint typecheck pytest test-newer bench load-test clean
+.PHONY: install demo todo test lint typecheck pytest test-newer bench load-test clean ai-chat bench-ai
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 todo: install
 	$(VENV)/bin/pydantic-toast migrate $(DATABASE_URL)
 	DATABASE_URL=$(DATABASE_URL) $(VENV)/bin/uvicorn examples.todo_api.app:app --port 8000
+
+# The Pydantic AI chat from examples/ai_chat on PostgreSQL: offline unless AI_CHAT_MODEL is set
+# (e.g. AI_CHAT_MODEL=openai:gpt-5 with OPENAI_API_KEY and the openai package installed).
+ai-chat: install
+	$(VENV)/bin/pydantic-toast migrate $(DATABASE_URL)
+	DATABASE_URL=$(DATABASE_URL) $(VENV)/bin/uvicorn examples.ai_chat.app:app --port 8001
+
+# Conversation store costs (append vs rewrite, load, spilled tokens) on memory, Redis, PostgreSQL.
+bench-ai: install
+	$(PY) bench/ai_conversations.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,102 @@
+"""The Pydantic AI chat example on PostgreSQL: memory across turns and restarts, spilled results."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+from examples.ai_chat.app import create_app
+
+from tests import servers
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.postgresql
+
+
+async def test_the_chat_remembers_turns_and_spills_large_results(
+    postgres_database_url: str,
+) -> None:
+    """Turns are remembered; the 300 KB tool result is spilled, read, and kept for audit."""
+    app = create_app(postgres_database_url)
+    conversation = f"chat-{uuid4().hex}"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://chat") as client:
+        first = (await client.post(f"/chat/{conversation}", json={"message": "hello"})).json()
+        assert first["reply"] == "You said 'hello' (turn 1)."
+        assert first["stored_messages"] == 2
+        second = await client.post(f"/chat/{conversation}", json={"message": "my orders?"})
+        assert second.json()["reply"] == "The first matching order is order-00000 (open)."
+        third = (await client.post(f"/chat/{conversation}", json={"message": "thanks"})).json()
+        assert third["reply"] == "You said 'thanks' (turn 3). Earlier you said: 'my orders?'."
+
+        history = (await client.get(f"/chat/{conversation}")).json()
+        returns = [
+            part["content"]
+            for message in history
+            for part in message["parts"]
+            if part["part_kind"] == "tool-return" and part["tool_name"] == "search_orders"
+        ]
+        assert len(returns) == 1
+        assert returns[0].startswith("[The JSON output of search_orders is")
+        assert len(returns[0]) < 2_000
+        ref = re.search(r'ref="([0-9a-f-]+)"', returns[0])
+        assert ref is not None
+        full = (await client.get(f"/tool-outputs/{ref.group(1)}")).json()
+        assert full["tool_name"] == "search_orders"
+        assert len(full["content"]) == 2_000
+
+        listed = (await client.get("/chat")).json()
+        assert conversation in [item["conversation_id"] for item in listed]
+        assert (await client.delete(f"/chat/{conversation}")).status_code == 204
+        assert (await client.get(f"/chat/{conversation}")).status_code == 404
+
+
+def _start(database_url: str, port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.ai_chat.app:app", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError("the chat service did not start")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(30)
+
+
+@pytest.mark.slow
+def test_a_conversation_continues_after_the_server_restarts(postgres_database_url: str) -> None:
+    """A restarted uvicorn process continues the conversation from PostgreSQL."""
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}/chat/restart-{uuid4().hex}"
+    service = _start(postgres_database_url, port)
+    try:
+        assert httpx.post(url, json={"message": "before"}, timeout=30).status_code == 200
+    finally:
+        _stop(service)
+    service = _start(postgres_database_url, port)
+    try:
+        reply = httpx.post(url, json={"message": "after"}, timeout=30).json()["reply"]
+    finally:
+        _stop(service)
+    assert reply == "You said 'after' (turn 2). Earlier you said: 'before'."
