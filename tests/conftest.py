@@ -9,8 +9,8 @@ from uuid import uuid4
 
 import pytest
 
-from pydantic_toast import RecordKey, StoredRecord, register_backend
-from pydantic_toast.backends.memory import MemoryBackend
+from pydantic_toast import RecordKey, StoredRecord, current_storage, register_backend
+from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
 
 
 @dataclass
@@ -39,8 +39,8 @@ CALL_LOGS: dict[str, CallLog] = {}
 class CountingBackend(MemoryBackend):
     """memory:// that records each batch call, so tests can count round trips."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, store: MemoryStore | None = None) -> None:
+        super().__init__(url, store=store)
         self.log = CALL_LOGS.setdefault(url, CallLog())
 
     async def connect(self) -> None:
@@ -56,6 +56,11 @@ class CountingBackend(MemoryBackend):
 
 
 register_backend("counting", CountingBackend)
+
+
+def memory_store_of(url: str) -> MemoryStore:
+    """The current storage's store behind a ``memory://NAME`` (or ``counting://NAME``) URL."""
+    return current_storage().memory_store(url.split("://", 1)[1].split("?", 1)[0])
 
 
 @pytest.fixture

@@ -21,20 +21,33 @@ from pydantic_toast._collections import Page, acount, adelete, apage, count, del
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
     ExternalStorageError,
+    InvalidReferenceError,
     RecordNotFoundError,
+    StorageAuthenticationError,
+    StorageBusyError,
     StorageConfigurationError,
     StorageConnectionError,
+    StorageConnectTimeoutError,
+    StorageOperationError,
+    StoragePoolTimeoutError,
     StorageSchemaError,
+    StorageTimeoutError,
     StorageUsageError,
     StorageValidationError,
+    StoredDataError,
 )
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._trees import adump, avalidate, dump, validate
-from pydantic_toast.backends.base import StorageBackend
-from pydantic_toast.backends.registry import register_backend
+from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
+from pydantic_toast.runtime.storage import (
+    Storage,
+    current_storage,
+    register_backend,
+    unregister_backend,
+)
 
 try:
     __version__: str = _distribution_version("pydantic-toast")
@@ -42,19 +55,29 @@ except _PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "Capability",
     "ExternalBaseModel",
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "InvalidReferenceError",
     "Page",
     "RecordKey",
     "RecordNotFoundError",
+    "Storage",
+    "StorageAuthenticationError",
     "StorageBackend",
+    "StorageBusyError",
     "StorageConfigurationError",
+    "StorageConnectTimeoutError",
     "StorageConnectionError",
+    "StorageOperationError",
+    "StoragePoolTimeoutError",
     "StorageSchemaError",
+    "StorageTimeoutError",
     "StorageUsageError",
     "StorageValidationError",
+    "StoredDataError",
     "StoredRecord",
     "aclose_storage",
     "acount",
@@ -64,9 +87,11 @@ __all__ = [
     "avalidate",
     "close_storage",
     "count",
+    "current_storage",
     "delete",
     "dump",
     "page",
     "register_backend",
+    "unregister_backend",
     "validate",
 ]

@@ -15,8 +15,8 @@ from pydantic_toast._exceptions import RecordNotFoundError, StorageConfiguration
 from pydantic_toast._loading import LoadSession
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._reference import ExternalReference
-from pydantic_toast.runtime.connections import backend_for
 from pydantic_toast.runtime.loops import run_sync
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["Page", "acount", "adelete", "apage", "count", "delete", "page"]
 
@@ -50,7 +50,7 @@ async def adelete(
         RecordNotFoundError: There was no such record (a delete is never silent).
     """
     url, class_name, id = model._toast_session_key(model._toast_reference(reference))
-    backend = await backend_for(url)
+    backend = await current_storage().connected(url)
     if not await backend.delete(id, class_name):
         raise RecordNotFoundError(class_name, id)
 
@@ -68,9 +68,10 @@ async def apage(model: type[M], *, limit: int = 50, after: UUID | str | None = N
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
     cursor = model._toast_reference(after).id if after is not None else None
-    backend = await backend_for(url)
+    storage = current_storage()
+    backend = await storage.connected(url)
     ids = await backend.list_ids(name, limit=limit, after=cursor)
-    session = LoadSession()
+    session = LoadSession(model._toast_routes(), storage)
     await session.fetch(
         {url: {(name, id) for id in ids}} if ids else {}, follow=model._toast_has_nested()
     )
@@ -86,7 +87,7 @@ async def apage(model: type[M], *, limit: int = 50, after: UUID | str | None = N
 async def acount(model: type[ExternalBaseModel]) -> int:
     """How many records of ``model`` are stored."""
     settings = model._toast_settings()
-    backend = await backend_for(settings.url())
+    backend = await current_storage().connected(settings.url())
     return await backend.count(settings.external_name)
 
 

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ConfigDict
 
-from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError
-from pydantic_toast._url import ENV_PREFIX, StorageURL, check_env_spec, mask_url, resolve_storage
-from pydantic_toast.backends.registry import backend_class_for
+from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
+from pydantic_toast._url import ENV_PREFIX, MaskedURL, StorageURL, check_env_spec, resolve_storage
+from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.storage import Storage, current_storage
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = [
-    "ExternalConfigDict",
-    "ModelSettings",
-    "classes_named",
-    "settings_for",
-    "storages_named",
-]
+__all__ = ["ExternalConfigDict", "ModelSettings", "settings_for"]
 
 _RESERVED_FIELD = "class_name"
 
@@ -51,32 +44,36 @@ class ExternalConfigDict(ConfigDict, total=False):
 
 @dataclass(slots=True)
 class ModelSettings:
-    """What pydantic-toast knows about one concrete external model class."""
+    """What pydantic-toast knows about one concrete external model class.
 
-    storage: str
+    Attributes:
+        storage: The storage setting as written (a URL or ``env:NAME``); its repr is masked.
+        external_name: The stored class name.
+        schema_version: Written with every record.
+        ttl: Seconds until a record expires, or ``None``.
+    """
+
+    storage: MaskedURL
     external_name: str
     schema_version: int
     ttl: float | None
-    _url: str | None = field(default=None, repr=False)
+    _owner: type[BaseModel] | None = field(default=None, repr=False)
+    _url: StorageURL | None = field(default=None, repr=False)
 
-    def url(self) -> str:
-        """The storage URL, resolving ``env:NAME`` the first time it is needed."""
-        if self._url is None:
-            url = resolve_storage(self.storage)
-            if self.storage.startswith(ENV_PREFIX):
-                _check_url(url, self.ttl, owner=f"storage {self.storage!r}")
-            self._url = url
-        return self._url
+    def url(self) -> StorageURL:
+        """The storage URL, resolving ``env:NAME`` the first time it is needed.
 
-
-_catalog: dict[tuple[str, str], str] = {}
-_names: dict[str, set[str]] = {}
-_classes: dict[str, weakref.WeakSet[type[BaseModel]]] = {}
-_catalog_lock = threading.Lock()
+        Raises:
+            StorageConfigurationError: The variable is unset, or its URL cannot work.
+        """
+        url = self._url
+        if url is None:
+            url = self._url = _resolve(self)
+        return url
 
 
 def settings_for(cls: type[BaseModel]) -> ModelSettings:
-    """Check ``cls``'s configuration and register its stored name.
+    """Check ``cls``'s configuration and claim its stored name in the current storage.
 
     Raises:
         StorageConfigurationError: The message names the class, the problem and the fix.
@@ -94,15 +91,9 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
         raise StorageConfigurationError(
             f"{owner}: storage must be a URL string, got {type(storage).__name__}"
         )
+    masked = MaskedURL(storage)
+    config["storage"] = masked  # type: ignore[typeddict-unknown-key]  # repr stays masked
     ttl = _ttl_seconds(owner, config.get("ttl"))
-    try:
-        if storage.startswith(ENV_PREFIX):
-            check_env_spec(storage)
-        else:
-            _check_url(storage, ttl, owner="")
-    except StorageConfigurationError as exc:
-        raise StorageConfigurationError(f"{owner}: {exc}") from exc.__cause__
-
     schema_version = config.get("schema_version", 1)
     if type(schema_version) is not int or schema_version < 1:
         raise StorageConfigurationError(
@@ -120,35 +111,39 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
                 "its data look like a reference {'class_name': ..., 'id': ...}: rename the field"
             )
 
-    _register_name(cls, storage, external_name)
-    return ModelSettings(storage, external_name, schema_version, ttl)
+    settings = ModelSettings(masked, external_name, schema_version, ttl, cls)
+    if storage.startswith(ENV_PREFIX):
+        try:
+            check_env_spec(storage)
+        except StorageConfigurationError as exc:
+            raise StorageConfigurationError(f"{owner}: {exc}") from None
+    else:
+        settings._url = _resolve(settings)
+    return settings
 
 
-def classes_named(external_name: str) -> list[type[BaseModel]]:
-    """Every live model class stored under ``external_name``."""
-    with _catalog_lock:
-        return list(_classes.get(external_name, ()))
-
-
-def storages_named(external_name: str) -> list[str]:
-    """The storage settings of every model class stored under ``external_name``."""
-    with _catalog_lock:
-        return sorted(_names.get(external_name, ()))
-
-
-def _check_url(raw: str, ttl: float | None, *, owner: str) -> None:
-    prefix = f"{owner}: " if owner else ""
-    url = StorageURL.parse(raw)
+def _resolve(settings: ModelSettings) -> StorageURL:
+    """Parse and check the settings' URL against its backend, and claim the stored name."""
+    owner = settings._owner.__qualname__ if settings._owner is not None else "a model"
+    storage = current_storage()
     try:
-        backend_class = backend_class_for(url.scheme)
+        url = StorageURL.parse(resolve_storage(settings.storage))
+        backend_class = storage.registry.class_for(url.scheme)
         backend_class.check_url(url)
     except ExternalStorageError as exc:
-        raise StorageConfigurationError(f"{prefix}{exc}") from exc.__cause__
-    if ttl is not None and not backend_class.supports_ttl:
+        raise StorageConfigurationError(f"{owner}: {exc}") from None
+    if settings.ttl is not None and Capability.TTL not in backend_class.capabilities:
         raise StorageConfigurationError(
-            f"{prefix}ttl is set but {backend_class.__name__} ({mask_url(raw)}) does not expire "
-            "records: remove ttl or use redis:// or memory://"
+            f"{owner}: ttl is set but {backend_class.__name__} ({url.masked}) does not expire "
+            "records: remove ttl or use a backend that does (redis://, memory://)"
         )
+    if settings._owner is not None:
+        _claim(storage, settings._owner, url, settings.external_name)
+    return url
+
+
+def _claim(storage: Storage, cls: type[BaseModel], url: StorageURL, name: str) -> None:
+    storage.catalog.claim(cls, storage.store_identity(url), name, where=url.masked)
 
 
 def _ttl_seconds(owner: str, ttl: object) -> float | None:
@@ -158,21 +153,7 @@ def _ttl_seconds(owner: str, ttl: object) -> float | None:
         ttl = ttl.total_seconds()
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
         raise StorageConfigurationError(
-            f"{owner}: ttl must be a positive number of seconds or a timedelta, got {ttl!r}"
+            f"{owner}: ttl must be a positive number of seconds or a timedelta, "
+            f"got {shorten(repr(ttl))}"
         )
     return float(ttl)
-
-
-def _register_name(cls: type[BaseModel], storage: str, external_name: str) -> None:
-    qualified = f"{cls.__module__}.{cls.__qualname__}"
-    with _catalog_lock:
-        holder = _catalog.get((storage, external_name))
-        if holder is not None and holder != qualified:
-            raise StorageConfigurationError(
-                f"{cls.__qualname__} would be stored as {external_name!r} in {mask_url(storage)}, "
-                f"where {holder} is already stored under that name: give one of them "
-                "another name with ExternalConfigDict(external_name='...')"
-            )
-        _catalog[(storage, external_name)] = qualified
-        _names.setdefault(external_name, set()).add(storage)
-        _classes.setdefault(external_name, weakref.WeakSet()).add(cls)

@@ -3,20 +3,30 @@
 Every error the library raises derives from :class:`ExternalStorageError`::
 
     ExternalStorageError
-    ├── StorageConfigurationError   a model or URL is set up wrongly (class definition, env var)
-    ├── StorageConnectionError      the store cannot be reached or refused us (also ConnectionError)
-    ├── StorageSchemaError          the store is reachable but not prepared (run the migration)
-    ├── StorageUsageError           the API was called where it cannot work (e.g. on our own loop)
-    ├── RecordNotFoundError         no record under this class name and id (also LookupError)
-    └── StorageValidationError      a reference is malformed, names another class, or stored
-                                    data cannot be written or read back faithfully
+    ├── StorageConfigurationError       a model, URL or environment variable is set up wrongly
+    ├── StorageConnectionError          the store cannot be reached (also ConnectionError)
+    │   ├── StorageAuthenticationError  it refused the credentials, or wants some
+    │   ├── StorageConnectTimeoutError  connecting took longer than connect_timeout
+    │   ├── StoragePoolTimeoutError     every pooled connection stayed busy for pool_timeout
+    │   └── StorageBusyError            it is starting, loading or full: retry later
+    ├── StorageTimeoutError             one statement or lock wait ran out of time (not an
+    │                                   outage: the other connections stay; also TimeoutError)
+    ├── StorageSchemaError              reachable but not prepared (run the migration)
+    ├── StorageOperationError           the store refused the operation, or a backend failed
+    ├── StorageUsageError               the API was called where it cannot work (also RuntimeError)
+    ├── RecordNotFoundError             no record under this class name and id (also LookupError)
+    ├── StorageValidationError          data cannot be stored faithfully, or a reference is bad
+    │   └── InvalidReferenceError       a reference is malformed or names another class
+    └── StoredDataError                 a stored record cannot be read back (a server-side
+                                        problem: old data, damage, or another writer)
 
 None of them derives from ``ValueError``: Pydantic turns a ``ValueError`` raised during
 validation into a ``ValidationError`` (a client error in FastAPI), and a missing record or an
 unreachable database must leave ``model_validate`` as itself.
 
-Messages name the cause and the fix. They never contain a password (URLs are masked) nor the
-model's data.
+Driver exceptions are translated in one place, :mod:`pydantic_toast.runtime.errors`. The
+driver's exception is kept as ``__cause__`` only as a summary (its type, SQLSTATE or error code),
+so that no chain carries a password or the model's data. Messages name the cause and the fix.
 """
 
 from __future__ import annotations
@@ -25,13 +35,32 @@ from uuid import UUID
 
 __all__ = [
     "ExternalStorageError",
+    "InvalidReferenceError",
     "RecordNotFoundError",
+    "StorageAuthenticationError",
+    "StorageBusyError",
     "StorageConfigurationError",
+    "StorageConnectTimeoutError",
     "StorageConnectionError",
+    "StorageOperationError",
+    "StoragePoolTimeoutError",
     "StorageSchemaError",
+    "StorageTimeoutError",
     "StorageUsageError",
     "StorageValidationError",
+    "StoredDataError",
+    "shorten",
 ]
+
+_MAX_QUOTED = 80
+
+
+def shorten(text: object, limit: int = _MAX_QUOTED) -> str:
+    """``text`` cut to ``limit`` characters for a message (inputs can be arbitrarily long)."""
+    value = str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[: limit - 1]}… ({len(value)} characters)"
 
 
 class ExternalStorageError(Exception):
@@ -43,7 +72,35 @@ class StorageConfigurationError(ExternalStorageError):
 
 
 class StorageConnectionError(ExternalStorageError, ConnectionError):
-    """The storage backend could not be reached, timed out, or rejected the credentials.
+    """The storage backend could not be reached, or the connection was lost.
+
+    Attributes:
+        url: The storage URL with its password masked.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class StorageAuthenticationError(StorageConnectionError):
+    """The store refused the credentials in the URL, or needs credentials the URL lacks."""
+
+
+class StorageConnectTimeoutError(StorageConnectionError, TimeoutError):
+    """Opening a connection took longer than the URL's connect timeout."""
+
+
+class StoragePoolTimeoutError(StorageConnectionError, TimeoutError):
+    """Every pooled connection stayed busy for the pool timeout: raise the pool size or wait."""
+
+
+class StorageBusyError(StorageConnectionError):
+    """The store answers but cannot serve now (starting, loading its data, out of connections)."""
+
+
+class StorageTimeoutError(ExternalStorageError, TimeoutError):
+    """One statement or lock wait exceeded its timeout; the store itself is up.
 
     Attributes:
         url: The storage URL with its password masked.
@@ -66,6 +123,10 @@ class StorageSchemaError(ExternalStorageError):
         self.url = url
 
 
+class StorageOperationError(ExternalStorageError):
+    """The store refused the operation (permissions, limits), or its backend failed."""
+
+
 class StorageUsageError(ExternalStorageError, RuntimeError):
     """The library was called in a way that cannot work, such as a blocking call on its own loop."""
 
@@ -79,7 +140,7 @@ class RecordNotFoundError(ExternalStorageError, LookupError):
     """
 
     def __init__(self, class_name: str, id: UUID | str, *, detail: str = "") -> None:
-        message = f"no {class_name} record with id {id} exists in storage"
+        message = f"no {shorten(class_name)} record with id {shorten(id)} exists in storage"
         super().__init__(f"{message}{detail}")
         self.class_name = class_name
         self.id = id
@@ -96,6 +157,26 @@ class StorageValidationError(ExternalStorageError):
     def __init__(
         self, message: str, *, class_name: str | None = None, id: UUID | str | None = None
     ) -> None:
+        super().__init__(message)
+        self.class_name = class_name
+        self.id = id
+
+
+class InvalidReferenceError(StorageValidationError):
+    """A reference given to the library is malformed or names another class (a client error)."""
+
+
+class StoredDataError(ExternalStorageError):
+    """A stored record cannot be read back as its model: old data, damage, or another writer.
+
+    This is the server's problem, not the caller's: FastAPI answers it with 500.
+
+    Attributes:
+        class_name: The stored class name of the record.
+        id: The record id.
+    """
+
+    def __init__(self, message: str, *, class_name: str, id: UUID | str) -> None:
         super().__init__(message)
         self.class_name = class_name
         self.id = id

@@ -12,24 +12,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._config import classes_named, storages_named
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
-from pydantic_toast._url import resolve_storage
-from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast._url import StorageURL
+from pydantic_toast.runtime.storage import Storage, current_storage
 
-__all__ = ["LoadSession", "active_session", "find_references", "read_one", "wanted_for"]
+__all__ = [
+    "LoadSession",
+    "Route",
+    "active_session",
+    "find_references",
+    "read_one",
+    "routes_in",
+    "wanted_for",
+]
 
-SessionKey = tuple[str, str, UUID]
+SessionKey = tuple[StorageURL, str, UUID]
 """``(storage URL, class_name, id)``."""
 
-Wanted = dict[str, set[RecordKey]]
+Wanted = dict[StorageURL, set[RecordKey]]
 """Record keys to fetch, grouped by storage URL."""
 
 _active_session: ContextVar[LoadSession | None] = ContextVar(
@@ -37,15 +45,69 @@ _active_session: ContextVar[LoadSession | None] = ContextVar(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where records of one stored class name are looked for while loading a tree.
+
+    Attributes:
+        urls: The stores of the model classes, reachable from the type being validated, that
+            are stored under that name.
+        nested: Whether any of those classes can hold references itself.
+    """
+
+    urls: tuple[StorageURL, ...]
+    nested: bool
+
+
+Routes = dict[str, Route]
+"""Stored class name -> :class:`Route`, for the classes a type can hold."""
+
+
+def routes_in(schema: Any) -> Routes:
+    """The routes of every external model class reachable in a core ``schema``.
+
+    Only these stores are ever queried while loading a value of that type, whatever other
+    classes share a stored name elsewhere.
+    """
+    classes: dict[int, Any] = {}
+    stack: list[object] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            model = node.get("cls") if node.get("type") == "model" else None
+            if getattr(model, "__toast_settings__", None) is not None:
+                classes[id(model)] = model
+            stack.extend(value for value in node.values() if isinstance(value, dict | list))
+        elif isinstance(node, list):
+            stack.extend(node)
+    found: dict[str, tuple[list[StorageURL], bool]] = {}
+    for model in classes.values():
+        settings = model.__toast_settings__
+        try:
+            url = settings.url()
+        except ExternalStorageError:
+            continue  # env var unset: the model's own validator reports it
+        urls, nested = found.setdefault(settings.external_name, ([], False))
+        if url not in urls:
+            urls.append(url)
+        found[settings.external_name] = (urls, nested or model._toast_has_nested())
+    return {name: Route(tuple(urls), nested) for name, (urls, nested) in found.items()}
+
+
 class LoadSession:
-    """Records fetched ahead of validation; ``None`` marks a record that does not exist."""
+    """Records fetched ahead of validation; ``None`` marks a record that does not exist.
 
-    __slots__ = ("_nested", "_urls", "records")
+    Args:
+        routes: Where each stored class name reachable from the validated type is looked for.
+        storage: The storage to read through (the current one by default).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("records", "routes", "storage")
+
+    def __init__(self, routes: Routes, storage: Storage | None = None) -> None:
         self.records: dict[SessionKey, StoredRecord | None] = {}
-        self._urls: dict[str, list[str]] = {}  # class name -> storage URLs
-        self._nested: dict[str, bool] = {}  # class name -> can hold references
+        self.routes = routes
+        self.storage = storage if storage is not None else current_storage()
 
     async def fetch(self, wanted: Wanted, *, follow: bool) -> None:
         """Fetch ``wanted``; with ``follow``, then the references inside them, level by level."""
@@ -53,10 +115,10 @@ class LoadSession:
             urls = list(wanted)
             batches = [list(wanted[url]) for url in urls]
             if len(urls) == 1:  # no task per read when there is one store
-                results = [await _read(urls[0], batches[0])]
+                results = [await self._read(urls[0], batches[0])]
             else:
                 results = await asyncio.gather(
-                    *(_read(url, keys) for url, keys in zip(urls, batches, strict=True))
+                    *(self._read(url, keys) for url, keys in zip(urls, batches, strict=True))
                 )
             fetched: list[StoredRecord] = []
             for url, keys, records in zip(urls, batches, results, strict=True):
@@ -67,28 +129,25 @@ class LoadSession:
             wanted = {}
             if follow:
                 for record in fetched:
-                    if self._may_hold_references(record.class_name):
+                    route = self.routes.get(record.class_name)
+                    if route is not None and route.nested:
                         data = pydantic_core.from_json(record.data, allow_inf_nan=True)
-                        self._add_unfetched(wanted, find_references(data))
+                        self.add_unfetched(wanted, find_references(data))
 
-    def _add_unfetched(self, wanted: Wanted, references: Iterator[ExternalReference]) -> None:
+    def add_unfetched(self, wanted: Wanted, references: Iterator[ExternalReference]) -> None:
+        """Add to ``wanted`` the records behind ``references`` not fetched yet."""
         for reference in references:
             name = reference.class_name
-            urls = self._urls.get(name)
-            if urls is None:
-                urls = self._urls[name] = _urls_named(name)
-            for url in urls:
+            route = self.routes.get(name)
+            if route is None:
+                continue  # no class of the validated type is stored under it: its validator says so
+            for url in route.urls:
                 if (url, name, reference.id) not in self.records:
                     wanted.setdefault(url, set()).add((name, reference.id))
 
-    def _may_hold_references(self, class_name: str) -> bool:
-        nested = self._nested.get(class_name)
-        if nested is None:
-            nested = self._nested[class_name] = any(
-                model._toast_has_nested()  # type: ignore[attr-defined]
-                for model in classes_named(class_name)
-            )
-        return nested
+    async def _read(self, url: StorageURL, keys: list[RecordKey]) -> list[StoredRecord | None]:
+        backend = await self.storage.connected(url)
+        return await backend.load_records(keys)
 
     def activate(self) -> Any:
         """Make this the session validators read from; returns the token for :meth:`deactivate`."""
@@ -105,10 +164,10 @@ def active_session() -> LoadSession | None:
     return _active_session.get()
 
 
-def wanted_for(value: object) -> Wanted:
+def wanted_for(session: LoadSession, value: object) -> Wanted:
     """The records that the references anywhere inside ``value`` point to."""
     wanted: Wanted = {}
-    LoadSession()._add_unfetched(wanted, find_references(value))
+    session.add_unfetched(wanted, find_references(value))
     return wanted
 
 
@@ -132,23 +191,10 @@ def find_references(value: object) -> Iterator[ExternalReference]:
             yield item
 
 
-async def read_one(url: str, class_name: str, id: UUID) -> StoredRecord | None:
+async def read_one(
+    storage: Storage, url: StorageURL, class_name: str, id: UUID
+) -> StoredRecord | None:
     """One record, read directly (no prefetch needed for models without nested ones)."""
-    backend = await backend_for(url)
+    backend = await storage.connected(url)
     (record,) = await backend.load_records([(class_name, id)])
     return record
-
-
-async def _read(url: str, keys: list[RecordKey]) -> list[StoredRecord | None]:
-    backend = await backend_for(url)
-    return await backend.load_records(keys)
-
-
-def _urls_named(class_name: str) -> list[str]:
-    urls = []
-    for storage in storages_named(class_name):
-        try:
-            urls.append(resolve_storage(storage))
-        except ExternalStorageError:
-            continue  # env var unset: the model's own validator reports it
-    return urls

@@ -24,12 +24,21 @@ from pydantic_toast._exceptions import (
     RecordNotFoundError,
     StorageConfigurationError,
     StorageValidationError,
+    StoredDataError,
 )
-from pydantic_toast._loading import LoadSession, SessionKey, active_session, read_one
+from pydantic_toast._loading import (
+    LoadSession,
+    Routes,
+    SessionKey,
+    active_session,
+    read_one,
+    routes_in,
+)
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
 from pydantic_toast._saving import Identity, collecting, identity_of, is_serializing, store
 from pydantic_toast.runtime.loops import run_sync
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["ExternalBaseModel"]
 
@@ -68,6 +77,7 @@ class ExternalBaseModel(BaseModel):
 
     __toast_settings__: ClassVar[ModelSettings | None] = None
     __toast_nested__: ClassVar[bool | None] = None
+    __toast_routes__: ClassVar[Routes | None] = None
 
     model_config = ExternalConfigDict(ser_json_inf_nan="constants")
 
@@ -76,6 +86,7 @@ class ExternalBaseModel(BaseModel):
         """Check the storage configuration when the class is defined."""
         super().__pydantic_init_subclass__(**kwargs)
         cls.__toast_nested__ = None
+        cls.__toast_routes__ = None
         if cls.__dict__.get("__abstract__", False):
             cls.__toast_settings__ = None
         else:
@@ -98,12 +109,13 @@ class ExternalBaseModel(BaseModel):
         key = cls._toast_session_key(reference)
         session = active_session()
         if session is None and not cls._toast_has_nested():  # one record: read it directly
-            record = run_sync(lambda: read_one(*key))
+            storage = current_storage()
+            record = run_sync(lambda: read_one(storage, *key))
             if record is None:
                 raise RecordNotFoundError(key[1], key[2])
             return cls._toast_from_record(record)
         if session is None or key not in session.records:
-            session = session or LoadSession()
+            session = session or LoadSession(cls._toast_routes())
             wanted = {key[0]: {(key[1], key[2])}}
             run_sync(lambda: session.fetch(wanted, follow=cls._toast_has_nested()))
         return cls._toast_build(key, session)
@@ -176,11 +188,11 @@ class ExternalBaseModel(BaseModel):
         """
         url, class_name, id = key = cls._toast_session_key(cls._toast_reference(reference))
         if not cls._toast_has_nested():  # one record: read it directly
-            record = await read_one(url, class_name, id)
+            record = await read_one(current_storage(), url, class_name, id)
             if record is None:
                 raise RecordNotFoundError(class_name, id)
             return cls._toast_from_record(record)
-        session = LoadSession()
+        session = LoadSession(cls._toast_routes())
         await session.fetch({url: {(class_name, id)}}, follow=True)
         return cls._toast_build(key, session)
 
@@ -203,11 +215,12 @@ class ExternalBaseModel(BaseModel):
         """
         settings = cls._toast_settings()
         if from_version > settings.schema_version:
-            raise StorageValidationError(
+            raise StoredDataError(
                 f"a stored {settings.external_name} record has schema_version {from_version}, "
                 f"newer than {cls.__qualname__}'s {settings.schema_version}: it was written by "
                 "newer code, so load it with that code",
                 class_name=settings.external_name,
+                id="?",
             )
         return data
 
@@ -296,16 +309,26 @@ class ExternalBaseModel(BaseModel):
                 f"{'.'.join(map(str, error['loc'])) or '<root>'}: {error['msg']}"
                 for error in exc.errors(include_input=False, include_url=False)[:5]
             )
-            raise StorageValidationError(
-                f"the stored {record.class_name} record {record.id} "
-                f"(schema_version {record.schema_version}) does not validate as "
-                f"{cls.__qualname__}: {problems}. If the model changed, bump schema_version and "
-                "override migrate_stored_data() to upgrade old records",
-                class_name=record.class_name,
-                id=record.id,
-            ) from None
-        object.__setattr__(instance, "_toast_identity", Identity(record.id, record.created_at))
-        return instance  # type: ignore[no-any-return]
+        else:
+            object.__setattr__(instance, "_toast_identity", Identity(record.id, record.created_at))
+            return instance  # type: ignore[no-any-return]
+        # Raised outside the except block: Pydantic's error holds the stored data as input.
+        raise StoredDataError(
+            f"the stored {record.class_name} record {record.id} "
+            f"(schema_version {record.schema_version}) does not validate as "
+            f"{cls.__qualname__}: {problems}. If the model changed, bump schema_version and "
+            "override migrate_stored_data() to upgrade old records",
+            class_name=record.class_name,
+            id=record.id,
+        )
+
+    @classmethod
+    def _toast_routes(cls) -> Routes:
+        """Where the records of this model's tree are looked for (computed once)."""
+        routes = cls.__toast_routes__
+        if routes is None:
+            routes = cls.__toast_routes__ = routes_in(cls.__pydantic_core_schema__)
+        return routes
 
     @classmethod
     def _toast_has_nested(cls) -> bool:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._exceptions import StorageValidationError
+from pydantic_toast._exceptions import StoredDataError
 
 __all__ = ["RecordKey", "StoredRecord"]
 
@@ -69,12 +69,16 @@ class StoredRecord:
             created = datetime.fromisoformat(document["created_at"])
             updated = datetime.fromisoformat(document["updated_at"])
         except (KeyError, TypeError, ValueError) as exc:
+            problem: str | None = type(exc).__name__
+        else:
+            problem = None
+        if problem is not None:  # raised outside the except: the driver's text holds the data
             raise _corrupt(
                 class_name,
                 id,
-                "expected keys schema_version, created_at, updated_at and data "
-                f"({type(exc).__name__} reading them)",
-            ) from None
+                f"expected keys schema_version, created_at, updated_at and data ({problem} "
+                "reading them)",
+            )
         if not isinstance(data, dict) or not isinstance(version, int):
             raise _corrupt(class_name, id, "'data' must be an object and 'schema_version' an int")
         return cls(
@@ -87,8 +91,8 @@ class StoredRecord:
         )
 
 
-def _corrupt(class_name: str, id: UUID, detail: str) -> StorageValidationError:
-    return StorageValidationError(
+def _corrupt(class_name: str, id: UUID, detail: str) -> StoredDataError:
+    return StoredDataError(
         f"the stored {class_name} record {id} is not in pydantic-toast's format: {detail}; "
         "it was written by something else or damaged, so it is left untouched",
         class_name=class_name,

@@ -21,8 +21,9 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
-from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
+from pydantic_toast.runtime.storage import Storage, current_storage
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
@@ -66,12 +67,17 @@ def is_serializing(model: ExternalBaseModel) -> bool:
 
 
 class SaveBatch:
-    """The records collected during one dump, grouped by storage URL."""
+    """The records collected during one dump, grouped by storage URL.
 
-    __slots__ = ("records",)
+    Args:
+        storage: The storage to write through (the current one by default).
+    """
 
-    def __init__(self) -> None:
-        self.records: dict[str, dict[RecordKey, StoredRecord]] = {}
+    __slots__ = ("records", "storage")
+
+    def __init__(self, storage: Storage | None = None) -> None:
+        self.records: dict[StorageURL, dict[RecordKey, StoredRecord]] = {}
+        self.storage = storage if storage is not None else current_storage()
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
         """Serialize ``model``'s fields into a record of this batch and return its reference."""
@@ -109,16 +115,15 @@ class SaveBatch:
         """Write every collected record: one ``save_records`` call per store, concurrently."""
         if len(self.records) == 1:
             ((url, records),) = self.records.items()
-            await _write(url, list(records.values()))
+            await self._write(url, list(records.values()))
             return
         await asyncio.gather(
-            *(_write(url, list(records.values())) for url, records in self.records.items())
+            *(self._write(url, list(records.values())) for url, records in self.records.items())
         )
 
-
-async def _write(url: str, records: list[StoredRecord]) -> None:
-    backend = await backend_for(url)
-    await backend.save_records(records)
+    async def _write(self, url: StorageURL, records: list[StoredRecord]) -> None:
+        backend = await self.storage.connected(url)
+        await backend.save_records(records)
 
 
 def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:

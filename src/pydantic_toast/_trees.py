@@ -7,11 +7,12 @@ store; and fetch every referenced record before validating, one round per nestin
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter
 
-from pydantic_toast._loading import LoadSession, wanted_for
+from pydantic_toast._loading import LoadSession, Routes, routes_in, wanted_for
 from pydantic_toast._saving import collecting, dump_value
 from pydantic_toast.runtime.loops import run_sync
 
@@ -49,22 +50,40 @@ async def avalidate(type_: type[T], data: Any) -> T:
         type_: A model class or any type ``TypeAdapter`` accepts, such as ``list[Order]``.
         data: Python data (parse JSON first), with references where external models go.
     """
-    session = LoadSession()
-    await session.fetch(wanted_for(data), follow=True)
-    return _validate_in(session, type_, data)
+    adapter, routes = _adapter(type_)
+    session = LoadSession(routes)
+    await session.fetch(wanted_for(session, data), follow=True)
+    return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
 
 
 def validate(type_: type[T], data: Any) -> T:
     """The blocking form of :func:`avalidate`."""
-    session = LoadSession()
-    wanted = wanted_for(data)
+    adapter, routes = _adapter(type_)
+    session = LoadSession(routes)
+    wanted = wanted_for(session, data)
     run_sync(lambda: session.fetch(wanted, follow=True))
-    return _validate_in(session, type_, data)
+    return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
 
 
-def _validate_in(session: LoadSession, type_: type[T], data: Any) -> T:
+def _adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes]:
+    """The type's adapter and the stores its external models live in (built once per type)."""
+    try:
+        return _cached_adapter(type_)
+    except TypeError:  # an unhashable type expression: build it each time
+        return _build_adapter(type_)
+
+
+def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes]:
+    adapter: TypeAdapter[Any] = TypeAdapter(type_)
+    return adapter, routes_in(adapter.core_schema)
+
+
+_cached_adapter = lru_cache(maxsize=256)(_build_adapter)
+
+
+def _validate_in(session: LoadSession, adapter: TypeAdapter[T], data: Any) -> T:
     token = session.activate()
     try:
-        return TypeAdapter(type_).validate_python(data)
+        return adapter.validate_python(data)
     finally:
         session.deactivate(token)

@@ -43,8 +43,9 @@ from pydantic_toast._exceptions import (
     StorageValidationError,
 )
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["check_storage", "install_error_handlers", "loader", "storage_lifespan"]
 
@@ -73,15 +74,20 @@ def storage_lifespan(
 
 
 async def check_storage(*models: type[ExternalBaseModel]) -> None:
-    """Connect each model's storage and read from its table (for startup and health checks).
+    """Connect each model's storage and read from it (for startup and health checks).
+
+    Uses only what each backend declares it supports: a listing when it can list, else the
+    connection alone.
 
     Raises:
         ExternalStorageError: The store is unreachable or not migrated.
     """
+    storage = current_storage()
     for model in models:
         settings = model._toast_settings()
-        backend = await backend_for(settings.url())
-        await backend.list_ids(settings.external_name, limit=1)
+        backend = await storage.connected(settings.url())
+        if Capability.LIST in backend.capabilities:
+            await backend.list_ids(settings.external_name, limit=1, after=None)
 
 
 def loader(model: type[M], *, param: str = "id") -> Callable[..., Coroutine[Any, Any, M]]:

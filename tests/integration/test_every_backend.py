@@ -17,8 +17,7 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageValidationError,
 )
-from pydantic_toast.backends.registry import backend_class_for
-from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast._url import StorageURL
 
 
 def name_of(model: type[ExternalBaseModel]) -> str:
@@ -48,7 +47,7 @@ def models(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
 
 def records(url: str, *keys: tuple[str, object]) -> list[pydantic_toast.StoredRecord | None]:
     async def read() -> list[pydantic_toast.StoredRecord | None]:
-        backend = await backend_for(url)
+        backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
         try:
             return await backend.load_records(list(keys))  # type: ignore[arg-type]
         finally:
@@ -161,7 +160,7 @@ async def test_hundred_concurrent_async_operations(storage_url: str) -> None:
 def test_values_come_back_exactly_or_are_refused(storage_url: str) -> None:
     """NaN, infinity and NUL characters are stored losslessly or refused, never changed."""
     order_cls, _ = models(storage_url)
-    kind = backend_class_for(storage_url.split("://")[0]).__name__
+    kind = pydantic_toast.current_storage().registry.class_for(storage_url.split("://")[0]).__name__
     for risky in (
         order_cls(product="nan", quantity=1, price=math.nan),
         order_cls(product="inf", quantity=1, price=-math.inf),

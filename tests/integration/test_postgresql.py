@@ -18,11 +18,12 @@ import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    StorageConfigurationError,
     StorageConnectionError,
     StorageSchemaError,
 )
+from pydantic_toast._url import StorageURL
 from pydantic_toast.integrations.cli import main as toast_cli
-from pydantic_toast.runtime.connections import backend_for
 from tests import servers
 from tests.integration.conftest import _admin, _with_database
 
@@ -129,15 +130,50 @@ def test_url_spellings_share_the_table(postgres_database_url: str) -> None:
     name = reference["class_name"]
     for scheme in ("postgres://", "postgresql+asyncpg://"):
         url = postgres_database_url.replace("postgresql://", scheme)
-        reader = type(
-            "Reader",
+        reader = type(  # the same class, as another release defines it
+            "Spelled",
             (ExternalBaseModel,),
             {
+                "__module__": writer.__module__,
                 "__annotations__": {"text": str},
                 "model_config": ExternalConfigDict(storage=url, external_name=name),
             },
         )
         assert reader.model_validate(reference).text == "same"  # type: ignore[attr-defined]
+
+
+def test_one_name_on_one_database_is_refused_whatever_the_spelling(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two classes sharing a stored name on one database are refused, even spelled apart."""
+    first = model_on(postgres_database_url, "Owner")
+    name = first.__toast_settings__.external_name  # type: ignore[union-attr]
+    spellings = [
+        postgres_database_url.replace("postgresql://", "postgres://"),
+        f"{postgres_database_url}?application_name=other",
+    ]
+    for url in spellings:
+        with pytest.raises(StorageConfigurationError, match="already stored under that name"):
+            type(
+                "Intruder",
+                (ExternalBaseModel,),
+                {
+                    "__annotations__": {"text": str},
+                    "model_config": ExternalConfigDict(storage=url, external_name=name),
+                },
+            )
+    monkeypatch.setenv("TOAST_SPELLED_URL", f"{postgres_database_url}?application_name=env")
+    late = type(
+        "LateIntruder",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(storage="env:TOAST_SPELLED_URL", external_name=name),
+        },
+    )
+    with pytest.raises(StorageConfigurationError, match="already stored under that name"):
+        late(text="x").model_dump()
+    assert first is not None  # the first owner stays alive through the test
 
 
 def test_models_on_one_url_share_one_pool(postgres_database_url: str) -> None:
@@ -147,7 +183,9 @@ def test_models_on_one_url_share_one_pool(postgres_database_url: str) -> None:
     async def backends() -> tuple[object, object]:
         await first(text="1").asave()
         await second(text="2").asave()
-        return await backend_for(postgres_database_url), await backend_for(postgres_database_url)
+        return await pydantic_toast.current_storage().connected(
+            StorageURL.parse(postgres_database_url)
+        ), await pydantic_toast.current_storage().connected(StorageURL.parse(postgres_database_url))
 
     one, other = asyncio.run(backends())
     assert one is other
@@ -235,8 +273,8 @@ def test_sslmode_require_and_verify_full_against_an_ssl_server(
 
 def _uses_ssl(url: str) -> bool:
     async def check() -> bool:
-        backend = await backend_for(url)
-        async with backend.engine.connect() as connection:  # type: ignore[attr-defined]
+        backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
+        async with backend.backend.engine.connect() as connection:  # type: ignore[attr-defined]
             from sqlalchemy import text
 
             result = await connection.execute(

@@ -18,7 +18,7 @@ from pydantic_toast import (
     ExternalConfigDict,
     RecordNotFoundError,
     StorageConnectionError,
-    StorageValidationError,
+    StoredDataError,
 )
 from tests import servers
 
@@ -161,7 +161,7 @@ def test_corrupted_value_names_the_key(prefixed_url: tuple[str, redis.Redis]) ->
     key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
     for garbage in (b"not json at all", b'{"unexpected": true}'):
         client.set(key, garbage)
-        with pytest.raises(StorageValidationError, match=key):
+        with pytest.raises(StoredDataError, match=key):
             session.model_validate(reference)
     assert client.get(key) == b'{"unexpected": true}', "left untouched"
 

@@ -20,8 +20,9 @@ from pydantic_toast import (
     ExternalReference,
     RecordNotFoundError,
     StorageValidationError,
+    StoredDataError,
 )
-from pydantic_toast.backends.memory import _store_for
+from tests.conftest import memory_store_of as _store_for
 
 
 def make_model(url: str) -> type[ExternalBaseModel]:
@@ -122,7 +123,7 @@ def test_full_data_still_constructs_normally(memory_url: str) -> None:
     model = make_model(memory_url)
     item = model.model_validate({"field": "a", "field2": "b"})
     assert item.external_id is None
-    assert _store_for(memory_url).records == {}
+    assert _store_for(memory_url).records() == []
 
 
 def test_unknown_id_raises_record_not_found_with_details(memory_url: str) -> None:
@@ -249,19 +250,20 @@ def test_identity_does_not_affect_equality(memory_url: str) -> None:
 def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) -> None:
     """Records carry schema_version; older records pass through migrate_stored_data."""
 
-    class Person(ExternalBaseModel):
-        name: str
-        model_config = ExternalConfigDict(storage=memory_url, external_name="Person")
+    def deploy(version: int) -> type[ExternalBaseModel]:
+        """The same class as two releases define it (one qualified name, so one owner)."""
+        if version == 1:
 
-    reference = Person(name="Ada Lovelace").model_dump()
+            class Person(ExternalBaseModel):
+                name: str
+                model_config = ExternalConfigDict(storage=memory_url)
 
-    def define_v2() -> type[ExternalBaseModel]:
-        class Person(ExternalBaseModel):
+            return Person
+
+        class Person(ExternalBaseModel):  # type: ignore[no-redef]
             first: str
             last: str
-            model_config = ExternalConfigDict(
-                storage=f"{memory_url}?v=2", external_name="Person", schema_version=2
-            )
+            model_config = ExternalConfigDict(storage=memory_url, schema_version=2)
 
             @classmethod
             def migrate_stored_data(
@@ -273,25 +275,28 @@ def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) 
 
         return Person
 
-    person_v2 = define_v2()
+    Person = deploy(1)
+    reference = Person(name="Ada Lovelace").model_dump()  # type: ignore[call-arg]
+    person_v2 = deploy(2)
     migrated = person_v2.model_validate(reference)
     assert (migrated.first, migrated.last) == ("Ada", "Lovelace")  # type: ignore[attr-defined]
     migrated.model_dump()
     record = _store_for(memory_url).get(("Person", UUID(reference["id"])))
     assert record is not None
     assert record.schema_version == 2
-    with pytest.raises(StorageValidationError, match="newer than"):
+    with pytest.raises(StoredDataError, match="newer than"):
         Person.model_validate(reference)
 
 
 def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory_url: str) -> None:
-    """A record that fails validation raises StorageValidationError, naming no values."""
+    """A record that fails validation raises StoredDataError, naming no values."""
 
     class Loose(ExternalBaseModel):
         value: str
         model_config = ExternalConfigDict(storage=memory_url, external_name="Shape")
 
     reference = Loose(value="top-secret-value").model_dump()
+    del Loose  # the stored name is free for the changed model
 
     def define_strict() -> type[ExternalBaseModel]:
         class Strict(ExternalBaseModel):
@@ -300,7 +305,7 @@ def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory
 
         return Strict
 
-    with pytest.raises(StorageValidationError, match="does not validate") as info:
+    with pytest.raises(StoredDataError, match="does not validate") as info:
         define_strict().model_validate(reference)
     assert "top-secret-value" not in str(info.value)
     assert "value:" in str(info.value)

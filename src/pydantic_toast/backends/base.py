@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -11,9 +12,33 @@ from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url
 
-__all__ = ["REQUIRED_METHODS", "RecordBackend", "StorageBackend"]
+__all__ = ["REQUIRED_METHODS", "Capability", "RecordBackend", "StorageBackend"]
 
 REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
+
+
+class Capability(enum.StrEnum):
+    """What a backend can do beyond saving and loading single records."""
+
+    BATCH = "batch"
+    """``save_records``/``load_records`` take many records in one round trip."""
+    DELETE = "delete"
+    """``delete`` removes a record."""
+    LIST = "list"
+    """``list_ids`` pages through a class's records, newest first."""
+    COUNT = "count"
+    """``count`` tells how many records a class has."""
+    TTL = "ttl"
+    """Records expire ``StoredRecord.ttl`` seconds after their last write."""
+
+
+# The optional methods whose override declares a capability, when a class declares none.
+_METHOD_CAPABILITIES = {
+    "delete": Capability.DELETE,
+    "list_ids": Capability.LIST,
+    "count": Capability.COUNT,
+    "save_records": Capability.BATCH,
+}
 
 
 class StorageBackend(ABC):
@@ -39,13 +64,38 @@ class StorageBackend(ABC):
     and :meth:`delete`, :meth:`list_ids` and :meth:`count` raise
     :class:`~pydantic_toast.StorageUsageError` until implemented.
 
+    A backend declares what it supports in :attr:`capabilities`; left out, the set is worked
+    out from the optional methods the class overrides (``ttl`` must always be declared). Model
+    classes, health checks and the FastAPI lifespan check against it instead of trying.
+
     Attributes:
         url: The storage URL exactly as configured (use ``repr`` or :func:`mask_url` in
             messages, never ``url`` itself: it may hold a password).
     """
 
-    supports_ttl: ClassVar[bool] = False
-    """Whether the backend honours :attr:`StoredRecord.ttl` (models may only set ``ttl`` then)."""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """What this backend supports (see :class:`Capability`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "capabilities" not in cls.__dict__:
+            inherited = {c for c in cls.capabilities if c not in _METHOD_CAPABILITIES.values()}
+            overridden = {
+                capability
+                for name, capability in _METHOD_CAPABILITIES.items()
+                if getattr(cls, name) is not getattr(StorageBackend, name)
+            }
+            cls.capabilities = frozenset(inherited | overridden)
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        """What identifies the store behind ``url``, whatever the spelling of the URL.
+
+        Two URLs with the same identity reach the same records (options such as pool sizes do
+        not count), so two model classes may not share a stored name on them. The default is
+        the scheme, host, port and path.
+        """
+        return (url.scheme, url.host, url.port, url.path)
 
     def __init__(self, url: str) -> None:
         """Remember the URL; open nothing yet (that is :meth:`connect`'s job)."""
@@ -119,6 +169,13 @@ class StorageBackend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {mask_url(self.url)}>"
+
+    async def discard_connections(self) -> None:
+        """Drop pooled connections after the connection to the store was lost.
+
+        Called before an operation is retried; the default does nothing.
+        """
+        return  # an optional hook: backends without pools have nothing to drop
 
 
 class RecordBackend(StorageBackend):

@@ -1,69 +1,94 @@
 """``memory://``: an in-process store for tests and demos.
 
-Every ``memory://NAME`` URL names one store shared by the whole process (all threads and event
-loops), as a server would be; ``memory://`` alone is the default store. Records are kept as
-bytes, so what comes back is a fresh copy. Nothing survives the process.
+Every ``memory://NAME`` URL names one store of the current :class:`~pydantic_toast.Storage`,
+shared by all its threads and event loops, as a server would be; ``memory://`` alone is the
+unnamed store. Records are kept as bytes, so what comes back is a fresh copy. It behaves like
+Redis on expiry (every write sets the expiry afresh; a write without ``ttl`` makes the record
+permanent) and like PostgreSQL on ordering. Nothing survives the storage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from uuid import UUID
 
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast.backends.base import RecordBackend
+from pydantic_toast.backends.base import Capability, RecordBackend
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "MemoryStore"]
 
 
-@dataclass
-class _Store:
-    records: dict[RecordKey, tuple[StoredRecord, float | None]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class MemoryStore:
+    """The records of one ``memory://NAME`` store: inspect them, or clear them between tests."""
+
+    def __init__(self) -> None:
+        self._records: dict[RecordKey, tuple[StoredRecord, float | None]] = {}
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore records={len(self._records)}>"
+
+    def __len__(self) -> int:
+        with self.lock:
+            return sum(1 for key in list(self._records) if self.get(key) is not None)
+
+    def records(self, class_name: str | None = None) -> list[StoredRecord]:
+        """The live records, of one class or of all, oldest first."""
+        with self.lock:
+            keys = [k for k in self._records if class_name is None or k[0] == class_name]
+            live = [record for key in keys if (record := self.get(key)) is not None]
+        return sorted(live, key=lambda r: (r.created_at, r.id))
+
+    def clear(self) -> None:
+        """Forget every record."""
+        with self.lock:
+            self._records.clear()
 
     def get(self, key: RecordKey) -> StoredRecord | None:
-        entry = self.records.get(key)
+        """The live record under ``key`` (call with :attr:`lock` held)."""
+        entry = self._records.get(key)
         if entry is None:
             return None
         record, expires_at = entry
         if expires_at is not None and expires_at <= time.monotonic():
-            del self.records[key]
+            del self._records[key]
             return None
         return record
 
+    def put(self, record: StoredRecord, expires_at: float | None) -> None:
+        """Store ``record`` (call with :attr:`lock` held)."""
+        self._records[record.key] = (record, expires_at)
+
+    def pop(self, key: RecordKey) -> bool:
+        """Remove ``key``; return whether a live record was there (call with :attr:`lock` held)."""
+        found = self.get(key) is not None
+        self._records.pop(key, None)
+        return found
+
     def live(self, class_name: str) -> list[StoredRecord]:
+        """The live records of ``class_name`` (call with :attr:`lock` held)."""
         return [
             record
-            for key in list(self.records)
+            for key in list(self._records)
             if key[0] == class_name and (record := self.get(key)) is not None
         ]
 
 
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
-
-
-def _store_for(url: str) -> _Store:
-    name = url.split("://", 1)[1].split("?", 1)[0]  # query options do not change the store
-    with _stores_lock:
-        return _stores.setdefault(name, _Store())
-
-
 class MemoryBackend(RecordBackend):
-    """A process-wide dict behind the backend interface, with the same semantics as a server.
+    """A store in the process behind the backend interface, with the semantics of a server.
 
     ``created_at`` is kept across updates, expiry (``ttl``) is honoured, and the optional
     capabilities (batches, delete, listing, count) are implemented.
     """
 
-    supports_ttl = True
+    capabilities = frozenset(Capability)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, store: MemoryStore | None = None) -> None:
         super().__init__(url)
-        self._store = _store_for(url)
+        self._store = store if store is not None else MemoryStore()
 
     async def connect(self) -> None:
         """Nothing to open."""
@@ -78,16 +103,9 @@ class MemoryBackend(RecordBackend):
             for record in records:
                 existing = self._store.get(record.key)
                 if existing is not None and existing.created_at != record.created_at:
-                    record = StoredRecord(
-                        class_name=record.class_name,
-                        id=record.id,
-                        data=record.data,
-                        schema_version=record.schema_version,
-                        created_at=existing.created_at,
-                        updated_at=record.updated_at,
-                    )
+                    record = dataclasses.replace(record, created_at=existing.created_at)
                 expires_at = now + record.ttl if record.ttl is not None else None
-                self._store.records[record.key] = (record, expires_at)
+                self._store.put(record, expires_at)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read records in the order of ``keys``."""
@@ -97,9 +115,7 @@ class MemoryBackend(RecordBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete a record; return whether it existed."""
         with self._store.lock:
-            found = self._store.get((class_name, id)) is not None
-            self._store.records.pop((class_name, id), None)
-            return found
+            return self._store.pop((class_name, id))
 
     async def list_ids(
         self, class_name: str, *, limit: int, after: UUID | None = None

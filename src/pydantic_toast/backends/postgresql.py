@@ -23,21 +23,15 @@ import asyncpg
 from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
-from pydantic_toast._exceptions import (
-    ExternalStorageError,
-    StorageConfigurationError,
-    StorageConnectionError,
-    StorageSchemaError,
-    StorageValidationError,
-)
+from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
@@ -48,7 +42,8 @@ from pydantic_toast.backends.sql import (
     json_passthrough,
     upsert,
 )
-from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
+from pydantic_toast.backends.sql_table import records_table
+from pydantic_toast.runtime.boundary import connecting
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
 
@@ -58,10 +53,6 @@ _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
 _NUMBERS = {"pool_size": 10, "max_overflow": 10, "connect_timeout": 10.0, "command_timeout": 60.0}
 _OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name"}
-_MIGRATE_HINT = (
-    "run `alembic upgrade head` with DATABASE_URL set to this database, or "
-    "`pydantic-toast migrate <url>`, before first use"
-)
 
 
 def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
@@ -194,17 +185,6 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
-# A connection in any of these states is dropped; the operation is retried once on a new one.
-# (InternalClientError: the server went away while the socket looked idle, e.g. a restart.)
-_BROKEN_CONNECTION = (
-    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
 
 
 class _Leases:
@@ -280,12 +260,23 @@ class _Leases:
 class PostgreSQLBackend(SQLAlchemyBackend):
     """Records in PostgreSQL's ``external_records`` table (create it with Alembic first).
 
+    Its store is identified by host, port and database, whatever the URL's options.
+
     One engine per URL and event loop, shared by every model on that URL. Every operation is
     one statement, built from the mapped table, compiled once, and run on a pooled asyncpg
     connection (prepared once per connection).
     """
 
     _insert = staticmethod(insert)
+    capabilities = frozenset(
+        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+    )
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> tuple[str, int, str]:
+        """Host, port and database: the same table whatever the spelling or options."""
+        host = url.host or "localhost"
+        return (host.lower(), url.port or 5432, url.path.lstrip("/") or url.username or "postgres")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -384,34 +375,36 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return [found.get(key) for key in keys]
 
     async def _on_driver(self, operation: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``operation`` on a pooled asyncpg connection, retrying once if it had died.
+        """Run ``operation`` on a leased asyncpg connection.
 
-        After a server restart the pooled connections are dead: the pool is emptied and the
-        retry connects afresh. Errors leave as the library's errors.
+        A connection that failed in an unknown state (lost, timed out, cancelled) is dropped;
+        the boundary translates the error and decides about a retry.
         """
-        for attempt in (1, 2):
-            try:
-                pooled = await self._leases.acquire()
-            except Exception as exc:  # SQLAlchemy passes connect errors through unwrapped
-                raise self._explain(exc) from exc
-            try:
-                result = await operation(pooled.driver_connection)
-            except _BROKEN_CONNECTION as exc:
+        try:
+            pooled = await self._leases.acquire()
+        except Exception as exc:
+            connecting(exc)
+            raise
+        try:
+            result = await operation(pooled.driver_connection)
+        except asyncpg.PostgresError:
+            driver = pooled.driver_connection
+            if driver is None or driver.is_closed():
                 await self._leases.discard(pooled)
-                await self._leases.release_all(invalidate=True)
-                await self.engine.dispose()
-                if attempt == 2 or isinstance(exc, TimeoutError):
-                    raise self._explain(exc) from exc
-                continue
-            except asyncpg.PostgresError as exc:
+            else:  # the server refused the statement; the connection is fine
                 self._leases.release(pooled)
-                raise self._explain(exc) from exc
-            except BaseException:
-                await self._leases.discard(pooled)
-                raise
-            self._leases.release(pooled)
-            return result
-        raise AssertionError("unreachable")
+            raise
+        except BaseException:
+            await self._leases.discard(pooled)
+            raise
+        self._leases.release(pooled)
+        return result
+
+    async def discard_connections(self) -> None:
+        """Drop every idle connection (after a lost connection, they are likely dead too)."""
+        await self._leases.release_all(invalidate=True)
+        if self._engine is not None:
+            await self._engine.dispose()
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -421,70 +414,3 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def _create_engine(self) -> AsyncEngine:
         sa_url, options = engine_options(self._parsed)
         return create_async_engine(sa_url, **options)
-
-    def _explain(self, exc: BaseException) -> ExternalStorageError:
-        where = self._parsed.address
-        database = self._parsed.path.lstrip("/") or self._parsed.username or "postgres"
-        sqlstate = _sqlstate(exc)
-        if sqlstate == "42P01":
-            return StorageSchemaError(
-                f"the table {TABLE_NAME} does not exist in database {database} at {where}: "
-                f"{_MIGRATE_HINT}",
-                url=self._parsed.masked,
-            )
-        if sqlstate in ("28P01", "28000"):
-            return StorageConnectionError(
-                f"{where} rejected the credentials of user {self._parsed.username!r}: check the "
-                "user name and password in the storage URL",
-                url=self._parsed.masked,
-            )
-        if sqlstate == "3D000":
-            return StorageConnectionError(
-                f"database {database} does not exist on {where}: create it "
-                f"(createdb {database}), then {_MIGRATE_HINT}",
-                url=self._parsed.masked,
-            )
-        if sqlstate == "22P05":
-            return StorageValidationError(
-                "a string holds the NUL character (\\u0000), which PostgreSQL's jsonb cannot "
-                "store: nothing was written; strip NUL characters from the data or use another "
-                "backend (SQLite, Redis)"
-            )
-        if sqlstate in ("22P02", "22023"):
-            return StorageValidationError(
-                "a float field holds NaN or Infinity, which PostgreSQL's jsonb cannot store: "
-                "nothing was written; use None instead, or another backend (SQLite, Redis)"
-            )
-        if isinstance(exc, ssl.SSLError) or "SSL" in type(_driver_error(exc)).__name__:
-            return StorageConnectionError(
-                f"the SSL handshake with {where} failed ({type(_driver_error(exc)).__name__}): "
-                "check sslmode and sslrootcert",
-                url=self._parsed.masked,
-            )
-        if isinstance(exc, ConnectionError) and "SSL" in str(exc):
-            return StorageConnectionError(
-                f"{where} does not accept SSL connections but sslmode requires SSL: enable SSL "
-                "on the server or use sslmode=prefer or disable",
-                url=self._parsed.masked,
-            )
-        if isinstance(exc, OSError | TimeoutError):
-            return StorageConnectionError(
-                f"could not connect to PostgreSQL at {where} ({type(exc).__name__}): check that "
-                "the server runs and accepts TCP connections, and the host and port in the URL",
-                url=self._parsed.masked,
-            )
-        return super()._explain(exc)
-
-
-def _driver_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return exc.orig.__cause__ or exc.orig
-    return exc
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    for candidate in (getattr(exc, "orig", None), _driver_error(exc), exc):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-    return None

@@ -20,23 +20,22 @@ is a sorted set of the class's ids by creation time, for listing.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from pydantic_toast._exceptions import (
-    ExternalStorageError,
     StorageConfigurationError,
-    StorageConnectionError,
-    StorageValidationError,
+    StorageUsageError,
+    StoredDataError,
 )
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import RecordBackend
+from pydantic_toast.backends.base import Capability, RecordBackend
 
 __all__ = ["RedisBackend"]
 
@@ -83,7 +82,18 @@ _DOCUMENT = re.compile(
 class RedisBackend(RecordBackend):
     """Records in Redis, one JSON document per key, written atomically by a server script."""
 
-    supports_ttl = True
+    capabilities = frozenset(Capability)
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        """Host, port, database number and key prefix."""
+        prefix = _options(url)[0]
+        return (
+            (url.host or "localhost").lower(),
+            url.port or 6379,
+            url.path.strip("/") or "0",
+            prefix,
+        )
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -225,29 +235,31 @@ class RedisBackend(RecordBackend):
 
     def _connected(self) -> aioredis.Redis:
         if self._client is None:
-            raise StorageConnectionError(f"{self!r} is not connected", url=self._parsed.masked)
+            raise StorageUsageError(f"{self!r} is not connected: call connect() first")
         return self._client
 
     def _parse(self, key: str, class_name: str, id: UUID, value: bytes) -> StoredRecord:
         match = _DOCUMENT.match(value)
         if match is None or not value.endswith(b"}"):
-            raise StorageValidationError(
+            raise StoredDataError(
                 f"the value under Redis key {key} is not a pydantic-toast record (expected a JSON "
                 '{"created_at", "schema_version", "updated_at", "data"} document): it was '
                 "written by something else or damaged; it is left untouched",
                 class_name=class_name,
                 id=id,
             )
-        from datetime import datetime
-
         try:
             created, updated = (datetime.fromisoformat(g.decode()) for g in match.group(1, 3))
         except ValueError:
-            raise StorageValidationError(
+            readable = False
+        else:
+            readable = True
+        if not readable:
+            raise StoredDataError(
                 f"the value under Redis key {key} has unreadable timestamps",
                 class_name=class_name,
                 id=id,
-            ) from None
+            )
         return StoredRecord(
             class_name=class_name,
             id=id,
@@ -258,43 +270,13 @@ class RedisBackend(RecordBackend):
         )
 
     async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a Redis command, translating driver errors into the library's.
+        """Run one Redis command (the boundary translates its errors and retries)."""
+        return await command()
 
-        Every command here is idempotent, so one that failed on a dropped connection (a server
-        restart, an idle timeout) is sent once more on a fresh one.
-        """
-        try:
-            try:
-                return await command()
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
-                if self._client is None:
-                    raise
-                await self._client.connection_pool.disconnect()
-                return await command()
-        except ExternalStorageError:
-            raise
-        except redis_errors.AuthenticationError as exc:
-            raise self._auth_error() from exc
-        except redis_errors.ResponseError as exc:
-            if str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
-                raise self._auth_error() from exc
-            raise ExternalStorageError(
-                f"Redis at {self._parsed.address} refused a command: {str(exc).split()[0]}"
-            ) from exc
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise StorageConnectionError(
-                f"could not reach Redis at {self._parsed.address} ({type(exc).__name__}): check "
-                "that the server runs and the host and port in the URL",
-                url=self._parsed.masked,
-            ) from exc
-
-    def _auth_error(self) -> StorageConnectionError:
-        who = f"user {self._parsed.username!r}" if self._parsed.username else "the password"
-        return StorageConnectionError(
-            f"Redis at {self._parsed.address} rejected {who}: check the credentials in the "
-            "storage URL (redis://user:password@host:port/db)",
-            url=self._parsed.masked,
-        )
+    async def discard_connections(self) -> None:
+        """Drop the pool's connections after one was lost (a restart, an idle timeout)."""
+        if self._client is not None:
+            await self._client.connection_pool.disconnect()
 
 
 def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The URL-scheme registry: which backend class serves which scheme.
 
-Built-in backends are registered by import path, so ``import pydantic_toast`` imports no
-database driver; a backend's module is imported the first time a model uses its scheme.
+Each :class:`~pydantic_toast.Storage` owns one :class:`BackendRegistry`. Built-in backends are
+known by import path, so ``import pydantic_toast`` imports no database driver; a backend's module
+is imported the first time a model uses its scheme.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import importlib.util
 import inspect
 import re
 import threading
+from typing import TYPE_CHECKING
 
-from pydantic_toast._exceptions import StorageConfigurationError
-from pydantic_toast.backends.base import REQUIRED_METHODS, StorageBackend
+from pydantic_toast._exceptions import StorageConfigurationError, shorten
+from pydantic_toast.backends.base import REQUIRED_METHODS, Capability, StorageBackend
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "EXTRA_REQUIRES",
+    "BackendRegistry",
     "backend_class_for",
     "known_schemes",
     "missing_extra",
-    "register_backend",
 ]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
@@ -44,68 +49,98 @@ EXTRA_REQUIRES: dict[str, tuple[str, ...]] = {
     "redis": ("redis",),
     "fastapi": ("fastapi",),
 }
-_registered: dict[str, type[StorageBackend]] = {}
-_lock = threading.Lock()
 
 
-def register_backend(scheme: str, backend_class: type[StorageBackend]) -> None:
-    """Make ``scheme://...`` storage URLs use ``backend_class``.
+class BackendRegistry:
+    """Backend classes by URL scheme: the built-ins plus those registered here."""
 
-    Register before defining the models that use the scheme: a model's URL is checked when its
-    class is defined. Registering a scheme again replaces the previous class, built-ins included.
+    def __init__(self, registered: Mapping[str, type[StorageBackend]] | None = None) -> None:
+        self._registered: dict[str, type[StorageBackend]] = dict(registered or {})
+        self._removed: set[str] = set()
+        self._lock = threading.Lock()
 
-    Args:
-        scheme: The URL scheme, such as ``"file"`` or ``"s3"`` (lowercase).
-        backend_class: A complete :class:`StorageBackend` subclass.
+    def copy(self) -> BackendRegistry:
+        """A registry that starts with this one's registrations."""
+        with self._lock:
+            copy = BackendRegistry(self._registered)
+            copy._removed = set(self._removed)
+        return copy
 
-    Raises:
-        StorageConfigurationError: The scheme is malformed, or the class is not a complete
-            backend (the message lists the missing methods).
-    """
-    if not isinstance(scheme, str) or not _SCHEME.match(scheme):
-        raise StorageConfigurationError(
-            f"cannot register scheme {scheme!r}: a scheme is lowercase letters, digits, '+', '-' "
-            "or '.', starting with a letter (write 'file', not 'file://')"
-        )
-    _check_backend_class(backend_class)
-    with _lock:
-        _registered[scheme] = backend_class
+    def register(self, scheme: str, backend_class: type[StorageBackend]) -> None:
+        """Make ``scheme://...`` storage URLs use ``backend_class``.
 
+        Register before defining the models that use the scheme: a model's URL is checked when
+        its class is defined. Registering a scheme again replaces the previous class, built-ins
+        included.
 
-def backend_class_for(scheme: str) -> type[StorageBackend]:
-    """The backend class for ``scheme``, importing a built-in backend on first use.
+        Raises:
+            StorageConfigurationError: The scheme is malformed, or the class is not a complete
+                backend (the message lists the missing methods).
+        """
+        if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+            raise StorageConfigurationError(
+                f"cannot register scheme {scheme!r}: a scheme is lowercase letters, digits, '+', "
+                "'-' or '.', starting with a letter (write 'file', not 'file://')"
+            )
+        _check_backend_class(backend_class)
+        with self._lock:
+            self._registered[scheme] = backend_class
+            self._removed.discard(scheme)
 
-    Raises:
-        StorageConfigurationError: The scheme is unknown, or its optional driver is missing.
-    """
-    registered = _registered.get(scheme)
-    if registered is not None:
-        return registered
-    builtin = _BUILTINS.get(scheme)
-    if builtin is None:
-        raise StorageConfigurationError(
-            f"no storage backend is registered for scheme {scheme!r}: use one of "
-            f"{', '.join(known_schemes())}, or register yours first with "
-            f"register_backend({scheme!r}, YourBackend)"
-        )
-    path, extra = builtin
-    missing = missing_extra(scheme)
-    if missing is not None:
-        driver, needed = missing
-        raise StorageConfigurationError(
-            f"the {scheme}:// backend needs {driver}, which is not installed: "
-            f"run pip install 'pydantic-toast[{needed}]'"
-        )
-    module_name, class_name = path.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise StorageConfigurationError(
-            f"the {scheme}:// backend needs a driver that is not installed ({exc.name}): "
-            f"run pip install 'pydantic-toast[{extra}]'"
-        ) from exc
-    backend_class: type[StorageBackend] = getattr(module, class_name)
-    return backend_class
+    def unregister(self, scheme: str) -> None:
+        """Forget ``scheme`` (a built-in one too); models defined later cannot use it.
+
+        Raises:
+            StorageConfigurationError: No backend serves ``scheme``.
+        """
+        with self._lock:
+            if scheme not in self._registered and (
+                scheme not in _BUILTINS or scheme in self._removed
+            ):
+                raise StorageConfigurationError(f"no backend is registered for {scheme!r}")
+            self._registered.pop(scheme, None)
+            if scheme in _BUILTINS:
+                self._removed.add(scheme)
+
+    def class_for(self, scheme: str) -> type[StorageBackend]:
+        """The backend class for ``scheme``, importing a built-in backend on first use.
+
+        Raises:
+            StorageConfigurationError: The scheme is unknown, or its optional driver is missing.
+        """
+        registered = self._registered.get(scheme)
+        if registered is not None:
+            return registered
+        builtin = None if scheme in self._removed else _BUILTINS.get(scheme)
+        if builtin is None:
+            raise StorageConfigurationError(
+                f"no storage backend is registered for scheme {shorten(scheme, 30)!r}: use one "
+                f"of {', '.join(self.schemes())}, or register yours first with "
+                f"register_backend({shorten(scheme, 30)!r}, YourBackend)"
+            )
+        path, extra = builtin
+        missing = missing_extra(scheme)
+        if missing is not None:
+            driver, needed = missing
+            raise StorageConfigurationError(
+                f"the {scheme}:// backend needs {driver}, which is not installed: "
+                f"run pip install 'pydantic-toast[{needed}]'"
+            )
+        module_name, class_name = path.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise StorageConfigurationError(
+                f"the {scheme}:// backend needs a driver that is not installed ({exc.name}): "
+                f"run pip install 'pydantic-toast[{extra}]'"
+            ) from None
+        backend_class: type[StorageBackend] = getattr(module, class_name)
+        return backend_class
+
+    def schemes(self) -> list[str]:
+        """Every scheme with a backend, sorted."""
+        with self._lock:
+            return sorted((set(_BUILTINS) - self._removed) | set(self._registered))
 
 
 def missing_extra(scheme: str) -> tuple[str, str] | None:
@@ -113,7 +148,7 @@ def missing_extra(scheme: str) -> tuple[str, str] | None:
 
     ``None`` when everything is installed, or when the scheme is not built in.
     """
-    if scheme in _registered or scheme not in _BUILTINS:
+    if scheme not in _BUILTINS:
         return None
     extra = _BUILTINS[scheme][1]
     if extra is None:
@@ -124,9 +159,18 @@ def missing_extra(scheme: str) -> tuple[str, str] | None:
     return None
 
 
+def backend_class_for(scheme: str) -> type[StorageBackend]:
+    """The backend class for ``scheme`` in the current storage's registry."""
+    from pydantic_toast.runtime.storage import current_storage
+
+    return current_storage().registry.class_for(scheme)
+
+
 def known_schemes() -> list[str]:
-    """Every scheme with a backend: built-in and registered, sorted."""
-    return sorted(set(_BUILTINS) | set(_registered))
+    """Every scheme with a backend in the current storage's registry, sorted."""
+    from pydantic_toast.runtime.storage import current_storage
+
+    return current_storage().registry.schemes()
 
 
 def _check_backend_class(backend_class: object) -> None:
@@ -160,3 +204,28 @@ def _check_backend_class(backend_class: object) -> None:
             f"{backend_class.__name__}.{', '.join(not_async)} must be coroutine functions "
             "(async def)"
         )
+
+    declared = backend_class.capabilities
+    if not isinstance(declared, frozenset) or not all(isinstance(c, Capability) for c in declared):
+        raise StorageConfigurationError(
+            f"{backend_class.__name__}.capabilities must be a frozenset of "
+            "pydantic_toast.Capability members"
+        )
+    unbacked = [
+        f"{capability.value} (implement {method})"
+        for method, capability in _CAPABILITY_METHODS.items()
+        if capability in declared
+        and getattr(backend_class, method) is getattr(StorageBackend, method)
+    ]
+    if unbacked:
+        raise StorageConfigurationError(
+            f"{backend_class.__name__} declares capabilities it does not implement: "
+            f"{', '.join(unbacked)}"
+        )
+
+
+_CAPABILITY_METHODS = {
+    "delete": Capability.DELETE,
+    "list_ids": Capability.LIST,
+    "count": Capability.COUNT,
+}

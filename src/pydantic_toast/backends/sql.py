@@ -1,4 +1,4 @@
-"""What the SQL backends share: statements on ``external_records`` and one error boundary.
+"""What the SQL backends share: statements on ``external_records``.
 
 Every operation is a single statement on an AUTOCOMMIT connection: one round trip, no
 BEGIN/COMMIT around it. Statements are built once from the mapped table; SQLAlchemy caches
@@ -16,14 +16,14 @@ from uuid import UUID
 
 from sqlalchemy import Select, bindparam, delete, func, select, tuple_
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pydantic_toast._exceptions import ExternalStorageError, StorageConnectionError
+from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import records_table
+from pydantic_toast.runtime.boundary import connecting
 
 __all__ = [
     "COUNT",
@@ -98,7 +98,7 @@ class SQLAlchemyBackend(RecordBackend):
     """A store in the ``external_records`` table, reached through an async SQLAlchemy engine.
 
     Subclasses create the engine (:meth:`_create_engine`) and name the dialect's upsert
-    (:attr:`_insert`); they may refine how driver errors read (:meth:`_explain`).
+    (:attr:`_insert`).
     """
 
     _insert: Callable[..., Any]
@@ -116,7 +116,7 @@ class SQLAlchemyBackend(RecordBackend):
     def engine(self) -> AsyncEngine:
         """The connected engine (after :meth:`connect`)."""
         if self._engine is None:
-            raise StorageConnectionError(f"{self!r} is not connected", url=self._parsed.masked)
+            raise StorageUsageError(f"{self!r} is not connected: call connect() first")
         return self._engine
 
     async def connect(self) -> None:
@@ -172,9 +172,12 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
-        async with self._connection() as connection:
+
+        async def delete(connection: AsyncConnection) -> bool:
             result = await connection.execute(DELETE, {"class_name": class_name, "id": id})
-        return bool(getattr(result, "rowcount", 0))
+            return bool(getattr(result, "rowcount", 0))
+
+        return await self._run(delete)
 
     async def list_ids(
         self, class_name: str, *, limit: int, after: UUID | None = None
@@ -198,47 +201,27 @@ class SQLAlchemyBackend(RecordBackend):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection, with driver errors translated into the library's errors."""
+        """A pooled connection (errors from the connecting step are marked as such)."""
+        connection = self.engine.connect()
         try:
-            async with self.engine.connect() as connection:
-                yield connection
-        except ExternalStorageError:
+            await connection.start()
+        except Exception as exc:
+            connecting(exc)
             raise
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise self._explain(exc) from exc
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
     async def _run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run an idempotent operation, once more if its pooled connection had died.
-
-        After a server restart every pooled connection is dead; SQLAlchemy invalidates the pool
-        on the first failure, and the retry opens a fresh connection.
-        """
-        try:
-            async with self._connection() as connection:
-                return await operation(connection)
-        except StorageConnectionError as exc:
-            cause = exc.__cause__
-            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
-                raise
+        """Run ``operation`` on a pooled connection."""
         async with self._connection() as connection:
             return await operation(connection)
 
-    def _explain(self, exc: BaseException) -> ExternalStorageError:
-        """The library error for a driver error (refined by each dialect)."""
-        if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
-            return ExternalStorageError(
-                f"{self._parsed.masked} refused the operation: {type(exc.orig).__name__}"
-            )
-        return StorageConnectionError(
-            f"lost or could not open the connection to {self._parsed.address} "
-            f"({_cause_name(exc)}): check that the server runs; the next call reconnects",
-            url=self._parsed.masked,
-        )
-
-
-def _cause_name(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return type(orig if orig is not None else exc).__name__
+    async def discard_connections(self) -> None:
+        """Close the pool: after a lost connection its idle connections are likely dead."""
+        if self._engine is not None:
+            await self._engine.dispose()
 
 
 def _to_record(row: Row[Any, Any, Any, Any, Any, Any]) -> StoredRecord:

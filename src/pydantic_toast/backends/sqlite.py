@@ -7,21 +7,18 @@ in WAL mode, so readers do not block the writer.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Hashable
 from typing import Any
 
 from sqlalchemy import URL, event
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pydantic_toast._exceptions import (
-    ExternalStorageError,
-    StorageConfigurationError,
-    StorageSchemaError,
-)
+from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.sql import SQLAlchemyBackend, json_as_text, json_passthrough
-from pydantic_toast.backends.sql_table import TABLE_NAME
 
 __all__ = ["SQLiteBackend", "engine_url"]
 
@@ -50,6 +47,15 @@ class SQLiteBackend(SQLAlchemyBackend):
     """Records in a SQLite file's ``external_records`` table."""
 
     _insert = staticmethod(insert)
+    capabilities = frozenset(
+        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+    )
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        """The database file's real path."""
+        path = engine_url(url).database or ""
+        return os.path.realpath(path)
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -67,21 +73,6 @@ class SQLiteBackend(SQLAlchemyBackend):
         )
         event.listen(engine.sync_engine, "connect", _configure_connection)
         return engine
-
-    def _explain(self, exc: BaseException) -> ExternalStorageError:
-        if isinstance(exc, OperationalError) and "no such table" in str(exc.orig):
-            return StorageSchemaError(
-                f"the table {TABLE_NAME} does not exist in {self._parsed.path.lstrip('/')}: run "
-                f"`pydantic-toast migrate {self._parsed.masked}` (or `alembic upgrade head`) "
-                "before first use",
-                url=self._parsed.masked,
-            )
-        if isinstance(exc, OperationalError):
-            return ExternalStorageError(
-                f"SQLite could not use {self._parsed.path.lstrip('/')} "
-                f"({type(exc.orig).__name__}: {exc.orig}): check the path and its permissions"
-            )
-        return super()._explain(exc)
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
-
-from pydantic_toast.runtime import loops
-from pydantic_toast.runtime.connections import close_running_loop
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["aclose_storage", "close_storage"]
 
@@ -15,19 +12,15 @@ async def aclose_storage() -> None:
 
     They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn), so
     call this to release them earlier, for example in a FastAPI lifespan. The next operation
-    reconnects.
+    reconnects. Acts on the current :class:`~pydantic_toast.Storage`.
     """
-    await close_running_loop()
+    await current_storage().aclose()
 
 
 def close_storage() -> None:
     """Close the connections that the sync API (``model_dump``, ``model_validate``) opened.
 
-    They are also closed at interpreter exit. The next operation reconnects.
+    They are also closed at interpreter exit. The next operation reconnects. Acts on the
+    current :class:`~pydantic_toast.Storage`.
     """
-    loops.close_library_loops(close_running_loop)
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    loops.shutdown(close_running_loop)
+    current_storage().close()

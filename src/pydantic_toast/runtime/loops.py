@@ -18,6 +18,9 @@ still belong to the parent) and starts its own on first use.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -43,7 +46,26 @@ class _LoopThread:
         self.thread.start()
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        """Run ``coroutine`` on this loop in the caller's context; wait for its result.
+
+        An interrupt or timeout while waiting cancels the coroutine's task.
+        """
+        context = contextvars.copy_context()
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+        tasks: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coroutine, context=context)
+            tasks.append(task)
+            task.add_done_callback(lambda done: _settle(result, done))
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return result.result(timeout)
+        except BaseException:
+            if not result.done():
+                self.loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+            raise
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -103,8 +125,37 @@ def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except RuntimeError:
         in_loop = False
     if not in_loop and current is threading.main_thread():
-        return _loops.get_main_loop().run_until_complete(function())
+        return _run_in_place(_loops.get_main_loop(), function())
     return _loops.get_loop_thread().call(function())
+
+
+def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on ``loop`` in this thread; an interrupt leaves no task behind."""
+    task = loop.create_task(coroutine)
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        # Ctrl-C (or SystemExit) stopped the loop with the task still pending: cancel it and
+        # let it release its connections, so the next call starts clean.
+        if not task.done():
+            task.cancel()
+            # Its CancelledError, or a second Ctrl-C: the first interrupt is the one raised.
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(task)
+        elif not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+        raise
+
+
+def _settle(result: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if result.done():
+        return
+    if task.cancelled():
+        result.set_exception(asyncio.CancelledError())
+    elif (error := task.exception()) is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(task.result())
 
 
 def close_library_loops(close: Callable[[], Awaitable[None]]) -> None:

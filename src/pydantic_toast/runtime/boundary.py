@@ -1,0 +1,177 @@
+"""The boundary to the stores: every call into a backend goes through :class:`Connected`.
+
+Here, and only here, a call into a backend
+
+* has its exceptions translated into the library's (:mod:`pydantic_toast.runtime.errors`),
+  chained to a data-free summary of the driver's exception, and logged;
+* is retried once, when the connection was lost on the way and the operation is safe to repeat
+  (never a delete: a delete that had committed would report "not found" on its retry);
+* is measured for telemetry, when telemetry is on (:mod:`pydantic_toast.runtime.telemetry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+from uuid import UUID
+
+from pydantic_toast._exceptions import ExternalStorageError
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast.runtime import telemetry
+from pydantic_toast.runtime.errors import Failure, summary, translate
+
+if TYPE_CHECKING:
+    from pydantic_toast._url import StorageURL
+    from pydantic_toast.backends.base import Capability, StorageBackend
+
+__all__ = ["Connected", "connecting", "open_backend"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("pydantic_toast")
+
+_CONNECTING = "_pydantic_toast_connecting"
+
+
+def connecting(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as raised while opening a connection (a timeout then means "connect").
+
+    Backends call it on errors from their pool's connection step and re-raise::
+
+        except Exception as exc:
+            raise connecting(exc)
+    """
+    with contextlib.suppress(AttributeError):  # exceptions without a __dict__ stay unmarked
+        setattr(exc, _CONNECTING, True)
+    return exc
+
+
+async def open_backend(backend: StorageBackend, url: StorageURL) -> Connected:
+    """Connect ``backend`` through the boundary and wrap it."""
+    connected = Connected(backend, url)
+    await connected.cross("connect", backend.connect, retry=False)
+    return connected
+
+
+class Connected:
+    """A connected backend, as the rest of the library sees it.
+
+    Attributes:
+        backend: The backend instance (its pools belong to one event loop).
+        url: Its storage URL.
+        capabilities: What the backend declared it supports.
+    """
+
+    __slots__ = ("_kind", "backend", "capabilities", "url")
+
+    def __init__(self, backend: StorageBackend, url: StorageURL) -> None:
+        self.backend = backend
+        self.url = url
+        self.capabilities: frozenset[Capability] = type(backend).capabilities
+        self._kind = _kind_of(backend)
+
+    def __repr__(self) -> str:
+        return f"<Connected {self.backend!r}>"
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Write ``records`` (see :meth:`StorageBackend.save_records`)."""
+        class_name = records[0].class_name if records else None
+        await self.cross(
+            "save",
+            lambda: self.backend.save_records(records),
+            class_name=class_name,
+            count=len(records),
+        )
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read ``keys`` (see :meth:`StorageBackend.load_records`)."""
+        class_name = keys[0][0] if keys else None
+        return await self.cross(
+            "load", lambda: self.backend.load_records(keys), class_name=class_name, count=len(keys)
+        )
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete one record; never retried, so "not found" is never the retry's own doing."""
+        return await self.cross(
+            "delete",
+            lambda: self.backend.delete(id, class_name),
+            class_name=class_name,
+            retry=False,
+        )
+
+    async def list_ids(self, class_name: str, *, limit: int, after: UUID | None) -> list[UUID]:
+        """A page of ids (see :meth:`StorageBackend.list_ids`)."""
+        return await self.cross(
+            "list",
+            lambda: self.backend.list_ids(class_name, limit=limit, after=after),
+            class_name=class_name,
+        )
+
+    async def count(self, class_name: str) -> int:
+        """How many records ``class_name`` has."""
+        return await self.cross(
+            "count", lambda: self.backend.count(class_name), class_name=class_name
+        )
+
+    async def disconnect(self) -> None:
+        """Close the backend's connections (errors are logged, not raised)."""
+        try:
+            await self.cross("disconnect", self.backend.disconnect, retry=False)
+        except ExternalStorageError as exc:
+            logger.warning("closing %r failed: %s", self.backend, exc)
+
+    async def cross(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        class_name: str | None = None,
+        count: int = 1,
+        retry: bool = True,
+    ) -> T:
+        """Run ``call`` across the boundary: translated errors, one retry, telemetry."""
+        span = telemetry.start(operation, self._kind, class_name, count) if telemetry.on else None
+        for attempt in (1, 2):
+            try:
+                result = await call()
+            except Exception as exc:
+                mapped, retryable = translate(exc, self._failure(exc, operation, class_name))
+                cause = None if mapped is exc else summary(exc)
+            else:
+                if span is not None:
+                    span.finish(None)
+                return result
+            # Outside the except block: the driver's exception must not become __context__.
+            if retryable and retry and attempt == 1:
+                logger.info("%s on %s lost its connection; retrying once", operation, self.url)
+                await self._discard_connections()
+                continue
+            if span is not None:
+                span.finish(mapped)
+            logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
+            if cause is None:
+                raise mapped
+            raise mapped from cause
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failure(self, exc: BaseException, operation: str, class_name: str | None) -> Failure:
+        return Failure(
+            backend=self._kind,
+            url=self.url,
+            operation=operation,
+            connecting=bool(getattr(exc, _CONNECTING, False)),
+            class_name=class_name,
+        )
+
+    async def _discard_connections(self) -> None:
+        try:
+            await self.backend.discard_connections()
+        except Exception as exc:  # the retry will report what is still wrong
+            logger.info("discarding connections of %r failed: %s", self.backend, type(exc).__name__)
+
+
+def _kind_of(backend: StorageBackend) -> str:
+    name = type(backend).__name__
+    return name.removesuffix("Backend") or name

@@ -1,0 +1,425 @@
+"""The one map from driver and backend exceptions to pydantic-toast's errors.
+
+Every call into a backend crosses :mod:`pydantic_toast.runtime.boundary`, which hands any
+exception that is not already the library's to :func:`translate`. Nothing else in the library
+turns a driver error into a library error.
+
+The map reads what drivers expose without importing them: PostgreSQL's SQLSTATE codes (asyncpg,
+through SQLAlchemy's wrappers too), SQLite's messages, Redis' error prefixes and exception
+classes, and the builtin ``OSError``/``TimeoutError`` family. What it cannot place becomes a
+:class:`~pydantic_toast.StorageOperationError` naming the backend and the exception type.
+
+The translated error's ``__cause__`` is a :class:`DriverError` summary (type, SQLSTATE or error
+code, and the driver's traceback) rather than the driver's exception itself: drivers put
+statement parameters, JSON excerpts and connection strings in their messages, and none of that
+may travel with the library's errors.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageAuthenticationError,
+    StorageBusyError,
+    StorageConfigurationError,
+    StorageConnectionError,
+    StorageConnectTimeoutError,
+    StorageOperationError,
+    StoragePoolTimeoutError,
+    StorageSchemaError,
+    StorageTimeoutError,
+    StorageValidationError,
+    StoredDataError,
+)
+from pydantic_toast._url import StorageURL
+
+__all__ = ["DriverError", "Failure", "translate"]
+
+MIGRATE_HINT: Final = (
+    "run `pydantic-toast migrate <url>` (or `alembic upgrade head` with DATABASE_URL set to this "
+    "database) before first use"
+)
+
+
+class DriverError(Exception):
+    """A summary of the driver exception behind a library error: its type and error code.
+
+    Attributes:
+        type_name: The driver exception's qualified type name.
+        code: Its SQLSTATE, errno or error prefix, when it has one.
+    """
+
+    def __init__(self, type_name: str, code: str | None) -> None:
+        super().__init__(f"{type_name}{f' ({code})' if code else ''}")
+        self.type_name = type_name
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Where a backend call failed: which backend, which operation, in which phase.
+
+    Attributes:
+        backend: The backend's kind for messages (``"PostgreSQL"``, ``"Redis"``, a class name).
+        url: The storage URL (shown masked only).
+        operation: ``"connect"``, ``"save"``, ``"load"``, ``"delete"``, ``"list"`` or ``"count"``.
+        connecting: Whether the failure came while opening a connection.
+        class_name: The class whose records were involved, when known.
+    """
+
+    backend: str
+    url: StorageURL
+    operation: str
+    connecting: bool = False
+    class_name: str | None = None
+
+    @property
+    def where(self) -> str:
+        """``Backend at host:port`` for messages."""
+        if self.url.scheme in ("memory", "sqlite", "sqlite+aiosqlite"):
+            return f"{self.backend} ({self.url.masked})"
+        return f"{self.backend} at {self.url.address}"
+
+    @property
+    def database(self) -> str:
+        """The database name (PostgreSQL), for messages."""
+        return self.url.path.lstrip("/") or self.url.username or "postgres"
+
+
+def translate(exc: BaseException, failure: Failure) -> tuple[ExternalStorageError, bool]:
+    """The library error for ``exc``, and whether the operation may be retried once.
+
+    Only a connection lost on the way (not a refusal, not a timeout) is worth one retry; the
+    boundary decides whether the operation is safe to repeat.
+    """
+    if isinstance(exc, ExternalStorageError):
+        return exc, False
+    sqlstate = _first(_codes(exc, "sqlstate"))
+    if sqlstate is not None:
+        return _postgres(sqlstate, exc, failure)
+    for rule in _RULES:
+        result = rule(exc, failure)
+        if result is not None:
+            return result
+    return _fallback(exc, failure), False
+
+
+def summary(exc: BaseException) -> DriverError:
+    """A :class:`DriverError` for ``exc``, carrying its traceback but none of its text."""
+    driver = _innermost(exc)
+    code = _first(_codes(exc, "sqlstate")) or (
+        str(driver.errno) if isinstance(driver, OSError) and driver.errno else None
+    )
+    kind = type(driver)
+    result = DriverError(f"{kind.__module__}.{kind.__qualname__}", code)
+    return result.with_traceback(exc.__traceback__)
+
+
+# -- PostgreSQL, by SQLSTATE ----------------------------------------------------------------------
+
+
+def _postgres(
+    sqlstate: str, exc: BaseException, failure: Failure
+) -> tuple[ExternalStorageError, bool]:
+    url, where = failure.url.masked, failure.where
+    if sqlstate in ("42P01", "42703"):
+        missing = "table external_records does not" if sqlstate == "42P01" else "columns do not"
+        return StorageSchemaError(
+            f"the {missing} exist in database {failure.database} on {where}: {MIGRATE_HINT}",
+            url=url,
+        ), False
+    if sqlstate in ("28P01", "28000"):
+        user = failure.url.username or "postgres"
+        return StorageAuthenticationError(
+            f"{where} rejected the credentials of user {user!r}: check the user name and "
+            "password in the storage URL",
+            url=url,
+        ), False
+    if sqlstate == "3D000":
+        return StorageConnectionError(
+            f"database {failure.database} does not exist on {where}: create it "
+            f"(createdb {failure.database}), then {MIGRATE_HINT}",
+            url=url,
+        ), False
+    if sqlstate in ("57014", "55P03"):
+        what = "a statement" if sqlstate == "57014" else "a lock wait"
+        return StorageTimeoutError(
+            f"{what} on {where} exceeded its timeout during {failure.operation} (another "
+            "transaction may hold the row): retry, or raise command_timeout in the URL",
+            url=url,
+        ), False
+    if sqlstate in ("53300", "57P03", "53000"):
+        return StorageBusyError(
+            f"{where} cannot take the connection now (SQLSTATE {sqlstate}: starting up or out "
+            "of connections): retry later, or lower pool_size",
+            url=url,
+        ), False
+    if sqlstate in ("57P01", "57P02") or sqlstate.startswith("08"):
+        return _lost(failure), True
+    if sqlstate == "22P05":
+        return StorageValidationError(
+            "a string holds the NUL character (\\u0000), which PostgreSQL's jsonb cannot store: "
+            "nothing was written; strip NUL characters from the data or use another backend",
+            class_name=failure.class_name,
+        ), False
+    if sqlstate in ("22P02", "22023") and failure.operation == "save":
+        return StorageValidationError(
+            "a value cannot be stored in PostgreSQL's jsonb (NaN or Infinity in a float): "
+            "nothing was written; use None instead, or another backend",
+            class_name=failure.class_name,
+        ), False
+    if sqlstate == "42501":
+        return StorageOperationError(
+            f"{where} denied the {failure.operation} (insufficient privilege): grant the URL's "
+            "user SELECT, INSERT, UPDATE and DELETE on external_records"
+        ), False
+    if sqlstate == "25006":
+        return StorageOperationError(
+            f"{where} is read-only (a standby?): point the storage URL at the primary"
+        ), False
+    return StorageOperationError(
+        f"{where} refused the {failure.operation} (SQLSTATE {sqlstate})"
+    ), False
+
+
+# -- the other drivers, rule by rule -----------------------------------------------------------
+
+Translation = tuple[ExternalStorageError, bool] | None
+
+
+def _sqlite(exc: BaseException, failure: Failure) -> Translation:
+    driver = _innermost(exc)
+    if type(driver).__module__ != "sqlite3":
+        return None
+    message = str(driver)
+    url = failure.url.masked
+    if message.startswith(("no such table", "no such column", "table external_records has no")):
+        return StorageSchemaError(
+            f"external_records is missing or outdated in {failure.url.masked}: {MIGRATE_HINT}",
+            url=url,
+        ), False
+    if "database is locked" in message or "busy" in message:
+        return StorageBusyError(
+            f"{failure.where} stayed locked by another writer past the busy timeout: retry",
+            url=url,
+        ), False
+    if "unable to open" in message or "readonly" in message or "disk" in message:
+        return StorageConnectionError(
+            f"SQLite could not use {failure.url.path.lstrip('/')} ({type(driver).__name__}: "
+            f"{message}): check the path, its folder and their permissions",
+            url=url,
+        ), False
+    return None
+
+
+def _redis(exc: BaseException, failure: Failure) -> Translation:
+    # redis-py raises one class per reply prefix (and strips the prefix from the message).
+    driver = _innermost(exc)
+    if not type(driver).__module__.startswith("redis"):
+        return None
+    url, where = failure.url.masked, failure.where
+    name, message = type(driver).__name__, str(driver)
+    if name in ("BusyLoadingError", "TryAgainError", "MasterDownError", "ClusterDownError") or (
+        name == "ResponseError" and message.startswith("BUSY")
+    ):
+        return StorageBusyError(f"{where} is busy ({name}): retry in a moment", url=url), False
+    if name == "ConnectionError" and "max number of clients" in message:
+        return StorageBusyError(
+            f"{where} has reached its maximum number of clients: retry later, or lower "
+            "max_connections",
+            url=url,
+        ), False
+    if name.startswith("Authentication"):
+        if "required" in message:
+            fix = "write redis://:password@host:port/db (or redis://user:password@...)"
+            return StorageAuthenticationError(
+                f"{where} needs a password and the storage URL gives none: {fix}", url=url
+            ), False
+        if "no password is set" in message or "without any password" in message:
+            return StorageAuthenticationError(
+                f"{where} has no password set but the storage URL gives one: remove it from "
+                "the URL, or set requirepass on the server",
+                url=url,
+            ), False
+        who = f"user {failure.url.username!r}" if failure.url.username else "the password"
+        return StorageAuthenticationError(
+            f"{where} rejected {who}: check the credentials in the storage URL "
+            "(redis://user:password@host:port/db)",
+            url=url,
+        ), False
+    if name == "NoPermissionError":
+        return StorageOperationError(
+            f"{where}: the ACL of user {failure.url.username!r} forbids the {failure.operation}: "
+            "allow its commands and key prefix (ACL SETUSER)"
+        ), False
+    if "DB index is out of range" in message:
+        return StorageConfigurationError(
+            f"{where} has no database {failure.url.path.strip('/')}: use a database number "
+            "below the server's `databases` setting (16 by default)"
+        ), False
+    if name == "ReadOnlyError":
+        return StorageOperationError(
+            f"{where} is a read-only replica: point the storage URL at the primary"
+        ), False
+    if name == "OutOfMemoryError":
+        return StorageOperationError(
+            f"{where} is out of memory (maxmemory) and refuses writes: free memory or raise it"
+        ), False
+    if name == "ConnectionError" and "No connection available" in message:
+        return _pool_timeout(failure), False
+    if name == "TimeoutError" or isinstance(driver, TimeoutError):
+        return _timeout(failure), False
+    if name == "ConnectionError" or isinstance(driver, OSError):
+        return _unreachable(failure), True
+    return StorageOperationError(f"{where} refused the {failure.operation} ({name})"), False
+
+
+def _sqlalchemy_pool(exc: BaseException, failure: Failure) -> Translation:
+    if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ == "TimeoutError":
+        return _pool_timeout(failure), False
+    return None
+
+
+def _ssl(exc: BaseException, failure: Failure) -> Translation:
+    for error in _chain(exc):
+        if isinstance(error, ssl.SSLError) or "SSL" in type(error).__name__:
+            return StorageConnectionError(
+                f"the SSL handshake with {failure.where} failed ({type(error).__name__}): "
+                "check sslmode and sslrootcert",
+                url=failure.url.masked,
+            ), False
+        if isinstance(error, ConnectionError) and "SSL" in str(error):
+            return StorageConnectionError(
+                f"{failure.where} does not accept SSL connections but the URL requires SSL: "
+                "enable SSL on the server or use sslmode=prefer or disable",
+                url=failure.url.masked,
+            ), False
+    return None
+
+
+def _builtin(exc: BaseException, failure: Failure) -> Translation:
+    driver = _innermost(exc)
+    if isinstance(driver, TimeoutError):
+        return _timeout(failure), False
+    if isinstance(driver, OSError):
+        return _unreachable(failure), True
+    if type(driver).__module__.startswith("asyncpg") and type(driver).__name__ in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+        "ConnectionFailureError",
+    ):
+        return _lost(failure), True
+    if type(exc).__name__ == "DBAPIError" and getattr(exc, "connection_invalidated", False):
+        return _lost(failure), True
+    return None
+
+
+_RULES: Final[tuple[Callable[[BaseException, Failure], Translation], ...]] = (
+    _sqlite,
+    _ssl,
+    _redis,
+    _sqlalchemy_pool,
+    _builtin,
+)
+
+
+def _fallback(exc: BaseException, failure: Failure) -> ExternalStorageError:
+    driver = _innermost(exc)
+    kind = type(driver).__name__
+    if failure.operation == "load" and isinstance(driver, ValueError | UnicodeError):
+        return StoredDataError(
+            f"{failure.where} returned a record that cannot be read ({kind} in the backend's "
+            "load): it was written by something else or damaged, and is left untouched",
+            class_name=failure.class_name or "?",
+            id="?",
+        )
+    return StorageOperationError(
+        f"the {failure.backend} backend failed during {failure.operation} with {kind}: see the "
+        "chained DriverError's traceback for where"
+    )
+
+
+# -- shared messages ---------------------------------------------------------------------------
+
+
+def _unreachable(failure: Failure) -> StorageConnectionError:
+    if failure.connecting or failure.operation == "connect":
+        return StorageConnectionError(
+            f"could not connect to {failure.where}: check that the server runs and accepts "
+            "connections, and the host and port in the URL",
+            url=failure.url.masked,
+        )
+    return _lost(failure)
+
+
+def _lost(failure: Failure) -> StorageConnectionError:
+    return StorageConnectionError(
+        f"the connection to {failure.where} was lost during {failure.operation}: check that the "
+        "server runs; the next call reconnects",
+        url=failure.url.masked,
+    )
+
+
+def _timeout(failure: Failure) -> ExternalStorageError:
+    if failure.connecting or failure.operation == "connect":
+        return StorageConnectTimeoutError(
+            f"connecting to {failure.where} timed out: check the host and the network, or raise "
+            "connect_timeout in the URL",
+            url=failure.url.masked,
+        )
+    return StorageTimeoutError(
+        f"the {failure.operation} on {failure.where} timed out: the server is slow or a lock is "
+        "held; retry, or raise the URL's command/socket timeout",
+        url=failure.url.masked,
+    )
+
+
+def _pool_timeout(failure: Failure) -> StoragePoolTimeoutError:
+    return StoragePoolTimeoutError(
+        f"no pooled connection to {failure.where} became free within the pool timeout: raise "
+        "pool_size/max_connections in the URL, or lower the concurrency",
+        url=failure.url.masked,
+    )
+
+
+# -- reading drivers' exceptions -------------------------------------------------------------
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, SQLAlchemy's ``orig``, and their causes and contexts, without repeats."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        for linked in (error.__context__, error.__cause__, getattr(error, "orig", None)):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+
+
+def _codes(exc: BaseException, attribute: str) -> Iterator[str]:
+    for error in _chain(exc):
+        code = getattr(error, attribute, None)
+        if isinstance(code, str) and code:
+            yield code
+
+
+def _first(codes: Iterator[str]) -> str | None:
+    return next(codes, None)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The driver's own exception behind SQLAlchemy's wrapper, or ``exc`` itself."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        return orig.__cause__ or orig
+    return exc

@@ -1,0 +1,296 @@
+"""The :class:`Storage` object: everything pydantic-toast holds at run time, in one place.
+
+A default instance serves the zero-setup path (``model_config = ExternalConfigDict(storage=...)``
+just works). An application or a test can create its own and make it current with ``with`` (or
+``async with``): models then resolve their backends, ``memory://`` stores and stored names
+through it, and leaving the block closes what it opened::
+
+    with Storage() as storage:           # a fresh, isolated storage
+        Order(product="tea", quantity=1).model_dump()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Hashable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.registry import BackendRegistry
+from pydantic_toast.runtime import loops
+from pydantic_toast.runtime.boundary import Connected, open_backend
+from pydantic_toast.runtime.catalog import NameCatalog
+
+if TYPE_CHECKING:
+    from pydantic_toast.backends.base import StorageBackend
+    from pydantic_toast.backends.memory import MemoryStore
+
+__all__ = [
+    "Storage",
+    "current_storage",
+    "default_storage",
+    "register_backend",
+    "unregister_backend",
+]
+
+
+class Storage:
+    """Backend classes by scheme, stored names, connected backends and ``memory://`` stores.
+
+    Connected backends are kept per storage URL and event loop (a pool belongs to the loop that
+    opened it) and closed when their loop shuts down, when :meth:`aclose`/:meth:`close` is
+    called, or at interpreter exit.
+
+    Args:
+        registry: The backend classes to start from; by default the built-ins plus what is
+            registered on the default storage at this moment.
+
+    Attributes:
+        registry: The URL-scheme registry of this storage.
+        catalog: Which model class is stored under which name, per store.
+    """
+
+    def __init__(self, *, registry: BackendRegistry | None = None) -> None:
+        if registry is None:
+            registry = _default.registry.copy() if _default is not None else BackendRegistry()
+        self.registry: BackendRegistry = registry
+        self.catalog = NameCatalog()
+        self._memory: dict[str, MemoryStore] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopBackends] = {}
+        self._lock = threading.Lock()
+        self._tokens: list[Token[Storage | None]] = []
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        loops_open = len(self._loops)
+        default = " default" if self is _default else ""
+        return f"<Storage{default} schemes={len(self.registry.schemes())} loops={loops_open}>"
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register_backend(self, scheme: str, backend_class: type[StorageBackend]) -> None:
+        """Make ``scheme://`` URLs use ``backend_class`` (see :func:`register_backend`)."""
+        self.registry.register(scheme, backend_class)
+
+    def unregister_backend(self, scheme: str) -> None:
+        """Forget the backend of ``scheme``; models defined afterwards cannot use it."""
+        self.registry.unregister(scheme)
+
+    def store_identity(self, url: StorageURL) -> Hashable:
+        """What identifies the store behind ``url`` (same identity, same records)."""
+        backend_class = self.registry.class_for(url.scheme)
+        return (backend_class, backend_class.store_identity(url))
+
+    def memory_store(self, name: str = "") -> MemoryStore:
+        """The ``memory://NAME`` store of this storage (created empty on first use)."""
+        from pydantic_toast.backends.memory import MemoryStore
+
+        with self._lock:
+            store = self._memory.get(name)
+            if store is None:
+                store = self._memory[name] = MemoryStore()
+            return store
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def connected(self, url: StorageURL) -> Connected:
+        """The connected backend for ``url`` on the running loop, connecting on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is not None:
+            connected = entry.ready.get(url)
+            if connected is not None:
+                return connected
+        return await self._open(loop, url)
+
+    async def aclose(self) -> None:
+        """Close the connections this storage opened on the running event loop.
+
+        They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn);
+        call this to release them earlier. The next operation reconnects.
+        """
+        entry = self._loops.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry.close()
+
+    def close(self) -> None:
+        """Close the connections this storage opened for the blocking API (the library's loops).
+
+        The next operation reconnects.
+        """
+        loops.close_library_loops(self.aclose)
+
+    def __enter__(self) -> Storage:
+        self._tokens.append(_active.set(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _active.reset(self._tokens.pop())
+        self.close()
+
+    async def __aenter__(self) -> Storage:
+        self._tokens.append(_active.set(self))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _active.reset(self._tokens.pop())
+        await self.aclose()
+        await asyncio.to_thread(self.close)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, url: StorageURL) -> Connected:
+        entry = self._loops.get(loop)
+        if entry is None:
+            entry = await self._register_loop(loop)
+        task = entry.opening.get(url)
+        if task is None:
+            task = entry.opening[url] = loop.create_task(self._connect(url))
+        try:
+            connected = await asyncio.shield(task)
+        finally:
+            if task.done():
+                entry.opening.pop(url, None)
+        entry.ready[url] = connected
+        return connected
+
+    async def _connect(self, url: StorageURL) -> Connected:
+        backend_class = self.registry.class_for(url.scheme)
+        from pydantic_toast.backends.memory import MemoryBackend
+
+        if issubclass(backend_class, MemoryBackend):
+            store = self.memory_store(url.host or "")
+            backend: StorageBackend = backend_class(url.raw, store=store)
+        else:
+            backend = backend_class(url.raw)
+        return await open_backend(backend, url)
+
+    async def _register_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopBackends:
+        for stale in [known for known in self._loops if known.is_closed()]:
+            # Closed without finalizing async generators: the pools cannot be closed any more.
+            _inherited.append(self._loops.pop(stale))
+        entry = self._loops[loop] = _LoopBackends(self)
+        # Starting the generator on this loop registers it for shutdown_asyncgens().
+        await entry.closer.asend(None)
+        return entry
+
+    def _forget_after_fork(self) -> None:
+        _inherited.append(dict(self._loops))
+        self._loops.clear()
+
+
+class _LoopBackends:
+    """The backends one storage has open on one event loop."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.ready: dict[StorageURL, Connected] = {}
+        self.opening: dict[StorageURL, asyncio.Task[Connected]] = {}
+        self.pid = os.getpid()
+        self.closer = self._close_at_loop_shutdown(weakref.ref(storage))
+
+    async def close(self) -> None:
+        for task in self.opening.values():
+            task.cancel()
+        connected, self.ready = list(self.ready.values()), {}
+        for backend in connected:
+            await backend.disconnect()
+
+    async def _close_at_loop_shutdown(self, storage: weakref.ref[Storage]) -> AsyncGenerator[None]:
+        try:
+            yield
+        finally:
+            if self.pid == os.getpid():
+                owner = storage()
+                if owner is not None:
+                    for loop, known in list(owner._loops.items()):
+                        if known is self:
+                            del owner._loops[loop]
+                await self.close()
+
+
+_active: ContextVar[Storage | None] = ContextVar("pydantic_toast_storage", default=None)
+_default: Storage | None = None
+_default_lock = threading.Lock()
+_live: weakref.WeakSet[Storage] = weakref.WeakSet()
+# Inherited across fork, or left on loops closed without shutdown: kept alive, never closed.
+_inherited: list[Any] = []
+
+
+def current_storage() -> Storage:
+    """The storage in use here: the innermost ``with Storage()``, else the default one."""
+    storage = _active.get()
+    if storage is not None:
+        return storage
+    return _default if _default is not None else _make_default()
+
+
+def register_backend(scheme: str, backend_class: type[StorageBackend]) -> None:
+    """Make ``scheme://...`` storage URLs use ``backend_class``, in the current storage.
+
+    Register before defining the models that use the scheme: a model's URL is checked when its
+    class is defined. Registering a scheme again replaces the previous class, built-ins included.
+
+    Args:
+        scheme: The URL scheme, such as ``"file"`` or ``"s3"`` (lowercase).
+        backend_class: A complete :class:`StorageBackend` subclass.
+
+    Raises:
+        StorageConfigurationError: The scheme is malformed, or the class is not a complete
+            backend (the message lists the missing methods).
+    """
+    current_storage().register_backend(scheme, backend_class)
+
+
+def unregister_backend(scheme: str) -> None:
+    """Forget the backend of ``scheme`` in the current storage (built-in ones too).
+
+    Raises:
+        StorageConfigurationError: No backend serves ``scheme``.
+    """
+    current_storage().unregister_backend(scheme)
+
+
+def default_storage() -> Storage:
+    """The process-wide storage used when no other is current."""
+    return _default if _default is not None else _make_default()
+
+
+def _make_default() -> Storage:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Storage(registry=BackendRegistry())
+        return _default
+
+
+def _forget_after_fork() -> None:
+    for storage in list(_live):
+        storage._forget_after_fork()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    storages = list(_live)
+
+    async def close_all() -> None:
+        for storage in storages:
+            await storage.aclose()
+
+    loops.shutdown(close_all)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
