@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
 from pydantic_toast._url import StorageURL, mask_url
-from pydantic_toast.backends.registry import backend_class_for, known_schemes, missing_extra
+from pydantic_toast.backends.registry import known_schemes, missing_extra
+from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["EXIT_CODES", "alembic_config", "main"]
 
@@ -221,14 +222,15 @@ def _reachable(url: str) -> bool:
             )
 
     async def probe() -> bool:
-        backend = backend_class_for(StorageURL.parse(url).scheme)(url)
+        storage = Storage()  # connects through the library's boundary: its errors, its messages
         try:
-            await backend.connect()
+            await storage.connected(parsed)
         except StorageSchemaError:
             return False
         except ExternalStorageError as exc:
-            raise CommandError(str(exc), EXIT_STORAGE) from exc
-        await backend.disconnect()
+            raise CommandError(str(exc), EXIT_STORAGE) from None
+        finally:
+            await storage.aclose()
         return True
 
     return asyncio.run(probe())
