@@ -21,7 +21,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 
-from pydantic_toast import StorageConfigurationError, StorageValidationError, StoredRecord
+from pydantic_toast import StorageConfigurationError, StoredDataError, StoredRecord
 from pydantic_toast.ai import MessageStore
 from pydantic_toast.ai._storage import backend
 from tests.ai_helpers import as_pydantic_ai_round_trips, chat_agent, every_part
@@ -280,7 +280,7 @@ async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None
             updated_at=now,
         )
         await target.save_records([record])
-        with pytest.raises(StorageValidationError, match=str(record.id)) as caught:
+        with pytest.raises(StoredDataError, match=str(record.id)) as caught:
             await store.aload("victim")
         assert caught.value.id == record.id, problem
         assert await target.delete(record.id, class_name)

@@ -11,24 +11,25 @@ from datetime import timedelta
 
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._url import StorageURL, mask_url, resolve_storage
-from pydantic_toast.backends.base import StorageBackend
-from pydantic_toast.backends.registry import backend_class_for
-from pydantic_toast.runtime.connections import backend_for
+from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.boundary import Connected
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["backend", "checked_url", "ttl_seconds"]
 
 
-async def backend(url: str) -> StorageBackend:
-    """The connected backend for ``url`` on the running event loop."""
-    return await backend_for(url)
+async def backend(url: str) -> Connected:
+    """The connected backend for ``url`` on the running event loop (through the boundary)."""
+    return await current_storage().connected(StorageURL.parse(url))
 
 
 def checked_url(storage: str, ttl: float | None) -> str:
     """``storage`` resolved (``env:NAME`` too) and checked, with ``ttl`` only where it expires."""
     url = resolve_storage(storage)
-    backend_class = backend_class_for(StorageURL.parse(url).scheme)
-    backend_class.check_url(StorageURL.parse(url))
-    if ttl is not None and not backend_class.supports_ttl:
+    parsed = StorageURL.parse(url)
+    backend_class = current_storage().registry.class_for(parsed.scheme)
+    backend_class.check_url(parsed)
+    if ttl is not None and Capability.TTL not in backend_class.capabilities:
         raise StorageConfigurationError(
             f"ttl is set but {backend_class.__name__} ({mask_url(url)}) does not expire records: "
             "remove ttl or use redis:// or memory://"

@@ -28,7 +28,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 
-from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
+from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
@@ -124,7 +124,7 @@ class MessageStore:
     format version and shape, belong to the conversation asked for, and its messages must
     validate with Pydantic AI's ``ModelMessagesTypeAdapter`` (every part kind and field typed)
     and number what the batch says; anything else raises
-    :class:`~pydantic_toast.StorageValidationError` naming the record, without its data.
+    :class:`~pydantic_toast.StoredDataError` naming the record, without its data.
 
     Args:
         storage: A storage URL (``postgresql://...``, ``redis://...``, ``sqlite:///...``,
@@ -374,8 +374,8 @@ def _decode(record: StoredRecord, conversation_id: str) -> list[ModelMessage]:
     return messages
 
 
-def _corrupt(record: StoredRecord, problem: str) -> StorageValidationError:
-    return StorageValidationError(
+def _corrupt(record: StoredRecord, problem: str) -> StoredDataError:
+    return StoredDataError(
         f"the stored record {record.class_name} {record.id} {problem}; it is left untouched "
         "(delete the conversation or restore the record from a backup)",
         class_name=record.class_name,

@@ -101,7 +101,9 @@ class Connected:
             retry=False,
         )
 
-    async def list_ids(self, class_name: str, *, limit: int, after: UUID | None) -> list[UUID]:
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
         """A page of ids (see :meth:`StorageBackend.list_ids`)."""
         return await self.cross(
             "list",
