@@ -1,0 +1,106 @@
+"""Every Python block in docs/*.md and README.md runs as written, against the test servers.
+
+The blocks of one page run in order in one namespace, in a temporary folder, as a reader would
+paste them. Only their connection targets change (the PostgreSQL URL points at a fresh migrated
+database, the Redis URL gets a key prefix of the test's own), and each `pydantic-toast migrate`
+line of the page's shell blocks runs before its Python blocks. A block opts out only with
+the marker comment ``<!-- docs-test: skip: <reason> -->`` on the line before it. docs/quickstart.md has its own
+test (tests/integration/test_quickstart.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests.integration.conftest import _admin, _delete_redis_prefix, _with_database
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = sorted(
+    p for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")] if p.name != "quickstart.md"
+)
+BLOCK = re.compile(
+    r"(?:<!-- docs-test: skip: (?P<reason>[^>]+?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S
+)
+POSTGRES_IN_DOCS = re.compile(r"postgresql://app@db:5432/shop")
+REDIS_IN_DOCS = "redis://localhost:6379/0"
+
+
+def blocks(page: Path) -> list[tuple[str, str, str | None]]:
+    """(language, code, skip reason) of each fenced block."""
+    return [(m["lang"], m["code"], m["reason"]) for m in BLOCK.finditer(page.read_text())]
+
+
+def test_every_page_is_collected() -> None:
+    """README and every docs page except the quickstart are run below (a guard on the glob)."""
+    names = {p.relative_to(ROOT).as_posix() for p in PAGES}
+    assert {"README.md", "docs/index.md", "docs/concepts.md", "docs/errors.md"} <= names
+    assert len(names) >= 12
+
+
+def test_skipped_blocks_say_why() -> None:
+    """An opted-out block gives a reason of at least a few words."""
+    for page in PAGES:
+        for _, _, reason in blocks(page):
+            if reason is not None:
+                assert len(reason.split()) >= 3, (page, reason)
+
+
+@pytest.fixture
+def docs_database(postgres_admin_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this page's own, not migrated (the page's commands do it)."""
+    database = f"toast_docs_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(postgres_admin_url, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.mark.postgresql
+@pytest.mark.redis
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_page_examples_run(
+    page: Path,
+    docs_database: str,
+    redis_base_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The page's migrate commands and Python blocks run without error."""
+    monkeypatch.chdir(tmp_path)
+    prefix = f"toast_docs_{uuid4().hex[:10]}"
+
+    def target(text: str) -> str:
+        text = POSTGRES_IN_DOCS.sub(docs_database, text)
+        text = text.replace(REDIS_IN_DOCS, f"{redis_base_url}?prefix={prefix}")
+        return text.replace("file:///tmp/", f"file://{tmp_path}/")
+
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    ran = 0
+    try:
+        for lang, code, reason in blocks(page):
+            if lang == "bash" and reason is None:
+                for url in re.findall(r"^pydantic-toast migrate (\S+)", code, flags=re.M):
+                    assert toast_cli(["migrate", target(url)]) == 0
+        for lang, code, reason in blocks(page):
+            if lang == "python" and reason is None:
+                exec(compile(target(code), str(page), "exec"), namespace)
+                ran += 1
+        capsys.readouterr()
+    finally:
+        namespace.clear()
+        pydantic_toast.close_storage()
+        gc.collect()
+        _delete_redis_prefix(redis_base_url, prefix)
+    python_blocks = [b for b in blocks(page) if b[0] == "python"]
+    assert ran == len([b for b in python_blocks if b[2] is None])

@@ -1,0 +1,101 @@
+"""The public API is typed for users: mypy --strict checks a small program that uses it.
+
+The program assigns results to annotated variables, so a result typed ``Any`` or wrongly
+would pass or fail visibly; a second program must fail, so the check can fail at all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+USER_PROGRAM = """
+import asyncio
+from uuid import UUID
+
+import pydantic_toast
+from pydantic import BaseModel
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Page
+
+
+class Order(ExternalBaseModel):
+    product: str
+    quantity: int
+    model_config = ExternalConfigDict(storage="memory://typing")
+
+
+class Basket(BaseModel):
+    orders: list[Order]
+
+
+def blocking(reference: dict[str, str]) -> None:
+    order: Order = Order.model_validate(reference)
+    quantity: int = order.quantity
+    first: Page[Order] = pydantic_toast.page(Order, limit=10)
+    items: list[Order] = first.items
+    basket: Basket = pydantic_toast.validate(Basket, {"orders": [reference]})
+    orders: list[Order] = pydantic_toast.validate(list[Order], [reference])
+    total: int = pydantic_toast.count(Order)
+    print(quantity, items, basket, orders, total)
+
+
+async def non_blocking(id: UUID) -> None:
+    order: Order = await Order.aload(id)
+    product: str = order.product
+    page: Page[Order] = await pydantic_toast.apage(Order)
+    basket: Basket = await pydantic_toast.avalidate(Basket, {"orders": []})
+    print(product, page, basket)
+
+
+asyncio.run(non_blocking(UUID(int=1)))
+"""
+
+WRONG_PROGRAM = """
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+
+class Order(ExternalBaseModel):
+    product: str
+    model_config = ExternalConfigDict(storage="memory://typing")
+
+
+name: str = Order.model_validate({"class_name": "Order", "id": "x"})
+"""
+
+
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for both programs (pydantic's stubs are checked once)."""
+    return tmp_path_factory.mktemp("mypy_cache")
+
+
+def mypy(tmp_path: Path, source: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    program = tmp_path / "user_program.py"
+    program.write_text(source)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), str(program)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_user_program_passes_mypy_strict(tmp_path: Path, mypy_cache: Path) -> None:
+    """aload, model_validate, page and validate give typed results under mypy --strict."""
+    result = mypy(tmp_path, USER_PROGRAM, mypy_cache)
+    assert result.returncode == 0, result.stdout
+    assert "Success" in result.stdout
+
+
+def test_wrong_assignment_fails_mypy_strict(tmp_path: Path, mypy_cache: Path) -> None:
+    """Assigning Order.model_validate(...) to a str is a mypy error (the check can fail)."""
+    result = mypy(tmp_path, WRONG_PROGRAM, mypy_cache)
+    assert result.returncode == 1, result.stdout
+    assert 'Incompatible types in assignment (expression has type "Order"' in result.stdout
