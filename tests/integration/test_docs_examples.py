@@ -4,8 +4,8 @@ The blocks of one page run in order in one namespace, in a temporary folder, as 
 paste them. Only their connection targets change (the PostgreSQL URL points at a fresh migrated
 database, the Redis URL gets a key prefix of the test's own), and each `pydantic-toast migrate`
 line of the page's shell blocks runs before its Python blocks. A block opts out only with
-the marker comment ``<!-- docs-test: skip: <reason> -->`` on the line before it. docs/quickstart.md has its own
-test (tests/integration/test_quickstart.py).
+the marker comment ``<!-- docs-test: skip: <reason> -->`` on the line before it.
+docs/quickstart.md has its own test (tests/integration/test_quickstart.py).
 """
 
 from __future__ import annotations
