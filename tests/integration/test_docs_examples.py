@@ -5,7 +5,7 @@ paste them. Only their connection targets change (the PostgreSQL URL points at a
 database, the Redis URL gets a key prefix of the test's own), and each `pydantic-toast migrate`
 line of the page's shell blocks runs before its Python blocks. A block opts out only with
 the marker comment ``<!-- docs-test: skip: <reason> -->`` on the line before it.
-docs/quickstart.md has its own test (tests/integration/test_quickstart.py).
+docs/quickstart.md and docs/ai.md have tests of their own (see OWN_TESTS).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pydantic_toast.integrations.cli import main as toast_cli
 from tests.integration.conftest import _admin, _delete_redis_prefix, _with_database
 
 ROOT = Path(__file__).resolve().parents[2]
+# Pages whose blocks have a test of their own (they share one namespace across the page).
+OWN_TESTS = {"quickstart.md": "test_quickstart.py", "ai.md": "test_ai_docs.py"}
 PAGES = sorted(
-    p for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")] if p.name != "quickstart.md"
+    p for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")] if p.name not in OWN_TESTS
 )
 BLOCK = re.compile(
     r"(?:<!-- docs-test: skip: (?P<reason>[^>]+?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S

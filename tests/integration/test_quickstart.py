@@ -7,6 +7,7 @@ Redis URL gets a key prefix of this test's own, and file:///tmp/models a tempora
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 from pathlib import Path
@@ -29,13 +30,35 @@ def test_quickstart_has_the_expected_snippets() -> None:
     assert len(snippets()) == 7
 
 
+BLOCKING = {"model_dump", "model_dump_json", "model_validate", "model_validate_json"}
+
+
+def test_async_code_uses_the_async_api() -> None:
+    """No `async def` in the guide calls the blocking API (it would block the event loop)."""
+    for snippet in snippets():
+        for function in ast.walk(ast.parse(snippet)):
+            if isinstance(function, ast.AsyncFunctionDef):
+                called = {
+                    node.func.attr
+                    for node in ast.walk(function)
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                }
+                assert not called & BLOCKING, (function.name, called & BLOCKING)
+
+
+def test_guide_says_to_migrate_before_the_first_model() -> None:
+    """`pydantic-toast migrate` comes before the first Python snippet."""
+    text = QUICKSTART.read_text()
+    assert text.index("pydantic-toast migrate") < text.index("```python")
+
+
 def test_every_snippet_runs(
     postgres_database_url: str,
     redis_base_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Define, store, restore, PostgreSQL, Redis, custom backend, errors and FastAPI snippets."""
+    """Define, store (sync and async), PostgreSQL, Redis, custom backend, errors, FastAPI."""
     prefix = f"toast_test_{uuid4().hex[:10]}"
     targets = {
         "postgresql://user:pass@localhost:5432/mydb": postgres_database_url,
@@ -57,7 +80,8 @@ def test_every_snippet_runs(
         output = capsys.readouterr().out
         assert "'class_name': 'UserProfile'" in output
         assert "Alice\nalice@example.com" in output
-        assert "Storage error:" in output  # "nonexistent-uuid" is not a UUID
+        assert "Bob\n" in output  # the async API in main()
+        assert "Record not found: " in output  # a well-formed id nothing is stored under
 
         my_model = namespace["MyModel"]
         reference = my_model(data="on disk").model_dump()  # type: ignore[operator]
