@@ -12,6 +12,8 @@ import pytest
 from pydantic_toast import RecordKey, StoredRecord, current_storage, register_backend
 from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
 
+pytest_plugins = ["pytester"]
+
 
 @dataclass
 class Call:

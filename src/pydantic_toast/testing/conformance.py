@@ -1,0 +1,345 @@
+"""The backend conformance suite: what every storage backend must do, as pytest tests.
+
+A backend author subclasses :class:`BackendConformance` in a test module and provides the
+``storage_url`` fixture: a URL of a fresh, empty store of their backend (register the backend
+first). Every test then runs against it::
+
+    import pytest
+    from pydantic_toast import register_backend
+    from pydantic_toast.testing.conformance import BackendConformance
+
+    class TestFileBackend(BackendConformance):
+        @pytest.fixture
+        def storage_url(self, tmp_path):
+            register_backend("file", FileBackend)
+            return f"file://{tmp_path}"
+
+The suite checks the required behaviour (records round-trip exactly, updates keep the id and
+``created_at``, a missing record is ``None``, classes stay apart, concurrent writers do not
+corrupt anything) and each optional capability the backend declares in
+:attr:`~pydantic_toast.StorageBackend.capabilities` (batches, delete, listing newest first with
+a stable keyset, count, expiry). A capability that is not declared must be refused with
+:class:`~pydantic_toast.StorageUsageError`, never half-done. The built-in backends pass it in
+pydantic-toast's own CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import pytest
+
+from pydantic_toast._config import ExternalConfigDict
+from pydantic_toast._exceptions import RecordNotFoundError, StorageUsageError
+from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._records import StoredRecord
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.boundary import Connected
+from pydantic_toast.runtime.storage import Storage
+from pydantic_toast.testing import isolated_storage
+
+__all__ = ["BackendConformance", "ConformanceItem"]
+
+_EXACT_VALUES: dict[str, object] = {
+    "text": "tea ☕ \U0001f375 \\ \" ' \n\t end",
+    "integer": -(2**63),
+    "big": 10**30,
+    "fraction": 0.1,
+    "tiny": 5e-324,
+    "flag": True,
+    "nothing": None,
+    "items": [1, "two", [3.5], {"four": 4}],
+    "mapping": {"a": 1, "b": [True, None]},
+}
+
+
+class ConformanceItem(ExternalBaseModel):
+    """The fields of the suite's model classes (each test makes a concrete subclass)."""
+
+    __abstract__ = True
+    text: str
+    number: int = 0
+    tags: list[str] = []
+
+
+def _record(class_name: str, id: UUID, data: bytes, *, created: datetime) -> StoredRecord:
+    return StoredRecord(
+        class_name=class_name,
+        id=id,
+        data=data,
+        schema_version=1,
+        created_at=created,
+        updated_at=created,
+    )
+
+
+class BackendConformance:
+    """The conformance tests; subclass it and provide a ``storage_url`` fixture."""
+
+    @pytest.fixture
+    def storage_url(self) -> str:
+        """A URL of a fresh, empty store of the backend under test (override this)."""
+        raise NotImplementedError("provide a storage_url fixture in your subclass")
+
+    @pytest.fixture
+    def storage(self, storage_url: str) -> Iterator[Storage]:
+        """An isolated storage for the test."""
+        with isolated_storage() as storage:
+            yield storage
+
+    @pytest.fixture
+    def class_name(self) -> str:
+        """A class name no other test uses."""
+        return f"Conformance{uuid4().hex}"
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def run(self, storage: Storage, url: str, job: object) -> object:
+        """Run ``job(backend)`` on a fresh event loop against the connected backend."""
+
+        async def main() -> object:
+            backend = await storage.connected(StorageURL.parse(url))
+            try:
+                return await job(backend)  # type: ignore[operator]
+            finally:
+                await storage.aclose()
+
+        return asyncio.run(main())
+
+    def model(self, storage_url: str, class_name: str, **config: object) -> type[ConformanceItem]:
+        """A model class with a few field types, stored as ``class_name``."""
+
+        class Item(ConformanceItem):
+            model_config = ExternalConfigDict(
+                storage=storage_url,
+                external_name=class_name,
+                **config,  # type: ignore[typeddict-item]
+            )
+
+        return Item
+
+    # -- required behaviour --------------------------------------------------------------------
+
+    def test_model_round_trips(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """A model dumped to a reference loads back equal, sync and async."""
+        item_class = self.model(storage_url, class_name)
+        item = item_class(text="tea", number=2, tags=["a", "b"])
+        reference = item.model_dump()
+        assert reference == {"class_name": class_name, "id": str(item.external_id)}
+        assert item_class.model_validate(reference) == item
+
+        async def async_round_trip() -> ConformanceItem:
+            other = item_class(text="coffee")
+            return await item_class.aload(await other.asave())
+
+        assert asyncio.run(async_round_trip()) == item_class(text="coffee")
+
+    def test_records_come_back_exactly(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """The JSON data, schema version and timestamps of a record come back as written."""
+        import json
+
+        data = json.dumps(_EXACT_VALUES).encode()
+        created = datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=UTC)
+        record = _record(class_name, uuid4(), data, created=created)
+
+        async def job(backend: Connected) -> StoredRecord | None:
+            await backend.save_records([record])
+            (loaded,) = await backend.load_records([record.key])
+            return loaded
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, StoredRecord)
+        assert json.loads(loaded.data) == _EXACT_VALUES
+        assert (loaded.class_name, loaded.id, loaded.schema_version) == (class_name, record.id, 1)
+        assert loaded.created_at == created
+        assert loaded.created_at.utcoffset() is not None
+
+    def test_update_keeps_id_and_created_at(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """Writing a record again replaces its data and updated_at, never its created_at."""
+        first = datetime(2024, 1, 1, tzinfo=UTC)
+        record = _record(class_name, uuid4(), b'{"v":1}', created=first)
+        later = StoredRecord(
+            class_name=class_name,
+            id=record.id,
+            data=b'{"v":2}',
+            schema_version=1,
+            created_at=first + timedelta(days=1),  # a writer that never saw the record
+            updated_at=first + timedelta(days=2),
+        )
+
+        async def job(backend: Connected) -> StoredRecord | None:
+            await backend.save_records([record])
+            await backend.save_records([later])
+            (loaded,) = await backend.load_records([record.key])
+            return loaded
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, StoredRecord)
+        assert loaded.data.replace(b" ", b"") == b'{"v":2}'
+        assert loaded.created_at == first
+        assert loaded.updated_at == first + timedelta(days=2)
+
+    def test_missing_record_is_none_and_a_not_found_error(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """Loading an id that was never written gives None; the model API raises not-found."""
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            return await backend.load_records([(class_name, uuid4())])
+
+        assert self.run(storage, storage_url, job) == [None]
+        item_class = self.model(storage_url, class_name)
+        with pytest.raises(RecordNotFoundError):
+            item_class.model_validate({"class_name": class_name, "id": str(uuid4())})
+
+    def test_classes_stay_apart(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """The same id under two class names is two records."""
+        id = uuid4()
+        created = datetime.now(UTC)
+        one = _record(class_name, id, b'{"who":"one"}', created=created)
+        two = _record(f"{class_name}Other", id, b'{"who":"two"}', created=created)
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await backend.save_records([one])
+            await backend.save_records([two])
+            return await backend.load_records([one.key, two.key])
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, list)
+        assert [r.data.replace(b" ", b"") for r in loaded if r is not None] == [
+            b'{"who":"one"}',
+            b'{"who":"two"}',
+        ]
+
+    def test_concurrent_writers_leave_whole_records(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """Fifty concurrent saves of different records all land, each intact."""
+        created = datetime.now(UTC)
+        records = [
+            _record(class_name, uuid4(), f'{{"n":{n}}}'.encode(), created=created)
+            for n in range(50)
+        ]
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await asyncio.gather(*(backend.save_records([record]) for record in records))
+            return await backend.load_records([record.key for record in records])
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, list)
+        assert [r.data.replace(b" ", b"") if r else None for r in loaded] == [
+            r.data for r in records
+        ]
+
+    def test_batches_keep_order(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """save_records/load_records take many records and answer in the order asked."""
+        created = datetime.now(UTC)
+        records = [
+            _record(class_name, uuid4(), f'{{"n":{n}}}'.encode(), created=created)
+            for n in range(120)
+        ]
+        missing = (class_name, uuid4())
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await backend.save_records(records)
+            keys = [missing, *(record.key for record in reversed(records))]
+            return await backend.load_records(keys)
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, list)
+        assert loaded[0] is None
+        assert [r.id for r in loaded[1:] if r is not None] == [r.id for r in reversed(records)]
+
+    # -- declared capabilities ------------------------------------------------------------------
+
+    def test_delete(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """A declared delete removes the record and says whether it existed; else it is refused."""
+        record = _record(class_name, uuid4(), b'{"v":1}', created=datetime.now(UTC))
+
+        async def job(backend: Connected) -> tuple[bool, bool, list[StoredRecord | None]]:
+            await backend.save_records([record])
+            existed = await backend.delete(record.id, class_name)
+            again = await backend.delete(record.id, class_name)
+            return existed, again, await backend.load_records([record.key])
+
+        if Capability.DELETE not in self._capabilities(storage, storage_url):
+            with pytest.raises(StorageUsageError):
+                self.run(storage, storage_url, job)
+            return
+        assert self.run(storage, storage_url, job) == (True, False, [None])
+
+    def test_listing_is_newest_first_with_a_stable_keyset(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """Pages come newest first by created_at then id, and a cursor never repeats a record."""
+        base = datetime(2024, 5, 1, tzinfo=UTC)
+        records = [
+            _record(class_name, uuid4(), b"{}", created=base + timedelta(seconds=n // 2))
+            for n in range(9)
+        ]
+        expected = [r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)]
+
+        async def job(backend: Connected) -> list[UUID]:
+            await backend.save_records(records)
+            seen: list[UUID] = []
+            after: UUID | None = None
+            while True:
+                page = await backend.list_ids(class_name, limit=4, after=after)
+                seen += page
+                if len(page) < 4:
+                    return seen
+                after = page[-1]
+
+        if Capability.LIST not in self._capabilities(storage, storage_url):
+            with pytest.raises(StorageUsageError):
+                self.run(storage, storage_url, job)
+            return
+        assert self.run(storage, storage_url, job) == expected
+
+    def test_count(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """A declared count tells the live records of one class only."""
+        created = datetime.now(UTC)
+        records = [_record(class_name, uuid4(), b"{}", created=created) for _ in range(7)]
+        other = _record(f"{class_name}Other", uuid4(), b"{}", created=created)
+
+        async def job(backend: Connected) -> int:
+            await backend.save_records([*records, other])
+            return await backend.count(class_name)
+
+        if Capability.COUNT not in self._capabilities(storage, storage_url):
+            with pytest.raises(StorageUsageError):
+                self.run(storage, storage_url, job)
+            return
+        assert self.run(storage, storage_url, job) == 7
+
+    def test_expiry(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """With ttl declared, a record expires after its last write; a later write renews it."""
+        if Capability.TTL not in self._capabilities(storage, storage_url):
+            from pydantic_toast._exceptions import StorageConfigurationError
+
+            with pytest.raises(StorageConfigurationError, match="ttl"):
+                self.model(storage_url, class_name, ttl=1)
+            return
+        item_class = self.model(storage_url, class_name, ttl=0.5)
+        item = item_class(text="short-lived")
+        reference = item.model_dump()
+        time.sleep(0.3)
+        item.text = "renewed"
+        item.model_dump()
+        time.sleep(0.3)
+        assert item_class.model_validate(reference).text == "renewed"
+        time.sleep(0.6)
+        with pytest.raises(RecordNotFoundError):
+            item_class.model_validate(reference)
+
+    def _capabilities(self, storage: Storage, storage_url: str) -> frozenset[Capability]:
+        return storage.registry.class_for(StorageURL.parse(storage_url).scheme).capabilities

@@ -1,0 +1,270 @@
+"""The Storage object: isolation, registration, the weak name catalog, capabilities, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    Capability,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordKey,
+    Storage,
+    StorageBackend,
+    StorageConfigurationError,
+    StoredRecord,
+    current_storage,
+    register_backend,
+    unregister_backend,
+)
+from pydantic_toast._url import StorageURL, mask_url
+from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
+from pydantic_toast.testing import isolated_storage, memory_records
+
+
+def make_note(url: str, name: str = "Note") -> type[ExternalBaseModel]:
+    class Note(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=url, external_name=name)
+
+    return Note
+
+
+def test_isolated_storages_keep_their_own_memory_stores(memory_url: str) -> None:
+    """A record written inside one isolated storage is invisible outside it and in another."""
+    note = make_note(memory_url)
+    with isolated_storage():
+        reference = note(text="inside").model_dump()
+        assert [r.id for r in memory_records(memory_url)] == [UUID(reference["id"])]
+    assert memory_records(memory_url) == []
+    with isolated_storage(), pytest.raises(pydantic_toast.RecordNotFoundError):
+        note.model_validate(reference)
+
+
+async def test_async_with_storage_is_current_and_closed(memory_url: str) -> None:
+    """`async with Storage()` makes it current for awaited calls, then restores the previous one."""
+    note = make_note(memory_url)
+    outer = current_storage()
+    async with Storage() as storage:
+        assert current_storage() is storage
+        await note(text="a").asave()
+        assert len(storage.memory_store(memory_url.split("://")[1])) == 1
+    assert current_storage() is outer
+    assert len(outer.memory_store(memory_url.split("://")[1])) == 0
+
+
+def test_toast_storage_fixture_isolates(pytester: pytest.Pytester) -> None:
+    """The pytest plugin's toast_storage fixture gives each test a fresh storage."""
+    pytester.makeconftest('pytest_plugins = ["pydantic_toast.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        """
+        from pydantic_toast import ExternalBaseModel, ExternalConfigDict, current_storage
+        from pydantic_toast.testing import memory_records
+
+        class Note(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage="memory://notes")
+
+        def test_first(toast_storage):
+            assert current_storage() is toast_storage
+            Note(text="one").model_dump()
+            assert len(memory_records("memory://notes")) == 1
+
+        def test_second(toast_storage):
+            Note(text="two").model_dump()
+            assert len(memory_records("memory://notes")) == 1
+        """
+    )
+    pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_register_and_unregister_act_on_the_current_storage(memory_url: str) -> None:
+    """A backend registered inside an isolated storage does not leak out; unregister forgets."""
+
+    class Plain(MemoryBackend):
+        pass
+
+    with isolated_storage():
+        register_backend("plainmem", Plain)
+        make_note("plainmem://x", "PlainNote")
+        unregister_backend("plainmem")
+        with pytest.raises(StorageConfigurationError, match="no storage backend"):
+            make_note("plainmem://x", "Other")
+    with pytest.raises(StorageConfigurationError, match="no storage backend"):
+        make_note("plainmem://y", "Outside")
+    with isolated_storage():
+        unregister_backend("memory")  # a built-in, in this storage only
+        with pytest.raises(StorageConfigurationError, match="'memory'"):
+            make_note(memory_url, "Gone")
+    make_note(memory_url, "Back")
+
+
+def test_collected_classes_free_their_stored_name(memory_url: str) -> None:
+    """Local classes that were garbage collected do not block a new class of the same name."""
+
+    def define(tag: int) -> None:
+        class User(ExternalBaseModel):  # a different qualified name on each call site
+            name: str
+            model_config = ExternalConfigDict(storage=memory_url)
+
+        User.__qualname__ = f"Local{tag}.User"
+
+    define(1)
+    gc.collect()
+    define(2)  # no "already stored under that name"
+
+
+def test_one_store_two_spellings_is_refused(memory_url: str) -> None:
+    """The same memory store reached with query options is the same store for names."""
+    keep = make_note(memory_url, "Shared")
+    with pytest.raises(StorageConfigurationError, match="already stored under that name"):
+
+        class Intruder(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage=f"{memory_url}?tag=x", external_name="Shared")
+
+    assert keep is not None
+
+
+class Minimal(StorageBackend):
+    """Four methods only: no listing, no count, no delete."""
+
+    records: dict[tuple[str, UUID], dict[str, Any]] = {}
+
+    async def connect(self) -> None:
+        return
+
+    async def disconnect(self) -> None:
+        return
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        self.records[(class_name, id)] = data
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        return self.records.get((class_name, id))
+
+
+def test_capabilities_are_declared_or_inferred() -> None:
+    """Built-ins declare their capabilities; a four-method backend has none beyond save/load."""
+    assert Minimal.capabilities == frozenset()
+    assert MemoryBackend.capabilities == frozenset(Capability)
+
+    class Deleting(Minimal):
+        async def delete(self, id: UUID, class_name: str) -> bool:
+            return self.records.pop((class_name, id), None) is not None
+
+    assert Deleting.capabilities == frozenset({Capability.DELETE})
+
+    class Boastful(Minimal):
+        capabilities = frozenset({Capability.COUNT})
+
+    with pytest.raises(StorageConfigurationError, match=r"count \(implement count\)"):
+        register_backend("boastful", Boastful)
+
+
+def test_ttl_needs_a_backend_that_declares_it() -> None:
+    """A model with ttl on a backend without Capability.TTL is refused at the class statement."""
+    with isolated_storage():
+        register_backend("minimal", Minimal)
+        with pytest.raises(StorageConfigurationError, match="does not expire records"):
+
+            class Expiring(ExternalBaseModel):
+                x: int
+                model_config = ExternalConfigDict(storage="minimal://", ttl=5)
+
+
+def test_health_check_uses_only_declared_capabilities() -> None:
+    """check_storage on a four-method backend connects without listing (no usage error)."""
+    from pydantic_toast.fastapi import check_storage
+
+    with isolated_storage():
+        register_backend("minimal", Minimal)
+        note = make_note("minimal://", "HealthNote")
+        asyncio.run(check_storage(note))
+
+
+class Down(MemoryBackend):
+    """A store whose every read fails, to prove nobody reads it."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        raise ConnectionRefusedError("this store is down")
+
+
+def test_loading_a_tree_queries_only_its_own_stores(memory_url: str) -> None:
+    """Two classes share a stored name on different stores; loading one never reads the other."""
+    with isolated_storage():
+        register_backend("down", Down)
+
+        class Part(ExternalBaseModel):
+            label: str
+            model_config = ExternalConfigDict(storage=memory_url, external_name="Part")
+
+        class Machine(ExternalBaseModel):
+            parts: list[Part]
+            model_config = ExternalConfigDict(storage=memory_url)
+
+        class OtherPart(ExternalBaseModel):  # same stored name, another (broken) store
+            label: str
+            model_config = ExternalConfigDict(storage="down://elsewhere", external_name="Part")
+
+        machine = Machine(parts=[Part(label="a"), Part(label="b")])
+        reference = machine.model_dump()
+        assert Machine.model_validate(reference) == machine
+        assert pydantic_toast.validate(list[Machine], [reference]) == [machine]
+        with pytest.raises(pydantic_toast.StorageConnectionError):
+            OtherPart.model_validate(Part(label="c").model_dump())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://app:hunter2@db:5432/shop",
+        "postgresql://app:hun/ter#2?x@db:5432/shop",
+        "redis://:hunter2@cache:6379/0",
+        "redis://cache:6379/0?password=hunter2",
+        "postgres:hunter2@db/shop",
+        "postgresql://app:hunter2@db:99999/shop",
+        "postgresql://app@db/shop?sslpassword=hunter2&sslmode=require",
+    ],
+)
+def test_urls_never_show_their_password(raw: str) -> None:
+    """mask_url, StorageURL and configuration errors hide the password however it is written."""
+    assert "hunter2" not in mask_url(raw)
+    shown: str
+    try:
+        parsed = StorageURL.parse(raw)
+    except StorageConfigurationError as exc:
+        shown = str(exc)
+    else:
+        shown = f"{parsed} {parsed!r} {parsed.masked}"
+        assert parsed.raw == raw
+    assert "hunter2" not in shown
+
+
+def test_model_config_and_settings_reprs_are_masked() -> None:
+    """repr(model_config) and repr(__toast_settings__) show no password."""
+    with isolated_storage():
+        register_backend("minimal", Minimal)
+        note = make_note("minimal://app:hunter2@host/x", "Masked")
+        assert "hunter2" not in repr(note.model_config)
+        assert "hunter2" not in repr(note.__toast_settings__)
+        assert note.model_config["storage"] == "minimal://app:hunter2@host/x"  # type: ignore[typeddict-item]
+
+
+def test_memory_store_is_inspectable_and_resettable(memory_url: str) -> None:
+    """A MemoryStore lists its live records by class and can be cleared."""
+    note = make_note(memory_url, "Inspect")
+    note(text="a").model_dump()
+    note(text="b").model_dump()
+    store: MemoryStore = current_storage().memory_store(memory_url.split("://")[1])
+    assert len(store) == 2
+    assert {r.class_name for r in store.records("Inspect")} == {"Inspect"}
+    store.clear()
+    assert store.records() == []
