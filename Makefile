@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # A newer interpreter to run the suite on too, when the machine has one (pyenv).
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: install demo todo test lint typecheck pytest test-newer docs bench load-test clean ai-chat bench-ai
+.PHONY: install demo todo test lint typecheck pytest test-newer docs bench bench-snapshot \
+	bench-instructions profile load-test clean ai-chat bench-ai
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,8 +75,22 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[all,dev,bench]'
 	touch $@
 
+# Interleaved benchmark on throwaway servers (bench/run.py --help); results in bench/results/.
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The same, written over the committed snapshot (bench/RESULTS.md, results.json, ratios.png).
+bench-snapshot: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/run.py --out bench $(BENCH_ARGS)
+
+# Callgrind instruction counts per operation on memory:// next to plain Pydantic.
+bench-instructions: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/instructions.py $(BENCH_ARGS)
+
+# py-spy profile of one system and operation, e.g.
+# make profile PROFILE_ARGS='--system "async (Redis)" --op load --workload "100 KB"'
+profile: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/profile.py $(PROFILE_ARGS)
 
 load-test: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/load_todo.py $(BENCH_ARGS)

@@ -17,9 +17,9 @@ ADMIN_URL = os.environ.get(
 )
 
 
-def _admin(sql: str) -> None:
+def _admin(sql: str, admin_url: str) -> None:
     async def run() -> None:
-        connection = await asyncpg.connect(ADMIN_URL)
+        connection = await asyncpg.connect(admin_url)
         try:
             await connection.execute(sql)
         finally:
@@ -29,13 +29,13 @@ def _admin(sql: str) -> None:
 
 
 @contextmanager
-def throwaway_postgres(prefix: str) -> Iterator[str]:
+def throwaway_postgres(prefix: str, admin_url: str = ADMIN_URL) -> Iterator[str]:
     """Create a database named ``<prefix>_<hex>``, migrate it, yield its URL, drop it."""
     database = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{database}"')
+    _admin(f'CREATE DATABASE "{database}"', admin_url)
     try:
-        url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{database}"
+        url = f"{admin_url.rsplit('/', 1)[0]}/{database}"
         assert toast_cli(["migrate", url]) == 0
         yield url
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', admin_url)

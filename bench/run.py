@@ -1,29 +1,32 @@
-"""Benchmark pydantic-toast against the raw drivers and the alternatives, in one run.
+"""Benchmark pydantic-toast against the raw drivers, the alternatives and the C floors, interleaved.
 
-    make bench                      # full run (a few minutes)
-    make bench BENCH_ARGS=--quick   # under a minute
+    make bench                          # full run (about 15 minutes on 2 cores)
+    make bench BENCH_ARGS=--quick       # a few minutes
+    make bench-snapshot                 # full run, written to bench/ (RESULTS.md, JSON, PNG)
 
-Servers: PostgreSQL from TOAST_BENCH_POSTGRES_URL (default postgres@127.0.0.1:5432; a
-throwaway database is created, migrated and dropped), Redis from TOAST_BENCH_REDIS_URL (default
-127.0.0.1:6379/0; keys under bench prefixes, deleted afterwards). Only ratios from the same run
-are comparable: each figure is divided by the raw driver of its backend, measured alongside.
+How it measures: for each workload, every system is set up once; a warm-up round runs every
+phase of every system (discarded); then R repetitions each run every phase (single saves and
+loads, batches, 100 concurrent tasks) round-robin over the systems, in an order rotated each
+repetition. Each repetition gives each system's ratio to the raw driver of its backend measured
+minutes apart at most; the report gives the median of those ratios and their min-max.
+
+Servers: by default a temporary PostgreSQL cluster (fsync on) and a throwaway redis-server,
+started and removed by the run. ``--postgres-url`` (a throwaway database is created on it and
+dropped) and ``--redis-url`` (keys under a run prefix, deleted afterwards; never flushed) use
+given servers instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
-import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,90 +34,143 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from databases import throwaway_postgres  # noqa: E402
-from systems import SYSTEMS, ConcurrentRawAsyncpg, RawAsyncpg, RawRedis, System  # noqa: E402
+from floors import FLOORS, Floor, summary  # noqa: E402
+from report import METRICS, write_outputs  # noqa: E402
+from stores import Servers, servers  # noqa: E402
+from systems import SYSTEMS, System  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 import pydantic_toast  # noqa: E402
-from pydantic_toast.integrations.cli import main as toast_cli  # noqa: E402
 
-RAW = {"postgresql": RawAsyncpg, "redis": RawRedis}
 # SQLModel warns when the per-run table class is defined again under the same name.
 warnings.filterwarnings("ignore", message="This declarative base already contains")
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
+@dataclass(frozen=True)
 class Sizes:
-    def __init__(self, quick: bool) -> None:
-        self.sequential = 100 if quick else 2000
-        self.warmup = 10 if quick else 100
-        self.batch_cap = 300 if quick else None
-        self.concurrent_ops = 2 if quick else 10  # per task, 100 tasks
+    repetitions: int
+    single: int  # sequential saves, then as many loads, per system and repetition
+    batch: int | None  # records per batch (None: the workload's own size)
+    tasks: int  # concurrent tasks
+    per_task: int  # operations per task, per direction
 
-    def batch(self, workload: Workload) -> int:
-        return min(workload.batch, self.batch_cap) if self.batch_cap else workload.batch
+    @classmethod
+    def full(cls, repetitions: int) -> Sizes:
+        return cls(repetitions, single=300, batch=None, tasks=100, per_task=5)
 
+    @classmethod
+    def quick(cls, repetitions: int) -> Sizes:
+        return cls(repetitions, single=60, batch=300, tasks=100, per_task=1)
 
-async def run_async(system: System, sizes: Sizes, concurrent: System | None) -> dict[str, Any]:
-    await system.setup()
-    try:
-        objs = [system.make(i) for i in range(sizes.sequential + sizes.warmup)]
-        for obj in objs[: sizes.warmup]:
-            await system.load(await system.save(obj))
-        saves, keys = [], []
-        for obj in objs[sizes.warmup :]:
-            started = time.perf_counter_ns()
-            keys.append(await system.save(obj))
-            saves.append((time.perf_counter_ns() - started) / 1000)
-        loads = []
-        for key in keys:
-            started = time.perf_counter_ns()
-            await system.load(key)
-            loads.append((time.perf_counter_ns() - started) / 1000)
-        result = summary(saves, loads)
-        batch = [system.make(i) for i in range(sizes.batch(system.workload))]
-        started = time.perf_counter()
-        batch_keys = await system.save_many(batch)
-        result["batch_save"] = len(batch) / (time.perf_counter() - started)
-        started = time.perf_counter()
-        loaded = await system.load_many(batch_keys)
-        result["batch_load"] = len(batch) / (time.perf_counter() - started)
-        assert len(loaded) == len(batch)
-    finally:
-        await system.teardown()
-    if concurrent is not None:
-        result["concurrent"] = await run_concurrent(concurrent, sizes)
-    return result
+    @classmethod
+    def warmup(cls) -> Sizes:
+        return cls(1, single=30, batch=100, tasks=100, per_task=1)
+
+    def batch_for(self, workload: Workload, system: Any) -> int:
+        count = self.batch or workload.batch
+        cap = getattr(system, "batch_cap", None)
+        return min(count, cap) if cap else count
 
 
-async def run_concurrent(system: System, sizes: Sizes) -> float:
-    await system.setup()
-    try:
-        seeds = [await system.save(system.make(i)) for i in range(100)]
+class Contender:
+    """One system, driven phase by phase on the harness's own event loop."""
 
-        async def task(i: int) -> None:
-            for _ in range(sizes.concurrent_ops):
-                await system.load(seeds[i])
-                await system.save(system.make(i))
+    def __init__(self, system: System | Floor, loop: asyncio.AbstractEventLoop) -> None:
+        self.system = system
+        self.loop = loop
+        self.name = system.name
+        self.backend = system.backend
 
-        await asyncio.gather(*(task(i) for i in range(10)))  # warm the pool
-        started = time.perf_counter()
-        await asyncio.gather(*(task(i) for i in range(100)))
-        return 100 * sizes.concurrent_ops * 2 / (time.perf_counter() - started)
-    finally:
-        await system.teardown()
+    def setup(self) -> None:
+        if isinstance(self.system, Floor):
+            self.system.setup()
+        elif not self.system.sync:
+            self.loop.run_until_complete(self.system.setup())
+
+    def teardown(self) -> None:
+        if isinstance(self.system, Floor):
+            self.system.teardown()
+        elif self.system.sync:
+            pydantic_toast.close_storage()
+        else:
+            self.loop.run_until_complete(self.system.teardown())
+
+    def run(self, phase: str, workload: Workload, sizes: Sizes) -> dict[str, float]:
+        gc.collect()
+        system = self.system
+        if isinstance(system, Floor):
+            if phase == "single":
+                return system.single(sizes.single)
+            if phase == "batch":
+                return system.batch(sizes.batch_for(workload, system))
+            return system.concurrent(sizes.tasks, sizes.per_task)
+        if system.sync:
+            if phase == "single":
+                return sync_single(system, sizes.single)
+            if phase == "batch":
+                return sync_batch(system, sizes.batch_for(workload, system))
+            return {}
+        if phase == "single":
+            return self.loop.run_until_complete(async_single(system, sizes.single))
+        if phase == "batch":
+            count = sizes.batch_for(workload, system)
+            return self.loop.run_until_complete(async_batch(system, count))
+        return self.loop.run_until_complete(async_concurrent(system, sizes.tasks, sizes.per_task))
 
 
-def run_sync(system: Any, sizes: Sizes) -> dict[str, Any]:
-    objs = [system.make(i) for i in range(sizes.sequential + sizes.warmup)]
-    for obj in objs[: sizes.warmup]:
-        system.load_sync(system.save_sync(obj))
+async def async_single(system: System, count: int) -> dict[str, float]:
+    objs = [system.make(i) for i in range(count)]
     saves, keys = [], []
-    for obj in objs[sizes.warmup :]:
+    for obj in objs:
+        started = time.perf_counter_ns()
+        keys.append(await system.save(obj))
+        saves.append((time.perf_counter_ns() - started) / 1000)
+    loads = []
+    for key in keys:
+        started = time.perf_counter_ns()
+        await system.load(key)
+        loads.append((time.perf_counter_ns() - started) / 1000)
+    return summary(saves, loads)
+
+
+async def async_batch(system: System, count: int) -> dict[str, float]:
+    objs = [system.make(i) for i in range(count)]
+    started = time.perf_counter()
+    keys = await system.save_many(objs)
+    saved = time.perf_counter()
+    loaded = await system.load_many(keys)
+    finished = time.perf_counter()
+    assert len(loaded) == count, f"{system.name}: loaded {len(loaded)} of {count}"
+    return {"batch_save": count / (saved - started), "batch_load": count / (finished - saved)}
+
+
+async def async_concurrent(system: System, tasks: int, per_task: int) -> dict[str, float]:
+    seeds = [await system.save(system.make(i)) for i in range(tasks)]
+    objs = [[system.make(i) for _ in range(per_task)] for i in range(tasks)]
+
+    async def loader(i: int) -> None:
+        for _ in range(per_task):
+            await system.load_concurrent(seeds[i])
+
+    async def saver(i: int) -> None:
+        for obj in objs[i]:
+            await system.save_concurrent(obj)
+
+    # Untimed: every pool opens the connections it keeps under this load.
+    await asyncio.gather(*(system.load_concurrent(seed) for seed in seeds))
+    started = time.perf_counter()
+    await asyncio.gather(*(loader(i) for i in range(tasks)))
+    loaded = time.perf_counter()
+    await asyncio.gather(*(saver(i) for i in range(tasks)))
+    saved = time.perf_counter()
+    ops = tasks * per_task
+    return {"conc_load": ops / (loaded - started), "conc_save": ops / (saved - loaded)}
+
+
+def sync_single(system: Any, count: int) -> dict[str, float]:
+    objs = [system.make(i) for i in range(count)]
+    saves, keys = [], []
+    for obj in objs:
         started = time.perf_counter_ns()
         keys.append(system.save_sync(obj))
         saves.append((time.perf_counter_ns() - started) / 1000)
@@ -123,268 +179,158 @@ def run_sync(system: Any, sizes: Sizes) -> dict[str, Any]:
         started = time.perf_counter_ns()
         system.load_sync(key)
         loads.append((time.perf_counter_ns() - started) / 1000)
-    result = summary(saves, loads)
-    batch = [system.make(i) for i in range(sizes.batch(system.workload))]
+    return summary(saves, loads)
+
+
+def sync_batch(system: Any, count: int) -> dict[str, float]:
+    objs = [system.make(i) for i in range(count)]
     started = time.perf_counter()
-    batch_keys = system.save_many_sync(batch)
-    result["batch_save"] = len(batch) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    system.load_many_sync(batch_keys)
-    result["batch_load"] = len(batch) / (time.perf_counter() - started)
-    pydantic_toast.close_storage()
-    return result
+    keys = system.save_many_sync(objs)
+    saved = time.perf_counter()
+    loaded = system.load_many_sync(keys)
+    finished = time.perf_counter()
+    assert len(loaded) == count, f"{system.name}: loaded {len(loaded)} of {count}"
+    return {"batch_save": count / (saved - started), "batch_load": count / (finished - saved)}
 
 
-def summary(saves: list[float], loads: list[float]) -> dict[str, Any]:
-    return {
-        "save_p50": statistics.median(saves),
-        "save_p99": percentile(saves, 0.99),
-        "load_p50": statistics.median(loads),
-        "load_p99": percentile(loads, 0.99),
-    }
+PHASES = ("single", "batch", "concurrent")
 
 
-def rss_probe(kind: str, workload_index: int, count: int, url: str) -> None:
-    """Run in a child process: peak RSS growth of one batch save and load (toast async)."""
-    from systems import Toast
-
-    workload = WORKLOADS[workload_index]
-    toast = type("Probe", (Toast,), {"storage_kind": kind, "name": "probe", "backend": kind})
-    system = toast(workload, {kind: url})
-
-    async def probe() -> dict[str, float]:
-        await system.setup()
-        objs = [system.make(i) for i in range(count)]
-        plain = workload.plain_model()
-        json_bytes = sum(len(plain(**workload.values(i)).model_dump_json()) for i in range(count))
-        await system.load(await system.save(system.make(0)))  # connect outside the window
-        before = reset_peak_rss()
-        keys = await system.save_many(objs)
-        save_peak = peak_rss() - before
-        del objs
-        before = reset_peak_rss()
-        await system.load_many(keys)
-        load_peak = peak_rss() - before
-        await system.teardown()
-        return {
-            "json_bytes": json_bytes,
-            "save_rss": save_peak,
-            "load_rss": load_peak,
-        }
-
-    print(json.dumps(asyncio.run(probe())))
+def contenders_for(
+    workload: Workload, urls: Servers, only: str | None, loop: asyncio.AbstractEventLoop
+) -> list[Contender]:
+    raw = urls.for_raw() | {"redis_prefix": urls.redis_prefix}
+    toast = urls.for_toast() | {"redis_prefix": urls.redis_prefix}
+    chosen: list[Contender] = []
+    for system_class in SYSTEMS:
+        if system_class.only_small and workload is not WORKLOADS[0]:
+            continue
+        is_raw = system_class.name.startswith("raw ")
+        if only and not is_raw and only.lower() not in system_class.name.lower():
+            continue
+        is_toast = system_class.name.startswith("pydantic-toast")
+        chosen.append(Contender(system_class(workload, toast if is_toast else raw), loop))
+    for floor_class in FLOORS:
+        if only and only.lower() not in floor_class.name.lower():
+            continue
+        chosen.append(Contender(floor_class(workload, raw), loop))
+    return chosen
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
-
-
-def reset_peak_rss() -> int:
-    """Reset the peak-RSS mark to the current RSS (Linux); return the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS:")
-
-
-def peak_rss() -> int:
-    return _status("VmHWM:")
-
-
-@contextmanager
-def servers() -> Iterator[dict[str, str]]:
-    """URLs of every store for one run; their data is removed afterwards."""
-    import redis
-
-    sqlite_file = Path(tempfile.mkdtemp()) / "bench.db"
-    assert toast_cli(["migrate", f"sqlite:///{sqlite_file}"]) == 0
-    redis_base = os.environ.get("TOAST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    prefix = f"bench_{uuid.uuid4().hex[:8]}"
-    with throwaway_postgres("toast_bench") as postgres:
-        try:
-            yield {
-                "postgresql": postgres,
-                "redis": redis_base,
-                "redis_toast": f"{redis_base}?prefix={prefix}",
-                "sqlite": f"sqlite:///{sqlite_file}",
-                "memory": f"memory://bench-{prefix}",
-            }
-        finally:
-            pydantic_toast.close_storage()
-            client = redis.Redis.from_url(redis_base)
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.delete(*keys[start : start + 1000])
-            client.close()
-
-
-def measure(sizes: Sizes, only: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def measure(
+    urls: Servers, sizes: Sizes, only: str | None, workloads: list[Workload]
+) -> list[dict[str, Any]]:
+    """One row per (workload, system, repetition) with that repetition's figures."""
     rows: list[dict[str, Any]] = []
-    with servers() as urls:
-        toast_urls = urls | {"redis": urls["redis_toast"]}
-        for workload in WORKLOADS:
-            for system_class in SYSTEMS:
-                if system_class.only_small and workload is not WORKLOADS[0]:
-                    continue
-                if only and only.lower() not in system_class.name.lower():
-                    continue
-                is_toast = system_class.__name__.startswith("Toast")
-                system = system_class(workload, toast_urls if is_toast else urls)
-                print(f"  {workload.name:>10} | {system_class.name}", file=sys.stderr, flush=True)
-                if system.sync:
-                    result = run_sync(system, sizes)
-                else:
-                    concurrent_class = (
-                        ConcurrentRawAsyncpg if system_class is RawAsyncpg else system_class
-                    )
-                    concurrent = concurrent_class(workload, toast_urls if is_toast else urls)
-                    result = asyncio.run(run_async(system, sizes, concurrent))
-                rows.append(
-                    {
-                        "workload": workload.name,
-                        "system": system_class.name,
-                        "backend": system_class.backend,
-                    }
-                    | result
-                )
-        memory = []
-        for index in (0, 1):
-            for kind in ("postgresql", "redis"):
-                count = sizes.batch(WORKLOADS[index])
-                output = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--rss-probe",
-                        kind,
-                        str(index),
-                        str(count),
-                        toast_urls[kind],
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                memory.append(
-                    {"workload": WORKLOADS[index].name, "backend": kind, "records": count}
-                    | json.loads(output)
-                )
-    return rows, {"memory": json.dumps(memory)}
-
-
-def ratio(value: float | None, raw: float | None) -> str:
-    if value is None or not raw:
-        return ""
-    return f" ({value / raw:.2f}x)"
-
-
-def report(rows: list[dict[str, Any]], extra: dict[str, str], sizes: Sizes) -> str:
-    raw_rows = {
-        (r["workload"], r["backend"]): r
-        for r in rows
-        if r["system"] in (RawAsyncpg.name, RawRedis.name)
-    }
-    lines = [
-        "# pydantic-toast benchmark",
-        "",
-        f"{sizes.sequential} sequential saves and loads (p50/p99 µs), batches (records/s), "
-        f"100 concurrent tasks (ops/s). Ratios in parentheses: to the raw driver of the same "
-        "backend in this run (latency: lower is better; throughput: higher is better).",
-        "",
-        "| workload | system | save p50 | save p99 | load p50 | load p99 | batch save/s "
-        "| batch load/s | concurrent ops/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        raw = raw_rows.get((r["workload"], r["backend"]), {})
-        cells = [
-            f"{r['save_p50']:.0f}{ratio(r['save_p50'], raw.get('save_p50'))}",
-            f"{r['save_p99']:.0f}",
-            f"{r['load_p50']:.0f}{ratio(r['load_p50'], raw.get('load_p50'))}",
-            f"{r['load_p99']:.0f}",
-            f"{r['batch_save']:.0f}{ratio(r['batch_save'], raw.get('batch_save'))}",
-            f"{r['batch_load']:.0f}{ratio(r['batch_load'], raw.get('batch_load'))}",
-            (
-                f"{r['concurrent']:.0f}{ratio(r['concurrent'], raw.get('concurrent'))}"
-                if "concurrent" in r
-                else "n/a (sync)"
-            ),
-        ]
-        lines.append(f"| {r['workload']} | {r['system']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Peak RSS of a batch (pydantic-toast async)",
-        "",
-        "| workload | backend | records | JSON moved | save peak RSS | load peak RSS |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in json.loads(extra["memory"]):
-        mb = 1024 * 1024
-        lines.append(
-            f"| {m['workload']} | {m['backend']} | {m['records']} | {m['json_bytes'] / mb:.1f} MB "
-            f"| {m['save_rss'] / mb:.1f} MB ({m['save_rss'] / m['json_bytes']:.2f}x) "
-            f"| {m['load_rss'] / mb:.1f} MB ({m['load_rss'] / m['json_bytes']:.2f}x) |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    loop = asyncio.new_event_loop()
     try:
-        import matplotlib
+        for workload in workloads:
+            contenders = contenders_for(workload, urls, only, loop)
+            for contender in contenders:
+                contender.setup()
+            try:
+                for contender in contenders:  # warm-up: every phase once, discarded
+                    for phase in PHASES:
+                        contender.run(phase, workload, Sizes.warmup())
+                for repetition in range(sizes.repetitions):
+                    shift = repetition % len(contenders)
+                    order = contenders[shift:] + contenders[:shift]
+                    figures: dict[str, dict[str, float]] = {c.name: {} for c in contenders}
+                    started = time.perf_counter()
+                    for phase in PHASES:
+                        for contender in order:
+                            figures[contender.name] |= contender.run(phase, workload, sizes)
+                    print(
+                        f"  {workload.name:>10} | repetition {repetition + 1}/"
+                        f"{sizes.repetitions} ({time.perf_counter() - started:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    for contender in contenders:
+                        rows.append(
+                            {
+                                "workload": workload.name,
+                                "system": contender.name,
+                                "backend": contender.backend,
+                                "repetition": repetition,
+                            }
+                            | {m: figures[contender.name].get(m) for m in METRICS}
+                        )
+            finally:
+                for contender in contenders:
+                    contender.teardown()
+    finally:
+        loop.close()
+    return rows
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart (pip install matplotlib)", file=sys.stderr)
-        return
-    raw_rows = {
-        (r["workload"], r["backend"]): r
-        for r in rows
-        if r["system"] in (RawAsyncpg.name, RawRedis.name)
-    }
-    labelled = [
-        r
-        for r in rows
-        if (r["workload"], r["backend"]) in raw_rows
-        and r["system"] not in (RawAsyncpg.name, RawRedis.name)
-    ]
-    labels = [f"{r['system']} · {r['workload']}" for r in labelled]
-    saves = [r["save_p50"] / raw_rows[(r["workload"], r["backend"])]["save_p50"] for r in labelled]
-    loads = [r["load_p50"] / raw_rows[(r["workload"], r["backend"])]["load_p50"] for r in labelled]
-    figure, axis = plt.subplots(figsize=(10, 0.35 * len(labels) + 1.5))
-    positions = range(len(labels))
-    axis.barh([p - 0.2 for p in positions], saves, height=0.4, label="save p50")
-    axis.barh([p + 0.2 for p in positions], loads, height=0.4, label="load p50")
-    axis.axvline(1.0, color="black", linewidth=0.8)
-    axis.set_yticks(list(positions), labels, fontsize=7)
-    axis.set_xlabel("latency ratio to the raw driver of the same backend (lower is better)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+
+def rss_probes(urls: Servers, sizes: Sizes) -> list[dict[str, Any]]:
+    """Peak RSS growth of one batch save and load (pydantic-toast async), each in a child."""
+    memory = []
+    toast_urls = urls.for_toast()
+    for index in (0, 1):
+        for kind in ("postgresql", "redis"):
+            count = sizes.batch or WORKLOADS[index].batch
+            output = subprocess.run(
+                [sys.executable, HERE / "rss.py", kind, str(index), str(count), toast_urls[kind]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            memory.append(
+                {"workload": WORKLOADS[index].name, "backend": kind, "records": count}
+                | json.loads(output)
+            )
+    return memory
+
+
+def instruction_counts(quick: bool) -> list[dict[str, Any]] | None:
+    """Callgrind instruction counts per operation (bench/instructions.py), or None."""
+    command = [sys.executable, str(HERE / "instructions.py"), "--json"]
+    if quick:
+        command.append("--quick")
+    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    if output.returncode != 0:
+        print(f"callgrind counts skipped: {output.stderr.strip()[-400:]}", file=sys.stderr)
+        return None
+    counts: list[dict[str, Any]] = json.loads(output.stdout)
+    return counts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
-    parser.add_argument("--only", help="only systems whose name contains this")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--rss-probe", nargs=4, metavar=("KIND", "WORKLOAD", "COUNT", "URL"))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions")
+    parser.add_argument("--repetitions", "-r", type=int, help="repetitions (default 5, quick 2)")
+    parser.add_argument("--only", help="only systems whose name contains this (raws always run)")
+    parser.add_argument("--workload", help="only workloads whose name contains this")
+    parser.add_argument("--postgres-url", help="use this server (a throwaway database on it)")
+    parser.add_argument("--redis-url", help="use this Redis (keys under a run prefix)")
+    parser.add_argument("--no-callgrind", action="store_true", help="skip instruction counts")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS probes")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     args = parser.parse_args()
-    if args.rss_probe:
-        kind, index, count, url = args.rss_probe
-        rss_probe(kind, int(index), int(count), url)
-        return
-    sizes = Sizes(args.quick)
+    repetitions = args.repetitions or (2 if args.quick else 5)
+    sizes = Sizes.quick(repetitions) if args.quick else Sizes.full(repetitions)
+    workloads = [w for w in WORKLOADS if not args.workload or args.workload in w.name]
     started = time.perf_counter()
-    rows, extra = measure(sizes, args.only)
-    text = report(rows, extra, sizes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    chart(rows, args.out / "ratios.png")
+    counts = None if args.no_callgrind else instruction_counts(args.quick)
+    with servers(args.postgres_url, args.redis_url) as urls:
+        rows = measure(urls, sizes, args.only, workloads)
+        memory = [] if args.no_rss else rss_probes(urls, sizes)
+    elapsed = time.perf_counter() - started
+    meta = {
+        "repetitions": sizes.repetitions,
+        "single_ops": sizes.single,
+        "batch": {w.name: sizes.batch or w.batch for w in workloads},
+        "tasks": sizes.tasks,
+        "per_task": sizes.per_task,
+        "servers": "throwaway (started by the run)" if urls.throwaway else "given URLs",
+        "seconds": round(elapsed),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    text = write_outputs(args.out, rows, memory, counts, meta)
     print(text)
-    print(f"({time.perf_counter() - started:.0f} s; written to {args.out})", file=sys.stderr)
+    print(f"({elapsed:.0f} s; written to {args.out})", file=sys.stderr)
 
 
 if __name__ == "__main__":

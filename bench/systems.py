@@ -24,6 +24,8 @@ class System:
     backend: ClassVar[str]  # the raw driver its ratios are taken against
     sync: ClassVar[bool] = False
     only_small: ClassVar[bool] = False  # implemented for the 10-field workload only
+    # Slow systems time their batches on fewer records (throughput is per record either way).
+    batch_cap: ClassVar[int | None] = None
 
     def __init__(self, workload: Workload, urls: dict[str, str]) -> None:
         self.workload = workload
@@ -51,6 +53,14 @@ class System:
 
     async def load_many(self, keys: Sequence[Any]) -> list[Any]:
         return [await self.load(key) for key in keys]
+
+    async def save_concurrent(self, obj: Any) -> Any:
+        """A save made by one of many concurrent tasks (default: :meth:`save`)."""
+        return await self.save(obj)
+
+    async def load_concurrent(self, key: Any) -> Any:
+        """A load made by one of many concurrent tasks (default: :meth:`load`)."""
+        return await self.load(key)
 
 
 # -- pydantic-toast -----------------------------------------------------------------------------
@@ -133,6 +143,7 @@ def toast_systems() -> list[type[System]]:
                         "name": f"pydantic-toast {api} ({label})",
                         "backend": kind,
                         "storage_kind": kind,
+                        "batch_cap": 2000 if kind == "sqlite" else None,
                     },
                 )
             )
@@ -150,8 +161,16 @@ SELECT = "SELECT data::text FROM external_records WHERE class_name = $1 AND id =
 SELECT_MANY = "SELECT data::text FROM external_records WHERE class_name = $1 AND id = ANY($2)"
 
 
+# pydantic-toast's PostgreSQL pool: pool_size 10 + max_overflow 10; its Redis pool: 50.
+PG_POOL_MIN, PG_POOL_MAX = 10, 20
+REDIS_POOL = 50
+
+
 class RawAsyncpg(System):
-    """asyncpg with prepared statements: one connection sequentially, a pool concurrently."""
+    """asyncpg with prepared statements: one connection sequentially, a pool concurrently.
+
+    The pool is sized like pydantic-toast's (10 kept, up to 20) for the concurrency test.
+    """
 
     name = "raw asyncpg"
     backend = "postgresql"
@@ -160,7 +179,9 @@ class RawAsyncpg(System):
         import asyncpg
 
         self.class_name = f"raw_{uuid.uuid4().hex[:8]}"
-        self.pool = await asyncpg.create_pool(self.urls["postgresql"], min_size=10, max_size=10)
+        self.pool = await asyncpg.create_pool(
+            self.urls["postgresql"], min_size=PG_POOL_MIN, max_size=PG_POOL_MAX
+        )
         self.connection = await self.pool.acquire()
 
     async def teardown(self) -> None:
@@ -192,17 +213,13 @@ class RawAsyncpg(System):
         rows = await self.connection.fetch(SELECT_MANY, self.class_name, list(keys))
         return [self.plain.model_validate_json(row[0]) for row in rows]
 
-
-class ConcurrentRawAsyncpg(RawAsyncpg):
-    """Used for the concurrency test: each operation takes a pooled connection."""
-
-    async def save(self, obj: Any) -> Any:
+    async def save_concurrent(self, obj: Any) -> Any:
         key = uuid.uuid4()
         data = obj.__pydantic_serializer__.to_json(obj).decode()
         await self.pool.execute(UPSERT, self.class_name, key, data, datetime.now(UTC))
         return key
 
-    async def load(self, key: Any) -> Any:
+    async def load_concurrent(self, key: Any) -> Any:
         return self.plain.model_validate_json(
             await self.pool.fetchval(SELECT, self.class_name, key)
         )
@@ -212,7 +229,10 @@ class ConcurrentRawAsyncpg(RawAsyncpg):
 
 
 class RawRedis(System):
-    """redis.asyncio SET/GET, pipelines and MGET for batches."""
+    """redis.asyncio SET/GET, a pipeline of SETs and MGET for batches.
+
+    A blocking pool sized like pydantic-toast's (50) for the concurrency test.
+    """
 
     name = "raw redis.asyncio"
     backend = "redis"
@@ -220,8 +240,11 @@ class RawRedis(System):
     async def setup(self) -> None:
         import redis.asyncio as aioredis
 
-        self.prefix = f"bench_raw_{uuid.uuid4().hex[:8]}"
-        self.client = aioredis.Redis.from_url(self.urls["redis"])
+        self.prefix = f"{self.urls['redis_prefix']}_raw_{uuid.uuid4().hex[:8]}"
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.urls["redis"], max_connections=REDIS_POOL
+        )
+        self.client = aioredis.Redis(connection_pool=pool)
 
     async def teardown(self) -> None:
         keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000)]
@@ -257,13 +280,14 @@ class SQLAlchemyORM(System):
 
     name = "SQLAlchemy ORM AsyncSession"
     backend = "postgresql"
+    batch_cap = 2000
 
     async def setup(self) -> None:
         from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
         self.class_name = f"orm_{uuid.uuid4().hex[:8]}"
         url = self.urls["postgresql"].replace("postgresql://", "postgresql+asyncpg://")
-        self.engine = create_async_engine(url)
+        self.engine = create_async_engine(url, pool_size=PG_POOL_MIN, max_overflow=10)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def teardown(self) -> None:
@@ -322,6 +346,7 @@ class SQLModelSystem(System):
     name = "SQLModel"
     backend = "postgresql"
     only_small = True
+    batch_cap = 2000
 
     async def setup(self) -> None:
         from sqlalchemy import JSON, Column, DateTime
@@ -346,7 +371,7 @@ class SQLModelSystem(System):
 
         self.row_class = Customer
         url = self.urls["postgresql"].replace("postgresql://", "postgresql+asyncpg://")
-        self.engine = create_async_engine(url)
+        self.engine = create_async_engine(url, pool_size=PG_POOL_MIN, max_overflow=10)
         async with self.engine.begin() as connection:
             await connection.run_sync(Customer.__table__.create)  # type: ignore[attr-defined]
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -375,6 +400,15 @@ class SQLModelSystem(System):
             session.add_all(rows)
         return [row.id for row in rows]
 
+    async def load_many(self, keys: Sequence[Any]) -> list[Any]:
+        from sqlmodel import col, select
+
+        async with self.sessions() as session:
+            result = await session.scalars(
+                select(self.row_class).where(col(self.row_class.id).in_(list(keys)))
+            )
+            return list(result)
+
 
 class RedisOM(System):
     """redis-om-python's async HashModel (tags joined into one string: hashes are flat)."""
@@ -382,12 +416,13 @@ class RedisOM(System):
     name = "redis-om HashModel"
     backend = "redis"
     only_small = True
+    batch_cap = 2000
 
     async def setup(self) -> None:
         from aredis_om import HashModel, get_redis_connection
 
         database = get_redis_connection(url=self.urls["redis"])
-        prefix = f"bench_om_{uuid.uuid4().hex[:8]}"
+        prefix = f"{self.urls['redis_prefix']}_om_{uuid.uuid4().hex[:8]}"
 
         class Customer(HashModel, index=True):
             name: str
@@ -426,6 +461,11 @@ class RedisOM(System):
 
     async def load(self, key: Any) -> Any:
         return await self.row_class.get(key)
+
+    async def save_many(self, objs: Sequence[Any]) -> list[Any]:
+        rows = [self.row_class(**obj) for obj in objs]
+        await self.row_class.add(rows)  # one pipeline
+        return [row.pk for row in rows]
 
 
 SYSTEMS: list[type[System]] = [

@@ -1,0 +1,254 @@
+"""Instructions per operation of the library's own CPU work, counted by callgrind (noise-free).
+
+    python bench/instructions.py            # a markdown table
+    python bench/instructions.py --json     # JSON (bench/run.py includes it in the report)
+
+A worker process runs under ``valgrind --tool=callgrind --zero-before=getppid
+--dump-before=getpgrp``: for each measured operation it warms up, calls ``os.getppid()`` (the
+counters are zeroed), runs the operation N times, and calls ``os.getpgrp()`` (the counters since
+the zero are dumped to a file). Instructions per operation = the dump's total / N, minus the
+same loop around a no-op. Counts include every thread (the sync API's loop thread too). They
+repeat to within a fraction of a percent, however busy the machine is.
+
+Operations, for each workload, on ``memory://``:
+
+* plain Pydantic: ``model_dump_json()``, ``model_validate_json()`` and both, on a ``BaseModel``
+  with the same fields: the floor for any library that stores JSON;
+* the library's encode (the stored JSON of a model, without writing it) and decode
+  (``model_validate_json`` of the full stored data, through the wrap validator);
+* ``await obj.asave()``, ``await Model.aload(ref)`` and the sync ``model_dump()`` /
+  ``model_validate(ref)``, each a whole single save or load on ``memory://``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from workloads import WORKLOADS, Workload  # noqa: E402
+
+
+def _segment(label: str, count: int, operation: Callable[[int], Any], log: list[str]) -> None:
+    for i in range(min(count, 20)):  # warm-up: caches, lazy imports, first connections
+        operation(i)
+    os.getppid()  # callgrind: zero the counters
+    for i in range(count):
+        operation(i)
+    os.getpgrp()  # callgrind: dump the counters since the zero
+    log.append(label)
+
+
+async def _asegment(
+    label: str, count: int, operation: Callable[[int], Awaitable[Any]], log: list[str]
+) -> None:
+    for i in range(min(count, 20)):
+        await operation(i)
+    os.getppid()
+    for i in range(count):
+        await operation(i)
+    os.getpgrp()
+    log.append(label)
+
+
+def worker(count: int, workloads: list[Workload]) -> list[str]:
+    """Run every measured segment; return their labels in dump order."""
+    log: list[str] = []
+    loop = asyncio.new_event_loop()
+    for workload in workloads:
+        _count_workload(workload, count, loop, log)
+    loop.close()
+    return log
+
+
+def _count_workload(
+    workload: Workload, count: int, loop: asyncio.AbstractEventLoop, log: list[str]
+) -> None:
+    from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+    plain = workload.plain_model()
+    annotations = {name: kind for name, (kind, _) in workload.fields.items()}
+    defaults = {name: value for name, (_, value) in workload.fields.items()}
+    model: Any = type(
+        "Counted",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": annotations,
+            **defaults,
+            "model_config": ExternalConfigDict(
+                storage=f"memory://counted-{uuid.uuid4().hex[:8]}",
+                external_name=f"counted_{uuid.uuid4().hex[:8]}",
+            ),
+        },
+    )
+    total = count + 20
+    plains = [plain(**workload.values(i)) for i in range(total)]
+    plain_json = [p.model_dump_json() for p in plains]
+    ours = [model(**workload.values(i)) for i in range(total)]
+    name = workload.name
+
+    def nothing(i: int) -> None:
+        return None
+
+    async def anothing(i: int) -> None:
+        return None
+
+    _segment(f"{name}|loop", count, nothing, log)
+    loop.run_until_complete(_asegment(f"{name}|async loop", count, anothing, log))
+    _segment(f"{name}|plain encode", count, lambda i: plains[i].model_dump_json(), log)
+    _segment(f"{name}|plain decode", count, lambda i: plain.model_validate_json(plain_json[i]), log)
+    _segment(
+        f"{name}|plain encode+decode",
+        count,
+        lambda i: plain.model_validate_json(plains[i].model_dump_json()),
+        log,
+    )
+    try:  # internal API: the restructure may move it
+        from pydantic_toast._saving import collecting, store
+
+        encodes = [model(**workload.values(i)) for i in range(total)]
+        _segment(
+            f"{name}|library encode (no write)",
+            count,
+            lambda i: collecting(lambda: store(encodes[i])),
+            log,
+        )
+    except ImportError:
+        pass
+    _segment(
+        f"{name}|library decode (model_validate_json of full data)",
+        count,
+        lambda i: model.model_validate_json(plain_json[i]),
+        log,
+    )
+    references: list[Any] = []
+
+    async def asave(i: int) -> None:
+        references.append(await ours[i].asave())
+
+    loop.run_until_complete(_asegment(f"{name}|async save (memory://)", count, asave, log))
+
+    async def aload(i: int) -> None:
+        await model.aload(references[i])
+
+    loop.run_until_complete(_asegment(f"{name}|async load (memory://)", count, aload, log))
+    fresh = [model(**workload.values(i)) for i in range(total)]
+    dumped: list[Any] = []
+    _segment(
+        f"{name}|sync save (memory://)",
+        count,
+        lambda i: dumped.append(fresh[i].model_dump()),
+        log,
+    )
+    _segment(f"{name}|sync load (memory://)", count, lambda i: model.model_validate(dumped[i]), log)
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def count_instructions(count: int, quick: bool) -> list[dict[str, Any]]:
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        raise FileNotFoundError("valgrind not found: install it (Debian: valgrind)")
+    scratch = Path(tempfile.mkdtemp(prefix="toast-callgrind-"))
+    try:
+        output = subprocess.run(
+            [
+                valgrind,
+                "--tool=callgrind",
+                "--zero-before=getppid",
+                "--dump-before=getpgrp",
+                f"--callgrind-out-file={scratch}/cg.out.%p",
+                sys.executable,
+                __file__,
+                "--worker",
+                str(count),
+            ]
+            + (["--quick"] if quick else []),
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PYTHONHASHSEED": "0"},
+            timeout=1800,
+            check=False,
+        )
+        if output.returncode != 0:
+            raise RuntimeError(f"callgrind worker failed: {output.stderr.strip()[-800:]}")
+        labels: list[str] = json.loads(output.stdout.strip().splitlines()[-1])
+        dumps = sorted(
+            (p for p in scratch.iterdir() if p.name.rsplit(".", 1)[-1].isdigit()),
+            key=lambda p: int(p.name.rsplit(".", 1)[-1]),
+        )
+        if len(dumps) < len(labels):
+            raise RuntimeError(f"{len(dumps)} callgrind dumps for {len(labels)} segments")
+        per_op = {label: _total(dump) / count for label, dump in zip(labels, dumps, strict=False)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results = []
+    for workload in dict.fromkeys(label.split("|")[0] for label in labels):
+        ops = {
+            label.split("|")[1]: value
+            for label, value in per_op.items()
+            if label.startswith(workload + "|")
+        }
+        sync_loop, async_loop = ops.pop("loop"), ops.pop("async loop")
+        for operation in ops:
+            ops[operation] -= async_loop if operation.startswith("async") else sync_loop
+        plain = ops["plain encode+decode"]
+        library = ops["async save (memory://)"] + ops["async load (memory://)"]
+        results.append(
+            {
+                "workload": workload,
+                "count": count,
+                "ops": {k: round(v) for k, v in ops.items()},
+                "library_vs_plain": round(library / plain, 3),
+            }
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--worker", type=int, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=100, help="operations per segment")
+    parser.add_argument("--quick", action="store_true", help="50 operations per segment")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, WORKLOADS)))
+        return
+    count = 50 if args.quick else args.count
+    results = count_instructions(count, args.quick)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print("| workload | operation | instructions/op | vs plain encode+decode |")
+    print("|---|---|---|---|")
+    for result in results:
+        plain = result["ops"]["plain encode+decode"]
+        for operation, value in result["ops"].items():
+            print(f"| {result['workload']} | {operation} | {value:,} | {value / plain:.2f}× |")
+        print(
+            f"| {result['workload']} | library save+load / plain | | "
+            f"{result['library_vs_plain']:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
