@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from floors import FLOORS, Floor, summary  # noqa: E402
 from report import METRICS, write_outputs  # noqa: E402
 from stores import Servers, servers  # noqa: E402
-from systems import SYSTEMS, System  # noqa: E402
+from systems import SLOW_BATCH, SYSTEMS, System  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 import pydantic_toast  # noqa: E402
@@ -56,7 +56,7 @@ class Sizes:
 
     @classmethod
     def full(cls, repetitions: int) -> Sizes:
-        return cls(repetitions, single=300, batch=None, tasks=100, per_task=5)
+        return cls(repetitions, single=200, batch=None, tasks=100, per_task=3)
 
     @classmethod
     def quick(cls, repetitions: int) -> Sizes:
@@ -237,12 +237,18 @@ def measure(
                     order = contenders[shift:] + contenders[:shift]
                     figures: dict[str, dict[str, float]] = {c.name: {} for c in contenders}
                     started = time.perf_counter()
+                    spent: dict[str, float] = {}
                     for phase in PHASES:
                         for contender in order:
+                            phase_started = time.perf_counter()
                             figures[contender.name] |= contender.run(phase, workload, sizes)
+                            spent[f"{contender.name} {phase}"] = time.perf_counter() - phase_started
+                    slowest = sorted(spent.items(), key=lambda item: -item[1])[:4]
                     print(
                         f"  {workload.name:>10} | repetition {repetition + 1}/"
-                        f"{sizes.repetitions} ({time.perf_counter() - started:.0f} s)",
+                        f"{sizes.repetitions} ({time.perf_counter() - started:.0f} s; slowest: "
+                        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest)
+                        + ")",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -324,6 +330,7 @@ def main() -> None:
         "batch": {w.name: sizes.batch or w.batch for w in workloads},
         "tasks": sizes.tasks,
         "per_task": sizes.per_task,
+        "slow_batch": SLOW_BATCH,
         "servers": "throwaway (started by the run)" if urls.throwaway else "given URLs",
         "seconds": round(elapsed),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
