@@ -226,14 +226,14 @@ def count_instructions(count: int, quick: bool) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--worker", type=int, metavar="N", help=argparse.SUPPRESS)
-    parser.add_argument("--count", type=int, default=100, help="operations per segment")
-    parser.add_argument("--quick", action="store_true", help="50 operations per segment")
+    parser.add_argument("--count", type=int, default=50, help="operations per segment")
+    parser.add_argument("--quick", action="store_true", help="20 operations per segment")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, WORKLOADS)))
         return
-    count = 50 if args.quick else args.count
+    count = 20 if args.quick else args.count
     results = count_instructions(count, args.quick)
     if args.json:
         print(json.dumps(results, indent=1))

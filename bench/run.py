@@ -56,7 +56,7 @@ class Sizes:
 
     @classmethod
     def full(cls, repetitions: int) -> Sizes:
-        return cls(repetitions, single=200, batch=None, tasks=100, per_task=3)
+        return cls(repetitions, single=150, batch=None, tasks=100, per_task=2)
 
     @classmethod
     def quick(cls, repetitions: int) -> Sizes:
