@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from pydantic_ai import Agent
@@ -45,9 +46,17 @@ def echo_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[TextPart(" | ".join(prompts))], model_name="echo")
 
 
+async def echo_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    """The streamed form of :func:`echo_model`."""
+    (part,) = echo_model(messages, info).parts
+    assert isinstance(part, TextPart)
+    yield part.content
+
+
 def chat_agent(store: MessageStore) -> Agent[None, str]:
     """An offline agent whose conversations persist in ``store``."""
-    return Agent(FunctionModel(echo_model), capabilities=[PersistentConversation(store)])
+    model = FunctionModel(echo_model, stream_function=echo_stream)
+    return Agent(model, capabilities=[PersistentConversation(store)])
 
 
 def every_part() -> list[ModelMessage]:

@@ -295,3 +295,17 @@ def test_bad_settings_fail_at_once_with_the_fix() -> None:
         MessageStore("memory://", page_size=0)
     with pytest.raises(StorageConfigurationError, match="ttl"):
         MessageStore("memory://", ttl=-1)
+
+
+async def test_streamed_and_iterated_runs_are_kept_too(storage_url: str) -> None:
+    """run_stream and iter restore and append like run."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    async with agent.run_stream("streamed", conversation_id="modes") as streamed:
+        await streamed.get_output()
+    async with agent.iter("iterated", conversation_id="modes") as run:
+        async for _ in run:
+            pass
+    assert run.result is not None
+    assert run.result.output == "streamed | iterated"
+    assert _prompts((await store.aload("modes")).messages) == ["streamed", "iterated"]

@@ -217,3 +217,23 @@ def test_preview_longer_than_the_threshold_is_refused() -> None:
     """preview_chars above max_chars fails when the capability is made."""
     with pytest.raises(StorageConfigurationError, match="preview_chars"):
         SpillToolOutputs("memory://", max_chars=10, preview_chars=11)
+
+
+async def test_a_model_calling_every_tool_with_made_up_arguments_does_not_break_the_run(
+    storage_url: str,
+) -> None:
+    """TestModel calls the read tool with junk: it gets a note back, the run succeeds."""
+    from pydantic_ai.models.test import TestModel
+
+    agent = Agent(TestModel(), capabilities=[_spill(storage_url)])
+    agent.tool_plain(name="small")(lambda: "fine")
+    result = await agent.run("go")
+    notes = [
+        part.model_response_str()
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "read_tool_output"
+    ]
+    assert notes
+    assert notes[0].startswith("[there is no stored output")

@@ -21,7 +21,6 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_ai import RunContext
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ModelRetry
 from pydantic_ai.messages import BinaryContent, FileUrl, ToolCallPart, ToolReturn
 from pydantic_ai.tools import Tool, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
@@ -206,6 +205,9 @@ class SpillToolOutputs(AbstractCapability[Any]):
     ) -> str:
         """Read part of a stored tool output.
 
+        Mistakes (an unknown ref, a path leading nowhere) are answered with a bracketed note
+        rather than a retry, so a confused model cannot exhaust the run's retries with them.
+
         Args:
             ctx: The run context.
             ref: The reference given in place of the output.
@@ -221,17 +223,17 @@ class SpillToolOutputs(AbstractCapability[Any]):
                 output = await self.aload(ref)
                 self._cache[output.id] = output
         except RecordNotFoundError:
-            raise ModelRetry(f"there is no stored output {ref!r}: use the ref given") from None
+            return _unknown(ref)
         if output.conversation_id is not None and output.conversation_id != ctx.conversation_id:
-            raise ModelRetry(f"there is no stored output {ref!r}: use the ref given") from None
+            return _unknown(ref)  # another conversation's output: as if there were none
         text = output.text
         if json_path is not None:
             if not isinstance(output.content, dict | list):
-                raise ModelRetry("json_path only applies to JSON outputs; use offset and length")
+                return "[json_path only applies to JSON outputs: use offset and length]"
             try:
                 selected = select_json_path(output.content, json_path)
             except LookupError as exc:
-                raise ModelRetry(str(exc)) from None
+                return f"[{exc}]"
             text = pydantic_core.to_json(selected).decode()
         length = self.max_chars if length is None else max(0, min(length, self.max_chars))
         offset = max(0, offset)
@@ -240,6 +242,10 @@ class SpillToolOutputs(AbstractCapability[Any]):
         return (
             f"[characters {offset:,} to {offset + len(chunk):,} of {len(text):,}{where}]\n{chunk}"
         )
+
+
+def _unknown(ref: str) -> str:
+    return f"[there is no stored output {ref!r}: pass the ref exactly as it was given]"
 
 
 def _as_text(result: Any) -> tuple[str, bool] | None:
