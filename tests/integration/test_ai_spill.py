@@ -237,3 +237,22 @@ async def test_a_model_calling_every_tool_with_made_up_arguments_does_not_break_
     ]
     assert notes
     assert notes[0].startswith("[there is no stored output")
+
+
+async def test_the_app_can_delete_a_spilled_output(storage_url: str) -> None:
+    """adelete removes a stored output once; loading it then raises RecordNotFoundError."""
+    spill = _spill(storage_url, max_chars=10, preview_chars=5)
+    agent = Agent(_slice_reader(10), capabilities=[spill])
+    agent.tool_plain(name="big")(lambda: "z" * 30)
+    result = await agent.run("go")
+    ref = next(
+        _ref(part.model_response_str())
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
+    assert await spill.adelete(ref)
+    assert not await spill.adelete(ref)
+    with pytest.raises(RecordNotFoundError):
+        await spill.aload(ref)

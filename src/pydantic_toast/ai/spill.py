@@ -158,6 +158,13 @@ class SpillToolOutputs(AbstractCapability[Any]):
             raise RecordNotFoundError(self._class_name, id)
         return _decode(record)
 
+    async def adelete(self, reference: UUID | str) -> bool:
+        """Delete a stored output (say, with its conversation); return whether it existed."""
+        id = _parse_id(reference)
+        if id is None:
+            return False
+        return await (await backend(self._url)).delete(id, self._class_name)
+
     # -- internals --------------------------------------------------------------------------------
 
     async def _store(
