@@ -287,6 +287,28 @@ async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None
     assert _prompts((await store.aload("victim")).messages) == ["real"]
 
 
+async def test_invalid_batches_can_be_skipped_with_a_warning(
+    storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With skip_invalid, a tampered batch is left out and logged; the other turns load."""
+    store = _store(storage_url, skip_invalid=True)
+    await store.aappend("mixed", _turn("before"))
+    now = datetime.now(UTC)
+    tampered = StoredRecord(
+        class_name=store._batch_class("mixed"),
+        id=uuid4(),
+        data=pydantic_core.to_json({"conversation_id": "mixed", "count": 1, "messages": "[{}]"}),
+        schema_version=1,
+        created_at=now + timedelta(seconds=1),
+        updated_at=now,
+    )
+    await (await backend(store._url)).save_records([tampered])
+    await store.aappend("mixed", _turn("after"), after=now + timedelta(seconds=1))
+    with caplog.at_level("WARNING", logger="pydantic_toast"):
+        assert _prompts((await store.aload("mixed")).messages) == ["before", "after"]
+    assert str(tampered.id) in caplog.text
+
+
 def test_bad_settings_fail_at_once_with_the_fix() -> None:
     """Names and sizes are checked when the store is made, with messages naming the fix."""
     with pytest.raises(StorageConfigurationError, match="namespace"):
@@ -295,6 +317,12 @@ def test_bad_settings_fail_at_once_with_the_fix() -> None:
         MessageStore("memory://", page_size=0)
     with pytest.raises(StorageConfigurationError, match="ttl"):
         MessageStore("memory://", ttl=-1)
+
+
+async def test_a_limit_below_one_is_refused() -> None:
+    """aload(limit=0) fails with the accepted range instead of loading nothing."""
+    with pytest.raises(StorageConfigurationError, match="limit must be 1 or more"):
+        await MessageStore("memory://").aload("c", limit=0)
 
 
 async def test_streamed_and_iterated_runs_are_kept_too(storage_url: str) -> None:

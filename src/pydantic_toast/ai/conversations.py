@@ -18,6 +18,7 @@ the same order for every reader.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
 
 __all__ = ["Appended", "ConversationInfo", "History", "MessageStore"]
 
+logger = logging.getLogger("pydantic_toast")
 FORMAT_VERSION = 1
 _TICK = timedelta(microseconds=1)
 _HEADER_IDS = UUID("6b1f4e58-2f1e-4b55-9f4e-6a2b8c1d0e13")  # uuid5 namespace of headers
@@ -136,6 +138,9 @@ class MessageStore:
             ``ttl``, never part of a turn.
         page_size: Batches fetched per page when loading (two round trips per page: listing
             ids, then loading the records).
+        skip_invalid: Leave batches that fail the checks out of loaded histories (with a
+            warning on the ``pydantic_toast`` logger) instead of raising. Whole turns are left
+            out, so the rest of the history stays coherent.
     """
 
     def __init__(
@@ -145,8 +150,10 @@ class MessageStore:
         namespace: str = "conversations",
         ttl: float | timedelta | None = None,
         page_size: int = 200,
+        skip_invalid: bool = False,
     ) -> None:
         """Check the settings; nothing connects before the first operation."""
+        self.skip_invalid = skip_invalid
         self.ttl = ttl_seconds(ttl)
         self._url = checked_url(storage, self.ttl)
         self.namespace = check_namespace(namespace)
@@ -232,6 +239,8 @@ class MessageStore:
                 batches are loaded, so a turn is never cut in half (a tool return without its
                 call would be refused by the model).
         """
+        if limit is not None and limit < 1:
+            raise StorageConfigurationError(f"limit must be 1 or more (or None), got {limit}")
         batches: list[list[ModelMessage]] = []
         loaded = 0
         position: datetime | None = None
@@ -274,12 +283,16 @@ class MessageStore:
             fresh = [id for id in ids if id not in seen]
             seen.update(fresh)
             records = await store.load_records([(class_name, id) for id in fresh]) if fresh else []
-            # A batch that expired or was deleted between listing and loading is left out.
-            page = [
-                (record.created_at, _decode(record, conversation_id))
-                for record in records
-                if record is not None
-            ]
+            page = []
+            for record in records:
+                if record is None:
+                    continue  # expired or deleted between listing and loading
+                try:
+                    page.append((record.created_at, _decode(record, conversation_id)))
+                except StorageValidationError as exc:
+                    if not self.skip_invalid:
+                        raise
+                    logger.warning("skipped a stored batch: %s", exc)
             if page:
                 yield page
             if len(ids) < self.page_size:
