@@ -1,0 +1,39 @@
+"""What the conversation store asks of a backend: counted on a logging memory backend."""
+
+from __future__ import annotations
+
+from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
+from pydantic_toast.ai import MessageStore
+from tests.conftest import CALL_LOGS, CallLog
+
+
+def _turn(text: str) -> list[ModelRequest | ModelResponse]:
+    return [ModelRequest(parts=[UserPromptPart(text)]), ModelResponse(parts=[TextPart(text)])]
+
+
+async def test_an_append_writes_one_batch_whatever_the_history(counting_url: str) -> None:
+    """At 2 and at 400 stored messages an append is one save of two records and reads nothing."""
+    store = MessageStore(counting_url)
+    log = CALL_LOGS.setdefault(counting_url, CallLog())
+    for size in (1, 200):
+        for i in range(size):
+            await store.aappend(f"c{size}", _turn(str(i)))
+        log.calls.clear()
+        await store.aappend(f"c{size}", _turn("one more"))
+        assert [(call.method, call.size) for call in log.calls] == [("save", 2)]
+
+
+async def test_loading_reads_one_batch_of_records_per_page(counting_url: str) -> None:
+    """11 turns in pages of 4 are loaded with 3 record reads (plus 3 listings)."""
+    store = MessageStore(counting_url, page_size=4)
+    for i in range(11):
+        await store.aappend("paged", _turn(str(i)))
+    log = CALL_LOGS[counting_url]
+    log.calls.clear()
+    assert len((await store.aload("paged")).messages) == 22
+    assert [(call.method, call.size) for call in log.calls] == [
+        ("load", 4),
+        ("load", 4),
+        ("load", 3),
+    ]
