@@ -12,8 +12,8 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalReference,
+    InvalidReferenceError,
     RecordNotFoundError,
-    StorageValidationError,
 )
 from pydantic_toast.ai import aload_payload, astore_payload
 
@@ -69,5 +69,5 @@ async def test_verify_refuses_before_storage_is_touched(storage_url: str) -> Non
 
 async def test_a_reference_of_another_kind_is_refused(storage_url: str) -> None:
     """Only payload references of the namespace asked for are loaded."""
-    with pytest.raises(StorageValidationError, match="payload reference"):
+    with pytest.raises(InvalidReferenceError, match="payload reference"):
         await aload_payload(storage_url, {"class_name": "Order", "id": str(uuid4())}, dict)

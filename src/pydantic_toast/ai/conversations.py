@@ -289,7 +289,7 @@ class MessageStore:
                     continue  # expired or deleted between listing and loading
                 try:
                     page.append((record.created_at, _decode(record, conversation_id)))
-                except StorageValidationError as exc:
+                except StoredDataError as exc:
                     if not self.skip_invalid:
                         raise
                     logger.warning("skipped a stored batch: %s", exc)

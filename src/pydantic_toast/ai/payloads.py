@@ -17,7 +17,11 @@ from uuid import uuid4
 
 import pydantic_core
 
-from pydantic_toast._exceptions import RecordNotFoundError, StorageValidationError
+from pydantic_toast._exceptions import (
+    InvalidReferenceError,
+    RecordNotFoundError,
+    StoredDataError,
+)
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, as_reference
 from pydantic_toast._trees import adump, avalidate
@@ -84,12 +88,13 @@ async def aload_payload(
 
     Raises:
         RecordNotFoundError: Nothing (or nothing any more) is stored under the reference.
-        StorageValidationError: The reference is malformed or of another namespace.
+        InvalidReferenceError: The reference is malformed or of another namespace.
+        StoredDataError: The record under it is not a payload.
     """
     parsed = as_reference(reference)
     class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
     if parsed is None or parsed.class_name != class_name:
-        raise StorageValidationError(
+        raise InvalidReferenceError(
             f"expected a payload reference {{'class_name': {class_name!r}, 'id': ...}}",
             class_name=class_name,
         )
@@ -99,13 +104,16 @@ async def aload_payload(
     (record,) = await (await backend(url)).load_records([(class_name, parsed.id)])
     if record is None:
         raise RecordNotFoundError(class_name, parsed.id)
-    stored = pydantic_core.from_json(record.data, allow_inf_nan=True)
+    try:
+        stored = pydantic_core.from_json(record.data, allow_inf_nan=True)
+    except ValueError:
+        stored = None
     if (
         record.schema_version != FORMAT_VERSION
         or not isinstance(stored, dict)
         or stored.keys() != {"value"}
     ):
-        raise StorageValidationError(
+        raise StoredDataError(
             f"the stored record {class_name} {parsed.id} is not a payload; it is left untouched",
             class_name=class_name,
             id=parsed.id,

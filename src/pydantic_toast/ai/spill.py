@@ -28,7 +28,7 @@ from pydantic_ai.toolsets import FunctionToolset
 from pydantic_toast._exceptions import (
     RecordNotFoundError,
     StorageConfigurationError,
-    StorageValidationError,
+    StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai._names import check_namespace
@@ -278,7 +278,7 @@ def _parse_id(reference: UUID | str) -> UUID | None:
 
 def _decode(record: StoredRecord) -> SpilledOutput:
     if record.schema_version != FORMAT_VERSION:
-        raise StorageValidationError(
+        raise StoredDataError(
             f"the stored tool output {record.id} has format version {record.schema_version}, "
             f"not {FORMAT_VERSION}",
             class_name=record.class_name,
@@ -288,7 +288,7 @@ def _decode(record: StoredRecord) -> SpilledOutput:
         stored = _Stored.model_validate_json(record.data)
         content = pydantic_core.from_json(stored.text) if stored.structured else stored.text
     except (ValidationError, ValueError):
-        raise StorageValidationError(
+        raise StoredDataError(
             f"the stored record {record.class_name} {record.id} is not a spilled tool output; "
             "it is left untouched",
             class_name=record.class_name,
