@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -55,6 +55,12 @@ class CountingBackend(MemoryBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         self.log.calls.append(Call("load", len(keys), threading.current_thread()))
         return await super().load_records(keys)
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        self.log.calls.append(Call("list", limit, threading.current_thread()))
+        return await super().list_ids(class_name, limit=limit, after=after)
 
 
 register_backend("counting", CountingBackend)

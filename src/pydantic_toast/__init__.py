@@ -35,6 +35,7 @@ from pydantic_toast._exceptions import (
     StorageUsageError,
     StorageValidationError,
     StoredDataError,
+    UnknownSchemeError,
 )
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import RecordKey, StoredRecord
@@ -79,6 +80,7 @@ __all__ = [
     "StorageValidationError",
     "StoredDataError",
     "StoredRecord",
+    "UnknownSchemeError",
     "aclose_storage",
     "acount",
     "adelete",

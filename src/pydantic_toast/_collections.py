@@ -14,7 +14,6 @@ from uuid import UUID
 from pydantic_toast._exceptions import RecordNotFoundError, StorageConfigurationError
 from pydantic_toast._loading import LoadSession
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._reference import ExternalReference
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
@@ -37,9 +36,7 @@ class Page(Generic[M]):
     next_after: UUID | None
 
 
-async def adelete(
-    model: type[M], reference: ExternalReference | Mapping[str, Any] | UUID | str
-) -> None:
+async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
     """Delete a stored record.
 
     Args:
@@ -67,7 +64,7 @@ async def apage(model: type[M], *, limit: int = 50, after: UUID | str | None = N
         raise StorageConfigurationError(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
-    cursor = model._toast_reference(after).id if after is not None else None
+    cursor = model._toast_reference(after)[1] if after is not None else None
     storage = current_storage()
     backend = await storage.connected(url)
     ids = await backend.list_ids(name, limit=limit, after=cursor)
@@ -91,7 +88,7 @@ async def acount(model: type[ExternalBaseModel]) -> int:
     return await backend.count(settings.external_name)
 
 
-def delete(model: type[M], reference: ExternalReference | Mapping[str, Any] | UUID | str) -> None:
+def delete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
     """The blocking form of :func:`adelete`."""
     run_sync(lambda: adelete(model, reference))
 

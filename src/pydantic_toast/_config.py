@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from pydantic import ConfigDict
+from pydantic import AliasChoices, AliasPath, ConfigDict
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
 from pydantic_toast._url import ENV_PREFIX, MaskedURL, StorageURL, check_env_spec, resolve_storage
@@ -15,6 +15,7 @@ from pydantic_toast.runtime.storage import Storage, current_storage
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
 __all__ = ["ExternalConfigDict", "ModelSettings", "settings_for"]
 
@@ -104,11 +105,11 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
         raise StorageConfigurationError(f"{owner}: external_name must be a non-empty string")
 
     for name, info in cls.model_fields.items():
-        aliases = {name, info.alias, info.validation_alias, info.serialization_alias}
-        if _RESERVED_FIELD in aliases:
+        if _RESERVED_FIELD in _names_of_field(name, info):
             raise StorageConfigurationError(
                 f"{owner} has a field {name!r} named or aliased 'class_name', which would make "
-                "its data look like a reference {'class_name': ..., 'id': ...}: rename the field"
+                "its data look like a reference {'class_name': ..., 'id': ...}: rename the field "
+                "or change its alias"
             )
 
     settings = ModelSettings(masked, external_name, schema_version, ttl, cls)
@@ -130,6 +131,9 @@ def _resolve(settings: ModelSettings) -> StorageURL:
         url = StorageURL.parse(resolve_storage(settings.storage))
         backend_class = storage.registry.class_for(url.scheme)
         backend_class.check_url(url)
+    except StorageConfigurationError as exc:
+        exc.args = (f"{owner}: {exc}",)  # keep the subclass (UnknownSchemeError) and its data
+        raise
     except ExternalStorageError as exc:
         raise StorageConfigurationError(f"{owner}: {exc}") from None
     if settings.ttl is not None and Capability.TTL not in backend_class.capabilities:
@@ -157,3 +161,24 @@ def _ttl_seconds(owner: str, ttl: object) -> float | None:
             f"got {shorten(repr(ttl))}"
         )
     return float(ttl)
+
+
+def _names_of_field(name: str, info: FieldInfo) -> list[str]:
+    """Every key the field is read or written under: its name, aliases and alias choices.
+
+    ``AliasChoices`` and ``AliasPath`` count by their string parts (a path's first key is the
+    one that appears at the top level of the data).
+    """
+    names = [name]
+    for alias in (info.alias, info.validation_alias, info.serialization_alias):
+        if isinstance(alias, str):
+            names.append(alias)
+        elif isinstance(alias, AliasPath):
+            names.extend(part for part in alias.path[:1] if isinstance(part, str))
+        elif isinstance(alias, AliasChoices):
+            for choice in alias.choices:
+                if isinstance(choice, str):
+                    names.append(choice)
+                else:
+                    names.extend(part for part in choice.path[:1] if isinstance(part, str))
+    return names

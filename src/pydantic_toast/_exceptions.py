@@ -4,6 +4,8 @@ Every error the library raises derives from :class:`ExternalStorageError`::
 
     ExternalStorageError
     ├── StorageConfigurationError       a model, URL or environment variable is set up wrongly
+    │   └── UnknownSchemeError          no backend serves the URL's scheme (also a
+    │                                   StorageValidationError, as the seeds' T062 asks)
     ├── StorageConnectionError          the store cannot be reached (also ConnectionError)
     │   ├── StorageAuthenticationError  it refused the credentials, or wants some
     │   ├── StorageConnectTimeoutError  connecting took longer than connect_timeout
@@ -49,6 +51,7 @@ __all__ = [
     "StorageUsageError",
     "StorageValidationError",
     "StoredDataError",
+    "UnknownSchemeError",
     "shorten",
 ]
 
@@ -180,3 +183,18 @@ class StoredDataError(ExternalStorageError):
         super().__init__(message)
         self.class_name = class_name
         self.id = id
+
+
+class UnknownSchemeError(StorageConfigurationError, StorageValidationError):
+    """No storage backend is registered for a URL's scheme (``postgressql://``, a typo).
+
+    Both a configuration error (where it is detected) and a validation error (the URL itself is
+    invalid), as the seeds' T062 asks.
+
+    Attributes:
+        scheme: The unknown scheme.
+    """
+
+    def __init__(self, message: str, *, scheme: str) -> None:
+        StorageValidationError.__init__(self, message)
+        self.scheme = scheme

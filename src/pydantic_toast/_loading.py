@@ -20,7 +20,7 @@ import pydantic_core
 
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast._reference import ExternalReference, as_reference
+from pydantic_toast._reference import ParsedReference, parse_reference
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.storage import Storage, current_storage
 
@@ -134,16 +134,15 @@ class LoadSession:
                         data = pydantic_core.from_json(record.data, allow_inf_nan=True)
                         self.add_unfetched(wanted, find_references(data))
 
-    def add_unfetched(self, wanted: Wanted, references: Iterator[ExternalReference]) -> None:
+    def add_unfetched(self, wanted: Wanted, references: Iterator[ParsedReference]) -> None:
         """Add to ``wanted`` the records behind ``references`` not fetched yet."""
-        for reference in references:
-            name = reference.class_name
+        for name, id in references:
             route = self.routes.get(name)
             if route is None:
                 continue  # no class of the validated type is stored under it: its validator says so
             for url in route.urls:
-                if (url, name, reference.id) not in self.records:
-                    wanted.setdefault(url, set()).add((name, reference.id))
+                if (url, name, id) not in self.records:
+                    wanted.setdefault(url, set()).add((name, id))
 
     async def _read(self, url: StorageURL, keys: list[RecordKey]) -> list[StoredRecord | None]:
         backend = await self.storage.connected(url)
@@ -171,14 +170,14 @@ def wanted_for(session: LoadSession, value: object) -> Wanted:
     return wanted
 
 
-def find_references(value: object) -> Iterator[ExternalReference]:
+def find_references(value: object) -> Iterator[ParsedReference]:
     """Every well-formed reference inside nested dicts, lists and tuples of ``value``."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             try:
-                reference = as_reference(item)
+                reference = parse_reference(item)
             except ExternalStorageError:
                 continue  # malformed: its validator reports it
             if reference is not None:
@@ -187,8 +186,6 @@ def find_references(value: object) -> Iterator[ExternalReference]:
                 stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
-        elif isinstance(item, ExternalReference):
-            yield item
 
 
 async def read_one(

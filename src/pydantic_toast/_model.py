@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
 
 import pydantic_core
@@ -16,14 +16,20 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.config import ExtraValues
 from pydantic.json_schema import JsonSchemaValue
+from pydantic.main import IncEx
+from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
 
+from pydantic_toast import _unions
 from pydantic_toast._config import ExternalConfigDict, ModelSettings, settings_for
 from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    InvalidReferenceError,
     RecordNotFoundError,
     StorageConfigurationError,
-    StorageValidationError,
+    StorageUsageError,
     StoredDataError,
 )
 from pydantic_toast._loading import (
@@ -35,7 +41,7 @@ from pydantic_toast._loading import (
     routes_in,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast._reference import ExternalReference, as_reference
+from pydantic_toast._reference import ExternalReference, ParsedReference, parse_reference
 from pydantic_toast._saving import Identity, collecting, identity_of, is_serializing, store
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
@@ -78,6 +84,7 @@ class ExternalBaseModel(BaseModel):
     __toast_settings__: ClassVar[ModelSettings | None] = None
     __toast_nested__: ClassVar[bool | None] = None
     __toast_routes__: ClassVar[Routes | None] = None
+    __toast_has_records__: ClassVar[bool] = False
 
     model_config = ExternalConfigDict(ser_json_inf_nan="constants")
 
@@ -87,6 +94,7 @@ class ExternalBaseModel(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         cls.__toast_nested__ = None
         cls.__toast_routes__ = None
+        cls.__toast_has_records__ = False
         if cls.__dict__.get("__abstract__", False):
             cls.__toast_settings__ = None
         else:
@@ -98,24 +106,41 @@ class ExternalBaseModel(BaseModel):
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         if is_serializing(self):
             return handler(self)  # type: ignore[no-any-return]
-        return store(self).as_dict()
+        return store(self)
 
     @model_validator(mode="wrap")
     @classmethod
     def _toast_validate(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        reference = as_reference(value)
+        reference = parse_reference(value)
         if reference is None:
             return handler(value)
-        key = cls._toast_session_key(reference)
+        settings = cls._toast_settings()
+        if reference[0] != settings.external_name:
+            # A "does not match" error, so that a union tries its next member.
+            raise PydanticCustomError(
+                "external_reference_class",
+                "{detail}",
+                {
+                    "detail": _mismatch(cls, reference[0]),
+                    "class_name": reference[0],
+                    "id": str(reference[1]),
+                },
+            )
+        key = (settings.url(), reference[0], reference[1])
         session = active_session()
         if session is None and not cls._toast_has_nested():  # one record: read it directly
             storage = current_storage()
             record = run_sync(lambda: read_one(storage, *key))
             if record is None:
-                raise RecordNotFoundError(key[1], key[2])
+                raise run_sync(lambda: cls._toast_not_found(key))
             return cls._toast_from_record(record)
-        if session is None or key not in session.records:
-            session = session or LoadSession(cls._toast_routes())
+        if session is None:
+            session = LoadSession(cls._toast_routes())
+            wanted = {key[0]: {(key[1], key[2])}}
+            run_sync(lambda: session.fetch(wanted, follow=True))
+            if session.records.get(key) is None:
+                raise run_sync(lambda: cls._toast_not_found(key))
+        elif key not in session.records:  # a reference the tree's prefetch did not foresee
             wanted = {key[0]: {(key[1], key[2])}}
             run_sync(lambda: session.fetch(wanted, follow=cls._toast_has_nested()))
         return cls._toast_build(key, session)
@@ -146,19 +171,191 @@ class ExternalBaseModel(BaseModel):
 
     # -- the sync API: Pydantic's own methods ---------------------------------------------------
 
-    def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    @classmethod
+    def model_validate(
+        cls,
+        obj: Any,
+        *,
+        strict: bool | None = None,
+        extra: ExtraValues | None = None,
+        from_attributes: bool | None = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        by_name: bool | None = None,
+    ) -> Self:
+        """Validate full data, or load the model a reference points to.
+
+        Raises:
+            RecordNotFoundError: The reference's record does not exist.
+            StorageValidationError: The reference is malformed or names another class (nested
+                deeper, such a reference is a ``ValidationError`` at its location instead, so
+                that unions can try their next member).
+            ValidationError: The data does not validate.
+        """
+        try:
+            return super().model_validate(
+                obj,
+                strict=strict,
+                extra=extra,
+                from_attributes=from_attributes,
+                context=context,
+                by_alias=by_alias,
+                by_name=by_name,
+            )
+        except ValidationError as exc:
+            mismatch = _root_mismatch(exc)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+
+    @classmethod
+    def model_validate_json(
+        cls,
+        json_data: str | bytes | bytearray,
+        *,
+        strict: bool | None = None,
+        extra: ExtraValues | None = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        by_name: bool | None = None,
+    ) -> Self:
+        """Like :meth:`model_validate`, from JSON text."""
+        try:
+            return super().model_validate_json(
+                json_data,
+                strict=strict,
+                extra=extra,
+                context=context,
+                by_alias=by_alias,
+                by_name=by_name,
+            )
+        except ValidationError as exc:
+            mismatch = _root_mismatch(exc)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+
+    # The signatures are Pydantic's own (2.14), except ``mode``, narrowed to the two modes that
+    # exist so that a typo fails type checking too: hence the ignore[override].
+    def model_dump(  # type: ignore[override]
+        self,
+        *,
+        mode: Literal["python", "json"] = "python",
+        include: IncEx | None = None,
+        exclude: IncEx | None = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        exclude_computed_fields: bool = False,
+        round_trip: bool = False,
+        warnings: bool | Literal["none", "warn", "error"] = True,
+        fallback: Callable[[Any], Any] | None = None,
+        serialize_as_any: bool = False,
+        polymorphic_serialization: bool | None = None,
+    ) -> ExternalReference:
         """Store the model (and external models inside it) and return its reference.
 
-        Returns ``{"class_name": ..., "id": "<uuid>"}`` once the data is written. Pydantic's
-        options (``include``, ``exclude``, ``by_alias``, ``mode``, ...) are accepted and do not
-        change what is stored: all fields, under their field names.
-        """
-        return store(self).as_dict()
+        An external model's dump always stores *all* fields, under their field names, and
+        returns ``{"class_name": ..., "id": "<uuid>"}`` (an :class:`ExternalReference`). So the
+        options follow one rule: those that only shape the returned reference or its JSON text
+        are accepted (``mode``, ``by_alias`` (the reference has no aliased keys),
+        ``round_trip``, ``warnings``); those that would change what a plain model's dump
+        contains (``include``, ``exclude``, ``exclude_unset``, ``exclude_defaults``,
+        ``exclude_none``, ``exclude_computed_fields``, ``context``, ``fallback``,
+        ``serialize_as_any``, ``polymorphic_serialization``) raise
+        :class:`StorageUsageError` when set, instead of being silently ignored. For a partial
+        view of the data, validate a plain ``BaseModel`` from it
+        (``View.model_validate(obj, from_attributes=True)``) and dump that.
 
-    def model_dump_json(self, *args: Any, **kwargs: Any) -> str:
-        """Store the model like :meth:`model_dump` and return its reference as JSON."""
-        reference = store(self).as_dict()
-        return pydantic_core.to_json(reference, indent=kwargs.get("indent")).decode()
+        Raises:
+            StorageUsageError: An option that cannot apply was set, or ``mode`` is unknown.
+        """
+        if (
+            mode not in _MODES
+            or include is not None
+            or exclude is not None
+            or context is not None
+            or exclude_unset
+            or exclude_defaults
+            or exclude_none
+            or exclude_computed_fields
+            or fallback is not None
+            or serialize_as_any
+            or polymorphic_serialization
+        ):
+            _refuse_options(
+                "model_dump",
+                mode=mode,
+                include=include,
+                exclude=exclude,
+                context=context,
+                exclude_unset=exclude_unset,
+                exclude_defaults=exclude_defaults,
+                exclude_none=exclude_none,
+                exclude_computed_fields=exclude_computed_fields,
+                fallback=fallback,
+                serialize_as_any=serialize_as_any,
+                polymorphic_serialization=polymorphic_serialization,
+            )
+        return store(self)
+
+    def model_dump_json(
+        self,
+        *,
+        indent: int | None = None,
+        ensure_ascii: bool = False,
+        include: IncEx | None = None,
+        exclude: IncEx | None = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        exclude_unset: bool = False,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        exclude_computed_fields: bool = False,
+        round_trip: bool = False,
+        warnings: bool | Literal["none", "warn", "error"] = True,
+        fallback: Callable[[Any], Any] | None = None,
+        serialize_as_any: bool = False,
+        polymorphic_serialization: bool | None = None,
+    ) -> str:
+        """Store the model like :meth:`model_dump` and return its reference as JSON.
+
+        ``indent`` and ``ensure_ascii`` format the returned JSON; the other options follow
+        :meth:`model_dump`'s rule.
+
+        Raises:
+            StorageUsageError: An option that cannot apply was set.
+        """
+        if (
+            include is not None
+            or exclude is not None
+            or context is not None
+            or exclude_unset
+            or exclude_defaults
+            or exclude_none
+            or exclude_computed_fields
+            or fallback is not None
+            or serialize_as_any
+            or polymorphic_serialization
+        ):
+            _refuse_options(
+                "model_dump_json",
+                mode="json",
+                include=include,
+                exclude=exclude,
+                context=context,
+                exclude_unset=exclude_unset,
+                exclude_defaults=exclude_defaults,
+                exclude_none=exclude_none,
+                exclude_computed_fields=exclude_computed_fields,
+                fallback=fallback,
+                serialize_as_any=serialize_as_any,
+                polymorphic_serialization=polymorphic_serialization,
+            )
+        reference = store(self)
+        return pydantic_core.to_json(reference, indent=indent, ensure_ascii=ensure_ascii).decode()
 
     # -- the async API ----------------------------------------------------------------------------
 
@@ -175,12 +372,12 @@ class ExternalBaseModel(BaseModel):
         return reference
 
     @classmethod
-    async def aload(cls, reference: ExternalReference | Mapping[str, Any] | UUID | str) -> Self:
+    async def aload(cls, reference: Mapping[str, Any] | UUID | str) -> Self:
         """Load a stored model without blocking the event loop.
 
         Args:
-            reference: A reference (as ``model_dump()`` returns it, or an
-                :class:`ExternalReference`), or just the id.
+            reference: A reference (as ``model_dump()`` and ``asave()`` return it, or the same
+                keys in a plain dict), or just the id.
 
         Raises:
             RecordNotFoundError: Nothing is stored under that id.
@@ -190,10 +387,12 @@ class ExternalBaseModel(BaseModel):
         if not cls._toast_has_nested():  # one record: read it directly
             record = await read_one(current_storage(), url, class_name, id)
             if record is None:
-                raise RecordNotFoundError(class_name, id)
+                raise await cls._toast_not_found(key)
             return cls._toast_from_record(record)
         session = LoadSession(cls._toast_routes())
         await session.fetch({url: {(class_name, id)}}, follow=True)
+        if session.records.get(key) is None:
+            raise await cls._toast_not_found(key)
         return cls._toast_build(key, session)
 
     @property
@@ -248,17 +447,15 @@ class ExternalBaseModel(BaseModel):
         return settings
 
     @classmethod
-    def _toast_reference(
-        cls, value: ExternalReference | Mapping[str, Any] | UUID | str
-    ) -> ExternalReference:
+    def _toast_reference(cls, value: Mapping[str, Any] | UUID | str) -> ParsedReference:
         if isinstance(value, UUID | str):
-            reference = as_reference(
+            reference = parse_reference(
                 {"class_name": cls._toast_settings().external_name, "id": value}
             )
         else:
-            reference = as_reference(value)
+            reference = parse_reference(value)
         if reference is None:
-            raise StorageValidationError(
+            raise InvalidReferenceError(
                 f"{cls.__qualname__}.aload() takes a reference {{'class_name': ..., 'id': ...}}, "
                 "an ExternalReference or an id",
                 class_name=cls._toast_settings().external_name,
@@ -266,16 +463,40 @@ class ExternalBaseModel(BaseModel):
         return reference
 
     @classmethod
-    def _toast_session_key(cls, reference: ExternalReference) -> SessionKey:
+    def _toast_session_key(cls, reference: ParsedReference) -> SessionKey:
         settings = cls._toast_settings()
-        if reference.class_name != settings.external_name:
-            raise StorageValidationError(
-                f"the reference names class {reference.class_name!r}, but {cls.__qualname__} is "
-                f"stored as {settings.external_name!r}: validate it with the model it came from",
-                class_name=reference.class_name,
-                id=reference.id,
-            )
-        return (settings.url(), reference.class_name, reference.id)
+        class_name, id = reference
+        if class_name != settings.external_name:
+            raise InvalidReferenceError(_mismatch(cls, class_name), class_name=class_name, id=id)
+        return (settings.url(), class_name, id)
+
+    @classmethod
+    async def _toast_not_found(cls, key: SessionKey) -> RecordNotFoundError:
+        """The error for a missing record, with a rename hint when the class has no records.
+
+        Runs on the error path only, and at most until one record of the class is seen: a
+        class with no record at all under its stored name was most likely renamed.
+        """
+        url, class_name, id = key
+        if cls.__toast_has_records__:
+            return RecordNotFoundError(class_name, id)
+        try:
+            backend = await current_storage().connected(url)
+            any_record = await backend.list_ids(class_name, limit=1)
+        except ExternalStorageError:  # the hint is a nicety: never hide the real error
+            return RecordNotFoundError(class_name, id)
+        if any_record:
+            cls.__toast_has_records__ = True
+            return RecordNotFoundError(class_name, id)
+        return RecordNotFoundError(
+            class_name,
+            id,
+            detail=(
+                f", and no {class_name} record exists there at all. If {cls.__qualname__} was "
+                "renamed, its records are still stored under the old name: keep reading them "
+                "with model_config = ExternalConfigDict(external_name='<old class name>')"
+            ),
+        )
 
     @classmethod
     def _toast_build(cls, key: SessionKey, session: LoadSession) -> Self:
@@ -339,6 +560,76 @@ class ExternalBaseModel(BaseModel):
         return nested
 
 
+_MODES = frozenset(("python", "json"))
+_REFUSED_DEFAULTS: dict[str, object] = {
+    "include": None,
+    "exclude": None,
+    "context": None,
+    "exclude_unset": False,
+    "exclude_defaults": False,
+    "exclude_none": False,
+    "exclude_computed_fields": False,
+    "fallback": None,
+    "serialize_as_any": False,
+    "polymorphic_serialization": None,
+}
+
+
+def _refuse_options(method: str, *, mode: str, **options: object) -> None:
+    if mode not in _MODES:
+        raise StorageUsageError(
+            f"{method}(mode={mode!r}) is not a mode: use mode='python' or mode='json' (an "
+            "external model returns the same reference in both)"
+        )
+    refused = [
+        name
+        for name, default in _REFUSED_DEFAULTS.items()
+        if options[name] != default and not (default is None and options[name] is False)
+    ]
+    if refused:
+        names = ", ".join(f"{name}=" for name in refused)
+        raise StorageUsageError(
+            f"{method}() of an external model cannot take {names}: it always stores all fields "
+            "and returns only the reference {'class_name': ..., 'id': ...}, so these options "
+            "would have no effect. For a partial or reshaped view of the data, validate a plain "
+            "BaseModel from the instance (View.model_validate(obj, from_attributes=True)) and "
+            "dump that"
+        )
+
+
+def _root_mismatch(exc: ValidationError) -> InvalidReferenceError | None:
+    """The model's own reference named another class: the seeds' StorageValidationError."""
+    if exc.error_count() != 1:
+        return None
+    (error,) = exc.errors(include_url=False, include_input=False)
+    if error["type"] != "external_reference_class" or error["loc"]:
+        return None
+    context = error.get("ctx") or {}
+    return InvalidReferenceError(
+        error["msg"], class_name=context.get("class_name"), id=context.get("id")
+    )
+
+
+def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:
+    """Why a reference to ``class_name`` is not a ``model``, with the likely fix."""
+    settings = model._toast_settings()
+    message = (
+        f"the reference names class {class_name!r}, but {model.__qualname__} is stored as "
+        f"{settings.external_name!r}"
+    )
+    claimed = [
+        f"{other.__module__}.{other.__qualname__}"
+        for other in current_storage().catalog.classes_named(class_name)
+    ]
+    if claimed:
+        return f"{message}: validate it with {' or '.join(sorted(claimed))}, or a union of both"
+    return (
+        f"{message}, and no model class in this process is stored as {class_name!r}. If "
+        f"{model.__qualname__} was renamed from {class_name}, keep the stored name with "
+        f"model_config = ExternalConfigDict(external_name={class_name!r})"
+    )
+
+
 def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
     seen_root = False
     stack: list[object] = [root.__pydantic_core_schema__]
@@ -357,3 +648,6 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
         elif isinstance(node, list):
             stack.extend(node)
     return False
+
+
+_unions.install()

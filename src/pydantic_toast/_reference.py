@@ -3,61 +3,119 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from pydantic_toast._exceptions import StorageValidationError
+from pydantic_toast._exceptions import InvalidReferenceError
 
-__all__ = ["ExternalReference", "as_reference"]
+__all__ = ["ExternalReference", "ParsedReference", "RoutedReference", "parse_reference"]
 
 _REFERENCE_KEYS = frozenset(("class_name", "id"))
 
+ParsedReference = tuple[str, UUID]
+"""A reference as the library uses it inside: ``(class_name, id)``."""
 
-@dataclass(frozen=True, slots=True)
-class ExternalReference:
-    """Where a stored model lives: its stored class name and its id.
 
-    ``Model.model_validate(reference)`` and ``await Model.aload(reference)`` accept it as well as
-    the plain dict form that ``model_dump()`` returns.
+class ExternalReference(dict[str, str]):
+    """Where a stored model lives: ``{"class_name": "<stored class name>", "id": "<uuid>"}``.
+
+    It *is* that dict (a ``dict`` subclass): ``ref["id"]``, ``json.dumps(ref)``, ``dict(ref)``
+    and ``ref == {"class_name": ..., "id": ...}`` work as on the plain dict, and Pydantic
+    serializes it as one. ``model_dump()``, ``asave()``, ``dump()`` and ``adump()`` return it.
+    Two typed accessors are added on top:
+
+    - :attr:`class_name`: the stored class name (``ref["class_name"]``);
+    - :attr:`uuid`: the id as a :class:`~uuid.UUID` (``ref["id"]`` is its string form).
+
+    There is no ``.id`` attribute on purpose: ``ref["id"]`` is a string and ``ref.uuid`` a
+    UUID, and a third spelling would have to pick one of them silently.
+
+    Example::
+
+        ref = await order.asave()
+        ref["id"]                     # '0b6f...' (str)
+        ref.uuid                      # UUID('0b6f...')
+        Order.model_validate(ref)     # or Order.model_validate({"class_name": ..., "id": ...})
     """
 
-    class_name: str
-    id: UUID
+    __slots__ = ()
 
-    def as_dict(self) -> dict[str, str]:
-        """The JSON-ready form ``{"class_name": ..., "id": "<uuid>"}``."""
-        return {"class_name": self.class_name, "id": str(self.id)}
+    def __init__(self, class_name: str, id: UUID | str) -> None:
+        """Build a reference from a stored class name and an id (a UUID or its string form).
+
+        Raises:
+            InvalidReferenceError: ``id`` is not a UUID.
+        """
+        if not isinstance(id, UUID):
+            # A str id is normalised (and checked) once here, so that .uuid cannot fail later.
+            try:
+                id = UUID(id)
+            except (TypeError, ValueError, AttributeError):
+                raise InvalidReferenceError(
+                    f"the {class_name} reference's id is not a UUID: pass a UUID or its string",
+                    class_name=class_name,
+                ) from None
+        dict.__init__(self, class_name=class_name, id=str(id))
+
+    @property
+    def class_name(self) -> str:
+        """The stored class name, the same as ``self["class_name"]``."""
+        return self["class_name"]
+
+    @property
+    def uuid(self) -> UUID:
+        """The id as a :class:`~uuid.UUID` (``self["id"]`` is the string form)."""
+        return UUID(self["id"])
+
+    def __repr__(self) -> str:
+        return f"ExternalReference({dict.__repr__(self)})"
 
 
-def as_reference(value: object) -> ExternalReference | None:
-    """Return the reference ``value`` holds, or ``None`` when it is data, not a reference.
+class RoutedReference(dict[str, Any]):
+    """A reference with a discriminated union's tag added, so the union picks its member.
 
-    A reference is an :class:`ExternalReference` or a mapping with exactly the keys
-    ``class_name`` and ``id``.
+    Built only by the union router in ``_unions``; the member's validator reads the reference
+    back from :attr:`parsed` and ignores the added key.
+    """
+
+    __slots__ = ("parsed",)
+
+    def __init__(
+        self, reference: Mapping[str, Any], key: str, tag: object, parsed: ParsedReference
+    ):
+        dict.__init__(self, reference)
+        self[key] = tag
+        self.parsed = parsed
+
+
+def parse_reference(value: object) -> ParsedReference | None:
+    """Return ``(class_name, id)`` when ``value`` is a reference, ``None`` when it is data.
+
+    A reference is a mapping with exactly the keys ``class_name`` and ``id`` (an
+    :class:`ExternalReference` is one).
 
     Raises:
-        StorageValidationError: It has the shape of a reference but a malformed value.
+        InvalidReferenceError: It has the shape of a reference but a malformed value.
     """
-    if isinstance(value, ExternalReference):
-        return value
+    if type(value) is RoutedReference:
+        return value.parsed
     if not isinstance(value, Mapping) or len(value) != 2 or value.keys() != _REFERENCE_KEYS:
         return None
     class_name: Any = value["class_name"]
     raw_id: Any = value["id"]
     if not isinstance(class_name, str) or not class_name:
-        raise StorageValidationError(
+        raise InvalidReferenceError(
             "a reference's 'class_name' must be a non-empty string, "
             f"got {type(class_name).__name__}"
         )
     if isinstance(raw_id, UUID):
-        return ExternalReference(class_name, raw_id)
+        return class_name, raw_id
     if isinstance(raw_id, str):
         try:
-            return ExternalReference(class_name, UUID(raw_id))
+            return class_name, UUID(raw_id)
         except ValueError:
             pass
-    raise StorageValidationError(
+    raise InvalidReferenceError(
         f"the {class_name} reference's 'id' is not a UUID (got a {type(raw_id).__name__} that "
         "does not parse as one): pass the id exactly as model_dump() returned it",
         class_name=class_name,

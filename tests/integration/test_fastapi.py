@@ -9,13 +9,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import uuid4
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
+from pydantic import AliasChoices, AliasGenerator, AliasPath, Field
+from pydantic.alias_generators import to_camel
 
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
@@ -156,6 +158,84 @@ def test_bodies_and_responses_with_external_models_and_openapi() -> None:
     assert "Item reference" in text
     assert "'format': 'uuid'" in text
     assert output["schema"]
+
+
+UNION_STORAGE = "env:TOAST_TEST_FASTAPI_UNION_URL"
+
+
+class ApiCat(ExternalBaseModel):
+    """A union member stored on the session's PostgreSQL database."""
+
+    kind: Literal["cat"] = "cat"
+    lives: int = 9
+    model_config = ExternalConfigDict(storage=UNION_STORAGE)
+
+
+class ApiDog(ExternalBaseModel):
+    """The other union member."""
+
+    kind: Literal["dog"] = "dog"
+    good: bool = True
+    model_config = ExternalConfigDict(storage=UNION_STORAGE)
+
+
+class ApiCustomer(ExternalBaseModel):
+    """Every alias form in one model."""
+
+    full_name: str = Field(validation_alias=AliasChoices("fullName", "name"))
+    city: str = Field(validation_alias=AliasPath("address", "city"))
+    email: str = Field(serialization_alias="mail")
+    vip_level: int = 0
+    model_config = ExternalConfigDict(
+        storage=UNION_STORAGE,
+        alias_generator=AliasGenerator(validation_alias=to_camel),
+        validate_by_name=True,
+    )
+
+
+Pet = Annotated[ApiCat | ApiDog, Field(discriminator="kind")]
+
+
+def test_union_and_alias_bodies_on_postgresql(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discriminated and plain unions and aliased models take data or references in bodies."""
+    monkeypatch.setenv("TOAST_TEST_FASTAPI_UNION_URL", postgres_database_url)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/pets")
+    def pets(items: list[Pet]) -> list[Pet]:
+        return items
+
+    @app.post("/pet")
+    def pet(item: ApiCat | ApiDog) -> ApiCat | ApiDog:
+        return item
+
+    @app.post("/customers")
+    def customers(customer: ApiCustomer) -> dict[str, object]:
+        return {"name": customer.full_name, "reference": customer.model_dump()}
+
+    with TestClient(app) as client:
+        data = [{"kind": "dog", "good": False}, {"kind": "cat", "lives": 2}]
+        created = client.post("/pets", json=data)
+        assert created.status_code == 200, created.text
+        references = created.json()
+        assert [item["class_name"] for item in references] == ["ApiDog", "ApiCat"]
+        assert client.post("/pets", json=references).json() == references
+        assert client.post("/pet", json=references[1]).json() == references[1]
+        assert client.post("/pet", json={"kind": "cat"}).json()["class_name"] == "ApiCat"
+        stray = {"class_name": "ApiHamster", "id": str(uuid4())}
+        for path, body in (("/pets", [stray]), ("/pet", stray)):
+            refused = client.post(path, json=body)
+            assert refused.status_code == 422
+            assert "external_name='ApiHamster'" in refused.text
+        body = {"name": "Ada", "address": {"city": "Paris"}, "email": "a@x.org", "vipLevel": 3}
+        first = client.post("/customers", json=body).json()
+        assert first["name"] == "Ada"
+        again = client.post("/customers", json=first["reference"]).json()
+        assert again == first
+    pydantic_toast.close_storage()
 
 
 def test_lifespan_refuses_to_start_on_an_unmigrated_database(

@@ -171,6 +171,7 @@ def test_public_api_is_pinned() -> None:
         "StorageValidationError",
         "StoredDataError",
         "StoredRecord",
+        "UnknownSchemeError",
         "aclose_storage",
         "acount",
         "adelete",

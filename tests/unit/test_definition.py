@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import uuid4
 
 import pytest
 from pydantic import Field
@@ -10,9 +11,12 @@ from pydantic import Field
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    RecordNotFoundError,
     StorageConfigurationError,
     StorageValidationError,
+    UnknownSchemeError,
 )
+from tests.conftest import CALL_LOGS
 
 
 def test_missing_storage_names_the_class_and_the_fix() -> None:
@@ -196,3 +200,83 @@ def test_schema_version_must_be_positive_int(memory_url: str) -> None:
         class Versioned(ExternalBaseModel):
             x: int
             model_config = ExternalConfigDict(storage=memory_url, schema_version=0)
+
+
+def test_unknown_scheme_is_a_validation_and_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T062: an unknown scheme is an UnknownSchemeError: a StorageValidationError, no ValueError."""
+    with pytest.raises(StorageValidationError, match="scheme 'postgressql'") as info:
+
+        class Typo(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage="postgressql://db/x")
+
+    assert type(info.value) is UnknownSchemeError
+    assert isinstance(info.value, StorageConfigurationError)
+    assert not isinstance(info.value, ValueError)
+    assert info.value.scheme == "postgressql"
+    assert "Typo: " in str(info.value)
+    assert "did you mean 'postgresql'" in str(info.value)
+    monkeypatch.setenv("TOAST_TEST_TYPO", "postgressql://u:hunter2@db/x")
+
+    class EnvTypo(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage="env:TOAST_TEST_TYPO")
+
+    with pytest.raises(UnknownSchemeError, match="scheme 'postgressql'") as at_use:
+        EnvTypo(x=1).model_dump()
+    assert "hunter2" not in str(at_use.value)
+
+
+def test_reference_under_a_name_no_class_claims_suggests_external_name(memory_url: str) -> None:
+    """After a rename, the old references say how to keep reading them."""
+
+    class SupportTicket(ExternalBaseModel):
+        title: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    old_reference = {"class_name": "Ticket", "id": "0b6f3b0e-0000-4000-8000-000000000000"}
+    with pytest.raises(StorageValidationError) as info:
+        SupportTicket.model_validate(old_reference)
+    message = str(info.value)
+    assert "no model class in this process is stored as 'Ticket'" in message
+    assert "ExternalConfigDict(external_name='Ticket')" in message
+
+    class Renamed(ExternalBaseModel):
+        title: str
+        model_config = ExternalConfigDict(storage=memory_url, external_name="Ticket")
+
+    reference = Renamed(title="t").model_dump()
+    with pytest.raises(StorageValidationError, match=r"validate it with .*Renamed") as claimed:
+        SupportTicket.model_validate(reference)
+    assert "ExternalConfigDict" not in str(claimed.value)
+
+
+async def test_missing_record_of_a_class_with_no_records_hints_at_a_rename(
+    counting_url: str,
+) -> None:
+    """Not found under a name with no record at all suggests external_name=; probed once."""
+
+    class Ticket(ExternalBaseModel):
+        title: str
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    reference = await Ticket(title="old").asave()
+
+    class SupportTicket(ExternalBaseModel):  # the same class after a rename
+        title: str
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    with pytest.raises(RecordNotFoundError, match=r"external_name='<old class name>'"):
+        await SupportTicket.aload(reference["id"])
+    with pytest.raises(RecordNotFoundError, match="no SupportTicket record exists there at all"):
+        SupportTicket.model_validate({"class_name": "SupportTicket", "id": reference["id"]})
+    log = CALL_LOGS[counting_url]
+    assert len(log.of("list")) == 2  # each miss probed: still no SupportTicket record
+    await SupportTicket(title="new").asave()
+    for _ in range(3):
+        with pytest.raises(RecordNotFoundError) as info:
+            await SupportTicket.aload(uuid4())
+        assert "external_name" not in str(info.value)
+    assert len(log.of("list")) == 3  # probed once more, then known to have records

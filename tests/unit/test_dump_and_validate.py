@@ -19,6 +19,7 @@ from pydantic_toast import (
     ExternalConfigDict,
     ExternalReference,
     RecordNotFoundError,
+    StorageUsageError,
     StorageValidationError,
     StoredDataError,
 )
@@ -86,8 +87,8 @@ def test_restored_instance_dumps_to_the_same_id(memory_url: str) -> None:
     assert model.model_validate(reference).field == "y"  # type: ignore[attr-defined]
 
 
-def test_options_never_change_what_is_stored(memory_url: str) -> None:
-    """include, exclude and by_alias are ignored for the stored data."""
+def test_options_that_only_shape_the_reference_are_accepted(memory_url: str) -> None:
+    """mode, by_alias, round_trip, warnings and indent never change what is stored."""
 
     class Aliased(ExternalBaseModel):
         name: str = Field(alias="Name")
@@ -95,11 +96,54 @@ def test_options_never_change_what_is_stored(memory_url: str) -> None:
         model_config = ExternalConfigDict(storage=memory_url, populate_by_name=True)
 
     item = Aliased(Name="n", secret="s")
-    reference = item.model_dump(include={"name"}, exclude={"secret"}, by_alias=True)
+    reference = item.model_dump(mode="json", by_alias=True, round_trip=True, warnings="error")
+    assert item.model_dump_json(indent=2, by_alias=False) == json.dumps(reference, indent=2)
     record = _store_for(memory_url).get(("Aliased", UUID(reference["id"])))
     assert record is not None
     assert json.loads(record.data) == {"name": "n", "secret": "s"}
     assert Aliased.model_validate(reference) == item
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"include": {"name"}},
+        {"exclude": {"secret"}},
+        {"exclude_unset": True},
+        {"exclude_defaults": True},
+        {"exclude_none": True},
+        {"exclude_computed_fields": True},
+        {"context": {"user": 1}},
+        {"fallback": str},
+        {"serialize_as_any": True},
+        {"polymorphic_serialization": True},
+    ],
+)
+def test_options_that_would_change_the_data_are_refused(
+    memory_url: str, option: dict[str, object]
+) -> None:
+    """Options that shape a data dump raise StorageUsageError naming them; nothing is stored."""
+    model = make_model(memory_url)
+    item = model(field="a")
+    (name,) = option
+    for method in (item.model_dump, item.model_dump_json):
+        with pytest.raises(StorageUsageError, match=f"cannot take {name}=.*from_attributes"):
+            method(**option)  # type: ignore[operator]
+    assert item.external_id is None
+
+
+def test_unknown_mode_and_keyword_are_refused(memory_url: str) -> None:
+    """A misspelt mode is a StorageUsageError and an unknown keyword a TypeError."""
+    item = make_model(memory_url)(field="a")
+    with pytest.raises(StorageUsageError, match="mode='jsn'"):
+        item.model_dump(mode="jsn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="no_such_kwarg"):
+        item.model_dump(no_such_kwarg=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="no_such_kwarg"):
+        item.model_dump_json(no_such_kwarg=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        item.model_dump("json")  # type: ignore[misc]
+    assert item.external_id is None
 
 
 def test_validate_accepts_str_uuid_json_and_reference_objects(memory_url: str) -> None:

@@ -97,8 +97,8 @@ async def test_async_tree_helpers_and_methods_batch_too(counting_url: str) -> No
     tree = branch(leaves=[leaf(n=1), leaf(n=2)])
     reference = await tree.asave()
     assert await branch.aload(reference) == tree
-    assert await branch.aload(reference.id) == tree
-    assert await branch.aload(str(reference.id)) == tree
+    assert await branch.aload(reference.uuid) == tree
+    assert await branch.aload(reference["id"]) == tree
     log = CALL_LOGS[counting_url]
     assert [call.size for call in log.of("save")] == [2, 3]
     assert [call.size for call in log.of("load")] == [2, 1, 2, 1, 2, 1, 2]

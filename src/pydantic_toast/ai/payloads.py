@@ -23,7 +23,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast._reference import ExternalReference, as_reference
+from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._trees import adump, avalidate
 from pydantic_toast.ai._names import check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
@@ -41,7 +41,7 @@ async def astore_payload(
     ttl: float | timedelta | None = None,
     namespace: str = "payloads",
 ) -> ExternalReference:
-    """Store ``value`` and return its reference (``.as_dict()`` is JSON-ready).
+    """Store ``value`` and return its reference (a dict: ``json.dumps(reference)`` works).
 
     Args:
         storage: A storage URL or ``env:NAME``.
@@ -91,19 +91,20 @@ async def aload_payload(
         InvalidReferenceError: The reference is malformed or of another namespace.
         StoredDataError: The record under it is not a payload.
     """
-    parsed = as_reference(reference)
+    parsed = parse_reference(reference)
     class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
-    if parsed is None or parsed.class_name != class_name:
+    if parsed is None or parsed[0] != class_name:
         raise InvalidReferenceError(
             f"expected a payload reference {{'class_name': {class_name!r}, 'id': ...}}",
             class_name=class_name,
         )
+    id = parsed[1]
     if verify is not None:
-        verify(parsed)
+        verify(ExternalReference(class_name, id))
     url = checked_url(storage, None)
-    (record,) = await (await backend(url)).load_records([(class_name, parsed.id)])
+    (record,) = await (await backend(url)).load_records([(class_name, id)])
     if record is None:
-        raise RecordNotFoundError(class_name, parsed.id)
+        raise RecordNotFoundError(class_name, id)
     try:
         stored = pydantic_core.from_json(record.data, allow_inf_nan=True)
     except ValueError:
@@ -114,8 +115,8 @@ async def aload_payload(
         or stored.keys() != {"value"}
     ):
         raise StoredDataError(
-            f"the stored record {class_name} {parsed.id} is not a payload; it is left untouched",
+            f"the stored record {class_name} {id} is not a payload; it is left untouched",
             class_name=class_name,
-            id=parsed.id,
+            id=id,
         )
     return await avalidate(type_, stored["value"])

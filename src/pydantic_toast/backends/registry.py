@@ -7,6 +7,7 @@ is imported the first time a model uses its scheme.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -14,7 +15,7 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
-from pydantic_toast._exceptions import StorageConfigurationError, shorten
+from pydantic_toast._exceptions import StorageConfigurationError, UnknownSchemeError, shorten
 from pydantic_toast.backends.base import REQUIRED_METHODS, Capability, StorageBackend
 
 if TYPE_CHECKING:
@@ -106,17 +107,21 @@ class BackendRegistry:
         """The backend class for ``scheme``, importing a built-in backend on first use.
 
         Raises:
-            StorageConfigurationError: The scheme is unknown, or its optional driver is missing.
+            UnknownSchemeError: No backend serves the scheme.
+            StorageConfigurationError: The scheme's optional driver is missing.
         """
         registered = self._registered.get(scheme)
         if registered is not None:
             return registered
         builtin = None if scheme in self._removed else _BUILTINS.get(scheme)
         if builtin is None:
-            raise StorageConfigurationError(
-                f"no storage backend is registered for scheme {shorten(scheme, 30)!r}: use one "
-                f"of {', '.join(self.schemes())}, or register yours first with "
-                f"register_backend({shorten(scheme, 30)!r}, YourBackend)"
+            close = difflib.get_close_matches(scheme, self.schemes(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownSchemeError(
+                f"no storage backend is registered for scheme {shorten(scheme, 30)!r}{hint}: "
+                f"use one of {', '.join(self.schemes())}, or register yours first with "
+                f"register_backend({shorten(scheme, 30)!r}, YourBackend)",
+                scheme=scheme,
             )
         path, extra = builtin
         missing = missing_extra(scheme)

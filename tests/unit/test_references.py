@@ -1,0 +1,107 @@
+"""One reference shape: every public function that returns a reference returns the same dict."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from uuid import UUID, uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalReference,
+    StorageValidationError,
+)
+
+
+def make_model(url: str) -> type[ExternalBaseModel]:
+    class Ticket(ExternalBaseModel):
+        title: str
+        model_config = ExternalConfigDict(storage=url)
+
+    return Ticket
+
+
+def check_reference(reference: object, class_name: str) -> None:
+    assert type(reference) is ExternalReference
+    assert isinstance(reference, dict)
+    plain = {"class_name": class_name, "id": reference["id"]}
+    assert reference == plain
+    assert plain == reference
+    assert dict(reference) == plain
+    assert type(dict(reference)) is dict
+    assert list(reference) == ["class_name", "id"]
+    assert json.loads(json.dumps(reference)) == plain
+    assert reference.class_name == class_name
+    assert isinstance(reference.uuid, UUID)
+    assert str(reference.uuid) == reference["id"]
+
+
+async def test_asave_returns_what_model_dump_returns(memory_url: str) -> None:
+    """asave(), model_dump(), dump() and adump() all return the same ExternalReference dict."""
+    ticket = make_model(memory_url)(title="t")
+    saved = await ticket.asave()
+    check_reference(saved, "Ticket")
+    for reference in (
+        ticket.model_dump(),
+        ticket.model_dump(mode="json"),
+        pydantic_toast.dump(ticket),
+        await pydantic_toast.adump(ticket, mode="json"),
+    ):
+        check_reference(reference, "Ticket")
+        assert reference == saved
+    assert json.loads(ticket.model_dump_json()) == saved
+
+
+async def test_reference_feeds_every_loading_function(memory_url: str) -> None:
+    """The returned reference, its id string and its UUID load the model back."""
+    model = make_model(memory_url)
+    ticket = model(title="t")
+    reference = await ticket.asave()
+    assert await model.aload(reference) == ticket
+    assert await model.aload(reference["id"]) == ticket
+    assert await model.aload(reference.uuid) == ticket
+    assert model.model_validate(reference) == ticket
+    assert model.model_validate(dict(reference)) == ticket
+    assert model.model_validate_json(json.dumps(reference)) == ticket
+
+
+def test_reference_construction_normalises_and_checks_the_id() -> None:
+    """ExternalReference takes a UUID or its string (any case); a non-UUID string is refused."""
+    id = uuid4()
+    assert ExternalReference("Ticket", id) == {"class_name": "Ticket", "id": str(id)}
+    assert ExternalReference("Ticket", str(id).upper())["id"] == str(id)
+    with pytest.raises(StorageValidationError, match="not a UUID"):
+        ExternalReference("Ticket", "not-a-uuid")
+
+
+def test_reference_copies_pickles_and_has_a_helpful_repr() -> None:
+    """copy, deepcopy and pickle keep the type and the keys; repr names the type."""
+    reference = ExternalReference("Ticket", uuid4())
+    for other in (
+        copy.copy(reference),
+        copy.deepcopy(reference),
+        pickle.loads(pickle.dumps(reference)),
+    ):
+        assert type(other) is ExternalReference
+        assert other == reference
+        assert other.uuid == reference.uuid
+    assert repr(reference) == f"ExternalReference({dict(reference)!r})"
+
+
+def test_reference_has_no_ambiguous_id_attribute() -> None:
+    """ref["id"] is the string and ref.uuid the UUID; there is no third spelling."""
+    reference = ExternalReference("Ticket", uuid4())
+    with pytest.raises(AttributeError):
+        reference.id  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_a_malformed_reference_is_still_a_storage_validation_error(memory_url: str) -> None:
+    """A reference-shaped dict whose id is not a UUID raises StorageValidationError."""
+    model = make_model(memory_url)
+    with pytest.raises(StorageValidationError, match="is not a UUID"):
+        model.model_validate({"class_name": "Ticket", "id": "nope"})
