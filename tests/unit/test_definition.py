@@ -273,10 +273,10 @@ async def test_missing_record_of_a_class_with_no_records_hints_at_a_rename(
     with pytest.raises(RecordNotFoundError, match="no SupportTicket record exists there at all"):
         SupportTicket.model_validate({"class_name": "SupportTicket", "id": reference["id"]})
     log = CALL_LOGS[counting_url]
-    assert len(log.of("list")) == 2  # each miss probed: still no SupportTicket record
+    assert log.listings == 2  # each miss probed: still no SupportTicket record
     await SupportTicket(title="new").asave()
     for _ in range(3):
         with pytest.raises(RecordNotFoundError) as info:
             await SupportTicket.aload(uuid4())
         assert "external_name" not in str(info.value)
-    assert len(log.of("list")) == 3  # probed once more, then known to have records
+    assert log.listings == 3  # probed once more, then known to have records
