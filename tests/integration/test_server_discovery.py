@@ -54,14 +54,16 @@ def pytest_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_docker_probe_refused_is_quick_and_closes_its_socket(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A DOCKER_HOST nobody listens on: no Docker within a second, and no socket left open."""
+    """A DOCKER_HOST nobody listens on: no Docker, without waiting out the probe's timeout,
+    and no socket left open."""
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{servers.free_port()}")
-    started = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert servers.docker_answers() is False
+        started = time.monotonic()
+        assert servers.docker_answers(timeout=10) is False
+        elapsed = time.monotonic() - started
         gc.collect()
-    assert time.monotonic() - started < 1
+    assert elapsed < 5  # refused at once; 10 s would mean it waited
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
