@@ -155,14 +155,21 @@ class StorageValidationError(ExternalStorageError):
     Attributes:
         class_name: The model's stored class name, when known.
         id: The record id involved, when known.
+        field: The dotted path of the field involved (``"items.0.price"``), when known.
     """
 
     def __init__(
-        self, message: str, *, class_name: str | None = None, id: UUID | str | None = None
+        self,
+        message: str,
+        *,
+        class_name: str | None = None,
+        id: UUID | str | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message)
         self.class_name = class_name
         self.id = id
+        self.field = field
 
 
 class InvalidReferenceError(StorageValidationError):
@@ -177,12 +184,16 @@ class StoredDataError(ExternalStorageError):
     Attributes:
         class_name: The stored class name of the record.
         id: The record id.
+        field: The dotted path of the field that cannot be read, when known.
     """
 
-    def __init__(self, message: str, *, class_name: str, id: UUID | str) -> None:
+    def __init__(
+        self, message: str, *, class_name: str, id: UUID | str, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.class_name = class_name
         self.id = id
+        self.field = field
 
 
 class UnknownSchemeError(StorageConfigurationError, StorageValidationError):

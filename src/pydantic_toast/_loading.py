@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import pydantic_core
-
 from pydantic_toast._exceptions import ExternalStorageError
+from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ParsedReference, parse_reference
 from pydantic_toast._url import StorageURL
@@ -131,7 +130,7 @@ class LoadSession:
                 for record in fetched:
                     route = self.routes.get(record.class_name)
                     if route is not None and route.nested:
-                        data = pydantic_core.from_json(record.data, allow_inf_nan=True)
+                        data = decode_stored(record)
                         self.add_unfetched(wanted, find_references(data))
 
     def add_unfetched(self, wanted: Wanted, references: Iterator[ParsedReference]) -> None:

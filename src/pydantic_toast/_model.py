@@ -32,6 +32,7 @@ from pydantic_toast._exceptions import (
     StorageUsageError,
     StoredDataError,
 )
+from pydantic_toast._fidelity import decode_stored, describe_errors
 from pydantic_toast._loading import (
     LoadSession,
     Routes,
@@ -516,7 +517,7 @@ class ExternalBaseModel(BaseModel):
         settings = cls._toast_settings()
         data = record.data
         if record.schema_version != settings.schema_version:
-            decoded = pydantic_core.from_json(data, allow_inf_nan=True)
+            decoded = decode_stored(record)
             migrated = cls.migrate_stored_data(decoded, record.schema_version)
             data = pydantic_core.to_json(migrated, inf_nan_mode="constants")
         try:
@@ -526,10 +527,7 @@ class ExternalBaseModel(BaseModel):
                 data, strict=False, by_alias=False, by_name=True
             )
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, error['loc'])) or '<root>'}: {error['msg']}"
-                for error in exc.errors(include_input=False, include_url=False)[:5]
-            )
+            problems, field = describe_errors(exc, data)
         else:
             object.__setattr__(instance, "_toast_identity", Identity(record.id, record.created_at))
             return instance  # type: ignore[no-any-return]
@@ -541,6 +539,7 @@ class ExternalBaseModel(BaseModel):
             "override migrate_stored_data() to upgrade old records",
             class_name=record.class_name,
             id=record.id,
+            field=field,
         )
 
     @classmethod

@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, TypeAdapter
+import pydantic_core
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast import _fidelity
+from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._url import StorageURL
@@ -73,11 +75,15 @@ class SaveBatch:
         storage: The storage to write through (the current one by default).
     """
 
-    __slots__ = ("records", "storage")
+    __slots__ = ("records", "refusal", "storage", "suspects")
 
     def __init__(self, storage: Storage | None = None) -> None:
         self.records: dict[StorageURL, dict[RecordKey, StoredRecord]] = {}
         self.storage = storage if storage is not None else current_storage()
+        # Records that may not read back (see _fidelity), checked before anything is written.
+        self.suspects: list[tuple[type[ExternalBaseModel], StoredRecord]] = []
+        # A refusal raised inside a nested serializer, where Pydantic would hide it.
+        self.refusal: StorageValidationError | None = None
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
         """Serialize ``model``'s fields into a record of this batch and return its reference."""
@@ -97,6 +103,10 @@ class SaveBatch:
             data = type(model).__pydantic_serializer__.to_json(
                 model, by_alias=False, round_trip=True
             )
+        except pydantic_core.PydanticSerializationError as exc:
+            refusal = self.refusal or _fidelity.serialization_refusal(model, exc)
+            self.refusal = refusal
+            raise refusal from None
         finally:
             _serializing.reset(token)
         record = StoredRecord(
@@ -109,7 +119,34 @@ class SaveBatch:
             ttl=settings.ttl,
         )
         self.records.setdefault(settings.url(), {})[record.key] = record
+        if _fidelity.may_be_unreadable(data):
+            self.suspects.append((type(model), record))
         return ExternalReference(settings.external_name, identity.id)
+
+    def verify(self) -> None:
+        """Refuse the batch if a record in it could not be read back (before any write).
+
+        Only records :func:`_fidelity.may_be_unreadable` flagged are validated, the way a load
+        would, with the batch's own records standing in for the store.
+        """
+        if not self.suspects:
+            return
+        from pydantic_toast._loading import LoadSession
+
+        for cls, record in self.suspects:
+            session = LoadSession(cls._toast_routes(), self.storage)
+            for url, records in self.records.items():
+                for (class_name, id), stored in records.items():
+                    session.records[(url, class_name, id)] = stored
+            token = session.activate()
+            try:
+                cls.__pydantic_validator__.validate_json(
+                    record.data, strict=False, by_alias=False, by_name=True
+                )
+            except ValidationError as exc:
+                raise _fidelity.unreadable_refusal(cls, record, exc) from None
+            finally:
+                session.deactivate(token)
 
     async def write(self) -> None:
         """Write every collected record: one ``save_records`` call per store, concurrently."""
@@ -127,13 +164,22 @@ class SaveBatch:
 
 
 def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:
-    """Run ``dump()`` with a fresh batch active; external models met are collected, not written."""
+    """Run ``dump()`` with a fresh batch active; external models met are collected, not written.
+
+    Raises:
+        StorageValidationError: A record could not be written or read back faithfully.
+    """
     batch = SaveBatch()
     token = _active_batch.set(batch)
     try:
         result = dump()
+    except pydantic_core.PydanticSerializationError:
+        if batch.refusal is None:
+            raise
+        raise batch.refusal from None  # raised in a nested model, wrapped by Pydantic
     finally:
         _active_batch.reset(token)
+    batch.verify()
     return result, batch
 
 

@@ -1,0 +1,168 @@
+"""Fidelity: what is stored comes back exactly, or is refused before anything is written.
+
+Pydantic writes some values that it cannot read back: integers of more than 4,300 digits
+(its JSON parser, like ``int(str)``, stops there) and ``IntEnum`` members outside the signed
+64-bit range in an enum that also has members inside it. Both only occur with integers of at
+least 19 digits, so a byte scan of the serialized record (a few hundred nanoseconds) decides
+whether a record needs the real check: validating it back exactly as a load would.
+Strings Pydantic cannot encode (lone surrogates) fail during serialization and are refused
+here, naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from pydantic import ValidationError
+
+from pydantic_toast._exceptions import StorageValidationError, StoredDataError
+
+if TYPE_CHECKING:
+    from pydantic_toast._model import ExternalBaseModel
+    from pydantic_toast._records import StoredRecord
+
+__all__ = [
+    "decode_stored",
+    "describe_errors",
+    "is_too_long",
+    "locate",
+    "may_be_unreadable",
+    "serialization_refusal",
+    "unreadable_refusal",
+]
+
+# An integer of 19 digits or more (beyond 63 bits is possible from 19 digits on). Strings with
+# such digit runs match too: they only cost a validation.
+_LONG_INTEGER = re.compile(rb"(?<![0-9])[0-9]{19}")
+_INT_DIGITS_LIMIT = 4300
+
+
+def may_be_unreadable(data: bytes) -> bool:
+    """Whether ``data`` holds an integer long enough to need a read-back check."""
+    return _LONG_INTEGER.search(data) is not None
+
+
+class _TooLong:
+    """Stands for an integer the JSON parser would refuse."""
+
+
+def locate(data: bytes | str, predicate: Any) -> str | None:
+    """The dotted path of the first value in JSON ``data`` for which ``predicate`` is true.
+
+    Integers over the parser's digit limit are seen as :class:`_TooLong` instances, NaN and
+    infinities as floats. Used only on error paths (it parses with the ``json`` module).
+    """
+
+    def parse_int(text: str) -> object:
+        return _TooLong() if len(text.lstrip("-")) > _INT_DIGITS_LIMIT else int(text)
+
+    try:
+        value = json.loads(data, parse_int=parse_int)
+    except ValueError:
+        return None
+    for path, item in _walk(value, ()):
+        if predicate(item):
+            return ".".join(path) or None
+    return None
+
+
+def _walk(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield path, key
+            yield from _walk(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk(item, (*path, str(index)))
+
+
+def is_too_long(value: object) -> bool:
+    """Whether ``value`` stands for an integer beyond the JSON parser's digit limit."""
+    return isinstance(value, _TooLong)
+
+
+def describe_errors(exc: ValidationError, data: bytes | str) -> tuple[str, str | None]:
+    """A short description of ``exc`` (no input values) and the first field it concerns."""
+    field: str | None = None
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = ".".join(map(str, error["loc"]))
+        if not loc and error["type"] == "json_invalid":
+            loc = locate(data, is_too_long) or ""
+            if loc:
+                problems.append(f"{loc}: an integer of more than {_INT_DIGITS_LIMIT:,} digits")
+                field = field or loc
+                continue
+        field = field or loc or None
+        problems.append(f"{loc or '<root>'}: {error['msg']}")
+    return "; ".join(problems), field
+
+
+def decode_stored(record: StoredRecord) -> Any:
+    """The stored fields of ``record`` as Python values, refusing unreadable JSON clearly."""
+    try:
+        return pydantic_core.from_json(record.data, allow_inf_nan=True)
+    except ValueError as exc:
+        field = locate(record.data, is_too_long)
+        detail = (
+            f"{field} holds an integer of more than {_INT_DIGITS_LIMIT:,} digits"
+            if field
+            else f"its JSON does not parse ({exc})"
+        )
+        raise StoredDataError(
+            f"the stored {record.class_name} record {record.id} cannot be read: {detail}; it "
+            "is left untouched: fix or delete it in the store",
+            class_name=record.class_name,
+            id=record.id,
+            field=field,
+        ) from None
+
+
+def serialization_refusal(
+    model: ExternalBaseModel, exc: pydantic_core.PydanticSerializationError
+) -> StorageValidationError:
+    """The refusal for a model that Pydantic cannot serialize to JSON, naming the field."""
+    cls = type(model)
+    field = None
+    for name in cls.model_fields:
+        try:
+            cls.__pydantic_serializer__.to_json(model, include={name}, round_trip=True)
+        except pydantic_core.PydanticSerializationError:
+            field = name
+            break
+    cause = str(exc).removeprefix("Error serializing to JSON: ")
+    cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
+    where = f"field {field!r}" if field else "a field"
+    return StorageValidationError(
+        f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
+        "nothing was written. Lone surrogate characters (from undecodable bytes) cannot be "
+        "stored: encode such data as bytes or clean the string",
+        class_name=_name(cls),
+        field=field,
+    )
+
+
+def unreadable_refusal(
+    cls: type[ExternalBaseModel], record: StoredRecord, exc: ValidationError
+) -> StorageValidationError:
+    """The refusal for a record that would be written but could not be read back."""
+    problems, field = describe_errors(exc, record.data)
+    return StorageValidationError(
+        f"{cls.__qualname__} cannot be stored: it could not be read back ({problems}); nothing "
+        "was written. Integers of more than 4,300 digits cannot be read back by Pydantic (store "
+        "them as str or Decimal), nor IntEnum members outside the signed 64-bit range in an "
+        "enum that also has members inside it",
+        class_name=record.class_name,
+        id=record.id,
+        field=field,
+    )
+
+
+def _name(cls: type[ExternalBaseModel]) -> str | None:
+    settings = cls.__toast_settings__
+    return None if settings is None else settings.external_name
