@@ -42,6 +42,7 @@ from pydantic_toast.backends.sql import (
     json_passthrough,
     upsert,
 )
+from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 from pydantic_toast.backends.sql_table import records_table
 from pydantic_toast.runtime.boundary import connecting
 
@@ -142,18 +143,27 @@ def _hot_path_statements() -> dict[str, str]:
     """The save and load statements, built from the mapped table and compiled once."""
     table = records_table
     c = table.c
-    names = ["class_name", "id", "schema_version", "data", "created_at", "updated_at"]
+    # data_exact: NULL unless jsonb would rewrite a number in data (see backends.jsonb).
+    names = ["class_name", "id", "schema_version", "data", "data_exact", "created_at", "updated_at"]
+    text = ("data", "data_exact")
     arrays = [
-        bindparam(name, type_=ARRAY(Text() if name == "data" else c[name].type)) for name in names
+        bindparam(name, type_=ARRAY(Text() if name in text else c[name].type)) for name in names
     ]
     rows = func.unnest(*arrays).table_valued(*names).render_derived(with_types=False)
     source = select(*(cast(rows.c.data, JSONB) if n == "data" else rows.c[n] for n in names))
     upsert_many = upsert(insert(table).from_select(names, source))
     single = insert(table).values(
-        {n: cast(bindparam(n, type_=Text()), JSONB) if n == "data" else bindparam(n) for n in names}
+        {
+            n: cast(bindparam(n, type_=Text()), JSONB)
+            if n == "data"
+            else bindparam(n, type_=Text() if n == "data_exact" else c[n].type)
+            for n in names
+        }
     )
     upsert_one = upsert(single)
-    columns = [cast(c.data, Text) if n == "data" else c[n] for n in names]
+    # Loads read the exact text where it was kept, else jsonb's text.
+    exact_or_jsonb = func.coalesce(c.data_exact, cast(c.data, Text))
+    columns = [exact_or_jsonb if n == "data" else c[n] for n in names if n != "data_exact"]
     select_one = select(*columns).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id")
     )
@@ -324,6 +334,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
+        for record in records:
+            refuse_unstorable(record)
         if len(records) == 1:  # a plain VALUES row plans faster than unnest
             (one,) = records
             values = (
@@ -331,6 +343,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 one.id,
                 one.schema_version,
                 one.data.decode(),
+                exact_text(one.data),
                 one.created_at,
                 one.updated_at,
             )
@@ -338,14 +351,15 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 lambda connection: connection.execute(_SQL["upsert_one"], *values)
             )
             return
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
         for record in records:
             columns[0].append(record.class_name)
             columns[1].append(record.id)
             columns[2].append(record.schema_version)
             columns[3].append(record.data.decode())
-            columns[4].append(record.created_at)
-            columns[5].append(record.updated_at)
+            columns[4].append(exact_text(record.data))
+            columns[5].append(record.created_at)
+            columns[6].append(record.updated_at)
         await self._on_driver(lambda connection: connection.execute(_SQL["upsert"], *columns))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:

@@ -78,6 +78,7 @@ def upsert(insert: Any) -> Any:
         index_elements=[_c.class_name, _c.id],
         set_={
             "data": insert.excluded.data,
+            "data_exact": insert.excluded.data_exact,
             "schema_version": insert.excluded.schema_version,
             "updated_at": insert.excluded.updated_at,
         },

@@ -80,6 +80,14 @@ class ExternalRecord(Base):
         nullable=False,
         comment="The model's fields, keyed by field name.",
     )
+    data_exact: Mapped[str | None] = mapped_column(
+        Text,
+        nullable=True,
+        comment="NULL for almost every row. When data holds a number that jsonb would "
+        "rewrite (-0.0, or a float in exponent form such as 1e+16, which jsonb turns into the "
+        "integer 10000000000000000), the exact JSON text of the fields; the library reads "
+        "this column first, so an UPDATE of data by hand must set this column to NULL.",
+    )
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime,
         nullable=False,

@@ -1,0 +1,66 @@
+"""What PostgreSQL's ``jsonb`` cannot keep, found by a byte scan of the JSON Pydantic wrote.
+
+``jsonb`` stores numbers as ``numeric``: ``-0.0`` loses its sign and a float in exponent form
+comes back expanded (``1e+16`` as the integer ``10000000000000000``), so an ``int | float``,
+``Any`` or ``dict[str, Any]`` field would change type. Such records keep their exact JSON text
+in ``data_exact`` beside the ``jsonb``. ``jsonb`` refuses NaN, the infinities and ``\\u0000``
+outright: those records are refused before they are sent, naming the field.
+
+The scans look for a number right after ``:``, ``,`` or ``[`` (Pydantic's compact JSON has no
+spaces), so dates and UUIDs inside strings do not match; a string that happens to contain such
+bytes only costs an unneeded ``data_exact`` copy or a closer look.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic_toast._exceptions import StorageValidationError
+from pydantic_toast._fidelity import locate
+from pydantic_toast._records import StoredRecord
+
+__all__ = ["exact_text", "refuse_unstorable"]
+
+_REWRITTEN_NUMBER = re.compile(rb"[:,\[]-?[0-9][0-9.]*[eE]|[:,\[]-0(?:\.0*)?[,\]}]")
+_UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
+
+
+def exact_text(data: bytes) -> str | None:
+    """``data`` as text when ``jsonb`` would rewrite a number in it, else ``None``."""
+    return data.decode() if _REWRITTEN_NUMBER.search(data) else None
+
+
+def refuse_unstorable(record: StoredRecord) -> None:
+    """Raise if ``record`` holds NaN, an infinity or a NUL character, which ``jsonb`` refuses.
+
+    Raises:
+        StorageValidationError: Naming the class, the id and the field.
+    """
+    if _UNSTORABLE.search(record.data) is None:
+        return
+    field = locate(record.data, _is_nan_or_infinite)
+    if field is not None:
+        what = "NaN or Infinity"
+        fix = "use None instead, or another backend (SQLite, Redis)"
+    else:
+        field = locate(record.data, _holds_nul)
+        if field is None:
+            return  # the bytes were inside a string: nothing jsonb refuses
+        what = "the NUL character (\\u0000)"
+        fix = "strip NUL characters from the data or use another backend (SQLite, Redis)"
+    raise StorageValidationError(
+        f"the {record.class_name} field {field} holds {what}, which PostgreSQL's jsonb cannot "
+        f"store: nothing was written; {fix}",
+        class_name=record.class_name,
+        id=record.id,
+        field=field,
+    )
+
+
+def _is_nan_or_infinite(value: object) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _holds_nul(value: object) -> bool:
+    return isinstance(value, str) and "\x00" in value
