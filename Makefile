@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A newer interpreter to run the suite on too, when the machine has one (pyenv).
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: install demo todo test lint typecheck pytest test-newer docs bench bench-snapshot \
+.PHONY: install demo todo test lint typecheck pytest test-newer docs fuzz bench bench-snapshot \
 	bench-instructions profile load-test clean ai-chat bench-ai
 
 $(VENV)/.installed: pyproject.toml
@@ -55,6 +55,13 @@ test: lint typecheck docs pytest test-newer
 # The documentation site (MkDocs + Material + mkdocstrings) into site/; warnings are errors.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+# The fidelity property test at length: FUZZ_EXAMPLES generated models per backend (random
+# seed), with a summary per backend. CI runs the same test with a fixed seed and fewer examples.
+FUZZ_EXAMPLES ?= 5000
+
+fuzz: install
+	TOAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/integration/test_fidelity.py -s -q -p no:cacheprovider
 
 # Runs the suite again on the newer interpreter, when there is one (the distribution test,
 # which builds the pure-Python wheel and five venvs, runs once, on the main interpreter).
