@@ -1,0 +1,157 @@
+"""Exactly what went in: the cases the property test found, pinned on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+    StorageValidationError,
+)
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.runtime.connections import backend_for
+
+
+class Wide(enum.IntEnum):
+    SMALL = 1
+    HUGE = 2**64
+
+
+def model(url: str, **annotations: Any) -> type[ExternalBaseModel]:
+    """A model with the given fields on ``url``, under a class name of its own."""
+    return type(
+        "Sample",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": annotations,
+            "model_config": ExternalConfigDict(storage=url, class_name=f"Sample{uuid4().hex}"),
+        },
+    )
+
+
+def stored_name(cls: type[ExternalBaseModel]) -> str:
+    settings = cls.__toast_settings__
+    assert settings is not None
+    return settings.external_name
+
+
+def assert_not_written(cls: type[ExternalBaseModel], instance: ExternalBaseModel) -> None:
+    with pytest.raises(RecordNotFoundError):
+        cls.model_validate({"class_name": stored_name(cls), "id": str(instance.external_id)})
+
+
+def test_numbers_jsonb_would_rewrite_come_back_with_their_types(storage_url: str) -> None:
+    """-0.0, 1e16 and other exponent-form floats in Any, int | float and dicts keep type and sign."""
+    cls = model(storage_url, number=int | float, anything=Any, mapping=dict[str, Any])
+    values = {"number": 1e16, "anything": [-0.0, 1e22, 5e-324, 10**20], "mapping": {"a": 1.5e300}}
+    loaded = cls.model_validate(cls(**values).model_dump())
+    assert type(loaded.number) is float and loaded.number == 1e16  # type: ignore[attr-defined]
+    anything = loaded.anything  # type: ignore[attr-defined]
+    assert [type(v) for v in anything] == [float, float, float, int]
+    assert str(anything[0]) == "-0.0"
+    assert anything[1:] == [1e22, 5e-324, 10**20]
+    assert type(loaded.mapping["a"]) is float  # type: ignore[attr-defined]
+
+
+def test_integers_over_4300_digits_are_refused_naming_the_field(storage_url: str) -> None:
+    """An int the JSON parser could not read back is refused before the write; 4,300 digits pass."""
+    cls = model(storage_url, count=int, extra=Any)
+    fine = cls(count=10**4300 - 1, extra=None)
+    assert cls.model_validate(fine.model_dump()).count == 10**4300 - 1  # type: ignore[attr-defined]
+    for values, field in (
+        ({"count": 10**4300, "extra": None}, "count"),
+        ({"count": 1, "extra": {"deep": [1, -(10**4301)]}}, "extra.deep.1"),
+    ):
+        huge = cls(**values)
+        with pytest.raises(StorageValidationError, match="nothing was written") as info:
+            huge.model_dump()
+        assert info.value.field == field
+        assert "4,300 digits" in str(info.value)
+        assert_not_written(cls, huge)
+
+
+def test_intenum_members_beyond_64_bits_are_refused(storage_url: str) -> None:
+    """An IntEnum member Pydantic cannot validate back (2**64 beside 1) is refused, unwritten."""
+    cls = model(storage_url, level=Wide)
+    assert cls.model_validate(cls(level=Wide.SMALL).model_dump()).level is Wide.SMALL  # type: ignore[attr-defined]
+    huge = cls(level=Wide.HUGE)
+    with pytest.raises(StorageValidationError, match="64-bit") as info:
+        huge.model_dump()
+    assert info.value.field == "level"
+    assert_not_written(cls, huge)
+
+
+async def test_refusal_in_a_nested_model_writes_nothing_of_the_tree(storage_url: str) -> None:
+    """A child that cannot be read back stops the whole tree: neither parent nor child is written."""
+    child_cls = model(storage_url, value=int)
+    parent_cls = model(storage_url, child=child_cls, note=str)
+    child = child_cls(value=10**5000)
+    parent = parent_cls(child=child, note="p")
+    with pytest.raises(StorageValidationError) as info:
+        await parent.asave()
+    assert info.value.field == "value"
+    assert info.value.class_name == stored_name(child_cls)
+    for cls, instance in ((parent_cls, parent), (child_cls, child)):
+        if instance.external_id is not None:
+            with pytest.raises(RecordNotFoundError):
+                await cls.aload(instance.external_id)
+
+
+def test_lone_surrogates_are_refused_naming_the_field(storage_url: str) -> None:
+    """A str Pydantic cannot encode as UTF-8 is a StorageValidationError naming the field."""
+    cls = model(storage_url, name=str, other=str)
+    bad = cls(name="ok", other="a\ud800b")
+    with pytest.raises(StorageValidationError, match="surrogate") as info:
+        bad.model_dump()
+    assert info.value.field == "other"
+    assert "\ud800" not in str(info.value)
+    child_cls = model(storage_url, name=str)
+    parent_cls = model(storage_url, child=child_cls)
+    with pytest.raises(StorageValidationError) as nested:
+        parent_cls(child=child_cls(name="\udfff")).model_dump()
+    assert nested.value.field == "name"
+
+
+def raw_record(cls: type[ExternalBaseModel], data: bytes) -> StoredRecord:
+    """A record of ``cls`` holding ``data`` as written by something else."""
+    settings = cls.__toast_settings__
+    assert settings is not None
+    now = datetime.now(UTC)
+    return StoredRecord(
+        class_name=settings.external_name,
+        id=uuid4(),
+        data=data,
+        schema_version=settings.schema_version,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def test_unreadable_stored_data_raises_the_library_error(storage_url: str) -> None:
+    """A stored record with a too-long integer fails to load naming class, id and field."""
+    cls = model(storage_url, count=int)
+    holder_cls = model(storage_url, child=cls)
+    bad = raw_record(cls, b'{"count":' + b"9" * 4301 + b"}")
+    reference = {"class_name": bad.class_name, "id": str(bad.id)}
+    holder = raw_record(holder_cls, json.dumps({"child": reference}).encode())
+    await (await backend_for(storage_url)).save_records([bad, holder])
+    for load in (lambda: asyncio.to_thread(cls.model_validate, reference), lambda: cls.aload(bad.id)):
+        with pytest.raises(StorageValidationError) as info:
+            await load()
+        assert (info.value.class_name, info.value.id, info.value.field) == (
+            bad.class_name,
+            bad.id,
+            "count",
+        )
+    with pytest.raises(StorageValidationError) as nested:
+        await holder_cls.aload(holder.id)
+    assert (nested.value.id, nested.value.field) == (bad.id, "count")
