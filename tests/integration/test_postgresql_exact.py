@@ -115,7 +115,9 @@ def test_dba_reads_jsonb_and_the_library_reads_the_exact_text(postgres_database_
     assert row["data_exact"] is None
 
 
-def test_nan_and_nul_are_refused_before_sending_naming_the_field(postgres_database_url: str) -> None:
+def test_nan_and_nul_are_refused_before_sending_naming_the_field(
+    postgres_database_url: str,
+) -> None:
     """NaN, infinities and NUL never reach the server: the error names the field and the id."""
     cls = model(postgres_database_url, price=float, extra=Any)
     for values, field in (

@@ -32,6 +32,7 @@ from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
@@ -42,7 +43,6 @@ from pydantic_toast.backends.sql import (
     json_passthrough,
     upsert,
 )
-from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 from pydantic_toast.backends.sql_table import records_table
 from pydantic_toast.runtime.boundary import connecting
 
