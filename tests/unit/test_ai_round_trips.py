@@ -37,3 +37,29 @@ async def test_loading_reads_one_batch_of_records_per_page(counting_url: str) ->
         ("load", 4),
         ("load", 3),
     ]
+
+
+def test_a_backend_that_cannot_list_is_refused_when_the_store_is_made() -> None:
+    """MessageStore on a save/load-only backend fails at once, naming the methods to add."""
+    from typing import Any
+    from uuid import UUID
+
+    import pytest
+
+    from pydantic_toast import StorageBackend, StorageConfigurationError, register_backend
+
+    class SaveLoadOnly(StorageBackend):
+        async def connect(self) -> None: ...
+        async def disconnect(self) -> None: ...
+        async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None: ...
+        async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+            return None
+
+    from pydantic_toast.runtime.storage import current_storage
+
+    register_backend("saveloadonly", SaveLoadOnly)
+    try:
+        with pytest.raises(StorageConfigurationError, match="list_ids, delete"):
+            MessageStore("saveloadonly://x")
+    finally:
+        current_storage().unregister_backend("saveloadonly")

@@ -23,18 +23,34 @@ async def backend(url: str) -> Connected:
     return await current_storage().connected(StorageURL.parse(url))
 
 
-def checked_url(storage: str, ttl: float | None) -> str:
-    """``storage`` resolved (``env:NAME`` too) and checked, with ``ttl`` only where it expires."""
+def checked_url(
+    storage: str, ttl: float | None, *, needs: tuple[Capability, ...] = (), user: str = ""
+) -> str:
+    """``storage`` resolved (``env:NAME`` too) and checked against ``ttl`` and ``needs``.
+
+    ``ttl`` is only accepted where records expire; ``user`` (named in the message) needs the
+    backend's ``needs`` capabilities.
+    """
     url = resolve_storage(storage)
     parsed = StorageURL.parse(url)
     backend_class = current_storage().registry.class_for(parsed.scheme)
     backend_class.check_url(parsed)
+    missing = [need.value for need in needs if need not in backend_class.capabilities]
+    if missing:
+        raise StorageConfigurationError(
+            f"{user} needs a backend that can {' and '.join(missing)} records, and "
+            f"{backend_class.__name__} ({mask_url(url)}) cannot: implement "
+            f"{', '.join(_METHODS[name] for name in missing)} on it, or use another storage"
+        )
     if ttl is not None and Capability.TTL not in backend_class.capabilities:
         raise StorageConfigurationError(
             f"ttl is set but {backend_class.__name__} ({mask_url(url)}) does not expire records: "
             "remove ttl or use redis:// or memory://"
         )
     return url
+
+
+_METHODS = {"list": "list_ids", "delete": "delete", "count": "count", "batch": "save_records"}
 
 
 def ttl_seconds(ttl: float | timedelta | None) -> float | None:

@@ -33,6 +33,7 @@ from pydantic_toast._exceptions import StorageConfigurationError, StoredDataErro
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+from pydantic_toast.backends.base import Capability
 
 __all__ = ["Appended", "ConversationInfo", "History", "MessageStore"]
 
@@ -155,7 +156,8 @@ class MessageStore:
         """Check the settings; nothing connects before the first operation."""
         self.skip_invalid = skip_invalid
         self.ttl = ttl_seconds(ttl)
-        self._url = checked_url(storage, self.ttl)
+        needs = (Capability.LIST, Capability.DELETE)
+        self._url = checked_url(storage, self.ttl, needs=needs, user="MessageStore")
         self.namespace = check_namespace(namespace)
         if not 1 <= page_size <= 1000:
             raise StorageConfigurationError(f"page_size must be from 1 to 1000, got {page_size}")
