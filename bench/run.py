@@ -96,7 +96,6 @@ class Contender:
             self.loop.run_until_complete(self.system.teardown())
 
     def run(self, phase: str, workload: Workload, sizes: Sizes) -> dict[str, float]:
-        gc.collect()
         system = self.system
         if isinstance(system, Floor):
             if phase == "single":
@@ -236,6 +235,7 @@ def measure(
                     shift = repetition % len(contenders)
                     order = contenders[shift:] + contenders[:shift]
                     figures: dict[str, dict[str, float]] = {c.name: {} for c in contenders}
+                    gc.collect()  # once per repetition: a full collection of a big heap is slow
                     started = time.perf_counter()
                     spent: dict[str, float] = {}
                     for phase in PHASES:
