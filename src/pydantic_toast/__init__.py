@@ -14,6 +14,7 @@ the reference and loads the model back (the claim-check pattern)::
     order = Order.model_validate(reference)
 """
 
+import logging as _logging
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
@@ -49,6 +50,10 @@ from pydantic_toast.runtime.storage import (
     register_backend,
     unregister_backend,
 )
+
+# A library logs, the application decides where it goes: without this, Python's last-resort
+# handler would print the boundary's warnings to stderr of every program.
+_logging.getLogger("pydantic_toast").addHandler(_logging.NullHandler())
 
 try:
     __version__: str = _distribution_version("pydantic-toast")

@@ -268,3 +268,23 @@ def test_memory_store_is_inspectable_and_resettable(memory_url: str) -> None:
     assert {r.class_name for r in store.records("Inspect")} == {"Inspect"}
     store.clear()
     assert store.records() == []
+
+
+def test_mapped_errors_are_logged_not_printed(tmp_path: Any) -> None:
+    """A program without logging set up prints nothing for a handled storage error."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pydantic_toast import ExternalBaseModel, ExternalConfigDict, ExternalStorageError\n"
+        "class Note(ExternalBaseModel):\n"
+        "    text: str\n"
+        f"    model_config = ExternalConfigDict(storage='sqlite:///{tmp_path}/unmigrated.db')\n"
+        "try:\n"
+        "    Note(text='x').model_dump()\n"
+        "except ExternalStorageError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "StorageSchemaError"
+    assert done.stderr == ""
