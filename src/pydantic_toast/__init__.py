@@ -49,7 +49,9 @@ from pydantic_toast.runtime.storage import (
     current_storage,
     register_backend,
     unregister_backend,
+    use_engine,
 )
+from pydantic_toast.runtime.transaction import transaction
 
 # A library logs, the application decides where it goes: without this, Python's last-resort
 # handler would print the boundary's warnings to stderr of every program.
@@ -99,6 +101,8 @@ __all__ = [
     "dump",
     "page",
     "register_backend",
+    "transaction",
     "unregister_backend",
+    "use_engine",
     "validate",
 ]

@@ -185,7 +185,9 @@ def test_public_api_is_pinned() -> None:
         "dump",
         "page",
         "register_backend",
+        "transaction",
         "unregister_backend",
+        "use_engine",
         "validate",
     }
     assert set(pydantic_toast.__all__) == expected

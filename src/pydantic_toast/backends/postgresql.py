@@ -12,21 +12,20 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import ssl
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
-from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._records import RecordKey, StoredRecord
@@ -45,10 +44,9 @@ from pydantic_toast.backends.sql import (
 )
 from pydantic_toast.backends.sql_table import records_table
 from pydantic_toast.runtime.boundary import connecting
+from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
-
-T = TypeVar("T")
 
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
@@ -197,84 +195,16 @@ def _hot_path_statements() -> dict[str, str]:
 _SQL = _hot_path_statements()
 
 
-class _Leases:
-    """Connections leased from the engine's pool and kept between hot-path operations.
-
-    Checking a connection out of SQLAlchemy's async pool and back in costs two greenlet
-    switches (~60 µs) per operation; a lease is taken once and reused. Leases are bounded by
-    ``pool_size + max_overflow`` and handed to waiters first come, first served. SQLAlchemy's
-    pool still owns every connection.
-    """
-
-    def __init__(self, backend: PostgreSQLBackend, *, limit: int, timeout: float) -> None:
-        self._backend = backend
-        self._limit = limit
-        self._timeout = timeout
-        self._idle: list[PoolProxiedConnection] = []
-        self._leased = 0
-        self._waiters: deque[asyncio.Future[PoolProxiedConnection | None]] = deque()
-
-    async def acquire(self) -> PoolProxiedConnection:
-        while True:
-            if self._idle:
-                return self._idle.pop()
-            if self._leased < self._limit:
-                self._leased += 1
-                try:
-                    return await self._backend.engine.raw_connection()
-                except BaseException:
-                    self._leased -= 1
-                    self._wake(None)
-                    raise
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                handed: PoolProxiedConnection | None = await asyncio.wait_for(waiter, self._timeout)
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():  # handed over as we gave up
-                    passed = waiter.result()
-                    if passed is None:
-                        self._wake(None)
-                    else:
-                        self.release(passed)
-                raise
-            if handed is not None:
-                return handed
-            # None: a lease slot was freed; loop round to take it.
-
-    def release(self, pooled: PoolProxiedConnection) -> None:
-        if not self._wake(pooled):
-            self._idle.append(pooled)
-
-    async def discard(self, pooled: PoolProxiedConnection) -> None:
-        self._leased -= 1
-        await greenlet_spawn(pooled.invalidate)
-        self._wake(None)
-
-    async def release_all(self, *, invalidate: bool) -> None:
-        idle, self._idle = self._idle, []
-        for pooled in idle:
-            self._leased -= 1
-            await greenlet_spawn(pooled.invalidate if invalidate else pooled.close)
-            self._wake(None)
-
-    def _wake(self, handed: PoolProxiedConnection | None) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(handed)
-                return True
-        return False
-
-
 class PostgreSQLBackend(SQLAlchemyBackend):
     """Records in PostgreSQL's ``external_records`` table (create it with Alembic first).
 
     Its store is identified by host, port and database, whatever the URL's options.
 
-    One engine per URL and event loop, shared by every model on that URL. Every operation is
-    one statement, built from the mapped table, compiled once, and run on a pooled asyncpg
-    connection (prepared once per connection).
+    One engine per URL and event loop, shared by every model on that URL, or the application's
+    own (``pydantic_toast.use_engine(url, engine)``). The engine's pool is the only pool: every
+    operation checks a connection out, runs one statement (built from the mapped table,
+    compiled once, prepared once per connection) on its asyncpg connection, and checks it back
+    in. Inside :func:`~pydantic_toast.transaction`, statements run on the caller's connection.
     """
 
     _insert = staticmethod(insert)
@@ -288,18 +218,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         host = url.host or "localhost"
         return (host.lower(), url.port or 5432, url.path.lstrip("/") or url.username or "postgres")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        options = engine_options(self._parsed)[1]
-        self._leases = _Leases(
-            self,
-            limit=options["pool_size"] + options["max_overflow"],
-            timeout=options["pool_timeout"],
-        )
-
     async def connect(self) -> None:
-        """Create the engine and check that the table exists (the migration has run)."""
-        self._engine = self._create_engine()
+        """Create the engine (or take the one handed in) and check that the table exists."""
+        await self._open_engine()
         try:
             await self.count("")
         except BaseException:
@@ -308,29 +229,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
-        status = await self._on_driver(lambda c: c.execute(_SQL["delete"], class_name, id))
-        return bool(status != "DELETE 0")
+        return bool(await self._statement("execute", "delete", class_name, id))
 
     async def list_ids(
         self, class_name: str, *, limit: int, after: UUID | None = None
     ) -> list[UUID]:
         """Ids newest first (``created_at``, then id), starting after the record ``after``."""
         if after is None:
-            rows = await self._on_driver(lambda c: c.fetch(_SQL["list_first"], class_name, limit))
+            rows = await self._statement("fetch", "list_first", class_name, limit)
         else:
-            rows = await self._on_driver(
-                lambda c: c.fetch(_SQL["list_after"], class_name, after, limit)
-            )
+            rows = await self._statement("fetch", "list_after", class_name, after, limit)
         return [row[0] for row in rows]
 
     async def count(self, class_name: str) -> int:
         """How many records of ``class_name`` are stored."""
-        return int(await self._on_driver(lambda c: c.fetchval(_SQL["count"], class_name)))
-
-    async def disconnect(self) -> None:
-        """Return the leased connections, then close the engine's pool."""
-        await self._leases.release_all(invalidate=False)
-        await super().disconnect()
+        return int(await self._statement("fetchval", "count", class_name))
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
@@ -347,9 +260,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 one.created_at,
                 one.updated_at,
             )
-            await self._on_driver(
-                lambda connection: connection.execute(_SQL["upsert_one"], *values)
-            )
+            await self._statement("execute", "upsert_one", *values)
             return
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
         for record in records:
@@ -360,21 +271,17 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             columns[4].append(exact_text(record.data))
             columns[5].append(record.created_at)
             columns[6].append(record.updated_at)
-        await self._on_driver(lambda connection: connection.execute(_SQL["upsert"], *columns))
+        await self._statement("execute", "upsert", *columns)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
         if len(keys) == 1:
             ((class_name, id),) = keys
-            rows = await self._on_driver(
-                lambda connection: connection.fetch(_SQL["select_one"], class_name, id)
-            )
+            rows = await self._statement("fetch", "select_one", class_name, id)
         else:
             names = [key[0] for key in keys]
             ids = [key[1] for key in keys]
-            rows = await self._on_driver(
-                lambda connection: connection.fetch(_SQL["select_many"], names, ids)
-            )
+            rows = await self._statement("fetch", "select_many", names, ids)
         found = {
             (row[0], row[1]): StoredRecord(
                 class_name=row[0],
@@ -388,37 +295,81 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         }
         return [found.get(key) for key in keys]
 
-    async def _on_driver(self, operation: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``operation`` on a leased asyncpg connection.
+    async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
+        """Run one compiled statement: one round trip, no BEGIN/COMMIT around it.
 
-        A connection that failed in an unknown state (lost, timed out, cancelled) is dropped;
-        the boundary translates the error and decides about a retry.
+        ``kind`` says what comes back: ``execute`` the affected row count, ``fetch`` the rows,
+        ``fetchval`` the first value. Inside :func:`~pydantic_toast.transaction` on this
+        database, it runs on the caller's connection, in the caller's transaction.
         """
+        joined = joined_connection(self._same_store)
+        if joined is not None:
+            result = await joined.exec_driver_sql(_SQL[name], args)
+            if kind == "execute":
+                return result.rowcount
+            return result.scalar() if kind == "fetchval" else result.all()
+        pooled = await self._checkout()
+        driver: Any = pooled.driver_connection
         try:
-            pooled = await self._leases.acquire()
+            if kind == "execute":
+                status: str = await driver.execute(_SQL[name], *args)
+                result_value: Any = int(status.rpartition(" ")[2] or 0)
+            elif kind == "fetch":
+                result_value = await driver.fetch(_SQL[name], *args)
+            else:
+                result_value = await driver.fetchval(_SQL[name], *args)
+        except asyncpg.PostgresError:
+            # The server refused the statement; the connection is fine unless it is closed.
+            self._checkin(pooled, broken=driver.is_closed())
+            raise
+        except BaseException:
+            # Lost, timed out or cancelled mid-statement: the connection's state is unknown.
+            # Terminating it is synchronous, so a cancelled task leaves nothing to await.
+            self._checkin(pooled, broken=True)
+            raise
+        self._checkin(pooled, broken=False)
+        return result_value
+
+    async def _checkout(self) -> PoolProxiedConnection:
+        """A connection from the engine's pool (without a greenlet when one is idle)."""
+        engine = self.engine
+        pool = engine.sync_engine.pool
+        if self._fast_pool and pool.checkedin():  # type: ignore[attr-defined]
+            # An idle connection is taken without awaiting; one that must reconnect first
+            # needs the greenlet bridge (MissingGreenlet says so, before touching the pool).
+            with contextlib.suppress(MissingGreenlet):
+                return pool.connect()
+        try:
+            return await engine.raw_connection()
         except Exception as exc:
             connecting(exc)
             raise
-        try:
-            result = await operation(pooled.driver_connection)
-        except asyncpg.PostgresError:
-            driver = pooled.driver_connection
-            if driver is None or driver.is_closed():
-                await self._leases.discard(pooled)
-            else:  # the server refused the statement; the connection is fine
-                self._leases.release(pooled)
-            raise
-        except BaseException:
-            await self._leases.discard(pooled)
-            raise
-        self._leases.release(pooled)
-        return result
 
-    async def discard_connections(self) -> None:
-        """Drop every idle connection (after a lost connection, they are likely dead too)."""
-        await self._leases.release_all(invalidate=True)
-        if self._engine is not None:
-            await self._engine.dispose()
+    def _checkin(self, pooled: PoolProxiedConnection, *, broken: bool) -> None:
+        """Return ``pooled`` to the pool, synchronously (no await: safe in a cancelled task)."""
+        pool = self.engine.sync_engine.pool
+        if broken:
+            pooled.invalidate()
+        elif self._fast_pool and pool.checkedin() < pool.size():  # type: ignore[attr-defined]
+            pooled.close()
+        else:
+            # An overflow connection (the pool is full): closing it gracefully would await.
+            pooled.invalidate()
+
+    @property
+    def _fast_pool(self) -> bool:
+        pool = self.engine.sync_engine.pool
+        # Pre-ping awaits on checkout; other pool classes may await on check-in.
+        return isinstance(pool, AsyncAdaptedQueuePool) and not getattr(pool, "_pre_ping", False)
+
+    def _same_store(self, url: URL) -> bool:
+        """Whether a SQLAlchemy URL reaches this backend's database."""
+        identity = (
+            (url.host or "localhost").lower(),
+            url.port or 5432,
+            url.database or url.username or "postgres",
+        )
+        return identity == self.store_identity(self._parsed)
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -428,3 +379,6 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def _create_engine(self) -> AsyncEngine:
         sa_url, options = engine_options(self._parsed)
         return create_async_engine(sa_url, **options)
+
+
+_Kind = Literal["execute", "fetch", "fetchval"]

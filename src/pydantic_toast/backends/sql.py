@@ -8,13 +8,14 @@ serializer passes text through instead of re-encoding it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
-from sqlalchemy import Select, bindparam, delete, func, select, tuple_
+from sqlalchemy import URL, Select, bindparam, delete, func, select, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,6 +25,8 @@ from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import records_table
 from pydantic_toast.runtime.boundary import connecting
+from pydantic_toast.runtime.loops import is_library_loop
+from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = [
     "COUNT",
@@ -100,13 +103,19 @@ class SQLAlchemyBackend(RecordBackend):
 
     Subclasses create the engine (:meth:`_create_engine`) and name the dialect's upsert
     (:attr:`_insert`).
+
+    Args:
+        url: The storage URL.
+        engine: The application's own engine for this database, used instead of one made
+            from the URL (see :func:`pydantic_toast.use_engine`). Its owner disposes of it.
     """
 
     _insert: Callable[..., Any]
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url)
         self._parsed = StorageURL.parse(url)
+        self._given = engine
         self._engine: AsyncEngine | None = None
         self._upsert = upsert(self._insert(_table))
 
@@ -121,21 +130,36 @@ class SQLAlchemyBackend(RecordBackend):
         return self._engine
 
     async def connect(self) -> None:
-        """Create the engine and check that the table exists (the migration has run)."""
-        self._engine = self._create_engine()
+        """Create the engine (or take the one handed in) and check that the table exists."""
+        await self._open_engine()
         try:
             async with self._connection() as connection:
                 await connection.execute(COUNT.limit(0), {"class_name": ""})
         except BaseException:
-            await self._engine.dispose()
-            self._engine = None
+            await self.disconnect()
             raise
 
+    async def _open_engine(self) -> None:
+        if self._given is None:
+            self._engine = self._create_engine()
+            return
+        if is_library_loop(asyncio.get_running_loop()):
+            raise StorageUsageError(
+                f"{self!r} uses an engine handed in with use_engine(), which belongs to the "
+                "application's event loop: use the async API (await obj.asave(), await "
+                "Model.aload(...)) for its models, not model_dump()/model_validate()"
+            )
+        self._engine = self._given
+
     async def disconnect(self) -> None:
-        """Close the engine's pool."""
+        """Close the engine's pool (an engine handed in is left to its owner)."""
         engine, self._engine = self._engine, None
-        if engine is not None:
+        if engine is not None and engine is not self._given:
             await engine.dispose()
+
+    def _same_store(self, url: URL) -> bool:
+        """Whether a SQLAlchemy URL reaches this backend's store (for joined transactions)."""
+        return False
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
@@ -202,7 +226,14 @@ class SQLAlchemyBackend(RecordBackend):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection (errors from the connecting step are marked as such)."""
+        """A pooled connection (errors from the connecting step are marked as such).
+
+        Inside :func:`~pydantic_toast.transaction` on this store: the caller's connection.
+        """
+        joined = joined_connection(self._same_store)
+        if joined is not None:
+            yield joined
+            return
         connection = self.engine.connect()
         try:
             await connection.start()

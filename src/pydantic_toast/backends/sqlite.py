@@ -62,6 +62,11 @@ class SQLiteBackend(SQLAlchemyBackend):
         """Check that the URL names a file."""
         engine_url(url)
 
+    def _same_store(self, url: URL) -> bool:
+        return url.get_backend_name() == "sqlite" and os.path.realpath(
+            url.database or ""
+        ) == self.store_identity(self._parsed)
+
     def _create_engine(self) -> AsyncEngine:
         engine = create_async_engine(
             engine_url(self._parsed),

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from pydantic_toast._exceptions import StorageUsageError
 
-__all__ = ["close_library_loops", "run_sync", "shutdown"]
+__all__ = ["close_library_loops", "is_library_loop", "run_sync", "shutdown"]
 
 T = TypeVar("T")
 
@@ -102,6 +102,12 @@ _loops = _Loops()
 # Objects inherited across fork: never closed or collected in the child (their sockets and
 # selectors are the parent's), so they are kept alive here.
 _inherited: list[object] = []
+
+
+def is_library_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is one of the library's own loops (it serves the blocking API)."""
+    loop_thread = _loops.loop_thread
+    return loop is _loops.main_loop or (loop_thread is not None and loop is loop_thread.loop)
 
 
 def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:

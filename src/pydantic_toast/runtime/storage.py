@@ -21,6 +21,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.registry import BackendRegistry
 from pydantic_toast.runtime import loops
@@ -28,6 +29,8 @@ from pydantic_toast.runtime.boundary import Connected, open_backend
 from pydantic_toast.runtime.catalog import NameCatalog
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from pydantic_toast.backends.base import StorageBackend
     from pydantic_toast.backends.memory import MemoryStore
 
@@ -37,6 +40,7 @@ __all__ = [
     "default_storage",
     "register_backend",
     "unregister_backend",
+    "use_engine",
 ]
 
 
@@ -62,6 +66,7 @@ class Storage:
         self.registry: BackendRegistry = registry
         self.catalog = NameCatalog()
         self._memory: dict[str, MemoryStore] = {}
+        self._engines: dict[StorageURL, AsyncEngine] = {}
         self._loops: dict[asyncio.AbstractEventLoop, _LoopBackends] = {}
         self._lock = threading.Lock()
         self._tokens: list[Token[Storage | None]] = []
@@ -96,6 +101,27 @@ class Storage:
             if store is None:
                 store = self._memory[name] = MemoryStore()
             return store
+
+    def use_engine(self, url: str, engine: AsyncEngine) -> None:
+        """Serve the models stored at ``url`` with the application's own SQLAlchemy ``engine``.
+
+        See :func:`use_engine`.
+        """
+        from pydantic_toast.backends.sql import SQLAlchemyBackend
+
+        parsed = StorageURL.parse(url)
+        backend_class = self.registry.class_for(parsed.scheme)
+        if not issubclass(backend_class, SQLAlchemyBackend):
+            raise StorageUsageError(
+                f"{parsed.masked}: use_engine() takes SQL storage URLs (postgresql://, "
+                f"sqlite://); {backend_class.__name__} has no SQLAlchemy engine"
+            )
+        if any(parsed in entry.ready or parsed in entry.opening for entry in self._loops.values()):
+            raise StorageUsageError(
+                f"{parsed.masked} is already connected: call use_engine() before the first "
+                "operation on it (at application start-up, or in the lifespan)"
+            )
+        self._engines[parsed] = engine
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -175,6 +201,11 @@ class Storage:
         if issubclass(backend_class, MemoryBackend):
             store = self.memory_store(url.host or "")
             backend: StorageBackend = backend_class(url.raw, store=store)
+        elif url in self._engines:
+            from pydantic_toast.backends.sql import SQLAlchemyBackend
+
+            assert issubclass(backend_class, SQLAlchemyBackend)  # checked by use_engine()
+            backend = backend_class(url.raw, engine=self._engines[url])
         else:
             backend = backend_class(url.raw)
         return await open_backend(backend, url)
@@ -262,6 +293,26 @@ def unregister_backend(scheme: str) -> None:
         StorageConfigurationError: No backend serves ``scheme``.
     """
     current_storage().unregister_backend(scheme)
+
+
+def use_engine(url: str, engine: AsyncEngine) -> None:
+    """Serve the models stored at ``url`` with the application's own SQLAlchemy ``engine``.
+
+    The engine's pool then holds pydantic-toast's connections too (one pool for the whole
+    application), and its owner disposes of it. Call it before the first operation on ``url``,
+    in the current storage. The engine belongs to the application's event loop: models on
+    ``url`` are then used through the async API (``await obj.asave()``,
+    ``await Model.aload(ref)``); the blocking calls raise :class:`StorageUsageError`.
+
+    Args:
+        url: The storage URL, exactly as the models' ``storage`` option spells it.
+        engine: An ``AsyncEngine`` on the same database (``postgresql+asyncpg://`` or
+            ``sqlite+aiosqlite://``).
+
+    Raises:
+        StorageUsageError: ``url`` is not a SQL store, or is already connected.
+    """
+    current_storage().use_engine(url, engine)
 
 
 def default_storage() -> Storage:

@@ -1,0 +1,87 @@
+"""Saving inside the caller's SQLAlchemy transaction: :func:`transaction`.
+
+Inside ``async with pydantic_toast.transaction(session_or_connection):`` every statement the
+SQL backends run on the same database (PostgreSQL: host, port and database; SQLite: the file)
+runs on that connection, in its transaction, so the application's own rows and the external
+records commit or roll back together. Stores on other databases are written as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic_toast._exceptions import StorageUsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+__all__ = ["Joined", "joined_connection", "transaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The caller's connection and the event loop it belongs to."""
+
+    connection: AsyncConnection
+    loop: asyncio.AbstractEventLoop
+
+
+_joined: ContextVar[Joined | None] = ContextVar("pydantic_toast_transaction", default=None)
+
+
+@asynccontextmanager
+async def transaction(target: AsyncConnection | AsyncSession) -> AsyncIterator[AsyncConnection]:
+    """Make saves, loads and deletes on the same database join ``target``'s transaction.
+
+    ``target`` is an ``AsyncConnection`` or an ``AsyncSession`` (its connection, beginning its
+    transaction if none is open). The caller commits or rolls back as usual; the records
+    written inside the block follow::
+
+        async with session.begin():
+            session.add(Invoice(number=42))
+            async with pydantic_toast.transaction(session):
+                await order.asave()   # committed, or rolled back, with the invoice
+
+    Only the async API joins: a blocking call (``model_dump``) inside the block raises
+    :class:`~pydantic_toast.StorageUsageError` for stores on that database, since it would
+    run on another event loop.
+
+    Yields:
+        The connection the statements run on.
+    """
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    connection = await target.connection() if isinstance(target, AsyncSession) else target
+    token = _joined.set(Joined(connection, asyncio.get_running_loop()))
+    try:
+        yield connection
+    finally:
+        _joined.reset(token)
+
+
+def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | None:
+    """The caller's connection, if a :func:`transaction` is open on a store ``same_store`` accepts.
+
+    Args:
+        same_store: Whether the connection's engine URL reaches the backend's own store.
+
+    Raises:
+        StorageUsageError: The transaction's connection belongs to another event loop (a
+            blocking call was made inside ``transaction()``).
+    """
+    joined = _joined.get()
+    if joined is None or not same_store(joined.connection.engine.url):
+        return None
+    if joined.loop is not asyncio.get_running_loop():
+        raise StorageUsageError(
+            "a blocking call (model_dump, model_validate, ...) was made inside "
+            "pydantic_toast.transaction(): it cannot run on the transaction's connection; "
+            "use the async API (await obj.asave(), await Model.aload(...)) inside the block"
+        )
+    return joined.connection
