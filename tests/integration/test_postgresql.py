@@ -13,14 +13,18 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    RecordNotFoundError,
     StorageConfigurationError,
     StorageConnectionError,
     StorageSchemaError,
+    StorageTimeoutError,
+    StorageUsageError,
 )
 from pydantic_toast._url import StorageURL
 from pydantic_toast.integrations.cli import main as toast_cli
@@ -460,3 +464,185 @@ def test_cancelled_waiters_do_not_leak_connections(postgres_database_url: str) -
         return (await note.aload(reference)).text  # type: ignore[attr-defined, no-any-return]
 
     assert asyncio.run(scenario()) == "kept"
+
+
+# -- one pool, the application's engine, joined transactions ------------------------------------
+
+
+def _engine(url: str, **options: object) -> AsyncEngine:
+    return create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"), **options)
+
+
+async def _app_table(engine: AsyncEngine) -> str:
+    """An application table of this test's own."""
+    name = f"invoices_{uuid4().hex[:10]}"
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql(f"CREATE TABLE {name} (number integer PRIMARY KEY)")
+    return name
+
+
+async def _invoices(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.exec_driver_sql(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+async def test_save_commits_with_the_callers_transaction(postgres_database_url: str) -> None:
+    """A save inside transaction(connection) commits together with the application's own row."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        table = await _app_table(engine)
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1)")
+            async with pydantic_toast.transaction(connection):
+                reference = await note(text="paid").asave()
+                # Read back inside the transaction: the same connection sees its own write.
+                assert (await note.aload(reference)).text == "paid"  # type: ignore[attr-defined]
+        assert await _invoices(engine, table) == 1
+        assert (await note.aload(reference)).text == "paid"  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
+    """When the caller's transaction rolls back, neither its row nor the record is stored."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        table = await _app_table(engine)
+        item = note(text="never")
+
+        async def write_then_fail() -> None:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1)")
+                async with pydantic_toast.transaction(connection):
+                    await item.asave()
+                raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            await write_then_fail()
+        assert item.external_id is not None
+        assert await _invoices(engine, table) == 0
+        with pytest.raises(RecordNotFoundError):
+            await note.aload(item.external_id)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_session_transaction_commits_and_rolls_back(postgres_database_url: str) -> None:
+    """transaction(session) joins an AsyncSession's transaction: commit keeps, rollback drops."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        async with AsyncSession(engine) as session:
+            async with pydantic_toast.transaction(session):
+                kept = await note(text="kept").asave()
+            await session.commit()
+        async with AsyncSession(engine) as session:
+            async with pydantic_toast.transaction(session):
+                dropped = await note(text="dropped").asave()
+            await session.rollback()
+        assert (await note.aload(kept)).text == "kept"  # type: ignore[attr-defined]
+        with pytest.raises(RecordNotFoundError):
+            await note.aload(dropped)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_errors_inside_a_joined_transaction_are_mapped(postgres_database_url: str) -> None:
+    """A failing statement on the caller's connection still leaves as a library error."""
+    engine = _engine(postgres_database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SET search_path TO nowhere")
+            note = model_on(postgres_database_url)
+            async with pydantic_toast.transaction(connection):
+                with pytest.raises(StorageSchemaError, match="external_records does not exist"):
+                    await note(text="x").asave()
+            await connection.rollback()
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_blocking_call_inside_a_transaction_is_refused(postgres_database_url: str) -> None:
+    """model_dump() inside transaction() raises StorageUsageError instead of escaping it."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            with pytest.raises(StorageUsageError, match="use the async API"):
+                note(text="x").model_dump()
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_applications_own_engine_serves_the_models(postgres_database_url: str) -> None:
+    """use_engine() makes the models use the application's pool, which stays open after close."""
+    name = f"own_engine_{uuid4().hex[:8]}"
+    engine = _engine(
+        postgres_database_url, connect_args={"server_settings": {"application_name": name}}
+    )
+    try:
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(postgres_database_url, engine)
+            note = model_on(postgres_database_url)
+            reference = await note(text="own").asave()
+            assert (await note.aload(reference)).text == "own"  # type: ignore[attr-defined]
+            assert engine.sync_engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
+            with pytest.raises(StorageUsageError, match="already connected"):
+                storage.use_engine(postgres_database_url, engine)
+        async with engine.connect() as connection:  # not disposed by the storage
+            sessions = await connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", (name,)
+            )
+            assert sessions.scalar_one() >= 1
+    finally:
+        await engine.dispose()
+
+
+def test_use_engine_refuses_non_sql_urls() -> None:
+    """use_engine() on a Redis URL says it takes SQL storage URLs."""
+    with pydantic_toast.Storage() as storage, pytest.raises(StorageUsageError, match="SQL storage"):
+        storage.use_engine("redis://127.0.0.1:6379/0", create_async_engine("sqlite+aiosqlite://"))
+
+
+async def test_statement_timeout_keeps_the_other_connections(postgres_database_url: str) -> None:
+    """A row lock held past command_timeout is a StorageTimeoutError; other connections survive."""
+    import asyncpg
+
+    name = f"timeout_{uuid4().hex[:8]}"
+    url = f"{postgres_database_url}?command_timeout=1&application_name={name}&pool_size=4"
+    note = model_on(url)
+
+    async def pids(connection: asyncpg.Connection) -> set[int]:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", name
+        )
+        return {row[0] for row in rows}
+
+    locker = await asyncpg.connect(postgres_database_url)
+    try:
+        items = [note(text=str(i)) for i in range(4)]
+        await asyncio.gather(*(item.asave() for item in items))  # several pooled connections
+        before = await pids(locker)
+        assert len(before) >= 2
+        locked = items[0]
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute(
+            "SELECT 1 FROM external_records WHERE id = $1 FOR UPDATE", locked.external_id
+        )
+        with pytest.raises(StorageTimeoutError, match="timed out"):
+            await locked.asave()
+        await transaction.rollback()
+        after = await pids(locker)
+        assert len(before & after) >= len(before) - 1  # only the timed-out one was dropped
+        await locked.asave()  # and the next call works
+    finally:
+        await locker.close()
+        await pydantic_toast.aclose_storage()
