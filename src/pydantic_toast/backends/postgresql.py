@@ -12,6 +12,7 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from pydantic_toast.backends.sql import (
 )
 from pydantic_toast.backends.sql_table import records_table
 from pydantic_toast.runtime.boundary import connecting
+from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
@@ -318,13 +320,16 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 result_value = await driver.fetch(_SQL[name], *args)
             else:
                 result_value = await driver.fetchval(_SQL[name], *args)
-        except asyncpg.PostgresError:
-            # The server refused the statement; the connection is fine unless it is closed.
-            self._checkin(pooled, broken=driver.is_closed())
+        except (asyncpg.PostgresError, TimeoutError, asyncio.CancelledError):
+            # Refused by the server, or timed out or cancelled mid-statement: asyncpg has
+            # already asked the server to cancel the statement and makes the connection's next
+            # statement wait for that, so the connection goes back to the pool. Terminating it
+            # instead would fail the cancel request's pending future, unretrieved.
+            self._checkin(pooled, broken=driver.is_closed() or unwinding_interrupt())
             raise
         except BaseException:
-            # Lost, timed out or cancelled mid-statement: the connection's state is unknown.
-            # Terminating it is synchronous, so a cancelled task leaves nothing to await.
+            # Lost on the way, or a driver failure: the connection's state is unknown.
+            # Terminating it is synchronous, so nothing is left to await.
             self._checkin(pooled, broken=True)
             raise
         self._checkin(pooled, broken=False)

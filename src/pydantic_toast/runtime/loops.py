@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 
 from pydantic_toast._exceptions import StorageUsageError
 
-__all__ = ["close_library_loops", "is_library_loop", "run_sync", "shutdown"]
+__all__ = [
+    "close_library_loops",
+    "is_library_loop",
+    "run_sync",
+    "shutdown",
+    "unwinding_interrupt",
+]
 
 T = TypeVar("T")
 
@@ -81,6 +87,7 @@ class _Loops:
         self.main_loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: _LoopThread | None = None
         self.lock = threading.Lock()
+        self.interrupted = False
 
     def get_main_loop(self) -> asyncio.AbstractEventLoop:
         loop = self.main_loop
@@ -108,6 +115,11 @@ def is_library_loop(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``loop`` is one of the library's own loops (it serves the blocking API)."""
     loop_thread = _loops.loop_thread
     return loop is _loops.main_loop or (loop_thread is not None and loop is loop_thread.loop)
+
+
+def unwinding_interrupt() -> bool:
+    """Whether a task interrupted by Ctrl-C is being cancelled (its connections are suspect)."""
+    return _loops.interrupted
 
 
 def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -146,8 +158,14 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
         if not task.done():
             task.cancel()
             # Its CancelledError, or a second Ctrl-C: the first interrupt is the one raised.
-            with contextlib.suppress(BaseException):
-                loop.run_until_complete(task)
+            # The interrupt may have hit a driver's callback mid-message: while the task
+            # unwinds, backends drop the connections it used rather than reuse them.
+            _loops.interrupted = True
+            try:
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            finally:
+                _loops.interrupted = False
         elif not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
         raise

@@ -143,7 +143,9 @@ class Storage:
         """
         entry = self._loops.pop(asyncio.get_running_loop(), None)
         if entry is not None:
-            await entry.close()
+            # Closing the generator runs its cleanup now: left to the collector, it would
+            # leave a task behind on the loop.
+            await entry.closer.aclose()
 
     def close(self) -> None:
         """Close the connections this storage opened for the blocking API (the library's loops).
