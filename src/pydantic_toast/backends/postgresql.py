@@ -13,7 +13,6 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -23,7 +22,6 @@ import asyncpg
 from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
@@ -336,16 +334,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return result_value
 
     async def _checkout(self) -> PoolProxiedConnection:
-        """A connection from the engine's pool (without a greenlet when one is idle)."""
-        engine = self.engine
-        pool = engine.sync_engine.pool
-        if self._fast_pool and pool.checkedin():  # type: ignore[attr-defined]
-            # An idle connection is taken without awaiting; one that must reconnect first
-            # needs the greenlet bridge (MissingGreenlet says so, before touching the pool).
-            with contextlib.suppress(MissingGreenlet):
-                return pool.connect()
+        """A connection from the engine's pool."""
         try:
-            return await engine.raw_connection()
+            return await self.engine.raw_connection()
         except Exception as exc:
             connecting(exc)
             raise
@@ -355,17 +346,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         pool = self.engine.sync_engine.pool
         if broken:
             pooled.invalidate()
-        elif self._fast_pool and pool.checkedin() < pool.size():  # type: ignore[attr-defined]
-            pooled.close()
+        elif isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size():
+            pooled.close()  # a queue put and no reset (AUTOCOMMIT): nothing to await
         else:
-            # An overflow connection (the pool is full): closing it gracefully would await.
+            # An overflow connection (the pool is full), or a pool class whose check-in may
+            # await: closing it gracefully would need the greenlet bridge.
             pooled.invalidate()
-
-    @property
-    def _fast_pool(self) -> bool:
-        pool = self.engine.sync_engine.pool
-        # Pre-ping awaits on checkout; other pool classes may await on check-in.
-        return isinstance(pool, AsyncAdaptedQueuePool) and not getattr(pool, "_pre_ping", False)
 
     def _same_store(self, url: URL) -> bool:
         """Whether a SQLAlchemy URL reaches this backend's database."""

@@ -235,11 +235,24 @@ class SQLAlchemyBackend(RecordBackend):
             yield joined
             return
         connection = self.engine.connect()
+        # A connection being opened is seen through even when the caller is cancelled (then
+        # closed at once): abandoned half-way, its file or socket would stay open until the
+        # garbage collector finds it.
+        opening = asyncio.ensure_future(connection.start())
+        cancelled = False
+        while not opening.done():
+            try:
+                await asyncio.wait([opening])
+            except asyncio.CancelledError:
+                cancelled = True
         try:
-            await connection.start()
+            opening.result()
         except Exception as exc:
             connecting(exc)
             raise
+        if cancelled:
+            await connection.close()
+            raise asyncio.CancelledError
         try:
             yield connection
         finally:

@@ -168,6 +168,11 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
                 _loops.interrupted = False
         elif not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
+        # A finished task's "stop the loop" callback may still be queued: run it now, or it
+        # would stop the next call's loop before that call's work is done.
+        loop.stop()
+        with contextlib.suppress(BaseException):
+            loop.run_forever()
         raise
 
 
