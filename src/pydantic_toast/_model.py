@@ -24,6 +24,7 @@ from pydantic_core import core_schema as cs
 
 from pydantic_toast import _unions
 from pydantic_toast._config import ExternalConfigDict, ModelSettings, settings_for
+from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import (
     ExternalStorageError,
     InvalidReferenceError,
@@ -134,7 +135,7 @@ class ExternalBaseModel(BaseModel):
             record = run_sync(lambda: read_one(storage, *key))
             if record is None:
                 raise run_sync(lambda: cls._toast_not_found(key))
-            return cls._toast_from_record(record)
+            return cls._toast_from_record(record, within_hook=True)
         if session is None:
             session = LoadSession(cls._toast_routes())
             wanted = {key[0]: {(key[1], key[2])}}
@@ -144,7 +145,7 @@ class ExternalBaseModel(BaseModel):
         elif key not in session.records:  # a reference the tree's prefetch did not foresee
             wanted = {key[0]: {(key[1], key[2])}}
             run_sync(lambda: session.fetch(wanted, follow=cls._toast_has_nested()))
-        return cls._toast_build(key, session)
+        return cls._toast_build(key, session, within_hook=True)
 
     @classmethod
     def __get_pydantic_json_schema__(
@@ -500,20 +501,27 @@ class ExternalBaseModel(BaseModel):
         )
 
     @classmethod
-    def _toast_build(cls, key: SessionKey, session: LoadSession) -> Self:
+    def _toast_build(
+        cls, key: SessionKey, session: LoadSession, *, within_hook: bool = False
+    ) -> Self:
         record = session.records.get(key)
         if record is None:
             raise RecordNotFoundError(key[1], key[2])
         if active_session() is session:
-            return cls._toast_from_record(record)
+            return cls._toast_from_record(record, within_hook=within_hook)
         token = session.activate()
         try:
-            return cls._toast_from_record(record)
+            return cls._toast_from_record(record, within_hook=within_hook)
         finally:
             session.deactivate(token)
 
     @classmethod
-    def _toast_from_record(cls, record: StoredRecord) -> Self:
+    def _toast_from_record(cls, record: StoredRecord, *, within_hook: bool = False) -> Self:
+        """Validate a stored record as this model.
+
+        ``within_hook``: called from the reference hook, inside Pydantic's validation, where the
+        model validators outside the hook run on the result anyway (so they run once).
+        """
         settings = cls._toast_settings()
         data = record.data
         if record.schema_version != settings.schema_version:
@@ -523,9 +531,11 @@ class ExternalBaseModel(BaseModel):
         try:
             # Stored data is JSON written by this model under field names: validate it as JSON,
             # by name, and lax, so strict models still accept their own datetimes and sets.
-            instance = cls.__pydantic_validator__.validate_json(
-                data, strict=False, by_alias=False, by_name=True
-            )
+            fast = data_schema(cls)
+            validator: Any = cls.__pydantic_validator__
+            if fast is not None and (within_hook or fast.hook_at_root):
+                validator = fast.validator
+            instance = validator.validate_json(data, strict=False, by_alias=False, by_name=True)
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:

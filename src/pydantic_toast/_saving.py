@@ -20,6 +20,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity
+from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
@@ -98,11 +99,11 @@ class SaveBatch:
         if identity is None:
             identity = Identity(uuid4(), now)
             object.__setattr__(model, "_toast_identity", identity)
+        fast = data_schema(type(model))
+        serializer = type(model).__pydantic_serializer__ if fast is None else fast.serializer
         token = _serializing.set(model)
         try:
-            data = type(model).__pydantic_serializer__.to_json(
-                model, by_alias=False, round_trip=True
-            )
+            data = serializer.to_json(model, by_alias=False, round_trip=True)
         except pydantic_core.PydanticSerializationError as exc:
             refusal = self.refusal or _fidelity.serialization_refusal(model, exc)
             self.refusal = refusal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -377,3 +378,47 @@ def test_config_dict_subclass_keeps_pydantic_options(memory_url: str) -> None:
         item.a = 2  # type: ignore[misc]
     assert isinstance(Frozen.model_config, dict)
     assert ConfigDict  # the base class of ExternalConfigDict
+
+
+def test_records_are_written_and_read_without_the_root_hooks(memory_url: str) -> None:
+    """Storing and loading use the fields' own serializer and validator, not the root hooks."""
+    from pydantic_toast._data_schema import data_schema
+
+    class Leaf(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Tree(ExternalBaseModel):
+        leaves: list[Leaf]
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    fast = data_schema(Tree)
+    assert fast is not None
+    tree = Tree(leaves=[Leaf(name="a")])
+    data = fast.serializer.to_json(tree, round_trip=True)
+    assert data == b'{"leaves":[' + Leaf.model_dump_json(tree.leaves[0]).encode() + b"]}"
+    assert Tree.model_validate(tree.model_dump()) == tree
+
+
+def test_a_models_own_validators_run_once_per_load(memory_url: str) -> None:
+    """A subclass's own after-validator runs exactly once per load, sync or async."""
+    from pydantic import model_validator
+
+    from pydantic_toast._data_schema import data_schema
+
+    class Checked(ExternalBaseModel):
+        value: int
+        model_config = ExternalConfigDict(storage=memory_url)
+
+        @model_validator(mode="after")
+        def double(self) -> Checked:
+            object.__setattr__(self, "value", self.value * 2)
+            return self
+
+    fast = data_schema(Checked)
+    assert fast is not None
+    assert not fast.hook_at_root
+    reference = Checked(value=1).model_dump()  # stored as 2
+    # As in plain Pydantic's model_validate(model_dump()): the validator runs once per load.
+    assert Checked.model_validate(reference).value == 4
+    assert asyncio.run(Checked.aload(reference)).value == 4
