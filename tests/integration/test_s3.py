@@ -1,0 +1,217 @@
+"""S3 specifics on a real SeaweedFS: conformance, key layout, credentials, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageAuthenticationError,
+    StorageConfigurationError,
+    StorageConnectionError,
+)
+from pydantic_toast._url import StorageURL
+from pydantic_toast.testing.conformance import BackendConformance
+from tests import servers
+
+
+def raw_client(server: servers.TempSeaweedFS) -> Any:
+    """An aiobotocore client context for ``server`` (the admin identity)."""
+    from aiobotocore.session import get_session
+
+    return get_session().create_client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.ACCESS_KEY,
+        aws_secret_access_key=server.SECRET_KEY,
+    )
+
+
+def on_server(server: servers.TempSeaweedFS, job: Any) -> Any:
+    """Run ``await job(client)`` with a raw client of ``server``."""
+
+    async def main() -> Any:
+        async with raw_client(server) as client:
+            return await job(client)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[servers.TempSeaweedFS]:
+    """A SeaweedFS server with an S3 gateway for the session."""
+    try:
+        server = servers.TempSeaweedFS()
+    except FileNotFoundError:
+        servers.missing_server("SeaweedFS", "(none: install the dev dependencies)")
+        return
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def bucket(seaweedfs: servers.TempSeaweedFS) -> str:
+    """A bucket of this session."""
+    name = f"toast-test-{uuid4().hex[:12]}"
+
+    async def create(client: Any) -> None:
+        await client.create_bucket(Bucket=name)
+
+    on_server(seaweedfs, create)
+    return name
+
+
+@pytest.fixture
+def s3_url(seaweedfs: servers.TempSeaweedFS, bucket: str) -> Iterator[str]:
+    """A storage URL with a key prefix of this test's own."""
+    yield seaweedfs.url(bucket, f"t{uuid4().hex[:12]}")
+    pydantic_toast.close_storage()
+
+
+def model_on(url: str, **config: object) -> type[ExternalBaseModel]:
+    return type(
+        "Note",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(
+                storage=url,
+                external_name=f"Note{uuid4().hex[:8]}",
+                **config,  # type: ignore[typeddict-item]
+            ),
+        },
+    )
+
+
+class TestS3Conformance(BackendConformance):
+    """The s3:// backend against the conformance suite, on SeaweedFS."""
+
+    @pytest.fixture
+    def storage_url(self, s3_url: str) -> str:  # type: ignore[override]
+        """A fresh prefix in the session's bucket."""
+        return s3_url
+
+
+def test_key_layout_is_documented(
+    s3_url: str, seaweedfs: servers.TempSeaweedFS, bucket: str
+) -> None:
+    """A record is {prefix}/{class_name}/{uuid}.json holding the fields, plus an index entry."""
+    note = model_on(s3_url)
+    reference = note(text="tea").model_dump()
+    prefix = StorageURL.parse(s3_url).path.strip("/")
+    key = f"{prefix}/{reference['class_name']}/{reference['id']}.json"
+
+    async def read(client: Any) -> tuple[Any, bytes, list[str]]:
+        response = await client.get_object(Bucket=bucket, Key=key)
+        async with response["Body"] as body:
+            data = await body.read()
+        listing = await client.list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/.index/{reference['class_name']}/"
+        )
+        return response["Metadata"], data, [e["Key"] for e in listing.get("Contents", [])]
+
+    metadata, data, index = on_server(seaweedfs, read)
+    assert json.loads(data) == {"text": "tea"}
+    assert set(metadata) == {"toast-created-at", "toast-updated-at", "toast-schema-version"}
+    assert len(index) == 1
+    assert note.model_validate(reference).text == "tea"  # type: ignore[attr-defined]
+
+
+def test_credentials_from_the_aws_chain(
+    monkeypatch: pytest.MonkeyPatch, seaweedfs: servers.TempSeaweedFS, bucket: str
+) -> None:
+    """Without keys in the URL, the standard AWS chain (here the environment) supplies them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.SECRET_KEY)
+    url = f"s3://{bucket}/chain{uuid4().hex[:8]}?endpoint_url={seaweedfs.endpoint}&region=us-east-1"
+    note = model_on(url)
+    try:
+        assert note.model_validate(note(text="chain").model_dump()).text == "chain"  # type: ignore[attr-defined]
+    finally:
+        pydantic_toast.close_storage()
+
+
+def test_missing_bucket_is_a_clear_error(seaweedfs: servers.TempSeaweedFS) -> None:
+    """A bucket that does not exist is named, with how to create it; the secret never shows."""
+    note = model_on(seaweedfs.url(f"nope-{uuid4().hex[:8]}"))
+    try:
+        with pytest.raises(StorageConnectionError, match="does not exist: create it") as caught:
+            note(text="x").model_dump()
+    finally:
+        pydantic_toast.close_storage()
+    assert seaweedfs.SECRET_KEY not in str(caught.value)
+    assert "secret" not in repr(caught.value.__cause__)
+
+
+def test_bad_credentials_are_an_authentication_error(
+    seaweedfs: servers.TempSeaweedFS, bucket: str
+) -> None:
+    """A wrong secret is an authentication error naming the fix, without the secret."""
+    note = model_on(seaweedfs.url(bucket, "bad", secret="wrong-secret-value"))
+    try:
+        with pytest.raises(StorageAuthenticationError, match="check the access key") as caught:
+            note(text="x").model_dump()
+    finally:
+        pydantic_toast.close_storage()
+    assert "wrong-secret-value" not in str(caught.value)
+
+
+def test_access_denied_is_an_authentication_error(
+    seaweedfs: servers.TempSeaweedFS, bucket: str
+) -> None:
+    """An identity that may only read cannot save: the denial names the operation."""
+    url = seaweedfs.url(bucket, "ro", key=seaweedfs.READER_KEY, secret=seaweedfs.READER_SECRET)
+    note = model_on(url)
+    try:
+        with pytest.raises(StorageAuthenticationError, match="denied the save"):
+            note(text="x").model_dump()
+    finally:
+        pydantic_toast.close_storage()
+
+
+def test_unreachable_store_is_a_connection_error(bucket: str) -> None:
+    """An endpoint where nothing listens is a connection error naming endpoint_url."""
+    url = (
+        f"s3://k:s@{bucket}/x?endpoint_url=http://127.0.0.1:{servers.free_port()}"
+        "&region=us-east-1&connect_timeout=1"
+    )
+    note = model_on(url)
+    try:
+        with pytest.raises(StorageConnectionError, match="endpoint_url"):
+            note(text="x").model_dump()
+    finally:
+        pydantic_toast.close_storage()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3:///prefix", "name the bucket"),
+        ("s3://bucket:9000/p", "endpoint_url"),
+        ("s3://bucket/p?colour=red", "unknown option"),
+        ("s3://onlykey@bucket/p", "both the access key and the secret"),
+        ("s3://bucket/p?max_concurrency=0", "must be positive"),
+    ],
+)
+def test_bad_urls_are_refused_when_the_class_is_defined(url: str, message: str) -> None:
+    """A malformed s3:// URL fails at class definition, naming the fix."""
+    with pytest.raises(StorageConfigurationError, match=message):
+        model_on(url)
+
+
+def test_the_secret_is_masked() -> None:
+    """The URL's secret key never shows in its str or repr."""
+    url = StorageURL.parse("s3://AKIAEXAMPLE:abc/def+ghi@bucket/p?endpoint_url=http://h:1")
+    assert "abc/def+ghi" not in str(url)
+    assert "abc/def+ghi" not in repr(url)
