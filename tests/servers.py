@@ -336,7 +336,9 @@ class TempSeaweedFS:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def url(self, bucket: str, prefix: str = "", key: str | None = None, secret: str | None = None) -> str:
+    def url(
+        self, bucket: str, prefix: str = "", key: str | None = None, secret: str | None = None
+    ) -> str:
         """An ``s3://`` storage URL of ``bucket`` on this server (the admin identity by default)."""
         from urllib.parse import quote
 

@@ -127,7 +127,7 @@ class S3Backend(RecordBackend):
             s3={"addressing_style": options.addressing_style},
         )
         try:
-            self._client = await stack.enter_async_context(
+            client = self._client = await stack.enter_async_context(
                 get_session().create_client(
                     "s3",
                     endpoint_url=options.endpoint_url,
@@ -138,7 +138,7 @@ class S3Backend(RecordBackend):
                 )
             )
             self._stack = stack
-            await self._client.head_bucket(Bucket=options.bucket)
+            await client.head_bucket(Bucket=options.bucket)
         except BaseException as exc:
             connecting(exc)
             await self.disconnect()
@@ -203,17 +203,13 @@ class S3Backend(RecordBackend):
 
     async def count(self, class_name: str) -> int:
         """How many records ``class_name`` has (one LIST per 1,000 records)."""
-        client, bucket = self._connected(), self._options.bucket
-        total, token = 0, None
-        while True:
-            extra = {"ContinuationToken": token} if token else {}
-            page = await client.list_objects_v2(
-                Bucket=bucket, Prefix=f"{self._options.prefix}{class_name}/", **extra
-            )
+        pages = self._connected().get_paginator("list_objects_v2")
+        total = 0
+        async for page in pages.paginate(
+            Bucket=self._options.bucket, Prefix=f"{self._options.prefix}{class_name}/"
+        ):
             total += page.get("KeyCount", 0)
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return total
+        return total
 
     # -- one record -----------------------------------------------------------------------------
 
@@ -303,9 +299,7 @@ class S3Backend(RecordBackend):
             )
         return created, updated, version
 
-    async def _each(
-        self, call: Callable[[Any], Awaitable[_T]], items: Sequence[Any]
-    ) -> list[_T]:
+    async def _each(self, call: Callable[[Any], Awaitable[_T]], items: Sequence[Any]) -> list[_T]:
         if len(items) == 1:
             return [await call(items[0])]
 

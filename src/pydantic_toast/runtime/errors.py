@@ -6,7 +6,8 @@ turns a driver error into a library error.
 
 The map reads what drivers expose without importing them: PostgreSQL's SQLSTATE codes (asyncpg,
 through SQLAlchemy's wrappers too), SQLite's messages, Redis' error prefixes and exception
-classes, botocore's S3 error codes and exception classes, and the builtin ``OSError``/``TimeoutError`` family. What it cannot place becomes a
+classes, botocore's S3 error codes and exception classes, and the builtin
+``OSError``/``TimeoutError`` family. What it cannot place becomes a
 :class:`~pydantic_toast.StorageOperationError` naming the backend and the exception type.
 
 The translated error's ``__cause__`` is a :class:`DriverError` summary (type, SQLSTATE or error
@@ -320,7 +321,9 @@ def _s3(exc: BaseException, failure: Failure) -> Translation:
             url=url,
         ), False
     if code in _S3_BUSY:
-        return StorageBusyError(f"{where} is throttling requests ({code}): retry later", url=url), False
+        return StorageBusyError(
+            f"{where} is throttling requests ({code}): retry later", url=url
+        ), False
     if name == "ConnectTimeoutError":
         return StorageConnectTimeoutError(
             f"connecting to {where} timed out: check endpoint_url and the network, or raise "
