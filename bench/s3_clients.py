@@ -42,6 +42,7 @@ async def timed(keys: list[str], call: Callable[[str], Awaitable[Any]]) -> list[
 
 
 async def main(rounds: int, ops: int) -> None:
+    from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
     from obstore import get_async, put_async
     from obstore.store import S3Store
@@ -55,7 +56,16 @@ async def main(rounds: int, ops: int) -> None:
         }
         async with get_session().create_client(
             "s3", endpoint_url=server.endpoint, region_name="us-east-1", **credentials
-        ) as client:
+        ) as client, get_session().create_client(
+            "s3",
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            config=AioConfig(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+            **credentials,
+        ) as lean:
             await client.create_bucket(Bucket=bucket)
             store = S3Store(
                 bucket,
@@ -72,6 +82,14 @@ async def main(rounds: int, ops: int) -> None:
 
             async def boto_get(key: str) -> None:
                 response = await client.get_object(Bucket=bucket, Key=f"boto/{key}")
+                async with response["Body"] as stream:
+                    await stream.read()
+
+            async def lean_put(key: str) -> None:
+                await lean.put_object(Bucket=bucket, Key=f"lean/{key}", Body=body)
+
+            async def lean_get(key: str) -> None:
+                response = await lean.get_object(Bucket=bucket, Key=f"lean/{key}")
                 async with response["Body"] as stream:
                     await stream.read()
 
@@ -106,6 +124,7 @@ async def main(rounds: int, ops: int) -> None:
 
                 systems: dict[str, tuple[Callable[[str], Awaitable[Any]], ...]] = {
                     "aiobotocore (raw)": (boto_put, boto_get),
+                    "aiobotocore (no checksums)": (lean_put, lean_get),
                     "obstore (raw)": (obstore_put, obstore_get),
                     "pydantic-toast s3://": (toast_save, toast_load),
                 }
@@ -122,7 +141,7 @@ async def main(rounds: int, ops: int) -> None:
     finally:
         server.stop()
     print(f"p50 per operation (µs), median of {rounds} interleaved rounds [min–max], {ops} ops")
-    print(f"{'system':24} {'save':>24} {'load':>24}")
+    print(f"{'system':28} {'save':>24} {'load':>24}")
     for name in names:
         cells = []
         for op in ("save", "load"):
@@ -130,7 +149,7 @@ async def main(rounds: int, ops: int) -> None:
             cells.append(
                 f"{statistics.median(values):,.0f} [{min(values):,.0f}–{max(values):,.0f}]"
             )
-        print(f"{name:24} {cells[0]:>24} {cells[1]:>24}")
+        print(f"{name:28} {cells[0]:>24} {cells[1]:>24}")
 
 
 if __name__ == "__main__":
