@@ -54,18 +54,21 @@ async def main(rounds: int, ops: int) -> None:
             "aws_access_key_id": server.ACCESS_KEY,
             "aws_secret_access_key": server.SECRET_KEY,
         }
-        async with get_session().create_client(
-            "s3", endpoint_url=server.endpoint, region_name="us-east-1", **credentials
-        ) as client, get_session().create_client(
-            "s3",
-            endpoint_url=server.endpoint,
-            region_name="us-east-1",
-            config=AioConfig(
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-            **credentials,
-        ) as lean:
+        async with (
+            get_session().create_client(
+                "s3", endpoint_url=server.endpoint, region_name="us-east-1", **credentials
+            ) as client,
+            get_session().create_client(
+                "s3",
+                endpoint_url=server.endpoint,
+                region_name="us-east-1",
+                config=AioConfig(
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+                **credentials,
+            ) as lean,
+        ):
             await client.create_bucket(Bucket=bucket)
             store = S3Store(
                 bucket,

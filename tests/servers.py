@@ -375,7 +375,7 @@ class TempSeaweedFS:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(20)
+                self.process.wait(5)  # weed drains slowly; the data is throwaway
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
