@@ -5,6 +5,14 @@ references in the input are gathered, fetched in one ``load_records`` call per s
 references inside those records are gathered and fetched in the next round, and so on. The
 records wait in a :class:`LoadSession`; each external model's validator takes its record from
 there. A reference the prefetch could not foresee is fetched on its own.
+
+Pydantic builds instances bottom-up and nests one model's validation inside its parent's. So
+the session builds the records reachable from the one asked for leaves first, without
+recursion (:meth:`LoadSession.prebuild`): a parent's validation then finds its children built
+and nests no deeper than one model, however long the chain. Each record becomes one instance
+per session, shared by every reference to it. A reference back to a record still being built
+(a cycle such as ``a.next = b; b.next = a``) gets a placeholder instance, which is filled in
+with the record's fields once they are validated: the cycle comes back as the same objects.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import asyncio
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic_toast._exceptions import ExternalStorageError
@@ -27,6 +35,7 @@ __all__ = [
     "LoadSession",
     "Route",
     "active_session",
+    "fill",
     "find_references",
     "read_one",
     "routes_in",
@@ -35,6 +44,8 @@ __all__ = [
 
 SessionKey = tuple[StorageURL, str, UUID]
 """``(storage URL, class_name, id)``."""
+
+T = TypeVar("T")
 
 Wanted = dict[StorageURL, set[RecordKey]]
 """Record keys to fetch, grouped by storage URL."""
@@ -52,10 +63,12 @@ class Route:
         urls: The stores of the model classes, reachable from the type being validated, that
             are stored under that name.
         nested: Whether any of those classes can hold references itself.
+        models: The model class stored under that name in each of ``urls`` (same order).
     """
 
     urls: tuple[StorageURL, ...]
     nested: bool
+    models: tuple[Any, ...] = ()
 
 
 Routes = dict[str, Route]
@@ -79,34 +92,115 @@ def routes_in(schema: Any) -> Routes:
             stack.extend(value for value in node.values() if isinstance(value, dict | list))
         elif isinstance(node, list):
             stack.extend(node)
-    found: dict[str, tuple[list[StorageURL], bool]] = {}
+    found: dict[str, tuple[list[StorageURL], bool, list[Any]]] = {}
     for model in classes.values():
         settings = model.__toast_settings__
         try:
             url = settings.url()
         except ExternalStorageError:
             continue  # env var unset: the model's own validator reports it
-        urls, nested = found.setdefault(settings.external_name, ([], False))
+        urls, nested, models = found.setdefault(settings.external_name, ([], False, []))
         if url not in urls:
             urls.append(url)
-        found[settings.external_name] = (urls, nested or model._toast_has_nested())
-    return {name: Route(tuple(urls), nested) for name, (urls, nested) in found.items()}
+            models.append(model)
+        found[settings.external_name] = (urls, nested or model._toast_has_nested(), models)
+    return {
+        name: Route(tuple(urls), nested, tuple(models))
+        for name, (urls, nested, models) in found.items()
+    }
 
 
 class LoadSession:
-    """Records fetched ahead of validation; ``None`` marks a record that does not exist.
+    """Records fetched ahead of validation, and the instances built from them.
+
+    ``None`` in :attr:`records` marks a record that does not exist.
 
     Args:
         routes: Where each stored class name reachable from the validated type is looked for.
         storage: The storage to read through (the current one by default).
     """
 
-    __slots__ = ("records", "routes", "storage")
+    __slots__ = ("building", "instances", "placeholders", "records", "routes", "storage")
 
     def __init__(self, routes: Routes, storage: Storage | None = None) -> None:
         self.records: dict[SessionKey, StoredRecord | None] = {}
         self.routes = routes
         self.storage = storage if storage is not None else current_storage()
+        # Each record's instance, once built; the records being built (or waiting for their
+        # children to be); placeholders handed out for those, to be filled in when built.
+        self.instances: dict[SessionKey, Any] = {}
+        self.building: set[SessionKey] = set()
+        self.placeholders: dict[SessionKey, Any] = {}
+
+    def reuse(self, key: SessionKey, cls: type[T]) -> T | None:
+        """The instance of ``key`` already built, or a placeholder if it is being built."""
+        instance = self.instances.get(key)
+        if isinstance(instance, cls):
+            return instance
+        if key in self.building:  # a cycle back to a record under construction
+            placeholder = self.placeholders.get(key)
+            if not isinstance(placeholder, cls):
+                placeholder = self.placeholders[key] = cls.__new__(cls)
+            return placeholder
+        return None
+
+    def built(self, key: SessionKey, instance: T) -> T:
+        """Record ``instance`` as ``key``'s; returns the placeholder, filled in, if one exists."""
+        placeholder = self.placeholders.pop(key, None)
+        if placeholder is not None and type(placeholder) is type(instance):
+            fill(placeholder, instance)
+            instance = placeholder
+        self.instances[key] = instance
+        return instance
+
+    def prebuild(self, root: SessionKey, *, within_hook: bool) -> None:
+        """Build the fetched records reachable from ``root`` (itself included), leaves first.
+
+        An iterative depth-first walk: a record is built after everything it references, so
+        validating it finds its children in :attr:`instances`. References back to a record on
+        the current path (cycles) meet it in :attr:`building` and get a placeholder. Records
+        below the root are built as their reference hook would build them (they reach their
+        parents through it); the root as ``within_hook`` says.
+        """
+        stack: list[tuple[SessionKey, bool]] = [(root, False)]
+        walked: set[SessionKey] = set()
+        while stack:
+            key, children_done = stack.pop()
+            if children_done:
+                model = self.model_for(key)
+                record = self.records.get(key)
+                if model is not None and record is not None and key not in self.instances:
+                    model._toast_build_record(
+                        key, record, self, within_hook=within_hook or key != root
+                    )
+                self.building.discard(key)
+                continue
+            if key in walked or key in self.instances:
+                continue
+            record = self.records.get(key)
+            if record is None:
+                continue
+            walked.add(key)
+            self.building.add(key)
+            stack.append((key, True))
+            route = self.routes.get(key[1])
+            if route is not None and route.nested:
+                for name, id in find_references(decode_stored(record)):
+                    child_route = self.routes.get(name)
+                    for url in child_route.urls if child_route is not None else ():
+                        child = (url, name, id)
+                        if child not in walked and self.records.get(child) is not None:
+                            stack.append((child, False))
+
+    def model_for(self, key: SessionKey) -> Any:
+        """The model class whose records ``key`` names, or ``None`` when unknown."""
+        route = self.routes.get(key[1])
+        if route is None or len(route.models) != len(route.urls):
+            return None
+        for url, model in zip(route.urls, route.models, strict=True):
+            if url == key[0]:
+                return model
+        return None
 
     async def fetch(self, wanted: Wanted, *, follow: bool) -> None:
         """Fetch ``wanted``; with ``follow``, then the references inside them, level by level."""
@@ -155,6 +249,25 @@ class LoadSession:
     def deactivate(token: Any) -> None:
         """Undo :meth:`activate`."""
         _active_session.reset(token)
+
+
+def fill(placeholder: object, instance: object) -> None:
+    """Give ``placeholder`` the state of ``instance`` (same class): every slot and ``__dict__``."""
+    for klass in type(instance).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot == "__weakref__":
+                continue
+            name = f"_{klass.__name__.lstrip('_')}{slot}" if _mangled(slot) else slot
+            try:
+                value = object.__getattribute__(instance, name)
+            except AttributeError:
+                continue
+            object.__setattr__(placeholder, name, value)
+
+
+def _mangled(name: str) -> bool:
+    return name.startswith("__") and not name.endswith("__")
 
 
 def active_session() -> LoadSession | None:

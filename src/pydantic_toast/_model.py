@@ -130,6 +130,8 @@ class ExternalBaseModel(BaseModel):
             )
         key = (settings.url(), reference[0], reference[1])
         session = active_session()
+        if session is not None and (built := session.reuse(key, cls)) is not None:
+            return built  # loaded once per session; a placeholder closes a cycle
         if session is None and not cls._toast_has_nested():  # one record: read it directly
             storage = current_storage()
             record = run_sync(lambda: read_one(storage, *key))
@@ -504,16 +506,36 @@ class ExternalBaseModel(BaseModel):
     def _toast_build(
         cls, key: SessionKey, session: LoadSession, *, within_hook: bool = False
     ) -> Self:
+        """The instance of ``key``, its tree built leaves first (see :mod:`._loading`).
+
+        ``within_hook``: called from the reference hook (see :meth:`_toast_from_record`).
+        """
         record = session.records.get(key)
         if record is None:
             raise RecordNotFoundError(key[1], key[2])
-        if active_session() is session:
-            return cls._toast_from_record(record, within_hook=within_hook)
-        token = session.activate()
+        nested = active_session() is session
+        token = None if nested else session.activate()
         try:
-            return cls._toast_from_record(record, within_hook=within_hook)
+            session.prebuild(key, within_hook=within_hook)
+            built = session.reuse(key, cls)
+            if built is not None:
+                return built
+            return cls._toast_build_record(key, record, session, within_hook=within_hook)
         finally:
-            session.deactivate(token)
+            if token is not None:
+                session.deactivate(token)
+
+    @classmethod
+    def _toast_build_record(
+        cls, key: SessionKey, record: StoredRecord, session: LoadSession, *, within_hook: bool
+    ) -> Self:
+        """Validate one record of ``session`` (active) into the session's instance of ``key``."""
+        session.building.add(key)
+        try:
+            instance = cls._toast_from_record(record, within_hook=within_hook)
+        finally:
+            session.building.discard(key)
+        return session.built(key, instance)
 
     @classmethod
     def _toast_from_record(cls, record: StoredRecord, *, within_hook: bool = False) -> Self:

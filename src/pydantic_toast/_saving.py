@@ -1,9 +1,12 @@
 """Saving: turning a tree of external models into records and writing them in one batch.
 
 A dump walks the tree through Pydantic's own serializer. Each external model met on the way
-becomes a :class:`StoredRecord` in the active :class:`SaveBatch` and is replaced by its
-reference. The outermost dump then writes the batch, one ``save_records`` call per store, and
-returns only once that write has finished.
+is replaced by its reference and queued in the active :class:`SaveBatch`; the batch then
+serializes the queued models one at a time, each becoming a :class:`StoredRecord`. So a dump
+never nests one model's serialization inside another's: a 10,000-deep chain takes no deeper
+stack than one model, and an instance met twice (a shared child, or a cycle such as
+``a.next = b; b.next = a``) is stored once. The outermost dump then writes the batch, one
+``save_records`` call per store, and returns only once that write has finished.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_toast import _fidelity
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
+from pydantic_toast._loading import fill as _fill
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._url import StorageURL
@@ -65,8 +69,15 @@ def identity_of(model: ExternalBaseModel) -> Identity | None:
 
 
 def is_serializing(model: ExternalBaseModel) -> bool:
-    """Whether ``model``'s own fields are being serialized (for its stored data)."""
-    return _serializing.get() is model
+    """Whether this serializer call is the one for ``model``'s own stored data.
+
+    True once per record: the first call for ``model`` takes the mark, so the same instance
+    met again inside its own fields (``a.next = a``) is stored as a reference.
+    """
+    if _serializing.get() is not model:
+        return False
+    _serializing.set(None)  # reset by the token of SaveBatch._serialize
+    return True
 
 
 class SaveBatch:
@@ -76,10 +87,14 @@ class SaveBatch:
         storage: The storage to write through (the current one by default).
     """
 
-    __slots__ = ("records", "refusal", "storage", "suspects")
+    __slots__ = ("models", "pending", "records", "refusal", "storage", "suspects")
 
     def __init__(self, storage: Storage | None = None) -> None:
         self.records: dict[StorageURL, dict[RecordKey, StoredRecord]] = {}
+        # Every instance met, by id() (kept alive here, so no id() is reused meanwhile), and
+        # those not serialized yet.
+        self.models: dict[int, ExternalBaseModel] = {}
+        self.pending: list[ExternalBaseModel] = []
         self.storage = storage if storage is not None else current_storage()
         # Records that may not read back (see _fidelity), checked before anything is written.
         self.suspects: list[tuple[type[ExternalBaseModel], StoredRecord]] = []
@@ -87,29 +102,50 @@ class SaveBatch:
         self.refusal: StorageValidationError | None = None
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
-        """Serialize ``model``'s fields into a record of this batch and return its reference."""
+        """Queue ``model`` for this batch (once per instance) and return its reference.
+
+        Its fields are serialized later, by :meth:`drain`, so that nested models never nest
+        serializer calls.
+        """
         settings = type(model).__toast_settings__
         if settings is None:
             raise StorageConfigurationError(
                 f"{type(model).__qualname__} is abstract (__abstract__ = True) and has no "
                 "storage of its own: dump an instance of a concrete subclass"
             )
-        now = datetime.now(UTC)
         identity = identity_of(model)
         if identity is None:
-            identity = Identity(uuid4(), now)
+            identity = Identity(uuid4(), datetime.now(UTC))
             object.__setattr__(model, "_toast_identity", identity)
-        fast = data_schema(type(model))
-        serializer = type(model).__pydantic_serializer__ if fast is None else fast.serializer
-        token = _serializing.set(model)
+        if id(model) not in self.models:
+            self.models[id(model)] = model
+            self.pending.append(model)
+        return ExternalReference(settings.external_name, identity.id)
+
+    def drain(self) -> None:
+        """Serialize every queued model, and the models they queue in turn, into records."""
+        while self.pending:
+            self._serialize(self.pending.pop())
+
+    def _serialize(self, model: ExternalBaseModel) -> None:
+        settings = type(model)._toast_settings()
+        identity = identity_of(model)
+        assert identity is not None  # set by collect()
+        now = datetime.now(UTC)
         try:
-            data = serializer.to_json(model, by_alias=False, round_trip=True)
+            data = _to_json(model)
         except pydantic_core.PydanticSerializationError as exc:
-            refusal = self.refusal or _fidelity.serialization_refusal(model, exc)
-            self.refusal = refusal
-            raise refusal from None
-        finally:
-            _serializing.reset(token)
+            if "Circular reference" not in str(exc):
+                failure: pydantic_core.PydanticSerializationError | None = exc
+            else:  # the model holds itself (a.next = a): serialize a stand-in instead
+                try:
+                    data, failure = _to_json(_stand_in(model)), None
+                except pydantic_core.PydanticSerializationError as again:
+                    failure = again
+            if failure is not None:
+                refusal = self.refusal or _fidelity.serialization_refusal(model, failure)
+                self.refusal = refusal
+                raise refusal from None
         record = StoredRecord(
             class_name=settings.external_name,
             id=identity.id,
@@ -122,7 +158,6 @@ class SaveBatch:
         self.records.setdefault(settings.url(), {})[record.key] = record
         if _fidelity.may_be_unreadable(data):
             self.suspects.append((type(model), record))
-        return ExternalReference(settings.external_name, identity.id)
 
     def verify(self) -> None:
         """Refuse the batch if a record in it could not be read back (before any write).
@@ -164,6 +199,28 @@ class SaveBatch:
         await backend.save_records(records)
 
 
+def _to_json(model: ExternalBaseModel) -> bytes:
+    """``model``'s fields as stored: JSON under field names, nested models as references."""
+    fast = data_schema(type(model))
+    serializer = type(model).__pydantic_serializer__ if fast is None else fast.serializer
+    token = _serializing.set(model)
+    try:
+        return serializer.to_json(model, by_alias=False, round_trip=True)
+    finally:
+        _serializing.reset(token)
+
+
+def _stand_in(model: ExternalBaseModel) -> ExternalBaseModel:
+    """A shallow twin of ``model`` (same fields and identity, another object).
+
+    Pydantic refuses to serialize an object inside itself; serializing the twin meets the
+    original only as a field, which then becomes a reference.
+    """
+    twin = type(model).__new__(type(model))
+    _fill(twin, model)
+    return twin
+
+
 def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:
     """Run ``dump()`` with a fresh batch active; external models met are collected, not written.
 
@@ -174,6 +231,7 @@ def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:
     token = _active_batch.set(batch)
     try:
         result = dump()
+        batch.drain()
     except pydantic_core.PydanticSerializationError:
         if batch.refusal is None:
             raise
