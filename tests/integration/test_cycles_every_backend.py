@@ -48,7 +48,8 @@ async def test_cycle_round_trips_async_and_in_pages(storage_url: str) -> None:
     by_value = {item.value: item for item in page.items}  # type: ignore[attr-defined]
     assert sorted(by_value) == [1, 2, 3]
     assert by_value[3].next is by_value[3]
-    assert by_value[1].next is by_value[2] and by_value[2].next is by_value[1]
+    assert by_value[1].next is by_value[2]
+    assert by_value[2].next is by_value[1]
 
 
 async def test_ten_thousand_deep_chain_round_trips(storage_url: str) -> None:
