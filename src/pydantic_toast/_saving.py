@@ -69,15 +69,8 @@ def identity_of(model: ExternalBaseModel) -> Identity | None:
 
 
 def is_serializing(model: ExternalBaseModel) -> bool:
-    """Whether this serializer call is the one for ``model``'s own stored data.
-
-    True once per record: the first call for ``model`` takes the mark, so the same instance
-    met again inside its own fields (``a.next = a``) is stored as a reference.
-    """
-    if _serializing.get() is not model:
-        return False
-    _serializing.set(None)  # reset by the token of SaveBatch._serialize
-    return True
+    """Whether ``model``'s own fields are being serialized (for its stored data)."""
+    return _serializing.get() is model
 
 
 class SaveBatch:
@@ -143,7 +136,11 @@ class SaveBatch:
                 except pydantic_core.PydanticSerializationError as again:
                     failure = again
             if failure is not None:
-                refusal = self.refusal or _fidelity.serialization_refusal(model, failure)
+                token = _serializing.set(model)  # its probes serialize the model's own fields
+                try:
+                    refusal = self.refusal or _fidelity.serialization_refusal(model, failure)
+                finally:
+                    _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
         record = StoredRecord(
