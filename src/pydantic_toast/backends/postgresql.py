@@ -211,6 +211,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     capabilities = frozenset(
         {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
     )
+    _dropped = False  # a broken connection's record waits in the pool to reconnect
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> tuple[str, int, str]:
@@ -220,6 +221,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def connect(self) -> None:
         """Create the engine (or take the one handed in) and check that the table exists."""
+        self._dropped = False
         await self._open_engine()
         try:
             await self.count("")
@@ -335,6 +337,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def _checkout(self) -> PoolProxiedConnection:
         """A connection from the engine's pool."""
+        pool = self.engine.sync_engine.pool
+        if not self._dropped and pool.checkedin() and _takes_idle_without_awaiting(pool):  # type: ignore[attr-defined]
+            # Taking a live idle connection never awaits, so it needs no greenlet (the bridge
+            # costs more than the checkout itself).
+            return pool.connect()
         try:
             return await self.engine.raw_connection()
         except Exception as exc:
@@ -345,6 +352,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """Return ``pooled`` to the pool, synchronously (no await: safe in a cancelled task)."""
         pool = self.engine.sync_engine.pool
         if broken:
+            # Its record waits in the pool to reconnect, which awaits: checkouts go through
+            # the greenlet bridge until the pool is renewed.
+            self._dropped = True
             pooled.invalidate()
         elif isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size():
             pooled.close()  # a queue put and no reset (AUTOCOMMIT): nothing to await
@@ -352,6 +362,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             # An overflow connection (the pool is full), or a pool class whose check-in may
             # await: closing it gracefully would need the greenlet bridge.
             pooled.invalidate()
+
+    async def discard_connections(self) -> None:
+        """Close the pool: after a lost connection its idle connections are likely dead."""
+        await super().discard_connections()
+        self._dropped = False
 
     def _same_store(self, url: URL) -> bool:
         """Whether a SQLAlchemy URL reaches this backend's database."""
@@ -373,3 +388,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
 
 _Kind = Literal["execute", "fetch", "fetchval"]
+
+
+def _takes_idle_without_awaiting(pool: Any) -> bool:
+    """Whether checking out an idle connection of ``pool`` runs no await (no ping, no recycle)."""
+    return (
+        isinstance(pool, AsyncAdaptedQueuePool)
+        and getattr(pool, "_pre_ping", True) is False
+        and getattr(pool, "_recycle", 0) < 0
+        and getattr(pool, "_invalidate_time", 1) == 0
+    )
