@@ -19,6 +19,7 @@ is a sorted set of the class's ids by creation time, for listing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import datetime
@@ -123,7 +124,11 @@ class RedisBackend(RecordBackend):
         self._client = aioredis.Redis(connection_pool=pool)
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
         try:
-            await self._call(self._client.ping)
+            # A server that accepts and never answers must fail within the connect timeout,
+            # not the (longer) socket timeout: the first reply is part of connecting.
+            await asyncio.wait_for(
+                self._call(self._client.ping), self._pool_options["socket_connect_timeout"]
+            )
         except BaseException:
             await self.disconnect()
             raise

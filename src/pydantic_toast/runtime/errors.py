@@ -118,6 +118,9 @@ def summary(exc: BaseException) -> DriverError:
         or _s3_code(driver)
         or (str(driver.errno) if isinstance(driver, OSError) and driver.errno else None)
     )
+    status = getattr(driver, "status_code", None)  # redis-py 8: the reply's error prefix
+    if code is None and isinstance(status, str) and status.isalpha() and len(status) <= 32:
+        code = status
     kind = type(driver)
     result = DriverError(f"{kind.__module__}.{kind.__qualname__}", code)
     return result.with_traceback(exc.__traceback__)
@@ -237,8 +240,10 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
             "max_connections",
             url=url,
         ), False
+    # redis-py 8 keeps the reply's prefix (NOAUTH, WRONGPASS, LOADING...) as ``status_code``.
+    status = getattr(driver, "status_code", None)
     if name.startswith("Authentication"):
-        if "required" in message:
+        if status == "NOAUTH" or "required" in message or "already authenticated" in message:
             fix = "write redis://:password@host:port/db (or redis://user:password@...)"
             return StorageAuthenticationError(
                 f"{where} needs a password and the storage URL gives none: {fix}", url=url
@@ -452,12 +457,16 @@ def _timeout(failure: Failure) -> ExternalStorageError:
     if failure.connecting or failure.operation == "connect":
         return StorageConnectTimeoutError(
             f"connecting to {failure.where} timed out: check the host and the network, or raise "
-            "connect_timeout in the URL",
+            f"{'socket_connect_timeout' if failure.backend == 'Redis' else 'connect_timeout'} "
+            "in the URL",
             url=failure.url.masked,
         )
+    option = {"PostgreSQL": "command_timeout", "Redis": "socket_timeout"}.get(
+        failure.backend, "command or socket timeout"
+    )
     return StorageTimeoutError(
         f"the {failure.operation} on {failure.where} timed out: the server is slow or a lock is "
-        "held; retry, or raise the URL's command/socket timeout",
+        f"held; retry, or raise the URL's {option}",
         url=failure.url.masked,
     )
 

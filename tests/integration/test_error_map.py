@@ -1,0 +1,611 @@
+"""The one error map, proven on real servers: each failure category, its exact class and message.
+
+Every test asserts the exact library class (``type(exc) is ...``), that the message names the
+cause and the fix, and, where a driver failed, that ``__cause__`` is a data-free ``DriverError``.
+Servers that must be reconfigured are throwaway ones (``tests/servers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import redis
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalStorageError,
+    RecordKey,
+    RecordNotFoundError,
+    StorageAuthenticationError,
+    StorageBusyError,
+    StorageConfigurationError,
+    StorageConnectionError,
+    StorageConnectTimeoutError,
+    StorageOperationError,
+    StoragePoolTimeoutError,
+    StorageSchemaError,
+    StorageTimeoutError,
+    StorageValidationError,
+    StoredDataError,
+    StoredRecord,
+)
+from pydantic_toast.backends.memory import MemoryBackend
+from pydantic_toast.integrations.cli import main as toast_cli
+from pydantic_toast.runtime.errors import DriverError
+from tests import servers
+from tests.integration.conftest import _admin, _with_database
+
+
+def model_on(url: str, name: str = "Ledger", **config: Any) -> type[ExternalBaseModel]:
+    return type(
+        name,
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(
+                storage=url, external_name=f"{name}{uuid4().hex[:10]}", **config
+            ),
+        },
+    )
+
+
+def raised(call: Any) -> ExternalStorageError:
+    """The library error ``call()`` raises (fails the test when it raises nothing)."""
+    with pytest.raises(ExternalStorageError) as info:
+        call()
+    return info.value
+
+
+def assert_mapped(
+    error: BaseException, kind: type[ExternalStorageError], *words: str, driver: bool = True
+) -> None:
+    """``error`` is exactly ``kind``, its message holds ``words``, its cause a DriverError."""
+    assert type(error) is kind, f"{type(error).__name__}: {error}"
+    for word in words:
+        assert word in str(error), f"{word!r} not in {str(error)!r}"
+    if driver:
+        assert isinstance(error.__cause__, DriverError), repr(error.__cause__)
+        assert error.__cause__.__cause__ is None
+        assert error.__context__ is error.__cause__ or error.__context__ is None
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose listener accepts connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+# -- cannot connect, connect timeout ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "redis"])
+def test_closed_port_is_a_connection_error(scheme: str) -> None:
+    """Nothing listening: StorageConnectionError naming host:port and what to check."""
+    port = servers.free_port()
+    ledger = model_on(f"{scheme}://app:pw@127.0.0.1:{port}/0")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(
+        error, StorageConnectionError, "could not connect", f"127.0.0.1:{port}", "server runs"
+    )
+
+
+@pytest.mark.parametrize(
+    ("scheme", "option"),
+    [("postgresql", "connect_timeout=0.5"), ("redis", "socket_connect_timeout=0.5")],
+)
+def test_silent_server_is_a_connect_timeout(scheme: str, option: str, silent_port: int) -> None:
+    """A socket that accepts and stays silent: StorageConnectTimeoutError within the timeout."""
+    ledger = model_on(f"{scheme}://app@127.0.0.1:{silent_port}/0?{option}")
+    started = time.monotonic()
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert time.monotonic() - started < 5
+    assert_mapped(error, StorageConnectTimeoutError, "timed out", "connect_timeout")
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[servers.TempPostgres]:
+    """A throwaway PostgreSQL cluster with password authentication, migrated."""
+    try:
+        temp = servers.TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if servers.IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    temp.start()
+    try:
+        assert toast_cli(["migrate", temp.url()]) == 0
+        yield temp
+    finally:
+        pydantic_toast.close_storage()
+        temp.destroy()
+
+
+@pytest.mark.postgresql
+def test_postgres_wrong_password(cluster: servers.TempPostgres) -> None:
+    """A wrong PostgreSQL password: StorageAuthenticationError naming the user and the fix."""
+    ledger = model_on(cluster.url(password="Wr0ng-Pass"))
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(
+        error, StorageAuthenticationError, "rejected the credentials", "'postgres'", "password"
+    )
+    assert "Wr0ng-Pass" not in str(error)
+
+
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[servers.TempRedis]:
+    """A throwaway redis-server with requirepass and an ACL user ``app``."""
+    try:
+        server = servers.TempRedis("--requirepass", "s3cret-pass")
+    except FileNotFoundError:
+        if servers.IN_CI:
+            pytest.fail("no redis-server binary")
+        pytest.skip("no redis-server binary")
+    admin = redis.Redis(port=server.port, password="s3cret-pass")
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pass", "~*", "+@all")
+    admin.close()
+    try:
+        yield server
+    finally:
+        pydantic_toast.close_storage()
+        server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("credentials", "words"),
+    [
+        (":Wr0ng-Pass@", ("rejected the password", "check the credentials")),
+        ("app:Wr0ng-Pass@", ("rejected user 'app'", "check the credentials")),
+        ("nobody:Wr0ng-Pass@", ("rejected user 'nobody'", "check the credentials")),
+        ("", ("needs a password and the storage URL gives none", "redis://:password@")),
+    ],
+    ids=["wrong-password", "acl-user-wrong-password", "unknown-acl-user", "noauth"],
+)
+def test_redis_authentication(
+    locked_redis: servers.TempRedis, credentials: str, words: tuple[str, ...]
+) -> None:
+    """Wrong password, wrong ACL user, and no password at all are told apart."""
+    ledger = model_on(f"redis://{credentials}127.0.0.1:{locked_redis.port}/0")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageAuthenticationError, *words)
+    assert "Wr0ng-Pass" not in str(error)
+
+
+# -- statement / lock timeout ------------------------------------------------------------------
+
+
+def _pids(admin_url: str, application_name: str) -> set[int]:
+    import asyncpg
+
+    async def run() -> set[int]:
+        connection = await asyncpg.connect(admin_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+            )
+        finally:
+            await connection.close()
+        return {row["pid"] for row in rows}
+
+    return asyncio.run(run())
+
+
+@pytest.mark.postgresql
+def test_row_lock_past_command_timeout_is_a_statement_timeout_and_keeps_the_pool(
+    postgres_database_url: str, postgres_admin_url: str
+) -> None:
+    """A row lock held past command_timeout: StorageTimeoutError; the other connections stay."""
+    import asyncpg
+
+    tag = f"lock{uuid4().hex[:10]}"
+    url = f"{postgres_database_url}?application_name={tag}&command_timeout=0.5"
+    ledger = model_on(url)
+    names = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[ExternalStorageError, set[int], set[int]]:
+        # Four pooled connections of our own, all idle afterwards.
+        instances = [ledger(text=str(n)) for n in range(4)]
+        await asyncio.gather(*(pydantic_toast.adump(item) for item in instances))
+        before = await asyncio.to_thread(_pids, postgres_admin_url, tag)
+        holder = await asyncpg.connect(postgres_database_url)
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT 1 FROM external_records WHERE class_name = $1 FOR UPDATE", names
+                )
+                with pytest.raises(ExternalStorageError) as info:
+                    await pydantic_toast.adump(instances[0])
+        finally:
+            await holder.close()
+        after = await asyncio.to_thread(_pids, postgres_admin_url, tag)
+        await pydantic_toast.adump(instances[0])  # works again once the lock is gone
+        return info.value, before, after
+
+    error, before, after = asyncio.run(scenario())
+    assert_mapped(error, StorageTimeoutError, "timed out", "lock is held", "command_timeout")
+    assert "could not connect" not in str(error)
+    assert len(before) >= 2
+    assert len(before - after) <= 1, "only the timed-out connection may be dropped"
+
+
+# -- pool exhausted ------------------------------------------------------------------------------
+
+
+@pytest.mark.postgresql
+def test_postgres_pool_exhausted(postgres_database_url: str) -> None:
+    """pool_size=1, max_overflow=0, the one connection held: StoragePoolTimeoutError."""
+    import asyncpg
+
+    url = (
+        f"{postgres_database_url}?pool_size=1&max_overflow=0&connect_timeout=0.5&command_timeout=5"
+    )
+    ledger = model_on(url)
+    name = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+
+    async def scenario() -> BaseException:
+        first = ledger(text="held")
+        await pydantic_toast.adump(first)
+        holder = await asyncpg.connect(postgres_database_url)
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT 1 FROM external_records WHERE class_name = $1 FOR UPDATE", name
+            )
+            blocked = asyncio.ensure_future(pydantic_toast.adump(first))  # holds the connection
+            await asyncio.sleep(0.2)
+            with pytest.raises(ExternalStorageError) as info:
+                await pydantic_toast.adump(ledger(text="waits"))
+            await transaction.rollback()
+            await blocked
+        finally:
+            await holder.close()
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert_mapped(error, StoragePoolTimeoutError, "no pooled connection", "pool_size")
+
+
+@pytest.mark.redis
+def test_redis_pool_exhausted(tmp_path: Path) -> None:
+    """max_connections=1, the one connection busy: StoragePoolTimeoutError after pool_timeout."""
+    server = servers.TempRedis()
+    try:
+        ledger = model_on(f"redis://127.0.0.1:{server.port}/0?max_connections=1&pool_timeout=0.3")
+
+        async def scenario() -> BaseException:
+            first = ledger(text="held")
+            await pydantic_toast.adump(first)
+            admin = redis.Redis(port=server.port)
+            admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # our one connection waits
+            try:
+                blocked = asyncio.ensure_future(pydantic_toast.adump(first))
+                await asyncio.sleep(0.1)
+                with pytest.raises(ExternalStorageError) as info:
+                    await pydantic_toast.adump(ledger(text="waits"))
+                await blocked
+            finally:
+                admin.close()
+            await pydantic_toast.aclose_storage()
+            return info.value
+
+        error = asyncio.run(scenario())
+    finally:
+        pydantic_toast.close_storage()
+        server.stop()
+    assert_mapped(error, StoragePoolTimeoutError, "no pooled connection", "max_connections")
+
+
+# -- server busy / loading ---------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_redis_loading_its_data_file_is_busy(tmp_path: Path) -> None:
+    """Redis still loading its RDB answers LOADING: StorageBusyError, "retry", not "unreachable".
+
+    The data file is real (20,000 keys saved by a first server); the second server loads it
+    with ``key-load-delay`` (a Redis setting that slows loading per key) so the window is wide.
+    """
+    seed = servers.TempRedis("--dir", str(tmp_path), "--dbfilename", "big.rdb")
+    client = redis.Redis(port=seed.port)
+    pipe = client.pipeline(transaction=False)
+    for n in range(20_000):
+        pipe.set(f"k{n}", "v" * 20)
+    pipe.execute()
+    client.save()
+    client.close()
+    seed.stop()
+    loading = servers.TempRedis(
+        "--dir",
+        str(tmp_path),
+        "--dbfilename",
+        "big.rdb",
+        "--key-load-delay",
+        "500",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    )
+    try:
+        ledger = model_on(f"redis://127.0.0.1:{loading.port}/0")
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+        loading.stop()
+    assert_mapped(error, StorageBusyError, "busy", "BusyLoadingError", "retry")
+
+
+@pytest.mark.postgresql
+def test_postgres_out_of_connections_is_busy(postgres_admin_url: str) -> None:
+    """A database that takes no more connections (SQLSTATE 53300): StorageBusyError."""
+    database = f"toast_full_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}" CONNECTION LIMIT 0')
+    try:
+        ledger = model_on(_with_database(postgres_admin_url, database))
+        # The admin user is a superuser, which ignores the limit: connect as a plain role.
+        role = f"toast_full_{uuid4().hex[:8]}"
+        _admin(postgres_admin_url, f'CREATE ROLE "{role}" LOGIN')
+        try:
+            plain = _with_database(postgres_admin_url, database).replace("postgres@", f"{role}@", 1)
+            ledger = model_on(plain)
+            error = raised(lambda: ledger(text="x").model_dump())
+        finally:
+            pydantic_toast.close_storage()
+            _admin(postgres_admin_url, f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert_mapped(error, StorageBusyError, "cannot take the connection now", "53300", "retry")
+
+
+# -- not migrated, bad database number, refused by the store ------------------------------------
+
+
+@pytest.mark.postgresql
+def test_postgres_not_migrated(postgres_admin_url: str) -> None:
+    """A database without external_records (42P01): StorageSchemaError naming the command."""
+    database = f"toast_bare_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        ledger = model_on(_with_database(postgres_admin_url, database))
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert_mapped(error, StorageSchemaError, "external_records does not exist", "migrate")
+
+
+@pytest.mark.sqlite
+def test_sqlite_not_migrated(tmp_path: Path) -> None:
+    """An SQLite file without the table: StorageSchemaError naming the command."""
+    import sqlite3
+
+    path = tmp_path / "bare.db"
+    sqlite3.connect(path).close()
+    ledger = model_on(f"sqlite:///{path}")
+    try:
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+    assert_mapped(error, StorageSchemaError, "external_records is missing", "migrate")
+
+
+@pytest.mark.redis
+def test_redis_database_out_of_range(redis_base_url: str) -> None:
+    """redis://.../99 on a 16-database server: StorageConfigurationError naming the database."""
+    base = redis_base_url.rsplit("/", 1)[0]
+    ledger = model_on(f"{base}/99")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageConfigurationError, "no database 99", "`databases` setting")
+
+
+@pytest.mark.postgresql
+def test_postgres_permission_denied_names_the_grant(postgres_database_url: str) -> None:
+    """A role without grants on the table: StorageOperationError naming the grant to give."""
+    role = f"toast_nogrant_{uuid4().hex[:8]}"
+    _admin(postgres_database_url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        ledger = model_on(postgres_database_url.replace("postgres@", f"{role}@", 1))
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_database_url, f'DROP ROLE IF EXISTS "{role}"')
+    assert_mapped(error, StorageOperationError, "insufficient privilege", "grant", "SELECT, INSERT")
+
+
+# -- custom backends, references, stored data ------------------------------------------------
+
+
+class CorruptFileBackend(MemoryBackend):
+    """A user's backend whose data file is damaged: load raises JSONDecodeError."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        json.loads('{"text": "S3ntinel')  # raises JSONDecodeError, as a corrupt file would
+        raise AssertionError("unreachable")
+
+
+class ForgetfulBackend(MemoryBackend):
+    """A user's backend with a bug: save raises KeyError."""
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        raise KeyError("bucket")
+
+
+pydantic_toast.register_backend("corruptfile", CorruptFileBackend)
+pydantic_toast.register_backend("forgetful", ForgetfulBackend)
+
+
+def test_custom_backend_json_decode_error_is_stored_data_error_not_validation_error() -> None:
+    """JSONDecodeError in a custom load: StoredDataError (a 500), never Pydantic's 422 error."""
+    import pydantic
+
+    ledger = model_on(f"corruptfile://{uuid4().hex}")
+    reference = ledger(text="x").model_dump()
+    try:
+        ledger.model_validate(reference)
+    except (pydantic.ValidationError, ExternalStorageError) as exc:
+        error: BaseException = exc
+    else:
+        pytest.fail("a corrupt record loaded")
+    assert not isinstance(error, pydantic.ValidationError)
+    assert_mapped(error, StoredDataError, "cannot be read", "JSONDecodeError", "damaged")
+
+
+def test_custom_backend_json_decode_error_answers_500_in_fastapi() -> None:
+    """Through FastAPI with the library's handlers, unreadable stored data answers 500."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pydantic_toast.fastapi import install_error_handlers
+
+    ledger = model_on(f"corruptfile://{uuid4().hex}", name="Corrupt")
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/load")
+    def load(body: dict[str, str]) -> dict[str, str]:
+        return {"text": ledger.model_validate(body).text}  # type: ignore[attr-defined]
+
+    reference = ledger(text="x").model_dump()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/load", json=reference)
+    assert answer.status_code == 500
+    assert "S3ntinel" not in answer.text
+
+
+def test_custom_backend_key_error_is_operation_error() -> None:
+    """KeyError in a custom save: StorageOperationError naming the backend and the type."""
+    ledger = model_on(f"forgetful://{uuid4().hex}")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageOperationError, "Forgetful backend failed during save", "KeyError")
+
+
+def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
+    """A bad id from the client is a StorageValidationError; stored data that no longer
+    validates is a StoredDataError: two classes, two HTTP statuses."""
+    ledger = model_on(memory_url, name="Account")
+    name = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+    client_error = raised(lambda: ledger.model_validate({"class_name": name, "id": "not-an-id"}))
+    assert isinstance(client_error, StorageValidationError)
+    assert not isinstance(client_error, StoredDataError)
+    assert "not a UUID" in str(client_error)
+
+    reference = ledger(text="fine").model_dump()
+    store = pydantic_toast.current_storage().memory_store(memory_url.split("://", 1)[1])
+    (record,) = store.records(name)
+    old, expiry = store._records[(name, record.id)]  # damaged, as by another writer
+    store._records[(name, record.id)] = (dataclasses.replace(old, data=b'{"text": 42}'), expiry)
+    stored_error = raised(lambda: ledger.model_validate(reference))
+    assert type(stored_error) is StoredDataError
+    assert str(record.id) in str(stored_error)
+
+
+# -- retries: deletes never ---------------------------------------------------------------------
+
+
+class ReplyLostBackend(MemoryBackend):
+    """Deletes on the store, then loses the connection before the reply (as a dying socket)."""
+
+    deletes = 0
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        type(self).deletes += 1
+        await super().delete(id, class_name)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+pydantic_toast.register_backend("replylost", ReplyLostBackend)
+
+
+def test_delete_whose_reply_is_lost_is_not_retried_nor_reported_missing() -> None:
+    """The delete committed, the reply was lost: StorageConnectionError, one attempt only."""
+    ledger = model_on(f"replylost://{uuid4().hex}")
+    reference = ledger(text="x").model_dump()
+    ReplyLostBackend.deletes = 0
+    error = raised(lambda: pydantic_toast.delete(ledger, reference))
+    assert_mapped(error, StorageConnectionError, "lost during delete")
+    assert not isinstance(error, RecordNotFoundError)
+    assert ReplyLostBackend.deletes == 1
+
+
+@pytest.mark.postgresql
+def test_postgres_connection_killed_mid_delete_is_a_connection_error(
+    postgres_database_url: str,
+) -> None:
+    """Our connection terminated while its DELETE waits on a lock: StorageConnectionError,
+    never RecordNotFoundError, and the delete is not repeated behind the caller's back."""
+    import asyncpg
+
+    tag = f"kill{uuid4().hex[:10]}"
+    ledger = model_on(f"{postgres_database_url}?application_name={tag}")
+    name = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[BaseException, int]:
+        reference = await pydantic_toast.adump(ledger(text="x"))
+        holder = await asyncpg.connect(postgres_database_url)
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT 1 FROM external_records WHERE class_name = $1 FOR UPDATE", name
+            )
+            deleting = asyncio.ensure_future(pydantic_toast.adelete(ledger, reference))
+            for _ in range(100):
+                killed = await holder.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    tag,
+                )
+                if killed:
+                    break
+                await asyncio.sleep(0.02)
+            with pytest.raises(ExternalStorageError) as info:
+                await deleting
+            await transaction.rollback()
+            left = await holder.fetchval(
+                "SELECT count(*) FROM external_records WHERE class_name = $1", name
+            )
+        finally:
+            await holder.close()
+        return info.value, left
+
+    error, left = asyncio.run(scenario())
+    assert_mapped(error, StorageConnectionError, "lost during delete")
+    assert left == 1, "a retried delete would have removed the record"
