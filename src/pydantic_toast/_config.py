@@ -98,7 +98,8 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
     schema_version = config.get("schema_version", 1)
     if type(schema_version) is not int or schema_version < 1:
         raise StorageConfigurationError(
-            f"{owner}: schema_version must be an int of 1 or more, got {schema_version!r}"
+            f"{owner}: schema_version must be an int of 1 or more, got "
+            f"{shorten(repr(schema_version))}"
         )
     external_name = config.get("external_name", cls.__name__)
     if not isinstance(external_name, str) or not external_name:

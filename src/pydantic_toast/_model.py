@@ -32,6 +32,7 @@ from pydantic_toast._exceptions import (
     StorageConfigurationError,
     StorageUsageError,
     StoredDataError,
+    shorten,
 )
 from pydantic_toast._fidelity import decode_stored, describe_errors
 from pydantic_toast._loading import (
@@ -644,6 +645,7 @@ def _root_mismatch(exc: ValidationError) -> InvalidReferenceError | None:
 def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:
     """Why a reference to ``class_name`` is not a ``model``, with the likely fix."""
     settings = model._toast_settings()
+    class_name = shorten(class_name)  # a client may send anything, of any length
     message = (
         f"the reference names class {class_name!r}, but {model.__qualname__} is stored as "
         f"{settings.external_name!r}"

@@ -29,7 +29,8 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Query options whose values are secrets wherever they appear.
 _SECRET_OPTION = re.compile(r"(?i)(pass|secret|token|key=|sslpassword)")
-_QUERY_SECRET = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&;#]*")
+# A secret option's value runs to the next option: an unencoded '#' or '@' in it is still secret.
+_QUERY_SECRET = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&;]*")
 _MASK = "***"
 _HOST_AFTER_AT = re.compile(r"[A-Za-z0-9.\-\[\]:_%]*(?:[/?#]|$)")
 
@@ -56,7 +57,9 @@ def _userinfo_span(raw: str) -> tuple[int, int] | None:
     """Where the user information of ``raw`` starts and ends (at its ``@``), if it has one."""
     scheme_end = raw.find("://")
     start = scheme_end + 3 if scheme_end >= 0 else 0
-    at = len(raw)
+    # User information comes before any secret query option (whose value may hold an '@').
+    secret = _QUERY_SECRET.search(raw, start)
+    at = secret.start() if secret else len(raw)
     while True:
         at = raw.rfind("@", start, at)
         if at < 0:
@@ -125,13 +128,13 @@ class StorageURL:
 
     @property
     def masked(self) -> str:
-        """The URL with its passwords replaced by ``***``."""
-        return mask_url(self.raw)
+        """The URL with its passwords replaced by ``***``, cut to 200 characters."""
+        return shorten(mask_url(self.raw), 200)
 
     @property
     def address(self) -> str:
         """``host:port`` for messages (empty parts left out)."""
-        host = self.host or "localhost"
+        host = shorten(self.host or "localhost", 100)
         return f"{host}:{self.port}" if self.port else host
 
     @property

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
-from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._exceptions import StorageConfigurationError, shorten
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
@@ -63,7 +63,7 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
     unknown = sorted(set(url.query) - _OPTIONS)
     if unknown:
         raise StorageConfigurationError(
-            f"{url.masked}: unknown option(s) {', '.join(unknown)}; PostgreSQL URLs take "
+            f"{url.masked}: unknown option(s) {shorten(', '.join(unknown))}; PostgreSQL URLs take "
             f"{', '.join(sorted(_OPTIONS))}"
         )
     numbers: dict[str, float] = {}
@@ -73,7 +73,7 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
             numbers[name] = type(default)(raw) if raw is not None else default
         except ValueError:
             raise StorageConfigurationError(
-                f"{url.masked}: {name} must be a number, got {raw!r}"
+                f"{url.masked}: {name} must be a number, got {shorten(raw)!r}"
             ) from None
         if numbers[name] < 0 or (name == "pool_size" and numbers[name] < 1):
             raise StorageConfigurationError(f"{url.masked}: {name} must be positive")

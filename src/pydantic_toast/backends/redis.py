@@ -33,6 +33,7 @@ from pydantic_toast._exceptions import (
     StorageConfigurationError,
     StorageUsageError,
     StoredDataError,
+    shorten,
 )
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
@@ -288,7 +289,7 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(url.query) - _OPTIONS)
     if unknown:
         raise StorageConfigurationError(
-            f"{url.masked}: unknown option(s) {', '.join(unknown)}; Redis URLs take "
+            f"{url.masked}: unknown option(s) {shorten(', '.join(unknown))}; Redis URLs take "
             f"{', '.join(sorted(_OPTIONS))}"
         )
     if url.path.strip("/") and not url.path.strip("/").isdigit():
@@ -302,7 +303,7 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
             value = type(default)(raw) if raw is not None else default
         except ValueError:
             raise StorageConfigurationError(
-                f"{url.masked}: {name} must be a number, got {raw!r}"
+                f"{url.masked}: {name} must be a number, got {shorten(raw)!r}"
             ) from None
         if value <= 0:
             raise StorageConfigurationError(f"{url.masked}: {name} must be positive")

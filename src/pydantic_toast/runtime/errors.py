@@ -36,6 +36,7 @@ from pydantic_toast._exceptions import (
     StorageTimeoutError,
     StorageValidationError,
     StoredDataError,
+    shorten,
 )
 from pydantic_toast._url import StorageURL
 
@@ -89,7 +90,7 @@ class Failure:
     @property
     def database(self) -> str:
         """The database name (PostgreSQL), for messages."""
-        return self.url.path.lstrip("/") or self.url.username or "postgres"
+        return shorten(self.url.path.lstrip("/") or self.url.username or "postgres")
 
 
 def translate(exc: BaseException, failure: Failure) -> tuple[ExternalStorageError, bool]:
@@ -140,7 +141,7 @@ def _postgres(
             url=url,
         ), False
     if sqlstate in ("28P01", "28000"):
-        user = failure.url.username or "postgres"
+        user = shorten(failure.url.username or "postgres")
         return StorageAuthenticationError(
             f"{where} rejected the credentials of user {user!r}: check the user name and "
             "password in the storage URL",
@@ -216,8 +217,9 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
         ), False
     if "unable to open" in message or "readonly" in message or "disk" in message:
         return StorageConnectionError(
-            f"SQLite could not use {failure.url.path.lstrip('/')} ({type(driver).__name__}: "
-            f"{message}): check the path, its folder and their permissions",
+            f"SQLite could not use {shorten(failure.url.path.lstrip('/'), 200)} "
+            f"({type(driver).__name__}: {shorten(message)}): check the path, its folder and "
+            "their permissions",
             url=url,
         ), False
     return None
@@ -254,7 +256,7 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
                 "the URL, or set requirepass on the server",
                 url=url,
             ), False
-        who = f"user {failure.url.username!r}" if failure.url.username else "the password"
+        who = f"user {shorten(failure.url.username)!r}" if failure.url.username else "the password"
         return StorageAuthenticationError(
             f"{where} rejected {who}: check the credentials in the storage URL "
             "(redis://user:password@host:port/db)",
@@ -262,13 +264,14 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         ), False
     if name == "NoPermissionError":
         return StorageOperationError(
-            f"{where}: the ACL of user {failure.url.username!r} forbids the {failure.operation}: "
+            f"{where}: the ACL of user {shorten(failure.url.username or 'default')!r} forbids "
+            f"the {failure.operation}: "
             "allow its commands and key prefix (ACL SETUSER)"
         ), False
     if "DB index is out of range" in message:
         return StorageConfigurationError(
-            f"{where} has no database {failure.url.path.strip('/')}: use a database number "
-            "below the server's `databases` setting (16 by default)"
+            f"{where} has no database {shorten(failure.url.path.strip('/'))}: use a database "
+            "number below the server's `databases` setting (16 by default)"
         ), False
     if name == "ReadOnlyError":
         return StorageOperationError(
