@@ -44,6 +44,7 @@ from pydantic_toast._reference import ExternalReference
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
+from pydantic_toast.runtime.telemetry import disable_telemetry, enable_telemetry
 from pydantic_toast.runtime.storage import (
     Storage,
     current_storage,
@@ -98,7 +99,9 @@ __all__ = [
     "count",
     "current_storage",
     "delete",
+    "disable_telemetry",
     "dump",
+    "enable_telemetry",
     "page",
     "register_backend",
     "transaction",

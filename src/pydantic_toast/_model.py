@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
@@ -50,6 +51,8 @@ from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["ExternalBaseModel"]
+
+logger = logging.getLogger("pydantic_toast")
 
 
 class ExternalBaseModel(BaseModel):
@@ -565,7 +568,7 @@ class ExternalBaseModel(BaseModel):
             object.__setattr__(instance, "_toast_identity", Identity(record.id, record.created_at))
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
-        raise StoredDataError(
+        unreadable = StoredDataError(
             f"the stored {record.class_name} record {record.id} "
             f"(schema_version {record.schema_version}) does not validate as "
             f"{cls.__qualname__}: {problems}. If the model changed, bump schema_version and "
@@ -574,6 +577,8 @@ class ExternalBaseModel(BaseModel):
             id=record.id,
             field=field,
         )
+        logger.error("%s", unreadable)  # the server's data, not the caller's: worth an alert
+        raise unreadable
 
     @classmethod
     def _toast_routes(cls) -> Routes:

@@ -83,13 +83,18 @@ class Connected:
             lambda: self.backend.save_records(records),
             class_name=class_name,
             count=len(records),
+            size=lambda _: sum(len(record.data) for record in records),
         )
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read ``keys`` (see :meth:`StorageBackend.load_records`)."""
         class_name = keys[0][0] if keys else None
         return await self.cross(
-            "load", lambda: self.backend.load_records(keys), class_name=class_name, count=len(keys)
+            "load",
+            lambda: self.backend.load_records(keys),
+            class_name=class_name,
+            count=len(keys),
+            size=_loaded_bytes,
         )
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -132,22 +137,36 @@ class Connected:
         class_name: str | None = None,
         count: int = 1,
         retry: bool = True,
+        size: Callable[[T], int] | None = None,
     ) -> T:
-        """Run ``call`` across the boundary: translated errors, one retry, telemetry."""
-        span = telemetry.start(operation, self._kind, class_name, count) if telemetry.on else None
+        """Run ``call`` across the boundary: translated errors, one retry, telemetry.
+
+        ``size`` gives the bytes moved from the result, for telemetry only (not called when off).
+        """
+        span = (
+            telemetry.start(operation, self._kind, class_name, count, self.url)
+            if telemetry.on
+            else None
+        )
         for attempt in (1, 2):
             try:
                 result = await call()
             except Exception as exc:
                 mapped, retryable = translate(exc, self._failure(exc, operation, class_name))
                 cause = None if mapped is exc else summary(exc)
+            except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
+                if span is not None:
+                    span.finish(interrupt)
+                raise
             else:
                 if span is not None:
-                    span.finish(None)
+                    span.finish(None, size(result) if size is not None else None)
                 return result
             # Outside the except block: the driver's exception must not become __context__.
             if retryable and retry and attempt == 1:
                 logger.info("%s on %s lost its connection; retrying once", operation, self.url)
+                if span is not None:
+                    span.retried()
                 await self._discard_connections()
                 continue
             if span is not None:
@@ -172,6 +191,10 @@ class Connected:
             await self.backend.discard_connections()
         except Exception as exc:  # the retry will report what is still wrong
             logger.info("discarding connections of %r failed: %s", self.backend, type(exc).__name__)
+
+
+def _loaded_bytes(records: list[StoredRecord | None]) -> int:
+    return sum(len(record.data) for record in records if record is not None)
 
 
 def _kind_of(backend: StorageBackend) -> str:

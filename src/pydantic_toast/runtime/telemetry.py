@@ -1,36 +1,203 @@
-"""Telemetry at the boundary: a span and metrics for every call into a backend.
+"""Telemetry at the boundary: an OpenTelemetry span and metrics for every call into a backend.
 
-Off by default, and then free: the boundary checks :data:`on` before doing anything here.
+Off by default, and then free: the boundary reads :data:`on` and does nothing else here, and
+OpenTelemetry is not even imported. :func:`enable_telemetry` switches it on (it needs the
+``opentelemetry-api`` package: ``pip install 'pydantic-toast[otel]'``); spans and metrics then go
+to the global tracer and meter providers, or to the ones given.
+
+What is recorded, per backend call (``save``, ``load``, ``delete``, ``list``, ``count``,
+``connect``, ``disconnect``):
+
+* a span ``pydantic_toast.<operation>`` (kind CLIENT) with ``pydantic_toast.operation``,
+  ``pydantic_toast.backend`` (``PostgreSQL``, ``Redis``, ``SQLite``, ``Memory`` or a custom
+  backend's class name), ``db.system.name``, ``server.address``/``server.port``,
+  ``pydantic_toast.class_name``, ``pydantic_toast.record_count``, ``pydantic_toast.bytes``
+  (the JSON bytes written or read, for saves and loads), ``pydantic_toast.retried`` when the
+  boundary retried once, and on failure ``error.type`` (the library error's class) with an
+  ERROR status;
+* ``pydantic_toast.operation.duration`` (histogram, seconds) and
+  ``pydantic_toast.operation.errors`` (counter), by operation, backend, class name and
+  ``error.type``; ``pydantic_toast.operation.active`` (up-down counter): backend calls in
+  flight, each holding at most one pooled connection.
+
+Never recorded: field values, record ids, URLs, user names or passwords.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Span", "on", "start"]
+from pydantic_toast._exceptions import StorageConfigurationError
+
+if TYPE_CHECKING:
+    from pydantic_toast._url import StorageURL
+
+__all__ = ["Span", "disable_telemetry", "enable_telemetry", "on", "start"]
 
 on: bool = False
-"""Whether the boundary records telemetry."""
+"""Whether the boundary records telemetry (set by :func:`enable_telemetry`)."""
+
+_SYSTEMS = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "postgresql+asyncpg": "postgresql",
+    "redis": "redis",
+    "rediss": "redis",
+    "sqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+}
 
 
 class Span(Protocol):
     """One backend call being measured."""
 
-    def finish(self, error: BaseException | None) -> None:
-        """End the measurement, with the library error the call raised, if any."""
+    def retried(self) -> None:
+        """Note that the boundary repeated the call once after a lost connection."""
+
+    def finish(self, error: BaseException | None, size: int | None = None) -> None:
+        """End the measurement, with the library error the call raised, if any.
+
+        Args:
+            error: The library error raised to the caller, or ``None`` on success.
+            size: The bytes written or read, when known.
+        """
 
 
-class _Timing:
-    __slots__ = ("started",)
+class _Instruments:
+    """The tracer and meters, made once per :func:`enable_telemetry`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
+        from opentelemetry import metrics, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        from pydantic_toast import __version__
+
+        self.kind_client = SpanKind.CLIENT
+        self.error_status = Status(StatusCode.ERROR)
+        self.status_type = Status
+        self.status_error = StatusCode.ERROR
+        self.tracer = trace.get_tracer(
+            "pydantic_toast", __version__, tracer_provider=tracer_provider
+        )
+        meter = metrics.get_meter("pydantic_toast", __version__, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            "pydantic_toast.operation.duration",
+            unit="s",
+            description="Duration of calls into a storage backend, retries included.",
+        )
+        self.errors = meter.create_counter(
+            "pydantic_toast.operation.errors",
+            unit="{error}",
+            description="Backend calls that failed, by the library error raised.",
+        )
+        self.active = meter.create_up_down_counter(
+            "pydantic_toast.operation.active",
+            unit="{operation}",
+            description="Backend calls in flight (each holds at most one pooled connection).",
+        )
+
+
+_instruments: _Instruments | None = None
+
+
+def enable_telemetry(*, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+    """Record OpenTelemetry spans and metrics for every call into a storage backend.
+
+    Telemetry is off until this is called; when off it costs one attribute check per call.
+
+    Args:
+        tracer_provider: Where spans go (default: OpenTelemetry's global tracer provider).
+        meter_provider: Where metrics go (default: OpenTelemetry's global meter provider).
+
+    Raises:
+        StorageConfigurationError: ``opentelemetry-api`` is not installed.
+    """
+    global on, _instruments
+    try:
+        instruments = _Instruments(tracer_provider, meter_provider)
+    except ImportError:
+        raise StorageConfigurationError(
+            "telemetry needs opentelemetry-api, which is not installed: run "
+            "pip install 'pydantic-toast[otel]'"
+        ) from None
+    _instruments = instruments
+    on = True
+
+
+def disable_telemetry() -> None:
+    """Stop recording telemetry (calls already in flight still finish their spans)."""
+    global on
+    on = False
+
+
+class _Call:
+    __slots__ = ("attributes", "instruments", "span", "started")
+
+    def __init__(self, instruments: _Instruments, attributes: dict[str, Any], name: str) -> None:
+        self.instruments = instruments
+        self.attributes = attributes
+        self.span = instruments.tracer.start_span(
+            name, kind=instruments.kind_client, attributes=attributes
+        )
+        instruments.active.add(1, _metric_attributes(attributes))
         self.started = time.perf_counter()
 
-    def finish(self, error: BaseException | None) -> None:
-        return
+    def retried(self) -> None:
+        self.span.set_attribute("pydantic_toast.retried", True)
+
+    def finish(self, error: BaseException | None, size: int | None = None) -> None:
+        elapsed = time.perf_counter() - self.started
+        instruments = self.instruments
+        labels = _metric_attributes(self.attributes)
+        instruments.active.add(-1, labels)
+        if size is not None:
+            self.span.set_attribute("pydantic_toast.bytes", size)
+        if error is not None:
+            error_type = f"{type(error).__module__}.{type(error).__qualname__}"
+            error_type = error_type.replace("pydantic_toast._exceptions.", "pydantic_toast.")
+            labels["error.type"] = error_type
+            self.span.set_attribute("error.type", error_type)
+            self.span.set_status(
+                instruments.status_type(instruments.status_error, type(error).__name__)
+            )
+            instruments.errors.add(1, labels)
+        instruments.duration.record(elapsed, labels)
+        self.span.end()
 
 
-def start(operation: str, backend: str, class_name: str | None, count: int) -> Span:
-    """Start measuring one backend call."""
-    return _Timing()
+def _metric_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in attributes.items()
+        if key
+        in (
+            "pydantic_toast.operation",
+            "pydantic_toast.backend",
+            "pydantic_toast.class_name",
+            "db.system.name",
+        )
+    }
+
+
+def start(
+    operation: str, backend: str, class_name: str | None, count: int, url: StorageURL
+) -> Span:
+    """Start measuring one backend call (only called when :data:`on`)."""
+    instruments = _instruments
+    assert instruments is not None  # on is set only after the instruments exist
+    attributes: dict[str, Any] = {
+        "pydantic_toast.operation": operation,
+        "pydantic_toast.backend": backend,
+        "pydantic_toast.record_count": count,
+    }
+    system = _SYSTEMS.get(url.scheme)
+    if system is not None:
+        attributes["db.system.name"] = system
+    if url.host:
+        attributes["server.address"] = url.host[:255]
+        if url.port:
+            attributes["server.port"] = url.port
+    if class_name is not None:
+        attributes["pydantic_toast.class_name"] = class_name[:255]
+    return _Call(instruments, attributes, f"pydantic_toast.{operation}")
