@@ -44,7 +44,6 @@ from pydantic_toast._reference import ExternalReference
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
-from pydantic_toast.runtime.telemetry import disable_telemetry, enable_telemetry
 from pydantic_toast.runtime.storage import (
     Storage,
     current_storage,
@@ -52,6 +51,7 @@ from pydantic_toast.runtime.storage import (
     unregister_backend,
     use_engine,
 )
+from pydantic_toast.runtime.telemetry import disable_telemetry, enable_telemetry
 from pydantic_toast.runtime.transaction import transaction
 
 # A library logs, the application decides where it goes: without this, Python's last-resort

@@ -69,6 +69,7 @@ class _Instruments:
 
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         from opentelemetry import metrics, trace
+        from opentelemetry.metrics import Observation
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         from pydantic_toast import __version__
@@ -91,11 +92,24 @@ class _Instruments:
             unit="{error}",
             description="Backend calls that failed, by the library error raised.",
         )
-        self.active = meter.create_up_down_counter(
+        # Counted in a plain dict, read at collection time: two SDK measurements per call
+        # would cost more than the rest of the telemetry together.
+        self.in_flight: dict[tuple[str, str], int] = {}
+        meter.create_observable_up_down_counter(
             "pydantic_toast.operation.active",
+            callbacks=[self._observe_in_flight],
             unit="{operation}",
             description="Backend calls in flight (each holds at most one pooled connection).",
         )
+        self.observation = Observation
+
+    def _observe_in_flight(self, options: Any) -> list[Any]:
+        return [
+            self.observation(
+                count, {"pydantic_toast.operation": operation, "pydantic_toast.backend": backend}
+            )
+            for (operation, backend), count in list(self.in_flight.items())
+        ]
 
 
 _instruments: _Instruments | None = None
@@ -132,15 +146,23 @@ def disable_telemetry() -> None:
 
 
 class _Call:
-    __slots__ = ("attributes", "instruments", "span", "started")
+    __slots__ = ("attributes", "instruments", "key", "span", "started")
 
-    def __init__(self, instruments: _Instruments, attributes: dict[str, Any], name: str) -> None:
+    def __init__(
+        self,
+        instruments: _Instruments,
+        attributes: dict[str, Any],
+        name: str,
+        key: tuple[str, str],
+    ) -> None:
         self.instruments = instruments
         self.attributes = attributes
+        self.key = key
         self.span = instruments.tracer.start_span(
             name, kind=instruments.kind_client, attributes=attributes
         )
-        instruments.active.add(1, _metric_attributes(attributes))
+        in_flight = instruments.in_flight
+        in_flight[key] = in_flight.get(key, 0) + 1
         self.started = time.perf_counter()
 
     def retried(self) -> None:
@@ -150,7 +172,7 @@ class _Call:
         elapsed = time.perf_counter() - self.started
         instruments = self.instruments
         labels = _metric_attributes(self.attributes)
-        instruments.active.add(-1, labels)
+        instruments.in_flight[self.key] -= 1
         if size is not None:
             self.span.set_attribute("pydantic_toast.bytes", size)
         if error is not None:
@@ -200,4 +222,4 @@ def start(
             attributes["server.port"] = url.port
     if class_name is not None:
         attributes["pydantic_toast.class_name"] = class_name[:255]
-    return _Call(instruments, attributes, f"pydantic_toast.{operation}")
+    return _Call(instruments, attributes, f"pydantic_toast.{operation}", (operation, backend))
