@@ -40,6 +40,7 @@ from pydantic_toast._exceptions import (
     RecordNotFoundError,
     StorageConnectionError,
     StorageSchemaError,
+    StorageTimeoutError,
     StorageValidationError,
 )
 from pydantic_toast._model import ExternalBaseModel
@@ -116,8 +117,8 @@ def loader(model: type[M], *, param: str = "id") -> Callable[..., Coroutine[Any,
 def install_error_handlers(app: FastAPI) -> None:
     """Answer the library's errors with the right status, wherever a route raises them.
 
-    ``RecordNotFoundError`` gives 404, ``StorageValidationError`` 422, and connection or
-    schema problems 503 (the details stay in the server log: they describe your
+    ``RecordNotFoundError`` gives 404, ``StorageValidationError`` 422, and connection,
+    statement-timeout or schema problems 503 (the details stay in the server log: they describe your
     infrastructure). This also covers references in request bodies, which Pydantic loads.
     Configuration and usage errors stay 500s: they are bugs in the service, not outages.
     """
@@ -135,3 +136,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StorageValidationError, invalid)
     app.add_exception_handler(StorageConnectionError, unavailable)
     app.add_exception_handler(StorageSchemaError, unavailable)
+    app.add_exception_handler(StorageTimeoutError, unavailable)

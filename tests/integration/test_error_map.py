@@ -510,6 +510,40 @@ def test_custom_backend_json_decode_error_answers_500_in_fastapi() -> None:
     assert "S3ntinel" not in answer.text
 
 
+class StuckLoadBackend(MemoryBackend):
+    """A user's backend whose read times out (its own client's TimeoutError)."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        raise TimeoutError("read timed out")
+
+
+pydantic_toast.register_backend("stuckload", StuckLoadBackend)
+
+
+def test_statement_timeout_answers_503_and_unreadable_data_500_in_fastapi() -> None:
+    """With the library's handlers: a timed-out load is 503 (retry), stored damage 500."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pydantic_toast.fastapi import install_error_handlers
+
+    stuck = model_on(f"stuckload://{uuid4().hex}", name="Stuck")
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/stuck")
+    def load(body: dict[str, str]) -> dict[str, str]:
+        return {"text": stuck.model_validate(body).text}  # type: ignore[attr-defined]
+
+    reference = stuck(text="x").model_dump()
+    error = raised(lambda: stuck.model_validate(reference))
+    assert_mapped(error, StorageTimeoutError, "timed out", "retry")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/stuck", json=reference)
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "storage is unavailable"}
+
+
 def test_custom_backend_key_error_is_operation_error() -> None:
     """KeyError in a custom save: StorageOperationError naming the backend and the type."""
     ledger = model_on(f"forgetful://{uuid4().hex}")
