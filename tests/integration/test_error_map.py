@@ -306,7 +306,7 @@ def test_postgres_pool_exhausted(postgres_database_url: str) -> None:
 
 
 @pytest.mark.redis
-def test_redis_pool_exhausted(tmp_path: Path) -> None:
+def test_redis_pool_exhausted() -> None:
     """max_connections=1, the one connection busy: StoragePoolTimeoutError after pool_timeout."""
     server = servers.TempRedis()
     try:
@@ -379,7 +379,6 @@ def test_postgres_out_of_connections_is_busy(postgres_admin_url: str) -> None:
     database = f"toast_full_{uuid4().hex[:10]}"
     _admin(postgres_admin_url, f'CREATE DATABASE "{database}" CONNECTION LIMIT 0')
     try:
-        ledger = model_on(_with_database(postgres_admin_url, database))
         # The admin user is a superuser, which ignores the limit: connect as a plain role.
         role = f"toast_full_{uuid4().hex[:8]}"
         _admin(postgres_admin_url, f'CREATE ROLE "{role}" LOGIN')
