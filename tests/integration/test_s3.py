@@ -142,6 +142,27 @@ def test_credentials_from_the_aws_chain(
         pydantic_toast.close_storage()
 
 
+def test_no_credentials_anywhere_is_an_authentication_error(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    seaweedfs: servers.TempSeaweedFS,
+    bucket: str,
+) -> None:
+    """With no keys in the URL nor in the AWS chain, the error says where keys can come from."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    url = f"s3://{bucket}/none?endpoint_url={seaweedfs.endpoint}&region=us-east-1"
+    note = model_on(url)
+    try:
+        with pytest.raises(StorageAuthenticationError, match="no AWS credentials were found"):
+            note(text="x").model_dump()
+    finally:
+        pydantic_toast.close_storage()
+
+
 def test_missing_bucket_is_a_clear_error(seaweedfs: servers.TempSeaweedFS) -> None:
     """A bucket that does not exist is named, with how to create it; the secret never shows."""
     note = model_on(seaweedfs.url(f"nope-{uuid4().hex[:8]}"))
