@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
@@ -70,6 +70,7 @@ _NUMBERS: dict[str, float] = {"max_concurrency": 32, "connect_timeout": 5.0, "re
 _OPTIONS = {"endpoint_url", "region", "addressing_style", *_NUMBERS}
 _CREATED, _UPDATED, _VERSION = "toast-created-at", "toast-updated-at", "toast-schema-version"
 _EPOCH_SPAN = 10**16  # microseconds: past the year 2286
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
@@ -107,7 +108,7 @@ class S3Backend(RecordBackend):
 
     def index_key(self, class_name: str, created_at: datetime, id: UUID) -> str:
         """The record's index entry: newest first by ``created_at``, then id, in key order."""
-        micros = round(created_at.timestamp() * 1_000_000)
+        micros = (created_at - _EPOCH) // timedelta(microseconds=1)  # exact, unlike floats
         return f"{self._index_prefix(class_name)}{_EPOCH_SPAN - micros:017d}-{_inverted(id)}"
 
     def _index_prefix(self, class_name: str) -> str:
