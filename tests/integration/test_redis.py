@@ -233,3 +233,51 @@ def test_restart_between_calls_reconnects(tmp_path: Path) -> None:
     finally:
         pydantic_toast.close_storage()
         server.stop()
+
+
+def test_count_is_an_index_lookup_that_leaves_expired_records_out(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """count() is the index size less expired entries: exact, with no record read or written."""
+    url, client = prefixed_url
+    lasting = model_on(url)
+    brief = model_on(url, ttl=0.3)
+    for n in range(5):
+        lasting(user=f"u{n}").model_dump()
+    for n in range(3):
+        brief(user=f"b{n}").model_dump()
+    assert pydantic_toast.count(lasting) == 5
+    assert pydantic_toast.count(brief) == 3
+    time.sleep(0.5)
+    prefix = url.split("prefix=")[1]
+    index = f"{prefix}:{model_name(brief)}:index"
+    assert client.zcard(index) == 3, "expired entries are still in the index"
+    assert pydantic_toast.count(brief) == 0
+    assert pydantic_toast.page(brief, limit=10).items == []
+    assert client.zcard(index) == 3, "reads never write: count and page left the index alone"
+    brief(user="fresh").model_dump()  # a write sweeps the expired entries
+    assert client.zcard(index) == 1
+    assert client.zcard(f"{prefix}:{model_name(brief)}:expiry") == 1
+    assert pydantic_toast.count(brief) == 1
+
+
+def test_a_write_without_ttl_makes_a_record_count_for_good(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A record rewritten without ttl leaves the expiry set; a deleted one leaves both sets."""
+    url, client = prefixed_url
+    brief = model_on(url, ttl=60)
+    item = brief(user="x")
+    reference = item.model_dump()
+    prefix = url.split("prefix=")[1]
+    expiry = f"{prefix}:{model_name(brief)}:expiry"
+    assert client.zcard(expiry) == 1
+    pydantic_toast.delete(brief, reference)
+    assert client.zcard(expiry) == 0
+    assert pydantic_toast.count(brief) == 0
+
+
+def model_name(model: type[ExternalBaseModel]) -> str:
+    settings = model.__toast_settings__
+    assert settings is not None
+    return settings.external_name

@@ -14,7 +14,11 @@ Each value is one JSON document, ``{"created_at", "schema_version", "updated_at"
 of an existing record (no read-modify-write race between writers) and sets the rest. With a
 model ``ttl``, every write sets the expiry afresh (a record expires ``ttl`` seconds after its
 last write); without one, a write makes the record permanent. ``<prefix>:<class_name>:index``
-is a sorted set of the class's ids by creation time, for listing.
+is a sorted set of the class's ids by creation time, for listing and counting;
+``<prefix>:<class_name>:expiry`` scores the records that expire by their expiry time, so that
+``count()`` is the index's size less the expired entries (exact, without reading records).
+Reads never write: entries of expired records are swept from both sets by later writes of the
+class (at most 100 per write), and listing skips them meanwhile.
 """
 
 from __future__ import annotations
@@ -50,31 +54,58 @@ _NUMBERS = {
 _SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _OPTIONS = {"prefix", *_NUMBERS, *_SSL}
 
-# KEYS: record keys, then the class index keys (same order). ARGV: for each record, the
-# document without created_at (starting with ','), its created_at, its creation score, its
-# id and its TTL in milliseconds (0: none). created_at is cut from the stored text,
-# so the data is never decoded and re-encoded by Lua.
+# KEYS: record keys, then the class index keys, then the class expiry keys (same order).
+# ARGV: for each record, the document without created_at (starting with ','), its created_at,
+# its creation score, its id and its TTL in milliseconds (0: none). created_at is cut from the
+# stored text, so the data is never decoded and re-encoded by Lua. The expiry set scores each
+# TTL record by when it expires (server time, the clock Redis expires keys by), so count()
+# subtracts the expired ones without reading a record. Expired entries leave both sets here,
+# a few per write (never on a read).
 _SAVE_SCRIPT = """
-local n = #KEYS / 2
+local n = #KEYS / 3
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for i = 1, n do
   local base = (i - 1) * 5
   local ttl = tonumber(ARGV[base + 5])
   local created = ARGV[base + 2]
+  local id = ARGV[base + 4]
   local old = redis.call('GET', KEYS[i])
   if old then
     local kept = string.match(old, '^{"created_at":"([^"]*)"')
     if kept then created = kept end
   else
-    redis.call('ZADD', KEYS[n + i], 'NX', ARGV[base + 3], ARGV[base + 4])
+    redis.call('ZADD', KEYS[n + i], ARGV[base + 3], id)
   end
   local document = '{"created_at":"' .. created .. '"' .. ARGV[base + 1]
   if ttl > 0 then
     redis.call('SET', KEYS[i], document, 'PX', ttl)
+    redis.call('ZADD', KEYS[2 * n + i], now + ttl, id)
   else
     redis.call('SET', KEYS[i], document)
+    redis.call('ZREM', KEYS[2 * n + i], id)
+  end
+end
+local swept = {}
+for i = 1, n do
+  local expiry = KEYS[2 * n + i]
+  if not swept[expiry] then
+    swept[expiry] = true
+    local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', '(' .. now, 'LIMIT', 0, 100)
+    if #gone > 0 then
+      redis.call('ZREM', KEYS[n + i], unpack(gone))
+      redis.call('ZREM', expiry, unpack(gone))
+    end
   end
 end
 return n
+"""
+# KEYS: the class index, its expiry set. The index's size less the entries already expired
+# (a key is gone once the server's time passes its expiry): O(log n), and exact.
+_COUNT_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. now)
 """
 _DOCUMENT = re.compile(
     rb'^\{"created_at":"([^"]+)","schema_version":(\d+),"updated_at":"([^"]+)","data":'
@@ -103,6 +134,7 @@ class RedisBackend(RecordBackend):
         self._prefix, self._pool_options = _options(self._parsed)
         self._client: aioredis.Redis | None = None
         self._save_script: Any = None
+        self._count_script: Any = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -117,6 +149,10 @@ class RedisBackend(RecordBackend):
         """The sorted set of a class's ids by creation time."""
         return f"{self._prefix}:{class_name}:index"
 
+    def expiry_key(self, class_name: str) -> str:
+        """The sorted set of a class's records that expire, by expiry time (ms)."""
+        return f"{self._prefix}:{class_name}:expiry"
+
     async def connect(self) -> None:
         """Open the pool and check the server answers (and accepts the credentials)."""
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -124,6 +160,7 @@ class RedisBackend(RecordBackend):
         )
         self._client = aioredis.Redis(connection_pool=pool)
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
+        self._count_script = self._client.register_script(_COUNT_SCRIPT)
         try:
             # A server that accepts and never answers must fail within the connect timeout,
             # not the (longer) socket timeout: the first reply is part of connecting.
@@ -145,6 +182,7 @@ class RedisBackend(RecordBackend):
         """Write the records in one script call (one round trip), keeping ``created_at``."""
         keys = [self.key(r.class_name, r.id) for r in records]
         keys += [self.index_key(r.class_name) for r in records]
+        keys += [self.expiry_key(r.class_name) for r in records]
         arguments: list[Any] = []
         for record in records:
             rest = (
@@ -181,9 +219,10 @@ class RedisBackend(RecordBackend):
             async with client.pipeline(transaction=True) as pipe:
                 pipe.delete(self.key(class_name, id))
                 pipe.zrem(self.index_key(class_name), str(id))
+                pipe.zrem(self.expiry_key(class_name), str(id))
                 return await pipe.execute()
 
-        deleted, _ = await self._call(delete_both)
+        deleted, _, _ = await self._call(delete_both)
         return bool(deleted)
 
     async def list_ids(
@@ -221,23 +260,15 @@ class RedisBackend(RecordBackend):
                 if after is None or score < start_score or member.decode() < str(after)
             ]
             keys = [self.key(class_name, i) for i in candidates]
-            live = await self._call(partial(client.mget, keys))
-            stale = [i for i, value in zip(candidates, live, strict=True) if value is None]
-            if stale:
-                await self._call(partial(client.zrem, index, *map(str, stale)))
+            # Entries of expired records are skipped here and swept by writes: reads never write.
+            live = await self._call(partial(client.mget, keys)) if keys else []
             ids += [i for i, value in zip(candidates, live, strict=True) if value is not None]
         return ids[:limit]
 
     async def count(self, class_name: str) -> int:
-        """How many live records of ``class_name`` there are."""
-        total = 0
-        after: UUID | None = None
-        while True:
-            page = await self.list_ids(class_name, limit=1000, after=after)
-            total += len(page)
-            if len(page) < 1000:
-                return total
-            after = page[-1]
+        """How many live records of ``class_name`` there are: an index lookup, O(log n)."""
+        keys = [self.index_key(class_name), self.expiry_key(class_name)]
+        return int(await self._call(lambda: self._count_script(keys=keys)))
 
     def _connected(self) -> aioredis.Redis:
         if self._client is None:
