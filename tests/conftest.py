@@ -73,6 +73,12 @@ def memory_store_of(url: str) -> MemoryStore:
 
 
 @pytest.fixture
+def blocking_calls_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test calls the sync API on a running loop on purpose: no BlockingStorageCallWarning."""
+    monkeypatch.setenv("PYDANTIC_TOAST_BLOCKING_CALLS", "off")
+
+
+@pytest.fixture
 def memory_url() -> str:
     """A memory:// store of this test's own."""
     return f"memory://{uuid4().hex}"

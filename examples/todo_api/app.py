@@ -13,25 +13,46 @@ from uuid import UUID
 
 from examples.todo_api.models import Todo, TodoCreate, TodoOut, TodoPage, TodoUpdate, now
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 import pydantic_toast
-from pydantic_toast.fastapi import check_storage, install_error_handlers, loader, storage_lifespan
+from pydantic_toast.fastapi import check_storage, install, loader, storage_lifespan
 
-app = FastAPI(title="Todos on pydantic-toast", lifespan=storage_lifespan(Todo))
-install_error_handlers(app)
+
+class Problem(BaseModel):
+    """One invalid input: where (``loc``), what is wrong (``msg``) and its kind (``type``)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class BadRequest(BaseModel):
+    """The service answers invalid input with 400 (the seeds' choice) in FastAPI's shape."""
+
+    detail: list[Problem]
+
+
+app = FastAPI(
+    title="Todos on pydantic-toast",
+    lifespan=storage_lifespan(Todo),
+    responses={400: {"model": BadRequest, "description": "Invalid input"}},
+)
+install(app)
 LoadedTodo = Annotated[Todo, Depends(loader(Todo))]
 
 
 @app.exception_handler(RequestValidationError)
 async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """Invalid input is the client's mistake: 400, saying which field and why."""
+    """Invalid input is the client's mistake: 400, FastAPI's ``detail`` list of problems."""
     problems = [
-        {"field": ".".join(str(part) for part in error["loc"][1:]), "problem": error["msg"]}
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
         for error in exc.errors()
     ]
-    return JSONResponse({"detail": problems}, status_code=400)
+    return JSONResponse(jsonable_encoder({"detail": problems}), status_code=400)
 
 
 @app.post("/api/todos", status_code=201)

@@ -90,14 +90,26 @@ async def acount(model: type[ExternalBaseModel]) -> int:
 
 def delete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
     """The blocking form of :func:`adelete`."""
-    run_sync(lambda: adelete(model, reference))
+    run_sync(
+        lambda: adelete(model, reference),
+        call="pydantic_toast.delete()",
+        instead="await pydantic_toast.adelete()",
+    )
 
 
 def page(model: type[M], *, limit: int = 50, after: UUID | str | None = None) -> Page[M]:
     """The blocking form of :func:`apage`."""
-    return run_sync(lambda: apage(model, limit=limit, after=after))
+    return run_sync(
+        lambda: apage(model, limit=limit, after=after),
+        call="pydantic_toast.page()",
+        instead="await pydantic_toast.apage()",
+    )
 
 
 def count(model: type[ExternalBaseModel]) -> int:
     """The blocking form of :func:`acount`."""
-    return run_sync(lambda: acount(model))
+    return run_sync(
+        lambda: acount(model),
+        call="pydantic_toast.count()",
+        instead="await pydantic_toast.acount()",
+    )

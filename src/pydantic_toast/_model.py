@@ -24,6 +24,13 @@ from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
 
 from pydantic_toast import _unions
+from pydantic_toast._boundary import (
+    Boundary,
+    accepting,
+    current_boundary,
+    not_accepting,
+    trusted,
+)
 from pydantic_toast._config import ExternalConfigDict, ModelSettings, settings_for
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import (
@@ -35,6 +42,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
+from pydantic_toast._expanded import EXPANDED_KEY, is_expanding
 from pydantic_toast._fidelity import decode_stored, describe_errors
 from pydantic_toast._loading import (
     LoadSession,
@@ -110,13 +118,16 @@ class ExternalBaseModel(BaseModel):
 
     @model_serializer(mode="wrap")
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        if is_serializing(self):
+        if is_serializing(self) or is_expanding():
             return handler(self)  # type: ignore[no-any-return]
         return store(self)
 
     @model_validator(mode="wrap")
     @classmethod
     def _toast_validate(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        boundary = current_boundary()
+        if boundary is not None:
+            return cls._toast_validate_untrusted(value, handler, boundary)
         reference = parse_reference(value)
         if reference is None:
             return handler(value)
@@ -138,26 +149,70 @@ class ExternalBaseModel(BaseModel):
             return built  # loaded once per session; a placeholder closes a cycle
         if session is None and not cls._toast_has_nested():  # one record: read it directly
             storage = current_storage()
-            record = run_sync(lambda: read_one(storage, *key))
+            record = run_sync(lambda: read_one(storage, *key), **_blocking_load(cls))
             if record is None:
-                raise run_sync(lambda: cls._toast_not_found(key))
+                raise run_sync(lambda: cls._toast_not_found(key), **_blocking_load(cls))
             return cls._toast_from_record(record, within_hook=True)
         if session is None:
             session = LoadSession(cls._toast_routes())
             wanted = {key[0]: {(key[1], key[2])}}
-            run_sync(lambda: session.fetch(wanted, follow=True))
+            run_sync(lambda: session.fetch(wanted, follow=True), **_blocking_load(cls))
             if session.records.get(key) is None:
-                raise run_sync(lambda: cls._toast_not_found(key))
+                raise run_sync(lambda: cls._toast_not_found(key), **_blocking_load(cls))
         elif key not in session.records:  # a reference the tree's prefetch did not foresee
             wanted = {key[0]: {(key[1], key[2])}}
-            run_sync(lambda: session.fetch(wanted, follow=cls._toast_has_nested()))
+            run_sync(
+                lambda: session.fetch(wanted, follow=cls._toast_has_nested()),
+                **_blocking_load(cls),
+            )
         return cls._toast_build(key, session, within_hook=True)
+
+    @classmethod
+    def _toast_validate_untrusted(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, boundary: Boundary
+    ) -> Any:
+        """Input from outside: full data, or a reference its field accepts (never any I/O)."""
+        name = cls._toast_settings().external_name
+        try:
+            reference = parse_reference(value)
+        except InvalidReferenceError:
+            raise PydanticCustomError(
+                "external_reference_invalid", "Invalid {class_name} reference", {"class_name": name}
+            ) from None
+        if reference is None:
+            # Full data: references nested in it are accepted only where their own field says.
+            with not_accepting():
+                return handler(value)
+        if reference[0] != name:
+            raise PydanticCustomError(
+                "external_reference_class",
+                "A {expected} reference is expected here, not a {class_name} reference",
+                {"expected": name, "class_name": reference[0]},
+            )
+        if not accepting():
+            raise PydanticCustomError(
+                "external_reference_not_accepted",
+                "A reference is not accepted here: send the {class_name}'s data",
+                {"class_name": name},
+            )
+        key = (cls._toast_settings().url(), reference[0], reference[1])
+        session = boundary.session
+        # Refused by the authorization hook, missing, or never fetched: the same answer, so
+        # that a client cannot tell which ids exist.
+        if session is None or key in boundary.refused or session.records.get(key) is None:
+            raise PydanticCustomError(
+                "external_reference_unknown", "Unknown {class_name} reference", {"class_name": name}
+            )
+        with trusted():
+            return cls._toast_build(key, session, within_hook=True)
 
     @classmethod
     def __get_pydantic_json_schema__(
         cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         """Document the reference as output and "full data or a reference" as input."""
+        if (core_schema.get("metadata") or {}).get(EXPANDED_KEY):
+            return handler(core_schema["schema"])  # type: ignore[typeddict-item]
         full = handler(core_schema)
         settings = cls.__toast_settings__
         if settings is None:
@@ -561,7 +616,9 @@ class ExternalBaseModel(BaseModel):
             validator: Any = cls.__pydantic_validator__
             if fast is not None and (within_hook or fast.hook_at_root):
                 validator = fast.validator
-            instance = validator.validate_json(data, strict=False, by_alias=False, by_name=True)
+            # The references inside it were written by the application: trusted.
+            with trusted():
+                instance = validator.validate_json(data, strict=False, by_alias=False, by_name=True)
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:
@@ -598,6 +655,17 @@ class ExternalBaseModel(BaseModel):
 
 
 _MODES = frozenset(("python", "json"))
+
+
+def _blocking_load(cls: type[ExternalBaseModel]) -> dict[str, str]:
+    """How a blocking load from async code is reported (see ``runtime.blocking``)."""
+    name = cls.__qualname__
+    return {
+        "call": f"{name}.model_validate(reference)",
+        "instead": f"await {name}.aload(reference) (or await pydantic_toast.avalidate(...))",
+    }
+
+
 _REFUSED_DEFAULTS: dict[str, object] = {
     "include": None,
     "exclude": None,

@@ -248,7 +248,11 @@ def store(model: ExternalBaseModel) -> ExternalReference:
     if batch is not None:
         return batch.collect(model)
     reference, batch = collecting(lambda: _collect_into_active(model))
-    run_sync(batch.write)
+    run_sync(
+        batch.write,
+        call=f"{type(model).__qualname__}.model_dump()",
+        instead="await model.asave() (or await pydantic_toast.adump(...))",
+    )
     return reference
 
 

@@ -39,7 +39,7 @@ async def adump(value: Any, *, mode: Literal["python", "json"] = "python") -> An
 def dump(value: Any, *, mode: Literal["python", "json"] = "python") -> Any:
     """The blocking form of :func:`adump`."""
     result, batch = collecting(lambda: dump_value(value, mode))
-    run_sync(batch.write)
+    run_sync(batch.write, call="pydantic_toast.dump()", instead="await pydantic_toast.adump()")
     return result
 
 
@@ -61,7 +61,11 @@ def validate(type_: type[T], data: Any) -> T:
     adapter, routes = _adapter(type_)
     session = LoadSession(routes)
     wanted = wanted_for(session, data)
-    run_sync(lambda: session.fetch(wanted, follow=True))
+    run_sync(
+        lambda: session.fetch(wanted, follow=True),
+        call="pydantic_toast.validate()",
+        instead="await pydantic_toast.avalidate()",
+    )
     return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
 
 

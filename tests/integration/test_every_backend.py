@@ -208,6 +208,7 @@ def test_delete_reports_missing_records(storage_url: str) -> None:
         pydantic_toast.delete(order_cls, reference["id"])
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_pages_are_newest_first_stable_and_counted(storage_url: str) -> None:
     """Keyset pages list newest first; new records do not shift later pages; count agrees."""
     order_cls, basket_cls = models(storage_url)

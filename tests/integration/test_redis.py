@@ -107,6 +107,7 @@ def test_ttl_expires_records_and_each_write_renews_it(
     assert client.pttl(f"{url.split('prefix=')[1]}:{kept['class_name']}:{kept['id']}") == -1
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 def test_concurrent_writers_keep_created_at(prefixed_url: tuple[str, redis.Redis]) -> None:
     """Many concurrent writes of one record keep the first created_at (atomic script)."""
     url, client = prefixed_url

@@ -253,6 +253,7 @@ def test_reference_under_a_name_no_class_claims_suggests_external_name(memory_ur
     assert "ExternalConfigDict" not in str(claimed.value)
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_missing_record_of_a_class_with_no_records_hints_at_a_rename(
     counting_url: str,
 ) -> None:

@@ -41,6 +41,7 @@ def check_reference(reference: object, class_name: str) -> None:
     assert str(reference.uuid) == reference["id"]
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_asave_returns_what_model_dump_returns(memory_url: str) -> None:
     """asave(), model_dump(), dump() and adump() all return the same ExternalReference dict."""
     ticket = make_model(memory_url)(title="t")
@@ -57,6 +58,7 @@ async def test_asave_returns_what_model_dump_returns(memory_url: str) -> None:
     assert json.loads(ticket.model_dump_json()) == saved
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_reference_feeds_every_loading_function(memory_url: str) -> None:
     """The returned reference, its id string and its UUID load the model back."""
     model = make_model(memory_url)

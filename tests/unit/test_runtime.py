@@ -46,6 +46,7 @@ def test_sync_from_plain_code_runs_in_the_calling_thread(counting_url: str) -> N
     assert log.connects == 1, "one connection for both calls: pooled, not per call"
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 def test_sync_inside_several_asyncio_runs(counting_url: str) -> None:
     """Sync calls inside async code work across several asyncio.run calls, one after another."""
     item = define(counting_url)
@@ -112,6 +113,7 @@ class ReentrantBackend(MemoryBackend):
 register_backend("reentrant", ReentrantBackend)
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 def test_sync_call_on_the_library_loop_raises_instead_of_deadlocking(memory_url: str) -> None:
     """A blocking call made on pydantic-toast's own loop thread raises StorageUsageError."""
     ReentrantBackend.inner = define(memory_url)
@@ -178,7 +180,12 @@ def test_aclose_storage_closes_the_running_loops_backends(counting_url: str) -> 
 
 
 def run_script(code: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    # The scripts mix sync calls and event loops on purpose (exit, fork): no blocking warning.
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        "PYDANTIC_TOAST_BLOCKING_CALLS": "off",
+    }
     return subprocess.run(
         [sys.executable, "-X", "dev", "-W", "error", "-c", code],
         capture_output=True,

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast.runtime.blocking import report_blocking_call
 
 __all__ = [
     "close_library_loops",
@@ -122,8 +123,16 @@ def unwinding_interrupt() -> bool:
     return _loops.interrupted
 
 
-def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_sync(
+    function: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    call: str = "a blocking pydantic-toast call",
+    instead: str = "the async API (await ...)",
+) -> T:
     """Run the coroutine ``function()`` makes to completion from sync code; return its result.
+
+    From code running on an event loop, this blocks that loop: it is reported (once per call
+    site) as naming ``call`` and the async method to use ``instead``.
 
     Raises:
         StorageUsageError: Called from the library's own loop thread, where waiting for the
@@ -144,6 +153,8 @@ def run_sync(function: Callable[[], Coroutine[Any, Any, T]]) -> T:
         in_loop = False
     if not in_loop and current is threading.main_thread():
         return _run_in_place(_loops.get_main_loop(), function())
+    if in_loop:
+        report_blocking_call(call, instead)
     return _loops.get_loop_thread().call(function())
 
 

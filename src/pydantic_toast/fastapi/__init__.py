@@ -1,0 +1,70 @@
+"""FastAPI integration: references as capabilities, full data on request, conventional errors.
+
+Install with ``pip install 'pydantic-toast[fastapi]'``::
+
+    from fastapi import FastAPI
+    from pydantic_toast.fastapi import install, loader, storage_lifespan
+
+    app = FastAPI(lifespan=storage_lifespan(Todo))
+    install(app)  # before adding routes
+
+    @app.get("/todos/{id}")
+    async def get_todo(todo: Annotated[Todo, Depends(loader(Todo))]) -> Expanded[Todo]: ...
+
+See ``docs/fastapi.md`` for references in request bodies (``Ref``, ``AcceptReference``), full
+data in responses (``Expanded``), conditional requests and the error table.
+"""
+
+from __future__ import annotations
+
+try:
+    from fastapi import FastAPI
+except ImportError as exc:  # pragma: no cover - exercised in a venv without FastAPI
+    raise ImportError(
+        "pydantic_toast.fastapi needs FastAPI, which is not installed: "
+        "run pip install 'pydantic-toast[fastapi]'",
+        name=exc.name,
+    ) from exc
+
+from pydantic_toast._boundary import AcceptReference, Authorize, Ref
+from pydantic_toast._expanded import Expanded
+from pydantic_toast.fastapi._errors import (
+    RETRY_AFTER_SECONDS,
+    ErrorMessage,
+    error_responses,
+    install_error_handlers,
+    not_found,
+)
+from pydantic_toast.fastapi._lifespan import check_storage, storage_lifespan
+from pydantic_toast.fastapi._loader import loader
+from pydantic_toast.fastapi._routes import ToastRoute, UntrustedRequests
+
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "AcceptReference",
+    "Authorize",
+    "ErrorMessage",
+    "Expanded",
+    "Ref",
+    "ToastRoute",
+    "UntrustedRequests",
+    "check_storage",
+    "error_responses",
+    "install",
+    "install_error_handlers",
+    "loader",
+    "not_found",
+    "storage_lifespan",
+]
+
+
+def install(app: FastAPI) -> None:
+    """Make ``app`` use the integration: :class:`ToastRoute` for its routes, and error handlers.
+
+    Call it right after creating the app, before adding routes (routes added before keep the
+    plain ``APIRoute``: there, references in request input are refused and nothing is
+    prefetched). For an ``APIRouter``, pass ``route_class=ToastRoute`` when creating it.
+    """
+    app.router.route_class = ToastRoute
+    app.add_middleware(UntrustedRequests)
+    install_error_handlers(app)

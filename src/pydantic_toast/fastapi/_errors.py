@@ -1,0 +1,142 @@
+"""The library's errors as HTTP answers: one table, logged with the request id."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    RecordNotFoundError,
+    StorageConfigurationError,
+    StorageConnectionError,
+    StorageSchemaError,
+    StorageTimeoutError,
+    StorageValidationError,
+)
+
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "Answer",
+    "ErrorMessage",
+    "answer_for",
+    "error_responses",
+    "install_error_handlers",
+    "not_found",
+    "request_id",
+]
+
+logger = logging.getLogger("pydantic_toast.fastapi")
+
+RETRY_AFTER_SECONDS = 5
+"""The ``Retry-After`` of a 503: storage outages are usually short (a restart, a failover)."""
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class ErrorMessage(BaseModel):
+    """An error answer: ``{"detail": "..."}``, as FastAPI's ``HTTPException`` gives."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The HTTP answer to a library error."""
+
+    status: int
+    detail: Any
+    headers: dict[str, str] | None = None
+
+
+def not_found(class_name: str) -> str:
+    """The one wording of "not found", for the loader, deletes and every other 404."""
+    return f"{class_name} not found"
+
+
+def request_id(request: Request | None) -> str:
+    """The request's ``X-Request-ID``, ``-`` when it has none (for log lines)."""
+    if request is None:
+        return "-"
+    return request.headers.get(REQUEST_ID_HEADER, "-")[:128]
+
+
+def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
+    """The answer to ``exc``, logging its cause (never sent to the client) on the way.
+
+    404 for a missing record, 409 for a concurrent change, 422 for data or a reference the
+    client sent that cannot be used, 503 (with ``Retry-After``) when storage is unreachable,
+    overloaded or not migrated yet, 500 for everything else (stored data that no longer
+    validates, configuration and usage errors: bugs of the service, not of the client).
+    """
+    where = _where(request)
+    if isinstance(exc, RecordNotFoundError):
+        logger.info("%s: %s", where, exc)
+        return Answer(404, not_found(exc.class_name))
+    if type(exc).__name__ == "ConcurrencyError":
+        logger.info("%s: %s", where, exc)
+        name = getattr(exc, "class_name", "record")
+        return Answer(
+            409, f"{name} was changed by another request: read it again and retry the change"
+        )
+    if isinstance(exc, StorageValidationError) and not isinstance(exc, StorageConfigurationError):
+        logger.info("%s: %s", where, exc)
+        problem = {"loc": ["body"], "msg": "Value cannot be stored", "type": "storage_validation"}
+        return Answer(422, [problem])
+    if isinstance(exc, StorageConnectionError | StorageTimeoutError | StorageSchemaError):
+        logger.error("%s: storage unavailable: %s", where, exc)
+        return Answer(
+            503,
+            "Service temporarily unavailable, retry later",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    logger.error("%s: %s", where, exc, exc_info=exc)
+    return Answer(500, "Internal Server Error")
+
+
+def _where(request: Request | None) -> str:
+    if request is None:
+        return "pydantic-toast"
+    return f"{request.method} {request.url.path} [request {request_id(request)}]"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer the library's errors with conventional statuses, wherever a route raises them.
+
+    See :func:`answer_for` for the table. The response body never carries the library's
+    message (it describes your infrastructure or data); the server log does, with the
+    request's ``X-Request-ID``.
+    """
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ExternalStorageError)
+        answer = answer_for(exc, request)
+        return JSONResponse({"detail": answer.detail}, answer.status, headers=answer.headers)
+
+    app.add_exception_handler(ExternalStorageError, handle)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the statuses the integration can answer."""
+    descriptions = {
+        404: "Not found",
+        409: "Changed by another request (read it again and retry)",
+        412: "The record changed since the given ETag (If-Match does not match)",
+        428: "If-Match is required",
+        500: "Internal Server Error",
+        503: "Storage temporarily unavailable (see Retry-After)",
+    }
+    result: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorMessage, "description": descriptions[status]}
+        if status == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+        result[status] = entry
+    return result

@@ -1,0 +1,259 @@
+"""``ToastRoute``: the request boundary for references, and responses that never block."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pydantic_toast._boundary import (
+    ACCEPT_KEY,
+    AcceptReference,
+    Boundary,
+    trusted,
+    untrusted_input,
+)
+from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
+from pydantic_toast._reference import ExternalReference
+from pydantic_toast._saving import SaveBatch, collecting
+from pydantic_toast.fastapi._errors import error_responses
+from pydantic_toast.runtime.loops import run_sync
+
+__all__ = ["ToastRoute", "UntrustedRequests"]
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class ToastRoute(APIRoute):
+    """An ``APIRoute`` that validates request input as untrusted and never blocks on storage.
+
+    - Request bodies and parameters are validated inside the reference boundary: an external
+      model there takes full data, and a reference is refused (422) unless its field is
+      ``Ref[...]`` / ``AcceptReference``; accepted references are authorized and fetched
+      with the async API *before* validation.
+    - The route function itself runs as trusted application code.
+    - External models in the response are saved with the async API when they changed, before
+      FastAPI serializes them (an unchanged model is not written at all).
+    - The statuses the integration can answer (500, 503, and those of the dependencies it
+      provides) are declared in the route's OpenAPI ``responses``.
+
+    :func:`pydantic_toast.fastapi.install` makes it the app's route class.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        holder: list[ToastRoute] = []
+        super().__init__(path, _trusting(endpoint, holder), **kwargs)
+        holder.append(self)
+        self._toast_response: tuple[TypeAdapter[Any], bool] | None = None
+        responses = dict(error_responses(500, 503))
+        for dependency in _calls(self.dependant):
+            responses.update(getattr(dependency, "__toast_responses__", {}))
+        self.responses = {**responses, **self.responses}
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        accepted, routes = _accepted_in(self)
+
+        async def handle(request: Request) -> Response:
+            boundary = Boundary(request)
+            if accepted:
+                await _prefetch(boundary, request, accepted, routes)
+            with untrusted_input(boundary):
+                return await handler(request)
+
+        return handle
+
+    def _toast_response_adapter(self) -> tuple[TypeAdapter[Any], bool] | None:
+        if self._toast_response is None and self.response_model is not None:
+            adapter: TypeAdapter[Any] = TypeAdapter(self.response_model)
+            self._toast_response = (adapter, bool(routes_in(adapter.core_schema)))
+        return self._toast_response
+
+
+def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callable[..., Any]:
+    """``endpoint`` run as trusted code; an async one saves its response without blocking."""
+    if not inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with trusted():
+                result = endpoint(*args, **kwargs)
+                if holder and not isinstance(result, Response):
+                    batch = _response_batch(holder[0], result)
+                    if batch is not None and batch.records:
+                        # In FastAPI's worker thread: blocking here blocks no event loop.
+                        run_sync(batch.write)
+            return result
+
+        return call
+
+    @functools.wraps(endpoint)
+    async def acall(*args: Any, **kwargs: Any) -> Any:
+        with trusted():
+            result = await endpoint(*args, **kwargs)
+            if holder and not isinstance(result, Response):
+                await _save_response(holder[0], result)
+        return result
+
+    return acall
+
+
+async def _save_response(route: ToastRoute, result: Any) -> None:
+    """Write the changed external models of ``result`` now, awaited, so serializing it is pure."""
+    batch = _response_batch(route, result)
+    if batch is not None and batch.records:
+        await batch.write()
+
+
+def _response_batch(route: ToastRoute, result: Any) -> SaveBatch | None:
+    """The records ``result`` would write when FastAPI serializes it as the response model."""
+    response = route._toast_response_adapter()
+    if response is None or not response[1]:
+        return None
+    adapter, _ = response
+    _, batch = collecting(lambda: adapter.dump_python(result, mode="json", warnings=False))
+    return batch
+
+
+def _calls(dependant: Any) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _calls(sub)
+
+
+def _accepted_in(route: APIRoute) -> tuple[dict[str, list[AcceptReference]], Routes]:
+    """The class names the route's body accepts references of, with their markers, and routes."""
+    accepted: dict[str, list[AcceptReference]] = {}
+    routes: Routes = {}
+    fields = [*route.dependant.body_params, *route.dependant.query_params]
+    for field in fields:
+        adapter = getattr(field, "_type_adapter", None)
+        if adapter is None:
+            continue
+        schema = adapter.core_schema
+        definitions = _definitions(schema)
+        for node in _nodes(schema, {}):
+            marker = (node.get("metadata") or {}).get(ACCEPT_KEY)
+            if isinstance(marker, AcceptReference):
+                for model in _models(node.get("schema"), definitions):
+                    settings = model._toast_settings()
+                    accepted.setdefault(settings.external_name, []).append(marker)
+                    routes.update(model._toast_routes())
+    return accepted, routes
+
+
+def _nodes(schema: Any, definitions: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "definition-ref":
+                ref = node.get("schema_ref")
+                if ref in definitions and ref not in seen:
+                    seen.add(ref)
+                    stack.append(definitions[ref])
+                continue
+            yield node
+            stack.extend(value for value in node.values() if isinstance(value, dict | list))
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _definitions(schema: Any) -> dict[str, Any]:
+    return {node["ref"]: node for node in _nodes(schema, {}) if isinstance(node.get("ref"), str)}
+
+
+def _models(schema: Any, definitions: dict[str, Any]) -> Iterator[Any]:
+    """External model classes directly under ``schema`` (not those nested in their fields)."""
+    stack: list[Any] = [schema]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "definition-ref":
+            ref = node.get("schema_ref")
+            if ref in definitions and ref not in seen:
+                seen.add(ref)
+                stack.append(definitions[ref])
+            continue
+        model = node.get("cls") if node.get("type") == "model" else None
+        if getattr(model, "__toast_settings__", None) is not None:
+            yield model
+            continue
+        stack.extend(value for value in node.values() if isinstance(value, dict | list))
+
+
+async def _prefetch(
+    boundary: Boundary,
+    request: Request,
+    accepted: dict[str, list[AcceptReference]],
+    routes: Routes,
+) -> None:
+    """Authorize and fetch the accepted references in the request body, before validation."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except ValueError:
+        return  # FastAPI answers the malformed body
+    session = LoadSession(routes)
+    boundary.session = session
+    wanted: dict[Any, set[Any]] = {}
+    for class_name, id in set(find_references(body)):
+        markers = accepted.get(class_name)
+        route = routes.get(class_name)
+        if markers is None or route is None:
+            continue  # not accepted here: refused in validation without reading anything
+        reference = ExternalReference(class_name, id)
+        if not await _authorized(markers, reference, request):
+            boundary.refused.update((url, class_name, id) for url in route.urls)
+            continue
+        for url in route.urls:
+            wanted.setdefault(url, set()).add((class_name, id))
+    if wanted:
+        await session.fetch(wanted, follow=True)
+
+
+async def _authorized(
+    markers: list[AcceptReference], reference: ExternalReference, request: Request
+) -> bool:
+    for marker in markers:
+        if marker.authorize is None:
+            continue
+        verdict = marker.authorize(reference, request)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if not verdict:
+            return False
+    return True
+
+
+class UntrustedRequests:
+    """ASGI middleware: a whole HTTP request is untrusted input unless a route says otherwise.
+
+    The safety net under :class:`ToastRoute`: on a route that is not one (a plain ``APIRoute``
+    from an ``APIRouter`` made without ``route_class``), references in request input are
+    refused rather than loaded, and so are references validated by the route function itself
+    (use ``await Model.aload(ref)`` there, which is an explicit load).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with untrusted_input(Boundary(None)):
+            await self.app(scope, receive, send)
