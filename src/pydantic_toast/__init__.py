@@ -18,6 +18,7 @@ import logging as _logging
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
+from pydantic_toast._boundary import AcceptReference, Ref
 from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
@@ -38,11 +39,13 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     UnknownSchemeError,
 )
+from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
+from pydantic_toast.runtime.blocking import BlockingStorageCallWarning
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
 from pydantic_toast.runtime.storage import (
     Storage,
@@ -64,7 +67,10 @@ except _PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AcceptReference",
+    "BlockingStorageCallWarning",
     "Capability",
+    "Expanded",
     "ExternalBaseModel",
     "ExternalConfigDict",
     "ExternalReference",
@@ -73,6 +79,7 @@ __all__ = [
     "Page",
     "RecordKey",
     "RecordNotFoundError",
+    "Ref",
     "Storage",
     "StorageAuthenticationError",
     "StorageBackend",
@@ -104,6 +111,7 @@ __all__ = [
     "enable_telemetry",
     "page",
     "register_backend",
+    "to_data",
     "transaction",
     "unregister_backend",
     "use_engine",

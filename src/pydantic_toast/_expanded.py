@@ -81,9 +81,9 @@ class _Expand:
         copy["schema"] = fields
         copy["serialization"] = cs.wrap_serializer_function_ser_schema(
             _serialize_expanded,
-            schema=fields,  # type: ignore[arg-type]
+            schema=fields,
         )
-        return copy  # type: ignore[return-value]
+        return copy
 
 
 def _serialize_expanded(value: Any, handler: SerializerFunctionWrapHandler) -> Any:

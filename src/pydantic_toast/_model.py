@@ -212,7 +212,7 @@ class ExternalBaseModel(BaseModel):
     ) -> JsonSchemaValue:
         """Document the reference as output and "full data or a reference" as input."""
         if (core_schema.get("metadata") or {}).get(EXPANDED_KEY):
-            return handler(core_schema["schema"])  # type: ignore[typeddict-item]
+            return handler(core_schema["schema"])
         full = handler(core_schema)
         settings = cls.__toast_settings__
         if settings is None:

@@ -96,7 +96,8 @@ def test_page_examples_run(
                     assert toast_cli(["migrate", target(url)]) == 0
         for lang, code, reason in blocks(page):
             if lang == "python" and reason is None:
-                exec(compile(target(code), str(page), "exec"), namespace)
+                # dont_inherit: a reader's file has no `from __future__ import annotations`.
+                exec(compile(target(code), str(page), "exec", dont_inherit=True), namespace)
                 ran += 1
         capsys.readouterr()
     finally:

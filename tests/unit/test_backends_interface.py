@@ -147,7 +147,12 @@ def test_import_loads_no_database_driver() -> None:
 def test_public_api_is_pinned() -> None:
     """__all__ lists exactly the public names, sorted, and each one resolves."""
     expected = {
+        "AcceptReference",
+        "BlockingStorageCallWarning",
         "Capability",
+        "Expanded",
+        "Ref",
+        "to_data",
         "ExternalBaseModel",
         "ExternalConfigDict",
         "ExternalReference",

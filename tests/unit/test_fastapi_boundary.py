@@ -1,0 +1,323 @@
+"""FastAPI at the trust boundary: references as capabilities, full data, errors, lifespans.
+
+No ``from __future__ import annotations`` here: FastAPI resolves route annotations at runtime.
+"""
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+from uuid import UUID, uuid4
+
+import pytest
+from fastapi import Depends, FastAPI, Request
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+import pydantic_toast
+from pydantic_toast import (
+    AcceptReference,
+    BlockingStorageCallWarning,
+    Expanded,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalReference,
+    Ref,
+    StorageConnectionError,
+    to_data,
+)
+from pydantic_toast.fastapi import install, loader, storage_lifespan
+from pydantic_toast.runtime.blocking import forget_call_sites, report_blocking_call
+from tests.conftest import CALL_LOGS, memory_store_of
+from tests.unit.test_runtime import DownBackend  # noqa: F401  (registers down://)
+
+URL = f"counting://fastapi-boundary-{uuid4().hex}"
+TENANTS: dict[str, set[UUID]] = {"a": set(), "b": set()}
+AUTHORIZED: list[ExternalReference] = []
+
+
+class Customer(ExternalBaseModel):
+    """A customer record (one tenant's)."""
+
+    name: str
+    model_config = ExternalConfigDict(storage=URL)
+
+
+class Order(ExternalBaseModel):
+    """An order; its customer arrives as full data only."""
+
+    product: str
+    customer: Customer
+    model_config = ExternalConfigDict(storage=URL)
+
+
+async def same_tenant(reference: ExternalReference, request: Request) -> bool:
+    """Only the caller's tenant's customers may be referenced."""
+    AUTHORIZED.append(reference)
+    return reference.uuid in TENANTS.get(request.headers.get("X-Tenant", ""), set())
+
+
+class NewOrder(BaseModel):
+    """A request body that accepts a customer as a reference of the caller's tenant."""
+
+    product: str
+    customer: Annotated[Customer, AcceptReference(authorize=same_tenant)]
+
+
+class Gift(BaseModel):
+    """A request body that accepts any customer reference (no hook)."""
+
+    customer: Ref[Customer]
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    install(app)
+
+    @app.post("/orders", status_code=201)
+    async def create(body: NewOrder) -> dict[str, str]:
+        order = Order(product=body.product, customer=body.customer)
+        await order.asave()
+        return {"customer": body.customer.name}
+
+    @app.post("/raw-orders", status_code=201)
+    async def create_raw(order: Order) -> dict[str, str]:
+        await order.asave()
+        return {"customer": order.customer.name}
+
+    @app.post("/gifts")
+    async def gift(body: Gift) -> dict[str, str]:
+        return {"customer": body.customer.name}
+
+    @app.get("/customers/{id}")
+    async def read(customer: Annotated[Customer, Depends(loader(Customer))]) -> Expanded[Customer]:
+        return customer
+
+    @app.delete("/customers/{id}", status_code=204)
+    async def delete(id: UUID) -> None:
+        await pydantic_toast.adelete(Customer, id)
+
+    return app
+
+
+async def saved_customer(name: str, tenant: str) -> ExternalReference:
+    reference = await Customer(name=name).asave()
+    TENANTS[tenant].add(reference.uuid)
+    return reference
+
+
+def loads() -> int:
+    return len(CALL_LOGS[URL].of("load")) if URL in CALL_LOGS else 0
+
+
+@pytest.fixture
+def client() -> Any:
+    """The test app on its own counting store."""
+    with TestClient(make_app()) as client:
+        yield client
+
+
+def test_accepted_reference_is_authorized_and_loaded_without_blocking(client: TestClient) -> None:
+    """An accepted field loads a reference the hook allows; refused and missing look the same."""
+    ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+    bob = client.portal.call(saved_customer, "Bob", "b")  # type: ignore[union-attr]
+    AUTHORIZED.clear()
+    headers = {"X-Tenant": "a"}
+    ok = client.post("/orders", json={"product": "tea", "customer": ada}, headers=headers)
+    assert ok.status_code == 201, ok.text
+    assert ok.json() == {"customer": "Ada"}
+    assert [ada] == AUTHORIZED
+    before = loads()
+    refused = client.post("/orders", json={"product": "tea", "customer": bob}, headers=headers)
+    assert loads() == before  # refused without reading it
+    ghost = {"class_name": "Customer", "id": str(uuid4())}
+    missing = client.post("/orders", json={"product": "tea", "customer": ghost}, headers=headers)
+    assert refused.status_code == missing.status_code == 422
+    for response, reference in ((refused, bob), (missing, ghost)):
+        (problem,) = response.json()["detail"]
+        assert problem["loc"] == ["body", "customer"]
+        assert problem["msg"] == "Unknown Customer reference"
+        assert problem["type"] == "external_reference_unknown"
+        assert problem["input"] == reference
+    full = client.post("/orders", json={"product": "tea", "customer": {"name": "New"}})
+    assert full.status_code == 201, full.text
+
+
+def test_references_are_refused_where_not_accepted_without_touching_storage(
+    client: TestClient,
+) -> None:
+    """A reference in a field without the opt-in is a 422 at that field; nothing is read."""
+    ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+    before = loads()
+    nested = client.post("/raw-orders", json={"product": "tea", "customer": ada})
+    assert loads() == before
+    assert nested.status_code == 422
+    (problem,) = nested.json()["detail"]
+    assert problem["loc"] == ["body", "customer"]
+    assert problem["type"] == "external_reference_not_accepted"
+    order = client.portal.call(Order(product="x", customer=Customer(name="c")).asave)  # type: ignore[union-attr]
+    whole = client.post("/raw-orders", json=order)
+    assert whole.status_code == 422
+    assert whole.json()["detail"][0]["loc"] == ["body"]
+    assert loads() == before
+    malformed = client.post("/gifts", json={"customer": {"class_name": "Customer", "id": "x"}})
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"][0]["msg"] == "Invalid Customer reference"
+
+
+def test_ref_without_hook_loads_any_reference_and_plain_python_still_loads(
+    client: TestClient,
+) -> None:
+    """Ref[...] accepts any existing reference; model_validate outside a request loads as ever."""
+    ada = client.portal.call(saved_customer, "Ada", "b")  # type: ignore[union-attr]
+    assert client.post("/gifts", json={"customer": ada}).json() == {"customer": "Ada"}
+    assert Customer.model_validate(ada).name == "Ada"
+    assert Gift.model_validate({"customer": ada}).customer.name == "Ada"
+
+
+def test_expanded_response_is_full_data_without_a_write(client: TestClient) -> None:
+    """Expanded[Customer] answers the fields, writes nothing, and OpenAPI shows CustomerData."""
+    ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+    saves = len(CALL_LOGS[URL].of("save"))
+    response = client.get(f"/customers/{ada['id']}")
+    assert response.status_code == 200
+    assert response.json() == {"name": "Ada"}
+    assert len(CALL_LOGS[URL].of("save")) == saves
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/customers/{id}"]["get"]["responses"]
+    assert ok["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CustomerData"
+    }
+    assert schema["components"]["schemas"]["CustomerData"]["properties"] == {
+        "name": {"title": "Name", "type": "string"}
+    }
+    assert {"404", "422", "500", "503"} <= set(ok)
+    assert ok["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+
+
+def test_to_data_serializes_the_tree_and_stores_nothing() -> None:
+    """to_data() gives the fields of the model and of external models in it, with no I/O."""
+    order = Order(product="tea", customer=Customer(name="Ada"))
+    assert to_data(order) == {"product": "tea", "customer": {"name": "Ada"}}
+    assert to_data(order, mode="json") == {"product": "tea", "customer": {"name": "Ada"}}
+    assert order.external_id is None
+    assert order.customer.external_id is None
+
+
+def test_not_found_has_one_wording_for_loader_and_delete(client: TestClient) -> None:
+    """An unknown id in a path is a 404 with the same detail from the loader and from delete."""
+    id = uuid4()
+    read = client.get(f"/customers/{id}")
+    deleted = client.delete(f"/customers/{id}")
+    assert read.status_code == deleted.status_code == 404
+    assert read.json() == deleted.json() == {"detail": "Customer not found"}
+
+
+def test_stored_data_that_no_longer_validates_is_a_logged_500(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged record gives 500 without internal hints; the log has the cause and request id."""
+    ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+    store = memory_store_of(URL)
+    key = ("Customer", ada.uuid)
+    record = store.get(key)
+    assert record is not None
+    store.put(dataclasses.replace(record, data=b'{"name": 42}'), None)
+    with caplog.at_level(logging.ERROR, logger="pydantic_toast.fastapi"):
+        response = client.get(f"/customers/{ada['id']}", headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    assert "schema_version" not in response.text
+    (logged,) = [r for r in caplog.records if r.name == "pydantic_toast.fastapi"]
+    assert "req-123" in logged.getMessage()
+    assert "does not validate" in logged.getMessage()
+
+
+class Offline(ExternalBaseModel):
+    """A model whose store refuses connections."""
+
+    x: int
+    model_config = ExternalConfigDict(storage="down://user:secret@db.internal:5432/x")
+
+
+def test_outage_is_a_logged_503_with_retry_after(caplog: pytest.LogCaptureFixture) -> None:
+    """An unreachable store answers 503 with Retry-After; the cause goes to the log only."""
+    app = FastAPI()
+    install(app)
+
+    @app.get("/offline/{id}")
+    async def get(item: Annotated[Offline, Depends(loader(Offline))]) -> dict[str, int]:
+        return {"x": item.x}
+
+    @app.post("/offline")
+    async def post(item: Offline) -> dict[str, str]:
+        return await item.asave()
+
+    with caplog.at_level(logging.ERROR, logger="pydantic_toast.fastapi"), TestClient(app) as c:
+        loaded = c.get(f"/offline/{uuid4()}", headers={"X-Request-ID": "r-1"})
+        saved = c.post("/offline", json={"x": 1}, headers={"X-Request-ID": "r-2"})
+    for response in (loaded, saved):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "secret" not in response.text
+        assert "db.internal" not in response.text
+    messages = [r.getMessage() for r in caplog.records if r.name == "pydantic_toast.fastapi"]
+    assert any("r-1" in m and "could not connect" in m for m in messages)
+    assert any("r-2" in m and "could not connect" in m for m in messages)
+    assert not any("secret" in m for m in messages)
+    assert issubclass(StorageConnectionError, ConnectionError)
+
+
+def test_storage_lifespan_composes_with_the_apps_lifespan() -> None:
+    """The app's own lifespan runs inside the storage one, and its state reaches requests."""
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def app_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+        await Customer(name="seed").asave()  # storage is open here
+        events.append("start")
+        yield {"greeting": "hello"}
+        events.append("stop")
+
+    app = FastAPI(lifespan=storage_lifespan(Customer, lifespan=app_lifespan))
+
+    @app.get("/greeting")
+    async def greeting(request: Request) -> dict[str, str]:
+        return {"greeting": request.state.greeting}
+
+    with TestClient(app) as client:
+        assert client.get("/greeting").json() == {"greeting": "hello"}
+        assert events == ["start"]
+    assert events == ["start", "stop"]
+
+
+def test_blocking_call_warns_once_per_call_site_or_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync call on a running loop warns once per line, at the caller; log and off modes."""
+    import asyncio
+
+    forget_call_sites()
+    model = Customer(name="x")
+
+    async def twice() -> None:
+        for _ in range(2):
+            model.model_dump()  # the line the warning points at
+
+    with pytest.warns(BlockingStorageCallWarning, match=r"Customer.model_dump\(\).*asave") as w:
+        asyncio.run(twice())
+    assert len(w) == 1
+    assert w[0].filename == __file__
+    monkeypatch.setenv("PYDANTIC_TOAST_BLOCKING_CALLS", "log")
+    forget_call_sites()
+    with caplog.at_level(logging.WARNING, logger="pydantic_toast"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(twice())
+    assert sum("blocked the running event loop" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setenv("PYDANTIC_TOAST_BLOCKING_CALLS", "off")
+    forget_call_sites()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report_blocking_call("x()", "await ax()")
