@@ -568,6 +568,7 @@ async def test_errors_inside_a_joined_transaction_are_mapped(postgres_database_u
         await pydantic_toast.aclose_storage()
 
 
+@pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_blocking_call_inside_a_transaction_is_refused(postgres_database_url: str) -> None:
     """model_dump() inside transaction() raises StorageUsageError instead of escaping it."""
     note = model_on(postgres_database_url)
