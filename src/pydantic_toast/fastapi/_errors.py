@@ -92,7 +92,7 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
         logger.error("%s: storage unavailable: %s", where, exc)
         return Answer(
             503,
-            "Service temporarily unavailable, retry later",
+            "storage is unavailable",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     logger.error("%s: %s", where, exc, exc_info=exc)
