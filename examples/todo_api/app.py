@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import pydantic_toast
-from pydantic_toast.fastapi import check_storage, install, loader, storage_lifespan
+from pydantic_toast.fastapi import check_storage, conditional, install, storage_lifespan
 
 
 class Problem(BaseModel):
@@ -42,7 +42,9 @@ app = FastAPI(
     responses={400: {"model": BadRequest, "description": "Invalid input"}},
 )
 install(app)
-LoadedTodo = Annotated[Todo, Depends(loader(Todo))]
+# GET answers an ETag; PATCH and DELETE honour If-Match (412 when stale), and a PATCH that
+# races another write gets a 409 from the revision check of its save.
+LoadedTodo = Annotated[Todo, Depends(conditional(Todo))]
 
 
 @app.exception_handler(RequestValidationError)
@@ -86,8 +88,8 @@ async def update_todo(todo: LoadedTodo, body: TodoUpdate) -> TodoOut:
 
 
 @app.delete("/api/todos/{id}", status_code=204)
-async def delete_todo(id: UUID) -> Response:
-    await pydantic_toast.adelete(Todo, id)
+async def delete_todo(todo: LoadedTodo) -> Response:
+    await pydantic_toast.adelete(Todo, todo.external_id)  # type: ignore[arg-type]
     return Response(status_code=204)
 
 

@@ -328,3 +328,22 @@ def test_todos_persist_across_service_restarts(postgres_database_url: str) -> No
         stop_service(service)
     assert after == before
     assert after[0]["completed"] is True
+
+
+def test_todo_if_match_refuses_stale_writes(todo_client: TestClient) -> None:
+    """PATCH and DELETE with an If-Match that is not the todo's ETag get 412, change nothing."""
+    todo = todo_client.post("/api/todos", json={"description": "guarded"}).json()
+    stale = {"If-Match": '"0123456789abcdef.999"'}
+    patched = todo_client.patch(f"/api/todos/{todo['id']}", json={"completed": True}, headers=stale)
+    assert patched.status_code == 412
+    assert patched.json() == {"detail": "Todo changed since that ETag: read it again and retry"}
+    assert todo_client.delete(f"/api/todos/{todo['id']}", headers=stale).status_code == 412
+    assert todo_client.get(f"/api/todos/{todo['id']}").json() == todo
+    anything = {"If-Match": "*"}
+    patched = todo_client.patch(
+        f"/api/todos/{todo['id']}", json={"completed": True}, headers=anything
+    )
+    assert patched.status_code == 200
+    schema = todo_client.get("/openapi.json").json()
+    patch_responses = schema["paths"]["/api/todos/{id}"]["patch"]["responses"]
+    assert {"400", "404", "409", "412", "500", "503"} <= set(patch_responses)

@@ -28,7 +28,7 @@ from pydantic_toast import (
     StorageConnectionError,
     to_data,
 )
-from pydantic_toast.fastapi import install, loader, storage_lifespan
+from pydantic_toast.fastapi import conditional, install, loader, storage_lifespan
 from pydantic_toast.runtime.blocking import forget_call_sites, report_blocking_call
 from tests.conftest import CALL_LOGS, memory_store_of
 from tests.unit.test_runtime import DownBackend  # noqa: F401  (registers down://)
@@ -94,6 +94,14 @@ def make_app() -> FastAPI:
     @app.get("/customers/{id}")
     async def read(customer: Annotated[Customer, Depends(loader(Customer))]) -> Expanded[Customer]:
         return customer
+
+    @app.put("/customers/{id}")
+    async def rename(
+        customer: Annotated[Customer, Depends(conditional(Customer, require=True))], name: str
+    ) -> dict[str, str]:
+        customer.name = name
+        await customer.asave()
+        return {"name": customer.name}
 
     @app.delete("/customers/{id}", status_code=204)
     async def delete(id: UUID) -> None:
@@ -321,3 +329,18 @@ def test_blocking_call_warns_once_per_call_site_or_logs(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report_blocking_call("x()", "await ax()")
+
+
+def test_required_if_match_is_a_428_and_a_stale_one_a_412(client: TestClient) -> None:
+    """conditional(require=True) refuses writes without If-Match, and with a stale one."""
+    ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+    missing = client.put(f"/customers/{ada['id']}", params={"name": "Eve"})
+    assert missing.status_code == 428
+    assert "If-Match is required" in missing.json()["detail"]
+    stale = client.put(
+        f"/customers/{ada['id']}", params={"name": "Eve"}, headers={"If-Match": '"x.1"'}
+    )
+    assert stale.status_code == 412
+    assert client.get(f"/customers/{ada['id']}").json() == {"name": "Ada"}
+    responses = client.get("/openapi.json").json()["paths"]["/customers/{id}"]["put"]["responses"]
+    assert {"404", "409", "412", "428", "500", "503"} <= set(responses)

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without Fas
 
 from pydantic_toast._boundary import AcceptReference, Authorize, Ref
 from pydantic_toast._expanded import Expanded
+from pydantic_toast.fastapi._conditional import conditional, etag_of, set_etag
 from pydantic_toast.fastapi._errors import (
     RETRY_AFTER_SECONDS,
     ErrorMessage,
@@ -49,11 +50,14 @@ __all__ = [
     "ToastRoute",
     "UntrustedRequests",
     "check_storage",
+    "conditional",
     "error_responses",
+    "etag_of",
     "install",
     "install_error_handlers",
     "loader",
     "not_found",
+    "set_etag",
     "storage_lifespan",
 ]
 

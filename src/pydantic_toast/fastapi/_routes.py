@@ -23,6 +23,7 @@ from pydantic_toast._boundary import (
 from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import SaveBatch, collecting
+from pydantic_toast.fastapi._conditional import collecting_loaded, refresh_etags
 from pydantic_toast.fastapi._errors import error_responses
 from pydantic_toast.runtime.loops import run_sync
 
@@ -63,10 +64,14 @@ class ToastRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             boundary = Boundary(request)
-            if accepted:
-                await _prefetch(boundary, request, accepted, routes)
-            with untrusted_input(boundary):
-                return await handler(request)
+            token = collecting_loaded()
+            try:
+                if accepted:
+                    await _prefetch(boundary, request, accepted, routes)
+                with untrusted_input(boundary):
+                    return await handler(request)
+            finally:
+                token.var.reset(token)
 
         return handle
 
@@ -90,6 +95,7 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
                     if batch is not None and batch.records:
                         # In FastAPI's worker thread: blocking here blocks no event loop.
                         run_sync(batch.write)
+            refresh_etags()
             return result
 
         return call
@@ -100,6 +106,7 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
             result = await endpoint(*args, **kwargs)
             if holder and not isinstance(result, Response):
                 await _save_response(holder[0], result)
+        refresh_etags()
         return result
 
     return acall
