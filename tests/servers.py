@@ -391,3 +391,132 @@ def weed_binary() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("weed")
+
+
+class TempRedisCluster:
+    """A throwaway Redis Cluster: 3 primaries and 3 replicas from the local binary.
+
+    Each node listens on a free loopback port whose cluster bus port (+10000) is free too.
+    ``--cluster-node-timeout`` is 2 s so that a failover happens within seconds.
+    """
+
+    NODE_TIMEOUT_MS = 2000
+
+    def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if not binary or not cli:
+            raise FileNotFoundError("redis-server/redis-cli")
+        self.cli = cli
+        self.root = Path(tempfile.mkdtemp(prefix="toast-cluster-"))
+        self.ports: list[int] = []
+        while len(self.ports) < primaries * (1 + replicas):
+            port = free_port()
+            if port + 10000 < 65536 and _port_free(port + 10000) and port not in self.ports:
+                self.ports.append(port)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        for port in self.ports:
+            self.start_node(port)
+        self.redis_cli(
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in self.ports),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+        )
+        self.wait_ok()
+
+    def start_node(self, port: int) -> None:
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.root / f"nodes-{port}.conf"),
+            "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+            "--dir", str(self.root),
+            "--logfile", str(self.root / f"{port}.log"),
+        ]  # fmt: skip
+        self.processes[port] = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {port} did not start")
+
+    def redis_cli(self, *arguments: str, port: int | None = None) -> str:
+        argv = [self.cli] + (["-p", str(port)] if port else []) + list(arguments)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+        return done.stdout
+
+    def url(self, prefix: str, **options: object) -> str:
+        """A ``redis+cluster://`` URL with two seeds."""
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+        extra = "".join(f"&{name}={value}" for name, value in options.items())
+        return f"redis+cluster://{seeds}/?prefix={prefix}{extra}"
+
+    def live_ports(self) -> list[int]:
+        return [p for p, process in self.processes.items() if process.poll() is None]
+
+    def nodes(self) -> list[dict[str, str]]:
+        """CLUSTER NODES of a live node: id, address port, flags, slots."""
+        out = self.redis_cli("cluster", "nodes", port=self.live_ports()[0])
+        nodes = []
+        for line in out.strip().splitlines():
+            fields = line.split()
+            nodes.append(
+                {
+                    "id": fields[0],
+                    "port": fields[1].split("@")[0].rsplit(":", 1)[1],
+                    "flags": fields[2],
+                    "slots": " ".join(fields[8:]),
+                }
+            )
+        return nodes
+
+    def primaries(self) -> list[dict[str, str]]:
+        return [n for n in self.nodes() if "master" in n["flags"] and "fail" not in n["flags"]]
+
+    def wait_ok(self, timeout: float = 30) -> float:
+        """Wait until every live node reports cluster_state:ok; return the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            states = []
+            for port in self.live_ports():
+                with contextlib.suppress(subprocess.SubprocessError):
+                    states.append(
+                        "cluster_state:ok" in self.redis_cli("cluster", "info", port=port)
+                    )
+            if states and all(states) and len(self.primaries()) >= 3:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def kill(self, port: int) -> None:
+        """Kill a node without warning (SIGKILL), as a crash would."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(10)
+
+    def destroy(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -107,7 +107,7 @@ class StorageURL:
             raise StorageConfigurationError(
                 f"storage URL {_describe(raw)} has an invalid scheme {shorten(scheme, 30)!r}"
             )
-        parts = urlsplit(_quote_userinfo(raw))
+        parts = urlsplit(_first_host(_quote_userinfo(raw)))
         try:
             port = parts.port
         except ValueError:
@@ -197,6 +197,29 @@ def _quote_userinfo(raw: str) -> str:
     start, at = span
     user, colon, password = raw[start:at].partition(":")
     return f"{raw[:start]}{quote(user, safe='%')}{colon}{quote(password, safe='%')}{raw[at:]}"
+
+
+def host_list(raw: str) -> list[str]:
+    """The ``host:port`` entries of a URL whose host part lists several, comma-separated.
+
+    ``redis+cluster://a:7000,b:7001/`` gives ``["a:7000", "b:7001"]``; a URL with one host
+    gives that one (``[]`` when it has none).
+    """
+    head, _, rest = _quote_userinfo(raw).partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    hosts = rest[:end].rpartition("@")[2]
+    return [host for host in hosts.split(",") if host]
+
+
+def _first_host(quoted: str) -> str:
+    # A host list (cluster seeds) keeps its first entry for host and port; backends that
+    # take several read them all with host_list().
+    head, sep, rest = quoted.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if "," not in hosts:
+        return quoted
+    return f"{head}{sep}{userinfo}{at}{hosts.split(',', 1)[0]}{rest[end:]}"
 
 
 def _describe(raw: object) -> str:

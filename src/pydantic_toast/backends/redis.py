@@ -153,6 +153,14 @@ class RedisBackend(RecordBackend):
         """The sorted set of a class's records that expire, by expiry time (ms)."""
         return f"{self._prefix}:{class_name}:expiry"
 
+    def _index_key_of(self, record: StoredRecord) -> str:
+        """The index key a save of ``record`` adds its id to (one per class here)."""
+        return self.index_key(record.class_name)
+
+    def _expiry_key_of(self, record: StoredRecord) -> str:
+        """The expiry set a save of ``record`` touches (one per class here)."""
+        return self.expiry_key(record.class_name)
+
     async def connect(self) -> None:
         """Open the pool and check the server answers (and accepts the credentials)."""
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -181,8 +189,8 @@ class RedisBackend(RecordBackend):
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Write the records in one script call (one round trip), keeping ``created_at``."""
         keys = [self.key(r.class_name, r.id) for r in records]
-        keys += [self.index_key(r.class_name) for r in records]
-        keys += [self.expiry_key(r.class_name) for r in records]
+        keys += [self._index_key_of(r) for r in records]
+        keys += [self._expiry_key_of(r) for r in records]
         arguments: list[Any] = []
         for record in records:
             rest = (

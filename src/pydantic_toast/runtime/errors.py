@@ -236,6 +236,12 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         name == "ResponseError" and message.startswith("BUSY")
     ):
         return StorageBusyError(f"{where} is busy ({name}): retry in a moment", url=url), False
+    if name == "MaxConnectionsError":
+        return StorageBusyError(
+            f"{where}: every pooled connection to a cluster node is busy: retry, or raise "
+            "max_connections",
+            url=url,
+        ), False
     if name == "ConnectionError" and "max number of clients" in message:
         return StorageBusyError(
             f"{where} has reached its maximum number of clients: retry later, or lower "

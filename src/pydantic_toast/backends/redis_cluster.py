@@ -1,0 +1,330 @@
+"""``redis+cluster://``: the Redis backend's records on a Redis Cluster, spread over slots.
+
+URL: ``redis+cluster://[[user]:password@]host:port[,host:port...]/`` (``rediss+cluster://``
+for TLS): the hosts are seeds, any node of the cluster will do; the client learns the
+topology from them and follows MOVED/ASK redirections and failovers by itself. Query options
+are the Redis backend's (``prefix``, pool and socket timeouts, TLS files) plus:
+
+* ``buckets`` (default 16, 1 to 16384): how many slots each class is spread over. Part of
+  the key layout: changing it on existing data hides the records (they are looked up in
+  another bucket), so choose it once per prefix;
+* ``wait_replicas`` (default 0: off) and ``wait_timeout`` (milliseconds, default 100): after
+  each write, ``WAIT wait_replicas wait_timeout`` on the same connection, so a save returns
+  once that many replicas have the write. When fewer confirm in time the save raises
+  :class:`~pydantic_toast.StorageOperationError` (the write is on the primary, maybe not on
+  a replica: a failover now could lose it).
+
+Key layout (``b`` = the record id's 128-bit integer modulo ``buckets``)::
+
+    {<prefix>:<class_name>:<b>}:<uuid>     the record (the Redis backend's JSON document)
+    {<prefix>:<class_name>:<b>}:index      sorted set of that bucket's ids by creation time
+
+The braces are a hash tag: a record and its bucket's index share one slot, so a save stays
+one atomic script (record and index together), and a class's records spread over
+``buckets`` slots instead of one hot slot. Listing merges the buckets newest first; count
+adds them up. A batch is split by bucket and the buckets are written concurrently: each
+bucket's part is atomic, the batch as a whole is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any
+from uuid import UUID
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from pydantic_toast._exceptions import StorageConfigurationError, StorageOperationError
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._url import StorageURL, host_list
+from pydantic_toast.backends import redis as single
+from pydantic_toast.backends.base import Capability
+
+__all__ = ["RedisClusterBackend"]
+
+_CLUSTER_OPTIONS = {"buckets": 16, "wait_replicas": 0, "wait_timeout": 100}
+
+# Both keys share the bucket's hash tag (one slot): delete the record and its index entry.
+_DELETE_SCRIPT = """
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return deleted
+"""
+
+
+class RedisClusterBackend(single.RedisBackend):
+    """Records on a Redis Cluster: one hash tag per class bucket, the index sharded alike."""
+
+    capabilities = frozenset(Capability)
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        """The seed nodes and key prefix (any seed reaches the same cluster)."""
+        prefix = _cluster_options(url)[1]
+        return ("redis+cluster", frozenset(host_list(url.raw)), prefix)
+
+    def __init__(self, url: str) -> None:
+        parsed = StorageURL.parse(url)
+        self._buckets, _, self._wait_replicas, self._wait_timeout = _cluster_options(parsed)
+        super().__init__(_without(url, _CLUSTER_OPTIONS))
+        self.url = url
+        self._seeds = [_node(entry, parsed) for entry in host_list(url)]
+        self._cluster: RedisCluster | None = None
+        self._delete_script: Any = None
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        """Check the options and the host list without connecting."""
+        _cluster_options(url)
+        for entry in host_list(url.raw):
+            _node(entry, url)
+
+    def bucket(self, id: UUID) -> int:
+        """The bucket of a record id: its integer value modulo ``buckets``."""
+        return id.int % self._buckets
+
+    def key(self, class_name: str, id: UUID) -> str:
+        """``{<prefix>:<class_name>:<bucket>}:<uuid>``."""
+        return f"{{{self._prefix}:{class_name}:{self.bucket(id)}}}:{id}"
+
+    def index_key(self, class_name: str, bucket: int = 0) -> str:
+        """``{<prefix>:<class_name>:<bucket>}:index``: one bucket's ids by creation time."""
+        return f"{{{self._prefix}:{class_name}:{bucket}}}:index"
+
+    def _index_key_of(self, record: StoredRecord) -> str:
+        return self.index_key(record.class_name, self.bucket(record.id))
+
+    async def connect(self) -> None:
+        """Discover the cluster from the seeds and check every primary answers."""
+        options = dict(self._pool_options)
+        # The cluster client has no waiting pool: past max_connections per node it fails
+        # at once (a busy error), so pool_timeout does not apply here.
+        options.pop("timeout")
+        options.pop("max_connections")
+        self._cluster = RedisCluster(
+            startup_nodes=self._seeds,
+            username=self._parsed.username,
+            password=self._parsed.password,
+            ssl=self._parsed.scheme.startswith("rediss"),
+            max_connections=int(self._pool_options["max_connections"]),
+            **options,
+        )
+        self._client = self._cluster  # type: ignore[assignment]  # the shared code's client
+        self._save_script = self._save_in_slot
+        self._delete_script = self._cluster.register_script(_DELETE_SCRIPT)
+        self._script = self._cluster.register_script(single._SAVE_SCRIPT)
+        try:
+            await self._cluster.initialize()
+            await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        except BaseException:
+            await self.disconnect()
+            raise
+
+    async def disconnect(self) -> None:
+        """Close every node's connections."""
+        cluster, self._cluster, self._client = self._cluster, None, None
+        if cluster is not None:
+            await cluster.aclose()
+
+    async def discard_connections(self) -> None:
+        """Forget the topology and connections after one was lost (a failover, a restart)."""
+        if self._cluster is not None:
+            await self._cluster.aclose()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> Any:
+        """Write the records, one script call per bucket, the buckets concurrently."""
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for position, record in enumerate(records):
+            groups[record.class_name, self.bucket(record.id)].append(position)
+        if len(groups) == 1:
+            return await super().save_records(records)
+        parts = list(groups.values())
+        results = await asyncio.gather(
+            *(super(RedisClusterBackend, self).save_records([records[i] for i in p]) for p in parts)
+        )
+        if all(result is None for result in results):
+            return None
+        merged: list[Any] = [None] * len(records)
+        for positions, result in zip(parts, results, strict=True):
+            for position, value in zip(positions, result, strict=True):
+                merged[position] = value
+        return merged
+
+    async def _save_in_slot(self, *, keys: list[str], args: list[Any]) -> Any:
+        """Run the shared save script on one slot's keys, then WAIT when asked to."""
+        if not self._wait_replicas:
+            return await self._script(keys=keys, args=args)
+        cluster = self._connected_cluster()
+        node = cluster.get_node_from_key(keys[0])
+        # One pipeline sends both on one connection: WAIT counts that connection's writes.
+        async with cluster.pipeline() as pipe:
+            pipe.eval(single._SAVE_SCRIPT, len(keys), *keys, *args)
+            pipe.execute_command(
+                "WAIT", self._wait_replicas, self._wait_timeout, target_nodes=node
+            )
+            result, confirmed = await pipe.execute()
+        if int(confirmed) < self._wait_replicas:
+            raise StorageOperationError(
+                f"Redis Cluster node {node.name} confirmed the write on {confirmed} of "
+                f"{self._wait_replicas} replica(s) within {self._wait_timeout} ms: the record "
+                "is written on the primary but could be lost if it fails over now; retry, or "
+                "raise wait_timeout"
+            )
+        return result
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records: one GET, or MGETs split by slot and sent concurrently."""
+        names = [self.key(class_name, id) for class_name, id in keys]
+        cluster = self._connected_cluster()
+        if len(names) == 1:
+            values = [await cluster.get(names[0])]
+        else:
+            values = await cluster.mget_nonatomic(names)
+        return [
+            None if value is None else self._parse(name, class_name, id, value)
+            for name, (class_name, id), value in zip(names, keys, values, strict=True)
+        ]
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        """Delete the record and its index entry in one script (same slot)."""
+        index = self.index_key(class_name, self.bucket(id))
+        deleted = await self._delete_script(keys=[self.key(class_name, id), index], args=[str(id)])
+        return bool(deleted)
+
+    async def list_ids(
+        self, class_name: str, *, limit: int, after: UUID | None = None
+    ) -> list[UUID]:
+        """Ids newest first (creation time, then id), merged from every bucket."""
+        cluster = self._connected_cluster()
+        start: float | None = None
+        if after is not None:
+            score = await cluster.zscore(self.index_key(class_name, self.bucket(after)), str(after))
+            if score is None:
+                return []
+            start = float(score)
+        pages = await asyncio.gather(
+            *(
+                self._bucket_page(class_name, bucket, limit, start, after)
+                for bucket in range(self._buckets)
+            )
+        )
+        newest = heapq.merge(*pages, key=lambda entry: (-entry[0], _desc(entry[1])))
+        return [UUID(member) for _, member in list(newest)[:limit]]
+
+    async def _bucket_page(
+        self, class_name: str, bucket: int, limit: int, start: float | None, after: UUID | None
+    ) -> list[tuple[float, str]]:
+        """Up to ``limit`` live entries of one bucket after the cursor, newest first."""
+        cluster = self._connected_cluster()
+        index = self.index_key(class_name, bucket)
+        entries: list[tuple[float, str]] = []
+        offset = 0
+        while len(entries) < limit:
+            batch = await cluster.zrevrangebyscore(
+                index,
+                "+inf" if start is None else start,
+                "-inf",
+                start=offset,
+                num=limit * 2,
+                withscores=True,
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            candidates = [
+                (float(score), member.decode())
+                for member, score in batch
+                if start is None or score < start or member.decode() < str(after)
+            ]
+            if not candidates:
+                continue
+            live = await cluster.mget_nonatomic(
+                [f"{{{self._prefix}:{class_name}:{bucket}}}:{m}" for _, m in candidates]
+            )
+            stale = [m for (_, m), value in zip(candidates, live, strict=True) if value is None]
+            if stale:
+                # Records that expired (ttl) leave their index entry behind: drop it.
+                await cluster.zrem(index, *stale)
+            entries += [e for e, value in zip(candidates, live, strict=True) if value is not None]
+        return entries[:limit]
+
+    async def count(self, class_name: str) -> int:
+        """How many live records of ``class_name`` there are, over every bucket."""
+        return sum(
+            await asyncio.gather(
+                *(self._bucket_count(class_name, b) for b in range(self._buckets))
+            )
+        )
+
+    async def _bucket_count(self, class_name: str, bucket: int) -> int:
+        total, start, after = 0, None, None
+        while True:
+            page = await self._bucket_page(class_name, bucket, 1000, start, after)
+            total += len(page)
+            if len(page) < 1000:
+                return total
+            start, member = page[-1]
+            after = UUID(member)
+
+    def _connected_cluster(self) -> RedisCluster:
+        self._connected()
+        assert self._cluster is not None  # _connected() raised otherwise
+        return self._cluster
+
+
+def _desc(member: str) -> tuple[int, ...]:
+    # Ties on creation time sort by id descending, as ZREVRANGEBYSCORE returns them.
+    return tuple(-ord(c) for c in member)
+
+
+def _node(entry: str, url: StorageURL) -> ClusterNode:
+    host, _, port = entry.rpartition(":")
+    if not host or not port.isdigit():
+        raise StorageConfigurationError(
+            f"{url.masked}: each cluster node must be host:port (got {entry!r}), e.g. "
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000/"
+        )
+    return ClusterNode(host.strip("[]"), int(port))
+
+
+def _cluster_options(url: StorageURL) -> tuple[int, str, int, int]:
+    """(buckets, prefix, wait_replicas, wait_timeout), the shared options checked too."""
+    if url.path.strip("/"):
+        raise StorageConfigurationError(
+            f"{url.masked}: a Redis Cluster has only database 0: leave the path empty "
+            "(redis+cluster://host:port/?prefix=...)"
+        )
+    if not host_list(url.raw):
+        raise StorageConfigurationError(f"{url.masked}: name at least one cluster node host:port")
+    shared = StorageURL.parse(_without(url.raw, _CLUSTER_OPTIONS))
+    prefix, _ = single._options(shared)
+    values: list[int] = []
+    for name, default in _CLUSTER_OPTIONS.items():
+        raw = url.query.get(name)
+        try:
+            value = int(raw) if raw is not None else default
+        except ValueError:
+            raise StorageConfigurationError(
+                f"{url.masked}: {name} must be a whole number, got {raw!r}"
+            ) from None
+        values.append(value)
+    buckets, wait_replicas, wait_timeout = values
+    if not 1 <= buckets <= 16384:
+        raise StorageConfigurationError(f"{url.masked}: buckets must be from 1 to 16384")
+    if wait_replicas < 0 or wait_timeout <= 0:
+        raise StorageConfigurationError(
+            f"{url.masked}: wait_replicas must be 0 or more and wait_timeout positive"
+        )
+    return buckets, prefix, wait_replicas, wait_timeout
+
+
+def _without(raw: str, names: dict[str, int]) -> str:
+    """``raw`` as a single-node URL (``redis://``) without the cluster-only options."""
+    head, sep, query = raw.partition("?")
+    head = head.replace("+cluster://", "://", 1)
+    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] not in names]
+    return f"{head}?{'&'.join(kept)}" if kept else head
+

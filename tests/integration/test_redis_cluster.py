@@ -1,0 +1,245 @@
+"""redis+cluster:// on a real local cluster of 6 redis-server processes (3 primaries, 3 replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.redis_cluster import RedisClusterBackend
+from pydantic_toast.runtime.storage import Storage
+from pydantic_toast.testing.conformance import BackendConformance
+from tests import servers
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[servers.TempRedisCluster]:
+    """A 3-primary, 3-replica cluster for this module, torn down afterwards."""
+    try:
+        cluster = servers.TempRedisCluster()
+    except FileNotFoundError:
+        servers.missing_server("Redis Cluster", "(no variable: needs redis-server)")
+        return
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+class TestRedisClusterConformance(BackendConformance):
+    """The backend conformance suite against redis+cluster://."""
+
+    @pytest.fixture
+    def storage_url(self, cluster: servers.TempRedisCluster) -> str:  # type: ignore[override]
+        """A fresh key prefix on the cluster."""
+        return cluster.url(f"conf{uuid4().hex[:10]}")
+
+
+def _records(count: int, class_name: str = "Item") -> list[StoredRecord]:
+    now = datetime.now(UTC)
+    return [
+        StoredRecord(
+            class_name=class_name,
+            id=uuid4(),
+            data=b'{"n":%d}' % i,
+            schema_version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        for i in range(count)
+    ]
+
+
+async def _backend(url: str) -> RedisClusterBackend:
+    backend = RedisClusterBackend(url)
+    await backend.connect()
+    return backend
+
+
+def test_key_layout_spreads_a_class_over_bucket_slots(cluster: servers.TempRedisCluster) -> None:
+    """A record and its bucket's index share a slot; a class's buckets land on every primary."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url("layout", buckets=16))
+        try:
+            (record,) = _records(1)
+            await backend.save_records([record])
+            bucket = record.id.int % 16
+            assert backend.key("Item", record.id) == f"{{layout:Item:{bucket}}}:{record.id}"
+            client = backend._connected_cluster()
+            slot = await client.cluster_keyslot(backend.key("Item", record.id))
+            assert slot == await client.cluster_keyslot(backend.index_key("Item", bucket))
+            owners = {
+                client.get_node_from_key(backend.index_key("Item", b)).name for b in range(16)
+            }
+            assert len(owners) == 3
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
+    """10,000 records saved in one batch (split by slot) all load back, list and count."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"big{uuid4().hex[:8]}"))
+        try:
+            records = _records(10_000)
+            started = time.perf_counter()
+            await backend.save_records(records)
+            saved = time.perf_counter() - started
+            loaded = await backend.load_records([("Item", r.id) for r in records])
+            assert [r.data for r in loaded if r is not None] == [r.data for r in records]
+            assert await backend.count("Item") == 10_000
+            first = await backend.list_ids("Item", limit=5000)
+            rest = await backend.list_ids("Item", limit=6000, after=first[-1])
+            assert len(set(first) | set(rest)) == 10_000
+            print(f"\n10,000 records saved in {saved:.2f} s")
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+class _Workload:
+    """Writers saving new records through the library until stopped; what was acknowledged."""
+
+    def __init__(self, url: str, writers: int = 8) -> None:
+        class Event(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=url, external_name="Event")
+            n: int
+
+        self.model = Event
+        self.writers = writers
+        self.acknowledged: list[Any] = []
+        self.errors: list[tuple[float, str]] = []
+        self.stop = asyncio.Event()
+
+    async def writer(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                reference = await self.model(n=n).asave()
+            except Exception as exc:  # the library's errors, counted and reported
+                self.errors.append((time.monotonic(), type(exc).__name__))
+                await asyncio.sleep(0.05)
+            else:
+                self.acknowledged.append(reference)
+
+    async def lost(self) -> int:
+        missing = 0
+        for reference in self.acknowledged:
+            try:
+                await self.model.aload(reference)
+            except Exception:
+                missing += 1
+        return missing
+
+
+def _run_with(cluster_action: Any, url: str, seconds_after: float = 2.0) -> dict[str, Any]:
+    """Run the workload, do ``cluster_action()`` in a thread meanwhile; the figures."""
+
+    async def main() -> dict[str, Any]:
+        with Storage():
+            workload = _Workload(url)
+            tasks = [asyncio.create_task(workload.writer()) for _ in range(workload.writers)]
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            await asyncio.to_thread(cluster_action)
+            await asyncio.sleep(seconds_after)
+            before = len(workload.acknowledged)
+            await asyncio.sleep(1.0)
+            assert len(workload.acknowledged) > before, "writes did not resume"
+            workload.stop.set()
+            await asyncio.gather(*tasks)
+            last_error = max((t for t, _ in workload.errors), default=started)
+            return {
+                "acknowledged": len(workload.acknowledged),
+                "lost": await workload.lost(),
+                "errors": len(workload.errors),
+                "error_kinds": sorted({kind for _, kind in workload.errors}),
+                "recovered_after_s": round(max(0.0, last_error - started), 2),
+            }
+
+    return asyncio.run(main())
+
+
+def test_resharding_during_a_workload(cluster: servers.TempRedisCluster) -> None:
+    """Slots migrating between primaries under writes: no error, no acknowledged write lost."""
+    primaries = cluster.primaries()
+    source, target = primaries[0], primaries[1]
+
+    def reshard() -> None:
+        cluster.redis_cli(
+            "--cluster", "reshard", f"127.0.0.1:{source['port']}",
+            "--cluster-from", source["id"], "--cluster-to", target["id"],
+            "--cluster-slots", "1000", "--cluster-yes",
+        )  # fmt: skip
+
+    figures = _run_with(reshard, cluster.url(f"reshard{uuid4().hex[:8]}"))
+    print(f"\nresharding 1000 slots: {figures}")
+    assert figures["lost"] == 0
+    assert figures["errors"] == 0
+
+
+@pytest.mark.parametrize("wait", [0, 1], ids=["async-replication", "wait-1-replica"])
+def test_failover_during_a_workload(cluster: servers.TempRedisCluster, wait: int) -> None:
+    """A primary killed under writes: its replica takes over and writes resume, no restart."""
+    victim = int(cluster.primaries()[0]["port"])
+    options = {"wait_replicas": wait, "wait_timeout": 500} if wait else {}
+    url = cluster.url(f"failover{uuid4().hex[:8]}", **options)
+    figures = _run_with(lambda: cluster.kill(victim), url, seconds_after=8.0)
+    print(f"\nfailover (wait_replicas={wait}): {figures}")
+    # Bring the old primary back: it rejoins as a replica of the promoted one.
+    cluster.start_node(victim)
+    cluster.wait_ok()
+    assert figures["acknowledged"] > 0
+    if wait:
+        assert figures["lost"] == 0
+
+
+def test_wait_for_a_replica_costs_a_round_trip(cluster: servers.TempRedisCluster) -> None:
+    """wait_replicas=1 saves reach a replica; its cost, interleaved with plain saves."""
+
+    async def timed(backend: RedisClusterBackend) -> float:
+        records = _records(1)
+        started = time.perf_counter()
+        await backend.save_records(records)
+        return time.perf_counter() - started
+
+    async def main() -> tuple[float, float, list[float], list[float]]:
+        plain = await _backend(cluster.url("costplain"))
+        waiting = await _backend(cluster.url("costwait", wait_replicas=1, wait_timeout=1000))
+        try:
+            a: list[float] = []
+            b: list[float] = []
+            for _ in range(300):
+                a.append(await timed(plain))
+                b.append(await timed(waiting))
+            return statistics.median(a), statistics.median(b), a, b
+        finally:
+            await plain.disconnect()
+            await waiting.disconnect()
+
+    plain, waiting, a, b = asyncio.run(main())
+    quartiles = [round(q * 1e6) for q in statistics.quantiles(a, n=4)]
+    quartiles_wait = [round(q * 1e6) for q in statistics.quantiles(b, n=4)]
+    print(
+        f"\nsave p50 plain {plain * 1e6:.0f} us (quartiles {quartiles}), "
+        f"wait_replicas=1 {waiting * 1e6:.0f} us (quartiles {quartiles_wait})"
+    )
+    assert waiting > 0 and plain > 0
+
+
