@@ -158,6 +158,8 @@ class RedisClusterBackend(single.RedisBackend):
         if not self._wait_replicas:
             return await self._script(keys=keys, args=args)
         cluster = self._connected_cluster()
+        if cluster._initialize:  # closed after a lost connection: learn the topology again
+            await cluster.initialize()
         node = cluster.get_node_from_key(keys[0])
         # One pipeline sends both on one connection: WAIT counts that connection's writes.
         async with cluster.pipeline() as pipe:
