@@ -205,7 +205,7 @@ def host_list(raw: str) -> list[str]:
     ``redis+cluster://a:7000,b:7001/`` gives ``["a:7000", "b:7001"]``; a URL with one host
     gives that one (``[]`` when it has none).
     """
-    head, _, rest = _quote_userinfo(raw).partition("://")
+    rest = _quote_userinfo(raw).partition("://")[2]
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     hosts = rest[:end].rpartition("@")[2]
     return [host for host in hosts.split(",") if host]

@@ -149,6 +149,7 @@ class RedisClusterBackend(single.RedisBackend):
             return None
         merged: list[Any] = [None] * len(records)
         for positions, result in zip(parts, results, strict=True):
+            assert result is not None  # every bucket's save gives its records' results
             for position, value in zip(positions, result, strict=True):
                 merged[position] = value
         return merged
@@ -161,12 +162,11 @@ class RedisClusterBackend(single.RedisBackend):
         if cluster._initialize:  # closed after a lost connection: learn the topology again
             await cluster.initialize()
         node = cluster.get_node_from_key(keys[0])
+        assert node is not None  # initialize() maps every slot (full coverage required)
         # One pipeline sends both on one connection: WAIT counts that connection's writes.
         async with cluster.pipeline() as pipe:
             pipe.eval(single._SAVE_SCRIPT, len(keys), *keys, *args)
-            pipe.execute_command(
-                "WAIT", self._wait_replicas, self._wait_timeout, target_nodes=node
-            )
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout, target_nodes=node)
             result, confirmed = await pipe.execute()
         if int(confirmed) < self._wait_replicas:
             raise StorageOperationError(
@@ -182,7 +182,7 @@ class RedisClusterBackend(single.RedisBackend):
         names = [self.key(class_name, id) for class_name, id in keys]
         cluster = self._connected_cluster()
         if len(names) == 1:
-            values = [await cluster.get(names[0])]
+            values: list[Any] = [await cluster.get(names[0])]
         else:
             values = await cluster.mget_nonatomic(names)
         return [
@@ -225,7 +225,7 @@ class RedisClusterBackend(single.RedisBackend):
         entries: list[tuple[float, str]] = []
         offset = 0
         while len(entries) < limit:
-            batch = await cluster.zrevrangebyscore(
+            batch: Any = await cluster.zrevrangebyscore(
                 index,
                 "+inf" if start is None else start,
                 "-inf",
@@ -256,9 +256,7 @@ class RedisClusterBackend(single.RedisBackend):
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are, over every bucket."""
         return sum(
-            await asyncio.gather(
-                *(self._bucket_count(class_name, b) for b in range(self._buckets))
-            )
+            await asyncio.gather(*(self._bucket_count(class_name, b) for b in range(self._buckets)))
         )
 
     async def _bucket_count(self, class_name: str, bucket: int) -> int:
@@ -325,8 +323,7 @@ def _cluster_options(url: StorageURL) -> tuple[int, str, int, int]:
 
 def _without(raw: str, names: dict[str, int]) -> str:
     """``raw`` as a single-node URL (``redis://``) without the cluster-only options."""
-    head, sep, query = raw.partition("?")
+    head, _, query = raw.partition("?")
     head = head.replace("+cluster://", "://", 1)
     kept = [part for part in query.split("&") if part and part.split("=", 1)[0] not in names]
     return f"{head}?{'&'.join(kept)}" if kept else head
-
