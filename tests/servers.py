@@ -434,6 +434,7 @@ class TempRedisCluster:
             "--cluster-config-file", str(self.root / f"nodes-{port}.conf"),
             "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
             "--dir", str(self.root),
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.root / f"{port}.log"),
         ]  # fmt: skip
         self.processes[port] = subprocess.Popen(
@@ -480,7 +481,27 @@ class TempRedisCluster:
         return nodes
 
     def primaries(self) -> list[dict[str, str]]:
-        return [n for n in self.nodes() if "master" in n["flags"] and "fail" not in n["flags"]]
+        """The primaries serving slots (not failed)."""
+        return [
+            n
+            for n in self.nodes()
+            if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]
+        ]
+
+    def settled(self) -> bool:
+        """Every live node is a primary with slots or a replica (roles have propagated)."""
+        live = {str(p) for p in self.live_ports()}
+        nodes = [n for n in self.nodes() if n["port"] in live]
+        if len(self.primaries()) != 3 or not all(
+            n["slots"] or "slave" in n["flags"] for n in nodes
+        ):
+            return False
+        # A replica that never synced cannot be promoted: wait for its link.
+        return all(
+            "master_link_status:up" in self.redis_cli("info", "replication", port=int(n["port"]))
+            for n in nodes
+            if "slave" in n["flags"]
+        )
 
     def wait_ok(self, timeout: float = 30) -> float:
         """Wait until every live node reports cluster_state:ok; return the seconds waited."""
@@ -492,10 +513,31 @@ class TempRedisCluster:
                     states.append(
                         "cluster_state:ok" in self.redis_cli("cluster", "info", port=port)
                     )
-            if states and all(states) and len(self.primaries()) >= 3:
+            if states and all(states) and self.settled():
                 return time.monotonic() - start
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def wait_promoted(self, port: int, timeout: float = 30) -> float:
+        """Wait until the killed primary on ``port`` is marked failed and a replica took its
+        slots; return the seconds waited.
+
+        Restarting a primary without persistence before that makes it come back empty and
+        still in charge of its slots: its replica then resyncs the empty data set.
+        """
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            nodes = self.nodes()
+            victim = [n for n in nodes if n["port"] == str(port)]
+            serving = [
+                n
+                for n in nodes
+                if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]
+            ]
+            if victim and "fail" in victim[0]["flags"].split(",") and len(serving) == 3:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise RuntimeError(f"no replica took over from the primary on port {port}")
 
     def kill(self, port: int) -> None:
         """Kill a node without warning (SIGKILL), as a crash would."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from uuid import uuid4
 
 import pytest
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.runtime.storage import Storage
@@ -123,6 +124,7 @@ class _Workload:
         self.model = Event
         self.writers = writers
         self.acknowledged: list[Any] = []
+        self.acknowledged_at: list[float] = []
         self.errors: list[tuple[float, str]] = []
         self.stop = asyncio.Event()
 
@@ -133,17 +135,19 @@ class _Workload:
             try:
                 reference = await self.model(n=n).asave()
             except Exception as exc:  # the library's errors, counted and reported
-                self.errors.append((time.monotonic(), type(exc).__name__))
+                self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"[:160]))
                 await asyncio.sleep(0.05)
             else:
                 self.acknowledged.append(reference)
+                self.acknowledged_at.append(time.monotonic())
 
     async def lost(self) -> int:
+        """How many acknowledged writes cannot be loaded (any other error fails the test)."""
         missing = 0
         for reference in self.acknowledged:
             try:
                 await self.model.aload(reference)
-            except Exception:
+            except RecordNotFoundError:
                 missing += 1
         return missing
 
@@ -164,13 +168,16 @@ def _run_with(cluster_action: Any, url: str, seconds_after: float = 2.0) -> dict
             assert len(workload.acknowledged) > before, "writes did not resume"
             workload.stop.set()
             await asyncio.gather(*tasks)
-            last_error = max((t for t, _ in workload.errors), default=started)
+            # The client retries by itself during a failover: writes stall rather than fail,
+            # so the recovery time is the longest gap between acknowledgements.
+            times = [started, *sorted(t for t in workload.acknowledged_at if t >= started)]
+            stall = max(b - a for a, b in itertools.pairwise(times))
             return {
                 "acknowledged": len(workload.acknowledged),
                 "lost": await workload.lost(),
                 "errors": len(workload.errors),
                 "error_kinds": sorted({kind for _, kind in workload.errors}),
-                "recovered_after_s": round(max(0.0, last_error - started), 2),
+                "longest_stall_s": round(stall, 2),
             }
 
     return asyncio.run(main())
@@ -201,20 +208,23 @@ def test_failover_during_a_workload(cluster: servers.TempRedisCluster, wait: int
     options = {"wait_replicas": wait, "wait_timeout": 500} if wait else {}
     url = cluster.url(f"failover{uuid4().hex[:8]}", **options)
 
+    promoted: list[float] = []
+
     def fail_over() -> None:
         cluster.kill(victim)
-        cluster.wait_ok()  # the replica is promoted
+        promoted.append(cluster.wait_promoted(victim))
         # The old primary comes back as a replica of the promoted one (with wait_replicas=1
         # the promoted primary's writes fail until it has a replica again).
         cluster.start_node(victim)
 
     figures = _run_with(fail_over, url, seconds_after=3.0)
-    print(f"\nfailover (wait_replicas={wait}): {figures}")
+    print(f"\nfailover (wait_replicas={wait}): {figures}, promoted after {promoted[0]:.2f} s")
     cluster.wait_ok()
     assert figures["acknowledged"] > 0
-    # Losses are reported, not asserted: see docs/backends/redis-cluster.md (with
-    # wait_replicas=1 losses were still seen on this machine, not yet explained).
-    assert figures["lost"] < figures["acknowledged"]
+    if wait:
+        assert figures["lost"] == 0  # a write a replica confirmed survives the failover
+    else:  # asynchronous replication: a few acknowledged writes may be lost
+        assert figures["lost"] < figures["acknowledged"]
 
 
 def test_wait_for_a_replica_costs_a_round_trip(cluster: servers.TempRedisCluster) -> None:
