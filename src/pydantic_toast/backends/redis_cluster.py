@@ -18,6 +18,7 @@ Key layout (``b`` = the record id's 128-bit integer modulo ``buckets``)::
 
     {<prefix>:<class_name>:<b>}:<uuid>     the record (the Redis backend's JSON document)
     {<prefix>:<class_name>:<b>}:index      sorted set of that bucket's ids by creation time
+    {<prefix>:<class_name>:<b>}:expiry     sorted set of that bucket's expiring ids
 
 The braces are a hash tag: a record and its bucket's index share one slot, so a save stays
 one atomic script (record and index together), and a class's records spread over
@@ -51,6 +52,7 @@ _CLUSTER_OPTIONS = {"buckets": 16, "wait_replicas": 0, "wait_timeout": 100}
 _DELETE_SCRIPT = """
 local deleted = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return deleted
 """
 
@@ -94,8 +96,15 @@ class RedisClusterBackend(single.RedisBackend):
         """``{<prefix>:<class_name>:<bucket>}:index``: one bucket's ids by creation time."""
         return f"{{{self._prefix}:{class_name}:{bucket}}}:index"
 
+    def expiry_key(self, class_name: str, bucket: int = 0) -> str:
+        """``{<prefix>:<class_name>:<bucket>}:expiry``: the bucket's expiring ids."""
+        return f"{{{self._prefix}:{class_name}:{bucket}}}:expiry"
+
     def _index_key_of(self, record: StoredRecord) -> str:
         return self.index_key(record.class_name, self.bucket(record.id))
+
+    def _expiry_key_of(self, record: StoredRecord) -> str:
+        return self.expiry_key(record.class_name, self.bucket(record.id))
 
     async def connect(self) -> None:
         """Discover the cluster from the seeds and check every primary answers."""
@@ -192,8 +201,13 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete the record and its index entry in one script (same slot)."""
-        index = self.index_key(class_name, self.bucket(id))
-        deleted = await self._delete_script(keys=[self.key(class_name, id), index], args=[str(id)])
+        bucket = self.bucket(id)
+        keys = [
+            self.key(class_name, id),
+            self.index_key(class_name, bucket),
+            self.expiry_key(class_name, bucket),
+        ]
+        deleted = await self._delete_script(keys=keys, args=[str(id)])
         return bool(deleted)
 
     async def list_ids(
@@ -246,10 +260,8 @@ class RedisClusterBackend(single.RedisBackend):
             live = await cluster.mget_nonatomic(
                 [f"{{{self._prefix}:{class_name}:{bucket}}}:{m}" for _, m in candidates]
             )
-            stale = [m for (_, m), value in zip(candidates, live, strict=True) if value is None]
-            if stale:
-                # Records that expired (ttl) leave their index entry behind: drop it.
-                await cluster.zrem(index, *stale)
+            # Expired records (ttl) leave index entries until the next write sweeps them:
+            # skipped here, never removed (reads do not write).
             entries += [e for e, value in zip(candidates, live, strict=True) if value is not None]
         return entries[:limit]
 
