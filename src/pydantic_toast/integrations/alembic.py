@@ -18,6 +18,7 @@ do not propose dropping it::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -30,11 +31,18 @@ __all__ = ["SCRIPT_LOCATION", "VERSION_TABLE", "include_name", "metadata", "migr
 
 SCRIPT_LOCATION = "pydantic_toast:migrations"
 VERSION_TABLE = "pydantic_toast_alembic_version"
+_PARTITION = re.compile(r"^external_records_p\d+$")
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """An ``include_name`` hook for your env.py: hide pydantic-toast's version table."""
-    return not (type_ == "table" and name == VERSION_TABLE)
+    """An ``include_name`` hook for your env.py: hide pydantic-toast's version table.
+
+    The partitions ``pydantic-toast partition`` makes (``external_records_p<i>``) are hidden
+    too: they belong to ``external_records``, not to any model.
+    """
+    if type_ != "table" or name is None:
+        return True
+    return name != VERSION_TABLE and not _PARTITION.match(name)
 
 
 def migration_engine(url: str) -> AsyncEngine:

@@ -115,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
         f"Exits {EXIT_OK} when at head, {EXIT_NOT_AT_HEAD} when not, {EXIT_STORAGE} when "
         "unreachable.",
     )
+    partition = commands.add_parser(
+        "partition",
+        parents=[common],
+        help="hash-partition the PostgreSQL table by id (once, after migrate)",
+        description="Rebuild external_records as a table hash-partitioned by id into "
+        "--partitions partitions, in one transaction that locks the table while its rows are "
+        "copied. Same name, columns, keys, indexes and comments; PostgreSQL only.",
+    )
+    partition.add_argument(
+        "--partitions", type=int, required=True, help="how many partitions (2 to 1024)"
+    )
     return parser
 
 
@@ -132,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not url:
         parser.error("give a storage URL or set DATABASE_URL")
     try:
+        if args.command == "partition":
+            return _partition(url, args.partitions)
         return _run(args.command, url, getattr(args, "revision", None))
     except CommandError as exc:
         if args.verbose:
@@ -171,6 +184,27 @@ def _run(command: str, url: str, revision: str | None) -> int:
         print(f"{masked}: downgraded to {revision}")
     else:
         print(_status(url).current or "none")
+    return EXIT_OK
+
+
+def _partition(url: str, partitions: int) -> int:
+    parsed = _check_url(url)
+    if not parsed.scheme.startswith("postgres"):
+        raise CommandError(
+            f"partition works on PostgreSQL only, not {parsed.scheme}://", EXIT_USAGE
+        )
+    status = _status(url)
+    if status.current != status.head:
+        raise CommandError(
+            f"{parsed.masked} is not migrated to head: run pydantic-toast migrate first",
+            EXIT_NOT_AT_HEAD,
+        )
+    from pydantic_toast.integrations.partition import partition_table
+
+    rows = asyncio.run(partition_table(url, partitions))
+    print(
+        f"{parsed.masked}: external_records hash-partitioned by id into {partitions} ({rows} rows)"
+    )
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from pydantic_toast.backends.sql_table import metadata
-from pydantic_toast.integrations.alembic import VERSION_TABLE, migration_engine
+from pydantic_toast.integrations.alembic import VERSION_TABLE, include_name, migration_engine
 
 config = context.config
 
@@ -37,6 +37,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         url=url,
         target_metadata=metadata,
         version_table=VERSION_TABLE,
+        include_name=include_name,
         render_as_batch=connection is not None and connection.dialect.name == "sqlite",
         compare_type=True,
         literal_binds=url is not None,

@@ -1,0 +1,114 @@
+"""Turn PostgreSQL's ``external_records`` into a table hash-partitioned by ``id``.
+
+``pydantic-toast partition URL --partitions N`` (after ``pydantic-toast migrate``): in one
+transaction, the table is renamed aside, a partitioned table of the same name is made LIKE it
+(every column it has at the current revision, defaults, NOT NULLs, checks and comments), the
+primary key and indexes are re-created under their own names (a partitioned table's primary key
+must contain the partition key: ``(class_name, id)`` does), ``N`` partitions
+``external_records_p<i>`` are attached (``MODULUS N, REMAINDER i``), the rows are copied and the
+old table dropped. The table keeps its name, columns and comments (the DBA view is unchanged),
+and Alembic's later ``ALTER TABLE external_records ADD COLUMN`` reach every partition.
+
+A statement naming one ``(class_name, id)`` (load, save, delete) reaches one partition;
+listing and counting a class read every partition (a Merge Append over their indexes). The
+table is locked (ACCESS EXCLUSIVE) while the rows are copied: run it in a maintenance window,
+or create the partitioned table before the data grows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_toast._exceptions import StorageConfigurationError, StorageUsageError
+
+__all__ = ["partition_statements", "partition_table"]
+
+TABLE = "external_records"
+OLD = "external_records_unpartitioned"
+
+
+async def partition_statements(connection: Any, partitions: int) -> list[str]:
+    """The DDL that partitions ``external_records`` into ``partitions`` hash partitions.
+
+    Read from the live table (its indexes and primary key), so it fits whatever columns the
+    table has at the current migration.
+
+    Raises:
+        StorageConfigurationError: ``partitions`` is not from 2 to 1024.
+        StorageUsageError: The table is missing or already partitioned.
+    """
+    if not 2 <= partitions <= 1024:
+        raise StorageConfigurationError("--partitions must be from 2 to 1024")
+    kind = await connection.fetchval(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = $1 AND n.nspname = current_schema()",
+        TABLE,
+    )
+    if kind is None:
+        raise StorageUsageError(f"{TABLE} does not exist: run pydantic-toast migrate first")
+    if kind in (b"p", "p"):
+        raise StorageUsageError(f"{TABLE} is already partitioned")
+    constraints = await connection.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS definition, contype FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype IN ('p', 'u')",
+        TABLE,
+    )
+    indexes = await connection.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = $1 "
+        "AND schemaname = current_schema() AND indexname NOT IN "
+        "(SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass)",
+        TABLE,
+    )
+    comment = await connection.fetchval("SELECT obj_description($1::regclass, 'pg_class')", TABLE)
+    statements = [
+        f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE",
+        f"ALTER TABLE {TABLE} RENAME TO {OLD}",
+    ]
+    # Free the names: the new table's key and indexes take them.
+    for row in constraints:
+        statements.append(
+            f'ALTER TABLE {OLD} RENAME CONSTRAINT "{row["conname"]}" TO "{row["conname"]}_old"'
+        )
+    for row in indexes:
+        statements.append(f'ALTER INDEX "{row["indexname"]}" RENAME TO "{row["indexname"]}_old"')
+    statements.append(
+        f"CREATE TABLE {TABLE} (LIKE {OLD} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        "INCLUDING COMMENTS INCLUDING GENERATED INCLUDING STORAGE) PARTITION BY HASH (id)"
+    )
+    for row in constraints:
+        statements.append(
+            f'ALTER TABLE {TABLE} ADD CONSTRAINT "{row["conname"]}" {row["definition"]}'
+        )
+    for row in indexes:
+        # pg_indexes gives "CREATE INDEX name ON schema.external_records USING ...".
+        statements.append(row["indexdef"])
+    if comment is not None:
+        statements.append(f"COMMENT ON TABLE {TABLE} IS {_literal(comment)}")
+    for remainder in range(partitions):
+        statements.append(
+            f"CREATE TABLE {TABLE}_p{remainder} PARTITION OF {TABLE} "
+            f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {remainder})"
+        )
+    statements += [f"INSERT INTO {TABLE} SELECT * FROM {OLD}", f"DROP TABLE {OLD}"]
+    return statements
+
+
+async def partition_table(url: str, partitions: int) -> int:
+    """Partition ``external_records`` at ``url`` in one transaction; return the rows moved."""
+    import asyncpg
+
+    from pydantic_toast._url import StorageURL
+
+    address = StorageURL.parse(url).without_query.split("://", 1)[1]
+    connection = await asyncpg.connect(f"postgresql://{address}")
+    try:
+        async with connection.transaction():
+            for statement in await partition_statements(connection, partitions):
+                await connection.execute(statement)
+            return int(await connection.fetchval(f"SELECT count(*) FROM {TABLE}"))
+    finally:
+        await connection.close()
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,137 @@
+"""pydantic-toast partition: external_records hash-partitioned by id on a throwaway database."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.backends.postgresql import _SQL
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests.integration.conftest import _admin, _with_database
+from tests.integration.test_postgresql import alembic, model_on
+
+pytestmark = pytest.mark.postgresql
+
+_VIEW = """
+SELECT c.column_name, c.data_type, c.is_nullable, c.column_default,
+       col_description('external_records'::regclass, c.ordinal_position) AS comment
+FROM information_schema.columns c
+WHERE c.table_name = 'external_records' AND c.table_schema = current_schema()
+ORDER BY c.ordinal_position
+"""
+
+
+def _literal(value: Any) -> str:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _query(url: str, *statements: tuple[str, tuple[Any, ...]], generic: bool = False) -> list[Any]:
+    import asyncpg
+
+    async def run() -> list[Any]:
+        connection = await asyncpg.connect(url)
+        try:
+            if generic:
+                await connection.execute("SET plan_cache_mode = force_generic_plan")
+            results = []
+            for sql, args in statements:
+                results.append(await connection.fetch(sql, *args))
+            return results
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def partitioned(postgres_admin_url: str) -> Iterator[tuple[str, list[Any], list[Any]]]:
+    """A migrated database with records, then partitioned into 8: (url, view before, refs)."""
+    database = f"toast_part_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        note = model_on(url)
+        references = [note(text=f"n{i}").model_dump() for i in range(50)]
+        pydantic_toast.close_storage()
+        (before,) = _query(url, (_VIEW, ()))
+        assert toast_cli(["partition", url, "--partitions", "8"]) == 0
+        yield url, before, [(note, r) for r in references]
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_partitioning_keeps_the_table_the_rows_and_the_dba_view(
+    partitioned: tuple[str, list[Any], list[Any]],
+) -> None:
+    """After partition: 8 hash partitions, same columns and comments, every record loads."""
+    url, before, references = partitioned
+    view, parts, kind = _query(
+        url,
+        (_VIEW, ()),
+        ("SELECT inhrelid::regclass::text FROM pg_inherits "
+         "WHERE inhparent = 'external_records'::regclass", ()),
+        ("SELECT relkind FROM pg_class WHERE relname = 'external_records'", ()),
+    )  # fmt: skip
+    assert [tuple(r) for r in view] == [tuple(r) for r in before]
+    assert sorted(r[0] for r in parts) == sorted(f"external_records_p{i}" for i in range(8))
+    assert kind[0][0] == b"p" or kind[0][0] == "p"
+    for note, reference in references:
+        assert note.model_validate(reference).text.startswith("n")
+    note = references[0][0]
+    assert pydantic_toast.count(note) == 50
+    assert toast_cli(["check", url]) == 0
+
+
+def test_alembic_finds_no_drift_after_partitioning(
+    partitioned: tuple[str, list[Any], list[Any]],
+) -> None:
+    """alembic check sees the same keys, indexes and columns as the migrations make."""
+    url, _, _ = partitioned
+    check = alembic("check", url=url)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom-plan", "generic-plan"])
+@pytest.mark.parametrize("statement", ["select_one", "delete", "upsert_one"])
+def test_single_record_statements_hit_one_partition(
+    partitioned: tuple[str, list[Any], list[Any]], statement: str, generic: bool
+) -> None:
+    """EXPLAIN of the library's own single-record statements names one partition only."""
+    url, _, references = partitioned
+    _, reference = references[0]
+    id = reference["id"]
+    class_name = reference["class_name"]
+    now = datetime.now(UTC)
+    args: dict[str, tuple[Any, ...]] = {
+        "select_one": (class_name, id),
+        "delete": (class_name, id),
+        "upsert_one": (class_name, id, 1, '{"text": "x"}', None, now, now),
+    }
+    # An INSERT routes its row at run time: ANALYZE shows where it went (the test database).
+    analyze = "ANALYZE, TIMING OFF, SUMMARY OFF, " if statement == "upsert_one" else ""
+    if generic:  # a prepared statement's generic plan prunes when it starts (run-time pruning)
+        values = ", ".join("NULL" if a is None else _literal(a) for a in args[statement])
+        prepare = (f"PREPARE toast AS {_SQL[statement]}", ())
+        run = (f"EXPLAIN ({analyze}COSTS OFF) EXECUTE toast({values})", ())
+        _, plan = _query(url, prepare, run, generic=True)
+    else:
+        (plan,) = _query(url, (f"EXPLAIN ({analyze}COSTS OFF) {_SQL[statement]}", args[statement]))
+    text = "\n".join(row[0] for row in plan)
+    print(f"\n{statement} ({'generic' if generic else 'custom'} plan):\n{text}")
+    # Partitions read (a generic DELETE plan also lists every partition as a result relation
+    # it may route to, then removes the subplans of the other seven when it starts).
+    scans = [line for line in text.splitlines() if "Scan" in line]
+    touched = set(re.findall(r"external_records_p\d+\b", "\n".join(scans)))
+    assert len(touched) <= 1, text
+    if statement != "upsert_one":
+        assert len(touched) == 1 or "Subplans Removed: 7" in text, text
