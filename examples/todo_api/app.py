@@ -19,7 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import pydantic_toast
-from pydantic_toast.fastapi import check_storage, conditional, install, storage_lifespan
+from pydantic_toast.fastapi import (
+    check_storage,
+    conditional,
+    error_responses,
+    install,
+    storage_lifespan,
+)
 
 
 class Problem(BaseModel):
@@ -33,7 +39,7 @@ class Problem(BaseModel):
 class BadRequest(BaseModel):
     """The service answers invalid input with 400 (the seeds' choice) in FastAPI's shape."""
 
-    detail: list[Problem]
+    detail: list[Problem] | str
 
 
 app = FastAPI(
@@ -45,6 +51,20 @@ install(app)
 # GET answers an ETag; PATCH and DELETE honour If-Match (412 when stale), and a PATCH that
 # races another write gets a 409 from the revision check of its save.
 LoadedTodo = Annotated[Todo, Depends(conditional(Todo))]
+
+
+@app.exception_handler(405)
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with an ``Allow`` header naming every method of the path (not just one route's)."""
+    allowed: set[str] = set()
+    for route in app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        methods = getattr(route, "methods", None)
+        if match.name != "NONE" and methods:
+            allowed |= set(methods)
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(sorted(allowed))}
+    )
 
 
 @app.exception_handler(RequestValidationError)
@@ -115,12 +135,12 @@ async def list_todos_sync(limit: Annotated[int, Query(ge=1, le=100)] = 20) -> To
     return TodoPage(items=[TodoOut.of(t) for t in page.items], next_after=page.next_after)
 
 
-@app.get("/api/sync/todos/{id}")
+@app.get("/api/sync/todos/{id}", responses=error_responses(404))
 async def get_todo_sync(id: UUID) -> TodoOut:
     return TodoOut.of(Todo.model_validate({"class_name": "Todo", "id": id}))
 
 
-@app.patch("/api/sync/todos/{id}")
+@app.patch("/api/sync/todos/{id}", responses=error_responses(404))
 async def update_todo_sync(id: UUID, body: TodoUpdate) -> TodoOut:
     todo = Todo.model_validate({"class_name": "Todo", "id": id})
     for field, value in body.model_dump(exclude_none=True).items():

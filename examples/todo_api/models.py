@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 
@@ -30,11 +30,13 @@ class Todo(ExternalBaseModel):
 
 class TodoCreate(BaseModel):
     description: Description
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TodoUpdate(BaseModel):
     description: Description | None = None
     completed: bool | None = None
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TodoOut(BaseModel):
