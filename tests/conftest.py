@@ -49,9 +49,9 @@ class CountingBackend(MemoryBackend):
     async def connect(self) -> None:
         self.log.connects += 1
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         self.log.calls.append(Call("save", len(records), threading.current_thread()))
-        await super().save_records(records)
+        return await super().save_records(records)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         self.log.calls.append(Call("load", len(keys), threading.current_thread()))

@@ -22,6 +22,7 @@ from pydantic_toast._boundary import AcceptReference, Ref
 from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
+    ConcurrencyError,
     ExternalStorageError,
     InvalidReferenceError,
     RecordNotFoundError,
@@ -43,6 +44,7 @@ from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
+from pydantic_toast._saving import last_write_wins
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.blocking import BlockingStorageCallWarning
@@ -70,6 +72,7 @@ __all__ = [
     "AcceptReference",
     "BlockingStorageCallWarning",
     "Capability",
+    "ConcurrencyError",
     "Expanded",
     "ExternalBaseModel",
     "ExternalConfigDict",
@@ -109,6 +112,7 @@ __all__ = [
     "disable_telemetry",
     "dump",
     "enable_telemetry",
+    "last_write_wins",
     "page",
     "register_backend",
     "to_data",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, AliasPath, ConfigDict
 
@@ -35,12 +35,20 @@ class ExternalConfigDict(ConfigDict, total=False):
             ``__name__``). Set it when two classes with the same name share one storage.
         ttl: Seconds (or a ``timedelta``) after which a record expires, counted from its last
             write. Only backends that support expiry accept it (``redis://``, ``memory://``).
+        concurrency: ``"optimistic"`` (the default): a write checks that the stored revision
+            is still the one this instance read or wrote, and raises ``ConcurrencyError``
+            otherwise. ``"last-write-wins"``: writes overwrite whatever is stored (and write
+            a deleted record back); the only choice on a backend without revisions.
     """
 
     storage: str
     schema_version: int
     external_name: str
     ttl: float | timedelta
+    concurrency: Literal["optimistic", "last-write-wins"]
+
+
+_CONCURRENCY = ("optimistic", "last-write-wins")
 
 
 @dataclass(slots=True)
@@ -52,12 +60,14 @@ class ModelSettings:
         external_name: The stored class name.
         schema_version: Written with every record.
         ttl: Seconds until a record expires, or ``None``.
+        last_write_wins: Writes do not check the stored revision.
     """
 
     storage: MaskedURL
     external_name: str
     schema_version: int
     ttl: float | None
+    last_write_wins: bool = False
     _owner: type[BaseModel] | None = field(default=None, repr=False)
     _url: StorageURL | None = field(default=None, repr=False)
 
@@ -113,7 +123,15 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
                 "or change its alias"
             )
 
-    settings = ModelSettings(masked, external_name, schema_version, ttl, cls)
+    concurrency = config.get("concurrency", "optimistic")
+    if concurrency not in _CONCURRENCY:
+        raise StorageConfigurationError(
+            f"{owner}: concurrency must be 'optimistic' or 'last-write-wins', got "
+            f"{shorten(repr(concurrency))}"
+        )
+    settings = ModelSettings(
+        masked, external_name, schema_version, ttl, concurrency == "last-write-wins", cls
+    )
     if storage.startswith(ENV_PREFIX):
         try:
             check_env_spec(storage)
@@ -141,6 +159,13 @@ def _resolve(settings: ModelSettings) -> StorageURL:
         raise StorageConfigurationError(
             f"{owner}: ttl is set but {backend_class.__name__} ({url.masked}) does not expire "
             "records: remove ttl or use a backend that does (redis://, memory://)"
+        )
+    if not settings.last_write_wins and Capability.REVISIONS not in backend_class.capabilities:
+        raise StorageConfigurationError(
+            f"{owner}: {backend_class.__name__} ({url.masked}) keeps no record revisions, so "
+            "concurrent writes could silently overwrite each other: set "
+            "concurrency='last-write-wins' in its ExternalConfigDict to accept that, or add "
+            "revision checks to the backend (Capability.REVISIONS)"
         )
     if settings._owner is not None:
         _claim(storage, settings._owner, url, settings.external_name)

@@ -17,6 +17,8 @@ Every error the library raises derives from :class:`ExternalStorageError`::
     ├── StorageOperationError           the store refused the operation, or a backend failed
     ├── StorageUsageError               the API was called where it cannot work (also RuntimeError)
     ├── RecordNotFoundError             no record under this class name and id (also LookupError)
+    ├── ConcurrencyError                the record changed (or went) since this instance read or
+    │                                   wrote it: nothing was written
     ├── StorageValidationError          data cannot be stored faithfully, or a reference is bad
     │   └── InvalidReferenceError       a reference is malformed or names another class
     └── StoredDataError                 a stored record cannot be read back (a server-side
@@ -36,6 +38,7 @@ from __future__ import annotations
 from uuid import UUID
 
 __all__ = [
+    "ConcurrencyError",
     "ExternalStorageError",
     "InvalidReferenceError",
     "RecordNotFoundError",
@@ -147,6 +150,39 @@ class RecordNotFoundError(ExternalStorageError, LookupError):
         super().__init__(f"{message}{detail}")
         self.class_name = class_name
         self.id = id
+
+
+class ConcurrencyError(ExternalStorageError):
+    """Another writer changed or deleted the record since this instance loaded or saved it.
+
+    Nothing of the write was stored (nor anything else of the same store in that dump). Load
+    the record again, apply the change again and save; or write regardless with
+    ``asave(force=True)`` or inside ``with last_write_wins():``.
+
+    Attributes:
+        class_name: The stored class name of the record.
+        id: The record id.
+        expected: The revision this instance last saw (``0``: it was never stored).
+        current: The stored revision now, or ``None`` when the record no longer exists.
+    """
+
+    def __init__(self, class_name: str, id: UUID, *, expected: int, current: int | None) -> None:
+        if current is None:
+            what = "was deleted"
+        elif expected == 0:
+            what = f"already exists (revision {current})"
+        else:
+            what = f"is at revision {current}"
+        super().__init__(
+            f"the stored {shorten(class_name)} record {id} {what}, but this instance expected "
+            f"revision {expected}: another writer got there first and nothing was written. "
+            "Load it again, reapply the change and save, or save with force=True (or inside "
+            "pydantic_toast.last_write_wins()) to overwrite"
+        )
+        self.class_name = class_name
+        self.id = id
+        self.expected = expected
+        self.current = current
 
 
 class StorageValidationError(ExternalStorageError):

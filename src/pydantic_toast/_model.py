@@ -422,15 +422,24 @@ class ExternalBaseModel(BaseModel):
 
     # -- the async API ----------------------------------------------------------------------------
 
-    async def asave(self) -> ExternalReference:
+    async def asave(self, *, force: bool = False) -> ExternalReference:
         """Store the model and the external models inside it without blocking the event loop.
 
         The whole tree is written in one batch per store, on the running loop's own pools.
+        Models unchanged since they were loaded or last written are not written again.
+
+        Args:
+            force: Write every model of the tree, changed or not, over whatever revision is
+                stored (and write deleted records back): last write wins for this call.
 
         Returns:
             The model's reference.
+
+        Raises:
+            ConcurrencyError: A record was changed or deleted by another writer since this
+                instance read it; nothing of that store's batch was written.
         """
-        reference, batch = collecting(lambda: store(self))
+        reference, batch = collecting(lambda: store(self), force=force)
         await batch.write()
         return reference
 
@@ -463,6 +472,17 @@ class ExternalBaseModel(BaseModel):
         """The id this instance is stored under, or ``None`` before its first dump."""
         identity = identity_of(self)
         return None if identity is None else identity.id
+
+    @property
+    def external_revision(self) -> int | None:
+        """The stored revision this instance last read or wrote, ``None`` before its first dump.
+
+        A record's revision is 1 when first written and grows by one on every write; a write
+        from an instance whose revision is no longer the stored one raises
+        :class:`~pydantic_toast.ConcurrencyError`. ``None`` too on a backend without revisions.
+        """
+        identity = identity_of(self)
+        return None if identity is None or not identity.revision else identity.revision
 
     @classmethod
     def migrate_stored_data(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
@@ -622,7 +642,15 @@ class ExternalBaseModel(BaseModel):
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:
-            object.__setattr__(instance, "_toast_identity", Identity(record.id, record.created_at))
+            identity = Identity(
+                record.id,
+                record.created_at,
+                record.revision,
+                # Migrated data is written back on the next dump, under the new schema_version.
+                record.data if data is record.data else None,
+                exact=False,
+            )
+            object.__setattr__(instance, "_toast_identity", identity)
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
         unreadable = StoredDataError(

@@ -30,6 +30,11 @@ class StoredRecord:
         updated_at: When the record was last written (timezone-aware).
         ttl: Seconds until the record expires, for backends that support expiry; ``None``
             keeps it forever.
+        revision: Read from a store: the record's stored revision (1 when first written, one
+            more on every write), ``None`` from a backend that keeps no revisions. Handed to
+            ``save_records``: the revision the writer last saw, which must still be the stored
+            one (``0``: no record may exist yet), or ``None`` to write whatever is stored
+            (last write wins). See :class:`~pydantic_toast.Capability` ``REVISIONS``.
     """
 
     class_name: str
@@ -39,6 +44,7 @@ class StoredRecord:
     created_at: datetime
     updated_at: datetime
     ttl: float | None = None
+    revision: int | None = None
 
     @property
     def key(self) -> RecordKey:
@@ -48,15 +54,18 @@ class StoredRecord:
     def to_document(self) -> dict[str, Any]:
         """The record as a JSON-compatible dict, for backends that store documents.
 
-        The shape is ``{"schema_version", "created_at", "updated_at", "data": {fields}}``;
-        :meth:`from_document` reads it back.
+        The shape is ``{"schema_version", "created_at", "updated_at", "data": {fields}}``, with
+        ``"revision"`` when the record has one; :meth:`from_document` reads it back.
         """
-        return {
+        document: dict[str, Any] = {
             "schema_version": self.schema_version,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "data": pydantic_core.from_json(self.data, allow_inf_nan=True),
         }
+        if self.revision is not None:
+            document["revision"] = self.revision
+        return document
 
     @classmethod
     def from_document(cls, class_name: str, id: UUID, document: object) -> StoredRecord:
@@ -79,8 +88,11 @@ class StoredRecord:
                 f"expected keys schema_version, created_at, updated_at and data ({problem} "
                 "reading them)",
             )
+        revision = document.get("revision")
         if not isinstance(data, dict) or not isinstance(version, int):
             raise _corrupt(class_name, id, "'data' must be an object and 'schema_version' an int")
+        if revision is not None and (type(revision) is not int or revision < 1):
+            raise _corrupt(class_name, id, "'revision' must be an int of 1 or more")
         return cls(
             class_name=class_name,
             id=id,
@@ -88,6 +100,7 @@ class StoredRecord:
             schema_version=version,
             created_at=created,
             updated_at=updated,
+            revision=revision,
         )
 
 

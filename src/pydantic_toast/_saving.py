@@ -7,14 +7,21 @@ never nests one model's serialization inside another's: a 10,000-deep chain take
 stack than one model, and an instance met twice (a shared child, or a cycle such as
 ``a.next = b; b.next = a``) is stored once. The outermost dump then writes the batch, one
 ``save_records`` call per store, and returns only once that write has finished.
+
+Each instance remembers, on its :class:`Identity`, the revision and the JSON it last read or
+wrote. A model whose JSON has not changed since is not written (change tracking: no I/O), and a
+write expects the remembered revision to still be the stored one (optimistic concurrency),
+unless the model is last-write-wins or the dump is forced (:func:`last_write_wins`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -42,6 +49,7 @@ __all__ = [
     "dump_value",
     "identity_of",
     "is_serializing",
+    "last_write_wins",
     "store",
 ]
 
@@ -54,12 +62,60 @@ _active_batch: ContextVar[SaveBatch | None] = ContextVar("pydantic_toast_batch",
 _serializing: ContextVar[object] = ContextVar("pydantic_toast_serializing", default=None)
 
 
+_forced: ContextVar[bool] = ContextVar("pydantic_toast_forced", default=False)
+
+
+@contextmanager
+def last_write_wins() -> Iterator[None]:
+    """Write every dump inside the block regardless of revisions and of change tracking.
+
+    The escape hatch from optimistic concurrency for one piece of code: each model dumped in
+    the block is written (even unchanged), over whatever is stored (even a newer revision),
+    and a deleted record is written back. ``asave(force=True)`` and ``dump(..., force=True)``
+    do the same for one call::
+
+        with pydantic_toast.last_write_wins():
+            order.model_dump()
+    """
+    token = _forced.set(True)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The record an instance is stored as: its id and when that record was created."""
+    """The record an instance is stored as, and what the instance last read or wrote there.
+
+    Attributes:
+        id: The record id.
+        created_at: When the record was created.
+        revision: The stored revision last read or written (``0``: never stored; ``None``: the
+            backend keeps no revisions).
+        data: The JSON last read or written, ``None`` when unknown (then a dump writes).
+        exact: Whether ``data`` is byte for byte what Pydantic writes (a store may hand back
+            equivalent JSON spelled differently, as PostgreSQL's ``jsonb`` does).
+    """
 
     id: UUID
     created_at: datetime
+    revision: int | None = 0
+    data: bytes | None = None
+    exact: bool = True
+
+    def unchanged(self, data: bytes) -> bool:
+        """Whether ``data`` is what was last read or written (the same JSON value)."""
+        if self.data is None:
+            return False
+        if data == self.data:
+            return True
+        return not self.exact and _canonical(data) == _canonical(self.data)
+
+
+def _canonical(data: bytes) -> str:
+    """One spelling of a JSON value: sorted keys; ints, floats and bools stay distinct."""
+    return json.dumps(pydantic_core.from_json(data, allow_inf_nan=True), sort_keys=True)
 
 
 def identity_of(model: ExternalBaseModel) -> Identity | None:
@@ -78,12 +134,15 @@ class SaveBatch:
 
     Args:
         storage: The storage to write through (the current one by default).
+        force: Write every model met, changed or not, whatever revision is stored.
     """
 
-    __slots__ = ("models", "pending", "records", "refusal", "storage", "suspects")
+    __slots__ = ("force", "models", "pending", "records", "refusal", "storage", "suspects")
 
-    def __init__(self, storage: Storage | None = None) -> None:
-        self.records: dict[StorageURL, dict[RecordKey, StoredRecord]] = {}
+    def __init__(self, storage: Storage | None = None, *, force: bool = False) -> None:
+        self.records: dict[StorageURL, dict[RecordKey, tuple[StoredRecord, ExternalBaseModel]]]
+        self.records = {}
+        self.force = force or _forced.get()
         # Every instance met, by id() (kept alive here, so no id() is reused meanwhile), and
         # those not serialized yet.
         self.models: dict[int, ExternalBaseModel] = {}
@@ -143,6 +202,13 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
+        if not self.force and identity.unchanged(data):
+            if not identity.exact:  # compare bytes next time
+                object.__setattr__(
+                    model, "_toast_identity", replace(identity, data=data, exact=True)
+                )
+            return
+        checked = not (self.force or settings.last_write_wins)
         record = StoredRecord(
             class_name=settings.external_name,
             id=identity.id,
@@ -151,8 +217,9 @@ class SaveBatch:
             created_at=identity.created_at,
             updated_at=now,
             ttl=settings.ttl,
+            revision=identity.revision if checked else None,
         )
-        self.records.setdefault(settings.url(), {})[record.key] = record
+        self.records.setdefault(settings.url(), {})[record.key] = (record, model)
         if _fidelity.may_be_unreadable(data):
             self.suspects.append((type(model), record))
 
@@ -169,7 +236,7 @@ class SaveBatch:
         for cls, record in self.suspects:
             session = LoadSession(cls._toast_routes(), self.storage)
             for url, records in self.records.items():
-                for (class_name, id), stored in records.items():
+                for (class_name, id), (stored, _) in records.items():
                     session.records[(url, class_name, id)] = stored
             token = session.activate()
             try:
@@ -182,7 +249,13 @@ class SaveBatch:
                 session.deactivate(token)
 
     async def write(self) -> None:
-        """Write every collected record: one ``save_records`` call per store, concurrently."""
+        """Write every collected record: one ``save_records`` call per store, concurrently.
+
+        Each store's batch is all or nothing: a :class:`~pydantic_toast.ConcurrencyError`
+        there writes none of its records. Written models remember their new revision and JSON.
+        """
+        if not self.records:
+            return
         if len(self.records) == 1:
             ((url, records),) = self.records.items()
             await self._write(url, list(records.values()))
@@ -191,9 +264,19 @@ class SaveBatch:
             *(self._write(url, list(records.values())) for url, records in self.records.items())
         )
 
-    async def _write(self, url: StorageURL, records: list[StoredRecord]) -> None:
+    async def _write(
+        self, url: StorageURL, entries: list[tuple[StoredRecord, ExternalBaseModel]]
+    ) -> None:
         backend = await self.storage.connected(url)
-        await backend.save_records(records)
+        revisions = await backend.save_records([record for record, _ in entries])
+        for index, (record, model) in enumerate(entries):
+            identity = Identity(
+                record.id,
+                record.created_at,
+                None if revisions is None else revisions[index],
+                record.data,
+            )
+            object.__setattr__(model, "_toast_identity", identity)
 
 
 def _to_json(model: ExternalBaseModel) -> bytes:
@@ -218,13 +301,13 @@ def _stand_in(model: ExternalBaseModel) -> ExternalBaseModel:
     return twin
 
 
-def collecting(dump: Callable[[], T]) -> tuple[T, SaveBatch]:
+def collecting(dump: Callable[[], T], *, force: bool = False) -> tuple[T, SaveBatch]:
     """Run ``dump()`` with a fresh batch active; external models met are collected, not written.
 
     Raises:
         StorageValidationError: A record could not be written or read back faithfully.
     """
-    batch = SaveBatch()
+    batch = SaveBatch(force=force)
     token = _active_batch.set(batch)
     try:
         result = dump()
@@ -248,11 +331,12 @@ def store(model: ExternalBaseModel) -> ExternalReference:
     if batch is not None:
         return batch.collect(model)
     reference, batch = collecting(lambda: _collect_into_active(model))
-    run_sync(
-        batch.write,
-        call=f"{type(model).__qualname__}.model_dump()",
-        instead="await model.asave() (or await pydantic_toast.adump(...))",
-    )
+    if batch.records:  # unchanged: no I/O, not even a hop to the library's loop
+        run_sync(
+            batch.write,
+            call=f"{type(model).__qualname__}.model_dump()",
+            instead="await model.asave() (or await pydantic_toast.adump(...))",
+        )
     return reference
 
 

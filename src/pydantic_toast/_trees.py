@@ -21,25 +21,33 @@ __all__ = ["adump", "avalidate", "dump", "validate"]
 T = TypeVar("T")
 
 
-async def adump(value: Any, *, mode: Literal["python", "json"] = "python") -> Any:
+async def adump(
+    value: Any, *, mode: Literal["python", "json"] = "python", force: bool = False
+) -> Any:
     """Serialize ``value`` like ``model_dump``, storing every external model in it in one batch.
 
     Args:
         value: A model, or any value Pydantic can serialize (lists, dicts, ...).
         mode: ``"python"`` or ``"json"``, as in ``model_dump``.
+        force: Write every external model in it, changed or not, over whatever revision is
+            stored (see :func:`~pydantic_toast.last_write_wins`).
 
     Returns:
         What Pydantic's dump returns, each external model replaced by its reference.
+
+    Raises:
+        ConcurrencyError: A record changed since it was read; nothing of its store was written.
     """
-    result, batch = collecting(lambda: dump_value(value, mode))
+    result, batch = collecting(lambda: dump_value(value, mode), force=force)
     await batch.write()
     return result
 
 
-def dump(value: Any, *, mode: Literal["python", "json"] = "python") -> Any:
+def dump(value: Any, *, mode: Literal["python", "json"] = "python", force: bool = False) -> Any:
     """The blocking form of :func:`adump`."""
-    result, batch = collecting(lambda: dump_value(value, mode))
-    run_sync(batch.write, call="pydantic_toast.dump()", instead="await pydantic_toast.adump()")
+    result, batch = collecting(lambda: dump_value(value, mode), force=force)
+    if batch.records:
+        run_sync(batch.write, call="pydantic_toast.dump()", instead="await pydantic_toast.adump()")
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -347,3 +348,67 @@ def test_todo_if_match_refuses_stale_writes(todo_client: TestClient) -> None:
     schema = todo_client.get("/openapi.json").json()
     patch_responses = schema["paths"]["/api/todos/{id}"]["patch"]["responses"]
     assert {"400", "404", "409", "412", "500", "503"} <= set(patch_responses)
+
+
+class Visit(ExternalBaseModel):
+    count: int
+    model_config = ExternalConfigDict(storage="env:TOAST_TEST_VISITS_URL")
+
+
+def test_get_route_returning_a_loaded_model_writes_nothing(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET answering with a loaded model writes nothing; a stale write answers 409."""
+    import asyncpg
+
+    monkeypatch.setenv("TOAST_TEST_VISITS_URL", postgres_database_url)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/visits/{id}")
+    async def show(visit: Annotated[Visit, Depends(loader(Visit))]) -> Visit:
+        return visit
+
+    @app.post("/visits/{id}/bump")
+    async def bump(visit: Annotated[Visit, Depends(loader(Visit))]) -> Visit:
+        visit.count += 1
+        return visit  # the response's serialization writes it
+
+    @app.post("/visits/{id}/stale")
+    async def stale_write(id: str) -> Visit:
+        stale = await Visit.aload(id)
+        fresh = await Visit.aload(id)
+        fresh.count += 1
+        await fresh.asave()
+        stale.count += 10
+        await stale.asave()  # ConcurrencyError: answered 409
+        return stale
+
+    reference = Visit(count=1).model_dump()
+
+    async def row() -> tuple[int, object]:
+        connection = await asyncpg.connect(postgres_database_url)
+        try:
+            found = await connection.fetchrow(
+                "SELECT revision, updated_at FROM external_records WHERE id = $1::uuid",
+                reference["id"],
+            )
+        finally:
+            await connection.close()
+        assert found is not None
+        return found["revision"], found["updated_at"]
+
+    before = asyncio.run(row())
+    with TestClient(app) as client:
+        for _ in range(3):
+            response = client.get(f"/visits/{reference['id']}")
+            assert response.status_code == 200, response.text
+            assert response.json() == reference
+        assert asyncio.run(row()) == before
+        assert client.post(f"/visits/{reference['id']}/bump").status_code == 200
+        conflict = client.post(f"/visits/{reference['id']}/stale")
+        assert conflict.status_code == 409, conflict.text
+        assert "changed by another request" in str(conflict.json()["detail"])
+    after = asyncio.run(row())
+    assert after[0] == 3
+    pydantic_toast.close_storage()

@@ -647,3 +647,136 @@ async def test_statement_timeout_keeps_the_other_connections(postgres_database_u
     finally:
         await locker.close()
         await pydantic_toast.aclose_storage()
+
+
+def test_conditional_write_waiting_on_a_concurrent_writer_rechecks_the_revision(
+    postgres_database_url: str,
+) -> None:
+    """A write blocked behind another transaction's update fails once that one commits.
+
+    Under READ COMMITTED, PostgreSQL re-evaluates the revision test on the newest row version
+    after the lock is released (the race Marten's issue #4324 lost writes in); one record and
+    a batch alike.
+    """
+    import asyncpg
+
+    note = model_on(postgres_database_url)
+    pair = type(
+        "Pair",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"a": note, "b": note},
+            "model_config": ExternalConfigDict(
+                storage=postgres_database_url, external_name=f"Pair{uuid4().hex}"
+            ),
+        },
+    )
+
+    async def race(target: ExternalBaseModel, locked_id: object) -> None:
+        blocker = await asyncpg.connect(postgres_database_url)
+        try:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute(
+                "UPDATE external_records SET revision = revision + 1 WHERE id = $1::uuid",
+                str(locked_id),
+            )
+            write = asyncio.ensure_future(target.asave())
+            await asyncio.sleep(0.3)
+            assert not write.done()  # waiting for the row lock
+            await transaction.commit()
+            with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+                await write
+            assert (info.value.expected, info.value.current) == (1, 2)
+        finally:
+            await blocker.close()
+            await pydantic_toast.aclose_storage()
+
+    single = note(text="one")
+    single.model_dump()
+    single.text = "changed"  # type: ignore[attr-defined]
+    asyncio.run(race(single, single.external_id))
+
+    tree = pair(a=note(text="a"), b=note(text="b"))
+    tree.model_dump()
+    tree.a.text = "a2"  # type: ignore[attr-defined]
+    tree.b.text = "b2"  # type: ignore[attr-defined]
+    asyncio.run(race(tree, tree.b.external_id))  # type: ignore[attr-defined]
+    pydantic_toast.close_storage()
+    unchanged = asyncio.run(_texts(postgres_database_url, tree))
+    assert unchanged == {"a", "b"}  # the batch wrote neither child
+
+
+async def _texts(url: str, tree: ExternalBaseModel) -> set[str]:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT data->>'text' AS text FROM external_records WHERE id = ANY($1::uuid[])",
+            [str(tree.a.external_id), str(tree.b.external_id)],  # type: ignore[attr-defined]
+        )
+    finally:
+        await connection.close()
+    return {row["text"] for row in rows}
+
+
+def test_revision_migration_upgrades_rows_in_place_and_downgrades(empty_database: str) -> None:
+    """Rows written before the revision column get revision 1, load, and save as revision 2."""
+    import importlib
+
+    import asyncpg
+
+    migration = importlib.import_module("pydantic_toast.migrations.versions.0003_record_revisions")
+    previous = migration.down_revision
+    assert alembic("upgrade", previous, url=empty_database).returncode == 0
+    id = uuid4()
+    name = f"Note{uuid4().hex}"
+
+    async def run(statement: str, *args: object) -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(empty_database)
+        try:
+            return await connection.fetch(statement, *args)
+        finally:
+            await connection.close()
+
+    asyncio.run(
+        run(
+            "INSERT INTO external_records (class_name, id, schema_version, data) "
+            'VALUES ($1, $2, 1, \'{"text": "old"}\')',
+            name,
+            id,
+        )
+    )
+    upgrade = alembic("upgrade", migration.revision, url=empty_database)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert alembic("upgrade", "head", url=empty_database).returncode == 0
+    check = alembic("check", url=empty_database)
+    assert check.returncode == 0, check.stderr
+    rows = asyncio.run(run("SELECT revision FROM external_records WHERE id = $1", id))
+    assert [row["revision"] for row in rows] == [1]
+    note = type(
+        "Note",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(storage=empty_database, external_name=name),
+        },
+    )
+    loaded = note.model_validate({"class_name": name, "id": str(id)})
+    assert (loaded.text, loaded.external_revision) == ("old", 1)  # type: ignore[attr-defined]
+    loaded.text = "new"  # type: ignore[attr-defined]
+    loaded.model_dump()
+    assert loaded.external_revision == 2
+    pydantic_toast.close_storage()
+    downgrade = alembic("downgrade", previous, url=empty_database)
+    assert downgrade.returncode == 0, downgrade.stderr
+    columns = asyncio.run(
+        run(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'external_records' AND column_name = 'revision'"
+        )
+    )
+    assert columns == []
+    rows = asyncio.run(run("SELECT data->>'text' AS text FROM external_records WHERE id = $1", id))
+    assert [row["text"] for row in rows] == ["new"]

@@ -80,6 +80,7 @@ def s3_url(seaweedfs: servers.TempSeaweedFS, bucket: str) -> Iterator[str]:
 
 
 def model_on(url: str, **config: object) -> type[ExternalBaseModel]:
+    config.setdefault("concurrency", "last-write-wins")  # S3Backend keeps no revisions yet
     return type(
         "Note",
         (ExternalBaseModel,),

@@ -54,7 +54,9 @@ def test_four_method_backend_works_end_to_end(tmp_path: Path) -> None:
 
     class MyModel(ExternalBaseModel):
         data: str
-        model_config = ExternalConfigDict(storage=f"file://{tmp_path}")
+        model_config = ExternalConfigDict(
+            storage=f"file://{tmp_path}", concurrency="last-write-wins"
+        )
 
     item = MyModel(data="hello")
     reference = item.model_dump()
@@ -153,6 +155,7 @@ def test_public_api_is_pinned() -> None:
         "Expanded",
         "Ref",
         "to_data",
+        "ConcurrencyError",
         "ExternalBaseModel",
         "ExternalConfigDict",
         "ExternalReference",
@@ -190,6 +193,7 @@ def test_public_api_is_pinned() -> None:
         "disable_telemetry",
         "dump",
         "enable_telemetry",
+        "last_write_wins",
         "page",
         "register_backend",
         "transaction",

@@ -30,9 +30,13 @@ from pydantic_toast.testing import isolated_storage, memory_records
 
 
 def make_note(url: str, name: str = "Note") -> type[ExternalBaseModel]:
+    lww = url.startswith("minimal://")  # a backend without revisions takes last-write-wins only
+
     class Note(ExternalBaseModel):
         text: str
-        model_config = ExternalConfigDict(storage=url, external_name=name)
+        model_config = ExternalConfigDict(
+            storage=url, external_name=name, concurrency="last-write-wins" if lww else "optimistic"
+        )
 
     return Note
 

@@ -30,6 +30,17 @@ class Capability(enum.StrEnum):
     """``count`` tells how many records a class has."""
     TTL = "ttl"
     """Records expire ``StoredRecord.ttl`` seconds after their last write."""
+    REVISIONS = "revisions"
+    """Records carry a revision, and writes are conditional on it (optimistic concurrency).
+
+    ``load_records`` gives each record's stored ``revision``. ``save_records`` checks, for each
+    record whose ``revision`` is not ``None``, that the stored revision is that one (``0``: no
+    record exists) and raises :class:`~pydantic_toast.ConcurrencyError` otherwise, writing none
+    of the batch; it writes a record with ``revision=None`` whatever is stored. It returns the
+    new revision of each record (1 for a new record, one more than before otherwise). The
+    check and the write must be atomic (one statement, a transaction, a server script).
+    Models on a backend without it must declare ``concurrency="last-write-wins"``.
+    """
 
 
 # The optional methods whose override declares a capability, when a class declares none.
@@ -126,10 +137,15 @@ class StorageBackend(ABC):
     async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
         """Return the document stored under ``(class_name, id)``, or ``None``."""
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Write several records; durable when this returns. Default: one ``save`` each."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        """Write several records; durable when this returns. Default: one ``save`` each.
+
+        A backend with :attr:`Capability.REVISIONS` checks each record's expected revision
+        first and returns the new revisions, in order; others return ``None``.
+        """
         for record in records:
             await self.save(record.id, record.class_name, record.to_document())
+        return None
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read several records, in the order of ``keys``. Default: one ``load`` each."""
@@ -187,8 +203,8 @@ class RecordBackend(StorageBackend):
     """
 
     @abstractmethod
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Write several records; durable when this returns."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        """Write several records; durable when this returns (see :attr:`Capability.REVISIONS`)."""
 
     @abstractmethod
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from uuid import UUID
 
+from pydantic_toast._exceptions import ConcurrencyError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast.backends.base import Capability, RecordBackend
 
@@ -80,8 +81,8 @@ class MemoryStore:
 class MemoryBackend(RecordBackend):
     """A store in the process behind the backend interface, with the semantics of a server.
 
-    ``created_at`` is kept across updates, expiry (``ttl``) is honoured, and the optional
-    capabilities (batches, delete, listing, count) are implemented.
+    ``created_at`` is kept across updates, expiry (``ttl``) is honoured, writes check revisions,
+    and the optional capabilities (batches, delete, listing, count) are implemented.
     """
 
     capabilities = frozenset(Capability)
@@ -96,16 +97,30 @@ class MemoryBackend(RecordBackend):
     async def disconnect(self) -> None:
         """Nothing to close: the data stays for other users of the same URL."""
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Store records, keeping each existing record's ``created_at``."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Store records, keeping each existing record's ``created_at``; all or none.
+
+        Every expected revision is checked before anything is written.
+        """
         now = time.monotonic()
         with self._store.lock:
-            for record in records:
-                existing = self._store.get(record.key)
-                if existing is not None and existing.created_at != record.created_at:
-                    record = dataclasses.replace(record, created_at=existing.created_at)
+            existing = [self._store.get(record.key) for record in records]
+            for record, old in zip(records, existing, strict=True):
+                current = None if old is None else old.revision
+                expected = record.revision
+                if expected is not None and (current or 0) != expected:
+                    raise ConcurrencyError(
+                        record.class_name, record.id, expected=expected, current=current
+                    )
+            revisions = []
+            for record, old in zip(records, existing, strict=True):
+                revision = 1 if old is None else (old.revision or 0) + 1
+                created_at = record.created_at if old is None else old.created_at
+                stored = dataclasses.replace(record, created_at=created_at, revision=revision)
                 expires_at = now + record.ttl if record.ttl is not None else None
-                self._store.put(record, expires_at)
+                self._store.put(stored, expires_at)
+                revisions.append(revision)
+            return revisions
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read records in the order of ``keys``."""

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
-from pydantic_toast._exceptions import StorageConfigurationError, shorten
+from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
@@ -36,12 +36,13 @@ from pydantic_toast.backends.sql import (
     DELETE,
     LIST_AFTER,
     LIST_FIRST,
+    REVISION,
     SQLAlchemyBackend,
     json_as_text,
     json_passthrough,
-    upsert,
+    write_statements,
 )
-from pydantic_toast.backends.sql_table import records_table
+from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection
@@ -137,31 +138,57 @@ def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
     return str(compiled), list(getattr(compiled, "positiontup", None) or ())
 
 
+# Several records in one statement: each row carries the revision it expects (0: new, NULL:
+# last write wins). Conditional rows are UPDATEs (a deleted record is never written back; under
+# READ COMMITTED the revision test is re-checked on the newest row version after waiting for a
+# concurrent writer), new rows INSERT ... DO NOTHING, forced rows upsert. The statement returns
+# the rows it wrote; fewer than sent is a conflict, and the caller's transaction rolls back.
+_WRITE_MANY = f"""
+WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::text[], $5::text[],
+                       $6::timestamptz[], $7::timestamptz[], $8::integer[])
+    AS r(class_name, id, schema_version, data, data_exact, created_at, updated_at, expected)
+), changed AS (
+  UPDATE {TABLE_NAME} AS t
+  SET schema_version = i.schema_version, data = i.data::jsonb, data_exact = i.data_exact,
+      updated_at = i.updated_at, revision = t.revision + 1
+  FROM input AS i
+  WHERE t.class_name = i.class_name AND t.id = i.id AND t.revision = i.expected
+  RETURNING t.class_name, t.id, t.revision
+), added AS (
+  INSERT INTO {TABLE_NAME}
+    (class_name, id, schema_version, data, data_exact, created_at, updated_at, revision)
+  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at, 1
+  FROM input WHERE expected = 0
+  ON CONFLICT (class_name, id) DO NOTHING
+  RETURNING class_name, id, revision
+), forced AS (
+  INSERT INTO {TABLE_NAME}
+    (class_name, id, schema_version, data, data_exact, created_at, updated_at, revision)
+  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at, 1
+  FROM input WHERE expected IS NULL
+  ON CONFLICT (class_name, id) DO UPDATE
+  SET data = excluded.data, data_exact = excluded.data_exact,
+      schema_version = excluded.schema_version, updated_at = excluded.updated_at,
+      revision = {TABLE_NAME}.revision + 1
+  RETURNING class_name, id, revision
+)
+SELECT * FROM changed UNION ALL SELECT * FROM added UNION ALL SELECT * FROM forced
+"""
+
+
 def _hot_path_statements() -> dict[str, str]:
     """The save and load statements, built from the mapped table and compiled once."""
     table = records_table
     c = table.c
     # data_exact: NULL unless jsonb would rewrite a number in data (see backends.jsonb).
     names = ["class_name", "id", "schema_version", "data", "data_exact", "created_at", "updated_at"]
-    text = ("data", "data_exact")
-    arrays = [
-        bindparam(name, type_=ARRAY(Text() if name in text else c[name].type)) for name in names
-    ]
-    rows = func.unnest(*arrays).table_valued(*names).render_derived(with_types=False)
-    source = select(*(cast(rows.c.data, JSONB) if n == "data" else rows.c[n] for n in names))
-    upsert_many = upsert(insert(table).from_select(names, source))
-    single = insert(table).values(
-        {
-            n: cast(bindparam(n, type_=Text()), JSONB)
-            if n == "data"
-            else bindparam(n, type_=Text() if n == "data_exact" else c[n].type)
-            for n in names
-        }
-    )
-    upsert_one = upsert(single)
+    writes = write_statements(insert, lambda name: cast(bindparam(name, type_=Text()), JSONB))
     # Loads read the exact text where it was kept, else jsonb's text.
     exact_or_jsonb = func.coalesce(c.data_exact, cast(c.data, Text))
-    columns = [exact_or_jsonb if n == "data" else c[n] for n in names if n != "data_exact"]
+    columns = [
+        exact_or_jsonb if n == "data" else c[n] for n in [*names, "revision"] if n != "data_exact"
+    ]
     select_one = select(*columns).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id")
     )
@@ -176,9 +203,20 @@ def _hot_path_statements() -> dict[str, str]:
         table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id)
     )
     statements = {}
+    changed = [
+        "b_schema_version",
+        "b_data",
+        "b_data_exact",
+        "b_updated_at",
+        "b_class_name",
+        "b_id",
+        "b_expected",
+    ]
     for name, statement, expected in (
-        ("upsert", upsert_many, names),
-        ("upsert_one", upsert_one, names),
+        ("insert", writes["insert"], names),
+        ("update", writes["update"], changed),
+        ("upsert", writes["upsert"], names),
+        ("revision", REVISION, ["class_name", "id"]),
         ("select_one", select_one, ["class_name", "id"]),
         ("select_many", select_many, ["class_names", "ids"]),
         ("delete", DELETE, ["class_name", "id"]),
@@ -189,6 +227,7 @@ def _hot_path_statements() -> dict[str, str]:
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
         statements[name] = sql
+    statements["write_many"] = _WRITE_MANY
     return statements
 
 
@@ -209,7 +248,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     _insert = staticmethod(insert)
     capabilities = frozenset(
-        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+        {
+            Capability.BATCH,
+            Capability.DELETE,
+            Capability.LIST,
+            Capability.COUNT,
+            Capability.REVISIONS,
+        }
     )
     _dropped = False  # a broken connection's record waits in the pool to reconnect
 
@@ -247,24 +292,56 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """How many records of ``class_name`` are stored."""
         return int(await self._statement("fetchval", "count", class_name))
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Write the records, each checked against its expected revision; all or none.
+
+        One record is one statement (one round trip). Several are one statement too, inside
+        a transaction that a conflict rolls back. ``created_at`` of existing rows is kept.
+        """
         for record in records:
             refuse_unstorable(record)
         if len(records) == 1:  # a plain VALUES row plans faster than unnest
             (one,) = records
-            values = (
-                one.class_name,
-                one.id,
-                one.schema_version,
-                one.data.decode(),
-                exact_text(one.data),
-                one.created_at,
-                one.updated_at,
+            return [await self._write_one(one)]
+        return await self._write_many(records)
+
+    async def _write_one(self, record: StoredRecord) -> int:
+        """One conditional statement (see :func:`~pydantic_toast.backends.sql.write_statements`)."""
+        expected = record.revision
+        data = record.data.decode()
+        exact = exact_text(record.data)
+        if expected is None or expected == 0:
+            revision = await self._statement(
+                "fetchval",
+                "upsert" if expected is None else "insert",
+                record.class_name,
+                record.id,
+                record.schema_version,
+                data,
+                exact,
+                record.created_at,
+                record.updated_at,
             )
-            await self._statement("execute", "upsert_one", *values)
-            return
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        else:
+            revision = await self._statement(
+                "fetchval",
+                "update",
+                record.schema_version,
+                data,
+                exact,
+                record.updated_at,
+                record.class_name,
+                record.id,
+                expected,
+            )
+        if revision is None:
+            current = await self._statement("fetchval", "revision", record.class_name, record.id)
+            raise _conflict(record, current)
+        return int(revision)
+
+    async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
+        """The batch statement in a transaction (a savepoint in a joined one); all or none."""
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
         for record in records:
             columns[0].append(record.class_name)
             columns[1].append(record.id)
@@ -273,7 +350,41 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             columns[4].append(exact_text(record.data))
             columns[5].append(record.created_at)
             columns[6].append(record.updated_at)
-        await self._statement("execute", "upsert", *columns)
+            columns[7].append(record.revision)
+        joined = joined_connection(self._same_store)
+        if joined is not None:
+            async with joined.begin_nested():  # a conflict undoes this batch, not the caller's work
+                result = await joined.exec_driver_sql(_SQL["write_many"], tuple(columns))
+                joined_rows: list[Any] = list(result.all())
+                written = {(row[0], row[1]): row[2] for row in joined_rows}
+                if len(written) < len(records):
+                    missing = next(r for r in records if r.key not in written)
+                    found = await joined.exec_driver_sql(
+                        _SQL["revision"], (missing.class_name, missing.id)
+                    )
+                    raise _conflict(missing, found.scalar())
+            return [int(written[record.key]) for record in records]
+        pooled = await self._checkout()
+        driver: Any = pooled.driver_connection
+        try:
+            async with driver.transaction():
+                rows = await driver.fetch(_SQL["write_many"], *columns)
+                written = {(row[0], row[1]): row[2] for row in rows}
+                if len(written) < len(records):
+                    missing = next(r for r in records if r.key not in written)
+                    current = await driver.fetchval(
+                        _SQL["revision"], missing.class_name, missing.id
+                    )
+                    raise _conflict(missing, current)  # rolls the transaction back
+        except (ConcurrencyError, asyncpg.PostgresError):
+            self._checkin(pooled, broken=driver.is_closed() or unwinding_interrupt())
+            raise
+        except BaseException:
+            # Lost, timed out or cancelled inside the transaction: its state is unknown.
+            self._checkin(pooled, broken=True)
+            raise
+        self._checkin(pooled, broken=False)
+        return [int(written[record.key]) for record in records]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
@@ -292,6 +403,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 data=row[3].encode(),
                 created_at=row[4],
                 updated_at=row[5],
+                revision=row[6],
             )
             for row in rows
         }
@@ -397,4 +509,10 @@ def _takes_idle_without_awaiting(pool: Any) -> bool:
         and getattr(pool, "_pre_ping", True) is False
         and getattr(pool, "_recycle", 0) < 0
         and getattr(pool, "_invalidate_time", 1) == 0
+    )
+
+
+def _conflict(record: StoredRecord, current: int | None) -> ConcurrencyError:
+    return ConcurrencyError(
+        record.class_name, record.id, expected=record.revision or 0, current=current
     )

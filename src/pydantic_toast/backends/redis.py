@@ -9,9 +9,11 @@ URL: ``redis://[[user]:password@]host:6379/0`` (``rediss://`` for TLS). Query op
 * ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``
   (``none``/``optional``/``required``) for ``rediss://``.
 
-Each value is one JSON document, ``{"created_at", "schema_version", "updated_at", "data"}``,
-``data`` holding the model's fields. A save is a server-side script: it keeps ``created_at``
-of an existing record (no read-modify-write race between writers) and sets the rest. With a
+Each value is one JSON document,
+``{"created_at", "revision", "schema_version", "updated_at", "data"}``, ``data`` holding the
+model's fields. A save is a server-side script: it checks the revision each record expects
+(all of a batch before writing any), keeps ``created_at`` of an existing record (no
+read-modify-write race between writers), increments the revision and sets the rest. With a
 model ``ttl``, every write sets the expiry afresh (a record expires ``ttl`` seconds after its
 last write); without one, a write makes the record permanent. ``<prefix>:<class_name>:index``
 is a sorted set of the class's ids by creation time, for listing and counting;
@@ -34,6 +36,7 @@ from uuid import UUID
 import redis.asyncio as aioredis
 
 from pydantic_toast._exceptions import (
+    ConcurrencyError,
     StorageConfigurationError,
     StorageUsageError,
     StoredDataError,
@@ -55,29 +58,48 @@ _SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _OPTIONS = {"prefix", *_NUMBERS, *_SSL}
 
 # KEYS: record keys, then the class index keys, then the class expiry keys (same order).
-# ARGV: for each record, the document without created_at (starting with ','), its created_at,
-# its creation score, its id and its TTL in milliseconds (0: none). created_at is cut from the
-# stored text, so the data is never decoded and re-encoded by Lua. The expiry set scores each
-# TTL record by when it expires (server time, the clock Redis expires keys by), so count()
-# subtracts the expired ones without reading a record. Expired entries leave both sets here,
-# a few per write (never on a read).
+# ARGV: for each record, the document after created_at and revision (starting with ','), its
+# created_at, its creation score, its id, its TTL in milliseconds (0: none) and the revision it
+# expects ('': any). Every expected revision is checked before anything is written (a script
+# runs atomically), so a batch is all or nothing; a document without a revision (written
+# before revisions existed) is at revision 1. created_at is cut from the stored text, so the
+# data is never decoded and re-encoded by Lua. The expiry set scores each TTL record by when it
+# expires (server time, the clock Redis expires keys by), so count() subtracts the expired ones
+# without reading a record. Expired entries leave both sets here, a few per write (never on a
+# read). Returns {1, new revisions...} or {0, index, current revision (0: none)}.
 _SAVE_SCRIPT = """
 local n = #KEYS / 3
+local olds = {}
+local result = {1}
+for i = 1, n do
+  local expected = ARGV[(i - 1) * 6 + 6]
+  local old = redis.call('GET', KEYS[i])
+  local current = 0
+  if old then
+    current = tonumber(string.match(old, '^{"created_at":"[^"]*","revision":(%d+),') or '1')
+  end
+  if expected ~= '' and tonumber(expected) ~= current then
+    return {0, i, current}
+  end
+  olds[i] = old
+  result[i + 1] = current + 1
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for i = 1, n do
-  local base = (i - 1) * 5
+  local base = (i - 1) * 6
   local ttl = tonumber(ARGV[base + 5])
   local created = ARGV[base + 2]
   local id = ARGV[base + 4]
-  local old = redis.call('GET', KEYS[i])
+  local old = olds[i]
   if old then
     local kept = string.match(old, '^{"created_at":"([^"]*)"')
     if kept then created = kept end
   else
     redis.call('ZADD', KEYS[n + i], ARGV[base + 3], id)
   end
-  local document = '{"created_at":"' .. created .. '"' .. ARGV[base + 1]
+  local revision = string.format('%d', result[i + 1])
+  local document = '{"created_at":"' .. created .. '","revision":' .. revision .. ARGV[base + 1]
   if ttl > 0 then
     redis.call('SET', KEYS[i], document, 'PX', ttl)
     redis.call('ZADD', KEYS[2 * n + i], now + ttl, id)
@@ -98,7 +120,7 @@ for i = 1, n do
     end
   end
 end
-return n
+return result
 """
 # KEYS: the class index, its expiry set. The index's size less the entries already expired
 # (a key is gone once the server's time passes its expiry): O(log n), and exact.
@@ -108,7 +130,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. now)
 """
 _DOCUMENT = re.compile(
-    rb'^\{"created_at":"([^"]+)","schema_version":(\d+),"updated_at":"([^"]+)","data":'
+    rb'^\{"created_at":"([^"]+)",(?:"revision":(\d+),)?"schema_version":(\d+),'
+    rb'"updated_at":"([^"]+)","data":'
 )
 
 
@@ -186,8 +209,11 @@ class RedisBackend(RecordBackend):
             await client.aclose()
             await client.connection_pool.disconnect()
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Write the records in one script call (one round trip), keeping ``created_at``."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Write the records in one script call (one round trip), keeping ``created_at``.
+
+        The script checks every expected revision first: a conflict writes nothing.
+        """
         keys = [self.key(r.class_name, r.id) for r in records]
         keys += [self._index_key_of(r) for r in records]
         keys += [self._expiry_key_of(r) for r in records]
@@ -203,8 +229,19 @@ class RedisBackend(RecordBackend):
                 record.created_at.timestamp(),
                 str(record.id),
                 round(record.ttl * 1000) if record.ttl else 0,
+                "" if record.revision is None else record.revision,
             ]
-        await self._call(lambda: self._save_script(keys=keys, args=arguments))
+        result = await self._call(lambda: self._save_script(keys=keys, args=arguments))
+        if result[0] == 0:
+            conflict = records[int(result[1]) - 1]
+            current = int(result[2])
+            raise ConcurrencyError(
+                conflict.class_name,
+                conflict.id,
+                expected=conflict.revision or 0,
+                current=current or None,
+            )
+        return [int(revision) for revision in result[1:]]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one round trip (GET, or MGET for several)."""
@@ -294,7 +331,7 @@ class RedisBackend(RecordBackend):
                 id=id,
             )
         try:
-            created, updated = (datetime.fromisoformat(g.decode()) for g in match.group(1, 3))
+            created, updated = (datetime.fromisoformat(g.decode()) for g in match.group(1, 4))
         except ValueError:
             readable = False
         else:
@@ -309,9 +346,10 @@ class RedisBackend(RecordBackend):
             class_name=class_name,
             id=id,
             data=value[match.end() : -1],
-            schema_version=int(match.group(2)),
+            schema_version=int(match.group(3)),
             created_at=created,
             updated_at=updated,
+            revision=int(match.group(2) or 1),
         )
 
     async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:

@@ -15,11 +15,22 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
-from sqlalchemy import URL, Select, bindparam, delete, func, select, tuple_
+from sqlalchemy import (
+    URL,
+    Select,
+    Text,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast._exceptions import ConcurrencyError, StorageUsageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import RecordBackend
@@ -37,13 +48,22 @@ __all__ = [
     "json_as_text",
     "json_passthrough",
     "upsert",
+    "write_statements",
 ]
 
 T = TypeVar("T")
 
 _table = records_table
 _c = _table.c
-_COLUMNS = (_c.class_name, _c.id, _c.schema_version, _c.data, _c.created_at, _c.updated_at)
+_COLUMNS = (
+    _c.class_name,
+    _c.id,
+    _c.schema_version,
+    _c.data,
+    _c.created_at,
+    _c.updated_at,
+    _c.revision,
+)
 
 _SELECT_ONE = select(*_COLUMNS).where(
     _c.class_name == bindparam("class_name"), _c.id == bindparam("id")
@@ -76,7 +96,11 @@ LIST_AFTER = _list_statement(after=True)
 
 
 def upsert(insert: Any) -> Any:
-    """``insert`` (a dialect's INSERT) made an upsert that keeps ``created_at`` of old rows."""
+    """``insert`` (a dialect's INSERT) made an unconditional upsert (last write wins).
+
+    It keeps ``created_at`` of old rows and increments their revision; new rows get the
+    revision the INSERT gives them (1).
+    """
     return insert.on_conflict_do_update(
         index_elements=[_c.class_name, _c.id],
         set_={
@@ -84,8 +108,67 @@ def upsert(insert: Any) -> Any:
             "data_exact": insert.excluded.data_exact,
             "schema_version": insert.excluded.schema_version,
             "updated_at": insert.excluded.updated_at,
+            "revision": _c.revision + literal_column("1"),
         },
     )
+
+
+def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> dict[str, Any]:
+    """The three single-record writes, each one statement returning the new revision.
+
+    * ``insert``: a new record (expected revision 0): inserts, or returns no row if the id
+      exists;
+    * ``update``: an existing record at ``expected``: updates it only if the stored revision is
+      still that one, so a deleted record is never written back; under READ COMMITTED
+      PostgreSQL re-checks the condition on the newest row version after waiting for a
+      concurrent writer, so two writers expecting the same revision cannot both succeed;
+    * ``upsert``: last write wins.
+
+    The UPDATE's parameters are prefixed ``b_`` (SQLAlchemy reserves column names there).
+
+    Args:
+        insert: The dialect's ``insert``.
+        data: Makes the bound value of the ``data`` column from a parameter name (a dialect
+            may cast the text).
+    """
+    values = {
+        "class_name": bindparam("class_name"),
+        "id": bindparam("id"),
+        "schema_version": bindparam("schema_version"),
+        "data": data("data"),
+        "data_exact": bindparam("data_exact", type_=Text()),
+        "created_at": bindparam("created_at"),
+        "updated_at": bindparam("updated_at"),
+        "revision": literal_column("1"),
+    }
+    new = insert(_table).values(values)
+    changed = (
+        update(_table)
+        .where(
+            _c.class_name == bindparam("b_class_name"),
+            _c.id == bindparam("b_id"),
+            _c.revision == bindparam("b_expected"),
+        )
+        .values(
+            schema_version=bindparam("b_schema_version"),
+            data=data("b_data"),
+            data_exact=bindparam("b_data_exact", type_=Text()),
+            updated_at=bindparam("b_updated_at"),
+            revision=_c.revision + literal_column("1"),
+        )
+    )
+    return {
+        "insert": new.on_conflict_do_nothing(index_elements=[_c.class_name, _c.id]).returning(
+            _c.revision
+        ),
+        "update": changed.returning(_c.revision),
+        "upsert": upsert(new).returning(_c.revision),
+    }
+
+
+REVISION = select(_c.revision).where(
+    _c.class_name == bindparam("class_name"), _c.id == bindparam("id")
+)
 
 
 def json_passthrough(value: Any) -> str:
@@ -117,7 +200,9 @@ class SQLAlchemyBackend(RecordBackend):
         self._parsed = StorageURL.parse(url)
         self._given = engine
         self._engine: AsyncEngine | None = None
-        self._upsert = upsert(self._insert(_table))
+        self._writes = write_statements(
+            self._insert, lambda name: bindparam(name, type_=_c.data.type)
+        )
 
     def _create_engine(self) -> AsyncEngine:
         raise NotImplementedError
@@ -161,25 +246,59 @@ class SQLAlchemyBackend(RecordBackend):
         """Whether a SQLAlchemy URL reaches this backend's store (for joined transactions)."""
         return False
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Upsert the records in one statement; ``created_at`` of existing rows is kept."""
-        rows = [
-            {
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Write the records, each checked against its expected revision; all or none.
+
+        One statement per record; several records run in one ``BEGIN IMMEDIATE``
+        transaction, rolled back at the first conflict.
+        """
+        writes = self._writes
+
+        async def write_one(connection: AsyncConnection, record: StoredRecord) -> int:
+            parameters = {
                 "class_name": record.class_name,
                 "id": record.id,
                 "schema_version": record.schema_version,
                 "data": record.data.decode(),
+                "data_exact": None,  # SQLite's JSON column keeps the text as written
                 "created_at": record.created_at,
                 "updated_at": record.updated_at,
             }
-            for record in records
-        ]
-        upsert = self._upsert
+            expected = record.revision
+            if expected is None:
+                statement = writes["upsert"]
+            elif expected == 0:
+                statement = writes["insert"]
+            else:
+                statement = writes["update"]
+                del parameters["created_at"]
+                parameters = {f"b_{k}": v for k, v in parameters.items()}
+                parameters["b_expected"] = expected
+            revision = (await connection.execute(statement, parameters)).scalar_one_or_none()
+            if revision is None:
+                current = (
+                    await connection.execute(
+                        REVISION, {"class_name": record.class_name, "id": record.id}
+                    )
+                ).scalar_one_or_none()
+                raise ConcurrencyError(
+                    record.class_name, record.id, expected=expected or 0, current=current
+                )
+            return int(revision)
 
-        async def write(connection: AsyncConnection) -> None:
-            await connection.execute(upsert, rows)
+        async def write(connection: AsyncConnection) -> list[int]:
+            if len(records) == 1:
+                return [await write_one(connection, records[0])]
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                revisions = [await write_one(connection, record) for record in records]
+            except BaseException:
+                await connection.exec_driver_sql("ROLLBACK")
+                raise
+            await connection.exec_driver_sql("COMMIT")
+            return revisions
 
-        await self._run(write)
+        return await self._run(write)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
@@ -269,7 +388,7 @@ class SQLAlchemyBackend(RecordBackend):
             await self._engine.dispose()
 
 
-def _to_record(row: Row[Any, Any, Any, Any, Any, Any]) -> StoredRecord:
+def _to_record(row: Row[Any, Any, Any, Any, Any, Any, Any]) -> StoredRecord:
     data = row.data
     return StoredRecord(
         class_name=row.class_name,
@@ -278,4 +397,5 @@ def _to_record(row: Row[Any, Any, Any, Any, Any, Any]) -> StoredRecord:
         schema_version=row.schema_version,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        revision=row.revision,
     )

@@ -52,7 +52,7 @@ class Base(DeclarativeBase):
 
 
 class ExternalRecord(Base):
-    """One stored model instance: its class name, id, schema version, fields and timestamps."""
+    """One stored model instance: class name, id, schema version, fields, timestamps, revision."""
 
     __tablename__ = TABLE_NAME
     __table_args__ = (
@@ -99,6 +99,15 @@ class ExternalRecord(Base):
         nullable=False,
         server_default=func.now(),
         comment="When the record was last written.",
+    )
+
+    revision: Mapped[int] = mapped_column(
+        Integer,
+        nullable=False,
+        server_default="1",
+        comment="1 when the row is inserted, one more on every write by pydantic-toast. Writes "
+        "check it (optimistic concurrency): a writer that changes a row by hand must increment "
+        "it too, or concurrent pydantic-toast writers may overwrite the change.",
     )
 
     def __repr__(self) -> str:

@@ -48,7 +48,13 @@ class SQLiteBackend(SQLAlchemyBackend):
 
     _insert = staticmethod(insert)
     capabilities = frozenset(
-        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+        {
+            Capability.BATCH,
+            Capability.DELETE,
+            Capability.LIST,
+            Capability.COUNT,
+            Capability.REVISIONS,
+        }
     )
 
     @classmethod

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
-from pydantic_toast._exceptions import ExternalStorageError
+from pydantic_toast._exceptions import ConcurrencyError, ExternalStorageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast.runtime import telemetry
 from pydantic_toast.runtime.errors import Failure, summary, translate
@@ -75,10 +75,10 @@ class Connected:
     def __repr__(self) -> str:
         return f"<Connected {self.backend!r}>"
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Write ``records`` (see :meth:`StorageBackend.save_records`)."""
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        """Write ``records``; their new revisions (see :meth:`StorageBackend.save_records`)."""
         class_name = records[0].class_name if records else None
-        await self.cross(
+        return await self.cross(
             "save",
             lambda: self.backend.save_records(records),
             class_name=class_name,
@@ -171,6 +171,9 @@ class Connected:
                 continue
             if span is not None:
                 span.finish(mapped)
+            if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
+                logger.debug("%s on %s: %s", operation, self.url, mapped)
+                raise mapped
             logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
             if cause is None:
                 raise mapped

@@ -26,6 +26,7 @@ pydantic-toast's own CI.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,13 +35,18 @@ from uuid import UUID, uuid4
 import pytest
 
 from pydantic_toast._config import ExternalConfigDict
-from pydantic_toast._exceptions import RecordNotFoundError, StorageUsageError
+from pydantic_toast._exceptions import (
+    ConcurrencyError,
+    RecordNotFoundError,
+    StorageConfigurationError,
+    StorageUsageError,
+)
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
-from pydantic_toast.runtime.storage import Storage
+from pydantic_toast.runtime.storage import Storage, current_storage
 from pydantic_toast.testing import isolated_storage
 
 __all__ = ["BackendConformance", "ConformanceItem"]
@@ -112,7 +118,14 @@ class BackendConformance:
         return asyncio.run(main())
 
     def model(self, storage_url: str, class_name: str, **config: object) -> type[ConformanceItem]:
-        """A model class with a few field types, stored as ``class_name``."""
+        """A model class with a few field types, stored as ``class_name``.
+
+        On a backend without :attr:`Capability.REVISIONS` the model is last-write-wins (the
+        only setting such a backend accepts).
+        """
+        backend_class = current_storage().registry.class_for(StorageURL.parse(storage_url).scheme)
+        if Capability.REVISIONS not in backend_class.capabilities:
+            config.setdefault("concurrency", "last-write-wins")
 
         class Item(ConformanceItem):
             model_config = ExternalConfigDict(
@@ -324,8 +337,6 @@ class BackendConformance:
     def test_expiry(self, storage: Storage, storage_url: str, class_name: str) -> None:
         """With ttl declared, a record expires after its last write; a later write renews it."""
         if Capability.TTL not in self._capabilities(storage, storage_url):
-            from pydantic_toast._exceptions import StorageConfigurationError
-
             with pytest.raises(StorageConfigurationError, match="ttl"):
                 self.model(storage_url, class_name, ttl=1)
             return
@@ -340,6 +351,48 @@ class BackendConformance:
         time.sleep(0.6)
         with pytest.raises(RecordNotFoundError):
             item_class.model_validate(reference)
+
+    def test_revisions(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """With revisions declared, stale writes conflict and write nothing, batches included."""
+        if Capability.REVISIONS not in self._capabilities(storage, storage_url):
+            with pytest.raises(StorageConfigurationError, match="last-write-wins"):
+                self.model(storage_url, class_name, concurrency="optimistic")
+            return
+        created = datetime.now(UTC)
+        first = _record(class_name, uuid4(), b'{"v":1}', created=created)
+        other = _record(class_name, uuid4(), b'{"v":1}', created=created)
+
+        def expecting(record: StoredRecord, revision: int | None) -> StoredRecord:
+            return dataclasses.replace(record, revision=revision)
+
+        async def job(backend: Connected) -> list[object]:
+            outcomes: list[object] = []
+            outcomes.append(await backend.save_records([expecting(first, 0)]))
+            outcomes.append(await backend.save_records([expecting(first, 1)]))
+            for stale in ([expecting(first, 1)], [expecting(other, 0), expecting(first, 1)]):
+                try:
+                    await backend.save_records(stale)
+                except ConcurrencyError as exc:
+                    outcomes.append((exc.expected, exc.current))
+            outcomes.append(await backend.load_records([first.key, other.key]))
+            await backend.delete(first.id, class_name)
+            try:
+                await backend.save_records([expecting(first, 2)])
+            except ConcurrencyError as exc:
+                outcomes.append((exc.expected, exc.current))
+            outcomes.append(await backend.save_records([expecting(first, None)]))
+            return outcomes
+
+        outcomes = self.run(storage, storage_url, job)
+        assert isinstance(outcomes, list)
+        assert outcomes[:4] == [[1], [2], (1, 2), (1, 2)]
+        loaded = outcomes[4]
+        assert isinstance(loaded, list)
+        assert loaded[0] is not None
+        assert loaded[0].revision == 2
+        assert loaded[1] is None  # the batch with a conflict wrote nothing
+        assert outcomes[5] == (2, None)  # a deleted record is not written back
+        assert outcomes[6] == [1]  # written regardless: a new record
 
     def _capabilities(self, storage: Storage, storage_url: str) -> frozenset[Capability]:
         return storage.registry.class_for(StorageURL.parse(storage_url).scheme).capabilities

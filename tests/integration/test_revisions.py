@@ -1,0 +1,262 @@
+"""Optimistic concurrency and change tracking on every backend (issue 11, items 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StoredRecord,
+    adelete,
+    current_storage,
+)
+from pydantic_toast._url import StorageURL
+
+WRITERS = 20
+INCREMENTS = 50
+
+
+def counter_on(url: str, **config: object) -> type[ExternalBaseModel]:
+    """A fresh model class with one int field ``n``, under a unique stored name."""
+    return type(
+        "Counter",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"n": int},
+            "model_config": ExternalConfigDict(
+                storage=url, external_name=f"Counter{uuid4().hex}", **config
+            ),
+        },
+    )
+
+
+def pair_on(url: str, child: type[ExternalBaseModel]) -> type[ExternalBaseModel]:
+    """A model holding two children of class ``child``."""
+    return type(
+        "Pair",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"a": child, "b": child},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Pair{uuid4().hex}"),
+        },
+    )
+
+
+async def stored(model: type[ExternalBaseModel], id: UUID | None) -> StoredRecord | None:
+    """The record as the backend holds it, read directly."""
+    assert id is not None
+    settings = model._toast_settings()
+    backend = await current_storage().connected(StorageURL.parse(str(settings.url())))
+    (record,) = await backend.load_records([(settings.external_name, id)])
+    return record
+
+
+def n_of(instance: ExternalBaseModel) -> int:
+    return instance.n  # type: ignore[attr-defined, no-any-return]
+
+
+def bump(instance: ExternalBaseModel, by: int = 1) -> None:
+    instance.n = n_of(instance) + by  # type: ignore[attr-defined]
+
+
+async def test_twenty_tasks_times_fifty_increments_lose_nothing(storage_url: str) -> None:
+    """20 tasks x 50 load-increment-save with retry on ConcurrencyError end at exactly 1,000."""
+    counter = counter_on(storage_url)
+    start = counter(n=0)
+    await start.asave()
+    conflicts = 0
+
+    async def writer() -> None:
+        nonlocal conflicts
+        for _ in range(INCREMENTS):
+            while True:
+                current = await counter.aload(start.external_id)  # type: ignore[arg-type]
+                bump(current)
+                await asyncio.sleep(0)  # let the other writers interleave, even on memory://
+                try:
+                    await current.asave()
+                except ConcurrencyError:
+                    conflicts += 1
+                    continue
+                break
+
+    await asyncio.gather(*(writer() for _ in range(WRITERS)))
+    final = await counter.aload(start.external_id)  # type: ignore[arg-type]
+    assert n_of(final) == WRITERS * INCREMENTS
+    assert final.external_revision == WRITERS * INCREMENTS + 1
+    assert conflicts > 0  # the writers did race
+
+
+@pytest.mark.slow  # about 40 s on SQLite: 20 connections contend for one file's write lock
+def test_twenty_threads_times_fifty_increments_lose_nothing(storage_url: str) -> None:
+    """20 threads x 50 sync load-increment-dump with retry on ConcurrencyError end at 1,000."""
+    counter = counter_on(storage_url)
+    reference = counter(n=0).model_dump()
+    conflicts: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(INCREMENTS):
+                while True:
+                    current = counter.model_validate(reference)
+                    bump(current)
+                    try:
+                        current.model_dump()
+                    except ConcurrencyError:
+                        conflicts.append(1)
+                        time.sleep(random.uniform(0, 0.005))  # jittered backoff, as a client would
+                        continue
+                    break
+        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    final = counter.model_validate(reference)
+    assert n_of(final) == WRITERS * INCREMENTS
+    assert final.external_revision == WRITERS * INCREMENTS + 1
+
+
+async def test_conflict_carries_expected_and_current_and_writes_nothing(storage_url: str) -> None:
+    """A stale instance's save raises ConcurrencyError with class, id, both revisions."""
+    counter = counter_on(storage_url)
+    first = counter(n=1)
+    await first.asave()
+    assert first.external_revision == 1
+    second = await counter.aload(first.external_id)  # type: ignore[arg-type]
+    bump(second, 10)
+    await second.asave()
+    assert second.external_revision == 2
+    bump(first, 100)
+    with pytest.raises(ConcurrencyError) as info:
+        await first.asave()
+    error = info.value
+    assert error.class_name == counter._toast_settings().external_name
+    assert error.id == first.external_id
+    assert (error.expected, error.current) == (1, 2)
+    assert "force=True" in str(error)
+    assert first.external_revision == 1  # the failed write taught the instance nothing
+    reloaded = await counter.aload(first.external_id)  # type: ignore[arg-type]
+    assert (n_of(reloaded), reloaded.external_revision) == (11, 2)
+
+
+async def test_tree_with_one_conflict_writes_none_of_that_store(storage_url: str) -> None:
+    """A batch holding one stale record writes none of its records."""
+    counter = counter_on(storage_url)
+    pair = pair_on(storage_url, counter)
+    saved = pair(a=counter(n=1), b=counter(n=2))
+    await saved.asave()
+    stale = await pair.aload(saved.external_id)  # type: ignore[arg-type]
+    bump(saved.a)  # type: ignore[attr-defined]
+    await saved.asave()  # a is now at revision 2
+    bump(stale.a)  # type: ignore[attr-defined]
+    bump(stale.b)  # type: ignore[attr-defined]
+    with pytest.raises(ConcurrencyError) as info:
+        await stale.asave()
+    assert info.value.id == saved.a.external_id  # type: ignore[attr-defined]
+    fresh = await pair.aload(saved.external_id)  # type: ignore[arg-type]
+    assert n_of(fresh.b) == 2  # type: ignore[attr-defined]
+    assert fresh.b.external_revision == 1  # type: ignore[attr-defined]
+    assert n_of(fresh.a) == 2  # type: ignore[attr-defined]
+
+
+async def test_save_after_delete_raises_and_never_resurrects(storage_url: str) -> None:
+    """Saving an instance whose record was deleted raises ConcurrencyError; nothing comes back."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    await adelete(counter, item.external_id)  # type: ignore[arg-type]
+    bump(item)
+    with pytest.raises(ConcurrencyError) as info:
+        await item.asave()
+    assert (info.value.expected, info.value.current) == (1, None)
+    assert "was deleted" in str(info.value)
+    assert await stored(counter, item.external_id) is None
+    assert await pydantic_toast.acount(counter) == 0
+
+
+async def test_escape_hatches_write_regardless(storage_url: str) -> None:
+    """force=True, last_write_wins() and a last-write-wins model overwrite newer revisions."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    newer = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    bump(newer)
+    await newer.asave()
+    item.n = 50  # type: ignore[attr-defined]
+    await item.asave(force=True)
+    assert item.external_revision == 3
+    assert n_of(await counter.aload(item.external_id)) == 50  # type: ignore[arg-type]
+
+    bump(newer)
+    with pydantic_toast.last_write_wins():
+        newer.model_dump()
+    assert newer.external_revision == 4
+    await adelete(counter, item.external_id)  # type: ignore[arg-type]
+    await pydantic_toast.adump(item, force=True)  # a forced write brings a deleted record back
+    assert (await stored(counter, item.external_id)) is not None
+
+    relaxed = counter_on(storage_url, concurrency="last-write-wins")
+    one = relaxed(n=1)
+    await one.asave()
+    other = await relaxed.aload(one.external_id)  # type: ignore[arg-type]
+    bump(other)
+    await other.asave()
+    bump(one, 5)
+    await one.asave()  # stale, but the model accepts last write wins
+    assert n_of(await relaxed.aload(one.external_id)) == 6  # type: ignore[arg-type]
+    assert one.external_revision == 3
+
+
+async def test_unchanged_redump_writes_nothing(storage_url: str) -> None:
+    """Dumping a loaded, unchanged instance keeps the stored revision and updated_at."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    reference = await item.asave()
+    before = await stored(counter, item.external_id)
+    assert before is not None
+    assert before.revision == 1
+    loaded = await counter.aload(reference)
+    assert await loaded.asave() == reference
+    assert loaded.model_dump() == reference
+    assert await item.asave() == reference
+    after = await stored(counter, item.external_id)
+    assert after is not None
+    assert (after.revision, after.updated_at) == (1, before.updated_at)
+    bump(loaded)
+    await loaded.asave()
+    changed = await stored(counter, item.external_id)
+    assert changed is not None
+    assert changed.revision == 2
+    assert isinstance(changed.updated_at, datetime)
+    assert changed.updated_at > before.updated_at
+
+
+async def test_changed_child_of_unchanged_parent_writes_only_the_child(storage_url: str) -> None:
+    """A parent whose own JSON did not change stays at its revision when a child changes."""
+    counter = counter_on(storage_url)
+    pair = pair_on(storage_url, counter)
+    loaded = await pair.aload(await pair(a=counter(n=1), b=counter(n=2)).asave())
+    bump(loaded.b)  # type: ignore[attr-defined]
+    await loaded.asave()
+    assert loaded.external_revision == 1
+    assert loaded.a.external_revision == 1  # type: ignore[attr-defined]
+    assert loaded.b.external_revision == 2  # type: ignore[attr-defined]
+    record = await stored(pair, loaded.external_id)
+    assert record is not None
+    assert record.revision == 1
