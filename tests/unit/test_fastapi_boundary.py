@@ -312,6 +312,7 @@ def test_blocking_call_warns_once_per_call_site_or_logs(
 
     async def twice() -> None:
         for _ in range(2):
+            model.name += "x"  # a change: an unchanged dump does no I/O, hence no blocking
             model.model_dump()  # the line the warning points at
 
     with pytest.warns(BlockingStorageCallWarning, match=r"Customer.model_dump\(\).*asave") as w:
