@@ -173,17 +173,7 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
     "storage_url",
     [
         pytest.param("sqlite", marks=pytest.mark.sqlite),
-        pytest.param(
-            "postgresql",
-            marks=[
-                pytest.mark.postgresql,
-                pytest.mark.xfail(
-                    reason="about 1 run in 6, the save after the interrupt fails with a "
-                    "ValueError from asyncpg (not yet traced)",
-                    strict=False,
-                ),
-            ],
-        ),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("redis", marks=pytest.mark.redis),
     ],
     indirect=True,

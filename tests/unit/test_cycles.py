@@ -73,7 +73,7 @@ async def test_mutual_references_between_classes_round_trip_async(memory_url: st
     loaded = await author_cls.aload(reference)
     assert [book.title for book in loaded.books] == ["A", "B"]  # type: ignore[attr-defined]
     assert all(book.author is loaded for book in loaded.books)  # type: ignore[attr-defined]
-    book = await book_cls.aload(author.books[0].model_dump())  # type: ignore[attr-defined]
+    book = await book_cls.aload(author.books[0].external_id)  # type: ignore[attr-defined]
     assert book.author.books[0] is book  # type: ignore[attr-defined]
 
 

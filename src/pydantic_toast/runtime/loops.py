@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -159,10 +160,33 @@ def run_sync(
 
 
 def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on ``loop`` in this thread; an interrupt leaves no task behind."""
+    """Run ``coroutine`` on ``loop`` in this thread; an interrupt leaves no task behind.
+
+    While it runs, Ctrl-C cancels the task instead of raising ``KeyboardInterrupt`` wherever
+    the signal lands (inside a driver's protocol callback, it would leave the connection
+    half-read), as ``asyncio.Runner`` does; ``KeyboardInterrupt`` is raised once the task has
+    unwound. A second Ctrl-C raises at once. A program's own SIGINT handler is left alone.
+    """
     task = loop.create_task(coroutine)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        if interrupted or task.done():
+            raise KeyboardInterrupt
+        interrupted = True
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop from its selector
+
+    previous = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return loop.run_until_complete(task)
+        result = loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
     except BaseException:
         # Ctrl-C (or SystemExit) stopped the loop with the task still pending: cancel it and
         # let it release its connections, so the next call starts clean.
@@ -185,6 +209,12 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
         with contextlib.suppress(BaseException):
             loop.run_forever()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:  # Ctrl-C came as the work finished: it is done, and the program stops
+        raise KeyboardInterrupt
+    return result
 
 
 def _settle(result: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
