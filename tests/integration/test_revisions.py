@@ -205,7 +205,7 @@ async def test_escape_hatches_write_regardless(storage_url: str) -> None:
 
     bump(newer)
     with pydantic_toast.last_write_wins():
-        newer.model_dump()
+        await newer.asave()
     assert newer.external_revision == 4
     await adelete(counter, item.external_id)  # type: ignore[arg-type]
     await pydantic_toast.adump(item, force=True)  # a forced write brings a deleted record back
