@@ -253,11 +253,11 @@ def test_row_lock_past_command_timeout_is_a_statement_timeout_and_keeps_the_pool
                     "SELECT 1 FROM external_records WHERE class_name = $1 FOR UPDATE", names
                 )
                 with pytest.raises(ExternalStorageError) as info:
-                    await pydantic_toast.adump(instances[0])
+                    await pydantic_toast.adump(instances[0], force=True)
         finally:
             await holder.close()
         after = await asyncio.to_thread(_pids, postgres_admin_url, tag)
-        await pydantic_toast.adump(instances[0])  # works again once the lock is gone
+        await pydantic_toast.adump(instances[0], force=True)  # works again once the lock is gone
         return info.value, before, after
 
     error, before, after = asyncio.run(scenario())
@@ -291,7 +291,9 @@ def test_postgres_pool_exhausted(postgres_database_url: str) -> None:
             await holder.execute(
                 "SELECT 1 FROM external_records WHERE class_name = $1 FOR UPDATE", name
             )
-            blocked = asyncio.ensure_future(pydantic_toast.adump(first))  # holds the connection
+            blocked = asyncio.ensure_future(
+                pydantic_toast.adump(first, force=True)
+            )  # holds the connection
             await asyncio.sleep(0.2)
             with pytest.raises(ExternalStorageError) as info:
                 await pydantic_toast.adump(ledger(text="waits"))
@@ -318,7 +320,7 @@ def test_redis_pool_exhausted() -> None:
             admin = redis.Redis(port=server.port)
             admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # our one connection waits
             try:
-                blocked = asyncio.ensure_future(pydantic_toast.adump(first))
+                blocked = asyncio.ensure_future(pydantic_toast.adump(first, force=True))
                 await asyncio.sleep(0.1)
                 with pytest.raises(ExternalStorageError) as info:
                     await pydantic_toast.adump(ledger(text="waits"))

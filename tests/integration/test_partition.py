@@ -102,7 +102,7 @@ def test_alembic_finds_no_drift_after_partitioning(
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["custom-plan", "generic-plan"])
-@pytest.mark.parametrize("statement", ["select_one", "delete", "upsert_one"])
+@pytest.mark.parametrize("statement", ["select_one", "delete", "update", "insert"])
 def test_single_record_statements_hit_one_partition(
     partitioned: tuple[str, list[Any], list[Any]], statement: str, generic: bool
 ) -> None:
@@ -115,10 +115,11 @@ def test_single_record_statements_hit_one_partition(
     args: dict[str, tuple[Any, ...]] = {
         "select_one": (class_name, id),
         "delete": (class_name, id),
-        "upsert_one": (class_name, id, 1, '{"text": "x"}', None, now, now),
+        "update": (1, '{"text": "x"}', None, now, class_name, id, 1),
+        "insert": (class_name, uuid4(), 1, '{"text": "x"}', None, now, now),
     }
     # An INSERT routes its row at run time: ANALYZE shows where it went (the test database).
-    analyze = "ANALYZE, TIMING OFF, SUMMARY OFF, " if statement == "upsert_one" else ""
+    analyze = "ANALYZE, TIMING OFF, SUMMARY OFF, " if statement == "insert" else ""
     if generic:  # a prepared statement's generic plan prunes when it starts (run-time pruning)
         values = ", ".join("NULL" if a is None else _literal(a) for a in args[statement])
         prepare = (f"PREPARE toast AS {_SQL[statement]}", ())
@@ -133,5 +134,5 @@ def test_single_record_statements_hit_one_partition(
     scans = [line for line in text.splitlines() if "Scan" in line]
     touched = set(re.findall(r"external_records_p\d+\b", "\n".join(scans)))
     assert len(touched) <= 1, text
-    if statement != "upsert_one":
+    if statement != "insert":
         assert len(touched) == 1 or "Subplans Removed: 7" in text, text

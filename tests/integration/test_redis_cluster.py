@@ -45,6 +45,15 @@ class TestRedisClusterConformance(BackendConformance):
         """A fresh key prefix on the cluster."""
         return cluster.url(f"conf{uuid4().hex[:10]}")
 
+    @pytest.mark.xfail(
+        reason="a batch spanning several slots is all-or-nothing per slot only: the records of "
+        "a conflict-free slot are written (documented in docs/backends/redis-cluster.md)",
+        strict=True,
+    )
+    def test_revisions(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """Known gap: a stale batch across slots writes the records of its other slots."""
+        super().test_revisions(storage, storage_url, class_name)
+
 
 def _records(count: int, class_name: str = "Item") -> list[StoredRecord]:
     now = datetime.now(UTC)
