@@ -45,6 +45,7 @@ from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import last_write_wins
+from pydantic_toast._signing import SignedReference, SigningKeys, sign_reference, verify_reference
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.blocking import BlockingStorageCallWarning
@@ -83,6 +84,8 @@ __all__ = [
     "RecordKey",
     "RecordNotFoundError",
     "Ref",
+    "SignedReference",
+    "SigningKeys",
     "Storage",
     "StorageAuthenticationError",
     "StorageBackend",
@@ -115,9 +118,11 @@ __all__ = [
     "last_write_wins",
     "page",
     "register_backend",
+    "sign_reference",
     "to_data",
     "transaction",
     "unregister_backend",
     "use_engine",
     "validate",
+    "verify_reference",
 ]

@@ -22,6 +22,7 @@ from pydantic_core import core_schema as cs
 
 from pydantic_toast._loading import LoadSession, SessionKey
 from pydantic_toast._reference import ExternalReference, parse_reference
+from pydantic_toast._signing import SigningKeys, parse_signed
 
 __all__ = [
     "ACCEPT_KEY",
@@ -69,7 +70,7 @@ class AcceptReference:
         )
 
     def _validate(self, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if isinstance(value, dict) and len(value) == 2 and _looks_like_reference(value):
+        if isinstance(value, dict) and _looks_like_reference(value):
             token = _accepting.set(True)
             try:
                 return handler(value)
@@ -83,8 +84,9 @@ class AcceptReference:
 
 
 def _looks_like_reference(value: dict[Any, Any]) -> bool:
+    """A reference, signed or not (the model's validator decides whether it is acceptable)."""
     try:
-        return parse_reference(value) is not None
+        return parse_reference(value) is not None or parse_signed(value) is not None
     except Exception:  # malformed: the model's validator reports it
         return True
 
@@ -101,11 +103,14 @@ class Boundary:
         request: What authorization hooks are given (a FastAPI ``Request``).
         session: The accepted references, authorized and fetched ahead of validation.
         refused: Keys refused by an authorization hook (reported like missing records).
+        keys: When set, only references signed with these keys are accepted (an unsigned or
+            badly signed one is reported like a missing record).
     """
 
     request: Any
     session: LoadSession | None = None
     refused: set[SessionKey] = field(default_factory=set)
+    keys: SigningKeys | None = None
 
 
 _boundary: ContextVar[Boundary | None] = ContextVar("pydantic_toast_boundary", default=None)

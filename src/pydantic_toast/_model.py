@@ -54,7 +54,21 @@ from pydantic_toast._loading import (
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, ParsedReference, parse_reference
-from pydantic_toast._saving import Identity, collecting, identity_of, is_serializing, store
+from pydantic_toast._saving import (
+    Identity,
+    collecting,
+    collecting_now,
+    identity_of,
+    is_serializing,
+    store,
+)
+from pydantic_toast._signing import (
+    parse_signed,
+    response_keys,
+    sign_reference,
+    signed_json_schema,
+    verify_parsed,
+)
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
@@ -120,6 +134,10 @@ class ExternalBaseModel(BaseModel):
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         if is_serializing(self) or is_expanding():
             return handler(self)  # type: ignore[no-any-return]
+        keys = response_keys()
+        if keys is not None and not collecting_now():
+            # An integration's response: signed (stored data always holds plain references).
+            return sign_reference(store(self), keys)
         return store(self)
 
     @model_validator(mode="wrap")
@@ -173,8 +191,10 @@ class ExternalBaseModel(BaseModel):
     ) -> Any:
         """Input from outside: full data, or a reference its field accepts (never any I/O)."""
         name = cls._toast_settings().external_name
+        keys = boundary.keys
         try:
-            reference = parse_reference(value)
+            signed = parse_signed(value) if keys is not None else None
+            reference = signed[0] if signed is not None else parse_reference(value)
         except InvalidReferenceError:
             raise PydanticCustomError(
                 "external_reference_invalid", "Invalid {class_name} reference", {"class_name": name}
@@ -197,9 +217,11 @@ class ExternalBaseModel(BaseModel):
             )
         key = (cls._toast_settings().url(), reference[0], reference[1])
         session = boundary.session
-        # Refused by the authorization hook, missing, or never fetched: the same answer, so
-        # that a client cannot tell which ids exist.
-        if session is None or key in boundary.refused or session.records.get(key) is None:
+        # Unsigned or badly signed where signatures are required, refused by the authorization
+        # hook, missing, or never fetched: the same answer, so that a client cannot tell which
+        # ids exist.
+        forged = keys is not None and (signed is None or verify_parsed(*signed, keys) is not None)
+        if forged or session is None or key in boundary.refused or session.records.get(key) is None:
             raise PydanticCustomError(
                 "external_reference_unknown", "Unknown {class_name} reference", {"class_name": name}
             )
@@ -228,6 +250,7 @@ class ExternalBaseModel(BaseModel):
             "required": ["class_name", "id"],
             "additionalProperties": False,
         }
+        reference = signed_json_schema(reference)
         if handler.mode == "serialization":
             return reference
         return {"anyOf": [full, reference]}

@@ -124,6 +124,11 @@ def identity_of(model: ExternalBaseModel) -> Identity | None:
     return identity
 
 
+def collecting_now() -> bool:
+    """Whether a dump is collecting models now (a nested model's reference goes in its data)."""
+    return _active_batch.get() is not None
+
+
 def is_serializing(model: ExternalBaseModel) -> bool:
     """Whether ``model``'s own fields are being serialized (for its stored data)."""
     return _serializing.get() is model

@@ -17,6 +17,8 @@ data in responses (``Expanded``), conditional requests and the error table.
 
 from __future__ import annotations
 
+from typing import Any
+
 try:
     from fastapi import FastAPI
 except ImportError as exc:  # pragma: no cover - exercised in a venv without FastAPI
@@ -28,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without Fas
 
 from pydantic_toast._boundary import AcceptReference, Authorize, Ref
 from pydantic_toast._expanded import Expanded
+from pydantic_toast._signing import SigningKeys, signing_schemas
 from pydantic_toast.fastapi._conditional import conditional, etag_of, set_etag
 from pydantic_toast.fastapi._errors import (
     RETRY_AFTER_SECONDS,
@@ -38,7 +41,7 @@ from pydantic_toast.fastapi._errors import (
 )
 from pydantic_toast.fastapi._lifespan import check_storage, storage_lifespan
 from pydantic_toast.fastapi._loader import loader
-from pydantic_toast.fastapi._routes import ToastRoute, UntrustedRequests
+from pydantic_toast.fastapi._routes import SIGNING_STATE, ToastRoute, UntrustedRequests
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
@@ -47,6 +50,7 @@ __all__ = [
     "ErrorMessage",
     "Expanded",
     "Ref",
+    "SigningKeys",
     "ToastRoute",
     "UntrustedRequests",
     "check_storage",
@@ -62,13 +66,35 @@ __all__ = [
 ]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, signing: SigningKeys | None = None) -> None:
     """Make ``app`` use the integration: :class:`ToastRoute` for its routes, and error handlers.
 
     Call it right after creating the app, before adding routes (routes added before keep the
     plain ``APIRoute``: there, references in request input are refused and nothing is
     prefetched). For an ``APIRouter``, pass ``route_class=ToastRoute`` when creating it.
+
+    Args:
+        app: The application.
+        signing: Sign references: the references the app's responses carry get a
+            ``signature`` (and an ``expires_at`` when the keys set ``expires_in``), and a
+            ``Ref``/``AcceptReference`` field accepts only references whose signature
+            verifies (an unsigned, altered or expired one answers like a missing record,
+            without touching storage). OpenAPI documents the signed shape.
     """
     app.router.route_class = ToastRoute
     app.add_middleware(UntrustedRequests)
     install_error_handlers(app)
+    if signing is not None:
+        setattr(app.state, SIGNING_STATE, signing)
+        _document_signed_references(app)
+
+
+def _document_signed_references(app: FastAPI) -> None:
+    # FastAPI's documented way to change the schema: replace app.openapi.
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        with signing_schemas():
+            return generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

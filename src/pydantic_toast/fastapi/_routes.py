@@ -20,14 +20,19 @@ from pydantic_toast._boundary import (
     trusted,
     untrusted_input,
 )
+from pydantic_toast._exceptions import InvalidReferenceError
 from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
-from pydantic_toast._reference import ExternalReference
+from pydantic_toast._reference import ExternalReference, ParsedReference
 from pydantic_toast._saving import SaveBatch, collecting
+from pydantic_toast._signing import SigningKeys, parse_signed, signing_responses, verify_parsed
 from pydantic_toast.fastapi._conditional import collecting_loaded, refresh_etags
 from pydantic_toast.fastapi._errors import error_responses
 from pydantic_toast.runtime.loops import run_sync
 
-__all__ = ["ToastRoute", "UntrustedRequests"]
+__all__ = ["SIGNING_STATE", "ToastRoute", "UntrustedRequests", "signing_keys_of"]
+
+SIGNING_STATE = "pydantic_toast_signing"
+"""The ``app.state`` attribute holding the app's :class:`SigningKeys` (set by ``install``)."""
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -63,12 +68,13 @@ class ToastRoute(APIRoute):
         accepted, routes = _accepted_in(self)
 
         async def handle(request: Request) -> Response:
-            boundary = Boundary(request)
+            keys = signing_keys_of(request)
+            boundary = Boundary(request, keys=keys)
             token = collecting_loaded()
             try:
                 if accepted:
                     await _prefetch(boundary, request, accepted, routes)
-                with untrusted_input(boundary):
+                with untrusted_input(boundary), signing_responses(keys):
                     return await handler(request)
             finally:
                 token.var.reset(token)
@@ -88,7 +94,7 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
 
         @functools.wraps(endpoint)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with trusted():
+            with trusted(), signing_responses(None):
                 result = endpoint(*args, **kwargs)
                 if holder and not isinstance(result, Response):
                     batch = _response_batch(holder[0], result)
@@ -102,7 +108,7 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
 
     @functools.wraps(endpoint)
     async def acall(*args: Any, **kwargs: Any) -> Any:
-        with trusted():
+        with trusted(), signing_responses(None):
             result = await endpoint(*args, **kwargs)
             if holder and not isinstance(result, Response):
                 await _save_response(holder[0], result)
@@ -217,7 +223,8 @@ async def _prefetch(
     session = LoadSession(routes)
     boundary.session = session
     wanted: dict[Any, set[Any]] = {}
-    for class_name, id in set(find_references(body)):
+    found = find_references(body) if boundary.keys is None else _signed_in(body, boundary.keys)
+    for class_name, id in set(found):
         markers = accepted.get(class_name)
         route = routes.get(class_name)
         if markers is None or route is None:
@@ -230,6 +237,30 @@ async def _prefetch(
             wanted.setdefault(url, set()).add((class_name, id))
     if wanted:
         await session.fetch(wanted, follow=True)
+
+
+def _signed_in(value: object, keys: SigningKeys) -> Iterator[ParsedReference]:
+    """The references in ``value`` whose signature verifies (the others are never fetched)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            try:
+                signed = parse_signed(item)
+            except InvalidReferenceError:
+                continue  # malformed: its validator reports it
+            if signed is None:
+                stack.extend(item.values())
+            elif verify_parsed(*signed, keys) is None:
+                yield signed[0]
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def signing_keys_of(request: Request) -> SigningKeys | None:
+    """The keys ``install(app, signing=...)`` gave the request's app, ``None`` without."""
+    keys: SigningKeys | None = getattr(request.app.state, SIGNING_STATE, None)
+    return keys
 
 
 async def _authorized(
