@@ -5,7 +5,8 @@ capability loads the conversation's earlier turns before the run and appends the
 it (one record per turn), so any server process continues any conversation. The agent's
 ``search_orders`` tool returns about 300 KB of JSON: ``SpillToolOutputs`` stores it and the
 model gets a preview plus a ``read_tool_output`` tool to read slices or JSON paths of it;
-``GET /tool-outputs/{ref}`` gives the app the full output.
+``GET /chat/{conversation_id}/tool-outputs/{ref}`` gives the app the full output, and
+``DELETE /chat/{conversation_id}`` deletes the conversation with its spilled outputs.
 
 Offline by default: a scripted ``FunctionModel`` stands in for the LLM (no key, no network).
 With ``AI_CHAT_MODEL=openai:gpt-5`` (or any Pydantic AI model name) and that provider's key and
@@ -105,8 +106,9 @@ def offline_model(messages: list[ModelMessage], info: AgentInfo) -> ModelRespons
 
 def create_app(database_url: str = DATABASE_URL, model: Model | str | None = None) -> FastAPI:
     """The chat app on ``database_url`` (migrated with ``pydantic-toast migrate``)."""
-    store = MessageStore(database_url, namespace="ai_chat")
     spill = SpillToolOutputs(database_url, max_chars=8_000, preview_chars=1_000)
+    # Deleting a conversation deletes the tool outputs spilled during it too.
+    store = MessageStore(database_url, namespace="ai_chat", spill=spill)
     agent = Agent(
         model or os.environ.get("AI_CHAT_MODEL") or FunctionModel(offline_model),
         instructions="You help with orders. Use read_tool_output to look into large results.",
@@ -150,10 +152,10 @@ def create_app(database_url: str = DATABASE_URL, model: Model | str | None = Non
         if not await store.adelete(conversation_id):
             raise HTTPException(404, "no such conversation")
 
-    @app.get("/tool-outputs/{ref}")
-    async def tool_output(ref: str) -> dict[str, Any]:
+    @app.get("/chat/{conversation_id}/tool-outputs/{ref}")
+    async def tool_output(conversation_id: str, ref: str) -> dict[str, Any]:
         try:
-            output = await spill.aload(ref)
+            output = await spill.aload(ref, conversation_id=conversation_id)
         except RecordNotFoundError:
             raise HTTPException(404, "no such tool output") from None
         return {"tool_name": output.tool_name, "content": output.content}

@@ -49,14 +49,18 @@ async def test_the_chat_remembers_turns_and_spills_large_results(
         assert len(returns[0]) < 2_000
         ref = re.search(r'ref="([0-9a-f-]+)"', returns[0])
         assert ref is not None
-        full = (await client.get(f"/tool-outputs/{ref.group(1)}")).json()
+        output_url = f"/chat/{conversation}/tool-outputs/{ref.group(1)}"
+        full = (await client.get(output_url)).json()
         assert full["tool_name"] == "search_orders"
         assert len(full["content"]) == 2_000
+        other = f"/chat/other-{conversation}/tool-outputs/{ref.group(1)}"
+        assert (await client.get(other)).status_code == 404
 
         listed = (await client.get("/chat")).json()
         assert conversation in [item["conversation_id"] for item in listed]
         assert (await client.delete(f"/chat/{conversation}")).status_code == 204
         assert (await client.get(f"/chat/{conversation}")).status_code == 404
+        assert (await client.get(output_url)).status_code == 404  # deleted with it
 
 
 def _start(database_url: str, port: int) -> subprocess.Popen[bytes]:

@@ -144,15 +144,23 @@ async def test_conversation_restored_exactly_in_another_process(storage_url: str
 
 
 async def test_concurrent_runs_lose_and_duplicate_nothing(storage_url: str) -> None:
-    """Ten runs of one conversation at once: every turn is stored once, whole."""
+    """Twenty runs of one conversation at once: every turn is stored once, whole, listed once."""
     store = _store(storage_url)
     agent = chat_agent(store)
     await agent.run("start", conversation_id="race")
-    await asyncio.gather(*(agent.run(f"run {i}", conversation_id="race") for i in range(10)))
-    prompts = _prompts((await store.aload("race")).messages)
+    (started,) = await store.alist()
+    await asyncio.gather(*(agent.run(f"run {i}", conversation_id="race") for i in range(20)))
+    history = await store.aload("race")
+    prompts = _prompts(history.messages)
     assert prompts[0] == "start"
-    assert sorted(prompts[1:]) == sorted(f"run {i}" for i in range(10))
-    messages = (await store.aload("race")).messages
+    assert sorted(prompts[1:]) == sorted(f"run {i}" for i in range(20))
+    assert history.usage.requests == 21  # each run's usage stored once with its turn
+    # The header (rewritten by every append) still names the conversation once, with the
+    # time it started: it holds nothing a concurrent append could lose.
+    (listed,) = await store.alist()
+    assert (listed.conversation_id, listed.created_at) == ("race", started.created_at)
+    assert listed.updated_at >= started.updated_at
+    messages = history.messages
     # Whole turns: each request is followed by its own response.
     for request, response in zip(messages[::2], messages[1::2], strict=True):
         assert isinstance(request, ModelRequest)
@@ -181,6 +189,36 @@ async def test_two_processes_appending_at_once_lose_nothing(storage_url: str) ->
     # Each process's own appends keep their order.
     for side in ("left", "right"):
         assert [p for p in prompts if p.startswith(side)] == [f"{side}-{i}" for i in range(40)]
+
+
+async def test_usage_is_stored_per_turn_and_totalled(storage_url: str) -> None:
+    """Each run's usage is stored with its turn; History gives it per turn and in total."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    first = await agent.run("hello", conversation_id="costs")
+    second = await agent.run("and then?", conversation_id="costs")
+    history = await store.aload("costs")
+    assert history.turn_usage == [first.usage, second.usage]
+    assert history.usage == first.usage + second.usage
+    assert history.usage.requests == 2
+    assert history.usage.input_tokens == first.usage.input_tokens + second.usage.input_tokens
+    assert second.usage.input_tokens > first.usage.input_tokens > 0  # the history was sent
+    recent = await store.aload("costs", limit=1)
+    assert recent.usage == second.usage  # the loaded turns only
+
+
+async def test_usage_is_summed_from_the_messages_when_not_given(storage_url: str) -> None:
+    """aappend without usage= stores what the responses carry: requests, tokens, tool calls."""
+    store = _store(storage_url)
+    messages = every_part()
+    appended = await store.aappend("parts", messages)
+    assert appended is not None
+    responses = [m for m in messages if isinstance(m, ModelResponse)]
+    assert appended.usage.requests == len(responses)
+    assert appended.usage.input_tokens == sum(r.usage.input_tokens for r in responses)
+    assert appended.usage.output_tokens == sum(r.usage.output_tokens for r in responses)
+    assert appended.usage.input_tokens > 0
+    assert (await store.aload("parts")).usage == appended.usage
 
 
 async def test_a_turn_written_after_reading_sorts_after_it_despite_clock_skew(
@@ -263,6 +301,12 @@ async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None
     bad = {
         "wrong shape": {"messages": "[]"},
         "other conversation": {"conversation_id": "other", "count": 1, "messages": "[]"},
+        "invalid usage": {
+            "conversation_id": "victim",
+            "count": 2,
+            "messages": ModelMessagesTypeAdapter.dump_json(_turn("x")).decode(),
+            "usage": '{"requests": "many"}',
+        },
         "invalid messages": {
             "conversation_id": "victim",
             "count": 1,

@@ -19,7 +19,12 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_toast import RecordNotFoundError, StorageConfigurationError
-from pydantic_toast.ai import SpillToolOutputs, select_json_path
+from pydantic_toast.ai import (
+    MessageStore,
+    PersistentConversation,
+    SpillToolOutputs,
+    select_json_path,
+)
 
 MEGABYTE_TEXT = "".join(f"line {i:06d}: {'abcdefghij' * 4}\n" for i in range(19_700))[:1_000_000]
 ROWS = {"rows": [{"id": i, "name": f"row {i}", "score": i / 7} for i in range(12_000)]}
@@ -96,7 +101,7 @@ async def test_a_megabyte_result_is_spilled_and_read_back_in_slices(storage_url:
     assert len(note.model_response_str()) < 1_000
     assert note.model_response_str().endswith(MEGABYTE_TEXT[:500])
     assert _reassembled(result.all_messages()) == MEGABYTE_TEXT
-    stored = await spill.aload(_ref(note.model_response_str()))
+    stored = await spill.aload(_ref(note.model_response_str()), conversation_id="c")
     assert stored.content == MEGABYTE_TEXT
     assert (stored.tool_name, stored.conversation_id) == ("big", "c")
 
@@ -191,12 +196,15 @@ async def test_outputs_of_another_conversation_cannot_be_read(storage_url: str) 
     await other.run("steal", conversation_id="intruder")
     assert "secret" not in replies[0]
     assert "there is no stored output" in replies[0]
+    with pytest.raises(RecordNotFoundError):  # the app asking in the wrong conversation too
+        await spill.aload(ref, conversation_id="intruder")
+    assert (await spill.aload(ref, conversation_id="owner")).content == "secret " * 100
 
 
 async def test_the_app_gets_a_clear_error_for_an_unknown_output(storage_url: str) -> None:
     """Loading an output that was never stored raises RecordNotFoundError."""
     with pytest.raises(RecordNotFoundError):
-        await _spill(storage_url).aload(uuid4())
+        await _spill(storage_url).aload(uuid4(), conversation_id="c")
 
 
 def test_json_paths_select_keys_indexes_and_quoted_keys() -> None:
@@ -244,7 +252,7 @@ async def test_the_app_can_delete_a_spilled_output(storage_url: str) -> None:
     spill = _spill(storage_url, max_chars=10, preview_chars=5)
     agent = Agent(_slice_reader(10), capabilities=[spill])
     agent.tool_plain(name="big")(lambda: "z" * 30)
-    result = await agent.run("go")
+    result = await agent.run("go", conversation_id="c")
     ref = next(
         _ref(part.model_response_str())
         for message in result.all_messages()
@@ -252,7 +260,34 @@ async def test_the_app_can_delete_a_spilled_output(storage_url: str) -> None:
         for part in message.parts
         if isinstance(part, ToolReturnPart) and part.tool_name == "big"
     )
-    assert await spill.adelete(ref)
-    assert not await spill.adelete(ref)
+    assert await spill.adelete(ref, conversation_id="c")
+    assert not await spill.adelete(ref, conversation_id="c")
     with pytest.raises(RecordNotFoundError):
-        await spill.aload(ref)
+        await spill.aload(ref, conversation_id="c")
+
+
+async def test_deleting_a_conversation_deletes_its_spilled_outputs(storage_url: str) -> None:
+    """MessageStore(spill=...).adelete removes the conversation's outputs, no other's."""
+    spill = _spill(storage_url, max_chars=10, preview_chars=5)
+    store = MessageStore(storage_url, namespace=f"t{uuid4().hex[:12]}", spill=spill)
+    agent = Agent(_slice_reader(10), capabilities=[PersistentConversation(store), spill])
+    agent.tool_plain(name="big")(lambda: "z" * 30)
+    refs = {}
+    for conversation in ("doomed", "kept"):
+        result = await agent.run("go", conversation_id=conversation)
+        refs[conversation] = next(
+            _ref(part.model_response_str())
+            for message in result.all_messages()
+            if isinstance(message, ModelRequest)
+            for part in message.parts
+            if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+        )
+    assert (await spill.aload(refs["doomed"], conversation_id="doomed")).text == "z" * 30
+    assert await store.adelete("doomed") == 1
+    with pytest.raises(RecordNotFoundError):
+        await spill.aload(refs["doomed"], conversation_id="doomed")
+    assert (await spill.aload(refs["kept"], conversation_id="kept")).text == "z" * 30
+    assert await spill.adelete_conversation("doomed") == 0  # nothing left behind
+    assert await spill.adelete_conversation("kept") == 1
+    with pytest.raises(RecordNotFoundError):
+        await spill.aload(refs["kept"], conversation_id="kept")

@@ -66,8 +66,11 @@ class PersistentConversation(AbstractCapability[Any]):
     async def after_run(
         self, ctx: RunContext[Any], *, result: AgentRunResult[Any]
     ) -> AgentRunResult[Any]:
-        """Append the run's new messages as one batch."""
+        """Append the run's new messages as one batch, with the run's usage."""
         await self.store.aappend(
-            self._conversation(ctx), result.new_messages(), after=self._position
+            self._conversation(ctx),
+            result.new_messages(),
+            after=self._position,
+            usage=result.usage,
         )
         return result

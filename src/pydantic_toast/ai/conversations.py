@@ -21,13 +21,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4, uuid5
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    ToolReturnPart,
+)
+from pydantic_ai.usage import RunUsage
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import StoredRecord
@@ -35,12 +43,16 @@ from pydantic_toast.ai._names import check_conversation_id, check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
 from pydantic_toast.backends.base import Capability
 
+if TYPE_CHECKING:
+    from pydantic_toast.ai.spill import SpillToolOutputs
+
 __all__ = ["Appended", "ConversationInfo", "History", "MessageStore"]
 
 logger = logging.getLogger("pydantic_toast")
 FORMAT_VERSION = 1
 _TICK = timedelta(microseconds=1)
 _HEADER_IDS = UUID("6b1f4e58-2f1e-4b55-9f4e-6a2b8c1d0e13")  # uuid5 namespace of headers
+_USAGE = TypeAdapter(RunUsage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +66,17 @@ class History:
             :meth:`MessageStore.aappend` so the next turn sorts after it. ``None`` for a
             conversation with nothing stored.
         complete: ``False`` when ``limit`` left older batches out.
+        turn_usage: The usage of each loaded turn (each appended batch: one run when the
+            capability appended it), oldest first, as stored with it.
+        usage: The total of ``turn_usage``: the whole conversation's usage when ``complete``.
     """
 
     conversation_id: str
     messages: list[ModelMessage]
     position: datetime | None
     complete: bool
+    turn_usage: list[RunUsage] = field(default_factory=list)
+    usage: RunUsage = field(default_factory=RunUsage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +88,14 @@ class Appended:
         batch_id: The id of the batch record written.
         position: The batch's position (its ordering key).
         count: How many messages it holds.
+        usage: The usage stored with it.
     """
 
     conversation_id: str
     batch_id: UUID
     position: datetime
     count: int
+    usage: RunUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +123,8 @@ class _Batch(BaseModel):
     # The messages as ModelMessagesTypeAdapter's JSON text, kept as a string: PostgreSQL's jsonb
     # would otherwise normalize numbers inside tool arguments (-0.0 -> 0, 1e16 -> an int).
     messages: str
+    # The turn's RunUsage as JSON text (absent in batches written before usage was kept).
+    usage: str | None = None
 
 
 class _Header(BaseModel):
@@ -142,6 +163,9 @@ class MessageStore:
         skip_invalid: Leave batches that fail the checks out of loaded histories (with a
             warning on the ``pydantic_toast`` logger) instead of raising. Whole turns are left
             out, so the rest of the history stays coherent.
+        spill: The :class:`~pydantic_toast.ai.SpillToolOutputs` of the agents writing these
+            conversations: :meth:`adelete` deletes the tool outputs they spilled during a
+            conversation with it.
     """
 
     def __init__(
@@ -152,9 +176,11 @@ class MessageStore:
         ttl: float | timedelta | None = None,
         page_size: int = 200,
         skip_invalid: bool = False,
+        spill: SpillToolOutputs | None = None,
     ) -> None:
         """Check the settings; nothing connects before the first operation."""
         self.skip_invalid = skip_invalid
+        self.spill = spill
         self.ttl = ttl_seconds(ttl)
         needs = (Capability.LIST, Capability.DELETE)
         self._url = checked_url(storage, self.ttl, needs=needs, user="MessageStore")
@@ -179,6 +205,7 @@ class MessageStore:
         messages: Sequence[ModelMessage],
         *,
         after: datetime | None = None,
+        usage: RunUsage | None = None,
     ) -> Appended | None:
         """Append messages to a conversation: one new record, nothing stored is rewritten.
 
@@ -187,6 +214,9 @@ class MessageStore:
             messages: The messages to append, usually a run's ``new_messages()``.
             after: The ``position`` of the history the messages follow (from :meth:`aload`),
                 so they sort after it even if this machine's clock is behind.
+            usage: The run's usage (``result.usage``), stored with the turn. By default it is
+                summed from the messages: one request and its tokens per ``ModelResponse``, one
+                tool call per ``ToolReturnPart``.
 
         Returns:
             What was stored, or ``None`` when ``messages`` is empty (nothing is written).
@@ -196,13 +226,19 @@ class MessageStore:
             return None
         messages = list(messages)
         text = ModelMessagesTypeAdapter.dump_json(messages).decode()
+        usage = usage_of(messages) if usage is None else usage
         now = datetime.now(UTC)
         position = self._next_position(now, after)
         batch = StoredRecord(
             class_name=self._batch_class(conversation_id),
             id=uuid4(),
             data=pydantic_core.to_json(
-                {"conversation_id": conversation_id, "count": len(messages), "messages": text}
+                {
+                    "conversation_id": conversation_id,
+                    "count": len(messages),
+                    "messages": text,
+                    "usage": _USAGE.dump_json(usage).decode(),
+                }
             ),
             schema_version=FORMAT_VERSION,
             created_at=position,
@@ -220,7 +256,7 @@ class MessageStore:
         )
         store = await backend(self._url)
         await store.save_records([batch, header])
-        return Appended(conversation_id, batch.id, position, len(messages))
+        return Appended(conversation_id, batch.id, position, len(messages), usage)
 
     def _next_position(self, now: datetime, after: datetime | None) -> datetime:
         with self._lock:
@@ -243,26 +279,29 @@ class MessageStore:
         """
         if limit is not None and limit < 1:
             raise StorageConfigurationError(f"limit must be 1 or more (or None), got {limit}")
-        batches: list[list[ModelMessage]] = []
+        batches: list[_Loaded] = []
         loaded = 0
-        position: datetime | None = None
         complete = True
         pages = self._pages(conversation_id)
         async for page in pages:
-            for record_position, messages in page:
+            for batch in page:
                 if limit is not None and loaded >= limit:
                     complete = False
                     break
-                if position is None:
-                    position = record_position
-                batches.append(messages)
-                loaded += len(messages)
+                batches.append(batch)
+                loaded += len(batch.messages)
             if limit is not None and loaded >= limit:
                 complete = False  # older batches may remain (not looked up: that costs a page)
                 break
         await pages.aclose()
-        messages = [message for batch in reversed(batches) for message in batch]
-        return History(conversation_id, messages, position, complete)
+        batches.reverse()
+        messages = [message for batch in batches for message in batch.messages]
+        turn_usage = [batch.usage for batch in batches]
+        total = RunUsage()
+        for usage in turn_usage:
+            total.incr(usage)
+        position = batches[-1].position if batches else None
+        return History(conversation_id, messages, position, complete, turn_usage, total)
 
     async def apages(self, conversation_id: str) -> AsyncIterator[list[ModelMessage]]:
         """The conversation's messages page by page, newest page first (each page oldest first).
@@ -270,11 +309,9 @@ class MessageStore:
         For a UI scrolling back through a long conversation without loading all of it.
         """
         async for page in self._pages(conversation_id):
-            yield [message for _, messages in reversed(page) for message in messages]
+            yield [message for batch in reversed(page) for message in batch.messages]
 
-    async def _pages(
-        self, conversation_id: str
-    ) -> AsyncGenerator[list[tuple[datetime, list[ModelMessage]]]]:
+    async def _pages(self, conversation_id: str) -> AsyncGenerator[list[_Loaded]]:
         check_conversation_id(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
@@ -290,7 +327,7 @@ class MessageStore:
                 if record is None:
                     continue  # expired or deleted between listing and loading
                 try:
-                    page.append((record.created_at, _decode(record, conversation_id)))
+                    page.append(_decode(record, conversation_id))
                 except StoredDataError as exc:
                     if not self.skip_invalid:
                         raise
@@ -330,15 +367,19 @@ class MessageStore:
         return found
 
     async def adelete(self, conversation_id: str) -> int:
-        """Delete a conversation: every batch, then its header.
+        """Delete a conversation: the tool outputs spilled during it, every batch, its header.
 
-        Batches are deleted newest first, so a delete cut short leaves the start of the
-        conversation (a coherent, shorter history), never a gap.
+        The spilled outputs (of the ``spill`` given to this store) go first, then the batches
+        newest first, then the header: a delete cut short leaves the start of the conversation
+        (a coherent, shorter history, still listed), never a gap, and running it again
+        finishes it.
 
         Returns:
             How many batches were deleted (0 when nothing was stored).
         """
         check_conversation_id(conversation_id)
+        if self.spill is not None:
+            await self.spill.adelete_conversation(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
         deleted = 0
@@ -352,6 +393,27 @@ class MessageStore:
         return f"{self._header_class}/{conversation_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """One stored batch, checked and decoded."""
+
+    position: datetime
+    messages: list[ModelMessage]
+    usage: RunUsage
+
+
+def usage_of(messages: Sequence[ModelMessage]) -> RunUsage:
+    """The usage ``messages`` record: requests and tokens of each response, tool returns."""
+    usage = RunUsage()
+    for message in messages:
+        if isinstance(message, ModelResponse):
+            usage.requests += 1
+            usage.incr(message.usage)
+        elif isinstance(message, ModelRequest):
+            usage.tool_calls += sum(isinstance(part, ToolReturnPart) for part in message.parts)
+    return usage
+
+
 def _header_id(conversation_id: str) -> UUID:
     return uuid5(_HEADER_IDS, conversation_id)
 
@@ -362,7 +424,7 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _decode(record: StoredRecord, conversation_id: str) -> list[ModelMessage]:
+def _decode(record: StoredRecord, conversation_id: str) -> _Loaded:
     """The messages of a stored batch, after checking everything about it."""
     if record.schema_version != FORMAT_VERSION:
         raise _corrupt(
@@ -386,7 +448,14 @@ def _decode(record: StoredRecord, conversation_id: str) -> list[ModelMessage]:
         raise _corrupt(record, f"holds messages that do not validate ({where})") from None
     if not messages or len(messages) != batch.count:
         raise _corrupt(record, f"holds {len(messages)} messages, not the {batch.count} it says")
-    return messages
+    if batch.usage is None:
+        usage = usage_of(messages)
+    else:
+        try:
+            usage = _USAGE.validate_json(batch.usage)
+        except ValidationError:
+            raise _corrupt(record, "holds a usage that does not validate") from None
+    return _Loaded(record.created_at, messages, usage)
 
 
 def _corrupt(record: StoredRecord, problem: str) -> StoredDataError:

@@ -6,6 +6,12 @@ size, its reference, and the first ``preview_chars`` characters. The capability 
 (``read_tool_output``) returning slices by ``offset``/``length``, and for structured results
 the value at a JSON path first. The threshold is a character count, so the same output is
 always spilled or always not, whatever the model or tokenizer.
+
+Outputs are stored per conversation (the class name ends with the run's ``conversation_id``),
+so the read tool can only reach the outputs of its own conversation, and deleting a
+conversation (:meth:`SpillToolOutputs.adelete_conversation`, which
+:meth:`MessageStore.adelete <pydantic_toast.ai.MessageStore.adelete>` calls when given
+``spill=``) deletes them with it.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from pydantic_toast._exceptions import (
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast.ai._names import check_namespace
+from pydantic_toast.ai._names import check_conversation_id, check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+from pydantic_toast.backends.base import Capability
 
 __all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
 
@@ -79,7 +86,9 @@ class SpillToolOutputs(AbstractCapability[Any]):
 
     ::
 
-        agent = Agent(model, capabilities=[SpillToolOutputs("redis://cache:6379/0")])
+        spill = SpillToolOutputs("postgresql://app@db/app")
+        store = MessageStore("postgresql://app@db/app", spill=spill)  # deletes them too
+        agent = Agent(model, capabilities=[PersistentConversation(store), spill])
 
     Attributes:
         storage: A storage URL (or ``env:NAME``) for the spilled outputs.
@@ -109,7 +118,8 @@ class SpillToolOutputs(AbstractCapability[Any]):
                 f"preview_chars={self.preview_chars}, max_chars={self.max_chars}"
             )
         self._ttl = ttl_seconds(self.ttl)
-        self._url = checked_url(self.storage, self._ttl)
+        needs = (Capability.LIST, Capability.DELETE)
+        self._url = checked_url(self.storage, self._ttl, needs=needs, user="SpillToolOutputs")
         self._class_name = f"pydantic_toast.ai.{check_namespace(self.namespace)}"
 
     async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
@@ -143,29 +153,58 @@ class SpillToolOutputs(AbstractCapability[Any]):
 
     # -- for the app ------------------------------------------------------------------------------
 
-    async def aload(self, reference: UUID | str) -> SpilledOutput:
+    async def aload(self, reference: UUID | str, *, conversation_id: str | None) -> SpilledOutput:
         """The full output stored under ``reference`` (as given to the model).
 
+        Args:
+            reference: The ref given to the model in place of the output.
+            conversation_id: The conversation of the run that spilled it (outputs are kept per
+                conversation; ``None`` for a run that had none).
+
         Raises:
-            RecordNotFoundError: Nothing (or nothing any more, after ``ttl``) is stored there.
+            RecordNotFoundError: Nothing (or nothing any more, after ``ttl``) is stored there
+                for that conversation.
         """
+        class_name = self._class_for(conversation_id)
         id = _parse_id(reference)
         if id is None:
-            raise RecordNotFoundError(self._class_name, str(reference))
+            raise RecordNotFoundError(class_name, str(reference))
         store = await backend(self._url)
-        (record,) = await store.load_records([(self._class_name, id)])
+        (record,) = await store.load_records([(class_name, id)])
         if record is None:
-            raise RecordNotFoundError(self._class_name, id)
-        return _decode(record)
+            raise RecordNotFoundError(class_name, id)
+        output = _decode(record)
+        if output.conversation_id != conversation_id:  # a record copied under another name
+            raise RecordNotFoundError(class_name, id)
+        return output
 
-    async def adelete(self, reference: UUID | str) -> bool:
-        """Delete a stored output (say, with its conversation); return whether it existed."""
+    async def adelete(self, reference: UUID | str, *, conversation_id: str | None) -> bool:
+        """Delete one stored output; return whether it existed."""
         id = _parse_id(reference)
         if id is None:
             return False
-        return await (await backend(self._url)).delete(id, self._class_name)
+        return await (await backend(self._url)).delete(id, self._class_for(conversation_id))
+
+    async def adelete_conversation(self, conversation_id: str) -> int:
+        """Delete every output spilled during a conversation; return how many there were.
+
+        :meth:`MessageStore.adelete <pydantic_toast.ai.MessageStore.adelete>` calls this when
+        the store was given ``spill=``.
+        """
+        class_name = self._class_for(check_conversation_id(conversation_id))
+        store = await backend(self._url)
+        deleted = 0
+        while ids := await store.list_ids(class_name, limit=1000):
+            for id in ids:
+                deleted += await store.delete(id, class_name)
+        return deleted
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _class_for(self, conversation_id: str | None) -> str:
+        if conversation_id is None:
+            return self._class_name
+        return f"{self._class_name}/{check_conversation_id(conversation_id)}"
 
     async def _store(
         self, ctx: RunContext[Any], call: ToolCallPart, text: str, structured: bool
@@ -179,7 +218,7 @@ class SpillToolOutputs(AbstractCapability[Any]):
             "text": text,
         }
         record = StoredRecord(
-            class_name=self._class_name,
+            class_name=self._class_for(ctx.conversation_id),
             id=uuid4(),
             data=pydantic_core.to_json(data),
             schema_version=FORMAT_VERSION,
@@ -227,12 +266,11 @@ class SpillToolOutputs(AbstractCapability[Any]):
             id = _parse_id(ref)
             output = self._cache.get(id) if id is not None else None
             if output is None:
-                output = await self.aload(ref)
+                # Only this conversation's outputs can be reached: another's is "unknown".
+                output = await self.aload(ref, conversation_id=ctx.conversation_id)
                 self._cache[output.id] = output
         except RecordNotFoundError:
             return _unknown(ref)
-        if output.conversation_id is not None and output.conversation_id != ctx.conversation_id:
-            return _unknown(ref)  # another conversation's output: as if there were none
         text = output.text
         if json_path is not None:
             if not isinstance(output.content, dict | list):
