@@ -48,7 +48,7 @@ def test_snippet_runs(
         ["4 messages stored\n2 requests,"],
         ["['support-7']\n2 turns deleted"],
         ["[The text output of export is 1,200,000 characters", "deleted with its conversation"],
-        [],
+        ["forged reference refused"],
     ][index]
     for text in expected:
         assert text in output

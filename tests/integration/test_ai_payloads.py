@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: the test defines its classes in functions.
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from uuid import uuid4
 
 import pytest
@@ -14,6 +15,8 @@ from pydantic_toast import (
     ExternalReference,
     InvalidReferenceError,
     RecordNotFoundError,
+    SigningKeys,
+    sign_reference,
 )
 from pydantic_toast.ai import aload_payload, astore_payload
 
@@ -71,3 +74,30 @@ async def test_a_reference_of_another_kind_is_refused(storage_url: str) -> None:
     """Only payload references of the namespace asked for are loaded."""
     with pytest.raises(InvalidReferenceError, match="payload reference"):
         await aload_payload(storage_url, {"class_name": "Order", "id": str(uuid4())}, dict)
+
+
+async def test_a_signed_reference_is_checked_before_storage_is_touched(storage_url: str) -> None:
+    """With verify=SigningKeys, only an intact, unexpired reference signed by a key loads."""
+    keys = SigningKeys(b"k" * 32)
+    namespace = f"t{uuid4().hex[:12]}"
+    reference = await astore_payload(storage_url, {"big": "x" * 1_000}, namespace=namespace)
+    signed = json.loads(json.dumps(sign_reference(reference, keys)))  # across a queue
+    loaded = await aload_payload(storage_url, signed, dict, verify=keys, namespace=namespace)
+    assert loaded == {"big": "x" * 1_000}
+    rotated = SigningKeys(b"n" * 32, b"k" * 32)  # a new key first: old signatures still verify
+    assert await aload_payload(storage_url, signed, dict, verify=rotated, namespace=namespace)
+    # An id swapped for another record's, another key, an unsigned or an expired reference:
+    # refused before any read (the unknown id would otherwise be RecordNotFoundError).
+    forged = {**signed, "id": str(uuid4())}
+    expired = sign_reference(reference, keys, expires_in=timedelta(seconds=-10))
+    refused = {
+        "forged": (forged, keys, "does not verify"),
+        "other key": (signed, SigningKeys(b"z" * 32), "does not verify"),
+        "unsigned": (dict(reference), keys, "unsigned reference is refused"),
+        "expired": (expired, keys, "expired"),
+    }
+    for given, with_keys, message in refused.values():
+        with pytest.raises(InvalidReferenceError, match=message):
+            await aload_payload(storage_url, given, dict, verify=with_keys, namespace=namespace)
+    with pytest.raises(InvalidReferenceError, match="verify=SigningKeys"):
+        await aload_payload(storage_url, signed, dict, namespace=namespace)

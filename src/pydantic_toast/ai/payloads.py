@@ -6,6 +6,11 @@ Payloads that are :class:`~pydantic_toast.ExternalBaseModel` s need nothing more
 ``await model.asave()`` and ``await Model.aload(reference)``; these functions do the same for
 any value Pydantic can serialize (a list of models, a dict, a dataclass of deps, a run's
 ``new_messages()``), storing external models inside it as their own records.
+
+Where the reference crosses a trust boundary, sign it with
+:func:`~pydantic_toast.sign_reference` and load it with ``verify=SigningKeys(...)``: the
+signature (HMAC-SHA256 over the class name, id and expiry) is checked before storage is
+touched, so a forged or altered reference reads nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
+from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
 from pydantic_toast._trees import adump, avalidate
 from pydantic_toast.ai._names import check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
@@ -73,24 +79,34 @@ async def aload_payload(
     reference: ExternalReference | Mapping[str, Any],
     type_: type[T],
     *,
-    verify: Callable[[ExternalReference], None] | None = None,
+    verify: SigningKeys | Callable[[ExternalReference], None] | None = None,
     namespace: str = "payloads",
 ) -> T:
     """Load a payload stored by :func:`astore_payload` and validate it as ``type_``.
 
     Args:
         storage: The storage URL it was stored in.
-        reference: Its reference, as an ``ExternalReference`` or the dict form.
+        reference: Its reference, as an ``ExternalReference`` or the dict form, or a signed
+            reference (:func:`~pydantic_toast.sign_reference`) when ``verify`` is the keys.
         type_: What to validate it as (``list[Order]``, a deps dataclass, ...).
-        verify: Called with the reference before storage is touched; raise to refuse it. Where
-            a reference crosses a trust boundary, check its signature or its owner here.
+        verify: Checked before storage is touched. :class:`~pydantic_toast.SigningKeys`: the
+            reference must be signed with one of them and not expired (unsigned ones are
+            refused). A function: called with the reference, raises to refuse it (check its
+            owner, a tenant).
         namespace: As given to :func:`astore_payload`.
 
     Raises:
         RecordNotFoundError: Nothing (or nothing any more) is stored under the reference.
-        InvalidReferenceError: The reference is malformed or of another namespace.
+        InvalidReferenceError: The reference is malformed, of another namespace, or (with
+            ``verify=SigningKeys(...)``) unsigned, altered, signed with another key or expired.
         StoredDataError: The record under it is not a payload.
     """
+    if isinstance(verify, SigningKeys):
+        reference = verify_reference(reference, verify)
+    elif parse_signed(reference) is not None:
+        raise InvalidReferenceError(
+            "this payload reference is signed: pass verify=SigningKeys(...) to check it"
+        )
     parsed = parse_reference(reference)
     class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
     if parsed is None or parsed[0] != class_name:
@@ -99,7 +115,7 @@ async def aload_payload(
             class_name=class_name,
         )
     id = parsed[1]
-    if verify is not None:
+    if verify is not None and not isinstance(verify, SigningKeys):
         verify(ExternalReference(class_name, id))
     url = checked_url(storage, None)
     (record,) = await (await backend(url)).load_records([(class_name, id)])
