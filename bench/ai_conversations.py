@@ -11,7 +11,7 @@ on memory://, Redis and PostgreSQL (a throwaway database):
   ``SpillToolOutputs`` (Pydantic AI's FunctionModel estimate, and characters / 4).
 
 Timings are interleaved: each round runs every system once, in an order that alternates between
-rounds; the figures are the median and the 25th-75th percentiles over rounds.
+rounds; the figures are the median and [min-max] over rounds.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ class Rewrite:
 
 
 def spread(samples: list[float]) -> str:
-    """Median and interquartile range, in µs."""
-    q1, median, q3 = statistics.quantiles(samples, n=4)
-    return f"{median:,.0f} µs ({q1:,.0f}-{q3:,.0f})"
+    """Median [min-max], in µs."""
+    median = statistics.median(samples)
+    return f"{median:,.0f} µs [{min(samples):,.0f}-{max(samples):,.0f}]"
 
 
 async def timed(operation: Callable[[], Awaitable[object]]) -> float:
@@ -174,8 +174,7 @@ async def measure_tokens() -> list[str]:
     return lines
 
 
-async def main(quick: bool, postgres_url: str | None) -> None:
-    rounds = 30 if quick else 200
+async def main(rounds: int, load_rounds: int, parts: set[str], postgres_url: str | None) -> None:
     sizes = [10, 100, 1_000]
     targets = [("memory", f"memory://bench-{uuid4().hex[:8]}")]
     redis_prefix = f"bench_ai_{uuid4().hex[:8]}"
@@ -183,28 +182,34 @@ async def main(quick: bool, postgres_url: str | None) -> None:
     if postgres_url is not None:
         targets.append(("postgresql", postgres_url))
     try:
-        print(f"Appending one turn (2 messages); {rounds} interleaved rounds per size.\n")
-        print(
-            "| backend | messages stored | append (p50, p25-p75) | rewrite whole history "
-            "| rewrite / append |"
-        )
-        print("|---|---:|---:|---:|---:|")
-        for name, url in targets:
-            for line in await measure_backend(name, url, rounds, sizes):
+        if "append" in parts:
+            print(f"Appending one turn (2 messages); {rounds} interleaved rounds per size.\n")
+            print(
+                "| backend | messages stored | append (p50 [min-max]) | rewrite whole history "
+                "| rewrite / append |"
+            )
+            print("|---|---:|---:|---:|---:|")
+            for name, url in targets:
+                for line in await measure_backend(name, url, rounds, sizes):
+                    print(line, flush=True)
+        if "load" in parts:
+            print(
+                f"\nLoading a 1,000-message conversation (500 appended turns); {load_rounds} "
+                "interleaved rounds.\n"
+            )
+            print("| backend | MessageStore.aload | one rewritten record |")
+            print("|---|---:|---:|")
+            for name, url in targets:
+                print(await measure_load(name, url, load_rounds), flush=True)
+        if "tokens" in parts:
+            print("\nTokens for a 1,000,000-character tool return.\n")
+            print(
+                "| | tool return chars sent | chars / 4 | run input tokens (FunctionModel "
+                "estimate) | messages |"
+            )
+            print("|---|---:|---:|---:|---:|")
+            for line in await measure_tokens():
                 print(line)
-        print("\nLoading a 1,000-message conversation (500 appended turns).\n")
-        print("| backend | MessageStore.aload | one rewritten record |")
-        print("|---|---:|---:|")
-        for name, url in targets:
-            print(await measure_load(name, url, max(10, rounds // 5)))
-        print("\nTokens for a 1,000,000-character tool return.\n")
-        print(
-            "| | tool return chars sent | chars / 4 | run input tokens (FunctionModel estimate) "
-            "| messages |"
-        )
-        print("|---|---:|---:|---:|---:|")
-        for line in await measure_tokens():
-            print(line)
     finally:
         await pydantic_toast.aclose_storage()
         await _drop_redis_prefix(REDIS_URL, redis_prefix)
@@ -225,12 +230,23 @@ async def _drop_redis_prefix(url: str, prefix: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 rounds instead of 200")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per append size")
+    parser.add_argument("--load-rounds", type=int, help="interleaved rounds of the load")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["append", "load", "tokens"],
+        help="measure only this part (repeatable); default: all",
+    )
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     arguments = parser.parse_args()
+    rounds = arguments.rounds or (30 if arguments.quick else 200)
+    load_rounds = arguments.load_rounds or max(10, rounds // 5)
+    parts = set(arguments.only or ["append", "load", "tokens"])
     if arguments.no_postgres:
-        asyncio.run(main(arguments.quick, None))
+        asyncio.run(main(rounds, load_rounds, parts, None))
     else:
         from databases import throwaway_postgres
 
         with throwaway_postgres("bench_ai") as database_url:
-            asyncio.run(main(arguments.quick, database_url))
+            asyncio.run(main(rounds, load_rounds, parts, database_url))

@@ -24,13 +24,21 @@ from pydantic_ai.messages import (
 from pydantic_toast import StorageConfigurationError, StoredDataError, StoredRecord
 from pydantic_toast.ai import MessageStore
 from pydantic_toast.ai._storage import backend
+from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.storage import current_storage
 from tests.ai_helpers import as_pydantic_ai_round_trips, chat_agent, every_part
 from tests.integration.conftest import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = [param for param in BACKENDS if param.id != "memory"]
-EXPIRING = [param for param in BACKENDS if param.id in {"memory", "redis"}]
-NOT_EXPIRING = [param for param in BACKENDS if param.id in {"sqlite", "postgresql"}]
+# Which backends expire records is read from their capabilities (the store accepts ttl= exactly
+# where Capability.TTL is declared), so a backend gaining expiry moves to EXPIRING by itself.
+_TTL = {
+    param.id: Capability.TTL in current_storage().registry.class_for(str(param.id)).capabilities
+    for param in BACKENDS
+}
+EXPIRING = [param for param in BACKENDS if _TTL[param.id]]
+NOT_EXPIRING = [param for param in BACKENDS if not _TTL[param.id]]
 
 
 def _store(url: str, **options: Any) -> MessageStore:
@@ -285,9 +293,23 @@ async def test_conversations_expire_after_ttl(storage_url: str) -> None:
     assert await store.alist() == []
 
 
+@pytest.mark.parametrize("storage_url", EXPIRING, indirect=True)
+async def test_an_active_conversation_forgets_whole_old_turns(storage_url: str) -> None:
+    """Turns older than ttl expire whole; the header lives on while turns are appended."""
+    store = _store(storage_url, ttl=2.0)
+    await store.aappend("active", _turn("old"))
+    await asyncio.sleep(1.2)
+    await store.aappend("active", _turn("new"))
+    await asyncio.sleep(1.2)  # "old" is 2.4 s old (gone), "new" and the header 1.2 s
+    history = await store.aload("active")
+    assert _prompts(history.messages) == ["new"]
+    assert len(history.messages) == 2  # the whole turn, never half of one
+    assert [info.conversation_id for info in await store.alist()] == ["active"]
+
+
 @pytest.mark.parametrize("storage_url", NOT_EXPIRING, indirect=True)
 def test_ttl_is_refused_where_records_do_not_expire(storage_url: str) -> None:
-    """A ttl on PostgreSQL or SQLite fails at once with the fix, not silently."""
+    """A ttl where records do not expire fails at once with the fix, not silently."""
     with pytest.raises(StorageConfigurationError, match="does not expire records"):
         _store(storage_url, ttl=60)
 
