@@ -13,13 +13,16 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -562,3 +565,30 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def start_todo_service(database_url: str, port: int) -> subprocess.Popen[bytes]:
+    """The todo example under uvicorn on ``port``, once its /health answers 200."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.todo_api.app:app", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError("the todo service did not start")
+
+
+def stop_todo_service(process: subprocess.Popen[bytes]) -> None:
+    """Stop it the way Ctrl-C would (a clean shutdown: the lifespan closes storage)."""
+    process.send_signal(signal.SIGINT)
+    process.wait(30)

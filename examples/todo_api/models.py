@@ -6,11 +6,18 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 
-Description = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# The limits apply to the text as sent, as the OpenAPI schema says: at most 500 characters, at
+# least one that is not whitespace, and no NUL (PostgreSQL cannot store one in text or jsonb);
+# surrounding whitespace is then stripped.
+Description = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$"),
+    AfterValidator(str.strip),
+]
 
 
 def now() -> datetime:

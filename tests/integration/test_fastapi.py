@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,36 +278,11 @@ def test_lifespan_refuses_to_start_on_an_unmigrated_database(
         _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def start_service(database_url: str, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.todo_api.app:app", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise AssertionError("the todo service did not start")
-
-
-def stop_service(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    process.wait(30)
-
-
 def test_todos_persist_across_service_restarts(postgres_database_url: str) -> None:
     """Todos created over HTTP are read back unchanged by a restarted uvicorn process."""
     port = servers.free_port()
     base = f"http://127.0.0.1:{port}"
-    service = start_service(postgres_database_url, port)
+    service = servers.start_todo_service(postgres_database_url, port)
     try:
         created = [
             httpx.post(f"{base}/api/todos", json={"description": f"persist {i}"}).json()
@@ -320,13 +291,13 @@ def test_todos_persist_across_service_restarts(postgres_database_url: str) -> No
         httpx.patch(f"{base}/api/todos/{created[0]['id']}", json={"completed": True})
         before = [httpx.get(f"{base}/api/todos/{t['id']}").json() for t in created]
     finally:
-        stop_service(service)
+        servers.stop_todo_service(service)
     assert service.returncode == 0
-    service = start_service(postgres_database_url, port)
+    service = servers.start_todo_service(postgres_database_url, port)
     try:
         after = [httpx.get(f"{base}/api/todos/{t['id']}").json() for t in created]
     finally:
-        stop_service(service)
+        servers.stop_todo_service(service)
     assert after == before
     assert after[0]["completed"] is True
 
