@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, AliasPath, ConfigDict
 
+from pydantic_toast._codecs import CodecSettings, codec_settings
 from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
 from pydantic_toast._url import ENV_PREFIX, MaskedURL, StorageURL, check_env_spec, resolve_storage
 from pydantic_toast.backends.base import Capability
@@ -39,6 +40,13 @@ class ExternalConfigDict(ConfigDict, total=False):
             is still the one this instance read or wrote, and raises ``ConcurrencyError``
             otherwise. ``"last-write-wins"``: writes overwrite whatever is stored (and write
             a deleted record back); the only choice on a backend without revisions.
+        compression: ``"zstd"`` stores records whose JSON is at least ``compress_above``
+            bytes compressed, with a SHA-256 of the stored bytes checked on every load (see
+            the Compression page). Default ``None``: plain JSON. Records written either way
+            keep loading when the setting changes.
+        compress_above: Bytes of JSON below which a record stays plain (default 2048).
+        max_decompressed_size: A load refuses a compressed record that would decompress to
+            more bytes than this (default 64 MiB), against decompression bombs.
     """
 
     storage: str
@@ -46,6 +54,9 @@ class ExternalConfigDict(ConfigDict, total=False):
     external_name: str
     ttl: float | timedelta
     concurrency: Literal["optimistic", "last-write-wins"]
+    compression: Literal["zstd"] | None
+    compress_above: int
+    max_decompressed_size: int
 
 
 _CONCURRENCY = ("optimistic", "last-write-wins")
@@ -61,6 +72,7 @@ class ModelSettings:
         schema_version: Written with every record.
         ttl: Seconds until a record expires, or ``None``.
         last_write_wins: Writes do not check the stored revision.
+        codec: How records are encoded (compression, limits), or ``None`` for plain JSON.
     """
 
     storage: MaskedURL
@@ -68,6 +80,7 @@ class ModelSettings:
     schema_version: int
     ttl: float | None
     last_write_wins: bool = False
+    codec: CodecSettings | None = None
     _owner: type[BaseModel] | None = field(default=None, repr=False)
     _url: StorageURL | None = field(default=None, repr=False)
 
@@ -130,7 +143,13 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
             f"{shorten(repr(concurrency))}"
         )
     settings = ModelSettings(
-        masked, external_name, schema_version, ttl, concurrency == "last-write-wins", cls
+        masked,
+        external_name,
+        schema_version,
+        ttl,
+        concurrency == "last-write-wins",
+        codec_settings(owner, config),
+        cls,
     )
     if storage.startswith(ENV_PREFIX):
         try:

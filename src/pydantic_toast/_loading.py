@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
+from pydantic_toast._codecs import CodecSettings, decode_record, is_encoded
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._records import RecordKey, StoredRecord
@@ -216,9 +217,12 @@ class LoadSession:
             fetched: list[StoredRecord] = []
             for url, keys, records in zip(urls, batches, results, strict=True):
                 for (class_name, id), record in zip(keys, records, strict=True):
-                    self.records[(url, class_name, id)] = record
+                    key = (url, class_name, id)
                     if record is not None:
+                        if is_encoded(record.data):
+                            record = decode_record(record, _codec_of(self.model_for(key)))
                         fetched.append(record)
+                    self.records[key] = record
             wanted = {}
             if follow:
                 for record in fetched:
@@ -301,9 +305,18 @@ def find_references(value: object) -> Iterator[ParsedReference]:
 
 
 async def read_one(
-    storage: Storage, url: StorageURL, class_name: str, id: UUID
+    storage: Storage, url: StorageURL, class_name: str, id: UUID, model: Any = None
 ) -> StoredRecord | None:
-    """One record, read directly (no prefetch needed for models without nested ones)."""
+    """One record, read directly (no prefetch needed for models without nested ones).
+
+    ``model``, the class stored under ``class_name`` there, gives the limits to decode with.
+    """
     backend = await storage.connected(url)
     (record,) = await backend.load_records([(class_name, id)])
+    if record is not None and is_encoded(record.data):
+        record = decode_record(record, _codec_of(model))
     return record
+
+
+def _codec_of(model: Any) -> CodecSettings | None:
+    return None if model is None else model._toast_settings().codec

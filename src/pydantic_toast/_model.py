@@ -167,7 +167,7 @@ class ExternalBaseModel(BaseModel):
             return built  # loaded once per session; a placeholder closes a cycle
         if session is None and not cls._toast_has_nested():  # one record: read it directly
             storage = current_storage()
-            record = run_sync(lambda: read_one(storage, *key), **_blocking_load(cls))
+            record = run_sync(lambda: read_one(storage, *key, cls), **_blocking_load(cls))
             if record is None:
                 raise run_sync(lambda: cls._toast_not_found(key), **_blocking_load(cls))
             return cls._toast_from_record(record, within_hook=True)
@@ -480,7 +480,7 @@ class ExternalBaseModel(BaseModel):
         """
         url, class_name, id = key = cls._toast_session_key(cls._toast_reference(reference))
         if not cls._toast_has_nested():  # one record: read it directly
-            record = await read_one(current_storage(), url, class_name, id)
+            record = await read_one(current_storage(), url, class_name, id, cls)
             if record is None:
                 raise await cls._toast_not_found(key)
             return cls._toast_from_record(record)

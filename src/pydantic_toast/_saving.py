@@ -30,6 +30,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity
+from pydantic_toast._codecs import encode_record
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
 from pydantic_toast._loading import fill as _fill
@@ -142,7 +143,16 @@ class SaveBatch:
         force: Write every model met, changed or not, whatever revision is stored.
     """
 
-    __slots__ = ("force", "models", "pending", "records", "refusal", "storage", "suspects")
+    __slots__ = (
+        "encoding",
+        "force",
+        "models",
+        "pending",
+        "records",
+        "refusal",
+        "storage",
+        "suspects",
+    )
 
     def __init__(self, storage: Storage | None = None, *, force: bool = False) -> None:
         self.records: dict[StorageURL, dict[RecordKey, tuple[StoredRecord, ExternalBaseModel]]]
@@ -157,6 +167,8 @@ class SaveBatch:
         self.suspects: list[tuple[type[ExternalBaseModel], StoredRecord]] = []
         # A refusal raised inside a nested serializer, where Pydantic would hide it.
         self.refusal: StorageValidationError | None = None
+        # Whether a model met has a codec: records are encoded just before they are written.
+        self.encoding = False
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
         """Queue ``model`` for this batch (once per instance) and return its reference.
@@ -225,6 +237,8 @@ class SaveBatch:
             revision=identity.revision if checked else None,
         )
         self.records.setdefault(settings.url(), {})[record.key] = (record, model)
+        if settings.codec is not None:
+            self.encoding = True
         if _fidelity.may_be_unreadable(data):
             self.suspects.append((type(model), record))
 
@@ -273,7 +287,13 @@ class SaveBatch:
         self, url: StorageURL, entries: list[tuple[StoredRecord, ExternalBaseModel]]
     ) -> None:
         backend = await self.storage.connected(url)
-        revisions = await backend.save_records([record for record, _ in entries])
+        stored = [record for record, _ in entries]
+        if self.encoding:  # the batch keeps plain JSON: change tracking compares it
+            for index, (record, model) in enumerate(entries):
+                codec = type(model)._toast_settings().codec
+                if codec is not None:
+                    stored[index] = encode_record(record, codec)
+        revisions = await backend.save_records(stored)
         for index, (record, model) in enumerate(entries):
             identity = Identity(
                 record.id,

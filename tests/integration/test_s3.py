@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -44,39 +43,6 @@ def on_server(server: servers.TempSeaweedFS, job: Any) -> Any:
             return await job(client)
 
     return asyncio.run(main())
-
-
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[servers.TempSeaweedFS]:
-    """A SeaweedFS server with an S3 gateway for the session."""
-    try:
-        server = servers.TempSeaweedFS()
-    except FileNotFoundError:
-        servers.missing_server("SeaweedFS", "(none: install the dev dependencies)")
-        return
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def bucket(seaweedfs: servers.TempSeaweedFS) -> str:
-    """A bucket of this session."""
-    name = f"toast-test-{uuid4().hex[:12]}"
-
-    async def create(client: Any) -> None:
-        await client.create_bucket(Bucket=name)
-
-    on_server(seaweedfs, create)
-    return name
-
-
-@pytest.fixture
-def s3_url(seaweedfs: servers.TempSeaweedFS, bucket: str) -> Iterator[str]:
-    """A storage URL with a key prefix of this test's own."""
-    yield seaweedfs.url(bucket, f"t{uuid4().hex[:12]}")
-    pydantic_toast.close_storage()
 
 
 def model_on(url: str, **config: object) -> type[ExternalBaseModel]:

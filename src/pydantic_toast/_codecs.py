@@ -1,0 +1,244 @@
+"""Stored-data codecs: compression above a size threshold, SHA-256 integrity, a bomb limit.
+
+A model opts in with ``compression="zstd"`` in its ``ExternalConfigDict``. Its records whose JSON
+is at least ``compress_above`` bytes are then stored as an *envelope*, a JSON object with the
+single key ``"$toast"`` that every backend stores like any other data::
+
+    {"$toast": {"codecs": ["zstd"], "size": 1048576, "sha256": "<hex>", "payload": "<base64>"}}
+
+``codecs`` lists the codecs applied, in order (a load undoes them in reverse); ``size`` is the
+length of the JSON they were applied to; ``sha256`` is the digest of the stored bytes (the
+decoded ``payload``), checked before anything is decompressed. Smaller records, and every
+record of a model without ``compression``, stay plain JSON, and a load tells the two apart by
+the envelope's key: field names are Python identifiers, so no model's own data starts with
+``{"$toast"``. Records written before a model turned compression on keep loading, and so do
+compressed ones after it is turned off.
+
+A load refuses to decompress more than ``max_decompressed_size`` bytes (default 64 MiB), so a
+record crafted to expand without end (a decompression bomb) costs at most that much memory.
+
+zstd comes from the standard library's ``compression.zstd`` on Python 3.14 and from its
+backport, ``backports.zstd`` (the ``zstd`` extra), before.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import sys
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
+
+import pydantic_core
+
+from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._records import StoredRecord
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESS_ABOVE",
+    "DEFAULT_MAX_DECOMPRESSED_SIZE",
+    "CodecSettings",
+    "decode_record",
+    "encode_record",
+    "is_encoded",
+]
+
+COMPRESSIONS: Final = ("zstd",)
+DEFAULT_COMPRESS_ABOVE: Final = 2048
+"""Bytes of JSON below which a record stays plain (PostgreSQL's TOAST threshold is ~2 KB)."""
+DEFAULT_MAX_DECOMPRESSED_SIZE: Final = 64 * 1024 * 1024
+
+_ENVELOPE_KEY: Final = "$toast"
+_MARK: Final = b'{"$toast"'
+_ZSTD_LEVEL: Final = 3  # zstd's own default: ~the speed of a memcpy-bound JSON dump
+
+
+@dataclass(frozen=True, slots=True)
+class CodecSettings:
+    """How one model class encodes its stored data.
+
+    Attributes:
+        compression: The compression codec (``"zstd"``), or ``None`` to store plain JSON.
+        compress_above: Records whose JSON is shorter than this many bytes stay plain.
+        max_decompressed_size: A load refuses records that would decompress to more bytes.
+    """
+
+    compression: str | None = None
+    compress_above: int = DEFAULT_COMPRESS_ABOVE
+    max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
+
+
+def codec_settings(owner: str, config: Any) -> CodecSettings | None:
+    """Read and check a model's codec keys; ``None`` when it encodes nothing.
+
+    Raises:
+        StorageConfigurationError: A key has a wrong value, or zstd is not installed.
+    """
+    compression = config.get("compression")
+    above = config.get("compress_above", DEFAULT_COMPRESS_ABOVE)
+    limit = config.get("max_decompressed_size", DEFAULT_MAX_DECOMPRESSED_SIZE)
+    for name, value in (("compress_above", above), ("max_decompressed_size", limit)):
+        if type(value) is not int or value < 0:
+            raise StorageConfigurationError(
+                f"{owner}: {name} must be an int of 0 or more (bytes), got {value!r:.40}"
+            )
+    if compression is not None and compression not in COMPRESSIONS:
+        raise StorageConfigurationError(
+            f"{owner}: compression must be one of {', '.join(COMPRESSIONS)} or None, got "
+            f"{compression!r:.40}"
+        )
+    if compression is not None:
+        _zstd(owner)  # refuse the class now, not at its first save
+    if compression is None and limit == DEFAULT_MAX_DECOMPRESSED_SIZE:
+        return None  # reads of records written with compression still use the default limit
+    return CodecSettings(compression, above, limit)
+
+
+def is_encoded(data: bytes) -> bool:
+    """Whether stored ``data`` is an envelope rather than a model's plain JSON."""
+    return data.startswith(_MARK)
+
+
+def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord:
+    """``record`` as stored under ``settings``: an envelope when large enough, else itself."""
+    data = record.data
+    if settings.compression is None or len(data) < settings.compress_above:
+        return record
+    payload = _zstd("pydantic-toast").compress(data, _ZSTD_LEVEL)
+    envelope = {
+        _ENVELOPE_KEY: {
+            "codecs": [settings.compression],
+            "size": len(data),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        }
+    }
+    return replace(record, data=pydantic_core.to_json(envelope))
+
+
+def decode_record(record: StoredRecord, settings: CodecSettings | None) -> StoredRecord:
+    """``record`` with its plain JSON: envelopes are checked and decoded, others returned as is.
+
+    Raises:
+        StoredDataError: The envelope is malformed, its bytes fail the SHA-256 check, or it
+            would decompress beyond the limit. The message names the class and id, never data.
+    """
+    if not record.data.startswith(_MARK):
+        return record
+    limit = DEFAULT_MAX_DECOMPRESSED_SIZE if settings is None else settings.max_decompressed_size
+    name, id = record.class_name, record.id
+    codecs, size, digest, payload = _read_envelope(record)
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise _damaged(
+            name,
+            id,
+            f"its stored bytes fail the SHA-256 check ({len(payload)} bytes, recorded digest "
+            f"{digest[:12]}...): they were changed or truncated after pydantic-toast wrote them",
+        )
+    if size > limit:
+        raise _too_large(name, id, size, limit)
+    data = payload
+    for codec in reversed(codecs):
+        if codec != "zstd":
+            raise _damaged(name, id, f"it names an unknown codec {codec!r:.40}")
+        data = _decompress(name, id, data, limit)
+    if len(data) != size:
+        raise _damaged(
+            name, id, f"it decodes to {len(data)} bytes where its envelope records {size}"
+        )
+    return replace(record, data=data)
+
+
+def _read_envelope(record: StoredRecord) -> tuple[list[str], int, str, bytes]:
+    name, id = record.class_name, record.id
+    try:
+        envelope = pydantic_core.from_json(record.data)[_ENVELOPE_KEY]
+        codecs, size = envelope["codecs"], envelope["size"]
+        digest, text = envelope["sha256"], envelope["payload"]
+    except (ValueError, KeyError, TypeError) as exc:
+        problem: str | None = type(exc).__name__
+    else:
+        problem = None
+    if problem is not None:  # raised outside the except: the parser's text may quote data
+        raise _damaged(name, id, f"its $toast envelope is unreadable ({problem})")
+    if (
+        not isinstance(codecs, list)
+        or not all(isinstance(codec, str) for codec in codecs)
+        or type(size) is not int
+        or size < 0
+        or not isinstance(digest, str)
+        or not isinstance(text, str)
+    ):
+        raise _damaged(name, id, "its $toast envelope has fields of the wrong types")
+    try:
+        payload = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        payload = None
+    if payload is None:
+        raise _damaged(name, id, "its $toast payload is not valid base64")
+    return codecs, size, digest, payload
+
+
+def _decompress(name: str, id: UUID, data: bytes, limit: int) -> bytes:
+    zstd = _zstd("pydantic-toast")
+    decompressor = zstd.ZstdDecompressor()
+    try:
+        out: bytes = decompressor.decompress(data, max_length=limit + 1)
+    except zstd.ZstdError:
+        out = b""
+        failed = True
+    else:
+        failed = False
+    if failed or (not decompressor.eof and decompressor.needs_input):
+        raise _damaged(name, id, "its zstd payload is corrupt or truncated")
+    if len(out) > limit:
+        raise _too_large(name, id, len(out), limit, at_least=True)
+    return out
+
+
+def _damaged(name: str, id: UUID, detail: str) -> StoredDataError:
+    return StoredDataError(
+        f"the stored {name} record {id} cannot be decoded: {detail}; it is left untouched "
+        "(restore it from a backup or delete it)",
+        class_name=name,
+        id=id,
+    )
+
+
+def _too_large(
+    name: str, id: UUID, size: int, limit: int, *, at_least: bool = False
+) -> StoredDataError:
+    return StoredDataError(
+        f"the stored {name} record {id} would decompress to {'more than ' if at_least else ''}"
+        f"{size if not at_least else limit} bytes, over its max_decompressed_size of {limit}: "
+        "refused as a possible decompression bomb; if the record is genuine, raise "
+        f"max_decompressed_size in {name}'s ExternalConfigDict; it is left untouched",
+        class_name=name,
+        id=id,
+    )
+
+
+_module: ModuleType | None = None
+
+
+def _zstd(owner: str) -> ModuleType:
+    global _module
+    if _module is None:
+        try:
+            if sys.version_info >= (3, 14):
+                from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+            else:
+                from backports import zstd
+        except ImportError:
+            raise StorageConfigurationError(
+                f"{owner}: compression='zstd' needs the zstd codec: pip install "
+                "'pydantic-toast[zstd]' (backports.zstd before Python 3.14)"
+            ) from None
+        _module = zstd
+    return _module

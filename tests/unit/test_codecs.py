@@ -1,0 +1,82 @@
+"""The codec chain on its own: settings checks, envelopes, and the plain path left alone."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConfigurationError,
+    StoredDataError,
+    StoredRecord,
+)
+from pydantic_toast._codecs import CodecSettings, decode_record, encode_record, is_encoded
+
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def record(data: bytes) -> StoredRecord:
+    return StoredRecord("Note", uuid4(), data, 1, NOW, NOW)
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"compression": "gzip"}, "compression must be one of zstd"),
+        ({"compression": "zstd", "compress_above": -1}, "compress_above must be an int"),
+        ({"max_decompressed_size": 1.5}, "max_decompressed_size must be an int"),
+    ],
+)
+def test_bad_codec_settings_are_refused_at_class_definition(
+    memory_url: str, config: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(StorageConfigurationError, match=problem):
+
+        class Note(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage=memory_url, **config)  # type: ignore[typeddict-item]
+
+
+def test_models_without_codec_keys_have_no_codec(memory_url: str) -> None:
+    class Note(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    assert Note._toast_settings().codec is None
+
+
+def test_small_records_stay_plain_and_plain_records_decode_to_themselves() -> None:
+    small = record(b'{"text":"hi"}')
+    assert encode_record(small, CodecSettings("zstd")) is small
+    assert decode_record(small, None) is small
+    assert not is_encoded(small.data)
+
+
+def test_envelope_round_trip_records_codecs_size_and_digest() -> None:
+    data = json.dumps({"text": "x" * 100_000}).encode()
+    encoded = encode_record(record(data), CodecSettings("zstd", compress_above=0))
+    assert is_encoded(encoded.data)
+    envelope = json.loads(encoded.data)["$toast"]
+    assert envelope["codecs"] == ["zstd"]
+    assert envelope["size"] == len(data)
+    assert len(envelope["sha256"]) == 64
+    assert decode_record(encoded, None).data == data
+
+
+def test_unknown_codec_is_a_stored_data_error() -> None:
+    data = json.dumps({"text": "x" * 10_000}).encode()
+    encoded = encode_record(record(data), CodecSettings("zstd", compress_above=0))
+    document = json.loads(encoded.data)
+    document["$toast"]["codecs"] = ["lzma"]
+    with pytest.raises(StoredDataError, match="unknown codec 'lzma'"):
+        decode_record(record(json.dumps(document).encode()), None)
+
+
+def test_malformed_envelope_is_a_stored_data_error() -> None:
+    with pytest.raises(StoredDataError, match="envelope"):
+        decode_record(record(b'{"$toast": {"codecs": "zstd"}}'), None)
