@@ -4,7 +4,8 @@ Usage: ``python bench/redis_count.py [redis_url]`` (default ``redis://127.0.0.1:
 Writes 20,000 records under a key prefix of its own (deleted afterwards), then times, in
 interleaved rounds (11 repetitions, median and spread), ``count()`` as it is now (one script:
 ZCARD of the class index less ZCOUNT of its expired entries) and the previous implementation
-(pages of 1,000 ids through ``list_ids``, each checked against the records with MGET).
+(pages of 1,000 records through ``list_records``, each page one script that reads the
+documents, as the old listing's MGET did).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import asyncio
 import statistics
 import sys
 import time
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import redis.asyncio as aioredis
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, PageCursor
 from pydantic_toast._url import StorageURL
 
 RECORDS = 20_000
@@ -44,11 +45,11 @@ async def main(base_url: str) -> None:
         async def scan() -> int:  # count() before: every id checked against its record
             total, after = 0, None
             while True:
-                page: list[UUID] = await backend.list_ids("BenchDoc", limit=1000, after=after)
+                page = await backend.list_records("BenchDoc", limit=1000, after=after)
                 total += len(page)
                 if len(page) < 1000:
                     return total
-                after = page[-1]
+                after = PageCursor.of(page[-1])
 
         lookup: list[float] = []
         scanned: list[float] = []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
-from pydantic_toast import RecordKey, StoredRecord, current_storage, register_backend
+from pydantic_toast import PageCursor, RecordKey, StoredRecord, current_storage, register_backend
 from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
 
 pytest_plugins = ["pytester"]
@@ -30,7 +30,7 @@ class CallLog:
 
     calls: list[Call] = field(default_factory=list)
     connects: int = 0
-    listings: int = 0  # list_ids calls, kept out of ``calls``
+    listings: int = 0  # list_records calls (list_ids goes through it), kept out of ``calls``
 
     def of(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
@@ -57,11 +57,11 @@ class CountingBackend(MemoryBackend):
         self.log.calls.append(Call("load", len(keys), threading.current_thread()))
         return await super().load_records(keys)
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
         self.log.listings += 1
-        return await super().list_ids(class_name, limit=limit, after=after)
+        return await super().list_records(class_name, limit=limit, after=after)
 
 
 register_backend("counting", CountingBackend)

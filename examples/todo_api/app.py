@@ -83,9 +83,14 @@ async def create_todo(body: TodoCreate) -> TodoOut:
     return TodoOut.of(todo)
 
 
+# A page cursor is next_after from the previous page: 34 URL-safe base64 characters.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{34}$"
+
+
 @app.get("/api/todos")
 async def list_todos(
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: UUID | None = None
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
 ) -> TodoPage:
     page = await pydantic_toast.apage(Todo, limit=limit, after=after)
     return TodoPage(items=[TodoOut.of(t) for t in page.items], next_after=page.next_after)

@@ -61,4 +61,6 @@ class TodoOut(BaseModel):
 
 class TodoPage(BaseModel):
     items: list[TodoOut]
-    next_after: UUID | None
+    next_after: str | None = Field(
+        description="Pass as ?after= for the next page (an opaque cursor; null on the last page)."
+    )

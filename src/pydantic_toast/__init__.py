@@ -42,7 +42,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import last_write_wins
 from pydantic_toast._signing import SignedReference, SigningKeys, sign_reference, verify_reference
@@ -81,6 +81,7 @@ __all__ = [
     "ExternalStorageError",
     "InvalidReferenceError",
     "Page",
+    "PageCursor",
     "RecordKey",
     "RecordNotFoundError",
     "Ref",

@@ -11,9 +11,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from pydantic_toast._exceptions import RecordNotFoundError, StorageConfigurationError
-from pydantic_toast._loading import LoadSession
+from pydantic_toast._exceptions import (
+    InvalidReferenceError,
+    RecordNotFoundError,
+    StorageConfigurationError,
+    shorten,
+)
+from pydantic_toast._fidelity import decode_stored
+from pydantic_toast._loading import LoadSession, Wanted, find_references
 from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._records import PageCursor
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
@@ -29,11 +36,14 @@ class Page(Generic[M]):
 
     Attributes:
         items: The loaded models.
-        next_after: Pass it as ``after`` to get the next page; ``None`` on the last page.
+        next_after: Pass it as ``after`` to get the next page; ``None`` on the last page. An
+            opaque, URL-safe string (34 characters) that carries the last record's sort key
+            (``created_at`` and id), not a reference to it: it stays valid when that record
+            is deleted, so "process, delete, next page" visits every record once.
     """
 
     items: list[M]
-    next_after: UUID | None
+    next_after: str | None
 
 
 async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
@@ -52,33 +62,60 @@ async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> 
         raise RecordNotFoundError(class_name, id)
 
 
-async def apage(model: type[M], *, limit: int = 50, after: UUID | str | None = None) -> Page[M]:
+async def apage(model: type[M], *, limit: int = 50, after: str | None = None) -> Page[M]:
     """Load a page of a model's records, newest first (keyset pagination, stable order).
+
+    One round trip to the store per page on the built-in backends (S3: a listing, then the
+    records), plus one per level of nested external models, whose records are prefetched
+    together.
 
     Args:
         model: The model class.
         limit: At most this many records (1 to 1000).
         after: The ``next_after`` of the previous page, or ``None`` for the first page.
+
+    Raises:
+        InvalidReferenceError: ``after`` is not a ``next_after`` token (a record id, which
+            earlier versions used as the cursor, is refused with the fix).
     """
     if not 1 <= limit <= MAX_PAGE:
         raise StorageConfigurationError(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
-    cursor = model._toast_reference(after)[1] if after is not None else None
+    cursor = _cursor(name, after) if after is not None else None
     storage = current_storage()
     backend = await storage.connected(url)
-    ids = await backend.list_ids(name, limit=limit, after=cursor)
+    records = await backend.list_records(name, limit=limit, after=cursor)
     session = LoadSession(model._toast_routes(), storage)
-    await session.fetch(
-        {url: {(name, id) for id in ids}} if ids else {}, follow=model._toast_has_nested()
+    for record in records:
+        session.records[(url, name, record.id)] = record
+    if model._toast_has_nested():  # the children of the page, one round per nesting level
+        wanted: Wanted = {}
+        for record in records:
+            session.add_unfetched(wanted, find_references(decode_stored(record)))
+        await session.fetch(wanted, follow=True)
+    items = [model._toast_build((url, name, record.id), session) for record in records]
+    last = PageCursor.of(records[-1]).token() if len(records) == limit else None
+    return Page(items=items, next_after=last)
+
+
+def _cursor(class_name: str, after: object) -> PageCursor:
+    """The cursor an ``after`` token spells, or the error that says what to pass instead."""
+    cursor = PageCursor.from_token(after) if isinstance(after, str) else None
+    if cursor is not None:
+        return cursor
+    try:
+        UUID(str(after))
+    except ValueError:
+        problem = f"after={shorten(repr(after))} is not a page cursor"
+    else:  # pydantic-toast 0.1 paged after a record id, which broke once it was deleted
+        problem = f"after={after} is a record id, not a page cursor"
+    raise InvalidReferenceError(
+        f"{problem}: pass the next_after string of the previous page (or None for the first "
+        "page); it carries the last record's created_at and id, so it survives that record's "
+        "deletion",
+        class_name=class_name,
     )
-    # A record deleted between listing and loading is left out.
-    items = [
-        model._toast_build((url, name, id), session)
-        for id in ids
-        if session.records.get((url, name, id))
-    ]
-    return Page(items=items, next_after=ids[-1] if len(ids) == limit else None)
 
 
 async def acount(model: type[ExternalBaseModel]) -> int:
@@ -97,7 +134,7 @@ def delete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
     )
 
 
-def page(model: type[M], *, limit: int = 50, after: UUID | str | None = None) -> Page[M]:
+def page(model: type[M], *, limit: int = 50, after: str | None = None) -> Page[M]:
     """The blocking form of :func:`apage`."""
     return run_sync(
         lambda: apage(model, limit=limit, after=after),

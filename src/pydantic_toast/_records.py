@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import pydantic_core
 
 from pydantic_toast._exceptions import StoredDataError
 
-__all__ = ["RecordKey", "StoredRecord"]
+__all__ = ["PageCursor", "RecordKey", "StoredRecord"]
 
 RecordKey = tuple[str, UUID]
 """``(class_name, id)``: what identifies a record within one store."""
@@ -102,6 +104,62 @@ class StoredRecord:
             updated_at=updated,
             revision=revision,
         )
+
+
+class PageCursor(NamedTuple):
+    """Where a page of a class's records ends: the sort key of its last record.
+
+    Listings are newest first by ``(created_at, id)``, and a page ``after`` a cursor holds the
+    records whose key is strictly smaller. The cursor carries the key itself, not a reference
+    to a record, so it stays valid when that record is deleted. Tuples compare like the
+    listing orders: ``(record.created_at, record.id) < cursor`` means "comes after the cursor".
+
+    Attributes:
+        created_at: The last record's ``created_at`` (timezone-aware).
+        id: The last record's id (breaks ties between equal ``created_at``).
+    """
+
+    created_at: datetime
+    id: UUID
+
+    @classmethod
+    def of(cls, record: StoredRecord) -> PageCursor:
+        """The cursor just past ``record``."""
+        return cls(record.created_at, record.id)
+
+    def token(self) -> str:
+        """The cursor as an opaque, URL-safe string (see :meth:`from_token`).
+
+        34 characters: a format byte, ``created_at`` in microseconds since the epoch and the
+        id, base64url-encoded without padding.
+        """
+        micros = (self.created_at - _EPOCH) // _MICROSECOND
+        raw = _TOKEN_FORMAT + micros.to_bytes(8, "big", signed=True) + self.id.bytes
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def from_token(cls, token: str) -> PageCursor | None:
+        """The cursor a :meth:`token` string spells, or ``None`` when ``token`` is not one."""
+        if len(token) != _TOKEN_LENGTH:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "==")
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != 25 or raw[:1] != _TOKEN_FORMAT:
+            return None
+        micros = int.from_bytes(raw[1:9], "big", signed=True)
+        try:
+            created_at = _EPOCH + timedelta(microseconds=micros)
+        except OverflowError:
+            return None
+        return cls(created_at, UUID(bytes=raw[9:]))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TOKEN_FORMAT = b"\x01"
+_TOKEN_LENGTH = 34  # 25 bytes in base64 without padding: never a UUID's 32 or 36 characters
 
 
 def _corrupt(class_name: str, id: UUID, detail: str) -> StoredDataError:

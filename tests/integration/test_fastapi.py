@@ -92,6 +92,26 @@ def test_todo_list_is_newest_first_and_paginated(todo_client: TestClient) -> Non
     assert newest_five == list(reversed(ids))
 
 
+def test_todo_cursor_survives_deleting_the_page_it_came_from(todo_client: TestClient) -> None:
+    """Process a page, delete its todos, ask for the next page: nothing is skipped.
+
+    A record id is not a cursor: ?after=<uuid> is refused as a client error.
+    """
+    ids = [
+        todo_client.post("/api/todos", json={"description": f"job {i}"}).json()["id"]
+        for i in range(4)
+    ]
+    first = todo_client.get("/api/todos", params={"limit": 2}).json()
+    assert [item["id"] for item in first["items"]] == ids[:1:-1]
+    for item in first["items"]:
+        assert todo_client.delete(f"/api/todos/{item['id']}").status_code == 204
+    second = todo_client.get("/api/todos", params={"limit": 2, "after": first["next_after"]})
+    assert [item["id"] for item in second.json()["items"]][:2] == ids[1::-1]
+    refused = todo_client.get("/api/todos", params={"after": ids[0]})
+    assert refused.status_code in (400, 422)
+    assert refused.json()["detail"][0]["loc"] == ["query", "after"]
+
+
 def test_sync_routes_agree_with_async_routes(todo_client: TestClient) -> None:
     """The comparison routes read and write the same records, warning that they block."""
     forget_call_sites()

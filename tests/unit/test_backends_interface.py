@@ -166,6 +166,7 @@ def test_public_api_is_pinned() -> None:
         "ExternalStorageError",
         "InvalidReferenceError",
         "Page",
+        "PageCursor",
         "RecordKey",
         "RecordNotFoundError",
         "Storage",

@@ -2,7 +2,7 @@
 
 Conversations and spilled outputs are stored under class names chosen at run time (one per
 conversation), which no ``ExternalBaseModel`` class can name, so they go through a backend's
-record methods (``save_records``, ``load_records``, ``list_ids``, ``delete``) directly.
+record methods (``save_records``, ``load_records``, ``list_records``, ``delete``) directly.
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def checked_url(
     return url
 
 
-_METHODS = {"list": "list_ids", "delete": "delete", "count": "count", "batch": "save_records"}
+_METHODS = {
+    "list": "list_records (or list_ids)",
+    "delete": "delete",
+    "count": "count",
+    "batch": "save_records",
+}
 
 
 def ttl_seconds(ttl: float | timedelta | None) -> float | None:

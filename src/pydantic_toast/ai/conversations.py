@@ -38,7 +38,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.usage import RunUsage
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
 from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
 from pydantic_toast.backends.base import Capability
@@ -315,17 +315,11 @@ class MessageStore:
         check_conversation_id(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
-        seen: set[UUID] = set()
-        cursor: UUID | None = None
+        cursor: PageCursor | None = None
         while True:
-            ids = await store.list_ids(class_name, limit=self.page_size, after=cursor)
-            fresh = [id for id in ids if id not in seen]
-            seen.update(fresh)
-            records = await store.load_records([(class_name, id) for id in fresh]) if fresh else []
+            records = await store.list_records(class_name, limit=self.page_size, after=cursor)
             page = []
             for record in records:
-                if record is None:
-                    continue  # expired or deleted between listing and loading
                 try:
                     page.append(_decode(record, conversation_id))
                 except StoredDataError as exc:
@@ -334,9 +328,9 @@ class MessageStore:
                     logger.warning("skipped a stored batch: %s", exc)
             if page:
                 yield page
-            if len(ids) < self.page_size:
+            if len(records) < self.page_size:
                 return
-            cursor = ids[-1]
+            cursor = PageCursor.of(records[-1])
 
     # -- the collection ---------------------------------------------------------------------------
 
@@ -350,13 +344,16 @@ class MessageStore:
         if not 1 <= limit <= 1000:
             raise StorageConfigurationError(f"limit must be from 1 to 1000, got {limit}")
         store = await backend(self._url)
-        cursor = _header_id(check_conversation_id(after)) if after is not None else None
-        ids = await store.list_ids(self._header_class, limit=limit, after=cursor)
-        records = await store.load_records([(self._header_class, id) for id in ids]) if ids else []
+        cursor = None
+        if after is not None:
+            key = (self._header_class, _header_id(check_conversation_id(after)))
+            (last,) = await store.load_records([key])
+            if last is None:
+                return []
+            cursor = PageCursor.of(last)
+        records = await store.list_records(self._header_class, limit=limit, after=cursor)
         found: list[ConversationInfo] = []
         for record in records:
-            if record is None:
-                continue
             try:
                 header = _Header.model_validate_json(record.data)
             except ValidationError:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from pydantic_toast._exceptions import StorageUsageError
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url
 
 __all__ = ["REQUIRED_METHODS", "Capability", "RecordBackend", "StorageBackend"]
@@ -25,7 +25,12 @@ class Capability(enum.StrEnum):
     DELETE = "delete"
     """``delete`` removes a record."""
     LIST = "list"
-    """``list_ids`` pages through a class's records, newest first."""
+    """``list_records`` (or ``list_ids``) pages through a class's records, newest first.
+
+    The order is ``created_at`` descending, then id descending, and a page ``after`` a
+    :class:`~pydantic_toast.PageCursor` holds the records strictly past that sort key, so a
+    cursor stays valid when its record is deleted.
+    """
     COUNT = "count"
     """``count`` tells how many records a class has."""
     TTL = "ttl"
@@ -47,6 +52,7 @@ class Capability(enum.StrEnum):
 _METHOD_CAPABILITIES = {
     "delete": Capability.DELETE,
     "list_ids": Capability.LIST,
+    "list_records": Capability.LIST,
     "count": Capability.COUNT,
     "save_records": Capability.BATCH,
 }
@@ -72,8 +78,10 @@ class StorageBackend(ABC):
     use and ``disconnect`` when storage is closed. The other methods are optional
     capabilities with working defaults: the batch methods :meth:`save_records` and
     :meth:`load_records` loop over ``save`` and ``load`` (override them to use one round trip),
-    and :meth:`delete`, :meth:`list_ids` and :meth:`count` raise
-    :class:`~pydantic_toast.StorageUsageError` until implemented.
+    and :meth:`delete`, listing and :meth:`count` raise
+    :class:`~pydantic_toast.StorageUsageError` until implemented. For listing, implement
+    either :meth:`list_records` (one round trip per page) or :meth:`list_ids` (then each page
+    costs two: the ids, then their records); each is derived from the other.
 
     A backend declares what it supports in :attr:`capabilities`; left out, the set is worked
     out from the optional methods the class overrides (``ttl`` must always be declared). Model
@@ -162,17 +170,63 @@ class StorageBackend(ABC):
         """Delete one record; return whether it existed."""
         raise self._unsupported("delete", "async def delete(self, id, class_name) -> bool")
 
+    async def list_records(
+        self,
+        class_name: str,
+        *,
+        limit: int,
+        after: PageCursor | None = None,
+    ) -> list[StoredRecord]:
+        """A page of ``class_name``'s records: newest first, at most ``limit``.
+
+        The order is ``created_at`` descending, then id descending; with ``after``, only the
+        records whose ``(created_at, id)`` is smaller than the cursor's (whether or not the
+        cursor's own record still exists). Fewer than ``limit`` records means the last page.
+        Reads never write (no clean-up of expired entries on the way).
+
+        Override it to read a page in one round trip. The default lists ids with
+        :meth:`list_ids` and reads them with :meth:`load_records` (two round trips), leaving
+        out records deleted in between.
+        """
+        if _inherited(self, "list_ids"):
+            raise self._unsupported(
+                "listing",
+                "async def list_records(self, class_name, *, limit, after=None) -> "
+                "list[StoredRecord]",
+            )
+        records: list[StoredRecord] = []
+        cursor = after
+        while len(records) < limit:
+            wanted = limit - len(records)
+            ids = await self.list_ids(class_name, limit=wanted, after=cursor)
+            found = await self.load_records([(class_name, id) for id in ids]) if ids else []
+            loaded = [record for record in found if record is not None]
+            records += loaded
+            if len(ids) < wanted or not loaded:
+                # The end of the class, or every listed record deleted before it was read (the
+                # cursor cannot move past a record whose created_at is unknown): a short page.
+                break
+            cursor = PageCursor.of(loaded[-1])
+        return records
+
     async def list_ids(
         self,
         class_name: str,
         *,
         limit: int,
-        after: UUID | None = None,
+        after: PageCursor | None = None,
     ) -> list[UUID]:
-        """Ids of ``class_name``'s records, newest first, ``limit`` at most, after ``after``."""
-        raise self._unsupported(
-            "listing", "async def list_ids(self, class_name, *, limit, after=None) -> list[UUID]"
-        )
+        """The ids of a page of ``class_name``'s records, in :meth:`list_records`' order.
+
+        The default takes them from :meth:`list_records`.
+        """
+        if _inherited(self, "list_records"):
+            raise self._unsupported(
+                "listing",
+                "async def list_ids(self, class_name, *, limit, after=None) -> list[UUID]",
+            )
+        records = await self.list_records(class_name, limit=limit, after=after)
+        return [record.id for record in records]
 
     async def count(self, class_name: str) -> int:
         """How many records of ``class_name`` are stored."""
@@ -192,6 +246,11 @@ class StorageBackend(ABC):
         Called before an operation is retried; the default does nothing.
         """
         return  # an optional hook: backends without pools have nothing to drop
+
+
+def _inherited(backend: StorageBackend, method: str) -> bool:
+    """Whether ``backend``'s class keeps :class:`StorageBackend`'s own ``method``."""
+    return getattr(type(backend), method) is getattr(StorageBackend, method)
 
 
 class RecordBackend(StorageBackend):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from pydantic_toast._exceptions import ConcurrencyError
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.backends.base import Capability, RecordBackend
 
 __all__ = ["MemoryBackend", "MemoryStore"]
@@ -132,23 +132,18 @@ class MemoryBackend(RecordBackend):
         with self._store.lock:
             return self._store.pop((class_name, id))
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
-        """Ids newest first (by ``created_at``, then id), after the record ``after``."""
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """Records newest first (by ``created_at``, then id), strictly past ``after``."""
         with self._store.lock:
-            records = sorted(
-                self._store.live(class_name),
-                key=lambda r: (r.created_at, r.id),
-                reverse=True,
-            )
-            if after is not None:
-                anchor = self._store.get((class_name, after))
-                if anchor is None:
-                    return []
-                cursor = (anchor.created_at, anchor.id)
-                records = [r for r in records if (r.created_at, r.id) < cursor]
-            return [r.id for r in records[:limit]]
+            records = [
+                record
+                for record in self._store.live(class_name)
+                if after is None or (record.created_at, record.id) < after
+            ]
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return records[:limit]
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are."""

@@ -27,19 +27,18 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
-    LIST_AFTER,
-    LIST_FIRST,
     REVISION,
     SQLAlchemyBackend,
     json_as_text,
     json_passthrough,
+    page_statement,
     write_statements,
 )
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
@@ -221,8 +220,12 @@ def _hot_path_statements() -> dict[str, str]:
         ("select_many", select_many, ["class_names", "ids"]),
         ("delete", DELETE, ["class_name", "id"]),
         ("count", COUNT, ["class_name"]),
-        ("list_first", LIST_FIRST, ["class_name", "limit"]),
-        ("list_after", LIST_AFTER, ["class_name", "after", "limit"]),
+        ("page_first", page_statement(columns, after=False), ["class_name", "limit"]),
+        (
+            "page_after",
+            page_statement(columns, after=True),
+            ["class_name", "after_created_at", "after_id", "limit"],
+        ),
     ):
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
@@ -278,15 +281,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """Delete one record; return whether it existed."""
         return bool(await self._statement("execute", "delete", class_name, id))
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
-        """Ids newest first (``created_at``, then id), starting after the record ``after``."""
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """Records newest first (``created_at``, then id), past ``after``: one SELECT.
+
+        The index on ``(class_name, created_at, id)`` is scanned backwards from the cursor
+        and stops after ``limit`` rows: the cost of a page does not grow with the table.
+        """
         if after is None:
-            rows = await self._statement("fetch", "list_first", class_name, limit)
+            rows = await self._statement("fetch", "page_first", class_name, limit)
         else:
-            rows = await self._statement("fetch", "list_after", class_name, after, limit)
-        return [row[0] for row in rows]
+            rows = await self._statement(
+                "fetch", "page_after", class_name, after.created_at, after.id, limit
+            )
+        return [_row_record(row) for row in rows]
 
     async def count(self, class_name: str) -> int:
         """How many records of ``class_name`` are stored."""
@@ -395,18 +404,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             names = [key[0] for key in keys]
             ids = [key[1] for key in keys]
             rows = await self._statement("fetch", "select_many", names, ids)
-        found = {
-            (row[0], row[1]): StoredRecord(
-                class_name=row[0],
-                id=row[1],
-                schema_version=row[2],
-                data=row[3].encode(),
-                created_at=row[4],
-                updated_at=row[5],
-                revision=row[6],
-            )
-            for row in rows
-        }
+        found = {(row[0], row[1]): _row_record(row) for row in rows}
         return [found.get(key) for key in keys]
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
@@ -509,6 +507,19 @@ def _takes_idle_without_awaiting(pool: Any) -> bool:
         and getattr(pool, "_pre_ping", True) is False
         and getattr(pool, "_recycle", 0) < 0
         and getattr(pool, "_invalidate_time", 1) == 0
+    )
+
+
+def _row_record(row: Any) -> StoredRecord:
+    """A record from a row of the load and page statements' columns."""
+    return StoredRecord(
+        class_name=row[0],
+        id=row[1],
+        schema_version=row[2],
+        data=row[3].encode(),
+        created_at=row[4],
+        updated_at=row[5],
+        revision=row[6],
     )
 
 

@@ -16,7 +16,8 @@ model's fields. A save is a server-side script: it checks the revision each reco
 read-modify-write race between writers), increments the revision and sets the rest. With a
 model ``ttl``, every write sets the expiry afresh (a record expires ``ttl`` seconds after its
 last write); without one, a write makes the record permanent. ``<prefix>:<class_name>:index``
-is a sorted set of the class's ids by creation time, for listing and counting;
+is a sorted set of the class's ids by creation time, for listing and counting (a page is one
+script call that walks the index from the cursor and reads the documents);
 ``<prefix>:<class_name>:expiry`` scores the records that expire by their expiry time, so that
 ``count()`` is the index's size less the expired entries (exact, without reading records).
 Reads never write: entries of expired records are swept from both sets by later writes of the
@@ -42,7 +43,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability, RecordBackend
 
@@ -129,6 +130,50 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. now)
 """
+# KEYS: the class index. ARGV: the prefix of the class's record keys, the page size, the
+# cursor's score ('' for the first page) and id. A page newest first: entries by score
+# descending, then member descending (ZREVRANGEBYSCORE's order for equal scores, and the
+# canonical UUID text sorts like the id), from the cursor's score down, skipping the cursor's
+# own score at members not below its id; each round reads its entries' documents with one
+# MGET and keeps the live ones. An entry whose record has expired is skipped, not removed
+# (reads never write). Returns {id, document, id, document, ...}.
+_PAGE_SCRIPT = """
+local index, prefix, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local top, after = '+inf', ARGV[4]
+local cursor = nil
+if ARGV[3] ~= '' then
+  top = ARGV[3]
+  cursor = tonumber(ARGV[3])
+end
+local found, page, offset = 0, {}, 0
+while found < limit do
+  local want = math.min(limit - found, 1000)  -- MGET's keys go through unpack: bounded
+  local entries = redis.call(
+    'ZREVRANGEBYSCORE', index, top, '-inf', 'WITHSCORES', 'LIMIT', offset, want)
+  if #entries == 0 then break end
+  offset = offset + #entries / 2
+  local ids, keys = {}, {}
+  for i = 1, #entries, 2 do
+    local member = entries[i]
+    if cursor == nil or tonumber(entries[i + 1]) < cursor or member < after then
+      ids[#ids + 1] = member
+      keys[#keys + 1] = prefix .. member
+    end
+  end
+  if #keys > 0 then
+    local documents = redis.call('MGET', unpack(keys))
+    for i = 1, #keys do
+      if documents[i] and found < limit then
+        page[#page + 1] = ids[i]
+        page[#page + 1] = documents[i]
+        found = found + 1
+      end
+    end
+  end
+  if #entries / 2 < want then break end
+end
+return page
+"""
 _DOCUMENT = re.compile(
     rb'^\{"created_at":"([^"]+)",(?:"revision":(\d+),)?"schema_version":(\d+),'
     rb'"updated_at":"([^"]+)","data":'
@@ -158,6 +203,7 @@ class RedisBackend(RecordBackend):
         self._client: aioredis.Redis | None = None
         self._save_script: Any = None
         self._count_script: Any = None
+        self._page_script: Any = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -192,6 +238,7 @@ class RedisBackend(RecordBackend):
         self._client = aioredis.Redis(connection_pool=pool)
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
         self._count_script = self._client.register_script(_COUNT_SCRIPT)
+        self._page_script = self._client.register_script(_PAGE_SCRIPT)
         try:
             # A server that accepts and never answers must fail within the connect timeout,
             # not the (longer) socket timeout: the first reply is part of connecting.
@@ -270,45 +317,32 @@ class RedisBackend(RecordBackend):
         deleted, _, _ = await self._call(delete_both)
         return bool(deleted)
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
-        """Ids newest first (creation time, then id), after the record ``after``."""
-        client = self._connected()
-        index = self.index_key(class_name)
-        start_score: float | str = "+inf"
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """Records newest first (creation time, then id), past ``after``: one script call.
+
+        The script walks the class index from the cursor and reads the documents in the same
+        call (one round trip); entries of expired records are skipped, never removed.
+        """
+        return await self._page(
+            self.index_key(class_name), f"{self._prefix}:{class_name}:", class_name, limit, after
+        )
+
+    async def _page(
+        self, index: str, prefix: str, class_name: str, limit: int, after: PageCursor | None
+    ) -> list[StoredRecord]:
+        """One run of the page script over ``index``, whose records' keys start with ``prefix``."""
+        arguments: list[Any] = [prefix, limit, "", ""]
         if after is not None:
-            score = await self._call(lambda: client.zscore(index, str(after)))
-            if score is None:
-                return []
-            start_score = score
-        ids: list[UUID] = []
-        offset = 0
-        while len(ids) < limit:
-            batch = await self._call(
-                partial(
-                    client.zrevrangebyscore,
-                    index,
-                    start_score,
-                    "-inf",
-                    start=offset,
-                    num=limit * 2,
-                    withscores=True,
-                )
-            )
-            if not batch:
-                break
-            offset += len(batch)
-            candidates = [
-                UUID(member.decode())
-                for member, score in batch
-                if after is None or score < start_score or member.decode() < str(after)
-            ]
-            keys = [self.key(class_name, i) for i in candidates]
-            # Entries of expired records are skipped here and swept by writes: reads never write.
-            live = await self._call(partial(client.mget, keys)) if keys else []
-            ids += [i for i, value in zip(candidates, live, strict=True) if value is not None]
-        return ids[:limit]
+            arguments[2:] = [repr(after.created_at.timestamp()), str(after.id)]
+        flat = await self._call(lambda: self._page_script(keys=[index], args=arguments))
+        records = []
+        for position in range(0, len(flat), 2):
+            member = flat[position].decode()
+            id = UUID(member)
+            records.append(self._parse(prefix + member, class_name, id, flat[position + 1]))
+        return records
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are: an index lookup, O(log n)."""

@@ -22,15 +22,18 @@ Key layout (``b`` = the record id's 128-bit integer modulo ``buckets``)::
 
 The braces are a hash tag: a record and its bucket's index share one slot, so a save stays
 one atomic script (record and index together), and a class's records spread over
-``buckets`` slots instead of one hot slot. Listing merges the buckets newest first; count
-adds them up. A batch is split by bucket and the buckets are written concurrently: each
-bucket's part is atomic, the batch as a whole is not.
+``buckets`` slots instead of one hot slot. A page is one page script call per bucket (sent
+concurrently; the results merged newest first); a count one count script call per bucket,
+added up: ``buckets`` server calls each, in one round of network latency. A batch is split
+by bucket and the buckets are written concurrently: each bucket's part is atomic, the batch
+as a whole is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -39,7 +42,7 @@ from uuid import UUID
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from pydantic_toast._exceptions import StorageConfigurationError, StorageOperationError
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.base import Capability
@@ -125,6 +128,8 @@ class RedisClusterBackend(single.RedisBackend):
         self._save_script = self._save_in_slot
         self._delete_script = self._cluster.register_script(_DELETE_SCRIPT)
         self._script = self._cluster.register_script(single._SAVE_SCRIPT)
+        self._count_script = self._cluster.register_script(single._COUNT_SCRIPT)
+        self._page_script = self._cluster.register_script(single._PAGE_SCRIPT)
         try:
             await self._cluster.initialize()
             await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
@@ -210,86 +215,47 @@ class RedisClusterBackend(single.RedisBackend):
         deleted = await self._delete_script(keys=keys, args=[str(id)])
         return bool(deleted)
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
-        """Ids newest first (creation time, then id), merged from every bucket."""
-        cluster = self._connected_cluster()
-        start: float | None = None
-        if after is not None:
-            score = await cluster.zscore(self.index_key(class_name, self.bucket(after)), str(after))
-            if score is None:
-                return []
-            start = float(score)
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """Records newest first (creation time, then id), merged from every bucket.
+
+        One page script call per bucket (``buckets`` calls, sent concurrently: one round of
+        network latency, ``buckets`` server calls), each giving up to ``limit`` records past
+        the cursor; the merge keeps the newest ``limit``.
+        """
         pages = await asyncio.gather(
             *(
-                self._bucket_page(class_name, bucket, limit, start, after)
+                self._page(
+                    self.index_key(class_name, bucket),
+                    f"{{{self._prefix}:{class_name}:{bucket}}}:",
+                    class_name,
+                    limit,
+                    after,
+                )
                 for bucket in range(self._buckets)
             )
         )
-        newest = heapq.merge(*pages, key=lambda entry: (-entry[0], _desc(entry[1])))
-        return [UUID(member) for _, member in list(newest)[:limit]]
-
-    async def _bucket_page(
-        self, class_name: str, bucket: int, limit: int, start: float | None, after: UUID | None
-    ) -> list[tuple[float, str]]:
-        """Up to ``limit`` live entries of one bucket after the cursor, newest first."""
-        cluster = self._connected_cluster()
-        index = self.index_key(class_name, bucket)
-        entries: list[tuple[float, str]] = []
-        offset = 0
-        while len(entries) < limit:
-            batch: Any = await cluster.zrevrangebyscore(
-                index,
-                "+inf" if start is None else start,
-                "-inf",
-                start=offset,
-                num=limit * 2,
-                withscores=True,
-            )
-            if not batch:
-                break
-            offset += len(batch)
-            candidates = [
-                (float(score), member.decode())
-                for member, score in batch
-                if start is None or score < start or member.decode() < str(after)
-            ]
-            if not candidates:
-                continue
-            live = await cluster.mget_nonatomic(
-                [f"{{{self._prefix}:{class_name}:{bucket}}}:{m}" for _, m in candidates]
-            )
-            # Expired records (ttl) leave index entries until the next write sweeps them:
-            # skipped here, never removed (reads do not write).
-            entries += [e for e, value in zip(candidates, live, strict=True) if value is not None]
-        return entries[:limit]
+        newest = heapq.merge(*pages, key=lambda r: (r.created_at, r.id), reverse=True)
+        return list(itertools.islice(newest, limit))
 
     async def count(self, class_name: str) -> int:
-        """How many live records of ``class_name`` there are, over every bucket."""
-        return sum(
-            await asyncio.gather(*(self._bucket_count(class_name, b) for b in range(self._buckets)))
+        """How many live records of ``class_name`` there are: each bucket's index size less
+        its expired entries (one script call per bucket, concurrently), added up."""
+        counts = await asyncio.gather(
+            *(
+                self._count_script(
+                    keys=[self.index_key(class_name, b), self.expiry_key(class_name, b)]
+                )
+                for b in range(self._buckets)
+            )
         )
-
-    async def _bucket_count(self, class_name: str, bucket: int) -> int:
-        total, start, after = 0, None, None
-        while True:
-            page = await self._bucket_page(class_name, bucket, 1000, start, after)
-            total += len(page)
-            if len(page) < 1000:
-                return total
-            start, member = page[-1]
-            after = UUID(member)
+        return sum(int(count) for count in counts)
 
     def _connected_cluster(self) -> RedisCluster:
         self._connected()
         assert self._cluster is not None  # _connected() raised otherwise
         return self._cluster
-
-
-def _desc(member: str) -> tuple[int, ...]:
-    # Ties on creation time sort by id descending, as ZREVRANGEBYSCORE returns them.
-    return tuple(-ord(c) for c in member)
 
 
 def _node(entry: str, url: StorageURL) -> ClusterNode:

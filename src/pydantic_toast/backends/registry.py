@@ -221,10 +221,10 @@ def _check_backend_class(backend_class: object) -> None:
             "pydantic_toast.Capability members"
         )
     unbacked = [
-        f"{capability.value} (implement {method})"
-        for method, capability in _CAPABILITY_METHODS.items()
+        f"{capability.value} (implement {' or '.join(methods)})"
+        for capability, methods in _CAPABILITY_METHODS.items()
         if capability in declared
-        and getattr(backend_class, method) is getattr(StorageBackend, method)
+        and all(getattr(backend_class, m) is getattr(StorageBackend, m) for m in methods)
     ]
     if unbacked:
         raise StorageConfigurationError(
@@ -233,8 +233,9 @@ def _check_backend_class(backend_class: object) -> None:
         )
 
 
+# Each capability is backed when the class overrides one of its methods.
 _CAPABILITY_METHODS = {
-    "delete": Capability.DELETE,
-    "list_ids": Capability.LIST,
-    "count": Capability.COUNT,
+    Capability.DELETE: ("delete",),
+    Capability.LIST: ("list_records", "list_ids"),
+    Capability.COUNT: ("count",),
 }

@@ -25,10 +25,11 @@ Key layout, under ``prefix`` (none when the URL has no path):
 Costs: creating a record is two PUTs (the record, made with ``If-None-Match: *`` so that
 concurrent creators cannot both index it, then its index entry); writing an existing record is
 the refused conditional PUT, a HEAD for its ``created_at`` and the PUT. A load is one GET, a
-delete a HEAD and two DELETEs, a page of a listing one HEAD (the cursor) and one LIST, a count
-one LIST per 1,000 records. A write interrupted between the record and its index entry leaves a
-record that loads but is not listed (the index is deleted before the record, so a listing
-never names a deleted record).
+delete a HEAD and two DELETEs, a page of ids one LIST (the cursor is an index key: no lookup),
+a page of records that LIST and then one GET per record (concurrently; S3 cannot list bodies,
+so a page is never one round trip here), a count one LIST per 1,000 records. A write
+interrupted between the record and its index entry leaves a record that loads but is not listed
+(the index is deleted before the record, so a listing never names a deleted record).
 
 Expiry: S3 has no per-object time to live (an ``Expires`` header only guides caches, and
 lifecycle rules expire whole days by prefix), so this backend does not declare
@@ -55,7 +56,7 @@ from pydantic_toast._exceptions import (
     StorageUsageError,
     StoredDataError,
 )
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability, RecordBackend
 from pydantic_toast.runtime.boundary import connecting
@@ -177,19 +178,19 @@ class S3Backend(RecordBackend):
         return True
 
     async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[UUID]:
-        """Ids newest first (creation time, then id), after the record ``after``."""
+        """Ids newest first (creation time, then id), past ``after``: one LIST per 1,000.
+
+        The cursor spells an index key itself, so no lookup of its record is needed (and a
+        deleted cursor record does not matter). Pages of records come from the inherited
+        :meth:`~pydantic_toast.StorageBackend.list_records`: this LIST, then one GET per
+        record (concurrently): S3 has no call that lists objects with their bodies, so a page
+        cannot be one round trip here.
+        """
         client, bucket = self._connected(), self._options.bucket
         prefix = self._index_prefix(class_name)
-        start = prefix
-        if after is not None:
-            key = self.key(class_name, after)
-            head = await self._head(key)
-            if head is None:
-                return []
-            created = self._metadata(key, class_name, after, head["Metadata"])[0]
-            start = self.index_key(class_name, created, after)
+        start = prefix if after is None else self.index_key(class_name, *after)
         ids: list[UUID] = []
         while len(ids) < limit:
             page = await client.list_objects_v2(

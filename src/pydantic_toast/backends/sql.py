@@ -31,7 +31,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageUsageError
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import records_table
@@ -42,11 +42,10 @@ from pydantic_toast.runtime.transaction import joined_connection
 __all__ = [
     "COUNT",
     "DELETE",
-    "LIST_AFTER",
-    "LIST_FIRST",
     "SQLAlchemyBackend",
     "json_as_text",
     "json_passthrough",
+    "page_statement",
     "upsert",
     "write_statements",
 ]
@@ -76,23 +75,26 @@ COUNT = select(func.count()).select_from(_table).where(_c.class_name == bindpara
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 
 
-def _list_statement(*, after: bool) -> Select[UUID]:
-    """Ids of one class, newest first; with ``after``, those older than that record."""
-    query = select(_c.id).where(_c.class_name == bindparam("class_name"))
+def page_statement(columns: Sequence[Any], *, after: bool) -> Select[Any]:
+    """A page of one class's rows, newest first: one SELECT of ``columns``.
+
+    With ``after``, the rows whose ``(created_at, id)`` is smaller than the bound cursor
+    (``after_created_at``, ``after_id``): a row-value comparison that the index on
+    ``(class_name, created_at, id)`` answers with one range scan, read backwards, stopped
+    after ``limit`` rows. The cursor is a sort key, so it holds when its row is deleted.
+    """
+    query = select(*columns).where(_c.class_name == bindparam("class_name"))
     if after:
-        anchor_created_at = (
-            select(_c.created_at).where(
-                _c.class_name == bindparam("class_name"), _c.id == bindparam("after")
-            )
-        ).scalar_subquery()
-        query = query.where(
-            tuple_(_c.created_at, _c.id) < tuple_(anchor_created_at, bindparam("after"))
+        cursor = tuple_(
+            bindparam("after_created_at", type_=_c.created_at.type),
+            bindparam("after_id", type_=_c.id.type),
         )
+        query = query.where(tuple_(_c.created_at, _c.id) < cursor)
     return query.order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
 
 
-LIST_FIRST = _list_statement(after=False)
-LIST_AFTER = _list_statement(after=True)
+_PAGE_FIRST = page_statement(_COLUMNS, after=False)
+_PAGE_AFTER = page_statement(_COLUMNS, after=True)
 
 
 def upsert(insert: Any) -> Any:
@@ -323,15 +325,17 @@ class SQLAlchemyBackend(RecordBackend):
 
         return await self._run(delete)
 
-    async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
-    ) -> list[UUID]:
-        """Ids newest first (``created_at``, then id), starting after the record ``after``."""
-        query = LIST_AFTER if after is not None else LIST_FIRST
-        parameters = {"class_name": class_name, "after": after, "limit": limit}
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """Records newest first (``created_at``, then id), past ``after``: one SELECT."""
+        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit}
+        if after is not None:
+            parameters["after_created_at"], parameters["after_id"] = after
 
-        async def read(connection: AsyncConnection) -> list[UUID]:
-            return list((await connection.execute(query, parameters)).scalars())
+        async def read(connection: AsyncConnection) -> list[StoredRecord]:
+            query = _PAGE_FIRST if after is None else _PAGE_AFTER
+            return [_to_record(row) for row in await connection.execute(query, parameters)]
 
         return await self._run(read)
 

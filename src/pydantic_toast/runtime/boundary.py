@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
 from pydantic_toast._exceptions import ConcurrencyError, ExternalStorageError
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.runtime import telemetry
 from pydantic_toast.runtime.errors import Failure, summary, translate
 
@@ -106,8 +106,19 @@ class Connected:
             retry=False,
         )
 
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        """A page of records, newest first (see :meth:`StorageBackend.list_records`)."""
+        return await self.cross(
+            "list",
+            lambda: self.backend.list_records(class_name, limit=limit, after=after),
+            class_name=class_name,
+            size=lambda records: sum(len(record.data) for record in records),
+        )
+
     async def list_ids(
-        self, class_name: str, *, limit: int, after: UUID | None = None
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[UUID]:
         """A page of ids (see :meth:`StorageBackend.list_ids`)."""
         return await self.cross(

@@ -30,6 +30,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -42,9 +43,9 @@ from pydantic_toast._exceptions import (
     StorageUsageError,
 )
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.storage import Storage, current_storage
 from pydantic_toast.testing import isolated_storage
@@ -293,30 +294,136 @@ class BackendConformance:
     def test_listing_is_newest_first_with_a_stable_keyset(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
-        """Pages come newest first by created_at then id, and a cursor never repeats a record."""
+        """Pages come newest first by created_at then id (ties included), each record once."""
         base = datetime(2024, 5, 1, tzinfo=UTC)
         records = [
-            _record(class_name, uuid4(), b"{}", created=base + timedelta(seconds=n // 2))
-            for n in range(9)
+            _record(class_name, uuid4(), b"{}", created=base + timedelta(seconds=n // 3))
+            for n in range(10)
         ]
         expected = [r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)]
 
-        async def job(backend: Connected) -> list[UUID]:
+        async def job(backend: Connected) -> tuple[list[UUID], list[UUID]]:
             await backend.save_records(records)
             seen: list[UUID] = []
-            after: UUID | None = None
+            after: PageCursor | None = None
             while True:
-                page = await backend.list_ids(class_name, limit=4, after=after)
-                seen += page
+                page = await backend.list_records(class_name, limit=4, after=after)
+                seen += [record.id for record in page]
                 if len(page) < 4:
-                    return seen
-                after = page[-1]
+                    break
+                after = PageCursor.of(page[-1])
+            ids = await backend.list_ids(class_name, limit=7)
+            last = next(record for record in records if record.id == ids[-1])
+            ids += await backend.list_ids(class_name, limit=7, after=PageCursor.of(last))
+            return seen, ids
 
         if Capability.LIST not in self._capabilities(storage, storage_url):
             with pytest.raises(StorageUsageError):
                 self.run(storage, storage_url, job)
             return
-        assert self.run(storage, storage_url, job) == expected
+        assert self.run(storage, storage_url, job) == (expected, expected)
+
+    def test_paging_visits_each_record_once_while_records_come_and_go(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A cursor is a sort key: deleting its record, or others, or inserting, loses nothing.
+
+        Between pages the worker deletes what it processed (the cursor's record included),
+        one record not reached yet, and inserts a record newer than every page (never
+        reached) and one older than every record (reached on a later page).
+        """
+        if Capability.LIST not in self._capabilities(storage, storage_url):
+            self._assert_listing_refused(storage, storage_url, class_name)
+            return
+        base = datetime(2024, 5, 1, tzinfo=UTC)
+        # Pairs of equal created_at: the cursor often sits inside a tie.
+        records = [
+            _record(class_name, uuid4(), b'{"n":%d}' % n, created=base + timedelta(seconds=n // 2))
+            for n in range(24)
+        ]
+
+        async def job(backend: Connected) -> tuple[list[UUID], set[UUID], set[UUID]]:
+            await backend.save_records(records)
+            newest_first = sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+            unvisited_deleted: set[UUID] = set()
+            inserted_old: set[UUID] = set()
+            seen: list[UUID] = []
+            after: PageCursor | None = None
+            turn = 0
+            while True:
+                page = await backend.list_records(class_name, limit=5, after=after)
+                seen += [record.id for record in page]
+                if len(page) < 5:
+                    return seen, unvisited_deleted, inserted_old
+                after = PageCursor.of(page[-1])
+                for record in page:  # processed: deleted, the cursor's record included
+                    assert await backend.delete(record.id, class_name)
+                ahead = [r for r in newest_first if (r.created_at, r.id) < after]
+                if len(ahead) > 3 and ahead[2].id not in unvisited_deleted:
+                    await backend.delete(ahead[2].id, class_name)
+                    unvisited_deleted.add(ahead[2].id)
+                turn += 1
+                new = _record(
+                    class_name, uuid4(), b"{}", created=base + timedelta(days=1, seconds=turn)
+                )
+                old = _record(
+                    class_name, uuid4(), b"{}", created=base - timedelta(days=1, seconds=turn)
+                )
+                await backend.save_records([new, old])
+                inserted_old.add(old.id)
+
+        outcome = self.run(storage, storage_url, job)
+        assert isinstance(outcome, tuple)
+        seen: list[UUID] = outcome[0]
+        unvisited_deleted: set[UUID] = outcome[1]
+        inserted_old: set[UUID] = outcome[2]
+        assert len(seen) == len(set(seen)), "a record was visited twice"
+        survivors = {r.id for r in records} - unvisited_deleted
+        assert unvisited_deleted, "the test deleted records ahead of the cursor"
+        assert set(seen) == survivors | inserted_old
+
+    def test_a_page_is_one_backend_call(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A backend that implements list_records reads a page with it alone.
+
+        The backend's other record methods are counted while pages are read: a backend whose
+        ``list_records`` is its own must not fall back to them (it reads in one call); one that
+        inherits it costs exactly one ``list_ids`` and one ``load_records`` per page.
+        """
+        if Capability.LIST not in self._capabilities(storage, storage_url):
+            self._assert_listing_refused(storage, storage_url, class_name)
+            return
+        created = datetime(2024, 5, 1, tzinfo=UTC)
+        records = [
+            _record(class_name, uuid4(), b"{}", created=created + timedelta(seconds=n))
+            for n in range(6)
+        ]
+        calls: list[str] = []
+
+        async def job(backend: Connected) -> list[int]:
+            await backend.save_records(records)
+            instance = backend.backend
+            for name in ("load", "load_records", "list_ids", "count"):
+                method = getattr(instance, name)
+
+                def counted(
+                    *args: object, _method: Any = method, _name: str = name, **kwargs: object
+                ) -> Any:
+                    calls.append(_name)
+                    return _method(*args, **kwargs)
+
+                setattr(instance, name, counted)
+            first = await backend.list_records(class_name, limit=4)
+            second = await backend.list_records(class_name, limit=4, after=PageCursor.of(first[-1]))
+            return [len(first), len(second)]
+
+        assert self.run(storage, storage_url, job) == [4, 2]
+        backend_class = storage.registry.class_for(StorageURL.parse(storage_url).scheme)
+        if backend_class.list_records is StorageBackend.list_records:
+            assert sorted(calls) == ["list_ids", "list_ids", "load_records", "load_records"]
+        else:
+            assert calls == []
 
     def test_count(self, storage: Storage, storage_url: str, class_name: str) -> None:
         """A declared count tells the live records of one class only."""
@@ -393,6 +500,13 @@ class BackendConformance:
         assert loaded[1] is None  # the batch with a conflict wrote nothing
         assert outcomes[5] == (2, None)  # a deleted record is not written back
         assert outcomes[6] == [1]  # written regardless: a new record
+
+    def _assert_listing_refused(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        async def job(backend: Connected) -> object:
+            return await backend.list_records(class_name, limit=1)
+
+        with pytest.raises(StorageUsageError, match="list_records"):
+            self.run(storage, storage_url, job)
 
     def _capabilities(self, storage: Storage, storage_url: str) -> frozenset[Capability]:
         return storage.registry.class_for(StorageURL.parse(storage_url).scheme).capabilities
