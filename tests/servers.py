@@ -592,3 +592,152 @@ def stop_todo_service(process: subprocess.Popen[bytes]) -> None:
     """Stop it the way Ctrl-C would (a clean shutdown: the lifespan closes storage)."""
     process.send_signal(signal.SIGINT)
     process.wait(30)
+
+
+class TempRedisSentinel:
+    """A throwaway Sentinel setup: 1 primary, 1 replica and 3 sentinels, from the local binary.
+
+    The sentinels monitor :attr:`SERVICE` with quorum 2, ``down-after-milliseconds`` 1000 and
+    ``failover-timeout`` 5000, so that a killed primary is replaced within seconds.
+    """
+
+    SERVICE = "toast"
+    DOWN_AFTER_MS = 1000
+
+    def __init__(self) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if not binary or not cli:
+            raise FileNotFoundError("redis-server/redis-cli")
+        self.binary, self.cli = binary, cli
+        self.root = Path(tempfile.mkdtemp(prefix="toast-sentinel-"))
+        self.data_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        try:
+            primary, replica = self.data_ports
+            self.start_data_node(primary)
+            self.start_data_node(replica, "--replicaof", "127.0.0.1", str(primary))
+            self.wait_replica_synced(replica)
+            for port in self.sentinel_ports:
+                config = self.root / f"sentinel-{port}.conf"
+                config.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                    f"logfile {self.root / f'sentinel-{port}.log'}\n"
+                    f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary} 2\n"
+                    f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
+                    f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                    f"sentinel parallel-syncs {self.SERVICE} 1\n"
+                )
+                self._spawn(port, [self.binary, str(config), "--sentinel"])
+            self.wait_primary_known(primary)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _spawn(self, port: int, argv: list[str]) -> None:
+        self.processes[port] = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {port} did not start")
+
+    def start_data_node(self, port: int, *arguments: str) -> None:
+        """Start (or restart) a data node without persistence on ``port``."""
+        self._spawn(
+            port,
+            [
+                self.binary,
+                "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.root),
+                "--repl-diskless-sync-delay", "0",
+                "--logfile", str(self.root / f"{port}.log"),
+                *arguments,
+            ],
+        )  # fmt: skip
+
+    def redis_cli(self, *arguments: str, port: int) -> str:
+        argv = [self.cli, "-p", str(port), *arguments]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout
+
+    def url(self, prefix: str, **options: object) -> str:
+        """A ``redis+sentinel://`` URL naming the three sentinels."""
+        sentinels = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        extra = "".join(f"&{name}={value}" for name, value in options.items())
+        return f"redis+sentinel://{sentinels}/{self.SERVICE}/0?prefix={prefix}{extra}"
+
+    def primary_port(self) -> int:
+        """The primary's port as a live sentinel reports it."""
+        for port in self.sentinel_ports:
+            with contextlib.suppress(subprocess.SubprocessError):
+                out = self.redis_cli(
+                    "sentinel", "get-master-addr-by-name", self.SERVICE, port=port
+                ).split()
+                if len(out) == 2:
+                    return int(out[1])
+        raise RuntimeError("no sentinel answered")
+
+    def wait_primary_known(self, port: int, timeout: float = 30) -> float:
+        """Wait until every sentinel names ``port`` as the primary and knows the replica and
+        the other sentinels; return the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            ready = True
+            for sentinel in self.sentinel_ports:
+                try:
+                    out = self.redis_cli("sentinel", "master", self.SERVICE, port=sentinel)
+                except subprocess.SubprocessError:
+                    ready = False
+                    break
+                fields = out.split()
+                state = dict(zip(fields[::2], fields[1::2], strict=False))
+                ready = ready and (
+                    state.get("port") == str(port)
+                    and state.get("num-slaves") == "1"
+                    and state.get("num-other-sentinels") == "2"
+                )
+            if ready:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise RuntimeError(f"the sentinels did not settle on the primary on port {port}")
+
+    def wait_replica_synced(self, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.SubprocessError):
+                if "master_link_status:up" in self.redis_cli("info", "replication", port=port):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"the replica on port {port} did not sync")
+
+    def wait_promoted(self, old: int, timeout: float = 30) -> float:
+        """Wait until a sentinel names another primary than ``old``; return the seconds."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            with contextlib.suppress(RuntimeError):
+                if self.primary_port() != old:
+                    return time.monotonic() - start
+            time.sleep(0.05)
+        raise RuntimeError(f"no replica took over from the primary on port {old}")
+
+    def kill(self, port: int) -> None:
+        """Kill a node without warning (SIGKILL), as a crash would."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(10)
+
+    def destroy(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -32,7 +32,8 @@ _SECRET_OPTION = re.compile(r"(?i)(pass|secret|token|key=|sslpassword)")
 # A secret option's value runs to the next option: an unencoded '#' or '@' in it is still secret.
 _QUERY_SECRET = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|secret|token|credential)[^=&;#]*=)[^&;]*")
 _MASK = "***"
-_HOST_AFTER_AT = re.compile(r"[A-Za-z0-9.\-\[\]:_%]*(?:[/?#]|$)")
+# A host part: one host, or a comma-separated list (cluster seeds, sentinels).
+_HOST_AFTER_AT = re.compile(r"[A-Za-z0-9.\-\[\]:_%,]*(?:[/?#]|$)")
 
 
 def mask_url(raw: str) -> str:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import statistics
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 from uuid import uuid4
 
 import pytest
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
 from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.runtime.storage import Storage
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
+from tests.failover import run_with
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -122,76 +120,6 @@ def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
     asyncio.run(main())
 
 
-class _Workload:
-    """Writers saving new records through the library until stopped; what was acknowledged."""
-
-    def __init__(self, url: str, writers: int = 8) -> None:
-        class Event(ExternalBaseModel):
-            model_config = ExternalConfigDict(storage=url, external_name="Event")
-            n: int
-
-        self.model = Event
-        self.writers = writers
-        self.acknowledged: list[Any] = []
-        self.acknowledged_at: list[float] = []
-        self.errors: list[tuple[float, str]] = []
-        self.stop = asyncio.Event()
-
-    async def writer(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                reference = await self.model(n=n).asave()
-            except Exception as exc:  # the library's errors, counted and reported
-                self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"[:160]))
-                await asyncio.sleep(0.05)
-            else:
-                self.acknowledged.append(reference)
-                self.acknowledged_at.append(time.monotonic())
-
-    async def lost(self) -> int:
-        """How many acknowledged writes cannot be loaded (any other error fails the test)."""
-        missing = 0
-        for reference in self.acknowledged:
-            try:
-                await self.model.aload(reference)
-            except RecordNotFoundError:
-                missing += 1
-        return missing
-
-
-def _run_with(cluster_action: Any, url: str, seconds_after: float = 2.0) -> dict[str, Any]:
-    """Run the workload, do ``cluster_action()`` in a thread meanwhile; the figures."""
-
-    async def main() -> dict[str, Any]:
-        with Storage():
-            workload = _Workload(url)
-            tasks = [asyncio.create_task(workload.writer()) for _ in range(workload.writers)]
-            await asyncio.sleep(1.0)
-            started = time.monotonic()
-            await asyncio.to_thread(cluster_action)
-            await asyncio.sleep(seconds_after)
-            before = len(workload.acknowledged)
-            await asyncio.sleep(1.0)
-            assert len(workload.acknowledged) > before, "writes did not resume"
-            workload.stop.set()
-            await asyncio.gather(*tasks)
-            # The client retries by itself during a failover: writes stall rather than fail,
-            # so the recovery time is the longest gap between acknowledgements.
-            times = [started, *sorted(t for t in workload.acknowledged_at if t >= started)]
-            stall = max(b - a for a, b in itertools.pairwise(times))
-            return {
-                "acknowledged": len(workload.acknowledged),
-                "lost": await workload.lost(),
-                "errors": len(workload.errors),
-                "error_kinds": sorted({kind for _, kind in workload.errors}),
-                "longest_stall_s": round(stall, 2),
-            }
-
-    return asyncio.run(main())
-
-
 def test_resharding_during_a_workload(cluster: servers.TempRedisCluster) -> None:
     """Slots migrating between primaries under writes: no error, no acknowledged write lost."""
     primaries = cluster.primaries()
@@ -204,7 +132,7 @@ def test_resharding_during_a_workload(cluster: servers.TempRedisCluster) -> None
             "--cluster-slots", "1000", "--cluster-yes",
         )  # fmt: skip
 
-    figures = _run_with(reshard, cluster.url(f"reshard{uuid4().hex[:8]}"))
+    figures = run_with(reshard, cluster.url(f"reshard{uuid4().hex[:8]}"))
     print(f"\nresharding 1000 slots: {figures}")
     assert figures["lost"] == 0
     assert figures["errors"] == 0
@@ -226,7 +154,7 @@ def test_failover_during_a_workload(cluster: servers.TempRedisCluster, wait: int
         # the promoted primary's writes fail until it has a replica again).
         cluster.start_node(victim)
 
-    figures = _run_with(fail_over, url, seconds_after=3.0)
+    figures = run_with(fail_over, url, seconds_after=3.0)
     print(f"\nfailover (wait_replicas={wait}): {figures}, promoted after {promoted[0]:.2f} s")
     cluster.wait_ok()
     assert figures["acknowledged"] > 0

@@ -59,3 +59,10 @@ def test_store_identity_ignores_options_and_seed_order() -> None:
     other = StorageURL.parse("redis+cluster://b:2,a:1/?prefix=q")
     identity = RedisClusterBackend.store_identity
     assert identity(one) == identity(two) != identity(other)
+
+
+def test_a_password_before_a_host_list_is_masked() -> None:
+    """The password of a URL naming several hosts is masked like a one-host URL's."""
+    url = StorageURL.parse("redis+cluster://u:hunter2@a:7000,b:7001/?prefix=x")
+    assert "hunter2" not in str(url)
+    assert "hunter2" not in repr(RedisClusterBackend(url.raw))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -232,10 +232,7 @@ class RedisBackend(RecordBackend):
 
     async def connect(self) -> None:
         """Open the pool and check the server answers (and accepts the credentials)."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            _server_url(self._parsed), **self._pool_options
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client = self._open_client()
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
         self._count_script = self._client.register_script(_COUNT_SCRIPT)
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
@@ -248,6 +245,13 @@ class RedisBackend(RecordBackend):
         except BaseException:
             await self.disconnect()
             raise
+
+    def _open_client(self) -> aioredis.Redis:
+        """A client on a waiting pool (connections open on first use)."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            _server_url(self._parsed), **self._pool_options
+        )
+        return aioredis.Redis(connection_pool=pool)
 
     async def disconnect(self) -> None:
         """Close the pool."""
@@ -433,3 +437,20 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
 def _server_url(url: StorageURL) -> str:
     """The URL redis-py gets: ours without the options it does not know."""
     return url.raw.split("?", 1)[0]
+
+
+def _single_node(raw: str, names: Iterable[str], path: str | None = None) -> str:
+    """``raw`` as a plain ``redis://`` URL the shared option checks accept.
+
+    The scheme loses its ``+cluster``/``+sentinel`` part, the options in ``names`` (the
+    variant's own) are left out, and the path becomes ``path`` when given.
+    """
+    head, _, query = raw.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if path is not None:
+        slash = rest.find("/", rest.rfind("@") + 1)
+        rest = (rest if slash < 0 else rest[:slash]) + path
+    head = f"{scheme.split('+', 1)[0]}{sep}{rest}"
+    dropped = set(names)
+    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] not in dropped]
+    return f"{head}?{'&'.join(kept)}" if kept else head

@@ -74,7 +74,7 @@ class RedisClusterBackend(single.RedisBackend):
     def __init__(self, url: str) -> None:
         parsed = StorageURL.parse(url)
         self._buckets, _, self._wait_replicas, self._wait_timeout = _cluster_options(parsed)
-        super().__init__(_without(url, _CLUSTER_OPTIONS))
+        super().__init__(single._single_node(url, _CLUSTER_OPTIONS))
         self.url = url
         self._seeds = [_node(entry, parsed) for entry in host_list(url)]
         self._cluster: RedisCluster | None = None
@@ -277,7 +277,7 @@ def _cluster_options(url: StorageURL) -> tuple[int, str, int, int]:
         )
     if not host_list(url.raw):
         raise StorageConfigurationError(f"{url.masked}: name at least one cluster node host:port")
-    shared = StorageURL.parse(_without(url.raw, _CLUSTER_OPTIONS))
+    shared = StorageURL.parse(single._single_node(url.raw, _CLUSTER_OPTIONS))
     prefix, _ = single._options(shared)
     values: list[int] = []
     for name, default in _CLUSTER_OPTIONS.items():
@@ -297,11 +297,3 @@ def _cluster_options(url: StorageURL) -> tuple[int, str, int, int]:
             f"{url.masked}: wait_replicas must be 0 or more and wait_timeout positive"
         )
     return buckets, prefix, wait_replicas, wait_timeout
-
-
-def _without(raw: str, names: dict[str, int]) -> str:
-    """``raw`` as a single-node URL (``redis://``) without the cluster-only options."""
-    head, _, query = raw.partition("?")
-    head = head.replace("+cluster://", "://", 1)
-    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] not in names]
-    return f"{head}?{'&'.join(kept)}" if kept else head

@@ -44,6 +44,7 @@ _BUILTINS: dict[str, tuple[str, str | None]] = {
     "s3": ("pydantic_toast.backends.s3:S3Backend", "s3"),
     "redis+cluster": ("pydantic_toast.backends.redis_cluster:RedisClusterBackend", "redis"),
     "rediss+cluster": ("pydantic_toast.backends.redis_cluster:RedisClusterBackend", "redis"),
+    "redis+sentinel": ("pydantic_toast.backends.redis_sentinel:RedisSentinelBackend", "redis"),
 }
 # extra -> the modules it installs. Backends import some drivers lazily (aiosqlite inside
 # SQLAlchemy's dialect), so importing the backend module alone does not prove they are there.

@@ -287,6 +287,13 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         return StorageOperationError(
             f"{where} is out of memory (maxmemory) and refuses writes: free memory or raise it"
         ), False
+    if name == "MasterNotFoundError":  # redis+sentinel: no sentinel names a healthy primary
+        return StorageConnectionError(
+            f"no sentinel reachable from {where} names a healthy primary for the service in "
+            "the URL's path: a failover may be under way (retry in a moment); otherwise check "
+            "the service name and that the sentinels run",
+            url=url,
+        ), False
     if name == "ConnectionError" and "No connection available" in message:
         return _pool_timeout(failure), False
     if name == "TimeoutError" or isinstance(driver, TimeoutError):
