@@ -5,7 +5,8 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 
 * ``sslmode`` (``disable``, ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``),
   ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq;
-* ``pool_size`` (default 10) and ``max_overflow`` (default 10): connections per event loop;
+* ``pool_size`` (default 20): connections kept per event loop, opened as needed, and
+  ``max_overflow`` (default 0): more connections opened under load, closed when returned;
 * ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60);
 * ``application_name``: shown in ``pg_stat_activity``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
@@ -23,8 +25,9 @@ from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
@@ -48,9 +51,12 @@ from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
 
+# A pooled connection: SQLAlchemy's proxy, or the pool's entry leased as it is.
+_Lease = PoolProxiedConnection | ConnectionPoolEntry
+
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
-_NUMBERS = {"pool_size": 10, "max_overflow": 10, "connect_timeout": 10.0, "command_timeout": 60.0}
+_NUMBERS = {"pool_size": 20, "max_overflow": 0, "connect_timeout": 10.0, "command_timeout": 60.0}
 _OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name"}
 
 
@@ -399,11 +405,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """Read the records in one statement, in the order of ``keys``."""
         if len(keys) == 1:
             ((class_name, id),) = keys
-            rows = await self._statement("fetch", "select_one", class_name, id)
-        else:
-            names = [key[0] for key in keys]
-            ids = [key[1] for key in keys]
-            rows = await self._statement("fetch", "select_many", names, ids)
+            row = await self._statement("fetchrow", "select_one", class_name, id)
+            return [None if row is None else _row_record(row)]
+        names = [key[0] for key in keys]
+        ids = [key[1] for key in keys]
+        rows = await self._statement("fetch", "select_many", names, ids)
         found = {(row[0], row[1]): _row_record(row) for row in rows}
         return [found.get(key) for key in keys]
 
@@ -411,67 +417,92 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """Run one compiled statement: one round trip, no BEGIN/COMMIT around it.
 
         ``kind`` says what comes back: ``execute`` the affected row count, ``fetch`` the rows,
-        ``fetchval`` the first value. Inside :func:`~pydantic_toast.transaction` on this
-        database, it runs on the caller's connection, in the caller's transaction.
+        ``fetchrow`` the first row, ``fetchval`` the first value. Inside
+        :func:`~pydantic_toast.transaction` on this database, it runs on the caller's
+        connection, in the caller's transaction.
         """
         joined = joined_connection(self._same_store)
         if joined is not None:
             result = await joined.exec_driver_sql(_SQL[name], args)
             if kind == "execute":
                 return result.rowcount
+            if kind == "fetchrow":
+                return result.first()
             return result.scalar() if kind == "fetchval" else result.all()
-        pooled = await self._checkout()
-        driver: Any = pooled.driver_connection
+        lease = await self._checkout()
+        driver: Any = lease.driver_connection
         try:
             if kind == "execute":
                 status: str = await driver.execute(_SQL[name], *args)
                 result_value: Any = int(status.rpartition(" ")[2] or 0)
-            elif kind == "fetch":
-                result_value = await driver.fetch(_SQL[name], *args)
             else:
-                result_value = await driver.fetchval(_SQL[name], *args)
+                result_value = await getattr(driver, kind)(_SQL[name], *args)
         except (asyncpg.PostgresError, TimeoutError, asyncio.CancelledError):
             # Refused by the server, or timed out or cancelled mid-statement: asyncpg has
             # already asked the server to cancel the statement and makes the connection's next
             # statement wait for that, so the connection goes back to the pool. Terminating it
             # instead would fail the cancel request's pending future, unretrieved.
-            self._checkin(pooled, broken=driver.is_closed() or unwinding_interrupt())
+            self._checkin(lease, broken=driver.is_closed() or unwinding_interrupt())
             raise
         except BaseException:
             # Lost on the way, or a driver failure: the connection's state is unknown.
             # Terminating it is synchronous, so nothing is left to await.
-            self._checkin(pooled, broken=True)
+            self._checkin(lease, broken=True)
             raise
-        self._checkin(pooled, broken=False)
+        self._checkin(lease, broken=False)
         return result_value
 
-    async def _checkout(self) -> PoolProxiedConnection:
+    async def _checkout(self) -> _Lease:
         """A connection from the engine's pool."""
-        pool = self.engine.sync_engine.pool
-        if not self._dropped and pool.checkedin() and _takes_idle_without_awaiting(pool):  # type: ignore[attr-defined]
-            # Taking a live idle connection never awaits, so it needs no greenlet (the bridge
-            # costs more than the checkout itself).
-            return pool.connect()
+        pool: Any = self.engine.sync_engine.pool
+        if _takes_idle_without_awaiting(pool) and pool.checkedin():
+            # Taking an idle connection never awaits, so it needs no greenlet (the bridge costs
+            # more than the checkout itself).
+            if not (pool.dispatch.checkout or pool.dispatch.checkin):
+                # No pool event listeners: the pool's entry is leased as it is. The proxy
+                # SQLAlchemy wraps around it (and its weakref finalizer) cost more than the
+                # queue operations.
+                entry = pool._do_get()
+                if entry.dbapi_connection is None:
+                    # Its connection was dropped: reconnecting awaits, through the bridge.
+                    try:
+                        await greenlet_spawn(entry.get_connection)
+                    except BaseException as exc:
+                        entry._checkin_failed(exc, _fairy_was_created=False)
+                        if isinstance(exc, Exception):
+                            connecting(exc)
+                        raise
+                entry.fairy_ref = _LEASED
+                return entry  # type: ignore[no-any-return]
+            if not self._dropped:
+                proxied: PoolProxiedConnection = pool.connect()
+                return proxied
         try:
             return await self.engine.raw_connection()
         except Exception as exc:
             connecting(exc)
             raise
 
-    def _checkin(self, pooled: PoolProxiedConnection, *, broken: bool) -> None:
-        """Return ``pooled`` to the pool, synchronously (no await: safe in a cancelled task)."""
+    def _checkin(self, lease: _Lease, *, broken: bool) -> None:
+        """Return ``lease`` to the pool, synchronously (no await: safe in a cancelled task)."""
         pool = self.engine.sync_engine.pool
+        full = not (isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size())
         if broken:
-            # Its record waits in the pool to reconnect, which awaits: checkouts go through
-            # the greenlet bridge until the pool is renewed.
+            # Its entry waits in the pool to reconnect, which awaits: proxied checkouts go
+            # through the greenlet bridge until the pool is renewed.
             self._dropped = True
-            pooled.invalidate()
-        elif isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size():
-            pooled.close()  # a queue put and no reset (AUTOCOMMIT): nothing to await
-        else:
-            # An overflow connection (the pool is full), or a pool class whose check-in may
-            # await: closing it gracefully would need the greenlet bridge.
-            pooled.invalidate()
+        if isinstance(lease, PoolProxiedConnection):
+            if broken or full:
+                # An overflow connection (the pool is full), or a pool class whose check-in may
+                # await: closing it gracefully would need the greenlet bridge.
+                lease.invalidate()
+            else:
+                lease.close()  # a queue put and no reset (AUTOCOMMIT): nothing to await
+            return
+        entry: Any = lease
+        if broken or full:
+            entry.invalidate()  # terminated (synchronous); the entry goes back empty
+        entry.checkin()
 
     async def discard_connections(self) -> None:
         """Close the pool: after a lost connection its idle connections are likely dead."""
@@ -497,7 +528,17 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return create_async_engine(sa_url, **options)
 
 
-_Kind = Literal["execute", "fetch", "fetchval"]
+_Kind = Literal["execute", "fetch", "fetchrow", "fetchval"]
+
+
+class _Sentinel:
+    """What a leased pool entry's proxy reference points to: alive while it is leased."""
+
+
+_LEASE_HOLDER = _Sentinel()
+# Marks an entry as checked out (SQLAlchemy reads ``fairy_ref`` for that) and never dies, so the
+# pool never mistakes a leased entry for one whose proxy was garbage collected.
+_LEASED = weakref.ref(_LEASE_HOLDER)
 
 
 def _takes_idle_without_awaiting(pool: Any) -> bool:

@@ -1,0 +1,109 @@
+"""Redis server time of pydantic-toast's save script against a plain SET, per payload size.
+
+    python bench/redis_script_cost.py [--ops 300] [--rounds 5]
+
+Starts its own throwaway redis-server (so ``INFO commandstats`` counts only this script's
+commands), then per round: ``--ops`` single saves of new records, as many saves of changed
+existing records (the path that must keep created_at and check the revision), and as many
+plain SETs of the same JSON. Prints the server's µs per call (``usec_per_call`` differences)
+for each, median [min-max] over rounds. Server time is CPU time of the Redis process: it does
+not depend on the client machine's load, only on the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import redis.asyncio as aioredis  # noqa: E402
+from tests.servers import TempRedis  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
+
+import pydantic_toast  # noqa: E402
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict  # noqa: E402
+
+Stats = dict[str, tuple[int, int]]
+
+
+async def _stats(client: aioredis.Redis) -> Stats:
+    info = await client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
+        for name, value in info.items()
+    }
+
+
+def _per_call(before: Stats, after: Stats, cmd: str) -> float:
+    calls = after.get(cmd, (0, 0))[0] - before.get(cmd, (0, 0))[0]
+    usec = after.get(cmd, (0, 0))[1] - before.get(cmd, (0, 0))[1]
+    return usec / calls if calls else float("nan")
+
+
+async def run(ops: int, rounds: int) -> None:
+    server = TempRedis()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        client = aioredis.Redis.from_url(url)
+        print("| workload | new record (script) | changed record (script) | plain SET |")
+        print("|---|---|---|---|")
+        for workload in WORKLOADS:
+            annotations = {name: kind for name, (kind, _) in workload.fields.items()}
+            defaults = {name: value for name, (_, value) in workload.fields.items()}
+            model: Any = type(
+                "Cost",
+                (ExternalBaseModel,),
+                {
+                    "__annotations__": annotations,
+                    **defaults,
+                    "model_config": ExternalConfigDict(
+                        storage=url, external_name=f"cost_{workload.name[:3].strip()}"
+                    ),
+                },
+            )
+            figures: dict[str, list[float]] = {"new": [], "changed": [], "set": []}
+            first = next(iter(workload.fields))
+            for _ in range(rounds):
+                objs = [model(**workload.values(i)) for i in range(ops)]
+                before = await _stats(client)
+                for obj in objs:
+                    await obj.asave()
+                middle = await _stats(client)
+                for obj in objs:
+                    value = getattr(obj, first)
+                    setattr(obj, first, f"{value}!" if isinstance(value, str) else value + 1)
+                    await obj.asave()
+                after = await _stats(client)
+                for obj in objs:
+                    await client.set(f"plain:{obj.external_id}", obj.model_dump_json())
+                last = await _stats(client)
+                figures["new"].append(_per_call(before, middle, "evalsha"))
+                figures["changed"].append(_per_call(middle, after, "evalsha"))
+                figures["set"].append(_per_call(after, last, "set"))
+            row = " | ".join(
+                f"{statistics.median(v):.1f} [{min(v):.1f}–{max(v):.1f}]" for v in figures.values()
+            )
+            print(f"| {workload.name} | {row} |")
+        await pydantic_toast.aclose_storage()
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(run(args.ops, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
