@@ -158,8 +158,8 @@ class MessageStore:
             after it was appended, and the conversation's header ``ttl`` after its last append.
             An idle conversation disappears whole; an active one forgets whole turns older than
             ``ttl``, never part of a turn.
-        page_size: Batches fetched per page when loading (two round trips per page: listing
-            ids, then loading the records).
+        page_size: Batches fetched per page when loading (one round trip per page on the
+            built-in backends: the backend's ``list_records``).
         skip_invalid: Leave batches that fail the checks out of loaded histories (with a
             warning on the ``pydantic_toast`` logger) instead of raising. Whole turns are left
             out, so the rest of the history stays coherent.
@@ -334,18 +334,26 @@ class MessageStore:
 
     # -- the collection ---------------------------------------------------------------------------
 
-    async def alist(self, *, limit: int = 50, after: str | None = None) -> list[ConversationInfo]:
-        """Stored conversations, newest first (by when they started).
+    async def alist(
+        self, *, limit: int = 50, after: ConversationInfo | str | None = None
+    ) -> list[ConversationInfo]:
+        """Stored conversations, newest first (by when they started): one round trip a page.
 
         Args:
             limit: At most this many (1 to 1000).
-            after: The ``conversation_id`` of the last one of the previous page.
+            after: The last conversation of the previous page: its ``ConversationInfo`` (the
+                page starts right after it, in one round trip), or its ``conversation_id``
+                (one more round trip to find where it started; an empty list when it no
+                longer exists).
         """
         if not 1 <= limit <= 1000:
             raise StorageConfigurationError(f"limit must be from 1 to 1000, got {limit}")
         store = await backend(self._url)
         cursor = None
-        if after is not None:
+        if isinstance(after, ConversationInfo):
+            id = _header_id(check_conversation_id(after.conversation_id))
+            cursor = PageCursor(_utc(after.created_at), id)
+        elif after is not None:
             key = (self._header_class, _header_id(check_conversation_id(after)))
             (last,) = await store.load_records([key])
             if last is None:
@@ -417,7 +425,7 @@ def _header_id(conversation_id: str) -> UUID:
 
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
-        raise StorageConfigurationError("after must be a timezone-aware datetime (a position)")
+        raise StorageConfigurationError("after must hold a timezone-aware datetime")
     return value.astimezone(UTC)
 
 
