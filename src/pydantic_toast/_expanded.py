@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import GetCoreSchemaHandler, SerializerFunctionWrapHandler
 from pydantic_core import core_schema as cs
@@ -66,24 +66,114 @@ class _Expand:
     ) -> cs.CoreSchema:
         schema = handler(source)
         model = handler.resolve_ref_schema(schema)
-        ref = model.get("ref")
-        if model.get("type") != "function-wrap" or ref is None:
+        if not _is_external(model):
             return schema  # not an external model: nothing to expand
-        copy: dict[str, Any] = dict(model)
-        name, _, suffix = ref.rpartition(":")
-        # A ref of its own, so that the full schema gets its own name (OrderData) beside the
-        # reference schema of the plain type.
-        copy["ref"] = f"{name}Data:{suffix}"
-        copy["metadata"] = {**(model.get("metadata") or {}), EXPANDED_KEY: True}
-        # The model's own serializer stores it: serialize its fields instead, with nested
-        # external models expanded too.
-        fields = {key: value for key, value in model["schema"].items() if key != "serialization"}
-        copy["schema"] = fields
-        copy["serialization"] = cs.wrap_serializer_function_ser_schema(
-            _serialize_expanded,
-            schema=fields,
-        )
-        return copy
+        data_ref = _data_ref(model["ref"])
+        building = _building.get()
+        if data_ref in building:  # a cycle: refer to the copy being built
+            return cs.definition_reference_schema(data_ref)
+        token = _building.set(building | {data_ref})
+        try:
+            return _expanded_copy(model, data_ref, handler)
+        finally:
+            _building.reset(token)
+
+
+# The expanded copies being built (their refs): a model met again inside its own copy refers
+# to it instead of recursing.
+_building: ContextVar[frozenset[str]] = ContextVar(
+    "pydantic_toast_expanding_schema", default=frozenset()
+)
+
+
+def _is_external(node: Any) -> bool:
+    """Whether ``node`` is an external model's core schema (its wrap validator around it)."""
+    if not isinstance(node, dict) or node.get("type") != "function-wrap" or "ref" not in node:
+        return False
+    inner = node.get("schema")
+    cls = inner.get("cls") if isinstance(inner, dict) and inner.get("type") == "model" else None
+    return isinstance(cls, type) and hasattr(cls, "_toast_settings")
+
+
+def _data_ref(ref: str) -> str:
+    # A ref of its own, so that the full schema gets its own name (OrderData) beside the
+    # reference schema of the plain type.
+    name, _, suffix = ref.rpartition(":")
+    return f"{name}Data:{suffix}"
+
+
+def _expanded_copy(
+    model: Mapping[str, Any], data_ref: str, handler: GetCoreSchemaHandler
+) -> cs.CoreSchema:
+    """``model``'s schema, serializing (and documenting) its fields instead of its reference."""
+    copy: dict[str, Any] = dict(model)
+    copy["ref"] = data_ref
+    copy["metadata"] = {**(model.get("metadata") or {}), EXPANDED_KEY: True}
+    # The model's own serializer stores it: serialize its fields instead, with nested external
+    # models expanded too (documented as their own <Model>Data).
+    fields, _ = _expand_inside(
+        {key: value for key, value in model["schema"].items() if key != "serialization"},
+        handler,
+        set(),
+    )
+    copy["schema"] = fields
+    copy["serialization"] = cs.wrap_serializer_function_ser_schema(
+        _serialize_expanded, schema=fields
+    )
+    return cast("cs.CoreSchema", copy)
+
+
+def _expanded_schema(model: Mapping[str, Any], handler: GetCoreSchemaHandler) -> cs.CoreSchema:
+    """``Expanded[<the schema's model>]``, generated (and kept as a definition) by Pydantic."""
+    cls: Any = model["schema"]["cls"]
+    return handler.generate_schema(Annotated[cls, _Expand()])
+
+
+# Keys of core-schema nodes that hold no schema to rewrite.
+_OPAQUE = frozenset(("metadata", "cls", "config", "function", "serialization", "ref"))
+
+
+def _expand_inside(
+    node: Any, handler: GetCoreSchemaHandler, visiting: set[str]
+) -> tuple[Any, bool]:
+    """``node`` with the external models inside it expanded, and whether anything changed.
+
+    A nested external model becomes ``Expanded[thatModel]`` (Pydantic keeps it as a definition,
+    so cycles resolve); a plain model holding one is copied under a ``<Model>Data`` ref, so that
+    its copy never clashes with the original.
+    """
+    if isinstance(node, list):
+        items = [_expand_inside(item, handler, visiting) for item in node]
+        if not any(changed for _, changed in items):
+            return node, False
+        return [item for item, _ in items], True
+    if not isinstance(node, dict):
+        return node, False
+    if node.get("type") == "definition-ref":
+        ref = node["schema_ref"]
+        if ref in visiting:
+            return node, False  # a recursive plain model: left as it is
+        target = handler.resolve_ref_schema(node)
+        if _is_external(target):
+            return _expanded_schema(target, handler), True
+        visiting.add(ref)
+        copy, changed = _expand_inside(target, handler, visiting)
+        visiting.discard(ref)
+        return (copy, True) if changed else (node, False)
+    if _is_external(node):
+        return _expanded_schema(node, handler), True
+    copy = dict(node)
+    changed = False
+    for key, value in node.items():
+        if key in _OPAQUE or not isinstance(value, dict | list):
+            continue
+        copy[key], moved = _expand_inside(value, handler, visiting)
+        changed |= moved
+    if not changed:
+        return node, False
+    if isinstance(copy.get("ref"), str):
+        copy["ref"] = _data_ref(copy["ref"])
+    return copy, True
 
 
 def _serialize_expanded(value: Any, handler: SerializerFunctionWrapHandler) -> Any:

@@ -205,6 +205,75 @@ def test_expanded_response_is_full_data_without_a_write(client: TestClient) -> N
     assert ok["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
 
 
+class Node(ExternalBaseModel):
+    """A model that can hold itself (a cycle in the schema)."""
+
+    name: str
+    next: "Node | None" = None
+    model_config = ExternalConfigDict(storage=URL)
+
+
+class Line(BaseModel):
+    """A plain model holding an external one."""
+
+    node: Node
+    quantity: int
+
+
+class Basket(ExternalBaseModel):
+    """External models nested directly, through a plain model, twice, and in a cycle."""
+
+    lines: list[Line]
+    owner: Node
+    buyer: Customer
+    model_config = ExternalConfigDict(storage=URL)
+
+
+def test_expanded_schema_shows_nested_external_models_as_data() -> None:
+    """OrderData documents its nested customer as CustomerData, matching what it serializes."""
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(Expanded[Basket])
+    basket = Basket(
+        lines=[Line(node=Node(name="a", next=Node(name="b")), quantity=2)],
+        owner=Node(name="o"),
+        buyer=Customer(name="Ada"),
+    )
+    data = adapter.dump_python(basket, mode="json")
+    assert data == {
+        "lines": [{"node": {"name": "a", "next": {"name": "b", "next": None}}, "quantity": 2}],
+        "owner": {"name": "o", "next": None},
+        "buyer": {"name": "Ada"},
+    }
+    assert basket.external_id is None
+    schema = adapter.json_schema(mode="serialization")
+    defs = schema["$defs"]
+    assert schema["properties"]["owner"] == {"$ref": "#/$defs/NodeData"}
+    assert schema["properties"]["buyer"] == {"$ref": "#/$defs/CustomerData"}
+    assert defs["LineData"]["properties"]["node"] == {"$ref": "#/$defs/NodeData"}
+    assert defs["NodeData"]["properties"]["next"]["anyOf"][0] == {"$ref": "#/$defs/NodeData"}
+    assert "class_name" not in str(schema)  # no reference anywhere in the expanded tree
+    # The plain types keep their reference schemas.
+    plain = TypeAdapter(Line).json_schema(mode="serialization")
+    assert plain["properties"]["node"] == {"$ref": "#/$defs/Node"}
+    assert plain["$defs"]["Node"]["required"] == ["class_name", "id"]
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/orders")
+    async def place(order: Order) -> Expanded[Order]:
+        return order
+
+    with TestClient(app) as client:
+        answered = client.post("/orders", json={"product": "tea", "customer": {"name": "Bo"}})
+        components = client.get("/openapi.json").json()["components"]["schemas"]
+    assert answered.json() == {"product": "tea", "customer": {"name": "Bo"}}
+    assert components["OrderData"]["properties"]["customer"] == {
+        "$ref": "#/components/schemas/CustomerData"
+    }
+
+
 def test_to_data_serializes_the_tree_and_stores_nothing() -> None:
     """to_data() gives the fields of the model and of external models in it, with no I/O."""
     order = Order(product="tea", customer=Customer(name="Ada"))
