@@ -41,6 +41,7 @@ from pydantic_toast.fastapi._errors import (
 )
 from pydantic_toast.fastapi._lifespan import check_storage, storage_lifespan
 from pydantic_toast.fastapi._loader import loader
+from pydantic_toast.fastapi._openapi import name_reference_shapes
 from pydantic_toast.fastapi._routes import SIGNING_STATE, ToastRoute, UntrustedRequests
 
 __all__ = [
@@ -86,15 +87,25 @@ def install(app: FastAPI, *, signing: SigningKeys | None = None) -> None:
     install_error_handlers(app)
     if signing is not None:
         setattr(app.state, SIGNING_STATE, signing)
-        _document_signed_references(app)
+    _document(app, signed=signing is not None)
 
 
-def _document_signed_references(app: FastAPI) -> None:
-    # FastAPI's documented way to change the schema: replace app.openapi.
+def _document(app: FastAPI, *, signed: bool) -> None:
+    """OpenAPI with named data and reference shapes (and signed ones when ``signed``).
+
+    FastAPI's documented way to change the schema: replace ``app.openapi``.
+    """
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        with signing_schemas():
-            return generate()
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        if signed:
+            with signing_schemas():
+                schema = generate()
+        else:
+            schema = generate()
+        app.openapi_schema = name_reference_shapes(schema)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
