@@ -21,7 +21,6 @@ BIG = "pydantic-toast keeps large values out of line. " * 2000  # ~94 KB, compre
 def note_model(url: str, **config: Any) -> type[ExternalBaseModel]:
     """A Note class named after the URL; the same qualname on each call (a redefinition)."""
     tag = hashlib.sha1(url.encode()).hexdigest()[:8]
-    config.setdefault("concurrency", "last-write-wins")  # S3 keeps no revisions yet
 
     class Note(ExternalBaseModel):
         title: str

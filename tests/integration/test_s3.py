@@ -11,6 +11,7 @@ import pytest
 
 import pydantic_toast
 from pydantic_toast import (
+    ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
     StorageAuthenticationError,
@@ -46,7 +47,6 @@ def on_server(server: servers.TempSeaweedFS, job: Any) -> Any:
 
 
 def model_on(url: str, **config: object) -> type[ExternalBaseModel]:
-    config.setdefault("concurrency", "last-write-wins")  # S3Backend keeps no revisions yet
     return type(
         "Note",
         (ExternalBaseModel,),
@@ -90,7 +90,14 @@ def test_key_layout_is_documented(
 
     metadata, data, index = on_server(seaweedfs, read)
     assert json.loads(data) == {"text": "tea"}
-    assert set(metadata) == {"toast-created-at", "toast-updated-at", "toast-schema-version"}
+    assert data == b'{"text":"tea"}\t'  # revision 1, spelt in whitespace (see the ETag test)
+    assert set(metadata) == {
+        "toast-created-at",
+        "toast-updated-at",
+        "toast-schema-version",
+        "toast-revision",
+    }
+    assert metadata["toast-revision"] == "1"
     assert len(index) == 1
     assert note.model_validate(reference).text == "tea"  # type: ignore[attr-defined]
 
@@ -203,3 +210,60 @@ def test_the_secret_is_masked() -> None:
     url = StorageURL.parse("s3://AKIAEXAMPLE:abc/def+ghi@bucket/p?endpoint_url=http://h:1")
     assert "abc/def+ghi" not in str(url)
     assert "abc/def+ghi" not in repr(url)
+
+
+async def test_concurrent_writers_from_one_revision_one_wins(s3_url: str) -> None:
+    """Ten writers holding the same revision: If-Match lets exactly one through."""
+    note = model_on(s3_url)
+    original = note(text="v1")
+    reference = await original.asave()
+    copies = [await note.aload(reference) for _ in range(10)]
+    for number, copy in enumerate(copies):
+        copy.text = f"writer {number}"  # type: ignore[attr-defined]
+
+    outcomes = await asyncio.gather(*(copy.asave() for copy in copies), return_exceptions=True)
+
+    winners = [
+        copy for copy, outcome in zip(copies, outcomes, strict=True) if isinstance(outcome, dict)
+    ]
+    assert len(winners) == 1
+    assert all(
+        isinstance(outcome, ConcurrencyError)
+        for outcome in outcomes
+        if not isinstance(outcome, dict)
+    )
+    stored = await note.aload(reference)
+    assert stored.text == winners[0].text  # type: ignore[attr-defined]
+    await pydantic_toast.aclose_storage()
+
+
+def test_a_write_of_identical_bytes_changes_the_etag(
+    s3_url: str, seaweedfs: servers.TempSeaweedFS, bucket: str
+) -> None:
+    """If-Match compares ETags, and S3's ETag is the MD5 of the body alone: a rewrite of the
+    same fields must still change it, or a writer that HEADed before it would pass If-Match.
+    """
+    note = model_on(s3_url)
+    saved = note(text="same")
+    reference = saved.model_dump()
+    prefix = StorageURL.parse(s3_url).path.strip("/")
+    key = f"{prefix}/{reference['class_name']}/{reference['id']}.json"
+
+    async def etag(client: Any) -> str:
+        return str((await client.head_object(Bucket=bucket, Key=key))["ETag"])
+
+    async def raw_rewrites(client: Any) -> tuple[str, str]:
+        first = await client.put_object(Bucket=bucket, Key=f"{key}.raw", Body=b"x", Metadata={})
+        second = await client.put_object(
+            Bucket=bucket, Key=f"{key}.raw", Body=b"x", Metadata={"other": "1"}
+        )
+        return str(first["ETag"]), str(second["ETag"])
+
+    before = on_server(seaweedfs, etag)
+    with pydantic_toast.last_write_wins():
+        saved.model_dump()  # the same bytes, revision 2
+    after = on_server(seaweedfs, etag)
+    assert after != before
+    assert note.model_validate(reference).text == "same"  # type: ignore[attr-defined]
+    raw_first, raw_second = on_server(seaweedfs, raw_rewrites)
+    assert raw_first == raw_second  # why: the store ignores metadata in the ETag

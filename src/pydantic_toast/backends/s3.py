@@ -22,14 +22,29 @@ Key layout, under ``prefix`` (none when the URL has no path):
   from ``f``) inverted: key order is then newest first by ``created_at``, then id, and a page
   after a cursor is one ``ListObjectsV2`` call with ``StartAfter``.
 
+Revisions (optimistic concurrency, :attr:`~pydantic_toast.Capability.REVISIONS`) ride on S3's
+conditional writes. The revision travels as metadata (``x-amz-meta-toast-revision``; an object
+without it is at revision 1). Creating a record is a PUT with ``If-None-Match: *``; writing
+revision ``r`` over ``r - 1`` is a HEAD (the stored revision and ETag) and a PUT with
+``If-Match: <that ETag>``, so a writer that raced in between makes the PUT fail (412) and the
+write raises :class:`~pydantic_toast.ConcurrencyError`. S3's ETag is the MD5 of the body alone
+(metadata does not count), so a write of identical bytes would keep the ETag and let a stale
+``If-Match`` through: each body therefore ends with JSON whitespace spelling its revision
+(base 4 in space, tab, CR, LF), which makes every write's ETag new; loads strip it. A batch
+checks every record's revision (HEADs, concurrently) before writing any, so a conflict found
+then writes nothing; a conflict that appears between the checks and the PUTs is still refused
+record by record, but the batch's other records may have been written (S3 has no multi-object
+transaction).
+
 Costs: creating a record is two PUTs (the record, made with ``If-None-Match: *`` so that
 concurrent creators cannot both index it, then its index entry); writing an existing record is
-the refused conditional PUT, a HEAD for its ``created_at`` and the PUT. A load is one GET, a
-delete a HEAD and two DELETEs, a page of ids one LIST (the cursor is an index key: no lookup),
-a page of records that LIST and then one GET per record (concurrently; S3 cannot list bodies,
-so a page is never one round trip here), a count one LIST per 1,000 records. A write
-interrupted between the record and its index entry leaves a record that loads but is not listed
-(the index is deleted before the record, so a listing never names a deleted record).
+a HEAD and the conditional PUT (last-write-wins: the refused conditional PUT, a HEAD for its
+``created_at`` and revision, and the PUT). A load is one GET, a delete a HEAD and two DELETEs,
+a page of ids one LIST (the cursor is an index key: no lookup), a page of records that LIST and
+then one GET per record (concurrently; S3 cannot list bodies, so a page is never one round trip
+here), a count one LIST per 1,000 records. A write interrupted between the record and its index
+entry leaves a record that loads but is not listed (the index is deleted before the record, so
+a listing never names a deleted record).
 
 Expiry: S3 has no per-object time to live (an ``Expires`` header only guides caches, and
 lifecycle rules expire whole days by prefix), so this backend does not declare
@@ -52,6 +67,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from pydantic_toast._exceptions import (
+    ConcurrencyError,
     StorageConfigurationError,
     StorageUsageError,
     StoredDataError,
@@ -70,6 +86,9 @@ _T = TypeVar("_T")
 _NUMBERS: dict[str, float] = {"max_concurrency": 32, "connect_timeout": 5.0, "read_timeout": 30.0}
 _OPTIONS = {"endpoint_url", "region", "addressing_style", *_NUMBERS}
 _CREATED, _UPDATED, _VERSION = "toast-created-at", "toast-updated-at", "toast-schema-version"
+_REVISION = "toast-revision"
+_PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+_WHITESPACE = b" \t\r\n"  # JSON whitespace: base-4 digits of a body's revision
 _EPOCH_SPAN = 10**16  # microseconds: past the year 2286
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
@@ -80,7 +99,13 @@ class S3Backend(RecordBackend):
     """Records as JSON objects in an S3 bucket, through aiobotocore."""
 
     capabilities = frozenset(
-        {Capability.BATCH, Capability.DELETE, Capability.LIST, Capability.COUNT}
+        {
+            Capability.BATCH,
+            Capability.DELETE,
+            Capability.LIST,
+            Capability.COUNT,
+            Capability.REVISIONS,
+        }
     )
 
     @classmethod
@@ -155,9 +180,30 @@ class S3Backend(RecordBackend):
 
     # -- records --------------------------------------------------------------------------------
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Write the records concurrently (at most ``max_concurrency`` at once)."""
-        await self._each(self._save_one, records)
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Write the records concurrently (at most ``max_concurrency`` at once).
+
+        Records with an expected revision are checked first, all of them, before any write.
+        """
+        checked = [record for record in records if record.revision is not None]
+        heads: dict[RecordKey, Any] = {}
+        if checked:
+            found = await self._each(
+                lambda record: self._head(self.key(record.class_name, record.id)), checked
+            )
+            for record, head in zip(checked, found, strict=True):
+                current = None if head is None else _revision_of(head)
+                if (current or 0) != record.revision:
+                    raise ConcurrencyError(
+                        record.class_name,
+                        record.id,
+                        expected=record.revision or 0,
+                        current=current,
+                    )
+                heads[record.key] = head
+        return await self._each(
+            lambda record: self._save_one(record, heads.get(record.key)), records
+        )
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records concurrently, in the order of ``keys``."""
@@ -215,41 +261,82 @@ class S3Backend(RecordBackend):
 
     # -- one record -----------------------------------------------------------------------------
 
-    async def _save_one(self, record: StoredRecord) -> None:
-        client, bucket = self._connected(), self._options.bucket
+    async def _save_one(self, record: StoredRecord, head: Any) -> int:
+        """Write one record; ``head`` is its HEAD when the batch checked its revision."""
         key = self.key(record.class_name, record.id)
-        metadata = {
-            _CREATED: record.created_at.isoformat(),
-            _UPDATED: record.updated_at.isoformat(),
-            _VERSION: str(record.schema_version),
-        }
-        try:
-            await client.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=record.data,
-                ContentType="application/json",
-                Metadata=metadata,
-                IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise
-        else:
-            await client.put_object(
-                Bucket=bucket, Key=self.index_key(record.class_name, record.created_at, record.id)
-            )
-            return
-        # The record exists: keep its created_at (its index entry stays as it is).
+        expected = record.revision
+        if expected is not None and expected > 0:
+            assert head is not None  # checked by save_records
+            return await self._replace(record, key, head, expected)
+        if await self._create(record, key):
+            return 1
+        if expected == 0:
+            raise await self._conflict(record, key, expected)
+        # Last write wins over an existing record: keep its created_at, count on its revision.
         head = await self._head(key)
+        if head is None:  # deleted meanwhile: write it anew
+            await self._put(record, key, 1, None)
+            await self._index(record)
+            return 1
+        revision = _revision_of(head) + 1
+        await self._put(record, key, revision, head)
+        return revision
+
+    async def _create(self, record: StoredRecord, key: str) -> bool:
+        """Create the record (revision 1) and index it; ``False`` when it exists already."""
+        try:
+            await self._put(record, key, 1, None, IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) not in _PRECONDITION_FAILED:
+                raise
+            return False
+        await self._index(record)
+        return True
+
+    async def _replace(self, record: StoredRecord, key: str, head: Any, expected: int) -> int:
+        """Write revision ``expected + 1`` over the object whose HEAD is ``head``."""
+        try:
+            await self._put(record, key, expected + 1, head, IfMatch=head["ETag"])
+        except ClientError as exc:
+            if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
+                raise
+            raise await self._conflict(record, key, expected) from None
+        return expected + 1
+
+    async def _conflict(self, record: StoredRecord, key: str, expected: int) -> ConcurrencyError:
+        head = await self._head(key)
+        return ConcurrencyError(
+            record.class_name,
+            record.id,
+            expected=expected,
+            current=None if head is None else _revision_of(head),
+        )
+
+    async def _put(
+        self, record: StoredRecord, key: str, revision: int, head: Any, **conditions: str
+    ) -> None:
+        """PUT the record's body at ``revision``, keeping the created_at of ``head``."""
+        created = record.created_at.isoformat()
         if head is not None:
-            metadata[_CREATED] = head["Metadata"].get(_CREATED, metadata[_CREATED])
-        await client.put_object(
-            Bucket=bucket,
+            created = head["Metadata"].get(_CREATED, created)
+        await self._connected().put_object(
+            Bucket=self._options.bucket,
             Key=key,
-            Body=record.data,
+            Body=record.data + _revision_suffix(revision),
             ContentType="application/json",
-            Metadata=metadata,
+            Metadata={
+                _CREATED: created,
+                _UPDATED: record.updated_at.isoformat(),
+                _VERSION: str(record.schema_version),
+                _REVISION: str(revision),
+            },
+            **conditions,  # type: ignore[arg-type]
+        )
+
+    async def _index(self, record: StoredRecord) -> None:
+        await self._connected().put_object(
+            Bucket=self._options.bucket,
+            Key=self.index_key(record.class_name, record.created_at, record.id),
         )
 
     async def _load_one(self, class_name: str, id: UUID) -> StoredRecord | None:
@@ -266,10 +353,11 @@ class S3Backend(RecordBackend):
         return StoredRecord(
             class_name=class_name,
             id=id,
-            data=data,
+            data=data.rstrip(_WHITESPACE),
             schema_version=version,
             created_at=created,
             updated_at=updated,
+            revision=_revision_of(response),
         )
 
     async def _head(self, key: str) -> Any:
@@ -372,6 +460,21 @@ class _Options:
     @classmethod
     def of(cls, url: StorageURL) -> _Options:
         return cls(url)
+
+
+def _revision_of(response: Any) -> int:
+    """The revision in an object's metadata (1 for objects written before revisions)."""
+    text = response["Metadata"].get(_REVISION, "1")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def _revision_suffix(revision: int) -> bytes:
+    """``revision`` in base 4, spelt in JSON whitespace: every write's body (and ETag) is new."""
+    digits = bytearray()
+    while revision:
+        revision, digit = divmod(revision, 4)
+        digits.append(_WHITESPACE[digit])
+    return bytes(digits)
 
 
 def _code(exc: ClientError) -> str:
