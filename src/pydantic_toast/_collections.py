@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from pydantic_toast._codecs import decode_record, is_encoded
 from pydantic_toast._exceptions import (
     InvalidReferenceError,
     RecordNotFoundError,
@@ -86,6 +87,10 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
     storage = current_storage()
     backend = await storage.connected(url)
     records = await backend.list_records(name, limit=limit, after=cursor)
+    records = [
+        decode_record(record, settings.codec) if is_encoded(record.data) else record
+        for record in records
+    ]
     session = LoadSession(model._toast_routes(), storage)
     for record in records:
         session.records[(url, name, record.id)] = record

@@ -90,6 +90,18 @@ async def test_round_trip_compressed_async(any_storage_url: str) -> None:
     await pydantic_toast.aclose_storage()
 
 
+async def test_pages_decode_compressed_records(any_storage_url: str) -> None:
+    """apage reads records through list_records, not load_records: they are decoded too."""
+    note = note_model(any_storage_url, compression="zstd")
+    saved = [note(title=f"n{number}", body=BIG if number % 2 else "short") for number in range(3)]
+    for item in saved:
+        await item.asave()
+    page = await pydantic_toast.apage(note, limit=10)
+    assert sorted(item.title for item in page.items) == ["n0", "n1", "n2"]  # type: ignore[attr-defined]
+    assert {item.title: item.body for item in page.items}["n1"] == BIG  # type: ignore[attr-defined]
+    await pydantic_toast.aclose_storage()
+
+
 def test_records_written_before_keep_loading(any_storage_url: str) -> None:
     """Turning compression on or off never strands a record: each says how it was stored."""
     plain = note_model(any_storage_url)
