@@ -40,3 +40,29 @@ def test_the_ai_package_pins_its_public_names() -> None:
     }
     for name in ai.__all__:
         assert getattr(ai, name) is not None
+
+
+async def test_ttl_is_refused_where_records_do_not_expire() -> None:
+    """On a backend without Capability.TTL, every ai ttl= fails at once with the fix."""
+    import pytest
+
+    from pydantic_toast import StorageConfigurationError, register_backend
+    from pydantic_toast.ai import MessageStore, SpillToolOutputs, astore_payload
+    from pydantic_toast.backends.base import Capability
+    from pydantic_toast.backends.memory import MemoryBackend
+    from pydantic_toast.runtime.storage import current_storage
+
+    class NeverExpires(MemoryBackend):
+        capabilities = MemoryBackend.capabilities - {Capability.TTL}
+
+    register_backend("neverexpires", NeverExpires)
+    try:
+        with pytest.raises(StorageConfigurationError, match="does not expire records"):
+            MessageStore("neverexpires://x", ttl=60)
+        with pytest.raises(StorageConfigurationError, match="does not expire records"):
+            SpillToolOutputs("neverexpires://x", ttl=60)
+        with pytest.raises(StorageConfigurationError, match="does not expire records"):
+            await astore_payload("neverexpires://x", {"a": 1}, ttl=60)
+        assert MessageStore("neverexpires://x").ttl is None  # without ttl it is accepted
+    finally:
+        current_storage().unregister_backend("neverexpires")
