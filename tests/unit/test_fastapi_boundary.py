@@ -274,6 +274,47 @@ def test_expanded_schema_shows_nested_external_models_as_data() -> None:
     }
 
 
+def test_ref_in_a_query_parameter_is_refused_when_the_route_is_defined() -> None:
+    """A reference cannot arrive in a query: the route definition says so, loudly."""
+    from fastapi import Query
+
+    app = FastAPI()
+    install(app)
+    with pytest.raises(pydantic_toast.StorageUsageError, match="only a JSON body can carry"):
+
+        @app.get("/by-customer")
+        async def by_customer(customer: Annotated[Ref[Customer], Query()]) -> None:
+            return None
+
+    @app.get("/by-name")  # a plain query model of an external model's data is fine
+    async def by_name(customer: Annotated[Customer, Query()]) -> dict[str, str]:
+        return {"name": customer.name}
+
+    with TestClient(app) as client:
+        assert client.get("/by-name", params={"name": "Bo"}).json() == {"name": "Bo"}
+
+
+def test_accepting_fields_are_found_through_fastapis_public_field_info() -> None:
+    """The one dependency on FastAPI's field objects: route.dependant.*_params[].field_info.
+
+    If a FastAPI release changes it, this fails here rather than references being silently
+    refused (or accepted without their authorization hook).
+    """
+    from fastapi.routing import APIRoute
+
+    from pydantic_toast.fastapi._routes import _accepted_in, field_schema
+
+    app = make_app()
+    route = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/orders")
+    (body,) = route.dependant.body_params
+    assert body.field_info.annotation is NewOrder
+    assert "pydantic_toast_accept" in str(field_schema(body))
+    accepted, routes = _accepted_in(route)
+    assert list(accepted) == ["Customer"]
+    assert accepted["Customer"][0].authorize is same_tenant
+    assert "Customer" in routes
+
+
 def test_to_data_serializes_the_tree_and_stores_nothing() -> None:
     """to_data() gives the fields of the model and of external models in it, with no I/O."""
     order = Order(product="tea", customer=Customer(name="Ada"))

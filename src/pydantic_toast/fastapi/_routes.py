@@ -6,11 +6,12 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
+from pydantic_core import core_schema as cs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pydantic_toast._boundary import (
@@ -20,7 +21,7 @@ from pydantic_toast._boundary import (
     trusted,
     untrusted_input,
 )
-from pydantic_toast._exceptions import InvalidReferenceError
+from pydantic_toast._exceptions import InvalidReferenceError, StorageUsageError
 from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
 from pydantic_toast._reference import ExternalReference, ParsedReference
 from pydantic_toast._saving import SaveBatch, collecting
@@ -143,24 +144,51 @@ def _calls(dependant: Any) -> Iterator[Any]:
 
 
 def _accepted_in(route: APIRoute) -> tuple[dict[str, list[AcceptReference]], Routes]:
-    """The class names the route's body accepts references of, with their markers, and routes."""
+    """The class names the route's body accepts references of, with their markers, and routes.
+
+    Raises:
+        StorageUsageError: A query parameter accepts references (only JSON bodies can carry
+            them; FastAPI documents a query model by its data fields, not a reference's).
+    """
     accepted: dict[str, list[AcceptReference]] = {}
     routes: Routes = {}
-    fields = [*route.dependant.body_params, *route.dependant.query_params]
-    for field in fields:
-        adapter = getattr(field, "_type_adapter", None)
-        if adapter is None:
-            continue
-        schema = adapter.core_schema
-        definitions = _definitions(schema)
-        for node in _nodes(schema, {}):
-            marker = (node.get("metadata") or {}).get(ACCEPT_KEY)
-            if isinstance(marker, AcceptReference):
-                for model in _models(node.get("schema"), definitions):
-                    settings = model._toast_settings()
-                    accepted.setdefault(settings.external_name, []).append(marker)
-                    routes.update(model._toast_routes())
+    for field in route.dependant.body_params:
+        for marker, model in _accepting_models(field_schema(field)):
+            accepted.setdefault(model._toast_settings().external_name, []).append(marker)
+            routes.update(model._toast_routes())
+    for field in route.dependant.query_params:
+        for _, model in _accepting_models(field_schema(field)):
+            raise StorageUsageError(
+                f"{route.path}: the query parameter {field.name!r} accepts a "
+                f"{model.__qualname__} reference (Ref/AcceptReference), which only a JSON "
+                "body can carry: take the reference in the request body, or the id in the path "
+                "with pydantic_toast.fastapi.loader()"
+            )
     return accepted, routes
+
+
+def field_schema(field: Any) -> cs.CoreSchema:
+    """The core schema of a FastAPI request field (a body or query parameter).
+
+    Built from the field's public ``field_info`` (its annotation and metadata, which carry the
+    ``AcceptReference`` marker), not from FastAPI's private type adapter. The one place that
+    depends on the shape of FastAPI's fields: tests/unit/test_fastapi_boundary.py checks it.
+    """
+    info = field.field_info
+    annotated: Any = (
+        Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    )
+    return TypeAdapter(annotated).core_schema
+
+
+def _accepting_models(schema: Any) -> Iterator[tuple[AcceptReference, Any]]:
+    """Each ``(marker, external model class)`` accepting references in ``schema``."""
+    definitions = _definitions(schema)
+    for node in _nodes(schema, {}):
+        marker = (node.get("metadata") or {}).get(ACCEPT_KEY)
+        if isinstance(marker, AcceptReference):
+            for model in _models(node.get("schema"), definitions):
+                yield marker, model
 
 
 def _nodes(schema: Any, definitions: dict[str, Any]) -> Iterator[dict[str, Any]]:
