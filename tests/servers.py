@@ -160,6 +160,46 @@ class TempPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class TempPostgresReplica(TempPostgres):
+    """A hot standby of ``primary`` made with ``pg_basebackup -R`` (streaming replication),
+    on a free port, run as the same user as the primary."""
+
+    def __init__(self, primary: TempPostgres) -> None:
+        basebackup, pg_ctl = _pg_bin("pg_basebackup"), _pg_bin("pg_ctl")
+        if not basebackup or not pg_ctl:
+            raise FileNotFoundError("pg_basebackup/pg_ctl")
+        self.pg_ctl = pg_ctl
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="toast-pg-replica-"))
+        self.data = self.root / "data"
+        self.user = primary.user
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self.ssl = False
+        conninfo = f"host=127.0.0.1 port={primary.port} user=postgres password={primary.PASSWORD}"
+        # -R writes primary_conninfo and standby.signal: the copy starts as a streaming standby.
+        self._run(
+            basebackup, "-d", conninfo, "-D", str(self.data), "-R", "-X", "stream", "--no-sync"
+        )
+
+    def replay(self, *, paused: bool) -> None:
+        """Pause or resume applying the primary's changes (the standby keeps receiving them)."""
+        import asyncpg
+
+        async def run() -> None:
+            connection = await asyncpg.connect(self.url())
+            try:
+                call = "pg_wal_replay_pause" if paused else "pg_wal_replay_resume"
+                await connection.execute(f"SELECT {call}()")
+            finally:
+                await connection.close()
+
+        import asyncio
+
+        asyncio.run(run())
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """An admin URL of a PostgreSQL server for the test session."""

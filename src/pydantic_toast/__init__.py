@@ -48,6 +48,7 @@ from pydantic_toast._saving import last_write_wins
 from pydantic_toast._signing import SignedReference, SigningKeys, sign_reference, verify_reference
 from pydantic_toast._trees import adump, avalidate, dump, validate
 from pydantic_toast.backends.base import Capability, StorageBackend
+from pydantic_toast.backends.postgresql_replicas import read_primary
 from pydantic_toast.runtime.blocking import BlockingStorageCallWarning
 from pydantic_toast.runtime.lifecycle import aclose_storage, close_storage
 from pydantic_toast.runtime.storage import (
@@ -118,6 +119,7 @@ __all__ = [
     "enable_telemetry",
     "last_write_wins",
     "page",
+    "read_primary",
     "register_backend",
     "sign_reference",
     "to_data",

@@ -200,6 +200,7 @@ def test_public_api_is_pinned() -> None:
         "enable_telemetry",
         "last_write_wins",
         "page",
+        "read_primary",
         "register_backend",
         "transaction",
         "unregister_backend",

@@ -8,7 +8,9 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 * ``pool_size`` (default 20): connections kept per event loop, opened as needed, and
   ``max_overflow`` (default 0): more connections opened under load, closed when returned;
 * ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60);
-* ``application_name``: shown in ``pg_stat_activity``.
+* ``application_name``: shown in ``pg_stat_activity``;
+* ``replicas`` and ``read_your_writes``: read replicas
+  (:mod:`~pydantic_toast.backends.postgresql_replicas`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
+from pydantic_toast.backends.postgresql_replicas import (
+    ON_PRIMARY,
+    REPLICA_OPTIONS,
+    Replicas,
+    replica_options,
+)
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
@@ -57,7 +65,7 @@ _Lease = PoolProxiedConnection | ConnectionPoolEntry
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
 _NUMBERS = {"pool_size": 20, "max_overflow": 0, "connect_timeout": 10.0, "command_timeout": 60.0}
-_OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name"}
+_OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name", *REPLICA_OPTIONS}
 
 
 def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
@@ -266,6 +274,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         }
     )
     _dropped = False  # a broken connection's record waits in the pool to reconnect
+    _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> tuple[str, int, str]:
@@ -279,12 +288,24 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         await self._open_engine()
         try:
             await self.count("")
+            if "replicas" in self._parsed.query:
+                self._replicas = Replicas(self, self._parsed)
+                await self._replicas.connect()
         except BaseException:
             await self.disconnect()
             raise
 
+    async def disconnect(self) -> None:
+        """Close the pool (and the read replicas' pools)."""
+        replicas, self._replicas = self._replicas, None
+        if replicas is not None:
+            await replicas.disconnect()
+        await super().disconnect()
+
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
+        if self._replicas is not None:
+            self._replicas.note_writes([(class_name, id)])
         return bool(await self._statement("execute", "delete", class_name, id))
 
     async def list_records(
@@ -315,6 +336,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """
         for record in records:
             refuse_unstorable(record)
+        if self._replicas is not None:
+            self._replicas.note_writes(record.key for record in records)
         if len(records) == 1:  # a plain VALUES row plans faster than unnest
             (one,) = records
             return [await self._write_one(one)]
@@ -429,6 +452,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             if kind == "fetchrow":
                 return result.first()
             return result.scalar() if kind == "fetchval" else result.all()
+        if self._replicas is not None:
+            answer = await self._replicas.read(kind, name, args)
+            if answer is not ON_PRIMARY:
+                return answer
         lease = await self._checkout()
         driver: Any = lease.driver_connection
         try:
@@ -522,6 +549,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def check_url(cls, url: StorageURL) -> None:
         """Check the options and SSL settings without connecting."""
         engine_options(url)
+        replica_options(url)
 
     def _create_engine(self) -> AsyncEngine:
         sa_url, options = engine_options(self._parsed)
