@@ -11,15 +11,36 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, Table, Text, Uuid, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["TABLE_NAME", "ExternalRecord", "metadata", "records_table"]
+__all__ = [
+    "COUNTS_TABLE_NAME",
+    "TABLE_NAME",
+    "ExternalRecord",
+    "ExternalRecordCount",
+    "counts_table",
+    "metadata",
+    "records_table",
+]
 
 TABLE_NAME = "external_records"
+COUNTS_TABLE_NAME = "external_record_counts"
 
 metadata = MetaData(
     naming_convention={
@@ -116,3 +137,38 @@ class ExternalRecord(Base):
 
 records_table: Table = ExternalRecord.__table__  # type: ignore[assignment]
 """The mapped table, for building Core statements."""
+
+
+class ExternalRecordCount(Base):
+    """Part of one class's record count, kept exact by triggers on ``external_records``.
+
+    A class's count is the sum of its rows: PostgreSQL spreads concurrent writers of one
+    class over up to 16 rows (``shard``), so they do not queue on one counter row; SQLite has
+    one. Migration ``0004_record_counts`` creates the triggers (insert, delete, an update of
+    ``class_name``, truncate) and counts the rows already stored.
+    """
+
+    __tablename__ = COUNTS_TABLE_NAME
+    __table_args__ = {
+        "comment": "How many external_records rows each class has, kept by triggers on "
+        "external_records (pydantic-toast migration 0004): a class's count is the sum of its "
+        "rows' records. Do not write it by hand."
+    }
+
+    class_name: Mapped[str] = mapped_column(
+        Text, primary_key=True, comment="The stored class name."
+    )
+    shard: Mapped[int] = mapped_column(
+        SmallInteger,
+        primary_key=True,
+        comment="Which of the class's counter rows (writers spread over up to 16).",
+    )
+    records: Mapped[int] = mapped_column(
+        BigInteger,
+        nullable=False,
+        comment="This row's share of the class's count (a share may be negative).",
+    )
+
+
+counts_table: Table = ExternalRecordCount.__table__  # type: ignore[assignment]
+"""The mapped counts table, for building Core statements."""

@@ -5,14 +5,15 @@ transaction, the table is renamed aside, a partitioned table of the same name is
 (every column it has at the current revision, defaults, NOT NULLs, checks and comments), the
 primary key and indexes are re-created under their own names (a partitioned table's primary key
 must contain the partition key: ``(class_name, id)`` does), ``N`` partitions
-``external_records_p<i>`` are attached (``MODULUS N, REMAINDER i``), the rows are copied and the
-old table dropped. The table keeps its name, columns and comments (the DBA view is unchanged),
-and Alembic's later ``ALTER TABLE external_records ADD COLUMN`` reach every partition.
+``external_records_p<i>`` are attached (``MODULUS N, REMAINDER i``), the rows are copied, the
+old table dropped and its triggers (the record counts') re-created on the new one. The table
+keeps its name, columns and comments (the DBA view is unchanged), and Alembic's later ``ALTER
+TABLE external_records ADD COLUMN`` reach every partition.
 
-A statement naming one ``(class_name, id)`` (load, save, delete) reaches one partition;
-listing and counting a class read every partition (a Merge Append over their indexes). The
-table is locked (ACCESS EXCLUSIVE) while the rows are copied: run it in a maintenance window,
-or create the partitioned table before the data grows.
+A statement naming one ``(class_name, id)`` (load, save, delete) reaches one partition; listing
+a class reads every partition (a Merge Append over their indexes), counting reads the class's
+rows of ``external_record_counts``. The table is locked (ACCESS EXCLUSIVE) while the rows are
+copied: run it in a maintenance window, or create the partitioned table before the data grows.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ async def partition_statements(connection: Any, partitions: int) -> list[str]:
         TABLE,
     )
     comment = await connection.fetchval("SELECT obj_description($1::regclass, 'pg_class')", TABLE)
+    # The count triggers (migration 0004): re-created on the new table once the rows are copied
+    # (the copy must not count them again); the old table's go with it.
+    triggers = await connection.fetch(
+        "SELECT pg_get_triggerdef(oid) AS definition FROM pg_trigger "
+        "WHERE tgrelid = $1::regclass AND NOT tgisinternal ORDER BY tgname",
+        TABLE,
+    )
     statements = [
         f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE",
         f"ALTER TABLE {TABLE} RENAME TO {OLD}",
@@ -90,6 +98,7 @@ async def partition_statements(connection: Any, partitions: int) -> list[str]:
             f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {remainder})"
         )
     statements += [f"INSERT INTO {TABLE} SELECT * FROM {OLD}", f"DROP TABLE {OLD}"]
+    statements += [row["definition"] for row in triggers]
     return statements
 
 

@@ -1,0 +1,257 @@
+"""count() on the SQL stores reads counter rows kept exact by triggers (migration 0004).
+
+Upgrade with data in place, every way rows come and go (single and batch writes, upserts,
+deletes, a rolled-back transaction, hand-written SQL, TRUNCATE), concurrent writers, the
+partitioned table, downgrade; all on a database of the test's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+import pydantic_toast
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.integrations.partition import partition_table
+from tests.integration.conftest import _admin, _with_database
+from tests.integration.test_postgresql import alembic
+
+pytestmark = pytest.mark.postgresql
+
+MIGRATION = importlib.import_module("pydantic_toast.migrations.versions.0004_record_counts")
+
+
+@pytest.fixture
+def empty_database(postgres_admin_url: str) -> Iterator[str]:
+    """A database of this test's own, not migrated."""
+    database = f"toast_counts_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(postgres_admin_url, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _records(class_name: str, count: int) -> list[StoredRecord]:
+    now = datetime.now(UTC)
+    return [
+        StoredRecord(
+            class_name=class_name,
+            id=uuid4(),
+            data=json.dumps({"n": n}).encode(),
+            schema_version=1,
+            created_at=now,
+            updated_at=now,
+            revision=0,
+        )
+        for n in range(count)
+    ]
+
+
+async def _sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetch(statement, *args)
+    finally:
+        await connection.close()
+
+
+async def _exact(url: str, class_name: str) -> int:
+    rows = await _sql(
+        url, "SELECT count(*) FROM external_records WHERE class_name = $1", class_name
+    )
+    return int(rows[0][0])
+
+
+class _Undo(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+def test_migration_counts_existing_rows_and_triggers_keep_them_exact(empty_database: str) -> None:
+    """Rows stored before 0004 are counted; then every kind of write keeps the count exact."""
+    url = empty_database
+    assert alembic("upgrade", MIGRATION.down_revision, url=url).returncode == 0
+    asyncio.run(
+        _sql(
+            url,
+            "INSERT INTO external_records (class_name, id, schema_version, data) "
+            "SELECT CASE WHEN n % 3 = 0 THEN 'Old' ELSE 'Older' END, gen_random_uuid(), 1, '{}' "
+            "FROM generate_series(1, 300) AS n",
+        )
+    )
+    upgrade = alembic("upgrade", MIGRATION.revision, url=url)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert alembic("upgrade", "head", url=url).returncode == 0
+    check = alembic("check", url=url)
+    assert check.returncode == 0, check.stderr
+
+    async def main() -> list[tuple[int, int]]:
+        backend = PostgreSQLBackend(url)
+        await backend.connect()
+        seen: list[tuple[int, int]] = []
+
+        async def note(class_name: str) -> None:
+            seen.append((await backend.count(class_name), await _exact(url, class_name)))
+
+        try:
+            await note("Old")
+            await note("Older")
+            batch = _records("New", 50)
+            await backend.save_records(batch)  # one statement for 50 rows
+            await backend.save_records(_records("New", 1))  # one row
+            await note("New")
+            again = [dataclasses.replace(r, revision=None) for r in batch[:10]]
+            await backend.save_records(again)  # upserts of existing rows: no new rows
+            await note("New")
+            for record in batch[:7]:
+                assert await backend.delete(record.id, "New")
+            assert not await backend.delete(batch[0].id, "New")
+            await note("New")
+            connection = await asyncpg.connect(url)
+            try:
+                async with connection.transaction():
+                    await connection.execute(
+                        "DELETE FROM external_records WHERE class_name = 'New'"
+                    )
+                    await connection.execute(
+                        "UPDATE external_records SET class_name = 'Moved' WHERE class_name = 'Old'"
+                    )
+                    raise _Undo
+            except _Undo:
+                pass  # rolled back: nothing counted
+            finally:
+                await connection.close()
+            await note("New")
+            await _sql(
+                url, "UPDATE external_records SET class_name = 'Moved' WHERE class_name = 'Old'"
+            )
+            await note("Old")
+            await note("Moved")
+            await _sql(url, "TRUNCATE external_records")
+            await note("Older")
+            await backend.save_records(_records("Older", 3))
+            await note("Older")
+        finally:
+            await backend.disconnect()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen == [
+        (100, 100),
+        (200, 200),
+        (51, 51),
+        (51, 51),
+        (44, 44),
+        (44, 44),
+        (0, 0),
+        (100, 100),
+        (0, 0),
+        (3, 3),
+    ]
+    downgrade = alembic("downgrade", MIGRATION.down_revision, url=url)
+    assert downgrade.returncode == 0, downgrade.stderr
+    left = asyncio.run(
+        _sql(
+            url,
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'external_records_count%'),"
+            " to_regclass('external_record_counts') IS NULL",
+        )
+    )
+    assert tuple(left[0]) == (0, True)
+    assert asyncio.run(_exact(url, "Older")) == 3  # the records themselves stay
+
+
+def test_concurrent_writers_keep_the_count_exact(postgres_database_url: str) -> None:
+    """20 writers inserting and deleting one class at once: the count is the rows' number."""
+    class_name = f"Busy{uuid4().hex[:8]}"
+
+    async def main() -> tuple[int, int]:
+        backend = PostgreSQLBackend(f"{postgres_database_url}?pool_size=20")
+        await backend.connect()
+
+        async def writer() -> None:
+            for _ in range(10):
+                records = _records(class_name, 3)
+                await backend.save_records(records[:1])
+                await backend.save_records(records[1:])
+                await backend.delete(records[1].id, class_name)
+
+        try:
+            await asyncio.gather(*(writer() for _ in range(20)))
+            return await backend.count(class_name), await _exact(postgres_database_url, class_name)
+        finally:
+            await _sql(
+                postgres_database_url,
+                "DELETE FROM external_records WHERE class_name = $1",
+                class_name,
+            )
+            await backend.disconnect()
+
+    assert asyncio.run(main()) == (400, 400)
+
+
+def test_partitioning_keeps_the_counts(empty_database: str) -> None:
+    """pydantic-toast partition copies the rows without counting them twice, and re-creates
+    the triggers on the partitioned table."""
+    url = empty_database
+    assert alembic("upgrade", "head", url=url).returncode == 0
+
+    async def main() -> list[int]:
+        backend = PostgreSQLBackend(url)
+        await backend.connect()
+        try:
+            await backend.save_records(_records("Part", 40))
+            before = await backend.count("Part")
+            await backend.disconnect()
+            assert await partition_table(url, 4) == 40
+            await backend.connect()
+            after = await backend.count("Part")
+            records = _records("Part", 5)
+            await backend.save_records(records)
+            await backend.delete(records[0].id, "Part")
+            return [before, after, await backend.count("Part"), await _exact(url, "Part")]
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(main()) == [40, 40, 44, 44]
+
+
+@pytest.mark.sqlite
+def test_sqlite_counts_with_triggers_too(sqlite_template: Path, tmp_path: Path) -> None:
+    """The same counter table on SQLite, one row per class, kept by row triggers."""
+    path = tmp_path / "counts.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    from pydantic_toast.backends.sqlite import SQLiteBackend
+
+    async def main() -> int:
+        backend = SQLiteBackend(f"sqlite:///{path}")
+        await backend.connect()
+        try:
+            records = _records("Lite", 12)
+            await backend.save_records(records)
+            await backend.save_records([dataclasses.replace(r, revision=None) for r in records[:4]])
+            await backend.delete(records[0].id, "Lite")
+            return await backend.count("Lite")
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(main()) == 11
+    with sqlite3.connect(path) as connection:
+        exact = connection.execute(
+            "SELECT count(*) FROM external_records WHERE class_name = 'Lite'"
+        ).fetchone()
+        rows = connection.execute("SELECT shard, records FROM external_record_counts").fetchall()
+    assert exact == (11,)
+    assert rows == [(0, 11)]
