@@ -7,7 +7,13 @@ The store is ``memory://`` with 5 ms of (async) latency per call. Routes:
 
 - ``/toast/...``: ``install(app)``; a body with ``Ref[Item]`` (prefetched), ``loader()``,
   ``Expanded`` and an external response model saved by ``ToastRoute``;
-- ``/sync/...``: the sync API from ``async def`` routes (what the warning is about).
+- ``/toast/refs/{id}`` (kind ``response``): a loaded, unchanged external model as the response
+  model (answered as its reference; change tracking means no write);
+- ``/sync/...``: the sync API from ``async def`` routes (what the warning is about);
+- ``/plain/...`` (kind ``baseline``): no storage library at all, an ``asyncio.sleep`` of the
+  same latency and a plain model: the stall FastAPI itself shows for such a burst.
+
+``LAG_STORE_LATENCY=0.05`` sets the store latency in seconds.
 
 Runs are interleaved (toast, sync, toast, ...) and the median and range of the max stall are
 printed.
@@ -82,9 +88,24 @@ async def read(item: Annotated[Item, Depends(loader(Item))]) -> Expanded[Item]:
     return item
 
 
+@app.get("/toast/refs/{id}")
+async def read_reference(item: Annotated[Item, Depends(loader(Item))]) -> Item:
+    return item  # unchanged: serialized as its reference without a write
+
+
 @app.post("/toast/items")
 async def create(body: Gift) -> Item:
     return Item(name=body.item.name + "!")  # saved by ToastRoute, awaited
+
+
+class PlainItem(BaseModel):
+    name: str
+
+
+@app.get("/plain/items/{id}")
+async def read_plain(id: str) -> PlainItem:
+    await asyncio.sleep(LATENCY)
+    return PlainItem(name=id)
 
 
 @app.get("/sync/items/{id}")
@@ -115,6 +136,10 @@ async def burst(client: httpx.AsyncClient, kind: str, reference: dict[str, str])
             client.post("/toast/items", json={"item": reference}),
             client.post("/toast/gifts", json={"item": reference}),
         ] * 50
+    elif kind == "baseline":
+        calls = [client.get(f"/plain/items/{reference['id']}")] * 200
+    elif kind == "response":
+        calls = [client.get(f"/toast/refs/{reference['id']}")] * 200
     else:
         calls = [
             client.get(f"/sync/items/{reference['id']}"),
@@ -131,14 +156,14 @@ async def main(repeat: int) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         reference = await Item(name="gift").asave()
-        results: dict[str, list[float]] = {"toast": [], "sync": []}
+        results: dict[str, list[float]] = {"baseline": [], "toast": [], "response": [], "sync": []}
         for _ in range(repeat):
-            for kind in ("toast", "sync"):
+            for kind in results:
                 results[kind].append(await burst(client, kind, reference))
     for kind, values in results.items():
         median = statistics.median(values)
         print(
-            f"{kind:5}: max loop stall per 200-request burst, median {median:.1f} ms "
+            f"{kind:8}: max loop stall per 200-request burst, median {median:.1f} ms "
             f"[{min(values):.1f}-{max(values):.1f}] over {repeat} interleaved runs"
         )
 
