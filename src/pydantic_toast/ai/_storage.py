@@ -45,7 +45,8 @@ def checked_url(
     if ttl is not None and Capability.TTL not in backend_class.capabilities:
         raise StorageConfigurationError(
             f"ttl is set but {backend_class.__name__} ({mask_url(url)}) does not expire records: "
-            "remove ttl or use redis:// or memory://"
+            "remove ttl, or use a backend that does (one declaring Capability.TTL, such as "
+            "redis:// or memory://)"
         )
     return url
 
