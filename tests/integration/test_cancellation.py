@@ -32,14 +32,6 @@ SERVERS = pytest.mark.parametrize(
 )
 NOISE = ("never retrieved", "greenlet is being finalized", "ResourceWarning", "Traceback")
 
-# On Python 3.13 the first of these tests never finished in CI (an aiosqlite operation
-# cancelled mid-way left a future no one completes); not yet traced, so the file runs on the
-# main interpreter (3.11) only, where every case passes or is a declared xfail.
-pytestmark = pytest.mark.skipif(
-    sys.version_info >= (3, 13),
-    reason="hangs on Python 3.13 (aiosqlite cancellation), not yet traced; runs on 3.11",
-)
-
 
 def model_on(url: str) -> type[ExternalBaseModel]:
     return type(
@@ -120,10 +112,6 @@ async def test_a_thousand_cancellations_leave_nothing_behind(
 
 @pytest.mark.slow
 @pytest.mark.sqlite
-@pytest.mark.xfail(
-    reason="a few aiosqlite connections cancelled mid-operation stay open until collected",
-    strict=False,
-)
 async def test_cancelled_sqlite_operations_close_their_files(storage_url_sqlite: str) -> None:
     """After 1,000 cancellations and aclose_storage(), no descriptor on the file stays open."""
     before = _open_fds()
@@ -180,17 +168,7 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize(
     "storage_url",
     [
-        pytest.param(
-            "sqlite",
-            marks=[
-                pytest.mark.sqlite,
-                pytest.mark.xfail(
-                    reason="in about 2 runs of 5 the save after the interrupt finds the file "
-                    "still locked (StorageBusyError); not yet traced",
-                    strict=False,
-                ),
-            ],
-        ),
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
         pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("redis", marks=pytest.mark.redis),
     ],

@@ -46,6 +46,7 @@ __all__ = [
     "json_as_text",
     "json_passthrough",
     "page_statement",
+    "see_through",
     "upsert",
     "write_statements",
 ]
@@ -200,6 +201,9 @@ class SQLAlchemyBackend(RecordBackend):
     """
 
     _insert: Callable[..., Any]
+    # Whether a cancelled operation runs on to its end before the cancellation is raised (a
+    # driver whose statements cannot be abandoned half-way; see SQLiteBackend).
+    _finish_when_cancelled = False
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url)
@@ -223,9 +227,12 @@ class SQLAlchemyBackend(RecordBackend):
     async def connect(self) -> None:
         """Create the engine (or take the one handed in) and check that the table exists."""
         await self._open_engine()
+
+        async def check(connection: AsyncConnection) -> None:
+            await connection.execute(COUNT.limit(0), {"class_name": ""})
+
         try:
-            async with self._connection() as connection:
-                await connection.execute(COUNT.limit(0), {"class_name": ""})
+            await self._run(check)
         except BaseException:
             await self.disconnect()
             raise
@@ -365,21 +372,11 @@ class SQLAlchemyBackend(RecordBackend):
         # A connection being opened is seen through even when the caller is cancelled (then
         # closed at once): abandoned half-way, its file or socket would stay open until the
         # garbage collector finds it.
-        opening = asyncio.ensure_future(connection.start())
-        cancelled = False
-        while not opening.done():
-            try:
-                await asyncio.wait([opening])
-            except asyncio.CancelledError:
-                cancelled = True
         try:
-            opening.result()
+            await see_through(connection.start(), then=connection.close)
         except Exception as exc:
             connecting(exc)
             raise
-        if cancelled:
-            await connection.close()
-            raise asyncio.CancelledError
         try:
             yield connection
         finally:
@@ -387,6 +384,11 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def _run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``operation`` on a pooled connection."""
+        if self._finish_when_cancelled and joined_connection(self._same_store) is None:
+            return await see_through(self._run_on_connection(operation))
+        return await self._run_on_connection(operation)
+
+    async def _run_on_connection(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._connection() as connection:
             return await operation(connection)
 
@@ -394,6 +396,30 @@ class SQLAlchemyBackend(RecordBackend):
         """Close the pool: after a lost connection its idle connections are likely dead."""
         if self._engine is not None:
             await self._engine.dispose()
+
+
+async def see_through(
+    work: Awaitable[T], *, then: Callable[[], Awaitable[object]] | None = None
+) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile.
+
+    A cancellation that arrives meanwhile is raised once ``work`` is done (after ``then()``,
+    which undoes it); the result or error of ``work`` is then dropped.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if not cancelled:
+        return task.result()
+    if task.cancelled() or task.exception() is not None:  # retrieved: no "never retrieved"
+        raise asyncio.CancelledError
+    if then is not None:
+        await then()
+    raise asyncio.CancelledError
 
 
 def _to_record(row: Row[Any, Any, Any, Any, Any, Any, Any]) -> StoredRecord:

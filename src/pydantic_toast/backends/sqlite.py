@@ -47,6 +47,14 @@ class SQLiteBackend(SQLAlchemyBackend):
     """Records in a SQLite file's ``external_records`` table."""
 
     _insert = staticmethod(insert)
+    # aiosqlite runs each statement in its connection's thread, where a cancellation cannot
+    # reach it. Abandoned between its execute and its fetch, an INSERT ... RETURNING holds the
+    # file's write lock; SQLAlchemy then closes the connection, which Python's sqlite3 does
+    # with sqlite3_close_v2: a "zombie" that keeps the lock (and its file descriptors) until
+    # the garbage collector frees the cursor, so every other writer waits out busy_timeout.
+    # A cancelled operation is therefore seen through (a few milliseconds, at most the
+    # busy_timeout when another process holds the lock) and the cancellation raised after.
+    _finish_when_cancelled = True
     capabilities = frozenset(
         {
             Capability.BATCH,
