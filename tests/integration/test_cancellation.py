@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,33 @@ async def test_cancelled_sqlite_operations_close_their_files(storage_url_sqlite:
             await task
     await pydantic_toast.aclose_storage()
     assert _open_fds() - before == set()  # closed now, not when the collector runs
+
+
+@pytest.mark.sqlite
+async def test_a_cancelled_sqlite_save_leaves_the_file_unlocked(storage_url_sqlite: str) -> None:
+    """Saves cancelled at each point in turn: another connection can take the write lock after.
+
+    Cancelled between aiosqlite's execute and fetch, an INSERT ... RETURNING held the write
+    lock in a closed ("zombie") connection until the garbage collector freed its cursor.
+    """
+    note = model_on(storage_url_sqlite)
+    await note(text="warm").asave()
+    other = sqlite3.connect(storage_url_sqlite.removeprefix("sqlite:///"), timeout=0)
+    other.isolation_level = None
+    try:
+        for steps in range(60):
+            task = asyncio.ensure_future(note(text=str(steps)).asave())
+            for _ in range(steps % 20):
+                await asyncio.sleep(0)
+            if steps >= 20:
+                await asyncio.sleep(0.0001 * (steps - 20))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if a writer kept its lock
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
 
 
 @pytest.fixture
