@@ -133,19 +133,9 @@ BACKENDS = [
 S3 = pytest.param("s3", id="s3", marks=pytest.mark.s3)
 
 
-@pytest.fixture(params=BACKENDS)
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A storage URL of this test's own, on each backend in turn."""
-    yield from _storage_url(request, tmp_path)
-
-
 @pytest.fixture(params=[*BACKENDS, S3])
-def any_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A storage URL of this test's own on each backend, S3 (SeaweedFS) included."""
-    yield from _storage_url(request, tmp_path)
-
-
-def _storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL of this test's own, on each backend in turn (S3: on SeaweedFS)."""
     kind = request.param
     tag = uuid4().hex[:12]
     if kind == "s3":

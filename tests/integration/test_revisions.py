@@ -20,10 +20,18 @@ from pydantic_toast import (
     adelete,
     current_storage,
 )
-from pydantic_toast._url import StorageURL
 
 WRITERS = 20
 INCREMENTS = 50
+
+
+def scale(url: str) -> tuple[int, int]:
+    """Writers and increments per writer: fewer on S3, where each attempt is three requests.
+
+    At full scale the S3 runs pass too, but take 84 s and 107 s on SeaweedFS (measured on the
+    loaded 2-core machine); 5 x 20 still races (the async test asserts conflicts).
+    """
+    return (5, 20) if url.startswith("s3://") else (WRITERS, INCREMENTS)
 
 
 def counter_on(url: str, **config: object) -> type[ExternalBaseModel]:
@@ -56,7 +64,7 @@ async def stored(model: type[ExternalBaseModel], id: UUID | None) -> StoredRecor
     """The record as the backend holds it, read directly."""
     assert id is not None
     settings = model._toast_settings()
-    backend = await current_storage().connected(StorageURL.parse(str(settings.url())))
+    backend = await current_storage().connected(settings.url())  # str() would mask a secret
     (record,) = await backend.load_records([(settings.external_name, id)])
     return record
 
@@ -72,13 +80,14 @@ def bump(instance: ExternalBaseModel, by: int = 1) -> None:
 async def test_twenty_tasks_times_fifty_increments_lose_nothing(storage_url: str) -> None:
     """20 tasks x 50 load-increment-save with retry on ConcurrencyError end at exactly 1,000."""
     counter = counter_on(storage_url)
+    writers, increments = scale(storage_url)
     start = counter(n=0)
     await start.asave()
     conflicts = 0
 
     async def writer() -> None:
         nonlocal conflicts
-        for _ in range(INCREMENTS):
+        for _ in range(increments):
             while True:
                 current = await counter.aload(start.external_id)  # type: ignore[arg-type]
                 bump(current)
@@ -90,10 +99,10 @@ async def test_twenty_tasks_times_fifty_increments_lose_nothing(storage_url: str
                     continue
                 break
 
-    await asyncio.gather(*(writer() for _ in range(WRITERS)))
+    await asyncio.gather(*(writer() for _ in range(writers)))
     final = await counter.aload(start.external_id)  # type: ignore[arg-type]
-    assert n_of(final) == WRITERS * INCREMENTS
-    assert final.external_revision == WRITERS * INCREMENTS + 1
+    assert n_of(final) == writers * increments
+    assert final.external_revision == writers * increments + 1
     assert conflicts > 0  # the writers did race
 
 
@@ -101,13 +110,14 @@ async def test_twenty_tasks_times_fifty_increments_lose_nothing(storage_url: str
 def test_twenty_threads_times_fifty_increments_lose_nothing(storage_url: str) -> None:
     """20 threads x 50 sync load-increment-dump with retry on ConcurrencyError end at 1,000."""
     counter = counter_on(storage_url)
+    writers, increments = scale(storage_url)
     reference = counter(n=0).model_dump()
     conflicts: list[int] = []
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
-            for _ in range(INCREMENTS):
+            for _ in range(increments):
                 while True:
                     current = counter.model_validate(reference)
                     bump(current)
@@ -121,15 +131,15 @@ def test_twenty_threads_times_fifty_increments_lose_nothing(storage_url: str) ->
         except BaseException as exc:  # reported below: a thread's exception is otherwise lost
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer) for _ in range(WRITERS)]
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
     final = counter.model_validate(reference)
-    assert n_of(final) == WRITERS * INCREMENTS
-    assert final.external_revision == WRITERS * INCREMENTS + 1
+    assert n_of(final) == writers * increments
+    assert final.external_revision == writers * increments + 1
 
 
 async def test_conflict_carries_expected_and_current_and_writes_nothing(storage_url: str) -> None:
