@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from collections.abc import Iterator
@@ -11,9 +12,9 @@ from uuid import uuid4
 
 import pytest
 
+from pydantic_toast import ConcurrencyError, StorageBusyError
 from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.backends.redis_cluster import RedisClusterBackend
-from pydantic_toast.runtime.storage import Storage
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
@@ -42,15 +43,6 @@ class TestRedisClusterConformance(BackendConformance):
     def storage_url(self, cluster: servers.TempRedisCluster) -> str:  # type: ignore[override]
         """A fresh key prefix on the cluster."""
         return cluster.url(f"conf{uuid4().hex[:10]}")
-
-    @pytest.mark.xfail(
-        reason="a batch spanning several slots is all-or-nothing per slot only: the records of "
-        "a conflict-free slot are written (documented in docs/backends/redis-cluster.md)",
-        strict=True,
-    )
-    def test_revisions(self, storage: Storage, storage_url: str, class_name: str) -> None:
-        """Known gap: a stale batch across slots writes the records of its other slots."""
-        super().test_revisions(storage, storage_url, class_name)
 
 
 def _records(count: int, class_name: str = "Item") -> list[StoredRecord]:
@@ -91,6 +83,63 @@ def test_key_layout_spreads_a_class_over_bucket_slots(cluster: servers.TempRedis
                 client.get_node_from_key(backend.index_key("Item", b)).name for b in range(16)
             }
             assert len(owners) == 3
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_record_locked_by_a_batch_in_progress_is_not_written(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """Between a batch's two phases its records are locked: a single save or a delete of one
+    of them is refused as busy (nothing written), and goes through once the lock is gone."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"lock{uuid4().hex[:8]}"))
+        try:
+            (record,) = _records(1)
+            await backend.save_records([record])
+            client = backend._connected_cluster()
+            lock = backend.lock_key("Item", record.id)
+            await client.set(lock, "another-batch", px=5000)
+            changed = dataclasses.replace(record, data=b'{"n":-1}', revision=None)
+            with pytest.raises(StorageBusyError, match="batch in progress"):
+                await backend.save_records([changed])
+            with pytest.raises(StorageBusyError, match="batch in progress"):
+                await backend.delete(record.id, "Item")
+            (stored,) = await backend.load_records([("Item", record.id)])
+            assert stored is not None
+            assert stored.data == record.data
+            await client.delete(lock)
+            assert await backend.save_records([changed]) == [2]
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_stale_batch_across_slots_writes_nothing(cluster: servers.TempRedisCluster) -> None:
+    """One stale record in a batch spanning several slots: no record of the batch is written,
+    and no lock is left behind."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"stale{uuid4().hex[:8]}"))
+        try:
+            records = _records(40)
+            assert len({backend.bucket(r.id) for r in records}) > 1
+            await backend.save_records(records)
+            updated = [dataclasses.replace(r, data=b'{"n":0}', revision=1) for r in records]
+            updated[-1] = dataclasses.replace(updated[-1], revision=7)
+            with pytest.raises(ConcurrencyError):
+                await backend.save_records(updated)
+            loaded = await backend.load_records([("Item", r.id) for r in records])
+            assert [r.data for r in loaded if r is not None] == [r.data for r in records]
+            client = backend._connected_cluster()
+            locks = [backend.lock_key("Item", r.id) for r in records]
+            assert await client.exists(*locks) == 0
+            updated[-1] = dataclasses.replace(updated[-1], revision=1)
+            assert await backend.save_records(updated) == [2] * 40
         finally:
             await backend.disconnect()
 

@@ -284,14 +284,7 @@ class RedisBackend(RecordBackend):
             ]
         result = await self._call(lambda: self._save_script(keys=keys, args=arguments))
         if result[0] == 0:
-            conflict = records[int(result[1]) - 1]
-            current = int(result[2])
-            raise ConcurrencyError(
-                conflict.class_name,
-                conflict.id,
-                expected=conflict.revision or 0,
-                current=current or None,
-            )
+            raise _conflict(records[int(result[1]) - 1], int(result[2]))
         return [int(revision) for revision in result[1:]]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
@@ -398,6 +391,13 @@ class RedisBackend(RecordBackend):
         """Drop the pool's connections after one was lost (a restart, an idle timeout)."""
         if self._client is not None:
             await self._client.connection_pool.disconnect()
+
+
+def _conflict(record: StoredRecord, current: int) -> ConcurrencyError:
+    """The error for ``record`` expecting another revision than ``current`` (0: none)."""
+    return ConcurrencyError(
+        record.class_name, record.id, expected=record.revision or 0, current=current or None
+    )
 
 
 def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:

@@ -19,14 +19,19 @@ Key layout (``b`` = the record id's 128-bit integer modulo ``buckets``)::
     {<prefix>:<class_name>:<b>}:<uuid>     the record (the Redis backend's JSON document)
     {<prefix>:<class_name>:<b>}:index      sorted set of that bucket's ids by creation time
     {<prefix>:<class_name>:<b>}:expiry     sorted set of that bucket's expiring ids
+    {<prefix>:<class_name>:<b>}:lock:<uuid>  held for a few seconds by a batch writing it
 
 The braces are a hash tag: a record and its bucket's index share one slot, so a save stays
 one atomic script (record and index together), and a class's records spread over
 ``buckets`` slots instead of one hot slot. A page is one page script call per bucket (sent
 concurrently; the results merged newest first); a count one count script call per bucket,
 added up: ``buckets`` server calls each, in one round of network latency. A batch is split
-by bucket and the buckets are written concurrently: each bucket's part is atomic, the batch
-as a whole is not.
+by bucket. A batch within one bucket is one atomic script. A batch spanning several buckets
+is written in two phases: every bucket's expected revisions are checked and its records
+locked (concurrently), and only when all buckets agreed are they written (concurrently):
+a stale record anywhere writes nothing. A save or delete of a record locked by a batch in
+progress is refused (``StorageBusyError``). A node failing between the two phases can leave
+the batch written on some buckets only.
 """
 
 from __future__ import annotations
@@ -36,12 +41,18 @@ import heapq
 import itertools
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from contextvars import ContextVar
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from pydantic_toast._exceptions import StorageConfigurationError, StorageOperationError
+from pydantic_toast._exceptions import (
+    ConcurrencyError,
+    StorageBusyError,
+    StorageConfigurationError,
+    StorageOperationError,
+)
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
@@ -51,8 +62,89 @@ __all__ = ["RedisClusterBackend"]
 
 _CLUSTER_OPTIONS = {"buckets": 16, "wait_replicas": 0, "wait_timeout": 100}
 
-# Both keys share the bucket's hash tag (one slot): delete the record and its index entry.
+# A batch spanning several slots is written in two phases, with a lock key per record in the
+# record's slot, ``{<prefix>:<class_name>:<b>}:lock:<uuid>``, holding the batch's token:
+# 1. _PREPARE_SCRIPT, per slot: refuse a record locked by another batch, check each expected
+#    revision, then lock the slot's records (PX _LOCK_MS). Any refusal releases every lock
+#    and the batch writes nothing.
+# 2. _SAVE_SCRIPT, per slot: the shared save script, after checking the locks, then releasing
+#    them. Single-slot saves run it too, with no token: a record locked by a batch in progress
+#    is refused (busy) rather than written between the batch's two phases.
+_LOCK_MS = 5000
+# KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
+# record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
+_PREPARE_SCRIPT = """
+local n = #KEYS / 2
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[n + i])
+  if holder and holder ~= ARGV[1] then
+    return {2, i}
+  end
+  local expected = ARGV[2 + i]
+  if expected ~= '' then
+    local old = redis.call('GET', KEYS[i])
+    local current = 0
+    if old then
+      current = tonumber(string.match(old, '^{"created_at":"[^"]*","revision":(%d+),') or '1')
+    end
+    if tonumber(expected) ~= current then
+      return {0, i, current}
+    end
+  end
+end
+for i = 1, n do
+  redis.call('SET', KEYS[n + i], ARGV[1], 'PX', ARGV[2])
+end
+return {1}
+"""
+# KEYS: the shared save script's keys, then one lock key per record. ARGV: the shared script's
+# arguments, then the batch token ('': not part of a two-phase batch). The lock keys and the
+# token are taken off KEYS and ARGV, so the shared script runs on exactly its own arguments.
+_SAVE_SCRIPT = (
+    """
+local token = table.remove(ARGV)
+local n = #KEYS / 4
+local locks = {}
+for i = 1, n do
+  locks[i] = table.remove(KEYS, 3 * n + 1)
+end
+for i = 1, n do
+  local holder = redis.call('GET', locks[i])
+  if holder and holder ~= token then
+    return {2, i}
+  end
+end
+local function save()
+"""
+    + single._SAVE_SCRIPT
+    + """
+end
+local result = save()
+if token ~= '' then
+  for i = 1, n do
+    if redis.call('GET', locks[i]) == token then
+      redis.call('DEL', locks[i])
+    end
+  end
+end
+return result
+"""
+)
+# KEYS: lock keys. ARGV: the token. Drops the locks this token holds.
+_RELEASE_SCRIPT = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 1
+"""
+# All keys share the bucket's hash tag (one slot): delete the record and its index entry,
+# unless a batch in progress holds the record's lock (-1).
 _DELETE_SCRIPT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
 local deleted = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -76,6 +168,7 @@ class RedisClusterBackend(single.RedisBackend):
         self._buckets, _, self._wait_replicas, self._wait_timeout = _cluster_options(parsed)
         super().__init__(single._single_node(url, _CLUSTER_OPTIONS))
         self.url = url
+        self._masked = StorageURL.parse(url).masked
         self._seeds = [_node(entry, parsed) for entry in host_list(url)]
         self._cluster: RedisCluster | None = None
         self._delete_script: Any = None
@@ -127,7 +220,9 @@ class RedisClusterBackend(single.RedisBackend):
         self._client = self._cluster  # type: ignore[assignment]  # the shared code's client
         self._save_script = self._save_in_slot
         self._delete_script = self._cluster.register_script(_DELETE_SCRIPT)
-        self._script = self._cluster.register_script(single._SAVE_SCRIPT)
+        self._script = self._cluster.register_script(_SAVE_SCRIPT)
+        self._prepare_script = self._cluster.register_script(_PREPARE_SCRIPT)
+        self._release_script = self._cluster.register_script(_RELEASE_SCRIPT)
         self._count_script = self._cluster.register_script(single._COUNT_SCRIPT)
         self._page_script = self._cluster.register_script(single._PAGE_SCRIPT)
         try:
@@ -148,30 +243,83 @@ class RedisClusterBackend(single.RedisBackend):
         if self._cluster is not None:
             await self._cluster.aclose()
 
+    def lock_key(self, class_name: str, id: UUID) -> str:
+        """``{<prefix>:<class_name>:<bucket>}:lock:<uuid>``: held while a batch writes it."""
+        return f"{{{self._prefix}:{class_name}:{self.bucket(id)}}}:lock:{id}"
+
     async def save_records(self, records: Sequence[StoredRecord]) -> Any:
-        """Write the records, one script call per bucket, the buckets concurrently."""
+        """Write the records: one script call per bucket, the buckets concurrently.
+
+        A batch spanning several buckets checks and locks every bucket's records first
+        (phase 1) and writes only when all are ready (phase 2): a conflict anywhere writes
+        nothing.
+        """
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for position, record in enumerate(records):
             groups[record.class_name, self.bucket(record.id)].append(position)
         if len(groups) == 1:
             return await super().save_records(records)
-        parts = list(groups.values())
-        results = await asyncio.gather(
-            *(super(RedisClusterBackend, self).save_records([records[i] for i in p]) for p in parts)
-        )
+        parts = [[records[i] for i in positions] for positions in groups.values()]
+        token = uuid4().hex
+        await self._prepare_all(parts, token)
+        reset = _batch_token.set(token)
+        try:
+            results = await asyncio.gather(
+                *(super(RedisClusterBackend, self).save_records(part) for part in parts)
+            )
+        except BaseException:
+            await self._release_all(parts, token)
+            raise
+        finally:
+            _batch_token.reset(reset)
         if all(result is None for result in results):
             return None
         merged: list[Any] = [None] * len(records)
-        for positions, result in zip(parts, results, strict=True):
+        for positions, result in zip(groups.values(), results, strict=True):
             assert result is not None  # every bucket's save gives its records' results
             for position, value in zip(positions, result, strict=True):
                 merged[position] = value
         return merged
 
+    async def _prepare_all(self, parts: list[list[StoredRecord]], token: str) -> None:
+        """Phase 1: check and lock every bucket's records; on any refusal, release all."""
+        outcomes = await asyncio.gather(
+            *(self._prepare(part, token) for part in parts), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            await self._release_all(parts, token)
+            raise next((f for f in failures if isinstance(f, ConcurrencyError)), failures[0])
+
+    async def _prepare(self, part: list[StoredRecord], token: str) -> None:
+        keys = [self.key(r.class_name, r.id) for r in part]
+        keys += [self.lock_key(r.class_name, r.id) for r in part]
+        expected = ["" if r.revision is None else r.revision for r in part]
+        result = await self._prepare_script(keys=keys, args=[token, _LOCK_MS, *expected])
+        if result[0] == 0:
+            raise single._conflict(part[int(result[1]) - 1], int(result[2]))
+        if result[0] == 2:
+            raise _locked(keys[int(result[1]) - 1], self._masked)
+
+    async def _release_all(self, parts: list[list[StoredRecord]], token: str) -> None:
+        """Drop the locks ``token`` holds (best effort: they expire after _LOCK_MS anyway)."""
+        await asyncio.gather(
+            *(
+                self._release_script(
+                    keys=[self.lock_key(r.class_name, r.id) for r in part], args=[token]
+                )
+                for part in parts
+            ),
+            return_exceptions=True,
+        )
+
     async def _save_in_slot(self, *, keys: list[str], args: list[Any]) -> Any:
-        """Run the shared save script on one slot's keys, then WAIT when asked to."""
+        """Run the save script on one slot's keys (locks checked), then WAIT when asked to."""
+        records = keys[: len(keys) // 3]
+        keys = keys + [key.replace("}:", "}:lock:", 1) for key in records]
+        args = [*args, _batch_token.get()]
         if not self._wait_replicas:
-            return await self._script(keys=keys, args=args)
+            return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
         cluster = self._connected_cluster()
         if cluster._initialize:  # closed after a lost connection: learn the topology again
             await cluster.initialize()
@@ -179,7 +327,7 @@ class RedisClusterBackend(single.RedisBackend):
         assert node is not None  # initialize() maps every slot (full coverage required)
         # One pipeline sends both on one connection: WAIT counts that connection's writes.
         async with cluster.pipeline() as pipe:
-            pipe.eval(single._SAVE_SCRIPT, len(keys), *keys, *args)
+            pipe.eval(_SAVE_SCRIPT, len(keys), *keys, *args)
             pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout, target_nodes=node)
             result, confirmed = await pipe.execute()
         if int(confirmed) < self._wait_replicas:
@@ -189,7 +337,7 @@ class RedisClusterBackend(single.RedisBackend):
                 "is written on the primary but could be lost if it fails over now; retry, or "
                 "raise wait_timeout"
             )
-        return result
+        return _unlocked(result, records, self._masked)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: one GET, or MGETs split by slot and sent concurrently."""
@@ -211,8 +359,11 @@ class RedisClusterBackend(single.RedisBackend):
             self.key(class_name, id),
             self.index_key(class_name, bucket),
             self.expiry_key(class_name, bucket),
+            self.lock_key(class_name, id),
         ]
         deleted = await self._delete_script(keys=keys, args=[str(id)])
+        if deleted == -1:
+            raise _locked(keys[0], self._masked)
         return bool(deleted)
 
     async def list_records(
@@ -256,6 +407,23 @@ class RedisClusterBackend(single.RedisBackend):
         self._connected()
         assert self._cluster is not None  # _connected() raised otherwise
         return self._cluster
+
+
+_batch_token: ContextVar[str] = ContextVar("pydantic_toast_cluster_batch", default="")
+
+
+def _locked(key: str, url: str) -> StorageBusyError:
+    return StorageBusyError(
+        f"Redis Cluster record {key} is being written by a batch in progress: retry in a moment",
+        url=url,
+    )
+
+
+def _unlocked(result: Any, record_keys: list[str], url: str) -> Any:
+    """The save script's result, or the busy error when a batch's lock refused a record."""
+    if result[0] == 2:
+        raise _locked(record_keys[int(result[1]) - 1], url)
+    return result
 
 
 def _node(entry: str, url: StorageURL) -> ClusterNode:
