@@ -68,6 +68,10 @@ def make_app(keys: SigningKeys) -> FastAPI:
     async def create_order(body: OrderRequest) -> SignedOrder:
         return SignedOrder(product=body.product, customer=body.customer)
 
+    @app.post("/unannotated-customers", status_code=201)
+    async def create_unannotated(customer: SignedCustomer):  # type: ignore[no-untyped-def]
+        return {"customer": customer}  # no response model: saved and signed all the same
+
     @app.get("/orders")
     def list_orders() -> list[SignedOrder]:  # a sync route: serialized the same way
         return list(pydantic_toast.page(SignedOrder, limit=100).items)
@@ -146,8 +150,15 @@ def test_responses_are_signed_and_only_verified_references_are_read(
                 "ctx": {"class_name": "SignedCustomer"},
             }
 
+        # Without a response model: saved with the async API (a blocking call would warn, an
+        # error here) and signed, so it can come back.
+        loose = client.post("/unannotated-customers", json={"name": "Cy"}).json()["customer"]
+        assert set(loose) == {"class_name", "id", "signature"}
+        back = client.post("/orders", json={"product": "pen", "customer": loose})
+        assert back.status_code == 201, back.text
+
         listed = client.get("/orders").json()
-        assert [item["id"] for item in listed] == [created.json()["id"]]
+        assert {item["id"] for item in listed} == {created.json()["id"], back.json()["id"]}
         assert set(listed[0]) == {"class_name", "id", "signature"}
 
     # Stored data holds plain references: the order loads in plain Python, no key needed.

@@ -9,8 +9,10 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 from fastapi import Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError
 from pydantic_core import core_schema as cs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -95,45 +97,68 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
 
         @functools.wraps(endpoint)
         def call(*args: Any, **kwargs: Any) -> Any:
+            serialize = False
             with trusted(), signing_responses(None):
                 result = endpoint(*args, **kwargs)
                 if holder and not isinstance(result, Response):
-                    batch = _response_batch(holder[0], result)
+                    batch, serialize = _response_batch(holder[0], result)
                     if batch is not None and batch.records:
                         # In FastAPI's worker thread: blocking here blocks no event loop.
                         run_sync(batch.write)
             refresh_etags()
-            return result
+            return _serialized(result) if serialize else result
 
         return call
 
     @functools.wraps(endpoint)
     async def acall(*args: Any, **kwargs: Any) -> Any:
+        serialize = False
         with trusted(), signing_responses(None):
             result = await endpoint(*args, **kwargs)
             if holder and not isinstance(result, Response):
-                await _save_response(holder[0], result)
+                batch, serialize = _response_batch(holder[0], result)
+                if batch is not None and batch.records:
+                    await batch.write()
         refresh_etags()
-        return result
+        return _serialized(result) if serialize else result
 
     return acall
 
 
-async def _save_response(route: ToastRoute, result: Any) -> None:
-    """Write the changed external models of ``result`` now, awaited, so serializing it is pure."""
-    batch = _response_batch(route, result)
-    if batch is not None and batch.records:
-        await batch.write()
+def _response_batch(route: ToastRoute, result: Any) -> tuple[SaveBatch | None, bool]:
+    """The records ``result`` would write when FastAPI serializes it, and who serializes it.
 
-
-def _response_batch(route: ToastRoute, result: Any) -> SaveBatch | None:
-    """The records ``result`` would write when FastAPI serializes it as the response model."""
+    With a response model, FastAPI serializes it (through the model's adapter: no I/O once
+    the batch is written, references signed when the app signs). Without one, FastAPI would
+    call ``jsonable_encoder``, whose ``model_dump()`` stores synchronously and never signs: a
+    result holding external models is serialized here instead (``True``), after the write.
+    """
     response = route._toast_response_adapter()
-    if response is None or not response[1]:
-        return None
-    adapter, _ = response
-    _, batch = collecting(lambda: adapter.dump_python(result, mode="json", warnings=False))
-    return batch
+    if response is not None:
+        adapter, has_records = response
+        if not has_records:
+            return None, False
+        _, batch = collecting(lambda: adapter.dump_python(result, mode="json", warnings=False))
+        return batch, False
+    try:
+        _, batch = collecting(
+            lambda: _ANY.dump_python(result, mode="json", warnings=False, fallback=_opaque)
+        )
+    except PydanticSerializationError:
+        return None, False  # not something Pydantic serializes: FastAPI's encoder decides
+    return batch, bool(batch.models)
+
+
+def _opaque(value: Any) -> None:
+    return None
+
+
+def _serialized(result: Any) -> Any:
+    """``result`` as JSON data, external models as their (signed) references; no I/O."""
+    return _ANY.dump_python(result, mode="json", fallback=jsonable_encoder)
+
+
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def _calls(dependant: Any) -> Iterator[Any]:
