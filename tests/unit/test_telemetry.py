@@ -249,6 +249,32 @@ def test_cancelled_call_ends_its_span(recorded: Telemetry) -> None:
     assert all(p.value == 0 for p in recorded.points("pydantic_toast.operation.active"))
 
 
+def test_pool_gauge_reports_what_the_backend_counts(recorded: Telemetry) -> None:
+    """db.client.connection.count: used and idle as the backend reports; none for memory://."""
+
+    class Pooled(MemoryBackend):
+        def pool_connections(self) -> tuple[int, int] | None:
+            return 2, 3
+
+    pydantic_toast.register_backend("pooled", Pooled)
+    name = uuid4().hex
+    try:
+        model_on(f"pooled://{name}")(note="x").model_dump()
+        model_on(f"memory://{uuid4().hex}")(note="x").model_dump()
+        points = recorded.points("db.client.connection.count")
+    finally:
+        pydantic_toast.unregister_backend("pooled")
+        pydantic_toast.close_storage()
+    by_state = {
+        p.attributes["db.client.connection.state"]: p
+        for p in points
+        if p.attributes["pydantic_toast.backend"] == "Pooled"
+    }
+    assert {state: p.value for state, p in by_state.items()} == {"used": 2, "idle": 3}
+    assert by_state["used"].attributes["db.client.connection.pool.name"] == f"Pooled {name}"
+    assert not [p for p in points if p.attributes["pydantic_toast.backend"] == "Memory"]
+
+
 def test_enable_without_opentelemetry_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without opentelemetry-api, enable_telemetry() names the extra to install."""
     monkeypatch.setitem(sys.modules, "opentelemetry", None)

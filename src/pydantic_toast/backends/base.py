@@ -240,6 +240,17 @@ class StorageBackend(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {mask_url(self.url)}>"
 
+    def pool_connections(self) -> tuple[int, int] | None:
+        """How many of this backend's pooled connections are in use and idle, for telemetry.
+
+        Called at metric collection time, possibly from the metrics reader's thread: it only
+        reads the pool's counters. The default, ``None``, reports nothing (no pool).
+
+        Returns:
+            ``(in_use, idle)``, or ``None`` when the backend has no pool (or is not connected).
+        """
+        return None
+
     async def discard_connections(self) -> None:
         """Drop pooled connections after the connection to the store was lost.
 

@@ -230,6 +230,15 @@ class RedisBackend(RecordBackend):
         """The expiry set a save of ``record`` touches (one per class here)."""
         return self.expiry_key(record.class_name)
 
+    def pool_connections(self) -> tuple[int, int] | None:
+        """redis-py's connection pool: connections in use, and idle ones."""
+        pool = getattr(self._client, "connection_pool", None)  # a cluster client has none
+        in_use = getattr(pool, "_in_use_connections", None)
+        idle = getattr(pool, "_available_connections", None)
+        if in_use is None or idle is None:
+            return None
+        return len(in_use), len(idle)
+
     async def connect(self) -> None:
         """Open the pool and check the server answers (and accepts the credentials)."""
         self._client = self._open_client()

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageUsageError
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
@@ -391,6 +392,14 @@ class SQLAlchemyBackend(RecordBackend):
     async def _run_on_connection(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._connection() as connection:
             return await operation(connection)
+
+    def pool_connections(self) -> tuple[int, int] | None:
+        """The engine's pool: connections checked out, and checked in (idle)."""
+        engine = self._engine
+        pool = engine.sync_engine.pool if engine is not None else None
+        if not isinstance(pool, QueuePool):  # NullPool, StaticPool: nothing to count
+            return None
+        return pool.checkedout(), pool.checkedin()
 
     async def discard_connections(self) -> None:
         """Close the pool: after a lost connection its idle connections are likely dead."""

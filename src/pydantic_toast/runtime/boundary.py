@@ -52,6 +52,7 @@ async def open_backend(backend: StorageBackend, url: StorageURL) -> Connected:
     """Connect ``backend`` through the boundary and wrap it."""
     connected = Connected(backend, url)
     await connected.cross("connect", backend.connect, retry=False)
+    telemetry.watch_pool(backend, _kind_of(backend), url)
     return connected
 
 

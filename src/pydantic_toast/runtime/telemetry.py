@@ -18,7 +18,14 @@ What is recorded, per backend call (``save``, ``load``, ``delete``, ``list``, ``
 * ``pydantic_toast.operation.duration`` (histogram, seconds) and
   ``pydantic_toast.operation.errors`` (counter), by operation, backend, class name and
   ``error.type``; ``pydantic_toast.operation.active`` (up-down counter): backend calls in
-  flight, each holding at most one pooled connection.
+  flight, each holding at most one pooled connection;
+* ``db.client.connection.count`` (up-down counter, OpenTelemetry's database semantic
+  conventions): the connections of the backends' pools by ``db.client.connection.state``
+  (``used`` or ``idle``), read from the pools themselves when metrics are collected
+  (PostgreSQL and SQLite: SQLAlchemy's pool; Redis: redis-py's), with
+  ``db.client.connection.pool.name`` (backend and server address), ``pydantic_toast.backend``
+  and ``db.system.name``. A backend reports its pool through
+  :meth:`~pydantic_toast.backends.base.StorageBackend.pool_connections`.
 
 Never recorded: field values, record ids, URLs, user names or passwords.
 """
@@ -26,14 +33,16 @@ Never recorded: field values, record ids, URLs, user names or passwords.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_toast._exceptions import StorageConfigurationError
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
+    from pydantic_toast.backends.base import StorageBackend
 
-__all__ = ["Span", "disable_telemetry", "enable_telemetry", "on", "start"]
+__all__ = ["Span", "disable_telemetry", "enable_telemetry", "on", "start", "watch_pool"]
 
 on: bool = False
 """Whether the boundary records telemetry (set by :func:`enable_telemetry`)."""
@@ -101,7 +110,24 @@ class _Instruments:
             unit="{operation}",
             description="Backend calls in flight (each holds at most one pooled connection).",
         )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[self._observe_pools],
+            unit="{connection}",
+            description="Connections of the storage backends' pools, used or idle.",
+        )
         self.observation = Observation
+
+    def _observe_pools(self, options: Any) -> list[Any]:
+        totals: dict[tuple[tuple[str, Any], ...], int] = {}
+        for backend, labels in list(_pools.items()):
+            counts = backend.pool_connections()
+            if counts is None:
+                continue
+            for state, count in zip(("used", "idle"), counts, strict=True):
+                key = (*labels, ("db.client.connection.state", state))
+                totals[key] = totals.get(key, 0) + count
+        return [self.observation(count, dict(key)) for key, count in totals.items()]
 
     def _observe_in_flight(self, options: Any) -> list[Any]:
         return [
@@ -113,6 +139,25 @@ class _Instruments:
 
 
 _instruments: _Instruments | None = None
+# The connected backends whose pools the connection gauge reads, with their labels (weakly:
+# a closed and dropped backend leaves by itself).
+_pools: weakref.WeakKeyDictionary[StorageBackend, tuple[tuple[str, Any], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def watch_pool(backend: StorageBackend, kind: str, url: StorageURL) -> None:
+    """Let the connection gauge read ``backend``'s pool (called once per connected backend)."""
+    host = (url.host or "")[:255]
+    address = f"{host}:{url.port}" if host and url.port else host
+    labels: list[tuple[str, Any]] = [
+        ("db.client.connection.pool.name", f"{kind} {address}" if address else kind),
+        ("pydantic_toast.backend", kind),
+    ]
+    system = _SYSTEMS.get(url.scheme)
+    if system is not None:
+        labels.append(("db.system.name", system))
+    _pools[backend] = tuple(labels)
 
 
 def enable_telemetry(*, tracer_provider: Any = None, meter_provider: Any = None) -> None:
