@@ -638,13 +638,18 @@ class TempRedisSentinel:
     """A throwaway Sentinel setup: 1 primary, 1 replica and 3 sentinels, from the local binary.
 
     The sentinels monitor :attr:`SERVICE` with quorum 2, ``down-after-milliseconds`` 1000 and
-    ``failover-timeout`` 5000, so that a killed primary is replaced within seconds.
+    ``failover-timeout`` 5000, so that a killed primary is replaced within seconds. With
+    ``password``, the data nodes require it; with ``sentinel_password``, the sentinels require
+    theirs (the two may differ).
     """
 
     SERVICE = "toast"
     DOWN_AFTER_MS = 1000
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
+        self.password, self.sentinel_password = password, sentinel_password
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if not binary or not cli:
             raise FileNotFoundError("redis-server/redis-cli")
@@ -667,6 +672,13 @@ class TempRedisSentinel:
                     f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
                     f"sentinel failover-timeout {self.SERVICE} 5000\n"
                     f"sentinel parallel-syncs {self.SERVICE} 1\n"
+                    + (f"sentinel auth-pass {self.SERVICE} {password}\n" if password else "")
+                    + (
+                        f"requirepass {sentinel_password}\n"
+                        f"sentinel sentinel-pass {sentinel_password}\n"
+                        if sentinel_password
+                        else ""
+                    )
                 )
                 self._spawn(port, [self.binary, str(config), "--sentinel"])
             self.wait_primary_known(primary)
@@ -698,20 +710,30 @@ class TempRedisSentinel:
                 "--appendonly", "no", "--dir", str(self.root),
                 "--repl-diskless-sync-delay", "0",
                 "--logfile", str(self.root / f"{port}.log"),
+                *(
+                    ("--requirepass", self.password, "--masterauth", self.password)
+                    if self.password
+                    else ()
+                ),
                 *arguments,
             ],
         )  # fmt: skip
 
     def redis_cli(self, *arguments: str, port: int) -> str:
-        argv = [self.cli, "-p", str(port), *arguments]
+        secret = self.sentinel_password if port in self.sentinel_ports else self.password
+        auth = ["--no-auth-warning", "-a", secret] if secret else []
+        argv = [self.cli, "-p", str(port), *auth, *arguments]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
         return done.stdout
 
     def url(self, prefix: str, **options: object) -> str:
         """A ``redis+sentinel://`` URL naming the three sentinels."""
         sentinels = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        if self.sentinel_password:
+            options = {"sentinel_password": self.sentinel_password, **options}
         extra = "".join(f"&{name}={value}" for name, value in options.items())
-        return f"redis+sentinel://{sentinels}/{self.SERVICE}/0?prefix={prefix}{extra}"
+        userinfo = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{userinfo}{sentinels}/{self.SERVICE}/0?prefix={prefix}{extra}"
 
     def primary_port(self) -> int:
         """The primary's port as a live sentinel reports it."""

@@ -89,6 +89,41 @@ def test_failover_during_a_workload(sentinel: servers.TempRedisSentinel) -> None
     assert asyncio.run(_ping(sentinel)) is True
 
 
+def test_sentinels_and_data_nodes_with_different_passwords() -> None:
+    """The URL's password reaches the data nodes and sentinel_password the sentinels: records
+    round-trip; a wrong sentinel password fails naming what to check, and no password shows."""
+    try:
+        setup = servers.TempRedisSentinel(password="data-pw-1", sentinel_password="watch-pw-2")
+    except FileNotFoundError:
+        servers.missing_server("Redis Sentinel", "(no variable: needs redis-server)")
+        return
+    try:
+        url = setup.url(f"auth{uuid4().hex[:8]}")
+
+        class Secret(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=url, external_name="Secret")
+            text: str
+
+        wrong = url.replace("sentinel_password=watch-pw-2", "sentinel_password=nope-pw-3")
+
+        class Refused(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=wrong, external_name="Refused")
+            text: str
+
+        with Storage():
+            reference = Secret(text="kept").model_dump()
+            assert Secret.model_validate(reference).text == "kept"
+            with pytest.raises(StorageConnectionError) as caught:
+                Refused(text="x").model_dump()
+        message = str(caught.value)
+        assert "sentinel" in message
+        for secret in ("data-pw-1", "watch-pw-2", "nope-pw-3"):
+            assert secret not in message
+            assert secret not in repr(caught.value)
+    finally:
+        setup.destroy()
+
+
 async def _ping(sentinel: servers.TempRedisSentinel) -> bool:
     from pydantic_toast.backends.redis_sentinel import RedisSentinelBackend
 

@@ -291,7 +291,7 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         return StorageConnectionError(
             f"no sentinel reachable from {where} names a healthy primary for the service in "
             "the URL's path: a failover may be under way (retry in a moment); otherwise check "
-            "the service name and that the sentinels run",
+            "the service name, that the sentinels run, and sentinel_password if they need one",
             url=url,
         ), False
     if name == "ConnectionError" and "No connection available" in message:
@@ -470,15 +470,15 @@ def _lost(failure: Failure) -> StorageConnectionError:
 
 
 def _timeout(failure: Failure) -> ExternalStorageError:
+    redis = failure.backend.startswith("Redis")  # Redis, RedisCluster, RedisSentinel
     if failure.connecting or failure.operation == "connect":
         return StorageConnectTimeoutError(
             f"connecting to {failure.where} timed out: check the host and the network, or raise "
-            f"{'socket_connect_timeout' if failure.backend == 'Redis' else 'connect_timeout'} "
-            "in the URL",
+            f"{'socket_connect_timeout' if redis else 'connect_timeout'} in the URL",
             url=failure.url.masked,
         )
     option = {"PostgreSQL": "command_timeout", "Redis": "socket_timeout"}.get(
-        failure.backend, "command or socket timeout"
+        "Redis" if redis else failure.backend, "command or socket timeout"
     )
     return StorageTimeoutError(
         f"the {failure.operation} on {failure.where} timed out: the server is slow or a lock is "
