@@ -150,6 +150,24 @@ class TempPostgres:
     def stop(self) -> None:
         self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def configure(self, *settings: str, standby_signal: bool = False) -> None:
+        """Append ``settings`` to postgresql.auto.conf; with ``standby_signal``, start as a
+        standby (next start)."""
+        files = [self.data / "postgresql.auto.conf"]
+        with files[0].open("a") as conf:
+            conf.writelines(f"{setting}\n" for setting in settings)
+        if standby_signal:
+            files.append(self.data / "standby.signal")
+            files[-1].write_text("")
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for path in files:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def promote(self) -> None:
+        """Promote a standby to a primary (waits until it accepts writes)."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-w", "promote")
+
     def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
         secret = f":{password}" if password is not None else ""
         return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"

@@ -396,6 +396,36 @@ def test_postgres_out_of_connections_is_busy(postgres_admin_url: str) -> None:
     assert_mapped(error, StorageBusyError, "cannot take the connection now", "53300", "retry")
 
 
+@pytest.mark.slow
+@pytest.mark.postgresql
+def test_postgres_not_accepting_connections_is_busy_then_recovers() -> None:
+    """A server answering 57P03 (a standby with hot_standby off, as during startup):
+    StorageBusyError naming the cause; once it accepts connections, the next save works."""
+    try:
+        standby = servers.TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if servers.IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    try:
+        # No primary to follow and no WAL to replay: it stays in standby mode, refusing
+        # every connection with SQLSTATE 57P03 until promoted.
+        standby.configure("hot_standby = off", standby_signal=True)
+        standby.start()
+        ledger = model_on(standby.url())
+        for _ in range(2):  # a refused connect is not cached: each call asks again
+            error = raised(lambda: ledger(text="x").model_dump())
+            assert_mapped(error, StorageBusyError, "not accepting connections", "57P03", "retry")
+            assert standby.PASSWORD not in str(error)
+        standby.promote()
+        assert toast_cli(["migrate", standby.url()]) == 0
+        reference = ledger(text="after").model_dump()
+        assert ledger.model_validate(reference).text == "after"  # type: ignore[attr-defined]
+    finally:
+        pydantic_toast.close_storage()
+        standby.destroy()
+
+
 # -- not migrated, bad database number, refused by the store ------------------------------------
 
 

@@ -160,10 +160,17 @@ def _postgres(
             "transaction may hold the row): retry, or raise command_timeout in the URL",
             url=url,
         ), False
-    if sqlstate in ("53300", "57P03", "53000"):
+    if sqlstate == "57P03":
         return StorageBusyError(
-            f"{where} cannot take the connection now (SQLSTATE {sqlstate}: starting up or out "
-            "of connections): retry later, or lower pool_size",
+            f"{where} is not accepting connections now (SQLSTATE 57P03: starting up, shutting "
+            "down, or a standby without hot_standby): retry in a moment; if it lasts, point "
+            "the storage URL at a server that accepts connections",
+            url=url,
+        ), False
+    if sqlstate in ("53300", "53000"):
+        return StorageBusyError(
+            f"{where} cannot take the connection now (SQLSTATE {sqlstate}: out of connections "
+            "or resources): retry later, or lower pool_size",
             url=url,
         ), False
     if sqlstate in ("57P01", "57P02") or sqlstate.startswith("08"):
