@@ -41,6 +41,7 @@ from pydantic_toast._exceptions import (
     UnknownSchemeError,
 )
 from pydantic_toast._expanded import Expanded, to_data
+from pydantic_toast._expiry import apurge_expired, purge_expired
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
@@ -109,6 +110,7 @@ __all__ = [
     "adelete",
     "adump",
     "apage",
+    "apurge_expired",
     "avalidate",
     "close_storage",
     "count",
@@ -119,6 +121,7 @@ __all__ = [
     "enable_telemetry",
     "last_write_wins",
     "page",
+    "purge_expired",
     "read_primary",
     "register_backend",
     "sign_reference",

@@ -35,7 +35,9 @@ class ExternalConfigDict(ConfigDict, total=False):
         external_name: The class name stored and put in references (default: the class's
             ``__name__``). Set it when two classes with the same name share one storage.
         ttl: Seconds (or a ``timedelta``) after which a record expires, counted from its last
-            write. Only backends that support expiry accept it (``redis://``, ``memory://``).
+            write; every write sets the expiry afresh, and an expired record is missing.
+            Only backends that support expiry accept it (``redis://``, ``memory://``,
+            ``postgresql://``, ``sqlite://``).
         concurrency: ``"optimistic"`` (the default): a write checks that the stored revision
             is still the one this instance read or wrote, and raises ``ConcurrencyError``
             otherwise. ``"last-write-wins"``: writes overwrite whatever is stored (and write

@@ -113,10 +113,10 @@ def test_single_record_statements_hit_one_partition(
     class_name = reference["class_name"]
     now = datetime.now(UTC)
     args: dict[str, tuple[Any, ...]] = {
-        "select_one": (class_name, id),
+        "select_one": (class_name, id, now),
         "delete": (class_name, id),
-        "update": (1, '{"text": "x"}', None, now, class_name, id, 1),
-        "insert": (class_name, uuid4(), 1, '{"text": "x"}', None, now, now),
+        "update": (1, '{"text": "x"}', None, now, None, class_name, id, 1),
+        "insert": (class_name, uuid4(), 1, '{"text": "x"}', None, now, now, None),
     }
     # An INSERT routes its row at run time: ANALYZE shows where it went (the test database).
     analyze = "ANALYZE, TIMING OFF, SUMMARY OFF, " if statement == "insert" else ""

@@ -226,7 +226,7 @@ def _bad_ttl(audit: Audit, _: Servers) -> None:
                 "__annotations__": {"secret_note": str},
                 "model_config": ExternalConfigDict(
                     storage=f"postgresql://app:{ENCODED}@127.0.0.1/shop",
-                    ttl=-1,  # refused: PostgreSQL has no TTL, and it is negative
+                    ttl=-1,  # refused: negative
                 ),
             },
         )

@@ -46,7 +46,7 @@ def checked_url(
         raise StorageConfigurationError(
             f"ttl is set but {backend_class.__name__} ({mask_url(url)}) does not expire records: "
             "remove ttl, or use a backend that does (one declaring Capability.TTL, such as "
-            "redis:// or memory://)"
+            "redis://, postgresql://, sqlite:// or memory://)"
         )
     return url
 

@@ -154,7 +154,7 @@ class MessageStore:
         storage: A storage URL (``postgresql://...``, ``redis://...``, ``sqlite:///...``,
             ``memory://``, a registered scheme) or ``env:NAME``.
         namespace: Separates the conversations of several apps sharing one storage.
-        ttl: Expiry, where the backend supports it (Redis, memory): each batch expires ``ttl``
+        ttl: Expiry (every built-in backend): each batch expires ``ttl``
             after it was appended, and the conversation's header ``ttl`` after its last append.
             An idle conversation disappears whole; an active one forgets whole turns older than
             ``ttl``, never part of a turn.

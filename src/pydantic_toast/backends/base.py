@@ -232,6 +232,15 @@ class StorageBackend(ABC):
         """How many records of ``class_name`` are stored."""
         raise self._unsupported("count", "async def count(self, class_name) -> int")
 
+    async def purge_expired(self, *, limit: int) -> int:
+        """Delete at most ``limit`` expired records; return how many were deleted.
+
+        For stores that keep expired records until purged (the SQL backends, which hide them
+        from reads meanwhile). The default deletes nothing: stores such as Redis remove
+        expired records themselves.
+        """
+        return 0
+
     def _unsupported(self, what: str, signature: str) -> StorageUsageError:
         return StorageUsageError(
             f"{type(self).__name__} does not support {what}: implement `{signature}` on it"

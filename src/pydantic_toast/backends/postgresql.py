@@ -19,6 +19,7 @@ import asyncio
 import ssl
 import weakref
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -45,10 +46,13 @@ from pydantic_toast.backends.postgresql_replicas import (
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
+    PURGE,
     REVISION,
     SQLAlchemyBackend,
+    expires_at,
     json_as_text,
     json_passthrough,
+    live,
     page_statement,
     write_statements,
 )
@@ -152,38 +156,52 @@ def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
 
 
 # Several records in one statement: each row carries the revision it expects (0: new, NULL:
-# last write wins). Conditional rows are UPDATEs (a deleted record is never written back; under
-# READ COMMITTED the revision test is re-checked on the newest row version after waiting for a
-# concurrent writer), new rows INSERT ... DO NOTHING, forced rows upsert. The statement returns
-# the rows it wrote; fewer than sent is a conflict, and the caller's transaction rolls back.
+# last write wins). Conditional rows are UPDATEs (a deleted or expired record is never written
+# back; under READ COMMITTED the revision test is re-checked on the newest row version after
+# waiting for a concurrent writer), new rows INSERT ... DO NOTHING unless the row there has
+# expired, forced rows upsert (as new rows over expired ones). A row's updated_at is its "now"
+# for expiry. The statement returns the rows it wrote; fewer than sent is a conflict, and the
+# caller's transaction rolls back.
 _WRITE_MANY = f"""
 WITH input AS (
   SELECT * FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::text[], $5::text[],
-                       $6::timestamptz[], $7::timestamptz[], $8::integer[])
-    AS r(class_name, id, schema_version, data, data_exact, created_at, updated_at, expected)
+                       $6::timestamptz[], $7::timestamptz[], $8::integer[], $9::timestamptz[])
+    AS r(class_name, id, schema_version, data, data_exact, created_at, updated_at, expected,
+         expires_at)
 ), changed AS (
   UPDATE {TABLE_NAME} AS t
   SET schema_version = i.schema_version, data = i.data::jsonb, data_exact = i.data_exact,
-      updated_at = i.updated_at, revision = t.revision + 1
+      updated_at = i.updated_at, expires_at = i.expires_at, revision = t.revision + 1
   FROM input AS i
   WHERE t.class_name = i.class_name AND t.id = i.id AND t.revision = i.expected
+    AND (t.expires_at IS NULL OR t.expires_at > i.updated_at)
   RETURNING t.class_name, t.id, t.revision
 ), added AS (
-  INSERT INTO {TABLE_NAME}
-    (class_name, id, schema_version, data, data_exact, created_at, updated_at, revision)
-  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at, 1
+  INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact, created_at,
+                            updated_at, expires_at, revision)
+  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at,
+         expires_at, 1
   FROM input WHERE expected = 0
-  ON CONFLICT (class_name, id) DO NOTHING
+  ON CONFLICT (class_name, id) DO UPDATE
+  SET data = excluded.data, data_exact = excluded.data_exact,
+      schema_version = excluded.schema_version, created_at = excluded.created_at,
+      updated_at = excluded.updated_at, expires_at = excluded.expires_at, revision = 1
+  WHERE {TABLE_NAME}.expires_at <= excluded.updated_at
   RETURNING class_name, id, revision
 ), forced AS (
-  INSERT INTO {TABLE_NAME}
-    (class_name, id, schema_version, data, data_exact, created_at, updated_at, revision)
-  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at, 1
+  INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact, created_at,
+                            updated_at, expires_at, revision)
+  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at,
+         expires_at, 1
   FROM input WHERE expected IS NULL
   ON CONFLICT (class_name, id) DO UPDATE
   SET data = excluded.data, data_exact = excluded.data_exact,
       schema_version = excluded.schema_version, updated_at = excluded.updated_at,
-      revision = {TABLE_NAME}.revision + 1
+      expires_at = excluded.expires_at,
+      created_at = CASE WHEN {TABLE_NAME}.expires_at <= excluded.updated_at
+                        THEN excluded.created_at ELSE {TABLE_NAME}.created_at END,
+      revision = CASE WHEN {TABLE_NAME}.expires_at <= excluded.updated_at
+                      THEN 1 ELSE {TABLE_NAME}.revision + 1 END
   RETURNING class_name, id, revision
 )
 SELECT * FROM changed UNION ALL SELECT * FROM added UNION ALL SELECT * FROM forced
@@ -195,15 +213,27 @@ def _hot_path_statements() -> dict[str, str]:
     table = records_table
     c = table.c
     # data_exact: NULL unless jsonb would rewrite a number in data (see backends.jsonb).
-    names = ["class_name", "id", "schema_version", "data", "data_exact", "created_at", "updated_at"]
+    names = [
+        "class_name",
+        "id",
+        "schema_version",
+        "data",
+        "data_exact",
+        "created_at",
+        "updated_at",
+        "expires_at",
+    ]
     writes = write_statements(insert, lambda name: cast(bindparam(name, type_=Text()), JSONB))
     # Loads read the exact text where it was kept, else jsonb's text.
     exact_or_jsonb = func.coalesce(c.data_exact, cast(c.data, Text))
     columns = [
-        exact_or_jsonb if n == "data" else c[n] for n in [*names, "revision"] if n != "data_exact"
+        exact_or_jsonb if n == "data" else c[n]
+        for n in [*names, "revision"]
+        if n not in ("data_exact", "expires_at")
     ]
+    now = bindparam("now", type_=c.expires_at.type)
     select_one = select(*columns).where(
-        c.class_name == bindparam("class_name"), c.id == bindparam("id")
+        c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now)
     )
     keys = (
         func.unnest(
@@ -212,8 +242,10 @@ def _hot_path_statements() -> dict[str, str]:
         .table_valued("class_name", "id")
         .render_derived(with_types=False)
     )
-    select_many = select(*columns).join_from(
-        table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id)
+    select_many = (
+        select(*columns)
+        .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
+        .where(live(now))
     )
     statements = {}
     changed = [
@@ -221,6 +253,7 @@ def _hot_path_statements() -> dict[str, str]:
         "b_data",
         "b_data_exact",
         "b_updated_at",
+        "b_expires_at",
         "b_class_name",
         "b_id",
         "b_expected",
@@ -229,17 +262,18 @@ def _hot_path_statements() -> dict[str, str]:
         ("insert", writes["insert"], names),
         ("update", writes["update"], changed),
         ("upsert", writes["upsert"], names),
-        ("revision", REVISION, ["class_name", "id"]),
-        ("select_one", select_one, ["class_name", "id"]),
-        ("select_many", select_many, ["class_names", "ids"]),
+        ("revision", REVISION, ["class_name", "id", "now"]),
+        ("select_one", select_one, ["class_name", "id", "now"]),
+        ("select_many", select_many, ["class_names", "ids", "now"]),
         ("delete", DELETE, ["class_name", "id"]),
-        ("count", COUNT, ["class_name"]),
-        ("page_first", page_statement(columns, after=False), ["class_name", "limit"]),
+        ("count", COUNT, ["class_name", "now"]),
+        ("page_first", page_statement(columns, after=False), ["class_name", "now", "limit"]),
         (
             "page_after",
             page_statement(columns, after=True),
-            ["class_name", "after_created_at", "after_id", "limit"],
+            ["class_name", "now", "after_created_at", "after_id", "limit"],
         ),
+        ("purge", PURGE, ["now", "limit"]),
     ):
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
@@ -254,7 +288,9 @@ _SQL = _hot_path_statements()
 class PostgreSQLBackend(SQLAlchemyBackend):
     """Records in PostgreSQL's ``external_records`` table (create it with Alembic first).
 
-    Its store is identified by host, port and database, whatever the URL's options.
+    Its store is identified by host, port and database, whatever the URL's options. Expired
+    records (``ttl``) stay in the table, invisible, until :func:`~pydantic_toast.purge_expired`
+    deletes them.
 
     One engine per URL and event loop, shared by every model on that URL, or the application's
     own (``pydantic_toast.use_engine(url, engine)``). The engine's pool is the only pool: every
@@ -271,6 +307,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             Capability.LIST,
             Capability.COUNT,
             Capability.REVISIONS,
+            Capability.TTL,
         }
     )
     _dropped = False  # a broken connection's record waits in the pool to reconnect
@@ -303,10 +340,16 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         await super().disconnect()
 
     async def delete(self, id: UUID, class_name: str) -> bool:
-        """Delete one record; return whether it existed."""
+        """Delete one record; return whether it existed (an expired row did not)."""
         if self._replicas is not None:
             self._replicas.note_writes([(class_name, id)])
-        return bool(await self._statement("execute", "delete", class_name, id))
+        now = datetime.now(UTC)
+        rows = await self._statement("fetch", "delete", class_name, id)
+        return any(row[0] is None or row[0] > now for row in rows)
+
+    async def purge_expired(self, *, limit: int) -> int:
+        """Delete at most ``limit`` expired rows, in one statement; return how many went."""
+        return int(await self._statement("execute", "purge", datetime.now(UTC), limit))
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
@@ -315,18 +358,20 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
         The index on ``(class_name, created_at, id)`` is scanned backwards from the cursor
         and stops after ``limit`` rows: the cost of a page does not grow with the table.
+        Expired rows are left out.
         """
+        now = datetime.now(UTC)
         if after is None:
-            rows = await self._statement("fetch", "page_first", class_name, limit)
+            rows = await self._statement("fetch", "page_first", class_name, now, limit)
         else:
             rows = await self._statement(
-                "fetch", "page_after", class_name, after.created_at, after.id, limit
+                "fetch", "page_after", class_name, now, after.created_at, after.id, limit
             )
         return [_row_record(row) for row in rows]
 
     async def count(self, class_name: str) -> int:
-        """How many records of ``class_name`` are stored."""
-        return int(await self._statement("fetchval", "count", class_name))
+        """How many live records of ``class_name`` are stored."""
+        return int(await self._statement("fetchval", "count", class_name, datetime.now(UTC)))
 
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records, each checked against its expected revision; all or none.
@@ -359,6 +404,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 exact,
                 record.created_at,
                 record.updated_at,
+                expires_at(record),
             )
         else:
             revision = await self._statement(
@@ -368,18 +414,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 data,
                 exact,
                 record.updated_at,
+                expires_at(record),
                 record.class_name,
                 record.id,
                 expected,
             )
         if revision is None:
-            current = await self._statement("fetchval", "revision", record.class_name, record.id)
+            current = await self._statement(
+                "fetchval", "revision", record.class_name, record.id, record.updated_at
+            )
             raise _conflict(record, current)
         return int(revision)
 
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
         """The batch statement in a transaction (a savepoint in a joined one); all or none."""
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
         for record in records:
             columns[0].append(record.class_name)
             columns[1].append(record.id)
@@ -389,6 +438,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             columns[5].append(record.created_at)
             columns[6].append(record.updated_at)
             columns[7].append(record.revision)
+            columns[8].append(expires_at(record))
         joined = joined_connection(self._same_store)
         if joined is not None:
             async with joined.begin_nested():  # a conflict undoes this batch, not the caller's work
@@ -398,7 +448,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 if len(written) < len(records):
                     missing = next(r for r in records if r.key not in written)
                     found = await joined.exec_driver_sql(
-                        _SQL["revision"], (missing.class_name, missing.id)
+                        _SQL["revision"], (missing.class_name, missing.id, missing.updated_at)
                     )
                     raise _conflict(missing, found.scalar())
             return [int(written[record.key]) for record in records]
@@ -411,7 +461,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 if len(written) < len(records):
                     missing = next(r for r in records if r.key not in written)
                     current = await driver.fetchval(
-                        _SQL["revision"], missing.class_name, missing.id
+                        _SQL["revision"], missing.class_name, missing.id, missing.updated_at
                     )
                     raise _conflict(missing, current)  # rolls the transaction back
         except (ConcurrencyError, asyncpg.PostgresError):
@@ -426,13 +476,14 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
+        now = datetime.now(UTC)
         if len(keys) == 1:
             ((class_name, id),) = keys
-            row = await self._statement("fetchrow", "select_one", class_name, id)
+            row = await self._statement("fetchrow", "select_one", class_name, id, now)
             return [None if row is None else _row_record(row)]
         names = [key[0] for key in keys]
         ids = [key[1] for key in keys]
-        rows = await self._statement("fetch", "select_many", names, ids)
+        rows = await self._statement("fetch", "select_many", names, ids, now)
         found = {(row[0], row[1]): _row_record(row) for row in rows}
         return [found.get(key) for key in keys]
 

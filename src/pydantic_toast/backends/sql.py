@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -20,9 +21,11 @@ from sqlalchemy import (
     Select,
     Text,
     bindparam,
+    case,
     delete,
     func,
     literal_column,
+    or_,
     select,
     tuple_,
     update,
@@ -43,9 +46,13 @@ from pydantic_toast.runtime.transaction import joined_connection
 __all__ = [
     "COUNT",
     "DELETE",
+    "PURGE",
     "SQLAlchemyBackend",
+    "expired",
+    "expires_at",
     "json_as_text",
     "json_passthrough",
+    "live",
     "page_statement",
     "see_through",
     "upsert",
@@ -66,19 +73,57 @@ _COLUMNS = (
     _c.revision,
 )
 
+
+def live(now: Any) -> Any:
+    """Rows not expired at ``now``: an expired row is missing until the purge deletes it."""
+    return or_(_c.expires_at.is_(None), _c.expires_at > now)
+
+
+def expired(now: Any) -> Any:
+    """Rows expired at ``now`` (``expires_at`` reached)."""
+    return _c.expires_at <= now
+
+
+def expires_at(record: StoredRecord) -> datetime | None:
+    """When ``record`` expires: its write time plus its ``ttl``, or never."""
+    if record.ttl is None:
+        return None
+    return record.updated_at + timedelta(seconds=record.ttl)
+
+
+_NOW = bindparam("now", type_=_c.expires_at.type)
 _SELECT_ONE = select(*_COLUMNS).where(
-    _c.class_name == bindparam("class_name"), _c.id == bindparam("id")
+    _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
 _SELECT_MANY = select(*_COLUMNS).where(
-    tuple_(_c.class_name, _c.id).in_(bindparam("keys", expanding=True))
+    tuple_(_c.class_name, _c.id).in_(bindparam("keys", expanding=True)), live(_NOW)
 )
-DELETE = delete(_table).where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
+# Returns the deleted row's expiry: deleting an expired row reports "not found".
+DELETE = (
+    delete(_table)
+    .where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
+    .returning(_c.expires_at)
+)
 # The class's counter rows, kept exact by triggers (migration 0004_record_counts): at most
-# 16 rows read through the primary key, whatever the number of records.
-COUNT = select(func.coalesce(func.sum(counts_table.c.records), literal_column("0"))).where(
-    counts_table.c.class_name == bindparam("class_name")
+# 16 rows read through the primary key, whatever the number of records; less the class's rows
+# that have expired and wait for the purge (found through the partial index on expires_at).
+_EXPIRED_IN_CLASS = (
+    select(func.count())
+    .select_from(_table)
+    .where(_c.class_name == bindparam("class_name"), expired(_NOW))
+    .scalar_subquery()
 )
+COUNT = select(
+    func.coalesce(func.sum(counts_table.c.records), literal_column("0")) - _EXPIRED_IN_CLASS
+).where(counts_table.c.class_name == bindparam("class_name"))
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
+# Bounded: each statement deletes at most ``limit`` expired rows, found through the partial
+# index on expires_at, so no statement holds locks for long.
+PURGE = delete(_table).where(
+    tuple_(_c.class_name, _c.id).in_(
+        select(_c.class_name, _c.id).where(expired(_NOW)).limit(bindparam("limit"))
+    )
+)
 
 
 def page_statement(columns: Sequence[Any], *, after: bool) -> Select[Any]:
@@ -87,9 +132,10 @@ def page_statement(columns: Sequence[Any], *, after: bool) -> Select[Any]:
     With ``after``, the rows whose ``(created_at, id)`` is smaller than the bound cursor
     (``after_created_at``, ``after_id``): a row-value comparison that the index on
     ``(class_name, created_at, id)`` answers with one range scan, read backwards, stopped
-    after ``limit`` rows. The cursor is a sort key, so it holds when its row is deleted.
+    after ``limit`` rows. The cursor is a sort key, so it holds when its row is deleted (or
+    expired). Expired rows are left out (the bound ``now``).
     """
-    query = select(*columns).where(_c.class_name == bindparam("class_name"))
+    query = select(*columns).where(_c.class_name == bindparam("class_name"), live(_NOW))
     if after:
         cursor = tuple_(
             bindparam("after_created_at", type_=_c.created_at.type),
@@ -106,9 +152,11 @@ _PAGE_AFTER = page_statement(_COLUMNS, after=True)
 def upsert(insert: Any) -> Any:
     """``insert`` (a dialect's INSERT) made an unconditional upsert (last write wins).
 
-    It keeps ``created_at`` of old rows and increments their revision; new rows get the
-    revision the INSERT gives them (1).
+    It keeps ``created_at`` of old rows and increments their revision; new rows, and rows that
+    had expired (a new record in the same place), get the INSERT's revision (1) and
+    ``created_at``.
     """
+    replaced = expired(insert.excluded.updated_at)
     return insert.on_conflict_do_update(
         index_elements=[_c.class_name, _c.id],
         set_={
@@ -116,7 +164,11 @@ def upsert(insert: Any) -> Any:
             "data_exact": insert.excluded.data_exact,
             "schema_version": insert.excluded.schema_version,
             "updated_at": insert.excluded.updated_at,
-            "revision": _c.revision + literal_column("1"),
+            "expires_at": insert.excluded.expires_at,
+            "created_at": case((replaced, insert.excluded.created_at), else_=_c.created_at),
+            "revision": case(
+                (replaced, literal_column("1")), else_=_c.revision + literal_column("1")
+            ),
         },
     )
 
@@ -124,15 +176,17 @@ def upsert(insert: Any) -> Any:
 def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> dict[str, Any]:
     """The three single-record writes, each one statement returning the new revision.
 
-    * ``insert``: a new record (expected revision 0): inserts, or returns no row if the id
-      exists;
+    * ``insert``: a new record (expected revision 0): inserts, or takes the place of an
+      expired row, or returns no row if a live record has the id;
     * ``update``: an existing record at ``expected``: updates it only if the stored revision is
-      still that one, so a deleted record is never written back; under READ COMMITTED
-      PostgreSQL re-checks the condition on the newest row version after waiting for a
-      concurrent writer, so two writers expecting the same revision cannot both succeed;
+      still that one and it has not expired, so a deleted or expired record is never written
+      back; under READ COMMITTED PostgreSQL re-checks the condition on the newest row version
+      after waiting for a concurrent writer, so two writers expecting the same revision cannot
+      both succeed;
     * ``upsert``: last write wins.
 
-    The UPDATE's parameters are prefixed ``b_`` (SQLAlchemy reserves column names there).
+    A write's ``updated_at`` is its "now" for expiry. The UPDATE's parameters are prefixed
+    ``b_`` (SQLAlchemy reserves column names there).
 
     Args:
         insert: The dialect's ``insert``.
@@ -147,6 +201,7 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
         "data_exact": bindparam("data_exact", type_=Text()),
         "created_at": bindparam("created_at"),
         "updated_at": bindparam("updated_at"),
+        "expires_at": bindparam("expires_at", type_=_c.expires_at.type),
         "revision": literal_column("1"),
     }
     new = insert(_table).values(values)
@@ -156,26 +211,36 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
             _c.class_name == bindparam("b_class_name"),
             _c.id == bindparam("b_id"),
             _c.revision == bindparam("b_expected"),
+            live(bindparam("b_updated_at", type_=_c.updated_at.type)),
         )
         .values(
             schema_version=bindparam("b_schema_version"),
             data=data("b_data"),
             data_exact=bindparam("b_data_exact", type_=Text()),
             updated_at=bindparam("b_updated_at"),
+            expires_at=bindparam("b_expires_at", type_=_c.expires_at.type),
             revision=_c.revision + literal_column("1"),
         )
     )
+    take_expired = new.on_conflict_do_update(
+        index_elements=[_c.class_name, _c.id],
+        set_={
+            name: getattr(new.excluded, name)
+            for name in values
+            if name not in ("class_name", "id", "revision")
+        }
+        | {"revision": literal_column("1")},
+        where=expired(new.excluded.updated_at),
+    )
     return {
-        "insert": new.on_conflict_do_nothing(index_elements=[_c.class_name, _c.id]).returning(
-            _c.revision
-        ),
+        "insert": take_expired.returning(_c.revision),
         "update": changed.returning(_c.revision),
         "upsert": upsert(new).returning(_c.revision),
     }
 
 
 REVISION = select(_c.revision).where(
-    _c.class_name == bindparam("class_name"), _c.id == bindparam("id")
+    _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
 
 
@@ -230,7 +295,7 @@ class SQLAlchemyBackend(RecordBackend):
         await self._open_engine()
 
         async def check(connection: AsyncConnection) -> None:
-            await connection.execute(COUNT.limit(0), {"class_name": ""})
+            await connection.execute(COUNT.limit(0), {"class_name": "", "now": _now()})
 
         try:
             await self._run(check)
@@ -277,6 +342,7 @@ class SQLAlchemyBackend(RecordBackend):
                 "data_exact": None,  # SQLite's JSON column keeps the text as written
                 "created_at": record.created_at,
                 "updated_at": record.updated_at,
+                "expires_at": expires_at(record),
             }
             expected = record.revision
             if expected is None:
@@ -292,7 +358,8 @@ class SQLAlchemyBackend(RecordBackend):
             if revision is None:
                 current = (
                     await connection.execute(
-                        REVISION, {"class_name": record.class_name, "id": record.id}
+                        REVISION,
+                        {"class_name": record.class_name, "id": record.id, "now": _now()},
                     )
                 ).scalar_one_or_none()
                 raise ConcurrencyError(
@@ -317,31 +384,46 @@ class SQLAlchemyBackend(RecordBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
 
+        now = _now()
+
         async def read(connection: AsyncConnection) -> dict[RecordKey, StoredRecord]:
             if len(keys) == 1:
                 ((class_name, id),) = keys
-                result = await connection.execute(_SELECT_ONE, {"class_name": class_name, "id": id})
+                result = await connection.execute(
+                    _SELECT_ONE, {"class_name": class_name, "id": id, "now": now}
+                )
             else:
-                result = await connection.execute(_SELECT_MANY, {"keys": list(keys)})
+                result = await connection.execute(_SELECT_MANY, {"keys": list(keys), "now": now})
             return {(row.class_name, row.id): _to_record(row) for row in result}
 
         found = await self._run(read)
         return [found.get(key) for key in keys]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
-        """Delete one record; return whether it existed."""
+        """Delete one record; return whether it existed (an expired row did not)."""
+        now = _now()
 
         async def delete(connection: AsyncConnection) -> bool:
             result = await connection.execute(DELETE, {"class_name": class_name, "id": id})
-            return bool(getattr(result, "rowcount", 0))
+            return any(row.expires_at is None or row.expires_at > now for row in result)
 
         return await self._run(delete)
+
+    async def purge_expired(self, *, limit: int) -> int:
+        """Delete at most ``limit`` expired rows, in one statement; return how many went."""
+        parameters = {"now": _now(), "limit": limit}
+
+        async def purge(connection: AsyncConnection) -> int:
+            result = await connection.execute(PURGE, parameters)
+            return int(getattr(result, "rowcount", 0))
+
+        return await self._run(purge)
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
         """Records newest first (``created_at``, then id), past ``after``: one SELECT."""
-        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit}
+        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit, "now": _now()}
         if after is not None:
             parameters["after_created_at"], parameters["after_id"] = after
 
@@ -355,7 +437,8 @@ class SQLAlchemyBackend(RecordBackend):
         """How many records of ``class_name`` are stored."""
 
         async def read(connection: AsyncConnection) -> int:
-            return int((await connection.execute(COUNT, {"class_name": class_name})).scalar_one())
+            result = await connection.execute(COUNT, {"class_name": class_name, "now": _now()})
+            return int(result.scalar_one())
 
         return await self._run(read)
 
@@ -429,6 +512,11 @@ async def see_through(
     if then is not None:
         await then()
     raise asyncio.CancelledError
+
+
+def _now() -> datetime:
+    """The time expiry is judged against: the application's clock, as for ``ttl`` itself."""
+    return datetime.now(UTC)
 
 
 def _to_record(row: Row[Any, Any, Any, Any, Any, Any, Any]) -> StoredRecord:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -78,6 +79,14 @@ class ExternalRecord(Base):
     __tablename__ = TABLE_NAME
     __table_args__ = (
         Index(None, "class_name", "created_at", "id"),
+        # Only expiring rows are indexed: the purge finds them without a table scan, and
+        # permanent rows cost the index nothing.
+        Index(
+            None,
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
         {
             "comment": "Pydantic models stored by pydantic-toast: one row per model instance, "
             "its fields in data. Schema owned by Alembic (pydantic-toast migrations)."
@@ -129,6 +138,14 @@ class ExternalRecord(Base):
         comment="1 when the row is inserted, one more on every write by pydantic-toast. Writes "
         "check it (optimistic concurrency): a writer that changes a row by hand must increment "
         "it too, or concurrent pydantic-toast writers may overwrite the change.",
+    )
+
+    expires_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime,
+        nullable=True,
+        comment="NULL: the record never expires. Otherwise when it expires (its last write "
+        "plus the model's ttl): from then on pydantic-toast treats the row as missing, and "
+        "pydantic-toast purge deletes it.",
     )
 
     def __repr__(self) -> str:

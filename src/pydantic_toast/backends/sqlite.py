@@ -2,7 +2,8 @@
 
 Migrate the file first (``pydantic-toast migrate sqlite:///path/to/file.db``, or
 ``alembic upgrade head``). Timestamps stay timezone-aware with microseconds. The database runs
-in WAL mode, so readers do not block the writer.
+in WAL mode, so readers do not block the writer. Expired records (``ttl``) stay in the file,
+invisible, until :func:`~pydantic_toast.purge_expired` deletes them.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class SQLiteBackend(SQLAlchemyBackend):
             Capability.LIST,
             Capability.COUNT,
             Capability.REVISIONS,
+            Capability.TTL,
         }
     )
 

@@ -1,4 +1,4 @@
-"""The ``pydantic-toast`` command: apply, undo and check the packaged migrations.
+"""The ``pydantic-toast`` command: migrations, and the upkeep of stored records.
 
 Every error is one line on stderr (``--verbose`` adds the traceback); URLs are printed with
 their password masked. Exit codes: see :data:`EXIT_CODES`.
@@ -126,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     partition.add_argument(
         "--partitions", type=int, required=True, help="how many partitions (2 to 1024)"
     )
+    purge = commands.add_parser(
+        "purge",
+        parents=[common],
+        help="delete expired records (ttl) from a PostgreSQL or SQLite table",
+        description="Delete the rows whose ttl has passed (loads already treat them as "
+        "missing), in batches of --batch-size rows, one short statement each; progress on "
+        "stderr. Safe to interrupt and run again. Redis and memory:// expire records "
+        "themselves.",
+    )
+    purge.add_argument(
+        "--batch-size", type=int, default=1000, help="rows per statement (default: 1000)"
+    )
     return parser
 
 
@@ -145,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "partition":
             return _partition(url, args.partitions)
+        if args.command == "purge":
+            return _purge(url, args.batch_size)
         return _run(args.command, url, getattr(args, "revision", None))
     except CommandError as exc:
         if args.verbose:
@@ -205,6 +219,30 @@ def _partition(url: str, partitions: int) -> int:
     print(
         f"{parsed.masked}: external_records hash-partitioned by id into {partitions} ({rows} rows)"
     )
+    return EXIT_OK
+
+
+def _purge(url: str, batch_size: int) -> int:
+    parsed = _check_url(url)
+    if not 1 <= batch_size <= 10_000:
+        raise CommandError(f"--batch-size must be from 1 to 10000, got {batch_size}", EXIT_USAGE)
+    from pydantic_toast._expiry import apurge_expired
+
+    def progress(total: int) -> None:
+        print(f"\rpurged {total} expired records", end="", file=sys.stderr, flush=True)
+
+    async def purge(storage: Storage) -> int:
+        try:
+            return await apurge_expired(url, batch_size=batch_size, progress=progress)
+        finally:
+            await storage.aclose()
+
+    try:
+        with Storage() as storage:  # current in the loop's task: the command's own connections
+            total = asyncio.run(purge(storage))
+    finally:
+        print(file=sys.stderr)
+    print(f"{parsed.masked}: purged {total} expired records")
     return EXIT_OK
 
 

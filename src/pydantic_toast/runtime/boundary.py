@@ -134,6 +134,12 @@ class Connected:
             "count", lambda: self.backend.count(class_name), class_name=class_name
         )
 
+    async def purge_expired(self, *, limit: int) -> int:
+        """Delete at most ``limit`` expired records (see :meth:`StorageBackend.purge_expired`)."""
+        return await self.cross(
+            "purge", lambda: self.backend.purge_expired(limit=limit), retry=False
+        )
+
     async def disconnect(self) -> None:
         """Close the backend's connections (errors are logged, not raised)."""
         try:

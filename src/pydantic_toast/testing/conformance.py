@@ -447,17 +447,84 @@ class BackendConformance:
             with pytest.raises(StorageConfigurationError, match="ttl"):
                 self.model(storage_url, class_name, ttl=1)
             return
-        item_class = self.model(storage_url, class_name, ttl=0.5)
+        # Margins of half a second: a loaded machine may be slow between the steps.
+        item_class = self.model(storage_url, class_name, ttl=1.5)
         item = item_class(text="short-lived")
         reference = item.model_dump()
-        time.sleep(0.3)
+        time.sleep(0.5)
         item.text = "renewed"
         item.model_dump()
-        time.sleep(0.3)
+        time.sleep(1.0)  # past the first write's expiry, not the second's
         assert item_class.model_validate(reference).text == "renewed"
-        time.sleep(0.6)
+        time.sleep(1.0)
         with pytest.raises(RecordNotFoundError):
             item_class.model_validate(reference)
+
+    def test_expired_records_are_missing_everywhere(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """An expired record is missing to loads, listing, count and delete; its id is free again.
+
+        A write of a new record over an expired one starts again at revision 1, and a write
+        expecting the expired record's revision conflicts (it is gone).
+        """
+        if Capability.TTL not in self._capabilities(storage, storage_url):
+            return  # test_expiry checks the refusal
+        created = datetime.now(UTC)
+        short = dataclasses.replace(
+            _record(class_name, uuid4(), b'{"v":1}', created=created), ttl=0.3
+        )
+        lasting = _record(class_name, uuid4(), b'{"v":2}', created=created)
+        capabilities = self._capabilities(storage, storage_url)
+
+        async def job(backend: Connected) -> dict[str, object]:
+            seen: dict[str, object] = {}
+            await backend.save_records([short, lasting])
+            await asyncio.sleep(0.5)
+            seen["loaded"] = await backend.load_records([short.key, lasting.key])
+            if Capability.LIST in capabilities:
+                seen["listed"] = await backend.list_ids(class_name, limit=10)
+            if Capability.COUNT in capabilities:
+                seen["count"] = await backend.count(class_name)
+            if Capability.REVISIONS in capabilities:
+                later = datetime.now(UTC)
+                try:
+                    await backend.save_records(
+                        [dataclasses.replace(short, revision=1, updated_at=later)]
+                    )
+                except ConcurrencyError as exc:
+                    seen["stale"] = exc.current
+                seen["again"] = await backend.save_records(
+                    [dataclasses.replace(short, revision=0, ttl=None, updated_at=later)]
+                )
+                await asyncio.sleep(0.3)
+                (again,) = await backend.load_records([short.key])
+                seen["kept"] = None if again is None else again.revision
+            if Capability.DELETE in capabilities:
+                expiring = dataclasses.replace(
+                    _record(class_name, uuid4(), b"{}", created=datetime.now(UTC)), ttl=0.2
+                )
+                await backend.save_records([expiring])
+                await asyncio.sleep(0.4)
+                seen["deleted"] = await backend.delete(expiring.id, class_name)
+            return seen
+
+        seen = self.run(storage, storage_url, job)
+        assert isinstance(seen, dict)
+        loaded = seen["loaded"]
+        assert isinstance(loaded, list)
+        assert loaded[0] is None
+        assert loaded[1] is not None
+        if "listed" in seen:
+            assert seen["listed"] == [lasting.id]
+        if "count" in seen:
+            assert seen["count"] == 1
+        if "again" in seen:
+            assert seen["stale"] is None  # the expired record is gone: nothing to overwrite
+            assert seen["again"] == [1]  # a new record in its place
+            assert seen["kept"] == 1  # written without ttl: permanent
+        if "deleted" in seen:
+            assert seen["deleted"] is False  # an expired record was not there to delete
 
     def test_revisions(self, storage: Storage, storage_url: str, class_name: str) -> None:
         """With revisions declared, stale writes conflict and write nothing, batches included."""

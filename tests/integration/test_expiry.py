@@ -1,0 +1,150 @@
+"""ttl on PostgreSQL and SQLite: the expires_at migration, invisible expired rows, the purge."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests.integration.conftest import _admin, _with_database
+from tests.integration.test_postgresql import alembic
+
+_MIGRATION = importlib.import_module("pydantic_toast.migrations.versions.0005_record_expiry")
+
+
+def _note(url: str, *, ttl: float | None = None) -> type[ExternalBaseModel]:
+    config = ExternalConfigDict(storage=url, external_name=f"Note{uuid4().hex}")
+    if ttl is not None:
+        config["ttl"] = ttl
+    return type(
+        "Note", (ExternalBaseModel,), {"__annotations__": {"text": str}, "model_config": config}
+    )
+
+
+def _rows(url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on the database behind ``url`` with its own driver."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            return [tuple(row) for row in connection.execute(statement.replace("$1", "?"), args)]
+    import asyncpg
+
+    async def run() -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await connection.fetch(statement, *args)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own, not migrated (PostgreSQL, or a SQLite file)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'expiry.db'}"
+        pydantic_toast.close_storage()
+        return
+    admin: str = request.getfixturevalue("postgres_admin_url")
+    database = f"toast_expiry_{uuid4().hex[:10]}"
+    _admin(admin, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(admin, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_url(blank_url: str) -> str:
+    """The test's own database, migrated to head."""
+    assert toast_cli(["migrate", blank_url]) == 0
+    return blank_url
+
+
+def test_expiry_migration_upgrades_rows_in_place_and_downgrades(blank_url: str) -> None:
+    """Rows from before expires_at stay permanent and load; alembic check is clean; down works."""
+    assert alembic("upgrade", _MIGRATION.down_revision, url=blank_url).returncode == 0
+    note = _note(blank_url)
+    id = uuid4()
+    id_text = str(id) if blank_url.startswith("postgresql") else id.hex  # SQLite: Uuid as hex
+    _rows(
+        blank_url,
+        "INSERT INTO external_records (class_name, id, schema_version, data) "
+        f"VALUES ('{note.model_config['external_name']}', '{id_text}', 1, '{{\"text\": \"old\"}}')",
+    )
+    upgrade = alembic("upgrade", _MIGRATION.revision, url=blank_url)
+    assert upgrade.returncode == 0, upgrade.stderr
+    check = alembic("check", url=blank_url)
+    assert check.returncode == 0, check.stderr
+    assert _rows(blank_url, "SELECT expires_at FROM external_records") == [(None,)]
+    reference = {"class_name": note.model_config["external_name"], "id": str(id)}
+    loaded = note.model_validate(reference)
+    assert loaded.text == "old"  # type: ignore[attr-defined]
+    expiring = _note(blank_url, ttl=60)
+    expiring(text="soon").model_dump()
+    expiries = _rows(
+        blank_url, "SELECT expires_at FROM external_records WHERE expires_at IS NOT NULL"
+    )
+    assert len(expiries) == 1
+    pydantic_toast.close_storage()
+    downgrade = alembic("downgrade", _MIGRATION.down_revision, url=blank_url)
+    assert downgrade.returncode == 0, downgrade.stderr
+    assert _rows(blank_url, "SELECT count(*) FROM external_records") == [(2,)]
+    with pytest.raises(Exception, match="expires_at"):
+        _rows(blank_url, "SELECT expires_at FROM external_records")
+
+
+def test_expired_rows_stay_invisible_until_purged_in_batches(
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Loads of expired rows write nothing; purge deletes them in batches, permanent rows stay."""
+    short = _note(migrated_url, ttl=0.3)
+    lasting = _note(migrated_url)
+    references = [short(text=f"s{i}").model_dump() for i in range(25)]
+    kept = lasting(text="kept").model_dump()
+    time.sleep(0.5)
+    with pytest.raises(RecordNotFoundError):
+        short.model_validate(references[0])
+    assert pydantic_toast.count(short) == 0
+    assert pydantic_toast.page(short).items == []
+    # Reading never writes: the expired rows are all still there.
+    assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(26,)]
+    batches: list[int] = []
+    assert pydantic_toast.purge_expired(migrated_url, batch_size=10, progress=batches.append) == 25
+    assert batches == [10, 20, 25]
+    assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(1,)]
+    assert lasting.model_validate(kept).text == "kept"  # type: ignore[attr-defined]
+    short(text="again").model_dump()
+    time.sleep(0.5)
+    pydantic_toast.close_storage()
+    assert toast_cli(["purge", migrated_url, "--batch-size", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "purged 1 expired records" in captured.out
+    assert "purged 1 expired records" in captured.err  # the progress line
+    assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(1,)]
+
+
+def test_purge_refuses_bad_batch_sizes_and_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch size out of range, or a store that expires by itself, is a usage error (2)."""
+    assert toast_cli(["purge", "sqlite:///x.db", "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert toast_cli(["purge", "redis://127.0.0.1:6379/0"]) == 2
+    with pytest.raises(pydantic_toast.StorageConfigurationError, match="batch_size"):
+        pydantic_toast.purge_expired("memory://", batch_size=0)
+    assert pydantic_toast.purge_expired("memory://") == 0  # memory:// expires records itself
