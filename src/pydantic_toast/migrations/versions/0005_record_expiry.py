@@ -31,9 +31,11 @@ _ONLY_EXPIRING = sa.text("expires_at IS NOT NULL")
 
 def upgrade() -> None:
     # Nullable without a default: PostgreSQL adds the column without rewriting the table, and
-    # every existing row stays permanent.
-    with op.batch_alter_table("external_records") as batch:
-        batch.add_column(sa.Column("expires_at", UTCDateTime(), nullable=True, comment=_COMMENT))
+    # every existing row stays permanent. Plain ALTER TABLE on SQLite too: a batch "move and
+    # copy" would drop the table's count triggers (0004_record_counts).
+    op.add_column(
+        "external_records", sa.Column("expires_at", UTCDateTime(), nullable=True, comment=_COMMENT)
+    )
     op.create_index(
         _INDEX,
         "external_records",
@@ -45,5 +47,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(_INDEX, table_name="external_records")
-    with op.batch_alter_table("external_records") as batch:
-        batch.drop_column("expires_at")
+    op.drop_column("external_records", "expires_at")  # SQLite 3.35+: no table copy
