@@ -21,6 +21,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import StorageBackend
 
 SERVERS = pytest.mark.parametrize(
     "storage_url",
@@ -54,15 +55,11 @@ def _open_fds() -> set[str]:
     return found
 
 
-def _in_use(backend: object) -> int:
+def _in_use(backend: StorageBackend) -> int:
     """Connections the backend's pool has handed out and not taken back."""
-    engine = getattr(backend, "_engine", None)
-    if engine is not None:
-        return int(engine.sync_engine.pool.checkedout())
-    client = getattr(backend, "_client", None)
-    if client is not None:
-        return len(client.connection_pool._get_in_use_connections())
-    return 0
+    counts = backend.pool_connections()
+    assert counts is not None, f"{backend!r} reports no pool"
+    return counts[0]
 
 
 @pytest.mark.slow
