@@ -4,9 +4,10 @@ A compressible document (order lines: repeated keys, similar values) of ~1 MB or
 (a new record each time) and loaded back with ``asave``/``aload``, on memory, SQLite, PostgreSQL
 (a throwaway database on the server of ``TOAST_TEST_POSTGRES_URL``), Redis (a throwaway key
 prefix on ``TOAST_TEST_REDIS_URL``) and S3 (a throwaway SeaweedFS). Interleaved: each round runs
-every (backend, mode) pair in turn, the order rotating per round. Reported: the median [min-max]
-over the rounds, and the bytes each store holds for the record (PostgreSQL: ``pg_column_size``
-of the row's ``data``, after the server's own TOAST compression)::
+every (backend, mode) pair in turn, the order rotating per round. Modes: plain JSON, zstd, and
+offload (plain JSON in S3, the record keeping a pointer). Reported: the median [min-max] over
+the rounds, and the bytes each store holds for the record (PostgreSQL: ``pg_column_size`` of
+the row's ``data``, after the server's own TOAST compression; offload: the pointer record)::
 
     .venv/bin/python bench/compression.py --rounds 5 --size 1
 """
@@ -61,7 +62,7 @@ def lines(megabytes: float) -> list[Line]:
     ]
 
 
-def model(url: str, mode: str) -> type[ExternalBaseModel]:
+def model(url: str, mode: str, offload: str) -> type[ExternalBaseModel]:
     config = ExternalConfigDict(
         storage=url,
         external_name=f"Order{uuid4().hex[:8]}",
@@ -70,6 +71,8 @@ def model(url: str, mode: str) -> type[ExternalBaseModel]:
     )
     if mode == "zstd":
         config["compression"] = "zstd"
+    if mode == "offload":  # plain JSON, the payload in S3, the record keeping a pointer
+        config["offload"] = offload
     return type(
         f"Order_{mode}",
         (ExternalBaseModel,),
@@ -131,8 +134,14 @@ async def run(rounds: int, megabytes: float) -> None:
             "redis": f"{os.environ['TOAST_TEST_REDIS_URL']}?prefix={redis_prefix}",
             "s3": weed.url("bench", "c"),
         }
-        pairs = [(kind, mode) for kind in urls for mode in ("plain", "zstd")]
-        classes = {(kind, mode): model(urls[kind], mode) for kind, mode in pairs}
+        pairs = [
+            (kind, mode)
+            for kind in urls
+            for mode in ("plain", "zstd", "offload")
+            if not (kind == "s3" and mode == "offload")
+        ]
+        offload = weed.url("bench", "offload")
+        classes = {(kind, mode): model(urls[kind], mode, offload) for kind, mode in pairs}
         saves: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
         loads: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
         sizes: dict[tuple[str, str], int] = {}

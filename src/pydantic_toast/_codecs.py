@@ -35,6 +35,7 @@ import pydantic_core
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import StoredRecord
+from pydantic_toast._url import StorageURL
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -53,6 +54,7 @@ COMPRESSIONS: Final = ("zstd",)
 DEFAULT_COMPRESS_ABOVE: Final = 2048
 """Bytes of JSON below which a record stays plain (PostgreSQL's TOAST threshold is ~2 KB)."""
 DEFAULT_MAX_DECOMPRESSED_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_OFFLOAD_ABOVE: Final = 256_000
 
 _ENVELOPE_KEY: Final = "$toast"
 _MARK: Final = b'{"$toast"'
@@ -67,11 +69,15 @@ class CodecSettings:
         compression: The compression codec (``"zstd"``), or ``None`` to store plain JSON.
         compress_above: Records whose JSON is shorter than this many bytes stay plain.
         max_decompressed_size: A load refuses records that would decompress to more bytes.
+        offload: The store that holds the payloads of large records (see :mod:`_offload`).
+        offload_above: Records whose stored bytes reach this size go to ``offload``.
     """
 
     compression: str | None = None
     compress_above: int = DEFAULT_COMPRESS_ABOVE
     max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
+    offload: StorageURL | None = None
+    offload_above: int = DEFAULT_OFFLOAD_ABOVE
 
 
 def codec_settings(owner: str, config: Any) -> CodecSettings | None:
@@ -83,7 +89,12 @@ def codec_settings(owner: str, config: Any) -> CodecSettings | None:
     compression = config.get("compression")
     above = config.get("compress_above", DEFAULT_COMPRESS_ABOVE)
     limit = config.get("max_decompressed_size", DEFAULT_MAX_DECOMPRESSED_SIZE)
-    for name, value in (("compress_above", above), ("max_decompressed_size", limit)):
+    offload_above = config.get("offload_above", DEFAULT_OFFLOAD_ABOVE)
+    for name, value in (
+        ("compress_above", above),
+        ("max_decompressed_size", limit),
+        ("offload_above", offload_above),
+    ):
         if type(value) is not int or value < 0:
             raise StorageConfigurationError(
                 f"{owner}: {name} must be an int of 0 or more (bytes), got {value!r:.40}"
@@ -95,9 +106,87 @@ def codec_settings(owner: str, config: Any) -> CodecSettings | None:
         )
     if compression is not None:
         _zstd(owner)  # refuse the class now, not at its first save
-    if compression is None and limit == DEFAULT_MAX_DECOMPRESSED_SIZE:
+    offload = _offload_url(owner, config.get("offload"))
+    if compression is None and limit == DEFAULT_MAX_DECOMPRESSED_SIZE and offload is None:
         return None  # reads of records written with compression still use the default limit
-    return CodecSettings(compression, above, limit)
+    return CodecSettings(compression, above, limit, offload, offload_above)
+
+
+def _offload_url(owner: str, offload: object) -> StorageURL | None:
+    if offload is None:
+        return None
+    from pydantic_toast.backends.base import Capability
+    from pydantic_toast.runtime.storage import current_storage
+
+    if not isinstance(offload, str):
+        raise StorageConfigurationError(f"{owner}: offload must be a storage URL string")
+    try:
+        url = StorageURL.parse(offload)
+        backend_class = current_storage().registry.class_for(url.scheme)
+        backend_class.check_url(url)
+    except StorageConfigurationError as exc:
+        raise StorageConfigurationError(f"{owner}: offload: {exc}") from None
+    if Capability.DELETE not in backend_class.capabilities:
+        raise StorageConfigurationError(
+            f"{owner}: offload: {backend_class.__name__} ({url.masked}) cannot delete, so "
+            "replaced payloads would pile up there: offload to a store that deletes (s3://)"
+        )
+    return url
+
+
+def pointer_of(record: StoredRecord) -> tuple[str, UUID, int, str] | None:
+    """Where an offloaded record's payload is: ``(class_name, id, size, sha256)``, or ``None``."""
+    if not record.data.startswith(_MARK):
+        return None
+    try:
+        envelope = pydantic_core.from_json(record.data)[_ENVELOPE_KEY]
+        pointer = envelope.get("offloaded")
+        if pointer is None:
+            return None
+        return (
+            str(pointer["class_name"]),
+            UUID(pointer["id"]),
+            int(envelope["size"]),
+            str(envelope["sha256"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        problem = True
+    if problem:
+        raise _damaged(record.class_name, record.id, "its offload pointer is unreadable")
+    return None
+
+
+def offload_pointer(
+    record: StoredRecord, class_name: str, id: UUID, payload: bytes
+) -> StoredRecord:
+    """``record`` holding a pointer to ``payload``, stored elsewhere as ``(class_name, id)``."""
+    envelope = {
+        _ENVELOPE_KEY: {
+            "offloaded": {"class_name": class_name, "id": str(id)},
+            "size": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+    }
+    return replace(record, data=pydantic_core.to_json(envelope))
+
+
+def check_offloaded(
+    record: StoredRecord, payload: bytes | None, size: int, digest: str
+) -> StoredRecord:
+    """``record`` with the offloaded ``payload`` in place, checked against its pointer."""
+    name, id = record.class_name, record.id
+    if payload is None:
+        raise _damaged(
+            name, id, "its offloaded payload is missing from the offload store (deleted by hand?)"
+        )
+    if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
+        raise _damaged(
+            name,
+            id,
+            f"its offloaded payload fails the SHA-256 check ({len(payload)} bytes, recorded "
+            f"{size}): it was changed or truncated in the offload store",
+        )
+    return replace(record, data=payload)
 
 
 def is_encoded(data: bytes) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from pydantic_toast._codecs import decode_record, is_encoded
+from pydantic_toast._codecs import is_encoded
 from pydantic_toast._exceptions import (
     InvalidReferenceError,
     RecordNotFoundError,
@@ -21,6 +21,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._loading import LoadSession, Wanted, find_references
 from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._offload import delete_offloaded, load_offloaded
 from pydantic_toast._records import PageCursor
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
@@ -58,9 +59,16 @@ async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> 
         RecordNotFoundError: There was no such record (a delete is never silent).
     """
     url, class_name, id = model._toast_session_key(model._toast_reference(reference))
-    backend = await current_storage().connected(url)
+    storage = current_storage()
+    backend = await storage.connected(url)
+    codec = model._toast_settings().codec
+    stored = None
+    if codec is not None and codec.offload is not None:  # its payload goes too, afterwards
+        (stored,) = await backend.load_records([(class_name, id)])
     if not await backend.delete(id, class_name):
         raise RecordNotFoundError(class_name, id)
+    if stored is not None and codec is not None:
+        await delete_offloaded(storage, stored, codec)
 
 
 async def apage(model: type[M], *, limit: int = 50, after: str | None = None) -> Page[M]:
@@ -88,7 +96,7 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
     backend = await storage.connected(url)
     records = await backend.list_records(name, limit=limit, after=cursor)
     records = [
-        decode_record(record, settings.codec) if is_encoded(record.data) else record
+        await load_offloaded(storage, record, settings.codec) if is_encoded(record.data) else record
         for record in records
     ]
     session = LoadSession(model._toast_routes(), storage)

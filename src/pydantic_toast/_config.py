@@ -49,6 +49,10 @@ class ExternalConfigDict(ConfigDict, total=False):
         compress_above: Bytes of JSON below which a record stays plain (default 2048).
         max_decompressed_size: A load refuses a compressed record that would decompress to
             more bytes than this (default 64 MiB), against decompression bombs.
+        offload: A storage URL (``"s3://bucket/prefix"``) for the payloads of large records:
+            the record keeps a pointer, its size and SHA-256 (TOAST-style tiering).
+        offload_above: Stored bytes (after compression) from which a record is offloaded
+            (default 256,000).
     """
 
     storage: str
@@ -59,6 +63,8 @@ class ExternalConfigDict(ConfigDict, total=False):
     compression: Literal["zstd"] | None
     compress_above: int
     max_decompressed_size: int
+    offload: str
+    offload_above: int
 
 
 _CONCURRENCY = ("optimistic", "last-write-wins")

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from pydantic_toast._codecs import CodecSettings, decode_record, is_encoded
+from pydantic_toast._codecs import CodecSettings, is_encoded
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._fidelity import decode_stored
+from pydantic_toast._offload import load_offloaded
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ParsedReference, parse_reference
 from pydantic_toast._url import StorageURL
@@ -220,7 +221,8 @@ class LoadSession:
                     key = (url, class_name, id)
                     if record is not None:
                         if is_encoded(record.data):
-                            record = decode_record(record, _codec_of(self.model_for(key)))
+                            codec = _codec_of(self.model_for(key))
+                            record = await load_offloaded(self.storage, record, codec)
                         fetched.append(record)
                     self.records[key] = record
             wanted = {}
@@ -314,7 +316,7 @@ async def read_one(
     backend = await storage.connected(url)
     (record,) = await backend.load_records([(class_name, id)])
     if record is not None and is_encoded(record.data):
-        record = decode_record(record, _codec_of(model))
+        record = await load_offloaded(storage, record, _codec_of(model))
     return record
 
 

@@ -34,6 +34,7 @@ from pydantic_toast._codecs import encode_record
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
 from pydantic_toast._loading import fill as _fill
+from pydantic_toast._offload import Offloads
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._url import StorageURL
@@ -288,12 +289,21 @@ class SaveBatch:
     ) -> None:
         backend = await self.storage.connected(url)
         stored = [record for record, _ in entries]
-        if self.encoding:  # the batch keeps plain JSON: change tracking compares it
-            for index, (record, model) in enumerate(entries):
-                codec = type(model)._toast_settings().codec
+        if not self.encoding:
+            revisions = await backend.save_records(stored)
+        else:  # the batch keeps plain JSON: change tracking compares it
+            codecs = [type(model)._toast_settings().codec for _, model in entries]
+            for index, codec in enumerate(codecs):
                 if codec is not None:
-                    stored[index] = encode_record(record, codec)
-        revisions = await backend.save_records(stored)
+                    stored[index] = encode_record(stored[index], codec)
+            offloads = Offloads(self.storage)
+            try:
+                await offloads.prepare(backend, stored, codecs)
+                revisions = await backend.save_records(stored)
+            except BaseException:
+                await offloads.failed()
+                raise
+            await offloads.written()
         for index, (record, model) in enumerate(entries):
             identity = Identity(
                 record.id,

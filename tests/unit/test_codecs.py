@@ -30,6 +30,9 @@ def record(data: bytes) -> StoredRecord:
         ({"compression": "gzip"}, "compression must be one of zstd"),
         ({"compression": "zstd", "compress_above": -1}, "compress_above must be an int"),
         ({"max_decompressed_size": 1.5}, "max_decompressed_size must be an int"),
+        ({"offload": 5}, "offload must be a storage URL"),
+        ({"offload": "nosuch://x"}, "offload: .*nosuch"),
+        ({"offload": "memory://x", "offload_above": -5}, "offload_above must be an int"),
     ],
 )
 def test_bad_codec_settings_are_refused_at_class_definition(
