@@ -43,6 +43,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._expiry import apurge_expired, purge_expired
 from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._ownership import Owned
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import last_write_wins
@@ -82,6 +83,7 @@ __all__ = [
     "ExternalReference",
     "ExternalStorageError",
     "InvalidReferenceError",
+    "Owned",
     "Page",
     "PageCursor",
     "RecordKey",

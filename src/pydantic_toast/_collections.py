@@ -22,6 +22,7 @@ from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._loading import LoadSession, Wanted, find_references
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import delete_offloaded, load_offloaded
+from pydantic_toast._ownership import delete_owned, owned_keys, owns_children
 from pydantic_toast._records import PageCursor
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
@@ -49,7 +50,11 @@ class Page(Generic[M]):
 
 
 async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
-    """Delete a stored record.
+    """Delete a stored record, and the records it owns (fields marked ``Owned``).
+
+    Owned children are read first (the parent's stored record names them), then the parent
+    is deleted, then the children, level by level (each record once). A crash or an error in
+    between leaves orphans, never a parent that references a deleted child.
 
     Args:
         model: The model class the record belongs to.
@@ -57,18 +62,29 @@ async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> 
 
     Raises:
         RecordNotFoundError: There was no such record (a delete is never silent).
+        ExternalStorageError: Deleting an owned record failed; the parent is deleted, and the
+            error's note names the records left behind.
     """
     url, class_name, id = model._toast_session_key(model._toast_reference(reference))
     storage = current_storage()
     backend = await storage.connected(url)
     codec = model._toast_settings().codec
+    owns = owns_children(model)
     stored = None
-    if codec is not None and codec.offload is not None:  # its payload goes too, afterwards
+    if owns or (codec is not None and codec.offload is not None):  # read before it goes
         (stored,) = await backend.load_records([(class_name, id)])
+    children = {}
+    if owns and stored is not None:
+        readable = (
+            await load_offloaded(storage, stored, codec) if is_encoded(stored.data) else stored
+        )
+        children = owned_keys(model, readable.data)
     if not await backend.delete(id, class_name):
         raise RecordNotFoundError(class_name, id)
     if stored is not None and codec is not None:
         await delete_offloaded(storage, stored, codec)
+    if children:
+        await delete_owned(storage, children)
 
 
 async def apage(model: type[M], *, limit: int = 50, after: str | None = None) -> Page[M]:

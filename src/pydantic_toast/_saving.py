@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,9 +33,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_toast import _fidelity
 from pydantic_toast._codecs import encode_record
 from pydantic_toast._data_schema import data_schema
-from pydantic_toast._exceptions import StorageConfigurationError, StorageValidationError
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageConfigurationError,
+    StorageValidationError,
+)
+from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
+from pydantic_toast._ownership import delete_owned, replaced_children
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._url import StorageURL
@@ -56,6 +63,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("pydantic_toast")
 
 _active_batch: ContextVar[SaveBatch | None] = ContextVar("pydantic_toast_batch", default=None)
 # The instance whose own fields are being serialized right now: its serializer must hand back
@@ -151,6 +160,7 @@ class SaveBatch:
         "pending",
         "records",
         "refusal",
+        "replaced",
         "storage",
         "suspects",
     )
@@ -170,6 +180,8 @@ class SaveBatch:
         self.refusal: StorageValidationError | None = None
         # Whether a model met has a codec: records are encoded just before they are written.
         self.encoding = False
+        # Owned children that the written records no longer reference: deleted after the write.
+        self.replaced: dict[SessionKey, Any] = {}
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
         """Queue ``model`` for this batch (once per instance) and return its reference.
@@ -238,6 +250,7 @@ class SaveBatch:
             revision=identity.revision if checked else None,
         )
         self.records.setdefault(settings.url(), {})[record.key] = (record, model)
+        self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
             self.encoding = True
         if _fidelity.may_be_unreadable(data):
@@ -279,10 +292,32 @@ class SaveBatch:
         if len(self.records) == 1:
             ((url, records),) = self.records.items()
             await self._write(url, list(records.values()))
-            return
-        await asyncio.gather(
-            *(self._write(url, list(records.values())) for url, records in self.records.items())
-        )
+        else:
+            await asyncio.gather(
+                *(self._write(url, list(records.values())) for url, records in self.records.items())
+            )
+        if self.replaced:
+            await self._delete_replaced()
+
+    async def _delete_replaced(self) -> None:
+        """Delete the owned children the written parents dropped (after the write committed).
+
+        A child still held by a model of this dump (moved to another field or parent) stays.
+        A failure is logged, not raised: the write itself succeeded; what was left is an
+        orphan that ``pydantic-toast orphans`` finds.
+        """
+        kept = set()
+        for model in self.models.values():
+            identity = identity_of(model)
+            if identity is not None:
+                settings = type(model)._toast_settings()
+                kept.add((settings.url(), settings.external_name, identity.id))
+        doomed = {key: model for key, model in self.replaced.items() if key not in kept}
+        try:
+            await delete_owned(self.storage, doomed)
+        except ExternalStorageError as exc:
+            notes = " ".join(getattr(exc, "__notes__", []))
+            logger.warning("deleting replaced owned records failed: %s %s", exc, notes)
 
     async def _write(
         self, url: StorageURL, entries: list[tuple[StoredRecord, ExternalBaseModel]]

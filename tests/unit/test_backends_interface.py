@@ -165,6 +165,7 @@ def test_public_api_is_pinned() -> None:
         "ExternalReference",
         "ExternalStorageError",
         "InvalidReferenceError",
+        "Owned",
         "Page",
         "PageCursor",
         "RecordKey",
