@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from uuid import uuid4
@@ -25,6 +26,7 @@ from pydantic_toast.ai import (
     SpillToolOutputs,
     select_json_path,
 )
+from tests.integration.test_ai_conversations import EXPIRING
 
 MEGABYTE_TEXT = "".join(f"line {i:06d}: {'abcdefghij' * 4}\n" for i in range(19_700))[:1_000_000]
 ROWS = {"rows": [{"id": i, "name": f"row {i}", "score": i / 7} for i in range(12_000)]}
@@ -291,3 +293,24 @@ async def test_deleting_a_conversation_deletes_its_spilled_outputs(storage_url: 
     assert await spill.adelete_conversation("kept") == 1
     with pytest.raises(RecordNotFoundError):
         await spill.aload(refs["kept"], conversation_id="kept")
+
+
+@pytest.mark.parametrize("storage_url", EXPIRING, indirect=True)
+async def test_spilled_outputs_expire_after_ttl(storage_url: str) -> None:
+    """With a ttl, a spilled output is gone for the app and the model once it expires."""
+    spill = _spill(storage_url, max_chars=10, preview_chars=5, ttl=2.0)
+    agent = Agent(_slice_reader(10), capabilities=[spill])
+    agent.tool_plain(name="big")(lambda: "z" * 30)
+    result = await agent.run("go", conversation_id="brief")
+    ref = next(
+        _ref(part.model_response_str())
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
+    assert (await spill.aload(ref, conversation_id="brief")).text == "z" * 30
+    await asyncio.sleep(2.5)
+    with pytest.raises(RecordNotFoundError):
+        await spill.aload(ref, conversation_id="brief")
+    assert await spill.adelete_conversation("brief") == 0

@@ -154,8 +154,9 @@ class MessageStore:
         storage: A storage URL (``postgresql://...``, ``redis://...``, ``sqlite:///...``,
             ``memory://``, a registered scheme) or ``env:NAME``.
         namespace: Separates the conversations of several apps sharing one storage.
-        ttl: Expiry (every built-in backend): each batch expires ``ttl``
-            after it was appended, and the conversation's header ``ttl`` after its last append.
+        ttl: Expiry, where the backend supports it (PostgreSQL, SQLite, Redis, memory; not
+            S3): each batch expires ``ttl`` after it was appended, and the conversation's
+            header ``ttl`` after its last append.
             An idle conversation disappears whole; an active one forgets whole turns older than
             ``ttl``, never part of a turn.
         page_size: Batches fetched per page when loading (one round trip per page on the

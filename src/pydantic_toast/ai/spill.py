@@ -95,7 +95,8 @@ class SpillToolOutputs(AbstractCapability[Any]):
         max_chars: Returns longer than this many characters are spilled; also the longest
             slice the read tool returns.
         preview_chars: How many leading characters the model sees in place of a spilled return.
-        ttl: Expiry of spilled outputs, (every built-in backend).
+        ttl: Expiry of spilled outputs, where the backend supports it (PostgreSQL, SQLite,
+            Redis, memory; not S3).
         namespace: Separates apps sharing one storage.
         read_tool_name: The name of the read tool given to the model.
     """
