@@ -6,6 +6,7 @@ through the runtime.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -111,10 +112,12 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
     storage = current_storage()
     backend = await storage.connected(url)
     records = await backend.list_records(name, limit=limit, after=cursor)
-    records = [
-        await load_offloaded(storage, record, settings.codec) if is_encoded(record.data) else record
-        for record in records
-    ]
+    if any(is_encoded(record.data) for record in records):  # payloads fetched concurrently
+        records = list(
+            await asyncio.gather(
+                *(load_offloaded(storage, record, settings.codec) for record in records)
+            )
+        )
     session = LoadSession(model._toast_routes(), storage)
     for record in records:
         session.records[(url, name, record.id)] = record

@@ -217,14 +217,11 @@ class LoadSession:
                 )
             fetched: list[StoredRecord] = []
             for url, keys, records in zip(urls, batches, results, strict=True):
+                records = await self._decoded(url, keys, records)
                 for (class_name, id), record in zip(keys, records, strict=True):
-                    key = (url, class_name, id)
                     if record is not None:
-                        if is_encoded(record.data):
-                            codec = _codec_of(self.model_for(key))
-                            record = await load_offloaded(self.storage, record, codec)
                         fetched.append(record)
-                    self.records[key] = record
+                    self.records[(url, class_name, id)] = record
             wanted = {}
             if follow:
                 for record in fetched:
@@ -242,6 +239,39 @@ class LoadSession:
             for url in route.urls:
                 if (url, name, id) not in self.records:
                     wanted.setdefault(url, set()).add((name, id))
+
+    async def _decoded(
+        self, url: StorageURL, keys: list[RecordKey], records: list[StoredRecord | None]
+    ) -> list[StoredRecord | None]:
+        """``records`` with encoded ones decoded (offloaded payloads fetched concurrently)."""
+        encoded = [
+            (index, record)
+            for index, record in enumerate(records)
+            if record is not None and is_encoded(record.data)
+        ]
+        if not encoded:
+            return records
+        decoded = await asyncio.gather(
+            *(
+                load_offloaded(self.storage, record, _codec_of(self.model_for((url, *keys[i]))))
+                for i, record in encoded
+            )
+        )
+        records = list(records)
+        for (index, _), record in zip(encoded, decoded, strict=True):
+            records[index] = record
+        return records
+        records = list(records)
+        decoded = await asyncio.gather(
+            *(
+                load_offloaded(self.storage, records[i], _codec_of(self.model_for((url, *keys[i]))))
+                for i in encoded
+                if (record := records[i]) is not None
+            )
+        )
+        for index, record in zip(encoded, decoded, strict=True):
+            records[index] = record
+        return records
 
     async def _read(self, url: StorageURL, keys: list[RecordKey]) -> list[StoredRecord | None]:
         backend = await self.storage.connected(url)
