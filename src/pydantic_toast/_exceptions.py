@@ -155,15 +155,21 @@ class RecordNotFoundError(ExternalStorageError, LookupError):
 class ConcurrencyError(ExternalStorageError):
     """Another writer changed or deleted the record since this instance loaded or saved it.
 
-    Nothing of the write was stored (nor anything else of the same store in that dump). Load
-    the record again, apply the change again and save; or write regardless with
-    ``asave(force=True)`` or inside ``with last_write_wins():``.
+    Nothing of the write was stored (nor anything else of the same store in that dump), with
+    one exception: a Redis batch larger than its ``batch_size`` is written in chunks after a
+    check of the whole batch, and a record changed by another writer between that check and
+    its chunk's write leaves the earlier chunks written (``written`` lists them; their models
+    remember the new revisions, so saving again writes only the rest). Load the record again,
+    apply the change again and save; or write regardless with ``asave(force=True)`` or inside
+    ``with last_write_wins():``.
 
     Attributes:
         class_name: The stored class name of the record.
         id: The record id.
         expected: The revision this instance last saw (``0``: it was never stored).
         current: The stored revision now, or ``None`` when the record no longer exists.
+        written: The records of the same save that were written anyway, with their new
+            revisions (empty but in the case above).
     """
 
     def __init__(self, class_name: str, id: UUID, *, expected: int, current: int | None) -> None:
@@ -183,6 +189,7 @@ class ConcurrencyError(ExternalStorageError):
         self.id = id
         self.expected = expected
         self.current = current
+        self.written: dict[tuple[str, UUID], int] = {}
 
 
 class StorageValidationError(ExternalStorageError):

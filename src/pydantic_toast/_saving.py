@@ -34,6 +34,7 @@ from pydantic_toast import _fidelity
 from pydantic_toast._codecs import encode_record
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import (
+    ConcurrencyError,
     ExternalStorageError,
     StorageConfigurationError,
     StorageValidationError,
@@ -324,21 +325,31 @@ class SaveBatch:
     ) -> None:
         backend = await self.storage.connected(url)
         stored = [record for record, _ in entries]
-        if not self.encoding:
-            revisions = await backend.save_records(stored)
-        else:  # the batch keeps plain JSON: change tracking compares it
-            codecs = [type(model)._toast_settings().codec for _, model in entries]
-            for index, codec in enumerate(codecs):
-                if codec is not None:
-                    stored[index] = encode_record(stored[index], codec)
-            offloads = Offloads(self.storage)
-            try:
-                await offloads.prepare(backend, stored, codecs)
+        try:
+            if not self.encoding:
                 revisions = await backend.save_records(stored)
-            except BaseException:
-                await offloads.failed()
-                raise
-            await offloads.written()
+            else:  # the batch keeps plain JSON: change tracking compares it
+                codecs = [type(model)._toast_settings().codec for _, model in entries]
+                for index, codec in enumerate(codecs):
+                    if codec is not None:
+                        stored[index] = encode_record(stored[index], codec)
+                offloads = Offloads(self.storage)
+                try:
+                    await offloads.prepare(backend, stored, codecs)
+                    revisions = await backend.save_records(stored)
+                except BaseException:
+                    await offloads.failed()
+                    raise
+                await offloads.written()
+        except ConcurrencyError as exc:
+            if exc.written:  # a chunked batch wrote its first chunks: remember them
+                for record, model in entries:
+                    if record.key in exc.written:
+                        identity = Identity(
+                            record.id, record.created_at, exc.written[record.key], record.data
+                        )
+                        object.__setattr__(model, "_toast_identity", identity)
+            raise
         for index, (record, model) in enumerate(entries):
             identity = Identity(
                 record.id,

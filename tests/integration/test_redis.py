@@ -285,3 +285,84 @@ def model_name(model: type[ExternalBaseModel]) -> str:
     settings = model.__toast_settings__
     assert settings is not None
     return settings.external_name
+
+
+def large_model_on(url: str, **config: object) -> type[ExternalBaseModel]:
+    return type(
+        "Scan",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"body": str},
+            "model_config": ExternalConfigDict(
+                storage=url,
+                external_name=f"Scan{uuid4().hex[:8]}",
+                **config,  # type: ignore[typeddict-item]
+            ),
+        },
+    )
+
+
+def test_large_documents_are_staged_and_moved_into_place(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A document above 8 KB keeps created_at, counts revisions, leaves no staged key behind."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    item = scan(body="x" * 100_000)
+    reference = item.model_dump()
+    key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+    first = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert first["revision"] == 1
+    assert first["data"] == {"body": "x" * 100_000}
+    assert client.pttl(key) == -1, "the staged key's short expiry is not kept"
+    item.body = "y" * 100_000
+    item.model_dump()
+    second = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert (second["revision"], second["created_at"]) == (2, first["created_at"])
+    assert scan.model_validate(reference).body == "y" * 100_000
+    stale = scan.model_validate(reference)
+    item.body = "z" * 100_000
+    item.model_dump()
+    stale.body = "w" * 100_000
+    with pytest.raises(pydantic_toast.ConcurrencyError):
+        stale.model_dump()
+    assert json.loads(client.get(key))["data"]["body"] == "z" * 100_000  # type: ignore[arg-type]
+    assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == [], "conflict cleaned up"
+
+
+def test_large_documents_keep_their_ttl_and_batch_with_small_ones(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """Staged writes set the model's expiry; a mixed batch writes both kinds in one call."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url, ttl=30.0)
+    big, small = scan(body="b" * 20_000), scan(body="s")
+    references = pydantic_toast.dump([big, small])
+    for reference in references:
+        assert 0 < client.pttl(f"{prefix}:{reference['class_name']}:{reference['id']}") <= 30_000
+    loaded = pydantic_toast.validate(list[scan], references)  # type: ignore[valid-type]
+    assert [m.body for m in loaded] == ["b" * 20_000, "s"]  # type: ignore[attr-defined]
+    assert pydantic_toast.count(scan) == 2
+
+
+def test_documents_written_before_staging_are_updated_in_place(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """An unpadded document (the earlier layout) keeps its created_at when overwritten large."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    item = scan(body="small")
+    reference = item.model_dump()
+    key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+    old = client.get(key)
+    assert old is not None
+    assert b'"revision":1,' in old, "small documents are not padded"
+    item.body = "L" * 50_000
+    item.model_dump()
+    new = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert new["created_at"] == json.loads(old)["created_at"]
+    assert new["revision"] == 2
+    assert scan.model_validate(reference).body == "L" * 50_000

@@ -8,13 +8,38 @@ from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
-from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast._exceptions import StorageConfigurationError, StorageUsageError, shorten
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url
 
-__all__ = ["REQUIRED_METHODS", "Capability", "RecordBackend", "StorageBackend"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "REQUIRED_METHODS",
+    "Capability",
+    "RecordBackend",
+    "StorageBackend",
+    "batch_size_of",
+]
 
 REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
+# Records per server call in a batch, unless the URL's ``batch_size`` option says otherwise.
+DEFAULT_BATCH_SIZE = 1000
+
+
+def batch_size_of(url: StorageURL, default: int = DEFAULT_BATCH_SIZE) -> int:
+    """The URL's ``batch_size`` option: records per server call when a batch is split.
+
+    Raises:
+        StorageConfigurationError: It is not a positive whole number.
+    """
+    raw = url.query.get("batch_size")
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise StorageConfigurationError(
+            f"{url.masked}: batch_size must be a positive whole number, got {shorten(raw)!r}"
+        )
+    return int(raw)
 
 
 class Capability(enum.StrEnum):

@@ -10,7 +10,9 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 * ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60);
 * ``application_name``: shown in ``pg_stat_activity``;
 * ``replicas`` and ``read_your_writes``: read replicas
-  (:mod:`~pydantic_toast.backends.postgresql_replicas`).
+  (:mod:`~pydantic_toast.backends.postgresql_replicas`);
+* ``batch_size`` (default 1000): records per statement when a batch is saved or loaded (a
+  larger batch runs several statements; a save keeps them in one transaction).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sqlalchemy.util import greenlet_spawn
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.base import Capability, batch_size_of
 from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 from pydantic_toast.backends.postgresql_replicas import (
     ON_PRIMARY,
@@ -69,7 +71,7 @@ _Lease = PoolProxiedConnection | ConnectionPoolEntry
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey")
 _NUMBERS = {"pool_size": 20, "max_overflow": 0, "connect_timeout": 10.0, "command_timeout": 60.0}
-_OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name", *REPLICA_OPTIONS}
+_OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name", *REPLICA_OPTIONS, "batch_size"}
 
 
 def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
@@ -313,6 +315,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
 
+    def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
+        super().__init__(url, engine=engine)
+        self._batch_size = batch_size_of(self._parsed)
+
     @classmethod
     def store_identity(cls, url: StorageURL) -> tuple[str, int, str]:
         """Host, port and database: the same table whatever the spelling or options."""
@@ -427,43 +433,41 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return int(revision)
 
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
-        """The batch statement in a transaction (a savepoint in a joined one); all or none."""
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-        for record in records:
-            columns[0].append(record.class_name)
-            columns[1].append(record.id)
-            columns[2].append(record.schema_version)
-            columns[3].append(record.data.decode())
-            columns[4].append(exact_text(record.data))
-            columns[5].append(record.created_at)
-            columns[6].append(record.updated_at)
-            columns[7].append(record.revision)
-            columns[8].append(expires_at(record))
+        """The batch statement in a transaction (a savepoint in a joined one); all or none.
+
+        A batch larger than ``batch_size`` runs as one statement per chunk, all in that
+        transaction: the driver never holds more than a chunk's parameters at once.
+        """
+        size = self._batch_size
+        chunks = [records[start : start + size] for start in range(0, len(records), size)]
+        written: dict[RecordKey, int] = {}
         joined = joined_connection(self._same_store)
         if joined is not None:
             async with joined.begin_nested():  # a conflict undoes this batch, not the caller's work
-                result = await joined.exec_driver_sql(_SQL["write_many"], tuple(columns))
-                joined_rows: list[Any] = list(result.all())
-                written = {(row[0], row[1]): row[2] for row in joined_rows}
-                if len(written) < len(records):
-                    missing = next(r for r in records if r.key not in written)
-                    found = await joined.exec_driver_sql(
-                        _SQL["revision"], (missing.class_name, missing.id, missing.updated_at)
-                    )
-                    raise _conflict(missing, found.scalar())
+                for chunk in chunks:
+                    result = await joined.exec_driver_sql(_SQL["write_many"], _columns(chunk))
+                    rows: list[Any] = list(result.all())
+                    written.update({(row[0], row[1]): row[2] for row in rows})
+                    missing = _first_missing(chunk, written)
+                    if missing is not None:
+                        found = await joined.exec_driver_sql(
+                            _SQL["revision"], (missing.class_name, missing.id, missing.updated_at)
+                        )
+                        raise _conflict(missing, found.scalar())
             return [int(written[record.key]) for record in records]
         pooled = await self._checkout()
         driver: Any = pooled.driver_connection
         try:
             async with driver.transaction():
-                rows = await driver.fetch(_SQL["write_many"], *columns)
-                written = {(row[0], row[1]): row[2] for row in rows}
-                if len(written) < len(records):
-                    missing = next(r for r in records if r.key not in written)
-                    current = await driver.fetchval(
-                        _SQL["revision"], missing.class_name, missing.id, missing.updated_at
-                    )
-                    raise _conflict(missing, current)  # rolls the transaction back
+                for chunk in chunks:
+                    rows = await driver.fetch(_SQL["write_many"], *_columns(chunk))
+                    written.update({(row[0], row[1]): row[2] for row in rows})
+                    missing = _first_missing(chunk, written)
+                    if missing is not None:
+                        current = await driver.fetchval(
+                            _SQL["revision"], missing.class_name, missing.id, missing.updated_at
+                        )
+                        raise _conflict(missing, current)  # rolls the transaction back
         except (ConcurrencyError, asyncpg.PostgresError):
             self._checkin(pooled, broken=driver.is_closed() or unwinding_interrupt())
             raise
@@ -475,16 +479,20 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return [int(written[record.key]) for record in records]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records in one statement, in the order of ``keys``."""
+        """Read the records, in the order of ``keys``: one statement per ``batch_size`` keys."""
         now = datetime.now(UTC)
         if len(keys) == 1:
             ((class_name, id),) = keys
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
             return [None if row is None else _row_record(row)]
-        names = [key[0] for key in keys]
-        ids = [key[1] for key in keys]
-        rows = await self._statement("fetch", "select_many", names, ids, now)
-        found = {(row[0], row[1]): _row_record(row) for row in rows}
+        found: dict[RecordKey, StoredRecord] = {}
+        size = self._batch_size
+        for start in range(0, len(keys), size):
+            chunk = keys[start : start + size]
+            names = [key[0] for key in chunk]
+            ids = [key[1] for key in chunk]
+            rows = await self._statement("fetch", "select_many", names, ids, now)
+            found.update({(row[0], row[1]): _row_record(row) for row in rows})
         return [found.get(key) for key in keys]
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
@@ -601,6 +609,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """Check the options and SSL settings without connecting."""
         engine_options(url)
         replica_options(url)
+        batch_size_of(url)
 
     def _create_engine(self) -> AsyncEngine:
         sa_url, options = engine_options(self._parsed)
@@ -641,6 +650,31 @@ def _row_record(row: Any) -> StoredRecord:
         updated_at=row[5],
         revision=row[6],
     )
+
+
+def _columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
+    """The batch statement's parameters: one array per column."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+    for record in records:
+        columns[0].append(record.class_name)
+        columns[1].append(record.id)
+        columns[2].append(record.schema_version)
+        columns[3].append(record.data.decode())
+        columns[4].append(exact_text(record.data))
+        columns[5].append(record.created_at)
+        columns[6].append(record.updated_at)
+        columns[7].append(record.revision)
+        columns[8].append(expires_at(record))
+    return columns
+
+
+def _first_missing(
+    records: Sequence[StoredRecord], written: dict[RecordKey, int]
+) -> StoredRecord | None:
+    """The first record the batch statement did not write (a conflict), if any."""
+    if all(record.key in written for record in records):
+        return None
+    return next(record for record in records if record.key not in written)
 
 
 def _conflict(record: StoredRecord, current: int | None) -> ConcurrencyError:

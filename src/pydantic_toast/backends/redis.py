@@ -6,6 +6,8 @@ URL: ``redis://[[user]:password@]host:6379/0`` (``rediss://`` for TLS). Query op
 * ``max_connections`` (default 50) and ``pool_timeout`` (seconds, default 10): the pool waits
   this long for a free connection when all are busy, instead of failing;
 * ``socket_timeout`` (default 10) and ``socket_connect_timeout`` (default 5), in seconds;
+* ``batch_size`` (default 100): records per server call when a batch is saved or loaded (a
+  script call blocks the server: 100 records take it a few milliseconds);
 * ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``
   (``none``/``optional``/``required``) for ``rediss://``.
 
@@ -13,7 +15,9 @@ Each value is one JSON document,
 ``{"created_at", "revision", "schema_version", "updated_at", "data"}``, ``data`` holding the
 model's fields. A save is a server-side script: it checks the revision each record expects
 (all of a batch before writing any), keeps ``created_at`` of an existing record (no
-read-modify-write race between writers), increments the revision and sets the rest. With a
+read-modify-write race between writers), increments the revision and sets the rest; a
+document above 8 KB is staged by a plain SET in the same round trip and moved into place, so
+the server's time per save does not grow with the document (see ``_SAVE_SCRIPT``). With a
 model ``ttl``, every write sets the expiry afresh (a record expires ``ttl`` seconds after its
 last write); without one, a write makes the record permanent. ``<prefix>:<class_name>:index``
 is a sorted set of the class's ids by creation time, for listing and counting (a page is one
@@ -32,9 +36,10 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -45,7 +50,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import Capability, RecordBackend
+from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of
 
 __all__ = ["RedisBackend"]
 
@@ -56,56 +61,89 @@ _NUMBERS = {
     "socket_connect_timeout": 5.0,
 }
 _SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
-_OPTIONS = {"prefix", *_NUMBERS, *_SSL}
+_OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 
-# KEYS: record keys, then the class index keys, then the class expiry keys (same order).
-# ARGV: for each record, the document after created_at and revision (starting with ','), its
-# created_at, its creation score, its id, its TTL in milliseconds (0: none) and the revision it
-# expects ('': any). Every expected revision is checked before anything is written (a script
-# runs atomically), so a batch is all or nothing; a document without a revision (written
-# before revisions existed) is at revision 1. created_at is cut from the stored text, so the
-# data is never decoded and re-encoded by Lua. The expiry set scores each TTL record by when it
-# expires (server time, the clock Redis expires keys by), so count() subtracts the expired ones
-# without reading a record. Expired entries leave both sets here, a few per write (never on a
-# read). Returns {1, new revisions...} or {0, index, current revision (0: none)}.
+# KEYS: record keys, then the class index keys, the class expiry keys and the staged keys (same
+# order). ARGV: for each record, the document after created_at and revision (starting with
+# ','; empty when staged), its created_at, its creation score, its id, its TTL in milliseconds
+# (0: none), the revision it expects ('': any) and whether it is staged ('1') or not ('0').
+# Every expected revision is checked before anything is written (a script runs atomically),
+# so a batch is all or nothing; a document without a revision (written before revisions
+# existed) is at revision 1. The old document is never read whole: created_at and revision
+# are cut from its first bytes (GETRANGE), so the data is never decoded, copied or re-encoded
+# by Lua.
+#
+# A small document travels in ARGV and is written by SET. A large one would cost the server
+# about 4 µs per KB in Lua (argument, concatenation, SET): the client stages it whole under
+# its own key in the same round trip (a plain SET, with a short expiry in case the script
+# never runs), and the script moves it into place (RENAME, O(1)) and writes the header over
+# its first STAGED_HEADER bytes (SETRANGE, in place), padded with spaces before the comma
+# that follows the revision. The expiry set scores each TTL record by when it expires (server
+# time, the clock Redis expires keys by), so count() subtracts the expired ones without
+# reading a record. Expired entries leave both sets here, a few per write (never on a read).
+# Returns {1, new revisions...} or {0, index, current revision (0: none)}.
+_STAGED_HEADER = 96
 _SAVE_SCRIPT = """
-local n = #KEYS / 3
-local olds = {}
+local n = #KEYS / 4
+local STAGED_HEADER = 96
+local createds = {}
+local existed = {}
 local result = {1}
 for i = 1, n do
-  local expected = ARGV[(i - 1) * 6 + 6]
-  local old = redis.call('GET', KEYS[i])
+  local base = (i - 1) * 7
+  local expected = ARGV[base + 6]
+  local head = redis.call('GETRANGE', KEYS[i], 0, 127)
   local current = 0
-  if old then
-    current = tonumber(string.match(old, '^{"created_at":"[^"]*","revision":(%d+),') or '1')
+  local created = ARGV[base + 2]
+  if head ~= '' then
+    current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
+    created = string.match(head, '^{"created_at":"([^"]*)"') or created
+    existed[i] = true
   end
   if expected ~= '' and tonumber(expected) ~= current then
+    for j = 1, n do
+      if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+    end
     return {0, i, current}
   end
-  olds[i] = old
+  if ARGV[base + 7] == '1' then
+    if redis.call('EXISTS', KEYS[3 * n + i]) == 0 then
+      return redis.error_reply('pydantic-toast: a staged document is missing (expired?)')
+    end
+    if 15 + #created + 13 + 20 > STAGED_HEADER then
+      return redis.error_reply('pydantic-toast: created_at too long for the staged header')
+    end
+  end
+  createds[i] = created
   result[i + 1] = current + 1
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for i = 1, n do
-  local base = (i - 1) * 6
+  local base = (i - 1) * 7
   local ttl = tonumber(ARGV[base + 5])
-  local created = ARGV[base + 2]
   local id = ARGV[base + 4]
-  local old = olds[i]
-  if old then
-    local kept = string.match(old, '^{"created_at":"([^"]*)"')
-    if kept then created = kept end
-  else
+  if not existed[i] then
     redis.call('ZADD', KEYS[n + i], ARGV[base + 3], id)
   end
-  local revision = string.format('%d', result[i + 1])
-  local document = '{"created_at":"' .. created .. '","revision":' .. revision .. ARGV[base + 1]
+  local header = '{"created_at":"' .. createds[i] .. '","revision":' ..
+    string.format('%d', result[i + 1])
+  if ARGV[base + 7] == '1' then
+    redis.call('RENAME', KEYS[3 * n + i], KEYS[i])
+    redis.call('SETRANGE', KEYS[i], 0, header .. string.rep(' ', STAGED_HEADER - #header))
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    else
+      redis.call('PERSIST', KEYS[i])
+    end
+  elseif ttl > 0 then
+    redis.call('SET', KEYS[i], header .. ARGV[base + 1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], header .. ARGV[base + 1])
+  end
   if ttl > 0 then
-    redis.call('SET', KEYS[i], document, 'PX', ttl)
     redis.call('ZADD', KEYS[2 * n + i], now + ttl, id)
   else
-    redis.call('SET', KEYS[i], document)
     redis.call('ZREM', KEYS[2 * n + i], id)
   end
 end
@@ -123,6 +161,31 @@ for i = 1, n do
 end
 return result
 """
+# KEYS: record keys. ARGV: the revision each expects ('': any). The first record whose stored
+# revision differs, as the save script finds it, without writing anything: a batch larger than
+# batch_size is checked whole with this before its chunks are written.
+# Returns {1} or {0, index, current revision (0: none)}.
+_CHECK_SCRIPT = """
+for i = 1, #KEYS do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 127)
+  local current = 0
+  if head ~= '' then
+    current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
+  end
+  if ARGV[i] ~= '' and tonumber(ARGV[i]) ~= current then
+    return {0, i, current}
+  end
+end
+return {1}
+"""
+# Documents larger than this are staged (see above); smaller ones cost the server less in ARGV
+# than the extra command, and the client less than a pipeline.
+_STAGE_ABOVE = 8192
+# Records per script call in a batch: a script blocks the server while it runs; 100 records
+# take it a median 0.7 ms (10 fields) to 1.3 ms (100 fields), 1,000 records up to 47-181 ms.
+_BATCH_SIZE = 100
+# A staged document left behind (its script never ran) expires after this many milliseconds.
+_STAGED_TTL_MS = 60_000
 # KEYS: the class index, its expiry set. The index's size less the entries already expired
 # (a key is gone once the server's time passes its expiry): O(log n), and exact.
 _COUNT_SCRIPT = """
@@ -175,7 +238,7 @@ end
 return page
 """
 _DOCUMENT = re.compile(
-    rb'^\{"created_at":"([^"]+)",(?:"revision":(\d+),)?"schema_version":(\d+),'
+    rb'^\{"created_at":"([^"]+)",(?:"revision":(\d+) *,)?"schema_version":(\d+),'
     rb'"updated_at":"([^"]+)","data":'
 )
 
@@ -184,6 +247,7 @@ class RedisBackend(RecordBackend):
     """Records in Redis, one JSON document per key, written atomically by a server script."""
 
     capabilities = frozenset(Capability)
+    _stages = True  # large documents are staged by a SET in the same round trip
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:
@@ -202,6 +266,8 @@ class RedisBackend(RecordBackend):
         self._prefix, self._pool_options = _options(self._parsed)
         self._client: aioredis.Redis | None = None
         self._save_script: Any = None
+        self._check_script: Any = None
+        self._batch_size = batch_size_of(self._parsed, _BATCH_SIZE)
         self._count_script: Any = None
         self._page_script: Any = None
 
@@ -243,6 +309,7 @@ class RedisBackend(RecordBackend):
         """Open the pool and check the server answers (and accepts the credentials)."""
         self._client = self._open_client()
         self._save_script = self._client.register_script(_SAVE_SCRIPT)
+        self._check_script = self._client.register_script(_CHECK_SCRIPT)
         self._count_script = self._client.register_script(_COUNT_SCRIPT)
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
         try:
@@ -270,40 +337,105 @@ class RedisBackend(RecordBackend):
             await client.connection_pool.disconnect()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
-        """Write the records in one script call (one round trip), keeping ``created_at``.
+        """Write the records, keeping ``created_at``; each checked against its revision.
 
-        The script checks every expected revision first: a conflict writes nothing.
+        Up to ``batch_size`` records are one script call (one round trip), all or nothing. A
+        larger batch is checked whole first (read-only, ``batch_size`` records per call): a
+        conflict found there writes nothing. Its chunks are then written in order, each one
+        script call that checks its records again, so no call blocks the server for long. A
+        writer that changes a record of a later chunk in between makes the save raise
+        :class:`~pydantic_toast.ConcurrencyError` with the earlier chunks written (listed in
+        its ``written``).
         """
-        keys = [self.key(r.class_name, r.id) for r in records]
-        keys += [self._index_key_of(r) for r in records]
-        keys += [self._expiry_key_of(r) for r in records]
+        size = self._batch_size
+        if len(records) <= size:
+            return await self._save_chunk(records)
+        chunks = [records[start : start + size] for start in range(0, len(records), size)]
+        for offset, chunk in zip(range(0, len(records), size), chunks, strict=True):
+            keys = [self.key(r.class_name, r.id) for r in chunk]
+            expected = ["" if r.revision is None else r.revision for r in chunk]
+            result = await self._call(partial(self._check_script, keys=keys, args=expected))
+            if result[0] == 0:
+                raise _conflict(records[offset + int(result[1]) - 1], int(result[2]))
+        revisions: list[int] = []
+        for chunk in chunks:
+            try:
+                revisions += await self._save_chunk(chunk)
+            except ConcurrencyError as exc:
+                written = zip(records, revisions, strict=False)  # the chunks before this one
+                exc.written = {record.key: revision for record, revision in written}
+                raise
+        return revisions
+
+    async def _save_chunk(self, records: Sequence[StoredRecord]) -> list[int]:
+        """Write the records in one script call (one round trip): all or nothing."""
+        stages: list[tuple[str, bytes]] = []
+        record_keys = [self.key(r.class_name, r.id) for r in records]
+        stage_keys: list[str] = []
         arguments: list[Any] = []
-        for record in records:
+        for key, record in zip(record_keys, records, strict=True):
+            created_at = record.created_at.isoformat()
             rest = (
                 f',"schema_version":{record.schema_version},'
                 f'"updated_at":"{record.updated_at.isoformat()}","data":'
             ).encode()
+            staged = self._stages and len(record.data) > _STAGE_ABOVE
+            if staged:
+                stage_key = f"{key}:staged:{uuid4().hex}"
+                header = f'{{"created_at":"{created_at}","revision":0'.ljust(_STAGED_HEADER)
+                stages.append((stage_key, header.encode() + rest + record.data + b"}"))
+                stage_keys.append(stage_key)
+            else:
+                stage_keys.append(key)  # unused; in the record's slot (Redis Cluster)
             arguments += [
-                rest + record.data + b"}",
-                record.created_at.isoformat(),
+                b"" if staged else rest + record.data + b"}",
+                created_at,
                 record.created_at.timestamp(),
                 str(record.id),
                 round(record.ttl * 1000) if record.ttl else 0,
                 "" if record.revision is None else record.revision,
+                "1" if staged else "0",
             ]
-        result = await self._call(lambda: self._save_script(keys=keys, args=arguments))
+        keys = record_keys + [self._index_key_of(r) for r in records]
+        keys += [self._expiry_key_of(r) for r in records]
+        keys += stage_keys
+        if stages:
+            result = await self._call(lambda: self._save_staged(stages, keys, arguments))
+        else:
+            result = await self._call(lambda: self._save_script(keys=keys, args=arguments))
         if result[0] == 0:
             raise _conflict(records[int(result[1]) - 1], int(result[2]))
         return [int(revision) for revision in result[1:]]
 
+    async def _save_staged(
+        self, stages: list[tuple[str, bytes]], keys: list[str], arguments: list[Any]
+    ) -> Any:
+        """SET the staged documents and run the save script, in one round trip."""
+        client = self._connected()
+        async with client.pipeline(transaction=False) as pipe:
+            for stage_key, document in stages:
+                pipe.set(stage_key, document, px=_STAGED_TTL_MS)
+            pipe.execute_command("EVALSHA", self._save_script.sha, len(keys), *keys, *arguments)
+            replies = await pipe.execute(raise_on_error=False)
+        result = replies[-1]
+        if isinstance(result, NoScriptError):  # the server lost its scripts (restart, flush)
+            return await self._save_script(keys=keys, args=arguments)  # loads it; stages wait
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return result
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records in one round trip (GET, or MGET for several)."""
+        """Read the records: GET, or one MGET per ``batch_size`` keys."""
         names = [self.key(class_name, id) for class_name, id in keys]
         client = self._connected()
         if len(names) == 1:
             values = [await self._call(partial(client.get, names[0]))]
         else:
-            values = await self._call(partial(client.mget, names))
+            values = []
+            for start in range(0, len(names), self._batch_size):
+                chunk = names[start : start + self._batch_size]
+                values += await self._call(partial(client.mget, chunk))
         return [
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
@@ -416,6 +548,7 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
             f"{url.masked}: unknown option(s) {shorten(', '.join(unknown))}; Redis URLs take "
             f"{', '.join(sorted(_OPTIONS))}"
         )
+    batch_size_of(url)
     if url.path.strip("/") and not url.path.strip("/").isdigit():
         raise StorageConfigurationError(
             f"{url.masked}: the path must be a database number, e.g. redis://host:6379/0"

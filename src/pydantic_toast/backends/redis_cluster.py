@@ -56,7 +56,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
-from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.base import Capability, batch_size_of
 
 __all__ = ["RedisClusterBackend"]
 
@@ -103,10 +103,10 @@ return {1}
 _SAVE_SCRIPT = (
     """
 local token = table.remove(ARGV)
-local n = #KEYS / 4
+local n = #KEYS / 5
 local locks = {}
 for i = 1, n do
-  locks[i] = table.remove(KEYS, 3 * n + 1)
+  locks[i] = table.remove(KEYS, 4 * n + 1)
 end
 for i = 1, n do
   local holder = redis.call('GET', locks[i])
@@ -156,6 +156,9 @@ class RedisClusterBackend(single.RedisBackend):
     """Records on a Redis Cluster: one hash tag per class bucket, the index sharded alike."""
 
     capabilities = frozenset(Capability)
+    # Every document travels in the script's arguments (no staging SET): the script and WAIT
+    # share one pipeline per slot already.
+    _stages = False
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:
@@ -179,6 +182,7 @@ class RedisClusterBackend(single.RedisBackend):
         _cluster_options(url)
         for entry in host_list(url.raw):
             _node(entry, url)
+        batch_size_of(url)
 
     def bucket(self, id: UUID) -> int:
         """The bucket of a record id: its integer value modulo ``buckets``."""
@@ -223,6 +227,7 @@ class RedisClusterBackend(single.RedisBackend):
         self._script = self._cluster.register_script(_SAVE_SCRIPT)
         self._prepare_script = self._cluster.register_script(_PREPARE_SCRIPT)
         self._release_script = self._cluster.register_script(_RELEASE_SCRIPT)
+        self._check_script = self._cluster.register_script(single._CHECK_SCRIPT)
         self._count_script = self._cluster.register_script(single._COUNT_SCRIPT)
         self._page_script = self._cluster.register_script(single._PAGE_SCRIPT)
         try:
@@ -315,7 +320,7 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def _save_in_slot(self, *, keys: list[str], args: list[Any]) -> Any:
         """Run the save script on one slot's keys (locks checked), then WAIT when asked to."""
-        records = keys[: len(keys) // 3]
+        records = keys[: len(keys) // 4]  # the shared script's keys: 4 per record
         keys = keys + [key.replace("}:", "}:lock:", 1) for key in records]
         args = [*args, _batch_token.get()]
         if not self._wait_replicas:

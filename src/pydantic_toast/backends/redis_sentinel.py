@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from pydantic_toast._exceptions import StorageConfigurationError, shorten
 from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
-from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.base import Capability, batch_size_of
 
 __all__ = ["RedisSentinelBackend"]
 
@@ -73,6 +73,7 @@ class RedisSentinelBackend(single.RedisBackend):
         _sentinel_options(url)
         for entry in host_list(url.raw):
             _address(entry, url)
+        batch_size_of(url)
 
     def _open_client(self) -> aioredis.Redis:
         """A client whose connections go to the primary the sentinels name when they open."""

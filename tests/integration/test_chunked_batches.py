@@ -1,0 +1,165 @@
+"""Batches larger than a store's batch_size: split into several server calls, revisions kept.
+
+PostgreSQL runs the chunks in one transaction (all or nothing). Redis checks the whole batch
+first, then writes chunk by chunk (each one script): a conflict found by the check writes
+nothing; one that appears between the check and a later chunk leaves the earlier chunks
+written, and their models know it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis
+
+import pydantic_toast
+from pydantic_toast import (
+    ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConfigurationError,
+)
+from pydantic_toast.runtime.storage import current_storage
+
+
+def model_on(url: str) -> Any:
+    return type(
+        "Item",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"n": int},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Item{uuid4().hex[:8]}"),
+        },
+    )
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    prefix = f"toast_test_{uuid4().hex[:10]}"
+    yield f"{redis_base_url}?prefix={prefix}&batch_size=3"
+    pydantic_toast.close_storage()
+    client = redis.Redis.from_url(redis_base_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def chunked_url(request: pytest.FixtureRequest) -> str:
+    """A URL whose batches split every 3 records."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_database_url")
+        return f"{url}?batch_size=3"
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_a_batch_of_many_chunks_round_trips_in_order(chunked_url: str) -> None:
+    """10 records at batch_size=3: written, read back in order, revisions counted."""
+    item = model_on(chunked_url)
+    items = [item(n=i) for i in range(10)]
+    references = pydantic_toast.dump(items)
+    loaded = pydantic_toast.validate(list[item], list(reversed(references)))
+    assert [m.n for m in loaded] == list(reversed(range(10)))
+    assert {m.external_revision for m in items} == {1}
+    for m in items:
+        m.n += 100
+    pydantic_toast.dump(items)
+    assert {m.external_revision for m in items} == {2}
+    assert [m.n for m in pydantic_toast.validate(list[item], references)] == [
+        i + 100 for i in range(10)
+    ]
+
+
+def test_a_stale_record_in_a_late_chunk_writes_nothing(chunked_url: str) -> None:
+    """The conflict is in the last chunk: no record of the batch changes."""
+    item = model_on(chunked_url)
+    items = [item(n=i) for i in range(10)]
+    references = pydantic_toast.dump(items)
+    other = item.model_validate(references[9])
+    other.n = -1
+    other.model_dump()  # another writer moves record 9 to revision 2
+    for m in items:
+        m.n += 100
+    with pytest.raises(ConcurrencyError) as caught:
+        pydantic_toast.dump(items)
+    assert caught.value.id == items[9].external_id
+    assert caught.value.written == {}
+    stored = pydantic_toast.validate(list[item], references)
+    assert [m.n for m in stored] == [*range(9), -1]
+    assert [m.external_revision for m in stored] == [1] * 9 + [2]
+
+
+@pytest.mark.redis
+def test_redis_a_race_after_the_check_keeps_the_written_chunks_known(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer between the check and the last chunk: earlier chunks stay written and known."""
+    item = model_on(redis_url)
+    items = [item(n=i) for i in range(7)]  # chunks of 3, 3, 1
+    references = pydantic_toast.dump(items)
+
+    async def race() -> None:
+        backend = (await current_storage().connected(item._toast_settings().url())).backend
+        write_chunk = backend._save_chunk
+        calls = 0
+        victims: list[Any] = []
+
+        async def then_interfere(records: Any) -> list[int]:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # before the last chunk: another writer updates its record
+                victims.append(records[0].id)
+                other = await item.aload(records[0].id)
+                other.n = -1
+                await other.asave()
+            return await write_chunk(records)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(backend, "_save_chunk", then_interfere)
+        for m in items:
+            m.n += 100
+        with pytest.raises(ConcurrencyError) as caught:
+            await pydantic_toast.adump(items)
+        monkeypatch.undo()
+        (victim,) = victims
+        rest = [m for m in items if m.external_id != victim]
+        (stale,) = [m for m in items if m.external_id == victim]
+        assert caught.value.id == victim
+        assert set(caught.value.written) == {
+            (m._toast_settings().external_name, m.external_id) for m in rest
+        }
+        assert [m.external_revision for m in rest] == [2] * 6
+        assert stale.external_revision == 1
+        stored = {m.external_id: m for m in await pydantic_toast.avalidate(list[item], references)}
+        assert [stored[m.external_id].n for m in rest] == [m.n for m in rest]
+        assert stored[victim].n == -1
+        with pytest.raises(ConcurrencyError) as again:  # the victim itself is still stale
+            await pydantic_toast.adump(items)
+        assert again.value.id == victim
+        assert again.value.written == {}
+        await stale.asave(force=True)
+        await pydantic_toast.adump(items)  # nothing left to write
+        assert [m.external_revision for m in rest] == [2] * 6
+        assert stale.external_revision == 3
+
+    asyncio.run(race())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten"])
+def test_batch_size_must_be_a_positive_number(value: str) -> None:
+    """A bad batch_size is refused when the class is defined, naming the option."""
+    for url in (
+        f"postgresql://app@db:5432/shop?batch_size={value}",
+        f"redis://localhost:6379/0?batch_size={value}",
+    ):
+        with pytest.raises(StorageConfigurationError, match="batch_size"):
+            model_on(url)
