@@ -106,13 +106,13 @@ def codec_settings(owner: str, config: Any) -> CodecSettings | None:
         )
     if compression is not None:
         _zstd(owner)  # refuse the class now, not at its first save
-    offload = _offload_url(owner, config.get("offload"))
+    offload = _offload_url(owner, config.get("offload"), config.get("ttl") is not None)
     if compression is None and limit == DEFAULT_MAX_DECOMPRESSED_SIZE and offload is None:
         return None  # reads of records written with compression still use the default limit
     return CodecSettings(compression, above, limit, offload, offload_above)
 
 
-def _offload_url(owner: str, offload: object) -> StorageURL | None:
+def _offload_url(owner: str, offload: object, expires: bool) -> StorageURL | None:
     if offload is None:
         return None
     from pydantic_toast.backends.base import Capability
@@ -130,6 +130,12 @@ def _offload_url(owner: str, offload: object) -> StorageURL | None:
         raise StorageConfigurationError(
             f"{owner}: offload: {backend_class.__name__} ({url.masked}) cannot delete, so "
             "replaced payloads would pile up there: offload to a store that deletes (s3://)"
+        )
+    if expires and Capability.TTL not in backend_class.capabilities:
+        raise StorageConfigurationError(
+            f"{owner}: ttl is set but the offload store {backend_class.__name__} "
+            f"({url.masked}) does not expire records, so offloaded payloads would outlive "
+            "their expired records: remove ttl or offload, or offload to a store that expires"
         )
     return url
 

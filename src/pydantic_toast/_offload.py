@@ -94,7 +94,7 @@ class Offloads:
                     record,
                     class_name=move.class_name,
                     id=move.new,
-                    ttl=None,
+                    ttl=record.ttl,  # the offload store expires too (checked at definition)
                     revision=0 if Capability.REVISIONS in target.capabilities else None,
                 )
                 await target.save_records([payload])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
 
+import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -33,6 +35,7 @@ def record(data: bytes) -> StoredRecord:
         ({"offload": 5}, "offload must be a storage URL"),
         ({"offload": "nosuch://x"}, "offload: .*nosuch"),
         ({"offload": "memory://x", "offload_above": -5}, "offload_above must be an int"),
+        ({"offload": "s3://bucket/p", "ttl": 60}, "payloads would outlive"),
     ],
 )
 def test_bad_codec_settings_are_refused_at_class_definition(
@@ -83,3 +86,23 @@ def test_unknown_codec_is_a_stored_data_error() -> None:
 def test_malformed_envelope_is_a_stored_data_error() -> None:
     with pytest.raises(StoredDataError, match="envelope"):
         decode_record(record(b'{"$toast": {"codecs": "zstd"}}'), None)
+
+
+async def test_offloaded_payloads_expire_with_their_records(memory_url: str) -> None:
+    """With ttl, the payload goes to an offload store that expires it too (memory:// does)."""
+    offload = f"{memory_url}-payloads"
+
+    class Big(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(
+            storage=memory_url, offload=offload, offload_above=10, ttl=0.2
+        )
+
+    reference = await Big(text="x" * 100).asave()
+    assert (await Big.aload(reference)).text == "x" * 100
+    store = pydantic_toast.current_storage().memory_store(offload.split("://", 1)[1])
+    assert len(store.records()) == 1  # the payload is there
+    await asyncio.sleep(0.4)
+    with pytest.raises(pydantic_toast.RecordNotFoundError):
+        await Big.aload(reference)
+    assert store.records() == []  # expired with its record
