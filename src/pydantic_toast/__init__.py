@@ -43,6 +43,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._expiry import apurge_expired, purge_expired
 from pydantic_toast._model import ExternalBaseModel
+from pydantic_toast._orphans import OrphanReport, afind_orphans, find_orphans
 from pydantic_toast._ownership import Owned
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._reference import ExternalReference
@@ -83,6 +84,7 @@ __all__ = [
     "ExternalReference",
     "ExternalStorageError",
     "InvalidReferenceError",
+    "OrphanReport",
     "Owned",
     "Page",
     "PageCursor",
@@ -111,6 +113,7 @@ __all__ = [
     "acount",
     "adelete",
     "adump",
+    "afind_orphans",
     "apage",
     "apurge_expired",
     "avalidate",
@@ -121,6 +124,7 @@ __all__ = [
     "disable_telemetry",
     "dump",
     "enable_telemetry",
+    "find_orphans",
     "last_write_wins",
     "page",
     "purge_expired",

@@ -138,6 +138,30 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--batch-size", type=int, default=1000, help="rows per statement (default: 1000)"
     )
+    orphans = commands.add_parser(
+        "orphans",
+        parents=[common],
+        help="report (or delete) the records of a class that no stored record references",
+        description="Import the --module(s) that define your models, read the records of every "
+        "class that can reference --class, page by page, then list the records of --class that "
+        "none references (created before the scan started). Progress and a resume cursor on "
+        "stderr; orphan ids on stdout. Works on every storage URL.",
+    )
+    orphans.add_argument(
+        "--class", dest="class_name", required=True, help="the stored class name to check"
+    )
+    orphans.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        required=True,
+        help="a module defining the models (repeat for several), e.g. myapp.models",
+    )
+    orphans.add_argument("--delete", action="store_true", help="delete the orphans found")
+    orphans.add_argument("--after", help="resume after this cursor (printed by an earlier run)")
+    orphans.add_argument(
+        "--batch-size", type=int, default=500, help="records per page (default: 500)"
+    )
     return parser
 
 
@@ -159,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _partition(url, args.partitions)
         if args.command == "purge":
             return _purge(url, args.batch_size)
+        if args.command == "orphans":
+            return _orphans(url, args)
         return _run(args.command, url, getattr(args, "revision", None))
     except CommandError as exc:
         if args.verbose:
@@ -244,6 +270,75 @@ def _purge(url: str, batch_size: int) -> int:
         print(file=sys.stderr)
     print(f"{parsed.masked}: purged {total} expired records")
     return EXIT_OK
+
+
+def _orphans(url: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    from pydantic_toast._orphans import OrphanReport, afind_orphans
+
+    try:
+        parsed = StorageURL.parse(url)
+    except ExternalStorageError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    if not 1 <= args.batch_size <= 1000:
+        raise CommandError(
+            f"--batch-size must be from 1 to 1000, got {args.batch_size}", EXIT_USAGE
+        )
+    with Storage() as storage:
+        for module in args.module:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise CommandError(f"cannot import --module {module}: {exc}", EXIT_USAGE) from None
+        model = _model_named(storage, parsed, args.class_name)
+
+        def progress(report: OrphanReport) -> None:
+            resume = f"; resume with --after {report.next_after}" if report.next_after else ""
+            print(
+                f"checked {report.checked}, orphans {len(report.orphans)}, "
+                f"deleted {report.deleted}{resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        async def scan() -> OrphanReport:
+            try:
+                return await afind_orphans(
+                    model,
+                    delete=args.delete,
+                    batch_size=args.batch_size,
+                    after=args.after,
+                    progress=progress,
+                )
+            finally:
+                await storage.aclose()
+
+        report = asyncio.run(scan())
+    for id in report.orphans:
+        print(id)
+    verb = "deleted" if args.delete else "found"
+    sources = ", ".join(report.referencing) or "none"
+    print(
+        f"{parsed.masked}: {args.class_name}: {len(report.orphans)} orphans {verb} among "
+        f"{report.checked} records (referencing classes: {sources})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
+    """The imported model class stored as ``name`` on ``url``'s store."""
+    identity = storage.store_identity(url)
+    for cls in storage.catalog.classes():
+        settings = cls._toast_settings()
+        if settings.external_name == name and storage.store_identity(settings.url()) == identity:
+            return cls
+    raise CommandError(
+        f"no imported model is stored as {name!r} in {url.masked}: pass the module that defines "
+        "it with --module (and its stored name, external_name, with --class)",
+        EXIT_USAGE,
+    )
 
 
 def _check_url(url: str) -> StorageURL:

@@ -60,6 +60,11 @@ class NameCatalog:
         with self._lock:
             return list(self._by_name.get(name, ()))
 
+    def classes(self) -> list[type[Any]]:
+        """Every live class that claimed a stored name."""
+        with self._lock:
+            return list({id(c): c for held in self._by_name.values() for c in held}.values())
+
     def _holder(self, store: Hashable, name: str) -> type[Any] | None:
         with self._lock:
             reference = self._holders.get((store, name))
