@@ -24,9 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
 
 from pydantic_toast._exceptions import StorageConfigurationError, shorten
 from pydantic_toast._url import StorageURL, host_list
@@ -80,12 +78,8 @@ class RedisSentinelBackend(single.RedisBackend):
         timeouts = {
             name: self._pool_options[name] for name in ("socket_timeout", "socket_connect_timeout")
         }
-        # No retries per sentinel: the other sentinels are the redundancy, and redis-py's
-        # default backoff would spend ~4 s on each sentinel that refuses the password.
-        no_retry = Retry(NoBackoff(), 0)
         self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            self._sentinels,
-            sentinel_kwargs={**timeouts, **self._sentinel_credentials, "retry": no_retry},
+            self._sentinels, sentinel_kwargs={**timeouts, **self._sentinel_credentials}
         )
         pool = _WaitingSentinelPool(  # type: ignore[no-untyped-call]
             self._service,
