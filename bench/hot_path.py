@@ -74,13 +74,18 @@ def main() -> None:
     args = parser.parse_args()
     workload: Workload = next(w for w in WORKLOADS if w.name == args.workload)
     loop = asyncio.new_event_loop()
+    toast_prefix = f"hot{uuid.uuid4().hex[:6]}"
     with throwaway_postgres("toast_hot") as pg_url:
         urls = {
             "postgresql": pg_url,
-            "redis": f"{REDIS_URL}?key_prefix=hot{uuid.uuid4().hex[:6]}",
+            "redis": f"{REDIS_URL}?prefix={toast_prefix}",
             "redis_prefix": f"hot{uuid.uuid4().hex[:6]}",
         }
-        systems = [cls(workload, urls) for cls in _systems(args.backend)]
+        raw_urls = urls | {"redis": REDIS_URL}  # the raw client takes no library options
+        systems = [
+            cls(workload, raw_urls if i == 0 else urls)
+            for i, cls in enumerate(_systems(args.backend))
+        ]
         for system in systems:
             loop.run_until_complete(system.setup())
         results: dict[str, dict[str, list[float]]] = {s.name: {} for s in systems}
@@ -125,6 +130,14 @@ def main() -> None:
                 loop.run_until_complete(system.teardown())
         loop.run_until_complete(pydantic_toast.aclose_storage())
         pydantic_toast.close_storage()
+        if args.backend == "redis":  # the throwaway key prefix
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            keys = list(client.scan_iter(match=f"{toast_prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+            client.close()
     loop.close()
 
     def fmt(values: list[float]) -> str:
