@@ -20,6 +20,7 @@ from pydantic_toast._codecs import is_encoded
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._loading import Routes, SessionKey, find_references, routes_in
 from pydantic_toast._offload import delete_offloaded, load_offloaded
+from pydantic_toast._records import StoredRecord
 from pydantic_toast.runtime.storage import Storage
 
 if TYPE_CHECKING:
@@ -87,13 +88,15 @@ def owned_keys(cls: type[ExternalBaseModel], data: bytes | None) -> dict[Session
 async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> list[SessionKey]:
     """Delete ``children`` and, level by level, what they own in turn; return what was left.
 
-    Each level is read (to learn its own children) and deleted one store at a time. A record
+    Each level is read (to learn its own children) and deleted one store at a time, in one
+    ``delete_records`` call (one statement on PostgreSQL and SQLite). A record
     that could not be read or deleted is left, with everything it owns; the first error is
     raised after every other record was tried, with a note naming what was left.
     """
     left: list[SessionKey] = []
     first_error: ExternalStorageError | None = None
     seen: set[SessionKey] = set()
+    payloads: list[tuple[StoredRecord, Any]] = []
     level = dict(children)
     while level:
         next_level: dict[SessionKey, Any] = {}
@@ -105,12 +108,13 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
         for url, items in by_url.items():
             try:
                 backend = await storage.connected(url)
-                keys = [(key[1], key[2]) for key, _ in items]
-                records = await backend.load_records(keys)
+                records = await backend.load_records([(key[1], key[2]) for key, _ in items])
             except ExternalStorageError as exc:
                 first_error = first_error or exc
                 left.extend(key for key, _ in items)
                 continue
+            doomed: list[SessionKey] = []
+            below: dict[SessionKey, Any] = {}
             for (key, model), record in zip(items, records, strict=True):
                 if record is None:
                     continue  # already gone
@@ -119,16 +123,27 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
                     readable = record
                     if is_encoded(record.data):
                         readable = await load_offloaded(storage, record, codec)
-                    grandchildren = owned_keys(model, readable.data)
-                    await backend.delete(key[2], key[1])
-                    if codec is not None:
-                        await delete_offloaded(storage, record, codec)
                 except ExternalStorageError as exc:
                     first_error = first_error or exc
-                    left.append(key)
+                    left.append(key)  # its children are unknown: it stays, to be found again
                     continue
-                next_level.update(grandchildren)
+                doomed.append(key)
+                below.update(owned_keys(model, readable.data))
+                if codec is not None and codec.offload is not None:
+                    payloads.append((record, codec))
+            try:  # one round trip per store and level where the backend can
+                await backend.delete_records([(key[1], key[2]) for key in doomed])
+            except ExternalStorageError as exc:
+                first_error = first_error or exc
+                left.extend(doomed)
+                continue
+            next_level.update(below)
         level = next_level
+    for record, codec in payloads:  # after their records: a crash leaves payloads, not holes
+        try:
+            await delete_offloaded(storage, record, codec)
+        except ExternalStorageError as exc:
+            first_error = first_error or exc
     if first_error is not None:
         first_error.add_note(f"owned records left behind (find them as orphans): {_named(left)}")
         raise first_error

@@ -234,6 +234,13 @@ class StorageBackend(ABC):
             cursor = PageCursor.of(loaded[-1])
         return records
 
+    async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
+        """Delete several records; whether each existed, in order. Default: one ``delete`` each.
+
+        Override it to delete them in one round trip (the SQL backends do).
+        """
+        return [await self.delete(id, class_name) for class_name, id in keys]
+
     async def list_ids(
         self,
         class_name: str,

@@ -353,6 +353,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         rows = await self._statement("fetch", "delete", class_name, id)
         return any(row[0] is None or row[0] > now for row in rows)
 
+    async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
+        """Delete the records in one statement; whether each existed (an expired one did not)."""
+        if self._replicas is not None:
+            self._replicas.note_writes(keys)
+        return await super().delete_records(keys)
+
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired rows, in one statement; return how many went."""
         return int(await self._statement("execute", "purge", datetime.now(UTC), limit))

@@ -116,6 +116,11 @@ _EXPIRED_IN_CLASS = (
 COUNT = select(
     func.coalesce(func.sum(counts_table.c.records), literal_column("0")) - _EXPIRED_IN_CLASS
 ).where(counts_table.c.class_name == bindparam("class_name"))
+_DELETE_MANY = (
+    delete(_table)
+    .where(tuple_(_c.class_name, _c.id).in_(bindparam("keys", expanding=True)))
+    .returning(_c.class_name, _c.id, _c.expires_at)
+)
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 # Bounded: each statement deletes at most ``limit`` expired rows, found through the partial
 # index on expires_at, so no statement holds locks for long.
@@ -408,6 +413,23 @@ class SQLAlchemyBackend(RecordBackend):
             return any(row.expires_at is None or row.expires_at > now for row in result)
 
         return await self._run(delete)
+
+    async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
+        """Delete the records in one statement; whether each existed (an expired one did not)."""
+        if not keys:
+            return []
+        now = _now()
+
+        async def delete(connection: AsyncConnection) -> set[RecordKey]:
+            result = await connection.execute(_DELETE_MANY, {"keys": list(keys)})
+            return {
+                (row.class_name, row.id)
+                for row in result
+                if row.expires_at is None or row.expires_at > now
+            }
+
+        existed = await self._run(delete)
+        return [key in existed for key in keys]
 
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired rows, in one statement; return how many went."""

@@ -118,6 +118,16 @@ class Connected:
             size=lambda records: sum(len(record.data) for record in records),
         )
 
+    async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
+        """Delete several records (see :meth:`StorageBackend.delete_records`); never retried."""
+        return await self.cross(
+            "delete",
+            lambda: self.backend.delete_records(keys),
+            class_name=keys[0][0] if keys else None,
+            count=len(keys),
+            retry=False,
+        )
+
     async def list_ids(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[UUID]:

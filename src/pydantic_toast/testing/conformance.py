@@ -460,6 +460,22 @@ class BackendConformance:
         with pytest.raises(RecordNotFoundError):
             item_class.model_validate(reference)
 
+    def test_delete_records(self, storage: Storage, storage_url: str, class_name: str) -> None:
+        """A declared delete takes several records at once and tells which existed."""
+        if Capability.DELETE not in self._capabilities(storage, storage_url):
+            return  # test_delete checks the refusal
+        created = datetime.now(UTC)
+        first, second = (_record(class_name, uuid4(), b"{}", created=created) for _ in range(2))
+        missing = (class_name, uuid4())
+
+        async def job(backend: Connected) -> tuple[list[bool], list[StoredRecord | None]]:
+            await backend.save_records([first, second])
+            existed = await backend.delete_records([first.key, missing, second.key])
+            return existed, await backend.load_records([first.key, second.key])
+
+        outcome = self.run(storage, storage_url, job)
+        assert outcome == ([True, False, True], [None, None])
+
     def test_expired_records_are_missing_everywhere(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
