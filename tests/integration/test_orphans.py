@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -65,6 +67,24 @@ def test_orphans_are_found_in_pages_resumed_and_deleted(storage_url: str) -> Non
     assert pydantic_toast.find_orphans(tag).orphans == []
     for item in posts:
         assert len(post.model_validate(item.model_dump()).tags) >= 1  # type: ignore[attr-defined]
+
+
+async def test_records_created_during_the_scan_are_not_reported(storage_url: str) -> None:
+    """A tag saved after the scan started (its post not saved yet) is not reported."""
+    tag, post = _classes(storage_url)
+    old = tag(label="old")
+    await old.asave()
+
+    def sources() -> Iterator[type[ExternalBaseModel]]:
+        # Runs once the scan has started: a writer elsewhere saves a tag, its post to follow.
+        writer = threading.Thread(target=lambda: tag(label="new").model_dump())
+        writer.start()
+        writer.join()
+        yield post
+
+    report = await pydantic_toast.afind_orphans(tag, referencing=sources())
+    assert report.checked == 2  # the new tag was listed...
+    assert report.orphans == [old.external_id]  # type: ignore[attr-defined]  # ...not reported
 
 
 @pytest.mark.sqlite
