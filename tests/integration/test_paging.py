@@ -202,11 +202,13 @@ def test_postgresql_page_query_walks_the_index_backwards(postgres_database_url: 
             )
             await connection.execute("ANALYZE external_records")
             cursor = datetime(2024, 1, 1, 5, tzinfo=UTC)
+            # class name, now (expired rows are left out), the cursor (created_at, id), limit
+            arguments = (class_name, datetime.now(UTC), cursor, uuid4(), 50)
             plan = await connection.fetchval(
-                f"EXPLAIN (FORMAT JSON) {_SQL['page_after']}", class_name, cursor, uuid4(), 50
+                f"EXPLAIN (FORMAT JSON) {_SQL['page_after']}", *arguments
             )
             started = time.perf_counter()
-            rows = await connection.fetch(_SQL["page_after"], class_name, cursor, uuid4(), 50)
+            rows = await connection.fetch(_SQL["page_after"], *arguments)
             elapsed = time.perf_counter() - started
             assert len(rows) == 50
             return json.loads(plan)[0]["Plan"], elapsed

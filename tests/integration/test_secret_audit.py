@@ -499,7 +499,8 @@ def audited_postgres() -> Iterator[tuple[str, int]]:
         assert toast_cli(["migrate", _with_database(admin, "audit")]) == 0
         _admin(
             _with_database(admin, "audit"),
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON external_records TO auditor",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON external_records, external_record_counts"
+            " TO auditor",
         )
         _admin(_with_database(admin, "bare"), "GRANT ALL ON SCHEMA public TO auditor")
         yield f"127.0.0.1:{cluster.port}", cluster.port

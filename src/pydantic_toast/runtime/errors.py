@@ -190,7 +190,7 @@ def _postgres(
     if sqlstate == "42501":
         return StorageOperationError(
             f"{where} denied the {failure.operation} (insufficient privilege): grant the URL's "
-            "user SELECT, INSERT, UPDATE and DELETE on external_records"
+            "user SELECT, INSERT, UPDATE and DELETE on external_records and external_record_counts"
         ), False
     if sqlstate == "25006":
         return StorageOperationError(
