@@ -77,6 +77,7 @@ def test_an_unknown_service_names_the_fix(sentinel: servers.TempRedisSentinel) -
     ":pytest.PytestUnraisableExceptionWarning",
     "ignore:Exception ignored in. <function AbstractConnection.__del__"
     ":pytest.PytestUnraisableExceptionWarning",
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning",
 )
 def test_failover_during_a_workload(sentinel: servers.TempRedisSentinel) -> None:
     """The primary killed under writes: the sentinels promote the replica and writes resume
