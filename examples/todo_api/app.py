@@ -116,12 +116,9 @@ async def update_todo(todo: LoadedTodo, body: TodoUpdate) -> TodoOut:
 
 @app.delete("/api/todos/{id}", status_code=204)
 async def delete_todo(todo: LoadedTodo) -> Response:
-    # A revision-checked write first: a PATCH that saved since this request read the todo makes
-    # it a 409 (instead of deleting a change the PATCH was told is saved), and a PATCH that
-    # read before it fails its own check. Then the delete.
-    todo.updated_at = now()
-    await todo.asave()
-    await pydantic_toast.adelete(Todo, todo.external_id)  # type: ignore[arg-type]
+    # Revision-checked: a PATCH that saved since this request read the todo makes it a 409
+    # (instead of deleting a change the PATCH was told is saved).
+    await pydantic_toast.adelete(Todo, todo.external_id, revision=todo.external_revision)  # type: ignore[arg-type]
     return Response(status_code=204)
 
 

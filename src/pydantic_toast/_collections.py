@@ -50,19 +50,35 @@ class Page(Generic[M]):
     next_after: str | None
 
 
-async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
+async def adelete(
+    model: type[M], reference: Mapping[str, Any] | UUID | str, *, revision: int | None = None
+) -> None:
     """Delete a stored record, and the records it owns (fields marked ``Owned``).
 
     Owned children are read first (the parent's stored record names them), then the parent
     is deleted, then the children, level by level (each record once). A crash or an error in
     between leaves orphans, never a parent that references a deleted child.
 
+    With ``revision`` (an instance's ``external_revision``), the delete is revision-checked:
+    the record is deleted only if it is still at that revision, atomically, so a change
+    another writer saved since it was read is never deleted::
+
+        todo = await Todo.aload(id)
+        ...
+        await pydantic_toast.adelete(Todo, todo.external_id, revision=todo.external_revision)
+
     Args:
         model: The model class the record belongs to.
         reference: Its reference or id.
+        revision: Delete only if the stored revision is this one (``None``: whatever is
+            stored).
 
     Raises:
         RecordNotFoundError: There was no such record (a delete is never silent).
+        ConcurrencyError: With ``revision``: the record is at another revision; nothing was
+            deleted.
+        StorageUsageError: With ``revision``: the model's backend has no revision-checked
+            delete (``StorageBackend.delete_checked``).
         ExternalStorageError: Deleting an owned record failed; the parent is deleted, and the
             error's note names the records left behind.
     """
@@ -80,7 +96,11 @@ async def adelete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> 
             await load_offloaded(storage, stored, codec) if is_encoded(stored.data) else stored
         )
         children = owned_keys(model, readable.data)
-    if not await backend.delete(id, class_name):
+    if revision is None:
+        deleted = await backend.delete(id, class_name)
+    else:
+        deleted = await backend.delete_checked(id, class_name, revision)
+    if not deleted:
         raise RecordNotFoundError(class_name, id)
     if stored is not None and codec is not None:
         await delete_offloaded(storage, stored, codec)
@@ -157,10 +177,12 @@ async def acount(model: type[ExternalBaseModel]) -> int:
     return await backend.count(settings.external_name)
 
 
-def delete(model: type[M], reference: Mapping[str, Any] | UUID | str) -> None:
+def delete(
+    model: type[M], reference: Mapping[str, Any] | UUID | str, *, revision: int | None = None
+) -> None:
     """The blocking form of :func:`adelete`."""
     run_sync(
-        lambda: adelete(model, reference),
+        lambda: adelete(model, reference, revision=revision),
         call="pydantic_toast.delete()",
         instead="await pydantic_toast.adelete()",
     )

@@ -172,19 +172,34 @@ class ConcurrencyError(ExternalStorageError):
             revisions (empty but in the case above).
     """
 
-    def __init__(self, class_name: str, id: UUID, *, expected: int, current: int | None) -> None:
+    def __init__(
+        self,
+        class_name: str,
+        id: UUID,
+        *,
+        expected: int,
+        current: int | None,
+        deleting: bool = False,
+    ) -> None:
         if current is None:
             what = "was deleted"
         elif expected == 0:
             what = f"already exists (revision {current})"
         else:
             what = f"is at revision {current}"
-        super().__init__(
-            f"the stored {shorten(class_name)} record {id} {what}, but this instance expected "
-            f"revision {expected}: another writer got there first and nothing was written. "
-            "Load it again, reapply the change and save, or save with force=True (or inside "
-            "pydantic_toast.last_write_wins()) to overwrite"
-        )
+        if deleting:
+            outcome = (
+                f"the delete expected revision {expected}: another writer changed it since it "
+                "was read and nothing was deleted. Load it again and decide, or delete "
+                "without revision= to delete whatever is stored"
+            )
+        else:
+            outcome = (
+                f"this instance expected revision {expected}: another writer got there first "
+                "and nothing was written. Load it again, reapply the change and save, or save "
+                "with force=True (or inside pydantic_toast.last_write_wins()) to overwrite"
+            )
+        super().__init__(f"the stored {shorten(class_name)} record {id} {what}, but {outcome}")
         self.class_name = class_name
         self.id = id
         self.expected = expected

@@ -270,3 +270,58 @@ async def test_changed_child_of_unchanged_parent_writes_only_the_child(storage_u
     record = await stored(pair, loaded.external_id)
     assert record is not None
     assert record.revision == 1
+
+
+async def test_revision_checked_delete_never_deletes_a_newer_write(storage_url: str) -> None:
+    """adelete(revision=) of a stale read raises ConcurrencyError and deletes nothing."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    reader = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    bump(item, 10)
+    await item.asave()  # revision 2, saved after the reader read revision 1
+    with pytest.raises(ConcurrencyError) as info:
+        await adelete(counter, item.external_id, revision=reader.external_revision)  # type: ignore[arg-type]
+    assert (info.value.expected, info.value.current) == (1, 2)
+    assert "nothing was deleted" in str(info.value)
+    kept = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    assert (n_of(kept), kept.external_revision) == (11, 2)
+    await adelete(counter, item.external_id, revision=kept.external_revision)  # type: ignore[arg-type]
+    assert await stored(counter, item.external_id) is None
+    with pytest.raises(pydantic_toast.RecordNotFoundError):
+        await adelete(counter, item.external_id, revision=2)  # type: ignore[arg-type]
+
+
+async def test_checked_delete_racing_a_save_never_both_succeed(storage_url: str) -> None:
+    """A save and a checked delete of the same read, at the same instant: exactly one wins.
+
+    Either the save lands and the delete conflicts (the record stays, with the change), or
+    the delete lands and the save conflicts (the record is gone): never a deleted change, and
+    never a resurrection.
+    """
+    counter = counter_on(storage_url)
+    outcomes: dict[str, int] = {}
+    for _ in range(10 if storage_url.startswith("s3://") else 30):
+        item = counter(n=0)
+        await item.asave()
+        writer = await counter.aload(item.external_id)  # type: ignore[arg-type]
+        deleter = await counter.aload(item.external_id)  # type: ignore[arg-type]
+        bump(writer)
+        saved, deleted = await asyncio.gather(
+            writer.asave(),
+            adelete(counter, deleter.external_id, revision=deleter.external_revision),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+        record = await stored(counter, item.external_id)
+        if isinstance(deleted, ConcurrencyError):
+            assert not isinstance(saved, BaseException), saved
+            assert record is not None
+            assert record.revision == 2
+            outcomes["save won"] = outcomes.get("save won", 0) + 1
+        else:
+            assert deleted is None, deleted
+            assert isinstance(saved, ConcurrencyError), saved
+            assert saved.current is None
+            assert record is None
+            outcomes["delete won"] = outcomes.get("delete won", 0) + 1
+    assert sum(outcomes.values()) == (10 if storage_url.startswith("s3://") else 30)

@@ -195,6 +195,21 @@ class StorageBackend(ABC):
         """Delete one record; return whether it existed."""
         raise self._unsupported("delete", "async def delete(self, id, class_name) -> bool")
 
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete one record only if its stored revision is ``revision``; whether it existed.
+
+        The check and the delete must be atomic (one statement, a server script, a
+        conditional request), as for the writes of :attr:`Capability.REVISIONS`: a write
+        landing between them is never deleted.
+
+        Raises:
+            ConcurrencyError: The record exists at another revision; nothing was deleted.
+        """
+        raise self._unsupported(
+            "revision-checked deletes",
+            "async def delete_checked(self, id, class_name, revision) -> bool",
+        )
+
     async def list_records(
         self,
         class_name: str,

@@ -132,6 +132,18 @@ class MemoryBackend(RecordBackend):
         with self._store.lock:
             return self._store.pop((class_name, id))
 
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete a record if it is at ``revision``; whether it existed."""
+        with self._store.lock:
+            stored = self._store.get((class_name, id))
+            if stored is None:
+                return False
+            if (stored.revision or 1) != revision:
+                raise ConcurrencyError(
+                    class_name, id, expected=revision, current=stored.revision, deleting=True
+                )
+            return self._store.pop((class_name, id))
+
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:

@@ -48,9 +48,11 @@ from pydantic_toast.backends.postgresql_replicas import (
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
+    DELETE_CHECKED,
     PURGE,
     REVISION,
     SQLAlchemyBackend,
+    deleted_at,
     expires_at,
     json_as_text,
     json_passthrough,
@@ -268,6 +270,7 @@ def _hot_path_statements() -> dict[str, str]:
         ("select_one", select_one, ["class_name", "id", "now"]),
         ("select_many", select_many, ["class_names", "ids", "now"]),
         ("delete", DELETE, ["class_name", "id"]),
+        ("delete_checked", DELETE_CHECKED, ["class_name", "id", "revision"]),
         ("count", COUNT, ["class_name", "now"]),
         ("page_first", page_statement(columns, after=False), ["class_name", "now", "limit"]),
         (
@@ -352,6 +355,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         now = datetime.now(UTC)
         rows = await self._statement("fetch", "delete", class_name, id)
         return any(row[0] is None or row[0] > now for row in rows)
+
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete one record at ``revision``: one statement; its revision is read on a miss.
+
+        Under READ COMMITTED the statement re-checks the revision on the newest version of a
+        row that a concurrent write changed, so a write committed first is never deleted.
+        """
+        if self._replicas is not None:
+            self._replicas.note_writes([(class_name, id)])
+        now = datetime.now(UTC)
+        rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
+        if any(row[0] is None or row[0] > now for row in rows):
+            return True
+        current = await self._statement("fetchval", "revision", class_name, id, now)
+        return deleted_at(class_name, id, revision, current)
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""

@@ -178,6 +178,23 @@ for i = 1, #KEYS do
 end
 return {1}
 """
+# KEYS: the record, its class index, its expiry set. ARGV: the id, the revision the caller
+# read. Deletes the record and its index entries only if it is at that revision. Returns the
+# revision found (0: no record): equal to ARGV[2] when it was deleted.
+_DELETE_CHECKED_SCRIPT = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 127)
+if head == '' then
+  return 0
+end
+local current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
+if current ~= tonumber(ARGV[2]) then
+  return current
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return current
+"""
 # Documents larger than this are staged (see above); smaller ones cost the server less in ARGV
 # than the extra command, and the client less than a pipeline.
 _STAGE_ABOVE = 8192
@@ -270,6 +287,7 @@ class RedisBackend(RecordBackend):
         self._batch_size = batch_size_of(self._parsed, _BATCH_SIZE)
         self._count_script: Any = None
         self._page_script: Any = None
+        self._delete_checked_script: Any = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -312,6 +330,7 @@ class RedisBackend(RecordBackend):
         self._check_script = self._client.register_script(_CHECK_SCRIPT)
         self._count_script = self._client.register_script(_COUNT_SCRIPT)
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
+        self._delete_checked_script = self._client.register_script(_DELETE_CHECKED_SCRIPT)
         try:
             # A server that accepts and never answers must fail within the connect timeout,
             # not the (longer) socket timeout: the first reply is part of connecting.
@@ -455,6 +474,14 @@ class RedisBackend(RecordBackend):
         deleted, _, _ = await self._call(delete_both)
         return bool(deleted)
 
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete one record at ``revision``: one script (check and delete, atomically)."""
+        keys = [self.key(class_name, id), self.index_key(class_name), self.expiry_key(class_name)]
+        current = await self._call(
+            lambda: self._delete_checked_script(keys=keys, args=[str(id), revision])
+        )
+        return checked_outcome(class_name, id, revision, int(current))
+
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
@@ -532,6 +559,19 @@ class RedisBackend(RecordBackend):
         """Drop the pool's connections after one was lost (a restart, an idle timeout)."""
         if self._client is not None:
             await self._client.connection_pool.disconnect()
+
+
+def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> bool:
+    """Whether a checked delete deleted, from the revision its script found (0: none).
+
+    Raises:
+        ConcurrencyError: The record is at another revision (nothing was deleted).
+    """
+    if current == 0:
+        return False
+    if current != revision:
+        raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
+    return True
 
 
 def _conflict(record: StoredRecord, current: int) -> ConcurrencyError:

@@ -151,6 +151,26 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return deleted
 """
 
+# The same with a revision check (ARGV[2]: the revision the caller read). Returns -1 (locked),
+# or the revision found (0: no record), equal to ARGV[2] when the record was deleted.
+_DELETE_CHECKED_SCRIPT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
+local head = redis.call('GETRANGE', KEYS[1], 0, 127)
+if head == '' then
+  return 0
+end
+local current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
+if current ~= tonumber(ARGV[2]) then
+  return current
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return current
+"""
+
 
 class RedisClusterBackend(single.RedisBackend):
     """Records on a Redis Cluster: one hash tag per class bucket, the index sharded alike."""
@@ -175,6 +195,7 @@ class RedisClusterBackend(single.RedisBackend):
         self._seeds = [_node(entry, parsed) for entry in host_list(url)]
         self._cluster: RedisCluster | None = None
         self._delete_script: Any = None
+        self._delete_checked_cluster_script: Any = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -224,6 +245,7 @@ class RedisClusterBackend(single.RedisBackend):
         self._client = self._cluster  # type: ignore[assignment]  # the shared code's client
         self._save_script = self._save_in_slot
         self._delete_script = self._cluster.register_script(_DELETE_SCRIPT)
+        self._delete_checked_cluster_script = self._cluster.register_script(_DELETE_CHECKED_SCRIPT)
         self._script = self._cluster.register_script(_SAVE_SCRIPT)
         self._prepare_script = self._cluster.register_script(_PREPARE_SCRIPT)
         self._release_script = self._cluster.register_script(_RELEASE_SCRIPT)
@@ -370,6 +392,20 @@ class RedisClusterBackend(single.RedisBackend):
         if deleted == -1:
             raise _locked(keys[0], self._masked)
         return bool(deleted)
+
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete the record at ``revision``: check and delete in one script (same slot)."""
+        bucket = self.bucket(id)
+        keys = [
+            self.key(class_name, id),
+            self.index_key(class_name, bucket),
+            self.expiry_key(class_name, bucket),
+            self.lock_key(class_name, id),
+        ]
+        current = await self._delete_checked_cluster_script(keys=keys, args=[str(id), revision])
+        if current == -1:
+            raise _locked(keys[0], self._masked)
+        return single.checked_outcome(class_name, id, revision, int(current))
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None

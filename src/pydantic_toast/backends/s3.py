@@ -223,6 +223,40 @@ class S3Backend(RecordBackend):
         await client.delete_object(Bucket=bucket, Key=key)
         return True
 
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete the record if it is at ``revision``: a HEAD, then a DELETE with ``If-Match``.
+
+        The DELETE names the ETag the HEAD saw, so a write landing in between makes it fail
+        (412) on stores that honour ``If-Match`` on DELETE (AWS S3 does); the index entry,
+        deleted first as in :meth:`delete`, is then put back.
+        """
+        client, bucket = self._connected(), self._options.bucket
+        key = self.key(class_name, id)
+        head = await self._head(key)
+        if head is None:
+            return False
+        current = _revision_of(head)
+        if current != revision:
+            raise ConcurrencyError(
+                class_name, id, expected=revision, current=current, deleting=True
+            )
+        created = self._metadata(key, class_name, id, head["Metadata"])[0]
+        index = self.index_key(class_name, created, id)
+        await client.delete_object(Bucket=bucket, Key=index)
+        try:
+            await client.delete_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])
+        except ClientError as exc:
+            if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
+                raise
+            now = await self._head(key)
+            if now is None:
+                return False
+            await client.put_object(Bucket=bucket, Key=index)
+            raise ConcurrencyError(
+                class_name, id, expected=revision, current=_revision_of(now), deleting=True
+            ) from None
+        return True
+
     async def list_ids(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[UUID]:

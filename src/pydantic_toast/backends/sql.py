@@ -104,6 +104,8 @@ DELETE = (
     .where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
     .returning(_c.expires_at)
 )
+# The same, only at the revision the caller read: a row changed since is left alone.
+DELETE_CHECKED = DELETE.where(_c.revision == bindparam("revision"))
 # The class's counter rows, kept exact by triggers (migration 0004_record_counts): at most
 # 16 rows read through the primary key, whatever the number of records; less the class's rows
 # that have expired and wait for the purge (found through the partial index on expires_at).
@@ -247,6 +249,22 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
 REVISION = select(_c.revision).where(
     _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
+
+
+def deleted_at(class_name: str, id: UUID, revision: int, current: int | None) -> bool:
+    """A checked delete's outcome from the revision it met (``None``: no record).
+
+    ``current`` equal to ``revision`` means the row went; anything else means the statement
+    found it at another revision (or, read a moment later, changed since) and left it.
+
+    Raises:
+        ConcurrencyError: The record exists at another revision.
+    """
+    if current is None:
+        return False
+    if current != revision:
+        raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
+    return True
 
 
 def json_passthrough(value: Any) -> str:
@@ -413,6 +431,20 @@ class SQLAlchemyBackend(RecordBackend):
             return any(row.expires_at is None or row.expires_at > now for row in result)
 
         return await self._run(delete)
+
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete one record at ``revision`` (one statement); read its revision on a miss."""
+        now = _now()
+        key = {"class_name": class_name, "id": id}
+
+        async def delete(connection: AsyncConnection) -> int | None:
+            result = await connection.execute(DELETE_CHECKED, {**key, "revision": revision})
+            if any(row.expires_at is None or row.expires_at > now for row in result):
+                return revision
+            return (await connection.execute(REVISION, {**key, "now": now})).scalar()
+
+        current = await self._run(delete)
+        return deleted_at(class_name, id, revision, current)
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""

@@ -107,6 +107,15 @@ class Connected:
             retry=False,
         )
 
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        """Delete one record at ``revision`` (see :meth:`StorageBackend.delete_checked`)."""
+        return await self.cross(
+            "delete",
+            lambda: self.backend.delete_checked(id, class_name, revision),
+            class_name=class_name,
+            retry=False,
+        )
+
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:

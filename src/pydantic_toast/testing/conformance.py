@@ -584,6 +584,47 @@ class BackendConformance:
         assert outcomes[5] == (2, None)  # a deleted record is not written back
         assert outcomes[6] == [1]  # written regardless: a new record
 
+    def test_revision_checked_delete(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """``delete_checked`` deletes only at the given revision; a stale one deletes nothing."""
+        record = _record(class_name, uuid4(), b'{"v":1}', created=datetime.now(UTC))
+        capabilities = self._capabilities(storage, storage_url)
+
+        async def job(backend: Connected) -> list[object]:
+            outcomes: list[object] = []
+            await backend.save_records([record])
+            await backend.save_records([dataclasses.replace(record, revision=1)])  # now at 2
+            try:
+                await backend.delete_checked(record.id, class_name, 1)
+            except ConcurrencyError as exc:
+                outcomes.append((exc.expected, exc.current, "nothing was deleted" in str(exc)))
+            kept = (await backend.load_records([record.key]))[0]
+            outcomes.append(None if kept is None else kept.revision)
+            if Capability.LIST in capabilities:
+                listed = await backend.list_records(class_name, limit=10)
+                outcomes.append([r.id for r in listed])
+            outcomes.append(await backend.delete_checked(record.id, class_name, 2))
+            outcomes.append(await backend.delete_checked(record.id, class_name, 2))
+            outcomes.append(await backend.load_records([record.key]))
+            if Capability.LIST in capabilities:
+                outcomes.append(await backend.list_records(class_name, limit=10))
+            return outcomes
+
+        backend_class = storage.registry.class_for(StorageURL.parse(storage_url).scheme)
+        if backend_class.delete_checked is StorageBackend.delete_checked:
+            with pytest.raises(StorageUsageError, match="delete_checked"):
+                self.run(storage, storage_url, job)
+            return
+        outcomes = self.run(storage, storage_url, job)
+        expected: list[object] = [(1, 2, True), 2]
+        if Capability.LIST in capabilities:
+            expected.append([record.id])
+        expected += [True, False, [None]]
+        if Capability.LIST in capabilities:
+            expected.append([])
+        assert outcomes == expected
+
     def _assert_listing_refused(self, storage: Storage, storage_url: str, class_name: str) -> None:
         async def job(backend: Connected) -> object:
             return await backend.list_records(class_name, limit=1)
