@@ -49,7 +49,7 @@ from pydantic_toast._exceptions import (
     shorten,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
-from pydantic_toast._url import StorageURL
+from pydantic_toast._url import StorageURL, rewrite_url
 from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of
 
 __all__ = ["RedisBackend"]
@@ -617,8 +617,8 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
 
 
 def _server_url(url: StorageURL) -> str:
-    """The URL redis-py gets: ours without the options it does not know."""
-    return url.raw.split("?", 1)[0]
+    """The URL redis-py gets: ours without the options it does not know, password encoded."""
+    return url.without_query
 
 
 def _single_node(raw: str, names: Iterable[str], path: str | None = None) -> str:
@@ -627,12 +627,5 @@ def _single_node(raw: str, names: Iterable[str], path: str | None = None) -> str
     The scheme loses its ``+cluster``/``+sentinel`` part, the options in ``names`` (the
     variant's own) are left out, and the path becomes ``path`` when given.
     """
-    head, _, query = raw.partition("?")
-    scheme, sep, rest = head.partition("://")
-    if path is not None:
-        slash = rest.find("/", rest.rfind("@") + 1)
-        rest = (rest if slash < 0 else rest[:slash]) + path
-    head = f"{scheme.split('+', 1)[0]}{sep}{rest}"
-    dropped = set(names)
-    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] not in dropped]
-    return f"{head}?{'&'.join(kept)}" if kept else head
+    scheme = raw.partition("://")[0].split("+", 1)[0]
+    return rewrite_url(raw, scheme=scheme, path=path, drop=frozenset(names))
