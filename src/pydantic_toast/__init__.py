@@ -21,8 +21,10 @@ from importlib.metadata import version as _distribution_version
 from pydantic_toast._boundary import AcceptReference, Ref
 from pydantic_toast._collections import Page, acount, adelete, apage, count, delete, page
 from pydantic_toast._config import ExternalConfigDict
+from pydantic_toast._encryption import EncryptionKeys
 from pydantic_toast._exceptions import (
     ConcurrencyError,
+    EncryptionKeyError,
     ExternalStorageError,
     InvalidReferenceError,
     RecordNotFoundError,
@@ -46,6 +48,7 @@ from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._orphans import OrphanReport, afind_orphans, find_orphans
 from pydantic_toast._ownership import Owned
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._reencrypt import ReencryptReport, areencrypt, reencrypt
 from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import last_write_wins
 from pydantic_toast._signing import SignedReference, SigningKeys, sign_reference, verify_reference
@@ -78,6 +81,8 @@ __all__ = [
     "BlockingStorageCallWarning",
     "Capability",
     "ConcurrencyError",
+    "EncryptionKeyError",
+    "EncryptionKeys",
     "Expanded",
     "ExternalBaseModel",
     "ExternalConfigDict",
@@ -90,6 +95,7 @@ __all__ = [
     "PageCursor",
     "RecordKey",
     "RecordNotFoundError",
+    "ReencryptReport",
     "Ref",
     "SignedReference",
     "SigningKeys",
@@ -116,6 +122,7 @@ __all__ = [
     "afind_orphans",
     "apage",
     "apurge_expired",
+    "areencrypt",
     "avalidate",
     "close_storage",
     "count",
@@ -129,6 +136,7 @@ __all__ = [
     "page",
     "purge_expired",
     "read_primary",
+    "reencrypt",
     "register_backend",
     "sign_reference",
     "to_data",

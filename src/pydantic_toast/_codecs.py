@@ -1,4 +1,4 @@
-"""Stored-data codecs: compression above a size threshold, SHA-256 integrity, a bomb limit.
+"""Stored-data codecs: compression above a size threshold, encryption, SHA-256, a bomb limit.
 
 A model opts in with ``compression="zstd"`` in its ``ExternalConfigDict``. Its records whose JSON
 is at least ``compress_above`` bytes are then stored as an *envelope*, a JSON object with the
@@ -9,10 +9,18 @@ single key ``"$toast"`` that every backend stores like any other data::
 ``codecs`` lists the codecs applied, in order (a load undoes them in reverse); ``size`` is the
 length of the JSON they were applied to; ``sha256`` is the digest of the stored bytes (the
 decoded ``payload``), checked before anything is decompressed. Smaller records, and every
-record of a model without ``compression``, stay plain JSON, and a load tells the two apart by
-the envelope's key: field names are Python identifiers, so no model's own data starts with
-``{"$toast"``. Records written before a model turned compression on keep loading, and so do
-compressed ones after it is turned off.
+record of a model without ``compression`` or ``encryption``, stay plain JSON, and a load tells
+the two apart by the envelope's key: field names are Python identifiers, so no model's own data
+starts with ``{"$toast"``. Records written before a model turned compression on keep loading,
+and so do compressed ones after it is turned off.
+
+A model with ``encryption`` (:mod:`pydantic_toast._encryption`) stores every record as an
+envelope whose chain ends with ``"aes-gcm"``, compressed first when large enough, the way
+Temporal runs its payload codecs (compression, then encryption) and offloads afterwards; the
+envelope names the key in ``"key"``::
+
+    {"$toast": {"codecs": ["zstd", "aes-gcm"], "key": "2026-12", "size": ..., "sha256": ...,
+                "payload": "<base64 of nonce + ciphertext + tag>"}}
 
 A load refuses to decompress more than ``max_decompressed_size`` bytes (default 64 MiB), so a
 record crafted to expand without end (a decompression bomb) costs at most that much memory.
@@ -33,7 +41,12 @@ from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._encryption import AES_GCM, EncryptionKeys, associated_data, check_encryption
+from pydantic_toast._exceptions import (
+    EncryptionKeyError,
+    StorageConfigurationError,
+    StoredDataError,
+)
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 
@@ -71,6 +84,7 @@ class CodecSettings:
         max_decompressed_size: A load refuses records that would decompress to more bytes.
         offload: The store that holds the payloads of large records (see :mod:`_offload`).
         offload_above: Records whose stored bytes reach this size go to ``offload``.
+        encryption: The keys every record is encrypted with (after compression), or ``None``.
     """
 
     compression: str | None = None
@@ -78,6 +92,7 @@ class CodecSettings:
     max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
     offload: StorageURL | None = None
     offload_above: int = DEFAULT_OFFLOAD_ABOVE
+    encryption: EncryptionKeys | None = None
 
 
 def codec_settings(owner: str, config: Any) -> CodecSettings | None:
@@ -107,9 +122,15 @@ def codec_settings(owner: str, config: Any) -> CodecSettings | None:
     if compression is not None:
         _zstd(owner)  # refuse the class now, not at its first save
     offload = _offload_url(owner, config.get("offload"), config.get("ttl") is not None)
-    if compression is None and limit == DEFAULT_MAX_DECOMPRESSED_SIZE and offload is None:
+    encryption = check_encryption(owner, config.get("encryption"))
+    if (
+        compression is None
+        and limit == DEFAULT_MAX_DECOMPRESSED_SIZE
+        and offload is None
+        and encryption is None
+    ):
         return None  # reads of records written with compression still use the default limit
-    return CodecSettings(compression, above, limit, offload, offload_above)
+    return CodecSettings(compression, above, limit, offload, offload_above, encryption)
 
 
 def _offload_url(owner: str, offload: object, expires: bool) -> StorageURL | None:
@@ -195,26 +216,50 @@ def check_offloaded(
     return replace(record, data=payload)
 
 
+def key_of(data: bytes) -> str | None:
+    """The id of the key stored ``data`` is encrypted with; ``None`` when not encrypted.
+
+    An unreadable envelope gives ``"?"``, so that a rewrite decodes it and reports the damage.
+    """
+    if not data.startswith(_MARK):
+        return None
+    try:
+        key = pydantic_core.from_json(data)[_ENVELOPE_KEY].get("key")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "?"
+    return key if isinstance(key, str) else None
+
+
 def is_encoded(data: bytes) -> bool:
     """Whether stored ``data`` is an envelope rather than a model's plain JSON."""
     return data.startswith(_MARK)
 
 
 def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord:
-    """``record`` as stored under ``settings``: an envelope when large enough, else itself."""
+    """``record`` as stored under ``settings``: an envelope when it is encoded, else itself.
+
+    The chain runs compression first (records of ``compress_above`` bytes or more), then
+    encryption (every record of a model with keys).
+    """
     data = record.data
-    if settings.compression is None or len(data) < settings.compress_above:
+    compress = settings.compression is not None and len(data) >= settings.compress_above
+    keys = settings.encryption
+    if not compress and keys is None:
         return record
-    payload = _zstd("pydantic-toast").compress(data, _ZSTD_LEVEL)
-    envelope = {
-        _ENVELOPE_KEY: {
-            "codecs": [settings.compression],
-            "size": len(data),
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "payload": base64.b64encode(payload).decode("ascii"),
-        }
-    }
-    return replace(record, data=pydantic_core.to_json(envelope))
+    codecs: list[str] = []
+    payload = data
+    if compress:
+        payload = _zstd("pydantic-toast").compress(data, _ZSTD_LEVEL)
+        codecs.append("zstd")
+    fields: dict[str, Any] = {"codecs": codecs}
+    if keys is not None:
+        key_id, payload = keys.encrypt(payload, associated_data(record.class_name, record.id))
+        codecs.append(AES_GCM)
+        fields["key"] = key_id
+    fields["size"] = len(data)
+    fields["sha256"] = hashlib.sha256(payload).hexdigest()
+    fields["payload"] = base64.b64encode(payload).decode("ascii")
+    return replace(record, data=pydantic_core.to_json({_ENVELOPE_KEY: fields}))
 
 
 def decode_record(record: StoredRecord, settings: CodecSettings | None) -> StoredRecord:
@@ -223,12 +268,14 @@ def decode_record(record: StoredRecord, settings: CodecSettings | None) -> Store
     Raises:
         StoredDataError: The envelope is malformed, its bytes fail the SHA-256 check, or it
             would decompress beyond the limit. The message names the class and id, never data.
+        EncryptionKeyError: It is encrypted with a key id the model does not hold, or fails
+            authentication with the key under that id.
     """
     if not record.data.startswith(_MARK):
         return record
     limit = DEFAULT_MAX_DECOMPRESSED_SIZE if settings is None else settings.max_decompressed_size
     name, id = record.class_name, record.id
-    codecs, size, digest, payload = _read_envelope(record)
+    codecs, size, digest, payload, key_id = _read_envelope(record)
     if hashlib.sha256(payload).hexdigest() != digest:
         raise _damaged(
             name,
@@ -236,13 +283,16 @@ def decode_record(record: StoredRecord, settings: CodecSettings | None) -> Store
             f"its stored bytes fail the SHA-256 check ({len(payload)} bytes, recorded digest "
             f"{digest[:12]}...): they were changed or truncated after pydantic-toast wrote them",
         )
-    if size > limit:
+    if size > limit and "zstd" in codecs:
         raise _too_large(name, id, size, limit)
     data = payload
     for codec in reversed(codecs):
-        if codec != "zstd":
+        if codec == "zstd":
+            data = _decompress(name, id, data, limit)
+        elif codec == AES_GCM:
+            data = _decrypt(record, data, key_id, settings)
+        else:
             raise _damaged(name, id, f"it names an unknown codec {codec!r:.40}")
-        data = _decompress(name, id, data, limit)
     if len(data) != size:
         raise _damaged(
             name, id, f"it decodes to {len(data)} bytes where its envelope records {size}"
@@ -250,12 +300,32 @@ def decode_record(record: StoredRecord, settings: CodecSettings | None) -> Store
     return replace(record, data=data)
 
 
-def _read_envelope(record: StoredRecord) -> tuple[list[str], int, str, bytes]:
+def _decrypt(
+    record: StoredRecord, data: bytes, key_id: str | None, settings: CodecSettings | None
+) -> bytes:
+    name, id = record.class_name, record.id
+    if key_id is None:
+        raise _damaged(name, id, "it is encrypted but its envelope names no key")
+    keys = None if settings is None else settings.encryption
+    if keys is None:
+        raise EncryptionKeyError(
+            f"the stored {name} record {id} is encrypted with key id {key_id!r:.70}, but the "
+            "model reading it has no encryption keys: set encryption=EncryptionKeys(...) in "
+            "its ExternalConfigDict with that key; it is left untouched",
+            class_name=name,
+            id=id,
+            key_id=key_id,
+        )
+    return keys.decrypt(key_id, data, associated_data(name, id), class_name=name, id=id)
+
+
+def _read_envelope(record: StoredRecord) -> tuple[list[str], int, str, bytes, str | None]:
     name, id = record.class_name, record.id
     try:
         envelope = pydantic_core.from_json(record.data)[_ENVELOPE_KEY]
         codecs, size = envelope["codecs"], envelope["size"]
         digest, text = envelope["sha256"], envelope["payload"]
+        key_id = envelope.get("key")
     except (ValueError, KeyError, TypeError) as exc:
         problem: str | None = type(exc).__name__
     else:
@@ -269,6 +339,7 @@ def _read_envelope(record: StoredRecord) -> tuple[list[str], int, str, bytes]:
         or size < 0
         or not isinstance(digest, str)
         or not isinstance(text, str)
+        or not (key_id is None or isinstance(key_id, str))
     ):
         raise _damaged(name, id, "its $toast envelope has fields of the wrong types")
     try:
@@ -277,7 +348,7 @@ def _read_envelope(record: StoredRecord) -> tuple[list[str], int, str, bytes]:
         payload = None
     if payload is None:
         raise _damaged(name, id, "its $toast payload is not valid base64")
-    return codecs, size, digest, payload
+    return codecs, size, digest, payload, key_id
 
 
 def _decompress(name: str, id: UUID, data: bytes, limit: int) -> bytes:

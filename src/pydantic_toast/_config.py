@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, AliasPath, ConfigDict
 
 from pydantic_toast._codecs import CodecSettings, codec_settings
+from pydantic_toast._encryption import EncryptionKeys
 from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
 from pydantic_toast._url import ENV_PREFIX, MaskedURL, StorageURL, check_env_spec, resolve_storage
 from pydantic_toast.backends.base import Capability
@@ -53,6 +54,10 @@ class ExternalConfigDict(ConfigDict, total=False):
             the record keeps a pointer, its size and SHA-256 (TOAST-style tiering).
         offload_above: Stored bytes (after compression) from which a record is offloaded
             (default 256,000).
+        encryption: ``EncryptionKeys({key id: key}, current=...)``: every record is stored
+            encrypted with AES-GCM (after compression), its key id recorded; records written
+            before, plain or under older ids still held, keep loading (see the Compression
+            page). Default ``None``.
     """
 
     storage: str
@@ -65,6 +70,7 @@ class ExternalConfigDict(ConfigDict, total=False):
     max_decompressed_size: int
     offload: str
     offload_above: int
+    encryption: EncryptionKeys | None
 
 
 _CONCURRENCY = ("optimistic", "last-write-wins")

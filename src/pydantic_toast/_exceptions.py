@@ -22,7 +22,8 @@ Every error the library raises derives from :class:`ExternalStorageError`::
     ├── StorageValidationError          data cannot be stored faithfully, or a reference is bad
     │   └── InvalidReferenceError       a reference is malformed or names another class
     └── StoredDataError                 a stored record cannot be read back (a server-side
-                                        problem: old data, damage, or another writer)
+        │                               problem: old data, damage, or another writer)
+        └── EncryptionKeyError          an encrypted record's key is missing or wrong
 
 None of them derives from ``ValueError``: Pydantic turns a ``ValueError`` raised during
 validation into a ``ValidationError`` (a client error in FastAPI), and a missing record or an
@@ -39,6 +40,7 @@ from uuid import UUID
 
 __all__ = [
     "ConcurrencyError",
+    "EncryptionKeyError",
     "ExternalStorageError",
     "InvalidReferenceError",
     "RecordNotFoundError",
@@ -252,6 +254,22 @@ class StoredDataError(ExternalStorageError):
         self.class_name = class_name
         self.id = id
         self.field = field
+
+
+class EncryptionKeyError(StoredDataError):
+    """An encrypted record cannot be decrypted with the keys its model holds.
+
+    Either the key id it was written with is missing from the model's
+    :class:`EncryptionKeys`, or the key under that id is not the one it was written with (or
+    the record was changed). The record is left untouched.
+
+    Attributes:
+        key_id: The id of the key the record was encrypted with.
+    """
+
+    def __init__(self, message: str, *, class_name: str, id: UUID | str, key_id: str) -> None:
+        super().__init__(message, class_name=class_name, id=id)
+        self.key_id = key_id
 
 
 class UnknownSchemeError(StorageConfigurationError, StorageValidationError):

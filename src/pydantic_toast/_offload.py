@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
@@ -33,7 +33,7 @@ from pydantic_toast._codecs import (
     pointer_of,
 )
 from pydantic_toast._exceptions import ExternalStorageError
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast.backends.base import Capability
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from pydantic_toast.runtime.boundary import Connected
     from pydantic_toast.runtime.storage import Storage
 
-__all__ = ["Offloads", "load_offloaded", "payload_class"]
+__all__ = ["Offloads", "fetch_offloaded", "load_offloaded", "payload_class"]
 
 
 def payload_class(class_name: str) -> str:
@@ -51,6 +51,7 @@ def payload_class(class_name: str) -> str:
 
 @dataclass(slots=True)
 class _Move:
+    key: RecordKey
     url: StorageURL
     class_name: str
     old: UUID | None
@@ -82,6 +83,7 @@ class Offloads:
             record = stored[index]
             pointer = None if old is None else pointer_of(old)
             move = _Move(
+                record.key,
                 codec.offload,
                 payload_class(record.class_name),
                 None if pointer is None else pointer[1],
@@ -105,9 +107,19 @@ class Offloads:
         """The records are written: delete the payloads they no longer point to."""
         await self._delete([(m.url, m.class_name, m.old) for m in self.moves if m.old != m.new])
 
-    async def failed(self) -> None:
-        """The records were not written: delete the payloads uploaded for them."""
-        await self._delete([(m.url, m.class_name, m.new) for m in self.moves])
+    async def failed(self, written: Collection[RecordKey] = ()) -> None:
+        """The write failed: delete the payloads uploaded for the records it did not write.
+
+        ``written`` names the records a non-atomic batch wrote anyway (``ConcurrencyError``'s
+        ``written``): they keep their new payloads, and their old ones go.
+        """
+        await self._delete(
+            [
+                (m.url, m.class_name, m.old if m.key in written else m.new)
+                for m in self.moves
+                if m.key not in written or m.old != m.new
+            ]
+        )
 
     async def _delete(self, targets: list[tuple[StorageURL, str, UUID | None]]) -> None:
         async def one(url: StorageURL, class_name: str, id: UUID) -> None:
@@ -121,6 +133,13 @@ async def load_offloaded(
     storage: Storage, record: StoredRecord, codec: CodecSettings | None
 ) -> StoredRecord:
     """``record`` decoded: its offloaded payload fetched and checked, then decompressed."""
+    return decode_record(await fetch_offloaded(storage, record, codec), codec)
+
+
+async def fetch_offloaded(
+    storage: Storage, record: StoredRecord, codec: CodecSettings | None
+) -> StoredRecord:
+    """``record`` with its offloaded payload in place (checked, still encoded), or itself."""
     pointer = pointer_of(record)
     if pointer is not None:
         class_name, id, size, digest = pointer
@@ -142,7 +161,7 @@ async def load_offloaded(
             size,
             digest,
         )
-    return decode_record(record, codec)
+    return record
 
 
 async def delete_offloaded(storage: Storage, record: StoredRecord, codec: CodecSettings) -> None:

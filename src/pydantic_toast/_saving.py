@@ -337,8 +337,8 @@ class SaveBatch:
                 try:
                     await offloads.prepare(backend, stored, codecs)
                     revisions = await backend.save_records(stored)
-                except BaseException:
-                    await offloads.failed()
+                except BaseException as exc:
+                    await offloads.failed(getattr(exc, "written", {}))
                     raise
                 await offloads.written()
         except ConcurrencyError as exc:

@@ -1,0 +1,203 @@
+"""Encrypted records (AES-GCM after zstd, key id recorded) and key rotation, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    EncryptionKeyError,
+    EncryptionKeys,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StoredRecord,
+)
+from pydantic_toast._offload import payload_class
+from pydantic_toast._url import StorageURL
+from tests.integration.test_compression import note_model, overwrite, stored
+from tests.integration.test_offload import report_model
+
+BIG = "a secret memo, repeated so that it compresses well. " * 2000  # ~100 KB
+SECRET = "a secret memo"
+K1, K2 = os.urandom(32), os.urandom(32)
+
+
+def codecs_of(record: StoredRecord) -> tuple[list[str], str | None]:
+    envelope = json.loads(record.data)["$toast"]
+    return envelope["codecs"], envelope.get("key")
+
+
+def test_settings_change_and_key_rotation_keep_every_record_readable(storage_url: str) -> None:
+    """plain -> zstd -> zstd+AES-GCM (k1) -> rotated to k2: old records load; reencrypt moves
+    them all to k2, after which k1 can go."""
+    plain = note_model(storage_url)
+    r_plain = plain(title="plain", body=BIG).model_dump()
+
+    zipped = note_model(storage_url, compression="zstd")
+    r_zipped = zipped(title="zipped", body=BIG).model_dump()
+
+    k1 = EncryptionKeys({"k1": K1}, current="k1")
+    sealed = note_model(storage_url, compression="zstd", encryption=k1)
+    r_k1 = sealed(title="k1", body=BIG).model_dump()
+    r_small = sealed(title="small", body="short").model_dump()
+    raw = stored(storage_url, r_k1["class_name"], r_k1["id"])
+    assert codecs_of(raw) == (["zstd", "aes-gcm"], "k1")
+    assert SECRET.encode() not in raw.data
+    small = stored(storage_url, r_small["class_name"], r_small["id"])
+    assert codecs_of(small) == (["aes-gcm"], "k1")  # below compress_above: encrypted only
+    assert b"short" not in small.data
+
+    rotated = note_model(
+        storage_url,
+        compression="zstd",
+        encryption=EncryptionKeys({"k1": K1, "k2": K2}, current="k2"),
+    )
+    r_k2 = rotated(title="k2", body=BIG).model_dump()
+    assert codecs_of(stored(storage_url, r_k2["class_name"], r_k2["id"]))[1] == "k2"
+    for reference, title in [
+        (r_plain, "plain"),
+        (r_zipped, "zipped"),
+        (r_k1, "k1"),
+        (r_small, "small"),
+        (r_k2, "k2"),
+    ]:
+        loaded = rotated.model_validate(reference)
+        assert loaded.title == title  # type: ignore[attr-defined]
+
+    only_k2 = note_model(
+        storage_url, compression="zstd", encryption=EncryptionKeys({"k2": K2}, current="k2")
+    )
+    with pytest.raises(EncryptionKeyError, match="key id 'k1'") as caught:
+        only_k2.model_validate(r_k1)
+    assert caught.value.key_id == "k1"
+    assert SECRET not in str(caught.value)
+
+    rotated = note_model(
+        storage_url,
+        compression="zstd",
+        encryption=EncryptionKeys({"k1": K1, "k2": K2}, current="k2"),
+    )
+    report = pydantic_toast.reencrypt(rotated, batch_size=2)
+    assert (report.checked, report.rewritten, report.changed) == (5, 4, 0)
+    assert report.key_id == "k2"
+    assert report.next_after is None
+    for reference in (r_plain, r_zipped, r_k1, r_small):
+        assert codecs_of(stored(storage_url, reference["class_name"], reference["id"]))[1] == "k2"
+    before = stored(storage_url, r_k1["class_name"], r_k1["id"])
+    only_k2 = note_model(
+        storage_url, compression="zstd", encryption=EncryptionKeys({"k2": K2}, current="k2")
+    )
+    for reference in (r_plain, r_zipped, r_k1, r_small, r_k2):
+        assert only_k2.model_validate(reference).body in (BIG, "short")  # type: ignore[attr-defined]
+    assert before.created_at == stored(storage_url, r_k1["class_name"], r_k1["id"]).created_at
+    assert pydantic_toast.reencrypt(only_k2).rewritten == 0  # nothing left to do
+
+
+def test_wrong_or_missing_key_is_a_clear_error(storage_url: str) -> None:
+    """The same id under another key, or a model without keys: errors name the id, not data."""
+    sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    reference = sealed(title=SECRET, body=BIG).model_dump()
+    impostor = note_model(storage_url, encryption=EncryptionKeys({"k1": K2}, current="k1"))
+    with pytest.raises(EncryptionKeyError, match="fails AES-GCM authentication with key id 'k1'"):
+        impostor.model_validate(reference)
+    bare = note_model(storage_url)
+    with pytest.raises(EncryptionKeyError, match="has no encryption keys") as caught:
+        bare.model_validate(reference)
+    assert SECRET not in str(caught.value)
+    assert K1.hex() not in str(caught.value)
+    sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    assert sealed.model_validate(reference).title == SECRET  # type: ignore[attr-defined]
+
+
+def test_ciphertext_moved_to_another_record_fails(storage_url: str) -> None:
+    """The class name and id are the associated data: a payload copied elsewhere is refused."""
+    sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    first = sealed(title="first").model_dump()
+    second = sealed(title="second").model_dump()
+    stolen = stored(storage_url, first["class_name"], first["id"])
+    target = stored(storage_url, second["class_name"], second["id"])
+    overwrite(storage_url, StoredRecord(**{**_fields(target), "data": stolen.data}))
+    with pytest.raises(EncryptionKeyError, match="fails AES-GCM authentication"):
+        sealed.model_validate(second)
+
+
+def _fields(record: StoredRecord) -> dict[str, Any]:
+    return {
+        "class_name": record.class_name,
+        "id": record.id,
+        "data": record.data,
+        "schema_version": record.schema_version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+async def _payload(offload: str, class_name: str, id: UUID) -> StoredRecord | None:
+    backend = await pydantic_toast.current_storage().connected(StorageURL.parse(offload))
+    (record,) = await backend.load_records([(class_name, id)])
+    return record  # type: ignore[no-any-return]
+
+
+def test_offloaded_payloads_are_encrypted_and_reencrypted(storage_url: str, s3_url: str) -> None:
+    """Offloading runs after the codecs: the object in S3 is the encrypted envelope; a
+    re-encryption uploads a new one and deletes the old."""
+    big = "out of line and secret. " * 20_000  # ~480 KB: offloaded (no compression here)
+    sealed = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    reference = sealed(title="t", body=big).model_dump()
+    pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
+    target = pointer["$toast"]["offloaded"]
+    assert target["class_name"] == payload_class(reference["class_name"])
+    old_id = UUID(target["id"])
+    payload = asyncio.run(_payload_closing(s3_url, target["class_name"], old_id))
+    assert payload is not None
+    assert codecs_of(payload) == (["aes-gcm"], "k1")
+    assert b"out of line and secret" not in payload.data
+
+    rotated = report_model(
+        storage_url, s3_url, encryption=EncryptionKeys({"k1": K1, "k2": K2}, current="k2")
+    )
+    assert pydantic_toast.reencrypt(rotated).rewritten == 1
+    pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
+    new_id = UUID(pointer["$toast"]["offloaded"]["id"])
+    assert new_id != old_id
+    assert asyncio.run(_payload_closing(s3_url, target["class_name"], old_id)) is None
+    moved = asyncio.run(_payload_closing(s3_url, target["class_name"], new_id))
+    assert moved is not None
+    assert codecs_of(moved)[1] == "k2"
+    assert rotated.model_validate(reference).body == big  # type: ignore[attr-defined]
+
+
+async def _payload_closing(offload: str, class_name: str, id: UUID) -> StoredRecord | None:
+    try:
+        return await _payload(offload, class_name, id)
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+def test_bad_encryption_settings_are_refused_without_showing_a_key(memory_url: str) -> None:
+    from pydantic_toast import StorageConfigurationError
+
+    secret = b"s" * 31
+    with pytest.raises(StorageConfigurationError, match="must be 32 bytes") as caught:
+        EncryptionKeys({"k1": secret}, current="k1")
+    assert "sss" not in str(caught.value)
+    with pytest.raises(StorageConfigurationError, match="not one of the key ids"):
+        EncryptionKeys({"k1": K1}, current="k2")
+    with pytest.raises(StorageConfigurationError, match="key id"):
+        EncryptionKeys({"k 1": K1}, current="k 1")
+    with pytest.raises(StorageConfigurationError, match="encryption must be an EncryptionKeys"):
+
+        class Note(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage=memory_url, encryption=K1)  # type: ignore[typeddict-item]
+
+    assert K1.hex() not in repr(EncryptionKeys({"k1": K1}, current="k1"))
+    assert repr(EncryptionKeys({"k1": K1}, current="k1")) == (
+        "EncryptionKeys(ids=['k1'], current='k1')"
+    )
