@@ -56,12 +56,16 @@ test: lint typecheck docs pytest test-newer
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
-# The fidelity property test at length: FUZZ_EXAMPLES generated models per backend (random
-# seed), with a summary per backend. CI runs the same test with a fixed seed and fewer examples.
+# The fidelity property test at length: FUZZ_EXAMPLES generated models per backend, one backend
+# after another, with a random seed (FUZZ_SEED=... repeats a run). Prints per backend: the seed,
+# examples, changed, refused, saved-but-unreadable and the duration. CI runs the same test with a
+# fixed seed and fewer examples.
 FUZZ_EXAMPLES ?= 5000
+FUZZ_SEED ?=
 
 fuzz: install
-	TOAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/integration/test_fidelity.py -s -q -p no:cacheprovider
+	TOAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TOAST_FUZZ_SEED=$(FUZZ_SEED) $(VENV)/bin/pytest \
+		tests/integration/test_fidelity.py -s -q -p no:cacheprovider
 
 # Runs the suite again on the newer interpreter, when there is one (the distribution test,
 # which builds the pure-Python wheel and five venvs, runs once, on the main interpreter).

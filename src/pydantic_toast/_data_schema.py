@@ -7,6 +7,12 @@ wrap serializer makes Pydantic build a Python dict and hand it to Python, the wr
 makes it parse JSON into Python objects before validating. The serializer and validator built
 here from the same schema, minus the root hooks, stay in Pydantic's Rust code; external models
 nested inside keep their hooks (they are stored and loaded as references).
+
+Stored JSON keeps NaN and the infinities as the constants ``NaN``, ``Infinity`` and
+``-Infinity`` in every model, dataclass and ``TypedDict`` of the tree: a plain model nested in
+an external one writes them as ``null`` by default (``ser_json_inf_nan``), which a ``float``
+field refuses and a ``float | None`` field reads back as ``None``. Only the serializer built
+here sees the override; the models' own ``model_dump_json()`` keeps their setting.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, cast
 
 from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator
 
-__all__ = ["DataSchema", "data_schema"]
+__all__ = ["DataSchema", "data_schema", "storage_serializer"]
 
 
 class DataSchema:
@@ -80,15 +86,88 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     if definitions:
         fields = {"type": "definitions", "schema": fields, "definitions": definitions}
         inner = {"type": "definitions", "schema": inner, "definitions": definitions}
-    config = cast("CoreConfig | None", validator.__reduce__()[1][1])  # the class's core config
+    config = _config_of(validator)
     built = DataSchema(
         schema,
-        SchemaSerializer(fields, config),
+        SchemaSerializer(_keeping_inf_nan(fields), _keep_inf_nan(config)),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
     )
     cls.__toast_data_schema__ = built
     return built
+
+
+def storage_serializer(cls: type[Any]) -> SchemaSerializer:
+    """The serializer that writes ``cls``'s stored JSON.
+
+    The :class:`DataSchema` serializer when there is one, else the class's own (a subclass's
+    own model serializer decides what is stored; in JSON mode its handler hands back floats,
+    which the class's config writes as constants).
+    """
+    fast = data_schema(cls)
+    return cls.__pydantic_serializer__ if fast is None else fast.serializer
+
+
+def _config_of(validator: SchemaValidator) -> CoreConfig | None:
+    """The core config a class's validator was built with."""
+    return cast("CoreConfig | None", validator.__reduce__()[1][1])
+
+
+# The core schemas that carry a config of their own, read by the serializers inside them.
+_CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
+
+
+def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
+    return {**(config or {}), "ser_json_inf_nan": "constants"}
+
+
+def _keeping_inf_nan(node: Any, stand_ins: dict[type, type] | None = None) -> Any:
+    """A copy of core schema ``node`` whose configs all write NaN and infinities as constants.
+
+    Only dicts and lists are copied; classes, functions and other leaves are shared.
+    """
+    if stand_ins is None:
+        stand_ins = {}
+    if isinstance(node, dict):
+        copied = {key: _keeping_inf_nan(value, stand_ins) for key, value in node.items()}
+        config = node.get("config")
+        if (
+            node.get("type") in _CONFIGURED
+            and isinstance(config, dict)
+            and config.get("ser_json_inf_nan", "null") != "constants"
+        ):
+            copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
+            if "cls" in node:
+                original = node["cls"]
+                if original not in stand_ins:
+                    stand_ins[original] = _StandIn(
+                        original.__name__,
+                        (),
+                        {"original": original, "__module__": original.__module__},
+                    )
+                copied["cls"] = stand_ins[original]
+        return copied
+    if isinstance(node, list):
+        return [_keeping_inf_nan(item, stand_ins) for item in node]
+    return node
+
+
+class _StandIn(type):
+    """The metaclass of a model or dataclass's stand-in: its instances are the original's.
+
+    pydantic-core reuses a complete class's own serializer (built with the class's config)
+    wherever the class appears in a schema, so a changed config has no effect under the real
+    class. Its serializers use the class only to check instances (and for its name): a stand-in
+    that answers those checks like the original gets a serializer built from the config here.
+    """
+
+    original: type
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, cls.original)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, cls.original)
 
 
 def _resolve(node: dict[str, Any], definitions: list[Any]) -> dict[str, Any]:

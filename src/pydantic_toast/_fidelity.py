@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pydantic_toast._records import StoredRecord
 
 __all__ = [
+    "CHECKING",
     "DIGITS_AS_ZERO",
     "decode_stored",
     "describe_errors",
@@ -33,6 +35,7 @@ __all__ = [
     "locate",
     "may_be_unreadable",
     "serialization_refusal",
+    "unreadable_nested_refusal",
     "unreadable_refusal",
 ]
 
@@ -42,6 +45,16 @@ DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 # too: they only cost a validation.
 _NINETEEN_DIGITS = b"0" * 19
 _INT_DIGITS_LIMIT = 4300
+_UNREADABLE_FIX = (
+    "Integers of more than 4,300 digits cannot be read back by Pydantic (store them as str or "
+    "Decimal), nor IntEnum members outside the signed 64-bit range in an enum that also has "
+    "members inside it"
+)
+
+
+# Set while a save checks that its records read back: a record that does not is refused then,
+# not an alert about the data in the store.
+CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False)
 
 
 def may_be_unreadable(data: bytes) -> bool:
@@ -157,12 +170,24 @@ def unreadable_refusal(
     problems, field = describe_errors(exc, record.data)
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: it could not be read back ({problems}); nothing "
-        "was written. Integers of more than 4,300 digits cannot be read back by Pydantic (store "
-        "them as str or Decimal), nor IntEnum members outside the signed 64-bit range in an "
-        "enum that also has members inside it",
+        f"was written. {_UNREADABLE_FIX}",
         class_name=record.class_name,
         id=record.id,
         field=field,
+    )
+
+
+def unreadable_nested_refusal(
+    cls: type[ExternalBaseModel], exc: StoredDataError
+) -> StorageValidationError:
+    """The refusal for a batch whose check of ``cls`` met an unreadable record of the batch."""
+    where = f"field {exc.field!r} of " if exc.field else ""
+    return StorageValidationError(
+        f"{cls.__qualname__} cannot be stored: {where}the {exc.class_name} record {exc.id} it "
+        f"holds could not be read back; nothing was written. {_UNREADABLE_FIX}",
+        class_name=exc.class_name,
+        id=exc.id,
+        field=exc.field,
     )
 
 

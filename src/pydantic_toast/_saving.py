@@ -32,12 +32,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity
 from pydantic_toast._codecs import encode_record
-from pydantic_toast._data_schema import data_schema
+from pydantic_toast._data_schema import storage_serializer
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
     StorageConfigurationError,
     StorageValidationError,
+    StoredDataError,
 )
 from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
@@ -261,26 +262,37 @@ class SaveBatch:
         """Refuse the batch if a record in it could not be read back (before any write).
 
         Only records :func:`_fidelity.may_be_unreadable` flagged are validated, the way a load
-        would, with the batch's own records standing in for the store.
+        would, with the batch's own records standing in for the store. The last serialized go
+        first: a model is serialized before the models it holds, so these are checked on their
+        own before a parent's check loads them as its fields.
         """
         if not self.suspects:
             return
+        checking = _fidelity.CHECKING.set(True)
+        try:
+            for cls, record in reversed(self.suspects):
+                self._check(cls, record)
+        finally:
+            _fidelity.CHECKING.reset(checking)
+
+    def _check(self, cls: type[ExternalBaseModel], record: StoredRecord) -> None:
         from pydantic_toast._loading import LoadSession
 
-        for cls, record in self.suspects:
-            session = LoadSession(cls._toast_routes(), self.storage)
-            for url, records in self.records.items():
-                for (class_name, id), (stored, _) in records.items():
-                    session.records[(url, class_name, id)] = stored
-            token = session.activate()
-            try:
-                cls.__pydantic_validator__.validate_json(
-                    record.data, strict=False, by_alias=False, by_name=True
-                )
-            except ValidationError as exc:
-                raise _fidelity.unreadable_refusal(cls, record, exc) from None
-            finally:
-                session.deactivate(token)
+        session = LoadSession(cls._toast_routes(), self.storage)
+        for url, records in self.records.items():
+            for (class_name, id), (stored, _) in records.items():
+                session.records[(url, class_name, id)] = stored
+        token = session.activate()
+        try:
+            cls.__pydantic_validator__.validate_json(
+                record.data, strict=False, by_alias=False, by_name=True
+            )
+        except ValidationError as exc:
+            raise _fidelity.unreadable_refusal(cls, record, exc) from None
+        except StoredDataError as exc:  # a record of this batch held here (shared, cycle)
+            raise _fidelity.unreadable_nested_refusal(cls, exc) from None
+        finally:
+            session.deactivate(token)
 
     async def write(self) -> None:
         """Write every collected record: one ``save_records`` call per store, concurrently.
@@ -362,8 +374,7 @@ class SaveBatch:
 
 def _to_json(model: ExternalBaseModel) -> bytes:
     """``model``'s fields as stored: JSON under field names, nested models as references."""
-    fast = data_schema(type(model))
-    serializer = type(model).__pydantic_serializer__ if fast is None else fast.serializer
+    serializer = storage_serializer(type(model))
     token = _serializing.set(model)
     try:
         return serializer.to_json(model, by_alias=False, round_trip=True)

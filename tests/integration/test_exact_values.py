@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
+import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import BaseModel, ConfigDict, model_serializer
+from typing_extensions import TypedDict
 
 from pydantic_toast import (
     ExternalBaseModel,
@@ -35,7 +40,7 @@ def model(url: str, **annotations: Any) -> type[ExternalBaseModel]:
         (ExternalBaseModel,),
         {
             "__annotations__": annotations,
-            "model_config": ExternalConfigDict(storage=url, class_name=f"Sample{uuid4().hex}"),
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Sample{uuid4().hex}"),
         },
     )
 
@@ -122,6 +127,141 @@ def test_lone_surrogates_are_refused_naming_the_field(storage_url: str) -> None:
     with pytest.raises(StorageValidationError) as nested:
         parent_cls(child=child_cls(name="\udfff")).model_dump()
     assert nested.value.field == "name"
+
+
+class Point(BaseModel):
+    x: float
+    y: float | None = None
+
+
+class Spelled(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    value: float | str
+
+
+@dataclasses.dataclass
+class Span:
+    width: float
+
+
+class Box(TypedDict):
+    side: float
+
+
+def same_float(a: object, b: object) -> bool:
+    return (
+        type(a) is type(b) is float and ((math.isnan(a) and math.isnan(b)) or a == b)  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+def test_nan_and_infinities_in_nested_plain_models_come_back_or_are_refused(
+    storage_url: str, value: float
+) -> None:
+    """A plain model, dataclass or TypedDict writes NaN and infinities as null by default
+    (ser_json_inf_nan): stored, they were unreadable (float) or came back None (float | None).
+    Now they round-trip where the store keeps them, and PostgreSQL refuses them unwritten."""
+    cls = model(
+        storage_url,
+        point=Point,
+        points=list[Point],
+        maybe=Point | None,
+        spelled=Spelled,
+        span=Span,
+        box=Box,
+    )
+    instance = cls(
+        point=Point(x=value, y=value),
+        points=[Point(x=1.0, y=value)],
+        maybe=Point(x=value),
+        spelled=Spelled(value=value),
+        span=Span(width=value),
+        box={"side": value},
+    )
+    if storage_url.startswith("postgresql"):
+        with pytest.raises(StorageValidationError, match="NaN or Infinity") as info:
+            instance.model_dump()
+        assert info.value.field == "point.x"
+        assert_not_written(cls, instance)
+        return
+    loaded: Any = cls.model_validate(instance.model_dump())
+    assert same_float(loaded.point.x, value)
+    assert same_float(loaded.point.y, value)
+    assert same_float(loaded.points[0].y, value)
+    assert same_float(loaded.maybe.x, value)
+    assert loaded.maybe.y is None
+    assert same_float(loaded.spelled.value, value)
+    assert same_float(loaded.span.width, value)
+    assert same_float(loaded.box["side"], value)
+    # The models' own JSON keeps their setting.
+    assert Point(x=value).model_dump_json() == '{"x":null,"y":null}'
+
+
+def test_nan_in_a_plain_model_under_a_custom_model_serializer_comes_back(
+    storage_url: str,
+) -> None:
+    """An external model with its own (wrap) model serializer stores nested NaN faithfully too."""
+
+    class Custom(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"C{uuid4().hex}")
+        point: Point
+
+        @model_serializer(mode="wrap")
+        def _keep(self, handler: Any) -> Any:
+            return handler(self)
+
+    instance = Custom(point=Point(x=1.0, y=-math.inf))
+    if storage_url.startswith("postgresql"):
+        with pytest.raises(StorageValidationError, match="NaN or Infinity"):
+            instance.model_dump()
+        return
+    loaded = Custom.model_validate(instance.model_dump())
+    assert same_float(loaded.point.y, -math.inf)
+
+
+async def test_huge_int_in_a_child_is_refused_naming_its_field_when_the_parent_is_checked_too(
+    storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The parent (a 20-digit int) and its child (4,301 digits) both need the read-back check:
+    the parent's was run first and loaded the child, raising StoredDataError (and logging an
+    alert) instead of refusing. Now the child is refused, naming its field, nothing written."""
+    child_cls = model(storage_url, value=int | float, note=str)
+    parent_cls = model(storage_url, child=child_cls, count=int)
+    child = child_cls(value=10**4301 - 1, note="c")
+    parent = parent_cls(child=child, count=10**20)
+    with (
+        caplog.at_level(logging.ERROR, logger="pydantic_toast"),
+        pytest.raises(StorageValidationError, match="nothing was written") as info,
+    ):
+        await parent.asave()
+    assert (info.value.class_name, info.value.field) == (stored_name(child_cls), "value")
+    assert not caplog.records
+    for cls, instance in ((parent_cls, parent), (child_cls, child)):
+        with pytest.raises(RecordNotFoundError):
+            await cls.aload(instance.external_id)  # type: ignore[arg-type]
+
+
+async def test_huge_int_in_a_shared_child_is_refused_naming_its_field(
+    storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child held by its parent and by a sibling that needs the check itself: the sibling's
+    check loads the child from the batch, and that is a refusal too, not a StoredDataError."""
+    leaf_cls = model(storage_url, value=int)
+    middle_cls = model(storage_url, leaf=leaf_cls, count=int)
+    top_cls = model(storage_url, middle=middle_cls, leaf=leaf_cls)
+    leaf = leaf_cls(value=-(10**4400))
+    middle = middle_cls(leaf=leaf, count=10**30)
+    top = top_cls(middle=middle, leaf=leaf)
+    with (
+        caplog.at_level(logging.ERROR, logger="pydantic_toast"),
+        pytest.raises(StorageValidationError, match="nothing was written") as info,
+    ):
+        top.model_dump()
+    assert (info.value.class_name, info.value.field) == (stored_name(leaf_cls), "value")
+    assert not caplog.records
+    for cls, instance in ((top_cls, top), (middle_cls, middle), (leaf_cls, leaf)):
+        with pytest.raises(RecordNotFoundError):
+            await cls.aload(instance.external_id)  # type: ignore[arg-type]
 
 
 def raw_record(cls: type[ExternalBaseModel], data: bytes) -> StoredRecord:
