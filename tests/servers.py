@@ -455,7 +455,8 @@ def weed_binary() -> str | None:
 
 
 class TempRedisCluster:
-    """A throwaway Redis Cluster: 3 primaries and 3 replicas from the local binary.
+    """A throwaway Redis Cluster: 3 primaries and 3 replicas from the local binary (or
+    ``primaries`` and ``replicas`` per primary; a single primary has no replica).
 
     Each node listens on a free loopback port whose cluster bus port (+10000) is free too.
     ``--cluster-node-timeout`` is 2 s so that a failover happens within seconds.
@@ -474,17 +475,21 @@ class TempRedisCluster:
             port = free_port()
             if port + 10000 < 65536 and _port_free(port + 10000) and port not in self.ports:
                 self.ports.append(port)
+        self.primary_count = primaries
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         for port in self.ports:
             self.start_node(port)
-        self.redis_cli(
-            "--cluster",
-            "create",
-            *(f"127.0.0.1:{p}" for p in self.ports),
-            "--cluster-replicas",
-            str(replicas),
-            "--cluster-yes",
-        )
+        if primaries == 1 and not replicas:  # --cluster create wants 3 primaries at least
+            self.redis_cli("cluster", "addslotsrange", "0", "16383", port=self.ports[0])
+        else:
+            self.redis_cli(
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            )
         self.wait_ok()
 
     def start_node(self, port: int) -> None:
@@ -536,6 +541,7 @@ class TempRedisCluster:
                     "id": fields[0],
                     "port": fields[1].split("@")[0].rsplit(":", 1)[1],
                     "flags": fields[2],
+                    "primary": fields[3],  # "-" for a primary
                     "slots": " ".join(fields[8:]),
                 }
             )
@@ -553,7 +559,7 @@ class TempRedisCluster:
         """Every live node is a primary with slots or a replica (roles have propagated)."""
         live = {str(p) for p in self.live_ports()}
         nodes = [n for n in self.nodes() if n["port"] in live]
-        if len(self.primaries()) != 3 or not all(
+        if len(self.primaries()) != self.primary_count or not all(
             n["slots"] or "slave" in n["flags"] for n in nodes
         ):
             return False
@@ -595,7 +601,8 @@ class TempRedisCluster:
                 for n in nodes
                 if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]
             ]
-            if victim and "fail" in victim[0]["flags"].split(",") and len(serving) == 3:
+            serves_all = len(serving) == self.primary_count
+            if victim and "fail" in victim[0]["flags"].split(",") and serves_all:
                 return time.monotonic() - start
             time.sleep(0.1)
         raise RuntimeError(f"no replica took over from the primary on port {port}")
@@ -605,6 +612,37 @@ class TempRedisCluster:
         process = self.processes[port]
         process.kill()
         process.wait(10)
+
+    def replica_of(self, primary_port: int) -> int:
+        """The port of a replica of the primary on ``primary_port``."""
+        nodes = self.nodes()
+        (primary,) = [n for n in nodes if n["port"] == str(primary_port)]
+        return next(int(n["port"]) for n in nodes if n["primary"] == primary["id"])
+
+    @contextlib.contextmanager
+    def paused(self, port: int) -> Iterator[None]:
+        """The node on ``port`` stopped (SIGSTOP: connected, silent) inside the block."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.processes[port].send_signal(signal.SIGCONT)
+
+    def move_slot(self, slot: int, source: int, target: int) -> None:
+        """Migrate ``slot`` with its keys from the primary on ``source`` to the one on
+        ``target``, as ``redis-cli --cluster reshard`` does, without telling any client."""
+        ids = {n["port"]: n["id"] for n in self.nodes()}
+        source_id, target_id = ids[str(source)], ids[str(target)]
+        self.redis_cli("cluster", "setslot", str(slot), "importing", source_id, port=target)
+        self.redis_cli("cluster", "setslot", str(slot), "migrating", target_id, port=source)
+        while keys := self.redis_cli(
+            "cluster", "getkeysinslot", str(slot), "100", port=source
+        ).split():
+            self.redis_cli(
+                "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys, port=source
+            )
+        for port in (target, source):
+            self.redis_cli("cluster", "setslot", str(slot), "node", target_id, port=port)
 
     def destroy(self) -> None:
         for process in self.processes.values():

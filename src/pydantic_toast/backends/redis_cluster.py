@@ -39,13 +39,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID, uuid4
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -71,6 +73,11 @@ _CLUSTER_OPTIONS = {"buckets": 16, "wait_replicas": 0, "wait_timeout": 100}
 #    them. Single-slot saves run it too, with no token: a record locked by a batch in progress
 #    is refused (busy) rather than written between the batch's two phases.
 _LOCK_MS = 5000
+# A save waiting for replicas follows this many MOVED/ASK redirections (as redis-py does),
+# and retries TRYAGAIN this long: until the slot's migration ends, a save's keys (the lock
+# and expiry keys are usually absent) are on neither side whole.
+_REDIRECTS = 16
+_TRYAGAIN_SECONDS = 2.0
 # KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
 # record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
 _PREPARE_SCRIPT = """
@@ -177,7 +184,7 @@ class RedisClusterBackend(single.RedisBackend):
 
     capabilities = frozenset(Capability)
     # Every document travels in the script's arguments (no staging SET): the script and WAIT
-    # share one pipeline per slot already.
+    # share one connection per slot already.
     _stages = False
 
     @classmethod
@@ -240,6 +247,12 @@ class RedisClusterBackend(single.RedisBackend):
             password=self._parsed.password,
             ssl=self._parsed.scheme.startswith("rediss"),
             max_connections=int(self._pool_options["max_connections"]),
+            # Not 5 (redis-py's default): every 5th MOVED reply closed every node's
+            # connections, those other tasks were using too; their commands failed and were
+            # sent again (a save script twice: a ConcurrencyError for a new record, or a
+            # AttributeError from a connection closed under it). A MOVED reply
+            # updates its slot's owner; a lost connection still relearns the whole topology.
+            reinitialize_steps=0,
             **options,
         )
         self._client = self._cluster  # type: ignore[assignment]  # the shared code's client
@@ -266,9 +279,14 @@ class RedisClusterBackend(single.RedisBackend):
             await cluster.aclose()
 
     async def discard_connections(self) -> None:
-        """Forget the topology and connections after one was lost (a failover, a restart)."""
+        """Relearn the topology after a connection was lost (a failover, a restart).
+
+        Connections in use finish their command and are reopened when released, free ones
+        on their next use: closing them all here (``aclose``) would break the commands
+        other tasks have in flight.
+        """
         if self._cluster is not None:
-            await self._cluster.aclose()
+            await self._cluster.nodes_manager.initialize()
 
     def lock_key(self, class_name: str, id: UUID) -> str:
         """``{<prefix>:<class_name>:<bucket>}:lock:<uuid>``: held while a batch writes it."""
@@ -347,16 +365,55 @@ class RedisClusterBackend(single.RedisBackend):
         args = [*args, _batch_token.get()]
         if not self._wait_replicas:
             return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
+        return _unlocked(await self._save_and_wait(keys, args), records, self._masked)
+
+    async def _save_and_wait(self, keys: list[str], args: list[Any]) -> Any:
+        """The save script, then ``WAIT``, on one connection to the primary of the slot.
+
+        ``WAIT`` counts the replicas that have the writes of its own connection, so both
+        go together, and MOVED, ASK (with ``ASKING`` before them, on that connection too)
+        and TRYAGAIN are followed here by sending both again: ``WAIT`` always follows the
+        write it vouches for. redis-py's cluster pipeline would send a redirected script
+        again alone, elsewhere, and its ``WAIT`` confirm nothing.
+        """
         cluster = self._connected_cluster()
-        if cluster._initialize:  # closed after a lost connection: learn the topology again
-            await cluster.initialize()
+        await cluster.initialize()  # a no-op unless a lost connection asked for it
         node = cluster.get_node_from_key(keys[0])
-        assert node is not None  # initialize() maps every slot (full coverage required)
-        # One pipeline sends both on one connection: WAIT counts that connection's writes.
-        async with cluster.pipeline() as pipe:
-            pipe.eval(_SAVE_SCRIPT, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout, target_nodes=node)
-            result, confirmed = await pipe.execute()
+        asking = False
+        redirects = 0
+        busy_until = time.monotonic() + _TRYAGAIN_SECONDS
+        while True:
+            assert node is not None  # initialize() maps every slot (full coverage required)
+            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
+            commands.append(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+            commands.append(("WAIT", self._wait_replicas, self._wait_timeout))
+            reply, confirmed = (await _on_one_connection(node, commands))[-2:]
+            asking = False
+            if isinstance(reply, MovedError | AskError):
+                redirects += 1
+                if redirects > _REDIRECTS:
+                    raise reply
+            if isinstance(reply, NoScriptError):  # a node that never ran it (or restarted)
+                await node.execute_command("SCRIPT", "LOAD", _SAVE_SCRIPT)
+            elif isinstance(reply, MovedError):
+                await cluster.nodes_manager.move_slot(reply)
+                node = cluster.get_node_from_key(keys[0])
+            elif isinstance(reply, AskError):
+                node = cluster.get_node(host=reply.host, port=reply.port)
+                if node is None:  # a node added since the topology was learnt
+                    await cluster.nodes_manager.initialize()
+                    node = cluster.get_node(host=reply.host, port=reply.port)
+                asking = True
+            elif isinstance(reply, TryAgainError):  # a migrating slot's keys on both sides
+                if time.monotonic() > busy_until:
+                    raise reply
+                await asyncio.sleep(0.05)
+            elif isinstance(reply, Exception):
+                raise reply
+            elif isinstance(confirmed, Exception):
+                raise confirmed
+            else:
+                break
         if int(confirmed) < self._wait_replicas:
             raise StorageOperationError(
                 f"Redis Cluster node {node.name} confirmed the write on {confirmed} of "
@@ -364,7 +421,7 @@ class RedisClusterBackend(single.RedisBackend):
                 "is written on the primary but could be lost if it fails over now; retry, or "
                 "raise wait_timeout"
             )
-        return _unlocked(result, records, self._masked)
+        return reply
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: one GET, or MGETs split by slot and sent concurrently."""
@@ -451,6 +508,14 @@ class RedisClusterBackend(single.RedisBackend):
 
 
 _batch_token: ContextVar[str] = ContextVar("pydantic_toast_cluster_batch", default="")
+
+
+async def _on_one_connection(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` on one of ``node``'s connections in one write; each one's reply, or
+    the error it got (a connection error while sending raises)."""
+    pipeline = [PipelineCommand(position, *command) for position, command in enumerate(commands)]
+    await node.execute_pipeline(pipeline)
+    return [command.result for command in pipeline]
 
 
 def _locked(key: str, url: str) -> StorageBusyError:
