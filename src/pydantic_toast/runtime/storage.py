@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import threading
 import weakref
@@ -214,8 +215,8 @@ class Storage:
 
     async def _register_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopBackends:
         for stale in [known for known in self._loops if known.is_closed()]:
-            # Closed without finalizing async generators: the pools cannot be closed any more.
-            _inherited.append(self._loops.pop(stale))
+            # Closed without finalizing async generators: the pools' loop is gone.
+            await self._loops.pop(stale).abandon(stale)
         entry = self._loops[loop] = _LoopBackends(self)
         # Starting the generator on this loop registers it for shutdown_asyncgens().
         await entry.closer.asend(None)
@@ -233,7 +234,33 @@ class _LoopBackends:
         self.ready: dict[StorageURL, Connected] = {}
         self.opening: dict[StorageURL, asyncio.Task[Connected]] = {}
         self.pid = os.getpid()
+        self.abandoned = False
         self.closer = self._close_at_loop_shutdown(weakref.ref(storage))
+
+    async def abandon(self, closed: asyncio.AbstractEventLoop) -> None:
+        """Release what this entry holds once its loop was closed without shutting down.
+
+        The closer generator is finished here (left to the garbage collector, it would ask
+        the closed loop to run its finalizer: "Event loop is closed"), then the backends are
+        closed from the running loop: what can be closed without their own loop is (files,
+        threads, sockets), and nothing is kept alive, so loops closed this way cost nothing.
+        """
+        self.abandoned = True
+        with contextlib.suppress(StopIteration):
+            self.closer.aclose().send(None)
+        self.opening.clear()  # tasks of the closed loop: they can never run again
+        connected, self.ready = list(self.ready.values()), {}
+        # A socket transport cannot close through a closed loop (close() schedules its last
+        # step there): take that step here, or the garbage collector warns of it.
+        for transport in list(getattr(closed, "_transports", {}).values()):
+            if getattr(transport, "_sock", None) is not None:
+                with contextlib.suppress(Exception):  # the socket is closed in a finally
+                    transport._call_connection_lost(None)
+        # Then the backends: their sockets are closed, so they release the rest (files,
+        # threads, pools) without touching the closed loop.
+        for backend in connected:
+            with contextlib.suppress(Exception):  # sockets closed above; files, threads
+                await asyncio.wait_for(backend.disconnect(), 1)
 
     async def close(self) -> None:
         for task in self.opening.values():
@@ -246,7 +273,7 @@ class _LoopBackends:
         try:
             yield
         finally:
-            if self.pid == os.getpid():
+            if self.pid == os.getpid() and not self.abandoned:
                 owner = storage()
                 if owner is not None:
                     for loop, known in list(owner._loops.items()):
@@ -259,7 +286,9 @@ _active: ContextVar[Storage | None] = ContextVar("pydantic_toast_storage", defau
 _default: Storage | None = None
 _default_lock = threading.Lock()
 _live: weakref.WeakSet[Storage] = weakref.WeakSet()
-# Inherited across fork, or left on loops closed without shutdown: kept alive, never closed.
+# Inherited across fork: kept alive, never closed (their sockets are the parent's). One entry
+# per storage and fork, so bounded by the depth of forks; loops closed without shutdown are
+# released instead (_LoopBackends.abandon).
 _inherited: list[Any] = []
 
 
