@@ -60,12 +60,15 @@ from pydantic_toast.backends.sql import (
     page_statement,
     write_statements,
 )
+from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
+
+redact_log_arguments(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}")  # rows, at DEBUG
 
 # A pooled connection: SQLAlchemy's proxy, or the pool's entry leased as it is.
 _Lease = PoolProxiedConnection | ConnectionPoolEntry
@@ -122,6 +125,7 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
         # Nothing to reset: every statement commits on its own.
         "pool_reset_on_return": None,
         "hide_parameters": True,
+        "logging_name": ENGINE_LOGGING_NAME,
         "pool_size": int(numbers["pool_size"]),
         "max_overflow": int(numbers["max_overflow"]),
         "pool_timeout": numbers["connect_timeout"],

@@ -20,6 +20,7 @@ from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.sql import SQLAlchemyBackend, json_as_text, json_passthrough
+from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 
 __all__ = ["SQLiteBackend", "engine_url"]
 
@@ -88,12 +89,17 @@ class SQLiteBackend(SQLAlchemyBackend):
             engine_url(self._parsed),
             isolation_level="AUTOCOMMIT",
             hide_parameters=True,
+            logging_name=ENGINE_LOGGING_NAME,
             json_serializer=json_passthrough,
             json_deserializer=json_as_text,
             connect_args={"timeout": 10},
         )
         event.listen(engine.sync_engine, "connect", _configure_connection)
         return engine
+
+
+redact_log_arguments("aiosqlite")  # it logs each call with its SQL parameters at DEBUG
+redact_log_arguments(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}")
 
 
 def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
