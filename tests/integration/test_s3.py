@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -267,3 +267,88 @@ def test_a_write_of_identical_bytes_changes_the_etag(
     assert note.model_validate(reference).text == "same"  # type: ignore[attr-defined]
     raw_first, raw_second = on_server(seaweedfs, raw_rewrites)
     assert raw_first == raw_second  # why: the store ignores metadata in the ETag
+
+
+async def _batch_of(model: type[ExternalBaseModel], count: int) -> tuple[list[Any], list[Any]]:
+    """``count`` stored records of ``model`` loaded back and changed, and their ids."""
+    references = await pydantic_toast.adump([model(text=f"v1 {i}") for i in range(count)])
+    ids = [UUID(str(reference["id"])) for reference in references]
+    loaded = [await model.aload(reference) for reference in references]
+    for item in loaded:
+        item.text = item.text.replace("v1", "v2")
+    return loaded, ids
+
+
+async def test_batch_conflict_found_by_the_checks_writes_nothing(s3_url: str) -> None:
+    """Every revision is checked before any PUT: a record changed before the batch started
+    refuses the whole batch, and nothing of it is written."""
+    note = model_on(s3_url)
+    batch, ids = await _batch_of(note, 5)
+    other = await note.aload(ids[3])
+    other.text = "someone else"  # type: ignore[attr-defined]
+    await other.asave()
+
+    with pytest.raises(ConcurrencyError) as caught:
+        await pydantic_toast.adump(batch)
+
+    assert caught.value.id == ids[3]
+    assert caught.value.written == {}
+    texts = [(await note.aload(id)).text for id in ids]  # type: ignore[attr-defined]
+    assert texts == ["v1 0", "v1 1", "v1 2", "someone else", "v1 4"]
+    await pydantic_toast.aclose_storage()
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["inline", "offloaded"])
+async def test_batch_conflict_during_the_puts_writes_the_others(
+    seaweedfs: servers.TempSeaweedFS, bucket: str, s3_url: str, offload: bool
+) -> None:
+    """S3 has no multi-object transaction: a record changed between the checks and its PUT is
+    refused, every other record of the batch is written, and ConcurrencyError.written lists
+    them (their models remember the new revisions; with offload their payloads stay)."""
+    count = 120
+    prefix = StorageURL.parse(s3_url).path.strip("/")
+    payloads = seaweedfs.url(bucket, f"{prefix}-payloads")
+    config: dict[str, object] = {"offload": payloads, "offload_above": 1} if offload else {}
+    note = model_on(f"{s3_url}&max_concurrency=1", **config)  # PUTs one at a time, in order
+    batch, ids = await _batch_of(note, count)
+    name = note._toast_settings().external_name
+    ends = {id: f"{prefix}/{name}/{id}.json" for id in (ids[0], ids[-1])}
+    raced: list[UUID] = []
+
+    async def other_writer() -> None:
+        """Once one end of the batch is written (every check is done), change the other."""
+        async with raw_client(seaweedfs) as client:
+            while not raced:
+                for id, key in ends.items():
+                    head = await client.head_object(Bucket=bucket, Key=key)
+                    if head["Metadata"].get("toast-revision") == "2":
+                        raced.append(next(other for other in ends if other != id))
+                        break
+                await asyncio.sleep(0.002)
+            key = ends[raced[0]]
+            head = await client.head_object(Bucket=bucket, Key=key)
+            await client.put_object(
+                Bucket=bucket, Key=key, Body=b'{"text":"raw writer"}', Metadata=head["Metadata"]
+            )
+
+    writer = asyncio.create_task(other_writer())
+    with pytest.raises(ConcurrencyError) as caught:
+        await pydantic_toast.adump(batch)
+    await writer
+
+    (loser,) = raced
+    assert caught.value.id == loser
+    written = caught.value.written
+    assert len(written) == count - 1
+    assert set(written.values()) == {2}
+    assert (name, loser) not in written
+    for item, id in zip(batch, ids, strict=True):
+        text = "raw writer" if id == loser else item.text
+        assert (await note.aload(id)).text == text  # type: ignore[attr-defined]
+    winner = batch[1]
+    winner.text = "v3"
+    await winner.asave()  # its model remembers revision 2: no conflict
+    if offload:
+        backend = await pydantic_toast.current_storage().connected(StorageURL.parse(payloads))
+        assert await backend.count(f"{name}.payloads") == count  # old ones gone, none extra
+    await pydantic_toast.aclose_storage()

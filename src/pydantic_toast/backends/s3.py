@@ -30,11 +30,20 @@ revision ``r`` over ``r - 1`` is a HEAD (the stored revision and ETag) and a PUT
 write raises :class:`~pydantic_toast.ConcurrencyError`. S3's ETag is the MD5 of the body alone
 (metadata does not count), so a write of identical bytes would keep the ETag and let a stale
 ``If-Match`` through: each body therefore ends with JSON whitespace spelling its revision
-(base 4 in space, tab, CR, LF), which makes every write's ETag new; loads strip it. A batch
-checks every record's revision (HEADs, concurrently) before writing any, so a conflict found
-then writes nothing; a conflict that appears between the checks and the PUTs is still refused
-record by record, but the batch's other records may have been written (S3 has no multi-object
-transaction).
+(base 4 in space, tab, CR, LF), which makes every write's ETag new; loads strip it.
+
+Batches are not atomic: S3 has no multi-object transaction. What a batch save guarantees:
+
+* every record's revision is checked (HEADs, concurrently) before any is written, so a
+  conflict found then raises :class:`~pydantic_toast.ConcurrencyError` and writes nothing;
+* a record that another writer changes between the checks and its PUT is refused (the PUT is
+  conditional), but the batch's other records are all written: the ``ConcurrencyError`` for the
+  refused record lists them in ``written`` with their new revisions (and their models remember
+  them, so saving again writes only the rest);
+* any other failure (the store unreachable, access denied) is raised once every PUT of the
+  batch has finished or failed: the records whose PUT succeeded are written, the others not.
+
+Each record alone is all or nothing: a PUT stores the whole object or nothing.
 
 Costs: creating a record is two PUTs (the record, made with ``If-None-Match: *`` so that
 concurrent creators cannot both index it, then its index entry); writing an existing record is
@@ -201,9 +210,24 @@ class S3Backend(RecordBackend):
                         current=current,
                     )
                 heads[record.key] = head
-        return await self._each(
-            lambda record: self._save_one(record, heads.get(record.key)), records
+        if len(records) == 1:
+            return [await self._save_one(records[0], heads.get(records[0].key))]
+        # Every write runs to its end, so that a failure can say which records were written.
+        results = await self._each(
+            lambda record: _outcome(self._save_one(record, heads.get(record.key))), records
         )
+        failures = [result for result in results if isinstance(result, Exception)]
+        if not failures:
+            return [result for result in results if isinstance(result, int)]
+        conflict = next((f for f in failures if isinstance(f, ConcurrencyError)), None)
+        if conflict is not None:
+            conflict.written = {
+                record.key: result
+                for record, result in zip(records, results, strict=True)
+                if isinstance(result, int)
+            }
+            raise conflict
+        raise failures[0]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records concurrently, in the order of ``keys``."""
@@ -494,6 +518,14 @@ class _Options:
     @classmethod
     def of(cls, url: StorageURL) -> _Options:
         return cls(url)
+
+
+async def _outcome(call: Awaitable[int]) -> int | Exception:
+    """The revision ``call`` wrote, or the exception it raised (cancellation propagates)."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
 
 
 def _revision_of(response: Any) -> int:
