@@ -663,15 +663,31 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def start_todo_service(database_url: str, port: int) -> subprocess.Popen[bytes]:
-    """The todo example under uvicorn on ``port``, once its /health answers 200."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.todo_api.app:app", "--port", str(port)],
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "DATABASE_URL": database_url},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_todo_service(
+    database_url: str,
+    port: int,
+    *,
+    app: str = "examples.todo_api.app:app",
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """An app (the todo example by default) under uvicorn on ``port``, once /health answers 200.
+
+    ``DATABASE_URL`` is ``database_url``; with ``log``, the server's output (its log lines and
+    the library's) goes to that file instead of nowhere.
+    """
+    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--port", str(port)],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "DATABASE_URL": database_url, **(env or {})},
+            stdout=output,
+            stderr=output,
+        )
+    finally:
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -679,9 +695,12 @@ def start_todo_service(database_url: str, port: int) -> subprocess.Popen[bytes]:
                 return process
         except httpx.HTTPError:
             time.sleep(0.1)
+        if process.poll() is not None:
+            break
     process.kill()
     process.wait()
-    raise AssertionError("the todo service did not start")
+    tail = log.read_text()[-2000:] if log is not None else ""
+    raise AssertionError(f"{app} did not start under uvicorn\n{tail}")
 
 
 def stop_todo_service(process: subprocess.Popen[bytes]) -> None:

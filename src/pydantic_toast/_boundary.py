@@ -17,22 +17,27 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
-from pydantic import GetCoreSchemaHandler, ValidatorFunctionWrapHandler
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidatorFunctionWrapHandler
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
 from pydantic_toast._loading import LoadSession, SessionKey
 from pydantic_toast._reference import ExternalReference, parse_reference
-from pydantic_toast._signing import SigningKeys, parse_signed
+from pydantic_toast._signing import SigningKeys, parse_signed, signed_json_schema
 
 __all__ = [
     "ACCEPT_KEY",
+    "DATA_KEY",
     "AcceptReference",
     "Authorize",
     "Boundary",
     "Ref",
     "accepting",
     "current_boundary",
+    "documenting_requests",
     "not_accepting",
+    "reference_json_schema",
+    "requests_schemas",
     "trusted",
     "untrusted_input",
 ]
@@ -41,6 +46,10 @@ T = TypeVar("T")
 
 ACCEPT_KEY = "pydantic_toast_accept"
 """Core-schema metadata key holding a field's :class:`AcceptReference`."""
+
+DATA_KEY = "x-pydantic-toast-data"
+"""JSON-schema key marking an external model's data shape while request schemas are generated:
+``[python class name, stored class name]``. Removed again when OpenAPI is finished."""
 
 Authorize = Callable[[ExternalReference, Any], bool | Awaitable[bool]]
 """``authorize(reference, request) -> bool`` (or an awaitable of it): ``False`` refuses it."""
@@ -69,6 +78,15 @@ class AcceptReference:
             self._validate, handler(source), metadata={ACCEPT_KEY: self}
         )
 
+    def __get_pydantic_json_schema__(
+        self, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """What the field accepts: the data shape, and the reference shape next to it."""
+        schema = handler(core_schema)
+        if handler.mode != "validation" or not documenting_requests():
+            return schema
+        return _with_references(schema, handler)
+
     def _validate(self, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if isinstance(value, dict) and _looks_like_reference(value):
             token = _accepting.set(True)
@@ -89,6 +107,81 @@ def _looks_like_reference(value: dict[Any, Any]) -> bool:
         return parse_reference(value) is not None or parse_signed(value) is not None
     except Exception:  # malformed: the model's validator reports it
         return True
+
+
+def reference_json_schema(class_name: str) -> JsonSchemaValue:
+    """The JSON schema of a reference to a ``class_name`` record (signed, where schemas are)."""
+    return signed_json_schema(
+        {
+            "type": "object",
+            "title": f"{class_name} reference",
+            "description": f"A stored {class_name}, as its class name and id.",
+            "properties": {
+                "class_name": {"type": "string", "const": class_name},
+                "id": {"type": "string", "format": "uuid"},
+            },
+            "required": ["class_name", "id"],
+            "additionalProperties": False,
+        }
+    )
+
+
+def _with_references(schema: JsonSchemaValue, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    """``schema`` where each external model's data may also be its reference.
+
+    Goes through containers (lists, dicts) to the element: a model there, or a union of
+    models, becomes ``anyOf: [element, <references>...]``; fields of the models themselves are
+    left alone (their nested models take data, as their validation does).
+    """
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return {**schema, "items": _with_references(schema["items"], handler)}
+    extra = schema.get("additionalProperties")
+    if schema.get("type") == "object" and isinstance(extra, dict) and DATA_KEY not in schema:
+        return {**schema, "additionalProperties": _with_references(extra, handler)}
+    members = schema.get("anyOf") or schema.get("oneOf") or [schema]
+    names = [name for member in members if (name := _data_of(member, handler)) is not None]
+    if not names:
+        return schema
+    references = [reference_json_schema(name) for name in dict.fromkeys(names)]
+    if "anyOf" in schema and len(schema) == 1:
+        return {"anyOf": [*schema["anyOf"], *references]}
+    return {"anyOf": [schema, *references]}
+
+
+def _data_of(schema: Any, handler: GetJsonSchemaHandler) -> str | None:
+    """The stored class name when ``schema`` is (a ``$ref`` to) an external model's data."""
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        try:
+            schema = handler.resolve_ref_schema(schema)
+        except LookupError:  # not generated yet (a recursive model): not one of ours
+            return None
+    marker = schema.get(DATA_KEY)
+    return marker[1] if isinstance(marker, list) else None
+
+
+_documenting: ContextVar[bool] = ContextVar("pydantic_toast_documenting", default=False)
+
+
+def documenting_requests() -> bool:
+    """Whether JSON schemas are generated for request input behind the boundary."""
+    return _documenting.get()
+
+
+@contextmanager
+def requests_schemas() -> Iterator[None]:
+    """JSON schemas generated inside describe what request input behind the boundary takes.
+
+    An external model there takes its data only; a field marked :class:`AcceptReference`
+    takes its reference too. (Outside, an external model's input schema is "data or a
+    reference", as ``model_validate`` in plain Python takes both.)
+    """
+    token = _documenting.set(True)
+    try:
+        yield
+    finally:
+        _documenting.reset(token)
 
 
 Ref = Annotated[T, AcceptReference()]

@@ -25,10 +25,13 @@ from pydantic_core import core_schema as cs
 
 from pydantic_toast import _fidelity, _unions
 from pydantic_toast._boundary import (
+    DATA_KEY,
     Boundary,
     accepting,
     current_boundary,
+    documenting_requests,
     not_accepting,
+    reference_json_schema,
     trusted,
 )
 from pydantic_toast._config import ExternalConfigDict, ModelSettings, settings_for
@@ -66,7 +69,6 @@ from pydantic_toast._signing import (
     parse_signed,
     response_keys,
     sign_reference,
-    signed_json_schema,
     verify_parsed,
 )
 from pydantic_toast.runtime.loops import run_sync
@@ -239,20 +241,13 @@ class ExternalBaseModel(BaseModel):
         settings = cls.__toast_settings__
         if settings is None:
             return full
-        reference: JsonSchemaValue = {
-            "type": "object",
-            "title": f"{settings.external_name} reference",
-            "description": f"A stored {settings.external_name}, as its class name and id.",
-            "properties": {
-                "class_name": {"type": "string", "const": settings.external_name},
-                "id": {"type": "string", "format": "uuid"},
-            },
-            "required": ["class_name", "id"],
-            "additionalProperties": False,
-        }
-        reference = signed_json_schema(reference)
+        reference = reference_json_schema(settings.external_name)
         if handler.mode == "serialization":
             return reference
+        if documenting_requests():
+            # Request input behind the boundary: full data only, unless the field accepts
+            # references (AcceptReference adds the reference shape where it is used).
+            return {**full, DATA_KEY: [cls.__name__, settings.external_name]}
         return {"anyOf": [full, reference]}
 
     # -- the sync API: Pydantic's own methods ---------------------------------------------------

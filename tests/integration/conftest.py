@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
@@ -169,3 +170,61 @@ def _delete_redis_prefix(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class Served:
+    """An app under a real uvicorn process, on its own migrated PostgreSQL database.
+
+    Attributes:
+        base: Its base URL (``http://127.0.0.1:<port>``).
+        database_url: The database it stores to.
+        log: The file holding the server's output (uvicorn's and the library's log lines).
+    """
+
+    base: str
+    database_url: str
+    log: Path
+
+    def log_text(self) -> str:
+        """What the server has logged so far."""
+        return self.log.read_text(errors="replace")
+
+
+def _serve(app: str, admin_url: str, directory: Path) -> Iterator[Served]:
+    """``app`` under uvicorn (a subprocess on a free port) on a throwaway, migrated database."""
+    database = f"toast_http_{uuid4().hex[:12]}"
+    _admin(admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        port = servers.free_port()
+        log = directory / "server.log"
+        process = servers.start_todo_service(url, port, app=app, log=log)
+        try:
+            yield Served(f"http://127.0.0.1:{port}", url, log)
+        finally:
+            servers.stop_todo_service(process)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def todo_http(
+    postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The todo service (examples/todo_api) under real uvicorn and PostgreSQL."""
+    yield from _serve(
+        "examples.todo_api.app:app", postgres_admin_url, tmp_path_factory.mktemp("todo-http")
+    )
+
+
+@pytest.fixture(scope="module")
+def shop_http(
+    postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The test shop (tests/integration/fastapi_shop.py) under real uvicorn and PostgreSQL."""
+    yield from _serve(
+        "tests.integration.fastapi_shop:app", postgres_admin_url, tmp_path_factory.mktemp("shop")
+    )

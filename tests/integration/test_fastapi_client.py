@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from pydantic_toast import Expanded, ExternalBaseModel, ExternalConfigDict, Ref, SigningKeys
 from pydantic_toast.fastapi import install, storage_lifespan
 from tests import servers
+from tests.integration.conftest import Served
 
 pytestmark = pytest.mark.postgresql
 
@@ -94,10 +95,12 @@ def shop(postgres_database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
         thread.join(30)
 
 
-def generate_client(openapi: str, directory: Path) -> tuple[ModuleType, str]:
+def generate_client(
+    openapi: str, directory: Path, name: str = "shop_client"
+) -> tuple[ModuleType, str]:
     source = directory / "openapi.json"
     source.write_text(openapi)
-    output = directory / "shop_client.py"
+    output = directory / f"{name}.py"
     subprocess.run(
         [
             str(Path(sys.executable).with_name("datamodel-codegen")),
@@ -107,15 +110,15 @@ def generate_client(openapi: str, directory: Path) -> tuple[ModuleType, str]:
         ],
         check=True,
     )
-    spec = importlib.util.spec_from_file_location("shop_client", output)
+    spec = importlib.util.spec_from_file_location(name, output)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["shop_client"] = module  # Pydantic looks generic models' modules up there
+    sys.modules[name] = module  # Pydantic looks generic models' modules up there
     try:
         spec.loader.exec_module(module)
     finally:
-        del sys.modules["shop_client"]
+        del sys.modules[name]
     return module, output.read_text()
 
 
@@ -127,9 +130,12 @@ def test_generated_client_round_trips_references_and_expanded_data(
         client, source = generate_client(http.get("/openapi.json").text, tmp_path)
         assert "Input1" not in source
         assert "Input2" not in source
-        assert client.ShopCustomerInput.model_fields["root"].annotation == (
+        # The field that takes references documents both shapes; a plain body only the data.
+        assert client.NewShopOrder.model_fields["customer"].annotation == (
             client.ShopCustomerData | client.ShopCustomerReference
         )
+        assert "ShopCustomerInput" not in source
+        assert "ShopCustomerOutput" not in source  # the response reference is the same shape
         assert set(client.ShopCustomerReference.model_fields) == {
             "class_name",
             "id",
@@ -141,16 +147,14 @@ def test_generated_client_round_trips_references_and_expanded_data(
         ada = client.ShopCustomerData(name="Ada", email="ada@example.org")
         created = http.post("/customers", json=ada.model_dump(mode="json"))
         assert created.status_code == 201, created.text
-        reference = client.ShopCustomerOutput.model_validate(created.json())
+        reference = client.ShopCustomerReference.model_validate(created.json())
         assert reference.class_name == "ShopCustomer"
 
         # A reference the client received, sent back through its generated request model.
         sent_back = client.ShopCustomerReference.model_validate(
             reference.model_dump(mode="json", exclude_none=True)
         )
-        order = client.NewShopOrder(
-            product="tea", quantity=2, customer=client.ShopCustomerInput(sent_back)
-        )
+        order = client.NewShopOrder(product="tea", quantity=2, customer=sent_back)
         placed = http.post("/orders", json=order.model_dump(mode="json", exclude_none=True))
         assert placed.status_code == 201, placed.text
         data = client.ShopOrderData.model_validate(placed.json())
@@ -164,7 +168,7 @@ def test_generated_client_round_trips_references_and_expanded_data(
         inline = client.NewShopOrder(
             product="cake",
             quantity=1,
-            customer=client.ShopCustomerInput(client.ShopCustomerData(name="Bo", email="b@x")),
+            customer=client.ShopCustomerData(name="Bo", email="b@x"),
         )
         placed = http.post("/orders", json=inline.model_dump(mode="json", exclude_none=True))
         assert client.ShopOrderData.model_validate(placed.json()).customer.name == "Bo"
@@ -179,3 +183,54 @@ def test_generated_client_round_trips_references_and_expanded_data(
         problem = client.HTTPValidationError.model_validate(refused.json())
         assert problem.detail is not None
         assert problem.detail[0].msg == "Unknown ShopCustomer reference"
+
+
+def test_generated_client_drives_the_running_todo_service(
+    todo_http: Served, tmp_path: Path
+) -> None:
+    """The todo service's own OpenAPI, as generated classes, against it under real uvicorn.
+
+    Create, read (with its ETag), list, patch with If-Match (a stale one refused), and delete
+    with If-Match, every request built and every answer parsed by the generated models.
+    """
+    with httpx.Client(base_url=todo_http.base) as http:
+        client, source = generate_client(http.get("/openapi.json").text, tmp_path, "todo_client")
+        assert "Input1" not in source
+        create = client.TodoCreate(description="use the generated client")
+        created = http.post("/api/todos", json=create.model_dump(mode="json"))
+        assert created.status_code == 201, created.text
+        todo = client.TodoOut.model_validate(created.json())
+        assert (todo.description, todo.completed) == ("use the generated client", False)
+
+        read = http.get(f"/api/todos/{todo.id}")
+        assert client.TodoOut.model_validate(read.json()) == todo
+        etag = read.headers["ETag"]
+        page = client.TodoPage.model_validate(http.get("/api/todos", params={"limit": 100}).json())
+        assert todo.id in [item.id for item in page.items]
+
+        change = client.TodoUpdate(completed=True)
+        patched = http.patch(
+            f"/api/todos/{todo.id}",
+            json=change.model_dump(mode="json", exclude_none=True),
+            headers={"If-Match": etag},
+        )
+        assert patched.status_code == 200, patched.text
+        done = client.TodoOut.model_validate(patched.json())
+        assert done.completed is True
+        assert done.updated_at > todo.updated_at
+        stale = http.patch(
+            f"/api/todos/{todo.id}",
+            json=client.TodoUpdate(description="again").model_dump(exclude_none=True),
+            headers={"If-Match": etag},
+        )
+        assert stale.status_code == 412
+        assert client.ErrorMessage.model_validate(stale.json()).detail.startswith("Todo changed")
+
+        assert http.delete(f"/api/todos/{todo.id}", headers={"If-Match": etag}).status_code == 412
+        deleted = http.delete(
+            f"/api/todos/{todo.id}", headers={"If-Match": patched.headers["ETag"]}
+        )
+        assert deleted.status_code == 204
+        gone = http.get(f"/api/todos/{todo.id}")
+        assert gone.status_code == 404
+        assert client.ErrorMessage.model_validate(gone.json()).detail == "Todo not found"

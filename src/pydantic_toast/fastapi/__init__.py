@@ -17,6 +17,7 @@ data in responses (``Expanded``), conditional requests and the error table.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 try:
@@ -28,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without Fas
         name=exc.name,
     ) from exc
 
-from pydantic_toast._boundary import AcceptReference, Authorize, Ref
+from pydantic_toast._boundary import AcceptReference, Authorize, Ref, requests_schemas
 from pydantic_toast._expanded import Expanded
 from pydantic_toast._signing import SigningKeys, signing_schemas
 from pydantic_toast.fastapi._conditional import conditional, etag_of, set_etag
@@ -91,7 +92,11 @@ def install(app: FastAPI, *, signing: SigningKeys | None = None) -> None:
 
 
 def _document(app: FastAPI, *, signed: bool) -> None:
-    """OpenAPI with named data and reference shapes (and signed ones when ``signed``).
+    """OpenAPI that documents what requests take, with named data and reference shapes.
+
+    A request body's external model is documented as its data only, and as its data or its
+    reference where the field accepts references (``Ref``/``AcceptReference``); references
+    are signed ones when ``signed``.
 
     FastAPI's documented way to change the schema: replace ``app.openapi``.
     """
@@ -100,10 +105,7 @@ def _document(app: FastAPI, *, signed: bool) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        if signed:
-            with signing_schemas():
-                schema = generate()
-        else:
+        with requests_schemas(), signing_schemas() if signed else nullcontext():
             schema = generate()
         app.openapi_schema = name_reference_shapes(schema)
         return app.openapi_schema

@@ -33,6 +33,36 @@ __all__ = [
 
 logger = logging.getLogger("pydantic_toast.fastapi")
 
+
+class _LastResort(logging.Handler):
+    """Python's last-resort output (stderr, WARNING and up) while no logging is configured.
+
+    The package logger's ``NullHandler`` (the usual courtesy of a library) would otherwise
+    swallow the causes of 500 and 503 answers under a plain ``uvicorn app:app``, which
+    configures its own loggers only: the server log must say why a request failed. Once the
+    application configures logging (a handler on the way to the root), this one stays quiet.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        resort = logging.lastResort
+        if resort is not None and record.levelno >= resort.level and _unconfigured(logger):
+            resort.handle(record)
+
+
+def _unconfigured(start: logging.Logger) -> bool:
+    """Whether no handler but null and last-resort ones would see ``start``'s records."""
+    current: logging.Logger | None = start
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler | _LastResort) for h in current.handlers):
+            return False
+        if not current.propagate:
+            return True
+        current = current.parent
+    return True
+
+
+logger.addHandler(_LastResort())
+
 RETRY_AFTER_SECONDS = 5
 """The ``Retry-After`` of a 503: storage outages are usually short (a restart, a failover)."""
 

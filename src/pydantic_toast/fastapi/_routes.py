@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.utils import get_dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
@@ -23,7 +24,11 @@ from pydantic_toast._boundary import (
     trusted,
     untrusted_input,
 )
-from pydantic_toast._exceptions import InvalidReferenceError, StorageUsageError
+from pydantic_toast._exceptions import (
+    InvalidReferenceError,
+    RecordNotFoundError,
+    StorageUsageError,
+)
 from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
 from pydantic_toast._reference import ExternalReference, ParsedReference
 from pydantic_toast._saving import SaveBatch, collecting
@@ -57,14 +62,16 @@ class ToastRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # Declared before FastAPI builds the route, so that their models (ErrorMessage) are
+        # part of the OpenAPI schema, not just their descriptions.
+        responses = dict(error_responses(500, 503))
+        for dependency in _declared_calls(path, endpoint, kwargs.get("dependencies")):
+            responses.update(getattr(dependency, "__toast_responses__", {}))
+        kwargs["responses"] = {**responses, **(kwargs.get("responses") or {})}
         holder: list[ToastRoute] = []
         super().__init__(path, _trusting(endpoint, holder), **kwargs)
         holder.append(self)
         self._toast_response: tuple[TypeAdapter[Any], bool] | None = None
-        responses = dict(error_responses(500, 503))
-        for dependency in _calls(self.dependant):
-            responses.update(getattr(dependency, "__toast_responses__", {}))
-        self.responses = {**responses, **self.responses}
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
@@ -159,6 +166,18 @@ def _serialized(result: Any) -> Any:
 
 
 _ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def _declared_calls(
+    path: str, endpoint: Callable[..., Any], dependencies: Sequence[Any] | None
+) -> Iterator[Any]:
+    """The dependency callables of a route: its parameters' and its ``dependencies=``."""
+    yield from _calls(get_dependant(path=path, call=endpoint))
+    for depends in dependencies or ():
+        call = getattr(depends, "dependency", None)
+        if call is not None:
+            yield call
+            yield from _calls(get_dependant(path=path, call=call))
 
 
 def _calls(dependant: Any) -> Iterator[Any]:
@@ -322,9 +341,14 @@ async def _authorized(
     for marker in markers:
         if marker.authorize is None:
             continue
-        verdict = marker.authorize(reference, request)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
+        try:
+            verdict = marker.authorize(reference, request)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except RecordNotFoundError:
+            # A hook that loads the record to decide (its tenant, its owner) finds none: the
+            # same answer as a refused reference, not a 404 that tells which ids exist.
+            return False
         if not verdict:
             return False
     return True
