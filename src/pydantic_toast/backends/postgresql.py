@@ -240,7 +240,8 @@ def _hot_path_statements() -> dict[str, str]:
         if n not in ("data_exact", "expires_at")
     ]
     now = bindparam("now", type_=c.expires_at.type)
-    select_one = select(*columns).where(
+    # One record's key is known: its row leaves out class_name and id (less to decode).
+    select_one = select(*columns[2:]).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now)
     )
     keys = (
@@ -321,6 +322,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     )
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
+    _leasing: Any = None  # the engine's pool, when its idle connections are leased directly
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
@@ -512,7 +514,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         if len(keys) == 1:
             ((class_name, id),) = keys
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
-            return [None if row is None else _row_record(row)]
+            if row is None:
+                return [None]
+            return [
+                StoredRecord(class_name, id, row[1].encode(), row[0], row[2], row[3], None, row[4])
+            ]
         found: dict[RecordKey, StoredRecord] = {}
         size = self._batch_size
         for start in range(0, len(keys), size):
@@ -569,10 +575,15 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     async def _checkout(self) -> _Lease:
         """A connection from the engine's pool."""
         pool: Any = self.engine.sync_engine.pool
-        if _takes_idle_without_awaiting(pool) and pool.checkedin():
+        if pool is not self._leasing:
+            # Its settings are checked once per pool (a dispose makes a new one); the time of
+            # its last invalidation on every checkout.
+            self._leasing = pool if _takes_idle_without_awaiting(pool) else None
+        if pool is self._leasing and pool._pool._queue.qsize() and not pool._invalidate_time:
             # Taking an idle connection never awaits, so it needs no greenlet (the bridge costs
             # more than the checkout itself).
-            if not (pool.dispatch.checkout or pool.dispatch.checkin):
+            dispatch = pool.dispatch
+            if not (dispatch.checkout or dispatch.checkin):
                 # No pool event listeners: the pool's entry is leased as it is. The proxy
                 # SQLAlchemy wraps around it (and its weakref finalizer) cost more than the
                 # queue operations.
@@ -599,8 +610,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     def _checkin(self, lease: _Lease, *, broken: bool) -> None:
         """Return ``lease`` to the pool, synchronously (no await: safe in a cancelled task)."""
-        pool = self.engine.sync_engine.pool
-        full = not (isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size())
+        pool: Any = self.engine.sync_engine.pool
+        if pool is self._leasing:
+            full = pool._pool._queue.qsize() >= pool._pool.maxsize
+        else:
+            full = not (isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size())
         if broken:
             # Its entry waits in the pool to reconnect, which awaits: proxied checkouts go
             # through the greenlet bridge until the pool is renewed.
