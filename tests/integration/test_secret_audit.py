@@ -41,8 +41,9 @@ from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
 from tests.integration.conftest import _admin, _with_database
 
-PASSWORD = "Alpha7/Bravo7#Charlie7?Delta7@Echo7"
-PIECES = ("Alpha7", "Bravo7", "Charlie7", "Delta7", "Echo7")
+# Every character a password may hold unencoded: / # ? @ & ; :
+PASSWORD = "Alpha7/Bravo7#Charlie7?Delta7@Echo7&Foxtrot7;Golf7:Hotel7"
+PIECES = ("Alpha7", "Bravo7", "Charlie7", "Delta7", "Echo7", "Foxtrot7", "Golf7", "Hotel7")
 SENTINEL = "S3ntinel-Value-42"
 NEEDLES = (*PIECES, SENTINEL)
 ENCODED = quote(PASSWORD, safe="")
@@ -125,6 +126,10 @@ class Servers:
         port: int = self.request.getfixturevalue("audited_redis")
         return port
 
+    def s3(self) -> tuple[Any, str]:
+        """(the SeaweedFS server, a bucket on it)."""
+        return self.request.getfixturevalue("seaweedfs"), self.request.getfixturevalue("bucket")
+
     def redis_base(self) -> str:
         url: str = self.request.getfixturevalue("redis_base_url")
         return url
@@ -145,13 +150,18 @@ def scenario(name: str, *marks: str) -> Callable[[Scenario], Scenario]:
 
 # -- scenarios: URLs and class statements ------------------------------------------------------
 
-SHAPES = {
-    "encoded": "{scheme}://app:" + ENCODED + "@{host}/{db}",
-    "unencoded": "{scheme}://app:" + PASSWORD + "@{host}/{db}",
-    "query": "{scheme}://app@{host}/{db}?password=" + ENCODED,
-    "query-unencoded": "{scheme}://app@{host}/{db}?password=" + PASSWORD,
-    "no-slashes": "{scheme}:app:" + PASSWORD + "@{host}/{db}",
-    "no-scheme": "app:" + PASSWORD + "@{host}/{db}",
+SHAPES = {  # name: (URL, whether it has query options already)
+    "encoded": ("{scheme}://app:" + ENCODED + "@{host}/{db}{extra}", False),
+    "unencoded": ("{scheme}://app:" + PASSWORD + "@{host}/{db}{extra}", False),
+    "query": ("{scheme}://app@{host}/{db}?password=" + ENCODED + "{extra}", True),
+    "query-unencoded": ("{scheme}://app@{host}/{db}?password=" + PASSWORD + "{extra}", True),
+    # The reviewer's case: a password with '?&;' in the user information AND a secret option.
+    "combined": (
+        "{scheme}://app:" + PASSWORD + "@{host}/{db}?{secret}=" + PASSWORD + "{extra}",
+        True,
+    ),
+    "no-slashes": ("{scheme}:app:" + PASSWORD + "@{host}/{db}{extra}", False),
+    "no-scheme": ("app:" + PASSWORD + "@{host}/{db}{extra}", False),
 }
 PROBLEMS = {  # what is wrong besides the password: appended to the URL, or a host
     "bad-port": ("127.0.0.1:notaport", ""),
@@ -160,21 +170,62 @@ PROBLEMS = {  # what is wrong besides the password: appended to the URL, or a ho
     "bad-ssl": ("127.0.0.1:1", "{ssl}=sometimes"),
     "closed-port": ("127.0.0.1:{free}", ""),
 }
-BACKEND_OPTIONS = {
-    "postgresql": {"number": "pool_size", "ssl": "sslmode", "db": "shop"},
-    "redis": {"number": "max_connections", "ssl": "ssl_cert_reqs", "db": "0"},
+BACKEND_OPTIONS = {  # scheme: options; 'hosts' and 'extra' shape the URL further
+    "postgresql": {"number": "pool_size", "ssl": "sslmode", "db": "shop", "secret": "sslpassword"},
+    "postgresql-replicas": {
+        "scheme": "postgresql",
+        "number": "pool_size",
+        "ssl": "sslmode",
+        "db": "shop",
+        "secret": "sslpassword",
+        "extra": "replicas=127.0.0.1:{free},127.0.0.1:{free}&read_your_writes=1",
+    },
+    "redis": {"number": "max_connections", "ssl": "ssl_cert_reqs", "db": "0", "secret": "password"},
+    "redis+sentinel": {
+        "number": "max_connections",
+        "ssl": "ssl_cert_reqs",
+        "db": "mymaster/0",
+        "secret": "sentinel_password",
+        "hosts": "{host},127.0.0.1:{free}",
+        "extra": f"sentinel_username=watch&sentinel_password={PASSWORD}",
+    },
+    "redis+cluster": {
+        "number": "max_connections",
+        "ssl": "ssl_cert_reqs",
+        "db": "",
+        "secret": "password",
+        "hosts": "{host},127.0.0.1:{free}",
+    },
+    "s3": {  # the bucket is the host: the closed port is the endpoint's
+        "number": "max_concurrency",
+        "ssl": "addressing_style",
+        "db": "prefix",
+        "secret": "aws_secret_access_key",
+        "extra": "endpoint_url=http://{host}&connect_timeout=1&region=us-east-1",
+        "bucket": "audit-bucket",
+    },
 }
 
 
 def url_for(scheme: str, shape: str, problem: str) -> str:
     host, option = PROBLEMS[problem]
     options = BACKEND_OPTIONS[scheme]
-    url = SHAPES[shape].format(
-        scheme=scheme, host=host.format(free=servers.free_port()), db=options["db"]
+    host = host.format(free=servers.free_port())
+    template, has_query = SHAPES[shape]
+    extra = options.get("extra", "").format(host=host, free=servers.free_port())
+    hosts = options.get("hosts", "{host}").format(host=host, free=servers.free_port())
+    if "bucket" in options and problem != "bad-port":
+        hosts = options["bucket"]
+    url = template.format(
+        scheme=options.get("scheme", scheme),
+        host=hosts,
+        db=options["db"],
+        secret=options["secret"],
+        extra=("&" if has_query else "?") + extra if extra else "",
     )
     if option:
         option = option.format(**options)
-        url += ("&" if "?" in url.split("@")[-1] else "?") + option
+        url += ("&" if has_query or extra else "?") + option
     return url
 
 
@@ -367,6 +418,62 @@ for _damage, _data in DAMAGES.items():
     scenario(f"pg-stored-{_damage}", "postgresql")(_pg_damaged)
     scenario(f"redis-stored-{_damage}", "redis")(_redis_damaged)
     scenario(f"memory-stored-{_damage}")(_memory_damaged)
+
+
+def _s3_url(found: Servers, secret: str | None = None, unencoded: bool = False) -> str:
+    server, bucket = found.s3()
+    prefix = f"audit{uuid4().hex[:8]}"
+    if unencoded:
+        return (
+            f"s3://{server.ACCESS_KEY}:{secret}@{bucket}/{prefix}"
+            f"?endpoint_url={server.endpoint}&region=us-east-1"
+        )
+    return str(server.url(bucket, prefix, secret=secret))
+
+
+def _overwrite_s3(found: Servers, url: str, reference: dict[str, str], body: str) -> None:
+    from aiobotocore.session import get_session
+
+    server, bucket = found.s3()
+    prefix = url.split(f"@{bucket}/", 1)[1].split("?", 1)[0]
+    key = f"{prefix}/{reference['class_name']}/{reference['id']}.json"
+
+    async def put() -> None:
+        async with get_session().create_client(
+            "s3",
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=server.ACCESS_KEY,
+            aws_secret_access_key=server.SECRET_KEY,
+        ) as client:
+            head = await client.head_object(Bucket=bucket, Key=key)
+            await client.put_object(
+                Bucket=bucket, Key=key, Body=body.encode(), Metadata=head["Metadata"]
+            )
+
+    asyncio.run(put())
+
+
+for _encoded in (True, False):
+
+    def _s3_wrong_secret(audit: Audit, found: Servers, encoded: bool = _encoded) -> None:
+        model = audit.model(_s3_url(found, secret=PASSWORD, unencoded=not encoded))
+        audit.expect_failure(lambda: model(secret_note=SENTINEL).model_dump())
+
+    scenario(f"s3-wrong-secret-key-{'encoded' if _encoded else 'unencoded'}", "s3")(
+        _s3_wrong_secret
+    )
+
+for _damage, _data in DAMAGES.items():
+
+    def _s3_damaged(audit: Audit, found: Servers, data: str = _data) -> None:
+        url = _s3_url(found)
+        model = audit.model(url, count=0)
+        reference = model(secret_note=SENTINEL, count=1).model_dump()
+        _overwrite_s3(found, url, reference, data)
+        audit.expect_failure(lambda: model.model_validate(reference))
+
+    scenario(f"s3-stored-{_damage}", "s3")(_s3_damaged)
 
 
 @scenario("redis-value-not-a-record", "redis")
