@@ -179,6 +179,27 @@ return current
 """
 
 
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, except that its own recovery does not close connections.
+
+    On CLUSTERDOWN (a failover under way), an uncovered slot or a failed pipeline, redis-py
+    closes every connection to every node (``aclose``), those other tasks are using too:
+    their commands fail and are sent again (a save script twice: a ``ConcurrencyError`` for
+    a new record, or an ``AttributeError`` from a connection closed under it). Here that
+    only makes the next command relearn the topology, which reopens each connection once
+    its command is done. :meth:`close_connections` closes them all.
+    """
+
+    async def aclose(self) -> None:
+        """Relearn the topology before the next command (called by redis-py on errors)."""
+        self._initialize = True
+
+    async def close_connections(self) -> None:
+        """Close every connection to every node."""
+        self._initialize = False  # RedisCluster.aclose closes only an initialized client
+        await super().aclose()
+
+
 class RedisClusterBackend(single.RedisBackend):
     """Records on a Redis Cluster: one hash tag per class bucket, the index sharded alike."""
 
@@ -200,7 +221,7 @@ class RedisClusterBackend(single.RedisBackend):
         self.url = url
         self._masked = StorageURL.parse(url).masked
         self._seeds = [_node(entry, parsed) for entry in host_list(url)]
-        self._cluster: RedisCluster | None = None
+        self._cluster: _Cluster | None = None
         self._delete_script: Any = None
         self._delete_checked_cluster_script: Any = None
 
@@ -241,7 +262,7 @@ class RedisClusterBackend(single.RedisBackend):
         # at once (a busy error), so pool_timeout does not apply here.
         options.pop("timeout")
         options.pop("max_connections")
-        self._cluster = RedisCluster(
+        self._cluster = _Cluster(
             startup_nodes=self._seeds,
             username=self._parsed.username,
             password=self._parsed.password,
@@ -276,7 +297,7 @@ class RedisClusterBackend(single.RedisBackend):
         """Close every node's connections."""
         cluster, self._cluster, self._client = self._cluster, None, None
         if cluster is not None:
-            await cluster.aclose()
+            await cluster.close_connections()
 
     async def discard_connections(self) -> None:
         """Relearn the topology after a connection was lost (a failover, a restart).
@@ -501,7 +522,7 @@ class RedisClusterBackend(single.RedisBackend):
         )
         return sum(int(count) for count in counts)
 
-    def _connected_cluster(self) -> RedisCluster:
+    def _connected_cluster(self) -> _Cluster:
         self._connected()
         assert self._cluster is not None  # _connected() raised otherwise
         return self._cluster

@@ -19,6 +19,7 @@ may travel with the library's errors.
 from __future__ import annotations
 
 import ssl
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -411,6 +412,22 @@ def _ssl(exc: BaseException, failure: Failure) -> Translation:
     return None
 
 
+def _redis_closed_under(exc: BaseException, failure: Failure) -> Translation:
+    """A redis-py connection closed by another task while this one used it: a lost connection.
+
+    redis-py's cluster client disconnects a node's free connections after an error on one
+    of them while other tasks may take one of those (``ClusterNode.disconnect_free_
+    connections`` awaits each disconnect); the one that did then fails inside redis-py's
+    connection code with an AttributeError or TypeError on its closed stream.
+    """
+    if not isinstance(exc, AttributeError | TypeError) or exc.__traceback__ is None:
+        return None
+    innermost = traceback.extract_tb(exc.__traceback__)[-1]
+    if innermost.filename.replace("\\", "/").endswith("redis/asyncio/connection.py"):
+        return _lost(failure), True
+    return None
+
+
 def _builtin(exc: BaseException, failure: Failure) -> Translation:
     driver = _innermost(exc)
     if isinstance(driver, TimeoutError):
@@ -433,6 +450,7 @@ _RULES: Final[tuple[Callable[[BaseException, Failure], Translation], ...]] = (
     _sqlite,
     _ssl,
     _redis,
+    _redis_closed_under,
     _s3,
     _sqlalchemy_pool,
     _builtin,
