@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConfigurationError
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConfigurationError,
+    UnknownSchemeError,
+)
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.redis_sentinel import RedisSentinelBackend
 from pydantic_toast.backends.registry import BackendRegistry
@@ -77,3 +82,18 @@ def test_store_identity_ignores_sentinel_order_and_credentials() -> None:
     two = StorageURL.parse("redis+sentinel://b:2,a:1/svc?prefix=p")
     other = StorageURL.parse("redis+sentinel://b:2,a:1/svc/1?prefix=p")
     assert identity(one) == identity(two) != identity(other)
+
+
+def test_tls_through_sentinel_is_refused_without_suggesting_plain_text() -> None:
+    """rediss+sentinel:// is not served; the error says so instead of suggesting the
+    unencrypted redis+sentinel:// as the closest spelling, and shows no password."""
+    with pytest.raises(UnknownSchemeError) as info:
+
+        class Secure(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage="rediss+sentinel://:pw9@s1:26379/svc")
+            text: str
+
+    message = str(info.value)
+    assert "TLS through Redis Sentinel is not supported" in message
+    assert "did you mean" not in message
+    assert "pw9" not in message

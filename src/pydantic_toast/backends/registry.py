@@ -122,6 +122,11 @@ class BackendRegistry:
         if builtin is None:
             close = difflib.get_close_matches(scheme, self.schemes(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if scheme == "rediss+sentinel":  # not a typo: redis+sentinel would drop TLS
+                hint = (
+                    " (TLS through Redis Sentinel is not supported: redis+sentinel:// does not "
+                    "encrypt; use rediss:// to the primary, or rediss+cluster://)"
+                )
             raise UnknownSchemeError(
                 f"no storage backend is registered for scheme {shorten(scheme, 30)!r}{hint}: "
                 f"use one of {', '.join(self.schemes())}, or register yours first with "
