@@ -45,7 +45,13 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._expiry import apurge_expired, purge_expired
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._orphans import OrphanReport, afind_orphans, find_orphans
+from pydantic_toast._orphans import (
+    OrphanReport,
+    afind_orphaned_payloads,
+    afind_orphans,
+    find_orphaned_payloads,
+    find_orphans,
+)
 from pydantic_toast._ownership import Owned
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._reencrypt import ReencryptReport, areencrypt, reencrypt
@@ -119,6 +125,7 @@ __all__ = [
     "acount",
     "adelete",
     "adump",
+    "afind_orphaned_payloads",
     "afind_orphans",
     "apage",
     "apurge_expired",
@@ -131,6 +138,7 @@ __all__ = [
     "disable_telemetry",
     "dump",
     "enable_telemetry",
+    "find_orphaned_payloads",
     "find_orphans",
     "last_write_wins",
     "page",

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
@@ -90,12 +91,14 @@ class Offloads:
                 None,
             )
             if len(record.data) >= codec.offload_above:
-                move.new = uuid4()
+                move.new, uploaded = uuid4(), datetime.now(UTC)
                 target = await self.storage.connected(codec.offload)
                 payload = replace(
                     record,
                     class_name=move.class_name,
                     id=move.new,
+                    created_at=uploaded,  # the upload time: orphan scans check it
+                    updated_at=uploaded,
                     ttl=record.ttl,  # the offload store expires too (checked at definition)
                     revision=0 if Capability.REVISIONS in target.capabilities else None,
                 )

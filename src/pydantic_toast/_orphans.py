@@ -1,34 +1,49 @@
-"""Orphans: the records of a class that no stored record references.
+"""Orphans: the records of a class that no stored record references, and offloaded payloads
+that no record points to.
 
 A scan runs in two passes, page by page, never holding more than one page of records: it
 collects the ids of the class that the records of the referencing classes hold (only ids are
 kept), then pages through the class itself and reports (and on request deletes) the records
 nobody references. Records created after the scan started are never reported, so a record
 being saved with its new parent meanwhile is safe.
+
+A payload scan (:func:`afind_orphaned_payloads`) does the same for a model's offload store: it
+lists the ids of the payloads there (``{class_name}.payloads``), then pages through the model's
+records collecting the payload ids their pointers name, and reports (and on request deletes) the
+payloads no record points to that were uploaded at least ``min_age`` before the scan started:
+a save uploads its payload before it writes the record, so a younger payload may belong to a
+save still in flight.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import pydantic_core
 from pydantic import TypeAdapter
 
-from pydantic_toast._codecs import is_encoded
+from pydantic_toast._codecs import is_encoded, pointer_of
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._loading import Routes, find_references, routes_in
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._offload import load_offloaded
+from pydantic_toast._offload import load_offloaded, payload_class
 from pydantic_toast._ownership import delete_owned
 from pydantic_toast._records import PageCursor
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["OrphanReport", "afind_orphans", "find_orphans", "referencing_classes"]
+__all__ = [
+    "OrphanReport",
+    "afind_orphaned_payloads",
+    "afind_orphans",
+    "find_orphaned_payloads",
+    "find_orphans",
+    "referencing_classes",
+]
 
 MAX_BATCH = 1000
 
@@ -175,4 +190,124 @@ def find_orphans(
         ),
         call="pydantic_toast.find_orphans()",
         instead="await pydantic_toast.afind_orphans()",
+    )
+
+
+DEFAULT_MIN_AGE = timedelta(minutes=10)
+
+
+async def afind_orphaned_payloads(
+    model: type[ExternalBaseModel],
+    *,
+    delete: bool = False,
+    batch_size: int = 500,
+    min_age: timedelta = DEFAULT_MIN_AGE,
+    progress: Callable[[OrphanReport], None] | None = None,
+) -> OrphanReport:
+    """Find, and with ``delete=True`` delete, the offloaded payloads of ``model`` that no record
+    points to (left by a process that died between a payload's upload and its record's write,
+    or by a failed cleanup).
+
+    Only ids are kept in memory. The offload store is listed first (ids, one page per
+    ``batch_size``; on S3 one GET per page besides, for the next page's cursor), then the
+    model's records are paged for their pointers, then the unreferenced payloads are read to
+    check their age.
+
+    Args:
+        model: A model with ``offload``.
+        delete: Delete the orphaned payloads found.
+        batch_size: Ids or records per page (1 to 1000).
+        min_age: Payloads uploaded less than this before the scan are never reported (a save
+            may still be writing the record that points to them).
+        progress: Called with the report so far after each page.
+
+    Returns:
+        An :class:`OrphanReport` whose ``class_name`` is the payloads' stored class name and
+        whose ``checked`` counts the payloads listed.
+
+    Raises:
+        StorageConfigurationError: ``model`` has no ``offload``, or an argument is invalid.
+    """
+    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH:
+        raise StorageConfigurationError(
+            f"batch_size must be an int from 1 to {MAX_BATCH}, got {batch_size!r}"
+        )
+    if not isinstance(min_age, timedelta) or min_age < timedelta(0):
+        raise StorageConfigurationError("min_age must be a timedelta of 0 or more")
+    settings = model._toast_settings()
+    codec, name = settings.codec, settings.external_name
+    if codec is None or codec.offload is None:
+        raise StorageConfigurationError(
+            f"{model.__qualname__} has no offload store, so it has no offloaded payloads: "
+            "pass the model whose ExternalConfigDict sets offload="
+        )
+    cutoff = datetime.now(UTC) - min_age
+    storage = current_storage()
+    store = await storage.connected(codec.offload)
+    payloads = payload_class(name)
+    report = OrphanReport(payloads, [name])
+    listed: list[UUID] = []
+    cursor: PageCursor | None = None
+    while True:  # 1. the payloads stored, newest first
+        ids = await store.list_ids(payloads, limit=batch_size, after=cursor)
+        listed += ids
+        report.checked = len(listed)
+        if progress is not None:
+            progress(report)
+        if len(ids) < batch_size:
+            break
+        (last,) = await store.load_records([(payloads, ids[-1])])
+        if last is None:  # replaced meanwhile: the cursor comes from the page's last survivor
+            survivors = await store.load_records([(payloads, id) for id in ids])
+            last = next((record for record in reversed(survivors) if record), None)
+        if last is None:  # the whole page went: the rest stays unlisted (never misreported)
+            break
+        cursor = PageCursor.of(last)
+    pointed = await _pointed_payloads(model, batch_size)  # 2. the payloads records point to
+    candidates = [id for id in listed if id not in pointed]
+    for start in range(0, len(candidates), batch_size):  # 3. old enough to be sure
+        chunk = candidates[start : start + batch_size]
+        records = await store.load_records([(payloads, id) for id in chunk])
+        orphans = [r.id for r in records if r is not None and r.created_at < cutoff]
+        if delete and orphans:
+            await store.delete_records([(payloads, id) for id in orphans])
+            report.deleted += len(orphans)
+        report.orphans.extend(orphans)
+        if progress is not None:
+            progress(report)
+    return report
+
+
+async def _pointed_payloads(model: type[ExternalBaseModel], batch_size: int) -> set[UUID]:
+    """The payload ids the records of ``model`` point to, read page by page."""
+    settings = model._toast_settings()
+    backend = await current_storage().connected(settings.url())
+    found: set[UUID] = set()
+    cursor: PageCursor | None = None
+    while True:
+        records = await backend.list_records(settings.external_name, limit=batch_size, after=cursor)
+        for record in records:
+            pointer = pointer_of(record)
+            if pointer is not None:
+                found.add(pointer[1])
+        if len(records) < batch_size:
+            return found
+        cursor = PageCursor.of(records[-1])
+
+
+def find_orphaned_payloads(
+    model: type[ExternalBaseModel],
+    *,
+    delete: bool = False,
+    batch_size: int = 500,
+    min_age: timedelta = DEFAULT_MIN_AGE,
+    progress: Callable[[OrphanReport], None] | None = None,
+) -> OrphanReport:
+    """The blocking form of :func:`afind_orphaned_payloads`."""
+    return run_sync(
+        lambda: afind_orphaned_payloads(
+            model, delete=delete, batch_size=batch_size, min_age=min_age, progress=progress
+        ),
+        call="pydantic_toast.find_orphaned_payloads()",
+        instead="await pydantic_toast.afind_orphaned_payloads()",
     )

@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Import the --module(s) that define your models, read the records of every "
         "class that can reference --class, page by page, then list the records of --class that "
         "none references (created before the scan started). Progress and a resume cursor on "
-        "stderr; orphan ids on stdout. Works on every storage URL.",
+        "stderr; orphan ids on stdout. Works on every storage URL. With --payloads, list the "
+        "offloaded payloads of --class that no record points to instead.",
     )
     orphans.add_argument(
         "--class", dest="class_name", required=True, help="the stored class name to check"
@@ -156,6 +158,19 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         required=True,
         help="a module defining the models (repeat for several), e.g. myapp.models",
+    )
+    orphans.add_argument(
+        "--payloads",
+        action="store_true",
+        help="check --class's offloaded payloads instead: those in its offload store that no "
+        "record points to",
+    )
+    orphans.add_argument(
+        "--min-age",
+        type=float,
+        default=600,
+        help="with --payloads: seconds a payload must have existed to be reported (default: "
+        "600; a younger one may belong to a save in flight)",
     )
     orphans.add_argument("--delete", action="store_true", help="delete the orphans found")
     orphans.add_argument("--after", help="resume after this cursor (printed by an earlier run)")
@@ -275,12 +290,16 @@ def _purge(url: str, batch_size: int) -> int:
 def _orphans(url: str, args: argparse.Namespace) -> int:
     import importlib
 
-    from pydantic_toast._orphans import OrphanReport, afind_orphans
+    from pydantic_toast._orphans import OrphanReport, afind_orphaned_payloads, afind_orphans
 
     try:
         parsed = StorageURL.parse(url)
     except ExternalStorageError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    if args.after is not None and args.payloads:
+        raise CommandError("--after does not apply to --payloads (a payload scan)", EXIT_USAGE)
+    if args.min_age < 0:
+        raise CommandError(f"--min-age must be 0 or more, got {args.min_age}", EXIT_USAGE)
     if not 1 <= args.batch_size <= 1000:
         raise CommandError(
             f"--batch-size must be from 1 to 1000, got {args.batch_size}", EXIT_USAGE
@@ -304,6 +323,14 @@ def _orphans(url: str, args: argparse.Namespace) -> int:
 
         async def scan() -> OrphanReport:
             try:
+                if args.payloads:
+                    return await afind_orphaned_payloads(
+                        model,
+                        delete=args.delete,
+                        batch_size=args.batch_size,
+                        min_age=timedelta(seconds=args.min_age),
+                        progress=progress,
+                    )
                 return await afind_orphans(
                     model,
                     delete=args.delete,
@@ -320,7 +347,7 @@ def _orphans(url: str, args: argparse.Namespace) -> int:
     verb = "deleted" if args.delete else "found"
     sources = ", ".join(report.referencing) or "none"
     print(
-        f"{parsed.masked}: {args.class_name}: {len(report.orphans)} orphans {verb} among "
+        f"{parsed.masked}: {report.class_name}: {len(report.orphans)} orphans {verb} among "
         f"{report.checked} records (referencing classes: {sources})",
         file=sys.stderr,
     )
