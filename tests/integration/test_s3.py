@@ -352,3 +352,40 @@ async def test_batch_conflict_during_the_puts_writes_the_others(
         backend = await pydantic_toast.current_storage().connected(StorageURL.parse(payloads))
         assert await backend.count(f"{name}.payloads") == count  # old ones gone, none extra
     await pydantic_toast.aclose_storage()
+
+
+async def test_checked_delete_refused_when_a_write_lands_after_its_check(
+    seaweedfs: servers.TempSeaweedFS, bucket: str, s3_url: str
+) -> None:
+    """A write landing between the checked delete's HEAD and its DELETE: the DELETE's If-Match
+    is refused (SeaweedFS honours it), nothing is deleted, the index entry is put back."""
+    note = model_on(s3_url)
+    item = note(text="v1")  # type: ignore[call-arg]
+    await item.asave()
+    name = note._toast_settings().external_name
+    key = f"{StorageURL.parse(s3_url).path.strip('/')}/{name}/{item.external_id}.json"
+    connected = await pydantic_toast.current_storage().connected(StorageURL.parse(s3_url))
+    backend: Any = connected.backend
+    head = backend._head
+
+    async def head_then_another_writer(object_key: str) -> Any:
+        """The real HEAD, then a real write by another client before the DELETE goes out."""
+        seen = await head(object_key)
+        if object_key == key:
+            async with raw_client(seaweedfs) as client:
+                await client.put_object(
+                    Bucket=bucket, Key=key, Body=b'{"text":"raw writer"}', Metadata=seen["Metadata"]
+                )
+        return seen
+
+    backend._head = head_then_another_writer
+    try:
+        with pytest.raises(ConcurrencyError) as caught:
+            await pydantic_toast.adelete(note, item.external_id, revision=1)  # type: ignore[arg-type]
+    finally:
+        del backend._head
+    assert "nothing was deleted" in str(caught.value)
+    assert (await note.aload(item.external_id)).text == "raw writer"  # type: ignore[arg-type, attr-defined]
+    page = await pydantic_toast.apage(note, limit=10)
+    assert [listed.external_id for listed in page.items] == [item.external_id]  # still listed
+    await pydantic_toast.aclose_storage()
