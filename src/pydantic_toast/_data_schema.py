@@ -12,16 +12,23 @@ Stored JSON keeps NaN and the infinities as the constants ``NaN``, ``Infinity`` 
 ``-Infinity`` in every model, dataclass and ``TypedDict`` of the tree: a plain model nested in
 an external one writes them as ``null`` by default (``ser_json_inf_nan``), which a ``float``
 field refuses and a ``float | None`` field reads back as ``None``. Only the serializer built
-here sees the override; the models' own ``model_dump_json()`` keeps their setting.
+here sees the override; the models' own ``model_dump_json()`` keeps their setting. A second
+serializer, run only on records that show a UTC offset, notes a datetime or time whose offset
+has seconds, which Pydantic writes rounded: such a record is refused.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import datetime, time
+from typing import Any, TypeVar, cast
 
-from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator
+from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator, core_schema
 
-__all__ = ["DataSchema", "data_schema", "storage_serializer"]
+__all__ = ["DataSchema", "data_schema", "rounds_an_offset", "storage_serializer"]
+
+T = TypeVar("T")
 
 
 class DataSchema:
@@ -29,6 +36,8 @@ class DataSchema:
 
     Attributes:
         serializer: Writes the fields as JSON (nested external models become references).
+        checker: The same, noting a datetime or time whose UTC offset has seconds (see
+            :func:`rounds_an_offset`); slower, run only when a record shows an offset.
         validator: Validates stored fields with what lies inside the reference hook: the
             model, and any model validators the hook wraps.
         hook_at_root: Whether the reference hook is the outermost validator. When it is not
@@ -36,7 +45,7 @@ class DataSchema:
             Pydantic's validation must use the class's full validator, so that those run too.
     """
 
-    __slots__ = ("hook_at_root", "serializer", "source", "validator")
+    __slots__ = ("checker", "hook_at_root", "serializer", "source", "validator")
 
     def __init__(
         self,
@@ -45,9 +54,11 @@ class DataSchema:
         validator: SchemaValidator,
         *,
         hook_at_root: bool,
+        checker: SchemaSerializer,
     ) -> None:
         self.source = source
         self.serializer = serializer
+        self.checker = checker
         self.validator = validator
         self.hook_at_root = hook_at_root
 
@@ -89,23 +100,26 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     config = _config_of(validator)
     built = DataSchema(
         schema,
-        SchemaSerializer(_keeping_inf_nan(fields), _keep_inf_nan(config)),
+        SchemaSerializer(_for_storage(fields, check_offsets=False), _keep_inf_nan(config)),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
+        checker=SchemaSerializer(_for_storage(fields, check_offsets=True), _keep_inf_nan(config)),
     )
     cls.__toast_data_schema__ = built
     return built
 
 
-def storage_serializer(cls: type[Any]) -> SchemaSerializer:
+def storage_serializer(cls: type[Any], *, check_offsets: bool = False) -> SchemaSerializer:
     """The serializer that writes ``cls``'s stored JSON.
 
-    The :class:`DataSchema` serializer when there is one, else the class's own (a subclass's
-    own model serializer decides what is stored; in JSON mode its handler hands back floats,
-    which the class's config writes as constants).
+    The :class:`DataSchema` serializer (or its checker, with ``check_offsets``) when there is
+    one, else the class's own (a subclass's own model serializer decides what is stored; in
+    JSON mode its handler hands back floats, which the class's config writes as constants).
     """
     fast = data_schema(cls)
-    return cls.__pydantic_serializer__ if fast is None else fast.serializer
+    if fast is None:
+        return cast("SchemaSerializer", cls.__pydantic_serializer__)
+    return fast.checker if check_offsets else fast.serializer
 
 
 def _config_of(validator: SchemaValidator) -> CoreConfig | None:
@@ -121,20 +135,30 @@ def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
     return {**(config or {}), "ser_json_inf_nan": "constants"}
 
 
-def _keeping_inf_nan(node: Any, stand_ins: dict[type, type] | None = None) -> Any:
-    """A copy of core schema ``node`` whose configs all write NaN and infinities as constants.
+def _for_storage(
+    node: Any, stand_ins: dict[type, type] | None = None, *, check_offsets: bool
+) -> Any:
+    """A copy of core schema ``node`` for stored JSON: every config writes NaN and infinities
+    as constants; with ``check_offsets``, datetimes and times note a UTC offset with seconds.
 
     Only dicts and lists are copied; classes, functions and other leaves are shared.
     """
     if stand_ins is None:
         stand_ins = {}
     if isinstance(node, dict):
-        copied = {key: _keeping_inf_nan(value, stand_ins) for key, value in node.items()}
+        copied = {
+            key: _for_storage(value, stand_ins, check_offsets=check_offsets)
+            for key, value in node.items()
+        }
+        kind = node.get("type")
+        if check_offsets and kind in _OFFSET_CHECKS and "serialization" not in node:
+            copied["serialization"] = _OFFSET_CHECKS[kind]
         config = node.get("config")
+        # The checker takes every model and dataclass (their own serializers note nothing).
         if (
-            node.get("type") in _CONFIGURED
+            kind in _CONFIGURED
             and isinstance(config, dict)
-            and config.get("ser_json_inf_nan", "null") != "constants"
+            and (check_offsets or config.get("ser_json_inf_nan", "null") != "constants")
         ):
             copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
             if "cls" in node:
@@ -148,8 +172,44 @@ def _keeping_inf_nan(node: Any, stand_ins: dict[type, type] | None = None) -> An
                 copied["cls"] = stand_ins[original]
         return copied
     if isinstance(node, list):
-        return [_keeping_inf_nan(item, stand_ins) for item in node]
+        return [_for_storage(item, stand_ins, check_offsets=check_offsets) for item in node]
     return node
+
+
+# Pydantic writes UTC offsets as +HH:MM, dropping seconds (an offset such as LMT's +00:19:32,
+# for dates before 1937 in Europe/Amsterdam): such a value would come back changed. The check
+# notes it rather than raising: inside a union, Pydantic would take an error for a mismatch,
+# try the next member and write the value all the same. It costs a Python call per value, so
+# it runs only on records whose JSON shows an offset other than Z (see _fidelity.suspicions).
+_offset_with_seconds: ContextVar[bool] = ContextVar("pydantic_toast_offset", default=False)
+
+
+def _whole_minute_offset(value: Any) -> Any:
+    if isinstance(value, datetime | time) and value.tzinfo is not None:
+        offset = value.utcoffset()
+        if offset is not None and (offset.seconds % 60 or offset.microseconds):
+            _offset_with_seconds.set(True)
+    return value
+
+
+# A plain serializer handing the value on to the usual one (cheaper than a wrap serializer,
+# which builds a handler for every call).
+_OFFSET_CHECKS = {
+    kind: core_schema.plain_serializer_function_ser_schema(
+        _whole_minute_offset, return_schema={"type": kind}, when_used="json"
+    )
+    for kind in ("datetime", "time")
+}
+
+
+def rounds_an_offset(serialize: Callable[[], T]) -> tuple[T, bool]:
+    """``serialize()``'s result, and whether it wrote a UTC offset with seconds (rounded)."""
+    token = _offset_with_seconds.set(False)
+    try:
+        result = serialize()
+        return result, _offset_with_seconds.get()
+    finally:
+        _offset_with_seconds.reset(token)
 
 
 class _StandIn(type):

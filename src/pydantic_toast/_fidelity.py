@@ -6,7 +6,8 @@ Pydantic writes some values that it cannot read back: integers of more than 4,30
 least 19 digits, so a byte scan of the serialized record (a few hundred nanoseconds) decides
 whether a record needs the real check: validating it back exactly as a load would.
 Strings Pydantic cannot encode (lone surrogates) fail during serialization and are refused
-here, naming the field.
+here, naming the field; so are datetimes and times whose UTC offset has seconds, which Pydantic
+writes rounded to the minute (noted during serialization, see ``_data_schema``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ __all__ = [
     "describe_errors",
     "is_too_long",
     "locate",
-    "may_be_unreadable",
+    "offset_refusal",
     "serialization_refusal",
+    "suspicions",
     "unreadable_nested_refusal",
     "unreadable_refusal",
 ]
@@ -57,9 +59,15 @@ _UNREADABLE_FIX = (
 CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False)
 
 
-def may_be_unreadable(data: bytes) -> bool:
-    """Whether ``data`` holds an integer long enough to need a read-back check."""
-    return _NINETEEN_DIGITS in data.translate(DIGITS_AS_ZERO)
+def suspicions(data: bytes) -> tuple[bool, bool]:
+    """Whether ``data`` may hold an unreadable integer, and a UTC offset other than ``Z``.
+
+    A datetime or time whose offset has seconds is written rounded, as ``+HH:MM`` (an offset
+    of less than a second as ``Z``, the one case not seen): records without such an offset
+    need no offset check.
+    """
+    digits = data.translate(DIGITS_AS_ZERO)
+    return _NINETEEN_DIGITS in digits, b'+00:00"' in digits or b'-00:00"' in digits
 
 
 class _TooLong:
@@ -143,21 +151,54 @@ def serialization_refusal(
     model: ExternalBaseModel, exc: pydantic_core.PydanticSerializationError
 ) -> StorageValidationError:
     """The refusal for a model that Pydantic cannot serialize to JSON, naming the field."""
+    from pydantic_toast._data_schema import storage_serializer
+
     cls = type(model)
+    serializer = storage_serializer(cls)
     field = None
     for name in cls.model_fields:
         try:
-            cls.__pydantic_serializer__.to_json(model, include={name}, round_trip=True)
+            serializer.to_json(model, include={name}, by_alias=False, round_trip=True)
         except pydantic_core.PydanticSerializationError:
             field = name
             break
     cause = str(exc).removeprefix("Error serializing to JSON: ")
     cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
     where = f"field {field!r}" if field else "a field"
-    return StorageValidationError(
+    message = (
         f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
         "nothing was written. Lone surrogate characters (from undecodable bytes) cannot be "
-        "stored: encode such data as bytes or clean the string",
+        "stored: encode such data as bytes or clean the string"
+    )
+    return StorageValidationError(message, class_name=_name(cls), field=field)
+
+
+def offset_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
+    """The refusal for a model holding a datetime or time whose UTC offset has seconds, if it
+    holds one (checked by serializing it again, noting such offsets)."""
+    from pydantic_toast._data_schema import rounds_an_offset, storage_serializer
+
+    cls = type(model)
+    checker = storage_serializer(cls, check_offsets=True)
+    _, rounded = rounds_an_offset(lambda: checker.to_json(model, by_alias=False, round_trip=True))
+    if not rounded:
+        return None
+    field = None
+    for name in cls.model_fields:
+        _, rounded = rounds_an_offset(
+            lambda name=name: checker.to_json(  # type: ignore[misc]
+                model, include={name}, by_alias=False, round_trip=True
+            )
+        )
+        if rounded:
+            field = name
+            break
+    where = f"field {field!r}" if field else "a field"
+    return StorageValidationError(
+        f"{cls.__qualname__} cannot be stored: {where} holds a datetime or time whose UTC offset "
+        "has seconds (a zone's local mean time, before about 1900, or a fixed offset), which "
+        "Pydantic writes as +HH:MM, so it would come back changed; nothing was written. Convert "
+        "it to UTC or to an offset of whole minutes first",
         class_name=_name(cls),
         field=field,
     )

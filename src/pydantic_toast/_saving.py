@@ -216,6 +216,7 @@ class SaveBatch:
         identity = identity_of(model)
         assert identity is not None  # set by collect()
         now = datetime.now(UTC)
+        serialized = model  # or its twin, below
         try:
             data = _to_json(model)
         except pydantic_core.PydanticSerializationError as exc:
@@ -223,7 +224,8 @@ class SaveBatch:
                 failure: pydantic_core.PydanticSerializationError | None = exc
             else:  # the model holds itself (a.next = a): serialize a stand-in instead
                 try:
-                    data, failure = _to_json(_stand_in(model)), None
+                    serialized = _stand_in(model)
+                    data, failure = _to_json(serialized), None
                 except pydantic_core.PydanticSerializationError as again:
                     failure = again
             if failure is not None:
@@ -234,6 +236,16 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
+        unreadable, offset = _fidelity.suspicions(data)
+        if offset:
+            token = _serializing.set(serialized)  # the check serializes its own fields
+            try:
+                rounded = _fidelity.offset_refusal(serialized)
+            finally:
+                _serializing.reset(token)
+            if rounded is not None:
+                self.refusal = self.refusal or rounded
+                raise self.refusal
         if not self.force and identity.unchanged(data):
             if not identity.exact:  # compare bytes next time
                 object.__setattr__(
@@ -255,13 +267,13 @@ class SaveBatch:
         self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
             self.encoding = True
-        if _fidelity.may_be_unreadable(data):
+        if unreadable:
             self.suspects.append((type(model), record))
 
     def verify(self) -> None:
         """Refuse the batch if a record in it could not be read back (before any write).
 
-        Only records :func:`_fidelity.may_be_unreadable` flagged are validated, the way a load
+        Only records :func:`_fidelity.suspicions` flagged are validated, the way a load
         would, with the batch's own records standing in for the store. The last serialized go
         first: a model is serialized before the models it holds, so these are checked on their
         own before a parent's check loads them as its fields.

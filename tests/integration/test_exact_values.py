@@ -8,9 +8,10 @@ import enum
 import json
 import logging
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta, timezone
 from typing import Any
 from uuid import uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import BaseModel, ConfigDict, model_serializer
@@ -262,6 +263,41 @@ async def test_huge_int_in_a_shared_child_is_refused_naming_its_field(
     for cls, instance in ((top_cls, top), (middle_cls, middle), (leaf_cls, leaf)):
         with pytest.raises(RecordNotFoundError):
             await cls.aload(instance.external_id)  # type: ignore[arg-type]
+
+
+class When(BaseModel):
+    at: datetime | None = None
+
+
+def test_datetimes_with_offsets_of_seconds_are_refused_naming_the_field(storage_url: str) -> None:
+    """Pydantic writes UTC offsets as +HH:MM: Amsterdam's local mean time in 1900 (+00:19:32)
+    came back as +00:19, silently. Refused now, in fields, unions, containers and plain models;
+    offsets of whole minutes (and a zone's modern offsets) still round-trip."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    cls = model(storage_url, at=datetime | str, many=list[datetime], clock=time | None, when=When)
+    fine = cls(
+        at=datetime(2024, 7, 1, 12, tzinfo=amsterdam),
+        many=[datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=-9, minutes=-30)))],
+        clock=time(8, tzinfo=timezone(timedelta(minutes=45))),
+        when=When(at=datetime(2000, 1, 1)),
+    )
+    loaded: Any = cls.model_validate(fine.model_dump())
+    assert loaded.at.utcoffset() == timedelta(hours=2)
+    assert loaded.many[0].utcoffset() == timedelta(hours=-9, minutes=-30)
+    assert loaded.clock.utcoffset() == timedelta(minutes=45)
+    lmt = datetime(1900, 1, 1, tzinfo=amsterdam)
+    assert lmt.utcoffset() == timedelta(minutes=19, seconds=32)
+    for values, field in (
+        ({"at": lmt}, "at"),
+        ({"many": [datetime(2024, 1, 1), lmt]}, "many"),
+        ({"clock": time(1, tzinfo=timezone(timedelta(seconds=-61)))}, "clock"),
+        ({"when": When(at=lmt)}, "when"),
+    ):
+        bad = cls(**{"at": "-", "many": [], "clock": None, "when": When(), **values})
+        with pytest.raises(StorageValidationError, match="offset has seconds") as info:
+            bad.model_dump()
+        assert info.value.field == field
+        assert_not_written(cls, bad)
 
 
 def raw_record(cls: type[ExternalBaseModel], data: bytes) -> StoredRecord:

@@ -121,9 +121,12 @@ big_ints = st.one_of(
 )
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 text_with_surrogates = st.text(st.characters(exclude_categories=[]), max_size=8)
-# Whole minutes: Pydantic writes UTC offsets as +HH:MM and drops seconds (see test below).
-offsets = st.builds(
-    lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-23 * 60 - 59, 23 * 60 + 59)
+# Offsets of whole minutes, of seconds (Pydantic writes +HH:MM: refused) and IANA zones (local
+# mean time before about 1900 has offsets of seconds).
+offsets = st.one_of(
+    st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-1439, 1439)),
+    st.builds(lambda seconds: timezone(timedelta(seconds=seconds)), st.integers(-86399, 86399)),
+    st.timezones(),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | big_ints | floats | text,
