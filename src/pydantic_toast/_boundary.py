@@ -22,8 +22,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
 from pydantic_toast._loading import LoadSession, SessionKey
-from pydantic_toast._reference import ExternalReference, parse_reference
-from pydantic_toast._signing import SigningKeys, parse_signed, signed_json_schema
+from pydantic_toast._reference import ExternalReference
+from pydantic_toast._signing import SigningKeys, signed_json_schema
 
 __all__ = [
     "ACCEPT_KEY",
@@ -88,25 +88,14 @@ class AcceptReference:
         return _with_references(schema, handler)
 
     def _validate(self, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if isinstance(value, dict) and _looks_like_reference(value):
-            token = _accepting.set(True)
-            try:
-                return handler(value)
-            finally:
-                _accepting.reset(token)
-        token = _accepting.set(False)
+        # Everything under the marker accepts references: the value itself, or the elements
+        # of ``Ref[list[Customer]]`` and the like (the prefetch fetched those too). Full data
+        # of an external model turns it off again for that model's own fields.
+        token = _accepting.set(True)
         try:
             return handler(value)
         finally:
             _accepting.reset(token)
-
-
-def _looks_like_reference(value: dict[Any, Any]) -> bool:
-    """A reference, signed or not (the model's validator decides whether it is acceptable)."""
-    try:
-        return parse_reference(value) is not None or parse_signed(value) is not None
-    except Exception:  # malformed: the model's validator reports it
-        return True
 
 
 def reference_json_schema(class_name: str) -> JsonSchemaValue:

@@ -455,3 +455,44 @@ def test_required_if_match_is_a_428_and_a_stale_one_a_412(client: TestClient) ->
     assert client.get(f"/customers/{ada['id']}").json() == {"name": "Ada"}
     responses = client.get("/openapi.json").json()["paths"]["/customers/{id}"]["put"]["responses"]
     assert {"404", "409", "412", "428", "500", "503"} <= set(responses)
+
+
+class Bundle(BaseModel):
+    """Ref inside containers and an optional, and a plain list that takes data only."""
+
+    many: Ref[list[Customer]] = []
+    named: Ref[dict[str, Customer]] = {}
+    maybe: Ref[Customer] | None = None
+    plain: list[Customer] = []
+
+
+def test_openapi_of_container_fields_documents_what_they_take() -> None:
+    """Each body documented by the schema if and only if the route accepts it."""
+    import jsonschema_rs
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/bundles")
+    async def take(bundle: Bundle) -> dict[str, int]:
+        return {"customers": len(bundle.many) + len(bundle.named) + len(bundle.plain)}
+
+    with TestClient(app) as client:
+        reference = dict(client.portal.call(Customer(name="Ada").asave))
+        openapi = client.get("/openapi.json").json()
+        schema = {**openapi["components"]["schemas"]["Bundle"], "components": openapi["components"]}
+        validator = jsonschema_rs.validator_for(schema)
+        data = {"name": "Bo"}
+        cases: list[dict[str, Any]] = [
+            {"many": [data, reference]},
+            {"named": {"x": reference, "y": data}},
+            {"maybe": reference},
+            {"maybe": None},
+            {"plain": [data]},
+            {"plain": [reference]},
+            {"many": [reference], "plain": [data, reference]},
+        ]
+        documented = [validator.is_valid(body) for body in cases]
+        accepted = [client.post("/bundles", json=body).status_code == 200 for body in cases]
+    assert documented == [True, True, True, True, True, False, False]
+    assert accepted == documented
