@@ -10,7 +10,9 @@ Every error the library raises derives from :class:`ExternalStorageError`::
     │   ├── StorageAuthenticationError  it refused the credentials, or wants some
     │   ├── StorageConnectTimeoutError  connecting took longer than connect_timeout
     │   ├── StoragePoolTimeoutError     every pooled connection stayed busy for pool_timeout
-    │   └── StorageBusyError            it is starting, loading or full: retry later
+    │   ├── StorageBusyError            it is starting, loading or full: retry later
+    │   └── OutcomeUnknownError         lost after a write was sent: whether it was applied is
+    │                                   unknown (reload and check; it was not repeated)
     ├── StorageTimeoutError             one statement or lock wait ran out of time (not an
     │                                   outage: the other connections stay; also TimeoutError)
     ├── StorageSchemaError              reachable but not prepared (run the migration)
@@ -43,6 +45,7 @@ __all__ = [
     "EncryptionKeyError",
     "ExternalStorageError",
     "InvalidReferenceError",
+    "OutcomeUnknownError",
     "RecordNotFoundError",
     "StorageAuthenticationError",
     "StorageBusyError",
@@ -105,6 +108,36 @@ class StoragePoolTimeoutError(StorageConnectionError, TimeoutError):
 
 class StorageBusyError(StorageConnectionError):
     """The store answers but cannot serve now (starting, loading its data, out of connections)."""
+
+
+class OutcomeUnknownError(StorageConnectionError):
+    """The connection was lost after a write was sent: whether the store applied it is unknown.
+
+    A save, delete or purge that may have reached the store is never repeated blindly: a
+    repeated save would find its own first attempt's revision and report a conflict, a repeated
+    delete would report the record missing. A save whose reply was lost is read back first
+    and reported as written when the store holds exactly what it wrote; this error is what
+    remains when reading back cannot tell (the record changed since, or could not be read).
+    Load the record, check its revision and data, and write again if the change is not there.
+
+    Attributes:
+        url: The storage URL with its password masked.
+        operation: ``"save"``, ``"delete"`` or ``"purge"``.
+        keys: The ``(class_name, id)`` of the records whose outcome is unknown (empty for
+            a purge).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        operation: str,
+        keys: tuple[tuple[str, UUID], ...] = (),
+    ) -> None:
+        super().__init__(message, url=url)
+        self.operation = operation
+        self.keys = keys
 
 
 class StorageTimeoutError(ExternalStorageError, TimeoutError):

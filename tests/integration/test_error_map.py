@@ -27,6 +27,7 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalStorageError,
+    OutcomeUnknownError,
     RecordKey,
     RecordNotFoundError,
     StorageAuthenticationError,
@@ -602,7 +603,7 @@ def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_ur
     assert str(record.id) in str(stored_error)
 
 
-# -- retries: deletes never ---------------------------------------------------------------------
+# -- retries: a delete sent is never repeated ---------------------------------------------------
 
 
 class ReplyLostBackend(MemoryBackend):
@@ -620,12 +621,12 @@ pydantic_toast.register_backend("replylost", ReplyLostBackend)
 
 
 def test_delete_whose_reply_is_lost_is_not_retried_nor_reported_missing() -> None:
-    """The delete committed, the reply was lost: StorageConnectionError, one attempt only."""
+    """The delete committed, the reply was lost: OutcomeUnknownError, one attempt only."""
     ledger = model_on(f"replylost://{uuid4().hex}")
     reference = ledger(text="x").model_dump()
     ReplyLostBackend.deletes = 0
     error = raised(lambda: pydantic_toast.delete(ledger, reference))
-    assert_mapped(error, StorageConnectionError, "lost during delete")
+    assert_mapped(error, OutcomeUnknownError, "lost after the delete was sent", "load the record")
     assert not isinstance(error, RecordNotFoundError)
     assert ReplyLostBackend.deletes == 1
 
@@ -634,8 +635,9 @@ def test_delete_whose_reply_is_lost_is_not_retried_nor_reported_missing() -> Non
 def test_postgres_connection_killed_mid_delete_is_a_connection_error(
     postgres_database_url: str,
 ) -> None:
-    """Our connection terminated while its DELETE waits on a lock: StorageConnectionError,
-    never RecordNotFoundError, and the delete is not repeated behind the caller's back."""
+    """Our connection terminated while its DELETE waits on a lock: OutcomeUnknownError (a
+    StorageConnectionError), never RecordNotFoundError, and the delete is not repeated
+    behind the caller's back."""
     import asyncpg
 
     tag = f"kill{uuid4().hex[:10]}"
@@ -672,5 +674,6 @@ def test_postgres_connection_killed_mid_delete_is_a_connection_error(
         return info.value, left
 
     error, left = asyncio.run(scenario())
-    assert_mapped(error, StorageConnectionError, "lost during delete")
+    assert_mapped(error, OutcomeUnknownError, "lost after the delete was sent", "load the record")
+    assert isinstance(error, StorageConnectionError)
     assert left == 1, "a retried delete would have removed the record"

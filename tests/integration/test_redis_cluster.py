@@ -307,3 +307,22 @@ def test_wait_for_a_replica_costs_a_round_trip(cluster: servers.TempRedisCluster
     )
     assert waiting > 0
     assert plain > 0
+
+
+def test_save_script_sent_twice_is_answered_as_written(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """redis-py's cluster client resends a command by itself after a lost connection (below
+    the library's boundary). The save script answers a repeat of its own write as written,
+    so such a resend never becomes a ConcurrencyError "nothing was written". One bucket, so
+    each save is one script call, sent twice here (issue 10, item 2)."""
+    from tests.integration.test_lost_replies import repeat_scenario
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"repeat{uuid4().hex[:8]}", buckets=1))
+        try:
+            await repeat_scenario(backend)
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())

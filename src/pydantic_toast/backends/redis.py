@@ -51,6 +51,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, rewrite_url
 from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of
+from pydantic_toast.runtime.boundary import connecting
 
 __all__ = ["RedisBackend"]
 
@@ -81,6 +82,11 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # that follows the revision. The expiry set scores each TTL record by when it expires (server
 # time, the clock Redis expires keys by), so count() subtracts the expired ones without
 # reading a record. Expired entries leave both sets here, a few per write (never on a read).
+# A repeat of this very write (every record found at its expected revision plus one, holding
+# exactly the document this call carries) is answered as written, and writes nothing: a
+# client that resends a script whose reply was lost (redis-py's cluster client does, by
+# itself) is told the truth instead of a conflict with itself. Staged documents are not
+# compared (the boundary reads them back instead).
 # Returns {1, new revisions...} or {0, index, current revision (0: none)}.
 _STAGED_HEADER = 96
 _SAVE_SCRIPT = """
@@ -89,6 +95,8 @@ local STAGED_HEADER = 96
 local createds = {}
 local existed = {}
 local result = {1}
+local repeated = 0
+local first_repeat = nil
 for i = 1, n do
   local base = (i - 1) * 7
   local expected = ARGV[base + 6]
@@ -101,10 +109,18 @@ for i = 1, n do
     existed[i] = true
   end
   if expected ~= '' and tonumber(expected) ~= current then
-    for j = 1, n do
-      if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+    if current == tonumber(expected) + 1 and ARGV[base + 7] == '0' and redis.call('GET', KEYS[i])
+        == '{"created_at":"' .. created .. '","revision":' .. string.format('%d', current) ..
+        ARGV[base + 1] then
+      repeated = repeated + 1
+      result[i + 1] = current
+      first_repeat = first_repeat or {0, i, current}
+    else
+      for j = 1, n do
+        if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+      end
+      return {0, i, current}
     end
-    return {0, i, current}
   end
   if ARGV[base + 7] == '1' then
     if redis.call('EXISTS', KEYS[3 * n + i]) == 0 then
@@ -115,7 +131,16 @@ for i = 1, n do
     end
   end
   createds[i] = created
-  result[i + 1] = current + 1
+  result[i + 1] = result[i + 1] or current + 1
+end
+if repeated == n then
+  return result
+end
+if repeated > 0 then
+  for j = 1, n do
+    if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+  end
+  return first_repeat
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -260,6 +285,23 @@ _DOCUMENT = re.compile(
 )
 
 
+class MarksConnecting(aioredis.ConnectionPool):
+    """A pool whose checkout errors are marked as raised while connecting (nothing was sent):
+    the boundary may then retry a write, which it never does once a request may have left."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        """A connection from the pool (see redis-py); its errors marked as connecting."""
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            connecting(exc)
+            raise
+
+
+class _WaitingPool(MarksConnecting, aioredis.BlockingConnectionPool):
+    """redis-py's waiting pool, its checkout errors marked as connecting."""
+
+
 class RedisBackend(RecordBackend):
     """Records in Redis, one JSON document per key, written atomically by a server script."""
 
@@ -343,9 +385,7 @@ class RedisBackend(RecordBackend):
 
     def _open_client(self) -> aioredis.Redis:
         """A client on a waiting pool (connections open on first use)."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            _server_url(self._parsed), **self._pool_options
-        )
+        pool = _WaitingPool.from_url(_server_url(self._parsed), **self._pool_options)
         return aioredis.Redis(connection_pool=pool)
 
     async def disconnect(self) -> None:

@@ -36,9 +36,12 @@ __all__ = ["RedisSentinelBackend"]
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
-class _WaitingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+class _WaitingSentinelPool(
+    single.MarksConnecting, SentinelConnectionPool, aioredis.BlockingConnectionPool
+):
     """A Sentinel pool that waits ``pool_timeout`` for a free connection, as the Redis
-    backend's pool does, instead of failing at once past ``max_connections``."""
+    backend's pool does, instead of failing at once past ``max_connections`` (its checkout
+    errors marked as connecting)."""
 
 
 class RedisSentinelBackend(single.RedisBackend):

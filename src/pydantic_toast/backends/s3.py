@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
@@ -102,6 +103,21 @@ _EPOCH_SPAN = 10**16  # microseconds: past the year 2286
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
 _MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+class _SendOnce(AIOHTTPSession):
+    """aiobotocore's HTTP session without aiohttp's silent second try.
+
+    aiohttp sends a PUT or DELETE again, once, when a reused connection is reset on the way
+    (HTTP calls both idempotent). A conditional PUT is not: repeated after it landed, it
+    fails its own ``If-Match``/``If-None-Match`` (412) and the save would report a conflict
+    with itself. Only the boundary repeats a request, and only one that cannot have landed.
+    """
+
+    async def _get_session(self, proxy_url: str | None) -> Any:
+        session = await super()._get_session(proxy_url)  # type: ignore[misc]
+        session._retry_connection = False  # aiohttp has no public switch for it
+        return session
 
 
 class S3Backend(RecordBackend):
@@ -159,7 +175,10 @@ class S3Backend(RecordBackend):
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             max_pool_connections=int(options.max_concurrency),
-            retries={"max_attempts": 2, "mode": "standard"},
+            # No retries inside botocore: a conditional PUT repeated after its reply was lost
+            # fails its own condition (412). The boundary retries what is safe to repeat.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            http_session_cls=_SendOnce,
             s3={"addressing_style": options.addressing_style},
         )
         try:
@@ -348,8 +367,25 @@ class S3Backend(RecordBackend):
             if _code(exc) not in _PRECONDITION_FAILED:
                 raise
             return False
+        except Exception:
+            # The reply was lost (a connection reset): a create that landed still needs its
+            # index entry, or the record would load but never be listed.
+            if not await self._landed(record, key):
+                raise
         await self._index(record)
         return True
+
+    async def _landed(self, record: StoredRecord, key: str) -> bool:
+        """Whether the object at ``key`` is ``record`` as its create wrote it (revision 1)."""
+        try:
+            head = await self._head(key)
+        except Exception:  # the caller re-raises what the create failed with
+            return False
+        return (
+            head is not None
+            and _revision_of(head) == 1
+            and head["Metadata"].get(_UPDATED) == record.updated_at.isoformat()
+        )
 
     async def _replace(self, record: StoredRecord, key: str, head: Any, expected: int) -> int:
         """Write revision ``expected + 1`` over the object whose HEAD is ``head``."""

@@ -4,8 +4,13 @@ Here, and only here, a call into a backend
 
 * has its exceptions translated into the library's (:mod:`pydantic_toast.runtime.errors`),
   chained to a data-free summary of the driver's exception, and logged;
-* is retried once, when the connection was lost on the way and the operation is safe to repeat
-  (never a delete: a delete that had committed would report "not found" on its retry);
+* is retried once when the connection was lost, if repeating it cannot change the outcome:
+  a read always; a write (save, delete, purge) only when it failed before its request could
+  reach the store (opening or checking out a connection). A save lost after it was sent is
+  settled by reading its records back (:mod:`pydantic_toast.runtime.outcomes`); a delete or
+  purge lost then raises :class:`~pydantic_toast.OutcomeUnknownError`. So a save never
+  reports a conflict with its own first attempt, and a delete never reports "not found"
+  because its first attempt had committed;
 * is measured for telemetry, when telemetry is on (:mod:`pydantic_toast.runtime.telemetry`).
 """
 
@@ -14,13 +19,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from uuid import UUID
 
-from pydantic_toast._exceptions import ConcurrencyError, ExternalStorageError
+from pydantic_toast._exceptions import (
+    ConcurrencyError,
+    ExternalStorageError,
+    StorageConnectionError,
+)
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
-from pydantic_toast.runtime import telemetry
-from pydantic_toast.runtime.errors import Failure, summary, translate
+from pydantic_toast.runtime import outcomes, telemetry
+from pydantic_toast.runtime.errors import Failure, summary, translate, unsent
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
@@ -29,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["Connected", "connecting", "open_backend"]
 
 T = TypeVar("T")
+
+Repeat = Literal["read", "write", "never"]
+"""How a call may be repeated after a lost connection: ``read`` always (once), ``write`` only
+when its request was never sent, ``never`` not at all (connecting, closing)."""
 
 logger = logging.getLogger("pydantic_toast")
 
@@ -51,7 +64,7 @@ def connecting(exc: BaseException) -> BaseException:
 async def open_backend(backend: StorageBackend, url: StorageURL) -> Connected:
     """Connect ``backend`` through the boundary and wrap it."""
     connected = Connected(backend, url)
-    await connected.cross("connect", backend.connect, retry=False)
+    await connected.cross("connect", backend.connect, repeat="never")
     telemetry.watch_pool(backend, _kind_of(backend), url)
     return connected
 
@@ -76,14 +89,37 @@ class Connected:
     def __repr__(self) -> str:
         return f"<Connected {self.backend!r}>"
 
+    @property
+    def where(self) -> str:
+        """``Backend at host:port`` (or the masked URL of a local store), for messages."""
+        return Failure(backend=self._kind, url=self.url, operation="").where
+
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
-        """Write ``records``; their new revisions (see :meth:`StorageBackend.save_records`)."""
-        class_name = records[0].class_name if records else None
+        """Write ``records``; their new revisions (see :meth:`StorageBackend.save_records`).
+
+        Retried once only when the connection failed before the request was sent. Lost after
+        that, the records are read back: stored exactly as written, the save succeeded;
+        untouched, it is written once more (a revision-checked write cannot land twice);
+        otherwise :class:`~pydantic_toast.OutcomeUnknownError`
+        (:func:`pydantic_toast.runtime.outcomes.settle_save`).
+        """
+        return await self.write_records(records, again=True)
+
+    async def write_records(
+        self, records: Sequence[StoredRecord], *, again: bool
+    ) -> list[int] | None:
+        """The save crossing; ``again``: whether settling a lost reply may write once more."""
+
+        async def settled() -> list[int] | None:
+            return await outcomes.settle_save(self, records, again=again)
+
         return await self.cross(
             "save",
             lambda: self.backend.save_records(records),
-            class_name=class_name,
+            class_name=records[0].class_name if records else None,
             count=len(records),
+            repeat="write",
+            settle=settled,
             size=lambda _: sum(len(record.data) for record in records),
         )
 
@@ -99,12 +135,13 @@ class Connected:
         )
 
     async def delete(self, id: UUID, class_name: str) -> bool:
-        """Delete one record; never retried, so "not found" is never the retry's own doing."""
+        """Delete one record; retried only if never sent, so "not found" is never a retry's."""
         return await self.cross(
             "delete",
             lambda: self.backend.delete(id, class_name),
             class_name=class_name,
-            retry=False,
+            repeat="write",
+            keys=((class_name, id),),
         )
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -128,13 +165,15 @@ class Connected:
         )
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
-        """Delete several records (see :meth:`StorageBackend.delete_records`); never retried."""
+        """Delete several records (see :meth:`StorageBackend.delete_records`); retried only
+        if never sent."""
         return await self.cross(
             "delete",
             lambda: self.backend.delete_records(keys),
             class_name=keys[0][0] if keys else None,
             count=len(keys),
-            retry=False,
+            repeat="write",
+            keys=tuple(keys),
         )
 
     async def list_ids(
@@ -156,13 +195,13 @@ class Connected:
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired records (see :meth:`StorageBackend.purge_expired`)."""
         return await self.cross(
-            "purge", lambda: self.backend.purge_expired(limit=limit), retry=False
+            "purge", lambda: self.backend.purge_expired(limit=limit), repeat="write"
         )
 
     async def disconnect(self) -> None:
         """Close the backend's connections (errors are logged, not raised)."""
         try:
-            await self.cross("disconnect", self.backend.disconnect, retry=False)
+            await self.cross("disconnect", self.backend.disconnect, repeat="never")
         except ExternalStorageError as exc:
             logger.warning("closing %r failed: %s", self.backend, exc)
 
@@ -173,12 +212,18 @@ class Connected:
         *,
         class_name: str | None = None,
         count: int = 1,
-        retry: bool = True,
+        repeat: Repeat = "read",
+        settle: Callable[[], Awaitable[T]] | None = None,
+        keys: Sequence[RecordKey] = (),
         size: Callable[[T], int] | None = None,
     ) -> T:
-        """Run ``call`` across the boundary: translated errors, one retry, telemetry.
+        """Run ``call`` across the boundary: translated errors, at most one retry, telemetry.
 
-        ``size`` gives the bytes moved from the result, for telemetry only (not called when off).
+        ``repeat`` says when a lost connection is retried (see :data:`Repeat`). A ``write``
+        lost after its request was sent is never repeated here: ``settle`` decides its outcome
+        (a save reads its records back), or it raises
+        :class:`~pydantic_toast.OutcomeUnknownError` naming ``keys``. ``size`` gives the bytes
+        moved from the result, for telemetry only (not called when off).
         """
         span = (
             telemetry.start(operation, self._kind, class_name, count, self.url)
@@ -189,7 +234,8 @@ class Connected:
             try:
                 result = await call()
             except Exception as exc:
-                mapped, retryable = translate(exc, self._failure(exc, operation, class_name))
+                failure = self._failure(exc, operation, class_name)
+                mapped, lost = translate(exc, failure)
                 cause = None if mapped is exc else summary(exc)
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
@@ -200,12 +246,39 @@ class Connected:
                     span.finish(None, size(result) if size is not None else None)
                 return result
             # Outside the except block: the driver's exception must not become __context__.
-            if retryable and retry and attempt == 1:
+            unsent = failure.connecting
+            if lost and attempt == 1 and (repeat == "read" or (repeat == "write" and unsent)):
                 logger.info("%s on %s lost its connection; retrying once", operation, self.url)
                 if span is not None:
                     span.retried()
                 await self._discard_connections()
                 continue
+            if lost and repeat == "write" and not unsent:
+                assert isinstance(mapped, StorageConnectionError)  # what "lost" translates to
+                logger.info(
+                    "%s on %s lost its connection after the request was sent (%s)",
+                    operation,
+                    self.url,
+                    cause,
+                )
+                await self._discard_connections()
+                if settle is None:
+                    mapped = outcomes.unknown(self, operation, keys)
+                else:
+                    try:
+                        result = await settle()
+                    except ExternalStorageError as outcome:
+                        mapped = outcome  # raised below, logged as any failure
+                        if outcome.__cause__ is not None:
+                            cause = None
+                    except BaseException as interrupt:
+                        if span is not None:
+                            span.finish(interrupt)
+                        raise
+                    else:
+                        if span is not None:
+                            span.finish(None, size(result) if size is not None else None)
+                        return result
             if span is not None:
                 span.finish(mapped)
             if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
@@ -222,7 +295,7 @@ class Connected:
             backend=self._kind,
             url=self.url,
             operation=operation,
-            connecting=bool(getattr(exc, _CONNECTING, False)),
+            connecting=bool(getattr(exc, _CONNECTING, False)) or unsent(exc),
             class_name=class_name,
         )
 

@@ -41,7 +41,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._url import StorageURL
 
-__all__ = ["DriverError", "Failure", "translate"]
+__all__ = ["DriverError", "Failure", "translate", "unsent"]
 
 MIGRATE_HINT: Final = (
     "run `pydantic-toast migrate <url>` (or `alembic upgrade head` with DATABASE_URL set to this "
@@ -110,6 +110,24 @@ def translate(exc: BaseException, failure: Failure) -> tuple[ExternalStorageErro
         if result is not None:
             return result
     return _fallback(exc, failure), False
+
+
+def unsent(exc: BaseException) -> bool:
+    """Whether the driver failed while connecting, before any request could leave.
+
+    Backends mark errors of their pools' connecting step themselves
+    (:func:`pydantic_toast.runtime.boundary.connecting`); this reads the drivers whose
+    connecting happens out of their reach: botocore's ``EndpointConnectionError`` and
+    ``ConnectTimeoutError``, and redis-py's "Error ... connecting to" (a cluster node's
+    connection opened inside the client).
+    """
+    driver = _innermost(exc)
+    name, module = type(driver).__name__, type(driver).__module__
+    if module.startswith(("botocore", "aiobotocore")):
+        return name in ("EndpointConnectionError", "ConnectTimeoutError")
+    if module.startswith("redis") and name in ("ConnectionError", "TimeoutError"):
+        return str(driver).startswith(("Error ", "Timeout ")) and " connecting to " in str(driver)
+    return False
 
 
 def summary(exc: BaseException) -> DriverError:

@@ -1,0 +1,480 @@
+"""Writes whose reply is lost, on real servers: the caller is told the truth (issue 10, item 2).
+
+A :class:`~tests.fault_proxy.FaultProxy` sits between the library and a real PostgreSQL,
+Redis or SeaweedFS (S3). It forwards a save or delete to the server, throws the server's reply
+away and cuts the connection: the server has applied the write, the client saw its connection
+drop. Each test then checks what was stored (through a second model class on the server's
+own address) and what the caller was told: a save that landed is reported as saved (never a
+``ConcurrencyError`` "nothing was written" from a blind retry), a delete that may have landed
+is :class:`~pydantic_toast.OutcomeUnknownError` (never "not found"), and a write refused
+before anything was sent is retried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID, uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import (
+    ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    ExternalStorageError,
+    OutcomeUnknownError,
+    RecordNotFoundError,
+    StorageConnectionError,
+    StoredRecord,
+)
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.memory import MemoryBackend
+from pydantic_toast.backends.redis import RedisBackend
+from pydantic_toast.backends.sqlite import SQLiteBackend
+from pydantic_toast.runtime.errors import DriverError
+from pydantic_toast.runtime.loops import run_sync
+from tests import servers
+from tests.fault_proxy import FaultProxy
+from tests.integration.conftest import _delete_redis_prefix
+
+
+@dataclass
+class Proxied:
+    """A storage URL through a fault proxy, and the same store's direct URL."""
+
+    kind: str
+    proxy: FaultProxy
+    url: str
+    direct: str
+    commit: bytes | None  # what a batch's commit sends (None: the batch is one request)
+
+
+def _through(url: str, port: int) -> str:
+    """``url`` with its host's port replaced by ``port`` (loopback)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{host}"))
+
+
+POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.postgresql)
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
+S3 = pytest.param("s3", marks=pytest.mark.s3)
+
+
+@pytest.fixture(params=[POSTGRESQL, REDIS, S3])
+def proxied(request: pytest.FixtureRequest) -> Iterator[Proxied]:
+    """A proxied storage URL of this test's own, on each networked backend in turn."""
+    yield from _proxied(request)
+
+
+@pytest.fixture(params=[POSTGRESQL, REDIS])
+def pooled(request: pytest.FixtureRequest) -> Iterator[Proxied]:
+    """The same, on the backends whose pools can drop their idle connections (the S3
+    backend's aiohttp pool cannot, so a refused new connection cannot be forced there)."""
+    yield from _proxied(request)
+
+
+def _proxied(request: pytest.FixtureRequest) -> Iterator[Proxied]:
+    kind, tag = request.param, uuid4().hex[:12]
+    if kind == "postgresql":
+        base = request.getfixturevalue("postgres_database_url")
+        direct = f"{base}?application_name=t{tag}"
+        parsed = urlsplit(base)
+        target = (parsed.hostname or "127.0.0.1", parsed.port or 5432)
+        commit: bytes | None = b"COMMIT"
+    elif kind == "redis":
+        base = request.getfixturevalue("redis_base_url")
+        direct = f"{base}?prefix=toast_test_{tag}"
+        parsed = urlsplit(base)
+        target = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        commit = None
+    else:
+        seaweedfs: servers.TempSeaweedFS = request.getfixturevalue("seaweedfs")
+        direct = seaweedfs.url(request.getfixturevalue("bucket"), f"t{tag}")
+        target = ("127.0.0.1", seaweedfs.port)
+        commit = None
+    with FaultProxy(*target) as proxy:
+        if kind == "s3":
+            url = direct.replace(seaweedfs.endpoint, f"http://127.0.0.1:{proxy.port}")
+        else:
+            url = _through(direct, proxy.port)
+        try:
+            yield Proxied(kind, proxy, url, direct, commit)
+        finally:
+            pydantic_toast.close_storage()
+            if kind == "redis":
+                _delete_redis_prefix(direct, f"toast_test_{tag}")
+
+
+def notes_on(proxied: Proxied) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
+    """A model class on the proxied URL, and its twin (same stored name) on the direct one."""
+    name = f"Note{uuid4().hex[:10]}"
+
+    def make(url: str) -> type[ExternalBaseModel]:
+        return type(
+            "Note",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": {"text": str},
+                "model_config": ExternalConfigDict(storage=url, external_name=name),
+            },
+        )
+
+    return make(proxied.url), make(proxied.direct)
+
+
+def stored(twin: type[ExternalBaseModel], id: UUID) -> tuple[str, int]:
+    """The stored text and revision of record ``id``, read on the server's own address."""
+    model = twin.model_validate({"class_name": twin.__toast_settings__.external_name, "id": id})  # type: ignore[attr-defined]
+    return model.text, model.external_revision  # type: ignore[attr-defined,return-value]
+
+
+def marker() -> str:
+    return f"lost-reply-{uuid4().hex}"
+
+
+# -- saves ----------------------------------------------------------------------------------
+
+
+def test_update_whose_reply_is_lost_is_reported_saved(proxied: Proxied) -> None:
+    """A revision-checked update that committed, its reply lost: saved at revision 2, once.
+
+    Before the fix, the boundary repeated the save, which found its own first attempt's
+    revision and raised ConcurrencyError "nothing was written".
+    """
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    proxied.proxy.lose_reply_to(text.encode())
+    item.model_dump()
+    assert proxied.proxy.replies_lost == 1
+    assert item.external_revision == 2
+    assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+    assert pydantic_toast.count(twin) == 1
+
+
+def test_create_whose_reply_is_lost_is_reported_saved(proxied: Proxied) -> None:
+    """A new record's save (expecting none) that landed, its reply lost: saved, revision 1."""
+    note, twin = notes_on(proxied)
+    note(text="warm-up").model_dump()  # connected, so the lost request is the save itself
+    text = marker()
+    item = note(text=text)
+    proxied.proxy.lose_reply_to(text.encode())
+    reference = item.model_dump()
+    assert proxied.proxy.replies_lost == 1
+    assert item.external_revision == 1
+    assert stored(twin, reference["id"]) == (text, 1)
+    assert pydantic_toast.count(twin) == 2
+    if proxied.kind == "s3":  # the index entry was written after the settled create
+        listed = [str(n.external_id) for n in pydantic_toast.page(twin).items]  # type: ignore[attr-defined]
+        assert str(reference["id"]) in listed
+
+
+def test_batch_whose_commit_reply_is_lost_is_reported_saved(proxied: Proxied) -> None:
+    """Two records in one batch; the reply to the batch (its COMMIT on PostgreSQL) is lost."""
+    note, twin = notes_on(proxied)
+    first, second = note(text="a"), note(text="b")
+    pydantic_toast.dump([first, second])
+    text = marker()
+    first.text, second.text = text, text + "-2"  # type: ignore[attr-defined]
+    proxied.proxy.lose_reply_to(proxied.commit or text.encode())
+    pydantic_toast.dump([first, second])
+    assert proxied.proxy.replies_lost == 1
+    assert (first.external_revision, second.external_revision) == (2, 2)
+    assert stored(twin, first.external_id) == (text, 2)  # type: ignore[attr-defined]
+    assert stored(twin, second.external_id) == (text + "-2", 2)  # type: ignore[attr-defined]
+
+
+def test_lost_save_that_cannot_be_read_back_is_outcome_unknown(proxied: Proxied) -> None:
+    """The reply is lost and the store cannot be reached again to read back: the caller gets
+    OutcomeUnknownError (a StorageConnectionError) naming the record and the fix, not a
+    ConcurrencyError and not "nothing was written"; the write itself landed once."""
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    proxied.proxy.lose_reply_to(text.encode())
+    proxied.proxy.refuse_connections(1000)
+    with pytest.raises(ExternalStorageError) as info:
+        item.model_dump()
+    proxied.proxy.refuse_connections(0)
+    error = info.value
+    assert type(error) is OutcomeUnknownError, f"{type(error).__name__}: {error}"
+    assert isinstance(error, StorageConnectionError)
+    assert not isinstance(error, ConcurrencyError)
+    message = str(error)
+    assert "lost after the save was sent" in message
+    assert "unknown" in message
+    assert "nothing was written" not in message
+    assert "load the record, check its revision" in message
+    assert str(item.external_id) in message  # type: ignore[attr-defined]
+    assert error.operation == "save"
+    assert error.keys == ((twin.__toast_settings__.external_name, item.external_id),)  # type: ignore[attr-defined]
+    assert isinstance(error.__cause__, ExternalStorageError)  # the failed read-back
+    assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+
+
+def test_save_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
+    """A connection that fails while opening (nothing sent) is retried: saved, revision 2."""
+    proxied = pooled
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    _drop_pooled_connections(proxied.url)
+    proxied.proxy.refuse_connections(1)
+    item.text = "second"  # type: ignore[attr-defined]
+    item.model_dump()
+    assert proxied.proxy.refused == 1
+    assert stored(twin, item.external_id) == ("second", 2)  # type: ignore[attr-defined]
+
+
+# -- deletes --------------------------------------------------------------------------------
+
+
+def test_delete_whose_reply_is_lost_is_outcome_unknown_never_not_found(
+    proxied: Proxied,
+) -> None:
+    """The delete landed, its reply was lost: OutcomeUnknownError saying to check, never
+    RecordNotFoundError; the record is gone (deleted once), nothing else touched."""
+    note, twin = notes_on(proxied)
+    kept = note(text="kept")
+    kept.model_dump()
+    doomed = note(text="doomed")
+    reference = doomed.model_dump()
+    trigger = _delete_trigger(proxied, reference["id"])
+    proxied.proxy.lose_reply_to(trigger)
+    with pytest.raises(ExternalStorageError) as info:
+        pydantic_toast.delete(note, reference)
+    error = info.value
+    assert proxied.proxy.replies_lost == 1
+    assert type(error) is OutcomeUnknownError, f"{type(error).__name__}: {error}"
+    assert not isinstance(error, RecordNotFoundError)
+    assert "lost after the delete was sent" in str(error)
+    assert "load the record to see whether it is gone" in str(error)
+    assert isinstance(error.__cause__, DriverError)
+    with pytest.raises(RecordNotFoundError):
+        twin.model_validate(reference)
+    assert stored(twin, kept.external_id) == ("kept", 1)  # type: ignore[attr-defined]
+
+
+def test_delete_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
+    """A delete whose connection failed while opening is retried (nothing was sent, so the
+    retry cannot find its own work): the record is deleted and no error is raised."""
+    proxied = pooled
+    note, twin = notes_on(proxied)
+    reference = note(text="doomed").model_dump()
+    _drop_pooled_connections(proxied.url)
+    proxied.proxy.refuse_connections(1)
+    pydantic_toast.delete(note, reference)
+    assert proxied.proxy.refused == 1
+    with pytest.raises(RecordNotFoundError):
+        twin.model_validate(reference)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _drop_pooled_connections(url: str) -> None:
+    """Close the pool's idle connections, so the next call opens one (through the proxy)."""
+
+    async def drop() -> None:
+        connected = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
+        await connected.backend.discard_connections()
+
+    run_sync(drop)
+
+
+def _delete_trigger(proxied: Proxied, id: Any) -> bytes | re.Pattern[bytes]:
+    """What only the delete's own request (the one that removes the record) carries."""
+    if proxied.kind == "postgresql":
+        return UUID(str(id)).bytes  # the id as a binary parameter (the Bind, not the Parse)
+    if proxied.kind == "redis":
+        return b"DEL"  # the MULTI/DEL/ZREM/EXEC pipeline
+    # The record's own DELETE (the index entry's, sent first, names the id inverted).
+    return re.compile(rb"DELETE /\S*" + re.escape(f"{id}.json".encode()))
+
+
+def test_proxy_passes_traffic_through(proxied: Proxied) -> None:
+    """Unarmed, the proxy changes nothing (the tests above measure only their fault)."""
+    note, twin = notes_on(proxied)
+    reference = note(text="plain").model_dump()
+    assert stored(twin, reference["id"]) == ("plain", 1)
+    assert proxied.proxy.replies_lost == 0
+    asyncio.run(asyncio.sleep(0))
+
+
+# -- memory and SQLite: no connection to lose, the same boundary ----------------------------
+#
+# These stores have no network between the library and the data, so a reply cannot get lost
+# on the way. The boundary's rule is the same for them; it is checked with the real store
+# applying the write and then raising what a dying socket raises (ConnectionResetError).
+
+
+class _LosesReplies:
+    """Applies each write to the real store, then loses the reply of the next one armed."""
+
+    armed = 0
+
+    async def save_records(self, records: Any) -> Any:
+        result = await super().save_records(records)  # type: ignore[misc]
+        _maybe_lose()
+        return result
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        result: bool = await super().delete(id, class_name)  # type: ignore[misc]
+        _maybe_lose()
+        return result
+
+
+def _maybe_lose() -> None:
+    if _LosesReplies.armed:
+        _LosesReplies.armed -= 1
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+class _LosingMemory(_LosesReplies, MemoryBackend):
+    """``memory://`` losing replies."""
+
+
+class _LosingSQLite(_LosesReplies, SQLiteBackend):
+    """``sqlite://`` losing replies."""
+
+
+pydantic_toast.register_backend("lostreplymemory", _LosingMemory)
+pydantic_toast.register_backend("lostreplysqlite", _LosingSQLite)
+
+
+@pytest.fixture(params=[pytest.param("memory"), pytest.param("sqlite", marks=pytest.mark.sqlite)])
+def local_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A memory or SQLite URL whose backend loses the replies it is told to."""
+    if request.param == "memory":
+        url = f"lostreplymemory://{uuid4().hex}"
+    else:
+        path = tmp_path / "toast.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"lostreplysqlite:///{path}"
+    _LosesReplies.armed = 0
+    yield url
+    _LosesReplies.armed = 0
+    pydantic_toast.close_storage()
+
+
+def local_notes(url: str) -> type[ExternalBaseModel]:
+    return type(
+        "Note",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"N{uuid4().hex[:10]}"),
+        },
+    )
+
+
+def test_local_update_and_create_whose_reply_is_lost_are_reported_saved(local_url: str) -> None:
+    """Memory and SQLite: an update and a create applied, their replies lost: both saved
+    once at the right revision (before the fix: ConcurrencyError from the blind retry)."""
+    note = local_notes(local_url)
+    item = note(text="first")
+    item.model_dump()
+    item.text = "second"  # type: ignore[attr-defined]
+    _LosesReplies.armed = 1
+    item.model_dump()
+    assert _LosesReplies.armed == 0
+    assert item.external_revision == 2  # type: ignore[attr-defined]
+    fresh = note(text="new")
+    _LosesReplies.armed = 1
+    reference = fresh.model_dump()
+    assert fresh.external_revision == 1  # type: ignore[attr-defined]
+    assert note.model_validate(reference).external_revision == 1  # type: ignore[attr-defined]
+    loaded = note.model_validate({"class_name": reference["class_name"], "id": item.external_id})  # type: ignore[attr-defined]
+    assert (loaded.text, loaded.external_revision) == ("second", 2)  # type: ignore[attr-defined]
+    assert pydantic_toast.count(note) == 2
+
+
+def test_local_delete_whose_reply_is_lost_is_outcome_unknown(local_url: str) -> None:
+    """Memory and SQLite: a delete applied, its reply lost: OutcomeUnknownError, never
+    RecordNotFoundError, and the record is gone."""
+    note = local_notes(local_url)
+    reference = note(text="doomed").model_dump()
+    _LosesReplies.armed = 1
+    with pytest.raises(ExternalStorageError) as info:
+        pydantic_toast.delete(note, reference)
+    assert type(info.value) is OutcomeUnknownError, f"{type(info.value).__name__}: {info.value}"
+    assert "lost after the delete was sent" in str(info.value)
+    with pytest.raises(RecordNotFoundError):
+        note.model_validate(reference)
+
+
+# -- Redis: a save script sent again is answered as written ---------------------------------
+#
+# redis-py's cluster client resends a command by itself after a lost connection (its own
+# retry, below the boundary). The save script therefore recognises a repeat of its own write:
+# every record at the expected revision plus one, holding exactly the document this call
+# carries. Shown here by sending the same script call twice, on a real server.
+
+
+def _record(data: bytes, revision: int | None, id: UUID | None = None) -> StoredRecord:
+    now = datetime.now(UTC)
+    return StoredRecord(
+        class_name="Repeat",
+        id=id or uuid4(),
+        data=data,
+        schema_version=1,
+        created_at=now,
+        updated_at=now,
+        revision=revision,
+    )
+
+
+async def repeat_scenario(backend: Any) -> None:
+    """Each save sent twice: the second answers as the first did; other data conflicts."""
+    first, second = _record(b'{"n":1}', 0), _record(b'{"n":2}', 0)
+    assert await backend.save_records([first]) == [1]
+    assert await backend.save_records([first]) == [1]  # the repeat: written, not a conflict
+    update = dataclasses.replace(first, data=b'{"n":10}', revision=1, updated_at=datetime.now(UTC))
+    assert await backend.save_records([update]) == [2]
+    assert await backend.save_records([update]) == [2]
+    stale = dataclasses.replace(update, data=b'{"n":11}', updated_at=datetime.now(UTC))
+    with pytest.raises(ConcurrencyError) as info:  # same expected revision, other data
+        await backend.save_records([stale])
+    assert info.value.current == 2
+    assert await backend.save_records([second, _record(b'{"n":3}', 0)]) == [1, 1]
+    batch = [dataclasses.replace(second, data=b'{"n":20}', revision=1), _record(b"{}", 0)]
+    assert await backend.save_records(batch) == [2, 1]
+    assert await backend.save_records(batch) == [2, 1]
+    (loaded,) = await backend.load_records([first.key])
+    assert (loaded.data, loaded.revision) == (b'{"n":10}', 2)
+
+
+@pytest.mark.redis
+def test_redis_save_script_sent_twice_is_answered_as_written(redis_base_url: str) -> None:
+    """A plain Redis backend: the second identical script call reports the write, once."""
+    prefix = f"toast_test_{uuid4().hex[:12]}"
+    url = f"{redis_base_url}?prefix={prefix}"
+
+    async def main() -> None:
+        backend = RedisBackend(url)
+        await backend.connect()
+        try:
+            await repeat_scenario(backend)
+        finally:
+            await backend.disconnect()
+
+    try:
+        asyncio.run(main())
+    finally:
+        _delete_redis_prefix(url, prefix)
