@@ -150,7 +150,8 @@ class Connected:
             "delete",
             lambda: self.backend.delete_checked(id, class_name, revision),
             class_name=class_name,
-            retry=False,
+            repeat="write",
+            keys=((class_name, id),),
         )
 
     async def list_records(

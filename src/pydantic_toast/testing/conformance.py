@@ -559,7 +559,12 @@ class BackendConformance:
             outcomes: list[object] = []
             outcomes.append(await backend.save_records([expecting(first, 0)]))
             outcomes.append(await backend.save_records([expecting(first, 1)]))
-            for stale in ([expecting(first, 1)], [expecting(other, 0), expecting(first, 1)]):
+            # Another writer's stale write carries its own data and time: an exact repeat of
+            # the write that landed may be answered as written (a resent request).
+            late = dataclasses.replace(
+                first, data=b'{"v":2}', updated_at=created + timedelta(seconds=1), revision=1
+            )
+            for stale in ([late], [expecting(other, 0), late]):
                 try:
                     await backend.save_records(stale)
                 except ConcurrencyError as exc:
