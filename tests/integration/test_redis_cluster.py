@@ -170,6 +170,28 @@ def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
     asyncio.run(main())
 
 
+def test_many_buckets_need_no_more_connections(cluster: servers.TempRedisCluster) -> None:
+    """With more buckets than connections (1,024 buckets, max_connections=8 per node) a
+    batch across hundreds of buckets, a page and a count work: each keeps at most 8 calls in
+    flight (one per bucket, all at once, failed at once with StorageBusyError: the cluster
+    client does not wait for a free connection)."""
+
+    async def main() -> None:
+        url = cluster.url(f"wide{uuid4().hex[:8]}", buckets=1024, max_connections=8)
+        backend = await _backend(url)
+        try:
+            records = _records(600)
+            assert len({backend.bucket(r.id) for r in records}) > 300
+            await backend.save_records(records)
+            assert await backend.count("Item") == 600
+            page = await backend.list_records("Item", limit=600)
+            assert {r.id for r in page} == {r.id for r in records}
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"buckets": 16384}, {"buckets": 16384, "wait_replicas": 1, "wait_timeout": 500}],

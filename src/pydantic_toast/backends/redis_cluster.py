@@ -25,9 +25,10 @@ The braces are a hash tag: a record and its bucket's index share one slot, so a 
 one atomic script (record and index together), and a class's records spread over
 ``buckets`` slots instead of one hot slot. A page is one page script call per bucket (sent
 concurrently; the results merged newest first); a count one count script call per bucket,
-added up: ``buckets`` server calls each, in one round of network latency. A batch is split
-by bucket. A batch within one bucket is one atomic script. A batch spanning several buckets
-is written in two phases: every bucket's expected revisions are checked and its records
+added up: ``buckets`` server calls each, 16 (at most ``max_connections``) in flight at a
+time, so up to 16 buckets cost one round of network latency. A batch is split by bucket.
+A batch within one bucket is one atomic script. A batch spanning several buckets is written
+in two phases: every bucket's expected revisions are checked and its records
 locked (concurrently), and only when all buckets agreed are they written (concurrently):
 a stale record anywhere writes nothing. A save or delete of a record locked by a batch in
 progress is refused (``StorageBusyError``). A node failing between the two phases can leave
@@ -41,8 +42,9 @@ import heapq
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -77,6 +79,8 @@ _LOCK_MS = 5000
 # and retries TRYAGAIN this long: until the slot's migration ends, a save's keys (the lock
 # and expiry keys are usually absent) are on neither side whole.
 _REDIRECTS = 16
+# Server calls one operation (a page, a count, a batch) keeps in flight, one per bucket.
+_IN_FLIGHT = 16
 _TRYAGAIN_SECONDS = 2.0
 # KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
 # record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
@@ -330,9 +334,8 @@ class RedisClusterBackend(single.RedisBackend):
         await self._prepare_all(parts, token)
         reset = _batch_token.set(token)
         try:
-            results = await asyncio.gather(
-                *(super(RedisClusterBackend, self).save_records(part) for part in parts)
-            )
+            write = super().save_records
+            results = await self._gather([partial(write, part) for part in parts])
         except BaseException:
             await self._release_all(parts, token)
             raise
@@ -349,8 +352,8 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def _prepare_all(self, parts: list[list[StoredRecord]], token: str) -> None:
         """Phase 1: check and lock every bucket's records; on any refusal, release all."""
-        outcomes = await asyncio.gather(
-            *(self._prepare(part, token) for part in parts), return_exceptions=True
+        outcomes = await self._gather(
+            [partial(self._prepare, part, token) for part in parts], return_exceptions=True
         )
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
@@ -369,13 +372,15 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def _release_all(self, parts: list[list[StoredRecord]], token: str) -> None:
         """Drop the locks ``token`` holds (best effort: they expire after _LOCK_MS anyway)."""
-        await asyncio.gather(
-            *(
-                self._release_script(
-                    keys=[self.lock_key(r.class_name, r.id) for r in part], args=[token]
+        await self._gather(
+            [
+                partial(
+                    self._release_script,
+                    keys=[self.lock_key(r.class_name, r.id) for r in part],
+                    args=[token],
                 )
                 for part in parts
-            ),
+            ],
             return_exceptions=True,
         )
 
@@ -494,9 +499,10 @@ class RedisClusterBackend(single.RedisBackend):
         network latency, ``buckets`` server calls), each giving up to ``limit`` records past
         the cursor; the merge keeps the newest ``limit``.
         """
-        pages = await asyncio.gather(
-            *(
-                self._page(
+        pages = await self._gather(
+            [
+                partial(
+                    self._page,
                     self.index_key(class_name, bucket),
                     f"{{{self._prefix}:{class_name}:{bucket}}}:",
                     class_name,
@@ -504,7 +510,7 @@ class RedisClusterBackend(single.RedisBackend):
                     after,
                 )
                 for bucket in range(self._buckets)
-            )
+            ]
         )
         newest = heapq.merge(*pages, key=lambda r: (r.created_at, r.id), reverse=True)
         return list(itertools.islice(newest, limit))
@@ -512,15 +518,32 @@ class RedisClusterBackend(single.RedisBackend):
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are: each bucket's index size less
         its expired entries (one script call per bucket, concurrently), added up."""
-        counts = await asyncio.gather(
-            *(
-                self._count_script(
-                    keys=[self.index_key(class_name, b), self.expiry_key(class_name, b)]
+        counts = await self._gather(
+            [
+                partial(
+                    self._count_script,
+                    keys=[self.index_key(class_name, b), self.expiry_key(class_name, b)],
                 )
                 for b in range(self._buckets)
-            )
+            ]
         )
         return sum(int(count) for count in counts)
+
+    async def _gather(
+        self, calls: list[Callable[[], Awaitable[Any]]], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """``asyncio.gather`` of ``calls``, at most ``_IN_FLIGHT`` (or ``max_connections``)
+        at a time: the cluster client has no waiting pool, and past ``max_connections`` to
+        a node a call fails at once, so many buckets must not mean as many connections."""
+        gate = asyncio.Semaphore(min(_IN_FLIGHT, int(self._pool_options["max_connections"])))
+
+        async def one(call: Callable[[], Awaitable[Any]]) -> Any:
+            async with gate:
+                return await call()
+
+        return await asyncio.gather(
+            *(one(call) for call in calls), return_exceptions=return_exceptions
+        )
 
     def _connected_cluster(self) -> _Cluster:
         self._connected()
