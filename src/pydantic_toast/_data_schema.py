@@ -100,10 +100,14 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     config = _config_of(validator)
     built = DataSchema(
         schema,
-        SchemaSerializer(_for_storage(fields, check_offsets=False), _keep_inf_nan(config)),
+        SchemaSerializer(
+            _for_storage(fields, definitions, check_offsets=False), _keep_inf_nan(config)
+        ),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
-        checker=SchemaSerializer(_for_storage(fields, check_offsets=True), _keep_inf_nan(config)),
+        checker=SchemaSerializer(
+            _for_storage(fields, definitions, check_offsets=True), _keep_inf_nan(config)
+        ),
     )
     cls.__toast_data_schema__ = built
     return built
@@ -135,45 +139,85 @@ def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
     return {**(config or {}), "ser_json_inf_nan": "constants"}
 
 
-def _for_storage(
-    node: Any, stand_ins: dict[type, type] | None = None, *, check_offsets: bool
-) -> Any:
+def _for_storage(node: Any, definitions: list[Any], *, check_offsets: bool) -> Any:
     """A copy of core schema ``node`` for stored JSON: every config writes NaN and infinities
     as constants; with ``check_offsets``, datetimes and times note a UTC offset with seconds.
 
     Only dicts and lists are copied; classes, functions and other leaves are shared.
     """
-    if stand_ins is None:
-        stand_ins = {}
-    if isinstance(node, dict):
-        copied = {
-            key: _for_storage(value, stand_ins, check_offsets=check_offsets)
-            for key, value in node.items()
-        }
+    return _Copier(definitions, check_offsets).copy(node)
+
+
+class _Copier:
+    """Copies a core schema for stored JSON (see :func:`_for_storage`)."""
+
+    def __init__(self, definitions: list[Any], check_offsets: bool) -> None:
+        self.definitions = {d["ref"]: d for d in definitions if isinstance(d, dict) and "ref" in d}
+        self.check_offsets = check_offsets
+        self.stand_ins: dict[type, type] = {}
+
+    def copy(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.copy(item) for item in node]
+        if isinstance(node, tuple):  # a union choice with its label
+            return tuple(self.copy(item) for item in node)
+        if not isinstance(node, dict):
+            return node
         kind = node.get("type")
-        if check_offsets and kind in _OFFSET_CHECKS and "serialization" not in node:
+        if kind == "union":
+            node = self._unshadowed(node)
+        copied = {key: self.copy(value) for key, value in node.items()}
+        if self.check_offsets and kind in _OFFSET_CHECKS and "serialization" not in node:
             copied["serialization"] = _OFFSET_CHECKS[kind]
         config = node.get("config")
         # The checker takes every model and dataclass (their own serializers note nothing).
         if (
             kind in _CONFIGURED
             and isinstance(config, dict)
-            and (check_offsets or config.get("ser_json_inf_nan", "null") != "constants")
+            and (self.check_offsets or config.get("ser_json_inf_nan", "null") != "constants")
         ):
             copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
-            if "cls" in node:
-                original = node["cls"]
-                if original not in stand_ins:
-                    stand_ins[original] = _StandIn(
-                        original.__name__,
-                        (),
-                        {"original": original, "__module__": original.__module__},
-                    )
-                copied["cls"] = stand_ins[original]
+            original = node.get("cls")
+            if isinstance(original, type) and not isinstance(original, _StandIn):
+                if original not in self.stand_ins:
+                    self.stand_ins[original] = _stand_in(original, ())
+                copied["cls"] = self.stand_ins[original]
         return copied
-    if isinstance(node, list):
-        return [_for_storage(item, stand_ins, check_offsets=check_offsets) for item in node]
-    return node
+
+    def _unshadowed(self, union: dict[str, Any]) -> dict[str, Any]:
+        """``union`` with each model member that another member subclasses inlined, under a
+        stand-in that leaves those subclasses' instances to their own member.
+
+        Pydantic picks a union member by exact type first, which no stand-in can answer;
+        without this, ``A | B`` (``B`` a subclass of ``A``) would write a ``B`` as an ``A``.
+        """
+        members = []
+        for choice in union.get("choices", []):
+            schema = choice[0] if isinstance(choice, tuple) else choice
+            target = schema
+            if isinstance(schema, dict) and schema.get("type") == "definition-ref":
+                target = self.definitions.get(schema.get("schema_ref"), schema)
+            found = target.get("cls") if isinstance(target, dict) else None
+            members.append((choice, target, found if isinstance(found, type) else None))
+        classes = [cls for _, _, cls in members if cls is not None]
+        choices: list[Any] = []
+        for choice, target, cls in members:
+            shadows = tuple(c for c in classes if c is not cls and cls and issubclass(c, cls))
+            if cls is None or not shadows:
+                choices.append(choice)
+                continue
+            inlined = {key: value for key, value in target.items() if key != "ref"}
+            inlined["cls"] = _stand_in(cls, shadows)
+            choices.append((inlined, choice[1]) if isinstance(choice, tuple) else inlined)
+        return {**union, "choices": choices}
+
+
+def _stand_in(original: type, shadows: tuple[type, ...]) -> type:
+    return _StandIn(
+        original.__name__,
+        (),
+        {"original": original, "shadows": shadows, "__module__": original.__module__},
+    )
 
 
 # Pydantic writes UTC offsets as +HH:MM, dropping seconds (an offset such as LMT's +00:19:32,
@@ -222,9 +266,10 @@ class _StandIn(type):
     """
 
     original: type
+    shadows: tuple[type, ...]  # subclasses that other members of a union stand for
 
     def __instancecheck__(cls, instance: object) -> bool:
-        return isinstance(instance, cls.original)
+        return isinstance(instance, cls.original) and not isinstance(instance, cls.shadows)
 
     def __subclasscheck__(cls, subclass: type) -> bool:
         return issubclass(subclass, cls.original)

@@ -265,6 +265,29 @@ async def test_huge_int_in_a_shared_child_is_refused_naming_its_field(
             await cls.aload(instance.external_id)  # type: ignore[arg-type]
 
 
+class Base(BaseModel):
+    a: int = 1
+
+
+class Derived(Base):
+    b: int = 2
+
+
+def test_a_subclass_in_a_union_with_its_base_keeps_its_type_and_fields(storage_url: str) -> None:
+    """``Base | Derived`` holding a Derived: Pydantic picks the member of the exact type. The
+    stored-data serializer (its stand-in classes answer instance checks only) wrote it as a
+    Base, dropping ``b``, until members shadowed by a subclass member were narrowed."""
+    cls = model(storage_url, first=Base | Derived, second=Derived | Base, maybe=Base | None)
+    loaded: Any = cls.model_validate(
+        cls(first=Derived(b=5), second=Derived(b=7), maybe=Derived(b=9)).model_dump()
+    )
+    assert type(loaded.first) is Derived
+    assert loaded.first.b == 5
+    assert type(loaded.second) is Derived
+    assert loaded.second.b == 7
+    assert type(loaded.maybe) is Base  # as plain Pydantic: a field of type Base
+
+
 class When(BaseModel):
     at: datetime | None = None
 

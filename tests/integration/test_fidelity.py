@@ -72,6 +72,10 @@ class Spelled(BaseModel):
     value: float | str
 
 
+class Derived(Point):
+    z: float = 0.0
+
+
 @dataclasses.dataclass
 class Span:
     width: float
@@ -180,6 +184,7 @@ def kinds(
         "point": Kind(Point, points),
         "points": Kind(dict[str, list[Point]], st.dictionaries(text, st.lists(points, max_size=2))),
         "maybe_point": Kind(Point | None, st.none() | points),
+        "family": Kind(Point | Derived, st.one_of(points, st.builds(Derived, x=floats, z=floats))),
         "spelled": Kind(Spelled, st.builds(Spelled, value=floats)),
         "span": Kind(Span, st.builds(Span, width=floats, label=text)),
         "box": Kind(Box, st.fixed_dictionaries({"side": floats, "name": text})),
