@@ -17,22 +17,22 @@ import math
 import re
 
 from pydantic_toast._exceptions import StorageValidationError
-from pydantic_toast._fidelity import DIGITS_AS_ZERO, locate
+from pydantic_toast._fidelity import locate
 from pydantic_toast._records import StoredRecord
 
 __all__ = ["exact_text", "refuse_unstorable"]
 
 _REWRITTEN_NUMBER = re.compile(rb"[:,\[]-?[0-9][0-9.]*[eE]|[:,\[]-0(?:\.0*)?[,\]}]")
 _UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
+# Digits as 0 and E as e: a digit followed by an exponent marker is one substring search.
+_DIGITS_AND_EXPONENTS = bytes.maketrans(b"123456789E", b"000000000e")
 
 
 def exact_text(data: bytes) -> str | None:
     """``data`` as text when ``jsonb`` would rewrite a number in it, else ``None``."""
     # Substring searches run at C speed; the regex runs only when one of them hits.
-    if b"-0.0" not in data:
-        digits = data.translate(DIGITS_AS_ZERO)
-        if b"0e" not in digits and b"0E" not in digits:
-            return None
+    if b"-0.0" not in data and b"0e" not in data.translate(_DIGITS_AND_EXPONENTS):
+        return None
     return data.decode() if _REWRITTEN_NUMBER.search(data) else None
 
 
