@@ -17,7 +17,11 @@ Operations, for each workload, on ``memory://``:
 * the library's encode (the stored JSON of a model, without writing it) and decode
   (``model_validate_json`` of the full stored data, through the wrap validator);
 * ``await obj.asave()``, ``await Model.aload(ref)`` and the sync ``model_dump()`` /
-  ``model_validate(ref)``, each a whole single save or load on ``memory://``.
+  ``model_validate(ref)``, each a whole single save or load on ``memory://``;
+* the same saves again on the unchanged instances (re-dumps: no write since change tracking).
+
+Warm-ups run on instances of their own, so a measured save is always a first save.
+``--src PATH`` counts another source tree (e.g. a worktree of an older commit) with this script.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+if "--src" not in sys.argv:
+    sys.path.insert(0, str(HERE.parent / "src"))
+else:
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve()))
 
 from workloads import WORKLOADS, Workload  # noqa: E402
 
+WARMUP = 20
+
 
 def _segment(label: str, count: int, operation: Callable[[int], Any], log: list[str]) -> None:
-    for i in range(min(count, 20)):  # warm-up: caches, lazy imports, first connections
+    # Warm-up (caches, lazy imports, first connections) on indices count.. : instances of its
+    # own, so that the measured operations never repeat one already done.
+    for i in range(count, count + WARMUP):
         operation(i)
     os.getppid()  # callgrind: zero the counters
     for i in range(count):
@@ -55,7 +66,7 @@ def _segment(label: str, count: int, operation: Callable[[int], Any], log: list[
 async def _asegment(
     label: str, count: int, operation: Callable[[int], Awaitable[Any]], log: list[str]
 ) -> None:
-    for i in range(min(count, 20)):
+    for i in range(count, count + WARMUP):
         await operation(i)
     os.getppid()
     for i in range(count):
@@ -94,7 +105,7 @@ def _count_workload(
             ),
         },
     )
-    total = count + 20
+    total = count + WARMUP
     plains = [plain(**workload.values(i)) for i in range(total)]
     plain_json = [p.model_dump_json() for p in plains]
     ours = [model(**workload.values(i)) for i in range(total)]
@@ -134,10 +145,10 @@ def _count_workload(
         lambda i: model.model_validate_json(plain_json[i]),
         log,
     )
-    references: list[Any] = []
+    references: dict[int, Any] = {}
 
     async def asave(i: int) -> None:
-        references.append(await ours[i].asave())
+        references[i] = await ours[i].asave()
 
     loop.run_until_complete(_asegment(f"{name}|async save (memory://)", count, asave, log))
 
@@ -145,15 +156,24 @@ def _count_workload(
         await model.aload(references[i])
 
     loop.run_until_complete(_asegment(f"{name}|async load (memory://)", count, aload, log))
-    fresh = [model(**workload.values(i)) for i in range(total)]
-    dumped: list[Any] = []
-    _segment(
-        f"{name}|sync save (memory://)",
-        count,
-        lambda i: dumped.append(fresh[i].model_dump()),
-        log,
+
+    async def aredump(i: int) -> None:
+        await ours[i].asave()
+
+    loop.run_until_complete(
+        _asegment(f"{name}|async re-dump, unchanged (memory://)", count, aredump, log)
     )
+    fresh = [model(**workload.values(i)) for i in range(total)]
+    dumped: dict[int, Any] = {}
+
+    def save(i: int) -> None:
+        dumped[i] = fresh[i].model_dump()
+
+    _segment(f"{name}|sync save (memory://)", count, save, log)
     _segment(f"{name}|sync load (memory://)", count, lambda i: model.model_validate(dumped[i]), log)
+    _segment(
+        f"{name}|sync re-dump, unchanged (memory://)", count, lambda i: fresh[i].model_dump(), log
+    )
 
 
 def _total(dump: Path) -> int:
@@ -163,7 +183,9 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def count_instructions(count: int, quick: bool) -> list[dict[str, Any]]:
+def count_instructions(
+    count: int, quick: bool, src: Path | None = None, workload: str | None = None
+) -> list[dict[str, Any]]:
     valgrind = shutil.which("valgrind")
     if not valgrind:
         raise FileNotFoundError("valgrind not found: install it (Debian: valgrind)")
@@ -181,7 +203,9 @@ def count_instructions(count: int, quick: bool) -> list[dict[str, Any]]:
                 "--worker",
                 str(count),
             ]
-            + (["--quick"] if quick else []),
+            + (["--quick"] if quick else [])
+            + (["--src", str(src)] if src is not None else [])
+            + (["--workload", workload] if workload else []),
             capture_output=True,
             text=True,
             env=os.environ | {"PYTHONHASHSEED": "0"},
@@ -229,12 +253,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50, help="operations per segment")
     parser.add_argument("--quick", action="store_true", help="20 operations per segment")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--src", type=Path, help="the source tree to count (default: ../src)")
+    parser.add_argument("--workload", help="only workloads whose name contains this")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, WORKLOADS)))
+        chosen = [w for w in WORKLOADS if not args.workload or args.workload in w.name]
+        print(json.dumps(worker(args.worker, chosen)))
         return
     count = 20 if args.quick else args.count
-    results = count_instructions(count, args.quick)
+    results = count_instructions(count, args.quick, args.src, args.workload)
     if args.json:
         print(json.dumps(results, indent=1))
         return
