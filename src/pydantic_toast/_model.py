@@ -64,6 +64,8 @@ from pydantic_toast._saving import (
     identity_of,
     is_serializing,
     store,
+    unchanged_reference,
+    use_identity_slot,
 )
 from pydantic_toast._signing import (
     parse_signed,
@@ -457,6 +459,8 @@ class ExternalBaseModel(BaseModel):
             ConcurrencyError: A record was changed or deleted by another writer since this
                 instance read it; nothing of that store's batch was written.
         """
+        if not force and (known := unchanged_reference(self)) is not None:
+            return known
         reference, batch = collecting(lambda: store(self), force=force)
         await batch.write()
         return reference
@@ -803,4 +807,5 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
     return False
 
 
+use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
 _unions.install()

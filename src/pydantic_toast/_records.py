@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -13,13 +13,13 @@ import pydantic_core
 
 from pydantic_toast._exceptions import StoredDataError
 
-__all__ = ["PageCursor", "RecordKey", "StoredRecord"]
+__all__ = ["PageCursor", "RecordKey", "StoredRecord", "as_stored"]
 
 RecordKey = tuple[str, UUID]
 """``(class_name, id)``: what identifies a record within one store."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StoredRecord:
     """One model instance as stored.
 
@@ -47,6 +47,28 @@ class StoredRecord:
     updated_at: datetime
     ttl: float | None = None
     revision: int | None = None
+
+    def __init__(
+        self,
+        class_name: str,
+        id: UUID,
+        data: bytes,
+        schema_version: int,
+        created_at: datetime,
+        updated_at: datetime,
+        ttl: float | None = None,
+        revision: int | None = None,
+    ) -> None:
+        # Through the slots' own setters: a frozen dataclass's generated __init__ goes through
+        # object.__setattr__ for each field, twice the cost (one record per save and load).
+        _class_name(self, class_name)
+        _id(self, id)
+        _data(self, data)
+        _schema_version(self, schema_version)
+        _created_at(self, created_at)
+        _updated_at(self, updated_at)
+        _ttl(self, ttl)
+        _revision(self, revision)
 
     @property
     def key(self) -> RecordKey:
@@ -104,6 +126,43 @@ class StoredRecord:
             updated_at=updated,
             revision=revision,
         )
+
+
+_FIELDS = (
+    "class_name",
+    "id",
+    "data",
+    "schema_version",
+    "created_at",
+    "updated_at",
+    "ttl",
+    "revision",
+)
+if tuple(field.name for field in fields(StoredRecord)) != _FIELDS:  # pragma: no cover
+    raise AssertionError("StoredRecord's fields changed: update its __init__ and as_stored()")
+# The slots' own setters (a frozen dataclass refuses setattr).
+(_class_name, _id, _data, _schema_version, _created_at, _updated_at, _ttl, _revision) = (
+    StoredRecord.__dict__[name].__set__ for name in _FIELDS
+)
+_new = object.__new__
+
+
+def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> StoredRecord:
+    """``record`` as a store keeps it: its first ``created_at`` and its new ``revision``.
+
+    ``dataclasses.replace(record, created_at=..., revision=...)`` at half the cost of even a
+    plain ``StoredRecord(...)`` (a store's write makes one per record).
+    """
+    copy = _new(StoredRecord)
+    _class_name(copy, record.class_name)
+    _id(copy, record.id)
+    _data(copy, record.data)
+    _schema_version(copy, record.schema_version)
+    _created_at(copy, created_at)
+    _updated_at(copy, record.updated_at)
+    _ttl(copy, record.ttl)
+    _revision(copy, revision)
+    return copy
 
 
 class PageCursor(NamedTuple):

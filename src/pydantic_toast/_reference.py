@@ -8,7 +8,13 @@ from uuid import UUID
 
 from pydantic_toast._exceptions import InvalidReferenceError
 
-__all__ = ["ExternalReference", "ParsedReference", "RoutedReference", "parse_reference"]
+__all__ = [
+    "ExternalReference",
+    "ParsedReference",
+    "RoutedReference",
+    "parse_reference",
+    "trusted_reference",
+]
 
 _REFERENCE_KEYS = frozenset(("class_name", "id"))
 
@@ -69,6 +75,20 @@ class ExternalReference(dict[str, str]):
 
     def __repr__(self) -> str:
         return f"ExternalReference({dict.__repr__(self)})"
+
+
+_new_dict = dict.__new__
+
+
+def trusted_reference(class_name: str, id_text: str) -> ExternalReference:
+    """An :class:`ExternalReference` from an id already in its string form (``str(uuid)``).
+
+    For the library's own ids: no check and no conversion (a save returns one every time).
+    """
+    reference: ExternalReference = _new_dict(ExternalReference)
+    reference["class_name"] = class_name
+    reference["id"] = id_text
+    return reference
 
 
 class RoutedReference(dict[str, Any]):

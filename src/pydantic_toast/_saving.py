@@ -11,7 +11,9 @@ stack than one model, and an instance met twice (a shared child, or a cycle such
 Each instance remembers, on its :class:`Identity`, the revision and the JSON it last read or
 wrote. A model whose JSON has not changed since is not written (change tracking: no I/O), and a
 write expects the remembered revision to still be the stored one (optimistic concurrency),
-unless the model is last-write-wins or the dump is forced (:func:`last_write_wins`).
+unless the model is last-write-wins or the dump is forced (:func:`last_write_wins`). Once its
+JSON was written or found unchanged, a model whose fields are still the very same objects
+(:mod:`._fingerprint`) is not even serialized again.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID, SafeUUID
 
 import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -40,12 +42,13 @@ from pydantic_toast._exceptions import (
     StorageValidationError,
     StoredDataError,
 )
+from pydantic_toast._fingerprint import Fingerprint, fingerprint, unchanged
 from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, replaced_children
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast._reference import ExternalReference
+from pydantic_toast._reference import ExternalReference, trusted_reference
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import Storage, current_storage
@@ -62,6 +65,7 @@ __all__ = [
     "is_serializing",
     "last_write_wins",
     "store",
+    "unchanged_reference",
 ]
 
 T = TypeVar("T")
@@ -97,9 +101,11 @@ def last_write_wins() -> Iterator[None]:
         _forced.reset(token)
 
 
-@dataclass(frozen=True, slots=True)
 class Identity:
     """The record an instance is stored as, and what the instance last read or wrote there.
+
+    Never changed once made (a new one replaces it). A plain class, not a frozen dataclass:
+    two are made per save, and a frozen dataclass costs four times as much to build.
 
     Attributes:
         id: The record id.
@@ -109,13 +115,42 @@ class Identity:
         data: The JSON last read or written, ``None`` when unknown (then a dump writes).
         exact: Whether ``data`` is byte for byte what Pydantic writes (a store may hand back
             equivalent JSON spelled differently, as PostgreSQL's ``jsonb`` does).
+        fingerprint: The field values ``data`` was serialized from, when identity can vouch
+            for them (see :mod:`._fingerprint`): fields still the same objects are unchanged.
+        text: ``str(id)``, kept for the references returned (``None``: not computed yet).
     """
 
-    id: UUID
-    created_at: datetime
-    revision: int | None = 0
-    data: bytes | None = None
-    exact: bool = True
+    __slots__ = ("created_at", "data", "exact", "fingerprint", "id", "revision", "text")
+
+    def __init__(
+        self,
+        id: UUID,
+        created_at: datetime,
+        revision: int | None = 0,
+        data: bytes | None = None,
+        exact: bool = True,
+        fingerprint: Fingerprint | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.id = id
+        self.created_at = created_at
+        self.revision = revision
+        self.data = data
+        self.exact = exact
+        self.fingerprint = fingerprint
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Identity(id={self.id!r}, revision={self.revision!r})"
+
+    def __getstate__(self) -> list[object]:
+        # The state a frozen dataclass pickled (older pickles load); the fingerprint's objects
+        # are this process's, so an unpickled instance compares its JSON instead.
+        return [self.id, self.created_at, self.revision, self.data, self.exact]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        self.id, self.created_at, self.revision, self.data, self.exact = state[:5]
+        self.fingerprint = self.text = None
 
     def unchanged(self, data: bytes) -> bool:
         """Whether ``data`` is what was last read or written (the same JSON value)."""
@@ -133,8 +168,27 @@ def _canonical(data: bytes) -> str:
 
 def identity_of(model: ExternalBaseModel) -> Identity | None:
     """The instance's stored identity, or ``None`` before its first dump."""
-    identity: Identity | None = getattr(model, "_toast_identity", None)
+    try:
+        return _read_identity(model)
+    except AttributeError:  # never dumped nor loaded: the slot is empty
+        return None
+
+
+def _no_slot_yet(model: object) -> Identity:
+    identity: Identity = getattr(model, "_toast_identity")  # noqa: B009
     return identity
+
+
+# ``ExternalBaseModel``'s ``_toast_identity`` slot, read directly (see use_identity_slot): an
+# empty slot read through ``getattr`` goes through Pydantic's ``__getattr__``, which costs
+# more than a whole unchanged dump.
+_read_identity: Callable[[object], Identity] = _no_slot_yet
+
+
+def use_identity_slot(slot: Any) -> None:
+    """Read identities through ``slot``, ``ExternalBaseModel``'s member descriptor."""
+    global _read_identity
+    _read_identity = slot.__get__
 
 
 def collecting_now() -> bool:
@@ -168,8 +222,7 @@ class SaveBatch:
     )
 
     def __init__(self, storage: Storage | None = None, *, force: bool = False) -> None:
-        self.records: dict[StorageURL, dict[RecordKey, tuple[StoredRecord, ExternalBaseModel]]]
-        self.records = {}
+        self.records: dict[StorageURL, dict[RecordKey, _Entry]] = {}
         self.force = force or _forced.get()
         # Every instance met, by id() (kept alive here, so no id() is reused meanwhile), and
         # those not serialized yet.
@@ -199,12 +252,11 @@ class SaveBatch:
             )
         identity = identity_of(model)
         if identity is None:
-            identity = Identity(uuid4(), datetime.now(UTC))
-            object.__setattr__(model, "_toast_identity", identity)
+            identity = _new_identity(model)
         if id(model) not in self.models:
             self.models[id(model)] = model
             self.pending.append(model)
-        return ExternalReference(settings.external_name, identity.id)
+        return trusted_reference(settings.external_name, identity.text or str(identity.id))
 
     def drain(self) -> None:
         """Serialize every queued model, and the models they queue in turn, into records."""
@@ -215,6 +267,10 @@ class SaveBatch:
         settings = type(model)._toast_settings()
         identity = identity_of(model)
         assert identity is not None  # set by collect()
+        known = identity.fingerprint
+        if known is not None and not self.force and unchanged(model, known):
+            return
+        print_ = fingerprint(model)  # before serializing: the objects the JSON is made from
         now = datetime.now(UTC)
         serialized = model  # or its twin, below
         try:
@@ -246,25 +302,33 @@ class SaveBatch:
             if rounded is not None:
                 self.refusal = self.refusal or rounded
                 raise self.refusal
-        if not self.force and identity.unchanged(data):
-            if not identity.exact:  # compare bytes next time
-                object.__setattr__(
-                    model, "_toast_identity", replace(identity, data=data, exact=True)
+        if identity.data is not None and not self.force and identity.unchanged(data):
+            if not identity.exact or print_ is not None:  # compare bytes, or objects, next time
+                text = identity.text or str(identity.id)
+                identity = Identity(
+                    identity.id, identity.created_at, identity.revision, data, True, print_, text
                 )
+                object.__setattr__(model, "_toast_identity", identity)
             return
         checked = not (self.force or settings.last_write_wins)
-        record = StoredRecord(
-            class_name=settings.external_name,
-            id=identity.id,
-            data=data,
-            schema_version=settings.schema_version,
-            created_at=identity.created_at,
-            updated_at=now,
-            ttl=settings.ttl,
-            revision=identity.revision if checked else None,
+        record = StoredRecord(  # positional: a save makes one, keywords cost more
+            settings.external_name,
+            identity.id,
+            data,
+            settings.schema_version,
+            identity.created_at,
+            now,
+            settings.ttl,
+            identity.revision if checked else None,
         )
-        self.records.setdefault(settings.url(), {})[record.key] = (record, model)
-        self.replaced.update(replaced_children(type(model), identity.data, data))
+        entry = (record, model, print_, identity.text or str(identity.id))
+        url = settings.url()
+        records = self.records.get(url)
+        if records is None:
+            records = self.records[url] = {}
+        records[(settings.external_name, identity.id)] = entry
+        if identity.data is not None:  # a new record replaces nothing
+            self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
             self.encoding = True
         if unreadable:
@@ -292,7 +356,7 @@ class SaveBatch:
 
         session = LoadSession(cls._toast_routes(), self.storage)
         for url, records in self.records.items():
-            for (class_name, id), (stored, _) in records.items():
+            for (class_name, id), (stored, *_) in records.items():
                 session.records[(url, class_name, id)] = stored
         token = session.activate()
         try:
@@ -344,16 +408,14 @@ class SaveBatch:
             notes = " ".join(getattr(exc, "__notes__", []))
             logger.warning("deleting replaced owned records failed: %s %s", exc, notes)
 
-    async def _write(
-        self, url: StorageURL, entries: list[tuple[StoredRecord, ExternalBaseModel]]
-    ) -> None:
+    async def _write(self, url: StorageURL, entries: list[_Entry]) -> None:
         backend = await self.storage.connected(url)
-        stored = [record for record, _ in entries]
+        stored = [entries[0][0]] if len(entries) == 1 else [entry[0] for entry in entries]
         try:
             if not self.encoding:
                 revisions = await backend.save_records(stored)
             else:  # the batch keeps plain JSON: change tracking compares it
-                codecs = [type(model)._toast_settings().codec for _, model in entries]
+                codecs = [type(entry[1])._toast_settings().codec for entry in entries]
                 for index, codec in enumerate(codecs):
                     if codec is not None:
                         stored[index] = encode_record(stored[index], codec)
@@ -367,21 +429,34 @@ class SaveBatch:
                 await offloads.written()
         except ConcurrencyError as exc:
             if exc.written:  # a chunked batch wrote its first chunks: remember them
-                for record, model in entries:
+                for record, model, print_, text in entries:
                     if record.key in exc.written:
                         identity = Identity(
-                            record.id, record.created_at, exc.written[record.key], record.data
+                            record.id,
+                            record.created_at,
+                            exc.written[record.key],
+                            record.data,
+                            True,
+                            print_,
+                            text,
                         )
                         object.__setattr__(model, "_toast_identity", identity)
             raise
-        for index, (record, model) in enumerate(entries):
+        for index, (record, model, print_, text) in enumerate(entries):
             identity = Identity(
                 record.id,
                 record.created_at,
                 None if revisions is None else revisions[index],
                 record.data,
+                True,
+                print_,
+                text,
             )
             object.__setattr__(model, "_toast_identity", identity)
+
+
+_Entry = tuple[StoredRecord, "ExternalBaseModel", Fingerprint | None, str | None]
+"""A record of the batch, the instance it was made from, its fingerprint and id text."""
 
 
 def _to_json(model: ExternalBaseModel) -> bytes:
@@ -434,6 +509,9 @@ def store(model: ExternalBaseModel) -> ExternalReference:
     batch = _active_batch.get()
     if batch is not None:
         return batch.collect(model)
+    known = unchanged_reference(model)
+    if known is not None:
+        return known
     reference, batch = collecting(lambda: _collect_into_active(model))
     if batch.records:  # unchanged: no I/O, not even a hop to the library's loop
         run_sync(
@@ -442,6 +520,52 @@ def store(model: ExternalBaseModel) -> ExternalReference:
             instead="await model.asave() (or await pydantic_toast.adump(...))",
         )
     return reference
+
+
+def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
+    """``model``'s reference when a dump of it would do nothing; ``None``: dump it.
+
+    The fast path of change tracking: fields still the objects of the last write (see
+    :mod:`._fingerprint`), no forced write, and no dump in progress. Such a model holds no
+    external model (a fingerprint never vouches for one), so the whole tree is unchanged.
+    """
+    try:
+        identity = _read_identity(model)
+    except AttributeError:  # never dumped: give it its identity now, the dump reads it next
+        if type(model).__toast_settings__ is not None:  # (abstract: the dump explains)
+            _new_identity(model)
+        return None
+    known = identity.fingerprint
+    if known is None or _forced.get() or _active_batch.get() is not None:
+        return None
+    if not unchanged(model, known):
+        return None
+    settings = type(model).__toast_settings__
+    assert settings is not None  # an abstract class's instance never gets an identity
+    return trusted_reference(settings.external_name, identity.text or str(identity.id))
+
+
+def _new_identity(model: ExternalBaseModel) -> Identity:
+    new_id = _uuid4()
+    identity = Identity(new_id, datetime.now(UTC), 0, None, True, None, str(new_id))
+    object.__setattr__(model, "_toast_identity", identity)
+    return identity
+
+
+_VERSION_4 = 0x4000 << 64 | 0x8000 << 48  # version 4, RFC 4122 variant
+_VERSION_MASK = ~(0xF000 << 64 | 0xC000 << 48)
+
+
+def _uuid4() -> UUID:
+    """``uuid.uuid4()`` without ``UUID.__init__``'s argument checks (a third of its cost)."""
+    new_id = _new_object(UUID)
+    value = int.from_bytes(os.urandom(16)) & _VERSION_MASK | _VERSION_4
+    object.__setattr__(new_id, "int", value)  # as UUID.__init__ itself sets its slots
+    object.__setattr__(new_id, "is_safe", SafeUUID.unknown)
+    return new_id
+
+
+_new_object = object.__new__
 
 
 def _collect_into_active(model: ExternalBaseModel) -> ExternalReference:

@@ -123,3 +123,212 @@ def test_backend_without_revisions_needs_an_explicit_last_write_wins() -> None:
 
     assert Relaxed.__toast_settings__ is not None
     assert Relaxed.__toast_settings__.last_write_wins
+
+
+# -- the fast path: fields still the objects of the last write are not even serialized ------------
+
+
+def _count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    from pydantic_toast import _saving
+
+    seen: list[object] = []
+    real = _saving._to_json
+
+    def counting(model: ExternalBaseModel) -> bytes:
+        seen.append(model)
+        return real(model)
+
+    monkeypatch.setattr(_saving, "_to_json", counting)
+    return seen
+
+
+def test_unchanged_redump_is_not_serialized_again(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved, or found unchanged once, an instance's re-dumps neither write nor serialize."""
+    import asyncio
+    from datetime import UTC, datetime
+    from decimal import Decimal
+    from enum import Enum
+    from uuid import uuid4
+
+    class Colour(Enum):
+        RED = "red"
+
+    class Flat(ExternalBaseModel):
+        name: str = "a"
+        count: int = 1
+        ratio: float = 0.5
+        when: datetime = datetime(2026, 1, 2, tzinfo=UTC)
+        price: Decimal = Decimal("1.10")
+        key: str = str(uuid4())
+        colour: Colour = Colour.RED
+        tags: list[str] = ["x", "y"]
+        scores: dict[str, int] = {"a": 1}
+        pair: tuple[int, str] = (1, "one")
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    seen = _count_serializations(monkeypatch)
+    item = Flat()
+    reference = item.model_dump()
+    assert len(seen) == 1
+    assert item.model_dump() == reference
+    assert asyncio.run(item.asave()) == reference
+    assert pydantic_toast.dump(item) == reference
+    assert len(seen) == 1  # no serialization after the write
+    assert [c.size for c in CALL_LOGS[counting_url].of("save")] == [1]
+    loaded = Flat.model_validate(reference)
+    loaded.model_dump()  # first dump after a load: serialized and compared, not written
+    loaded.model_dump()
+    assert len(seen) == 2
+    assert [c.size for c in CALL_LOGS[counting_url].of("save")] == [1]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.tags.append("z"),
+        lambda m: m.tags.__setitem__(0, "w"),
+        lambda m: m.tags.reverse(),
+        lambda m: m.scores.__setitem__("b", 2),
+        lambda m: m.scores.update(a=3),
+        lambda m: setattr(m, "ratio", -0.0),  # equal to 0.0, serialized differently
+        lambda m: setattr(m, "count", True),  # equal to 1, serialized differently
+        lambda m: setattr(m, "count", 2),
+        lambda m: m.__pydantic_extra__.__setitem__("more", 1),
+    ],
+    ids=[
+        "list-append",
+        "list-item",
+        "list-order",
+        "dict-new-key",
+        "dict-value",
+        "negative-zero",
+        "bool-for-int",
+        "new-value",
+        "extra-field",
+    ],
+)
+def test_every_change_is_written(counting_url: str, change: object) -> None:
+    """In-place changes of lists and dicts, equal-but-different values and extras are written."""
+    from pydantic import ConfigDict
+
+    class Loose(ExternalBaseModel):
+        ratio: float = 0.0
+        count: int | bool = 1
+        tags: list[str] = ["x", "y"]
+        scores: dict[str, int] = {"a": 1}
+        model_config = ExternalConfigDict(storage=counting_url) | ConfigDict(extra="allow")  # type: ignore[operator]
+
+    item = Loose()
+    item.model_dump()
+    item.model_dump()
+    assert item.external_revision == 1
+    change(item)  # type: ignore[operator]
+    item.model_dump()
+    assert item.external_revision == 2
+    stored = Loose.model_validate(item.model_dump())
+    assert stored.model_dump_json() == item.model_dump_json()
+    assert Loose.model_validate(item.model_dump()).__dict__ == item.__dict__
+
+
+_STATE = {"suffix": "1"}  # module level: the annotation below is evaluated here
+
+
+def test_serializers_reading_other_state_are_always_asked(counting_url: str) -> None:
+    """A serializer function may read state outside the fields: it is asked on every dump."""
+    from typing import Annotated
+
+    from pydantic import PlainSerializer, field_serializer
+
+    state = _STATE
+
+    class Method(ExternalBaseModel):
+        n: int = 1
+        model_config = ExternalConfigDict(storage=counting_url)
+
+        @field_serializer("n")
+        def _n(self, value: int) -> str:
+            return f"{value}-{state['suffix']}"
+
+    class Annotation(ExternalBaseModel):
+        n: Annotated[int, PlainSerializer(lambda v: f"{v}-{_STATE['suffix']}")] = 1
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    for cls in (Method, Annotation):
+        state["suffix"] = "1"
+        item = cls()
+        item.model_dump()
+        item.model_dump()
+        assert item.external_revision == 1
+        state["suffix"] = "2"
+        item.model_dump()
+        assert item.external_revision == 2, cls.__name__
+
+
+def test_mutable_values_are_compared_by_their_json(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nested plain models and lists of lists: serialized and compared on every dump."""
+    from pydantic import BaseModel
+
+    class Inner(BaseModel):
+        n: int = 1
+
+    class Deep(ExternalBaseModel):
+        inner: Inner = Inner()
+        grid: list[list[int]] = [[1]]
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    seen = _count_serializations(monkeypatch)
+    item = Deep()
+    item.model_dump()
+    item.model_dump()
+    assert len(seen) == 2
+    assert item.external_revision == 1
+    item.inner.n = 2
+    item.model_dump()
+    item.grid[0].append(2)
+    item.model_dump()
+    assert item.external_revision == 3
+
+
+class Pickled(ExternalBaseModel):
+    n: int = 1
+    model_config = ExternalConfigDict(storage="memory://change-tracking-pickle")
+
+
+def test_a_pickled_instance_compares_its_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpickled, an instance keeps its record and revision, not the other process's objects."""
+    import pickle
+
+    item = Pickled()
+    reference = item.model_dump()
+    seen = _count_serializations(monkeypatch)
+    copy = pickle.loads(pickle.dumps(item))
+    assert copy._toast_identity.fingerprint is None
+    assert copy.model_dump() == reference  # serialized, found unchanged: not written
+    assert len(seen) == 1
+    assert copy.external_revision == 1
+    copy.model_dump()
+    assert len(seen) == 1
+    assert Pickled.model_validate(reference).external_revision == 1
+
+
+def test_wide_models_compare_their_json(counting_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 32 fields the fast path would slow every save: dumps serialize, still no I/O."""
+    wide: type[ExternalBaseModel] = type(
+        "Wide",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {f"f{i}": int for i in range(40)},
+            **{f"f{i}": i for i in range(40)},
+            "model_config": ExternalConfigDict(storage=counting_url),
+        },
+    )
+    seen = _count_serializations(monkeypatch)
+    item = wide()
+    item.model_dump()
+    item.model_dump()
+    assert len(seen) == 2
+    assert [c.size for c in CALL_LOGS[counting_url].of("save")] == [1]

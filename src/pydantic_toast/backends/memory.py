@@ -9,14 +9,13 @@ permanent) and like PostgreSQL on ordering. Nothing survives the storage.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Sequence
 from uuid import UUID
 
 from pydantic_toast._exceptions import ConcurrencyError
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, as_stored
 from pydantic_toast.backends.base import Capability, RecordBackend
 
 __all__ = ["MemoryBackend", "MemoryStore"]
@@ -103,22 +102,26 @@ class MemoryBackend(RecordBackend):
         Every expected revision is checked before anything is written.
         """
         now = time.monotonic()
-        with self._store.lock:
-            existing = [self._store.get(record.key) for record in records]
-            for record, old in zip(records, existing, strict=True):
-                current = None if old is None else old.revision
+        store = self._store
+        with store.lock:
+            existing = []
+            for record in records:
+                old = store.get((record.class_name, record.id))
                 expected = record.revision
-                if expected is not None and (current or 0) != expected:
+                if expected is not None and (0 if old is None else old.revision or 0) != expected:
+                    current = None if old is None else old.revision
                     raise ConcurrencyError(
                         record.class_name, record.id, expected=expected, current=current
                     )
+                existing.append(old)
             revisions = []
             for record, old in zip(records, existing, strict=True):
-                revision = 1 if old is None else (old.revision or 0) + 1
-                created_at = record.created_at if old is None else old.created_at
-                stored = dataclasses.replace(record, created_at=created_at, revision=revision)
-                expires_at = now + record.ttl if record.ttl is not None else None
-                self._store.put(stored, expires_at)
+                if old is None:
+                    revision, created_at = 1, record.created_at
+                else:
+                    revision, created_at = (old.revision or 0) + 1, old.created_at
+                expires_at = None if record.ttl is None else now + record.ttl
+                store.put(as_stored(record, created_at, revision), expires_at)
                 revisions.append(revision)
             return revisions
 

@@ -1,0 +1,188 @@
+"""Change tracking's fast path: the field values a record was written from, compared by identity.
+
+An unchanged dump must cost no I/O, and should not cost a serialization either. After a
+model's JSON was written (or found unchanged), its :class:`Fingerprint` keeps the very objects
+its fields held then. The next dump compares the fields with them by identity (``is``): the same
+immutable objects serialize to the same JSON, so the dump returns the reference at once.
+
+Only what identity can vouch for gets a fingerprint; anything else is serialized and compared as
+before:
+
+* values: ``str``, ``int``, ``float``, ``bool``, ``None``, ``bytes``, ``Decimal``, ``UUID``,
+  ``date``, ``timedelta``, ``datetime`` and ``time`` (naive, or with a ``timezone``,
+  ``ZoneInfo`` or Pydantic's ``TzInfo``), enum members with such a value, tuples and
+  frozensets of these; and lists and dicts of these (their items are kept too: a list
+  appended to is a change);
+* exact types only (a ``str`` subclass may carry state the serializer reads);
+* classes of at most 32 fields, at most 6 of them lists, dicts, datetimes or others checked one
+  by one: beyond that the check, done field by field in Python, costs a good part of what
+  Pydantic's serializer (Rust) takes, and would slow every save down;
+* classes whose schema has no ``exclude_if`` and no serializer function of its own (either may
+  read state outside the fields; computed fields may too, but stored data leaves them out);
+  extra fields set on the instance always mean "serialize".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from operator import is_
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from pydantic_core import TzInfo
+
+__all__ = ["Fingerprint", "fingerprint", "unchanged"]
+
+_ATOMS: frozenset[type] = frozenset(
+    {str, int, float, bool, type(None), bytes, Decimal, UUID, date, timedelta}
+)
+_ZONES = (timezone, ZoneInfo, TzInfo)  # fixed offsets and IANA zones (TzInfo: Pydantic's)
+
+_Container = tuple[Any, tuple[object, ...], tuple[object, ...]]
+Fingerprint = tuple[tuple[object, ...], tuple[_Container, ...]]
+"""``(field values, ((container, items, values), ...))``: the values in field order, and each
+list's or dict's items as they were (a list's values tuple is empty)."""
+
+
+def fingerprint(model: Any) -> Fingerprint | None:
+    """``model``'s fingerprint now, or ``None`` when identity cannot vouch for its fields."""
+    cls = type(model)
+    # Where the values needing a closer look sit, learnt once per class and value types (kept
+    # on the class: a module-level cache would keep classes alive).
+    layouts: dict[tuple[type, ...], tuple[object, _Layout | None]] | None
+    layouts = cls.__dict__.get("__toast_layouts__")
+    if layouts is None:
+        layouts = {}
+        type.__setattr__(cls, "__toast_layouts__", layouts)
+    elif not layouts and cls.__dict__.get("__toast_wide__"):
+        return None
+    values = tuple(model.__dict__.values())
+    kinds = tuple(map(type, values))
+    known = layouts.get(kinds)
+    if known is None or known[0] is not cls.__pydantic_core_schema__:
+        known = _learn(cls, kinds, layouts)
+    layout = known[1]
+    if layout is None or model.__pydantic_extra__:
+        return None
+    lists, dicts, zoned, others = layout
+    for index in zoned:
+        zone = values[index].tzinfo
+        if zone is not None and type(zone) not in _ZONES:
+            return None
+    for index in others:
+        if not _is_atom(values[index]):
+            return None
+    if not (lists or dicts):
+        return values, ()
+    containers: list[_Container] = []
+    for index in lists:
+        items = values[index]
+        if not all(map(_ATOMS.__contains__, map(type, items))) and not all(map(_is_atom, items)):
+            return None
+        containers.append((items, tuple(items), ()))
+    for index in dicts:
+        mapping = values[index]
+        if not (_all_atoms(mapping) and _all_atoms(mapping.values())):
+            return None
+        containers.append((mapping, tuple(mapping), tuple(mapping.values())))
+    return values, tuple(containers)
+
+
+_Layout = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""Positions of the lists, the dicts, the datetimes and times, and the other values to check."""
+_LAYOUTS_KEPT = 64  # distinct value types remembered per class; then relearnt
+_MAX_FIELDS = 32
+_MAX_CHECKED = 6  # lists, dicts, datetimes and other values checked one by one
+_ZONED = frozenset({datetime, time})
+_DEEP = frozenset({tuple, frozenset})
+
+
+def _learn(
+    cls: type[Any], kinds: tuple[type, ...], layouts: dict[tuple[type, ...], Any]
+) -> tuple[object, _Layout | None]:
+    schema = cls.__pydantic_core_schema__
+    layout: _Layout | None = None
+    if isinstance(schema, dict) and _plain_serialization(schema):
+        lists = tuple(i for i, kind in enumerate(kinds) if kind is list)
+        dicts = tuple(i for i, kind in enumerate(kinds) if kind is dict)
+        zoned = tuple(i for i, kind in enumerate(kinds) if kind in _ZONED)
+        others = tuple(
+            i
+            for i, kind in enumerate(kinds)
+            if kind not in _ATOMS and kind not in _ZONED and kind is not list and kind is not dict
+        )
+        checked = len(lists) + len(dicts) + len(zoned) + len(others)
+        if len(kinds) > _MAX_FIELDS or checked > _MAX_CHECKED:
+            # A fingerprint would cost a good part of a save (checked field by field in Python,
+            # where serializing is Pydantic's Rust): this class's dumps compare JSON instead.
+            type.__setattr__(cls, "__toast_wide__", True)
+            layouts.clear()
+            return schema, None
+        if all(kinds[i] in _DEEP or issubclass(kinds[i], Enum) for i in others):
+            layout = (lists, dicts, zoned, others)
+    if len(layouts) >= _LAYOUTS_KEPT:
+        layouts.clear()
+    known = layouts[kinds] = (schema, layout)
+    return known
+
+
+def unchanged(model: Any, print_: Fingerprint) -> bool:
+    """Whether ``model``'s fields are still the objects ``print_`` kept (lists and dicts too)."""
+    values, containers = print_
+    current = model.__dict__
+    if len(current) != len(values) or model.__pydantic_extra__:
+        return False
+    if not all(map(is_, current.values(), values)):
+        return False
+    for container, items, item_values in containers:
+        if len(container) != len(items) or not all(map(is_, container, items)):
+            return False
+        if item_values and not all(map(is_, container.values(), item_values)):
+            return False
+    return True
+
+
+def _all_atoms(items: Iterable[object]) -> bool:
+    return set(map(type, items)) <= _ATOMS or all(map(_is_atom, items))
+
+
+def _is_atom(value: object) -> bool:
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind is datetime or kind is time:
+        zone = value.tzinfo  # type: ignore[attr-defined]
+        return zone is None or type(zone) in _ZONES
+    if isinstance(value, Enum):
+        return type(value.value) in _ATOMS
+    if kind is tuple or kind is frozenset:
+        return _all_atoms(value)  # type: ignore[arg-type]
+    return False
+
+
+def _plain_serialization(schema: dict[str, Any]) -> bool:
+    """No ``exclude_if`` and no serializer function but the external models' own hook.
+
+    Computed fields may read anything, but stored data leaves them out (``round_trip``).
+    """
+    stack: list[object] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("serialization_exclude_if"):
+                return False
+            serialization = node.get("serialization")
+            if isinstance(serialization, dict) and str(serialization.get("type", "")).startswith(
+                "function"
+            ):
+                function = serialization.get("function")
+                if getattr(function, "__qualname__", None) != "ExternalBaseModel._toast_serialize":
+                    return False
+            stack.extend(value for value in node.values() if isinstance(value, dict | list))
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
