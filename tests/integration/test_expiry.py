@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import sqlite3
 import time
@@ -34,7 +35,9 @@ def _note(url: str, *, ttl: float | None = None) -> type[ExternalBaseModel]:
 def _rows(url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
     """Run one SQL statement on the database behind ``url`` with its own driver."""
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+        # closing(): a sqlite3 connection's own 'with' commits but never closes (3.13 warns).
+        path = url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
             return [tuple(row) for row in connection.execute(statement.replace("$1", "?"), args)]
     import asyncpg
 

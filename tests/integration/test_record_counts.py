@@ -8,6 +8,7 @@ partitioned table, downgrade; all on a database of the test's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -248,7 +249,7 @@ def test_sqlite_counts_with_triggers_too(sqlite_template: Path, tmp_path: Path) 
             await backend.disconnect()
 
     assert asyncio.run(main()) == 11
-    with sqlite3.connect(path) as connection:
+    with contextlib.closing(sqlite3.connect(path)) as connection:  # 'with' alone never closes
         exact = connection.execute(
             "SELECT count(*) FROM external_records WHERE class_name = 'Lite'"
         ).fetchone()
