@@ -53,8 +53,9 @@ def test_debug_logging_on_every_logger_shows_no_field_value(
             texts.append("".join(traceback.format_exception(*record.exc_info)))
     hits = [(r.name, r.getMessage()[:200]) for r in caplog.records if SENTINEL in r.getMessage()]
     hits += [("raw", text[:200]) for text in texts if SENTINEL in text]
-    assert caplog.records  # the drivers did log: the check below is not vacuous
     names = {record.name for record in caplog.records}
+    if not storage_url.startswith("memory"):  # memory:// has no driver that logs
+        assert caplog.records  # the drivers did log: the check below is not vacuous
     if storage_url.startswith("sqlite"):
         assert "aiosqlite" in names
     if storage_url.startswith(("sqlite", "postgresql")):  # rows logged, redacted

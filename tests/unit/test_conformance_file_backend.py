@@ -91,5 +91,6 @@ def test_the_suite_catches_a_backend_that_loses_created_at(pytester: pytest.Pyte
     """A backend that overwrites created_at on update fails exactly that conformance test."""
     pytester.makepyfile(test_forgetful=BROKEN_SUITE)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=15, failed=1)
+    suite_size = sum(1 for name in dir(BackendConformance) if name.startswith("test_"))
+    result.assert_outcomes(passed=suite_size - 1, failed=1)
     result.stdout.fnmatch_lines(["*test_update_keeps_id_and_created_at*"])
