@@ -315,6 +315,24 @@ def test_accepting_fields_are_found_through_fastapis_public_field_info() -> None
     assert "Customer" in routes
 
 
+def test_requests_build_no_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Response adapters are built with the app: no request does schema work on the loop."""
+    import pydantic_toast.fastapi._routes as routes
+
+    app = make_app()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a TypeAdapter built while serving a request")
+
+    monkeypatch.setattr(routes, "TypeAdapter", refuse)
+    saved = Customer(name="Ada")
+    saved.model_dump()
+    with TestClient(app) as client:
+        response = client.get(f"/customers/{saved.external_id}")
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "Ada"
+
+
 def test_to_data_serializes_the_tree_and_stores_nothing() -> None:
     """to_data() gives the fields of the model and of external models in it, with no I/O."""
     order = Order(product="tea", customer=Customer(name="Ada"))

@@ -86,8 +86,8 @@ def install(app: FastAPI, *, signing: SigningKeys | None = None) -> None:
     app.router.route_class = ToastRoute
     app.add_middleware(UntrustedRequests)
     install_error_handlers(app)
-    if signing is not None:
-        setattr(app.state, SIGNING_STATE, signing)
+    # Set even without keys: a missing attribute of app.state costs each request an exception.
+    setattr(app.state, SIGNING_STATE, signing)
     _document(app, signed=signing is not None)
 
 

@@ -72,6 +72,9 @@ class ToastRoute(APIRoute):
         super().__init__(path, _trusting(endpoint, holder), **kwargs)
         holder.append(self)
         self._toast_response: tuple[TypeAdapter[Any], bool] | None = None
+        # Built now, with the app, not by the route's first request on the event loop (a
+        # few ms of schema work per route, measured by bench/fastapi_loop_lag.py).
+        self._toast_response_adapter()
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
