@@ -29,6 +29,7 @@ import asyncpg
 from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
@@ -323,6 +324,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
     _leasing: Any = None  # the engine's pool, when its idle connections are leased directly
+    _gate: asyncio.Semaphore | None = None  # first come, first served: see _checkout
+    _gated: bool = False  # whether _gate was decided (None: the pool has no fixed size)
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
@@ -573,7 +576,39 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return result_value
 
     async def _checkout(self) -> _Lease:
-        """A connection from the engine's pool."""
+        """A connection from the engine's pool, to the operations in the order they asked.
+
+        Waiting happens in a FIFO gate as wide as the pool, not in the pool's queue: an
+        asyncio queue hands a returned connection to whoever asks before its woken waiter
+        runs (the next operation of the task that returned it, a request just arrived), and
+        the waiter that lost it goes to the back of the line. Under a load test of 100
+        clients on a 20-connection pool that made the p99 latency 15 times the median.
+        """
+        if not self._gated:
+            self._gated = True
+            self._gate = _gate_for(self.engine.sync_engine.pool)
+        gate = self._gate
+        if gate is None:
+            return await self._lease()
+        if gate.locked():
+            pool: Any = self.engine.sync_engine.pool
+            try:
+                async with asyncio.timeout(pool.timeout()):
+                    await gate.acquire()
+            except TimeoutError:
+                # The pool's own timeout and error: translated as a StoragePoolTimeoutError.
+                raise PoolTimeoutError(
+                    f"no pooled connection became free within pool_timeout {pool.timeout()}"
+                ) from None
+        else:
+            await gate.acquire()  # returns at once
+        try:
+            return await self._lease()
+        except BaseException:
+            gate.release()
+            raise
+
+    async def _lease(self) -> _Lease:
         pool: Any = self.engine.sync_engine.pool
         if pool is not self._leasing:
             # Its settings are checked once per pool (a dispose makes a new one); the time of
@@ -610,6 +645,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     def _checkin(self, lease: _Lease, *, broken: bool) -> None:
         """Return ``lease`` to the pool, synchronously (no await: safe in a cancelled task)."""
+        try:
+            self._return(lease, broken=broken)
+        finally:
+            if self._gate is not None:
+                self._gate.release()
+
+    def _return(self, lease: _Lease, *, broken: bool) -> None:
         pool: Any = self.engine.sync_engine.pool
         if pool is self._leasing:
             full = pool._pool._queue.qsize() >= pool._pool.maxsize
@@ -659,6 +701,17 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
 
 _Kind = Literal["execute", "fetch", "fetchrow", "fetchval"]
+
+
+def _gate_for(pool: Any) -> asyncio.Semaphore | None:
+    """A FIFO gate admitting as many operations as ``pool`` has connections, if it is bounded.
+
+    Operations that take connections elsewhere (transactions, Core statements) bypass it and
+    may make an admitted one wait in the pool's queue: the gate orders, it does not reserve.
+    """
+    if not isinstance(pool, AsyncAdaptedQueuePool) or pool._max_overflow < 0:
+        return None
+    return asyncio.Semaphore(pool.size() + pool._max_overflow)
 
 
 class _Sentinel:
