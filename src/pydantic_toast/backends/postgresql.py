@@ -64,6 +64,7 @@ from pydantic_toast.backends.sql import (
 from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting
+from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection
 
@@ -324,7 +325,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
     _leasing: Any = None  # the engine's pool, when its idle connections are leased directly
-    _gate: asyncio.Semaphore | None = None  # first come, first served: see _checkout
+    _gate: Gate | None = None  # first come, first served: see _checkout
     _gated: bool = False  # whether _gate was decided (None: the pool has no fixed size)
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
@@ -590,22 +591,20 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         gate = self._gate
         if gate is None:
             return await self._lease()
-        if gate.locked():
+        if not gate.enter_now():
             pool: Any = self.engine.sync_engine.pool
             try:
                 async with asyncio.timeout(pool.timeout()):
-                    await gate.acquire()
+                    await gate.enter()
             except TimeoutError:
                 # The pool's own timeout and error: translated as a StoragePoolTimeoutError.
                 raise PoolTimeoutError(
                     f"no pooled connection became free within pool_timeout {pool.timeout()}"
                 ) from None
-        else:
-            await gate.acquire()  # returns at once
         try:
             return await self._lease()
         except BaseException:
-            gate.release()
+            gate.leave()
             raise
 
     async def _lease(self) -> _Lease:
@@ -649,7 +648,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             self._return(lease, broken=broken)
         finally:
             if self._gate is not None:
-                self._gate.release()
+                self._gate.leave()
 
     def _return(self, lease: _Lease, *, broken: bool) -> None:
         pool: Any = self.engine.sync_engine.pool
@@ -703,7 +702,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 _Kind = Literal["execute", "fetch", "fetchrow", "fetchval"]
 
 
-def _gate_for(pool: Any) -> asyncio.Semaphore | None:
+def _gate_for(pool: Any) -> Gate | None:
     """A FIFO gate admitting as many operations as ``pool`` has connections, if it is bounded.
 
     Operations that take connections elsewhere (transactions, Core statements) bypass it and
@@ -711,7 +710,7 @@ def _gate_for(pool: Any) -> asyncio.Semaphore | None:
     """
     if not isinstance(pool, AsyncAdaptedQueuePool) or pool._max_overflow < 0:
         return None
-    return asyncio.Semaphore(pool.size() + pool._max_overflow)
+    return Gate(pool.size() + pool._max_overflow)
 
 
 class _Sentinel:
