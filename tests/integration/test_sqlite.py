@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +14,7 @@ import pytest
 
 import pydantic_toast
 from pydantic_toast import (
+    ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
     StorageConfigurationError,
@@ -83,3 +88,54 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "async loaded: name='Carol'" in result.stdout
     assert "a missing record is reported" in result.stdout
+
+
+async def test_a_single_save_writes_the_row_a_batch_writes(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A lone save (one call to aiosqlite's thread, statement compiled here) stores each column
+    as SQLAlchemy's statements do for a batch: the same types and spellings, and it conflicts
+    the same way (the current revision named, nothing written)."""
+    path = tmp_path / "single.db"
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}", ttl=3600)
+
+    single = Memo(text="alone")
+    await single.asave()  # insert
+    single.text = "alone, again"
+    await single.asave()  # update at revision 1
+    pair = [Memo(text="first"), Memo(text="second")]
+    await pydantic_toast.adump(pair)  # one batch of two: SQLAlchemy's statements
+    pair[0].text = "first, again"
+    await pydantic_toast.adump([pair[0], Memo(text="third")])
+    await pydantic_toast.aclose_storage()
+
+    columns = "id, schema_version, data, data_exact, created_at, updated_at, expires_at, revision"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = {
+            row[5]: row
+            for row in db.execute(
+                f"SELECT {', '.join(f'typeof({c}), {c}' for c in columns.split(', '))} "
+                "FROM external_records"
+            )
+        }
+    alone, batched = rows['{"text":"alone, again"}'], rows['{"text":"first, again"}']
+
+    def shape(row: tuple[object, ...]) -> list[object]:  # the data itself differs
+        return [re.sub(r"[0-9a-f]", "0", v) if isinstance(v, str) else v for v in row[:5] + row[6:]]
+
+    assert shape(alone) == shape(batched)
+    assert alone[1] == str(single.external_id).replace("-", "")  # type: ignore[attr-defined]
+
+    stale = await Memo.aload(single.external_id)  # type: ignore[attr-defined]
+    single.text = "moved on"
+    await single.asave()
+    stale.text = "lost?"
+    with pytest.raises(ConcurrencyError) as caught:
+        await stale.asave()
+    assert (caught.value.expected, caught.value.current) == (2, 3)
+    assert (await Memo.aload(single.external_id)).text == "moved on"  # type: ignore[attr-defined]
+    await pydantic_toast.aclose_storage()

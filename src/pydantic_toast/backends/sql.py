@@ -47,7 +47,9 @@ __all__ = [
     "COUNT",
     "DELETE",
     "PURGE",
+    "REVISION",
     "SQLAlchemyBackend",
+    "conflict",
     "expired",
     "expires_at",
     "json_as_text",
@@ -56,6 +58,7 @@ __all__ = [
     "page_statement",
     "see_through",
     "upsert",
+    "write_parameters",
     "write_statements",
 ]
 
@@ -246,6 +249,41 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
     }
 
 
+def write_parameters(record: StoredRecord) -> tuple[str, dict[str, Any]]:
+    """Which of :func:`write_statements` writes ``record`` (SQLite's JSON), and its parameters."""
+    parameters = {
+        "class_name": record.class_name,
+        "id": record.id,
+        "schema_version": record.schema_version,
+        "data": record.data.decode(),
+        "data_exact": None,  # SQLite's JSON column keeps the text as written
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "expires_at": expires_at(record),
+    }
+    expected = record.revision
+    if expected is None:
+        return "upsert", parameters
+    if expected == 0:
+        return "insert", parameters
+    del parameters["created_at"]
+    parameters = {f"b_{k}": v for k, v in parameters.items()}
+    parameters["b_expected"] = expected
+    return "update", parameters
+
+
+async def conflict(connection: AsyncConnection, record: StoredRecord) -> ConcurrencyError:
+    """The error for a write of ``record`` that found another revision (read now)."""
+    current = (
+        await connection.execute(
+            REVISION, {"class_name": record.class_name, "id": record.id, "now": _now()}
+        )
+    ).scalar_one_or_none()
+    return ConcurrencyError(
+        record.class_name, record.id, expected=record.revision or 0, current=current
+    )
+
+
 REVISION = select(_c.revision).where(
     _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
@@ -357,37 +395,10 @@ class SQLAlchemyBackend(RecordBackend):
         writes = self._writes
 
         async def write_one(connection: AsyncConnection, record: StoredRecord) -> int:
-            parameters = {
-                "class_name": record.class_name,
-                "id": record.id,
-                "schema_version": record.schema_version,
-                "data": record.data.decode(),
-                "data_exact": None,  # SQLite's JSON column keeps the text as written
-                "created_at": record.created_at,
-                "updated_at": record.updated_at,
-                "expires_at": expires_at(record),
-            }
-            expected = record.revision
-            if expected is None:
-                statement = writes["upsert"]
-            elif expected == 0:
-                statement = writes["insert"]
-            else:
-                statement = writes["update"]
-                del parameters["created_at"]
-                parameters = {f"b_{k}": v for k, v in parameters.items()}
-                parameters["b_expected"] = expected
-            revision = (await connection.execute(statement, parameters)).scalar_one_or_none()
+            kind, parameters = write_parameters(record)
+            revision = (await connection.execute(writes[kind], parameters)).scalar_one_or_none()
             if revision is None:
-                current = (
-                    await connection.execute(
-                        REVISION,
-                        {"class_name": record.class_name, "id": record.id, "now": _now()},
-                    )
-                ).scalar_one_or_none()
-                raise ConcurrencyError(
-                    record.class_name, record.id, expected=expected or 0, current=current
-                )
+                raise await conflict(connection, record)
             return int(revision)
 
         async def write(connection: AsyncConnection) -> list[int]:
