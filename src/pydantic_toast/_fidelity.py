@@ -67,7 +67,18 @@ def suspicions(data: bytes) -> tuple[bool, bool]:
     need no offset check.
     """
     digits = data.translate(DIGITS_AS_ZERO)
-    return _NINETEEN_DIGITS in digits, b'+00:00"' in digits or b'-00:00"' in digits
+    return _NINETEEN_DIGITS in digits, _signed_offset(digits)
+
+
+def _signed_offset(digits: bytes) -> bool:
+    """Whether ``digits`` holds ``+00:00"`` or ``-00:00"``: one search, the sign checked after
+    (times such as ``"00:00:00"`` end the same way, unsigned)."""
+    at = digits.find(b'00:00"', 1)
+    while at != -1:
+        if digits[at - 1] in b"+-":
+            return True
+        at = digits.find(b'00:00"', at + 1)
+    return False
 
 
 class _TooLong:
