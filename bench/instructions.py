@@ -20,6 +20,13 @@ Operations, for each workload, on ``memory://``:
   ``model_validate(ref)``, each a whole single save or load on ``memory://``;
 * the same saves again on the unchanged instances (re-dumps: no write since change tracking).
 
+With ``--redis URL`` (a throwaway key prefix is used and deleted), per workload also the client
+side of a round trip to Redis (the server's work is another process, not counted): raw
+redis.asyncio ``SET``/``GET`` of the plain model's JSON against the library's async and sync
+single save and load, and a batch of ``BATCH`` records (10 of 100 KB: a 10 MB reply takes
+valgrind longer than the socket timeout) (raw: a pipeline of ``SET`` and one
+``MGET``; the library: ``adump``/``avalidate``), per record.
+
 Warm-ups run on instances of their own, so a measured save is always a first save.
 ``--src PATH`` counts another source tree (e.g. a worktree of an older commit) with this script.
 """
@@ -49,6 +56,7 @@ else:
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 WARMUP = 20
+BATCH = 100
 
 
 def _segment(label: str, count: int, operation: Callable[[int], Any], log: list[str]) -> None:
@@ -75,14 +83,167 @@ async def _asegment(
     log.append(label)
 
 
-def worker(count: int, workloads: list[Workload]) -> list[str]:
+def worker(count: int, workloads: list[Workload], redis_url: str | None = None) -> list[str]:
     """Run every measured segment; return their labels in dump order."""
     log: list[str] = []
     loop = asyncio.new_event_loop()
     for workload in workloads:
-        _count_workload(workload, count, loop, log)
+        if redis_url is None:
+            _count_workload(workload, count, loop, log)
+        else:
+            _count_redis(workload, count, loop, log, redis_url)
     loop.close()
     return log
+
+
+def _count_redis(
+    workload: Workload, count: int, loop: asyncio.AbstractEventLoop, log: list[str], url: str
+) -> None:
+    """Client-side instructions of single and batch saves and loads on Redis, raw and ours."""
+    import redis
+    import redis.asyncio as aioredis
+
+    import pydantic_toast
+    from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+    prefix = f"cg{uuid.uuid4().hex[:8]}"
+    plain = workload.plain_model()
+    annotations = {name: kind for name, (kind, _) in workload.fields.items()}
+    defaults = {name: value for name, (_, value) in workload.fields.items()}
+    model: Any = type(
+        "Counted",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": annotations,
+            **defaults,
+            "model_config": ExternalConfigDict(
+                storage=f"{url}?prefix={prefix}", external_name="counted"
+            ),
+        },
+    )
+    total = count + WARMUP
+    name = workload.name
+    client = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=50)
+    )
+    plains = [plain(**workload.values(i)) for i in range(total)]
+    raw_keys = [f"{prefix}:raw:{uuid.uuid4()}" for _ in range(total)]
+    try:
+
+        def nothing(i: int) -> None:
+            return None
+
+        async def anothing(i: int) -> None:
+            return None
+
+        _segment(f"{name}|loop", count, nothing, log)
+        loop.run_until_complete(_asegment(f"{name}|async loop", count, anothing, log))
+
+        async def raw_save(i: int) -> None:
+            await client.set(f"{prefix}:raw:{uuid.uuid4()}", plains[i].model_dump_json())
+
+        async def raw_set(i: int) -> None:  # the keys raw_load reads
+            await client.set(raw_keys[i], plains[i].model_dump_json())
+
+        async def raw_load(i: int) -> None:
+            plain.model_validate_json(await client.get(raw_keys[i]))
+
+        loop.run_until_complete(_asegment(f"{name}|async save (raw SET)", count, raw_save, log))
+        for i in range(total):
+            loop.run_until_complete(raw_set(i))
+        loop.run_until_complete(_asegment(f"{name}|async load (raw GET)", count, raw_load, log))
+
+        ours = [model(**workload.values(i)) for i in range(total)]
+        references: dict[int, Any] = {}
+
+        async def asave(i: int) -> None:
+            references[i] = await ours[i].asave()
+
+        async def aload(i: int) -> None:
+            await model.aload(references[i])
+
+        loop.run_until_complete(_asegment(f"{name}|async save (Redis)", count, asave, log))
+        loop.run_until_complete(_asegment(f"{name}|async load (Redis)", count, aload, log))
+        fresh = [model(**workload.values(i)) for i in range(total)]
+        dumped: dict[int, Any] = {}
+
+        def save(i: int) -> None:
+            dumped[i] = fresh[i].model_dump()
+
+        _segment(f"{name}|sync save (Redis)", count, save, log)
+        _segment(f"{name}|sync load (Redis)", count, lambda i: model.model_validate(dumped[i]), log)
+
+        # Batches: size records per operation, reported per record.
+        size = BATCH if workload.batch >= 10_000 else 10
+        batches = max(1, count // 10)
+        rounds = batches + WARMUP // 10
+        plain_batches = [
+            [plain(**workload.values(i * size + j)) for j in range(size)] for i in range(rounds)
+        ]
+        raw_batch_keys: dict[int, list[str]] = {}
+
+        async def raw_batch_save(i: int) -> None:
+            keys = [f"{prefix}:raw:{uuid.uuid4()}" for _ in range(size)]
+            async with client.pipeline(transaction=False) as pipe:
+                for key, obj in zip(keys, plain_batches[i], strict=True):
+                    pipe.set(key, obj.model_dump_json())
+                await pipe.execute()
+            raw_batch_keys[i] = keys
+
+        async def raw_batch_load(i: int) -> None:
+            [plain.model_validate_json(v) for v in await client.mget(raw_batch_keys[i])]
+
+        our_batches = [
+            [model(**workload.values(i * size + j)) for j in range(size)] for i in range(rounds)
+        ]
+        our_batch_refs: dict[int, Any] = {}
+        adapter: Any = list[model]  # type: ignore[valid-type]
+
+        async def batch_save(i: int) -> None:
+            our_batch_refs[i] = list(await pydantic_toast.adump(our_batches[i]))
+
+        async def batch_load(i: int) -> None:
+            await pydantic_toast.avalidate(adapter, our_batch_refs[i])
+
+        for label, operation in (
+            ("async batch save (raw pipeline SET)", raw_batch_save),
+            ("async batch load (raw MGET)", raw_batch_load),
+            ("async batch save (Redis)", batch_save),
+            ("async batch load (Redis)", batch_load),
+        ):
+            _batch_segment(f"{name}|{label}", batches, size, operation, loop, log)
+    finally:
+        loop.run_until_complete(pydantic_toast.aclose_storage())
+        pydantic_toast.close_storage()
+        loop.run_until_complete(client.aclose())
+        sync_client = redis.Redis.from_url(url)
+        keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            sync_client.delete(*keys[start : start + 1000])
+        sync_client.close()
+
+
+def _batch_segment(
+    label: str,
+    batches: int,
+    size: int,
+    operation: Callable[[int], Awaitable[Any]],
+    loop: asyncio.AbstractEventLoop,
+    log: list[str],
+) -> None:
+    """Warm up on the batches past ``batches``, then measure the first ``batches``; the
+    dump is divided by ``count``, so its label carries the records per operation."""
+
+    async def run() -> None:
+        for i in range(batches, batches + WARMUP // 10):
+            await operation(i)
+        os.getppid()
+        for i in range(batches):
+            await operation(i)
+        os.getpgrp()
+
+    loop.run_until_complete(run())
+    log.append(f"{label}#{batches * size}")
 
 
 def _count_workload(
@@ -184,12 +345,17 @@ def _total(dump: Path) -> int:
 
 
 def count_instructions(
-    count: int, quick: bool, src: Path | None = None, workload: str | None = None
+    count: int,
+    quick: bool,
+    src: Path | None = None,
+    workload: str | None = None,
+    redis_url: str | None = None,
 ) -> list[dict[str, Any]]:
     valgrind = shutil.which("valgrind")
     if not valgrind:
         raise FileNotFoundError("valgrind not found: install it (Debian: valgrind)")
     scratch = Path(tempfile.mkdtemp(prefix="toast-callgrind-"))
+    batched: set[str] = set()
     try:
         output = subprocess.run(
             [
@@ -205,7 +371,8 @@ def count_instructions(
             ]
             + (["--quick"] if quick else [])
             + (["--src", str(src)] if src is not None else [])
-            + (["--workload", workload] if workload else []),
+            + (["--workload", workload] if workload else [])
+            + (["--redis", redis_url] if redis_url else []),
             capture_output=True,
             text=True,
             env=os.environ | {"PYTHONHASHSEED": "0"},
@@ -221,7 +388,12 @@ def count_instructions(
         )
         if len(dumps) < len(labels):
             raise RuntimeError(f"{len(dumps)} callgrind dumps for {len(labels)} segments")
-        per_op = {label: _total(dump) / count for label, dump in zip(labels, dumps, strict=False)}
+        per_op = {}
+        for label, dump in zip(labels, dumps, strict=False):
+            name, _, records = label.partition("#")  # a batch: per record, loop included
+            per_op[name] = _total(dump) / (int(records) if records else count)
+            if records:
+                batched.add(name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results = []
@@ -233,7 +405,11 @@ def count_instructions(
         }
         sync_loop, async_loop = ops.pop("loop"), ops.pop("async loop")
         for operation in ops:
-            ops[operation] -= async_loop if operation.startswith("async") else sync_loop
+            if f"{workload}|{operation}" not in batched:
+                ops[operation] -= async_loop if operation.startswith("async") else sync_loop
+        if redis_url:
+            results.append({"workload": workload, "count": count, "ops": _redis_ratios(ops)})
+            continue
         plain = ops["plain encode+decode"]
         library = ops["async save (memory://)"] + ops["async load (memory://)"]
         results.append(
@@ -247,6 +423,22 @@ def count_instructions(
     return results
 
 
+def _redis_ratios(ops: dict[str, float]) -> dict[str, float]:
+    """The counts, and each of the library's against the raw operation it matches."""
+    raw = {
+        "save": ops["async save (raw SET)"],
+        "load": ops["async load (raw GET)"],
+        "batch save": ops["async batch save (raw pipeline SET)"],
+        "batch load": ops["async batch load (raw MGET)"],
+    }
+    rounded: dict[str, float] = {k: round(v) for k, v in ops.items()}
+    for operation, value in ops.items():
+        if "(Redis)" in operation:
+            kind = operation.removeprefix("async ").removeprefix("sync ").split(" (")[0]
+            rounded[f"{operation} / raw"] = round(value / raw[kind], 3)
+    return rounded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--worker", type=int, metavar="N", help=argparse.SUPPRESS)
@@ -255,15 +447,29 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--src", type=Path, help="the source tree to count (default: ../src)")
     parser.add_argument("--workload", help="only workloads whose name contains this")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="count Redis round trips instead (client side), e.g. "
+        "redis://127.0.0.1:6379/0 (a throwaway key prefix, deleted afterwards)",
+    )
     args = parser.parse_args()
     if args.worker:
         chosen = [w for w in WORKLOADS if not args.workload or args.workload in w.name]
-        print(json.dumps(worker(args.worker, chosen)))
+        print(json.dumps(worker(args.worker, chosen, args.redis)))
         return
     count = 20 if args.quick else args.count
-    results = count_instructions(count, args.quick, args.src, args.workload)
+    results = count_instructions(count, args.quick, args.src, args.workload, args.redis)
     if args.json:
         print(json.dumps(results, indent=1))
+        return
+    if args.redis:
+        print("| workload | operation | instructions/op (batches: per record) |")
+        print("|---|---|---|")
+        for result in results:
+            for operation, value in result["ops"].items():
+                shown = f"{value:.2f}×" if operation.endswith("/ raw") else f"{value:,}"
+                print(f"| {result['workload']} | {operation} | {shown} |")
         return
     print("| workload | operation | instructions/op | vs plain encode+decode |")
     print("|---|---|---|---|")

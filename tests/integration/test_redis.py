@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 import redis
@@ -20,6 +22,8 @@ from pydantic_toast import (
     StorageConnectionError,
     StoredDataError,
 )
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.redis import RedisBackend
 from tests import servers
 
 pytestmark = pytest.mark.redis
@@ -366,3 +370,79 @@ def test_documents_written_before_staging_are_updated_in_place(
     assert new["created_at"] == json.loads(old)["created_at"]
     assert new["revision"] == 2
     assert scan.model_validate(reference).body == "L" * 50_000
+
+
+def _stored(
+    data: bytes, revision: int | None, *, ttl: float | None = None, id: UUID | None = None
+) -> StoredRecord:
+    now = datetime.now(UTC)
+    return StoredRecord("Flushed", id or uuid4(), data, 1, now, now, ttl, revision)
+
+
+def test_scripts_flushed_on_the_server_are_loaded_again() -> None:
+    """After SCRIPT FLUSH, small and staged saves load the script on their connection and are
+    written once, with their revisions and created_at."""
+    server = servers.TempRedis()
+
+    async def main() -> None:
+        backend = RedisBackend(f"redis://127.0.0.1:{server.port}/0")
+        await backend.connect()
+        client = redis.Redis(port=server.port)
+        try:
+            small, large = _stored(b'{"n":1}', 0), _stored(b'{"b":"%b"}' % (b"x" * 20_000), 0)
+            assert await backend.save_records([small]) == [1]
+            client.script_flush()
+            assert await backend.save_records([large]) == [1]  # staged: SET, then EVALSHA
+            client.script_flush()
+            again = _stored(b'{"n":2}', 1, id=small.id)
+            assert await backend.save_records([again]) == [2]
+            loaded, staged = await backend.load_records([small.key, large.key])
+            assert loaded is not None
+            assert staged is not None
+            assert (loaded.data, loaded.revision, loaded.created_at) == (
+                b'{"n":2}',
+                2,
+                small.created_at,
+            )
+            assert (staged.data, staged.revision) == (large.data, 1)
+            assert list(client.scan_iter(match="*:staged:*")) == []
+        finally:
+            client.close()
+            await backend.disconnect()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_a_write_without_ttl_sweeps_expired_entries_of_its_class(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """Once a class has an expiry set, writes without a ttl still sweep its expired entries
+    (and leave it themselves); a class that never had one gets no expiry set."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+
+    async def main() -> None:
+        backend = RedisBackend(url)
+        await backend.connect()
+        try:
+            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
+            assert await backend.save_records(brief) == [1, 1, 1]
+            assert client.zcard(f"{prefix}:Flushed:expiry") == 3
+            await asyncio.sleep(0.4)
+            renewed = _stored(b"{}", None, id=brief[0].id)  # expired: written anew, no ttl
+            assert await backend.save_records([renewed, _stored(b"{}", 0)]) == [1, 1]
+            assert client.zcard(f"{prefix}:Flushed:expiry") == 0
+            assert client.zcard(f"{prefix}:Flushed:index") == 2
+            assert await backend.count("Flushed") == 2
+            assert not client.exists(f"{prefix}:Other:expiry")
+            other = _stored(b"{}", 0)
+            await backend.save_records([dataclasses.replace(other, class_name="Other")])
+            assert not client.exists(f"{prefix}:Other:expiry")
+            assert await backend.count("Other") == 1
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())

@@ -39,7 +39,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -50,6 +49,8 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, rewrite_url
+from pydantic_toast.backends import _resp
+from pydantic_toast.backends._resp import command
 from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of
 from pydantic_toast.runtime.boundary import connecting
 
@@ -65,9 +66,10 @@ _SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 
 # KEYS: record keys, then the class index keys, the class expiry keys and the staged keys (same
-# order). ARGV: for each record, the document after created_at and revision (starting with
-# ','; empty when staged), its created_at, its creation score, its id, its TTL in milliseconds
-# (0: none), the revision it expects ('': any) and whether it is staged ('1') or not ('0').
+# order; a record's own key again when it is not staged). ARGV, 5 per record: the document
+# after created_at and revision (starting with ','; empty when staged), its created_at, its
+# creation score, its TTL in milliseconds (0: none) and the revision it expects ('': any). The
+# id is the record key's last 36 characters (every key layout ends with it).
 # Every expected revision is checked before anything is written (a script runs atomically),
 # so a batch is all or nothing; a document without a revision (written before revisions
 # existed) is at revision 1. The old document is never read whole: created_at and revision
@@ -81,7 +83,9 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # its first STAGED_HEADER bytes (SETRANGE, in place), padded with spaces before the comma
 # that follows the revision. The expiry set scores each TTL record by when it expires (server
 # time, the clock Redis expires keys by), so count() subtracts the expired ones without
-# reading a record. Expired entries leave both sets here, a few per write (never on a read).
+# reading a record. Expired entries leave both sets here, a few per write (never on a read);
+# a class whose expiry set does not exist (no TTL record) costs one EXISTS instead (no TIME,
+# no sweep: there is nothing to remove).
 # A repeat of this very write (every record found at its expected revision plus one, holding
 # exactly the document this call carries) is answered as written, and writes nothing: a
 # client that resends a script whose reply was lost (redis-py's cluster client does, by
@@ -98,18 +102,23 @@ local result = {1}
 local repeated = 0
 local first_repeat = nil
 for i = 1, n do
-  local base = (i - 1) * 7
-  local expected = ARGV[base + 6]
+  local base = (i - 1) * 5
+  local expected = ARGV[base + 5]
   local head = redis.call('GETRANGE', KEYS[i], 0, 127)
   local current = 0
   local created = ARGV[base + 2]
   if head ~= '' then
-    current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
-    created = string.match(head, '^{"created_at":"([^"]*)"') or created
+    local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
+    if stored then
+      created, current = stored, tonumber(revision)
+    else
+      current = 1
+      created = string.match(head, '^{"created_at":"([^"]*)"') or created
+    end
     existed[i] = true
   end
   if expected ~= '' and tonumber(expected) ~= current then
-    if current == tonumber(expected) + 1 and ARGV[base + 7] == '0' and redis.call('GET', KEYS[i])
+    if current == tonumber(expected) + 1 and ARGV[base + 1] ~= '' and redis.call('GET', KEYS[i])
         == '{"created_at":"' .. created .. '","revision":' .. string.format('%d', current) ..
         ARGV[base + 1] then
       repeated = repeated + 1
@@ -117,12 +126,12 @@ for i = 1, n do
       first_repeat = first_repeat or {0, i, current}
     else
       for j = 1, n do
-        if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+        if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
       end
       return {0, i, current}
     end
   end
-  if ARGV[base + 7] == '1' then
+  if ARGV[base + 1] == '' then
     if redis.call('EXISTS', KEYS[3 * n + i]) == 0 then
       return redis.error_reply('pydantic-toast: a staged document is missing (expired?)')
     end
@@ -138,48 +147,66 @@ if repeated == n then
 end
 if repeated > 0 then
   for j = 1, n do
-    if ARGV[(j - 1) * 7 + 7] == '1' then redis.call('DEL', KEYS[3 * n + j]) end
+    if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
   end
   return first_repeat
 end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now = nil
+local sweep = {}
 for i = 1, n do
-  local base = (i - 1) * 7
-  local ttl = tonumber(ARGV[base + 5])
-  local id = ARGV[base + 4]
+  local base = (i - 1) * 5
+  local key = KEYS[i]
+  local ttl = tonumber(ARGV[base + 4])
+  local id = string.sub(key, -36)
   if not existed[i] then
     redis.call('ZADD', KEYS[n + i], ARGV[base + 3], id)
   end
   local header = '{"created_at":"' .. createds[i] .. '","revision":' ..
     string.format('%d', result[i + 1])
-  if ARGV[base + 7] == '1' then
-    redis.call('RENAME', KEYS[3 * n + i], KEYS[i])
-    redis.call('SETRANGE', KEYS[i], 0, header .. string.rep(' ', STAGED_HEADER - #header))
+  if ARGV[base + 1] == '' then
+    redis.call('RENAME', KEYS[3 * n + i], key)
+    redis.call('SETRANGE', key, 0, header .. string.rep(' ', STAGED_HEADER - #header))
     if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[i], ttl)
+      redis.call('PEXPIRE', key, ttl)
     else
-      redis.call('PERSIST', KEYS[i])
+      redis.call('PERSIST', key)
     end
   elseif ttl > 0 then
-    redis.call('SET', KEYS[i], header .. ARGV[base + 1], 'PX', ttl)
+    redis.call('SET', key, header .. ARGV[base + 1], 'PX', ttl)
   else
-    redis.call('SET', KEYS[i], header .. ARGV[base + 1])
+    redis.call('SET', key, header .. ARGV[base + 1])
   end
+  local expiry = KEYS[2 * n + i]
   if ttl > 0 then
-    redis.call('ZADD', KEYS[2 * n + i], now + ttl, id)
-  else
-    redis.call('ZREM', KEYS[2 * n + i], id)
+    if not now then
+      local clock = redis.call('TIME')
+      now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    end
+    redis.call('ZADD', expiry, now + ttl, id)
+    sweep[expiry] = KEYS[n + i]
+  elseif sweep[expiry] == nil then
+    if redis.call('EXISTS', expiry) == 1 then
+      redis.call('ZREM', expiry, id)
+      sweep[expiry] = KEYS[n + i]
+    else
+      sweep[expiry] = false
+    end
+  elseif sweep[expiry] then
+    redis.call('ZREM', expiry, id)
   end
 end
-local swept = {}
 for i = 1, n do
   local expiry = KEYS[2 * n + i]
-  if not swept[expiry] then
-    swept[expiry] = true
+  local index = sweep[expiry]
+  if index then
+    sweep[expiry] = false
+    if not now then
+      local clock = redis.call('TIME')
+      now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    end
     local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', '(' .. now, 'LIMIT', 0, 100)
     if #gone > 0 then
-      redis.call('ZREM', KEYS[n + i], unpack(gone))
+      redis.call('ZREM', index, unpack(gone))
       redis.call('ZREM', expiry, unpack(gone))
     end
   end
@@ -227,7 +254,7 @@ _STAGE_ABOVE = 8192
 # take it a median 0.7 ms (10 fields) to 1.3 ms (100 fields), 1,000 records up to 47-181 ms.
 _BATCH_SIZE = 100
 # A staged document left behind (its script never ran) expires after this many milliseconds.
-_STAGED_TTL_MS = 60_000
+_STAGED_PX = b"60000"
 # KEYS: the class index, its expiry set. The index's size less the entries already expired
 # (a key is gone once the server's time passes its expiry): O(log n), and exact.
 _COUNT_SCRIPT = """
@@ -324,7 +351,7 @@ class RedisBackend(RecordBackend):
         self._parsed = StorageURL.parse(url)
         self._prefix, self._pool_options = _options(self._parsed)
         self._client: aioredis.Redis | None = None
-        self._save_script: Any = None
+        self._save_script = _resp.Script(_SAVE_SCRIPT)
         self._check_script: Any = None
         self._batch_size = batch_size_of(self._parsed, _BATCH_SIZE)
         self._count_script: Any = None
@@ -368,7 +395,7 @@ class RedisBackend(RecordBackend):
     async def connect(self) -> None:
         """Open the pool and check the server answers (and accepts the credentials)."""
         self._client = self._open_client()
-        self._save_script = self._client.register_script(_SAVE_SCRIPT)
+        self._save_script = _resp.Script(_SAVE_SCRIPT)
         self._check_script = self._client.register_script(_CHECK_SCRIPT)
         self._count_script = self._client.register_script(_COUNT_SCRIPT)
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
@@ -428,76 +455,73 @@ class RedisBackend(RecordBackend):
 
     async def _save_chunk(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records in one script call (one round trip): all or nothing."""
-        stages: list[tuple[str, bytes]] = []
-        record_keys: list[str] = []
-        stage_keys: list[str] = []
-        arguments: list[Any] = []
+        stages: list[bytes] = []
+        record_keys: list[bytes] = []
+        stage_keys: list[bytes] = []
+        arguments: list[bytes] = []
         for record in records:
-            key = self.key(record.class_name, record.id)
-            id = key[-36:]  # every key ends with the id's text (formatting a UUID is not free)
+            key = self.key(record.class_name, record.id).encode()
             record_keys.append(key)
-            created_at = record.created_at.isoformat()
-            rest = (
-                f',"schema_version":{record.schema_version},'
-                f'"updated_at":"{record.updated_at.isoformat()}","data":'
-            ).encode()
-            staged = self._stages and len(record.data) > _STAGE_ABOVE
-            if staged:
-                stage_key = f"{key}:staged:{uuid4().hex}"
-                header = f'{{"created_at":"{created_at}","revision":0'.ljust(_STAGED_HEADER)
-                stages.append((stage_key, header.encode() + rest + record.data + b"}"))
+            created_at = record.created_at.isoformat().encode()
+            rest = b',"schema_version":%d,"updated_at":"%b","data":' % (
+                record.schema_version,
+                record.updated_at.isoformat().encode(),
+            )
+            if self._stages and len(record.data) > _STAGE_ABOVE:
+                stage_key = b"%b:staged:%b" % (key, uuid4().hex.encode())
+                header = b'{"created_at":"%b","revision":0' % created_at
+                document = b"".join((header.ljust(_STAGED_HEADER), rest, record.data, b"}"))
+                stages.append(command(b"SET", stage_key, document, b"PX", _STAGED_PX))
                 stage_keys.append(stage_key)
+                document = b""
             else:
                 stage_keys.append(key)  # unused; in the record's slot (Redis Cluster)
-            arguments += [
-                b"" if staged else b"".join((rest, record.data, b"}")),
+                document = b"".join((rest, record.data, b"}"))
+            arguments += (
+                document,
                 created_at,
-                record.created_at.timestamp(),
-                id,
-                round(record.ttl * 1000) if record.ttl else 0,
-                "" if record.revision is None else record.revision,
-                "1" if staged else "0",
-            ]
-        keys = record_keys + [self._index_key_of(r) for r in records]
-        keys += [self._expiry_key_of(r) for r in records]
+                repr(record.created_at.timestamp()).encode(),
+                b"%d" % round(record.ttl * 1000) if record.ttl else b"0",
+                b"" if record.revision is None else b"%d" % record.revision,
+            )
+        keys = record_keys + [self._index_key_of(r).encode() for r in records]
+        keys += [self._expiry_key_of(r).encode() for r in records]
         keys += stage_keys
-        if stages:
-            result = await self._call(lambda: self._save_staged(stages, keys, arguments))
-        else:
-            result = await self._call(lambda: self._save_script(keys=keys, args=arguments))
+        result = await self._call(lambda: self._run_save(keys, arguments, stages))
         if result[0] == 0:
             raise _conflict(records[int(result[1]) - 1], int(result[2]))
         return [int(revision) for revision in result[1:]]
 
-    async def _save_staged(
-        self, stages: list[tuple[str, bytes]], keys: list[str], arguments: list[Any]
+    async def _run_save(
+        self, keys: list[bytes], arguments: list[bytes], stages: list[bytes]
     ) -> Any:
-        """SET the staged documents and run the save script, in one round trip."""
-        client = self._connected()
-        async with client.pipeline(transaction=False) as pipe:
-            for stage_key, document in stages:
-                pipe.set(stage_key, document, px=_STAGED_TTL_MS)
-            pipe.execute_command("EVALSHA", self._save_script.sha, len(keys), *keys, *arguments)
-            replies = await pipe.execute(raise_on_error=False)
-        result = replies[-1]
-        if isinstance(result, NoScriptError):  # the server lost its scripts (restart, flush)
-            return await self._save_script(keys=keys, args=arguments)  # loads it; stages wait
+        """The save script's reply, the staging SETs sent before it in the same write."""
+        pool = self._connected().connection_pool
+        script = self._save_script
+        replies = await _resp.run(
+            pool,
+            script.call(keys, arguments),
+            before=b"".join(stages),
+            replies_before=len(stages),
+            script=script,
+        )
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return result
+        return replies[-1]
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: GET, or one MGET per ``batch_size`` keys."""
         names = [self.key(class_name, id) for class_name, id in keys]
-        client = self._connected()
+        pool = self._connected().connection_pool
         if len(names) == 1:
-            values = [await self._call(partial(client.get, names[0]))]
+            values = await self._call(lambda: _read(pool, command(b"GET", names[0].encode())))
         else:
             values = []
             for start in range(0, len(names), self._batch_size):
-                chunk = names[start : start + self._batch_size]
-                values += await self._call(partial(client.mget, chunk))
+                chunk = [name.encode() for name in names[start : start + self._batch_size]]
+                packed = command(b"MGET", *chunk)
+                values += (await self._call(partial(_read, pool, packed)))[0]
         return [
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
@@ -605,6 +629,14 @@ class RedisBackend(RecordBackend):
         """Drop the pool's connections after one was lost (a restart, an idle timeout)."""
         if self._client is not None:
             await self._client.connection_pool.disconnect()
+
+
+async def _read(pool: aioredis.ConnectionPool, packed: bytes) -> list[Any]:
+    """The reply of one read command (an error reply raised)."""
+    replies = await _resp.run(pool, packed)
+    if isinstance(replies[0], Exception):
+        raise replies[0]
+    return replies
 
 
 def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> bool:

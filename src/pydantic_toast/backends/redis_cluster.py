@@ -281,7 +281,6 @@ class RedisClusterBackend(single.RedisBackend):
             **options,
         )
         self._client = self._cluster  # type: ignore[assignment]  # the shared code's client
-        self._save_script = self._save_in_slot
         self._delete_script = self._cluster.register_script(_DELETE_SCRIPT)
         self._delete_checked_cluster_script = self._cluster.register_script(_DELETE_CHECKED_SCRIPT)
         self._script = self._cluster.register_script(_SAVE_SCRIPT)
@@ -384,16 +383,21 @@ class RedisClusterBackend(single.RedisBackend):
             return_exceptions=True,
         )
 
-    async def _save_in_slot(self, *, keys: list[str], args: list[Any]) -> Any:
-        """Run the save script on one slot's keys (locks checked), then WAIT when asked to."""
+    async def _run_save(
+        self, keys: list[bytes], arguments: list[bytes], stages: list[bytes]
+    ) -> Any:
+        """Run the save script on one slot's keys (locks checked), then WAIT when asked to.
+
+        Nothing is staged here (``_stages`` is off): every document is in ``arguments``.
+        """
         records = keys[: len(keys) // 4]  # the shared script's keys: 4 per record
-        keys = keys + [key.replace("}:", "}:lock:", 1) for key in records]
-        args = [*args, _batch_token.get()]
+        keys = keys + [key.replace(b"}:", b"}:lock:", 1) for key in records]
+        args: list[Any] = [*arguments, _batch_token.get()]
         if not self._wait_replicas:
             return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
         return _unlocked(await self._save_and_wait(keys, args), records, self._masked)
 
-    async def _save_and_wait(self, keys: list[str], args: list[Any]) -> Any:
+    async def _save_and_wait(self, keys: list[bytes], args: list[Any]) -> Any:
         """The save script, then ``WAIT``, on one connection to the primary of the slot.
 
         ``WAIT`` counts the replicas that have the writes of its own connection, so both
@@ -404,7 +408,7 @@ class RedisClusterBackend(single.RedisBackend):
         """
         cluster = self._connected_cluster()
         await cluster.initialize()  # a no-op unless a lost connection asked for it
-        node = cluster.get_node_from_key(keys[0])
+        node = cluster.get_node_from_key(keys[0].decode())
         asking = False
         redirects = 0
         busy_until = time.monotonic() + _TRYAGAIN_SECONDS
@@ -423,7 +427,7 @@ class RedisClusterBackend(single.RedisBackend):
                 await node.execute_command("SCRIPT", "LOAD", _SAVE_SCRIPT)
             elif isinstance(reply, MovedError):
                 await cluster.nodes_manager.move_slot(reply)
-                node = cluster.get_node_from_key(keys[0])
+                node = cluster.get_node_from_key(keys[0].decode())
             elif isinstance(reply, AskError):
                 node = cluster.get_node(host=reply.host, port=reply.port)
                 if node is None:  # a node added since the topology was learnt
@@ -569,10 +573,10 @@ def _locked(key: str, url: str) -> StorageBusyError:
     )
 
 
-def _unlocked(result: Any, record_keys: list[str], url: str) -> Any:
+def _unlocked(result: Any, record_keys: list[bytes], url: str) -> Any:
     """The save script's result, or the busy error when a batch's lock refused a record."""
     if result[0] == 2:
-        raise _locked(record_keys[int(result[1]) - 1], url)
+        raise _locked(record_keys[int(result[1]) - 1].decode(), url)
     return result
 
 
