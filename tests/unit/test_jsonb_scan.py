@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import pytest
 
-from pydantic_toast.backends.jsonb import exact_text
+from pydantic_toast import StorageValidationError
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
+
+_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -33,3 +40,29 @@ def test_numbers_jsonb_rewrites_keep_their_exact_text(data: bytes) -> None:
 )
 def test_other_json_keeps_no_copy(data: bytes) -> None:
     assert exact_text(data) is None
+
+
+def test_a_translation_is_reused_only_for_the_same_bytes_object() -> None:
+    """The shared digit translation never answers for other bytes, even equal-length ones."""
+    first = b'{"x":1.5}'
+    assert exact_text(first) is None
+    assert exact_text(b'{"x":1e+5}') == '{"x":1e+5}'  # a different object of the same length
+    assert exact_text(first) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [(b'{"a":1,"x":NaN}', "x"), (b'{"x":[-Infinity]}', "x.0"), (b'{"s":"a\\u0000b"}', "s")],
+)
+def test_unstorable_values_are_refused_naming_the_field(data: bytes, field: str) -> None:
+    """NaN, the infinities and NUL characters are refused before writing, naming the field."""
+    record = StoredRecord("c", uuid.uuid4(), data, 1, _NOW, _NOW)
+    with pytest.raises(StorageValidationError) as caught:
+        refuse_unstorable(record)
+    assert caught.value.field == field
+
+
+def test_lookalikes_inside_strings_are_stored() -> None:
+    """The tokens' letters in ordinary text (capital N and I, backslash escapes) pass."""
+    data = b'{"s":"Not Infinite, I said \\"NaN\\"\\n"}'
+    refuse_unstorable(StoredRecord("c", uuid.uuid4(), data, 1, _NOW, _NOW))

@@ -17,21 +17,21 @@ import math
 import re
 
 from pydantic_toast._exceptions import StorageValidationError
-from pydantic_toast._fidelity import locate
+from pydantic_toast._fidelity import digits_as_zero, locate
 from pydantic_toast._records import StoredRecord
 
 __all__ = ["exact_text", "refuse_unstorable"]
 
 _REWRITTEN_NUMBER = re.compile(rb"[:,\[]-?[0-9][0-9.]*[eE]|[:,\[]-0(?:\.0*)?[,\]}]")
 _UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
-# Digits as 0 and E as e: a digit followed by an exponent marker is one substring search.
-_DIGITS_AND_EXPONENTS = bytes.maketrans(b"123456789E", b"000000000e")
 
 
 def exact_text(data: bytes) -> str | None:
     """``data`` as text when ``jsonb`` would rewrite a number in it, else ``None``."""
-    # Substring searches run at C speed; the regex runs only when one of them hits.
-    if b"-0.0" not in data and b"0e" not in data.translate(_DIGITS_AND_EXPONENTS):
+    # Substring searches run at C speed; the regex runs only when one of them hits. With
+    # digits as 0 and E as e, a digit followed by an exponent marker is one search (the
+    # translation the save already made for its own checks).
+    if (b"-" not in data or b"-0.0" not in data) and b"0e" not in digits_as_zero(data):
         return None
     return data.decode() if _REWRITTEN_NUMBER.search(data) else None
 
@@ -43,7 +43,13 @@ def refuse_unstorable(record: StoredRecord) -> None:
         StorageValidationError: Naming the class, the id and the field.
     """
     data = record.data
-    if b"NaN" not in data and b"Infinity" not in data and b"\\u0000" not in data:
+    # One-byte searches (memchr) first: without an "N", an "I" or a backslash (a NUL is
+    # written escaped), the longer search for that token is not needed.
+    if (
+        (b"N" not in data or b"NaN" not in data)
+        and (b"I" not in data or b"Infinity" not in data)
+        and (b"\\" not in data or b"\\u0000" not in data)
+    ):
         return
     if _UNSTORABLE.search(data) is None:
         return
