@@ -35,6 +35,7 @@ __all__ = [
     "accepting",
     "current_boundary",
     "documenting_requests",
+    "is_trusted",
     "not_accepting",
     "reference_json_schema",
     "requests_schemas",
@@ -227,6 +228,15 @@ def not_accepting() -> Iterator[None]:
         yield
     finally:
         _accepting.reset(token)
+
+
+def is_trusted() -> bool:
+    """Whether references already load as the application's own (no :func:`trusted` needed).
+
+    Outside routes nothing is set: a load can skip entering the block (a generator-based
+    context manager costs more than the rest of a small record's bookkeeping).
+    """
+    return _boundary.get() is None and not _accepting.get()
 
 
 @contextmanager

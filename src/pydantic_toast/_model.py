@@ -30,6 +30,7 @@ from pydantic_toast._boundary import (
     accepting,
     current_boundary,
     documenting_requests,
+    is_trusted,
     not_accepting,
     reference_json_schema,
     trusted,
@@ -659,8 +660,13 @@ class ExternalBaseModel(BaseModel):
             if fast is not None and (within_hook or fast.hook_at_root):
                 validator = fast.validator
             # The references inside it were written by the application: trusted.
-            with trusted():
+            if is_trusted():
                 instance = validator.validate_json(data, strict=False, by_alias=False, by_name=True)
+            else:
+                with trusted():
+                    instance = validator.validate_json(
+                        data, strict=False, by_alias=False, by_name=True
+                    )
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:
