@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) $(shell command -v python3.13 2>/dev/null))
 
 .PHONY: install demo todo test lint typecheck pytest test-newer docs fuzz bench bench-snapshot \
-	bench-instructions profile load-test clean ai-chat bench-ai
+	bench-instructions bench-pg-instructions profile load-test clean ai-chat bench-ai
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,11 @@ bench-snapshot: $(BENCH_VENV)/.installed
 # Callgrind instruction counts per operation on memory:// next to plain Pydantic.
 bench-instructions: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/instructions.py $(BENCH_ARGS)
+
+# Callgrind instruction counts per PostgreSQL save and load against raw asyncpg (throwaway
+# database on the server at TOAST_BENCH_POSTGRES_URL or the local default).
+bench-pg-instructions: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/pg_instructions.py $(BENCH_ARGS)
 
 # py-spy profile of one system and operation, e.g.
 # make profile PROFILE_ARGS='--system "async (Redis)" --op load --workload "100 KB"'
