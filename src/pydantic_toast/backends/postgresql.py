@@ -20,6 +20,7 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import ssl
@@ -759,7 +760,9 @@ def bound_dead_peers(connection: Any, seconds: float) -> None:
     ]
     for level, option, value in options:
         if option is not None:
-            sock.setsockopt(level, option, value)
+            # A platform that names an option but refuses it keeps the connection without it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
 
 
 class _Sentinel:
