@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -61,6 +63,16 @@ def model_on(url: str, name: str = "Ledger", **config: Any) -> type[ExternalBase
             ),
         },
     )
+
+
+ROLE_PASSWORD = "role-pass-7"
+
+
+def _as_role(url: str, role: str) -> str:
+    """``url`` logging in as ``role`` (password ROLE_PASSWORD): the session's server may be
+    one with trust authentication or a throwaway one that asks for passwords."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{role}:{ROLE_PASSWORD}@{rest.rsplit('@', 1)[-1]}"
 
 
 def raised(call: Any) -> ExternalStorageError:
@@ -169,6 +181,53 @@ def test_postgres_wrong_password(cluster: servers.TempPostgres) -> None:
         error, StorageAuthenticationError, "rejected the credentials", "'postgres'", "password"
     )
     assert "Wr0ng-Pass" not in str(error)
+
+
+@pytest.mark.postgresql
+def test_a_frozen_postgres_server_is_bounded_by_command_timeout(
+    cluster: servers.TempPostgres,
+) -> None:
+    """A server whose processes are stopped (SIGSTOP) while the kernel still answers TCP: a
+    load on a pooled connection fails after about command_timeout (and the read's one retry
+    after connect_timeout), it does not wait forever."""
+    ledger = model_on(cluster.url() + "?command_timeout=1&connect_timeout=2")
+    pids: list[int] = []
+
+    async def frozen_load() -> tuple[BaseException | None, float]:
+        reference = await pydantic_toast.adump(ledger(text="x"))  # a pooled connection exists
+        pids.extend(_server_pids(cluster))  # its server process included
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(ledger.aload(reference), 20)  # type: ignore[attr-defined]
+        except BaseException as exc:  # examined below
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    results: list[tuple[BaseException | None, float]] = []
+    caller = threading.Thread(target=lambda: results.append(asyncio.run(frozen_load())))
+    caller.start()
+    try:
+        caller.join(timeout=30)  # a hang would outlive wait_for: its cancellation waits too
+        assert not caller.is_alive(), "still waiting on the frozen server after 30 s"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        caller.join()
+    ((error, seconds),) = results
+    assert isinstance(error, (StorageTimeoutError, StorageConnectTimeoutError)), repr(error)
+    assert "timed out" in str(error)
+    assert seconds < 10
+
+
+def _server_pids(cluster: servers.TempPostgres) -> list[int]:
+    """The postmaster's pid and its children's."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return [postmaster, *map(int, children)]
 
 
 @pytest.fixture(scope="module")
@@ -384,9 +443,9 @@ def test_postgres_out_of_connections_is_busy(postgres_admin_url: str) -> None:
     try:
         # The admin user is a superuser, which ignores the limit: connect as a plain role.
         role = f"toast_full_{uuid4().hex[:8]}"
-        _admin(postgres_admin_url, f'CREATE ROLE "{role}" LOGIN')
+        _admin(postgres_admin_url, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{ROLE_PASSWORD}'")
         try:
-            plain = _with_database(postgres_admin_url, database).replace("postgres@", f"{role}@", 1)
+            plain = _as_role(_with_database(postgres_admin_url, database), role)
             ledger = model_on(plain)
             error = raised(lambda: ledger(text="x").model_dump())
         finally:
@@ -472,9 +531,9 @@ def test_redis_database_out_of_range(redis_base_url: str) -> None:
 def test_postgres_permission_denied_names_the_grant(postgres_database_url: str) -> None:
     """A role without grants on the table: StorageOperationError naming the grant to give."""
     role = f"toast_nogrant_{uuid4().hex[:8]}"
-    _admin(postgres_database_url, f'CREATE ROLE "{role}" LOGIN')
+    _admin(postgres_database_url, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{ROLE_PASSWORD}'")
     try:
-        ledger = model_on(postgres_database_url.replace("postgres@", f"{role}@", 1))
+        ledger = model_on(_as_role(postgres_database_url, role))
         error = raised(lambda: ledger(text="x").model_dump())
     finally:
         pydantic_toast.close_storage()

@@ -10,7 +10,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -234,46 +233,6 @@ def test_bad_options_fail_at_class_definition() -> None:
         model_on("postgresql://u@h/db?sslmod=require")
     with pytest.raises(pydantic_toast.StorageConfigurationError, match="sslmode must be one of"):
         model_on("postgresql://u@h/db?sslmode=sometimes")
-    with pytest.raises(pydantic_toast.StorageConfigurationError, match="more than 0 seconds"):
-        model_on("postgresql://u@h/db?command_timeout=0")
-
-
-def test_statements_are_bounded_by_the_server_and_silent_peers_by_tcp(
-    postgres_database_url: str,
-) -> None:
-    """command_timeout is each connection's statement_timeout; its socket probes a silent peer.
-
-    No timer per statement on the client: the server cancels a statement (or lock wait) past
-    the bound, and TCP keepalive with TCP_USER_TIMEOUT closes a connection whose server
-    stopped answering, so no call waits forever.
-    """
-    note = model_on(f"{postgres_database_url}?command_timeout=2.5")
-
-    async def settings() -> tuple[str, dict[str, int]]:
-        await note(text="x").asave()
-        connected = await pydantic_toast.current_storage().connected(
-            StorageURL.parse(f"{postgres_database_url}?command_timeout=2.5")
-        )
-        backend: Any = connected.backend
-        options = {}
-        async with backend.engine.connect() as connection:
-            shown = (await connection.exec_driver_sql("SHOW statement_timeout")).scalar()
-            raw = await connection.get_raw_connection()
-            sock = raw.driver_connection._transport.get_extra_info("socket")
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                options["keepalive"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-                if hasattr(socket, "TCP_USER_TIMEOUT"):
-                    tcp = socket.IPPROTO_TCP
-                    options["user timeout"] = sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT)
-                    options["idle"] = sock.getsockopt(tcp, socket.TCP_KEEPIDLE)
-        await pydantic_toast.aclose_storage()
-        return shown, options
-
-    shown, options = asyncio.run(settings())
-    assert shown == "2500ms"
-    assert options["keepalive"] == 1  # the URL names a host: TCP
-    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-        assert (options["user timeout"], options["idle"]) == (3000, 3)
 
 
 @pytest.fixture(scope="module")

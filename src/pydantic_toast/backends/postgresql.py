@@ -7,9 +7,7 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
   ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq;
 * ``pool_size`` (default 20): connections kept per event loop, opened as needed, and
   ``max_overflow`` (default 0): more connections opened under load, closed when returned;
-* ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60):
-  the server's ``statement_timeout`` on every connection (lock waits included), and TCP
-  keepalive for a server that stops answering (:func:`bound_dead_peers`);
+* ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60);
 * ``application_name``: shown in ``pg_stat_activity``;
 * ``replicas`` and ``read_your_writes``: read replicas
   (:mod:`~pydantic_toast.backends.postgresql_replicas`);
@@ -20,9 +18,6 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-import socket
 import ssl
 import weakref
 from collections.abc import Sequence
@@ -31,7 +26,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import URL, Text, bindparam, cast, event, func, select
+from sqlalchemy import URL, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -73,7 +68,7 @@ from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection
 
-__all__ = ["PostgreSQLBackend", "bound_dead_peers", "engine_options"]
+__all__ = ["PostgreSQLBackend", "engine_options"]
 
 redact_log_arguments(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}")  # rows, at DEBUG
 
@@ -109,25 +104,14 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
             ) from None
         if numbers[name] < 0 or (name == "pool_size" and numbers[name] < 1):
             raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
-    if numbers["command_timeout"] <= 0:
-        raise StorageConfigurationError(
-            f"{url.masked}: command_timeout must be more than 0 seconds (statements are always "
-            "bounded)"
-        )
     connect_args: dict[str, Any] = {
         "timeout": numbers["connect_timeout"],
-        # Bounded on the server instead (statement_timeout, below; dead peers: see
-        # bound_dead_peers): asyncpg's command_timeout arms a timer on every statement.
-        "command_timeout": None,
+        "command_timeout": numbers["command_timeout"],
         "ssl": _ssl_option(url),
     }
-    connect_args["server_settings"] = {
-        # JIT never pays off for single-row statements, and it slows asyncpg's per-connection
-        # type introspection (tens of ms for each new connection's first statements).
-        "jit": "off",
-        # Every statement on the engine's connections, lock waits included, in milliseconds.
-        "statement_timeout": str(max(1, math.ceil(numbers["command_timeout"] * 1000))),
-    }
+    # JIT never pays off for single-row statements, and it slows asyncpg's per-connection
+    # type introspection (tens of ms for each new connection's first statements).
+    connect_args["server_settings"] = {"jit": "off"}
     if "application_name" in url.query:
         connect_args["server_settings"]["application_name"] = url.query["application_name"]
     sa_url = URL.create(
@@ -712,15 +696,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     def _create_engine(self) -> AsyncEngine:
         sa_url, options = engine_options(self._parsed)
-        engine = create_async_engine(sa_url, **options)
-        seconds = float(self._parsed.query.get("command_timeout", _NUMBERS["command_timeout"]))
-
-        def on_connect(dbapi_connection: Any, record: Any) -> None:
-            bound_dead_peers(dbapi_connection.driver_connection, seconds)
-
-        # A "connect" listener, not "checkout": the lease's fast path stays (see _checkout).
-        event.listen(engine.sync_engine, "connect", on_connect)
-        return engine
+        return create_async_engine(sa_url, **options)
 
 
 _Kind = Literal["execute", "fetch", "fetchrow", "fetchval"]
@@ -735,34 +711,6 @@ def _gate_for(pool: Any) -> Gate | None:
     if not isinstance(pool, AsyncAdaptedQueuePool) or pool._max_overflow < 0:
         return None
     return Gate(pool.size() + pool._max_overflow)
-
-
-def bound_dead_peers(connection: Any, seconds: float) -> None:
-    """Make the kernel give up on ``connection``'s socket when the peer is gone for ``seconds``.
-
-    The server's ``statement_timeout`` bounds a slow statement or a lock wait; a server or
-    network that vanishes mid-statement answers nothing at all. TCP keepalive probes after
-    ``seconds`` of silence, and ``TCP_USER_TIMEOUT`` (Linux) closes the connection once
-    ``seconds`` pass without an acknowledgement: the statement then fails as a lost connection
-    instead of waiting forever. Options a platform lacks are left out; Unix sockets need none.
-    """
-    transport = getattr(connection, "_transport", None)
-    sock = None if transport is None else transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    whole = max(1, math.ceil(seconds))
-    options = [
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), whole),
-        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, whole // 4)),
-        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 4),
-        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), whole * 1000),
-    ]
-    for level, option, value in options:
-        if option is not None:
-            # A platform that names an option but refuses it keeps the connection without it.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(level, option, value)
 
 
 class _Sentinel:

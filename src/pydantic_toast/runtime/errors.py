@@ -173,13 +173,10 @@ def _postgres(
             url=url,
         ), False
     if sqlstate in ("57014", "55P03"):
-        # 57014: the connection's statement_timeout (the URL's command_timeout), or a
-        # cancellation; 55P03: a lock_timeout. The connection stays usable.
-        what = "statement" if sqlstate == "57014" else "lock wait"
+        what = "a statement" if sqlstate == "57014" else "a lock wait"
         return StorageTimeoutError(
-            f"the {failure.operation} on {where} timed out (its {what} was cancelled by the "
-            "server): the server is slow or a lock is held by another transaction; retry, or "
-            "raise command_timeout in the URL",
+            f"{what} on {where} exceeded its timeout during {failure.operation} (another "
+            "transaction may hold the row): retry, or raise command_timeout in the URL",
             url=url,
         ), False
     if sqlstate == "57P03":
