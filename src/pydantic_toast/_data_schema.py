@@ -45,10 +45,11 @@ class DataSchema:
             Pydantic's validation must use the class's full validator, so that those run too.
     """
 
-    __slots__ = ("checker", "hook_at_root", "serializer", "source", "validator")
+    __slots__ = ("checker", "hook_at_root", "owner", "serializer", "source", "validator")
 
     def __init__(
         self,
+        owner: type[Any],
         source: object,
         serializer: SchemaSerializer,
         validator: SchemaValidator,
@@ -56,6 +57,7 @@ class DataSchema:
         hook_at_root: bool,
         checker: SchemaSerializer,
     ) -> None:
+        self.owner = owner
         self.source = source
         self.serializer = serializer
         self.checker = checker
@@ -69,10 +71,17 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     ``None`` (a schema not built yet, or a subclass's own model serializer) tells the caller to
     use the class's own serializer and validator.
     """
-    schema = cls.__dict__.get("__pydantic_core_schema__")
-    cached: DataSchema | None = cls.__dict__.get("__toast_data_schema__")
-    if cached is not None and cached.source is schema:
+    # Attribute lookups, not cls.__dict__ (a proxy object per access: every save and load asks):
+    # the cache is this class's own when its owner is, and is made only once the class has a
+    # schema of its own, which then shadows any base class's.
+    cached: DataSchema | None = getattr(cls, "__toast_data_schema__", None)
+    if (
+        cached is not None
+        and cached.owner is cls
+        and cached.source is getattr(cls, "__pydantic_core_schema__", None)
+    ):
         return cached
+    schema = cls.__dict__.get("__pydantic_core_schema__")
     validator = cls.__dict__.get("__pydantic_validator__")
     if not isinstance(schema, dict) or not isinstance(validator, SchemaValidator):
         return None  # not built yet (forward references): use the regular path this time
@@ -99,6 +108,7 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         inner = {"type": "definitions", "schema": inner, "definitions": definitions}
     config = _config_of(validator)
     built = DataSchema(
+        cls,
         schema,
         SchemaSerializer(
             _for_storage(fields, definitions, check_offsets=False), _keep_inf_nan(config)

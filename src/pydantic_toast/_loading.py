@@ -18,7 +18,7 @@ with the record's fields once they are validated: the cycle comes back as the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ __all__ = [
     "LoadSession",
     "Route",
     "active_session",
+    "decoded",
     "fill",
     "find_references",
     "read_one",
@@ -122,10 +123,13 @@ class LoadSession:
         storage: The storage to read through (the current one by default).
     """
 
-    __slots__ = ("building", "instances", "placeholders", "records", "routes", "storage")
+    __slots__ = ("building", "ids", "instances", "placeholders", "records", "routes", "storage")
 
     def __init__(self, routes: Routes, storage: Storage | None = None) -> None:
         self.records: dict[SessionKey, StoredRecord | None] = {}
+        # The ids of the references parsed so far, by their text: a reference's validator finds
+        # the very UUID its prefetch parsed (see parse_reference).
+        self.ids: dict[str, UUID] = {}
         self.routes = routes
         self.storage = storage if storage is not None else current_storage()
         # Each record's instance, once built; the records being built (or waiting for their
@@ -187,7 +191,7 @@ class LoadSession:
             stack.append((key, True))
             route = self.routes.get(key[1])
             if route is not None and route.nested:
-                for name, id in find_references(decode_stored(record)):
+                for name, id in find_references(decode_stored(record), self.ids):
                     child_route = self.routes.get(name)
                     for url in child_route.urls if child_route is not None else ():
                         child = (url, name, id)
@@ -228,7 +232,7 @@ class LoadSession:
                     route = self.routes.get(record.class_name)
                     if route is not None and route.nested:
                         data = decode_stored(record)
-                        self.add_unfetched(wanted, find_references(data))
+                        self.add_unfetched(wanted, find_references(data, self.ids))
 
     def add_unfetched(self, wanted: Wanted, references: Iterator[ParsedReference]) -> None:
         """Add to ``wanted`` the records behind ``references`` not fetched yet."""
@@ -244,34 +248,9 @@ class LoadSession:
         self, url: StorageURL, keys: list[RecordKey], records: list[StoredRecord | None]
     ) -> list[StoredRecord | None]:
         """``records`` with encoded ones decoded (offloaded payloads fetched concurrently)."""
-        encoded = [
-            (index, record)
-            for index, record in enumerate(records)
-            if record is not None and is_encoded(record.data)
-        ]
-        if not encoded:
-            return records
-        decoded = await asyncio.gather(
-            *(
-                load_offloaded(self.storage, record, _codec_of(self.model_for((url, *keys[i]))))
-                for i, record in encoded
-            )
+        return await decoded(
+            self.storage, records, lambda index: _codec_of(self.model_for((url, *keys[index])))
         )
-        records = list(records)
-        for (index, _), record in zip(encoded, decoded, strict=True):
-            records[index] = record
-        return records
-        records = list(records)
-        decoded = await asyncio.gather(
-            *(
-                load_offloaded(self.storage, records[i], _codec_of(self.model_for((url, *keys[i]))))
-                for i in encoded
-                if (record := records[i]) is not None
-            )
-        )
-        for index, record in zip(encoded, decoded, strict=True):
-            records[index] = record
-        return records
 
     async def _read(self, url: StorageURL, keys: list[RecordKey]) -> list[StoredRecord | None]:
         backend = await self.storage.connected(url)
@@ -314,18 +293,21 @@ def active_session() -> LoadSession | None:
 def wanted_for(session: LoadSession, value: object) -> Wanted:
     """The records that the references anywhere inside ``value`` point to."""
     wanted: Wanted = {}
-    session.add_unfetched(wanted, find_references(value))
+    session.add_unfetched(wanted, find_references(value, session.ids))
     return wanted
 
 
-def find_references(value: object) -> Iterator[ParsedReference]:
-    """Every well-formed reference inside nested dicts, lists and tuples of ``value``."""
+def find_references(value: object, ids: dict[str, UUID] | None = None) -> Iterator[ParsedReference]:
+    """Every well-formed reference inside nested dicts, lists and tuples of ``value``.
+
+    ``ids``: the memo of parsed ids to use and fill (see :func:`parse_reference`).
+    """
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             try:
-                reference = parse_reference(item)
+                reference = parse_reference(item, ids)
             except ExternalStorageError:
                 continue  # malformed: its validator reports it
             if reference is not None:
@@ -348,6 +330,31 @@ async def read_one(
     if record is not None and is_encoded(record.data):
         record = await load_offloaded(storage, record, _codec_of(model))
     return record
+
+
+async def decoded(
+    storage: Storage,
+    records: list[StoredRecord | None],
+    codec_at: Callable[[int], CodecSettings | None],
+) -> list[StoredRecord | None]:
+    """``records`` with the encoded ones decoded, offloaded payloads fetched concurrently.
+
+    ``codec_at(index)`` gives the codec of the model reading ``records[index]``.
+    """
+    encoded = [
+        (index, record)
+        for index, record in enumerate(records)
+        if record is not None and is_encoded(record.data)
+    ]
+    if not encoded:
+        return records
+    done = await asyncio.gather(
+        *(load_offloaded(storage, record, codec_at(index)) for index, record in encoded)
+    )
+    records = list(records)
+    for (index, _), record in zip(encoded, done, strict=True):
+        records[index] = record
+    return records
 
 
 def _codec_of(model: Any) -> CodecSettings | None:

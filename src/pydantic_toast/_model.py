@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
 
@@ -151,7 +152,8 @@ class ExternalBaseModel(BaseModel):
         boundary = current_boundary()
         if boundary is not None:
             return cls._toast_validate_untrusted(value, handler, boundary)
-        reference = parse_reference(value)
+        session = active_session()
+        reference = parse_reference(value, None if session is None else session.ids)
         if reference is None:
             return handler(value)
         settings = cls._toast_settings()
@@ -167,7 +169,8 @@ class ExternalBaseModel(BaseModel):
                 },
             )
         key = (settings.url(), reference[0], reference[1])
-        session = active_session()
+        if session is not None and not cls._toast_has_nested():
+            return cls._toast_build_flat(key, session)
         if session is not None and (built := session.reuse(key, cls)) is not None:
             return built  # loaded once per session; a placeholder closes a cycle
         if session is None and not cls._toast_has_nested():  # one record: read it directly
@@ -628,6 +631,28 @@ class ExternalBaseModel(BaseModel):
                 session.deactivate(token)
 
     @classmethod
+    def _toast_build_flat(cls, key: SessionKey, session: LoadSession) -> Self:
+        """The session's instance of ``key``, for a class whose fields hold no external model.
+
+        Such a record references nothing, so it is never part of a cycle and has no children
+        to build first: :meth:`_toast_build`'s walk and bookkeeping are left out (a batch load
+        builds one per record).
+        """
+        instance = session.instances.get(key)
+        if isinstance(instance, cls):
+            return instance
+        record: StoredRecord | None = session.records.get(key, _UNFETCHED)
+        if record is _UNFETCHED:  # a reference the tree's prefetch did not foresee
+            wanted = {key[0]: {(key[1], key[2])}}
+            run_sync(lambda: session.fetch(wanted, follow=False), **_blocking_load(cls))
+            record = session.records.get(key)
+        if record is None:
+            raise RecordNotFoundError(key[1], key[2])
+        instance = cls._toast_from_record(record, within_hook=True)
+        session.instances[key] = instance
+        return instance
+
+    @classmethod
     def _toast_build_record(
         cls, key: SessionKey, record: StoredRecord, session: LoadSession, *, within_hook: bool
     ) -> Self:
@@ -646,7 +671,7 @@ class ExternalBaseModel(BaseModel):
         ``within_hook``: called from the reference hook, inside Pydantic's validation, where the
         model validators outside the hook run on the result anyway (so they run once).
         """
-        settings = cls._toast_settings()
+        settings = cls.__toast_settings__ or cls._toast_settings()
         data = record.data
         if record.schema_version != settings.schema_version:
             decoded = decode_stored(record)
@@ -670,15 +695,15 @@ class ExternalBaseModel(BaseModel):
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:
-            identity = Identity(
+            identity = Identity(  # positional: a load makes one, keywords cost more
                 record.id,
                 record.created_at,
                 record.revision,
                 # Migrated data is written back on the next dump, under the new schema_version.
                 record.data if data is record.data else None,
-                exact=False,
+                False,  # exact: a store may spell the JSON differently
             )
-            object.__setattr__(instance, "_toast_identity", identity)
+            _set_identity(instance, identity)
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
         unreadable = StoredDataError(
@@ -693,6 +718,49 @@ class ExternalBaseModel(BaseModel):
         if not _fidelity.CHECKING.get():  # a save checking its own records refuses them
             logger.error("%s", unreadable)  # the server's data, not the caller's: worth an alert
         raise unreadable
+
+    @classmethod
+    def _toast_from_records(
+        cls, records: Sequence[StoredRecord | None], ids: Sequence[UUID]
+    ) -> list[Self]:
+        """Validate a batch's records as this model, in order (as :meth:`_toast_from_record`).
+
+        What :meth:`_toast_from_record` does per record, with the per-class work done once
+        (a batch load's loop).
+
+        Raises:
+            RecordNotFoundError: The first record that is ``None`` (``ids`` gives its id).
+            StoredDataError: The first record that does not validate.
+        """
+        settings = cls._toast_settings()
+        fast = data_schema(cls)
+        # As _toast_from_record outside the hook: the fields' own validator when the hook is
+        # outermost, else the class's (its validators that wrap the hook must run).
+        validator: Any = cls.__pydantic_validator__
+        if fast is not None and fast.hook_at_root:
+            validator = fast.validator
+        validate = validator.validate_json
+        version = settings.schema_version
+        instances: list[Self] = []
+        with nullcontext() if is_trusted() else trusted():  # as _toast_from_record, once
+            for index, record in enumerate(records):
+                if record is None:
+                    raise RecordNotFoundError(settings.external_name, ids[index])
+                if record.schema_version != version:  # migrated first
+                    instances.append(cls._toast_from_record(record))
+                    continue
+                try:
+                    instance = validate(record.data, strict=False, by_alias=False, by_name=True)
+                except ValidationError:
+                    # Raises the error that describes it (the input stays out of the message).
+                    instance = cls._toast_from_record(record)
+                else:
+                    _set_identity(
+                        instance,
+                        Identity(record.id, record.created_at, record.revision, record.data, False),
+                    )
+                instances.append(instance)
+        return instances
 
     @classmethod
     def _toast_routes(cls) -> Routes:
@@ -712,6 +780,7 @@ class ExternalBaseModel(BaseModel):
 
 
 _MODES = frozenset(("python", "json"))
+_UNFETCHED: Any = object()  # no entry in a session's records (None: fetched, not found)
 
 
 def _blocking_load(cls: type[ExternalBaseModel]) -> dict[str, str]:
@@ -814,4 +883,8 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
 
 
 use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
+# The slot's own setter: what object.__setattr__ ends up calling, without the name lookup.
+_set_identity: Callable[[object, Identity], None] = ExternalBaseModel.__dict__[
+    "_toast_identity"
+].__set__
 _unions.install()

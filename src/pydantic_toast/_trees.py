@@ -12,9 +12,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter
 
+from pydantic_toast._flat_loading import FlatBatch, flat_model_of
 from pydantic_toast._loading import LoadSession, Routes, routes_in, wanted_for
 from pydantic_toast._saving import collecting, dump_value
 from pydantic_toast.runtime.loops import run_sync
+from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["adump", "avalidate", "dump", "validate"]
 
@@ -58,7 +60,11 @@ async def avalidate(type_: type[T], data: Any) -> T:
         type_: A model class or any type ``TypeAdapter`` accepts, such as ``list[Order]``.
         data: Python data (parse JSON first), with references where external models go.
     """
-    adapter, routes = _adapter(type_)
+    adapter, routes, flat = _adapter(type_)
+    batch = FlatBatch.parse(flat, data) if flat is not None else None
+    if batch is not None:  # a list of references to a model without nested ones
+        await batch.fetch(current_storage())
+        return batch.build()  # type: ignore[return-value]
     session = LoadSession(routes)
     await session.fetch(wanted_for(session, data), follow=True)
     return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
@@ -66,7 +72,16 @@ async def avalidate(type_: type[T], data: Any) -> T:
 
 def validate(type_: type[T], data: Any) -> T:
     """The blocking form of :func:`avalidate`."""
-    adapter, routes = _adapter(type_)
+    adapter, routes, flat = _adapter(type_)
+    batch = FlatBatch.parse(flat, data) if flat is not None else None
+    if batch is not None:
+        storage = current_storage()
+        run_sync(
+            lambda: batch.fetch(storage),
+            call="pydantic_toast.validate()",
+            instead="await pydantic_toast.avalidate()",
+        )
+        return batch.build()  # type: ignore[return-value]
     session = LoadSession(routes)
     wanted = wanted_for(session, data)
     run_sync(
@@ -77,17 +92,18 @@ def validate(type_: type[T], data: Any) -> T:
     return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
 
 
-def _adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes]:
-    """The type's adapter and the stores its external models live in (built once per type)."""
+def _adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes, Any]:
+    """The type's adapter, the stores its external models live in, and its flat model class
+    when it is a list of one (see :func:`flat_model_of`); built once per type."""
     try:
         return _cached_adapter(type_)
     except TypeError:  # an unhashable type expression: build it each time
         return _build_adapter(type_)
 
 
-def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes]:
+def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes, Any]:
     adapter: TypeAdapter[Any] = TypeAdapter(type_)
-    return adapter, routes_in(adapter.core_schema)
+    return adapter, routes_in(adapter.core_schema), flat_model_of(type_)
 
 
 _cached_adapter = lru_cache(maxsize=256)(_build_adapter)

@@ -1,0 +1,121 @@
+"""The batch load's fast path: a list of references to one model class without nested ones.
+
+``avalidate(list[Order], references)`` is how a batch is loaded. When ``Order``'s fields
+hold no external model, its records reference nothing: no cycle, no child, no second round
+trip. Validating the list through Pydantic would then only call the reference hook once per
+item, which finds the record in a :class:`~pydantic_toast._loading.LoadSession` and builds it.
+This module does the same work without the per-item hook and session bookkeeping (each costs
+more than the record's own validation): the references are parsed, their records read in
+one ``load_records`` call (chunked by the backend), decoded when encoded, and validated in
+one loop that looks up the class's validator once.
+
+The result is the one Pydantic's validation gives: the same instances (one per record, shared
+by repeated references), the same errors raised first in list order (a missing record, a
+record that does not validate). Anything else — an item that is not a reference of the class
+(full data, another class, a malformed reference), an untrusted boundary, a class whose own
+validators wrap the reference hook — takes the general path, before any I/O.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+from uuid import UUID
+
+from pydantic_toast._boundary import current_boundary
+from pydantic_toast._data_schema import data_schema
+from pydantic_toast._exceptions import ExternalStorageError
+from pydantic_toast._loading import decoded
+from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._reference import parse_reference
+from pydantic_toast.runtime.storage import Storage
+
+__all__ = ["FlatBatch", "flat_model_of"]
+
+
+def flat_model_of(type_: Any) -> Any:
+    """The model class when ``type_`` is ``list[Model]`` of a flat external model, else ``None``.
+
+    Flat: concrete, and no external model inside its fields. (:meth:`FlatBatch.parse` checks
+    the rest on each call: the reference hook must be outermost, with no model validator of a
+    subclass wrapping it, which Pydantic would run on each item.)
+    """
+    if typing.get_origin(type_) is not list:
+        return None
+    (model,) = typing.get_args(type_) or (None,)
+    if getattr(model, "__toast_settings__", None) is None or model._toast_has_nested():
+        return None
+    return model
+
+
+class FlatBatch:
+    """The references of one list, parsed, waiting for their records.
+
+    Made by :meth:`parse`; :meth:`fetch` reads the records, :meth:`build` validates them.
+
+    Args:
+        model: The flat model class (see :func:`flat_model_of`).
+        ids: Each item's record id, in list order.
+        unique: The distinct ids, in order of first appearance.
+        slots: For each item, the index of its id in ``unique``.
+    """
+
+    __slots__ = ("ids", "model", "records", "slots", "unique")
+
+    def __init__(self, model: Any, ids: list[UUID], unique: list[UUID], slots: list[int]) -> None:
+        self.model = model
+        self.ids = ids
+        self.unique = unique
+        self.slots = slots
+        self.records: list[StoredRecord | None] = []
+
+    @classmethod
+    def parse(cls, model: Any, data: object) -> FlatBatch | None:
+        """The batch of ``data``, or ``None`` when it must take the general path.
+
+        ``data`` qualifies when it is a list whose items are all well-formed references to
+        ``model``'s stored class name, validated as trusted code (no FastAPI boundary).
+        """
+        if type(data) is not list or not data or current_boundary() is not None:
+            return None
+        schema = data_schema(model)  # (checked per call: a model_rebuild() may change it)
+        if schema is None or not schema.hook_at_root:
+            return None
+        name = model._toast_settings().external_name
+        texts: dict[str, UUID] = {}
+        ids: list[UUID] = []
+        for value in data:
+            try:
+                reference = parse_reference(value, texts)
+            except ExternalStorageError:  # malformed: validation reports where
+                return None
+            if reference is None or reference[0] != name:
+                return None
+            ids.append(reference[1])
+        # Equal ids may be spelled differently (case, braces): one record, one instance.
+        positions: dict[int, int] = {}
+        slots = [positions.setdefault(id.int, len(positions)) for id in ids]
+        unique = ids if len(positions) == len(ids) else list({id.int: id for id in ids}.values())
+        return cls(model, ids, unique, slots)
+
+    async def fetch(self, storage: Storage) -> None:
+        """Read the records (one ``load_records`` call) and decode the encoded ones."""
+        settings = self.model._toast_settings()
+        name = settings.external_name
+        backend = await storage.connected(settings.url())
+        keys: list[RecordKey] = [(name, id) for id in self.unique]
+        records = await backend.load_records(keys)
+        codec = settings.codec
+        self.records = await decoded(storage, records, lambda _: codec)
+
+    def build(self) -> list[Any]:
+        """The instances, in list order: one per record, shared by repeated references.
+
+        Raises:
+            RecordNotFoundError: The first item, in list order, whose record does not exist.
+            StoredDataError: The first record, in list order, that does not validate.
+        """
+        instances = self.model._toast_from_records(self.records, self.unique)
+        if self.unique is self.ids:
+            return instances  # type: ignore[no-any-return]
+        return [instances[slot] for slot in self.slots]
