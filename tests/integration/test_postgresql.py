@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -842,3 +842,92 @@ def test_revision_migration_upgrades_rows_in_place_and_downgrades(empty_database
     assert columns == []
     rows = asyncio.run(run("SELECT data->>'text' AS text FROM external_records WHERE id = $1", id))
     assert [row["text"] for row in rows] == ["new"]
+
+
+async def test_a_save_cancelled_while_streaming_a_large_record_writes_nothing(
+    postgres_database_url: str,
+) -> None:
+    """Cancelled during the COPY that stages a large record, a save leaves the row as it was
+    (its transaction rolls back, the staging table with it); the next save writes."""
+    import asyncpg
+
+    model = type(
+        "Scan",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"body": str},
+            "model_config": ExternalConfigDict(
+                storage=postgres_database_url, external_name=f"Scan{uuid4().hex[:8]}"
+            ),
+        },
+    )
+    item = model(body="a" * 2_000_000)
+    reference = await item.asave()
+    item.body = "b" * 40_000_000  # type: ignore[attr-defined]
+    admin = await asyncpg.connect(postgres_database_url)
+    try:
+        task = asyncio.create_task(item.asave())
+        copying = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND query LIKE 'COPY %toast_stage_%'"
+        )
+        while not await admin.fetchval(copying):
+            assert not task.done(), "the save ended before it could be interrupted"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        row = await admin.fetchrow(
+            "SELECT revision, length(data->>'body') AS length FROM external_records WHERE id = $1",
+            UUID(reference["id"]),
+        )
+        assert (row["revision"], row["length"]) == (1, 2_000_000)
+        item.body = "c" * 3_000_000  # type: ignore[attr-defined]
+        await item.asave()
+        assert (await model.aload(reference)).body == "c" * 3_000_000  # type: ignore[attr-defined]
+        staged = "SELECT count(*) FROM pg_class WHERE relname LIKE 'toast_stage_%'"
+        for _ in range(100):  # the cancelled connection's session ends on its own
+            if await admin.fetchval(staged) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await admin.fetchval(staged) == 0, "no staging table is left behind"
+    finally:
+        await admin.close()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_large_record_saved_in_the_callers_transaction_commits_and_rolls_back_with_it(
+    postgres_database_url: str,
+) -> None:
+    """A record streamed through a staging table joins the caller's transaction: it commits
+    with the application's row, and a rollback leaves neither."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    text = "é" * 1_500_000  # 3 MB of JSON: staged
+    try:
+        table = await _app_table(engine)
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1)")
+            async with pydantic_toast.transaction(connection):
+                reference = await note(text=text).asave()
+                assert (await note.aload(reference)).text == text  # type: ignore[attr-defined]
+        assert await _invoices(engine, table) == 1
+        assert (await note.aload(reference)).text == text  # type: ignore[attr-defined]
+        item = note(text=text)
+
+        async def write_then_fail() -> None:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (2)")
+                async with pydantic_toast.transaction(connection):
+                    await item.asave()
+                raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            await write_then_fail()
+        assert await _invoices(engine, table) == 1
+        assert item.external_id is not None
+        with pytest.raises(RecordNotFoundError):
+            await note.aload(item.external_id)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()

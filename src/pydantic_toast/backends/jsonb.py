@@ -20,20 +20,45 @@ from pydantic_toast._exceptions import StorageValidationError
 from pydantic_toast._fidelity import digits_as_zero, locate
 from pydantic_toast._records import StoredRecord
 
-__all__ = ["exact_text", "refuse_unstorable"]
+__all__ = ["exact_text", "needs_exact_text", "refuse_unstorable"]
 
 _REWRITTEN_NUMBER = re.compile(rb"[:,\[]-?[0-9][0-9.]*[eE]|[:,\[]-0(?:\.0*)?[,\]}]")
 _UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
+# Digits as 0 and E as e, for large records scanned in pieces (see _has_exponent).
+_DIGITS_AND_EXPONENTS = bytes.maketrans(b"123456789E", b"000000000e")
+_SCAN_PIECE = 1 << 20
 
 
 def exact_text(data: bytes) -> str | None:
     """``data`` as text when ``jsonb`` would rewrite a number in it, else ``None``."""
+    return data.decode() if needs_exact_text(data) else None
+
+
+def needs_exact_text(data: bytes) -> bool:
+    """Whether ``jsonb`` would rewrite a number in ``data`` (then its text is kept too)."""
     # Substring searches run at C speed; the regex runs only when one of them hits. With
     # digits as 0 and E as e, a digit followed by an exponent marker is one search (the
-    # translation the save already made for its own checks).
-    if (b"-" not in data or b"-0.0" not in data) and b"0e" not in digits_as_zero(data):
-        return None
-    return data.decode() if _REWRITTEN_NUMBER.search(data) else None
+    # translation the save already made for its own checks; in pieces for a large record).
+    if len(data) <= _SCAN_PIECE:
+        if (b"-" not in data or b"-0.0" not in data) and b"0e" not in digits_as_zero(data):
+            return False
+    elif b"-0.0" not in data and not _has_exponent(data):
+        return False
+    return _REWRITTEN_NUMBER.search(data) is not None
+
+
+def _has_exponent(data: bytes) -> bool:
+    """Whether a digit is followed by ``e`` or ``E`` in ``data``, scanned in pieces.
+
+    Translating the whole of a large record would copy it; pieces overlapping by one byte
+    find the same pairs.
+    """
+    view = memoryview(data)
+    for start in range(0, len(data), _SCAN_PIECE):
+        piece = bytes(view[max(start - 1, 0) : start + _SCAN_PIECE])
+        if b"0e" in piece.translate(_DIGITS_AND_EXPONENTS):
+            return True
+    return False
 
 
 def refuse_unstorable(record: StoredRecord) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import URL, Text, bindparam, cast, func, select
+from sqlalchemy import URL, Text, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -38,8 +38,9 @@ from sqlalchemy.util import greenlet_spawn
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends import postgresql_staging as staging
 from pydantic_toast.backends.base import Capability, batch_size_of
-from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
+from pydantic_toast.backends.jsonb import exact_text, needs_exact_text, refuse_unstorable
 from pydantic_toast.backends.postgresql_replicas import (
     ON_PRIMARY,
     REPLICA_OPTIONS,
@@ -234,8 +235,12 @@ def _hot_path_statements() -> dict[str, str]:
         "expires_at",
     ]
     writes = write_statements(insert, lambda name: cast(bindparam(name, type_=Text()), JSONB))
-    # Loads read the exact text where it was kept, else jsonb's text.
-    exact_or_jsonb = func.coalesce(c.data_exact, cast(c.data, Text))
+    # Loads read the exact text where it was kept, else jsonb's text, as UTF-8 bytes: asyncpg
+    # hands bytea over as bytes (one copy of the message), where text would be decoded to str
+    # and encoded back, two more copies of a large record.
+    exact_or_jsonb = func.convert_to(
+        func.coalesce(c.data_exact, cast(c.data, Text)), literal_column("'UTF8'")
+    )
     columns = [
         exact_or_jsonb if n == "data" else c[n]
         for n in [*names, "revision"]
@@ -423,9 +428,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             refuse_unstorable(record)
         if self._replicas is not None:
             self._replicas.note_writes(record.key for record in records)
-        if len(records) == 1:  # a plain VALUES row plans faster than unnest
-            (one,) = records
-            return [await self._write_one(one)]
+        if len(records) == 1 and not staging.is_large(records[0]):
+            return [await self._write_one(records[0])]  # a VALUES row plans faster than unnest
         return await self._write_many(records)
 
     async def _write_one(self, record: StoredRecord) -> int:
@@ -470,7 +474,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
 
         A batch larger than ``batch_size`` runs as one statement per chunk, all in that
-        transaction: the driver never holds more than a chunk's parameters at once.
+        transaction: the driver never holds more than a chunk's parameters at once. Large
+        records are streamed into a staging table first (:mod:`.postgresql_staging`).
         """
         size = self._batch_size
         chunks = [records[start : start + size] for start in range(0, len(records), size)]
@@ -479,8 +484,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         if joined is not None:
             async with joined.begin_nested():  # a conflict undoes this batch, not the caller's work
                 for chunk in chunks:
-                    result = await joined.exec_driver_sql(_SQL["write_many"], _columns(chunk))
-                    rows: list[Any] = list(result.all())
+                    if any(map(staging.is_large, chunk)):
+                        raw: Any = await joined.get_raw_connection()
+                        rows = await _write_staged(raw.driver_connection, chunk)
+                    else:
+                        result = await joined.exec_driver_sql(_SQL["write_many"], _columns(chunk))
+                        rows = list(result.all())
                     written.update({(row[0], row[1]): row[2] for row in rows})
                     missing = _first_missing(chunk, written)
                     if missing is not None:
@@ -494,7 +503,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         try:
             async with driver.transaction():
                 for chunk in chunks:
-                    rows = await driver.fetch(_SQL["write_many"], *_columns(chunk))
+                    if any(map(staging.is_large, chunk)):
+                        rows = await _write_staged(driver, chunk)
+                    else:
+                        rows = await driver.fetch(_SQL["write_many"], *_columns(chunk))
                     written.update({(row[0], row[1]): row[2] for row in rows})
                     missing = _first_missing(chunk, written)
                     if missing is not None:
@@ -520,9 +532,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
             if row is None:
                 return [None]
-            return [
-                StoredRecord(class_name, id, row[1].encode(), row[0], row[2], row[3], None, row[4])
-            ]
+            return [StoredRecord(class_name, id, row[1], row[0], row[2], row[3], None, row[4])]
         found: dict[RecordKey, StoredRecord] = {}
         size = self._batch_size
         for start in range(0, len(keys), size):
@@ -739,7 +749,7 @@ def _row_record(row: Any) -> StoredRecord:
         class_name=row[0],
         id=row[1],
         schema_version=row[2],
-        data=row[3].encode(),
+        data=row[3],
         created_at=row[4],
         updated_at=row[5],
         revision=row[6],
@@ -760,6 +770,37 @@ def _columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
         columns[7].append(record.revision)
         columns[8].append(expires_at(record))
     return columns
+
+
+def _staged_columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
+    """The staged batch statement's parameters: large records' data comes from the stage."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    for record in records:
+        large = staging.is_large(record)
+        columns[0].append(record.class_name)
+        columns[1].append(record.id)
+        columns[2].append(record.schema_version)
+        columns[3].append(None if large else record.data.decode())
+        columns[4].append(None if large else exact_text(record.data))
+        columns[5].append(record.created_at)
+        columns[6].append(record.updated_at)
+        columns[7].append(record.revision)
+        columns[8].append(expires_at(record))
+        columns[9].append(large and needs_exact_text(record.data))
+    return columns
+
+
+async def _write_staged(driver: Any, records: Sequence[StoredRecord]) -> list[Any]:
+    """The batch statement with the large records streamed into a staging table first.
+
+    Runs inside the caller's transaction on ``driver`` (an asyncpg connection).
+    """
+    name = await staging.stage(driver, records)
+    rows: list[Any] = await driver.fetch(
+        staging.staged_write(_WRITE_MANY, name), *_staged_columns(records)
+    )
+    await staging.drop(driver, name)
+    return rows
 
 
 def _first_missing(
