@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKING",
     "DIGITS_AS_ZERO",
+    "REUSED_UP_TO",
     "decode_stored",
     "describe_errors",
     "digits_as_zero",
@@ -85,7 +86,10 @@ def _signed_offset(digits: bytes) -> bool:
 
 # The last record's translation: a save scans its JSON here, then a backend that checks numbers
 # (PostgreSQL's jsonb) scans the same bytes object again. Translating 100 KB is a third of such
-# a save's CPU work. One entry, swapped whole (a tuple), so threads never see half of it.
+# a save's CPU work. One entry, swapped whole (a tuple), so threads never see half of it; only
+# records up to REUSED_UP_TO bytes, the ones jsonb scans whole: a larger record's JSON and its
+# translation would otherwise stay in memory after its save returned.
+REUSED_UP_TO = 1 << 20
 _last_translation: tuple[bytes, bytes] = (b"", b"")
 
 
@@ -95,7 +99,7 @@ def digits_as_zero(data: bytes) -> bytes:
     if last[0] is data:
         return last[1]
     digits = data.translate(DIGITS_AS_ZERO)
-    _remember((data, digits))
+    _remember((data, digits) if len(data) <= REUSED_UP_TO else (b"", b""))
     return digits
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pydantic_toast import _fidelity
 from pydantic_toast._fidelity import DIGITS_AS_ZERO, suspicions
 
 
@@ -37,3 +38,14 @@ def test_suspicions(data: bytes, expected: tuple[bool, bool]) -> None:
 def test_one_search_finds_what_two_found(data: bytes) -> None:
     """The offset is found by one search and a look at the sign (was: one search per sign)."""
     assert suspicions(data) == _reference(data)
+
+
+def test_a_large_records_json_is_not_kept_after_its_scan() -> None:
+    """The translation kept for the jsonb scan holds small records only: a large record's JSON
+    (and its translated copy) is not held by the module once its save is done."""
+    small = b'{"n":12345}'
+    assert _fidelity.digits_as_zero(small) is _fidelity.digits_as_zero(small)  # reused
+    large = b'{"text":"' + b"7" * (_fidelity.REUSED_UP_TO + 1) + b'"}'
+    assert _fidelity.digits_as_zero(large).count(b"0") == _fidelity.REUSED_UP_TO + 1
+    assert large not in _fidelity._last_translation
+    assert all(len(kept) <= _fidelity.REUSED_UP_TO for kept in _fidelity._last_translation)

@@ -17,16 +17,16 @@ import math
 import re
 
 from pydantic_toast._exceptions import StorageValidationError
-from pydantic_toast._fidelity import digits_as_zero, locate
+from pydantic_toast._fidelity import DIGITS_AS_ZERO, REUSED_UP_TO, digits_as_zero, locate
 from pydantic_toast._records import StoredRecord
 
 __all__ = ["exact_text", "needs_exact_text", "refuse_unstorable"]
 
 _REWRITTEN_NUMBER = re.compile(rb"[:,\[]-?[0-9][0-9.]*[eE]|[:,\[]-0(?:\.0*)?[,\]}]")
 _UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
-# Digits as 0 and E as e, for large records scanned in pieces (see _has_exponent).
-_DIGITS_AND_EXPONENTS = bytes.maketrans(b"123456789E", b"000000000e")
-_SCAN_PIECE = 1 << 20
+# Records up to this size are scanned whole (their translation is the save's own, reused);
+# larger ones in pieces of this size (see _has_exponent).
+_SCAN_PIECE = REUSED_UP_TO
 
 
 def exact_text(data: bytes) -> str | None:
@@ -56,7 +56,7 @@ def _has_exponent(data: bytes) -> bool:
     view = memoryview(data)
     for start in range(0, len(data), _SCAN_PIECE):
         piece = bytes(view[max(start - 1, 0) : start + _SCAN_PIECE])
-        if b"0e" in piece.translate(_DIGITS_AND_EXPONENTS):
+        if b"0e" in piece.translate(DIGITS_AS_ZERO):
             return True
     return False
 
