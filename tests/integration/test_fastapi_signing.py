@@ -251,3 +251,20 @@ def test_openapi_documents_the_signed_shape(signing_url: str) -> None:
     plain_output = plain.openapi()["components"]["schemas"]["SignedCustomerReference"]
     assert plain_output["required"] == ["class_name", "id"]
     assert "signature" not in plain_output["properties"]
+
+
+def test_a_second_install_without_keys_keeps_the_signing_keys() -> None:
+    """install(app) again (say, by a plugin) keeps the keys an earlier install(signing=) gave."""
+    from fastapi import FastAPI
+
+    from pydantic_toast.fastapi import install
+    from pydantic_toast.fastapi._routes import SIGNING_STATE
+
+    keys = SigningKeys(secrets.token_bytes(32))
+    app = FastAPI()
+    install(app, signing=keys)
+    install(app)
+    assert getattr(app.state, SIGNING_STATE) is keys
+    bare = FastAPI()
+    install(bare)
+    assert getattr(bare.state, SIGNING_STATE) is None  # set, so requests raise nothing

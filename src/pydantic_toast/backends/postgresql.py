@@ -609,7 +609,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             except TimeoutError:
                 # The pool's own timeout and error: translated as a StoragePoolTimeoutError.
                 raise PoolTimeoutError(
-                    f"no pooled connection became free within pool_timeout {pool.timeout()}"
+                    f"no pooled connection became free within connect_timeout {pool.timeout()} s"
                 ) from None
         try:
             return await self._lease()

@@ -86,9 +86,11 @@ def install(app: FastAPI, *, signing: SigningKeys | None = None) -> None:
     app.router.route_class = ToastRoute
     app.add_middleware(UntrustedRequests)
     install_error_handlers(app)
-    # Set even without keys: a missing attribute of app.state costs each request an exception.
-    setattr(app.state, SIGNING_STATE, signing)
-    _document(app, signed=signing is not None)
+    # Set even without keys (a missing attribute of app.state costs each request an
+    # exception), but a second install() without keys keeps those given earlier.
+    if signing is not None or getattr(app.state, SIGNING_STATE, None) is None:
+        setattr(app.state, SIGNING_STATE, signing)
+    _document(app, signed=getattr(app.state, SIGNING_STATE) is not None)
 
 
 def _document(app: FastAPI, *, signed: bool) -> None:
