@@ -541,6 +541,38 @@ def test_postgres_permission_denied_names_the_grant(postgres_database_url: str) 
     assert_mapped(error, StorageOperationError, "insufficient privilege", "grant", "SELECT, INSERT")
 
 
+@pytest.mark.postgresql
+def test_postgres_without_temporary_privilege_names_it_for_large_saves(
+    postgres_admin_url: str,
+) -> None:
+    """A role that may not create temporary tables: small records save; a record over 1 MiB
+    (staged in a temporary table) is refused naming the TEMPORARY grant, nothing written."""
+    database = f"toast_notemp_{uuid4().hex[:10]}"
+    role = f"toast_notemp_{uuid4().hex[:8]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        _admin(
+            url,
+            f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{ROLE_PASSWORD}'",
+            f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC',
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON external_records, external_record_counts "
+            f'TO "{role}"',
+        )
+        ledger = model_on(_as_role(url, role))
+        small = ledger(text="x").model_dump()
+        assert ledger.model_validate(small).text == "x"  # type: ignore[attr-defined]
+        large = ledger(text="y" * (1 << 20))
+        error = raised(lambda: large.model_dump())
+        assert pydantic_toast.count(ledger) == 1
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        _admin(postgres_admin_url, f'DROP ROLE IF EXISTS "{role}"')
+    assert_mapped(error, StorageOperationError, "insufficient privilege", "TEMPORARY")
+
+
 # -- custom backends, references, stored data ------------------------------------------------
 
 

@@ -207,9 +207,15 @@ def _postgres(
             class_name=failure.class_name,
         ), False
     if sqlstate == "42501":
+        staging = (
+            ", and TEMPORARY on the database (records over 1 MiB are staged in a temporary table)"
+            if failure.operation == "save"
+            else ""
+        )
         return StorageOperationError(
             f"{where} denied the {failure.operation} (insufficient privilege): grant the URL's "
-            "user SELECT, INSERT, UPDATE and DELETE on external_records and external_record_counts"
+            "user SELECT, INSERT, UPDATE and DELETE on external_records and "
+            f"external_record_counts{staging}"
         ), False
     if sqlstate == "25006":
         return StorageOperationError(
