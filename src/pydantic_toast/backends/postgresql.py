@@ -217,6 +217,8 @@ WITH input AS (
 )
 SELECT * FROM changed UNION ALL SELECT * FROM added UNION ALL SELECT * FROM forced
 """
+# The same with large records' data taken from the staging table (postgresql_staging).
+_WRITE_STAGED = staging.staged_write(_WRITE_MANY, staging.TABLE)
 
 
 def _hot_path_statements() -> dict[str, str]:
@@ -796,9 +798,7 @@ async def _write_staged(driver: Any, records: Sequence[StoredRecord]) -> list[An
     Runs inside the caller's transaction on ``driver`` (an asyncpg connection).
     """
     name = await staging.stage(driver, records)
-    rows: list[Any] = await driver.fetch(
-        staging.staged_write(_WRITE_MANY, name), *_staged_columns(records)
-    )
+    rows: list[Any] = await driver.fetch(_WRITE_STAGED, *_staged_columns(records))
     await staging.drop(driver, name)
     return rows
 

@@ -17,17 +17,20 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from uuid import uuid4
 
 from pydantic_toast._records import StoredRecord
 
-__all__ = ["PIECE", "STAGE_ABOVE", "drop", "is_large", "stage", "staged_write"]
+__all__ = ["PIECE", "STAGE_ABOVE", "TABLE", "drop", "is_large", "stage", "staged_write"]
 
 # Records of more JSON than this are staged. Below, the extra round trips (create, copy,
 # drop) cost more than the copies they save.
 STAGE_ABOVE = 1 << 20
 # Bytes per COPY data message.
 PIECE = 1 << 20
+# One name for every staging table: a temporary table is private to its session and dropped
+# before its transaction ends, and a fixed name keeps the write statement's text fixed (asyncpg
+# prepares and caches a statement per text: a name per save filled that cache).
+TABLE = "toast_stage"
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no extension
 _TRAILER = struct.pack("!h", -1)
@@ -39,12 +42,13 @@ def is_large(record: StoredRecord) -> bool:
 
 
 async def stage(driver: Any, records: Sequence[StoredRecord]) -> str:
-    """Create a temporary table and COPY the large records' JSON into it; return its name.
+    """Create the temporary table :data:`TABLE`, COPY the large records' JSON into it; return
+    its name.
 
     Its rows are ``(n, data)``, ``n`` the record's 1-based position in ``records``. Run it
     inside a transaction on ``driver`` (an asyncpg connection).
     """
-    name = f"toast_stage_{uuid4().hex}"
+    name = TABLE
     # EXTERNAL: the server does not try to compress the staged text (its jsonb column will).
     await driver.execute(
         f"CREATE TEMPORARY TABLE {name} (n integer, data text) ON COMMIT DROP; "
@@ -82,7 +86,8 @@ def staged_write(write_many: str, name: str) -> str:
     ``data_exact``) is its staged data. A staged record's ``data`` parameter is NULL.
     """
     plain = "  SELECT * FROM unnest("
-    assert write_many.count(plain) == 1
+    if write_many.count(plain) != 1:
+        raise RuntimeError("the batch write statement changed shape: update staged_write")
     staged = (
         "  SELECT r.class_name, r.id, r.schema_version, coalesce(r.data, s.data) AS data,\n"
         "         CASE WHEN r.exact_staged THEN s.data ELSE r.data_exact END AS data_exact,\n"
