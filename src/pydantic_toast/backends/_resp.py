@@ -31,11 +31,6 @@ class Script:
         sha = hashlib.sha1(self.text, usedforsecurity=False).hexdigest().encode()
         self.head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n"
 
-    @property
-    def sha(self) -> str:
-        """The script's SHA1, hexadecimal."""
-        return self.head[-42:-2].decode()
-
     def call(self, keys: list[bytes], arguments: list[bytes]) -> bytes:
         """The packed ``EVALSHA`` of this script on ``keys`` and ``arguments``."""
         parts = [b"%d" % len(keys), *keys, *arguments]

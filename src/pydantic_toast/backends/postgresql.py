@@ -758,27 +758,16 @@ def _row_record(row: Any) -> StoredRecord:
     )
 
 
-def _columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
-    """The batch statement's parameters: one array per column."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-    for record in records:
-        columns[0].append(record.class_name)
-        columns[1].append(record.id)
-        columns[2].append(record.schema_version)
-        columns[3].append(record.data.decode())
-        columns[4].append(exact_text(record.data))
-        columns[5].append(record.created_at)
-        columns[6].append(record.updated_at)
-        columns[7].append(record.revision)
-        columns[8].append(expires_at(record))
-    return columns
+def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:
+    """The batch statement's parameters: one array per column.
 
-
-def _staged_columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
-    """The staged batch statement's parameters: large records' data comes from the stage."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    ``staged``: for the staged statement, whose large records' data comes from the stage; their
+    ``data`` and exact text are NULL and a tenth array says whether the exact text is the
+    staged data.
+    """
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(10 if staged else 9))
     for record in records:
-        large = staging.is_large(record)
+        large = staged and staging.is_large(record)
         columns[0].append(record.class_name)
         columns[1].append(record.id)
         columns[2].append(record.schema_version)
@@ -788,7 +777,8 @@ def _staged_columns(records: Sequence[StoredRecord]) -> tuple[Any, ...]:
         columns[6].append(record.updated_at)
         columns[7].append(record.revision)
         columns[8].append(expires_at(record))
-        columns[9].append(large and needs_exact_text(record.data))
+        if staged:
+            columns[9].append(large and needs_exact_text(record.data))
     return columns
 
 
@@ -798,7 +788,7 @@ async def _write_staged(driver: Any, records: Sequence[StoredRecord]) -> list[An
     Runs inside the caller's transaction on ``driver`` (an asyncpg connection).
     """
     name = await staging.stage(driver, records)
-    rows: list[Any] = await driver.fetch(_WRITE_STAGED, *_staged_columns(records))
+    rows: list[Any] = await driver.fetch(_WRITE_STAGED, *_columns(records, staged=True))
     await staging.drop(driver, name)
     return rows
 
