@@ -128,6 +128,7 @@ async def test_a_single_save_writes_the_row_a_batch_writes(
         return [re.sub(r"[0-9a-f]", "0", v) if isinstance(v, str) else v for v in row[:5] + row[6:]]
 
     assert shape(alone) == shape(batched)
+    assert alone[4] == "text", "the JSON, bound as bytes, is stored as text"
     assert alone[1] == str(single.external_id).replace("-", "")  # type: ignore[attr-defined]
 
     stale = await Memo.aload(single.external_id)  # type: ignore[attr-defined]
@@ -139,3 +140,32 @@ async def test_a_single_save_writes_the_row_a_batch_writes(
     assert (caught.value.expected, caught.value.current) == (2, 3)
     assert (await Memo.aload(single.external_id)).text == "moved on"  # type: ignore[attr-defined]
     await pydantic_toast.aclose_storage()
+
+
+async def test_a_large_multibyte_record_is_stored_as_text_sqlite_reads(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A 3 MB record of multi-byte text (its JSON bound as bytes) is a text value SQLite's own
+    JSON functions read exactly, on a lone save and in a batch alike."""
+    path = tmp_path / "large.db"
+    shutil.copy(sqlite_template, path)
+
+    class Scroll(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    text = "".join(f'ligne {i} ∑ €é 😀 \\ "q"\n' for i in range(100_000))
+    assert len(text.encode()) > 3_000_000
+    alone = Scroll(text=text)
+    await alone.asave()
+    pair = [Scroll(text=text[::-1]), Scroll(text="small")]
+    await pydantic_toast.adump(pair)
+    assert (await Scroll.aload(alone.external_id)).text == text  # type: ignore[attr-defined]
+    await pydantic_toast.aclose_storage()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = dict(
+            db.execute(
+                "SELECT json_extract(data, '$.text'), typeof(data) FROM external_records"
+            ).fetchall()
+        )
+    assert rows == {text: "text", text[::-1]: "text", "small": "text"}
