@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from pydantic.fields import FieldInfo
 
-__all__ = ["ExternalConfigDict", "ModelSettings", "settings_for"]
+__all__ = ["ExternalConfigDict", "ModelSettings", "check_config_keys", "settings_for"]
 
 _RESERVED_FIELD = "class_name"
 
@@ -74,6 +75,40 @@ class ExternalConfigDict(ConfigDict, total=False):
 
 
 _CONCURRENCY = ("optimistic", "last-write-wins")
+# The keys this library reads, and every key Pydantic knows (its current ones, and the V1 names
+# it answers with a message of its own).
+_OWN_KEYS = tuple(
+    key for key in ExternalConfigDict.__annotations__ if key not in ConfigDict.__optional_keys__
+)
+_KNOWN_KEYS = frozenset(_OWN_KEYS) | ConfigDict.__optional_keys__ | ConfigDict.__required_keys__
+try:  # private to Pydantic: without them, its V1 names are simply not exempted
+    from pydantic._internal._config import V2_REMOVED_KEYS, V2_RENAMED_KEYS
+except ImportError:  # pragma: no cover
+    pass
+else:
+    _KNOWN_KEYS |= frozenset(V2_REMOVED_KEYS) | frozenset(V2_RENAMED_KEYS)
+
+
+def check_config_keys(cls: type[BaseModel]) -> None:
+    """Refuse a ``model_config`` key that neither Pydantic nor pydantic-toast knows.
+
+    Pydantic ignores unknown keys, so a typo such as ``storge=`` would silently leave a
+    setting at its default (or, for ``storage``, fail later with a misleading message).
+
+    Raises:
+        StorageConfigurationError: Naming the key, a close match, and the valid keys.
+    """
+    unknown = [key for key in cls.model_config if key not in _KNOWN_KEYS]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, [*_OWN_KEYS, *sorted(_KNOWN_KEYS)], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise StorageConfigurationError(
+        f"{cls.__qualname__}: unknown model_config key {shorten(repr(key))}{hint}; "
+        f"ExternalConfigDict's own keys are {', '.join(_OWN_KEYS)}, besides Pydantic's "
+        "ConfigDict keys"
+    )
 
 
 @dataclass(slots=True)

@@ -36,7 +36,12 @@ from pydantic_toast._boundary import (
     reference_json_schema,
     trusted,
 )
-from pydantic_toast._config import ExternalConfigDict, ModelSettings, settings_for
+from pydantic_toast._config import (
+    ExternalConfigDict,
+    ModelSettings,
+    check_config_keys,
+    settings_for,
+)
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import (
     ExternalStorageError,
@@ -129,6 +134,7 @@ class ExternalBaseModel(BaseModel):
         cls.__toast_nested__ = None
         cls.__toast_routes__ = None
         cls.__toast_has_records__ = False
+        check_config_keys(cls)
         if cls.__dict__.get("__abstract__", False):
             cls.__toast_settings__ = None
         else:

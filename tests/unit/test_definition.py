@@ -202,6 +202,37 @@ def test_schema_version_must_be_positive_int(memory_url: str) -> None:
             model_config = ExternalConfigDict(storage=memory_url, schema_version=0)
 
 
+def test_unknown_config_key_names_it_a_close_match_and_the_valid_keys(memory_url: str) -> None:
+    """A typo in model_config (Pydantic ignores unknown keys) fails at the class statement,
+    naming the key, the key it resembles and the library's keys; abstract bases too."""
+    with pytest.raises(StorageConfigurationError) as info:
+
+        class Typo(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=memory_url, storge=memory_url)  # type: ignore[typeddict-unknown-key]
+
+    message = str(info.value)
+    assert "Typo: unknown model_config key 'storge'" in message
+    assert "did you mean 'storage'?" in message
+    assert "schema_version, external_name, ttl, concurrency" in message
+    with pytest.raises(StorageConfigurationError, match=r"unknown model_config key 'tll'"):
+
+        class Base(ExternalBaseModel):
+            __abstract__ = True
+            model_config = ExternalConfigDict(tll=5)  # type: ignore[typeddict-unknown-key]
+
+
+def test_pydantic_config_keys_are_accepted(memory_url: str) -> None:
+    """Every key of Pydantic's own ConfigDict still passes (model_config stays compatible)."""
+
+    class Strict(ExternalBaseModel):
+        model_config = ExternalConfigDict(
+            storage=memory_url, strict=True, frozen=False, str_strip_whitespace=True
+        )
+        name: str
+
+    assert Strict(name=" a ").name == "a"
+
+
 def test_unknown_scheme_is_a_validation_and_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
