@@ -11,7 +11,14 @@ the same round, and the figure that belongs to the library is the *excess* over 
 round by round. The bench also times every callback the loop runs (a task step is one): the
 longest *step* is what blocking means (one request holding the loop), whatever the burst.
 
-The store is ``memory://`` with 5 ms of (async) latency per call. Kinds:
+This measures in process, through httpx's ``ASGITransport``: the client's work and the app's
+run in the same task steps. ``bench/fastapi_loop_server.py`` measures the same app
+(``tests/loop_lag_app.py``) inside a real uvicorn process with the client in another one, the
+figures that say whether the integration blocks the loop. Both time steps with
+``tests/loop_steps.py``.
+
+The store is ``memory://`` with 5 ms of (async) latency per call; the twins are a separate
+plain FastAPI app (no ``install()``). Kinds:
 
 - ``toast`` (twin ``plain``): ``install(app)``; a body with ``Ref[Item]`` (prefetched),
   ``loader()``, ``Expanded`` and an external response model saved by ``ToastRoute``;
@@ -20,7 +27,7 @@ The store is ``memory://`` with 5 ms of (async) latency per call. Kinds:
 - ``sync`` (twin ``plain``): the sync API from ``async def`` routes (what the warning is
   about): it blocks, the reason the figure is here.
 
-``LAG_STORE_LATENCY=0.05`` sets the store latency in seconds. Kinds run round robin (the order
+``LOOP_LAG_LATENCY=0.05`` sets the store latency in seconds. Kinds run round robin (the order
 rotating); each figure is the median [min-max] over the rounds.
 """
 
@@ -31,168 +38,16 @@ import asyncio
 import gc
 import os
 import statistics
-import time
-from collections.abc import Sequence
-from typing import Annotated, Any, NamedTuple
-from uuid import UUID, uuid4
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
-from fastapi import Depends, FastAPI
-from pydantic import BaseModel
 
-os.environ.setdefault("PYDANTIC_TOAST_BLOCKING_CALLS", "off")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydantic_toast import (
-    Expanded,
-    ExternalBaseModel,
-    ExternalConfigDict,
-    RecordKey,
-    Ref,
-    StoredRecord,
-    register_backend,
-)
-from pydantic_toast.backends.memory import MemoryBackend
-from pydantic_toast.fastapi import install, loader
-
-LATENCY = float(os.environ.get("LAG_STORE_LATENCY", "0.005"))
-
-
-class SlowBackend(MemoryBackend):
-    """memory:// with 5 ms of network latency per call."""
-
-    async def save_records(self, records: Sequence[StoredRecord]) -> Any:
-        await asyncio.sleep(LATENCY)
-        return await super().save_records(records)
-
-    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        await asyncio.sleep(LATENCY)
-        return await super().load_records(keys)
-
-
-register_backend("slow", SlowBackend)
-
-
-class Item(ExternalBaseModel):
-    name: str
-    model_config = ExternalConfigDict(storage="slow://lag")
-
-
-class Gift(BaseModel):
-    item: Ref[Item]
-
-
-app = FastAPI()
-install(app)
-
-
-@app.post("/toast/gifts")
-async def gift(body: Gift) -> Expanded[Item]:
-    return body.item
-
-
-@app.get("/toast/items/{id}")
-async def read(item: Annotated[Item, Depends(loader(Item))]) -> Expanded[Item]:
-    return item
-
-
-@app.get("/toast/refs/{id}")
-async def read_reference(item: Annotated[Item, Depends(loader(Item))]) -> Item:
-    return item  # unchanged: serialized as its reference without a write
-
-
-@app.post("/toast/items")
-async def create(body: Gift) -> Item:
-    return Item(name=body.item.name + "!")  # saved by ToastRoute, awaited
-
-
-class PlainItem(BaseModel):
-    name: str
-
-
-class PlainReference(BaseModel):
-    class_name: str
-    id: UUID
-
-
-class PlainGift(BaseModel):
-    item: PlainReference
-
-
-@app.get("/plain/items/{id}")
-async def read_plain(id: UUID) -> PlainItem:
-    await asyncio.sleep(LATENCY)  # the load
-    return PlainItem(name="gift")
-
-
-@app.post("/plain/gifts")
-async def gift_plain(body: PlainGift) -> PlainItem:
-    await asyncio.sleep(LATENCY)  # the prefetch
-    return PlainItem(name="gift")
-
-
-@app.post("/plain/items")
-async def create_plain(body: PlainGift) -> PlainReference:
-    await asyncio.sleep(LATENCY)  # the prefetch
-    await asyncio.sleep(LATENCY)  # the save
-    return PlainReference(class_name="Item", id=uuid4())
-
-
-@app.get("/sync/items/{id}")
-async def read_sync(id: str) -> dict[str, str]:
-    return {"name": Item.model_validate({"class_name": "Item", "id": id}).name}
-
-
-@app.post("/sync/items")
-async def create_sync(body: dict[str, str]) -> dict[str, str]:
-    return Item(name=body["name"]).model_dump()
-
-
-_SCHEDSTAT = os.open("/proc/thread-self/schedstat", os.O_RDONLY)  # the loop's (main) thread
-
-
-def held() -> float:
-    """Seconds of wall clock minus those the loop thread spent runnable but not running.
-
-    On a shared machine the OS takes the CPU away in the middle of a step for tens of ms:
-    that is no work of the program's. What is left counts both the CPU the thread used and
-    the time it waited on its own (a blocking call): what holding the loop means.
-    """
-    while True:  # the clock and the counter read with no preemption between them
-        preempted = os.pread(_SCHEDSTAT, 64, 0)
-        now = time.perf_counter()
-        if os.pread(_SCHEDSTAT, 64, 0) == preempted:
-            return now - int(preempted.split()[1]) / 1e9  # ns waiting on a run queue
-
-
-class StepClock:
-    """Times every callback the event loop runs (each step of a task is one), by :func:`held`."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self.longest_name = ""
-        self._run = asyncio.events.Handle._run
-
-    def __enter__(self) -> StepClock:
-        run, clock, cpu = self._run, self, held
-
-        def timed(handle: asyncio.Handle) -> None:
-            start = cpu()
-            run(handle)
-            took = cpu() - start
-            if took > clock.longest:
-                clock.longest, clock.longest_name = took, _name(handle)
-
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
-
-
-def _name(handle: asyncio.Handle) -> str:
-    task = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-    coro = getattr(task, "get_coro", lambda: None)()
-    return getattr(coro, "__qualname__", None) or repr(handle._callback)[:60]  # type: ignore[attr-defined]
+from tests.loop_lag_app import LATENCY, Item, app
+from tests.loop_steps import LoopWatch
 
 
 def requests(client: httpx.AsyncClient, kind: str, reference: dict[str, str]) -> list[Any]:
@@ -240,28 +95,18 @@ class Burst(NamedTuple):
 
 async def burst(client: httpx.AsyncClient, kind: str, reference: dict[str, str]) -> Burst:
     """One 200-request burst, the probe running beside it."""
-    stalls: list[tuple[float, float]] = []
-    done = asyncio.Event()
-
-    async def probe() -> None:
-        while not done.is_set():
-            start, start_held = time.perf_counter(), held()
-            await asyncio.sleep(0.001)
-            stalls.append((time.perf_counter() - start - 0.001, held() - start_held - 0.001))
-
-    task = asyncio.create_task(probe())
-    with StepClock() as clock:
-        # Coroutines, not yet started: build them inside the clock (httpx starts nothing
-        # before they are awaited).
-        responses = await asyncio.gather(*requests(client, kind, reference))
-        done.set()
-        await task
+    watch = LoopWatch()
+    watch.start()
+    # Coroutines, not yet started: built while watching (httpx starts nothing before they
+    # are awaited).
+    responses = await asyncio.gather(*requests(client, kind, reference))
+    watched = await watch.stop()
     assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
     return Burst(
-        max(wall for wall, _ in stalls) * 1000,
-        max(own for _, own in stalls) * 1000,
-        clock.longest * 1000,
-        clock.longest_name,
+        watched["stall_ms"],
+        watched["held_stall_ms"],
+        watched["longest"]["ms"],
+        watched["longest"]["name"],
     )
 
 
