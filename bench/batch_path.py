@@ -26,11 +26,8 @@ import asyncio
 import gc
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,13 +42,13 @@ if "--src" in sys.argv:  # count another source tree (a worktree of an older com
 from collections.abc import Iterator  # noqa: E402
 from contextlib import ExitStack, contextmanager  # noqa: E402
 
+import callgrind  # noqa: E402
 from databases import throwaway_postgres  # noqa: E402
-from systems import RawAsyncpg, RawRedis, System, Toast, ToastSync  # noqa: E402
+from stores import REDIS_URL, delete_redis_prefix  # noqa: E402
+from systems import RawAsyncpg, RawRedis, System, toast_on  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 import pydantic_toast  # noqa: E402
-
-REDIS_URL = os.environ.get("TOAST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class PlainJSON(System):
@@ -77,16 +74,8 @@ class PlainJSON(System):
 def _systems(backend: str, sync: bool) -> list[type[Any]]:
     raw = {"postgresql": RawAsyncpg, "redis": RawRedis, "memory": PlainJSON}[backend]
     made: list[type[Any]] = [raw]
-    for base, api in ((Toast, "async"), (ToastSync, "sync")):
-        if base is ToastSync and not sync:
-            continue
-        made.append(
-            type(
-                f"{base.__name__}_{backend}",
-                (base,),
-                {"name": f"toast {api} ({backend})", "backend": backend, "storage_kind": backend},
-            )
-        )
+    for api in ("async", "sync") if sync else ("async",):
+        made.append(toast_on(backend, sync=api == "sync", name=f"toast {api} ({backend})"))
     return made
 
 
@@ -156,13 +145,7 @@ def _running(
             loop.run_until_complete(pydantic_toast.aclose_storage())
             pydantic_toast.close_storage()
             if backend == "redis":  # the throwaway key prefix
-                import redis
-
-                client = redis.Redis.from_url(REDIS_URL)
-                keys = list(client.scan_iter(match=f"{toast_prefix}:*", count=1000))
-                for start in range(0, len(keys), 1000):
-                    client.delete(*keys[start : start + 1000])
-                client.close()
+                delete_redis_prefix(REDIS_URL, f"{toast_prefix}:")
 
 
 def interleaved(args: argparse.Namespace, workload: Workload, count: int) -> None:
@@ -229,43 +212,20 @@ def count_worker(args: argparse.Namespace, workload: Workload, count: int) -> No
 
 def count_instructions(args: argparse.Namespace, workload: Workload, count: int) -> None:
     """Run :func:`count_worker` under callgrind; print instructions per record."""
-    valgrind = shutil.which("valgrind")
-    if not valgrind:
-        raise SystemExit("valgrind not found: install it (Debian: valgrind)")
-    scratch = Path(tempfile.mkdtemp(prefix="toast-batch-callgrind-"))
     with ExitStack() as stack:
         argv = [a for a in sys.argv[1:] if a != "--instructions"]
         if args.backend == "postgresql":  # created and migrated here, not under valgrind
             argv += ["--pg-url", stack.enter_context(throwaway_postgres("toast_batch"))]
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        output = subprocess.run(
+        totals = callgrind.run_worker(
             [
-                valgrind,
-                "--tool=callgrind",
-                "--zero-before=getppid",
-                "--dump-before=getpgrp",
-                f"--callgrind-out-file={scratch}/cg.out.%p",
-                sys.executable,
                 __file__,
                 "--count-worker",
                 *argv,
                 *(["--count", str(count)] if "--count" not in argv else []),
-            ],
-            capture_output=True,
-            text=True,
-            env=os.environ | {"PYTHONHASHSEED": "0"},
-            check=False,
+            ]
         )
-        if output.returncode != 0:
-            raise SystemExit(f"callgrind worker failed: {output.stderr.strip()[-1500:]}")
-        labels: list[str] = json.loads(output.stdout.strip().splitlines()[-1])
-        dumps = sorted(
-            (p for p in scratch.iterdir() if p.name.rsplit(".", 1)[-1].isdigit()),
-            key=lambda p: int(p.name.rsplit(".", 1)[-1]),
-        )
-        per_record = {
-            label: _total(dump) / count for label, dump in zip(labels, dumps, strict=False)
-        }
+    per_record = {label: instructions / count for label, instructions in totals.items()}
+    labels = list(totals)
     names = list(dict.fromkeys(label.split("|")[0] for label in labels))
     print(f"\n{args.workload}, {args.backend}, {count:,} records per batch: instructions/record")
     print("| system | save | save ratio | load | load ratio |")
@@ -277,13 +237,6 @@ def count_instructions(args: argparse.Namespace, workload: Workload, count: int)
             f"| {name} | {save:,.0f} | {save / raw_save:.2f} "
             f"| {load:,.0f} | {load / raw_load:.2f} |"
         )
-
-
-def _total(dump: Path) -> int:
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
 
 
 def main() -> None:

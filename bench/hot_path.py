@@ -28,26 +28,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from databases import throwaway_postgres  # noqa: E402
-from systems import RawAsyncpg, RawRedis, Toast, ToastSync  # noqa: E402
+from stores import REDIS_URL, delete_redis_prefix  # noqa: E402
+from systems import RawAsyncpg, RawRedis, Toast, toast_on  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 import pydantic_toast  # noqa: E402
-
-REDIS_URL = os.environ.get("TOAST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _systems(backend: str) -> list[type[Any]]:
     label = "PostgreSQL" if backend == "postgresql" else "Redis"
     raw = RawAsyncpg if backend == "postgresql" else RawRedis
-    made = [raw]
-    for base, api in ((Toast, "async"), (ToastSync, "sync")):
-        made.append(
-            type(
-                f"{base.__name__}_{backend}",
-                (base,),
-                {"name": f"toast {api} ({label})", "backend": backend, "storage_kind": backend},
-            )
-        )
+    made: list[type[Any]] = [raw]
+    for api in ("async", "sync"):
+        made.append(toast_on(backend, sync=api == "sync", name=f"toast {api} ({label})"))
     return made
 
 
@@ -131,13 +124,7 @@ def main() -> None:
         loop.run_until_complete(pydantic_toast.aclose_storage())
         pydantic_toast.close_storage()
         if args.backend == "redis":  # the throwaway key prefix
-            import redis
-
-            client = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(match=f"{toast_prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.delete(*keys[start : start + 1000])
-            client.close()
+            delete_redis_prefix(REDIS_URL, f"{toast_prefix}:")
     loop.close()
 
     def fmt(values: list[float]) -> str:

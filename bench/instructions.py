@@ -37,10 +37,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,6 +50,7 @@ if "--src" not in sys.argv:
 else:
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve()))
 
+import callgrind  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 WARMUP = 20
@@ -83,6 +81,20 @@ async def _asegment(
     log.append(label)
 
 
+def _nothing(i: int) -> None:
+    return None
+
+
+async def _anothing(i: int) -> None:
+    return None
+
+
+def _loop_segments(name: str, count: int, loop: asyncio.AbstractEventLoop, log: list[str]) -> None:
+    """The measuring loops around a no-op: subtracted from the other segments of ``name``."""
+    _segment(f"{name}|loop", count, _nothing, log)
+    loop.run_until_complete(_asegment(f"{name}|async loop", count, _anothing, log))
+
+
 def worker(count: int, workloads: list[Workload], redis_url: str | None = None) -> list[str]:
     """Run every measured segment; return their labels in dump order."""
     log: list[str] = []
@@ -100,27 +112,13 @@ def _count_redis(
     workload: Workload, count: int, loop: asyncio.AbstractEventLoop, log: list[str], url: str
 ) -> None:
     """Client-side instructions of single and batch saves and loads on Redis, raw and ours."""
-    import redis
     import redis.asyncio as aioredis
 
     import pydantic_toast
-    from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 
     prefix = f"cg{uuid.uuid4().hex[:8]}"
     plain = workload.plain_model()
-    annotations = {name: kind for name, (kind, _) in workload.fields.items()}
-    defaults = {name: value for name, (_, value) in workload.fields.items()}
-    model: Any = type(
-        "Counted",
-        (ExternalBaseModel,),
-        {
-            "__annotations__": annotations,
-            **defaults,
-            "model_config": ExternalConfigDict(
-                storage=f"{url}?prefix={prefix}", external_name="counted"
-            ),
-        },
-    )
+    model = workload.external_model("Counted", f"{url}?prefix={prefix}", "counted")
     total = count + WARMUP
     name = workload.name
     client = aioredis.Redis(
@@ -129,15 +127,7 @@ def _count_redis(
     plains = [plain(**workload.values(i)) for i in range(total)]
     raw_keys = [f"{prefix}:raw:{uuid.uuid4()}" for _ in range(total)]
     try:
-
-        def nothing(i: int) -> None:
-            return None
-
-        async def anothing(i: int) -> None:
-            return None
-
-        _segment(f"{name}|loop", count, nothing, log)
-        loop.run_until_complete(_asegment(f"{name}|async loop", count, anothing, log))
+        _loop_segments(name, count, loop, log)
 
         async def raw_save(i: int) -> None:
             await client.set(f"{prefix}:raw:{uuid.uuid4()}", plains[i].model_dump_json())
@@ -216,11 +206,9 @@ def _count_redis(
         loop.run_until_complete(pydantic_toast.aclose_storage())
         pydantic_toast.close_storage()
         loop.run_until_complete(client.aclose())
-        sync_client = redis.Redis.from_url(url)
-        keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            sync_client.delete(*keys[start : start + 1000])
-        sync_client.close()
+        from stores import delete_redis_prefix
+
+        delete_redis_prefix(url, f"{prefix}:")
 
 
 def _batch_segment(
@@ -249,37 +237,18 @@ def _batch_segment(
 def _count_workload(
     workload: Workload, count: int, loop: asyncio.AbstractEventLoop, log: list[str]
 ) -> None:
-    from pydantic_toast import ExternalBaseModel, ExternalConfigDict
-
     plain = workload.plain_model()
-    annotations = {name: kind for name, (kind, _) in workload.fields.items()}
-    defaults = {name: value for name, (_, value) in workload.fields.items()}
-    model: Any = type(
+    model = workload.external_model(
         "Counted",
-        (ExternalBaseModel,),
-        {
-            "__annotations__": annotations,
-            **defaults,
-            "model_config": ExternalConfigDict(
-                storage=f"memory://counted-{uuid.uuid4().hex[:8]}",
-                external_name=f"counted_{uuid.uuid4().hex[:8]}",
-            ),
-        },
+        f"memory://counted-{uuid.uuid4().hex[:8]}",
+        f"counted_{uuid.uuid4().hex[:8]}",
     )
     total = count + WARMUP
     plains = [plain(**workload.values(i)) for i in range(total)]
     plain_json = [p.model_dump_json() for p in plains]
     ours = [model(**workload.values(i)) for i in range(total)]
     name = workload.name
-
-    def nothing(i: int) -> None:
-        return None
-
-    async def anothing(i: int) -> None:
-        return None
-
-    _segment(f"{name}|loop", count, nothing, log)
-    loop.run_until_complete(_asegment(f"{name}|async loop", count, anothing, log))
+    _loop_segments(name, count, loop, log)
     _segment(f"{name}|plain encode", count, lambda i: plains[i].model_dump_json(), log)
     _segment(f"{name}|plain decode", count, lambda i: plain.model_validate_json(plain_json[i]), log)
     _segment(
@@ -337,13 +306,6 @@ def _count_workload(
     )
 
 
-def _total(dump: Path) -> int:
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
-
-
 def count_instructions(
     count: int,
     quick: bool,
@@ -351,51 +313,22 @@ def count_instructions(
     workload: str | None = None,
     redis_url: str | None = None,
 ) -> list[dict[str, Any]]:
-    valgrind = shutil.which("valgrind")
-    if not valgrind:
-        raise FileNotFoundError("valgrind not found: install it (Debian: valgrind)")
-    scratch = Path(tempfile.mkdtemp(prefix="toast-callgrind-"))
+    totals = callgrind.run_worker(
+        [__file__, "--worker", str(count)]
+        + (["--quick"] if quick else [])
+        + (["--src", str(src)] if src is not None else [])
+        + (["--workload", workload] if workload else [])
+        + (["--redis", redis_url] if redis_url else []),
+        timeout=1800,
+    )
+    labels = list(totals)
     batched: set[str] = set()
-    try:
-        output = subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                "--zero-before=getppid",
-                "--dump-before=getpgrp",
-                f"--callgrind-out-file={scratch}/cg.out.%p",
-                sys.executable,
-                __file__,
-                "--worker",
-                str(count),
-            ]
-            + (["--quick"] if quick else [])
-            + (["--src", str(src)] if src is not None else [])
-            + (["--workload", workload] if workload else [])
-            + (["--redis", redis_url] if redis_url else []),
-            capture_output=True,
-            text=True,
-            env=os.environ | {"PYTHONHASHSEED": "0"},
-            timeout=1800,
-            check=False,
-        )
-        if output.returncode != 0:
-            raise RuntimeError(f"callgrind worker failed: {output.stderr.strip()[-800:]}")
-        labels: list[str] = json.loads(output.stdout.strip().splitlines()[-1])
-        dumps = sorted(
-            (p for p in scratch.iterdir() if p.name.rsplit(".", 1)[-1].isdigit()),
-            key=lambda p: int(p.name.rsplit(".", 1)[-1]),
-        )
-        if len(dumps) < len(labels):
-            raise RuntimeError(f"{len(dumps)} callgrind dumps for {len(labels)} segments")
-        per_op = {}
-        for label, dump in zip(labels, dumps, strict=False):
-            name, _, records = label.partition("#")  # a batch: per record, loop included
-            per_op[name] = _total(dump) / (int(records) if records else count)
-            if records:
-                batched.add(name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    per_op = {}
+    for label, instructions in totals.items():
+        name, _, records = label.partition("#")  # a batch: per record, loop included
+        per_op[name] = instructions / (int(records) if records else count)
+        if records:
+            batched.add(name)
     results = []
     for workload in dict.fromkeys(label.split("|")[0] for label in labels):
         ops = {

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from databases import ADMIN_URL, _admin
+from databases import ADMIN_URL, admin_execute
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
@@ -204,7 +204,7 @@ async def drive(
 def run_once(src: Path, prefix: str, seconds: float) -> dict[str, float | int | list[str]]:
     """One uvicorn process of checkout ``src`` on a fresh database, loaded on ``prefix``."""
     database = f"toast_load_{os.urandom(4).hex()}"
-    _admin(f'CREATE DATABASE "{database}"', ADMIN_URL)
+    admin_execute(f'CREATE DATABASE "{database}"', ADMIN_URL)
     url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{database}"
     env = {
         **os.environ,
@@ -242,7 +242,7 @@ def run_once(src: Path, prefix: str, seconds: float) -> dict[str, float | int | 
         if service is not None:
             service.terminate()
             service.wait(30)
-        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', ADMIN_URL)
+        admin_execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', ADMIN_URL)
 
 
 def wait_healthy(port: int) -> None:

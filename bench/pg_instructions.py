@@ -18,10 +18,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +36,7 @@ WARMUP = 20
 
 def worker(url: str, count: int, workload_names: list[str]) -> list[str]:
     """Run every measured segment under callgrind; return their labels in dump order."""
-    from systems import RawAsyncpg, Toast, ToastSync
+    from systems import RawAsyncpg, toast_on
 
     import pydantic_toast
 
@@ -48,10 +45,8 @@ def worker(url: str, count: int, workload_names: list[str]) -> list[str]:
     urls = {"postgresql": url}
     for workload in (w for w in WORKLOADS if w.name in workload_names):
         kinds: list[tuple[str, type[Any]]] = [("raw", RawAsyncpg)]
-        for label, base in (("async", Toast), ("sync", ToastSync)):
-            kinds.append(
-                (label, type(f"{base.__name__}_pg", (base,), {"storage_kind": "postgresql"}))
-            )
+        for label in ("async", "sync"):
+            kinds.append((label, toast_on("postgresql", sync=label == "sync")))
         for label, cls in kinds:
             system = cls(workload, urls)
             loop.run_until_complete(system.setup())
@@ -98,13 +93,6 @@ def worker(url: str, count: int, workload_names: list[str]) -> list[str]:
     return labels
 
 
-def _total(dump: Path) -> int:
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--worker", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
@@ -117,37 +105,17 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), names)))
         return
+    import callgrind
     from databases import throwaway_postgres
 
-    valgrind = shutil.which("valgrind")
-    if not valgrind:
-        raise SystemExit("valgrind not found: install it (Debian: valgrind)")
-    scratch = Path(tempfile.mkdtemp(prefix="toast-pg-callgrind-"))
-    try:
-        with throwaway_postgres("toast_cg") as url:
-            command = [valgrind, "--tool=callgrind", "--zero-before=getppid"]
-            command += ["--dump-before=getpgrp", f"--callgrind-out-file={scratch}/cg.out.%p"]
-            command += [sys.executable, __file__, "--worker", url, str(args.count)]
-            for name in names:
-                command += ["--workload", name]
-            if args.src:
-                command += ["--src", str(args.src)]
-            env = os.environ | {"PYTHONHASHSEED": "0"}
-            output = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if output.returncode != 0:
-            raise SystemExit(f"callgrind worker failed: {output.stderr.strip()[-1500:]}")
-        labels: list[str] = json.loads(output.stdout.strip().splitlines()[-1])
-        dumps = sorted(
-            (p for p in scratch.iterdir() if p.name.rsplit(".", 1)[-1].isdigit()),
-            key=lambda p: int(p.name.rsplit(".", 1)[-1]),
-        )
-        per_op = {label: _total(d) / args.count for label, d in zip(labels, dumps, strict=False)}
-        if args.keep:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for label, dump in zip(labels, dumps, strict=False):
-                shutil.copy(dump, args.keep / label.replace("|", " ").replace(" ", "_"))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with throwaway_postgres("toast_cg") as url:
+        argv = [__file__, "--worker", url, str(args.count)]
+        for name in names:
+            argv += ["--workload", name]
+        if args.src:
+            argv += ["--src", str(args.src)]
+        totals = callgrind.run_worker(argv, keep=args.keep)
+    per_op = {label: instructions / args.count for label, instructions in totals.items()}
     print("| workload | operation | raw asyncpg | toast async | ratio | toast sync | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name in names:

@@ -17,7 +17,6 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -28,7 +27,6 @@ from tests.servers import TempRedis  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 
 import pydantic_toast  # noqa: E402
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict  # noqa: E402
 
 Stats = dict[str, tuple[int, int]]
 
@@ -55,19 +53,7 @@ async def run(ops: int, rounds: int) -> None:
         print("| workload | new record (script) | changed record (script) | plain SET |")
         print("|---|---|---|---|")
         for workload in WORKLOADS:
-            annotations = {name: kind for name, (kind, _) in workload.fields.items()}
-            defaults = {name: value for name, (_, value) in workload.fields.items()}
-            model: Any = type(
-                "Cost",
-                (ExternalBaseModel,),
-                {
-                    "__annotations__": annotations,
-                    **defaults,
-                    "model_config": ExternalConfigDict(
-                        storage=url, external_name=f"cost_{workload.name[:3].strip()}"
-                    ),
-                },
-            )
+            model = workload.external_model("Cost", url, f"cost_{workload.name[:3].strip()}")
             figures: dict[str, list[float]] = {"new": [], "changed": [], "set": []}
             first = next(iter(workload.fields))
             for _ in range(rounds):

@@ -65,21 +65,9 @@ class ToastWorker:
         sys.path.insert(0, str(HERE))
         from workloads import WORKLOADS
 
-        from pydantic_toast import ExternalBaseModel, ExternalConfigDict
-
         self.workload = next(w for w in WORKLOADS if w.name == workload_name)
-        annotations = {name: kind for name, (kind, _) in self.workload.fields.items()}
-        defaults = {name: value for name, (_, value) in self.workload.fields.items()}
-        self.model: Any = type(
-            "RevisionCost",
-            (ExternalBaseModel,),
-            {
-                "__annotations__": annotations,
-                **defaults,
-                "model_config": ExternalConfigDict(
-                    storage=url, external_name=f"revcost_{uuid.uuid4().hex[:8]}"
-                ),
-            },
+        self.model: Any = self.workload.external_model(
+            "RevisionCost", url, f"revcost_{uuid.uuid4().hex[:8]}"
         )
         self.loop = asyncio.new_event_loop()
 
@@ -264,36 +252,14 @@ def _migrate(src: Path, url: str) -> None:
     )
 
 
-def _admin(admin_url: str, sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        connection = await asyncpg.connect(admin_url)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
-def _delete_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def stores(
     systems: dict[str, Path], backends: list[str], postgres: str, redis_url: str
 ) -> Iterator[dict[tuple[str, str], str]]:
     """A URL per (system, backend), each migrated by that system's own code; removed after."""
+    from databases import admin_execute
+    from stores import delete_redis_prefix
+
     run = uuid.uuid4().hex[:8]
     scratch = Path(tempfile.mkdtemp(prefix="toast-revcost-"))
     urls: dict[tuple[str, str], str] = {}
@@ -308,9 +274,9 @@ def stores(
                 urls[(system, "sqlite")] = url
             if "postgresql" in backends:
                 database = f"toast_revcost_{run}_{system}"
-                _admin(postgres, f'CREATE DATABASE "{database}"')
+                admin_execute(f'CREATE DATABASE "{database}"', postgres)
                 stack.callback(
-                    _admin, postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
+                    admin_execute, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', postgres
                 )
                 url = f"{postgres.rsplit('/', 1)[0]}/{database}"
                 _migrate(src, url)
@@ -320,7 +286,7 @@ def stores(
                 sep = "&" if "?" in redis_url else "?"
                 urls[(system, "redis")] = f"{redis_url}{sep}prefix={prefix}"
         if "redis" in backends:
-            stack.callback(_delete_redis_prefix, redis_url, f"revcost_{run}_")
+            stack.callback(delete_redis_prefix, redis_url, f"revcost_{run}_")
             urls[("raw", "redis")] = f"{redis_url}#revcost_{run}_raw"
         if "postgresql" in backends:
             # The raw driver writes the table as it was before revisions (no triggers, no

@@ -184,16 +184,9 @@ class Stores:
             await client.create_bucket(Bucket="rss")
 
     def _admin(self, statement: str) -> None:
-        import asyncpg
+        from databases import admin_execute
 
-        async def run() -> None:
-            connection = await asyncpg.connect(self.admin)
-            try:
-                await connection.execute(statement)
-            finally:
-                await connection.close()
-
-        asyncio.run(run())
+        admin_execute(statement, self.admin)
 
     def close(self) -> None:
         if self.weed is not None:
@@ -201,13 +194,9 @@ class Stores:
         if "postgresql" in self.urls:
             self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         if "redis" in self.urls:
-            import redis
+            from stores import delete_redis_prefix
 
-            client = redis.Redis.from_url(os.environ["TOAST_TEST_REDIS_URL"])
-            keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
+            delete_redis_prefix(os.environ["TOAST_TEST_REDIS_URL"], f"{self.redis_prefix}:")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -11,23 +11,11 @@ pydantic-toast adds the model's JSON (1x), which the model keeps for change trac
 
 from __future__ import annotations
 
-import gc
 import sqlite3
 import tempfile
 from pathlib import Path
 
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
-
-
-def _reset_peak() -> int:
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS:")
+from rss import peak_rss, reset_peak_rss
 
 
 def main() -> None:
@@ -47,9 +35,9 @@ def main() -> None:
             ("str bound (text)", "INSERT INTO t VALUES ('x', ?, 'y')", data.decode()),
             ("zeroblob(?), for blob I/O", "INSERT INTO t VALUES ('x', zeroblob(?), 'y')", size),
         ]:
-            before = _reset_peak()
+            before = reset_peak_rss()
             connection.execute(sql, (value,))
-            print(f"{label}: peak RSS growth {(_status('VmHWM:') - before) / size:.2f}x the value")
+            print(f"{label}: peak RSS growth {(peak_rss() - before) / size:.2f}x the value")
             connection.execute("DELETE FROM t")
         connection.close()
 

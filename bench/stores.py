@@ -24,6 +24,9 @@ from pathlib import Path
 
 from databases import throwaway_postgres
 
+# The Redis server of the scripts that take no URL (a throwaway key prefix on it).
+REDIS_URL = os.environ.get("TOAST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -138,7 +141,8 @@ class Servers:
         return {"postgresql": self.postgresql, "redis": self.redis}
 
 
-def _delete_prefix(url: str, prefix: str) -> None:
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key of the Redis at ``url`` whose name starts with ``prefix`` (no FLUSH)."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -174,7 +178,7 @@ def servers(postgres_url: str | None, redis_url: str | None) -> Iterator[Servers
             redis = temp_redis.url()
         else:
             redis = redis_url
-            stack.callback(_delete_prefix, redis, prefix)
+            stack.callback(delete_redis_prefix, redis, prefix)
         yield Servers(
             postgresql=database,
             redis=redis,

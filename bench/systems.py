@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from workloads import Workload
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast import ExternalBaseModel
 
 # Records in the batch of a slow system (ORM, SQLModel, redis-om, SQLite): their throughput
 # is per record either way, and a 10,000-record batch would dominate the run's time.
@@ -77,19 +77,8 @@ class Toast(System):
 
     def __init__(self, workload: Workload, urls: dict[str, str]) -> None:
         super().__init__(workload, urls)
-        annotations = {name: kind for name, (kind, _) in workload.fields.items()}
-        defaults = {name: value for name, (_, value) in workload.fields.items()}
-        self.model: type[ExternalBaseModel] = type(
-            "BenchRecord",
-            (ExternalBaseModel,),
-            {
-                "__annotations__": annotations,
-                **defaults,
-                "model_config": ExternalConfigDict(
-                    storage=urls[self.storage_kind],
-                    external_name=f"bench_{uuid.uuid4().hex[:8]}",
-                ),
-            },
+        self.model: type[ExternalBaseModel] = workload.external_model(
+            "BenchRecord", urls[self.storage_kind], f"bench_{uuid.uuid4().hex[:8]}"
         )
         self.list_adapter = list[self.model]  # type: ignore[name-defined]
 
@@ -130,6 +119,17 @@ class ToastSync(Toast):
         return pydantic_toast.validate(self.list_adapter, list(keys))
 
 
+def toast_on(kind: str, *, sync: bool = False, name: str = "", **attributes: Any) -> type[Toast]:
+    """pydantic-toast's async (``sync``: sync) API on the store ``urls[kind]``, named ``name``."""
+    base = ToastSync if sync else Toast
+    made: type[Toast] = type(
+        f"{base.__name__}_{kind}",
+        (base,),
+        {"name": name, "backend": kind, "storage_kind": kind, **attributes},
+    )
+    return made
+
+
 def toast_systems() -> list[type[System]]:
     systems: list[type[System]] = []
     for kind, label in (
@@ -138,17 +138,13 @@ def toast_systems() -> list[type[System]]:
         ("sqlite", "SQLite"),
         ("memory", "memory"),
     ):
-        for base, api in ((Toast, "async"), (ToastSync, "sync")):
+        for api in ("async", "sync"):
             systems.append(
-                type(
-                    f"{base.__name__}_{kind}",
-                    (base,),
-                    {
-                        "name": f"pydantic-toast {api} ({label})",
-                        "backend": kind,
-                        "storage_kind": kind,
-                        "batch_cap": SLOW_BATCH if kind == "sqlite" else None,
-                    },
+                toast_on(
+                    kind,
+                    sync=api == "sync",
+                    name=f"pydantic-toast {api} ({label})",
+                    batch_cap=SLOW_BATCH if kind == "sqlite" else None,
                 )
             )
     return systems

@@ -20,6 +20,21 @@ class Workload:
     def plain_model(self) -> type[BaseModel]:
         return create_model(f"Plain_{self.name}", **self.fields)  # type: ignore[call-overload, no-any-return]
 
+    def external_model(self, class_name: str, storage: str, external_name: str) -> Any:
+        """An ``ExternalBaseModel`` of the same fields, stored at ``storage``."""
+        # Imported here: workloads is also imported where another tree's pydantic_toast (or
+        # none) is on the path.
+        from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+        annotations = {name: kind for name, (kind, _) in self.fields.items()}
+        defaults = {name: value for name, (_, value) in self.fields.items()}
+        config = ExternalConfigDict(storage=storage, external_name=external_name)
+        return type(
+            class_name,
+            (ExternalBaseModel,),
+            {"__annotations__": annotations, **defaults, "model_config": config},
+        )
+
     def values(self, i: int) -> dict[str, Any]:
         values = {name: default for name, (_, default) in self.fields.items()}
         first = next(iter(values))
