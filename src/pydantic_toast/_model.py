@@ -563,7 +563,7 @@ class ExternalBaseModel(BaseModel):
 
     @classmethod
     def _toast_reference(cls, value: Mapping[str, Any] | UUID | str) -> ParsedReference:
-        if isinstance(value, UUID | str):
+        if isinstance(value, _ID_TYPES):
             reference = parse_reference(
                 {"class_name": cls._toast_settings().external_name, "id": value}
             )
@@ -786,6 +786,7 @@ class ExternalBaseModel(BaseModel):
 
 
 _MODES = frozenset(("python", "json"))
+_ID_TYPES = (UUID, str)  # a tuple: ``UUID | str`` would build a union on every call
 _UNFETCHED: Any = object()  # no entry in a session's records (None: fetched, not found)
 
 

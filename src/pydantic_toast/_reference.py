@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, SafeUUID
 
 from pydantic_toast._exceptions import InvalidReferenceError
@@ -123,9 +123,12 @@ def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> Parsed
     """
     if type(value) is RoutedReference:
         return value.parsed
-    # A plain dict skips the ABC check (a batch parses one reference per record).
-    if type(value) is not dict and not isinstance(value, Mapping):
+    # A plain dict or the library's own reference skips the ABC check (a batch parses one
+    # reference per record, a load one).
+    kind = type(value)
+    if kind is not dict and kind is not ExternalReference and not isinstance(value, Mapping):
         return None
+    value = cast("Mapping[str, Any]", value)
     if len(value) != 2 or value.keys() != _REFERENCE_KEYS:
         return None
     class_name: Any = value["class_name"]
@@ -176,9 +179,10 @@ def uuid_from_text(text: str) -> UUID:
     value = int(digits, 16)
     parsed = _new_object(UUID)
     _set_slot(parsed, "int", value)  # as UUID.__init__ itself sets its slots
-    _set_slot(parsed, "is_safe", SafeUUID.unknown)
+    _set_slot(parsed, "is_safe", _UNKNOWN_SAFETY)
     return parsed
 
 
 _new_object = object.__new__
 _set_slot = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown  # looked up once: an enum member's lookup costs 0.5 µs

@@ -332,6 +332,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
     _leasing: Any = None  # the engine's pool, when its idle connections are leased directly
+    _idle: Any = None  # then, the asyncio queue holding its idle entries
+    _mark: Any = None  # and what its entries leased directly hold as their proxy reference
     _gate: Gate | None = None  # first come, first served: see _checkout
     _gated: bool = False  # whether _gate was decided (None: the pool has no fixed size)
 
@@ -565,7 +567,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             answer = await self._replicas.read(kind, name, args)
             if answer is not ON_PRIMARY:
                 return answer
-        lease = await self._checkout()
+        lease = self._take_idle() or await self._checkout()
         driver: Any = lease.driver_connection
         try:
             if kind == "execute":
@@ -619,12 +621,45 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             gate.leave()
             raise
 
+    def _take_idle(self) -> ConnectionPoolEntry | None:
+        """:meth:`_checkout`'s common case, without a coroutine: an idle entry, or ``None``.
+
+        Taken when the pool's entries are leased directly (see :meth:`_lease`), an idle one
+        has its connection open, nobody waits at the gate and no pool listener is registered;
+        otherwise ``None`` (nothing taken), and the caller awaits :meth:`_checkout`.
+        """
+        engine = self._engine
+        if engine is None:
+            return None
+        pool: Any = engine.sync_engine.pool
+        idle = self._idle
+        if pool is not self._leasing or not idle.qsize() or pool._invalidate_time:
+            return None
+        dispatch = pool.dispatch
+        if dispatch.checkout or dispatch.checkin:
+            return None
+        gate = self._gate
+        if gate is not None and not gate.enter_now():
+            return None
+        entry = idle.get_nowait()
+        if entry.dbapi_connection is None:  # dropped: reconnecting awaits (see _lease)
+            idle.put_nowait(entry)
+            if gate is not None:
+                gate.leave()
+            return None
+        entry.fairy_ref = self._mark
+        return entry  # type: ignore[no-any-return]
+
     async def _lease(self) -> _Lease:
         pool: Any = self.engine.sync_engine.pool
         if pool is not self._leasing:
             # Its settings are checked once per pool (a dispose makes a new one); the time of
             # its last invalidation on every checkout.
             self._leasing = pool if _takes_idle_without_awaiting(pool) else None
+            self._idle = pool._pool._queue if self._leasing is not None else None
+            # A weak reference to the pool: alive while it is leased (SQLAlchemy reads an
+            # entry's fairy_ref for that), and it tells this pool's direct leases apart.
+            self._mark = weakref.ref(pool) if self._leasing is not None else None
         if pool is self._leasing and pool._pool._queue.qsize() and not pool._invalidate_time:
             # Taking an idle connection never awaits, so it needs no greenlet (the bridge costs
             # more than the checkout itself).
@@ -643,7 +678,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                         if isinstance(exc, Exception):
                             connecting(exc)
                         raise
-                entry.fairy_ref = _LEASED
+                entry.fairy_ref = self._mark
                 return entry  # type: ignore[no-any-return]
             if not self._dropped:
                 proxied: PoolProxiedConnection = pool.connect()
@@ -656,6 +691,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     def _checkin(self, lease: _Lease, *, broken: bool) -> None:
         """Return ``lease`` to the pool, synchronously (no await: safe in a cancelled task)."""
+        mark = self._mark
+        if (
+            not broken
+            and mark is not None
+            and getattr(lease, "fairy_ref", None) is mark
+            and not self._idle.full()
+        ):
+            # Leased directly from the current pool, which has room: back into its queue, as
+            # the entry's checkin() would put it (no check-in listener, or it was not leased
+            # directly; nothing to finalize: AUTOCOMMIT).
+            lease.fairy_ref = None  # type: ignore[union-attr]
+            self._idle.put_nowait(lease)
+            if self._gate is not None:
+                self._gate.leave()
+            return
         try:
             self._return(lease, broken=broken)
         finally:
@@ -665,7 +715,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def _return(self, lease: _Lease, *, broken: bool) -> None:
         pool: Any = self.engine.sync_engine.pool
         if pool is self._leasing:
-            full = pool._pool._queue.qsize() >= pool._pool.maxsize
+            full = self._idle.full()
         else:
             full = not (isinstance(pool, AsyncAdaptedQueuePool) and pool.checkedin() < pool.size())
         if broken:
@@ -723,16 +773,6 @@ def _gate_for(pool: Any) -> Gate | None:
     if not isinstance(pool, AsyncAdaptedQueuePool) or pool._max_overflow < 0:
         return None
     return Gate(pool.size() + pool._max_overflow)
-
-
-class _Sentinel:
-    """What a leased pool entry's proxy reference points to: alive while it is leased."""
-
-
-_LEASE_HOLDER = _Sentinel()
-# Marks an entry as checked out (SQLAlchemy reads ``fairy_ref`` for that) and never dies, so the
-# pool never mistakes a leased entry for one whose proxy was garbage collected.
-_LEASED = weakref.ref(_LEASE_HOLDER)
 
 
 def _takes_idle_without_awaiting(pool: Any) -> bool:
