@@ -113,7 +113,7 @@ def test_single_record_statements_hit_one_partition(
     class_name = reference["class_name"]
     now = datetime.now(UTC)
     args: dict[str, tuple[Any, ...]] = {
-        "select_one": (class_name, id, now),
+        "select_one": (class_name, id, now.timestamp()),  # loads pass epoch seconds
         "delete": (class_name, id),
         "update": (1, '{"text": "x"}', None, now, None, class_name, id, 1),
         "insert": (class_name, uuid4(), 1, '{"text": "x"}', None, now, now, None),
