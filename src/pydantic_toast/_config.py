@@ -166,7 +166,7 @@ def settings_for(cls: type[BaseModel]) -> ModelSettings:
         )
     masked = MaskedURL(storage)
     config["storage"] = masked  # type: ignore[typeddict-unknown-key]  # repr stays masked
-    ttl = _ttl_seconds(owner, config.get("ttl"))
+    ttl = ttl_seconds(config.get("ttl"), owner)
     schema_version = config.get("schema_version", 1)
     if type(schema_version) is not int or schema_version < 1:
         raise StorageConfigurationError(
@@ -244,7 +244,8 @@ def _claim(storage: Storage, cls: type[BaseModel], url: StorageURL, name: str) -
     storage.catalog.claim(cls, storage.store_identity(url), name, where=url.masked)
 
 
-def _ttl_seconds(owner: str, ttl: object) -> float | None:
+def ttl_seconds(ttl: object, owner: str) -> float | None:
+    """``ttl`` as positive seconds, or ``None``; ``owner`` (what took it) leads the error."""
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):

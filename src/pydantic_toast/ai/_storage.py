@@ -7,15 +7,13 @@ record methods (``save_records``, ``load_records``, ``list_records``, ``delete``
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._url import StorageURL, mask_url, resolve_storage
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["backend", "checked_url", "ttl_seconds"]
+__all__ = ["backend", "checked_url"]
 
 
 async def backend(url: str) -> Connected:
@@ -57,16 +55,3 @@ _METHODS = {
     "count": "count",
     "batch": "save_records",
 }
-
-
-def ttl_seconds(ttl: float | timedelta | None) -> float | None:
-    """``ttl`` as positive seconds, or ``None``."""
-    if ttl is None:
-        return None
-    if isinstance(ttl, timedelta):
-        ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-        raise StorageConfigurationError(
-            f"ttl must be a positive number of seconds or a timedelta, got {ttl!r}"
-        )
-    return float(ttl)

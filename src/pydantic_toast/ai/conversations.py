@@ -37,10 +37,11 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.usage import RunUsage
 
+from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
-from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+from pydantic_toast.ai._storage import backend, checked_url
 from pydantic_toast.backends.base import Capability
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class MessageStore:
         """Check the settings; nothing connects before the first operation."""
         self.skip_invalid = skip_invalid
         self.spill = spill
-        self.ttl = ttl_seconds(ttl)
+        self.ttl = ttl_seconds(ttl, "MessageStore")
         needs = (Capability.LIST, Capability.DELETE)
         self._url = checked_url(storage, self.ttl, needs=needs, user="MessageStore")
         self.namespace = check_namespace(namespace)

@@ -22,6 +22,7 @@ from uuid import uuid4
 
 import pydantic_core
 
+from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import (
     InvalidReferenceError,
     RecordNotFoundError,
@@ -32,7 +33,7 @@ from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
 from pydantic_toast._trees import adump, avalidate
 from pydantic_toast.ai._names import check_namespace
-from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+from pydantic_toast.ai._storage import backend, checked_url
 
 __all__ = ["aload_payload", "astore_payload"]
 
@@ -56,7 +57,7 @@ async def astore_payload(
         ttl: Expiry, where the backend supports it: a claim check that nobody collects goes.
         namespace: The stored class name is ``pydantic_toast.ai.<namespace>``.
     """
-    seconds = ttl_seconds(ttl)
+    seconds = ttl_seconds(ttl, "astore_payload")
     url = checked_url(storage, seconds)
     class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
     data = await adump(value, mode="json")

@@ -31,6 +31,7 @@ from pydantic_ai.messages import BinaryContent, FileUrl, ToolCallPart, ToolRetur
 from pydantic_ai.tools import Tool, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 
+from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import (
     RecordNotFoundError,
     StorageConfigurationError,
@@ -38,7 +39,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
-from pydantic_toast.ai._storage import backend, checked_url, ttl_seconds
+from pydantic_toast.ai._storage import backend, checked_url
 from pydantic_toast.backends.base import Capability
 
 __all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
@@ -118,7 +119,7 @@ class SpillToolOutputs(AbstractCapability[Any]):
                 "SpillToolOutputs needs 0 <= preview_chars <= max_chars, got "
                 f"preview_chars={self.preview_chars}, max_chars={self.max_chars}"
             )
-        self._ttl = ttl_seconds(self.ttl)
+        self._ttl = ttl_seconds(self.ttl, "SpillToolOutputs")
         needs = (Capability.LIST, Capability.DELETE)
         self._url = checked_url(self.storage, self._ttl, needs=needs, user="SpillToolOutputs")
         self._class_name = f"pydantic_toast.ai.{check_namespace(self.namespace)}"

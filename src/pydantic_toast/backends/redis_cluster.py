@@ -162,25 +162,16 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return deleted
 """
 
-# The same with a revision check (ARGV[2]: the revision the caller read). Returns -1 (locked),
-# or the revision found (0: no record), equal to ARGV[2] when the record was deleted.
-_DELETE_CHECKED_SCRIPT = """
+# The single-node script behind the same lock check (ARGV[2]: the revision the caller read).
+# Returns -1 (locked), or the revision found (0: no record), equal to ARGV[2] when the record
+# was deleted.
+_DELETE_CHECKED_SCRIPT = (
+    """
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return -1
-end
-local head = redis.call('GETRANGE', KEYS[1], 0, 127)
-if head == '' then
-  return 0
-end
-local current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
-if current ~= tonumber(ARGV[2]) then
-  return current
-end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return current
-"""
+end"""
+    + single._DELETE_CHECKED_SCRIPT
+)
 
 
 class _Cluster(RedisCluster):
@@ -315,6 +306,16 @@ class RedisClusterBackend(single.RedisBackend):
     def lock_key(self, class_name: str, id: UUID) -> str:
         """``{<prefix>:<class_name>:<bucket>}:lock:<uuid>``: held while a batch writes it."""
         return f"{{{self._prefix}:{class_name}:{self.bucket(id)}}}:lock:{id}"
+
+    def _delete_keys(self, class_name: str, id: UUID) -> list[str]:
+        """The delete scripts' keys: the record, its bucket's index and expiry set, its lock."""
+        bucket = self.bucket(id)
+        return [
+            self.key(class_name, id),
+            self.index_key(class_name, bucket),
+            self.expiry_key(class_name, bucket),
+            self.lock_key(class_name, id),
+        ]
 
     async def save_records(self, records: Sequence[StoredRecord]) -> Any:
         """Write the records: one script call per bucket, the buckets concurrently.
@@ -468,13 +469,7 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete the record and its index entry in one script (same slot)."""
-        bucket = self.bucket(id)
-        keys = [
-            self.key(class_name, id),
-            self.index_key(class_name, bucket),
-            self.expiry_key(class_name, bucket),
-            self.lock_key(class_name, id),
-        ]
+        keys = self._delete_keys(class_name, id)
         deleted = await self._delete_script(keys=keys, args=[str(id)])
         if deleted == -1:
             raise _locked(keys[0], self._masked)
@@ -482,13 +477,7 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
         """Delete the record at ``revision``: check and delete in one script (same slot)."""
-        bucket = self.bucket(id)
-        keys = [
-            self.key(class_name, id),
-            self.index_key(class_name, bucket),
-            self.expiry_key(class_name, bucket),
-            self.lock_key(class_name, id),
-        ]
+        keys = self._delete_keys(class_name, id)
         current = await self._delete_checked_cluster_script(keys=keys, args=[str(id), revision])
         if current == -1:
             raise _locked(keys[0], self._masked)

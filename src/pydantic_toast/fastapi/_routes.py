@@ -238,7 +238,14 @@ def _accepting_models(schema: Any) -> Iterator[tuple[AcceptReference, Any]]:
                 yield marker, model
 
 
-def _nodes(schema: Any, definitions: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _nodes(
+    schema: Any,
+    definitions: dict[str, Any],
+    *,
+    inside: Callable[[dict[str, Any]], bool] = lambda node: True,
+) -> Iterator[dict[str, Any]]:
+    """The schema's nodes, ``definition-ref`` followed once each; the children of a node only
+    where ``inside(node)``."""
     seen: set[str] = set()
     stack: list[Any] = [schema]
     while stack:
@@ -251,7 +258,8 @@ def _nodes(schema: Any, definitions: dict[str, Any]) -> Iterator[dict[str, Any]]
                     stack.append(definitions[ref])
                 continue
             yield node
-            stack.extend(value for value in node.values() if isinstance(value, dict | list))
+            if inside(node):
+                stack.extend(value for value in node.values() if isinstance(value, dict | list))
         elif isinstance(node, list):
             stack.extend(node)
 
@@ -260,28 +268,18 @@ def _definitions(schema: Any) -> dict[str, Any]:
     return {node["ref"]: node for node in _nodes(schema, {}) if isinstance(node.get("ref"), str)}
 
 
+def _external_model(node: dict[str, Any]) -> Any:
+    """The external model class of a ``model`` node, else ``None``."""
+    model = node.get("cls") if node.get("type") == "model" else None
+    return model if getattr(model, "__toast_settings__", None) is not None else None
+
+
 def _models(schema: Any, definitions: dict[str, Any]) -> Iterator[Any]:
     """External model classes directly under ``schema`` (not those nested in their fields)."""
-    stack: list[Any] = [schema]
-    seen: set[str] = set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        if node.get("type") == "definition-ref":
-            ref = node.get("schema_ref")
-            if ref in definitions and ref not in seen:
-                seen.add(ref)
-                stack.append(definitions[ref])
-            continue
-        model = node.get("cls") if node.get("type") == "model" else None
-        if getattr(model, "__toast_settings__", None) is not None:
+    for node in _nodes(schema, definitions, inside=lambda node: _external_model(node) is None):
+        model = _external_model(node)
+        if model is not None:
             yield model
-            continue
-        stack.extend(value for value in node.values() if isinstance(value, dict | list))
 
 
 async def _prefetch(

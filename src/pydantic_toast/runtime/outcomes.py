@@ -84,10 +84,16 @@ async def settle_save(
     return _complete(merged)
 
 
-def unknown(connected: Connected, operation: str, keys: Sequence[RecordKey]) -> OutcomeUnknownError:
-    """The error for a write (``delete``, ``purge``) lost after it was sent."""
+def unknown(
+    connected: Connected,
+    operation: str,
+    keys: Sequence[RecordKey],
+    why: str = "; it was not repeated.",
+) -> OutcomeUnknownError:
+    """The error for a write (``delete``, ``purge``, a save ``why`` explains) lost after it was
+    sent."""
     return OutcomeUnknownError(
-        f"{_lost_after_sending(connected, operation)}; it was not repeated. "
+        f"{_lost_after_sending(connected, operation)}{why} "
         f"{_records_named(keys)}{_FIX.get(operation, _FIX['save'])}",
         url=connected.url.masked,
         operation=operation,
@@ -102,14 +108,11 @@ async def _read_back(
         return await connected.load_records([record.key for record in records])
     except ExternalStorageError as exc:
         keys = [record.key for record in records]
-        raise OutcomeUnknownError(
-            f"{_lost_after_sending(connected, 'save')}, and reading the records back failed "
-            f"too ({type(exc).__name__}: {shorten(exc, 400)}); the save was not repeated. "
-            f"{_records_named(keys)}{_FIX['save']}",
-            url=connected.url.masked,
-            operation="save",
-            keys=tuple(keys),
-        ) from exc
+        why = (
+            f", and reading the records back failed too ({type(exc).__name__}: "
+            f"{shorten(exc, 400)}); the save was not repeated."
+        )
+        raise unknown(connected, "save", keys, why) from exc
 
 
 def _ours(record: StoredRecord, found: StoredRecord | None) -> bool:
@@ -174,13 +177,12 @@ def _unknown_save(
         state = f"holds other data at revision {found.revision}{expected}"
     why = "" if again else " after the save was already sent twice"
     keys = [records[i].key for i in pending]
-    return OutcomeUnknownError(
-        f"{_lost_after_sending(connected, 'save')}, and reading back shows that {name} {state}"
-        f"{why}: another writer may have changed it since, so the save was not repeated. "
-        f"{_records_named(keys)}{_FIX['save']}",
-        url=connected.url.masked,
-        operation="save",
-        keys=tuple(keys),
+    return unknown(
+        connected,
+        "save",
+        keys,
+        f", and reading back shows that {name} {state}{why}: another writer may have changed "
+        "it since, so the save was not repeated.",
     )
 
 
