@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import asyncpg
 from databases import ADMIN_URL, admin_execute
+from stores import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
@@ -52,12 +52,6 @@ SERVER = [
     "warning",
     "--no-access-log",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Connection:

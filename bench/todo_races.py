@@ -34,11 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-async def patch_patch(http: httpx.AsyncClient, if_match: bool) -> str:
+async def new_todo(http: httpx.AsyncClient, if_match: bool) -> tuple[str, dict[str, str]]:
+    """A fresh todo's URL, and the headers of the racing requests (its ETag as If-Match)."""
     todo = (await http.post("/api/todos", json={"description": "race"})).json()
-    etag = (await http.get(f"/api/todos/{todo['id']}")).headers.get("ETag")
-    headers = {"If-Match": etag} if if_match and etag else {}
     url = f"/api/todos/{todo['id']}"
+    etag = (await http.get(url)).headers.get("ETag")
+    return url, {"If-Match": etag} if if_match and etag else {}
+
+
+async def patch_patch(http: httpx.AsyncClient, if_match: bool) -> str:
+    url, headers = await new_todo(http, if_match)
     first, second = await asyncio.gather(
         http.patch(url, json={"completed": True}, headers=headers),
         http.patch(url, json={"description": "renamed"}, headers=headers),
@@ -56,10 +61,7 @@ async def patch_patch(http: httpx.AsyncClient, if_match: bool) -> str:
 
 
 async def patch_delete(http: httpx.AsyncClient, if_match: bool) -> str:
-    todo = (await http.post("/api/todos", json={"description": "race"})).json()
-    etag = (await http.get(f"/api/todos/{todo['id']}")).headers.get("ETag")
-    headers = {"If-Match": etag} if if_match and etag else {}
-    url = f"/api/todos/{todo['id']}"
+    url, headers = await new_todo(http, if_match)
     patched, deleted = await asyncio.gather(
         http.patch(url, json={"completed": True}, headers=headers),
         http.delete(url, headers=headers),
