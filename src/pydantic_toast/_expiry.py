@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._records import check_batch_size
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
@@ -36,10 +36,7 @@ async def apurge_expired(
     Raises:
         StorageConfigurationError: ``batch_size`` is out of range.
     """
-    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH:
-        raise StorageConfigurationError(
-            f"batch_size must be an int from 1 to {MAX_BATCH}, got {batch_size!r}"
-        )
+    check_batch_size(batch_size, MAX_BATCH)
     backend = await current_storage().connected(StorageURL.parse(storage))
     total = 0
     while True:

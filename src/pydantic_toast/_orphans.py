@@ -32,7 +32,7 @@ from pydantic_toast._loading import Routes, find_references, routes_in
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import load_offloaded, payload_class
 from pydantic_toast._ownership import delete_owned
-from pydantic_toast._records import PageCursor
+from pydantic_toast._records import PageCursor, check_batch_size
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
@@ -113,10 +113,7 @@ async def afind_orphans(
     Raises:
         StorageConfigurationError: ``batch_size`` is out of range.
     """
-    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH:
-        raise StorageConfigurationError(
-            f"batch_size must be an int from 1 to {MAX_BATCH}, got {batch_size!r}"
-        )
+    check_batch_size(batch_size, MAX_BATCH)
     started = datetime.now(UTC)
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
@@ -228,10 +225,7 @@ async def afind_orphaned_payloads(
     Raises:
         StorageConfigurationError: ``model`` has no ``offload``, or an argument is invalid.
     """
-    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH:
-        raise StorageConfigurationError(
-            f"batch_size must be an int from 1 to {MAX_BATCH}, got {batch_size!r}"
-        )
+    check_batch_size(batch_size, MAX_BATCH)
     if not isinstance(min_age, timedelta) or min_age < timedelta(0):
         raise StorageConfigurationError("min_age must be a timedelta of 0 or more")
     settings = model._toast_settings()

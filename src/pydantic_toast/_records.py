@@ -11,9 +11,9 @@ from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._exceptions import StoredDataError
+from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 
-__all__ = ["PageCursor", "RecordKey", "StoredRecord", "as_stored"]
+__all__ = ["PageCursor", "RecordKey", "StoredRecord", "as_stored", "check_batch_size"]
 
 RecordKey = tuple[str, UUID]
 """``(class_name, id)``: what identifies a record within one store."""
@@ -219,6 +219,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _TOKEN_FORMAT = b"\x01"
 _TOKEN_LENGTH = 34  # 25 bytes in base64 without padding: never a UUID's 32 or 36 characters
+
+
+def check_batch_size(batch_size: object, most: int) -> None:
+    """Refuse a ``batch_size`` (records per page or statement) that is not an int in 1..most."""
+    if type(batch_size) is not int or not 1 <= batch_size <= most:
+        raise StorageConfigurationError(
+            f"batch_size must be an int from 1 to {most}, got {batch_size!r}"
+        )
 
 
 def _corrupt(class_name: str, id: UUID, detail: str) -> StoredDataError:

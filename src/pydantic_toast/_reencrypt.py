@@ -26,7 +26,7 @@ from pydantic_toast._codecs import CodecSettings, decode_record, encode_record, 
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import Offloads, fetch_offloaded
-from pydantic_toast._records import PageCursor, StoredRecord
+from pydantic_toast._records import PageCursor, StoredRecord, check_batch_size
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.loops import run_sync
@@ -79,10 +79,7 @@ async def areencrypt(
         EncryptionKeyError: A record's key id is missing from the model's keys (nothing of
             that page is written; pages before it are).
     """
-    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH:
-        raise StorageConfigurationError(
-            f"batch_size must be an int from 1 to {MAX_BATCH}, got {batch_size!r}"
-        )
+    check_batch_size(batch_size, MAX_BATCH)
     cursor = PageCursor.from_token(after) if after is not None else None
     if after is not None and cursor is None:
         raise StorageConfigurationError(f"after={after!r} is not a next_after of a reencrypt")

@@ -13,12 +13,21 @@ from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["backend", "checked_url"]
+__all__ = ["backend", "checked_url", "delete_all"]
 
 
 async def backend(url: str) -> Connected:
     """The connected backend for ``url`` on the running event loop (through the boundary)."""
     return await current_storage().connected(StorageURL.parse(url))
+
+
+async def delete_all(store: Connected, class_name: str) -> int:
+    """Delete every record of ``class_name`` in ``store``, a page of ids at a time; how many."""
+    deleted = 0
+    while ids := await store.list_ids(class_name, limit=1000):
+        for id in ids:
+            deleted += await store.delete(id, class_name)
+    return deleted
 
 
 def checked_url(

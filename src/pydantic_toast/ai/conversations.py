@@ -41,7 +41,7 @@ from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
-from pydantic_toast.ai._storage import backend, checked_url
+from pydantic_toast.ai._storage import backend, checked_url, delete_all
 from pydantic_toast.backends.base import Capability
 
 if TYPE_CHECKING:
@@ -389,10 +389,7 @@ class MessageStore:
             await self.spill.adelete_conversation(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
-        deleted = 0
-        while ids := await store.list_ids(class_name, limit=1000):
-            for id in ids:
-                deleted += await store.delete(id, class_name)
+        deleted = await delete_all(store, class_name)
         await store.delete(_header_id(conversation_id), self._header_class)
         return deleted
 

@@ -39,7 +39,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai._names import check_conversation_id, check_namespace
-from pydantic_toast.ai._storage import backend, checked_url
+from pydantic_toast.ai._storage import backend, checked_url, delete_all
 from pydantic_toast.backends.base import Capability
 
 __all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
@@ -194,12 +194,7 @@ class SpillToolOutputs(AbstractCapability[Any]):
         the store was given ``spill=``.
         """
         class_name = self._class_for(check_conversation_id(conversation_id))
-        store = await backend(self._url)
-        deleted = 0
-        while ids := await store.list_ids(class_name, limit=1000):
-            for id in ids:
-                deleted += await store.delete(id, class_name)
-        return deleted
+        return await delete_all(await backend(self._url), class_name)
 
     # -- internals --------------------------------------------------------------------------------
 
