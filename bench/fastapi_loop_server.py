@@ -7,9 +7,12 @@ log on as by default): the integration's routes, plain-FastAPI twins and the syn
 ``memory://`` with 5 ms of async latency per store call (``--postgres``: a throwaway migrated
 PostgreSQL database instead; the twins keep their ``asyncio.sleep``). For each burst, this
 process (the client) asks the server to start a :class:`tests.loop_steps.LoopWatch` on its
-loop (every callback timed less OS preemption, a 1 ms probe), sends 200 requests at once over
-200 kept-alive connections (plain asyncio sockets: the client costs the server nothing but
-its bytes), reads the answers, and asks for what the watch saw.
+loop, sends 200 requests at once over 200 kept-alive connections (plain asyncio sockets: the
+client costs the server nothing but its bytes), reads the answers, and asks for what the
+watch saw: every callback the loop ran, named after the request a task step served, *held*
+(wall clock less OS preemption) and *own* (the thread's CPU time, or held if the step blocked,
+less the garbage collections in it: neither preemption nor the hypervisor's steal), the
+collections, and the 1 ms probe's longest wait.
 
 Kinds, each a burst, round robin with the order rotating: ``toast`` (its twin ``plain``):
 ``loader()`` + ``Expanded``, a ``Ref`` body prefetched, a response model saved by
@@ -62,12 +65,15 @@ async def run(port: int, rounds: int, over_ms: float, freeze: bool) -> None:
             for kind in KINDS[start:] + KINDS[:start]:
                 runs[kind].append(await bursts.burst(kind, over_ms))
             loads.append(os.getloadavg())
-        survivors = {}  # objects a full collection keeps, per request, after 3 bursts
+        # Objects a full collection keeps, per request, over 5 bursts of a kind after one (the
+        # first after another kind changes the connections' state: +-400 objects either way).
+        survivors = {}
         for kind in KINDS:
+            await bursts.burst(kind, over_ms)
             before = await bursts.objects()
-            for _ in range(3):
+            for _ in range(5):
                 await bursts.burst(kind, over_ms)
-            survivors[kind] = (await bursts.objects() - before) / (3 * BURST)
+            survivors[kind] = (await bursts.objects() - before) / (5 * BURST)
     finally:
         bursts.close()
     report(first, runs, survivors, loads, rounds, over_ms, freeze)
@@ -91,30 +97,33 @@ def report(
     )
     over = f"{over_ms:g} ms"
     print(
-        f"| kind | longest step | longest step less gc | longest step serving a request "
-        f"| max stall (wall) | max stall | steps > {over} per burst (total) | of them > {over} "
-        f"less gc | steps > {over} in | full collections | objects kept per request "
-        f"| first burst: longest step |"
+        f"| kind | longest step | longest step, own | steps > {over} per burst (total) "
+        f"| of them own > {over} | steps > {over} in | full collections | max stall (wall) "
+        f"| max stall | objects kept per request | first burst: longest step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in KINDS:
         bursts = runs[kind]
         counts = [len(b["over"]) for b in bursts]
-        less_gc = sum(
-            1 for b in bursts for step in b["over"] if step["ms"] - step["gc_ms"] > over_ms
-        )
+        own = sum(1 for b in bursts for step in b["over"] if step["own_ms"] > over_ms)
         where = collections.Counter(step["name"] for b in bursts for step in b["over"])
         named = ", ".join(f"{name} x{n}" for name, n in where.most_common(3)) or "-"
         warm = first[kind]["longest"]
-        net = [b["longest_less_gc"]["ms"] - b["longest_less_gc"]["gc_ms"] for b in bursts]
         print(
-            f"| {kind} | {spread([b['longest']['ms'] for b in bursts])} | {spread(net)} "
-            f"| {spread([served_requests(b, PREFIXES[kind], less_gc=False) for b in bursts])} "
+            f"| {kind} | {spread([served_requests(b, PREFIXES[kind], own=False) for b in bursts])} "
+            f"| {spread([served_requests(b, PREFIXES[kind]) for b in bursts])} "
+            f"| {statistics.median(counts):g} [{min(counts)}-{max(counts)}] ({sum(counts)}) "
+            f"| {own} | {named} | {sum(b['collections'][2] for b in bursts)} "
             f"| {spread([b['stall_ms'] for b in bursts])} "
             f"| {spread([b['held_stall_ms'] for b in bursts])} "
-            f"| {statistics.median(counts):g} [{min(counts)}-{max(counts)}] ({sum(counts)}) "
-            f"| {less_gc} | {named} | {sum(b['collections'][2] for b in bursts)} "
             f"| {survivors[kind]:.2f} | {warm['ms']:.1f} {warm['name']} |"
+        )
+    print("\nLongest step of any callback, held / own, ms:")
+    for kind in KINDS:
+        print(
+            f"- {kind}: {spread([b['longest']['ms'] for b in runs[kind]])} / "
+            f"{spread([b['longest_own']['own_ms'] for b in runs[kind]])} "
+            f"({', '.join(sorted({b['longest_own']['name'] for b in runs[kind]}))[:80]})"
         )
     print(f"\nWarm-up (each kind's first burst), steps > {over}:")
     for kind in KINDS:
@@ -126,15 +135,16 @@ def report(
         )
         more = f" and {len(over_steps) - 4} more" if len(over_steps) > 4 else ""
         print(f"- {kind}: {steps or '-'}{more}")
-    print(f"\nSteps > {over} less gc (ms; CPU of the loop's thread in it; gc in it):")
+    print(f"\nSteps held > {over} less their collections: held, own, CPU, waits, page faults:")
     for kind in KINDS[:-1]:
         steps = [
-            f"{step['name']} {step['ms']:.1f} (CPU {step['cpu_ms']:.1f}, gc {step['gc_ms']:.1f})"
+            f"{step['name']} {step['ms']:.1f}, {step['own_ms']:.1f}, {step['cpu_ms']:.1f}, "
+            f"{step['waits']}, {step['faults']}"
             for b in runs[kind]
             for step in b["over"]
             if step["ms"] - step["gc_ms"] > over_ms
         ]
-        print(f"- {kind}: {', '.join(steps) or '-'}")
+        print(f"- {kind}: {'; '.join(steps) or '-'}")
     print("\nLongest step by name (max over the rounds, ms, gc included):")
     for kind in KINDS:
         names: dict[str, float] = {}

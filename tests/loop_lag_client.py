@@ -153,13 +153,15 @@ class Bursts:
             connection.close()
 
 
-def served_requests(watched: dict[str, Any], prefix: str, *, less_gc: bool = True) -> float:
+def served_requests(watched: dict[str, Any], prefix: str, *, own: bool = True) -> float:
     """The longest step that served a request under ``prefix`` (``/toast/``), in ms.
+
+    By :attr:`~tests.loop_steps.Step.own_ms` (``own``), else held.
 
     Raises:
         AssertionError: No step was named after such a request (the names are missing).
     """
-    by_name = watched["longest_less_gc_by_name" if less_gc else "longest_by_name"]
+    by_name = watched["longest_own_by_name" if own else "longest_by_name"]
     steps = [ms for name, ms in by_name.items() if name.split(" ", 1)[-1].startswith(prefix)]
     assert steps, f"no step served a request under {prefix}: {sorted(by_name)}"
     return max(steps)

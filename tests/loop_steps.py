@@ -12,10 +12,12 @@ import asyncio
 import gc
 import os
 import re
+import threading
 import time
 import weakref
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
+from resource import RUSAGE_THREAD, getrusage
 from time import thread_time
 from typing import Any
 
@@ -50,75 +52,105 @@ class HeldClock:
 
 @dataclass(frozen=True)
 class Step:
-    """One callback the loop ran: its duration and collections inside it, in ms."""
+    """One callback the loop ran, in ms."""
 
-    ms: float
+    ms: float  # held: wall clock less the time the thread waited on a run queue
     name: str  # the request it served, else the callback
-    cpu_ms: float  # CPU time of the loop's thread (user and system): the rest is waiting
-    gc_ms: float  # time spent in garbage collections during the step
+    cpu_ms: float  # CPU time of the loop's thread (interrupts it served included)
+    faults: int  # page faults (minor: memory the process touched for the first time)
+    waits: int  # voluntary context switches: the thread blocked (a sync call waiting)
+    gc_ms: float  # held in garbage collections during the step
+    gc_cpu_ms: float  # CPU time of those collections
     gc_generation: int  # the oldest generation collected during the step, -1 for none
+
+    @property
+    def own_ms(self) -> float:
+        """The step's own hold on the loop: its held time if it blocked, else its CPU time.
+
+        Less the collections in it either way. What neither OS preemption (subtracted by the
+        held clock) nor the hypervisor taking the VM's CPU away (steal: the thread neither
+        runs nor waits on a run queue, so held time counts it, CPU time does not) adds to.
+        """
+        if self.waits:
+            return max(0.0, self.ms - self.gc_ms)
+        return max(0.0, self.cpu_ms - self.gc_cpu_ms)
+
+
+_NO_STEP = Step(0.0, "", 0.0, 0, 0, 0.0, 0.0, -1)
 
 
 @dataclass
 class StepClock:
-    """Times every callback the event loop runs (each step of a task is one), by :class:`HeldClock`.
+    """Times every callback the event loop runs (each step of a task is one).
 
-    Keeps the longest step, the longest less the garbage collections inside it, both per
-    name too, every step over ``over_ms``, and the collections that ran. A task's
-    step is named by :data:`request_label` in the task's context when it serves a request,
-    else by its coroutine; other callbacks by their function (``_SelectorSocketTransport.
-    _read_ready`` is uvicorn reading and parsing what arrived on a connection).
+    Keeps the longest step by :class:`HeldClock` (``longest``, and per name), the longest by
+    :attr:`Step.own_ms` (``longest_own``, and per name), every step held over ``over_ms``,
+    and the collections that ran. A task's step is named by :data:`request_label` in the
+    task's context when it serves a request, else by its coroutine; other callbacks by their
+    function (``_SelectorSocketTransport._read_ready`` is uvicorn reading and parsing what
+    arrived on a connection).
     """
 
     over_ms: float = 5.0
     steps: int = 0
-    longest: Step = field(default_factory=lambda: Step(0.0, "", 0.0, 0.0, -1))
-    longest_less_gc: Step = field(default_factory=lambda: Step(0.0, "", 0.0, 0.0, -1))
+    longest: Step = _NO_STEP
+    longest_own: Step = _NO_STEP
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])  # by generation
     gc_ms: float = 0.0  # in all collections while timing
     longest_by_name: dict[str, float] = field(default_factory=dict)
-    longest_less_gc_by_name: dict[str, float] = field(default_factory=dict)
+    longest_own_by_name: dict[str, float] = field(default_factory=dict)
     over: list[Step] = field(default_factory=list)
 
     def __enter__(self) -> StepClock:
         self._held = held = HeldClock()
         self._run = run = asyncio.events.Handle._run
         over_ms = self.over_ms
-        longest_by_name, less_gc_by_name = self.longest_by_name, self.longest_less_gc_by_name
-        in_step = [0.0, -1]  # gc seconds, oldest generation: reset per step
-        gc_started = [0.0]
+        longest_by_name, own_by_name = self.longest_by_name, self.longest_own_by_name
+        in_step = [0.0, 0.0, -1]  # gc held and CPU seconds, oldest generation: per step
+        gc_started = [0.0, 0.0]
+
+        loop_thread = threading.get_ident()
 
         def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if threading.get_ident() != loop_thread:  # another thread's (the sync API's)
+                return
             if phase == "start":
-                gc_started[0] = held()
+                gc_started[0], gc_started[1] = held(), thread_time()
             else:
                 took = held() - gc_started[0]
                 in_step[0] += took
-                in_step[1] = max(in_step[1], info["generation"])
+                in_step[1] += thread_time() - gc_started[1]
+                in_step[2] = max(in_step[2], info["generation"])
                 self.collections[info["generation"]] += 1
                 self.gc_ms += took * 1000
 
         def timed(handle: asyncio.Handle) -> None:
-            in_step[0], in_step[1] = 0.0, -1
-            start, cpu = held(), thread_time()
+            in_step[0], in_step[1], in_step[2] = 0.0, 0.0, -1
+            start, cpu, usage = held(), thread_time(), getrusage(RUSAGE_THREAD)
             run(handle)
-            took = held() - start
+            took, cpu, end = held() - start, thread_time() - cpu, getrusage(RUSAGE_THREAD)
             self.steps += 1
-            name = step_name(handle)
-            ms, gc_ms = took * 1000, in_step[0] * 1000
-            if ms > longest_by_name.get(name, 0.0):
-                longest_by_name[name] = ms
-            if ms - gc_ms > less_gc_by_name.get(name, 0.0):
-                less_gc_by_name[name] = ms - gc_ms
-            longest, less_gc = self.longest, self.longest_less_gc
-            if ms > over_ms or ms > longest.ms or ms - gc_ms > less_gc.ms - less_gc.gc_ms:
-                step = Step(ms, name, (thread_time() - cpu) * 1000, gc_ms, int(in_step[1]))
-                if ms > over_ms:
-                    self.over.append(step)
-                if ms > longest.ms:
-                    self.longest = step
-                if ms - gc_ms > less_gc.ms - less_gc.gc_ms:
-                    self.longest_less_gc = step
+            step = Step(
+                took * 1000,
+                step_name(handle),
+                cpu * 1000,
+                end.ru_minflt + end.ru_majflt - usage.ru_minflt - usage.ru_majflt,
+                end.ru_nvcsw - usage.ru_nvcsw,
+                in_step[0] * 1000,
+                in_step[1] * 1000,
+                int(in_step[2]),
+            )
+            name, own = step.name, step.own_ms
+            if step.ms > longest_by_name.get(name, 0.0):
+                longest_by_name[name] = step.ms
+            if own > own_by_name.get(name, 0.0):
+                own_by_name[name] = own
+            if step.ms > over_ms:
+                self.over.append(step)
+            if step.ms > self.longest.ms:
+                self.longest = step
+            if own > self.longest_own.own_ms:
+                self.longest_own = step
 
         self._on_gc = on_gc
         gc.callbacks.append(on_gc)
@@ -193,14 +225,18 @@ class LoopWatch:
             "stall_ms": self.probe.stall_ms,
             "held_stall_ms": self.probe.held_stall_ms,
             "steps": clock.steps,
-            "longest": asdict(clock.longest),
-            "longest_less_gc": asdict(clock.longest_less_gc),
+            "longest": _figures(clock.longest),
+            "longest_own": _figures(clock.longest_own),
             "longest_by_name": clock.longest_by_name,
-            "longest_less_gc_by_name": clock.longest_less_gc_by_name,
-            "over": [asdict(step) for step in clock.over],
+            "longest_own_by_name": clock.longest_own_by_name,
+            "over": [_figures(step) for step in clock.over],
             "collections": clock.collections,
             "gc_ms": clock.gc_ms,
         }
+
+
+def _figures(step: Step) -> dict[str, Any]:
+    return {**asdict(step), "own_ms": step.own_ms}
 
 
 class LabelRequests:

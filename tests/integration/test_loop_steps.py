@@ -1,12 +1,14 @@
 """The integration never holds the event loop: every loop step timed inside a real uvicorn server.
 
 ``tests/loop_lag_app.py`` runs under uvicorn in a subprocess; a :class:`~tests.loop_steps.
-LoopWatch` inside it times each callback its loop runs, less the time the OS had the thread
-preempted and less garbage collections (a full one takes 20-70 ms over FastAPI's objects on a
-small VM, in plain FastAPI routes as much: the interpreter's, not a route's). The store
-answers after 50 ms of async latency, so a store call made synchronously on the loop would
-hold it 50 ms: twice the bound, which is 10 times the longest step measured here
-(``bench/fastapi_loop_server.py``: 1.2 [0.6-3.0] ms).
+LoopWatch` inside it times each callback its loop runs by its own hold on the loop
+(:attr:`~tests.loop_steps.Step.own_ms`): the thread's CPU time, or the wall clock less OS
+preemption when the step blocked, less garbage collections either way (a full one takes
+45-105 ms over FastAPI's objects on a small VM, in plain FastAPI routes as much: the
+interpreter's, not a route's). Neither a loaded machine's preemption nor the hypervisor's
+steal counts. The store answers after 50 ms of async latency, so a store call made
+synchronously on the loop would hold it 50 ms: twice the bound, which is about 10 times the
+longest step measured (``bench/fastapi_loop_server.py``: at most 3.5 ms, median 0.9-1.4).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def test_no_step_of_the_integration_holds_the_loop(port: int) -> None:
     finally:
         bursts.close()
     longest = [served_requests(burst, "/toast/") for burst in watched]
-    assert max(longest) < BOUND_MS, [(burst["longest_less_gc"], burst["over"]) for burst in watched]
+    assert max(longest) < BOUND_MS, [(burst["longest_own"], burst["over"]) for burst in watched]
 
 
 async def test_the_clock_sees_a_blocking_call(port: int) -> None:
@@ -66,4 +68,4 @@ async def test_the_clock_sees_a_blocking_call(port: int) -> None:
         watched = await bursts.watch([request("GET", f"/sync/items/{reference}")])
     finally:
         bursts.close()
-    assert served_requests(watched, "/sync/") >= 0.9 * LATENCY_MS
+    assert served_requests(watched, "/sync/") >= 0.8 * LATENCY_MS
