@@ -948,3 +948,29 @@ async def test_large_records_saved_one_after_another_on_one_connection(
         assert [item.text for item in loaded] == texts  # type: ignore[attr-defined]
     finally:
         await pydantic_toast.aclose_storage()
+
+
+async def test_a_column_type_changed_under_prepared_statements_is_prepared_again(
+    empty_database: str,
+) -> None:
+    """A migration that changes a column the load returns does not break the pooled
+    connection's prepared statement: it is prepared again and the load answers."""
+    import asyncpg
+
+    assert await asyncio.to_thread(toast_cli, ["migrate", empty_database]) == 0
+    note = model_on(empty_database + "?pool_size=1")
+    try:
+        reference = await note(text="kept").asave()
+        await note.aload(reference)  # prepared on the pool's only connection
+        admin = await asyncpg.connect(empty_database)
+        try:
+            await admin.execute(
+                "ALTER TABLE external_records ALTER COLUMN schema_version TYPE bigint"
+            )
+        finally:
+            await admin.close()
+        loaded = await note.aload(reference)
+        assert loaded.text == "kept"  # type: ignore[attr-defined]
+        assert loaded.external_revision == 1
+    finally:
+        await pydantic_toast.aclose_storage()
