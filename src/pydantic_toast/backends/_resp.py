@@ -5,18 +5,22 @@ encodes every argument through its ``Encoder``, wraps each call in its retry and
 observability machinery and looks a response callback up: about as many instructions as the
 socket round trip itself. The Redis backend's saves and loads pack their commands here
 instead (bytes in, constant parts encoded once) and run them on the pool's own connections:
-the checkout (and its errors, marked as connecting by the backend's pool), the connection's
-socket timeouts, its disconnect on any error or cancellation and its reply parsing stay
-redis-py's.
+the checkout (and its errors, marked as connecting by the backend's pool) and the reply
+parser stay redis-py's. The write and the replies run under one socket timeout (redis-py's
+own send and read set one up each, with a task for the send), and a timeout, a connection
+error or a cancellation disconnects the connection, as redis-py does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
 from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Script", "command", "run"]
 
@@ -67,12 +71,10 @@ async def run(
     """
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        await connection.send_packed_command([before, last] if before else last)
-        results = [await _reply(connection) for _ in range(replies_before + 1)]
+        results = await _exchange(connection, [before, last], replies_before + 1)
         if script is not None and isinstance(results[-1], NoScriptError):
-            await connection.send_packed_command(command(b"SCRIPT", b"LOAD", script.text) + last)
-            loaded = await _reply(connection)
-            results[-1] = await _reply(connection)
+            load = command(b"SCRIPT", b"LOAD", script.text)
+            loaded, results[-1] = await _exchange(connection, [load, last], 2)
             if isinstance(loaded, ResponseError):
                 raise loaded
         return results
@@ -80,8 +82,33 @@ async def run(
         await pool.release(connection)
 
 
-async def _reply(connection: Any) -> Any:
+async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[Any]:
+    """Write ``packed`` (``count`` commands) on ``connection`` and read their replies.
+
+    One socket timeout covers the write and every reply, which redis-py's parser reads:
+    redis-py's ``send_packed_command`` runs the write in a task of its own under
+    ``asyncio.wait_for``, and its ``read_response`` sets up a timeout per reply, together
+    about as many instructions as the rest of a save's client side. Its behaviour is kept:
+    an error reply is returned, not raised (every reply is read, so the connection stays in
+    step); a timeout, a connection error or a cancellation disconnects the connection (the
+    next command must not read this one's late replies) and raises redis-py's exception.
+    """
+    if not connection.is_connected:  # dropped since the pool's checkout: as redis-py does
+        await connection.connect()
+    parser, writer = connection._parser, connection._writer
     try:
-        return await connection.read_response()
-    except ResponseError as error:  # read whole: the next reply is the next command's
-        return error
+        async with asyncio.timeout(connection.socket_timeout):
+            writer.writelines(packed)
+            await writer.drain()
+            return [await parser.read_response() for _ in range(count)]
+    except TimeoutError:
+        await connection.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout talking to {connection._host_error()}") from None
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        raise RedisConnectionError(
+            f"Error while talking to {connection._host_error()} : {exc.args}"
+        ) from None
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
