@@ -446,3 +446,88 @@ def test_a_write_without_ttl_sweeps_expired_entries_of_its_class(
             await backend.disconnect()
 
     asyncio.run(main())
+
+
+def test_a_first_save_refuses_an_id_that_exists_and_changes_nothing(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A first save (revision 0, no ttl) writes the document at revision 1 and its index entry
+    (a large one unstaged); another first save of that id is a conflict that leaves the
+    stored document and its index entry as they were."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    index = f"{prefix}:Flushed:index"
+
+    async def main() -> None:
+        backend = RedisBackend(url)
+        await backend.connect()
+        try:
+            small, large = _stored(b'{"n":1}', 0), _stored(b'{"b":"%b"}' % (b"x" * 20_000), 0)
+            assert await backend.save_records([small]) == [1]
+            assert await backend.save_records([large]) == [1]
+            key = f"{prefix}:Flushed:{small.id}"
+            stored = client.get(key)
+            assert stored is not None
+            assert json.loads(stored) == {
+                "created_at": small.created_at.isoformat(),
+                "revision": 1,
+                "schema_version": 1,
+                "updated_at": small.updated_at.isoformat(),
+                "data": {"n": 1},
+            }
+            assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
+            assert client.pttl(key) == -1
+            assert not client.exists(f"{prefix}:Flushed:expiry")
+            assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
+            (loaded,) = await backend.load_records([large.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (large.data, 1)
+            await asyncio.sleep(0.002)  # another creation time
+            rival = _stored(b'{"n":2}', 0, id=small.id)
+            with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+                await backend.save_records([rival])
+            assert info.value.current == 1
+            assert client.get(key) == stored
+            assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
+            assert await backend.count("Flushed") == 2
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_first_save_over_an_expired_records_entries_puts_them_right(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A first save without ttl of an id whose earlier record expired, its entries not yet
+    swept: the index entry gets the new creation time, the id leaves the expiry set, and the
+    class's other expired entries are swept, as any write does."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    index, expiry = f"{prefix}:Flushed:index", f"{prefix}:Flushed:expiry"
+
+    async def main() -> None:
+        backend = RedisBackend(url)
+        await backend.connect()
+        try:
+            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
+            assert await backend.save_records(brief) == [1, 1, 1]
+            await asyncio.sleep(0.4)
+            assert client.zcard(index) == 3, "expired, not swept yet"
+            again = _stored(b'{"n":1}', 0, id=brief[0].id)
+            assert await backend.save_records([again]) == [1]
+            assert client.zrange(index, 0, -1, withscores=True) == [
+                (str(again.id).encode(), again.created_at.timestamp())
+            ]
+            assert not client.exists(expiry)
+            assert await backend.count("Flushed") == 1
+            (listed,) = await backend.list_records("Flushed", limit=10)
+            assert (listed.id, listed.created_at, listed.data) == (
+                again.id,
+                again.created_at,
+                b'{"n":1}',
+            )
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())

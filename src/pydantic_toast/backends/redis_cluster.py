@@ -202,6 +202,8 @@ class RedisClusterBackend(single.RedisBackend):
     # Every document travels in the script's arguments (no staging SET): the script and WAIT
     # share one connection per slot already.
     _stages = False
+    # Every save runs the save script: it checks the record's batch lock, and WAIT follows it.
+    _inserts_directly = False
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:
