@@ -29,7 +29,7 @@ def model(url: str, **annotations: Any) -> type[ExternalBaseModel]:
         (ExternalBaseModel,),
         {
             "__annotations__": annotations,
-            "model_config": ExternalConfigDict(storage=url, class_name=f"Exact{uuid4().hex}"),
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Exact{uuid4().hex}"),
         },
     )
 
@@ -153,7 +153,7 @@ def test_migration_0002_upgrades_and_downgrades_with_data_in_place(empty_databas
         (ExternalBaseModel,),
         {
             "__annotations__": {"value": float},
-            "model_config": ExternalConfigDict(storage=empty_database, class_name="Before"),
+            "model_config": ExternalConfigDict(storage=empty_database, external_name="Before"),
         },
     )
     assert before.model_validate({"class_name": "Before", "id": str(old_id)}).value == 1.5  # type: ignore[attr-defined]
