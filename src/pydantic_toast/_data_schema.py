@@ -12,21 +12,24 @@ Stored JSON keeps NaN and the infinities as the constants ``NaN``, ``Infinity`` 
 ``-Infinity`` in every model, dataclass and ``TypedDict`` of the tree: a plain model nested in
 an external one writes them as ``null`` by default (``ser_json_inf_nan``), which a ``float``
 field refuses and a ``float | None`` field reads back as ``None``. Only the serializer built
-here sees the override; the models' own ``model_dump_json()`` keeps their setting. A second
-serializer, run only on records that show a UTC offset, notes a datetime or time whose offset
-has seconds, which Pydantic writes rounded: such a record is refused.
+here sees the override; the models' own ``model_dump_json()`` keeps their setting. The same
+serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
+writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``): such a
+record is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from typing import Any, TypeVar, cast
 
 from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator, core_schema
 
-__all__ = ["DataSchema", "data_schema", "rounds_an_offset", "storage_serializer"]
+from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
+
+__all__ = ["DataSchema", "data_schema", "offset_noted", "rounds_an_offset", "storage_serializer"]
 
 T = TypeVar("T")
 
@@ -35,17 +38,17 @@ class DataSchema:
     """The serializer and validator of one model class's own fields.
 
     Attributes:
-        serializer: Writes the fields as JSON (nested external models become references).
-        checker: The same, noting a datetime or time whose UTC offset has seconds (see
-            :func:`rounds_an_offset`); slower, run only when a record shows an offset.
+        serializer: Writes the fields as JSON (nested external models become references),
+            noting a datetime or time whose UTC offset has seconds (see :func:`offset_noted`).
         validator: Validates stored fields with what lies inside the reference hook: the
             model, and any model validators the hook wraps.
         hook_at_root: Whether the reference hook is the outermost validator. When it is not
             (a subclass's own model validators wrap it), a load that does not come through
             Pydantic's validation must use the class's full validator, so that those run too.
+        numbers: Which numbers the fields can write (see :mod:`._number_plan`).
     """
 
-    __slots__ = ("checker", "hook_at_root", "owner", "serializer", "source", "validator")
+    __slots__ = ("hook_at_root", "numbers", "owner", "serializer", "source", "validator")
 
     def __init__(
         self,
@@ -55,12 +58,12 @@ class DataSchema:
         validator: SchemaValidator,
         *,
         hook_at_root: bool,
-        checker: SchemaSerializer,
+        numbers: NumberPlan = SCAN,
     ) -> None:
         self.owner = owner
         self.source = source
         self.serializer = serializer
-        self.checker = checker
+        self.numbers = numbers
         self.validator = validator
         self.hook_at_root = hook_at_root
 
@@ -110,30 +113,26 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     built = DataSchema(
         cls,
         schema,
-        SchemaSerializer(
-            _for_storage(fields, definitions, check_offsets=False), _keep_inf_nan(config)
-        ),
+        SchemaSerializer(_for_storage(fields, definitions), _keep_inf_nan(config)),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
-        checker=SchemaSerializer(
-            _for_storage(fields, definitions, check_offsets=True), _keep_inf_nan(config)
-        ),
+        numbers=number_plan(model),
     )
     cls.__toast_data_schema__ = built
     return built
 
 
-def storage_serializer(cls: type[Any], *, check_offsets: bool = False) -> SchemaSerializer:
+def storage_serializer(cls: type[Any]) -> SchemaSerializer:
     """The serializer that writes ``cls``'s stored JSON.
 
-    The :class:`DataSchema` serializer (or its checker, with ``check_offsets``) when there is
-    one, else the class's own (a subclass's own model serializer decides what is stored; in
-    JSON mode its handler hands back floats, which the class's config writes as constants).
+    The :class:`DataSchema` serializer when there is one, else the class's own (a subclass's
+    own model serializer decides what is stored; in JSON mode its handler hands back floats,
+    which the class's config writes as constants).
     """
     fast = data_schema(cls)
     if fast is None:
         return cast("SchemaSerializer", cls.__pydantic_serializer__)
-    return fast.checker if check_offsets else fast.serializer
+    return fast.serializer
 
 
 def _config_of(validator: SchemaValidator) -> CoreConfig | None:
@@ -149,22 +148,22 @@ def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
     return {**(config or {}), "ser_json_inf_nan": "constants"}
 
 
-def _for_storage(node: Any, definitions: list[Any], *, check_offsets: bool) -> Any:
+def _for_storage(node: Any, definitions: list[Any]) -> Any:
     """A copy of core schema ``node`` for stored JSON: every config writes NaN and infinities
-    as constants; with ``check_offsets``, datetimes and times note a UTC offset with seconds.
+    as constants, and datetimes and times note a UTC offset with seconds.
 
     Only dicts and lists are copied; classes, functions and other leaves are shared.
     """
-    return _Copier(definitions, check_offsets).copy(node)
+    return _Copier(definitions).copy(node)
 
 
 class _Copier:
     """Copies a core schema for stored JSON (see :func:`_for_storage`)."""
 
-    def __init__(self, definitions: list[Any], check_offsets: bool) -> None:
+    def __init__(self, definitions: list[Any]) -> None:
         self.definitions = {d["ref"]: d for d in definitions if isinstance(d, dict) and "ref" in d}
-        self.check_offsets = check_offsets
         self.stand_ins: dict[type, type] = {}
+        self.zoned: dict[int, bool] = {}  # by id() of a schema node: whether it holds a time
 
     def copy(self, node: Any) -> Any:
         if isinstance(node, list):
@@ -177,14 +176,15 @@ class _Copier:
         if kind == "union":
             node = self._unshadowed(node)
         copied = {key: self.copy(value) for key, value in node.items()}
-        if self.check_offsets and kind in _OFFSET_CHECKS and "serialization" not in node:
+        if kind in _OFFSET_CHECKS and "serialization" not in node:
             copied["serialization"] = _OFFSET_CHECKS[kind]
         config = node.get("config")
-        # The checker takes every model and dataclass (their own serializers note nothing).
+        # A model or dataclass that holds a datetime or time needs its stand-in too: its own
+        # serializer notes nothing.
         if (
             kind in _CONFIGURED
             and isinstance(config, dict)
-            and (self.check_offsets or config.get("ser_json_inf_nan", "null") != "constants")
+            and (config.get("ser_json_inf_nan", "null") != "constants" or self._holds_time(node))
         ):
             copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
             original = node.get("cls")
@@ -193,6 +193,25 @@ class _Copier:
                     self.stand_ins[original] = _stand_in(original, ())
                 copied["cls"] = self.stand_ins[original]
         return copied
+
+    def _holds_time(self, node: Any) -> bool:
+        """Whether schema ``node`` can serialize a datetime or time (conservatively)."""
+        stack, seen = [node], set()
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list | tuple):
+                stack.extend(item)
+                continue
+            if not isinstance(item, dict) or id(item) in seen:
+                continue
+            seen.add(id(item))
+            kind = item.get("type")
+            if kind in _OFFSET_CHECKS or kind == "any":
+                return True
+            if kind == "definition-ref":
+                stack.append(self.definitions.get(item.get("schema_ref"), {"type": "any"}))
+            stack.extend(value for value in item.values() if isinstance(value, dict | list))
+        return False
 
     def _unshadowed(self, union: dict[str, Any]) -> dict[str, Any]:
         """``union`` with each model member that another member subclasses inlined, under a
@@ -231,18 +250,22 @@ def _stand_in(original: type, shadows: tuple[type, ...]) -> type:
 
 
 # Pydantic writes UTC offsets as +HH:MM, dropping seconds (an offset such as LMT's +00:19:32,
-# for dates before 1937 in Europe/Amsterdam): such a value would come back changed. The check
-# notes it rather than raising: inside a union, Pydantic would take an error for a mismatch,
-# try the next member and write the value all the same. It costs a Python call per value, so
-# it runs only on records whose JSON shows an offset other than Z (see _fidelity.suspicions).
+# for dates before 1937 in Europe/Amsterdam) and fractions (minus a microsecond is written Z):
+# such a value would come back changed. The check notes it rather than raising: inside a union,
+# Pydantic would take an error for a mismatch, try the next member and write the value all the
+# same. A Python call per datetime or time written (about a microsecond): no byte scan can see
+# an offset written as Z.
 _offset_with_seconds: ContextVar[bool] = ContextVar("pydantic_toast_offset", default=False)
+_TIMES = (datetime, time)
 
 
 def _whole_minute_offset(value: Any) -> Any:
-    if isinstance(value, datetime | time) and value.tzinfo is not None:
-        offset = value.utcoffset()
-        if offset is not None and (offset.seconds % 60 or offset.microseconds):
-            _offset_with_seconds.set(True)
+    if isinstance(value, _TIMES):
+        zone = value.tzinfo
+        if zone is not None and zone is not UTC:
+            offset = value.utcoffset()
+            if offset is not None and (offset.seconds % 60 or offset.microseconds):
+                _offset_with_seconds.set(True)
     return value
 
 
@@ -254,6 +277,15 @@ _OFFSET_CHECKS = {
     )
     for kind in ("datetime", "time")
 }
+
+
+def offset_noted() -> bool:
+    """Whether a storage serializer wrote a UTC offset with seconds (rounded) in this context
+    since the last call; the note is cleared."""
+    if not _offset_with_seconds.get():
+        return False
+    _offset_with_seconds.set(False)
+    return True
 
 
 def rounds_an_offset(serialize: Callable[[], T]) -> tuple[T, bool]:

@@ -6,8 +6,8 @@ Pydantic writes some values that it cannot read back: integers of more than 4,30
 least 19 digits, so a byte scan of the serialized record (a few hundred nanoseconds) decides
 whether a record needs the real check: validating it back exactly as a load would.
 Strings Pydantic cannot encode (lone surrogates) fail during serialization and are refused
-here, naming the field; so are datetimes and times whose UTC offset has seconds, which Pydantic
-writes rounded to the minute (noted during serialization, see ``_data_schema``).
+here, naming the field; so are datetimes and times whose UTC offset is not whole minutes, which
+Pydantic writes rounded (noted during serialization, see ``_data_schema``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ __all__ = [
     "digits_as_zero",
     "is_too_long",
     "locate",
+    "may_be_unreadable",
     "offset_refusal",
     "serialization_refusal",
-    "suspicions",
     "unreadable_nested_refusal",
     "unreadable_refusal",
+    "vouch_without_floats",
+    "without_floats",
 ]
 
 # Every digit made "0" (and the exponent marker "E" made "e"): then one C-speed substring
@@ -62,26 +64,9 @@ _UNREADABLE_FIX = (
 CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False)
 
 
-def suspicions(data: bytes) -> tuple[bool, bool]:
-    """Whether ``data`` may hold an unreadable integer, and a UTC offset other than ``Z``.
-
-    A datetime or time whose offset has seconds is written rounded, as ``+HH:MM`` (an offset
-    of less than a second as ``Z``, the one case not seen): records without such an offset
-    need no offset check.
-    """
-    digits = digits_as_zero(data)
-    return _NINETEEN_DIGITS in digits, _signed_offset(digits)
-
-
-def _signed_offset(digits: bytes) -> bool:
-    """Whether ``digits`` holds ``+00:00"`` or ``-00:00"``: one search, the sign checked after
-    (times such as ``"00:00:00"`` end the same way, unsigned)."""
-    at = digits.find(b'00:00"', 1)
-    while at != -1:
-        if digits[at - 1] in b"+-":
-            return True
-        at = digits.find(b'00:00"', at + 1)
-    return False
+def may_be_unreadable(data: bytes) -> bool:
+    """Whether ``data`` may hold an integer that does not read back (19 digits in a row)."""
+    return _NINETEEN_DIGITS in digits_as_zero(data)
 
 
 # The last record's translation: a save scans its JSON here, then a backend that checks numbers
@@ -101,6 +86,22 @@ def digits_as_zero(data: bytes) -> bytes:
     digits = data.translate(DIGITS_AS_ZERO)
     _remember((data, digits) if len(data) <= REUSED_UP_TO else (b"", b""))
     return digits
+
+
+# The last record a save proved free of floats from its class's schema (see _number_plan):
+# PostgreSQL's jsonb scan skips it. Same lifetime rule as the translation above.
+_without_floats: bytes = b""
+
+
+def vouch_without_floats(data: bytes) -> None:
+    """Note that ``data`` holds no float (its class writes none): see :func:`without_floats`."""
+    global _without_floats
+    _without_floats = data if len(data) <= REUSED_UP_TO else b""
+
+
+def without_floats(data: bytes) -> bool:
+    """Whether the save that made this very ``data`` object proved it holds no float."""
+    return data is _without_floats
 
 
 def _remember(translation: tuple[bytes, bytes]) -> None:
@@ -213,11 +214,11 @@ def serialization_refusal(
 
 def offset_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     """The refusal for a model holding a datetime or time whose UTC offset has seconds, if it
-    holds one (checked by serializing it again, noting such offsets)."""
+    holds one (checked by serializing it again, noting such offsets, to name the field)."""
     from pydantic_toast._data_schema import rounds_an_offset, storage_serializer
 
     cls = type(model)
-    checker = storage_serializer(cls, check_offsets=True)
+    checker = storage_serializer(cls)
     _, rounded = rounds_an_offset(lambda: checker.to_json(model, by_alias=False, round_trip=True))
     if not rounded:
         return None
@@ -234,9 +235,9 @@ def offset_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     where = f"field {field!r}" if field else "a field"
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: {where} holds a datetime or time whose UTC offset "
-        "has seconds (a zone's local mean time, before about 1900, or a fixed offset), which "
-        "Pydantic writes as +HH:MM, so it would come back changed; nothing was written. Convert "
-        "it to UTC or to an offset of whole minutes first",
+        "has seconds or a fraction of one (a zone's local mean time, before about 1900, or a "
+        "fixed offset), which Pydantic writes as +HH:MM or Z, so it would come back changed; "
+        "nothing was written. Convert it to UTC or to an offset of whole minutes first",
         class_name=_name(cls),
         field=field,
     )

@@ -32,9 +32,9 @@ from uuid import UUID, SafeUUID
 import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from pydantic_toast import _fidelity
+from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import encode_record
-from pydantic_toast._data_schema import storage_serializer
+from pydantic_toast._data_schema import data_schema, offset_noted, storage_serializer
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
@@ -292,8 +292,7 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
-        unreadable, offset = _fidelity.suspicions(data)
-        if offset:
+        if offset_noted():  # a UTC offset with seconds, written rounded
             token = _serializing.set(serialized)  # the check serializes its own fields
             try:
                 rounded = _fidelity.offset_refusal(serialized)
@@ -331,13 +330,24 @@ class SaveBatch:
             self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
             self.encoding = True
-        if unreadable:
+        # A large record of a class whose schema rules out long integers (see _number_plan)
+        # needs no scan when its values are of their fields' types (and its integers short).
+        plan = _plan_of(type(model)) if len(data) > _number_plan.WORTH_CHECKING else None
+        if (
+            plan is not None
+            and len(data) > plan.worth_above
+            and serialized is model
+            and plan.holds(model.__dict__)
+        ):
+            if not plan.floats:
+                _fidelity.vouch_without_floats(data)
+        elif _fidelity.may_be_unreadable(data):
             self.suspects.append((type(model), record))
 
     def verify(self) -> None:
         """Refuse the batch if a record in it could not be read back (before any write).
 
-        Only records :func:`_fidelity.suspicions` flagged are validated, the way a load
+        Only records :func:`_fidelity.may_be_unreadable` flagged are validated, the way a load
         would, with the batch's own records standing in for the store. The last serialized go
         first: a model is serialized before the models it holds, so these are checked on their
         own before a parent's check loads them as its fields.
@@ -467,6 +477,11 @@ def _to_json(model: ExternalBaseModel) -> bytes:
         return serializer.to_json(model, by_alias=False, round_trip=True)
     finally:
         _serializing.reset(token)
+
+
+def _plan_of(cls: type[ExternalBaseModel]) -> _number_plan.NumberPlan | None:
+    schema = data_schema(cls)
+    return None if schema is None or schema.numbers.scan else schema.numbers
 
 
 def _stand_in(model: ExternalBaseModel) -> ExternalBaseModel:

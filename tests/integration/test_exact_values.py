@@ -323,6 +323,53 @@ def test_datetimes_with_offsets_of_seconds_are_refused_naming_the_field(storage_
         assert_not_written(cls, bad)
 
 
+@pytest.mark.parametrize(
+    "offset",
+    [
+        timedelta(microseconds=-1),  # written as Z
+        timedelta(microseconds=500_000),  # written as +00:00
+        timedelta(seconds=-30),  # written as -00:00
+        timedelta(hours=5, minutes=30, microseconds=500_000),  # written as +05:30
+        timedelta(hours=-5, seconds=-1),  # written as -05:00
+    ],
+    ids=str,
+)
+def test_offsets_with_a_fraction_of_a_second_are_refused(
+    storage_url: str, offset: timedelta
+) -> None:
+    """An offset of seconds or a fraction of one is written rounded, minus a microsecond even
+    as Z, which no byte scan can tell from UTC: refused, naming the field, in a datetime field,
+    a time field and a nested plain model; nothing written."""
+    zone = timezone(offset)
+    cls = model(storage_url, at=datetime | None, clock=time | None, when=When)
+    for values, field in (
+        ({"at": datetime(2024, 1, 1, tzinfo=zone)}, "at"),
+        ({"clock": time(8, tzinfo=zone)}, "clock"),
+        ({"when": When(at=datetime(2024, 1, 1, tzinfo=zone))}, "when"),
+    ):
+        bad = cls(**{"at": None, "clock": None, "when": When(), **values})
+        with pytest.raises(StorageValidationError, match="offset has seconds") as info:
+            bad.model_dump()
+        assert info.value.field == field
+        assert_not_written(cls, bad)
+
+
+def test_utc_and_whole_minute_offsets_round_trip_exactly(storage_url: str) -> None:
+    """UTC (the singleton, a timezone(0) and a loaded datetime's zone) and whole-minute offsets
+    come back with the same offset."""
+    cls = model(storage_url, at=datetime, others=list[datetime])
+    zones = [UTC, timezone(timedelta(0)), timezone(timedelta(hours=-3, minutes=-15))]
+    original = cls(
+        at=datetime(2024, 1, 1, tzinfo=UTC),
+        others=[datetime(2024, 1, 1, 12, tzinfo=zone) for zone in zones],
+    )
+    loaded: Any = cls.model_validate(original.model_dump())
+    again: Any = cls.model_validate(type(loaded)(**dict(loaded)).model_dump())
+    for each in (loaded, again):
+        assert each.at.utcoffset() == timedelta(0)
+        assert [d.utcoffset() for d in each.others] == [z.utcoffset(None) for z in zones]
+
+
 def raw_record(cls: type[ExternalBaseModel], data: bytes) -> StoredRecord:
     """A record of ``cls`` holding ``data`` as written by something else."""
     settings = cls.__toast_settings__

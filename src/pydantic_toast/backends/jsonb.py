@@ -17,7 +17,13 @@ import math
 import re
 
 from pydantic_toast._exceptions import StorageValidationError
-from pydantic_toast._fidelity import DIGITS_AS_ZERO, REUSED_UP_TO, digits_as_zero, locate
+from pydantic_toast._fidelity import (
+    DIGITS_AS_ZERO,
+    REUSED_UP_TO,
+    digits_as_zero,
+    locate,
+    without_floats,
+)
 from pydantic_toast._records import StoredRecord
 
 __all__ = ["exact_text", "needs_exact_text", "refuse_unstorable"]
@@ -39,6 +45,9 @@ def needs_exact_text(data: bytes) -> bool:
     # Substring searches run at C speed; the regex runs only when one of them hits. With
     # digits as 0 and E as e, a digit followed by an exponent marker is one search (the
     # translation the save already made for its own checks; in pieces for a large record).
+    # A record whose class writes no float was vouched for by its save (see _number_plan).
+    if without_floats(data):
+        return False
     if len(data) <= _SCAN_PIECE:
         if (b"-" not in data or b"-0.0" not in data) and b"0e" not in digits_as_zero(data):
             return False
