@@ -20,10 +20,11 @@ from pydantic_toast import (
     ExternalConfigDict,
     RecordNotFoundError,
     StorageConnectionError,
+    StorageOperationError,
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast.backends.redis import RedisBackend
+from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
 
 pytestmark = pytest.mark.redis
@@ -370,6 +371,251 @@ def test_documents_written_before_staging_are_updated_in_place(
     assert new["created_at"] == json.loads(old)["created_at"]
     assert new["revision"] == 2
     assert scan.model_validate(reference).body == "L" * 50_000
+
+
+def _multibyte(megabytes: float, mark: str = "") -> str:
+    """Text of about ``megabytes`` of UTF-8 whose 1 MiB piece boundaries fall mid-character."""
+    line = f'ligne ∑ €é 😀 {mark} \\ "quoted"\n'
+    return line * int(megabytes * 1_000_000 / len(line.encode()) + 1)
+
+
+async def test_a_large_record_is_written_and_read_in_pieces_exactly(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A 3 MB record of multi-byte text (staged in 1 MiB pieces, read back in pieces) is stored
+    as one permanent JSON document, loads exactly, counts revisions and keeps created_at; no
+    staged copy is left behind."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    text = _multibyte(3)
+    try:
+        item = scan(body=text)
+        reference = await item.asave()
+        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+        first = json.loads(client.get(key))  # type: ignore[arg-type]
+        assert (first["revision"], first["data"]) == (1, {"body": text})
+        assert client.pttl(key) == -1, "the staged copy's expiry is not kept"
+        loaded = await scan.aload(reference)
+        assert loaded.body == text  # type: ignore[attr-defined]
+        assert loaded.external_revision == 1
+        item.body = text[::-1]  # type: ignore[attr-defined]
+        await item.asave()
+        second = json.loads(client.get(key))  # type: ignore[arg-type]
+        assert (second["revision"], second["created_at"]) == (2, first["created_at"])
+        assert (await scan.aload(reference)).body == text[::-1]  # type: ignore[attr-defined]
+        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_documents_around_the_piece_size_load_exactly(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """Documents one byte short of, exactly at and one byte past 1 MiB (the first piece a load
+    reads) load exactly, as do larger records in a batch (one MGET)."""
+    url, client = prefixed_url
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        # A staged document: its header padded to 96 bytes, then the rest, the data and "}".
+        overhead = 96 + len(b',"schema_version":1,"updated_at":"","data":}')
+        sizes = [(1 << 20) - 1, 1 << 20, (1 << 20) + 1]
+        records = []
+        for size in sizes:
+            now = datetime.now(UTC)
+            padding = size - overhead - len(now.isoformat()) - len(b'{"b":""}')
+            data = b'{"b":"%b"}' % (b"x" * padding)
+            records.append(StoredRecord("Edge", uuid4(), data, 1, now, now, None, None))
+        assert await backend.save_records(records) == [1, 1, 1]
+        stored = [client.strlen(backend.key(r.class_name, r.id)) for r in records]
+        assert stored == sizes
+        for record in records:
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (record.data, 1)
+        batch = await backend.load_records([record.key for record in records])
+        assert [loaded.data for loaded in batch if loaded] == [r.data for r in records]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_stale_writer_of_a_large_record_changes_nothing(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A writer of a large record that read an older revision gets ConcurrencyError, alone or
+    in a batch with small records: nothing is written and no staged copy is left behind."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    try:
+        item = scan(body=_multibyte(2, "one"))
+        reference = await item.asave()
+        stale = await scan.aload(reference)
+        item.body = _multibyte(2, "two")  # type: ignore[attr-defined]
+        await item.asave()
+        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+        before = client.get(key)
+        stale.body = _multibyte(3, "lost")  # type: ignore[attr-defined]
+        with pytest.raises(pydantic_toast.ConcurrencyError):
+            await stale.asave()
+        small = scan(body="small")
+        with pytest.raises(pydantic_toast.ConcurrencyError):
+            await pydantic_toast.adump([small, stale])
+        assert client.get(key) == before
+        assert await pydantic_toast.acount(scan) == 1, "the batch wrote nothing"
+        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_batch_mixes_large_and_small_records(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """One batch of large records (staged in pieces) and small ones (in the script's
+    arguments) writes them all, with the model's expiry; each loads exactly."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url, ttl=60.0)
+    try:
+        items = [scan(body=_multibyte(1.5, "a")), scan(body="s"), scan(body=_multibyte(2, "b"))]
+        references = await pydantic_toast.adump(items)
+        for reference in references:
+            key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+            assert 0 < client.pttl(key) <= 60_000
+        assert [await scan.aload(r) for r in references] == items
+        assert await pydantic_toast.acount(scan) == 3
+        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_save_cancelled_while_staging_leaves_the_record_and_no_staged_copy(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """Cancelled while its pieces are being written, a save of a large record leaves the
+    record as it was and deletes its staged copy; the next save writes."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    try:
+        item = scan(body="a" * 2_000_000)
+        reference = await item.asave()
+        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+        item.body = "b" * 60_000_000  # type: ignore[attr-defined]
+        task = asyncio.create_task(item.asave())
+        while not list(client.scan_iter(match=f"{prefix}:*:staged:*")):
+            assert not task.done(), "the save ended before it could be interrupted"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stored = json.loads(client.get(key))  # type: ignore[arg-type]
+        assert (stored["revision"], stored["data"]["body"]) == (1, "a" * 2_000_000)
+        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == [], "staged copy left"
+        item.body = "c" * 3_000_000  # type: ignore[attr-defined]
+        await item.asave()
+        assert (await scan.aload(reference)).body == "c" * 3_000_000  # type: ignore[attr-defined]
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_large_save_cancelled_while_waiting_for_a_connection_ends_at_once(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A save of a large record cancelled while every pooled connection is busy (nothing of
+    it sent yet) ends at once, not after the pool's timeout, and writes nothing."""
+    url, client = prefixed_url
+    backend = RedisBackend(f"{url}&max_connections=1&pool_timeout=5")
+    await backend.connect()
+    pool = backend._connected().connection_pool
+    now = datetime.now(UTC)
+    record = StoredRecord("Waiting", uuid4(), b'{"b":"%b"}' % (b"x" * 3_000_000), 1, now, now)
+    held = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        task = asyncio.create_task(backend.save_records([record]))
+        await asyncio.sleep(0.2)
+        assert not task.done(), "the save did not wait for the connection"
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 1
+    finally:
+        await pool.release(held)
+    try:
+        assert await backend.load_records([record.key]) == [None]
+        assert list(client.scan_iter(match=f"{url.split('prefix=')[1]}:*")) == []
+    finally:
+        await backend.disconnect()
+
+
+def test_a_staged_copy_that_expired_while_written_is_refused() -> None:
+    """The replies of a staging in pieces are checked: a SETRANGE that answers another length
+    than the copy's (a copy that expired and was created again, shorter, by a later piece)
+    or an error reply fails the save before its script runs."""
+    staging = _Staging(b"k:staged:1", b"head", b"x" * (2 << 20))
+    commands = list(staging.commands())
+    assert len(commands) == 4  # SET, SETRANGE sizing the copy, two pieces
+    length = staging.length
+    staging.check(iter([b"OK", length, length, length]))
+    with pytest.raises(StorageOperationError, match="expired or was changed"):
+        staging.check(iter([b"OK", length, length, (1 << 20) + 4]))
+    with pytest.raises(redis.ResponseError, match="OOM"):
+        staging.check(iter([b"OK", redis.ResponseError("OOM"), length, length]))
+
+
+async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """Loads in pieces racing a writer that keeps replacing the record each return one
+    version whole (a load that saw the record change reads it again), never a mix."""
+    url, _ = prefixed_url
+    backend = RedisBackend(url)
+    await backend.connect()
+    versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
+    now = datetime.now(UTC)
+    record = StoredRecord("Race", uuid4(), versions[0], 1, now, now, None, None)
+    try:
+        await backend.save_records([record])
+        stop = asyncio.Event()
+
+        async def rewrite() -> int:
+            writes = 0
+            while not stop.is_set():
+                data = versions[writes % 2]
+                await backend.save_records([dataclasses.replace(record, data=data)])
+                writes += 1
+            return writes
+
+        writer = asyncio.create_task(rewrite())
+        loads = []
+        for _ in range(30):
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            loads.append(loaded)
+        stop.set()
+        assert await writer > 0
+        assert all(loaded.data in versions for loaded in loads)
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_large_value_of_another_writer_names_the_key(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A value over 1 MiB that is not our document is refused as one, naming the key."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    scan = large_model_on(url)
+    try:
+        reference = await scan(body="x").asave()
+        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+        client.set(key, b"z" * 3_000_000)
+        with pytest.raises(StoredDataError, match=key):
+            await scan.aload(reference)
+    finally:
+        await pydantic_toast.aclose_storage()
 
 
 def _stored(

@@ -9,12 +9,14 @@ the checkout (and its errors, marked as connecting by the backend's pool) and th
 parser stay redis-py's. The write and the replies run under one socket timeout (redis-py's
 own send and read set one up each, with a task for the send), and a timeout, a connection
 error or a cancellation disconnects the connection, as redis-py does.
+A document too large to travel whole is written and read as a :func:`stream` of pieces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio.connection import ConnectionPool
@@ -22,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Script", "command", "run"]
+__all__ = ["Script", "command", "run", "stream"]
 
 
 class Script:
@@ -112,3 +114,73 @@ async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[An
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
+
+
+async def stream(
+    pool: ConnectionPool,
+    commands: Iterable[bytes],
+    reply: Callable[[Any], object],
+    *,
+    window: int,
+) -> None:
+    """Send the packed ``commands`` one at a time on one pooled connection, at most ``window``
+    of them unanswered, and hand each reply to ``reply`` in order (an error reply as its
+    :class:`~redis.exceptions.ResponseError`).
+
+    Each command is written out before the next one is taken from ``commands``, so a stream
+    of pieces of a large document holds one piece at a time, in the client and in the
+    server's reply buffer. A cancellation stops the stream between two commands: the one being
+    written is finished and every reply outstanding is read, then
+    :class:`asyncio.CancelledError` is raised. So once this returns or raises, no command of
+    the stream can still reach the server (a ``DEL`` sent next is the last word on its keys).
+    A lost connection propagates as in :func:`run`. A cancellation while the pool is still
+    being waited for (nothing sent yet) is raised at once. The pieces go through redis-py's
+    own ``send_packed_command`` and ``read_response`` (a socket timeout each): they are few
+    and large, so what those cost per command does not show.
+    """
+    stopping = False
+    checked_out = False
+
+    async def send() -> None:
+        nonlocal checked_out
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        checked_out = True
+        try:
+            unanswered = 0
+            for packed in commands:
+                if stopping:
+                    break
+                if unanswered == window:
+                    reply(await _reply(connection))
+                    unanswered -= 1
+                await connection.send_packed_command(packed)
+                unanswered += 1
+            for _ in range(unanswered):
+                reply(await _reply(connection))
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may be left unread
+            raise
+        finally:
+            await pool.release(connection)
+
+    task = asyncio.ensure_future(send())
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = stopping = True
+            if not checked_out:
+                task.cancel()
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller hears of
+        raise asyncio.CancelledError
+    task.result()
+
+
+async def _reply(connection: Any) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as error:  # read whole: the next reply is the next command's
+        return error

@@ -17,8 +17,11 @@ model's fields. A save is a server-side script: it checks the revision each reco
 (all of a batch before writing any), keeps ``created_at`` of an existing record (no
 read-modify-write race between writers), increments the revision and sets the rest; a
 document above 8 KB is staged by a plain SET in the same round trip and moved into place, so
-the server's time per save does not grow with the document (see ``_SAVE_SCRIPT``). A
-record's first save without a TTL is a transaction instead, ``SET NX`` and ``ZADD NX`` (see
+the server's time per save does not grow with the document (see ``_SAVE_SCRIPT``). Above
+1 MiB, the staged copy is written in 1 MiB pieces (SETRANGE) before the script runs, and a
+load reads such a document in pieces (GETRANGE) after its first MiB: a 100 MB record costs
+the client about twice its size in memory, not four or five times. A record's first save
+without a TTL (up to 1 MiB) is a transaction instead, ``SET NX`` and ``ZADD NX`` (see
 ``_MULTI``). With a model ``ttl``, every write sets the expiry afresh (a record expires
 ``ttl`` seconds after its last write); without one, a write makes the record permanent.
 ``<prefix>:<class_name>:index`` is a sorted set of the class's ids by creation time, for
@@ -33,8 +36,9 @@ class (at most 100 per write), and listing skips them meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -45,6 +49,7 @@ import redis.asyncio as aioredis
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     StorageConfigurationError,
+    StorageOperationError,
     StorageUsageError,
     StoredDataError,
     shorten,
@@ -219,7 +224,8 @@ return result
 # script: MULTI, SET NX of the whole document at revision 1, ZADD NX of its index entry,
 # EXISTS of its class's expiry set, EXEC, in one write. A transaction runs whole, nothing
 # else in between; it costs the server about 6 µs against the script's 30-40 (no Lua, and a
-# large document goes straight into SET, never staged). SET NX refusing means a record with
+# document above 8 KB goes straight into SET, not staged; one above _PIECE takes the script,
+# staged in pieces, so that the client never holds it twice). SET NX refusing means a record with
 # this id exists: ZADD NX left that record's index entry as it was, nothing visible changed,
 # and the save script runs instead (it tells a conflict from a repeat of this very write).
 # Two states the script would have put right are left to _SETTLE_INSERT_SCRIPT, in a second
@@ -294,6 +300,16 @@ _STAGE_ABOVE = 8192
 _BATCH_SIZE = 100
 # A staged document left behind (its script never ran) expires after this many milliseconds.
 _STAGED_PX = b"60000"
+# Documents above this travel in pieces of this size (see _Staging and _load_in_pieces): whole,
+# a 100 MB document cost the client 4.9x its size to save (the document, its SET, the write
+# joined, the transport's buffer) and 3.0x to load (the stream buffer, its copy, the reply).
+_PIECE = 1 << 20
+# Pieces sent before their replies are awaited: writes (replies of a few bytes) and reads (a
+# piece each, held meanwhile in the server's reply buffer and the client's stream buffer).
+_WRITE_WINDOW = 16
+_READ_WINDOW = 4
+# The first piece of a load: GETRANGE <key> 0 _PIECE-1; a shorter reply is the whole document.
+_FIRST_PIECE = b"$1\r\n0\r\n$%d\r\n%d\r\n" % (len(b"%d" % (_PIECE - 1)), _PIECE - 1)
 # KEYS: the class index, its expiry set. The index's size less the entries already expired
 # (a key is gone once the server's time passes its expiry): O(log n), and exact.
 _COUNT_SCRIPT = """
@@ -477,7 +493,13 @@ class RedisBackend(RecordBackend):
         """
         size = self._batch_size
         first = records[0] if len(records) == 1 else None
-        if first is not None and first.revision == 0 and not first.ttl and self._inserts_directly:
+        if (
+            first is not None
+            and first.revision == 0
+            and not first.ttl
+            and self._inserts_directly
+            and len(first.data) <= _PIECE  # a larger one is staged in pieces (see _Staging)
+        ):
             return await self._insert(first)
         if len(records) <= size:
             return await self._save_chunk(records)
@@ -540,6 +562,7 @@ class RedisBackend(RecordBackend):
     async def _save_chunk(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records in one script call (one round trip): all or nothing."""
         stages: list[bytes] = []
+        streamed: list[_Staging] = []
         record_keys: list[bytes] = []
         stage_keys: list[bytes] = []
         arguments: list[bytes] = []
@@ -554,8 +577,12 @@ class RedisBackend(RecordBackend):
             if self._stages and len(record.data) > _STAGE_ABOVE:
                 stage_key = b"%b:staged:%b" % (key, uuid4().hex.encode())
                 header = b'{"created_at":"%b","revision":0' % created_at
-                document = b"".join((header.ljust(_STAGED_HEADER), rest, record.data, b"}"))
-                stages.append(command(b"SET", stage_key, document, b"PX", _STAGED_PX))
+                head = header.ljust(_STAGED_HEADER) + rest
+                if len(record.data) > _PIECE:
+                    streamed.append(_Staging(stage_key, head, record.data))
+                else:
+                    document = b"".join((head, record.data, b"}"))
+                    stages.append(command(b"SET", stage_key, document, b"PX", _STAGED_PX))
                 stage_keys.append(stage_key)
                 document = b""
             else:
@@ -571,7 +598,10 @@ class RedisBackend(RecordBackend):
         keys = record_keys + [self._index_key_of(r).encode() for r in records]
         keys += [self._expiry_key_of(r).encode() for r in records]
         keys += stage_keys
-        result = await self._call(lambda: self._run_save(keys, arguments, stages))
+        if streamed:
+            result = await self._save_streamed(keys, arguments, stages, streamed)
+        else:
+            result = await self._call(lambda: self._run_save(keys, arguments, stages))
         if result[0] == 0:
             raise _conflict(records[int(result[1]) - 1], int(result[2]))
         return [int(revision) for revision in result[1:]]
@@ -594,12 +624,42 @@ class RedisBackend(RecordBackend):
                 raise reply
         return replies[-1]
 
+    async def _save_streamed(
+        self,
+        keys: list[bytes],
+        arguments: list[bytes],
+        stages: list[bytes],
+        streamed: list[_Staging],
+    ) -> Any:
+        """The save script's reply, the documents above ``_PIECE`` staged in pieces first.
+
+        Their pieces' replies are checked before the script runs (a piece refused, or a staged
+        copy that expired meanwhile, writes nothing). A save that fails or is cancelled on the
+        way deletes the staged copies it wrote (a script that ran has moved them already).
+        """
+        pool = self._connected().connection_pool
+        try:
+            await self._call(partial(_stage_in_pieces, pool, streamed))
+            return await self._call(lambda: self._run_save(keys, arguments, stages))
+        except BaseException:
+            written = [staging.key for staging in streamed if staging.started]
+            if written:  # none when the pool was still being waited for
+                with contextlib.suppress(Exception):  # they expire anyway (_Staging.expiry)
+                    await _read(pool, command(b"DEL", *written))
+            raise
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records: GET, or one MGET per ``batch_size`` keys."""
+        """Read the records: the first MiB of one (the rest in pieces if there is more), or one
+        MGET per ``batch_size`` keys."""
         names = [self.key(class_name, id) for class_name, id in keys]
         pool = self._connected().connection_pool
         if len(names) == 1:
-            values = await self._call(lambda: _read(pool, command(b"GET", names[0].encode())))
+            name = names[0].encode()
+            packed = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n%b" % (len(name), name, _FIRST_PIECE)
+            values = await self._call(lambda: _read(pool, packed))
+            if len(values[0]) == _PIECE:
+                return [await self._call(partial(self._load_in_pieces, pool, keys[0], values[0]))]
+            values[0] = values[0] or None  # GETRANGE reads a missing key as empty
         else:
             values = []
             for start in range(0, len(names), self._batch_size):
@@ -610,6 +670,47 @@ class RedisBackend(RecordBackend):
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
         ]
+
+    async def _load_in_pieces(
+        self, pool: aioredis.ConnectionPool, record_key: RecordKey, first: bytes
+    ) -> StoredRecord | None:
+        """The record whose first ``_PIECE`` bytes are ``first``, the rest read in pieces.
+
+        The pieces are assembled once, without the document's header. A document changed
+        while it was read (its header read again differs, or a piece has another length than
+        its STRLEN promised) is read again whole, with one GET.
+        """
+        class_name, id = record_key
+        name = self.key(class_name, id)
+        match = _DOCUMENT.match(first)
+        if match is None:
+            return self._parse(name, class_name, id, first)  # not ours: the error names it
+        key = name.encode()
+        head = first[: match.end()]
+        length = (await _read(pool, command(b"STRLEN", key)))[0]
+        starts = range(len(first), length, _PIECE)
+        spans = [(start, min(start + _PIECE, length)) for start in starts]
+        spans.append((0, len(head)))  # the header again, last: unchanged meanwhile?
+        pieces: list[Any] = [first[len(head) :]]
+        await _resp.stream(
+            pool,
+            (command(b"GETRANGE", key, b"%d" % start, b"%d" % (end - 1)) for start, end in spans),
+            pieces.append,
+            window=_READ_WINDOW,
+        )
+        again = pieces.pop()
+        sizes = [len(pieces[0])] + [end - start for start, end in spans[:-1]]
+        if (
+            length >= len(first)
+            and again == head
+            and [len(piece) if isinstance(piece, bytes) else -1 for piece in pieces] == sizes
+            and pieces[-1].endswith(b"}")
+        ):
+            pieces[-1] = pieces[-1][:-1]
+            return self._parse(name, class_name, id, head, b"".join(pieces))
+        del pieces
+        value = (await _read(pool, command(b"GET", key)))[0]
+        return None if value is None else self._parse(name, class_name, id, value)
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed."""
@@ -670,9 +771,13 @@ class RedisBackend(RecordBackend):
             raise StorageUsageError(f"{self!r} is not connected: call connect() first")
         return self._client
 
-    def _parse(self, key: str, class_name: str, id: UUID, value: bytes) -> StoredRecord:
+    def _parse(
+        self, key: str, class_name: str, id: UUID, value: bytes, data: bytes | None = None
+    ) -> StoredRecord:
+        """The record in the document ``value`` (or, given ``data``, in its header ``value``
+        followed by ``data`` and the closing brace)."""
         match = _DOCUMENT.match(value)
-        if match is None or not value.endswith(b"}"):
+        if match is None or (data is None and not value.endswith(b"}")):
             raise StoredDataError(
                 f"the value under Redis key {key} is not a pydantic-toast record (expected a JSON "
                 '{"created_at", "schema_version", "updated_at", "data"} document): it was '
@@ -697,7 +802,7 @@ class RedisBackend(RecordBackend):
         return StoredRecord(
             class_name,
             id,
-            value[match.end() : -1],
+            value[match.end() : -1] if data is None else data,
             int(match.group(3)),
             created,
             updated,
@@ -721,6 +826,65 @@ async def _read(pool: aioredis.ConnectionPool, packed: bytes) -> list[Any]:
     if isinstance(replies[0], Exception):
         raise replies[0]
     return replies
+
+
+class _Staging:
+    """A document above ``_PIECE`` staged in pieces under its own key before the save script.
+
+    ``SET`` writes its head with an expiry (``expiry``: in case the script never runs; long
+    enough to write the rest at 1 MB/s), ``SETRANGE`` at its last byte sizes it once (no
+    reallocation per piece), and each piece of the data is a ``SETRANGE`` in place. Every
+    ``SETRANGE`` answers the key's length: a key that expired meanwhile would be created
+    again, shorter, by the next piece, without an expiry (a reply that is not ``length``).
+    """
+
+    __slots__ = ("data", "head", "key", "length", "started")
+
+    def __init__(self, key: bytes, head: bytes, data: bytes) -> None:
+        self.key, self.head, self.data = key, head, data
+        self.length = len(head) + len(data) + 1
+        self.started = False  # whether its first command was taken to be sent
+
+    def commands(self) -> Iterator[bytes]:
+        """The packed commands, each made when the one before has been sent."""
+        self.started = True
+        yield command(b"SET", self.key, self.head, b"PX", b"%d" % self.expiry)
+        yield command(b"SETRANGE", self.key, b"%d" % (self.length - 1), b"}")
+        view = memoryview(self.data)
+        name = command(b"SETRANGE", self.key)[4:]  # without its own length, *3
+        for start in range(0, len(self.data), _PIECE):
+            offset = b"%d" % (len(self.head) + start)
+            piece = view[start : start + _PIECE]
+            lengths = b"*4\r\n%b$%d\r\n%b\r\n$%d\r\n" % (name, len(offset), offset, len(piece))
+            yield b"".join((lengths, piece, b"\r\n"))  # the piece copied once, here
+
+    @property
+    def expiry(self) -> int:
+        """Milliseconds the staged copy lives without its script."""
+        return int(_STAGED_PX) + len(self.data) // 1000
+
+    def check(self, replies: Iterator[Any]) -> None:
+        """Take this staging's replies from ``replies``; raise if one is not what it should be."""
+        for position in range((len(self.data) + _PIECE - 1) // _PIECE + 2):
+            reply = next(replies)
+            if isinstance(reply, Exception):
+                raise reply
+            if reply != (b"OK" if position == 0 else self.length):
+                raise StorageOperationError(
+                    f"the staged copy of a large record (Redis key {self.key.decode()}) "
+                    "expired or was changed while it was written: nothing was saved; retry the "
+                    "save (a document is staged at 1 MB/s at least)"
+                )
+
+
+async def _stage_in_pieces(pool: aioredis.ConnectionPool, stagings: list[_Staging]) -> None:
+    """Write the staged copies on one connection, each piece sent when the last is out."""
+    replies: list[Any] = []
+    pieces = (packed for staging in stagings for packed in staging.commands())
+    await _resp.stream(pool, pieces, replies.append, window=_WRITE_WINDOW)
+    answers = iter(replies)
+    for staging in stagings:
+        staging.check(answers)
 
 
 def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> bool:
