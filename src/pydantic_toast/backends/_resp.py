@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import ConnectionPool
@@ -57,12 +57,13 @@ async def run(
     pool: ConnectionPool,
     last: bytes,
     *,
-    before: bytes = b"",
+    before: Sequence[bytes] = (),
     replies_before: int = 0,
     script: Script | None = None,
 ) -> list[Any]:
-    """Send the packed commands ``before`` (``replies_before`` of them) and ``last`` in one
-    write on one pooled connection; return each command's reply.
+    """Send the packed commands in ``before`` (``replies_before`` of them, in pieces that are
+    written as they are: a large value need not be copied into its command first) and
+    ``last`` in one write on one pooled connection; return each command's reply.
 
     An error reply is returned as its :class:`~redis.exceptions.ResponseError` (every reply
     is read, so the connection stays in step). When ``last`` is an ``EVALSHA`` of ``script``
@@ -73,7 +74,7 @@ async def run(
     """
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        results = await _exchange(connection, [before, last], replies_before + 1)
+        results = await _exchange(connection, [*before, last], replies_before + 1)
         if script is not None and isinstance(results[-1], NoScriptError):
             load = command(b"SCRIPT", b"LOAD", script.text)
             loaded, results[-1] = await _exchange(connection, [load, last], 2)
