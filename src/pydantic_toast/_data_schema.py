@@ -14,8 +14,9 @@ an external one writes them as ``null`` by default (``ser_json_inf_nan``), which
 field refuses and a ``float | None`` field reads back as ``None``. Only the serializer built
 here sees the override; the models' own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
-writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``): such a
-record is refused.
+writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
+value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str):
+such a record is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator, core_sc
 
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 
-__all__ = ["DataSchema", "data_schema", "offset_noted", "rounds_an_offset", "storage_serializer"]
+__all__ = ["OFFSET", "DataSchema", "data_schema", "noted", "noting", "storage_serializer"]
 
 T = TypeVar("T")
 
@@ -39,7 +40,8 @@ class DataSchema:
 
     Attributes:
         serializer: Writes the fields as JSON (nested external models become references),
-            noting a datetime or time whose UTC offset has seconds (see :func:`offset_noted`).
+            noting a datetime or time whose UTC offset has seconds, and a value in an Any field
+            that JSON would not give back as itself (see :func:`noted`).
         validator: Validates stored fields with what lies inside the reference hook: the
             model, and any model validators the hook wraps.
         hook_at_root: Whether the reference hook is the outermost validator. When it is not
@@ -150,7 +152,8 @@ def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
 
 def _for_storage(node: Any, definitions: list[Any]) -> Any:
     """A copy of core schema ``node`` for stored JSON: every config writes NaN and infinities
-    as constants, and datetimes and times note a UTC offset with seconds.
+    as constants, datetimes and times note a UTC offset with seconds, and Any values note what
+    JSON would not give back.
 
     Only dicts and lists are copied; classes, functions and other leaves are shared.
     """
@@ -176,15 +179,15 @@ class _Copier:
         if kind == "union":
             node = self._unshadowed(node)
         copied = {key: self.copy(value) for key, value in node.items()}
-        if kind in _OFFSET_CHECKS and "serialization" not in node:
-            copied["serialization"] = _OFFSET_CHECKS[kind]
+        if kind in _CHECKS and "serialization" not in node:
+            copied["serialization"] = _CHECKS[kind]
         config = node.get("config")
         # A model or dataclass that holds a datetime or time needs its stand-in too: its own
         # serializer notes nothing.
         if (
             kind in _CONFIGURED
             and isinstance(config, dict)
-            and (config.get("ser_json_inf_nan", "null") != "constants" or self._holds_time(node))
+            and (config.get("ser_json_inf_nan", "null") != "constants" or self._checked(node))
         ):
             copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
             original = node.get("cls")
@@ -194,8 +197,8 @@ class _Copier:
                 copied["cls"] = self.stand_ins[original]
         return copied
 
-    def _holds_time(self, node: Any) -> bool:
-        """Whether schema ``node`` can serialize a datetime or time (conservatively)."""
+    def _checked(self, node: Any) -> bool:
+        """Whether schema ``node`` can serialize a datetime, a time or an Any value."""
         stack, seen = [node], set()
         while stack:
             item = stack.pop()
@@ -206,7 +209,7 @@ class _Copier:
                 continue
             seen.add(id(item))
             kind = item.get("type")
-            if kind in _OFFSET_CHECKS or kind == "any":
+            if kind in _CHECKS:
                 return True
             if kind == "definition-ref":
                 stack.append(self.definitions.get(item.get("schema_ref"), {"type": "any"}))
@@ -251,12 +254,16 @@ def _stand_in(original: type, shadows: tuple[type, ...]) -> type:
 
 # Pydantic writes UTC offsets as +HH:MM, dropping seconds (an offset such as LMT's +00:19:32,
 # for dates before 1937 in Europe/Amsterdam) and fractions (minus a microsecond is written Z):
-# such a value would come back changed. The check notes it rather than raising: inside a union,
-# Pydantic would take an error for a mismatch, try the next member and write the value all the
-# same. A Python call per datetime or time written (about a microsecond): no byte scan can see
-# an offset written as Z.
-_offset_with_seconds: ContextVar[bool] = ContextVar("pydantic_toast_offset", default=False)
+# such a value would come back changed. So would any value but JSON's own (None, bool, int,
+# float, str, list, dict with str keys) inside an Any field: a datetime comes back a str, a
+# tuple a list. The checks note such values rather than raising: inside a union, Pydantic would
+# take an error for a mismatch, try the next member and write the value all the same. A Python
+# call per datetime, time or Any value written: no byte scan can see an offset written as Z.
+_note: ContextVar[str | None] = ContextVar("pydantic_toast_note", default=None)
+OFFSET = "offset"
+"""The note of a UTC offset with seconds; any other note names a type found in an Any value."""
 _TIMES = (datetime, time)
+_JSON_ATOMS = frozenset({type(None), bool, int, float, str})
 
 
 def _whole_minute_offset(value: Any) -> Any:
@@ -265,37 +272,62 @@ def _whole_minute_offset(value: Any) -> Any:
         if zone is not None and zone is not UTC:
             offset = value.utcoffset()
             if offset is not None and (offset.seconds % 60 or offset.microseconds):
-                _offset_with_seconds.set(True)
+                _note.set(OFFSET)
     return value
 
 
-# A plain serializer handing the value on to the usual one (cheaper than a wrap serializer,
+def _json_value(value: Any) -> Any:
+    """Note the first value in ``value`` that JSON would not give back as itself."""
+    if type(value) in _JSON_ATOMS:
+        return value
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _JSON_ATOMS:
+            continue
+        if kind is list:
+            stack.extend(item)
+        elif kind is dict and all(type(key) is str for key in item):
+            stack.extend(item.values())
+        else:
+            _note.set("dict with keys that are not str" if kind is dict else kind.__qualname__)
+            break
+    return value
+
+
+# Plain serializers handing the value on to the usual one (cheaper than a wrap serializer,
 # which builds a handler for every call).
-_OFFSET_CHECKS = {
+_CHECKS = {
     kind: core_schema.plain_serializer_function_ser_schema(
-        _whole_minute_offset, return_schema={"type": kind}, when_used="json"
+        check, return_schema={"type": kind}, when_used="json"
     )
-    for kind in ("datetime", "time")
+    for kind, check in (
+        ("datetime", _whole_minute_offset),
+        ("time", _whole_minute_offset),
+        ("any", _json_value),
+    )
 }
 
 
-def offset_noted() -> bool:
-    """Whether a storage serializer wrote a UTC offset with seconds (rounded) in this context
-    since the last call; the note is cleared."""
-    if not _offset_with_seconds.get():
-        return False
-    _offset_with_seconds.set(False)
-    return True
+def noted() -> str | None:
+    """What a storage serializer noted in this context since the last call (an offset with
+    seconds, :data:`OFFSET`, or the type of a value an Any field would not give back); the
+    note is cleared."""
+    note = _note.get()
+    if note is not None:
+        _note.set(None)
+    return note
 
 
-def rounds_an_offset(serialize: Callable[[], T]) -> tuple[T, bool]:
-    """``serialize()``'s result, and whether it wrote a UTC offset with seconds (rounded)."""
-    token = _offset_with_seconds.set(False)
+def noting(serialize: Callable[[], T]) -> tuple[T, str | None]:
+    """``serialize()``'s result, and what it noted (see :func:`noted`)."""
+    token = _note.set(None)
     try:
         result = serialize()
-        return result, _offset_with_seconds.get()
+        return result, _note.get()
     finally:
-        _offset_with_seconds.reset(token)
+        _note.reset(token)
 
 
 class _StandIn(type):

@@ -7,7 +7,8 @@ least 19 digits, so a byte scan of the serialized record (a few hundred nanoseco
 whether a record needs the real check: validating it back exactly as a load would.
 Strings Pydantic cannot encode (lone surrogates) fail during serialization and are refused
 here, naming the field; so are datetimes and times whose UTC offset is not whole minutes, which
-Pydantic writes rounded (noted during serialization, see ``_data_schema``).
+Pydantic writes rounded, and values inside ``Any`` fields that JSON would not give back as
+themselves (both noted during serialization, see ``_data_schema``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = [
     "is_too_long",
     "locate",
     "may_be_unreadable",
-    "offset_refusal",
+    "noted_refusal",
     "serialization_refusal",
     "unreadable_nested_refusal",
     "unreadable_refusal",
@@ -212,34 +213,44 @@ def serialization_refusal(
     return StorageValidationError(message, class_name=_name(cls), field=field)
 
 
-def offset_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
-    """The refusal for a model holding a datetime or time whose UTC offset has seconds, if it
-    holds one (checked by serializing it again, noting such offsets, to name the field)."""
-    from pydantic_toast._data_schema import rounds_an_offset, storage_serializer
+def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
+    """The refusal for a model whose serialization noted something (see
+    ``_data_schema.noted``): a UTC offset with seconds, or a value an Any field would not give
+    back. Its fields are serialized one by one to name the first that notes it; ``None`` when
+    none does (the note was left by an earlier serialization that failed)."""
+    from pydantic_toast._data_schema import OFFSET, noting, storage_serializer
 
     cls = type(model)
-    checker = storage_serializer(cls)
-    _, rounded = rounds_an_offset(lambda: checker.to_json(model, by_alias=False, round_trip=True))
-    if not rounded:
-        return None
-    field = None
+    serializer = storage_serializer(cls)
+    field = note = None
     for name in cls.model_fields:
-        _, rounded = rounds_an_offset(
-            lambda name=name: checker.to_json(  # type: ignore[misc]
+        _, found = noting(
+            lambda name=name: serializer.to_json(  # type: ignore[misc]
                 model, include={name}, by_alias=False, round_trip=True
             )
         )
-        if rounded:
-            field = name
+        if found is not None:
+            field, note = name, found
             break
-    where = f"field {field!r}" if field else "a field"
+    if note is None:
+        return None
+    where = f"field {field!r}"
+    if note == OFFSET:
+        problem = (
+            f"{where} holds a datetime or time whose UTC offset has seconds or a fraction of one "
+            "(a zone's local mean time, before about 1900, or a fixed offset), which Pydantic "
+            "writes as +HH:MM or Z, so it would come back changed; nothing was written. Convert "
+            "it to UTC or to an offset of whole minutes first"
+        )
+    else:
+        problem = (
+            f"{where} holds a {note} inside a value of type Any, which JSON cannot keep (it "
+            "would come back as a str, list or dict); nothing was written. Give the field a "
+            "type that says what it holds (e.g. datetime | str), or convert the value to "
+            "JSON's own types (None, bool, int, float, str, list, dict with str keys) first"
+        )
     return StorageValidationError(
-        f"{cls.__qualname__} cannot be stored: {where} holds a datetime or time whose UTC offset "
-        "has seconds or a fraction of one (a zone's local mean time, before about 1900, or a "
-        "fixed offset), which Pydantic writes as +HH:MM or Z, so it would come back changed; "
-        "nothing was written. Convert it to UTC or to an offset of whole minutes first",
-        class_name=_name(cls),
-        field=field,
+        f"{cls.__qualname__} cannot be stored: {problem}", class_name=_name(cls), field=field
     )
 
 

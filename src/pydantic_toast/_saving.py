@@ -34,7 +34,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import encode_record
-from pydantic_toast._data_schema import data_schema, offset_noted, storage_serializer
+from pydantic_toast._data_schema import data_schema, noted, storage_serializer
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
@@ -292,14 +292,14 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
-        if offset_noted():  # a UTC offset with seconds, written rounded
+        if noted() is not None:  # an offset with seconds written rounded, an Any value changed
             token = _serializing.set(serialized)  # the check serializes its own fields
             try:
-                rounded = _fidelity.offset_refusal(serialized)
+                changed = _fidelity.noted_refusal(serialized)
             finally:
                 _serializing.reset(token)
-            if rounded is not None:
-                self.refusal = self.refusal or rounded
+            if changed is not None:
+                self.refusal = self.refusal or changed
                 raise self.refusal
         if identity.data is not None and not self.force and identity.unchanged(data):
             if not identity.exact or print_ is not None:  # compare bytes, or objects, next time

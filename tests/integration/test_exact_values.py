@@ -370,6 +370,44 @@ def test_utc_and_whole_minute_offsets_round_trip_exactly(storage_url: str) -> No
         assert [d.utcoffset() for d in each.others] == [z.utcoffset(None) for z in zones]
 
 
+class Loose(BaseModel):
+    extra: Any = None
+
+
+def test_values_json_cannot_keep_inside_any_are_refused_naming_the_field(
+    storage_url: str,
+) -> None:
+    """A datetime inside an Any field came back a str (a tuple a list, an int key a str key):
+    refused now, naming the field, in Any, dict[str, Any], list[Any] and a nested plain model's
+    Any field; nothing written."""
+    cls = model(storage_url, anything=Any, mapping=dict[str, Any], items=list[Any], inner=Loose)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    for values, field, what in (
+        ({"anything": now}, "anything", "a datetime"),
+        ({"anything": {"when": [1, now]}}, "anything", "a datetime"),
+        ({"mapping": {"when": now.date()}}, "mapping", "a date"),
+        ({"items": [(1, 2)]}, "items", "a tuple"),
+        ({"anything": {1: "a"}}, "anything", "a dict with keys that are not str"),
+        ({"inner": Loose(extra=uuid4())}, "inner", "a UUID"),
+    ):
+        bad = cls(**{"anything": None, "mapping": {}, "items": [], "inner": Loose(), **values})
+        with pytest.raises(StorageValidationError, match=f"holds {what} inside a value") as info:
+            bad.model_dump()
+        assert info.value.field == field
+        assert_not_written(cls, bad)
+
+
+def test_json_values_inside_any_come_back_exactly(storage_url: str) -> None:
+    """None, bools, ints, floats, strings, lists and str-keyed dicts in Any fields come back
+    equal and of the same types."""
+    cls = model(storage_url, anything=Any, mapping=dict[str, Any])
+    value = [None, True, 7, 2.5, "2024-01-01T00:00:00Z", {"a": [1, {"b": False}]}]
+    loaded: Any = cls.model_validate(cls(anything=value, mapping={"k": value}).model_dump())
+    for each in (loaded.anything, loaded.mapping["k"]):
+        assert each == value
+        assert [type(item) for item in each] == [type(item) for item in value]
+
+
 def raw_record(cls: type[ExternalBaseModel], data: bytes) -> StoredRecord:
     """A record of ``cls`` holding ``data`` as written by something else."""
     settings = cls.__toast_settings__
