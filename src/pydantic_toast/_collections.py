@@ -82,7 +82,7 @@ async def adelete(
         ExternalStorageError: Deleting an owned record failed; the parent is deleted, and the
             error's note names the records left behind.
     """
-    url, class_name, id = model._toast_session_key(model._toast_reference(reference))
+    url, class_name, id = model._toast_key(reference)
     storage = current_storage()
     backend = await storage.connected(url)
     codec = model._toast_settings().codec

@@ -325,7 +325,7 @@ async def read_one(
 
     ``model``, the class stored under ``class_name`` there, gives the limits to decode with.
     """
-    backend = await storage.connected(url)
+    backend = storage.ready(url) or await storage.connected(url)
     (record,) = await backend.load_records([(class_name, id)])
     if record is not None and is_encoded(record.data):
         record = await load_offloaded(storage, record, _codec_of(model))

@@ -63,7 +63,7 @@ from pydantic_toast._loading import (
     routes_in,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast._reference import ExternalReference, ParsedReference, parse_reference
+from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._saving import (
     Identity,
     collecting,
@@ -487,7 +487,7 @@ class ExternalBaseModel(BaseModel):
             RecordNotFoundError: Nothing is stored under that id.
             StorageValidationError: The reference is malformed or names another class.
         """
-        url, class_name, id = key = cls._toast_session_key(cls._toast_reference(reference))
+        url, class_name, id = key = cls._toast_key(reference)
         if not cls._toast_has_nested():  # one record: read it directly
             record = await read_one(current_storage(), url, class_name, id, cls)
             if record is None:
@@ -562,24 +562,19 @@ class ExternalBaseModel(BaseModel):
         return settings
 
     @classmethod
-    def _toast_reference(cls, value: Mapping[str, Any] | UUID | str) -> ParsedReference:
+    def _toast_key(cls, value: Mapping[str, Any] | UUID | str) -> SessionKey:
+        """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument."""
+        settings = cls.__toast_settings__ or cls._toast_settings()
         if isinstance(value, _ID_TYPES):
-            reference = parse_reference(
-                {"class_name": cls._toast_settings().external_name, "id": value}
-            )
+            reference = parse_reference({"class_name": settings.external_name, "id": value})
         else:
             reference = parse_reference(value)
         if reference is None:
             raise InvalidReferenceError(
                 f"{cls.__qualname__}.aload() takes a reference {{'class_name': ..., 'id': ...}}, "
                 "an ExternalReference or an id",
-                class_name=cls._toast_settings().external_name,
+                class_name=settings.external_name,
             )
-        return reference
-
-    @classmethod
-    def _toast_session_key(cls, reference: ParsedReference) -> SessionKey:
-        settings = cls._toast_settings()
         class_name, id = reference
         if class_name != settings.external_name:
             raise InvalidReferenceError(_mismatch(cls, class_name), class_name=class_name, id=id)

@@ -13,7 +13,14 @@ import pydantic_core
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 
-__all__ = ["PageCursor", "RecordKey", "StoredRecord", "as_stored", "check_batch_size"]
+__all__ = [
+    "PageCursor",
+    "RecordKey",
+    "StoredRecord",
+    "as_stored",
+    "check_batch_size",
+    "read_record",
+]
 
 RecordKey = tuple[str, UUID]
 """``(class_name, id)``: what identifies a record within one store."""
@@ -145,6 +152,32 @@ if tuple(field.name for field in fields(StoredRecord)) != _FIELDS:  # pragma: no
     StoredRecord.__dict__[name].__set__ for name in _FIELDS
 )
 _new = object.__new__
+
+
+def read_record(
+    class_name: str,
+    id: UUID,
+    data: bytes,
+    schema_version: int,
+    created_at: datetime,
+    updated_at: datetime,
+    revision: int | None,
+) -> StoredRecord:
+    """``StoredRecord(...)`` of a record read from a store (no ``ttl``), at half the cost.
+
+    The slots are set as :func:`as_stored` sets them, without the call through ``__init__``
+    (a load makes one per record).
+    """
+    record = _new(StoredRecord)
+    _class_name(record, class_name)
+    _id(record, id)
+    _data(record, data)
+    _schema_version(record, schema_version)
+    _created_at(record, created_at)
+    _updated_at(record, updated_at)
+    _ttl(record, None)
+    _revision(record, revision)
+    return record
 
 
 def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> StoredRecord:

@@ -173,9 +173,13 @@ def uuid_from_text(text: str) -> UUID:
     Raises:
         ValueError: ``text`` is not a UUID, exactly when ``UUID(text)`` raises.
     """
-    digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    digits = text.replace("-", "")
     if len(digits) != 32:
-        raise ValueError("badly formed hexadecimal UUID string")
+        # Not the canonical form: UUID()'s prefixes and braces. (Digits of the right length
+        # that still hold any of them fail int() below, as they fail UUID().)
+        digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+        if len(digits) != 32:
+            raise ValueError("badly formed hexadecimal UUID string")
     value = int(digits, 16)
     parsed = _new_object(UUID)
     _set_slot(parsed, "int", value)  # as UUID.__init__ itself sets its slots

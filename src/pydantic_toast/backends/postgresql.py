@@ -37,7 +37,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import postgresql_staging as staging
 from pydantic_toast.backends.base import Capability, batch_size_of
@@ -540,7 +540,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
             if row is None:
                 return [None]
-            return [StoredRecord(class_name, id, row[1], row[0], row[2], row[3], None, row[4])]
+            return [read_record(class_name, id, row[1], row[0], row[2], row[3], row[4])]
         found: dict[RecordKey, StoredRecord] = {}
         size = self._batch_size
         for start in range(0, len(keys), size):
@@ -816,15 +816,7 @@ def _takes_idle_without_awaiting(pool: Any) -> bool:
 
 def _row_record(row: Any) -> StoredRecord:
     """A record from a row of the load and page statements' columns."""
-    return StoredRecord(
-        class_name=row[0],
-        id=row[1],
-        schema_version=row[2],
-        data=row[3],
-        created_at=row[4],
-        updated_at=row[5],
-        revision=row[6],
-    )
+    return read_record(row[0], row[1], row[3], row[2], row[4], row[5], row[6])
 
 
 def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:

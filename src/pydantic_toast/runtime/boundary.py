@@ -125,13 +125,22 @@ class Connected:
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read ``keys`` (see :meth:`StorageBackend.load_records`)."""
-        class_name = keys[0][0] if keys else None
+        failed: Exception | None = None
+        if not telemetry.on:
+            # The common case without the crossing's own coroutine: a load that answers needs
+            # neither translation nor telemetry. A failure goes through :meth:`cross` below as
+            # its first attempt.
+            try:
+                return await self.backend.load_records(keys)
+            except Exception as exc:
+                failed = exc
         return await self.cross(
             "load",
             lambda: self.backend.load_records(keys),
-            class_name=class_name,
+            class_name=keys[0][0] if keys else None,
             count=len(keys),
             size=_loaded_bytes,
+            failed=failed,
         )
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -217,6 +226,7 @@ class Connected:
         settle: Callable[[], Awaitable[T]] | None = None,
         keys: Sequence[RecordKey] = (),
         size: Callable[[T], int] | None = None,
+        failed: Exception | None = None,
     ) -> T:
         """Run ``call`` across the boundary: translated errors, at most one retry, telemetry.
 
@@ -224,7 +234,8 @@ class Connected:
         lost after its request was sent is never repeated here: ``settle`` decides its outcome
         (a save reads its records back), or it raises
         :class:`~pydantic_toast.OutcomeUnknownError` naming ``keys``. ``size`` gives the bytes
-        moved from the result, for telemetry only (not called when off).
+        moved from the result, for telemetry only (not called when off). ``failed``: how a
+        first attempt the caller made itself failed (``call`` then starts at the second).
         """
         span = (
             telemetry.start(operation, self._kind, class_name, count, self.url)
@@ -233,6 +244,9 @@ class Connected:
         )
         for attempt in (1, 2):
             try:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 result = await call()
             except Exception as exc:
                 failure = self._failure(exc, operation, class_name)

@@ -177,7 +177,7 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
     half-read), as ``asyncio.Runner`` does; ``KeyboardInterrupt`` is raised once the task has
     unwound. A second Ctrl-C raises at once. A program's own SIGINT handler is left alone.
     """
-    task = loop.create_task(coroutine)
+    task = loop.create_task(_stopping_when_done(loop, coroutine))
     interrupted = False
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -192,7 +192,12 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
     if _signals.getsignal(_SIGINT) is signal.default_int_handler:
         previous = _signals.signal(_SIGINT, on_sigint)
     try:
-        result = loop.run_until_complete(task)
+        # The task stops the loop as it ends: the loop returns in the same iteration, where
+        # run_until_complete() would run one more for the stop its done-callback schedules.
+        loop.run_forever()
+        if not task.done():
+            raise RuntimeError("the event loop was stopped before the operation finished")
+        result = task.result()
     except asyncio.CancelledError:
         if interrupted:
             raise KeyboardInterrupt from None
@@ -225,6 +230,16 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
     if interrupted:  # Ctrl-C came as the work finished: it is done, and the program stops
         raise KeyboardInterrupt
     return result
+
+
+async def _stopping_when_done(
+    loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]
+) -> T:
+    """Await ``coroutine``, then stop ``loop`` (whatever the outcome)."""
+    try:
+        return await coroutine
+    finally:
+        loop.stop()
 
 
 def _settle(result: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:

@@ -136,6 +136,14 @@ class Storage:
                 return connected
         return await self._open(loop, url)
 
+    def ready(self, url: StorageURL) -> Connected | None:
+        """:meth:`connected` when ``url`` is connected on the running loop already, else ``None``.
+
+        No coroutine: a single load asks ``storage.ready(url) or await storage.connected(url)``.
+        """
+        entry = self._loops.get(asyncio.get_running_loop())
+        return None if entry is None else entry.ready.get(url)
+
     async def aclose(self) -> None:
         """Close the connections this storage opened on the running event loop.
 
