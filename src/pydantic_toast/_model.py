@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -785,8 +786,12 @@ _ID_TYPES = (UUID, str)  # a tuple: ``UUID | str`` would build a union on every 
 _UNFETCHED: Any = object()  # no entry in a session's records (None: fetched, not found)
 
 
+@functools.lru_cache(maxsize=256)  # bounded: classes made per test are not kept forever
 def _blocking_load(cls: type[ExternalBaseModel]) -> dict[str, str]:
-    """How a blocking load from async code is reported (see ``runtime.blocking``)."""
+    """How a blocking load from async code is reported (see ``runtime.blocking``).
+
+    Made once per class (every sync load passes it; it is read only when reporting).
+    """
     name = cls.__qualname__
     return {
         "call": f"{name}.model_validate(reference)",

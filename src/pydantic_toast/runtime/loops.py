@@ -157,11 +157,9 @@ def run_sync(
             "pydantic-toast's own event loop thread, where it would deadlock: inside a storage "
             "backend or other code running there, use the async API (await ...) instead"
         )
-    try:
-        asyncio.get_running_loop()
-        in_loop = True
-    except RuntimeError:
-        in_loop = False
+    # asyncio's own "is a loop running in this thread" (None when not), without the
+    # exception get_running_loop() raises on every call from plain sync code.
+    in_loop = asyncio._get_running_loop() is not None
     if not in_loop and current is threading.main_thread():
         return _run_in_place(_loops.get_main_loop(), function())
     if in_loop:
