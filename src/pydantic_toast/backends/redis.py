@@ -226,8 +226,9 @@ return result
 # else in between; it costs the server 11-14 µs against the script's 32 at 10 fields (no
 # Lua, and a document above 8 KB goes straight into SET, its data written as it is, not
 # staged; one above _PIECE takes the script, staged in pieces, so that the client never holds
-# it twice). SET NX refusing means a record with this id exists: ZADD NX left that record's index entry as it was, nothing visible changed,
-# and the save script runs instead (it tells a conflict from a repeat of this very write).
+# it twice). SET NX refusing means a record with this id exists: ZADD NX left that record's
+# index entry as it was, nothing visible changed, and the save script runs instead (it tells
+# a conflict from a repeat of this very write).
 # Two states the script would have put right are left to _SETTLE_INSERT_SCRIPT, in a second
 # round trip: an index entry already there (ZADD NX added nothing: an earlier record of this
 # id expired or was evicted, its entry not yet swept), and an expiry set in the class (a
