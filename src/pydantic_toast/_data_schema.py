@@ -115,7 +115,11 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     built = DataSchema(
         cls,
         schema,
-        SchemaSerializer(_for_storage(fields, definitions), _keep_inf_nan(config)),
+        SchemaSerializer(
+            # Model validators of the class's own may rebuild what its Any fields hold.
+            _for_storage(fields, definitions, plain_any=inside is model and at_root),
+            _keep_inf_nan(config),
+        ),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
         numbers=number_plan(model),
@@ -142,6 +146,8 @@ def _config_of(validator: SchemaValidator) -> CoreConfig | None:
     return cast("CoreConfig | None", validator.__reduce__()[1][1])
 
 
+# Validators that run a function of the user's: what they validate is theirs to rebuild.
+_FUNCTIONS = frozenset({"function-before", "function-after", "function-wrap", "function-plain"})
 # The core schemas that carry a config of their own, read by the serializers inside them.
 _CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
 
@@ -150,14 +156,14 @@ def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
     return {**(config or {}), "ser_json_inf_nan": "constants"}
 
 
-def _for_storage(node: Any, definitions: list[Any]) -> Any:
+def _for_storage(node: Any, definitions: list[Any], *, plain_any: bool = True) -> Any:
     """A copy of core schema ``node`` for stored JSON: every config writes NaN and infinities
     as constants, datetimes and times note a UTC offset with seconds, and Any values note what
-    JSON would not give back.
+    JSON would not give back (with ``plain_any``, see :meth:`_Copier.copy`).
 
     Only dicts and lists are copied; classes, functions and other leaves are shared.
     """
-    return _Copier(definitions).copy(node)
+    return _Copier(definitions).copy(node, plain_any=plain_any)
 
 
 class _Copier:
@@ -166,20 +172,26 @@ class _Copier:
     def __init__(self, definitions: list[Any]) -> None:
         self.definitions = {d["ref"]: d for d in definitions if isinstance(d, dict) and "ref" in d}
         self.stand_ins: dict[type, type] = {}
-        self.zoned: dict[int, bool] = {}  # by id() of a schema node: whether it holds a time
 
-    def copy(self, node: Any) -> Any:
+    def copy(self, node: Any, *, plain_any: bool = True) -> Any:
+        """A copy of ``node``; ``plain_any``: an Any inside is read back by Pydantic alone (not
+        under a validator function, which may rebuild what it holds, nor a serializer's
+        return schema), so a value JSON would change in it is noted."""
         if isinstance(node, list):
-            return [self.copy(item) for item in node]
+            return [self.copy(item, plain_any=plain_any) for item in node]
         if isinstance(node, tuple):  # a union choice with its label
-            return tuple(self.copy(item) for item in node)
+            return tuple(self.copy(item, plain_any=plain_any) for item in node)
         if not isinstance(node, dict):
             return node
         kind = node.get("type")
         if kind == "union":
             node = self._unshadowed(node)
-        copied = {key: self.copy(value) for key, value in node.items()}
-        if kind in _CHECKS and "serialization" not in node:
+        inner = plain_any and kind not in _FUNCTIONS
+        copied = {
+            key: self.copy(value, plain_any=inner and key != "serialization")
+            for key, value in node.items()
+        }
+        if kind in _CHECKS and "serialization" not in node and (plain_any or kind != "any"):
             copied["serialization"] = _CHECKS[kind]
         config = node.get("config")
         # A model or dataclass that holds a datetime or time needs its stand-in too: its own

@@ -9,12 +9,12 @@ import json
 import logging
 import math
 from datetime import UTC, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import BaseModel, ConfigDict, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_serializer
 from typing_extensions import TypedDict
 
 from pydantic_toast import (
@@ -395,6 +395,20 @@ def test_values_json_cannot_keep_inside_any_are_refused_naming_the_field(
             bad.model_dump()
         assert info.value.field == field
         assert_not_written(cls, bad)
+
+
+def _dates_back(value: Any) -> Any:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def test_any_under_a_validator_of_the_users_is_theirs_to_rebuild(storage_url: str) -> None:
+    """An Any field with a validator function of the user's (which may rebuild what JSON
+    changed) is not refused: here the validator turns the string back into a datetime."""
+    cls = model(storage_url, when=Annotated[Any, AfterValidator(_dates_back)])
+    now = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    loaded: Any = cls.model_validate(cls(when=now).model_dump())
+    assert loaded.when == now
+    assert type(loaded.when) is datetime
 
 
 def test_json_values_inside_any_come_back_exactly(storage_url: str) -> None:
