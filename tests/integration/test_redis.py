@@ -26,6 +26,7 @@ from pydantic_toast import (
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
+from tests.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.redis
 
@@ -775,5 +776,51 @@ def test_a_first_save_over_an_expired_records_entries_puts_them_right(
             )
         finally:
             await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_first_save_whose_reply_is_lost_over_an_expired_id_keeps_the_record_listed(
+    prefixed_url: tuple[str, redis.Redis],
+) -> None:
+    """A first save without ttl over an expired record's unswept entries lands, its reply lost
+    (so its second step, which takes the id out of the expiry set, never runs): the class's
+    next write sweeps expired entries but keeps the live record in the index, so it is still
+    listed and counted."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    index, expiry = f"{prefix}:Flushed:index", f"{prefix}:Flushed:expiry"
+    port = client.connection_pool.connection_kwargs["port"]
+
+    async def main() -> None:
+        direct = RedisBackend(url)
+        await direct.connect()
+        try:
+            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(2)]
+            assert await direct.save_records(brief) == [1, 1]
+            await asyncio.sleep(0.4)
+            assert client.zcard(expiry) == 2, "expired, not swept yet"
+            with FaultProxy("127.0.0.1", port) as proxy:
+                proxied = RedisBackend(url.replace(f":{port}/", f":{proxy.port}/"))
+                await proxied.connect()
+                try:
+                    proxy.lose_reply_to(b"EXEC")
+                    again = _stored(b'{"n":1}', 0, id=brief[0].id)
+                    with pytest.raises(redis.ConnectionError):
+                        await proxied.save_records([again])
+                    assert proxy.replies_lost == 1
+                finally:
+                    await proxied.disconnect()
+            (landed,) = await direct.load_records([again.key])
+            assert landed is not None
+            assert landed.data == b'{"n":1}'
+            other = _stored(b'{"n":2}', 0)
+            assert await direct.save_records([other]) == [1]  # sweeps the expired entries
+            assert client.zscore(index, str(again.id)) is not None
+            assert await direct.count("Flushed") == 2
+            listed = await direct.list_records("Flushed", limit=10)
+            assert {record.id for record in listed} == {again.id, other.id}
+        finally:
+            await direct.disconnect()
 
     asyncio.run(main())

@@ -100,7 +100,25 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # compared (the boundary reads them back instead).
 # Returns {1, new revisions...} or {0, index, current revision (0: none)}.
 _STAGED_HEADER = 96
-_SAVE_SCRIPT = """
+# The ids of expired entries (``gone``, taken from an expiry set) whose index entry goes too:
+# all but a live record without expiry (PTTL -1), which keeps its entry. Such a record's id is
+# in the expiry set only when a first save over an expired record of that id landed and its
+# second step (_SETTLE_INSERT_SCRIPT) never ran (its reply lost, or cancelled): without this,
+# the sweep would drop the live record from the index (no longer listed nor counted). Its
+# record key is the index key less "index", plus the id (every key layout).
+_SWEPT = """
+local function swept(index, gone)
+  local prefix = string.sub(index, 1, -6)
+  local dead = {}
+  for _, id in ipairs(gone) do
+    if redis.call('PTTL', prefix .. id) ~= -1 then dead[#dead + 1] = id end
+  end
+  return dead
+end
+"""
+_SAVE_SCRIPT = (
+    _SWEPT
+    + """
 local n = #KEYS / 4
 local STAGED_HEADER = 96
 local createds = {}
@@ -213,13 +231,15 @@ for i = 1, n do
     end
     local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', '(' .. now, 'LIMIT', 0, 100)
     if #gone > 0 then
-      redis.call('ZREM', index, unpack(gone))
       redis.call('ZREM', expiry, unpack(gone))
+      local dead = swept(index, gone)
+      if #dead > 0 then redis.call('ZREM', index, unpack(dead)) end
     end
   end
 end
 return result
 """
+)
 # A record's first save (it expects no record: revision 0) without a TTL skips the save
 # script: MULTI, SET NX of the whole document at revision 1, ZADD NX of its index entry,
 # EXISTS of its class's expiry set, EXEC, in one write. A transaction runs whole, nothing
@@ -233,7 +253,10 @@ return result
 # round trip: an index entry already there (ZADD NX added nothing: an earlier record of this
 # id expired or was evicted, its entry not yet swept), and an expiry set in the class (a
 # class that had a TTL before: this id may be in it, and a write sweeps it). A fresh id
-# meets neither.
+# meets neither. Not atomic with the first: a second step that never runs (its save's reply
+# lost, or cancelled) leaves the index entry's old score, or the id in the expiry set, where
+# the sweep keeps the live record's index entry (see _SWEPT) and count() misses it until
+# the sweep takes the id out.
 _INSERTED_HEAD = b'{"created_at":"%b","revision":1,"schema_version":%d,"updated_at":"%b","data":'
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
@@ -242,7 +265,9 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 # created_at), its index entry gets its score and, the record having no expiry, it leaves the
 # expiry set; then the expiry set's expired entries are swept (at most 100), as the save
 # script does after every write.
-_SETTLE_INSERT_SCRIPT = """
+_SETTLE_INSERT_SCRIPT = (
+    _SWEPT
+    + """
 local head = redis.call('GETRANGE', KEYS[1], 0, 127)
 if string.match(head, '^{"created_at":"([^"]*)"') == ARGV[3] then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -254,11 +279,13 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now, 'LIMIT', 0, 100)
 if #gone > 0 then
-  redis.call('ZREM', KEYS[2], unpack(gone))
   redis.call('ZREM', KEYS[3], unpack(gone))
+  local dead = swept(KEYS[2], gone)
+  if #dead > 0 then redis.call('ZREM', KEYS[2], unpack(dead)) end
 end
 return 1
 """
+)
 # KEYS: record keys. ARGV: the revision each expects ('': any). The first record whose stored
 # revision differs, as the save script finds it, without writing anything: a batch larger than
 # batch_size is checked whole with this before its chunks are written.
