@@ -138,3 +138,40 @@ async def _ping(sentinel: servers.TempRedisSentinel) -> bool:
         return bool(await backend._connected().ping())
     finally:
         await backend.disconnect()
+
+
+def test_a_save_on_a_connection_to_a_demoted_primary_lands_on_the_new_one() -> None:
+    """The primary demoted while the pool holds a connection to it (no disconnect: roles
+    swapped by hand, the sentinels told): the save's READONLY reply drops that connection,
+    as redis-py does, and the save is settled on the primary the sentinels now name, instead
+    of failing with "a read-only replica: point the storage URL at the primary"."""
+    try:
+        setup = servers.TempRedisSentinel()
+    except FileNotFoundError:
+        servers.missing_server("Redis Sentinel", "(no variable: needs redis-server)")
+        return
+    try:
+        old, new = setup.data_ports
+        setup.wait_primary_known(old)
+
+        class Note(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=setup.url("demoted"), external_name="Note")
+            text: str
+
+        with Storage():
+            first = Note(text="before").model_dump()  # the pool now holds a connection to old
+            setup.redis_cli("replicaof", "no", "one", port=new)
+            setup.redis_cli("replicaof", "127.0.0.1", str(new), port=old)
+            for port in setup.sentinel_ports:
+                setup.redis_cli("sentinel", "remove", setup.SERVICE, port=port)
+                setup.redis_cli(
+                    "sentinel", "monitor", setup.SERVICE, "127.0.0.1", str(new), "2", port=port
+                )
+            assert setup.primary_port() == new
+            second = Note(text="after").model_dump()
+            assert Note.model_validate(second).text == "after"
+            assert Note.model_validate(first).text == "before"
+        key = f"demoted:Note:{second['id']}"
+        assert setup.redis_cli("exists", key, port=new).strip() == "1"
+    finally:
+        setup.destroy()

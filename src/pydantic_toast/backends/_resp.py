@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Script", "command", "run", "stream"]
@@ -80,6 +80,14 @@ async def run(
             loaded, results[-1] = await _exchange(connection, [load, last], 2)
             if isinstance(loaded, ResponseError):
                 raise loaded
+        if getattr(pool, "is_master", False) and any(
+            isinstance(result, ReadOnlyError) for result in results
+        ):
+            # A Sentinel pool's connection to the primary met READONLY: that primary was
+            # demoted. Dropped, so that the next connection asks the sentinels again, and
+            # raised as a lost connection, as redis-py's SentinelManagedConnection does.
+            await connection.disconnect()
+            raise RedisConnectionError("The previous master is now a slave")
         return results
     finally:
         await pool.release(connection)
