@@ -27,6 +27,7 @@ from pydantic_toast import (
     StorageUsageError,
 )
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.postgresql import _PREPARED
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
 from tests.integration.conftest import _admin, _with_database
@@ -664,6 +665,27 @@ async def test_applications_own_engine_serves_the_models(postgres_database_url: 
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", (name,)
             )
             assert sessions.scalar_one() >= 1
+    finally:
+        await engine.dispose()
+
+
+async def test_an_engine_without_a_statement_cache_gets_no_named_statements(
+    postgres_database_url: str,
+) -> None:
+    """Behind an engine whose asyncpg statement cache is off (statement_cache_size=0, as for
+    PgBouncer in transaction mode), saves and loads prepare no named statement."""
+    engine = _engine(postgres_database_url, pool_size=1, connect_args={"statement_cache_size": 0})
+    try:
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(postgres_database_url, engine)
+            note = model_on(postgres_database_url)
+            reference = await note(text="unnamed").asave()
+            assert (await note.aload(reference)).text == "unnamed"  # type: ignore[attr-defined]
+            async with engine.connect() as connection:  # the pool's only connection
+                raw = await connection.get_raw_connection()
+                kept = raw.info[_PREPARED]
+            assert {"insert", "select_one"} <= set(kept)
+            assert set(kept.values()) == {False}  # run unnamed, through the connection
     finally:
         await engine.dispose()
 

@@ -573,17 +573,20 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 return answer
         lease = self._take_idle() or await self._checkout()
         try:
-            if kind == "execute":
+            statements = lease.info.get(_PREPARED)
+            prepared = None if statements is None else statements.get(name)
+            if prepared is None and kind != "execute":
+                prepared = await _prepare(lease, name)
+            if kind == "execute" or prepared is False:
                 driver: Any = lease.driver_connection
-                status: str = await driver.execute(_SQL[name], *args)
-                result_value: Any = int(status.rpartition(" ")[2] or 0)
+                if kind == "execute":
+                    status: str = await driver.execute(_SQL[name], *args)
+                    result_value: Any = int(status.rpartition(" ")[2] or 0)
+                else:
+                    result_value = await getattr(driver, kind)(_SQL[name], *args)
             else:
                 # The connection's own prepared statement: asyncpg's statement cache lookup
                 # and timeout bookkeeping around it cost a tenth of a small load's work.
-                statements = lease.info.get(_PREPARED)
-                prepared = None if statements is None else statements.get(name)
-                if prepared is None:
-                    prepared = await _prepare(lease, name)
                 try:
                     result_value = await getattr(prepared, kind)(*args)
                 except asyncpg.InvalidCachedStatementError:
@@ -786,10 +789,18 @@ dictionary goes with the connection: SQLAlchemy clears it when the connection is
 
 
 async def _prepare(lease: _Lease, name: str) -> Any:
-    """Prepare the statement ``name`` on ``lease``'s connection and keep it there."""
+    """Prepare the statement ``name`` on ``lease``'s connection and keep it there.
+
+    ``False`` (kept too) when the connection caches no statements (asyncpg's
+    ``statement_cache_size=0``, as behind PgBouncer in transaction mode): its statements then
+    stay unnamed, run through the connection itself.
+    """
     driver: Any = lease.driver_connection
-    statement = await driver.prepare(_SQL[name])
-    lease.info.setdefault(_PREPARED, {})[name] = statement
+    statements = lease.info.setdefault(_PREPARED, {})
+    if not getattr(driver, "_stmt_cache_enabled", False):
+        statements[name] = False
+        return False
+    statement = statements[name] = await driver.prepare(_SQL[name])
     return statement
 
 
