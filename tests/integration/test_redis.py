@@ -823,4 +823,45 @@ def test_a_first_save_whose_reply_is_lost_over_an_expired_id_keeps_the_record_li
         finally:
             await direct.disconnect()
 
+
+def test_a_single_update_keeps_what_the_store_holds(prefixed_url: tuple[str, redis.Redis]) -> None:
+    """A revision-checked update of one record writes the next revision and keeps the stored
+    created_at, even when the writer holds another; in a class with an expiry set, an update
+    without ttl takes the record out of it."""
+    url, client = prefixed_url
+    prefix = url.split("prefix=")[1]
+    expiry = f"{prefix}:Flushed:expiry"
+
+    async def main() -> None:
+        backend = RedisBackend(url)
+        await backend.connect()
+        try:
+            first = _stored(b'{"n":1}', 0)
+            assert await backend.save_records([first]) == [1]
+            update = dataclasses.replace(first, data=b'{"n":2}', revision=1)
+            assert await backend.save_records([update]) == [2]
+            skewed = _stored(b'{"n":3}', 2, id=first.id)  # created_at: now, not first's
+            assert skewed.created_at != first.created_at
+            assert await backend.save_records([skewed]) == [3]
+            (loaded,) = await backend.load_records([first.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision, loaded.created_at) == (
+                b'{"n":3}',
+                3,
+                first.created_at,
+            )
+            with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+                await backend.save_records([update])
+            assert info.value.current == 3
+            brief = _stored(b"{}", 0, ttl=60)
+            assert await backend.save_records([brief]) == [1]
+            assert client.zscore(expiry, str(brief.id)) is not None
+            lasting = dataclasses.replace(brief, data=b'{"kept":true}', revision=1, ttl=None)
+            assert await backend.save_records([lasting]) == [2]
+            assert client.pttl(f"{prefix}:Flushed:{brief.id}") == -1
+            assert not client.exists(expiry)
+            assert await backend.count("Flushed") == 2
+        finally:
+            await backend.disconnect()
+
     asyncio.run(main())

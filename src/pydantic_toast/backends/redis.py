@@ -258,6 +258,27 @@ return result
 # the sweep keeps the live record's index entry (see _SWEPT) and count() misses it until
 # the sweep takes the id out.
 _INSERTED_HEAD = b'{"created_at":"%b","revision":1,"schema_version":%d,"updated_at":"%b","data":'
+# A revision-checked save of one record of up to 8 KB without a TTL, in a class without an
+# expiry set, first tries this script: the save script's work for that case, without its
+# batch bookkeeping (about half its server time). KEYS: the record, its class's expiry set.
+# ARGV: the created_at the client holds, the revision it expects, the document at that
+# revision plus one. Writes only when the stored document starts with exactly that created_at
+# and revision (so created_at is kept) and the class has no expiry set (nothing to sweep, no
+# entry to drop); returns 1 then, else 0 with nothing written, and the save script runs (a
+# conflict, a repeat of this write, a document without a revision, an expiry set).
+_UPDATED_HEAD = b'{"created_at":"%b","revision":%d,"schema_version":%d,"updated_at":"'
+_UPDATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+local head = redis.call('GETRANGE', KEYS[1], 0, 127)
+local created, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
+if created ~= ARGV[1] or revision ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 # KEYS: the record, its class index, its expiry set. ARGV: the id, its creation score, its
@@ -417,7 +438,8 @@ class RedisBackend(RecordBackend):
 
     capabilities = frozenset(Capability)
     _stages = True  # large documents are staged by a SET in the same round trip
-    _inserts_directly = True  # a first save without TTL is a transaction (see _MULTI)
+    # A single save without TTL skips the save script when it can (see _MULTI, _UPDATE_SCRIPT).
+    _inserts_directly = True
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:
@@ -442,6 +464,7 @@ class RedisBackend(RecordBackend):
         self._page_script: Any = None
         self._delete_checked_script: Any = None
         self._settle_insert_script: Any = None
+        self._update_script = _resp.Script(_UPDATE_SCRIPT)
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -521,14 +544,12 @@ class RedisBackend(RecordBackend):
         """
         size = self._batch_size
         first = records[0] if len(records) == 1 else None
-        if (
-            first is not None
-            and first.revision == 0
-            and not first.ttl
-            and self._inserts_directly
-            and len(first.data) <= _PIECE  # a larger one is staged in pieces (see _Staging)
-        ):
-            return await self._insert(first)
+        if first is not None and not first.ttl and self._inserts_directly:
+            if first.revision == 0 and len(first.data) <= _PIECE:  # above: see _Staging
+                return await self._insert(first)
+            revision = first.revision
+            if revision and len(first.data) <= _STAGE_ABOVE and await self._update(first, revision):
+                return [revision + 1]
         if len(records) <= size:
             return await self._save_chunk(records)
         chunks = [records[start : start + size] for start in range(0, len(records), size)]
@@ -586,6 +607,30 @@ class RedisBackend(RecordBackend):
             arguments = [id, score, created_at]
             await self._call(partial(self._settle_insert_script, keys=keys, args=arguments))
         return [1]
+
+    async def _update(self, record: StoredRecord, revision: int) -> bool:
+        """Whether the update script wrote ``record``, expected at ``revision`` (see
+        ``_UPDATE_SCRIPT``); if not, nothing was written and the save script decides."""
+        key = self.key(record.class_name, record.id).encode()
+        created_at = record.created_at.isoformat().encode()
+        document = b"".join(
+            (
+                _UPDATED_HEAD % (created_at, revision + 1, record.schema_version),
+                record.updated_at.isoformat().encode(),
+                b'","data":',
+                record.data,
+                b"}",
+            )
+        )
+        keys = [key, self.expiry_key(record.class_name).encode()]
+        arguments = [created_at, b"%d" % revision, document]
+        pool = self._connected().connection_pool
+        script = self._update_script
+        packed = script.call(keys, arguments)
+        (written,) = await self._call(lambda: _resp.run(pool, packed, script=script))
+        if isinstance(written, Exception):
+            raise written
+        return bool(written)
 
     async def _save_chunk(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records in one script call (one round trip): all or nothing."""
