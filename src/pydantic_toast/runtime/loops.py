@@ -176,7 +176,7 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
     unwound. A second Ctrl-C raises at once. A program's own SIGINT handler is left alone.
     """
     task = loop.create_task(_stopping_when_done(loop, coroutine))
-    interrupted = False
+    interrupted = returned = False
 
     def on_sigint(signum: int, frame: Any) -> None:
         nonlocal interrupted
@@ -184,7 +184,17 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
             raise KeyboardInterrupt
         interrupted = True
         task.cancel()
-        loop.call_soon_threadsafe(lambda: None)  # wake the loop from its selector
+
+        def stop_if_cancelled_unstarted() -> None:
+            # A task cancelled before its first step never enters _stopping_when_done's
+            # try, so nothing would stop the loop: it would wait in its selector forever
+            # (and the operation's coroutine, never started, would warn "never awaited").
+            # Runs after that step; a no-op once this call has returned.
+            if task.done() and not returned:
+                coroutine.close()
+                loop.stop()
+
+        loop.call_soon_threadsafe(stop_if_cancelled_unstarted)  # also wakes the selector
 
     previous = None
     if _signals.getsignal(_SIGINT) is signal.default_int_handler:
@@ -223,6 +233,7 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
             loop.run_forever()
         raise
     finally:
+        returned = True
         if previous is not None:
             _signals.signal(_SIGINT, previous)
     if interrupted:  # Ctrl-C came as the work finished: it is done, and the program stops
