@@ -7,18 +7,20 @@ next to the bytes of JSON moved)::
     python bench/rss.py model KIND MEGABYTES URL [OFFLOAD]  # one model of MEGABYTES of JSON
 
 and a driver that starts throwaway stores (a database on ``TOAST_TEST_POSTGRES_URL``, a key
-prefix on ``TOAST_TEST_REDIS_URL``, a SQLite file, a SeaweedFS), runs the probes round robin
-(one child each, so each starts from a clean heap) and prints median [min-max] per cell::
+prefix on ``TOAST_TEST_REDIS_URL``, a SQLite file, a SeaweedFS, a 3-primary Redis Cluster from
+the local ``redis-server`` or a key prefix on ``TOAST_BENCH_REDIS_CLUSTER_URL`` when set), runs
+the probes round robin (one child each, so each starts from a clean heap) and prints median
+[min-max] per cell::
 
     python bench/rss.py table --sizes 10 100 --rounds 3           # one large model
     python bench/rss.py table --batch 100000 --workloads 0 1 --rounds 3   # a batch of records
     python bench/rss.py table ... --src /path/to/other/checkout/src       # code to measure
 
-``KIND`` is memory, sqlite, postgresql, redis, s3, or offload (PostgreSQL keeping a pointer,
-the payload in S3). The peak is read from ``VmHWM`` after resetting it (Linux). The driver
-runs the children with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``;
-``--dynamic-malloc`` keeps the default): otherwise memory freed by the save stays mapped and the
-load reuses it unseen.
+``KIND`` is memory, sqlite, postgresql, redis, redis-cluster, s3, or offload (PostgreSQL
+keeping a pointer, the payload in S3). The peak is read from ``VmHWM`` after resetting it
+(Linux). The driver runs the children with glibc's mmap threshold fixed at 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``; ``--dynamic-malloc`` keeps the default): otherwise memory freed by
+the save stays mapped and the load reuses it unseen.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, os.environ.get("TOAST_BENCH_SRC") or str(HERE.parent / "src"))
 
-KINDS = ("memory", "sqlite", "postgresql", "redis", "s3", "offload")
+KINDS = ("memory", "sqlite", "postgresql", "redis", "redis-cluster", "s3", "offload")
 
 
 def _status(field: str) -> int:
@@ -148,6 +150,7 @@ class Stores:
         self.urls: dict[str, str] = {"memory": "memory://rss"}
         self.offload: str | None = None
         self.weed = None
+        self.cluster = None
         self.admin = os.environ["TOAST_TEST_POSTGRES_URL"]
         self.database = f"toast_rss_{uuid4().hex[:8]}"
         self.redis_prefix = f"toast_rss_{uuid4().hex[:8]}"
@@ -164,6 +167,14 @@ class Stores:
             self.urls["postgresql"] = self.urls["offload"] = pg
         if "redis" in kinds:
             self.urls["redis"] = f"{os.environ['TOAST_TEST_REDIS_URL']}?prefix={self.redis_prefix}"
+        if "redis-cluster" in kinds:
+            given = os.environ.get("TOAST_BENCH_REDIS_CLUSTER_URL")
+            if given:
+                separator = "&" if "?" in given else "?"
+                self.urls["redis-cluster"] = f"{given}{separator}prefix={self.redis_prefix}"
+            else:
+                self.cluster = servers.TempRedisCluster(replicas=0)
+                self.urls["redis-cluster"] = self.cluster.url(self.redis_prefix)
         if {"s3", "offload"} & set(kinds):
             self.weed = servers.TempSeaweedFS()
             asyncio.run(self._bucket())
@@ -183,6 +194,20 @@ class Stores:
         ) as client:
             await client.create_bucket(Bucket="rss")
 
+    async def _delete_cluster_prefix(self) -> None:
+        """Delete this run's keys from every primary of a cluster given by URL (no FLUSH)."""
+        from pydantic_toast.backends.redis_cluster import RedisClusterBackend
+
+        backend = RedisClusterBackend(self.urls["redis-cluster"])
+        await backend.connect()
+        try:
+            cluster = backend._connected_cluster()
+            keys = [key async for key in cluster.scan_iter(match=f"{{{self.redis_prefix}:*")]
+            for key in keys:
+                await cluster.delete(key)
+        finally:
+            await backend.disconnect()
+
     def _admin(self, statement: str) -> None:
         from databases import admin_execute
 
@@ -191,6 +216,10 @@ class Stores:
     def close(self) -> None:
         if self.weed is not None:
             self.weed.stop()
+        if self.cluster is not None:
+            self.cluster.destroy()
+        elif "redis-cluster" in self.urls:
+            asyncio.run(self._delete_cluster_prefix())
         if "postgresql" in self.urls:
             self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         if "redis" in self.urls:

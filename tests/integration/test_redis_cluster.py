@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
+from tests.integration.test_redis import _multibyte
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -344,6 +346,225 @@ def test_save_script_sent_twice_is_answered_as_written(
         backend = await _backend(cluster.url(f"repeat{uuid4().hex[:8]}", buckets=1))
         try:
             await repeat_scenario(backend)
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def _large(text: str, *, ttl: float | None = None, revision: int | None = 0) -> StoredRecord:
+    now = datetime.now(UTC)
+    data = json.dumps({"b": text}, ensure_ascii=False).encode()
+    return StoredRecord("Scan", uuid4(), data, 1, now, now, ttl, revision)
+
+
+def _data(text: str) -> bytes:
+    return json.dumps({"b": text}, ensure_ascii=False).encode()
+
+
+async def _staged_keys(backend: RedisClusterBackend) -> list[bytes]:
+    client = backend._connected_cluster()
+    # A large COUNT: the module's earlier tests leave tens of thousands of keys to scan past.
+    pattern = f"{{{backend._prefix}:*:staged:*"
+    return [key async for key in client.scan_iter(match=pattern, count=100_000)]
+
+
+def test_a_large_record_is_staged_in_its_slot_and_read_in_pieces(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """A 3 MB record of multi-byte text (staged in 1 MiB pieces on its slot's primary, read
+    back in pieces) is one permanent JSON document that loads exactly; an update counts its
+    revision and keeps created_at, a stale one is refused; with wait_replicas=1 the large
+    write reaches a replica; nothing staged is left behind."""
+
+    async def main() -> None:
+        prefix = f"large{uuid4().hex[:8]}"
+        backend = await _backend(cluster.url(prefix))
+        waiting = await _backend(cluster.url(prefix, wait_replicas=1, wait_timeout=2000))
+        client = backend._connected_cluster()
+        try:
+            record = _large(_multibyte(3))
+            assert await backend.save_records([record]) == [1]
+            key = backend.key("Scan", record.id)
+            stored = json.loads(await client.get(key))
+            assert (stored["revision"], stored["data"]) == (1, json.loads(record.data))
+            assert await client.pttl(key) == -1, "the staged copy's expiry is not kept"
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (record.data, 1)
+            update = dataclasses.replace(record, data=_data(_multibyte(3, "two")), revision=1)
+            assert await waiting.save_records([update]) == [2]
+            again = json.loads(await client.get(key))
+            assert (again["revision"], again["created_at"]) == (2, stored["created_at"])
+            (loaded,) = await waiting.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (update.data, 2)
+            with pytest.raises(ConcurrencyError):
+                await backend.save_records([dataclasses.replace(record, revision=1)])
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert loaded.data == update.data
+            assert await _staged_keys(backend) == []
+        finally:
+            await backend.disconnect()
+            await waiting.disconnect()
+
+    asyncio.run(main())
+
+
+def test_large_records_keep_ttl_and_batch_with_small_ones(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """Batches with large records (staged in pieces) and small ones (in the script's
+    arguments), within one bucket and across buckets, write them all with the model's expiry
+    and count them; each loads exactly; a stale batch writes nothing; nothing staged is left
+    behind."""
+
+    async def main() -> None:
+        one = await _backend(cluster.url(f"mixone{uuid4().hex[:8]}", buckets=1))
+        many = await _backend(cluster.url(f"mixmany{uuid4().hex[:8]}"))
+        try:
+            for backend in (one, many):
+                client = backend._connected_cluster()
+                records = [
+                    _large(_multibyte(1.5, "a"), ttl=60.0),
+                    _large("small", ttl=60.0),
+                    _large(_multibyte(2, "b"), ttl=60.0),
+                ]
+                if backend is many:
+                    assert len({backend.bucket(r.id) for r in records}) > 1
+                assert await backend.save_records(records) == [1, 1, 1]
+                for record in records:
+                    assert 0 < await client.pttl(backend.key("Scan", record.id)) <= 60_000
+                    (loaded,) = await backend.load_records([record.key])
+                    assert loaded is not None
+                    assert loaded.data == record.data
+                assert await backend.count("Scan") == 3
+                stale = [dataclasses.replace(r, data=b'{"b":"lost"}') for r in records]
+                stale[0] = dataclasses.replace(stale[0], revision=1)
+                stale[-1] = dataclasses.replace(stale[-1], revision=5)
+                with pytest.raises(ConcurrencyError):
+                    await backend.save_records(stale)
+                loaded_all = await backend.load_records([r.key for r in records])
+                assert [r.data for r in loaded_all if r is not None] == [r.data for r in records]
+                assert await _staged_keys(backend) == []
+        finally:
+            await one.disconnect()
+            await many.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_large_save_cancelled_while_staging_leaves_the_record_and_no_staged_copy(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """Cancelled while its pieces are being written, a save of a large record leaves the
+    record as it was and deletes its staged copy (staged under the record's hash tag, in its
+    slot); the next save writes."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"cancel{uuid4().hex[:8]}"))
+        client = backend._connected_cluster()
+        try:
+            record = _large("a" * 2_000_000)
+            await backend.save_records([record])
+            key = backend.key("Scan", record.id)
+            big = dataclasses.replace(record, data=b'{"b":"%b"}' % (b"b" * 60_000_000), revision=1)
+            task = asyncio.create_task(backend.save_records([big]))
+            while not (staged := await _staged_keys(backend)):
+                if task.done():  # its error, if it failed
+                    pytest.fail(f"the save ended before it was interrupted: {task.result()}")
+                await asyncio.sleep(0.001)
+            assert staged[0].startswith(key.encode() + b":staged:")
+            slot = await client.cluster_keyslot(key)
+            assert await client.cluster_keyslot(staged[0].decode()) == slot
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (record.data, 1)
+            assert await _staged_keys(backend) == [], "staged copy left"
+            final = dataclasses.replace(record, data=b'{"b":"%b"}' % (b"c" * 3_000_000), revision=1)
+            assert await backend.save_records([final]) == [2]
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert loaded.data == final.data
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """Loads in pieces racing a writer that keeps replacing the record each return one
+    version whole (a load that saw the record change reads it again), never a mix."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"race{uuid4().hex[:8]}"))
+        versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
+        record = _large("", revision=None)
+        try:
+            await backend.save_records([dataclasses.replace(record, data=versions[0])])
+            stop = asyncio.Event()
+
+            async def rewrite() -> int:
+                writes = 0
+                while not stop.is_set():
+                    data = versions[writes % 2]
+                    await backend.save_records([dataclasses.replace(record, data=data)])
+                    writes += 1
+                return writes
+
+            writer = asyncio.create_task(rewrite())
+            loads = []
+            for _ in range(30):
+                (loaded,) = await backend.load_records([record.key])
+                assert loaded is not None
+                loads.append(loaded)
+            stop.set()
+            assert await writer > 0
+            assert all(loaded.data in versions for loaded in loads)
+            assert len({loaded.revision for loaded in loads}) > 1, "no load met a rewrite"
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_large_record_follows_its_slot_moved_behind_the_clients_back(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """The slot of a large record moved to another primary without the client knowing: the
+    staging, answered MOVED, is sent again to the new owner and the save writes; a load after
+    a second move reads the record exactly from its new owner; nothing staged is left."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"moved{uuid4().hex[:8]}"))
+        client = backend._connected_cluster()
+        try:
+            record = _large(_multibyte(2, "one"))
+            assert await backend.save_records([record]) == [1]
+            key = backend.key("Scan", record.id)
+            slot = await client.cluster_keyslot(key)
+            ports = [int(p["port"]) for p in cluster.primaries()]
+
+            async def move() -> None:
+                owner = client.get_node_from_key(key)
+                assert owner is not None
+                target = next(port for port in ports if port != owner.port)
+                await asyncio.to_thread(cluster.move_slot, slot, owner.port, target)
+
+            await move()
+            update = dataclasses.replace(record, data=_data(_multibyte(2, "two")), revision=1)
+            assert await backend.save_records([update]) == [2]
+            await move()
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (update.data, 2)
+            assert await _staged_keys(backend) == []
         finally:
             await backend.disconnect()
 

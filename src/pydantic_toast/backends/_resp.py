@@ -17,14 +17,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Script", "command", "run", "stream"]
+__all__ = ["Pool", "Script", "command", "run", "stream"]
+
+
+class Pool(Protocol):
+    """Where connections come from: a redis-py pool, or one cluster node's connections."""
+
+    async def get_connection(self) -> Any:
+        """A connection, taken from the pool (opened on first use)."""
+
+    async def release(self, connection: Any) -> None:
+        """Give ``connection`` back."""
 
 
 class Script:
@@ -54,7 +63,7 @@ def command(*parts: bytes) -> bytes:
 
 
 async def run(
-    pool: ConnectionPool,
+    pool: Pool,
     last: bytes,
     *,
     before: Sequence[bytes] = (),
@@ -72,7 +81,7 @@ async def run(
     error, a timeout or a cancellation disconnects the connection (redis-py's behaviour) and
     propagates.
     """
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    connection = await pool.get_connection()
     try:
         results = await _exchange(connection, [*before, last], replies_before + 1)
         if script is not None and isinstance(results[-1], NoScriptError):
@@ -126,7 +135,7 @@ async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[An
 
 
 async def stream(
-    pool: ConnectionPool,
+    pool: Pool,
     commands: Iterable[bytes],
     reply: Callable[[Any], object],
     *,
@@ -152,7 +161,7 @@ async def stream(
 
     async def send() -> None:
         nonlocal checked_out
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = await pool.get_connection()
         checked_out = True
         try:
             unanswered = 0

@@ -437,7 +437,9 @@ class RedisBackend(RecordBackend):
     """Records in Redis, one JSON document per key, written atomically by a server script."""
 
     capabilities = frozenset(Capability)
-    _stages = True  # large documents are staged by a SET in the same round trip
+    # Documents above this are staged under their own key (by a SET in the same round trip,
+    # or in pieces above _PIECE) and moved into place by the save script.
+    _stage_above = _STAGE_ABOVE
     # A single save without TTL skips the save script when it can (see _MULTI, _UPDATE_SCRIPT).
     _inserts_directly = True
 
@@ -647,7 +649,7 @@ class RedisBackend(RecordBackend):
                 record.schema_version,
                 record.updated_at.isoformat().encode(),
             )
-            if self._stages and len(record.data) > _STAGE_ABOVE:
+            if len(record.data) > self._stage_above:
                 stage_key = b"%b:staged:%b" % (key, uuid4().hex.encode())
                 header = b'{"created_at":"%b","revision":0' % created_at
                 head = header.ljust(_STAGED_HEADER) + rest
@@ -710,7 +712,7 @@ class RedisBackend(RecordBackend):
         copy that expired meanwhile, writes nothing). A save that fails or is cancelled on the
         way deletes the staged copies it wrote (a script that ran has moved them already).
         """
-        pool = self._connected().connection_pool
+        pool = self._pool_for(keys[0])
         try:
             await self._call(partial(_stage_in_pieces, pool, streamed))
             return await self._call(lambda: self._run_save(keys, arguments, stages))
@@ -720,6 +722,10 @@ class RedisBackend(RecordBackend):
                 with contextlib.suppress(Exception):  # they expire anyway (_Staging.expiry)
                     await _read(pool, command(b"DEL", *written))
             raise
+
+    def _pool_for(self, key: bytes) -> _resp.Pool:
+        """The pool whose connections reach ``key`` (and every key of its slot)."""
+        return self._connected().connection_pool
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces if there is more), or one
@@ -745,7 +751,7 @@ class RedisBackend(RecordBackend):
         ]
 
     async def _load_in_pieces(
-        self, pool: aioredis.ConnectionPool, record_key: RecordKey, first: bytes
+        self, pool: _resp.Pool, record_key: RecordKey, first: bytes
     ) -> StoredRecord | None:
         """The record whose first ``_PIECE`` bytes are ``first``, the rest read in pieces.
 
@@ -893,7 +899,7 @@ class RedisBackend(RecordBackend):
             await self._client.connection_pool.disconnect()
 
 
-async def _read(pool: aioredis.ConnectionPool, packed: bytes) -> list[Any]:
+async def _read(pool: _resp.Pool, packed: bytes) -> list[Any]:
     """The reply of one read command (an error reply raised)."""
     replies = await _resp.run(pool, packed)
     if isinstance(replies[0], Exception):
@@ -950,7 +956,7 @@ class _Staging:
                 )
 
 
-async def _stage_in_pieces(pool: aioredis.ConnectionPool, stagings: list[_Staging]) -> None:
+async def _stage_in_pieces(pool: _resp.Pool, stagings: list[_Staging]) -> None:
     """Write the staged copies on one connection, each piece sent when the last is out."""
     replies: list[Any] = []
     pieces = (packed for staging in stagings for packed in staging.commands())

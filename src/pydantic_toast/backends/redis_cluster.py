@@ -199,9 +199,11 @@ class RedisClusterBackend(single.RedisBackend):
     """Records on a Redis Cluster: one hash tag per class bucket, the index sharded alike."""
 
     capabilities = frozenset(Capability)
-    # Every document travels in the script's arguments (no staging SET): the script and WAIT
-    # share one connection per slot already.
-    _stages = False
+    # A document up to 1 MiB travels in the script's arguments (no staging SET: the script
+    # and WAIT share one connection per slot already). A larger one is staged in pieces, as
+    # on a single node, on its slot's primary under a key of the record's hash tag, so that
+    # the script still moves it into place atomically with the record's index entry.
+    _stage_above = single._PIECE
     # Every save runs the save script: it checks the record's batch lock, and WAIT follows it.
     _inserts_directly = False
 
@@ -391,7 +393,8 @@ class RedisClusterBackend(single.RedisBackend):
     ) -> Any:
         """Run the save script on one slot's keys (locks checked), then WAIT when asked to.
 
-        Nothing is staged here (``_stages`` is off): every document is in ``arguments``.
+        ``stages`` is empty here: a document up to 1 MiB is in ``arguments``, a larger one
+        was staged in pieces before (see ``_save_streamed``).
         """
         records = keys[: len(keys) // 4]  # the shared script's keys: 4 per record
         keys = keys + [key.replace(b"}:", b"}:lock:", 1) for key in records]
@@ -456,18 +459,63 @@ class RedisClusterBackend(single.RedisBackend):
             )
         return reply
 
+    def _pool_for(self, key: bytes) -> _NodePool:
+        """The connections of the primary that holds ``key``'s slot."""
+        node = self._connected_cluster().get_node_from_key(key.decode())
+        assert node is not None  # initialize() maps every slot (full coverage required)
+        return _NodePool(node)
+
+    async def _save_streamed(
+        self,
+        keys: list[bytes],
+        arguments: list[bytes],
+        stages: list[bytes],
+        streamed: list[single._Staging],
+    ) -> Any:
+        """The shared staging in pieces, on the primary of the records' slot (one slot per
+        script call), then the save script.
+
+        A MOVED reply to the staging (the slot has moved since the topology was learnt)
+        updates the slot's owner and stages again there, once: the staged copies it wrote
+        were refused, so there is nothing to move.
+        """
+        cluster = self._connected_cluster()
+        await cluster.initialize()  # a no-op unless a lost connection asked for it
+        try:
+            return await super()._save_streamed(keys, arguments, stages, streamed)
+        except MovedError as moved:
+            await cluster.nodes_manager.move_slot(moved)
+        return await super()._save_streamed(keys, arguments, stages, streamed)
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records: one GET, or MGETs split by slot and sent concurrently."""
+        """Read the records: the first MiB of one (the rest in pieces, on its slot's primary,
+        if there is more), or MGETs split by slot and sent concurrently."""
         names = [self.key(class_name, id) for class_name, id in keys]
         cluster = self._connected_cluster()
         if len(names) == 1:
-            values: list[Any] = [await cluster.get(names[0])]
+            first = await cluster.execute_command("GETRANGE", names[0], 0, single._PIECE - 1)
+            if len(first) == single._PIECE:
+                return [await self._load_large(keys[0], names[0], first)]
+            values: list[Any] = [first or None]  # GETRANGE reads a missing key as empty
         else:
             values = await cluster.mget_nonatomic(names)
         return [
             None if value is None else self._parse(name, class_name, id, value)
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
         ]
+
+    async def _load_large(
+        self, record_key: RecordKey, name: str, first: bytes
+    ) -> StoredRecord | None:
+        """The record whose first MiB is ``first``, the rest read in pieces (as on a single
+        node); whole, through the cluster client, if its slot moved meanwhile."""
+        cluster = self._connected_cluster()
+        try:
+            return await self._load_in_pieces(self._pool_for(name.encode()), record_key, first)
+        except (MovedError, AskError):
+            value = await cluster.execute_command("GET", name)
+        class_name, id = record_key
+        return None if value is None else self._parse(name, class_name, id, value)
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete the record and its index entry in one script (same slot)."""
@@ -555,6 +603,24 @@ async def _on_one_connection(node: ClusterNode, commands: list[tuple[Any, ...]])
     pipeline = [PipelineCommand(position, *command) for position, command in enumerate(commands)]
     await node.execute_pipeline(pipeline)
     return [command.result for command in pipeline]
+
+
+class _NodePool:
+    """One cluster node's connections, taken and given back as from a pool (``_resp.Pool``)."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def get_connection(self) -> Any:
+        """One of the node's free connections, or a new one (``MaxConnectionsError`` past
+        ``max_connections``: the cluster client has no waiting pool)."""
+        return self.node.acquire_connection()
+
+    async def release(self, connection: Any) -> None:
+        """Give ``connection`` back to the node."""
+        self.node.release(connection)
 
 
 def _locked(key: str, url: str) -> StorageBusyError:

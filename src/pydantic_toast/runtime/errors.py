@@ -257,6 +257,16 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
     return None
 
 
+_REDIS_BUSY = (
+    "BusyLoadingError",
+    "TryAgainError",
+    "MasterDownError",
+    "ClusterDownError",
+    "AskError",
+    "MovedError",
+)
+
+
 def _redis(exc: BaseException, failure: Failure) -> Translation:
     # redis-py raises one class per reply prefix (and strips the prefix from the message).
     driver = _innermost(exc)
@@ -264,9 +274,9 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         return None
     url, where = failure.url.masked, failure.where
     name, message = type(driver).__name__, str(driver)
-    if name in ("BusyLoadingError", "TryAgainError", "MasterDownError", "ClusterDownError") or (
-        name == "ResponseError" and message.startswith("BUSY")
-    ):
+    # AskError, MovedError: a Redis Cluster slot migrating, or moved again, under a large
+    # document's pieces (sent on the slot's primary directly, not through the cluster client).
+    if name in _REDIS_BUSY or (name == "ResponseError" and message.startswith("BUSY")):
         return StorageBusyError(f"{where} is busy ({name}): retry in a moment", url=url), False
     if name == "MaxConnectionsError":
         return StorageBusyError(
