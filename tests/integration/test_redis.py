@@ -6,9 +6,10 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -31,15 +32,19 @@ from tests.fault_proxy import FaultProxy
 pytestmark = pytest.mark.redis
 
 
-def model_on(url: str, **config: object) -> type[ExternalBaseModel]:
+def model_on(
+    url: str, name: str = "Session", field: str = "user", **config: object
+) -> type[ExternalBaseModel]:
+    """A model class ``name`` of one ``str`` field, stored at ``url`` under a class name of its
+    own."""
     return type(
-        "Session",
+        name,
         (ExternalBaseModel,),
         {
-            "__annotations__": {"user": str},
+            "__annotations__": {field: str},
             "model_config": ExternalConfigDict(
                 storage=url,
-                external_name=f"Session{uuid4().hex[:8]}",
+                external_name=f"{name}{uuid4().hex[:8]}",
                 **config,  # type: ignore[typeddict-item]
             ),
         },
@@ -59,13 +64,57 @@ def prefixed_url(redis_base_url: str) -> Iterator[tuple[str, redis.Redis]]:
     client.close()
 
 
-def test_key_layout_is_predictable_and_documented(prefixed_url: tuple[str, redis.Redis]) -> None:
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """A test's key prefix on the server, and a plain client to look at what is stored there."""
+
+    url: str
+    client: redis.Redis
+
+    @property
+    def prefix(self) -> str:
+        return self.url.split("prefix=")[1]
+
+    def of(self, class_name: str, suffix: object) -> str:
+        """The key ``<prefix>:<class_name>:<suffix>`` (a record id, ``index``, ``expiry``)."""
+        return f"{self.prefix}:{class_name}:{suffix}"
+
+    def record(self, reference: Mapping[str, Any]) -> str:
+        """The key of the record a saved model's reference names."""
+        return self.of(reference["class_name"], reference["id"])
+
+    def staged(self) -> list[bytes]:
+        """The staged copies left under the prefix."""
+        return list(self.client.scan_iter(match=f"{self.prefix}:*:staged:*"))
+
+
+@pytest.fixture
+def keys(prefixed_url: tuple[str, redis.Redis]) -> Keys:
+    """This test's key prefix (removed after) and a plain client."""
+    return Keys(*prefixed_url)
+
+
+@pytest.fixture
+async def backend(keys: Keys) -> AsyncIterator[RedisBackend]:
+    """A RedisBackend connected on this test's key prefix, disconnected after."""
+    connected = RedisBackend(keys.url)
+    await connected.connect()
+    yield connected
+    await connected.disconnect()
+
+
+@pytest.fixture
+async def storage_closed_after() -> AsyncIterator[None]:
+    """The storage an async test used, closed on that test's event loop when it ends."""
+    yield
+    await pydantic_toast.aclose_storage()
+
+
+def test_key_layout_is_predictable_and_documented(keys: Keys) -> None:
     """Keys are <prefix>:<class_name>:<uuid>; the value is a JSON document with metadata."""
-    url, client = prefixed_url
-    session = model_on(url)
+    session = model_on(keys.url)
     reference = session(user="ada").model_dump()
-    prefix = url.split("prefix=")[1]
-    raw = client.get(f"{prefix}:{reference['class_name']}:{reference['id']}")
+    raw = keys.client.get(keys.record(reference))
     assert raw is not None
     document = json.loads(raw)
     assert document["data"] == {"user": "ada"}
@@ -92,15 +141,13 @@ def test_database_number_is_honoured(redis_base_url: str) -> None:
         pydantic_toast.close_storage()
 
 
-def test_ttl_expires_records_and_each_write_renews_it(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_ttl_expires_records_and_each_write_renews_it(keys: Keys) -> None:
     """With ttl, a record expires after its last write; a write sets the expiry afresh."""
-    url, client = prefixed_url
-    session = model_on(url, ttl=1.0)
+    client = keys.client
+    session = model_on(keys.url, ttl=1.0)
     item = session(user="short")
     reference = item.model_dump()
-    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
+    key = keys.record(reference)
     assert 0 < client.pttl(key) <= 1000
     time.sleep(0.6)
     item.user = "renewed"  # an unchanged dump writes nothing, so it would not renew
@@ -109,21 +156,20 @@ def test_ttl_expires_records_and_each_write_renews_it(
     time.sleep(1.1)
     with pytest.raises(RecordNotFoundError):
         session.model_validate(reference)
-    permanent = model_on(url)
-    assert client.pttl(f"{url.split('prefix=')[1]}:x") == -2
+    permanent = model_on(keys.url)
+    assert client.pttl(f"{keys.prefix}:x") == -2
     kept = permanent(user="long").model_dump()
-    assert client.pttl(f"{url.split('prefix=')[1]}:{kept['class_name']}:{kept['id']}") == -1
+    assert client.pttl(keys.record(kept)) == -1
 
 
 @pytest.mark.usefixtures("blocking_calls_allowed")
-def test_concurrent_writers_keep_created_at(prefixed_url: tuple[str, redis.Redis]) -> None:
+def test_concurrent_writers_keep_created_at(keys: Keys) -> None:
     """Many concurrent writes of one record keep the first created_at (atomic script)."""
-    url, client = prefixed_url
-    session = model_on(url)
+    session = model_on(keys.url)
     item = session(user="a")
     reference = item.model_dump()
-    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
-    created = json.loads(client.get(key))["created_at"]  # type: ignore[arg-type]
+    key = keys.record(reference)
+    created = json.loads(keys.client.get(key))["created_at"]  # type: ignore[arg-type]
 
     async def hammer() -> None:
         copies = [session.model_validate(reference) for _ in range(50)]
@@ -137,7 +183,7 @@ def test_concurrent_writers_keep_created_at(prefixed_url: tuple[str, redis.Redis
         await asyncio.gather(*(c.asave(force=True) for c in copies))
 
     asyncio.run(hammer())
-    assert json.loads(client.get(key))["created_at"] == created  # type: ignore[arg-type]
+    assert json.loads(keys.client.get(key))["created_at"] == created  # type: ignore[arg-type]
 
 
 def time_now():  # type: ignore[no-untyped-def]
@@ -162,17 +208,16 @@ def test_hundreds_of_concurrent_operations_wait_for_the_pool(
     assert asyncio.run(burst()) == 500
 
 
-def test_corrupted_value_names_the_key(prefixed_url: tuple[str, redis.Redis]) -> None:
+def test_corrupted_value_names_the_key(keys: Keys) -> None:
     """A value that is not our document is refused with a clear error naming the key."""
-    url, client = prefixed_url
-    session = model_on(url)
+    session = model_on(keys.url)
     reference = session(user="x").model_dump()
-    key = f"{url.split('prefix=')[1]}:{reference['class_name']}:{reference['id']}"
+    key = keys.record(reference)
     for garbage in (b"not json at all", b'{"unexpected": true}'):
-        client.set(key, garbage)
+        keys.client.set(key, garbage)
         with pytest.raises(StoredDataError, match=key):
             session.model_validate(reference)
-    assert client.get(key) == b'{"unexpected": true}', "left untouched"
+    assert keys.client.get(key) == b'{"unexpected": true}', "left untouched"
 
 
 def test_unreachable_server(redis_base_url: str) -> None:
@@ -245,13 +290,11 @@ def test_restart_between_calls_reconnects(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_count_is_an_index_lookup_that_leaves_expired_records_out(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_count_is_an_index_lookup_that_leaves_expired_records_out(keys: Keys) -> None:
     """count() is the index size less expired entries: exact, with no record read or written."""
-    url, client = prefixed_url
-    lasting = model_on(url)
-    brief = model_on(url, ttl=0.3)
+    client = keys.client
+    lasting = model_on(keys.url)
+    brief = model_on(keys.url, ttl=0.3)
     for n in range(5):
         lasting(user=f"u{n}").model_dump()
     for n in range(3):
@@ -259,31 +302,26 @@ def test_count_is_an_index_lookup_that_leaves_expired_records_out(
     assert pydantic_toast.count(lasting) == 5
     assert pydantic_toast.count(brief) == 3
     time.sleep(0.5)
-    prefix = url.split("prefix=")[1]
-    index = f"{prefix}:{model_name(brief)}:index"
+    index = keys.of(model_name(brief), "index")
     assert client.zcard(index) == 3, "expired entries are still in the index"
     assert pydantic_toast.count(brief) == 0
     assert pydantic_toast.page(brief, limit=10).items == []
     assert client.zcard(index) == 3, "reads never write: count and page left the index alone"
     brief(user="fresh").model_dump()  # a write sweeps the expired entries
     assert client.zcard(index) == 1
-    assert client.zcard(f"{prefix}:{model_name(brief)}:expiry") == 1
+    assert client.zcard(keys.of(model_name(brief), "expiry")) == 1
     assert pydantic_toast.count(brief) == 1
 
 
-def test_a_write_without_ttl_makes_a_record_count_for_good(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_a_write_without_ttl_makes_a_record_count_for_good(keys: Keys) -> None:
     """A record rewritten without ttl leaves the expiry set; a deleted one leaves both sets."""
-    url, client = prefixed_url
-    brief = model_on(url, ttl=60)
+    brief = model_on(keys.url, ttl=60)
     item = brief(user="x")
     reference = item.model_dump()
-    prefix = url.split("prefix=")[1]
-    expiry = f"{prefix}:{model_name(brief)}:expiry"
-    assert client.zcard(expiry) == 1
+    expiry = keys.of(model_name(brief), "expiry")
+    assert keys.client.zcard(expiry) == 1
     pydantic_toast.delete(brief, reference)
-    assert client.zcard(expiry) == 0
+    assert keys.client.zcard(expiry) == 0
     assert pydantic_toast.count(brief) == 0
 
 
@@ -294,30 +332,16 @@ def model_name(model: type[ExternalBaseModel]) -> str:
 
 
 def large_model_on(url: str, **config: object) -> type[ExternalBaseModel]:
-    return type(
-        "Scan",
-        (ExternalBaseModel,),
-        {
-            "__annotations__": {"body": str},
-            "model_config": ExternalConfigDict(
-                storage=url,
-                external_name=f"Scan{uuid4().hex[:8]}",
-                **config,  # type: ignore[typeddict-item]
-            ),
-        },
-    )
+    return model_on(url, "Scan", "body", **config)
 
 
-def test_large_documents_are_staged_and_moved_into_place(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_large_documents_are_staged_and_moved_into_place(keys: Keys) -> None:
     """A document above 8 KB keeps created_at, counts revisions, leaves no staged key behind."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
+    client = keys.client
+    scan = large_model_on(keys.url)
     item = scan(body="x" * 100_000)
     reference = item.model_dump()
-    key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+    key = keys.record(reference)
     first = json.loads(client.get(key))  # type: ignore[arg-type]
     assert first["revision"] == 1
     assert first["data"] == {"body": "x" * 100_000}
@@ -334,35 +358,28 @@ def test_large_documents_are_staged_and_moved_into_place(
     with pytest.raises(pydantic_toast.ConcurrencyError):
         stale.model_dump()
     assert json.loads(client.get(key))["data"]["body"] == "z" * 100_000  # type: ignore[arg-type]
-    assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == [], "conflict cleaned up"
+    assert keys.staged() == [], "conflict cleaned up"
 
 
-def test_large_documents_keep_their_ttl_and_batch_with_small_ones(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_large_documents_keep_their_ttl_and_batch_with_small_ones(keys: Keys) -> None:
     """Staged writes set the model's expiry; a mixed batch writes both kinds in one call."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url, ttl=30.0)
+    scan = large_model_on(keys.url, ttl=30.0)
     big, small = scan(body="b" * 20_000), scan(body="s")
     references = pydantic_toast.dump([big, small])
     for reference in references:
-        assert 0 < client.pttl(f"{prefix}:{reference['class_name']}:{reference['id']}") <= 30_000
+        assert 0 < keys.client.pttl(keys.record(reference)) <= 30_000
     loaded = pydantic_toast.validate(list[scan], references)  # type: ignore[valid-type]
     assert [m.body for m in loaded] == ["b" * 20_000, "s"]  # type: ignore[attr-defined]
     assert pydantic_toast.count(scan) == 2
 
 
-def test_documents_written_before_staging_are_updated_in_place(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+def test_documents_written_before_staging_are_updated_in_place(keys: Keys) -> None:
     """An unpadded document (the earlier layout) keeps its created_at when overwritten large."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
+    client = keys.client
+    scan = large_model_on(keys.url)
     item = scan(body="small")
     reference = item.model_dump()
-    key = f"{prefix}:{reference['class_name']}:{reference['id']}"
+    key = keys.record(reference)
     old = client.get(key)
     assert old is not None
     assert b'"revision":1,' in old, "small documents are not padded"
@@ -380,154 +397,129 @@ def _multibyte(megabytes: float, mark: str = "") -> str:
     return line * int(megabytes * 1_000_000 / len(line.encode()) + 1)
 
 
-async def test_a_large_record_is_written_and_read_in_pieces_exactly(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+@pytest.mark.usefixtures("storage_closed_after")
+async def test_a_large_record_is_written_and_read_in_pieces_exactly(keys: Keys) -> None:
     """A 3 MB record of multi-byte text (staged in 1 MiB pieces, read back in pieces) is stored
     as one permanent JSON document, loads exactly, counts revisions and keeps created_at; no
     staged copy is left behind."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
+    client = keys.client
+    scan = large_model_on(keys.url)
     text = _multibyte(3)
-    try:
-        item = scan(body=text)
-        reference = await item.asave()
-        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
-        first = json.loads(client.get(key))  # type: ignore[arg-type]
-        assert (first["revision"], first["data"]) == (1, {"body": text})
-        assert client.pttl(key) == -1, "the staged copy's expiry is not kept"
-        loaded = await scan.aload(reference)
-        assert loaded.body == text  # type: ignore[attr-defined]
-        assert loaded.external_revision == 1
-        item.body = text[::-1]  # type: ignore[attr-defined]
-        await item.asave()
-        second = json.loads(client.get(key))  # type: ignore[arg-type]
-        assert (second["revision"], second["created_at"]) == (2, first["created_at"])
-        assert (await scan.aload(reference)).body == text[::-1]  # type: ignore[attr-defined]
-        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
-    finally:
-        await pydantic_toast.aclose_storage()
+    item = scan(body=text)
+    reference = await item.asave()
+    key = keys.record(reference)
+    first = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert (first["revision"], first["data"]) == (1, {"body": text})
+    assert client.pttl(key) == -1, "the staged copy's expiry is not kept"
+    loaded = await scan.aload(reference)
+    assert loaded.body == text  # type: ignore[attr-defined]
+    assert loaded.external_revision == 1
+    item.body = text[::-1]  # type: ignore[attr-defined]
+    await item.asave()
+    second = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert (second["revision"], second["created_at"]) == (2, first["created_at"])
+    assert (await scan.aload(reference)).body == text[::-1]  # type: ignore[attr-defined]
+    assert keys.staged() == []
 
 
 async def test_documents_around_the_piece_size_load_exactly(
-    prefixed_url: tuple[str, redis.Redis],
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """Documents one byte short of, exactly at and one byte past 1 MiB (the first piece a load
     reads) load exactly, as do larger records in a batch (one MGET)."""
-    url, client = prefixed_url
-    backend = RedisBackend(url)
-    await backend.connect()
-    try:
-        # A staged document: its header padded to 96 bytes, then the rest, the data and "}".
-        overhead = 96 + len(b',"schema_version":1,"updated_at":"","data":}')
-        sizes = [(1 << 20) - 1, 1 << 20, (1 << 20) + 1]
-        records = []
-        for size in sizes:
-            now = datetime.now(UTC)
-            padding = size - overhead - len(now.isoformat()) - len(b'{"b":""}')
-            data = b'{"b":"%b"}' % (b"x" * padding)
-            records.append(StoredRecord("Edge", uuid4(), data, 1, now, now, None, None))
-        assert await backend.save_records(records) == [1, 1, 1]
-        stored = [client.strlen(backend.key(r.class_name, r.id)) for r in records]
-        assert stored == sizes
-        for record in records:
-            (loaded,) = await backend.load_records([record.key])
-            assert loaded is not None
-            assert (loaded.data, loaded.revision) == (record.data, 1)
-        batch = await backend.load_records([record.key for record in records])
-        assert [loaded.data for loaded in batch if loaded] == [r.data for r in records]
-    finally:
-        await backend.disconnect()
+    # A staged document: its header padded to 96 bytes, then the rest, the data and "}".
+    overhead = 96 + len(b',"schema_version":1,"updated_at":"","data":}')
+    sizes = [(1 << 20) - 1, 1 << 20, (1 << 20) + 1]
+    records = []
+    for size in sizes:
+        now = datetime.now(UTC)
+        padding = size - overhead - len(now.isoformat()) - len(b'{"b":""}')
+        data = b'{"b":"%b"}' % (b"x" * padding)
+        records.append(StoredRecord("Edge", uuid4(), data, 1, now, now, None, None))
+    assert await backend.save_records(records) == [1, 1, 1]
+    stored = [keys.client.strlen(backend.key(r.class_name, r.id)) for r in records]
+    assert stored == sizes
+    for record in records:
+        (loaded,) = await backend.load_records([record.key])
+        assert loaded is not None
+        assert (loaded.data, loaded.revision) == (record.data, 1)
+    batch = await backend.load_records([record.key for record in records])
+    assert [loaded.data for loaded in batch if loaded] == [r.data for r in records]
 
 
-async def test_a_stale_writer_of_a_large_record_changes_nothing(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+@pytest.mark.usefixtures("storage_closed_after")
+async def test_a_stale_writer_of_a_large_record_changes_nothing(keys: Keys) -> None:
     """A writer of a large record that read an older revision gets ConcurrencyError, alone or
     in a batch with small records: nothing is written and no staged copy is left behind."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
-    try:
-        item = scan(body=_multibyte(2, "one"))
-        reference = await item.asave()
-        stale = await scan.aload(reference)
-        item.body = _multibyte(2, "two")  # type: ignore[attr-defined]
-        await item.asave()
-        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
-        before = client.get(key)
-        stale.body = _multibyte(3, "lost")  # type: ignore[attr-defined]
-        with pytest.raises(pydantic_toast.ConcurrencyError):
-            await stale.asave()
-        small = scan(body="small")
-        with pytest.raises(pydantic_toast.ConcurrencyError):
-            await pydantic_toast.adump([small, stale])
-        assert client.get(key) == before
-        assert await pydantic_toast.acount(scan) == 1, "the batch wrote nothing"
-        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
-    finally:
-        await pydantic_toast.aclose_storage()
+    client = keys.client
+    scan = large_model_on(keys.url)
+    item = scan(body=_multibyte(2, "one"))
+    reference = await item.asave()
+    stale = await scan.aload(reference)
+    item.body = _multibyte(2, "two")  # type: ignore[attr-defined]
+    await item.asave()
+    key = keys.record(reference)
+    before = client.get(key)
+    stale.body = _multibyte(3, "lost")  # type: ignore[attr-defined]
+    with pytest.raises(pydantic_toast.ConcurrencyError):
+        await stale.asave()
+    small = scan(body="small")
+    with pytest.raises(pydantic_toast.ConcurrencyError):
+        await pydantic_toast.adump([small, stale])
+    assert client.get(key) == before
+    assert await pydantic_toast.acount(scan) == 1, "the batch wrote nothing"
+    assert keys.staged() == []
 
 
-async def test_a_batch_mixes_large_and_small_records(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+@pytest.mark.usefixtures("storage_closed_after")
+async def test_a_batch_mixes_large_and_small_records(keys: Keys) -> None:
     """One batch of large records (staged in pieces) and small ones (in the script's
     arguments) writes them all, with the model's expiry; each loads exactly."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url, ttl=60.0)
-    try:
-        items = [scan(body=_multibyte(1.5, "a")), scan(body="s"), scan(body=_multibyte(2, "b"))]
-        references = await pydantic_toast.adump(items)
-        for reference in references:
-            key = f"{prefix}:{reference['class_name']}:{reference['id']}"
-            assert 0 < client.pttl(key) <= 60_000
-        assert [await scan.aload(r) for r in references] == items
-        assert await pydantic_toast.acount(scan) == 3
-        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
-    finally:
-        await pydantic_toast.aclose_storage()
+    client = keys.client
+    scan = large_model_on(keys.url, ttl=60.0)
+    items = [scan(body=_multibyte(1.5, "a")), scan(body="s"), scan(body=_multibyte(2, "b"))]
+    references = await pydantic_toast.adump(items)
+    for reference in references:
+        key = keys.record(reference)
+        assert 0 < client.pttl(key) <= 60_000
+    assert [await scan.aload(r) for r in references] == items
+    assert await pydantic_toast.acount(scan) == 3
+    assert keys.staged() == []
 
 
+@pytest.mark.usefixtures("storage_closed_after")
 async def test_a_save_cancelled_while_staging_leaves_the_record_and_no_staged_copy(
-    prefixed_url: tuple[str, redis.Redis],
+    keys: Keys,
 ) -> None:
     """Cancelled while its pieces are being written, a save of a large record leaves the
     record as it was and deletes its staged copy; the next save writes."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
-    try:
-        item = scan(body="a" * 2_000_000)
-        reference = await item.asave()
-        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
-        item.body = "b" * 60_000_000  # type: ignore[attr-defined]
-        task = asyncio.create_task(item.asave())
-        while not list(client.scan_iter(match=f"{prefix}:*:staged:*")):
-            assert not task.done(), "the save ended before it could be interrupted"
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        stored = json.loads(client.get(key))  # type: ignore[arg-type]
-        assert (stored["revision"], stored["data"]["body"]) == (1, "a" * 2_000_000)
-        assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == [], "staged copy left"
-        item.body = "c" * 3_000_000  # type: ignore[attr-defined]
-        await item.asave()
-        assert (await scan.aload(reference)).body == "c" * 3_000_000  # type: ignore[attr-defined]
-    finally:
-        await pydantic_toast.aclose_storage()
+    client = keys.client
+    scan = large_model_on(keys.url)
+    item = scan(body="a" * 2_000_000)
+    reference = await item.asave()
+    key = keys.record(reference)
+    item.body = "b" * 60_000_000  # type: ignore[attr-defined]
+    task = asyncio.create_task(item.asave())
+    while not keys.staged():
+        assert not task.done(), "the save ended before it could be interrupted"
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = json.loads(client.get(key))  # type: ignore[arg-type]
+    assert (stored["revision"], stored["data"]["body"]) == (1, "a" * 2_000_000)
+    assert keys.staged() == [], "staged copy left"
+    item.body = "c" * 3_000_000  # type: ignore[attr-defined]
+    await item.asave()
+    assert (await scan.aload(reference)).body == "c" * 3_000_000  # type: ignore[attr-defined]
 
 
 async def test_a_large_save_cancelled_while_waiting_for_a_connection_ends_at_once(
-    prefixed_url: tuple[str, redis.Redis],
+    keys: Keys,
 ) -> None:
     """A save of a large record cancelled while every pooled connection is busy (nothing of
     it sent yet) ends at once, not after the pool's timeout, and writes nothing."""
-    url, client = prefixed_url
-    backend = RedisBackend(f"{url}&max_connections=1&pool_timeout=5")
+    backend = RedisBackend(f"{keys.url}&max_connections=1&pool_timeout=5")
     await backend.connect()
     pool = backend._connected().connection_pool
     now = datetime.now(UTC)
@@ -546,7 +538,7 @@ async def test_a_large_save_cancelled_while_waiting_for_a_connection_ends_at_onc
         await pool.release(held)
     try:
         assert await backend.load_records([record.key]) == [None]
-        assert list(client.scan_iter(match=f"{url.split('prefix=')[1]}:*")) == []
+        assert list(keys.client.scan_iter(match=f"{keys.prefix}:*")) == []
     finally:
         await backend.disconnect()
 
@@ -567,56 +559,45 @@ def test_a_staged_copy_that_expired_while_written_is_refused() -> None:
 
 
 async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
-    prefixed_url: tuple[str, redis.Redis],
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """Loads in pieces racing a writer that keeps replacing the record each return one
     version whole (a load that saw the record change reads it again), never a mix."""
-    url, _ = prefixed_url
-    backend = RedisBackend(url)
-    await backend.connect()
     versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
     now = datetime.now(UTC)
     record = StoredRecord("Race", uuid4(), versions[0], 1, now, now, None, None)
-    try:
-        await backend.save_records([record])
-        stop = asyncio.Event()
+    await backend.save_records([record])
+    stop = asyncio.Event()
 
-        async def rewrite() -> int:
-            writes = 0
-            while not stop.is_set():
-                data = versions[writes % 2]
-                await backend.save_records([dataclasses.replace(record, data=data)])
-                writes += 1
-            return writes
+    async def rewrite() -> int:
+        writes = 0
+        while not stop.is_set():
+            data = versions[writes % 2]
+            await backend.save_records([dataclasses.replace(record, data=data)])
+            writes += 1
+        return writes
 
-        writer = asyncio.create_task(rewrite())
-        loads = []
-        for _ in range(30):
-            (loaded,) = await backend.load_records([record.key])
-            assert loaded is not None
-            loads.append(loaded)
-        stop.set()
-        assert await writer > 0
-        assert all(loaded.data in versions for loaded in loads)
-    finally:
-        await backend.disconnect()
+    writer = asyncio.create_task(rewrite())
+    loads = []
+    for _ in range(30):
+        (loaded,) = await backend.load_records([record.key])
+        assert loaded is not None
+        loads.append(loaded)
+    stop.set()
+    assert await writer > 0
+    assert all(loaded.data in versions for loaded in loads)
 
 
-async def test_a_large_value_of_another_writer_names_the_key(
-    prefixed_url: tuple[str, redis.Redis],
-) -> None:
+@pytest.mark.usefixtures("storage_closed_after")
+async def test_a_large_value_of_another_writer_names_the_key(keys: Keys) -> None:
     """A value over 1 MiB that is not our document is refused as one, naming the key."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    scan = large_model_on(url)
-    try:
-        reference = await scan(body="x").asave()
-        key = f"{prefix}:{reference['class_name']}:{reference['id']}"
-        client.set(key, b"z" * 3_000_000)
-        with pytest.raises(StoredDataError, match=key):
-            await scan.aload(reference)
-    finally:
-        await pydantic_toast.aclose_storage()
+    client = keys.client
+    scan = large_model_on(keys.url)
+    reference = await scan(body="x").asave()
+    key = keys.record(reference)
+    client.set(key, b"z" * 3_000_000)
+    with pytest.raises(StoredDataError, match=key):
+        await scan.aload(reference)
 
 
 def _stored(
@@ -663,205 +644,157 @@ def test_scripts_flushed_on_the_server_are_loaded_again() -> None:
         server.stop()
 
 
-def test_a_write_without_ttl_sweeps_expired_entries_of_its_class(
-    prefixed_url: tuple[str, redis.Redis],
+async def test_a_write_without_ttl_sweeps_expired_entries_of_its_class(
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """Once a class has an expiry set, writes without a ttl still sweep its expired entries
     (and leave it themselves); a class that never had one gets no expiry set."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-
-    async def main() -> None:
-        backend = RedisBackend(url)
-        await backend.connect()
-        try:
-            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
-            assert await backend.save_records(brief) == [1, 1, 1]
-            assert client.zcard(f"{prefix}:Flushed:expiry") == 3
-            await asyncio.sleep(0.4)
-            renewed = _stored(b"{}", None, id=brief[0].id)  # expired: written anew, no ttl
-            assert await backend.save_records([renewed, _stored(b"{}", 0)]) == [1, 1]
-            assert client.zcard(f"{prefix}:Flushed:expiry") == 0
-            assert client.zcard(f"{prefix}:Flushed:index") == 2
-            assert await backend.count("Flushed") == 2
-            assert not client.exists(f"{prefix}:Other:expiry")
-            other = _stored(b"{}", 0)
-            await backend.save_records([dataclasses.replace(other, class_name="Other")])
-            assert not client.exists(f"{prefix}:Other:expiry")
-            assert await backend.count("Other") == 1
-        finally:
-            await backend.disconnect()
-
-    asyncio.run(main())
+    client = keys.client
+    brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
+    assert await backend.save_records(brief) == [1, 1, 1]
+    assert client.zcard(keys.of("Flushed", "expiry")) == 3
+    await asyncio.sleep(0.4)
+    renewed = _stored(b"{}", None, id=brief[0].id)  # expired: written anew, no ttl
+    assert await backend.save_records([renewed, _stored(b"{}", 0)]) == [1, 1]
+    assert client.zcard(keys.of("Flushed", "expiry")) == 0
+    assert client.zcard(keys.of("Flushed", "index")) == 2
+    assert await backend.count("Flushed") == 2
+    assert not client.exists(keys.of("Other", "expiry"))
+    other = _stored(b"{}", 0)
+    await backend.save_records([dataclasses.replace(other, class_name="Other")])
+    assert not client.exists(keys.of("Other", "expiry"))
+    assert await backend.count("Other") == 1
 
 
-def test_a_first_save_refuses_an_id_that_exists_and_changes_nothing(
-    prefixed_url: tuple[str, redis.Redis],
+async def test_a_first_save_refuses_an_id_that_exists_and_changes_nothing(
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """A first save (revision 0, no ttl) writes the document at revision 1 and its index entry
     (a large one unstaged); another first save of that id is a conflict that leaves the
     stored document and its index entry as they were."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    index = f"{prefix}:Flushed:index"
-
-    async def main() -> None:
-        backend = RedisBackend(url)
-        await backend.connect()
-        try:
-            small, large = _stored(b'{"n":1}', 0), _stored(b'{"b":"%b"}' % (b"x" * 20_000), 0)
-            assert await backend.save_records([small]) == [1]
-            assert await backend.save_records([large]) == [1]
-            key = f"{prefix}:Flushed:{small.id}"
-            stored = client.get(key)
-            assert stored is not None
-            assert json.loads(stored) == {
-                "created_at": small.created_at.isoformat(),
-                "revision": 1,
-                "schema_version": 1,
-                "updated_at": small.updated_at.isoformat(),
-                "data": {"n": 1},
-            }
-            assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
-            assert client.pttl(key) == -1
-            assert not client.exists(f"{prefix}:Flushed:expiry")
-            assert list(client.scan_iter(match=f"{prefix}:*:staged:*")) == []
-            (loaded,) = await backend.load_records([large.key])
-            assert loaded is not None
-            assert (loaded.data, loaded.revision) == (large.data, 1)
-            await asyncio.sleep(0.002)  # another creation time
-            rival = _stored(b'{"n":2}', 0, id=small.id)
-            with pytest.raises(pydantic_toast.ConcurrencyError) as info:
-                await backend.save_records([rival])
-            assert info.value.current == 1
-            assert client.get(key) == stored
-            assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
-            assert await backend.count("Flushed") == 2
-        finally:
-            await backend.disconnect()
-
-    asyncio.run(main())
+    client, index = keys.client, keys.of("Flushed", "index")
+    small, large = _stored(b'{"n":1}', 0), _stored(b'{"b":"%b"}' % (b"x" * 20_000), 0)
+    assert await backend.save_records([small]) == [1]
+    assert await backend.save_records([large]) == [1]
+    key = keys.of("Flushed", small.id)
+    stored = client.get(key)
+    assert stored is not None
+    assert json.loads(stored) == {
+        "created_at": small.created_at.isoformat(),
+        "revision": 1,
+        "schema_version": 1,
+        "updated_at": small.updated_at.isoformat(),
+        "data": {"n": 1},
+    }
+    assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
+    assert client.pttl(key) == -1
+    assert not client.exists(keys.of("Flushed", "expiry"))
+    assert keys.staged() == []
+    (loaded,) = await backend.load_records([large.key])
+    assert loaded is not None
+    assert (loaded.data, loaded.revision) == (large.data, 1)
+    await asyncio.sleep(0.002)  # another creation time
+    rival = _stored(b'{"n":2}', 0, id=small.id)
+    with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+        await backend.save_records([rival])
+    assert info.value.current == 1
+    assert client.get(key) == stored
+    assert client.zscore(index, str(small.id)) == small.created_at.timestamp()
+    assert await backend.count("Flushed") == 2
 
 
-def test_a_first_save_over_an_expired_records_entries_puts_them_right(
-    prefixed_url: tuple[str, redis.Redis],
+async def test_a_first_save_over_an_expired_records_entries_puts_them_right(
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """A first save without ttl of an id whose earlier record expired, its entries not yet
     swept: the index entry gets the new creation time, the id leaves the expiry set, and the
     class's other expired entries are swept, as any write does."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    index, expiry = f"{prefix}:Flushed:index", f"{prefix}:Flushed:expiry"
-
-    async def main() -> None:
-        backend = RedisBackend(url)
-        await backend.connect()
-        try:
-            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
-            assert await backend.save_records(brief) == [1, 1, 1]
-            await asyncio.sleep(0.4)
-            assert client.zcard(index) == 3, "expired, not swept yet"
-            again = _stored(b'{"n":1}', 0, id=brief[0].id)
-            assert await backend.save_records([again]) == [1]
-            assert client.zrange(index, 0, -1, withscores=True) == [
-                (str(again.id).encode(), again.created_at.timestamp())
-            ]
-            assert not client.exists(expiry)
-            assert await backend.count("Flushed") == 1
-            (listed,) = await backend.list_records("Flushed", limit=10)
-            assert (listed.id, listed.created_at, listed.data) == (
-                again.id,
-                again.created_at,
-                b'{"n":1}',
-            )
-        finally:
-            await backend.disconnect()
-
-    asyncio.run(main())
+    client = keys.client
+    index, expiry = keys.of("Flushed", "index"), keys.of("Flushed", "expiry")
+    brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
+    assert await backend.save_records(brief) == [1, 1, 1]
+    await asyncio.sleep(0.4)
+    assert client.zcard(index) == 3, "expired, not swept yet"
+    again = _stored(b'{"n":1}', 0, id=brief[0].id)
+    assert await backend.save_records([again]) == [1]
+    assert client.zrange(index, 0, -1, withscores=True) == [
+        (str(again.id).encode(), again.created_at.timestamp())
+    ]
+    assert not client.exists(expiry)
+    assert await backend.count("Flushed") == 1
+    (listed,) = await backend.list_records("Flushed", limit=10)
+    assert (listed.id, listed.created_at, listed.data) == (
+        again.id,
+        again.created_at,
+        b'{"n":1}',
+    )
 
 
-def test_a_first_save_whose_reply_is_lost_over_an_expired_id_keeps_the_record_listed(
-    prefixed_url: tuple[str, redis.Redis],
+async def test_a_first_save_whose_reply_is_lost_over_an_expired_id_keeps_the_record_listed(
+    keys: Keys, backend: RedisBackend
 ) -> None:
     """A first save without ttl over an expired record's unswept entries lands, its reply lost
     (so its second step, which takes the id out of the expiry set, never runs): the class's
     next write sweeps expired entries but keeps the live record in the index, so it is still
     listed and counted."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    index, expiry = f"{prefix}:Flushed:index", f"{prefix}:Flushed:expiry"
+    client = keys.client
+    index, expiry = keys.of("Flushed", "index"), keys.of("Flushed", "expiry")
     port = client.connection_pool.connection_kwargs["port"]
-
-    async def main() -> None:
-        direct = RedisBackend(url)
-        await direct.connect()
+    brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(2)]
+    assert await backend.save_records(brief) == [1, 1]
+    await asyncio.sleep(0.4)
+    assert client.zcard(expiry) == 2, "expired, not swept yet"
+    with FaultProxy("127.0.0.1", port) as proxy:
+        proxied = RedisBackend(keys.url.replace(f":{port}/", f":{proxy.port}/"))
+        await proxied.connect()
         try:
-            brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(2)]
-            assert await direct.save_records(brief) == [1, 1]
-            await asyncio.sleep(0.4)
-            assert client.zcard(expiry) == 2, "expired, not swept yet"
-            with FaultProxy("127.0.0.1", port) as proxy:
-                proxied = RedisBackend(url.replace(f":{port}/", f":{proxy.port}/"))
-                await proxied.connect()
-                try:
-                    proxy.lose_reply_to(b"EXEC")
-                    again = _stored(b'{"n":1}', 0, id=brief[0].id)
-                    with pytest.raises(redis.ConnectionError):
-                        await proxied.save_records([again])
-                    assert proxy.replies_lost == 1
-                finally:
-                    await proxied.disconnect()
-            (landed,) = await direct.load_records([again.key])
-            assert landed is not None
-            assert landed.data == b'{"n":1}'
-            other = _stored(b'{"n":2}', 0)
-            assert await direct.save_records([other]) == [1]  # sweeps the expired entries
-            assert client.zscore(index, str(again.id)) is not None
-            assert await direct.count("Flushed") == 2
-            listed = await direct.list_records("Flushed", limit=10)
-            assert {record.id for record in listed} == {again.id, other.id}
+            proxy.lose_reply_to(b"EXEC")
+            again = _stored(b'{"n":1}', 0, id=brief[0].id)
+            with pytest.raises(redis.ConnectionError):
+                await proxied.save_records([again])
+            assert proxy.replies_lost == 1
         finally:
-            await direct.disconnect()
+            await proxied.disconnect()
+    (landed,) = await backend.load_records([again.key])
+    assert landed is not None
+    assert landed.data == b'{"n":1}'
+    other = _stored(b'{"n":2}', 0)
+    assert await backend.save_records([other]) == [1]  # sweeps the expired entries
+    assert client.zscore(index, str(again.id)) is not None
+    assert await backend.count("Flushed") == 2
+    listed = await backend.list_records("Flushed", limit=10)
+    assert {record.id for record in listed} == {again.id, other.id}
 
 
-def test_a_single_update_keeps_what_the_store_holds(prefixed_url: tuple[str, redis.Redis]) -> None:
+async def test_a_single_update_keeps_what_the_store_holds(
+    keys: Keys, backend: RedisBackend
+) -> None:
     """A revision-checked update of one record writes the next revision and keeps the stored
     created_at, even when the writer holds another; in a class with an expiry set, an update
     without ttl takes the record out of it."""
-    url, client = prefixed_url
-    prefix = url.split("prefix=")[1]
-    expiry = f"{prefix}:Flushed:expiry"
-
-    async def main() -> None:
-        backend = RedisBackend(url)
-        await backend.connect()
-        try:
-            first = _stored(b'{"n":1}', 0)
-            assert await backend.save_records([first]) == [1]
-            update = dataclasses.replace(first, data=b'{"n":2}', revision=1)
-            assert await backend.save_records([update]) == [2]
-            skewed = _stored(b'{"n":3}', 2, id=first.id)  # created_at: now, not first's
-            assert skewed.created_at != first.created_at
-            assert await backend.save_records([skewed]) == [3]
-            (loaded,) = await backend.load_records([first.key])
-            assert loaded is not None
-            assert (loaded.data, loaded.revision, loaded.created_at) == (
-                b'{"n":3}',
-                3,
-                first.created_at,
-            )
-            with pytest.raises(pydantic_toast.ConcurrencyError) as info:
-                await backend.save_records([update])
-            assert info.value.current == 3
-            brief = _stored(b"{}", 0, ttl=60)
-            assert await backend.save_records([brief]) == [1]
-            assert client.zscore(expiry, str(brief.id)) is not None
-            lasting = dataclasses.replace(brief, data=b'{"kept":true}', revision=1, ttl=None)
-            assert await backend.save_records([lasting]) == [2]
-            assert client.pttl(f"{prefix}:Flushed:{brief.id}") == -1
-            assert not client.exists(expiry)
-            assert await backend.count("Flushed") == 2
-        finally:
-            await backend.disconnect()
-
-    asyncio.run(main())
+    client, expiry = keys.client, keys.of("Flushed", "expiry")
+    first = _stored(b'{"n":1}', 0)
+    assert await backend.save_records([first]) == [1]
+    update = dataclasses.replace(first, data=b'{"n":2}', revision=1)
+    assert await backend.save_records([update]) == [2]
+    skewed = _stored(b'{"n":3}', 2, id=first.id)  # created_at: now, not first's
+    assert skewed.created_at != first.created_at
+    assert await backend.save_records([skewed]) == [3]
+    (loaded,) = await backend.load_records([first.key])
+    assert loaded is not None
+    assert (loaded.data, loaded.revision, loaded.created_at) == (
+        b'{"n":3}',
+        3,
+        first.created_at,
+    )
+    with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+        await backend.save_records([update])
+    assert info.value.current == 3
+    brief = _stored(b"{}", 0, ttl=60)
+    assert await backend.save_records([brief]) == [1]
+    assert client.zscore(expiry, str(brief.id)) is not None
+    lasting = dataclasses.replace(brief, data=b'{"kept":true}', revision=1, ttl=None)
+    assert await backend.save_records([lasting]) == [2]
+    assert client.pttl(keys.of("Flushed", brief.id)) == -1
+    assert not client.exists(expiry)
+    assert await backend.count("Flushed") == 2
