@@ -184,12 +184,14 @@ def pointer_of(record: StoredRecord) -> tuple[str, UUID, int, str] | None:
 
 
 def offload_pointer(
-    record: StoredRecord, class_name: str, id: UUID, payload: bytes
+    record: StoredRecord, class_name: str, id: UUID, payload: bytes, key: str | None
 ) -> StoredRecord:
-    """``record`` holding a pointer to ``payload``, stored elsewhere as ``(class_name, id)``."""
+    """``record`` holding a pointer to ``payload``, stored elsewhere as ``(class_name, id)``
+    and encrypted with the key ``key`` (``None``: not encrypted), which the pointer records so
+    that a re-encryption need not download the payload to learn it."""
     envelope = {
         _ENVELOPE_KEY: {
-            "offloaded": {"class_name": class_name, "id": str(id)},
+            "offloaded": {"class_name": class_name, "id": str(id), "key": key},
             "size": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
@@ -228,6 +230,19 @@ def key_of(data: bytes) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         return "?"
     return key if isinstance(key, str) else None
+
+
+def stored_key(record: StoredRecord) -> tuple[bool, str | None]:
+    """Whether ``record`` tells the key id its data is encrypted with, and that id (``None``:
+    not encrypted) without fetching an offloaded payload: a pointer written before pointers
+    recorded the payload's key does not tell."""
+    if pointer_of(record) is None:
+        return True, key_of(record.data)
+    pointer = pydantic_core.from_json(record.data)[_ENVELOPE_KEY]["offloaded"]
+    if "key" not in pointer:
+        return False, None
+    key = pointer["key"]
+    return True, key if isinstance(key, str) or key is None else "?"
 
 
 def is_encoded(data: bytes) -> bool:

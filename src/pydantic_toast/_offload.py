@@ -5,8 +5,11 @@ compression, if any) reach ``offload_above`` in that store, as the record
 ``(f"{class_name}.payloads", fresh uuid)``; its own store keeps a ``$toast`` envelope with the
 pointer, the payload's size and its SHA-256::
 
-    {"$toast": {"offloaded": {"class_name": "Report.payloads", "id": "..."}, "size": ...,
-                "sha256": "..."}}
+    {"$toast": {"offloaded": {"class_name": "Report.payloads", "id": "...", "key": "2026-12"},
+                "size": ..., "sha256": "..."}}
+
+(``key``: the id of the key the payload is encrypted with, ``null`` when it is not; pointers
+written before it was recorded lack it.)
 
 A write uploads the new payload first, then writes the record (with its revision check), then
 deletes the payload the record pointed to before; a failed record write deletes the new payload
@@ -103,7 +106,8 @@ class Offloads:
                     revision=0 if Capability.REVISIONS in target.capabilities else None,
                 )
                 await target.save_records([payload])
-                stored[index] = offload_pointer(record, move.class_name, move.new, record.data)
+                key = None if codec.encryption is None else codec.encryption.current
+                stored[index] = offload_pointer(record, move.class_name, move.new, record.data, key)
             self.moves.append(move)
 
     async def written(self) -> None:

@@ -14,7 +14,9 @@ skipped (that writer used the current key already) and counted in ``changed``. T
 write: the record's revision goes up (an instance holding the old revision gets a
 ``ConcurrencyError`` on its next optimistic save, as after any other writer) and its ``ttl``
 starts afresh from the model's ``ttl``. Offloaded payloads are uploaded anew and the old ones
-deleted after the record is written, as on any save.
+deleted after the record is written, as on any save. An offloaded record's pointer names the
+key of its payload, so only the payloads to rewrite are downloaded (a pointer written before it
+named the key costs a download to learn it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pydantic_toast._codecs import CodecSettings, decode_record, encode_record, key_of
+from pydantic_toast._codecs import (
+    CodecSettings,
+    decode_record,
+    encode_record,
+    key_of,
+    stored_key,
+)
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import Offloads, fetch_offloaded
@@ -94,9 +102,12 @@ async def areencrypt(
         records = await backend.list_records(settings.external_name, limit=batch_size, after=cursor)
         stale = []
         for record in records:
-            fetched = await fetch_offloaded(storage, record, codec)
-            if key_of(fetched.data) != report.key_id:
-                stale.append((record, fetched))
+            known, key = stored_key(record)
+            fetched = None if known else await fetch_offloaded(storage, record, codec)
+            if fetched is not None:
+                key = key_of(fetched.data)
+            if key != report.key_id:
+                stale.append((record, fetched or await fetch_offloaded(storage, record, codec)))
         rewritten = [
             encode_record(
                 replace(

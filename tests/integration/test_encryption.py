@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -145,14 +150,16 @@ async def _payload(offload: str, class_name: str, id: UUID) -> StoredRecord | No
 
 
 def test_offloaded_payloads_are_encrypted_and_reencrypted(storage_url: str, s3_url: str) -> None:
-    """Offloading runs after the codecs: the object in S3 is the encrypted envelope; a
-    re-encryption uploads a new one and deletes the old."""
+    """Offloading runs after the codecs: the object in S3 is the encrypted envelope, and the
+    pointer names its key; a re-encryption uploads a new one and deletes the old, and a run
+    with nothing to rewrite downloads no payload (it reads the key from the pointer)."""
     big = "out of line and secret. " * 20_000  # ~480 KB: offloaded (no compression here)
     sealed = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
     reference = sealed(title="t", body=big).model_dump()
     pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
     target = pointer["$toast"]["offloaded"]
     assert target["class_name"] == payload_class(reference["class_name"])
+    assert target["key"] == "k1"
     old_id = UUID(target["id"])
     payload = asyncio.run(_payload_closing(s3_url, target["class_name"], old_id))
     assert payload is not None
@@ -170,7 +177,42 @@ def test_offloaded_payloads_are_encrypted_and_reencrypted(storage_url: str, s3_u
     moved = asyncio.run(_payload_closing(s3_url, target["class_name"], new_id))
     assert moved is not None
     assert codecs_of(moved)[1] == "k2"
+    assert pointer["$toast"]["offloaded"]["key"] == "k2"
     assert rotated.model_validate(reference).body == big  # type: ignore[attr-defined]
+    asyncio.run(_delete_payload_closing(s3_url, target["class_name"], new_id))
+    report = pydantic_toast.reencrypt(rotated)  # would fail on the missing payload if fetched
+    assert (report.checked, report.rewritten) == (1, 0)
+
+
+def test_pointers_without_their_payloads_key_are_read_to_learn_it(
+    storage_url: str, s3_url: str
+) -> None:
+    """A pointer written before pointers named their payload's key: a re-encryption downloads
+    the payload to learn it, and rewrites it only when it is not the current key."""
+    big = "out of line and secret. " * 20_000
+    sealed = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    reference = sealed(title="t", body=big).model_dump()
+    record = stored(storage_url, reference["class_name"], reference["id"])
+    envelope = json.loads(record.data)
+    del envelope["$toast"]["offloaded"]["key"]
+    data = json.dumps(envelope, separators=(",", ":")).encode()
+    overwrite(storage_url, dataclasses.replace(record, data=data))
+    assert pydantic_toast.reencrypt(sealed).rewritten == 0  # read: already under k1
+    rotated = report_model(
+        storage_url, s3_url, encryption=EncryptionKeys({"k1": K1, "k2": K2}, current="k2")
+    )
+    assert pydantic_toast.reencrypt(rotated).rewritten == 1
+    pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
+    assert pointer["$toast"]["offloaded"]["key"] == "k2"
+    assert rotated.model_validate(reference).body == big  # type: ignore[attr-defined]
+
+
+async def _delete_payload_closing(offload: str, class_name: str, id: UUID) -> None:
+    try:
+        backend = await pydantic_toast.current_storage().connected(StorageURL.parse(offload))
+        assert await backend.delete(id, class_name)
+    finally:
+        await pydantic_toast.aclose_storage()
 
 
 async def _payload_closing(offload: str, class_name: str, id: UUID) -> StoredRecord | None:
@@ -201,3 +243,97 @@ def test_bad_encryption_settings_are_refused_without_showing_a_key(memory_url: s
     assert repr(EncryptionKeys({"k1": K1}, current="k1")) == (
         "EncryptionKeys(ids=['k1'], current='k1')"
     )
+
+
+@pytest.mark.postgresql
+def test_the_reencrypt_command_rotates_resumes_and_reports_errors(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """``pydantic-toast reencrypt`` rewrites a class's records under the current key of the
+    model its --module defines, page by page with progress and a resume cursor on stderr;
+    --after resumes past the pages done; a record whose key the model lacks fails in one line
+    that names the key id and writes nothing of its page; the URL's password is masked."""
+    scheme, rest = postgres_database_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    url = f"{scheme}://{user.split(':')[0]}:hunter2secret@{host}"  # trust auth ignores it
+    name = f"Memo{uuid4().hex[:8]}"
+    (tmp_path / "vault_models.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from pydantic_toast import EncryptionKeys, ExternalBaseModel, ExternalConfigDict
+
+            KEYS = dict(pair.split("=") for pair in os.environ["VAULT_KEYS"].split(","))
+
+            class Memo(ExternalBaseModel):
+                text: str
+                model_config = ExternalConfigDict(
+                    storage="{url}",
+                    external_name="{name}",
+                    encryption=EncryptionKeys(
+                        {{k: bytes.fromhex(v) for k, v in KEYS.items()}},
+                        current=os.environ["VAULT_CURRENT"],
+                    ),
+                )
+            """
+        )
+    )
+    secrets = {key: os.urandom(32).hex() for key in ("k1", "k2", "k3", "k4")}
+
+    def run(keys: str, current: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "VAULT_KEYS": ",".join(f"{key}={secrets[key]}" for key in keys.split(",")),
+            "VAULT_CURRENT": current,
+        }
+        return subprocess.run(
+            [sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+
+    setup = "import vault_models as m\nfor i in range(5): m.Memo(text=f'memo {i}').model_dump()"
+    made = run("k1", "k1", "-c", setup)
+    assert made.returncode == 0, made.stderr
+    cli = ["-m", "pydantic_toast.integrations.cli", "reencrypt", url]
+    cli += ["--module", "vault_models", "--class", name, "--batch-size", "2"]
+
+    def keys_stored() -> list[str | None]:
+        async def read() -> list[str | None]:
+            try:
+                backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
+                records = await backend.list_records(name, limit=10)
+                return [codecs_of(record)[1] for record in records]
+            finally:
+                await pydantic_toast.aclose_storage()
+
+        return asyncio.run(read())
+
+    rotated = run("k1,k2", "k2", *cli)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "postgres:***@" in rotated.stdout
+    assert "hunter2secret" not in rotated.stdout + rotated.stderr
+    assert f"{name}: 5 of 5 records rewritten under key 'k2'" in rotated.stdout
+    progress = rotated.stderr.splitlines()
+    assert progress[0].startswith("checked 2, rewritten 2, changed meanwhile 0; resume with")
+    assert progress[-1] == "checked 5, rewritten 5, changed meanwhile 0"
+    assert keys_stored() == ["k2"] * 5
+    cursor = progress[0].rsplit("--after ", 1)[1]
+
+    resumed = run("k2,k3", "k3", *cli, "--after", cursor)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 of 3 records rewritten under key 'k3'" in resumed.stdout
+    assert sorted(keys_stored(), key=str) == ["k2", "k2", "k3", "k3", "k3"]
+
+    missing = run("k3,k4", "k4", *cli)
+    assert missing.returncode == 1
+    error = missing.stderr.strip().splitlines()
+    assert len(error) == 1, missing.stderr
+    assert error[0].startswith("pydantic-toast reencrypt: error:")
+    assert "'k2'" in error[0]
+    assert "hunter2secret" not in missing.stderr
+    assert sorted(keys_stored(), key=str) == ["k2", "k2", "k3", "k3", "k3"]
+
+    bad = run("k2,k3", "k3", *cli, "--after", "nope")
+    assert bad.returncode == 2
+    assert "--after 'nope' is not a cursor" in bad.stderr
