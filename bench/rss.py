@@ -1,7 +1,7 @@
 """Peak RSS growth of saves and loads (pydantic-toast async), each probe in a child process.
 
 Three probes, each printing JSON (the peak RSS growth of the save and of the load, in bytes,
-next to the bytes of JSON moved)::
+next to the bytes of JSON moved; for one model, also of a page holding it)::
 
     python bench/rss.py KIND WORKLOAD_INDEX COUNT URL       # one batch (bench/run.py uses it)
     python bench/rss.py model KIND MEGABYTES URL [OFFLOAD]  # one model of MEGABYTES of JSON
@@ -133,8 +133,19 @@ def model_probe(kind: str, megabytes: float, url: str, offload: str | None) -> d
         load_peak = peak_rss() - before
         assert len(loaded.body) == int(megabytes * 1_000_000)  # type: ignore[attr-defined]
         del loaded
+        before = reset_peak_rss()
+        page = await pydantic_toast.apage(big, limit=10)
+        page_peak = peak_rss() - before
+        newest = page.items[0]  # the warm-up record is older
+        assert len(newest.body) == int(megabytes * 1_000_000)  # type: ignore[attr-defined]
+        del page, newest
         await pydantic_toast.aclose_storage()
-        return {"json_bytes": json_bytes, "save_rss": save_peak, "load_rss": load_peak}
+        return {
+            "json_bytes": json_bytes,
+            "save_rss": save_peak,
+            "load_rss": load_peak,
+            "page_rss": page_peak,
+        }
 
     return asyncio.run(run())
 
@@ -279,8 +290,9 @@ def table(arguments: argparse.Namespace) -> None:
         "peak RSS growth, median [min-max], and its ratio to the JSON moved"
     )
     what = "records" if arguments.batch else "payload"
-    print(f"| {what} | backend | JSON | save peak RSS | load peak RSS |")
-    print("|---|---|---|---|---|")
+    pages = "" if arguments.batch else " page peak RSS |"
+    print(f"| {what} | backend | JSON | save peak RSS | load peak RSS |{pages}")
+    print("|---|---|---|---|---|" + ("" if arguments.batch else "---|"))
     for kind, size in cells:
         runs = results[(kind, size)]
         if not runs:
@@ -288,9 +300,11 @@ def table(arguments: argparse.Namespace) -> None:
             continue
         json_bytes = runs[0]["json_bytes"]
         label = f"{arguments.batch:,} × workload {int(size)}" if arguments.batch else f"{size} MB"
+        page = "" if arguments.batch else f" {_cell(runs, 'page_rss', json_bytes)} |"
         print(
             f"| {label} | {kind} | {json_bytes / 1e6:.1f} MB "
             f"| {_cell(runs, 'save_rss', json_bytes)} | {_cell(runs, 'load_rss', json_bytes)} |"
+            f"{page}"
         )
 
 

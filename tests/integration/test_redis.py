@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,7 +24,7 @@ from pydantic_toast import (
     StorageOperationError,
     StoredDataError,
 )
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
 from tests.fault_proxy import FaultProxy
@@ -798,3 +798,42 @@ async def test_a_single_update_keeps_what_the_store_holds(
     assert client.pttl(keys.of("Flushed", brief.id)) == -1
     assert not client.exists(expiry)
     assert await backend.count("Flushed") == 2
+
+
+class _DeletingBeforePieces(RedisBackend):
+    """Deletes the record a page is about to read the rest of (another writer's delete landing
+    between the page script and the pieces)."""
+
+    async def _load_large(self, record_key: Any, name: str, first: bytes) -> Any:
+        await self._connected().delete(name)
+        return await super()._load_large(record_key, name, first)
+
+
+async def test_a_page_reads_large_documents_in_pieces_exactly(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """A page holding records above 1 MiB (multi-byte text) and small ones lists them all,
+    newest first, each exactly, across page boundaries too; a large record deleted between the
+    page and its pieces has the page read again whole, without it (never short of the limit)."""
+    deleting = _DeletingBeforePieces(keys.url)
+    await deleting.connect()
+    try:
+        start = datetime.now(UTC)
+        texts = [_multibyte(3, "a"), "small", _multibyte(2, "b"), "tiny", _multibyte(1.2, "c")]
+        records = []
+        for offset, text in enumerate(texts):
+            created = start + timedelta(seconds=offset)
+            data = json.dumps({"b": text}, ensure_ascii=False).encode()
+            records.append(StoredRecord("Paged", uuid4(), data, 1, created, created))
+        await backend.save_records(records)
+        newest = list(reversed(records))
+        page = await backend.list_records("Paged", limit=10)
+        assert [(r.id, r.data, r.revision) for r in page] == [(r.id, r.data, 1) for r in newest]
+        first = await backend.list_records("Paged", limit=2)
+        second = await backend.list_records("Paged", limit=2, after=PageCursor.of(first[-1]))
+        assert [r.data for r in first + second] == [r.data for r in newest[:4]]
+        page = await deleting.list_records("Paged", limit=3)
+        survivors = [r for r in newest if r.id != newest[0].id]
+        assert [r.data for r in page] == [r.data for r in survivors[:3]]
+    finally:
+        await deleting.disconnect()

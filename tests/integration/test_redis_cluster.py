@@ -8,7 +8,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
@@ -565,6 +565,34 @@ def test_a_large_record_follows_its_slot_moved_behind_the_clients_back(
             assert loaded is not None
             assert (loaded.data, loaded.revision) == (update.data, 2)
             assert await _staged_keys(backend) == []
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_page_reads_large_documents_in_pieces_exactly(cluster: servers.TempRedisCluster) -> None:
+    """A page over every bucket holding records above 1 MiB and small ones lists them all,
+    newest first, each exactly (the rest of each large one read on its slot's primary)."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"page{uuid4().hex[:8]}"))
+        try:
+            start = datetime.now(UTC)
+            texts = [_multibyte(3, "a"), "small", _multibyte(2, "b"), _multibyte(1.5, "c")]
+            records = [
+                dataclasses.replace(_large(text), created_at=start + timedelta(seconds=offset))
+                for offset, text in enumerate(texts)
+            ]
+            for record in records:
+                await backend.save_records([record])
+            assert len({backend.bucket(r.id) for r in records}) > 1
+            page = await backend.list_records("Scan", limit=10)
+            newest = list(reversed(records))
+            assert [(r.id, r.data) for r in page] == [(r.id, r.data) for r in newest]
+            first = await backend.list_records("Scan", limit=2)
+            second = await backend.list_records("Scan", limit=2, after=PageCursor.of(first[-1]))
+            assert [r.data for r in first + second] == [r.data for r in newest]
         finally:
             await backend.disconnect()
 

@@ -367,7 +367,9 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. now)
 """
 # KEYS: the class index. ARGV: the prefix of the class's record keys, the page size, the
-# cursor's score ('' for the first page) and id. A page newest first: entries by score
+# cursor's score ('' for the first page) and id, and the largest document returned whole (''
+# for any size: a larger one comes as its first that many bytes, the client reads the rest in
+# pieces, see RedisBackend._page). A page newest first: entries by score
 # descending, then member descending (ZREVRANGEBYSCORE's order for equal scores, and the
 # canonical UUID text sorts like the id), from the cursor's score down, skipping the cursor's
 # own score at members not below its id; each round reads its entries' documents with one
@@ -375,7 +377,7 @@ return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', '(' 
 # (reads never write). Returns {id, document, id, document, ...}.
 _PAGE_SCRIPT = """
 local index, prefix, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local top, after = '+inf', ARGV[4]
+local top, after, whole = '+inf', ARGV[4], tonumber(ARGV[5])
 local cursor = nil
 if ARGV[3] ~= '' then
   top = ARGV[3]
@@ -399,9 +401,11 @@ while found < limit do
   if #keys > 0 then
     local documents = redis.call('MGET', unpack(keys))
     for i = 1, #keys do
-      if documents[i] and found < limit then
+      local document = documents[i]
+      if document and found < limit then
+        if whole and #document > whole then document = string.sub(document, 1, whole) end
         page[#page + 1] = ids[i]
-        page[#page + 1] = documents[i]
+        page[#page + 1] = document
         found = found + 1
       end
     end
@@ -750,6 +754,13 @@ class RedisBackend(RecordBackend):
             for name, (class_name, id), value in zip(names, keys, values, strict=True)
         ]
 
+    async def _load_large(
+        self, record_key: RecordKey, name: str, first: bytes
+    ) -> StoredRecord | None:
+        """The record stored under ``name`` whose first ``_PIECE`` bytes are ``first``, the
+        rest read in pieces (see ``_load_in_pieces``)."""
+        return await self._load_in_pieces(self._pool_for(name.encode()), record_key, first)
+
     async def _load_in_pieces(
         self, pool: _resp.Pool, record_key: RecordKey, first: bytes
     ) -> StoredRecord | None:
@@ -826,18 +837,38 @@ class RedisBackend(RecordBackend):
         )
 
     async def _page(
-        self, index: str, prefix: str, class_name: str, limit: int, after: PageCursor | None
+        self,
+        index: str,
+        prefix: str,
+        class_name: str,
+        limit: int,
+        after: PageCursor | None,
+        *,
+        whole: bool = False,
     ) -> list[StoredRecord]:
-        """One run of the page script over ``index``, whose records' keys start with ``prefix``."""
-        arguments: list[Any] = [prefix, limit, "", ""]
+        """One run of the page script over ``index``, whose records' keys start with ``prefix``.
+
+        A document above ``_PIECE`` comes as its first ``_PIECE`` bytes, and the rest is read
+        in pieces as a single load does (a record rewritten meanwhile is read whole, in its
+        new version: its place in the page, by creation time, is the same). A record deleted
+        meanwhile would leave the page short, which reads as the last page: the page is then
+        read again with ``whole`` documents, in one script call.
+        """
+        arguments: list[Any] = [prefix, limit, "", "", "" if whole else _PIECE]
         if after is not None:
-            arguments[2:] = [repr(after.created_at.timestamp()), str(after.id)]
+            arguments[2:4] = [repr(after.created_at.timestamp()), str(after.id)]
         flat = await self._call(lambda: self._page_script(keys=[index], args=arguments))
         records = []
         for position in range(0, len(flat), 2):
             member = flat[position].decode()
-            id = UUID(member)
-            records.append(self._parse(prefix + member, class_name, id, flat[position + 1]))
+            id, value, name = UUID(member), flat[position + 1], prefix + member
+            if len(value) < _PIECE or whole:
+                records.append(self._parse(name, class_name, id, value))
+                continue
+            record = await self._call(partial(self._load_large, (class_name, id), name, value))
+            if record is None:
+                return await self._page(index, prefix, class_name, limit, after, whole=True)
+            records.append(record)
         return records
 
     async def count(self, class_name: str) -> int:

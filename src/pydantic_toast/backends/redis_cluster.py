@@ -507,13 +507,13 @@ class RedisClusterBackend(single.RedisBackend):
     async def _load_large(
         self, record_key: RecordKey, name: str, first: bytes
     ) -> StoredRecord | None:
-        """The record whose first MiB is ``first``, the rest read in pieces (as on a single
-        node); whole, through the cluster client, if its slot moved meanwhile."""
-        cluster = self._connected_cluster()
+        """The record whose first MiB is ``first``, the rest read in pieces on its slot's
+        primary (as on a single node); whole, through the cluster client, if its slot moved
+        meanwhile."""
         try:
-            return await self._load_in_pieces(self._pool_for(name.encode()), record_key, first)
+            return await super()._load_large(record_key, name, first)
         except (MovedError, AskError):
-            value = await cluster.execute_command("GET", name)
+            value = await self._connected_cluster().execute_command("GET", name)
         class_name, id = record_key
         return None if value is None else self._parse(name, class_name, id, value)
 
