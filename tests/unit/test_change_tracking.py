@@ -332,3 +332,240 @@ def test_wide_models_compare_their_json(counting_url: str, monkeypatch: pytest.M
     item.model_dump()
     assert len(seen) == 2
     assert [c.size for c in CALL_LOGS[counting_url].of("save")] == [1]
+
+
+# -- the dirty flag: assigning a field clears it; in-place changes are still looked for ----------
+
+
+def _saves(url: str) -> int:
+    return len(CALL_LOGS[url].of("save"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: setattr(m, "name", "b"),
+        lambda m: setattr(m, "name", "".join(["a"])),  # equal, another object: not written
+        lambda m: delattr(m, "note") or setattr(m, "note", "changed"),
+        lambda m: m.tags.append("z"),
+        lambda m: m.tags.pop(),
+        lambda m: m.tags.sort(reverse=True),
+        lambda m: m.scores.__setitem__("b", 2),
+        lambda m: m.scores.pop("a"),
+        lambda m: m.scores.clear() or m.scores.update(a=1),  # same key and value, rebuilt
+        lambda m: m.members.add(3),
+        lambda m: m.grid[0].append(9),
+        lambda m: m.groups["g"].append(9),
+        lambda m: m.pair[1].append(9),
+        lambda m: setattr(m.inner, "n", 5),
+        lambda m: m.inner.items.append(5),
+        lambda m: setattr(m, "more", 1),  # an extra field, assigned
+        lambda m: m.__pydantic_extra__.__setitem__("more", 1),  # an extra field, in place
+    ],
+    ids=[
+        "assign",
+        "assign-equal-value",
+        "delete-and-assign",
+        "list-append",
+        "list-pop",
+        "list-sort",
+        "dict-new-key",
+        "dict-pop",
+        "dict-rebuilt-same",
+        "set-add",
+        "list-in-list",
+        "list-in-dict",
+        "list-in-tuple",
+        "nested-plain-model-attribute",
+        "nested-plain-model-list",
+        "extra-assigned",
+        "extra-in-place",
+    ],
+)
+def test_every_kind_of_change_is_seen_after_a_redump(counting_url: str, change: object) -> None:
+    """After re-dumps that skipped serializing, each kind of change is written, or found equal."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Inner(BaseModel):
+        n: int = 1
+        items: list[int] = [1]
+
+    class Everything(ExternalBaseModel):
+        name: str = "a"
+        note: str = "n"
+        tags: list[str] = ["x", "y"]
+        scores: dict[str, int] = {"a": 1}
+        members: set[int] = {1, 2}
+        grid: list[list[int]] = [[1]]
+        groups: dict[str, list[int]] = {"g": [1]}
+        pair: tuple[int, list[int]] = (1, [2])
+        inner: Inner = Inner()
+        model_config = ExternalConfigDict(storage=counting_url) | ConfigDict(extra="allow")  # type: ignore[operator]
+
+    item = Everything()
+    item.model_dump()
+    item.model_dump()
+    assert item.external_revision == 1
+    before = item.model_dump_json()
+    stored_before = Everything.model_validate(item.model_dump()).__dict__.copy()
+    change(item)  # type: ignore[operator]
+    item.model_dump()
+    changed = Everything.model_validate(item.model_dump())
+    assert changed.__dict__ == item.__dict__
+    assert changed.__pydantic_extra__ == item.__pydantic_extra__
+    expected = 1 if item.__dict__ == stored_before and not item.__pydantic_extra__ else 2
+    assert item.external_revision == expected
+    assert item.model_dump_json() == before  # the reference: same record either way
+
+
+def test_the_fast_path_skips_serializing_only_while_nothing_was_assigned(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-dumps of a flat model skip serializing until a field is assigned, then resume."""
+
+    class Flat(ExternalBaseModel):
+        name: str = "a"
+        tags: list[str] = ["x"]
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    seen = _count_serializations(monkeypatch)
+    item = Flat()
+    item.model_dump()
+    item.model_dump()
+    assert len(seen) == 1
+    name = item.name
+    item.name = "b"
+    item.name = name  # the very same object back: compared field by field, nothing written
+    item.model_dump()
+    item.model_dump()
+    assert len(seen) == 1
+    assert _saves(counting_url) == 1
+    item.tags.append("y")  # a list changed in place: serialized and written
+    item.model_dump()
+    assert len(seen) == 2
+    assert _saves(counting_url) == 2
+    item.model_dump()
+    assert len(seen) == 2
+
+
+def test_private_attributes_do_not_count_as_changes(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting or deleting a private attribute neither writes nor serializes the model again."""
+    from pydantic import PrivateAttr
+
+    class WithPrivate(ExternalBaseModel):
+        name: str = "a"
+        _cache: int = PrivateAttr(default=0)
+        _seen: list[int]
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    seen = _count_serializations(monkeypatch)
+    item = WithPrivate()
+    item.model_dump()
+    item._cache = 5
+    item._seen = [1]
+    item._seen.append(2)
+    del item._cache
+    assert item._toast_clean is item._toast_identity.fingerprint  # the dirty flag: still clean
+    item.model_dump()
+    assert len(seen) == 1
+    assert _saves(counting_url) == 1
+    assert item.external_revision == 1
+
+
+def test_validate_assignment_models_are_tracked(counting_url: str) -> None:
+    """With validate_assignment, an assigned (coerced) value and what validators set are written."""
+    from pydantic import ConfigDict, model_validator
+
+    class Order(ExternalBaseModel):
+        price: int = 1
+        quantity: int = 1
+        total: int = 1
+        model_config = ExternalConfigDict(storage=counting_url) | ConfigDict(  # type: ignore[operator]
+            validate_assignment=True
+        )
+
+        @model_validator(mode="after")
+        def _total(self) -> Order:
+            self.__dict__["total"] = self.price * self.quantity  # bypasses __setattr__
+            return self
+
+    item = Order()
+    item.model_dump()
+    item.model_dump()
+    item.quantity = "3"  # type: ignore[assignment]
+    reference = item.model_dump()
+    assert item.external_revision == 2
+    stored = Order.model_validate(reference)
+    assert (stored.quantity, stored.total) == (3, 3)
+    item.model_dump()
+    assert item.external_revision == 2
+
+
+def test_model_construct_instances_are_tracked(counting_url: str) -> None:
+    """An instance built without validation is written once, then only when changed."""
+
+    class Built(ExternalBaseModel):
+        name: str = "a"
+        tags: list[str] = []
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    item = Built.model_construct(name="b", tags=["x"])
+    item.model_dump()
+    item.model_dump()
+    assert item.external_revision == 1
+    item.tags.append("y")
+    item.model_dump()
+    item.name = "c"
+    reference = item.model_dump()
+    assert item.external_revision == 3
+    assert Built.model_validate(reference).__dict__ == {"name": "c", "tags": ["x", "y"]}
+
+
+def test_assignments_bypassing_setattr_are_not_seen_but_force_writes_them(
+    counting_url: str,
+) -> None:
+    """``object.__setattr__`` or ``__dict__`` writes skip the dirty flag: ``force=True`` writes.
+
+    Documented limitation (docs/guide/change-tracking.md): change tracking sees assignments
+    through the model, not writes that go around it.
+    """
+
+    class Flat(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    item = Flat()
+    item.model_dump()
+    object.__setattr__(item, "name", "b")
+    item.model_dump()
+    assert item.external_revision == 1
+    item.__dict__["name"] = "c"
+    item.model_dump()
+    assert item.external_revision == 1
+    reference = pydantic_toast.dump(item, force=True)
+    assert item.external_revision == 2
+    assert Flat.model_validate(reference).name == "c"
+
+
+def test_a_change_during_an_async_save_is_seen_by_the_next_dump(counting_url: str) -> None:
+    """A field assigned while a save awaits its write is written by the next save."""
+    import asyncio
+
+    class Flat(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    item = Flat()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(item.asave())
+        await asyncio.sleep(0)  # the save has serialized "a" and awaits its write
+        item.name = "b"
+        await first
+        await item.asave()
+
+    asyncio.run(main())
+    assert item.external_revision == 2
+    assert Flat.model_validate(item.model_dump()).name == "b"
