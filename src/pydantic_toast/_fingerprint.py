@@ -63,13 +63,10 @@ def fingerprint(model: Any) -> Fingerprint | None:
     """``model``'s fingerprint now, or ``None`` when identity cannot vouch for its fields."""
     cls = type(model)
     # Where the values needing a closer look sit, learnt once per class and value types (kept
-    # on the class: a module-level cache would keep classes alive).
-    layouts: dict[tuple[type, ...], tuple[object, _Layout | None]] | None
-    layouts = cls.__dict__.get("__toast_layouts__")
-    if layouts is None:
-        layouts = {}
-        type.__setattr__(cls, "__toast_layouts__", layouts)
-    elif not layouts and cls.__dict__.get("__toast_wide__"):
+    # on the class, each class its own, set when it is defined: a module-level cache would keep
+    # classes alive).
+    layouts: dict[tuple[type, ...], tuple[object, _Layout | None]] = cls.__toast_layouts__
+    if not layouts and cls.__toast_wide__:
         return None
     values = tuple(model.__dict__.values())
     kinds = tuple(map(type, values))

@@ -569,3 +569,55 @@ def test_a_change_during_an_async_save_is_seen_by_the_next_dump(counting_url: st
     asyncio.run(main())
     assert item.external_revision == 2
     assert Flat.model_validate(item.model_dump()).name == "b"
+
+
+def test_a_large_record_keeps_its_fingerprint_not_its_json(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above KEEP_JSON_UP_TO the written JSON is dropped: re-dumps stay free, changes written."""
+    from pydantic_toast._saving import KEEP_JSON_UP_TO
+
+    class Big(ExternalBaseModel):
+        body: str
+        lines: list[str] = []
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    seen = _count_serializations(monkeypatch)
+    item = Big(body="x" * (KEEP_JSON_UP_TO + 1))
+    item.model_dump()
+    assert item._toast_identity.data is None
+    item.model_dump()
+    assert (len(seen), _saves(counting_url)) == (1, 1)
+    item.lines.append("a")  # in place: serialized, and written (no JSON to compare with)
+    item.model_dump()
+    assert (len(seen), _saves(counting_url)) == (2, 2)
+    item.body = "".join(["x"] * (KEEP_JSON_UP_TO + 1))  # equal value, new object: written too
+    item.model_dump()
+    assert (len(seen), _saves(counting_url)) == (3, 3)
+    item.model_dump()
+    assert Big.model_validate(item.model_dump()).lines == ["a"]
+    small = Big(body="x")
+    small.model_dump()
+    assert small._toast_identity.data is not None
+
+
+def test_a_large_owner_keeps_its_json(counting_url: str) -> None:
+    """A model owning children keeps its JSON however large: replaced children are found in it."""
+    from typing import Annotated
+
+    from pydantic_toast import Owned
+    from pydantic_toast._saving import KEEP_JSON_UP_TO
+
+    class Child(ExternalBaseModel):
+        n: int = 1
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    class Owner(ExternalBaseModel):
+        body: str
+        child: Annotated[Child | None, Owned] = None
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    item = Owner(body="x" * (KEEP_JSON_UP_TO + 1))  # no child now: a fingerprint vouches
+    item.model_dump()
+    assert item._toast_identity.fingerprint is not None
+    assert item._toast_identity.data is not None
