@@ -528,7 +528,7 @@ def test_assignments_bypassing_setattr_are_not_seen_but_force_writes_them(
 ) -> None:
     """``object.__setattr__`` or ``__dict__`` writes skip the dirty flag: ``force=True`` writes.
 
-    Documented limitation (docs/guide/change-tracking.md): change tracking sees assignments
+    Documented limitation (docs/concurrency.md): change tracking sees assignments
     through the model, not writes that go around it.
     """
 
