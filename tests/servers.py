@@ -855,14 +855,40 @@ class TempRedisSentinel:
         raise RuntimeError(f"the replica on port {port} did not sync")
 
     def wait_promoted(self, old: int, timeout: float = 30) -> float:
-        """Wait until a sentinel names another primary than ``old``; return the seconds."""
+        """Wait until every sentinel names one primary other than ``old``, with no failover
+        in progress; return the seconds waited.
+
+        Asking one sentinel would race the others: the failover's leader names the promoted
+        replica first, the others learn of it from its next announcement, and a sentinel
+        that does not answer a call would send :meth:`primary_port` to one that has not yet.
+        """
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            with contextlib.suppress(RuntimeError):
-                if self.primary_port() != old:
-                    return time.monotonic() - start
+            named = {self._named_primary(port) for port in self.sentinel_ports}
+            if len(named) == 1 and None not in named and named != {old}:
+                return time.monotonic() - start
             time.sleep(0.05)
         raise RuntimeError(f"no replica took over from the primary on port {old}")
+
+    def _named_primary(self, sentinel: int) -> int | None:
+        """The primary's port as ``sentinel`` knows it; None while it fails over or is mute."""
+        try:
+            fields = self.redis_cli("sentinel", "master", self.SERVICE, port=sentinel).split()
+        except subprocess.SubprocessError:
+            return None
+        state = dict(zip(fields[::2], fields[1::2], strict=False))
+        if "failover_in_progress" in state.get("flags", "") or "port" not in state:
+            return None
+        return int(state["port"])
+
+    def switches(self) -> list[str]:
+        """The sentinels' ``+switch-master`` events so far, from their logs (for messages)."""
+        return [
+            f"{log.name}: {line.strip()}"
+            for log in sorted(self.root.glob("sentinel-*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if "+switch-master" in line or "+failover-end" in line or "failover-abort" in line
+        ]
 
     def kill(self, port: int) -> None:
         """Kill a node without warning (SIGKILL), as a crash would."""

@@ -21,7 +21,9 @@ its replica are lost in a failover (Redis replication is asynchronous).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -42,6 +44,25 @@ class _WaitingSentinelPool(
     """A Sentinel pool that waits ``pool_timeout`` for a free connection, as the Redis
     backend's pool does, instead of failing at once past ``max_connections`` (its checkout
     errors marked as connecting)."""
+
+
+class _OrderlySentinel(Sentinel):
+    """redis-py's Sentinel, asking for the primary once at a time.
+
+    ``discover_master`` moves the sentinel that answered to the front of ``sentinels`` by the
+    index it took before awaiting the answer: two discoveries at once (connections opening
+    together, as in a failover under load) can write one client into two places and drop
+    another, which is then never asked again, nor closed by ``aclose()`` (its sockets leak).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._discovering = asyncio.Lock()
+
+    async def discover_master(self, service_name: str) -> Any:
+        """The primary's address, as redis-py finds it, one discovery at a time."""
+        async with self._discovering:
+            return await super().discover_master(service_name)
 
 
 class RedisSentinelBackend(single.RedisBackend):
@@ -81,7 +102,7 @@ class RedisSentinelBackend(single.RedisBackend):
         timeouts = {
             name: self._pool_options[name] for name in ("socket_timeout", "socket_connect_timeout")
         }
-        self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        self._sentinel = _OrderlySentinel(
             self._sentinels, sentinel_kwargs={**timeouts, **self._sentinel_credentials}
         )
         pool = _WaitingSentinelPool(  # type: ignore[no-untyped-call]
