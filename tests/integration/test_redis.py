@@ -25,6 +25,7 @@ from pydantic_toast import (
     StoredDataError,
 )
 from pydantic_toast._records import PageCursor, StoredRecord
+from pydantic_toast.backends import redis as redis_module
 from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
 from tests.fault_proxy import FaultProxy
@@ -837,3 +838,151 @@ async def test_a_page_reads_large_documents_in_pieces_exactly(
         assert [r.data for r in page] == [r.data for r in survivors[:3]]
     finally:
         await deleting.disconnect()
+
+
+def _commands(client: redis.Redis) -> dict[str, int]:
+    """Calls of each command the server ran so far (INFO commandstats)."""
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in client.info("commandstats").items()
+    }
+
+
+async def test_a_batch_of_first_saves_is_one_transaction_per_chunk() -> None:
+    """A batch of new records without ttl, two classes, 250 records at batch_size=100: one
+    round of EXISTS, then three MULTI/EXEC (no script), every document at revision 1 with its
+    created_at, each class's index holding its ids at their creation times, no expiry set;
+    each class's count is exact."""
+    server = servers.TempRedis()
+    backend = RedisBackend(f"redis://127.0.0.1:{server.port}/0?prefix=p&batch_size=100")
+    client = redis.Redis(port=server.port)
+    try:
+        await backend.connect()
+        now = datetime.now(UTC)
+        records = [
+            StoredRecord("A" if i % 3 else "B", uuid4(), b'{"n":%d}' % i, 1, now, now, None, 0)
+            for i in range(250)
+        ]
+        before = _commands(client)
+        assert await backend.save_records(records) == [1] * 250
+        ran = {name: calls - before.get(name, 0) for name, calls in _commands(client).items()}
+        assert ran.get("evalsha", 0) == 0
+        assert (ran["multi"], ran["exec"], ran["set"]) == (3, 3, 250)
+        loaded = await backend.load_records([record.key for record in records])
+        for record, found in zip(records, loaded, strict=True):
+            assert found is not None
+            assert (found.data, found.revision, found.created_at) == (
+                record.data,
+                1,
+                record.created_at,
+            )
+            assert client.pttl(f"p:{record.class_name}:{record.id}") == -1
+        for name in ("A", "B"):
+            ids = {str(r.id).encode() for r in records if r.class_name == name}
+            entries = dict(client.zrange(f"p:{name}:index", 0, -1, withscores=True))
+            assert set(entries) == ids
+            assert set(entries.values()) == {now.timestamp()}
+            assert not client.exists(f"p:{name}:expiry")
+            assert await backend.count(name) == len(ids)
+    finally:
+        await backend.disconnect()
+        client.close()
+        server.stop()
+
+
+async def test_a_batch_of_first_saves_with_an_existing_id_writes_nothing(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """One record of a batch of new records exists already: ConcurrencyError naming it, no
+    record of the batch written, the existing one and its index entry left as they were."""
+    client = keys.client
+    existing = _stored(b'{"n":0}', 0)
+    assert await backend.save_records([existing]) == [1]
+    stored = client.get(keys.of("Flushed", existing.id))
+    await asyncio.sleep(0.002)  # another creation time
+    batch = [_stored(b'{"n":%d}' % i, 0) for i in range(1, 5)]
+    batch.insert(2, _stored(b'{"n":9}', 0, id=existing.id))
+    with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+        await backend.save_records(batch)
+    assert (info.value.id, info.value.current, info.value.written) == (existing.id, 1, {})
+    assert client.get(keys.of("Flushed", existing.id)) == stored
+    assert client.zrange(keys.of("Flushed", "index"), 0, -1, withscores=True) == [
+        (str(existing.id).encode(), existing.created_at.timestamp())
+    ]
+    loaded = await backend.load_records([r.key for r in batch])
+    assert [None if found is None else found.data for found in loaded] == [
+        None,
+        None,
+        b'{"n":0}',
+        None,
+        None,
+    ]
+
+
+async def test_a_batch_of_first_saves_raced_by_another_writer_keeps_the_rest_known(
+    keys: Keys, backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer creates one record of a batch of new records between the check and its
+    transaction: ConcurrencyError naming it, with the other records written at revision 1 and
+    listed in ``written``; the rival's document and index entry are left as they were."""
+    chunked = RedisBackend(f"{keys.url}&batch_size=2")
+    await chunked.connect()
+    try:
+        batch = [_stored(b'{"n":%d}' % i, 0) for i in range(5)]
+        rival = _stored(b'{"rival":1}', 0, id=batch[3].id)
+        pipeline = redis_module._resp.pipeline
+
+        async def raced(*args: Any, **kwargs: Any) -> Any:
+            assert await backend.save_records([rival]) == [1]
+            return await pipeline(*args, **kwargs)
+
+        monkeypatch.setattr(redis_module._resp, "pipeline", raced)
+        with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+            await chunked.save_records(batch)
+        monkeypatch.undo()
+        assert (info.value.id, info.value.current) == (rival.id, 1)
+        assert info.value.written == {r.key: 1 for r in batch if r.id != rival.id}
+        loaded = await chunked.load_records([r.key for r in batch])
+        assert [None if found is None else found.data for found in loaded] == [
+            rival.data if r.id == rival.id else r.data for r in batch
+        ]
+        index = dict(keys.client.zrange(keys.of("Flushed", "index"), 0, -1, withscores=True))
+        assert index[str(rival.id).encode()] == rival.created_at.timestamp()
+        assert len(index) == 5
+        assert await chunked.count("Flushed") == 5
+    finally:
+        await chunked.disconnect()
+
+
+async def test_a_batch_of_first_saves_in_a_class_with_an_expiry_set_sweeps_it(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """New records without ttl in a class whose expired records are not swept yet: the save
+    script writes them and sweeps the expired entries; an id reused from an expired record
+    gets its new creation time in the index."""
+    client = keys.client
+    brief = [_stored(b"{}", 0, ttl=0.2) for _ in range(3)]
+    assert await backend.save_records(brief) == [1, 1, 1]
+    await asyncio.sleep(0.4)
+    batch = [_stored(b'{"n":1}', 0, id=brief[0].id), _stored(b'{"n":2}', 0)]
+    assert await backend.save_records(batch) == [1, 1]
+    assert dict(client.zrange(keys.of("Flushed", "index"), 0, -1, withscores=True)) == {
+        str(r.id).encode(): r.created_at.timestamp() for r in batch
+    }
+    assert not client.exists(keys.of("Flushed", "expiry"))
+    assert await backend.count("Flushed") == 2
+
+
+async def test_a_batch_of_first_saves_over_a_left_index_entry_puts_its_score_right(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """An index entry left without its record (an evicted record's) for an id a batch of new
+    records writes: the entry gets the new record's creation time, the others are added."""
+    index = keys.of("Flushed", "index")
+    batch = [_stored(b'{"n":%d}' % i, 0) for i in range(3)]
+    keys.client.zadd(index, {str(batch[1].id): 12.5})
+    assert await backend.save_records(batch) == [1, 1, 1]
+    assert dict(keys.client.zrange(index, 0, -1, withscores=True)) == {
+        str(r.id).encode(): r.created_at.timestamp() for r in batch
+    }
+    assert await backend.count("Flushed") == 3

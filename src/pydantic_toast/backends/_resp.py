@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Pool", "Script", "command", "run", "stream"]
+__all__ = ["Pool", "Script", "command", "pipeline", "run", "stream"]
 
 
 class Pool(Protocol):
@@ -89,17 +90,74 @@ async def run(
             loaded, results[-1] = await _exchange(connection, [load, last], 2)
             if isinstance(loaded, ResponseError):
                 raise loaded
-        if getattr(pool, "is_master", False) and any(
-            isinstance(result, ReadOnlyError) for result in results
-        ):
-            # A Sentinel pool's connection to the primary met READONLY: that primary was
-            # demoted. Dropped, so that the next connection asks the sentinels again, and
-            # raised as a lost connection, as redis-py's SentinelManagedConnection does.
-            await connection.disconnect()
-            raise RedisConnectionError("The previous master is now a slave")
+        if getattr(pool, "is_master", False):  # a Sentinel pool's primary
+            await _check_primary(connection, results)
         return results
     finally:
         await pool.release(connection)
+
+
+async def pipeline(
+    pool: Pool, blocks: Iterable[tuple[Sequence[bytes], int]], *, window: int
+) -> list[Any]:
+    """Send ``blocks`` of packed commands (the pieces of each block, and how many replies it
+    gets) on one pooled connection, one write per block, at most ``window`` blocks
+    unanswered; return every reply, in order.
+
+    A block is taken from ``blocks`` once the one before has been written, so the client
+    builds the next block while the server runs the last. Replies and failures are as in
+    :func:`run`: an error reply is returned as its exception; a timeout (one socket timeout
+    per write, and per block's replies), a connection error or a cancellation disconnects the
+    connection and propagates.
+    """
+    connection = await pool.get_connection()
+    try:
+        replies: list[Any] = []
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            parser, writer = connection._parser, connection._writer
+            seconds = connection.socket_timeout
+            unanswered: deque[int] = deque()
+            for pieces, count in blocks:
+                if len(unanswered) == window:
+                    async with asyncio.timeout(seconds):
+                        for _ in range(unanswered.popleft()):
+                            replies.append(await parser.read_response())
+                async with asyncio.timeout(seconds):
+                    writer.writelines(pieces)
+                    await writer.drain()
+                unanswered.append(count)
+            while unanswered:
+                async with asyncio.timeout(seconds):
+                    for _ in range(unanswered.popleft()):
+                        replies.append(await parser.read_response())
+        except BaseException as exc:
+            lost = await _lost(connection, exc)
+            if lost is exc:
+                raise
+            raise lost from None
+        if getattr(pool, "is_master", False):
+            await _check_primary(connection, replies)
+        return replies
+    finally:
+        await pool.release(connection)
+
+
+async def _check_primary(connection: Any, results: list[Any]) -> None:
+    """Raise a lost connection when a Sentinel pool's primary answered READONLY (inside a
+    transaction's reply too).
+
+    That primary was demoted: its connection is dropped, so that the next one asks the
+    sentinels again, as redis-py's SentinelManagedConnection does.
+    """
+    if any(
+        isinstance(result, ReadOnlyError)
+        or (isinstance(result, list) and any(isinstance(r, ReadOnlyError) for r in result))
+        for result in results
+    ):
+        await connection.disconnect()
+        raise RedisConnectionError("The previous master is now a slave")
 
 
 async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[Any]:
@@ -121,17 +179,26 @@ async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[An
             writer.writelines(packed)
             await writer.drain()
             return [await parser.read_response() for _ in range(count)]
-    except TimeoutError:
-        await connection.disconnect(nowait=True)
-        raise RedisTimeoutError(f"Timeout talking to {connection._host_error()}") from None
-    except OSError as exc:
-        await connection.disconnect(nowait=True)
-        raise RedisConnectionError(
+    except BaseException as exc:
+        lost = await _lost(connection, exc)
+        if lost is exc:
+            raise
+        raise lost from None
+
+
+async def _lost(connection: Any, exc: BaseException) -> BaseException:
+    """What to raise for ``exc``, met while talking on ``connection``: a timeout or a
+    connection error as redis-py's exception, anything else (a cancellation) as itself. The
+    connection is disconnected first: the next command must not read this one's late
+    replies."""
+    await connection.disconnect(nowait=True)
+    if isinstance(exc, TimeoutError):
+        return RedisTimeoutError(f"Timeout talking to {connection._host_error()}")
+    if isinstance(exc, OSError):
+        return RedisConnectionError(
             f"Error while talking to {connection._host_error()} : {exc.args}"
-        ) from None
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
+        )
+    return exc
 
 
 async def stream(
