@@ -1,6 +1,6 @@
 """Redis server time of pydantic-toast's save script against a plain SET, per payload size.
 
-    python bench/redis_script_cost.py [--ops 300] [--rounds 5]
+    python bench/redis_script_cost.py [--ops 300] [--rounds 5] [--batch 1000]
 
 Starts its own throwaway redis-server (so ``INFO commandstats`` counts only this script's
 commands), then per round: ``--ops`` single saves of new records, as many saves of changed
@@ -8,6 +8,9 @@ existing records (the path that must keep created_at and check the revision), an
 plain SETs of the same JSON. Prints the server's µs per save (``usec`` differences of every
 command, staging SETs included), median [min-max] over rounds. Server time is CPU time of the
 Redis process: it does not depend on the client machine's load, only on the server's.
+``--batch N`` saves the records in batches of N (``adump(list)``) instead, against a pipeline
+of N plain SETs, and also prints the longest single command (``SLOWLOG``, µs): the longest the
+server was blocked by one call.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -45,30 +49,57 @@ def _per_save(before: Stats, after: Stats, saves: int) -> float:
     return usec / saves
 
 
-async def run(ops: int, rounds: int) -> None:
-    server = TempRedis()
+async def _slowest(client: aioredis.Redis) -> float:
+    """The longest command since the last SLOWLOG RESET (µs), and reset it."""
+    entries = await client.slowlog_get(128)
+    await client.slowlog_reset()
+    return max((int(entry["duration"]) for entry in entries), default=0)
+
+
+async def _save_all(objs: list[Any], batch: int) -> None:
+    if not batch:
+        for obj in objs:
+            await obj.asave()
+        return
+    for start in range(0, len(objs), batch):
+        await pydantic_toast.adump(objs[start : start + batch])
+
+
+async def _set_all(client: aioredis.Redis, objs: list[Any], batch: int) -> None:
+    for start in range(0, len(objs), max(batch, 1)):
+        async with client.pipeline(transaction=False) as pipe:
+            for obj in objs[start : start + max(batch, 1)]:
+                pipe.set(f"plain:{obj.external_id}", obj.model_dump_json())
+            await pipe.execute()
+
+
+async def run(ops: int, rounds: int, batch: int) -> None:
+    server = TempRedis("--slowlog-log-slower-than", "0", "--slowlog-max-len", "128")
     try:
         url = f"redis://127.0.0.1:{server.port}/0"
         client = aioredis.Redis.from_url(url)
-        print("| workload | new record (script) | changed record (script) | plain SET |")
-        print("|---|---|---|---|")
+        saves = f"batches of {batch}" if batch else "single saves"
+        print(f"server µs per save, {saves}, {ops} records, {rounds} rounds")
+        print("| workload | new record | changed record | plain SET | longest call µs |")
+        print("|---|---|---|---|---|")
         for workload in WORKLOADS:
             model = workload.external_model("Cost", url, f"cost_{workload.name[:3].strip()}")
             figures: dict[str, list[float]] = {"new": [], "changed": [], "set": []}
+            slowest = 0.0
             first = next(iter(workload.fields))
             for _ in range(rounds):
                 objs = [model(**workload.values(i)) for i in range(ops)]
+                await client.slowlog_reset()
                 before = await _stats(client)
-                for obj in objs:
-                    await obj.asave()
+                await _save_all(objs, batch)
                 middle = await _stats(client)
                 for obj in objs:
                     value = getattr(obj, first)
                     setattr(obj, first, f"{value}!" if isinstance(value, str) else value + 1)
-                    await obj.asave()
+                await _save_all(objs, batch)
                 after = await _stats(client)
-                for obj in objs:
-                    await client.set(f"plain:{obj.external_id}", obj.model_dump_json())
+                slowest = max(slowest, await _slowest(client))
+                await _set_all(client, objs, batch)
                 last = await _stats(client)
                 figures["new"].append(_per_save(before, middle, ops))
                 figures["changed"].append(_per_save(middle, after, ops))
@@ -76,7 +107,7 @@ async def run(ops: int, rounds: int) -> None:
             row = " | ".join(
                 f"{statistics.median(v):.1f} [{min(v):.1f}–{max(v):.1f}]" for v in figures.values()
             )
-            print(f"| {workload.name} | {row} |")
+            print(f"| {workload.name} | {row} | {slowest:,.0f} |")
         await pydantic_toast.aclose_storage()
         await client.aclose()
     finally:
@@ -87,8 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=0, help="records per adump (0: single)")
     args = parser.parse_args()
-    asyncio.run(run(args.ops, args.rounds))
+    asyncio.run(run(args.ops, args.rounds, args.batch))
 
 
 if __name__ == "__main__":
