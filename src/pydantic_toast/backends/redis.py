@@ -844,7 +844,7 @@ class RedisBackend(RecordBackend):
             packed = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n%b" % (len(name), name, _FIRST_PIECE)
             values = await self._call(lambda: _read(pool, packed))
             if len(values[0]) == _PIECE:
-                return [await self._call(partial(self._load_in_pieces, pool, keys[0], values[0]))]
+                return [await self._call(partial(self._load_large, keys[0], names[0], values[0]))]
             values[0] = values[0] or None  # GETRANGE reads a missing key as empty
         else:
             values = []
