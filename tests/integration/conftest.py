@@ -43,6 +43,18 @@ def postgres_admin_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def empty_database(postgres_admin_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own, not migrated; dropped afterwards."""
+    database = f"toast_empty_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(postgres_admin_url, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgres_database_url(postgres_admin_url: str) -> Iterator[str]:
     """A throwaway database of this session, migrated with Alembic, dropped afterwards."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -20,7 +19,7 @@ import pytest
 
 import pydantic_toast
 from pydantic_toast.integrations.cli import main as toast_cli
-from tests.integration.conftest import _admin, _delete_redis_prefix, _with_database
+from tests.integration.conftest import _delete_redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 # Pages whose blocks have a test of their own (they share one namespace across the page).
@@ -55,24 +54,12 @@ def test_skipped_blocks_say_why() -> None:
                 assert len(reason.split()) >= 3, (page, reason)
 
 
-@pytest.fixture
-def docs_database(postgres_admin_url: str) -> Iterator[str]:
-    """A PostgreSQL database of this page's own, not migrated (the page's commands do it)."""
-    database = f"toast_docs_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(postgres_admin_url, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-
-
 @pytest.mark.postgresql
 @pytest.mark.redis
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
 def test_page_examples_run(
     page: Path,
-    docs_database: str,
+    empty_database: str,
     redis_base_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -83,7 +70,7 @@ def test_page_examples_run(
     prefix = f"toast_docs_{uuid4().hex[:10]}"
 
     def target(text: str) -> str:
-        text = POSTGRES_IN_DOCS.sub(docs_database, text)
+        text = POSTGRES_IN_DOCS.sub(empty_database, text)
         text = text.replace(REDIS_IN_DOCS, f"{redis_base_url}?prefix={prefix}")
         return text.replace("file:///tmp/", f"file://{tmp_path}/")
 

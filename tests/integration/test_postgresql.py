@@ -30,7 +30,6 @@ from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.postgresql import _PREPARED
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
-from tests.integration.conftest import _admin, _with_database
 
 pytestmark = pytest.mark.postgresql
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,18 +44,6 @@ def model_on(url: str, name: str = "Note") -> type[ExternalBaseModel]:
             "model_config": ExternalConfigDict(storage=url, external_name=f"{name}{uuid4().hex}"),
         },
     )
-
-
-@pytest.fixture
-def empty_database(postgres_admin_url: str) -> Iterator[str]:
-    """A database of this test's own, not migrated."""
-    database = f"toast_empty_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(postgres_admin_url, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def alembic(*args: str, url: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

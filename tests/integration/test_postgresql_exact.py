@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -17,7 +16,6 @@ import pytest
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
 from pydantic_toast.backends.jsonb import exact_text
-from tests.integration.conftest import _admin, _with_database
 
 pytestmark = pytest.mark.postgresql
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,18 +56,6 @@ def alembic(*args: str, url: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture
-def empty_database(postgres_admin_url: str) -> Iterator[str]:
-    """A database of this test's own, not migrated."""
-    database = f"toast_exact_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(postgres_admin_url, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_exact_text_is_kept_only_where_jsonb_would_rewrite_a_number() -> None:

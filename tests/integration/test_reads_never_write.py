@@ -29,7 +29,7 @@ import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
-from tests.integration.conftest import _admin, _with_database
+from tests.integration.conftest import _admin
 
 Watch = Callable[[], Any]
 """What a store says of the writes it has taken: the same before and after if none came."""
@@ -46,11 +46,11 @@ def _model(url: str, **config: Any) -> type[ExternalBaseModel]:
 
 
 @pytest.fixture
-def postgresql(postgres_admin_url: str) -> Iterator[Store]:
-    """A migrated database of this test's own, dropped after; once the records are written,
-    its new connections are read-only by default (the watch: the reads did not fail)."""
-    database = f"toast_reads_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+def postgresql(postgres_admin_url: str, empty_database: str) -> Store:
+    """A migrated database of this test's own; once the records are written, its new
+    connections are read-only by default (the watch: the reads did not fail)."""
+    assert toast_cli(["migrate", empty_database]) == 0
+    database = empty_database.rpartition("/")[2]
 
     def read_only() -> Watch:
         pydantic_toast.close_storage()  # the reads open new connections
@@ -60,13 +60,7 @@ def postgresql(postgres_admin_url: str) -> Iterator[Store]:
         )
         return lambda: "read-only"
 
-    try:
-        url = _with_database(postgres_admin_url, database)
-        assert toast_cli(["migrate", url]) == 0
-        yield url, read_only
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    return empty_database, read_only
 
 
 @pytest.fixture

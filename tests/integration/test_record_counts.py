@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -21,28 +20,14 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-import pydantic_toast
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.postgresql import PostgreSQLBackend
 from pydantic_toast.integrations.partition import partition_table
-from tests.integration.conftest import _admin, _with_database
 from tests.integration.test_postgresql import alembic
 
 pytestmark = pytest.mark.postgresql
 
 MIGRATION = importlib.import_module("pydantic_toast.migrations.versions.0004_record_counts")
-
-
-@pytest.fixture
-def empty_database(postgres_admin_url: str) -> Iterator[str]:
-    """A database of this test's own, not migrated."""
-    database = f"toast_counts_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(postgres_admin_url, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def _records(class_name: str, count: int) -> list[StoredRecord]:
