@@ -11,8 +11,11 @@ nested inside keep their hooks (they are stored and loaded as references).
 Stored JSON keeps NaN and the infinities as the constants ``NaN``, ``Infinity`` and
 ``-Infinity`` in every model, dataclass and ``TypedDict`` of the tree: a plain model nested in
 an external one writes them as ``null`` by default (``ser_json_inf_nan``), which a ``float``
-field refuses and a ``float | None`` field reads back as ``None``. Only the serializer built
-here sees the override; the models' own ``model_dump_json()`` keeps their setting. The same
+field refuses and a ``float | None`` field reads back as ``None``. Likewise datetimes, dates,
+times and timedeltas are always written in ISO 8601: ``ser_json_temporal="seconds"`` would
+drop a datetime's UTC offset (and make a naive one aware), ``ser_json_timedelta="float"`` the
+microseconds of a long duration. Only the serializer built here sees the override; the models'
+own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
 writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
 value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str):
@@ -118,7 +121,7 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         SchemaSerializer(
             # Model validators of the class's own may rebuild what its Any fields hold.
             _for_storage(fields, definitions, plain_any=inside is model and at_root),
-            _keep_inf_nan(config),
+            _storage_config(config),
         ),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
@@ -152,8 +155,27 @@ _FUNCTIONS = frozenset({"function-before", "function-after", "function-wrap", "f
 _CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
 
 
-def _keep_inf_nan(config: CoreConfig | None) -> CoreConfig:
-    return {**(config or {}), "ser_json_inf_nan": "constants"}
+# What stored JSON writes whatever a class's config says: NaN and the infinities as constants,
+# dates, times and durations in ISO 8601 ("seconds" and "milliseconds" drop a datetime's UTC
+# offset and a naive one comes back aware; a duration as a float loses microseconds).
+_STORAGE_CONFIG: CoreConfig = {
+    "ser_json_inf_nan": "constants",
+    "ser_json_temporal": "iso8601",
+    "ser_json_timedelta": "iso8601",
+}
+
+
+def _storage_config(config: CoreConfig | None) -> CoreConfig:
+    return {**(config or {}), **_STORAGE_CONFIG}
+
+
+def _stored_as_is(config: dict[str, Any]) -> bool:
+    """Whether a class with ``config`` already writes JSON as storage does."""
+    return (
+        config.get("ser_json_inf_nan") == "constants"
+        and config.get("ser_json_temporal", "iso8601") == "iso8601"
+        and config.get("ser_json_timedelta", "iso8601") == "iso8601"
+    )
 
 
 def _for_storage(node: Any, definitions: list[Any], *, plain_any: bool = True) -> Any:
@@ -199,9 +221,9 @@ class _Copier:
         if (
             kind in _CONFIGURED
             and isinstance(config, dict)
-            and (config.get("ser_json_inf_nan", "null") != "constants" or self._checked(node))
+            and (not _stored_as_is(config) or self._checked(node))
         ):
-            copied["config"] = _keep_inf_nan(cast("CoreConfig", config))
+            copied["config"] = _storage_config(cast("CoreConfig", config))
             original = node.get("cls")
             if isinstance(original, type) and not isinstance(original, _StandIn):
                 if original not in self.stand_ins:

@@ -370,6 +370,58 @@ def test_utc_and_whole_minute_offsets_round_trip_exactly(storage_url: str) -> No
         assert [d.utcoffset() for d in each.others] == [z.utcoffset(None) for z in zones]
 
 
+class Stamped(BaseModel):
+    model_config = ConfigDict(ser_json_temporal="milliseconds", ser_json_timedelta="float")
+    at: datetime
+    took: timedelta
+
+
+@pytest.mark.parametrize("unit", ["seconds", "milliseconds"])
+def test_temporal_config_as_numbers_keeps_offsets_and_naive_datetimes(
+    storage_url: str, unit: str
+) -> None:
+    """ser_json_temporal="seconds"/"milliseconds" wrote datetimes as numbers: an offset of +02:00
+    came back UTC and a naive datetime came back aware; ser_json_timedelta="float" dropped the
+    microseconds of a long duration. Stored JSON is ISO 8601 whatever the config (in the
+    external model and in a plain model inside it); the models' own JSON keeps their setting."""
+    config = ExternalConfigDict(
+        storage=storage_url,
+        external_name=f"Temporal{uuid4().hex}",
+        ser_json_temporal=unit,  # type: ignore[typeddict-item]
+        ser_json_timedelta="float",
+    )
+    cls: Any = type(
+        "Temporal",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {
+                "aware": datetime,
+                "naive": datetime,
+                "took": timedelta,
+                "stamped": Stamped,
+            },
+            "model_config": config,
+        },
+    )
+    plus_two = timezone(timedelta(hours=2))
+    long = timedelta(days=999_999, microseconds=1)
+    original = cls(
+        aware=datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=plus_two),
+        naive=datetime(2024, 1, 1, 12, 0, 0, 123456),
+        took=long,
+        stamped=Stamped(at=datetime(2024, 1, 1, tzinfo=plus_two), took=long),
+    )
+    loaded = cls.model_validate(original.model_dump())
+    assert loaded.aware == original.aware
+    assert loaded.aware.utcoffset() == timedelta(hours=2)
+    assert loaded.naive == original.naive
+    assert loaded.naive.tzinfo is None
+    assert loaded.took == long
+    assert loaded.stamped.at.utcoffset() == timedelta(hours=2)
+    assert loaded.stamped.took == long
+    assert Stamped.model_validate_json(original.stamped.model_dump_json()).took != long
+
+
 class Loose(BaseModel):
     extra: Any = None
 
