@@ -53,6 +53,8 @@ DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
 # too: they only cost a validation.
 _NINETEEN_DIGITS = b"0" * 19
 _INT_DIGITS_LIMIT = 4300
+# Pydantic's name for a value that is not of its field's type (a warning, raised as an error).
+_UNEXPECTED = "PydanticSerializationUnexpectedValue"
 _UNREADABLE_FIX = (
     "Integers of more than 4,300 digits cannot be read back by Pydantic (store them as str or "
     "Decimal), nor IntEnum members outside the signed 64-bit range in an enum that also has "
@@ -198,18 +200,37 @@ def serialization_refusal(
     field = None
     for name in cls.model_fields:
         try:
-            serializer.to_json(model, include={name}, by_alias=False, round_trip=True)
+            serializer.to_json(
+                model, include={name}, by_alias=False, round_trip=True, warnings="error"
+            )
         except pydantic_core.PydanticSerializationError:
             field = name
             break
-    cause = str(exc).removeprefix("Error serializing to JSON: ")
-    cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
     where = f"field {field!r}" if field else "a field"
-    message = (
-        f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
-        "nothing was written. Lone surrogate characters (from undecodable bytes) cannot be "
-        "stored: encode such data as bytes or clean the string"
-    )
+    cause = str(exc)
+    if _UNEXPECTED in cause:
+        # Pydantic's message quotes the value (user data): only the types are repeated.
+        expected = re.search(r"Expected `([^`]*)`", cause)
+        found = re.search(r"input_type=(\w+)", cause)
+        what = (
+            f"a value of type {found.group(1)} where {expected.group(1)} is expected"
+            if expected and found
+            else "a value of another type than the field's"
+        )
+        message = (
+            f"{cls.__qualname__} cannot be stored: {where} holds {what}, which Pydantic cannot "
+            "write as the field's type, so it would not come back as it is; nothing was "
+            "written. model_construct() validates nothing: build the model with validation "
+            "(Model(...) or Model.model_validate(...)), or pass values of the fields' types"
+        )
+    else:
+        cause = cause.removeprefix("Error serializing to JSON: ")
+        cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
+        message = (
+            f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
+            "nothing was written. Lone surrogate characters (from undecodable bytes) cannot be "
+            "stored: encode such data as bytes or clean the string"
+        )
     return StorageValidationError(message, class_name=_name(cls), field=field)
 
 

@@ -72,6 +72,7 @@ from pydantic_toast._saving import (
     collecting_now,
     identity_of,
     is_serializing,
+    mark_unvalidated,
     store,
     unchanged_reference,
     use_identity_slot,
@@ -272,6 +273,30 @@ class ExternalBaseModel(BaseModel):
         return {"anyOf": [full, reference]}
 
     # -- the sync API: Pydantic's own methods ---------------------------------------------------
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
+        """Pydantic's ``model_construct()``: an instance made without validation.
+
+        Since nothing was validated, the instance's first save checks that each value is of
+        its field's type and refuses one that is not with :class:`StorageValidationError`
+        (Pydantic would write it as it finds it, and loading it back would fail or change it).
+        """
+        model = super().model_construct(_fields_set, **values)
+        if cls.__toast_settings__ is not None:
+            mark_unvalidated(model)
+        return model
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Pydantic's ``model_copy()``: a copy, a new record on its first dump.
+
+        ``update`` is not validated (as in Pydantic): the copy's first save then checks, as
+        after :meth:`model_construct`, that each value is of its field's type.
+        """
+        copied = super().model_copy(update=update, deep=deep)
+        if update and type(self).__toast_settings__ is not None:
+            mark_unvalidated(copied)
+        return copied
 
     @classmethod
     def model_validate(

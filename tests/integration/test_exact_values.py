@@ -220,6 +220,41 @@ def test_nan_in_a_plain_model_under_a_custom_model_serializer_comes_back(
     assert same_float(loaded.point.y, -math.inf)
 
 
+def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_field(
+    storage_url: str,
+) -> None:
+    """model_construct() (and model_copy's update) validates nothing: an int or a dict in a str
+    field, a str in a datetime field, a tuple in a list field were saved, and every load then
+    failed (or came back as another type). Now the save refuses them naming the field, without
+    quoting the value, and writes nothing; values of the fields' types save and load back."""
+    cls: Any = model(storage_url, name=str, count=int, at=datetime, items=list[int], point=Point)
+    fine = {"name": "n", "count": 1, "at": datetime(2024, 1, 1), "items": [1], "point": Point(x=1)}
+    for field, wrong in (
+        ("name", 5),
+        ("name", {"secret": "s3cr3t"}),
+        ("count", "12345"),
+        ("at", "2024-01-01"),
+        ("items", (1, 2)),
+        ("point", {"x": 1.0}),
+    ):
+        instance = cls.model_construct(**{**fine, field: wrong})
+        with pytest.raises(StorageValidationError, match="nothing was written") as info:
+            instance.model_dump()
+        assert info.value.field == field
+        assert "s3cr3t" not in str(info.value)
+        assert "12345" not in str(info.value)
+        assert_not_written(cls, instance)
+        setattr(instance, field, fine[field])  # fixed, it saves
+        assert cls.model_validate(instance.model_dump()).name == "n"
+    loaded = cls.model_validate(cls.model_construct(**fine).model_dump())
+    assert (loaded.count, loaded.items, loaded.point) == (1, [1], Point(x=1))
+    copied = cls(**fine).model_copy(update={"count": 1.5})  # model_copy validates no update
+    with pytest.raises(StorageValidationError, match="type float where int") as info:
+        copied.model_dump()
+    assert info.value.field == "count"
+    assert_not_written(cls, copied)
+
+
 async def test_huge_int_in_a_child_is_refused_naming_its_field_when_the_parent_is_checked_too(
     storage_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
