@@ -14,7 +14,14 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    field_serializer,
+    model_serializer,
+)
 from typing_extensions import TypedDict
 
 from pydantic_toast import (
@@ -253,6 +260,48 @@ def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_fiel
         copied.model_dump()
     assert info.value.field == "count"
     assert_not_written(cls, copied)
+
+
+def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
+    storage_url: str,
+) -> None:
+    """A model serializer, a field serializer and a PlainSerializer of the user's write what
+    they return; what the store would change on its own is still kept or refused: -0.0, 1e16 and
+    1e22 keep type and sign (PostgreSQL's jsonb would rewrite them), an int of more than 4,300
+    digits is refused naming its field, nothing written."""
+    kept = Annotated[Any, PlainSerializer(lambda value: value)]
+
+    class Own(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"O{uuid4().hex}")
+        number: int | float
+        anything: Any = None
+        passed: kept = None
+        doubled: list[float] = []
+
+        @field_serializer("doubled")
+        def _same(self, value: list[float]) -> list[float]:
+            return value
+
+        @model_serializer(mode="wrap")
+        def _keep(self, handler: Any) -> Any:
+            return handler(self)
+
+    original = Own(number=1e16, anything=[-0.0, 1e16, 1e22], passed=-0.0, doubled=[1e16, -0.0])
+    loaded = Own.model_validate(original.model_dump())
+    assert type(loaded.number) is float
+    assert loaded.number == 1e16
+    assert [str(v) for v in loaded.anything] == ["-0.0", "1e+16", "1e+22"]
+    assert str(loaded.passed) == "-0.0"
+    assert [str(v) for v in loaded.doubled] == ["1e+16", "-0.0"]
+    for values, field in (
+        ({"number": 1, "anything": [10**4400]}, "anything.0"),
+        ({"number": 1, "passed": -(10**4301)}, "passed"),
+    ):
+        huge = Own(**values)
+        with pytest.raises(StorageValidationError, match="4,300 digits") as info:
+            huge.model_dump()
+        assert info.value.field == field
+        assert_not_written(Own, huge)
 
 
 async def test_huge_int_in_a_child_is_refused_naming_its_field_when_the_parent_is_checked_too(
