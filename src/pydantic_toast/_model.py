@@ -68,6 +68,7 @@ from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._saving import (
     Identity,
+    UnvalidatedIdentity,
     collecting,
     collecting_now,
     identity_of,
@@ -537,7 +538,8 @@ class ExternalBaseModel(BaseModel):
     def external_id(self) -> UUID | None:
         """The id this instance is stored under, or ``None`` before its first dump."""
         identity = identity_of(self)
-        return None if identity is None else identity.id
+        # An unvalidated instance's identity is made with it, only to mark it (never written).
+        return None if identity is None or type(identity) is UnvalidatedIdentity else identity.id
 
     @property
     def external_revision(self) -> int | None:

@@ -32,6 +32,7 @@ from pydantic_toast import (
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
+from pydantic_toast._saving import Identity, identity_of
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.storage import current_storage
 
@@ -59,9 +60,13 @@ def stored_name(cls: type[ExternalBaseModel]) -> str:
     return settings.external_name
 
 
-def assert_not_written(cls: type[ExternalBaseModel], instance: ExternalBaseModel) -> None:
+def assert_not_written(
+    cls: type[ExternalBaseModel], instance: ExternalBaseModel, identity: Identity | None = None
+) -> None:
+    """No record of ``instance`` (under ``identity``'s id when given) is stored."""
+    id = instance.external_id if identity is None else identity.id
     with pytest.raises(RecordNotFoundError):
-        cls.model_validate({"class_name": stored_name(cls), "id": str(instance.external_id)})
+        cls.model_validate({"class_name": stored_name(cls), "id": str(id)})
 
 
 def test_numbers_jsonb_would_rewrite_come_back_with_their_types(storage_url: str) -> None:
@@ -250,7 +255,8 @@ def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_fiel
         assert info.value.field == field
         assert "s3cr3t" not in str(info.value)
         assert "12345" not in str(info.value)
-        assert_not_written(cls, instance)
+        assert instance.external_id is None  # nothing written, the id is not yet its own
+        assert_not_written(cls, instance, identity_of(instance))
         setattr(instance, field, fine[field])  # fixed, it saves
         assert cls.model_validate(instance.model_dump()).name == "n"
     loaded = cls.model_validate(cls.model_construct(**fine).model_dump())
@@ -259,7 +265,7 @@ def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_fiel
     with pytest.raises(StorageValidationError, match="type float where int") as info:
         copied.model_dump()
     assert info.value.field == "count"
-    assert_not_written(cls, copied)
+    assert_not_written(cls, copied, identity_of(copied))
 
 
 def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
