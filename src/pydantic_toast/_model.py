@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
 
 import pydantic_core
@@ -55,7 +55,6 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._expanded import EXPANDED_KEY, is_expanding
 from pydantic_toast._fidelity import decode_stored, describe_errors
-from pydantic_toast._fingerprint import use_clean_slot
 from pydantic_toast._loading import (
     LoadSession,
     Routes,
@@ -119,9 +118,7 @@ class ExternalBaseModel(BaseModel):
         order = Order.model_validate(reference)
     """
 
-    # _toast_clean: the fingerprint taken while the fields held what they hold now (see
-    # _fingerprint): assigning or deleting a field clears it.
-    __slots__ = ("_toast_clean", "_toast_identity")
+    __slots__ = ("_toast_identity",)
 
     __abstract__: ClassVar[bool] = True
     """Set ``__abstract__ = True`` in a subclass body to make a base without its own storage."""
@@ -576,18 +573,6 @@ class ExternalBaseModel(BaseModel):
 
     # -- internals --------------------------------------------------------------------------------
 
-    if not TYPE_CHECKING:  # as Pydantic's own: type checkers keep checking attribute names
-        # Change tracking's dirty flag: any attribute but a private one may change the data.
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name not in type(self).__private_attributes__:
-                _clear_clean(self, None)
-            super().__setattr__(name, value)
-
-        def __delattr__(self, name: str) -> None:
-            if name not in type(self).__private_attributes__:
-                _clear_clean(self, None)
-            super().__delattr__(name)
-
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         state["_toast_identity"] = identity_of(self)
@@ -937,8 +922,6 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
 
 
 use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
-use_clean_slot(ExternalBaseModel.__dict__["_toast_clean"])
-_clear_clean: Callable[[object, None], None] = ExternalBaseModel.__dict__["_toast_clean"].__set__
 # The slot's own setter: what object.__setattr__ ends up calling, without the name lookup.
 _set_identity: Callable[[object, Identity], None] = ExternalBaseModel.__dict__[
     "_toast_identity"

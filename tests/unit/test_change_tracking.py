@@ -334,7 +334,7 @@ def test_wide_models_compare_their_json(counting_url: str, monkeypatch: pytest.M
     assert [c.size for c in CALL_LOGS[counting_url].of("save")] == [1]
 
 
-# -- the dirty flag: assigning a field clears it; in-place changes are still looked for ----------
+# -- every kind of change is seen, the fast path or not -----------------------------------------
 
 
 def _saves(url: str) -> int:
@@ -467,7 +467,6 @@ def test_private_attributes_do_not_count_as_changes(
     item._seen = [1]
     item._seen.append(2)
     del item._cache
-    assert item._toast_clean is item._toast_identity.fingerprint  # the dirty flag: still clean
     item.model_dump()
     assert len(seen) == 1
     assert _saves(counting_url) == 1
@@ -523,30 +522,47 @@ def test_model_construct_instances_are_tracked(counting_url: str) -> None:
     assert Built.model_validate(reference).__dict__ == {"name": "c", "tags": ["x", "y"]}
 
 
-def test_assignments_bypassing_setattr_are_not_seen_but_force_writes_them(
-    counting_url: str,
-) -> None:
-    """``object.__setattr__`` or ``__dict__`` writes skip the dirty flag: ``force=True`` writes.
-
-    Documented limitation (docs/concurrency.md): change tracking sees assignments
-    through the model, not writes that go around it.
-    """
+def test_writes_around_setattr_are_written(counting_url: str) -> None:
+    """Fields written around ``__setattr__`` (``object.__setattr__``, ``__dict__``, ``__init__``
+    run again, a frozen model's fields) are written by the next dump, after a save or a load."""
+    from pydantic import ConfigDict
 
     class Flat(ExternalBaseModel):
         name: str = "a"
+        count: int = 1
         model_config = ExternalConfigDict(storage=counting_url)
+
+    class Frozen(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url) | ConfigDict(frozen=True)  # type: ignore[operator]
 
     item = Flat()
     item.model_dump()
+    item.model_dump()  # unchanged: the fast path from now on
     object.__setattr__(item, "name", "b")
     item.model_dump()
-    assert item.external_revision == 1
+    assert item.external_revision == 2
     item.__dict__["name"] = "c"
     item.model_dump()
-    assert item.external_revision == 1
-    reference = pydantic_toast.dump(item, force=True)
-    assert item.external_revision == 2
-    assert Flat.model_validate(reference).name == "c"
+    assert item.external_revision == 3
+    item.__dict__.update(count=5)
+    item.model_dump()
+    assert item.external_revision == 4
+    item.__init__(name="d", count=6)  # type: ignore[misc]
+    reference = item.model_dump()
+    assert item.external_revision == 5
+    assert Flat.model_validate(reference).__dict__ == {"name": "d", "count": 6}
+    loaded = Flat.model_validate(reference)
+    loaded.model_dump()
+    loaded.model_dump()
+    loaded.__dict__["count"] = 7
+    assert Flat.model_validate(loaded.model_dump()).__dict__ == {"name": "d", "count": 7}
+    frozen = Frozen()
+    frozen.model_dump()
+    frozen.model_dump()
+    object.__setattr__(frozen, "name", "b")
+    assert Frozen.model_validate(frozen.model_dump()).name == "b"
+    assert _saves(counting_url) == 8  # and nothing else: the unchanged re-dumps wrote nothing
 
 
 def test_a_change_during_an_async_save_is_seen_by_the_next_dump(counting_url: str) -> None:
