@@ -359,6 +359,21 @@ class TempSeaweedFS:
                 }
             )
         )
+        # A port found free can be taken by another process before weed binds it (a shared,
+        # busy machine): start again on fresh ports when that is why weed exited.
+        for attempt in range(3):
+            try:
+                self._start(binary, config)
+                return
+            except BaseException as error:
+                self._end_process()
+                if attempt == 2 or "address already in use" not in str(error):
+                    shutil.rmtree(self.root, ignore_errors=True)
+                    raise
+                shutil.rmtree(self.root / "data", ignore_errors=True)
+                (self.root / "data").mkdir()
+
+    def _start(self, binary: str, config: Path) -> None:
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         grpc = {name: free_port() for name in ports}
         self.port = ports["s3"]
@@ -387,11 +402,7 @@ class TempSeaweedFS:
         ]
         self.log = open(self.root / "weed.log", "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            self._wait()
-        except BaseException:
-            self.stop()
-            raise
+        self._wait()
 
     @property
     def endpoint(self) -> str:
@@ -433,6 +444,10 @@ class TempSeaweedFS:
         return (self.root / "weed.log").read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
+        self._end_process()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end_process(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -441,7 +456,6 @@ class TempSeaweedFS:
                 self.process.kill()
                 self.process.wait(10)
         self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def weed_binary() -> str | None:

@@ -175,9 +175,10 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
 
     Note(text="warm").model_dump()
     delay = random.Random(int(sys.argv[2])).uniform(0.01, 0.3)
-    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
     interrupted = False
     try:
+        # Started inside the try: on a loaded machine SIGINT can land while start() still waits.
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
         for i in range(1_000_000):
             Note(text=str(i)).model_dump()
     except KeyboardInterrupt:

@@ -262,21 +262,23 @@ def test_unknown_scheme_is_a_validation_and_a_configuration_error(
 
 def test_reference_under_a_name_no_class_claims_suggests_external_name(memory_url: str) -> None:
     """After a rename, the old references say how to keep reading them."""
+    # A name no other test or docs example registers in this process (the registry is shared).
+    old_name = f"Ticket{uuid4().hex[:8]}"
 
     class SupportTicket(ExternalBaseModel):
         title: str
         model_config = ExternalConfigDict(storage=memory_url)
 
-    old_reference = {"class_name": "Ticket", "id": "0b6f3b0e-0000-4000-8000-000000000000"}
+    old_reference = {"class_name": old_name, "id": "0b6f3b0e-0000-4000-8000-000000000000"}
     with pytest.raises(StorageValidationError) as info:
         SupportTicket.model_validate(old_reference)
     message = str(info.value)
-    assert "no model class in this process is stored as 'Ticket'" in message
-    assert "ExternalConfigDict(external_name='Ticket')" in message
+    assert f"no model class in this process is stored as '{old_name}'" in message
+    assert f"ExternalConfigDict(external_name='{old_name}')" in message
 
     class Renamed(ExternalBaseModel):
         title: str
-        model_config = ExternalConfigDict(storage=memory_url, external_name="Ticket")
+        model_config = ExternalConfigDict(storage=memory_url, external_name=old_name)
 
     reference = Renamed(title="t").model_dump()
     with pytest.raises(StorageValidationError, match=r"validate it with .*Renamed") as claimed:
