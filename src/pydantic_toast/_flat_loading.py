@@ -27,7 +27,7 @@ from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._loading import decoded
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast._reference import parse_reference
+from pydantic_toast._reference import ExternalReference, parse_reference, uuid_from_text
 from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["FlatBatch", "flat_model_of"]
@@ -82,16 +82,27 @@ class FlatBatch:
         if schema is None or not schema.hook_at_root:
             return None
         name = model._toast_settings().external_name
-        texts: dict[str, UUID] = {}
         ids: list[UUID] = []
+        add = ids.append
         for value in data:
+            # The usual item, a plain or ExternalReference dict of this class with a str id,
+            # checked inline; anything else as parse_reference() checks it.
+            kind = type(value)
+            if (kind is ExternalReference or kind is dict) and len(value) == 2:
+                text, class_name = value.get("id"), value.get("class_name")
+                if type(text) is str and type(class_name) is str and class_name == name:
+                    try:
+                        add(uuid_from_text(text))
+                    except ValueError:  # malformed: validation reports where
+                        return None
+                    continue
             try:
-                reference = parse_reference(value, texts)
+                reference = parse_reference(value)
             except ExternalStorageError:  # malformed: validation reports where
                 return None
             if reference is None or reference[0] != name:
                 return None
-            ids.append(reference[1])
+            add(reference[1])
         # Equal ids may be spelled differently (case, braces): one record, one instance.
         positions: dict[int, int] = {}
         slots = [positions.setdefault(id.int, len(positions)) for id in ids]

@@ -261,11 +261,13 @@ def _hot_path_statements() -> dict[str, str]:
         func.unnest(
             bindparam("class_names", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(c.id.type))
         )
-        .table_valued("class_name", "id")
+        .table_valued("class_name", "id", with_ordinality="position")
         .render_derived(with_types=False)
     )
+    # A batch's rows say which key they answer by its position: no class_name and id to
+    # decode (a UUID object per row) and no dict of keys to match them through.
     select_many = (
-        select(*columns)
+        select(keys.c.position, *columns[2:])
         .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
         .where(live(now_seconds))
     )
@@ -541,15 +543,19 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             if row is None:
                 return [None]
             return [read_record(class_name, id, row[1], row[0], row[2], row[3], row[4])]
-        found: dict[RecordKey, StoredRecord] = {}
+        records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
         for start in range(0, len(keys), size):
             chunk = keys[start : start + size]
             names = [key[0] for key in chunk]
             ids = [key[1] for key in chunk]
             rows = await self._statement("fetch", "select_many", names, ids, now)
-            found.update({(row[0], row[1]): _row_record(row) for row in rows})
-        return [found.get(key) for key in keys]
+            before = start - 1  # positions count from 1
+            for row in rows:
+                index = before + row[0]
+                class_name, id = keys[index]
+                records[index] = read_record(class_name, id, row[2], row[1], row[3], row[4], row[5])
+        return records
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
         """Run one compiled statement: one round trip, no BEGIN/COMMIT around it.
@@ -826,7 +832,7 @@ def _takes_idle_without_awaiting(pool: Any) -> bool:
 
 
 def _row_record(row: Any) -> StoredRecord:
-    """A record from a row of the load and page statements' columns."""
+    """A record from a row of the page statements' columns."""
     return read_record(row[0], row[1], row[3], row[2], row[4], row[5], row[6])
 
 

@@ -55,7 +55,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL, rewrite_url
 from pydantic_toast.backends import _resp
 from pydantic_toast.backends._resp import command
@@ -439,6 +439,7 @@ while found < limit do
 end
 return page
 """
+_from_iso = datetime.fromisoformat
 _DOCUMENT = re.compile(
     rb'^\{"created_at":"([^"]+)",(?:"revision":(\d+) *,)?"schema_version":(\d+),'
     rb'"updated_at":"([^"]+)","data":'
@@ -837,24 +838,25 @@ class RedisBackend(RecordBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces if there is more), or one
         MGET per ``batch_size`` keys."""
-        names = [self.key(class_name, id) for class_name, id in keys]
         pool = self._connected().connection_pool
-        if len(names) == 1:
-            name = names[0].encode()
+        if len(keys) == 1:
+            text = self.key(*keys[0])
+            name = text.encode()
             packed = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n%b" % (len(name), name, _FIRST_PIECE)
             values = await self._call(lambda: _read(pool, packed))
             if len(values[0]) == _PIECE:
-                return [await self._call(partial(self._load_large, keys[0], names[0], values[0]))]
+                return [await self._call(partial(self._load_large, keys[0], text, values[0]))]
             values[0] = values[0] or None  # GETRANGE reads a missing key as empty
         else:
             values = []
-            for start in range(0, len(names), self._batch_size):
-                chunk = [name.encode() for name in names[start : start + self._batch_size]]
+            for start in range(0, len(keys), self._batch_size):
+                chunk = [self.key(*key).encode() for key in keys[start : start + self._batch_size]]
                 packed = command(b"MGET", *chunk)
                 values += (await self._call(partial(_read, pool, packed)))[0]
+        parse = self._parse
         return [
-            None if value is None else self._parse(name, class_name, id, value)
-            for name, (class_name, id), value in zip(names, keys, values, strict=True)
+            None if value is None else parse(None, class_name, id, value)
+            for (class_name, id), value in zip(keys, values, strict=True)
         ]
 
     async def _load_large(
@@ -985,41 +987,43 @@ class RedisBackend(RecordBackend):
         return self._client
 
     def _parse(
-        self, key: str, class_name: str, id: UUID, value: bytes, data: bytes | None = None
+        self, key: str | None, class_name: str, id: UUID, value: bytes, data: bytes | None = None
     ) -> StoredRecord:
         """The record in the document ``value`` (or, given ``data``, in its header ``value``
-        followed by ``data`` and the closing brace)."""
+        followed by ``data`` and the closing brace); ``key``: its Redis key, ``None`` when it
+        is :meth:`key`'s (only an error names it)."""
         match = _DOCUMENT.match(value)
         if match is None or (data is None and not value.endswith(b"}")):
             raise StoredDataError(
-                f"the value under Redis key {key} is not a pydantic-toast record (expected a JSON "
+                f"the value under Redis key {key or self.key(class_name, id)} is not a "
+                "pydantic-toast record (expected a JSON "
                 '{"created_at", "schema_version", "updated_at", "data"} document): it was '
                 "written by something else or damaged; it is left untouched",
                 class_name=class_name,
                 id=id,
             )
+        created_text, revision, version, updated_text = match.groups()
         try:
-            created, updated = (datetime.fromisoformat(g.decode()) for g in match.group(1, 4))
+            created = _from_iso(created_text.decode())
+            updated = _from_iso(updated_text.decode())
         except ValueError:
             readable = False
         else:
             readable = True
         if not readable:
             raise StoredDataError(
-                f"the value under Redis key {key} has unreadable timestamps",
+                f"the value under Redis key {key or self.key(class_name, id)} has unreadable "
+                "timestamps",
                 class_name=class_name,
                 id=id,
             )
-        revision = match.group(2)
-        # Positional: keyword arguments cost a frozen dataclass a fifth more.
-        return StoredRecord(
+        return read_record(
             class_name,
             id,
             value[match.end() : -1] if data is None else data,
-            int(match.group(3)),
+            int(version),
             created,
             updated,
-            None,
             int(revision) if revision else 1,
         )
 
