@@ -417,7 +417,7 @@ class Memory:
                 self.store.put(record, None)
 
     async def delete(self, n: int) -> None:
-        [record] = [r for r in self.store.live("BenchItem") if r.created_at == _created(n)]
+        [record] = [r for r in self.store.records("BenchItem") if r.created_at == _created(n)]
         with self.store.lock:
             assert self.store.pop(record.key)
 
@@ -425,8 +425,7 @@ class Memory:
         return len(self.store.records("BenchItem"))
 
     async def writes(self) -> Any:
-        with self.store.lock:
-            return list(self.store._records.items())
+        return [(record.key, record) for record in self.store.records()]
 
     async def close(self) -> None:
         self.store.clear()

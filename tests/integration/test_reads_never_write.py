@@ -116,13 +116,7 @@ def memory() -> Iterator[Store]:
 
     def watch() -> Any:
         store = pydantic_toast.current_storage().memory_store(name)
-        now = time.monotonic()
-        with store.lock:
-            return {
-                key: id(record)
-                for key, (record, expires) in store._records.items()
-                if expires is None or expires > now
-            }
+        return {record.key: id(record) for record in store.records()}
 
     yield f"memory://{name}", lambda: watch
     pydantic_toast.current_storage().memory_store(name).clear()

@@ -6,7 +6,7 @@ import asyncio
 import gc
 from collections.abc import Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -292,3 +292,37 @@ def test_mapped_errors_are_logged_not_printed(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "StorageSchemaError"
     assert done.stderr == ""
+
+
+async def test_memory_pages_and_counts_follow_deletes_expiry_and_recreation() -> None:
+    """memory:// keeps each class's keys in order: pages skip what was deleted or expired,
+    a record deleted and written again under its old key is listed once, counts stay exact."""
+    from datetime import UTC, datetime, timedelta
+
+    from pydantic_toast._records import PageCursor, StoredRecord
+
+    backend = MemoryBackend("memory://pages", store=MemoryStore())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    made = [
+        StoredRecord("Page", uuid4(), b"{}", 1, start + timedelta(seconds=i), start)
+        for i in range(300)
+    ]
+    await backend.save_records(made)
+    await backend.save_records([StoredRecord("Other", uuid4(), b"{}", 1, start, start)])
+    for record in made[::2]:  # enough deletes to compact the key order at least once
+        assert await backend.delete(record.id, "Page")
+    again = made[10]  # deleted above, written again with the same created_at
+    await backend.save_records([again])
+    short_lived = StoredRecord("Page", uuid4(), b"{}", 1, start - timedelta(days=1), start, 0.05)
+    await backend.save_records([short_lived])
+
+    expected = sorted([*made[1::2], again], key=lambda r: (r.created_at, r.id), reverse=True)
+    assert await backend.count("Page") == len(expected) + 1
+    await asyncio.sleep(0.06)
+    assert await backend.count("Page") == len(expected)
+    listed, after = [], None
+    while page := await backend.list_records("Page", limit=7, after=after):
+        listed += page
+        after = PageCursor.of(page[-1])
+    assert [r.id for r in listed] == [r.id for r in expected]
+    assert await backend.count("Other") == 1

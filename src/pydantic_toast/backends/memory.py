@@ -9,9 +9,11 @@ permanent) and like PostgreSQL on ordering. Nothing survives the storage.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from uuid import UUID
 
 from pydantic_toast._exceptions import ConcurrencyError
@@ -22,59 +24,138 @@ __all__ = ["MemoryBackend", "MemoryStore"]
 
 
 class MemoryStore:
-    """The records of one ``memory://NAME`` store: inspect them, or clear them between tests."""
+    """The records of one ``memory://NAME`` store: inspect them, or clear them between tests.
+
+    Records are kept per class, with each class's keys in ``(created_at, id)`` order, so a
+    count and a page cost what they would on a server's index, not a scan of the store.
+    """
 
     def __init__(self) -> None:
-        self._records: dict[RecordKey, tuple[StoredRecord, float | None]] = {}
+        self._classes: dict[str, _ClassRecords] = {}
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<MemoryStore records={len(self._records)}>"
+        return f"<MemoryStore records={sum(len(c.entries) for c in self._classes.values())}>"
 
     def __len__(self) -> int:
         with self.lock:
-            return sum(1 for key in list(self._records) if self.get(key) is not None)
+            return sum(self.count(class_name) for class_name in list(self._classes))
 
     def records(self, class_name: str | None = None) -> list[StoredRecord]:
         """The live records, of one class or of all, oldest first."""
         with self.lock:
-            keys = [k for k in self._records if class_name is None or k[0] == class_name]
-            live = [record for key in keys if (record := self.get(key)) is not None]
+            names = list(self._classes) if class_name is None else [class_name]
+            live = [
+                record
+                for name in names
+                for id in list(self._classes.get(name, _NO_RECORDS).entries)
+                if (record := self.get((name, id))) is not None
+            ]
         return sorted(live, key=lambda r: (r.created_at, r.id))
 
     def clear(self) -> None:
         """Forget every record."""
         with self.lock:
-            self._records.clear()
+            self._classes.clear()
 
     def get(self, key: RecordKey) -> StoredRecord | None:
         """The live record under ``key`` (call with :attr:`lock` held)."""
-        entry = self._records.get(key)
-        if entry is None:
+        records = self._classes.get(key[0])
+        if records is None or (entry := records.entries.get(key[1])) is None:
             return None
         record, expires_at = entry
         if expires_at is not None and expires_at <= time.monotonic():
-            del self._records[key]
+            records.remove(key[1])
             return None
         return record
 
     def put(self, record: StoredRecord, expires_at: float | None) -> None:
         """Store ``record`` (call with :attr:`lock` held)."""
-        self._records[record.key] = (record, expires_at)
+        records = self._classes.get(record.class_name)
+        if records is None:
+            records = self._classes[record.class_name] = _ClassRecords()
+        records.put(record, expires_at)
 
     def pop(self, key: RecordKey) -> bool:
         """Remove ``key``; return whether a live record was there (call with :attr:`lock` held)."""
         found = self.get(key) is not None
-        self._records.pop(key, None)
+        records = self._classes.get(key[0])
+        if records is not None:
+            records.remove(key[1])
         return found
 
-    def live(self, class_name: str) -> list[StoredRecord]:
-        """The live records of ``class_name`` (call with :attr:`lock` held)."""
-        return [
-            record
-            for key in list(self._records)
-            if key[0] == class_name and (record := self.get(key)) is not None
-        ]
+    def count(self, class_name: str) -> int:
+        """How many live records ``class_name`` has (call with :attr:`lock` held)."""
+        records = self._classes.get(class_name)
+        if records is None:
+            return 0
+        records.sweep()
+        return len(records.entries)
+
+    def page(self, class_name: str, limit: int, after: PageCursor | None) -> list[StoredRecord]:
+        """Up to ``limit`` live records newest first, strictly before ``after`` (lock held)."""
+        records = self._classes.get(class_name)
+        if records is None:
+            return []
+        now = time.monotonic()
+        order = records.order
+        position = len(order) if after is None else bisect.bisect_left(order, after)
+        page: list[StoredRecord] = []
+        while position > 0 and len(page) < limit:
+            position -= 1
+            created_at, id = order[position]
+            entry = records.entries.get(id)
+            if entry is None or entry[0].created_at != created_at:
+                continue  # a key left behind by a delete or an expiry
+            if entry[1] is not None and entry[1] <= now:
+                continue  # expired: removed by the next count or write
+            page.append(entry[0])
+        return page
+
+
+class _ClassRecords:
+    """One class's records by id, their keys in ``(created_at, id)`` order, and expiries.
+
+    A removed record's key stays in :attr:`order` until keys left behind outnumber live ones;
+    readers skip keys whose record is gone or was stored again with another ``created_at``.
+    """
+
+    __slots__ = ("entries", "expiring", "order")
+
+    def __init__(self) -> None:
+        self.entries: dict[UUID, tuple[StoredRecord, float | None]] = {}
+        self.order: list[tuple[datetime, UUID]] = []
+        self.expiring: dict[UUID, float] = {}
+
+    def put(self, record: StoredRecord, expires_at: float | None) -> None:
+        old = self.entries.get(record.id)
+        self.entries[record.id] = (record, expires_at)
+        if old is None or old[0].created_at != record.created_at:
+            key = (record.created_at, record.id)
+            at = bisect.bisect_left(self.order, key)  # a new record's key: usually at the end
+            if at == len(self.order) or self.order[at] != key:  # not left by a removed record
+                self.order.insert(at, key)
+        if expires_at is None:
+            self.expiring.pop(record.id, None)
+        else:
+            self.expiring[record.id] = expires_at
+        if len(self.order) > 2 * len(self.entries) + 64:
+            self.order = sorted((r.created_at, r.id) for r, _ in self.entries.values())
+
+    def remove(self, id: UUID) -> None:
+        self.entries.pop(id, None)
+        self.expiring.pop(id, None)
+
+    def sweep(self) -> None:
+        """Remove the expired records (only those with an expiry are looked at)."""
+        if not self.expiring:
+            return
+        now = time.monotonic()
+        for id in [id for id, expires_at in self.expiring.items() if expires_at <= now]:
+            self.remove(id)
+
+
+_NO_RECORDS = _ClassRecords()
 
 
 class MemoryBackend(RecordBackend):
@@ -152,15 +233,9 @@ class MemoryBackend(RecordBackend):
     ) -> list[StoredRecord]:
         """Records newest first (by ``created_at``, then id), strictly past ``after``."""
         with self._store.lock:
-            records = [
-                record
-                for record in self._store.live(class_name)
-                if after is None or (record.created_at, record.id) < after
-            ]
-        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return records[:limit]
+            return self._store.page(class_name, limit, after)
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are."""
         with self._store.lock:
-            return len(self._store.live(class_name))
+            return self._store.count(class_name)
