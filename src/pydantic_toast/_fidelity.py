@@ -226,10 +226,20 @@ def serialization_refusal(
     else:
         cause = cause.removeprefix("Error serializing to JSON: ")
         cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
+        if "invalid utf-8" in cause:  # bytes: Pydantic writes them as UTF-8 text by default
+            fix = (
+                "bytes that are not UTF-8 text need ser_json_bytes='base64' and "
+                "val_json_bytes='base64' in the model's config (records written before "
+                "stay UTF-8: bump schema_version if the field holds some)"
+            )
+        else:
+            fix = (
+                "Lone surrogate characters (from undecodable bytes) cannot be stored: encode "
+                "such data as bytes or clean the string"
+            )
         message = (
             f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
-            "nothing was written. Lone surrogate characters (from undecodable bytes) cannot be "
-            "stored: encode such data as bytes or clean the string"
+            f"nothing was written. {fix}"
         )
     return StorageValidationError(message, class_name=_name(cls), field=field)
 

@@ -142,6 +142,24 @@ def test_lone_surrogates_are_refused_naming_the_field(storage_url: str) -> None:
     assert nested.value.field == "name"
 
 
+def test_bytes_not_utf8_are_refused_naming_the_fix(storage_url: str) -> None:
+    """bytes that are not UTF-8 are refused naming the field and the base64 settings, and
+    stored exactly with them."""
+    cls = model(storage_url, name=str, blob=bytes)
+    with pytest.raises(StorageValidationError, match="ser_json_bytes='base64'") as info:
+        cls(name="ok", blob=b"a\xffb").model_dump()
+    assert info.value.field == "blob"
+    assert "surrogate" not in str(info.value)
+
+    class Blob(ExternalBaseModel):
+        blob: bytes
+        model_config = ExternalConfigDict(
+            storage=storage_url, ser_json_bytes="base64", val_json_bytes="base64"
+        )
+
+    assert Blob.model_validate(Blob(blob=b"a\xffb").model_dump()).blob == b"a\xffb"
+
+
 class Point(BaseModel):
     x: float
     y: float | None = None
