@@ -128,19 +128,30 @@ class _ClassRecords:
         self.expiring: dict[UUID, float] = {}
 
     def put(self, record: StoredRecord, expires_at: float | None) -> None:
-        old = self.entries.get(record.id)
-        self.entries[record.id] = (record, expires_at)
-        if old is None or old[0].created_at != record.created_at:
-            key = (record.created_at, record.id)
-            at = bisect.bisect_left(self.order, key)  # a new record's key: usually at the end
-            if at == len(self.order) or self.order[at] != key:  # not left by a removed record
-                self.order.insert(at, key)
-        if expires_at is None:
-            self.expiring.pop(record.id, None)
-        else:
-            self.expiring[record.id] = expires_at
-        if len(self.order) > 2 * len(self.entries) + 64:
-            self.order = sorted((r.created_at, r.id) for r, _ in self.entries.values())
+        id = record.id
+        entry = (record, expires_at)
+        old = self.entries.setdefault(id, entry)  # one hash of the id for a new record
+        if old is not entry:
+            self.entries[id] = entry
+        if old is entry or old[0].created_at != record.created_at:
+            order = self.order
+            key = (record.created_at, id)
+            if order and not order[-1] < key:
+                self._insert_key(key)
+            else:  # a new record: its key goes last
+                order.append(key)
+                if len(order) > 2 * len(self.entries) + 64:
+                    self.order = sorted((r.created_at, r.id) for r, _ in self.entries.values())
+        if expires_at is not None:
+            self.expiring[id] = expires_at
+        elif self.expiring:
+            self.expiring.pop(id, None)
+
+    def _insert_key(self, key: tuple[datetime, UUID]) -> None:
+        order = self.order
+        at = bisect.bisect_left(order, key)
+        if at == len(order) or order[at] != key:  # not left there by a removed record
+            order.insert(at, key)
 
     def remove(self, id: UUID) -> None:
         self.entries.pop(id, None)
