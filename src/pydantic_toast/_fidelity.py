@@ -220,8 +220,9 @@ def serialization_refusal(
         message = (
             f"{cls.__qualname__} cannot be stored: {where} holds {what}, which Pydantic cannot "
             "write as the field's type, so it would not come back as it is; nothing was "
-            "written. model_construct() validates nothing: build the model with validation "
-            "(Model(...) or Model.model_validate(...)), or pass values of the fields' types"
+            "written. model_construct(), model_copy(update=...) and assignments without "
+            "validate_assignment=True validate nothing: give the field a value of its type, or "
+            "validate it (Model(...), Model.model_validate(...), validate_assignment=True)"
         )
     else:
         cause = cause.removeprefix("Error serializing to JSON: ")

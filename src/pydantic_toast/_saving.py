@@ -162,9 +162,9 @@ class Identity:
 
 
 class UnvalidatedIdentity(Identity):
-    """The identity of an instance made by ``model_construct()``, whose values were never
-    validated: its save asks Pydantic to refuse a value that is not of its field's type (see
-    :func:`_to_json`). A write replaces it with a plain :class:`Identity`."""
+    """The identity of an instance made by ``model_construct()`` (or ``model_copy(update=...)``),
+    whose values were never validated: made with the instance, so its id is not reported
+    (``external_id`` is ``None``) until a write replaces it with a plain :class:`Identity`."""
 
     __slots__ = ()
 
@@ -287,14 +287,14 @@ class SaveBatch:
         now = datetime.now(UTC)
         serialized = model  # or its twin, below
         try:
-            data = _to_json(model, typed=type(identity) is not UnvalidatedIdentity)
+            data = _to_json(model)
         except pydantic_core.PydanticSerializationError as exc:
             if "Circular reference" not in str(exc):
                 failure: pydantic_core.PydanticSerializationError | None = exc
             else:  # the model holds itself (a.next = a): serialize a stand-in instead
                 try:
                     serialized = _stand_in(model)
-                    data, failure = _to_json(serialized, typed=False), None
+                    data, failure = _to_json(serialized), None
                 except pydantic_core.PydanticSerializationError as again:
                     failure = again
             if failure is not None:
@@ -504,20 +504,18 @@ def _kept_json(data: bytes, print_: Fingerprint | None, model: ExternalBaseModel
     return None
 
 
-def _to_json(model: ExternalBaseModel, *, typed: bool = True) -> bytes:
+def _to_json(model: ExternalBaseModel) -> bytes:
     """``model``'s fields as stored: JSON under field names, nested models as references.
 
-    ``typed=False`` (values never validated, from ``model_construct()``): Pydantic is asked to
-    fail on a value that is not of its field's type, which it would otherwise write as it finds
-    it, with a warning, for a load to refuse or read back changed. Validated instances skip
-    that: passing ``warnings="error"`` costs 10,000 instructions, half a 10-field model's
-    serialization.
+    Pydantic is asked to fail on a value that is not of its field's type (it would otherwise
+    write it as it finds it, with a warning, for every load to refuse or read back changed):
+    model_construct(), model_copy(update=...), an assignment without validate_assignment, an
+    append to a list or a ``__dict__`` write can all put one there, validated instance or not.
+    ``warnings="error"`` costs about 10,000 instructions per save at 10 fields (+6%).
     """
     serializer = storage_serializer(type(model))
     token = _serializing.set(model)
     try:
-        if typed:
-            return serializer.to_json(model, by_alias=False, round_trip=True)
         return serializer.to_json(model, by_alias=False, round_trip=True, warnings="error")
     finally:
         _serializing.reset(token)

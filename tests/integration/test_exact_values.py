@@ -286,6 +286,41 @@ def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_fiel
     assert_not_written(cls, copied, identity_of(copied))
 
 
+def test_values_assigned_not_of_their_fields_type_are_refused_naming_the_field(
+    storage_url: str,
+) -> None:
+    """A validated instance given a value of another type afterwards (an assignment without
+    validate_assignment, a __dict__ write, an append to a list) or a copy of an unvalidated one
+    was saved, and every load then failed: the save refuses it naming the field, the stored
+    record stays as it was."""
+    cls: Any = model(storage_url, name=str, count=int, items=list[int])
+    saved = cls(name="n", count=1, items=[1])
+    reference = saved.model_dump()
+    for field, change in (
+        ("count", lambda m: setattr(m, "count", "12345")),
+        ("name", lambda m: m.__dict__.__setitem__("name", 5)),
+        ("items", lambda m: m.items.append("12345")),
+    ):
+        instance = cls.model_validate(reference)
+        change(instance)
+        with pytest.raises(StorageValidationError, match="nothing was written") as info:
+            instance.model_dump()
+        assert info.value.field == field
+        assert "12345" not in str(info.value)
+        stored = cls.model_validate(reference)
+        assert (stored.name, stored.count, stored.items, stored.external_revision) == (
+            "n",
+            1,
+            [1],
+            1,
+        )
+    copied = cls.model_construct(name="n", count="12345", items=[1]).model_copy()
+    with pytest.raises(StorageValidationError, match="nothing was written") as info:
+        copied.model_dump()
+    assert info.value.field == "count"
+    assert_not_written(cls, copied, identity_of(copied))
+
+
 def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
     storage_url: str,
 ) -> None:

@@ -134,9 +134,9 @@ def _count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     seen: list[object] = []
     real = _saving._to_json
 
-    def counting(model: ExternalBaseModel, *, typed: bool = True) -> bytes:
+    def counting(model: ExternalBaseModel) -> bytes:
         seen.append(model)
-        return real(model, typed=typed)
+        return real(model)
 
     monkeypatch.setattr(_saving, "_to_json", counting)
     return seen
