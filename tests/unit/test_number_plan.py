@@ -110,7 +110,9 @@ def test_ints_and_lists_of_ints_are_checked_by_value(monkeypatch: pytest.MonkeyP
         assert info.value.field == field
 
 
-def test_a_value_of_another_type_is_refused_before_the_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_value_of_another_type_is_refused_before_the_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Fields are not validated on assignment: a long int set on a str field is refused while
     serializing (a value not of its field's type), before any scan."""
     scanned = _count_scans(monkeypatch)
