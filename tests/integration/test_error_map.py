@@ -687,8 +687,8 @@ def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_ur
     reference = ledger(text="fine").model_dump()
     store = pydantic_toast.current_storage().memory_store(memory_url.split("://", 1)[1])
     (record,) = store.records(name)
-    old, expiry = store._records[(name, record.id)]  # damaged, as by another writer
-    store._records[(name, record.id)] = (dataclasses.replace(old, data=b'{"text": 42}'), expiry)
+    with store.lock:  # damaged, as by another writer
+        store.put(dataclasses.replace(record, data=b'{"text": 42}'), None)
     stored_error = raised(lambda: ledger.model_validate(reference))
     assert type(stored_error) is StoredDataError
     assert str(record.id) in str(stored_error)

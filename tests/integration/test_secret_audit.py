@@ -411,8 +411,10 @@ for _damage, _data in DAMAGES.items():
         key = (reference["class_name"], UUID(reference["id"]))
         import dataclasses
 
-        old, expiry = store._records[key]
-        store._records[key] = (dataclasses.replace(old, data=data.encode()), expiry)
+        with store.lock:
+            old = store.get(key)
+            assert old is not None
+            store.put(dataclasses.replace(old, data=data.encode()), None)
         audit.expect_failure(lambda: model.model_validate(reference))
 
     scenario(f"pg-stored-{_damage}", "postgresql")(_pg_damaged)
