@@ -91,9 +91,13 @@ def test_failover_during_a_workload(sentinel: servers.TempRedisSentinel) -> None
 
     figures = run_with(fail_over, sentinel.url(f"failover{uuid4().hex[:8]}"), seconds_after=3.0)
     print(f"\nSentinel failover: {figures}, promoted after {promoted[0]:.2f} s")
+    assert promoted, sentinel.switches()  # every sentinel named a primary other than the victim
+    # Under load the sentinels may fail over again later (back to the restarted node, seen in
+    # CI at load ~15): what must hold then is that the pair is whole, one primary and a synced
+    # replica, whichever node is which.
     new_primary = sentinel.primary_port()
-    assert new_primary != victim, sentinel.switches()
-    sentinel.wait_replica_synced(victim)  # the sentinels made the old primary a replica
+    replica = next(port for port in sentinel.data_ports if port != new_primary)
+    sentinel.wait_replica_synced(replica)
     assert figures["acknowledged"] > 0
     assert figures["lost"] < figures["acknowledged"]  # asynchronous replication: a few may go
     assert asyncio.run(_ping(sentinel)) is True
