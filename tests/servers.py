@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -28,10 +29,74 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def free_port() -> int:
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (32768 on Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A free loopback port below the kernel's ephemeral range, never handed out before in
+    this process; with ``with_bus``, port + 10000 (a Redis Cluster bus) is free too.
+
+    A port from ``bind(("127.0.0.1", 0))`` lies in the ephemeral range, where any outgoing
+    connection of this machine (a test's client, CI's other jobs) may take it before the
+    server starts: a cluster node failed to start that way in CI.
+    """
+    ceiling = _ephemeral_floor() - (10000 if with_bus else 0)
+    floor = 10000
+    for _ in range(1000):
+        port = random.randrange(floor, ceiling) if ceiling - floor > 1000 else _any_port()
+        if port in _handed_out or (with_bus and port + 10000 > 65535):
+            continue
+        if _port_free(port) and (not with_bus or _port_free(port + 10000)):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def _any_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class PortTaken(RuntimeError):
+    """A server could not listen on its port: something took it after it was probed."""
+
+
+def spawn_redis(argv: list[str], log: Path, *, timeout: float = 30) -> subprocess.Popen[bytes]:
+    """Start a redis-server or sentinel (``argv`` must write its log to ``log``) and wait
+    until it logs that it listens.
+
+    A successful connect is not proof: if another process holds the port, the connect
+    reaches it while this server fails to bind and exits. Raises :class:`PortTaken` for
+    that, and RuntimeError with the log's tail for any other failure to start.
+    """
+    offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = ""
+        with contextlib.suppress(OSError), log.open("rb") as file:
+            file.seek(offset)
+            text = file.read().decode(errors="replace")
+        listening = "Ready to accept connections" in text or "Sentinel ID is" in text
+        if listening and process.poll() is None:
+            return process
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            tail = "\n".join(text.splitlines()[-5:])
+            if "Address already in use" in text:
+                raise PortTaken(f"{argv[1:3]}: {tail}")
+            raise RuntimeError(f"redis-server {argv[1:3]} did not start:\n{tail}")
+        time.sleep(0.05)
 
 
 def docker_answers(timeout: float = 2.0) -> bool:
@@ -267,29 +332,20 @@ class TempRedis:
                 "--tls-auth-clients",
                 "no",
             ]
-        self.argv = argv
+        self.log = Path(tempfile.gettempdir()) / f"toast-redis-{self.port}.log"
+        self.argv = [*argv, "--logfile", str(self.log)]
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.process = spawn_redis(self.argv, self.log)
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
+        self.log.unlink(missing_ok=True)
 
 
 def self_signed_certificate(directory: Path) -> Path:
@@ -485,26 +541,29 @@ class TempRedisCluster:
         self.cli = cli
         self.root = Path(tempfile.mkdtemp(prefix="toast-cluster-"))
         self.ports: list[int] = []
-        while len(self.ports) < primaries * (1 + replicas):
-            port = free_port()
-            if port + 10000 < 65536 and _port_free(port + 10000) and port not in self.ports:
-                self.ports.append(port)
         self.primary_count = primaries
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        for port in self.ports:
-            self.start_node(port)
-        if primaries == 1 and not replicas:  # --cluster create wants 3 primaries at least
-            self.redis_cli("cluster", "addslotsrange", "0", "16383", port=self.ports[0])
-        else:
-            self.redis_cli(
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
-                "--cluster-replicas",
-                str(replicas),
-                "--cluster-yes",
-            )
-        self.wait_ok()
+        try:
+            while len(self.ports) < primaries * (1 + replicas):
+                port = free_port(with_bus=True)
+                with contextlib.suppress(PortTaken):  # taken since it was probed: another
+                    self.start_node(port)
+                    self.ports.append(port)
+            if primaries == 1 and not replicas:  # --cluster create wants 3 primaries at least
+                self.redis_cli("cluster", "addslotsrange", "0", "16383", port=self.ports[0])
+            else:
+                self.redis_cli(
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{p}" for p in self.ports),
+                    "--cluster-replicas",
+                    str(replicas),
+                    "--cluster-yes",
+                )
+            self.wait_ok()
+        except BaseException:
+            self.destroy()  # the nodes that started, not left running (nor warned of by gc)
+            raise
 
     def start_node(self, port: int) -> None:
         argv = [
@@ -517,18 +576,7 @@ class TempRedisCluster:
             "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.root / f"{port}.log"),
         ]  # fmt: skip
-        self.processes[port] = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {port} did not start")
+        self.processes[port] = spawn_redis(argv, self.root / f"{port}.log")
 
     def redis_cli(self, *arguments: str, port: int | None = None) -> str:
         argv = [self.cli] + (["-p", str(port)] if port else []) + list(arguments)
@@ -663,7 +711,10 @@ class TempRedisCluster:
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
                 process.wait(10)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -744,50 +795,52 @@ class TempRedisSentinel:
             raise FileNotFoundError("redis-server/redis-cli")
         self.binary, self.cli = binary, cli
         self.root = Path(tempfile.mkdtemp(prefix="toast-sentinel-"))
-        self.data_ports = [free_port(), free_port()]
-        self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        try:
-            primary, replica = self.data_ports
-            self.start_data_node(primary)
-            self.start_data_node(replica, "--replicaof", "127.0.0.1", str(primary))
-            self.wait_replica_synced(replica)
-            for port in self.sentinel_ports:
-                config = self.root / f"sentinel-{port}.conf"
-                config.write_text(
-                    f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
-                    f"logfile {self.root / f'sentinel-{port}.log'}\n"
-                    f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary} 2\n"
-                    f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
-                    f"sentinel failover-timeout {self.SERVICE} 5000\n"
-                    f"sentinel parallel-syncs {self.SERVICE} 1\n"
-                    + (f"sentinel auth-pass {self.SERVICE} {password}\n" if password else "")
-                    + (
-                        f"requirepass {sentinel_password}\n"
-                        f"sentinel sentinel-pass {sentinel_password}\n"
-                        if sentinel_password
-                        else ""
-                    )
-                )
-                self._spawn(port, [self.binary, str(config), "--sentinel"])
-            self.wait_primary_known(primary)
-        except BaseException:
-            self.destroy()
-            raise
-
-    def _spawn(self, port: int, argv: list[str]) -> None:
-        self.processes[port] = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=0.2),
-            ):
+        for attempt in range(3):
+            self.data_ports = [free_port(), free_port()]
+            self.sentinel_ports = [free_port() for _ in range(3)]
+            try:
+                self._start(password, sentinel_password)
                 return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {port} did not start")
+            except PortTaken:  # a port was taken after it was probed: anew, on others
+                self._end_processes()
+                if attempt == 2:
+                    shutil.rmtree(self.root, ignore_errors=True)
+                    raise
+            except BaseException:
+                self.destroy()
+                raise
+
+    def _start(self, password: str | None, sentinel_password: str | None) -> None:
+        primary, replica = self.data_ports
+        self.start_data_node(primary)
+        self.start_data_node(replica, "--replicaof", "127.0.0.1", str(primary))
+        self.wait_replica_synced(replica)
+        for port in self.sentinel_ports:
+            config = self.root / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"logfile {self.root / f'sentinel-{port}.log'}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+                + (f"sentinel auth-pass {self.SERVICE} {password}\n" if password else "")
+                + (
+                    f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+                    if sentinel_password
+                    else ""
+                )
+            )
+            self._spawn(
+                port,
+                [self.binary, str(config), "--sentinel"],
+                self.root / f"sentinel-{port}.log",
+            )
+        self.wait_primary_known(primary)
+
+    def _spawn(self, port: int, argv: list[str], log: Path) -> None:
+        self.processes[port] = spawn_redis(argv, log)
 
     def start_data_node(self, port: int, *arguments: str) -> None:
         """Start (or restart) a data node without persistence on ``port``."""
@@ -806,6 +859,7 @@ class TempRedisSentinel:
                 ),
                 *arguments,
             ],
+            self.root / f"{port}.log",
         )  # fmt: skip
 
     def redis_cli(self, *arguments: str, port: int) -> str:
@@ -910,11 +964,18 @@ class TempRedisSentinel:
         process.kill()
         process.wait(10)
 
-    def destroy(self) -> None:
+    def _end_processes(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        self.processes.clear()
+
+    def destroy(self) -> None:
+        self._end_processes()
         shutil.rmtree(self.root, ignore_errors=True)

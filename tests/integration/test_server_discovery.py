@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -132,3 +134,32 @@ def test_nothing_at_all_in_ci_fails_saying_how_to_provide_a_server() -> None:
     assert result.returncode != 0
     assert "no PostgreSQL server for the tests: set TOAST_TEST_POSTGRES_URL" in result.stdout
     assert "skipped" not in result.stdout.strip().splitlines()[-1]
+
+
+def test_a_redis_whose_port_was_taken_is_reported_as_taken() -> None:
+    """A connect to a port another process holds is no proof that the server started: the
+    start reports PortTaken (the set-ups then retry on other ports), not a live server."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        servers.missing_server("Redis", "(no variable: needs redis-server)")
+        return
+    with socket.socket() as squatter, tempfile.TemporaryDirectory() as root:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        log = Path(root) / "redis.log"
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--logfile", str(log)]
+        with pytest.raises(servers.PortTaken, match="Address already in use"):
+            servers.spawn_redis(argv, log)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_not_handed_out_twice() -> None:
+    """Outgoing connections take ports in the ephemeral range: a port picked there may be
+    gone by the time a server binds it (a cluster node failed to start so in CI)."""
+    floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [servers.free_port() for _ in range(50)] + [
+        servers.free_port(with_bus=True) for _ in range(50)
+    ]
+    assert len(set(ports)) == 100
+    assert all(port < floor for port in ports)
+    assert all(port + 10000 < floor for port in ports[50:])
