@@ -14,8 +14,9 @@ an external one writes them as ``null`` by default (``ser_json_inf_nan``), which
 field refuses and a ``float | None`` field reads back as ``None``. Likewise datetimes, dates,
 times and timedeltas are always written in ISO 8601: ``ser_json_temporal="seconds"`` would
 drop a datetime's UTC offset (and make a naive one aware), ``ser_json_timedelta="float"`` the
-microseconds of a long duration. Only the serializer built here sees the override; the models'
-own ``model_dump_json()`` keeps their setting. The same
+microseconds of a long duration. Bytes are written as the class reads them
+(``val_json_bytes``, whatever ``ser_json_bytes`` says). Only the serializer built here sees the
+override; the models' own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
 writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
 value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str):
@@ -166,7 +167,11 @@ _STORAGE_CONFIG: CoreConfig = {
 
 
 def _storage_config(config: CoreConfig | None) -> CoreConfig:
-    return {**(config or {}), **_STORAGE_CONFIG}
+    stored: CoreConfig = {**(config or {}), **_STORAGE_CONFIG}
+    # Bytes are written the way the class reads them back: ser_json_bytes="base64" without
+    # val_json_bytes="base64" would read the base64 text back as the bytes of that text.
+    stored["ser_json_bytes"] = stored.get("val_json_bytes", "utf8")
+    return stored
 
 
 def _stored_as_is(config: dict[str, Any]) -> bool:
@@ -175,6 +180,7 @@ def _stored_as_is(config: dict[str, Any]) -> bool:
         config.get("ser_json_inf_nan") == "constants"
         and config.get("ser_json_temporal", "iso8601") == "iso8601"
         and config.get("ser_json_timedelta", "iso8601") == "iso8601"
+        and config.get("ser_json_bytes", "utf8") == config.get("val_json_bytes", "utf8")
     )
 
 

@@ -655,3 +655,37 @@ async def test_unreadable_stored_data_raises_the_library_error(storage_url: str)
     with pytest.raises(StoredDataError) as nested:
         await holder_cls.aload(holder.id)
     assert (nested.value.id, nested.value.field) == (bad.id, "count")
+
+
+class Blob(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="hex")
+
+    data: bytes
+
+
+@pytest.mark.parametrize(
+    ("ser", "val"),
+    [("base64", "utf8"), ("hex", "utf8"), ("utf8", "base64"), ("base64", "hex"), ("hex", "hex")],
+)
+def test_bytes_come_back_whatever_ser_json_bytes_says(storage_url: str, ser: str, val: str) -> None:
+    """ser_json_bytes="base64" (or "hex") without the matching val_json_bytes brought bytes back
+    as the bytes of their base64 (hex) text. Stored JSON writes bytes as the class reads them
+    (val_json_bytes), in the external model and in a plain model inside it; the models' own
+    model_dump_json keeps their setting."""
+    config = ExternalConfigDict(
+        storage=storage_url,
+        external_name=f"Bytes{uuid4().hex}",
+        ser_json_bytes=ser,  # type: ignore[typeddict-item]
+        val_json_bytes=val,  # type: ignore[typeddict-item]
+    )
+    cls: Any = type(
+        "Bytes",
+        (ExternalBaseModel,),
+        {"__annotations__": {"data": bytes, "blob": Blob}, "model_config": config},
+    )
+    data = b"\x01 text \xc3\xa9" if val == "utf8" else bytes(range(256))
+    original = cls(data=data, blob=Blob(data=b"inner"))
+    loaded = cls.model_validate(original.model_dump())
+    assert loaded.data == data
+    assert loaded.blob.data == b"inner"
+    assert json.loads(original.blob.model_dump_json())["data"] == b"inner".hex()
