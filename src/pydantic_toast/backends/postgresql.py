@@ -5,8 +5,9 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 
 * ``sslmode`` (``disable``, ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``),
   ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq;
-* ``pool_size`` (default 20): connections kept per event loop, opened as needed, and
-  ``max_overflow`` (default 0): more connections opened under load, closed when returned;
+* ``pool_size`` (default 20): connections kept per event loop, opened as needed (the one
+  returned last is reused first), and ``max_overflow`` (default 0): more connections opened
+  under load, closed when returned;
 * ``connect_timeout`` (seconds, default 10) and ``command_timeout`` (seconds, default 60);
 * ``application_name``: shown in ``pg_stat_activity``;
 * ``replicas`` and ``read_your_writes``: read replicas
@@ -132,6 +133,10 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
         "logging_name": ENGINE_LOGGING_NAME,
         "pool_size": int(numbers["pool_size"]),
         "max_overflow": int(numbers["max_overflow"]),
+        # The connection returned last is taken first: after a burst, one connection (one
+        # warm server process) serves the sequential operations instead of all of them in
+        # turn (FIFO made a 10-field load 1.8x slower). Waiters keep their order in the gate.
+        "pool_use_lifo": True,
         "pool_timeout": numbers["connect_timeout"],
         "json_serializer": json_passthrough,
         "json_deserializer": json_as_text,
