@@ -693,16 +693,29 @@ class TempRedisCluster:
     def move_slot(self, slot: int, source: int, target: int) -> None:
         """Migrate ``slot`` with its keys from the primary on ``source`` to the one on
         ``target``, as ``redis-cli --cluster reshard`` does, without telling any client."""
+        self.start_migration(slot, source, target)
+        self.finish_migration(slot, source, target)
+
+    def start_migration(self, slot: int, source: int, target: int) -> None:
+        """Mark ``slot`` MIGRATING on ``source`` and IMPORTING on ``target``: a command on
+        keys ``source`` lacks is redirected (ASK) to ``target`` until the migration ends."""
         ids = {n["port"]: n["id"] for n in self.nodes()}
-        source_id, target_id = ids[str(source)], ids[str(target)]
-        self.redis_cli("cluster", "setslot", str(slot), "importing", source_id, port=target)
-        self.redis_cli("cluster", "setslot", str(slot), "migrating", target_id, port=source)
+        self.redis_cli("cluster", "setslot", str(slot), "importing", ids[str(source)], port=target)
+        self.redis_cli("cluster", "setslot", str(slot), "migrating", ids[str(target)], port=source)
+
+    def migrate_keys(self, slot: int, source: int, target: int) -> None:
+        """Move the keys of a migrating ``slot`` from ``source`` to ``target`` (MIGRATE)."""
         while keys := self.redis_cli(
             "cluster", "getkeysinslot", str(slot), "100", port=source
         ).split():
             self.redis_cli(
                 "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys, port=source
             )
+
+    def finish_migration(self, slot: int, source: int, target: int) -> None:
+        """Move the slot's keys left on ``source``, then give ``slot`` to ``target``."""
+        self.migrate_keys(slot, source, target)
+        target_id = next(n["id"] for n in self.nodes() if n["port"] == str(target))
         for port in (target, source):
             self.redis_cli("cluster", "setslot", str(slot), "node", target_id, port=port)
 

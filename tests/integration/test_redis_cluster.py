@@ -571,6 +571,74 @@ def test_a_large_record_follows_its_slot_moved_behind_the_clients_back(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("wait", [0, 1], ids=["no-wait", "wait-1-replica"])
+def test_large_saves_and_loads_go_through_a_slot_migration(
+    cluster: servers.TempRedisCluster, wait: int
+) -> None:
+    """Large saves into a slot held MIGRATING (their staging answered ASK, their script
+    TRYAGAIN) wait for the migration and write once it ends, whole: an update of a record
+    still on the old owner, a new record, an update of a record already moved to the new
+    owner; a load of a moved record (ASK) reads it exactly; nothing staged is left."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"ask{uuid4().hex[:8]}", wait_replicas=wait))
+        client = backend._connected_cluster()
+        try:
+            record = _large(_multibyte(2, "one"))
+            assert await backend.save_records([record]) == [1]
+            key = backend.key("Scan", record.id)
+            slot = await client.cluster_keyslot(key)
+            owner = client.get_node_from_key(key)
+            assert owner is not None
+            target = next(
+                int(p["port"]) for p in cluster.primaries() if p["port"] != str(owner.port)
+            )
+            # A new record in the same bucket (the same slot).
+            fresh = dataclasses.replace(_large(_multibyte(1.5, "new")), id=record.id)
+            while True:
+                fresh = dataclasses.replace(fresh, id=uuid4())
+                if backend.bucket(fresh.id) == backend.bucket(record.id):
+                    break
+            update = dataclasses.replace(record, data=_data(_multibyte(2, "two")), revision=1)
+            await asyncio.to_thread(cluster.start_migration, slot, owner.port, target)
+            try:
+                saves = asyncio.gather(
+                    backend.save_records([update]), backend.save_records([fresh])
+                )
+                await asyncio.sleep(0.5)
+                assert not saves.done(), "the saves did not meet the migration"
+                await asyncio.to_thread(cluster.migrate_keys, slot, owner.port, target)
+                (loaded,) = await backend.load_records([record.key])  # on the target: ASK
+                assert loaded is not None
+                assert (loaded.data, loaded.revision) == (record.data, 1)
+            finally:
+                await asyncio.to_thread(cluster.finish_migration, slot, owner.port, target)
+            assert await saves == [[2], [1]]
+            for expected, revision in ((update, 2), (fresh, 1)):
+                stored = json.loads(await client.get(backend.key("Scan", expected.id)))
+                assert (stored["revision"], stored["data"]) == (revision, json.loads(expected.data))
+            assert await _staged_keys(backend) == []
+            # Again while the record is already on the new owner, the slot still migrating.
+            await asyncio.to_thread(cluster.start_migration, slot, target, owner.port)
+            again = dataclasses.replace(update, data=_data(_multibyte(2, "three")), revision=2)
+            try:
+                saving = asyncio.ensure_future(backend.save_records([again]))
+                await asyncio.to_thread(cluster.migrate_keys, slot, target, owner.port)
+                await asyncio.sleep(0.5)
+                assert not saving.done(), "the save did not meet the migration"
+            finally:
+                await asyncio.to_thread(cluster.finish_migration, slot, target, owner.port)
+            assert await saving == [3]
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            assert (loaded.data, loaded.revision) == (again.data, 3)
+            assert await _staged_keys(backend) == []
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
 def test_a_page_reads_large_documents_in_pieces_exactly(cluster: servers.TempRedisCluster) -> None:
     """A page over every bucket holding records above 1 MiB and small ones lists them all,
     newest first, each exactly (the rest of each large one read on its slot's primary)."""

@@ -828,12 +828,16 @@ class RedisBackend(RecordBackend):
             written = [staging.key for staging in streamed if staging.started]
             if written:  # none when the pool was still being waited for
                 with contextlib.suppress(Exception):  # they expire anyway (_Staging.expiry)
-                    await _read(pool, command(b"DEL", *written))
+                    await self._drop_staged(pool, written)
             raise
 
     def _pool_for(self, key: bytes) -> _resp.Pool:
         """The pool whose connections reach ``key`` (and every key of its slot)."""
         return self._connected().connection_pool
+
+    async def _drop_staged(self, pool: _resp.Pool, keys: list[bytes]) -> None:
+        """Delete the staged copies ``keys`` of a save that failed, through ``pool``."""
+        await _read(pool, command(b"DEL", *keys))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces if there is more), or one
@@ -1095,10 +1099,29 @@ class _Staging:
 
 
 async def _stage_in_pieces(pool: _resp.Pool, stagings: list[_Staging]) -> None:
-    """Write the staged copies on one connection, each piece sent when the last is out."""
+    """Write the staged copies on one connection, each piece sent when the last is out.
+
+    After a refused command (a Redis Cluster slot being migrated answers ASK) no more pieces
+    are sent: the staging has failed, and a 100 MB document would send 100 refused pieces.
+    """
     replies: list[Any] = []
-    pieces = (packed for staging in stagings for packed in staging.commands())
-    await _resp.stream(pool, pieces, replies.append, window=_WRITE_WINDOW)
+    refused: list[Exception] = []
+
+    def take(reply: Any) -> None:
+        replies.append(reply)
+        if isinstance(reply, Exception):
+            refused.append(reply)
+
+    def pieces() -> Iterator[bytes]:
+        for staging in stagings:
+            for packed in staging.commands():
+                if refused:
+                    return
+                yield packed
+
+    await _resp.stream(pool, pieces(), take, window=_WRITE_WINDOW)
+    if refused:
+        raise refused[0]
     answers = iter(replies)
     for staging in stagings:
         staging.check(answers)

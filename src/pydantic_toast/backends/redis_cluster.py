@@ -49,7 +49,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, TryAgainError
 
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -59,6 +59,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, host_list
+from pydantic_toast.backends import _resp
 from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.base import Capability, batch_size_of
 
@@ -82,6 +83,9 @@ _REDIRECTS = 16
 # Server calls one operation (a page, a count, a batch) keeps in flight, one per bucket.
 _IN_FLIGHT = 16
 _TRYAGAIN_SECONDS = 2.0
+# A save of a document above 1 MiB into a slot being migrated is made again until the
+# migration ends, for this long at most (then StorageBusyError: retry).
+_MIGRATION_SECONDS = 10.0
 # KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
 # record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
 _PREPARE_SCRIPT = """
@@ -435,10 +439,7 @@ class RedisClusterBackend(single.RedisBackend):
                 await cluster.nodes_manager.move_slot(reply)
                 node = cluster.get_node_from_key(keys[0].decode())
             elif isinstance(reply, AskError):
-                node = cluster.get_node(host=reply.host, port=reply.port)
-                if node is None:  # a node added since the topology was learnt
-                    await cluster.nodes_manager.initialize()
-                    node = cluster.get_node(host=reply.host, port=reply.port)
+                node = await self._asked_node(reply)
                 asking = True
             elif isinstance(reply, TryAgainError):  # a migrating slot's keys on both sides
                 if time.monotonic() > busy_until:
@@ -459,6 +460,47 @@ class RedisClusterBackend(single.RedisBackend):
             )
         return reply
 
+    async def _asked_node(self, ask: AskError) -> ClusterNode:
+        """The importing node an ASK reply names."""
+        cluster = self._connected_cluster()
+        node = cluster.get_node(host=ask.host, port=ask.port)
+        if node is None:  # a node added since the topology was learnt
+            await cluster.nodes_manager.initialize()
+            node = cluster.get_node(host=ask.host, port=ask.port)
+        if node is None:
+            raise ask
+        return node
+
+    async def _follow(self, key: str, *command: Any) -> Any:
+        """The reply of ``command`` on ``key``, sent to the primary of its slot, following
+        MOVED and ASK (up to ``_REDIRECTS`` times).
+
+        After ASK, ``ASKING`` and the command go out together on one connection of the
+        importing node. redis-py's cluster client sends ``ASKING`` as a command of its own:
+        with several free connections to that node, the command then goes out on another
+        one, without it, is answered MOVED back to the migrating node, which answers ASK
+        again, until the client gives up (``ClusterError: TTL exhausted``).
+        """
+        cluster = self._connected_cluster()
+        await cluster.initialize()  # a no-op unless a lost connection asked for it
+        node = cluster.get_node_from_key(key)
+        asking = False
+        for _ in range(_REDIRECTS):
+            assert node is not None  # initialize() maps every slot (full coverage required)
+            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
+            reply = (await _on_one_connection(node, [*commands, command]))[-1]
+            asking = isinstance(reply, AskError)
+            if isinstance(reply, MovedError):
+                await cluster.nodes_manager.move_slot(reply)
+                node = cluster.get_node_from_key(key)
+            elif isinstance(reply, AskError):
+                node = await self._asked_node(reply)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                return reply
+        raise reply
+
     def _pool_for(self, key: bytes) -> _NodePool:
         """The connections of the primary that holds ``key``'s slot."""
         node = self._connected_cluster().get_node_from_key(key.decode())
@@ -476,16 +518,36 @@ class RedisClusterBackend(single.RedisBackend):
         script call), then the save script.
 
         A MOVED reply to the staging (the slot has moved since the topology was learnt)
-        updates the slot's owner and stages again there, once: the staged copies it wrote
-        were refused, so there is nothing to move.
+        updates the slot's owner and stages again there. While the slot is being migrated,
+        the staging meets ASK (its new key belongs to the importing node) and the script
+        TRYAGAIN (its keys are on neither node whole) until the migration ends: refused,
+        neither wrote anything but staged copies, which are deleted (following the slot),
+        and the whole write is made again, for up to ``_MIGRATION_SECONDS``. Following ASK
+        would not finish sooner: the script can only run once the migration has ended.
         """
         cluster = self._connected_cluster()
-        await cluster.initialize()  # a no-op unless a lost connection asked for it
-        try:
-            return await super()._save_streamed(keys, arguments, stages, streamed)
-        except MovedError as moved:
-            await cluster.nodes_manager.move_slot(moved)
-        return await super()._save_streamed(keys, arguments, stages, streamed)
+        give_up = time.monotonic() + _MIGRATION_SECONDS
+        pause = 0.05
+        while True:
+            await cluster.initialize()  # a no-op unless a lost connection asked for it
+            try:
+                return await super()._save_streamed(keys, arguments, stages, streamed)
+            except MovedError as moved:
+                await cluster.nodes_manager.move_slot(moved)
+            # ClusterError: redis-py's cluster client gave up after 16 redirections or
+            # TRYAGAIN replies (its only use of it): the script never ran.
+            except (AskError, TryAgainError, ClusterError):
+                if time.monotonic() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    async def _drop_staged(self, pool: _resp.Pool, keys: list[bytes]) -> None:
+        """Delete the staged copies ``keys``, followed to the importing node of a slot being
+        migrated (ASK), one key a command (a DEL of several keys, some of them migrated,
+        would be refused: TRYAGAIN)."""
+        for key in keys:
+            await self._follow(key.decode(), "DEL", key)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces, on its slot's primary,
@@ -493,7 +555,7 @@ class RedisClusterBackend(single.RedisBackend):
         names = [self.key(class_name, id) for class_name, id in keys]
         cluster = self._connected_cluster()
         if len(names) == 1:
-            first = await cluster.execute_command("GETRANGE", names[0], 0, single._PIECE - 1)
+            first = await self._follow(names[0], "GETRANGE", names[0], 0, single._PIECE - 1)
             if len(first) == single._PIECE:
                 return [await self._load_large(keys[0], names[0], first)]
             values: list[Any] = [first or None]  # GETRANGE reads a missing key as empty
@@ -508,12 +570,12 @@ class RedisClusterBackend(single.RedisBackend):
         self, record_key: RecordKey, name: str, first: bytes
     ) -> StoredRecord | None:
         """The record whose first MiB is ``first``, the rest read in pieces on its slot's
-        primary (as on a single node); whole, through the cluster client, if its slot moved
-        meanwhile."""
+        primary (as on a single node); whole, following the record, if its slot moved
+        meanwhile or is being migrated (ASK: the record is on the importing node)."""
         try:
             return await super()._load_large(record_key, name, first)
         except (MovedError, AskError):
-            value = await self._connected_cluster().execute_command("GET", name)
+            value = await self._follow(name, "GET", name)
         class_name, id = record_key
         return None if value is None else self._parse(name, class_name, id, value)
 
