@@ -20,7 +20,8 @@ override; the models' own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
 writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
 value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str):
-such a record is refused.
+such a record is refused. Values outside their field's constraints (a ``Literal``'s other
+value, a bound, a length: Pydantic's serializers check types only) fail during serialization.
 """
 
 from __future__ import annotations
@@ -30,11 +31,26 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, time
 from typing import Any, TypeVar, cast
 
-from pydantic_core import CoreConfig, SchemaSerializer, SchemaValidator, core_schema
+from pydantic_core import (
+    CoreConfig,
+    PydanticSerializationUnexpectedValue,
+    SchemaSerializer,
+    SchemaValidator,
+    ValidationError,
+    core_schema,
+)
 
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 
-__all__ = ["OFFSET", "DataSchema", "data_schema", "noted", "noting", "storage_serializer"]
+__all__ = [
+    "OFFSET",
+    "OUTSIDE",
+    "DataSchema",
+    "data_schema",
+    "noted",
+    "noting",
+    "storage_serializer",
+]
 
 T = TypeVar("T")
 
@@ -201,29 +217,52 @@ class _Copier:
         self.definitions = {d["ref"]: d for d in definitions if isinstance(d, dict) and "ref" in d}
         self.stand_ins: dict[type, type] = {}
 
-    def copy(self, node: Any, *, plain_any: bool = True) -> Any:
+    def copy(
+        self,
+        node: Any,
+        *,
+        plain_any: bool = True,
+        plain: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> Any:
         """A copy of ``node``; ``plain_any``: an Any inside is read back by Pydantic alone (not
         under a validator function, which may rebuild what it holds, nor a serializer's
-        return schema), so a value JSON would change in it is noted."""
-        if isinstance(node, list):
-            return [self.copy(item, plain_any=plain_any) for item in node]
-        if isinstance(node, tuple):  # a union choice with its label
-            return tuple(self.copy(item, plain_any=plain_any) for item in node)
+        return schema), so a value JSON would change in it is noted; ``plain``: the same for
+        any value inside, whatever model validators do, so a value its constraints refuse
+        fails (see :func:`_constraint_check`); ``config``: the core config of the model,
+        dataclass or TypedDict ``node`` is in."""
+        if isinstance(node, list | tuple):  # a tuple: a union choice with its label
+            items = (
+                self.copy(item, plain_any=plain_any, plain=plain, config=config) for item in node
+            )
+            return type(node)(items)
         if not isinstance(node, dict):
             return node
         kind = node.get("type")
         if kind == "union":
             node = self._unshadowed(node)
-        inner = plain_any and kind not in _FUNCTIONS
+        own = node.get("config")
+        if kind in _CONFIGURED and isinstance(own, dict):
+            config = own
+        inner = kind not in _FUNCTIONS
         copied = {
-            key: self.copy(value, plain_any=inner and key != "serialization")
+            key: self.copy(
+                value,
+                plain_any=plain_any and inner and key != "serialization",
+                plain=plain and inner and key != "serialization",
+                config=config,
+            )
             for key, value in node.items()
         }
-        if kind in _CHECKS and "serialization" not in node and (plain_any or kind != "any"):
+        if "serialization" not in node and plain:
+            check = _constraint_check(copied, config)
+            if check is not None:
+                copied["serialization"] = check
+        if kind in _CHECKS and "serialization" not in copied and (plain_any or kind != "any"):
             copied["serialization"] = _CHECKS[kind]
-        config = node.get("config")
-        # A model or dataclass that holds a datetime or time needs its stand-in too: its own
-        # serializer notes nothing.
+        config = own
+        # A model or dataclass that holds a datetime, a time, an Any or a constrained value
+        # needs its stand-in too: its own serializer checks nothing.
         if (
             kind in _CONFIGURED
             and isinstance(config, dict)
@@ -249,7 +288,7 @@ class _Copier:
                 continue
             seen.add(id(item))
             kind = item.get("type")
-            if kind in _CHECKS:
+            if kind in _CHECKS or _constrained(item, node.get("config")):
                 return True
             if kind == "definition-ref":
                 stack.append(self.definitions.get(item.get("schema_ref"), {"type": "any"}))
@@ -348,6 +387,106 @@ _CHECKS = {
         ("any", _json_value),
     )
 }
+
+
+# Constraints Pydantic's serializers do not check: a value outside them (put there by
+# model_construct(), an assignment without validate_assignment, an append or a __dict__ write)
+# would be written, and every load would then refuse it (a Literal's other value, -1 in a field
+# with gt=0, a naive datetime in an AwareDatetime) or change it (to_lower, strip_whitespace).
+# Enum members of another enum, and values of another type, Pydantic's serializers refuse.
+_BOUNDS = frozenset({"gt", "ge", "lt", "le"})
+_CONSTRAINTS: dict[str, frozenset[str]] = {
+    "int": _BOUNDS | {"multiple_of"},
+    "float": _BOUNDS | {"multiple_of"},
+    "decimal": _BOUNDS | {"multiple_of", "max_digits", "decimal_places"},
+    "str": frozenset(
+        {"min_length", "max_length", "pattern", "strip_whitespace", "to_lower", "to_upper"}
+    ),
+    "bytes": frozenset({"min_length", "max_length"}),
+    "date": _BOUNDS,
+    "datetime": _BOUNDS | {"tz_constraint"},
+    "time": _BOUNDS | {"tz_constraint"},
+    "timedelta": _BOUNDS,
+    "uuid": frozenset({"version"}),
+}
+_STR_CONFIG = (
+    "str_min_length",
+    "str_max_length",
+    "str_strip_whitespace",
+    "str_to_lower",
+    "str_to_upper",
+)
+_SIZED = frozenset({"list", "tuple", "set", "frozenset", "dict"})
+_LENGTHS = ("min_length", "max_length")
+OUTSIDE = "a value its field's constraints refuse"
+"""The message of a value outside its field's constraints (its type is right)."""
+
+
+def _constrained(node: dict[str, Any], config: dict[str, Any] | None) -> bool:
+    """Whether schema ``node`` constrains its values beyond what its serializer checks."""
+    kind = node.get("type")
+    if kind == "literal":
+        return True
+    if kind in _SIZED:
+        return any(node.get(key) is not None for key in _LENGTHS)
+    keys = _CONSTRAINTS.get(kind)  # type: ignore[arg-type]
+    if keys is None:
+        return False
+    # gt=0 is a constraint; strip_whitespace=False is not.
+    if any(node.get(key, False) is not False for key in keys):
+        return True
+    if kind == "float" and node.get("allow_inf_nan") is False:
+        return True
+    config = config or {}
+    if kind == "float" and config.get("allow_inf_nan") is False:
+        return True
+    return kind == "str" and any(config.get(key) for key in _STR_CONFIG)
+
+
+def _constraint_check(node: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A serializer refusing values outside ``node``'s constraints, ``None``: none to check.
+
+    Leaves are validated the way a load validates them (lax), and refused when that fails or
+    gives back another value; sized containers have their length checked. The error is the
+    one Pydantic's own serializers raise for a value not of their type: inside a union, the
+    next member is tried.
+    """
+    if not _constrained(node, config):
+        return None
+    schema = {key: value for key, value in node.items() if key not in ("serialization", "ref")}
+    kind = node["type"]
+    check: Callable[[Any], Any]
+    if kind in _SIZED:
+        low = node.get("min_length") or 0
+        high = node.get("max_length")
+
+        def check(value: Any) -> Any:
+            size = len(value)
+            if size < low or (high is not None and size > high):
+                raise PydanticSerializationUnexpectedValue(OUTSIDE)
+            return value
+
+    else:
+        validate = SchemaValidator(
+            cast("core_schema.CoreSchema", schema), cast("CoreConfig", config)
+        ).validate_python
+        then = _whole_minute_offset if kind in ("datetime", "time") else None
+
+        def check(value: Any) -> Any:
+            try:
+                result = validate(value, strict=False)
+            except ValidationError:
+                raise PydanticSerializationUnexpectedValue(OUTSIDE) from None
+            if result is not value and (
+                type(result) is not type(value) or (result != value and value == value)
+            ):
+                raise PydanticSerializationUnexpectedValue(OUTSIDE)  # would come back changed
+            return value if then is None else then(value)
+
+    serializer = core_schema.plain_serializer_function_ser_schema(
+        check, return_schema=cast("core_schema.CoreSchema", schema), when_used="json"
+    )
+    return cast("dict[str, Any]", serializer)
 
 
 def noted() -> str | None:

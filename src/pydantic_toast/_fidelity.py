@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic_core
 from pydantic import ValidationError
 
+from pydantic_toast._data_schema import OUTSIDE
 from pydantic_toast._exceptions import StorageValidationError, StoredDataError
 
 if TYPE_CHECKING:
@@ -55,6 +56,11 @@ _NINETEEN_DIGITS = b"0" * 19
 _INT_DIGITS_LIMIT = 4300
 # Pydantic's name for a value that is not of its field's type (a warning, raised as an error).
 _UNEXPECTED = "PydanticSerializationUnexpectedValue"
+_UNVALIDATED = (
+    "model_construct(), model_copy(update=...) and assignments without "
+    "validate_assignment=True validate nothing: give the field a value of its type, or "
+    "validate it (Model(...), Model.model_validate(...), validate_assignment=True)"
+)
 _UNREADABLE_FIX = (
     "Integers of more than 4,300 digits cannot be read back by Pydantic (store them as str or "
     "Decimal), nor IntEnum members outside the signed 64-bit range in an enum that also has "
@@ -208,7 +214,15 @@ def serialization_refusal(
             break
     where = f"field {field!r}" if field else "a field"
     cause = str(exc)
-    if _UNEXPECTED in cause:
+    if OUTSIDE in cause:
+        message = (
+            f"{cls.__qualname__} cannot be stored: {where} holds a value its type's constraints "
+            "refuse (a value not among a Literal's, a bound such as gt=0, a length, a pattern, "
+            "a timezone required or forbidden, or a str that to_lower or strip_whitespace "
+            "would change), so it could not be read back as it is; nothing was written. "
+            f"{_UNVALIDATED}"
+        )
+    elif _UNEXPECTED in cause:
         # Pydantic's message quotes the value (user data): only the types are repeated.
         expected = re.search(r"Expected `([^`]*)`", cause)
         found = re.search(r"input_type=(\w+)", cause)
@@ -220,9 +234,7 @@ def serialization_refusal(
         message = (
             f"{cls.__qualname__} cannot be stored: {where} holds {what}, which Pydantic cannot "
             "write as the field's type, so it would not come back as it is; nothing was "
-            "written. model_construct(), model_copy(update=...) and assignments without "
-            "validate_assignment=True validate nothing: give the field a value of its type, or "
-            "validate it (Model(...), Model.model_validate(...), validate_assignment=True)"
+            f"written. {_UNVALIDATED}"
         )
     else:
         cause = cause.removeprefix("Error serializing to JSON: ")

@@ -9,16 +9,19 @@ import json
 import logging
 import math
 from datetime import UTC, datetime, time, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
+    Field,
     PlainSerializer,
+    StringConstraints,
     field_serializer,
     model_serializer,
 )
@@ -319,6 +322,66 @@ def test_values_assigned_not_of_their_fields_type_are_refused_naming_the_field(
         copied.model_dump()
     assert info.value.field == "count"
     assert_not_written(cls, copied, identity_of(copied))
+
+
+class Choice(BaseModel):
+    kind: Literal["x", "y"] = "x"
+
+
+def test_values_outside_their_fields_constraints_are_refused_naming_the_field(
+    storage_url: str,
+) -> None:
+    """Pydantic's serializers check a value's type, not its constraints: a Literal's other
+    value, -1 under gt=0, a too long str or list, a naive datetime in an AwareDatetime, a str
+    that to_lower would change, given by model_construct() or an assignment, were saved and
+    every load then failed (or changed them). The save refuses them naming the field, never the
+    value, and writes nothing; a value another member of a union allows is stored."""
+    cls: Any = model(
+        storage_url,
+        mode=Literal["fast", "slow"],
+        count=Annotated[int, Field(gt=0)],
+        code=Annotated[str, StringConstraints(max_length=8, to_lower=True)],
+        at=AwareDatetime,
+        items=Annotated[list[Annotated[int, Field(gt=0)]], Field(max_length=2)],
+        either=Literal["a"] | Literal["b"],
+        choice=Choice,
+    )
+    fine = {
+        "mode": "fast",
+        "count": 1,
+        "code": "abc",
+        "at": datetime(2024, 1, 1, tzinfo=UTC),
+        "items": [1],
+        "either": "b",
+        "choice": Choice(),
+    }
+    for field, wrong in (
+        ("mode", "s3cr3t"),
+        ("count", -12345),
+        ("code", "s3cr3t-too-long"),
+        ("code", "S3CR3T"),
+        ("at", datetime(2024, 1, 1)),
+        ("items", [-12345]),
+        ("items", [1, 2, 3]),
+        ("either", "s3cr3t"),
+        ("choice", Choice.model_construct(kind="s3cr3t")),  # type: ignore[arg-type]
+    ):
+        instance = cls.model_construct(**{**fine, field: wrong})
+        with pytest.raises(StorageValidationError, match="constraints refuse") as info:
+            instance.model_dump()
+        assert info.value.field == field
+        assert "s3cr3t" not in str(info.value).lower()
+        assert "12345" not in str(info.value)
+        assert_not_written(cls, instance, identity_of(instance))
+    loaded = cls.model_validate(cls.model_construct(**fine).model_dump())
+    assert {name: getattr(loaded, name) for name in fine} == fine
+    saved = cls(**fine)
+    reference = saved.model_dump()
+    saved.mode = "s3cr3t"  # no validate_assignment
+    with pytest.raises(StorageValidationError, match="constraints refuse") as info:
+        saved.model_dump()
+    assert info.value.field == "mode"
+    assert cls.model_validate(reference).mode == "fast"
 
 
 def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
