@@ -229,10 +229,17 @@ class ConcurrencyError(ExternalStorageError):
                 "without revision= to delete whatever is stored"
             )
         else:
+            who = "another writer got there first"
+            if current == expected + 1:  # one write ahead: maybe this instance's own
+                who += (
+                    ", or an earlier save of this instance landed although it was cancelled "
+                    "or failed on the way (a cancelled batch leaves the chunks it sent "
+                    "written)"
+                )
             outcome = (
-                f"this instance expected revision {expected}: another writer got there first "
-                "and nothing was written. Load it again, reapply the change and save, or save "
-                "with force=True (or inside pydantic_toast.last_write_wins()) to overwrite"
+                f"this instance expected revision {expected}: {who}, and nothing was written. "
+                "Load it again, reapply the change and save, or save with force=True (or "
+                "inside pydantic_toast.last_write_wins()) to overwrite"
             )
         super().__init__(f"the stored {shorten(class_name)} record {id} {what}, but {outcome}")
         self.class_name = class_name

@@ -986,3 +986,43 @@ async def test_a_batch_of_first_saves_over_a_left_index_entry_puts_its_score_rig
         str(r.id).encode(): r.created_at.timestamp() for r in batch
     }
     assert await backend.count("Flushed") == 3
+
+
+@pytest.mark.usefixtures("storage_closed_after")
+@pytest.mark.parametrize("count", [35, 8], ids=["chunked", "one-chunk"])
+async def test_a_batch_cancelled_after_its_first_chunks_says_so_when_saved_again(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A batch of new records cancelled after its first chunks reached the server, saved
+    again, is refused (its own landed records cannot be told from another writer's with the
+    same data: a second increment would be lost) with a message naming the cancelled save as
+    a possible cause; the landed records load as the models hold them."""
+    session = model_on(f"{keys.url}&batch_size=10")
+    models = [session(user=f"u{i}") for i in range(count)]
+    pipeline = redis_module._resp.pipeline
+
+    async def cancelled_after_two_chunks(pool: Any, blocks: Any, *, window: int) -> Any:
+        def two_then_cancel() -> Iterator[Any]:
+            for number, block in enumerate(blocks):
+                if number == 2:  # two chunks written, as a cancellation between writes leaves
+                    raise asyncio.CancelledError
+                yield block
+            raise asyncio.CancelledError  # one chunk only: cancelled after its write
+
+        return await pipeline(pool, two_then_cancel(), window=window)
+
+    monkeypatch.setattr(redis_module._resp, "pipeline", cancelled_after_two_chunks)
+    with pytest.raises(asyncio.CancelledError):
+        await pydantic_toast.adump(models)
+    monkeypatch.undo()
+    landed = min(count, 20)
+    assert await pydantic_toast.acount(session) == landed
+    with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+        await pydantic_toast.adump(models)
+    assert (info.value.expected, info.value.current) == (0, 1)
+    assert "an earlier save of this instance landed although it was cancelled" in str(info.value)
+    (model,) = [m for m in models if m.external_id == info.value.id]
+    assert (await session.aload(info.value.id)).user == model.user
+    assert await pydantic_toast.acount(session) == landed
+    two_ahead = pydantic_toast.ConcurrencyError("A", info.value.id, expected=1, current=3)
+    assert "cancelled" not in str(two_ahead)
