@@ -289,9 +289,10 @@ def stores(
             stack.callback(delete_redis_prefix, redis_url, f"revcost_{run}_")
             urls[("raw", "redis")] = f"{redis_url}#revcost_{run}_raw"
         if "postgresql" in backends:
-            # The raw driver writes the table as it was before revisions (no triggers, no
-            # revision column): the floor both systems are compared with.
-            urls[("raw", "postgresql")] = urls[("before", "postgresql")]
+            # The raw driver writes the table the measured tree writes (its revision column,
+            # count triggers and indexes): the same durable work per save. (It used to write
+            # the table as it was before revisions, whose saves fire no count trigger.)
+            urls[("raw", "postgresql")] = urls[("after", "postgresql")]
         yield urls
 
 

@@ -161,7 +161,8 @@ SELECT = "SELECT data::text FROM external_records WHERE class_name = $1 AND id =
 SELECT_MANY = "SELECT data::text FROM external_records WHERE class_name = $1 AND id = ANY($2)"
 
 
-# pydantic-toast's PostgreSQL pool: pool_size 10 + max_overflow 10; its Redis pool: 50.
+# pydantic-toast's PostgreSQL pool: pool_size 20 + max_overflow 0 (connections opened as
+# needed, the one returned last reused first, as asyncpg's pool does); its Redis pool: 50.
 PG_POOL_MIN, PG_POOL_MAX = 10, 20
 REDIS_POOL = 50
 
