@@ -75,7 +75,8 @@ CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False
 
 def may_be_unreadable(data: bytes) -> bool:
     """Whether ``data`` may hold an integer that does not read back (19 digits in a row)."""
-    return _NINETEEN_DIGITS in digits_as_zero(data)
+    # find, not ``in``: ``in`` formats and discards a TypeError first (2k instructions).
+    return digits_as_zero(data).find(_NINETEEN_DIGITS) >= 0
 
 
 # The last record's translation: a save scans its JSON here, then a backend that checks numbers
