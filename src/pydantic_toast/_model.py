@@ -317,7 +317,7 @@ class ExternalBaseModel(BaseModel):
                 that unions can try their next member).
             ValidationError: The data does not validate.
         """
-        try:
+        with _MISMATCH_RAISED:
             return super().model_validate(
                 obj,
                 strict=strict,
@@ -327,11 +327,6 @@ class ExternalBaseModel(BaseModel):
                 by_alias=by_alias,
                 by_name=by_name,
             )
-        except ValidationError as exc:
-            mismatch = _root_mismatch(exc)
-            if mismatch is None:
-                raise
-            raise mismatch from None
 
     @classmethod
     def model_validate_json(
@@ -345,7 +340,7 @@ class ExternalBaseModel(BaseModel):
         by_name: bool | None = None,
     ) -> Self:
         """Like :meth:`model_validate`, from JSON text."""
-        try:
+        with _MISMATCH_RAISED:
             return super().model_validate_json(
                 json_data,
                 strict=strict,
@@ -354,11 +349,6 @@ class ExternalBaseModel(BaseModel):
                 by_alias=by_alias,
                 by_name=by_name,
             )
-        except ValidationError as exc:
-            mismatch = _root_mismatch(exc)
-            if mismatch is None:
-                raise
-            raise mismatch from None
 
     # The signatures are Pydantic's own (2.14), except ``mode``, narrowed to the two modes that
     # exist so that a typo fails type checking too: hence the ignore[override].
@@ -865,6 +855,24 @@ def _refuse_options(method: str, *, mode: str, **options: object) -> None:
             "BaseModel from the instance (View.model_validate(obj, from_attributes=True)) and "
             "dump that"
         )
+
+
+class _MismatchRaised:
+    """Inside it, a ``ValidationError`` that is only the model's own reference naming another
+    class leaves as the seeds' :class:`InvalidReferenceError` (see ``_root_mismatch``). A
+    class, not ``contextlib.contextmanager``: one is entered on every ``model_validate``."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, ValidationError):
+            mismatch = _root_mismatch(exc)
+            if mismatch is not None:
+                raise mismatch from None
+
+
+_MISMATCH_RAISED = _MismatchRaised()
 
 
 def _root_mismatch(exc: ValidationError) -> InvalidReferenceError | None:

@@ -559,15 +559,13 @@ def test_a_staged_copy_that_expired_while_written_is_refused() -> None:
         staging.check(iter([b"OK", redis.ResponseError("OOM"), length, length]))
 
 
-async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
-    keys: Keys, backend: RedisBackend
-) -> None:
-    """Loads in pieces racing a writer that keeps replacing the record each return one
-    version whole (a load that saw the record change reads it again), never a mix."""
-    versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
-    now = datetime.now(UTC)
-    record = StoredRecord("Race", uuid4(), versions[0], 1, now, now, None, None)
-    await backend.save_records([record])
+async def loads_while_rewritten(
+    backend: RedisBackend, record: StoredRecord, versions: list[bytes], loads: int = 30
+) -> list[StoredRecord]:
+    """``loads`` loads of ``record`` (saved first as ``versions[0]``, without a revision
+    check) while a task keeps rewriting it with each of ``versions`` in turn; the rewriter
+    wrote at least once."""
+    await backend.save_records([dataclasses.replace(record, data=versions[0])])
     stop = asyncio.Event()
 
     async def rewrite() -> int:
@@ -579,13 +577,28 @@ async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version
         return writes
 
     writer = asyncio.create_task(rewrite())
-    loads = []
-    for _ in range(30):
-        (loaded,) = await backend.load_records([record.key])
-        assert loaded is not None
-        loads.append(loaded)
-    stop.set()
-    assert await writer > 0
+    found = []
+    try:
+        for _ in range(loads):
+            (loaded,) = await backend.load_records([record.key])
+            assert loaded is not None
+            found.append(loaded)
+    finally:
+        stop.set()
+        writes = await writer
+    assert writes > 0
+    return found
+
+
+async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """Loads in pieces racing a writer that keeps replacing the record each return one
+    version whole (a load that saw the record change reads it again), never a mix."""
+    versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
+    now = datetime.now(UTC)
+    record = StoredRecord("Race", uuid4(), versions[0], 1, now, now, None, None)
+    loads = await loads_while_rewritten(backend, record, versions)
     assert all(loaded.data in versions for loaded in loads)
 
 

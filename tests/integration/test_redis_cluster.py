@@ -20,7 +20,7 @@ from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
-from tests.integration.test_redis import _multibyte
+from tests.integration.test_redis import _multibyte, loads_while_rewritten
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -505,27 +505,8 @@ def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
     async def main() -> None:
         backend = await _backend(cluster.url(f"race{uuid4().hex[:8]}"))
         versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
-        record = _large("", revision=None)
         try:
-            await backend.save_records([dataclasses.replace(record, data=versions[0])])
-            stop = asyncio.Event()
-
-            async def rewrite() -> int:
-                writes = 0
-                while not stop.is_set():
-                    data = versions[writes % 2]
-                    await backend.save_records([dataclasses.replace(record, data=data)])
-                    writes += 1
-                return writes
-
-            writer = asyncio.create_task(rewrite())
-            loads = []
-            for _ in range(30):
-                (loaded,) = await backend.load_records([record.key])
-                assert loaded is not None
-                loads.append(loaded)
-            stop.set()
-            assert await writer > 0
+            loads = await loads_while_rewritten(backend, _large("", revision=None), versions)
             assert all(loaded.data in versions for loaded in loads)
             assert len({loaded.revision for loaded in loads}) > 1, "no load met a rewrite"
         finally:

@@ -330,16 +330,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     """
 
     _insert = staticmethod(insert)
-    capabilities = frozenset(
-        {
-            Capability.BATCH,
-            Capability.DELETE,
-            Capability.LIST,
-            Capability.COUNT,
-            Capability.REVISIONS,
-            Capability.TTL,
-        }
-    )
+    capabilities = frozenset(Capability)
     _dropped = False  # a broken connection's record waits in the pool to reconnect
     _replicas: Replicas | None = None  # read replicas (replicas= in the URL), once connected
     _leasing: Any = None  # the engine's pool, when its idle connections are leased directly

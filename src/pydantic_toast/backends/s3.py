@@ -123,15 +123,7 @@ class _SendOnce(AIOHTTPSession):
 class S3Backend(RecordBackend):
     """Records as JSON objects in an S3 bucket, through aiobotocore."""
 
-    capabilities = frozenset(
-        {
-            Capability.BATCH,
-            Capability.DELETE,
-            Capability.LIST,
-            Capability.COUNT,
-            Capability.REVISIONS,
-        }
-    )
+    capabilities = frozenset(Capability) - {Capability.TTL}
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:

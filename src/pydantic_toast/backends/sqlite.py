@@ -66,16 +66,7 @@ class SQLiteBackend(SQLAlchemyBackend):
     # A cancelled operation is therefore seen through (a few milliseconds, at most the
     # busy_timeout when another process holds the lock) and the cancellation raised after.
     _finish_when_cancelled = True
-    capabilities = frozenset(
-        {
-            Capability.BATCH,
-            Capability.DELETE,
-            Capability.LIST,
-            Capability.COUNT,
-            Capability.REVISIONS,
-            Capability.TTL,
-        }
-    )
+    capabilities = frozenset(Capability)
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)

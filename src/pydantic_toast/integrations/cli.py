@@ -149,16 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "stderr; orphan ids on stdout. Works on every storage URL. With --payloads, list the "
         "offloaded payloads of --class that no record points to instead.",
     )
-    orphans.add_argument(
-        "--class", dest="class_name", required=True, help="the stored class name to check"
-    )
-    orphans.add_argument(
-        "--module",
-        action="append",
-        default=[],
-        required=True,
-        help="a module defining the models (repeat for several), e.g. myapp.models",
-    )
+    _add_class_arguments(orphans, "to check", "the models")
     orphans.add_argument(
         "--payloads",
         action="store_true",
@@ -173,10 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "600; a younger one may belong to a save in flight)",
     )
     orphans.add_argument("--delete", action="store_true", help="delete the orphans found")
-    orphans.add_argument("--after", help="resume after this cursor (printed by an earlier run)")
-    orphans.add_argument(
-        "--batch-size", type=int, default=500, help="records per page (default: 500)"
-    )
+    _add_paging_arguments(orphans, "records per page")
     reencrypt = commands.add_parser(
         "reencrypt",
         parents=[common],
@@ -189,21 +177,37 @@ def _parser() -> argparse.ArgumentParser:
         "and a resume cursor on stderr after each page; safe to interrupt and resume with "
         "--after. Works on every storage URL.",
     )
-    reencrypt.add_argument(
-        "--class", dest="class_name", required=True, help="the stored class name to rewrite"
+    _add_class_arguments(reencrypt, "to rewrite", "the model and its keys")
+    _add_paging_arguments(reencrypt, "records per page and write")
+    return parser
+
+
+def _print_progress(counts: str, next_after: str | None) -> None:
+    """One progress line on stderr: ``counts``, then the cursor to resume after, if any."""
+    resume = f"; resume with --after {next_after}" if next_after else ""
+    print(f"{counts}{resume}", file=sys.stderr, flush=True)
+
+
+def _add_class_arguments(parser: argparse.ArgumentParser, purpose: str, defines: str) -> None:
+    """``--class`` (the stored class name, ``purpose``) and ``--module`` (repeatable: the
+    modules defining ``defines``): the options of a command that imports the user's models."""
+    parser.add_argument(
+        "--class", dest="class_name", required=True, help=f"the stored class name {purpose}"
     )
-    reencrypt.add_argument(
+    parser.add_argument(
         "--module",
         action="append",
         default=[],
         required=True,
-        help="a module defining the model and its keys (repeat for several), e.g. myapp.models",
+        help=f"a module defining {defines} (repeat for several), e.g. myapp.models",
     )
-    reencrypt.add_argument("--after", help="resume after this cursor (printed by an earlier run)")
-    reencrypt.add_argument(
-        "--batch-size", type=int, default=500, help="records per page and write (default: 500)"
-    )
-    return parser
+
+
+def _add_paging_arguments(parser: argparse.ArgumentParser, batch: str) -> None:
+    """``--after`` (a resume cursor) and ``--batch-size`` (``batch``, 500 by default): the
+    options of a command that walks a class page by page."""
+    parser.add_argument("--after", help="resume after this cursor (printed by an earlier run)")
+    parser.add_argument("--batch-size", type=int, default=500, help=f"{batch} (default: 500)")
 
 
 def _version() -> str:
@@ -327,12 +331,10 @@ def _orphans(url: str, args: argparse.Namespace) -> int:
         model = _imported_model(storage, parsed, args)
 
         def progress(report: OrphanReport) -> None:
-            resume = f"; resume with --after {report.next_after}" if report.next_after else ""
-            print(
+            _print_progress(
                 f"checked {report.checked}, orphans {len(report.orphans)}, "
-                f"deleted {report.deleted}{resume}",
-                file=sys.stderr,
-                flush=True,
+                f"deleted {report.deleted}",
+                report.next_after,
             )
 
         async def scan() -> OrphanReport:
@@ -376,12 +378,10 @@ def _reencrypt(url: str, args: argparse.Namespace) -> int:
 
     def progress(report: ReencryptReport) -> None:
         last[:] = [report]
-        resume = f"; resume with --after {report.next_after}" if report.next_after else ""
-        print(
+        _print_progress(
             f"checked {report.checked}, rewritten {report.rewritten}, changed meanwhile "
-            f"{report.changed}{resume}",
-            file=sys.stderr,
-            flush=True,
+            f"{report.changed}",
+            report.next_after,
         )
 
     with Storage() as storage:
