@@ -656,7 +656,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             return None
         pool: Any = engine.sync_engine.pool
         idle = self._idle
-        if pool is not self._leasing or not idle.qsize() or pool._invalidate_time:
+        if pool is not self._leasing or not idle._queue or pool._invalidate_time:
             return None
         dispatch = pool.dispatch
         if dispatch.checkout or dispatch.checkin:
@@ -664,9 +664,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         gate = self._gate
         if gate is not None and not gate.enter_now():
             return None
-        entry = idle.get_nowait()
+        # The asyncio queue's own take and put (see _put_idle): its public methods were 7.6k
+        # instructions per operation (a twentieth of a 10-field load's), these 1.3k.
+        entry = idle._get()
         if entry.dbapi_connection is None:  # dropped: reconnecting awaits (see _lease)
-            idle.put_nowait(entry)
+            _put_idle(idle, entry)
             if gate is not None:
                 gate.leave()
             return None
@@ -719,13 +721,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             not broken
             and mark is not None
             and getattr(lease, "fairy_ref", None) is mark
-            and not self._idle.full()
+            and _has_room(self._idle)
         ):
             # Leased directly from the current pool, which has room: back into its queue, as
             # the entry's checkin() would put it (no check-in listener, or it was not leased
             # directly; nothing to finalize: AUTOCOMMIT).
             lease.fairy_ref = None  # type: ignore[union-attr]
-            self._idle.put_nowait(lease)
+            _put_idle(self._idle, lease)
             if self._gate is not None:
                 self._gate.leave()
             return
@@ -804,6 +806,25 @@ async def _prepare(lease: _Lease, name: str) -> Any:
         return False
     statement = statements[name] = await driver.prepare(_SQL[name])
     return statement
+
+
+def _has_room(idle: Any) -> bool:
+    """Whether the pool's queue of idle entries takes one more (``full()``, without its calls)."""
+    size: int = idle._maxsize
+    return size <= 0 or len(idle._queue) < size
+
+
+def _put_idle(idle: Any, entry: Any) -> None:
+    """Put ``entry`` into the pool's queue of idle entries (which has room).
+
+    Through ``put_nowait`` only when a checkout of SQLAlchemy's own waits in that queue (it
+    wakes the first); otherwise the queue's own put, in its order (LIFO or FIFO), without the
+    bookkeeping for ``join()``, which nothing calls on a pool's queue.
+    """
+    if idle._getters:
+        idle.put_nowait(entry)
+    else:
+        idle._put(entry)
 
 
 def _gate_for(pool: Any) -> Gate | None:
