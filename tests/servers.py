@@ -71,7 +71,7 @@ class PortTaken(RuntimeError):
 
 def spawn_redis(argv: list[str], log: Path, *, timeout: float = 30) -> subprocess.Popen[bytes]:
     """Start a redis-server or sentinel (``argv`` must write its log to ``log``) and wait
-    until it logs that it listens.
+    until it logs that its port is bound.
 
     A successful connect is not proof: if another process holds the port, the connect
     reaches it while this server fails to bind and exits. Raises :class:`PortTaken` for
@@ -85,7 +85,9 @@ def spawn_redis(argv: list[str], log: Path, *, timeout: float = 30) -> subproces
         with contextlib.suppress(OSError), log.open("rb") as file:
             file.seek(offset)
             text = file.read().decode(errors="replace")
-        listening = "Ready to accept connections" in text or "Sentinel ID is" in text
+        # Logged once its port is bound, before it loads a data file (a test may want to
+        # meet it loading); a sentinel logs no "Server initialized".
+        listening = "Server initialized" in text or "Sentinel ID is" in text
         if listening and process.poll() is None:
             return process
         if process.poll() is not None or time.monotonic() > deadline:
