@@ -469,14 +469,21 @@ class TempSeaweedFS:
     def url(
         self, bucket: str, prefix: str = "", key: str | None = None, secret: str | None = None
     ) -> str:
-        """An ``s3://`` storage URL of ``bucket`` on this server (the admin identity by default)."""
+        """An ``s3://`` storage URL of ``bucket`` on this server (the admin identity by default).
+
+        Its ``connect_timeout`` is 30 s, not 5: the timer runs on the client's event loop, and
+        a batch of 120 PUTs (32 in flight, each signed by botocore on that loop) starved of CPU
+        at load ~19 left a loopback connect unprocessed past 5 s (ConnectTimeout in
+        test_batches_keep_order[s3]). A connect timeout is not retried, by design: the tests
+        of that use URLs of their own with ``connect_timeout=1``.
+        """
         from urllib.parse import quote
 
         key = self.ACCESS_KEY if key is None else key
         secret = self.SECRET_KEY if secret is None else secret
         return (
             f"s3://{key}:{quote(secret, safe='')}@{bucket}/{prefix}"
-            f"?endpoint_url={self.endpoint}&region=us-east-1"
+            f"?endpoint_url={self.endpoint}&region=us-east-1&connect_timeout=30"
         )
 
     def _wait(self) -> None:

@@ -207,14 +207,29 @@ class Item(ExternalBaseModel):
 """
 
 
+# Under -X dev, asyncio's debug mode logs every callback that runs longer than 0.1 s
+# ("Executing <Task ...> took 0.151 seconds"): on a loaded machine that says how fast the
+# machine was, not whether the script exited cleanly. Those lines alone are dropped; every
+# other warning, error or traceback still reaches stderr.
+SLOW_CALLBACKS_QUIET = """
+import logging, time
+logging.getLogger("asyncio").addFilter(
+    lambda record: not record.getMessage().startswith("Executing ")
+)
+"""
+
+
 def test_interpreter_exits_cleanly_after_sync_and_async_use() -> None:
-    """A script that used both loops exits at once, with code 0 and nothing on stderr."""
+    """A script that used both loops exits at once, with code 0 and nothing on stderr (but
+    debug mode's slow-callback notes: one is provoked, as a loaded machine makes them)."""
     result = run_script(
         SCRIPT_PRELUDE
+        + SLOW_CALLBACKS_QUIET
         + """
 ref = Item(n=1).model_dump()
 async def main():
     Item.model_validate(ref)
+    time.sleep(0.15)  # a slow callback, as a loaded machine makes: not a failure
     await Item(n=2).asave()
 asyncio.run(main())
 print("done")
