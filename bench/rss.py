@@ -1,7 +1,8 @@
 """Peak RSS growth of saves and loads (pydantic-toast async), each probe in a child process.
 
 Three probes, each printing JSON (the peak RSS growth of the save and of the load, in bytes,
-next to the bytes of JSON moved; for one model, also of a page holding it)::
+next to the bytes of JSON moved; for one model, also of a page holding it and of a batch load
+of it with a small record, ``avalidate(list[...])``)::
 
     python bench/rss.py KIND WORKLOAD_INDEX COUNT URL       # one batch (bench/run.py uses it)
     python bench/rss.py model KIND MEGABYTES URL [OFFLOAD]  # one model of MEGABYTES of JSON
@@ -119,7 +120,7 @@ def model_probe(kind: str, megabytes: float, url: str, offload: str | None) -> d
     )
 
     async def run() -> dict[str, float]:
-        await big(title="warm-up", body="x").asave()  # connect outside the window
+        small = await big(title="warm-up", body="x").asave()  # connect outside the window
         body = document(megabytes)
         json_bytes = len(pydantic_core.to_json({"title": "big", "body": body}))
         instance = big(title="big", body=body)
@@ -133,6 +134,12 @@ def model_probe(kind: str, megabytes: float, url: str, offload: str | None) -> d
         load_peak = peak_rss() - before
         assert len(loaded.body) == int(megabytes * 1_000_000)  # type: ignore[attr-defined]
         del loaded
+        # Before the page: a Redis Cluster page leaves memory that the next load reuses.
+        before = reset_peak_rss()
+        batch = await pydantic_toast.avalidate(list[big], [reference, small])  # type: ignore[valid-type]
+        batch_peak = peak_rss() - before
+        assert len(batch[0].body) == int(megabytes * 1_000_000)
+        del batch
         before = reset_peak_rss()
         page = await pydantic_toast.apage(big, limit=10)
         page_peak = peak_rss() - before
@@ -145,6 +152,7 @@ def model_probe(kind: str, megabytes: float, url: str, offload: str | None) -> d
             "save_rss": save_peak,
             "load_rss": load_peak,
             "page_rss": page_peak,
+            "batch_rss": batch_peak,
         }
 
     return asyncio.run(run())
@@ -290,9 +298,9 @@ def table(arguments: argparse.Namespace) -> None:
         "peak RSS growth, median [min-max], and its ratio to the JSON moved"
     )
     what = "records" if arguments.batch else "payload"
-    pages = "" if arguments.batch else " page peak RSS |"
+    pages = "" if arguments.batch else " page peak RSS | batch load peak RSS |"
     print(f"| {what} | backend | JSON | save peak RSS | load peak RSS |{pages}")
-    print("|---|---|---|---|---|" + ("" if arguments.batch else "---|"))
+    print("|---|---|---|---|---|" + ("" if arguments.batch else "---|---|"))
     for kind, size in cells:
         runs = results[(kind, size)]
         if not runs:
@@ -300,7 +308,11 @@ def table(arguments: argparse.Namespace) -> None:
             continue
         json_bytes = runs[0]["json_bytes"]
         label = f"{arguments.batch:,} × workload {int(size)}" if arguments.batch else f"{size} MB"
-        page = "" if arguments.batch else f" {_cell(runs, 'page_rss', json_bytes)} |"
+        page = ""
+        if not arguments.batch:
+            page = (
+                f" {_cell(runs, 'page_rss', json_bytes)} | {_cell(runs, 'batch_rss', json_bytes)} |"
+            )
         print(
             f"| {label} | {kind} | {json_bytes / 1e6:.1f} MB "
             f"| {_cell(runs, 'save_rss', json_bytes)} | {_cell(runs, 'load_rss', json_bytes)} |"

@@ -6,7 +6,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pydantic_toast import (
     StorageOperationError,
     StoredDataError,
 )
-from pydantic_toast._records import PageCursor, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.backends import redis as redis_module
 from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
@@ -448,6 +449,63 @@ async def test_documents_around_the_piece_size_load_exactly(
     assert [loaded.data for loaded in batch if loaded] == [r.data for r in records]
 
 
+async def traced_peak(call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
+    """What ``call`` returns, and the peak of Python's allocations while it ran, in bytes
+    above what was allocated when it started (tracemalloc: exact, whatever the machine's
+    load)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = await call()
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+async def test_a_batch_load_takes_a_large_document_off_the_socket_in_pieces(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """A batch load (MGET) of a 20 MB record among small and missing ones returns each
+    exactly, holding the large document about twice at most (its pieces, then the joined
+    data), not three times (redis-py's parser: the stream's buffer, its copy, the reply);
+    the connection stays in step for the next command."""
+    now = datetime.now(UTC)
+    text = _multibyte(20, "batch")
+    large = StoredRecord("Scan", uuid4(), json.dumps({"b": text}).encode(), 1, now, now)
+    small = [StoredRecord("Scan", uuid4(), b'{"b":"s%d"}' % i, 1, now, now) for i in range(3)]
+    await backend.save_records([small[0], large, small[1]])
+    await backend.save_records([small[2]])
+    wanted = [small[0].key, large.key, ("Scan", uuid4()), small[1].key, small[2].key]
+    loaded, peak = await traced_peak(lambda: backend.load_records(wanted))
+    assert [r.data if r else None for r in loaded] == [
+        small[0].data,
+        large.data,
+        None,
+        small[1].data,
+        small[2].data,
+    ]
+    assert peak < 2.3 * len(large.data), f"peak {peak / len(large.data):.2f}x the document"
+    again = await backend.load_records([small[2].key, small[0].key])
+    assert [r.data if r else None for r in again] == [small[2].data, small[0].data]
+
+
+async def test_a_large_value_not_written_by_the_library_in_a_batch_is_named(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """A 3 MB value under a record's key that is not a pydantic-toast document, read in
+    pieces by a batch load, is a StoredDataError naming its key; the next load works."""
+    now = datetime.now(UTC)
+    small = StoredRecord("Scan", uuid4(), b'{"b":"s"}', 1, now, now)
+    await backend.save_records([small])
+    foreign = uuid4()
+    keys.client.set(backend.key("Scan", foreign), b'{"b":"' + b"x" * 3_000_000 + b'"}')
+    with pytest.raises(StoredDataError, match=backend.key("Scan", foreign)):
+        await backend.load_records([small.key, ("Scan", foreign)])
+    (loaded,) = await backend.load_records([small.key])
+    assert loaded is not None
+    assert loaded.data == small.data
+
+
 @pytest.mark.usefixtures("storage_closed_after")
 async def test_a_stale_writer_of_a_large_record_changes_nothing(keys: Keys) -> None:
     """A writer of a large record that read an older revision gets ConcurrencyError, alone or
@@ -560,11 +618,16 @@ def test_a_staged_copy_that_expired_while_written_is_refused() -> None:
 
 
 async def loads_while_rewritten(
-    backend: RedisBackend, record: StoredRecord, versions: list[bytes], loads: int = 30
+    backend: RedisBackend,
+    record: StoredRecord,
+    versions: list[bytes],
+    loads: int = 30,
+    *,
+    alongside: Sequence[RecordKey] = (),
 ) -> list[StoredRecord]:
     """``loads`` loads of ``record`` (saved first as ``versions[0]``, without a revision
-    check) while a task keeps rewriting it with each of ``versions`` in turn; the rewriter
-    wrote at least once."""
+    check), alone or in a batch with the records of ``alongside``, while a task keeps
+    rewriting it with each of ``versions`` in turn; the rewriter wrote at least once."""
     await backend.save_records([dataclasses.replace(record, data=versions[0])])
     stop = asyncio.Event()
 
@@ -580,7 +643,7 @@ async def loads_while_rewritten(
     found = []
     try:
         for _ in range(loads):
-            (loaded,) = await backend.load_records([record.key])
+            loaded = (await backend.load_records([record.key, *alongside]))[0]
             assert loaded is not None
             found.append(loaded)
     finally:
@@ -594,12 +657,17 @@ async def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version
     keys: Keys, backend: RedisBackend
 ) -> None:
     """Loads in pieces racing a writer that keeps replacing the record each return one
-    version whole (a load that saw the record change reads it again), never a mix."""
+    version whole (a load that saw the record change reads it again), never a mix; so do
+    batch loads (one MGET reply, its large document taken off the socket in pieces)."""
     versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
     now = datetime.now(UTC)
     record = StoredRecord("Race", uuid4(), versions[0], 1, now, now, None, None)
     loads = await loads_while_rewritten(backend, record, versions)
     assert all(loaded.data in versions for loaded in loads)
+    small = StoredRecord("Race", uuid4(), b'{"b":"s"}', 1, now, now)
+    await backend.save_records([small])
+    batched = await loads_while_rewritten(backend, record, versions, alongside=[small.key])
+    assert all(loaded.data in versions for loaded in batched)
 
 
 @pytest.mark.usefixtures("storage_closed_after")

@@ -20,7 +20,7 @@ from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
-from tests.integration.test_redis import _multibyte, loads_while_rewritten
+from tests.integration.test_redis import _multibyte, loads_while_rewritten, traced_peak
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -614,6 +614,65 @@ def test_large_saves_and_loads_go_through_a_slot_migration(
             assert loaded is not None
             assert (loaded.data, loaded.revision) == (again.data, 3)
             assert await _staged_keys(backend) == []
+        finally:
+            await backend.disconnect()
+
+    asyncio.run(main())
+
+
+def test_a_batch_load_reads_large_documents_in_pieces_on_each_slot(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """A batch load of records above 1 MiB and small ones over several slots returns each
+    exactly, holding a 20 MB document about twice at most (pieces, then the joined data),
+    not three times; batch loads racing a writer that keeps replacing a large record each
+    return one version whole; after the record's slot moved behind the client's back, and
+    while it is being migrated back (ASK), the batch reads it from its new owner."""
+
+    async def main() -> None:
+        backend = await _backend(cluster.url(f"batch{uuid4().hex[:8]}"))
+        client = backend._connected_cluster()
+        try:
+            texts = [_multibyte(20, "a"), "small", _multibyte(2, "b"), "tiny", "s"]
+            records = [_large(text) for text in texts]
+            for record in records:
+                await backend.save_records([record])
+            assert (
+                len({await client.cluster_keyslot(backend.key("Scan", r.id)) for r in records}) > 1
+            )
+            wanted = [r.key for r in records] + [("Scan", uuid4())]
+            loaded, peak = await traced_peak(lambda: backend.load_records(wanted))
+            assert [r.data if r else None for r in loaded] == [r.data for r in records] + [None]
+            largest = len(records[0].data)
+            assert peak < 2.3 * largest + 3 * len(records[2].data), f"{peak / largest:.2f}x"
+
+            versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
+            raced = dataclasses.replace(records[2], revision=None)
+            loads = await loads_while_rewritten(
+                backend, raced, versions, 20, alongside=[records[1].key]
+            )
+            assert all(r.data in versions for r in loads)
+            assert len({r.revision for r in loads}) > 1, "no load met a rewrite"
+
+            key = backend.key("Scan", raced.id)
+            slot = await client.cluster_keyslot(key)
+            owner = client.get_node_from_key(key)
+            assert owner is not None
+            target = next(
+                int(p["port"]) for p in cluster.primaries() if int(p["port"]) != owner.port
+            )
+            await asyncio.to_thread(cluster.move_slot, slot, owner.port, target)
+            batch = await backend.load_records([raced.key, records[1].key])
+            (current,) = await backend.load_records([raced.key])
+            assert current is not None
+            assert [r.data if r else None for r in batch] == [current.data, records[1].data]
+            await asyncio.to_thread(cluster.start_migration, slot, target, owner.port)
+            try:
+                await asyncio.to_thread(cluster.migrate_keys, slot, target, owner.port)
+                batch = await backend.load_records([raced.key, records[1].key])  # ASK
+            finally:
+                await asyncio.to_thread(cluster.finish_migration, slot, target, owner.port)
+            assert [r.data if r else None for r in batch] == [current.data, records[1].data]
         finally:
             await backend.disconnect()
 

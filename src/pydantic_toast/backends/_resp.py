@@ -9,7 +9,8 @@ the checkout (and its errors, marked as connecting by the backend's pool) and th
 parser stay redis-py's. The write and the replies run under one socket timeout (redis-py's
 own send and read set one up each, with a task for the send), and a timeout, a connection
 error or a cancellation disconnects the connection, as redis-py does.
-A document too large to travel whole is written and read as a :func:`stream` of pieces.
+A document too large to travel whole is written and read as a :func:`stream` of pieces, and
+a batch read (``MGET``) takes such documents off the socket in pieces (:func:`read_values`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from redis._parsers import _AsyncRESPBase as _PythonParser  # hiredis's keeps its buffer in C
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Pool", "Script", "command", "pipeline", "run", "stream"]
+__all__ = ["Pool", "Script", "command", "pipeline", "read_values", "run", "stream"]
 
 
 class Pool(Protocol):
@@ -269,3 +271,93 @@ async def _reply(connection: Any) -> Any:
         return await connection.read_response()
     except ResponseError as error:  # read whole: the next reply is the next command's
         return error
+
+
+async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | list[bytes] | None]:
+    """Send ``packed``, one command whose reply is an array of strings (``MGET``), on one
+    pooled connection and return that array: a string longer than ``piece`` bytes comes as the
+    list of its pieces (each at most ``piece`` bytes), a missing one as ``None``.
+
+    redis-py's parser reads a string whole: the stream's buffer, the copy taken out of it and
+    the reply, three times a large document. Here each piece is taken off the socket in turn
+    (the stream's buffer holds at most its limit, 64 KiB), so a large document is held once,
+    in pieces; small strings are read as the parser's ``read_response`` reads them. With
+    hiredis's parser, whose buffer is its own, the reply is read whole. An error reply is
+    raised. One socket timeout covers the write and the reply, started afresh for each piece;
+    a connection error, a timeout or a cancellation disconnects the connection and
+    propagates, as in :func:`run`.
+    """
+    connection = await pool.get_connection()
+    try:
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            parser, writer = connection._parser, connection._writer
+            async with asyncio.timeout(connection.socket_timeout) as deadline:
+                writer.write(packed)
+                await writer.drain()
+                if isinstance(parser, _PythonParser):
+                    reply = await _read_array(parser, deadline, connection.socket_timeout, piece)
+                else:
+                    reply = await parser.read_response()
+        except BaseException as exc:
+            lost = await _lost(connection, exc)
+            if lost is exc:
+                raise
+            raise lost from None
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply  # type: ignore[no-any-return]
+    finally:
+        await pool.release(connection)
+
+
+async def _read_array(
+    parser: Any, deadline: asyncio.Timeout, seconds: float | None, piece: int
+) -> Any:
+    """The array reply ``parser`` is about to read (see :func:`read_values`), or its error.
+
+    Lines and small strings go through the parser's own ``_readline``/``_read`` (its state
+    kept as its ``read_response`` keeps it); a string above ``piece`` bytes is read from its
+    stream directly, in pieces, when the parser holds nothing of it in its buffer, each piece
+    given ``seconds`` afresh by ``deadline``.
+    """
+    if parser._chunks:  # what an interrupted read left, as read_response takes it
+        parser._buffer += b"".join(parser._chunks)
+        parser._chunks.clear()
+    parser._pos = 0
+    line = await parser._readline()
+    if line[:1] == b"-":
+        error = parser.parse_error(line[1:].decode("utf-8", errors="replace"))
+        parser._clear()
+        return error
+    if line[:1] != b"*":
+        raise InvalidResponse(f"Protocol Error: expected an array reply, got {line[:1]!r}")
+    values: list[Any] = []
+    for _ in range(int(line[1:])):
+        line = await parser._readline()
+        if line == b"$-1" or line == b"_":
+            values.append(None)
+            continue
+        if line[:1] != b"$":
+            raise InvalidResponse(f"Protocol Error: expected a string, got {line[:1]!r}")
+        length = int(line[1:])
+        if length <= piece or len(parser._buffer) > parser._pos:
+            values.append(await parser._read(length))
+            continue
+        stream, pieces = parser._stream, []
+        loop = asyncio.get_running_loop()
+        try:
+            for start in range(0, length, piece):
+                if seconds is not None:
+                    deadline.reschedule(loop.time() + seconds)
+                pieces.append(await stream.readexactly(min(piece, length - start)))
+            end = await stream.readexactly(2)
+        except asyncio.IncompleteReadError:
+            raise RedisConnectionError("Connection closed by server.") from None
+        if end != b"\r\n":
+            raise InvalidResponse("Protocol Error: a string not followed by CRLF")
+        parser._pos += length + 2
+        values.append(pieces)
+    parser._clear()
+    return values

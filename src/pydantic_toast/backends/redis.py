@@ -841,27 +841,53 @@ class RedisBackend(RecordBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces if there is more), or one
-        MGET per ``batch_size`` keys."""
+        MGET per ``batch_size`` keys (a document above ``_PIECE`` taken off the socket in
+        pieces: see ``_resp.read_values``)."""
         pool = self._connected().connection_pool
+        values: list[bytes | list[bytes] | None]
         if len(keys) == 1:
             text = self.key(*keys[0])
             name = text.encode()
             packed = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n%b" % (len(name), name, _FIRST_PIECE)
-            values = await self._call(lambda: _read(pool, packed))
-            if len(values[0]) == _PIECE:
-                return [await self._call(partial(self._load_large, keys[0], text, values[0]))]
-            values[0] = values[0] or None  # GETRANGE reads a missing key as empty
+            (first,) = await self._call(lambda: _read(pool, packed))
+            if len(first) == _PIECE:
+                return [await self._call(partial(self._load_large, keys[0], text, first))]
+            values = [first or None]  # GETRANGE reads a missing key as empty
         else:
             values = []
             for start in range(0, len(keys), self._batch_size):
                 chunk = [self.key(*key).encode() for key in keys[start : start + self._batch_size]]
                 packed = command(b"MGET", *chunk)
-                values += (await self._call(partial(_read, pool, packed)))[0]
+                values += await self._call(partial(_resp.read_values, pool, packed, piece=_PIECE))
+        return self._records_in(None, keys, values)
+
+    def _records_in(
+        self,
+        names: Sequence[str] | None,
+        keys: Sequence[RecordKey],
+        values: list[bytes | list[bytes] | None],
+    ) -> list[StoredRecord | None]:
+        """The records of ``keys`` in ``values`` (an MGET's reply, see ``_resp.read_values``),
+        stored under ``names`` (``None``: :meth:`key`'s). A document read in pieces is joined
+        once, without its header, and its pieces let go before it is parsed."""
         parse = self._parse
-        return [
-            None if value is None else parse(None, class_name, id, value)
-            for (class_name, id), value in zip(keys, values, strict=True)
-        ]
+        records: list[StoredRecord | None] = []
+        for position, ((class_name, id), value) in enumerate(zip(keys, values, strict=True)):
+            name = None if names is None else names[position]
+            if value is None or isinstance(value, bytes):
+                records.append(None if value is None else parse(name, class_name, id, value))
+                continue
+            values[position] = None
+            match = _DOCUMENT.match(value[0])
+            if match is None or not value[-1].endswith(b"}"):  # not ours: raises, naming it
+                records.append(parse(name, class_name, id, value[0] + b"..."))
+                continue
+            head = value[0][: match.end()]
+            value[0], value[-1] = value[0][match.end() :], value[-1][:-1]
+            data = b"".join(value)
+            value.clear()
+            records.append(parse(name, class_name, id, head, data))
+        return records
 
     async def _load_large(
         self, record_key: RecordKey, name: str, first: bytes

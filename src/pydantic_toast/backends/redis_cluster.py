@@ -551,20 +551,44 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces, on its slot's primary,
-        if there is more), or MGETs split by slot and sent concurrently."""
+        if there is more), or one MGET per slot, sent concurrently (see :meth:`_mget`)."""
         names = [self.key(class_name, id) for class_name, id in keys]
-        cluster = self._connected_cluster()
         if len(names) == 1:
             first = await self._follow(names[0], "GETRANGE", names[0], 0, single._PIECE - 1)
             if len(first) == single._PIECE:
                 return [await self._load_large(keys[0], names[0], first)]
             values: list[Any] = [first or None]  # GETRANGE reads a missing key as empty
         else:
-            values = await cluster.mget_nonatomic(names)
-        return [
-            None if value is None else self._parse(name, class_name, id, value)
-            for name, (class_name, id), value in zip(names, keys, values, strict=True)
-        ]
+            values = await self._mget(names)
+        return self._records_in(names, keys, values)
+
+    async def _mget(self, names: list[str]) -> list[Any]:
+        """The documents under ``names``: one MGET per slot on the slot's primary, documents
+        above ``_PIECE`` taken off the socket in pieces (see ``_resp.read_values``). A slot
+        that moved or is being migrated (MOVED, ASK, TRYAGAIN: its keys split between two
+        nodes) is read key by key instead, whole, each GET following its record."""
+        cluster = self._connected_cluster()
+        await cluster.initialize()  # a no-op unless a lost connection asked for it
+        slots: defaultdict[int, list[int]] = defaultdict(list)
+        for position, name in enumerate(names):
+            slots[cluster.keyslot(name)].append(position)
+
+        async def one(positions: list[int]) -> list[Any]:
+            group = [names[position].encode() for position in positions]
+            try:
+                return await _resp.read_values(
+                    self._pool_for(group[0]), _resp.command(b"MGET", *group), piece=single._PIECE
+                )
+            except (MovedError, AskError, TryAgainError):
+                return [await self._follow(name.decode(), "GET", name) for name in group]
+
+        groups = list(slots.values())
+        replies = await self._gather([partial(one, positions) for positions in groups])
+        values: list[Any] = [None] * len(names)
+        for positions, found in zip(groups, replies, strict=True):
+            for position, value in zip(positions, found, strict=True):
+                values[position] = value
+        return values
 
     async def _load_large(
         self, record_key: RecordKey, name: str, first: bytes
