@@ -13,7 +13,9 @@ minutes apart at most; the report gives the median of those ratios and their min
 Servers: by default a temporary PostgreSQL cluster (fsync on) and a throwaway redis-server,
 started and removed by the run. ``--postgres-url`` (a throwaway database is created on it and
 dropped) and ``--redis-url`` (keys under a run prefix, deleted afterwards; never flushed) use
-given servers instead.
+given servers instead. ``--pin same|split`` pins the throwaway servers to the harness's CPU or
+to the other one (see ``stores.PINNINGS``: unpinned, where the scheduler puts each server
+process moves a PostgreSQL round trip's p50 by a factor of two).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from floors import FLOORS, Floor, summary  # noqa: E402
 from report import METRICS, write_outputs  # noqa: E402
-from stores import Servers, servers  # noqa: E402
+from stores import PINNINGS, Servers, servers  # noqa: E402
 from systems import SLOW_BATCH, SYSTEMS, System  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
@@ -311,6 +313,11 @@ def main() -> None:
     parser.add_argument("--workload", help="only workloads whose name contains this")
     parser.add_argument("--postgres-url", help="use this server (a throwaway database on it)")
     parser.add_argument("--redis-url", help="use this Redis (keys under a run prefix)")
+    parser.add_argument(
+        "--pin",
+        choices=PINNINGS,
+        help="pin this process to CPU 0 and the throwaway servers to CPU 0 (same) or 1 (split)",
+    )
     parser.add_argument("--no-callgrind", action="store_true", help="skip instruction counts")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS probes")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
@@ -320,7 +327,7 @@ def main() -> None:
     workloads = [w for w in WORKLOADS if not args.workload or args.workload in w.name]
     started = time.perf_counter()
     counts = None if args.no_callgrind else instruction_counts(args.quick)
-    with servers(args.postgres_url, args.redis_url) as urls:
+    with servers(args.postgres_url, args.redis_url, args.pin) as urls:
         rows = measure(urls, sizes, args.only, workloads)
         memory = [] if args.no_rss else rss_probes(urls, sizes)
     elapsed = time.perf_counter() - started
@@ -331,7 +338,11 @@ def main() -> None:
         "tasks": sizes.tasks,
         "per_task": sizes.per_task,
         "slow_batch": SLOW_BATCH,
-        "servers": "throwaway (started by the run)" if urls.throwaway else "given URLs",
+        "servers": (
+            f"throwaway (started by the run{f', pinned {args.pin}' if args.pin else ''})"
+            if urls.throwaway
+            else "given URLs"
+        ),
         "seconds": round(elapsed),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -77,6 +77,13 @@ class TempCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def pin(self, cpus: set[int]) -> None:
+        """Run the server's processes, and the backends it starts from now on, on ``cpus``."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, cpus)
+
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
             self._run(pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -113,9 +120,43 @@ class TempRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def pin(self, cpus: set[int]) -> None:
+        """Run the server on ``cpus``."""
+        os.sched_setaffinity(self.process.pid, cpus)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+def _children(parent: int) -> list[int]:
+    """The pids of ``parent``'s child processes (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The fields after the command name, which may hold spaces: state, then ppid.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+PINNINGS = ("same", "split")
+"""``--pin``: the throwaway servers on the harness's CPU (``same``: every round trip hands
+over on one CPU, so what is measured is CPU work), or on another one (``split``: every round
+trip wakes the other CPU). Unpinned, the scheduler puts each server process on either CPU of
+a 2-core machine, and a raw asyncpg load's p50 is 41-52 us on the client's CPU, 96-110 on the
+other (bench/RESULTS.md's raw load p50 85-229 us across repetitions, bimodal): a ratio then
+says mostly where two processes landed."""
+
+
+def pin_harness(mode: str, *servers: TempCluster | TempRedis) -> None:
+    """Pin this process to CPU 0 and ``servers`` to CPU 0 (``same``) or CPU 1 (``split``)."""
+    available = os.sched_getaffinity(0)
+    if {0, 1} - available:
+        raise RuntimeError(f"--pin needs CPUs 0 and 1; this process may use {sorted(available)}")
+    os.sched_setaffinity(0, {0})
+    for server in servers:
+        server.pin({0} if mode == "same" else {1})
 
 
 @dataclass(frozen=True)
@@ -155,8 +196,16 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def servers(postgres_url: str | None, redis_url: str | None) -> Iterator[Servers]:
-    """The stores for one run; everything it wrote is removed afterwards."""
+def servers(
+    postgres_url: str | None, redis_url: str | None, pin: str | None = None
+) -> Iterator[Servers]:
+    """The stores for one run; everything it wrote is removed afterwards.
+
+    ``pin`` (one of :data:`PINNINGS`): where the throwaway servers run, relative to this
+    process (given servers cannot be pinned).
+    """
+    if pin is not None and (postgres_url is not None or redis_url is not None):
+        raise ValueError("--pin pins the throwaway servers: it cannot go with server URLs")
     from pydantic_toast.integrations.cli import main as toast_cli
 
     scratch = Path(tempfile.mkdtemp(prefix="toast-bench-"))
@@ -179,6 +228,8 @@ def servers(postgres_url: str | None, redis_url: str | None) -> Iterator[Servers
         else:
             redis = redis_url
             stack.callback(delete_redis_prefix, redis, prefix)
+        if pin is not None:
+            pin_harness(pin, cluster, temp_redis)
         yield Servers(
             postgresql=database,
             redis=redis,
