@@ -40,6 +40,7 @@ from pydantic_core import (
     core_schema,
 )
 
+from pydantic_toast._fingerprint import LoadLayout, load_layout, loads_as_stored
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 
 __all__ = [
@@ -68,9 +69,21 @@ class DataSchema:
             (a subclass's own model validators wrap it), a load that does not come through
             Pydantic's validation must use the class's full validator, so that those run too.
         numbers: Which numbers the fields can write (see :mod:`._number_plan`).
+        fields: How many fields the class has.
+        load_layout: Where a loaded instance's lists and dicts sit, when a fingerprint taken at
+            load vouches for its fields (see :func:`._fingerprint.load_layout`), else ``None``.
     """
 
-    __slots__ = ("hook_at_root", "numbers", "owner", "serializer", "source", "validator")
+    __slots__ = (
+        "fields",
+        "hook_at_root",
+        "load_layout",
+        "numbers",
+        "owner",
+        "serializer",
+        "source",
+        "validator",
+    )
 
     def __init__(
         self,
@@ -81,6 +94,7 @@ class DataSchema:
         *,
         hook_at_root: bool,
         numbers: NumberPlan = SCAN,
+        load_layout: LoadLayout | None = None,
     ) -> None:
         self.owner = owner
         self.source = source
@@ -88,6 +102,8 @@ class DataSchema:
         self.numbers = numbers
         self.validator = validator
         self.hook_at_root = hook_at_root
+        self.fields = len(getattr(owner, "__pydantic_fields__", ()))
+        self.load_layout = load_layout
 
 
 def data_schema(cls: type[Any]) -> DataSchema | None:
@@ -143,6 +159,8 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         SchemaValidator(inner, config),
         hook_at_root=at_root,
         numbers=number_plan(model),
+        # The whole schema must load as stored: model validators wrap the hook.
+        load_layout=load_layout(model, definitions) if loads_as_stored(schema) else None,
     )
     cls.__toast_data_schema__ = built
     return built

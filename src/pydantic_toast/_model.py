@@ -55,6 +55,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._expanded import EXPANDED_KEY, is_expanding
 from pydantic_toast._fidelity import decode_stored, describe_errors
+from pydantic_toast._fingerprint import loaded
 from pydantic_toast._loading import (
     LoadSession,
     Routes,
@@ -719,14 +720,23 @@ class ExternalBaseModel(BaseModel):
         except ValidationError as exc:
             problems, field = describe_errors(exc, data)
         else:
-            identity = Identity(  # positional: a load makes one, keywords cost more
-                record.id,
-                record.created_at,
-                record.revision,
-                # Migrated data is written back on the next dump, under the new schema_version.
-                record.data if data is record.data else None,
-                False,  # exact: a store may spell the JSON differently
-            )
+            if data is record.data:
+                identity = Identity(  # positional: a load makes one, keywords cost more
+                    record.id,
+                    record.created_at,
+                    record.revision,
+                    data,
+                    False,  # exact: a store may spell the JSON differently
+                    # A fingerprint when the class vouches for loaded values (see
+                    # _fingerprint.load_layout) and no field was left to its default.
+                    None
+                    if fast is None
+                    or fast.load_layout is None
+                    or len(instance.__pydantic_fields_set__) != fast.fields
+                    else loaded(instance, fast.load_layout),
+                )
+            else:  # migrated: written back on the next dump, under the new schema_version
+                identity = Identity(record.id, record.created_at, record.revision, None, False)
             _set_identity(instance, identity)
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
@@ -765,6 +775,8 @@ class ExternalBaseModel(BaseModel):
             validator = fast.validator
         validate = validator.validate_json
         version = settings.schema_version
+        # A fingerprint per loaded instance when the class vouches (see _toast_from_record).
+        layout, fields = (None, 0) if fast is None else (fast.load_layout, fast.fields)
         instances: list[Self] = []
         with nullcontext() if is_trusted() else trusted():  # as _toast_from_record, once
             for index, record in enumerate(records):
@@ -781,7 +793,16 @@ class ExternalBaseModel(BaseModel):
                 else:
                     _set_identity(
                         instance,
-                        Identity(record.id, record.created_at, record.revision, record.data, False),
+                        Identity(
+                            record.id,
+                            record.created_at,
+                            record.revision,
+                            record.data,
+                            False,
+                            None
+                            if layout is None or len(instance.__pydantic_fields_set__) != fields
+                            else loaded(instance, layout),
+                        ),
                     )
                 instances.append(instance)
         return instances

@@ -104,7 +104,8 @@ def last_write_wins() -> Iterator[None]:
 class Identity:
     """The record an instance is stored as, and what the instance last read or wrote there.
 
-    Never changed once made (a new one replaces it). A plain class, not a frozen dataclass:
+    Never changed once made (a new one replaces it), but for ``text``, filled in when first
+    needed. A plain class, not a frozen dataclass:
     two are made per save, and a frozen dataclass costs four times as much to build.
 
     Attributes:
@@ -599,7 +600,10 @@ def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
         return None
     settings = type(model).__toast_settings__
     assert settings is not None  # an abstract class's instance never gets an identity
-    return trusted_reference(settings.external_name, identity.text or str(identity.id))
+    text = identity.text
+    if text is None:  # a loaded instance's: made once here, not by every load
+        text = identity.text = str(identity.id)
+    return trusted_reference(settings.external_name, text)
 
 
 def _new_identity(model: ExternalBaseModel, kind: type[Identity] = Identity) -> Identity:

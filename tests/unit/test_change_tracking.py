@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Literal
 
 import pytest
 
@@ -662,3 +665,122 @@ def test_a_large_owner_keeps_its_json(counting_url: str) -> None:
     item.model_dump()
     assert item._toast_identity.fingerprint is not None
     assert item._toast_identity.data is not None
+
+
+class Shade(Enum):
+    DARK = "dark"
+
+
+def _loadable(url: str) -> type[ExternalBaseModel]:
+    """A class whose fields a fingerprint taken at load vouches for (atoms, lists, dicts)."""
+
+    class Loaded(ExternalBaseModel):
+        name: str = "a"
+        note: str = "n"
+        count: int = 1
+        ratio: float = 0.5
+        when: datetime = datetime(2026, 1, 2, tzinfo=UTC)
+        maybe: str | None = None
+        kind: Literal["x", "y"] = "x"
+        shade: Shade = Shade.DARK
+        tags: list[str] = ["x", "y"]
+        scores: dict[str, int] = {"a": 1}
+        model_config = ExternalConfigDict(storage=url)
+
+    return Loaded
+
+
+def test_a_loaded_unchanged_instance_redumps_without_serializing(
+    counting_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded instance whose fields are all plain values, lists and dicts of them re-dumps
+    on the fast path from its load on (no serialization, no write), as a saved one does."""
+    cls = _loadable(counting_url)
+    reference = cls().model_dump()
+    seen = _count_serializations(monkeypatch)
+    loaded = cls.model_validate(reference)
+    assert loaded.model_dump() == reference
+    assert pydantic_toast.dump([loaded]) == [reference]
+    assert seen == []
+    assert _saves(counting_url) == 1
+    assert loaded.external_revision == 1
+
+
+@pytest.mark.parametrize("change", FAST_PATH_CHANGES.values(), ids=FAST_PATH_CHANGES.keys())
+def test_every_kind_of_change_after_a_load_is_seen(
+    counting_url: str, change: Callable[[ExternalBaseModel], object]
+) -> None:
+    """Each change to a loaded instance (on the fast path from its load) is written."""
+    cls = _loadable(counting_url)
+    loaded = cls.model_validate(cls().model_dump())
+    _assert_change_is_written(loaded, change)
+
+
+def test_writes_around_setattr_after_a_load_are_written(counting_url: str) -> None:
+    """Fields of a loaded instance written around ``__setattr__`` are written by its next dump."""
+    cls = _loadable(counting_url)
+    reference = cls().model_dump()
+    for write in (
+        lambda m: object.__setattr__(m, "name", "b"),
+        lambda m: m.__dict__.__setitem__("count", 7),
+        lambda m: m.__dict__.update(maybe="c"),
+    ):
+        loaded = cls.model_validate(reference)
+        write(loaded)
+        reference = loaded.model_dump()
+        assert cls.model_validate(reference).__dict__ == loaded.__dict__
+    assert cls.model_validate(reference).external_revision == 4
+
+
+def test_loads_that_may_differ_from_the_stored_json_are_compared(counting_url: str) -> None:
+    """A value a validator of the user's rebuilt at load, or a field the stored JSON lacked
+    (filled by its default), is not what is stored: the first dump after the load writes it."""
+    import asyncio
+    import gc
+    from uuid import uuid4
+
+    from pydantic import Field, field_validator, model_validator
+
+    class Stripped(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url)
+
+        @field_validator("name")
+        @classmethod
+        def _strip(cls, value: str) -> str:
+            return value.strip()
+
+    class Trimmed(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url)
+
+        @model_validator(mode="after")
+        def _trim(self) -> Trimmed:
+            self.__dict__["name"] = self.name.strip()
+            return self
+
+    for cls in (Stripped, Trimmed):
+        for load in (cls.model_validate, lambda ref: asyncio.run(cls.aload(ref))):  # noqa: B023
+            reference = cls.model_construct(name=" b ").model_dump()
+            loaded = load(reference)
+            loaded.model_dump()
+            assert loaded.external_revision == 2
+            assert cls.model_validate(reference).model_dump_json() == loaded.model_dump_json()
+
+    class Before(ExternalBaseModel):
+        name: str = "a"
+        model_config = ExternalConfigDict(storage=counting_url, external_name="Grown")
+
+    reference = Before().model_dump()
+    del Before  # the class that wrote the record is gone before the next one takes its name
+    gc.collect()
+
+    class After(ExternalBaseModel):
+        name: str = "a"
+        token: str = Field(default_factory=lambda: uuid4().hex)
+        model_config = ExternalConfigDict(storage=counting_url, external_name="Grown")
+
+    grown = After.model_validate(reference)
+    grown.model_dump()
+    assert grown.external_revision == 2
+    assert After.model_validate(reference).token == grown.token
