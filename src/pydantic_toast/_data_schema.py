@@ -489,6 +489,10 @@ def _constraint_check(node: dict[str, Any], config: dict[str, Any] | None) -> di
             cast("core_schema.CoreSchema", schema), cast("CoreConfig", config)
         ).validate_python
         then = _whole_minute_offset if kind in ("datetime", "time") else None
+        # A value of another type that validation turns into an equal one (an int in a float
+        # field) is left to the type's serializer, as in a field without constraints; only a
+        # Literal, which has no serializer of its type, refuses it here.
+        literal = kind == "literal"
 
         def check(value: Any) -> Any:
             try:
@@ -496,7 +500,8 @@ def _constraint_check(node: dict[str, Any], config: dict[str, Any] | None) -> di
             except ValidationError:
                 raise PydanticSerializationUnexpectedValue(OUTSIDE) from None
             if result is not value and (
-                type(result) is not type(value) or (result != value and value == value)
+                (result != value and value == value)
+                or (literal and type(result) is not type(value))
             ):
                 raise PydanticSerializationUnexpectedValue(OUTSIDE)  # would come back changed
             return value if then is None else then(value)

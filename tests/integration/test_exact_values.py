@@ -384,6 +384,32 @@ def test_values_outside_their_fields_constraints_are_refused_naming_the_field(
     assert cls.model_validate(reference).mode == "fast"
 
 
+def test_a_value_of_another_type_in_a_constrained_field_is_stored_as_in_a_plain_one(
+    storage_url: str,
+) -> None:
+    """A bound is no reason to refuse a value its type accepts: an int assigned to a float
+    field with gt=0, within the bound, is stored as in a plain float field (read back as the
+    float the model holds once validated); a str in an int field with gt=0 is still refused,
+    naming the field."""
+    cls: Any = model(
+        storage_url,
+        plain=float,
+        bounded=Annotated[float, Field(gt=0)],
+        count=Annotated[int, Field(gt=0)],
+    )
+    instance = cls(plain=1.0, bounded=1.0, count=1)
+    instance.plain = 5  # no validate_assignment
+    instance.bounded = 5
+    loaded = cls.model_validate(instance.model_dump())
+    assert (loaded.plain, loaded.bounded, type(loaded.bounded)) == (5.0, 5.0, float)
+    instance.count = "12345"
+    with pytest.raises(StorageValidationError, match="nothing was written") as info:
+        instance.model_dump()
+    assert info.value.field == "count"
+    assert "12345" not in str(info.value)
+    assert cls.model_validate(loaded.model_dump()).count == 1
+
+
 def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
     storage_url: str,
 ) -> None:
