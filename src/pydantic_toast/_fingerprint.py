@@ -186,9 +186,9 @@ def load_layout(model: dict[str, Any], definitions: list[Any]) -> LoadLayout | N
 
     ``model`` is the ``model`` core schema of a class that loads as stored (see
     :func:`loads_as_stored`, the caller's check). It qualifies when each field's type only
-    ever validates into what a
-    fingerprint vouches for: atoms (str, int, float, bool, None, bytes, Decimal, UUID, dates,
-    times, durations, Literals and enums of atoms) and lists and dicts of atoms. A loaded
+    ever validates into what a fingerprint vouches for: atoms (str, int, float, bool, None,
+    bytes, Decimal, UUID, dates, times, durations, Literals and enums of atoms) and lists and
+    dicts of atoms. A loaded
     instance's fingerprint is then its field values and its lists' and dicts' items, taken
     without a look at their types (see :func:`loaded`): about 3,000 instructions at 10 fields,
     where :func:`fingerprint` takes 15,000.
@@ -217,10 +217,10 @@ def load_layout(model: dict[str, Any], definitions: list[Any]) -> LoadLayout | N
     return tuple(lists), tuple(dicts)
 
 
+# Core schema types that validate into atoms (see _ATOMS).
 _ATOM_KINDS = frozenset(
     {"str", "int", "float", "bool", "none", "bytes", "decimal", "uuid", "date", "time"}
-    | {"datetime", "timedelta"}
-)
+).union({"datetime", "timedelta"})
 
 
 def _unwrapped_field(node: object, refs: dict[Any, Any]) -> dict[str, Any]:

@@ -105,8 +105,8 @@ class Identity:
     """The record an instance is stored as, and what the instance last read or wrote there.
 
     Never changed once made (a new one replaces it), but for ``text``, filled in when first
-    needed. A plain class, not a frozen dataclass:
-    two are made per save, and a frozen dataclass costs four times as much to build.
+    needed. A plain class, not a frozen dataclass: two are made per save, and a frozen
+    dataclass costs four times as much to build.
 
     Attributes:
         id: The record id.
