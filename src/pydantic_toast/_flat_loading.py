@@ -26,7 +26,7 @@ from pydantic_toast._boundary import current_boundary
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._loading import decoded
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import ClassKeys, StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference, uuid_from_text
 from pydantic_toast.runtime.storage import Storage
 
@@ -114,8 +114,7 @@ class FlatBatch:
         settings = self.model._toast_settings()
         name = settings.external_name
         backend = await storage.connected(settings.url())
-        keys: list[RecordKey] = [(name, id) for id in self.unique]
-        records = await backend.load_records(keys)
+        records = await backend.load_records(ClassKeys(name, self.unique))
         codec = settings.codec
         self.records = await decoded(storage, records, lambda _: codec)
 

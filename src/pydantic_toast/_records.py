@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from itertools import repeat
+from typing import Any, NamedTuple, overload
 from uuid import UUID
 
 import pydantic_core
@@ -14,6 +16,7 @@ import pydantic_core
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 
 __all__ = [
+    "ClassKeys",
     "PageCursor",
     "RecordKey",
     "StoredRecord",
@@ -196,6 +199,46 @@ def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> Stor
     _ttl(copy, record.ttl)
     _revision(copy, revision)
     return copy
+
+
+class ClassKeys(Sequence[RecordKey]):
+    """The keys of records of one class: ``[(class_name, id) for id in ids]``, made on demand.
+
+    A batch load passes its keys so: a backend that reads one class at a time (PostgreSQL,
+    Redis) takes ``class_name`` and ``ids`` as they are; any other reads the tuples, each
+    made when asked for and dropped at once (a list of them is one object per record more
+    for the garbage collector to track and scan while the batch is loaded).
+
+    Args:
+        class_name: The records' stored class name.
+        ids: Their ids.
+    """
+
+    __slots__ = ("class_name", "ids")
+
+    def __init__(self, class_name: str, ids: list[UUID]) -> None:
+        self.class_name = class_name
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RecordKey: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ClassKeys: ...
+
+    def __getitem__(self, index: int | slice) -> RecordKey | ClassKeys:
+        if isinstance(index, slice):
+            return ClassKeys(self.class_name, self.ids[index])
+        return (self.class_name, self.ids[index])
+
+    def __iter__(self) -> Iterator[RecordKey]:
+        return zip(repeat(self.class_name), self.ids)
+
+    def __repr__(self) -> str:
+        return f"ClassKeys({self.class_name!r}, <{len(self.ids)} ids>)"
 
 
 class PageCursor(NamedTuple):

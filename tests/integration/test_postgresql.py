@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -26,6 +27,7 @@ from pydantic_toast import (
     StorageTimeoutError,
     StorageUsageError,
 )
+from pydantic_toast._records import ClassKeys, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.postgresql import _PREPARED
 from pydantic_toast.integrations.cli import main as toast_cli
@@ -1008,5 +1010,37 @@ async def test_a_column_type_changed_under_prepared_statements_is_prepared_again
         loaded = await note.aload(reference)
         assert loaded.text == "kept"  # type: ignore[attr-defined]
         assert loaded.external_revision == 1
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_batch_reads_keep_both_timestamps_to_the_microsecond(
+    postgres_database_url: str,
+) -> None:
+    """A batch read (one class or several) gives each record's created_at and updated_at exactly."""
+    name, other = f"stamps{uuid4().hex}", f"stamps{uuid4().hex}"
+    created = datetime(2024, 2, 29, 23, 59, 58, 999999, tzinfo=timezone(timedelta(hours=-7)))
+    records = [
+        StoredRecord(
+            class_name,
+            uuid4(),
+            b'{"n":%d}' % n,
+            1,
+            created + timedelta(microseconds=n),
+            created + timedelta(days=400, microseconds=7 * n + 1),
+        )
+        for n, class_name in enumerate([name, name, name, other])
+    ]
+    try:
+        url = StorageURL.parse(postgres_database_url)
+        backend = await pydantic_toast.current_storage().connected(url)
+        await backend.save_records(records)
+        for keys in (ClassKeys(name, [r.id for r in records[:3]]), [r.key for r in records]):
+            loaded = await backend.load_records(keys)
+            expected = records[: len(loaded)]
+            assert [(r.created_at, r.updated_at) for r in loaded if r is not None] == [
+                (r.created_at, r.updated_at) for r in expected
+            ]
+            assert all(r is not None and r.created_at.utcoffset() == timedelta(0) for r in loaded)
     finally:
         await pydantic_toast.aclose_storage()

@@ -38,7 +38,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, read_record
+from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import postgresql_staging as staging
 from pydantic_toast.backends.base import Capability, batch_size_of
@@ -276,6 +276,17 @@ def _hot_path_statements() -> dict[str, str]:
         .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
         .where(live(now_seconds))
     )
+    # A batch of one class (the usual one): its name once, not an array of the same name.
+    ids = (
+        func.unnest(bindparam("ids", type_=ARRAY(c.id.type)))
+        .table_valued("id", with_ordinality="position")
+        .render_derived(with_types=False)
+    )
+    select_class = (
+        select(ids.c.position, *columns[2:])
+        .join_from(table, ids, (c.class_name == bindparam("class_name")) & (c.id == ids.c.id))
+        .where(live(now_seconds))
+    )
     statements = {}
     changed = [
         "b_schema_version",
@@ -294,6 +305,7 @@ def _hot_path_statements() -> dict[str, str]:
         ("revision", REVISION, ["class_name", "id", "now"]),
         ("select_one", select_one, ["class_name", "id", "now"]),
         ("select_many", select_many, ["class_names", "ids", "now"]),
+        ("select_class", select_class, ["ids", "class_name", "now"]),
         ("delete", DELETE, ["class_name", "id"]),
         ("delete_checked", DELETE_CHECKED, ["class_name", "id", "revision"]),
         ("count", COUNT, ["class_name", "now"]),
@@ -541,6 +553,18 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             return [read_record(class_name, id, row[1], row[0], row[2], row[3], row[4])]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
+        if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array of it
+            class_name, all_ids = keys.class_name, keys.ids
+            for start in range(0, len(all_ids), size):
+                ids = all_ids[start : start + size]
+                rows = await self._statement("fetch", "select_class", ids, class_name, now)
+                before = start - 1  # positions count from 1
+                for row in rows:
+                    index = before + row[0]
+                    records[index] = read_record(
+                        class_name, all_ids[index], row[2], row[1], row[3], row[4], row[5]
+                    )
+            return records
         for start in range(0, len(keys), size):
             chunk = keys[start : start + size]
             names = [key[0] for key in chunk]

@@ -55,7 +55,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, read_record
+from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL, rewrite_url
 from pydantic_toast.backends import _resp
 from pydantic_toast.backends._resp import command
@@ -855,8 +855,15 @@ class RedisBackend(RecordBackend):
             values = [first or None]  # GETRANGE reads a missing key as empty
         else:
             values = []
-            for start in range(0, len(keys), self._batch_size):
-                chunk = [self.key(*key).encode() for key in keys[start : start + self._batch_size]]
+            size = self._batch_size
+            for start in range(0, len(keys), size):
+                if type(keys) is ClassKeys:  # one class: the keys' common part made once
+                    start_of_key = f"{self._prefix}:{keys.class_name}:"
+                    chunk = [
+                        f"{start_of_key}{id}".encode() for id in keys.ids[start : start + size]
+                    ]
+                else:
+                    chunk = [self.key(*key).encode() for key in keys[start : start + size]]
                 packed = command(b"MGET", *chunk)
                 values += await self._call(partial(_resp.read_values, pool, packed, piece=_PIECE))
         return self._records_in(None, keys, values)
