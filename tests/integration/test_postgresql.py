@@ -26,6 +26,7 @@ from pydantic_toast import (
     StorageSchemaError,
     StorageTimeoutError,
     StorageUsageError,
+    StoredDataError,
 )
 from pydantic_toast._records import ClassKeys, StoredRecord
 from pydantic_toast._url import StorageURL
@@ -1043,4 +1044,30 @@ async def test_batch_reads_keep_both_timestamps_to_the_microsecond(
             ]
             assert all(r is not None and r.created_at.utcoffset() == timedelta(0) for r in loaded)
     finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_record(
+    postgres_database_url: str,
+) -> None:
+    """A batch load of a record whose updated_at was set to infinity names its class and id."""
+    note = model_on(postgres_database_url)
+    first, second = await pydantic_toast.adump([note(text="a"), note(text="b")])
+    engine = _engine(postgres_database_url)
+    try:
+        for stamp in ("infinity", "0044-03-15 00:00:00+00 BC"):
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql(
+                    f"UPDATE external_records SET updated_at = '{stamp}' WHERE id = $1",
+                    (UUID(second["id"]),),
+                )
+            with pytest.raises(StoredDataError) as info:
+                await pydantic_toast.avalidate(list[note], [first, second])  # type: ignore[valid-type]
+            assert (info.value.class_name, str(info.value.id)) == (
+                note._toast_settings().external_name,
+                second["id"],
+            )
+            assert "updated_at" in str(info.value)
+    finally:
+        await engine.dispose()
         await pydantic_toast.aclose_storage()

@@ -28,16 +28,21 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import URL, Double, Text, bindparam, cast, func, literal_column, select
+from sqlalchemy import URL, Double, Text, bindparam, case, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.util import greenlet_spawn
 
-from pydantic_toast._exceptions import ConcurrencyError, StorageConfigurationError, shorten
+from pydantic_toast._exceptions import (
+    ConcurrencyError,
+    StorageConfigurationError,
+    StoredDataError,
+    shorten,
+)
 from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import postgresql_staging as staging
@@ -167,6 +172,35 @@ def _ssl_option(url: StorageURL) -> Any:
     return context
 
 
+def _iso_utc(column: ColumnElement[datetime]) -> ColumnElement[str]:
+    """``column``'s timestamp as ISO 8601 text in UTC, whatever the session's settings.
+
+    NULL for a timestamp Python's datetime cannot hold (before year 1, where ``to_char``
+    would drop the era), an empty text for infinity: :func:`_timestamps` refuses both.
+    """
+    text = func.to_char(func.timezone(literal_column("'UTC'"), column), literal_column(_ISO))
+    return case((column >= literal_column("'0001-01-01 00:00:00+00'"), text)).label(column.key)
+
+
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
+
+
+def _timestamps(row: Any, class_name: str, id: UUID) -> tuple[datetime, datetime]:
+    """``created_at`` and ``updated_at`` of a batch's ``row`` (see :func:`_iso_utc`)."""
+    try:
+        return _from_iso(row[3]), _from_iso(row[4])
+    except (TypeError, ValueError):
+        raise StoredDataError(
+            f"the stored {class_name} record {id} has a created_at or updated_at that Python's "
+            "datetime cannot hold (infinite, or outside years 1-9999); it is left untouched",
+            class_name=class_name,
+            id=id,
+        ) from None
+
+
+_from_iso = datetime.fromisoformat
+
+
 def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
     compiled = statement.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
     return str(compiled), list(getattr(compiled, "positiontup", None) or ())
@@ -262,6 +296,12 @@ def _hot_path_statements() -> dict[str, str]:
     select_one = select(*columns[2:]).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now_seconds)
     )
+    # A batch's timestamps come as ISO 8601 text in UTC: datetime.fromisoformat reads one
+    # for a fifth of what asyncpg's own timestamptz decoding costs (6k instructions each).
+    batch_columns = [
+        _iso_utc(column) if column.key in ("created_at", "updated_at") else column
+        for column in columns[2:]
+    ]
     keys = (
         func.unnest(
             bindparam("class_names", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(c.id.type))
@@ -272,7 +312,7 @@ def _hot_path_statements() -> dict[str, str]:
     # A batch's rows say which key they answer by its position: no class_name and id to
     # decode (a UUID object per row) and no dict of keys to match them through.
     select_many = (
-        select(keys.c.position, *columns[2:])
+        select(keys.c.position, *batch_columns)
         .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
         .where(live(now_seconds))
     )
@@ -283,7 +323,7 @@ def _hot_path_statements() -> dict[str, str]:
         .render_derived(with_types=False)
     )
     select_class = (
-        select(ids.c.position, *columns[2:])
+        select(ids.c.position, *batch_columns)
         .join_from(table, ids, (c.class_name == bindparam("class_name")) & (c.id == ids.c.id))
         .where(live(now_seconds))
     )
@@ -561,8 +601,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 before = start - 1  # positions count from 1
                 for row in rows:
                     index = before + row[0]
+                    id = all_ids[index]
+                    created, updated = _timestamps(row, class_name, id)
                     records[index] = read_record(
-                        class_name, all_ids[index], row[2], row[1], row[3], row[4], row[5]
+                        class_name, id, row[2], row[1], created, updated, row[5]
                     )
             return records
         for start in range(0, len(keys), size):
@@ -574,7 +616,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             for row in rows:
                 index = before + row[0]
                 class_name, id = keys[index]
-                records[index] = read_record(class_name, id, row[2], row[1], row[3], row[4], row[5])
+                created, updated = _timestamps(row, class_name, id)
+                records[index] = read_record(
+                    class_name, id, row[2], row[1], created, updated, row[5]
+                )
         return records
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
