@@ -19,6 +19,7 @@ validators wrap the reference hook — takes the general path, before any I/O.
 from __future__ import annotations
 
 import typing
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +32,8 @@ from pydantic_toast._reference import ExternalReference, parse_reference, uuid_f
 from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["FlatBatch", "flat_model_of"]
+
+_INT_OF = attrgetter("int")
 
 
 def flat_model_of(type_: Any) -> Any:
@@ -57,16 +60,26 @@ class FlatBatch:
         model: The flat model class (see :func:`flat_model_of`).
         ids: Each item's record id, in list order.
         unique: The distinct ids, in order of first appearance.
-        slots: For each item, the index of its id in ``unique``.
+        slots: For each item, the index of its id in ``unique`` (empty when ``unique`` is
+            ``ids``: no id repeats).
+        texts: Each id in ``unique`` as its reference wrote it, when every one was a str.
     """
 
-    __slots__ = ("ids", "model", "records", "slots", "unique")
+    __slots__ = ("ids", "model", "records", "slots", "texts", "unique")
 
-    def __init__(self, model: Any, ids: list[UUID], unique: list[UUID], slots: list[int]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        ids: list[UUID],
+        unique: list[UUID],
+        slots: list[int],
+        texts: list[str] | None,
+    ) -> None:
         self.model = model
         self.ids = ids
         self.unique = unique
         self.slots = slots
+        self.texts = texts
         self.records: list[StoredRecord | None] = []
 
     @classmethod
@@ -83,7 +96,8 @@ class FlatBatch:
             return None
         name = model._toast_settings().external_name
         ids: list[UUID] = []
-        add = ids.append
+        texts: list[str] = []  # each item's id as written ("" when not a str)
+        add, add_text = ids.append, texts.append
         for value in data:
             # The usual item, a plain or ExternalReference dict of this class with a str id,
             # checked inline; anything else as parse_reference() checks it.
@@ -95,6 +109,7 @@ class FlatBatch:
                         add(uuid_from_text(text))
                     except ValueError:  # malformed: validation reports where
                         return None
+                    add_text(text)
                     continue
             try:
                 reference = parse_reference(value)
@@ -103,18 +118,21 @@ class FlatBatch:
             if reference is None or reference[0] != name:
                 return None
             add(reference[1])
+            add_text("")
+        if len(set(map(_INT_OF, ids))) == len(ids):
+            return cls(model, ids, ids, [], texts)
         # Equal ids may be spelled differently (case, braces): one record, one instance.
         positions: dict[int, int] = {}
         slots = [positions.setdefault(id.int, len(positions)) for id in ids]
-        unique = ids if len(positions) == len(ids) else list({id.int: id for id in ids}.values())
-        return cls(model, ids, unique, slots)
+        unique = list({id.int: id for id in ids}.values())
+        return cls(model, ids, unique, slots, None)
 
     async def fetch(self, storage: Storage) -> None:
         """Read the records (one ``load_records`` call) and decode the encoded ones."""
         settings = self.model._toast_settings()
         name = settings.external_name
         backend = await storage.connected(settings.url())
-        records = await backend.load_records(ClassKeys(name, self.unique))
+        records = await backend.load_records(ClassKeys(name, self.unique, self.texts))
         codec = settings.codec
         self.records = await decoded(storage, records, lambda _: codec)
 

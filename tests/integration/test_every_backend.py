@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import math
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 from pydantic import BaseModel
@@ -119,6 +120,25 @@ def test_missing_record(storage_url: str) -> None:
     order_cls, _ = models(storage_url)
     with pytest.raises(RecordNotFoundError):
         order_cls.model_validate({"class_name": name_of(order_cls), "id": "0" * 32})
+
+
+async def test_a_batch_of_ids_in_other_spellings_loads_each_record(storage_url: str) -> None:
+    """Ids written upper case, in braces or without hyphens (each once) load their records."""
+    order_cls, _ = models(storage_url)
+    try:
+        saved = await pydantic_toast.adump(
+            [order_cls(product=f"p{n}", quantity=n) for n in range(4)]
+        )
+        texts = [saved[0]["id"].upper(), f"{{{saved[1]['id']}}}", saved[2]["id"].replace("-", "")]
+        spelled = [{**reference, "id": text} for reference, text in zip(saved, texts, strict=False)]
+        quantity = {reference["id"]: n for n, reference in enumerate(saved)}
+        for batch in (spelled, [*spelled, saved[3]], [saved[3], *saved[:3]]):
+            loaded = await pydantic_toast.avalidate(list[order_cls], batch)  # type: ignore[valid-type]
+            canonical = [str(UUID(reference["id"])) for reference in batch]
+            assert [str(m.external_id) for m in loaded] == canonical
+            assert [m.quantity for m in loaded] == [quantity[id] for id in canonical]  # type: ignore[attr-defined]
+    finally:
+        await pydantic_toast.aclose_storage()
 
 
 def test_nested_tree_round_trips_through_plain_models(storage_url: str) -> None:

@@ -854,16 +854,14 @@ class RedisBackend(RecordBackend):
                 return [await self._call(partial(self._load_large, keys[0], text, first))]
             values = [first or None]  # GETRANGE reads a missing key as empty
         else:
+            if type(keys) is ClassKeys:  # one class: the keys' common part made once
+                start_of_key = f"{self._prefix}:{keys.class_name}:"
+                names = [f"{start_of_key}{id}" for id in keys.as_str() or keys.ids]
+            else:
+                names = [self.key(*key) for key in keys]
             values = []
-            size = self._batch_size
-            for start in range(0, len(keys), size):
-                if type(keys) is ClassKeys:  # one class: the keys' common part made once
-                    start_of_key = f"{self._prefix}:{keys.class_name}:"
-                    chunk = [
-                        f"{start_of_key}{id}".encode() for id in keys.ids[start : start + size]
-                    ]
-                else:
-                    chunk = [self.key(*key).encode() for key in keys[start : start + size]]
+            for start in range(0, len(names), self._batch_size):
+                chunk = [name.encode() for name in names[start : start + self._batch_size]]
                 packed = command(b"MGET", *chunk)
                 values += await self._call(partial(_resp.read_values, pool, packed, piece=_PIECE))
         return self._records_in(None, keys, values)
