@@ -712,8 +712,16 @@ class TempRedisCluster:
         self.redis_cli("cluster", "setslot", str(slot), "importing", ids[str(source)], port=target)
         self.redis_cli("cluster", "setslot", str(slot), "migrating", ids[str(target)], port=source)
 
-    def migrate_keys(self, slot: int, source: int, target: int) -> None:
-        """Move the keys of a migrating ``slot`` from ``source`` to ``target`` (MIGRATE)."""
+    def migrate_keys(
+        self, slot: int, source: int, target: int, keys: list[str] | None = None
+    ) -> None:
+        """Move the keys of a migrating ``slot`` (only ``keys``, given) from ``source`` to
+        ``target`` (MIGRATE)."""
+        if keys is not None:
+            self.redis_cli(
+                "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys, port=source
+            )
+            return
         while keys := self.redis_cli(
             "cluster", "getkeysinslot", str(slot), "100", port=source
         ).split():

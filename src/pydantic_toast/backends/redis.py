@@ -997,7 +997,7 @@ class RedisBackend(RecordBackend):
         arguments: list[Any] = [prefix, limit, "", "", "" if whole else _PIECE]
         if after is not None:
             arguments[2:4] = [repr(after.created_at.timestamp()), str(after.id)]
-        flat = await self._call(lambda: self._page_script(keys=[index], args=arguments))
+        flat = await self._call(partial(self._run_page, index, arguments))
         records = []
         for position in range(0, len(flat), 2):
             member = flat[position].decode()
@@ -1010,6 +1010,10 @@ class RedisBackend(RecordBackend):
                 return await self._page(index, prefix, class_name, limit, after, whole=True)
             records.append(record)
         return records
+
+    async def _run_page(self, index: str, arguments: list[Any]) -> list[Any]:
+        """The page script's reply on ``index`` (see ``_PAGE_SCRIPT``)."""
+        return await self._page_script(keys=[index], args=arguments)  # type: ignore[no-any-return]
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are: an index lookup, O(log n)."""

@@ -49,7 +49,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -76,15 +83,14 @@ _CLUSTER_OPTIONS = {"buckets": 16, "wait_replicas": 0, "wait_timeout": 100}
 #    them. Single-slot saves run it too, with no token: a record locked by a batch in progress
 #    is refused (busy) rather than written between the batch's two phases.
 _LOCK_MS = 5000
-# A save waiting for replicas follows this many MOVED/ASK redirections (as redis-py does),
-# and retries TRYAGAIN this long: until the slot's migration ends, a save's keys (the lock
-# and expiry keys are usually absent) are on neither side whole.
+# Commands sent by the backend itself (saves, pages, reads following their record) follow
+# this many MOVED/ASK redirections (as redis-py does).
 _REDIRECTS = 16
 # Server calls one operation (a page, a count, a batch) keeps in flight, one per bucket.
 _IN_FLIGHT = 16
-_TRYAGAIN_SECONDS = 2.0
-# A save of a document above 1 MiB into a slot being migrated is made again until the
-# migration ends, for this long at most (then StorageBusyError: retry).
+# A save or a page meeting a slot being migrated is sent again until the migration ends,
+# for this long at most (then StorageBusyError: retry): until then, a save's keys (the lock
+# and expiry keys are usually absent) are on neither side whole (TRYAGAIN).
 _MIGRATION_SECONDS = 10.0
 # KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
 # record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
@@ -395,70 +401,107 @@ class RedisClusterBackend(single.RedisBackend):
     async def _run_save(
         self, keys: list[bytes], arguments: list[bytes], stages: list[bytes]
     ) -> Any:
-        """Run the save script on one slot's keys (locks checked), then WAIT when asked to.
+        """Run the save script on one slot's keys (locks checked), then ``WAIT`` when asked
+        to.
 
         ``stages`` is empty here: a document up to 1 MiB is in ``arguments``, a larger one
-        was staged in pieces before (see ``_save_streamed``).
+        was staged in pieces before (see ``_save_streamed``). Without ``WAIT`` the script goes
+        through redis-py's cluster client, which resends it by itself through a failover.
+        That client gives up on a slot being migrated (``ClusterError`` after 16 ASK,
+        MOVED or TRYAGAIN replies: the script never ran), and ``WAIT`` counts the replicas
+        that have the writes of its own connection, so it must go with the script: then
+        both are sent on one connection to the slot's primary, wherever the slot's
+        redirections lead, until the migration ends (see :meth:`_on_slot`). redis-py's
+        cluster pipeline would send a redirected script again alone, elsewhere, and its
+        ``WAIT`` confirm nothing.
         """
         records = keys[: len(keys) // 4]  # the shared script's keys: 4 per record
         keys = keys + [key.replace(b"}:", b"}:lock:", 1) for key in records]
         args: list[Any] = [*arguments, _batch_token.get()]
         if not self._wait_replicas:
-            return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
-        return _unlocked(await self._save_and_wait(keys, args), records, self._masked)
-
-    async def _save_and_wait(self, keys: list[bytes], args: list[Any]) -> Any:
-        """The save script, then ``WAIT``, on one connection to the primary of the slot.
-
-        ``WAIT`` counts the replicas that have the writes of its own connection, so both
-        go together, and MOVED, ASK (with ``ASKING`` before them, on that connection too)
-        and TRYAGAIN are followed here by sending both again: ``WAIT`` always follows the
-        write it vouches for. redis-py's cluster pipeline would send a redirected script
-        again alone, elsewhere, and its ``WAIT`` confirm nothing.
-        """
-        cluster = self._connected_cluster()
-        await cluster.initialize()  # a no-op unless a lost connection asked for it
-        node = cluster.get_node_from_key(keys[0].decode())
-        asking = False
-        redirects = 0
-        busy_until = time.monotonic() + _TRYAGAIN_SECONDS
-        while True:
-            assert node is not None  # initialize() maps every slot (full coverage required)
-            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
-            commands.append(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+            try:
+                return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
+            except ClusterError:
+                pass  # a slot being migrated: waited out below
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self._script.sha, len(keys), *keys, *args)]
+        if self._wait_replicas:
             commands.append(("WAIT", self._wait_replicas, self._wait_timeout))
-            reply, confirmed = (await _on_one_connection(node, commands))[-2:]
-            asking = False
-            if isinstance(reply, MovedError | AskError):
-                redirects += 1
-                if redirects > _REDIRECTS:
-                    raise reply
-            if isinstance(reply, NoScriptError):  # a node that never ran it (or restarted)
-                await node.execute_command("SCRIPT", "LOAD", _SAVE_SCRIPT)
-            elif isinstance(reply, MovedError):
-                await cluster.nodes_manager.move_slot(reply)
-                node = cluster.get_node_from_key(keys[0].decode())
-            elif isinstance(reply, AskError):
-                node = await self._asked_node(reply)
-                asking = True
-            elif isinstance(reply, TryAgainError):  # a migrating slot's keys on both sides
-                if time.monotonic() > busy_until:
-                    raise reply
-                await asyncio.sleep(0.05)
-            elif isinstance(reply, Exception):
+        replies = await self._on_slot(
+            keys[0].decode(), partial(_sent, commands), script=_SAVE_SCRIPT
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
                 raise reply
-            elif isinstance(confirmed, Exception):
-                raise confirmed
-            else:
-                break
-        if int(confirmed) < self._wait_replicas:
+        if self._wait_replicas and int(replies[1]) < self._wait_replicas:
+            node = self._connected_cluster().get_node_from_key(keys[0].decode())
+            assert node is not None  # initialize() maps every slot (full coverage required)
             raise StorageOperationError(
-                f"Redis Cluster node {node.name} confirmed the write on {confirmed} of "
+                f"Redis Cluster node {node.name} confirmed the write on {replies[1]} of "
                 f"{self._wait_replicas} replica(s) within {self._wait_timeout} ms: the record "
                 "is written on the primary but could be lost if it fails over now; retry, or "
                 "raise wait_timeout"
             )
-        return reply
+        return _unlocked(replies[0], records, self._masked)
+
+    async def _on_slot(
+        self,
+        key: str,
+        send: Callable[[ClusterNode, bool], Awaitable[list[Any]]],
+        *,
+        script: str | None = None,
+        follow_ask: bool = True,
+    ) -> list[Any]:
+        """The replies ``send`` gets from the primary of ``key``'s slot, or from the node
+        that slot's redirections lead to; the first reply says where to go.
+
+        ``send(node, asking)`` sends the commands on one connection of ``node`` (``ASKING``
+        first when ``asking``) and returns their replies, errors included. MOVED updates the
+        slot's owner, then they are sent there; ASK sends them to the importing node with
+        ``ASKING`` on the same connection (redis-py's cluster client sends ``ASKING`` as a
+        command of its own, on whichever connection its pool hands out: with several free,
+        the command went out on another one, was answered MOVED back, and so on until
+        ``ClusterError: TTL exhausted``), up to ``_REDIRECTS`` redirections. While a slot
+        is being migrated, a command on several of its keys is refused until they are all
+        on one side (TRYAGAIN; a script reading a key it does not hold is refused too):
+        they are sent again after a pause growing from 50 ms to 0.5 s, for up to
+        ``_MIGRATION_SECONDS``, then the refusal is raised (StorageBusyError). Without
+        ``follow_ask``, ASK is waited out the same way: a script reading keys it was not
+        given, run on the importing node, would read a key not migrated yet as missing. A
+        refused command never ran, so sending it again cannot write twice. NOSCRIPT loads
+        ``script`` on that node first.
+        """
+        cluster = self._connected_cluster()
+        await cluster.initialize()  # a no-op unless a lost connection asked for it
+        node = cluster.get_node_from_key(key)
+        asking = False
+        redirects = 0
+        give_up = time.monotonic() + _MIGRATION_SECONDS
+        pause = 0.05
+        while True:
+            assert node is not None  # initialize() maps every slot (full coverage required)
+            replies = await send(node, asking)
+            reply = replies[0]
+            if isinstance(reply, NoScriptError) and script is not None:
+                await node.execute_command("SCRIPT", "LOAD", script)
+                continue
+            if isinstance(reply, MovedError) or (isinstance(reply, AskError) and follow_ask):
+                redirects += 1
+                if redirects > _REDIRECTS:
+                    raise reply
+            if isinstance(reply, MovedError):
+                await cluster.nodes_manager.move_slot(reply)
+                node = cluster.get_node_from_key(key)
+                asking = False
+            elif isinstance(reply, AskError) and follow_ask:
+                node = await self._asked_node(reply)
+                asking = True
+            elif _migrating(reply):  # the same node again, with ASKING if it needed it
+                if time.monotonic() + pause > give_up:
+                    raise reply
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+            else:
+                return replies
 
     async def _asked_node(self, ask: AskError) -> ClusterNode:
         """The importing node an ASK reply names."""
@@ -472,34 +515,31 @@ class RedisClusterBackend(single.RedisBackend):
         return node
 
     async def _follow(self, key: str, *command: Any) -> Any:
-        """The reply of ``command`` on ``key``, sent to the primary of its slot, following
-        MOVED and ASK (up to ``_REDIRECTS`` times).
+        """The reply of ``command`` on ``key``, sent to the node that holds ``key`` (see
+        :meth:`_on_slot`)."""
+        (reply,) = await self._on_slot(key, partial(_sent, [command]))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
-        After ASK, ``ASKING`` and the command go out together on one connection of the
-        importing node. redis-py's cluster client sends ``ASKING`` as a command of its own:
-        with several free connections to that node, the command then goes out on another
-        one, without it, is answered MOVED back to the migrating node, which answers ASK
-        again, until the client gives up (``ClusterError: TTL exhausted``).
-        """
-        cluster = self._connected_cluster()
-        await cluster.initialize()  # a no-op unless a lost connection asked for it
-        node = cluster.get_node_from_key(key)
-        asking = False
-        for _ in range(_REDIRECTS):
-            assert node is not None  # initialize() maps every slot (full coverage required)
-            commands: list[tuple[Any, ...]] = [("ASKING",)] if asking else []
-            reply = (await _on_one_connection(node, [*commands, command]))[-1]
-            asking = isinstance(reply, AskError)
-            if isinstance(reply, MovedError):
-                await cluster.nodes_manager.move_slot(reply)
-                node = cluster.get_node_from_key(key)
-            elif isinstance(reply, AskError):
-                node = await self._asked_node(reply)
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                return reply
-        raise reply
+    async def _read_followed(self, name: str) -> bytes | list[bytes] | None:
+        """The document under ``name``, read on the node that holds it (see
+        :meth:`_on_slot`), a document above ``_PIECE`` taken off the socket in pieces (see
+        ``_resp.read_values``)."""
+        packed = _resp.command(b"MGET", name.encode())
+
+        async def read(node: ClusterNode, asking: bool) -> list[Any]:
+            try:
+                return await _resp.read_values(
+                    _NodePool(node), packed, piece=single._PIECE, asking=asking
+                )
+            except ResponseError as refused:  # MOVED, ASK
+                return [refused]
+
+        (value,) = await self._on_slot(name, read)
+        if isinstance(value, Exception):
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def _pool_for(self, key: bytes) -> _NodePool:
         """The connections of the primary that holds ``key``'s slot."""
@@ -534,9 +574,7 @@ class RedisClusterBackend(single.RedisBackend):
                 return await super()._save_streamed(keys, arguments, stages, streamed)
             except MovedError as moved:
                 await cluster.nodes_manager.move_slot(moved)
-            # ClusterError: redis-py's cluster client gave up after 16 redirections or
-            # TRYAGAIN replies (its only use of it): the script never ran.
-            except (AskError, TryAgainError, ClusterError):
+            except (AskError, TryAgainError):  # the script's own waiting: see _on_slot
                 if time.monotonic() + pause > give_up:
                     raise
                 await asyncio.sleep(pause)
@@ -566,7 +604,7 @@ class RedisClusterBackend(single.RedisBackend):
         """The documents under ``names``: one MGET per slot on the slot's primary, documents
         above ``_PIECE`` taken off the socket in pieces (see ``_resp.read_values``). A slot
         that moved or is being migrated (MOVED, ASK, TRYAGAIN: its keys split between two
-        nodes) is read key by key instead, whole, each GET following its record."""
+        nodes) is read key by key instead, each following its record, in pieces too."""
         cluster = self._connected_cluster()
         await cluster.initialize()  # a no-op unless a lost connection asked for it
         slots: defaultdict[int, list[int]] = defaultdict(list)
@@ -580,7 +618,7 @@ class RedisClusterBackend(single.RedisBackend):
                     self._pool_for(group[0]), _resp.command(b"MGET", *group), piece=single._PIECE
                 )
             except (MovedError, AskError, TryAgainError):
-                return [await self._follow(name.decode(), "GET", name) for name in group]
+                return [await self._read_followed(name.decode()) for name in group]
 
         groups = list(slots.values())
         replies = await self._gather([partial(one, positions) for positions in groups])
@@ -594,14 +632,25 @@ class RedisClusterBackend(single.RedisBackend):
         self, record_key: RecordKey, name: str, first: bytes
     ) -> StoredRecord | None:
         """The record whose first MiB is ``first``, the rest read in pieces on its slot's
-        primary (as on a single node); whole, following the record, if its slot moved
-        meanwhile or is being migrated (ASK: the record is on the importing node)."""
+        primary (as on a single node); read again, following the record (in pieces off the
+        socket), if its slot moved meanwhile or is being migrated (ASK: the record is on the
+        importing node)."""
         try:
             return await super()._load_large(record_key, name, first)
         except (MovedError, AskError):
-            value = await self._follow(name, "GET", name)
-        class_name, id = record_key
-        return None if value is None else self._parse(name, class_name, id, value)
+            value = await self._read_followed(name)
+        return self._records_in([name], [record_key], [value])[0]
+
+    async def _run_page(self, index: str, arguments: list[Any]) -> list[Any]:
+        """The page script's reply, run on the node that holds ``index`` once the slot is
+        not being migrated (see :meth:`_on_slot`: it reads record keys it is not given)."""
+        command = ("EVALSHA", self._page_script.sha, 1, index, *arguments)
+        (flat,) = await self._on_slot(
+            index, partial(_sent, [command]), script=single._PAGE_SCRIPT, follow_ask=False
+        )
+        if isinstance(flat, Exception):
+            raise flat
+        return flat  # type: ignore[no-any-return]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete the record and its index entry in one script (same slot)."""
@@ -681,6 +730,22 @@ class RedisClusterBackend(single.RedisBackend):
 
 
 _batch_token: ContextVar[str] = ContextVar("pydantic_toast_cluster_batch", default="")
+
+
+async def _sent(commands: list[tuple[Any, ...]], node: ClusterNode, asking: bool) -> list[Any]:
+    """The replies of ``commands`` sent on one of ``node``'s connections, after ``ASKING``
+    when ``asking`` (see ``RedisClusterBackend._on_slot``)."""
+    if not asking:
+        return await _on_one_connection(node, commands)
+    return (await _on_one_connection(node, [("ASKING",), *commands]))[1:]
+
+
+def _migrating(reply: Any) -> bool:
+    """Whether ``reply`` refused a command because its slot is being migrated: TRYAGAIN (its
+    keys split between the two nodes), ASK, or a script refused a key its node lacks."""
+    return isinstance(reply, TryAgainError | AskError) or (
+        isinstance(reply, ResponseError) and "non local key" in str(reply)
+    )
 
 
 async def _on_one_connection(node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -278,6 +278,15 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
     # document's pieces (sent on the slot's primary directly, not through the cluster client).
     if name in _REDIS_BUSY or (name == "ResponseError" and message.startswith("BUSY")):
         return StorageBusyError(f"{where} is busy ({name}): retry in a moment", url=url), False
+    # ClusterError: redis-py's cluster client gave up on a command after 16 redirections or
+    # TRYAGAIN replies (its only use of it); "non local key": a script reading a key its node
+    # lacks. Either way the command never ran, refused while a slot was migrated.
+    if name == "ClusterError" or (name == "ResponseError" and "non local key" in message):
+        return StorageBusyError(
+            f"{where}: a hash slot is being migrated between nodes and the command was refused "
+            f"until it ends ({name}): retry in a moment",
+            url=url,
+        ), False
     if name == "MaxConnectionsError":
         return StorageBusyError(
             f"{where}: every pooled connection to a cluster node is busy: retry, or raise "
