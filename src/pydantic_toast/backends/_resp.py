@@ -28,8 +28,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Pool", "Script", "command", "pipeline", "read_values", "run", "stream"]
 
-_ASKING = b"*1\r\n$6\r\nASKING\r\n"
-
 
 class Pool(Protocol):
     """Where connections come from: a redis-py pool, or one cluster node's connections."""
@@ -275,13 +273,10 @@ async def _reply(connection: Any) -> Any:
         return error
 
 
-async def read_values(
-    pool: Pool, packed: bytes, *, piece: int, asking: bool = False
-) -> list[bytes | list[bytes] | None]:
+async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | list[bytes] | None]:
     """Send ``packed``, one command whose reply is an array of strings (``MGET``), on one
     pooled connection and return that array: a string longer than ``piece`` bytes comes as the
-    list of its pieces (each at most ``piece`` bytes), a missing one as ``None``. ``asking``:
-    ``ASKING`` goes first, in the same write (a Redis Cluster slot's importing node).
+    list of its pieces (each at most ``piece`` bytes), a missing one as ``None``.
 
     redis-py's parser reads a string whole: the stream's buffer, the copy taken out of it and
     the reply, three times a large document. Here each piece is taken off the socket in turn
@@ -299,12 +294,8 @@ async def read_values(
                 await connection.connect()
             parser, writer = connection._parser, connection._writer
             async with asyncio.timeout(connection.socket_timeout) as deadline:
-                writer.write(_ASKING + packed if asking else packed)
+                writer.write(packed)
                 await writer.drain()
-                if asking:
-                    accepted = await parser.read_response()
-                    if isinstance(accepted, ResponseError):
-                        raise accepted  # the connection is dropped, the MGET's reply unread
                 if isinstance(parser, _PythonParser):
                     reply = await _read_array(parser, deadline, connection.socket_timeout, piece)
                 else:
