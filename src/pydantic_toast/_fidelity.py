@@ -227,11 +227,16 @@ def serialization_refusal(
         # Pydantic's message quotes the value (user data): only the types are repeated.
         expected = re.search(r"Expected `([^`]*)`", cause)
         found = re.search(r"input_type=(\w+)", cause)
-        what = (
-            f"a value of type {found.group(1)} where {expected.group(1)} is expected"
-            if expected and found
-            else "a value of another type than the field's"
-        )
+        if expected and found and expected.group(1) == found.group(1):
+            # A union member given its own type, refused for what it holds.
+            what = (
+                f"a {found.group(1)} holding a value of another type, or one its type's "
+                "constraints refuse (in a field of its own, at any depth)"
+            )
+        elif expected and found:
+            what = f"a value of type {found.group(1)} where {expected.group(1)} is expected"
+        else:
+            what = "a value of another type than the field's"
         message = (
             f"{cls.__qualname__} cannot be stored: {where} holds {what}, which Pydantic cannot "
             "write as the field's type, so it would not come back as it is; nothing was "

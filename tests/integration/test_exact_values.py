@@ -410,6 +410,31 @@ def test_a_value_of_another_type_in_a_constrained_field_is_stored_as_in_a_plain_
     assert cls.model_validate(loaded.model_dump()).count == 1
 
 
+class Cat(BaseModel):
+    kind: Literal["cat"] = "cat"
+    lives: Annotated[int, Field(ge=0, le=9)] = 9
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"] = "dog"
+
+
+def test_a_union_member_refused_for_what_it_holds_is_named_so(storage_url: str) -> None:
+    """A Cat in a Cat | Dog field whose own field is outside its bound is refused naming the
+    field and saying the Cat holds the value, not "a value of type Cat where Cat is
+    expected"."""
+    cls: Any = model(storage_url, pet=Annotated[Cat | Dog, Field(discriminator="kind")])
+    instance = cls(pet=Cat())
+    instance.pet.lives = 12345  # no validate_assignment
+    with pytest.raises(StorageValidationError, match="nothing was written") as info:
+        instance.model_dump()
+    assert info.value.field == "pet"
+    assert "a Cat holding a value of another type, or one its type's constraints" in str(info.value)
+    assert "where Cat is expected" not in str(info.value)
+    assert "12345" not in str(info.value)
+    assert_not_written(cls, instance)
+
+
 def test_under_serializers_of_the_users_the_library_changes_nothing_itself(
     storage_url: str,
 ) -> None:
