@@ -73,6 +73,7 @@ from pydantic_toast._saving import (
     collecting_now,
     identity_of,
     is_serializing,
+    keep_id_text,
     mark_unvalidated,
     store,
     unchanged_reference,
@@ -515,7 +516,9 @@ class ExternalBaseModel(BaseModel):
             record = await read_one(current_storage(), url, class_name, id, cls)
             if record is None:
                 raise await cls._toast_not_found(key)
-            return cls._toast_from_record(record)
+            instance = cls._toast_from_record(record)
+            keep_id_text(instance, reference)
+            return instance
         session = LoadSession(cls._toast_routes())
         await session.fetch({url: {(class_name, id)}}, follow=True)
         if session.records.get(key) is None:

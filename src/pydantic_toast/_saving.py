@@ -63,6 +63,7 @@ __all__ = [
     "dump_value",
     "identity_of",
     "is_serializing",
+    "keep_id_text",
     "last_write_wins",
     "store",
     "unchanged_reference",
@@ -186,6 +187,27 @@ def identity_of(model: ExternalBaseModel) -> Identity | None:
         return _read_identity(model)
     except AttributeError:  # never dumped nor loaded: the slot is empty
         return None
+
+
+def keep_id_text(model: ExternalBaseModel, asked: object) -> None:
+    """Let a just-loaded ``model`` keep the id text it was loaded by, when that is ``str(id)``.
+
+    Its next unchanged dump returns a reference holding that text: taken from what the caller
+    passed, it spares that dump a ``str(uuid)`` (a quarter of an unchanged re-dump on
+    memory://). ``asked`` is what ``aload()`` was given (a reference or an id), already parsed
+    into the id the record was read by. Only the canonical spelling is kept (36 characters,
+    hyphens at 8, 13, 18 and 23, lower case), which is ``str(id)`` of any text that parsed
+    into that id; any other spelling (upper case, braces, no hyphens) leaves the dump to make
+    the text.
+    """
+    if isinstance(asked, dict):  # a reference (not any Mapping: that check costs 0.3 µs)
+        asked = asked.get("id")
+    if type(asked) is not str or len(asked) != 36 or not asked.islower():
+        return
+    if asked[8] == asked[13] == asked[18] == asked[23] == "-":
+        identity = identity_of(model)
+        if identity is not None and identity.text is None:
+            identity.text = asked
 
 
 def _no_slot_yet(model: object) -> Identity:

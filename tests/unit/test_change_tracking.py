@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal
+from uuid import UUID
 
 import pytest
 
 import pydantic_toast
 from pydantic_toast import ConcurrencyError, ExternalBaseModel, ExternalConfigDict
+from pydantic_toast._saving import identity_of
 from tests.conftest import CALL_LOGS
 
 
@@ -790,3 +793,38 @@ def test_loads_that_may_differ_from_the_stored_json_are_compared(counting_url: s
     in_batch.model_dump()
     assert in_batch.external_revision == 2
     assert After.model_validate(batched).token == in_batch.token
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda ref: ref, id="the reference"),
+        pytest.param(lambda ref: dict(ref), id="a plain dict"),
+        pytest.param(lambda ref: ref["id"], id="the id"),
+        pytest.param(lambda ref: ref["id"].upper(), id="upper case"),
+        pytest.param(lambda ref: "{" + ref["id"] + "}", id="braces"),
+        pytest.param(lambda ref: ref["id"].replace("-", ""), id="no hyphens"),
+        pytest.param(lambda ref: UUID(ref["id"]), id="a UUID"),
+    ],
+)
+def test_an_unchanged_redump_after_aload_returns_the_canonical_reference(
+    counting_url: str, spelling: Callable[[dict[str, str]], object]
+) -> None:
+    """aload() keeps the id text it was given for the next unchanged dump only when that
+    text is str(id): any other spelling still dumps to the reference a save returns."""
+    leaf, _ = define(counting_url)
+    reference = leaf(n=1).model_dump()
+    asked = spelling(reference)
+
+    async def load_and_redump() -> tuple[object, object]:
+        loaded = await leaf.aload(asked)  # type: ignore[arg-type]
+        identity = identity_of(loaded)
+        assert identity is not None
+        kept = identity.text
+        assert await loaded.asave() == reference
+        return kept, identity.text
+
+    kept, after = asyncio.run(load_and_redump())
+    canonical = (type(asked) is str and asked == reference["id"]) or isinstance(asked, dict)
+    assert (kept == reference["id"]) if canonical else kept is None
+    assert after == reference["id"]
