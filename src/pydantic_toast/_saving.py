@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -202,12 +203,14 @@ def keep_id_text(model: ExternalBaseModel, asked: object) -> None:
     """
     if isinstance(asked, dict):  # a reference (not any Mapping: that check costs 0.3 µs)
         asked = asked.get("id")
-    if type(asked) is not str or len(asked) != 36 or not asked.islower():
-        return
-    if asked[8] == asked[13] == asked[18] == asked[23] == "-":
+    # Hex digits only: UUID() (int(text, 16)) also reads "+", " " and "_" into the same id.
+    if type(asked) is str and _CANONICAL_ID.fullmatch(asked) is not None:
         identity = identity_of(model)
         if identity is not None and identity.text is None:
             identity.text = asked
+
+
+_CANONICAL_ID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _no_slot_yet(model: object) -> Identity:

@@ -805,6 +805,8 @@ def test_loads_that_may_differ_from_the_stored_json_are_compared(counting_url: s
         pytest.param(lambda ref: "{" + ref["id"] + "}", id="braces"),
         pytest.param(lambda ref: ref["id"].replace("-", ""), id="no hyphens"),
         pytest.param(lambda ref: UUID(ref["id"]), id="a UUID"),
+        # int(text, 16) reads a sign: "+" for a leading "0" parses into the same id
+        pytest.param(lambda ref: "+" + ref["id"][1:], id="a sign for a leading zero"),
     ],
 )
 def test_an_unchanged_redump_after_aload_returns_the_canonical_reference(
@@ -814,6 +816,8 @@ def test_an_unchanged_redump_after_aload_returns_the_canonical_reference(
     text is str(id): any other spelling still dumps to the reference a save returns."""
     leaf, _ = define(counting_url)
     reference = leaf(n=1).model_dump()
+    while not reference["id"].startswith("0"):  # 1 in 16
+        reference = leaf(n=1).model_dump()
     asked = spelling(reference)
 
     async def load_and_redump() -> tuple[object, object]:
