@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -174,6 +175,68 @@ def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
             await backend.disconnect()
 
     asyncio.run(main())
+
+
+def _arguments(entry: list[Any]) -> list[bytes]:
+    """A SLOWLOG entry's command line, its ``... (N more arguments)`` tail counted in."""
+    line: list[bytes] = entry[3]
+    more = re.fullmatch(rb"\.\.\. \((\d+) more arguments\)", line[-1])
+    return line if more is None else line[:-1] + [b""] * int(more[1])
+
+
+def test_batches_take_batch_size_records_per_server_call(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """At batch_size=7, a batch of 60 records over 2 buckets is saved, updated and loaded
+    exactly, and no server call takes more than 7 of them: each MGET reads 7 keys at most
+    and each script call (phase 1 lock, revision check, save) is given 7 records at most
+    (the primaries' SLOWLOG, logging every command meanwhile)."""
+    per_record = {"prepare": 2, "check": 1, "save": 5}  # keys each script takes per record
+
+    async def main() -> list[list[bytes]]:
+        backend = await _backend(cluster.url(f"size{uuid4().hex[:8]}", buckets=2, batch_size=7))
+        scripts = {
+            backend._prepare_script.sha.encode(): "prepare",
+            backend._check_script.sha.encode(): "check",
+            backend._script.sha.encode(): "save",
+        }
+        nodes = [redis.Redis(port=int(p["port"])) for p in cluster.primaries()]
+        try:
+            for node in nodes:
+                await node.config_set("slowlog-log-slower-than", 0)
+                await node.config_set("slowlog-max-len", 100_000)
+                await node.slowlog_reset()
+            records = _records(60)
+            assert await backend.save_records(records) == [1] * 60
+            updated = [dataclasses.replace(r, data=b'{"n":0}', revision=1) for r in records]
+            assert await backend.save_records(updated) == [2] * 60
+            loaded = await backend.load_records([r.key for r in records])
+            assert [(r.data, r.revision) if r else None for r in loaded] == [(b'{"n":0}', 2)] * 60
+            commands = [
+                _arguments(entry)
+                for node in nodes
+                for entry in await node.execute_command("SLOWLOG", "GET", -1)
+            ]
+        finally:
+            for node in nodes:
+                await node.config_set("slowlog-log-slower-than", 10_000)
+                await node.config_set("slowlog-max-len", 128)
+                await node.aclose()
+            await backend.disconnect()
+        calls = [c for c in commands if c[0].upper() in (b"MGET", b"EVALSHA")]
+        for call in calls:
+            if call[0].upper() == b"EVALSHA":
+                call[0] = scripts[call[1]].encode()
+        return calls
+
+    calls = asyncio.run(main())
+    mgets = [len(call) - 1 for call in calls if call[0].upper() == b"MGET"]
+    assert sum(mgets) == 60
+    assert max(mgets) <= 7, mgets
+    for name, keys in per_record.items():
+        records = [int(call[2]) // keys for call in calls if call[0] == name.encode()]
+        assert records, f"no {name} script call"
+        assert max(records) <= 7, (name, records)
 
 
 def test_many_buckets_need_no_more_connections(cluster: servers.TempRedisCluster) -> None:

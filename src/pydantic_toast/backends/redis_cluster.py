@@ -26,11 +26,13 @@ one atomic script (record and index together), and a class's records spread over
 ``buckets`` slots instead of one hot slot. A page is one page script call per bucket (sent
 concurrently; the results merged newest first); a count one count script call per bucket,
 added up: ``buckets`` server calls each, 16 (at most ``max_connections``) in flight at a
-time, so up to 16 buckets cost one round of network latency. A batch is split by bucket.
-A batch within one bucket is one atomic script. A batch spanning several buckets is written
-in two phases: every bucket's expected revisions are checked and its records
-locked (concurrently), and only when all buckets agreed are they written (concurrently):
-a stale record anywhere writes nothing. A save or delete of a record locked by a batch in
+time, so up to 16 buckets cost one round of network latency. A batch is split by bucket,
+and every server call takes ``batch_size`` records at most (each bucket's in several calls
+when it has more). A batch of up to ``batch_size`` records within one bucket is one atomic
+script (beyond, it is written as on a single node). A batch spanning several buckets is
+written in two phases: every bucket's expected revisions are checked and its records locked
+(concurrently), and only when all buckets agreed are they written (concurrently): a stale
+record anywhere writes nothing. A save or delete of a record locked by a batch in
 progress is refused (``StorageBusyError``). A node failing between the two phases can leave
 the batch written on some buckets only.
 """
@@ -336,7 +338,8 @@ class RedisClusterBackend(single.RedisBackend):
 
         A batch spanning several buckets checks and locks every bucket's records first
         (phase 1) and writes only when all are ready (phase 2): a conflict anywhere writes
-        nothing.
+        nothing. Each server call of either phase takes ``batch_size`` records at most (a
+        bucket's records in several calls, as on a single node).
         """
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for position, record in enumerate(records):
@@ -344,14 +347,18 @@ class RedisClusterBackend(single.RedisBackend):
         if len(groups) == 1:
             return await super().save_records(records)
         parts = [[records[i] for i in positions] for positions in groups.values()]
+        size = self._batch_size
+        chunks = [
+            part[start : start + size] for part in parts for start in range(0, len(part), size)
+        ]
         token = uuid4().hex
-        await self._prepare_all(parts, token)
+        await self._prepare_all(chunks, token)
         reset = _batch_token.set(token)
         try:
             write = super().save_records
             results = await self._gather([partial(write, part) for part in parts])
         except BaseException:
-            await self._release_all(parts, token)
+            await self._release_all(chunks, token)
             raise
         finally:
             _batch_token.reset(reset)
@@ -365,7 +372,8 @@ class RedisClusterBackend(single.RedisBackend):
         return merged
 
     async def _prepare_all(self, parts: list[list[StoredRecord]], token: str) -> None:
-        """Phase 1: check and lock every bucket's records; on any refusal, release all."""
+        """Phase 1: check and lock the records, one script call per part (each of one
+        bucket); on any refusal, release all."""
         outcomes = await self._gather(
             [partial(self._prepare, part, token) for part in parts], return_exceptions=True
         )
@@ -570,7 +578,8 @@ class RedisClusterBackend(single.RedisBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records: the first MiB of one (the rest in pieces, on its slot's primary,
-        if there is more), or one MGET per slot, sent concurrently (see :meth:`_mget`)."""
+        if there is more), or one MGET per ``batch_size`` keys of a slot, sent concurrently
+        (see :meth:`_mget`)."""
         names = [self.key(class_name, id) for class_name, id in keys]
         if len(names) == 1:
             first = await self._follow(names[0], "GETRANGE", names[0], 0, single._PIECE - 1)
@@ -582,7 +591,8 @@ class RedisClusterBackend(single.RedisBackend):
         return self._records_in(names, keys, values)
 
     async def _mget(self, names: list[str]) -> list[Any]:
-        """The documents under ``names``: one MGET per slot on the slot's primary, documents
+        """The documents under ``names``: one MGET per ``batch_size`` keys of a slot, on the
+        slot's primary (so that no reply and no server call grows with the batch), documents
         above ``_PIECE`` taken off the socket in pieces (see ``_resp.read_values``). A slot
         that moved or is being migrated (MOVED, ASK, TRYAGAIN: its keys split between two
         nodes) is read key by key instead, whole, each GET following its record."""
@@ -591,6 +601,7 @@ class RedisClusterBackend(single.RedisBackend):
         slots: defaultdict[int, list[int]] = defaultdict(list)
         for position, name in enumerate(names):
             slots[cluster.keyslot(name)].append(position)
+        size = self._batch_size
 
         async def one(positions: list[int]) -> list[Any]:
             group = [names[position].encode() for position in positions]
@@ -601,7 +612,11 @@ class RedisClusterBackend(single.RedisBackend):
             except (MovedError, AskError, TryAgainError):
                 return [await self._follow(name.decode(), "GET", name) for name in group]
 
-        groups = list(slots.values())
+        groups = [
+            positions[start : start + size]
+            for positions in slots.values()
+            for start in range(0, len(positions), size)
+        ]
         replies = await self._gather([partial(one, positions) for positions in groups])
         values: list[Any] = [None] * len(names)
         for positions, found in zip(groups, replies, strict=True):
