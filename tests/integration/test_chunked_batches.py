@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -23,6 +24,9 @@ from pydantic_toast import (
     ExternalConfigDict,
     StorageConfigurationError,
 )
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.postgresql import _chunks
+from pydantic_toast.backends.postgresql_staging import STAGE_ABOVE
 from pydantic_toast.runtime.storage import current_storage
 
 
@@ -97,6 +101,54 @@ def test_a_stale_record_in_a_late_chunk_writes_nothing(chunked_url: str) -> None
     stored = pydantic_toast.validate(list[item], references)
     assert [m.n for m in stored] == [*range(9), -1]
     assert [m.external_revision for m in stored] == [1] * 9 + [2]
+
+
+@pytest.mark.postgresql
+def test_postgresql_batches_split_by_size_stay_all_or_nothing(postgres_database_url: str) -> None:
+    """12 records of 300 KB are several statements (2 MiB each at most): a stale record in the
+    last one rolls back the first ones too."""
+    doc = type(
+        "Doc",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"n": int, "body": str},
+            "model_config": ExternalConfigDict(
+                storage=postgres_database_url, external_name=f"Doc{uuid4().hex[:8]}"
+            ),
+        },
+    )
+    body = "x" * 300_000
+    docs = [doc(n=i, body=body) for i in range(12)]
+    references = pydantic_toast.dump(docs)
+    assert [m.n for m in pydantic_toast.validate(list[doc], references)] == list(range(12))
+    other = doc.model_validate(references[11])
+    other.n = -1
+    other.model_dump()
+    for m in docs:
+        m.n += 100
+    with pytest.raises(ConcurrencyError) as caught:
+        pydantic_toast.dump(docs)
+    assert caught.value.id == docs[11].external_id
+    stored = pydantic_toast.validate(list[doc], references)
+    assert [m.n for m in stored] == [*range(11), -1]
+    assert all(m.body == body for m in stored)
+
+
+def test_postgresql_batch_chunks_are_bounded_by_records_and_bytes() -> None:
+    """batch_size records or 2 MiB of JSON per statement, whichever comes first; a staged
+    record (streamed, not a parameter) weighs nothing."""
+
+    def records(*sizes: int) -> list[Any]:
+        now = datetime.now(UTC)
+        return [StoredRecord("C", uuid4(), b"x" * size, 1, now, now) for size in sizes]
+
+    def shape(chunks: list[Any]) -> list[int]:
+        return [len(chunk) for chunk in chunks]
+
+    assert shape(_chunks(records(*[10] * 7), 3)) == [3, 3, 1]
+    assert shape(_chunks(records(*[900_000] * 5), 1000)) == [2, 2, 1]
+    assert shape(_chunks(records(900_000, STAGE_ABOVE + 1, 900_000, 900_000), 1000)) == [3, 1]
+    assert _chunks([], 5) == []
 
 
 @pytest.mark.redis

@@ -257,6 +257,11 @@ WITH input AS (
 )
 SELECT * FROM changed UNION ALL SELECT * FROM added UNION ALL SELECT * FROM forced
 """
+# JSON per batch statement. The statement's rows pass through two tuple stores (unnest's
+# function scan and the input CTE), which spill to temporary files beyond work_mem (4 MB by
+# default): 500 records of 100 KB in one statement took 0.54 s against 0.27 s in chunks of
+# 2 MB or less (the same as executemany).
+_CHUNK_BYTES = 2 << 20
 # The same with large records' data taken from the staging table (postgresql_staging).
 _WRITE_STAGED = staging.staged_write(_WRITE_MANY, staging.TABLE)
 
@@ -531,12 +536,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
 
-        A batch larger than ``batch_size`` runs as one statement per chunk, all in that
-        transaction: the driver never holds more than a chunk's parameters at once. Large
-        records are streamed into a staging table first (:mod:`.postgresql_staging`).
+        A batch runs as one statement per chunk of at most ``batch_size`` records and
+        2 MiB of JSON, all in that transaction: the driver never holds more than
+        a chunk's parameters at once. Large records are streamed into a staging table first
+        (:mod:`.postgresql_staging`).
         """
-        size = self._batch_size
-        chunks = [records[start : start + size] for start in range(0, len(records), size)]
+        chunks = _chunks(records, self._batch_size)
         written: dict[RecordKey, int] = {}
         joined = joined_connection(self._same_store)
         if joined is not None:
@@ -955,6 +960,26 @@ async def _write_staged(driver: Any, records: Sequence[StoredRecord]) -> list[An
     rows: list[Any] = await driver.fetch(_WRITE_STAGED, *_columns(records, staged=True))
     await staging.drop(driver, name)
     return rows
+
+
+def _chunks(records: Sequence[StoredRecord], size: int) -> list[Sequence[StoredRecord]]:
+    """Split ``records`` into runs of at most ``size`` records and 2 MiB of JSON.
+
+    Each run holds one record at least. Staged records weigh nothing: their data is not a
+    statement parameter.
+    """
+    chunks: list[Sequence[StoredRecord]] = []
+    start = taken = 0
+    for end, record in enumerate(records):
+        length = len(record.data)
+        weight = 0 if length > staging.STAGE_ABOVE else length
+        if end > start and (end - start == size or taken + weight > _CHUNK_BYTES):
+            chunks.append(records[start:end])
+            start, taken = end, 0
+        taken += weight
+    if start < len(records):
+        chunks.append(records[start:])
+    return chunks
 
 
 def _first_missing(
