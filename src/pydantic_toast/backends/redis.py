@@ -508,6 +508,11 @@ class RedisBackend(RecordBackend):
         """The key a record is stored under: ``<prefix>:<class_name>:<uuid>``."""
         return f"{self._prefix}:{class_name}:{id}"
 
+    def _start_of_keys(self, class_name: str) -> str:
+        """``<prefix>:<class_name>:``, the start of every record key of ``class_name``: the
+        key of any id less the id (every key layout ends with it)."""
+        return self.key(class_name, _NIL)[:-36]
+
     def index_key(self, class_name: str) -> str:
         """The sorted set of a class's ids by creation time."""
         return f"{self._prefix}:{class_name}:index"
@@ -703,7 +708,7 @@ class RedisBackend(RecordBackend):
             if len(self._named) >= _NAMED:
                 self._named.clear()
             named = self._named[class_name] = _ClassKeys(
-                self.key(class_name, _NIL).encode()[:-36],
+                self._start_of_keys(class_name).encode(),
                 self.index_key(class_name).encode(),
                 self.expiry_key(class_name).encode(),
             )
@@ -855,7 +860,7 @@ class RedisBackend(RecordBackend):
             values = [first or None]  # GETRANGE reads a missing key as empty
         else:
             if type(keys) is ClassKeys:  # one class: the keys' common part made once
-                start_of_key = f"{self._prefix}:{keys.class_name}:"
+                start_of_key = self._start_of_keys(keys.class_name)
                 names = [f"{start_of_key}{id}" for id in keys.as_str() or keys.ids]
             else:
                 names = [self.key(*key) for key in keys]
@@ -972,9 +977,8 @@ class RedisBackend(RecordBackend):
         The script walks the class index from the cursor and reads the documents in the same
         call (one round trip); entries of expired records are skipped, never removed.
         """
-        return await self._page(
-            self.index_key(class_name), f"{self._prefix}:{class_name}:", class_name, limit, after
-        )
+        start_of_key = self._start_of_keys(class_name)
+        return await self._page(self.index_key(class_name), start_of_key, class_name, limit, after)
 
     async def _page(
         self,

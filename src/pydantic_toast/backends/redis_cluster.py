@@ -248,17 +248,22 @@ class RedisClusterBackend(single.RedisBackend):
         """The bucket of a record id: its integer value modulo ``buckets``."""
         return id.int % self._buckets
 
+    def _tag(self, class_name: str, bucket: int) -> str:
+        """``{<prefix>:<class_name>:<bucket>}``: the hash tag every key of a bucket starts
+        with (one slot)."""
+        return f"{{{self._prefix}:{class_name}:{bucket}}}"
+
     def key(self, class_name: str, id: UUID) -> str:
         """``{<prefix>:<class_name>:<bucket>}:<uuid>``."""
-        return f"{{{self._prefix}:{class_name}:{self.bucket(id)}}}:{id}"
+        return f"{self._tag(class_name, self.bucket(id))}:{id}"
 
     def index_key(self, class_name: str, bucket: int = 0) -> str:
         """``{<prefix>:<class_name>:<bucket>}:index``: one bucket's ids by creation time."""
-        return f"{{{self._prefix}:{class_name}:{bucket}}}:index"
+        return f"{self._tag(class_name, bucket)}:index"
 
     def expiry_key(self, class_name: str, bucket: int = 0) -> str:
         """``{<prefix>:<class_name>:<bucket>}:expiry``: the bucket's expiring ids."""
-        return f"{{{self._prefix}:{class_name}:{bucket}}}:expiry"
+        return f"{self._tag(class_name, bucket)}:expiry"
 
     def _index_key_of(self, record: StoredRecord) -> str:
         return self.index_key(record.class_name, self.bucket(record.id))
@@ -321,7 +326,7 @@ class RedisClusterBackend(single.RedisBackend):
 
     def lock_key(self, class_name: str, id: UUID) -> str:
         """``{<prefix>:<class_name>:<bucket>}:lock:<uuid>``: held while a batch writes it."""
-        return f"{{{self._prefix}:{class_name}:{self.bucket(id)}}}:lock:{id}"
+        return f"{self._tag(class_name, self.bucket(id))}:lock:{id}"
 
     def _delete_keys(self, class_name: str, id: UUID) -> list[str]:
         """The delete scripts' keys: the record, its bucket's index and expiry set, its lock."""
@@ -683,7 +688,7 @@ class RedisClusterBackend(single.RedisBackend):
                 partial(
                     self._page,
                     self.index_key(class_name, bucket),
-                    f"{{{self._prefix}:{class_name}:{bucket}}}:",
+                    f"{self._tag(class_name, bucket)}:",
                     class_name,
                     limit,
                     after,
