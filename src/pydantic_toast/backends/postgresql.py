@@ -185,10 +185,17 @@ def _iso_utc(column: ColumnElement[datetime]) -> ColumnElement[str]:
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
-def _timestamps(row: Any, class_name: str, id: UUID) -> tuple[datetime, datetime]:
-    """``created_at`` and ``updated_at`` of a batch's ``row`` (see :func:`_iso_utc`)."""
+def _timestamps(
+    created: str | None, updated: str | None, class_name: str, id: UUID
+) -> tuple[datetime, datetime]:
+    """A loaded row's ``created_at`` and ``updated_at`` (see :func:`_iso_utc`).
+
+    Raises:
+        StoredDataError: One of them is infinite, or outside years 1-9999.
+    """
     try:
-        return _from_iso(row[3]), _from_iso(row[4])
+        # NULL (a year before 1) raises TypeError, infinity (an empty text) ValueError.
+        return _from_iso(created), _from_iso(updated)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise StoredDataError(
             f"the stored {class_name} record {id} has a created_at or updated_at that Python's "
@@ -297,16 +304,17 @@ def _hot_path_statements() -> dict[str, str]:
     # for a tenth of what a timestamptz parameter costs (datetime.now(UTC) and its encoding
     # were 9k of a 10-field load's instructions). to_timestamp() keeps microseconds.
     now_seconds = func.to_timestamp(bindparam("now", type_=Double()))
-    # One record's key is known: its row leaves out class_name and id (less to decode).
-    select_one = select(*columns[2:]).where(
-        c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now_seconds)
-    )
-    # A batch's timestamps come as ISO 8601 text in UTC: datetime.fromisoformat reads one
-    # for a fifth of what asyncpg's own timestamptz decoding costs (6k instructions each).
-    batch_columns = [
+    # Loaded timestamps come as ISO 8601 text in UTC: datetime.fromisoformat reads one for a
+    # fifth of what asyncpg's own timestamptz decoding costs (6k instructions each), and a
+    # timestamp Python cannot hold is refused the same way in a single load and in a batch.
+    loaded_columns = [
         _iso_utc(column) if column.key in ("created_at", "updated_at") else column
         for column in columns[2:]
     ]
+    # One record's key is known: its row leaves out class_name and id (less to decode).
+    select_one = select(*loaded_columns).where(
+        c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now_seconds)
+    )
     keys = (
         func.unnest(
             bindparam("class_names", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(c.id.type))
@@ -317,7 +325,7 @@ def _hot_path_statements() -> dict[str, str]:
     # A batch's rows say which key they answer by its position: no class_name and id to
     # decode (a UUID object per row) and no dict of keys to match them through.
     select_many = (
-        select(keys.c.position, *batch_columns)
+        select(keys.c.position, *loaded_columns)
         .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
         .where(live(now_seconds))
     )
@@ -328,7 +336,7 @@ def _hot_path_statements() -> dict[str, str]:
         .render_derived(with_types=False)
     )
     select_class = (
-        select(ids.c.position, *batch_columns)
+        select(ids.c.position, *loaded_columns)
         .join_from(table, ids, (c.class_name == bindparam("class_name")) & (c.id == ids.c.id))
         .where(live(now_seconds))
     )
@@ -595,7 +603,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
             if row is None:
                 return [None]
-            return [read_record(class_name, id, row[1], row[0], row[2], row[3], row[4])]
+            created, updated = _timestamps(row[2], row[3], class_name, id)
+            return [read_record(class_name, id, row[1], row[0], created, updated, row[4])]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
         if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array of it
@@ -607,7 +616,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 for row in rows:
                     index = before + row[0]
                     id = all_ids[index]
-                    created, updated = _timestamps(row, class_name, id)
+                    created, updated = _timestamps(row[3], row[4], class_name, id)
                     records[index] = read_record(
                         class_name, id, row[2], row[1], created, updated, row[5]
                     )
@@ -621,7 +630,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             for row in rows:
                 index = before + row[0]
                 class_name, id = keys[index]
-                created, updated = _timestamps(row, class_name, id)
+                created, updated = _timestamps(row[3], row[4], class_name, id)
                 records[index] = read_record(
                     class_name, id, row[2], row[1], created, updated, row[5]
                 )
