@@ -30,6 +30,7 @@ from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._offload import load_offloaded
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ParsedReference, parse_reference
+from pydantic_toast._schema_walk import schema_nodes
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.storage import Storage, current_storage
 
@@ -85,16 +86,10 @@ def routes_in(schema: Any) -> Routes:
     classes share a stored name elsewhere.
     """
     classes: dict[int, Any] = {}
-    stack: list[object] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            model = node.get("cls") if node.get("type") == "model" else None
-            if getattr(model, "__toast_settings__", None) is not None:
-                classes[id(model)] = model
-            stack.extend(value for value in node.values() if isinstance(value, dict | list))
-        elif isinstance(node, list):
-            stack.extend(node)
+    for node in schema_nodes(schema, tuples=False):
+        model = node.get("cls") if node.get("type") == "model" else None
+        if getattr(model, "__toast_settings__", None) is not None:
+            classes[id(model)] = model
     found: dict[str, tuple[list[StorageURL], bool, list[Any]]] = {}
     for model in classes.values():
         settings = model.__toast_settings__

@@ -79,6 +79,7 @@ from pydantic_toast._saving import (
     unchanged_reference,
     use_identity_slot,
 )
+from pydantic_toast._schema_walk import schema_nodes
 from pydantic_toast._signing import (
     parse_signed,
     response_keys,
@@ -935,21 +936,15 @@ def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:
 
 def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
     seen_root = False
-    stack: list[object] = [root.__pydantic_core_schema__]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            kind = node.get("type")
-            if kind == "definition-ref":
-                return True  # reused or recursive models: assume the worst
-            model = node.get("cls") if kind == "model" else None
-            if isinstance(model, type) and issubclass(model, ExternalBaseModel):
-                if model is not root or seen_root:
-                    return True
-                seen_root = True
-            stack.extend(value for value in node.values() if isinstance(value, dict | list))
-        elif isinstance(node, list):
-            stack.extend(node)
+    for node in schema_nodes(root.__pydantic_core_schema__, tuples=False):
+        kind = node.get("type")
+        if kind == "definition-ref":
+            return True  # reused or recursive models: assume the worst
+        model = node.get("cls") if kind == "model" else None
+        if isinstance(model, type) and issubclass(model, ExternalBaseModel):
+            if model is not root or seen_root:
+                return True
+            seen_root = True
     return False
 
 

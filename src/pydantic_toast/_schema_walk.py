@@ -1,0 +1,64 @@
+"""The one walk over a Pydantic core schema's nodes, for the checks made when a class is defined."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["schema_nodes"]
+
+
+def schema_nodes(
+    schema: object,
+    *,
+    definitions: Mapping[str, object] | None = None,
+    tuples: bool = True,
+    descend: Callable[[dict[str, Any]], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every node (dict) of core ``schema``, each once, depth first.
+
+    A node's children are the dicts, lists (and tuples) among its values, searched to any
+    depth: ``schema``, ``items_schema``, ``choices``, ``fields``, ``definitions``, but also
+    ``metadata``, ``serialization`` and default values, which may hold dicts that are not
+    schemas. Stop early by leaving the loop: nothing past the last node taken is visited.
+
+    Args:
+        schema: A core schema, or a list of them.
+        definitions: Where given, the definition a ``definition-ref`` node names (its
+            ``schema_ref``) is one more child of that node, walked after its own values; a
+            name missing from it leads nowhere. Without, a ``definition-ref`` is a node like
+            any other, and the definitions are reached only where ``schema`` holds them.
+        tuples: Whether tuples are entered as lists are (a union's ``(schema, label)``
+            choices are tuples).
+        descend: Asked with each node after it is yielded; its children are walked only
+            where it returns ``True``. Without, every node's are.
+
+    Yields:
+        The nodes, by identity: a dict reached twice (shared, or through a definition's
+        cycle) is yielded the first time only, so the walk always ends.
+    """
+    sequences = _SEQUENCES if tuples else list
+    seen: set[int] = set()
+    stack: list[object] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            yield node
+            if descend is not None and not descend(node):
+                continue
+            if definitions is not None and node.get("type") == "definition-ref":
+                name = node.get("schema_ref")
+                target = definitions.get(name) if isinstance(name, str) else None
+                if target is not None:
+                    stack.append(target)
+            stack.extend([value for value in node.values() if isinstance(value, _BRANCHES)])
+        elif isinstance(node, sequences):
+            stack.extend(node)
+
+
+# Tuples of types, built once: ``isinstance`` takes them faster than a ``list | tuple`` union.
+_SEQUENCES = (list, tuple)
+_BRANCHES = (dict, list, tuple)
