@@ -32,6 +32,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._loading import LoadSession, Routes, find_references, routes_in
 from pydantic_toast._reference import ExternalReference, ParsedReference
 from pydantic_toast._saving import SaveBatch, collecting
+from pydantic_toast._schema_walk import schema_nodes
 from pydantic_toast._signing import SigningKeys, parse_signed, signing_responses, verify_parsed
 from pydantic_toast.fastapi._conditional import collecting_loaded, refresh_etags
 from pydantic_toast.fastapi._errors import error_responses
@@ -230,42 +231,13 @@ def field_schema(field: Any) -> cs.CoreSchema:
 
 def _accepting_models(schema: Any) -> Iterator[tuple[AcceptReference, Any]]:
     """Each ``(marker, external model class)`` accepting references in ``schema``."""
-    definitions = _definitions(schema)
-    for node in _nodes(schema, {}):
+    nodes = list(schema_nodes(schema, tuples=False))
+    definitions = {node["ref"]: node for node in nodes if isinstance(node.get("ref"), str)}
+    for node in nodes:
         marker = (node.get("metadata") or {}).get(ACCEPT_KEY)
         if isinstance(marker, AcceptReference):
             for model in _models(node.get("schema"), definitions):
                 yield marker, model
-
-
-def _nodes(
-    schema: Any,
-    definitions: dict[str, Any],
-    *,
-    inside: Callable[[dict[str, Any]], bool] = lambda node: True,
-) -> Iterator[dict[str, Any]]:
-    """The schema's nodes, ``definition-ref`` followed once each; the children of a node only
-    where ``inside(node)``."""
-    seen: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "definition-ref":
-                ref = node.get("schema_ref")
-                if ref in definitions and ref not in seen:
-                    seen.add(ref)
-                    stack.append(definitions[ref])
-                continue
-            yield node
-            if inside(node):
-                stack.extend(value for value in node.values() if isinstance(value, dict | list))
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
-def _definitions(schema: Any) -> dict[str, Any]:
-    return {node["ref"]: node for node in _nodes(schema, {}) if isinstance(node.get("ref"), str)}
 
 
 def _external_model(node: dict[str, Any]) -> Any:
@@ -276,7 +248,12 @@ def _external_model(node: dict[str, Any]) -> Any:
 
 def _models(schema: Any, definitions: dict[str, Any]) -> Iterator[Any]:
     """External model classes directly under ``schema`` (not those nested in their fields)."""
-    for node in _nodes(schema, definitions, inside=lambda node: _external_model(node) is None):
+    for node in schema_nodes(
+        schema,
+        definitions=definitions,
+        tuples=False,
+        descend=lambda node: _external_model(node) is None,
+    ):
         model = _external_model(node)
         if model is not None:
             yield model
