@@ -42,6 +42,7 @@ from pydantic_core import (
 
 from pydantic_toast._fingerprint import LoadLayout, load_layout, loads_as_stored
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
+from pydantic_toast._schema_walk import schema_nodes
 
 __all__ = [
     "OFFSET",
@@ -296,21 +297,13 @@ class _Copier:
 
     def _checked(self, node: Any) -> bool:
         """Whether schema ``node`` can serialize a datetime, a time or an Any value."""
-        stack, seen = [node], set()
-        while stack:
-            item = stack.pop()
-            if isinstance(item, list | tuple):
-                stack.extend(item)
-                continue
-            if not isinstance(item, dict) or id(item) in seen:
-                continue
-            seen.add(id(item))
+        config = node.get("config")
+        for item in schema_nodes(node, definitions=self.definitions):
             kind = item.get("type")
-            if kind in _CHECKS or _constrained(item, node.get("config")):
+            if kind in _CHECKS or _constrained(item, config):
                 return True
-            if kind == "definition-ref":
-                stack.append(self.definitions.get(item.get("schema_ref"), {"type": "any"}))
-            stack.extend(value for value in item.values() if isinstance(value, dict | list))
+            if kind == "definition-ref" and item.get("schema_ref") not in self.definitions:
+                return True  # a definition it cannot see may hold anything, as an Any does
         return False
 
     def _unshadowed(self, union: dict[str, Any]) -> dict[str, Any]:
