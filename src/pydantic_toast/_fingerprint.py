@@ -42,6 +42,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic_core import TzInfo
 
+from pydantic_toast._schema_walk import schema_nodes
+
 __all__ = [
     "Fingerprint",
     "LoadLayout",
@@ -274,16 +276,7 @@ def loads_as_stored(schema: object) -> bool:
     fields then serialize to the JSON they were read from. The external models' own hooks do
     not count.
     """
-    stack: list[object] = [schema]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list | tuple):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict) or id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in schema_nodes(schema):
         if node.get("custom_init") or node.get("post_init") or node.get("serialization_exclude_if"):
             return False
         function = node.get("function")
@@ -291,7 +284,6 @@ def loads_as_stored(schema: object) -> bool:
             function = function.get("function")
         if function is not None and getattr(function, "__qualname__", None) not in _HOOKS:
             return False
-        stack.extend(value for value in node.values() if isinstance(value, dict | list | tuple))
     return True
 
 
