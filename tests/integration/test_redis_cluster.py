@@ -8,7 +8,7 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -20,6 +20,7 @@ from redis.exceptions import ClusterError
 from pydantic_toast import ConcurrencyError, StorageBusyError, StorageOperationError
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.runtime.errors import Failure, translate
 from pydantic_toast.testing.conformance import BackendConformance
@@ -184,59 +185,111 @@ def _arguments(entry: list[Any]) -> list[bytes]:
     return line if more is None else line[:-1] + [b""] * int(more[1])
 
 
+async def _calls_made(
+    cluster: servers.TempRedisCluster,
+    backend: RedisClusterBackend,
+    action: Callable[[], Awaitable[None]],
+) -> list[list[bytes]]:
+    """The MGET and script calls the primaries ran during ``action`` (their SLOWLOG, logging
+    every command meanwhile), each script call named: prepare, check or save."""
+    scripts = {
+        backend._prepare_script.sha.encode(): b"prepare",
+        backend._check_script.sha.encode(): b"check",
+        backend._script.sha.encode(): b"save",
+    }
+    nodes = [redis.Redis(port=int(p["port"])) for p in cluster.primaries()]
+    try:
+        for node in nodes:
+            await node.config_set("slowlog-log-slower-than", 0)
+            await node.config_set("slowlog-max-len", 100_000)
+            await node.slowlog_reset()
+        await action()
+        commands = [
+            _arguments(entry)
+            for node in nodes
+            for entry in await node.execute_command("SLOWLOG", "GET", -1)
+        ]
+    finally:
+        for node in nodes:
+            await node.config_set("slowlog-log-slower-than", 10_000)
+            await node.config_set("slowlog-max-len", 128)
+            await node.aclose()
+    calls = [c for c in commands if c[0].upper() in (b"MGET", b"EVALSHA")]
+    for call in calls:
+        if call[0].upper() == b"EVALSHA":
+            call[0] = scripts[call[1]]
+    return calls
+
+
+# Keys each script takes per record.
+_KEYS_PER_RECORD = {b"prepare": 2, b"check": 1, b"save": 5}
+
+
+def _records_per_call(calls: list[list[bytes]], script: bytes) -> list[int]:
+    return [int(call[2]) // _KEYS_PER_RECORD[script] for call in calls if call[0] == script]
+
+
 def test_batches_take_batch_size_records_per_server_call(
     cluster: servers.TempRedisCluster,
 ) -> None:
     """At batch_size=7, a batch of 60 records over 2 buckets is saved, updated and loaded
     exactly, and no server call takes more than 7 of them: each MGET reads 7 keys at most
-    and each script call (phase 1 lock, revision check, save) is given 7 records at most
-    (the primaries' SLOWLOG, logging every command meanwhile)."""
-    per_record = {"prepare": 2, "check": 1, "save": 5}  # keys each script takes per record
+    and each script call (phase 1 lock, revision check, save) is given 7 records at most."""
 
     async def main() -> list[list[bytes]]:
         backend = await _backend(cluster.url(f"size{uuid4().hex[:8]}", buckets=2, batch_size=7))
-        scripts = {
-            backend._prepare_script.sha.encode(): "prepare",
-            backend._check_script.sha.encode(): "check",
-            backend._script.sha.encode(): "save",
-        }
-        nodes = [redis.Redis(port=int(p["port"])) for p in cluster.primaries()]
-        try:
-            for node in nodes:
-                await node.config_set("slowlog-log-slower-than", 0)
-                await node.config_set("slowlog-max-len", 100_000)
-                await node.slowlog_reset()
-            records = _records(60)
+        records = _records(60)
+
+        async def batches() -> None:
             assert await backend.save_records(records) == [1] * 60
             updated = [dataclasses.replace(r, data=b'{"n":0}', revision=1) for r in records]
             assert await backend.save_records(updated) == [2] * 60
             loaded = await backend.load_records([r.key for r in records])
             assert [(r.data, r.revision) if r else None for r in loaded] == [(b'{"n":0}', 2)] * 60
-            commands = [
-                _arguments(entry)
-                for node in nodes
-                for entry in await node.execute_command("SLOWLOG", "GET", -1)
-            ]
+
+        try:
+            return await _calls_made(cluster, backend, batches)
         finally:
-            for node in nodes:
-                await node.config_set("slowlog-log-slower-than", 10_000)
-                await node.config_set("slowlog-max-len", 128)
-                await node.aclose()
             await backend.disconnect()
-        calls = [c for c in commands if c[0].upper() in (b"MGET", b"EVALSHA")]
-        for call in calls:
-            if call[0].upper() == b"EVALSHA":
-                call[0] = scripts[call[1]].encode()
-        return calls
 
     calls = asyncio.run(main())
     mgets = [len(call) - 1 for call in calls if call[0].upper() == b"MGET"]
     assert sum(mgets) == 60
     assert max(mgets) <= 7, mgets
-    for name, keys in per_record.items():
-        records = [int(call[2]) // keys for call in calls if call[0] == name.encode()]
-        assert records, f"no {name} script call"
-        assert max(records) <= 7, (name, records)
+    for script in _KEYS_PER_RECORD:
+        records = _records_per_call(calls, script)
+        assert records, f"no {script!r} script call"
+        assert max(records) <= 7, (script, records)
+
+
+def test_a_save_script_call_carries_1_mib_of_documents_at_most(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """25 records of 100 KB in one bucket (documents up to 1 MiB travel in the script's
+    arguments here) are saved and updated in script calls of 10 records at most, not one
+    call of 25 (whose Lua copies made it block the node for milliseconds), and load back
+    exactly."""
+
+    async def main() -> list[list[bytes]]:
+        backend = await _backend(cluster.url(f"bytes{uuid4().hex[:8]}", buckets=1))
+        records = [_large(_multibyte(0.1, str(i))) for i in range(25)]
+        assert all(100_000 < len(r.data) < single._PIECE for r in records)
+
+        async def batches() -> None:
+            assert await backend.save_records(records) == [1] * 25
+            updated = [dataclasses.replace(r, revision=1) for r in records]
+            assert await backend.save_records(updated) == [2] * 25
+            loaded = await backend.load_records([r.key for r in records])
+            assert [r.data if r else None for r in loaded] == [r.data for r in records]
+
+        try:
+            return await _calls_made(cluster, backend, batches)
+        finally:
+            await backend.disconnect()
+
+    saves = _records_per_call(asyncio.run(main()), b"save")
+    assert sum(saves) >= 50  # more when the script was loaded first (NOSCRIPT, then again)
+    assert max(saves) <= 10, saves
 
 
 def test_many_buckets_need_no_more_connections(cluster: servers.TempRedisCluster) -> None:
