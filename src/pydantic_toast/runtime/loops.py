@@ -234,7 +234,8 @@ def _run_until_done(loop: Any, task: asyncio.Task[Any]) -> None:
     asyncio's own (uvloop's, when a program installs its policy) has none of the internals
     used here: it runs the task with ``run_until_complete``.
     """
-    if not isinstance(loop, asyncio.BaseEventLoop):
+    asyncios_own = isinstance(loop, asyncio.BaseEventLoop)  # not narrowing ``loop``: Any
+    if not asyncios_own:
         loop.run_until_complete(task)  # raises what the task raised, as task.result() would
         return
     if loop.is_running():
