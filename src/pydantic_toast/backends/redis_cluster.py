@@ -28,13 +28,13 @@ concurrently; the results merged newest first); a count one count script call pe
 added up: ``buckets`` server calls each, 16 (at most ``max_connections``) in flight at a
 time, so up to 16 buckets cost one round of network latency. A batch is split by bucket,
 and every server call takes ``batch_size`` records at most (each bucket's in several calls
-when it has more). A batch of up to ``batch_size`` records within one bucket is one atomic
-script (beyond, it is written as on a single node). A batch spanning several buckets is
-written in two phases: every bucket's expected revisions are checked and its records locked
-(concurrently), and only when all buckets agreed are they written (concurrently): a stale
-record anywhere writes nothing. A save or delete of a record locked by a batch in
-progress is refused (``StorageBusyError``). A node failing between the two phases can leave
-the batch written on some buckets only.
+when it has more). A batch of up to ``batch_size`` records and 1 MiB of documents within
+one bucket is one atomic script (beyond, it is written as on a single node). A batch
+spanning several buckets is written in two phases: every bucket's expected revisions are
+checked and its records locked (concurrently), and only when all buckets agreed are they
+written (concurrently): a stale record anywhere writes nothing. A save or delete of a
+record locked by a batch in progress is refused (``StorageBusyError``). A node failing
+between the two phases can leave the batch written on some buckets only.
 """
 
 from __future__ import annotations
