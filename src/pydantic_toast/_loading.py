@@ -86,7 +86,7 @@ def routes_in(schema: Any) -> Routes:
     classes share a stored name elsewhere.
     """
     classes: dict[int, Any] = {}
-    for node in schema_nodes(schema, tuples=False):
+    for node in schema_nodes(schema):
         model = node.get("cls") if node.get("type") == "model" else None
         if getattr(model, "__toast_settings__", None) is not None:
             classes[id(model)] = model

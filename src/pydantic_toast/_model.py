@@ -936,7 +936,7 @@ def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:
 
 def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
     seen_root = False
-    for node in schema_nodes(root.__pydantic_core_schema__, tuples=False):
+    for node in schema_nodes(root.__pydantic_core_schema__):
         kind = node.get("type")
         if kind == "definition-ref":
             return True  # reused or recursive models: assume the worst

@@ -12,15 +12,15 @@ def schema_nodes(
     schema: object,
     *,
     definitions: Mapping[str, object] | None = None,
-    tuples: bool = True,
     descend: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every node (dict) of core ``schema``, each once, depth first.
 
-    A node's children are the dicts, lists (and tuples) among its values, searched to any
-    depth: ``schema``, ``items_schema``, ``choices``, ``fields``, ``definitions``, but also
-    ``metadata``, ``serialization`` and default values, which may hold dicts that are not
-    schemas. Stop early by leaving the loop: nothing past the last node taken is visited.
+    A node's children are the dicts among its values and inside its lists and tuples, to any
+    depth: ``schema``, ``items_schema``, ``choices`` (a labelled choice is a ``(schema,
+    label)`` tuple), ``fields``, ``definitions``, but also ``metadata``, ``serialization`` and
+    default values, which may hold dicts that are not schemas. Stop early by leaving the
+    loop: nothing past the last node taken is visited.
 
     Args:
         schema: A core schema, or a list of them.
@@ -28,8 +28,6 @@ def schema_nodes(
             ``schema_ref``) is one more child of that node, walked after its own values; a
             name missing from it leads nowhere. Without, a ``definition-ref`` is a node like
             any other, and the definitions are reached only where ``schema`` holds them.
-        tuples: Whether tuples are entered as lists are (a union's ``(schema, label)``
-            choices are tuples).
         descend: Asked with each node after it is yielded; its children are walked only
             where it returns ``True``. Without, every node's are.
 
@@ -37,7 +35,6 @@ def schema_nodes(
         The nodes, by identity: a dict reached twice (shared, or through a definition's
         cycle) is yielded the first time only, so the walk always ends.
     """
-    sequences = _SEQUENCES if tuples else list
     seen: set[int] = set()
     stack: list[object] = [schema]
     while stack:
@@ -55,7 +52,7 @@ def schema_nodes(
                 if target is not None:
                     stack.append(target)
             stack.extend([value for value in node.values() if isinstance(value, _BRANCHES)])
-        elif isinstance(node, sequences):
+        elif isinstance(node, _SEQUENCES):
             stack.extend(node)
 
 

@@ -514,3 +514,14 @@ def test_openapi_of_container_fields_documents_what_they_take() -> None:
         accepted = [client.post("/bundles", json=body).status_code == 200 for body in cases]
     assert documented == [True, True, True, True, True, False, False]
     assert accepted == documented
+
+
+def test_ref_in_a_labelled_union_member_is_accepted() -> None:
+    """A Ref inside a labelled union member (a ``(schema, label)`` choice) is found too."""
+    from pydantic import Tag, TypeAdapter
+
+    from pydantic_toast.fastapi._routes import _accepting_models
+
+    schema = TypeAdapter(Annotated[list[Ref[Customer]], Tag("customers")] | int).core_schema
+
+    assert [model for _, model in _accepting_models(schema)] == [Customer]

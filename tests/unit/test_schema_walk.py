@@ -125,13 +125,12 @@ def test_pruned_definition_ref_is_not_followed() -> None:
     assert types(walked) == ["definition-ref", "list"]
 
 
-def test_tuples_entered_only_when_asked() -> None:
-    """A union's ``(schema, label)`` choices are walked with tuples, skipped without."""
+def test_labelled_union_choices_walked() -> None:
+    """A union's ``(schema, label)`` choices, tuples, are walked as lists are."""
     schema = TypeAdapter(Annotated[int, Tag("number")] | Annotated[str, Tag("text")]).core_schema
     assert isinstance(schema["choices"][0], tuple)  # type: ignore[typeddict-item]
 
     assert types(schema_nodes(schema)) == ["int", "str", "union"]
-    assert types(schema_nodes(schema, tuples=False)) == ["union"]
 
 
 def test_walk_is_lazy() -> None:

@@ -159,6 +159,25 @@ def test_union_inside_an_external_model_loads_one_round_per_level(counting_url: 
     assert loads(counting_url) - before == 2  # the shelter, then its three pets in one batch
 
 
+def test_labelled_union_member_loads_one_round_per_level(counting_url: str) -> None:
+    """External models inside a labelled union member (a ``(schema, label)`` choice) load in
+    one batch for the level, not one read each."""
+
+    class Item(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    class Box(ExternalBaseModel):
+        content: Annotated[list[Item], Tag("items")] | int
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    box = Box(content=[Item(name="a"), Item(name="b"), Item(name="c")])
+    reference = box.model_dump()
+    before = loads(counting_url)
+    assert Box.model_validate(reference) == box
+    assert loads(counting_url) - before == 2  # the box, then its three items in one batch
+
+
 def test_recursive_discriminated_union(memory_url: str) -> None:
     """A self-referencing discriminated union (deferred by Pydantic) routes references too."""
 

@@ -231,7 +231,7 @@ def field_schema(field: Any) -> cs.CoreSchema:
 
 def _accepting_models(schema: Any) -> Iterator[tuple[AcceptReference, Any]]:
     """Each ``(marker, external model class)`` accepting references in ``schema``."""
-    nodes = list(schema_nodes(schema, tuples=False))
+    nodes = list(schema_nodes(schema))
     definitions = {node["ref"]: node for node in nodes if isinstance(node.get("ref"), str)}
     for node in nodes:
         marker = (node.get("metadata") or {}).get(ACCEPT_KEY)
@@ -251,7 +251,6 @@ def _models(schema: Any, definitions: dict[str, Any]) -> Iterator[Any]:
     for node in schema_nodes(
         schema,
         definitions=definitions,
-        tuples=False,
         descend=lambda node: _external_model(node) is None,
     ):
         model = _external_model(node)
