@@ -25,7 +25,8 @@ from pydantic_toast import (
     StorageConfigurationError,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast.backends.postgresql import _chunks
+from pydantic_toast.backends.base import batch_spans
+from pydantic_toast.backends.postgresql import _CHUNK_BYTES
 from pydantic_toast.backends.postgresql_staging import STAGE_ABOVE
 from pydantic_toast.runtime.storage import current_storage
 
@@ -138,17 +139,17 @@ def test_postgresql_batch_chunks_are_bounded_by_records_and_bytes() -> None:
     """batch_size records or 2 MiB of JSON per statement, whichever comes first; a staged
     record (streamed, not a parameter) weighs nothing."""
 
-    def records(*sizes: int) -> list[Any]:
+    def shape(size: int, *sizes: int) -> list[int]:
         now = datetime.now(UTC)
-        return [StoredRecord("C", uuid4(), b"x" * size, 1, now, now) for size in sizes]
+        records = [StoredRecord("C", uuid4(), b"x" * n, 1, now, now) for n in sizes]
+        spans = batch_spans(records, size, most_bytes=_CHUNK_BYTES, carried_up_to=STAGE_ABOVE)
+        assert [start for start, _ in spans[1:]] == [end for _, end in spans[:-1]]
+        return [end - start for start, end in spans]
 
-    def shape(chunks: list[Any]) -> list[int]:
-        return [len(chunk) for chunk in chunks]
-
-    assert shape(_chunks(records(*[10] * 7), 3)) == [3, 3, 1]
-    assert shape(_chunks(records(*[900_000] * 5), 1000)) == [2, 2, 1]
-    assert shape(_chunks(records(900_000, STAGE_ABOVE + 1, 900_000, 900_000), 1000)) == [3, 1]
-    assert _chunks([], 5) == []
+    assert shape(3, *[10] * 7) == [3, 3, 1]
+    assert shape(1000, *[900_000] * 5) == [2, 2, 1]
+    assert shape(1000, 900_000, STAGE_ABOVE + 1, 900_000, 900_000) == [3, 1]
+    assert shape(5) == []
 
 
 @pytest.mark.redis

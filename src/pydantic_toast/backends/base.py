@@ -19,6 +19,7 @@ __all__ = [
     "RecordBackend",
     "StorageBackend",
     "batch_size_of",
+    "batch_spans",
 ]
 
 REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
@@ -40,6 +41,29 @@ def batch_size_of(url: StorageURL, default: int = DEFAULT_BATCH_SIZE) -> int:
             f"{url.masked}: batch_size must be a positive whole number, got {shorten(raw)!r}"
         )
     return int(raw)
+
+
+def batch_spans(
+    records: Sequence[StoredRecord], size: int, *, most_bytes: int, carried_up_to: int
+) -> list[tuple[int, int]]:
+    """``records`` as runs ``(start, end)`` of at most ``size`` records whose data carried in
+    the server call add up to ``most_bytes`` at most; each run holds one record at least.
+
+    A record whose data is longer than ``carried_up_to`` travels apart (staged, streamed):
+    it weighs nothing.
+    """
+    spans: list[tuple[int, int]] = []
+    start = taken = 0
+    for end, record in enumerate(records):
+        length = len(record.data)
+        weight = 0 if length > carried_up_to else length
+        if end > start and (end - start == size or taken + weight > most_bytes):
+            spans.append((start, end))
+            start, taken = end, 0
+        taken += weight
+    if start < len(records):
+        spans.append((start, len(records)))
+    return spans
 
 
 class Capability(enum.StrEnum):

@@ -46,7 +46,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import postgresql_staging as staging
-from pydantic_toast.backends.base import Capability, batch_size_of
+from pydantic_toast.backends.base import Capability, batch_size_of, batch_spans
 from pydantic_toast.backends.jsonb import exact_text, needs_exact_text, refuse_unstorable
 from pydantic_toast.backends.postgresql_replicas import (
     ON_PRIMARY,
@@ -549,7 +549,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         a chunk's parameters at once. Large records are streamed into a staging table first
         (:mod:`.postgresql_staging`).
         """
-        chunks = _chunks(records, self._batch_size)
+        spans = batch_spans(
+            records, self._batch_size, most_bytes=_CHUNK_BYTES, carried_up_to=staging.STAGE_ABOVE
+        )
+        chunks = [records[start:end] for start, end in spans]
         written: dict[RecordKey, int] = {}
         joined = joined_connection(self._same_store)
         if joined is not None:
@@ -969,26 +972,6 @@ async def _write_staged(driver: Any, records: Sequence[StoredRecord]) -> list[An
     rows: list[Any] = await driver.fetch(_WRITE_STAGED, *_columns(records, staged=True))
     await staging.drop(driver, name)
     return rows
-
-
-def _chunks(records: Sequence[StoredRecord], size: int) -> list[Sequence[StoredRecord]]:
-    """Split ``records`` into runs of at most ``size`` records and 2 MiB of JSON.
-
-    Each run holds one record at least. Staged records weigh nothing: their data is not a
-    statement parameter.
-    """
-    chunks: list[Sequence[StoredRecord]] = []
-    start = taken = 0
-    for end, record in enumerate(records):
-        length = len(record.data)
-        weight = 0 if length > staging.STAGE_ABOVE else length
-        if end > start and (end - start == size or taken + weight > _CHUNK_BYTES):
-            chunks.append(records[start:end])
-            start, taken = end, 0
-        taken += weight
-    if start < len(records):
-        chunks.append(records[start:])
-    return chunks
 
 
 def _first_missing(

@@ -59,7 +59,7 @@ from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredReco
 from pydantic_toast._url import StorageURL, rewrite_url
 from pydantic_toast.backends import _resp
 from pydantic_toast.backends._resp import command
-from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of
+from pydantic_toast.backends.base import Capability, RecordBackend, batch_size_of, batch_spans
 from pydantic_toast.runtime.boundary import connecting
 
 __all__ = ["RedisBackend"]
@@ -603,8 +603,8 @@ class RedisBackend(RecordBackend):
             inserted = await self._insert_many(records)
             if inserted is not None:
                 return inserted
-        spans = _spans(records, size, self._stage_above)
-        if len(spans) == 1:
+        spans = batch_spans(records, size, most_bytes=_CHUNK_BYTES, carried_up_to=self._stage_above)
+        if len(spans) <= 1:
             return await self._save_chunk(records)
         chunks = [records[start:end] for start, end in spans]
         for (offset, _), chunk in zip(spans, chunks, strict=True):
@@ -1194,23 +1194,6 @@ class _ClassKeys:
         self.add = b"$4\r\nZADD\r\n$%d\r\n%b\r\n$2\r\nNX\r\n" % (len(index), index)
         self.add_one = b"*5\r\n" + self.add
         self.exists_expiry = command(b"EXISTS", expiry)
-
-
-def _spans(records: Sequence[StoredRecord], size: int, carried: int) -> list[tuple[int, int]]:
-    """``records`` as runs ``(start, end)`` of at most ``size`` records and ``_CHUNK_BYTES`` of
-    documents carried in the server call (one of more than ``carried`` bytes is staged: it
-    weighs nothing). Each run holds one record at least."""
-    spans: list[tuple[int, int]] = []
-    start = taken = 0
-    for end, record in enumerate(records):
-        length = len(record.data)
-        weight = 0 if length > carried else length
-        if end > start and (end - start == size or taken + weight > _CHUNK_BYTES):
-            spans.append((start, end))
-            start, taken = end, 0
-        taken += weight
-    spans.append((start, len(records)))
-    return spans
 
 
 def _first_saves(records: Sequence[StoredRecord]) -> bool:
