@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -36,6 +37,22 @@ def _with_database(url: str, database: str) -> str:
     return f"{head}/{database}"
 
 
+@contextmanager
+def throwaway_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database named ``prefix`` and random hex digits.
+
+    On exit the library's storage is closed (its pools hold connections to the database) and
+    the database dropped, connections and all.
+    """
+    database = f"{prefix}{uuid4().hex[:12]}"
+    _admin(admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        yield _with_database(admin_url, database)
+    finally:
+        pydantic_toast.close_storage()
+        _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     """An admin URL of the session's PostgreSQL server."""
@@ -46,27 +63,16 @@ def postgres_admin_url() -> Iterator[str]:
 @pytest.fixture
 def empty_database(postgres_admin_url: str) -> Iterator[str]:
     """A PostgreSQL database of this test's own, not migrated; dropped afterwards."""
-    database = f"toast_empty_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(postgres_admin_url, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with throwaway_database(postgres_admin_url, "toast_empty_") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def postgres_database_url(postgres_admin_url: str) -> Iterator[str]:
     """A throwaway database of this session, migrated with Alembic, dropped afterwards."""
-    database = f"toast_test_{uuid4().hex[:12]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    url = _with_database(postgres_admin_url, database)
-    try:
+    with throwaway_database(postgres_admin_url, "toast_test_") as url:
         assert toast_cli(["migrate", url]) == 0
         yield url
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -205,10 +211,7 @@ class Served:
 
 def _serve(app: str, admin_url: str, directory: Path) -> Iterator[Served]:
     """``app`` under uvicorn (a subprocess on a free port) on a throwaway, migrated database."""
-    database = f"toast_http_{uuid4().hex[:12]}"
-    _admin(admin_url, f'CREATE DATABASE "{database}"')
-    url = _with_database(admin_url, database)
-    try:
+    with throwaway_database(admin_url, "toast_http_") as url:
         assert toast_cli(["migrate", url]) == 0
         port = servers.free_port()
         log = directory / "server.log"
@@ -217,9 +220,6 @@ def _serve(app: str, admin_url: str, directory: Path) -> Iterator[Served]:
             yield Served(f"http://127.0.0.1:{port}", url, log)
         finally:
             servers.stop_todo_service(process)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

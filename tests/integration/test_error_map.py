@@ -49,7 +49,7 @@ from pydantic_toast.backends.memory import MemoryBackend
 from pydantic_toast.integrations.cli import main as toast_cli
 from pydantic_toast.runtime.errors import DriverError
 from tests import servers
-from tests.integration.conftest import _admin, _with_database
+from tests.integration.conftest import _admin, _with_database, throwaway_database
 
 
 def model_on(url: str, name: str = "Ledger", **config: Any) -> type[ExternalBaseModel]:
@@ -492,14 +492,9 @@ def test_postgres_not_accepting_connections_is_busy_then_recovers() -> None:
 @pytest.mark.postgresql
 def test_postgres_not_migrated(postgres_admin_url: str) -> None:
     """A database without external_records (42P01): StorageSchemaError naming the command."""
-    database = f"toast_bare_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
-        ledger = model_on(_with_database(postgres_admin_url, database))
+    with throwaway_database(postgres_admin_url, "toast_bare_") as url:
+        ledger = model_on(url)
         error = raised(lambda: ledger(text="x").model_dump())
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     assert_mapped(error, StorageSchemaError, "external_records does not exist", "migrate")
 
 

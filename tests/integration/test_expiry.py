@@ -17,7 +17,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
 from pydantic_toast.integrations.cli import main as toast_cli
-from tests.integration.conftest import _admin, _with_database
+from tests.integration.conftest import throwaway_database
 from tests.integration.test_postgresql import alembic
 
 _MIGRATION = importlib.import_module("pydantic_toast.migrations.versions.0005_record_expiry")
@@ -64,13 +64,8 @@ def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         pydantic_toast.close_storage()
         return
     admin: str = request.getfixturevalue("postgres_admin_url")
-    database = f"toast_expiry_{uuid4().hex[:10]}"
-    _admin(admin, f'CREATE DATABASE "{database}"')
-    try:
-        yield _with_database(admin, database)
-    finally:
-        pydantic_toast.close_storage()
-        _admin(admin, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with throwaway_database(admin, "toast_expiry_") as url:
+        yield url
 
 
 @pytest.fixture

@@ -278,15 +278,13 @@ def test_lifespan_refuses_to_start_on_an_unmigrated_database(
     postgres_admin_url: str,
 ) -> None:
     """storage_lifespan fails at startup, naming the migration command."""
-    from tests.integration.conftest import _admin, _with_database
+    from tests.integration.conftest import throwaway_database
 
-    database = f"toast_empty_{uuid4().hex[:10]}"
-    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
-    try:
+    with throwaway_database(postgres_admin_url, "toast_empty_") as url:
 
         class Unmigrated(ExternalBaseModel):
             x: int
-            model_config = ExternalConfigDict(storage=_with_database(postgres_admin_url, database))
+            model_config = ExternalConfigDict(storage=url)
 
         app = FastAPI(lifespan=storage_lifespan(Unmigrated))
         with (
@@ -294,9 +292,6 @@ def test_lifespan_refuses_to_start_on_an_unmigrated_database(
             TestClient(app),
         ):
             pass
-    finally:
-        pydantic_toast.close_storage()
-        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_todos_persist_across_service_restarts(postgres_database_url: str) -> None:
