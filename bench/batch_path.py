@@ -11,8 +11,10 @@ of SETs and ``MGET``; on memory://, plain Pydantic JSON into a dict (the floor o
 All encode and decode with a plain Pydantic model of the same fields. pydantic-toast runs
 ``adump(list)`` / ``avalidate(list[Model], references)`` on the same event loop (``--sync``
 adds ``dump`` / ``validate`` from the main thread). Printed per system: median [min-max] over
-rounds of wall µs per record, of CPU µs per record (this process, all threads) and of the
-ratio to the raw driver measured in the same round, with the load average.
+rounds of wall µs per record, of CPU µs per record (this process, all threads), of the part
+of it the garbage collector took (``gc.callbacks``: a batch that keeps many container objects
+alive triggers a full collection, which walks every object of the process) and of the ratio
+to the raw driver measured in the same round, with the load average.
 
 ``--instructions`` counts instead, with ``valgrind --tool=callgrind``, the instructions per
 record this process runs for one batch save and one batch load of each system (after a
@@ -79,24 +81,47 @@ def _systems(backend: str, sync: bool) -> list[type[Any]]:
     return made
 
 
+class _GCTime:
+    """CPU seconds the garbage collector has run so far (a ``gc.callbacks`` entry). A full
+    collection walks every object of the process, the other systems' too: its cost lands on
+    whichever system's allocations trigger it."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.total += time.process_time() - self._started
+
+
+_gc_time = _GCTime()
+gc.callbacks.append(_gc_time)
+
+
 def _measure(
     system: Any, count: int, loop: asyncio.AbstractEventLoop, offset: int
 ) -> dict[str, float]:
-    """One batch save and one batch load of ``count`` records: µs per record, wall and CPU."""
+    """One batch save and one batch load of ``count`` records: µs per record, wall, CPU and
+    the garbage collector's share."""
     objs = [system.make(offset + i) for i in range(count)]
     gc.collect()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    gc0, cpu0, wall0 = _gc_time.total, time.process_time(), time.perf_counter()
     keys = _save(system, objs, loop)
-    cpu1, wall1 = time.process_time(), time.perf_counter()
+    gc1, cpu1, wall1 = _gc_time.total, time.process_time(), time.perf_counter()
     loaded = _load(system, keys, loop)
-    cpu2, wall2 = time.process_time(), time.perf_counter()
+    gc2, cpu2, wall2 = _gc_time.total, time.process_time(), time.perf_counter()
     assert len(loaded) == count, f"{system.name}: loaded {len(loaded)} of {count}"
     per = 1e6 / count
     return {
         "save": (wall1 - wall0) * per,
         "save cpu": (cpu1 - cpu0) * per,
+        "save gc": (gc1 - gc0) * per,
         "load": (wall2 - wall1) * per,
         "load cpu": (cpu2 - cpu1) * per,
+        "load gc": (gc2 - gc1) * per,
     }
 
 
@@ -164,7 +189,8 @@ def interleaved(args: argparse.Namespace, workload: Workload, count: int) -> Non
             for name, values in figures.items():
                 for key, value in values.items():
                     results[name].setdefault(key, []).append(value)
-                    results[name].setdefault(f"{key} ratio", []).append(value / raw[key])
+                    if key in ("save", "load"):  # the ratios printed (a raw GC time can be 0)
+                        results[name].setdefault(f"{key} ratio", []).append(value / raw[key])
     loop.close()
 
     def fmt(values: list[float]) -> str:
@@ -177,10 +203,19 @@ def interleaved(args: argparse.Namespace, workload: Workload, count: int) -> Non
         f"\n{args.workload}, {args.backend}, {args.rounds} rounds × {count:,} records; "
         f"load average {load[0]:.2f} {load[1]:.2f}"
     )
-    cols = ["save", "save ratio", "save cpu", "load", "load ratio", "load cpu"]
+    cols = [
+        "save",
+        "save ratio",
+        "save cpu",
+        "save gc",
+        "load",
+        "load ratio",
+        "load cpu",
+        "load gc",
+    ]
     print(
-        "| system | save µs/rec | save ratio | save CPU µs/rec | load µs/rec | load ratio "
-        "| load CPU µs/rec |"
+        "| system | save µs/rec | save ratio | save CPU µs/rec | of which GC | load µs/rec "
+        "| load ratio | load CPU µs/rec | of which GC |"
     )
     print("|---" * (len(cols) + 1) + "|")
     for system in systems:
