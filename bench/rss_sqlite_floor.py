@@ -11,11 +11,13 @@ pydantic-toast adds the model's JSON (1x), which the model keeps for change trac
 Incremental blob I/O (``INSERT`` of ``zeroblob(n)``, then ``Connection.blobopen`` writes) does
 not avoid it: ``OP_MakeRecord`` keeps a zeroblob unexpanded only when every column after it
 holds no bytes (NULL, ``''``, the integers 0 and 1, or another zeroblob: the last row below,
-0x). In ``external_records`` the data column is followed by ``created_at`` and ``updated_at``
-(text, never empty), so the zeroblob is expanded (2x, as bound bytes), and the row stays a
-BLOB, not the TEXT a bound JSON is stored as. Setting those columns by a later ``UPDATE``
-rebuilds the row (reading the value back and assembling it again: 2x once more). With the
-data column last (a table rebuild), the zeroblob and 1 MiB blob writes cost 0.00-0.02x (last row).
+0x). In ``external_records`` the data column was followed by ``created_at`` and
+``updated_at`` (text, never empty), so the zeroblob was expanded (2x, as bound bytes), and the
+row stays a BLOB, not the TEXT a bound JSON is stored as. Setting those columns by a later
+``UPDATE`` rebuilds the row (reading the value back and assembling it again: 2x once more).
+With the data column last, the zeroblob and 1 MiB blob writes cost 0.00-0.02x (the last rows),
+unless an ``UPDATE`` returns something (``RETURNING`` materializes the new row: 1x). Migration
+``0006_sqlite_data_last`` moved the column last, and the library writes records above 1 MiB so.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def main() -> None:
         connection.execute("COMMIT")
         growth = (peak_rss() - before) / size
         print(f"data last, zeroblob(?) then 1 MiB blob writes: peak RSS growth {growth:.2f}x")
+        for returning in ("", " RETURNING rowid"):
+            before = reset_peak_rss()
+            connection.execute(f"UPDATE last SET data = zeroblob(?){returning}", (size,)).fetchall()
+            growth = (peak_rss() - before) / size
+            print(f"data last, UPDATE to zeroblob(?){returning}: peak RSS growth {growth:.2f}x")
         connection.close()
 
 

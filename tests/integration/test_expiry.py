@@ -88,6 +88,7 @@ def test_expiry_migration_upgrades_rows_in_place_and_downgrades(blank_url: str) 
     )
     upgrade = alembic("upgrade", _MIGRATION.revision, url=blank_url)
     assert upgrade.returncode == 0, upgrade.stderr
+    assert alembic("upgrade", "head", url=blank_url).returncode == 0  # check compares to head
     check = alembic("check", url=blank_url)
     assert check.returncode == 0, check.stderr
     assert _rows(blank_url, "SELECT expires_at FROM external_records") == [(None,)]

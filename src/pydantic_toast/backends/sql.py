@@ -185,7 +185,9 @@ def upsert(insert: Any) -> Any:
     )
 
 
-def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> dict[str, Any]:
+def write_statements(
+    insert: Callable[..., Any], data: Callable[[str], Any], *, returning: bool = True
+) -> dict[str, Any]:
     """The three single-record writes, each one statement returning the new revision.
 
     * ``insert``: a new record (expected revision 0): inserts, or takes the place of an
@@ -204,6 +206,8 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
         insert: The dialect's ``insert``.
         data: Makes the bound value of the ``data`` column from a parameter name (a dialect
             may cast the text).
+        returning: Whether the statements return the new revision (without it, a write that
+            found another revision changes no row).
     """
     values = {
         "class_name": bindparam("class_name"),
@@ -244,11 +248,10 @@ def write_statements(insert: Callable[..., Any], data: Callable[[str], Any]) -> 
         | {"revision": literal_column("1")},
         where=expired(new.excluded.updated_at),
     )
-    return {
-        "insert": take_expired.returning(_c.revision),
-        "update": changed.returning(_c.revision),
-        "upsert": upsert(new).returning(_c.revision),
-    }
+    writes = {"insert": take_expired, "update": changed, "upsert": upsert(new)}
+    if not returning:
+        return writes
+    return {kind: statement.returning(_c.revision) for kind, statement in writes.items()}
 
 
 def _json_bytes_as_text(name: str) -> Any:
@@ -403,14 +406,7 @@ class SQLAlchemyBackend(RecordBackend):
         One statement per record; several records run in one ``BEGIN IMMEDIATE``
         transaction, rolled back at the first conflict.
         """
-        writes = self._writes
-
-        async def write_one(connection: AsyncConnection, record: StoredRecord) -> int:
-            kind, parameters = write_parameters(record)
-            revision = (await connection.execute(writes[kind], parameters)).scalar_one_or_none()
-            if revision is None:
-                raise await conflict(connection, record)
-            return int(revision)
+        write_one = self._write_record
 
         async def write(connection: AsyncConnection) -> list[int]:
             if len(records) == 1:
@@ -425,6 +421,18 @@ class SQLAlchemyBackend(RecordBackend):
             return revisions
 
         return await self._run(write)
+
+    async def _write_record(self, connection: AsyncConnection, record: StoredRecord) -> int:
+        """Write one record by its conditional statement; return its new revision.
+
+        Raises:
+            ConcurrencyError: The record is at another revision.
+        """
+        kind, parameters = write_parameters(record)
+        revision = (await connection.execute(self._writes[kind], parameters)).scalar_one_or_none()
+        if revision is None:
+            raise await conflict(connection, record)
+        return int(revision)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
@@ -596,11 +604,15 @@ def _now() -> datetime:
 
 
 def _to_record(row: Row[Any, Any, Any, Any, Any, Any, Any]) -> StoredRecord:
-    data = row.data
+    data = row.data  # JSON text; on SQLite, bytes of it for a record written in pieces
+    if isinstance(data, str):
+        data = data.encode()
+    elif not isinstance(data, bytes):
+        data = json.dumps(data).encode()
     return StoredRecord(
         class_name=row.class_name,
         id=row.id,
-        data=data.encode() if isinstance(data, str) else json.dumps(data).encode(),
+        data=data,
         schema_version=row.schema_version,
         created_at=row.created_at,
         updated_at=row.updated_at,

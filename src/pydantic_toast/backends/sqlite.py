@@ -4,15 +4,22 @@ Migrate the file first (``pydantic-toast migrate sqlite:///path/to/file.db``, or
 ``alembic upgrade head``). Timestamps stay timezone-aware with microseconds. The database runs
 in WAL mode, so readers do not block the writer. Expired records (``ttl``) stay in the file,
 invisible, until :func:`~pydantic_toast.purge_expired` deletes them.
+
+A record whose JSON is longer than 1 MiB is written in pieces (incremental blob I/O: the row
+inserted with ``zeroblob(n)`` as its data, then filled 1 MiB at a time) and so stored as a BLOB
+of the JSON's UTF-8 text; smaller ones are stored as TEXT. Bound whole, SQLite would copy the
+value and assemble the row in memory first (2x the JSON; see ``bench/rss_sqlite_floor.py``).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Hashable, Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import URL, event
+from sqlalchemy import URL, Integer, bindparam, event, func, literal_column, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -27,11 +34,38 @@ from pydantic_toast.backends.sql import (
     json_as_text,
     json_passthrough,
     write_parameters,
+    write_statements,
 )
 from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
+from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.transaction import joined_connection
 
-__all__ = ["SQLiteBackend", "engine_url"]
+__all__ = ["PIECE", "SQLiteBackend", "engine_url"]
+
+PIECE = 1 << 20
+"""A record whose JSON is longer is written in pieces of this many bytes (blob I/O)."""
+
+_SAVEPOINT = "pydantic_toast_large_record"
+
+
+@cache
+def _large_statements() -> dict[str, Any]:
+    """The writes of a large record and the read of its rowid, built at the first one.
+
+    A write sets the data column to ``zeroblob(n)``, ``n`` bound as ``data`` (``b_data`` for
+    an update), with no RETURNING (an UPDATE's RETURNING expands the zeroblob); ``locate``
+    reads the written row's revision and rowid (blob I/O finds a row by its rowid). Built
+    lazily: the objects of statements that most processes never run would cost every
+    garbage collection.
+    """
+    c = records_table.c
+    statements = write_statements(
+        insert, lambda name: func.zeroblob(bindparam(name, type_=Integer())), returning=False
+    )
+    statements["locate"] = select(c.revision, literal_column("rowid")).where(
+        c.class_name == bindparam("class_name"), c.id == bindparam("id")
+    )
+    return statements
 
 
 def engine_url(url: StorageURL) -> URL:
@@ -80,21 +114,19 @@ class SQLiteBackend(SQLAlchemyBackend):
         (SQLAlchemy's cursor takes four calls: open, execute, fetch, close), so no cancellation
         can fall between the statement and its fetch. A cancelled save is still seen through
         (see ``_finish_when_cancelled``): returning the connection to the pool takes a call too.
+        A record above :data:`PIECE` is written in pieces (see :meth:`_write_large`).
         """
-        if len(records) != 1 or joined_connection(self._same_store) is not None:
+        if (
+            len(records) != 1
+            or len(records[0].data) > PIECE
+            or joined_connection(self._same_store) is not None
+        ):
             return await super().save_records(records)
         (record,) = records
         kind, parameters = write_parameters(record)
 
         async def write(connection: AsyncConnection) -> list[int]:
-            compiled = self._compiled.get(kind)
-            if compiled is None:
-                compiled = self._compiled[kind] = _compile(self._writes[kind], connection.dialect)
-            sql, names, processors = compiled
-            values = [
-                parameters[name] if process is None else process(parameters[name])
-                for name, process in zip(names, processors, strict=True)
-            ]
+            sql, values = self._bound(kind, self._writes[kind], parameters, connection)
             driver: Any = (await connection.get_raw_connection()).driver_connection
             rows = await driver.execute_fetchall(sql, values)  # aiosqlite: one thread call
             if not rows:
@@ -102,6 +134,48 @@ class SQLiteBackend(SQLAlchemyBackend):
             return [int(rows[0][0])]
 
         return await self._run(write)
+
+    async def _write_record(self, connection: AsyncConnection, record: StoredRecord) -> int:
+        if len(record.data) > PIECE:
+            return await self._write_large(connection, record)
+        return await super()._write_record(connection, record)
+
+    async def _write_large(self, connection: AsyncConnection, record: StoredRecord) -> int:
+        """Write ``record`` in pieces, in one call to the connection's thread; its revision.
+
+        Raises:
+            ConcurrencyError: The record is at another revision (nothing written).
+        """
+        kind, parameters = write_parameters(record)
+        size = "data" if kind != "update" else "b_data"
+        parameters[size] = len(record.data)
+        statements = _large_statements()
+        write = self._bound(f"large {kind}", statements[kind], parameters, connection)
+        key = {"class_name": record.class_name, "id": record.id}
+        locate = self._bound("locate", statements["locate"], key, connection)
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        # aiosqlite has no blob API: the writes run in its connection's thread through its
+        # _execute (as its own methods do), on the sqlite3 connection it wraps.
+        revision: int | None = await driver._execute(
+            lambda: _write_in_pieces(driver._conn, write, locate, record.data)
+        )
+        if revision is None:
+            raise await conflict(connection, record)
+        return revision
+
+    def _bound(
+        self, name: str, statement: Any, parameters: dict[str, Any], connection: AsyncConnection
+    ) -> tuple[str, list[Any]]:
+        """``statement`` (compiled once as ``name``) with its parameters as sqlite3 binds them."""
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            compiled = self._compiled[name] = _compile(statement, connection.dialect)
+        sql, names, processors = compiled
+        values = [
+            parameters[key] if process is None else process(parameters[key])
+            for key, process in zip(names, processors, strict=True)
+        ]
+        return sql, values
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> Hashable:
@@ -135,6 +209,49 @@ class SQLiteBackend(SQLAlchemyBackend):
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
 """A statement as sqlite3 runs it: its SQL, its parameters' names in order, their converters."""
+
+
+def _write_in_pieces(
+    connection: sqlite3.Connection,
+    write: tuple[str, list[Any]],
+    locate: tuple[str, list[Any]],
+    data: bytes,
+) -> int | None:
+    """Run ``write`` (a row with ``zeroblob(len(data))`` as its data), then fill the zeroblob
+    from ``data`` a piece at a time; return the new revision, or ``None`` when ``write``
+    changed no row (another revision: nothing written).
+
+    In a transaction of the connection's own (``BEGIN IMMEDIATE``: the write lock first), so
+    readers see the row once it is whole, and a failed write leaves nothing. Inside the
+    caller's transaction (``transaction()``; begun here when sqlite3 would begin it before a
+    write) a savepoint undoes a failed write, and the caller commits.
+    With ``data`` the row's last column, SQLite keeps the zeroblob unexpanded and writes each
+    piece to its pages: the save holds no copy of the value.
+    """
+    own = not connection.in_transaction and connection.isolation_level is None
+    if own:
+        connection.execute("BEGIN IMMEDIATE")
+    else:
+        if not connection.in_transaction:
+            connection.execute(f"BEGIN {connection.isolation_level}")
+        connection.execute(f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        revision = None
+        if connection.execute(*write).rowcount == 1:
+            revision, rowid = connection.execute(*locate).fetchone()
+            view = memoryview(data)
+            with connection.blobopen(TABLE_NAME, "data", rowid) as blob:
+                for start in range(0, len(view), PIECE):
+                    blob.write(view[start : start + PIECE])
+    except BaseException:
+        if own:
+            connection.execute("ROLLBACK")
+        else:
+            connection.execute(f"ROLLBACK TO {_SAVEPOINT}")
+            connection.execute(f"RELEASE {_SAVEPOINT}")
+        raise
+    connection.execute("COMMIT" if own else f"RELEASE {_SAVEPOINT}")
+    return None if revision is None else int(revision)
 
 
 def _compile(statement: Any, dialect: Dialect) -> _Compiled:
