@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import shutil
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -25,7 +27,8 @@ from pydantic_toast import (
     ExternalConfigDict,
     RecordNotFoundError,
 )
-from pydantic_toast.backends.sqlite import PIECE
+from pydantic_toast._records import StoredRecord
+from pydantic_toast.backends.sqlite import PIECE, SQLiteBackend
 from tests.integration.test_postgresql import alembic
 
 pytestmark = pytest.mark.sqlite
@@ -238,6 +241,33 @@ async def test_a_stale_large_write_raises_the_conflict_and_writes_nothing(
     assert await pydantic_toast.acount(scroll) == 1
     await pydantic_toast.aclose_storage()
     assert _stored(path) == before == [("blob", _json_length("b" * 3_000_000), 2, "b" * 3_000_000)]
+
+
+async def test_a_large_first_write_of_a_taken_id_raises_the_conflict(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A first write (expected revision 0) of a large record whose id is taken writes
+    nothing and names the stored revision; the stored record keeps its data."""
+    path = tmp_path / "taken.db"
+    shutil.copy(sqlite_template, path)
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    now = datetime.now(UTC)
+    first = StoredRecord(
+        "Taken", uuid4(), b'{"text":"%b"}' % (b"a" * 2_000_000), 1, now, now, None, 0
+    )
+    await backend.connect()
+    try:
+        assert await backend.save_records([first]) == [1]
+        again = dataclasses.replace(first, data=b'{"text":"%b"}' % (b"b" * 2_000_000))
+        with pytest.raises(ConcurrencyError) as caught:
+            await backend.save_records([again])
+        assert (caught.value.expected, caught.value.current) == (0, 1)
+        (loaded,) = await backend.load_records([("Taken", first.id)])
+        assert loaded is not None
+        assert loaded.data == first.data
+        assert await backend.count("Taken") == 1
+    finally:
+        await backend.disconnect()
 
 
 async def test_a_large_record_in_the_callers_transaction_commits_and_rolls_back_with_it(
