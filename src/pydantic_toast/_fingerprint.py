@@ -295,20 +295,14 @@ def _plain_serialization(schema: dict[str, Any]) -> bool:
 
     Computed fields may read anything, but stored data leaves them out (``round_trip``).
     """
-    stack: list[object] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("serialization_exclude_if"):
+    for node in schema_nodes(schema):
+        if node.get("serialization_exclude_if"):
+            return False
+        serialization = node.get("serialization")
+        if isinstance(serialization, dict) and str(serialization.get("type", "")).startswith(
+            "function"
+        ):
+            function = serialization.get("function")
+            if getattr(function, "__qualname__", None) != "ExternalBaseModel._toast_serialize":
                 return False
-            serialization = node.get("serialization")
-            if isinstance(serialization, dict) and str(serialization.get("type", "")).startswith(
-                "function"
-            ):
-                function = serialization.get("function")
-                if getattr(function, "__qualname__", None) != "ExternalBaseModel._toast_serialize":
-                    return False
-            stack.extend(value for value in node.values() if isinstance(value, dict | list))
-        elif isinstance(node, list):
-            stack.extend(node)
     return True

@@ -6,7 +6,15 @@ import json
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 
 from pydantic_toast import (
     ExternalBaseModel,
@@ -176,6 +184,28 @@ def test_labelled_union_member_loads_one_round_per_level(counting_url: str) -> N
     before = loads(counting_url)
     assert Box.model_validate(reference) == box
     assert loads(counting_url) - before == 2  # the box, then its three items in one batch
+
+
+# Read by a serializer at call time (a module global: an annotation postponed by
+# ``from __future__ import annotations`` cannot close over a test's local).
+SCALE = [1]
+
+
+def test_serializer_in_a_labelled_union_member_turns_change_tracking_off(memory_url: str) -> None:
+    """A serializer inside a labelled union member may read state outside the fields: each
+    dump serializes again rather than trusting the unchanged field values."""
+    SCALE[:] = [1]
+
+    class Reading(ExternalBaseModel):
+        value: Annotated[int, PlainSerializer(lambda v: v * SCALE[0]), Tag("n")] | str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    reading = Reading(value=2)
+    reference = reading.model_dump()
+    SCALE[0] = 10
+    reading.model_dump()
+
+    assert Reading.model_validate(reference).value == 20
 
 
 def test_recursive_discriminated_union(memory_url: str) -> None:
