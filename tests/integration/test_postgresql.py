@@ -750,6 +750,53 @@ async def test_statement_timeout_keeps_the_other_connections(postgres_database_u
         await pydantic_toast.aclose_storage()
 
 
+async def test_a_blocked_statement_ends_at_command_timeout_and_a_cancel_stays_a_cancel(
+    postgres_database_url: str,
+) -> None:
+    """A prepared statement blocked on a row lock ends command_timeout after it started.
+
+    The backend's watchdog bounds it (one timer per backend, not asyncpg's timer per
+    statement): a StorageTimeoutError at the deadline, not a check period later, and the
+    connection serves the next save. A task cancelled while blocked gets its CancelledError,
+    not a timeout.
+    """
+    import asyncpg
+
+    timeout = 1.5  # checks come every second, and one at the deadline
+    note = model_on(f"{postgres_database_url}?command_timeout={timeout}&pool_size=1")
+    item = note(text="a")
+    await item.asave()
+    await item.asave(force=True)  # the upsert is prepared on the pool's only connection
+    locker = await asyncpg.connect(postgres_database_url)
+    try:
+        for cancelled in (False, True):
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute(
+                "SELECT 1 FROM external_records WHERE id = $1 FOR UPDATE", item.external_id
+            )
+            started = loop_time()
+            save = asyncio.ensure_future(item.asave(force=True))
+            if cancelled:
+                await asyncio.sleep(0.3)
+                save.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await save
+            else:
+                with pytest.raises(StorageTimeoutError, match="timed out"):
+                    await save
+                assert timeout <= loop_time() - started < timeout + 0.4
+            await transaction.rollback()
+            await item.asave(force=True)  # the same connection, once the server cancelled
+    finally:
+        await locker.close()
+        await pydantic_toast.aclose_storage()
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def test_conditional_write_waiting_on_a_concurrent_writer_rechecks_the_revision(
     postgres_database_url: str,
 ) -> None:

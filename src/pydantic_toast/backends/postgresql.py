@@ -28,6 +28,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
+from asyncpg.protocol import NO_TIMEOUT
 from sqlalchemy import URL, Double, Text, bindparam, case, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -54,6 +55,7 @@ from pydantic_toast.backends.postgresql_replicas import (
     Replicas,
     replica_options,
 )
+from pydantic_toast.backends.postgresql_watchdog import Watchdog
 from pydantic_toast.backends.sql import (
     COUNT,
     DELETE,
@@ -206,6 +208,7 @@ def _timestamps(
 
 
 _from_iso = datetime.fromisoformat
+_current_task = asyncio.current_task
 
 
 def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
@@ -407,6 +410,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
         self._batch_size = batch_size_of(self._parsed)
+        self._watchdog = Watchdog()
 
     @classmethod
     def store_identity(cls, url: StorageURL) -> tuple[str, int, str]:
@@ -432,6 +436,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         replicas, self._replicas = self._replicas, None
         if replicas is not None:
             await replicas.disconnect()
+        self._watchdog.close()
         await super().disconnect()
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -676,13 +681,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 # The connection's own prepared statement: asyncpg's statement cache lookup
                 # and timeout bookkeeping around it cost a tenth of a small load's work.
                 try:
-                    result_value = await getattr(prepared, kind)(*args)
+                    result_value = await self._run_prepared(prepared, kind, args)
                 except asyncpg.InvalidCachedStatementError:
                     # The table changed under it (a migration ran): prepared again, once, as
                     # asyncpg does with the statements it caches (never inside a transaction).
                     lease.info.pop(_PREPARED, None)
                     prepared = await _prepare(lease, name)
-                    result_value = await getattr(prepared, kind)(*args)
+                    result_value = await self._run_prepared(prepared, kind, args)
         except (asyncpg.PostgresError, TimeoutError, asyncio.CancelledError):
             # Refused by the server, or timed out or cancelled mid-statement: asyncpg has
             # already asked the server to cancel the statement and makes the connection's next
@@ -698,6 +703,32 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             raise
         self._checkin(lease, broken=False)
         return result_value
+
+    async def _run_prepared(self, prepared: Any, kind: _Kind, args: tuple[Any, ...]) -> Any:
+        """Run ``prepared``, bounded by ``command_timeout`` through the backend's watchdog.
+
+        The watchdog stands in for asyncpg's timer per statement (see
+        :mod:`.postgresql_watchdog`). asyncpg's timer still bounds it when the connection has
+        no ``command_timeout``, outside a task, or when the server has not yet acknowledged the
+        cancellation of an earlier statement on the connection (asyncpg's timer then also
+        bounds the wait for that, and drops the connection if it never comes).
+        """
+        driver: Any = prepared._connection  # lease.driver_connection, without two properties
+        timeout = driver._config.command_timeout
+        loop = driver._loop
+        task = _current_task(loop)
+        if not timeout or task is None or driver._protocol._is_cancelling():
+            return await getattr(prepared, kind)(*args)
+        watchdog = self._watchdog
+        watchdog.watch(task, loop, timeout)
+        try:
+            return await getattr(prepared, kind)(*args, timeout=NO_TIMEOUT)
+        except asyncio.CancelledError:
+            if watchdog.expired(task):
+                raise TimeoutError from None  # what asyncpg's own timer raises
+            raise
+        finally:
+            watchdog.forget(task)
 
     async def _checkout(self) -> _Lease:
         """A connection from the engine's pool, to the operations in the order they asked.
