@@ -40,7 +40,8 @@ from pydantic_core import (
     core_schema,
 )
 
-from pydantic_toast._fingerprint import LoadLayout, load_layout, loads_as_stored
+from pydantic_toast._field_types import save_types
+from pydantic_toast._fingerprint import LoadLayout, Tracking, load_layout, loads_as_stored
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 from pydantic_toast._schema_walk import schema_nodes
 
@@ -73,6 +74,7 @@ class DataSchema:
         fields: How many fields the class has.
         load_layout: Where a loaded instance's lists and dicts sit, when a fingerprint taken at
             load vouches for its fields (see :func:`._fingerprint.load_layout`), else ``None``.
+        tracking: What change tracking knows of the class (see :class:`._fingerprint.Tracking`).
     """
 
     __slots__ = (
@@ -83,6 +85,7 @@ class DataSchema:
         "owner",
         "serializer",
         "source",
+        "tracking",
         "validator",
     )
 
@@ -94,6 +97,7 @@ class DataSchema:
         validator: SchemaValidator,
         *,
         hook_at_root: bool,
+        tracking: Tracking,
         numbers: NumberPlan = SCAN,
         load_layout: LoadLayout | None = None,
     ) -> None:
@@ -105,6 +109,7 @@ class DataSchema:
         self.hook_at_root = hook_at_root
         self.fields = len(getattr(owner, "__pydantic_fields__", ()))
         self.load_layout = load_layout
+        self.tracking = tracking
 
 
 def data_schema(cls: type[Any]) -> DataSchema | None:
@@ -149,19 +154,22 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         fields = {"type": "definitions", "schema": fields, "definitions": definitions}
         inner = {"type": "definitions", "schema": inner, "definitions": definitions}
     config = _config_of(validator)
+    # Model validators of the class's own may rebuild what its Any fields hold.
+    stored = _for_storage(fields, definitions, plain_any=inside is model and at_root)
     built = DataSchema(
         cls,
         schema,
-        SchemaSerializer(
-            # Model validators of the class's own may rebuild what its Any fields hold.
-            _for_storage(fields, definitions, plain_any=inside is model and at_root),
-            _storage_config(config),
-        ),
+        SchemaSerializer(stored, _storage_config(config)),
         SchemaValidator(inner, config),
         hook_at_root=at_root,
         numbers=number_plan(model),
         # The whole schema must load as stored: model validators wrap the hook.
         load_layout=load_layout(model, definitions) if loads_as_stored(schema) else None,
+        tracking=Tracking(
+            schema,
+            tuple(getattr(cls, "__pydantic_fields__", ())),
+            save_types(stored, (_CHECKS["datetime"], _CHECKS["time"])),
+        ),
     )
     cls.__toast_data_schema__ = built
     return built

@@ -27,26 +27,36 @@ before:
 * classes whose schema has no ``exclude_if`` and no serializer function of its own (either may
   read state outside the fields; computed fields may too, but stored data leaves them out);
   extra fields set on the instance always mean "serialize".
+
+A save takes the fingerprint before serializing, and the same look at the values' types tells
+it whether to trust them (see :func:`fingerprint`): each value of an exact type its field writes
+as is (:mod:`._field_types`) and every integer of at most 18 digits. A trusted save skips
+Pydantic's type check (``warnings="error"``, 9,400 instructions a call) and the scan for long
+integers (7,700 at 300 bytes); the check costs about what the fingerprint cost alone. What change
+tracking learns of a class (its fields' types, the layouts of the value types met) is kept in
+its :class:`Tracking`, built once per core schema with the class's ``DataSchema``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
-from operator import is_
+from operator import is_, itemgetter
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from pydantic_core import TzInfo
 
+from pydantic_toast._field_types import FieldTypes
 from pydantic_toast._schema_walk import schema_nodes
 
 __all__ = [
     "Fingerprint",
     "LoadLayout",
+    "Tracking",
     "fingerprint",
     "load_layout",
     "loaded",
@@ -65,23 +75,99 @@ Fingerprint = tuple[tuple[object, ...], tuple[_Container, ...]]
 list's or dict's items as they were (a list's values tuple is empty)."""
 
 
-def fingerprint(model: Any) -> Fingerprint | None:
-    """``model``'s fingerprint now, or ``None`` when identity cannot vouch for its fields."""
-    cls = type(model)
-    # Where the values needing a closer look sit, learnt once per class and value types (kept
-    # on the class, each class its own, set when it is defined: a module-level cache would keep
-    # classes alive).
-    layouts: dict[tuple[type, ...], tuple[object, _Layout | None]] = cls.__toast_layouts__
-    if not layouts and cls.__toast_wide__:
-        return None
-    values = tuple(model.__dict__.values())
+class Tracking:
+    """What change tracking knows of a class of core ``schema`` and fields ``names`` (built once
+    per schema, see ``_data_schema``).
+
+    Attributes:
+        values: Reads a model's ``__dict__`` into its field values, in field order, by name
+            (``KeyError`` for a missing field), whatever the order of the dict.
+        types: Each field's :data:`._field_types.FieldTypes` when a save can trust values of
+            those types as they are, else ``None``.
+        plain: Whether the class's schema has no ``exclude_if`` and no serializer function of
+            its own (else no fingerprint).
+        layouts: What was learnt per tuple of value types met (see :func:`fingerprint`).
+        wide: Whether the class has too many fields, or fields to check, for a fingerprint.
+    """
+
+    __slots__ = ("layouts", "plain", "types", "values", "wide")
+
+    def __init__(
+        self, schema: object, names: tuple[str, ...], types: tuple[FieldTypes, ...] | None
+    ) -> None:
+        self.values: Callable[[dict[str, Any]], tuple[Any, ...]]
+        if len(names) > 1:
+            self.values = itemgetter(*names)
+        else:  # itemgetter of one name gives the value itself, not a tuple
+            self.values = lambda values: tuple(values[name] for name in names)
+        self.types = types
+        self.plain = isinstance(schema, dict) and _plain_serialization(schema)
+        self.layouts: dict[tuple[type, ...], _Known] = {}
+        self.wide = len(names) > _MAX_FIELDS
+
+
+def fingerprint(model: Any, tracking: Tracking | None) -> tuple[Fingerprint | None, bool]:
+    """``model``'s fingerprint now (``None`` when identity cannot vouch for its fields), and
+    whether the save can trust its values as they are.
+
+    Trusted values (``True``) are each of an exact type its field writes as is (see
+    :mod:`._field_types`; lists' and dicts' items too) and their integers have at most 18
+    digits: the save needs neither Pydantic's type check nor the scan for long integers.
+    Telling costs little more than the fingerprint, which looks at the same types.
+    """
+    if tracking is None or tracking.wide:
+        return None, False
+    fields = model.__dict__
+    try:  # by name: each value is checked against its own field's types, whatever the order
+        values = tracking.values(fields)
+    except KeyError:  # a field deleted from __dict__: Pydantic's check explains
+        return None, False
     kinds = tuple(map(type, values))
-    known = layouts.get(kinds)
-    if known is None or known[0] is not cls.__pydantic_core_schema__:
-        known = _learn(cls, kinds, layouts)
-    layout = known[1]
-    if layout is None or model.__pydantic_extra__:
-        return None
+    known = tracking.layouts.get(kinds)
+    if known is None:
+        known = _learn(tracking, kinds)
+    layout, typed = known
+    if layout is None or len(values) != len(fields) or model.__pydantic_extra__:
+        return None, False
+    if typed is None:
+        return _general(values, layout), False
+    lists, dicts, zoned, ints = typed
+    trusted = True
+    for index in ints:
+        if not _LOWEST <= values[index] <= _HIGHEST:
+            trusted = False
+    vouched = True
+    for index in zoned:
+        zone = values[index].tzinfo
+        if zone is not None and type(zone) not in _ZONES:
+            vouched = False  # a tzinfo of the user's: its offsets are its own to change
+    if not (lists or dicts):
+        return (values, ()) if vouched else None, trusted
+    containers: list[_Container] = []
+    for index, types, numbers in lists:
+        items = values[index]
+        if not types.issuperset(map(type, items)):
+            return None, False  # Pydantic's check names the item
+        if numbers and items and not _LOWEST <= min(items) <= max(items) <= _HIGHEST:
+            trusted = False
+        containers.append((items, tuple(items), ()))
+    for index, types, numbers in dicts:
+        mapping = values[index]
+        item_values = tuple(mapping.values())
+        if not (_STR.issuperset(map(type, mapping)) and types.issuperset(map(type, item_values))):
+            return None, False
+        if (
+            numbers
+            and item_values
+            and not _LOWEST <= min(item_values) <= max(item_values) <= _HIGHEST
+        ):
+            trusted = False
+        containers.append((mapping, tuple(mapping), item_values))
+    return (values, tuple(containers)) if vouched else None, trusted
+
+
+def _general(values: tuple[Any, ...], layout: _Layout) -> Fingerprint | None:
+    """The fingerprint of values of any types (checked one by one where ``layout`` says)."""
     lists, dicts, zoned, others = layout
     for index in zoned:
         zone = values[index].tzinfo
@@ -108,19 +194,32 @@ def fingerprint(model: Any) -> Fingerprint | None:
 
 _Layout = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 """Positions of the lists, the dicts, the datetimes and times, and the other values to check."""
+_TypedLayout = tuple[
+    tuple[tuple[int, frozenset[type], bool], ...],
+    tuple[tuple[int, frozenset[type], bool], ...],
+    tuple[int, ...],
+    tuple[int, ...],
+]
+"""Where values of their fields' types need a look: the lists and the dicts (with their items'
+types, and whether those are ints), the datetimes and times, and the ints."""
+_Known = tuple[_Layout | None, _TypedLayout | None]
+"""What was learnt for some value types: the layout (``None``: no fingerprint) and the typed
+layout (``None``: the values are not all of types their fields write as is)."""
 _LAYOUTS_KEPT = 64  # distinct value types remembered per class; then relearnt
 _MAX_FIELDS = 32
 _MAX_CHECKED = 6  # lists, dicts, datetimes and other values checked one by one
 _ZONED = frozenset({datetime, time})
 _DEEP = frozenset({tuple, frozenset})
+# The ints of at most 18 digits (the scan for long integers flags 19).
+_LOWEST, _HIGHEST = 1 - 10**18, 10**18 - 1
+_STR = frozenset({str})
+_INT = frozenset({int})
 
 
-def _learn(
-    cls: type[Any], kinds: tuple[type, ...], layouts: dict[tuple[type, ...], Any]
-) -> tuple[object, _Layout | None]:
-    schema = cls.__pydantic_core_schema__
+def _learn(tracking: Tracking, kinds: tuple[type, ...]) -> _Known:
     layout: _Layout | None = None
-    if isinstance(schema, dict) and _plain_serialization(schema):
+    typed: _TypedLayout | None = None
+    if tracking.plain:
         lists = tuple(i for i, kind in enumerate(kinds) if kind is list)
         dicts = tuple(i for i, kind in enumerate(kinds) if kind is dict)
         zoned = tuple(i for i, kind in enumerate(kinds) if kind in _ZONED)
@@ -129,19 +228,41 @@ def _learn(
             for i, kind in enumerate(kinds)
             if kind not in _ATOMS and kind not in _ZONED and kind is not list and kind is not dict
         )
-        checked = len(lists) + len(dicts) + len(zoned) + len(others)
-        if len(kinds) > _MAX_FIELDS or checked > _MAX_CHECKED:
+        if len(lists) + len(dicts) + len(zoned) + len(others) > _MAX_CHECKED:
             # A fingerprint would cost a good part of a save (checked field by field in Python,
             # where serializing is Pydantic's Rust): this class's dumps compare JSON instead.
-            type.__setattr__(cls, "__toast_wide__", True)
-            layouts.clear()
-            return schema, None
+            tracking.wide = True
+            tracking.layouts.clear()
+            return None, None
         if all(kinds[i] in _DEEP or issubclass(kinds[i], Enum) for i in others):
             layout = (lists, dicts, zoned, others)
-    if len(layouts) >= _LAYOUTS_KEPT:
-        layouts.clear()
-    known = layouts[kinds] = (schema, layout)
+        if layout is not None and tracking.types is not None:
+            typed = _typed_layout(kinds, tracking.types, layout)
+    if len(tracking.layouts) >= _LAYOUTS_KEPT:
+        tracking.layouts.clear()
+    known = tracking.layouts[kinds] = (layout, typed)
     return known
+
+
+def _typed_layout(
+    kinds: tuple[type, ...], fields: tuple[FieldTypes, ...], layout: _Layout
+) -> _TypedLayout | None:
+    """The typed layout of values of ``kinds``, when each is a type its field writes as is."""
+    if len(kinds) != len(fields):
+        return None
+    if not all(kind in field[0] for kind, field in zip(kinds, fields, strict=True)):
+        return None
+    lists, dicts, zoned, _ = layout
+    for index in lists + dicts:
+        items = fields[index][1]
+        if not _ZONED.isdisjoint(items) or (int in items and items != _INT):
+            return None  # items whose zones, or None among ints, would need a look one by one
+    return (
+        tuple((i, fields[i][1], int in fields[i][1]) for i in lists),
+        tuple((i, fields[i][1], int in fields[i][1]) for i in dicts),
+        zoned,
+        tuple(i for i, kind in enumerate(kinds) if kind is int),
+    )
 
 
 def unchanged(model: Any, print_: Fingerprint) -> bool:

@@ -130,9 +130,6 @@ class ExternalBaseModel(BaseModel):
     __toast_nested__: ClassVar[bool | None] = None
     __toast_routes__: ClassVar[Routes | None] = None
     __toast_has_records__: ClassVar[bool] = False
-    # Change tracking's layouts (see _fingerprint), per class: set in each class's own __dict__.
-    __toast_layouts__: ClassVar[dict[Any, Any]] = {}
-    __toast_wide__: ClassVar[bool] = False
 
     model_config = ExternalConfigDict(ser_json_inf_nan="constants")
 
@@ -143,8 +140,6 @@ class ExternalBaseModel(BaseModel):
         cls.__toast_nested__ = None
         cls.__toast_routes__ = None
         cls.__toast_has_records__ = False
-        cls.__toast_layouts__ = {}
-        cls.__toast_wide__ = False
         check_config_keys(cls)
         if cls.__dict__.get("__abstract__", False):
             cls.__toast_settings__ = None

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import pytest
@@ -142,9 +142,9 @@ def _count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     seen: list[object] = []
     real = _saving._to_json
 
-    def counting(model: ExternalBaseModel) -> bytes:
+    def counting(model: ExternalBaseModel, *args: Any) -> bytes:
         seen.append(model)
-        return real(model)
+        return real(model, *args)
 
     monkeypatch.setattr(_saving, "_to_json", counting)
     return seen
