@@ -90,10 +90,11 @@ class Watchdog:
                 continue
             if task in self._timed_out:
                 continue
-            waiting: Any = task._fut_waiter  # type: ignore[attr-defined]
-            if waiting is None or waiting.done():
-                # Its reply came in this iteration and the task is about to resume: it ended
-                # in time (asyncpg's timer does not fire on a done waiter either).
+            # A task whose future is done (its reply came in this iteration) is about to
+            # resume: it ended in time, as asyncpg's timer does not fire on a done waiter. A
+            # task class without asyncio's _fut_waiter is cancelled all the same.
+            waiting: Any = getattr(task, "_fut_waiter", None)
+            if waiting is not None and waiting.done():
                 continue
             self._timed_out.add(task)
             task.cancel()  # its done callbacks run later: the dictionary stays as it is
