@@ -196,7 +196,7 @@ def offload_pointer(
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
     }
-    return replace(record, data=pydantic_core.to_json(envelope))
+    return replace(record, data=pydantic_core.to_json(envelope), without_floats=False)
 
 
 def check_offloaded(
@@ -215,7 +215,7 @@ def check_offloaded(
             f"its offloaded payload fails the SHA-256 check ({len(payload)} bytes, recorded "
             f"{size}): it was changed or truncated in the offload store",
         )
-    return replace(record, data=payload)
+    return replace(record, data=payload, without_floats=False)
 
 
 def key_of(data: bytes) -> str | None:
@@ -274,7 +274,9 @@ def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord
     fields["size"] = len(data)
     fields["sha256"] = hashlib.sha256(payload).hexdigest()
     fields["payload"] = base64.b64encode(payload).decode("ascii")
-    return replace(record, data=pydantic_core.to_json({_ENVELOPE_KEY: fields}))
+    return replace(
+        record, data=pydantic_core.to_json({_ENVELOPE_KEY: fields}), without_floats=False
+    )
 
 
 def decode_record(record: StoredRecord, settings: CodecSettings | None) -> StoredRecord:
@@ -312,7 +314,7 @@ def decode_record(record: StoredRecord, settings: CodecSettings | None) -> Store
         raise _damaged(
             name, id, f"it decodes to {len(data)} bytes where its envelope records {size}"
         )
-    return replace(record, data=data)
+    return replace(record, data=data, without_floats=False)
 
 
 def _decrypt(

@@ -43,8 +43,6 @@ __all__ = [
     "serialization_refusal",
     "unreadable_nested_refusal",
     "unreadable_refusal",
-    "vouch_without_floats",
-    "without_floats",
 ]
 
 # Every digit made "0" (and the exponent marker "E" made "e"): then one C-speed substring
@@ -96,22 +94,6 @@ def digits_as_zero(data: bytes) -> bytes:
     digits = data.translate(DIGITS_AS_ZERO)
     _remember((data, digits) if len(data) <= REUSED_UP_TO else (b"", b""))
     return digits
-
-
-# The last record a save proved free of floats from its class's schema (see _number_plan):
-# PostgreSQL's jsonb scan skips it. Same lifetime rule as the translation above.
-_without_floats: bytes = b""
-
-
-def vouch_without_floats(data: bytes) -> None:
-    """Note that ``data`` holds no float (its class writes none): see :func:`without_floats`."""
-    global _without_floats
-    _without_floats = data if len(data) <= REUSED_UP_TO else b""
-
-
-def without_floats(data: bytes) -> bool:
-    """Whether the save that made this very ``data`` object proved it holds no float."""
-    return data is _without_floats
 
 
 def _remember(translation: tuple[bytes, bytes]) -> None:

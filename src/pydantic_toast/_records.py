@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any, NamedTuple, overload
@@ -48,6 +48,10 @@ class StoredRecord:
             ``save_records``: the revision the writer last saw, which must still be the stored
             one (``0``: no record may exist yet), or ``None`` to write whatever is stored
             (last write wins). See :class:`~pydantic_toast.Capability` ``REVISIONS``.
+        without_floats: ``True`` when the save proved the JSON holds no float (its class's
+            fields write none, see ``_number_plan``): PostgreSQL then skips its scan for
+            numbers ``jsonb`` would rewrite. ``False`` when not known, and on records read
+            from a store.
     """
 
     class_name: str
@@ -58,6 +62,7 @@ class StoredRecord:
     updated_at: datetime
     ttl: float | None = None
     revision: int | None = None
+    without_floats: bool = field(default=False, compare=False)
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class StoredRecord:
         updated_at: datetime,
         ttl: float | None = None,
         revision: int | None = None,
+        without_floats: bool = False,
     ) -> None:
         # Through the slots' own setters: a frozen dataclass's generated __init__ goes through
         # object.__setattr__ for each field, twice the cost (one record per save and load).
@@ -80,6 +86,7 @@ class StoredRecord:
         _updated_at(self, updated_at)
         _ttl(self, ttl)
         _revision(self, revision)
+        _without_floats(self, without_floats)
 
     @property
     def key(self) -> RecordKey:
@@ -148,13 +155,22 @@ _FIELDS = (
     "updated_at",
     "ttl",
     "revision",
+    "without_floats",
 )
 if tuple(field.name for field in fields(StoredRecord)) != _FIELDS:  # pragma: no cover
     raise AssertionError("StoredRecord's fields changed: update its __init__ and as_stored()")
 # The slots' own setters (a frozen dataclass refuses setattr).
-(_class_name, _id, _data, _schema_version, _created_at, _updated_at, _ttl, _revision) = (
-    StoredRecord.__dict__[name].__set__ for name in _FIELDS
-)
+(
+    _class_name,
+    _id,
+    _data,
+    _schema_version,
+    _created_at,
+    _updated_at,
+    _ttl,
+    _revision,
+    _without_floats,
+) = (StoredRecord.__dict__[name].__set__ for name in _FIELDS)
 _new = object.__new__
 
 
@@ -181,6 +197,7 @@ def read_record(
     _updated_at(record, updated_at)
     _ttl(record, None)
     _revision(record, revision)
+    _without_floats(record, False)
     return record
 
 
@@ -199,6 +216,7 @@ def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> Stor
     _updated_at(copy, record.updated_at)
     _ttl(copy, record.ttl)
     _revision(copy, revision)
+    _without_floats(copy, record.without_floats)
     return copy
 
 

@@ -355,6 +355,22 @@ class SaveBatch:
                 )
                 object.__setattr__(model, "_toast_identity", identity)
             return
+        # A large record of a class whose schema rules out long integers (see _number_plan)
+        # needs no scan when its values are of their fields' types (and its integers short).
+        plan = _plan_of(type(model)) if len(data) > _number_plan.WORTH_CHECKING else None
+        suspect = False
+        if trusted:  # the values were checked: no long integer
+            without_floats = plan is not None and not plan.floats
+        elif (
+            plan is not None
+            and len(data) > plan.worth_above
+            and serialized is model
+            and plan.holds(model.__dict__)
+        ):
+            without_floats = not plan.floats
+        else:
+            without_floats = False
+            suspect = _fidelity.may_be_unreadable(data)
         checked = not (self.force or settings.last_write_wins)
         record = StoredRecord(  # positional: a save makes one, keywords cost more
             settings.external_name,
@@ -365,6 +381,7 @@ class SaveBatch:
             now,
             settings.ttl,
             identity.revision if checked else None,
+            without_floats,
         )
         entry = (record, model, print_, identity.text or str(identity.id))
         # One hash of the URL (a Python __hash__): the batch's first record makes the dict.
@@ -374,21 +391,7 @@ class SaveBatch:
             self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
             self.encoding = True
-        # A large record of a class whose schema rules out long integers (see _number_plan)
-        # needs no scan when its values are of their fields' types (and its integers short).
-        plan = _plan_of(type(model)) if len(data) > _number_plan.WORTH_CHECKING else None
-        if trusted:  # the values were checked: no long integer
-            if plan is not None and not plan.floats:
-                _fidelity.vouch_without_floats(data)
-        elif (
-            plan is not None
-            and len(data) > plan.worth_above
-            and serialized is model
-            and plan.holds(model.__dict__)
-        ):
-            if not plan.floats:
-                _fidelity.vouch_without_floats(data)
-        elif _fidelity.may_be_unreadable(data):
+        if suspect:
             self.suspects.append((type(model), record))
 
     def verify(self) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,6 +16,7 @@ import pytest
 
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
+from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.jsonb import exact_text
 
 pytestmark = pytest.mark.postgresql
@@ -58,15 +60,20 @@ def alembic(*args: str, url: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _record(data: bytes) -> StoredRecord:
+    now = datetime.now(UTC)
+    return StoredRecord("c", uuid4(), data, 1, now, now)
+
+
 def test_exact_text_is_kept_only_where_jsonb_would_rewrite_a_number() -> None:
     """The byte scan flags -0.0 and exponent-form numbers, not dates, UUIDs or plain numbers."""
     for flagged in (b'{"a":-0.0}', b'{"a":[1,1e+16]}', b'{"a":1.5e-7}', b'{"a":[-0.0]}'):
-        assert exact_text(flagged) == flagged.decode()
+        assert exact_text(_record(flagged)) == flagged.decode()
     for plain in (
         b'{"a":0.0,"b":-0.5,"c":12,"d":"2020-01-05T10:00:00-05:00"}',
         b'{"id":"1e4f0c2a-0e11-4e6b-9e1e-000000000000","n":-1.25}',
     ):
-        assert exact_text(plain) is None
+        assert exact_text(_record(plain)) is None
 
 
 def test_dba_reads_jsonb_and_the_library_reads_the_exact_text(postgres_database_url: str) -> None:

@@ -14,6 +14,10 @@ from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def _record(data: bytes, *, without_floats: bool = False) -> StoredRecord:
+    return StoredRecord("c", uuid.uuid4(), data, 1, _NOW, _NOW, without_floats=without_floats)
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -26,7 +30,7 @@ _NOW = datetime(2026, 1, 1, tzinfo=UTC)
     ],
 )
 def test_numbers_jsonb_rewrites_keep_their_exact_text(data: bytes) -> None:
-    assert exact_text(data) == data.decode()
+    assert exact_text(_record(data)) == data.decode()
 
 
 @pytest.mark.parametrize(
@@ -39,15 +43,25 @@ def test_numbers_jsonb_rewrites_keep_their_exact_text(data: bytes) -> None:
     ],
 )
 def test_other_json_keeps_no_copy(data: bytes) -> None:
-    assert exact_text(data) is None
+    assert exact_text(_record(data)) is None
 
 
 def test_a_translation_is_reused_only_for_the_same_bytes_object() -> None:
     """The shared digit translation never answers for other bytes, even equal-length ones."""
-    first = b'{"x":1.5}'
+    first = _record(b'{"x":1.5}')
     assert exact_text(first) is None
-    assert exact_text(b'{"x":1e+5}') == '{"x":1e+5}'  # a different object of the same length
+    assert exact_text(_record(b'{"x":1e+5}')) == '{"x":1e+5}'  # other bytes, the same length
     assert exact_text(first) is None
+
+
+def test_a_record_vouched_free_of_floats_is_not_scanned() -> None:
+    """A save that proved its record holds no float spares it the scan (the bytes here would
+    be flagged: the flag is what decides); a codec's new data loses the proof."""
+    from dataclasses import replace
+
+    vouched = _record(b'{"x":1e+5}', without_floats=True)
+    assert exact_text(vouched) is None
+    assert exact_text(replace(vouched, without_floats=False)) == '{"x":1e+5}'
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, _fidelity
 from pydantic_toast._data_schema import data_schema, storage_serializer
 from pydantic_toast._number_plan import NumberPlan
+from pydantic_toast._records import StoredRecord
 
 HUGE = 10**4300  # 4,301 digits: Pydantic's JSON parser refuses it
 BODY = "lorem ipsum 1234567890123456789012 " * 300  # digits in text: the scan would flag them
@@ -61,6 +62,20 @@ def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return scanned
 
 
+def _saved_records(monkeypatch: pytest.MonkeyPatch) -> list[StoredRecord]:
+    """The records saves hand to their backend, from now on."""
+    from pydantic_toast import _saving
+
+    made: list[StoredRecord] = []
+
+    def recording(*args: Any) -> StoredRecord:
+        made.append(StoredRecord(*args))
+        return made[-1]
+
+    monkeypatch.setattr(_saving, "StoredRecord", recording)
+    return made
+
+
 def test_a_class_of_strings_skips_the_scan_and_vouches_for_jsonb(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -69,15 +84,11 @@ def test_a_class_of_strings_skips_the_scan_and_vouches_for_jsonb(
     assert not plan(Article).scan
     assert not plan(Article).floats
     scanned = _count_scans(monkeypatch)
+    saved = _saved_records(monkeypatch)
     article = Article(title="t", body=BODY, tags=["a", "b"])
     reference = article.model_dump()
     assert scanned == []
-    from pydantic_toast._saving import identity_of
-
-    identity = identity_of(article)
-    assert identity is not None
-    assert identity.data is not None
-    assert _fidelity.without_floats(identity.data)
+    assert [record.without_floats for record in saved] == [True]
     assert Article.model_validate(reference).body == BODY
 
 
@@ -104,15 +115,11 @@ def test_ints_and_lists_of_ints_are_checked_by_value(monkeypatch: pytest.MonkeyP
     """Short ints skip the scan; a long int in an int field or a list makes the record scanned,
     and one Pydantic cannot read back is refused, naming the field, as before."""
     scanned = _count_scans(monkeypatch)
+    saved = _saved_records(monkeypatch)
     measured = Measured(body=BODY, count=7, sizes=list(range(50)), at=datetime.now(UTC))
     measured.model_dump()
     assert scanned == []
-    from pydantic_toast._saving import identity_of
-
-    identity = identity_of(measured)
-    assert identity is not None
-    assert identity.data is not None
-    assert not _fidelity.without_floats(identity.data)  # a float field: jsonb scans it
+    assert [record.without_floats for record in saved] == [False]  # a float field: jsonb scans
     long = Measured(body=BODY, count=10**18, sizes=[1])
     assert Measured.model_validate(long.model_dump()).count == 10**18  # scanned, reads back
     assert len(scanned) == 1

@@ -22,7 +22,6 @@ from pydantic_toast._fidelity import (
     REUSED_UP_TO,
     digits_as_zero,
     locate,
-    without_floats,
 )
 from pydantic_toast._records import StoredRecord
 
@@ -35,21 +34,23 @@ _UNSTORABLE = re.compile(rb"\\u0000|[:,\[]-?(?:NaN|Infinity)")
 _SCAN_PIECE = REUSED_UP_TO
 
 
-def exact_text(data: bytes) -> str | None:
-    """``data`` as text when ``jsonb`` would rewrite a number in it, else ``None``."""
-    return data.decode() if needs_exact_text(data) else None
+def exact_text(record: StoredRecord) -> str | None:
+    """The record's JSON as text when ``jsonb`` would rewrite a number in it, else ``None``."""
+    return record.data.decode() if needs_exact_text(record) else None
 
 
-def needs_exact_text(data: bytes) -> bool:
-    """Whether ``jsonb`` would rewrite a number in ``data`` (then its text is kept too)."""
+def needs_exact_text(record: StoredRecord) -> bool:
+    """Whether ``jsonb`` would rewrite a number in the record's JSON (then its text is kept
+    too)."""
     # Substring searches run at C speed; the regex runs only when one of them hits. With
     # digits as 0 and E as e, a digit followed by an exponent marker is one search (the
     # translation the save already made for its own checks; in pieces for a large record).
     # A record whose class writes no float was vouched for by its save (see _number_plan).
     # (bytes.find, not ``in``: ``in`` first tries its operand as an integer and formats the
     # TypeError it then discards, 2k instructions per test, 20k of a 10-field save.)
-    if without_floats(data):
+    if record.without_floats:
         return False
+    data = record.data
     if len(data) <= _SCAN_PIECE:
         if (data.find(b"-") < 0 or data.find(b"-0.0") < 0) and digits_as_zero(data).find(b"0e") < 0:
             return False

@@ -512,7 +512,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """One conditional statement (see :func:`~pydantic_toast.backends.sql.write_statements`)."""
         expected = record.revision
         data = record.data.decode()
-        exact = exact_text(record.data)
+        exact = exact_text(record)
         if expected is None or expected == 0:
             revision = await self._statement(
                 "fetchval",
@@ -984,13 +984,13 @@ def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[
         columns[1].append(record.id)
         columns[2].append(record.schema_version)
         columns[3].append(None if large else record.data.decode())
-        columns[4].append(None if large else exact_text(record.data))
+        columns[4].append(None if large else exact_text(record))
         columns[5].append(record.created_at)
         columns[6].append(record.updated_at)
         columns[7].append(record.revision)
         columns[8].append(expires_at(record))
         if staged:
-            columns[9].append(large and needs_exact_text(record.data))
+            columns[9].append(large and needs_exact_text(record))
     return columns
 
 
