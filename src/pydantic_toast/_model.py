@@ -71,6 +71,7 @@ from pydantic_toast._saving import (
     UnvalidatedIdentity,
     collecting,
     collecting_now,
+    forget_fingerprint,
     identity_of,
     is_serializing,
     keep_id_text,
@@ -562,6 +563,11 @@ class ExternalBaseModel(BaseModel):
         return data
 
     # -- internals --------------------------------------------------------------------------------
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name in type(self).__pydantic_fields__:  # set again, it comes last in __dict__
+            forget_fingerprint(self)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()

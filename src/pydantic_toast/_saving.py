@@ -172,6 +172,28 @@ class UnvalidatedIdentity(Identity):
     __slots__ = ()
 
 
+def forget_fingerprint(model: ExternalBaseModel) -> None:
+    """Stop vouching for ``model``'s fields by their identity: its next dump serializes them
+    and compares the JSON (see :class:`Identity`).
+
+    For a field deleted from the instance: set again, it comes last in ``__dict__``, where a
+    fingerprint, which compares the fields by position, would see the values of two fields
+    swapped between them as unchanged.
+    """
+    identity = identity_of(model)
+    if identity is not None and identity.fingerprint is not None:
+        replaced = type(identity)(
+            identity.id,
+            identity.created_at,
+            identity.revision,
+            identity.data,
+            identity.exact,
+            None,
+            identity.text,
+        )
+        object.__setattr__(model, "_toast_identity", replaced)
+
+
 def mark_unvalidated(model: ExternalBaseModel) -> None:
     """Note that ``model``'s values were not validated (see :class:`UnvalidatedIdentity`)."""
     _new_identity(model, UnvalidatedIdentity)

@@ -896,3 +896,31 @@ def test_an_unchanged_redump_after_aload_returns_the_canonical_reference(
     canonical = (type(asked) is str and asked == reference["id"]) or isinstance(asked, dict)
     assert (kept == reference["id"]) if canonical else kept is None
     assert after == reference["id"]
+
+
+@pytest.mark.parametrize("after", ["save", "load"])
+def test_fields_deleted_and_set_again_with_swapped_values_are_written(
+    memory_url: str, after: str
+) -> None:
+    """A field deleted and set again comes last in ``__dict__``: values swapped between two
+    fields that way are written by the next dump, not taken for unchanged."""
+
+    class Pair(ExternalBaseModel):
+        first: str
+        second: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    one, two = "one" * 3, "two" * 3
+    item = Pair(first=one, second=two)
+    reference = item.model_dump()
+    if after == "load":
+        item = Pair.model_validate(reference)
+        one, two = item.first, item.second
+    del item.first
+    item.second = one
+    item.first = two
+    assert list(item.__dict__) == ["second", "first"]
+    item.model_dump()
+    stored = Pair.model_validate(reference)
+    assert (stored.first, stored.second) == (two, one)
+    assert item.external_revision == 2
