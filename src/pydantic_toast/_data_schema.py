@@ -154,6 +154,7 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         fields = {"type": "definitions", "schema": fields, "definitions": definitions}
         inner = {"type": "definitions", "schema": inner, "definitions": definitions}
     config = _config_of(validator)
+    names = tuple(getattr(cls, "__pydantic_fields__", ()))
     # Model validators of the class's own may rebuild what its Any fields hold.
     stored = _for_storage(fields, definitions, plain_any=inside is model and at_root)
     built = DataSchema(
@@ -166,9 +167,7 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         # The whole schema must load as stored: model validators wrap the hook.
         load_layout=load_layout(model, definitions) if loads_as_stored(schema) else None,
         tracking=Tracking(
-            schema,
-            tuple(getattr(cls, "__pydantic_fields__", ())),
-            save_types(stored, (_CHECKS["datetime"], _CHECKS["time"])),
+            schema, names, save_types(stored, names, (_CHECKS["datetime"], _CHECKS["time"]))
         ),
     )
     cls.__toast_data_schema__ = built

@@ -20,7 +20,7 @@ keep Pydantic's check and the scan.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -52,9 +52,12 @@ _NONE: frozenset[type] = frozenset({type(None)})
 _NOTHING: frozenset[type] = frozenset()
 
 
-def save_types(schema: Any, notes: Collection[object]) -> tuple[FieldTypes, ...] | None:
-    """Each field's :data:`FieldTypes`, in field order, for the model whose stored JSON core
-    ``schema`` writes; ``None`` when a field is of another kind.
+def save_types(
+    schema: Any, names: Sequence[str], notes: Collection[object]
+) -> tuple[FieldTypes, ...] | None:
+    """Each field's :data:`FieldTypes`, in the order of ``names`` (the fields a save reads the
+    values of, by name), for the model whose stored JSON core ``schema`` writes; ``None`` when
+    a field is of another kind, or the schema's fields are not exactly ``names``.
 
     ``notes``: the serializer schemas the storage schema adds that only note what they see
     and hand the value on (see ``_data_schema``); any other serializer means no types.
@@ -72,9 +75,13 @@ def save_types(schema: Any, notes: Collection[object]) -> tuple[FieldTypes, ...]
         return None
     if "serialization" in fields_schema:
         return None
+    by_name = fields_schema.get("fields", {})
+    if len(by_name) != len(names):
+        return None
     fields: list[FieldTypes] = []
-    for field in fields_schema.get("fields", {}).values():
-        if field.get("serialization_exclude_if") or "serialization" in field:
+    for name in names:  # by name: a value is never checked against another field's types
+        field = by_name.get(name)
+        if field is None or field.get("serialization_exclude_if") or "serialization" in field:
             return None
         types = _field_types(field.get("schema"), definitions, notes)
         if types is None:

@@ -388,3 +388,24 @@ def test_trusted_values_pass_pydantics_check_and_hold_no_long_integer(
 
     json.loads(data, parse_int=parse_int)
     assert digits < 19
+
+
+def test_field_types_follow_the_field_names_not_the_schema_order() -> None:
+    """Each field's types are found by its name: a schema listing the fields in another order
+    than the values are read in gives them in the names' order; other fields give none."""
+    from pydantic_toast._field_types import save_types
+
+    def field(kind: str) -> dict[str, Any]:
+        return {"type": "model-field", "schema": {"type": kind}}
+
+    schema = {
+        "type": "model",
+        "schema": {"type": "model-fields", "fields": {"a": field("str"), "b": field("int")}},
+    }
+    nothing: frozenset[type] = frozenset()
+    assert save_types(schema, ("b", "a"), ()) == (
+        (frozenset({int}), nothing, nothing),
+        (frozenset({str}), nothing, nothing),
+    )
+    assert save_types(schema, ("a",), ()) is None
+    assert save_types(schema, ("a", "c"), ()) is None
