@@ -191,7 +191,9 @@ class ExternalBaseModel(BaseModel):
             record = run_sync(lambda: read_one(storage, *key, cls), **_blocking_load(cls))
             if record is None:
                 raise run_sync(lambda: cls._toast_not_found(key), **_blocking_load(cls))
-            return cls._toast_from_record(record, within_hook=True)
+            instance = cls._toast_from_record(record, within_hook=True)
+            keep_id_text(instance, value)  # as aload(): no str(id) at the next unchanged dump
+            return instance
         if session is None:
             session = LoadSession(cls._toast_routes())
             wanted = {key[0]: {(key[1], key[2])}}

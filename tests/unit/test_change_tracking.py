@@ -924,3 +924,28 @@ def test_fields_deleted_and_set_again_with_swapped_values_are_written(
     stored = Pair.model_validate(reference)
     assert (stored.first, stored.second) == (two, one)
     assert item.external_revision == 2
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda ref: ref, id="the reference"),
+        pytest.param(lambda ref: dict(ref), id="a plain dict"),
+        pytest.param(lambda ref: {**ref, "id": ref["id"].upper()}, id="upper case"),
+    ],
+)
+def test_an_unchanged_redump_after_model_validate_returns_the_canonical_reference(
+    counting_url: str, spelling: Callable[[dict[str, str]], object]
+) -> None:
+    """model_validate(reference) keeps the reference's id text for the next unchanged dump, as
+    aload() does, only when that text is str(id)."""
+    leaf, _ = define(counting_url)
+    reference = leaf(n=1).model_dump()
+    asked = spelling(reference)
+    loaded = leaf.model_validate(asked)
+    identity = identity_of(loaded)
+    assert identity is not None
+    kept = identity.text
+    assert loaded.model_dump() == reference
+    assert kept is (asked["id"] if asked["id"] == reference["id"] else None)  # type: ignore[index]
+    assert identity.text == reference["id"]
