@@ -519,7 +519,7 @@ class RedisBackend(RecordBackend):
         """``<prefix>:<class_name>:``, the start of every record key of ``class_name``: the
         key of any id less the id (every key layout ends with it). Only where that start is
         the same for every id: Redis Cluster's depends on the id's bucket, and its batch
-        load, page and writes build their keys from ``key`` instead."""
+        load and writes build their keys with ``key``, its page with its bucket's hash tag."""
         return self.key(class_name, _NIL)[:-36]
 
     def index_key(self, class_name: str) -> str:
