@@ -93,11 +93,7 @@ def save_types(
 def _field_types(
     node: Any, definitions: dict[Any, Any], notes: Collection[object]
 ) -> FieldTypes | None:
-    optional = False
-    node = _unwrapped(node, definitions, notes)
-    if node is not None and node.get("type") == "nullable":
-        optional = True
-        node = _unwrapped(node.get("schema"), definitions, notes)
+    node, optional = _optional(node, definitions, notes)
     if node is None:
         return None
     kind = node.get("type")
@@ -127,11 +123,7 @@ def _leaf(
     node: Any, definitions: dict[Any, Any], notes: Collection[object]
 ) -> frozenset[type] | None:
     """The exact types a leaf schema writes as is (an optional one: ``None`` too)."""
-    node = _unwrapped(node, definitions, notes)
-    optional = False
-    if node is not None and node.get("type") == "nullable":
-        optional = True
-        node = _unwrapped(node.get("schema"), definitions, notes)
+    node, optional = _optional(node, definitions, notes)
     if node is None:
         return None
     kind = node.get("type")
@@ -150,6 +142,17 @@ def _leaf(
     else:
         return None
     return types | _NONE if optional else types
+
+
+def _optional(
+    node: Any, definitions: dict[Any, Any], notes: Collection[object]
+) -> tuple[dict[str, Any] | None, bool]:
+    """``node`` unwrapped (see :func:`_unwrapped`), and through ``nullable`` when it is one:
+    the inner schema, and whether it was."""
+    node = _unwrapped(node, definitions, notes)
+    if node is not None and node.get("type") == "nullable":
+        return _unwrapped(node.get("schema"), definitions, notes), True
+    return node, False
 
 
 def _unwrapped(
