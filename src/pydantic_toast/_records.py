@@ -15,6 +15,7 @@ from uuid import UUID
 import pydantic_core
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._reference import CANONICAL_ID
 
 __all__ = [
     "ClassKeys",
@@ -220,9 +221,8 @@ def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> Stor
     return copy
 
 
-_HEX = "[0-9a-f]"
-# Lines of ids as str(UUID) writes them (lowercase, hyphenated).
-_CANONICAL_IDS = re.compile(f"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\n)*")
+# Lines of ids as str(UUID) writes them.
+_CANONICAL_IDS = re.compile(f"(?:{CANONICAL_ID}\n)*")
 
 
 class ClassKeys(Sequence[RecordKey]):

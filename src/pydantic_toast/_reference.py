@@ -9,6 +9,7 @@ from uuid import UUID, SafeUUID
 from pydantic_toast._exceptions import InvalidReferenceError
 
 __all__ = [
+    "CANONICAL_ID",
     "ExternalReference",
     "ParsedReference",
     "RoutedReference",
@@ -18,6 +19,12 @@ __all__ = [
 ]
 
 _REFERENCE_KEYS = frozenset(("class_name", "id"))
+
+CANONICAL_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""An id as ``str(UUID)`` spells it (lower case, hyphenated), as a regular expression.
+
+Hex digits only: ``UUID()`` (``int(text, 16)``) also reads ``+``, `` `` and ``_`` into the same
+id, so a text it parses is ``str(id)`` exactly when it matches this."""
 
 ParsedReference = tuple[str, UUID]
 """A reference as the library uses it inside: ``(class_name, id)``."""

@@ -49,7 +49,7 @@ from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
 from pydantic_toast._records import RecordKey, StoredRecord
-from pydantic_toast._reference import ExternalReference, trusted_reference
+from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import Storage, current_storage
@@ -225,14 +225,13 @@ def keep_id_text(model: ExternalBaseModel, asked: object) -> None:
     """
     if isinstance(asked, dict):  # a reference (not any Mapping: that check costs 0.3 µs)
         asked = asked.get("id")
-    # Hex digits only: UUID() (int(text, 16)) also reads "+", " " and "_" into the same id.
     if type(asked) is str and _CANONICAL_ID.fullmatch(asked) is not None:
         identity = identity_of(model)
         if identity is not None and identity.text is None:
             identity.text = asked
 
 
-_CANONICAL_ID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CANONICAL_ID = re.compile(CANONICAL_ID)
 
 
 def _no_slot_yet(model: object) -> Identity:

@@ -148,3 +148,30 @@ def test_an_empty_list_connects_to_nothing(counting_url: str) -> None:
     item = item_on(counting_url)
     assert pydantic_toast.validate(list[item], []) == []
     assert CALL_LOGS.get(counting_url) is None or not CALL_LOGS[counting_url].connects
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(str, id="str(id)"),
+        pytest.param(lambda id: str(id).upper(), id="upper case"),
+        pytest.param(lambda id: "{" + str(id) + "}", id="braces"),
+        pytest.param(lambda id: id.hex, id="no hyphens"),
+        # int(text, 16) reads a sign: "+" for a leading "0" parses into the same id
+        pytest.param(lambda id: "+" + str(id)[1:], id="a sign for a leading zero"),
+    ],
+)
+def test_a_batch_reads_its_ids_texts_as_keys_only_when_they_are_str_of_the_ids(
+    spelling: Any,
+) -> None:
+    """A batch's id texts stand for str(id) (a Redis key is built from them) exactly when a
+    loaded instance keeps its id text for the next dump: both take one canonical spelling."""
+    from pydantic_toast._records import ClassKeys
+    from pydantic_toast._saving import _CANONICAL_ID
+
+    id = UUID(int=0x0123456789ABCDEF0123456789ABCDEF)
+    text = spelling(id)
+    assert UUID(text) == id
+    canonical = ClassKeys("Item", [id, id], [str(id), text]).as_str() is not None
+    assert canonical is (text == str(id))
+    assert canonical is (_CANONICAL_ID.fullmatch(text) is not None)
