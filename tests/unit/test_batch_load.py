@@ -175,3 +175,13 @@ def test_a_batch_reads_its_ids_texts_as_keys_only_when_they_are_str_of_the_ids(
     canonical = ClassKeys("Item", [id, id], [str(id), text]).as_str() is not None
     assert canonical is (text == str(id))
     assert canonical is (_CANONICAL_ID.fullmatch(text) is not None)
+
+
+def test_records_of_a_batch_decode_when_only_some_are_encoded(memory_url: str) -> None:
+    """A batch mixing plain and compressed records decodes the compressed ones only."""
+    item = item_on(memory_url, compression="zstd", compress_above=200)
+    items = [item(n=i, label="y" * (300 if i % 2 else 1)) for i in range(4)]
+    references = pydantic_toast.dump(items)
+    stored = memory_store_of(memory_url).records()
+    assert sorted(is_encoded(record.data) for record in stored) == [False, False, True, True]
+    assert pydantic_toast.validate(list[item], references) == items
