@@ -615,31 +615,21 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             return [read_record(class_name, id, row[1], row[0], created, updated, row[4])]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
-        if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array of it
-            class_name, all_ids = keys.class_name, keys.ids
-            for start in range(0, len(all_ids), size):
-                ids = all_ids[start : start + size]
-                rows = await self._statement("fetch", "select_class", ids, class_name, now)
-                before = start - 1  # positions count from 1
-                for row in rows:
-                    index = before + row[0]
-                    id = all_ids[index]
-                    created, updated = _timestamps(row[3], row[4], class_name, id)
-                    records[index] = read_record(
-                        class_name, id, row[2], row[1], created, updated, row[5]
-                    )
-            return records
         for start in range(0, len(keys), size):
-            chunk = keys[start : start + size]
-            names = [key[0] for key in chunk]
-            ids = [key[1] for key in chunk]
-            rows = await self._statement("fetch", "select_many", names, ids, now)
-            before = start - 1  # positions count from 1
+            if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array
+                ids = keys.ids[start : start + size]
+                names = [keys.class_name] * len(ids)
+                rows = await self._statement("fetch", "select_class", ids, keys.class_name, now)
+            else:
+                chunk = keys[start : start + size]
+                names = [key[0] for key in chunk]
+                ids = [key[1] for key in chunk]
+                rows = await self._statement("fetch", "select_many", names, ids, now)
             for row in rows:
-                index = before + row[0]
-                class_name, id = keys[index]
+                position = row[0] - 1  # positions count from 1
+                class_name, id = names[position], ids[position]
                 created, updated = _timestamps(row[3], row[4], class_name, id)
-                records[index] = read_record(
+                records[start + position] = read_record(
                     class_name, id, row[2], row[1], created, updated, row[5]
                 )
         return records
