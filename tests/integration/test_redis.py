@@ -449,6 +449,42 @@ async def test_documents_around_the_piece_size_load_exactly(
     assert [loaded.data for loaded in batch if loaded] == [r.data for r in records]
 
 
+async def test_a_batch_load_reads_strings_that_straddle_its_reads_exactly(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """A batch load of documents whose sizes fall around the 64 KiB its reply is read by,
+    between missing keys, a damaged timestamp and a value of another writer, returns each
+    document exactly or names the key of the value it refuses."""
+    now = datetime.now(UTC)
+    sizes = [1, 300, (1 << 16) - 70, 1 << 16, (1 << 16) + 1, 100_000, 200_003, 5]
+    records = [
+        StoredRecord("Wide", uuid4(), b'{"b":"%b"}' % (b"y" * size), 1, now, now)
+        for size in sizes * 3
+    ]
+    await backend.save_records(records)
+    wanted = [key for record in records for key in (record.key, ("Wide", uuid4()))]
+    loaded = await backend.load_records(wanted)
+    assert [r.data if r else None for r in loaded] == [
+        data for record in records for data in (record.data, None)
+    ]
+    assert {r.created_at for r in loaded if r} == {now}
+    assert {r.revision for r in loaded if r} == {1}
+    damaged = backend.key(*records[1].key)
+    document = keys.client.get(damaged)
+    assert document is not None
+    keys.client.set(damaged, document.replace(now.isoformat().encode(), b"yesterday", 1))
+    with pytest.raises(StoredDataError, match=f"{damaged} has unreadable timestamps"):
+        await backend.load_records(wanted)
+    foreign = backend.key(*records[4].key)
+    keys.client.set(foreign, b'{"b":"' + b"z" * 70_000 + b'"}')
+    keys.client.set(damaged, document)
+    with pytest.raises(StoredDataError, match=f"{foreign} is not a pydantic-toast record"):
+        await backend.load_records(wanted)
+    (again,) = await backend.load_records([records[2].key])
+    assert again is not None
+    assert again.data == records[2].data
+
+
 async def traced_peak(call: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
     """What ``call`` returns, and the peak of Python's allocations while it ran, in bytes
     above what was allocated when it started (tracemalloc: exact, whatever the machine's

@@ -312,52 +312,128 @@ async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | 
         await pool.release(connection)
 
 
+# What the batch read takes off its stream at a time: the stream's own limit (asyncio's
+# default), so that it holds at most that much besides a string being read in pieces.
+_CHUNK = 1 << 16
+
+
 async def _read_array(
     parser: Any, deadline: asyncio.Timeout, seconds: float | None, piece: int
 ) -> Any:
     """The array reply ``parser`` is about to read (see :func:`read_values`), or its error.
 
-    Lines and small strings go through the parser's own ``_readline``/``_read`` (its state
-    kept as its ``read_response`` keeps it); a string above ``piece`` bytes is read from its
-    stream directly, in pieces, when the parser holds nothing of it in its buffer, each piece
-    given ``seconds`` afresh by ``deadline``.
+    The reply is taken off the parser's stream a buffer at a time (what the stream holds, up
+    to its limit) and every value whole in the buffer is cut out of it in one loop: awaiting
+    the parser's ``_readline`` and ``_read``, twice a value, cost more than the strings'
+    parsing. A string above ``piece`` bytes is read from the stream in pieces, each given
+    ``seconds`` afresh by ``deadline``. What the parser kept of an interrupted read is read
+    first; what follows the reply (nothing, one command being outstanding) is left to it.
     """
-    if parser._chunks:  # what an interrupted read left, as read_response takes it
-        parser._buffer += b"".join(parser._chunks)
-        parser._chunks.clear()
-    parser._pos = 0
-    line = await parser._readline()
+    reader = _Buffered(parser)
+    line = await reader.line()
     if line[:1] == b"-":
         error = parser.parse_error(line[1:].decode("utf-8", errors="replace"))
-        parser._clear()
+        reader.leave()
         return error
     if line[:1] != b"*":
         raise InvalidResponse(f"Protocol Error: expected an array reply, got {line[:1]!r}")
     values: list[Any] = []
+    append = values.append
     for _ in range(int(line[1:])):
-        line = await parser._readline()
+        buffer, position = reader.buffer, reader.position
+        end = buffer.find(b"\r\n", position)
+        if end >= 0 and buffer[position] == 36:  # "$": a string, its length line buffered
+            length = int(buffer[position + 1 : end])
+            if length >= 0 and end + length + 4 <= len(buffer):  # the string and its CRLF
+                start = end + 2
+                append(buffer[start : start + length])
+                reader.position = start + length + 2
+                continue
+        line = await reader.line()
         if line == b"$-1" or line == b"_":
-            values.append(None)
+            append(None)
             continue
         if line[:1] != b"$":
             raise InvalidResponse(f"Protocol Error: expected a string, got {line[:1]!r}")
         length = int(line[1:])
-        if length <= piece or len(parser._buffer) > parser._pos:
-            values.append(await parser._read(length))
-            continue
-        stream, pieces = parser._stream, []
-        loop = asyncio.get_running_loop()
+        if length <= piece:
+            append(await reader.string(length))
+        else:
+            append(await reader.pieces(length, piece, deadline, seconds))
+    reader.leave()
+    return values
+
+
+class _Buffered:
+    """A parser's stream read a buffer at a time (see :func:`_read_array`)."""
+
+    __slots__ = ("buffer", "parser", "position", "stream")
+
+    def __init__(self, parser: Any) -> None:
+        self.parser, self.stream = parser, parser._stream
+        self.buffer: bytes = parser._buffer[parser._pos :] + b"".join(parser._chunks)
+        self.position = 0
+        parser._clear()
+
+    async def more(self) -> None:
+        """Read what the stream holds (waiting for some) after what is left unread."""
+        data = await self.stream.read(_CHUNK)
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        self.buffer = self.buffer[self.position :] + data
+        self.position = 0
+
+    async def line(self) -> bytes:
+        """The next line, without its CRLF."""
+        while (end := self.buffer.find(b"\r\n", self.position)) < 0:
+            await self.more()
+        line = self.buffer[self.position : end]
+        self.position = end + 2
+        return line
+
+    async def string(self, length: int) -> bytes:
+        """The next ``length`` bytes, followed by a CRLF that is skipped."""
+        missing = self.position + length + 2 - len(self.buffer)
+        if missing <= 0:
+            value = self.buffer[self.position : self.position + length]
+            self.position += length + 2
+            return value
         try:
-            for start in range(0, length, piece):
-                if seconds is not None:
-                    deadline.reschedule(loop.time() + seconds)
-                pieces.append(await stream.readexactly(min(piece, length - start)))
-            end = await stream.readexactly(2)
+            rest = await self.stream.readexactly(missing)
         except asyncio.IncompleteReadError:
             raise RedisConnectionError("Connection closed by server.") from None
-        if end != b"\r\n":
+        if rest[-2:] != b"\r\n":
             raise InvalidResponse("Protocol Error: a string not followed by CRLF")
-        parser._pos += length + 2
-        values.append(pieces)
-    parser._clear()
-    return values
+        value = b"".join((memoryview(self.buffer)[self.position :], memoryview(rest)[:-2]))
+        self.buffer, self.position = b"", 0
+        return value
+
+    async def pieces(
+        self, length: int, piece: int, deadline: asyncio.Timeout, seconds: float | None
+    ) -> list[bytes]:
+        """The next ``length`` bytes as pieces of at most ``piece`` bytes, followed by a
+        CRLF that is skipped: what the buffer holds of them first, the rest from the stream,
+        ``seconds`` given afresh to ``deadline`` for each piece."""
+        head = self.buffer[self.position : self.position + length]
+        pieces, read = ([head] if head else []), len(head)
+        self.position += len(head)
+        loop = asyncio.get_running_loop()
+        try:
+            while read < length:
+                if seconds is not None:
+                    deadline.reschedule(loop.time() + seconds)
+                pieces.append(await self.stream.readexactly(min(piece, length - read)))
+                read += len(pieces[-1])
+        except asyncio.IncompleteReadError:
+            raise RedisConnectionError("Connection closed by server.") from None
+        while len(self.buffer) - self.position < 2:
+            await self.more()
+        if self.buffer[self.position : self.position + 2] != b"\r\n":
+            raise InvalidResponse("Protocol Error: a string not followed by CRLF")
+        self.position += 2
+        return pieces
+
+    def leave(self) -> None:
+        """Hand what follows the reply back to the parser, for its next reply."""
+        self.parser._buffer = self.buffer[self.position :]
+        self.parser._pos = 0
