@@ -179,7 +179,7 @@ def _iso_utc(column: ColumnElement[datetime]) -> ColumnElement[str]:
     """``column``'s timestamp as ISO 8601 text in UTC, whatever the session's settings.
 
     NULL for a timestamp Python's datetime cannot hold (before year 1, where ``to_char``
-    would drop the era), an empty text for infinity: :func:`_timestamps` refuses both.
+    would drop the era), an empty text for infinity: :func:`_unreadable_timestamps` refuses both.
     """
     text = func.to_char(func.timezone(literal_column("'UTC'"), column), literal_column(_ISO))
     return case((column >= literal_column("'0001-01-01 00:00:00+00'"), text)).label(column.key)
@@ -188,24 +188,18 @@ def _iso_utc(column: ColumnElement[datetime]) -> ColumnElement[str]:
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
-def _timestamps(
-    created: str | None, updated: str | None, class_name: str, id: UUID
-) -> tuple[datetime, datetime]:
-    """A loaded row's ``created_at`` and ``updated_at`` (see :func:`_iso_utc`).
+def _unreadable_timestamps(class_name: str, id: UUID) -> StoredDataError:
+    """What a loaded row whose timestamp ``datetime.fromisoformat`` refused raises.
 
-    Raises:
-        StoredDataError: One of them is infinite, or outside years 1-9999.
+    See :func:`_iso_utc`: NULL (a year before 1) makes it raise ``TypeError``, infinity (an
+    empty text) ``ValueError``. The rows' loops call it inline, without a function per row.
     """
-    try:
-        # NULL (a year before 1) raises TypeError, infinity (an empty text) ValueError.
-        return _from_iso(created), _from_iso(updated)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise StoredDataError(
-            f"the stored {class_name} record {id} has a created_at or updated_at that Python's "
-            "datetime cannot hold (infinite, or outside years 1-9999); it is left untouched",
-            class_name=class_name,
-            id=id,
-        ) from None
+    return StoredDataError(
+        f"the stored {class_name} record {id} has a created_at or updated_at that Python's "
+        "datetime cannot hold (infinite, or outside years 1-9999); it is left untouched",
+        class_name=class_name,
+        id=id,
+    )
 
 
 _from_iso = datetime.fromisoformat
@@ -616,7 +610,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
             if row is None:
                 return [None]
-            created, updated = _timestamps(row[2], row[3], class_name, id)
+            try:
+                created, updated = _from_iso(row[2]), _from_iso(row[3])
+            except (TypeError, ValueError):
+                raise _unreadable_timestamps(class_name, id) from None
             return [read_record(class_name, id, row[1], row[0], created, updated, row[4])]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
@@ -630,13 +627,15 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 names = [key[0] for key in chunk]
                 ids = [key[1] for key in chunk]
                 rows = await self._statement("fetch", "select_many", names, ids, now)
-            for row in rows:
-                position = row[0] - 1  # positions count from 1
-                class_name, id = names[position], ids[position]
-                created, updated = _timestamps(row[3], row[4], class_name, id)
-                records[start + position] = read_record(
-                    class_name, id, row[2], row[1], created, updated, row[5]
-                )
+            try:
+                for row in rows:
+                    position = row[0] - 1  # positions count from 1
+                    class_name, id = names[position], ids[position]
+                    records[start + position] = read_record(
+                        class_name, id, row[2], row[1], _from_iso(row[3]), _from_iso(row[4]), row[5]
+                    )
+            except (TypeError, ValueError):  # only the timestamps raise these
+                raise _unreadable_timestamps(class_name, id) from None
         return records
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
