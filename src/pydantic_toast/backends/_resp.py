@@ -402,9 +402,13 @@ class _Buffered:
             rest = await self.stream.readexactly(missing)
         except asyncio.IncompleteReadError:
             raise RedisConnectionError("Connection closed by server.") from None
-        if rest[-2:] != b"\r\n":
+        # The buffer may end inside the CRLF (missing: 1), as well as before it or inside
+        # the string: the string's bytes in ``rest`` are those before its last two.
+        buffered = memoryview(self.buffer)[self.position :]
+        more = max(missing - 2, 0)
+        if bytes(buffered[length:]) + rest[more:] != b"\r\n":
             raise InvalidResponse("Protocol Error: a string not followed by CRLF")
-        value = b"".join((memoryview(self.buffer)[self.position :], memoryview(rest)[:-2]))
+        value = b"".join((buffered[:length], memoryview(rest)[:more]))
         self.buffer, self.position = b"", 0
         return value
 
