@@ -19,11 +19,13 @@ validators wrap the reference hook — takes the general path, before any I/O.
 from __future__ import annotations
 
 import typing
+from contextlib import nullcontext
 from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
 from pydantic_toast._boundary import current_boundary
+from pydantic_toast._collector import PAUSE_FROM, collector_paused
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._loading import decoded
@@ -139,11 +141,16 @@ class FlatBatch:
     def build(self) -> list[Any]:
         """The instances, in list order: one per record, shared by repeated references.
 
+        A batch of :data:`~._collector.PAUSE_FROM` records or more is built with the garbage
+        collector paused (see :mod:`._collector`).
+
         Raises:
             RecordNotFoundError: The first item, in list order, whose record does not exist.
             StoredDataError: The first record, in list order, that does not validate.
         """
-        instances = self.model._toast_from_records(self.records, self.unique)
+        records = self.records
+        with collector_paused if len(records) >= PAUSE_FROM else nullcontext():
+            instances = self.model._toast_from_records(records, self.unique)
         if self.unique is self.ids:
             return instances  # type: ignore[no-any-return]
         return [instances[slot] for slot in self.slots]

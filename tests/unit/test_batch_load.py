@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
+import os
+import threading
 from typing import Any
 from uuid import UUID
 
 import pytest
-from pydantic import TypeAdapter, model_validator
+from pydantic import TypeAdapter, field_validator, model_validator
 
 import pydantic_toast
 from pydantic_toast import (
@@ -17,6 +21,7 @@ from pydantic_toast import (
     StoredDataError,
 )
 from pydantic_toast._codecs import is_encoded
+from pydantic_toast._collector import PAUSE_FROM, CollectorPause, collector_paused
 from tests.conftest import CALL_LOGS, memory_store_of
 
 
@@ -185,3 +190,99 @@ def test_records_of_a_batch_decode_when_only_some_are_encoded(memory_url: str) -
     stored = memory_store_of(memory_url).records()
     assert sorted(is_encoded(record.data) for record in stored) == [False, False, True, True]
     assert pydantic_toast.validate(list[item], references) == items
+
+
+def _noting_collector(url: str, seen: list[bool]) -> Any:
+    class Noting(ExternalBaseModel):
+        n: int
+        model_config = ExternalConfigDict(storage=url)
+
+        @field_validator("n")
+        @classmethod
+        def note(cls, value: int) -> int:
+            seen.append(gc.isenabled())
+            return value
+
+    return Noting
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_large_batch_is_built_with_the_collector_paused(memory_url: str, api: str) -> None:
+    """From PAUSE_FROM records, instances are built with the garbage collector paused, and it
+    runs again after; a smaller batch leaves it running."""
+    seen: list[bool] = []
+    noting = _noting_collector(memory_url, seen)
+    references = pydantic_toast.dump([noting(n=i) for i in range(PAUSE_FROM)])
+    for size, paused in ((PAUSE_FROM, True), (PAUSE_FROM - 1, False)):
+        seen.clear()
+        if api == "sync":
+            loaded = pydantic_toast.validate(list[noting], references[:size])
+        else:
+            loaded = asyncio.run(pydantic_toast.avalidate(list[noting], references[:size]))
+        assert [m.n for m in loaded] == list(range(size))
+        assert seen == [not paused] * size
+        assert gc.isenabled()
+
+
+def test_the_pause_ends_when_the_build_raises(memory_url: str) -> None:
+    """A record that does not validate ends the build with the collector running again."""
+    item = item_on(memory_url)
+    references = pydantic_toast.dump([item(n=i) for i in range(PAUSE_FROM)])
+    _damage(memory_url, references[-1])
+    with pytest.raises(StoredDataError):
+        pydantic_toast.validate(list[item], references)
+    assert gc.isenabled()
+
+
+def test_a_collector_the_application_disabled_stays_disabled(memory_url: str) -> None:
+    """The pause restores the state it found: disabled before the load, disabled after."""
+    item = item_on(memory_url)
+    references = pydantic_toast.dump([item(n=i) for i in range(PAUSE_FROM)])
+    gc.disable()
+    try:
+        assert len(pydantic_toast.validate(list[item], references)) == PAUSE_FROM
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_pauses_in_several_threads_end_with_the_last() -> None:
+    """Overlapping pauses (two threads' builds) keep the collector paused until both end."""
+    pause = CollectorPause()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    states: list[bool] = []
+
+    def first() -> None:
+        with pause:
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with pause:
+            second_in.set()
+            first_out.wait(5)
+            states.append(gc.isenabled())
+        states.append(gc.isenabled())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert states == [False, True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork only")
+def test_a_process_forked_during_a_pause_runs_its_collector() -> None:
+    """A child forked while a build holds the pause starts with the collector running (the
+    thread that would end the pause does not run in the child); the parent's ends as usual."""
+    with collector_paused:
+        assert not gc.isenabled()
+        pid = os.fork()
+        if pid == 0:  # the child: report, and leave at once
+            os._exit(0 if gc.isenabled() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gc.isenabled()
