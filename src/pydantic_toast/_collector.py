@@ -60,6 +60,8 @@ class CollectorPause:
         traceback: TracebackType | None,
     ) -> None:
         with self._lock:
+            if self._depth == 0:  # a pause a forked child's reset already ended (its thread's)
+                return
             self._depth -= 1
             if self._depth == 0 and self._resume:
                 gc.enable()
@@ -69,7 +71,9 @@ class CollectorPause:
 
     def forget_after_fork(self) -> None:
         """In a child process: end the pauses of the parent's threads (none of them runs here,
-        so none would end them) and restore what the first of them found."""
+        so none would end them) and restore what the first of them found. The forking thread
+        does run on: the pauses it held end here too, and its ``with`` blocks leave them as
+        they are (see :meth:`__exit__`)."""
         self._lock = threading.Lock()
         if self._depth:
             self._depth = 0

@@ -286,3 +286,22 @@ def test_a_process_forked_during_a_pause_runs_its_collector() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork only")
+def test_a_process_forked_by_the_pausing_thread_pauses_its_own_builds() -> None:
+    """A child forked by the very thread that holds the pause (a validator that forks) leaves
+    that pause, already ended for it, without spoiling the count: its next build pauses the
+    collector and resumes it."""
+    with collector_paused:
+        pid = os.fork()
+    if pid == 0:  # the child, out of the parent's pause: report, and leave at once
+        try:
+            with collector_paused:
+                paused = not gc.isenabled()
+            os._exit(0 if paused and gc.isenabled() else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gc.isenabled()
