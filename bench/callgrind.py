@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def run_worker(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             for label, dump in zip(labels, dumps, strict=False):
-                shutil.copy(dump, keep / label.replace("|", " ").replace(" ", "_"))
+                shutil.copy(dump, keep / re.sub(r"[^\w.+-]+", "_", label).strip("_"))
         return {label: total(dump) for label, dump in zip(labels, dumps, strict=False)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
