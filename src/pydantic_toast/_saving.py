@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -44,6 +43,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
 )
 from pydantic_toast._fingerprint import Fingerprint, fingerprint, unchanged
+from pydantic_toast._ids import new_id
 from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
@@ -670,27 +670,10 @@ def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
 
 
 def _new_identity(model: ExternalBaseModel, kind: type[Identity] = Identity) -> Identity:
-    new_id = _uuid4()
-    identity = kind(new_id, datetime.now(UTC), 0, None, True, None, str(new_id))
+    id, text = new_id()
+    identity = kind(id, datetime.now(UTC), 0, None, True, None, text)
     object.__setattr__(model, "_toast_identity", identity)
     return identity
-
-
-_VERSION_4 = 0x4000 << 64 | 0x8000 << 48  # version 4, RFC 4122 variant
-_VERSION_MASK = ~(0xF000 << 64 | 0xC000 << 48)
-
-
-def _uuid4() -> UUID:
-    """``uuid.uuid4()`` without ``UUID.__init__``'s argument checks (a third of its cost)."""
-    new_id = _new_object(UUID)
-    value = int.from_bytes(os.urandom(16)) & _VERSION_MASK | _VERSION_4
-    object.__setattr__(new_id, "int", value)  # as UUID.__init__ itself sets its slots
-    object.__setattr__(new_id, "is_safe", _UNKNOWN_SAFETY)
-    return new_id
-
-
-_new_object = object.__new__
-_UNKNOWN_SAFETY = SafeUUID.unknown  # looked up once: an enum member's lookup costs 0.5 µs
 
 
 def _collect_into_active(model: ExternalBaseModel) -> ExternalReference:
