@@ -48,7 +48,7 @@ from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import RecordKey, StoredRecord, new_record
 from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
@@ -393,7 +393,7 @@ class SaveBatch:
             without_floats = False
             suspect = _fidelity.may_be_unreadable(data)
         checked = not (self.force or settings.last_write_wins)
-        record = StoredRecord(  # positional: a save makes one, keywords cost more
+        record = new_record(
             settings.external_name,
             identity.id,
             data,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, _fidelity
 from pydantic_toast._data_schema import data_schema, storage_serializer
 from pydantic_toast._number_plan import NumberPlan
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import StoredRecord, new_record
 
 HUGE = 10**4300  # 4,301 digits: Pydantic's JSON parser refuses it
 BODY = "lorem ipsum 1234567890123456789012 " * 300  # digits in text: the scan would flag them
@@ -69,10 +69,10 @@ def _saved_records(monkeypatch: pytest.MonkeyPatch) -> list[StoredRecord]:
     made: list[StoredRecord] = []
 
     def recording(*args: Any) -> StoredRecord:
-        made.append(StoredRecord(*args))
+        made.append(new_record(*args))
         return made[-1]
 
-    monkeypatch.setattr(_saving, "StoredRecord", recording)
+    monkeypatch.setattr(_saving, "new_record", recording)
     return made
 
 
