@@ -596,7 +596,10 @@ class ExternalBaseModel(BaseModel):
     def _toast_key(cls, value: Mapping[str, Any] | UUID | str) -> SessionKey:
         """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument."""
         settings = cls.__toast_settings__ or cls._toast_settings()
-        if isinstance(value, _ID_TYPES):
+        # A reference as dump() returns it, or a plain dict, skips isinstance(), which tries
+        # each of the id types in turn (about a thousand instructions).
+        kind = type(value)
+        if kind is not ExternalReference and kind is not dict and isinstance(value, _ID_TYPES):
             reference = parse_reference({"class_name": settings.external_name, "id": value})
         else:
             reference = parse_reference(value)
@@ -713,9 +716,11 @@ class ExternalBaseModel(BaseModel):
             # Stored data is JSON written by this model under field names: validate it as JSON,
             # by name, and lax, so strict models still accept their own datetimes and sets.
             fast = data_schema(cls)
-            validator: Any = cls.__pydantic_validator__
-            if fast is not None and (within_hook or fast.hook_at_root):
-                validator = fast.validator
+            validator: Any = (
+                fast.validator
+                if fast is not None and (within_hook or fast.hook_at_root)
+                else cls.__pydantic_validator__
+            )
             # The references inside it were written by the application: trusted.
             if is_trusted():
                 instance = validator.validate_json(data, strict=False, by_alias=False, by_name=True)

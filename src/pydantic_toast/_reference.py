@@ -18,7 +18,6 @@ __all__ = [
     "uuid_from_text",
 ]
 
-_REFERENCE_KEYS = frozenset(("class_name", "id"))
 
 CANONICAL_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 """An id as ``str(UUID)`` spells it (lower case, hyphenated), as a regular expression.
@@ -136,7 +135,8 @@ def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> Parsed
     if kind is not dict and kind is not ExternalReference and not isinstance(value, Mapping):
         return None
     value = cast("Mapping[str, Any]", value)
-    if len(value) != 2 or value.keys() != _REFERENCE_KEYS:
+    # Two keys, both of them: keys() == {"class_name", "id"} without its set comparison.
+    if len(value) != 2 or "class_name" not in value or "id" not in value:
         return None
     class_name: Any = value["class_name"]
     raw_id: Any = value["id"]
