@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Pool", "Script", "command", "pipeline", "read_values", "run", "stream"]
+__all__ = ["HEAD", "Pool", "Script", "Value", "command", "pipeline", "read_values", "run", "stream"]
 
 
 class Pool(Protocol):
@@ -273,19 +273,23 @@ async def _reply(connection: Any) -> Any:
         return error
 
 
-async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | list[bytes] | None]:
+async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[Value]:
     """Send ``packed``, one command whose reply is an array of strings (``MGET``), on one
-    pooled connection and return that array: a string longer than ``piece`` bytes comes as the
-    list of its pieces (each at most ``piece`` bytes), a missing one as ``None``.
+    pooled connection and return that array: a string as ``bytes``, a missing one as
+    ``None``, and a string not whole in one read of the stream (see :func:`_read_array`) as
+    the list of its pieces, in order: the first holds at least its first :data:`HEAD` bytes,
+    those read after it at most ``piece`` bytes each. Whoever takes a string in pieces joins
+    what it needs of them, once: each string is copied once.
 
     redis-py's parser reads a string whole: the stream's buffer, the copy taken out of it and
     the reply, three times a large document. Here each piece is taken off the socket in turn
     (the stream's buffer holds at most its limit, 64 KiB), so a large document is held once,
-    in pieces; small strings are read as the parser's ``read_response`` reads them. With
-    hiredis's parser, whose buffer is its own, the reply is read whole. An error reply is
-    raised. One socket timeout covers the write and the reply, started afresh for each piece;
-    a connection error, a timeout or a cancellation disconnects the connection and
-    propagates, as in :func:`run`.
+    in pieces. With hiredis's parser, a reply whose first string is shorter than
+    :data:`_PYTHON_FROM` is read by hiredis, whole (its C loop is cheaper on small strings);
+    a longer one is read as without it: hiredis would copy each string twice more, into its
+    buffer and out of it. An error reply is raised. One socket timeout covers the write and
+    the reply, started afresh for each piece; a connection error, a timeout or a cancellation
+    disconnects the connection and propagates, as in :func:`run`.
     """
     connection = await pool.get_connection()
     try:
@@ -293,13 +297,16 @@ async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | 
             if not connection.is_connected:
                 await connection.connect()
             parser, writer = connection._parser, connection._writer
-            async with asyncio.timeout(connection.socket_timeout) as deadline:
+            seconds = connection.socket_timeout
+            async with asyncio.timeout(seconds) as deadline:
                 writer.write(packed)
                 await writer.drain()
                 if isinstance(parser, _PythonParser):
-                    reply = await _read_array(parser, deadline, connection.socket_timeout, piece)
+                    reply = await _read_array(
+                        _Buffered.of(parser), parser, deadline, seconds, piece
+                    )
                 else:
-                    reply = await parser.read_response()
+                    reply = await _read_with_hiredis(parser, deadline, seconds, piece)
         except BaseException as exc:
             lost = await _lost(connection, exc)
             if lost is exc:
@@ -312,24 +319,77 @@ async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[bytes | 
         await pool.release(connection)
 
 
+Value = bytes | list[bytes | memoryview] | None
+"""A string of :func:`read_values`' reply: whole, in pieces, or missing."""
+
+HEAD = 1 << 12
+"""Bytes of a string read in pieces that its first piece holds at least (all of a shorter
+one): a document's header is read from it."""
+
 # What the batch read takes off its stream at a time: the stream's own limit (asyncio's
 # default), so that it holds at most that much besides a string being read in pieces.
 _CHUNK = 1 << 16
+# With hiredis, a reply whose first string is at least this long is read in Python (callgrind,
+# batch loads): hiredis's two more copies of each string cost 195,000 instructions a 100 KB
+# record, where the Python loop costs 5,300 a string more than hiredis (10 fields).
+_PYTHON_FROM = 1 << 14
+
+
+async def _read_with_hiredis(
+    parser: Any, deadline: asyncio.Timeout, seconds: float | None, piece: int
+) -> Any:
+    """The array reply hiredis's ``parser`` is about to read (see :func:`read_values`).
+
+    The stream's first read decides who parses it: hiredis (fed that read), or
+    :func:`_read_array` when the reply's first string is :data:`_PYTHON_FROM` bytes or more.
+    What hiredis holds of an earlier reply (nothing, one command being outstanding) is read
+    by hiredis.
+    """
+    reader = parser._reader
+    if reader.has_data():
+        return await parser.read_response()
+    first = await parser._stream.read(_CHUNK)
+    if not first:
+        raise RedisConnectionError("Connection closed by server.")
+    if _first_length(first) < _PYTHON_FROM:
+        reader.feed(first)
+        return await parser.read_response()
+    return await _read_array(
+        _Buffered(parser._stream, first, reader.feed), parser, deadline, seconds, piece
+    )
+
+
+def _first_length(start: bytes) -> int:
+    """The length of the first string of the array reply that ``start`` begins (missing
+    strings skipped), or 0 when ``start`` does not show it."""
+    position = start.find(b"\r\n") + 2
+    if start[:1] != b"*" or position < 2:
+        return 0
+    while start.startswith(b"$-1\r\n", position):
+        position += 5
+    end = start.find(b"\r\n", position)
+    if end < 0 or start[position : position + 1] != b"$":
+        return 0
+    try:
+        return int(start[position + 1 : end])
+    except ValueError:  # not RESP: hiredis's error says so
+        return 0
 
 
 async def _read_array(
-    parser: Any, deadline: asyncio.Timeout, seconds: float | None, piece: int
+    reader: _Buffered, parser: Any, deadline: asyncio.Timeout, seconds: float | None, piece: int
 ) -> Any:
-    """The array reply ``parser`` is about to read (see :func:`read_values`), or its error.
+    """The array reply ``reader`` is about to read (see :func:`read_values`), or its error
+    (made by ``parser``).
 
-    The reply is taken off the parser's stream a buffer at a time (what the stream holds, up
-    to its limit) and every value whole in the buffer is cut out of it in one loop: awaiting
-    the parser's ``_readline`` and ``_read``, twice a value, cost more than the strings'
-    parsing. A string above ``piece`` bytes is read from the stream in pieces, each given
-    ``seconds`` afresh by ``deadline``. What the parser kept of an interrupted read is read
-    first; what follows the reply (nothing, one command being outstanding) is left to it.
+    The reply is taken off the stream a buffer at a time (what the stream holds, up to its
+    limit) and every value whole in the buffer is cut out of it in one loop: awaiting the
+    parser's ``_readline`` and ``_read``, twice a value, cost more than the strings' parsing.
+    A string not whole in the buffer comes as its pieces: what the buffer holds of it and the
+    rest, read from the stream (in pieces of ``piece`` bytes, each given ``seconds`` afresh by
+    ``deadline``, when it is longer than that). What follows the reply (nothing, one command
+    being outstanding) is handed back to the parser.
     """
-    reader = _Buffered(parser)
     line = await reader.line()
     if line[:1] == b"-":
         error = parser.parse_error(line[1:].decode("utf-8", errors="replace"))
@@ -356,6 +416,7 @@ async def _read_array(
         if line[:1] != b"$":
             raise InvalidResponse(f"Protocol Error: expected a string, got {line[:1]!r}")
         length = int(line[1:])
+        await reader.hold(min(length, HEAD))
         if length <= piece:
             append(await reader.string(length))
         else:
@@ -365,15 +426,33 @@ async def _read_array(
 
 
 class _Buffered:
-    """A parser's stream read a buffer at a time (see :func:`_read_array`)."""
+    """A stream read a buffer at a time (see :func:`_read_array`).
 
-    __slots__ = ("buffer", "parser", "position", "stream")
+    Args:
+        stream: The connection's stream.
+        buffer: What was read from it already, to be read first.
+        give_back: Takes what follows the reply, read from the stream meanwhile.
+    """
 
-    def __init__(self, parser: Any) -> None:
-        self.parser, self.stream = parser, parser._stream
-        self.buffer: bytes = parser._buffer[parser._pos :] + b"".join(parser._chunks)
+    __slots__ = ("buffer", "give_back", "position", "stream")
+
+    def __init__(
+        self, stream: asyncio.StreamReader, buffer: bytes, give_back: Callable[[bytes], object]
+    ) -> None:
+        self.stream, self.buffer, self.give_back = stream, buffer, give_back
         self.position = 0
+
+    @classmethod
+    def of(cls, parser: Any) -> _Buffered:
+        """The stream of redis-py's Python ``parser``, what it kept of an interrupted read
+        first; what follows the reply is handed back to it."""
+        buffer = parser._buffer[parser._pos :] + b"".join(parser._chunks)
         parser._clear()
+
+        def give_back(rest: bytes) -> None:
+            parser._buffer, parser._pos = rest, 0
+
+        return cls(parser._stream, buffer, give_back)
 
     async def more(self) -> None:
         """Read what the stream holds (waiting for some) after what is left unread."""
@@ -383,6 +462,11 @@ class _Buffered:
         self.buffer = self.buffer[self.position :] + data
         self.position = 0
 
+    async def hold(self, length: int) -> None:
+        """Read until the buffer holds ``length`` bytes after what is read."""
+        while len(self.buffer) - self.position < length:
+            await self.more()
+
     async def line(self) -> bytes:
         """The next line, without its CRLF."""
         while (end := self.buffer.find(b"\r\n", self.position)) < 0:
@@ -391,8 +475,18 @@ class _Buffered:
         self.position = end + 2
         return line
 
-    async def string(self, length: int) -> bytes:
-        """The next ``length`` bytes, followed by a CRLF that is skipped."""
+    def held(self, length: int) -> bytes | memoryview:
+        """What the buffer holds of the next ``length`` bytes: a view of it when that is most
+        of it, else a copy (a view keeps the whole buffer alive as long as the string)."""
+        position = self.position
+        if position <= len(self.buffer) // 2:
+            return memoryview(self.buffer)[position : position + length]
+        return self.buffer[position : position + length]
+
+    async def string(self, length: int) -> bytes | list[bytes | memoryview]:
+        """The next ``length`` bytes, followed by a CRLF that is skipped: as ``bytes`` when
+        the buffer holds them, else as two pieces, what it holds and the rest (each string
+        is then copied once, where whoever takes it joins what it needs of them)."""
         missing = self.position + length + 2 - len(self.buffer)
         if missing <= 0:
             value = self.buffer[self.position : self.position + length]
@@ -404,22 +498,22 @@ class _Buffered:
             raise RedisConnectionError("Connection closed by server.") from None
         # The buffer may end inside the CRLF (missing: 1), as well as before it or inside
         # the string: the string's bytes in ``rest`` are those before its last two.
-        buffered = memoryview(self.buffer)[self.position :]
         more = max(missing - 2, 0)
-        if bytes(buffered[length:]) + rest[more:] != b"\r\n":
+        if self.buffer[self.position + length :] + rest[more:] != b"\r\n":
             raise InvalidResponse("Protocol Error: a string not followed by CRLF")
-        value = b"".join((buffered[:length], memoryview(rest)[:more]))
+        head = self.held(length)
         self.buffer, self.position = b"", 0
-        return value
+        return [head, memoryview(rest)[:more]] if more else [head]
 
     async def pieces(
         self, length: int, piece: int, deadline: asyncio.Timeout, seconds: float | None
-    ) -> list[bytes]:
+    ) -> list[bytes | memoryview]:
         """The next ``length`` bytes as pieces of at most ``piece`` bytes, followed by a
         CRLF that is skipped: what the buffer holds of them first, the rest from the stream,
         ``seconds`` given afresh to ``deadline`` for each piece."""
-        head = self.buffer[self.position : self.position + length]
-        pieces, read = ([head] if head else []), len(head)
+        head = self.held(length)
+        pieces: list[bytes | memoryview] = [head] if head else []
+        read = len(head)
         self.position += len(head)
         loop = asyncio.get_running_loop()
         try:
@@ -439,5 +533,4 @@ class _Buffered:
 
     def leave(self) -> None:
         """Hand what follows the reply back to the parser, for its next reply."""
-        self.parser._buffer = self.buffer[self.position :]
-        self.parser._pos = 0
+        self.give_back(self.buffer[self.position :])

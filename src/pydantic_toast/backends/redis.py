@@ -863,7 +863,7 @@ class RedisBackend(RecordBackend):
         MGET per ``batch_size`` keys (a document above ``_PIECE`` taken off the socket in
         pieces: see ``_resp.read_values``)."""
         pool = self._connected().connection_pool
-        values: list[bytes | list[bytes] | None]
+        values: list[_resp.Value]
         if len(keys) == 1:
             text = self.key(*keys[0])
             name = text.encode()
@@ -895,17 +895,18 @@ class RedisBackend(RecordBackend):
         self,
         names: Sequence[str] | None,
         keys: Sequence[RecordKey],
-        values: list[bytes | list[bytes] | None],
+        values: list[_resp.Value],
     ) -> list[StoredRecord | None]:
         """The records of ``keys`` in ``values`` (an MGET's reply, see ``_resp.read_values``),
-        stored under ``names`` (``None``: :meth:`key`'s). A document read in pieces is joined
-        once, without its header, and its pieces let go before it is parsed.
+        stored under ``names`` (``None``: :meth:`key`'s).
 
         A whole document is read here, in one loop, as :meth:`_parse` reads it; anything but
-        a well-formed document goes to :meth:`_parse`, whose error names it. Each document is
-        let go of as soon as its data is cut out of it, so that the copy can take the memory
-        of the one before: a 100 KB document's copy into fresh memory cost 70-150 µs (page
-        faults), into the memory just freed 15 µs.
+        a well-formed document goes to :meth:`_parse`, whose error names it. A document read
+        in pieces has its header read from the first piece and its data joined once from
+        views of the pieces (a copy of a 100 KB document costs 100,000 instructions). Each
+        document is let go of as soon as its data is cut out of it, so that the copy can take
+        the memory of the one before: a 100 KB document's copy into fresh memory cost 70-150
+        µs (page faults), into the memory just freed 15 µs.
         """
         match_header, record_of = _DOCUMENT.match, _record_of
         records: list[StoredRecord | None] = []
@@ -926,15 +927,20 @@ class RedisBackend(RecordBackend):
                 append(self._parse(name, class_name, id, value))  # raises, naming it
                 continue
             name = None if names is None else names[position]
-            match = _DOCUMENT.match(value[0])
-            if match is None or not value[-1].endswith(b"}"):  # not ours: raises, naming it
-                append(self._parse(name, class_name, id, value[0] + b"..."))
-                continue
-            head = value[0][: match.end()]
-            value[0], value[-1] = value[0][match.end() :], value[-1][:-1]
-            data = b"".join(value)
+            pieces = [memoryview(piece) for piece in value]
             value.clear()
-            append(self._parse(name, class_name, id, head, data))
+            match = match_header(pieces[0])  # it holds the header (_resp.HEAD)
+            if match is None or pieces[-1][-1:].tobytes() != b"}":  # not ours: raises, naming it
+                append(self._parse(name, class_name, id, bytes(pieces[0]) + b"..."))
+                continue
+            pieces[0] = pieces[0][match.end() :]
+            pieces[-1] = pieces[-1][:-1]
+            data = b"".join(pieces)
+            del pieces
+            record = record_of(match, data, class_name, id)
+            if record is None:  # unreadable timestamps: raises, naming it
+                record = self._parse(name, class_name, id, match.group(), data)
+            append(record)
         return records
 
     async def _load_large(
