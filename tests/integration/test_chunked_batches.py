@@ -136,8 +136,8 @@ def test_postgresql_batches_split_by_size_stay_all_or_nothing(postgres_database_
 
 
 def test_postgresql_batch_chunks_are_bounded_by_records_and_bytes() -> None:
-    """batch_size records or 2 MiB of JSON per statement, whichever comes first; a staged
-    record (streamed, not a parameter) weighs nothing."""
+    """batch_size records or _CHUNK_BYTES of JSON per statement, whichever comes first; a
+    staged record (streamed, not a parameter) weighs nothing."""
 
     def shape(size: int, *sizes: int) -> list[int]:
         now = datetime.now(UTC)
@@ -147,8 +147,10 @@ def test_postgresql_batch_chunks_are_bounded_by_records_and_bytes() -> None:
         return [end - start for start, end in spans]
 
     assert shape(3, *[10] * 7) == [3, 3, 1]
-    assert shape(1000, *[900_000] * 5) == [2, 2, 1]
-    assert shape(1000, 900_000, STAGE_ABOVE + 1, 900_000, 900_000) == [3, 1]
+    third = _CHUNK_BYTES // 3
+    assert shape(1000, *[third] * 5) == [3, 2]
+    assert shape(1000, _CHUNK_BYTES + 1, 10, 10) == [1, 2]
+    assert shape(1000, third, STAGE_ABOVE + 1, third, third, third) == [4, 1]
     assert shape(5) == []
 
 

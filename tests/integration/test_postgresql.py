@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 import pydantic_toast
 from pydantic_toast import (
+    ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
     RecordNotFoundError,
@@ -30,7 +33,12 @@ from pydantic_toast import (
 )
 from pydantic_toast._records import ClassKeys, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.postgresql import _PREPARED
+from pydantic_toast.backends.postgresql import (
+    _PREPARED,
+    _WRITE_MANY,
+    _WRITE_ONE_KIND,
+    _write_statement,
+)
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
 
@@ -1093,6 +1101,63 @@ async def test_batch_reads_keep_both_timestamps_to_the_microsecond(
             ]
             assert all(r is not None and r.created_at.utcoffset() == timedelta(0) for r in loaded)
     finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def _write_every_kind(backend: Any) -> None:
+    """Batches of new, checked and forced records, alone and mixed, conflicts and expired rows
+    among them: each writes what it should, or nothing."""
+    name = f"kinds{uuid4().hex}"
+    now = datetime.now(UTC)
+
+    def record(id: UUID, n: int, revision: int | None, ttl: float | None = None) -> StoredRecord:
+        at = now - timedelta(hours=1) if ttl else now  # with a ttl: expired an hour ago
+        return StoredRecord(name, id, b'{"n":%d}' % n, 1, at, at, ttl=ttl, revision=revision)
+
+    async def stored_n() -> list[int | None]:
+        loaded = await backend.load_records([(name, id) for id in ids])
+        return [None if r is None else json.loads(r.data)["n"] for r in loaded]
+
+    ids = [uuid4() for _ in range(6)]
+    assert await backend.save_records([record(ids[5], 0, 0, ttl=1)]) == [1]  # expired at once
+    added = [record(id, 1, 0) for id in ids[:3]] + [record(ids[5], 1, 0)]
+    assert _write_statement(added) is _WRITE_ONE_KIND["added"]
+    assert await backend.save_records(added) == [1, 1, 1, 1]  # the last over an expired row
+    checked = [record(ids[0], 2, 1), record(ids[1], 2, 1)]
+    assert _write_statement(checked) is _WRITE_ONE_KIND["changed"]
+    assert await backend.save_records(checked) == [2, 2]
+    forced = [record(ids[0], 3, None), record(ids[2], 3, None), record(ids[3], 3, None)]
+    assert _write_statement(forced) is _WRITE_ONE_KIND["forced"]
+    assert await backend.save_records(forced) == [3, 2, 1]
+    mixed = [record(ids[0], 4, 3), record(ids[4], 4, 0), record(ids[2], 4, None)]
+    assert _write_statement(mixed) is _WRITE_MANY
+    assert await backend.save_records(mixed) == [4, 1, 3]
+    assert await stored_n() == [4, 2, 4, 3, 4, 1]
+    for stale, current in (
+        ([record(ids[1], 5, 2), record(ids[0], 5, 3)], 4),  # checked, one stale
+        ([record(uuid4(), 5, 0), record(ids[1], 5, 0)], 2),  # new, one already there
+        ([record(ids[1], 5, 2), record(ids[3], 5, 0)], 1),  # mixed, the new one there
+    ):
+        with pytest.raises(ConcurrencyError) as caught:
+            await backend.save_records(stale)
+        assert (caught.value.id, caught.value.current) == (stale[1].id, current)
+        assert await stored_n() == [4, 2, 4, 3, 4, 1]  # nothing written
+
+
+async def test_batches_of_one_kind_or_mixed_check_every_revision(
+    postgres_database_url: str,
+) -> None:
+    """A chunk of one kind (new, checked or forced records) is that kind's write alone, a mixed
+    one the statement writing every kind: the same outcome either way, pooled or joined."""
+    engine = _engine(postgres_database_url)
+    try:
+        url = StorageURL.parse(postgres_database_url)
+        backend = await pydantic_toast.current_storage().connected(url)
+        await _write_every_kind(backend)
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            await _write_every_kind(backend)
+    finally:
+        await engine.dispose()
         await pydantic_toast.aclose_storage()
 
 

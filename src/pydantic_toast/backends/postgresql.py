@@ -220,40 +220,35 @@ def _compile(statement: ClauseElement) -> tuple[str, list[str]]:
 # back; under READ COMMITTED the revision test is re-checked on the newest row version after
 # waiting for a concurrent writer), new rows INSERT ... DO NOTHING unless the row there has
 # expired, forced rows upsert (as new rows over expired ones). A row's updated_at is its "now"
-# for expiry. The statement returns the rows it wrote; fewer than sent is a conflict, and the
-# caller's transaction rolls back.
-_WRITE_MANY = f"""
-WITH input AS (
-  SELECT * FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::text[], $5::text[],
-                       $6::timestamptz[], $7::timestamptz[], $8::integer[], $9::timestamptz[])
+# for expiry. Each write returns the rows it wrote; fewer than sent is a conflict, and the
+# caller's transaction rolls back. Each kind's write reads its rows from ``{rows}``: the
+# parameters' arrays themselves when a chunk holds one kind (see _write_statement), else the
+# input CTE of _WRITE_MANY, which writes every kind in one statement.
+_ROWS = """unnest($1::text[], $2::uuid[], $3::integer[], $4::text[], $5::text[],
+         $6::timestamptz[], $7::timestamptz[], $8::integer[], $9::timestamptz[])
     AS r(class_name, id, schema_version, data, data_exact, created_at, updated_at, expected,
-         expires_at)
-), changed AS (
-  UPDATE {TABLE_NAME} AS t
-  SET schema_version = i.schema_version, data = i.data::jsonb, data_exact = i.data_exact,
-      updated_at = i.updated_at, expires_at = i.expires_at, revision = t.revision + 1
-  FROM input AS i
-  WHERE t.class_name = i.class_name AND t.id = i.id AND t.revision = i.expected
-    AND (t.expires_at IS NULL OR t.expires_at > i.updated_at)
-  RETURNING t.class_name, t.id, t.revision
-), added AS (
-  INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact, created_at,
-                            updated_at, expires_at, revision)
+         expires_at)"""
+_CHANGED = f"""UPDATE {TABLE_NAME} AS t
+  SET schema_version = r.schema_version, data = r.data::jsonb, data_exact = r.data_exact,
+      updated_at = r.updated_at, expires_at = r.expires_at, revision = t.revision + 1
+  FROM {{rows}}
+  WHERE t.class_name = r.class_name AND t.id = r.id AND t.revision = r.expected
+    AND (t.expires_at IS NULL OR t.expires_at > r.updated_at)
+  RETURNING t.class_name, t.id, t.revision"""
+_INSERT = f"""INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact,
+                            created_at, updated_at, expires_at, revision)
   SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at,
-         expires_at, 1
-  FROM input WHERE expected = 0
+         expires_at, 1"""
+_ADDED = f"""{_INSERT}
+  FROM {{rows}} WHERE expected = 0
   ON CONFLICT (class_name, id) DO UPDATE
   SET data = excluded.data, data_exact = excluded.data_exact,
       schema_version = excluded.schema_version, created_at = excluded.created_at,
       updated_at = excluded.updated_at, expires_at = excluded.expires_at, revision = 1
   WHERE {TABLE_NAME}.expires_at <= excluded.updated_at
-  RETURNING class_name, id, revision
-), forced AS (
-  INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact, created_at,
-                            updated_at, expires_at, revision)
-  SELECT class_name, id, schema_version, data::jsonb, data_exact, created_at, updated_at,
-         expires_at, 1
-  FROM input WHERE expected IS NULL
+  RETURNING class_name, id, revision"""
+_FORCED = f"""{_INSERT}
+  FROM {{rows}} WHERE expected IS NULL
   ON CONFLICT (class_name, id) DO UPDATE
   SET data = excluded.data, data_exact = excluded.data_exact,
       schema_version = excluded.schema_version, updated_at = excluded.updated_at,
@@ -262,17 +257,50 @@ WITH input AS (
                         THEN excluded.created_at ELSE {TABLE_NAME}.created_at END,
       revision = CASE WHEN {TABLE_NAME}.expires_at <= excluded.updated_at
                       THEN 1 ELSE {TABLE_NAME}.revision + 1 END
-  RETURNING class_name, id, revision
+  RETURNING class_name, id, revision"""
+_WRITE_MANY = f"""
+WITH input AS (
+  SELECT * FROM {_ROWS}
+), changed AS (
+  {_CHANGED.format(rows="input AS r")}
+), added AS (
+  {_ADDED.format(rows="input AS r")}
+), forced AS (
+  {_FORCED.format(rows="input AS r")}
 )
 SELECT * FROM changed UNION ALL SELECT * FROM added UNION ALL SELECT * FROM forced
 """
-# JSON per batch statement. The statement's rows pass through two tuple stores (unnest's
-# function scan and the input CTE), which spill to temporary files beyond work_mem (4 MB by
-# default): 500 records of 100 KB in one statement took 0.54 s against 0.27 s in chunks of
-# 2 MB or less (the same as executemany).
-_CHUNK_BYTES = 2 << 20
+# A chunk whose records are all of one kind is that kind's write alone, on the arrays: no CTE
+# to materialize (a copy of every row in a tuple store, another of the unnested arrays), two
+# writes fewer to plan. Server CPU per record of new records (bench/pg_batch_server.py and a
+# statement-only variant of it): 100 fields 79 -> 68 µs; 100 KB in 256 KiB chunks 1,420 -> 940
+# (raw executemany: 940).
+_WRITE_ONE_KIND = {
+    "changed": _CHANGED.format(rows=_ROWS),
+    "added": _ADDED.format(rows=_ROWS),
+    "forced": _FORCED.format(rows=_ROWS),
+}
+# JSON per batch statement. Above a few hundred KiB, the client's buffers for a statement
+# (asyncpg's parameters, its Bind message, asyncio's unsent rest) each take fresh pages from
+# the kernel: 100 KB records in 2 MiB chunks cost the client 72 page faults and 203 µs of
+# system CPU per record (1 MiB and 512 KiB: 67-70 faults), in 256 KiB chunks none and 29 µs.
+# (A much larger statement's rows also spill to temporary files beyond work_mem.)
+_CHUNK_BYTES = 256 << 10
 # The same with large records' data taken from the staging table (postgresql_staging).
 _WRITE_STAGED = staging.staged_write(_WRITE_MANY, staging.TABLE)
+
+
+def _write_statement(chunk: Sequence[StoredRecord]) -> str:
+    """The statement writing ``chunk`` (no staged record): its kind's write when it holds one
+    kind, else the statement writing every kind."""
+    expected = {record.revision for record in chunk}
+    if expected == {0}:
+        return _WRITE_ONE_KIND["added"]
+    if expected == {None}:
+        return _WRITE_ONE_KIND["forced"]
+    if 0 not in expected and None not in expected:
+        return _WRITE_ONE_KIND["changed"]
+    return _WRITE_MANY
 
 
 def _hot_path_statements() -> dict[str, str]:
@@ -375,7 +403,6 @@ def _hot_path_statements() -> dict[str, str]:
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
         statements[name] = sql
-    statements["write_many"] = _WRITE_MANY
     return statements
 
 
@@ -552,9 +579,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
 
         A batch runs as one statement per chunk of at most ``batch_size`` records and
-        2 MiB of JSON, all in that transaction: the driver never holds more than
-        a chunk's parameters at once. Large records are streamed into a staging table first
-        (:mod:`.postgresql_staging`).
+        256 KiB of JSON (see :func:`_write_statement`), all in that transaction: the driver
+        never holds more than a chunk's parameters at once. Large records are streamed into a
+        staging table first (:mod:`.postgresql_staging`).
         """
         spans = batch_spans(
             records, self._batch_size, most_bytes=_CHUNK_BYTES, carried_up_to=staging.STAGE_ABOVE
@@ -569,7 +596,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                         raw: Any = await joined.get_raw_connection()
                         rows = await _write_staged(raw.driver_connection, chunk)
                     else:
-                        result = await joined.exec_driver_sql(_SQL["write_many"], _columns(chunk))
+                        result = await joined.exec_driver_sql(
+                            _write_statement(chunk), _columns(chunk)
+                        )
                         rows = list(result.all())
                     written.update({(row[0], row[1]): row[2] for row in rows})
                     missing = _first_missing(chunk, written)
@@ -587,7 +616,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     if any(map(staging.is_large, chunk)):
                         rows = await _write_staged(driver, chunk)
                     else:
-                        rows = await driver.fetch(_SQL["write_many"], *_columns(chunk))
+                        rows = await driver.fetch(_write_statement(chunk), *_columns(chunk))
                     written.update({(row[0], row[1]): row[2] for row in rows})
                     missing = _first_missing(chunk, written)
                     if missing is not None:
