@@ -656,7 +656,7 @@ class TempRedisCluster:
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
-    def wait_promoted(self, port: int, timeout: float = 30) -> float:
+    def wait_promoted(self, port: int, timeout: float = 60) -> float:
         """Wait until the killed primary on ``port`` is marked failed and a replica took its
         slots; return the seconds waited.
 
@@ -709,8 +709,8 @@ class TempRedisCluster:
         """Mark ``slot`` MIGRATING on ``source`` and IMPORTING on ``target``: a command on
         keys ``source`` lacks is redirected (ASK) to ``target`` until the migration ends."""
         ids = {n["port"]: n["id"] for n in self.nodes()}
-        self.redis_cli("cluster", "setslot", str(slot), "importing", ids[str(source)], port=target)
-        self.redis_cli("cluster", "setslot", str(slot), "migrating", ids[str(target)], port=source)
+        self._ok("cluster", "setslot", str(slot), "importing", ids[str(source)], port=target)
+        self._ok("cluster", "setslot", str(slot), "migrating", ids[str(target)], port=source)
 
     def migrate_keys(
         self, slot: int, source: int, target: int, keys: list[str] | None = None
@@ -718,23 +718,46 @@ class TempRedisCluster:
         """Move the keys of a migrating ``slot`` (only ``keys``, given) from ``source`` to
         ``target`` (MIGRATE)."""
         if keys is not None:
-            self.redis_cli(
-                "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys, port=source
-            )
+            self._migrate(source, target, keys)
             return
+        deadline = time.monotonic() + 120
         while keys := self.redis_cli(
             "cluster", "getkeysinslot", str(slot), "100", port=source
         ).split():
-            self.redis_cli(
-                "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys, port=source
-            )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slot {slot}'s keys still on {source} after 120 s")
+            self._migrate(source, target, keys)
+
+    def _migrate(self, source: int, target: int, keys: list[str]) -> None:
+        # 30 s of transfer inactivity before MIGRATE gives up: a loaded machine moving a
+        # 20 MB document took more than 5 s.
+        argv = ["migrate", "127.0.0.1", str(target), "", "0", "30000", "keys", *keys]
+        reply = self.redis_cli(*argv, port=source).strip()
+        if reply not in ("OK", "NOKEY"):
+            raise RuntimeError(f"MIGRATE from {source} to {target} answered {reply!r}")
 
     def finish_migration(self, slot: int, source: int, target: int) -> None:
         """Move the slot's keys left on ``source``, then give ``slot`` to ``target``."""
         self.migrate_keys(slot, source, target)
         target_id = next(n["id"] for n in self.nodes() if n["port"] == str(target))
         for port in (target, source):
-            self.redis_cli("cluster", "setslot", str(slot), "node", target_id, port=port)
+            self._ok("cluster", "setslot", str(slot), "node", target_id, port=port)
+
+    def _ok(self, *arguments: str, port: int) -> None:
+        """Run a command whose reply is OK; raise with the reply otherwise (redis-cli exits
+        0 on an error reply)."""
+        reply = self.redis_cli(*arguments, port=port).strip()
+        if reply != "OK":
+            raise RuntimeError(f"{' '.join(arguments)} on port {port} answered {reply!r}")
+
+    def heal(self, timeout: float = 120) -> float:
+        """Restart any node a test left killed, then wait until every node is ok and every
+        replica is linked; return the seconds waited. A test that fails halfway through a
+        failover leaves the next test a whole cluster, not its failure."""
+        for port, process in list(self.processes.items()):
+            if process.poll() is not None:
+                self.start_node(port)
+        return self.wait_ok(timeout)
 
     def destroy(self) -> None:
         for process in self.processes.values():

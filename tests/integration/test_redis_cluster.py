@@ -45,6 +45,12 @@ def cluster() -> Iterator[servers.TempRedisCluster]:
         cluster.destroy()
 
 
+@pytest.fixture(autouse=True)
+def _whole_cluster(cluster: servers.TempRedisCluster) -> None:
+    """Each test starts on a cluster whose nodes all run and whose replicas are linked."""
+    cluster.heal()
+
+
 class TestRedisClusterConformance(BackendConformance):
     """The backend conformance suite against redis+cluster://."""
 
