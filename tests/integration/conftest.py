@@ -179,11 +179,16 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 
 def _delete_redis_prefix(url: str, prefix: str) -> None:
+    _delete_redis_keys(url, f"{prefix}:*")
+
+
+def _delete_redis_keys(url: str, pattern: str) -> None:
+    """Delete the keys matching ``pattern`` (a SCAN MATCH pattern) on the server of ``url``."""
     import redis
 
     client = redis.Redis.from_url(url.split("?")[0])
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
     finally:

@@ -10,6 +10,8 @@ from uuid import uuid4
 
 import pytest
 
+from tests.integration.conftest import _delete_redis_prefix
+
 pytestmark = [pytest.mark.postgresql, pytest.mark.redis]
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "ai.md"
 
@@ -43,6 +45,7 @@ def test_snippet_runs(
         exec(compile(snippet, f"{GUIDE}#{index}", "exec"), module.__dict__)
     finally:
         del sys.modules[module.__name__]
+        _delete_redis_prefix(redis_base_url, prefix)
     output = capsys.readouterr().out
     expected = [
         ["4 messages stored\n2 requests,"],

@@ -20,7 +20,7 @@ from uuid import uuid4
 
 import pytest
 
-from tests.integration.conftest import _admin, _delete_redis_prefix, _with_database
+from tests.integration.conftest import _admin, _delete_redis_keys, _with_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ def reports(
             for extra in EXTRAS
         }
         yield {extra: future.result() for extra, future in futures.items()}
-    _delete_redis_prefix(redis_base_url, "toast_wheel_")
+    _delete_redis_keys(redis_base_url, "toast_wheel_*")  # each extra's prefix toast_wheel_<hex>
 
 
 HAS = {
