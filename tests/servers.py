@@ -551,6 +551,7 @@ class TempRedisCluster:
         self.root = Path(tempfile.mkdtemp(prefix="toast-cluster-"))
         self.ports: list[int] = []
         self.primary_count = primaries
+        self.replica_count = replicas
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         try:
             while len(self.ports) < primaries * (1 + replicas):
@@ -758,6 +759,12 @@ class TempRedisCluster:
             if process.poll() is not None:
                 self.start_node(port)
         return self.wait_ok(timeout)
+
+    def rebuild(self) -> None:
+        """Replace every node by a fresh cluster of the same shape, on new ports (for a
+        cluster ``heal`` could not bring back)."""
+        self.destroy()
+        self.__init__(self.primary_count, self.replica_count)  # type: ignore[misc]
 
     def destroy(self) -> None:
         for process in self.processes.values():

@@ -47,8 +47,12 @@ def cluster() -> Iterator[servers.TempRedisCluster]:
 
 @pytest.fixture(autouse=True)
 def _whole_cluster(cluster: servers.TempRedisCluster) -> None:
-    """Each test starts on a cluster whose nodes all run and whose replicas are linked."""
-    cluster.heal()
+    """Each test starts on a cluster whose nodes all run and whose replicas are linked (a
+    new one if the last test left it beyond repair)."""
+    try:
+        cluster.heal(timeout=60)
+    except RuntimeError:
+        cluster.rebuild()
 
 
 class TestRedisClusterConformance(BackendConformance):
