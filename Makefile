@@ -9,10 +9,12 @@ NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3
 .PHONY: install demo todo test lint typecheck pytest test-newer docs fuzz bench bench-snapshot \
 	bench-instructions bench-pg-instructions profile load-test clean ai-chat bench-ai
 
+EXTRAS ?= all,dev
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -68,10 +70,11 @@ fuzz: install
 		tests/integration/test_fidelity.py -s -q -p no:cacheprovider
 
 # Runs the suite again on the newer interpreter, when there is one (the distribution test,
-# which builds the pure-Python wheel and five venvs, runs once, on the main interpreter).
+# which builds the pure-Python wheel and five venvs, runs once, on the main interpreter), with
+# hiredis: the Redis tests then run on both reply readers (redis-py's Python one above).
 test-newer:
 ifneq ($(NEWER_PYTHON),)
-	$(MAKE) pytest PYTHON=$(NEWER_PYTHON) VENV=.venv-newer \
+	$(MAKE) pytest PYTHON=$(NEWER_PYTHON) VENV=.venv-newer EXTRAS=all,dev,hiredis \
 		PYTEST_ARGS="$(PYTEST_ARGS) --deselect tests/integration/test_distributions.py"
 else
 	@echo "no newer Python found: ran the suite on $$($(PY) --version) only"
