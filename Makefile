@@ -67,7 +67,7 @@ FUZZ_SEED ?=
 
 fuzz: install
 	TOAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TOAST_FUZZ_SEED=$(FUZZ_SEED) $(VENV)/bin/pytest \
-		tests/integration/test_fidelity.py -s -q -p no:cacheprovider
+		tests/integration/test_fidelity.py -s -q -p no:cacheprovider --timeout=0
 
 # Runs the suite again on the newer interpreter, when there is one (the distribution test,
 # which builds the pure-Python wheel and five venvs, runs once, on the main interpreter), with

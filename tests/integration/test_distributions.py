@@ -22,7 +22,14 @@ import pytest
 
 from tests.integration.conftest import _admin, _delete_redis_keys, _with_database
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgresql, pytest.mark.redis]
+# Building the distributions and five venvs is bounded by its own subprocess timeouts (600 s
+# each) in the first tests' setup, above pytest-timeout's 600 s per test.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgresql,
+    pytest.mark.redis,
+    pytest.mark.timeout(2400),
+]
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS = ["sqlite", "postgresql", "redis", "fastapi", "all"]
 MIGRATION = "0001_external_records.py"

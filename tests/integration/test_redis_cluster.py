@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -45,14 +46,24 @@ def cluster() -> Iterator[servers.TempRedisCluster]:
         cluster.destroy()
 
 
+_REBUILD_FAILED: list[BaseException] = []
+
+
 @pytest.fixture(autouse=True)
 def _whole_cluster(cluster: servers.TempRedisCluster) -> None:
-    """Each test starts on a cluster whose nodes all run and whose replicas are linked (a
-    new one if the last test left it beyond repair)."""
+    """Each test starts on a cluster whose nodes all run, whose replicas are linked and
+    whose slots are all settled (a new one if the last test left it beyond repair; once a
+    new one could not be made, every later test fails at once, naming why)."""
+    if _REBUILD_FAILED:
+        pytest.fail(f"the Redis Cluster could not be rebuilt: {_REBUILD_FAILED[0]!r}")
     try:
         cluster.heal(timeout=60)
-    except RuntimeError:
-        cluster.rebuild()
+    except (RuntimeError, subprocess.SubprocessError):
+        try:
+            cluster.rebuild()
+        except BaseException as exc:
+            _REBUILD_FAILED.append(exc)
+            raise
 
 
 class TestRedisClusterConformance(BackendConformance):

@@ -100,6 +100,7 @@ def test_missing_docker_socket_is_no_docker(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its inner pytest run has 600 s
 def test_newcomer_without_variables_gets_local_servers() -> None:
     """With no TOAST_TEST_* variables, the server tests start local servers and all pass."""
     result = pytest_run(*SERVER_TESTS, env=newcomer_env())
@@ -111,6 +112,7 @@ def test_newcomer_without_variables_gets_local_servers() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its inner pytest run has 600 s
 def test_nothing_at_all_skips_loudly() -> None:
     """No variables, no Docker, no binaries: each server test is skipped, saying what to do."""
     result = pytest_run(
@@ -123,6 +125,7 @@ def test_nothing_at_all_skips_loudly() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its inner pytest run has 600 s
 def test_nothing_at_all_in_ci_fails_saying_how_to_provide_a_server() -> None:
     """The same with CI=true: the run fails, and the message says how to provide a server."""
     result = pytest_run(
