@@ -10,14 +10,17 @@ NEWER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3
 	bench-instructions bench-pg-instructions profile load-test clean ai-chat bench-ai
 
 EXTRAS ?= all,dev
+# The stamp names the extras installed: a venv made with other extras is brought up to date.
+comma := ,
+INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-$(VENV)/.installed: pyproject.toml
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(INSTALLED)
 
 DEMO_DB ?= demo.db
 

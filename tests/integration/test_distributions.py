@@ -87,7 +87,7 @@ def wheelhouse(dists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def _venv_report(
-    extra: str, wheel: Path, house: Path, work: Path, pg: str, redis: str
+    extra: str, wheel: Path, house: Path, work: Path, pg: str, redis: str, prefix: str
 ) -> dict[str, Any]:
     venv = work / f"venv-{extra}"
     # No pip inside: this venv's pip is the outer one (--python), installing offline from the
@@ -120,6 +120,7 @@ def _venv_report(
             str(venv),
             pg,
             redis,
+            prefix,
         ],
         capture_output=True,
         text=True,
@@ -142,21 +143,25 @@ def reports(
 ) -> Iterator[dict[str, dict[str, Any]]]:
     """Each extra's report from its own fresh venv (built in parallel)."""
     work = tmp_path_factory.mktemp("venvs")
-    with ThreadPoolExecutor(len(EXTRAS)) as pool:
-        futures = {
-            extra: pool.submit(
-                _venv_report,
-                extra,
-                dists["wheel"],
-                wheelhouse,
-                work,
-                fresh_database,
-                redis_base_url,
-            )
-            for extra in EXTRAS
-        }
-        yield {extra: future.result() for extra, future in futures.items()}
-    _delete_redis_keys(redis_base_url, "toast_wheel_*")  # each extra's prefix toast_wheel_<hex>
+    prefix = f"toast_wheel_{uuid4().hex[:8]}_"  # this run's keys: <prefix><extra>:...
+    try:
+        with ThreadPoolExecutor(len(EXTRAS)) as pool:
+            futures = {
+                extra: pool.submit(
+                    _venv_report,
+                    extra,
+                    dists["wheel"],
+                    wheelhouse,
+                    work,
+                    fresh_database,
+                    redis_base_url,
+                    prefix,
+                )
+                for extra in EXTRAS
+            }
+            yield {extra: future.result() for extra, future in futures.items()}
+    finally:
+        _delete_redis_keys(redis_base_url, f"{prefix}*")
 
 
 HAS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-extra, workdir, postgres_url, redis_url = sys.argv[1:5]
+extra, workdir, postgres_url, redis_url, redis_prefix = sys.argv[1:6]
 CLI = str(Path(sys.executable).with_name("pydantic-toast"))
 report: dict[str, Any] = {}
 
@@ -61,7 +61,7 @@ report["sqlite"] = class_statement(sqlite_url)
 report["migrate_postgresql"] = cli("migrate", postgres_url)
 report["check_postgresql"] = cli("check", postgres_url)
 report["postgresql"] = class_statement(postgres_url)
-report["redis"] = class_statement(f"{redis_url}?prefix=toast_wheel_{uuid4().hex[:8]}")
+report["redis"] = class_statement(f"{redis_url}?prefix={redis_prefix}{extra}")
 report["memory"] = class_statement("memory://wheel")
 try:
     import pydantic_toast.fastapi

@@ -10,6 +10,9 @@ from redis._parsers import _AsyncRESP2Parser
 
 from pydantic_toast.backends import _resp
 
+# redis-py's default socket_read_size (a connection's reads, hiredis's too): 32 KiB.
+READ_SIZE = 32 * 1024
+
 
 def reply(values: list[bytes | None]) -> bytes:
     """The RESP2 array reply of ``values`` (``None``: a missing key)."""
@@ -22,7 +25,7 @@ def reply(values: list[bytes | None]) -> bytes:
 async def read_in_two(packed: bytes, cut: int, piece: int) -> list[_resp.Value]:
     """``_read_array`` of ``packed`` whose first ``cut`` bytes arrive alone, the rest later."""
     stream = asyncio.StreamReader()
-    parser = _AsyncRESP2Parser(socket_read_size=1 << 16)
+    parser = _AsyncRESP2Parser(socket_read_size=READ_SIZE)
     parser._stream = stream
     parser._connected = True
     stream.feed_data(packed[:cut])
@@ -106,7 +109,7 @@ async def read_with_hiredis(packed: bytes, cut: int) -> tuple[list[_resp.Value],
     from redis._parsers import _AsyncHiredisParser
 
     stream = asyncio.StreamReader()
-    parser = _AsyncHiredisParser(socket_read_size=1 << 16)
+    parser = _AsyncHiredisParser(socket_read_size=READ_SIZE)
     connection = SimpleNamespace(_reader=stream, encoder=SimpleNamespace(decode_responses=False))
     parser.on_connect(connection)
     assert isinstance(parser._reader, hiredis.Reader)
