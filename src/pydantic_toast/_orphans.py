@@ -42,6 +42,7 @@ __all__ = [
     "afind_orphans",
     "find_orphaned_payloads",
     "find_orphans",
+    "live_models",
     "referencing_classes",
 ]
 
@@ -75,11 +76,32 @@ def referencing_classes(model: type[ExternalBaseModel]) -> list[type[ExternalBas
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
     found = []
-    for cls in current_storage().catalog.classes():
+    for cls in live_models():
         route = _field_routes(cls).get(name)
         if route is not None and url in route.urls:
             found.append(cls)
     return sorted(found, key=lambda cls: cls._toast_settings().external_name)
+
+
+def live_models() -> list[type[ExternalBaseModel]]:
+    """Every model class defined in this process that has storage of its own.
+
+    Found by walking ``ExternalBaseModel``'s subclasses, not the stored-name catalog: a class
+    whose storage is ``env:NAME`` joins the catalog only once it has been used, and a scan in a
+    fresh process (a cron job) that missed a referencing class would report the records it
+    references as orphans. Classes whose fields are not fully defined yet (forward references
+    Pydantic could not resolve) are left out: no record can have been written through them.
+    """
+    found: dict[int, type[ExternalBaseModel]] = {}
+    pending = ExternalBaseModel.__subclasses__()
+    while pending:
+        cls = pending.pop()
+        if id(cls) in found:
+            continue
+        pending.extend(cls.__subclasses__())
+        if cls.__toast_settings__ is not None and cls.__pydantic_complete__:
+            found[id(cls)] = cls
+    return list(found.values())
 
 
 def _field_routes(cls: type[ExternalBaseModel]) -> Routes:

@@ -132,3 +132,56 @@ def test_orphans_command_reports_deletes_and_refuses_unknown_classes(tmp_path: P
     unknown = run(*cli, "--class", "Nope")
     assert unknown.returncode == 2
     assert "no imported model is stored as 'Nope'" in unknown.stderr
+
+
+@pytest.mark.sqlite
+def test_a_fresh_process_finds_the_referencing_classes_of_env_storage(tmp_path: Path) -> None:
+    """Models stored at ``env:NAME`` join the catalog only once used: a scan in a new process
+    (a cron job) still reads their referencing class, and deletes only the real orphan."""
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    assert toast_cli(["migrate", url]) == 0
+    (tmp_path / "env_models.py").write_text(
+        textwrap.dedent(
+            """
+            from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+            class Tag(ExternalBaseModel):
+                label: str
+                model_config = ExternalConfigDict(storage="env:ORPHAN_TEST_STORE")
+
+            class Post(ExternalBaseModel):
+                tags: list[Tag] = []
+                model_config = ExternalConfigDict(storage="env:ORPHAN_TEST_STORE")
+            """
+        )
+    )
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "PYTHONPATH": path, "ORPHAN_TEST_STORE": url}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], env={**env, **extra}, cwd=tmp_path, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    setup = (
+        "import env_models as m; p = m.Post(tags=[m.Tag(label='a')]); "
+        "print(p.model_dump()['id'], m.Tag(label='b').model_dump()['id'])"
+    )
+    post_id, orphan = run("-c", setup).stdout.split()
+    scan = (
+        "import env_models as m, pydantic_toast; "
+        "r = pydantic_toast.find_orphans(m.Tag); print(r.referencing, [str(i) for i in r.orphans])"
+    )
+    assert run("-c", scan).stdout.strip() == f"['Post'] ['{orphan}']"
+    cli = ["-m", "pydantic_toast.integrations.cli", "orphans", url, "--module", "env_models"]
+    deleted = run(*cli, "--class", "Tag", "--delete")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.split() == [orphan]
+    assert "deleted 1" in deleted.stderr
+    reference = {"class_name": "Post", "id": post_id}
+    load = f"import env_models as m; print(len(m.Post.model_validate({reference!r}).tags))"
+    assert run("-c", load).stdout.strip() == "1"  # its tag is still there
+    unset = run(*cli, "--class", "Tag", ORPHAN_TEST_STORE="")
+    assert unset.returncode == 2
+    assert "ORPHAN_TEST_STORE" in unset.stderr, unset.stderr

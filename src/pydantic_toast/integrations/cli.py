@@ -445,11 +445,27 @@ def _imported_model(storage: Storage, url: StorageURL, args: argparse.Namespace)
 
 def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
     """The imported model class stored as ``name`` on ``url``'s store."""
+    from pydantic_toast._orphans import live_models
+
     identity = storage.store_identity(url)
-    for cls in storage.catalog.classes():
+    unresolved = []
+    for cls in live_models():
         settings = cls._toast_settings()
-        if settings.external_name == name and storage.store_identity(settings.url()) == identity:
+        if settings.external_name != name:
+            continue
+        try:
+            where = settings.url()
+        except ExternalStorageError:  # its env: variable is not set in this process
+            unresolved.append(f"{cls.__qualname__} ({settings.storage})")
+            continue
+        if storage.store_identity(where) == identity:
             return cls
+    if unresolved:
+        raise CommandError(
+            f"the model stored as {name!r} names its storage by an environment variable that "
+            f"is not set here: {', '.join(unresolved)}; set it to {url.masked}",
+            EXIT_USAGE,
+        )
     raise CommandError(
         f"no imported model is stored as {name!r} in {url.masked}: pass the module that defines "
         "it with --module (and its stored name, external_name, with --class)",
