@@ -33,7 +33,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
-from pydantic_toast._codecs import encode_record
+from pydantic_toast._codecs import encode_record, is_encoded
 from pydantic_toast._data_schema import data_schema, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -199,6 +199,21 @@ def mark_unvalidated(model: ExternalBaseModel) -> None:
     _new_identity(model, UnvalidatedIdentity)
 
 
+def _reserved_key_refusal(model: ExternalBaseModel) -> StorageValidationError:
+    """The refusal for a model whose data starts with the key ``"$toast"`` (an extra field),
+    which marks the library's own envelopes (compressed, encrypted or offloaded data): stored,
+    it would be read back as one, its value taken for the record's data."""
+    settings = type(model)._toast_settings()
+    return StorageValidationError(
+        f"{type(model).__qualname__} cannot be stored: its data starts with the key '$toast', "
+        "which pydantic-toast reserves for its own envelopes (compressed, encrypted or "
+        "offloaded data), so it would not be read back as it is; nothing was written. Rename "
+        "that key (an extra field, which extra='allow' lets in)",
+        class_name=settings.external_name,
+        field="$toast",
+    )
+
+
 def _canonical(data: bytes) -> str:
     """One spelling of a JSON value: sorted keys; ints, floats and bools stay distinct."""
     return json.dumps(pydantic_core.from_json(data, allow_inf_nan=True), sort_keys=True)
@@ -358,6 +373,9 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
+        if is_encoded(data):  # read back as an envelope, not as the model's data
+            self.refusal = self.refusal or _reserved_key_refusal(model)
+            raise self.refusal
         if noted() is not None:  # an offset with seconds written rounded, an Any value changed
             token = _serializing.set(serialized)  # the check serializes its own fields
             try:

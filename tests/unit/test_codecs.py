@@ -106,3 +106,27 @@ async def test_offloaded_payloads_expire_with_their_records(memory_url: str) -> 
     with pytest.raises(pydantic_toast.RecordNotFoundError):
         await Big.aload(reference)
     assert store.records() == []  # expired with its record
+
+
+def test_data_that_starts_like_an_envelope_is_refused_before_anything_is_written() -> None:
+    """An extra key ``$toast`` first in the data would be read back as an envelope (a
+    client's body could make a record load as other data): refused, nothing written; the
+    same key after a declared field is data like any other."""
+    store = f"memory://{uuid4().hex}"
+
+    class Bag(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=store, extra="allow")
+
+    class Labelled(ExternalBaseModel):
+        label: str
+        model_config = ExternalConfigDict(storage=store, extra="allow")
+
+    inner = json.dumps({"admin": True}).encode()
+    envelope = {"codecs": [], "size": len(inner), "sha256": "0" * 64, "payload": "e30="}
+    for value in ("user text", envelope):
+        with pytest.raises(pydantic_toast.StorageValidationError, match=r"'\$toast'.*nothing was"):
+            Bag(**{"$toast": value}).model_dump()
+    assert pydantic_toast.count(Bag) == 0
+    kept = Labelled(label="x", **{"$toast": envelope})
+    loaded = Labelled.model_validate(kept.model_dump())
+    assert loaded.model_extra == {"$toast": envelope}
