@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import pydantic_core
 from pydantic import ValidationError
@@ -154,8 +154,20 @@ def describe_errors(exc: ValidationError, data: bytes | str) -> tuple[str, str |
                 field = field or loc
                 continue
         field = field or loc or None
-        problems.append(f"{loc or '<root>'}: {error['msg']}")
+        kind = error["type"]
+        if kind in _QUOTING or kind not in _PYDANTICS:
+            # A validator's own text (or a custom error's) may quote the value: its type only.
+            message = f"a validator refused the stored value ({kind})"
+        else:
+            message = error["msg"]
+        problems.append(f"{loc or '<root>'}: {message}")
     return "; ".join(problems), field
+
+
+# Error types whose message is the application's text or quotes the input, and Pydantic's
+# own (a message built from the schema's constraints, never from the input).
+_QUOTING = frozenset(("value_error", "assertion_error", "union_tag_invalid"))
+_PYDANTICS = frozenset(get_args(pydantic_core.core_schema.ErrorType))
 
 
 def decode_stored(record: StoredRecord) -> Any:

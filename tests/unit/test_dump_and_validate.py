@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import math
 import pickle
 from datetime import UTC, date, datetime, timedelta
@@ -13,7 +14,8 @@ from enum import Enum
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, Json
+from pydantic import BaseModel, ConfigDict, Field, Json, field_validator
+from pydantic_core import PydanticCustomError
 
 from pydantic_toast import (
     ExternalBaseModel,
@@ -354,6 +356,41 @@ def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory
         define_strict().model_validate(reference)
     assert "top-secret-value" not in str(info.value)
     assert "value:" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["ValueError", "assert", "PydanticCustomError"])
+def test_a_validators_message_quoting_stored_data_stays_out_of_errors_and_logs(
+    memory_url: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored value a validator refuses (set by assignment, never validated) raises
+    StoredDataError naming the field and the error type, not the validator's text, which may
+    quote the value; the error log line neither."""
+
+    class Account(ExternalBaseModel):
+        email: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+        @field_validator("email")
+        @classmethod
+        def check(cls, value: str) -> str:
+            if "@" not in value:
+                if kind == "ValueError":
+                    raise ValueError(f"{value!r} is not an email address")
+                if kind == "PydanticCustomError":
+                    raise PydanticCustomError("email", "{value} is no email", {"value": value})
+                assert False, f"{value!r} is not an email address"  # noqa: B011, PT015
+            return value
+
+    account = Account(email="ok@example.com")
+    account.email = "alice-private-data"
+    reference = account.model_dump()
+    refused = pytest.raises(StoredDataError, match="email: a validator refused")
+    with caplog.at_level(logging.DEBUG, logger="pydantic_toast"), refused as info:
+        Account.model_validate(reference)
+    assert info.value.field == "email"
+    assert "alice-private-data" not in str(info.value)
+    assert "alice-private-data" not in caplog.text
+    assert "does not validate" in caplog.text
 
 
 def test_extra_forbid_models_round_trip(memory_url: str) -> None:
