@@ -101,7 +101,11 @@ def refuse_unstorable(record: StoredRecord) -> None:
         if field is None:
             return  # the bytes were inside a string: nothing jsonb refuses
         what = "the NUL character (\\u0000)"
-        fix = "strip NUL characters from the data or use another backend (SQLite, Redis)"
+        fix = (
+            "strip NUL characters from the data; for a bytes field, store it as base64 "
+            "(model_config ser_json_bytes='base64' and val_json_bytes='base64'); or use another "
+            "backend (SQLite, Redis)"
+        )
     raise StorageValidationError(
         f"the {record.class_name} field {field} holds {what}, which PostgreSQL's jsonb cannot "
         f"store: nothing was written; {fix}",
