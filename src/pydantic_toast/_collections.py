@@ -16,7 +16,7 @@ from pydantic_toast._codecs import is_encoded
 from pydantic_toast._exceptions import (
     InvalidReferenceError,
     RecordNotFoundError,
-    StorageConfigurationError,
+    StorageUsageError,
     shorten,
 )
 from pydantic_toast._fidelity import decode_stored
@@ -117,15 +117,17 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
 
     Args:
         model: The model class.
-        limit: At most this many records (1 to 1000).
+        limit: At most this many records: an ``int`` from 1 to 1000.
         after: The ``next_after`` of the previous page, or ``None`` for the first page.
 
     Raises:
+        StorageUsageError: ``limit`` is not an ``int`` from 1 to 1000 (a bool, a float such as
+            ``2.5`` or a numeric string is refused, not rounded: a page shorter than a
+            fractional limit would end the paging early).
         InvalidReferenceError: ``after`` is not a ``next_after`` token (a record id, which
             earlier versions used as the cursor, is refused with the fix).
     """
-    if not 1 <= limit <= MAX_PAGE:
-        raise StorageConfigurationError(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
+    _check_limit(limit)
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
     cursor = _cursor(name, after) if after is not None else None
@@ -149,6 +151,18 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
     items = [model._toast_build((url, name, record.id), session) for record in records]
     last = PageCursor.of(records[-1]).token() if len(records) == limit else None
     return Page(items=items, next_after=last)
+
+
+def _check_limit(limit: object) -> None:
+    """Refuse a page size that is not an ``int`` from 1 to ``MAX_PAGE``."""
+    # bool is an int subclass, and a float compares fine but never equals a page's length
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise StorageUsageError(
+            f"limit must be an int from 1 to {MAX_PAGE}, got {shorten(repr(limit))} "
+            f"({type(limit).__name__})"
+        )
+    if not 1 <= limit <= MAX_PAGE:
+        raise StorageUsageError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit}")
 
 
 def _cursor(class_name: str, after: object) -> PageCursor:

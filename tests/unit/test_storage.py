@@ -326,3 +326,18 @@ async def test_memory_pages_and_counts_follow_deletes_expiry_and_recreation() ->
         after = PageCursor.of(page[-1])
     assert [r.id for r in listed] == [r.id for r in expected]
     assert await backend.count("Other") == 1
+
+
+@pytest.mark.parametrize("limit", [2.5, 2.0, True, "2", None, 0, -1, 1001, 10**9])
+def test_a_page_limit_is_an_int_from_1_to_1000(memory_url: str, limit: Any) -> None:
+    """A limit that is not an int from 1 to 1000 is refused as a usage error: a float was taken,
+    and a page never equal to 2.5 records long ended the paging with records left."""
+    note = make_note(memory_url)
+    for n in range(3):
+        note(text=str(n)).model_dump()
+    with pytest.raises(pydantic_toast.StorageUsageError, match="limit must be an int from 1 to"):
+        pydantic_toast.page(note, limit=limit)
+    first = pydantic_toast.page(note, limit=2)
+    assert len(first.items) == 2
+    assert first.next_after is not None
+    assert len(pydantic_toast.page(note, limit=2, after=first.next_after).items) == 1
