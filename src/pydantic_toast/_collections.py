@@ -82,7 +82,14 @@ async def adelete(
         ExternalStorageError: Deleting an owned record failed; the parent is deleted, and the
             error's note names the records left behind.
     """
-    url, class_name, id = model._toast_key(reference)
+    await _delete(model, reference, revision, "pydantic_toast.adelete()")
+
+
+async def _delete(
+    model: type[M], reference: Mapping[str, Any] | UUID | str, revision: int | None, call: str
+) -> None:
+    """:func:`adelete`, naming ``call`` (the function the caller called) in its errors."""
+    url, class_name, id = model._toast_key(reference, call)
     storage = current_storage()
     backend = await storage.connected(url)
     codec = model._toast_settings().codec
@@ -196,7 +203,7 @@ def delete(
 ) -> None:
     """The blocking form of :func:`adelete`."""
     run_sync(
-        lambda: adelete(model, reference, revision=revision),
+        lambda: _delete(model, reference, revision, "pydantic_toast.delete()"),
         call="pydantic_toast.delete()",
         instead="await pydantic_toast.adelete()",
     )

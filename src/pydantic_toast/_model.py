@@ -593,8 +593,11 @@ class ExternalBaseModel(BaseModel):
         return settings
 
     @classmethod
-    def _toast_key(cls, value: Mapping[str, Any] | UUID | str) -> SessionKey:
-        """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument."""
+    def _toast_key(cls, value: Mapping[str, Any] | UUID | str, call: str = "") -> SessionKey:
+        """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument.
+
+        ``call`` names the call that was given ``value``, for the error (``aload()`` if empty).
+        """
         settings = cls.__toast_settings__ or cls._toast_settings()
         # A reference as dump() returns it, or a plain dict, skips isinstance(), which tries
         # each of the id types in turn (about a thousand instructions).
@@ -605,8 +608,9 @@ class ExternalBaseModel(BaseModel):
             reference = parse_reference(value)
         if reference is None:
             raise InvalidReferenceError(
-                f"{cls.__qualname__}.aload() takes a reference {{'class_name': ..., 'id': ...}}, "
-                "an ExternalReference or an id",
+                f"{call or f'{cls.__qualname__}.aload()'} takes a reference "
+                "{'class_name': ..., 'id': ...}, an ExternalReference or an id"
+                + ("" if isinstance(value, Mapping) else f", not {_kind(value)}"),
                 class_name=settings.external_name,
             )
         class_name, id = reference
@@ -921,6 +925,11 @@ def _root_mismatch(exc: ValidationError) -> InvalidReferenceError | None:
     return InvalidReferenceError(
         error["msg"], class_name=context.get("class_name"), id=context.get("id")
     )
+
+
+def _kind(value: object) -> str:
+    """What ``value`` is, for a message, without its content (it may be a client's data)."""
+    return "None" if value is None else type(value).__name__
 
 
 def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import pickle
@@ -14,6 +15,7 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalReference,
+    InvalidReferenceError,
     StorageValidationError,
 )
 
@@ -107,3 +109,21 @@ def test_a_malformed_reference_is_still_a_storage_validation_error(memory_url: s
     model = make_model(memory_url)
     with pytest.raises(StorageValidationError, match="is not a UUID"):
         model.model_validate({"class_name": "Ticket", "id": "nope"})
+
+
+async def test_a_bad_reference_error_names_the_call_made(memory_url: str) -> None:
+    """delete(), adelete() and aload() each name themselves when given no reference at all
+    (delete() used to say "Ticket.aload() takes a reference", a function not called)."""
+    model = make_model(memory_url)
+    calls = {
+        r"pydantic_toast\.adelete\(\)": lambda bad: pydantic_toast.adelete(model, bad),
+        r"\S*Ticket\.aload\(\)": model.aload,
+    }
+    for bad, kind in [(None, ", not None"), (12, ", not int"), ({"class_name": "Ticket"}, "")]:
+        for call, function in calls.items():
+            with pytest.raises(
+                InvalidReferenceError, match=rf"^{call} takes a reference .*id{kind}$"
+            ):
+                await function(bad)
+        with pytest.raises(InvalidReferenceError, match=r"^pydantic_toast\.delete\(\) takes"):
+            await asyncio.to_thread(pydantic_toast.delete, model, bad)
