@@ -18,6 +18,7 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     StorageConfigurationError,
+    StorageConnectionError,
     StorageSchemaError,
 )
 
@@ -35,6 +36,20 @@ def test_unmigrated_file_says_which_command_to_run(tmp_path: Path) -> None:
 
     with pytest.raises(StorageSchemaError, match="pydantic-toast migrate"):
         Memo(text="x").model_dump()
+    pydantic_toast.close_storage()
+
+
+def test_an_unusable_absolute_path_is_named_with_its_leading_slash(tmp_path: Path) -> None:
+    """The error names the file as the URL gives it: /tmp/.../y.db, not tmp/.../y.db."""
+    path = tmp_path / "missing-folder" / "y.db"
+
+    class Unreachable(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    with pytest.raises(StorageConnectionError) as caught:
+        Unreachable(text="x").model_dump()
+    assert f"SQLite could not use {path} (" in str(caught.value)
     pydantic_toast.close_storage()
 
 

@@ -249,12 +249,17 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
         ), False
     if "unable to open" in message or "readonly" in message or "disk" in message:
         return StorageConnectionError(
-            f"SQLite could not use {shorten(failure.url.path.lstrip('/'), 200)} "
+            f"SQLite could not use {shorten(_sqlite_file(failure.url.path), 200)} "
             f"({type(driver).__name__}: {shorten(message)}): check the path, its folder and "
             "their permissions",
             url=url,
         ), False
     return None
+
+
+def _sqlite_file(path: str) -> str:
+    """The file a ``sqlite://`` URL's path names: ``/data.db`` is relative, ``//tmp/x.db`` not."""
+    return path[1:] if path.startswith("/") else path
 
 
 _REDIS_BUSY = (
