@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def test_sqlite_check_migrate_current_downgrade(
 ) -> None:
     """check says not migrated (3), migrate fixes it (0), current and downgrade work."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
+    sqlite3.connect(tmp_path / "cli.db").close()  # an empty database file
     code, out, _ = run(capsys, "check", url)
     assert code == 3
     assert "reachable" in out
@@ -112,6 +114,24 @@ def test_sqlite_check_migrate_current_downgrade(
     code, _, _ = run(capsys, "downgrade", url, "--revision", "base")
     assert code == 0
     assert run(capsys, "current", url)[1].strip() == "none"
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("command", [["check"], ["current"], ["downgrade", "--revision", "base"]])
+def test_only_migrate_creates_a_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """check on a mistyped file name says the file does not exist (1) and leaves no file
+    behind; it used to create an empty file and report it reachable."""
+    file = tmp_path / "typo.db"
+    code, out, err = run(capsys, command[0], f"sqlite:///{file}", *command[1:])
+    assert code == 1
+    assert out == ""
+    assert f"the SQLite file {file} does not exist" in err
+    assert_one_line(err)
+    assert not file.exists()
+    assert run(capsys, "migrate", f"sqlite:///{file}")[0] == 0
+    assert file.exists()
 
 
 @pytest.mark.sqlite

@@ -259,7 +259,7 @@ def _run(command: str, url: str, revision: str | None) -> int:
             + ("migrated" if at_head else "NOT migrated: run pydantic-toast migrate")
         )
         return EXIT_OK if at_head else EXIT_NOT_AT_HEAD
-    _reachable(url)
+    _reachable(url, create=command == "migrate")
     from alembic import command as alembic_command
 
     config = alembic_config(url)
@@ -504,19 +504,31 @@ def _check_url(url: str) -> StorageURL:
     return parsed
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: str, *, create: bool = False) -> bool:
     """Connect with the library's backend; return whether the table exists.
 
+    Args:
+        url: The database URL.
+        create: Whether a SQLite file that does not exist may be created (``migrate`` only:
+            connecting creates it, so ``check`` would report a typo as reachable).
+
     Raises:
-        CommandError: The database cannot be reached (the backend's message says why).
+        CommandError: The database cannot be reached (the backend's message says why), or
+            the SQLite file does not exist and ``create`` is false.
     """
     parsed = StorageURL.parse(url)
     if parsed.scheme.startswith("sqlite"):
         # Checked here: aiosqlite's failed connect leaves its thread calling a closed loop.
-        folder = Path(parsed.path[1:] if parsed.path.startswith("/") else parsed.path).parent
-        if not folder.is_dir():
+        file = Path(parsed.path[1:] if parsed.path.startswith("/") else parsed.path)
+        if not file.parent.is_dir():
             raise CommandError(
-                f"{parsed.masked}: the folder {folder} does not exist: create it first",
+                f"{parsed.masked}: the folder {file.parent} does not exist: create it first",
+                EXIT_STORAGE,
+            )
+        if not create and not file.exists():
+            raise CommandError(
+                f"{parsed.masked}: the SQLite file {file} does not exist: check the path "
+                f"(pydantic-toast migrate {parsed.masked} creates it)",
                 EXIT_STORAGE,
             )
 
