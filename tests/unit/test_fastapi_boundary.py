@@ -28,7 +28,13 @@ from pydantic_toast import (
     StorageConnectionError,
     to_data,
 )
-from pydantic_toast.fastapi import conditional, install, loader, storage_lifespan
+from pydantic_toast.fastapi import (
+    conditional,
+    install,
+    install_error_handlers,
+    loader,
+    storage_lifespan,
+)
 from pydantic_toast.runtime.blocking import forget_call_sites, report_blocking_call
 from tests.conftest import CALL_LOGS, memory_store_of
 from tests.unit.test_runtime import DownBackend  # noqa: F401  (registers down://)
@@ -525,3 +531,39 @@ def test_ref_in_a_labelled_union_member_is_accepted() -> None:
     schema = TypeAdapter(Annotated[list[Ref[Customer]], Tag("customers")] | int).core_schema
 
     assert [model for _, model in _accepting_models(schema)] == [Customer]
+
+
+def test_a_malformed_id_a_route_loads_is_an_invalid_reference_where_it_was_sent() -> None:
+    """install_error_handlers alone: a route's aload() of a bad id answers 422 "Invalid
+    reference or id" at the path or query parameter holding it (it said "Value cannot be
+    stored" at ["body"]); an id from elsewhere gets an empty loc, never a made-up one."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/customers-by-path/{customer_id}")
+    async def by_path(customer_id: str) -> dict[str, str]:
+        return {"name": (await Customer.aload(customer_id)).name}
+
+    @app.get("/customers-by-query")
+    async def by_query(customer: str) -> dict[str, str]:
+        return {"name": (await Customer.aload(customer)).name}
+
+    @app.get("/customers-by-header")
+    async def by_header(request: Request) -> dict[str, str]:
+        reference = {"class_name": "Other", "id": request.headers["X-Customer"]}
+        return {"name": (await Customer.aload(reference)).name}
+
+    other = str(uuid4())
+    with TestClient(app) as client:
+        for url, headers, loc in [
+            ("/customers-by-path/not-a-uuid", {}, ["path", "customer_id"]),
+            ("/customers-by-query?customer=not-a-uuid", {}, ["query", "customer"]),
+            ("/customers-by-header", {"X-Customer": other}, []),
+        ]:
+            response = client.get(url, headers=headers)
+            assert response.status_code == 422, url
+            assert response.json() == {
+                "detail": [
+                    {"loc": loc, "msg": "Invalid reference or id", "type": "invalid_reference"}
+                ]
+            }

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from pydantic_toast._exceptions import (
     ExternalStorageError,
+    InvalidReferenceError,
     RecordNotFoundError,
     StorageConfigurationError,
     StorageConnectionError,
@@ -100,9 +101,11 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
     """The answer to ``exc``, logging its cause (never sent to the client) on the way.
 
     404 for a missing record, 409 for a concurrent change, 422 for data or a reference the
-    client sent that cannot be used, 503 (with ``Retry-After``) when storage is unreachable,
-    overloaded or not migrated yet, 500 for everything else (stored data that no longer
-    validates, configuration and usage errors: bugs of the service, not of the client).
+    client sent that cannot be used (for a malformed reference or id, ``loc`` names the path
+    or query parameter that holds it, or is empty when none does), 503 (with ``Retry-After``)
+    when storage is unreachable, overloaded or not migrated yet, 500 for everything else
+    (stored data that no longer validates, configuration and usage errors: bugs of the
+    service, not of the client).
     """
     where = _where(request)
     if isinstance(exc, RecordNotFoundError):
@@ -114,6 +117,10 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
         return Answer(
             409, f"{name} was changed by another request: read it again and retry the change"
         )
+    if isinstance(exc, InvalidReferenceError):
+        logger.info("%s: %s", where, exc)
+        problem = {"loc": _loc(exc, request), "msg": "Invalid reference or id"}
+        return Answer(422, [{**problem, "type": "invalid_reference"}])
     if isinstance(exc, StorageValidationError) and not isinstance(exc, StorageConfigurationError):
         logger.info("%s: %s", where, exc)
         problem = {"loc": ["body"], "msg": "Value cannot be stored", "type": "storage_validation"}
@@ -127,6 +134,22 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
         )
     logger.error("%s: %s", where, exc, exc_info=exc)
     return Answer(500, "Internal Server Error")
+
+
+def _loc(exc: InvalidReferenceError, request: Request | None) -> list[str]:
+    """Where the refused id came from: the path or query parameter that holds it, else ``[]``.
+
+    A reference in a body is refused by the body's validation (``loc`` at its field) before a
+    route runs; one that reaches here came from the route's code, from wherever it read it.
+    """
+    if request is None or exc.id is None:
+        return []
+    refused = str(exc.id).lower()
+    for source, parameters in (("path", request.path_params), ("query", request.query_params)):
+        for name, value in parameters.items():
+            if str(value).lower() == refused:
+                return [source, name]
+    return []
 
 
 def _where(request: Request | None) -> str:
