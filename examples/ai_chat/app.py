@@ -41,6 +41,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 import pydantic_toast
 from pydantic_toast import RecordNotFoundError
 from pydantic_toast.ai import MessageStore, PersistentConversation, SpillToolOutputs
+from pydantic_toast.fastapi import install_error_handlers
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -122,6 +123,8 @@ def create_app(database_url: str = DATABASE_URL, model: Model | str | None = Non
         await pydantic_toast.aclose_storage()
 
     app = FastAPI(title="Chat on pydantic-toast", lifespan=lifespan)
+    # A malformed conversation id (InvalidReferenceError) answers 422, an outage 503.
+    install_error_handlers(app)
 
     @app.post("/chat/{conversation_id}")
     async def chat(conversation_id: str, body: ChatIn) -> ChatOut:

@@ -63,6 +63,28 @@ async def test_the_chat_remembers_turns_and_spills_large_results(
         assert (await client.get(output_url)).status_code == 404  # deleted with it
 
 
+@pytest.mark.parametrize("conversation", ["x" * 201, "a%00b"])
+async def test_a_malformed_conversation_id_is_a_client_error(
+    postgres_database_url: str, conversation: str
+) -> None:
+    """A conversation id too long or with a NUL answers 422 at the path parameter (it was an
+    unhandled StorageUsageError: 500), on every route that takes one."""
+    app = create_app(postgres_database_url)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://chat") as client:
+        for method, path, body in [
+            ("POST", f"/chat/{conversation}", {"message": "hello"}),
+            ("GET", f"/chat/{conversation}", None),
+            ("DELETE", f"/chat/{conversation}", None),
+            ("GET", f"/chat/{conversation}/tool-outputs/{uuid4()}", None),
+        ]:
+            response = await client.request(method, path, json=body)
+            assert response.status_code == 422, (method, path[:20], response.text)
+            (problem,) = response.json()["detail"]
+            assert problem["loc"] == ["path", "conversation_id"]
+            assert problem["msg"] == "Invalid reference or id"
+
+
 def _start(database_url: str, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.ai_chat.app:app", "--port", str(port)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic_toast._exceptions import StorageConfigurationError, StorageUsageError
+from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurationError
 
 __all__ = ["check_conversation_id", "check_namespace"]
 
@@ -22,14 +22,20 @@ def check_namespace(namespace: str) -> str:
 
 
 def check_conversation_id(conversation_id: str) -> str:
-    """Return ``conversation_id`` if it is a non-empty printable string of at most 200 chars."""
+    """Return ``conversation_id`` if it is a non-empty printable string of at most 200 chars.
+
+    Raises:
+        InvalidReferenceError: It is not. The id usually comes from a client (a URL path), so
+            this is a client error: 422 under ``install_error_handlers``, not a 500.
+    """
     if (
         not isinstance(conversation_id, str)
         or not 0 < len(conversation_id) <= MAX_CONVERSATION_ID
         or not conversation_id.isprintable()
     ):
-        raise StorageUsageError(
+        raise InvalidReferenceError(
             "a conversation_id must be a printable string of 1 to "
-            f"{MAX_CONVERSATION_ID} characters (a UUID is a good choice)"
+            f"{MAX_CONVERSATION_ID} characters (a UUID is a good choice)",
+            id=conversation_id if isinstance(conversation_id, str) else None,
         )
     return conversation_id
