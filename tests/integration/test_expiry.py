@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import io
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,9 +136,36 @@ def test_expired_rows_stay_invisible_until_purged_in_batches(
     pydantic_toast.close_storage()
     assert toast_cli(["purge", migrated_url, "--batch-size", "5"]) == 0
     captured = capsys.readouterr()
-    assert "purged 1 expired records" in captured.out
-    assert "purged 1 expired records" in captured.err  # the progress line
+    assert captured.out.endswith(": purged 1 expired records\n")
+    assert captured.err == ""  # printed once: no progress line outside a terminal
     assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(1,)]
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_purge_progress_on_a_terminal_is_erased_once_done(
+    migrated_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the running total is shown, then erased: the result shows once, on stdout
+    (it was left on stderr, so the purge printed its result twice)."""
+    short = _note(migrated_url, ttl=0.1)
+    for i in range(3):
+        short(text=f"s{i}").model_dump()
+    time.sleep(0.3)
+    pydantic_toast.close_storage()
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert toast_cli(["purge", migrated_url, "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out.endswith(": purged 3 expired records\n")
+    shown = terminal.getvalue()
+    assert "\rpurged 2 expired records\rpurged 3 expired records\r" in shown
+    # what the terminal keeps: the text after the last carriage return, over a blanked line
+    assert shown.rsplit("\r", 2)[1:] == [" " * len("purged 3 expired records"), ""]
 
 
 def test_purge_refuses_bad_batch_sizes_and_redis(capsys: pytest.CaptureFixture[str]) -> None:

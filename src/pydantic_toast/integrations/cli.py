@@ -301,12 +301,21 @@ def _purge(url: str, batch_size: int) -> int:
         raise CommandError(f"--batch-size must be from 1 to 10000, got {batch_size}", EXIT_USAGE)
     from pydantic_toast._expiry import apurge_expired
 
+    # The running total, on a terminal only, erased at the end: the result is printed once,
+    # on stdout (a log or a pipe would get every total, then the same total again).
+    shown = sys.stderr.isatty()
+    line = ""
+
     def progress(total: int) -> None:
-        print(f"\rpurged {total} expired records", end="", file=sys.stderr, flush=True)
+        nonlocal line
+        line = f"purged {total} expired records"
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
 
     async def purge(storage: Storage) -> int:
         try:
-            return await apurge_expired(url, batch_size=batch_size, progress=progress)
+            return await apurge_expired(
+                url, batch_size=batch_size, progress=progress if shown else None
+            )
         finally:
             await storage.aclose()
 
@@ -314,7 +323,8 @@ def _purge(url: str, batch_size: int) -> int:
         with Storage() as storage:  # current in the loop's task: the command's own connections
             total = asyncio.run(purge(storage))
     finally:
-        print(file=sys.stderr)
+        if line:
+            print(f"\r{' ' * len(line)}\r", end="", file=sys.stderr, flush=True)
     print(f"{parsed.masked}: purged {total} expired records")
     return EXIT_OK
 
