@@ -181,7 +181,7 @@ def _cursor(class_name: str, after: object) -> PageCursor:
         UUID(str(after))
     except ValueError:
         problem = f"after={shorten(repr(after))} is not a page cursor"
-    else:  # pydantic-toast 0.1 paged after a record id, which broke once it was deleted
+    else:  # earlier code paged after a record id, which broke once that record was deleted
         problem = f"after={after} is a record id, not a page cursor"
     raise InvalidReferenceError(
         f"{problem}: pass the next_after string of the previous page (or None for the first "
