@@ -54,6 +54,22 @@ def test_skipped_blocks_say_why() -> None:
                 assert len(reason.split()) >= 3, (page, reason)
 
 
+def test_sqlite_files_are_migrated_before_a_block_uses_them() -> None:
+    """A reader runs a page top to bottom: the `pydantic-toast migrate sqlite:///...` of a file
+    comes before the first Python block that uses it (the test below runs every migrate line
+    first, so it would not notice the order; lifecycle.md showed it after its ttl example)."""
+    late = []
+    for page in PAGES:
+        migrated: set[str] = set()
+        for lang, code, reason in blocks(page):
+            if lang == "bash":
+                migrated |= set(re.findall(r"^pydantic-toast migrate (sqlite:///\S+)", code, re.M))
+            elif lang == "python" and reason is None:
+                used = set(re.findall(r"sqlite:///[^\"'\s]+", code))
+                late += [(page.name, url) for url in sorted(used - migrated)]
+    assert late == []
+
+
 @pytest.mark.postgresql
 @pytest.mark.redis
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
