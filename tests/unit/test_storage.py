@@ -341,3 +341,24 @@ def test_a_page_limit_is_an_int_from_1_to_1000(memory_url: str, limit: Any) -> N
     assert len(first.items) == 2
     assert first.next_after is not None
     assert len(pydantic_toast.page(note, limit=2, after=first.next_after).items) == 1
+
+
+def test_an_env_url_is_read_once_isolated_storage_does_not_reread_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As docs/testing.md says: set the variable before the first use, not per test."""
+    variable = f"TOAST_TEST_URL_{uuid4().hex}"
+    monkeypatch.setenv(variable, "memory://first")
+
+    class EnvNote(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"env:{variable}")
+
+    with isolated_storage():
+        EnvNote(text="a").model_dump()
+        assert len(memory_records("memory://first", "EnvNote")) == 1
+    monkeypatch.setenv(variable, "memory://second")
+    with isolated_storage():
+        EnvNote(text="b").model_dump()
+        assert memory_records("memory://second", "EnvNote") == []
+        assert len(memory_records("memory://first", "EnvNote")) == 1
