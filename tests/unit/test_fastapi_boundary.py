@@ -567,3 +567,48 @@ def test_a_malformed_id_a_route_loads_is_an_invalid_reference_where_it_was_sent(
                     {"loc": loc, "msg": "Invalid reference or id", "type": "invalid_reference"}
                 ]
             }
+
+
+def test_plain_routes_holding_external_models_are_named_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Routes of an APIRouter made without route_class, or added before install(), are
+    logged once, by method and path, when they hold external models; others are not."""
+    from fastapi import APIRouter
+
+    from pydantic_toast.fastapi import ToastRoute
+
+    app = FastAPI()
+
+    @app.get("/early")
+    async def early() -> Customer:
+        return Customer(name="made before install")
+
+    install(app)
+    plain = APIRouter(prefix="/plain")
+
+    @plain.post("/orders")
+    async def create(order: Order) -> dict[str, str]:
+        return {}
+
+    @plain.get("/health")
+    async def health() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    routed = APIRouter(route_class=ToastRoute)
+
+    @routed.get("/customer")
+    async def customer() -> Customer:
+        return Customer(name="fine")
+
+    app.include_router(plain)
+    app.include_router(routed)
+    with caplog.at_level(logging.WARNING, logger="pydantic_toast"), TestClient(app) as client:
+        assert client.get("/plain/health").json() == {"ok": "yes"}
+        assert client.get("/plain/health").status_code == 200
+    named = [
+        record.getMessage() for record in caplog.records if "plain APIRoutes" in record.getMessage()
+    ]
+    assert len(named) == 1
+    assert "GET /early, POST /plain/orders." in named[0]
+    assert "route_class=ToastRoute" in named[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Annotated, Any
 
@@ -44,6 +45,8 @@ SIGNING_STATE = "pydantic_toast_signing"
 """The ``app.state`` attribute holding the app's :class:`SigningKeys` (set by ``install``)."""
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+logger = logging.getLogger("pydantic_toast")
 
 
 class ToastRoute(APIRoute):
@@ -342,10 +345,63 @@ class UntrustedRequests:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.routes_checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self.routes_checked:
+            self.routes_checked = True
+            warn_plain_routes(scope.get("app"))
         with untrusted_input(Boundary(None)):
             await self.app(scope, receive, send)
+
+
+def warn_plain_routes(app: Any) -> None:
+    """Log, once per app, the plain ``APIRoute`` routes whose body or response holds external
+    models: made before ``install(app)`` or by an ``APIRouter`` without ``route_class``, they
+    save responses with the blocking API (a ``BlockingStorageCallWarning`` per response, that
+    names no route) and refuse references in requests."""
+    plain = [
+        route
+        for route in _all_routes(getattr(app, "routes", ()))
+        if type(route) is APIRoute and _holds_external_models(route)
+    ]
+    if not plain:
+        return
+    names = ", ".join(
+        f"{'/'.join(sorted(route.methods or ()))} {route.path}" for route in plain[:10]
+    )
+    more = f" and {len(plain) - 10} more" if len(plain) > 10 else ""
+    logger.warning(
+        "these routes hold external models but are plain APIRoutes, not ToastRoutes: %s%s. "
+        "They save responses with the blocking API and refuse references in requests: call "
+        "pydantic_toast.fastapi.install(app) before adding routes, and create each APIRouter "
+        "with route_class=ToastRoute",
+        names,
+        more,
+    )
+
+
+def _all_routes(routes: Sequence[Any]) -> Iterator[Any]:
+    """``routes`` and those of the routers and mounts among them, at any depth (FastAPI 0.165
+    keeps an included router whole, as ``original_router``, rather than copying its routes)."""
+    for route in routes:
+        yield route
+        inner = getattr(getattr(route, "original_router", route), "routes", None)
+        if inner is not None and inner is not routes:
+            yield from _all_routes(inner)
+
+
+def _holds_external_models(route: APIRoute) -> bool:
+    """Whether the route's response model or a body parameter can hold external models."""
+    types = [route.response_model] if route.response_model is not None else []
+    types += [param.field_info.annotation for param in route.dependant.body_params]
+    for kind in types:
+        try:
+            if routes_in(TypeAdapter(kind).core_schema):
+                return True
+        except Exception:  # a type Pydantic cannot adapt holds no model of ours
+            continue
+    return False
