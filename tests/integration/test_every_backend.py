@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import math
 from datetime import UTC, datetime
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 
 import pydantic_toast
 from pydantic_toast import (
+    ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
     RecordNotFoundError,
@@ -238,6 +240,36 @@ def test_bytes_holding_nul_round_trip_as_base64(storage_url: str) -> None:
         assert plain.model_validate(plain(payload=value).model_dump()).payload == value
     binary = b"\x00\xff\x00"
     assert base64.model_validate(base64(payload=binary).model_dump()).payload == binary
+
+
+def test_two_writers_of_the_same_data_in_the_same_microsecond_conflict(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers read revision 1 and write the same data with the same updated_at (two
+    processes incrementing a counter, or a frozen clock): the second gets ConcurrencyError,
+    never a success that lost the first's increment (Redis took it for its own write)."""
+    import pydantic_toast._saving as saving
+
+    order_cls, _ = models(storage_url)
+    reference = order_cls(product="counter", quantity=0).model_dump()
+    first, second = order_cls.model_validate(reference), order_cls.model_validate(reference)
+    first.quantity += 1  # type: ignore[attr-defined]
+    second.quantity += 1  # type: ignore[attr-defined]
+    instant = datetime(2026, 12, 4, 9, 0, 0, 123456, tzinfo=UTC)
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Frozen:  # type: ignore[override]
+            return cast("Frozen", instant)
+
+    monkeypatch.setattr(saving, "datetime", Frozen)
+    first.model_dump()
+    with pytest.raises(ConcurrencyError) as info:
+        second.model_dump()
+    assert (info.value.expected, info.value.current) == (1, 2)
+    monkeypatch.undo()
+    stored = order_cls.model_validate(reference)
+    assert (stored.quantity, stored.external_revision) == (1, 2)  # type: ignore[attr-defined]
 
 
 def test_big_and_wide_models(storage_url: str) -> None:

@@ -94,11 +94,15 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # reading a record. Expired entries leave both sets here, a few per write (never on a read);
 # a class whose expiry set does not exist (no TTL record) costs one EXISTS instead (no TIME,
 # no sweep: there is nothing to remove).
-# A repeat of this very write (every record found at its expected revision plus one, holding
-# exactly the document this call carries) is answered as written, and writes nothing: a
-# client that resends a script whose reply was lost (redis-py's cluster client does, by
-# itself) is told the truth instead of a conflict with itself. Staged documents are not
-# compared (the boundary reads them back instead).
+# Where the script may be sent twice (``may_repeat``: the cluster's, which redis-py's cluster
+# client resends by itself through a failover), a repeat of this very write (every record
+# found at its expected revision plus one, holding exactly the document this call carries) is
+# answered as written, and writes nothing: the client is told the truth instead of a conflict
+# with itself. Staged documents are not compared (the boundary reads them back instead). A
+# plain server's script is sent once (the library never resends a write that may have left),
+# and there an identical document is a conflict: another writer who read the same revision
+# and wrote the same data in the same microsecond (a counter incremented by two processes)
+# wrote it, and taking it for this write would lose an update.
 # Returns {1, new revisions...} or {0, index, current revision (0: none)}.
 _STAGED_HEADER = 96
 # The ids of expired entries (``gone``, taken from an expiry set) whose index entry goes too:
@@ -117,7 +121,7 @@ local function swept(index, gone)
   return dead
 end
 """
-_SAVE_SCRIPT = (
+_SAVE_SCRIPT_BODY = (
     _SWEPT
     + """
 local n = #KEYS / 4
@@ -144,9 +148,9 @@ for i = 1, n do
     existed[i] = true
   end
   if expected ~= '' and tonumber(expected) ~= current then
-    if current == tonumber(expected) + 1 and ARGV[base + 1] ~= '' and redis.call('GET', KEYS[i])
-        == '{"created_at":"' .. created .. '","revision":' .. string.format('%d', current) ..
-        ARGV[base + 1] then
+    if may_repeat and current == tonumber(expected) + 1 and ARGV[base + 1] ~= '' and
+        redis.call('GET', KEYS[i]) == '{"created_at":"' .. created .. '","revision":' ..
+        string.format('%d', current) .. ARGV[base + 1] then
       repeated = repeated + 1
       result[i + 1] = current
       first_repeat = first_repeat or {0, i, current}
@@ -241,6 +245,7 @@ end
 return result
 """
 )
+_SAVE_SCRIPT = "local may_repeat = false\n" + _SAVE_SCRIPT_BODY
 # A record's first save (it expects no record: revision 0) without a TTL skips the save
 # script: MULTI, SET NX of the whole document at revision 1, ZADD NX of its index entry,
 # EXISTS of its class's expiry set, EXEC, in one write. A transaction runs whole, nothing

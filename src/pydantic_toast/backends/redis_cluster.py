@@ -137,9 +137,10 @@ for i = 1, n do
     return {2, i}
   end
 end
+local may_repeat = true
 local function save()
 """
-    + single._SAVE_SCRIPT
+    + single._SAVE_SCRIPT_BODY
     + """
 end
 local result = save()
