@@ -59,6 +59,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_COMPRESS_ABOVE",
     "DEFAULT_MAX_DECOMPRESSED_SIZE",
+    "ENVELOPE_MARK",
     "CodecSettings",
     "any_encoded",
     "decode_record",
@@ -74,6 +75,8 @@ DEFAULT_OFFLOAD_ABOVE: Final = 256_000
 
 _ENVELOPE_KEY: Final = "$toast"
 _MARK: Final = b'{"$toast"'
+ENVELOPE_MARK: Final = _MARK
+"""What every envelope starts with (``data.startswith(ENVELOPE_MARK)``: :func:`is_encoded`)."""
 _ZSTD_LEVEL: Final = 3  # zstd's own default: ~the speed of a memcpy-bound JSON dump
 
 

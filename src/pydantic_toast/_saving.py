@@ -33,7 +33,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
-from pydantic_toast._codecs import encode_record, is_encoded
+from pydantic_toast._codecs import ENVELOPE_MARK, encode_record
 from pydantic_toast._data_schema import data_schema, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -373,7 +373,7 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
-        if is_encoded(data):  # read back as an envelope, not as the model's data
+        if data.startswith(ENVELOPE_MARK):  # would be read back as an envelope
             self.refusal = self.refusal or _reserved_key_refusal(model)
             raise self.refusal
         if noted() is not None:  # an offset with seconds written rounded, an Any value changed
