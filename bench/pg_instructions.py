@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -55,12 +56,14 @@ def worker(url: str, count: int, workload_names: list[str]) -> list[str]:
             if system.sync:
                 for obj in objs[count:]:
                     system.save_sync(obj)
+                gc.collect()
                 os.getppid()
                 for obj in objs[:count]:
                     keys.append(system.save_sync(obj))
                 os.getpgrp()
                 for key in keys[:WARMUP]:
                     system.load_sync(key)
+                gc.collect()
                 os.getppid()
                 for key in keys:
                     system.load_sync(key)
@@ -72,12 +75,14 @@ def worker(url: str, count: int, workload_names: list[str]) -> list[str]:
                 ) -> None:
                     for obj in objs[count:]:
                         await system.save(obj)
+                    gc.collect()
                     os.getppid()
                     for obj in objs[:count]:
                         keys.append(await system.save(obj))
                     os.getpgrp()
                     for key in keys[:WARMUP]:
                         await system.load(key)
+                    gc.collect()
                     os.getppid()
                     for key in keys:
                         await system.load(key)
