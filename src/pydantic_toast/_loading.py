@@ -141,10 +141,7 @@ _STORED_SUBCLASS: dict[tuple[Any, str], Any] = {}
 """``(model, stored name)`` -> the subclass of ``model`` stored under it, or ``None``.
 
 Emptied whenever an external model class is defined (:func:`forget_subclasses`: a later
-class may be the one a miss was looking for), so it never keeps a class alive for long, and
-when it reaches :data:`_MOST_KEPT` entries: the names come from references, which a client may
-send by the million, each one of its own."""
-_MOST_KEPT = 4096
+class may be the one a miss was looking for), so it never keeps a class alive for long."""
 _UNKNOWN: Any = object()
 
 
@@ -173,8 +170,6 @@ def stored_subclass(model: type[T], class_name: str) -> type[T] | None:
             f"{model.__qualname__}. Give each its own name with "
             "ExternalConfigDict(external_name='...'), or type the field as the subclass"
         )
-    if len(_STORED_SUBCLASS) >= _MOST_KEPT:
-        _STORED_SUBCLASS.clear()
     found = _STORED_SUBCLASS[key] = matches[0] if matches else None
     return found
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Literal
-from uuid import uuid4
 
 import pytest
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -345,23 +344,3 @@ def test_a_plain_union_loads_a_subclass_through_its_base(memory_url: str) -> Non
     loaded = Shelf.model_validate(saved.model_dump())
     assert type(loaded.thing) is dog
     assert loaded.thing == saved.thing
-
-
-def test_the_subclass_lookup_keeps_a_bounded_number_of_names() -> None:
-    """References naming a million different classes (a client's) do not grow the lookup's
-    cache without bound: it is emptied when full, and still answers right."""
-    from pydantic_toast import _loading
-
-    class Base(ExternalBaseModel):
-        name: str
-        model_config = ExternalConfigDict(storage=f"memory://{uuid4().hex}")
-
-    for index in range(_loading._MOST_KEPT + 10):
-        assert _loading.stored_subclass(Base, f"Nope{index}") is None
-    assert len(_loading._STORED_SUBCLASS) <= _loading._MOST_KEPT
-
-    class Child(Base):
-        model_config = ExternalConfigDict(external_name=f"Child{uuid4().hex[:8]}")
-
-    name = Child.model_config["external_name"]
-    assert _loading.stored_subclass(Base, name) is Child
