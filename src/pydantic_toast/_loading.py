@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic_toast._codecs import CodecSettings, any_encoded, is_encoded
-from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
+from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._offload import load_offloaded
 from pydantic_toast._records import RecordKey, StoredRecord
@@ -42,11 +42,8 @@ __all__ = [
     "decoded",
     "fill",
     "find_references",
-    "forget_subclasses",
     "read_one",
     "routes_in",
-    "stored_subclass",
-    "subclasses",
     "wanted_for",
 ]
 
@@ -86,27 +83,14 @@ Routes = dict[str, Route]
 def routes_in(schema: Any) -> Routes:
     """The routes of every external model class reachable in a core ``schema``.
 
-    Reachable: a class in the schema, any subclass of one (a field of a class holds its
-    subclasses' records too), and what those subclasses' own fields hold. Only these stores
-    are ever queried while loading a value of that type, whatever other classes share a stored
-    name elsewhere. (Routes are cached by their users: defining a subclass of a stored model
-    clears them, see ``_model``.)
+    Only these stores are ever queried while loading a value of that type, whatever other
+    classes share a stored name elsewhere.
     """
     classes: dict[int, Any] = {}
-    walked: set[int] = set()
-    schemas = [schema]
-    while schemas:
-        for node in schema_nodes(schemas.pop()):
-            model = node.get("cls") if node.get("type") == "model" else None
-            if model is None or not hasattr(model, "__toast_settings__") or id(model) in walked:
-                continue
-            walked.add(id(model))
-            if model.__toast_settings__ is not None:
-                classes[id(model)] = model
-            for subclass in subclasses(model):
-                sub_schema = subclass.__dict__.get("__pydantic_core_schema__")
-                if id(subclass) not in walked and isinstance(sub_schema, dict):
-                    schemas.append(sub_schema)  # (a class not built yet: found by its hook)
+    for node in schema_nodes(schema):
+        model = node.get("cls") if node.get("type") == "model" else None
+        if getattr(model, "__toast_settings__", None) is not None:
+            classes[id(model)] = model
     found: dict[str, tuple[list[StorageURL], bool, list[Any]]] = {}
     for model in classes.values():
         settings = model.__toast_settings__
@@ -123,60 +107,6 @@ def routes_in(schema: Any) -> Routes:
         name: Route(tuple(urls), nested, tuple(models))
         for name, (urls, nested, models) in found.items()
     }
-
-
-def subclasses(model: type[Any]) -> Iterator[type[Any]]:
-    """Every subclass of ``model``, to any depth (each once)."""
-    seen: set[int] = set()
-    stack = model.__subclasses__()
-    while stack:
-        subclass = stack.pop()
-        if id(subclass) not in seen:
-            seen.add(id(subclass))
-            yield subclass
-            stack.extend(subclass.__subclasses__())
-
-
-_STORED_SUBCLASS: dict[tuple[Any, str], Any] = {}
-"""``(model, stored name)`` -> the subclass of ``model`` stored under it, or ``None``.
-
-Emptied whenever an external model class is defined (:func:`forget_subclasses`: a later
-class may be the one a miss was looking for), so it never keeps a class alive for long."""
-_UNKNOWN: Any = object()
-
-
-def stored_subclass(model: type[T], class_name: str) -> type[T] | None:
-    """The concrete subclass of ``model`` stored as ``class_name``, or ``None`` if none is.
-
-    Raises:
-        StorageConfigurationError: Two subclasses of ``model`` are stored under that name (in
-            different stores): a reference cannot say which one it means.
-    """
-    key = (model, class_name)
-    found: type[T] | None = _STORED_SUBCLASS.get(key, _UNKNOWN)
-    if found is not _UNKNOWN:
-        return found
-    matches = [
-        subclass
-        for subclass in subclasses(model)
-        if subclass.__toast_settings__ is not None
-        and subclass.__toast_settings__.external_name == class_name
-    ]
-    if len(matches) > 1:
-        names = " and ".join(sorted(f"{m.__module__}.{m.__qualname__}" for m in matches))
-        raise StorageConfigurationError(
-            f"a reference names class {shorten(class_name)!r}, under which both {names}, "
-            f"subclasses of {model.__qualname__}, are stored: it cannot be loaded as a "
-            f"{model.__qualname__}. Give each its own name with "
-            "ExternalConfigDict(external_name='...'), or type the field as the subclass"
-        )
-    found = _STORED_SUBCLASS[key] = matches[0] if matches else None
-    return found
-
-
-def forget_subclasses() -> None:
-    """Empty :func:`stored_subclass`'s cache (a model class was defined)."""
-    _STORED_SUBCLASS.clear()
 
 
 class LoadSession:

@@ -61,11 +61,8 @@ from pydantic_toast._loading import (
     Routes,
     SessionKey,
     active_session,
-    forget_subclasses,
     read_one,
     routes_in,
-    stored_subclass,
-    subclasses,
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
@@ -149,7 +146,6 @@ class ExternalBaseModel(BaseModel):
             cls.__toast_settings__ = None
         else:
             cls.__toast_settings__ = settings_for(cls)
-        _subclass_defined(cls)
 
     # -- the hooks Pydantic's core calls, nested or not -----------------------------------------
 
@@ -173,12 +169,8 @@ class ExternalBaseModel(BaseModel):
         reference = parse_reference(value, None if session is None else session.ids)
         if reference is None:
             return handler(value)
-        settings = cls.__toast_settings__
-        if settings is None or reference[0] != settings.external_name:
-            # A subclass's record, loaded by that class's own validator; or another class's.
-            subclass = stored_subclass(cls, reference[0])
-            if subclass is not None:
-                return subclass.__pydantic_validator__.validate_python(value)
+        settings = cls._toast_settings()
+        if reference[0] != settings.external_name:
             # A "does not match" error, so that a union tries its next member.
             raise PydanticCustomError(
                 "external_reference_class",
@@ -518,10 +510,7 @@ class ExternalBaseModel(BaseModel):
             RecordNotFoundError: Nothing is stored under that id.
             StorageValidationError: The reference is malformed or names another class.
         """
-        model, key = cls._toast_target(reference)
-        if model is not cls:  # a subclass's record
-            return await model.aload(reference)
-        url, class_name, id = key
+        url, class_name, id = key = cls._toast_key(reference)
         if not cls._toast_has_nested():  # one record: read it directly
             record = await read_one(current_storage(), url, class_name, id, cls)
             if record is None:
@@ -597,51 +586,19 @@ class ExternalBaseModel(BaseModel):
     def _toast_settings(cls) -> ModelSettings:
         settings = cls.__toast_settings__
         if settings is None:
-            raise _abstract(cls)
+            raise StorageConfigurationError(
+                f"{cls.__qualname__} is abstract (__abstract__ = True) and has no storage of its "
+                "own: use a concrete subclass"
+            )
         return settings
 
     @classmethod
     def _toast_key(cls, value: Mapping[str, Any] | UUID | str, call: str = "") -> SessionKey:
-        """Where the record ``value`` (a reference or an id) names is: a record of this class.
-
-        ``call`` names the call that was given ``value``, for the error (``aload()`` if empty).
-
-        Raises:
-            InvalidReferenceError: ``value`` is malformed or names another class (a subclass
-                too: use :meth:`_toast_target` where a subclass's record is welcome).
-        """
-        model, key = cls._toast_target(value, call)
-        if model is not cls:
-            raise InvalidReferenceError(
-                f"the reference names class {key[1]!r}, the stored name of "
-                f"{model.__qualname__}, a subclass of {cls.__qualname__}: pass "
-                f"{model.__qualname__} instead",
-                class_name=key[1],
-                id=key[2],
-            )
-        return key
-
-    @classmethod
-    def _toast_target(
-        cls, value: Mapping[str, Any] | UUID | str, call: str = ""
-    ) -> tuple[type[Self], SessionKey]:
-        """The class whose record ``value`` (a reference or an id) names, and where it is:
-        ``aload()``'s argument. The class is this one or, for a reference naming the stored
-        name of one of its subclasses, that subclass.
+        """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument.
 
         ``call`` names the call that was given ``value``, for the error (``aload()`` if empty).
         """
-        settings = cls.__toast_settings__
-        if settings is None:  # abstract: only a reference to a subclass's record
-            reference = None if isinstance(value, _ID_TYPES) else parse_reference(value)
-            if reference is None:  # (an id alone names no subclass)
-                raise _abstract(cls)
-            subclass = stored_subclass(cls, reference[0])
-            if subclass is None:
-                raise InvalidReferenceError(
-                    _mismatch(cls, reference[0]), class_name=reference[0], id=reference[1]
-                )
-            return subclass._toast_target(value, call)
+        settings = cls.__toast_settings__ or cls._toast_settings()
         # A reference as dump() returns it, or a plain dict, skips isinstance(), which tries
         # each of the id types in turn (about a thousand instructions).
         kind = type(value)
@@ -658,11 +615,8 @@ class ExternalBaseModel(BaseModel):
             )
         class_name, id = reference
         if class_name != settings.external_name:
-            subclass = stored_subclass(cls, class_name)
-            if subclass is not None:
-                return subclass._toast_target(value, call)
             raise InvalidReferenceError(_mismatch(cls, class_name), class_name=class_name, id=id)
-        return cls, (settings.url(), class_name, id)
+        return (settings.url(), class_name, id)
 
     @classmethod
     async def _toast_not_found(cls, key: SessionKey) -> RecordNotFoundError:
@@ -978,63 +932,24 @@ def _kind(value: object) -> str:
     return "None" if value is None else type(value).__name__
 
 
-def _abstract(cls: type[ExternalBaseModel]) -> StorageConfigurationError:
-    return StorageConfigurationError(
-        f"{cls.__qualname__} is abstract (__abstract__ = True) and has no storage of its "
-        "own: use a concrete subclass"
-    )
-
-
-def _subclass_defined(cls: type[ExternalBaseModel]) -> None:
-    """Forget what was worked out from the classes defined before ``cls``.
-
-    The subclass lookups, and, when ``cls`` subclasses a model class (not just
-    ``ExternalBaseModel``), the routes of every class and type (loads, owned fields): a field
-    of one of its bases now holds its records too (see :func:`._loading.routes_in`).
-    """
-    forget_subclasses()
-    if cls.__bases__ == (ExternalBaseModel,):
-        return
-    for model in subclasses(ExternalBaseModel):
-        if model.__dict__.get("__toast_routes__") is not None:
-            model.__toast_routes__ = None
-        if "__toast_owned__" in model.__dict__:  # see _ownership._owned_routes
-            type.__delattr__(model, "__toast_owned__")
-    from pydantic_toast._trees import forget_routes  # (_trees is imported after this module)
-
-    forget_routes()
-
-
 def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:
     """Why a reference to ``class_name`` is not a ``model``, with the likely fix."""
-    settings = model.__toast_settings__
+    settings = model._toast_settings()
     class_name = shorten(class_name)  # a client may send anything, of any length
-    if settings is None:
-        message = (
-            f"the reference names class {class_name!r}, but {model.__qualname__} is abstract "
-            "and none of its subclasses is stored under that name"
-        )
-    else:
-        message = (
-            f"the reference names class {class_name!r}, but {model.__qualname__} is stored as "
-            f"{settings.external_name!r}"
-        )
+    message = (
+        f"the reference names class {class_name!r}, but {model.__qualname__} is stored as "
+        f"{settings.external_name!r}"
+    )
     claimed = [
         f"{other.__module__}.{other.__qualname__}"
         for other in current_storage().catalog.classes_named(class_name)
     ]
     if claimed:
         return f"{message}: validate it with {' or '.join(sorted(claimed))}, or a union of both"
-    if settings is None:
-        return (
-            f"{message}, and no model class in this process is stored as {class_name!r}: if "
-            f"it names a subclass of {model.__qualname__}, import that class before loading"
-        )
     return (
         f"{message}, and no model class in this process is stored as {class_name!r}. If "
         f"{model.__qualname__} was renamed from {class_name}, keep the stored name with "
-        f"model_config = ExternalConfigDict(external_name={class_name!r}); if it names a "
-        f"subclass of {model.__qualname__}, import that class before loading"
+        f"model_config = ExternalConfigDict(external_name={class_name!r})"
     )
 
 

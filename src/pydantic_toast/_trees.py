@@ -18,7 +18,7 @@ from pydantic_toast._saving import collecting, dump_value
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["adump", "avalidate", "dump", "forget_routes", "validate"]
+__all__ = ["adump", "avalidate", "dump", "validate"]
 
 T = TypeVar("T")
 
@@ -115,8 +115,3 @@ def _validate_in(session: LoadSession, adapter: TypeAdapter[T], data: Any) -> T:
         return adapter.validate_python(data)
     finally:
         session.deactivate(token)
-
-
-def forget_routes() -> None:
-    """Drop the cached adapters and routes: a new subclass of a stored model changes them."""
-    _cached_adapter.cache_clear()

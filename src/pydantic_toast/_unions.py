@@ -28,7 +28,6 @@ from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
 
 from pydantic_toast._config import ModelSettings
-from pydantic_toast._loading import stored_subclass
 from pydantic_toast._reference import RoutedReference, parse_reference
 
 __all__ = ["install"]
@@ -144,20 +143,7 @@ class _Tags:
                 if isinstance(settings, ModelSettings):
                     by_name.setdefault(settings.external_name, tag)
             self._by_name = by_name
-        tag = by_name.get(class_name)
-        return tag if tag is not None or not class_name else self._subclass_tag(class_name)
-
-    def _subclass_tag(self, class_name: str) -> Hashable | None:
-        """The tag of the member nearest above the subclass stored as ``class_name``, if any.
-
-        A field holds its class's subclasses: a reference to one takes that member's route.
-        """
-        members = {model: tag for tag, model in reversed(self._members)}  # first tag wins
-        for model in members:
-            subclass: type[Any] | None = stored_subclass(model, class_name)
-            if subclass is not None:
-                return next(members[base] for base in subclass.__mro__ if base in members)
-        return None
+        return by_name.get(class_name)
 
     def names(self) -> str:
         self.get("")
