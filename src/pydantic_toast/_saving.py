@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import re
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,6 +51,7 @@ from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
 from pydantic_toast._records import RecordKey, StoredRecord, new_record
 from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
+from pydantic_toast._schema_walk import schema_nodes
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import Storage, current_storage
@@ -214,6 +216,22 @@ def _reserved_key_refusal(model: ExternalBaseModel) -> StorageValidationError:
     )
 
 
+_DECLARED: weakref.WeakKeyDictionary[type, tuple[type, ...]] = weakref.WeakKeyDictionary()
+
+
+def _declared_models(cls: type) -> tuple[type, ...]:
+    """The external model classes, abstract ones too, that ``cls``'s schema declares."""
+    declared = _DECLARED.get(cls)
+    if declared is None:
+        found = {
+            id(node["cls"]): node["cls"]
+            for node in schema_nodes(cls.__pydantic_core_schema__)  # type: ignore[attr-defined]
+            if node.get("type") == "model" and hasattr(node.get("cls"), "__toast_settings__")
+        }
+        declared = _DECLARED[cls] = tuple(found.values())
+    return declared
+
+
 def _canonical(data: bytes) -> str:
     """One spelling of a JSON value: sorted keys; ints, floats and bools stay distinct."""
     return json.dumps(pydantic_core.from_json(data, allow_inf_nan=True), sort_keys=True)
@@ -325,6 +343,9 @@ class SaveBatch:
                 f"{type(model).__qualname__} is abstract (__abstract__ = True) and has no "
                 "storage of its own: dump an instance of a concrete subclass"
             )
+        holder: Any = _serializing.get()  # the model whose fields hold this one, if any
+        if holder is not None and settings.external_name not in holder._toast_routes():
+            self._check_declared(holder, model, settings.external_name)
         try:
             identity = _read_identity(model)
         except AttributeError:  # never dumped nor loaded
@@ -333,6 +354,26 @@ class SaveBatch:
             self.models[id(model)] = model
             self.pending.append(model)
         return trusted_reference(settings.external_name, identity.text or str(identity.id))
+
+    def _check_declared(self, holder: Any, model: ExternalBaseModel, name: str) -> None:
+        """Refuse ``model`` in a field of ``holder`` declared as one of its base classes.
+
+        Its record is stored under its own class's name, which a field of the base class does
+        not load (a reference must name the field's class): stored, ``holder`` could never be
+        loaded again. Only reached when ``holder``'s fields declare no class stored as ``name``.
+        """
+        for declared in _declared_models(type(holder)):
+            if isinstance(model, declared):
+                child, base = type(model).__qualname__, declared.__qualname__
+                refusal = StorageValidationError(
+                    f"{type(holder).__qualname__} holds a {child} in a field declared as {base}, "
+                    f"a base class of it: stored under its own name ({name!r}), it could not be "
+                    f"loaded back through that field; nothing was written. Declare the field as "
+                    f"{child}, or as a union such as {base} | {child}",
+                    class_name=name,
+                )
+                self.refusal = self.refusal or refusal
+                raise refusal
 
     def drain(self) -> None:
         """Serialize every queued model, and the models they queue in turn, into records."""

@@ -137,3 +137,53 @@ def test_recursive_models(memory_url: str) -> None:
     loaded = Node.model_validate(tree.model_dump())
     assert loaded == tree
     assert loaded.children[0].children[0].external_id is not None
+
+
+def test_a_subclass_in_a_field_of_its_base_class_is_refused_before_anything_is_written(
+    memory_url: str,
+) -> None:
+    """A Dog in a field declared as Animal would be stored as 'Dog', which the Animal field
+    cannot load: the holder could never be loaded again. Refused, nothing written; a field
+    declared as the subclass, or as a union naming it, stores and loads it."""
+    import pytest
+
+    from pydantic_toast import StorageValidationError
+
+    class Animal(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Dog(Animal):
+        breed: str
+
+    class Shared(ExternalBaseModel):
+        __abstract__ = True
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Cat(Shared):
+        lives: int = 9
+
+    class Owner(ExternalBaseModel):
+        pet: Animal
+        pets: list[Animal] = []
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class CatOwner(ExternalBaseModel):
+        cat: Shared
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Either(ExternalBaseModel):
+        pet: Animal | Dog
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    rex = Dog(name="rex", breed="lab")
+    for holder in (Owner(pet=rex), Owner(pet=Animal(name="a"), pets=[rex]), CatOwner(cat=Cat())):
+        with pytest.raises(StorageValidationError, match=r"base class of it.*nothing was written"):
+            holder.model_dump()
+    counts = [pydantic_toast.count(model) for model in (Owner, Dog, Cat)]
+    assert counts == [0, 0, 0]
+    loaded = Either.model_validate(Either(pet=rex).model_dump())
+    assert type(loaded.pet) is Dog
+    assert loaded.pet == rex
+    plain = Owner.model_validate(Owner(pet=Animal(name="a")).model_dump())
+    assert type(plain.pet) is Animal
