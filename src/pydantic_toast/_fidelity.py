@@ -166,7 +166,9 @@ def describe_errors(exc: ValidationError, data: bytes | str) -> tuple[str, str |
 
 # Error types whose message is the application's text or quotes the input, and Pydantic's
 # own (a message built from the schema's constraints, never from the input).
-_QUOTING = frozenset(("value_error", "assertion_error", "union_tag_invalid"))
+_QUOTING = frozenset(
+    ("value_error", "assertion_error", "union_tag_invalid", "uuid_parsing", "get_attribute_error")
+)
 _PYDANTICS = frozenset(get_args(pydantic_core.core_schema.ErrorType))
 
 

@@ -89,18 +89,34 @@ def live_models() -> list[type[ExternalBaseModel]]:
     Found by walking ``ExternalBaseModel``'s subclasses, not the stored-name catalog: a class
     whose storage is ``env:NAME`` joins the catalog only once it has been used, and a scan in a
     fresh process (a cron job) that missed a referencing class would report the records it
-    references as orphans. Classes whose fields are not fully defined yet (forward references
-    Pydantic could not resolve) are left out: no record can have been written through them.
+    references as orphans. A class left incomplete by a forward reference (a field's class
+    defined further down, under ``from __future__ import annotations``), which Pydantic would
+    complete on first use, is completed here.
+
+    Raises:
+        StorageConfigurationError: A class's fields still name a type that does not exist:
+            its records could reference anything, so no scan can be trusted.
     """
     found: dict[int, type[ExternalBaseModel]] = {}
+    incomplete = []
     pending = ExternalBaseModel.__subclasses__()
     while pending:
         cls = pending.pop()
         if id(cls) in found:
             continue
         pending.extend(cls.__subclasses__())
-        if cls.__toast_settings__ is not None and cls.__pydantic_complete__:
-            found[id(cls)] = cls
+        if cls.__toast_settings__ is None:
+            continue
+        if not cls.__pydantic_complete__ and not cls.model_rebuild(raise_errors=False):
+            incomplete.append(cls.__qualname__)
+            continue
+        found[id(cls)] = cls
+    if incomplete:
+        raise StorageConfigurationError(
+            f"cannot tell which records reference others: the fields of {', '.join(incomplete)} "
+            "name types that are not defined (forward references Pydantic cannot resolve). "
+            "Import the modules that define them, or pass referencing=[...] explicitly"
+        )
     return list(found.values())
 
 

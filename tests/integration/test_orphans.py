@@ -185,3 +185,50 @@ def test_a_fresh_process_finds_the_referencing_classes_of_env_storage(tmp_path: 
     unset = run(*cli, "--class", "Tag", ORPHAN_TEST_STORE="")
     assert unset.returncode == 2
     assert "ORPHAN_TEST_STORE" in unset.stderr, unset.stderr
+
+
+@pytest.mark.sqlite
+def test_a_fresh_process_completes_models_defined_before_their_fields_classes(
+    tmp_path: Path,
+) -> None:
+    """Under ``from __future__ import annotations`` a class defined before its fields' class
+    stays incomplete until first used: a scan in a new process completes it and reads it."""
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    assert toast_cli(["migrate", url]) == 0
+    (tmp_path / "late_models.py").write_text(
+        textwrap.dedent(
+            f"""
+            from __future__ import annotations
+
+            from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+            class Parent(ExternalBaseModel):
+                children: list[Child] = []
+                model_config = ExternalConfigDict(storage="{url}")
+
+            class Child(ExternalBaseModel):
+                label: str
+                model_config = ExternalConfigDict(storage="{url}")
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    orphan = run(
+        "import late_models as m; m.Parent(children=[m.Child(label='kept')]).model_dump(); "
+        "print(m.Child(label='alone').model_dump()['id'])"
+    )
+    scan = (
+        "import late_models as m, pydantic_toast; assert not m.Parent.__pydantic_complete__; "
+        "r = pydantic_toast.find_orphans(m.Child); "
+        "print(r.referencing, [str(i) for i in r.orphans])"
+    )
+    assert run(scan) == f"['Parent'] ['{orphan}']"

@@ -253,8 +253,8 @@ _SAVE_SCRIPT = "local may_repeat = false\n" + _SAVE_SCRIPT_BODY
 # Lua, and a document above 8 KB goes straight into SET, its data written as it is, not
 # staged; one above _PIECE takes the script, staged in pieces, so that the client never holds
 # it twice). SET NX refusing means a record with this id exists: ZADD NX left that record's
-# index entry as it was, nothing visible changed, and the save script runs instead (it tells
-# a conflict from a repeat of this very write).
+# index entry as it was, nothing visible changed, and the save script runs instead (it
+# answers the conflict: see may_repeat above).
 # Two states the script would have put right are left to _SETTLE_INSERT_SCRIPT, in a second
 # round trip: an index entry already there (ZADD NX added nothing: an earlier record of this
 # id expired or was evicted, its entry not yet swept), and an expiry set in the class (a
@@ -277,7 +277,7 @@ _INSERTED_HEAD = b'{"created_at":"%b","revision":1,"schema_version":%d,"updated_
 # revision plus one. Writes only when the stored document starts with exactly that created_at
 # and revision (so created_at is kept) and the class has no expiry set (nothing to sweep, no
 # entry to drop); returns 1 then, else 0 with nothing written, and the save script runs (a
-# conflict, a repeat of this write, a document without a revision, an expiry set).
+# conflict, a document without a revision, an expiry set).
 _UPDATED_HEAD = b'{"created_at":"%b","revision":%d,"schema_version":%d,"updated_at":"'
 _UPDATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -294,7 +294,7 @@ return 1
 # A batch of first saves without TTL (a record's own, or a dump of several new models) is
 # checked first, in one round trip: EXISTS of its record keys (batch_size per command) and
 # of each class's expiry set. Any found: nothing is written, the save script runs (a
-# conflict, a repeat of this write, or a class with an expiry set to sweep). Else each chunk
+# conflict, or a class with an expiry set to sweep). Else each chunk
 # of batch_size records is one transaction, SET NX of each document and one ZADD NX per class
 # (then EXISTS of its expiry set), the chunks sent one after another on one connection
 # without waiting for each reply (_INSERT_WINDOW transactions unanswered): about 4 µs of
@@ -633,7 +633,7 @@ class RedisBackend(RecordBackend):
 
     async def _insert(self, record: StoredRecord) -> list[int]:
         """A record's first save, without TTL: one transaction (see ``_MULTI``), else the
-        script (a record with this id exists: a conflict, or a repeat of this write)."""
+        script (a record with this id exists: a conflict)."""
         named = self._class_keys(record.class_name)
         key = named.records + str(record.id).encode()
         score = repr(record.created_at.timestamp()).encode()
