@@ -74,8 +74,7 @@ DEFAULT_MAX_DECOMPRESSED_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_OFFLOAD_ABOVE: Final = 256_000
 
 _ENVELOPE_KEY: Final = "$toast"
-_MARK: Final = b'{"$toast"'
-ENVELOPE_MARK: Final = _MARK
+ENVELOPE_MARK: Final = b'{"$toast"'
 """What every envelope starts with (``data.startswith(ENVELOPE_MARK)``: :func:`is_encoded`)."""
 _ZSTD_LEVEL: Final = 3  # zstd's own default: ~the speed of a memcpy-bound JSON dump
 
@@ -169,7 +168,7 @@ def _offload_url(owner: str, offload: object, expires: bool) -> StorageURL | Non
 
 def pointer_of(record: StoredRecord) -> tuple[str, UUID, int, str] | None:
     """Where an offloaded record's payload is: ``(class_name, id, size, sha256)``, or ``None``."""
-    if not record.data.startswith(_MARK):
+    if not record.data.startswith(ENVELOPE_MARK):
         return None
     try:
         envelope = pydantic_core.from_json(record.data)[_ENVELOPE_KEY]
@@ -229,7 +228,7 @@ def key_of(data: bytes) -> str | None:
 
     An unreadable envelope gives ``"?"``, so that a rewrite decodes it and reports the damage.
     """
-    if not data.startswith(_MARK):
+    if not data.startswith(ENVELOPE_MARK):
         return None
     try:
         key = pydantic_core.from_json(data)[_ENVELOPE_KEY].get("key")
@@ -253,7 +252,7 @@ def stored_key(record: StoredRecord) -> tuple[bool, str | None]:
 
 def is_encoded(data: bytes) -> bool:
     """Whether stored ``data`` is an envelope rather than a model's plain JSON."""
-    return data.startswith(_MARK)
+    return data.startswith(ENVELOPE_MARK)
 
 
 def any_encoded(datas: Iterable[bytes]) -> bool:
@@ -261,7 +260,7 @@ def any_encoded(datas: Iterable[bytes]) -> bool:
     return any(map(_ENVELOPED, datas))
 
 
-_ENVELOPED = methodcaller("startswith", _MARK)
+_ENVELOPED = methodcaller("startswith", ENVELOPE_MARK)
 
 
 def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord:
@@ -302,7 +301,7 @@ def decode_record(record: StoredRecord, settings: CodecSettings | None) -> Store
         EncryptionKeyError: It is encrypted with a key id the model does not hold, or fails
             authentication with the key under that id.
     """
-    if not record.data.startswith(_MARK):
+    if not record.data.startswith(ENVELOPE_MARK):
         return record
     limit = DEFAULT_MAX_DECOMPRESSED_SIZE if settings is None else settings.max_decompressed_size
     name, id = record.class_name, record.id

@@ -31,7 +31,7 @@ from pydantic_toast._fidelity import decode_stored
 from pydantic_toast._offload import load_offloaded
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast._reference import ParsedReference, parse_reference
-from pydantic_toast._schema_walk import schema_nodes
+from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.storage import Storage, current_storage
 
@@ -86,14 +86,11 @@ def routes_in(schema: Any) -> Routes:
     Only these stores are ever queried while loading a value of that type, whatever other
     classes share a stored name elsewhere.
     """
-    classes: dict[int, Any] = {}
-    for node in schema_nodes(schema):
-        model = node.get("cls") if node.get("type") == "model" else None
-        if getattr(model, "__toast_settings__", None) is not None:
-            classes[id(model)] = model
     found: dict[str, tuple[list[StorageURL], bool, list[Any]]] = {}
-    for model in classes.values():
+    for model in external_models(schema):
         settings = model.__toast_settings__
+        if settings is None:  # abstract: no records of its own
+            continue
         try:
             url = settings.url()
         except ExternalStorageError:

@@ -51,7 +51,7 @@ from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
 from pydantic_toast._records import RecordKey, StoredRecord, new_record
 from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
-from pydantic_toast._schema_walk import schema_nodes
+from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import Storage, current_storage
@@ -223,12 +223,8 @@ def _declared_models(cls: type) -> tuple[type, ...]:
     """The external model classes, abstract ones too, that ``cls``'s schema declares."""
     declared = _DECLARED.get(cls)
     if declared is None:
-        found = {
-            id(node["cls"]): node["cls"]
-            for node in schema_nodes(cls.__pydantic_core_schema__)  # type: ignore[attr-defined]
-            if node.get("type") == "model" and hasattr(node.get("cls"), "__toast_settings__")
-        }
-        declared = _DECLARED[cls] = tuple(found.values())
+        schema = cls.__pydantic_core_schema__  # type: ignore[attr-defined]
+        declared = _DECLARED[cls] = tuple(external_models(schema))
     return declared
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["schema_nodes"]
+__all__ = ["external_models", "schema_nodes"]
 
 
 def schema_nodes(
@@ -59,3 +59,14 @@ def schema_nodes(
 # Tuples of types, built once: ``isinstance`` takes them faster than a ``list | tuple`` union.
 _SEQUENCES = (list, tuple)
 _BRANCHES = (dict, list, tuple)
+
+
+def external_models(schema: object) -> list[Any]:
+    """The external model classes (``ExternalBaseModel`` subclasses, abstract ones too) whose
+    ``model`` nodes core ``schema`` holds, each once, in walk order."""
+    found: dict[int, Any] = {}
+    for node in schema_nodes(schema):
+        model = node.get("cls") if node.get("type") == "model" else None
+        if hasattr(model, "__toast_settings__"):
+            found.setdefault(id(model), model)
+    return list(found.values())

@@ -20,6 +20,15 @@ from pydantic_toast.integrations.cli import main as toast_cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _python(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a new process, in ``folder`` and importing from it (``env`` added)."""
+    path = f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    return subprocess.run(
+        [sys.executable, *args], env={**os.environ, "PYTHONPATH": path, **env}, cwd=folder,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 def _classes(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
     suffix = uuid4().hex
 
@@ -111,13 +120,9 @@ def test_orphans_command_reports_deletes_and_refuses_unknown_classes(tmp_path: P
         "import blog_models as m; p = m.Post(tags=[m.Tag(label='a')]); p.model_dump(); "
         "print(m.Tag(label='b').model_dump()['id'])"
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-            timeout=120, check=False,
-        )  # fmt: skip
+        return _python(tmp_path, *args)
 
     orphan = run("-c", setup).stdout.strip()
     cli = ["-m", "pydantic_toast.integrations.cli", "orphans", url, "--module", "blog_models"]
@@ -155,14 +160,9 @@ def test_a_fresh_process_finds_the_referencing_classes_of_env_storage(tmp_path: 
             """
         )
     )
-    path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    env = {**os.environ, "PYTHONPATH": path, "ORPHAN_TEST_STORE": url}
 
     def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], env={**env, **extra}, cwd=tmp_path, capture_output=True,
-            text=True, timeout=120, check=False,
-        )  # fmt: skip
+        return _python(tmp_path, *args, **{"ORPHAN_TEST_STORE": url, **extra})
 
     setup = (
         "import env_models as m; p = m.Post(tags=[m.Tag(label='a')]); "
@@ -212,13 +212,9 @@ def test_a_fresh_process_completes_models_defined_before_their_fields_classes(
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
     def run(code: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
-            text=True, timeout=120, check=False,
-        )  # fmt: skip
+        done = _python(tmp_path, "-c", code)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
