@@ -68,8 +68,8 @@ def run_with(cluster_action: Any, url: str, seconds_after: float = 2.0) -> dict[
                 await asyncio.sleep(0.1)
             workload.stop.set()
             await asyncio.gather(*tasks)
-            # The client retries by itself during a failover: writes stall rather than fail,
-            # so the recovery time is the longest gap between acknowledgements.
+            # Writes to the failed shard fail (the writers retry) until its replica is
+            # promoted: the recovery time is the longest gap between acknowledgements.
             times = [started, *sorted(t for t in workload.acknowledged_at if t >= started)]
             stall = max(b - a for a, b in itertools.pairwise(times))
             return {

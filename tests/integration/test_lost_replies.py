@@ -419,12 +419,13 @@ def test_local_delete_whose_reply_is_lost_is_outcome_unknown(local_url: str) -> 
         note.model_validate(reference)
 
 
-# -- Redis: a save script sent again is answered as written ---------------------------------
+# -- Redis: a save script is sent once, so an identical record is a rival's ------------------
 #
-# redis-py's cluster client resends a command by itself after a lost connection (its own
-# retry, below the boundary). The save script therefore recognises a repeat of its own write:
-# every record at the expected revision plus one, holding exactly the document this call
-# carries. Shown here by sending the same script call twice, on a real server.
+# Neither the library nor redis-py's cluster client (the cluster backend sends its save script
+# itself) resends a save script. A record found one revision ahead holding exactly the
+# document a save carries was therefore written by another writer who read the same revision
+# and wrote the same data in the same microsecond: a conflict, never taken for this write
+# (which would lose one of two increments). Shown by sending the same script call twice.
 
 
 def _record(data: bytes, revision: int | None, id: UUID | None = None) -> StoredRecord:
@@ -440,31 +441,32 @@ def _record(data: bytes, revision: int | None, id: UUID | None = None) -> Stored
     )
 
 
-async def repeat_scenario(backend: Any) -> None:
-    """Each save sent twice: the second answers as the first did; other data conflicts."""
-    first, second = _record(b'{"n":1}', 0), _record(b'{"n":2}', 0)
+async def identical_record_scenario(backend: Any) -> None:
+    """Each save sent twice: the second is a conflict, and the record holds the first."""
+    first = _record(b'{"n":1}', 0)
     assert await backend.save_records([first]) == [1]
-    assert await backend.save_records([first]) == [1]  # the repeat: written, not a conflict
-    update = dataclasses.replace(first, data=b'{"n":10}', revision=1, updated_at=datetime.now(UTC))
+    with pytest.raises(ConcurrencyError) as info:
+        await backend.save_records([first])
+    assert (info.value.expected, info.value.current) == (0, 1)
+    update = dataclasses.replace(first, data=b'{"n":2}', revision=1)
     assert await backend.save_records([update]) == [2]
-    assert await backend.save_records([update]) == [2]
-    stale = dataclasses.replace(update, data=b'{"n":11}', updated_at=datetime.now(UTC))
-    with pytest.raises(ConcurrencyError) as info:  # same expected revision, other data
-        await backend.save_records([stale])
-    assert info.value.current == 2
-    assert await backend.save_records([second, _record(b'{"n":3}', 0)]) == [1, 1]
-    batch = [dataclasses.replace(second, data=b'{"n":20}', revision=1), _record(b"{}", 0)]
-    assert await backend.save_records(batch) == [2, 1]
-    assert await backend.save_records(batch) == [2, 1]
+    with pytest.raises(ConcurrencyError) as info:
+        await backend.save_records([update])
+    assert (info.value.expected, info.value.current) == (1, 2)
+    batch = [dataclasses.replace(update, revision=2), _record(b"{}", 0)]
+    assert await backend.save_records(batch) == [3, 1]
+    with pytest.raises(ConcurrencyError):
+        await backend.save_records(batch)
     (loaded,) = await backend.load_records([first.key])
-    assert (loaded.data, loaded.revision) == (b'{"n":10}', 2)
+    assert (loaded.data, loaded.revision) == (b'{"n":2}', 3)
+    (new,) = await backend.load_records([batch[1].key])
+    assert new is not None
+    assert new.revision == 1
 
 
 @pytest.mark.redis
-def test_plain_redis_takes_an_identical_record_for_a_rivals(redis_base_url: str) -> None:
-    """A plain Redis backend sends each save once, so the same record saved again is another
-    writer's (same revision read, same data, same microsecond): a conflict, never taken for
-    this write (which would lose an update). The cluster's, resent by redis-py, is a repeat."""
+def test_redis_takes_an_identical_record_for_a_rivals(redis_base_url: str) -> None:
+    """On a plain Redis server (the cluster's test is in test_redis_cluster.py)."""
     prefix = f"toast_test_{uuid4().hex[:12]}"
     url = f"{redis_base_url}?prefix={prefix}"
 
@@ -472,22 +474,7 @@ def test_plain_redis_takes_an_identical_record_for_a_rivals(redis_base_url: str)
         backend = RedisBackend(url)
         await backend.connect()
         try:
-            first = _record(b'{"n":1}', 0)
-            assert await backend.save_records([first]) == [1]
-            with pytest.raises(ConcurrencyError) as info:
-                await backend.save_records([first])
-            assert (info.value.expected, info.value.current) == (0, 1)
-            update = dataclasses.replace(first, data=b'{"n":2}', revision=1)
-            assert await backend.save_records([update]) == [2]
-            with pytest.raises(ConcurrencyError) as info:
-                await backend.save_records([update])
-            assert (info.value.expected, info.value.current) == (1, 2)
-            batch = [dataclasses.replace(update, revision=2), _record(b"{}", 0)]
-            assert await backend.save_records(batch) == [3, 1]
-            with pytest.raises(ConcurrencyError):
-                await backend.save_records(batch)
-            (loaded,) = await backend.load_records([first.key])
-            assert (loaded.data, loaded.revision) == (b'{"n":2}', 3)
+            await identical_record_scenario(backend)
         finally:
             await backend.disconnect()
 

@@ -474,19 +474,20 @@ def test_wait_for_a_replica_costs_a_round_trip(cluster: servers.TempRedisCluster
     assert plain > 0
 
 
-def test_save_script_sent_twice_is_answered_as_written(
+def test_an_identical_record_is_a_rivals_on_the_cluster_too(
     cluster: servers.TempRedisCluster,
 ) -> None:
-    """redis-py's cluster client resends a command by itself after a lost connection (below
-    the library's boundary). The save script answers a repeat of its own write as written,
-    so such a resend never becomes a ConcurrencyError "nothing was written". One bucket, so
-    each save is one script call, sent twice here (issue 10, item 2)."""
-    from tests.integration.test_lost_replies import repeat_scenario
+    """The cluster backend sends its save script itself, never through redis-py's cluster
+    client (which resends a command after a lost connection): the same script call sent
+    twice is a conflict, as on a plain server, so two writers who read the same revision and
+    wrote the same document in the same microsecond never both succeed. One bucket, so each
+    save is one script call."""
+    from tests.integration.test_lost_replies import identical_record_scenario
 
     async def main() -> None:
         backend = await _backend(cluster.url(f"repeat{uuid4().hex[:8]}", buckets=1))
         try:
-            await repeat_scenario(backend)
+            await identical_record_scenario(backend)
         finally:
             await backend.disconnect()
 

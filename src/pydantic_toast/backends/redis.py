@@ -94,15 +94,12 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # reading a record. Expired entries leave both sets here, a few per write (never on a read);
 # a class whose expiry set does not exist (no TTL record) costs one EXISTS instead (no TIME,
 # no sweep: there is nothing to remove).
-# Where the script may be sent twice (``may_repeat``: the cluster's, which redis-py's cluster
-# client resends by itself through a failover), a repeat of this very write (every record
-# found at its expected revision plus one, holding exactly the document this call carries) is
-# answered as written, and writes nothing: the client is told the truth instead of a conflict
-# with itself. Staged documents are not compared (the boundary reads them back instead). A
-# plain server's script is sent once (the library never resends a write that may have left),
-# and there an identical document is a conflict: another writer who read the same revision
-# and wrote the same data in the same microsecond (a counter incremented by two processes)
-# wrote it, and taking it for this write would lose an update.
+# The script is sent once: neither the library nor, on a cluster, redis-py's client ever
+# resends it (a write that may have left is settled by reading back, runtime/outcomes.py). So
+# a record found at a revision other than the one expected is always a conflict, even holding
+# exactly the document this call carries: another writer who read the same revision and wrote
+# the same data in the same microsecond (a counter incremented by two processes) wrote it, and
+# taking it for this write would lose an update.
 # Returns {1, new revisions...} or {0, index, current revision (0: none)}.
 _STAGED_HEADER = 96
 # The ids of expired entries (``gone``, taken from an expiry set) whose index entry goes too:
@@ -121,7 +118,7 @@ local function swept(index, gone)
   return dead
 end
 """
-_SAVE_SCRIPT_BODY = (
+_SAVE_SCRIPT = (
     _SWEPT
     + """
 local n = #KEYS / 4
@@ -129,8 +126,6 @@ local STAGED_HEADER = 96
 local createds = {}
 local existed = {}
 local result = {1}
-local repeated = 0
-local first_repeat = nil
 for i = 1, n do
   local base = (i - 1) * 5
   local expected = ARGV[base + 5]
@@ -148,18 +143,10 @@ for i = 1, n do
     existed[i] = true
   end
   if expected ~= '' and tonumber(expected) ~= current then
-    if may_repeat and current == tonumber(expected) + 1 and ARGV[base + 1] ~= '' and
-        redis.call('GET', KEYS[i]) == '{"created_at":"' .. created .. '","revision":' ..
-        string.format('%d', current) .. ARGV[base + 1] then
-      repeated = repeated + 1
-      result[i + 1] = current
-      first_repeat = first_repeat or {0, i, current}
-    else
-      for j = 1, n do
-        if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
-      end
-      return {0, i, current}
+    for j = 1, n do
+      if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
     end
+    return {0, i, current}
   end
   if ARGV[base + 1] == '' then
     if redis.call('EXISTS', KEYS[3 * n + i]) == 0 then
@@ -170,16 +157,7 @@ for i = 1, n do
     end
   end
   createds[i] = created
-  result[i + 1] = result[i + 1] or current + 1
-end
-if repeated == n then
-  return result
-end
-if repeated > 0 then
-  for j = 1, n do
-    if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
-  end
-  return first_repeat
+  result[i + 1] = current + 1
 end
 local now = nil
 local sweep = {}
@@ -245,7 +223,6 @@ end
 return result
 """
 )
-_SAVE_SCRIPT = "local may_repeat = false\n" + _SAVE_SCRIPT_BODY
 # A record's first save (it expects no record: revision 0) without a TTL skips the save
 # script: MULTI, SET NX of the whole document at revision 1, ZADD NX of its index entry,
 # EXISTS of its class's expiry set, EXEC, in one write. A transaction runs whole, nothing
@@ -254,7 +231,7 @@ _SAVE_SCRIPT = "local may_repeat = false\n" + _SAVE_SCRIPT_BODY
 # staged; one above _PIECE takes the script, staged in pieces, so that the client never holds
 # it twice). SET NX refusing means a record with this id exists: ZADD NX left that record's
 # index entry as it was, nothing visible changed, and the save script runs instead (it
-# answers the conflict: see may_repeat above).
+# answers the conflict).
 # Two states the script would have put right are left to _SETTLE_INSERT_SCRIPT, in a second
 # round trip: an index entry already there (ZADD NX added nothing: an earlier record of this
 # id expired or was evicted, its entry not yet swept), and an expiry set in the class (a

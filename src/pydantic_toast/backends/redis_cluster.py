@@ -53,7 +53,6 @@ from uuid import UUID, uuid4
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.exceptions import (
     AskError,
-    ClusterError,
     MovedError,
     NoScriptError,
     ResponseError,
@@ -137,10 +136,9 @@ for i = 1, n do
     return {2, i}
   end
 end
-local may_repeat = true
 local function save()
 """
-    + single._SAVE_SCRIPT_BODY
+    + single._SAVE_SCRIPT
     + """
 end
 local result = save()
@@ -416,27 +414,24 @@ class RedisClusterBackend(single.RedisBackend):
         self, keys: list[bytes], arguments: list[bytes], stages: list[bytes]
     ) -> Any:
         """Run the save script on one slot's keys (locks checked), then ``WAIT`` when asked
-        to.
+        to, both on one connection to the slot's primary.
 
         ``stages`` is empty here: a document up to 1 MiB is in ``arguments``, a larger one
-        was staged in pieces before (see ``_save_streamed``). Without ``WAIT`` the script goes
-        through redis-py's cluster client, which resends it by itself through a failover.
-        That client gives up on a slot being migrated (``ClusterError`` after 16 ASK,
-        MOVED or TRYAGAIN replies: the script never ran), and ``WAIT`` counts the replicas
-        that have the writes of its own connection, so it must go with the script: then
-        both are sent on one connection to the slot's primary, wherever the slot's
-        redirections lead, until the migration ends (see :meth:`_on_slot`). redis-py's
-        cluster pipeline would send a redirected script again alone, elsewhere, and its
-        ``WAIT`` confirm nothing.
+        was staged in pieces before (see ``_save_streamed``). The script is sent by
+        :meth:`_on_slot`, never through redis-py's cluster client, which resends a command
+        by itself after a lost connection: a resent script that had landed would find its
+        own write and report a conflict, and telling its own write from another writer's
+        identical one (same revision read, same data, same microsecond) cannot be done by
+        comparing documents. A lost reply is settled by the boundary instead, by reading
+        back (``runtime/outcomes.py``). ``WAIT`` counts the replicas that have the writes of
+        its own connection, so it must go with the script; :meth:`_on_slot` follows the
+        slot's redirections and waits out a migration (redis-py's client gives up after 16
+        ASK, MOVED or TRYAGAIN replies, and its pipeline would send a redirected script
+        again alone, elsewhere, with a ``WAIT`` that confirms nothing).
         """
         records = keys[: len(keys) // 4]  # the shared script's keys: 4 per record
         keys = keys + [key.replace(b"}:", b"}:lock:", 1) for key in records]
         args: list[Any] = [*arguments, _batch_token.get()]
-        if not self._wait_replicas:
-            try:
-                return _unlocked(await self._script(keys=keys, args=args), records, self._masked)
-            except ClusterError:
-                pass  # a slot being migrated: waited out below
         commands: list[tuple[Any, ...]] = [("EVALSHA", self._script.sha, len(keys), *keys, *args)]
         if self._wait_replicas:
             commands.append(("WAIT", self._wait_replicas, self._wait_timeout))
