@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, get_args
 
 import pydantic_core
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pydantic_toast._data_schema import OUTSIDE
 from pydantic_toast._exceptions import StorageValidationError, StoredDataError
+from pydantic_toast._schema_walk import schema_nodes
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
@@ -36,11 +37,13 @@ __all__ = [
     "decode_stored",
     "describe_errors",
     "digits_as_zero",
+    "field_names",
     "is_too_long",
     "locate",
     "may_be_unreadable",
     "noted_refusal",
     "serialization_refusal",
+    "shown_path",
     "unreadable_nested_refusal",
     "unreadable_refusal",
 ]
@@ -105,11 +108,12 @@ class _TooLong:
     """Stands for an integer the JSON parser would refuse."""
 
 
-def locate(data: bytes | str, predicate: Any) -> str | None:
+def locate(data: bytes | str, predicate: Any, names: Container[str] | None = None) -> str | None:
     """The dotted path of the first value in JSON ``data`` for which ``predicate`` is true.
 
     Integers over the parser's digit limit are seen as :class:`_TooLong` instances, NaN and
-    infinities as floats. Used only on error paths (it parses with the ``json`` module).
+    infinities as floats. Where ``names`` is given, a key not in it is shown as ``<key>`` (see
+    :func:`shown_path`). Used only on error paths (it parses with the ``json`` module).
     """
 
     def parse_int(text: str) -> object:
@@ -121,6 +125,8 @@ def locate(data: bytes | str, predicate: Any) -> str | None:
         return None
     for path, item in _walk(value, ()):
         if predicate(item):
+            if names is not None:
+                path = tuple(key if key in names or key.isdigit() else DICT_KEY for key in path)
             return ".".join(path) or None
     return None
 
@@ -141,14 +147,26 @@ def is_too_long(value: object) -> bool:
     return isinstance(value, _TooLong)
 
 
-def describe_errors(exc: ValidationError, data: bytes | str) -> tuple[str, str | None]:
-    """A short description of ``exc`` (no input values) and the first field it concerns."""
+def describe_errors(
+    exc: ValidationError, data: bytes | str, cls: type[BaseModel]
+) -> tuple[str, str | None]:
+    """A short description of ``exc`` (no input values) and the first field it concerns.
+
+    A location goes through the stored JSON ``data`` of a ``cls``: a key of an object there
+    that no model, dataclass or TypedDict of ``cls``'s schema names as a field is a dict's
+    key, the application's data, and is shown as ``<key>``.
+    """
+    names = field_names(cls)
+    try:
+        decoded = pydantic_core.from_json(data, allow_inf_nan=True)
+    except ValueError:
+        decoded = None
     field: str | None = None
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:5]:
-        loc = ".".join(map(str, error["loc"]))
+        loc = shown_path(error["loc"], decoded, names)
         if not loc and error["type"] == "json_invalid":
-            loc = locate(data, is_too_long) or ""
+            loc = locate(data, is_too_long, names) or ""
             if loc:
                 problems.append(f"{loc}: an integer of more than {_INT_DIGITS_LIMIT:,} digits")
                 field = field or loc
@@ -162,6 +180,48 @@ def describe_errors(exc: ValidationError, data: bytes | str) -> tuple[str, str |
             message = error["msg"]
         problems.append(f"{loc or '<root>'}: {message}")
     return "; ".join(problems), field
+
+
+DICT_KEY = "<key>"
+
+
+def shown_path(loc: Sequence[int | str], value: Any, names: Container[str]) -> str:
+    """``loc`` dotted, each key of a JSON object in ``value`` along it that is not in
+    ``names`` (a dict's key: data) shown as ``<key>``.
+
+    An item not found in ``value`` is Pydantic's own (a union member's label, ``[key]``, a
+    missing field's name), from the schema: shown as it is.
+    """
+    parts = []
+    for item in loc:
+        if isinstance(value, dict) and item in value:
+            parts.append(str(item) if item in names else DICT_KEY)
+            value = value[item]
+        elif isinstance(value, list) and isinstance(item, int) and -len(value) <= item < len(value):
+            parts.append(str(item))
+            value = value[item]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def field_names(cls: type[BaseModel]) -> frozenset[str]:
+    """The field names and aliases of every model, dataclass and TypedDict in ``cls``'s schema
+    (the keys of stored JSON that are not data). Walked on error paths only."""
+    names: set[str] = set()
+    for node in schema_nodes(cls.__pydantic_core_schema__):
+        fields = node.get("fields")
+        if node.get("type") in ("model-fields", "typed-dict") and isinstance(fields, dict):
+            named = [(name, field) for name, field in fields.items() if isinstance(field, dict)]
+        elif node.get("type") == "dataclass-args" and isinstance(fields, list):
+            named = [(field.get("name"), field) for field in fields if isinstance(field, dict)]
+        else:
+            continue
+        for name, field in named:
+            for alias in (name, field.get("validation_alias"), field.get("serialization_alias")):
+                if isinstance(alias, str):
+                    names.add(alias)
+    return frozenset(names)
 
 
 # Error types whose message is the application's text or quotes the input, and Pydantic's
@@ -304,7 +364,7 @@ def unreadable_refusal(
     cls: type[ExternalBaseModel], record: StoredRecord, exc: ValidationError
 ) -> StorageValidationError:
     """The refusal for a record that would be written but could not be read back."""
-    problems, field = describe_errors(exc, record.data)
+    problems, field = describe_errors(exc, record.data, cls)
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: it could not be read back ({problems}); nothing "
         f"was written. {_UNREADABLE_FIX}",

@@ -734,7 +734,7 @@ class ExternalBaseModel(BaseModel):
                         data, strict=False, by_alias=False, by_name=True
                     )
         except ValidationError as exc:
-            problems, field = describe_errors(exc, data)
+            problems, field = describe_errors(exc, data, cls)
         else:
             if data is record.data:
                 identity = Identity(  # positional: a load makes one, keywords cost more

@@ -11,10 +11,11 @@ import pickle
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
+from typing import Annotated
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, Json, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json, field_validator
 from pydantic_core import PydanticCustomError
 
 from pydantic_toast import (
@@ -391,6 +392,46 @@ def test_a_validators_message_quoting_stored_data_stays_out_of_errors_and_logs(
     assert "alice-private-data" not in str(info.value)
     assert "alice-private-data" not in caplog.text
     assert "does not validate" in caplog.text
+
+
+def test_dict_keys_in_a_stored_errors_location_stay_out_of_errors_and_logs(
+    memory_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dict's keys are the application's data: a StoredDataError's location shows them as
+    <key> (field names, list positions and Pydantic's labels as they are), in the error, its
+    field and the log line. Stored values a validator refuses (assigned, never validated)."""
+
+    def short(value: str) -> str:
+        if len(value) > 3:
+            raise ValueError("too long")
+        return value
+
+    checked = Annotated[str, AfterValidator(short)]
+
+    class Profile(BaseModel):
+        nick: checked
+
+    class Team(ExternalBaseModel):
+        members: dict[str, Profile]
+        scores: dict[str, list[checked]]
+        ids: dict[checked, int]
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    team = Team(members={"alice@secret": Profile(nick="al")}, scores={}, ids={})
+    team.members["alice@secret"].nick = "alice"
+    team.scores = {"bob@secret": ["b", "bobby"]}
+    team.ids = {"carol@secret": 1}
+    reference = team.model_dump()
+    refused = pytest.raises(StoredDataError)
+    with caplog.at_level(logging.DEBUG, logger="pydantic_toast"), refused as info:
+        Team.model_validate(reference)
+    message = str(info.value)
+    assert info.value.field == "members.<key>.nick"
+    assert "scores.<key>.1: a validator refused" in message
+    assert "ids.<key>.[key]: a validator refused" in message
+    for secret in ("alice@secret", "bob@secret", "carol@secret"):
+        assert secret not in message
+        assert secret not in caplog.text
 
 
 def test_extra_forbid_models_round_trip(memory_url: str) -> None:

@@ -86,7 +86,7 @@ def test_validated_values_are_trusted_and_not_scanned(monkeypatch: pytest.Monkey
     [
         ({"count": HUGE}, "count"),
         ({"sizes": [1, HUGE]}, "sizes.1"),
-        ({"scores": {"a": -HUGE}}, "scores.a"),
+        ({"scores": {"a": -HUGE}}, "scores.<key>"),  # a dict key is data: not shown
     ],
     ids=["int", "list-item", "dict-value"],
 )
