@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import re
 import statistics
@@ -18,12 +19,23 @@ import pytest
 import redis.asyncio as redis
 from redis.exceptions import ClusterError
 
-from pydantic_toast import ConcurrencyError, StorageBusyError, StorageOperationError
+import pydantic_toast
+from pydantic_toast import (
+    ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    OutcomeUnknownError,
+    RecordNotFoundError,
+    StorageBusyError,
+    StorageOperationError,
+)
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import redis as single
+from pydantic_toast.backends import redis_cluster as cluster_backend
 from pydantic_toast.backends.redis_cluster import RedisClusterBackend
 from pydantic_toast.runtime.errors import Failure, translate
+from pydantic_toast.runtime.storage import Storage
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
@@ -492,6 +504,57 @@ def test_an_identical_record_is_a_rivals_on_the_cluster_too(
             await backend.disconnect()
 
     asyncio.run(main())
+
+
+def test_writes_whose_reply_is_lost_are_never_resent() -> None:
+    """A one-node cluster announcing a fault proxy's port, so that every command goes through
+    the proxy, which loses one reply after the server ran the command. A delete whose reply
+    is lost raises OutcomeUnknownError (before: redis-py's cluster client resent it, and the
+    resend of the delete that had landed answered "not found"); a save whose reply is lost
+    is settled by reading back (stored as written: it succeeded, once)."""
+    from tests.fault_proxy import FaultProxy
+
+    try:
+        node = servers.TempRedisCluster(primaries=1, replicas=0)
+    except FileNotFoundError:
+        servers.missing_server("Redis Cluster", "(no variable: needs redis-server)")
+        return
+    try:
+        (port,) = node.ports
+        with FaultProxy("127.0.0.1", port) as proxy:
+            node.redis_cli("config", "set", "cluster-announce-port", str(proxy.port), port=port)
+            url = f"redis+cluster://127.0.0.1:{proxy.port}/?prefix=lost{uuid4().hex[:8]}"
+
+            class Note(ExternalBaseModel):
+                model_config = ExternalConfigDict(storage=url, external_name="Note")
+                text: str
+
+            async def main() -> None:
+                with Storage():
+                    reference = await Note(text="first").asave()
+                    note = await Note.aload(reference)
+                    note.text = "second"  # type: ignore[attr-defined]
+                    proxy.lose_reply_to(_sha(cluster_backend._SAVE_SCRIPT))
+                    await note.asave()  # settled by reading back
+                    assert proxy.replies_lost == 1
+                    loaded = await Note.aload(reference)
+                    assert (loaded.text, loaded.external_revision) == ("second", 2)  # type: ignore[attr-defined]
+                    # Another delete first: the script loaded (a NOSCRIPT reply runs nothing).
+                    await pydantic_toast.adelete(Note, await Note(text="other").asave())
+                    proxy.lose_reply_to(_sha(cluster_backend._DELETE_SCRIPT))
+                    with pytest.raises(OutcomeUnknownError, match="lost after the delete"):
+                        await pydantic_toast.adelete(Note, reference)
+                    assert proxy.replies_lost == 2
+                    with pytest.raises(RecordNotFoundError):  # the delete ran, once
+                        await Note.aload(reference)
+
+            asyncio.run(main())
+    finally:
+        node.destroy()
+
+
+def _sha(script: str) -> bytes:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest().encode()
 
 
 def _large(text: str, *, ttl: float | None = None, revision: int | None = 0) -> StoredRecord:

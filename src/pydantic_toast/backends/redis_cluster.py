@@ -649,7 +649,7 @@ class RedisClusterBackend(single.RedisBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete the record and its index entry in one script (same slot)."""
         keys = self._delete_keys(class_name, id)
-        deleted = await self._delete_script(keys=keys, args=[str(id)])
+        deleted = await self._written(_DELETE_SCRIPT, self._delete_script.sha, keys, str(id))
         if deleted == -1:
             raise _locked(keys[0], self._masked)
         return bool(deleted)
@@ -657,10 +657,21 @@ class RedisClusterBackend(single.RedisBackend):
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
         """Delete the record at ``revision``: check and delete in one script (same slot)."""
         keys = self._delete_keys(class_name, id)
-        current = await self._delete_checked_cluster_script(keys=keys, args=[str(id), revision])
+        sha = self._delete_checked_cluster_script.sha
+        current = await self._written(_DELETE_CHECKED_SCRIPT, sha, keys, str(id), revision)
         if current == -1:
             raise _locked(keys[0], self._masked)
         return single.checked_outcome(class_name, id, revision, int(current))
+
+    async def _written(self, script: str, sha: str, keys: list[str], *args: Any) -> Any:
+        """The reply of a writing ``script`` on ``keys`` (one slot), sent once by the backend
+        itself: redis-py's cluster client resends a command after a lost connection, and the
+        resend of a delete that had landed answers "not found" (see :meth:`_run_save`)."""
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        (reply,) = await self._on_slot(keys[0], partial(_sent, [command]), script=script)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
