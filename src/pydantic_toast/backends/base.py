@@ -93,10 +93,11 @@ class Capability(enum.StrEnum):
     of the batch; it writes a record with ``revision=None`` whatever is stored. It returns the
     new revision of each record (1 for a new record, one more than before otherwise). The
     check and the write must be atomic (one statement, a transaction, a server script).
-    A backend may answer an exact repeat of a write that already landed (every record found
-    at its expected revision plus one, with the same data, schema version and
-    ``updated_at``) as written, writing nothing: how a resent request whose reply was lost
-    stays truthful (the Redis backends do). Models on a backend without it must declare
+    A record found at another revision is a conflict even when it holds exactly the record
+    being written: another writer who read the same revision and wrote the same data in the
+    same microsecond wrote it, and taking it for this write would lose an update. So a
+    backend never resends a write itself (a lost reply is settled by the boundary, by
+    reading back). Models on a backend without it must declare
     ``concurrency="last-write-wins"``.
     """
 

@@ -559,12 +559,13 @@ class BackendConformance:
             outcomes: list[object] = []
             outcomes.append(await backend.save_records([expecting(first, 0)]))
             outcomes.append(await backend.save_records([expecting(first, 1)]))
-            # Another writer's stale write carries its own data and time: an exact repeat of
-            # the write that landed may be answered as written (a resent request).
+            # Stale writes conflict, whatever they carry: other data, or exactly the document
+            # that landed (another writer who read the same revision and wrote the same data
+            # in the same microsecond: taking it for this write would lose an update).
             late = dataclasses.replace(
                 first, data=b'{"v":2}', updated_at=created + timedelta(seconds=1), revision=1
             )
-            for stale in ([late], [expecting(other, 0), late]):
+            for stale in ([late], [expecting(other, 0), late], [expecting(first, 1)]):
                 try:
                     await backend.save_records(stale)
                 except ConcurrencyError as exc:
@@ -580,14 +581,14 @@ class BackendConformance:
 
         outcomes = self.run(storage, storage_url, job)
         assert isinstance(outcomes, list)
-        assert outcomes[:4] == [[1], [2], (1, 2), (1, 2)]
-        loaded = outcomes[4]
+        assert outcomes[:5] == [[1], [2], (1, 2), (1, 2), (1, 2)]
+        loaded = outcomes[5]
         assert isinstance(loaded, list)
         assert loaded[0] is not None
         assert loaded[0].revision == 2
         assert loaded[1] is None  # the batch with a conflict wrote nothing
-        assert outcomes[5] == (2, None)  # a deleted record is not written back
-        assert outcomes[6] == [1]  # written regardless: a new record
+        assert outcomes[6] == (2, None)  # a deleted record is not written back
+        assert outcomes[7] == [1]  # written regardless: a new record
 
     def test_revision_checked_delete(
         self, storage: Storage, storage_url: str, class_name: str
