@@ -228,7 +228,9 @@ def markdown(
         "",
         f"Per repetition and system: {meta['single_ops']} sequential saves then as many loads "
         f"(p50/p99); one batch save and load ({batches}; the ORM, SQLModel, redis-om and "
-        f"SQLite time at most {meta.get('slow_batch', 1000):,}); "
+        f"SQLite time at most {meta.get('slow_batch', 1000):,}; a full garbage collection "
+        "before the save and, untimed, between save and load, so that each system's batch "
+        "starts from a collected heap); "
         f"{meta['tasks']} concurrent tasks doing {meta['per_task']} loads each, then "
         f"{meta['per_task']} saves each (pools sized like pydantic-toast's: PostgreSQL 20 "
         "connections, Redis 50). Floors: pgbench (prepared upsert and PK select of the same "
