@@ -59,6 +59,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_COMPRESS_ABOVE",
     "DEFAULT_MAX_DECOMPRESSED_SIZE",
+    "ENVELOPE_KEY",
     "ENVELOPE_MARK",
     "CodecSettings",
     "any_encoded",
@@ -74,6 +75,8 @@ DEFAULT_MAX_DECOMPRESSED_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_OFFLOAD_ABOVE: Final = 256_000
 
 _ENVELOPE_KEY: Final = "$toast"
+ENVELOPE_KEY: Final = "$toast"
+"""The one key of an envelope, reserved: data holding it is refused before it is written."""
 ENVELOPE_MARK: Final = b'{"$toast"'
 """What every envelope starts with (``data.startswith(ENVELOPE_MARK)``: :func:`is_encoded`)."""
 _ZSTD_LEVEL: Final = 3  # zstd's own default: ~the speed of a memcpy-bound JSON dump

@@ -34,7 +34,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
-from pydantic_toast._codecs import ENVELOPE_MARK, encode_record
+from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
 from pydantic_toast._data_schema import data_schema, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -202,12 +202,13 @@ def mark_unvalidated(model: ExternalBaseModel) -> None:
 
 
 def _reserved_key_refusal(model: ExternalBaseModel) -> StorageValidationError:
-    """The refusal for a model whose data starts with the key ``"$toast"`` (an extra field),
-    which marks the library's own envelopes (compressed, encrypted or offloaded data): stored,
-    it would be read back as one, its value taken for the record's data."""
+    """The refusal for a model whose data holds the key ``"$toast"`` (an extra field), which
+    marks the library's own envelopes (compressed, encrypted or offloaded data): stored, it
+    would be read back as one where it comes first (a store such as PostgreSQL's jsonb may
+    reorder keys), its value taken for the record's data."""
     settings = type(model)._toast_settings()
     return StorageValidationError(
-        f"{type(model).__qualname__} cannot be stored: its data starts with the key '$toast', "
+        f"{type(model).__qualname__} cannot be stored: its data holds the key '$toast', "
         "which pydantic-toast reserves for its own envelopes (compressed, encrypted or "
         "offloaded data), so it would not be read back as it is; nothing was written. Rename "
         "that key (an extra field, which extra='allow' lets in)",
@@ -410,7 +411,10 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
-        if data.startswith(ENVELOPE_MARK):  # would be read back as an envelope
+        # Read back as an envelope: a record whose data starts with the key, or holds it as an
+        # extra field (PostgreSQL's jsonb puts shorter keys first: then it starts with it).
+        extra = model.__pydantic_extra__
+        if data.startswith(ENVELOPE_MARK) or (extra and ENVELOPE_KEY in extra):
             self.refusal = self.refusal or _reserved_key_refusal(model)
             raise self.refusal
         if noted() is not None:  # an offset with seconds written rounded, an Any value changed

@@ -242,6 +242,35 @@ def test_bytes_holding_nul_round_trip_as_base64(storage_url: str) -> None:
     assert base64.model_validate(base64(payload=binary).model_dump()).payload == binary
 
 
+def test_an_extra_envelope_key_is_refused_whatever_the_key_order(storage_url: str) -> None:
+    """An extra field "$toast" (the key of the library's envelopes) after fields of six
+    characters or more: PostgreSQL's jsonb stores shorter keys first, so the record started
+    with it and loaded as the envelope it carried (here: another user, an admin). Refused
+    before anything is written, on every backend."""
+    import base64
+    import json
+
+    class Profile(ExternalBaseModel):
+        model_config = ExternalConfigDict(
+            storage=storage_url, extra="allow", external_name=f"Profile_{uuid4().hex[:8]}"
+        )
+        username: str
+        is_admin: bool = False
+
+    forged = json.dumps({"username": "mallory", "is_admin": True}).encode()
+    envelope = {
+        "codecs": [],
+        "size": len(forged),
+        "sha256": hashlib.sha256(forged).hexdigest(),
+        "payload": base64.b64encode(forged).decode(),
+    }
+    for value in (envelope, "text"):
+        body = {"username": "alice", "is_admin": False, "$toast": value}
+        with pytest.raises(StorageValidationError, match=r"'\$toast'.*nothing was written"):
+            Profile.model_validate(body).model_dump()
+    assert pydantic_toast.count(Profile) == 0
+
+
 def test_two_writers_of_the_same_data_in_the_same_microsecond_conflict(
     storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,10 +108,11 @@ async def test_offloaded_payloads_expire_with_their_records(memory_url: str) -> 
     assert store.records() == []  # expired with its record
 
 
-def test_data_that_starts_like_an_envelope_is_refused_before_anything_is_written() -> None:
+def test_data_holding_the_envelope_key_is_refused_before_anything_is_written() -> None:
     """An extra key ``$toast`` first in the data would be read back as an envelope (a
-    client's body could make a record load as other data): refused, nothing written; the
-    same key after a declared field is data like any other."""
+    client's body could make a record load as other data): refused, nothing written; after
+    a declared field too, since a store may reorder the keys (PostgreSQL's jsonb: the test on
+    every backend is in test_every_backend.py)."""
     store = f"memory://{uuid4().hex}"
 
     class Bag(ExternalBaseModel):
@@ -126,7 +127,9 @@ def test_data_that_starts_like_an_envelope_is_refused_before_anything_is_written
     for value in ("user text", envelope):
         with pytest.raises(pydantic_toast.StorageValidationError, match=r"'\$toast'.*nothing was"):
             Bag(**{"$toast": value}).model_dump()
+        with pytest.raises(pydantic_toast.StorageValidationError, match=r"'\$toast'.*nothing was"):
+            Labelled(label="x", **{"$toast": value}).model_dump()
     assert pydantic_toast.count(Bag) == 0
-    kept = Labelled(label="x", **{"$toast": envelope})
-    loaded = Labelled.model_validate(kept.model_dump())
-    assert loaded.model_extra == {"$toast": envelope}
+    assert pydantic_toast.count(Labelled) == 0
+    kept = Labelled(label="x", toast=envelope)  # any other key is data
+    assert Labelled.model_validate(kept.model_dump()).model_extra == {"toast": envelope}
