@@ -285,6 +285,59 @@ def test_delete_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
         twin.model_validate(reference)
 
 
+# -- replies that do not come in time ----------------------------------------------------
+#
+# The proxy holds the reply it throws away for 0.2 s of silence before cutting the
+# connection; a client timeout of 0.1 s gives up first: the write was applied, the client
+# timed out waiting (a slow server or network). Before, that raised StorageTimeoutError
+# ("retry"), and retrying an increment applied it twice (202 of 200 increments in an
+# adversarial run): now it is settled like a lost reply.
+
+_TIMEOUT_OPTION = {"postgresql": "command_timeout", "redis": "socket_timeout", "s3": "read_timeout"}
+
+
+def _timing_out(proxied: Proxied) -> Proxied:
+    """``proxied`` with a client timeout (0.1 s) shorter than the proxy's wait (0.2 s)."""
+    option = f"{_TIMEOUT_OPTION[proxied.kind]}=0.1"
+    separator = "&" if "?" in proxied.url else "?"
+    return dataclasses.replace(proxied, url=f"{proxied.url}{separator}{option}")
+
+
+def test_update_whose_reply_times_out_is_reported_saved_once(pooled: Proxied) -> None:
+    """A revision-checked update applied, its reply not in time: read back, reported saved
+    at revision 2, written once; the next increment builds on it (never applied twice).
+
+    Not on S3: a PUT still in flight when it is read back (SeaweedFS, a loaded machine) is
+    truthfully OutcomeUnknownError, so the outcome there depends on the machine's speed."""
+    slow = _timing_out(pooled)
+    note, twin = notes_on(slow)
+    item = note(text="first")
+    item.model_dump()
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    slow.proxy.lose_reply_to(text.encode())
+    item.model_dump()
+    assert not slow.proxy.armed  # the update was the request whose reply was held back
+    assert item.external_revision == 2
+    assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+    item.text = "third"  # type: ignore[attr-defined]
+    item.model_dump()
+    assert stored(twin, item.external_id) == ("third", 3)  # type: ignore[attr-defined]
+
+
+def test_delete_whose_reply_times_out_is_outcome_unknown(proxied: Proxied) -> None:
+    """A delete applied, its reply not in time: OutcomeUnknownError saying so."""
+    slow = _timing_out(proxied)
+    note, twin = notes_on(slow)
+    reference = note(text="doomed").model_dump()
+    slow.proxy.lose_reply_to(_delete_trigger(slow, reference["id"]))
+    with pytest.raises(OutcomeUnknownError, match="did not come within the timeout") as info:
+        pydantic_toast.delete(note, reference)
+    assert "load the record to see whether it is gone" in str(info.value)
+    with pytest.raises(RecordNotFoundError):
+        twin.model_validate(reference)
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 

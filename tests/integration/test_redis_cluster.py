@@ -506,6 +506,16 @@ def test_an_identical_record_is_a_rivals_on_the_cluster_too(
     asyncio.run(main())
 
 
+def test_a_command_redis_py_gave_up_on_during_a_migration_is_busy() -> None:
+    """redis-py's cluster client raises ClusterError after 16 redirections or TRYAGAIN
+    replies (reads still go through it): StorageBusyError, "retry", never retried here."""
+    failure = Failure("RedisCluster", StorageURL.parse("redis+cluster://127.0.0.1:7000/"), "load")
+    mapped, retried = translate(ClusterError("TTL exhausted."), failure)
+    assert (type(mapped), retried) == (StorageBusyError, False)
+    assert "slot is being migrated" in str(mapped)
+    assert "retry" in str(mapped)
+
+
 def test_writes_whose_reply_is_lost_are_never_resent() -> None:
     """A one-node cluster announcing a fault proxy's port, so that every command goes through
     the proxy, which loses one reply after the server ran the command. A delete whose reply
@@ -902,8 +912,7 @@ def test_small_saves_batch_loads_and_pages_go_through_a_slot_migration(
     and write once it ends; batch and single loads return every record exactly at once
     (a large one found on the new node too); pages
     wait for the migration (their script, run on either node, would miss or be refused
-    records not on it) and list every record exactly once it ends. A delete refused until
-    the migration ends (redis-py's ClusterError) is StorageBusyError, "retry"."""
+    records not on it) and list every record exactly once it ends; a delete waits too."""
 
     async def main() -> None:
         backend = await _backend(cluster.url(f"mig{uuid4().hex[:8]}", buckets=1))
@@ -969,26 +978,26 @@ def test_small_saves_batch_loads_and_pages_go_through_a_slot_migration(
                 save()
                 await exactly(wanted)
                 page(10)
-                # A delete still goes through redis-py's cluster client, which gives up.
-                with pytest.raises(ClusterError) as refused:
-                    await backend.delete(records[4].id, "Scan")
-                failure = Failure("RedisCluster", StorageURL.parse(backend.url), "delete")
-                mapped, retried = translate(refused.value, failure)
-                assert (type(mapped), retried) == (StorageBusyError, False)
-                assert "slot is being migrated" in str(mapped)
-                assert "retry" in str(mapped)
+                # A delete waits too (sent by the backend itself, as saves are).
+                doomed = records[4]
+                deleted = asyncio.ensure_future(backend.delete(doomed.id, "Scan"))
                 await asyncio.sleep(0.5)
-                assert [task for task in (*saves, *pages) if task.done()] == [], "no wait"
+                waiting = (*saves, *pages, deleted)
+                assert [task for task in waiting if task.done()] == [], "no wait"
             finally:
                 await asyncio.to_thread(cluster.finish_migration, slot, owner.port, target)
             assert await asyncio.gather(*saves) == [[2], [2], [1]]
-            newest = [r.id for r in reversed(records)]
+            assert await deleted is True
+            assert await backend.load_records([doomed.key]) == [None]
+            # Pages and the delete waited for the same migration: a page lists the
+            # deleted record or not, and every other one in order.
+            newest = [r.id for r in reversed(records) if r.id != doomed.id]
             versions = {r.id: {r.data} for r in records}
             for update in updates[:2]:
                 versions[update.id].add(update.data)
             for listed in await asyncio.gather(*pages):
-                ids = [r.id for r in listed if r.id != fresh.id]
-                assert ids == newest[: len(listed)], "a page missed a record"
+                ids = [r.id for r in listed if r.id not in (fresh.id, doomed.id)]
+                assert ids == newest[: len(ids)], "a page missed a record"
                 assert all(r.data in versions.get(r.id, {fresh.data}) for r in listed)
             loaded = await backend.load_records([u.key for u in updates])
             assert [(r.data, r.revision) if r else None for r in loaded] == [

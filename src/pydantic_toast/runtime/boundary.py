@@ -6,9 +6,10 @@ Here, and only here, a call into a backend
   chained to a data-free summary of the driver's exception, and logged;
 * is retried once when the connection was lost, if repeating it cannot change the outcome:
   a read always; a write (save, delete, purge) only when it failed before its request could
-  reach the store (opening or checking out a connection). A save lost after it was sent is
-  settled by reading its records back (:mod:`pydantic_toast.runtime.outcomes`); a delete or
-  purge lost then raises :class:`~pydantic_toast.OutcomeUnknownError`. So a save never
+  reach the store (opening or checking out a connection). A save lost after it was sent, or
+  whose reply did not come within the timeout (the server may have applied it), is settled by
+  reading its records back (:mod:`pydantic_toast.runtime.outcomes`); a delete or purge then
+  raises :class:`~pydantic_toast.OutcomeUnknownError`. So a save never
   reports a conflict with its own first attempt, and a delete never reports "not found"
   because its first attempt had committed;
 * is measured for telemetry, when telemetry is on (:mod:`pydantic_toast.runtime.telemetry`).
@@ -25,11 +26,10 @@ from uuid import UUID
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
-    StorageConnectionError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.runtime import outcomes, telemetry
-from pydantic_toast.runtime.errors import Failure, summary, translate, unsent
+from pydantic_toast.runtime.errors import Failure, summary, translate, unanswered, unsent
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
@@ -98,9 +98,9 @@ class Connected:
         """Write ``records``; their new revisions (see :meth:`StorageBackend.save_records`).
 
         Retried once only when the connection failed before the request was sent. Lost after
-        that, the records are read back: stored exactly as written, the save succeeded;
-        untouched, it is written once more (a revision-checked write cannot land twice);
-        otherwise :class:`~pydantic_toast.OutcomeUnknownError`
+        that, or timed out waiting for the reply, the records are read back: stored exactly as
+        written, the save succeeded; untouched, it is written once more (a revision-checked
+        write cannot land twice); otherwise :class:`~pydantic_toast.OutcomeUnknownError`
         (:func:`pydantic_toast.runtime.outcomes.settle_save`).
         """
         failed: Exception | None = None
@@ -120,8 +120,8 @@ class Connected:
         """The save crossing; ``again``: whether settling a lost reply may write once more;
         ``failed``: how a first attempt the caller made itself failed (see :meth:`cross`)."""
 
-        async def settled() -> list[int] | None:
-            return await outcomes.settle_save(self, records, again=again)
+        async def settled(timed_out: bool) -> list[int] | None:
+            return await outcomes.settle_save(self, records, again=again, timed_out=timed_out)
 
         return await self.cross(
             "save",
@@ -234,7 +234,7 @@ class Connected:
         class_name: str | None = None,
         count: int = 1,
         repeat: Repeat = "read",
-        settle: Callable[[], Awaitable[T]] | None = None,
+        settle: Callable[[bool], Awaitable[T]] | None = None,
         keys: Sequence[RecordKey] = (),
         size: Callable[[T], int] | None = None,
         failed: Exception | None = None,
@@ -242,8 +242,9 @@ class Connected:
         """Run ``call`` across the boundary: translated errors, at most one retry, telemetry.
 
         ``repeat`` says when a lost connection is retried (see :data:`Repeat`). A ``write``
-        lost after its request was sent is never repeated here: ``settle`` decides its outcome
-        (a save reads its records back), or it raises
+        lost after its request was sent, or timed out waiting for its reply, is never repeated
+        here: ``settle(timed_out)`` decides its outcome (a save reads its records back), or it
+        raises
         :class:`~pydantic_toast.OutcomeUnknownError` naming ``keys``. ``size`` gives the bytes
         moved from the result, for telemetry only (not called when off). ``failed``: how a
         first attempt the caller made itself failed (``call`` then starts at the second).
@@ -263,6 +264,7 @@ class Connected:
                 failure = self._failure(exc, operation, class_name)
                 mapped, lost = translate(exc, failure)
                 cause = None if mapped is exc else summary(exc)
+                timed_out = not lost and repeat == "write" and unanswered(exc)
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
                     span.finish(interrupt)
@@ -279,20 +281,24 @@ class Connected:
                     span.retried()
                 await self._discard_connections()
                 continue
-            if lost and repeat == "write" and not unsent:
-                assert isinstance(mapped, StorageConnectionError)  # what "lost" translates to
+            # A write sent and then lost, or whose reply never came in time (the server may
+            # have applied it, or may still): never repeated blindly.
+            if (lost or timed_out) and repeat == "write" and not unsent:
                 logger.info(
-                    "%s on %s lost its connection after the request was sent (%s)",
+                    "%s on %s %s after the request was sent (%s)",
                     operation,
                     self.url,
+                    "timed out" if timed_out else "lost its connection",
                     cause,
                 )
+                # Timed out, the connection may still wait for that reply (PostgreSQL's next
+                # statement waits for the cancellation): read back on fresh ones.
                 await self._discard_connections()
                 if settle is None:
-                    mapped = outcomes.unknown(self, operation, keys)
+                    mapped = outcomes.unknown(self, operation, keys, timed_out=timed_out)
                 else:
                     try:
-                        result = await settle()
+                        result = await settle(timed_out)
                     except ExternalStorageError as outcome:
                         mapped = outcome  # raised below, logged as any failure
                         if outcome.__cause__ is not None:

@@ -41,7 +41,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._url import StorageURL
 
-__all__ = ["DriverError", "Failure", "translate", "unsent"]
+__all__ = ["DriverError", "Failure", "translate", "unanswered", "unsent"]
 
 MIGRATE_HINT: Final = (
     "run `pydantic-toast migrate <url>` (or `alembic upgrade head` with DATABASE_URL set to this "
@@ -128,6 +128,23 @@ def unsent(exc: BaseException) -> bool:
     if module.startswith("redis") and name in ("ConnectionError", "TimeoutError"):
         return str(driver).startswith(("Error ", "Timeout ")) and " connecting to " in str(driver)
     return False
+
+
+def unanswered(exc: BaseException) -> bool:
+    """Whether the client gave up waiting for the reply to a request it had sent (a socket,
+    command or read timeout): the server may have applied it, or may still apply it.
+
+    A timeout the server reports itself (PostgreSQL's ``statement_timeout`` or
+    ``lock_timeout``, SQLite's busy timeout) is not one: the statement failed, nothing was
+    applied. Nor is a timeout while connecting (see :func:`unsent`).
+    """
+    if _first(_codes(exc, "sqlstate")) is not None or unsent(exc):
+        return False
+    driver = _innermost(exc)
+    return isinstance(driver, TimeoutError) or type(driver).__name__ in (
+        "TimeoutError",  # redis-py's
+        "ReadTimeoutError",  # botocore's
+    )
 
 
 def summary(exc: BaseException) -> DriverError:

@@ -1,4 +1,5 @@
-"""A write whose reply was lost: what the store did, found out by reading back, told truthfully.
+"""A write whose reply was lost (or did not come within the timeout): what the store did, found
+out by reading back, told truthfully.
 
 A write lost after its request was sent may or may not have been applied, and repeating it
 blindly would lie: the repeat of a revision-checked save that had landed finds the save's own
@@ -52,8 +53,10 @@ async def settle_save(
     records: Sequence[StoredRecord],
     *,
     again: bool,
+    timed_out: bool = False,
 ) -> list[int] | None:
-    """The outcome of a save of ``records`` whose connection was lost after it was sent.
+    """The outcome of a save of ``records`` whose connection was lost after it was sent (or
+    whose reply did not come in time: ``timed_out``).
 
     Returns the new revisions when the store holds what the save wrote (after writing the
     untouched records once more, when ``again``); raises
@@ -61,18 +64,18 @@ async def settle_save(
     :class:`~pydantic_toast.ConcurrencyError` of the repeated write when another writer
     changed a record in between.
     """
-    stored = await _read_back(connected, records)
+    stored = await _read_back(connected, records, timed_out)
     pending = [i for i, record in enumerate(records) if not _ours(record, stored[i])]
     if not pending:
         return _revisions(stored)
     if not again or not all(_untouched(records[i], stored[i]) for i in pending):
-        raise _unknown_save(connected, records, stored, pending, again=again)
+        raise _unknown_save(connected, records, stored, pending, again=again, timed_out=timed_out)
     rest = [records[i] for i in pending]
     try:
         rewritten = await connected.write_records(rest, again=False)
     except ConcurrencyError:
         # The first attempt may have landed after it was read back: read again.
-        late = await _read_back(connected, rest)
+        late = await _read_back(connected, rest, timed_out)
         if not all(_ours(record, found) for record, found in zip(rest, late, strict=True)):
             raise
         rewritten = _revisions(late)
@@ -89,11 +92,13 @@ def unknown(
     operation: str,
     keys: Sequence[RecordKey],
     why: str = "; it was not repeated.",
+    *,
+    timed_out: bool = False,
 ) -> OutcomeUnknownError:
     """The error for a write (``delete``, ``purge``, a save ``why`` explains) lost after it was
-    sent."""
+    sent, or whose reply did not come in time (``timed_out``)."""
     return OutcomeUnknownError(
-        f"{_lost_after_sending(connected, operation)}{why} "
+        f"{_lost_after_sending(connected, operation, timed_out)}{why} "
         f"{_records_named(keys)}{_FIX.get(operation, _FIX['save'])}",
         url=connected.url.masked,
         operation=operation,
@@ -102,7 +107,7 @@ def unknown(
 
 
 async def _read_back(
-    connected: Connected, records: Sequence[StoredRecord]
+    connected: Connected, records: Sequence[StoredRecord], timed_out: bool
 ) -> list[StoredRecord | None]:
     try:
         return await connected.load_records([record.key for record in records])
@@ -112,7 +117,7 @@ async def _read_back(
             f", and reading the records back failed too ({type(exc).__name__}: "
             f"{shorten(exc, 400)}); the save was not repeated."
         )
-        raise unknown(connected, "save", keys, why) from exc
+        raise unknown(connected, "save", keys, why, timed_out=timed_out) from exc
 
 
 def _ours(record: StoredRecord, found: StoredRecord | None) -> bool:
@@ -164,6 +169,7 @@ def _unknown_save(
     pending: Sequence[int],
     *,
     again: bool,
+    timed_out: bool,
 ) -> OutcomeUnknownError:
     first = pending[0]
     record, found = records[first], stored[first]
@@ -183,10 +189,16 @@ def _unknown_save(
         keys,
         f", and reading back shows that {name} {state}{why}: another writer may have changed "
         "it since, so the save was not repeated.",
+        timed_out=timed_out,
     )
 
 
-def _lost_after_sending(connected: Connected, operation: str) -> str:
+def _lost_after_sending(connected: Connected, operation: str, timed_out: bool) -> str:
+    if timed_out:
+        return (
+            f"the reply of {connected.where} to the {operation} did not come within the "
+            "timeout: whether the store applied it (or still will) is unknown"
+        )
     return (
         f"the connection to {connected.where} was lost after the {operation} was sent: "
         "whether the store applied it is unknown"
