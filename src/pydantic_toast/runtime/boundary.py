@@ -264,7 +264,7 @@ class Connected:
                 failure = self._failure(exc, operation, class_name)
                 mapped, lost = translate(exc, failure)
                 cause = None if mapped is exc else summary(exc)
-                timed_out = not lost and repeat == "write" and unanswered(exc)
+                timed_out = not lost and repeat == "write" and unanswered(exc, failure)
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
                     span.finish(interrupt)
@@ -291,9 +291,8 @@ class Connected:
                     "timed out" if timed_out else "lost its connection",
                     cause,
                 )
-                # Timed out, the connection may still wait for that reply (PostgreSQL's next
-                # statement waits for the cancellation): read back on fresh ones.
-                await self._discard_connections()
+                if lost:
+                    await self._discard_connections()
                 if settle is None:
                     mapped = outcomes.unknown(self, operation, keys, timed_out=timed_out)
                 else:

@@ -130,15 +130,19 @@ def unsent(exc: BaseException) -> bool:
     return False
 
 
-def unanswered(exc: BaseException) -> bool:
-    """Whether the client gave up waiting for the reply to a request it had sent (a socket,
-    command or read timeout): the server may have applied it, or may still apply it.
+def unanswered(exc: BaseException, failure: Failure) -> bool:
+    """Whether the client gave up waiting for the reply to a request it had sent (a socket or
+    read timeout): the server may have applied it, or may still apply it.
 
     A timeout the server reports itself (PostgreSQL's ``statement_timeout`` or
     ``lock_timeout``, SQLite's busy timeout) is not one: the statement failed, nothing was
-    applied. Nor is a timeout while connecting (see :func:`unsent`).
+    applied. Nor is PostgreSQL's ``command_timeout``: asyncpg has the server cancel the
+    statement, which then fails, unless it completed in the instant before. Nor is a timeout
+    while connecting (see :func:`unsent`).
     """
-    if _first(_codes(exc, "sqlstate")) is not None or unsent(exc):
+    if failure.backend == "PostgreSQL" or _first(_codes(exc, "sqlstate")) is not None:
+        return False
+    if unsent(exc):
         return False
     driver = _innermost(exc)
     return isinstance(driver, TimeoutError) or type(driver).__name__ in (
