@@ -55,6 +55,7 @@ from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import Storage, current_storage
+from pydantic_toast.runtime.transaction import joined_save
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
@@ -569,8 +570,11 @@ class SaveBatch:
                 await offloads.written()
         except ConcurrencyError as exc:
             if exc.written:  # a chunked batch wrote its first chunks: remember them
+                joined = joined_save(backend.backend)
                 for record, model, print_, text in entries:
                     if record.key in exc.written:
+                        if joined is not None:
+                            joined.undo.append((model, _read_identity(model)))
                         identity = Identity(
                             record.id,
                             record.created_at,
@@ -582,6 +586,7 @@ class SaveBatch:
                         )
                         object.__setattr__(model, "_toast_identity", identity)
             raise
+        joined = joined_save(backend.backend)  # rolled back, the models forget this save
         for index, (record, model, print_, text) in enumerate(entries):
             data = record.data
             identity = Identity(
@@ -593,6 +598,8 @@ class SaveBatch:
                 print_,
                 text,
             )
+            if joined is not None:
+                joined.undo.append((model, _read_identity(model)))
             object.__setattr__(model, "_toast_identity", identity)
 
 

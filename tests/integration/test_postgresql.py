@@ -619,6 +619,45 @@ async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
         await pydantic_toast.aclose_storage()
 
 
+async def test_a_model_saved_in_a_rolled_back_transaction_is_saved_again(
+    postgres_database_url: str,
+) -> None:
+    """Rolled back, a save is forgotten by its model: saving it again writes the record
+    (before: the model took itself for stored and unchanged, the retry wrote nothing and
+    returned a reference to no record; changed, it raised ConcurrencyError "deleted")."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        first, second = note(text="retried"), note(text="changed")
+        async with AsyncSession(engine) as session:
+            async with pydantic_toast.transaction(session):
+                await first.asave()
+                await second.asave()
+                second.text = "changed twice"  # type: ignore[attr-defined]
+                await second.asave()  # revision 2, inside the same transaction
+            await session.rollback()
+        assert (first.external_revision, second.external_revision) == (None, None)  # never stored
+        async with AsyncSession(engine) as session:
+            async with pydantic_toast.transaction(session):
+                reference = await first.asave()  # the same instance, retried
+            await session.commit()
+        assert (await note.aload(reference)).text == "retried"  # type: ignore[attr-defined]
+        assert first.external_revision == 1
+        second.text = "changed thrice"  # type: ignore[attr-defined]
+        loaded = await note.aload(await second.asave())  # outside any transaction
+        assert (loaded.text, loaded.external_revision) == ("changed thrice", 1)  # type: ignore[attr-defined]
+        async with AsyncSession(engine) as session:  # a commit keeps what it saved
+            async with pydantic_toast.transaction(session):
+                second.text = "committed"  # type: ignore[attr-defined]
+                await second.asave()
+            await session.commit()
+        assert second.external_revision == 2
+        assert (await note.aload(second.external_id)).text == "committed"  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 async def test_session_transaction_commits_and_rolls_back(postgres_database_url: str) -> None:
     """transaction(session) joins an AsyncSession's transaction: commit keeps, rollback drops."""
     note = model_on(postgres_database_url)

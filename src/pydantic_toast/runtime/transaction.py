@@ -4,6 +4,10 @@ Inside ``async with pydantic_toast.transaction(session_or_connection):`` every s
 SQL backends run on the same database (PostgreSQL: host, port and database; SQLite: the file)
 runs on that connection, in its transaction, so the application's own rows and the external
 records commit or roll back together. Stores on other databases are written as usual.
+
+A model saved inside the block remembers what it was before (its identity: revision, JSON,
+fingerprint) until the transaction ends: rolled back, it forgets the save, so that saving it
+again writes the record again instead of taking it for stored and unchanged.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pydantic_toast._exceptions import StorageUsageError
 
@@ -21,15 +25,33 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-__all__ = ["Joined", "joined_connection", "transaction"]
+__all__ = ["Joined", "joined_connection", "joined_save", "transaction"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Joined:
-    """The caller's connection and the event loop it belongs to."""
+    """The caller's connection, the event loop it belongs to, and what its saves changed.
+
+    Attributes:
+        connection: The caller's connection.
+        loop: Its event loop.
+        undo: Each model saved through the connection, with its identity before the save,
+            put back if the transaction rolls back.
+    """
 
     connection: AsyncConnection
     loop: asyncio.AbstractEventLoop
+    undo: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def rolled_back(self, *_: Any) -> None:
+        """Put every saved model's identity back (a SQLAlchemy rollback event)."""
+        for model, identity in reversed(self.undo):
+            object.__setattr__(model, "_toast_identity", identity)
+        self.undo.clear()
+
+    def committed(self, *_: Any) -> None:
+        """Keep the saves (a SQLAlchemy commit event)."""
+        self.undo.clear()
 
 
 _joined: ContextVar[Joined | None] = ContextVar("pydantic_toast_transaction", default=None)
@@ -55,14 +77,35 @@ async def transaction(target: AsyncConnection | AsyncSession) -> AsyncIterator[A
     Yields:
         The connection the statements run on.
     """
+    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import AsyncSession
 
     connection = await target.connection() if isinstance(target, AsyncSession) else target
-    token = _joined.set(Joined(connection, asyncio.get_running_loop()))
+    joined = Joined(connection, asyncio.get_running_loop())
+    # The transaction ends after the block, when the caller commits or rolls back: each
+    # listener runs once (the other then waits for the connection's next transaction, where
+    # it finds nothing left to undo).
+    events = connection.sync_connection
+    event.listen(events, "commit", joined.committed, once=True)
+    event.listen(events, "rollback", joined.rolled_back, once=True)
+    event.listen(events, "rollback_savepoint", joined.rolled_back, once=True)
+    token = _joined.set(joined)
     try:
         yield connection
     finally:
         _joined.reset(token)
+
+
+def joined_save(backend: object) -> Joined | None:
+    """The open :func:`transaction` a save through ``backend`` runs in, if any (only the SQL
+    backends join one, on their own database)."""
+    joined = _joined.get()
+    if joined is None:
+        return None
+    same_store: Callable[[URL], bool] | None = getattr(backend, "_same_store", None)
+    if same_store is None or not same_store(joined.connection.engine.url):
+        return None
+    return joined
 
 
 def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | None:
