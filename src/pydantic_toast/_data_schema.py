@@ -286,6 +286,10 @@ class _Copier:
                 copied["serialization"] = check
         if kind in _CHECKS and "serialization" not in copied and (plain_any or kind != "any"):
             copied["serialization"] = _CHECKS[kind]
+        if kind == "model-fields" and plain_any and "extras_schema" not in node:
+            allowed = node.get("extra_behavior") or (config or {}).get("extra_fields_behavior")
+            if allowed == "allow":  # extra fields are read back as Any values are: check them
+                copied["extras_schema"] = {"type": "any", "serialization": _CHECKS["any"]}
         config = own
         # A model or dataclass that holds a datetime, a time, an Any or a constrained value
         # needs its stand-in too: its own serializer checks nothing.

@@ -329,7 +329,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     cls = type(model)
     serializer = storage_serializer(cls)
     field = note = None
-    for name in cls.model_fields:
+    for name in [*cls.model_fields, *(model.__pydantic_extra__ or ())]:
         _, found = noting(
             lambda name=name: serializer.to_json(  # type: ignore[misc]
                 model, include={name}, by_alias=False, round_trip=True
@@ -340,7 +340,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             break
     if note is None:
         return None
-    where = f"field {field!r}"
+    where = f"field {field!r}" if field in cls.model_fields else f"extra field {field!r}"
     if note == OFFSET:
         problem = (
             f"{where} holds a datetime or time whose UTC offset has seconds or a fraction of one "
@@ -352,8 +352,9 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
         problem = (
             f"{where} holds a {note} inside a value of type Any, which JSON cannot keep (it "
             "would come back as a str, list or dict); nothing was written. Give the field a "
-            "type that says what it holds (e.g. datetime | str), or convert the value to "
-            "JSON's own types (None, bool, int, float, str, list, dict with str keys) first"
+            "type that says what it holds (e.g. datetime, or tuple[int, ...]), or convert the "
+            "value to JSON's own types (None, bool, int, float, str, list, dict with str keys) "
+            "first"
         )
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: {problem}", class_name=_name(cls), field=field

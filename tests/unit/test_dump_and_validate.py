@@ -434,6 +434,44 @@ def test_dict_keys_in_a_stored_errors_location_stay_out_of_errors_and_logs(
         assert secret not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {1: 2}, datetime(2020, 1, 1), {"at": {date(2020, 1, 1)}}],
+    ids=["tuple", "int-keys", "datetime", "nested-set"],
+)
+def test_extra_fields_are_checked_as_any_values_are(memory_url: str, value: object) -> None:
+    """An extra field (extra="allow") is read back as an Any value is: a value JSON would not
+    give back as itself is refused before anything is written, as in an Any field (before:
+    stored, and read back as a list, a str key or an ISO string)."""
+
+    class Open(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url, extra="allow")
+        name: str
+
+    with pytest.raises(StorageValidationError, match=r"extra field 'extra'.*nothing was written"):
+        Open(name="x", extra=value).model_dump()
+    assert _store_for(memory_url).records() == []
+    plain = {"list": [1, 2.5, None], "text": "é", "nested": {"k": [True]}}
+    loaded = Open.model_validate(Open(name="x", extra=plain).model_dump())
+    assert loaded.model_extra == {"extra": plain}
+
+
+def test_an_external_model_in_an_extra_field_is_refused(memory_url: str) -> None:
+    """An external model in an extra field would be stored as its reference and read back as
+    a plain dict: refused, and neither it nor its holder is written."""
+
+    class Child(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        v: int
+
+    class Open(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url, extra="allow")
+
+    with pytest.raises(StorageValidationError, match=r"extra field 'child' holds a .*Child"):
+        Open(child=Child(v=7)).model_dump()
+    assert _store_for(memory_url).records() == []
+
+
 def test_extra_forbid_models_round_trip(memory_url: str) -> None:
     """Models forbidding extra keys load their own stored data."""
 
