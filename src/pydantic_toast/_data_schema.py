@@ -38,6 +38,7 @@ from pydantic_core import (
     SchemaValidator,
     ValidationError,
     core_schema,
+    to_json,
 )
 
 from pydantic_toast._field_types import save_types
@@ -48,6 +49,7 @@ from pydantic_toast._schema_walk import schema_nodes
 __all__ = [
     "OFFSET",
     "OUTSIDE",
+    "UNION",
     "DataSchema",
     "data_schema",
     "noted",
@@ -286,6 +288,11 @@ class _Copier:
                 copied["serialization"] = check
         if kind in _CHECKS and "serialization" not in copied and (plain_any or kind != "any"):
             copied["serialization"] = _CHECKS[kind]
+        if kind == "union" and plain and "serialization" not in node and _ambiguous(node):
+            schema = core_schema.definitions_schema(node, list(self.definitions.values()))
+            copied["serialization"] = core_schema.wrap_serializer_function_ser_schema(
+                _UnionCheck(SchemaValidator(schema)), when_used="json"
+            )
         if kind == "model-fields" and plain_any and "extras_schema" not in node:
             allowed = node.get("extra_behavior") or (config or {}).get("extra_fields_behavior")
             if allowed == "allow":  # extra fields are read back as Any values are: check them
@@ -514,6 +521,55 @@ def _constraint_check(node: dict[str, Any], config: dict[str, Any] | None) -> di
         check, return_schema=cast("core_schema.CoreSchema", schema), when_used="json"
     )
     return cast("dict[str, Any]", serializer)
+
+
+# Union members that read a JSON string back as a value of their own, and the kinds that share
+# JSON's array: in a union with a str (or with one another), a value of one may be read back as
+# another, since the JSON does not say which member wrote it (datetime | str: a str shaped like
+# a datetime comes back a datetime; list[int] | tuple[int, ...]: a tuple comes back a list).
+_PARSES_STRINGS = frozenset(
+    {"datetime", "date", "time", "timedelta", "uuid", "bytes", "decimal", "url", "multi-host-url"}
+)
+_ARRAYS = frozenset({"list", "tuple", "set", "frozenset"})
+_OPAQUE = frozenset({"model", "dataclass", "typed-dict", "definition-ref", *_FUNCTIONS})
+UNION = "union"
+"""The note of a union member read back as another (followed by ``:written:read``)."""
+
+
+def _ambiguous(union: dict[str, Any]) -> bool:
+    """Whether a value of one of ``union``'s members may be read back as another's; only for
+    unions of plain data (no models, dataclasses or functions, which the check would run)."""
+    kinds = set()
+    for choice in union.get("choices", []):
+        schema = choice[0] if isinstance(choice, tuple) else choice
+        for node in schema_nodes(schema):
+            if node.get("type") in _OPAQUE:
+                return False
+        if isinstance(schema, dict):
+            kinds.add(schema.get("type"))
+    return ("str" in kinds and bool(kinds & _PARSES_STRINGS)) or len(kinds & _ARRAYS) > 1
+
+
+class _UnionCheck:
+    """A union's serializer (see :func:`_ambiguous`): notes a value that its JSON would read
+    back as another member's, or as an unequal value."""
+
+    __slots__ = ("validator",)
+
+    def __init__(self, validator: SchemaValidator) -> None:
+        self.validator = validator
+
+    def __call__(self, value: Any, handler: Any) -> Any:
+        written = handler(value)
+        if _note.get() is not None:  # noted inside (an offset with seconds): that says more
+            return written
+        try:
+            back = self.validator.validate_json(to_json(written), strict=False)
+        except ValueError:  # unreadable: the record's own read-back check names it
+            return written
+        if type(back) is not type(value) or (back != value and value == value):
+            _note.set(f"{UNION}:{type(value).__qualname__}:{type(back).__qualname__}")
+        return written
 
 
 def noted() -> str | None:

@@ -324,7 +324,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     ``_data_schema.noted``): a UTC offset with seconds, or a value an Any field would not give
     back. Its fields are serialized one by one to name the first that notes it; ``None`` when
     none does (the note was left by an earlier serialization that failed)."""
-    from pydantic_toast._data_schema import OFFSET, noting, storage_serializer
+    from pydantic_toast._data_schema import OFFSET, UNION, noting, storage_serializer
 
     cls = type(model)
     serializer = storage_serializer(cls)
@@ -341,7 +341,16 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     if note is None:
         return None
     where = f"field {field!r}" if field in cls.model_fields else f"extra field {field!r}"
-    if note == OFFSET:
+    if note.startswith(f"{UNION}:"):
+        _, written, read = note.split(":")
+        problem = (
+            f"{where} holds a {written} that its union type would read back as "
+            + (f"a {read}" if read != written else "another value")
+            + " (stored JSON does not say which member wrote a value); nothing was written. "
+            "Keep such values in a field of their own type, or use a tagged union "
+            "(Annotated[A | B, Discriminator(...)]) whose members say which they are"
+        )
+    elif note == OFFSET:
         problem = (
             f"{where} holds a datetime or time whose UTC offset has seconds or a fraction of one "
             "(a zone's local mean time, before about 1900, or a fixed offset), which Pydantic "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import pytest
 from pydantic import (
@@ -21,7 +23,7 @@ from pydantic_toast import (
     ExternalConfigDict,
     StorageValidationError,
 )
-from tests.conftest import CALL_LOGS
+from tests.conftest import CALL_LOGS, memory_store_of
 
 
 def define(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
@@ -270,3 +272,62 @@ def test_discriminated_union_json_schema_is_unchanged(memory_url: str) -> None:
     schema = TypeAdapter(pet).json_schema()
     assert schema["discriminator"]["propertyName"] == "kind"
     assert set(schema["discriminator"]["mapping"]) == {"cat", "dog"}
+
+
+_READ_BACK_AS_ANOTHER = [
+    (
+        datetime | str,
+        "2020-01-01T00:00:00",
+        "a str that its union type would read back as a datetime",
+    ),
+    (date | str, "2020-01-01", "read back as a date"),
+    (UUID | str, "00000000-0000-0000-0000-000000000001", "read back as a UUID"),
+    (bytes | str, "x", "read back as a bytes"),
+    (timedelta | str, "PT1S", "read back as a timedelta"),
+    (list[int] | tuple[int, ...], (1, 2), "a tuple that its union type would read back as a list"),
+    (list[datetime | str], ["ok", "2020-01-01T00:00:00"], "read back as a datetime"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "message"), _READ_BACK_AS_ANOTHER)
+def test_a_union_member_read_back_as_another_is_refused(
+    memory_url: str, kind: Any, value: Any, message: str
+) -> None:
+    """Stored JSON does not say which member of a union wrote a value: one that would be read
+    back as another member (a str shaped like a datetime in datetime | str, a tuple in
+    list | tuple) is refused before anything is written (before: stored, and read back as
+    the other type)."""
+    model = type(
+        "Holder",
+        (ExternalBaseModel,),
+        {"__annotations__": {"v": kind}, "model_config": ExternalConfigDict(storage=memory_url)},
+    )
+    with pytest.raises(StorageValidationError, match=f"field 'v' holds .*{message}"):
+        model(v=value).model_dump()
+    assert memory_store_of(memory_url).records() == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (datetime | str, "hello"),
+        (datetime | str, datetime(2020, 1, 1, tzinfo=UTC)),
+        (UUID | str, UUID(int=1)),
+        (list[int] | tuple[int, ...], [1, 2]),
+        (int | str, "1"),
+        (float | str, float("inf")),
+        (str | None, "2020-01-01"),
+    ],
+)
+def test_union_members_read_back_as_themselves_are_stored(
+    memory_url: str, kind: Any, value: Any
+) -> None:
+    """Values their union reads back as themselves are stored as before."""
+    model = type(
+        "Holder",
+        (ExternalBaseModel,),
+        {"__annotations__": {"v": kind}, "model_config": ExternalConfigDict(storage=memory_url)},
+    )
+    loaded = model.model_validate(model(v=value).model_dump())
+    assert type(loaded.v) is type(value)  # type: ignore[attr-defined]
+    assert loaded.v == value  # type: ignore[attr-defined]
