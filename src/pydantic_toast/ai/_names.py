@@ -6,10 +6,23 @@ import re
 
 from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurationError
 
-__all__ = ["check_conversation_id", "check_namespace"]
+__all__ = [
+    "CONVERSATIONS",
+    "PAYLOADS",
+    "TOOL_OUTPUTS",
+    "check_conversation_id",
+    "check_namespace",
+    "kind_class_name",
+]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONVERSATION_ID = 200
+
+# The kinds of records, each also its kind's default namespace: the stored names of the
+# default namespaces (``pydantic_toast.ai.conversations`` ...) are the ones always used.
+CONVERSATIONS = "conversations"
+TOOL_OUTPUTS = "tool_outputs"
+PAYLOADS = "payloads"
 
 
 def check_namespace(namespace: str) -> str:
@@ -19,6 +32,21 @@ def check_namespace(namespace: str) -> str:
             f"namespace must be 1 to 64 letters, digits, '_', '.' or '-', got {namespace!r}"
         )
     return namespace
+
+
+def kind_class_name(kind: str, namespace: str) -> str:
+    """The stored class name of ``kind`` records in ``namespace`` (checked).
+
+    ``pydantic_toast.ai.<kind>`` for the kind's default namespace (its own name), else
+    ``pydantic_toast.ai.<kind>.<namespace>``. Every name of a kind starts with its own
+    ``pydantic_toast.ai.<kind>`` followed by the end, ``.`` or ``/`` (per-conversation names
+    append ``/<conversation_id>``; a namespace holds no ``/``), so whatever namespaces are
+    given, conversations, tool outputs and payloads never share a class name.
+    """
+    check_namespace(namespace)
+    if namespace == kind:
+        return f"pydantic_toast.ai.{kind}"
+    return f"pydantic_toast.ai.{kind}.{namespace}"
 
 
 def check_conversation_id(conversation_id: str) -> str:

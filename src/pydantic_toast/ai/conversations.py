@@ -40,7 +40,12 @@ from pydantic_ai.usage import RunUsage
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._records import PageCursor, StoredRecord
-from pydantic_toast.ai._names import check_conversation_id, check_namespace
+from pydantic_toast.ai._names import (
+    CONVERSATIONS,
+    check_conversation_id,
+    check_namespace,
+    kind_class_name,
+)
 from pydantic_toast.ai._storage import backend, checked_url, delete_all
 from pydantic_toast.backends.base import Capability
 
@@ -154,7 +159,9 @@ class MessageStore:
     Args:
         storage: A storage URL (``postgresql://...``, ``redis://...``, ``sqlite:///...``,
             ``memory://``, a registered scheme) or ``env:NAME``.
-        namespace: Separates the conversations of several apps sharing one storage.
+        namespace: Separates the conversations of several apps sharing one storage. They are
+            stored under ``pydantic_toast.ai.conversations[.<namespace>]``, apart from spilled
+            outputs and payloads even when those are given the same namespace.
         ttl: Expiry, where the backend supports it (PostgreSQL, SQLite, Redis, memory; not
             S3): each batch expires ``ttl`` after it was appended, and the conversation's
             header ``ttl`` after its last append.
@@ -174,7 +181,7 @@ class MessageStore:
         self,
         storage: str,
         *,
-        namespace: str = "conversations",
+        namespace: str = CONVERSATIONS,
         ttl: float | timedelta | None = None,
         page_size: int = 200,
         skip_invalid: bool = False,
@@ -190,7 +197,7 @@ class MessageStore:
         if not 1 <= page_size <= 1000:
             raise StorageConfigurationError(f"page_size must be from 1 to 1000, got {page_size}")
         self.page_size = page_size
-        self._header_class = f"pydantic_toast.ai.{namespace}"
+        self._header_class = kind_class_name(CONVERSATIONS, namespace)
         self._last = datetime.min.replace(tzinfo=UTC)
         self._lock = threading.Lock()
 
@@ -367,7 +374,12 @@ class MessageStore:
             try:
                 header = _Header.model_validate_json(record.data)
             except ValidationError:
-                raise _corrupt(record, "is not a conversation header") from None
+                raise _corrupt(
+                    record,
+                    "is not a conversation header",
+                    remedy="no conversation owns it: delete that record or restore it from a "
+                    "backup",
+                ) from None
             found.append(
                 ConversationInfo(header.conversation_id, record.created_at, record.updated_at)
             )
@@ -462,10 +474,15 @@ def _decode(record: StoredRecord, conversation_id: str) -> _Loaded:
     return _Loaded(record.created_at, messages, usage)
 
 
-def _corrupt(record: StoredRecord, problem: str) -> StoredDataError:
+def _corrupt(
+    record: StoredRecord,
+    problem: str,
+    *,
+    remedy: str = "delete the conversation or restore the record from a backup",
+) -> StoredDataError:
     return StoredDataError(
         f"the stored record {record.class_name} {record.id} {problem}; it is left untouched "
-        "(delete the conversation or restore the record from a backup)",
+        f"({remedy})",
         class_name=record.class_name,
         id=record.id,
     )

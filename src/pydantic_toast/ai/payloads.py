@@ -32,7 +32,7 @@ from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
 from pydantic_toast._trees import adump, avalidate
-from pydantic_toast.ai._names import check_namespace
+from pydantic_toast.ai._names import PAYLOADS, kind_class_name
 from pydantic_toast.ai._storage import backend, checked_url
 
 __all__ = ["aload_payload", "astore_payload"]
@@ -46,7 +46,7 @@ async def astore_payload(
     value: Any,
     *,
     ttl: float | timedelta | None = None,
-    namespace: str = "payloads",
+    namespace: str = PAYLOADS,
 ) -> ExternalReference:
     """Store ``value`` and return its reference (a dict: ``json.dumps(reference)`` works).
 
@@ -55,11 +55,13 @@ async def astore_payload(
         value: Anything Pydantic serializes; external models inside it are stored as their
             own records (in one batch per store) and referenced.
         ttl: Expiry, where the backend supports it: a claim check that nobody collects goes.
-        namespace: The stored class name is ``pydantic_toast.ai.<namespace>``.
+        namespace: Separates apps sharing one storage. The stored class name is
+            ``pydantic_toast.ai.payloads`` by default, ``pydantic_toast.ai.payloads.<namespace>``
+            otherwise: never one of a conversation's or a spilled output's.
     """
     seconds = ttl_seconds(ttl, "astore_payload")
     url = checked_url(storage, seconds)
-    class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
+    class_name = kind_class_name(PAYLOADS, namespace)
     data = await adump(value, mode="json")
     now = datetime.now(UTC)
     record = StoredRecord(
@@ -81,7 +83,7 @@ async def aload_payload(
     type_: type[T],
     *,
     verify: SigningKeys | Callable[[ExternalReference], None] | None = None,
-    namespace: str = "payloads",
+    namespace: str = PAYLOADS,
 ) -> T:
     """Load a payload stored by :func:`astore_payload` and validate it as ``type_``.
 
@@ -109,7 +111,7 @@ async def aload_payload(
             "this payload reference is signed: pass verify=SigningKeys(...) to check it"
         )
     parsed = parse_reference(reference)
-    class_name = f"pydantic_toast.ai.{check_namespace(namespace)}"
+    class_name = kind_class_name(PAYLOADS, namespace)
     if parsed is None or parsed[0] != class_name:
         raise InvalidReferenceError(
             f"expected a payload reference {{'class_name': {class_name!r}, 'id': ...}}",

@@ -38,7 +38,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
-from pydantic_toast.ai._names import check_conversation_id, check_namespace
+from pydantic_toast.ai._names import TOOL_OUTPUTS, check_conversation_id, kind_class_name
 from pydantic_toast.ai._storage import backend, checked_url, delete_all
 from pydantic_toast.backends.base import Capability
 
@@ -98,7 +98,9 @@ class SpillToolOutputs(AbstractCapability[Any]):
         preview_chars: How many leading characters the model sees in place of a spilled return.
         ttl: Expiry of spilled outputs, where the backend supports it (PostgreSQL, SQLite,
             Redis, memory; not S3).
-        namespace: Separates apps sharing one storage.
+        namespace: Separates apps sharing one storage. Outputs are stored under
+            ``pydantic_toast.ai.tool_outputs[.<namespace>]/<conversation_id>``, apart from
+            conversations and payloads even when they are given the same namespace.
         read_tool_name: The name of the read tool given to the model.
     """
 
@@ -106,7 +108,7 @@ class SpillToolOutputs(AbstractCapability[Any]):
     max_chars: int = 20_000
     preview_chars: int = 2_000
     ttl: float | timedelta | None = None
-    namespace: str = "tool_outputs"
+    namespace: str = TOOL_OUTPUTS
     read_tool_name: str = "read_tool_output"
     _url: str = field(init=False, repr=False)
     _class_name: str = field(init=False, repr=False)
@@ -122,7 +124,7 @@ class SpillToolOutputs(AbstractCapability[Any]):
         self._ttl = ttl_seconds(self.ttl, "SpillToolOutputs")
         needs = (Capability.LIST, Capability.DELETE)
         self._url = checked_url(self.storage, self._ttl, needs=needs, user="SpillToolOutputs")
-        self._class_name = f"pydantic_toast.ai.{check_namespace(self.namespace)}"
+        self._class_name = kind_class_name(TOOL_OUTPUTS, self.namespace)
 
     async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
         """A copy per run, with its own cache of outputs read."""
