@@ -127,11 +127,12 @@ def silent_port() -> Iterator[int]:
 # -- cannot connect, connect timeout ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["postgresql", "redis"])
+@pytest.mark.parametrize("scheme", ["postgresql", "redis", "redis+cluster"])
 def test_closed_port_is_a_connection_error(scheme: str) -> None:
     """Nothing listening: StorageConnectionError naming host:port and what to check."""
     port = servers.free_port()
-    ledger = model_on(f"{scheme}://app:pw@127.0.0.1:{port}/0")
+    database = "" if scheme == "redis+cluster" else "0"  # a cluster has database 0 only
+    ledger = model_on(f"{scheme}://app:pw@127.0.0.1:{port}/{database}")
     error = raised(lambda: ledger(text="x").model_dump())
     assert_mapped(
         error, StorageConnectionError, "could not connect", f"127.0.0.1:{port}", "server runs"
@@ -520,6 +521,15 @@ def test_redis_database_out_of_range(redis_base_url: str) -> None:
     ledger = model_on(f"{base}/99")
     error = raised(lambda: ledger(text="x").model_dump())
     assert_mapped(error, StorageConfigurationError, "no database 99", "`databases` setting")
+
+
+@pytest.mark.redis
+def test_redis_cluster_url_on_a_single_server(redis_base_url: str) -> None:
+    """redis+cluster:// naming a server without cluster mode: StorageConfigurationError."""
+    base = redis_base_url.rsplit("/", 1)[0].replace("redis://", "redis+cluster://", 1)
+    ledger = model_on(f"{base}/")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageConfigurationError, "not a cluster node", "redis:// URL")
 
 
 @pytest.mark.postgresql

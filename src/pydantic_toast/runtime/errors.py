@@ -21,7 +21,7 @@ from __future__ import annotations
 import ssl
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from pydantic_toast._exceptions import (
@@ -300,6 +300,18 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         return None
     url, where = failure.url.masked, failure.where
     name, message = type(driver).__name__, str(driver)
+    # redis-py's cluster client wraps the failure of its last startup node ("Redis Cluster
+    # cannot be connected ...") in RedisClusterException: that failure is the one to report.
+    reason = driver.__cause__
+    if name == "RedisClusterException" and "cannot be connected" in message and reason:
+        translated = _redis(reason, replace(failure, connecting=True))
+        if translated is not None:
+            return translated
+    if name == "RedisClusterException" and "Cluster mode is not enabled" in message:
+        return StorageConfigurationError(
+            f"{where} is not a cluster node (cluster mode is not enabled on it): use a "
+            "redis:// URL for a single server, or point redis+cluster:// at a cluster's node"
+        ), False
     # AskError, MovedError: a Redis Cluster slot migrating, or moved again, under a large
     # document's pieces (sent on the slot's primary directly, not through the cluster client).
     if name in _REDIS_BUSY or (name == "ResponseError" and message.startswith("BUSY")):
