@@ -241,3 +241,31 @@ def test_installed_command_migrates_and_checks(password_cluster: servers.TempPos
     for result in (before, migrated, after):
         assert f":{password_cluster.PASSWORD}@" not in result.stdout + result.stderr
         assert "***" in result.stdout
+
+
+@pytest.mark.sqlite
+def test_module_in_the_current_directory_is_imported(tmp_path: Path) -> None:
+    """``--module mymodels`` finds ./mymodels.py without PYTHONPATH=. when run as the installed
+    script, whose own folder (not the current one) heads sys.path."""
+    project, scripts = tmp_path / "project", tmp_path / "bin"
+    project.mkdir()
+    scripts.mkdir()
+    url = f"sqlite:///{tmp_path / 'tags.db'}"
+    assert toast_cli(["migrate", url]) == 0
+    (project / "mymodels.py").write_text(
+        "from pydantic_toast import ExternalBaseModel, ExternalConfigDict\n\n\n"
+        "class Tag(ExternalBaseModel):\n"
+        "    label: str\n"
+        f"    model_config = ExternalConfigDict(storage={url!r})\n"
+    )
+    # What pip's console script does: run main() from a file in another folder.
+    script = scripts / "pydantic-toast"
+    script.write_text(
+        "import sys\nfrom pydantic_toast.integrations.cli import main\nsys.exit(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), "orphans", url, "--module", "mymodels", "--class", "Tag"],
+        cwd=project, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "checked 0, orphans 0" in result.stderr

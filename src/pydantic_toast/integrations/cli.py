@@ -445,12 +445,22 @@ def _imported_model(storage: Storage, url: StorageURL, args: argparse.Namespace)
     that define the models are imported."""
     import importlib
 
+    _put_cwd_on_path()
     for module in args.module:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise CommandError(f"cannot import --module {module}: {exc}", EXIT_USAGE) from None
     return _model_named(storage, url, args.class_name)
+
+
+def _put_cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path``, as alembic and uvicorn do: the
+    ``pydantic-toast`` script's own directory stands there, so ``--module mymodels`` would not
+    find ``./mymodels.py`` (``python -m`` puts the current directory there itself)."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
 
 
 def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
