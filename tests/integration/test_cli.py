@@ -79,6 +79,35 @@ def test_redis_needs_no_migration(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs no migration" in err
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis:// deletes each expired record itself"),
+        ("redis+cluster://127.0.0.1:7000/", "redis+cluster:// deletes each expired record"),
+        ("memory://", "memory:// deletes each expired record itself"),
+        ("s3://bucket/prefix", "s3:// stores no records with a ttl"),
+    ],
+)
+def test_purge_where_nothing_expires_in_place(
+    capsys: pytest.CaptureFixture[str], url: str, reason: str
+) -> None:
+    """purge on a store that keeps no expired records: exit code 2, the reason, no migration."""
+    code, _, err = run(capsys, "purge", url)
+    assert code == 2
+    assert_one_line(err)
+    assert reason in err
+    assert "nothing to purge" in err
+    assert "migration" not in err
+
+
+def test_partition_of_redis_names_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    """partition on Redis: exit code 2, PostgreSQL only (not "needs no migration")."""
+    code, _, err = run(capsys, "partition", "redis://127.0.0.1:6379/0", "--partitions", "4")
+    assert code == 2
+    assert_one_line(err)
+    assert "partition works on PostgreSQL only, not redis://" in err
+
+
 def test_no_url_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

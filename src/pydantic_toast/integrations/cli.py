@@ -275,7 +275,7 @@ def _run(command: str, url: str, revision: str | None) -> int:
 
 
 def _partition(url: str, partitions: int) -> int:
-    parsed = _check_url(url)
+    parsed = _known_url(url)
     if not parsed.scheme.startswith("postgres"):
         raise CommandError(
             f"partition works on PostgreSQL only, not {parsed.scheme}://", EXIT_USAGE
@@ -296,7 +296,7 @@ def _partition(url: str, partitions: int) -> int:
 
 
 def _purge(url: str, batch_size: int) -> int:
-    parsed = _check_url(url)
+    parsed = _purgeable_url(url)
     if not 1 <= batch_size <= 10_000:
         raise CommandError(f"--batch-size must be from 1 to 10000, got {batch_size}", EXIT_USAGE)
     from pydantic_toast._expiry import apurge_expired
@@ -494,6 +494,36 @@ def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
 
 
 def _check_url(url: str) -> StorageURL:
+    """``url`` parsed, for the migration commands: a known scheme with a table to migrate."""
+    parsed = _known_url(url)
+    if parsed.scheme not in _SQL_SCHEMES:
+        raise CommandError(
+            f"{parsed.masked}: {parsed.scheme}:// needs no migration (only PostgreSQL and SQLite "
+            "have a table)",
+            EXIT_USAGE,
+        )
+    return parsed
+
+
+def _purgeable_url(url: str) -> StorageURL:
+    """``url`` parsed, for ``purge``: a store that keeps expired records until purged."""
+    parsed = _known_url(url)
+    scheme = parsed.scheme
+    if scheme in _SQL_SCHEMES:
+        return parsed
+    if scheme.startswith("redis") or scheme == "memory":
+        why = "deletes each expired record itself, at its ttl"
+    else:
+        why = "stores no records with a ttl"
+    raise CommandError(
+        f"{parsed.masked}: {scheme}:// {why}: nothing to purge (only PostgreSQL and SQLite keep "
+        "expired rows until purged)",
+        EXIT_USAGE,
+    )
+
+
+def _known_url(url: str) -> StorageURL:
+    """``url`` parsed, its scheme known and its driver installed."""
     try:
         parsed = StorageURL.parse(url)
     except ExternalStorageError as exc:
@@ -513,12 +543,6 @@ def _check_url(url: str) -> StorageURL:
         raise CommandError(
             f"{scheme}:// needs {module}, which is not installed: "
             f"run pip install 'pydantic-toast[{extra}]'",
-            EXIT_USAGE,
-        )
-    if scheme not in _SQL_SCHEMES:
-        raise CommandError(
-            f"{parsed.masked}: {scheme}:// needs no migration (only PostgreSQL and SQLite "
-            "have a table)",
             EXIT_USAGE,
         )
     return parsed
