@@ -18,7 +18,9 @@ from uuid import uuid4
 import pytest
 
 import pydantic_toast
+from pydantic_toast import StorageBackend, register_backend
 from pydantic_toast.integrations.cli import main as toast_cli
+from pydantic_toast.testing.conformance import BackendConformance
 from tests.integration.conftest import _delete_redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,3 +112,24 @@ def test_page_examples_run(
         _delete_redis_prefix(redis_base_url, prefix)
     python_blocks = [b for b in blocks(page) if b[0] == "python"]
     assert ran == len([b for b in python_blocks if b[2] is None])
+
+
+def _docs_file_backend() -> type[StorageBackend]:
+    """The FileBackend class of docs/backends/custom.md, as its first block defines it."""
+    code = blocks(ROOT / "docs" / "backends" / "custom.md")[0][1]
+    definition = code.split('register_backend("file", FileBackend)')[0]
+    namespace: dict[str, object] = {"__name__": "docs_custom_backend"}
+    exec(compile(definition, "docs/backends/custom.md", "exec", dont_inherit=True), namespace)
+    backend = namespace["FileBackend"]
+    assert isinstance(backend, type)
+    assert issubclass(backend, StorageBackend)
+    return backend
+
+
+class TestDocsFileBackend(BackendConformance):
+    """The page's example backend passes the conformance suite the page tells readers to run."""
+
+    @pytest.fixture
+    def storage_url(self, tmp_path: Path) -> str:
+        register_backend("file", _docs_file_backend())
+        return f"file://{tmp_path}"

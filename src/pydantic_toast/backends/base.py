@@ -193,7 +193,11 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        """Insert or replace the document stored under ``(class_name, id)``."""
+        """Insert or replace the document stored under ``(class_name, id)``.
+
+        Replacing keeps the stored document's ``created_at``: the writer may never have seen
+        the record, and sends its own time.
+        """
 
     @abstractmethod
     async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
