@@ -203,6 +203,8 @@ class ConcurrencyError(ExternalStorageError):
         id: The record id.
         expected: The revision this instance last saw (``0``: it was never stored).
         current: The stored revision now, or ``None`` when the record no longer exists.
+        ttl: The record's ttl in seconds when its model has one (a missing record may have
+            expired rather than been deleted), else ``None``.
         written: The records of the same save that were written anyway, with their new
             revisions (empty but in the case above).
     """
@@ -215,8 +217,11 @@ class ConcurrencyError(ExternalStorageError):
         expected: int,
         current: int | None,
         deleting: bool = False,
+        ttl: float | None = None,
     ) -> None:
-        if current is None:
+        if current is None and ttl is not None:
+            what = f"was deleted or expired (its ttl of {ttl:g} s may have passed)"
+        elif current is None:
             what = "was deleted"
         elif expected == 0:
             what = f"already exists (revision {current})"
@@ -246,6 +251,7 @@ class ConcurrencyError(ExternalStorageError):
         self.id = id
         self.expected = expected
         self.current = current
+        self.ttl = ttl
         self.written: dict[tuple[str, UUID], int] = {}
 
 

@@ -17,9 +17,14 @@ from uuid import uuid4
 import pytest
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
+from pydantic_toast import (
+    ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+)
 from pydantic_toast.integrations.cli import main as toast_cli
-from tests.integration.conftest import throwaway_database
+from tests.integration.conftest import BACKENDS, throwaway_database
 from tests.integration.test_postgresql import alembic
 
 _MIGRATION = importlib.import_module("pydantic_toast.migrations.versions.0005_record_expiry")
@@ -139,6 +144,24 @@ def test_expired_rows_stay_invisible_until_purged_in_batches(
     assert captured.out.endswith(": purged 1 expired records\n")
     assert captured.err == ""  # printed once: no progress line outside a terminal
     assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(1,)]
+
+
+@pytest.mark.parametrize("storage_url", BACKENDS, indirect=True)
+def test_saving_an_expired_record_says_it_may_have_expired(storage_url: str) -> None:
+    """A revision-checked save of a record whose ttl ran out: a conflict that names the ttl,
+    not one that says another writer deleted it."""
+    note = _note(storage_url, ttl=0.3)
+    instance = note(text="first")
+    instance.model_dump()
+    time.sleep(0.6)
+    instance.text = "second"  # type: ignore[attr-defined]
+    with pytest.raises(ConcurrencyError) as info:
+        instance.model_dump()
+    message = str(info.value)
+    assert "was deleted or expired (its ttl of 0.3 s may have passed)" in message
+    assert "expected revision 1" in message
+    assert info.value.current is None
+    assert info.value.ttl == 0.3
 
 
 class Terminal(io.StringIO):

@@ -207,7 +207,11 @@ class MemoryBackend(RecordBackend):
                 if expected is not None and (0 if old is None else old.revision or 0) != expected:
                     current = None if old is None else old.revision
                     raise ConcurrencyError(
-                        record.class_name, record.id, expected=expected, current=current
+                        record.class_name,
+                        record.id,
+                        expected=expected,
+                        current=current,
+                        ttl=record.ttl,
                     )
                 existing.append(old)
             revisions = []

@@ -1050,5 +1050,5 @@ def _first_missing(
 
 def _conflict(record: StoredRecord, current: int | None) -> ConcurrencyError:
     return ConcurrencyError(
-        record.class_name, record.id, expected=record.revision or 0, current=current
+        record.class_name, record.id, expected=record.revision or 0, current=current, ttl=record.ttl
     )

@@ -1289,7 +1289,11 @@ def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> b
 def _conflict(record: StoredRecord, current: int) -> ConcurrencyError:
     """The error for ``record`` expecting another revision than ``current`` (0: none)."""
     return ConcurrencyError(
-        record.class_name, record.id, expected=record.revision or 0, current=current or None
+        record.class_name,
+        record.id,
+        expected=record.revision or 0,
+        current=current or None,
+        ttl=record.ttl,
     )
 
 

@@ -219,6 +219,7 @@ class S3Backend(RecordBackend):
                         record.id,
                         expected=record.revision or 0,
                         current=current,
+                        ttl=record.ttl,
                     )
                 heads[record.key] = head
         if len(records) == 1:
@@ -396,6 +397,7 @@ class S3Backend(RecordBackend):
             record.id,
             expected=expected,
             current=None if head is None else _revision_of(head),
+            ttl=record.ttl,
         )
 
     async def _put(

@@ -296,7 +296,7 @@ async def conflict(connection: AsyncConnection, record: StoredRecord) -> Concurr
         )
     ).scalar_one_or_none()
     return ConcurrencyError(
-        record.class_name, record.id, expected=record.revision or 0, current=current
+        record.class_name, record.id, expected=record.revision or 0, current=current, ttl=record.ttl
     )
 
 
