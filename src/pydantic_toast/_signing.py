@@ -49,12 +49,29 @@ _SIGNED_KEYS = frozenset(("class_name", "id", "signature"))
 _EXPIRING_KEYS = _SIGNED_KEYS | {"expires_at"}
 
 
+def _key_bytes(position: int, key: object) -> bytes:
+    """``key`` as bytes; a ``str`` refused, naming the fix (its value never shown)."""
+    if isinstance(key, str):
+        raise StorageConfigurationError(
+            f"signing key #{position + 1} is a str: pass bytes, secrets.token_bytes(32) for a "
+            "new key or bytes.fromhex(...) of one kept as hex (key.encode() instead keeps "
+            "verifying what this str key signed)"
+        )
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise StorageConfigurationError(
+            f"signing key #{position + 1} is of type {type(key).__name__}, not bytes: pass "
+            "secrets.token_bytes(32)"
+        )
+    return bytes(key)
+
+
 class SigningKeys:
     """The secret keys that sign and verify references.
 
     Args:
-        *keys: One or more secret keys (``bytes``, or ``str`` encoded as UTF-8), newest
-            first: the first signs, all of them verify. To rotate, put the new key first and
+        *keys: One or more secret keys, ``bytes`` of at least :data:`MIN_KEY_BYTES` random
+            bytes (``secrets.token_bytes(32)``; ``bytes.fromhex(...)`` of a key kept as hex),
+            newest first: the first signs, all of them verify. To rotate, put the new key first and
             drop the old one once what it signed has expired or been replaced.
         expires_in: How long a reference signed with these keys stays valid (``None``: until
             its key is dropped). :func:`sign_reference` can override it per call.
@@ -62,13 +79,14 @@ class SigningKeys:
     The keys never appear in a ``repr``, a message or a log line.
 
     Raises:
-        StorageConfigurationError: No key, or a key shorter than :data:`MIN_KEY_BYTES`.
+        StorageConfigurationError: No key, a ``str`` key (a password or a hex string is not
+            random bytes), or a key shorter than :data:`MIN_KEY_BYTES`.
     """
 
     __slots__ = ("_keys", "expires_in")
 
-    def __init__(self, *keys: bytes | str, expires_in: timedelta | None = None) -> None:
-        encoded = [key.encode() if isinstance(key, str) else bytes(key) for key in keys]
+    def __init__(self, *keys: bytes, expires_in: timedelta | None = None) -> None:
+        encoded = [_key_bytes(position, key) for position, key in enumerate(keys)]
         if not encoded:
             raise StorageConfigurationError(
                 "SigningKeys needs at least one key: pass secrets.token_bytes(32) "

@@ -91,7 +91,7 @@ def test_unsigned_and_malformed_references_are_refused() -> None:
 
 def test_keys_never_show() -> None:
     secret = "a-very-secret-signing-key-of-32-bytes!!"
-    keys = SigningKeys(secret, OTHER)
+    keys = SigningKeys(secret.encode(), OTHER)
     assert secret not in repr(keys)
     assert "2 key(s) hidden" in repr(keys)
     signed = sign_reference(reference(), keys)
@@ -111,3 +111,18 @@ def test_weak_keys_are_refused() -> None:
         SigningKeys(KEY, b"short")
     with pytest.raises(StorageConfigurationError, match="positive"):
         SigningKeys(KEY, expires_in=timedelta(0))
+
+
+def test_str_keys_are_refused_without_showing_them() -> None:
+    """A str (a password, a hex string) is not random bytes: refused, naming bytes to pass."""
+    secret = "a" * 40
+    with pytest.raises(StorageConfigurationError) as refused:
+        SigningKeys(KEY, secret)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert message.startswith("signing key #2 is a str: pass bytes")
+    assert "secrets.token_bytes(32)" in message
+    assert "bytes.fromhex(" in message
+    assert secret not in message
+    with pytest.raises(StorageConfigurationError, match="#1 is of type int, not bytes"):
+        SigningKeys(12345)  # type: ignore[arg-type]
+    assert "1 key(s)" in repr(SigningKeys(bytearray(KEY)))
