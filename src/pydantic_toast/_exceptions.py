@@ -220,7 +220,7 @@ class ConcurrencyError(ExternalStorageError):
         ttl: float | None = None,
     ) -> None:
         if current is None and ttl is not None:
-            what = f"was deleted or expired (its ttl of {ttl:g} s may have passed)"
+            what = f"was deleted or expired (a ttl of {ttl:g} s may have passed)"
         elif current is None:
             what = "was deleted"
         elif expected == 0:
@@ -232,6 +232,11 @@ class ConcurrencyError(ExternalStorageError):
                 f"the delete expected revision {expected}: another writer changed it since it "
                 "was read and nothing was deleted. Load it again and decide, or delete "
                 "without revision= to delete whatever is stored"
+            )
+        elif current is None and ttl is not None:
+            outcome = (
+                f"this instance expected revision {expected}, and nothing was written: save it "
+                "with force=True to store it again (expired), or drop it (deleted)"
             )
         else:
             who = "another writer got there first"

@@ -44,6 +44,7 @@ __all__ = [
     "noted_refusal",
     "serialization_refusal",
     "shown_path",
+    "stored_field_names",
     "unreadable_nested_refusal",
     "unreadable_refusal",
 ]
@@ -108,12 +109,14 @@ class _TooLong:
     """Stands for an integer the JSON parser would refuse."""
 
 
-def locate(data: bytes | str, predicate: Any, names: Container[str] | None = None) -> str | None:
+def locate(data: bytes | str, predicate: Any, names: Container[str] | None) -> str | None:
     """The dotted path of the first value in JSON ``data`` for which ``predicate`` is true.
 
     Integers over the parser's digit limit are seen as :class:`_TooLong` instances, NaN and
-    infinities as floats. Where ``names`` is given, a key not in it is shown as ``<key>`` (see
-    :func:`shown_path`). Used only on error paths (it parses with the ``json`` module).
+    infinities as floats. A key not in ``names`` (the field names of the record's class, see
+    :func:`field_names`) is a dict's, data: shown as ``<key>``; without ``names`` (no class of
+    this process is stored under the record's name), every key below the top one is. Used
+    only on error paths (it parses with the ``json`` module).
     """
 
     def parse_int(text: str) -> object:
@@ -125,13 +128,17 @@ def locate(data: bytes | str, predicate: Any, names: Container[str] | None = Non
         return None
     for path, item in _walk(value, ()):
         if predicate(item):
-            if names is not None:
-                path = tuple(key if key in names or key.isdigit() else DICT_KEY for key in path)
-            return ".".join(path) or None
+            shown = [
+                str(key)
+                if isinstance(key, int) or (key in names if names is not None else depth == 0)
+                else DICT_KEY
+                for depth, key in enumerate(path)
+            ]
+            return ".".join(shown) or None
     return None
 
 
-def _walk(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+def _walk(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
     yield path, value
     if isinstance(value, dict):
         for key, item in value.items():
@@ -139,7 +146,25 @@ def _walk(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
             yield from _walk(item, (*path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _walk(item, (*path, str(index)))
+            yield from _walk(item, (*path, index))
+
+
+def stored_field_names(class_name: str) -> frozenset[str] | None:
+    """The :func:`field_names` of the model classes of this process stored as ``class_name``
+    (several: a class defined again), or ``None`` when there is none. Error paths only."""
+    from pydantic_toast._model import ExternalBaseModel
+
+    names: set[str] = set()
+    found = False
+    stack: list[type[Any]] = [ExternalBaseModel]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        settings = getattr(cls, "__toast_settings__", None)
+        if settings is not None and settings.external_name == class_name:
+            found = True
+            names |= field_names(cls)
+    return frozenset(names) if found else None
 
 
 def is_too_long(value: object) -> bool:
@@ -237,7 +262,7 @@ def decode_stored(record: StoredRecord) -> Any:
     try:
         return pydantic_core.from_json(record.data, allow_inf_nan=True)
     except ValueError as exc:
-        field = locate(record.data, is_too_long)
+        field = locate(record.data, is_too_long, stored_field_names(record.class_name))
         detail = (
             f"{field} holds an integer of more than {_INT_DIGITS_LIMIT:,} digits"
             if field

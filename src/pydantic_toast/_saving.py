@@ -202,6 +202,17 @@ def mark_unvalidated(model: ExternalBaseModel) -> None:
     _new_identity(model, UnvalidatedIdentity)
 
 
+def _holds_envelope_key(data: bytes) -> bool:
+    """Whether JSON ``data`` is an object with the key ``"$toast"`` at its top."""
+    if b'"$toast"' not in data:
+        return False
+    try:
+        decoded = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(decoded, dict) and ENVELOPE_KEY in decoded
+
+
 def _reserved_key_refusal(model: ExternalBaseModel) -> StorageValidationError:
     """The refusal for a model whose data holds the key ``"$toast"`` (an extra field), which
     marks the library's own envelopes (compressed, encrypted or offloaded data): stored, it
@@ -412,10 +423,16 @@ class SaveBatch:
                     _serializing.reset(token)
                 self.refusal = refusal
                 raise refusal from None
-        # Read back as an envelope: a record whose data starts with the key, or holds it as an
-        # extra field (PostgreSQL's jsonb puts shorter keys first: then it starts with it).
+        # Read back as an envelope: a record whose data starts with the key, or holds it at
+        # the top wherever (PostgreSQL's jsonb puts shorter keys first: then it starts with
+        # it). Under the class's own schema the top keys are field names and extra fields; a
+        # serializer of the class's own (no fast schema) may write any: then the bytes tell.
         extra = model.__pydantic_extra__
-        if data.startswith(ENVELOPE_MARK) or (extra and ENVELOPE_KEY in extra):
+        if (
+            data.startswith(ENVELOPE_MARK)
+            or (extra and ENVELOPE_KEY in extra)
+            or (fast is None and _holds_envelope_key(data))
+        ):
             self.refusal = self.refusal or _reserved_key_refusal(model)
             raise self.refusal
         if noted() is not None:  # an offset with seconds written rounded, an Any value changed
@@ -570,11 +587,11 @@ class SaveBatch:
                 await offloads.written()
         except ConcurrencyError as exc:
             if exc.written:  # a chunked batch wrote its first chunks: remember them
-                joined = joined_save(backend.backend)
+                saves = joined_save(backend.backend)
                 for record, model, print_, text in entries:
                     if record.key in exc.written:
-                        if joined is not None:
-                            joined.undo.append((model, _read_identity(model)))
+                        if saves is not None:
+                            saves.remember(model, _read_identity(model))
                         identity = Identity(
                             record.id,
                             record.created_at,
@@ -586,7 +603,7 @@ class SaveBatch:
                         )
                         object.__setattr__(model, "_toast_identity", identity)
             raise
-        joined = joined_save(backend.backend)  # rolled back, the models forget this save
+        saves = joined_save(backend.backend)  # rolled back, the models forget this save
         for index, (record, model, print_, text) in enumerate(entries):
             data = record.data
             identity = Identity(
@@ -598,8 +615,8 @@ class SaveBatch:
                 print_,
                 text,
             )
-            if joined is not None:
-                joined.undo.append((model, _read_identity(model)))
+            if saves is not None:
+                saves.remember(model, _read_identity(model))
             object.__setattr__(model, "_toast_identity", identity)
 
 

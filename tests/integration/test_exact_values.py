@@ -253,6 +253,24 @@ def test_nan_in_a_plain_model_under_a_custom_model_serializer_comes_back(
     assert same_float(loaded.point.y, -math.inf)
 
 
+def test_a_refusal_names_a_dicts_keys_as_key_never_as_they_are(storage_url: str) -> None:
+    """The field path of a refusal found by scanning the JSON (NaN and NUL on PostgreSQL, too
+    long an integer everywhere) shows a dict's keys, which are data, as <key>; field names and
+    list positions as they are."""
+    cls = model(storage_url, scores=dict[str, list[float]], count=dict[str, Any])
+    bad = cls(scores={"alice@example.com": [1.0, math.nan]}, count={})
+    if storage_url.startswith("postgresql"):
+        with pytest.raises(StorageValidationError, match="NaN or Infinity") as info:
+            bad.model_dump()
+        assert info.value.field == "scores.<key>.1"
+        assert "alice@example.com" not in str(info.value)
+    huge = cls(scores={}, count={"bob@example.com": 10**4301})
+    with pytest.raises(StorageValidationError, match="4,300 digits") as info:
+        huge.model_dump()
+    assert info.value.field == "count.<key>"
+    assert "bob@example.com" not in str(info.value)
+
+
 def test_unvalidated_values_not_of_their_fields_type_are_refused_naming_the_field(
     storage_url: str,
 ) -> None:

@@ -158,8 +158,10 @@ def test_saving_an_expired_record_says_it_may_have_expired(storage_url: str) -> 
     with pytest.raises(ConcurrencyError) as info:
         instance.model_dump()
     message = str(info.value)
-    assert "was deleted or expired (its ttl of 0.3 s may have passed)" in message
+    assert "was deleted or expired (a ttl of 0.3 s may have passed)" in message
     assert "expected revision 1" in message
+    assert "save it with force=True to store it again" in message
+    assert "another writer" not in message
     assert info.value.current is None
     assert info.value.ttl == 0.3
 

@@ -658,6 +658,90 @@ async def test_a_model_saved_in_a_rolled_back_transaction_is_saved_again(
         await pydantic_toast.aclose_storage()
 
 
+async def test_savepoints_forget_only_the_saves_made_inside_them(
+    postgres_database_url: str,
+) -> None:
+    """A rollback to a savepoint forgets the saves made since it began, and only those: a
+    save before it (or before the library's own savepoint around a conflicting batch) stays
+    saved; each of several savepoints rolled back forgets its own; a commit keeps all."""
+    note = model_on(postgres_database_url)
+
+    class Holder(ExternalBaseModel):
+        model_config = ExternalConfigDict(
+            storage=postgres_database_url, external_name=f"Holder{uuid4().hex[:8]}"
+        )
+        notes: list[note]  # type: ignore[valid-type]
+
+    engine = _engine(postgres_database_url)
+    try:
+        stale = note(text="stale")
+        reference = await stale.asave()
+        rival = await note.aload(reference)
+        rival.text = "rival"  # type: ignore[attr-defined]
+        await rival.asave()
+        before, inner, first, second = (note(text=t) for t in ("before", "in", "1", "2"))
+        async with (
+            engine.connect() as connection,
+            connection.begin(),
+            pydantic_toast.transaction(connection),
+        ):
+            await before.asave()
+            stale.text = "mine"  # type: ignore[attr-defined]
+            with pytest.raises(ConcurrencyError):  # the batch's own savepoint rolls back
+                await Holder(notes=[note(text="new"), stale]).asave()
+            async with connection.begin_nested() as savepoint:
+                await inner.asave()
+                await savepoint.rollback()
+            for item in (first, second):
+                async with connection.begin_nested() as savepoint:
+                    await item.asave()
+                    await savepoint.rollback()
+        assert before.external_revision == 1
+        assert (inner.external_revision, first.external_revision) == (None, None)
+        assert second.external_revision is None
+        before.text = "after"  # type: ignore[attr-defined]
+        await before.asave()  # no false ConcurrencyError: it was committed at revision 1
+        assert (await note.aload(before.external_id)).external_revision == 2  # type: ignore[attr-defined]
+        for item in (inner, first, second):  # saved again: written, loadable
+            assert (await note.aload(await item.asave())).external_revision == 1  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_one_connection_commits_then_rolls_back_and_keeps_one_set_of_listeners(
+    postgres_database_url: str,
+) -> None:
+    """On a long-lived connection (commit as you go): a commit keeps the saves before it, a
+    later rollback forgets only the saves since; many transaction() blocks add no listeners."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        kept, dropped = note(text="kept"), note(text="dropped")
+        async with engine.connect() as connection:
+            async with pydantic_toast.transaction(connection):
+                await kept.asave()
+            await connection.commit()
+            async with pydantic_toast.transaction(connection):
+                await dropped.asave()
+            await connection.rollback()
+            for _ in range(50):
+                async with pydantic_toast.transaction(connection):
+                    pass
+                await connection.commit()
+            sync = connection.sync_connection
+            assert sync is not None
+            assert len(sync.dispatch.commit) == 1
+            assert len(sync.dispatch.rollback) == 1
+        assert (kept.external_revision, dropped.external_revision) == (1, None)
+        kept.text = "again"  # type: ignore[attr-defined]
+        await kept.asave()
+        assert kept.external_revision == 2
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 async def test_session_transaction_commits_and_rolls_back(postgres_database_url: str) -> None:
     """transaction(session) joins an AsyncSession's transaction: commit keeps, rollback drops."""
     note = model_on(postgres_database_url)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import model_serializer
 
 import pydantic_toast
 from pydantic_toast import (
@@ -133,3 +135,22 @@ def test_data_holding_the_envelope_key_is_refused_before_anything_is_written() -
     assert pydantic_toast.count(Labelled) == 0
     kept = Labelled(label="x", toast=envelope)  # any other key is data
     assert Labelled.model_validate(kept.model_dump()).model_extra == {"toast": envelope}
+
+
+def test_a_serializer_of_the_models_own_writing_the_envelope_key_is_refused() -> None:
+    """A model serializer of the class's own may write any top-level key: "$toast" anywhere
+    among them is refused before anything is written (PostgreSQL's jsonb would put it first,
+    and the record would load as an envelope)."""
+    store = f"memory://{uuid4().hex}"
+
+    class Flattening(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=store)
+        longer_field: str
+
+        @model_serializer(mode="wrap")
+        def flatten(self, handler: Any) -> Any:
+            return {**handler(self), "$toast": {"v": 1}}
+
+    with pytest.raises(pydantic_toast.StorageValidationError, match=r"'\$toast'.*nothing was"):
+        Flattening(longer_field="x").model_dump()
+    assert pydantic_toast.count(Flattening) == 0

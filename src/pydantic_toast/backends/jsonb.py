@@ -22,6 +22,7 @@ from pydantic_toast._fidelity import (
     REUSED_UP_TO,
     digits_as_zero,
     locate,
+    stored_field_names,
 )
 from pydantic_toast._records import StoredRecord
 
@@ -92,12 +93,13 @@ def refuse_unstorable(record: StoredRecord) -> None:
         return
     if _UNSTORABLE.search(data) is None:
         return
-    field = locate(record.data, _is_nan_or_infinite)
+    names = stored_field_names(record.class_name)
+    field = locate(record.data, _is_nan_or_infinite, names)
     if field is not None:
         what = "NaN or Infinity"
         fix = "use None instead, or another backend (SQLite, Redis)"
     else:
-        field = locate(record.data, _holds_nul)
+        field = locate(record.data, _holds_nul, names)
         if field is None:
             return  # the bytes were inside a string: nothing jsonb refuses
         what = "the NUL character (\\u0000)"

@@ -5,9 +5,8 @@ SQL backends run on the same database (PostgreSQL: host, port and database; SQLi
 runs on that connection, in its transaction, so the application's own rows and the external
 records commit or roll back together. Stores on other databases are written as usual.
 
-A model saved inside the block remembers what it was before (its identity: revision, JSON,
-fingerprint) until the transaction ends: rolled back, it forgets the save, so that saving it
-again writes the record again instead of taking it for stored and unchanged.
+A model saved inside the block forgets the save if the transaction, or a savepoint begun before
+the save, rolls back (:mod:`.rollbacks`).
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast.runtime.rollbacks import Saves, saves_on
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -28,30 +28,19 @@ if TYPE_CHECKING:
 __all__ = ["Joined", "joined_connection", "joined_save", "transaction"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Joined:
-    """The caller's connection, the event loop it belongs to, and what its saves changed.
+    """The caller's connection, the event loop it belongs to, and the saves made through it.
 
     Attributes:
         connection: The caller's connection.
         loop: Its event loop.
-        undo: Each model saved through the connection, with its identity before the save,
-            put back if the transaction rolls back.
+        saves: What its models forget if its transaction rolls back (see :mod:`.rollbacks`).
     """
 
     connection: AsyncConnection
     loop: asyncio.AbstractEventLoop
-    undo: list[tuple[Any, Any]] = field(default_factory=list)
-
-    def rolled_back(self, *_: Any) -> None:
-        """Put every saved model's identity back (a SQLAlchemy rollback event)."""
-        for model, identity in reversed(self.undo):
-            object.__setattr__(model, "_toast_identity", identity)
-        self.undo.clear()
-
-    def committed(self, *_: Any) -> None:
-        """Keep the saves (a SQLAlchemy commit event)."""
-        self.undo.clear()
+    saves: Saves
 
 
 _joined: ContextVar[Joined | None] = ContextVar("pydantic_toast_transaction", default=None)
@@ -77,35 +66,32 @@ async def transaction(target: AsyncConnection | AsyncSession) -> AsyncIterator[A
     Yields:
         The connection the statements run on.
     """
-    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import AsyncSession
 
     connection = await target.connection() if isinstance(target, AsyncSession) else target
-    joined = Joined(connection, asyncio.get_running_loop())
-    # The transaction ends after the block, when the caller commits or rolls back: each
-    # listener runs once (the other then waits for the connection's next transaction, where
-    # it finds nothing left to undo).
-    events = connection.sync_connection
-    event.listen(events, "commit", joined.committed, once=True)
-    event.listen(events, "rollback", joined.rolled_back, once=True)
-    event.listen(events, "rollback_savepoint", joined.rolled_back, once=True)
-    token = _joined.set(joined)
+    if connection.sync_connection is None:
+        raise StorageUsageError(
+            "pydantic_toast.transaction() was given a connection that is not open: pass it "
+            "inside `async with engine.connect() as connection:` (or engine.begin())"
+        )
+    saves = saves_on(connection.sync_connection)
+    token = _joined.set(Joined(connection, asyncio.get_running_loop(), saves))
     try:
         yield connection
     finally:
         _joined.reset(token)
 
 
-def joined_save(backend: object) -> Joined | None:
-    """The open :func:`transaction` a save through ``backend`` runs in, if any (only the SQL
-    backends join one, on their own database)."""
+def joined_save(backend: object) -> Saves | None:
+    """The saves of the open :func:`transaction` a save through ``backend`` runs in, if any
+    (only the SQL backends join one, on their own database)."""
     joined = _joined.get()
     if joined is None:
         return None
     same_store: Callable[[URL], bool] | None = getattr(backend, "_same_store", None)
     if same_store is None or not same_store(joined.connection.engine.url):
         return None
-    return joined
+    return joined.saves
 
 
 def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | None:

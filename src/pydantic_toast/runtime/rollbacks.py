@@ -1,0 +1,103 @@
+"""Saves made in a caller's transaction, forgotten by their models if it rolls back.
+
+A model saved inside :func:`~pydantic_toast.transaction` remembers the save at once (its
+identity: revision, JSON, fingerprint), but the record exists only once the caller commits.
+Rolled back, the model must be as before the save, or saving it again would take it for
+stored and unchanged and write nothing. :class:`Saves` follows one SQLAlchemy connection's
+transaction through its events, registered once per connection: a commit keeps every save, a
+rollback forgets every save, and a rollback to a savepoint forgets the saves made since that
+savepoint began (the library's own savepoints, around a batch, included).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+__all__ = ["Saves", "saves_on"]
+
+
+class Saves:
+    """The saves made through one connection since its transaction began.
+
+    Savepoints nest: the one released or rolled back is always the innermost open one. (The
+    event that a savepoint began does not carry its name, which SQLAlchemy makes later.)
+
+    Attributes:
+        entries: Each saved model, its identity before the save, and the savepoints open
+            then (outermost first).
+        savepoints: The savepoints open now, outermost first, each a marker of its own.
+        before: Whether a savepoint was open when the connection was first joined: a
+            rollback to a savepoint this object never saw begin forgets every save.
+    """
+
+    __slots__ = ("before", "entries", "savepoints")
+
+    def __init__(self, before: bool) -> None:
+        self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
+        self.savepoints: list[object] = []
+        self.before = before
+
+    def remember(self, model: Any, identity: Any) -> None:
+        """Note that ``model`` was saved; ``identity`` is what it held before."""
+        self.entries.append((model, identity, tuple(self.savepoints)))
+
+    def committed(self, *_: Any) -> None:
+        """The transaction committed: every save stays."""
+        self.entries.clear()
+        self.savepoints.clear()
+        self.before = False
+
+    def rolled_back(self, *_: Any) -> None:
+        """The transaction rolled back: every model forgets its save."""
+        self._forget(self.entries)
+        self.committed()
+
+    def began(self, *_: Any) -> None:
+        """A savepoint began."""
+        self.savepoints.append(object())
+
+    def released(self, *_: Any) -> None:
+        """The innermost savepoint was released: its saves belong to the one around it."""
+        if self.savepoints:
+            self.savepoints.pop()
+
+    def rolled_back_to(self, *_: Any) -> None:
+        """The innermost savepoint was rolled back: the saves made since it began are
+        forgotten."""
+        if self.savepoints:
+            marker = self.savepoints.pop()
+            undone = [entry for entry in self.entries if marker in entry[2]]
+            self.entries = [entry for entry in self.entries if marker not in entry[2]]
+        elif self.before:  # begun before this connection was joined: every save is in it
+            undone, self.entries = self.entries, []
+        else:
+            return
+        self._forget(undone)
+
+    @staticmethod
+    def _forget(entries: list[tuple[Any, Any, tuple[object, ...]]]) -> None:
+        for model, identity, _ in reversed(entries):  # a model saved twice: its first state
+            object.__setattr__(model, "_toast_identity", identity)
+
+
+_SAVES: weakref.WeakKeyDictionary[Connection, Saves] = weakref.WeakKeyDictionary()
+
+
+def saves_on(connection: Connection) -> Saves:
+    """The :class:`Saves` of ``connection`` (a sync SQLAlchemy connection), listening to its
+    transaction's events from the first call on (one set of listeners per connection)."""
+    saves = _SAVES.get(connection)
+    if saves is None:
+        from sqlalchemy import event
+
+        saves = _SAVES[connection] = Saves(connection.get_nested_transaction() is not None)
+        event.listen(connection, "commit", saves.committed)
+        event.listen(connection, "rollback", saves.rolled_back)
+        event.listen(connection, "savepoint", saves.began)
+        event.listen(connection, "release_savepoint", saves.released)
+        event.listen(connection, "rollback_savepoint", saves.rolled_back_to)
+    return saves
