@@ -141,11 +141,15 @@ def test_closed_port_is_a_connection_error(scheme: str) -> None:
 
 @pytest.mark.parametrize(
     ("scheme", "option"),
-    [("postgresql", "connect_timeout=0.5"), ("redis", "socket_connect_timeout=0.5")],
+    [
+        ("postgresql", "0?connect_timeout=0.5"),
+        ("redis", "0?socket_connect_timeout=0.5"),
+        ("redis+cluster", "?socket_connect_timeout=0.5"),  # took the 10 s socket timeout
+    ],
 )
 def test_silent_server_is_a_connect_timeout(scheme: str, option: str, silent_port: int) -> None:
     """A socket that accepts and stays silent: StorageConnectTimeoutError within the timeout."""
-    ledger = model_on(f"{scheme}://app@127.0.0.1:{silent_port}/0?{option}")
+    ledger = model_on(f"{scheme}://app@127.0.0.1:{silent_port}/{option}")
     started = time.monotonic()
     error = raised(lambda: ledger(text="x").model_dump())
     assert time.monotonic() - started < 5

@@ -301,11 +301,18 @@ class RedisClusterBackend(single.RedisBackend):
         self._count_script = self._cluster.register_script(single._COUNT_SCRIPT)
         self._page_script = self._cluster.register_script(single._PAGE_SCRIPT)
         try:
-            await self._cluster.initialize()
-            await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+            # A node that accepts and never answers must fail within the connect timeout, not
+            # the (longer) socket timeout: learning the topology is part of connecting.
+            await asyncio.wait_for(self._discover(), self._pool_options["socket_connect_timeout"])
         except BaseException:
             await self.disconnect()
             raise
+
+    async def _discover(self) -> None:
+        """Learn the topology from the seeds and check every primary answers."""
+        cluster = self._connected_cluster()
+        await cluster.initialize()
+        await cluster.ping(target_nodes=RedisCluster.PRIMARIES)
 
     async def disconnect(self) -> None:
         """Close every node's connections."""
