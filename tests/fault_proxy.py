@@ -9,6 +9,9 @@ through unchanged until a fault is armed:
   falls silent, and thrown away; then both sides of that connection are closed. The server
   has executed the request (and committed it: the reply comes after the commit); the client
   sees its connection drop, as when a network path dies after the request left.
+* :meth:`FaultProxy.delay_reply_to` ``(trigger, seconds)``: the reply to the first request
+  holding ``trigger`` reaches the client ``seconds`` late, on a connection that stays open
+  (a slow network: the server executed the request at once).
 * :meth:`FaultProxy.refuse_connections` ``(n)``: the next ``n`` connections are closed as
   soon as they are accepted, before any byte is read (a connection that fails while being
   opened: nothing was sent).
@@ -22,6 +25,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from types import TracebackType
 
 _CHUNK = 65536
@@ -37,6 +41,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._trigger: bytes | re.Pattern[bytes] | None = None
+        self._delay = 0.0  # the armed trigger delays its reply this long (0: loses it)
         self._refuse = 0
         self.replies_lost = 0
         self.refused = 0
@@ -59,7 +64,12 @@ class FaultProxy:
     def lose_reply_to(self, trigger: bytes | re.Pattern[bytes]) -> None:
         """Lose the reply to the next request holding ``trigger`` (see the module docstring)."""
         with self._lock:
-            self._trigger = trigger
+            self._trigger, self._delay = trigger, 0.0
+
+    def delay_reply_to(self, trigger: bytes | re.Pattern[bytes], seconds: float) -> None:
+        """Hold the reply to the next request holding ``trigger`` for ``seconds``."""
+        with self._lock:
+            self._trigger, self._delay = trigger, seconds
 
     def refuse_connections(self, count: int) -> None:
         """Close the next ``count`` connections at once, before reading anything."""
@@ -110,18 +120,19 @@ class FaultProxy:
             threading.Thread(target=link.upstream, daemon=True).start()
             threading.Thread(target=link.downstream, daemon=True).start()
 
-    def _take_trigger(self, seen: bytes) -> bool:
-        """Whether ``seen`` holds the armed trigger (then disarmed: it fires once)."""
+    def _take_trigger(self, seen: bytes) -> float | None:
+        """``None`` unless ``seen`` holds the armed trigger (then disarmed: it fires once);
+        else the delay of its reply (0: lost)."""
         with self._lock:
             trigger = self._trigger
             if trigger is None:
-                return False
+                return None
             if isinstance(trigger, bytes) and trigger not in seen:
-                return False
+                return None
             if isinstance(trigger, re.Pattern) and trigger.search(seen) is None:
-                return False
+                return None
             self._trigger = None
-            return True
+            return self._delay
 
 
 class _Link:
@@ -132,6 +143,7 @@ class _Link:
         self.client = client
         self.server = server
         self.cutting = threading.Event()  # the next reply is to be thrown away
+        self.delay = 0.0  # the next reply is to be held this long
         self.done = threading.Event()
         self.request = b""  # the client's bytes since the server last answered
 
@@ -144,7 +156,10 @@ class _Link:
                 if not chunk:
                     break
                 self.request = seen = self.request[-65536:] + chunk
-                if self.proxy._take_trigger(seen):
+                delay = self.proxy._take_trigger(seen)
+                if delay:
+                    self.delay = delay
+                elif delay is not None:
                     self.cutting.set()
                 self.server.sendall(chunk)
                 if self.cutting.is_set():
@@ -166,6 +181,9 @@ class _Link:
                         self.proxy.replies_lost += 1
                     break
                 self.request = b""
+                if self.delay:
+                    time.sleep(self.delay)
+                    self.delay = 0.0
                 self.client.sendall(chunk)
         except OSError:
             pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import shutil
 from collections.abc import Iterator
@@ -291,23 +292,24 @@ def test_delete_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
 # connection; a client timeout of 0.1 s gives up first: the write was applied, the client
 # timed out waiting (a slow server or network). Before, that raised StorageTimeoutError
 # ("retry"), and retrying an increment applied it twice (202 of 200 increments in an
-# adversarial run): now it is settled like a lost reply.
+# adversarial run): now it is settled like a lost reply. On PostgreSQL, asyncpg then asks the
+# server to cancel the statement, which had already committed: the cancel comes too late.
 
-_TIMEOUT_OPTION = {"redis": "socket_timeout"}
+_TIMEOUT_OPTION = {"postgresql": "command_timeout", "redis": "socket_timeout"}
 
 
-def _timing_out(proxied: Proxied) -> Proxied:
+def _timing_out(proxied: Proxied, seconds: float = 0.1) -> Proxied:
     """``proxied`` with a client timeout (0.1 s) shorter than the proxy's wait (0.2 s)."""
-    option = f"{_TIMEOUT_OPTION[proxied.kind]}=0.1"
+    option = f"{_TIMEOUT_OPTION[proxied.kind]}={seconds}"
     separator = "&" if "?" in proxied.url else "?"
     return dataclasses.replace(proxied, url=f"{proxied.url}{separator}{option}")
 
 
-@pytest.fixture(params=[REDIS])
+@pytest.fixture(params=[POSTGRESQL, REDIS])
 def unanswered(request: pytest.FixtureRequest) -> Iterator[Proxied]:
-    """A proxied URL on Redis, whose client timeout leaves a sent write to the server.
+    """A proxied URL on PostgreSQL or Redis, whose client timeout leaves a sent write to the
+    server.
 
-    PostgreSQL has a timed-out statement cancelled (StorageTimeoutError: nothing applied).
     S3 settles such a write the same way as Redis, but SeaweedFS on a loaded machine can take
     longer than the 0.1 s timeout to answer any request, so a test there would measure the
     machine."""
@@ -326,6 +328,40 @@ def test_update_whose_reply_times_out_is_reported_saved_once(unanswered: Proxied
     slow.proxy.lose_reply_to(text.encode())
     item.model_dump()
     assert not slow.proxy.armed  # the update was the request whose reply was held back
+    assert item.external_revision == 2
+    assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+    item.text = "third"  # type: ignore[attr-defined]
+    item.model_dump()
+    assert stored(twin, item.external_id) == ("third", 3)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=[POSTGRESQL])
+def postgresql_proxied(request: pytest.FixtureRequest) -> Iterator[Proxied]:
+    """A proxied URL on PostgreSQL."""
+    yield from _proxied(request)
+
+
+def test_save_whose_reply_comes_after_command_timeout_is_reported_saved(
+    postgresql_proxied: Proxied, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: an update applied at once whose reply comes after command_timeout, on a
+    connection that stays open (a slow network). asyncpg's cancel comes too late to stop it;
+    the backend waits for the statement's end on that connection and reads back: reported
+    saved at revision 2, written once (before: StorageTimeoutError, "retry")."""
+    # The reply comes 0.1 s after the timeout, and 0.1 s before asyncpg stops waiting for it
+    # on the connection (the next statement's command_timeout).
+    slow = _timing_out(postgresql_proxied, 0.2)
+    note, twin = notes_on(slow)
+    item = note(text="first")
+    item.model_dump()
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    slow.proxy.delay_reply_to(text.encode(), 0.3)
+    with caplog.at_level(logging.INFO, logger="pydantic_toast"):
+        item.model_dump()
+    assert "after the request was sent" not in caplog.text  # settled by the backend itself
+    assert not slow.proxy.armed
+    assert slow.proxy.replies_lost == 0
     assert item.external_revision == 2
     assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
     item.text = "third"  # type: ignore[attr-defined]

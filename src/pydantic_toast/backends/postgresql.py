@@ -74,9 +74,10 @@ from pydantic_toast.backends.sql import (
 )
 from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
-from pydantic_toast.runtime.boundary import connecting
+from pydantic_toast.runtime.boundary import connecting, not_applied
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
+from pydantic_toast.runtime.outcomes import written_by
 from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
@@ -407,6 +408,10 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
+_SETTLED_WRITES = frozenset({"insert", "upsert", "update"})
+"""The single saves whose timeout :meth:`PostgreSQLBackend._statement` waits out (see
+:meth:`PostgreSQLBackend._timed_out_write`)."""
+_ENDED = "_pydantic_toast_statement_ended"  # set on a timeout whose statement has ended
 
 
 class PostgreSQLBackend(SQLAlchemyBackend):
@@ -539,6 +544,33 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def _write_one(self, record: StoredRecord) -> int:
         """One conditional statement (see :func:`~pydantic_toast.backends.sql.write_statements`)."""
+        try:
+            return await self._write_statement(record)
+        except TimeoutError as exc:
+            return await self._timed_out_write(record, exc)
+
+    async def _timed_out_write(self, record: StoredRecord, exc: TimeoutError) -> int:
+        """The revision of a single save that timed out, when it completed all the same.
+
+        asyncpg asks the server to cancel a statement that runs past ``command_timeout``; one
+        that had completed first (its reply slow on the network, or the server answering just
+        then) stays applied. Once its end is known (:meth:`_statement` waits for it on the
+        connection), the record read back tells which: written by this save, the save
+        succeeded; otherwise the cancel stopped it, and the timeout stands, marked as not
+        applied (safe to retry). When the end could not be waited for, the boundary settles
+        the save by reading back (:func:`~pydantic_toast.runtime.outcomes.settle_save`).
+        """
+        if not getattr(exc, _ENDED, False):
+            raise exc
+        try:
+            (found,) = await self.load_records([record.key])
+        except Exception:
+            raise exc from None
+        if found is not None and written_by(record, found) and found.revision is not None:
+            return found.revision
+        raise not_applied(exc)
+
+    async def _write_statement(self, record: StoredRecord) -> int:
         expected = record.revision
         data = record.data.decode()
         exact = exact_text(record)
@@ -714,13 +746,26 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     lease.info.pop(_PREPARED, None)
                     prepared = await _prepare(lease, name)
                     result_value = await self._run_prepared(prepared, kind, args)
-        except (asyncpg.PostgresError, TimeoutError, asyncio.CancelledError):
+        except (asyncpg.PostgresError, TimeoutError, asyncio.CancelledError) as exc:
             # Refused by the server, or timed out or cancelled mid-statement: asyncpg has
             # already asked the server to cancel the statement and makes the connection's next
             # statement wait for that, so the connection goes back to the pool. Terminating it
             # instead would fail the cancel request's pending future, unretrieved.
             connection: Any = lease.driver_connection
-            self._checkin(lease, broken=connection.is_closed() or unwinding_interrupt())
+            broken = connection.is_closed() or unwinding_interrupt()
+            if isinstance(exc, TimeoutError) and name in _SETTLED_WRITES and not broken:
+                # A write may have completed before the cancel reached it: its end is waited
+                # for here, so that reading the record back tells (see _timed_out_write).
+                try:
+                    await connection.execute("SELECT 1")
+                except Exception:
+                    broken = True  # asyncpg's timer ended that wait too: the outcome is unknown
+                except BaseException:
+                    self._checkin(lease, broken=True)
+                    raise
+                else:
+                    setattr(exc, _ENDED, True)
+            self._checkin(lease, broken=broken)
             raise
         except BaseException:
             # Lost on the way, or a driver failure: the connection's state is unknown.

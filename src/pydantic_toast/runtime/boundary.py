@@ -29,13 +29,20 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.runtime import outcomes, telemetry
-from pydantic_toast.runtime.errors import Failure, summary, translate, unanswered, unsent
+from pydantic_toast.runtime.errors import (
+    NOT_APPLIED,
+    Failure,
+    summary,
+    translate,
+    unanswered,
+    unsent,
+)
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.base import Capability, StorageBackend
 
-__all__ = ["Connected", "connecting", "open_backend"]
+__all__ = ["Connected", "connecting", "not_applied", "open_backend"]
 
 T = TypeVar("T")
 
@@ -58,6 +65,21 @@ def connecting(exc: BaseException) -> BaseException:
     """
     with contextlib.suppress(AttributeError):  # exceptions without a __dict__ stay unmarked
         setattr(exc, _CONNECTING, True)
+    return exc
+
+
+def not_applied(exc: BaseException) -> BaseException:
+    """Mark ``exc``, a timeout after a write was sent, as one the store is known not to have
+    applied (the backend waited for the store to finish the request and read the record back):
+    it is then an ordinary timeout, safe to retry, not a write to settle by reading back.
+
+    Backends call it on the timeout they re-raise::
+
+        except TimeoutError as exc:
+            raise not_applied(exc)
+    """
+    with contextlib.suppress(AttributeError):
+        setattr(exc, NOT_APPLIED, True)
     return exc
 
 

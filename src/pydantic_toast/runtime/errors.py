@@ -41,7 +41,11 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._url import StorageURL
 
-__all__ = ["DriverError", "Failure", "translate", "unanswered", "unsent"]
+__all__ = ["NOT_APPLIED", "DriverError", "Failure", "translate", "unanswered", "unsent"]
+
+NOT_APPLIED: Final = "_pydantic_toast_not_applied"
+"""The attribute marking a write's timeout that the store did not apply (see
+:func:`pydantic_toast.runtime.boundary.not_applied`)."""
 
 MIGRATE_HINT: Final = (
     "run `pydantic-toast migrate <url>` (or `alembic upgrade head` with DATABASE_URL set to this "
@@ -134,17 +138,21 @@ def unanswered(exc: BaseException, failure: Failure) -> bool:
     """Whether the client gave up waiting for the reply to a request it had sent (a socket or
     read timeout): the server may have applied it, or may still apply it.
 
-    A timeout the server reports itself (PostgreSQL's ``statement_timeout`` or
-    ``lock_timeout``, SQLite's busy timeout) is not one: the statement failed, nothing was
-    applied. Nor is PostgreSQL's ``command_timeout``: asyncpg has the server cancel the
-    statement, which then fails, unless it completed in the instant before. Nor is a timeout
-    while connecting (see :func:`unsent`).
+    PostgreSQL's ``command_timeout`` is one: asyncpg then asks the server to cancel the
+    statement, but one that had completed (its reply slow on the network, or the server
+    answering just then) stays applied. A timeout the server reports itself (PostgreSQL's
+    ``statement_timeout`` or ``lock_timeout``, SQLite's busy timeout) is not one: the
+    statement failed, nothing was applied. Nor is a timeout while connecting (see
+    :func:`unsent`) or waiting for a pooled connection, nor one the backend found not applied
+    (``pydantic_toast.runtime.boundary.not_applied``).
     """
-    if failure.backend == "PostgreSQL" or _first(_codes(exc, "sqlstate")) is not None:
+    if _first(_codes(exc, "sqlstate")) is not None or unsent(exc):
         return False
-    if unsent(exc):
+    if any(getattr(error, NOT_APPLIED, False) for error in _chain(exc)):
         return False
     driver = _innermost(exc)
+    if failure.backend == "PostgreSQL":  # not SQLAlchemy's pool TimeoutError: nothing was sent
+        return isinstance(driver, TimeoutError)
     return isinstance(driver, TimeoutError) or type(driver).__name__ in (
         "TimeoutError",  # redis-py's
         "ReadTimeoutError",  # botocore's

@@ -31,6 +31,7 @@ from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
     OutcomeUnknownError,
+    StorageTimeoutError,
     shorten,
 )
 from pydantic_toast._records import RecordKey, StoredRecord
@@ -38,7 +39,7 @@ from pydantic_toast._records import RecordKey, StoredRecord
 if TYPE_CHECKING:
     from pydantic_toast.runtime.boundary import Connected
 
-__all__ = ["settle_save", "unknown"]
+__all__ = ["settle_save", "unknown", "written_by"]
 
 _FIX = {
     "save": "load the record, check its revision and data, and save again if the change is "
@@ -65,7 +66,7 @@ async def settle_save(
     changed a record in between.
     """
     stored = await _read_back(connected, records, timed_out)
-    pending = [i for i, record in enumerate(records) if not _ours(record, stored[i])]
+    pending = [i for i, record in enumerate(records) if not written_by(record, stored[i])]
     if not pending:
         return _revisions(stored)
     if not again or not all(_untouched(records[i], stored[i]) for i in pending):
@@ -76,7 +77,7 @@ async def settle_save(
     except ConcurrencyError:
         # The first attempt may have landed after it was read back: read again.
         late = await _read_back(connected, rest, timed_out)
-        if not all(_ours(record, found) for record, found in zip(rest, late, strict=True)):
+        if not all(written_by(record, found) for record, found in zip(rest, late, strict=True)):
             raise
         rewritten = _revisions(late)
     if rewritten is None:
@@ -109,10 +110,18 @@ def unknown(
 async def _read_back(
     connected: Connected, records: Sequence[StoredRecord], timed_out: bool
 ) -> list[StoredRecord | None]:
+    keys = [record.key for record in records]
     try:
-        return await connected.load_records([record.key for record in records])
+        try:
+            return await connected.load_records(keys)
+        except StorageTimeoutError:
+            if not timed_out:
+                raise
+            # A PostgreSQL connection whose statement timed out waits for the server to
+            # acknowledge its cancellation before its next statement; asyncpg drops it when that
+            # wait times out too, so reading once more takes another connection.
+            return await connected.load_records(keys)
     except ExternalStorageError as exc:
-        keys = [record.key for record in records]
         why = (
             f", and reading the records back failed too ({type(exc).__name__}: "
             f"{shorten(exc, 400)}); the save was not repeated."
@@ -120,7 +129,7 @@ async def _read_back(
         raise unknown(connected, "save", keys, why, timed_out=timed_out) from exc
 
 
-def _ours(record: StoredRecord, found: StoredRecord | None) -> bool:
+def written_by(record: StoredRecord, found: StoredRecord | None) -> bool:
     """Whether ``found`` is what the save of ``record`` wrote."""
     if found is None:
         return False
