@@ -38,6 +38,7 @@ so that no chain carries a password or the model's data. Messages name the cause
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 __all__ = [
@@ -75,7 +76,23 @@ def shorten(text: object, limit: int = _MAX_QUOTED) -> str:
 
 
 class ExternalStorageError(Exception):
-    """Root of every error raised by pydantic-toast."""
+    """Root of every error raised by pydantic-toast.
+
+    Every one pickles with its message and attributes (for multiprocessing, Celery and the
+    like): unpickling restores them as they were instead of calling ``__init__`` again, whose
+    arguments (keyword-only ones, a message it builds) are not the exception's ``args``.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpickled, (type(self), self.args), self.__dict__ or None
+
+
+def _unpickled(kind: type[ExternalStorageError], args: tuple[Any, ...]) -> ExternalStorageError:
+    """An instance of ``kind`` with ``args``, made without ``__init__`` (pickle then sets its
+    attributes)."""
+    error = kind.__new__(kind)
+    error.args = args
+    return error
 
 
 class StorageConfigurationError(ExternalStorageError):
