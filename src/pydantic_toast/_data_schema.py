@@ -49,6 +49,7 @@ from pydantic_toast._schema_walk import schema_nodes
 __all__ = [
     "OFFSET",
     "OUTSIDE",
+    "SUBCLASS",
     "UNION",
     "DataSchema",
     "data_schema",
@@ -311,6 +312,10 @@ class _Copier:
                 if original not in self.stand_ins:
                     self.stand_ins[original] = _stand_in(original, ())
                 copied["cls"] = self.stand_ins[original]
+        if kind in _CLASSES and "serialization" not in node:
+            check = _exact_class_check(node.get("cls"), copied)
+            if check is not None:
+                copied["serialization"] = check
         return copied
 
     def _checked(self, node: Any) -> bool:
@@ -402,6 +407,46 @@ def _json_value(value: Any) -> Any:
             _note.set("dict with keys that are not str" if kind is dict else kind.__qualname__)
             break
     return value
+
+
+def _exact_class_check(declared: Any, copied: dict[str, Any]) -> Any:
+    """A serializer for plain model or dataclass schema ``copied`` of class ``declared`` that
+    notes an instance of a subclass (see :class:`_ExactClass`); ``None`` for an external
+    model's own schema (its subclasses' instances are refused when collected)."""
+    shadows: tuple[type, ...] = ()
+    if isinstance(declared, _StandIn):
+        declared, shadows = declared.original, declared.shadows
+    if not isinstance(declared, type) or hasattr(declared, "_toast_serialize"):
+        return None
+    inner = {key: value for key, value in copied.items() if key != "ref"}
+    return core_schema.plain_serializer_function_ser_schema(
+        _ExactClass(declared, shadows), return_schema=inner, when_used="json"
+    )
+
+
+class _ExactClass:
+    """Notes an instance of a subclass in a field declared as its base class: Pydantic writes
+    it as the base class (the subclass's own fields left out), and it comes back as one.
+
+    Instances of ``shadows`` (the subclasses that other members of a union stand for) are not
+    this member's: the union writes them with their own.
+    """
+
+    __slots__ = ("declared", "shadows")
+
+    def __init__(self, declared: type, shadows: tuple[type, ...]) -> None:
+        self.declared = declared
+        self.shadows = shadows
+
+    def __call__(self, value: Any) -> Any:
+        kind = type(value)
+        if (
+            kind is not self.declared
+            and isinstance(value, self.declared)
+            and not isinstance(value, self.shadows)
+        ):
+            _note.set(f"{SUBCLASS}:{kind.__qualname__}:{self.declared.__qualname__}")
+        return value
 
 
 # Plain serializers handing the value on to the usual one (cheaper than a wrap serializer,
@@ -534,6 +579,10 @@ _ARRAYS = frozenset({"list", "tuple", "set", "frozenset"})
 _OPAQUE = frozenset({"model", "dataclass", "typed-dict", "definition-ref", *_FUNCTIONS})
 UNION = "union"
 """The note of a union member read back as another (followed by ``:written:read``)."""
+SUBCLASS = "subclass"
+"""The note of a subclass instance where its base class is declared (followed by
+``:subclass:declared``)."""
+_CLASSES = frozenset({"model", "dataclass"})
 
 
 def _ambiguous(union: dict[str, Any]) -> bool:

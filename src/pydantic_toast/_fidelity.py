@@ -349,7 +349,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     ``_data_schema.noted``): a UTC offset with seconds, or a value an Any field would not give
     back. Its fields are serialized one by one to name the first that notes it; ``None`` when
     none does (the note was left by an earlier serialization that failed)."""
-    from pydantic_toast._data_schema import OFFSET, UNION, noting, storage_serializer
+    from pydantic_toast._data_schema import OFFSET, SUBCLASS, UNION, noting, storage_serializer
 
     cls = type(model)
     serializer = storage_serializer(cls)
@@ -374,6 +374,13 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             + " (stored JSON does not say which member wrote a value); nothing was written. "
             "Keep such values in a field of their own type, or use a tagged union "
             "(Annotated[A | B, Discriminator(...)]) whose members say which they are"
+        )
+    elif note.startswith(f"{SUBCLASS}:"):
+        _, child, base = note.split(":")
+        problem = (
+            f"{where} holds a {child} where {base}, a base class of it, is declared: it would "
+            f"be written as {base} (without what {child} adds) and come back as {base}; nothing "
+            f"was written. Declare it as {child}, or as a union such as {base} | {child}"
         )
     elif note == OFFSET:
         problem = (

@@ -271,6 +271,56 @@ def test_an_extra_envelope_key_is_refused_whatever_the_key_order(storage_url: st
     assert pydantic_toast.count(Profile) == 0
 
 
+class Animal(BaseModel):
+    name: str
+
+
+class Dog(Animal):
+    bark: str
+
+
+class Holder(BaseModel):
+    pet: Animal
+
+
+def test_a_subclass_in_a_plain_field_of_its_base_class_is_refused_unwritten(
+    storage_url: str,
+) -> None:
+    """A plain Dog where a plain Animal is declared, directly or in a plain model at any depth,
+    was written as an Animal and came back as one, its own fields gone: refused before
+    anything is written; declared as a union naming Dog, it comes back a Dog."""
+    tag = uuid4().hex[:8]
+
+    class Direct(ExternalBaseModel):
+        pet: Animal
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Direct_{tag}")
+
+    class Nested(ExternalBaseModel):
+        holders: list[Holder]
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Nested_{tag}")
+
+    class Either(ExternalBaseModel):
+        holder: Holder
+        pet: Animal | Dog
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Either_{tag}")
+
+    rex = Dog(name="rex", bark="woof")
+    for model, field in (
+        (Direct(pet=rex), "pet"),
+        (Nested(holders=[Holder(pet=Animal(name="a")), Holder(pet=rex)]), "holders"),
+        (Either(holder=Holder(pet=rex), pet=rex), "holder"),
+    ):
+        with pytest.raises(StorageValidationError, match=r"holds a Dog where Animal") as refused:
+            model.model_dump()
+        assert "nothing was written" in str(refused.value)
+        assert refused.value.field == field
+    assert [pydantic_toast.count(cls) for cls in (Direct, Nested, Either)] == [0, 0, 0]
+    either = Either(holder=Holder(pet=Animal(name="a")), pet=rex)
+    loaded = Either.model_validate(either.model_dump())
+    assert loaded == either
+    assert type(loaded.pet) is Dog
+
+
 def test_two_writers_of_the_same_data_in_the_same_microsecond_conflict(
     storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -187,3 +187,73 @@ def test_a_subclass_in_a_field_of_its_base_class_is_refused_before_anything_is_w
     assert loaded.pet == rex
     plain = Owner.model_validate(Owner(pet=Animal(name="a")).model_dump())
     assert type(plain.pet) is Animal
+
+
+def test_a_subclass_in_a_plain_field_of_its_base_class_is_refused_at_any_depth(
+    memory_url: str,
+) -> None:
+    """A plain model or dataclass subclass where its base is declared (in a list, in a
+    recursive model, in a union not naming it) would come back as the base class: refused
+    unwritten; a union naming the subclass, and a generic model's parametrization, store."""
+    import dataclasses
+    from typing import Generic, TypeVar
+
+    import pytest
+    from pydantic import BaseModel
+
+    from pydantic_toast import StorageValidationError
+
+    T = TypeVar("T")
+
+    class Animal(BaseModel):
+        name: str
+
+    class Dog(Animal):
+        bark: str
+
+    class Puppy(Dog):
+        age: int = 0
+
+    @dataclasses.dataclass
+    class Span:
+        start: int
+
+    @dataclasses.dataclass
+    class Range(Span):
+        end: int = 0
+
+    class Tree(BaseModel):
+        kids: list[Tree] = []
+
+    class Leafy(Tree):
+        leaf: str = "x"
+
+    class Box(BaseModel, Generic[T]):
+        value: T
+
+    class Holder(ExternalBaseModel):
+        pets: list[Animal | Dog] = []
+        span: Span | None = None
+        tree: Tree | None = None
+        box: Box[int] | None = None
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    refused = {
+        "pets": Holder(pets=[Dog(name="a", bark="w"), Puppy(name="b", bark="w")]),
+        "span": Holder(span=Range(1, 2)),
+        "tree": Holder(tree=Tree(kids=[Tree(kids=[Leafy()])])),
+    }
+    for field, holder in refused.items():
+        with pytest.raises(StorageValidationError, match="a base class of it") as raised:
+            holder.model_dump()
+        assert raised.value.field == field
+    assert pydantic_toast.count(Holder) == 0
+    kept = Holder(
+        pets=[Dog(name="a", bark="w"), Animal(name="b")],
+        span=Span(1),
+        tree=Tree(kids=[Tree()]),
+        box=Box[int](value=1),
+    )
+    loaded = Holder.model_validate(kept.model_dump())
+    assert loaded == kept
+    assert [type(pet) for pet in loaded.pets] == [Dog, Animal]
