@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Cookie, Depends, FastAPI, Header
 from fastapi.testclient import TestClient
 from pydantic import AliasChoices, AliasGenerator, AliasPath, Field
 from pydantic.alias_generators import to_camel
@@ -399,4 +399,78 @@ def test_get_route_returning_a_loaded_model_writes_nothing(
         assert "changed by another request" in str(conflict.json()["detail"])
     after = asyncio.run(row())
     assert after[0] == 3
+    pydantic_toast.close_storage()
+
+
+class Note(ExternalBaseModel):
+    """Text and a score: PostgreSQL's jsonb refuses a NUL character and NaN."""
+
+    text: str
+    score: float = 0.0
+    model_config = ExternalConfigDict(storage="env:TOAST_TEST_NOTES_URL")
+
+
+def test_an_unstorable_value_is_a_422_where_the_client_sent_it(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value the store refuses (NUL, NaN on PostgreSQL) that a route stores answers 422 at
+    the query, path, header or cookie parameter that carried it, the one named like the
+    refused field first (a query's NUL was at ["body"]); at ["body"] when it came in a body,
+    and at [] when the request carried it nowhere."""
+    monkeypatch.setenv("TOAST_TEST_NOTES_URL", postgres_database_url)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/notes")
+    async def by_query(text: str) -> dict[str, str]:
+        return await Note(text=text).asave()
+
+    @app.put("/notes/{text}")
+    async def by_path(text: str) -> dict[str, str]:
+        return await Note(text=text).asave()
+
+    @app.post("/notes/from-header")
+    async def by_header(x_note: Annotated[str, Header()]) -> dict[str, str]:
+        return await Note(text=x_note).asave()
+
+    @app.post("/notes/from-cookie")
+    async def by_cookie(note: Annotated[str, Cookie()]) -> dict[str, str]:
+        return await Note(text=note).asave()
+
+    @app.get("/scores")
+    async def by_score(score: float, text: str = "ok") -> dict[str, str]:
+        return await Note(text=text, score=score).asave()
+
+    @app.get("/search")
+    async def renamed(tag: str, q: str) -> dict[str, str]:
+        return await Note(text=f"{tag}: {q}").asave()
+
+    @app.post("/notes")
+    async def by_body(note: Note) -> dict[str, str]:
+        return await note.asave()
+
+    @app.get("/built")
+    async def built() -> dict[str, str]:
+        return await Note(text="a\x00b").asave()
+
+    nul = "a\x00b"
+    cases: list[tuple[str, str, dict[str, object], list[str]]] = [
+        ("GET", "/notes", {"params": {"text": nul}}, ["query", "text"]),
+        ("PUT", "/notes/a%00b", {}, ["path", "text"]),
+        ("POST", "/notes/from-header", {"headers": {"X-Note": nul}}, ["header", "x-note"]),
+        ("POST", "/notes/from-cookie", {"headers": {"Cookie": "note=a\x00b"}}, ["cookie", "note"]),
+        ("GET", "/scores", {"params": {"score": "nan", "text": "fine"}}, ["query", "score"]),
+        ("GET", "/search", {"params": {"tag": "x", "q": nul}}, ["query", "q"]),
+        ("POST", "/notes", {"json": {"text": nul}}, ["body"]),
+        ("GET", "/built", {"params": {"page": "2"}}, []),
+    ]
+    with TestClient(app) as client:
+        for method, url, options, loc in cases:
+            response = client.request(method, url, **options)  # type: ignore[arg-type]
+            assert response.status_code == 422, (url, response.text)
+            assert response.json() == {
+                "detail": [
+                    {"loc": loc, "msg": "Value cannot be stored", "type": "storage_validation"}
+                ]
+            }, url
     pydantic_toast.close_storage()

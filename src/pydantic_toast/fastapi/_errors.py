@@ -102,7 +102,8 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
 
     404 for a missing record, 409 for a concurrent change, 422 for data or a reference the
     client sent that cannot be used (for a malformed reference or id, ``loc`` names the path
-    or query parameter that holds it, or is empty when none does), 503 (with ``Retry-After``)
+    or query parameter that holds it, or is empty when none does; for a value a save refused,
+    the parameter or the body it came in, see :func:`_refused_loc`), 503 (with ``Retry-After``)
     when storage is unreachable, overloaded or not migrated yet, 500 for everything else
     (stored data that no longer validates, configuration and usage errors: bugs of the
     service, not of the client).
@@ -123,8 +124,8 @@ def answer_for(exc: ExternalStorageError, request: Request | None) -> Answer:
         return Answer(422, [{**problem, "type": "invalid_reference"}])
     if isinstance(exc, StorageValidationError) and not isinstance(exc, StorageConfigurationError):
         logger.info("%s: %s", where, exc)
-        problem = {"loc": ["body"], "msg": "Value cannot be stored", "type": "storage_validation"}
-        return Answer(422, [problem])
+        problem = {"loc": _refused_loc(exc, request), "msg": "Value cannot be stored"}
+        return Answer(422, [{**problem, "type": "storage_validation"}])
     if isinstance(exc, StorageConnectionError | StorageTimeoutError | StorageSchemaError):
         logger.error("%s: storage unavailable: %s", where, exc)
         return Answer(
@@ -150,6 +151,79 @@ def _loc(exc: InvalidReferenceError, request: Request | None) -> list[str]:
             if str(value).lower() == refused:
                 return [source, name]
     return []
+
+
+def _refused_loc(exc: StorageValidationError, request: Request | None) -> list[str]:
+    """Where the value a save refused came from, for a route whose code stored what the
+    client sent.
+
+    The error carries no value (never the client's data), so the request is searched: a
+    path, query, header or cookie parameter holding what a store refuses (a NUL character,
+    NaN or an infinity), one named like the refused field first; else ``["body"]`` when the
+    request has a body; else ``[]``, never a made-up place.
+    """
+    if request is None:
+        return ["body"]
+    field = {_normal(part) for part in (exc.field or "").split(".")}
+    suspects = [
+        [source, name] for source, name, value in _parameters(request) if _unstorable(value)
+    ]
+    for source, name in suspects:
+        if _normal(name) in field:
+            return [source, name]
+    if suspects:
+        return suspects[0]
+    headers = request.headers
+    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+        return ["body"]
+    return []
+
+
+def _parameters(request: Request) -> list[tuple[str, str, str]]:
+    """The request's ``(source, name, value)`` path, query, header and cookie parameters, by
+    the names FastAPI's own errors use; headers and cookies only where the route declares
+    them (others, such as ``Host``, the route's code does not store)."""
+    found = [("path", name, str(value)) for name, value in request.path_params.items()]
+    found += [("query", name, value) for name, value in request.query_params.multi_items()]
+    headers, cookies = _declared(request)
+    found += [
+        ("header", name, value)
+        for name, value in request.headers.items()
+        if _normal(name) in headers
+    ]
+    found += [("cookie", name, value) for name, value in request.cookies.items() if name in cookies]
+    return found
+
+
+def _declared(request: Request) -> tuple[set[str], set[str]]:
+    """The header (normalized, see :func:`_normal`) and cookie names the request's route and
+    its dependencies declare."""
+    headers: set[str] = set()
+    cookies: set[str] = set()
+    route = request.scope.get("route")
+    stack = [getattr(route, "dependant", None)]
+    while stack:
+        dependant = stack.pop()
+        if dependant is None:
+            continue
+        for field in getattr(dependant, "header_params", ()):
+            headers |= {_normal(field.name), _normal(field.alias)}
+        cookies |= {field.alias for field in getattr(dependant, "cookie_params", ())}
+        stack.extend(getattr(dependant, "dependencies", ()))
+    return headers, cookies
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
+def _unstorable(value: str) -> bool:
+    """Whether a parameter's text holds what a store refuses: a NUL character, or NaN or an
+    infinity once read as a float (both refused by PostgreSQL's ``jsonb``)."""
+    return "\x00" in value or value.strip().lower().lstrip("+-") in _NOT_FINITE
 
 
 def _where(request: Request | None) -> str:
