@@ -26,7 +26,8 @@ from pydantic_toast import (
     UnknownSchemeError,
 )
 from pydantic_toast._url import StorageURL
-from pydantic_toast.runtime.errors import Failure, translate
+from pydantic_toast.runtime import errors
+from pydantic_toast.runtime.errors import DriverError, Failure, summary, translate
 from pydantic_toast.runtime.storage import current_storage
 
 ID = UUID("0b6c3e58-2c1a-4bb8-9d3c-7a1f2e0c9d41")
@@ -118,6 +119,7 @@ MADE: dict[type[BaseException], Callable[[], BaseException]] = {
         "unknown key id", class_name="Pet", id=ID, key_id="2026-01"
     ),
     BlockingStorageCallWarning: lambda: BlockingStorageCallWarning("Pet.save() on a loop"),
+    DriverError: lambda: summary(_PostgresError("23505")),
 }
 
 
@@ -135,10 +137,11 @@ def test_an_exception_round_trips_through_pickle(kind: type[BaseException]) -> N
 
 
 def test_every_public_exception_is_covered() -> None:
-    """The cases above are every exception class the public modules export."""
+    """The cases above are every exception class the public modules export (and DriverError,
+    the summary chained to translated driver errors)."""
     exported = {
         value
-        for module in (pydantic_toast, pydantic_toast.fastapi)
+        for module in (pydantic_toast, pydantic_toast.fastapi, errors)
         for value in map(module.__dict__.get, module.__all__)
         if isinstance(value, type) and issubclass(value, BaseException)
     }

@@ -22,7 +22,7 @@ import ssl
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from pydantic_toast._exceptions import (
     ExternalStorageError,
@@ -65,6 +65,9 @@ class DriverError(Exception):
         super().__init__(f"{type_name}{f' ({code})' if code else ''}")
         self.type_name = type_name
         self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.type_name, self.code), self.__dict__
 
 
 @dataclass(frozen=True, slots=True)
