@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -267,6 +268,45 @@ def test_a_write_of_identical_bytes_changes_the_etag(
     assert note.model_validate(reference).text == "same"  # type: ignore[attr-defined]
     raw_first, raw_second = on_server(seaweedfs, raw_rewrites)
     assert raw_first == raw_second  # why: the store ignores metadata in the ETag
+
+
+async def test_a_forced_write_overtaken_by_a_checked_one_takes_the_next_revision(
+    s3_url: str,
+) -> None:
+    """A last-write-wins PUT whose HEAD a checked write overtakes writes revision 3, not a
+    second revision 2: the checked writer, taking that revision for its own, would otherwise
+    overwrite the forced write unseen on its next save."""
+    note = model_on(s3_url)
+    item = note(text="v1")  # type: ignore[call-arg]
+    await item.asave()
+    name = note._toast_settings().external_name
+    connected = await pydantic_toast.current_storage().connected(StorageURL.parse(s3_url))
+    backend: Any = connected.backend
+    (stored,) = await backend.load_records([(name, item.external_id)])
+    checked = replace(stored, data=b'{"text":"checked"}', revision=1)
+    forced = replace(stored, data=b'{"text":"forced"}', revision=None)
+    head = backend._head
+    raced: list[int] = []
+
+    async def head_then_a_checked_write(object_key: str) -> Any:
+        """The real HEAD, then a checked write of revision 2 before the forced PUT goes out."""
+        seen = await head(object_key)
+        if not raced:
+            raced.append(0)
+            raced[:] = await backend.save_records([checked])
+        return seen
+
+    backend._head = head_then_a_checked_write
+    try:
+        assert await backend.save_records([forced]) == [3]
+    finally:
+        del backend._head
+    assert raced == [2]
+    with pytest.raises(ConcurrencyError) as caught:
+        await backend.save_records([replace(checked, data=b'{"text":"again"}', revision=2)])
+    assert caught.value.current == 3
+    assert (await note.aload(item.external_id)).text == "forced"  # type: ignore[arg-type, attr-defined]
+    await pydantic_toast.aclose_storage()
 
 
 async def _batch_of(model: type[ExternalBaseModel], count: int) -> tuple[list[Any], list[Any]]:

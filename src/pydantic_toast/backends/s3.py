@@ -48,12 +48,13 @@ Each record alone is all or nothing: a PUT stores the whole object or nothing.
 Costs: creating a record is two PUTs (the record, made with ``If-None-Match: *`` so that
 concurrent creators cannot both index it, then its index entry); writing an existing record is
 a HEAD and the conditional PUT (last-write-wins: the refused conditional PUT, a HEAD for its
-``created_at`` and revision, and the PUT). A load is one GET, a delete a HEAD and two DELETEs,
-a page of ids one LIST (the cursor is an index key: no lookup), a page of records that LIST and
-then one GET per record (concurrently; S3 cannot list bodies, so a page is never one round trip
-here), a count one LIST per 1,000 records. A write interrupted between the record and its index
-entry leaves a record that loads but is not listed (the index is deleted before the record, so
-a listing never names a deleted record).
+``created_at`` and revision, and a PUT with ``If-Match`` on that HEAD's ETag, all again when
+another write lands in between, so that two writes never share a revision). A load is one
+GET, a delete a HEAD and two DELETEs, a page of ids one LIST (the cursor is an index key: no
+lookup), a page of records that LIST and then one GET per record (concurrently; S3 cannot list
+bodies, so a page is never one round trip here), a count one LIST per 1,000 records. A write
+interrupted between the record and its index entry leaves a record that loads but is not
+listed (the index is deleted before the record, so a listing never names a deleted record).
 
 Expiry: S3 has no per-object time to live (an ``Expires`` header only guides caches, and
 lifecycle rules expire whole days by prefix), so this backend does not declare
@@ -338,19 +339,25 @@ class S3Backend(RecordBackend):
         if expected is not None and expected > 0:
             assert head is not None  # checked by save_records
             return await self._replace(record, key, head, expected)
-        if await self._create(record, key):
-            return 1
-        if expected == 0:
-            raise await self._conflict(record, key, expected)
-        # Last write wins over an existing record: keep its created_at, count on its revision.
-        head = await self._head(key)
-        if head is None:  # deleted meanwhile: write it anew
-            await self._put(record, key, 1, None)
-            await self._index(record)
-            return 1
-        revision = _revision_of(head) + 1
-        await self._put(record, key, revision, head)
-        return revision
+        while True:
+            if await self._create(record, key):
+                return 1
+            if expected == 0:
+                raise await self._conflict(record, key, expected)
+            # Last write wins over an existing record: keep its created_at, count on its
+            # revision. The PUT names the ETag seen, so a write landing in between is never
+            # given the same revision (a checked writer would take it for its own): try again.
+            head = await self._head(key)
+            if head is None:  # deleted meanwhile: create it anew
+                continue
+            revision = _revision_of(head) + 1
+            try:
+                await self._put(record, key, revision, head, IfMatch=head["ETag"])
+            except ClientError as exc:
+                if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
+                    raise
+                continue
+            return revision
 
     async def _create(self, record: StoredRecord, key: str) -> bool:
         """Create the record (revision 1) and index it; ``False`` when it exists already."""
