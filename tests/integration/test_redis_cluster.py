@@ -17,7 +17,7 @@ from uuid import uuid4
 
 import pytest
 import redis.asyncio as redis
-from redis.exceptions import ClusterError
+from redis.exceptions import ClusterError, ResponseError
 
 import pydantic_toast
 from pydantic_toast import (
@@ -27,6 +27,7 @@ from pydantic_toast import (
     OutcomeUnknownError,
     RecordNotFoundError,
     StorageBusyError,
+    StorageConnectionError,
     StorageOperationError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
@@ -424,6 +425,64 @@ def test_a_save_waiting_for_a_replica_returns_once_one_has_it(
             await plain.disconnect()
 
     asyncio.run(main())
+
+
+def test_a_primary_demoted_under_a_waiting_save_is_a_lost_reply() -> None:
+    """UNBLOCKED (a WAIT released because its primary was demoted in a failover, after the
+    save script ran) is a connection lost after sending, settled by reading back, not a
+    refusal: "refused the save" was false, and saving the record again then conflicted with
+    the write that had landed."""
+    failure = Failure("RedisCluster", StorageURL.parse("redis+cluster://127.0.0.1:7000/"), "save")
+    unblocked = ResponseError(
+        "UNBLOCKED force unblock from blocking operation, instance state changed "
+        "(master -> replica?)"
+    )
+    mapped, lost = translate(unblocked, failure)
+    assert (type(mapped), lost) == (StorageConnectionError, True)
+    assert "demoted" in str(mapped)
+
+
+def test_a_save_whose_primary_is_demoted_while_it_waits_for_replicas_is_settled(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """A primary stopped with a save (script and WAIT) queued, its replica promoted, then
+    resumed: it runs the script and its WAIT is released (UNBLOCKED), or it learns of the
+    failover first and redirects the script. Either way the save ends written on the
+    promoted primary, never reported refused."""
+    options = {"buckets": 1, "wait_replicas": 1, "wait_timeout": 5000, "socket_timeout": 60}
+    url = cluster.url(f"demoted{uuid4().hex[:8]}", **options)
+
+    class Item(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=url, external_name="Item")
+        n: int
+
+    async def main() -> None:
+        with Storage():
+            await Item(n=0).asave()  # learns the topology
+            backend = await _backend(url)
+            try:
+                owner = backend._connected_cluster().get_node_from_key(backend.index_key("Item"))
+                assert owner is not None
+            finally:
+                await backend.disconnect()
+            replica = cluster.replica_of(owner.port)
+            with cluster.paused(owner.port):
+                saving = asyncio.create_task(Item(n=1).asave())
+                await asyncio.to_thread(_wait_promoted_seen_from, cluster, replica)
+            reference = await saving
+            assert (await Item.aload(reference)).n == 1  # type: ignore[attr-defined]
+            await pydantic_toast.aclose_storage()
+
+    asyncio.run(main())
+
+
+def _wait_promoted_seen_from(cluster: servers.TempRedisCluster, port: int) -> None:
+    """Until the replica on ``port`` calls itself a primary (asked of it: a stopped node
+    would not answer ``cluster.nodes()``)."""
+    deadline = time.monotonic() + 60
+    while "myself,master" not in cluster.redis_cli("cluster", "nodes", port=port):
+        assert time.monotonic() < deadline, f"the replica on {port} was not promoted"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("wait", [0, 1], ids=["async-replication", "wait-1-replica"])

@@ -12,7 +12,8 @@ are the Redis backend's (``prefix``, pool and socket timeouts, TLS files) plus:
   each write, ``WAIT wait_replicas wait_timeout`` on the same connection, so a save returns
   once that many replicas have the write. When fewer confirm in time the save raises
   :class:`~pydantic_toast.StorageOperationError` (the write is on the primary, maybe not on
-  a replica: a failover now could lose it).
+  a replica: a failover now could lose it). A failover demoting the primary while it waits
+  (``UNBLOCKED``) is a reply lost after sending: the save is settled by reading back.
 
 Key layout (``b`` = the record id's 128-bit integer modulo ``buckets``)::
 

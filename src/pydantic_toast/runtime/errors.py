@@ -379,6 +379,15 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
             f"{where} has no database {shorten(failure.url.path.strip('/'))}: use a database "
             "number below the server's `databases` setting (16 by default)"
         ), False
+    # UNBLOCKED: a command the server held (WAIT, after the save script ran) was released
+    # because the primary was demoted in a failover. The write may or may not have reached
+    # the promoted replica, as when the connection is lost after sending: settled as that.
+    if name == "ResponseError" and message.startswith("UNBLOCKED"):
+        return StorageConnectionError(
+            f"{where} was demoted to a replica in a failover during {failure.operation}: "
+            "the next call goes to the promoted primary",
+            url=url,
+        ), True
     if name == "ReadOnlyError":
         return StorageOperationError(
             f"{where} is a read-only replica: point the storage URL at the primary"
