@@ -24,6 +24,7 @@ from pydantic_toast import (
     read_primary,
 )
 from pydantic_toast.backends.postgresql_replicas import RETRY_AFTER
+from pydantic_toast.backends.sql_table import TABLE_NAME
 from pydantic_toast.integrations.cli import main as toast_cli
 from pydantic_toast.runtime.storage import Storage
 from tests import servers
@@ -143,6 +144,46 @@ def test_read_your_writes_sends_recent_records_to_the_primary(pair: Pair) -> Non
         assert pydantic_toast.count(Order) == 1
         assert [o.total for o in pydantic_toast.page(Order, limit=10).items] == [7]
         assert pydantic_toast.count(Other) == 0
+
+
+def test_read_your_writes_counts_from_the_end_of_a_slow_write(pair: Pair) -> None:
+    """A save that waited for a row lock longer than the read_your_writes window is still
+    read back from the primary right after it returns (the window was counted from its
+    start: the read went to the paused replica and found the old data)."""
+    assert pair.replica is not None
+    replica = pair.replica
+    Order = _model(pair.url(read_your_writes=1))
+
+    async def main() -> None:
+        with Storage():
+            order = Order(total=1)
+            await order.asave()
+            await asyncio.to_thread(pair.caught_up)
+            locker = await asyncpg.connect(pair.primary.url())
+            await asyncio.to_thread(replica.replay, paused=True)
+            try:
+                held = locker.transaction()
+                await held.start()
+                await locker.execute(
+                    f"SELECT 1 FROM {TABLE_NAME} WHERE id = $1 FOR UPDATE", order.external_id
+                )
+
+                async def release() -> None:
+                    await asyncio.sleep(2)
+                    await held.rollback()
+
+                releasing = asyncio.create_task(release())
+                order.total = 2
+                await order.asave()  # waits for the lock, past the 1 s window
+                await releasing
+                assert (await Order.aload(order.external_id)).total == 2
+            finally:
+                await asyncio.to_thread(replica.replay, paused=False)
+                await locker.close()
+                await pydantic_toast.aclose_storage()
+
+    asyncio.run(main())
+    pair.caught_up()
 
 
 def test_read_primary_block_reads_the_primary(pair: Pair) -> None:

@@ -19,6 +19,7 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import sys
 import time
@@ -475,10 +476,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed (an expired row did not)."""
-        if self._replicas is not None:
-            self._replicas.note_writes([(class_name, id)])
         now = datetime.now(UTC)
-        rows = await self._statement("fetch", "delete", class_name, id)
+        with self._writing([(class_name, id)]):
+            rows = await self._statement("fetch", "delete", class_name, id)
         return any(row[0] is None or row[0] > now for row in rows)
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -487,10 +487,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         Under READ COMMITTED the statement re-checks the revision on the newest version of a
         row that a concurrent write changed, so a write committed first is never deleted.
         """
-        if self._replicas is not None:
-            self._replicas.note_writes([(class_name, id)])
         now = datetime.now(UTC)
-        rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
+        with self._writing([(class_name, id)]):
+            rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
         if any(row[0] is None or row[0] > now for row in rows):
             return True
         current = await self._statement("fetchval", "revision", class_name, id, now)
@@ -498,9 +497,15 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""
-        if self._replicas is not None:
-            self._replicas.note_writes(keys)
-        return await super().delete_records(keys)
+        with self._writing(keys):
+            return await super().delete_records(keys)
+
+    def _writing(self, keys: Sequence[RecordKey]) -> contextlib.AbstractContextManager[None]:
+        """Reads of ``keys`` go to the primary while they are written and for the window
+        after (see :meth:`Replicas.writing`); nothing without replicas."""
+        if self._replicas is None:
+            return contextlib.nullcontext()
+        return self._replicas.writing(keys)
 
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired rows, in one statement; return how many went."""
@@ -536,8 +541,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """
         for record in records:
             refuse_unstorable(record)
-        if self._replicas is not None:
-            self._replicas.note_writes(record.key for record in records)
+        if self._replicas is None:  # the common case, without a context manager's cost
+            return await self._write(records)
+        with self._replicas.writing([record.key for record in records]):
+            return await self._write(records)
+
+    async def _write(self, records: Sequence[StoredRecord]) -> list[int]:
         if len(records) == 1 and not staging.is_large(records[0]):
             return [await self._write_one(records[0])]  # a VALUES row plans faster than unnest
         return await self._write_many(records)

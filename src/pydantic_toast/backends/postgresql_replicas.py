@@ -5,7 +5,7 @@ Options of the primary's URL:
 * ``replicas=host:port[,host:port...]``: hot standbys of the primary (streaming replication).
   They are reached with the primary URL's user, password, database and other options.
 * ``read_your_writes`` (seconds, default 5): how long after this process writes or deletes a
-  record through this URL its reads stay on the primary.
+  record through this URL (from when the write ended) its reads stay on the primary.
 
 Which server answers a read:
 
@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -172,6 +172,19 @@ class Replicas:
     def note_writes(self, keys: Iterable[tuple[str, UUID]]) -> None:
         """Record that this process writes these records now (read-your-writes)."""
         self._recent.note(keys, self.window)
+
+    @contextlib.contextmanager
+    def writing(self, keys: Sequence[tuple[str, UUID]]) -> Iterator[None]:
+        """Note ``keys`` as written now, and again once the write inside the block ended.
+
+        The window counts from the end: a write slower than it (waiting for a row lock, a
+        large batch) is still read back from the primary.
+        """
+        self.note_writes(keys)
+        try:
+            yield
+        finally:
+            self.note_writes(keys)
 
     async def read(self, kind: str, name: str, args: tuple[Any, ...]) -> Any:
         """Run a read statement on a replica when the rule allows it and one answers.
