@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import signal
+import time
 from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
 
+import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConnectionError
+from pydantic_toast.backends.redis_sentinel import PRIMARY_CHECK_EVERY
 from pydantic_toast.runtime.storage import Storage
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
@@ -196,3 +200,47 @@ def test_a_save_on_a_connection_to_a_demoted_primary_lands_on_the_new_one() -> N
             assert Note.model_validate(first).text == "before"
         key = f"demoted:Note:{second['id']}"
         assert setup.redis_cli("exists", key, port=new).strip() == "1"
+
+
+def test_a_primary_back_from_a_pause_gets_no_writes_after_the_failover() -> None:
+    """The primary stopped (a pause, a partition) while the sentinels promote its replica,
+    then resumed: it stays a primary until the sentinels demote it (up to 10 s), and drops
+    what it acknowledged meanwhile. Saves made once the sentinels were asked again go to the
+    promoted primary and survive (pooled connections to the old one kept taking them, and
+    every one was lost)."""
+    with sentinel_setup() as setup:  # its own: the roles are swapped
+        old = setup.data_ports[0]
+        setup.wait_primary_known(old)
+        url = setup.url(f"paused{uuid4().hex[:8]}")
+
+        class Note(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=url, external_name="Note")
+            text: str
+
+        async def main() -> None:
+            with Storage():
+                # Several pooled connections to the primary, idle when it is paused.
+                await asyncio.gather(*(Note(text="warm").asave() for _ in range(8)))
+                process = setup.processes[old]
+                process.send_signal(signal.SIGSTOP)
+                try:
+                    await asyncio.to_thread(setup.wait_promoted, old)
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                await asyncio.sleep(PRIMARY_CHECK_EVERY)
+                saved = await asyncio.gather(*(Note(text=f"n{i}").asave() for i in range(20)))
+                await asyncio.to_thread(_demoted, setup, old)
+                for reference in saved:
+                    assert (await Note.aload(reference)).text.startswith("n")  # type: ignore[attr-defined]
+                await pydantic_toast.aclose_storage()
+
+        asyncio.run(main())
+
+
+def _demoted(setup: servers.TempRedisSentinel, port: int) -> None:
+    """Until the node on ``port`` is a replica again, synced (what it alone had is gone)."""
+    deadline = time.monotonic() + 60
+    while "role:slave" not in setup.redis_cli("info", "replication", port=port):
+        assert time.monotonic() < deadline, f"the old primary on {port} was not demoted"
+        time.sleep(0.1)
+    setup.wait_replica_synced(port)

@@ -16,14 +16,19 @@ primary and a Sentinel-managed one reads the same). Each new connection asks the
 for the current primary; a connection to a primary that was demoted or went away fails, the
 boundary drops the pool and retries once, and later connections go to the promoted primary:
 a failover needs no app restart. Writes acknowledged by the old primary that had not reached
-its replica are lost in a failover (Redis replication is asynchronous).
+its replica are lost in a failover (Redis replication is asynchronous). The sentinels are asked
+again once a second at most (:data:`PRIMARY_CHECK_EVERY`), and a pooled connection open on
+another node than the one they name is reconnected: an old primary back from a pause is a
+primary until the sentinels demote it, and drops what it acknowledged meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
-from typing import Any
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -33,8 +38,10 @@ from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.base import Capability, batch_size_of
 
-__all__ = ["RedisSentinelBackend"]
+__all__ = ["PRIMARY_CHECK_EVERY", "RedisSentinelBackend"]
 
+PRIMARY_CHECK_EVERY: Final = 1.0
+"""Seconds between two questions to the sentinels about which node is the primary."""
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
@@ -43,7 +50,21 @@ class _WaitingSentinelPool(
 ):
     """A Sentinel pool that waits ``pool_timeout`` for a free connection, as the Redis
     backend's pool does, instead of failing at once past ``max_connections`` (its checkout
-    errors marked as connecting)."""
+    errors marked as connecting), and that never hands out a connection to a node other than
+    the primary the sentinels last named.
+
+    redis-py asks the sentinels only when a connection opens: a connection opened before a
+    failover stays on the old primary, which, back from a pause or a partition, goes on
+    acknowledging writes until the sentinels demote it (up to 10 s), and a demoted primary
+    drops them all.
+    """
+
+    async def ensure_connection(self, connection: Any) -> None:
+        """Reconnect ``connection`` to the named primary if it is open on another node."""
+        named = self.master_address
+        if named is not None and (connection.host, connection.port) != named:
+            await connection.disconnect()
+        await super().ensure_connection(connection)
 
 
 class _OrderlySentinel(Sentinel):
@@ -88,6 +109,8 @@ class RedisSentinelBackend(single.RedisBackend):
             "password": parsed.query.get("sentinel_password"),
         }
         self._sentinel: Sentinel | None = None
+        self._primary_checked_at = time.monotonic()
+        self._checking = asyncio.Lock()
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -114,6 +137,25 @@ class RedisSentinelBackend(single.RedisBackend):
             **self._pool_options,
         )
         return aioredis.Redis(connection_pool=pool)
+
+    async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one command, after asking the sentinels for the primary if the last answer
+        is older than :data:`PRIMARY_CHECK_EVERY` (the pool then leaves any other node)."""
+        if time.monotonic() >= self._primary_checked_at + PRIMARY_CHECK_EVERY:
+            await self._check_primary()
+        return await command()
+
+    async def _check_primary(self) -> None:
+        """Ask the sentinels once for every command due to wait for the answer: a command
+        going on before it would take a connection to the old primary."""
+        async with self._checking:
+            due = time.monotonic() >= self._primary_checked_at + PRIMARY_CHECK_EVERY
+            if not due or self._client is None:
+                return
+            pool = self._client.connection_pool
+            with contextlib.suppress(Exception):  # no answer: the commands go as they would
+                await pool.get_master_address()  # type: ignore[attr-defined]
+            self._primary_checked_at = time.monotonic()
 
     async def disconnect(self) -> None:
         """Close the pool and the connections to the sentinels."""
