@@ -118,7 +118,7 @@ async def update_todo(todo: LoadedTodo, body: TodoUpdate) -> TodoOut:
 async def delete_todo(todo: LoadedTodo) -> Response:
     # Revision-checked: a PATCH that saved since this request read the todo makes it a 409
     # (instead of deleting a change the PATCH was told is saved).
-    await pydantic_toast.adelete(Todo, todo.external_id, revision=todo.external_revision)  # type: ignore[arg-type]
+    await pydantic_toast.adelete(Todo, todo, revision=todo.external_revision)
     return Response(status_code=204)
 
 

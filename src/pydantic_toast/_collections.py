@@ -51,7 +51,10 @@ class Page(Generic[M]):
 
 
 async def adelete(
-    model: type[M], reference: Mapping[str, Any] | UUID | str, *, revision: int | None = None
+    model: type[M],
+    reference: Mapping[str, Any] | UUID | str | ExternalBaseModel,
+    *,
+    revision: int | None = None,
 ) -> None:
     """Delete a stored record, and the records it owns (fields marked ``Owned``).
 
@@ -65,11 +68,11 @@ async def adelete(
 
         todo = await Todo.aload(id)
         ...
-        await pydantic_toast.adelete(Todo, todo.external_id, revision=todo.external_revision)
+        await pydantic_toast.adelete(Todo, todo, revision=todo.external_revision)
 
     Args:
         model: The model class the record belongs to.
-        reference: Its reference or id.
+        reference: Its reference or id, or a saved instance.
         revision: Delete only if the stored revision is this one (``None``: whatever is
             stored).
 
@@ -86,7 +89,10 @@ async def adelete(
 
 
 async def _delete(
-    model: type[M], reference: Mapping[str, Any] | UUID | str, revision: int | None, call: str
+    model: type[M],
+    reference: Mapping[str, Any] | UUID | str | ExternalBaseModel,
+    revision: int | None,
+    call: str,
 ) -> None:
     """:func:`adelete`, naming ``call`` (the function the caller called) in its errors."""
     url, class_name, id = model._toast_key(reference, call)
@@ -199,7 +205,10 @@ async def acount(model: type[ExternalBaseModel]) -> int:
 
 
 def delete(
-    model: type[M], reference: Mapping[str, Any] | UUID | str, *, revision: int | None = None
+    model: type[M],
+    reference: Mapping[str, Any] | UUID | str | ExternalBaseModel,
+    *,
+    revision: int | None = None,
 ) -> None:
     """The blocking form of :func:`adelete`."""
     run_sync(

@@ -499,12 +499,13 @@ class ExternalBaseModel(BaseModel):
         return reference
 
     @classmethod
-    async def aload(cls, reference: Mapping[str, Any] | UUID | str) -> Self:
+    async def aload(cls, reference: Mapping[str, Any] | UUID | str | ExternalBaseModel) -> Self:
         """Load a stored model without blocking the event loop.
 
         Args:
             reference: A reference (as ``model_dump()`` and ``asave()`` return it, or the same
-                keys in a plain dict), or just the id.
+                keys in a plain dict), just the id, or a saved instance (its record is read
+                afresh).
 
         Raises:
             RecordNotFoundError: Nothing is stored under that id.
@@ -593,8 +594,10 @@ class ExternalBaseModel(BaseModel):
         return settings
 
     @classmethod
-    def _toast_key(cls, value: Mapping[str, Any] | UUID | str, call: str = "") -> SessionKey:
-        """Where the record ``value`` (a reference or an id) names is: ``aload()``'s argument.
+    def _toast_key(
+        cls, value: Mapping[str, Any] | UUID | str | ExternalBaseModel, call: str = ""
+    ) -> SessionKey:
+        """Where the record ``value`` (a reference, an id or an instance) names is.
 
         ``call`` names the call that was given ``value``, for the error (``aload()`` if empty).
         """
@@ -606,6 +609,8 @@ class ExternalBaseModel(BaseModel):
             reference = parse_reference({"class_name": settings.external_name, "id": value})
         else:
             reference = parse_reference(value)
+        if reference is None and isinstance(value, ExternalBaseModel):
+            reference = _instance_reference(value, call or f"{cls.__qualname__}.aload()")
         if reference is None:
             raise InvalidReferenceError(
                 f"{call or f'{cls.__qualname__}.aload()'} takes a reference "
@@ -925,6 +930,19 @@ def _root_mismatch(exc: ValidationError) -> InvalidReferenceError | None:
     return InvalidReferenceError(
         error["msg"], class_name=context.get("class_name"), id=context.get("id")
     )
+
+
+def _instance_reference(instance: ExternalBaseModel, call: str) -> tuple[str, UUID]:
+    """The stored class name and id of a saved ``instance`` given where a reference goes."""
+    name = type(instance)._toast_settings().external_name
+    id = instance.external_id
+    if id is None:
+        raise InvalidReferenceError(
+            f"{call} was given a {type(instance).__qualname__} that was never saved, so no "
+            "record is stored under it: dump or save it first, or pass a reference or an id",
+            class_name=name,
+        )
+    return name, id
 
 
 def _kind(value: object) -> str:

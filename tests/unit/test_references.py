@@ -127,3 +127,30 @@ async def test_a_bad_reference_error_names_the_call_made(memory_url: str) -> Non
                 await function(bad)
         with pytest.raises(InvalidReferenceError, match=r"^pydantic_toast\.delete\(\) takes"):
             await asyncio.to_thread(pydantic_toast.delete, model, bad)
+
+
+async def test_a_saved_instance_stands_for_its_reference(memory_url: str) -> None:
+    """aload(), adelete() and delete() take a saved instance itself, as code holding a loaded
+    model writes it (external_id is typed UUID | None, so passing it failed mypy --strict)."""
+    model = make_model(memory_url)
+    ticket = model(title="t")
+    await ticket.asave()
+    assert await model.aload(ticket) == ticket
+    await pydantic_toast.adelete(model, ticket)
+    assert await pydantic_toast.acount(model) == 0
+    other = model(title="u")
+    await other.asave()
+    await asyncio.to_thread(pydantic_toast.delete, model, other)
+    assert await pydantic_toast.acount(model) == 0
+
+
+async def test_an_unsaved_instance_is_refused_naming_the_fix(memory_url: str) -> None:
+    """An instance never dumped names no record: the error says so and what to do."""
+    model = make_model(memory_url)
+    with pytest.raises(
+        InvalidReferenceError,
+        match=r"^pydantic_toast\.adelete\(\) was given a \S*Ticket that was never saved.*save it",
+    ):
+        await pydantic_toast.adelete(model, model(title="t"))
+    with pytest.raises(InvalidReferenceError, match=r"Ticket\.aload\(\) was given a \S*Ticket"):
+        await model.aload(model(title="t"))

@@ -41,6 +41,8 @@ def blocking(reference: dict[str, str]) -> None:
     basket: Basket = pydantic_toast.validate(Basket, {"orders": [reference]})
     orders: list[Order] = pydantic_toast.validate(list[Order], [reference])
     total: int = pydantic_toast.count(Order)
+    for loaded in first.items:
+        pydantic_toast.delete(Order, loaded)
     print(quantity, items, basket, orders, total)
 
 
@@ -48,6 +50,8 @@ async def non_blocking(id: UUID) -> None:
     order: Order = await Order.aload(id)
     product: str = order.product
     page: Page[Order] = await pydantic_toast.apage(Order)
+    again: Order = await Order.aload(order)
+    await pydantic_toast.adelete(Order, again, revision=again.external_revision)
     basket: Basket = await pydantic_toast.avalidate(Basket, {"orders": []})
     print(product, page, basket)
 
