@@ -466,6 +466,47 @@ def test_blocking_call_warns_once_per_call_site_or_logs(
         report_blocking_call("x()", "await ax()")
 
 
+def test_blocking_response_serialization_names_the_route_and_install() -> None:
+    """An async def route of a plain FastAPI app returning an unsaved model blocks while FastAPI
+    serializes it: the warning points at the route and names install(app), once per route.
+
+    (It pointed at the first frame outside the library, the server's or the test client's
+    thread, so every route of the app shared one unhelpful warning.)
+    """
+    forget_call_sites()
+    app = FastAPI()
+
+    @app.post("/first")
+    async def first() -> Customer:
+        return Customer(name="first")
+
+    @app.post("/second")
+    async def second() -> Customer:
+        return Customer(name="second")
+
+    @app.post("/third")
+    def third(customer: Customer) -> dict[str, str]:
+        return {"name": customer.name}
+
+    def requests(client: TestClient) -> None:
+        for _ in range(2):
+            assert client.post("/first").status_code == 200
+            assert client.post("/second").status_code == 200
+            reference = client.portal.call(Customer(name="Ada").asave)  # type: ignore[union-attr]
+            assert client.post("/third", json=reference).json() == {"name": "Ada"}
+
+    with TestClient(app) as client, pytest.warns(BlockingStorageCallWarning) as warned:
+        requests(client)
+    assert [(w.filename, w.lineno) for w in warned] == [
+        (__file__, route.__code__.co_firstlineno) for route in (first, second, third)
+    ]
+    serialized, _, validated = (str(w.message) for w in warned)
+    assert "serialized the response of the async def route first" in serialized
+    assert "await obj.asave()" in serialized
+    assert "validated the request for third" in validated
+    assert all("pydantic_toast.fastapi.install(app)" in str(w.message) for w in warned)
+
+
 def test_required_if_match_is_a_428_and_a_stale_one_a_412(client: TestClient) -> None:
     """conditional(require=True) refuses writes without If-Match, and with a stale one."""
     ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]

@@ -46,20 +46,37 @@ def report_blocking_call(call: str, instead: str) -> None:
     mode = os.environ.get(ENV_VAR, "warn").strip().lower() or "warn"
     if mode == "off":
         return
-    stacklevel, filename, lineno = _caller()
+    route = _fastapi_route()
+    stacklevel, filename, lineno = _caller() if route is None else (0, *route[2:])
     with _seen_lock:
         if (filename, lineno) in _seen:
             return
         _seen.add((filename, lineno))
-    message = (
-        f"{call} blocked the running event loop for its storage round trips "
-        f"({filename}:{lineno}): in async code use {instead}. Set {ENV_VAR}=log (or off) to "
-        "log this instead of warning"
-    )
+    if route is None:
+        message = (
+            f"{call} blocked the running event loop for its storage round trips "
+            f"({filename}:{lineno}): in async code use {instead}."
+        )
+    else:
+        doing, function = route[:2]
+        message = (
+            f"{call} blocked the running event loop for its storage round trips while FastAPI "
+            f"{doing} {function} ({filename}:{lineno}): call "
+            "pydantic_toast.fastapi.install(app) before adding routes (its routes load and save "
+            "the request's and the response's models with the async API)"
+        )
+        if doing.startswith("serialized"):
+            message += (
+                ", or save the response before returning it (await obj.asave() or await "
+                "pydantic_toast.adump(value)): an unchanged model is not written again"
+            )
+        message += "."
     if mode == "log" or mode not in _MODES:
         _logger.warning(message)
-        return
-    warnings.warn(message, BlockingStorageCallWarning, stacklevel=stacklevel)
+    elif route is None:
+        warnings.warn(message, BlockingStorageCallWarning, stacklevel=stacklevel)
+    else:
+        warnings.warn_explicit(message, BlockingStorageCallWarning, filename, lineno)
 
 
 def _caller() -> tuple[int, str, int]:
@@ -73,6 +90,36 @@ def _caller() -> tuple[int, str, int]:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return 2, "<unknown>", 0
+
+
+def _fastapi_route() -> tuple[str, str, str, int] | None:
+    """What FastAPI is doing, for which route or dependency (name, file, line), if it is that.
+
+    FastAPI validates a request and serializes an ``async def`` route's response on the event
+    loop, from its own frames only: the first frame outside the library would be the server's
+    (or a test client's thread), so the route is read from FastAPI's frames instead. ``None``
+    when a frame of the caller's own code comes first (a route or dependency calling the
+    library itself).
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        module, name = frame.f_globals.get("__name__", ""), frame.f_code.co_name
+        if module.split(".", 1)[0] not in _INTERNAL:  # the caller's own line: point there
+            return None
+        if module == "fastapi.routing" and name == "serialize_response":
+            context = frame.f_locals.get("endpoint_ctx") or {}
+            if "file" in context and "line" in context:
+                where = context.get("function", "?"), context["file"], context["line"]
+                return "serialized the response of the async def route", *where
+            return None
+        if module == "fastapi.dependencies.utils" and name == "solve_dependencies":
+            code = getattr(getattr(frame.f_locals.get("dependant"), "call", None), "__code__", None)
+            if code is None:
+                return None
+            where = code.co_name, code.co_filename, code.co_firstlineno
+            return "validated the request for", *where
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def forget_call_sites() -> None:
