@@ -291,7 +291,7 @@ def test_lifespan_refuses_to_start_on_an_unmigrated_database(
 
         app = FastAPI(lifespan=storage_lifespan(Unmigrated))
         with (
-            pytest.raises(pydantic_toast.StorageSchemaError, match="alembic upgrade head"),
+            pytest.raises(pydantic_toast.StorageSchemaError, match="pydantic-toast migrate"),
             TestClient(app),
         ):
             pass

@@ -48,8 +48,8 @@ NOT_APPLIED: Final = "_pydantic_toast_not_applied"
 :func:`pydantic_toast.runtime.boundary.not_applied`)."""
 
 MIGRATE_HINT: Final = (
-    "run `pydantic-toast migrate <url>` (or `alembic upgrade head` with DATABASE_URL set to this "
-    "database) before first use"
+    "run `pydantic-toast migrate <url>` with this storage URL before first use (the library's "
+    "own migrations: your project's `alembic upgrade head` does not apply them)"
 )
 
 
