@@ -108,6 +108,43 @@ async def test_a_megabyte_result_is_spilled_and_read_back_in_slices(storage_url:
     assert (stored.tool_name, stored.conversation_id) == ("big", "c")
 
 
+async def test_the_app_finds_a_spilled_outputs_reference_in_the_parts_metadata(
+    storage_url: str,
+) -> None:
+    """The tool return part carries the reference in its metadata, kept by the message store,
+    so an app (a UI showing the full output) need not parse it out of the model's note."""
+    spill = _spill(storage_url, max_chars=1_000, preview_chars=100)
+    store = MessageStore(storage_url, namespace=spill.namespace, spill=spill)
+    agent = Agent(
+        FunctionModel(lambda messages, info: _answer_after_big(messages)),
+        capabilities=[PersistentConversation(store), spill],
+    )
+
+    @agent.tool_plain
+    def big() -> str:
+        return MEGABYTE_TEXT[:5_000]
+
+    await agent.run("go", conversation_id="meta")
+    history = await store.aload("meta")
+    [part] = [
+        part
+        for message in history.messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    ]
+    assert part.metadata == {"spilled_ref": _ref(part.model_response_str())}
+    stored = await spill.aload(part.metadata["spilled_ref"], conversation_id="meta")
+    assert stored.content == MEGABYTE_TEXT[:5_000]
+    await store.adelete("meta")
+
+
+def _answer_after_big(messages: list[ModelMessage]) -> ModelResponse:
+    if _last_return(messages) is None:
+        return ModelResponse(parts=[ToolCallPart("big", {})])
+    return ModelResponse(parts=[TextPart("done")])
+
+
 async def test_spilling_cuts_the_tokens_sent_after_a_megabyte_result(storage_url: str) -> None:
     """The request after a 1 MB tool return costs under 1% of its unspilled tokens."""
 

@@ -2,10 +2,11 @@
 
 A tool return whose text (the string itself, or its compact JSON) is longer than ``max_chars``
 characters is stored as one record and replaced, in what the model sees, by a short note: its
-size, its reference, and the first ``preview_chars`` characters. The capability adds a read tool
-(``read_tool_output``) returning slices by ``offset``/``length``, and for structured results
-the value at a JSON path first. The threshold is a character count, so the same output is
-always spilled or always not, whatever the model or tokenizer.
+size, its reference, and the first ``preview_chars`` characters; the app finds the reference in
+the tool return part's ``metadata["spilled_ref"]`` (never sent to the model). The capability
+adds a read tool (``read_tool_output``) returning slices by ``offset``/``length``, and for
+structured results the value at a JSON path first. The threshold is a character count, so the
+same output is always spilled or always not, whatever the model or tokenizer.
 
 Outputs are stored per conversation (the class name ends with the run's ``conversation_id``),
 so the read tool can only reach the outputs of its own conversation, and deleting a
@@ -45,6 +46,8 @@ from pydantic_toast.backends.base import Capability
 __all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
 
 FORMAT_VERSION = 1
+# The key of a spilled return's reference in its ToolReturnPart's metadata, for the app.
+SPILLED_REF = "spilled_ref"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,8 @@ class SpillToolOutputs(AbstractCapability[Any]):
         if len(text) <= self.max_chars:
             return result
         id = await self._store(ctx, call, text, structured)
-        return self._note(id, call.tool_name, text, structured)
+        note = self._note(id, call.tool_name, text, structured)
+        return ToolReturn(return_value=note, metadata={SPILLED_REF: str(id)})
 
     # -- for the app ------------------------------------------------------------------------------
 
