@@ -255,6 +255,12 @@ class ConcurrencyError(ExternalStorageError):
                 f"this instance expected revision {expected}, and nothing was written: save it "
                 "with force=True to store it again (expired), or drop it (deleted)"
             )
+        elif current is None:
+            outcome = (
+                f"this instance expected revision {expected}: another writer deleted it, and "
+                "nothing was written. Drop this instance, or save it with force=True (or inside "
+                "pydantic_toast.last_write_wins()) to store it again"
+            )
         else:
             who = "another writer got there first"
             if current == expected + 1:  # one write ahead: maybe this instance's own

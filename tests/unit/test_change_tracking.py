@@ -97,6 +97,22 @@ def test_a_copy_is_a_new_record_and_conflicts_stay_per_instance(counting_url: st
     assert copy.model_dump() != reference
 
 
+def test_saving_a_deleted_record_says_to_drop_or_force_not_to_reload(counting_url: str) -> None:
+    """The conflict for a record another writer deleted does not say to load it again (that
+    raises RecordNotFoundError): it says to drop the instance or save with force=True."""
+    leaf, _ = define(counting_url)
+    reference = leaf(n=1).model_dump()
+    kept = leaf.model_validate(reference)
+    pydantic_toast.delete(leaf, reference)
+    kept.n = 2  # type: ignore[attr-defined]
+    with pytest.raises(ConcurrencyError, match="was deleted, but") as info:
+        kept.model_dump()
+    assert "Load it again" not in str(info.value)
+    assert "Drop this instance, or save it with force=True" in str(info.value)
+    assert info.value.current is None
+    assert leaf.model_validate(pydantic_toast.dump(kept, force=True)).n == 2  # type: ignore[attr-defined]
+
+
 def test_unknown_concurrency_setting_is_refused() -> None:
     """A misspelt concurrency setting fails when the class is defined."""
     with pytest.raises(pydantic_toast.StorageConfigurationError, match="concurrency must be"):
