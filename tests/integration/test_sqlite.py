@@ -39,6 +39,27 @@ def test_unmigrated_file_says_which_command_to_run(tmp_path: Path) -> None:
     pydantic_toast.close_storage()
 
 
+def test_a_missing_file_is_named_and_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path whose file does not exist (run from another folder, say) fails naming
+    the absolute path and the migrate command, and leaves no empty file behind (the first
+    connection created one, and the error only said that the table was missing)."""
+    monkeypatch.chdir(tmp_path)
+
+    class Elsewhere(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage="sqlite:///shop.db")
+
+    with pytest.raises(StorageSchemaError) as caught:
+        Elsewhere(text="x").model_dump()
+    message = str(caught.value)
+    assert f"the SQLite file shop.db does not exist ({tmp_path / 'shop.db'}, relative" in message
+    assert "pydantic-toast migrate sqlite:///shop.db" in message
+    assert not (tmp_path / "shop.db").exists()
+    pydantic_toast.close_storage()
+
+
 def test_an_unusable_absolute_path_is_named_with_its_leading_slash(tmp_path: Path) -> None:
     """The error names the file as the URL gives it: /tmp/.../y.db, not tmp/.../y.db."""
     path = tmp_path / "missing-folder" / "y.db"

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._exceptions import StorageConfigurationError, StorageSchemaError
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
@@ -88,6 +88,18 @@ def engine_url(url: StorageURL) -> URL:
     return URL.create("sqlite+aiosqlite", database=path)
 
 
+def _missing_file(url: StorageURL) -> str | None:
+    """Why the database file ``url`` names is missing, or ``None`` (a stat, once per connect).
+
+    A missing folder is left to the connection's error, which names the path.
+    """
+    path = engine_url(url).database or ""
+    if os.path.exists(path) or not os.path.isdir(os.path.dirname(path) or "."):
+        return None
+    relative = "" if os.path.isabs(path) else ", relative to the working directory"
+    return f"the SQLite file {path} does not exist ({os.path.abspath(path)}{relative})"
+
+
 class SQLiteBackend(SQLAlchemyBackend):
     """Records in a SQLite file's ``external_records`` table."""
 
@@ -105,6 +117,23 @@ class SQLiteBackend(SQLAlchemyBackend):
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
         self._compiled: dict[str, _Compiled] = {}
+
+    async def connect(self) -> None:
+        """Check that the database file exists, then connect and check the table.
+
+        Raises:
+            StorageSchemaError: The file does not exist: only ``pydantic-toast migrate``
+                creates one (connecting would leave an empty file behind, and a relative path
+                that resolved elsewhere than meant would only say that the table is missing).
+        """
+        missing = None if self._given is not None else _missing_file(self._parsed)
+        if missing is not None:
+            raise StorageSchemaError(
+                f"{missing}: check the path, or run `pydantic-toast migrate "
+                f"{self._parsed.masked}` to create it before first use",
+                url=self._parsed.masked,
+            )
+        await super().connect()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records, each checked against its expected revision; all or none.
