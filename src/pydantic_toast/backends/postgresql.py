@@ -553,10 +553,44 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     async def _write_one(self, record: StoredRecord) -> int:
         """One conditional statement (see :func:`~pydantic_toast.backends.sql.write_statements`)."""
+        expected = record.revision
+        data = record.data.decode()
+        exact = exact_text(record)
         try:
-            return await self._write_statement(record)
+            if expected is None or expected == 0:
+                revision = await self._statement(
+                    "fetchval",
+                    "upsert" if expected is None else "insert",
+                    record.class_name,
+                    record.id,
+                    record.schema_version,
+                    data,
+                    exact,
+                    record.created_at,
+                    record.updated_at,
+                    expires_at(record),
+                )
+            else:
+                revision = await self._statement(
+                    "fetchval",
+                    "update",
+                    record.schema_version,
+                    data,
+                    exact,
+                    record.updated_at,
+                    expires_at(record),
+                    record.class_name,
+                    record.id,
+                    expected,
+                )
         except TimeoutError as exc:
             return await self._timed_out_write(record, exc)
+        if revision is None:
+            current = await self._statement(
+                "fetchval", "revision", record.class_name, record.id, record.updated_at
+            )
+            raise _conflict(record, current)
+        return int(revision)
 
     async def _timed_out_write(self, record: StoredRecord, exc: TimeoutError) -> int:
         """The revision of a single save that timed out, when it completed all the same.
@@ -578,43 +612,6 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         if found is not None and written_by(record, found) and found.revision is not None:
             return found.revision
         raise not_applied(exc)
-
-    async def _write_statement(self, record: StoredRecord) -> int:
-        expected = record.revision
-        data = record.data.decode()
-        exact = exact_text(record)
-        if expected is None or expected == 0:
-            revision = await self._statement(
-                "fetchval",
-                "upsert" if expected is None else "insert",
-                record.class_name,
-                record.id,
-                record.schema_version,
-                data,
-                exact,
-                record.created_at,
-                record.updated_at,
-                expires_at(record),
-            )
-        else:
-            revision = await self._statement(
-                "fetchval",
-                "update",
-                record.schema_version,
-                data,
-                exact,
-                record.updated_at,
-                expires_at(record),
-                record.class_name,
-                record.id,
-                expected,
-            )
-        if revision is None:
-            current = await self._statement(
-                "fetchval", "revision", record.class_name, record.id, record.updated_at
-            )
-            raise _conflict(record, current)
-        return int(revision)
 
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
