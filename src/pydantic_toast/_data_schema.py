@@ -199,6 +199,10 @@ def _config_of(validator: SchemaValidator) -> CoreConfig | None:
 _FUNCTIONS = frozenset({"function-before", "function-after", "function-wrap", "function-plain"})
 # The core schemas that carry a config of their own, read by the serializers inside them.
 _CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
+# A field's Field(exclude=True) or exclude_if hides it from the model's own dumps (an API's
+# responses); stored JSON keeps every field, or the record would come back without it.
+_FIELDS = frozenset({"model-field", "dataclass-field", "typed-dict-field"})
+_EXCLUSIONS = ("serialization_exclude", "serialization_exclude_if")
 
 
 # What stored JSON writes whatever a class's config says: NaN and the infinities as constants,
@@ -283,6 +287,9 @@ class _Copier:
             )
             for key, value in node.items()
         }
+        if kind in _FIELDS:
+            for key in _EXCLUSIONS:
+                copied.pop(key, None)
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -324,6 +331,8 @@ class _Copier:
         for item in schema_nodes(node, definitions=self.definitions):
             kind = item.get("type")
             if kind in _CHECKS or _constrained(item, config):
+                return True
+            if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
                 return True
             if kind == "definition-ref" and item.get("schema_ref") not in self.definitions:
                 return True  # a definition it cannot see may hold anything, as an Any does

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
+import pydantic.dataclasses
 import pytest
 from pydantic import (
     AfterValidator,
@@ -33,6 +34,7 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageValidationError,
     StoredDataError,
+    to_data,
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._saving import Identity, identity_of
@@ -826,3 +828,49 @@ def test_bytes_come_back_whatever_ser_json_bytes_says(storage_url: str, ser: str
     assert loaded.data == data
     assert loaded.blob.data == b"inner"
     assert json.loads(original.blob.model_dump_json())["data"] == b"inner".hex()
+
+
+class Hidden(BaseModel):
+    shown: int
+    hidden: str = Field(default="", exclude=True)
+
+
+@pydantic.dataclasses.dataclass
+class HiddenRow:
+    shown: int
+    hidden: str = Field(default="", exclude=True)
+
+
+def test_fields_excluded_from_dumps_are_stored(storage_url: str) -> None:
+    """Field(exclude=True) and exclude_if hide a field from the models' own dumps (an API's
+    responses), not from the store: a required one made every load fail, one with a default
+    came back as the default, in the external model and in plain models inside it."""
+    config = ExternalConfigDict(storage=storage_url, external_name=f"Hidden{uuid4().hex}")
+    cls: Any = type(
+        "Account",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {
+                "password_hash": str,
+                "note": str,
+                "zero": int,
+                "inner": Hidden,
+                "row": HiddenRow,
+            },
+            "password_hash": Field(exclude=True),
+            "note": Field(default="", exclude=True),
+            "zero": Field(exclude_if=lambda value: value == 0),
+            "model_config": config,
+        },
+    )
+    original = cls(
+        password_hash="h",
+        note="n",
+        zero=0,
+        inner=Hidden(shown=1, hidden="i"),
+        row=HiddenRow(shown=2, hidden="r"),
+    )
+    loaded = cls.model_validate(original.model_dump())
+    assert (loaded.password_hash, loaded.note, loaded.zero) == ("h", "n", 0)
+    assert (loaded.inner.hidden, loaded.row.hidden) == ("i", "r")
+    assert to_data(loaded) == {"inner": {"shown": 1}, "row": {"shown": 2}}
