@@ -47,6 +47,7 @@ from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 from pydantic_toast._schema_walk import schema_nodes
 
 __all__ = [
+    "KEY",
     "OFFSET",
     "OUTSIDE",
     "SUBCLASS",
@@ -301,6 +302,12 @@ class _Copier:
             copied["serialization"] = core_schema.wrap_serializer_function_ser_schema(
                 _UnionCheck(SchemaValidator(schema)), when_used="json"
             )
+        if kind == "dict" and plain and "serialization" not in copied and _unsafe_keys(node):
+            keys = core_schema.dict_schema(node["keys_schema"], core_schema.any_schema())
+            schema = core_schema.definitions_schema(keys, list(self.definitions.values()))
+            copied["serialization"] = core_schema.wrap_serializer_function_ser_schema(
+                _KeyCheck(SchemaValidator(schema, cast("CoreConfig", config))), when_used="json"
+            )
         if kind == "model-fields" and plain_any and "extras_schema" not in node:
             allowed = node.get("extra_behavior") or (config or {}).get("extra_fields_behavior")
             if allowed == "allow":  # extra fields are read back as Any values are: check them
@@ -333,6 +340,8 @@ class _Copier:
             if kind in _CHECKS or _constrained(item, config):
                 return True
             if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
+                return True
+            if kind == "dict" and _unsafe_keys(item):
                 return True
             if kind == "definition-ref" and item.get("schema_ref") not in self.definitions:
                 return True  # a definition it cannot see may hold anything, as an Any does
@@ -627,6 +636,65 @@ class _UnionCheck:
             return written
         if type(back) is not type(value) or (back != value and value == value):
             _note.set(f"{UNION}:{type(value).__qualname__}:{type(back).__qualname__}")
+        return written
+
+
+# Dict keys that come back from a JSON object's str keys as themselves. Others may not: a tuple
+# is written "1,2" and None "None", which no load reads back; an int key of str | int comes back
+# a str, and two members of an enum whose values are 1 and "1" come back one.
+_KEYS_READ_BACK = frozenset(
+    {"str", "int", "float", "bool", "bytes", "decimal", "uuid", "date", "datetime", "time"}
+    | {"timedelta"}
+)
+KEY = "key"
+"""The note of a dict key read back as another (followed by ``:written:read``, read empty
+when the key is not read back at all)."""
+
+
+def _unsafe_keys(node: dict[str, Any]) -> bool:
+    """Whether dict schema ``node``'s keys may not come back from JSON as themselves; not for
+    keys of a type with validators of the user's (what they accept is theirs to keep)."""
+    keys = node.get("keys_schema")
+    if not isinstance(keys, dict) or keys.get("type", "any") in _KEYS_READ_BACK:
+        return False
+    if keys.get("type") == "any":
+        return False  # an Any key: the dict's values are checked as an Any field's
+    return not any(item.get("type") in _OPAQUE for item in schema_nodes(keys))
+
+
+class _KeyCheck:
+    """A dict's serializer (see :func:`_unsafe_keys`): notes a key that JSON, whose object keys
+    are strings, would read back as another key, or not at all."""
+
+    __slots__ = ("validator",)
+
+    def __init__(self, validator: SchemaValidator) -> None:
+        self.validator = validator
+
+    def __call__(self, value: Any, handler: Any) -> Any:
+        written = handler(value)
+        if not value or _note.get() is not None:
+            return written
+        try:
+            back = list(self.validator.validate_json(to_json(dict.fromkeys(written))))
+        except ValueError:
+            back = []
+        if len(back) == len(value) and all(
+            type(read) is type(key) and (read == key or key != key)
+            for key, read in zip(value, back, strict=True)
+        ):
+            return written
+        for key, text in zip(value, written, strict=False):
+            try:
+                read: Any = next(iter(self.validator.validate_json(to_json({text: None}))))
+            except ValueError:
+                _note.set(f"{KEY}:{type(key).__qualname__}:")
+                break
+            if type(read) is not type(key) or (read != key and key == key):
+                _note.set(f"{KEY}:{type(key).__qualname__}:{type(read).__qualname__}")
+                break
+        else:  # each key comes back, but two of them as one
+            _note.set(f"{KEY}:{type(next(iter(value))).__qualname__}:")
         return written
 
 

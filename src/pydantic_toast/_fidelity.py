@@ -70,6 +70,11 @@ _UNREADABLE_FIX = (
 )
 
 
+# The wrapping of an error raised inside a serializer the library adds (see _data_schema).
+_OUR_CHECK = re.compile(
+    r"(PydanticSerializationError: )?Error calling function `<pydantic_toast\.[^`]*`: "
+)
+
 # Set while a save checks that its records read back: a record that does not is refused then,
 # not an alert about the data in the store.
 CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False)
@@ -325,6 +330,7 @@ def serialization_refusal(
         )
     else:
         cause = cause.removeprefix("Error serializing to JSON: ")
+        cause = _OUR_CHECK.sub("", cause)  # a failure inside one of the library's own checks
         cause = re.sub(r"character '[^']*'", "a character", cause)  # no user data in messages
         if "invalid utf-8" in cause:  # bytes: Pydantic writes them as UTF-8 text by default
             fix = (
@@ -332,11 +338,13 @@ def serialization_refusal(
                 "val_json_bytes='base64' in the model's config (records written before "
                 "stay UTF-8: bump schema_version if the field holds some)"
             )
-        else:
+        elif "surrogate" in cause:
             fix = (
                 "Lone surrogate characters (from undecodable bytes) cannot be stored: encode "
                 "such data as bytes or clean the string"
             )
+        else:
+            fix = "Give the field a type whose values Pydantic can write as JSON"
         message = (
             f"{cls.__qualname__} cannot be stored: {where} cannot be written as JSON ({cause}); "
             f"nothing was written. {fix}"
@@ -349,7 +357,14 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     ``_data_schema.noted``): a UTC offset with seconds, or a value an Any field would not give
     back. Its fields are serialized one by one to name the first that notes it; ``None`` when
     none does (the note was left by an earlier serialization that failed)."""
-    from pydantic_toast._data_schema import OFFSET, SUBCLASS, UNION, noting, storage_serializer
+    from pydantic_toast._data_schema import (
+        KEY,
+        OFFSET,
+        SUBCLASS,
+        UNION,
+        noting,
+        storage_serializer,
+    )
 
     cls = type(model)
     serializer = storage_serializer(cls)
@@ -381,6 +396,17 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             f"{where} holds a {child} where {base}, a base class of it, is declared: it would "
             f"be written as {base} (without what {child} adds) and come back as {base}; nothing "
             f"was written. Declare it as {child}, or as a union such as {base} | {child}"
+        )
+    elif note.startswith(f"{KEY}:"):
+        _, written, read = note.split(":")
+        back = "another " + read if read == written else "a " + read
+        problem = (
+            f"{where} holds a dict key of type {written} that JSON, whose object keys are "
+            "strings, would "
+            + (f"read back as {back}" if read else "not read back as itself")
+            + "; nothing was written. Use keys of a type that reads back from a string (str, "
+            "int, an enum of str or int values, a date, a UUID...), or store the pairs as a "
+            "list of tuples"
         )
     elif note == OFFSET:
         problem = (

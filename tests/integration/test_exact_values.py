@@ -874,3 +874,60 @@ def test_fields_excluded_from_dumps_are_stored(storage_url: str) -> None:
     assert (loaded.password_hash, loaded.note, loaded.zero) == ("h", "n", 0)
     assert (loaded.inner.hidden, loaded.row.hidden) == ("i", "r")
     assert to_data(loaded) == {"inner": {"shown": 1}, "row": {"shown": 2}}
+
+
+class Pair(enum.Enum):
+    ONE = 1
+    ONE_TEXT = "1"
+
+
+class Grid(BaseModel):
+    cells: dict[tuple[int, int], str]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "read"),
+    [
+        (dict[tuple[int, int], str], {(1, 2): "a"}, ""),
+        (dict[int | None, str], {None: "a"}, ""),
+        (dict[Literal[1, 2], str], {2: "a"}, ""),
+        (dict[str | int, str], {1: "a"}, "a str"),
+        (dict[Pair, str], {Pair.ONE: "a", Pair.ONE_TEXT: "b"}, "another Pair"),
+        (list[Grid], [Grid(cells={(0, 0): "a"})], ""),
+    ],
+)
+def test_dict_keys_json_would_not_give_back_are_refused_naming_the_field(
+    storage_url: str, annotation: Any, value: Any, read: str
+) -> None:
+    """A JSON object's keys are strings: a tuple key was written "1,2" and None "None", which
+    every load then refused; an int key of str | int came back a str, two members of an enum
+    whose values are 1 and "1" came back one. Such a key is refused, naming the field."""
+    cls: Any = model(storage_url, mapping=annotation)
+    instance = cls(mapping=value)
+    with pytest.raises(StorageValidationError) as info:
+        instance.model_dump()
+    assert info.value.field == "mapping"
+    assert "dict key" in str(info.value)
+    assert (f"read back as {read}" if read else "not read back as itself") in str(info.value)
+    assert_not_written(cls, instance)
+
+
+def test_dict_keys_that_json_gives_back_round_trip(storage_url: str) -> None:
+    """Keys of types that read back from a string are stored and come back exactly."""
+    cls: Any = model(
+        storage_url,
+        numbers=dict[int | str, int],
+        flags=dict[Literal["a", "b"], bool],
+        members=dict[Pair, int],
+        small=dict[Wide, int],
+        empty=dict[tuple[int, int], str],
+    )
+    values = {
+        "numbers": {"1": 1, "x": 2},
+        "flags": {"b": True},
+        "members": {Pair.ONE_TEXT: 1},
+        "small": {Wide.SMALL: 1},
+        "empty": {},
+    }
+    loaded = cls.model_validate(cls(**values).model_dump())
+    assert {name: getattr(loaded, name) for name in values} == values
