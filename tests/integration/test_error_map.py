@@ -156,6 +156,65 @@ def test_silent_server_is_a_connect_timeout(scheme: str, option: str, silent_por
     assert_mapped(error, StorageConnectTimeoutError, "timed out", "connect_timeout")
 
 
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """A port whose listener answers any request as an HTTP server would, then hangs up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def answer() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(2)
+                try:
+                    connection.recv(1024)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(("scheme", "kind"), [("postgresql", "PostgreSQL"), ("redis", "Redis")])
+def test_another_service_on_the_port_says_to_check_host_and_port(
+    scheme: str, kind: str, http_port: int
+) -> None:
+    """An HTTP server where the URL points: PostgreSQL said it "does not accept SSL connections
+    but the URL requires SSL" (the URL required none), Redis raised StorageOperationError
+    "refused the connect". Both are a connection error naming host:port."""
+    ledger = model_on(f"{scheme}://app@127.0.0.1:{http_port}/0")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(
+        error,
+        StorageConnectionError,
+        f"{kind} at 127.0.0.1:{http_port} did not answer as a {kind} server",
+        "check the host and port",
+    )
+
+
+@pytest.mark.postgresql
+def test_postgres_without_ssl_when_the_url_requires_it(postgres_database_url: str) -> None:
+    """sslmode=require on a server without SSL names SSL and the fix (the session's servers
+    have no SSL)."""
+    ledger = model_on(f"{postgres_database_url}?sslmode=require")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageConnectionError, "does not accept SSL", "sslmode=prefer")
+
+
 # -- authentication --------------------------------------------------------------------------
 
 

@@ -409,6 +409,12 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
         return _timeout(failure), False
     if name == "ConnectionError" or isinstance(driver, OSError):
         return _unreachable(failure), True
+    if name == "InvalidResponse" and (failure.connecting or failure.operation == "connect"):
+        return StorageConnectionError(
+            f"{where} did not answer as a Redis server does ({name}): check the host and port "
+            "in the URL (another service may listen there)",
+            url=url,
+        ), False
     return StorageOperationError(f"{where} refused the {failure.operation} ({name})"), False
 
 
@@ -505,12 +511,34 @@ def _ssl(exc: BaseException, failure: Failure) -> Translation:
                 url=failure.url.masked,
             ), False
         if isinstance(error, ConnectionError) and "SSL" in str(error):
-            return StorageConnectionError(
-                f"{failure.where} does not accept SSL connections but the URL requires SSL: "
-                "enable SSL on the server or use sslmode=prefer or disable",
-                url=failure.url.masked,
-            ), False
+            return _ssl_refused(str(error), failure), False
     return None
+
+
+_SSL_REQUIRED = frozenset({"require", "verify-ca", "verify-full"})
+
+
+def _ssl_refused(message: str, failure: Failure) -> StorageConnectionError:
+    """asyncpg's answer to a reply to its SSL request that is not "S": "rejected SSL upgrade"
+    for "N" when the URL requires SSL, and for a reply that is not PostgreSQL's at all (the
+    only reason when SSL is optional); an error response, whose text it does not show."""
+    if "error response" in message:
+        problem = (
+            "answered the request for SSL with an error (its text is not shown: it comes "
+            "before encryption): check the server's log"
+        )
+    elif failure.url.query.get("sslmode") in _SSL_REQUIRED:
+        problem = (
+            "does not accept SSL connections but the URL requires SSL: enable SSL on the "
+            "server or use sslmode=prefer or disable (or, if it is not a PostgreSQL server, "
+            "check the host and port in the URL)"
+        )
+    else:
+        problem = (
+            "did not answer as a PostgreSQL server does: check the host and port in the URL "
+            "(another service may listen there)"
+        )
+    return StorageConnectionError(f"{failure.where} {problem}", url=failure.url.masked)
 
 
 def _redis_closed_under(exc: BaseException, failure: Failure) -> Translation:
