@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ MIN_KEY_BYTES = 32
 
 _VERSION = "pydantic-toast reference signature v1"
 _SIGNATURE_CHARS = 43  # 32 bytes of HMAC-SHA256, base64url without padding
+_SIGNATURE = re.compile(f"[A-Za-z0-9_-]{{{_SIGNATURE_CHARS}}}")
 _SIGNED_KEYS = frozenset(("class_name", "id", "signature"))
 _EXPIRING_KEYS = _SIGNED_KEYS | {"expires_at"}
 
@@ -192,7 +194,9 @@ def parse_signed(value: object) -> tuple[ParsedReference, str, int | None] | Non
     assert parsed is not None  # the two keys are there
     signature: Any = value["signature"]
     expires_at: Any = value.get("expires_at")
-    if not isinstance(signature, str) or len(signature) != _SIGNATURE_CHARS:
+    # Only base64url: a lone surrogate (a "\\ud800" escape in JSON) failed to encode inside
+    # the check, an error other than InvalidReferenceError (a 500 in FastAPI).
+    if not isinstance(signature, str) or _SIGNATURE.fullmatch(signature) is None:
         raise InvalidReferenceError(
             f"the {parsed[0]} reference's signature is malformed: pass it exactly as received",
             class_name=parsed[0],

@@ -78,11 +78,18 @@ def test_expired_reference_is_refused() -> None:
 
 
 def test_unsigned_and_malformed_references_are_refused() -> None:
+    """An unsigned reference, and a signature or expiry of the wrong shape (a signature not in
+    base64url: lone surrogates failed to encode, a 500 in FastAPI), are InvalidReferenceError."""
     keys = SigningKeys(KEY)
     with pytest.raises(InvalidReferenceError, match="unsigned reference is refused"):
         verify_reference(reference(), keys)
     signed = sign_reference(reference(), keys)
-    for broken in ({**signed, "signature": "short"}, {**signed, "expires_at": "soon"}):
+    for broken in (
+        {**signed, "signature": "short"},
+        {**signed, "signature": "\ud800" * 43},  # a JSON escape can send a lone surrogate
+        {**signed, "signature": "\u00e9" * 43},
+        {**signed, "expires_at": "soon"},
+    ):
         with pytest.raises(InvalidReferenceError, match=r"malformed|Unix time"):
             verify_reference(broken, keys)
     with pytest.raises(InvalidReferenceError, match="not a model's data"):
