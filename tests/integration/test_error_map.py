@@ -559,7 +559,25 @@ def test_postgres_not_migrated(postgres_admin_url: str) -> None:
     with throwaway_database(postgres_admin_url, "toast_bare_") as url:
         ledger = model_on(url)
         error = raised(lambda: ledger(text="x").model_dump())
-    assert_mapped(error, StorageSchemaError, "external_records does not exist", "migrate")
+    assert_mapped(error, StorageSchemaError, "does not exist", "not migrated", "migrate")
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize(
+    ("revision", "missing"),
+    [("0003_record_revisions", "table external_record_counts"), ("0004_record_counts", "column")],
+)
+def test_postgres_migrated_by_an_older_version_names_what_is_missing(
+    postgres_admin_url: str, revision: str, missing: str
+) -> None:
+    """A database migrated to an older revision said "the table external_records does not
+    exist" (it does: another table or a column is missing); the message names what is."""
+    with throwaway_database(postgres_admin_url, "toast_old_") as url:
+        assert toast_cli(["migrate", "--revision", revision, url]) == 0
+        ledger = model_on(url)
+        error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageSchemaError, f"the {missing} ", "older pydantic-toast", "migrate")
+    assert "external_records does not" not in str(error)
 
 
 @pytest.mark.sqlite

@@ -18,6 +18,7 @@ may travel with the library's errors.
 
 from __future__ import annotations
 
+import re
 import ssl
 import traceback
 from collections.abc import Callable, Iterator
@@ -186,9 +187,9 @@ def _postgres(
 ) -> tuple[ExternalStorageError, bool]:
     url, where = failure.url.masked, failure.where
     if sqlstate in ("42P01", "42703"):
-        missing = "table external_records does not" if sqlstate == "42P01" else "columns do not"
         return StorageSchemaError(
-            f"the {missing} exist in database {failure.database} on {where}: {MIGRATE_HINT}",
+            f"the {_missing(exc, sqlstate)} does not exist in database {failure.database} on "
+            f"{where} (not migrated, or migrated by an older pydantic-toast): {MIGRATE_HINT}",
             url=url,
         ), False
     if sqlstate in ("28P01", "28000"):
@@ -256,6 +257,22 @@ def _postgres(
     return StorageOperationError(
         f"{where} refused the {failure.operation} (SQLSTATE {sqlstate})"
     ), False
+
+
+# PostgreSQL's message names the missing table or column: the library's own, never user data.
+_UNDEFINED = re.compile(r'^(relation|column) "?(?:\w+\.)?(\w+)"? (?:of relation "\w+" )?does not')
+
+
+def _missing(exc: BaseException, sqlstate: str) -> str:
+    """``table <name>`` or ``column <name>`` from the undefined object's error, or a general
+    phrase: after an upgrade, the table that is missing may be another than external_records."""
+    for error in _chain(exc):
+        if getattr(error, "sqlstate", None) == sqlstate:
+            found = _UNDEFINED.match(str(error))
+            if found is not None:
+                kind = "table" if found.group(1) == "relation" else "column"
+                return f"{kind} {found.group(2)}"
+    return "table external_records" if sqlstate == "42P01" else "column"
 
 
 # -- the other drivers, rule by rule -----------------------------------------------------------
