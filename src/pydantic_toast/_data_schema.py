@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, time
 from typing import Any, TypeVar, cast
 
+import pydantic.types
 from pydantic_core import (
     CoreConfig,
     PydanticSerializationUnexpectedValue,
@@ -291,6 +292,8 @@ class _Copier:
         if kind in _FIELDS:
             for key in _EXCLUSIONS:
                 copied.pop(key, None)
+        if _is_secret(node):
+            copied["serialization"] = _secret_serializer(copied)
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -341,6 +344,8 @@ class _Copier:
                 return True
             if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
                 return True
+            if _is_secret(item):
+                return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
             if kind == "definition-ref" and item.get("schema_ref") not in self.definitions:
@@ -373,6 +378,42 @@ class _Copier:
             inlined["cls"] = _stand_in(cls, shadows)
             choices.append((inlined, choice[1]) if isinstance(choice, tuple) else inlined)
         return {**union, "choices": choices}
+
+
+# SecretStr, SecretBytes and Secret[T] write "**********" as JSON: stored so, the secret was
+# lost. Stored JSON holds the secret; the models' own dumps keep masking it.
+_SECRET_SERIALIZERS = frozenset(
+    function
+    for function in (
+        getattr(pydantic.types, "_serialize_secret_field", None),
+        getattr(pydantic.types, "_serialize_secret", None),
+    )
+    if function is not None
+)
+
+
+def _is_secret(node: dict[str, Any]) -> bool:
+    """Whether schema ``node`` is a Pydantic secret type's (its serializer masks the value)."""
+    serialization = node.get("serialization")
+    return (
+        isinstance(serialization, dict)
+        and serialization.get("function") in _SECRET_SERIALIZERS
+        and node.get("type") in ("lax-or-strict", "json-or-python")
+    )
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value()
+
+
+def _secret_serializer(node: dict[str, Any]) -> dict[str, Any]:
+    """A serializer writing the secret of secret type schema ``node`` as its inner type does."""
+    either = node.get("lax_schema", node)  # SecretStr, SecretBytes: lax or strict; Secret[T]
+    inner = either.get("json_schema", {}).get("schema", core_schema.any_schema())
+    serializer = core_schema.plain_serializer_function_ser_schema(
+        _reveal, return_schema=inner, when_used="unless-none"
+    )
+    return cast("dict[str, Any]", serializer)
 
 
 def _stand_in(original: type, shadows: tuple[type, ...]) -> type:

@@ -22,6 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Secret,
+    SecretBytes,
+    SecretStr,
     StringConstraints,
     field_serializer,
     model_serializer,
@@ -931,3 +934,38 @@ def test_dict_keys_that_json_gives_back_round_trip(storage_url: str) -> None:
     }
     loaded = cls.model_validate(cls(**values).model_dump())
     assert {name: getattr(loaded, name) for name in values} == values
+
+
+class Credentials(BaseModel):
+    token: SecretStr
+
+
+def test_secret_values_are_stored_and_stay_masked_in_dumps(storage_url: str) -> None:
+    """SecretStr, SecretBytes and Secret[T] write "**********" as JSON: the record held the
+    mask and the secret was lost on every backend. Stored JSON holds the secret, in plain
+    models inside too; to_data and the models' own dumps keep masking it."""
+    cls: Any = model(
+        storage_url,
+        password=SecretStr,
+        key=SecretBytes,
+        pin=Secret[int],
+        tokens=list[SecretStr],
+        credentials=Credentials,
+    )
+    original = cls(
+        password="hunter2",
+        key=b"raw key",
+        pin=1234,
+        tokens=["a"],
+        credentials=Credentials(token="tok"),
+    )
+    loaded = cls.model_validate(original.model_dump())
+    assert loaded.password.get_secret_value() == "hunter2"
+    assert loaded.key.get_secret_value() == b"raw key"
+    assert loaded.pin.get_secret_value() == 1234
+    assert [token.get_secret_value() for token in loaded.tokens] == ["a"]
+    assert loaded.credentials.token.get_secret_value() == "tok"
+    shown = json.dumps(to_data(loaded, mode="json"))
+    for secret in ("hunter2", "raw key", "1234", '"tok"'):
+        assert secret not in shown
+    assert "hunter2" not in Credentials(token="hunter2").model_dump_json()
