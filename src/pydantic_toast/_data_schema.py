@@ -50,6 +50,7 @@ from pydantic_toast._schema_walk import schema_nodes
 __all__ = [
     "KEY",
     "OFFSET",
+    "ONE_PASS",
     "OUTSIDE",
     "SUBCLASS",
     "UNION",
@@ -294,6 +295,8 @@ class _Copier:
                 copied.pop(key, None)
         if _is_secret(node):
             copied["serialization"] = _secret_serializer(copied)
+        if kind == "generator" and "serialization" not in node:
+            copied["serialization"] = _ONE_PASS_CHECK
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -344,7 +347,7 @@ class _Copier:
                 return True
             if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
                 return True
-            if _is_secret(item):
+            if _is_secret(item) or kind == "generator":
                 return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
@@ -520,6 +523,19 @@ _CHECKS = {
         ("any", _json_value),
     )
 }
+
+
+# An Iterable field holds a one-pass iterator: writing it consumes it, so the instance's next
+# save stored it empty (and so did anything else that serialized it in between).
+ONE_PASS = "one-pass"
+"""The note of an Iterable field's iterator, which a save would consume."""
+
+
+def _one_pass(value: Any) -> None:
+    _note.set(ONE_PASS)  # refused: the iterator is left as it is
+
+
+_ONE_PASS_CHECK = core_schema.plain_serializer_function_ser_schema(_one_pass, when_used="json")
 
 
 # Constraints Pydantic's serializers do not check: a value outside them (put there by

@@ -360,6 +360,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     from pydantic_toast._data_schema import (
         KEY,
         OFFSET,
+        ONE_PASS,
         SUBCLASS,
         UNION,
         noting,
@@ -407,6 +408,12 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             + "; nothing was written. Use keys of a type that reads back from a string (str, "
             "int, an enum of str or int values, a date, a UUID...), or store the pairs as a "
             "list of tuples"
+        )
+    elif note == ONE_PASS:
+        problem = (
+            f"{where} holds an Iterable, which Pydantic validates into a one-pass iterator: "
+            "storing it would consume it, and the next save would store it empty; nothing was "
+            "written. Type the field list[...] or Sequence[...] instead"
         )
     elif note == OFFSET:
         problem = (

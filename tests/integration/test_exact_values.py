@@ -8,6 +8,7 @@ import enum
 import json
 import logging
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta, timezone
 from typing import Annotated, Any, Literal
 from uuid import uuid4
@@ -969,3 +970,24 @@ def test_secret_values_are_stored_and_stay_masked_in_dumps(storage_url: str) -> 
     for secret in ("hunter2", "raw key", "1234", '"tok"'):
         assert secret not in shown
     assert "hunter2" not in Credentials(token="hunter2").model_dump_json()
+
+
+class Stream(BaseModel):
+    values: Iterable[int]
+
+
+def test_iterable_fields_are_refused_and_left_unconsumed(storage_url: str) -> None:
+    """An Iterable field holds a one-pass iterator: the first save consumed it and the next
+    one stored it empty. Such a field is refused, naming it, and its iterator is left as it
+    was, in the external model and in a plain model inside it."""
+    flat: Any = model(storage_url, values=Iterable[int])
+    nested: Any = model(storage_url, stream=Stream)
+    for cls, instance, field, left in (
+        (flat, flat(values=[1, 2]), "values", lambda i: i.values),
+        (nested, nested(stream=Stream(values=[3])), "stream", lambda i: i.stream.values),
+    ):
+        with pytest.raises(StorageValidationError, match="one-pass iterator") as info:
+            instance.model_dump()
+        assert info.value.field == field
+        assert list(left(instance))
+        assert_not_written(cls, instance)
