@@ -303,6 +303,8 @@ class _Copier:
                 copied["serialization"] = check
         if kind in _CHECKS and "serialization" not in copied and (plain_any or kind != "any"):
             copied["serialization"] = _CHECKS[kind]
+        if _any_hashable(node) and plain_any and "serialization" not in copied:
+            copied["serialization"] = _CHECKS["any"]  # a tuple came back a list: unhashable
         if kind == "union" and plain and "serialization" not in node and _ambiguous(node):
             schema = core_schema.definitions_schema(node, list(self.definitions.values()))
             copied["serialization"] = core_schema.wrap_serializer_function_ser_schema(
@@ -347,7 +349,7 @@ class _Copier:
                 return True
             if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
                 return True
-            if _is_secret(item) or kind == "generator":
+            if _is_secret(item) or kind == "generator" or _any_hashable(item):
                 return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
@@ -393,6 +395,11 @@ _SECRET_SERIALIZERS = frozenset(
     )
     if function is not None
 )
+
+
+def _any_hashable(node: dict[str, Any]) -> bool:
+    """Whether schema ``node`` is ``Hashable``'s: any hashable value, written as an Any's is."""
+    return node.get("type") == "custom-error" and node.get("custom_error_type") == "is_hashable"
 
 
 def _is_secret(node: dict[str, Any]) -> bool:

@@ -424,11 +424,11 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
         )
     else:
         problem = (
-            f"{where} holds a {note} inside a value of type Any, which JSON cannot keep (it "
-            "would come back as a str, list or dict); nothing was written. Give the field a "
-            "type that says what it holds (e.g. datetime, or tuple[int, ...]), or convert the "
-            "value to JSON's own types (None, bool, int, float, str, list, dict with str keys) "
-            "first"
+            f"{where} holds a {note} inside a value of type Any (or Hashable), which JSON cannot "
+            "keep (it would come back as a str, list or dict); nothing was written. Give the "
+            "field a type that says what it holds (e.g. datetime, or tuple[int, ...]), or "
+            "convert the value to JSON's own types (None, bool, int, float, str, list, dict with "
+            "str keys) first"
         )
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: {problem}", class_name=_name(cls), field=field
