@@ -658,6 +658,12 @@ _PARSES_STRINGS = frozenset(
     {"datetime", "date", "time", "timedelta", "uuid", "bytes", "decimal", "url", "multi-host-url"}
 )
 _ARRAYS = frozenset({"list", "tuple", "set", "frozenset"})
+# Members reading a JSON string or number back: two of them may take each other's values (a
+# time in timedelta | time comes back a timedelta, bytes in bytes | Decimal a Decimal); an enum
+# or a Literal next to its value's type gives its member back as a plain int or str.
+_READS_STRINGS = _PARSES_STRINGS | {"str", "enum", "literal"}
+_CHOSEN = frozenset({"enum", "literal"})
+_READS_NUMBERS = frozenset({"int", "float", "decimal", "bool"}) | _CHOSEN
 _OPAQUE = frozenset({"model", "dataclass", "typed-dict", "definition-ref", *_FUNCTIONS})
 UNION = "union"
 """The note of a union member read back as another (followed by ``:written:read``)."""
@@ -670,15 +676,20 @@ _CLASSES = frozenset({"model", "dataclass"})
 def _ambiguous(union: dict[str, Any]) -> bool:
     """Whether a value of one of ``union``'s members may be read back as another's; only for
     unions of plain data (no models, dataclasses or functions, which the check would run)."""
-    kinds = set()
+    kinds = []
     for choice in union.get("choices", []):
         schema = choice[0] if isinstance(choice, tuple) else choice
         for node in schema_nodes(schema):
             if node.get("type") in _OPAQUE:
                 return False
         if isinstance(schema, dict):
-            kinds.add(schema.get("type"))
-    return ("str" in kinds and bool(kinds & _PARSES_STRINGS)) or len(kinds & _ARRAYS) > 1
+            kinds.append(schema.get("type"))
+    numbers = {kind for kind in kinds if kind in _READS_NUMBERS}
+    return (
+        sum(kind in _READS_STRINGS for kind in kinds) > 1
+        or (len(numbers) > 1 and bool(numbers & _CHOSEN))
+        or len(set(kinds) & _ARRAYS) > 1
+    )
 
 
 class _UnionCheck:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -274,6 +276,14 @@ def test_discriminated_union_json_schema_is_unchanged(memory_url: str) -> None:
     assert set(schema["discriminator"]["mapping"]) == {"cat", "dog"}
 
 
+class Level(enum.IntEnum):
+    HIGH = 2
+
+
+class Shade(enum.Enum):
+    DARK = "dark"
+
+
 _READ_BACK_AS_ANOTHER = [
     (
         datetime | str,
@@ -286,6 +296,13 @@ _READ_BACK_AS_ANOTHER = [
     (timedelta | str, "PT1S", "read back as a timedelta"),
     (list[int] | tuple[int, ...], (1, 2), "a tuple that its union type would read back as a list"),
     (list[datetime | str], ["ok", "2020-01-01T00:00:00"], "read back as a datetime"),
+    # Members that both read strings or numbers, without a str member (found unchecked by an
+    # adversarial test: stored, and read back as the other member).
+    (timedelta | time, time(1), "a time that its union type would read back as a timedelta"),
+    (bytes | Decimal, Decimal("1"), "a Decimal that its union type would read back as a bytes"),
+    (int | Level, Level.HIGH, "a Level that its union type would read back as a int"),
+    (Level | int, Level.HIGH, "a Level that its union type would read back as a int"),
+    (str | Shade, Shade.DARK, "a Shade that its union type would read back as a str"),
 ]
 
 
@@ -317,6 +334,10 @@ def test_a_union_member_read_back_as_another_is_refused(
         (int | str, "1"),
         (float | str, float("inf")),
         (str | None, "2020-01-01"),
+        (Level | int, 7),
+        (Shade | str, "other"),
+        (datetime | date, date(2020, 1, 1)),
+        (int | Decimal, Decimal("1.5")),
     ],
 )
 def test_union_members_read_back_as_themselves_are_stored(
