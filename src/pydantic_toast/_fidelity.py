@@ -40,6 +40,7 @@ __all__ = [
     "field_names",
     "is_too_long",
     "locate",
+    "may_be_too_deep",
     "may_be_unreadable",
     "noted_refusal",
     "serialization_refusal",
@@ -56,6 +57,7 @@ DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
 # too: they only cost a validation.
 _NINETEEN_DIGITS = b"0" * 19
 _INT_DIGITS_LIMIT = 4300
+_DEPTH_LIMIT = 200  # jiter's recursion limit, Pydantic's JSON parser's
 # Pydantic's name for a value that is not of its field's type (a warning, raised as an error).
 _UNEXPECTED = "PydanticSerializationUnexpectedValue"
 _UNVALIDATED = (
@@ -66,7 +68,8 @@ _UNVALIDATED = (
 _UNREADABLE_FIX = (
     "Integers of more than 4,300 digits cannot be read back by Pydantic (store them as str or "
     "Decimal), nor IntEnum members outside the signed 64-bit range in an enum that also has "
-    "members inside it"
+    "members inside it, nor values nested more than 200 levels deep (Pydantic's JSON parser "
+    "stops there)"
 )
 
 
@@ -81,9 +84,26 @@ CHECKING: ContextVar[bool] = ContextVar("pydantic_toast_checking", default=False
 
 
 def may_be_unreadable(data: bytes) -> bool:
-    """Whether ``data`` may hold an integer that does not read back (19 digits in a row)."""
+    """Whether ``data`` may hold an integer that does not read back (19 digits in a row), or
+    nest deeper than Pydantic's JSON parser reads (see :func:`may_be_too_deep`)."""
     # find, not ``in``: ``in`` formats and discards a TypeError first (2k instructions).
-    return digits_as_zero(data).find(_NINETEEN_DIGITS) >= 0
+    return digits_as_zero(data).find(_NINETEEN_DIGITS) >= 0 or may_be_too_deep(data)
+
+
+def may_be_too_deep(data: bytes) -> bool:
+    """Whether ``data`` may nest arrays and objects deeper than Pydantic's JSON parser reads.
+
+    Its serializer writes values nested up to about 300 levels, its parser stops at 200: such a
+    record was written and every load failed. Fewer than 200 brackets cannot nest that deep;
+    with more, parsing the JSON alone (no validation) tells.
+    """
+    if len(data) <= 2 * _DEPTH_LIMIT or data.count(b"[") + data.count(b"{") < _DEPTH_LIMIT:
+        return False
+    try:
+        pydantic_core.from_json(data, cache_strings=False)
+    except ValueError:
+        return True
+    return False
 
 
 # The last record's translation: a save scans its JSON here, then a backend that checks numbers
@@ -338,6 +358,8 @@ def serialization_refusal(
                 "val_json_bytes='base64' in the model's config (records written before "
                 "stay UTF-8: bump schema_version if the field holds some)"
             )
+        elif "depth" in cause:
+            fix = "Pydantic's JSON parser reads values nested 200 levels deep at most: nest less"
         elif "surrogate" in cause:
             fix = (
                 "Lone surrogate characters (from undecodable bytes) cannot be stored: encode "

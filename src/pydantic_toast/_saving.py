@@ -466,6 +466,7 @@ class SaveBatch:
             and plan.holds(model.__dict__)
         ):
             without_floats = not plan.floats
+            suspect = _fidelity.may_be_too_deep(data)
         else:
             without_floats = False
             suspect = _fidelity.may_be_unreadable(data)

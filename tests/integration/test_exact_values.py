@@ -1003,3 +1003,27 @@ def test_a_hashable_field_holding_a_tuple_is_refused(storage_url: str) -> None:
     assert info.value.field == "key"
     assert_not_written(cls, bad)
     assert cls.model_validate(cls(key="k").model_dump()).key == "k"
+
+
+def test_values_nested_deeper_than_json_reads_are_refused(storage_url: str) -> None:
+    """Pydantic writes values nested up to about 300 levels but reads 200 at most: a value 250
+    levels deep was written and every load failed. Such a record is refused; 150 levels round
+    trip."""
+    cls: Any = model(storage_url, tree=Any)
+
+    def nested(depth: int) -> list[Any]:
+        root: list[Any] = []
+        inner = root
+        for _ in range(depth):
+            inner.append([])
+            inner = inner[0]
+        return root
+
+    bad = cls(tree=nested(250))
+    with pytest.raises(StorageValidationError, match="recursion limit") as info:
+        bad.model_dump()
+    assert "200 levels" in str(info.value)
+    assert_not_written(cls, bad)
+    with pytest.raises(StorageValidationError, match="200 levels"):
+        cls(tree=nested(350)).model_dump()
+    assert cls.model_validate(cls(tree=nested(150)).model_dump()).tree == nested(150)
