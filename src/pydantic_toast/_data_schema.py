@@ -26,6 +26,7 @@ value, a bound, a length: Pydantic's serializers check types only) fail during s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, time
@@ -48,6 +49,7 @@ from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 from pydantic_toast._schema_walk import schema_nodes
 
 __all__ = [
+    "FLAGS",
     "KEY",
     "OFFSET",
     "ONE_PASS",
@@ -297,6 +299,8 @@ class _Copier:
             copied["serialization"] = _secret_serializer(copied)
         if kind == "generator" and "serialization" not in node:
             copied["serialization"] = _ONE_PASS_CHECK
+        if _is_pattern(node):
+            copied["serialization"] = _FLAGS_CHECK
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -349,7 +353,7 @@ class _Copier:
                 return True
             if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
                 return True
-            if _is_secret(item) or kind == "generator" or _any_hashable(item):
+            if _is_secret(item) or kind == "generator" or _any_hashable(item) or _is_pattern(item):
                 return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
@@ -543,6 +547,32 @@ def _one_pass(value: Any) -> None:
 
 
 _ONE_PASS_CHECK = core_schema.plain_serializer_function_ser_schema(_one_pass, when_used="json")
+
+
+# A compiled pattern is written as its text: flags given to re.compile (not inline in the
+# text, as (?i)) came back lost.
+FLAGS = "flags"
+"""The note of a compiled pattern whose flags its text does not hold."""
+
+
+def _is_pattern(node: dict[str, Any]) -> bool:
+    """Whether schema ``node`` is a compiled pattern's (``re.Pattern``)."""
+    serialization = node.get("serialization")
+    return (
+        isinstance(serialization, dict)
+        and repr(serialization.get("function")) == "operator.attrgetter('pattern')"
+    )
+
+
+def _pattern_text(value: Any) -> Any:
+    if value.flags != re.compile(value.pattern).flags:
+        _note.set(FLAGS)
+    return value.pattern
+
+
+_FLAGS_CHECK = core_schema.plain_serializer_function_ser_schema(
+    _pattern_text, return_schema=core_schema.str_schema(), when_used="json"
+)
 
 
 # Constraints Pydantic's serializers do not check: a value outside them (put there by

@@ -380,6 +380,7 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     back. Its fields are serialized one by one to name the first that notes it; ``None`` when
     none does (the note was left by an earlier serialization that failed)."""
     from pydantic_toast._data_schema import (
+        FLAGS,
         KEY,
         OFFSET,
         ONE_PASS,
@@ -430,6 +431,12 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             + "; nothing was written. Use keys of a type that reads back from a string (str, "
             "int, an enum of str or int values, a date, a UUID...), or store the pairs as a "
             "list of tuples"
+        )
+    elif note == FLAGS:
+        problem = (
+            f"{where} holds a compiled pattern with flags given to re.compile, which Pydantic "
+            "writes as the pattern's text alone, so it would come back without them; nothing "
+            "was written. Write the flags inline in the pattern instead, e.g. re.compile('(?i)a')"
         )
     elif note == ONE_PASS:
         problem = (
