@@ -465,8 +465,7 @@ class SaveBatch:
             and serialized is model
             and plan.holds(model.__dict__)
         ):
-            without_floats = not plan.floats
-            suspect = _fidelity.may_be_too_deep(data)
+            without_floats = not plan.floats  # (and its fields nest two levels at most)
         else:
             without_floats = False
             suspect = _fidelity.may_be_unreadable(data)
