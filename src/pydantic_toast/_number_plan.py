@@ -25,10 +25,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-__all__ = ["SCAN", "WORTH_CHECKING", "NumberPlan", "number_plan"]
+__all__ = ["SCAN", "NumberPlan", "number_plan"]
 
-# Below this size of JSON, scanning always costs less than looking at the plan at all.
-WORTH_CHECKING = 1024
 # An integer below 10**18 in magnitude has at most 18 digits: the scan would not flag it.
 _SMALL = 10**18
 _INTS = frozenset({int})

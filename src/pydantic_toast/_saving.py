@@ -455,7 +455,7 @@ class SaveBatch:
             return
         # A large record of a class whose schema rules out long integers (see _number_plan)
         # needs no scan when its values are of their fields' types (and its integers short).
-        plan = _plan_of(type(model)) if len(data) > _number_plan.WORTH_CHECKING else None
+        plan = _plan_of(type(model)) if len(data) > _fidelity.SHALLOW_UP_TO else None
         suspect = False
         if trusted:  # the values were checked: no long integer
             without_floats = plan is not None and not plan.floats
@@ -468,7 +468,10 @@ class SaveBatch:
             without_floats = not plan.floats  # (and its fields nest two levels at most)
         else:
             without_floats = False
-            suspect = _fidelity.may_be_unreadable(data)
+            # A class with a number plan has simple fields, which nest two levels at most.
+            suspect = _fidelity.may_be_unreadable(data) or (
+                plan is None and _fidelity.may_be_too_deep(data)
+            )
         checked = not (self.force or settings.last_write_wins)
         record = new_record(
             settings.external_name,
