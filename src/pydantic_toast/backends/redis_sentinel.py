@@ -25,7 +25,6 @@ primary until the sentinels demote it, and drops what it acknowledged meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Final
@@ -38,10 +37,21 @@ from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.base import Capability, batch_size_of
 
-__all__ = ["PRIMARY_CHECK_EVERY", "RedisSentinelBackend"]
+__all__ = [
+    "PRIMARY_CHECK_EVERY",
+    "PRIMARY_CHECK_RETRY",
+    "PRIMARY_CHECK_WAIT",
+    "RedisSentinelBackend",
+]
 
 PRIMARY_CHECK_EVERY: Final = 1.0
 """Seconds between two questions to the sentinels about which node is the primary."""
+PRIMARY_CHECK_WAIT: Final = 1.0
+"""Seconds the commands due wait at most for the sentinels' answer (redis-py asks them one
+after another, each within the socket timeouts): unanswered, the commands go on as they
+would, and the sentinels are asked again :data:`PRIMARY_CHECK_RETRY` later, not at once."""
+PRIMARY_CHECK_RETRY: Final = 10.0
+"""Seconds after an unanswered question before the sentinels are asked again."""
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
@@ -153,8 +163,13 @@ class RedisSentinelBackend(single.RedisBackend):
             if not due or self._client is None:
                 return
             pool = self._client.connection_pool
-            with contextlib.suppress(Exception):  # no answer: the commands go as they would
-                await pool.get_master_address()  # type: ignore[attr-defined]
+            try:
+                async with asyncio.timeout(PRIMARY_CHECK_WAIT):
+                    await pool.get_master_address()  # type: ignore[attr-defined]
+            except Exception:  # no answer in time: the commands go as they would
+                delay = PRIMARY_CHECK_RETRY - PRIMARY_CHECK_EVERY
+                self._primary_checked_at = time.monotonic() + delay
+                return
             self._primary_checked_at = time.monotonic()
 
     async def disconnect(self) -> None:
