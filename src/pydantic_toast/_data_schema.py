@@ -205,9 +205,22 @@ _FUNCTIONS = frozenset({"function-before", "function-after", "function-wrap", "f
 # The core schemas that carry a config of their own, read by the serializers inside them.
 _CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
 # A field's Field(exclude=True) or exclude_if hides it from the model's own dumps (an API's
-# responses); stored JSON keeps every field, or the record would come back without it.
+# responses). Stored JSON keeps a field exclude_if leaves out (its value would come back as
+# the default, or not load) and a required one exclude=True leaves out; exclude=True on a
+# field with a default says it is not data (a client, a cache): it comes back as the default.
 _FIELDS = frozenset({"model-field", "dataclass-field", "typed-dict-field"})
-_EXCLUSIONS = ("serialization_exclude", "serialization_exclude_if")
+
+
+def _stored_despite_exclusion(field: dict[str, Any]) -> tuple[str, ...]:
+    """The exclusion keys of ``field`` (a core schema field) that stored JSON ignores."""
+    ignored: tuple[str, ...] = ()
+    if field.get("serialization_exclude_if"):
+        ignored += ("serialization_exclude_if",)
+    inner = field.get("schema", {})
+    required = field.get("required", True) and inner.get("type") != "default"
+    if field.get("serialization_exclude") and required:
+        ignored += ("serialization_exclude",)
+    return ignored
 
 
 # What stored JSON writes whatever a class's config says: NaN and the infinities as constants,
@@ -293,8 +306,8 @@ class _Copier:
             for key, value in node.items()
         }
         if kind in _FIELDS:
-            for key in _EXCLUSIONS:
-                copied.pop(key, None)
+            for key in _stored_despite_exclusion(node):
+                del copied[key]
         if _is_secret(node):
             copied["serialization"] = _secret_serializer(copied)
         if kind == "generator" and "serialization" not in node:
@@ -351,7 +364,7 @@ class _Copier:
             kind = item.get("type")
             if kind in _CHECKS or _constrained(item, config):
                 return True
-            if kind in _FIELDS and any(item.get(key) for key in _EXCLUSIONS):
+            if kind in _FIELDS and _stored_despite_exclusion(item):
                 return True
             if _is_secret(item) or kind == "generator" or _any_hashable(item) or _is_pattern(item):
                 return True

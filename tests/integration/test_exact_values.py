@@ -840,6 +840,10 @@ class Hidden(BaseModel):
     hidden: str = Field(default="", exclude=True)
 
 
+class Handle:
+    """Not data: a client, a cache (no JSON form)."""
+
+
 @pydantic.dataclasses.dataclass
 class HiddenRow:
     shown: int
@@ -847,9 +851,10 @@ class HiddenRow:
 
 
 def test_fields_excluded_from_dumps_are_stored(storage_url: str) -> None:
-    """Field(exclude=True) and exclude_if hide a field from the models' own dumps (an API's
-    responses), not from the store: a required one made every load fail, one with a default
-    came back as the default, in the external model and in plain models inside it."""
+    """Field(exclude=True) on a required field and exclude_if hide a field from the models'
+    own dumps (an API's responses), not from the store (a required one made every load fail,
+    one with a default came back as the default), in the external model and in plain models
+    inside it. exclude=True on a field with a default says it is not data: not stored."""
     config = ExternalConfigDict(storage=storage_url, external_name=f"Hidden{uuid4().hex}")
     cls: Any = type(
         "Account",
@@ -864,7 +869,7 @@ def test_fields_excluded_from_dumps_are_stored(storage_url: str) -> None:
             },
             "password_hash": Field(exclude=True),
             "note": Field(default="", exclude=True),
-            "zero": Field(exclude_if=lambda value: value == 0),
+            "zero": Field(default=5, exclude_if=lambda value: value == 0),
             "model_config": config,
         },
     )
@@ -876,9 +881,31 @@ def test_fields_excluded_from_dumps_are_stored(storage_url: str) -> None:
         row=HiddenRow(shown=2, hidden="r"),
     )
     loaded = cls.model_validate(original.model_dump())
-    assert (loaded.password_hash, loaded.note, loaded.zero) == ("h", "n", 0)
-    assert (loaded.inner.hidden, loaded.row.hidden) == ("i", "r")
+    assert (loaded.password_hash, loaded.note, loaded.zero) == ("h", "", 0)
+    assert (loaded.inner.hidden, loaded.row.hidden) == ("", "")
     assert to_data(loaded) == {"inner": {"shown": 1}, "row": {"shown": 2}}
+
+
+def test_a_field_excluded_with_a_default_is_not_data(storage_url: str) -> None:
+    """Field(default=..., exclude=True) on a value with no JSON form (a client, a cache): the
+    record is stored without it and it comes back as the default (storing it failed every
+    save with "cannot be written as JSON")."""
+    config = ExternalConfigDict(
+        storage=storage_url,
+        external_name=f"Handled{uuid4().hex}",
+        arbitrary_types_allowed=True,
+    )
+    cls: Any = type(
+        "Service",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"name": str, "client": Handle | None},
+            "client": Field(default=None, exclude=True),
+            "model_config": config,
+        },
+    )
+    loaded = cls.model_validate(cls(name="svc", client=Handle()).model_dump())
+    assert (loaded.name, loaded.client) == ("svc", None)
 
 
 class Pair(enum.Enum):
