@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,7 @@ __all__ = [
     "check_batch_size",
     "new_record",
     "read_record",
+    "written_by",
 ]
 
 RecordKey = tuple[str, UUID]
@@ -399,3 +401,27 @@ def _corrupt(class_name: str, id: UUID, detail: str) -> StoredDataError:
         class_name=class_name,
         id=id,
     )
+
+
+def written_by(record: StoredRecord, found: StoredRecord | None) -> bool:
+    """Whether ``found`` (read back) is what the save of ``record`` wrote: the same data,
+    schema version and ``updated_at``, at the revision it expected plus one."""
+    if found is None:
+        return False
+    if record.revision is not None and found.revision not in (None, record.revision + 1):
+        return False
+    return (
+        found.updated_at == record.updated_at
+        and found.schema_version == record.schema_version
+        and _same_data(record.data, found.data)
+    )
+
+
+def _same_data(written: bytes, found: bytes) -> bool:
+    """The same bytes, or the same JSON (a store such as PostgreSQL's jsonb reformats it)."""
+    if written == found:
+        return True
+    try:
+        return bool(json.loads(written) == json.loads(found))
+    except ValueError:
+        return False

@@ -46,7 +46,14 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
-from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord, read_record
+from pydantic_toast._records import (
+    ClassKeys,
+    PageCursor,
+    RecordKey,
+    StoredRecord,
+    read_record,
+    written_by,
+)
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends import postgresql_staging as staging
 from pydantic_toast.backends.base import Capability, batch_size_of, batch_spans
@@ -78,7 +85,6 @@ from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting, not_applied
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
-from pydantic_toast.runtime.outcomes import written_by
 from pydantic_toast.runtime.transaction import joined_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]

@@ -23,7 +23,6 @@ A delete or a purge lost after it was sent raises :class:`~pydantic_toast.Outcom
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,15 +30,14 @@ from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
     OutcomeUnknownError,
-    StorageTimeoutError,
     shorten,
 )
-from pydantic_toast._records import RecordKey, StoredRecord
+from pydantic_toast._records import RecordKey, StoredRecord, written_by
 
 if TYPE_CHECKING:
     from pydantic_toast.runtime.boundary import Connected
 
-__all__ = ["settle_save", "unknown", "written_by"]
+__all__ = ["settle_save", "unknown"]
 
 _FIX = {
     "save": "load the record, check its revision and data, and save again if the change is "
@@ -110,36 +108,15 @@ def unknown(
 async def _read_back(
     connected: Connected, records: Sequence[StoredRecord], timed_out: bool
 ) -> list[StoredRecord | None]:
-    keys = [record.key for record in records]
     try:
-        try:
-            return await connected.load_records(keys)
-        except StorageTimeoutError:
-            if not timed_out:
-                raise
-            # A PostgreSQL connection whose statement timed out waits for the server to
-            # acknowledge its cancellation before its next statement; asyncpg drops it when that
-            # wait times out too, so reading once more takes another connection.
-            return await connected.load_records(keys)
+        return await connected.load_records([record.key for record in records])
     except ExternalStorageError as exc:
+        keys = [record.key for record in records]
         why = (
             f", and reading the records back failed too ({type(exc).__name__}: "
             f"{shorten(exc, 400)}); the save was not repeated."
         )
         raise unknown(connected, "save", keys, why, timed_out=timed_out) from exc
-
-
-def written_by(record: StoredRecord, found: StoredRecord | None) -> bool:
-    """Whether ``found`` is what the save of ``record`` wrote."""
-    if found is None:
-        return False
-    if record.revision is not None and found.revision not in (None, record.revision + 1):
-        return False
-    return (
-        found.updated_at == record.updated_at
-        and found.schema_version == record.schema_version
-        and _same_data(record.data, found.data)
-    )
 
 
 def _untouched(record: StoredRecord, found: StoredRecord | None) -> bool:
@@ -149,16 +126,6 @@ def _untouched(record: StoredRecord, found: StoredRecord | None) -> bool:
     if record.revision == 0:
         return found is None
     return found is not None and found.revision == record.revision
-
-
-def _same_data(written: bytes, found: bytes) -> bool:
-    """The same bytes, or the same JSON (a store such as PostgreSQL's jsonb reformats it)."""
-    if written == found:
-        return True
-    try:
-        return bool(json.loads(written) == json.loads(found))
-    except ValueError:
-        return False
 
 
 def _revisions(stored: Sequence[StoredRecord | None]) -> list[int] | None:
