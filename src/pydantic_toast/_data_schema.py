@@ -530,9 +530,17 @@ class _ExactClass:
             kind is not self.declared
             and isinstance(value, self.declared)
             and not isinstance(value, self.shadows)
+            and not _parametrizes(kind, self.declared)
         ):
             _note.set(f"{SUBCLASS}:{kind.__qualname__}:{self.declared.__qualname__}")
         return value
+
+
+def _parametrizes(kind: type, declared: type) -> bool:
+    """Whether ``kind`` is a parametrization of generic model ``declared`` (``Box[int]`` of
+    ``Box``): the same fields, read back as ``declared``, an equal instance."""
+    metadata: Any = getattr(kind, "__pydantic_generic_metadata__", None)
+    return metadata is not None and metadata.get("origin") is declared
 
 
 # Plain serializers handing the value on to the usual one (cheaper than a wrap serializer,

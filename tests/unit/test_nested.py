@@ -236,6 +236,7 @@ def test_a_subclass_in_a_plain_field_of_its_base_class_is_refused_at_any_depth(
         span: Span | None = None
         tree: Tree | None = None
         box: Box[int] | None = None
+        any_box: Box | None = None  # type: ignore[type-arg]
         model_config = ExternalConfigDict(storage=memory_url)
 
     refused = {
@@ -253,6 +254,7 @@ def test_a_subclass_in_a_plain_field_of_its_base_class_is_refused_at_any_depth(
         span=Span(1),
         tree=Tree(kids=[Tree()]),
         box=Box[int](value=1),
+        any_box=Box[int](value=2),  # a parametrization of the declared class, not a subclass
     )
     loaded = Holder.model_validate(kept.model_dump())
     assert loaded == kept
