@@ -18,6 +18,7 @@ from pydantic_toast import (
     StorageAuthenticationError,
     StorageConfigurationError,
     StorageConnectionError,
+    StorageOperationError,
 )
 from pydantic_toast._url import StorageURL
 from pydantic_toast.testing.conformance import BackendConformance
@@ -306,6 +307,47 @@ async def test_a_forced_write_overtaken_by_a_checked_one_takes_the_next_revision
         await backend.save_records([replace(checked, data=b'{"text":"again"}', revision=2)])
     assert caught.value.current == 3
     assert (await note.aload(item.external_id)).text == "forced"  # type: ignore[arg-type, attr-defined]
+    await pydantic_toast.aclose_storage()
+
+
+async def test_a_forced_write_overtaken_every_time_gives_up(s3_url: str) -> None:
+    """A forced save whose PUT another write overtakes every time stops after ten attempts
+    with StorageOperationError (it looped for as long as the other writes came); the record
+    holds the last of the other writes."""
+    note = model_on(s3_url)
+    item = note(text="v1")  # type: ignore[call-arg]
+    await item.asave()
+    name = note._toast_settings().external_name
+    connected = await pydantic_toast.current_storage().connected(StorageURL.parse(s3_url))
+    backend: Any = connected.backend
+    (stored,) = await backend.load_records([(name, item.external_id)])
+    head = backend._head
+    overtaking: list[int] = []  # the revisions the other writes took
+    injecting = False
+
+    async def head_then_another_write(object_key: str) -> Any:
+        """The real HEAD, then another forced write (whose own HEAD is not overtaken)."""
+        nonlocal injecting
+        seen = await head(object_key)
+        if not injecting:
+            injecting = True
+            try:
+                text = b'{"text":"%d"}' % (len(overtaking) + 1)
+                overtaking.extend(
+                    await backend.save_records([replace(stored, data=text, revision=None)])
+                )
+            finally:
+                injecting = False
+        return seen
+
+    backend._head = head_then_another_write
+    try:
+        with pytest.raises(StorageOperationError, match="10 times in a row"):
+            await backend.save_records([replace(stored, data=b'{"text":"forced"}', revision=None)])
+    finally:
+        del backend._head
+    assert len(overtaking) == 10
+    assert (await note.aload(item.external_id)).text == "10"  # type: ignore[arg-type, attr-defined]
     await pydantic_toast.aclose_storage()
 
 

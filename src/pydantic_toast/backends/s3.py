@@ -80,8 +80,10 @@ from botocore.exceptions import ClientError
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     StorageConfigurationError,
+    StorageOperationError,
     StorageUsageError,
     StoredDataError,
+    shorten,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL
@@ -104,6 +106,7 @@ _EPOCH_SPAN = 10**16  # microseconds: past the year 2286
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
 _MISSING = ("404", "NoSuchKey", "NotFound")
+_FORCED_ATTEMPTS = 10  # a forced save overtaken this often in a row gives up
 
 
 class _SendOnce(AIOHTTPSession):
@@ -339,7 +342,7 @@ class S3Backend(RecordBackend):
         if expected is not None and expected > 0:
             assert head is not None  # checked by save_records
             return await self._replace(record, key, head, expected)
-        while True:
+        for _ in range(_FORCED_ATTEMPTS):
             if await self._create(record, key):
                 return 1
             if expected == 0:
@@ -358,6 +361,11 @@ class S3Backend(RecordBackend):
                     raise
                 continue
             return revision
+        raise StorageOperationError(
+            f"a forced save of the {shorten(record.class_name)} record {record.id} found another "
+            f"write landing between reading its revision and writing, {_FORCED_ATTEMPTS} times in "
+            "a row: the record is being written continuously; retry later"
+        )
 
     async def _create(self, record: StoredRecord, key: str) -> bool:
         """Create the record (revision 1) and index it; ``False`` when it exists already."""
