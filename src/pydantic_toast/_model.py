@@ -614,7 +614,7 @@ class ExternalBaseModel(BaseModel):
         if reference is None:
             raise InvalidReferenceError(
                 f"{call or f'{cls.__qualname__}.aload()'} takes a reference "
-                "{'class_name': ..., 'id': ...}, an ExternalReference or an id"
+                "{'class_name': ..., 'id': ...}, an ExternalReference, an id or a saved instance"
                 + ("" if isinstance(value, Mapping) else f", not {_kind(value)}"),
                 class_name=settings.external_name,
             )
