@@ -122,7 +122,7 @@ async def test_a_bad_reference_error_names_the_call_made(memory_url: str) -> Non
     for bad, kind in [(None, ", not None"), (12, ", not int"), ({"class_name": "Ticket"}, "")]:
         for call, function in calls.items():
             with pytest.raises(
-                InvalidReferenceError, match=rf"^{call} takes a reference .*id{kind}$"
+                InvalidReferenceError, match=rf"^{call} takes a reference .*saved instance{kind}$"
             ):
                 await function(bad)
         with pytest.raises(InvalidReferenceError, match=r"^pydantic_toast\.delete\(\) takes"):
