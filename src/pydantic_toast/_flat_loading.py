@@ -19,13 +19,12 @@ validators wrap the reference hook — takes the general path, before any I/O.
 from __future__ import annotations
 
 import typing
-from contextlib import nullcontext
 from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
 from pydantic_toast._boundary import current_boundary
-from pydantic_toast._collector import PAUSE_FROM, collector_paused
+from pydantic_toast._collector import paused_for
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._loading import decoded
@@ -96,31 +95,11 @@ class FlatBatch:
         schema = data_schema(model)  # (checked per call: a model_rebuild() may change it)
         if schema is None or not schema.hook_at_root:
             return None
-        name = model._toast_settings().external_name
-        ids: list[UUID] = []
-        texts: list[str] = []  # each item's id as written ("" when not a str)
-        add, add_text = ids.append, texts.append
-        for value in data:
-            # The usual item, a plain or ExternalReference dict of this class with a str id,
-            # checked inline; anything else as parse_reference() checks it.
-            kind = type(value)
-            if (kind is ExternalReference or kind is dict) and len(value) == 2:
-                text, class_name = value.get("id"), value.get("class_name")
-                if type(text) is str and type(class_name) is str and class_name == name:
-                    try:
-                        add(uuid_from_text(text))
-                    except ValueError:  # malformed: validation reports where
-                        return None
-                    add_text(text)
-                    continue
-            try:
-                reference = parse_reference(value)
-            except ExternalStorageError:  # malformed: validation reports where
-                return None
-            if reference is None or reference[0] != name:
-                return None
-            add(reference[1])
-            add_text("")
+        with paused_for(len(data)):  # (see build)
+            parsed = _parsed(data, model._toast_settings().external_name)
+        if parsed is None:
+            return None
+        ids, texts = parsed
         if len(set(map(_INT_OF, ids))) == len(ids):
             return cls(model, ids, ids, [], texts)
         # Equal ids may be spelled differently (case, braces): one record, one instance.
@@ -149,8 +128,38 @@ class FlatBatch:
             StoredDataError: The first record, in list order, that does not validate.
         """
         records = self.records
-        with collector_paused if len(records) >= PAUSE_FROM else nullcontext():
+        with paused_for(len(records)):
             instances = self.model._toast_from_records(records, self.unique)
         if self.unique is self.ids:
             return instances  # type: ignore[no-any-return]
         return [instances[slot] for slot in self.slots]
+
+
+def _parsed(data: list[Any], name: str) -> tuple[list[UUID], list[str]] | None:
+    """Each item's id, and its text (``""`` when not a str); ``None`` when an item is not a
+    well-formed reference to ``name`` (validation reports where)."""
+    ids: list[UUID] = []
+    texts: list[str] = []  # each item's id as written ("" when not a str)
+    add, add_text = ids.append, texts.append
+    for value in data:
+        # The usual item, a plain or ExternalReference dict of this class with a str id,
+        # checked inline; anything else as parse_reference() checks it.
+        kind = type(value)
+        if (kind is ExternalReference or kind is dict) and len(value) == 2:
+            text, class_name = value.get("id"), value.get("class_name")
+            if type(text) is str and type(class_name) is str and class_name == name:
+                try:
+                    add(uuid_from_text(text))
+                except ValueError:  # malformed: validation reports where
+                    return None
+                add_text(text)
+                continue
+        try:
+            reference = parse_reference(value)
+        except ExternalStorageError:  # malformed: validation reports where
+            return None
+        if reference is None or reference[0] != name:
+            return None
+        add(reference[1])
+        add_text("")
+    return ids, texts

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
+from pydantic_toast._collector import paused_for
 from pydantic_toast._data_schema import data_schema, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -54,6 +55,7 @@ from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_r
 from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
+from pydantic_toast.runtime.rollbacks import Saves
 from pydantic_toast.runtime.storage import Storage, current_storage
 from pydantic_toast.runtime.transaction import joined_save
 
@@ -386,8 +388,9 @@ class SaveBatch:
 
     def drain(self) -> None:
         """Serialize every queued model, and the models they queue in turn, into records."""
-        while self.pending:
-            self._serialize(self.pending.pop())
+        with paused_for(len(self.pending)):
+            while self.pending:
+                self._serialize(self.pending.pop())
 
     def _serialize(self, model: ExternalBaseModel) -> None:
         cls = type(model)
@@ -607,6 +610,14 @@ class SaveBatch:
                         object.__setattr__(model, "_toast_identity", identity)
             raise
         saves = joined_save(backend.backend)  # rolled back, the models forget this save
+        with paused_for(len(entries)):
+            self._remember(entries, revisions, saves)
+
+    @staticmethod
+    def _remember(
+        entries: list[_Entry], revisions: Sequence[int] | None, saves: Saves | None
+    ) -> None:
+        """Give each written model its new identity (``saves``: of the transaction it joined)."""
         for index, (record, model, print_, text) in enumerate(entries):
             data = record.data
             identity = Identity(

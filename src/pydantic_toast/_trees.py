@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter
 
+from pydantic_toast._collector import paused_for
 from pydantic_toast._flat_loading import FlatBatch, flat_model_of
 from pydantic_toast._loading import LoadSession, Routes, routes_in, wanted_for
 from pydantic_toast._saving import collecting, dump_value
@@ -40,14 +41,16 @@ async def adump(
     Raises:
         ConcurrencyError: A record changed since it was read; nothing of its store was written.
     """
-    result, batch = collecting(lambda: dump_value(value, mode), force=force)
+    with paused_for(_items_in(value)):
+        result, batch = collecting(lambda: dump_value(value, mode), force=force)
     await batch.write()
     return result
 
 
 def dump(value: Any, *, mode: Literal["python", "json"] = "python", force: bool = False) -> Any:
     """The blocking form of :func:`adump`."""
-    result, batch = collecting(lambda: dump_value(value, mode), force=force)
+    with paused_for(_items_in(value)):
+        result, batch = collecting(lambda: dump_value(value, mode), force=force)
     if batch.records:
         run_sync(batch.write, call="pydantic_toast.dump()", instead="await pydantic_toast.adump()")
     return result
@@ -90,6 +93,12 @@ def validate(type_: type[T], data: Any) -> T:
         instead="await pydantic_toast.avalidate()",
     )
     return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
+
+
+def _items_in(value: Any) -> int:
+    """The items of a list or tuple dumped as a batch (its build pauses the garbage collector
+    from :data:`~._collector.PAUSE_FROM`); ``0`` for other values."""
+    return len(value) if type(value) in (list, tuple) else 0
 
 
 def _adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes, Any]:

@@ -11,13 +11,14 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from pydantic import TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, TypeAdapter, field_serializer, field_validator, model_validator
 
 import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     RecordNotFoundError,
+    StorageValidationError,
     StoredDataError,
 )
 from pydantic_toast._codecs import is_encoded
@@ -222,6 +223,62 @@ def test_a_large_batch_is_built_with_the_collector_paused(memory_url: str, api: 
         assert [m.n for m in loaded] == list(range(size))
         assert seen == [not paused] * size
         assert gc.isenabled()
+
+
+def _noting_serializer(url: str, seen: list[bool]) -> Any:
+    class Noted(ExternalBaseModel):
+        n: int
+        model_config = ExternalConfigDict(storage=url)
+
+        @field_serializer("n")
+        def note(self, value: int) -> int:
+            seen.append(gc.isenabled())
+            return value
+
+    return Noted
+
+
+class Holder(BaseModel):
+    """A plain model holding a batch: its dump is one batch too."""
+
+    items: list[Any]
+
+
+@pytest.mark.parametrize("shape", ["list", "held"])
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_large_batch_is_serialized_with_the_collector_paused(
+    memory_url: str, api: str, shape: str
+) -> None:
+    """From PAUSE_FROM models, a batch save serializes them with the garbage collector paused
+    (a list dumped, or one a plain model holds), and it runs again after; a smaller batch
+    leaves it running."""
+    seen: list[bool] = []
+    noted = _noting_serializer(memory_url, seen)
+    for size, paused in ((PAUSE_FROM, True), (PAUSE_FROM - 1, False)):
+        value: Any = [noted(n=i) for i in range(size)]
+        if shape == "held":
+            value = Holder(items=value)
+        seen.clear()
+        if api == "sync":
+            dumped = pydantic_toast.dump(value)
+        else:
+            dumped = asyncio.run(pydantic_toast.adump(value))
+        references = dumped if shape == "list" else dumped["items"]
+        assert pydantic_toast.validate(list[noted], references) == [noted(n=i) for i in range(size)]
+        assert seen == [not paused] * size
+        assert gc.isenabled()
+
+
+def test_the_pause_ends_when_a_batch_save_is_refused(memory_url: str) -> None:
+    """A model that cannot be stored ends the batch's serialization with the collector running
+    again, and nothing of the batch is written."""
+    item = item_on(memory_url)
+    batch = [item(n=i) for i in range(PAUSE_FROM)]
+    batch[-1].label = 5  # type: ignore[assignment]  # not of its field's type: refused
+    with pytest.raises(StorageValidationError):
+        pydantic_toast.dump(batch)
+    assert gc.isenabled()
+    assert memory_store_of(memory_url).records() == []
 
 
 def test_the_pause_ends_when_the_build_raises(memory_url: str) -> None:
