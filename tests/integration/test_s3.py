@@ -19,6 +19,7 @@ from pydantic_toast import (
     StorageConfigurationError,
     StorageConnectionError,
     StorageOperationError,
+    StoredRecord,
 )
 from pydantic_toast._url import StorageURL
 from pydantic_toast.testing.conformance import BackendConformance
@@ -271,12 +272,11 @@ def test_a_write_of_identical_bytes_changes_the_etag(
     assert raw_first == raw_second  # why: the store ignores metadata in the ETag
 
 
-async def test_a_forced_write_overtaken_by_a_checked_one_takes_the_next_revision(
+async def _stored_on(
     s3_url: str,
-) -> None:
-    """A last-write-wins PUT whose HEAD a checked write overtakes writes revision 3, not a
-    second revision 2: the checked writer, taking that revision for its own, would otherwise
-    overwrite the forced write unseen on its next save."""
+) -> tuple[type[ExternalBaseModel], ExternalBaseModel, Any, StoredRecord]:
+    """A note saved on ``s3_url`` with text "v1": its model, the saved instance, the S3
+    backend holding it, and its stored record as that backend loads it."""
     note = model_on(s3_url)
     item = note(text="v1")  # type: ignore[call-arg]
     await item.asave()
@@ -284,6 +284,16 @@ async def test_a_forced_write_overtaken_by_a_checked_one_takes_the_next_revision
     connected = await pydantic_toast.current_storage().connected(StorageURL.parse(s3_url))
     backend: Any = connected.backend
     (stored,) = await backend.load_records([(name, item.external_id)])
+    return note, item, backend, stored
+
+
+async def test_a_forced_write_overtaken_by_a_checked_one_takes_the_next_revision(
+    s3_url: str,
+) -> None:
+    """A last-write-wins PUT whose HEAD a checked write overtakes writes revision 3, not a
+    second revision 2: the checked writer, taking that revision for its own, would otherwise
+    overwrite the forced write unseen on its next save."""
+    note, item, backend, stored = await _stored_on(s3_url)
     checked = replace(stored, data=b'{"text":"checked"}', revision=1)
     forced = replace(stored, data=b'{"text":"forced"}', revision=None)
     head = backend._head
@@ -314,13 +324,7 @@ async def test_a_forced_write_overtaken_every_time_gives_up(s3_url: str) -> None
     """A forced save whose PUT another write overtakes every time stops after ten attempts
     with StorageOperationError (it looped for as long as the other writes came); the record
     holds the last of the other writes."""
-    note = model_on(s3_url)
-    item = note(text="v1")  # type: ignore[call-arg]
-    await item.asave()
-    name = note._toast_settings().external_name
-    connected = await pydantic_toast.current_storage().connected(StorageURL.parse(s3_url))
-    backend: Any = connected.backend
-    (stored,) = await backend.load_records([(name, item.external_id)])
+    note, item, backend, stored = await _stored_on(s3_url)
     head = backend._head
     overtaking: list[int] = []  # the revisions the other writes took
     injecting = False
