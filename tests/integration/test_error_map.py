@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -50,6 +49,7 @@ from pydantic_toast.integrations.cli import main as toast_cli
 from pydantic_toast.runtime.errors import DriverError
 from tests import servers
 from tests.integration.conftest import _admin, _with_database, throwaway_database
+from tests.silent_servers import SilentServer
 
 
 def model_on(url: str, name: str = "Ledger", **config: Any) -> type[ExternalBaseModel]:
@@ -98,30 +98,8 @@ def assert_mapped(
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port whose listener accepts connections and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        for connection in accepted:
-            connection.close()
-        listener.close()
+    with SilentServer() as server:
+        yield server.port
 
 
 # -- cannot connect, connect timeout ---------------------------------------------------------
@@ -159,34 +137,8 @@ def test_silent_server_is_a_connect_timeout(scheme: str, option: str, silent_por
 @pytest.fixture
 def http_port() -> Iterator[int]:
     """A port whose listener answers any request as an HTTP server would, then hangs up."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-
-    def answer() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection = listener.accept()[0]
-            except OSError:
-                continue
-            with connection:
-                connection.settimeout(2)
-                try:
-                    connection.recv(1024)
-                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with SilentServer(reply=b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n") as server:
+        yield server.port
 
 
 @pytest.mark.parametrize(("scheme", "kind"), [("postgresql", "PostgreSQL"), ("redis", "Redis")])

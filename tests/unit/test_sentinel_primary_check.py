@@ -7,7 +7,6 @@ answer (a blackholed network) held every command for the socket timeout, once a 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 
@@ -19,16 +18,14 @@ from pydantic_toast.backends.redis_sentinel import (
     PRIMARY_CHECK_WAIT,
     RedisSentinelBackend,
 )
+from tests.silent_servers import SilentServer
 
 
 @pytest.fixture
 def silent_sentinel() -> Iterator[int]:
     """A loopback port whose connections open (the kernel's backlog) and are never answered."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
+    with SilentServer(accept=False) as server:
+        yield server.port
 
 
 def test_an_unanswered_check_is_bounded_and_backs_off(silent_sentinel: int) -> None:
