@@ -7,7 +7,7 @@ through the runtime.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -38,6 +38,9 @@ MAX_PAGE = 1000
 class Page(Generic[M]):
     """One page of a model's records, newest first.
 
+    Iterating a page gives its items, and ``len(page)`` is their number (an empty page is
+    false), so ``for order in page:`` reads like a list; ``page.items`` is that list.
+
     Attributes:
         items: The loaded models.
         next_after: Pass it as ``after`` to get the next page; ``None`` on the last page. An
@@ -48,6 +51,12 @@ class Page(Generic[M]):
 
     items: list[M]
     next_after: str | None
+
+    def __iter__(self) -> Iterator[M]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 async def adelete(

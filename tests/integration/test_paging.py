@@ -174,6 +174,28 @@ async def test_process_delete_next_page_visits_every_record(storage_url: str) ->
     assert await pydantic_toast.acount(job) == 0
 
 
+async def test_a_page_iterates_over_its_items(storage_url: str) -> None:
+    """for item in page, len(page) and truth follow page.items, on every backend."""
+    job = _job_model(storage_url)
+    for n in range(3):
+        await job(n=n).asave()
+    page = await pydantic_toast.apage(job, limit=2)
+    assert [item.n for item in page] == [item.n for item in page.items]
+    assert len(page) == 2
+    assert page
+    assert page.items[0] in page
+    rest = await pydantic_toast.apage(job, limit=2, after=page.next_after)
+    assert len(rest) == 1
+    assert rest.next_after is None
+    assert sorted(item.n for item in [*page, *rest]) == [0, 1, 2]
+    for item in [*page, *rest]:
+        await pydantic_toast.adelete(job, item)
+    empty = await pydantic_toast.apage(job)
+    assert not empty
+    assert len(empty) == 0
+    assert list(empty) == []
+
+
 async def test_a_record_id_is_not_a_cursor(storage_url: str) -> None:
     """after=<uuid> (the old cursor) and garbage are refused with the fix, before any I/O."""
     job = _job_model(storage_url)

@@ -41,9 +41,10 @@ def blocking(reference: dict[str, str]) -> None:
     basket: Basket = pydantic_toast.validate(Basket, {"orders": [reference]})
     orders: list[Order] = pydantic_toast.validate(list[Order], [reference])
     total: int = pydantic_toast.count(Order)
-    for loaded in first.items:
+    for loaded in first:
         pydantic_toast.delete(Order, loaded)
-    print(quantity, items, basket, orders, total)
+    size: int = len(first)
+    print(quantity, items, basket, orders, total, size)
 
 
 async def non_blocking(id: UUID) -> None:
@@ -92,7 +93,8 @@ def mypy(tmp_path: Path, source: str, cache: Path) -> subprocess.CompletedProces
 
 
 def test_user_program_passes_mypy_strict(tmp_path: Path, mypy_cache: Path) -> None:
-    """aload, model_validate, page and validate give typed results under mypy --strict."""
+    """aload, model_validate, page (iterated too) and validate give typed results under mypy
+    --strict."""
     result = mypy(tmp_path, USER_PROGRAM, mypy_cache)
     assert result.returncode == 0, result.stdout
     assert "Success" in result.stdout
