@@ -229,6 +229,40 @@ def test_silent_host_times_out_within_connect_timeout() -> None:
         listener.close()
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_sqlalchemy_libpq_driver_urls_reach_the_table(
+    postgres_database_url: str, driver: str
+) -> None:
+    """A URL copied from a SQLAlchemy psycopg configuration (libpq options) works as it is."""
+    writer = model_on(postgres_database_url, "Copied")
+    reference = writer(text="copied").model_dump()
+    url = postgres_database_url.replace("postgresql://", f"postgresql+{driver}://")
+    reader = type(
+        "Copied",
+        (ExternalBaseModel,),
+        {
+            "__module__": writer.__module__,
+            "__annotations__": {"text": str},
+            "model_config": ExternalConfigDict(
+                storage=f"{url}?sslmode=disable&connect_timeout=5",
+                external_name=reference["class_name"],
+            ),
+        },
+    )
+    assert reader.model_validate(reference).text == "copied"  # type: ignore[attr-defined]
+    assert toast_cli(["check", url]) == 0
+
+
+def test_other_sqlalchemy_drivers_are_refused_with_the_scheme_to_write() -> None:
+    """postgresql+pg8000:// (options not libpq's) says to write postgresql://, password hidden."""
+    with pytest.raises(pydantic_toast.StorageConfigurationError) as info:
+        model_on("postgresql+pg8000://app:s3cret@db:5432/shop")
+    message = str(info.value)
+    assert "a SQLAlchemy driver this library does not use" in message
+    assert "write the URL with postgresql:// instead of postgresql+pg8000://" in message
+    assert "s3cret" not in message
+
+
 def test_bad_options_fail_at_class_definition() -> None:
     """Unknown options and bad sslmodes are refused when the class is defined."""
     with pytest.raises(pydantic_toast.StorageConfigurationError, match="unknown option"):

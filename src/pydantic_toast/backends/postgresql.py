@@ -1,7 +1,8 @@
 """``postgresql://``: the ``external_records`` table through SQLAlchemy's async engine (asyncpg).
 
 URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode=require``.
-``postgres://`` and ``postgresql+asyncpg://`` work too. Query options:
+``postgres://``, ``postgresql+asyncpg://`` and SQLAlchemy's libpq drivers' schemes
+(``postgresql+psycopg://``, ``postgresql+psycopg2://``) work too. Query options:
 
 * ``sslmode`` (``disable``, ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``),
   ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq;

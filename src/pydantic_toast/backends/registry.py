@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXTRA_REQUIRES",
+    "POSTGRESQL_SCHEMES",
     "BackendRegistry",
     "backend_class_for",
     "known_schemes",
@@ -31,14 +32,25 @@ __all__ = [
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
 
+POSTGRESQL_SCHEMES = (
+    "postgresql",
+    "postgres",
+    "postgresql+asyncpg",
+    # SQLAlchemy's libpq drivers: their URLs' options are libpq's, which the backend reads
+    # the same way (it connects with asyncpg whatever the URL names).
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+)
+"""The schemes of ``postgresql://`` URLs: libpq-style, as SQLAlchemy configurations write them."""
+
 # scheme -> ("module:Class", the extra that installs its driver)
 _BUILTINS: dict[str, tuple[str, str | None]] = {
     "memory": ("pydantic_toast.backends.memory:MemoryBackend", None),
     "sqlite": ("pydantic_toast.backends.sqlite:SQLiteBackend", "sqlite"),
     "sqlite+aiosqlite": ("pydantic_toast.backends.sqlite:SQLiteBackend", "sqlite"),
-    "postgresql": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
-    "postgres": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
-    "postgresql+asyncpg": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
+    **dict.fromkeys(
+        POSTGRESQL_SCHEMES, ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql")
+    ),
     "redis": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
     "rediss": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
     "s3": ("pydantic_toast.backends.s3:S3Backend", "s3"),
@@ -126,6 +138,13 @@ class BackendRegistry:
                 hint = (
                     " (TLS through Redis Sentinel is not supported: redis+sentinel:// does not "
                     "encrypt; use rediss:// to the primary, or rediss+cluster://)"
+                )
+            elif scheme.startswith(("postgresql+", "postgres+")):  # copied from SQLAlchemy
+                hint = (
+                    f" (a SQLAlchemy driver this library does not use: it connects with asyncpg "
+                    "and reads libpq-style options such as sslmode=; write the URL with "
+                    f"postgresql:// instead of {shorten(scheme, 30)}://, and its options as libpq "
+                    "takes them)"
                 )
             raise UnknownSchemeError(
                 f"no storage backend is registered for scheme {shorten(scheme, 30)!r}{hint}: "

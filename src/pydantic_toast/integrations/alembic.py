@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES
 from pydantic_toast.backends.sql_table import COUNTS_TABLE_NAME, TABLE_NAME, metadata
 
 __all__ = [
@@ -73,7 +74,7 @@ def include_object(
 def migration_engine(url: str) -> AsyncEngine:
     """An async engine for running migrations against a storage URL as the library takes it."""
     parsed = StorageURL.parse(url)
-    if parsed.scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+    if parsed.scheme in POSTGRESQL_SCHEMES:
         from pydantic_toast.backends.postgresql import engine_options
 
         sa_url, options = engine_options(parsed)

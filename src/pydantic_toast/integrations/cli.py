@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
 from pydantic_toast._url import StorageURL, mask_url
-from pydantic_toast.backends.registry import known_schemes, missing_extra
+from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES, known_schemes, missing_extra
 from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["EXIT_CODES", "alembic_config", "main"]
@@ -37,7 +37,7 @@ EXIT_CODES = {
     EXIT_NOT_AT_HEAD: "check: reachable, but not migrated to the head revision",
 }
 
-_SQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite")
+_SQL_SCHEMES = (*POSTGRESQL_SCHEMES, "sqlite", "sqlite+aiosqlite")
 _SCRIPT_LOCATION = "pydantic_toast:migrations"
 
 

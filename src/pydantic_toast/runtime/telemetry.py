@@ -37,6 +37,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
@@ -48,9 +49,7 @@ on: bool = False
 """Whether the boundary records telemetry (set by :func:`enable_telemetry`)."""
 
 _SYSTEMS = {
-    "postgresql": "postgresql",
-    "postgres": "postgresql",
-    "postgresql+asyncpg": "postgresql",
+    **dict.fromkeys(POSTGRESQL_SCHEMES, "postgresql"),
     "redis": "redis",
     "rediss": "redis",
     "sqlite": "sqlite",
