@@ -312,19 +312,85 @@ def test_sslmode_require_and_verify_full_against_an_ssl_server(
 
 
 def _uses_ssl(url: str) -> bool:
-    async def check() -> bool:
+    return _ssl_state(url)[0]
+
+
+def _ssl_state(url: str) -> tuple[bool, str | None]:
+    """Whether the backend's connections use SSL, and the client certificate's DN they sent."""
+
+    async def check() -> tuple[bool, str | None]:
         backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
         async with backend.backend.engine.connect() as connection:  # type: ignore[attr-defined]
             from sqlalchemy import text
 
             result = await connection.execute(
-                text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                text("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             )
-            used = bool(result.scalar_one())
+            used, client_dn = result.one()
         await pydantic_toast.aclose_storage()
-        return used
+        return bool(used), client_dn
 
     return asyncio.run(check())
+
+
+def test_sslmode_prefer_and_allow_with_a_client_certificate_connect_without_ssl(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """As in libpq, prefer and allow with sslcert/sslkey connect to a server without SSL."""
+    cert = servers.self_signed_certificate(tmp_path)
+    files = f"sslcert={cert}&sslkey={tmp_path / 'server.key'}"
+    for mode in ("prefer", "allow"):
+        note = model_on(f"{postgres_database_url}?sslmode={mode}&{files}")
+        reference = note(text=mode).model_dump()
+        assert note.model_validate(reference).text == mode  # type: ignore[attr-defined]
+
+
+def test_sslmode_prefer_presents_the_client_certificate_to_an_ssl_server(tmp_path: Path) -> None:
+    """prefer with sslcert/sslkey connects over SSL and sends the certificate (client_dn)."""
+    try:
+        temp = servers.TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if servers.IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    try:
+        server_cert = temp.enable_ssl()
+        client_cert = servers.self_signed_certificate(tmp_path)  # its own CA
+        trusted = temp.data / "client_ca.crt"
+        trusted.write_bytes(client_cert.read_bytes())
+        if temp.user:
+            owner = server_cert.stat()
+            os.chown(trusted, owner.st_uid, owner.st_gid)
+        temp.configure("ssl_ca_file = 'client_ca.crt'")
+        temp.start()
+        assert toast_cli(["migrate", temp.url()]) == 0
+        url = f"{temp.url()}?sslmode=prefer&sslcert={client_cert}&sslkey={tmp_path / 'server.key'}"
+        note = model_on(url)
+        assert note.model_validate(note(text="sent").model_dump()).text == "sent"  # type: ignore[attr-defined]
+        assert _ssl_state(url) == (True, "/CN=localhost")
+    finally:
+        pydantic_toast.close_storage()
+        temp.destroy()
+
+
+def test_unusable_certificate_files_fail_at_class_definition(tmp_path: Path) -> None:
+    """A missing or malformed sslcert/sslkey/sslrootcert is a configuration error naming the
+    option, for every sslmode that reads it, and the key's path stays hidden."""
+    missing = tmp_path / "missing.crt"
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    for query in (
+        f"sslmode=prefer&sslcert={missing}&sslkey=/secret/place.key",
+        f"sslmode=require&sslcert={not_pem}&sslkey=/secret/place.key",
+        f"sslmode=verify-full&sslrootcert={not_pem}",
+    ):
+        with pytest.raises(
+            pydantic_toast.StorageConfigurationError, match="cannot be used"
+        ) as info:
+            model_on(f"postgresql://app:s3cret@db:5432/shop?{query}")
+        assert "file(s) cannot be used" in str(info.value)
+        assert "s3cret" not in str(info.value)
+        assert "/secret/place.key" not in str(info.value)
 
 
 def test_restart_between_calls_reconnects_and_ssl_off_is_refused(

@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlencode
 from uuid import UUID
 
 import asyncpg
@@ -129,6 +130,12 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
         "command_timeout": numbers["command_timeout"],
         "ssl": _ssl_option(url),
     }
+    if url.query.get("sslmode", "prefer") in ("allow", "prefer"):
+        files = {name: url.query[name] for name in _SSL_FILES if name in url.query}
+        if files:
+            # asyncpg takes any SSLContext for sslmode=require (no fallback to plain text), so
+            # these modes go by name; it then reads the files from a DSN, as libpq does.
+            connect_args["dsn"] = f"postgresql://?{urlencode(files)}"
     # JIT never pays off for single-row statements, and it slows asyncpg's per-connection
     # type introspection (tens of ms for each new connection's first statements).
     connect_args["server_settings"] = {"jit": "off"}
@@ -172,15 +179,37 @@ def _ssl_option(url: StorageURL) -> Any:
         return False
     if mode in ("allow", "prefer", "require") and not any(f in url.query for f in _SSL_FILES):
         return mode
-    if mode in ("allow", "prefer", "require"):
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=url.query.get("sslrootcert"))
-        context.check_hostname = mode == "verify-full"
-    if "sslcert" in url.query:
-        context.load_cert_chain(url.query["sslcert"], url.query.get("sslkey"))
+    context = _ssl_context(url, mode)
+    # asyncpg takes any SSLContext for sslmode=require (TLS or no connection), so allow and
+    # prefer go by name, and it loads their files itself (see engine_options); the context
+    # built here checked those files when the URL was.
+    return mode if mode in ("allow", "prefer") else context
+
+
+def _ssl_context(url: StorageURL, mode: str) -> ssl.SSLContext:
+    """The SSL context of ``mode`` with the URL's certificate files loaded.
+
+    Raises:
+        StorageConfigurationError: A file cannot be read, or holds no certificate or key.
+    """
+    try:
+        if mode in ("allow", "prefer", "require"):
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=url.query.get("sslrootcert"))
+            context.check_hostname = mode == "verify-full"
+        if "sslcert" in url.query:
+            context.load_cert_chain(url.query["sslcert"], url.query.get("sslkey"))
+    except (OSError, ssl.SSLError) as exc:
+        files = " and ".join(f for f in _SSL_FILES if f in url.query)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StorageConfigurationError(
+            f"{url.masked}: the {files} file(s) cannot be used ({shorten(reason)}): give "
+            "readable PEM files (sslcert a certificate, sslkey its private key, sslrootcert the "
+            "server's CA certificate)"
+        ) from None
     return context
 
 
