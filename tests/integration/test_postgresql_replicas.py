@@ -15,6 +15,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import pydantic_toast
 from pydantic_toast import (
@@ -183,6 +184,65 @@ def test_read_your_writes_counts_from_the_end_of_a_slow_write(pair: Pair) -> Non
                 await pydantic_toast.aclose_storage()
 
     asyncio.run(main())
+    pair.caught_up()
+
+
+def test_reads_inside_a_transaction_run_on_its_connection(pair: Pair) -> None:
+    """Inside transaction(), with read_your_writes=0 and replay paused, loads, a batch load, a
+    page and a count see the transaction's uncommitted save and a record the replica has not
+    replayed: they run on the transaction's connection, never on a replica."""
+    Order = _model(pair.url(read_your_writes=0))
+    engine = create_async_engine(
+        pair.primary.url().replace("postgresql://", "postgresql+asyncpg://")
+    )
+
+    async def main() -> None:
+        committed = Order(total=1)
+        await committed.asave()
+        with pytest.raises(RecordNotFoundError):  # outside the transaction: the replica answers
+            await Order.aload(committed.external_id)
+        async with engine.connect() as connection, connection.begin() as begun:
+            async with pydantic_toast.transaction(connection):
+                pending = Order(total=2)
+                await pending.asave()
+                assert (await Order.aload(pending.external_id)).total == 2
+                assert (await Order.aload(committed.external_id)).total == 1
+                both = await pydantic_toast.avalidate(
+                    list[Order], [committed.model_dump(), pending.model_dump()]
+                )
+                assert [order.total for order in both] == [1, 2]
+                assert sorted(order.total for order in await pydantic_toast.apage(Order)) == [1, 2]
+                assert await pydantic_toast.acount(Order) == 2
+            await begun.rollback()
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+    with Storage(), _paused(pair):
+        asyncio.run(main())
+    pair.caught_up()
+
+
+def test_read_your_writes_counts_from_the_commit_of_a_transaction(pair: Pair) -> None:
+    """A record saved in a transaction committed longer than read_your_writes after the save
+    is read back from the primary right after the commit (the window was counted from the
+    save: the read went to the paused replica, which had not seen the commit)."""
+    Order = _model(pair.url(read_your_writes=1))
+    engine = create_async_engine(
+        pair.primary.url().replace("postgresql://", "postgresql+asyncpg://")
+    )
+
+    async def main() -> None:
+        async with engine.connect() as connection:
+            async with connection.begin(), pydantic_toast.transaction(connection):
+                order = Order(total=5)
+                await order.asave()
+                await asyncio.sleep(1.5)  # past the window, before the commit
+            assert (await Order.aload(order.external_id)).total == 5
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+    with Storage(), _paused(pair):
+        asyncio.run(main())
     pair.caught_up()
 
 

@@ -87,7 +87,7 @@ from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting, not_applied
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
-from pydantic_toast.runtime.transaction import joined_connection
+from pydantic_toast.runtime.transaction import joined_connection, joined_save
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
 
@@ -538,9 +538,17 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
     def _writing(self, keys: Sequence[RecordKey]) -> contextlib.AbstractContextManager[None]:
         """Reads of ``keys`` go to the primary while they are written and for the window
-        after (see :meth:`Replicas.writing`); nothing without replicas."""
+        after (see :meth:`Replicas.writing`); nothing without replicas.
+
+        Inside :func:`~pydantic_toast.transaction`, the window starts again at the commit:
+        replicas see the write only then, however long after it the caller commits.
+        """
         if self._replicas is None:
             return contextlib.nullcontext()
+        saves = joined_save(self)
+        if saves is not None:
+            replicas = self._replicas
+            saves.after_commit(lambda: replicas.note_writes(keys))
         return self._replicas.writing(keys)
 
     async def purge_expired(self, *, limit: int) -> int:
@@ -579,7 +587,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             refuse_unstorable(record)
         if self._replicas is None:  # the common case, without a context manager's cost
             return await self._write(records)
-        with self._replicas.writing([record.key for record in records]):
+        with self._writing([record.key for record in records]):
             return await self._write(records)
 
     async def _write(self, records: Sequence[StoredRecord]) -> list[int]:

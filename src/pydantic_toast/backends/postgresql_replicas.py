@@ -5,11 +5,13 @@ Options of the primary's URL:
 * ``replicas=host:port[,host:port...]``: hot standbys of the primary (streaming replication).
   They are reached with the primary URL's user, password, database and other options.
 * ``read_your_writes`` (seconds, default 5): how long after this process writes or deletes a
-  record through this URL (from when the write ended) its reads stay on the primary.
+  record through this URL (from when the write ended, and for a write inside
+  :func:`~pydantic_toast.transaction` again from the commit) its reads stay on the primary.
 
 Which server answers a read:
 
-1. Inside :func:`~pydantic_toast.transaction` or :func:`read_primary`: the primary.
+1. Inside :func:`~pydantic_toast.transaction` or :func:`read_primary`: the primary (inside a
+   transaction, on its connection, so its uncommitted writes are seen).
 2. A load of a record this process wrote or deleted in the last ``read_your_writes`` seconds,
    and a page or count of a class it wrote in that time: the primary.
 3. Otherwise a replica, taking turns. A replica that cannot be reached (refused, lost, timed

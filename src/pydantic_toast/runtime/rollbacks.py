@@ -6,7 +6,8 @@ Rolled back, the model must be as before the save, or saving it again would take
 stored and unchanged and write nothing. :class:`Saves` follows one SQLAlchemy connection's
 transaction through its events, registered once per connection: a commit keeps every save, a
 rollback forgets every save, and a rollback to a savepoint forgets the saves made since that
-savepoint began (the library's own savepoints, around a batch, included).
+savepoint began (the library's own savepoints, around a batch, included). Work that must wait
+for the commit (noting a write for read-your-writes) is handed to :meth:`Saves.after_commit`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Connection
 
 __all__ = ["Saves", "saves_on"]
@@ -32,29 +35,42 @@ class Saves:
         savepoints: The savepoints open now, outermost first, each a marker of its own.
         before: Whether a savepoint was open when the connection was first joined: a
             rollback to a savepoint this object never saw begin forgets every save.
+        commit_callbacks: What runs when the transaction commits (see :meth:`after_commit`).
     """
 
-    __slots__ = ("before", "entries", "savepoints")
+    __slots__ = ("before", "commit_callbacks", "entries", "savepoints")
 
     def __init__(self, before: bool) -> None:
         self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
         self.savepoints: list[object] = []
         self.before = before
+        self.commit_callbacks: list[Callable[[], None]] = []
 
     def remember(self, model: Any, identity: Any) -> None:
         """Note that ``model`` was saved; ``identity`` is what it held before."""
         self.entries.append((model, identity, tuple(self.savepoints)))
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the transaction commits (never if it rolls back)."""
+        self.commit_callbacks.append(callback)
+
     def committed(self, *_: Any) -> None:
-        """The transaction committed: every save stays."""
-        self.entries.clear()
-        self.savepoints.clear()
-        self.before = False
+        """The transaction commits: every save stays, and the commit callbacks run."""
+        callbacks = self.commit_callbacks
+        self._end()
+        for callback in callbacks:
+            callback()
 
     def rolled_back(self, *_: Any) -> None:
         """The transaction rolled back: every model forgets its save."""
         self._forget(self.entries)
-        self.committed()
+        self._end()
+
+    def _end(self) -> None:
+        self.entries = []
+        self.savepoints = []
+        self.commit_callbacks = []
+        self.before = False
 
     def began(self, *_: Any) -> None:
         """A savepoint began."""
