@@ -311,6 +311,21 @@ def test_sslmode_require_and_verify_full_against_an_ssl_server(
         assert _uses_ssl(url)
 
 
+def test_sslmode_require_with_sslrootcert_checks_the_server_certificate(
+    cluster: servers.TempPostgres, tmp_path: Path
+) -> None:
+    """As in libpq, require with sslrootcert verifies the server's certificate against it (as
+    verify-ca): another CA's certificate is refused, the server's own accepted."""
+    other_ca = servers.self_signed_certificate(tmp_path)
+    refused = model_on(f"{cluster.url()}?sslmode=require&sslrootcert={other_ca}")
+    with pytest.raises(StorageConnectionError, match="SSLCertVerificationError"):
+        refused(text="x").model_dump()
+    url = f"{cluster.url()}?sslmode=require&sslrootcert={cluster.data / 'server.crt'}"
+    accepted = model_on(url)
+    assert accepted.model_validate(accepted(text="y").model_dump()).text == "y"  # type: ignore[attr-defined]
+    assert _uses_ssl(url)
+
+
 def _uses_ssl(url: str) -> bool:
     return _ssl_state(url)[0]
 

@@ -193,10 +193,13 @@ def _ssl_context(url: StorageURL, mode: str) -> ssl.SSLContext:
         StorageConfigurationError: A file cannot be read, or holds no certificate or key.
     """
     try:
-        if mode in ("allow", "prefer", "require"):
+        if mode in ("allow", "prefer") or (mode == "require" and "sslrootcert" not in url.query):
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        elif mode == "require":  # libpq: require with a root certificate checks it (verify-ca)
+            context = ssl.create_default_context(cafile=url.query["sslrootcert"])
+            context.check_hostname = False
         else:
             context = ssl.create_default_context(cafile=url.query.get("sslrootcert"))
             context.check_hostname = mode == "verify-full"
