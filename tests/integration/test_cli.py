@@ -71,6 +71,18 @@ def test_misspelled_scheme_suggests_the_right_one(capsys: pytest.CaptureFixture[
     assert "s3cret" not in err
 
 
+def test_other_sqlalchemy_driver_scheme_says_what_to_write(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """postgresql+pg8000:// is refused with the scheme to write instead, the password hidden."""
+    code, _, err = run(capsys, "migrate", "postgresql+pg8000://u:s3cret@127.0.0.1/db")
+    assert code == 2
+    assert_one_line(err)
+    assert "write the URL with postgresql:// instead of postgresql+pg8000://" in err
+    assert "did you mean" not in err
+    assert "s3cret" not in err
+
+
 def test_redis_needs_no_migration(capsys: pytest.CaptureFixture[str]) -> None:
     """A Redis URL is refused with exit code 2 and a reason."""
     code, _, err = run(capsys, "migrate", "redis://127.0.0.1:6379/0")

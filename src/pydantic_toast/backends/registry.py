@@ -28,6 +28,7 @@ __all__ = [
     "backend_class_for",
     "known_schemes",
     "missing_extra",
+    "sqlalchemy_driver_hint",
 ]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
@@ -139,13 +140,8 @@ class BackendRegistry:
                     " (TLS through Redis Sentinel is not supported: redis+sentinel:// does not "
                     "encrypt; use rediss:// to the primary, or rediss+cluster://)"
                 )
-            elif scheme.startswith(("postgresql+", "postgres+")):  # copied from SQLAlchemy
-                hint = (
-                    f" (a SQLAlchemy driver this library does not use: it connects with asyncpg "
-                    "and reads libpq-style options such as sslmode=; write the URL with "
-                    f"postgresql:// instead of {shorten(scheme, 30)}://, and its options as libpq "
-                    "takes them)"
-                )
+            elif (driver := sqlalchemy_driver_hint(scheme)) is not None:
+                hint = f" ({driver})"
             raise UnknownSchemeError(
                 f"no storage backend is registered for scheme {shorten(scheme, 30)!r}{hint}: "
                 f"use one of {', '.join(self.schemes())}, or register yours first with "
@@ -191,6 +187,17 @@ def missing_extra(scheme: str) -> tuple[str, str] | None:
         if importlib.util.find_spec(module) is None:
             return module, extra
     return None
+
+
+def sqlalchemy_driver_hint(scheme: str) -> str | None:
+    """For a ``postgresql+driver`` scheme no backend serves: what to write instead."""
+    if not scheme.startswith(("postgresql+", "postgres+")):  # copied from SQLAlchemy
+        return None
+    return (
+        "a SQLAlchemy driver this library does not use: it connects with asyncpg and reads "
+        f"libpq-style options such as sslmode=; write the URL with postgresql:// instead of "
+        f"{shorten(scheme, 30)}://, and its options as libpq takes them"
+    )
 
 
 def backend_class_for(scheme: str) -> type[StorageBackend]:

@@ -20,7 +20,12 @@ from typing import Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
 from pydantic_toast._url import StorageURL, mask_url
-from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES, known_schemes, missing_extra
+from pydantic_toast.backends.registry import (
+    POSTGRESQL_SCHEMES,
+    known_schemes,
+    missing_extra,
+    sqlalchemy_driver_hint,
+)
 from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["EXIT_CODES", "alembic_config", "main"]
@@ -532,6 +537,8 @@ def _known_url(url: str) -> StorageURL:
     if scheme not in known_schemes():
         close = difflib.get_close_matches(scheme, known_schemes(), n=1)
         hint = f": did you mean {close[0]}?" if close else ""
+        if (driver := sqlalchemy_driver_hint(scheme)) is not None:
+            hint = f": {driver}"
         raise CommandError(
             f"unknown scheme {scheme!r} in {parsed.masked}{hint} "
             f"(known: {', '.join(s for s in _SQL_SCHEMES)})",
