@@ -448,10 +448,16 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
-_SETTLED_WRITES = frozenset({"insert", "upsert", "update"})
-"""The single saves whose timeout :meth:`PostgreSQLBackend._statement` waits out (see
-:meth:`PostgreSQLBackend._timed_out_write`)."""
-_ENDED = "_pydantic_toast_statement_ended"  # set on a timeout whose statement has ended
+_SETTLED = frozenset({"insert", "upsert", "update"})
+"""The single saves whose timeout :meth:`PostgreSQLBackend._statement` waits out, so that
+reading the record back tells their outcome (see :class:`_Ended`)."""
+
+
+class _Ended(TimeoutError):
+    """A ``command_timeout`` after which :meth:`PostgreSQLBackend._statement` saw the statement
+    end on its connection: the server applied it, or the cancel stopped it, and reading the
+    record back tells which (:meth:`~PostgreSQLBackend._timed_out_write`). Any other timeout
+    leaves that unknown."""
 
 
 class PostgreSQLBackend(SQLAlchemyBackend):
@@ -630,8 +636,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     record.id,
                     expected,
                 )
-        except TimeoutError as exc:
-            return await self._timed_out_write(record, exc)
+        except _Ended as ended:
+            return await self._timed_out_write(record, ended)
         if revision is None:
             current = await self._statement(
                 "fetchval", "revision", record.class_name, record.id, record.updated_at
@@ -639,7 +645,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             raise _conflict(record, current)
         return int(revision)
 
-    async def _timed_out_write(self, record: StoredRecord, exc: TimeoutError) -> int:
+    async def _timed_out_write(self, record: StoredRecord, ended: _Ended) -> int:
         """The revision of a single save that timed out, when it completed all the same.
 
         asyncpg asks the server to cancel a statement that runs past ``command_timeout``; one
@@ -647,18 +653,19 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         then) stays applied. Once its end is known (:meth:`_statement` waits for it on the
         connection), the record read back tells which: written by this save, the save
         succeeded; otherwise the cancel stopped it, and the timeout stands, marked as not
-        applied (safe to retry). When the end could not be waited for, the boundary settles
-        the save by reading back (:func:`~pydantic_toast.runtime.outcomes.settle_save`).
+        applied (safe to retry). When the end could not be waited for, or reading back fails,
+        the boundary settles the save by reading back
+        (:func:`~pydantic_toast.runtime.outcomes.settle_save`).
         """
-        if not getattr(exc, _ENDED, False):
-            raise exc
-        try:
-            (found,) = await self.load_records([record.key])
-        except Exception:
-            raise exc from None
+        read: list[StoredRecord | None] = []
+        with contextlib.suppress(Exception):  # raised outside: the read's error is no context
+            read = await self.load_records([record.key])
+        if not read:
+            raise ended
+        (found,) = read
         if found is not None and written_by(record, found) and found.revision is not None:
             return found.revision
-        raise not_applied(exc)
+        raise not_applied(ended)
 
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
@@ -806,9 +813,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             # instead would fail the cancel request's pending future, unretrieved.
             connection: Any = lease.driver_connection
             broken = connection.is_closed() or unwinding_interrupt()
-            if isinstance(exc, TimeoutError) and name in _SETTLED_WRITES and not broken:
+            ended = False
+            if isinstance(exc, TimeoutError) and name in _SETTLED and not broken:
                 # A write may have completed before the cancel reached it: its end is waited
-                # for here, so that reading the record back tells (see _timed_out_write).
+                # for here, so that reading the record back tells (see _Ended).
                 try:
                     await connection.execute("SELECT 1")
                 except Exception:
@@ -817,8 +825,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     self._checkin(lease, broken=True)
                     raise
                 else:
-                    setattr(exc, _ENDED, True)
+                    ended = True
             self._checkin(lease, broken=broken)
+            if ended:
+                raise _Ended(*exc.args) from exc
             raise
         except BaseException:
             # Lost on the way, or a driver failure: the connection's state is unknown.
