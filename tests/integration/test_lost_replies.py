@@ -36,6 +36,7 @@ from pydantic_toast import (
     OutcomeUnknownError,
     RecordNotFoundError,
     StorageConnectionError,
+    StorageTimeoutError,
     StoredRecord,
 )
 from pydantic_toast._url import StorageURL
@@ -380,6 +381,66 @@ def test_delete_whose_reply_times_out_is_outcome_unknown(unanswered: Proxied) ->
     assert "load the record to see whether it is gone" in str(info.value)
     with pytest.raises(RecordNotFoundError):
         twin.model_validate(reference)
+
+
+def test_delete_whose_reply_comes_after_command_timeout_is_reported_deleted(
+    postgresql_proxied: Proxied, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: a delete applied at once whose reply comes after command_timeout, on a
+    connection that stays open: the backend waits for the statement's end and finds the
+    record gone, so the delete is reported done (before: OutcomeUnknownError)."""
+    slow = _timing_out(postgresql_proxied, 0.2)  # the reply comes as in the save's test above
+    note, twin = notes_on(slow)
+    kept = note(text="kept")
+    kept.model_dump()
+    reference = note(text="doomed").model_dump()
+    slow.proxy.delay_reply_to(_delete_trigger(slow, reference["id"]), 0.3)
+    with caplog.at_level(logging.INFO, logger="pydantic_toast"):
+        pydantic_toast.delete(note, reference)
+    assert "after the request was sent" not in caplog.text  # settled by the backend itself
+    assert not slow.proxy.armed
+    with pytest.raises(RecordNotFoundError):
+        twin.model_validate(reference)
+    assert stored(twin, kept.external_id) == ("kept", 1)  # type: ignore[attr-defined]
+
+
+def test_delete_stopped_by_the_cancel_is_a_timeout_safe_to_retry(
+    postgresql_proxied: Proxied,
+) -> None:
+    """PostgreSQL: a delete (plain, then revision-checked) blocked on a row lock past
+    command_timeout, which the cancel stopped: StorageTimeoutError, not OutcomeUnknownError;
+    the record is still stored, and the retry deletes it."""
+    import asyncpg
+
+    slow = _timing_out(postgresql_proxied, 0.5)
+    note, twin = notes_on(slow)
+
+    async def scenario() -> None:
+        items = [note(text="plain"), note(text="checked")]
+        for item in items:
+            await pydantic_toast.adump(item)
+        locker = await asyncpg.connect(slow.direct.partition("?")[0])
+        try:
+            for item, revision in zip(items, (None, 1), strict=True):
+                async with locker.transaction():
+                    await locker.execute(
+                        "SELECT 1 FROM external_records WHERE id = $1 FOR UPDATE",
+                        item.external_id,  # type: ignore[attr-defined]
+                    )
+                    with pytest.raises(ExternalStorageError) as info:
+                        await pydantic_toast.adelete(note, item, revision=revision)
+                error = info.value
+                assert type(error) is StorageTimeoutError, f"{type(error).__name__}: {error}"
+                assert "timed out" in str(error)
+                still = await twin.aload(item.external_id)  # type: ignore[attr-defined]
+                assert still.text == item.text  # type: ignore[attr-defined]
+                await pydantic_toast.adelete(note, item, revision=revision)
+                with pytest.raises(RecordNotFoundError):
+                    await twin.aload(item.external_id)  # type: ignore[attr-defined]
+        finally:
+            await locker.close()
+
+    asyncio.run(scenario())
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -448,16 +448,18 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
-_SETTLED = frozenset({"insert", "upsert", "update"})
-"""The single saves whose timeout :meth:`PostgreSQLBackend._statement` waits out, so that
-reading the record back tells their outcome (see :class:`_Ended`)."""
+_SETTLED = frozenset({"insert", "upsert", "update", "delete", "delete_checked"})
+"""The single-record writes whose timeout :meth:`PostgreSQLBackend._statement` waits out, so
+that reading the record back tells their outcome (see :class:`_Ended`)."""
+_EVER = datetime(1, 1, 1, tzinfo=UTC)
+"""The revision statement's "now" that finds a row whether or not it has expired."""
 
 
 class _Ended(TimeoutError):
     """A ``command_timeout`` after which :meth:`PostgreSQLBackend._statement` saw the statement
     end on its connection: the server applied it, or the cancel stopped it, and reading the
-    record back tells which (:meth:`~PostgreSQLBackend._timed_out_write`). Any other timeout
-    leaves that unknown."""
+    record back tells which (:meth:`~PostgreSQLBackend._timed_out_write`,
+    :meth:`~PostgreSQLBackend._timed_out_delete`). Any other timeout leaves that unknown."""
 
 
 class PostgreSQLBackend(SQLAlchemyBackend):
@@ -520,10 +522,17 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         await super().disconnect()
 
     async def delete(self, id: UUID, class_name: str) -> bool:
-        """Delete one record; return whether it existed (an expired row did not)."""
+        """Delete one record; return whether it existed (an expired row did not).
+
+        Past ``command_timeout``, see :meth:`_timed_out_delete`: a record then found gone is
+        reported deleted, whether or not it existed when this delete ran.
+        """
         now = datetime.now(UTC)
         with self._writing([(class_name, id)]):
-            rows = await self._statement("fetch", "delete", class_name, id)
+            try:
+                rows = await self._statement("fetch", "delete", class_name, id)
+            except _Ended as ended:
+                return await self._timed_out_delete(class_name, id, ended)
         return any(row[0] is None or row[0] > now for row in rows)
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -531,14 +540,36 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
         Under READ COMMITTED the statement re-checks the revision on the newest version of a
         row that a concurrent write changed, so a write committed first is never deleted.
+        Past ``command_timeout``, see :meth:`_timed_out_delete`.
         """
         now = datetime.now(UTC)
         with self._writing([(class_name, id)]):
-            rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
+            try:
+                rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
+            except _Ended as ended:
+                return await self._timed_out_delete(class_name, id, ended)
         if any(row[0] is None or row[0] > now for row in rows):
             return True
         current = await self._statement("fetchval", "revision", class_name, id, now)
         return deleted_at(class_name, id, revision, current)
+
+    async def _timed_out_delete(self, class_name: str, id: UUID, ended: _Ended) -> bool:
+        """The outcome of a single delete that timed out, once its end is known (:class:`_Ended`).
+
+        The row still there (expired or not): the cancel stopped the delete, and the timeout
+        stands, marked as not applied (safe to retry). The row gone: the delete is reported
+        done (``True``), although whether this delete removed it or another writer had just
+        deleted it cannot be told. When reading back fails, the timeout stands unsettled: the
+        boundary reports the outcome unknown.
+        """
+        read: list[int | None] = []
+        with contextlib.suppress(Exception):  # raised outside: the read's error is no context
+            read = [await self._statement("fetchval", "revision", class_name, id, _EVER)]
+        if not read:
+            raise ended
+        if read[0] is not None:
+            raise not_applied(ended)
+        return True
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""
