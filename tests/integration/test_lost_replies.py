@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -441,6 +441,62 @@ def test_delete_stopped_by_the_cancel_is_a_timeout_safe_to_retry(
             await locker.close()
 
     asyncio.run(scenario())
+
+
+def test_timeouts_inside_a_transaction_are_outcome_unknown_and_roll_back(
+    postgresql_proxied: Proxied,
+) -> None:
+    """PostgreSQL, inside transaction(): a save or delete past command_timeout leaves the
+    caller's transaction unable to commit (SQLAlchemy then refuses every statement until the
+    rollback), so it cannot be read back: OutcomeUnknownError, never StorageTimeoutError
+    ("nothing applied, retry") and never "saved", whether its reply was only slow or the cancel
+    stopped it; the rollback leaves the record as it was."""
+    import asyncpg
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    slow = _timing_out(postgresql_proxied, 0.2)
+    note, twin = notes_on(slow)
+    base = slow.url.partition("?")[0].replace("postgresql://", "postgresql+asyncpg://")
+    engine = create_async_engine(base, connect_args={"command_timeout": 0.2})
+
+    async def joined_failure(write: Callable[[], Awaitable[Any]]) -> ExternalStorageError:
+        with pytest.raises(ExternalStorageError) as info:
+            async with engine.begin() as connection, pydantic_toast.transaction(connection):
+                await write()
+        return info.value
+
+    async def scenario() -> list[ExternalStorageError]:
+        item = note(text="first")
+        await item.asave()
+        text = marker()
+        item.text = text  # type: ignore[attr-defined]
+        slow.proxy.delay_reply_to(text.encode(), 0.3)  # applied in the transaction, reply late
+        errors = [await joined_failure(item.asave)]
+        assert not slow.proxy.armed
+        locker = await asyncpg.connect(slow.direct.partition("?")[0])
+        try:
+            async with locker.transaction():  # the row locked: the cancel stops the statement
+                await locker.execute(
+                    "SELECT 1 FROM external_records WHERE id = $1 FOR UPDATE",
+                    item.external_id,  # type: ignore[attr-defined]
+                )
+                errors.append(await joined_failure(item.asave))
+                errors.append(await joined_failure(lambda: pydantic_toast.adelete(note, item)))
+        finally:
+            await locker.close()
+        loaded = await twin.aload(item.external_id)  # type: ignore[attr-defined]
+        assert (loaded.text, loaded.external_revision) == ("first", 1)  # type: ignore[attr-defined]
+        return errors
+
+    async def main() -> list[ExternalStorageError]:
+        try:
+            return await scenario()
+        finally:
+            await engine.dispose()
+
+    for error in asyncio.run(main()):
+        assert type(error) is OutcomeUnknownError, f"{type(error).__name__}: {error}"
+        assert "did not come within the timeout" in str(error)
 
 
 # -- helpers --------------------------------------------------------------------------------
