@@ -454,10 +454,12 @@ def test_timeouts_inside_a_transaction_are_outcome_unknown_and_roll_back(
     import asyncpg
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    slow = _timing_out(postgresql_proxied, 0.2)
+    # The joined statements run on the engine's connections, bounded by its command_timeout;
+    # the model's own (its first save) keep the default one.
+    slow = postgresql_proxied
     note, twin = notes_on(slow)
     base = slow.url.partition("?")[0].replace("postgresql://", "postgresql+asyncpg://")
-    engine = create_async_engine(base, connect_args={"command_timeout": 0.2})
+    engine = create_async_engine(base, connect_args={"command_timeout": 0.5})
 
     async def joined_failure(write: Callable[[], Awaitable[Any]]) -> ExternalStorageError:
         with pytest.raises(ExternalStorageError) as info:
@@ -468,9 +470,11 @@ def test_timeouts_inside_a_transaction_are_outcome_unknown_and_roll_back(
     async def scenario() -> list[ExternalStorageError]:
         item = note(text="first")
         await item.asave()
+        async with engine.connect() as connection:  # the dialect's first-connect queries
+            await connection.exec_driver_sql("SELECT 1")
         text = marker()
         item.text = text  # type: ignore[attr-defined]
-        slow.proxy.delay_reply_to(text.encode(), 0.3)  # applied in the transaction, reply late
+        slow.proxy.delay_reply_to(text.encode(), 0.8)  # applied in the transaction, reply late
         errors = [await joined_failure(item.asave)]
         assert not slow.proxy.armed
         locker = await asyncpg.connect(slow.direct.partition("?")[0])
