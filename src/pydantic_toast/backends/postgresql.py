@@ -448,18 +448,27 @@ def _hot_path_statements() -> dict[str, str]:
 
 
 _SQL = _hot_path_statements()
-_SETTLED = frozenset({"insert", "upsert", "update", "delete", "delete_checked"})
-"""The single-record writes whose timeout :meth:`PostgreSQLBackend._statement` waits out, so
-that reading the record back tells their outcome (see :class:`_Ended`)."""
-_EVER = datetime(1, 1, 1, tzinfo=UTC)
-"""The revision statement's "now" that finds a row whether or not it has expired."""
+_SETTLED = {"insert": 0, "upsert": 0, "update": 5, "delete": 0, "delete_checked": 0}
+"""The single-record writes whose timeout :meth:`PostgreSQLBackend._statement` settles (see
+:class:`_Ended`), and where their arguments hold the record's class name (its id follows)."""
+_ANY_TIME = float("-inf")
+"""``select_one``'s "now" that finds a row whether or not it has expired."""
 
 
 class _Ended(TimeoutError):
-    """A ``command_timeout`` after which :meth:`PostgreSQLBackend._statement` saw the statement
-    end on its connection: the server applied it, or the cancel stopped it, and reading the
-    record back tells which (:meth:`~PostgreSQLBackend._timed_out_write`,
-    :meth:`~PostgreSQLBackend._timed_out_delete`). Any other timeout leaves that unknown."""
+    """A ``command_timeout`` after which :meth:`PostgreSQLBackend._statement` read the record
+    back on the statement's own connection, which runs its next statement only once the timed
+    out one has ended: applied, or stopped by the cancel. The row read (``select_one``'s, or
+    ``None``) tells which (:func:`_timed_out_write`, :func:`_timed_out_delete`). Any other
+    timeout leaves that unknown.
+
+    Attributes:
+        row: The record's row once the statement had ended, or ``None``: there was none.
+    """
+
+    def __init__(self, row: Any) -> None:
+        super().__init__()
+        self.row = row
 
 
 class PostgreSQLBackend(SQLAlchemyBackend):
@@ -524,7 +533,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed (an expired row did not).
 
-        Past ``command_timeout``, see :meth:`_timed_out_delete`: a record then found gone is
+        Past ``command_timeout``, see :func:`_timed_out_delete`: a record then found gone is
         reported deleted, whether or not it existed when this delete ran.
         """
         now = datetime.now(UTC)
@@ -532,7 +541,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             try:
                 rows = await self._statement("fetch", "delete", class_name, id)
             except _Ended as ended:
-                return await self._timed_out_delete(class_name, id, ended)
+                return _timed_out_delete(ended)
         return any(row[0] is None or row[0] > now for row in rows)
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -540,36 +549,18 @@ class PostgreSQLBackend(SQLAlchemyBackend):
 
         Under READ COMMITTED the statement re-checks the revision on the newest version of a
         row that a concurrent write changed, so a write committed first is never deleted.
-        Past ``command_timeout``, see :meth:`_timed_out_delete`.
+        Past ``command_timeout``, see :func:`_timed_out_delete`.
         """
         now = datetime.now(UTC)
         with self._writing([(class_name, id)]):
             try:
                 rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
             except _Ended as ended:
-                return await self._timed_out_delete(class_name, id, ended)
+                return _timed_out_delete(ended)
         if any(row[0] is None or row[0] > now for row in rows):
             return True
         current = await self._statement("fetchval", "revision", class_name, id, now)
         return deleted_at(class_name, id, revision, current)
-
-    async def _timed_out_delete(self, class_name: str, id: UUID, ended: _Ended) -> bool:
-        """The outcome of a single delete that timed out, once its end is known (:class:`_Ended`).
-
-        The row still there (expired or not): the cancel stopped the delete, and the timeout
-        stands, marked as not applied (safe to retry). The row gone: the delete is reported
-        done (``True``), although whether this delete removed it or another writer had just
-        deleted it cannot be told. When reading back fails, the timeout stands unsettled: the
-        boundary reports the outcome unknown.
-        """
-        read: list[int | None] = []
-        with contextlib.suppress(Exception):  # raised outside: the read's error is no context
-            read = [await self._statement("fetchval", "revision", class_name, id, _EVER)]
-        if not read:
-            raise ended
-        if read[0] is not None:
-            raise not_applied(ended)
-        return True
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""
@@ -668,35 +659,13 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     expected,
                 )
         except _Ended as ended:
-            return await self._timed_out_write(record, ended)
+            return _timed_out_write(record, ended)
         if revision is None:
             current = await self._statement(
                 "fetchval", "revision", record.class_name, record.id, record.updated_at
             )
             raise _conflict(record, current)
         return int(revision)
-
-    async def _timed_out_write(self, record: StoredRecord, ended: _Ended) -> int:
-        """The revision of a single save that timed out, when it completed all the same.
-
-        asyncpg asks the server to cancel a statement that runs past ``command_timeout``; one
-        that had completed first (its reply slow on the network, or the server answering just
-        then) stays applied. Once its end is known (:meth:`_statement` waits for it on the
-        connection), the record read back tells which: written by this save, the save
-        succeeded; otherwise the cancel stopped it, and the timeout stands, marked as not
-        applied (safe to retry). When the end could not be waited for, or reading back fails,
-        the boundary settles the save by reading back
-        (:func:`~pydantic_toast.runtime.outcomes.settle_save`).
-        """
-        read: list[StoredRecord | None] = []
-        with contextlib.suppress(Exception):  # raised outside: the read's error is no context
-            read = await self.load_records([record.key])
-        if not read:
-            raise ended
-        (found,) = read
-        if found is not None and written_by(record, found) and found.revision is not None:
-            return found.revision
-        raise not_applied(ended)
 
     async def _write_many(self, records: Sequence[StoredRecord]) -> list[int]:
         """The batch statement in a transaction (a savepoint in a joined one); all or none.
@@ -763,13 +732,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         if len(keys) == 1:
             ((class_name, id),) = keys
             row = await self._statement("fetchrow", "select_one", class_name, id, now)
-            if row is None:
-                return [None]
-            try:
-                created, updated = _from_iso(row[2]), _from_iso(row[3])
-            except (TypeError, ValueError):
-                raise _unreadable_timestamps(class_name, id) from None
-            return [read_record(class_name, id, row[1], row[0], created, updated, row[4])]
+            return [None if row is None else _loaded(class_name, id, row)]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
         for start in range(0, len(keys), size):
@@ -844,22 +807,23 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             # instead would fail the cancel request's pending future, unretrieved.
             connection: Any = lease.driver_connection
             broken = connection.is_closed() or unwinding_interrupt()
-            ended = False
-            if isinstance(exc, TimeoutError) and name in _SETTLED and not broken:
-                # A write may have completed before the cancel reached it: its end is waited
-                # for here, so that reading the record back tells (see _Ended).
+            key = _SETTLED.get(name) if isinstance(exc, TimeoutError) and not broken else None
+            if key is not None:
+                # A write may have completed before the cancel reached it: the record read back
+                # on this connection, once the write has ended, tells (see _Ended).
                 try:
-                    await connection.execute("SELECT 1")
+                    row = await connection.fetchrow(
+                        _SQL["select_one"], args[key], args[key + 1], _ANY_TIME
+                    )
                 except Exception:
                     broken = True  # asyncpg's timer ended that wait too: the outcome is unknown
                 except BaseException:
                     self._checkin(lease, broken=True)
                     raise
                 else:
-                    ended = True
+                    self._checkin(lease, broken=False)
+                    raise _Ended(row) from exc
             self._checkin(lease, broken=broken)
-            if ended:
-                raise _Ended(*exc.args) from exc
             raise
         except BaseException:
             # Lost on the way, or a driver failure: the connection's state is unknown.
@@ -1141,6 +1105,49 @@ def _takes_idle_without_awaiting(pool: Any) -> bool:
 def _row_record(row: Any) -> StoredRecord:
     """A record from a row of the page statements' columns."""
     return read_record(row[0], row[1], row[3], row[2], row[4], row[5], row[6])
+
+
+def _loaded(class_name: str, id: UUID, row: Any) -> StoredRecord:
+    """The record of a ``select_one`` row."""
+    try:
+        created, updated = _from_iso(row[2]), _from_iso(row[3])
+    except (TypeError, ValueError):
+        raise _unreadable_timestamps(class_name, id) from None
+    return read_record(class_name, id, row[1], row[0], created, updated, row[4])
+
+
+def _timed_out_write(record: StoredRecord, ended: _Ended) -> int:
+    """The revision of a single save that timed out, when it completed all the same.
+
+    asyncpg asks the server to cancel a statement that runs past ``command_timeout``; one that
+    had completed first (its reply slow on the network, or the server answering just then)
+    stays applied. The record read back once the statement had ended (:class:`_Ended`) tells
+    which: written by this save, the save succeeded; otherwise the cancel stopped it (or another
+    write replaced it since), and the timeout stands, marked as not applied (safe to retry).
+    When the end could not be waited for, the boundary settles the save by reading back
+    (:func:`~pydantic_toast.runtime.outcomes.settle_save`).
+    """
+    found = None
+    if ended.row is not None:
+        with contextlib.suppress(StoredDataError):  # unreadable: not what this save wrote
+            found = _loaded(record.class_name, record.id, ended.row)
+    if found is not None and written_by(record, found) and found.revision is not None:
+        return found.revision
+    raise not_applied(ended)
+
+
+def _timed_out_delete(ended: _Ended) -> bool:
+    """The outcome of a single delete that timed out, once it had ended (:class:`_Ended`).
+
+    The row still there (expired or not): the cancel stopped the delete, and the timeout
+    stands, marked as not applied (safe to retry). The row gone: the delete is reported done
+    (``True``), although whether this delete removed it or another writer had just deleted it
+    cannot be told. When the end could not be waited for, the boundary reports the outcome
+    unknown.
+    """
+    if ended.row is not None:
+        raise not_applied(ended)
+    return True
 
 
 def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:
