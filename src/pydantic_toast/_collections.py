@@ -86,10 +86,7 @@ async def adelete(
             stored).
 
     Raises:
-        RecordNotFoundError: There was no such record (a delete is never silent). One
-            exception: a PostgreSQL delete past ``command_timeout`` that finds the record gone
-            once the statement has ended is reported done, since it cannot tell whether the
-            record was there when it ran (another delete may have removed it first).
+        RecordNotFoundError: There was no such record (a delete is never silent).
         ConcurrencyError: With ``revision``: the record is at another revision; nothing was
             deleted.
         StorageUsageError: With ``revision``: the model's backend has no revision-checked

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -533,15 +533,14 @@ class PostgreSQLBackend(SQLAlchemyBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed (an expired row did not).
 
-        Past ``command_timeout``, see :func:`_timed_out_delete`: a record then found gone is
-        reported deleted, whether or not it existed when this delete ran.
+        Past ``command_timeout``, see :func:`_timed_out_delete`.
         """
         now = datetime.now(UTC)
         with self._writing([(class_name, id)]):
             try:
                 rows = await self._statement("fetch", "delete", class_name, id)
             except _Ended as ended:
-                return _timed_out_delete(ended)
+                _timed_out_delete(ended)
         return any(row[0] is None or row[0] > now for row in rows)
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -556,7 +555,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             try:
                 rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
             except _Ended as ended:
-                return _timed_out_delete(ended)
+                _timed_out_delete(ended)
         if any(row[0] is None or row[0] > now for row in rows):
             return True
         current = await self._statement("fetchval", "revision", class_name, id, now)
@@ -1136,18 +1135,18 @@ def _timed_out_write(record: StoredRecord, ended: _Ended) -> int:
     raise not_applied(ended)
 
 
-def _timed_out_delete(ended: _Ended) -> bool:
-    """The outcome of a single delete that timed out, once it had ended (:class:`_Ended`).
+def _timed_out_delete(ended: _Ended) -> NoReturn:
+    """Raise what a single delete that timed out raises, once it had ended (:class:`_Ended`).
 
     The row still there (expired or not): the cancel stopped the delete, and the timeout
-    stands, marked as not applied (safe to retry). The row gone: the delete is reported done
-    (``True``), although whether this delete removed it or another writer had just deleted it
-    cannot be told. When the end could not be waited for, the boundary reports the outcome
-    unknown.
+    stands, marked as not applied (safe to retry). The row gone: this delete removed it, or
+    another writer had just deleted it, which cannot be told apart: the outcome stays unknown
+    (the boundary raises :class:`~pydantic_toast.OutcomeUnknownError`), never a success that
+    may be false.
     """
     if ended.row is not None:
         raise not_applied(ended)
-    return True
+    raise ended
 
 
 def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:
