@@ -351,3 +351,42 @@ async def test_spilled_outputs_expire_after_ttl(storage_url: str) -> None:
     with pytest.raises(RecordNotFoundError):
         await spill.aload(ref, conversation_id="brief")
     assert await spill.adelete_conversation("brief") == 0
+
+
+async def test_a_fixed_conversation_keeps_the_outputs_spilled_in_its_runs(
+    storage_url: str,
+) -> None:
+    """With PersistentConversation(conversation_id=...), a run's spilled output is kept under
+    that conversation: the next run's model reads it, and deleting the conversation deletes it."""
+    spill = _spill(storage_url, max_chars=10, preview_chars=5)
+    store = MessageStore(storage_url, namespace=spill.namespace, spill=spill)
+    replies: list[str] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = _last_return(messages)
+        if returned is not None:
+            replies.append(returned.model_response_str())
+            return ModelResponse(parts=[TextPart("done")])
+        if len(messages) == 1:  # the first run: call the tool
+            return ModelResponse(parts=[ToolCallPart("big", {})])
+        earlier = next(  # a later run: read what the first run's tool returned
+            part.model_response_str()
+            for message in messages
+            if isinstance(message, ModelRequest)
+            for part in message.parts
+            if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+        )
+        return ModelResponse(parts=[ToolCallPart("read_tool_output", {"ref": _ref(earlier)})])
+
+    fixed = PersistentConversation(store, conversation_id="fixed")
+    agent = Agent(FunctionModel(model), capabilities=[fixed, spill])
+    agent.tool_plain(name="big")(lambda: "z" * 30)
+    first = await agent.run("go")
+    ref = _ref(replies[0])
+    assert first.conversation.conversation_id == "fixed"
+    assert (await spill.aload(ref, conversation_id="fixed")).text == "z" * 30
+    await agent.run("and the big output?")
+    assert replies[1].startswith("[characters 0 to 10 of 30]")
+    assert await store.adelete("fixed") == 2
+    with pytest.raises(RecordNotFoundError):
+        await spill.aload(ref, conversation_id="fixed")

@@ -29,7 +29,9 @@ class PersistentConversation(AbstractCapability[Any]):
         await agent.run("And then?", conversation_id="chat-42")  # sees the first turn
 
     The conversation is the run's ``conversation_id`` (``agent.run(..., conversation_id=...)``)
-    unless one is fixed here. When the app passes ``message_history=`` itself, that history is
+    unless one is fixed here; a fixed one is also the run's ``conversation_id`` when the run is
+    given none, so :class:`~pydantic_toast.ai.SpillToolOutputs` keeps the run's outputs with
+    the conversation. When the app passes ``message_history=`` itself, that history is
     used as given and only the new messages are appended. A run that fails appends nothing.
 
     Attributes:
@@ -48,6 +50,15 @@ class PersistentConversation(AbstractCapability[Any]):
     async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
         """A fresh copy per run, so concurrent runs of one agent keep their own position."""
         return dataclasses.replace(self)
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        """The fixed conversation, as the ``conversation_id`` of a run given none.
+
+        Without it such a run got a fresh id from Pydantic AI, under which ``SpillToolOutputs``
+        stored its outputs: the next run's read tool could not reach them, and deleting the
+        conversation left them behind.
+        """
+        return self.conversation_id
 
     def _conversation(self, ctx: RunContext[Any]) -> str:
         conversation_id = self.conversation_id or ctx.conversation_id
