@@ -13,16 +13,20 @@ from uuid import uuid4
 
 import pydantic_core
 import pytest
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults
 from pydantic_ai.messages import (
+    ModelMessage,
     ModelMessagesTypeAdapter,
     ModelRequest,
     ModelResponse,
     TextPart,
+    ToolCallPart,
     UserPromptPart,
 )
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_toast import StorageConfigurationError, StoredDataError, StoredRecord
-from pydantic_toast.ai import MessageStore
+from pydantic_toast.ai import MessageStore, PersistentConversation
 from pydantic_toast.ai._storage import backend
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.storage import current_storage
@@ -256,6 +260,34 @@ async def test_pages_and_limits_load_whole_turns_in_order(storage_url: str) -> N
     assert not recent.complete
     pages = [_prompts(page) async for page in store.apages("long")]
     assert pages == [["t7", "t8", "t9", "t10"], ["t3", "t4", "t5", "t6"], ["t0", "t1", "t2"]]
+
+
+async def test_a_limit_never_separates_a_tool_return_from_its_call(storage_url: str) -> None:
+    """A run resumed after a tool approval stores the tool return as its own turn; a limit
+    landing on it loads the turn holding the call too (providers refuse a lone return)."""
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        (last,) = messages[-1].parts
+        if isinstance(last, UserPromptPart) and last.content == "delete a":
+            return ModelResponse(parts=[ToolCallPart("delete_file", {"path": "a"}, "call-1")])
+        return ModelResponse(parts=[TextPart("done")])
+
+    store = _store(storage_url)
+    agent = Agent(
+        FunctionModel(model),
+        output_type=[str, DeferredToolRequests],
+        capabilities=[PersistentConversation(store)],
+    )
+    agent.tool_plain(requires_approval=True, name="delete_file")(lambda path: f"deleted {path}")
+    await agent.run("hello", conversation_id="approve")
+    asked = await agent.run("delete a", conversation_id="approve")
+    assert isinstance(asked.output, DeferredToolRequests)
+    approved = DeferredToolResults(approvals={"call-1": True})
+    await agent.run(conversation_id="approve", deferred_tool_results=approved)
+    recent = await store.aload("approve", limit=2)
+    kinds = [[part.part_kind for part in message.parts] for message in recent.messages]
+    assert kinds == [["user-prompt"], ["tool-call"], ["tool-return"], ["text"]]
+    assert not recent.complete
 
 
 async def test_conversations_are_listed_and_deleted(storage_url: str) -> None:

@@ -283,8 +283,9 @@ class MessageStore:
         Args:
             conversation_id: The conversation.
             limit: Load only the newest batches holding at least this many messages. Whole
-                batches are loaded, so a turn is never cut in half (a tool return without its
-                call would be refused by the model).
+                batches are loaded, so a turn is never cut in half, and a batch opening with
+                tool returns brings the one before it (a tool return without its call would
+                be refused by the model).
         """
         if limit is not None and limit < 1:
             raise StorageConfigurationError(f"limit must be 1 or more (or None), got {limit}")
@@ -294,12 +295,12 @@ class MessageStore:
         pages = self._pages(conversation_id)
         async for page in pages:
             for batch in page:
-                if limit is not None and loaded >= limit:
+                if _enough(batches, loaded, limit):
                     complete = False
                     break
                 batches.append(batch)
                 loaded += len(batch.messages)
-            if limit is not None and loaded >= limit:
+            if _enough(batches, loaded, limit):
                 complete = False  # older batches may remain (not looked up: that costs a page)
                 break
         await pages.aclose()
@@ -428,6 +429,22 @@ def usage_of(messages: Sequence[ModelMessage]) -> RunUsage:
         elif isinstance(message, ModelRequest):
             usage.tool_calls += sum(isinstance(part, ToolReturnPart) for part in message.parts)
     return usage
+
+
+def _enough(newest: list[_Loaded], loaded: int, limit: int | None) -> bool:
+    """Whether the ``newest`` batches (newest first) hold ``limit`` messages and start a turn.
+
+    A batch opening with tool returns (a run resumed after a tool approval appends one)
+    continues the turn before it, which holds their calls: providers refuse a return whose
+    call is not in the history, so that batch is loaded too.
+    """
+    if limit is None or loaded < limit:
+        return False
+    first = newest[-1].messages[0]
+    return not (
+        isinstance(first, ModelRequest)
+        and any(isinstance(part, ToolReturnPart) for part in first.parts)
+    )
 
 
 def _header_id(conversation_id: str) -> UUID:
