@@ -262,6 +262,19 @@ async def test_pages_and_limits_load_whole_turns_in_order(storage_url: str) -> N
     assert pages == [["t7", "t8", "t9", "t10"], ["t3", "t4", "t5", "t6"], ["t0", "t1", "t2"]]
 
 
+async def test_a_limit_reaching_the_first_turn_loads_a_complete_history(storage_url: str) -> None:
+    """A limit met by the oldest turn leaves nothing out: the history says it is complete, so
+    its usage is the whole conversation's."""
+    store = _store(storage_url, page_size=4)
+    for i in range(3):
+        await store.aappend("short", _turn(f"t{i}"))
+    whole = await store.aload("short", limit=6)
+    assert _prompts(whole.messages) == ["t0", "t1", "t2"]
+    assert whole.complete
+    assert whole.usage == (await store.aload("short")).usage
+    assert not (await store.aload("short", limit=4)).complete
+
+
 async def test_a_limit_never_separates_a_tool_return_from_its_call(storage_url: str) -> None:
     """A run resumed after a tool approval stores the tool return as its own turn; a limit
     landing on it loads the turn holding the call too (providers refuse a lone return)."""

@@ -71,7 +71,8 @@ class History:
         position: The position of the newest batch loaded; pass it as ``after=`` to
             :meth:`MessageStore.aappend` so the next turn sorts after it. ``None`` for a
             conversation with nothing stored.
-        complete: ``False`` when ``limit`` left older batches out.
+        complete: ``False`` when ``limit`` left older batches out, or may have (a limit met
+            at the end of a full page: the next page is not read to find out).
         turn_usage: The usage of each loaded turn (each appended batch: one run when the
             capability appended it), oldest first, as stored with it.
         usage: The total of ``turn_usage``: the whole conversation's usage when ``complete``.
@@ -293,7 +294,7 @@ class MessageStore:
         loaded = 0
         complete = True
         pages = self._pages(conversation_id)
-        async for page in pages:
+        async for page, last in pages:
             for batch in page:
                 if _enough(batches, loaded, limit):
                     complete = False
@@ -301,7 +302,8 @@ class MessageStore:
                 batches.append(batch)
                 loaded += len(batch.messages)
             if _enough(batches, loaded, limit):
-                complete = False  # older batches may remain (not looked up: that costs a page)
+                # After a full page older batches may remain (not looked up: that costs a page).
+                complete = complete and last
                 break
         await pages.aclose()
         batches.reverse()
@@ -318,10 +320,11 @@ class MessageStore:
 
         For a UI scrolling back through a long conversation without loading all of it.
         """
-        async for page in self._pages(conversation_id):
+        async for page, _ in self._pages(conversation_id):
             yield [message for batch in reversed(page) for message in batch.messages]
 
-    async def _pages(self, conversation_id: str) -> AsyncGenerator[list[_Loaded]]:
+    async def _pages(self, conversation_id: str) -> AsyncGenerator[tuple[list[_Loaded], bool]]:
+        """The checked batches page by page, newest first, each with whether it is the last."""
         check_conversation_id(conversation_id)
         class_name = self._batch_class(conversation_id)
         store = await backend(self._url)
@@ -336,9 +339,10 @@ class MessageStore:
                     if not self.skip_invalid:
                         raise
                     logger.warning("skipped a stored batch: %s", exc)
+            last = len(records) < self.page_size
             if page:
-                yield page
-            if len(records) < self.page_size:
+                yield page, last
+            if last:
                 return
             cursor = PageCursor.of(records[-1])
 
