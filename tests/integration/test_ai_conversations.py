@@ -43,6 +43,7 @@ _TTL = {
     for param in BACKENDS
 }
 EXPIRING = [param for param in BACKENDS if _TTL[param.id]]
+REDIS = [param for param in BACKENDS if param.id == "redis"]
 
 
 def _store(url: str, **options: Any) -> MessageStore:
@@ -350,6 +351,33 @@ async def test_an_active_conversation_forgets_whole_old_turns(storage_url: str) 
     assert _prompts(history.messages) == ["new"]
     assert len(history.messages) == 2  # the whole turn, never half of one
     assert [info.conversation_id for info in await store.alist()] == ["active"]
+
+
+@pytest.mark.parametrize("storage_url", REDIS, indirect=True)
+async def test_a_conversation_with_a_damaged_record_can_still_be_deleted(storage_url: str) -> None:
+    """A batch whose Redis value is not a record at all fails loading, naming its key, and
+    adelete (the remedy the error gives) deletes it with the rest of the conversation."""
+    import redis.asyncio as aioredis
+
+    store = _store(storage_url)
+    for turn in range(3):
+        appended = await store.aappend("damaged", _turn(f"t{turn}"))
+        assert appended is not None
+        if turn == 1:
+            damaged = appended.batch_id
+    connected = await backend(storage_url)
+    key = connected.backend.key(store._batch_class("damaged"), damaged)  # type: ignore[attr-defined]
+    client = aioredis.Redis.from_url(storage_url.split("?")[0])
+    try:
+        await client.set(key, b"not a record")
+        with pytest.raises(StoredDataError, match="left untouched"):
+            await store.aload("damaged")
+        assert await store.adelete("damaged") == 3
+        assert not await client.exists(key)
+    finally:
+        await client.aclose()
+    assert (await store.aload("damaged")).messages == []
+    assert await store.alist() == []
 
 
 async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None:

@@ -7,7 +7,9 @@ record methods (``save_records``, ``load_records``, ``list_records``, ``delete``
 
 from __future__ import annotations
 
-from pydantic_toast._exceptions import StorageConfigurationError
+from uuid import UUID
+
+from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._url import StorageURL, mask_url, resolve_storage
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
@@ -22,12 +24,26 @@ async def backend(url: str) -> Connected:
 
 
 async def delete_all(store: Connected, class_name: str) -> int:
-    """Delete every record of ``class_name`` in ``store``, a page of ids at a time; how many."""
+    """Delete every record of ``class_name`` in ``store``, a page of ids at a time; how many.
+
+    A backend whose listing reads the records (Redis) fails it on a damaged one, naming it:
+    that record is deleted by its id and the listing goes on, so a conversation whose load
+    fails on a damaged record can still be deleted, as the load's error says to.
+    """
     deleted = 0
-    while ids := await store.list_ids(class_name, limit=1000):
+    damaged: UUID | None = None
+    while True:
+        try:
+            ids = await store.list_ids(class_name, limit=1000)
+        except StoredDataError as exc:
+            if exc.class_name != class_name or not isinstance(exc.id, UUID) or exc.id == damaged:
+                raise
+            damaged = exc.id
+            ids = [damaged]
+        if not ids:
+            return deleted
         for id in ids:
             deleted += await store.delete(id, class_name)
-    return deleted
 
 
 def checked_url(
