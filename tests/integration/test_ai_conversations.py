@@ -25,8 +25,13 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from pydantic_toast import StorageConfigurationError, StoredDataError, StoredRecord
-from pydantic_toast.ai import MessageStore, PersistentConversation
+from pydantic_toast import (
+    InvalidReferenceError,
+    StorageConfigurationError,
+    StoredDataError,
+    StoredRecord,
+)
+from pydantic_toast.ai import MessageStore, PersistentConversation, SpillToolOutputs
 from pydantic_toast.ai._storage import backend
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.storage import current_storage
@@ -317,6 +322,24 @@ async def test_conversations_are_listed_and_deleted(storage_url: str) -> None:
     assert [info.conversation_id for info in await store.alist()] == ["kept"]
     assert _prompts((await store.aload("kept")).messages) == ["k"]
     assert await store.adelete("never-stored") == 0
+
+
+async def test_ids_an_object_store_reads_as_another_path_are_refused(storage_url: str) -> None:
+    """Ids with an empty, '.' or '..' part between slashes, or a backslash, are refused: on
+    SeaweedFS's S3, adelete("victim/") deleted the conversation "victim"."""
+    store = _store(storage_url)
+    spill = SpillToolOutputs(storage_url, namespace=store.namespace)
+    await store.aappend("victim", _turn("kept"))
+    await store.aappend("user-1/chat-3", _turn("kept too"))
+    for id in ["victim/", "/victim", "victim//x", ".", "..", "./victim", "x/../victim", "x\\y"]:
+        with pytest.raises(InvalidReferenceError, match="between slashes"):
+            await store.adelete(id)
+        with pytest.raises(InvalidReferenceError):
+            await store.aappend(id, _turn("x"))
+        with pytest.raises(InvalidReferenceError):
+            await spill.adelete_conversation(id)
+    assert _prompts((await store.aload("victim")).messages) == ["kept"]
+    assert _prompts((await store.aload("user-1/chat-3")).messages) == ["kept too"]
 
 
 async def test_namespaces_keep_apps_apart(storage_url: str) -> None:

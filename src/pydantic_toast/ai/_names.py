@@ -50,7 +50,13 @@ def kind_class_name(kind: str, namespace: str) -> str:
 
 
 def check_conversation_id(conversation_id: str) -> str:
-    """Return ``conversation_id`` if it is a non-empty printable string of at most 200 chars.
+    """Return ``conversation_id`` if it is a non-empty printable string of at most 200 chars
+    that reads as one path only: no backslash, and no empty, ``.`` or ``..`` part between
+    slashes.
+
+    The id becomes part of object keys on S3, and some S3 stores (SeaweedFS) read keys as
+    paths: ``victim/`` named the keys of ``victim``, so deleting it deleted another
+    conversation, and ``x\\y`` those of ``x/y``.
 
     Raises:
         InvalidReferenceError: It is not. The id usually comes from a client (a URL path), so
@@ -60,10 +66,18 @@ def check_conversation_id(conversation_id: str) -> str:
         not isinstance(conversation_id, str)
         or not 0 < len(conversation_id) <= MAX_CONVERSATION_ID
         or not conversation_id.isprintable()
+        or "\\" in conversation_id
+        or conversation_id in _SEGMENTS
+        or ("/" in conversation_id and not _SEGMENTS.isdisjoint(conversation_id.split("/")))
     ):
         raise InvalidReferenceError(
             "a conversation_id must be a printable string of 1 to "
-            f"{MAX_CONVERSATION_ID} characters (a UUID is a good choice)",
+            f"{MAX_CONVERSATION_ID} characters, without a backslash or an empty, '.' or '..' "
+            "part between slashes (a UUID is a good choice)",
             id=conversation_id if isinstance(conversation_id, str) else None,
         )
     return conversation_id
+
+
+# Parts between slashes that object stores treating keys as paths drop or resolve.
+_SEGMENTS = frozenset({"", ".", ".."})
