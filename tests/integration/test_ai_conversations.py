@@ -342,6 +342,19 @@ async def test_ids_an_object_store_reads_as_another_path_are_refused(storage_url
     assert _prompts((await store.aload("user-1/chat-3")).messages) == ["kept too"]
 
 
+async def test_a_conversation_is_deleted_apart_from_those_under_its_id(storage_url: str) -> None:
+    """Deleting "a" leaves "a/b" whole: on S3 the listing of "a" named "a/b"'s batches too,
+    which its deletes could not find, so adelete("a") listed them again forever."""
+    store = _store(storage_url, page_size=2)
+    for id in ["a/b", "a", "a/c", "a"]:
+        await store.aappend(id, _turn(id))
+    assert _prompts((await store.aload("a")).messages) == ["a", "a"]
+    assert await asyncio.wait_for(store.adelete("a"), timeout=60) == 2
+    assert _prompts((await store.aload("a/b")).messages) == ["a/b"]
+    assert _prompts((await store.aload("a/c")).messages) == ["a/c"]
+    assert sorted(info.conversation_id for info in await store.alist()) == ["a/b", "a/c"]
+
+
 async def test_namespaces_keep_apps_apart(storage_url: str) -> None:
     """Two stores with different namespaces on one storage never see each other's turns."""
     one = _store(storage_url)

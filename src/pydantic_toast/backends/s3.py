@@ -312,15 +312,23 @@ class S3Backend(RecordBackend):
         prefix = self._index_prefix(class_name)
         start = prefix if after is None else self.index_key(class_name, *after)
         ids: list[UUID] = []
+        where: dict[str, Any] = {"StartAfter": start}
         while len(ids) < limit:
+            # The delimiter keeps the entries of class names extending this one with a "/"
+            # (an AI conversation "a/b" under "a") out: each comes as one common prefix, which
+            # counts towards MaxKeys, so a short page may be followed by more.
             page = await client.list_objects_v2(
-                Bucket=bucket, Prefix=prefix, StartAfter=start, MaxKeys=min(limit - len(ids), 1000)
+                Bucket=bucket,
+                Prefix=prefix,
+                Delimiter="/",
+                MaxKeys=min(limit - len(ids), 1000),
+                **where,
             )
             entries = [entry["Key"] for entry in page.get("Contents", [])]
             ids += [_uninverted(entry.rpartition("-")[2]) for entry in entries]
-            if not entries or not page.get("IsTruncated"):
+            if not page.get("IsTruncated"):
                 break
-            start = entries[-1]
+            where = {"ContinuationToken": page["NextContinuationToken"]}
         return ids[:limit]
 
     async def count(self, class_name: str) -> int:
