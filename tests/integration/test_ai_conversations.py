@@ -455,6 +455,31 @@ async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None
     assert _prompts((await store.aload("victim")).messages) == ["real"]
 
 
+async def test_a_damaged_header_can_be_skipped_in_listings(
+    storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One damaged conversation header fails every listing, naming it; with skip_invalid the
+    other conversations are listed, and the damaged one is logged."""
+    store = _store(storage_url, skip_invalid=True)
+    await store.aappend("first", _turn("a"))
+    damaged = StoredRecord(
+        class_name=store._header_class,
+        id=uuid4(),
+        data=pydantic_core.to_json({"not": "a header"}),
+        schema_version=1,
+        created_at=datetime.now(UTC),
+        updated_at=datetime.now(UTC),
+    )
+    await (await backend(store._url)).save_records([damaged])
+    await store.aappend("second", _turn("b"))
+    strict = MessageStore(storage_url, namespace=store.namespace)
+    with pytest.raises(StoredDataError, match=str(damaged.id)):
+        await strict.alist()
+    with caplog.at_level("WARNING", logger="pydantic_toast"):
+        assert [info.conversation_id for info in await store.alist()] == ["second", "first"]
+    assert str(damaged.id) in caplog.text
+
+
 async def test_invalid_batches_can_be_skipped_with_a_warning(
     storage_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

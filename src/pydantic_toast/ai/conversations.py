@@ -170,9 +170,10 @@ class MessageStore:
             ``ttl``, never part of a turn.
         page_size: Batches fetched per page when loading (one round trip per page on the
             built-in backends: the backend's ``list_records``).
-        skip_invalid: Leave batches that fail the checks out of loaded histories (with a
-            warning on the ``pydantic_toast`` logger) instead of raising. Whole turns are left
-            out, so the rest of the history stays coherent.
+        skip_invalid: Leave batches that fail the checks out of loaded histories, and
+            damaged conversation headers out of :meth:`alist` (with a warning on the
+            ``pydantic_toast`` logger) instead of raising. Whole turns are left out, so the
+            rest of the history stays coherent.
         spill: The :class:`~pydantic_toast.ai.SpillToolOutputs` of the agents writing these
             conversations: :meth:`adelete` deletes the tool outputs they spilled during a
             conversation with it.
@@ -379,12 +380,16 @@ class MessageStore:
             try:
                 header = _Header.model_validate_json(record.data)
             except ValidationError:
-                raise _corrupt(
+                error = _corrupt(
                     record,
                     "is not a conversation header",
                     remedy="no conversation owns it: delete that record or restore it from a "
                     "backup",
-                ) from None
+                )
+                if not self.skip_invalid:
+                    raise error from None
+                logger.warning("skipped a stored conversation header: %s", error)
+                continue
             found.append(
                 ConversationInfo(header.conversation_id, record.created_at, record.updated_at)
             )
