@@ -36,7 +36,7 @@ from pydantic_toast.ai._storage import backend
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.storage import current_storage
 from tests.ai_helpers import as_pydantic_ai_round_trips, chat_agent, every_part
-from tests.integration.conftest import BACKENDS
+from tests.integration.conftest import BACKENDS, S3
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = [param for param in BACKENDS if param.id != "memory"]
@@ -353,6 +353,21 @@ async def test_a_conversation_is_deleted_apart_from_those_under_its_id(storage_u
     assert _prompts((await store.aload("a/b")).messages) == ["a/b"]
     assert _prompts((await store.aload("a/c")).messages) == ["a/c"]
     assert sorted(info.conversation_id for info in await store.alist()) == ["a/b", "a/c"]
+
+
+@pytest.mark.parametrize("storage_url", [S3], indirect=True)
+async def test_an_index_entry_without_its_record_stops_a_delete(storage_url: str) -> None:
+    """An S3 index entry whose record is gone (a lifecycle rule) is listed by every page and
+    deleted by none: adelete deletes the rest, then raises naming it instead of looping."""
+    store = _store(storage_url)
+    await store.aappend("stray", _turn("x"))
+    s3 = (await backend(storage_url)).backend
+    stray = uuid4()
+    entry = s3.index_key(store._batch_class("stray"), datetime.now(UTC), stray)  # type: ignore[attr-defined]
+    await s3._connected().put_object(Bucket=s3._options.bucket, Key=entry)  # type: ignore[attr-defined]
+    with pytest.raises(StoredDataError, match=str(stray)):
+        await asyncio.wait_for(store.adelete("stray"), timeout=60)
+    assert (await store.aload("stray")).messages == []
 
 
 async def test_namespaces_keep_apps_apart(storage_url: str) -> None:

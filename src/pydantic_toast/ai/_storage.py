@@ -28,7 +28,8 @@ async def delete_all(store: Connected, class_name: str) -> int:
 
     A backend whose listing reads the records (Redis) fails it on a damaged one, naming it:
     that record is deleted by its id and the listing goes on, so a conversation whose load
-    fails on a damaged record can still be deleted, as the load's error says to.
+    fails on a damaged record can still be deleted, as the load's error says to. A page of
+    ids none of which is stored (an index out of step) raises ``StoredDataError``.
     """
     deleted = 0
     damaged: UUID | None = None
@@ -42,8 +43,19 @@ async def delete_all(store: Connected, class_name: str) -> int:
             ids = [damaged]
         if not ids:
             return deleted
+        found = 0
         for id in ids:
-            deleted += await store.delete(id, class_name)
+            found += await store.delete(id, class_name)
+        if not found:  # listed again and again: stop rather than loop forever
+            raise StoredDataError(
+                f"the listing of {class_name} names {len(ids)} records that are not stored, "
+                f"such as {ids[0]}: the store's index is out of step with its records (an S3 "
+                "lifecycle rule or a hand deletion?); the records deleted so far are gone, the "
+                "index is left untouched (remove its entries for those ids)",
+                class_name=class_name,
+                id=ids[0],
+            )
+        deleted += found
 
 
 def checked_url(
