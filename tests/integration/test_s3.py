@@ -475,3 +475,21 @@ async def test_checked_delete_refused_when_a_write_lands_after_its_check(
     page = await pydantic_toast.apage(note, limit=10)
     assert [listed.external_id for listed in page.items] == [item.external_id]  # still listed
     await pydantic_toast.aclose_storage()
+
+
+async def test_a_class_is_paged_and_counted_apart_from_names_extending_it(s3_url: str) -> None:
+    """external_name "Box" and "Box/v2" share the start of their keys; each class's pages and
+    count hold its own records only."""
+
+    def box(external_name: str) -> type[ExternalBaseModel]:
+        config = ExternalConfigDict(storage=s3_url, external_name=external_name)
+        return type(
+            "Box", (ExternalBaseModel,), {"__annotations__": {"text": str}, "model_config": config}
+        )
+
+    name = f"Box{uuid4().hex[:8]}"
+    outer, inner = box(name), box(f"{name}/v2")
+    await pydantic_toast.adump([inner(text="inner"), outer(text="outer"), inner(text="inner")])
+    assert [item.text for item in (await pydantic_toast.apage(outer, limit=2)).items] == ["outer"]
+    assert await pydantic_toast.acount(outer) == 1
+    assert await pydantic_toast.acount(inner) == 2

@@ -335,10 +335,11 @@ class S3Backend(RecordBackend):
         """How many records ``class_name`` has (one LIST per 1,000 records)."""
         pages = self._connected().get_paginator("list_objects_v2")
         total = 0
-        async for page in pages.paginate(
-            Bucket=self._options.bucket, Prefix=f"{self._options.prefix}{class_name}/"
-        ):
-            total += page.get("KeyCount", 0)
+        prefix = f"{self._options.prefix}{class_name}/"
+        # The delimiter leaves out the records of class names extending this one with "/";
+        # with it SeaweedFS also lists the prefix itself, as a folder, once none is left.
+        async for page in pages.paginate(Bucket=self._options.bucket, Prefix=prefix, Delimiter="/"):
+            total += sum(entry["Key"] != prefix for entry in page.get("Contents", []))
         return total
 
     # -- one record -----------------------------------------------------------------------------
