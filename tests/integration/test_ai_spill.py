@@ -10,6 +10,7 @@ from uuid import uuid4
 import pytest
 from pydantic_ai import Agent
 from pydantic_ai.messages import (
+    ImageUrl,
     ModelMessage,
     ModelRequest,
     ModelResponse,
@@ -390,3 +391,19 @@ async def test_a_fixed_conversation_keeps_the_outputs_spilled_in_its_runs(
     assert await store.adelete("fixed") == 2
     with pytest.raises(RecordNotFoundError):
         await spill.aload(ref, conversation_id="fixed")
+
+
+async def test_a_list_of_images_passes_through_unspilled(storage_url: str) -> None:
+    """A tool returning a list of images longer than max_chars as JSON reaches the model as
+    images, like a single one: spilled, the model got a note about their JSON instead."""
+    spill = _spill(storage_url, max_chars=100, preview_chars=10)
+    images = [ImageUrl(f"https://example.com/{i}.png") for i in range(20)]
+    agent = Agent(
+        FunctionModel(lambda messages, info: _answer_after_big(messages)), capabilities=[spill]
+    )
+    agent.tool_plain(name="big")(lambda: images)
+    result = await agent.run("go", conversation_id="pictures")
+    returned = _last_return(result.all_messages()[:-1])
+    assert returned is not None
+    assert returned.content == images
+    assert await spill.adelete_conversation("pictures") == 0

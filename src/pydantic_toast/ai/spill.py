@@ -28,7 +28,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_ai import RunContext
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.messages import BinaryContent, FileUrl, ToolCallPart, ToolReturn
+from pydantic_ai.messages import MULTI_MODAL_CONTENT_TYPES, ToolCallPart, ToolReturn
 from pydantic_ai.tools import Tool, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 
@@ -296,11 +296,18 @@ def _unknown(ref: str) -> str:
     return f"[there is no stored output {ref!r}: pass the ref exactly as it was given]"
 
 
+# What passes through unspilled, alone or as an item of a returned list: Pydantic AI sends the
+# model such items as files (an image, a document), which a note about their JSON would drop.
+_PASSED = (bytes, bytearray, ToolReturn, *MULTI_MODAL_CONTENT_TYPES)
+
+
 def _as_text(result: Any) -> tuple[str, bool] | None:
     """The text the model would see for ``result`` and whether it is JSON; ``None``: leave it."""
     if isinstance(result, str):
         return result, False
-    if isinstance(result, bytes | bytearray | BinaryContent | FileUrl | ToolReturn):
+    if isinstance(result, _PASSED) or (
+        isinstance(result, list | tuple) and any(isinstance(item, _PASSED) for item in result)
+    ):
         return None  # multimodal or explicitly shaped returns pass through unchanged
     try:
         return pydantic_core.to_json(result).decode(), True
