@@ -47,6 +47,7 @@ from pydantic_toast._field_types import save_types
 from pydantic_toast._fingerprint import LoadLayout, Tracking, load_layout, loads_as_stored
 from pydantic_toast._number_plan import SCAN, NumberPlan, number_plan
 from pydantic_toast._schema_walk import schema_nodes
+from pydantic_toast._unstorable import TIME_KEYS, check_storable
 
 __all__ = [
     "FLAGS",
@@ -74,7 +75,12 @@ class DataSchema:
             noting a datetime or time whose UTC offset has seconds, and a value in an Any field
             that JSON would not give back as itself (see :func:`noted`).
         validator: Validates stored fields with what lies inside the reference hook: the
-            model, and any model validators the hook wraps.
+            model, and any model validators the hook wraps. Time constraints
+            (``FutureDatetime``, ``PastDate``...) are left out: they held when the record was
+            written, and a record must load whenever it is read.
+        loader: Validates stored fields outside the hook (a load that does not come through
+            Pydantic's validation): :attr:`validator` when the hook is outermost, else the
+            class's full validator, without time constraints as :attr:`validator`.
         hook_at_root: Whether the reference hook is the outermost validator. When it is not
             (a subclass's own model validators wrap it), a load that does not come through
             Pydantic's validation must use the class's full validator, so that those run too.
@@ -89,6 +95,7 @@ class DataSchema:
         "fields",
         "hook_at_root",
         "load_layout",
+        "loader",
         "numbers",
         "owner",
         "serializer",
@@ -104,6 +111,7 @@ class DataSchema:
         serializer: SchemaSerializer,
         validator: SchemaValidator,
         *,
+        loader: SchemaValidator,
         hook_at_root: bool,
         tracking: Tracking,
         numbers: NumberPlan = SCAN,
@@ -114,6 +122,7 @@ class DataSchema:
         self.serializer = serializer
         self.numbers = numbers
         self.validator = validator
+        self.loader = loader
         self.hook_at_root = hook_at_root
         self.fields = len(getattr(owner, "__pydantic_fields__", ()))
         self.load_layout = load_layout
@@ -161,15 +170,24 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
     if definitions:
         fields = {"type": "definitions", "schema": fields, "definitions": definitions}
         inner = {"type": "definitions", "schema": inner, "definitions": definitions}
+    check_storable(cls)  # (a class completed by a rebuild that refused it: refused here too)
     config = _config_of(validator)
     names = tuple(getattr(cls, "__pydantic_fields__", ()))
+    inner_validator = SchemaValidator(_untimed(inner), config)
+    if at_root:
+        loader = inner_validator
+    elif _timed(schema):
+        loader = SchemaValidator(_untimed(schema), config)
+    else:
+        loader = validator
     # Model validators of the class's own may rebuild what its Any fields hold.
     stored = _for_storage(fields, definitions, plain_any=inside is model and at_root)
     built = DataSchema(
         cls,
         schema,
         SchemaSerializer(stored, _storage_config(config)),
-        SchemaValidator(inner, config),
+        inner_validator,
+        loader=loader,
         hook_at_root=at_root,
         numbers=number_plan(model),
         # The whole schema must load as stored: model validators wrap the hook.
@@ -193,6 +211,39 @@ def storage_serializer(cls: type[Any]) -> SchemaSerializer:
     if fast is None:
         return cast("SchemaSerializer", cls.__pydantic_serializer__)
     return fast.serializer
+
+
+def _timed(schema: object) -> bool:
+    """Whether core ``schema`` compares a date or datetime with the current time."""
+    return any(key in node for node in schema_nodes(schema) for key in TIME_KEYS)
+
+
+def _untimed(schema: Any) -> Any:
+    """Core ``schema`` without its time constraints (``FutureDatetime``, ``PastDate``...), to
+    load stored data: each held when its record was written, and a ``FutureDatetime`` stored
+    yesterday is past today. ``schema`` itself when it has none.
+
+    Only the dicts and lists on the way to a constraint are copied. A plain model or dataclass
+    nested inside keeps its own (Pydantic reuses its validator): such classes are refused when
+    the class is defined (see ``_unstorable``).
+    """
+    if not _timed(schema):
+        return schema
+    copies: dict[int, Any] = {}
+
+    def copy(node: Any) -> Any:
+        if not isinstance(node, dict | list | tuple):
+            return node
+        if id(node) in copies:
+            return copies[id(node)]
+        if isinstance(node, dict):
+            result: Any = {key: copy(value) for key, value in node.items() if key not in TIME_KEYS}
+        else:
+            result = type(node)(copy(item) for item in node)
+        copies[id(node)] = result
+        return result
+
+    return copy(schema)
 
 
 def _config_of(validator: SchemaValidator) -> CoreConfig | None:
@@ -660,7 +711,10 @@ def _constraint_check(node: dict[str, Any], config: dict[str, Any] | None) -> di
     """
     if not _constrained(node, config):
         return None
-    schema = {key: value for key, value in node.items() if key not in ("serialization", "ref")}
+    # Time constraints are not checked again: a loaded FutureDatetime may be past by now, and
+    # the record it came from must still save (loads leave them out too, see _untimed).
+    left_out = ("serialization", "ref", *TIME_KEYS)
+    schema = {key: value for key, value in node.items() if key not in left_out}
     kind = node["type"]
     check: Callable[[Any], Any]
     if kind in _SIZED:

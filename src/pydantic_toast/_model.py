@@ -87,10 +87,15 @@ from pydantic_toast._signing import (
     sign_reference,
     verify_parsed,
 )
+from pydantic_toast._unstorable import check_storable
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["ExternalBaseModel"]
+
+# Pydantic 2.12 and later call __pydantic_on_complete__ whenever a class's schema is complete
+# (defined, or rebuilt with its forward references resolved); before, the definition checks.
+_ON_COMPLETE = hasattr(BaseModel, "__pydantic_on_complete__")
 
 logger = logging.getLogger("pydantic_toast")
 
@@ -145,7 +150,17 @@ class ExternalBaseModel(BaseModel):
         if cls.__dict__.get("__abstract__", False):
             cls.__toast_settings__ = None
         else:
+            if not _ON_COMPLETE:
+                check_storable(cls)
             cls.__toast_settings__ = settings_for(cls)
+
+    @classmethod
+    def __pydantic_on_complete__(cls) -> None:
+        """Refuse fields no value of which can be stored, once the class's schema is complete
+        (when defined, or at the ``model_rebuild()`` that resolves its forward references)."""
+        super().__pydantic_on_complete__()
+        if not cls.__dict__.get("__abstract__", False):
+            check_storable(cls)
 
     # -- the hooks Pydantic's core calls, nested or not -----------------------------------------
 
@@ -726,9 +741,11 @@ class ExternalBaseModel(BaseModel):
             # by name, and lax, so strict models still accept their own datetimes and sets.
             fast = data_schema(cls)
             validator: Any = (
-                fast.validator
-                if fast is not None and (within_hook or fast.hook_at_root)
-                else cls.__pydantic_validator__
+                cls.__pydantic_validator__
+                if fast is None
+                else fast.validator
+                if within_hook
+                else fast.loader
             )
             # The references inside it were written by the application: trusted.
             if is_trusted():
@@ -791,9 +808,7 @@ class ExternalBaseModel(BaseModel):
         fast = data_schema(cls)
         # As _toast_from_record outside the hook: the fields' own validator when the hook is
         # outermost, else the class's (its validators that wrap the hook must run).
-        validator: Any = cls.__pydantic_validator__
-        if fast is not None and fast.hook_at_root:
-            validator = fast.validator
+        validator: Any = cls.__pydantic_validator__ if fast is None else fast.loader
         validate = validator.validate_json
         version = settings.schema_version
         # A fingerprint per loaded instance when the class vouches (see _toast_from_record).

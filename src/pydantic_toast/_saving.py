@@ -522,11 +522,11 @@ class SaveBatch:
         for url, records in self.records.items():
             for (class_name, id), (stored, *_) in records.items():
                 session.records[(url, class_name, id)] = stored
+        fast = data_schema(cls)
+        validator: Any = cls.__pydantic_validator__ if fast is None else fast.loader
         token = session.activate()
         try:
-            cls.__pydantic_validator__.validate_json(
-                record.data, strict=False, by_alias=False, by_name=True
-            )
+            validator.validate_json(record.data, strict=False, by_alias=False, by_name=True)
         except ValidationError as exc:
             raise _fidelity.unreadable_refusal(cls, record, exc) from None
         except StoredDataError as exc:  # a record of this batch held here (shared, cycle)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import Annotated, Any
 from uuid import uuid4
 
 import pytest
-from pydantic import Field
+from pydantic import (
+    BaseModel,
+    Field,
+    FutureDatetime,
+    PastDate,
+    PlainSerializer,
+    PlainValidator,
+)
 
 from pydantic_toast import (
     ExternalBaseModel,
@@ -314,3 +324,89 @@ async def test_missing_record_of_a_class_with_no_records_hints_at_a_rename(
             await SupportTicket.aload(uuid4())
         assert "external_name" not in str(info.value)
     assert log.listings == 3  # probed once more, then known to have records
+
+
+class Handle:
+    """A class Pydantic has no schema for (arbitrary_types_allowed)."""
+
+
+class Event(BaseModel):
+    when: FutureDatetime
+
+
+@dataclasses.dataclass
+class Stamp:
+    day: PastDate
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [
+        (Iterable[int], "is an Iterable .*one-pass iterator.*list\\[...\\]"),
+        (Callable[[], int], "no JSON form .*\\(a Callable\\)"),
+        (Handle, "no JSON form .*\\(any instance of Handle\\).*PlainSerializer"),
+        (type[Handle], "no JSON form .*\\(type\\[Handle\\]\\)"),
+        (list[Handle] | None, "any instance of Handle"),
+        (Event, "holds Event, whose own validator checks a time constraint"),
+        (dict[str, Stamp], "holds Stamp, whose own validator.*ExternalBaseModel"),
+    ],
+    ids=["iterable", "callable", "arbitrary", "type", "nested", "future", "past"],
+)
+def test_fields_no_value_of_which_can_be_stored_are_refused_at_definition(
+    memory_url: str, annotation: Any, expected: str
+) -> None:
+    """A field type whose every value would be refused at save (or load back changed, or not
+    at all) fails at the class statement, naming the class and the field."""
+    with pytest.raises(StorageConfigurationError, match=expected) as info:
+        type(
+            "Unstorable",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": {"name": str, "field": annotation},
+                "model_config": ExternalConfigDict(
+                    storage=memory_url, arbitrary_types_allowed=True
+                ),
+            },
+        )
+    assert str(info.value).startswith("Unstorable cannot be stored: field 'field' ")
+
+
+class Dated(ExternalBaseModel):
+    """Time constraints in an external model's own fields load: it is stored by reference."""
+
+    model_config = ExternalConfigDict(storage="memory://dated")
+    when: FutureDatetime
+
+
+def test_what_the_user_converts_or_excludes_is_theirs(memory_url: str) -> None:
+    """A field under a serializer or validator of the user's, one excluded with a default (not
+    data), and an external model with a time constraint are accepted; so is an abstract base."""
+
+    class Mine(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url, arbitrary_types_allowed=True)
+        handle: Annotated[
+            Handle, PlainSerializer(lambda _: "h"), PlainValidator(lambda _: Handle())
+        ]
+        callback: Callable[[], None] = Field(default=print, exclude=True)
+        dated: Dated | None = None
+
+    class Base(ExternalBaseModel):
+        __abstract__ = True
+        values: Iterable[int] = ()
+
+    loaded = Mine.model_validate(Mine(handle=Handle()).model_dump())
+    assert isinstance(loaded.handle, Handle)
+    assert Base.__abstract__
+
+
+def test_a_forward_reference_is_checked_when_it_resolves(memory_url: str) -> None:
+    """A field type known only once a forward reference resolves is refused at the rebuild."""
+
+    class Pending(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        entries: Later  # type: ignore[name-defined]
+
+    Later = Iterable[int]  # resolved from this frame by model_rebuild()
+    assert Later
+    with pytest.raises(StorageConfigurationError, match="field 'entries' is an Iterable"):
+        Pending.model_rebuild()

@@ -1,0 +1,158 @@
+"""Field types no value of which could be stored faithfully, refused when the class is defined.
+
+Whatever value such a field holds, the record could not come back as it went in: an
+``Iterable`` is validated into a one-pass iterator (a save consumes it), a ``Callable`` or an
+arbitrary class (``arbitrary_types_allowed``) has no JSON form Pydantic writes or reads back.
+Refusing them at the first save made the model's definition look like the caller's mistake
+(FastAPI answered 422); refused here, the class is never created. Time constraints
+(``FutureDatetime``, ``PastDate``...) are left out when a record is loaded (see
+``_data_schema``), except inside a plain model or dataclass nested in the record, whose own
+validator Pydantic reuses as it is: those are refused here too.
+
+What a user's function decides is theirs: a field under a serializer or a wrap or plain
+validator of the user's, and a field excluded from dumps with a default (not data), are not
+looked into. Nested external models are stored as records of their own and checked with their
+own class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._schema_walk import schema_nodes
+
+__all__ = ["TIME_KEYS", "check_storable"]
+
+TIME_KEYS = ("now_op", "now_utc_offset")
+"""The keys of a date or datetime core schema that compare it with the current time."""
+
+_ONE_PASS = (
+    "is an Iterable (or Generator), which Pydantic validates into a one-pass iterator: a save "
+    "would consume it and the next one store it empty. Type it list[...] or Sequence[...]"
+)
+_NO_JSON = (
+    "has no JSON form that Pydantic both writes and reads back ({what}), so no value of it can "
+    "be stored. Give it a type with a JSON form, or annotate it with a PlainSerializer and a "
+    "BeforeValidator that convert it, or, if it is not data, give it a default and "
+    "Field(exclude=True)"
+)
+_TIMED = (
+    "holds {model}, whose own validator checks a time constraint (FutureDatetime, "
+    "PastDate...) that Pydantic would check again at every load: once the time passed, the "
+    "stored record could never be loaded. Make {model} an ExternalBaseModel (a record's own "
+    "fields are loaded with such constraints left out), or declare its field as datetime or "
+    "date and check the constraint where values are entered"
+)
+# What a user's function decides, which this check does not second-guess.
+_USERS = frozenset({"function-wrap", "function-plain"})
+_CLASSES = frozenset({"model", "dataclass"})
+
+
+def check_storable(cls: type[Any]) -> None:
+    """Refuse ``cls`` if one of its fields can never be stored as it is.
+
+    Raises:
+        StorageConfigurationError: Naming the class, the field, the problem and the fix.
+    """
+    schema = cls.__dict__.get("__pydantic_core_schema__")
+    if not isinstance(schema, dict):
+        return  # not complete yet (forward references): checked when it is
+    definitions = {
+        node["ref"]: node
+        for holder in schema_nodes(schema)
+        if holder.get("type") == "definitions"
+        for node in holder.get("definitions", [])
+        if isinstance(node, dict) and "ref" in node
+    }
+    fields = _own_fields(schema, cls, definitions)
+    cleared: set[type] = set()  # plain classes walked already, found storable
+    for name, field in fields.items():
+        if not isinstance(field, dict) or _not_data(field):
+            continue
+        problem = _problem(field.get("schema"), definitions, cleared)
+        if problem is not None:
+            raise StorageConfigurationError(
+                f"{cls.__qualname__} cannot be stored: field {name!r} {problem}"
+            )
+
+
+def _own_fields(
+    schema: dict[str, Any], cls: type[Any], definitions: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``fields`` of ``cls``'s own model-fields node in its core ``schema``."""
+    for node in schema_nodes(schema, definitions=definitions):
+        if node.get("type") == "model" and node.get("cls") is cls:
+            inner = node.get("schema", {})
+            if isinstance(inner, dict) and inner.get("type") == "model-fields":
+                return inner.get("fields", {})  # type: ignore[no-any-return]
+    return {}
+
+
+def _not_data(field: dict[str, Any]) -> bool:
+    """Whether a field is excluded from dumps and has a default: not data (see _data_schema)."""
+    inner = field.get("schema", {})
+    return bool(field.get("serialization_exclude")) and inner.get("type") == "default"
+
+
+def _problem(schema: object, definitions: dict[str, Any], cleared: set[type]) -> str | None:
+    """Why no value of core ``schema`` can be stored, or ``None``; the plain classes in
+    ``cleared`` are not walked again, those found storable are added to it."""
+    nested: list[dict[str, Any]] = []
+
+    def descend(node: dict[str, Any]) -> bool:
+        return _looked_into(node) and node.get("cls") not in cleared
+
+    for node in schema_nodes(schema, definitions=definitions, descend=descend):
+        kind = node.get("type")
+        if kind == "generator" and not _serialized_by_user(node):
+            return _ONE_PASS
+        if kind == "callable" and not _serialized_by_user(node):
+            return _NO_JSON.format(what="a Callable")
+        if kind in ("is-instance", "is-subclass") and not _serialized_by_user(node):
+            shown = getattr(node.get("cls"), "__qualname__", "a class")
+            what = f"any instance of {shown}" if kind == "is-instance" else f"type[{shown}]"
+            return _NO_JSON.format(what=what)
+        if kind in _CLASSES and not hasattr(node.get("cls"), "_toast_serialize"):
+            nested.append(node)
+    for node in nested:
+        if _times_itself(node, definitions):
+            return _TIMED.format(model=node["cls"].__qualname__)
+    cleared.update(node["cls"] for node in nested)
+    return None
+
+
+def _looked_into(node: dict[str, Any]) -> bool:
+    """Whether the walk goes below ``node``: not below what a user's function decides, a
+    nested external model (checked with its own class) or a field that is not data."""
+    kind = node.get("type")
+    if kind in _USERS or _serialized_by_user(node):
+        return False
+    if kind in ("json-or-python", "lax-or-strict"):
+        return False  # Pydantic's own types choosing by input: their JSON side is theirs
+    if kind in _CLASSES and hasattr(node.get("cls"), "_toast_serialize"):
+        return False
+    if kind in ("model-field", "dataclass-field", "typed-dict-field"):
+        return not _not_data(node)
+    return True
+
+
+def _serialized_by_user(node: dict[str, Any]) -> bool:
+    serialization = node.get("serialization")
+    return isinstance(serialization, dict) and serialization.get("type") in (
+        "function-plain",
+        "function-wrap",
+    )
+
+
+def _times_itself(model: dict[str, Any], definitions: dict[str, Any]) -> bool:
+    """Whether the plain model or dataclass schema ``model`` checks a time constraint in its
+    own fields (a model or dataclass inside it is another such class, asked on its own)."""
+
+    def inside(node: dict[str, Any]) -> bool:
+        return node is model or node.get("type") not in _CLASSES
+
+    return any(
+        any(key in node for key in TIME_KEYS)
+        for node in schema_nodes(model, definitions=definitions, descend=inside)
+    )
