@@ -19,7 +19,8 @@ microseconds of a long duration. Bytes are written as the class reads them
 override; the models' own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
 writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
-value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str):
+value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str),
+a deque with a maxlen (not written) and a tuple in a ``Sequence`` field (read back as a list):
 such a record is refused. Values outside their field's constraints (a ``Literal``'s other
 value, a bound, a length: Pydantic's serializers check types only) fail during serialization.
 """
@@ -50,11 +51,13 @@ from pydantic_toast._schema_walk import schema_nodes
 from pydantic_toast._unstorable import TIME_KEYS, check_storable
 
 __all__ = [
+    "BOUNDED",
     "FLAGS",
     "KEY",
     "OFFSET",
     "ONE_PASS",
     "OUTSIDE",
+    "SEQUENCE",
     "SUBCLASS",
     "UNION",
     "DataSchema",
@@ -365,6 +368,10 @@ class _Copier:
             copied["serialization"] = _ONE_PASS_CHECK
         if _is_pattern(node):
             copied["serialization"] = _FLAGS_CHECK
+        if kind == "deque" and plain and "serialization" not in node:
+            copied["serialization"] = _bound_check(copied)
+        if plain and _is_sequence(node):
+            copied["serialization"] = _sequence_check(copied["serialization"])
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -418,6 +425,8 @@ class _Copier:
             if kind in _FIELDS and _stored_despite_exclusion(item):
                 return True
             if _is_secret(item) or kind == "generator" or _any_hashable(item) or _is_pattern(item):
+                return True
+            if kind == "deque" or _is_sequence(item):
                 return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
@@ -645,6 +654,56 @@ def _pattern_text(value: Any) -> Any:
 _FLAGS_CHECK = core_schema.plain_serializer_function_ser_schema(
     _pattern_text, return_schema=core_schema.str_schema(), when_used="json"
 )
+
+
+# A deque's maxlen is not written: a bounded deque came back unbounded (equal by ==, but an
+# append no longer drops the oldest item).
+BOUNDED = "bounded"
+"""The note of a deque with a maxlen, which its JSON does not keep."""
+
+
+def _bounded(value: Any) -> Any:
+    if getattr(value, "maxlen", None) is not None:
+        _note.set(BOUNDED)
+    return value
+
+
+def _bound_check(copied: dict[str, Any]) -> dict[str, Any]:
+    """A serializer for deque schema ``copied`` noting a deque with a maxlen."""
+    inner = {key: value for key, value in copied.items() if key not in ("serialization", "ref")}
+    serializer = core_schema.plain_serializer_function_ser_schema(
+        _bounded, return_schema=cast("core_schema.CoreSchema", inner), when_used="json"
+    )
+    return cast("dict[str, Any]", serializer)
+
+
+# A Sequence field keeps the tuple (or deque...) it is given, and JSON gives back a list, which
+# == tells from it.
+SEQUENCE = "sequence"
+"""The note of a Sequence field holding another sequence than a list (followed by ``:type``)."""
+
+
+def _is_sequence(node: dict[str, Any]) -> bool:
+    """Whether schema ``node`` is ``Sequence[...]``'s (kept as given, written as a list)."""
+    serialization = node.get("serialization")
+    return (
+        node.get("type") == "json-or-python"
+        and isinstance(serialization, dict)
+        and getattr(serialization.get("function"), "__name__", None)
+        == "serialize_sequence_via_list"
+    )
+
+
+def _sequence_check(serialization: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's Sequence ``serialization``, noting a value that is not a list first."""
+    write = serialization["function"]
+
+    def check(value: Any, handler: Any, info: Any) -> Any:
+        if type(value) is not list:
+            _note.set(f"{SEQUENCE}:{type(value).__qualname__}")
+        return write(value, handler, info)
+
+    return {**serialization, "function": check}
 
 
 # Constraints Pydantic's serializers do not check: a value outside them (put there by

@@ -384,10 +384,12 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     back. Its fields are serialized one by one to name the first that notes it; ``None`` when
     none does (the note was left by an earlier serialization that failed)."""
     from pydantic_toast._data_schema import (
+        BOUNDED,
         FLAGS,
         KEY,
         OFFSET,
         ONE_PASS,
+        SEQUENCE,
         SUBCLASS,
         UNION,
         noting,
@@ -441,6 +443,22 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             f"{where} holds a compiled pattern with flags given to re.compile, which Pydantic "
             "writes as the pattern's text alone, so it would come back without them; nothing "
             "was written. Write the flags inline in the pattern instead, e.g. re.compile('(?i)a')"
+        )
+    elif note == BOUNDED:
+        problem = (
+            f"{where} holds a deque with a maxlen, which JSON does not keep: it would come back "
+            "unbounded (equal by ==, but appends would no longer drop the oldest items); nothing "
+            "was written. Restore the bound when the field is validated, e.g. "
+            "Annotated[deque[int], AfterValidator(lambda d: deque(d, maxlen=10))], or store a "
+            "deque without maxlen"
+        )
+    elif note.startswith(f"{SEQUENCE}:"):
+        _, kind = note.split(":")
+        problem = (
+            f"{where} is typed Sequence and holds a {kind}, which Pydantic keeps as given but "
+            f"writes as a JSON array, read back as a list (which == tells from a {kind}); "
+            "nothing was written. Give it a list, or type the field for what it holds "
+            "(tuple[int, ...], list[int])"
         )
     elif note == ONE_PASS:
         problem = (

@@ -25,7 +25,8 @@ import math
 import os
 import random
 import time as clock
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -179,6 +180,15 @@ def kinds(
         "items": Kind(list[int | float], st.lists(st.one_of(big_ints, floats), max_size=4)),
         "pair": Kind(tuple[int, str, float], st.tuples(big_ints, text, floats)),
         "numbers": Kind(set[int], st.sets(big_ints, max_size=4)),
+        # A tuple in a Sequence came back a list; a deque's maxlen came back None.
+        "sequence": Kind(
+            Sequence[int],
+            st.one_of(st.lists(big_ints, max_size=3), st.tuples(big_ints, big_ints)),
+        ),
+        "bounded": Kind(
+            deque[int],
+            st.builds(deque, st.lists(st.integers(), max_size=3), st.none() | st.integers(3, 5)),
+        ),
         "labels": Kind(frozenset[str], st.frozensets(text, max_size=4)),
         "maybe": Kind(float | None, st.none() | floats),
         "point": Kind(Point, points),
@@ -277,7 +287,9 @@ def same(a: Any, b: Any) -> bool:
         return all(same(getattr(a, n), getattr(b, n)) for n in type(a).model_fields)
     if dataclasses.is_dataclass(a):
         return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
-    if isinstance(a, list | tuple):
+    if isinstance(a, deque) and a.maxlen != b.maxlen:
+        return False
+    if isinstance(a, list | tuple | deque):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
