@@ -151,7 +151,7 @@ class ExternalBaseModel(BaseModel):
             cls.__toast_settings__ = None
         else:
             if not _ON_COMPLETE:
-                check_storable(cls)
+                cls._toast_check_storable()
             cls.__toast_settings__ = settings_for(cls)
 
     @classmethod
@@ -160,7 +160,17 @@ class ExternalBaseModel(BaseModel):
         (when defined, or at the ``model_rebuild()`` that resolves its forward references)."""
         super().__pydantic_on_complete__()
         if not cls.__dict__.get("__abstract__", False):
+            cls._toast_check_storable()
+
+    @classmethod
+    def _toast_check_storable(cls) -> None:
+        try:
             check_storable(cls)
+        except StorageConfigurationError:
+            # Until it is collected, a refused class is among its base's subclasses: never
+            # taken for a stored one (orphan scans, error messages) with its base's settings.
+            cls.__toast_settings__ = None
+            raise
 
     # -- the hooks Pydantic's core calls, nested or not -----------------------------------------
 
