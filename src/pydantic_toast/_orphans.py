@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 import pydantic_core
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, PydanticSchemaGenerationError, TypeAdapter
 
 from pydantic_toast._codecs import is_encoded, pointer_of
 from pydantic_toast._exceptions import StorageConfigurationError
@@ -124,8 +124,22 @@ def _field_routes(cls: type[ExternalBaseModel]) -> Routes:
     """The routes of the external classes ``cls``'s fields can hold (not ``cls`` itself)."""
     routes: Routes = {}
     for info in cls.model_fields.values():
-        routes.update(routes_in(TypeAdapter(info.annotation or Any).core_schema))
+        routes.update(routes_in(_schema_of(info.annotation or Any)))
     return routes
+
+
+def _schema_of(annotation: Any) -> Any:
+    """The core schema of a field's ``annotation``, taken out of its class.
+
+    A class Pydantic has no schema for (a client in a field excluded from the data, allowed by
+    the model's ``arbitrary_types_allowed``) is allowed here too: refused, it failed every
+    orphan scan of the process, whatever class was scanned.
+    """
+    try:
+        return TypeAdapter(annotation).core_schema
+    except PydanticSchemaGenerationError:
+        allowed = ConfigDict(arbitrary_types_allowed=True)
+        return TypeAdapter(annotation, config=allowed).core_schema
 
 
 async def afind_orphans(

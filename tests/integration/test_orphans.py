@@ -9,9 +9,11 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import Field
 
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, OrphanReport
@@ -76,6 +78,39 @@ def test_orphans_are_found_in_pages_resumed_and_deleted(storage_url: str) -> Non
     assert pydantic_toast.find_orphans(tag).orphans == []
     for item in posts:
         assert len(post.model_validate(item.model_dump()).tags) >= 1  # type: ignore[attr-defined]
+
+
+class _Client:
+    """Not data: a handle a model keeps in a field excluded from its records."""
+
+
+def test_a_model_holding_a_class_pydantic_has_no_schema_for_does_not_stop_scans(
+    storage_url: str,
+) -> None:
+    """A live model with a field of an arbitrary class (``arbitrary_types_allowed``, excluded
+    with a default) is looked through like any other: the scan of another class reports its
+    orphans (it raised PydanticSchemaGenerationError, whatever class was scanned)."""
+    tag, post = _classes(storage_url)
+    service: Any = type(
+        "Service",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"name": str, "client": _Client | None},
+            "client": Field(default=None, exclude=True),
+            "model_config": ExternalConfigDict(
+                storage=storage_url,
+                external_name=f"Service{uuid4().hex}",
+                arbitrary_types_allowed=True,
+            ),
+        },
+    )
+    service(name="svc", client=_Client()).model_dump()
+    kept = post(title="p", tags=[tag(label="kept")])
+    kept.model_dump()
+    lonely = tag(label="lonely").model_dump()
+    report = pydantic_toast.find_orphans(tag)
+    assert report.referencing == [post.model_config["external_name"]]
+    assert [str(id) for id in report.orphans] == [lonely["id"]]
 
 
 async def test_records_created_during_the_scan_are_not_reported(storage_url: str) -> None:
