@@ -99,4 +99,7 @@ os.register_at_fork(after_in_child=collector_paused.forget_after_fork)
 def paused_for(records: int) -> AbstractContextManager[None]:
     """The pause for a batch's work on ``records`` records: :data:`collector_paused` from
     :data:`PAUSE_FROM` records, else no pause (the collector would run a few times at most)."""
-    return collector_paused if records >= PAUSE_FROM else nullcontext()
+    return collector_paused if records >= PAUSE_FROM else _NO_PAUSE
+
+
+_NO_PAUSE = nullcontext()  # (reusable: one for every small batch)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
-from pydantic_toast._collector import paused_for
+from pydantic_toast._collector import PAUSE_FROM, collector_paused
 from pydantic_toast._data_schema import data_schema, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
@@ -387,10 +387,19 @@ class SaveBatch:
                 raise refusal
 
     def drain(self) -> None:
-        """Serialize every queued model, and the models they queue in turn, into records."""
-        with paused_for(len(self.pending)):
-            while self.pending:
-                self._serialize(self.pending.pop())
+        """Serialize every queued model, and the models they queue in turn, into records.
+
+        Once :data:`~._collector.PAUSE_FROM` models have been met (a list of them, or one
+        holding that many), the rest are serialized with the garbage collector paused.
+        """
+        pending = self.pending
+        while pending:
+            if len(self.models) >= PAUSE_FROM:
+                with collector_paused:
+                    while pending:
+                        self._serialize(pending.pop())
+                return
+            self._serialize(pending.pop())
 
     def _serialize(self, model: ExternalBaseModel) -> None:
         cls = type(model)
@@ -610,8 +619,11 @@ class SaveBatch:
                         object.__setattr__(model, "_toast_identity", identity)
             raise
         saves = joined_save(backend.backend)  # rolled back, the models forget this save
-        with paused_for(len(entries)):
+        if len(entries) < PAUSE_FROM:
             self._remember(entries, revisions, saves)
+        else:
+            with collector_paused:
+                self._remember(entries, revisions, saves)
 
     @staticmethod
     def _remember(

@@ -244,29 +244,38 @@ class Holder(BaseModel):
     items: list[Any]
 
 
-@pytest.mark.parametrize("shape", ["list", "held"])
+@pytest.mark.parametrize("shape", ["list", "held", "parent"])
 @pytest.mark.parametrize("api", ["sync", "async"])
 def test_a_large_batch_is_serialized_with_the_collector_paused(
     memory_url: str, api: str, shape: str
 ) -> None:
-    """From PAUSE_FROM models, a batch save serializes them with the garbage collector paused
-    (a list dumped, or one a plain model holds), and it runs again after; a smaller batch
-    leaves it running."""
+    """From PAUSE_FROM models met, a save serializes them with the garbage collector paused (a
+    list dumped, one a plain model holds, or the children of one external model: PAUSE_FROM - 1
+    of them and their parent), and it runs again after; a smaller batch leaves it running."""
     seen: list[bool] = []
     noted = _noting_serializer(memory_url, seen)
-    for size, paused in ((PAUSE_FROM, True), (PAUSE_FROM - 1, False)):
+
+    class Parent(ExternalBaseModel):
+        items: list[noted]  # type: ignore[valid-type]
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    first = PAUSE_FROM - 1 if shape == "parent" else PAUSE_FROM  # (the parent counts too)
+    for size, paused in ((first, True), (first - 1, False)):
         value: Any = [noted(n=i) for i in range(size)]
-        if shape == "held":
-            value = Holder(items=value)
+        if shape != "list":
+            value = (Holder if shape == "held" else Parent)(items=value)
         seen.clear()
         if api == "sync":
             dumped = pydantic_toast.dump(value)
         else:
             dumped = asyncio.run(pydantic_toast.adump(value))
-        references = dumped if shape == "list" else dumped["items"]
-        assert pydantic_toast.validate(list[noted], references) == [noted(n=i) for i in range(size)]
         assert seen == [not paused] * size
         assert gc.isenabled()
+        if shape == "parent":  # the children's references, as stored
+            references = [item.model_dump() for item in Parent.model_validate(dumped).items]
+        else:
+            references = dumped if shape == "list" else dumped["items"]
+        assert pydantic_toast.validate(list[noted], references) == [noted(n=i) for i in range(size)]
 
 
 def test_the_pause_ends_when_a_batch_save_is_refused(memory_url: str) -> None:
