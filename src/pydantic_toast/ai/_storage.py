@@ -29,15 +29,22 @@ async def delete_all(store: Connected, class_name: str) -> int:
     A backend whose listing reads the records (Redis) fails it on a damaged one, naming it:
     that record is deleted by its id and the listing goes on, so a conversation whose load
     fails on a damaged record can still be deleted, as the load's error says to. A page of
-    ids none of which is stored (an index out of step) raises ``StoredDataError``.
+    which nothing is deleted is listed again: a concurrent delete or an expiry removed its
+    records, and the next listing no longer holds them. Only the same page listed twice with
+    nothing deleted (an index out of step) raises ``StoredDataError``.
     """
     deleted = 0
     damaged: UUID | None = None
+    idle: list[UUID] = []  # the last page listed, when deleting it deleted nothing
     while True:
         try:
             ids = await store.list_ids(class_name, limit=1000)
         except StoredDataError as exc:
-            if exc.class_name != class_name or not isinstance(exc.id, UUID) or exc.id == damaged:
+            if exc.class_name != class_name or not isinstance(exc.id, UUID):
+                raise
+            if exc.id == damaged:
+                if idle == [damaged]:
+                    raise _undeletable(class_name, damaged) from exc
                 raise
             damaged = exc.id
             ids = [damaged]
@@ -46,16 +53,38 @@ async def delete_all(store: Connected, class_name: str) -> int:
         found = 0
         for id in ids:
             found += await store.delete(id, class_name)
-        if not found:  # listed again and again: stop rather than loop forever
-            raise StoredDataError(
-                f"the listing of {class_name} names {len(ids)} records that are not stored, "
-                f"such as {ids[0]}: the store's index is out of step with its records (an S3 "
-                "lifecycle rule or a hand deletion?); the records deleted so far are gone, the "
-                "index is left untouched (remove its entries for those ids)",
-                class_name=class_name,
-                id=ids[0],
-            )
-        deleted += found
+        if found:
+            deleted += found
+            idle = []
+        elif ids == idle:  # listed again and again: stop rather than loop forever
+            raise _out_of_step(class_name, ids)
+        else:
+            idle = ids
+
+
+def _out_of_step(class_name: str, ids: list[UUID]) -> StoredDataError:
+    """The error for a page of ids listed twice, none of them stored."""
+    return StoredDataError(
+        f"the listing of {class_name} names {len(ids)} records that are not stored, "
+        f"such as {ids[0]}: the store's index is out of step with its records (an S3 "
+        "lifecycle rule or a hand deletion?); the records deleted so far are gone, the "
+        "index is left untouched (remove its entries for those ids)",
+        class_name=class_name,
+        id=ids[0],
+    )
+
+
+def _undeletable(class_name: str, id: UUID) -> StoredDataError:
+    """The error for a damaged record the listing reads again after its delete found nothing."""
+    return StoredDataError(
+        f"the listing of {class_name} fails on the damaged record {id} (the chained error "
+        "names its key), and deleting that record by its id deletes nothing: the listing reads "
+        "it under a key its id does not give (an index entry written by hand, such as an id in "
+        "capitals?); the records deleted so far are gone, that one is left untouched (delete "
+        "its key and its index entry by hand)",
+        class_name=class_name,
+        id=id,
+    )
 
 
 def checked_url(
