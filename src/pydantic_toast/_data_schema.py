@@ -19,10 +19,11 @@ microseconds of a long duration. Bytes are written as the class reads them
 override; the models' own ``model_dump_json()`` keeps their setting. The same
 serializer notes a datetime or time whose UTC offset is not whole minutes, which Pydantic
 writes rounded (``+05:30:30`` as ``+05:30``, an offset of minus a microsecond as ``Z``), and a
-value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str),
-a deque with a maxlen (not written) and a tuple in a ``Sequence`` field (read back as a list):
-such a record is refused. Values outside their field's constraints (a ``Literal``'s other
-value, a bound, a length: Pydantic's serializers check types only) fail during serialization.
+value in an ``Any`` field that JSON would not give back as itself (a datetime comes back a str)
+and a deque with a maxlen (not written): such a record is refused (a ``Sequence`` field
+comes back a list, whatever sequence it held: its type promises no more). Values outside
+their field's constraints (a ``Literal``'s other value, a bound, a length: Pydantic's
+serializers check types only) fail during serialization.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ __all__ = [
     "OFFSET",
     "ONE_PASS",
     "OUTSIDE",
-    "SEQUENCE",
     "SUBCLASS",
     "UNION",
     "DataSchema",
@@ -370,8 +370,6 @@ class _Copier:
             copied["serialization"] = _FLAGS_CHECK
         if kind == "deque" and plain and "serialization" not in node:
             copied["serialization"] = _bound_check(copied)
-        if plain and _is_sequence(node):
-            copied["serialization"] = _sequence_check(copied["serialization"])
         if "serialization" not in node and plain:
             check = _constraint_check(copied, config)
             if check is not None:
@@ -426,7 +424,7 @@ class _Copier:
                 return True
             if _is_secret(item) or kind == "generator" or _any_hashable(item) or _is_pattern(item):
                 return True
-            if kind == "deque" or _is_sequence(item):
+            if kind == "deque":
                 return True
             if kind == "dict" and _unsafe_keys(item):
                 return True
@@ -675,35 +673,6 @@ def _bound_check(copied: dict[str, Any]) -> dict[str, Any]:
         _bounded, return_schema=cast("core_schema.CoreSchema", inner), when_used="json"
     )
     return cast("dict[str, Any]", serializer)
-
-
-# A Sequence field keeps the tuple (or deque...) it is given, and JSON gives back a list, which
-# == tells from it.
-SEQUENCE = "sequence"
-"""The note of a Sequence field holding another sequence than a list (followed by ``:type``)."""
-
-
-def _is_sequence(node: dict[str, Any]) -> bool:
-    """Whether schema ``node`` is ``Sequence[...]``'s (kept as given, written as a list)."""
-    serialization = node.get("serialization")
-    return (
-        node.get("type") == "json-or-python"
-        and isinstance(serialization, dict)
-        and getattr(serialization.get("function"), "__name__", None)
-        == "serialize_sequence_via_list"
-    )
-
-
-def _sequence_check(serialization: dict[str, Any]) -> dict[str, Any]:
-    """Pydantic's Sequence ``serialization``, noting a value that is not a list first."""
-    write = serialization["function"]
-
-    def check(value: Any, handler: Any, info: Any) -> Any:
-        if type(value) is not list:
-            _note.set(f"{SEQUENCE}:{type(value).__qualname__}")
-        return write(value, handler, info)
-
-    return {**serialization, "function": check}
 
 
 # Constraints Pydantic's serializers do not check: a value outside them (put there by

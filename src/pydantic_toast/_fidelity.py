@@ -389,7 +389,6 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
         KEY,
         OFFSET,
         ONE_PASS,
-        SEQUENCE,
         SUBCLASS,
         UNION,
         noting,
@@ -451,14 +450,6 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
             "was written. Restore the bound when the field is validated, e.g. "
             "Annotated[deque[int], AfterValidator(lambda d: deque(d, maxlen=10))], or store a "
             "deque without maxlen"
-        )
-    elif note.startswith(f"{SEQUENCE}:"):
-        _, kind = note.split(":")
-        problem = (
-            f"{where} is typed Sequence and holds a {kind}, which Pydantic keeps as given but "
-            f"writes as a JSON array, read back as a list (which == tells from a {kind}); "
-            "nothing was written. Give it a list, or type the field for what it holds "
-            "(tuple[int, ...], list[int])"
         )
     elif note == ONE_PASS:
         problem = (
