@@ -7,7 +7,11 @@ Refusing them at the first save made the model's definition look like the caller
 (FastAPI answered 422); refused here, the class is never created. Time constraints
 (``FutureDatetime``, ``PastDate``...) are left out when a record is loaded (see
 ``_data_schema``), except inside a plain model or dataclass nested in the record, whose own
-validator Pydantic reuses as it is: those are refused here too.
+validator Pydantic reuses as it is: those are refused here too, in any member of a union.
+
+A field that can hold a storable value is left to the save, which refuses an unstorable value
+when one is there: a nullable field (``Callable[[], int] | None = None``), or a union with a
+storable member. Refused here is a union all of whose members are unstorable.
 
 What a user's function decides is theirs: a field under a serializer or a wrap or plain
 validator of the user's, and a field excluded from dumps with a default (not data), are not
@@ -47,6 +51,8 @@ _TIMED = (
 # What a user's function decides, which this check does not second-guess.
 _USERS = frozenset({"function-wrap", "function-plain"})
 _CLASSES = frozenset({"model", "dataclass"})
+# Schemas whose values may be of several kinds, one of them storable though others are not.
+_ALTERNATIVES = frozenset({"nullable", "union", "tagged-union"})
 
 
 def check_storable(cls: type[Any]) -> None:
@@ -98,28 +104,88 @@ def _not_data(field: dict[str, Any]) -> bool:
 def _problem(schema: object, definitions: dict[str, Any], cleared: set[type]) -> str | None:
     """Why no value of core ``schema`` can be stored, or ``None``; the plain classes in
     ``cleared`` are not walked again, those found storable are added to it."""
+    problem = _unwritable(schema, definitions, cleared, {})
+    if problem is not None:
+        return problem
     nested: list[dict[str, Any]] = []
 
     def descend(node: dict[str, Any]) -> bool:
         return _looked_into(node) and node.get("cls") not in cleared
 
     for node in schema_nodes(schema, definitions=definitions, descend=descend):
-        kind = node.get("type")
-        if kind == "generator" and not _serialized_by_user(node):
-            return _ONE_PASS
-        if kind == "callable" and not _serialized_by_user(node):
-            return _NO_JSON.format(what="a Callable")
-        if kind in ("is-instance", "is-subclass") and not _serialized_by_user(node):
-            shown = getattr(node.get("cls"), "__qualname__", "a class")
-            what = f"any instance of {shown}" if kind == "is-instance" else f"type[{shown}]"
-            return _NO_JSON.format(what=what)
-        if kind in _CLASSES and not hasattr(node.get("cls"), "_toast_serialize"):
+        if node.get("type") in _CLASSES and not hasattr(node.get("cls"), "_toast_serialize"):
             nested.append(node)
+    # Any member of a union counts here: the save-time checks cannot see a time constraint,
+    # and a value stored through it would stop loading once its time passed.
     for node in nested:
         if _times_itself(node, definitions):
             return _TIMED.format(model=node["cls"].__qualname__)
     cleared.update(node["cls"] for node in nested)
     return None
+
+
+def _unwritable(
+    schema: object,
+    definitions: dict[str, Any],
+    cleared: set[type],
+    alternatives: dict[int, str | None],
+) -> str | None:
+    """Why no value of core ``schema`` has a JSON form that reads back, or ``None``.
+
+    A nullable schema always has one (``None``), a union when one of its members has: which
+    value a field holds is known at save, where such a value is refused (``alternatives``:
+    the unions and nullables decided, by ``id``, so that a recursive type ends).
+    """
+    found: list[dict[str, Any]] = []
+
+    def descend(node: dict[str, Any]) -> bool:
+        if not _looked_into(node) or node.get("cls") in cleared:
+            return False
+        if node.get("type") in _ALTERNATIVES:
+            found.append(node)
+            return False
+        return True
+
+    for node in schema_nodes(schema, definitions=definitions, descend=descend):
+        problem = _unwritable_node(node)
+        if problem is not None:
+            return problem
+    for node in found:
+        if id(node) not in alternatives:
+            alternatives[id(node)] = None  # met again inside itself: decided by the others
+            members = _members(node)
+            problems = [_unwritable(item, definitions, cleared, alternatives) for item in members]
+            if members and all(problems):
+                alternatives[id(node)] = problems[0]
+        if alternatives[id(node)] is not None:
+            return alternatives[id(node)]
+    return None
+
+
+def _unwritable_node(node: dict[str, Any]) -> str | None:
+    """Why no value of the schema ``node`` itself (not its children) can be stored."""
+    kind = node.get("type")
+    if _serialized_by_user(node):
+        return None
+    if kind == "generator":
+        return _ONE_PASS
+    if kind == "callable":
+        return _NO_JSON.format(what="a Callable")
+    if kind in ("is-instance", "is-subclass"):
+        shown = getattr(node.get("cls"), "__qualname__", "a class")
+        what = f"any instance of {shown}" if kind == "is-instance" else f"type[{shown}]"
+        return _NO_JSON.format(what=what)
+    return None
+
+
+def _members(node: dict[str, Any]) -> list[Any]:
+    """The member schemas of a union or tagged union; none for a nullable (``None`` is one)."""
+    kind = node.get("type")
+    if kind == "union":
+        return [c[0] if isinstance(c, tuple) else c for c in node.get("choices", [])]
+    if kind == "tagged-union":
+        return list(node.get("choices", {}).values())
+    return []
 
 
 def _looked_into(node: dict[str, Any]) -> bool:

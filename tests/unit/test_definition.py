@@ -347,11 +347,12 @@ class Stamp:
         (Callable[[], int], "no JSON form .*\\(a Callable\\)"),
         (Handle, "no JSON form .*\\(any instance of Handle\\).*PlainSerializer"),
         (type[Handle], "no JSON form .*\\(type\\[Handle\\]\\)"),
-        (list[Handle] | None, "any instance of Handle"),
+        (list[Handle] | Callable[[], int], "any instance of Handle"),
         (Event, "holds Event, whose own validator checks a time constraint"),
         (dict[str, Stamp], "holds Stamp, whose own validator.*ExternalBaseModel"),
+        (Event | None, "holds Event, whose own validator"),
     ],
-    ids=["iterable", "callable", "arbitrary", "type", "nested", "future", "past"],
+    ids=["iterable", "callable", "arbitrary", "type", "every-member", "future", "past", "timed"],
 )
 def test_fields_no_value_of_which_can_be_stored_are_refused_at_definition(
     memory_url: str, annotation: Any, expected: str
@@ -370,6 +371,31 @@ def test_fields_no_value_of_which_can_be_stored_are_refused_at_definition(
             },
         )
     assert str(info.value).startswith("Unstorable cannot be stored: field 'field' ")
+
+
+def test_a_field_that_can_hold_a_storable_value_is_left_to_the_save(memory_url: str) -> None:
+    """A nullable field, or a union with a storable member, is accepted at definition: an
+    instance holding None (or the storable member) saves and loads back equal, one holding an
+    unstorable value is refused at save, naming the field."""
+
+    class Hooked(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url, arbitrary_types_allowed=True)
+        hook: Callable[[], int] | None = None
+        items: Iterable[int] | None = None
+        handles: list[Handle] | None = None
+        either: int | Callable[[], int] = 1
+
+    fine = Hooked()
+    assert Hooked.model_validate(fine.model_dump()) == fine
+    for field, value, expected in (
+        ("hook", lambda: 1, "cannot be written as JSON"),
+        ("items", [1], "one-pass iterator"),
+        ("handles", [Handle()], "cannot be written as JSON .*Handle"),
+        ("either", lambda: 1, "cannot be written as JSON"),
+    ):
+        with pytest.raises(StorageValidationError, match=expected) as info:
+            Hooked(**{field: value}).model_dump()
+        assert info.value.field == field
 
 
 class Dated(ExternalBaseModel):
