@@ -62,6 +62,7 @@ __all__ = [
     "UNION",
     "DataSchema",
     "data_schema",
+    "load_validator",
     "noted",
     "noting",
     "storage_serializer",
@@ -216,6 +217,24 @@ def storage_serializer(cls: type[Any]) -> SchemaSerializer:
     return fast.serializer
 
 
+def load_validator(cls: type[Any]) -> Any:
+    """The validator that loads ``cls``'s stored fields when it has no :class:`DataSchema`
+    (:func:`data_schema` gives ``None``): the class's own, without its time constraints (see
+    :attr:`DataSchema.validator`), built once per core schema.
+    """
+    schema = cls.__dict__.get("__pydantic_core_schema__")
+    validator = cls.__dict__.get("__pydantic_validator__")
+    if not isinstance(schema, dict) or not isinstance(validator, SchemaValidator):
+        return cls.__pydantic_validator__  # not built yet: its first use builds it
+    cached = cls.__dict__.get("__toast_untimed__")
+    if cached is None or cached[0] is not schema:
+        untimed = (
+            SchemaValidator(_untimed(schema), _config_of(validator)) if _timed(schema) else None
+        )
+        cached = cls.__toast_untimed__ = (schema, untimed)
+    return validator if cached[1] is None else cached[1]
+
+
 def _timed(schema: object) -> bool:
     """Whether core ``schema`` compares a date or datetime with the current time."""
     return any(key in node for node in schema_nodes(schema) for key in TIME_KEYS)
@@ -226,9 +245,10 @@ def _untimed(schema: Any) -> Any:
     load stored data: each held when its record was written, and a ``FutureDatetime`` stored
     yesterday is past today. ``schema`` itself when it has none.
 
-    Only the dicts and lists on the way to a constraint are copied. A plain model or dataclass
-    nested inside keeps its own (Pydantic reuses its validator): such classes are refused when
-    the class is defined (see ``_unstorable``).
+    When it has one, every dict, list and tuple of it is copied (each once: a node shared in
+    ``schema`` is shared in the copy); classes, functions and other leaves are not. A plain model or
+    dataclass nested inside keeps its own constraints (Pydantic reuses its validator): such
+    classes are refused when the class is defined (see ``_unstorable``).
     """
     if not _timed(schema):
         return schema

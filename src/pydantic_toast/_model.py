@@ -43,7 +43,7 @@ from pydantic_toast._config import (
     check_config_keys,
     settings_for,
 )
-from pydantic_toast._data_schema import data_schema
+from pydantic_toast._data_schema import data_schema, load_validator
 from pydantic_toast._exceptions import (
     ExternalStorageError,
     InvalidReferenceError,
@@ -751,7 +751,7 @@ class ExternalBaseModel(BaseModel):
             # by name, and lax, so strict models still accept their own datetimes and sets.
             fast = data_schema(cls)
             validator: Any = (
-                cls.__pydantic_validator__
+                load_validator(cls)
                 if fast is None
                 else fast.validator
                 if within_hook
@@ -818,7 +818,7 @@ class ExternalBaseModel(BaseModel):
         fast = data_schema(cls)
         # As _toast_from_record outside the hook: the fields' own validator when the hook is
         # outermost, else the class's (its validators that wrap the hook must run).
-        validator: Any = cls.__pydantic_validator__ if fast is None else fast.loader
+        validator: Any = load_validator(cls) if fast is None else fast.loader
         validate = validator.validate_json
         version = settings.schema_version
         # A fingerprint per loaded instance when the class vouches (see _toast_from_record).

@@ -36,7 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
 from pydantic_toast._collector import PAUSE_FROM, collector_paused
-from pydantic_toast._data_schema import data_schema, noted
+from pydantic_toast._data_schema import data_schema, load_validator, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
@@ -532,7 +532,7 @@ class SaveBatch:
             for (class_name, id), (stored, *_) in records.items():
                 session.records[(url, class_name, id)] = stored
         fast = data_schema(cls)
-        validator: Any = cls.__pydantic_validator__ if fast is None else fast.loader
+        validator: Any = load_validator(cls) if fast is None else fast.loader
         token = session.activate()
         try:
             validator.validate_json(record.data, strict=False, by_alias=False, by_name=True)

@@ -1107,24 +1107,26 @@ class Meeting(ExternalBaseModel):
     slots: list[Slot] = []
 
 
-def _meeting(url: str, *, validated: bool) -> type[Meeting]:
-    """A Meeting on ``url``; ``validated``: with a model validator of its own around the hook."""
+def _meeting(url: str, *, own: str | None) -> type[Meeting]:
+    """A Meeting on ``url``; ``own``: with a model validator or serializer of its own."""
     namespace: dict[str, Any] = {
         "model_config": ExternalConfigDict(storage=url, external_name=f"Meeting{uuid4().hex}")
     }
-    if validated:
+    if own == "model_validator":  # around the hook
         namespace["checked"] = model_validator(mode="after")(lambda self: self)
+    if own == "model_serializer":  # no fields' own validator: the class's full one loads
+        namespace["kept"] = model_serializer(mode="wrap")(lambda self, handler: handler(self))
     return type("Meeting", (Meeting,), namespace)
 
 
-@pytest.mark.parametrize("validated", [False, True], ids=["plain", "model_validator"])
+@pytest.mark.parametrize("own", [None, "model_validator", "model_serializer"])
 async def test_time_constrained_fields_load_after_their_time_passed(
-    storage_url: str, validated: bool
+    storage_url: str, own: str | None
 ) -> None:
     """A FutureDatetime held when its record was written; once past, every load of the record
     failed. Loads leave time constraints out (by reference, aload, a batch, a model holding
     it), a record whose time passed saves again, and construction still enforces them."""
-    cls = _meeting(storage_url, validated=validated)
+    cls = _meeting(storage_url, own=own)
     holder_cls = model(storage_url, meeting=cls)
     past, yesterday = datetime(2020, 5, 1, 9, 30, tzinfo=UTC), date(2020, 5, 1)
     data = {
