@@ -136,6 +136,7 @@ class ExternalBaseModel(BaseModel):
     __toast_nested__: ClassVar[bool | None] = None
     __toast_routes__: ClassVar[Routes | None] = None
     __toast_has_records__: ClassVar[bool] = False
+    __toast_refused__: ClassVar[str | None] = None  # why a model_rebuild() refused the class
 
     model_config = ExternalConfigDict(ser_json_inf_nan="constants")
 
@@ -166,10 +167,12 @@ class ExternalBaseModel(BaseModel):
     def _toast_check_storable(cls) -> None:
         try:
             check_storable(cls)
-        except StorageConfigurationError:
+        except StorageConfigurationError as refusal:
             # Until it is collected, a refused class is among its base's subclasses: never
             # taken for a stored one (orphan scans, error messages) with its base's settings.
+            # Refused by a model_rebuild(), it stays usable: its saves and loads say why not.
             cls.__toast_settings__ = None
+            cls.__toast_refused__ = str(refusal)
             raise
 
     # -- the hooks Pydantic's core calls, nested or not -----------------------------------------
@@ -612,6 +615,9 @@ class ExternalBaseModel(BaseModel):
     def _toast_settings(cls) -> ModelSettings:
         settings = cls.__toast_settings__
         if settings is None:
+            refused = cls.__dict__.get("__toast_refused__")
+            if refused is not None:  # refused by a model_rebuild() (see _toast_check_storable)
+                raise StorageConfigurationError(refused)
             raise StorageConfigurationError(
                 f"{cls.__qualname__} is abstract (__abstract__ = True) and has no storage of its "
                 "own: use a concrete subclass"

@@ -40,7 +40,6 @@ from pydantic_toast._data_schema import data_schema, load_validator, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
-    StorageConfigurationError,
     StorageValidationError,
     StoredDataError,
 )
@@ -350,10 +349,7 @@ class SaveBatch:
         """
         settings = model.__toast_settings__  # through the instance: no type() call
         if settings is None:
-            raise StorageConfigurationError(
-                f"{type(model).__qualname__} is abstract (__abstract__ = True) and has no "
-                "storage of its own: dump an instance of a concrete subclass"
-            )
+            settings = type(model)._toast_settings()  # raises: abstract, or refused (it says)
         holder: Any = _serializing.get()  # the model whose fields hold this one, if any
         if holder is not None and settings.external_name not in holder._toast_routes():
             self._check_declared(holder, model, settings.external_name)

@@ -19,6 +19,7 @@ from pydantic import (
     PlainValidator,
 )
 
+import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -439,5 +440,10 @@ def test_a_forward_reference_is_checked_when_it_resolves(memory_url: str) -> Non
     assert Later
     with pytest.raises(StorageConfigurationError, match="field 'entries' is an Iterable"):
         Pending.model_rebuild()
+    # Used all the same, it says why it cannot be stored (it said "abstract").
+    with pytest.raises(StorageConfigurationError, match="field 'entries' is an Iterable"):
+        Pending(entries=[1]).model_dump()
+    with pytest.raises(StorageConfigurationError, match="field 'entries' is an Iterable"):
+        pydantic_toast.delete(Pending, "00000000-0000-0000-0000-000000000001")
     del Pending
     gc.collect()  # the refused class, off ExternalBaseModel.__subclasses__() (orphan scans)
