@@ -20,7 +20,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from pydantic_toast import RecordNotFoundError, StorageConfigurationError
+from pydantic_toast import RecordNotFoundError, StorageConfigurationError, StorageUsageError
 from pydantic_toast.ai import (
     MessageStore,
     PersistentConversation,
@@ -391,6 +391,28 @@ async def test_a_fixed_conversation_keeps_the_outputs_spilled_in_its_runs(
     assert await store.adelete("fixed") == 2
     with pytest.raises(RecordNotFoundError):
         await spill.aload(ref, conversation_id="fixed")
+
+
+async def test_a_fixed_conversation_refuses_a_run_of_another(storage_url: str) -> None:
+    """PersistentConversation(conversation_id="fixed") run with conversation_id="other" is
+    refused before the model is called: its turns would go to "fixed" and the outputs it
+    spilled to "other" (left behind by deleting "fixed"). Nothing is stored under either."""
+    spill = _spill(storage_url, max_chars=10, preview_chars=5)
+    store = MessageStore(storage_url, namespace=spill.namespace, spill=spill)
+    calls: list[int] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        calls.append(len(messages))
+        return ModelResponse(parts=[TextPart("done")])
+
+    fixed = PersistentConversation(store, conversation_id="fixed")
+    agent = Agent(FunctionModel(model), capabilities=[fixed, spill])
+    with pytest.raises(StorageUsageError, match="conversation_id='fixed', or none"):
+        await agent.run("go", conversation_id="other")
+    assert calls == []
+    assert [info.conversation_id for info in await store.alist()] == []
+    await agent.run("go")  # the fixed one, as before
+    assert [info.conversation_id for info in await store.alist()] == ["fixed"]
 
 
 async def test_a_list_of_images_passes_through_unspilled(storage_url: str) -> None:

@@ -11,6 +11,7 @@ from pydantic_ai import RunContext
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.run import AgentRunResult
 
+from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast.ai.conversations import MessageStore
 
 __all__ = ["PersistentConversation"]
@@ -31,8 +32,10 @@ class PersistentConversation(AbstractCapability[Any]):
     The conversation is the run's ``conversation_id`` (``agent.run(..., conversation_id=...)``)
     unless one is fixed here; a fixed one is also the run's ``conversation_id`` when the run is
     given none, so :class:`~pydantic_toast.ai.SpillToolOutputs` keeps the run's outputs with
-    the conversation. When the app passes ``message_history=`` itself, that history is
-    used as given and only the new messages are appended. A run that fails appends nothing.
+    the conversation, and a run given another one is refused (``StorageUsageError``): its
+    turns and its spilled outputs would be kept apart. When the app passes
+    ``message_history=`` itself, that history is used as given and only the new messages are
+    appended. A run that fails appends nothing.
 
     Attributes:
         store: Where conversations are kept.
@@ -61,16 +64,25 @@ class PersistentConversation(AbstractCapability[Any]):
         return self.conversation_id
 
     def _conversation(self, ctx: RunContext[Any]) -> str:
-        conversation_id = self.conversation_id or ctx.conversation_id
+        fixed = self.conversation_id
+        if fixed is not None and ctx.conversation_id not in (None, fixed):
+            # Its turns would go to the fixed conversation, its spilled outputs to the run's.
+            raise StorageUsageError(
+                f"this PersistentConversation keeps the conversation {fixed!r}, but the run's "
+                f"conversation_id is {ctx.conversation_id!r} (passed to the run, or taken from "
+                f"its message_history): run it with conversation_id={fixed!r}, or none"
+            )
+        conversation_id = fixed or ctx.conversation_id
         if conversation_id is None:  # pydantic-ai always resolves one; be explicit if not
             raise RuntimeError("the run has no conversation_id: pass conversation_id=")
         return conversation_id
 
     async def before_run(self, ctx: RunContext[Any]) -> None:
         """Put the stored history in front of the run's messages (unless the app passed one)."""
+        conversation = self._conversation(ctx)  # (refuses a run of another conversation)
         if ctx.messages:
             return
-        history = await self.store.aload(self._conversation(ctx), limit=self.limit)
+        history = await self.store.aload(conversation, limit=self.limit)
         self._position = history.position
         ctx.messages[:0] = history.messages
 
