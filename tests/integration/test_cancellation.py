@@ -166,6 +166,9 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
     """
     import os, random, signal, sys, threading, warnings
     from uuid import uuid4
+    # Started with SIGINT ignored (a CI runner, `nohup`, a background job of a script), Python
+    # keeps it ignored: Ctrl-C as a terminal sends it is what is tested.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     warnings.simplefilter("always", ResourceWarning)
     from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 
@@ -223,6 +226,7 @@ def assert_interrupted_cleanly(script: str, *args: str, timeout: float) -> None:
 CTRL_C_BEFORE_THE_FIRST_STEP = textwrap.dedent(
     """
     import signal, sys, warnings
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in the script above)
     warnings.simplefilter("error")
     from pydantic_toast import ExternalBaseModel, ExternalConfigDict
     from pydantic_toast.runtime.loops import _loops
