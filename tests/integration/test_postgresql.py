@@ -36,6 +36,7 @@ from pydantic_toast._records import ClassKeys, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.postgresql import (
     _PREPARED,
+    _SQL,
     _WRITE_MANY,
     _WRITE_ONE_KIND,
     _write_statement,
@@ -1467,3 +1468,58 @@ async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_recor
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()
+
+
+def test_batch_reads_probe_the_primary_key_whatever_the_class_size(
+    postgres_database_url: str,
+) -> None:
+    """A batch read is one index probe per key, in the plan made for the chunk's own values.
+
+    A plain join of the keys and the table let the planner hash every row of the class for
+    each chunk once the class held some tens of thousands of rows (asyncpg's first five runs
+    of a prepared statement on a connection are planned with its values; an unnamed statement,
+    as here, always is): a batch load's server time grew with the class.
+    """
+    import asyncpg
+
+    class_name = f"Plan{uuid4().hex[:8]}"
+
+    async def plans() -> list[str]:
+        connection = await asyncpg.connect(postgres_database_url)
+        try:
+            await connection.execute(
+                "INSERT INTO external_records (class_name, id, schema_version, data, created_at,"
+                " updated_at, revision) SELECT $1, gen_random_uuid(), 1,"
+                " jsonb_build_object('n', n), now(), now(), 1"
+                " FROM generate_series(1, 40000) AS n",
+                class_name,
+            )
+            await connection.execute("ANALYZE external_records")
+            ids = [
+                row["id"]
+                for row in await connection.fetch(
+                    "SELECT id FROM external_records WHERE class_name = $1 LIMIT 1000", class_name
+                )
+            ]
+            found = []
+            for statement, arguments in (
+                ("select_class", (ids, class_name, 0.0)),
+                ("select_many", ([class_name] * len(ids), ids, 0.0)),
+            ):
+                plan = await connection.fetchval(
+                    f"EXPLAIN (FORMAT JSON) {_SQL[statement]}", *arguments
+                )
+                found.append(json.dumps(json.loads(plan)[0]["Plan"]))
+                assert len(await connection.fetch(_SQL[statement], *arguments)) == len(ids)
+            return found
+        finally:
+            await connection.execute(
+                "DELETE FROM external_records WHERE class_name = $1", class_name
+            )
+            await connection.close()
+
+    for plan in asyncio.run(plans()):
+        assert '"Node Type": "Nested Loop"' in plan
+        assert '"Index Name": "pk_external_records"' in plan
+        assert "Hash" not in plan
+        assert "Seq Scan" not in plan

@@ -33,7 +33,18 @@ from uuid import UUID
 
 import asyncpg
 from asyncpg.protocol import NO_TIMEOUT
-from sqlalchemy import URL, Double, Text, bindparam, case, cast, func, literal_column, select
+from sqlalchemy import (
+    URL,
+    Double,
+    Text,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -229,6 +240,30 @@ def _iso_utc(column: ColumnElement[datetime]) -> ColumnElement[str]:
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
+def _key_by_key(
+    keys: Any,
+    matches: ColumnElement[bool],
+    columns: Sequence[ColumnElement[Any]],
+    now_seconds: ColumnElement[datetime],
+) -> Any:
+    """A batch read that looks each of ``keys`` up in the primary key, one probe per key.
+
+    A plain join of the keys and the table leaves the plan to the statistics, and a custom
+    plan (asyncpg's first five runs of a prepared statement on each connection) sees the
+    array's length: for a class of 10,000-100,000 rows it hashed the whole class for each
+    chunk of 1,000 keys, 27 against 7.5 ms per chunk at 40,000 rows, growing with the class.
+    A ``LATERAL`` subquery with ``LIMIT 1`` cannot be flattened into a join: the planner
+    can only run it once per key, as an index probe.
+    """
+    one = (
+        select(*columns)
+        .where(matches, live(now_seconds))
+        .limit(literal_column("1"))
+        .lateral("record")
+    )
+    return select(keys.c.position, *one.c).select_from(keys).join(one, true())
+
+
 def _unreadable_timestamps(class_name: str, id: UUID) -> StoredDataError:
     """What a loaded row whose timestamp ``datetime.fromisoformat`` refused raises.
 
@@ -386,6 +421,8 @@ def _hot_path_statements() -> dict[str, str]:
     select_one = select(*loaded_columns).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now_seconds)
     )
+    # A batch's rows say which key they answer by its position: no class_name and id to
+    # decode (a UUID object per row) and no dict of keys to match them through.
     keys = (
         func.unnest(
             bindparam("class_names", type_=ARRAY(Text())), bindparam("ids", type_=ARRAY(c.id.type))
@@ -393,12 +430,8 @@ def _hot_path_statements() -> dict[str, str]:
         .table_valued("class_name", "id", with_ordinality="position")
         .render_derived(with_types=False)
     )
-    # A batch's rows say which key they answer by its position: no class_name and id to
-    # decode (a UUID object per row) and no dict of keys to match them through.
-    select_many = (
-        select(keys.c.position, *loaded_columns)
-        .join_from(table, keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id))
-        .where(live(now_seconds))
+    select_many = _key_by_key(
+        keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id), loaded_columns, now_seconds
     )
     # A batch of one class (the usual one): its name once, not an array of the same name.
     ids = (
@@ -406,10 +439,11 @@ def _hot_path_statements() -> dict[str, str]:
         .table_valued("id", with_ordinality="position")
         .render_derived(with_types=False)
     )
-    select_class = (
-        select(ids.c.position, *loaded_columns)
-        .join_from(table, ids, (c.class_name == bindparam("class_name")) & (c.id == ids.c.id))
-        .where(live(now_seconds))
+    select_class = _key_by_key(
+        ids,
+        (c.class_name == bindparam("class_name")) & (c.id == ids.c.id),
+        loaded_columns,
+        now_seconds,
     )
     statements = {}
     changed = [
