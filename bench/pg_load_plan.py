@@ -3,8 +3,8 @@ against the plain join of the keys and the table that it replaced.
 
 Usage: ``python bench/pg_load_plan.py [admin_url] [--rows 10000 40000 200000 1000000]``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``). For each class size, a throwaway
-database (migrated to head) gets that many 10-field records of one class and twice as many of another,
-then ``ANALYZE``. In interleaved rounds (the order rotates), each statement runs on a fresh
+database (migrated to head) gets that many 10-field records of one class and twice as many of
+another, then ``ANALYZE``. In interleaved rounds (the order rotates), each statement runs on a fresh
 connection, as a prepared statement's first runs on a pool's new connection do: PostgreSQL
 plans those for the parameters' own values (a custom plan), seeing the array's length. Each
 run reads five chunks of 1,000 keys of the big class; reported: milliseconds per chunk,
