@@ -134,6 +134,23 @@ def test_reads_go_to_the_replica(pair: Pair) -> None:
         assert pydantic_toast.count(Order) == 1
 
 
+def test_batch_loads_of_one_class_go_to_the_replica(pair: Pair) -> None:
+    """A batch load of one class (its own statement) reads from the replica, and from the
+    primary while one of its records was written within the read-your-writes window."""
+    Order = _model(pair.url(read_your_writes=0))
+    with Storage():
+        with _paused(pair):
+            references = pydantic_toast.dump([Order(total=n) for n in range(3)])
+            with pytest.raises(RecordNotFoundError):
+                pydantic_toast.validate(list[Order], references)
+        pair.caught_up()
+        assert [o.total for o in pydantic_toast.validate(list[Order], references)] == [0, 1, 2]
+    Recent = _model(pair.url(read_your_writes=30))
+    with Storage(), _paused(pair):
+        written = pydantic_toast.dump([Recent(total=n) for n in range(3)])
+        assert [o.total for o in pydantic_toast.validate(list[Recent], written)] == [0, 1, 2]
+
+
 def test_read_your_writes_sends_recent_records_to_the_primary(pair: Pair) -> None:
     """Within the window, this process's own records, and pages and counts of their class, are
     read from the primary; another class still reads from the replica."""

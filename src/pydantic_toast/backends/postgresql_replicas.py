@@ -59,7 +59,14 @@ RETRY_AFTER: Final = 5.0
 
 _DEFAULT_WINDOW = 5.0
 # The read statements of the PostgreSQL backend, and how to find the keys or class they read.
-_READS: Final = ("select_one", "select_many", "page_first", "page_after", "count")
+_READS: Final = (
+    "select_one",
+    "select_many",
+    "select_class",
+    "page_first",
+    "page_after",
+    "count",
+)
 # A replica that fails like this is unavailable: the read moves on (anything else is raised).
 _UNAVAILABLE = (
     StorageConnectionError,
@@ -217,6 +224,9 @@ class Replicas:
             return self._recent.has_record([(args[0], args[1])])
         if name == "select_many":
             return self._recent.has_record(zip(args[0], args[1], strict=True))
+        if name == "select_class":  # (ids, class_name, now)
+            class_name = args[1]
+            return self._recent.has_record((class_name, id) for id in args[0])
         return self._recent.has_class(args[0])
 
     async def _connect(self, replica: _Replica) -> None:
