@@ -33,7 +33,6 @@ import contextlib
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -49,15 +48,6 @@ from tests.fault_proxy import FaultProxy
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 from pydantic_toast.integrations.cli import main as toast_cli
-
-
-def _server_pids(cluster: servers.TempPostgres) -> list[int]:
-    """The postmaster's pid and its children's."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return [postmaster, *map(int, children)]
 
 
 async def _timed(save: Callable[[], Awaitable[object]]) -> tuple[float, str]:
@@ -120,7 +110,7 @@ async def _scenario(
     proxy.delay_reply_to(marker.encode(), held)
     if name not in ("frozen", "worst"):
         return await _timed(item.asave)
-    pids = _server_pids(cluster)
+    pids = cluster.server_pids()
 
     async def freeze() -> None:
         if name == "worst":

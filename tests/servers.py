@@ -235,6 +235,14 @@ class TempPostgres:
         """Promote a standby to a primary (waits until it accepts writes)."""
         self._run(self.pg_ctl, "-D", str(self.data), "-w", "promote")
 
+    def server_pids(self) -> list[int]:
+        """The postmaster's pid and its children's (a running cluster)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return [postmaster, *map(int, children)]
+
     def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
         secret = f":{password}" if password is not None else ""
         return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"

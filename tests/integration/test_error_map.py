@@ -211,7 +211,7 @@ def test_a_frozen_postgres_server_is_bounded_by_command_timeout(
 
     async def frozen_load() -> tuple[BaseException | None, float]:
         reference = await pydantic_toast.adump(ledger(text="x"))  # a pooled connection exists
-        pids.extend(_server_pids(cluster))  # its server process included
+        pids.extend(cluster.server_pids())  # its server process included
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -235,15 +235,6 @@ def test_a_frozen_postgres_server_is_bounded_by_command_timeout(
     assert isinstance(error, (StorageTimeoutError, StorageConnectTimeoutError)), repr(error)
     assert "timed out" in str(error)
     assert seconds < 10
-
-
-def _server_pids(cluster: servers.TempPostgres) -> list[int]:
-    """The postmaster's pid and its children's."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return [postmaster, *map(int, children)]
 
 
 @pytest.fixture(scope="module")
