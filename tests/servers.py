@@ -253,6 +253,32 @@ class TempPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def temp_postgres(*, start: bool = True) -> Iterator[TempPostgres]:
+    """A throwaway :class:`TempPostgres` for one test or module, started unless ``start`` is
+    false (to configure it first); on leaving, the storages' connections are closed and the
+    cluster destroyed.
+
+    Without the local binaries (or when initdb fails) the test fails under ``CI=true`` and is
+    skipped otherwise.
+    """
+    try:
+        cluster = TempPostgres()
+    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
+        if IN_CI:
+            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries: {exc}")
+    try:
+        if start:
+            cluster.start()
+        yield cluster
+    finally:
+        import pydantic_toast
+
+        pydantic_toast.close_storage()  # its pools may hold connections to this cluster
+        cluster.destroy()
+
+
 class TempPostgresReplica(TempPostgres):
     """A hot standby of ``primary`` made with ``pg_basebackup -R`` (streaming replication),
     on a free port, run as the same user as the primary."""

@@ -221,18 +221,8 @@ def test_verbose_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture(scope="module")
 def password_cluster() -> Iterator[servers.TempPostgres]:
     """A throwaway local cluster whose TCP connections need the password."""
-    try:
-        cluster = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    cluster.start()
-    try:
+    with servers.temp_postgres() as cluster:
         yield cluster
-    finally:
-        pydantic_toast.close_storage()
-        cluster.destroy()
 
 
 @pytest.mark.postgresql

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -173,19 +172,9 @@ def test_postgres_without_ssl_when_the_url_requires_it(postgres_database_url: st
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[servers.TempPostgres]:
     """A throwaway PostgreSQL cluster with password authentication, migrated."""
-    try:
-        temp = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    temp.start()
-    try:
+    with servers.temp_postgres() as temp:
         assert toast_cli(["migrate", temp.url()]) == 0
         yield temp
-    finally:
-        pydantic_toast.close_storage()
-        temp.destroy()
 
 
 @pytest.mark.postgresql
@@ -468,13 +457,7 @@ def test_postgres_out_of_connections_is_busy(postgres_admin_url: str) -> None:
 def test_postgres_not_accepting_connections_is_busy_then_recovers() -> None:
     """A server answering 57P03 (a standby with hot_standby off, as during startup):
     StorageBusyError naming the cause; once it accepts connections, the next save works."""
-    try:
-        standby = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    try:
+    with servers.temp_postgres(start=False) as standby:
         # No primary to follow and no WAL to replay: it stays in standby mode, refusing
         # every connection with SQLSTATE 57P03 until promoted.
         standby.configure("hot_standby = off", standby_signal=True)
@@ -488,9 +471,6 @@ def test_postgres_not_accepting_connections_is_busy_then_recovers() -> None:
         assert toast_cli(["migrate", standby.url()]) == 0
         reference = ledger(text="after").model_dump()
         assert ledger.model_validate(reference).text == "after"  # type: ignore[attr-defined]
-    finally:
-        pydantic_toast.close_storage()
-        standby.destroy()
 
 
 # -- not migrated, bad database number, refused by the store ------------------------------------

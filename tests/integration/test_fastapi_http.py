@@ -8,7 +8,6 @@ Every answer here went through a socket: status, headers, body, and the server's
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,18 +297,9 @@ def test_error_details_have_fastapis_shape(todo_http: Served) -> None:
 @pytest.fixture
 def own_postgres() -> Iterator[servers.TempPostgres]:
     """A throwaway PostgreSQL server of this test alone (it is stopped and started again)."""
-    try:
-        temp = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    try:
-        temp.start()
+    with servers.temp_postgres() as temp:
         assert toast_cli(["migrate", temp.url()]) == 0
         yield temp
-    finally:
-        temp.destroy()
 
 
 def test_a_storage_outage_answers_503_with_retry_after(

@@ -275,20 +275,11 @@ def test_bad_options_fail_at_class_definition() -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[servers.TempPostgres]:
     """A throwaway local cluster (password auth, SSL available) for tests that disturb it."""
-    try:
-        temp = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    temp.enable_ssl()
-    temp.start()
-    try:
+    with servers.temp_postgres(start=False) as temp:
+        temp.enable_ssl()
+        temp.start()
         assert toast_cli(["migrate", temp.url()]) == 0
         yield temp
-    finally:
-        pydantic_toast.close_storage()
-        temp.destroy()
 
 
 def test_wrong_password_is_a_clear_authentication_error(cluster: servers.TempPostgres) -> None:
@@ -363,13 +354,7 @@ def test_sslmode_prefer_and_allow_with_a_client_certificate_connect_without_ssl(
 
 def test_sslmode_prefer_presents_the_client_certificate_to_an_ssl_server(tmp_path: Path) -> None:
     """prefer with sslcert/sslkey connects over SSL and sends the certificate (client_dn)."""
-    try:
-        temp = servers.TempPostgres()
-    except (FileNotFoundError, subprocess.CalledProcessError, KeyError) as exc:
-        if servers.IN_CI:
-            pytest.fail(f"cannot start a local PostgreSQL cluster: {exc}")
-        pytest.skip(f"no local PostgreSQL binaries: {exc}")
-    try:
+    with servers.temp_postgres(start=False) as temp:
         server_cert = temp.enable_ssl()
         client_cert = servers.self_signed_certificate(tmp_path)  # its own CA
         trusted = temp.data / "client_ca.crt"
@@ -384,9 +369,6 @@ def test_sslmode_prefer_presents_the_client_certificate_to_an_ssl_server(tmp_pat
         note = model_on(url)
         assert note.model_validate(note(text="sent").model_dump()).text == "sent"  # type: ignore[attr-defined]
         assert _ssl_state(url) == (True, "/CN=localhost")
-    finally:
-        pydantic_toast.close_storage()
-        temp.destroy()
 
 
 def test_unusable_certificate_files_fail_at_class_definition(tmp_path: Path) -> None:
