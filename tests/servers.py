@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,6 +99,19 @@ def spawn_redis(argv: list[str], log: Path, *, timeout: float = 30) -> subproces
                 raise PortTaken(f"{argv[1:3]}: {tail}")
             raise RuntimeError(f"redis-server {argv[1:3]} did not start:\n{tail}")
         time.sleep(0.05)
+
+
+def end_processes(processes: Collection[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process still running, then wait for each (10 s, then SIGKILL)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def docker_answers(timeout: float = 2.0) -> bool:
@@ -813,15 +826,7 @@ class TempRedisCluster:
         self.__init__(self.primary_count, self.replica_count)  # type: ignore[misc]
 
     def destroy(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        end_processes(self.processes.values())
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -1071,15 +1076,7 @@ class TempRedisSentinel:
         process.wait(10)
 
     def _end_processes(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        end_processes(self.processes.values())
         self.processes.clear()
 
     def destroy(self) -> None:
