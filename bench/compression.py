@@ -109,7 +109,6 @@ async def run(rounds: int, megabytes: float) -> None:
     redis_prefix = f"toast_bench_{uuid4().hex[:8]}"
     import asyncpg
     import redis.asyncio as aioredis
-    from aiobotocore.session import get_session
 
     connection = await asyncpg.connect(admin)
     await connection.execute(f'CREATE DATABASE "{database}"')
@@ -119,13 +118,7 @@ async def run(rounds: int, megabytes: float) -> None:
     try:
         assert await asyncio.to_thread(toast_cli, ["migrate", pg_url]) == 0
         assert await asyncio.to_thread(toast_cli, ["migrate", f"sqlite:///{sqlite_path}"]) == 0
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=weed.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=weed.ACCESS_KEY,
-            aws_secret_access_key=weed.SECRET_KEY,
-        ) as client:
+        async with weed.admin_client() as client:
             await client.create_bucket(Bucket="bench")
         urls = {
             "memory": "memory://bench",

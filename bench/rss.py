@@ -201,16 +201,8 @@ class Stores:
             self.offload = self.weed.url("rss", "payloads")
 
     async def _bucket(self) -> None:
-        from aiobotocore.session import get_session
-
         assert self.weed is not None
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=self.weed.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.weed.ACCESS_KEY,
-            aws_secret_access_key=self.weed.SECRET_KEY,
-        ) as client:
+        async with self.weed.admin_client() as client:
             await client.create_bucket(Bucket="rss")
 
     async def _delete_cluster_prefix(self) -> None:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -531,6 +532,18 @@ class TempSeaweedFS:
         return (
             f"s3://{key}:{quote(secret, safe='')}@{bucket}/{prefix}"
             f"?endpoint_url={self.endpoint}&region=us-east-1&connect_timeout=30"
+        )
+
+    def admin_client(self) -> Any:
+        """An aiobotocore S3 client context (``async with``) of the admin identity."""
+        from aiobotocore.session import get_session
+
+        return get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
         )
 
     def _wait(self) -> None:

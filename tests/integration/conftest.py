@@ -118,18 +118,10 @@ def seaweedfs() -> Iterator[servers.TempSeaweedFS]:
 @pytest.fixture(scope="session")
 def bucket(seaweedfs: servers.TempSeaweedFS) -> str:
     """A bucket of this session."""
-    from aiobotocore.session import get_session
-
     name = f"toast-test-{uuid4().hex[:12]}"
 
     async def create() -> None:
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=seaweedfs.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=seaweedfs.ACCESS_KEY,
-            aws_secret_access_key=seaweedfs.SECRET_KEY,
-        ) as client:
+        async with seaweedfs.admin_client() as client:
             await client.create_bucket(Bucket=name)
 
     asyncio.run(create())

@@ -26,24 +26,11 @@ from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 
 
-def raw_client(server: servers.TempSeaweedFS) -> Any:
-    """An aiobotocore client context for ``server`` (the admin identity)."""
-    from aiobotocore.session import get_session
-
-    return get_session().create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=server.ACCESS_KEY,
-        aws_secret_access_key=server.SECRET_KEY,
-    )
-
-
 def on_server(server: servers.TempSeaweedFS, job: Any) -> Any:
     """Run ``await job(client)`` with a raw client of ``server``."""
 
     async def main() -> Any:
-        async with raw_client(server) as client:
+        async with server.admin_client() as client:
             return await job(client)
 
     return asyncio.run(main())
@@ -403,7 +390,7 @@ async def test_batch_conflict_during_the_puts_writes_the_others(
 
     async def other_writer() -> None:
         """Once one end of the batch is written (every check is done), change the other."""
-        async with raw_client(seaweedfs) as client:
+        async with seaweedfs.admin_client() as client:
             while not raced:
                 for id, key in ends.items():
                     head = await client.head_object(Bucket=bucket, Key=key)
@@ -458,7 +445,7 @@ async def test_checked_delete_refused_when_a_write_lands_after_its_check(
         """The real HEAD, then a real write by another client before the DELETE goes out."""
         seen = await head(object_key)
         if object_key == key:
-            async with raw_client(seaweedfs) as client:
+            async with seaweedfs.admin_client() as client:
                 await client.put_object(
                     Bucket=bucket, Key=key, Body=b'{"text":"raw writer"}', Metadata=seen["Metadata"]
                 )

@@ -434,20 +434,12 @@ def _s3_url(found: Servers, secret: str | None = None, unencoded: bool = False) 
 
 
 def _overwrite_s3(found: Servers, url: str, reference: dict[str, str], body: str) -> None:
-    from aiobotocore.session import get_session
-
     server, bucket = found.s3()
     prefix = url.split(f"@{bucket}/", 1)[1].split("?", 1)[0]
     key = f"{prefix}/{reference['class_name']}/{reference['id']}.json"
 
     async def put() -> None:
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=server.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=server.ACCESS_KEY,
-            aws_secret_access_key=server.SECRET_KEY,
-        ) as client:
+        async with server.admin_client() as client:
             head = await client.head_object(Bucket=bucket, Key=key)
             await client.put_object(
                 Bucket=bucket, Key=key, Body=body.encode(), Metadata=head["Metadata"]
