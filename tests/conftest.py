@@ -5,11 +5,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
-from pydantic_toast import PageCursor, RecordKey, StoredRecord, current_storage, register_backend
+from pydantic_toast import (
+    ExternalBaseModel,
+    PageCursor,
+    RecordKey,
+    StoredRecord,
+    current_storage,
+    register_backend,
+)
 from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
 
 pytest_plugins = ["pytester"]
@@ -70,6 +78,36 @@ register_backend("counting", CountingBackend)
 def memory_store_of(url: str) -> MemoryStore:
     """The current storage's store behind a ``memory://NAME`` (or ``counting://NAME``) URL."""
     return current_storage().memory_store(url.split("://", 1)[1].split("?", 1)[0])
+
+
+def count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The models that saves serialize to JSON from now on (``_saving._to_json`` wrapped)."""
+    from pydantic_toast import _saving
+
+    seen: list[object] = []
+    real = _saving._to_json
+
+    def counting(model: ExternalBaseModel, *args: Any) -> bytes:
+        seen.append(model)
+        return real(model, *args)
+
+    monkeypatch.setattr(_saving, "_to_json", counting)
+    return seen
+
+
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The documents that saves scan with ``_fidelity.may_be_unreadable`` from now on."""
+    from pydantic_toast import _fidelity, _saving
+
+    scanned: list[bytes] = []
+    real = _fidelity.may_be_unreadable
+
+    def counting(data: bytes) -> bool:
+        scanned.append(data)
+        return real(data)
+
+    monkeypatch.setattr(_saving._fidelity, "may_be_unreadable", counting)
+    return scanned
 
 
 @pytest.fixture

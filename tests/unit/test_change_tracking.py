@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast import ConcurrencyError, ExternalBaseModel, ExternalConfigDict
 from pydantic_toast._saving import identity_of
-from tests.conftest import CALL_LOGS
+from tests.conftest import CALL_LOGS, count_serializations
 
 
 def define(url: str) -> tuple[type[ExternalBaseModel], type[ExternalBaseModel]]:
@@ -152,20 +152,6 @@ def test_backend_without_revisions_needs_an_explicit_last_write_wins() -> None:
 # -- the fast path: fields still the objects of the last write are not even serialized ------------
 
 
-def _count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    from pydantic_toast import _saving
-
-    seen: list[object] = []
-    real = _saving._to_json
-
-    def counting(model: ExternalBaseModel, *args: Any) -> bytes:
-        seen.append(model)
-        return real(model, *args)
-
-    monkeypatch.setattr(_saving, "_to_json", counting)
-    return seen
-
-
 def test_unchanged_redump_is_not_serialized_again(
     counting_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,7 +178,7 @@ def test_unchanged_redump_is_not_serialized_again(
         pair: tuple[int, str] = (1, "one")
         model_config = ExternalConfigDict(storage=counting_url)
 
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = Flat()
     reference = item.model_dump()
     assert len(seen) == 1
@@ -304,7 +290,7 @@ def test_mutable_values_are_compared_by_their_json(
         grid: list[list[int]] = [[1]]
         model_config = ExternalConfigDict(storage=counting_url)
 
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = Deep()
     item.model_dump()
     item.model_dump()
@@ -328,7 +314,7 @@ def test_a_pickled_instance_compares_its_json(monkeypatch: pytest.MonkeyPatch) -
 
     item = Pickled()
     reference = item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     copy = pickle.loads(pickle.dumps(item))
     assert copy._toast_identity.fingerprint is None
     assert copy.model_dump() == reference  # serialized, found unchanged: not written
@@ -350,7 +336,7 @@ def test_wide_models_compare_their_json(counting_url: str, monkeypatch: pytest.M
             "model_config": ExternalConfigDict(storage=counting_url),
         },
     )
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = wide()
     item.model_dump()
     item.model_dump()
@@ -426,7 +412,7 @@ def test_every_kind_of_change_is_seen_on_the_fast_path(
 
     item = Narrow()
     item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item.model_dump()
     assert seen == []  # the fast path: an unchanged re-dump serialized nothing
     _assert_change_is_written(item, change)
@@ -459,7 +445,7 @@ def test_every_kind_of_change_is_seen_after_a_redump(
 
     item = Everything()
     item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item.model_dump()
     assert seen == [item]  # sets, nested lists and plain models: this class compares JSON
     _assert_change_is_written(item, change)
@@ -475,7 +461,7 @@ def test_the_fast_path_skips_serializing_only_while_nothing_was_assigned(
         tags: list[str] = ["x"]
         model_config = ExternalConfigDict(storage=counting_url)
 
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = Flat()
     item.model_dump()
     item.model_dump()
@@ -507,7 +493,7 @@ def test_private_attributes_do_not_count_as_changes(
         _seen: list[int]
         model_config = ExternalConfigDict(storage=counting_url)
 
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = WithPrivate()
     item.model_dump()
     item._cache = 5
@@ -645,7 +631,7 @@ def test_a_large_record_keeps_its_fingerprint_not_its_json(
         lines: list[str] = []
         model_config = ExternalConfigDict(storage=counting_url)
 
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item = Big(body="x" * (KEEP_JSON_UP_TO + 1))
     item.model_dump()
     assert item._toast_identity.data is None
@@ -716,7 +702,7 @@ def test_a_loaded_unchanged_instance_redumps_without_serializing(
     on the fast path from its load on (no serialization, no write), as a saved one does."""
     cls = _loadable(counting_url)
     reference = cls().model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     loaded = cls.model_validate(reference)
     assert loaded.model_dump() == reference
     assert pydantic_toast.dump([loaded]) == [reference]

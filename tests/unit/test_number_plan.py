@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, _fidelity
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
 from pydantic_toast._data_schema import data_schema, storage_serializer
 from pydantic_toast._number_plan import NumberPlan
 from pydantic_toast._records import StoredRecord, new_record
+from tests.conftest import count_scans
 
 HUGE = 10**4300  # 4,301 digits: Pydantic's JSON parser refuses it
 BODY = "lorem ipsum 1234567890123456789012 " * 300  # digits in text: the scan would flag them
@@ -48,20 +49,6 @@ def plan(cls: type[ExternalBaseModel]) -> NumberPlan:
     return schema.numbers
 
 
-def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    from pydantic_toast import _saving
-
-    scanned: list[bytes] = []
-    real = _fidelity.may_be_unreadable
-
-    def counting(data: bytes) -> bool:
-        scanned.append(data)
-        return real(data)
-
-    monkeypatch.setattr(_saving._fidelity, "may_be_unreadable", counting)
-    return scanned
-
-
 def _saved_records(monkeypatch: pytest.MonkeyPatch) -> list[StoredRecord]:
     """The records saves hand to their backend, from now on."""
     from pydantic_toast import _saving
@@ -83,7 +70,7 @@ def test_a_class_of_strings_skips_the_scan_and_vouches_for_jsonb(
     scan (its save vouches for it); it comes back exactly."""
     assert not plan(Article).scan
     assert not plan(Article).floats
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     saved = _saved_records(monkeypatch)
     article = Article(title="t", body=BODY, tags=["a", "b"])
     reference = article.model_dump()
@@ -101,7 +88,7 @@ def test_small_records_are_scanned_unless_their_values_were_checked(
     class Title(str):
         pass
 
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     article = Article(title="t", body="short")
     article.model_dump()
     assert scanned == []
@@ -114,7 +101,7 @@ def test_small_records_are_scanned_unless_their_values_were_checked(
 def test_ints_and_lists_of_ints_are_checked_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short ints skip the scan; a long int in an int field or a list makes the record scanned,
     and one Pydantic cannot read back is refused, naming the field, as before."""
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     saved = _saved_records(monkeypatch)
     measured = Measured(body=BODY, count=7, sizes=list(range(50)), at=datetime.now(UTC))
     measured.model_dump()
@@ -134,7 +121,7 @@ def test_a_value_of_another_type_is_refused_before_the_scan(
 ) -> None:
     """Fields are not validated on assignment: a long int set on a str field is refused while
     serializing (a value not of its field's type), before any scan."""
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     article = Article(title="t", body=BODY)
     article.title = HUGE  # type: ignore[assignment]
     with pytest.raises(StorageValidationError, match="type int where str") as info:
@@ -146,7 +133,7 @@ def test_a_value_of_another_type_is_refused_before_the_scan(
 def test_any_fields_are_always_scanned(monkeypatch: pytest.MonkeyPatch) -> None:
     """A class with an Any field has no plan: its records are scanned, huge ints refused."""
     assert plan(Loose).scan
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     with pytest.raises(StorageValidationError) as info:
         Loose(body=BODY, extra=[HUGE]).model_dump()
     assert info.value.field == "extra.0"

@@ -20,10 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import Field
 
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, _fidelity
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
 from pydantic_toast._data_schema import data_schema
 from pydantic_toast._fingerprint import fingerprint
-from tests.conftest import CALL_LOGS
+from tests.conftest import CALL_LOGS, count_scans, count_serializations
 
 HUGE = 10**4300  # Pydantic's JSON parser refuses it
 
@@ -57,23 +57,9 @@ def _trusted(model: ExternalBaseModel) -> bool:
     return fingerprint(model, schema.tracking)[1]
 
 
-def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    from pydantic_toast import _saving
-
-    scanned: list[bytes] = []
-    real = _fidelity.may_be_unreadable
-
-    def counting(data: bytes) -> bool:
-        scanned.append(data)
-        return real(data)
-
-    monkeypatch.setattr(_saving._fidelity, "may_be_unreadable", counting)
-    return scanned
-
-
 def test_validated_values_are_trusted_and_not_scanned(monkeypatch: pytest.MonkeyPatch) -> None:
     """A validated instance of simple fields is trusted: saved without the scan, read back."""
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     item = Typed(maybe=7, sizes=[-(10**18) + 1, 10**18 - 1], scores={"b": 10**18 - 1})
     assert _trusted(item)
     reference = item.model_dump()
@@ -95,7 +81,7 @@ def test_long_integers_are_scanned_and_refused(
 ) -> None:
     """An int of 19 digits or more makes the save scan its record; one Pydantic cannot read
     back is refused, naming the field, and nothing is written."""
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     item = Typed(**values)
     assert not _trusted(item)
     with pytest.raises(StorageValidationError) as info:
@@ -109,7 +95,7 @@ def test_an_int_of_nineteen_digits_is_scanned_and_reads_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """10**18 (19 digits) is not trusted: the record is scanned, checked and written."""
-    scanned = _count_scans(monkeypatch)
+    scanned = count_scans(monkeypatch)
     item = Typed(count=10**18, sizes=[10**18])
     reference = item.model_dump()
     assert len(scanned) == 1
@@ -190,20 +176,6 @@ class Zone(tzinfo):
         return timedelta(0)
 
 
-def _count_serializations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    from pydantic_toast import _saving
-
-    seen: list[object] = []
-    real = _saving._to_json
-
-    def counting(model: ExternalBaseModel, *args: Any) -> bytes:
-        seen.append(model)
-        return real(model, *args)
-
-    monkeypatch.setattr(_saving, "_to_json", counting)
-    return seen
-
-
 def test_a_str_subclass_is_written_and_compared_by_its_json(
     counting_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,7 +190,7 @@ def test_a_str_subclass_is_written_and_compared_by_its_json(
     item.name = Title("b")
     assert not _trusted(item)
     reference = item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item.model_dump()
     item.model_dump()
     assert len(seen) == 2
@@ -242,7 +214,7 @@ def test_a_users_tzinfo_is_trusted_but_not_fingerprinted(
     assert schema is not None
     assert fingerprint(item, schema.tracking) == (None, True)
     item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item.model_dump()
     assert len(seen) == 1
     zone.hours = 2
@@ -264,7 +236,7 @@ def test_an_equal_but_new_value_is_serialized_once_and_not_written(
 
     item = Named(name="abc")
     item.model_dump()
-    seen = _count_serializations(monkeypatch)
+    seen = count_serializations(monkeypatch)
     item.name = "".join(["ab", "c"])
     item.tags = list(item.tags)
     item.model_dump()
