@@ -182,10 +182,7 @@ class TempPostgres:
         self.data = self.root / "data"
         self.user = "postgres" if os.geteuid() == 0 else None
         (self.root / "pw").write_text(self.PASSWORD)
-        if self.user:
-            entry = pwd.getpwnam(self.user)
-            for path in (self.root, self.root / "pw"):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.give(self.root, self.root / "pw")
         self._run(
             initdb,
             "-D",
@@ -199,6 +196,13 @@ class TempPostgres:
         )
         self.ssl = False
 
+    def give(self, *paths: Path) -> None:
+        """Hand ``paths`` to the user the server runs as (``postgres`` when started as root)."""
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            for path in paths:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
     def _run(self, *argv: str) -> None:
         command = ["runuser", "-u", self.user, "--", *argv] if self.user else list(argv)
         # No pipes: the server started by pg_ctl would hold them open.
@@ -210,10 +214,7 @@ class TempPostgres:
         cert = self_signed_certificate(self.data)
         key = self.data / "server.key"
         key.chmod(0o600)
-        if self.user:
-            entry = pwd.getpwnam(self.user)
-            for path in (cert, key):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.give(cert, key)
         self.ssl = True
         return cert
 
@@ -240,10 +241,7 @@ class TempPostgres:
         if standby_signal:
             files.append(self.data / "standby.signal")
             files[-1].write_text("")
-        if self.user:
-            entry = pwd.getpwnam(self.user)
-            for path in files:
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.give(*files)
 
     def promote(self) -> None:
         """Promote a standby to a primary (waits until it accepts writes)."""
@@ -306,9 +304,7 @@ class TempPostgresReplica(TempPostgres):
         self.root = Path(tempfile.mkdtemp(prefix="toast-pg-replica-"))
         self.data = self.root / "data"
         self.user = primary.user
-        if self.user:
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self.give(self.root)
         self.ssl = False
         conninfo = f"host=127.0.0.1 port={primary.port} user=postgres password={primary.PASSWORD}"
         # -R writes primary_conninfo and standby.signal: the copy starts as a streaming standby.

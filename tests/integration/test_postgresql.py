@@ -355,13 +355,11 @@ def test_sslmode_prefer_and_allow_with_a_client_certificate_connect_without_ssl(
 def test_sslmode_prefer_presents_the_client_certificate_to_an_ssl_server(tmp_path: Path) -> None:
     """prefer with sslcert/sslkey connects over SSL and sends the certificate (client_dn)."""
     with servers.temp_postgres(start=False) as temp:
-        server_cert = temp.enable_ssl()
+        temp.enable_ssl()
         client_cert = servers.self_signed_certificate(tmp_path)  # its own CA
         trusted = temp.data / "client_ca.crt"
         trusted.write_bytes(client_cert.read_bytes())
-        if temp.user:
-            owner = server_cert.stat()
-            os.chown(trusted, owner.st_uid, owner.st_gid)
+        temp.give(trusted)
         temp.configure("ssl_ca_file = 'client_ca.crt'")
         temp.start()
         assert toast_cli(["migrate", temp.url()]) == 0
