@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -10,7 +11,7 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -103,18 +104,22 @@ def _records(count: int, class_name: str = "Item") -> list[StoredRecord]:
     ]
 
 
-async def _backend(url: str) -> RedisClusterBackend:
+@contextlib.asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[RedisClusterBackend]:
+    """A connected backend of ``url``, disconnected on leaving."""
     backend = RedisClusterBackend(url)
     await backend.connect()
-    return backend
+    try:
+        yield backend
+    finally:
+        await backend.disconnect()
 
 
 def test_key_layout_spreads_a_class_over_bucket_slots(cluster: servers.TempRedisCluster) -> None:
     """A record and its bucket's index share a slot; a class's buckets land on every primary."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url("layout", buckets=16))
-        try:
+        async with _connected(cluster.url("layout", buckets=16)) as backend:
             (record,) = _records(1)
             await backend.save_records([record])
             bucket = record.id.int % 16
@@ -126,8 +131,6 @@ def test_key_layout_spreads_a_class_over_bucket_slots(cluster: servers.TempRedis
                 client.get_node_from_key(backend.index_key("Item", b)).name for b in range(16)
             }
             assert len(owners) == 3
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -139,8 +142,7 @@ def test_a_record_locked_by_a_batch_in_progress_is_not_written(
     of them is refused as busy (nothing written), and goes through once the lock is gone."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"lock{uuid4().hex[:8]}"))
-        try:
+        async with _connected(cluster.url(f"lock{uuid4().hex[:8]}")) as backend:
             (record,) = _records(1)
             await backend.save_records([record])
             client = backend._connected_cluster()
@@ -156,8 +158,6 @@ def test_a_record_locked_by_a_batch_in_progress_is_not_written(
             assert stored.data == record.data
             await client.delete(lock)
             assert await backend.save_records([changed]) == [2]
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -167,8 +167,7 @@ def test_a_stale_batch_across_slots_writes_nothing(cluster: servers.TempRedisClu
     and no lock is left behind."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"stale{uuid4().hex[:8]}"))
-        try:
+        async with _connected(cluster.url(f"stale{uuid4().hex[:8]}")) as backend:
             records = _records(40)
             assert len({backend.bucket(r.id) for r in records}) > 1
             await backend.save_records(records)
@@ -183,8 +182,6 @@ def test_a_stale_batch_across_slots_writes_nothing(cluster: servers.TempRedisClu
             assert await client.exists(*locks) == 0
             updated[-1] = dataclasses.replace(updated[-1], revision=1)
             assert await backend.save_records(updated) == [2] * 40
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -193,8 +190,7 @@ def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
     """10,000 records saved in one batch (split by slot) all load back, list and count."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"big{uuid4().hex[:8]}"))
-        try:
+        async with _connected(cluster.url(f"big{uuid4().hex[:8]}")) as backend:
             records = _records(10_000)
             started = time.perf_counter()
             await backend.save_records(records)
@@ -206,8 +202,6 @@ def test_a_batch_of_10000_records(cluster: servers.TempRedisCluster) -> None:
             rest = await backend.list_ids("Item", limit=6000, after=PageCursor.of(first[-1]))
             assert len({r.id for r in first} | set(rest)) == 10_000
             print(f"\n10,000 records saved in {saved:.2f} s")
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -271,20 +265,19 @@ def test_batches_take_batch_size_records_per_server_call(
     and each script call (phase 1 lock, revision check, save) is given 7 records at most."""
 
     async def main() -> list[list[bytes]]:
-        backend = await _backend(cluster.url(f"size{uuid4().hex[:8]}", buckets=2, batch_size=7))
-        records = _records(60)
+        url = cluster.url(f"size{uuid4().hex[:8]}", buckets=2, batch_size=7)
+        async with _connected(url) as backend:
+            records = _records(60)
 
-        async def batches() -> None:
-            assert await backend.save_records(records) == [1] * 60
-            updated = [dataclasses.replace(r, data=b'{"n":0}', revision=1) for r in records]
-            assert await backend.save_records(updated) == [2] * 60
-            loaded = await backend.load_records([r.key for r in records])
-            assert [(r.data, r.revision) if r else None for r in loaded] == [(b'{"n":0}', 2)] * 60
+            async def batches() -> None:
+                assert await backend.save_records(records) == [1] * 60
+                updated = [dataclasses.replace(r, data=b'{"n":0}', revision=1) for r in records]
+                assert await backend.save_records(updated) == [2] * 60
+                loaded = await backend.load_records([r.key for r in records])
+                pairs = [(r.data, r.revision) if r else None for r in loaded]
+                assert pairs == [(b'{"n":0}', 2)] * 60
 
-        try:
             return await _calls_made(cluster, backend, batches)
-        finally:
-            await backend.disconnect()
 
     calls = asyncio.run(main())
     mgets = [len(call) - 1 for call in calls if call[0].upper() == b"MGET"]
@@ -305,21 +298,18 @@ def test_a_save_script_call_carries_1_mib_of_documents_at_most(
     exactly."""
 
     async def main() -> list[list[bytes]]:
-        backend = await _backend(cluster.url(f"bytes{uuid4().hex[:8]}", buckets=1))
-        records = [_large(_multibyte(0.1, str(i))) for i in range(25)]
-        assert all(100_000 < len(r.data) < single._PIECE for r in records)
+        async with _connected(cluster.url(f"bytes{uuid4().hex[:8]}", buckets=1)) as backend:
+            records = [_large(_multibyte(0.1, str(i))) for i in range(25)]
+            assert all(100_000 < len(r.data) < single._PIECE for r in records)
 
-        async def batches() -> None:
-            assert await backend.save_records(records) == [1] * 25
-            updated = [dataclasses.replace(r, revision=1) for r in records]
-            assert await backend.save_records(updated) == [2] * 25
-            loaded = await backend.load_records([r.key for r in records])
-            assert [r.data if r else None for r in loaded] == [r.data for r in records]
+            async def batches() -> None:
+                assert await backend.save_records(records) == [1] * 25
+                updated = [dataclasses.replace(r, revision=1) for r in records]
+                assert await backend.save_records(updated) == [2] * 25
+                loaded = await backend.load_records([r.key for r in records])
+                assert [r.data if r else None for r in loaded] == [r.data for r in records]
 
-        try:
             return await _calls_made(cluster, backend, batches)
-        finally:
-            await backend.disconnect()
 
     saves = _records_per_call(asyncio.run(main()), b"save")
     assert sum(saves) >= 50  # more when the script was loaded first (NOSCRIPT, then again)
@@ -334,16 +324,13 @@ def test_many_buckets_need_no_more_connections(cluster: servers.TempRedisCluster
 
     async def main() -> None:
         url = cluster.url(f"wide{uuid4().hex[:8]}", buckets=1024, max_connections=8)
-        backend = await _backend(url)
-        try:
+        async with _connected(url) as backend:
             records = _records(600)
             assert len({backend.bucket(r.id) for r in records}) > 300
             await backend.save_records(records)
             assert await backend.count("Item") == 600
             page = await backend.list_records("Item", limit=600)
             assert {r.id for r in page} == {r.id for r in records}
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -392,9 +379,11 @@ def test_a_save_waiting_for_a_replica_returns_once_one_has_it(
 
     async def main() -> None:
         prefix = f"wait{uuid4().hex[:8]}"
-        waiting = await _backend(cluster.url(prefix, buckets=1, wait_replicas=1, wait_timeout=300))
-        plain = await _backend(cluster.url(prefix, buckets=1))
-        try:
+        waiting_url = cluster.url(prefix, buckets=1, wait_replicas=1, wait_timeout=300)
+        async with (
+            _connected(waiting_url) as waiting,
+            _connected(cluster.url(prefix, buckets=1)) as plain,
+        ):
             await waiting.save_records(_records(1))  # learns the topology
             client = waiting._connected_cluster()
             index = waiting.index_key("Item")
@@ -420,9 +409,6 @@ def test_a_save_waiting_for_a_replica_returns_once_one_has_it(
                     await on_replica.aclose()
                 if primary == owner.port:  # then the same through a MOVED reply
                     await asyncio.to_thread(cluster.move_slot, slot, owner.port, target)
-        finally:
-            await waiting.disconnect()
-            await plain.disconnect()
 
     asyncio.run(main())
 
@@ -459,12 +445,9 @@ def test_a_save_whose_primary_is_demoted_while_it_waits_for_replicas_is_settled(
     async def main() -> None:
         with Storage():
             await Item(n=0).asave()  # learns the topology
-            backend = await _backend(url)
-            try:
+            async with _connected(url) as backend:
                 owner = backend._connected_cluster().get_node_from_key(backend.index_key("Item"))
                 assert owner is not None
-            finally:
-                await backend.disconnect()
             replica = cluster.replica_of(owner.port)
             with cluster.paused(owner.port):
                 saving = asyncio.create_task(Item(n=1).asave())
@@ -521,18 +504,16 @@ def test_wait_for_a_replica_costs_a_round_trip(cluster: servers.TempRedisCluster
         return time.perf_counter() - started
 
     async def main() -> tuple[float, float, list[float], list[float]]:
-        plain = await _backend(cluster.url("costplain"))
-        waiting = await _backend(cluster.url("costwait", wait_replicas=1, wait_timeout=1000))
-        try:
+        async with (
+            _connected(cluster.url("costplain")) as plain,
+            _connected(cluster.url("costwait", wait_replicas=1, wait_timeout=1000)) as waiting,
+        ):
             a: list[float] = []
             b: list[float] = []
             for _ in range(300):
                 a.append(await timed(plain))
                 b.append(await timed(waiting))
             return statistics.median(a), statistics.median(b), a, b
-        finally:
-            await plain.disconnect()
-            await waiting.disconnect()
 
     plain, waiting, a, b = asyncio.run(main())
     quartiles = [round(q * 1e6) for q in statistics.quantiles(a, n=4)]
@@ -556,11 +537,8 @@ def test_an_identical_record_is_a_rivals_on_the_cluster_too(
     from tests.integration.test_lost_replies import identical_record_scenario
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"repeat{uuid4().hex[:8]}", buckets=1))
-        try:
+        async with _connected(cluster.url(f"repeat{uuid4().hex[:8]}", buckets=1)) as backend:
             await identical_record_scenario(backend)
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -653,10 +631,11 @@ def test_a_large_record_is_staged_in_its_slot_and_read_in_pieces(
 
     async def main() -> None:
         prefix = f"large{uuid4().hex[:8]}"
-        backend = await _backend(cluster.url(prefix))
-        waiting = await _backend(cluster.url(prefix, wait_replicas=1, wait_timeout=2000))
-        client = backend._connected_cluster()
-        try:
+        async with (
+            _connected(cluster.url(prefix)) as backend,
+            _connected(cluster.url(prefix, wait_replicas=1, wait_timeout=2000)) as waiting,
+        ):
+            client = backend._connected_cluster()
             record = _large(_multibyte(3))
             assert await backend.save_records([record]) == [1]
             key = backend.key("Scan", record.id)
@@ -679,9 +658,6 @@ def test_a_large_record_is_staged_in_its_slot_and_read_in_pieces(
             assert loaded is not None
             assert loaded.data == update.data
             assert await _staged_keys(backend) == []
-        finally:
-            await backend.disconnect()
-            await waiting.disconnect()
 
     asyncio.run(main())
 
@@ -695,9 +671,10 @@ def test_large_records_keep_ttl_and_batch_with_small_ones(
     behind."""
 
     async def main() -> None:
-        one = await _backend(cluster.url(f"mixone{uuid4().hex[:8]}", buckets=1))
-        many = await _backend(cluster.url(f"mixmany{uuid4().hex[:8]}"))
-        try:
+        async with (
+            _connected(cluster.url(f"mixone{uuid4().hex[:8]}", buckets=1)) as one,
+            _connected(cluster.url(f"mixmany{uuid4().hex[:8]}")) as many,
+        ):
             for backend in (one, many):
                 client = backend._connected_cluster()
                 records = [
@@ -722,9 +699,6 @@ def test_large_records_keep_ttl_and_batch_with_small_ones(
                 loaded_all = await backend.load_records([r.key for r in records])
                 assert [r.data for r in loaded_all if r is not None] == [r.data for r in records]
                 assert await _staged_keys(backend) == []
-        finally:
-            await one.disconnect()
-            await many.disconnect()
 
     asyncio.run(main())
 
@@ -737,9 +711,8 @@ def test_a_large_save_cancelled_while_staging_leaves_the_record_and_no_staged_co
     slot); the next save writes."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"cancel{uuid4().hex[:8]}"))
-        client = backend._connected_cluster()
-        try:
+        async with _connected(cluster.url(f"cancel{uuid4().hex[:8]}")) as backend:
+            client = backend._connected_cluster()
             for _ in range(5):
                 record = _large("a" * 2_000_000)
                 await backend.save_records([record])
@@ -774,8 +747,6 @@ def test_a_large_save_cancelled_while_staging_leaves_the_record_and_no_staged_co
             (loaded,) = await backend.load_records([record.key])
             assert loaded is not None
             assert loaded.data == final.data
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -787,14 +758,11 @@ def test_a_large_record_rewritten_while_it_is_read_loads_one_whole_version(
     version whole (a load that saw the record change reads it again), never a mix."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"race{uuid4().hex[:8]}"))
-        versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
-        try:
+        async with _connected(cluster.url(f"race{uuid4().hex[:8]}")) as backend:
+            versions = [b'{"b":"%b"}' % (letter * 3_000_000) for letter in (b"x", b"y")]
             loads = await loads_while_rewritten(backend, _large("", revision=None), versions)
             assert all(loaded.data in versions for loaded in loads)
             assert len({loaded.revision for loaded in loads}) > 1, "no load met a rewrite"
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -807,9 +775,8 @@ def test_a_large_record_follows_its_slot_moved_behind_the_clients_back(
     a second move reads the record exactly from its new owner; nothing staged is left."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"moved{uuid4().hex[:8]}"))
-        client = backend._connected_cluster()
-        try:
+        async with _connected(cluster.url(f"moved{uuid4().hex[:8]}")) as backend:
+            client = backend._connected_cluster()
             record = _large(_multibyte(2, "one"))
             assert await backend.save_records([record]) == [1]
             key = backend.key("Scan", record.id)
@@ -830,8 +797,6 @@ def test_a_large_record_follows_its_slot_moved_behind_the_clients_back(
             assert loaded is not None
             assert (loaded.data, loaded.revision) == (update.data, 2)
             assert await _staged_keys(backend) == []
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -846,9 +811,8 @@ def test_large_saves_and_loads_go_through_a_slot_migration(
     owner; a load of a moved record (ASK) reads it exactly; nothing staged is left."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"ask{uuid4().hex[:8]}", wait_replicas=wait))
-        client = backend._connected_cluster()
-        try:
+        async with _connected(cluster.url(f"ask{uuid4().hex[:8]}", wait_replicas=wait)) as backend:
+            client = backend._connected_cluster()
             record = _large(_multibyte(2, "one"))
             assert await backend.save_records([record]) == [1]
             key = backend.key("Scan", record.id)
@@ -898,8 +862,6 @@ def test_large_saves_and_loads_go_through_a_slot_migration(
             assert loaded is not None
             assert (loaded.data, loaded.revision) == (again.data, 3)
             assert await _staged_keys(backend) == []
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -914,9 +876,8 @@ def test_a_batch_load_reads_large_documents_in_pieces_on_each_slot(
     while it is being migrated back (ASK), the batch reads it from its new owner."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"batch{uuid4().hex[:8]}"))
-        client = backend._connected_cluster()
-        try:
+        async with _connected(cluster.url(f"batch{uuid4().hex[:8]}")) as backend:
+            client = backend._connected_cluster()
             texts = [_multibyte(20, "a"), "small", _multibyte(2, "b"), "tiny", "s"]
             records = [_large(text) for text in texts]
             for record in records:
@@ -957,8 +918,6 @@ def test_a_batch_load_reads_large_documents_in_pieces_on_each_slot(
             finally:
                 await asyncio.to_thread(cluster.finish_migration, slot, target, owner.port)
             assert [r.data if r else None for r in batch] == [current.data, records[1].data]
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -974,22 +933,21 @@ def test_small_saves_batch_loads_and_pages_go_through_a_slot_migration(
     records not on it) and list every record exactly once it ends; a delete waits too."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"mig{uuid4().hex[:8]}", buckets=1))
-        client = backend._connected_cluster()
-        start = datetime.now(UTC)
-        texts = ["a", "b", _multibyte(3, "big"), "c", "d", "e"]
-        records = [
-            dataclasses.replace(_large(text), created_at=start + timedelta(seconds=offset))
-            for offset, text in enumerate(texts)
-        ]
-        big = records[2]
-        fresh = dataclasses.replace(_large("fresh"), created_at=start - timedelta(hours=1))
-        updates = [
-            dataclasses.replace(records[0], data=_data("a2"), revision=1),
-            dataclasses.replace(records[3], data=_data("c2"), revision=1),
-            fresh,
-        ]
-        try:
+        async with _connected(cluster.url(f"mig{uuid4().hex[:8]}", buckets=1)) as backend:
+            client = backend._connected_cluster()
+            start = datetime.now(UTC)
+            texts = ["a", "b", _multibyte(3, "big"), "c", "d", "e"]
+            records = [
+                dataclasses.replace(_large(text), created_at=start + timedelta(seconds=offset))
+                for offset, text in enumerate(texts)
+            ]
+            big = records[2]
+            fresh = dataclasses.replace(_large("fresh"), created_at=start - timedelta(hours=1))
+            updates = [
+                dataclasses.replace(records[0], data=_data("a2"), revision=1),
+                dataclasses.replace(records[3], data=_data("c2"), revision=1),
+                fresh,
+            ]
             for record in records:
                 assert await backend.save_records([record]) == [1]
             names = [backend.key("Scan", r.id) for r in records]
@@ -1062,8 +1020,6 @@ def test_small_saves_batch_loads_and_pages_go_through_a_slot_migration(
             assert [(r.data, r.revision) if r else None for r in loaded] == [
                 (u.data, 1 if u is fresh else 2) for u in updates
             ]
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
 
@@ -1073,8 +1029,7 @@ def test_a_page_reads_large_documents_in_pieces_exactly(cluster: servers.TempRed
     newest first, each exactly (the rest of each large one read on its slot's primary)."""
 
     async def main() -> None:
-        backend = await _backend(cluster.url(f"page{uuid4().hex[:8]}"))
-        try:
+        async with _connected(cluster.url(f"page{uuid4().hex[:8]}")) as backend:
             start = datetime.now(UTC)
             texts = [_multibyte(3, "a"), "small", _multibyte(2, "b"), _multibyte(1.5, "c")]
             records = [
@@ -1090,7 +1045,5 @@ def test_a_page_reads_large_documents_in_pieces_exactly(cluster: servers.TempRed
             first = await backend.list_records("Scan", limit=2)
             second = await backend.list_records("Scan", limit=2, after=PageCursor.of(first[-1]))
             assert [r.data for r in first + second] == [r.data for r in newest]
-        finally:
-            await backend.disconnect()
 
     asyncio.run(main())
