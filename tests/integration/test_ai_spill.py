@@ -8,7 +8,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from pydantic_ai import Agent
+from pydantic_ai import Agent, AgentRunResult
 from pydantic_ai.messages import (
     ImageUrl,
     ModelMessage,
@@ -48,6 +48,17 @@ def _ref(note: str) -> str:
     found = re.search(r'ref="([0-9a-f-]+)"', note)
     assert found is not None, note[:300]
     return found.group(1)
+
+
+def _big_ref(result: AgentRunResult[Any]) -> str:
+    """The ref in the note that stands for the first output of the tool ``big`` in ``result``."""
+    return next(
+        _ref(part.model_response_str())
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
 
 
 def _slice_reader(slice_chars: int) -> FunctionModel:
@@ -216,13 +227,7 @@ async def test_outputs_of_another_conversation_cannot_be_read(storage_url: str) 
     first = Agent(_slice_reader(100), capabilities=[spill])
     first.tool_plain(name="big")(lambda: "secret " * 100)
     result = await first.run("go", conversation_id="owner")
-    ref = next(
-        _ref(part.model_response_str())
-        for message in result.all_messages()
-        if isinstance(message, ModelRequest)
-        for part in message.parts
-        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
-    )
+    ref = _big_ref(result)
     replies: list[str] = []
 
     def thief(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -293,13 +298,7 @@ async def test_the_app_can_delete_a_spilled_output(storage_url: str) -> None:
     agent = Agent(_slice_reader(10), capabilities=[spill])
     agent.tool_plain(name="big")(lambda: "z" * 30)
     result = await agent.run("go", conversation_id="c")
-    ref = next(
-        _ref(part.model_response_str())
-        for message in result.all_messages()
-        if isinstance(message, ModelRequest)
-        for part in message.parts
-        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
-    )
+    ref = _big_ref(result)
     assert await spill.adelete(ref, conversation_id="c")
     assert not await spill.adelete(ref, conversation_id="c")
     with pytest.raises(RecordNotFoundError):
@@ -315,13 +314,7 @@ async def test_deleting_a_conversation_deletes_its_spilled_outputs(storage_url: 
     refs = {}
     for conversation in ("doomed", "kept"):
         result = await agent.run("go", conversation_id=conversation)
-        refs[conversation] = next(
-            _ref(part.model_response_str())
-            for message in result.all_messages()
-            if isinstance(message, ModelRequest)
-            for part in message.parts
-            if isinstance(part, ToolReturnPart) and part.tool_name == "big"
-        )
+        refs[conversation] = _big_ref(result)
     assert (await spill.aload(refs["doomed"], conversation_id="doomed")).text == "z" * 30
     assert await store.adelete("doomed") == 1
     with pytest.raises(RecordNotFoundError):
@@ -340,13 +333,7 @@ async def test_spilled_outputs_expire_after_ttl(storage_url: str) -> None:
     agent = Agent(_slice_reader(10), capabilities=[spill])
     agent.tool_plain(name="big")(lambda: "z" * 30)
     result = await agent.run("go", conversation_id="brief")
-    ref = next(
-        _ref(part.model_response_str())
-        for message in result.all_messages()
-        if isinstance(message, ModelRequest)
-        for part in message.parts
-        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
-    )
+    ref = _big_ref(result)
     assert (await spill.aload(ref, conversation_id="brief")).text == "z" * 30
     await asyncio.sleep(2.5)
     with pytest.raises(RecordNotFoundError):
