@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -693,6 +694,17 @@ def _engine(url: str, **options: object) -> AsyncEngine:
     return create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"), **options)
 
 
+@contextlib.asynccontextmanager
+async def _app_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """The application's engine on ``url``; on leaving, it is disposed and the storages closed."""
+    engine = _engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 async def _app_table(engine: AsyncEngine) -> str:
     """An application table of this test's own."""
     name = f"invoices_{uuid4().hex[:10]}"
@@ -709,8 +721,7 @@ async def _invoices(engine: AsyncEngine, table: str) -> int:
 async def test_save_commits_with_the_callers_transaction(postgres_database_url: str) -> None:
     """A save inside transaction(connection) commits together with the application's own row."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         table = await _app_table(engine)
         async with engine.begin() as connection:
             await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1)")
@@ -720,16 +731,12 @@ async def test_save_commits_with_the_callers_transaction(postgres_database_url: 
                 assert (await note.aload(reference)).text == "paid"  # type: ignore[attr-defined]
         assert await _invoices(engine, table) == 1
         assert (await note.aload(reference)).text == "paid"  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
     """When the caller's transaction rolls back, neither its row nor the record is stored."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         table = await _app_table(engine)
         item = note(text="never")
 
@@ -746,9 +753,6 @@ async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
         assert await _invoices(engine, table) == 0
         with pytest.raises(RecordNotFoundError):
             await note.aload(item.external_id)
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_a_model_saved_in_a_rolled_back_transaction_is_saved_again(
@@ -758,8 +762,7 @@ async def test_a_model_saved_in_a_rolled_back_transaction_is_saved_again(
     (before: the model took itself for stored and unchanged, the retry wrote nothing and
     returned a reference to no record; changed, it raised ConcurrencyError "deleted")."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         first, second = note(text="retried"), note(text="changed")
         async with AsyncSession(engine) as session:
             async with pydantic_toast.transaction(session):
@@ -785,9 +788,6 @@ async def test_a_model_saved_in_a_rolled_back_transaction_is_saved_again(
             await session.commit()
         assert second.external_revision == 2
         assert (await note.aload(second.external_id)).text == "committed"  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_savepoints_forget_only_the_saves_made_inside_them(
@@ -804,8 +804,7 @@ async def test_savepoints_forget_only_the_saves_made_inside_them(
         )
         notes: list[note]  # type: ignore[valid-type]
 
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         stale = note(text="stale")
         reference = await stale.asave()
         rival = await note.aload(reference)
@@ -836,9 +835,6 @@ async def test_savepoints_forget_only_the_saves_made_inside_them(
         assert (await note.aload(before.external_id)).external_revision == 2  # type: ignore[attr-defined]
         for item in (inner, first, second):  # saved again: written, loadable
             assert (await note.aload(await item.asave())).external_revision == 1  # type: ignore[attr-defined]
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_one_connection_commits_then_rolls_back_and_keeps_one_set_of_listeners(
@@ -847,8 +843,7 @@ async def test_one_connection_commits_then_rolls_back_and_keeps_one_set_of_liste
     """On a long-lived connection (commit as you go): a commit keeps the saves before it, a
     later rollback forgets only the saves since; many transaction() blocks add no listeners."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         kept, dropped = note(text="kept"), note(text="dropped")
         async with engine.connect() as connection:
             async with pydantic_toast.transaction(connection):
@@ -869,16 +864,12 @@ async def test_one_connection_commits_then_rolls_back_and_keeps_one_set_of_liste
         kept.text = "again"  # type: ignore[attr-defined]
         await kept.asave()
         assert kept.external_revision == 2
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_session_transaction_commits_and_rolls_back(postgres_database_url: str) -> None:
     """transaction(session) joins an AsyncSession's transaction: commit keeps, rollback drops."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         async with AsyncSession(engine) as session:
             async with pydantic_toast.transaction(session):
                 kept = await note(text="kept").asave()
@@ -890,39 +881,30 @@ async def test_session_transaction_commits_and_rolls_back(postgres_database_url:
         assert (await note.aload(kept)).text == "kept"  # type: ignore[attr-defined]
         with pytest.raises(RecordNotFoundError):
             await note.aload(dropped)
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_errors_inside_a_joined_transaction_are_mapped(postgres_database_url: str) -> None:
     """A failing statement on the caller's connection still leaves as a library error."""
-    engine = _engine(postgres_database_url)
-    try:
-        async with engine.connect() as connection:
-            await connection.exec_driver_sql("SET search_path TO nowhere")
-            note = model_on(postgres_database_url)
-            async with pydantic_toast.transaction(connection):
-                with pytest.raises(StorageSchemaError, match="does not exist in database"):
-                    await note(text="x").asave()
-            await connection.rollback()
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
+    async with _app_engine(postgres_database_url) as engine, engine.connect() as connection:
+        await connection.exec_driver_sql("SET search_path TO nowhere")
+        note = model_on(postgres_database_url)
+        async with pydantic_toast.transaction(connection):
+            with pytest.raises(StorageSchemaError, match="does not exist in database"):
+                await note(text="x").asave()
+        await connection.rollback()
 
 
 @pytest.mark.usefixtures("blocking_calls_allowed")
 async def test_blocking_call_inside_a_transaction_is_refused(postgres_database_url: str) -> None:
     """model_dump() inside transaction() raises StorageUsageError instead of escaping it."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    try:
-        async with engine.begin() as connection, pydantic_toast.transaction(connection):
-            with pytest.raises(StorageUsageError, match="use the async API"):
-                note(text="x").model_dump()
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
+    async with (
+        _app_engine(postgres_database_url) as engine,
+        engine.begin() as connection,
+        pydantic_toast.transaction(connection),
+    ):
+        with pytest.raises(StorageUsageError, match="use the async API"):
+            note(text="x").model_dump()
 
 
 async def test_applications_own_engine_serves_the_models(postgres_database_url: str) -> None:
@@ -1253,9 +1235,8 @@ async def test_a_large_record_saved_in_the_callers_transaction_commits_and_rolls
     """A record streamed through a staging table joins the caller's transaction: it commits
     with the application's row, and a rollback leaves neither."""
     note = model_on(postgres_database_url)
-    engine = _engine(postgres_database_url)
-    text = "é" * 1_500_000  # 3 MB of JSON: staged
-    try:
+    async with _app_engine(postgres_database_url) as engine:
+        text = "é" * 1_500_000  # 3 MB of JSON: staged
         table = await _app_table(engine)
         async with engine.begin() as connection:
             await connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1)")
@@ -1281,9 +1262,6 @@ async def test_a_large_record_saved_in_the_callers_transaction_commits_and_rolls
         assert item.external_id is not None
         with pytest.raises(RecordNotFoundError):
             await note.aload(item.external_id)
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_large_records_saved_one_after_another_on_one_connection(
@@ -1404,16 +1382,12 @@ async def test_batches_of_one_kind_or_mixed_check_every_revision(
 ) -> None:
     """A chunk of one kind (new, checked or forced records) is that kind's write alone, a mixed
     one the statement writing every kind: the same outcome either way, pooled or joined."""
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         url = StorageURL.parse(postgres_database_url)
         backend = await pydantic_toast.current_storage().connected(url)
         await _write_every_kind(backend)
         async with engine.begin() as connection, pydantic_toast.transaction(connection):
             await _write_every_kind(backend)
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_record(
@@ -1426,8 +1400,7 @@ async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_recor
     """
     note = model_on(postgres_database_url)
     first, second = await pydantic_toast.adump([note(text="a"), note(text="b")])
-    engine = _engine(postgres_database_url)
-    try:
+    async with _app_engine(postgres_database_url) as engine:
         for stamp in ("infinity", "0044-03-15 00:00:00+00 BC"):
             async with engine.begin() as connection:
                 await connection.exec_driver_sql(
@@ -1445,9 +1418,6 @@ async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_recor
                     second["id"],
                 )
                 assert "updated_at" in str(info.value)
-    finally:
-        await engine.dispose()
-        await pydantic_toast.aclose_storage()
 
 
 def test_batch_reads_probe_the_primary_key_whatever_the_class_size(
