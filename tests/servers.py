@@ -855,8 +855,10 @@ def start_todo_service(
     app: str = "examples.todo_api.app:app",
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    timeout: float = 30,
 ) -> subprocess.Popen[bytes]:
-    """An app (the todo example by default) under uvicorn on ``port``, once /health answers 200.
+    """An app (the todo example by default) under uvicorn on ``port``, once /health answers 200
+    (within ``timeout`` seconds).
 
     ``DATABASE_URL`` is ``database_url``; with ``log``, the server's output (its log lines and
     the library's) goes to that file instead of nowhere.
@@ -873,7 +875,7 @@ def start_todo_service(
     finally:
         if log is not None:
             output.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:

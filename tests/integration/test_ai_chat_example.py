@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 from uuid import uuid4
 
 import httpx
@@ -17,7 +12,6 @@ from examples.ai_chat.app import create_app
 
 from tests import servers
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.postgresql
 
 
@@ -86,28 +80,10 @@ async def test_a_malformed_conversation_id_is_a_client_error(
 
 
 def _start(database_url: str, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.ai_chat.app:app", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # 120 s: importing pydantic_ai takes seconds on a busy machine.
+    return servers.start_todo_service(
+        database_url, port, app="examples.ai_chat.app:app", timeout=120
     )
-    deadline = time.monotonic() + 120  # importing pydantic_ai takes seconds on a busy machine
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise AssertionError("the chat service did not start")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    process.wait(30)
 
 
 @pytest.mark.slow
@@ -119,10 +95,10 @@ def test_a_conversation_continues_after_the_server_restarts(postgres_database_ur
     try:
         assert httpx.post(url, json={"message": "before"}, timeout=30).status_code == 200
     finally:
-        _stop(service)
+        servers.stop_todo_service(service)
     service = _start(postgres_database_url, port)
     try:
         reply = httpx.post(url, json={"message": "after"}, timeout=30).json()["reply"]
     finally:
-        _stop(service)
+        servers.stop_todo_service(service)
     assert reply == "You said 'after' (turn 2). Earlier you said: 'before'."
