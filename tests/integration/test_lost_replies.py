@@ -389,7 +389,8 @@ def test_delete_whose_reply_comes_after_command_timeout_is_outcome_unknown(
     """PostgreSQL: a delete applied at once whose reply comes after command_timeout, on a
     connection that stays open: the backend waits for the statement's end and finds the
     record gone, which another delete could have done as well: OutcomeUnknownError, never a
-    success that may be false; the record is gone, the others are untouched."""
+    success that may be false, and its message says the delete has ended and found the record
+    gone, never that it may still apply; the record is gone, the others are untouched."""
     slow = _timing_out(postgresql_proxied, 0.2)  # the reply comes as in the save's test above
     note, twin = notes_on(slow)
     kept = note(text="kept")
@@ -398,7 +399,10 @@ def test_delete_whose_reply_comes_after_command_timeout_is_outcome_unknown(
     slow.proxy.delay_reply_to(_delete_trigger(slow, reference["id"]), 0.3)
     with pytest.raises(OutcomeUnknownError) as info:
         pydantic_toast.delete(note, reference)
-    assert "load the record to see whether it is gone" in str(info.value)
+    message = str(info.value)
+    assert "the delete has ended since, and the record is gone" in message
+    assert "still" not in message  # it cannot apply later: it has ended
+    assert "load the record to see whether it is gone" in message
     assert not slow.proxy.armed
     with pytest.raises(RecordNotFoundError):
         twin.model_validate(reference)

@@ -95,7 +95,7 @@ from pydantic_toast.backends.sql import (
 )
 from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
-from pydantic_toast.runtime.boundary import connecting, not_applied
+from pydantic_toast.runtime.boundary import connecting, ended_unknown, not_applied
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection, joined_save
@@ -1180,7 +1180,11 @@ def _timed_out_delete(ended: _Ended) -> NoReturn:
     """
     if ended.row is not None:
         raise not_applied(ended)
-    raise ended
+    raise ended_unknown(
+        ended,
+        "the record is gone: removed by this delete, or by another writer just before it "
+        "(then this one found nothing to delete), which cannot be told apart",
+    )
 
 
 def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:

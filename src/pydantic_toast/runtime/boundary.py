@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.base import Capability, StorageBackend
 
-__all__ = ["Connected", "connecting", "not_applied", "open_backend"]
+__all__ = ["Connected", "connecting", "ended_unknown", "not_applied", "open_backend"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,7 @@ when its request was never sent, ``never`` not at all (connecting, closing)."""
 logger = logging.getLogger("pydantic_toast")
 
 _CONNECTING = "_pydantic_toast_connecting"
+_ENDED = "_pydantic_toast_ended"
 
 
 def connecting(exc: BaseException) -> BaseException:
@@ -80,6 +81,23 @@ def not_applied(exc: BaseException) -> BaseException:
     """
     with contextlib.suppress(AttributeError):
         setattr(exc, NOT_APPLIED, True)
+    return exc
+
+
+def ended_unknown(exc: BaseException, found: str) -> BaseException:
+    """Mark ``exc``, a timeout after a write was sent, as one whose write has ended since (the
+    backend waited for the store to finish the request): applied or not, it cannot apply
+    later, but what the backend ``found`` then could not tell which. The write stays
+    unsettled (:class:`~pydantic_toast.OutcomeUnknownError`), and its message says so instead
+    of "it may still apply".
+
+    Backends call it on the timeout they re-raise::
+
+        except TimeoutError as exc:
+            raise ended_unknown(exc, "the record is gone")
+    """
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _ENDED, found)
     return exc
 
 
@@ -287,6 +305,7 @@ class Connected:
                 mapped, lost = translate(exc, failure)
                 cause = None if mapped is exc else summary(exc)
                 timed_out = not lost and repeat == "write" and unanswered(exc, failure)
+                found: str | None = getattr(exc, _ENDED, None) if timed_out else None
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
                     span.finish(interrupt)
@@ -304,7 +323,8 @@ class Connected:
                 await self._discard_connections()
                 continue
             # A write sent and then lost, or whose reply never came in time (the server may
-            # have applied it, or may still): never repeated blindly.
+            # have applied it, or may still unless the backend waited for its end: see
+            # ended_unknown): never repeated blindly.
             if (lost or timed_out) and repeat == "write" and not unsent:
                 logger.info(
                     "%s on %s %s after the request was sent (%s)",
@@ -316,7 +336,9 @@ class Connected:
                 if lost:
                     await self._discard_connections()
                 if settle is None:
-                    mapped = outcomes.unknown(self, operation, keys, timed_out=timed_out)
+                    mapped = outcomes.unknown(
+                        self, operation, keys, timed_out=timed_out, ended=found
+                    )
                 else:
                     try:
                         result = await settle(timed_out)

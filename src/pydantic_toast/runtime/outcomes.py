@@ -93,11 +93,14 @@ def unknown(
     why: str = "; it was not repeated.",
     *,
     timed_out: bool = False,
+    ended: str | None = None,
 ) -> OutcomeUnknownError:
     """The error for a write (``delete``, ``purge``, a save ``why`` explains) lost after it was
-    sent, or whose reply did not come in time (``timed_out``)."""
+    sent, or whose reply did not come in time (``timed_out``); ``ended``: what the backend
+    found once the timed out write had ended
+    (:func:`~pydantic_toast.runtime.boundary.ended_unknown`)."""
     return OutcomeUnknownError(
-        f"{_lost_after_sending(connected, operation, timed_out)}{why} "
+        f"{_lost_after_sending(connected, operation, timed_out, ended)}{why} "
         f"{_records_named(keys)}{_FIX.get(operation, _FIX['save'])}",
         url=connected.url.masked,
         operation=operation,
@@ -169,7 +172,14 @@ def _unknown_save(
     )
 
 
-def _lost_after_sending(connected: Connected, operation: str, timed_out: bool) -> str:
+def _lost_after_sending(
+    connected: Connected, operation: str, timed_out: bool, ended: str | None = None
+) -> str:
+    if timed_out and ended is not None:  # it cannot apply later: say what was found instead
+        return (
+            f"the reply of {connected.where} to the {operation} did not come within the "
+            f"timeout; the {operation} has ended since, and {ended}"
+        )
     if timed_out:
         return (
             f"the reply of {connected.where} to the {operation} did not come within the "
