@@ -5,7 +5,8 @@ URLs are written as for libpq: ``postgresql://user:password@host:5432/db?sslmode
 (``postgresql+psycopg://``, ``postgresql+psycopg2://``) work too. Query options:
 
 * ``sslmode`` (``disable``, ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``),
-  ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq;
+  ``sslrootcert``, ``sslcert``, ``sslkey``: as in libpq, whatever the driver in the scheme
+  (asyncpg's ``ssl=`` is refused with the ``sslmode=`` to write instead);
 * ``pool_size`` (default 20): connections kept per event loop, opened as needed (the one
   returned last is reused first), and ``max_overflow`` (default 0): more connections opened
   under load, closed when returned;
@@ -119,6 +120,8 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
     Raises:
         StorageConfigurationError: An option is unknown or has a bad value.
     """
+    if "ssl" in url.query:
+        raise StorageConfigurationError(_ssl_spelling(url))
     unknown = sorted(set(url.query) - _OPTIONS)
     if unknown:
         raise StorageConfigurationError(
@@ -178,6 +181,27 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
         "connect_args": connect_args,
     }
     return sa_url, options
+
+
+def _ssl_spelling(url: StorageURL) -> str:
+    """The refusal of ``ssl=``: asyncpg's (and SQLAlchemy's asyncpg URLs') spelling of libpq's
+    ``sslmode=``, which is what this library's URLs take, whatever the driver in the scheme."""
+    value = url.query["ssl"]
+    # asyncpg's ssl=true is a default SSLContext: the certificate and host name are verified.
+    mode = "verify-full" if value.lower() in ("true", "1", "yes", "on") else value.lower()
+    if mode in ("false", "0", "no", "off"):
+        mode = "disable"
+    if "sslmode" in url.query:
+        fix = "remove ssl= (the URL's sslmode= applies)"
+    elif mode in _SSL_MODES:
+        fix = f"write sslmode={mode} instead"
+    else:
+        fix = f"write sslmode= instead, one of {', '.join(_SSL_MODES)}"
+    return (
+        f"{url.masked}: ssl={shorten(value)!r} is asyncpg's spelling of the TLS option; "
+        f"PostgreSQL URLs here take libpq's (sslmode, sslrootcert, sslcert, sslkey) for every "
+        f"driver in the scheme, so {fix}"
+    )
 
 
 def _ssl_option(url: StorageURL) -> Any:
