@@ -38,8 +38,11 @@ so that no chain carries a password or the model's data. Messages name the cause
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from pydantic_toast._records import PageCursor
 
 __all__ = [
     "ConcurrencyError",
@@ -319,7 +322,12 @@ class StoredDataError(ExternalStorageError):
         class_name: The stored class name of the record.
         id: The record id.
         field: The dotted path of the field that cannot be read, when known.
+        resume_after: Raised by a listing (a backend's ``list_records``) for a record it
+            cannot read at all: the page cursor just past that record, from which a caller
+            that leaves it out lists on; ``None`` otherwise.
     """
+
+    resume_after: PageCursor | None = None
 
     def __init__(
         self, message: str, *, class_name: str, id: UUID | str, field: str | None = None

@@ -453,6 +453,48 @@ async def test_a_conversation_with_a_damaged_record_can_still_be_deleted(storage
 
 
 @pytest.mark.parametrize("storage_url", REDIS, indirect=True)
+async def test_a_value_that_is_no_record_is_skipped_with_skip_invalid(
+    storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With skip_invalid, a batch or header whose Redis value is no record at all (a plain
+    string SET by something else) is left out with a warning naming its key, as a batch whose
+    data cannot be read is on every backend: the turns and conversations around it load, over
+    several pages; without skip_invalid it still raises."""
+    import redis.asyncio as aioredis
+
+    store = _store(storage_url, skip_invalid=True, page_size=2)
+    batches = []
+    for turn in range(5):
+        appended = await store.aappend("mixed", _turn(f"t{turn}"))
+        assert appended is not None
+        batches.append(appended.batch_id)
+    for name in ("other", "last"):
+        await store.aappend(name, _turn(name))
+    redis_backend = (await backend(storage_url)).backend
+    batch_key = redis_backend.key(store._batch_class("mixed"), batches[2])  # type: ignore[attr-defined]
+    headers = await redis_backend.list_records(store._header_class, limit=3)  # newest first
+    header_key = redis_backend.key(store._header_class, headers[1].id)  # type: ignore[attr-defined]
+    client = aioredis.Redis.from_url(storage_url.split("?")[0])
+    try:
+        await client.set(batch_key, b"not a record")
+        await client.set(header_key, b"not a record")
+        strict = MessageStore(storage_url, namespace=store.namespace, page_size=2)
+        with pytest.raises(StoredDataError, match="left untouched"):
+            await strict.aload("mixed")
+        with pytest.raises(StoredDataError, match="left untouched"):
+            await strict.alist()
+        with caplog.at_level("WARNING", logger="pydantic_toast"):
+            history = await store.aload("mixed")
+            listed = await store.alist()
+    finally:
+        await client.aclose()
+    assert _prompts(history.messages) == ["t0", "t1", "t3", "t4"]
+    assert [info.conversation_id for info in listed] == ["last", "mixed"]
+    assert batch_key in caplog.text
+    assert header_key in caplog.text
+
+
+@pytest.mark.parametrize("storage_url", REDIS, indirect=True)
 async def test_a_damaged_record_its_id_cannot_delete_stops_a_delete(storage_url: str) -> None:
     """A damaged record indexed by hand under its id in capitals is listed under a key its
     id does not give: adelete raises saying deleting it found nothing (not blaming the index)

@@ -7,20 +7,65 @@ record methods (``save_records``, ``load_records``, ``list_records``, ``delete``
 
 from __future__ import annotations
 
+import logging
 from uuid import UUID
 
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url, resolve_storage
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["backend", "checked_url", "delete_all"]
+__all__ = ["backend", "checked_url", "delete_all", "list_page"]
+
+logger = logging.getLogger("pydantic_toast")
 
 
 async def backend(url: str) -> Connected:
     """The connected backend for ``url`` on the running event loop (through the boundary)."""
     return await current_storage().connected(StorageURL.parse(url))
+
+
+async def list_page(
+    store: Connected,
+    class_name: str,
+    *,
+    limit: int,
+    after: PageCursor | None,
+    skip_unreadable: bool,
+) -> tuple[list[StoredRecord], PageCursor | None, bool]:
+    """A page of ``class_name``'s records: the records, the cursor past the page, and whether
+    it is the last.
+
+    A backend whose listing reads the stored values (Redis) fails the page on a value that is
+    no record at all. With ``skip_unreadable``, that value is left out with a warning, as a
+    record whose data cannot be read is: the page is listed again one record at a time up to
+    it, and on past it (the error's ``resume_after``), so the records around it still load.
+    """
+    try:
+        records = await store.list_records(class_name, limit=limit, after=after)
+    except StoredDataError as exc:
+        if not skip_unreadable or exc.resume_after is None:
+            raise
+    else:
+        cursor = PageCursor.of(records[-1]) if records else after
+        return records, cursor, len(records) < limit
+    records, cursor = [], after
+    for _ in range(limit):  # each listed entry counts, read or left out
+        try:
+            one = await store.list_records(class_name, limit=1, after=cursor)
+        except StoredDataError as exc:
+            if exc.resume_after is None or exc.resume_after == cursor:  # never past it: stop
+                raise
+            logger.warning("skipped a stored value that is no record: %s", exc)
+            cursor = exc.resume_after
+            continue
+        if not one:
+            return records, cursor, True
+        records += one
+        cursor = PageCursor.of(one[0])
+    return records, cursor, False
 
 
 async def delete_all(store: Connected, class_name: str) -> int:

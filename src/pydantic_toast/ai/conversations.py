@@ -46,7 +46,7 @@ from pydantic_toast.ai._names import (
     check_namespace,
     kind_class_name,
 )
-from pydantic_toast.ai._storage import backend, checked_url, delete_all
+from pydantic_toast.ai._storage import backend, checked_url, delete_all, list_page
 from pydantic_toast.backends.base import Capability
 
 if TYPE_CHECKING:
@@ -171,7 +171,8 @@ class MessageStore:
         page_size: Batches fetched per page when loading (one round trip per page on the
             built-in backends: the backend's ``list_records``).
         skip_invalid: Leave batches that fail the checks out of loaded histories, and
-            damaged conversation headers out of :meth:`alist` (with a warning on the
+            damaged conversation headers out of :meth:`alist` (a stored value that is no
+            record at all too, such as a string SET under a Redis key; with a warning on the
             ``pydantic_toast`` logger) instead of raising. Whole turns are left out, so the
             rest of the history stays coherent.
         spill: The :class:`~pydantic_toast.ai.SpillToolOutputs` of the agents writing these
@@ -331,7 +332,13 @@ class MessageStore:
         store = await backend(self._url)
         cursor: PageCursor | None = None
         while True:
-            records = await store.list_records(class_name, limit=self.page_size, after=cursor)
+            records, cursor, last = await list_page(
+                store,
+                class_name,
+                limit=self.page_size,
+                after=cursor,
+                skip_unreadable=self.skip_invalid,
+            )
             page = []
             for record in records:
                 try:
@@ -340,12 +347,10 @@ class MessageStore:
                     if not self.skip_invalid:
                         raise
                     logger.warning("skipped a stored batch: %s", exc)
-            last = len(records) < self.page_size
             if page:
                 yield page, last
             if last:
                 return
-            cursor = PageCursor.of(records[-1])
 
     # -- the collection ---------------------------------------------------------------------------
 
@@ -374,7 +379,9 @@ class MessageStore:
             if last is None:
                 return []
             cursor = PageCursor.of(last)
-        records = await store.list_records(self._header_class, limit=limit, after=cursor)
+        records, _, _ = await list_page(
+            store, self._header_class, limit=limit, after=cursor, skip_unreadable=self.skip_invalid
+        )
         found: list[ConversationInfo] = []
         for record in records:
             try:

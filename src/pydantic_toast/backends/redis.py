@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
@@ -1033,13 +1033,29 @@ class RedisBackend(RecordBackend):
             member = flat[position].decode()
             id, value, name = UUID(member), flat[position + 1], prefix + member
             if len(value) < _PIECE or whole:
-                records.append(self._parse(name, class_name, id, value))
+                try:
+                    records.append(self._parse(name, class_name, id, value))
+                except StoredDataError as exc:
+                    raise await self._resumable(exc, index, member) from None
                 continue
-            record = await self._call(partial(self._load_large, (class_name, id), name, value))
+            try:
+                record = await self._call(partial(self._load_large, (class_name, id), name, value))
+            except StoredDataError as exc:
+                raise await self._resumable(exc, index, member) from None
             if record is None:
                 return await self._page(index, prefix, class_name, limit, after, whole=True)
             records.append(record)
         return records
+
+    async def _resumable(self, exc: StoredDataError, index: str, member: str) -> StoredDataError:
+        """``exc``, for the value of index entry ``member`` that is no record, with the cursor
+        past that entry (its score is its creation time): a caller that leaves it out (a
+        ``MessageStore(skip_invalid=True)``) lists on from there, as it does past a row whose
+        data it cannot read on the SQL backends."""
+        score = await self._call(lambda: self._connected().zscore(index, member))
+        if score is not None:  # None: deleted meanwhile, and the next listing will not see it
+            exc.resume_after = PageCursor(datetime.fromtimestamp(score, UTC), UUID(member))
+        return exc
 
     async def _run_page(self, index: str, arguments: list[Any]) -> list[Any]:
         """The page script's reply on ``index`` (see ``_PAGE_SCRIPT``)."""
