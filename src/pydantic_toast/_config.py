@@ -218,6 +218,7 @@ def _resolve(settings: ModelSettings) -> StorageURL:
         url = StorageURL.parse(resolve_storage(settings.storage))
         backend_class = storage.registry.class_for(url.scheme)
         backend_class.check_url(url)
+        backend_class.check_class_name(settings.external_name)
     except StorageConfigurationError as exc:
         exc.args = (f"{owner}: {exc}",)  # keep the subclass (UnknownSchemeError) and its data
         raise

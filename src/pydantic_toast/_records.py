@@ -26,6 +26,7 @@ __all__ = [
     "as_stored",
     "check_batch_size",
     "new_record",
+    "one_path",
     "read_record",
     "written_by",
 ]
@@ -384,6 +385,20 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _TOKEN_FORMAT = b"\x01"
 _TOKEN_LENGTH = 34  # 25 bytes in base64 without padding: never a UUID's 32 or 36 characters
+
+
+def one_path(name: str) -> bool:
+    """Whether ``name`` reads as one path only in object keys: no backslash, and no empty,
+    ``.`` or ``..`` part between slashes.
+
+    Some S3 stores (SeaweedFS) read object keys as paths, dropping or resolving those
+    parts and turning a backslash into a slash: ``Box/`` then names the keys of ``Box``.
+    """
+    return "\\" not in name and _PATH_PARTS.isdisjoint(name.split("/"))
+
+
+# Parts between slashes that object stores reading keys as paths drop or resolve.
+_PATH_PARTS = frozenset({"", ".", ".."})
 
 
 def check_batch_size(batch_size: object, most: int) -> None:

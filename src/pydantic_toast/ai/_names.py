@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurationError
+from pydantic_toast._records import one_path
 
 __all__ = [
     "CONVERSATIONS",
@@ -66,9 +67,7 @@ def check_conversation_id(conversation_id: str) -> str:
         not isinstance(conversation_id, str)
         or not 0 < len(conversation_id) <= MAX_CONVERSATION_ID
         or not conversation_id.isprintable()
-        or "\\" in conversation_id
-        or conversation_id in _SEGMENTS
-        or ("/" in conversation_id and not _SEGMENTS.isdisjoint(conversation_id.split("/")))
+        or not one_path(conversation_id)
     ):
         raise InvalidReferenceError(
             "a conversation_id must be a printable string of 1 to "
@@ -77,7 +76,3 @@ def check_conversation_id(conversation_id: str) -> str:
             id=conversation_id if isinstance(conversation_id, str) else None,
         )
     return conversation_id
-
-
-# Parts between slashes that object stores treating keys as paths drop or resolve.
-_SEGMENTS = frozenset({"", ".", ".."})

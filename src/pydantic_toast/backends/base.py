@@ -183,6 +183,17 @@ class StorageBackend(ABC):
         """
         return  # an optional hook: accepting every URL is the right default
 
+    @classmethod
+    def check_class_name(cls, class_name: str) -> None:
+        """Check a model's stored class name (``external_name``) when its class is defined.
+
+        Raise :class:`~pydantic_toast.StorageConfigurationError` with the fix when the store
+        cannot keep that name apart from others' (S3: see
+        :meth:`~pydantic_toast.backends.s3.S3Backend.check_class_name`). The default accepts
+        every name.
+        """
+        return  # an optional hook: most stores keep any string apart
+
     @abstractmethod
     async def connect(self) -> None:
         """Open connections or pools. Called once, before the first operation."""

@@ -85,7 +85,7 @@ from pydantic_toast._exceptions import (
     StoredDataError,
     shorten,
 )
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, one_path
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability, RecordBackend
 from pydantic_toast.runtime.boundary import connecting
@@ -98,6 +98,7 @@ __all__ = ["S3Backend"]
 _T = TypeVar("_T")
 _NUMBERS: dict[str, float] = {"max_concurrency": 32, "connect_timeout": 5.0, "read_timeout": 30.0}
 _OPTIONS = {"endpoint_url", "region", "addressing_style", *_NUMBERS}
+_INDEX = ".index"  # the first part of the listing index's keys, under the prefix
 _CREATED, _UPDATED, _VERSION = "toast-created-at", "toast-updated-at", "toast-schema-version"
 _REVISION = "toast-revision"
 _PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
@@ -140,6 +141,23 @@ class S3Backend(RecordBackend):
         """Check the bucket and options without connecting."""
         _Options.of(url)
 
+    @classmethod
+    def check_class_name(cls, class_name: str) -> None:
+        """Refuse a stored class name whose keys could be another class's: one with an empty,
+        ``.`` or ``..`` part between slashes or a backslash (``Box/``, ``a//b``), which S3
+        stores reading keys as paths (SeaweedFS) resolve to other keys (``Box/`` to those of
+        ``Box``), or one whose first part is ``.index``, whose records would lie among the index
+        entries of another class."""
+        if one_path(class_name) and class_name.split("/")[0] != _INDEX:
+            return
+        raise StorageConfigurationError(
+            f"external_name {shorten(repr(class_name))} cannot be kept apart from other classes' "
+            "names on S3: some S3 stores read object keys as paths, so an empty, '.' or '..' "
+            "part between slashes or a backslash names another class's keys ('Box/' those of "
+            f"'Box'), and a first part {_INDEX!r} names the listing index's keys: set "
+            "external_name (or rename the class) to a name without them, such as 'Box' or 'a/b'"
+        )
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._options = _Options.of(StorageURL.parse(url))
@@ -159,7 +177,7 @@ class S3Backend(RecordBackend):
         return f"{self._index_prefix(class_name)}{_EPOCH_SPAN - micros:017d}-{_inverted(id)}"
 
     def _index_prefix(self, class_name: str) -> str:
-        return f"{self._options.prefix}.index/{class_name}/"
+        return f"{self._options.prefix}{_INDEX}/{class_name}/"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
