@@ -349,16 +349,20 @@ class _Copier:
         plain_any: bool = True,
         plain: bool = True,
         config: dict[str, Any] | None = None,
+        wrapped: bool = False,
     ) -> Any:
         """A copy of ``node``; ``plain_any``: an Any inside is read back by Pydantic alone (not
         under a validator function, which may rebuild what it holds, nor a serializer's
         return schema), so a value JSON would change in it is noted; ``plain``: the same for
         any value inside, whatever model validators do, so a value its constraints refuse
         fails (see :func:`_constraint_check`); ``config``: the core config of the model,
-        dataclass or TypedDict ``node`` is in."""
+        dataclass or TypedDict ``node`` is in; ``wrapped``: ``node`` is serialized through a
+        wrap serializer of the user's, which hands it what it chooses (see
+        :data:`_ONE_PASS_HANDED`)."""
         if isinstance(node, list | tuple):  # a tuple: a union choice with its label
             items = (
-                self.copy(item, plain_any=plain_any, plain=plain, config=config) for item in node
+                self.copy(item, plain_any=plain_any, plain=plain, config=config, wrapped=wrapped)
+                for item in node
             )
             return type(node)(items)
         if not isinstance(node, dict):
@@ -370,12 +374,17 @@ class _Copier:
         if kind in _CONFIGURED and isinstance(own, dict):
             config = own
         inner = kind not in _FUNCTIONS
+        serialization = node.get("serialization")
+        wrapped = wrapped or (
+            isinstance(serialization, dict) and serialization.get("type") == "function-wrap"
+        )
         copied = {
             key: self.copy(
                 value,
                 plain_any=plain_any and inner and key != "serialization",
                 plain=plain and inner and key != "serialization",
                 config=config,
+                wrapped=wrapped,
             )
             for key, value in node.items()
         }
@@ -385,7 +394,7 @@ class _Copier:
         if _is_secret(node):
             copied["serialization"] = _secret_serializer(copied)
         if kind == "generator" and "serialization" not in node:
-            copied["serialization"] = _ONE_PASS_CHECK
+            copied["serialization"] = _ONE_PASS_HANDED if wrapped else _ONE_PASS_CHECK
         if _is_pattern(node):
             copied["serialization"] = _FLAGS_CHECK
         if kind == "deque" and plain and "serialization" not in node:
@@ -646,6 +655,22 @@ def _one_pass(value: Any) -> None:
 
 
 _ONE_PASS_CHECK = core_schema.plain_serializer_function_ser_schema(_one_pass, when_used="json")
+_VALIDATED_ITERATOR = type(SchemaValidator(core_schema.generator_schema()).validate_python(()))
+
+
+def _one_pass_handed(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
+    if type(value) is _VALIDATED_ITERATOR:  # the field's own iterator: writing it consumes it
+        _note.set(ONE_PASS)
+        return None
+    return handler(value)  # an iterator the user's serializer made (of a list...): theirs
+
+
+_ONE_PASS_HANDED = core_schema.wrap_serializer_function_ser_schema(
+    _one_pass_handed, when_used="json"
+)
+"""The one-pass check below a wrap serializer of the user's, whose handler may be given an
+iterator the serializer made (``handler(iter(value))`` of a field its validator turned into a
+list): refused only when it is the iterator Pydantic validated, the field's value."""
 
 
 # A compiled pattern is written as its text: flags given to re.compile (not inline in the
