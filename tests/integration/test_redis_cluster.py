@@ -135,6 +135,41 @@ def test_key_layout_spreads_a_class_over_bucket_slots(cluster: servers.TempRedis
     asyncio.run(main())
 
 
+def test_a_value_that_is_no_record_is_skipped_with_skip_invalid(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """MessageStore(skip_invalid=True) leaves out a batch whose value is no record (a string
+    SET under its key) on a cluster too, whichever buckets hold it and the turns newer than
+    it: every other turn loads, in order (a bucket's page stops at such a value, so a page
+    of one is told apart across the buckets before the listing goes on past it)."""
+    from pydantic_ai.messages import ModelRequest, UserPromptPart
+
+    from pydantic_toast.ai import MessageStore
+    from pydantic_toast.ai._storage import backend
+
+    url = cluster.url(f"skip{uuid4().hex[:8]}")
+
+    async def main() -> list[str]:
+        store = MessageStore(url, skip_invalid=True, page_size=3)
+        ids = []
+        for turn in range(12):
+            request = ModelRequest(parts=[UserPromptPart(f"t{turn}")])
+            appended = await store.aappend("c", [request])
+            assert appended is not None
+            ids.append(appended.batch_id)
+        connected = await backend(url)
+        redis_backend: Any = connected.backend
+        client = redis_backend._connected_cluster()
+        await client.set(redis_backend.key(store._batch_class("c"), ids[7]), b"not a record")
+        history = await store.aload("c")
+        return [message.parts[0].content for message in history.messages]  # type: ignore[misc]
+
+    try:
+        assert asyncio.run(main()) == [f"t{turn}" for turn in range(12) if turn != 7]
+    finally:
+        pydantic_toast.close_storage()
+
+
 def test_a_record_locked_by_a_batch_in_progress_is_not_written(
     cluster: servers.TempRedisCluster,
 ) -> None:

@@ -47,6 +47,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
@@ -65,6 +66,7 @@ from pydantic_toast._exceptions import (
     StorageBusyError,
     StorageConfigurationError,
     StorageOperationError,
+    StoredDataError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast._url import StorageURL, host_list
@@ -688,7 +690,10 @@ class RedisClusterBackend(single.RedisBackend):
 
         One page script call per bucket (``buckets`` calls, sent concurrently: one round of
         network latency, ``buckets`` server calls), each giving up to ``limit`` records past
-        the cursor; the merge keeps the newest ``limit``.
+        the cursor; the merge keeps the newest ``limit``. A value that is no record raises
+        the error of the newest such value (with its ``resume_after``, see
+        :meth:`~pydantic_toast.backends.redis.RedisBackend._resumable`), except a page of one
+        whose newest entry, across the buckets, is a record.
         """
         pages = await self._gather(
             [
@@ -701,10 +706,32 @@ class RedisClusterBackend(single.RedisBackend):
                     after,
                 )
                 for bucket in range(self._buckets)
-            ]
+            ],
+            return_exceptions=True,
         )
-        newest = heapq.merge(*pages, key=lambda r: (r.created_at, r.id), reverse=True)
-        return list(itertools.islice(newest, limit))
+        read: list[list[StoredRecord]] = []
+        unreadable: list[StoredDataError] = []
+        for page in pages:
+            if isinstance(page, StoredDataError) and page.resume_after is not None:
+                unreadable.append(page)
+            elif isinstance(page, BaseException):
+                raise page
+            else:
+                read.append(page)
+        newest = heapq.merge(*read, key=lambda r: (r.created_at, r.id), reverse=True)
+        if not unreadable:
+            return list(itertools.islice(newest, limit))
+        # A bucket's page stops at its first such value, so past one record only a page of
+        # one (each bucket's newest entry) can be told apart from the entries not read.
+        first = max(unreadable, key=lambda error: _cursor_key(error.resume_after))
+        record = next(newest, None)
+        if (
+            limit == 1
+            and record is not None
+            and ((record.created_at, record.id) > _cursor_key(first.resume_after))
+        ):
+            return [record]
+        raise first
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are: each bucket's index size less
@@ -740,6 +767,11 @@ class RedisClusterBackend(single.RedisBackend):
         self._connected()
         assert self._cluster is not None  # _connected() raised otherwise
         return self._cluster
+
+
+def _cursor_key(cursor: PageCursor | None) -> tuple[datetime, UUID]:
+    assert cursor is not None  # only errors with a resume_after are compared
+    return (cursor.created_at, cursor.id)
 
 
 _batch_token: ContextVar[str] = ContextVar("pydantic_toast_cluster_batch", default="")
