@@ -455,7 +455,8 @@ def test_timeouts_inside_a_transaction_are_outcome_unknown_and_roll_back(
     caller's transaction unable to commit (SQLAlchemy then refuses every statement until the
     rollback), so it cannot be read back: OutcomeUnknownError, never StorageTimeoutError
     ("nothing applied, retry") and never "saved", whether its reply was only slow or the cancel
-    stopped it; the rollback leaves the record as it was."""
+    stopped it, saying it is stored only if the transaction commits (never that it may still
+    apply on its own); the rollback leaves the record as it was."""
     import asyncpg
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -506,6 +507,8 @@ def test_timeouts_inside_a_transaction_are_outcome_unknown_and_roll_back(
     for error in asyncio.run(main()):
         assert type(error) is OutcomeUnknownError, f"{type(error).__name__}: {error}"
         assert "did not come within the timeout" in str(error)
+        assert "stored only if that transaction commits" in str(error)
+        assert "still" not in str(error)
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -1206,8 +1206,9 @@ def _timed_out_delete(ended: _Ended) -> NoReturn:
         raise not_applied(ended)
     raise ended_unknown(
         ended,
-        "the record is gone: removed by this delete, or by another writer just before it "
-        "(then this one found nothing to delete), which cannot be told apart",
+        "the delete has ended since, and the record is gone: removed by this delete, or by "
+        "another writer just before it (then this one found nothing to delete), which cannot "
+        "be told apart",
     )
 
 

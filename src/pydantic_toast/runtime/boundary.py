@@ -37,6 +37,7 @@ from pydantic_toast.runtime.errors import (
     unanswered,
     unsent,
 )
+from pydantic_toast.runtime.transaction import joined_save
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
@@ -88,17 +89,29 @@ def ended_unknown(exc: BaseException, found: str) -> BaseException:
     """Mark ``exc``, a timeout after a write was sent, as one whose write has ended since (the
     backend waited for the store to finish the request): applied or not, it cannot apply
     later, but what the backend ``found`` then could not tell which. The write stays
-    unsettled (:class:`~pydantic_toast.OutcomeUnknownError`), and its message says so instead
-    of "it may still apply".
+    unsettled (:class:`~pydantic_toast.OutcomeUnknownError`, not read back), and its message
+    says ``found`` instead of "it may still apply".
 
     Backends call it on the timeout they re-raise::
 
         except TimeoutError as exc:
-            raise ended_unknown(exc, "the record is gone")
+            raise ended_unknown(exc, "the delete has ended since, and the record is gone")
     """
     with contextlib.suppress(AttributeError):
         setattr(exc, _ENDED, found)
     return exc
+
+
+def _in_transaction(backend: StorageBackend, operation: str) -> str | None:
+    """What is known of a write that timed out inside the caller's :func:`transaction`, or
+    ``None`` outside one: it cannot apply later on its own, and reading back cannot tell."""
+    if joined_save(backend) is None:
+        return None
+    return (
+        f"the {operation} ran inside the caller's transaction (pydantic_toast.transaction()), "
+        "so it is stored only if that transaction commits, and whether it applied within it is "
+        "unknown: roll the transaction back (then nothing of it is stored)"
+    )
 
 
 async def open_backend(backend: StorageBackend, url: StorageURL) -> Connected:
@@ -305,7 +318,9 @@ class Connected:
                 mapped, lost = translate(exc, failure)
                 cause = None if mapped is exc else summary(exc)
                 timed_out = not lost and repeat == "write" and unanswered(exc, failure)
-                found: str | None = getattr(exc, _ENDED, None) if timed_out else None
+                found: str | None = None
+                if timed_out:
+                    found = getattr(exc, _ENDED, None) or _in_transaction(self.backend, operation)
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
                     span.finish(interrupt)
@@ -335,7 +350,7 @@ class Connected:
                 )
                 if lost:
                     await self._discard_connections()
-                if settle is None:
+                if settle is None or found is not None:  # what reading back could tell is known
                     mapped = outcomes.unknown(
                         self, operation, keys, timed_out=timed_out, ended=found
                     )

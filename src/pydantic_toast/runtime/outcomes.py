@@ -96,9 +96,9 @@ def unknown(
     ended: str | None = None,
 ) -> OutcomeUnknownError:
     """The error for a write (``delete``, ``purge``, a save ``why`` explains) lost after it was
-    sent, or whose reply did not come in time (``timed_out``); ``ended``: what the backend
-    found once the timed out write had ended
-    (:func:`~pydantic_toast.runtime.boundary.ended_unknown`)."""
+    sent, or whose reply did not come in time (``timed_out``); ``ended``: what is known of a
+    timed out write that cannot apply later (see
+    :func:`~pydantic_toast.runtime.boundary.ended_unknown`)."""
     return OutcomeUnknownError(
         f"{_lost_after_sending(connected, operation, timed_out, ended)}{why} "
         f"{_records_named(keys)}{_FIX.get(operation, _FIX['save'])}",
@@ -175,10 +175,10 @@ def _unknown_save(
 def _lost_after_sending(
     connected: Connected, operation: str, timed_out: bool, ended: str | None = None
 ) -> str:
-    if timed_out and ended is not None:  # it cannot apply later: say what was found instead
+    if timed_out and ended is not None:  # it cannot apply later: say what is known instead
         return (
             f"the reply of {connected.where} to the {operation} did not come within the "
-            f"timeout; the {operation} has ended since, and {ended}"
+            f"timeout; {ended}"
         )
     if timed_out:
         return (
