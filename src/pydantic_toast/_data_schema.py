@@ -440,6 +440,12 @@ class _Copier:
             check = _exact_class_check(node.get("cls"), copied)
             if check is not None:
                 copied["serialization"] = check
+        if _users_function(serialization) and _holds_generator(node):
+            # The user's serializer is handed the field's value: a one-pass one (Pydantic's
+            # iterator, a map its validator made, one assigned later) it would consume.
+            return core_schema.no_info_after_validator_function(
+                _same, copied, serialization=_ONE_PASS_ABOVE
+            )
         return copied
 
     def _checked(self, node: Any) -> bool:
@@ -663,6 +669,45 @@ def _one_pass_handed(value: Any, handler: core_schema.SerializerFunctionWrapHand
         _note.set(ONE_PASS)
         return None
     return handler(value)  # an iterator the user's serializer made (of a list...): theirs
+
+
+def _one_pass_above(value: Any, handler: core_schema.SerializerFunctionWrapHandler) -> Any:
+    try:
+        one_pass = iter(value) is value
+    except TypeError:  # not iterable: nothing to consume
+        one_pass = False
+    if one_pass:
+        _note.set(ONE_PASS)  # refused: the iterator is left as it is
+        return None
+    return handler(value)
+
+
+_ONE_PASS_ABOVE = core_schema.wrap_serializer_function_ser_schema(_one_pass_above, when_used="json")
+"""The one-pass check above a serializer of the user's on a schema holding an Iterable: the
+value it would be handed is refused when it is an iterator (``iter(value) is value``), which
+the serializer would consume, so that the next save stored it empty; a list passes. (Only the
+stored copy of the schema gets it: ``_same`` never validates anything.)"""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _users_function(serialization: Any) -> bool:
+    """Whether ``serialization`` is a function serializer (of the user's: the schema copied)."""
+    return isinstance(serialization, dict) and serialization.get("type") in (
+        "function-plain",
+        "function-wrap",
+    )
+
+
+def _holds_generator(node: Any) -> bool:
+    """Whether a ``generator`` schema (an Iterable) is in ``node``, however deep."""
+    if isinstance(node, dict):
+        return node.get("type") == "generator" or any(map(_holds_generator, node.values()))
+    if isinstance(node, list | tuple):
+        return any(map(_holds_generator, node))
+    return False
 
 
 _ONE_PASS_HANDED = core_schema.wrap_serializer_function_ser_schema(

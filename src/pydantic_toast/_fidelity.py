@@ -453,9 +453,10 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
         )
     elif note == ONE_PASS:
         problem = (
-            f"{where} holds an Iterable, which Pydantic validates into a one-pass iterator: "
-            "storing it would consume it, and the next save would store it empty; nothing was "
-            "written. Type the field list[...] or Sequence[...] instead"
+            f"{where} holds a one-pass iterator (Pydantic validates an Iterable into one, and "
+            "a validator or an assignment may put one there): storing it would consume it, and "
+            "the next save would store it empty; nothing was written. Type the field list[...] "
+            "or Sequence[...] instead, or validate it into a list (AfterValidator(list))"
         )
     elif note == OFFSET:
         problem = (

@@ -1255,3 +1255,40 @@ def test_zoneinfo_datetimes_come_back_as_the_same_instant_at_a_fixed_offset(
     summer = timedelta(days=60)
     assert (loaded + summer).utcoffset() == timedelta(hours=1)
     assert (paris + summer).utcoffset() == timedelta(hours=2)
+
+
+def _handed(value: Any, handler: Any) -> Any:
+    return handler(value)
+
+
+def test_a_one_pass_value_under_the_users_serializer_is_refused(storage_url: str) -> None:
+    """A serializer of the user's over an Iterable is handed the field's value: a one-pass one
+    (Pydantic's own iterator, a map its validator made, an iterator assigned later) would be
+    consumed, and the next save stored it empty. It is refused, left unconsumed; a list the
+    validator made still saves, twice."""
+    mapped: Any = model(
+        storage_url,
+        values=Annotated[
+            Iterable[int], AfterValidator(lambda v: map(abs, v)), WrapSerializer(_handed)
+        ],
+    )
+    direct: Any = model(storage_url, values=Annotated[Iterable[int], WrapSerializer(_handed)])
+    listed: Any = model(
+        storage_url,
+        values=Annotated[Iterable[int], AfterValidator(list), WrapSerializer(_as_iterator)],
+    )
+    for cls in (mapped, direct):
+        instance = cls(values=[1, -2])
+        with pytest.raises(StorageValidationError, match="one-pass iterator") as info:
+            instance.model_dump()
+        assert info.value.field == "values"
+        assert list(instance.values) in ([1, -2], [1, 2])  # not consumed
+    assigned = listed(values=[3])
+    assert listed.model_validate(assigned.model_dump()).values == [3]
+    assigned.values = iter([4, 5])  # not validated: assignment
+    with pytest.raises(StorageValidationError, match="one-pass iterator"):
+        assigned.model_dump()
+    assert list(assigned.values) == [4, 5]
+    kept = listed(values=[6])
+    kept.model_dump()
+    assert listed.model_validate(kept.model_dump()).values == [6]
