@@ -161,7 +161,11 @@ class BackendConformance:
 
         data = json.dumps(_EXACT_VALUES).encode()
         created = datetime(2024, 2, 29, 12, 30, 15, 123456, tzinfo=UTC)
-        record = _record(class_name, uuid4(), data, created=created)
+        # Not 1: a store that drops the version (and gives back 1) would feed every record of
+        # a bumped schema_version to migrate_stored_data as an old one.
+        record = dataclasses.replace(
+            _record(class_name, uuid4(), data, created=created), schema_version=3
+        )
 
         async def job(backend: Connected) -> StoredRecord | None:
             await backend.save_records([record])
@@ -171,21 +175,22 @@ class BackendConformance:
         loaded = self.run(storage, storage_url, job)
         assert isinstance(loaded, StoredRecord)
         assert json.loads(loaded.data) == _EXACT_VALUES
-        assert (loaded.class_name, loaded.id, loaded.schema_version) == (class_name, record.id, 1)
+        assert (loaded.class_name, loaded.id, loaded.schema_version) == (class_name, record.id, 3)
         assert loaded.created_at == created
         assert loaded.created_at.utcoffset() is not None
 
     def test_update_keeps_id_and_created_at(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
-        """Writing a record again replaces its data and updated_at, never its created_at."""
+        """Writing a record again replaces its data, schema version and updated_at, never its
+        created_at."""
         first = datetime(2024, 1, 1, tzinfo=UTC)
         record = _record(class_name, uuid4(), b'{"v":1}', created=first)
         later = StoredRecord(
             class_name=class_name,
             id=record.id,
             data=b'{"v":2}',
-            schema_version=1,
+            schema_version=2,  # written by a model whose schema_version was bumped
             created_at=first + timedelta(days=1),  # a writer that never saw the record
             updated_at=first + timedelta(days=2),
         )
@@ -201,6 +206,7 @@ class BackendConformance:
         assert loaded.data.replace(b" ", b"") == b'{"v":2}'
         assert loaded.created_at == first
         assert loaded.updated_at == first + timedelta(days=2)
+        assert loaded.schema_version == 2
 
     def test_missing_record_is_none_and_a_not_found_error(
         self, storage: Storage, storage_url: str, class_name: str

@@ -1,0 +1,150 @@
+"""The conformance suite fails backends that break the interface in ways a model would notice.
+
+Each broken backend below is a correct in-process store with one deliberate flaw; the suite's
+test named with it must fail on that backend and pass on the correct one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+import pytest
+
+from pydantic_toast import (
+    Capability,
+    ConcurrencyError,
+    PageCursor,
+    RecordKey,
+    StorageBackend,
+    StoredRecord,
+)
+from pydantic_toast.testing import isolated_storage
+from pydantic_toast.testing.conformance import BackendConformance
+
+
+class DictBackend(StorageBackend):
+    """Every capability on a dict shared by the instances of one URL; flaws switched on below."""
+
+    capabilities = frozenset(Capability)
+    stores: ClassVar[dict[str, dict[RecordKey, tuple[StoredRecord, float | None]]]] = {}
+    drops_schema_version = False
+    yields_between_check_and_write = False
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.store = self.stores.setdefault(url, {})
+
+    async def connect(self) -> None:
+        return
+
+    async def disconnect(self) -> None:
+        return
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_document(class_name, id, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        (record,) = await self.load_records([(class_name, id)])
+        return None if record is None else record.to_document()
+
+    def get(self, key: RecordKey) -> StoredRecord | None:
+        entry = self.store.get(key)
+        if entry is not None and entry[1] is not None and entry[1] <= time.monotonic():
+            del self.store[key]
+            return None
+        return None if entry is None else entry[0]
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        found = [self.get(record.key) for record in records]
+        for record, old in zip(records, found, strict=True):
+            current = None if old is None else old.revision
+            if record.revision is not None and (current or 0) != record.revision:
+                raise ConcurrencyError(
+                    record.class_name, record.id, expected=record.revision, current=current
+                )
+        if self.yields_between_check_and_write:
+            await asyncio.sleep(0)  # the check and the write are not atomic
+        revisions = []
+        for record, old in zip(records, found, strict=True):
+            revision = 1 if old is None else (old.revision or 0) + 1
+            created_at = record.created_at if old is None else old.created_at
+            stored = dataclasses.replace(record, created_at=created_at, revision=revision, ttl=None)
+            expires = None if record.ttl is None else time.monotonic() + record.ttl
+            self.store[record.key] = (stored, expires)
+            revisions.append(revision)
+        return revisions
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        records = [self.get(key) for key in keys]
+        if self.drops_schema_version:
+            return [r and dataclasses.replace(r, schema_version=1) for r in records]
+        return records
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        found = self.get((class_name, id)) is not None
+        self.store.pop((class_name, id), None)
+        return found
+
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+        stored = self.get((class_name, id))
+        if stored is None:
+            return False
+        if stored.revision != revision:
+            raise ConcurrencyError(
+                class_name, id, expected=revision, current=stored.revision, deleting=True
+            )
+        return await self.delete(id, class_name)
+
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        live = [r for k in list(self.store) if k[0] == class_name and (r := self.get(k))]
+        live.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return [r for r in live if after is None or (r.created_at, r.id) < after][:limit]
+
+    async def count(self, class_name: str) -> int:
+        return sum(1 for k in list(self.store) if k[0] == class_name and self.get(k))
+
+
+def flawed(**flaws: bool) -> type[DictBackend]:
+    """A :class:`DictBackend` subclass with the given flaws switched on."""
+    return type("FlawedBackend", (DictBackend,), flaws)
+
+
+def run_suite_test(backend_class: type[StorageBackend], test_name: str) -> None:
+    """Run one conformance test against ``backend_class``, as pytest would."""
+    with isolated_storage() as storage:
+        storage.registry.register("flawed", backend_class)
+        getattr(BackendConformance(), test_name)(
+            storage, f"flawed://store/{uuid4().hex}", f"Conformance{uuid4().hex}"
+        )
+
+
+FLAWS = [
+    pytest.param(
+        {"drops_schema_version": True}, "test_records_come_back_exactly", id="schema-version"
+    ),
+    pytest.param(
+        {"drops_schema_version": True},
+        "test_update_keeps_id_and_created_at",
+        id="schema-version-update",
+    ),
+]
+
+
+@pytest.mark.parametrize(("flaws", "test_name"), FLAWS)
+def test_the_suite_fails_a_flawed_backend(flaws: dict[str, bool], test_name: str) -> None:
+    """The conformance test named for the flaw fails on the backend that has it."""
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        run_suite_test(flawed(**flaws), test_name)
+
+
+@pytest.mark.parametrize("test_name", sorted({p.values[1] for p in FLAWS}))
+def test_the_correct_backend_passes(test_name: object) -> None:
+    """Without its flaws, the same backend passes each of those tests."""
+    run_suite_test(DictBackend, str(test_name))
