@@ -134,6 +134,11 @@ FLAWS = [
         "test_update_keeps_id_and_created_at",
         id="schema-version-update",
     ),
+    pytest.param(
+        {"yields_between_check_and_write": True},
+        "test_concurrent_writers_of_one_revision_conflict",
+        id="revision-check-not-atomic",
+    ),
 ]
 
 

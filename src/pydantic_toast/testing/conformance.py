@@ -596,6 +596,51 @@ class BackendConformance:
         assert outcomes[6] == (2, None)  # a deleted record is not written back
         assert outcomes[7] == [1]  # written regardless: a new record
 
+    def test_concurrent_writers_of_one_revision_conflict(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """Of concurrent writes expecting the same revision, exactly one lands.
+
+        The revision check and the write are one atomic step: a store that checks, then yields
+        (a network round trip, an ``await``), then writes lets every writer pass the check, and
+        all but the last write are lost updates.
+        """
+        if Capability.REVISIONS not in self._capabilities(storage, storage_url):
+            return  # test_revisions checks the refusal
+        record = _record(class_name, uuid4(), b'{"writer":-1}', created=datetime.now(UTC))
+        writers = 8
+
+        async def job(backend: Connected) -> list[object]:
+            rounds: list[object] = []
+            for expected in (0, 1):  # a new record, then an update
+                outcomes = await asyncio.gather(
+                    *(
+                        backend.save_records(
+                            [
+                                dataclasses.replace(
+                                    record, data=b'{"writer":%d}' % n, revision=expected
+                                )
+                            ]
+                        )
+                        for n in range(writers)
+                    ),
+                    return_exceptions=True,
+                )
+                (loaded,) = await backend.load_records([record.key])
+                rounds.append((outcomes, loaded))
+            return rounds
+
+        rounds = self.run(storage, storage_url, job)
+        assert isinstance(rounds, list)
+        for expected, (outcomes, loaded) in enumerate(rounds):
+            landed = [n for n, outcome in enumerate(outcomes) if outcome == [expected + 1]]
+            conflicts = [o for o in outcomes if isinstance(o, ConcurrencyError)]
+            assert len(landed) == 1, f"{len(landed)} writes expecting revision {expected} landed"
+            assert len(conflicts) == writers - 1, outcomes
+            assert isinstance(loaded, StoredRecord)
+            assert loaded.revision == expected + 1
+            assert loaded.data.replace(b" ", b"") == b'{"writer":%d}' % landed[0]
+
     def test_revision_checked_delete(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
