@@ -34,6 +34,7 @@ class DictBackend(StorageBackend):
     stores: ClassVar[dict[str, dict[RecordKey, tuple[StoredRecord, float | None]]]] = {}
     drops_schema_version = False
     yields_between_check_and_write = False
+    restarts_revisions_when_forced = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -72,6 +73,8 @@ class DictBackend(StorageBackend):
         revisions = []
         for record, old in zip(records, found, strict=True):
             revision = 1 if old is None else (old.revision or 0) + 1
+            if self.restarts_revisions_when_forced and record.revision is None:
+                revision = 1
             created_at = record.created_at if old is None else old.created_at
             stored = dataclasses.replace(record, created_at=created_at, revision=revision, ttl=None)
             expires = None if record.ttl is None else time.monotonic() + record.ttl
@@ -138,6 +141,11 @@ FLAWS = [
         {"yields_between_check_and_write": True},
         "test_concurrent_writers_of_one_revision_conflict",
         id="revision-check-not-atomic",
+    ),
+    pytest.param(
+        {"restarts_revisions_when_forced": True},
+        "test_writes_regardless_count_revisions_on",
+        id="forced-write-restarts-revisions",
     ),
 ]
 

@@ -641,6 +641,36 @@ class BackendConformance:
             assert loaded.revision == expected + 1
             assert loaded.data.replace(b" ", b"") == b'{"writer":%d}' % landed[0]
 
+    def test_writes_regardless_count_revisions_on(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A write with ``revision=None`` (last write wins) over a record still adds one to its
+        revision, so a writer holding the revision it replaced conflicts afterwards."""
+        if Capability.REVISIONS not in self._capabilities(storage, storage_url):
+            return  # test_revisions checks the refusal
+        record = _record(class_name, uuid4(), b'{"v":1}', created=datetime.now(UTC))
+
+        async def job(backend: Connected) -> list[object]:
+            outcomes: list[object] = [
+                await backend.save_records([dataclasses.replace(record, revision=0)]),
+                await backend.save_records([dataclasses.replace(record, data=b'{"v":2}')]),
+            ]
+            try:  # a writer that read revision 1, before the write regardless
+                await backend.save_records(
+                    [dataclasses.replace(record, data=b'{"v":3}', revision=1)]
+                )
+            except ConcurrencyError as exc:
+                outcomes.append((exc.expected, exc.current))
+            (loaded,) = await backend.load_records([record.key])
+            outcomes.append(None if loaded is None else (loaded.revision, loaded.data))
+            return outcomes
+
+        outcomes = self.run(storage, storage_url, job)
+        assert isinstance(outcomes, list)
+        assert outcomes[:3] == [[1], [2], (1, 2)]
+        revision, data = outcomes[3]
+        assert (revision, data.replace(b" ", b"")) == (2, b'{"v":2}')
+
     def test_revision_checked_delete(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
