@@ -35,6 +35,7 @@ class DictBackend(StorageBackend):
     drops_schema_version = False
     yields_between_check_and_write = False
     restarts_revisions_when_forced = False
+    keeps_expiry_without_ttl = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -78,6 +79,8 @@ class DictBackend(StorageBackend):
             created_at = record.created_at if old is None else old.created_at
             stored = dataclasses.replace(record, created_at=created_at, revision=revision, ttl=None)
             expires = None if record.ttl is None else time.monotonic() + record.ttl
+            if self.keeps_expiry_without_ttl and record.ttl is None and old is not None:
+                expires = self.store[record.key][1]
             self.store[record.key] = (stored, expires)
             revisions.append(revision)
         return revisions
@@ -146,6 +149,11 @@ FLAWS = [
         {"restarts_revisions_when_forced": True},
         "test_writes_regardless_count_revisions_on",
         id="forced-write-restarts-revisions",
+    ),
+    pytest.param(
+        {"keeps_expiry_without_ttl": True},
+        "test_a_write_without_ttl_makes_a_record_permanent",
+        id="expiry-kept-without-ttl",
     ),
 ]
 

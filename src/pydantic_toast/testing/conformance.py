@@ -466,6 +466,32 @@ class BackendConformance:
         with pytest.raises(RecordNotFoundError):
             item_class.model_validate(reference)
 
+    def test_a_write_without_ttl_makes_a_record_permanent(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """With ttl declared, writing a record without one removes the expiry it had.
+
+        A model whose ``ttl`` was dropped from its config writes its records so: they must
+        not keep expiring.
+        """
+        if Capability.TTL not in self._capabilities(storage, storage_url):
+            return  # test_expiry checks the refusal
+        expiring = dataclasses.replace(
+            _record(class_name, uuid4(), b'{"v":1}', created=datetime.now(UTC)), ttl=0.3
+        )
+        permanent = dataclasses.replace(expiring, data=b'{"v":2}', ttl=None)
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await backend.save_records([expiring])
+            await backend.save_records([permanent])
+            await asyncio.sleep(0.6)
+            return await backend.load_records([expiring.key])
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, list)
+        assert loaded[0] is not None, "the record expired after a write without ttl"
+        assert loaded[0].data.replace(b" ", b"") == b'{"v":2}'
+
     def test_delete_records(self, storage: Storage, storage_url: str, class_name: str) -> None:
         """A declared delete takes several records at once and tells which existed."""
         if Capability.DELETE not in self._capabilities(storage, storage_url):
