@@ -14,6 +14,7 @@ import pytest
 
 import pydantic_toast
 from pydantic_toast import (
+    Capability,
     ExternalBaseModel,
     ExternalConfigDict,
     StorageBackend,
@@ -115,6 +116,19 @@ def test_non_backend_class_and_sync_methods_are_rejected() -> None:
         register_backend("sync", Sync)
     with pytest.raises(StorageConfigurationError, match="not 'file://'"):
         register_backend("file://", FileBackend)
+
+
+@pytest.mark.parametrize("capability", [Capability.TTL, Capability.REVISIONS])
+def test_ttl_and_revisions_need_save_records(capability: Capability) -> None:
+    """A backend declaring ttl or revisions on save/load alone is refused at registration:
+    save's document carries neither, so its records never expired, and its first save stored
+    the expected revision 0 that every load then refused as damaged."""
+
+    class Declared(FileBackend):
+        capabilities = frozenset({capability})
+
+    with pytest.raises(StorageConfigurationError, match=rf"{capability.value} \(implement save"):
+        register_backend("declared", Declared)
 
 
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

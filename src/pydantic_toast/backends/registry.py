@@ -265,9 +265,12 @@ def _check_backend_class(backend_class: object) -> None:
         )
 
 
-# Each capability is backed when the class overrides one of its methods.
+# Each capability is backed when the class overrides one of its methods. A record's ttl and
+# expected revision travel on the StoredRecord given to save_records, not in save's document.
 _CAPABILITY_METHODS = {
     Capability.DELETE: ("delete",),
     Capability.LIST: ("list_records", "list_ids"),
     Capability.COUNT: ("count",),
+    Capability.TTL: ("save_records",),
+    Capability.REVISIONS: ("save_records",),
 }
