@@ -36,6 +36,8 @@ class DictBackend(StorageBackend):
     yields_between_check_and_write = False
     restarts_revisions_when_forced = False
     keeps_expiry_without_ttl = False
+    ignores_class_when_listing = False
+    ignores_class_when_deleting = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -94,6 +96,9 @@ class DictBackend(StorageBackend):
     async def delete(self, id: UUID, class_name: str) -> bool:
         found = self.get((class_name, id)) is not None
         self.store.pop((class_name, id), None)
+        if self.ignores_class_when_deleting:
+            for key in [key for key in self.store if key[1] == id]:
+                del self.store[key]
         return found
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
@@ -109,7 +114,8 @@ class DictBackend(StorageBackend):
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
-        live = [r for k in list(self.store) if k[0] == class_name and (r := self.get(k))]
+        listed = [k for k in self.store if self.ignores_class_when_listing or k[0] == class_name]
+        live = [r for k in listed if (r := self.get(k))]
         live.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [r for r in live if after is None or (r.created_at, r.id) < after][:limit]
 
@@ -154,6 +160,14 @@ FLAWS = [
         {"keeps_expiry_without_ttl": True},
         "test_a_write_without_ttl_makes_a_record_permanent",
         id="expiry-kept-without-ttl",
+    ),
+    pytest.param(
+        {"ignores_class_when_listing": True},
+        "test_listing_is_newest_first_with_a_stable_keyset",
+        id="listing-mixes-classes",
+    ),
+    pytest.param(
+        {"ignores_class_when_deleting": True}, "test_classes_stay_apart", id="delete-all-classes"
     ),
 ]
 

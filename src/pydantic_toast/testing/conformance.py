@@ -222,23 +222,31 @@ class BackendConformance:
             item_class.model_validate({"class_name": class_name, "id": str(uuid4())})
 
     def test_classes_stay_apart(self, storage: Storage, storage_url: str, class_name: str) -> None:
-        """The same id under two class names is two records."""
+        """The same id under two class names is two records; a declared delete removes one."""
         id = uuid4()
         created = datetime.now(UTC)
         one = _record(class_name, id, b'{"who":"one"}', created=created)
         two = _record(f"{class_name}Other", id, b'{"who":"two"}', created=created)
+        deletes = Capability.DELETE in self._capabilities(storage, storage_url)
 
-        async def job(backend: Connected) -> list[StoredRecord | None]:
+        async def job(backend: Connected) -> list[list[StoredRecord | None]]:
             await backend.save_records([one])
             await backend.save_records([two])
-            return await backend.load_records([one.key, two.key])
+            loads = [await backend.load_records([one.key, two.key])]
+            if deletes:
+                await backend.delete(id, class_name)
+                loads.append(await backend.load_records([one.key, two.key]))
+            return loads
 
-        loaded = self.run(storage, storage_url, job)
-        assert isinstance(loaded, list)
-        assert [r.data.replace(b" ", b"") for r in loaded if r is not None] == [
+        loads = self.run(storage, storage_url, job)
+        assert isinstance(loads, list)
+        assert [r.data.replace(b" ", b"") for r in loads[0] if r is not None] == [
             b'{"who":"one"}',
             b'{"who":"two"}',
         ]
+        if deletes:
+            assert loads[1][0] is None
+            assert loads[1][1] is not None, "deleting one class's record deleted another's"
 
     def test_concurrent_writers_leave_whole_records(
         self, storage: Storage, storage_url: str, class_name: str
@@ -300,16 +308,22 @@ class BackendConformance:
     def test_listing_is_newest_first_with_a_stable_keyset(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
-        """Pages come newest first by created_at then id (ties included), each record once."""
+        """Pages come newest first by created_at then id (ties included), each record once,
+        and only the records of the class listed."""
         base = datetime(2024, 5, 1, tzinfo=UTC)
         records = [
             _record(class_name, uuid4(), b"{}", created=base + timedelta(seconds=n // 3))
             for n in range(10)
         ]
+        others = [
+            _record(f"{class_name}Other", uuid4(), b"{}", created=base + timedelta(seconds=n))
+            for n in range(4)
+        ]
         expected = [r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)]
 
         async def job(backend: Connected) -> tuple[list[UUID], list[UUID]]:
             await backend.save_records(records)
+            await backend.save_records(others)
             seen: list[UUID] = []
             after: PageCursor | None = None
             while True:
