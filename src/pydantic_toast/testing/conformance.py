@@ -333,7 +333,7 @@ class BackendConformance:
                     break
                 after = PageCursor.of(page[-1])
             ids = await backend.list_ids(class_name, limit=7)
-            last = next(record for record in records if record.id == ids[-1])
+            last = {r.id: r for r in [*records, *others]}[ids[-1]]
             ids += await backend.list_ids(class_name, limit=7, after=PageCursor.of(last))
             return seen, ids
 
