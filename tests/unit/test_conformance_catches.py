@@ -38,6 +38,7 @@ class DictBackend(StorageBackend):
     keeps_expiry_without_ttl = False
     ignores_class_when_listing = False
     ignores_class_when_deleting = False
+    cuts_data_at: int | None = None
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -80,6 +81,8 @@ class DictBackend(StorageBackend):
                 revision = 1
             created_at = record.created_at if old is None else old.created_at
             stored = dataclasses.replace(record, created_at=created_at, revision=revision, ttl=None)
+            if self.cuts_data_at is not None and len(record.data) > self.cuts_data_at:
+                stored = dataclasses.replace(stored, data=record.data[: self.cuts_data_at] + b'"}')
             expires = None if record.ttl is None else time.monotonic() + record.ttl
             if self.keeps_expiry_without_ttl and record.ttl is None and old is not None:
                 expires = self.store[record.key][1]
@@ -123,7 +126,7 @@ class DictBackend(StorageBackend):
         return sum(1 for k in list(self.store) if k[0] == class_name and self.get(k))
 
 
-def flawed(**flaws: bool) -> type[DictBackend]:
+def flawed(**flaws: object) -> type[DictBackend]:
     """A :class:`DictBackend` subclass with the given flaws switched on."""
     return type("FlawedBackend", (DictBackend,), flaws)
 
@@ -169,11 +172,14 @@ FLAWS = [
     pytest.param(
         {"ignores_class_when_deleting": True}, "test_classes_stay_apart", id="delete-all-classes"
     ),
+    pytest.param(
+        {"cuts_data_at": 65535}, "test_large_records_come_back_whole", id="cuts-large-records"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("flaws", "test_name"), FLAWS)
-def test_the_suite_fails_a_flawed_backend(flaws: dict[str, bool], test_name: str) -> None:
+def test_the_suite_fails_a_flawed_backend(flaws: dict[str, object], test_name: str) -> None:
     """The conformance test named for the flaw fails on the backend that has it."""
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         run_suite_test(flawed(**flaws), test_name)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import string
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,8 @@ _EXACT_VALUES: dict[str, object] = {
     "items": [1, "two", [3.5], {"four": 4}],
     "mapping": {"a": 1, "b": [True, None]},
 }
+
+_ALPHANUMERIC = string.ascii_letters + string.digits
 
 
 class ConformanceItem(ExternalBaseModel):
@@ -178,6 +181,35 @@ class BackendConformance:
         assert (loaded.class_name, loaded.id, loaded.schema_version) == (class_name, record.id, 3)
         assert loaded.created_at == created
         assert loaded.created_at.utcoffset() is not None
+
+    def test_large_records_come_back_whole(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A 2 MiB record, and a batch of four of 300 KiB, come back byte for byte.
+
+        Stores cap what one value, statement or call may carry (a column type, a request
+        size): a record or a batch past the cap must be split or refused, never cut short.
+        """
+        import json
+
+        def big(n: int, size: int) -> StoredRecord:
+            text = (_ALPHANUMERIC * (size // len(_ALPHANUMERIC) + 1))[n : n + size]
+            data = json.dumps({"n": n, "text": text}).encode()
+            return _record(class_name, uuid4(), data, created=datetime.now(UTC))
+
+        alone = big(0, 2 * 1024 * 1024)
+        batch = [big(n, 300 * 1024) for n in range(1, 5)]
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await backend.save_records([alone])
+            await backend.save_records(batch)
+            return await backend.load_records([r.key for r in [alone, *batch]])
+
+        loaded = self.run(storage, storage_url, job)
+        assert isinstance(loaded, list)
+        for written, read in zip([alone, *batch], loaded, strict=True):
+            assert read is not None, "a large record was not stored"
+            assert json.loads(read.data) == json.loads(written.data), "a large record changed"
 
     def test_update_keeps_id_and_created_at(
         self, storage: Storage, storage_url: str, class_name: str
