@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -681,6 +682,41 @@ def test_custom_backend_key_error_is_operation_error() -> None:
     ledger = model_on(f"forgetful://{uuid4().hex}")
     error = raised(lambda: ledger(text="x").model_dump())
     assert_mapped(error, StorageOperationError, "Forgetful backend failed during save", "KeyError")
+
+
+class DiskFullBackend(MemoryBackend):
+    """A user's file-per-record backend on a full disk: saves raise ENOSPC, loads work."""
+
+    saves = 0
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        type(self).saves += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class MisplacedFileBackend(MemoryBackend):
+    """A user's file-per-record backend whose record path is a directory."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory")
+
+
+pydantic_toast.register_backend("diskfull", DiskFullBackend)
+pydantic_toast.register_backend("misplacedfile", MisplacedFileBackend)
+
+
+def test_custom_backend_file_errors_are_not_lost_connections() -> None:
+    """A file system error in a custom backend's save or load is a StorageOperationError
+    naming it, sent once: it was a lost connection ("check that the server runs"), and a
+    save on a full disk was sent twice and then reported as an unknown outcome."""
+    ledger = model_on(f"diskfull://{uuid4().hex}")
+    DiskFullBackend.saves = 0
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageOperationError, "DiskFull backend failed during save", "ENOSPC")
+    assert DiskFullBackend.saves == 1
+    misplaced = model_on(f"misplacedfile://{uuid4().hex}")
+    error = raised(lambda: misplaced.model_validate(misplaced(text="x").model_dump()))
+    assert_mapped(error, StorageOperationError, "IsADirectoryError (EISDIR)", "files or disk")
 
 
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:

@@ -18,6 +18,7 @@ may travel with the library's errors.
 
 from __future__ import annotations
 
+import errno
 import re
 import ssl
 import traceback
@@ -578,6 +579,8 @@ def _builtin(exc: BaseException, failure: Failure) -> Translation:
     driver = _innermost(exc)
     if isinstance(driver, TimeoutError):
         return _timeout(failure), False
+    if _local_file_problem(driver) and not (failure.connecting or failure.operation == "connect"):
+        return _file_problem(driver, failure), False
     if isinstance(driver, OSError):
         return _unreachable(failure), True
     if type(driver).__module__.startswith("asyncpg") and type(driver).__name__ in (
@@ -590,6 +593,40 @@ def _builtin(exc: BaseException, failure: Failure) -> Translation:
     if type(exc).__name__ == "DBAPIError" and getattr(exc, "connection_invalidated", False):
         return _lost(failure), True
     return None
+
+
+# Errors of a store's own files or disk (a backend on the file system): never a lost
+# connection, and repeating the call cannot help. While connecting they are left to
+# _unreachable: a missing or forbidden Unix socket is a server that cannot be reached.
+_FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+_FILE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EROFS", "EDQUOT", "EFBIG", "ENAMETOOLONG")
+    if hasattr(errno, name)
+)
+
+
+def _local_file_problem(driver: BaseException) -> bool:
+    return isinstance(driver, _FILE_ERRORS) or (
+        isinstance(driver, OSError) and driver.errno in _FILE_ERRNOS
+    )
+
+
+def _file_problem(driver: BaseException, failure: Failure) -> StorageOperationError:
+    code = getattr(driver, "errno", None)
+    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    return StorageOperationError(
+        f"the {failure.backend} backend failed during {failure.operation} with "
+        f"{type(driver).__name__}{f' ({name})' if name else ''}: a problem with the store's "
+        "files or disk (a path, permissions, space), not a lost connection, so it was not "
+        "retried; see the chained DriverError's traceback for where"
+    )
 
 
 _RULES: Final[tuple[Callable[[BaseException, Failure], Translation], ...]] = (
