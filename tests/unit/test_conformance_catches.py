@@ -32,6 +32,7 @@ class DictBackend(StorageBackend):
 
     capabilities = frozenset(Capability)
     stores: ClassVar[dict[str, dict[RecordKey, tuple[StoredRecord, float | None]]]] = {}
+    first_versions: ClassVar[dict[str, dict[RecordKey, StoredRecord]]] = {}
     drops_schema_version = False
     yields_between_check_and_write = False
     restarts_revisions_when_forced = False
@@ -39,10 +40,12 @@ class DictBackend(StorageBackend):
     ignores_class_when_listing = False
     ignores_class_when_deleting = False
     cuts_data_at: int | None = None
+    lists_first_versions = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.store = self.stores.setdefault(url, {})
+        self.firsts = self.first_versions.setdefault(url, {})
 
     async def connect(self) -> None:
         return
@@ -87,6 +90,7 @@ class DictBackend(StorageBackend):
             if self.keeps_expiry_without_ttl and record.ttl is None and old is not None:
                 expires = self.store[record.key][1]
             self.store[record.key] = (stored, expires)
+            self.firsts.setdefault(record.key, stored)
             revisions.append(revision)
         return revisions
 
@@ -120,7 +124,10 @@ class DictBackend(StorageBackend):
         listed = [k for k in self.store if self.ignores_class_when_listing or k[0] == class_name]
         live = [r for k in listed if (r := self.get(k))]
         live.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return [r for r in live if after is None or (r.created_at, r.id) < after][:limit]
+        page = [r for r in live if after is None or (r.created_at, r.id) < after][:limit]
+        if self.lists_first_versions:  # as from an index that kept each record's first copy
+            return [self.firsts[r.key] for r in page]
+        return page
 
     async def count(self, class_name: str) -> int:
         return sum(1 for k in list(self.store) if k[0] == class_name and self.get(k))
@@ -174,6 +181,11 @@ FLAWS = [
     ),
     pytest.param(
         {"cuts_data_at": 65535}, "test_large_records_come_back_whole", id="cuts-large-records"
+    ),
+    pytest.param(
+        {"lists_first_versions": True},
+        "test_listed_records_are_the_stored_ones",
+        id="lists-stale-records",
     ),
 ]
 

@@ -375,6 +375,54 @@ class BackendConformance:
             return
         assert self.run(storage, storage_url, job) == (expected, expected)
 
+    def test_listed_records_are_the_stored_ones(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A listed record is what a load gives: its latest data, schema version, times and
+        revision (a page is turned into models, and saving them writes over the store)."""
+        if Capability.LIST not in self._capabilities(storage, storage_url):
+            return  # the listing tests check the refusal
+        import json
+
+        created = datetime(2024, 5, 1, tzinfo=UTC)
+        records = [
+            _record(class_name, uuid4(), b'{"n":%d}' % n, created=created + timedelta(seconds=n))
+            for n in range(3)
+        ]
+        update = dataclasses.replace(
+            records[1],
+            data=b'{"n":1,"updated":true}',
+            schema_version=2,
+            updated_at=created + timedelta(days=1),
+        )
+
+        async def job(backend: Connected) -> tuple[list[StoredRecord], list[StoredRecord | None]]:
+            await backend.save_records(records)
+            await backend.save_records([update])
+            listed = await backend.list_records(class_name, limit=10)
+            return listed, await backend.load_records([record.key for record in listed])
+
+        outcome = self.run(storage, storage_url, job)
+        assert isinstance(outcome, tuple)
+
+        def fields(record: StoredRecord | None) -> tuple[object, ...] | None:
+            if record is None:
+                return None
+            return (
+                record.class_name,
+                record.id,
+                json.loads(record.data),
+                record.schema_version,
+                record.created_at,
+                record.updated_at,
+                record.revision,
+            )
+
+        listed, loaded = outcome
+        assert [fields(record) for record in listed] == [fields(record) for record in loaded]
+        assert [record.id for record in listed] == [r.id for r in reversed(records)]
+        assert fields(listed[1])[2:4] == ({"n": 1, "updated": True}, 2)  # type: ignore[index]
+
     def test_paging_visits_each_record_once_while_records_come_and_go(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
