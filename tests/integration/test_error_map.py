@@ -719,6 +719,34 @@ def test_custom_backend_file_errors_are_not_lost_connections() -> None:
     assert_mapped(error, StorageOperationError, "IsADirectoryError (EISDIR)", "files or disk")
 
 
+class FoundOnlyBackend(MemoryBackend):
+    """A user's load_records written as a SQL ``WHERE id IN (...)``: the records found, in
+    the database's order (here reversed), no None for a missing one."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        found = await super().load_records(keys)
+        return [record for record in reversed(found) if record is not None]
+
+
+pydantic_toast.register_backend("foundonly", FoundOnlyBackend)
+
+
+def test_custom_load_records_answering_other_keys_is_refused() -> None:
+    """A custom load_records answering fewer records, or in another order, than the keys is a
+    StorageOperationError saying what it must return: records were handed to the wrong
+    references (a tree's list came back shuffled), and a missing record was Pydantic's
+    ValidationError 'not enough values to unpack'."""
+    ledger = model_on(f"foundonly://{uuid4().hex}")
+    name = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+    error = raised(lambda: ledger.model_validate({"class_name": name, "id": str(uuid4())}))
+    assert_mapped(error, StorageOperationError, "answered 0 records for 1 keys", driver=False)
+    references = [ledger(text=str(n)).model_dump() for n in range(3)]
+    error = raised(lambda: pydantic_toast.validate(list[ledger], references))  # type: ignore[valid-type]
+    assert_mapped(
+        error, StorageOperationError, "where", "was asked", "None for a key", driver=False
+    )
+
+
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
     """A bad id from the client is a StorageValidationError; stored data that no longer
     validates is a StoredDataError: two classes, two HTTP statuses."""

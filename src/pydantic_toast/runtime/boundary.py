@@ -26,6 +26,7 @@ from uuid import UUID
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
+    StorageOperationError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
 from pydantic_toast.runtime import outcomes, telemetry
@@ -55,6 +56,7 @@ logger = logging.getLogger("pydantic_toast")
 
 _CONNECTING = "_pydantic_toast_connecting"
 _ENDED = "_pydantic_toast_ended"
+_BUILT_IN = "pydantic_toast.backends."
 
 
 def connecting(exc: BaseException) -> BaseException:
@@ -131,13 +133,16 @@ class Connected:
         capabilities: What the backend declared it supports.
     """
 
-    __slots__ = ("_kind", "backend", "capabilities", "url")
+    __slots__ = ("_answers_checked", "_kind", "backend", "capabilities", "url")
 
     def __init__(self, backend: StorageBackend, url: StorageURL) -> None:
         self.backend = backend
         self.url = url
         self.capabilities: frozenset[Capability] = type(backend).capabilities
         self._kind = _kind_of(backend)
+        # A backend of the application's own: its load_records answers are checked to be
+        # one record per key, in the keys' order (the built-in ones are tested for it).
+        self._answers_checked = not type(backend).__module__.startswith(_BUILT_IN)
 
     def __repr__(self) -> str:
         return f"<Connected {self.backend!r}>"
@@ -195,10 +200,14 @@ class Connected:
             # neither translation nor telemetry. A failure goes through :meth:`cross` below as
             # its first attempt.
             try:
-                return await self.backend.load_records(keys)
+                records = await self.backend.load_records(keys)
             except Exception as exc:
                 failed = exc
-        return await self.cross(
+            else:
+                if self._answers_checked:
+                    self._check_answer(keys, records)
+                return records
+        records = await self.cross(
             "load",
             lambda: self.backend.load_records(keys),
             class_name=keys[0][0] if keys else None,
@@ -206,6 +215,32 @@ class Connected:
             size=_loaded_bytes,
             failed=failed,
         )
+        if self._answers_checked:
+            self._check_answer(keys, records)
+        return records
+
+    def _check_answer(self, keys: Sequence[RecordKey], records: list[StoredRecord | None]) -> None:
+        """Refuse a ``load_records`` answer that is not one record (or ``None``) per key, in
+        the keys' order: taken as it is, records would land under other references."""
+        problem = None
+        if not isinstance(records, Sequence):
+            problem = f"answered a {type(records).__name__}"
+        elif len(records) != len(keys):
+            problem = f"answered {len(records)} records for {len(keys)} keys"
+        else:
+            for key, record in zip(keys, records, strict=True):
+                if record is not None and (record.class_name, record.id) != key:
+                    problem = (
+                        f"answered the record {record.class_name} {record.id} where "
+                        f"{key[0]} {key[1]} was asked"
+                    )
+                    break
+        if problem is not None:
+            raise StorageOperationError(
+                f"{type(self.backend).__name__}.load_records {problem}: it must return a list "
+                "with one record per key, in the order of the keys, and None for a key that "
+                "has no record (check the backend with pydantic_toast.testing.conformance)"
+            )
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; retried only if never sent, so "not found" is never a retry's."""
