@@ -747,6 +747,30 @@ def test_custom_load_records_answering_other_keys_is_refused() -> None:
     )
 
 
+class PickyURLBackend(MemoryBackend):
+    """A user's backend whose constructor refuses its URL with a ValueError quoting it."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        raise ValueError(f"cannot use {url}")
+
+
+pydantic_toast.register_backend("pickyurl", PickyURLBackend)
+
+
+def test_custom_backend_constructor_error_is_a_configuration_error() -> None:
+    """A custom backend's constructor failing is a StorageConfigurationError with the URL
+    masked: it left model_validate as Pydantic's ValidationError (a 422) quoting the
+    password, and model_dump as the bare ValueError."""
+    ledger = model_on(f"pickyurl://user:{ROLE_PASSWORD}@host/{uuid4().hex}")
+    name = ledger.__toast_settings__.external_name  # type: ignore[attr-defined]
+    loading = raised(lambda: ledger.model_validate({"class_name": name, "id": str(uuid4())}))
+    saving = raised(lambda: ledger(text="x").model_dump())
+    for error in (loading, saving):
+        assert_mapped(error, StorageConfigurationError, "PickyURLBackend(pickyurl://user:***@host/")
+        assert "ValueError" in str(error)
+        assert ROLE_PASSWORD not in str(error)
+
+
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
     """A bad id from the client is a StorageValidationError; stored data that no longer
     validates is a StoredDataError: two classes, two HTTP statuses."""

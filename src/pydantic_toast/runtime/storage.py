@@ -22,12 +22,17 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageConfigurationError,
+    StorageUsageError,
+)
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.registry import BackendRegistry
 from pydantic_toast.runtime import loops
 from pydantic_toast.runtime.boundary import Connected, open_backend
 from pydantic_toast.runtime.catalog import NameCatalog
+from pydantic_toast.runtime.errors import summary
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -209,17 +214,31 @@ class Storage:
         backend_class = self.registry.class_for(url.scheme)
         from pydantic_toast.backends.memory import MemoryBackend
 
-        if issubclass(backend_class, MemoryBackend):
-            store = self.memory_store(url.host or "")
-            backend: StorageBackend = backend_class(url.raw, store=store)
-        elif url in self._engines:
-            from pydantic_toast.backends.sql import SQLAlchemyBackend
+        try:
+            if issubclass(backend_class, MemoryBackend):
+                store = self.memory_store(url.host or "")
+                backend: StorageBackend = backend_class(url.raw, store=store)
+            elif url in self._engines:
+                from pydantic_toast.backends.sql import SQLAlchemyBackend
 
-            assert issubclass(backend_class, SQLAlchemyBackend)  # checked by use_engine()
-            backend = backend_class(url.raw, engine=self._engines[url])
+                assert issubclass(backend_class, SQLAlchemyBackend)  # checked by use_engine()
+                backend = backend_class(url.raw, engine=self._engines[url])
+            else:
+                backend = backend_class(url.raw)
+        except ExternalStorageError:
+            raise
+        except Exception as exc:
+            # A backend's own constructor, outside the boundary: its message may hold the URL
+            # (a password), and a ValueError would leave model_validate as a Pydantic 422.
+            failed = exc
         else:
-            backend = backend_class(url.raw)
-        return await open_backend(backend, url)
+            return await open_backend(backend, url)
+        raise StorageConfigurationError(
+            f"{backend_class.__name__}({url.masked}) raised {type(failed).__name__}: a "
+            "backend's constructor takes the storage URL alone and opens nothing, and a URL it "
+            "cannot use is refused in its check_url classmethod (when the model class is "
+            "defined); see the chained DriverError's traceback for where"
+        ) from summary(failed)
 
     async def _register_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopBackends:
         for stale in [known for known in self._loops if known.is_closed()]:
