@@ -771,6 +771,32 @@ def test_custom_backend_constructor_error_is_a_configuration_error() -> None:
         assert ROLE_PASSWORD not in str(error)
 
 
+class SilentRevisionsBackend(MemoryBackend):
+    """A user's backend with revisions whose save_records forgets to return them."""
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        await super().save_records(records)
+        return None  # type: ignore[return-value]
+
+
+pydantic_toast.register_backend("silentrevisions", SilentRevisionsBackend)
+
+
+def test_custom_backend_with_revisions_must_return_them() -> None:
+    """A backend declaring revisions whose save_records answers None is a
+    StorageOperationError saying what to return: the model remembered no revision, and its
+    next save wrote regardless over whatever another writer had saved meanwhile."""
+    ledger = model_on(f"silentrevisions://{uuid4().hex}")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(
+        error,
+        StorageOperationError,
+        "save_records wrote the records but answered None",
+        "new revision of each record",
+        driver=False,
+    )
+
+
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
     """A bad id from the client is a StorageValidationError; stored data that no longer
     validates is a StoredDataError: two classes, two HTTP statuses."""

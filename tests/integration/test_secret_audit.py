@@ -511,10 +511,10 @@ def _pg_bare(audit: Audit, found: Servers) -> None:
 class LeakyBackend(MemoryBackend):
     """A user's backend whose errors carry the data they were given."""
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         if b"save-" in records[0].data:
             raise KeyError(records[0].data.decode())
-        await super().save_records(records)
+        return await super().save_records(records)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         stored = await super().load_records(keys)

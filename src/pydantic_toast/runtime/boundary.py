@@ -29,6 +29,7 @@ from pydantic_toast._exceptions import (
     StorageOperationError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime import outcomes, telemetry
 from pydantic_toast.runtime.errors import (
     NOT_APPLIED,
@@ -42,7 +43,7 @@ from pydantic_toast.runtime.transaction import joined_save
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
-    from pydantic_toast.backends.base import Capability, StorageBackend
+    from pydantic_toast.backends.base import StorageBackend
 
 __all__ = ["Connected", "connecting", "ended_unknown", "not_applied", "open_backend"]
 
@@ -167,10 +168,36 @@ class Connected:
             # (the crossing's coroutines and closures cost 8,000 instructions, 5% of a save on
             # memory://). A failure goes through the crossing as its first attempt.
             try:
-                return await self.backend.save_records(records)
+                revisions = await self.backend.save_records(records)
             except Exception as exc:
                 failed = exc
-        return await self.write_records(records, again=True, failed=failed)
+            else:
+                if self._answers_checked:
+                    self._check_revisions(records, revisions)
+                return revisions
+        revisions = await self.write_records(records, again=True, failed=failed)
+        if self._answers_checked:
+            self._check_revisions(records, revisions)
+        return revisions
+
+    def _check_revisions(self, records: Sequence[StoredRecord], revisions: object) -> None:
+        """Refuse a ``save_records`` answer of a backend with revisions that is not one new
+        revision per record: models would remember none, and write regardless from then on."""
+        if Capability.REVISIONS not in self.capabilities:
+            return
+        if not isinstance(revisions, Sequence):
+            answer = "None" if revisions is None else f"a {type(revisions).__name__}"
+        elif len(revisions) != len(records):
+            answer = f"{len(revisions)} revisions for {len(records)} records"
+        elif not all(type(revision) is int and revision >= 1 for revision in revisions):
+            answer = "a revision that is not an int of 1 or more"
+        else:
+            return
+        raise StorageOperationError(
+            f"{type(self.backend).__name__}.save_records wrote the records but answered "
+            f"{answer}: a backend with Capability.REVISIONS returns the new revision of each "
+            "record, in order (1 for a new record, one more than before otherwise)"
+        )
 
     async def write_records(
         self, records: Sequence[StoredRecord], *, again: bool, failed: Exception | None = None
