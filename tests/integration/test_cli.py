@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -15,6 +16,7 @@ import pydantic_toast
 from pydantic_toast.integrations.cli import EXIT_CODES
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
+from tests.integration.conftest import _admin
 
 CLI = [sys.executable, "-m", "pydantic_toast.integrations.cli"]
 
@@ -194,6 +196,31 @@ def test_check_a_migrated_postgres_database(
     assert code == 0, out
     assert "reachable" in out
     assert "- migrated" in out
+
+
+@pytest.mark.postgresql
+def test_migrate_without_create_privilege_names_the_grant(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """migrate as a user who may not create tables: one line naming the owner or the CREATE
+    grant, exit 1, no password (it was SQLAlchemy's bare 'permission denied for schema')."""
+    role, password = f"toast_nocreate_{uuid4().hex[:8]}", "no-create-pw-3"
+    _admin(
+        empty_database,
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'",
+    )
+    head, _, rest = empty_database.partition("://")
+    as_role = f"{head}://{role}:{password}@{rest.rsplit('@', 1)[-1]}"
+    try:
+        code, _, err = run(capsys, "migrate", as_role)
+    finally:
+        _admin(empty_database, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')
+    assert code == 1
+    assert_one_line(err)
+    assert "may not create or change the library's tables" in err
+    assert "grant the user CREATE on the schema" in err
+    assert password not in err
 
 
 @pytest.mark.postgresql

@@ -26,6 +26,7 @@ from pydantic_toast.backends.registry import (
     missing_extra,
     sqlalchemy_driver_hint,
 )
+from pydantic_toast.runtime.errors import sqlstate
 from pydantic_toast.runtime.storage import Storage
 
 __all__ = ["EXIT_CODES", "alembic_config", "main"]
@@ -247,9 +248,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         message = _masked(f"{type(exc).__name__}: {exc}".splitlines()[0], url)
+        if args.command in _CHANGES_TABLES and sqlstate(exc) == "42501":
+            message = (
+                f"the URL's user may not create or change the library's tables ({message}): "
+                f"run `pydantic-toast {args.command}` as the database owner, or grant the user "
+                "CREATE on the schema (and ownership of tables it already holds)"
+            )
         hint = "" if args.verbose else " (run again with --verbose for the traceback)"
         print(f"pydantic-toast {args.command}: error: {message}{hint}", file=sys.stderr)
         return EXIT_STORAGE
+
+
+# The commands whose statements create, alter or drop tables (insufficient privilege there
+# asks for CREATE or ownership, not for the grants that saving and loading need).
+_CHANGES_TABLES = ("migrate", "downgrade", "partition")
 
 
 def _run(command: str, url: str, revision: str | None) -> int:

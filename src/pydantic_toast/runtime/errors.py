@@ -43,7 +43,15 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._url import StorageURL
 
-__all__ = ["NOT_APPLIED", "DriverError", "Failure", "translate", "unanswered", "unsent"]
+__all__ = [
+    "NOT_APPLIED",
+    "DriverError",
+    "Failure",
+    "sqlstate",
+    "translate",
+    "unanswered",
+    "unsent",
+]
 
 NOT_APPLIED: Final = "_pydantic_toast_not_applied"
 """The attribute marking a write's timeout that the store did not apply (see
@@ -101,6 +109,11 @@ class Failure:
     def database(self) -> str:
         """The database name (PostgreSQL), for messages."""
         return shorten(self.url.path.lstrip("/") or self.url.username or "postgres")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind ``exc`` (through SQLAlchemy's wrappers), if any."""
+    return _first(_codes(exc, "sqlstate"))
 
 
 def translate(exc: BaseException, failure: Failure) -> tuple[ExternalStorageError, bool]:
