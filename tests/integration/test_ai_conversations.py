@@ -583,6 +583,12 @@ async def test_a_damaged_header_can_be_skipped_in_listings(
         await strict.alist()
     with caplog.at_level("WARNING", logger="pydantic_toast"):
         assert [info.conversation_id for info in await store.alist()] == ["second", "first"]
+        # Pages of one: the page after "second" holds only the damaged header, left out; it
+        # goes on to "first" instead of coming back empty (read as the end of the list).
+        first_page = await store.alist(limit=1)
+        second_page = await store.alist(limit=1, after=first_page[-1])
+        assert await store.alist(limit=1, after=second_page[-1]) == []
+    assert [info.conversation_id for info in first_page + second_page] == ["second", "first"]
     assert str(damaged.id) in caplog.text
 
 

@@ -379,9 +379,24 @@ class MessageStore:
             if last is None:
                 return []
             cursor = PageCursor.of(last)
-        records, _, _ = await list_page(
-            store, self._header_class, limit=limit, after=cursor, skip_unreadable=self.skip_invalid
-        )
+        found: list[ConversationInfo] = []
+        ended = False
+        # A left-out header does not end the page: the listing goes on past it until the page
+        # is full or the store has no more (a short page would read as the end of the list).
+        while len(found) < limit and not ended:
+            records, cursor, ended = await list_page(
+                store,
+                self._header_class,
+                limit=limit - len(found),
+                after=cursor,
+                skip_unreadable=self.skip_invalid,
+            )
+            found += self._headers(records)
+        return found
+
+    def _headers(self, records: list[StoredRecord]) -> list[ConversationInfo]:
+        """The conversations of header ``records``; with ``skip_invalid``, unreadable ones are
+        left out with a warning."""
         found: list[ConversationInfo] = []
         for record in records:
             try:
