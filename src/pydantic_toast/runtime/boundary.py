@@ -105,16 +105,25 @@ def ended_unknown(exc: BaseException, found: str) -> BaseException:
     return exc
 
 
-def _in_transaction(backend: StorageBackend, operation: str) -> str | None:
-    """What is known of a write that timed out inside the caller's :func:`transaction`, or
-    ``None`` outside one: it cannot apply later on its own, and reading back cannot tell."""
+def _in_transaction(backend: StorageBackend, operation: str) -> tuple[str, str] | None:
+    """What is known of a write that timed out inside the caller's :func:`transaction`, and
+    what to do, or ``None`` outside one: it cannot apply later on its own, and reading back
+    cannot tell (the connection refuses every statement until the rollback)."""
     if joined_save(backend) is None:
         return None
     return (
         f"the {operation} ran inside the caller's transaction (pydantic_toast.transaction()), "
         "so it is stored only if that transaction commits, and whether it applied within it is "
-        "unknown: roll the transaction back (then nothing of it is stored)"
+        "unknown",
+        "roll the transaction back (then nothing of it is stored) and run it again",
     )
+
+
+# What to do about a timed-out write whose end was waited for (see ended_unknown).
+_ENDED_FIX = {
+    "delete": "the record is gone either way; where only one deleter may succeed (a delete "
+    "at a revision used as a claim), do not count this one as having succeeded",
+}
 
 
 async def open_backend(backend: StorageBackend, url: StorageURL) -> Connected:
@@ -212,6 +221,7 @@ class Connected:
             "save",
             lambda: self.backend.save_records(records),
             class_name=records[0].class_name if records else None,
+            keys=lambda: [record.key for record in records],
             count=len(records),
             repeat="write",
             settle=settled,
@@ -350,7 +360,7 @@ class Connected:
         count: int = 1,
         repeat: Repeat = "read",
         settle: Callable[[bool], Awaitable[T]] | None = None,
-        keys: Sequence[RecordKey] = (),
+        keys: Sequence[RecordKey] | Callable[[], Sequence[RecordKey]] = (),
         size: Callable[[T], int] | None = None,
         failed: Exception | None = None,
     ) -> T:
@@ -360,7 +370,8 @@ class Connected:
         lost after its request was sent, or timed out waiting for its reply, is never repeated
         here: ``settle(timed_out)`` decides its outcome (a save reads its records back), or it
         raises
-        :class:`~pydantic_toast.OutcomeUnknownError` naming ``keys``. ``size`` gives the bytes
+        :class:`~pydantic_toast.OutcomeUnknownError` naming ``keys`` (or the keys it makes, when
+        a callable). ``size`` gives the bytes
         moved from the result, for telemetry only (not called when off). ``failed``: how a
         first attempt the caller made itself failed (``call`` then starts at the second).
         """
@@ -381,8 +392,13 @@ class Connected:
                 cause = None if mapped is exc else summary(exc)
                 timed_out = not lost and repeat == "write" and unanswered(exc, failure)
                 found: str | None = None
+                fix: str | None = None
                 if timed_out:
-                    found = getattr(exc, _ENDED, None) or _in_transaction(self.backend, operation)
+                    found = getattr(exc, _ENDED, None)
+                    if found is not None:
+                        fix = _ENDED_FIX.get(operation)
+                    elif (joined := _in_transaction(self.backend, operation)) is not None:
+                        found, fix = joined
             except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
                 if span is not None:
                     span.finish(interrupt)
@@ -413,8 +429,9 @@ class Connected:
                 if lost:
                     await self._discard_connections()
                 if settle is None or found is not None:  # what reading back could tell is known
+                    named = keys() if callable(keys) else keys  # (made only when needed)
                     mapped = outcomes.unknown(
-                        self, operation, keys, timed_out=timed_out, ended=found
+                        self, operation, named, timed_out=timed_out, ended=found, fix=fix
                     )
                 else:
                     try:

@@ -94,14 +94,16 @@ def unknown(
     *,
     timed_out: bool = False,
     ended: str | None = None,
+    fix: str | None = None,
 ) -> OutcomeUnknownError:
     """The error for a write (``delete``, ``purge``, a save ``why`` explains) lost after it was
     sent, or whose reply did not come in time (``timed_out``); ``ended``: what is known of a
     timed out write that cannot apply later (see
-    :func:`~pydantic_toast.runtime.boundary.ended_unknown`)."""
+    :func:`~pydantic_toast.runtime.boundary.ended_unknown`), and ``fix`` what to do then
+    (default: the operation's check)."""
     return OutcomeUnknownError(
         f"{_lost_after_sending(connected, operation, timed_out, ended)}{why} "
-        f"{_records_named(keys)}{_FIX.get(operation, _FIX['save'])}",
+        f"{_records_named(keys)}{fix or _FIX.get(operation, _FIX['save'])}",
         url=connected.url.masked,
         operation=operation,
         keys=tuple(keys),
