@@ -195,7 +195,7 @@ def _lost_after_sending(
 
 def _records_named(keys: Sequence[RecordKey]) -> str:
     if not keys:
-        return "To check: "
+        return "To resolve it: "
     class_name, id = keys[0]
     more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
-    return f"Records concerned: {shorten(class_name)} {id}{more}. To check: "
+    return f"Records concerned: {shorten(class_name)} {id}{more}. To resolve it: "
