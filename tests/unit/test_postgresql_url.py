@@ -12,6 +12,7 @@ from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConfigu
     [
         ("ssl=require", "write sslmode=require instead"),
         ("ssl=true", "write sslmode=verify-full instead"),
+        ("ssl=verify_full", "write sslmode=verify-full instead"),
         ("ssl=sometimes", "write sslmode= instead, one of disable, allow"),
         ("ssl=require&sslmode=verify-ca", "remove ssl= (the URL's sslmode= applies)"),
     ],

@@ -51,7 +51,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql import ClauseElement, ColumnElement
+from sqlalchemy.sql import ClauseElement, ColumnElement, Select
+from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.util import greenlet_spawn
 
 from pydantic_toast._exceptions import (
@@ -188,7 +189,9 @@ def _ssl_spelling(url: StorageURL) -> str:
     ``sslmode=``, which is what this library's URLs take, whatever the driver in the scheme."""
     value = url.query["ssl"]
     # asyncpg's ssl=true is a default SSLContext: the certificate and host name are verified.
-    mode = "verify-full" if value.lower() in ("true", "1", "yes", "on") else value.lower()
+    mode = value.lower().replace("_", "-")  # asyncpg also takes verify_full, verify_ca
+    if mode in ("true", "1", "yes", "on"):
+        mode = "verify-full"
     if mode in ("false", "0", "no", "off"):
         mode = "disable"
     if "sslmode" in url.query:
@@ -265,27 +268,23 @@ _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
 def _key_by_key(
-    keys: Any,
+    keys: TableValuedAlias,
     matches: ColumnElement[bool],
     columns: Sequence[ColumnElement[Any]],
     now_seconds: ColumnElement[datetime],
-) -> Any:
+) -> Select[Any]:
     """A batch read that looks each of ``keys`` up in the primary key, one probe per key.
 
-    A plain join of the keys and the table leaves the plan to the statistics, and a custom
-    plan (asyncpg's first five runs of a prepared statement on each connection) sees the
-    array's length: for a class of 10,000-100,000 rows it hashed the whole class for each
-    chunk of 1,000 keys, 27 against 7.5 ms per chunk at 40,000 rows, growing with the class.
-    A ``LATERAL`` subquery with ``LIMIT 1`` cannot be flattened into a join: the planner
-    can only run it once per key, as an index probe.
+    A plain join of the keys and the table left the plan to the statistics: for a class of
+    some thousands to tens of thousands of rows the planner hashed every row of the class for
+    each chunk of 1,000 keys, a cost that grew with the class (``bench/pg_load_plan.py``; in
+    ``bench/run.py`` an async batch load of 10,000 records went from 164 to 417 ms as its
+    table grew). A ``LATERAL`` subquery with ``LIMIT 1`` cannot be flattened into a join: the
+    planner can only run it once per key, as an index probe.
     """
-    one = (
-        select(*columns)
-        .where(matches, live(now_seconds))
-        .limit(literal_column("1"))
-        .lateral("record")
-    )
-    return select(keys.c.position, *one.c).select_from(keys).join(one, true())
+    one = select(*columns).where(matches, live(now_seconds)).limit(literal_column("1"))
+    record = one.lateral("record")
+    return select(keys.c.position, *record.c).select_from(keys).join(record, true())
 
 
 def _unreadable_timestamps(class_name: str, id: UUID) -> StoredDataError:
