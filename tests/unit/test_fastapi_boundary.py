@@ -300,6 +300,49 @@ def test_ref_in_a_query_parameter_is_refused_when_the_route_is_defined() -> None
         assert client.get("/by-name", params={"name": "Bo"}).json() == {"name": "Bo"}
 
 
+def test_a_dependencys_accepting_body_parameter_is_authorized_and_loaded() -> None:
+    """A Ref/AcceptReference body parameter of a dependency works as one of the route's own.
+
+    FastAPI reads a dependency's body parameters from the same request body; they were never
+    prefetched, so every reference there, even one the hook allows, was "Unknown".
+    """
+    from fastapi import Body, Query
+
+    async def customer_of(
+        customer: Annotated[Customer, AcceptReference(authorize=same_tenant), Body(embed=True)],
+    ) -> Customer:
+        return customer
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/by-dependency")
+    async def by_dependency(customer: Annotated[Customer, Depends(customer_of)]) -> dict[str, str]:
+        return {"customer": customer.name}
+
+    async def by_query(customer: Annotated[Ref[Customer], Query()]) -> None:
+        return None
+
+    with pytest.raises(pydantic_toast.StorageUsageError, match="only a JSON body can carry"):
+
+        @app.get("/query-dependency")
+        async def query_dependency(_: Annotated[None, Depends(by_query)]) -> None:
+            return None
+
+    with TestClient(app) as client:
+        ada = client.portal.call(saved_customer, "Ada", "a")  # type: ignore[union-attr]
+        bob = client.portal.call(saved_customer, "Bob", "b")  # type: ignore[union-attr]
+        AUTHORIZED.clear()
+        headers = {"X-Tenant": "a"}
+        ok = client.post("/by-dependency", json={"customer": ada}, headers=headers)
+        assert ok.status_code == 200, ok.text
+        assert ok.json() == {"customer": "Ada"}
+        refused = client.post("/by-dependency", json={"customer": bob}, headers=headers)
+        assert refused.status_code == 422
+        assert refused.json()["detail"][0]["msg"] == "Unknown Customer reference"
+        assert [ada, bob] == AUTHORIZED
+
+
 def test_accepting_fields_are_found_through_fastapis_public_field_info() -> None:
     """The one dependency on FastAPI's field objects: route.dependant.*_params[].field_info.
 

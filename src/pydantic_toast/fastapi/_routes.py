@@ -194,8 +194,21 @@ def _calls(dependant: Any) -> Iterator[Any]:
         yield from _calls(sub)
 
 
+def _dependants(dependant: Any) -> Iterator[Any]:
+    """``dependant`` and its dependencies', at any depth: FastAPI merges the body and query
+    parameters of every dependency into the request's."""
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(current.dependencies)
+
+
 def _accepted_in(route: APIRoute) -> tuple[dict[str, list[AcceptReference]], Routes]:
     """The class names the route's body accepts references of, with their markers, and routes.
+
+    Body parameters of the route's dependencies count too (FastAPI reads them from the same
+    request body).
 
     Raises:
         StorageUsageError: A query parameter accepts references (only JSON bodies can carry
@@ -203,11 +216,12 @@ def _accepted_in(route: APIRoute) -> tuple[dict[str, list[AcceptReference]], Rou
     """
     accepted: dict[str, list[AcceptReference]] = {}
     routes: Routes = {}
-    for field in route.dependant.body_params:
+    dependants = list(_dependants(route.dependant))
+    for field in (field for dependant in dependants for field in dependant.body_params):
         for marker, model in _accepting_models(field_schema(field)):
             accepted.setdefault(model._toast_settings().external_name, []).append(marker)
             routes.update(model._toast_routes())
-    for field in route.dependant.query_params:
+    for field in (field for dependant in dependants for field in dependant.query_params):
         for _, model in _accepting_models(field_schema(field)):
             raise StorageUsageError(
                 f"{route.path}: the query parameter {field.name!r} accepts a "
