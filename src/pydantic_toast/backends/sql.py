@@ -388,12 +388,16 @@ class SQLAlchemyBackend(RecordBackend):
                 "application's event loop: use the async API (await obj.asave(), await "
                 "Model.aload(...)) for its models, not model_dump()/model_validate()"
             )
-        self._engine = self._given
+        # Its pool, with connections that autocommit while this backend holds them (as the
+        # library's own engines' do): otherwise a statement run through SQLAlchemy (every
+        # SQLite operation, a batch delete) began a transaction that was rolled back when the
+        # connection went back to the pool, and the write was lost without an error.
+        self._engine = self._given.execution_options(isolation_level="AUTOCOMMIT")
 
     async def disconnect(self) -> None:
         """Close the engine's pool (an engine handed in is left to its owner)."""
         engine, self._engine = self._engine, None
-        if engine is not None and engine is not self._given:
+        if engine is not None and self._given is None:
             await engine.dispose()
 
     def _same_store(self, url: URL) -> bool:

@@ -1,0 +1,89 @@
+"""Models served through the application's own engine (``use_engine``) write what they say.
+
+The application's engine is not in autocommit mode (SQLAlchemy's default): a statement the
+backend ran through it began a transaction, rolled back when the connection went back to the
+pool. Every SQLite save and a PostgreSQL batch delete (owned children) were lost that way,
+without an error.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import uuid4
+
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned, RecordNotFoundError
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def storage_and_engine_urls(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """A storage URL of this test's own, and the SQLAlchemy URL of the same database."""
+    if request.param == "sqlite":
+        path = tmp_path / "toast.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_database_url")
+        yield url, url.replace("postgresql://", "postgresql+asyncpg://")
+    pydantic_toast.close_storage()
+
+
+def models_on(url: str) -> tuple[Any, Any]:
+    """A parent class owning a list of children, both stored under names of this test's own."""
+    tag = uuid4().hex
+
+    class Child(ExternalBaseModel):
+        label: str
+        model_config = ExternalConfigDict(storage=url, external_name=f"Child{tag}")
+
+    class Parent(ExternalBaseModel):
+        name: str
+        children: Annotated[list[Child], Owned] = []
+        model_config = ExternalConfigDict(storage=url, external_name=f"Parent{tag}")
+
+    return Parent, Child
+
+
+async def test_saves_and_owned_deletes_through_the_applications_engine_are_kept(
+    storage_and_engine_urls: tuple[str, str],
+) -> None:
+    """A save is stored, and owned children are deleted, seen from another storage."""
+    url, engine_url = storage_and_engine_urls
+    parent_class, child_class = models_on(url)
+    engine = create_async_engine(engine_url)
+    try:
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(url, engine)
+            parent = parent_class(name="p", children=[child_class(label="first")])
+            reference = await parent.asave()
+            first = parent.children[0].external_id
+            parent.children = [child_class(label="second")]
+            await parent.asave()
+            second = parent.children[0].external_id
+            parent.name = "renamed"
+            await parent.asave()  # one record: a single statement
+        async with pydantic_toast.Storage():  # the library's own engine
+            assert (await parent_class.aload(reference)).name == "renamed"
+            assert (await child_class.aload(second)).label == "second"
+            with pytest.raises(RecordNotFoundError):
+                await child_class.aload(first)  # replaced: deleted with the update
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(url, engine)
+            await pydantic_toast.adelete(parent_class, reference)
+        async with pydantic_toast.Storage():
+            assert await pydantic_toast.acount(child_class) == 0
+    finally:
+        await engine.dispose()
