@@ -207,3 +207,59 @@ async def test_a_large_multibyte_record_is_json_text_sqlite_reads(
     assert sorted(rows) == sorted(
         [(text, text, "blob"), (text[::-1], text[::-1], "blob"), ("small", "small", "text")]
     )
+
+
+async def test_a_batch_inside_the_callers_transaction_commits_and_rolls_back_with_it(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A batch save inside ``transaction()`` runs in a savepoint of the caller's transaction:
+    it commits and rolls back with the application's rows, and a conflict undoes the batch
+    alone. It ran BEGIN IMMEDIATE ... COMMIT of its own: as the transaction's first statement it
+    committed, out of reach of the rollback; after another statement it failed."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    path = tmp_path / "joined.db"
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    def stored() -> list[tuple[str, ...]]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return sorted(db.execute("SELECT data FROM external_records"))
+
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE invoices (n INTEGER)")
+
+        async def write_then_fail() -> None:
+            async with engine.begin() as connection:
+                async with pydantic_toast.transaction(connection):
+                    await pydantic_toast.adump([Memo(text="a"), Memo(text="b")])  # the first
+                await connection.exec_driver_sql("INSERT INTO invoices VALUES (1)")
+                raise RuntimeError("abort")
+
+        with pytest.raises(RuntimeError, match="abort"):
+            await write_then_fail()
+        assert stored() == []
+        kept = Memo(text="kept")
+        await kept.asave()
+        stale = await Memo.aload(kept.external_id)  # type: ignore[attr-defined]
+        kept.text = "moved on"
+        await kept.asave()
+        stale.text = "lost?"
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("INSERT INTO invoices VALUES (2)")
+            async with pydantic_toast.transaction(connection):
+                with pytest.raises(ConcurrencyError):
+                    await pydantic_toast.adump([Memo(text="c"), stale])
+                await pydantic_toast.adump([Memo(text="d"), Memo(text="e")])
+        assert stored() == [('{"text":"d"}',), ('{"text":"e"}',), ('{"text":"moved on"}',)]
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert list(db.execute("SELECT n FROM invoices")) == [(2,)]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()

@@ -408,13 +408,19 @@ class SQLAlchemyBackend(RecordBackend):
         """Write the records, each checked against its expected revision; all or none.
 
         One statement per record; several records run in one ``BEGIN IMMEDIATE``
-        transaction, rolled back at the first conflict.
+        transaction, rolled back at the first conflict (inside :func:`~pydantic_toast.transaction`,
+        in a savepoint of the caller's transaction, which a conflict rolls back).
         """
         write_one = self._write_record
+        joined = joined_connection(self._same_store) is not None
 
         async def write(connection: AsyncConnection) -> list[int]:
             if len(records) == 1:
                 return [await write_one(connection, records[0])]
+            if joined:  # BEGIN inside the caller's transaction would fail
+                await self._begin_joined(connection)
+                async with connection.begin_nested():
+                    return [await write_one(connection, record) for record in records]
             await connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 revisions = [await write_one(connection, record) for record in records]
@@ -425,6 +431,9 @@ class SQLAlchemyBackend(RecordBackend):
             return revisions
 
         return await self._run(write)
+
+    async def _begin_joined(self, connection: AsyncConnection) -> None:
+        """Make sure the caller's transaction has begun in the database (see SQLite's)."""
 
     async def _write_record(self, connection: AsyncConnection, record: StoredRecord) -> int:
         """Write one record by its conditional statement; return its new revision.

@@ -164,6 +164,17 @@ class SQLiteBackend(SQLAlchemyBackend):
 
         return await self._run(write)
 
+    async def _begin_joined(self, connection: AsyncConnection) -> None:
+        """Begin the caller's transaction in the database if sqlite3 has not yet.
+
+        sqlite3 (outside autocommit) begins one before a write statement only: a batch's
+        SAVEPOINT as the transaction's first statement would begin a transaction of its own,
+        whose RELEASE commits the batch, out of reach of the caller's rollback.
+        """
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        if not driver.in_transaction and driver.isolation_level is not None:
+            await connection.exec_driver_sql(f"BEGIN {driver.isolation_level}")
+
     async def _write_record(self, connection: AsyncConnection, record: StoredRecord) -> int:
         if len(record.data) > PIECE:
             return await self._write_large(connection, record)
