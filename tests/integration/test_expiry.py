@@ -146,6 +146,39 @@ def test_expired_rows_stay_invisible_until_purged_in_batches(
     assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(1,)]
 
 
+@pytest.mark.postgresql
+async def test_a_purge_keeps_a_record_a_concurrent_write_renewed(
+    postgres_database_url: str,
+) -> None:
+    """A purge that picked an expired row, then waited for its lock while a forced write
+    renewed the record, leaves the record: it deleted the renewed record, after the write had
+    committed and reported success."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    beat = _note(postgres_database_url, ttl=1)
+    engine = create_async_engine(
+        postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
+    )
+    try:
+        instance = beat(text="first")
+        reference = await instance.asave()
+        await asyncio.sleep(1.2)  # expired; the row stays until purged
+        async with engine.begin() as connection:
+            async with pydantic_toast.transaction(connection):
+                instance.text = "renewed"  # type: ignore[attr-defined]
+                await instance.asave(force=True)  # its row locked until the commit
+            purge = asyncio.create_task(
+                asyncio.to_thread(pydantic_toast.purge_expired, postgres_database_url)
+            )
+            await asyncio.sleep(0.3)  # the purge found the expired row and waits for its lock
+            assert not purge.done()
+        await purge  # (the session's database may hold other tests' expired rows)
+        assert (await beat.aload(reference)).text == "renewed"  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 @pytest.mark.parametrize("storage_url", BACKENDS, indirect=True)
 def test_saving_an_expired_record_says_it_may_have_expired(storage_url: str) -> None:
     """A revision-checked save of a record whose ttl ran out: a conflict that names the ttl,

@@ -130,11 +130,17 @@ _DELETE_MANY = (
 )
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 # Bounded: each statement deletes at most ``limit`` expired rows, found through the partial
-# index on expires_at, so no statement holds locks for long.
-PURGE = delete(_table).where(
-    tuple_(_c.class_name, _c.id).in_(
-        select(_c.class_name, _c.id).where(expired(_NOW)).limit(bindparam("limit"))
+# index on expires_at, so no statement holds locks for long. The outer condition is checked
+# again on the row as it is when its lock is taken (PostgreSQL, READ COMMITTED): a write that
+# renewed the record meanwhile (a forced or last-write-wins save of an expired record) keeps it.
+PURGE = (
+    delete(_table)
+    .where(
+        tuple_(_c.class_name, _c.id).in_(
+            select(_c.class_name, _c.id).where(expired(_NOW)).limit(bindparam("limit"))
+        )
     )
+    .where(expired(_NOW))
 )
 
 
