@@ -343,6 +343,34 @@ def test_a_dependencys_accepting_body_parameter_is_authorized_and_loaded() -> No
         assert [ada, bob] == AUTHORIZED
 
 
+def test_background_tasks_run_as_trusted_code() -> None:
+    """A response's background tasks (the application's own code, run after the response)
+    validate stored data holding references: they ran inside the request's boundary, where
+    every such validation failed with "A reference is not accepted here"."""
+    from fastapi import BackgroundTasks
+
+    class Invoice(BaseModel):
+        customer: Customer
+
+    done: list[str] = []
+
+    async def bill(stored: dict[str, Any]) -> None:
+        invoice = await pydantic_toast.avalidate(Invoice, stored)
+        done.append(invoice.customer.name)
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/bill", status_code=202)
+    async def queue_bill(tasks: BackgroundTasks) -> None:
+        stored = await pydantic_toast.adump(Invoice(customer=Customer(name="Ada")))
+        tasks.add_task(bill, stored)
+
+    with TestClient(app) as client:
+        assert client.post("/bill").status_code == 202
+    assert done == ["Ada"]
+
+
 def test_accepting_fields_are_found_through_fastapis_public_field_info() -> None:
     """The one dependency on FastAPI's field objects: route.dependant.*_params[].field_info.
 

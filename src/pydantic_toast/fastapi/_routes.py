@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
 from pydantic_core import core_schema as cs
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pydantic_toast._boundary import (
@@ -92,9 +93,12 @@ class ToastRoute(APIRoute):
                 if accepted:
                     await _prefetch(boundary, request, accepted, routes)
                 with untrusted_input(boundary), signing_responses(keys):
-                    return await handler(request)
+                    response = await handler(request)
             finally:
                 token.var.reset(token)
+            if response.background is not None:
+                response.background = BackgroundTask(_trusted_background, response.background)
+            return response
 
         return handle
 
@@ -137,6 +141,14 @@ def _trusting(endpoint: Callable[..., Any], holder: list[ToastRoute]) -> Callabl
         return _serialized(result) if serialize else result
 
     return acall
+
+
+async def _trusted_background(tasks: BackgroundTask) -> None:
+    """Run a response's background tasks as trusted code: the application's own, run after
+    the response was sent (still inside the request's boundary, where stored data holding
+    references failed to validate)."""
+    with trusted():
+        await tasks()
 
 
 def _response_batch(route: ToastRoute, result: Any) -> tuple[SaveBatch | None, bool]:
