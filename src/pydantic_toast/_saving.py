@@ -551,6 +551,18 @@ class SaveBatch:
             ((url, records),) = self.records.items()
             await self._write(url, list(records.values()))
         else:
+            # Every store's refusals (NaN or NUL on PostgreSQL) before any store is written:
+            # one store's batch written next to another's refusal left a record referencing
+            # children that were never stored.
+            for url, records in self.records.items():
+                backend = self.storage.ready(url) or await self.storage.connected(url)
+                backend.backend.check_records(
+                    [
+                        record
+                        for record, model, *_ in records.values()
+                        if type(model)._toast_settings().codec is None  # encoded: checked as sent
+                    ]
+                )
             await asyncio.gather(
                 *(self._write(url, list(records.values())) for url, records in self.records.items())
             )

@@ -224,6 +224,15 @@ class StorageBackend(ABC):
             await self.save(record.id, record.class_name, record.to_document())
         return None
 
+    def check_records(self, records: Sequence[StoredRecord]) -> None:
+        """Raise ``StorageValidationError`` for a record this store cannot hold, without I/O.
+
+        Called for each store of a tree that spans several, before any of them is written,
+        so that a refusal writes nothing anywhere. Default: every record is accepted (a
+        backend still refuses in :meth:`save_records` what it cannot store).
+        """
+        return  # an optional hook: most stores hold whatever JSON they are given
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read several records, in the order of ``keys``. Default: one ``load`` each."""
         records: list[StoredRecord | None] = []

@@ -664,14 +664,18 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         """How many live records of ``class_name`` are stored."""
         return int(await self._statement("fetchval", "count", class_name, datetime.now(UTC)))
 
+    def check_records(self, records: Sequence[StoredRecord]) -> None:
+        """Refuse NaN, the infinities and the NUL character, which ``jsonb`` cannot hold."""
+        for record in records:
+            refuse_unstorable(record)
+
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         """Write the records, each checked against its expected revision; all or none.
 
         One record is one statement (one round trip). Several are one statement too, inside
         a transaction that a conflict rolls back. ``created_at`` of existing rows is kept.
         """
-        for record in records:
-            refuse_unstorable(record)
+        self.check_records(records)
         if self._replicas is None:  # the common case, without a context manager's cost
             return await self._write(records)
         with self._writing([record.key for record in records]):
