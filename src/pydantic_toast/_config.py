@@ -245,16 +245,21 @@ def _claim(storage: Storage, cls: type[BaseModel], url: StorageURL, name: str) -
     storage.catalog.claim(cls, storage.store_identity(url), name, where=url.masked)
 
 
+_MOST_TTL = 1000 * 365 * 86400
+"""The longest ``ttl``, 1,000 years: an infinite one, or one whose expiry falls past the year
+9999 (about 8,000 years), failed every save on PostgreSQL and SQLite (``OverflowError``)."""
+
+
 def ttl_seconds(ttl: object, owner: str) -> float | None:
     """``ttl`` as positive seconds, or ``None``; ``owner`` (what took it) leads the error."""
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= _MOST_TTL:
         raise StorageConfigurationError(
-            f"{owner}: ttl must be a positive number of seconds or a timedelta, "
-            f"got {shorten(repr(ttl))}"
+            f"{owner}: ttl must be a positive number of seconds or a timedelta, at most 1,000 "
+            f"years (for records that never expire, set no ttl), got {shorten(repr(ttl))}"
         )
     return float(ttl)
 

@@ -204,6 +204,15 @@ def test_ttl_only_where_the_backend_expires_records() -> None:
             x: int
             model_config = ExternalConfigDict(storage="memory://", ttl=-1)
 
+    # Accepted before, then every save on PostgreSQL and SQLite failed with an OverflowError
+    # that named neither the ttl nor the fix.
+    for endless in (float("inf"), 10**12, timedelta(days=999_999)):
+        with pytest.raises(StorageConfigurationError, match="at most 1,000 years"):
+
+            class EndlessTtl(ExternalBaseModel):
+                x: int
+                model_config = ExternalConfigDict(storage="memory://", ttl=endless)
+
 
 def test_schema_version_must_be_positive_int(memory_url: str) -> None:
     """schema_version is checked at definition."""
