@@ -37,7 +37,11 @@ def storage_and_engine_urls(
         yield f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
     else:
         url = request.getfixturevalue("postgres_database_url")
-        yield url, url.replace("postgresql://", "postgresql+asyncpg://")
+        # A spelling of this test's own: an engine handed to the default storage stays there.
+        yield (
+            f"{url}?application_name=t{uuid4().hex[:12]}",
+            url.replace("postgresql://", "postgresql+asyncpg://"),
+        )
     pydantic_toast.close_storage()
 
 
@@ -87,3 +91,49 @@ async def test_saves_and_owned_deletes_through_the_applications_engine_are_kept(
             assert await pydantic_toast.acount(child_class) == 0
     finally:
         await engine.dispose()
+
+
+def test_use_engine_with_storage_lifespan_says_where_to_call_it(
+    storage_and_engine_urls: tuple[str, str],
+) -> None:
+    """Inside the lifespan given to storage_lifespan() the URL is connected already: the error
+    says to call use_engine() at import time or around storage_lifespan() (it said "in the
+    lifespan", which is where it failed), and the latter works."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pydantic_toast import StorageUsageError
+    from pydantic_toast.fastapi import storage_lifespan
+
+    url, engine_url = storage_and_engine_urls
+    parent_class, _ = models_on(url)
+
+    @asynccontextmanager
+    async def inner(app: FastAPI) -> AsyncIterator[None]:
+        pydantic_toast.use_engine(url, create_async_engine(engine_url))
+        yield
+
+    with (
+        pytest.raises(StorageUsageError, match=r"at import time .*storage_lifespan\(\) after"),
+        TestClient(FastAPI(lifespan=storage_lifespan(parent_class, lifespan=inner))),
+    ):
+        pass
+    pydantic_toast.close_storage()
+
+    engine = create_async_engine(engine_url)
+
+    @asynccontextmanager
+    async def outer(app: FastAPI) -> AsyncIterator[None]:
+        pydantic_toast.use_engine(url, engine)
+        async with storage_lifespan(parent_class)(app):
+            yield
+        await engine.dispose()
+
+    with TestClient(FastAPI(lifespan=outer)) as client:
+        reference = client.portal.call(parent_class(name="via the app's engine").asave)
+        assert engine.sync_engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
+        loaded = client.portal.call(parent_class.aload, reference)
+        assert loaded.name == "via the app's engine"

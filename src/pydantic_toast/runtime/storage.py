@@ -125,7 +125,10 @@ class Storage:
         if any(parsed in entry.ready or parsed in entry.opening for entry in self._loops.values()):
             raise StorageUsageError(
                 f"{parsed.masked} is already connected: call use_engine() before the first "
-                "operation on it (at application start-up, or in the lifespan)"
+                "operation on it: at import time (create_async_engine() needs no event loop), "
+                "or in a lifespan that enters pydantic_toast.fastapi.storage_lifespan() after "
+                "it (storage_lifespan() connects its models' storage before it runs the "
+                "lifespan given to it)"
             )
         self._engines[parsed] = engine
 
