@@ -883,6 +883,27 @@ async def test_session_transaction_commits_and_rolls_back(postgres_database_url:
             await note.aload(dropped)
 
 
+async def test_a_save_after_the_session_committed_inside_the_block_names_the_fix(
+    postgres_database_url: str,
+) -> None:
+    """session.commit() inside transaction(session) releases the connection the block joined:
+    a later save there raises StorageUsageError saying to commit after the block (it raised
+    StorageOperationError "the PostgreSQL backend failed during save with
+    ResourceClosedError"), and what was committed stays."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url)
+    try:
+        async with AsyncSession(engine) as session, pydantic_toast.transaction(session):
+            kept = await note(text="kept").asave()
+            await session.commit()
+            with pytest.raises(StorageUsageError, match="commit or roll back after the block"):
+                await note(text="late").asave()
+        assert (await note.aload(kept)).text == "kept"  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 async def test_errors_inside_a_joined_transaction_are_mapped(postgres_database_url: str) -> None:
     """A failing statement on the caller's connection still leaves as a library error."""
     async with _app_engine(postgres_database_url) as engine, engine.connect() as connection:

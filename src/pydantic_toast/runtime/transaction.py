@@ -113,4 +113,12 @@ def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | No
             "pydantic_toast.transaction(): it cannot run on the transaction's connection; "
             "use the async API (await obj.asave(), await Model.aload(...)) inside the block"
         )
+    if joined.connection.closed:
+        # A session's commit() or rollback() releases the connection it handed out: its
+        # statements failed as "the backend failed during save with ResourceClosedError".
+        raise StorageUsageError(
+            "the connection of this pydantic_toast.transaction() block is closed (a session's "
+            "commit() or rollback() inside the block releases it): commit or roll back after "
+            "the block, or open a new transaction() block after the commit"
+        )
     return joined.connection
