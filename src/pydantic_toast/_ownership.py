@@ -22,6 +22,7 @@ from pydantic_toast._loading import Routes, SessionKey, find_references, routes_
 from pydantic_toast._offload import delete_offloaded, load_offloaded
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.runtime.storage import Storage
+from pydantic_toast.runtime.transaction import after_commit, outside
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
@@ -97,6 +98,9 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
     first_error: ExternalStorageError | None = None
     seen: set[SessionKey] = set()
     payloads: list[tuple[StoredRecord, Any]] = []
+    # Inside transaction(), records of stores outside it wait for its commit (with what they
+    # own): deleted now, a rollback would restore their parent referencing them.
+    deferred: dict[SessionKey, Any] = {}
     level = dict(children)
     while level:
         next_level: dict[SessionKey, Any] = {}
@@ -108,6 +112,9 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
         for url, items in by_url.items():
             try:
                 backend = await storage.connected(url)
+                if outside(backend.backend):
+                    deferred.update(items)
+                    continue
                 records = await backend.load_records([(key[1], key[2]) for key, _ in items])
             except ExternalStorageError as exc:
                 first_error = first_error or exc
@@ -139,6 +146,8 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
                 continue
             next_level.update(below)
         level = next_level
+    if deferred:
+        after_commit(lambda: _delete_committed(storage, deferred))
     for record, codec in payloads:  # after their records: a crash leaves payloads, not holes
         try:
             await delete_offloaded(storage, record, codec)
@@ -148,6 +157,16 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
         first_error.add_note(f"owned records left behind (find them as orphans): {_named(left)}")
         raise first_error
     return left
+
+
+async def _delete_committed(storage: Storage, children: dict[SessionKey, Any]) -> None:
+    """Delete ``children`` once the transaction that dropped them committed; a failure is
+    logged (the records are left, as orphans)."""
+    try:
+        await delete_owned(storage, children)
+    except ExternalStorageError as exc:
+        notes = " ".join(getattr(exc, "__notes__", []))
+        logger.warning("deleting owned records after the commit failed: %s %s", exc, notes)
 
 
 def _named(keys: Iterable[SessionKey]) -> str:

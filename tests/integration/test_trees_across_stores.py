@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -54,3 +56,74 @@ async def test_a_value_postgresql_refuses_leaves_the_redis_parent_unwritten(
     reference = await parent.asave()
     assert (await Parent.aload(reference)).child.text == "fixed"
     await pydantic_toast.aclose_storage()
+
+
+async def test_owned_children_outside_the_transaction_wait_for_its_commit(
+    postgres_database_url: str, redis_url: str
+) -> None:
+    """A parent on PostgreSQL deleted or updated inside transaction() keeps its owned children
+    on Redis until the transaction commits: a rollback restores the parent with them, a
+    commit deletes them. They were deleted at once, so a rolled-back delete or update left a
+    stored parent referencing deleted children (every load of it failed)."""
+    from typing import Annotated
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from pydantic_toast import Owned, RecordNotFoundError
+
+    tag = uuid4().hex
+
+    class Attachment(ExternalBaseModel):
+        blob: str
+        model_config = ExternalConfigDict(storage=redis_url, external_name=f"A{tag}")
+
+    class Mail(ExternalBaseModel):
+        subject: str
+        attachments: Annotated[list[Attachment], Owned] = []
+        model_config = ExternalConfigDict(storage=postgres_database_url, external_name=f"M{tag}")
+
+    async def gone(id: object) -> bool:
+        for _ in range(200):  # deleted by a task of its own once the commit is done
+            try:
+                await Attachment.aload(id)
+            except RecordNotFoundError:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    class Abort(Exception):
+        pass
+
+    async_url = postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
+    engine = create_async_engine(async_url)
+
+    async def rolled_back(work: Any) -> None:
+        async def aborted() -> None:
+            async with engine.begin() as connection, pydantic_toast.transaction(connection):
+                await work()
+                raise Abort
+
+        with pytest.raises(Abort):
+            await aborted()
+
+    try:
+        mail = Mail(subject="s", attachments=[Attachment(blob="first")])
+        reference = await mail.asave()
+        first = mail.attachments[0].external_id
+        await rolled_back(lambda: pydantic_toast.adelete(Mail, reference))
+        mail.attachments = [Attachment(blob="second")]
+        await rolled_back(mail.asave)
+        stored = await Mail.aload(reference)
+        assert [a.blob for a in stored.attachments] == ["first"]
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            stored.attachments = [Attachment(blob="third")]
+            await stored.asave()
+            assert (await Attachment.aload(first)).blob == "first"  # until the commit
+        assert await gone(first)
+        third = stored.attachments[0].external_id
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            await pydantic_toast.adelete(Mail, reference)
+        assert await gone(third)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()

@@ -12,11 +12,11 @@ the save, rolls back (:mod:`.rollbacks`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic_toast._exceptions import StorageUsageError
 from pydantic_toast.runtime.rollbacks import Saves, saves_on
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-__all__ = ["Joined", "joined_connection", "joined_save", "transaction"]
+__all__ = ["Joined", "after_commit", "joined_connection", "joined_save", "outside", "transaction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +122,33 @@ def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | No
             "the block, or open a new transaction() block after the commit"
         )
     return joined.connection
+
+
+def outside(backend: object) -> bool:
+    """Whether a :func:`transaction` is open and ``backend``'s store is not in it."""
+    return _joined.get() is not None and joined_save(backend) is None
+
+
+_after_commit_tasks: set[asyncio.Task[Any]] = set()
+
+
+def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run ``work()`` on the open :func:`transaction`'s event loop once it commits; never if
+    it rolls back.
+
+    It runs as a task of its own, outside the transaction, its failures left to ``work``.
+    """
+    joined = _joined.get()
+    if joined is None:
+        raise StorageUsageError("after_commit() is for work inside pydantic_toast.transaction()")
+
+    async def run() -> None:
+        _joined.set(None)  # the task's own copy of the context: outside the transaction
+        await work()
+
+    def start() -> None:
+        task = joined.loop.create_task(run())
+        _after_commit_tasks.add(task)  # kept alive until it ends
+        task.add_done_callback(_after_commit_tasks.discard)
+
+    joined.saves.after_commit(start)
