@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,11 +40,14 @@ from pydantic_toast._codecs import (
 from pydantic_toast._exceptions import ExternalStorageError
 from pydantic_toast._records import RecordKey, StoredRecord
 from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.transaction import after_commit, outside
 
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
     from pydantic_toast.runtime.boundary import Connected
     from pydantic_toast.runtime.storage import Storage
+
+logger = logging.getLogger("pydantic_toast")
 
 __all__ = ["Offloads", "fetch_offloaded", "load_offloaded", "payload_class"]
 
@@ -112,7 +116,9 @@ class Offloads:
 
     async def written(self) -> None:
         """The records are written: delete the payloads they no longer point to."""
-        await self._delete([(m.url, m.class_name, m.old) for m in self.moves if m.old != m.new])
+        await self._delete(
+            [(m.url, m.class_name, m.old) for m in self.moves if m.old != m.new], dropped=True
+        )
 
     async def failed(self, written: Collection[RecordKey] = ()) -> None:
         """The write failed: delete the payloads uploaded for the records it did not write.
@@ -121,17 +127,25 @@ class Offloads:
         ``written``): they keep their new payloads, and their old ones go.
         """
         await self._delete(
-            [
-                (m.url, m.class_name, m.old if m.key in written else m.new)
-                for m in self.moves
-                if m.key not in written or m.old != m.new
-            ]
+            [(m.url, m.class_name, m.new) for m in self.moves if m.key not in written]
         )
+        kept = [m for m in self.moves if m.key in written and m.old != m.new]
+        await self._delete([(m.url, m.class_name, m.old) for m in kept], dropped=True)
 
-    async def _delete(self, targets: list[tuple[StorageURL, str, UUID | None]]) -> None:
+    async def _delete(
+        self, targets: list[tuple[StorageURL, str, UUID | None]], *, dropped: bool = False
+    ) -> None:
+        """Delete payloads; ``dropped``: those that written records no longer point to, which
+        wait for the commit inside :func:`~pydantic_toast.transaction` (see
+        :func:`delete_offloaded`)."""
+
         async def one(url: StorageURL, class_name: str, id: UUID) -> None:
             with contextlib.suppress(ExternalStorageError):  # an orphan at worst
-                await (await self.storage.connected(url)).delete(id, class_name)
+                target = await self.storage.connected(url)
+                if dropped and outside(target.backend):
+                    after_commit(lambda: _delete_committed(target, id, class_name))
+                    return
+                await target.delete(id, class_name)
 
         await asyncio.gather(*(one(u, c, i) for u, c, i in targets if i is not None))
 
@@ -172,8 +186,26 @@ async def fetch_offloaded(
 
 
 async def delete_offloaded(storage: Storage, record: StoredRecord, codec: CodecSettings) -> None:
-    """Delete the payload ``record`` points to, if it is offloaded."""
+    """Delete the payload ``record`` points to, if it is offloaded.
+
+    Inside :func:`~pydantic_toast.transaction`, a payload on a store outside it is deleted
+    once the transaction commits, never if it rolls back: deleted at once, a rollback restored
+    a record pointing at a missing payload, which no load could read.
+    """
     pointer = pointer_of(record)
     if pointer is not None and codec.offload is not None:
         target = await storage.connected(codec.offload)
+        if outside(target.backend):
+            class_name, id = pointer[0], pointer[1]
+            after_commit(lambda: _delete_committed(target, id, class_name))
+            return
         await target.delete(pointer[1], pointer[0])
+
+
+async def _delete_committed(target: Connected, id: UUID, class_name: str) -> None:
+    """Delete a payload once the transaction that dropped it committed; a failure is logged
+    (the payload is left, as an orphan)."""
+    try:
+        await target.delete(id, class_name)
+    except ExternalStorageError as exc:
+        logger.warning("deleting an offloaded payload after the commit failed: %s", exc)

@@ -127,3 +127,65 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()
+
+
+async def test_offloaded_payloads_outside_the_transaction_wait_for_its_commit(
+    postgres_database_url: str, redis_url: str
+) -> None:
+    """A record on PostgreSQL whose payload is offloaded to Redis, deleted or updated inside a
+    transaction() that rolls back, still loads; a committed update deletes the old payload.
+    The payload was deleted at once, so the restored record pointed at a missing payload
+    (StoredDataError on every load)."""
+    from datetime import timedelta
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    class Scan(ExternalBaseModel):
+        pixels: str
+        model_config = ExternalConfigDict(
+            storage=postgres_database_url,
+            offload=redis_url,
+            offload_above=100,
+            external_name=f"S{uuid4().hex}",
+        )
+
+    class Abort(Exception):
+        pass
+
+    engine = create_async_engine(
+        postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
+    )
+
+    async def rolled_back(work: Any) -> None:
+        async def aborted() -> None:
+            async with engine.begin() as connection, pydantic_toast.transaction(connection):
+                await work()
+                raise Abort
+
+        with pytest.raises(Abort):
+            await aborted()
+
+    try:
+        scan = Scan(pixels="x" * 1000)
+        reference = await scan.asave()
+        await rolled_back(lambda: pydantic_toast.adelete(Scan, reference))
+        assert (await Scan.aload(reference)).pixels == "x" * 1000
+        scan.pixels = "y" * 1000
+        await rolled_back(scan.asave)
+        stored = await Scan.aload(reference)
+        assert stored.pixels == "x" * 1000
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            stored.pixels = "z" * 1000
+            await stored.asave()
+        assert (await Scan.aload(reference)).pixels == "z" * 1000
+        # The old payload goes once the commit is done; the one uploaded for the rolled-back
+        # update stays, an orphan (uploads are not undone).
+        for _ in range(200):
+            report = await pydantic_toast.afind_orphaned_payloads(Scan, min_age=timedelta(0))
+            if report.checked == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert (report.checked, len(report.orphans)) == (2, 1)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
