@@ -115,6 +115,14 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
         await rolled_back(mail.asave)
         stored = await Mail.aload(reference)
         assert [a.blob for a in stored.attachments] == ["first"]
+        # A savepoint rolled back undoes the delete in it: the commit of the rest keeps them.
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            savepoint = await connection.begin_nested()
+            await pydantic_toast.adelete(Mail, reference)
+            await savepoint.rollback()
+        await asyncio.sleep(0.2)  # (a deletion task would have run by now)
+        assert (await Attachment.aload(first)).blob == "first"
+        assert [a.blob for a in (await Mail.aload(reference)).attachments] == ["first"]
         async with engine.begin() as connection, pydantic_toast.transaction(connection):
             stored.attachments = [Attachment(blob="third")]
             await stored.asave()

@@ -35,7 +35,8 @@ class Saves:
         savepoints: The savepoints open now, outermost first, each a marker of its own.
         before: Whether a savepoint was open when the connection was first joined: a
             rollback to a savepoint this object never saw begin forgets every save.
-        commit_callbacks: What runs when the transaction commits (see :meth:`after_commit`).
+        commit_callbacks: What runs when the transaction commits (see :meth:`after_commit`),
+            each with the savepoints open when it was handed over (outermost first).
     """
 
     __slots__ = ("before", "commit_callbacks", "entries", "savepoints")
@@ -44,21 +45,26 @@ class Saves:
         self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
         self.savepoints: list[object] = []
         self.before = before
-        self.commit_callbacks: list[Callable[[], None]] = []
+        self.commit_callbacks: list[tuple[Callable[[], None], tuple[object, ...]]] = []
 
     def remember(self, model: Any, identity: Any) -> None:
         """Note that ``model`` was saved; ``identity`` is what it held before."""
         self.entries.append((model, identity, tuple(self.savepoints)))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` when the transaction commits (never if it rolls back)."""
-        self.commit_callbacks.append(callback)
+        """Call ``callback`` when the transaction commits (never if it rolls back, nor if a
+        savepoint open now rolls back).
+
+        SQLAlchemy tells of a commit before it is sent: ``callback`` runs then, so it must not
+        do what a failed commit would make wrong (see docs/backends/postgresql.md).
+        """
+        self.commit_callbacks.append((callback, tuple(self.savepoints)))
 
     def committed(self, *_: Any) -> None:
         """The transaction commits: every save stays, and the commit callbacks run."""
         callbacks = self.commit_callbacks
         self._end()
-        for callback in callbacks:
+        for callback, _ in callbacks:
             callback()
 
     def rolled_back(self, *_: Any) -> None:
@@ -88,8 +94,14 @@ class Saves:
             marker = self.savepoints.pop()
             undone = [entry for entry in self.entries if marker in entry[2]]
             self.entries = [entry for entry in self.entries if marker not in entry[2]]
+            self.commit_callbacks = [
+                (callback, open_then)
+                for callback, open_then in self.commit_callbacks
+                if marker not in open_then
+            ]
         elif self.before:  # begun before this connection was joined: every save is in it
             undone, self.entries = self.entries, []
+            self.commit_callbacks = []
         else:
             return
         self._forget(undone)
