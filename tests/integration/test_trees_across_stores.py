@@ -67,6 +67,7 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
     stored parent referencing deleted children (every load of it failed)."""
     from typing import Annotated
 
+    from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from pydantic_toast import Owned, RecordNotFoundError
@@ -97,6 +98,16 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
     async_url = postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
     engine = create_async_engine(async_url)
 
+    async def failing_commit() -> None:
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            await pydantic_toast.adelete(Mail, reference)
+            for statement in (
+                "CREATE TEMP TABLE wanted (id int PRIMARY KEY)",
+                "CREATE TEMP TABLE wants (id int REFERENCES wanted DEFERRABLE INITIALLY DEFERRED)",
+                "INSERT INTO wants VALUES (1)",  # refused only by the COMMIT
+            ):
+                await connection.exec_driver_sql(statement)
+
     async def rolled_back(work: Any) -> None:
         async def aborted() -> None:
             async with engine.begin() as connection, pydantic_toast.transaction(connection):
@@ -121,6 +132,13 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
             await pydantic_toast.adelete(Mail, reference)
             await savepoint.rollback()
         await asyncio.sleep(0.2)  # (a deletion task would have run by now)
+        assert (await Attachment.aload(first)).blob == "first"
+        assert [a.blob for a in (await Mail.aload(reference)).attachments] == ["first"]
+        # A COMMIT that fails (a deferred constraint) keeps them too: SQLAlchemy tells of the
+        # commit before sending it.
+        with pytest.raises(IntegrityError):
+            await failing_commit()
+        await asyncio.sleep(0.2)
         assert (await Attachment.aload(first)).blob == "first"
         assert [a.blob for a in (await Mail.aload(reference)).attachments] == ["first"]
         async with engine.begin() as connection, pydantic_toast.transaction(connection):

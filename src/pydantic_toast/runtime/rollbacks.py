@@ -8,6 +8,10 @@ transaction through its events, registered once per connection: a commit keeps e
 rollback forgets every save, and a rollback to a savepoint forgets the saves made since that
 savepoint began (the library's own savepoints, around a batch, included). Work that must wait
 for the commit (noting a write for read-your-writes) is handed to :meth:`Saves.after_commit`.
+
+SQLAlchemy tells of a commit before it sends it. Whether the COMMIT then failed (a deferred
+constraint, a lost connection) is noted through the engine's ``handle_error`` event, which
+runs before the transaction is marked inactive: see :meth:`Saves.commit_failed`.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ class Saves:
             each with the savepoints open when it was handed over (outermost first).
     """
 
-    __slots__ = ("before", "commit_callbacks", "entries", "savepoints")
+    __slots__ = ("before", "commit_callbacks", "committing", "entries", "failed", "savepoints")
 
     def __init__(self, before: bool) -> None:
+        self.committing: object | None = None  # the transaction whose COMMIT is on its way
+        self.failed: weakref.WeakSet[Any] = weakref.WeakSet()  # those whose COMMIT raised
         self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
         self.savepoints: list[object] = []
         self.before = before
@@ -60,12 +66,24 @@ class Saves:
         """
         self.commit_callbacks.append((callback, tuple(self.savepoints)))
 
-    def committed(self, *_: Any) -> None:
-        """The transaction commits: every save stays, and the commit callbacks run."""
+    def committed(self, connection: Connection) -> None:
+        """The transaction commits: every save stays, and the commit callbacks run (before
+        the COMMIT is sent: see :meth:`commit_failed`)."""
         callbacks = self.commit_callbacks
         self._end()
+        self.committing = connection.get_transaction()
         for callback, _ in callbacks:
             callback()
+
+    def errored(self, connection: Connection) -> None:
+        """An error on the connection: the COMMIT under way, if any, failed."""
+        committing = self.committing
+        if committing is not None and getattr(committing, "is_active", False):
+            self.failed.add(committing)
+
+    def commit_failed(self, transaction: object) -> bool:
+        """Whether the COMMIT of ``transaction`` (once it is no longer active) failed."""
+        return transaction in self.failed
 
     def rolled_back(self, *_: Any) -> None:
         """The transaction rolled back: every model forgets its save."""
@@ -128,4 +146,17 @@ def saves_on(connection: Connection) -> Saves:
         event.listen(connection, "savepoint", saves.began)
         event.listen(connection, "release_savepoint", saves.released)
         event.listen(connection, "rollback_savepoint", saves.rolled_back_to)
+        engine = connection.engine
+        if engine not in _WATCHED_ENGINES:  # (SQLAlchemy takes handle_error per engine only)
+            event.listen(engine, "handle_error", _errored)
+            _WATCHED_ENGINES.add(engine)
     return saves
+
+
+_WATCHED_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _errored(context: Any) -> None:
+    saves = _SAVES.get(context.connection) if context.connection is not None else None
+    if saves is not None:
+        saves.errored(context.connection)

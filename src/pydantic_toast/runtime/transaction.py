@@ -12,6 +12,7 @@ the save, rolls back (:mod:`.rollbacks`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -42,6 +43,8 @@ class Joined:
     loop: asyncio.AbstractEventLoop
     saves: Saves
 
+
+logger = logging.getLogger("pydantic_toast")
 
 _joined: ContextVar[Joined | None] = ContextVar("pydantic_toast_transaction", default=None)
 
@@ -142,12 +145,23 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
     if joined is None:
         raise StorageUsageError("after_commit() is for work inside pydantic_toast.transaction()")
 
-    async def run() -> None:
+    async def run(committing: object) -> None:
         _joined.set(None)  # the task's own copy of the context: outside the transaction
+        pause = 0.001
+        while getattr(committing, "is_active", False):  # its COMMIT is still on its way
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        if joined.saves.commit_failed(committing):
+            logger.warning(
+                "the transaction's COMMIT failed: the records it would have let go of "
+                "(owned children, offloaded payloads on another store) are kept"
+            )
+            return
         await work()
 
     def start() -> None:
-        task = joined.loop.create_task(run())
+        committing = joined.saves.committing
+        task = joined.loop.create_task(run(committing))
         _after_commit_tasks.add(task)  # kept alive until it ends
         task.add_done_callback(_after_commit_tasks.discard)
 
