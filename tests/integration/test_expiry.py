@@ -199,6 +199,17 @@ def test_saving_an_expired_record_says_it_may_have_expired(storage_url: str) -> 
     assert info.value.ttl == 0.3
 
 
+@pytest.mark.parametrize("storage_url", BACKENDS, indirect=True)
+def test_a_ttl_under_a_millisecond_still_expires(storage_url: str) -> None:
+    """A ttl below Redis' millisecond (0.0004 s) expires like any other; Redis rounded it to 0
+    ms, which its save script reads as "never expires", and the record stayed for good."""
+    note = _note(storage_url, ttl=0.0004)
+    reference = note(text="brief").model_dump()
+    time.sleep(0.05)
+    with pytest.raises(RecordNotFoundError):
+        note.model_validate(reference)
+
+
 class Terminal(io.StringIO):
     """A stderr that says it is a terminal."""
 

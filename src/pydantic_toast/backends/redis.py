@@ -776,7 +776,8 @@ class RedisBackend(RecordBackend):
                 document,
                 created_at,
                 repr(record.created_at.timestamp()).encode(),
-                b"%d" % round(record.ttl * 1000) if record.ttl else b"0",
+                # At least 1 ms: a ttl that rounds to 0 would read as "never expires".
+                b"%d" % max(1, round(record.ttl * 1000)) if record.ttl else b"0",
                 b"" if record.revision is None else b"%d" % record.revision,
             )
         keys = record_keys + [self._index_key_of(r).encode() for r in records]
