@@ -701,8 +701,24 @@ class MisplacedFileBackend(MemoryBackend):
         raise IsADirectoryError(errno.EISDIR, "Is a directory")
 
 
+class ForbiddenFileBackend(MemoryBackend):
+    """A user's file-per-record backend whose record file it may not read."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/records/x.json")
+
+
+class FirewalledBackend(MemoryBackend):
+    """A network backend whose sends a firewall refuses: EPERM from the socket, no file."""
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
 pydantic_toast.register_backend("diskfull", DiskFullBackend)
 pydantic_toast.register_backend("misplacedfile", MisplacedFileBackend)
+pydantic_toast.register_backend("forbiddenfile", ForbiddenFileBackend)
+pydantic_toast.register_backend("firewalled", FirewalledBackend)
 
 
 def test_custom_backend_file_errors_are_not_lost_connections() -> None:
@@ -717,6 +733,17 @@ def test_custom_backend_file_errors_are_not_lost_connections() -> None:
     misplaced = model_on(f"misplacedfile://{uuid4().hex}")
     error = raised(lambda: misplaced.model_validate(misplaced(text="x").model_dump()))
     assert_mapped(error, StorageOperationError, "IsADirectoryError (EISDIR)", "files or disk")
+    forbidden = model_on(f"forbiddenfile://{uuid4().hex}")
+    error = raised(lambda: forbidden.model_validate(forbidden(text="x").model_dump()))
+    assert_mapped(error, StorageOperationError, "PermissionError (EACCES)", "files or disk")
+
+
+def test_a_socket_permission_error_is_not_a_file_problem() -> None:
+    """A PermissionError naming no file (EPERM from a socket a firewall refuses) is not
+    reported as a problem with the store's files or disk."""
+    firewalled = model_on(f"firewalled://{uuid4().hex}")
+    error = raised(lambda: firewalled.model_validate(firewalled(text="x").model_dump()))
+    assert "files or disk" not in str(error)
 
 
 class FoundOnlyBackend(MemoryBackend):

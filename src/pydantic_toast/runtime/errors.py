@@ -616,7 +616,6 @@ _FILE_ERRORS = (
     FileExistsError,
     IsADirectoryError,
     NotADirectoryError,
-    PermissionError,
 )
 _FILE_ERRNOS = frozenset(
     getattr(errno, name)
@@ -626,8 +625,11 @@ _FILE_ERRNOS = frozenset(
 
 
 def _local_file_problem(driver: BaseException) -> bool:
-    return isinstance(driver, _FILE_ERRORS) or (
-        isinstance(driver, OSError) and driver.errno in _FILE_ERRNOS
+    # A PermissionError of a socket (EPERM: a firewall refusing a send) names no file.
+    return (
+        isinstance(driver, _FILE_ERRORS)
+        or (isinstance(driver, PermissionError) and driver.filename is not None)
+        or (isinstance(driver, OSError) and driver.errno in _FILE_ERRNOS)
     )
 
 
