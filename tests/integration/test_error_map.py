@@ -824,6 +824,21 @@ def test_custom_backend_with_revisions_must_return_them() -> None:
     )
 
 
+def test_a_refused_revisions_answer_keeps_the_written_payloads() -> None:
+    """The records were written before their revisions answer was refused: the payloads they
+    were offloaded to stay (they were deleted as a failed write's, leaving the written
+    records pointing at nothing)."""
+    from pydantic_toast._offload import payload_class
+
+    offload = f"memory://{uuid4().hex}"
+    ledger = model_on(f"silentrevisions://{uuid4().hex}", offload=offload, offload_above=1)
+    error = raised(lambda: ledger(text="x" * 1000).model_dump())
+    assert isinstance(error, StorageOperationError)
+    name = payload_class(ledger.__toast_settings__.external_name)  # type: ignore[attr-defined]
+    store = pydantic_toast.current_storage().memory_store(offload.split("://", 1)[1])
+    assert len(store.records(name)) == 1
+
+
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
     """A bad id from the client is a StorageValidationError; stored data that no longer
     validates is a StoredDataError: two classes, two HTTP statuses."""

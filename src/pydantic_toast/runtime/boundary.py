@@ -202,11 +202,14 @@ class Connected:
             answer = "a revision that is not an int of 1 or more"
         else:
             return
-        raise StorageOperationError(
+        error = StorageOperationError(
             f"{type(self.backend).__name__}.save_records wrote the records but answered "
             f"{answer}: a backend with Capability.REVISIONS returns the new revision of each "
             "record, in order (1 for a new record, one more than before otherwise)"
         )
+        # Written: their new offloaded payloads must stay (see Offloads.failed).
+        error.written = frozenset(record.key for record in records)  # type: ignore[attr-defined]
+        raise error
 
     async def write_records(
         self, records: Sequence[StoredRecord], *, again: bool, failed: Exception | None = None
