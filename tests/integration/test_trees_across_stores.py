@@ -150,6 +150,15 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
         async with engine.begin() as connection, pydantic_toast.transaction(connection):
             await pydantic_toast.adelete(Mail, reference)
         assert await gone(third)
+        # Closing the storage right after the commit waits for that work (else cancelled).
+        many = Mail(subject="m", attachments=[Attachment(blob=str(n)) for n in range(50)])
+        await many.asave()
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            await pydantic_toast.adelete(Mail, many)
+        await pydantic_toast.aclose_storage()
+        for attachment in many.attachments:
+            with pytest.raises(RecordNotFoundError):
+                await Attachment.aload(attachment.external_id)
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()

@@ -156,8 +156,12 @@ class Storage:
         """Close the connections this storage opened on the running event loop.
 
         They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn);
-        call this to release them earlier. The next operation reconnects.
+        call this to release them earlier. The next operation reconnects. Work still waiting
+        for a transaction's commit (deleting what it let go of) gets up to 30 s to end first.
         """
+        from pydantic_toast.runtime.transaction import finish_after_commit
+
+        await finish_after_commit(_AFTER_COMMIT_WAIT)
         entry = self._loops.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             # Closing the generator runs its cleanup now: left to the collector, it would
@@ -392,6 +396,10 @@ def _make_default() -> Storage:
 def _forget_after_fork() -> None:
     for storage in list(_live):
         storage._forget_after_fork()
+
+
+_AFTER_COMMIT_WAIT = 30.0
+"""Seconds :meth:`Storage.aclose` waits for work waiting for a transaction's commit."""
 
 
 @atexit.register

@@ -146,6 +146,17 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
         raise StorageUsageError("after_commit() is for work inside pydantic_toast.transaction()")
 
     async def run(committing: object) -> None:
+        try:
+            await committed_work(committing)
+        except asyncio.CancelledError:  # the loop is ending (asyncio.run, a server's shutdown)
+            logger.warning(
+                "work waiting for a transaction's commit was cancelled: records it would have "
+                "deleted (owned children, offloaded payloads on another store) are left; "
+                "find_orphans() and find_orphaned_payloads() find them"
+            )
+            raise
+
+    async def committed_work(committing: object) -> None:
         _joined.set(None)  # the task's own copy of the context: outside the transaction
         pause = 0.001
         while getattr(committing, "is_active", False):  # its COMMIT is still on its way
@@ -166,3 +177,12 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
         task.add_done_callback(_after_commit_tasks.discard)
 
     joined.saves.after_commit(start)
+
+
+async def finish_after_commit(seconds: float) -> None:
+    """Wait, at most ``seconds``, for the running loop's work waiting for commits
+    (see :func:`after_commit`): closing the storage first would cancel it."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _after_commit_tasks if task.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending, timeout=seconds)
