@@ -733,6 +733,25 @@ async def test_save_commits_with_the_callers_transaction(postgres_database_url: 
         assert (await note.aload(reference)).text == "paid"  # type: ignore[attr-defined]
 
 
+async def test_a_batch_in_an_autocommit_block_says_it_cannot_be_atomic(
+    postgres_database_url: str,
+) -> None:
+    """transaction() given an AUTOCOMMIT connection: a batch save there cannot be all or
+    nothing; it is refused naming the cause and the fix (it failed with SQLSTATE 25P01, no
+    cause given), and nothing is written."""
+    note = model_on(postgres_database_url)
+    engine = _engine(postgres_database_url, isolation_level="AUTOCOMMIT")
+    items = [note(text="a"), note(text="b")]
+    try:
+        async with engine.connect() as connection, pydantic_toast.transaction(connection):
+            with pytest.raises(StorageUsageError, match=r"AUTOCOMMIT.*engine\.begin"):
+                await pydantic_toast.adump(items)
+    finally:
+        await engine.dispose()
+    assert await pydantic_toast.acount(note) == 0
+    await pydantic_toast.aclose_storage()
+
+
 async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
     """When the caller's transaction rolls back, neither its row nor the record is stored."""
     note = model_on(postgres_database_url)

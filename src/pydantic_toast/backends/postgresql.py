@@ -48,8 +48,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncTransaction,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Select
 from sqlalchemy.sql.selectable import TableValuedAlias
@@ -58,6 +64,7 @@ from sqlalchemy.util import greenlet_spawn
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     StorageConfigurationError,
+    StorageUsageError,
     StoredDataError,
     shorten,
 )
@@ -98,6 +105,7 @@ from pydantic_toast.backends.sql import (
 from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_arguments
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.boundary import connecting, ended_unknown, not_applied
+from pydantic_toast.runtime.errors import sqlstate
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.transaction import joined_connection, joined_save
@@ -742,7 +750,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         written: dict[RecordKey, int] = {}
         joined = joined_connection(self._same_store)
         if joined is not None:
-            async with joined.begin_nested():  # a conflict undoes this batch, not the caller's work
+            async with await _savepoint(joined):  # a conflict undoes this batch, not the caller's
                 for chunk in chunks:
                     if any(map(staging.is_large, chunk)):
                         raw: Any = await joined.get_raw_connection()
@@ -1212,6 +1220,25 @@ def _timed_out_delete(ended: _Ended) -> NoReturn:
         "the delete has ended since, and the record is gone: removed by this delete, or by "
         "another writer just before it (then this one found nothing to delete), which cannot "
         "be told apart",
+    )
+
+
+async def _savepoint(joined: AsyncConnection) -> AsyncTransaction:
+    """A savepoint of the caller's transaction, for a batch written inside it.
+
+    Raises:
+        StorageUsageError: The caller's connection has no transaction open (``AUTOCOMMIT``),
+            so its batch could not be all or nothing.
+    """
+    try:
+        return await joined.begin_nested()
+    except DBAPIError as exc:
+        if sqlstate(exc) != "25P01":  # no_active_sql_transaction
+            raise
+    raise StorageUsageError(
+        "pydantic_toast.transaction() was given a PostgreSQL connection with no transaction "
+        "open (isolation_level='AUTOCOMMIT'), where a batch save cannot be all or nothing: "
+        "pass a connection without AUTOCOMMIT, inside `async with engine.begin()`"
     )
 
 
