@@ -556,7 +556,7 @@ class SaveBatch:
             # children that were never stored.
             for url, records in self.records.items():
                 backend = self.storage.ready(url) or await self.storage.connected(url)
-                backend.backend.check_records(
+                backend.check_records(
                     [
                         record
                         for record, model, *_ in records.values()

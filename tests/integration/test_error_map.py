@@ -839,6 +839,36 @@ def test_a_refused_revisions_answer_keeps_the_written_payloads() -> None:
     assert len(store.records(name)) == 1
 
 
+class PickyBackend(MemoryBackend):
+    """A user's backend whose check_records hook fails with its own exception."""
+
+    def check_records(self, records: Sequence[StoredRecord]) -> None:
+        raise ValueError("no")
+
+
+pydantic_toast.register_backend("picky", PickyBackend)
+
+
+def test_a_check_records_hook_error_is_mapped_and_nothing_is_written(memory_url: str) -> None:
+    """A tree over two stores runs each store's check_records before writing any: a hook of
+    the user's that raises its own exception is a StorageOperationError naming the backend
+    (it escaped unmapped, a 500 in FastAPI), and the other store is left unwritten."""
+    child = model_on(f"picky://{uuid4().hex}", name="Leaf")
+    parent = type(
+        "Tree",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"leaf": child},
+            "model_config": ExternalConfigDict(
+                storage=memory_url, external_name=f"Tree{uuid4().hex[:10]}"
+            ),
+        },
+    )
+    error = raised(lambda: parent(leaf=child(text="x")).model_dump())
+    assert_mapped(error, StorageOperationError, "Picky backend failed during save", "ValueError")
+    assert pydantic_toast.count(parent) == 0
+
+
 def test_malformed_reference_is_the_clients_fault_stored_damage_is_not(memory_url: str) -> None:
     """A bad id from the client is a StorageValidationError; stored data that no longer
     validates is a StoredDataError: two classes, two HTTP statuses."""

@@ -189,6 +189,21 @@ class Connected:
             self._check_revisions(records, revisions)
         return revisions
 
+    def check_records(self, records: Sequence[StoredRecord]) -> None:
+        """The backend's refusals of ``records`` before anything is written (no I/O; see
+        :meth:`StorageBackend.check_records`), its other errors translated as a save's."""
+        try:
+            self.backend.check_records(records)
+            return
+        except Exception as exc:
+            failure = self._failure(exc, "save", records[0].class_name if records else None)
+            mapped, _ = translate(exc, failure)
+            cause = None if mapped is exc else summary(exc)
+        # Outside the except block: the driver's exception must not become __context__.
+        if cause is None:
+            raise mapped
+        raise mapped from cause
+
     def _check_revisions(self, records: Sequence[StoredRecord], revisions: object) -> None:
         """Refuse a ``save_records`` answer of a backend with revisions that is not one new
         revision per record: models would remember none, and write regardless from then on."""
