@@ -752,6 +752,47 @@ async def test_a_batch_in_an_autocommit_block_says_it_cannot_be_atomic(
     await pydantic_toast.aclose_storage()
 
 
+async def test_a_savepoint_around_a_batch_rolls_back_what_came_before_it(
+    postgres_database_url: str,
+) -> None:
+    """A save, then a batch, inside a savepoint of the caller's that rolls back: the model
+    saved first forgets its save, so saving it again writes it. (A batch that opened two
+    savepoints and released one left a stale one behind: the savepoint's rollback then forgot
+    the wrong saves, and the first model, taken for stored, was never written.)"""
+    note = model_on(postgres_database_url)
+    first = note(text="first")
+    async with _app_engine(postgres_database_url) as engine:
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            savepoint = await connection.begin_nested()
+            await first.asave()
+            await pydantic_toast.adump([note(text="a"), note(text="b")])
+            await savepoint.rollback()
+        assert await pydantic_toast.acount(note) == 0
+        reference = await first.asave()
+        assert (await note.aload(reference)).text == "first"  # type: ignore[attr-defined]
+
+
+async def test_committed_transaction_blocks_let_their_connections_go(
+    postgres_database_url: str,
+) -> None:
+    """What a transaction() block keeps of its connection (its saves' bookkeeping) is let go
+    of once the connection is: a committed block kept it forever (one per request)."""
+    import gc
+
+    from pydantic_toast.runtime import rollbacks
+
+    async with _app_engine(postgres_database_url) as engine:
+        gc.collect()
+        before = len(rollbacks._SAVES)
+        for _ in range(20):
+            async with engine.begin() as connection, pydantic_toast.transaction(connection):
+                pass
+        del connection
+        await engine.dispose()
+        gc.collect()
+        assert len(rollbacks._SAVES) == before
+
+
 async def test_rollback_leaves_neither_row(postgres_database_url: str) -> None:
     """When the caller's transaction rolls back, neither its row nor the record is stored."""
     note = model_on(postgres_database_url)

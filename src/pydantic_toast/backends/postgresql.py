@@ -26,7 +26,7 @@ import ssl
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
 from urllib.parse import urlencode
@@ -53,7 +53,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
-    AsyncTransaction,
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
@@ -108,6 +107,7 @@ from pydantic_toast.runtime.boundary import connecting, ended_unknown, not_appli
 from pydantic_toast.runtime.errors import sqlstate
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
+from pydantic_toast.runtime.rollbacks import saves_on
 from pydantic_toast.runtime.transaction import joined_connection, joined_save
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
@@ -750,7 +750,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         written: dict[RecordKey, int] = {}
         joined = joined_connection(self._same_store)
         if joined is not None:
-            async with await _savepoint(joined):  # a conflict undoes this batch, not the caller's
+            async with _savepoint(joined):  # a conflict undoes this batch, not the caller's
                 for chunk in chunks:
                     if any(map(staging.is_large, chunk)):
                         raw: Any = await joined.get_raw_connection()
@@ -1223,23 +1223,38 @@ def _timed_out_delete(ended: _Ended) -> NoReturn:
     )
 
 
-async def _savepoint(joined: AsyncConnection) -> AsyncTransaction:
-    """A savepoint of the caller's transaction, for a batch written inside it.
+@contextlib.asynccontextmanager
+async def _savepoint(joined: AsyncConnection) -> AsyncIterator[None]:
+    """A savepoint of the caller's transaction around a batch written inside it: released
+    when the block ends, rolled back when it raises.
 
     Raises:
         StorageUsageError: The caller's connection has no transaction open (``AUTOCOMMIT``),
             so its batch could not be all or nothing.
     """
     try:
-        return await joined.begin_nested()
+        savepoint = await joined.begin_nested()
     except DBAPIError as exc:
         if sqlstate(exc) != "25P01":  # no_active_sql_transaction
             raise
-    raise StorageUsageError(
-        "pydantic_toast.transaction() was given a PostgreSQL connection with no transaction "
-        "open (isolation_level='AUTOCOMMIT'), where a batch save cannot be all or nothing: "
-        "pass a connection without AUTOCOMMIT, inside `async with engine.begin()`"
-    )
+        # SQLAlchemy told of the savepoint before sending it: no rollback will end it.
+        if joined.sync_connection is not None:
+            saves_on(joined.sync_connection).released()
+        savepoint = None
+    if savepoint is None:
+        raise StorageUsageError(
+            "pydantic_toast.transaction() was given a PostgreSQL connection with no "
+            "transaction open (isolation_level='AUTOCOMMIT'), where a batch save cannot be all "
+            "or nothing: pass a connection without AUTOCOMMIT, inside `async with "
+            "engine.begin()`"
+        )
+    try:
+        yield
+    except BaseException:
+        if savepoint.is_active:
+            await savepoint.rollback()
+        raise
+    await savepoint.commit()
 
 
 def _columns(records: Sequence[StoredRecord], *, staged: bool = False) -> tuple[Any, ...]:

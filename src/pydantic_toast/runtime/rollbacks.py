@@ -46,7 +46,9 @@ class Saves:
     __slots__ = ("before", "commit_callbacks", "committing", "entries", "failed", "savepoints")
 
     def __init__(self, before: bool) -> None:
-        self.committing: object | None = None  # the transaction whose COMMIT is on its way
+        # The transaction whose COMMIT was last told of, weakly: it holds its connection, the
+        # key of this object in _SAVES, which would then never be let go of.
+        self.committing: weakref.ref[Any] | None = None
         self.failed: weakref.WeakSet[Any] = weakref.WeakSet()  # those whose COMMIT raised
         self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
         self.savepoints: list[object] = []
@@ -71,14 +73,15 @@ class Saves:
         the COMMIT is sent: see :meth:`commit_failed`)."""
         callbacks = self.commit_callbacks
         self._end()
-        self.committing = connection.get_transaction()
+        transaction = connection.get_transaction()
+        self.committing = None if transaction is None else weakref.ref(transaction)
         for callback, _ in callbacks:
             callback()
 
     def errored(self, connection: Connection) -> None:
         """An error on the connection: the COMMIT under way, if any, failed."""
-        committing = self.committing
-        if committing is not None and getattr(committing, "is_active", False):
+        committing = None if self.committing is None else self.committing()
+        if committing is not None and committing.is_active:
             self.failed.add(committing)
 
     def commit_failed(self, transaction: object) -> bool:
@@ -148,6 +151,8 @@ def saves_on(connection: Connection) -> Saves:
         event.listen(connection, "rollback_savepoint", saves.rolled_back_to)
         engine = connection.engine
         if engine not in _WATCHED_ENGINES:  # (SQLAlchemy takes handle_error per engine only)
+            # After the application's own listeners (SQLAlchemy keeps them first): one that
+            # raises stops the ones after it, and a failed COMMIT then goes unnoticed here.
             event.listen(engine, "handle_error", _errored)
             _WATCHED_ENGINES.add(engine)
     return saves

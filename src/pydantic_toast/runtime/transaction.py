@@ -172,7 +172,7 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
 
     def start() -> None:
         committing = joined.saves.committing
-        task = joined.loop.create_task(run(committing))
+        task = joined.loop.create_task(run(None if committing is None else committing()))
         _after_commit_tasks.add(task)  # kept alive until it ends
         task.add_done_callback(_after_commit_tasks.discard)
 
