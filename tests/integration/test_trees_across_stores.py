@@ -92,9 +92,6 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
             await asyncio.sleep(0.01)
         return False
 
-    class Abort(Exception):
-        pass
-
     async_url = postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
     engine = create_async_engine(async_url)
 
@@ -108,22 +105,13 @@ async def test_owned_children_outside_the_transaction_wait_for_its_commit(
             ):
                 await connection.exec_driver_sql(statement)
 
-    async def rolled_back(work: Any) -> None:
-        async def aborted() -> None:
-            async with engine.begin() as connection, pydantic_toast.transaction(connection):
-                await work()
-                raise Abort
-
-        with pytest.raises(Abort):
-            await aborted()
-
     try:
         mail = Mail(subject="s", attachments=[Attachment(blob="first")])
         reference = await mail.asave()
         first = mail.attachments[0].external_id
-        await rolled_back(lambda: pydantic_toast.adelete(Mail, reference))
+        await _rolled_back(engine, lambda: pydantic_toast.adelete(Mail, reference))
         mail.attachments = [Attachment(blob="second")]
-        await rolled_back(mail.asave)
+        await _rolled_back(engine, mail.asave)
         stored = await Mail.aload(reference)
         assert [a.blob for a in stored.attachments] == ["first"]
         # A savepoint rolled back undoes the delete in it: the commit of the rest keeps them.
@@ -184,29 +172,17 @@ async def test_offloaded_payloads_outside_the_transaction_wait_for_its_commit(
             external_name=f"S{uuid4().hex}",
         )
 
-    class Abort(Exception):
-        pass
-
     engine = create_async_engine(
         postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
     )
 
-    async def rolled_back(work: Any) -> None:
-        async def aborted() -> None:
-            async with engine.begin() as connection, pydantic_toast.transaction(connection):
-                await work()
-                raise Abort
-
-        with pytest.raises(Abort):
-            await aborted()
-
     try:
         scan = Scan(pixels="x" * 1000)
         reference = await scan.asave()
-        await rolled_back(lambda: pydantic_toast.adelete(Scan, reference))
+        await _rolled_back(engine, lambda: pydantic_toast.adelete(Scan, reference))
         assert (await Scan.aload(reference)).pixels == "x" * 1000
         scan.pixels = "y" * 1000
-        await rolled_back(scan.asave)
+        await _rolled_back(engine, scan.asave)
         stored = await Scan.aload(reference)
         assert stored.pixels == "x" * 1000
         async with engine.begin() as connection, pydantic_toast.transaction(connection):
@@ -224,3 +200,19 @@ async def test_offloaded_payloads_outside_the_transaction_wait_for_its_commit(
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()
+
+
+class _Abort(Exception):
+    """Raised inside a transaction() block to roll it back."""
+
+
+async def _rolled_back(engine: Any, work: Any) -> None:
+    """Run ``work()`` inside ``transaction()`` on ``engine``, then roll the transaction back."""
+
+    async def aborted() -> None:
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            await work()
+            raise _Abort
+
+    with pytest.raises(_Abort):
+        await aborted()
