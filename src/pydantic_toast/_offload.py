@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
     from pydantic_toast.runtime.boundary import Connected
     from pydantic_toast.runtime.storage import Storage
 
-logger = logging.getLogger("pydantic_toast")
+_LEFT = "an offloaded payload"
 
 __all__ = ["Offloads", "fetch_offloaded", "load_offloaded", "payload_class"]
 
@@ -143,7 +142,7 @@ class Offloads:
             with contextlib.suppress(ExternalStorageError):  # an orphan at worst
                 target = await self.storage.connected(url)
                 if dropped and outside(target.backend):
-                    after_commit(lambda: _delete_committed(target, id, class_name))
+                    after_commit(lambda: target.delete(id, class_name), left=_LEFT)
                     return
                 await target.delete(id, class_name)
 
@@ -197,15 +196,6 @@ async def delete_offloaded(storage: Storage, record: StoredRecord, codec: CodecS
         target = await storage.connected(codec.offload)
         if outside(target.backend):
             class_name, id = pointer[0], pointer[1]
-            after_commit(lambda: _delete_committed(target, id, class_name))
+            after_commit(lambda: target.delete(id, class_name), left=_LEFT)
             return
         await target.delete(pointer[1], pointer[0])
-
-
-async def _delete_committed(target: Connected, id: UUID, class_name: str) -> None:
-    """Delete a payload once the transaction that dropped it committed; a failure is logged
-    (the payload is left, as an orphan)."""
-    try:
-        await target.delete(id, class_name)
-    except ExternalStorageError as exc:
-        logger.warning("deleting an offloaded payload after the commit failed: %s", exc)

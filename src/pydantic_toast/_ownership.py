@@ -9,7 +9,6 @@ references a deleted child.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
 
 __all__ = ["Owned", "delete_owned", "owned_keys", "owns_children", "replaced_children"]
-
-logger = logging.getLogger("pydantic_toast")
 
 
 class _OwnedMarker:
@@ -147,7 +144,7 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
             next_level.update(below)
         level = next_level
     if deferred:
-        after_commit(lambda: _delete_committed(storage, deferred))
+        after_commit(lambda: delete_owned(storage, deferred), left="owned records")
     for record, codec in payloads:  # after their records: a crash leaves payloads, not holes
         try:
             await delete_offloaded(storage, record, codec)
@@ -157,16 +154,6 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
         first_error.add_note(f"owned records left behind (find them as orphans): {_named(left)}")
         raise first_error
     return left
-
-
-async def _delete_committed(storage: Storage, children: dict[SessionKey, Any]) -> None:
-    """Delete ``children`` once the transaction that dropped them committed; a failure is
-    logged (the records are left, as orphans)."""
-    try:
-        await delete_owned(storage, children)
-    except ExternalStorageError as exc:
-        notes = " ".join(getattr(exc, "__notes__", []))
-        logger.warning("deleting owned records after the commit failed: %s %s", exc, notes)
 
 
 def _named(keys: Iterable[SessionKey]) -> str:

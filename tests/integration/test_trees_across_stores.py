@@ -216,3 +216,58 @@ async def _rolled_back(engine: Any, work: Any) -> None:
 
     with pytest.raises(_Abort):
         await aborted()
+
+
+async def test_a_failed_deletion_after_the_commit_is_logged_with_what_it_left(
+    postgres_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owned children a committed transaction let go of, on a Redis that went away before
+    the commit: their deletion fails in the task that runs after the commit, and the warning
+    says which kind of records were left behind (they are found later as orphans)."""
+    from typing import Annotated
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from pydantic_toast import Owned
+    from tests import servers
+
+    tag = uuid4().hex
+    redis = servers.TempRedis()
+    try:
+
+        class Attachment(ExternalBaseModel):
+            blob: str
+            model_config = ExternalConfigDict(
+                storage=f"redis://127.0.0.1:{redis.port}/0?prefix=t{tag}",
+                external_name=f"A{tag}",
+            )
+
+        class Mail(ExternalBaseModel):
+            subject: str
+            attachments: Annotated[list[Attachment], Owned] = []
+            model_config = ExternalConfigDict(
+                storage=postgres_database_url, external_name=f"M{tag}"
+            )
+
+        engine = create_async_engine(
+            postgres_database_url.replace("postgresql:", "postgresql+asyncpg:")
+        )
+        try:
+            mail = Mail(subject="s", attachments=[Attachment(blob="first")])
+            await mail.asave()
+            caplog.set_level("WARNING", logger="pydantic_toast")
+            async with engine.begin() as connection, pydantic_toast.transaction(connection):
+                await pydantic_toast.adelete(Mail, mail)
+                redis.stop()
+            await pydantic_toast.aclose_storage()  # waits for the work after the commit
+        finally:
+            await engine.dispose()
+    finally:
+        redis.stop()
+        await pydantic_toast.aclose_storage()
+    warnings = [
+        r.getMessage() for r in caplog.records if "after a transaction's commit" in r.getMessage()
+    ]
+    assert len(warnings) == 1, caplog.text
+    assert "owned records left" in warnings[0]
+    assert f"A{tag} {mail.attachments[0].external_id}" in warnings[0]  # the note: which

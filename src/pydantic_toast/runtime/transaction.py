@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic_toast._exceptions import StorageUsageError
+from pydantic_toast._exceptions import ExternalStorageError, StorageUsageError
 from pydantic_toast.runtime.rollbacks import Saves, saves_on
 
 if TYPE_CHECKING:
@@ -135,11 +135,12 @@ def outside(backend: object) -> bool:
 _after_commit_tasks: set[asyncio.Task[Any]] = set()
 
 
-def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
+def after_commit(work: Callable[[], Coroutine[Any, Any, object]], *, left: str) -> None:
     """Run ``work()`` on the open :func:`transaction`'s event loop once it commits; never if
     it rolls back.
 
-    It runs as a task of its own, outside the transaction, its failures left to ``work``.
+    It runs as a task of its own, outside the transaction. A storage error it raises is logged
+    as a warning naming ``left``, what the failure leaves behind (found later as orphans).
     """
     joined = _joined.get()
     if joined is None:
@@ -148,6 +149,11 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]]) -> None:
     async def run(committing: object) -> None:
         try:
             await committed_work(committing)
+        except ExternalStorageError as exc:
+            notes = "".join(f" {note}" for note in getattr(exc, "__notes__", ()))
+            logger.warning(
+                "work after a transaction's commit failed, %s left: %s%s", left, exc, notes
+            )
         except asyncio.CancelledError:  # the loop is ending (asyncio.run, a server's shutdown)
             logger.warning(
                 "work waiting for a transaction's commit was cancelled: records it would have "
