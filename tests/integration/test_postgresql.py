@@ -943,6 +943,36 @@ async def test_session_transaction_commits_and_rolls_back(postgres_database_url:
             await note.aload(dropped)
 
 
+async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
+    postgres_database_url: str,
+) -> None:
+    """session.begin_nested() inside transaction(session), then a single save, a batch save
+    and a delete, then the savepoint's rollback: none of them is stored, the models forget
+    their saves, and what was saved before the savepoint commits. SQLAlchemy emits a
+    session's SAVEPOINT only at its next use of the connection, so the library's statements
+    ran before it: the rollback undid nothing, and all three were committed."""
+    note = model_on(postgres_database_url)
+    async with _app_engine(postgres_database_url) as engine:
+        doomed = await note(text="doomed").asave()
+        session = AsyncSession(engine)
+        async with session, session.begin(), pydantic_toast.transaction(session):
+            before = await note(text="before").asave()
+            savepoint = await session.begin_nested()
+            single = note(text="single")
+            await single.asave()
+            pair = [note(text="one"), note(text="two")]
+            await pydantic_toast.adump(pair)
+            await pydantic_toast.adelete(note, doomed)
+            await savepoint.rollback()
+            assert single.external_revision is None
+            assert [model.external_revision for model in pair] == [None, None]
+        assert (await note.aload(before)).text == "before"  # type: ignore[attr-defined]
+        assert (await note.aload(doomed)).text == "doomed"  # type: ignore[attr-defined]
+        assert await pydantic_toast.acount(note) == 2
+        await single.asave()  # still new to the store: written, not taken for unchanged
+        assert (await note.aload(single.external_id)).text == "single"  # type: ignore[attr-defined]
+
+
 async def test_a_save_after_the_session_committed_inside_the_block_names_the_fix(
     postgres_database_url: str,
 ) -> None:

@@ -209,6 +209,39 @@ async def test_a_large_multibyte_record_is_json_text_sqlite_reads(
     )
 
 
+async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """session.begin_nested() inside transaction(session), a save and a batch save, then the
+    savepoint's rollback: neither is stored and the models forget their saves. The session
+    emits its SAVEPOINT only at its next use of the connection: both were committed."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    path = tmp_path / "nested.db"
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        session = AsyncSession(engine)
+        async with session, session.begin(), pydantic_toast.transaction(session):
+            await Memo(text="before").asave()
+            savepoint = await session.begin_nested()
+            single, pair = Memo(text="single"), [Memo(text="one"), Memo(text="two")]
+            await single.asave()
+            await pydantic_toast.adump(pair)
+            await savepoint.rollback()
+        assert [single.external_revision, *(m.external_revision for m in pair)] == [None] * 3
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert list(db.execute("SELECT data FROM external_records")) == [('{"text":"before"}',)]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
 async def test_a_batch_inside_the_callers_transaction_commits_and_rolls_back_with_it(
     tmp_path: Path, sqlite_template: Path
 ) -> None:

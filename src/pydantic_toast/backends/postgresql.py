@@ -108,7 +108,7 @@ from pydantic_toast.runtime.errors import sqlstate
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.rollbacks import saves_on
-from pydantic_toast.runtime.transaction import joined_connection, joined_save
+from pydantic_toast.runtime.transaction import joined_save, statement_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
 
@@ -748,7 +748,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         )
         chunks = [records[start:end] for start, end in spans]
         written: dict[RecordKey, int] = {}
-        joined = joined_connection(self._same_store)
+        joined = await statement_connection(self._same_store)
         if joined is not None:
             async with _savepoint(joined):  # a conflict undoes this batch, not the caller's
                 for chunk in chunks:
@@ -832,7 +832,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         :func:`~pydantic_toast.transaction` on this database, it runs on the caller's
         connection, in the caller's transaction.
         """
-        joined = joined_connection(self._same_store)
+        joined = await statement_connection(self._same_store)
         if joined is not None:
             result = await joined.exec_driver_sql(_SQL[name], args)
             if kind == "execute":

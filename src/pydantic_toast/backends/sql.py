@@ -43,7 +43,7 @@ from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import counts_table, records_table
 from pydantic_toast.runtime.boundary import connecting
 from pydantic_toast.runtime.loops import is_library_loop
-from pydantic_toast.runtime.transaction import joined_connection
+from pydantic_toast.runtime.transaction import joined_connection, statement_connection
 
 __all__ = [
     "COUNT",
@@ -551,7 +551,7 @@ class SQLAlchemyBackend(RecordBackend):
 
         Inside :func:`~pydantic_toast.transaction` on this store: the caller's connection.
         """
-        joined = joined_connection(self._same_store)
+        joined = await statement_connection(self._same_store)
         if joined is not None:
             yield joined
             return

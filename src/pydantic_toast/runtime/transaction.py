@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-__all__ = ["Joined", "after_commit", "joined_connection", "joined_save", "outside", "transaction"]
+__all__ = [
+    "Joined",
+    "after_commit",
+    "joined_connection",
+    "joined_save",
+    "outside",
+    "statement_connection",
+    "transaction",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +45,14 @@ class Joined:
         connection: The caller's connection.
         loop: Its event loop.
         saves: What its models forget if its transaction rolls back (see :mod:`.rollbacks`).
+        session: The caller's session, when it handed one: its connection is asked for again
+            before each statement (see :func:`statement_connection`).
     """
 
     connection: AsyncConnection
     loop: asyncio.AbstractEventLoop
     saves: Saves
+    session: AsyncSession | None = None
 
 
 logger = logging.getLogger("pydantic_toast")
@@ -71,14 +82,15 @@ async def transaction(target: AsyncConnection | AsyncSession) -> AsyncIterator[A
     """
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    connection = await target.connection() if isinstance(target, AsyncSession) else target
+    session = target if isinstance(target, AsyncSession) else None
+    connection = target if not isinstance(target, AsyncSession) else await target.connection()
     if connection.sync_connection is None:
         raise StorageUsageError(
             "pydantic_toast.transaction() was given a connection that is not open: pass it "
             "inside `async with engine.connect() as connection:` (or engine.begin())"
         )
     saves = saves_on(connection.sync_connection)
-    token = _joined.set(Joined(connection, asyncio.get_running_loop(), saves))
+    token = _joined.set(Joined(connection, asyncio.get_running_loop(), saves, session))
     try:
         yield connection
     finally:
@@ -119,12 +131,38 @@ def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | No
     if joined.connection.closed:
         # A session's commit() or rollback() releases the connection it handed out: its
         # statements failed as "the backend failed during save with ResourceClosedError".
-        raise StorageUsageError(
-            "the connection of this pydantic_toast.transaction() block is closed (a session's "
-            "commit() or rollback() inside the block releases it): commit or roll back after "
-            "the block, or open a new transaction() block after the commit"
-        )
+        raise _closed()
     return joined.connection
+
+
+async def statement_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | None:
+    """The connection a statement on a store ``same_store`` accepts runs on: the caller's,
+    inside a :func:`transaction` on that store (else ``None``).
+
+    A session is asked for its connection first: ``session.begin_nested()`` begins its
+    savepoint only at the session's next use, so a statement run on the connection without
+    asking ran before the SAVEPOINT, and rolling the savepoint back kept its write.
+
+    Raises:
+        StorageUsageError: See :func:`joined_connection`.
+    """
+    connection = joined_connection(same_store)
+    if connection is None:
+        return None
+    session = _joined.get().session  # type: ignore[union-attr]  # (joined: not None)
+    if session is not None:
+        current = await session.connection()  # emits the SAVEPOINT of a begin_nested()
+        if current.sync_connection is not connection.sync_connection:
+            raise _closed()
+    return connection
+
+
+def _closed() -> StorageUsageError:
+    return StorageUsageError(
+        "the connection of this pydantic_toast.transaction() block is closed (a session's "
+        "commit() or rollback() inside the block releases it): commit or roll back after "
+        "the block, or open a new transaction() block after the commit"
+    )
 
 
 def outside(backend: object) -> bool:
