@@ -58,6 +58,25 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"pydantic-toast {pydantic_toast.__version__}"
 
 
+def test_python_dash_m_runs_the_command_line(tmp_path: Path) -> None:
+    """``python -m pydantic_toast`` is the same command line (where the script is not on
+    PATH): it migrates a SQLite file and exits 0."""
+    path = tmp_path / "m.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "pydantic_toast", "migrate", f"sqlite:///{path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT count(*) FROM external_records").fetchone() == (0,)
+    finally:
+        db.close()
+
+
 def test_exit_codes_are_documented() -> None:
     """Each exit code has a meaning, shown in --help."""
     assert set(EXIT_CODES) == {0, 1, 2, 3}
