@@ -619,6 +619,12 @@ def test_custom_backend_json_decode_error_is_stored_data_error_not_validation_er
         pytest.fail("a corrupt record loaded")
     assert not isinstance(error, pydantic.ValidationError)
     assert_mapped(error, StoredDataError, "cannot be read", "JSONDecodeError", "damaged")
+    # A URL without a host (a folder) is named by its path, not as "CorruptFile at localhost".
+    on_a_path = model_on(f"corruptfile:///var/data/{uuid4().hex}")
+    with pytest.raises(StoredDataError) as info:
+        on_a_path.model_validate(on_a_path(text="x").model_dump())
+    assert "CorruptFile (corruptfile:///var/data/" in str(info.value)
+    assert "localhost" not in str(info.value)
 
 
 def test_custom_backend_json_decode_error_answers_500_in_fastapi() -> None:

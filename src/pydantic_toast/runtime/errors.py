@@ -100,8 +100,9 @@ class Failure:
 
     @property
     def where(self) -> str:
-        """``Backend at host:port`` for messages."""
-        if self.url.scheme in ("memory", "sqlite", "sqlite+aiosqlite"):
+        """``Backend at host:port`` for messages; ``Backend (url)`` for a store without a host
+        (a file path, ``memory://``), which ``localhost`` would misname."""
+        if not self.url.host or self.url.scheme in ("memory", "sqlite", "sqlite+aiosqlite"):
             return f"{self.backend} ({self.url.masked})"
         return f"{self.backend} at {self.url.address}"
 
