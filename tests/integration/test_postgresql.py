@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 import alembic as alembic_package
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import pydantic_toast
 from pydantic_toast import (
@@ -971,6 +972,48 @@ async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
         assert await pydantic_toast.acount(note) == 2
         await single.asave()  # still new to the store: written, not taken for unchanged
         assert (await note.aload(single.external_id)).text == "single"  # type: ignore[attr-defined]
+
+
+class _AppBase(DeclarativeBase):
+    """An application's own ORM models."""
+
+
+class _Invoice(_AppBase):
+    """An application's own table, for a flush that fails."""
+
+    __tablename__ = "invoices"
+    number: Mapped[int] = mapped_column(primary_key=True)
+
+
+async def test_a_joined_session_serves_concurrent_loads_and_names_a_pending_rollback(
+    postgres_database_url: str,
+) -> None:
+    """Inside transaction(session) after session.begin_nested(): two loads gathered both load
+    (the second asked the session while the first's SAVEPOINT was on its way, and the session
+    refused: "concurrent operations are not permitted"). After a failed flush the session
+    waits for a rollback: a save raises StorageUsageError saying to roll back, not a
+    StorageOperationError "failed during connect"."""
+    from sqlalchemy.exc import IntegrityError
+
+    note = model_on(postgres_database_url)
+    first, second = await note(text="a").asave(), await note(text="b").asave()
+    async with _app_engine(postgres_database_url) as engine:
+        session = AsyncSession(engine)
+        async with session, session.begin(), pydantic_toast.transaction(session):
+            await session.begin_nested()
+            loaded = await asyncio.gather(note.aload(first), note.aload(second))
+            assert [model.text for model in loaded] == ["a", "b"]  # type: ignore[attr-defined]
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE invoices (number int PRIMARY KEY)")
+        session = AsyncSession(engine)
+        async with session, pydantic_toast.transaction(session):
+            session.add_all([_Invoice(number=1), _Invoice(number=1)])
+            with pytest.raises(IntegrityError):
+                await session.flush()
+            with pytest.raises(StorageUsageError, match="roll the session back"):
+                await note(text="late").asave()
+            await session.rollback()
+    assert await pydantic_toast.acount(note) == 2
 
 
 async def test_a_save_after_the_session_committed_inside_the_block_names_the_fix(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import shutil
@@ -235,6 +236,30 @@ async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
             await pydantic_toast.adump(pair)
             await savepoint.rollback()
         assert [single.external_revision, *(m.external_revision for m in pair)] == [None] * 3
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert list(db.execute("SELECT data FROM external_records")) == [('{"text":"before"}',)]
+
+        # The savepoint as the transaction's first statement: sqlite3 had not begun the
+        # transaction, so the SAVEPOINT began one of its own, whose RELEASE committed the save
+        # out of reach of the rollback (and the model took it for rolled back). Two loads
+        # gathered in the savepoint both load.
+        class Abort(Exception):
+            pass
+
+        inner = Memo(text="inner")
+
+        async def saved_then_rolled_back() -> None:
+            session = AsyncSession(engine)
+            async with session, session.begin(), pydantic_toast.transaction(session):
+                async with session.begin_nested():
+                    await inner.asave()
+                    both = await asyncio.gather(Memo.aload(inner), Memo.aload(inner))
+                    assert [memo.text for memo in both] == ["inner", "inner"]
+                raise Abort
+
+        with pytest.raises(Abort):
+            await saved_then_rolled_back()
+        assert inner.external_revision is None
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert list(db.execute("SELECT data FROM external_records")) == [('{"text":"before"}',)]
     finally:

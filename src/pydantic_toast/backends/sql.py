@@ -545,13 +545,19 @@ class SQLAlchemyBackend(RecordBackend):
 
         return await self._run(read)
 
+    async def _before_joined_savepoint(self, connection: AsyncConnection) -> None:
+        """Run inside a joined session's nested transaction before the session emits its
+        savepoint (see :func:`~pydantic_toast.runtime.transaction.statement_connection`)."""
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         """A pooled connection (errors from the connecting step are marked as such).
 
         Inside :func:`~pydantic_toast.transaction` on this store: the caller's connection.
         """
-        joined = await statement_connection(self._same_store)
+        joined = await statement_connection(
+            self._same_store, before_savepoint=self._before_joined_savepoint
+        )
         if joined is not None:
             yield joined
             return

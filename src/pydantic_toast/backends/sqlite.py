@@ -164,12 +164,16 @@ class SQLiteBackend(SQLAlchemyBackend):
 
         return await self._run(write)
 
+    async def _before_joined_savepoint(self, connection: AsyncConnection) -> None:
+        await self._begin_joined(connection)  # a session's SAVEPOINT: the same trap
+
     async def _begin_joined(self, connection: AsyncConnection) -> None:
         """Begin the caller's transaction in the database if sqlite3 has not yet.
 
-        sqlite3 (outside autocommit) begins one before a write statement only: a batch's
-        SAVEPOINT as the transaction's first statement would begin a transaction of its own,
-        whose RELEASE commits the batch, out of reach of the caller's rollback.
+        sqlite3 (outside autocommit) begins one before a write statement only: a SAVEPOINT as
+        the transaction's first statement (a batch's, or a session's ``begin_nested()``)
+        would begin a transaction of its own, whose RELEASE commits, out of reach of the
+        caller's rollback.
         """
         driver: Any = (await connection.get_raw_connection()).driver_connection
         if not driver.in_transaction and driver.isolation_level is not None:

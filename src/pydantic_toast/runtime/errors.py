@@ -100,9 +100,11 @@ class Failure:
 
     @property
     def where(self) -> str:
-        """``Backend at host:port`` for messages; ``Backend (url)`` for a store without a host
-        (a file path, ``memory://``), which ``localhost`` would misname."""
-        if not self.url.host or self.url.scheme in ("memory", "sqlite", "sqlite+aiosqlite"):
+        """``Backend at host:port`` for messages; ``Backend (url)`` for a store with neither
+        host nor port (a file path, ``memory://``), which ``localhost`` would misname."""
+        if self.url.scheme in ("memory", "sqlite", "sqlite+aiosqlite") or not (
+            self.url.host or self.url.port
+        ):
             return f"{self.backend} ({self.url.masked})"
         return f"{self.backend} at {self.url.address}"
 

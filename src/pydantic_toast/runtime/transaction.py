@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageUsageError
@@ -47,12 +47,15 @@ class Joined:
         saves: What its models forget if its transaction rolls back (see :mod:`.rollbacks`).
         session: The caller's session, when it handed one: its connection is asked for again
             before each statement (see :func:`statement_connection`).
+        asking: Held while the session is asked: a session refuses a second task asking
+            while the first one's SAVEPOINT is on its way.
     """
 
     connection: AsyncConnection
     loop: asyncio.AbstractEventLoop
     saves: Saves
     session: AsyncSession | None = None
+    asking: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 logger = logging.getLogger("pydantic_toast")
@@ -135,7 +138,11 @@ def joined_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | No
     return joined.connection
 
 
-async def statement_connection(same_store: Callable[[URL], bool]) -> AsyncConnection | None:
+async def statement_connection(
+    same_store: Callable[[URL], bool],
+    *,
+    before_savepoint: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+) -> AsyncConnection | None:
     """The connection a statement on a store ``same_store`` accepts runs on: the caller's,
     inside a :func:`transaction` on that store (else ``None``).
 
@@ -143,15 +150,36 @@ async def statement_connection(same_store: Callable[[URL], bool]) -> AsyncConnec
     savepoint only at the session's next use, so a statement run on the connection without
     asking ran before the SAVEPOINT, and rolling the savepoint back kept its write.
 
+    Args:
+        same_store: Whether the connection's engine URL reaches the backend's own store.
+        before_savepoint: Awaited, inside a session's nested transaction, before the session
+            is asked (SQLite begins the outer transaction there: see its backend).
+
     Raises:
-        StorageUsageError: See :func:`joined_connection`.
+        StorageUsageError: See :func:`joined_connection`; or the session refuses to be used
+            (it waits for a rollback after a failed flush).
     """
     connection = joined_connection(same_store)
     if connection is None:
         return None
-    session = _joined.get().session  # type: ignore[union-attr]  # (joined: not None)
+    joined = _joined.get()
+    assert joined is not None
+    session = joined.session
     if session is not None:
-        current = await session.connection()  # emits the SAVEPOINT of a begin_nested()
+        from sqlalchemy.exc import InvalidRequestError
+
+        async with joined.asking:
+            if before_savepoint is not None and session.in_nested_transaction():
+                await before_savepoint(connection)
+            try:
+                current = await session.connection()  # emits the SAVEPOINT of a begin_nested()
+            except InvalidRequestError as exc:
+                raise StorageUsageError(
+                    "the session of this pydantic_toast.transaction() block refused the "
+                    f"statement ({type(exc).__name__}): after a failed flush, roll the session "
+                    "back (await session.rollback()) before saving or loading again; and use "
+                    "one session from one task at a time"
+                ) from exc
         if current.sync_connection is not connection.sync_connection:
             raise _closed()
     return connection
@@ -188,7 +216,7 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]], *, left: str) 
         try:
             await committed_work(committing)
         except ExternalStorageError as exc:
-            notes = "".join(f" {note}" for note in getattr(exc, "__notes__", ()))
+            notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
             logger.warning(
                 "work after a transaction's commit failed, %s left: %s%s", left, exc, notes
             )
