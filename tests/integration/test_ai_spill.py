@@ -120,6 +120,24 @@ async def test_a_megabyte_result_is_spilled_and_read_back_in_slices(storage_url:
     assert (stored.tool_name, stored.conversation_id) == ("big", "c")
 
 
+async def test_a_text_holding_nul_characters_is_spilled_and_read_back_exactly(
+    storage_url: str,
+) -> None:
+    """A text return holding NUL characters (a file read as text) is spilled and comes back
+    exactly, to the model slice by slice and to the app: PostgreSQL's jsonb refused it, which
+    failed the tool call and so the whole run."""
+    text = "".join(f"row {i}\x00caf\u00e9 \U0001f600\n" for i in range(3_000))
+    spill = _spill(storage_url, max_chars=10_000, preview_chars=100)
+    agent = Agent(_slice_reader(10_000), capabilities=[spill])
+    agent.tool_plain(name="big")(lambda: text)
+    result = await agent.run("go", conversation_id="nul")
+    assert result.output == "read it all"
+    assert _reassembled(result.all_messages()) == text
+    stored = await spill.aload(_big_ref(result), conversation_id="nul")
+    assert (stored.content, stored.text) == (text, text)
+    assert await spill.adelete_conversation("nul") == 1
+
+
 async def test_the_app_finds_a_spilled_outputs_reference_in_the_parts_metadata(
     storage_url: str,
 ) -> None:

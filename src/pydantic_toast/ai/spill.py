@@ -46,6 +46,11 @@ from pydantic_toast.backends.base import Capability
 __all__ = ["SpillToolOutputs", "SpilledOutput", "select_json_path"]
 
 FORMAT_VERSION = 1
+# Format 2 keeps the text as a JSON string literal, so a NUL character reaches PostgreSQL's
+# jsonb as an escaped backslash, which it stores, not as a \u0000 escape, which it refuses.
+# Only texts holding a NUL are written so: the others stay readable by older versions
+# (workers not yet upgraded during a rolling deploy).
+_ESCAPED_FORMAT = 2
 # The key of a spilled return's reference in its ToolReturnPart's metadata, for the app.
 SPILLED_REF = "spilled_ref"
 
@@ -81,7 +86,9 @@ class _Stored(BaseModel):
     tool_call_id: str
     conversation_id: str | None
     structured: bool
-    text: str  # kept as text: jsonb would normalize numbers in a structured return
+    # Kept as text: jsonb would normalize numbers in a structured return. In format 2 the text
+    # as a JSON string literal (see _ESCAPED_FORMAT).
+    text: str
 
 
 @dataclass
@@ -213,18 +220,19 @@ class SpillToolOutputs(AbstractCapability[Any]):
         self, ctx: RunContext[Any], call: ToolCallPart, text: str, structured: bool
     ) -> UUID:
         now = datetime.now(UTC)
+        escaped = "\x00" in text
         data = {
             "tool_name": call.tool_name,
             "tool_call_id": call.tool_call_id,
             "conversation_id": ctx.conversation_id,
             "structured": structured,
-            "text": text,
+            "text": pydantic_core.to_json(text).decode() if escaped else text,
         }
         record = StoredRecord(
             class_name=self._class_for(ctx.conversation_id),
             id=uuid4(),
             data=pydantic_core.to_json(data),
-            schema_version=FORMAT_VERSION,
+            schema_version=_ESCAPED_FORMAT if escaped else FORMAT_VERSION,
             created_at=now,
             updated_at=now,
             ttl=self._ttl,
@@ -325,16 +333,21 @@ def _parse_id(reference: UUID | str) -> UUID | None:
 
 
 def _decode(record: StoredRecord) -> SpilledOutput:
-    if record.schema_version != FORMAT_VERSION:
+    if record.schema_version not in (FORMAT_VERSION, _ESCAPED_FORMAT):
         raise StoredDataError(
             f"the stored tool output {record.id} has format version {record.schema_version}, "
-            f"not {FORMAT_VERSION}",
+            f"not {FORMAT_VERSION} or {_ESCAPED_FORMAT}",
             class_name=record.class_name,
             id=record.id,
         )
     try:
         stored = _Stored.model_validate_json(record.data)
-        content = pydantic_core.from_json(stored.text) if stored.structured else stored.text
+        text = stored.text
+        if record.schema_version == _ESCAPED_FORMAT:
+            text = pydantic_core.from_json(text)
+            if not isinstance(text, str):
+                raise ValueError("the escaped text is no JSON string")
+        content = pydantic_core.from_json(text) if stored.structured else text
     except (ValidationError, ValueError):
         raise StoredDataError(
             f"the stored record {record.class_name} {record.id} is not a spilled tool output; "
@@ -348,7 +361,7 @@ def _decode(record: StoredRecord) -> SpilledOutput:
         tool_call_id=stored.tool_call_id,
         conversation_id=stored.conversation_id,
         content=content,
-        text=stored.text,
+        text=text,
         created_at=record.created_at,
     )
 
