@@ -19,7 +19,7 @@ from pydantic_toast._saving import collecting, dump_value
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["adump", "avalidate", "dump", "validate"]
+__all__ = ["adump", "adump_through", "avalidate", "dump", "validate"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,14 @@ async def adump(
     """
     with paused_for(_items_in(value)):
         result, batch = collecting(lambda: dump_value(value, mode), force=force)
+    await batch.write()
+    return result
+
+
+async def adump_through(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """:func:`adump` in JSON mode, serializing ``value`` with ``adapter`` (and its config)."""
+    with paused_for(_items_in(value)):
+        result, batch = collecting(lambda: adapter.dump_python(value, mode="json"))
     await batch.write()
     return result
 

@@ -2,11 +2,13 @@
 
 # No `from __future__ import annotations`: the test defines its classes in functions.
 import json
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from uuid import uuid4
 
 import pytest
+from pydantic import BaseModel
 from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
 
 from pydantic_toast import (
@@ -16,6 +18,7 @@ from pydantic_toast import (
     InvalidReferenceError,
     RecordNotFoundError,
     SigningKeys,
+    StorageValidationError,
     sign_reference,
 )
 from pydantic_toast.ai import aload_payload, astore_payload
@@ -52,6 +55,37 @@ async def test_deps_travel_as_a_reference_and_load_on_the_other_side(storage_url
     assert loaded.customer.external_id == deps.customer.external_id
     assert loaded.history == deps.history
     assert loaded.notes == deps.notes
+
+
+async def test_nan_and_infinities_come_back_or_are_refused(storage_url: str) -> None:
+    """NaN and the infinities in deps come back as such, not as None (a float | None field
+    loaded None, a float field failed to validate); PostgreSQL, whose jsonb cannot hold them,
+    refuses them before anything is written."""
+
+    class Scores(BaseModel):
+        best: float
+
+    @dataclass
+    class Deps:
+        score: float | None
+        bounds: list[float]
+        by_name: dict[str, float]
+        model: Scores
+
+    deps = Deps(math.nan, [-math.inf, 1.5, math.inf], {"x": math.nan}, Scores(best=math.inf))
+    namespace = f"t{uuid4().hex[:12]}"
+    if storage_url.startswith("postgresql"):
+        for value in (deps, [math.nan]):
+            with pytest.raises(StorageValidationError, match="NaN"):
+                await astore_payload(storage_url, value, namespace=namespace)
+        return
+    reference = await astore_payload(storage_url, deps, namespace=namespace)
+    loaded = await aload_payload(storage_url, reference, Deps, namespace=namespace)
+    assert loaded.score is not None
+    assert math.isnan(loaded.score)
+    assert loaded.bounds == [-math.inf, 1.5, math.inf]
+    assert math.isnan(loaded.by_name["x"])
+    assert loaded.model == Scores(best=math.inf)
 
 
 async def test_verify_refuses_before_storage_is_touched(storage_url: str) -> None:

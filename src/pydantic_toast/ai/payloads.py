@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import pydantic_core
+from pydantic import ConfigDict, TypeAdapter
 
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import (
@@ -31,7 +32,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
-from pydantic_toast._trees import adump, avalidate
+from pydantic_toast._trees import adump_through, avalidate
 from pydantic_toast.ai._names import PAYLOADS, kind_class_name
 from pydantic_toast.ai._storage import backend, checked_url
 
@@ -39,6 +40,9 @@ __all__ = ["aload_payload", "astore_payload"]
 
 T = TypeVar("T")
 FORMAT_VERSION = 1
+# NaN and the infinities kept as such: by default a float outside a model is dumped as null,
+# which then loads as None (into a float | None) or fails to validate.
+_PAYLOAD = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
 
 
 async def astore_payload(
@@ -62,7 +66,7 @@ async def astore_payload(
     seconds = ttl_seconds(ttl, "astore_payload")
     url = checked_url(storage, seconds)
     class_name = kind_class_name(PAYLOADS, namespace)
-    data = await adump(value, mode="json")
+    data = await adump_through(_PAYLOAD, value)
     now = datetime.now(UTC)
     record = StoredRecord(
         class_name=class_name,
