@@ -642,3 +642,17 @@ async def test_streamed_and_iterated_runs_are_kept_too(storage_url: str) -> None
     assert run.result is not None
     assert run.result.output == "streamed | iterated"
     assert _prompts((await store.aload("modes")).messages) == ["streamed", "iterated"]
+
+
+async def test_a_stream_left_early_appends_nothing(storage_url: str) -> None:
+    """A stream the app stops reading ends no run: nothing is appended (as docs/ai.md says),
+    and the next run continues from the turns before it."""
+    store = _store(storage_url)
+    agent = chat_agent(store)
+    await agent.run("kept", conversation_id="early")
+    async with agent.run_stream("left", conversation_id="early") as streamed:
+        async for _ in streamed.stream_text(delta=True):
+            break
+    assert _prompts((await store.aload("early")).messages) == ["kept"]
+    await agent.run("next", conversation_id="early")
+    assert _prompts((await store.aload("early")).messages) == ["kept", "next"]
