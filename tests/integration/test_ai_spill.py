@@ -264,6 +264,27 @@ async def test_outputs_of_another_conversation_cannot_be_read(storage_url: str) 
     assert (await spill.aload(ref, conversation_id="owner")).content == "secret " * 100
 
 
+async def test_a_threshold_below_the_default_preview_needs_no_preview_setting(
+    storage_url: str,
+) -> None:
+    """max_chars below 2,000 alone is accepted (it failed: the default preview was longer),
+    and the preview is then max_chars characters."""
+    spill = _spill(storage_url, max_chars=100)
+    agent = Agent(_slice_reader(100), capabilities=[spill])
+    agent.tool_plain(name="big")(lambda: "".join(f"{i:04d}" for i in range(100)))
+    result = await agent.run("go", conversation_id="small")
+    note = next(
+        part.model_response_str()
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name == "big"
+    )
+    assert "first 100 characters" in note
+    assert note.endswith("".join(f"{i:04d}" for i in range(25)))
+    assert _reassembled(result.all_messages()) == "".join(f"{i:04d}" for i in range(100))
+
+
 async def test_the_app_gets_a_clear_error_for_an_unknown_output(storage_url: str) -> None:
     """Loading an output that was never stored raises RecordNotFoundError."""
     with pytest.raises(RecordNotFoundError):

@@ -53,6 +53,7 @@ FORMAT_VERSION = 1
 _ESCAPED_FORMAT = 2
 # The key of a spilled return's reference in its ToolReturnPart's metadata, for the app.
 SPILLED_REF = "spilled_ref"
+_PREVIEW_CHARS = 2_000  # the default preview, when max_chars is not smaller
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,8 @@ class SpillToolOutputs(AbstractCapability[Any]):
         storage: A storage URL (or ``env:NAME``) for the spilled outputs.
         max_chars: Returns longer than this many characters are spilled; also the longest
             slice the read tool returns.
-        preview_chars: How many leading characters the model sees in place of a spilled return.
+        preview_chars: How many leading characters the model sees in place of a spilled return
+            (by default 2,000, or ``max_chars`` when that is smaller).
         ttl: Expiry of spilled outputs, where the backend supports it (PostgreSQL, SQLite,
             Redis, memory; not S3).
         namespace: Separates apps sharing one storage. Outputs are stored under
@@ -116,17 +118,20 @@ class SpillToolOutputs(AbstractCapability[Any]):
 
     storage: str
     max_chars: int = 20_000
-    preview_chars: int = 2_000
+    preview_chars: int | None = None
     ttl: float | timedelta | None = None
     namespace: str = TOOL_OUTPUTS
     read_tool_name: str = "read_tool_output"
+    _preview: int = field(init=False, repr=False)
     _url: str = field(init=False, repr=False)
     _class_name: str = field(init=False, repr=False)
     # Outputs read during one run (the per-run copy's own), so slicing reloads nothing.
     _cache: dict[UUID, SpilledOutput] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.preview_chars <= self.max_chars:
+        preview = self.preview_chars
+        self._preview = min(_PREVIEW_CHARS, self.max_chars) if preview is None else preview
+        if not 0 <= self._preview <= self.max_chars:
             raise StorageConfigurationError(
                 "SpillToolOutputs needs 0 <= preview_chars <= max_chars, got "
                 f"preview_chars={self.preview_chars}, max_chars={self.max_chars}"
@@ -246,10 +251,10 @@ class SpillToolOutputs(AbstractCapability[Any]):
         path_hint = ', or json_path="$.key[0]" to select part of it first' if structured else ""
         return (
             f"[The {kind} output of {tool_name} is {len(text):,} characters, too long to show: "
-            f'it is stored as ref="{id}". Below are its first {self.preview_chars:,} characters. '
+            f'it is stored as ref="{id}". Below are its first {self._preview:,} characters. '
             f"Call {self.read_tool_name}(ref, offset, length) to read up to "
             f"{self.max_chars:,} characters from any offset{path_hint}.]\n"
-            f"{text[: self.preview_chars]}"
+            f"{text[: self._preview]}"
         )
 
     async def _read(
