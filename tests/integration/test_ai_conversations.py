@@ -13,7 +13,8 @@ from uuid import uuid4
 
 import pydantic_core
 import pytest
-from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
+from pydantic_ai.capabilities import ProcessHistory
 from pydantic_ai.messages import (
     ModelMessage,
     ModelMessagesTypeAdapter,
@@ -21,6 +22,7 @@ from pydantic_ai.messages import (
     ModelResponse,
     TextPart,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -656,3 +658,41 @@ async def test_a_stream_left_early_appends_nothing(storage_url: str) -> None:
     assert _prompts((await store.aload("early")).messages) == ["kept"]
     await agent.run("next", conversation_id="early")
     assert _prompts((await store.aload("early")).messages) == ["kept", "next"]
+
+
+def _three_tool_calls_then_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls the tool ``step`` three times in each run, then answers."""
+    returns = 0
+    for message in reversed(messages):
+        if isinstance(message, ModelRequest):
+            if any(isinstance(part, UserPromptPart) for part in message.parts):
+                break
+            returns += any(isinstance(part, ToolReturnPart) for part in message.parts)
+    if returns < 3:
+        return ModelResponse(parts=[ToolCallPart("step", {})])
+    return ModelResponse(parts=[TextPart(f"saw {len(messages)} messages")])
+
+
+@pytest.mark.parametrize("keeps_the_run", [False, True], ids=["last-n", "run-aware"])
+async def test_a_history_processor_keeping_the_runs_messages_keeps_its_prompts(
+    storage_url: str, keeps_the_run: bool
+) -> None:
+    """What docs/ai.md says of history processors: one keeping the last 6 messages drops the
+    prompt of an 8-message run from new_messages(), so it is not stored; the guide's recipe,
+    keeping the current run's messages too, stores every prompt."""
+
+    def last_messages(ctx: RunContext[None], messages: list[ModelMessage]) -> list[ModelMessage]:
+        older = messages[:-6] if keeps_the_run else []
+        return [m for m in older if m.run_id == ctx.run_id] + messages[-6:]
+
+    store = _store(storage_url)
+    agent = Agent(
+        FunctionModel(_three_tool_calls_then_answer),
+        capabilities=[PersistentConversation(store), ProcessHistory(last_messages)],
+    )
+    agent.tool_plain(name="step")(lambda: "ok")
+    for prompt in ("p0", "p1"):
+        await agent.run(prompt, conversation_id="processed")
+    stored = (await store.aload("processed")).messages
+    assert _prompts(stored) == (["p0", "p1"] if keeps_the_run else [])
+    assert len(stored) == (16 if keeps_the_run else 14)
