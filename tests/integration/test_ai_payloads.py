@@ -9,9 +9,20 @@ from uuid import uuid4
 
 import pytest
 from pydantic import BaseModel
-from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai import Agent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_toast import (
+    BlockingStorageCallWarning,
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalReference,
@@ -20,8 +31,10 @@ from pydantic_toast import (
     SigningKeys,
     StorageValidationError,
     sign_reference,
+    to_data,
 )
-from pydantic_toast.ai import aload_payload, astore_payload
+from pydantic_toast.ai import SpillToolOutputs, aload_payload, astore_payload
+from pydantic_toast.runtime.blocking import forget_call_sites
 
 
 class Refused(Exception):
@@ -135,3 +148,56 @@ async def test_a_signed_reference_is_checked_before_storage_is_touched(storage_u
             await aload_payload(storage_url, given, dict, verify=with_keys, namespace=namespace)
     with pytest.raises(InvalidReferenceError, match="verify=SigningKeys"):
         await aload_payload(storage_url, signed, dict, namespace=namespace)
+
+
+def _call_then_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls the agent's one tool, then answers with what it returned."""
+    last = messages[-1]
+    if isinstance(last, ModelRequest) and isinstance(last.parts[-1], ToolReturnPart):
+        return ModelResponse(parts=[TextPart(last.parts[-1].model_response_str())])
+    return ModelResponse(parts=[ToolCallPart(info.function_tools[0].name, {})])
+
+
+async def test_a_tool_returns_an_external_models_fields_with_to_data(storage_url: str) -> None:
+    """As docs/ai.md says: returned as is, an external model reaches the model as its
+    reference, and is stored on the way through a blocking call; through to_data, as its
+    fields (nested models too), spilled and read back exactly."""
+
+    class Line(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"L{uuid4().hex}")
+        sku: str
+
+    class Order(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"O{uuid4().hex}")
+        customer: str
+        lines: list[Line]
+
+    reference = await Order(
+        customer="Ada", lines=[Line(sku=f"s{i:04d}") for i in range(99)]
+    ).asave()
+    spill = SpillToolOutputs(storage_url, max_chars=1_000, namespace=f"t{uuid4().hex[:12]}")
+    agent = Agent(FunctionModel(_call_then_answer), capabilities=[spill])
+
+    @agent.tool_plain
+    async def find_order() -> dict[str, object]:
+        return to_data(await Order.aload(reference))
+
+    result = await agent.run("go", conversation_id="orders")
+    [returned] = [
+        part
+        for message in result.all_messages()
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    ]
+    expected = {"customer": "Ada", "lines": [{"sku": f"s{i:04d}"} for i in range(99)]}
+    stored = await spill.aload(returned.metadata["spilled_ref"], conversation_id="orders")
+    assert stored.content == expected
+
+    as_is = Agent(FunctionModel(_call_then_answer))
+    as_is.tool_plain(name="new_order")(lambda: Order(customer="Bob", lines=[]))
+    forget_call_sites()  # the warning comes once per call site
+    with pytest.warns(BlockingStorageCallWarning, match="blocked the running event loop"):
+        answered = await as_is.run("go")
+    assert set(json.loads(answered.output)) == {"class_name", "id"}
+    assert (await Order.aload(json.loads(answered.output))).customer == "Bob"
