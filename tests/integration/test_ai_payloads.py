@@ -91,7 +91,11 @@ async def test_nan_and_infinities_come_back_or_are_refused(storage_url: str) -> 
         for value in (deps, [math.nan]):
             with pytest.raises(StorageValidationError, match="NaN"):
                 await astore_payload(storage_url, value, namespace=namespace)
+        with pytest.raises(StorageValidationError, match="NUL"):
+            await astore_payload(storage_url, ["a\x00b"], namespace=namespace)
         return
+    nul = await astore_payload(storage_url, ["a\x00b"], namespace=namespace)
+    assert await aload_payload(storage_url, nul, list[str], namespace=namespace) == ["a\x00b"]
     reference = await astore_payload(storage_url, deps, namespace=namespace)
     loaded = await aload_payload(storage_url, reference, Deps, namespace=namespace)
     assert loaded.score is not None
