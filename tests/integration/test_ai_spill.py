@@ -455,3 +455,27 @@ async def test_a_list_of_images_passes_through_unspilled(storage_url: str) -> No
     assert returned is not None
     assert returned.content == images
     assert await spill.adelete_conversation("pictures") == 0
+
+
+async def test_an_output_spilled_by_a_failed_run_is_deleted_with_its_conversation(
+    storage_url: str,
+) -> None:
+    """As docs/ai.md says: a run failing after a spill stores no turn, so its conversation is
+    not listed, but deleting the conversation by id deletes the output (and returns 0)."""
+    spill = _spill(storage_url, max_chars=100, preview_chars=10)
+    store = MessageStore(storage_url, namespace=spill.namespace, spill=spill)
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if _last_return(messages) is not None:
+            raise RuntimeError("the provider is overloaded")
+        return ModelResponse(parts=[ToolCallPart("big", {})])
+
+    agent = Agent(FunctionModel(model), capabilities=[PersistentConversation(store), spill])
+    agent.tool_plain(name="big")(lambda: "q" * 1_000)
+    for conversation in ("failed", "also-failed"):
+        with pytest.raises(RuntimeError, match="overloaded"):
+            await agent.run("go", conversation_id=conversation)
+    assert await store.alist() == []
+    assert await store.adelete("failed") == 0
+    assert await spill.adelete_conversation("failed") == 0  # deleted by the line above
+    assert await spill.adelete_conversation("also-failed") == 1  # left by its failed run
