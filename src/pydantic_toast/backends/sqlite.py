@@ -40,7 +40,7 @@ from pydantic_toast.backends.sql_logging import ENGINE_LOGGING_NAME, redact_log_
 from pydantic_toast.backends.sql_table import TABLE_NAME, records_table
 from pydantic_toast.runtime.transaction import joined_connection
 
-__all__ = ["PIECE", "SQLiteBackend", "engine_url"]
+__all__ = ["PIECE", "SQLiteBackend", "configure_connection", "engine_url"]
 
 PIECE = 1 << 20
 """A record whose JSON is longer is written in pieces of this many bytes (blob I/O)."""
@@ -247,7 +247,7 @@ class SQLiteBackend(SQLAlchemyBackend):
             json_deserializer=json_as_text,
             connect_args={"timeout": 10},
         )
-        event.listen(engine.sync_engine, "connect", _configure_connection)
+        event.listen(engine.sync_engine, "connect", configure_connection)
         return engine
 
 
@@ -314,7 +314,8 @@ redact_log_arguments("aiosqlite")  # it logs each call with its SQL parameters a
 redact_log_arguments(f"sqlalchemy.engine.Engine.{ENGINE_LOGGING_NAME}")
 
 
-def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+def configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    """A ``connect`` event listener: WAL mode and a 10 s busy timeout on a new connection."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")

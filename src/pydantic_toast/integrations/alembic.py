@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pydantic_toast._exceptions import StorageConfigurationError
@@ -26,6 +27,7 @@ from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES
 from pydantic_toast.backends.sql_table import COUNTS_TABLE_NAME, TABLE_NAME, metadata
 
 __all__ = [
+    "MIGRATION_LOCK",
     "SCRIPT_LOCATION",
     "VERSION_TABLE",
     "include_name",
@@ -36,6 +38,10 @@ __all__ = [
 
 SCRIPT_LOCATION = "pydantic_toast:migrations"
 VERSION_TABLE = "pydantic_toast_alembic_version"
+MIGRATION_LOCK = 8098726051644142701
+"""The PostgreSQL advisory lock (``pg_advisory_xact_lock``) a migration run holds until it
+commits: concurrent runs (two deploys, two replicas starting) take turns, and the second finds
+the database migrated instead of failing half-way on the first one's tables."""
 _PARTITION = re.compile(r"^external_records_p\d+$")
 
 
@@ -72,7 +78,13 @@ def include_object(
 
 
 def migration_engine(url: str) -> AsyncEngine:
-    """An async engine for running migrations against a storage URL as the library takes it."""
+    """An async engine for running migrations against a storage URL as the library takes it.
+
+    On PostgreSQL its statements have no client-side time limit: the URL's ``command_timeout``
+    (60 s by default) bounds the library's record statements, while a migration of a large
+    table (or one waiting for its lock) takes as long as it takes. The server's
+    ``statement_timeout`` and ``lock_timeout`` still apply.
+    """
     parsed = StorageURL.parse(url)
     if parsed.scheme in POSTGRESQL_SCHEMES:
         from pydantic_toast.backends.postgresql import engine_options
@@ -80,14 +92,19 @@ def migration_engine(url: str) -> AsyncEngine:
         sa_url, options = engine_options(parsed)
         return create_async_engine(
             sa_url,
-            connect_args=options["connect_args"],
+            connect_args={**options["connect_args"], "command_timeout": None},
             hide_parameters=True,
             poolclass=None,
         )
     if parsed.scheme in ("sqlite", "sqlite+aiosqlite"):
-        from pydantic_toast.backends.sqlite import engine_url
+        from pydantic_toast.backends.sqlite import configure_connection, engine_url
 
-        return create_async_engine(engine_url(parsed), hide_parameters=True)
+        engine = create_async_engine(engine_url(parsed), hide_parameters=True)
+        # WAL and the busy timeout as the library's connections have them: a file that
+        # migrate creates is in WAL mode before the library first opens it, so its first
+        # connection need not switch the mode while another process migrates.
+        event.listen(engine.sync_engine, "connect", configure_connection)
+        return engine
     raise StorageConfigurationError(
         f"{parsed.masked}: migrations apply to PostgreSQL and SQLite URLs only; "
         f"{parsed.scheme}:// needs no schema"

@@ -14,7 +14,12 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from pydantic_toast.backends.sql_table import metadata
-from pydantic_toast.integrations.alembic import VERSION_TABLE, include_name, migration_engine
+from pydantic_toast.integrations.alembic import (
+    MIGRATION_LOCK,
+    VERSION_TABLE,
+    include_name,
+    migration_engine,
+)
 
 config = context.config
 
@@ -44,7 +49,24 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
     )
 
 
+def _begin_alone(connection: Connection) -> None:
+    """Begin the one transaction of the whole run, holding off every other migration run.
+
+    Begun before Alembic reads the applied revision, so a second run (two deploys at once)
+    waits, then finds the first one's work committed. On PostgreSQL an advisory lock, released
+    at commit. On SQLite ``BEGIN IMMEDIATE`` takes the write lock, and makes the run one
+    transaction: the driver would otherwise run each CREATE TABLE in autocommit, so a failed
+    run (or a second one) would leave a half-migrated file behind. Alembic sees the
+    transaction as the caller's and leaves its commit to :func:`_run_online`.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _run_sync(connection: Connection) -> None:
+    _begin_alone(connection)
     _configure(connection)
     with context.begin_transaction():
         context.run_migrations()

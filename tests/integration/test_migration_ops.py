@@ -1,0 +1,152 @@
+"""Running the migrations as an operator does: two deploys at once, long upgrades, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pydantic_toast.integrations.cli import main as toast_cli
+
+CLI = [sys.executable, "-m", "pydantic_toast.integrations.cli"]
+
+
+def _waiting_on_locks(url: str, count: int, timeout: float = 30) -> None:
+    """Return once ``count`` other sessions on ``url``'s database wait for a lock."""
+    import asyncpg
+
+    async def wait() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                waiting = await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                if waiting >= count:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"fewer than {count} sessions waited for a lock")
+        finally:
+            await connection.close()
+
+    asyncio.run(wait())
+
+
+def _holding_a_lock(url: str, sql: str, until: threading.Event) -> threading.Thread:
+    """A thread whose session runs ``sql`` in a transaction, held open until ``until`` is set."""
+    import asyncpg
+
+    held = threading.Event()
+
+    async def hold() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            async with connection.transaction():
+                await connection.execute(sql)
+                held.set()
+                await asyncio.to_thread(until.wait, 60)
+        finally:
+            await connection.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    assert held.wait(30), "the lock holder did not start"
+    return thread
+
+
+@pytest.mark.postgresql
+def test_two_migrate_runs_at_once_take_turns(empty_database: str) -> None:
+    """Two `pydantic-toast migrate` runs that both start while the table is busy: both
+    succeed, the second finding the first one's work done. Before, each read revision 0001,
+    both waited for the table, and the second failed on the column the first had added."""
+    assert toast_cli(["migrate", empty_database, "--revision", "0001_external_records"]) == 0
+    release = threading.Event()
+    holder = _holding_a_lock(
+        empty_database, "LOCK TABLE external_records IN ACCESS SHARE MODE", release
+    )
+    try:
+        runs = [
+            subprocess.Popen(
+                [*CLI, "migrate", empty_database],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        _waiting_on_locks(empty_database, 2)
+    finally:
+        release.set()
+        holder.join()
+    results = [(run.wait(120), *run.communicate()) for run in runs]
+    for code, out, err in results:
+        assert code == 0, err
+        assert "migrated to head" in out
+    assert toast_cli(["check", empty_database]) == 0
+
+
+@pytest.mark.postgresql
+def test_migrate_is_not_bounded_by_the_urls_command_timeout(empty_database: str) -> None:
+    """A migration that waits for the table longer than the URL's command_timeout (which
+    bounds record statements) still runs: before, it failed with a bare 'TimeoutError: '."""
+    assert toast_cli(["migrate", empty_database, "--revision", "0004_record_counts"]) == 0
+    release = threading.Event()
+    holder = _holding_a_lock(
+        empty_database, "LOCK TABLE external_records IN ACCESS SHARE MODE", release
+    )
+    timer = threading.Timer(2.5, release.set)
+    timer.start()
+    try:
+        assert toast_cli(["migrate", f"{empty_database}?command_timeout=1"]) == 0
+    finally:
+        timer.cancel()
+        release.set()
+        holder.join()
+    assert toast_cli(["check", empty_database]) == 0
+
+
+@pytest.mark.sqlite
+def test_failed_sqlite_migration_leaves_the_file_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A migrate run that fails half-way (here on a table the file already had) leaves the
+    file unmigrated, and runs again once the cause is fixed. Before, each CREATE TABLE was
+    committed at once: external_records stayed behind without its revision, and every later
+    migrate failed with 'table external_records already exists'."""
+    file = tmp_path / "app.db"
+    with sqlite3.connect(file) as connection:
+        connection.execute("CREATE TABLE external_record_counts (x INTEGER)")
+    url = f"sqlite:///{file}"
+    assert toast_cli(["migrate", url]) == 1
+    assert "external_record_counts already exists" in capsys.readouterr().err
+    with sqlite3.connect(file) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        assert "external_records" not in tables
+        connection.execute("DROP TABLE external_record_counts")
+    assert toast_cli(["migrate", url]) == 0
+    assert toast_cli(["check", url]) == 0
+
+
+@pytest.mark.sqlite
+def test_sqlite_migrate_runs_at_once_all_succeed(tmp_path: Path) -> None:
+    """Four `pydantic-toast migrate` processes on a new file: each exits 0, the file at head
+    in WAL mode. Before, some failed ('table ... already exists', 'expected to match one
+    row', or locked) and could leave a half-made table behind."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    runs = [
+        subprocess.Popen([*CLI, "migrate", url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [(run.wait(120), run.communicate()[1]) for run in runs]
+    assert [code for code, _ in errors] == [0, 0, 0, 0], errors
+    assert toast_cli(["check", url]) == 0
+    with sqlite3.connect(tmp_path / "app.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
