@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -14,6 +15,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast.backends.postgresql import _SQL
 from pydantic_toast.integrations.cli import main as toast_cli
+from tests import servers
 from tests.integration.conftest import _admin, _with_database
 from tests.integration.test_postgresql import alembic, model_on
 
@@ -136,3 +138,33 @@ def test_single_record_statements_hit_one_partition(
     assert len(touched) <= 1, text
     if statement != "insert":
         assert len(touched) == 1 or "Subplans Removed: 7" in text, text
+
+
+@pytest.mark.slow
+def test_partition_connects_with_the_urls_ssl_options(tmp_path: Path) -> None:
+    """On a server that takes only connections with a client certificate, partition uses the
+    URL's sslcert/sslkey as migrate does. Before, it connected with the bare address (the
+    query string dropped: no certificate, sslmode ignored) and the server refused it."""
+    with servers.temp_postgres(start=False) as temp:
+        temp.enable_ssl()
+        client_cert = servers.self_signed_certificate(tmp_path)  # its own CA
+        trusted = temp.data / "client_ca.crt"
+        trusted.write_bytes(client_cert.read_bytes())
+        hba = temp.data / "pg_hba.conf"
+        hba.write_text(
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n"
+        )
+        temp.give(trusted, hba)
+        temp.configure("ssl_ca_file = 'client_ca.crt'")
+        temp.start()
+        url = f"{temp.url()}?sslmode=require&sslcert={client_cert}&sslkey={tmp_path / 'server.key'}"
+        assert toast_cli(["migrate", url]) == 0
+        note = model_on(url)
+        reference = note(text="kept").model_dump()
+        pydantic_toast.close_storage()
+        assert toast_cli(["partition", url, "--partitions", "4"]) == 0
+        assert note.model_validate(reference).text == "kept"  # type: ignore[attr-defined]
+        (kind,) = _query(
+            url, ("SELECT relkind FROM pg_class WHERE relname = 'external_records'", ())
+        )
+        assert kind[0][0] in (b"p", "p")

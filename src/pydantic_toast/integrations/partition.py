@@ -103,15 +103,31 @@ async def partition_statements(connection: Any, partitions: int) -> list[str]:
 
 
 async def partition_table(url: str, partitions: int) -> int:
-    """Partition ``external_records`` at ``url`` in one transaction; return the rows moved."""
+    """Partition ``external_records`` at ``url`` in one transaction; return the rows moved.
+
+    Connects as the library does, with the URL's options (``sslmode`` and the certificate
+    files, ``connect_timeout``, ``application_name``) but no ``command_timeout``: copying a
+    large table takes as long as it takes. Holds the migrations' advisory lock, so a
+    concurrent ``pydantic-toast migrate`` waits until the table is rebuilt.
+    """
     import asyncpg
 
     from pydantic_toast._url import StorageURL
+    from pydantic_toast.backends.postgresql import engine_options
+    from pydantic_toast.integrations.alembic import MIGRATION_LOCK
 
-    address = StorageURL.parse(url).without_query.split("://", 1)[1]
-    connection = await asyncpg.connect(f"postgresql://{address}")
+    address, options = engine_options(StorageURL.parse(url))
+    connection = await asyncpg.connect(
+        host=address.host,
+        port=address.port,
+        user=address.username,
+        password=address.password,
+        database=address.database,
+        **{**options["connect_args"], "command_timeout": None},
+    )
     try:
         async with connection.transaction():
+            await connection.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             for statement in await partition_statements(connection, partitions):
                 await connection.execute(statement)
             return int(await connection.fetchval(f"SELECT count(*) FROM {TABLE}"))
