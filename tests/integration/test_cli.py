@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -346,3 +347,37 @@ def test_module_in_the_current_directory_is_imported(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "checked 0, orphans 0" in result.stderr
+
+
+@pytest.mark.postgresql
+def test_partition_past_the_servers_lock_timeout_names_the_fix(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """partition waiting for a table another session reads, past the lock_timeout a DBA set
+    on the database: exit 1, one line saying nothing was changed and which setting to raise
+    (it was the driver's bare 'canceling statement due to lock timeout')."""
+    assert toast_cli(["migrate", empty_database]) == 0
+    database = empty_database.rsplit("/", 1)[1]
+    _admin(empty_database, f"ALTER DATABASE \"{database}\" SET lock_timeout = '200ms'")
+
+    async def partition_while_read() -> tuple[int, str]:
+        import asyncpg
+
+        reader = await asyncpg.connect(empty_database, server_settings={"lock_timeout": "0"})
+        try:
+            async with reader.transaction():
+                await reader.execute("LOCK TABLE external_records IN ACCESS SHARE MODE")
+                code = await asyncio.to_thread(
+                    toast_cli, ["partition", empty_database, "--partitions", "4"]
+                )
+        finally:
+            await reader.close()
+        return code, capsys.readouterr().err
+
+    code, err = asyncio.run(partition_while_read())
+    assert code == 1
+    assert_one_line(err)
+    assert "lock timeout" in err
+    assert "nothing was changed" in err
+    assert "ALTER ROLE" in err
+    assert toast_cli(["check", empty_database]) == 0  # still at head, not partitioned

@@ -969,3 +969,47 @@ def test_postgres_connection_killed_mid_delete_is_a_connection_error(
     assert_mapped(error, OutcomeUnknownError, "lost after the delete was sent", "load the record")
     assert isinstance(error, StorageConnectionError)
     assert left == 1, "a retried delete would have removed the record"
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("statement_timeout", "the server's statement_timeout ended a statement"),
+        ("lock_timeout", "the server's lock_timeout ended a lock wait"),
+    ],
+)
+def test_servers_own_timeout_is_named_with_its_fix(
+    postgres_admin_url: str, setting: str, named: str
+) -> None:
+    """A save past the statement_timeout or lock_timeout a DBA set on the database names that
+    setting and ALTER ROLE; it used to say 'raise command_timeout in the URL', which cannot
+    lift the server's limit."""
+    import asyncpg
+
+    with throwaway_database(postgres_admin_url, "toast_st_") as url:
+        assert toast_cli(["migrate", url]) == 0
+        database = url.rsplit("/", 1)[1]
+        ledger = model_on(url)
+        item = ledger(text="x")
+        item.model_dump()
+        pydantic_toast.close_storage()
+        _admin(url, f"ALTER DATABASE \"{database}\" SET {setting} = '300ms'")
+
+        async def save_while_locked() -> ExternalStorageError:
+            holder = await asyncpg.connect(url, server_settings={setting: "0"})
+            try:
+                async with holder.transaction():
+                    await holder.execute("SELECT 1 FROM external_records FOR UPDATE")
+                    with pytest.raises(ExternalStorageError) as info:
+                        await pydantic_toast.adump(item, force=True)
+            finally:
+                await holder.close()
+                await pydantic_toast.aclose_storage()
+            return info.value
+
+        error = asyncio.run(save_while_locked())
+    assert isinstance(error, StorageTimeoutError)
+    assert named in str(error)
+    assert f"ALTER ROLE ... SET {setting}" in str(error)
+    assert "raise command_timeout in the URL" not in str(error)

@@ -254,6 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"run `pydantic-toast {args.command}` as the database owner, or grant the user "
                 "CREATE on the schema (and ownership of tables it already holds)"
             )
+        elif args.command in _CHANGES_TABLES and sqlstate(exc) in ("57014", "55P03"):
+            message = (
+                f"the server ended a statement ({message}); the command runs in one "
+                "transaction, so nothing was changed: run it again when the table is less "
+                "busy, or with a longer statement_timeout / lock_timeout for the URL's user "
+                "(ALTER ROLE ... SET statement_timeout = '1h')"
+            )
         hint = "" if args.verbose else " (run again with --verbose for the traceback)"
         print(f"pydantic-toast {args.command}: error: {message}{hint}", file=sys.stderr)
         return EXIT_STORAGE

@@ -223,12 +223,7 @@ def _postgres(
             url=url,
         ), False
     if sqlstate in ("57014", "55P03"):
-        what = "a statement" if sqlstate == "57014" else "a lock wait"
-        return StorageTimeoutError(
-            f"{what} on {where} exceeded its timeout during {failure.operation} (another "
-            "transaction may hold the row): retry, or raise command_timeout in the URL",
-            url=url,
-        ), False
+        return StorageTimeoutError(_server_timeout(sqlstate, exc, failure), url=url), False
     if sqlstate == "57P03":
         return StorageBusyError(
             f"{where} is not accepting connections now (SQLSTATE 57P03: starting up, shutting "
@@ -278,6 +273,42 @@ def _postgres(
 
 # PostgreSQL's message names the missing table or column: the library's own, never user data.
 _UNDEFINED = re.compile(r'^(relation|column) "?(?:\w+\.)?(\w+)"? (?:of relation "\w+" )?does not')
+
+
+def _server_timeout(sqlstate: str, exc: BaseException, failure: Failure) -> str:
+    """What ended a statement the server cancelled (SQLSTATE 57014 or 55P03), and the fix.
+
+    The server's own ``statement_timeout`` and ``lock_timeout`` (a DBA's ``ALTER ROLE`` or
+    ``ALTER DATABASE ... SET``) are told apart by the server's message, which holds no data;
+    the URL's ``command_timeout`` cannot lift them. A message in another language (the
+    server's ``lc_messages``) gets the general text.
+    """
+    where, operation = failure.where, failure.operation
+    reason = next(
+        (str(error) for error in _chain(exc) if getattr(error, "sqlstate", None) == sqlstate),
+        "",
+    )
+    if "statement timeout" in reason:
+        return (
+            f"the server's statement_timeout ended a statement on {where} during {operation} "
+            "(another transaction may hold the row, or the statement is slow): retry, or raise "
+            "statement_timeout for the URL's user or database (ALTER ROLE ... SET "
+            "statement_timeout; the URL's command_timeout does not change it)"
+        )
+    if "lock timeout" in reason:
+        return (
+            f"the server's lock_timeout ended a lock wait on {where} during {operation} "
+            "(another transaction holds the row or the table): retry, or raise lock_timeout for "
+            "the URL's user or database (ALTER ROLE ... SET lock_timeout; the URL's "
+            "command_timeout does not change it)"
+        )
+    what = "a statement" if sqlstate == "57014" else "a lock wait"
+    return (
+        f"{what} on {where} exceeded its timeout or was cancelled during {operation} (another "
+        "transaction may hold the row; the server's statement_timeout or lock_timeout, or a "
+        "cancel request): retry, or raise the timeout that ended it (command_timeout in the "
+        "URL, or the server's statement_timeout or lock_timeout for the URL's user)"
+    )
 
 
 def _missing(exc: BaseException, sqlstate: str) -> str:
