@@ -9,10 +9,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
+import pydantic_toast
 from pydantic_toast.integrations.cli import main as toast_cli
+from tests.integration.conftest import _admin
 
 CLI = [sys.executable, "-m", "pydantic_toast.integrations.cli"]
 
@@ -150,3 +153,38 @@ def test_sqlite_migrate_runs_at_once_all_succeed(tmp_path: Path) -> None:
     assert toast_cli(["check", url]) == 0
     with sqlite3.connect(tmp_path / "app.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.postgresql
+def test_schema_of_its_own_counts_a_dbas_delete(empty_database: str) -> None:
+    """Tables migrated into a schema of their own (the role's search_path): a DBA's DELETE
+    under the default search_path is counted in that schema. Before, the count triggers
+    looked external_record_counts up in the writer's search_path: the DELETE failed with
+    'relation "external_record_counts" does not exist' (or, with another install in public,
+    changed that install's counts)."""
+    from tests.integration.test_postgresql import model_on
+
+    role, password = f"toast_schema_{uuid4().hex[:8]}", "schema-pw-7"
+    database = empty_database.rsplit("/", 1)[1]
+    _admin(
+        empty_database,
+        f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'",
+        f'CREATE SCHEMA shop AUTHORIZATION "{role}"',
+        f'ALTER ROLE "{role}" IN DATABASE "{database}" SET search_path = shop',
+    )
+    head, _, rest = empty_database.partition("://")
+    as_role = f"{head}://{role}:{password}@{rest.rsplit('@', 1)[-1]}"
+    try:
+        assert toast_cli(["migrate", as_role]) == 0
+        note = model_on(as_role)
+        references = [note(text=str(n)).model_dump() for n in range(3)]
+        pydantic_toast.close_storage()
+        _admin(
+            empty_database,
+            f"DELETE FROM shop.external_records WHERE id = '{references[0]['id']}'",
+        )
+        assert pydantic_toast.count(note) == 2
+    finally:
+        pydantic_toast.close_storage()
+        _admin(empty_database, f'DROP OWNED BY "{role}"')
+        _admin(empty_database, f'DROP ROLE IF EXISTS "{role}"')
