@@ -381,3 +381,45 @@ def test_partition_past_the_servers_lock_timeout_names_the_fix(
     assert "nothing was changed" in err
     assert "ALTER ROLE" in err
     assert toast_cli(["check", empty_database]) == 0  # still at head, not partitioned
+
+
+@pytest.mark.sqlite
+def test_current_and_check_name_an_older_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file migrated by an older pydantic-toast (here: to 0003): current prints that
+    revision, check names it (exit 3). Both said 'none', as if never migrated, because the
+    library's own table check failed on the missing columns."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert run(capsys, "migrate", url, "--revision", "0003_record_revisions")[0] == 0
+    code, out, _ = run(capsys, "current", url)
+    assert (code, out.strip()) == (0, "0003_record_revisions")
+    code, out, _ = run(capsys, "check", url)
+    assert code == 3
+    assert "revision: 0003_record_revisions (head: " in out
+
+
+@pytest.mark.sqlite
+def test_revision_of_a_newer_version_names_the_way_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file a newer pydantic-toast migrated (an application rolled back to an older
+    version): check (3), migrate and downgrade (1) say so and name the way back, in one
+    line. check used to advise `pydantic-toast migrate`, which failed with Alembic's bare
+    "Can't locate revision identified by ..."."""
+    file = tmp_path / "newer.db"
+    url = f"sqlite:///{file}"
+    assert run(capsys, "migrate", url)[0] == 0
+    with sqlite3.connect(file) as connection:
+        connection.execute("UPDATE pydantic_toast_alembic_version SET version_num = '0099_next'")
+    code, out, _ = run(capsys, "check", url)
+    assert code == 3
+    assert "at revision 0099_next, which pydantic-toast" in out
+    assert "a newer pydantic-toast migrated it" in out
+    assert "run pydantic-toast migrate" not in out
+    for command in (["migrate"], ["downgrade", "--revision", "base"]):
+        code, _, err = run(capsys, command[0], url, *command[1:])
+        assert code == 1
+        assert_one_line(err)
+        assert "a newer pydantic-toast migrated it" in err
+        assert "downgrade URL --revision 0" in err

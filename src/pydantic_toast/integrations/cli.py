@@ -57,10 +57,27 @@ class CommandError(Exception):
 
 @dataclass
 class Status:
-    """What ``check`` found."""
+    """What ``check`` found.
+
+    Attributes:
+        current: The applied revision (``None``: never migrated).
+        head: The newest revision this version of the package ships.
+        known: Whether ``current`` is one of the package's revisions (``False``: a newer
+            pydantic-toast migrated the database).
+    """
 
     current: str | None
     head: str
+    known: bool = True
+
+    def unknown_revision(self, url: StorageURL) -> str:
+        """The explanation, with the fix, of a revision this version does not ship."""
+        return (
+            f"{url.masked} is at revision {self.current}, which pydantic-toast {_version()} "
+            f"does not know (its head: {self.head}): a newer pydantic-toast migrated it. "
+            "Upgrade pydantic-toast here, or go back with the newer version: its "
+            f"`pydantic-toast downgrade URL --revision {self.head}`"
+        )
 
 
 def alembic_config(url: str) -> Any:
@@ -278,12 +295,18 @@ def _run(command: str, url: str, revision: str | None) -> int:
         status = _status(url)
         at_head = status.current == status.head
         print(f"{masked}: reachable")
+        if not status.known:
+            print(f"  {status.unknown_revision(parsed)}")
+            return EXIT_NOT_AT_HEAD
         print(
             f"  revision: {status.current or 'none'} (head: {status.head}) - "
             + ("migrated" if at_head else "NOT migrated: run pydantic-toast migrate")
         )
         return EXIT_OK if at_head else EXIT_NOT_AT_HEAD
-    _reachable(url, create=command == "migrate")
+    if command in ("migrate", "downgrade"):
+        status = _status(url, create=command == "migrate")
+        if not status.known:  # Alembic would say only "Can't locate revision ..."
+            raise CommandError(status.unknown_revision(parsed), EXIT_STORAGE)
     from alembic import command as alembic_command
 
     config = alembic_config(url)
@@ -617,16 +640,19 @@ def _reachable(url: str, *, create: bool = False) -> bool:
     return asyncio.run(probe())
 
 
-def _status(url: str) -> Status:
+def _status(url: str, *, create: bool = False) -> Status:
+    """The applied and head revisions at ``url`` (``create``: see :func:`_reachable`)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     from pydantic_toast.integrations.alembic import VERSION_TABLE, migration_engine
 
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    script = ScriptDirectory.from_config(alembic_config(url))
+    head = script.get_current_head()
     assert head is not None  # the package ships at least one revision
-    if not _reachable(url):
-        return Status(current=None, head=head)
+    # Raises when the database cannot be reached. A table missing or older than this version
+    # expects (the library's check fails) still has its revision: read it.
+    _reachable(url, create=create)
 
     async def read() -> str | None:
         engine = migration_engine(url)
@@ -640,7 +666,9 @@ def _status(url: str) -> Status:
         finally:
             await engine.dispose()
 
-    return Status(current=asyncio.run(read()), head=head)
+    current = asyncio.run(read())
+    known = current is None or current in {rev.revision for rev in script.walk_revisions()}
+    return Status(current=current, head=head, known=known)
 
 
 def _masked(text: str, url: str) -> str:
