@@ -423,3 +423,20 @@ def test_revision_of_a_newer_version_names_the_way_back(
         assert_one_line(err)
         assert "a newer pydantic-toast migrated it" in err
         assert "downgrade URL --revision 0" in err
+
+
+@pytest.mark.sqlite
+def test_check_at_head_with_the_table_dropped_is_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The version table at head but external_records dropped by hand: check exits 3 and
+    says the tables do not match the revision (not 'migrated', not 'revision: none')."""
+    file = tmp_path / "dropped.db"
+    url = f"sqlite:///{file}"
+    assert run(capsys, "migrate", url)[0] == 0
+    with sqlite3.connect(file) as connection:
+        connection.execute("DROP TABLE external_records")
+    code, out, _ = run(capsys, "check", url)
+    assert code == 3
+    assert "the library's tables do not match it" in out
+    assert "revision: none" not in out

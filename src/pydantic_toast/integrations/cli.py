@@ -64,11 +64,13 @@ class Status:
         head: The newest revision this version of the package ships.
         known: Whether ``current`` is one of the package's revisions (``False``: a newer
             pydantic-toast migrated the database).
+        usable: Whether the library's own check of its tables passed.
     """
 
     current: str | None
     head: str
     known: bool = True
+    usable: bool = True
 
     def unknown_revision(self, url: StorageURL) -> str:
         """The explanation, with the fix, of a revision this version does not ship."""
@@ -298,11 +300,15 @@ def _run(command: str, url: str, revision: str | None) -> int:
         if not status.known:
             print(f"  {status.unknown_revision(parsed)}")
             return EXIT_NOT_AT_HEAD
-        print(
-            f"  revision: {status.current or 'none'} (head: {status.head}) - "
-            + ("migrated" if at_head else "NOT migrated: run pydantic-toast migrate")
-        )
-        return EXIT_OK if at_head else EXIT_NOT_AT_HEAD
+        if at_head and not status.usable:
+            verdict = (
+                "but the library's tables do not match it (dropped or altered by hand?): "
+                "restore them from a backup"
+            )
+        else:
+            verdict = "migrated" if at_head else "NOT migrated: run pydantic-toast migrate"
+        print(f"  revision: {status.current or 'none'} (head: {status.head}) - {verdict}")
+        return EXIT_OK if at_head and status.usable else EXIT_NOT_AT_HEAD
     if command in ("migrate", "downgrade"):
         status = _status(url, create=command == "migrate")
         if not status.known:  # Alembic would say only "Can't locate revision ..."
@@ -652,7 +658,7 @@ def _status(url: str, *, create: bool = False) -> Status:
     assert head is not None  # the package ships at least one revision
     # Raises when the database cannot be reached. A table missing or older than this version
     # expects (the library's check fails) still has its revision: read it.
-    _reachable(url, create=create)
+    usable = _reachable(url, create=create)
 
     async def read() -> str | None:
         engine = migration_engine(url)
@@ -668,7 +674,7 @@ def _status(url: str, *, create: bool = False) -> Status:
 
     current = asyncio.run(read())
     known = current is None or current in {rev.revision for rev in script.walk_revisions()}
-    return Status(current=current, head=head, known=known)
+    return Status(current=current, head=head, known=known, usable=usable)
 
 
 def _masked(text: str, url: str) -> str:
