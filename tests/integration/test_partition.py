@@ -168,3 +168,36 @@ def test_partition_connects_with_the_urls_ssl_options(tmp_path: Path) -> None:
             url, ("SELECT relkind FROM pg_class WHERE relname = 'external_records'", ())
         )
         assert kind[0][0] in (b"p", "p")
+
+
+def test_partitioning_keeps_the_grants_of_the_application_role(postgres_admin_url: str) -> None:
+    """The application connects as its own role, granted what docs/backends/postgresql.md
+    says; after the owner partitions the table, that role still saves, loads and counts.
+    Before, the new table had no grants: every operation failed with 'insufficient
+    privilege' right after the maintenance."""
+    database = f"toast_part_{uuid4().hex[:10]}"
+    role, password = f"toast_app_{uuid4().hex[:8]}", "app-pw-5"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    head, _, rest = url.partition("://")
+    as_app = f"{head}://{role}:{password}@{rest.rsplit('@', 1)[-1]}"
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        _admin(
+            url,
+            f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON external_records, external_record_counts "
+            f'TO "{role}"',
+        )
+        note = model_on(as_app)
+        before = note(text="before").model_dump()
+        pydantic_toast.close_storage()
+        assert toast_cli(["partition", url, "--partitions", "4"]) == 0
+        after = note(text="after").model_dump()
+        assert note.model_validate(before).text == "before"  # type: ignore[attr-defined]
+        assert note.model_validate(after).text == "after"  # type: ignore[attr-defined]
+        assert pydantic_toast.count(note) == 2
+    finally:
+        pydantic_toast.close_storage()
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        _admin(postgres_admin_url, f'DROP ROLE IF EXISTS "{role}"')

@@ -5,10 +5,11 @@ transaction, the table is renamed aside, a partitioned table of the same name is
 (every column it has at the current revision, defaults, NOT NULLs, checks and comments), the
 primary key and indexes are re-created under their own names (a partitioned table's primary key
 must contain the partition key: ``(class_name, id)`` does), ``N`` partitions
-``external_records_p<i>`` are attached (``MODULUS N, REMAINDER i``), the rows are copied, the
-old table dropped and its triggers (the record counts') re-created on the new one. The table
-keeps its name, columns and comments (the DBA view is unchanged), and Alembic's later ``ALTER
-TABLE external_records ADD COLUMN`` reach every partition.
+``external_records_p<i>`` are attached (``MODULUS N, REMAINDER i``), the old table's owner and
+grants are given to the new one, the rows are copied, the old table dropped and its triggers
+(the record counts') re-created on the new one. The table keeps its name, columns, comments,
+owner and grants (the DBA view and the application's access are unchanged), and Alembic's
+later ``ALTER TABLE external_records ADD COLUMN`` reach every partition.
 
 A statement naming one ``(class_name, id)`` (load, save, delete) reaches one partition; listing
 a class reads every partition (a Merge Append over their indexes), counting reads the class's
@@ -68,6 +69,20 @@ async def partition_statements(connection: Any, partitions: int) -> list[str]:
         "WHERE tgrelid = $1::regclass AND NOT tgisinternal ORDER BY tgname",
         TABLE,
     )
+    # The new table is the runner's and has no grants: the old one's owner and privileges
+    # (the application role's SELECT, INSERT, UPDATE, DELETE) are given to it again.
+    owner = await connection.fetchval(
+        "SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = $1::regclass",
+        TABLE,
+    )
+    grants = await connection.fetch(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee,"
+        " a.privilege_type, a.is_grantable "
+        "FROM pg_class c CROSS JOIN aclexplode(c.relacl) a LEFT JOIN pg_roles r "
+        "ON r.oid = a.grantee WHERE c.oid = $1::regclass AND a.grantee <> c.relowner "
+        "ORDER BY 1, 2",
+        TABLE,
+    )
     statements = [
         f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE",
         f"ALTER TABLE {TABLE} RENAME TO {OLD}",
@@ -97,6 +112,11 @@ async def partition_statements(connection: Any, partitions: int) -> list[str]:
             f"CREATE TABLE {TABLE}_p{remainder} PARTITION OF {TABLE} "
             f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {remainder})"
         )
+    for name in (TABLE, *(f"{TABLE}_p{remainder}" for remainder in range(partitions))):
+        statements.append(f"ALTER TABLE {name} OWNER TO {owner}")
+    for row in grants:
+        option = " WITH GRANT OPTION" if row["is_grantable"] else ""
+        statements.append(f"GRANT {row['privilege_type']} ON {TABLE} TO {row['grantee']}{option}")
     statements += [f"INSERT INTO {TABLE} SELECT * FROM {OLD}", f"DROP TABLE {OLD}"]
     statements += [row["definition"] for row in triggers]
     return statements
