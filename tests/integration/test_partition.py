@@ -201,3 +201,28 @@ def test_partitioning_keeps_the_grants_of_the_application_role(postgres_admin_ur
         pydantic_toast.close_storage()
         _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         _admin(postgres_admin_url, f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_view_on_the_table_stops_partitioning_with_the_fix(
+    postgres_admin_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DBA's view on external_records: partition exits 1 naming the view and what to do,
+    and the table stays as it was. Before, the line was the driver's bare 'cannot drop table
+    external_records_unpartitioned because other objects depend on it'."""
+    database = f"toast_part_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        _admin(url, "CREATE VIEW recent_records AS SELECT class_name, id FROM external_records")
+        capsys.readouterr()
+        assert toast_cli(["partition", url, "--partitions", "4"]) == 1
+        err = capsys.readouterr().err
+        assert "view recent_records depends on" in err
+        assert "nothing was changed; drop them, run partition, then create them again" in err
+        (kind,) = _query(
+            url, ("SELECT relkind FROM pg_class WHERE relname = 'external_records'", ())
+        )
+        assert kind[0][0] in (b"r", "r")
+    finally:
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -151,6 +151,14 @@ async def partition_table(url: str, partitions: int) -> int:
             for statement in await partition_statements(connection, partitions):
                 await connection.execute(statement)
             return int(await connection.fetchval(f"SELECT count(*) FROM {TABLE}"))
+    except asyncpg.DependentObjectsStillExistError as exc:
+        # A view or a foreign key of the DBA's follows the renamed table, which then cannot
+        # be dropped. The detail names the objects (schema names only, no data).
+        detail = " ".join((exc.detail or "").split())
+        raise StorageUsageError(
+            f"objects of your own depend on {TABLE} ({detail or exc}): nothing was changed; "
+            "drop them, run partition, then create them again"
+        ) from None
     finally:
         await connection.close()
 
