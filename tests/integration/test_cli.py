@@ -440,3 +440,34 @@ def test_check_at_head_with_the_table_dropped_is_not_migrated(
     assert code == 3
     assert "the library's tables do not match it" in out
     assert "revision: none" not in out
+
+
+@pytest.mark.postgresql
+def test_check_as_the_application_role_names_the_version_table_grant(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check as a role granted only the two tables: exit 1, one line naming the GRANT on the
+    version table (it was SQLAlchemy's bare 'permission denied for table ...'); with the
+    grant docs/backends/postgresql.md now lists, check passes."""
+    role, password = f"toast_app_{uuid4().hex[:8]}", "app-check-pw-9"
+    assert toast_cli(["migrate", empty_database]) == 0
+    _admin(
+        empty_database,
+        f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON external_records, external_record_counts "
+        f'TO "{role}"',
+    )
+    head, _, rest = empty_database.partition("://")
+    as_role = f"{head}://{role}:{password}@{rest.rsplit('@', 1)[-1]}"
+    try:
+        capsys.readouterr()
+        code, _, err = run(capsys, "check", as_role)
+        assert code == 1
+        assert_one_line(err)
+        assert "GRANT SELECT ON pydantic_toast_alembic_version TO the user" in err
+        assert password not in err
+        _admin(empty_database, f'GRANT SELECT ON pydantic_toast_alembic_version TO "{role}"')
+        assert run(capsys, "check", as_role)[0] == 0
+    finally:
+        pydantic_toast.close_storage()
+        _admin(empty_database, f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"')

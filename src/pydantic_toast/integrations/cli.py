@@ -273,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"run `pydantic-toast {args.command}` as the database owner, or grant the user "
                 "CREATE on the schema (and ownership of tables it already holds)"
             )
+        elif args.command in ("check", "current") and sqlstate(exc) == "42501":
+            message = (
+                f"the URL's user may not read the migrations' version table ({message}): "
+                "GRANT SELECT ON pydantic_toast_alembic_version TO the user, or run "
+                f"`pydantic-toast {args.command}` as the tables' owner"
+            )
         elif args.command in _CHANGES_TABLES and sqlstate(exc) in ("57014", "55P03"):
             message = (
                 f"the server ended a statement ({message}); the command runs in one "
