@@ -188,3 +188,43 @@ def test_schema_of_its_own_counts_a_dbas_delete(empty_database: str) -> None:
         pydantic_toast.close_storage()
         _admin(empty_database, f'DROP OWNED BY "{role}"')
         _admin(empty_database, f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.mark.postgresql
+def test_migrate_behind_a_long_transaction_gives_up_and_changes_nothing(
+    empty_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration whose ALTER TABLE waits behind a long transaction (a report, a pg_dump)
+    stops after MIGRATION_LOCK_TIMEOUT (1 s here instead of 10 s) with one line saying nothing
+    was changed, so the application's statements do not queue behind it for as long as the
+    transaction lasts. Before, it waited (up to the URL's command_timeout, then indefinitely
+    once that no longer applied to migrations)."""
+    from pydantic_toast.integrations import alembic as toast_alembic
+
+    bound = "SELECT set_config('lock_timeout', '1s', true)"
+    monkeypatch.setattr(toast_alembic, "BOUND_LOCK_WAITS", bound, raising=False)
+    assert toast_cli(["migrate", empty_database, "--revision", "0004_record_counts"]) == 0
+    release = threading.Event()
+    holder = _holding_a_lock(
+        empty_database, "LOCK TABLE external_records IN ACCESS SHARE MODE", release
+    )
+    timer = threading.Timer(6, release.set)
+    timer.start()
+    capsys.readouterr()
+    try:
+        started = time.monotonic()
+        code = toast_cli(["migrate", empty_database])
+        waited = time.monotonic() - started
+    finally:
+        timer.cancel()
+        release.set()
+        holder.join()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert waited < 5
+    assert "lock timeout" in err
+    assert "nothing was changed" in err
+    assert "ALTER ROLE ... SET lock_timeout" in err
+    capsys.readouterr()
+    assert toast_cli(["current", empty_database]) == 0
+    assert capsys.readouterr().out.strip() == "0004_record_counts"

@@ -27,7 +27,9 @@ from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES
 from pydantic_toast.backends.sql_table import COUNTS_TABLE_NAME, TABLE_NAME, metadata
 
 __all__ = [
+    "BOUND_LOCK_WAITS",
     "MIGRATION_LOCK",
+    "MIGRATION_LOCK_TIMEOUT",
     "SCRIPT_LOCATION",
     "VERSION_TABLE",
     "include_name",
@@ -42,6 +44,18 @@ MIGRATION_LOCK = 8098726051644142701
 """The PostgreSQL advisory lock (``pg_advisory_xact_lock``) a migration run holds until it
 commits: concurrent runs (two deploys, two replicas starting) take turns, and the second finds
 the database migrated instead of failing half-way on the first one's tables."""
+MIGRATION_LOCK_TIMEOUT = "10s"
+"""How long a migration (or ``partition``) waits for a table lock on PostgreSQL, unless the
+server sets a ``lock_timeout`` of its own. While a statement waits for ``ACCESS EXCLUSIVE``
+(``ALTER TABLE``), every other statement on the table queues behind it: an unbounded wait
+behind a long transaction (a report, a ``pg_dump``) would stop the application. Past it the
+run fails, having changed nothing (one transaction): run it again."""
+BOUND_LOCK_WAITS = (
+    f"SELECT set_config('lock_timeout', '{MIGRATION_LOCK_TIMEOUT}', true) "
+    "WHERE current_setting('lock_timeout') = '0'"
+)
+"""Sets :data:`MIGRATION_LOCK_TIMEOUT` for the transaction when the server sets none. Run it
+after taking :data:`MIGRATION_LOCK`: waiting for another run must stay unbounded."""
 _PARTITION = re.compile(r"^external_records_p\d+$")
 
 
@@ -82,8 +96,8 @@ def migration_engine(url: str) -> AsyncEngine:
 
     On PostgreSQL its statements have no client-side time limit: the URL's ``command_timeout``
     (60 s by default) bounds the library's record statements, while a migration of a large
-    table (or one waiting for its lock) takes as long as it takes. The server's
-    ``statement_timeout`` and ``lock_timeout`` still apply.
+    table takes as long as it takes. Lock waits are bounded by :data:`MIGRATION_LOCK_TIMEOUT`
+    (see ``migrations/env.py``); the server's ``statement_timeout`` still applies.
     """
     parsed = StorageURL.parse(url)
     if parsed.scheme in POSTGRESQL_SCHEMES:

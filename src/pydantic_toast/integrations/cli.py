@@ -280,11 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"`pydantic-toast {args.command}` as the tables' owner"
             )
         elif args.command in _CHANGES_TABLES and sqlstate(exc) in ("57014", "55P03"):
+            setting, example = (
+                ("lock_timeout", "'1min'")
+                if sqlstate(exc) == "55P03"
+                else ("statement_timeout", "'1h'")
+            )
             message = (
                 f"the server ended a statement ({message}); the command runs in one "
-                "transaction, so nothing was changed: run it again when the table is less "
-                "busy, or with a longer statement_timeout / lock_timeout for the URL's user "
-                "(ALTER ROLE ... SET statement_timeout = '1h')"
+                "transaction, so nothing was changed: run it again when no long transaction "
+                "(a report, a pg_dump) holds the table, or with a longer "
+                f"{setting} for the URL's user (ALTER ROLE ... SET {setting} = {example})"
             )
         hint = "" if args.verbose else " (run again with --verbose for the traceback)"
         print(f"pydantic-toast {args.command}: error: {message}{hint}", file=sys.stderr)

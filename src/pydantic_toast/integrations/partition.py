@@ -128,13 +128,14 @@ async def partition_table(url: str, partitions: int) -> int:
     Connects as the library does, with the URL's options (``sslmode`` and the certificate
     files, ``connect_timeout``, ``application_name``) but no ``command_timeout``: copying a
     large table takes as long as it takes. Holds the migrations' advisory lock, so a
-    concurrent ``pydantic-toast migrate`` waits until the table is rebuilt.
+    concurrent ``pydantic-toast migrate`` waits until the table is rebuilt, and waits for the
+    table's lock no longer than a migration does (``MIGRATION_LOCK_TIMEOUT``).
     """
     import asyncpg
 
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.postgresql import engine_options
-    from pydantic_toast.integrations.alembic import MIGRATION_LOCK
+    from pydantic_toast.integrations.alembic import BOUND_LOCK_WAITS, MIGRATION_LOCK
 
     address, options = engine_options(StorageURL.parse(url))
     connection = await asyncpg.connect(
@@ -148,6 +149,7 @@ async def partition_table(url: str, partitions: int) -> int:
     try:
         async with connection.transaction():
             await connection.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            await connection.execute(BOUND_LOCK_WAITS)
             for statement in await partition_statements(connection, partitions):
                 await connection.execute(statement)
             return int(await connection.fetchval(f"SELECT count(*) FROM {TABLE}"))

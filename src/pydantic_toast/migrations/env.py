@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from pydantic_toast.backends.sql_table import metadata
 from pydantic_toast.integrations.alembic import (
+    BOUND_LOCK_WAITS,
     MIGRATION_LOCK,
     VERSION_TABLE,
     include_name,
@@ -54,13 +55,15 @@ def _begin_alone(connection: Connection) -> None:
 
     Begun before Alembic reads the applied revision, so a second run (two deploys at once)
     waits, then finds the first one's work committed. On PostgreSQL an advisory lock, released
-    at commit. On SQLite ``BEGIN IMMEDIATE`` takes the write lock, and makes the run one
-    transaction: the driver would otherwise run each CREATE TABLE in autocommit, so a failed
-    run (or a second one) would leave a half-migrated file behind. Alembic sees the
-    transaction as the caller's and leaves its commit to :func:`_run_online`.
+    at commit, then a bound on table lock waits (``MIGRATION_LOCK_TIMEOUT``). On SQLite
+    ``BEGIN IMMEDIATE`` takes the write lock, and makes the run one transaction: the driver
+    would otherwise run each CREATE TABLE in autocommit, so a failed run (or a second one)
+    would leave a half-migrated file behind. Alembic sees the transaction as the caller's and
+    leaves its commit to :func:`_run_online`.
     """
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        connection.exec_driver_sql(BOUND_LOCK_WAITS)
     elif connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
