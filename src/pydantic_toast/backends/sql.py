@@ -58,6 +58,8 @@ __all__ = [
     "json_passthrough",
     "live",
     "page_statement",
+    "purge_classes",
+    "purge_statement",
     "see_through",
     "upsert",
     "write_parameters",
@@ -113,7 +115,8 @@ DELETE = (
 DELETE_CHECKED = DELETE.where(_c.revision == bindparam("revision"))
 # The class's counter rows, kept exact by triggers (migration 0004_record_counts): at most
 # 16 rows read through the primary key, whatever the number of records; less the class's rows
-# that have expired and wait for the purge (found through the partial index on expires_at).
+# that have expired and wait for the purge (a range of the partial index on (class_name,
+# expires_at): no other class's rows are read).
 _EXPIRED_IN_CLASS = (
     select(func.count())
     .select_from(_table)
@@ -129,19 +132,66 @@ _DELETE_MANY = (
     .returning(_c.class_name, _c.id, _c.expires_at)
 )
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
-# Bounded: each statement deletes at most ``limit`` expired rows, found through the partial
-# index on expires_at, so no statement holds locks for long. The outer condition is checked
-# again on the row as it is when its lock is taken (PostgreSQL, READ COMMITTED): a write that
-# renewed the record meanwhile (a forced or last-write-wins save of an expired record) keeps it.
-PURGE = (
-    delete(_table)
-    .where(
-        tuple_(_c.class_name, _c.id).in_(
-            select(_c.class_name, _c.id).where(expired(_NOW)).limit(bindparam("limit"))
-        )
+
+
+def purge_statement(ids_among: Callable[[Select[Any]], Any], *, class_once: bool) -> Any:
+    """The purge: delete at most ``limit`` rows of one class expired at ``now``, oldest first.
+
+    The class is the first (in the counter rows, one or more per class) whose oldest expiring
+    row has expired: one probe of the index on ``(class_name, expires_at)`` per class. Its
+    chunk of ids, oldest first, comes from the same index, and each row is then found through
+    the primary key: ``ids_among`` makes the condition on ``id`` from the chunk's SELECT (for
+    PostgreSQL an array, so that the planner cannot hash the whole table instead, as it did for
+    ``(class_name, id) IN (...)`` of a table of 100,000 rows). The outer condition is checked
+    again on the row as it is when its lock is taken (PostgreSQL, READ COMMITTED): a write that
+    renewed the record meanwhile (a forced or last-write-wins save of an expired record) keeps
+    it. Run by :func:`purge_classes`.
+
+    With ``class_once``, the class is found once, in a ``WITH`` query that both conditions
+    read; without it (SQLite, whose driver reports no row count for a statement that starts
+    with ``WITH``), each condition finds it by the same query, on the same data.
+    """
+    classes = select(counts_table.c.class_name).distinct().subquery("classes")
+    oldest_expiry = (
+        select(_c.expires_at)
+        .where(_c.class_name == classes.c.class_name, _c.expires_at.is_not(None))
+        .order_by(_c.expires_at)
+        .limit(literal_column("1"))
+        .correlate(classes)
+        .scalar_subquery()
     )
-    .where(expired(_NOW))
-)
+    target = select(classes.c.class_name).where(oldest_expiry <= _NOW).limit(literal_column("1"))
+    if class_once:
+        found = target.cte("purged_class")
+        target = select(found.c.class_name)
+    class_name = target.scalar_subquery()
+    chunk = (
+        select(_c.id)
+        .where(_c.class_name == class_name, expired(_NOW))
+        .order_by(_c.expires_at)
+        .limit(bindparam("limit"))
+        .correlate(None)
+    )
+    return delete(_table).where(_c.class_name == class_name, ids_among(chunk), expired(_NOW))
+
+
+PURGE = purge_statement(lambda chunk: _c.id.in_(chunk), class_once=False)
+
+
+async def purge_classes(purge: Callable[[int], Awaitable[int]], limit: int) -> int:
+    """Run ``purge(n)`` (the purge statement, ``n`` its limit) until ``limit`` rows went.
+
+    A statement deletes one class's rows: one that deletes fewer than asked has emptied its
+    class, and the next takes the next class. Stops at ``limit``, or when a statement deletes
+    nothing (no expired rows left). Returns how many rows went.
+    """
+    total = 0
+    while total < limit:
+        deleted = await purge(limit - total)
+        if deleted <= 0:  # (a driver that cannot tell reports -1)
+            break
+        total += deleted
+    return total
 
 
 def page_statement(columns: Sequence[Any], *, after: bool) -> Select[Any]:
@@ -513,12 +563,15 @@ class SQLAlchemyBackend(RecordBackend):
         return [key in existed for key in keys]
 
     async def purge_expired(self, *, limit: int) -> int:
-        """Delete at most ``limit`` expired rows, in one statement; return how many went."""
-        parameters = {"now": _now(), "limit": limit}
+        """Delete at most ``limit`` expired rows, a statement per class; return how many went."""
+        now = _now()
 
         async def purge(connection: AsyncConnection) -> int:
-            result = await connection.execute(PURGE, parameters)
-            return int(getattr(result, "rowcount", 0))
+            async def one_class(rows: int) -> int:
+                result = await connection.execute(PURGE, {"now": now, "limit": rows})
+                return int(getattr(result, "rowcount", 0))
+
+            return await purge_classes(one_class, limit)
 
         return await self._run(purge)
 

@@ -79,10 +79,11 @@ class ExternalRecord(Base):
     __tablename__ = TABLE_NAME
     __table_args__ = (
         Index(None, "class_name", "created_at", "id"),
-        # Only expiring rows are indexed: the purge finds them without a table scan, and
-        # permanent rows cost the index nothing.
+        # Only expiring rows are indexed (migration 0007), so permanent rows cost the index
+        # nothing: a class's expired rows, which its count subtracts, and the purge's chunks.
         Index(
             None,
+            "class_name",
             "expires_at",
             postgresql_where=text("expires_at IS NOT NULL"),
             sqlite_where=text("expires_at IS NOT NULL"),
