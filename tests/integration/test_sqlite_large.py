@@ -114,8 +114,10 @@ def test_migration_moves_data_last_with_rows_in_place_and_back(tmp_path: Path) -
 
     upgrade = alembic("upgrade", "head", url=url)  # 0006, then 0007 (nothing on SQLite)
     assert upgrade.returncode == 0, upgrade.stderr
+    assert alembic("upgrade", "head", url=url).returncode == 0  # check compares to head
     check = alembic("check", url=url)
     assert check.returncode == 0, check.stderr
+    assert alembic("downgrade", _MIGRATION.revision, url=url).returncode == 0
     after = _shape(path)
     assert after["columns"] == [c for c in before["columns"] if c != "data"] + ["data"]
     assert after["indexes"] == before["indexes"]  # the partial index keeps its WHERE

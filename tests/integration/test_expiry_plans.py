@@ -1,0 +1,190 @@
+"""Query plans of expiry on PostgreSQL (count, purge), the purge across classes, migration 0007."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.backends.postgresql import _SQL
+from pydantic_toast.integrations.cli import main as toast_cli
+from tests.integration import test_expiry
+from tests.integration.test_expiry import _note, _rows
+from tests.integration.test_postgresql import alembic
+
+blank_url = test_expiry.blank_url  # the fixtures: a database of the test's own, PostgreSQL
+migrated_url = test_expiry.migrated_url  # and SQLite, blank or migrated
+
+_MIGRATION = "pydantic_toast.migrations.versions.0007_class_expiry_index"
+_BY_CLASS = "ix_external_records_class_name_expires_at"
+# Rows of one class, one statement: expires_at NULL (permanent) or an offset from now.
+_FILL = (
+    "INSERT INTO external_records (class_name, id, data, expires_at) "
+    "SELECT $1, gen_random_uuid(), '{}', now() + $2::interval FROM generate_series(1, $3)"
+)
+_HOUR = timedelta(hours=1)
+
+
+def _plans(url: str, fill: list[tuple[str, timedelta | None, int]], name: str, *args: Any) -> Any:
+    """Fill the table (class, offset or None, rows), ANALYZE, then EXPLAIN the shipped
+    statement ``name`` with ``args``: its custom plan and its generic plan (as a prepared
+    statement gets after five runs), each as JSON (with ANALYZE for reads)."""
+    import asyncpg
+
+    analyze = "" if name == "purge" else "ANALYZE, "
+    literals = ", ".join(f"'{a.isoformat() if isinstance(a, datetime) else a}'" for a in args)
+
+    async def run() -> list[Any]:
+        connection = await asyncpg.connect(url)
+        try:
+            for class_name, offset, rows in fill:
+                await connection.execute(_FILL, class_name, offset, rows)
+            await connection.execute("ANALYZE external_records")
+            custom = await connection.fetchval(
+                f"EXPLAIN ({analyze}FORMAT JSON) {_SQL[name]}", *args
+            )
+            await connection.execute(f"PREPARE shipped AS {_SQL[name]}")
+            await connection.execute("SET plan_cache_mode = force_generic_plan")
+            generic = await connection.fetchval(
+                f"EXPLAIN ({analyze}FORMAT JSON) EXECUTE shipped({literals})"
+            )
+            return [json.loads(custom)[0]["Plan"], json.loads(generic)[0]["Plan"]]
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+@pytest.fixture
+def pg_url(postgres_admin_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own, migrated to head."""
+    from tests.integration.conftest import throwaway_database
+
+    with throwaway_database(postgres_admin_url, "toast_expiry_plans_") as url:
+        assert toast_cli(["migrate", url]) == 0
+        yield url
+
+
+@pytest.mark.postgresql
+def test_count_reads_only_the_expired_rows_of_its_own_class(pg_url: str) -> None:
+    """With 50,000 expired rows of another class and 20,000 permanent rows of its own, the
+    count statement (custom and generic plan) reads its class's 100 expired rows through the
+    (class_name, expires_at) index and nothing else; the count is right."""
+    mine = _note(pg_url)
+    name = mine.model_config["external_name"]
+    fill = [
+        ("Other", -_HOUR, 50_000),
+        (name, None, 20_000),
+        (name, -_HOUR, 100),
+        (name, _HOUR, 100),
+    ]
+    for plan in _plans(pg_url, fill, "count", name, datetime.now(UTC)):
+        scans = [n for n in _nodes(plan) if n.get("Relation Name") == "external_records"]
+        assert scans, plan
+        for scan in scans:
+            text = json.dumps(plan, indent=1)
+            # an index scan names its index; a bitmap heap scan's child does
+            indexes = {node.get("Index Name") for node in _nodes(scan)} - {None}
+            assert indexes == {_BY_CLASS}, text
+            removed = scan.get("Rows Removed by Filter", 0)
+            assert (
+                scan["Actual Rows"] + removed + scan.get("Rows Removed by Index Recheck", 0) == 100
+            ), text
+    assert pydantic_toast.count(mine) == 20_100
+
+
+@pytest.mark.postgresql
+def test_purge_chunk_probes_the_primary_key_of_a_large_table(pg_url: str) -> None:
+    """With 100,000 expired rows, a purge statement (custom and generic plan) deletes through
+    the primary key, with no sequential scan or hash of external_records (it was a Hash Semi
+    Join over a Seq Scan of the whole table); the purge then deletes exactly the expired rows."""
+    kept = _note(pg_url)
+    kept_name = kept.model_config["external_name"]
+    fill = [("Old", -_HOUR, 100_000), (kept_name, None, 500), (kept_name, _HOUR, 500)]
+    for plan in _plans(pg_url, fill, "purge", datetime.now(UTC), 1000):
+        nodes = list(_nodes(plan))
+        text = json.dumps(plan, indent=1)
+        for node in nodes:
+            assert "Hash" not in node["Node Type"] or node["Node Type"] == "HashAggregate", text
+            if node.get("Relation Name") == "external_records":
+                assert node["Node Type"] in ("Index Scan", "Index Only Scan", "ModifyTable"), text
+        (modified,) = [n for n in nodes if n["Node Type"] == "ModifyTable"]
+        (scan,) = [n for n in modified["Plans"] if n.get("Parent Relationship") == "Outer"]
+        assert scan["Node Type"] == "Index Scan", text
+        assert scan["Index Name"] == "pk_external_records", text
+        assert "id = ANY" in scan["Index Cond"], text
+    assert pydantic_toast.purge_expired(pg_url, batch_size=10_000) == 100_000
+    assert _rows(pg_url, "SELECT class_name, count(*) FROM external_records GROUP BY 1") == [
+        (kept_name, 1000)
+    ]
+    assert pydantic_toast.count(kept) == 1000
+
+
+def test_purge_goes_through_every_class_in_bounded_batches(migrated_url: str) -> None:
+    """Expired rows of three classes among live ones: batches of at most 4 delete exactly the
+    expired rows, class after class, and report a running total."""
+    notes = [_note(migrated_url, ttl=0.3) for _ in range(3)]
+    live = [_note(migrated_url, ttl=60), _note(migrated_url)]
+    for note, rows in zip(notes, (7, 1, 5), strict=True):
+        for i in range(rows):
+            note(text=f"e{i}").model_dump()
+    kept = [note(text="kept").model_dump() for note in live for _ in range(2)]
+    time.sleep(0.5)
+    batches: list[int] = []
+    assert pydantic_toast.purge_expired(migrated_url, batch_size=4, progress=batches.append) == 13
+    assert batches == [4, 8, 12, 13]
+    left = _rows(migrated_url, "SELECT class_name FROM external_records ORDER BY class_name")
+    assert left == sorted((r["class_name"],) for r in kept)
+    assert [pydantic_toast.count(note) for note in (*notes, *live)] == [0, 0, 0, 2, 2]
+    assert pydantic_toast.purge_expired(migrated_url) == 0
+
+
+def _indexes(url: str) -> list[str]:
+    if url.startswith("sqlite"):
+        statement = (
+            "SELECT name FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'external_records' AND sql IS NOT NULL ORDER BY name"
+        )
+    else:
+        statement = (
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'external_records' "
+            "ORDER BY indexname"
+        )
+    return [row[0] for row in _rows(url, statement)]
+
+
+def test_migration_0007_swaps_the_expiry_index_and_back(blank_url: str) -> None:
+    """0007 replaces the index on expires_at by one on (class_name, expires_at), alembic check
+    is clean, rows stay; downgrading restores the old index."""
+    migration = importlib.import_module(_MIGRATION)
+    assert alembic("upgrade", migration.down_revision, url=blank_url).returncode == 0
+    before = _indexes(blank_url)
+    assert "ix_external_records_expires_at" in before
+    note = _note(blank_url, ttl=60)
+    reference = note(text="kept").model_dump()
+    pydantic_toast.close_storage()
+    upgrade = alembic("upgrade", migration.revision, url=blank_url)
+    assert upgrade.returncode == 0, upgrade.stderr
+    after = _indexes(blank_url)
+    assert after == sorted({*before, _BY_CLASS} - {"ix_external_records_expires_at"})
+    check = alembic("check", url=blank_url)
+    assert check.returncode == 0, check.stderr
+    assert note.model_validate(reference).text == "kept"  # type: ignore[attr-defined]
+    pydantic_toast.close_storage()
+    downgrade = alembic("downgrade", migration.down_revision, url=blank_url)
+    assert downgrade.returncode == 0, downgrade.stderr
+    assert _indexes(blank_url) == before
+    assert _rows(blank_url, "SELECT count(*) FROM external_records") == [(1,)]
