@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic_toast.backends.postgresql import _SQL
 from pydantic_toast.integrations.cli import main as toast_cli
 from tests import servers
 from tests.integration.conftest import _admin, _with_database
+from tests.integration.test_expiry import _note
 from tests.integration.test_postgresql import alembic, model_on
 
 pytestmark = pytest.mark.postgresql
@@ -226,3 +228,26 @@ def test_a_view_on_the_table_stops_partitioning_with_the_fix(
         assert kind[0][0] in (b"r", "r")
     finally:
         _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_purge_on_the_partitioned_table_deletes_exactly_the_expired_rows(
+    partitioned: tuple[str, list[Any], list[Any]],
+) -> None:
+    """Expired rows of two classes spread over the partitions: the purge, in batches, deletes
+    them and nothing else (the 50 permanent records and the live expiring ones stay)."""
+    url, _, references = partitioned
+    short = [_note(url, ttl=0.3), _note(url, ttl=0.3)]
+    lasting = _note(url, ttl=60)
+    for note, rows in zip(short, (30, 12), strict=True):
+        for i in range(rows):
+            note(text=f"e{i}").model_dump()
+    kept = [lasting(text=f"k{i}").model_dump() for i in range(5)]
+    time.sleep(0.5)
+    assert pydantic_toast.purge_expired(url, batch_size=8) == 42
+    assert [pydantic_toast.count(note) for note in (*short, lasting)] == [0, 0, 5]
+    (left,) = _query(url, ("SELECT class_name, count(*) FROM external_records GROUP BY 1", ()))
+    note, reference = references[0]
+    assert sorted(tuple(row) for row in left) == sorted(
+        [(reference["class_name"], len(references)), (kept[0]["class_name"], 5)]
+    )
+    assert note.model_validate(reference).text == "n0"  # type: ignore[attr-defined]
