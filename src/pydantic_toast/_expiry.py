@@ -24,9 +24,9 @@ async def apurge_expired(
 
     On PostgreSQL and SQLite an expired record stays in the table, invisible to loads, pages
     and counts, until purged: run this (or ``pydantic-toast purge URL``) on a schedule. Each
-    batch is one statement deleting at most ``batch_size`` rows through the partial index on
-    ``expires_at``, so no lock is held for long and an interrupted purge loses nothing (run it
-    again). Redis and ``memory://`` remove expired records themselves: nothing to purge there.
+    batch deletes at most ``batch_size`` rows, a statement per class it reaches, through the
+    partial index on ``(class_name, expires_at)`` and the primary key, so no lock is held for
+    long and an interrupted purge loses nothing (run it again). Redis and ``memory://`` remove expired records themselves: nothing to purge there.
 
     Args:
         storage: The storage URL.
