@@ -26,7 +26,8 @@ async def apurge_expired(
     and counts, until purged: run this (or ``pydantic-toast purge URL``) on a schedule. Each
     batch deletes at most ``batch_size`` rows, a statement per class it reaches, through the
     partial index on ``(class_name, expires_at)`` and the primary key, so no lock is held for
-    long and an interrupted purge loses nothing (run it again). Redis and ``memory://`` remove expired records themselves: nothing to purge there.
+    long and an interrupted purge loses nothing (run it again). Redis and ``memory://`` remove
+    expired records themselves: nothing to purge there.
 
     Args:
         storage: The storage URL.
