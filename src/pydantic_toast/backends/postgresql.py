@@ -279,9 +279,9 @@ _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 # A purge chunk's ids as an array: ``id = ANY(array)`` with the class is a condition on the
 # primary key, probed once per id; ``IN (SELECT ...)`` left the plan to the statistics, and
-# PostgreSQL hashed a sequential scan of the whole table for each chunk (45 ms against 11 ms
-# per chunk of 1,000 rows beside 100,000 expired and 100,000 permanent rows, medians;
-# bench/pg_expiry_plans.py).
+# PostgreSQL hashed a sequential scan of the whole table for each chunk (29-45 ms against
+# 8-11 ms per chunk of 1,000 rows beside 100,000 expired and 100,000 permanent rows, medians
+# of three runs; bench/pg_expiry_plans.py).
 _PURGE = purge_statement(
     lambda chunk: records_table.c.id == any_(func.array(chunk.scalar_subquery())),
     class_once=True,
