@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,3 +189,22 @@ def test_migration_0007_swaps_the_expiry_index_and_back(blank_url: str) -> None:
     assert downgrade.returncode == 0, downgrade.stderr
     assert _indexes(blank_url) == before
     assert _rows(blank_url, "SELECT count(*) FROM external_records") == [(1,)]
+
+
+@pytest.mark.sqlite
+def test_sqlite_purge_deletes_through_the_primary_key(tmp_path: Path) -> None:
+    """SQLite's purge statement finds each row of the chunk by the primary key, not by a range
+    of the class's expired rows in the (class_name, expires_at) index."""
+    from sqlalchemy.dialects import sqlite
+
+    from pydantic_toast.backends.sql import PURGE
+
+    url = f"sqlite:///{tmp_path / 'purge.db'}"
+    assert toast_cli(["migrate", url]) == 0
+    compiled = PURGE.compile(dialect=sqlite.dialect())
+    values = compiled.construct_params({"now": "2026-12-05 00:00:00", "limit": 1000})
+    plan = _rows(url, f"EXPLAIN QUERY PLAN {compiled}", *(values[k] for k in compiled.positiontup))
+    # the DELETE's own scan: the top-level row on the table (the others are subqueries)
+    (delete,) = [row[3] for row in plan if row[1] == 0 and "external_records" in row[3]]
+    assert delete.startswith("SEARCH external_records USING INDEX sqlite_autoindex"), plan
+    assert delete.endswith("(class_name=? AND id=?)"), plan

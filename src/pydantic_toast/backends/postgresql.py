@@ -283,7 +283,10 @@ _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 # 8-11 ms per chunk of 1,000 rows beside 100,000 expired and 100,000 permanent rows, medians
 # of three runs; bench/pg_expiry_plans.py).
 _PURGE = purge_statement(
-    lambda chunk: records_table.c.id == any_(func.array(chunk.scalar_subquery())),
+    lambda class_name, chunk: (
+        (records_table.c.class_name == class_name)
+        & (records_table.c.id == any_(func.array(chunk.scalar_subquery())))
+    ),
     class_once=True,
 )
 

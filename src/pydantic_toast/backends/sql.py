@@ -134,22 +134,24 @@ _DELETE_MANY = (
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 
 
-def purge_statement(ids_among: Callable[[Select[Any]], Any], *, class_once: bool) -> Any:
+def purge_statement(keys_among: Callable[[Any, Select[Any]], Any], *, class_once: bool) -> Any:
     """The purge: delete at most ``limit`` rows of one class expired at ``now``, oldest first.
 
     The class is the first (in the counter rows, one or more per class) whose oldest expiring
     row has expired: one probe of the index on ``(class_name, expires_at)`` per class. Its
     chunk of ids, oldest first, comes from the same index, and each row is then found through
-    the primary key: ``ids_among`` makes the condition on ``id`` from the chunk's SELECT (for
-    PostgreSQL an array, so that the planner cannot hash the whole table instead, as it did for
-    ``(class_name, id) IN (...)`` of a table of 100,000 rows). The outer condition is checked
-    again on the row as it is when its lock is taken (PostgreSQL, READ COMMITTED): a write that
-    renewed the record meanwhile (a forced or last-write-wins save of an expired record) keeps
-    it. Run by :func:`purge_classes`.
+    the primary key: ``keys_among(class_name, chunk)`` makes the condition on the key from the
+    class and the chunk's SELECT (for PostgreSQL an array of ids, so that the planner cannot
+    hash the whole table instead, as it did for ``(class_name, id) IN (...)`` of a table of
+    100,000 rows; SQLite probes its primary key for ``(class_name, id) IN (...)``, where for
+    ``class_name = ? AND id IN (...)`` it read all the class's expired rows in the index). The
+    outer condition is checked again on the row as it is when its lock is taken (PostgreSQL,
+    READ COMMITTED): a write that renewed the record meanwhile (a forced or last-write-wins save
+    of an expired record) keeps it. Run by :func:`purge_classes`.
 
-    With ``class_once``, the class is found once, in a ``WITH`` query that both conditions
-    read; without it (SQLite, whose driver reports no row count for a statement that starts
-    with ``WITH``), each condition finds it by the same query, on the same data.
+    With ``class_once``, the class is found in a ``WITH`` query, once however often
+    ``keys_among`` reads it; without it (SQLite, whose driver reports no row count for a
+    statement that starts with ``WITH``), the query stands where it is read.
     """
     classes = select(counts_table.c.class_name).distinct().subquery("classes")
     oldest_expiry = (
@@ -172,10 +174,15 @@ def purge_statement(ids_among: Callable[[Select[Any]], Any], *, class_once: bool
         .limit(bindparam("limit"))
         .correlate(None)
     )
-    return delete(_table).where(_c.class_name == class_name, ids_among(chunk), expired(_NOW))
+    return delete(_table).where(keys_among(class_name, chunk), expired(_NOW))
 
 
-PURGE = purge_statement(lambda chunk: _c.id.in_(chunk), class_once=False)
+PURGE = purge_statement(
+    lambda _, chunk: tuple_(_c.class_name, _c.id).in_(
+        chunk.with_only_columns(_c.class_name, _c.id)
+    ),
+    class_once=False,
+)
 
 
 async def purge_classes(purge: Callable[[int], Awaitable[int]], limit: int) -> int:
