@@ -1,4 +1,4 @@
-"""Query plans of expiry on PostgreSQL (count, purge), the purge across classes, migration 0007."""
+"""Query plans of expiry on PostgreSQL (count, purge), the purge across classes, migration 0008."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.integration.test_postgresql import alembic
 blank_url = test_expiry.blank_url  # the fixtures: a database of the test's own, PostgreSQL
 migrated_url = test_expiry.migrated_url  # and SQLite, blank or migrated
 
-_MIGRATION = "pydantic_toast.migrations.versions.0007_class_expiry_index"
+_MIGRATION = "pydantic_toast.migrations.versions.0008_class_expiry_index"
 _BY_CLASS = "ix_external_records_class_name_expires_at"
 # Rows of one class, one statement: expires_at NULL (permanent) or an offset from now.
 _FILL = (
@@ -167,8 +167,8 @@ def _indexes(url: str) -> list[str]:
     return [row[0] for row in _rows(url, statement)]
 
 
-def test_migration_0007_swaps_the_expiry_index_and_back(blank_url: str) -> None:
-    """0007 replaces the index on expires_at by one on (class_name, expires_at), alembic check
+def test_migration_0008_swaps_the_expiry_index_and_back(blank_url: str) -> None:
+    """0008 replaces the index on expires_at by one on (class_name, expires_at), alembic check
     is clean, rows stay; downgrading restores the old index."""
     migration = importlib.import_module(_MIGRATION)
     assert alembic("upgrade", migration.down_revision, url=blank_url).returncode == 0

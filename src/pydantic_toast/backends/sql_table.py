@@ -79,7 +79,7 @@ class ExternalRecord(Base):
     __tablename__ = TABLE_NAME
     __table_args__ = (
         Index(None, "class_name", "created_at", "id"),
-        # Only expiring rows are indexed (migration 0007), so permanent rows cost the index
+        # Only expiring rows are indexed (migration 0008), so permanent rows cost the index
         # nothing: a class's expired rows, which its count subtracts, and the purge's chunks.
         Index(
             None,

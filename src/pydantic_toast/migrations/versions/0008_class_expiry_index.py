@@ -11,8 +11,8 @@ that one was: permanent rows cost nothing.
 A plain ``CREATE INDEX`` (writes to the table wait while it is built; reads do not):
 ``CONCURRENTLY`` cannot run in Alembic's transaction, nor on a partitioned table.
 
-Revision ID: 0007_class_expiry_index
-Revises: 0006_sqlite_data_last
+Revision ID: 0008_class_expiry_index
+Revises: 0007_count_functions_schema
 Create Date: 2026-12-05
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_class_expiry_index"
-down_revision: str | None = "0006_sqlite_data_last"
+revision: str = "0008_class_expiry_index"
+down_revision: str | None = "0007_count_functions_schema"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
