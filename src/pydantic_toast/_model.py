@@ -137,6 +137,9 @@ class ExternalBaseModel(BaseModel):
     __toast_routes__: ClassVar[Routes | None] = None
     __toast_has_records__: ClassVar[bool] = False
     __toast_refused__: ClassVar[str | None] = None  # why a model_rebuild() refused the class
+    # The class's DataSchema (see _data_schema), set on the class once built; here so that a
+    # save can read it through the instance (see data_schema_of).
+    __toast_data_schema__: ClassVar[Any] = None
 
     model_config = ExternalConfigDict(ser_json_inf_nan="constants")
 

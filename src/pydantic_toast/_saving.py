@@ -36,7 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
 from pydantic_toast._collector import PAUSE_FROM, collector_paused
-from pydantic_toast._data_schema import data_schema, load_validator, noted
+from pydantic_toast._data_schema import data_schema, data_schema_of, load_validator, noted
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
@@ -49,7 +49,7 @@ from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
-from pydantic_toast._records import RecordKey, StoredRecord, new_record
+from pydantic_toast._records import StoredRecord, new_record
 from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
 from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
@@ -325,7 +325,8 @@ class SaveBatch:
     )
 
     def __init__(self, storage: Storage | None = None, *, force: bool = False) -> None:
-        self.records: dict[StorageURL, dict[RecordKey, _Entry]] = {}
+        # Each store's records by class name and id.int (a UUID hashes in Python, its int in C).
+        self.records: dict[StorageURL, dict[tuple[str, int], _Entry]] = {}
         self.force = force or _forced.get()
         # Every instance met, by id() (kept alive here, so no id() is reused meanwhile), and
         # those not serialized yet.
@@ -399,12 +400,13 @@ class SaveBatch:
 
     def _serialize(self, model: ExternalBaseModel) -> None:
         cls = type(model)
-        settings = cls.__toast_settings__ or cls._toast_settings()
-        identity = _read_identity(model)  # set by collect()
+        # Through the instance: a class attribute read through the class costs twice as much.
+        settings = model.__toast_settings__ or cls._toast_settings()
+        identity: Identity = model._toast_identity  # type: ignore[attr-defined]  # (collect())
         known = identity.fingerprint
         if known is not None and not self.force and unchanged(model, known):
             return
-        fast = data_schema(cls)
+        fast = data_schema_of(model)
         serializer = cls.__pydantic_serializer__ if fast is None else fast.serializer
         # Before serializing: the objects the JSON is made from, and whether they are of their
         # fields' types with short integers (then Pydantic's type check and the scan for long
@@ -495,7 +497,7 @@ class SaveBatch:
         entry = (record, model, print_, identity.text or str(identity.id))
         # One hash of the URL (a Python __hash__): the batch's first record makes the dict.
         records = self.records.setdefault(settings.url(), {})
-        records[(settings.external_name, identity.id)] = entry
+        records[(settings.external_name, identity.id.int)] = entry
         if identity.data is not None:  # a new record replaces nothing
             self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
@@ -525,8 +527,8 @@ class SaveBatch:
 
         session = LoadSession(cls._toast_routes(), self.storage)
         for url, records in self.records.items():
-            for (class_name, id), (stored, *_) in records.items():
-                session.records[(url, class_name, id)] = stored
+            for stored, *_ in records.values():
+                session.records[(url, stored.class_name, stored.id)] = stored
         fast = data_schema(cls)
         validator: Any = load_validator(cls) if fast is None else fast.loader
         token = session.activate()
