@@ -288,10 +288,20 @@ def _no_slot_yet(model: object) -> Identity:
 _read_identity: Callable[[object], Identity] = _no_slot_yet
 
 
+def _set_identity_attribute(model: object, identity: Identity) -> None:
+    object.__setattr__(model, "_toast_identity", identity)
+
+
+# The slot's own setter (see use_identity_slot): what object.__setattr__ ends up calling,
+# without the name lookup (about 700 instructions less, twice per first save).
+_write_identity: Callable[[object, Identity], None] = _set_identity_attribute
+
+
 def use_identity_slot(slot: Any) -> None:
-    """Read identities through ``slot``, ``ExternalBaseModel``'s member descriptor."""
-    global _read_identity
+    """Read and write identities through ``slot``, ``ExternalBaseModel``'s member descriptor."""
+    global _read_identity, _write_identity
     _read_identity = slot.__get__
+    _write_identity = slot.__set__
 
 
 def collecting_now() -> bool:
@@ -461,7 +471,7 @@ class SaveBatch:
                 identity = Identity(
                     identity.id, identity.created_at, identity.revision, kept, True, print_, text
                 )
-                object.__setattr__(model, "_toast_identity", identity)
+                _write_identity(model, identity)
             return
         # A large record of a class whose schema rules out long integers (see _number_plan)
         # needs no scan when its values are of their fields' types (and its integers short).
@@ -653,7 +663,7 @@ class SaveBatch:
             )
             if saves is not None:
                 saves.remember(model, _read_identity(model))
-            object.__setattr__(model, "_toast_identity", identity)
+            _write_identity(model, identity)
 
 
 _Entry = tuple[StoredRecord, "ExternalBaseModel", Fingerprint | None, str | None]
@@ -772,7 +782,7 @@ def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
     try:
         identity = _read_identity(model)
     except AttributeError:  # never dumped: give it its identity now, the dump reads it next
-        if type(model).__toast_settings__ is not None:  # (abstract: the dump explains)
+        if model.__toast_settings__ is not None:  # (abstract: the dump explains)
             _new_identity(model)
         return None
     known = identity.fingerprint
@@ -791,7 +801,7 @@ def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
 def _new_identity(model: ExternalBaseModel, kind: type[Identity] = Identity) -> Identity:
     id, text = new_id()
     identity = kind(id, datetime.now(UTC), 0, None, True, None, text)
-    object.__setattr__(model, "_toast_identity", identity)
+    _write_identity(model, identity)
     return identity
 
 
