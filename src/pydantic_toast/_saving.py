@@ -705,10 +705,13 @@ def _to_json(
     :func:`._fingerprint.fingerprint`), skip it. ``serializer``: the class's
     :func:`._data_schema.storage_serializer`.
     """
+    if trusted:
+        # Atoms, and lists and dicts of them: no external model inside, whose serializer or
+        # collect() would read _serializing (and the class's own serializer, which reads it
+        # too, is left out of ``serializer``); not setting it spares 1,600 instructions.
+        return serializer.to_json(model, by_alias=False, round_trip=True)
     token = _serializing.set(model)
     try:
-        if trusted:
-            return serializer.to_json(model, by_alias=False, round_trip=True)
         return serializer.to_json(model, by_alias=False, round_trip=True, warnings="error")
     finally:
         _serializing.reset(token)
