@@ -217,12 +217,12 @@ class ExternalBaseModel(BaseModel):
             return cls._toast_build_flat(key, session)
         if session is not None and (built := session.reuse(key, cls)) is not None:
             return built  # loaded once per session; a placeholder closes a cycle
-        if session is None and not cls._toast_has_nested():  # one record: read it directly
+        if session is None and not _has_nested(cls):  # one record: read it directly
             storage = current_storage()
             record = run_sync(lambda: read_one(storage, *key, cls), **_blocking_load(cls))
             if record is None:
                 raise run_sync(lambda: cls._toast_not_found(key), **_blocking_load(cls))
-            instance = cls._toast_from_record(record, within_hook=True)
+            instance = _from_record(cls, record, within_hook=True)
             keep_id_text(instance, value)  # as aload(): no str(id) at the next unchanged dump
             return instance
         if session is None:
@@ -542,12 +542,13 @@ class ExternalBaseModel(BaseModel):
             RecordNotFoundError: Nothing is stored under that id.
             StorageValidationError: The reference is malformed or names another class.
         """
-        url, class_name, id = key = cls._toast_key(reference)
-        if not cls._toast_has_nested():  # one record: read it directly
+        # The private classmethods called as functions (see _from_record below).
+        url, class_name, id = key = _key_of(cls, reference)
+        if not _has_nested(cls):  # one record: read it directly
             record = await read_one(current_storage(), url, class_name, id, cls)
             if record is None:
                 raise await cls._toast_not_found(key)
-            instance = cls._toast_from_record(record)
+            instance: Self = _from_record(cls, record)
             keep_id_text(instance, reference)
             return instance
         session = LoadSession(cls._toast_routes())
@@ -1020,6 +1021,12 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
 
 
 use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
+# ExternalBaseModel's private classmethods a single load calls, as plain functions: a method
+# looked up on a model class goes through Pydantic's metaclass __getattr__ hook, about 1,000
+# instructions a lookup (subclasses do not override these).
+_key_of = ExternalBaseModel.__dict__["_toast_key"].__func__
+_has_nested = ExternalBaseModel.__dict__["_toast_has_nested"].__func__
+_from_record = ExternalBaseModel.__dict__["_toast_from_record"].__func__
 # The slot's own setter: what object.__setattr__ ends up calling, without the name lookup.
 _set_identity: Callable[[object, Identity], None] = ExternalBaseModel.__dict__[
     "_toast_identity"
