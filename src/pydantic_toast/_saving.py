@@ -36,7 +36,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_toast import _fidelity, _number_plan
 from pydantic_toast._codecs import ENVELOPE_KEY, ENVELOPE_MARK, encode_record
 from pydantic_toast._collector import PAUSE_FROM, collector_paused
-from pydantic_toast._data_schema import data_schema, data_schema_of, load_validator, noted
+from pydantic_toast._data_schema import (
+    data_schema,
+    data_schema_of,
+    load_validator,
+    note_pending,
+    noted,
+)
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
@@ -455,7 +461,8 @@ class SaveBatch:
         ):
             self.refusal = self.refusal or _reserved_key_refusal(model)
             raise self.refusal
-        if noted() is not None:  # an offset with seconds written rounded, an Any value changed
+        # An offset with seconds written rounded, an Any value changed:
+        if note_pending() is not None and noted() is not None:
             token = _serializing.set(serialized)  # the check serializes its own fields
             try:
                 changed = _fidelity.noted_refusal(serialized)
@@ -750,7 +757,8 @@ def collecting(dump: Callable[[], T], *, force: bool = False) -> tuple[T, SaveBa
         raise batch.refusal from None  # raised in a nested model, wrapped by Pydantic
     finally:
         _active_batch.reset(token)
-    batch.verify()
+    if batch.suspects:  # (verify() checks only those)
+        batch.verify()
     return result, batch
 
 
