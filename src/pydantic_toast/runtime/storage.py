@@ -250,17 +250,12 @@ class Storage:
         ) from summary(failed)
 
     async def _register_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopBackends:
-        # A copy: loops of other threads register meanwhile.
-        for known, entry in list(self._loops.items()):
-            if not entry.orphaned(known) or self._loops.pop(known, None) is None:
-                continue  # in use, or released by another thread's registration
-            if not known.is_closed():
-                # Left stopped by a thread that ended (Pydantic AI's run_sync sets a loop per
-                # thread and never closes it): nothing can run it again, and kept here it would
-                # hold its connections for good. Closed, it is released like the others.
-                known.close()
-            # Closed without finalizing async generators: the pools' loop is gone.
-            await entry.abandon(known)
+        # A copy, and popped once: loops of other threads register meanwhile.
+        for known in [known for known in list(self._loops) if known.is_closed()]:
+            stale = self._loops.pop(known, None)
+            if stale is not None:  # (else released by another thread's registration)
+                # Closed without finalizing async generators: the pools' loop is gone.
+                await stale.abandon(known)
         entry = self._loops[loop] = _LoopBackends(self)
         # Starting the generator on this loop registers it for shutdown_asyncgens().
         await entry.closer.asend(None)
@@ -280,13 +275,8 @@ class _LoopBackends:
         self.ready: dict[str, Connected] = {}
         self.opening: dict[StorageURL, asyncio.Task[Connected]] = {}
         self.pid = os.getpid()
-        self.thread = threading.current_thread()  # the thread running the loop
         self.abandoned = False
         self.closer = self._close_at_loop_shutdown(weakref.ref(storage))
-
-    def orphaned(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether ``loop`` is closed, or stopped with the thread that ran it ended."""
-        return loop.is_closed() or not (loop.is_running() or self.thread.is_alive())
 
     async def abandon(self, closed: asyncio.AbstractEventLoop) -> None:
         """Release what this entry holds once its loop was closed without shutting down.
