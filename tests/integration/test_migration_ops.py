@@ -192,18 +192,17 @@ def test_schema_of_its_own_counts_a_dbas_delete(empty_database: str) -> None:
 
 @pytest.mark.postgresql
 def test_migrate_behind_a_long_transaction_gives_up_and_changes_nothing(
-    empty_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    empty_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A migration whose ALTER TABLE waits behind a long transaction (a report, a pg_dump)
-    stops after MIGRATION_LOCK_TIMEOUT (1 s here instead of 10 s) with one line saying nothing
-    was changed, so the application's statements do not queue behind it for as long as the
-    transaction lasts. Before, it waited (up to the URL's command_timeout, then indefinitely
-    once that no longer applied to migrations)."""
-    from pydantic_toast.integrations import alembic as toast_alembic
-
-    bound = "SELECT set_config('lock_timeout', '1s', true)"
-    monkeypatch.setattr(toast_alembic, "BOUND_LOCK_WAITS", bound, raising=False)
+    stops after the lock bound (the server's lock_timeout, 1 s here; else
+    MIGRATION_LOCK_TIMEOUT) with one line saying nothing was changed, so the application's
+    statements do not queue behind it for as long as the transaction lasts. Before, it waited
+    (up to the URL's command_timeout, then indefinitely once that no longer applied to
+    migrations)."""
     assert toast_cli(["migrate", empty_database, "--revision", "0004_record_counts"]) == 0
+    database = empty_database.rsplit("/", 1)[-1]
+    _admin(empty_database, f"ALTER DATABASE \"{database}\" SET lock_timeout = '1s'")
     release = threading.Event()
     holder = _holding_a_lock(
         empty_database, "LOCK TABLE external_records IN ACCESS SHARE MODE", release
@@ -228,3 +227,30 @@ def test_migrate_behind_a_long_transaction_gives_up_and_changes_nothing(
     capsys.readouterr()
     assert toast_cli(["current", empty_database]) == 0
     assert capsys.readouterr().out.strip() == "0004_record_counts"
+
+
+@pytest.mark.postgresql
+def test_runs_take_turns_whatever_the_servers_lock_timeout(empty_database: str) -> None:
+    """With the database's lock_timeout at 1 s, a run that starts while another holds the
+    migration lock for 3 s waits its turn and succeeds. The advisory lock obeyed the server's
+    lock_timeout: the second of two deploys failed, blaming a long transaction."""
+    from pydantic_toast.integrations.alembic import MIGRATION_LOCK
+
+    database = empty_database.rsplit("/", 1)[-1]
+    _admin(empty_database, f"ALTER DATABASE \"{database}\" SET lock_timeout = '1s'")
+    release = threading.Event()
+    holder = _holding_a_lock(
+        empty_database, f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})", release
+    )
+    timer = threading.Timer(3, release.set)
+    timer.start()
+    try:
+        run = subprocess.run(
+            [*CLI, "migrate", empty_database], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        timer.cancel()
+        release.set()
+        holder.join()
+    assert run.returncode == 0, run.stderr
+    assert "migrated to head" in run.stdout

@@ -27,10 +27,10 @@ from pydantic_toast.backends.registry import POSTGRESQL_SCHEMES
 from pydantic_toast.backends.sql_table import COUNTS_TABLE_NAME, TABLE_NAME, metadata
 
 __all__ = [
-    "BOUND_LOCK_WAITS",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_TIMEOUT",
     "SCRIPT_LOCATION",
+    "TAKE_MIGRATION_LOCK",
     "VERSION_TABLE",
     "include_name",
     "include_object",
@@ -50,12 +50,20 @@ server sets a ``lock_timeout`` of its own. While a statement waits for ``ACCESS 
 (``ALTER TABLE``), every other statement on the table queues behind it: an unbounded wait
 behind a long transaction (a report, a ``pg_dump``) would stop the application. Past it the
 run fails, having changed nothing (one transaction): run it again."""
-BOUND_LOCK_WAITS = (
-    f"SELECT set_config('lock_timeout', '{MIGRATION_LOCK_TIMEOUT}', true) "
-    "WHERE current_setting('lock_timeout') = '0'"
-)
-"""Sets :data:`MIGRATION_LOCK_TIMEOUT` for the transaction when the server sets none. Run it
-after taking :data:`MIGRATION_LOCK`: waiting for another run must stay unbounded."""
+TAKE_MIGRATION_LOCK = f"""DO $take$
+DECLARE
+  server_bound text := current_setting('lock_timeout');
+BEGIN
+  PERFORM set_config('lock_timeout', '0', true);
+  PERFORM pg_advisory_xact_lock({MIGRATION_LOCK});
+  PERFORM set_config('lock_timeout',
+    CASE WHEN server_bound = '0' THEN '{MIGRATION_LOCK_TIMEOUT}' ELSE server_bound END, true);
+END
+$take$"""
+"""Takes :data:`MIGRATION_LOCK` for the transaction, waiting as long as another run holds it
+(a ``lock_timeout`` the server sets would make the second of two deploys fail), then bounds
+the table lock waits that follow: by the server's ``lock_timeout``, else by
+:data:`MIGRATION_LOCK_TIMEOUT`."""
 _PARTITION = re.compile(r"^external_records_p\d+$")
 
 

@@ -135,7 +135,7 @@ async def partition_table(url: str, partitions: int) -> int:
 
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.postgresql import engine_options
-    from pydantic_toast.integrations.alembic import BOUND_LOCK_WAITS, MIGRATION_LOCK
+    from pydantic_toast.integrations.alembic import TAKE_MIGRATION_LOCK
 
     address, options = engine_options(StorageURL.parse(url))
     connection = await asyncpg.connect(
@@ -148,8 +148,7 @@ async def partition_table(url: str, partitions: int) -> int:
     )
     try:
         async with connection.transaction():
-            await connection.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-            await connection.execute(BOUND_LOCK_WAITS)
+            await connection.execute(TAKE_MIGRATION_LOCK)
             for statement in await partition_statements(connection, partitions):
                 await connection.execute(statement)
             return int(await connection.fetchval(f"SELECT count(*) FROM {TABLE}"))

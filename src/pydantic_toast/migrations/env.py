@@ -15,8 +15,7 @@ from sqlalchemy.engine import Connection
 
 from pydantic_toast.backends.sql_table import metadata
 from pydantic_toast.integrations.alembic import (
-    BOUND_LOCK_WAITS,
-    MIGRATION_LOCK,
+    TAKE_MIGRATION_LOCK,
     VERSION_TABLE,
     include_name,
     migration_engine,
@@ -62,8 +61,7 @@ def _begin_alone(connection: Connection) -> None:
     leaves its commit to :func:`_run_online`.
     """
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        connection.exec_driver_sql(BOUND_LOCK_WAITS)
+        connection.exec_driver_sql(TAKE_MIGRATION_LOCK)
     elif connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
