@@ -309,6 +309,9 @@ def test_preview_longer_than_the_threshold_is_refused() -> None:
     """preview_chars above max_chars fails when the capability is made."""
     with pytest.raises(StorageConfigurationError, match="preview_chars"):
         SpillToolOutputs("memory://", max_chars=10, preview_chars=11)
+    # A negative threshold names the preview it was given (it said preview_chars=None).
+    with pytest.raises(StorageConfigurationError, match="preview_chars=-1, max_chars=-1"):
+        SpillToolOutputs("memory://", max_chars=-1)
 
 
 async def test_a_model_calling_every_tool_with_made_up_arguments_does_not_break_the_run(

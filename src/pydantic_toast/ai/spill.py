@@ -131,10 +131,10 @@ class SpillToolOutputs(AbstractCapability[Any]):
     def __post_init__(self) -> None:
         preview = self.preview_chars
         self._preview = min(_PREVIEW_CHARS, self.max_chars) if preview is None else preview
-        if not 0 <= self._preview <= self.max_chars:
+        if self.max_chars < 0 or not 0 <= self._preview <= self.max_chars:
             raise StorageConfigurationError(
                 "SpillToolOutputs needs 0 <= preview_chars <= max_chars, got "
-                f"preview_chars={self.preview_chars}, max_chars={self.max_chars}"
+                f"preview_chars={self._preview}, max_chars={self.max_chars}"
             )
         self._ttl = ttl_seconds(self.ttl, "SpillToolOutputs")
         needs = (Capability.LIST, Capability.DELETE)
