@@ -251,3 +251,39 @@ def test_purge_on_the_partitioned_table_deletes_exactly_the_expired_rows(
         [(reference["class_name"], len(references)), (kept[0]["class_name"], 5)]
     )
     assert note.model_validate(reference).text == "n0"  # type: ignore[attr-defined]
+
+
+def test_partition_waits_for_a_migration_in_progress(postgres_admin_url: str) -> None:
+    """While another session holds the migrations' advisory lock (a migration running),
+    partition waits for it, then partitions: the two never change the table at once."""
+    import threading
+
+    from pydantic_toast.integrations.alembic import MIGRATION_LOCK
+    from tests.integration.test_migration_ops import _holding_a_lock, _waiting_on_locks
+
+    database = f"toast_part_{uuid4().hex[:10]}"
+    _admin(postgres_admin_url, f'CREATE DATABASE "{database}"')
+    url = _with_database(postgres_admin_url, database)
+    try:
+        assert toast_cli(["migrate", url]) == 0
+        release = threading.Event()
+        holder = _holding_a_lock(url, f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})", release)
+        results: list[int] = []
+        partition = threading.Thread(
+            target=lambda: results.append(toast_cli(["partition", url, "--partitions", "4"]))
+        )
+        try:
+            partition.start()
+            _waiting_on_locks(url, 1)  # partition waits for the lock
+            assert results == []
+        finally:
+            release.set()
+            holder.join()
+        partition.join(60)
+        assert results == [0]
+        (kind,) = _query(
+            url, ("SELECT relkind FROM pg_class WHERE relname = 'external_records'", ())
+        )
+        assert kind[0][0] in (b"p", "p")
+    finally:
+        _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
