@@ -153,22 +153,6 @@ def test_purge_goes_through_every_class_in_bounded_batches(migrated_url: str) ->
     assert pydantic_toast.purge_expired(migrated_url) == 0
 
 
-def test_purge_finds_the_classes_whose_counter_rows_are_missing(migrated_url: str) -> None:
-    """Expired rows of a class whose counter rows a DBA deleted (or that were loaded with the
-    triggers off) are purged too, after those of the counted classes. The purge took its
-    classes from the counter rows alone and left them for good."""
-    counted, uncounted = _note(migrated_url, ttl=0.3), _note(migrated_url, ttl=0.3)
-    for i in range(3):
-        counted(text=f"c{i}").model_dump()
-    for i in range(5):
-        uncounted(text=f"u{i}").model_dump()
-    name = uncounted.__toast_settings__.external_name  # type: ignore[attr-defined]
-    _rows(migrated_url, "DELETE FROM external_record_counts WHERE class_name = $1", name)
-    time.sleep(0.5)
-    assert pydantic_toast.purge_expired(migrated_url, batch_size=2) == 8
-    assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(0,)]
-
-
 def _indexes(url: str) -> list[str]:
     if url.startswith("sqlite"):
         statement = (

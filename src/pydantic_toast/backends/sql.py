@@ -138,9 +138,7 @@ def purge_statement(keys_among: Callable[[Any, Select[Any]], Any], *, class_once
     """The purge: delete at most ``limit`` rows of one class expired at ``now``, oldest first.
 
     The class is the first (in the counter rows, one or more per class) whose oldest expiring
-    row has expired: one probe of the index on ``(class_name, expires_at)`` per class; when
-    none has, any class with an expired row (a scan of the expiring rows: a class whose counter
-    rows are missing is purged too, once the counted ones are done). Its
+    row has expired: one probe of the index on ``(class_name, expires_at)`` per class. Its
     chunk of ids, oldest first, comes from the same index, and each row is then found through
     the primary key: ``keys_among(class_name, chunk)`` makes the condition on the key from the
     class and the chunk's SELECT (for PostgreSQL an array of ids, so that the planner cannot
@@ -164,18 +162,7 @@ def purge_statement(keys_among: Callable[[Any, Select[Any]], Any], *, class_once
         .correlate(classes)
         .scalar_subquery()
     )
-    counted = select(classes.c.class_name).where(oldest_expiry <= _NOW).limit(literal_column("1"))
-    # A class without counter rows (deleted by hand, rows loaded with the triggers off): found
-    # in the index of the expiring rows (its order: never a scan of the permanent rows), and
-    # only once no counted class has expired rows (COALESCE stops at its first value).
-    uncounted = (
-        select(_c.class_name)
-        .where(_c.expires_at.is_not(None), expired(_NOW))
-        .order_by(_c.class_name, _c.expires_at)
-        .limit(literal_column("1"))
-    )
-    either = func.coalesce(counted.scalar_subquery(), uncounted.scalar_subquery())
-    target = select(either.label("class_name"))
+    target = select(classes.c.class_name).where(oldest_expiry <= _NOW).limit(literal_column("1"))
     if class_once:
         found = target.cte("purged_class")
         target = select(found.c.class_name)
