@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -410,7 +411,7 @@ def test_revision_of_a_newer_version_names_the_way_back(
     file = tmp_path / "newer.db"
     url = f"sqlite:///{file}"
     assert run(capsys, "migrate", url)[0] == 0
-    with sqlite3.connect(file) as connection:
+    with contextlib.closing(sqlite3.connect(file)) as connection, connection:
         connection.execute("UPDATE pydantic_toast_alembic_version SET version_num = '0099_next'")
     code, out, _ = run(capsys, "check", url)
     assert code == 3
@@ -434,7 +435,7 @@ def test_check_at_head_with_the_table_dropped_is_not_migrated(
     file = tmp_path / "dropped.db"
     url = f"sqlite:///{file}"
     assert run(capsys, "migrate", url)[0] == 0
-    with sqlite3.connect(file) as connection:
+    with contextlib.closing(sqlite3.connect(file)) as connection, connection:
         connection.execute("DROP TABLE external_records")
     code, out, _ = run(capsys, "check", url)
     assert code == 3

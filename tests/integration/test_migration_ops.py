@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -125,12 +126,12 @@ def test_failed_sqlite_migration_leaves_the_file_as_it_was(
     committed at once: external_records stayed behind without its revision, and every later
     migrate failed with 'table external_records already exists'."""
     file = tmp_path / "app.db"
-    with sqlite3.connect(file) as connection:
+    with contextlib.closing(sqlite3.connect(file)) as connection, connection:
         connection.execute("CREATE TABLE external_record_counts (x INTEGER)")
     url = f"sqlite:///{file}"
     assert toast_cli(["migrate", url]) == 1
     assert "external_record_counts already exists" in capsys.readouterr().err
-    with sqlite3.connect(file) as connection:
+    with contextlib.closing(sqlite3.connect(file)) as connection, connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         assert "external_records" not in tables
         connection.execute("DROP TABLE external_record_counts")
@@ -151,7 +152,7 @@ def test_sqlite_migrate_runs_at_once_all_succeed(tmp_path: Path) -> None:
     errors = [(run.wait(120), run.communicate()[1]) for run in runs]
     assert [code for code, _ in errors] == [0, 0, 0, 0], errors
     assert toast_cli(["check", url]) == 0
-    with sqlite3.connect(tmp_path / "app.db") as connection:
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as connection, connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
