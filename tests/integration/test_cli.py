@@ -42,7 +42,16 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     top = capsys.readouterr().out
     for name in ("migrate", "downgrade", "current", "check", "exit codes"):
         assert name in top
-    for name in ("migrate", "downgrade", "current", "check", "purge", "orphans", "reencrypt"):
+    for name in (
+        "migrate",
+        "downgrade",
+        "current",
+        "check",
+        "recount",
+        "purge",
+        "orphans",
+        "reencrypt",
+    ):
         with pytest.raises(SystemExit):
             toast_cli([name, "--help"])
         text = capsys.readouterr().out

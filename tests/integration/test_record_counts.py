@@ -22,6 +22,7 @@ import pytest
 
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.integrations.cli import main as toast_cli
 from pydantic_toast.integrations.partition import partition_table
 from tests.integration.test_postgresql import alembic
 
@@ -202,6 +203,7 @@ def test_partitioning_keeps_the_counts(empty_database: str) -> None:
             before = await backend.count("Part")
             await backend.disconnect()
             assert await partition_table(url, 4) == 40
+            assert await asyncio.to_thread(toast_cli, ["check", url]) == 0  # triggers found
             await backend.connect()
             after = await backend.count("Part")
             records = _records("Part", 5)
@@ -241,3 +243,86 @@ def test_sqlite_counts_with_triggers_too(sqlite_template: Path, tmp_path: Path) 
         rows = connection.execute("SELECT shard, records FROM external_record_counts").fetchall()
     assert exact == (11,)
     assert rows == [(0, 11)]
+
+
+def test_check_names_a_disabled_count_trigger_and_recount_repairs_the_counts(
+    empty_database: str,
+) -> None:
+    """Rows written while a count trigger is disabled are not counted; check says which
+    trigger and how to fix it (exit 3); once enabled again, recount makes count() exact."""
+    url = empty_database
+    assert toast_cli(["migrate", url]) == 0
+    assert toast_cli(["check", url]) == 0
+
+    async def write(records: int) -> int:
+        backend = PostgreSQLBackend(url)
+        await backend.connect()
+        try:
+            await backend.save_records(_records("Off", records))
+            return await backend.count("Off")
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(write(3)) == 3
+    asyncio.run(
+        _sql(url, "ALTER TABLE external_records DISABLE TRIGGER external_records_count_insert")
+    )
+    assert asyncio.run(write(4)) == 3  # the 4 rows are not counted
+
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    report = out.getvalue()
+    assert "count() is off" in report
+    assert "trigger external_records_count_insert is disabled" in report
+    assert "ENABLE TRIGGER" in report
+    assert "pydantic-toast recount" in report
+    assert "external_records_count_delete" not in report
+
+    asyncio.run(
+        _sql(url, "ALTER TABLE external_records ENABLE TRIGGER external_records_count_insert")
+    )
+    assert toast_cli(["check", url]) == 0  # check cannot see the rows missed meanwhile
+    assert asyncio.run(write(0)) == 3
+    with redirect_stdout(io.StringIO()):
+        assert toast_cli(["recount", url]) == 0
+    assert asyncio.run(write(1)) == 8 == asyncio.run(_exact(url, "Off"))
+
+
+@pytest.mark.sqlite
+def test_check_names_a_missing_count_trigger_on_sqlite(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """A SQLite file whose count trigger was dropped: check exits 3 naming it as missing, and
+    recount counts the rows written without it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from pydantic_toast.backends.sqlite import SQLiteBackend
+
+    path = tmp_path / "missing.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    url = f"sqlite:///{path}"
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("DROP TRIGGER external_records_count_insert")
+
+    async def write(records: int) -> int:
+        backend = SQLiteBackend(url)
+        await backend.connect()
+        try:
+            await backend.save_records(_records("Gone", records))
+            return await backend.count("Gone")
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(write(5)) == 0
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    assert "trigger external_records_count_insert is missing" in out.getvalue()
+    with redirect_stdout(io.StringIO()):
+        assert toast_cli(["recount", url]) == 0
+    assert asyncio.run(write(0)) == 5

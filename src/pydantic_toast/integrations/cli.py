@@ -65,12 +65,15 @@ class Status:
         known: Whether ``current`` is one of the package's revisions (``False``: a newer
             pydantic-toast migrated the database).
         usable: Whether the library's own check of its tables passed.
+        count_faults: What is wrong with the triggers that keep the record counts (read at
+            the head revision only).
     """
 
     current: str | None
     head: str
     known: bool = True
     usable: bool = True
+    count_faults: tuple[str, ...] = ()
 
     def unknown_revision(self, url: StorageURL) -> str:
         """The explanation, with the fix, of a revision this version does not ship."""
@@ -151,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     partition.add_argument(
         "--partitions", type=int, required=True, help="how many partitions (2 to 1024)"
+    )
+    commands.add_parser(
+        "recount",
+        parents=[common],
+        help="count every class's records again (after the count triggers were off)",
+        description="Rebuild external_record_counts, which count() reads, from the rows of "
+        "external_records, in one transaction; writers wait until it commits (PostgreSQL: "
+        "SHARE ROW EXCLUSIVE, readers go on). Needed once the count triggers are back after "
+        "being disabled or missing (check reports them).",
     )
     purge = commands.add_parser(
         "purge",
@@ -298,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The commands whose statements create, alter or drop tables (insufficient privilege there
 # asks for CREATE or ownership, not for the grants that saving and loading need).
-_CHANGES_TABLES = ("migrate", "downgrade", "partition")
+_CHANGES_TABLES = ("migrate", "downgrade", "partition", "recount")
 
 
 def _run(command: str, url: str, revision: str | None) -> int:
@@ -316,10 +328,27 @@ def _run(command: str, url: str, revision: str | None) -> int:
                 "but the library's tables do not match it (dropped or altered by hand?): "
                 "restore them from a backup"
             )
+        elif at_head and status.count_faults:
+            verdict = "migrated, but count() is off"
         else:
             verdict = "migrated" if at_head else "NOT migrated: run pydantic-toast migrate"
         print(f"  revision: {status.current or 'none'} (head: {status.head}) - {verdict}")
-        return EXIT_OK if at_head and status.usable else EXIT_NOT_AT_HEAD
+        for fault in status.count_faults if status.usable else ():
+            print(f"  {fault}")
+        healthy = at_head and status.usable and not status.count_faults
+        return EXIT_OK if healthy else EXIT_NOT_AT_HEAD
+    if command == "recount":
+        from pydantic_toast.integrations.counts import recount
+
+        status = _status(url)
+        if status.current != status.head:
+            raise CommandError(
+                f"{masked} is not migrated to head: run pydantic-toast migrate first",
+                EXIT_NOT_AT_HEAD,
+            )
+        classes = asyncio.run(recount(url))
+        print(f"{masked}: counted the records of {classes} classes again")
+        return EXIT_OK
     if command in ("migrate", "downgrade"):
         status = _status(url, create=command == "migrate")
         if not status.known:  # Alembic would say only "Can't locate revision ..."
@@ -671,21 +700,27 @@ def _status(url: str, *, create: bool = False) -> Status:
     # expects (the library's check fails) still has its revision: read it.
     usable = _reachable(url, create=create)
 
-    async def read() -> str | None:
+    async def read() -> tuple[str | None, list[str]]:
+        from pydantic_toast.integrations.counts import count_trigger_faults
+
         engine = migration_engine(url)
         try:
             async with engine.connect() as connection:
-                return await connection.run_sync(
+                current = await connection.run_sync(
                     lambda sync: MigrationContext.configure(
                         sync, opts={"version_table": VERSION_TABLE}
                     ).get_current_revision()
                 )
+                at_head = current == head and usable
+                return current, await count_trigger_faults(connection) if at_head else []
         finally:
             await engine.dispose()
 
-    current = asyncio.run(read())
+    current, faults = asyncio.run(read())
     known = current is None or current in {rev.revision for rev in script.walk_revisions()}
-    return Status(current=current, head=head, known=known, usable=usable)
+    return Status(
+        current=current, head=head, known=known, usable=usable, count_faults=tuple(faults)
+    )
 
 
 def _masked(text: str, url: str) -> str:
