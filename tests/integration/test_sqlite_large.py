@@ -158,10 +158,14 @@ def test_the_migration_as_offline_sql(dialect: str) -> None:
         "upgrade", f"{_MIGRATION.down_revision}:{_MIGRATION.revision}", "--sql", url=url
     )
     assert script.returncode == 0, script.stderr
-    body = script.stdout.split("-- Running upgrade")[1]
+    head, body = script.stdout.split("-- Running upgrade")[:2]
     if dialect == "postgresql":
         assert "external_records" not in body
+        # As an online run: the migrations' advisory lock first, then bounded lock waits.
+        assert head.index("BEGIN;") < head.index("pg_advisory_xact_lock"), head
+        assert "lock_timeout" in head
         return
+    assert "pg_advisory_xact_lock" not in head
     steps = [
         "CREATE TABLE _alembic_tmp_external_records",
         "expires_at DATETIME,",

@@ -86,6 +86,9 @@ async def _run_online(url: str) -> None:
 if context.is_offline_mode():
     _configure(url=str(migration_engine(_database_url()).url))
     with context.begin_transaction():
+        if context.get_context().dialect.name == "postgresql":
+            # The script takes turns and bounds its table lock waits as an online run does.
+            context.execute(TAKE_MIGRATION_LOCK)
         context.run_migrations()
 else:
     asyncio.run(_run_online(_database_url()))
