@@ -1037,6 +1037,36 @@ async def test_a_save_after_the_session_committed_inside_the_block_names_the_fix
         await pydantic_toast.aclose_storage()
 
 
+async def test_a_session_joined_with_create_savepoint_serves_the_test_fixture_pattern(
+    postgres_database_url: str,
+) -> None:
+    """The pattern of test suites (SQLAlchemy's "joining a session into an external
+    transaction"): a connection's outer transaction, a session on it joined with
+    join_transaction_mode="create_savepoint", and transaction(session). session.commit()
+    inside the block releases the session's savepoint and the next save runs in a new one;
+    session.rollback() undoes only what came after that commit (the model forgets it); the
+    outer rollback drops everything."""
+    note = model_on(postgres_database_url)
+    async with _app_engine(postgres_database_url) as engine, engine.connect() as connection:
+        outer = await connection.begin()
+        session = AsyncSession(bind=connection, join_transaction_mode="create_savepoint")
+        async with session, pydantic_toast.transaction(session):
+            first = note(text="first")
+            await first.asave()
+            await session.commit()
+            second = note(text="second")
+            await second.asave()
+            await session.rollback()
+            assert first.external_revision == 1
+            assert second.external_revision is None
+            third = await note(text="third").asave()
+            assert (await note.aload(first.external_id)).text == "first"  # type: ignore[attr-defined]
+            assert (await note.aload(third)).text == "third"  # type: ignore[attr-defined]
+            assert await pydantic_toast.acount(note) == 2
+        await outer.rollback()
+    assert await pydantic_toast.acount(note) == 0
+
+
 async def test_errors_inside_a_joined_transaction_are_mapped(postgres_database_url: str) -> None:
     """A failing statement on the caller's connection still leaves as a library error."""
     async with _app_engine(postgres_database_url) as engine, engine.connect() as connection:

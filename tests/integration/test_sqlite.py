@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,6 +263,57 @@ async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
         assert inner.external_revision is None
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert list(db.execute("SELECT data FROM external_records")) == [('{"text":"before"}',)]
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_session_joined_with_create_savepoint_serves_the_test_fixture_pattern(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """A connection's outer transaction, a session joined to it with
+    join_transaction_mode="create_savepoint", and transaction(session): a commit inside the
+    block releases the session's savepoint, a rollback undoes only what came after it (the
+    model forgets that save), and the outer rollback leaves the file as it was. The engine
+    has SQLAlchemy's recipe for sqlite3's SAVEPOINTs (docs/backends/sqlite.md): without it,
+    sqlite3 begins no transaction at the outer begin(), the session's first SAVEPOINT begins
+    one, and its commit commits the application's rows and the records alike."""
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    path = tmp_path / "fixture.db"
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    try:
+        async with engine.connect() as connection:
+            outer = await connection.begin()
+            session = AsyncSession(bind=connection, join_transaction_mode="create_savepoint")
+            async with session, pydantic_toast.transaction(session):
+                first, second = Memo(text="first"), Memo(text="second")
+                await first.asave()
+                await session.commit()
+                await second.asave()
+                await session.rollback()
+                assert [first.external_revision, second.external_revision] == [1, None]
+                assert (await Memo.aload(first)).text == "first"
+                assert await pydantic_toast.acount(Memo) == 1
+            await outer.rollback()
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert list(db.execute("SELECT count(*) FROM external_records")) == [(0,)]
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()
