@@ -373,3 +373,134 @@ async def test_a_batch_inside_the_callers_transaction_commits_and_rolls_back_wit
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()
+
+
+async def test_a_single_save_or_load_is_one_call_to_the_connection_thread(
+    tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosqlite runs each call in the connection's thread, and each call costs a hop there
+    and back: a single load took five (SQLAlchemy's cursor: open, execute, fetch, close, then
+    the pool's rollback on return) and a single save two; both are one now. Counted at
+    aiosqlite's one entry to its thread."""
+    import aiosqlite.core
+
+    path = tmp_path / "hops.db"
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    calls: list[str] = []
+    through = aiosqlite.core.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await through(self, fn, *args, **kwargs)
+
+    try:
+        reference = await Memo(text="warm").asave()  # connects: not counted
+        await Memo.aload(reference)
+        monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+        loaded = await Memo.aload(reference)
+        load_calls, calls[:] = list(calls), []
+        await Memo(text="saved").asave()
+        assert (loaded.text, load_calls, len(calls)) == ("warm", ["_execute_fetchall"], 1)
+    finally:
+        monkeypatch.undo()
+        await pydantic_toast.aclose_storage()
+
+
+async def test_the_one_call_load_reads_what_sqlalchemy_reads(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """The single-record load (one call to sqlite3) and the SQLAlchemy path of a batch give
+    the same records: data as bytes (text and a record written in pieces, a BLOB), aware
+    timestamps with their microseconds, revision and schema version; a missing and an
+    expired record are None."""
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from pydantic_toast._records import StoredRecord
+    from pydantic_toast.backends.sqlite import PIECE, SQLiteBackend
+
+    path = tmp_path / "same.db"
+    shutil.copy(sqlite_template, path)
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        when = datetime.now(UTC).replace(microsecond=678901) - timedelta(hours=1)
+        records = [
+            StoredRecord(
+                class_name="Same",
+                id=uuid4(),
+                data=data,
+                schema_version=3,
+                created_at=when,
+                updated_at=when,
+                revision=0,
+                ttl=ttl,
+            )
+            for data, ttl in (
+                (b'{"text":"small"}', None),
+                (b'{"text":"' + b"x" * PIECE + b'"}', None),
+                (b'{"text":"kept"}', 10**8),
+            )
+        ]
+        await backend.save_records(records)
+        expired = StoredRecord(
+            class_name="Same",
+            id=uuid4(),
+            data=b"{}",
+            schema_version=1,
+            created_at=when,
+            updated_at=when,
+            revision=0,
+            ttl=1,
+        )
+        await backend.save_records([expired])
+        keys = [(record.class_name, record.id) for record in records]
+        both = await backend.load_records([*keys, ("Same", uuid4())])  # SQLAlchemy's path
+        for key, expected in zip(keys, both, strict=False):
+            (alone,) = await backend.load_records([key])
+            assert alone == expected
+            assert alone is not None
+            assert (alone.created_at, alone.updated_at) == (when, when)
+            assert alone.created_at.tzinfo is not None
+            assert alone.schema_version == 3
+            assert alone.revision == 1
+        assert [r.data for r in both[:3] if r is not None] == [r.data for r in records]
+        assert await backend.load_records([("Same", uuid4())]) == [None]
+        assert await backend.load_records([("Same", expired.id)]) == [None]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_connection_returned_inside_a_transaction_is_rolled_back(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """The pool no longer rolls back every connection returned to it (the backend's
+    connections autocommit, and its single saves and loads call sqlite3 directly, unseen by
+    SQLAlchemy): one returned inside a transaction begun on the driver is still rolled back,
+    its write undone and the file's write lock released."""
+    from pydantic_toast.backends.sqlite import SQLiteBackend
+
+    path = tmp_path / "reset.db"
+    shutil.copy(sqlite_template, path)
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        async with backend.engine.connect() as connection:
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute(
+                "INSERT INTO external_record_counts (class_name, shard, records) "
+                "VALUES ('Left', 0, 7)"
+            )
+            assert driver.in_transaction
+        with contextlib.closing(sqlite3.connect(path, timeout=0.5)) as other:
+            other.execute("BEGIN IMMEDIATE")  # the lock is free
+            assert other.execute("SELECT count(*) FROM external_record_counts").fetchone() == (0,)
+            other.execute("ROLLBACK")
+    finally:
+        await backend.disconnect()

@@ -50,10 +50,12 @@ __all__ = [
     "DELETE",
     "PURGE",
     "REVISION",
+    "SELECT_ONE",
     "SQLAlchemyBackend",
     "conflict",
     "expired",
     "expires_at",
+    "expiry_now",
     "json_as_text",
     "json_passthrough",
     "live",
@@ -99,7 +101,7 @@ def expires_at(record: StoredRecord) -> datetime | None:
 
 
 _NOW = bindparam("now", type_=_c.expires_at.type)
-_SELECT_ONE = select(*_COLUMNS).where(
+SELECT_ONE = select(*_COLUMNS).where(
     _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
 _SELECT_MANY = select(*_COLUMNS).where(
@@ -355,7 +357,7 @@ async def conflict(connection: AsyncConnection, record: StoredRecord) -> Concurr
     """The error for a write of ``record`` that found another revision (read now)."""
     current = (
         await connection.execute(
-            REVISION, {"class_name": record.class_name, "id": record.id, "now": _now()}
+            REVISION, {"class_name": record.class_name, "id": record.id, "now": expiry_now()}
         )
     ).scalar_one_or_none()
     return ConcurrencyError(
@@ -433,7 +435,7 @@ class SQLAlchemyBackend(RecordBackend):
         await self._open_engine()
 
         async def check(connection: AsyncConnection) -> None:
-            await connection.execute(COUNT.limit(0), {"class_name": "", "now": _now()})
+            await connection.execute(COUNT.limit(0), {"class_name": "", "now": expiry_now()})
 
         try:
             await self._run(check)
@@ -513,13 +515,13 @@ class SQLAlchemyBackend(RecordBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
 
-        now = _now()
+        now = expiry_now()
 
         async def read(connection: AsyncConnection) -> dict[RecordKey, StoredRecord]:
             if len(keys) == 1:
                 ((class_name, id),) = keys
                 result = await connection.execute(
-                    _SELECT_ONE, {"class_name": class_name, "id": id, "now": now}
+                    SELECT_ONE, {"class_name": class_name, "id": id, "now": now}
                 )
             else:
                 result = await connection.execute(_SELECT_MANY, {"keys": list(keys), "now": now})
@@ -530,7 +532,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed (an expired row did not)."""
-        now = _now()
+        now = expiry_now()
 
         async def delete(connection: AsyncConnection) -> bool:
             result = await connection.execute(DELETE, {"class_name": class_name, "id": id})
@@ -540,7 +542,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
         """Delete one record at ``revision`` (one statement); read its revision on a miss."""
-        now = _now()
+        now = expiry_now()
         key = {"class_name": class_name, "id": id}
 
         async def delete(connection: AsyncConnection) -> int | None:
@@ -556,7 +558,7 @@ class SQLAlchemyBackend(RecordBackend):
         """Delete the records in one statement; whether each existed (an expired one did not)."""
         if not keys:
             return []
-        now = _now()
+        now = expiry_now()
 
         async def delete(connection: AsyncConnection) -> set[RecordKey]:
             result = await connection.execute(_DELETE_MANY, {"keys": list(keys)})
@@ -571,7 +573,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired rows, a statement per class; return how many went."""
-        now = _now()
+        now = expiry_now()
 
         async def purge(connection: AsyncConnection) -> int:
             async def one_class(rows: int) -> int:
@@ -586,7 +588,7 @@ class SQLAlchemyBackend(RecordBackend):
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
         """Records newest first (``created_at``, then id), past ``after``: one SELECT."""
-        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit, "now": _now()}
+        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit, "now": expiry_now()}
         if after is not None:
             parameters["after_created_at"], parameters["after_id"] = after
 
@@ -600,7 +602,9 @@ class SQLAlchemyBackend(RecordBackend):
         """How many records of ``class_name`` are stored."""
 
         async def read(connection: AsyncConnection) -> int:
-            result = await connection.execute(COUNT, {"class_name": class_name, "now": _now()})
+            result = await connection.execute(
+                COUNT, {"class_name": class_name, "now": expiry_now()}
+            )
             return int(result.scalar_one())
 
         return await self._run(read)
@@ -683,7 +687,7 @@ async def see_through(
     raise asyncio.CancelledError
 
 
-def _now() -> datetime:
+def expiry_now() -> datetime:
     """The time expiry is judged against: the application's clock, as for ``ttl`` itself."""
     return datetime.now(UTC)
 

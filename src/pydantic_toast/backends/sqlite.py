@@ -25,12 +25,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pydantic_toast._exceptions import StorageConfigurationError, StorageSchemaError
-from pydantic_toast._records import StoredRecord
+from pydantic_toast._records import RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.sql import (
+    SELECT_ONE,
     SQLAlchemyBackend,
     conflict,
+    expiry_now,
     json_as_text,
     json_passthrough,
     write_parameters,
@@ -117,6 +119,8 @@ class SQLiteBackend(SQLAlchemyBackend):
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
         self._compiled: dict[str, _Compiled] = {}
+        # The timestamp columns' result processor (SQLite's text to an aware datetime).
+        self._timestamp: Callable[[Any], Any] | None = None
 
     async def connect(self) -> None:
         """Check that the database file exists, then connect and check the table.
@@ -163,6 +167,46 @@ class SQLiteBackend(SQLAlchemyBackend):
             return [int(rows[0][0])]
 
         return await self._run(write)
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Read the records, in the order of ``keys``.
+
+        A single record outside a transaction is read in one call to the connection's thread
+        (SQLAlchemy's cursor takes four: open, execute, fetch, close), its columns converted
+        by the same result processors SQLAlchemy would apply.
+        """
+        if len(keys) != 1 or joined_connection(self._same_store) is not None:
+            return await super().load_records(keys)
+        ((class_name, id),) = keys
+        parameters = {"class_name": class_name, "id": id, "now": expiry_now()}
+
+        async def read(connection: AsyncConnection) -> list[Any]:
+            sql, values = self._bound("select one", SELECT_ONE, parameters, connection)
+            if self._timestamp is None:
+                dialect = connection.dialect
+                column_type = records_table.c.created_at.type.dialect_impl(dialect)
+                self._timestamp = column_type.result_processor(dialect, None)
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            rows: list[Any] = await driver.execute_fetchall(sql, values)
+            return rows
+
+        rows = await self._run(read)
+        if not rows:
+            return [None]
+        _, _, schema_version, data, created_at, updated_at, revision = rows[0]
+        timestamp = self._timestamp
+        assert timestamp is not None  # set by read()
+        return [
+            read_record(
+                class_name,
+                id,
+                data.encode() if isinstance(data, str) else data,  # bytes: written in pieces
+                schema_version,
+                timestamp(created_at),
+                timestamp(updated_at),
+                revision,
+            )
+        ]
 
     async def _before_joined_savepoint(self, connection: AsyncConnection) -> None:
         await self._begin_joined(connection)  # a session's SAVEPOINT: the same trap
@@ -246,13 +290,28 @@ class SQLiteBackend(SQLAlchemyBackend):
             json_serializer=json_passthrough,
             json_deserializer=json_as_text,
             connect_args={"timeout": 10},
+            pool_reset_on_return=None,  # see _roll_back_if_begun
         )
         event.listen(engine.sync_engine, "connect", configure_connection)
+        event.listen(engine.sync_engine, "reset", _roll_back_if_begun)
         return engine
 
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
 """A statement as sqlite3 runs it: its SQL, its parameters' names in order, their converters."""
+
+
+def _roll_back_if_begun(dbapi_connection: Any, _record: Any, reset_state: Any) -> None:
+    """A ``reset`` listener: roll back a connection returned to the pool inside a transaction.
+
+    The backend's connections autocommit. SQLAlchemy rolls back a transaction begun through
+    it when the connection closes; one begun on the driver itself (a record written in pieces
+    runs its ``BEGIN IMMEDIATE`` in sqlite3's thread) is rolled back here if it did not reach
+    its ``COMMIT`` or ``ROLLBACK``. The pool's own reset rolled back on every return: a call
+    to the connection's thread, one of two in a single save and of five in a single load.
+    """
+    if not reset_state.terminate_only and dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
 
 
 def _write_in_pieces(
