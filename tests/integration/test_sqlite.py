@@ -379,9 +379,9 @@ async def test_a_single_save_or_load_is_one_call_to_the_connection_thread(
     tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """aiosqlite runs each call in the connection's thread, and each call costs a hop there
-    and back: a single load took five (SQLAlchemy's cursor: open, execute, fetch, close, then
-    the pool's rollback on return) and a single save two; both are one now. Counted at
-    aiosqlite's one entry to its thread."""
+    and back: a single load, a page and a count took five (SQLAlchemy's cursor: open, execute,
+    fetch, close, then the pool's rollback on return) and a single save two; each is one now.
+    Counted at aiosqlite's one entry to its thread."""
     import aiosqlite.core
 
     path = tmp_path / "hops.db"
@@ -405,7 +405,17 @@ async def test_a_single_save_or_load_is_one_call_to_the_connection_thread(
         loaded = await Memo.aload(reference)
         load_calls, calls[:] = list(calls), []
         await Memo(text="saved").asave()
-        assert (loaded.text, load_calls, len(calls)) == ("warm", ["_execute_fetchall"], 1)
+        save_calls, calls[:] = list(calls), []
+        assert (loaded.text, load_calls, save_calls) == (
+            "warm",
+            ["_execute_fetchall"],
+            ["_execute_fetchall"],
+        )
+        page = await pydantic_toast.apage(Memo, limit=1)
+        later = await pydantic_toast.apage(Memo, limit=5, after=page.next_after)
+        counted = await pydantic_toast.acount(Memo)
+        assert ([m.text for m in [*page.items, *later.items]], counted) == (["saved", "warm"], 2)
+        assert calls == ["_execute_fetchall"] * 3
     finally:
         monkeypatch.undo()
         await pydantic_toast.aclose_storage()

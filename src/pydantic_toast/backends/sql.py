@@ -32,12 +32,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from pydantic_toast._exceptions import ConcurrencyError, StorageUsageError
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, read_record
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import RecordBackend
 from pydantic_toast.backends.sql_table import counts_table, records_table
@@ -50,12 +49,10 @@ __all__ = [
     "DELETE",
     "PURGE",
     "REVISION",
-    "SELECT_ONE",
     "SQLAlchemyBackend",
     "conflict",
     "expired",
     "expires_at",
-    "expiry_now",
     "json_as_text",
     "json_passthrough",
     "live",
@@ -101,7 +98,7 @@ def expires_at(record: StoredRecord) -> datetime | None:
 
 
 _NOW = bindparam("now", type_=_c.expires_at.type)
-SELECT_ONE = select(*_COLUMNS).where(
+_SELECT_ONE = select(*_COLUMNS).where(
     _c.class_name == bindparam("class_name"), _c.id == bindparam("id"), live(_NOW)
 )
 _SELECT_MANY = select(*_COLUMNS).where(
@@ -357,7 +354,7 @@ async def conflict(connection: AsyncConnection, record: StoredRecord) -> Concurr
     """The error for a write of ``record`` that found another revision (read now)."""
     current = (
         await connection.execute(
-            REVISION, {"class_name": record.class_name, "id": record.id, "now": expiry_now()}
+            REVISION, {"class_name": record.class_name, "id": record.id, "now": _now()}
         )
     ).scalar_one_or_none()
     return ConcurrencyError(
@@ -435,7 +432,7 @@ class SQLAlchemyBackend(RecordBackend):
         await self._open_engine()
 
         async def check(connection: AsyncConnection) -> None:
-            await connection.execute(COUNT.limit(0), {"class_name": "", "now": expiry_now()})
+            await connection.execute(COUNT.limit(0), {"class_name": "", "now": _now()})
 
         try:
             await self._run(check)
@@ -514,17 +511,15 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records in one statement, in the order of ``keys``."""
-
-        now = expiry_now()
+        now = _now()
+        if len(keys) == 1:
+            ((class_name, id),) = keys
+            parameters = {"class_name": class_name, "id": id, "now": now}
+            rows = await self._select("select one", _SELECT_ONE, parameters)
+            return [_to_record(rows[0]) if rows else None]
 
         async def read(connection: AsyncConnection) -> dict[RecordKey, StoredRecord]:
-            if len(keys) == 1:
-                ((class_name, id),) = keys
-                result = await connection.execute(
-                    SELECT_ONE, {"class_name": class_name, "id": id, "now": now}
-                )
-            else:
-                result = await connection.execute(_SELECT_MANY, {"keys": list(keys), "now": now})
+            result = await connection.execute(_SELECT_MANY, {"keys": list(keys), "now": now})
             return {(row.class_name, row.id): _to_record(row) for row in result}
 
         found = await self._run(read)
@@ -532,7 +527,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; return whether it existed (an expired row did not)."""
-        now = expiry_now()
+        now = _now()
 
         async def delete(connection: AsyncConnection) -> bool:
             result = await connection.execute(DELETE, {"class_name": class_name, "id": id})
@@ -542,7 +537,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
         """Delete one record at ``revision`` (one statement); read its revision on a miss."""
-        now = expiry_now()
+        now = _now()
         key = {"class_name": class_name, "id": id}
 
         async def delete(connection: AsyncConnection) -> int | None:
@@ -558,7 +553,7 @@ class SQLAlchemyBackend(RecordBackend):
         """Delete the records in one statement; whether each existed (an expired one did not)."""
         if not keys:
             return []
-        now = expiry_now()
+        now = _now()
 
         async def delete(connection: AsyncConnection) -> set[RecordKey]:
             result = await connection.execute(_DELETE_MANY, {"keys": list(keys)})
@@ -573,7 +568,7 @@ class SQLAlchemyBackend(RecordBackend):
 
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired rows, a statement per class; return how many went."""
-        now = expiry_now()
+        now = _now()
 
         async def purge(connection: AsyncConnection) -> int:
             async def one_class(rows: int) -> int:
@@ -588,24 +583,34 @@ class SQLAlchemyBackend(RecordBackend):
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
         """Records newest first (``created_at``, then id), past ``after``: one SELECT."""
-        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit, "now": expiry_now()}
+        parameters: dict[str, Any] = {"class_name": class_name, "limit": limit, "now": _now()}
         if after is not None:
             parameters["after_created_at"], parameters["after_id"] = after
 
-        async def read(connection: AsyncConnection) -> list[StoredRecord]:
-            query = _PAGE_FIRST if after is None else _PAGE_AFTER
-            return [_to_record(row) for row in await connection.execute(query, parameters)]
-
-        return await self._run(read)
+        if after is None:
+            rows = await self._select("page first", _PAGE_FIRST, parameters)
+        else:
+            rows = await self._select("page after", _PAGE_AFTER, parameters)
+        return [_to_record(row) for row in rows]
 
     async def count(self, class_name: str) -> int:
         """How many records of ``class_name`` are stored."""
+        parameters = {"class_name": class_name, "now": _now()}
+        ((count,),) = await self._select("count", COUNT, parameters)
+        return int(count)
 
-        async def read(connection: AsyncConnection) -> int:
-            result = await connection.execute(
-                COUNT, {"class_name": class_name, "now": expiry_now()}
-            )
-            return int(result.scalar_one())
+    async def _select(
+        self, name: str, statement: Select[Any], parameters: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """The rows ``statement`` selects with ``parameters``, converted by its columns' types.
+
+        ``name`` names the statement (one per statement) for a subclass that compiles it
+        once and runs it on the driver (SQLite).
+        """
+
+        async def read(connection: AsyncConnection) -> Sequence[Sequence[Any]]:
+            rows: Sequence[Sequence[Any]] = (await connection.execute(statement, parameters)).all()
+            return rows
 
         return await self._run(read)
 
@@ -687,23 +692,17 @@ async def see_through(
     raise asyncio.CancelledError
 
 
-def expiry_now() -> datetime:
+def _now() -> datetime:
     """The time expiry is judged against: the application's clock, as for ``ttl`` itself."""
     return datetime.now(UTC)
 
 
-def _to_record(row: Row[Any, Any, Any, Any, Any, Any, Any]) -> StoredRecord:
-    data = row.data  # JSON text; on SQLite, bytes of it for a record written in pieces
+def _to_record(row: Sequence[Any]) -> StoredRecord:
+    """The record in a row of :data:`_COLUMNS`."""
+    class_name, id, schema_version, data, created_at, updated_at, revision = row
+    # JSON text; on SQLite, bytes of it for a record written in pieces
     if isinstance(data, str):
         data = data.encode()
     elif not isinstance(data, bytes):
         data = json.dumps(data).encode()
-    return StoredRecord(
-        class_name=row.class_name,
-        id=row.id,
-        data=data,
-        schema_version=row.schema_version,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        revision=row.revision,
-    )
+    return read_record(class_name, id, data, schema_version, created_at, updated_at, revision)

@@ -19,20 +19,18 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import URL, Integer, bindparam, event, func, literal_column, select
+from sqlalchemy import URL, Integer, Select, bindparam, event, func, literal_column, select
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pydantic_toast._exceptions import StorageConfigurationError, StorageSchemaError
-from pydantic_toast._records import RecordKey, StoredRecord, read_record
+from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.backends.sql import (
-    SELECT_ONE,
     SQLAlchemyBackend,
     conflict,
-    expiry_now,
     json_as_text,
     json_passthrough,
     write_parameters,
@@ -119,8 +117,8 @@ class SQLiteBackend(SQLAlchemyBackend):
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__(url, engine=engine)
         self._compiled: dict[str, _Compiled] = {}
-        # The timestamp columns' result processor (SQLite's text to an aware datetime).
-        self._timestamp: Callable[[Any], Any] | None = None
+        # By statement name: the result processors of a SELECT's columns (None: kept as read).
+        self._converters: dict[str, tuple[Callable[[Any], Any] | None, ...]] = {}
 
     async def connect(self) -> None:
         """Check that the database file exists, then connect and check the table.
@@ -168,44 +166,34 @@ class SQLiteBackend(SQLAlchemyBackend):
 
         return await self._run(write)
 
-    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read the records, in the order of ``keys``.
+    async def _select(
+        self, name: str, statement: Select[Any], parameters: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """The rows, in one call to the connection's thread (a single load, a page, a count).
 
-        A single record outside a transaction is read in one call to the connection's thread
-        (SQLAlchemy's cursor takes four: open, execute, fetch, close), its columns converted
-        by the same result processors SQLAlchemy would apply.
+        SQLAlchemy's cursor takes four (open, execute, fetch, close). The statement is compiled
+        once, its parameters bound and its columns converted by the processors SQLAlchemy would
+        apply. Inside :func:`~pydantic_toast.transaction`, SQLAlchemy's own path.
         """
-        if len(keys) != 1 or joined_connection(self._same_store) is not None:
-            return await super().load_records(keys)
-        ((class_name, id),) = keys
-        parameters = {"class_name": class_name, "id": id, "now": expiry_now()}
+        if joined_connection(self._same_store) is not None:
+            return await super()._select(name, statement, parameters)
 
         async def read(connection: AsyncConnection) -> list[Any]:
-            sql, values = self._bound("select one", SELECT_ONE, parameters, connection)
-            if self._timestamp is None:
-                dialect = connection.dialect
-                column_type = records_table.c.created_at.type.dialect_impl(dialect)
-                self._timestamp = column_type.result_processor(dialect, None)
+            sql, values = self._bound(name, statement, parameters, connection)
             driver: Any = (await connection.get_raw_connection()).driver_connection
             rows: list[Any] = await driver.execute_fetchall(sql, values)
             return rows
 
         rows = await self._run(read)
-        if not rows:
-            return [None]
-        _, _, schema_version, data, created_at, updated_at, revision = rows[0]
-        timestamp = self._timestamp
-        assert timestamp is not None  # set by read()
+        converters = self._converters[name]
+        if not any(converters):
+            return rows
         return [
-            read_record(
-                class_name,
-                id,
-                data.encode() if isinstance(data, str) else data,  # bytes: written in pieces
-                schema_version,
-                timestamp(created_at),
-                timestamp(updated_at),
-                revision,
-            )
+            [
+                value if convert is None else convert(value)
+                for convert, value in zip(converters, row, strict=True)
+            ]
+            for row in rows
         ]
 
     async def _before_joined_savepoint(self, connection: AsyncConnection) -> None:
@@ -257,8 +245,13 @@ class SQLiteBackend(SQLAlchemyBackend):
         """``statement`` (compiled once as ``name``) with its parameters as sqlite3 binds them."""
         compiled = self._compiled.get(name)
         if compiled is None:
-            compiled = self._compiled[name] = _compile(statement, connection.dialect)
-        sql, names, processors = compiled
+            dialect = connection.dialect
+            compiled = self._compiled[name] = _compile(statement, dialect)
+            if isinstance(statement, Select):
+                self._converters[name] = _result_processors(statement, dialect)
+        sql, names, processors, added = compiled
+        if added:
+            parameters = {**added, **parameters}
         values = [
             parameters[key] if process is None else process(parameters[key])
             for key, process in zip(names, processors, strict=True)
@@ -297,8 +290,9 @@ class SQLiteBackend(SQLAlchemyBackend):
         return engine
 
 
-_Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
-"""A statement as sqlite3 runs it: its SQL, its parameters' names in order, their converters."""
+_Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...], dict[str, Any]]
+"""A statement as sqlite3 runs it: its SQL, its parameters' names in order, their converters,
+and the values of the parameters SQLAlchemy adds itself (a ``LIMIT``'s ``OFFSET``)."""
 
 
 def _roll_back_if_begun(dbapi_connection: Any, _record: Any, reset_state: Any) -> None:
@@ -366,7 +360,22 @@ def _compile(statement: Any, dialect: Dialect) -> _Compiled:
     processors = tuple(
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     )
-    return compiled.string, names, processors
+    added = {name: value for name, value in compiled.params.items() if value is not None}
+    return compiled.string, names, processors, added
+
+
+def _result_processors(
+    statement: Select[Any], dialect: Dialect
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    """What SQLAlchemy applies to each column ``statement`` selects (UUIDs from hex, aware
+    timestamps from text); the JSON data is kept as sqlite3 reads it (text, or bytes of a
+    record written in pieces), as the engine's deserializer keeps it."""
+    return tuple(
+        None
+        if column is records_table.c.data
+        else column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.selected_columns
+    )
 
 
 redact_log_arguments("aiosqlite")  # it logs each call with its SQL parameters at DEBUG
