@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from pydantic_toast import (
     RecordKey,
     RecordNotFoundError,
     StorageAuthenticationError,
+    StorageBackend,
     StorageBusyError,
     StorageConfigurationError,
     StorageConnectionError,
@@ -750,6 +752,89 @@ def test_a_socket_permission_error_is_not_a_file_problem() -> None:
     firewalled = model_on(f"firewalled://{uuid4().hex}")
     error = raised(lambda: firewalled.model_validate(firewalled(text="x").model_dump()))
     assert "files or disk" not in str(error)
+
+
+class OwnTablesBackend(StorageBackend):
+    """A user's backend on a database driver, keeping records in a table of its own
+    (``toast_kv``), which it expects its own setup to have made: ``sqlite3`` for
+    ``ownsqlite://<file>``, asyncpg for ``ownpg://`` (the rest of a PostgreSQL URL)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.target = url.split("://", 1)[1]
+        self.connection: Any = None
+
+    async def connect(self) -> None:
+        if self.url.startswith("ownpg://"):
+            import asyncpg
+
+            self.connection = await asyncpg.connect(f"postgresql://{self.target}")
+        else:
+            self.connection = sqlite3.connect(self.target)
+
+    async def disconnect(self) -> None:
+        if self.url.startswith("ownpg://"):
+            await self.connection.close()
+        else:
+            self.connection.close()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        if self.url.startswith("ownpg://"):
+            await self.connection.execute("INSERT INTO toast_kv VALUES ($1, $2)", str(id), "{}")
+        else:
+            self.connection.execute("INSERT INTO toast_kv VALUES (?, ?)", (str(id), "{}"))
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        return None
+
+
+pydantic_toast.register_backend("ownsqlite", OwnTablesBackend)
+pydantic_toast.register_backend("ownpg", OwnTablesBackend)
+
+
+def test_own_sqlite3_tables_missing_do_not_point_at_the_librarys_migrations(
+    tmp_path: Path,
+) -> None:
+    """A user's backend on the sqlite3 module whose table is missing is told to create it,
+    not to run pydantic-toast migrate on its URL (which makes external_records and cannot
+    serve its scheme), nor told of an external_records table it never uses."""
+    ledger = model_on(f"ownsqlite://{tmp_path / 'own.db'}", concurrency="last-write-wins")
+    try:
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+    assert_mapped(error, StorageSchemaError, "no such table: toast_kv", "OwnTables backend")
+    assert "migrate <url>" not in str(error)
+    assert "external_records" not in str(error)
+
+
+def test_own_sqlite3_file_unusable_names_no_path_the_backend_did_not_open(
+    tmp_path: Path,
+) -> None:
+    """sqlite3 unable to open a user's backend's file: the message did not name the file it
+    tried but the URL's path read as sqlite:// reads it (its leading slash cut off)."""
+    ledger = model_on(f"ownsqlite://{tmp_path}/missing/own.db", concurrency="last-write-wins")
+    try:
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+    assert_mapped(
+        error, StorageConnectionError, "OwnTables (ownsqlite://", "could not use its SQLite"
+    )
+
+
+@pytest.mark.postgresql
+def test_own_postgres_tables_missing_do_not_point_at_the_librarys_migrations(
+    empty_database: str,
+) -> None:
+    """A user's backend on asyncpg whose table is missing (42P01) is told which table is
+    missing and to create it, not to run pydantic-toast migrate."""
+    url = empty_database.replace("postgresql://", "ownpg://", 1)
+    ledger = model_on(url, concurrency="last-write-wins")
+    error = raised(lambda: ledger(text="x").model_dump())
+    assert_mapped(error, StorageSchemaError, "the table toast_kv does not exist", "OwnTables")
+    assert "migrate <url>" not in str(error)
+    assert "external_records" not in str(error)
 
 
 class FoundOnlyBackend(MemoryBackend):

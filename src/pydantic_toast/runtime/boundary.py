@@ -58,6 +58,7 @@ logger = logging.getLogger("pydantic_toast")
 _CONNECTING = "_pydantic_toast_connecting"
 _ENDED = "_pydantic_toast_ended"
 _BUILT_IN = "pydantic_toast.backends."
+_INTERFACE = "pydantic_toast.backends.base"  # StorageBackend, RecordBackend: not a store
 
 
 def connecting(exc: BaseException) -> BaseException:
@@ -484,6 +485,7 @@ class Connected:
             operation=operation,
             connecting=bool(getattr(exc, _CONNECTING, False)) or unsent(exc),
             class_name=class_name,
+            built_in=_built_in(self.backend),
         )
 
     async def _discard_connections(self) -> None:
@@ -495,6 +497,14 @@ class Connected:
 
 def _loaded_bytes(records: list[StoredRecord | None]) -> int:
     return sum(len(record.data) for record in records if record is not None)
+
+
+def _built_in(backend: StorageBackend) -> bool:
+    """Whether ``backend`` is (or extends) one of the library's stores, beyond the interface."""
+    return any(
+        kind.__module__.startswith(_BUILT_IN) and kind.__module__ != _INTERFACE
+        for kind in type(backend).__mro__
+    )
 
 
 def _kind_of(backend: StorageBackend) -> str:

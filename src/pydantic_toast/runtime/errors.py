@@ -90,6 +90,10 @@ class Failure:
         operation: ``"connect"``, ``"save"``, ``"load"``, ``"delete"``, ``"list"`` or ``"count"``.
         connecting: Whether the failure came while opening a connection.
         class_name: The class whose records were involved, when known.
+        built_in: Whether the backend is one of the library's, whose tables its migrations
+            make. A backend of the application's own on sqlite3 or a PostgreSQL driver keeps
+            its own tables: its messages name neither ``external_records`` nor
+            ``pydantic-toast migrate``.
     """
 
     backend: str
@@ -97,6 +101,7 @@ class Failure:
     operation: str
     connecting: bool = False
     class_name: str | None = None
+    built_in: bool = True
 
     @property
     def where(self) -> str:
@@ -203,6 +208,8 @@ def _postgres(
     sqlstate: str, exc: BaseException, failure: Failure
 ) -> tuple[ExternalStorageError, bool]:
     url, where = failure.url.masked, failure.where
+    if not failure.built_in and sqlstate in _LIBRARY_SCHEMA_STATES:
+        return _own_schema(sqlstate, exc, failure), False
     if sqlstate in ("42P01", "42703"):
         return StorageSchemaError(
             f"the {_missing(exc, sqlstate)} does not exist in database {failure.database} on "
@@ -271,6 +278,34 @@ def _postgres(
     ), False
 
 
+_LIBRARY_SCHEMA_STATES = ("42P01", "42703", "3D000", "42501")
+"""The SQLSTATEs whose messages name the library's tables or its migrate command."""
+
+
+def _own_schema(sqlstate: str, exc: BaseException, failure: Failure) -> ExternalStorageError:
+    """The error for ``sqlstate`` from a backend of the application's own, whose tables and
+    grants are its own: the fix is in that backend's setup, not ``pydantic-toast migrate``."""
+    url, where = failure.url.masked, failure.where
+    if sqlstate in ("42P01", "42703"):
+        missing = _missing(exc, sqlstate, "table")
+        return StorageSchemaError(
+            f"the {missing} does not exist in database {failure.database} on {where} "
+            f"(SQLSTATE {sqlstate}): create the tables the {failure.backend} backend uses, as "
+            "its setup says (pydantic-toast migrate makes only the built-in backends' table)",
+            url=url,
+        )
+    if sqlstate == "3D000":
+        return StorageConnectionError(
+            f"database {failure.database} does not exist on {where}: create it "
+            f"(createdb {failure.database})",
+            url=url,
+        )
+    return StorageOperationError(
+        f"{where} denied the {failure.operation} (insufficient privilege, SQLSTATE 42501): "
+        f"grant the URL's user the privileges the {failure.backend} backend needs on its tables"
+    )
+
+
 # PostgreSQL's message names the missing table or column: the library's own, never user data.
 _UNDEFINED = re.compile(r'^(relation|column) "?(?:\w+\.)?(\w+)"? (?:of relation "\w+" )?does not')
 
@@ -311,7 +346,7 @@ def _server_timeout(sqlstate: str, exc: BaseException, failure: Failure) -> str:
     )
 
 
-def _missing(exc: BaseException, sqlstate: str) -> str:
+def _missing(exc: BaseException, sqlstate: str, table: str = "table external_records") -> str:
     """``table <name>`` or ``column <name>`` from the undefined object's error, or a general
     phrase: after an upgrade, the table that is missing may be another than external_records."""
     for error in _chain(exc):
@@ -320,7 +355,7 @@ def _missing(exc: BaseException, sqlstate: str) -> str:
             if found is not None:
                 kind = "table" if found.group(1) == "relation" else "column"
                 return f"{kind} {found.group(2)}"
-    return "table external_records" if sqlstate == "42P01" else "column"
+    return table if sqlstate == "42P01" else "column"
 
 
 # -- the other drivers, rule by rule -----------------------------------------------------------
@@ -334,6 +369,8 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
         return None
     message = str(driver)
     url = failure.url.masked
+    if not failure.built_in:
+        return _own_sqlite(message, type(driver).__name__, failure)
     if message.startswith(("no such table", "no such column", "table external_records has no")):
         return StorageSchemaError(
             f"external_records is missing or outdated in {failure.url.masked}: {MIGRATE_HINT}",
@@ -349,6 +386,34 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
             f"SQLite could not use {shorten(_sqlite_file(failure.url.path), 200)} "
             f"({type(driver).__name__}: {shorten(message)}): check the path, its folder and "
             "their permissions",
+            url=url,
+        ), False
+    return None
+
+
+def _own_sqlite(message: str, kind: str, failure: Failure) -> Translation:
+    """sqlite3's errors in a backend of the application's own: its tables and its file are
+    its own (the URL's path need not name the file, as it does for ``sqlite://``)."""
+    url, where = failure.url.masked, failure.where
+    # sqlite3's messages here name a table, a column or the file's state, never data.
+    if message.startswith(("no such table", "no such column")) or (
+        message.startswith("table ") and " has no column" in message
+    ):
+        return StorageSchemaError(
+            f"{where}: {shorten(message)} ({kind}): create or update the tables the "
+            f"{failure.backend} backend uses, as its setup says (pydantic-toast migrate makes "
+            "only the built-in backends' table)",
+            url=url,
+        ), False
+    if "database is locked" in message or "busy" in message:
+        return StorageBusyError(
+            f"{where}: the SQLite database stayed locked by another writer ({kind}): retry",
+            url=url,
+        ), False
+    if "unable to open" in message or "readonly" in message or "disk" in message:
+        return StorageConnectionError(
+            f"{where} could not use its SQLite database file ({kind}: {shorten(message)}): check "
+            "the path the backend opens, its folder and their permissions",
             url=url,
         ), False
     return None
