@@ -41,6 +41,7 @@ class DictBackend(StorageBackend):
     ignores_class_when_deleting = False
     cuts_data_at: int | None = None
     lists_first_versions = False
+    needs_a_list_of_keys = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -95,6 +96,8 @@ class DictBackend(StorageBackend):
         return revisions
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        if self.needs_a_list_of_keys:
+            keys = keys.copy()  # type: ignore[attr-defined]  # fine on the lists it was given
         records = [self.get(key) for key in keys]
         if self.drops_schema_version:
             return [r and dataclasses.replace(r, schema_version=1) for r in records]
@@ -186,6 +189,11 @@ FLAWS = [
         {"lists_first_versions": True},
         "test_listed_records_are_the_stored_ones",
         id="lists-stale-records",
+    ),
+    pytest.param(
+        {"needs_a_list_of_keys": True},
+        "test_batch_loads_take_the_keys_of_one_class_as_a_sequence",
+        id="keys-must-be-a-list",
     ),
 ]
 

@@ -39,12 +39,13 @@ import pytest
 from pydantic_toast._config import ExternalConfigDict
 from pydantic_toast._exceptions import (
     ConcurrencyError,
+    ExternalStorageError,
     RecordNotFoundError,
     StorageConfigurationError,
     StorageUsageError,
 )
 from pydantic_toast._model import ExternalBaseModel
-from pydantic_toast._records import PageCursor, StoredRecord
+from pydantic_toast._records import ClassKeys, PageCursor, StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.runtime.boundary import Connected
@@ -318,6 +319,37 @@ class BackendConformance:
         assert isinstance(loaded, list)
         assert loaded[0] is None
         assert [r.id for r in loaded[1:] if r is not None] == [r.id for r in reversed(records)]
+
+    def test_batch_loads_take_the_keys_of_one_class_as_a_sequence(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """load_records answers keys given as a ``Sequence`` that is not a list.
+
+        Loading many records of one class (``validate(list[Order], references)``, a page) hands
+        the backend its keys as a ``ClassKeys`` sequence, not a list: list-only operations
+        (``keys + [...]``, ``keys.copy()``, ``isinstance(keys, list)``) fail there, and only
+        there.
+        """
+        created = datetime.now(UTC)
+        records = [
+            _record(class_name, uuid4(), f'{{"n":{n}}}'.encode(), created=created) for n in range(5)
+        ]
+        ids = [records[3].id, uuid4(), records[0].id, records[4].id]
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            await backend.save_records(records)
+            return await backend.load_records(ClassKeys(class_name, ids))
+
+        try:
+            loaded = self.run(storage, storage_url, job)
+        except ExternalStorageError as exc:
+            pytest.fail(
+                "load_records failed on keys given as a Sequence that is not a list (the "
+                f"library passes a ClassKeys for a batch of one class): {exc}; iterate over "
+                "the keys, index or slice them, or copy them with list(keys)"
+            )
+        assert isinstance(loaded, list)
+        assert [None if r is None else r.id for r in loaded] == [ids[0], None, *ids[2:]]
 
     # -- declared capabilities ------------------------------------------------------------------
 
