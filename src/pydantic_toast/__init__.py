@@ -60,6 +60,7 @@ from pydantic_toast._reference import ExternalReference
 from pydantic_toast._saving import last_write_wins
 from pydantic_toast._signing import SignedReference, SigningKeys, sign_reference, verify_reference
 from pydantic_toast._trees import adump, avalidate, dump, validate
+from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.backends.postgresql_replicas import read_primary
 from pydantic_toast.runtime.blocking import BlockingStorageCallWarning
@@ -118,6 +119,7 @@ __all__ = [
     "StoragePoolTimeoutError",
     "StorageSchemaError",
     "StorageTimeoutError",
+    "StorageURL",
     "StorageUsageError",
     "StorageValidationError",
     "StoredDataError",

@@ -202,6 +202,7 @@ def test_public_api_is_pinned() -> None:
         "StoragePoolTimeoutError",
         "StorageSchemaError",
         "StorageTimeoutError",
+        "StorageURL",
         "StorageUsageError",
         "StorageValidationError",
         "StoredDataError",

@@ -73,6 +73,80 @@ name: str = Order.model_validate({"class_name": "Order", "id": "x"})
 """
 
 
+BACKEND_PROGRAM = """
+from collections.abc import Hashable, Sequence
+from typing import Any
+from uuid import UUID
+
+from pydantic_toast import (
+    Capability,
+    PageCursor,
+    RecordKey,
+    StorageBackend,
+    StorageConfigurationError,
+    StorageURL,
+    StoredRecord,
+    register_backend,
+)
+from pydantic_toast.runtime.boundary import connecting
+
+
+class KeyValueBackend(StorageBackend):
+    capabilities = frozenset({Capability.BATCH, Capability.LIST, Capability.COUNT})
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        if not url.path:
+            raise StorageConfigurationError(f"{url.masked}: name a folder")
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        return (url.scheme, url.path)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.folder: str = StorageURL.parse(url).path
+        self.records: dict[RecordKey, StoredRecord] = {}
+
+    async def connect(self) -> None:
+        try:
+            self.records.clear()
+        except RuntimeError as exc:
+            raise connecting(exc) from None
+
+    async def disconnect(self) -> None:
+        self.records.clear()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_document(class_name, id, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        record = self.records.get((class_name, id))
+        return None if record is None else record.to_document()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        for record in records:
+            self.records[record.key] = record
+        return None
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        return [self.records.get(key) for key in keys]
+
+    async def list_records(
+        self, class_name: str, *, limit: int, after: PageCursor | None = None
+    ) -> list[StoredRecord]:
+        found = [r for (name, _), r in self.records.items() if name == class_name]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return [r for r in found if after is None or (r.created_at, r.id) < after][:limit]
+
+    async def count(self, class_name: str) -> int:
+        return sum(1 for name, _ in self.records if name == class_name)
+
+
+register_backend("kv", KeyValueBackend)
+"""
+
+
 @pytest.fixture(scope="module")
 def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One mypy cache for both programs (pydantic's stubs are checked once)."""
@@ -105,3 +179,13 @@ def test_wrong_assignment_fails_mypy_strict(tmp_path: Path, mypy_cache: Path) ->
     result = mypy(tmp_path, WRONG_PROGRAM, mypy_cache)
     assert result.returncode == 1, result.stdout
     assert 'Incompatible types in assignment (expression has type "Order"' in result.stdout
+
+
+def test_a_backend_typed_with_public_names_passes_mypy_strict(
+    tmp_path: Path, mypy_cache: Path
+) -> None:
+    """A backend overriding every hook (check_url and store_identity take a StorageURL)
+    type-checks under mypy --strict importing nothing private."""
+    result = mypy(tmp_path, BACKEND_PROGRAM, mypy_cache)
+    assert result.returncode == 0, result.stdout
+    assert "Success" in result.stdout

@@ -142,8 +142,10 @@ class StorageBackend(ABC):
     classes, health checks and the FastAPI lifespan check against it instead of trying.
 
     Attributes:
-        url: The storage URL exactly as configured (use ``repr`` or :func:`mask_url` in
-            messages, never ``url`` itself: it may hold a password).
+        url: The storage URL exactly as configured (use ``repr(self)`` or
+            ``StorageURL.parse(url).masked`` in messages, never ``url`` itself: it may hold a
+            password). :class:`~pydantic_toast.StorageURL` also parses its host, port, path
+            and query options.
     """
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
