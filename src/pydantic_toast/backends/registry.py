@@ -2,13 +2,16 @@
 
 Each :class:`~pydantic_toast.Storage` owns one :class:`BackendRegistry`. Built-in backends are
 known by import path, so ``import pydantic_toast`` imports no database driver; a backend's module
-is imported the first time a model uses its scheme.
+is imported the first time a model uses its scheme. Installed packages add schemes through
+entry points in the ``pydantic_toast.backends`` group (name: the scheme, value:
+``module:Class``), loaded the same way, on first use.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import re
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "EXTRA_REQUIRES",
     "POSTGRESQL_SCHEMES",
     "BackendRegistry",
@@ -32,6 +36,9 @@ __all__ = [
 ]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
+
+ENTRY_POINT_GROUP = "pydantic_toast.backends"
+"""The entry-point group of installed backends: each entry's name is its URL scheme."""
 
 POSTGRESQL_SCHEMES = (
     "postgresql",
@@ -107,31 +114,42 @@ class BackendRegistry:
             self._removed.discard(scheme)
 
     def unregister(self, scheme: str) -> None:
-        """Forget ``scheme`` (a built-in one too); models defined later cannot use it.
+        """Forget ``scheme`` (a built-in or installed one too); models defined later cannot use it.
 
         Raises:
             StorageConfigurationError: No backend serves ``scheme``.
         """
+        installed = any(entry.name == scheme for entry in _entry_points())
         with self._lock:
             if scheme not in self._registered and (
-                scheme not in _BUILTINS or scheme in self._removed
+                (scheme not in _BUILTINS and not installed) or scheme in self._removed
             ):
                 raise StorageConfigurationError(f"no backend is registered for {scheme!r}")
             self._registered.pop(scheme, None)
-            if scheme in _BUILTINS:
+            if scheme in _BUILTINS or installed:
                 self._removed.add(scheme)
 
     def class_for(self, scheme: str) -> type[StorageBackend]:
         """The backend class for ``scheme``, importing a built-in backend on first use.
 
+        A scheme neither registered nor built in is looked up among the installed packages'
+        entry points (:data:`ENTRY_POINT_GROUP`); the class found is checked as
+        :meth:`register` checks it, and kept.
+
         Raises:
             UnknownSchemeError: No backend serves the scheme.
-            StorageConfigurationError: The scheme's optional driver is missing.
+            StorageConfigurationError: The scheme's optional driver is missing, or its
+                installed entry point cannot be loaded or is not a complete backend.
         """
         registered = self._registered.get(scheme)
         if registered is not None:
             return registered
         builtin = None if scheme in self._removed else _BUILTINS.get(scheme)
+        if builtin is None and scheme not in self._removed:
+            installed = _installed_backend(scheme)
+            if installed is not None:
+                with self._lock:  # a concurrent first use keeps the class loaded first
+                    return self._registered.setdefault(scheme, installed)
         if builtin is None:
             close = difflib.get_close_matches(scheme, self.schemes(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -145,7 +163,8 @@ class BackendRegistry:
             raise UnknownSchemeError(
                 f"no storage backend is registered for scheme {shorten(scheme, 30)!r}{hint}: "
                 f"use one of {', '.join(self.schemes())}, or register yours first with "
-                f"register_backend({shorten(scheme, 30)!r}, YourBackend)",
+                f"register_backend({shorten(scheme, 30)!r}, YourBackend) (or install a package "
+                f"declaring it in the {ENTRY_POINT_GROUP!r} entry-point group)",
                 scheme=scheme,
             )
         path, extra = builtin
@@ -169,8 +188,9 @@ class BackendRegistry:
 
     def schemes(self) -> list[str]:
         """Every scheme with a backend, sorted."""
+        installed = {entry.name for entry in _entry_points()}
         with self._lock:
-            return sorted((set(_BUILTINS) - self._removed) | set(self._registered))
+            return sorted((set(_BUILTINS) | installed) - self._removed | set(self._registered))
 
 
 def missing_extra(scheme: str) -> tuple[str, str] | None:
@@ -212,6 +232,51 @@ def known_schemes() -> list[str]:
     from pydantic_toast.runtime.storage import current_storage
 
     return current_storage().registry.schemes()
+
+
+def _entry_points() -> importlib.metadata.EntryPoints:
+    """The backends installed packages declare (read from their metadata on every call)."""
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _installed_backend(scheme: str) -> type[StorageBackend] | None:
+    """The class an installed package declares for ``scheme``, or ``None`` when none does.
+
+    Raises:
+        StorageConfigurationError: Two packages declare the scheme, the entry point cannot be
+            loaded, or it does not name a complete backend class.
+    """
+    if not _SCHEME.match(scheme):
+        return None
+    found = {
+        (entry.value, entry.dist.name if entry.dist else "?"): entry
+        for entry in _entry_points()
+        if entry.name == scheme
+    }
+    if not found:
+        return None
+    where = ", ".join(f"{value!r} from {package}" for value, package in sorted(found))
+    if len({value for value, _ in found}) > 1:
+        raise StorageConfigurationError(
+            f"installed packages declare different backends for scheme {scheme!r} ({where}): "
+            f"uninstall one, or choose with register_backend({scheme!r}, TheBackend)"
+        )
+    entry = next(iter(found.values()))
+    try:
+        backend_class = entry.load()
+    except Exception as exc:  # an import error, a typo in the entry point, its module failing
+        raise StorageConfigurationError(
+            f"the backend installed for scheme {scheme!r} ({where}) cannot be loaded "
+            f"({type(exc).__name__}: {shorten(str(exc), 200)}): fix or reinstall that package"
+        ) from exc
+    try:
+        _check_backend_class(backend_class)
+    except StorageConfigurationError as exc:
+        raise StorageConfigurationError(
+            f"the backend installed for scheme {scheme!r} ({where}) is refused: {exc}"
+        ) from None
+    result: type[StorageBackend] = backend_class
+    return result
 
 
 def _check_backend_class(backend_class: object) -> None:
