@@ -227,7 +227,8 @@ def _resolve(settings: ModelSettings) -> StorageURL:
     if settings.ttl is not None and Capability.TTL not in backend_class.capabilities:
         raise StorageConfigurationError(
             f"{owner}: ttl is set but {backend_class.__name__} ({url.masked}) does not expire "
-            "records: remove ttl or use a backend that does (redis://, memory://)"
+            "records: remove ttl, or use a backend that does (one declaring Capability.TTL, "
+            "such as redis://, postgresql://, sqlite:// or memory://)"
         )
     if not settings.last_write_wins and Capability.REVISIONS not in backend_class.capabilities:
         raise StorageConfigurationError(

@@ -174,14 +174,19 @@ def test_capabilities_are_declared_or_inferred() -> None:
 
 
 def test_ttl_needs_a_backend_that_declares_it() -> None:
-    """A model with ttl on a backend without Capability.TTL is refused at the class statement."""
+    """A model with ttl on a backend without Capability.TTL is refused at the class statement;
+    the message names the capability and the built-in stores that expire records (it named
+    only redis:// and memory://, though postgresql:// and sqlite:// expire them too)."""
     with isolated_storage():
         register_backend("minimal", Minimal)
-        with pytest.raises(StorageConfigurationError, match="does not expire records"):
+        with pytest.raises(StorageConfigurationError, match="does not expire records") as info:
 
             class Expiring(ExternalBaseModel):
                 x: int
                 model_config = ExternalConfigDict(storage="minimal://", ttl=5)
+
+    for named in ("Capability.TTL", "redis://", "postgresql://", "sqlite://", "memory://"):
+        assert named in str(info.value)
 
 
 def test_health_check_uses_only_declared_capabilities() -> None:
