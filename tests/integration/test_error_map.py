@@ -837,6 +837,45 @@ def test_own_postgres_tables_missing_do_not_point_at_the_librarys_migrations(
     assert "external_records" not in str(error)
 
 
+class SlowBackend(StorageBackend):
+    """A user's backend bounding its waits with asyncio.timeout, as custom.md asks: its
+    connect times out on ``slow://connect``, its loads always."""
+
+    async def connect(self) -> None:
+        if self.url.startswith("slow://connect"):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(1)
+
+    async def disconnect(self) -> None:
+        return
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        return
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+        return None
+
+
+pydantic_toast.register_backend("slow", SlowBackend)
+
+
+def test_a_custom_backends_timeouts_name_no_url_option_it_may_not_read() -> None:
+    """A TimeoutError from a user's backend is a timeout error telling to raise that
+    backend's timeout: it said "raise connect_timeout in the URL" and "the URL's command or
+    socket timeout", options only the built-in backends read."""
+    for url, kind, fix in [
+        (f"slow://connect/{uuid4().hex}", StorageConnectTimeoutError, "connect timeout"),
+        (f"slow://load/{uuid4().hex}", StorageTimeoutError, "timeout"),
+    ]:
+        slow = model_on(url, "Slow", concurrency="last-write-wins")
+        reference = {"class_name": slow.model_config["external_name"], "id": str(uuid4())}
+        error = raised(lambda slow=slow, reference=reference: slow.model_validate(reference))
+        assert_mapped(error, kind, f"raise the Slow backend's {fix}")
+        assert "URL" not in str(error)
+
+
 class FoundOnlyBackend(MemoryBackend):
     """A user's load_records written as a SQL ``WHERE id IN (...)``: the records found, in
     the database's order (here reversed), no None for a missing one."""

@@ -793,18 +793,23 @@ def _lost(failure: Failure) -> StorageConnectionError:
 
 def _timeout(failure: Failure) -> ExternalStorageError:
     redis = failure.backend.startswith("Redis")  # Redis, RedisCluster, RedisSentinel
+    # A backend of the application's own reads the options it reads: name none of the URL's.
+    own = f"the {failure.backend} backend's"
     if failure.connecting or failure.operation == "connect":
+        option = "socket_connect_timeout" if redis else "connect_timeout"
+        fix = f"{option} in the URL" if failure.built_in else f"{own} connect timeout"
         return StorageConnectTimeoutError(
             f"connecting to {failure.where} timed out: check the host and the network, or raise "
-            f"{'socket_connect_timeout' if redis else 'connect_timeout'} in the URL",
+            f"{fix}",
             url=failure.url.masked,
         )
     option = {"PostgreSQL": "command_timeout", "Redis": "socket_timeout"}.get(
         "Redis" if redis else failure.backend, "command or socket timeout"
     )
+    fix = f"the URL's {option}" if failure.built_in else f"{own} timeout"
     return StorageTimeoutError(
         f"the {failure.operation} on {failure.where} timed out: the server is slow or a lock is "
-        f"held; retry, or raise the URL's {option}",
+        f"held; retry, or raise {fix}",
         url=failure.url.masked,
     )
 
