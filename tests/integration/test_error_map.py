@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import errno
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -1045,6 +1046,29 @@ def test_delete_whose_reply_is_lost_is_not_retried_nor_reported_missing() -> Non
     assert_mapped(error, OutcomeUnknownError, "lost after the delete was sent", "load the record")
     assert not isinstance(error, RecordNotFoundError)
     assert ReplyLostBackend.deletes == 1
+
+
+class SaveReplyLostBackend(MemoryBackend):
+    """Every save loses its reply before writing anything (a dying socket)."""
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+pydantic_toast.register_backend("savereplylost", SaveReplyLostBackend)
+
+
+def test_an_unsettled_save_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A save whose reply is lost twice (read back and written again in between) logs its
+    OutcomeUnknownError once, with the driver summary: the second crossing logged it and the
+    outer one logged it again with '(None)'."""
+    ledger = model_on(f"savereplylost://{uuid4().hex}", concurrency="last-write-wins")
+    with caplog.at_level(logging.WARNING, logger="pydantic_toast"):
+        error = raised(lambda: ledger(text="x").model_dump())
+    assert type(error) is OutcomeUnknownError
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("(builtins.ConnectionResetError (104))")
 
 
 @pytest.mark.postgresql

@@ -57,6 +57,7 @@ logger = logging.getLogger("pydantic_toast")
 
 _CONNECTING = "_pydantic_toast_connecting"
 _ENDED = "_pydantic_toast_ended"
+_LOGGED = "_pydantic_toast_logged"  # on a library error the boundary has logged already
 _BUILT_IN = "pydantic_toast.backends."
 _INTERFACE = "pydantic_toast.backends.base"  # StorageBackend, RecordBackend: not a store
 
@@ -472,7 +473,12 @@ class Connected:
             if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
                 logger.debug("%s on %s: %s", operation, self.url, mapped)
                 raise mapped
-            logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
+            # Settling a lost save may write again across the boundary, which logged the
+            # error it raised (with its driver summary): once is enough.
+            if not getattr(mapped, _LOGGED, False):
+                logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
+                with contextlib.suppress(AttributeError):
+                    setattr(mapped, _LOGGED, True)
             if cause is None:
                 raise mapped
             raise mapped from cause
