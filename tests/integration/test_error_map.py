@@ -877,6 +877,57 @@ def test_a_custom_backends_timeouts_name_no_url_option_it_may_not_read() -> None
         assert "URL" not in str(error)
 
 
+class MistypedBackend(MemoryBackend):
+    """A user's backend whose loads and pages hand back records built with one field of the
+    wrong type, as read from a text column: ``mistyped://<field>/...``."""
+
+    def mistyped(self, record: StoredRecord) -> Any:
+        field = self.url.split("://", 1)[1].split("/", 1)[0]
+        if field == "document":
+            return record.to_document()
+        wrong = {
+            "data": record.data.decode(),
+            "id": str(record.id),
+            "created_at": record.created_at.replace(tzinfo=None),
+        }[field]
+        return dataclasses.replace(record, **{field: wrong})
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        return [r and self.mistyped(r) for r in await super().load_records(keys)]
+
+    async def list_records(
+        self, class_name: str, *, limit: int, after: pydantic_toast.PageCursor | None = None
+    ) -> list[StoredRecord]:
+        listed = await super().list_records(class_name, limit=limit, after=after)
+        return [self.mistyped(record) for record in listed]
+
+
+pydantic_toast.register_backend("mistyped", MistypedBackend)
+
+
+@pytest.mark.parametrize(
+    ("field", "fix"),
+    [
+        ("data", "whose data is a str: StoredRecord.data is the JSON object"),
+        ("id", "whose id is a str: give a UUID"),
+        ("created_at", "whose created_at is not a timezone-aware datetime"),
+        ("document", "as a dict: give a StoredRecord (StoredRecord.from_document("),
+    ],
+)
+def test_a_custom_backends_mistyped_records_are_refused_naming_the_field(
+    field: str, fix: str
+) -> None:
+    """A record with text data surfaced as a bare TypeError from deep inside the library, an
+    id as text as "answered the record X where X was asked", a naive created_at not at all
+    (a lost reply's read back then never matches): each is refused, on load and on a page,
+    naming the field and the fix."""
+    ledger = model_on(f"mistyped://{field}/{uuid4().hex}", concurrency="last-write-wins")
+    reference = ledger(text="x").model_dump()
+    for call in (lambda: ledger.model_validate(reference), lambda: pydantic_toast.page(ledger)):
+        error = raised(call)
+        assert_mapped(error, StorageOperationError, "Mistyped", fix, driver=False)
+
+
 class FoundOnlyBackend(MemoryBackend):
     """A user's load_records written as a SQL ``WHERE id IN (...)``: the records found, in
     the database's order (here reversed), no None for a missing one."""

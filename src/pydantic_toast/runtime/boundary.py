@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Literal, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 from uuid import UUID
 
 from pydantic_toast._exceptions import (
@@ -286,7 +287,12 @@ class Connected:
             problem = f"answered {len(records)} records for {len(keys)} keys"
         else:
             for key, record in zip(keys, records, strict=True):
-                if record is not None and (record.class_name, record.id) != key:
+                if record is None:
+                    continue
+                problem = _record_problem(record)
+                if problem is not None:
+                    self._refuse_record("load_records", problem)
+                if (record.class_name, record.id) != key:
                     problem = (
                         f"answered the record {record.class_name} {record.id} where "
                         f"{key[0]} {key[1]} was asked"
@@ -298,6 +304,12 @@ class Connected:
                 "with one record per key, in the order of the keys, and None for a key that "
                 "has no record (check the backend with pydantic_toast.testing.conformance)"
             )
+
+    def _refuse_record(self, method: str, problem: str) -> NoReturn:
+        raise StorageOperationError(
+            f"{type(self.backend).__name__}.{method} answered a record {problem} (check the "
+            "backend with pydantic_toast.testing.conformance)"
+        )
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         """Delete one record; retried only if never sent, so "not found" is never a retry's."""
@@ -323,12 +335,20 @@ class Connected:
         self, class_name: str, *, limit: int, after: PageCursor | None = None
     ) -> list[StoredRecord]:
         """A page of records, newest first (see :meth:`StorageBackend.list_records`)."""
-        return await self.cross(
+        records = await self.cross(
             "list",
             lambda: self.backend.list_records(class_name, limit=limit, after=after),
             class_name=class_name,
             size=lambda records: sum(len(record.data) for record in records),
         )
+        if self._answers_checked:
+            for record in records:
+                problem = _record_problem(record)
+                if problem is None and record.class_name != class_name:
+                    problem = f"of class {record.class_name} when {class_name} was listed"
+                if problem is not None:
+                    self._refuse_record("list_records", problem)
+        return records
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete several records (see :meth:`StorageBackend.delete_records`); retried only
@@ -499,6 +519,35 @@ class Connected:
             await self.backend.discard_connections()
         except Exception as exc:  # the retry will report what is still wrong
             logger.info("discarding connections of %r failed: %s", self.backend, type(exc).__name__)
+
+
+def _record_problem(record: object) -> str | None:
+    """What makes a backend's answer not a record the library can use, or ``None``.
+
+    Checked on the answers of backends of the application's own: a wrong type surfaced far
+    from the backend, as a bare ``TypeError`` (``data`` as text) or a record that read back
+    as another (an id as text), or compared unequal to what was written (a naive time).
+    """
+    if not isinstance(record, StoredRecord):
+        return (
+            f"as a {type(record).__name__}: give a StoredRecord (StoredRecord.from_document("
+            "class_name, id, document) makes one from a document) or None"
+        )
+    name = f"{record.class_name} {record.id}"
+    if not isinstance(record.data, bytes):
+        return (
+            f"{name} whose data is a {type(record.data).__name__}: StoredRecord.data is the "
+            "JSON object of the fields as UTF-8 bytes (text.encode())"
+        )
+    if not isinstance(record.id, UUID):
+        return f"{name} whose id is a {type(record.id).__name__}: give a UUID (UUID(text))"
+    for label, moment in (("created_at", record.created_at), ("updated_at", record.updated_at)):
+        if not isinstance(moment, datetime) or moment.utcoffset() is None:
+            return (
+                f"{name} whose {label} is not a timezone-aware datetime: keep the offset the "
+                "record was written with (datetime.fromisoformat of its isoformat() does)"
+            )
+    return None
 
 
 def _loaded_bytes(records: list[StoredRecord | None]) -> int:
