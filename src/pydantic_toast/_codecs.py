@@ -145,6 +145,7 @@ def _offload_url(owner: str, offload: object, expires: bool) -> StorageURL | Non
     if offload is None:
         return None
     from pydantic_toast.backends.base import Capability
+    from pydantic_toast.runtime.boundary import check_url
     from pydantic_toast.runtime.storage import current_storage
 
     if not isinstance(offload, str):
@@ -152,7 +153,7 @@ def _offload_url(owner: str, offload: object, expires: bool) -> StorageURL | Non
     try:
         url = StorageURL.parse(offload)
         backend_class = current_storage().registry.class_for(url.scheme)
-        backend_class.check_url(url)
+        check_url(backend_class, url)
     except StorageConfigurationError as exc:
         raise StorageConfigurationError(f"{owner}: offload: {exc}") from None
     if Capability.DELETE not in backend_class.capabilities:

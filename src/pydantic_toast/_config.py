@@ -14,6 +14,7 @@ from pydantic_toast._encryption import EncryptionKeys
 from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
 from pydantic_toast._url import ENV_PREFIX, MaskedURL, StorageURL, check_env_spec, resolve_storage
 from pydantic_toast.backends.base import Capability
+from pydantic_toast.runtime.boundary import check_url
 from pydantic_toast.runtime.storage import Storage, current_storage
 
 if TYPE_CHECKING:
@@ -217,8 +218,7 @@ def _resolve(settings: ModelSettings) -> StorageURL:
     try:
         url = StorageURL.parse(resolve_storage(settings.storage))
         backend_class = storage.registry.class_for(url.scheme)
-        backend_class.check_url(url)
-        backend_class.check_class_name(settings.external_name)
+        check_url(backend_class, url, settings.external_name)
     except StorageConfigurationError as exc:
         exc.args = (f"{owner}: {exc}",)  # keep the subclass (UnknownSchemeError) and its data
         raise

@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -43,6 +43,7 @@ from pydantic_toast import (
     StoragePoolTimeoutError,
     StorageSchemaError,
     StorageTimeoutError,
+    StorageURL,
     StorageValidationError,
     StoredDataError,
     StoredRecord,
@@ -978,6 +979,42 @@ def test_custom_backend_constructor_error_is_a_configuration_error() -> None:
         assert_mapped(error, StorageConfigurationError, "PickyURLBackend(pickyurl://user:***@host/")
         assert "ValueError" in str(error)
         assert ROLE_PASSWORD not in str(error)
+
+
+class OptionCheckingBackend(MemoryBackend):
+    """A user's backend whose URL hooks fail on their own: check_url converting an option
+    (a ValueError quoting the URL), store_identity on a URL without a host."""
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        if "timeout" in url.query and not url.query["timeout"].isdigit():
+            raise ValueError(f"bad timeout in {url.raw}")
+
+    @classmethod
+    def store_identity(cls, url: StorageURL) -> Hashable:
+        return url.host.lower()  # type: ignore[union-attr]  # AttributeError without a host
+
+
+pydantic_toast.register_backend("optionchecking", OptionCheckingBackend)
+
+
+@pytest.mark.parametrize(
+    ("url", "hook", "kind"),
+    [
+        (f"optionchecking://user:{ROLE_PASSWORD}@host/?timeout=soon", "check_url", "ValueError"),
+        (f"optionchecking://user:{ROLE_PASSWORD}@/", "store_identity", "AttributeError"),
+    ],
+)
+def test_a_custom_url_hook_failing_is_a_configuration_error(url: str, hook: str, kind: str) -> None:
+    """A custom check_url or store_identity raising an exception of its own at the class
+    statement is a StorageConfigurationError naming the hook, the masked URL and the
+    exception's type: it escaped as itself, its message quoting the password."""
+    with pytest.raises(StorageConfigurationError) as info:
+        model_on(url)
+    error = info.value
+    assert_mapped(error, StorageConfigurationError, f"OptionCheckingBackend.{hook}(", kind)
+    assert "user:***@" in str(error)
+    assert ROLE_PASSWORD not in str(error)
 
 
 class SilentRevisionsBackend(MemoryBackend):

@@ -14,7 +14,7 @@ from pydantic_toast._exceptions import StorageConfigurationError, StoredDataErro
 from pydantic_toast._records import PageCursor, StoredRecord
 from pydantic_toast._url import StorageURL, mask_url, resolve_storage
 from pydantic_toast.backends.base import Capability
-from pydantic_toast.runtime.boundary import Connected
+from pydantic_toast.runtime.boundary import Connected, check_url
 from pydantic_toast.runtime.storage import current_storage
 
 __all__ = ["backend", "checked_url", "delete_all", "list_page"]
@@ -143,7 +143,7 @@ def checked_url(
     url = resolve_storage(storage)
     parsed = StorageURL.parse(url)
     backend_class = current_storage().registry.class_for(parsed.scheme)
-    backend_class.check_url(parsed)
+    check_url(backend_class, parsed)
     missing = [need.value for need in needs if need not in backend_class.capabilities]
     if missing:
         raise StorageConfigurationError(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 from uuid import UUID
@@ -27,6 +27,7 @@ from uuid import UUID
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
+    StorageConfigurationError,
     StorageOperationError,
 )
 from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
@@ -46,7 +47,15 @@ if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.base import StorageBackend
 
-__all__ = ["Connected", "connecting", "ended_unknown", "not_applied", "open_backend"]
+__all__ = [
+    "Connected",
+    "check_url",
+    "connecting",
+    "ended_unknown",
+    "not_applied",
+    "open_backend",
+    "store_identity",
+]
 
 T = TypeVar("T")
 
@@ -106,6 +115,52 @@ def ended_unknown(exc: BaseException, found: str) -> BaseException:
     with contextlib.suppress(AttributeError):
         setattr(exc, _ENDED, found)
     return exc
+
+
+def check_url(
+    backend_class: type[StorageBackend], url: StorageURL, class_name: str | None = None
+) -> None:
+    """Run ``backend_class``'s ``check_url`` hook on ``url`` (and ``check_class_name`` on
+    ``class_name``, when given), as a model class is defined.
+
+    Raises:
+        StorageConfigurationError: A hook refused, or failed with an exception of its own
+            (a ``float()`` of a junk option): named with the backend and the masked URL, the
+            exception summarized (its message may hold the URL's password).
+    """
+
+    def hooks() -> None:
+        backend_class.check_url(url)
+        if class_name is not None:
+            backend_class.check_class_name(class_name)
+
+    _class_hook(backend_class, "check_url", url, hooks)
+
+
+def store_identity(backend_class: type[StorageBackend], url: StorageURL) -> Hashable:
+    """``backend_class.store_identity(url)``, its own exceptions translated as in
+    :func:`check_url`."""
+    return _class_hook(
+        backend_class, "store_identity", url, lambda: backend_class.store_identity(url)
+    )
+
+
+def _class_hook(
+    backend_class: type[StorageBackend], hook: str, url: StorageURL, call: Callable[[], T]
+) -> T:
+    try:
+        return call()
+    except ExternalStorageError:
+        raise
+    except Exception as exc:
+        failed = exc
+    # Outside the except block: the hook's exception (its message may quote the URL's
+    # password) must not become __context__.
+    raise StorageConfigurationError(
+        f"{backend_class.__name__}.{hook}({url.masked}) raised {type(failed).__name__}: a URL "
+        "the backend cannot use is refused with StorageConfigurationError naming the fix; "
+        "see the chained DriverError's traceback for where"
+    ) from summary(failed)
 
 
 def _in_transaction(backend: StorageBackend, operation: str) -> tuple[str, str] | None:

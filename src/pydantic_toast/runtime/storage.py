@@ -30,7 +30,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.registry import BackendRegistry
 from pydantic_toast.runtime import loops
-from pydantic_toast.runtime.boundary import Connected, open_backend
+from pydantic_toast.runtime.boundary import Connected, open_backend, store_identity
 from pydantic_toast.runtime.catalog import NameCatalog
 from pydantic_toast.runtime.errors import summary
 
@@ -96,7 +96,7 @@ class Storage:
     def store_identity(self, url: StorageURL) -> Hashable:
         """What identifies the store behind ``url`` (same identity, same records)."""
         backend_class = self.registry.class_for(url.scheme)
-        return (backend_class, backend_class.store_identity(url))
+        return (backend_class, store_identity(backend_class, url))
 
     def memory_store(self, name: str = "") -> MemoryStore:
         """The ``memory://NAME`` store of this storage (created empty on first use)."""
