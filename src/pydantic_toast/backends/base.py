@@ -138,8 +138,9 @@ class StorageBackend(ABC):
     costs two: the ids, then their records); each is derived from the other.
 
     A backend declares what it supports in :attr:`capabilities`; left out, the set is worked
-    out from the optional methods the class overrides (``ttl`` must always be declared). Model
-    classes, health checks and the FastAPI lifespan check against it instead of trying.
+    out from the optional methods the class overrides (``TTL`` and ``REVISIONS`` must always be
+    declared). Model classes, health checks and the FastAPI lifespan check against it instead
+    of trying.
 
     Attributes:
         url: The storage URL exactly as configured (use ``repr(self)`` or
