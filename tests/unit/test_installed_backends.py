@@ -32,6 +32,16 @@ class PluginBackend(MemoryBackend):
     """A memory store under another scheme, as a package would ship its own backend."""
 
 
+class PurgingBackend(MemoryBackend):
+    """Keeps expired records until purged: three of them, once."""
+
+    expired = 3
+
+    async def purge_expired(self, *, limit: int) -> int:
+        purged, type(self).expired = type(self).expired, 0
+        return purged
+
+
 class NotABackend:
     pass
 '''
@@ -141,3 +151,18 @@ def test_the_unknown_scheme_message_names_entry_points() -> None:
     with isolated_storage(), pytest.raises(UnknownSchemeError) as info:
         model_on(f"nothingserves://{uuid4().hex}")
     assert "'pydantic_toast.backends' entry-point group" in str(info.value)
+
+
+def test_the_purge_command_serves_an_installed_backend_that_purges(
+    install: Install, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pydantic-toast purge`` runs an installed backend's purge_expired; it answered that
+    any scheme but PostgreSQL's and SQLite's "stores no records with a ttl"."""
+    from pydantic_toast.integrations.cli import main
+
+    install("purging", "PurgingBackend")
+    install("plainplug")
+    assert main(["purge", f"purging://{uuid4().hex}"]) == 0
+    assert "purged 3 expired records" in capsys.readouterr().out
+    assert main(["purge", f"plainplug://{uuid4().hex}"]) != 0
+    assert "plainplug:// deletes each expired record itself" in capsys.readouterr().err

@@ -20,8 +20,10 @@ from typing import Any
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageSchemaError
 from pydantic_toast._url import StorageURL, mask_url
+from pydantic_toast.backends.base import Capability, StorageBackend
 from pydantic_toast.backends.registry import (
     POSTGRESQL_SCHEMES,
+    backend_class_for,
     known_schemes,
     missing_extra,
     sqlalchemy_driver_hint,
@@ -607,10 +609,21 @@ def _purgeable_url(url: str) -> StorageURL:
     if scheme.startswith("redis") or scheme == "memory":
         why = "deletes each expired record itself, at its ttl"
     else:
-        why = "stores no records with a ttl"
+        # An installed backend (an entry point) that keeps expired records until purged.
+        try:
+            backend_class = backend_class_for(scheme)
+        except ExternalStorageError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from exc
+        if backend_class.purge_expired is not StorageBackend.purge_expired:
+            return parsed
+        why = (
+            "deletes each expired record itself (its backend has no purge_expired)"
+            if Capability.TTL in backend_class.capabilities
+            else "stores no records with a ttl"
+        )
     raise CommandError(
-        f"{parsed.masked}: {scheme}:// {why}: nothing to purge (only PostgreSQL and SQLite keep "
-        "expired rows until purged)",
+        f"{parsed.masked}: {scheme}:// {why}: nothing to purge (PostgreSQL, SQLite and backends "
+        "that implement purge_expired keep expired records until purged)",
         EXIT_USAGE,
     )
 
