@@ -336,12 +336,15 @@ class BackendConformance:
         ]
         ids = [records[3].id, uuid4(), records[0].id, records[4].id]
 
-        async def job(backend: Connected) -> list[StoredRecord | None]:
+        async def save(backend: Connected) -> None:
             await backend.save_records(records)
+
+        async def load(backend: Connected) -> list[StoredRecord | None]:
             return await backend.load_records(ClassKeys(class_name, ids))
 
+        self.run(storage, storage_url, save)
         try:
-            loaded = self.run(storage, storage_url, job)
+            loaded = self.run(storage, storage_url, load)
         except ExternalStorageError as exc:
             pytest.fail(
                 "load_records failed on keys given as a Sequence that is not a list (the "
