@@ -929,6 +929,52 @@ def test_a_custom_backends_mistyped_records_are_refused_naming_the_field(
         assert_mapped(error, StorageOperationError, "Mistyped", fix, driver=False)
 
 
+class PrefixedRedisBackend(StorageBackend):
+    """A user's backend on plain Redis GET/SET: ``kvredis://host:port/<key prefix>?db=N``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.parsed = StorageURL.parse(url)
+        self.client: Any = None
+
+    async def connect(self) -> None:
+        import redis.asyncio
+
+        self.client = redis.asyncio.Redis(
+            host=self.parsed.host or "localhost",
+            port=self.parsed.port or 6379,
+            db=int(self.parsed.query.get("db", "0")),
+        )
+
+    async def disconnect(self) -> None:
+        await self.client.aclose()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.client.set(f"{self.parsed.path}:{class_name}:{id}", json.dumps(data))
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        found = await self.client.get(f"{self.parsed.path}:{class_name}:{id}")
+        return None if found is None else json.loads(found)  # type: ignore[no-any-return]
+
+
+pydantic_toast.register_backend("kvredis", PrefixedRedisBackend)
+
+
+@pytest.mark.redis
+def test_a_custom_redis_backends_database_out_of_range_names_no_path(redis_base_url: str) -> None:
+    """A user's Redis backend selecting database 99 was told the server 'has no database
+    toast-prefix' (the URL's path, a key prefix to that backend, as the built-in backend
+    would read it)."""
+    address = redis_base_url.split("://", 1)[1].split("/", 1)[0]
+    ledger = model_on(f"kvredis://{address}/toast-prefix?db=99", concurrency="last-write-wins")
+    try:
+        error = raised(lambda: ledger(text="x").model_dump())
+    finally:
+        pydantic_toast.close_storage()
+    assert_mapped(error, StorageConfigurationError, "no database the PrefixedRedis backend")
+    assert "has no database toast-prefix" not in str(error)
+
+
 class FoundOnlyBackend(MemoryBackend):
     """A user's load_records written as a SQL ``WHERE id IN (...)``: the records found, in
     the database's order (here reversed), no None for a missing one."""

@@ -482,7 +482,11 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
     status = getattr(driver, "status_code", None)
     if name.startswith("Authentication"):
         if status == "NOAUTH" or "required" in message or "already authenticated" in message:
-            fix = "write redis://:password@host:port/db (or redis://user:password@...)"
+            fix = (
+                "write redis://:password@host:port/db (or redis://user:password@...)"
+                if failure.built_in
+                else f"give the {failure.backend} backend the server's password"
+            )
             return StorageAuthenticationError(
                 f"{where} needs a password and the storage URL gives none: {fix}", url=url
             ), False
@@ -505,9 +509,15 @@ def _redis(exc: BaseException, failure: Failure) -> Translation:
             "allow its commands and key prefix (ACL SETUSER)"
         ), False
     if "DB index is out of range" in message:
+        # The built-in backends take the database from the URL's path; another may not.
+        database = (
+            f"database {shorten(failure.url.path.strip('/'))}"
+            if failure.built_in
+            else f"database the {failure.backend} backend selects"
+        )
         return StorageConfigurationError(
-            f"{where} has no database {shorten(failure.url.path.strip('/'))}: use a database "
-            "number below the server's `databases` setting (16 by default)"
+            f"{where} has no {database}: use a database number below the server's `databases` "
+            "setting (16 by default)"
         ), False
     # UNBLOCKED: a command the server held (WAIT, after the save script ran) was released
     # because the primary was demoted in a failover. The write may or may not have reached
