@@ -114,12 +114,14 @@ def test_page_examples_run(
     assert ran == len([b for b in python_blocks if b[2] is None])
 
 
-def _docs_file_backend() -> type[StorageBackend]:
-    """The FileBackend class of docs/backends/custom.md, as its first block defines it."""
-    code = blocks(ROOT / "docs" / "backends" / "custom.md")[0][1]
+def _docs_file_backend(page: str = "backends/custom.md") -> type[StorageBackend]:
+    """The FileBackend class of a docs page, as the first block defining it has it."""
+    code = next(
+        block[1] for block in blocks(ROOT / "docs" / page) if "class FileBackend(" in block[1]
+    )
     definition = code.split('register_backend("file", FileBackend)')[0]
     namespace: dict[str, object] = {"__name__": "docs_custom_backend"}
-    exec(compile(definition, "docs/backends/custom.md", "exec", dont_inherit=True), namespace)
+    exec(compile(definition, f"docs/{page}", "exec", dont_inherit=True), namespace)
     backend = namespace["FileBackend"]
     assert isinstance(backend, type)
     assert issubclass(backend, StorageBackend)
@@ -132,4 +134,14 @@ class TestDocsFileBackend(BackendConformance):
     @pytest.fixture
     def storage_url(self, tmp_path: Path) -> str:
         register_backend("file", _docs_file_backend())
+        return f"file://{tmp_path}"
+
+
+class TestQuickstartFileBackend(BackendConformance):
+    """The quickstart's example backend passes the suite too: it wrote over a record's
+    created_at on every update, which the interface and the suite forbid."""
+
+    @pytest.fixture
+    def storage_url(self, tmp_path: Path) -> str:
+        register_backend("file", _docs_file_backend("quickstart.md"))
         return f"file://{tmp_path}"
