@@ -1189,7 +1189,17 @@ class SaveReplyLostBackend(MemoryBackend):
         raise ConnectionResetError(104, "Connection reset by peer")
 
 
+class QuotaBackend(MemoryBackend):
+    """Refuses every save with one library error of its own, made once."""
+
+    refusal = StorageOperationError("the store's quota is full: raise quota_mb")
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+        raise self.refusal
+
+
 pydantic_toast.register_backend("savereplylost", SaveReplyLostBackend)
+pydantic_toast.register_backend("quota", QuotaBackend)
 
 
 def test_an_unsettled_save_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -1203,6 +1213,12 @@ def test_an_unsettled_save_is_logged_once(caplog: pytest.LogCaptureFixture) -> N
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert warnings[0].endswith("(builtins.ConnectionResetError (104))")
+    caplog.clear()
+    quota = model_on(f"quota://{uuid4().hex}", concurrency="last-write-wins")
+    with caplog.at_level(logging.WARNING, logger="pydantic_toast"):
+        for _ in range(2):  # one error instance raised twice is two failures, logged twice
+            assert raised(lambda: quota(text="x").model_dump()) is QuotaBackend.refusal
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
 
 
 @pytest.mark.postgresql

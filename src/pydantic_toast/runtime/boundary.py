@@ -487,6 +487,7 @@ class Connected:
                 cause = None if mapped is exc else summary(exc)
                 timed_out = not lost and repeat == "write" and unanswered(exc, failure)
                 found: str | None = None
+                logged = False
                 fix: str | None = None
                 if timed_out:
                     found = getattr(exc, _ENDED, None)
@@ -533,6 +534,8 @@ class Connected:
                         result = await settle(timed_out)
                     except ExternalStorageError as outcome:
                         mapped = outcome  # raised below, logged as any failure
+                        # unless the crossing of a second write logged it already
+                        logged = getattr(outcome, _LOGGED, False)
                         if outcome.__cause__ is not None:
                             cause = None
                     except BaseException as interrupt:
@@ -548,9 +551,7 @@ class Connected:
             if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
                 logger.debug("%s on %s: %s", operation, self.url, mapped)
                 raise mapped
-            # Settling a lost save may write again across the boundary, which logged the
-            # error it raised (with its driver summary): once is enough.
-            if not getattr(mapped, _LOGGED, False):
+            if not logged:
                 logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
                 with contextlib.suppress(AttributeError):
                     setattr(mapped, _LOGGED, True)
