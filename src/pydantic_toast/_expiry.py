@@ -24,10 +24,11 @@ async def apurge_expired(
 
     On PostgreSQL and SQLite an expired record stays in the table, invisible to loads, pages
     and counts, until purged: run this (or ``pydantic-toast purge URL``) on a schedule. Each
-    batch deletes at most ``batch_size`` rows, a statement per class it reaches, through the
-    partial index on ``(class_name, expires_at)`` and the primary key, so no lock is held for
-    long and an interrupted purge loses nothing (run it again). Redis and ``memory://`` remove
-    expired records themselves: nothing to purge there.
+    batch lists the classes that have expired rows (a skip-scan of the partial index on
+    ``(class_name, expires_at)``: a few index probes per class), then deletes at most
+    ``batch_size`` rows, a statement per class, through that index and the primary key, so no
+    lock is held for long and an interrupted purge loses nothing (run it again). Redis and
+    ``memory://`` remove expired records themselves: nothing to purge there.
 
     Args:
         storage: The storage URL.

@@ -94,6 +94,7 @@ from pydantic_toast.backends.sql import (
     REVISION,
     SQLAlchemyBackend,
     deleted_at,
+    expired_classes_statement,
     expires_at,
     json_as_text,
     json_passthrough,
@@ -286,8 +287,7 @@ _PURGE = purge_statement(
     lambda class_name, chunk: (
         (records_table.c.class_name == class_name)
         & (records_table.c.id == any_(func.array(chunk.scalar_subquery())))
-    ),
-    class_once=True,
+    )
 )
 
 
@@ -520,7 +520,8 @@ def _hot_path_statements() -> dict[str, str]:
             page_statement(columns, after=True),
             ["class_name", "now", "after_created_at", "after_id", "limit"],
         ),
-        ("purge", _PURGE, ["now", "limit"]),
+        ("expired_classes", expired_classes_statement(lateral=True), ["now", "limit"]),
+        ("purge", _PURGE, ["class_name", "now", "limit"]),
     ):
         sql, order = _compile(statement)
         assert order == expected, (name, order)  # the call sites pass parameters in this order
@@ -663,13 +664,18 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         return self._replicas.writing(keys)
 
     async def purge_expired(self, *, limit: int) -> int:
-        """Delete at most ``limit`` expired rows, a statement per class; return how many went."""
+        """Delete at most ``limit`` expired rows: the classes that have some, listed in one
+        statement, then a statement per class; return how many went."""
         now = datetime.now(UTC)
 
-        async def one_class(rows: int) -> int:
-            return int(await self._statement("execute", "purge", now, rows))
+        async def expired_classes(classes: int) -> list[str]:
+            rows = await self._statement("fetch", "expired_classes", now, classes)
+            return [row[0] for row in rows]
 
-        return await purge_classes(one_class, limit)
+        async def one_class(class_name: str, rows: int) -> int:
+            return int(await self._statement("execute", "purge", class_name, now, rows))
+
+        return await purge_classes(expired_classes, one_class, limit)
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None

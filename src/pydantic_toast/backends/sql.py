@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -47,11 +48,13 @@ from pydantic_toast.runtime.transaction import joined_connection, statement_conn
 __all__ = [
     "COUNT",
     "DELETE",
+    "EXPIRED_CLASSES",
     "PURGE",
     "REVISION",
     "SQLAlchemyBackend",
     "conflict",
     "expired",
+    "expired_classes_statement",
     "expires_at",
     "json_as_text",
     "json_passthrough",
@@ -133,70 +136,127 @@ _DELETE_MANY = (
 _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 
 
-def purge_statement(keys_among: Callable[[Any, Select[Any]], Any], *, class_once: bool) -> Any:
-    """The purge: delete at most ``limit`` rows of one class expired at ``now``, oldest first.
+def expired_classes_statement(*, lateral: bool) -> Select[Any]:
+    """The classes with rows expired at ``now``, at most ``limit``, in ``class_name`` order.
 
-    The class is the first (in the counter rows, one or more per class) whose oldest expiring
-    row has expired: one probe of the index on ``(class_name, expires_at)`` per class. Its
-    chunk of ids, oldest first, comes from the same index, and each row is then found through
-    the primary key: ``keys_among(class_name, chunk)`` makes the condition on the key from the
-    class and the chunk's SELECT (for PostgreSQL an array of ids, so that the planner cannot
-    hash the whole table instead, as it did for ``(class_name, id) IN (...)`` of a table of
-    100,000 rows; SQLite probes its primary key for ``(class_name, id) IN (...)``, where for
-    ``class_name = ? AND id IN (...)`` it read all the class's expired rows in the index). The
-    outer condition is checked again on the row as it is when its lock is taken (PostgreSQL,
-    READ COMMITTED): a write that renewed the record meanwhile (a forced or last-write-wins save
-    of an expired record) keeps it. Run by :func:`purge_classes`.
-
-    With ``class_once``, the class is found in a ``WITH`` query, once however often
-    ``keys_among`` reads it; without it (SQLite, whose driver reports no row count for a
-    statement that starts with ``WITH``), the query stands where it is read.
+    A skip-scan of the partial index on ``(class_name, expires_at)``: a recursive query steps
+    from one class of expiring rows to the next (the index's first entry past the class), and
+    a class's first entry holds its oldest expiry, which says whether it has expired rows.
+    It costs a few index probes per class that has expiring rows, whatever their number, and
+    reads no permanent row. With ``lateral`` (PostgreSQL), a step reads the next class and its
+    oldest expiry in one probe (``LATERAL``); without it (SQLite has no ``LATERAL``), a step
+    reads the next class and a second probe its oldest expiry. The classes come from the
+    table itself, not from the counter rows: a class whose counter rows are missing (deleted
+    by hand, rows loaded with the triggers disabled) is found too.
     """
-    classes = select(counts_table.c.class_name).distinct().subquery("classes")
+    expiring = _c.expires_at.is_not(None)
+    if lateral:
+        first = (
+            select(_c.class_name, _c.expires_at.label("oldest"))
+            .where(expiring)
+            .order_by(_c.class_name, _c.expires_at)
+            .limit(literal_column("1"))
+        )
+        walk = first.cte("walk", recursive=True)
+        step = (
+            select(_c.class_name, _c.expires_at.label("oldest"))
+            .where(_c.class_name > walk.c.class_name, expiring)
+            .order_by(_c.class_name, _c.expires_at)
+            .limit(literal_column("1"))
+            .lateral("next_class")
+        )
+        walk = walk.union_all(
+            select(step.c.class_name, step.c.oldest).select_from(walk).join(step, true())
+        )
+        return select(walk.c.class_name).where(walk.c.oldest <= _NOW).limit(bindparam("limit"))
+
+    def next_class(after: Any) -> Any:
+        query = select(_c.class_name).where(expiring).order_by(_c.class_name)
+        if after is not None:
+            query = query.where(_c.class_name > after)
+        return query.limit(literal_column("1")).scalar_subquery()
+
+    walk = select(next_class(None).label("class_name")).cte("walk", recursive=True)
+    walk = walk.union_all(
+        select(next_class(walk.c.class_name)).where(walk.c.class_name.is_not(None))
+    )
     oldest_expiry = (
         select(_c.expires_at)
-        .where(_c.class_name == classes.c.class_name, _c.expires_at.is_not(None))
+        .where(_c.class_name == walk.c.class_name, expiring)
         .order_by(_c.expires_at)
         .limit(literal_column("1"))
-        .correlate(classes)
         .scalar_subquery()
     )
-    target = select(classes.c.class_name).where(oldest_expiry <= _NOW).limit(literal_column("1"))
-    if class_once:
-        found = target.cte("purged_class")
-        target = select(found.c.class_name)
-    class_name = target.scalar_subquery()
+    return (
+        select(walk.c.class_name)
+        .where(walk.c.class_name.is_not(None), oldest_expiry <= _NOW)
+        .limit(bindparam("limit"))
+    )
+
+
+EXPIRED_CLASSES = expired_classes_statement(lateral=False)
+
+
+def purge_statement(keys_among: Callable[[Any, Select[Any]], Any]) -> Any:
+    """The purge of one class: delete at most ``limit`` of ``class_name``'s rows expired at
+    ``now``, oldest first.
+
+    The chunk of ids, oldest first, comes from the index on ``(class_name, expires_at)``, and
+    each row is then found through the primary key: ``keys_among(class_name, chunk)`` makes
+    the condition on the key from the class and the chunk's SELECT (for PostgreSQL an array of
+    ids, so that the planner cannot hash the whole table instead, as it did for
+    ``(class_name, id) IN (...)`` of a table of 100,000 rows; SQLite probes its primary key
+    for ``(class_name, id) IN (...)``, where for ``class_name = ? AND id IN (...)`` it read all
+    the class's expired rows in the index). The outer condition is checked again on the row as
+    it is when its lock is taken (PostgreSQL, READ COMMITTED): a write that renewed the record
+    meanwhile (a forced or last-write-wins save of an expired record) keeps it. Run by
+    :func:`purge_classes`, for the classes :func:`expired_classes_statement` lists.
+    """
+    class_name: Any = bindparam("class_name")
     chunk = (
         select(_c.id)
         .where(_c.class_name == class_name, expired(_NOW))
         .order_by(_c.expires_at)
         .limit(bindparam("limit"))
-        .correlate(None)
     )
     return delete(_table).where(keys_among(class_name, chunk), expired(_NOW))
 
 
 PURGE = purge_statement(
-    lambda _, chunk: tuple_(_c.class_name, _c.id).in_(
-        chunk.with_only_columns(_c.class_name, _c.id)
-    ),
-    class_once=False,
+    lambda _, chunk: tuple_(_c.class_name, _c.id).in_(chunk.with_only_columns(_c.class_name, _c.id))
 )
 
 
-async def purge_classes(purge: Callable[[int], Awaitable[int]], limit: int) -> int:
-    """Run ``purge(n)`` (the purge statement, ``n`` its limit) until ``limit`` rows went.
+async def purge_classes(
+    expired_classes: Callable[[int], Awaitable[Sequence[str]]],
+    purge: Callable[[str, int], Awaitable[int]],
+    limit: int,
+) -> int:
+    """Delete at most ``limit`` expired rows, class after class; return how many went.
 
-    A statement deletes one class's rows: one that deletes fewer than asked has emptied its
-    class, and the next takes the next class. Stops at ``limit``, or when a statement deletes
-    nothing (no expired rows left). Returns how many rows went.
+    ``expired_classes(n)`` lists at most ``n`` classes with expired rows (each has at least
+    one, so ``limit`` classes are enough); ``purge(class_name, n)`` runs the purge statement
+    of one class (``n`` its limit): one that deletes fewer rows than asked has emptied its
+    class. A list shorter than asked held every class with expired rows: when its classes are
+    done, so is the purge, with no second list (a purge with nothing to delete is one
+    statement). A full list is followed by another while rows are left to delete.
     """
     total = 0
     while total < limit:
-        deleted = await purge(limit - total)
-        if deleted <= 0:  # (a driver that cannot tell reports -1)
+        wanted = limit - total
+        classes = await expired_classes(wanted)
+        listed_at = total
+        for class_name in classes:
+            while total < limit:
+                asked = limit - total
+                deleted = max(await purge(class_name, asked), 0)  # (-1: the driver cannot tell)
+                total += deleted
+                if deleted < asked:
+                    break
+            if total >= limit:
+                break
+        if len(classes) < wanted or total == listed_at:
             break
-        total += deleted
     return total
 
 
@@ -567,15 +627,21 @@ class SQLAlchemyBackend(RecordBackend):
         return [key in existed for key in keys]
 
     async def purge_expired(self, *, limit: int) -> int:
-        """Delete at most ``limit`` expired rows, a statement per class; return how many went."""
+        """Delete at most ``limit`` expired rows: the classes that have some, listed in one
+        statement, then a statement per class; return how many went."""
         now = _now()
 
         async def purge(connection: AsyncConnection) -> int:
-            async def one_class(rows: int) -> int:
-                result = await connection.execute(PURGE, {"now": now, "limit": rows})
+            async def expired_classes(classes: int) -> list[str]:
+                listed = await connection.execute(EXPIRED_CLASSES, {"now": now, "limit": classes})
+                return list(listed.scalars())
+
+            async def one_class(class_name: str, rows: int) -> int:
+                parameters = {"class_name": class_name, "now": now, "limit": rows}
+                result = await connection.execute(PURGE, parameters)
                 return int(getattr(result, "rowcount", 0))
 
-            return await purge_classes(one_class, limit)
+            return await purge_classes(expired_classes, one_class, limit)
 
         return await self._run(purge)
 
