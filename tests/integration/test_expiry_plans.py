@@ -161,7 +161,7 @@ def test_finding_no_expired_class_reads_a_few_index_pages_per_class(pg_url: str)
     buffers per class, never the whole index (a fallback that scanned it for "any expired
     row" took 11.5-17 ms per purge run at 500,000 rows)."""
     fill = [(name, _HOUR, 50_000) for name in ("A", "B", "C")] + [("P", None, 20_000)]
-    for plan in _plans(pg_url, fill, "expired_classes", datetime.now(UTC), 1000):
+    for plan in _plans(pg_url, fill, "expired_classes", "", datetime.now(UTC), 100):
         text = json.dumps(plan, indent=1)
         scans = [n for n in _nodes(plan) if n.get("Relation Name") == "external_records"]
         assert scans, text
@@ -186,18 +186,17 @@ def test_listing_expired_classes_skips_from_class_to_class(pg_url: str) -> None:
         ("D", _HOUR, 10),
         ("E", -_HOUR, 1),
     ]
-    custom, generic = _plans(pg_url, fill, "expired_classes", datetime.now(UTC), 2)
+    custom, generic = _plans(pg_url, fill, "expired_classes", "", datetime.now(UTC), 2)
     for plan in (custom, generic):
         text = json.dumps(plan, indent=1)
         assert plan["Actual Rows"] == 2, text  # B and D: the limit stopped the walk there
         for scan in _nodes(plan):
             if scan.get("Relation Name") == "external_records":
                 assert scan["Actual Rows"] <= 1, text
-    assert _rows(pg_url, _SQL["expired_classes"], datetime.now(UTC), 10) == [
-        ("B",),
-        ("D",),
-        ("E",),
-    ]
+    listed = _SQL["expired_classes"]
+    assert _rows(pg_url, listed, "", datetime.now(UTC), 10) == [("B",), ("D",), ("E",)]
+    assert _rows(pg_url, listed, "C", datetime.now(UTC), 10) == [("D",), ("E",)]
+    assert _rows(pg_url, listed, "D", datetime.now(UTC), 1) == [("D",)]  # from D on
 
 
 def test_purge_finds_the_classes_whose_counter_rows_are_missing(migrated_url: str) -> None:
@@ -216,6 +215,38 @@ def test_purge_finds_the_classes_whose_counter_rows_are_missing(migrated_url: st
     time.sleep(0.5)
     assert pydantic_toast.purge_expired(migrated_url, batch_size=2) == 8
     assert _rows(migrated_url, "SELECT count(*) FROM external_records") == [(0,)]
+
+
+def test_purge_lists_classes_a_hundred_at_a_time_and_reaches_them_all(
+    migrated_url: str,
+) -> None:
+    """250 classes with two expired rows each (and a live one), more than one list of classes
+    holds: the purge reaches every class and deletes every expired row and nothing else, in
+    batches that end mid-class."""
+    if migrated_url.startswith("sqlite"):
+        fill = (
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 749) "
+            "INSERT INTO external_records (class_name, id, data, expires_at) "
+            "SELECT printf('K%03d', i / 3), lower(hex(randomblob(16))), '{}', "
+            "CASE WHEN i % 3 = 0 THEN '2999-01-01 00:00:00' ELSE '2000-01-01 00:00:00' END "
+            "FROM n"
+        )
+    else:
+        fill = (
+            "INSERT INTO external_records (class_name, id, data, expires_at) "
+            "SELECT 'K' || lpad((i / 3)::text, 3, '0'), gen_random_uuid(), '{}', "
+            "now() + CASE WHEN i % 3 = 0 THEN interval '1 hour' ELSE interval '-1 hour' END "
+            "FROM generate_series(0, 749) i"
+        )
+    _rows(migrated_url, fill)
+    batches: list[int] = []
+    assert (
+        pydantic_toast.purge_expired(migrated_url, batch_size=333, progress=batches.append) == 500
+    )
+    assert batches == [333, 500]
+    left = "SELECT count(DISTINCT class_name), count(*) FROM external_records"
+    assert _rows(migrated_url, left) == [(250, 250)]
+    assert pydantic_toast.purge_expired(migrated_url) == 0
 
 
 def _indexes(url: str) -> list[str]:
@@ -288,14 +319,14 @@ def test_sqlite_lists_expired_classes_by_a_skip_scan(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'classes.db'}"
     assert toast_cli(["migrate", url]) == 0
     compiled = EXPIRED_CLASSES.compile(dialect=sqlite.dialect())
-    values = compiled.construct_params({"now": "2026-12-05 00:00:00", "limit": 1000})
+    values = compiled.construct_params(
+        {"from_class": "", "now": "2026-12-05 00:00:00", "limit": 100}
+    )
     plan = _rows(url, f"EXPLAIN QUERY PLAN {compiled}", *(values[k] for k in compiled.positiontup))
     reads = [row[3] for row in plan if "external_records" in row[3]]
-    assert len(reads) == 3, plan  # the first class, the next class, a class's oldest expiry
-    first, *probes = reads
-    # the first class: the index's first entry (LIMIT 1); each further read a SEARCH
-    assert first == f"SCAN external_records USING COVERING INDEX {_BY_CLASS}", plan
-    assert probes == [
+    # the first class from from_class on, the next class, a class's oldest expiry
+    assert reads == [
+        f"SEARCH external_records USING COVERING INDEX {_BY_CLASS} (class_name>?)",
         f"SEARCH external_records USING COVERING INDEX {_BY_CLASS} (class_name>?)",
         f"SEARCH external_records USING COVERING INDEX {_BY_CLASS} (class_name=? AND expires_at>?)",
     ], plan

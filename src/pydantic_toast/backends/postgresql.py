@@ -520,7 +520,11 @@ def _hot_path_statements() -> dict[str, str]:
             page_statement(columns, after=True),
             ["class_name", "now", "after_created_at", "after_id", "limit"],
         ),
-        ("expired_classes", expired_classes_statement(lateral=True), ["now", "limit"]),
+        (
+            "expired_classes",
+            expired_classes_statement(lateral=True),
+            ["from_class", "now", "limit"],
+        ),
         ("purge", _PURGE, ["class_name", "now", "limit"]),
     ):
         sql, order = _compile(statement)
@@ -668,8 +672,8 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         statement, then a statement per class; return how many went."""
         now = datetime.now(UTC)
 
-        async def expired_classes(classes: int) -> list[str]:
-            rows = await self._statement("fetch", "expired_classes", now, classes)
+        async def expired_classes(from_class: str, classes: int) -> list[str]:
+            rows = await self._statement("fetch", "expired_classes", from_class, now, classes)
             return [row[0] for row in rows]
 
         async def one_class(class_name: str, rows: int) -> int:

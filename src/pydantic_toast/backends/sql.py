@@ -46,6 +46,7 @@ from pydantic_toast.runtime.loops import is_library_loop
 from pydantic_toast.runtime.transaction import joined_connection, statement_connection
 
 __all__ = [
+    "CLASSES_AT_ONCE",
     "COUNT",
     "DELETE",
     "EXPIRED_CLASSES",
@@ -137,59 +138,60 @@ _NEWEST_FIRST = (_c.created_at.desc(), _c.id.desc())
 
 
 def expired_classes_statement(*, lateral: bool) -> Select[Any]:
-    """The classes with rows expired at ``now``, at most ``limit``, in ``class_name`` order.
+    """The classes from ``from_class`` on (in ``class_name`` order) that have rows expired at
+    ``now``: at most ``limit`` of them.
 
     A skip-scan of the partial index on ``(class_name, expires_at)``: a recursive query steps
     from one class of expiring rows to the next (the index's first entry past the class), and
     a class's first entry holds its oldest expiry, which says whether it has expired rows.
-    It costs a few index probes per class that has expiring rows, whatever their number, and
-    reads no permanent row. With ``lateral`` (PostgreSQL), a step reads the next class and its
-    oldest expiry in one probe (``LATERAL``); without it (SQLite has no ``LATERAL``), a step
-    reads the next class and a second probe its oldest expiry. The classes come from the
-    table itself, not from the counter rows: a class whose counter rows are missing (deleted
-    by hand, rows loaded with the triggers disabled) is found too.
+    It costs a probe or two per class that has expiring rows, however many, reads no
+    permanent row, and stops at the ``limit``-th class found. With ``lateral`` (PostgreSQL),
+    a step reads the next class and its oldest expiry in one probe (``LATERAL``); without it
+    (SQLite has no ``LATERAL``), a step reads the next class and a second probe its oldest
+    expiry. The classes come from the table itself, not from the counter rows: a class whose
+    counter rows are missing (deleted by hand, rows loaded with the triggers disabled) is
+    found too.
     """
     expiring = _c.expires_at.is_not(None)
+    from_class = bindparam("from_class", type_=_c.class_name.type)
     if lateral:
-        first = (
-            select(_c.class_name, _c.expires_at.label("oldest"))
-            .where(expiring)
-            .order_by(_c.class_name, _c.expires_at)
-            .limit(literal_column("1"))
-        )
-        walk = first.cte("walk", recursive=True)
-        step = (
-            select(_c.class_name, _c.expires_at.label("oldest"))
-            .where(_c.class_name > walk.c.class_name, expiring)
-            .order_by(_c.class_name, _c.expires_at)
-            .limit(literal_column("1"))
-            .lateral("next_class")
-        )
+
+        def next_entry(after: Any) -> Select[Any]:
+            return (
+                select(_c.class_name, _c.expires_at.label("oldest"))
+                .where(after, expiring)
+                .order_by(_c.class_name, _c.expires_at)
+                .limit(literal_column("1"))
+            )
+
+        walk = next_entry(_c.class_name >= from_class).cte("walk", recursive=True)
+        step = next_entry(_c.class_name > walk.c.class_name).lateral("next_class")
         walk = walk.union_all(
             select(step.c.class_name, step.c.oldest).select_from(walk).join(step, true())
         )
         return select(walk.c.class_name).where(walk.c.oldest <= _NOW).limit(bindparam("limit"))
 
     def next_class(after: Any) -> Any:
-        query = select(_c.class_name).where(expiring).order_by(_c.class_name)
-        if after is not None:
-            query = query.where(_c.class_name > after)
+        query = select(_c.class_name).where(after, expiring).order_by(_c.class_name)
         return query.limit(literal_column("1")).scalar_subquery()
 
-    walk = select(next_class(None).label("class_name")).cte("walk", recursive=True)
-    walk = walk.union_all(
-        select(next_class(walk.c.class_name)).where(walk.c.class_name.is_not(None))
+    first = select(next_class(_c.class_name >= from_class).label("class_name"))
+    classes = first.cte("walk", recursive=True)
+    classes = classes.union_all(
+        select(next_class(_c.class_name > classes.c.class_name)).where(
+            classes.c.class_name.is_not(None)
+        )
     )
     oldest_expiry = (
         select(_c.expires_at)
-        .where(_c.class_name == walk.c.class_name, expiring)
+        .where(_c.class_name == classes.c.class_name, expiring)
         .order_by(_c.expires_at)
         .limit(literal_column("1"))
         .scalar_subquery()
     )
     return (
-        select(walk.c.class_name)
-        .where(walk.c.class_name.is_not(None), oldest_expiry <= _NOW)
+        select(classes.c.class_name)
+        .where(classes.c.class_name.is_not(None), oldest_expiry <= _NOW)
         .limit(bindparam("limit"))
     )
 
@@ -227,25 +229,32 @@ PURGE = purge_statement(
 )
 
 
+CLASSES_AT_ONCE = 100
+"""How many classes :func:`purge_classes` lists at a time: enough for one listing in the
+usual case (a few classes with expiring rows), few enough that the listing stops early
+when the first classes hold ``limit`` expired rows between them."""
+
+
 async def purge_classes(
-    expired_classes: Callable[[int], Awaitable[Sequence[str]]],
+    expired_classes: Callable[[str, int], Awaitable[Sequence[str]]],
     purge: Callable[[str, int], Awaitable[int]],
     limit: int,
 ) -> int:
     """Delete at most ``limit`` expired rows, class after class; return how many went.
 
-    ``expired_classes(n)`` lists at most ``n`` classes with expired rows (each has at least
-    one, so ``limit`` classes are enough); ``purge(class_name, n)`` runs the purge statement
-    of one class (``n`` its limit): one that deletes fewer rows than asked has emptied its
-    class. A list shorter than asked held every class with expired rows: when its classes are
-    done, so is the purge, with no second list (a purge with nothing to delete is one
-    statement). A full list is followed by another while rows are left to delete.
+    ``expired_classes(from_class, n)`` lists at most ``n`` classes with expired rows, from
+    ``from_class`` on (:func:`expired_classes_statement`); ``purge(class_name, n)`` runs the
+    purge statement of one class (``n`` its limit): one that deletes fewer rows than asked
+    has emptied its class. A list shorter than asked held every class left with expired rows:
+    when its classes are done, so is the purge (a purge with nothing to delete is one
+    statement). After a full list, the next one starts at its last class (emptied by then,
+    so listed again only if it has expired rows again).
     """
     total = 0
+    from_class = ""  # (sorts before every other text)
     while total < limit:
-        wanted = limit - total
-        classes = await expired_classes(wanted)
-        listed_at = total
+        wanted = min(limit - total, CLASSES_AT_ONCE)
+        classes = await expired_classes(from_class, wanted)
         for class_name in classes:
             while total < limit:
                 asked = limit - total
@@ -255,8 +264,9 @@ async def purge_classes(
                     break
             if total >= limit:
                 break
-        if len(classes) < wanted or total == listed_at:
+        if len(classes) < wanted:
             break
+        from_class = classes[-1]
     return total
 
 
@@ -632,9 +642,9 @@ class SQLAlchemyBackend(RecordBackend):
         now = _now()
 
         async def purge(connection: AsyncConnection) -> int:
-            async def expired_classes(classes: int) -> list[str]:
-                listed = await connection.execute(EXPIRED_CLASSES, {"now": now, "limit": classes})
-                return list(listed.scalars())
+            async def expired_classes(from_class: str, classes: int) -> list[str]:
+                parameters = {"from_class": from_class, "now": now, "limit": classes}
+                return list((await connection.execute(EXPIRED_CLASSES, parameters)).scalars())
 
             async def one_class(class_name: str, rows: int) -> int:
                 parameters = {"class_name": class_name, "now": now, "limit": rows}
