@@ -17,7 +17,8 @@ interleaved rounds (the order rotates), on a fresh connection each:
   back (the rows stay, and no chunk skips rows another one deleted), after one more that
   warms the connection up (catalog caches, hint bits): the median per chunk.
   A chunk is what ``purge_expired(limit=1000)`` runs: after 0007, one statement per class it
-  reaches (``Mine``'s 100 rows, then 900 of ``Other``'s).
+  reaches (``Mine``'s 100 rows, then 900 of ``Other``'s), after the list of the classes with
+  expired rows (``bench/purge_classes.py`` compares that list with main's way of finding them).
 
 Reported: milliseconds, median [min-max] over the rounds. The databases are dropped.
 """
@@ -100,9 +101,13 @@ async def time_purge(url: str, statement: str) -> float:
     times = []
     now = datetime.now(UTC)
 
-    async def purge(limit: int) -> int:
-        status: str = await connection.execute(statement, now, limit)
+    async def purge(*arguments: Any) -> int:  # ([class_name,] limit)
+        status: str = await connection.execute(statement, *arguments[:-1], now, arguments[-1])
         return int(status.rpartition(" ")[2])
+
+    async def expired_classes(from_class: str, limit: int) -> list[str]:
+        rows = await connection.fetch(_SQL["expired_classes"], from_class, now, limit)
+        return [row[0] for row in rows]
 
     try:
         for _ in range(CHUNKS + 1):  # the first warms the new connection up: not counted
@@ -112,7 +117,7 @@ async def time_purge(url: str, statement: str) -> float:
                     if statement == OLD_PURGE:
                         deleted = await purge(CHUNK)
                     else:
-                        deleted = await purge_classes(purge, CHUNK)
+                        deleted = await purge_classes(expired_classes, purge, CHUNK)
                     times.append((time.perf_counter() - began) * 1000)
                     assert deleted == CHUNK, deleted
                     raise _Rollback

@@ -15,6 +15,7 @@ class ExpiredRows:
 
     async def expired_classes(self, from_class: str, limit: int) -> list[str]:
         self.lists.append((from_class, limit))
+        assert len(self.lists) < 10, "listing again and again"
         found = [name for name in sorted(self.rows) if name >= from_class and self.rows[name]]
         return found[:limit]
 
@@ -66,3 +67,16 @@ async def test_a_class_renewed_meanwhile_does_not_stop_the_others() -> None:
 
     assert await purge_classes(renewed_after_listing, store.purge, 10) == 2
     assert store.purges == [("A", 10), ("B", 10)]
+
+
+async def test_a_list_whose_classes_give_nothing_ends_the_purge() -> None:
+    """A full list whose classes all turn out empty when deleted (another purge took them)
+    ends the purge instead of listing the same classes forever."""
+    store = ExpiredRows({"A": 1})
+
+    async def purged_elsewhere(class_name: str, limit: int) -> int:
+        store.purges.append((class_name, limit))
+        return 0  # the listing still sees A's row, the DELETE finds it gone
+
+    assert await purge_classes(store.expired_classes, purged_elsewhere, 1) == 0
+    assert store.lists == [("", 1)]

@@ -248,13 +248,16 @@ async def purge_classes(
     has emptied its class. A list shorter than asked held every class left with expired rows:
     when its classes are done, so is the purge (a purge with nothing to delete is one
     statement). After a full list, the next one starts at its last class (emptied by then,
-    so listed again only if it has expired rows again).
+    so listed again only if it has expired rows again), unless the list's classes gave
+    nothing (their rows taken meanwhile by another purge or renewed by writes): the purge
+    ends there rather than list the same classes again and again.
     """
     total = 0
     from_class = ""  # (sorts before every other text)
     while total < limit:
         wanted = min(limit - total, CLASSES_AT_ONCE)
         classes = await expired_classes(from_class, wanted)
+        listed_at = total
         for class_name in classes:
             while total < limit:
                 asked = limit - total
@@ -264,8 +267,8 @@ async def purge_classes(
                     break
             if total >= limit:
                 break
-        if len(classes) < wanted:
-            break
+        if len(classes) < wanted or total == listed_at:
+            break  # (nothing deleted from a list: a concurrent purge, or writes, took them)
         from_class = classes[-1]
     return total
 
