@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import binascii
 import os
-import struct
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from uuid import UUID, SafeUUID
 
 __all__ = ["new_id"]
@@ -45,7 +46,9 @@ _SET = int.from_bytes(_VERSION_4.to_bytes(16) * _BATCH)
 # newline that split() cuts the batch's text at.
 _DROPPED = (4, 29, 34)
 _ENDS = 39
-_HALVES = struct.Struct(">QQ")  # an id's 16 bytes as two big-endian 64-bit integers
+_SLICES = [slice(at, at + 16) for at in range(0, 16 * _BATCH, 16)]  # each id's 16 bytes
+# Runs an iterator to its end, keeping nothing.
+_exhaust: Callable[[Iterable[object]], None] = deque[object](maxlen=0).extend
 
 _new_object = object.__new__
 # The slots UUID.__init__ sets, through their own setters (no argument checks, no name lookup).
@@ -80,14 +83,13 @@ def _batch() -> Iterator[NewId]:
     for at in _DROPPED:
         texts[at::40] = b"_" * _BATCH
     texts[_ENDS::40] = b"\n" * (_BATCH - 1)
-    ids = []
     spelled = texts.translate(None, b"_").decode().split()
-    for (high, low), text in zip(_HALVES.iter_unpack(raw), spelled, strict=True):
-        id = _new_object(UUID)
-        _set_int(id, high << 64 | low)
-        _set_is_safe(id, _UNKNOWN_SAFETY)
-        ids.append((id, text))
-    return iter(ids)
+    # The UUIDs made and filled by maps, in C: a Python loop over them cost 4,500
+    # instructions per id, this 3,700.
+    ids = list(map(_new_object, repeat(UUID, _BATCH)))
+    _exhaust(map(_set_int, ids, map(int.from_bytes, map(raw.__getitem__, _SLICES))))
+    _exhaust(map(_set_is_safe, ids, repeat(_UNKNOWN_SAFETY, _BATCH)))
+    return zip(ids, spelled, strict=True)
 
 
 def _forget() -> None:

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -56,7 +56,12 @@ from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
 from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
 from pydantic_toast._records import StoredRecord, new_record
-from pydantic_toast._reference import CANONICAL_ID, ExternalReference, trusted_reference
+from pydantic_toast._reference import (
+    CANONICAL_ID,
+    ExternalReference,
+    made_with,
+    trusted_reference,
+)
 from pydantic_toast._schema_walk import external_models
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
@@ -117,12 +122,14 @@ class Identity:
     """The record an instance is stored as, and what the instance last read or wrote there.
 
     Never changed once made (a new one replaces it), but for ``text``, filled in when first
-    needed. A plain class, not a frozen dataclass: two are made per save, and a frozen
-    dataclass costs four times as much to build.
+    needed, and ``created_at``, stamped when a dump first meets the instance. A plain class,
+    not a frozen dataclass: two are made per save, and a frozen dataclass costs four times as
+    much to build.
 
     Attributes:
         id: The record id.
-        created_at: When the record was created.
+        created_at: When the record was created (``None`` until a dump meets the instance: one
+            clock read stamps its creation and its first write).
         revision: The stored revision last read or written (``0``: never stored; ``None``: the
             backend keeps no revisions).
         data: The JSON last read or written, ``None`` when unknown (then a dump writes).
@@ -138,7 +145,7 @@ class Identity:
     def __init__(
         self,
         id: UUID,
-        created_at: datetime,
+        created_at: datetime | None,
         revision: int | None = 0,
         data: bytes | None = None,
         exact: bool = True,
@@ -272,7 +279,15 @@ def keep_id_text(model: ExternalBaseModel, asked: object) -> None:
     into that id; any other spelling (upper case, braces, no hyphens) leaves the dump to make
     the text.
     """
-    if isinstance(asked, dict):  # a reference (not any Mapping: that check costs 0.3 µs)
+    if type(asked) is ExternalReference:
+        text = asked.get("id")
+        if made_with(asked, text) is not None:  # the text it was made with: str(id)
+            identity = identity_of(model)
+            if identity is not None and identity.text is None:
+                identity.text = text
+            return
+        asked = text
+    elif isinstance(asked, dict):  # a reference (not any Mapping: that check costs 0.3 µs)
         asked = asked.get("id")
     if type(asked) is str and _CANONICAL_ID.fullmatch(asked) is not None:
         identity = identity_of(model)
@@ -331,6 +346,7 @@ class SaveBatch:
     __slots__ = (
         "encoding",
         "force",
+        "fresh",
         "models",
         "pending",
         "records",
@@ -357,6 +373,8 @@ class SaveBatch:
         self.encoding = False
         # Owned children that the written records no longer reference: deleted after the write.
         self.replaced: dict[SessionKey, Any] = {}
+        # The identities this batch stamped with their created_at (see collect()).
+        self.fresh: set[Identity] = set()
 
     def collect(self, model: ExternalBaseModel) -> ExternalReference:
         """Queue ``model`` for this batch (once per instance) and return its reference.
@@ -374,10 +392,17 @@ class SaveBatch:
             identity = _read_identity(model)
         except AttributeError:  # never dumped nor loaded
             identity = _new_identity(model)
+        if identity.created_at is None:
+            # Stamped here, as it is met: a parent is created before its children, in the
+            # order the dump meets them; its first write is at that time too (see _serialize).
+            identity.created_at = datetime.now(UTC)
+            self.fresh.add(identity)
         if id(model) not in self.models:
             self.models[id(model)] = model
             self.pending.append(model)
-        return trusted_reference(settings.external_name, identity.text or str(identity.id))
+        return trusted_reference(
+            settings.external_name, identity.text or str(identity.id), identity.id
+        )
 
     def _check_declared(self, holder: Any, model: ExternalBaseModel, name: str) -> None:
         """Refuse ``model`` in a field of ``holder`` declared as one of its base classes.
@@ -428,7 +453,6 @@ class SaveBatch:
         # fields' types with short integers (then Pydantic's type check and the scan for long
         # integers are not needed).
         print_, trusted = fingerprint(model, None if fast is None else fast.tracking)
-        now = datetime.now(UTC)
         serialized = model  # or its twin, below
         try:
             data = _to_json(model, serializer, trusted)
@@ -500,12 +524,17 @@ class SaveBatch:
                 plan is None and _fidelity.may_be_too_deep(data)
             )
         checked = not (self.force or settings.last_write_wins)
+        # A record this save creates was stamped by collect(): written at that time too (one
+        # clock read per new record, not two).
+        created_at = identity.created_at
+        assert created_at is not None  # (stamped by collect())
+        now = created_at if identity in self.fresh else datetime.now(UTC)
         record = new_record(
             settings.external_name,
             identity.id,
             data,
             settings.schema_version,
-            identity.created_at,
+            created_at,
             now,
             settings.ttl,
             identity.revision if checked else None,
@@ -558,12 +587,22 @@ class SaveBatch:
         finally:
             session.deactivate(token)
 
-    async def write(self) -> None:
+    def write(self) -> Coroutine[Any, Any, None]:
         """Write every collected record: one ``save_records`` call per store, concurrently.
 
         Each store's batch is all or nothing: a :class:`~pydantic_toast.ConcurrencyError`
         there writes none of its records. Written models remember their new revision and JSON.
+
+        Returns:
+            The coroutine that writes (one store, nothing replaced: the store's own write,
+            without a coroutine around it, as a single save's).
         """
+        if len(self.records) == 1 and not self.replaced:
+            ((url, records),) = self.records.items()
+            return self._write(url, list(records.values()))
+        return self._write_all()
+
+    async def _write_all(self) -> None:
         if not self.records:
             return
         if len(self.records) == 1:
@@ -806,12 +845,12 @@ def unchanged_reference(model: ExternalBaseModel) -> ExternalReference | None:
     text = identity.text
     if text is None:  # a loaded instance's: made once here, not by every load
         text = identity.text = str(identity.id)
-    return trusted_reference(settings.external_name, text)
+    return trusted_reference(settings.external_name, text, identity.id)
 
 
 def _new_identity(model: ExternalBaseModel, kind: type[Identity] = Identity) -> Identity:
     id, text = new_id()
-    identity = kind(id, datetime.now(UTC), 0, None, True, None, text)
+    identity = kind(id, None, 0, None, True, None, text)
     _write_identity(model, identity)
     return identity
 

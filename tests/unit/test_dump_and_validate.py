@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import pickle
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -63,6 +64,35 @@ def test_dump_is_durable_and_stores_fields_by_name(memory_url: str) -> None:
     assert record.schema_version == 1
     assert record.created_at.tzinfo is not None
     assert record.updated_at >= record.created_at
+
+
+def test_a_first_dump_writes_the_time_it_created_the_record(memory_url: str) -> None:
+    """A new record's updated_at is its created_at (one time for its creation and first write);
+    the next write moves updated_at only."""
+    foo = make_model(memory_url)(field="one")
+    reference = foo.model_dump()
+    first = _store_for(memory_url).get(("Foo", UUID(reference["id"])))
+    assert first is not None
+    assert first.updated_at == first.created_at
+    foo.field = "two"
+    foo.model_dump()
+    second = _store_for(memory_url).get(("Foo", UUID(reference["id"])))
+    assert second is not None
+    assert second.created_at == first.created_at
+    assert second.updated_at > first.updated_at
+
+
+def test_a_constructed_instance_is_created_when_first_dumped(memory_url: str) -> None:
+    """model_construct() makes no record: the record's created_at is the time of its first
+    dump, not of the construction."""
+    foo = make_model(memory_url).model_construct(field="one")
+    time.sleep(0.01)
+    before = datetime.now(UTC)
+    reference = foo.model_dump()
+    record = _store_for(memory_url).get(("Foo", UUID(reference["id"])))
+    assert record is not None
+    assert record.created_at >= before
+    assert record.updated_at == record.created_at
 
 
 def test_dumping_again_keeps_id_updates_record_and_keeps_created_at(memory_url: str) -> None:

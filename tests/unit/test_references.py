@@ -154,3 +154,52 @@ async def test_an_unsaved_instance_is_refused_naming_the_fix(memory_url: str) ->
         await pydantic_toast.adelete(model, model(title="t"))
     with pytest.raises(InvalidReferenceError, match=r"Ticket\.aload\(\) was given a \S*Ticket"):
         await model.aload(model(title="t"))
+
+
+async def test_a_saved_reference_whose_id_was_replaced_loads_the_new_id(memory_url: str) -> None:
+    """A reference keeps the id it was made with only for its own text: once ``ref["id"]`` is
+    replaced (by another object, even an equal one), the new text is what loads."""
+    model = make_model(memory_url)
+    first = await model(title="first").asave()
+    second = await model(title="second").asave()
+    first["id"] = second["id"]
+    assert (await model.aload(first)).title == "second"  # type: ignore[attr-defined]
+    again = await model(title="again").asave()
+    again["id"] = again["id"].upper().lower()  # the same text, another str object
+    assert (await model.aload(again)).title == "again"  # type: ignore[attr-defined]
+    gone = await model(title="gone").asave()
+    gone["id"] = str(uuid4())
+    with pytest.raises(pydantic_toast.RecordNotFoundError):
+        await model.aload(gone)
+
+
+async def test_copied_pickled_and_rebuilt_references_load_their_record(memory_url: str) -> None:
+    """Copies, pickles and a reference rebuilt without ``__init__`` load the same record, and
+    compare and serialize as the plain dict they are."""
+    model = make_model(memory_url)
+    reference = await model(title="kept").asave()
+    rebuilt = ExternalReference.__new__(ExternalReference)
+    dict.update(rebuilt, reference)
+    made = ExternalReference(reference["class_name"], UUID(reference["id"]))
+    for other in (
+        copy.copy(reference),
+        copy.deepcopy(reference),
+        pickle.loads(pickle.dumps(reference)),
+        rebuilt,
+        made,
+    ):
+        check_reference(other, reference["class_name"])
+        assert other == reference
+        assert (await model.aload(other)).title == "kept"  # type: ignore[attr-defined]
+
+
+async def test_a_loaded_instance_dumps_its_id_as_str_spells_it(memory_url: str) -> None:
+    """Loaded by a library reference, a plain dict or an upper-case id, an unchanged instance
+    dumps the canonical id text, the same as the save returned."""
+    model = make_model(memory_url)
+    reference = await model(title="t").asave()
+    upper = {"class_name": reference["class_name"], "id": reference["id"].upper()}
+    for asked in (reference, dict(reference), upper, reference["id"].upper()):
+        loaded = await model.aload(asked)  # type: ignore[arg-type]
+        assert await loaded.asave() == reference
+        assert loaded.model_dump()["id"] == reference["id"]

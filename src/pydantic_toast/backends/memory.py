@@ -17,7 +17,7 @@ from datetime import datetime
 from uuid import UUID
 
 from pydantic_toast._exceptions import ConcurrencyError
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, as_stored
+from pydantic_toast._records import PageCursor, RecordKey, StoredRecord, new_record
 from pydantic_toast.backends.base import Capability, RecordBackend
 
 __all__ = ["MemoryBackend", "MemoryStore"]
@@ -224,7 +224,19 @@ class MemoryBackend(RecordBackend):
                 else:
                     revision, created_at = (old.revision or 0) + 1, old.created_at
                 expires_at = None if record.ttl is None else now + record.ttl
-                store.put(as_stored(record, created_at, revision), expires_at)
+                # as_stored(record, created_at, revision), without its call
+                stored = new_record(
+                    record.class_name,
+                    record.id,
+                    record.data,
+                    record.schema_version,
+                    created_at,
+                    record.updated_at,
+                    record.ttl,
+                    revision,
+                    record.without_floats,
+                )
+                store.put(stored, expires_at)
                 revisions.append(revision)
             return revisions
 
