@@ -95,6 +95,21 @@ def test_a_constructed_instance_is_created_when_first_dumped(memory_url: str) ->
     assert record.updated_at == record.created_at
 
 
+def test_a_dump_after_a_refused_one_is_written_at_its_own_time(memory_url: str) -> None:
+    """A first dump refused before any write leaves the instance created then; the dump that
+    writes it records its own time as updated_at, after that created_at."""
+    foo = make_model(memory_url).model_construct(field=1)  # not a str: refused
+    with pytest.raises(StorageValidationError):
+        foo.model_dump()
+    time.sleep(0.01)
+    foo.field = "one"
+    before = datetime.now(UTC)
+    reference = foo.model_dump()
+    record = _store_for(memory_url).get(("Foo", UUID(reference["id"])))
+    assert record is not None
+    assert record.created_at < before <= record.updated_at
+
+
 def test_dumping_again_keeps_id_updates_record_and_keeps_created_at(memory_url: str) -> None:
     """The same instance keeps its id; its record is overwritten; created_at never moves."""
     foo = make_model(memory_url)(field="one")
