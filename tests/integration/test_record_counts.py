@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import io
 import json
 import sqlite3
+from contextlib import redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -214,6 +216,16 @@ def test_partitioning_keeps_the_counts(empty_database: str) -> None:
             await backend.disconnect()
 
     assert asyncio.run(main()) == [40, 40, 44, 44]
+    # The row trigger's clone on one partition, disabled alone: check names that partition.
+    asyncio.run(
+        _sql(url, "ALTER TABLE external_records_p1 DISABLE TRIGGER external_records_count_move")
+    )
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    assert "ALTER TABLE external_records_p1 ENABLE TRIGGER external_records_count_move" in (
+        out.getvalue()
+    )
 
 
 @pytest.mark.sqlite
@@ -269,9 +281,6 @@ def test_check_names_a_disabled_count_trigger_and_recount_repairs_the_counts(
     )
     assert asyncio.run(write(4)) == 3  # the 4 rows are not counted
 
-    import io
-    from contextlib import redirect_stdout
-
     out = io.StringIO()
     with redirect_stdout(out):
         assert toast_cli(["check", url]) == 3
@@ -298,9 +307,6 @@ def test_check_names_a_missing_count_trigger_on_sqlite(
 ) -> None:
     """A SQLite file whose count trigger was dropped: check exits 3 naming it as missing, and
     recount counts the rows written without it."""
-    import io
-    from contextlib import redirect_stdout
-
     from pydantic_toast.backends.sqlite import SQLiteBackend
 
     path = tmp_path / "missing.db"
@@ -326,3 +332,60 @@ def test_check_names_a_missing_count_trigger_on_sqlite(
     with redirect_stdout(io.StringIO()):
         assert toast_cli(["recount", url]) == 0
     assert asyncio.run(write(0)) == 5
+
+
+@pytest.mark.parametrize("operation", ["recount", "partition"])
+def test_a_repeatable_read_default_does_not_hide_the_writes_waited_for(
+    empty_database: str, operation: str
+) -> None:
+    """With the database's default_transaction_isolation at 'repeatable read', recount and
+    partition took their snapshot at their first statement, before the table lock they then
+    waited for: a write committed meanwhile was missing from the copy (partition lost the row)
+    or made the recount fail ('could not serialize access'). They run READ COMMITTED now."""
+    url = empty_database
+    assert toast_cli(["migrate", url]) == 0
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    asyncio.run(
+        _sql(
+            url,
+            f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'",
+        )
+    )
+    insert = "INSERT INTO external_records (class_name, id, data) VALUES ('Waited', $1, '{}')"
+
+    async def main() -> tuple[int, int]:
+        writer, watcher = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            await writer.execute(insert, uuid4())  # its counter row exists
+            held = writer.transaction()
+            await held.start()
+            await writer.execute(insert, uuid4())  # holds a lock the operation waits for
+            if operation == "recount":
+                running = asyncio.create_task(asyncio.to_thread(toast_cli, ["recount", url]))
+            else:
+                running = asyncio.create_task(partition_table(url, 2))
+            for _ in range(200):  # until the operation waits for the table's lock
+                waiting = await watcher.fetchval(  # (a transaction sees one snapshot of it)
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                    "AND wait_event_type = 'Lock'",
+                    database,
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the operation never waited for the writer"
+            await held.commit()
+            result = await running
+            if operation == "recount":
+                assert result == 0
+        finally:
+            await writer.close()
+            await watcher.close()
+        backend = PostgreSQLBackend(url)
+        await backend.connect()
+        try:
+            return await backend.count("Waited"), await _exact(url, "Waited")
+        finally:
+            await backend.disconnect()
+
+    assert asyncio.run(main()) == (2, 2)

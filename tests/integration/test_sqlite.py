@@ -296,7 +296,8 @@ async def test_a_session_joined_with_create_savepoint_serves_the_test_fixture_pa
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            connection.exec_driver_sql("BEGIN")
 
     try:
         async with engine.connect() as connection:
@@ -314,6 +315,19 @@ async def test_a_session_joined_with_create_savepoint_serves_the_test_fixture_pa
             await outer.rollback()
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert list(db.execute("SELECT count(*) FROM external_records")) == [(0,)]
+
+        # The same engine handed to use_engine(): the library's AUTOCOMMIT connections skip
+        # the recipe's BEGIN (without the guard, a delete was never committed and a batch
+        # failed on BEGIN inside BEGIN).
+        storage = pydantic_toast.Storage()
+        storage.use_engine(f"sqlite:///{path}", engine)
+        async with storage:
+            kept, gone = Memo(text="kept"), Memo(text="gone")
+            await pydantic_toast.adump([kept, gone])
+            await pydantic_toast.adelete(Memo, gone.external_id)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            texts = [text for (text,) in db.execute("SELECT data FROM external_records")]
+        assert texts == ['{"text":"kept"}']
     finally:
         await engine.dispose()
         await pydantic_toast.aclose_storage()

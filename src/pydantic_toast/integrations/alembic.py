@@ -102,7 +102,8 @@ def include_object(
 def migration_engine(url: str) -> AsyncEngine:
     """An async engine for running migrations against a storage URL as the library takes it.
 
-    On PostgreSQL its statements have no client-side time limit: the URL's ``command_timeout``
+    On PostgreSQL its transactions are READ COMMITTED (whatever the server's default), and its
+    statements have no client-side time limit: the URL's ``command_timeout``
     (60 s by default) bounds the library's record statements, while a migration of a large
     table takes as long as it takes. Lock waits are bounded by :data:`MIGRATION_LOCK_TIMEOUT`
     (see ``migrations/env.py``); the server's ``statement_timeout`` still applies.
@@ -117,6 +118,11 @@ def migration_engine(url: str) -> AsyncEngine:
             connect_args={**options["connect_args"], "command_timeout": None},
             hide_parameters=True,
             poolclass=None,
+            # Whatever the server's default_transaction_isolation: under REPEATABLE READ the
+            # snapshot is taken at the first statement, before the table locks are granted, so
+            # a migration's or a recount's copy and count missed the writes committed while it
+            # waited for them (and a recount failed on every concurrent counter update).
+            isolation_level="READ COMMITTED",
         )
     if parsed.scheme in ("sqlite", "sqlite+aiosqlite"):
         from pydantic_toast.backends.sqlite import configure_connection, engine_url

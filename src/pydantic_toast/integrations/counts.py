@@ -9,6 +9,8 @@ counted, and nothing at run time notices: ``pydantic-toast check`` reports such 
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,24 +45,35 @@ async def count_trigger_faults(connection: AsyncConnection) -> list[str]:
     """
     dialect = connection.dialect.name
     expected = COUNT_TRIGGERS[dialect]
+    parent = f"to_regclass('{TABLE_NAME}')"
     if dialect == "postgresql":
+        # A partitioned table's row trigger has a clone on each partition (PostgreSQL 13 and
+        # later link it by tgparentid), which can be disabled on its own.
+        clones = (
+            f" OR tgparentid IN (SELECT oid FROM pg_trigger WHERE tgrelid = {parent})"
+            if (connection.dialect.server_version_info or (0,)) >= (13,)
+            else ""
+        )
         query = (
-            "SELECT tgname, tgenabled::text FROM pg_trigger "
-            f"WHERE tgrelid = to_regclass('{TABLE_NAME}') AND NOT tgisinternal"
+            "SELECT tgname, tgenabled::text, tgrelid::regclass::text FROM pg_trigger "
+            f"WHERE NOT tgisinternal AND (tgrelid = {parent}{clones})"
         )
     else:  # SQLite's triggers cannot be disabled
         query = (
-            "SELECT name, 'O' FROM sqlite_master "
+            f"SELECT name, 'O', '{TABLE_NAME}' FROM sqlite_master "
             f"WHERE type = 'trigger' AND tbl_name = '{TABLE_NAME}'"
         )
-    found = {row[0]: row[-1] for row in await connection.exec_driver_sql(query)}
-    disabled = [name for name in expected if found.get(name, "O") not in _FIRING]
+    result = await connection.exec_driver_sql(query)
+    rows = cast("list[tuple[str, str, str]]", result.all())  # (name, state, table)
+    found = {row[0] for row in rows if row[2] == TABLE_NAME}
+    disabled = [(row[2], row[0]) for row in rows if row[1] not in _FIRING and row[0] in expected]
     missing = [name for name in expected if name not in found]
     faults = []
     if disabled:
+        names = sorted({name for _, name in disabled}, key=expected.index)
         faults.append(
-            f"{_triggers(disabled)} disabled, so rows written since are not counted: "
-            + "; ".join(f"ALTER TABLE {TABLE_NAME} ENABLE TRIGGER {name}" for name in disabled)
+            f"{_triggers(names)} disabled, so rows written since are not counted: "
+            + "; ".join(f"ALTER TABLE {table} ENABLE TRIGGER {name}" for table, name in disabled)
             + ", then pydantic-toast recount URL"
         )
     if missing:

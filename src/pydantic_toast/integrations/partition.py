@@ -147,7 +147,8 @@ async def partition_table(url: str, partitions: int) -> int:
         **{**options["connect_args"], "command_timeout": None},
     )
     try:
-        async with connection.transaction():
+        # READ COMMITTED whatever the server's default: see migration_engine().
+        async with connection.transaction(isolation="read_committed"):
             await connection.execute(TAKE_MIGRATION_LOCK)
             for statement in await partition_statements(connection, partitions):
                 await connection.execute(statement)
