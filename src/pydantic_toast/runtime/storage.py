@@ -29,7 +29,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.registry import BackendRegistry
-from pydantic_toast.runtime import loops
+from pydantic_toast.runtime import loops, stranded
 from pydantic_toast.runtime.boundary import Connected, open_backend, store_identity
 from pydantic_toast.runtime.catalog import NameCatalog
 from pydantic_toast.runtime.errors import summary
@@ -55,7 +55,9 @@ class Storage:
 
     Connected backends are kept per storage URL and event loop (a pool belongs to the loop that
     opened it) and closed when their loop shuts down, when :meth:`aclose`/:meth:`close` is
-    called, or at interpreter exit.
+    called, or at interpreter exit. Those of a loop closed without shutting down, or left
+    open and stopped by a thread that ended (Pydantic AI's ``run_sync``), are released when
+    another loop connects.
 
     Args:
         registry: The backend classes to start from; by default the built-ins plus what is
@@ -157,6 +159,9 @@ class Storage:
     async def aclose(self) -> None:
         """Close the connections this storage opened on the running event loop.
 
+        Those it opened on loops closed without shutting down, or left open by threads that
+        ended (see :meth:`_release_stale`), are released too.
+
         They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn);
         call this to release them earlier. The next operation reconnects. Work still waiting
         for a transaction's commit (deleting what it let go of) gets up to 30 s to end first.
@@ -169,13 +174,17 @@ class Storage:
             # Closing the generator runs its cleanup now: left to the collector, it would
             # leave a task behind on the loop.
             await entry.closer.aclose()
+        await self._release_stale()
 
     def close(self) -> None:
         """Close the connections this storage opened for the blocking API (the library's loops).
 
-        The next operation reconnects.
+        The next operation reconnects. Those opened on loops closed without shutting down, or
+        left open by threads that ended, are released too.
         """
         loops.close_library_loops(self.aclose)
+        if any(entry.stale(loop) for loop, entry in list(self._loops.items())):
+            loops.run_sync(self._release_stale, call="Storage.close()", instead="Storage.aclose()")
 
     def __enter__(self) -> Storage:
         self._tokens.append(_active.set(self))
@@ -208,6 +217,10 @@ class Storage:
         entry = self._loops.get(loop)
         if entry is None:
             entry = await self._register_loop(loop)
+            # Another task of this loop may have connected while stale entries were released.
+            connected = entry.ready.get(url.raw)
+            if connected is not None:
+                return connected
         task = entry.opening.get(url)
         if task is None:
             task = entry.opening[url] = loop.create_task(self._connect(url))
@@ -250,16 +263,32 @@ class Storage:
         ) from summary(failed)
 
     async def _register_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopBackends:
-        # A copy, and popped once: loops of other threads register meanwhile.
-        for known in [known for known in list(self._loops) if known.is_closed()]:
-            stale = self._loops.pop(known, None)
-            if stale is not None:  # (else released by another thread's registration)
-                # Closed without finalizing async generators: the pools' loop is gone.
-                await stale.abandon(known)
+        # Stored before anything is awaited: another task of this loop that connects
+        # meanwhile finds this entry instead of making a second one.
         entry = self._loops[loop] = _LoopBackends(self)
         # Starting the generator on this loop registers it for shutdown_asyncgens().
         await entry.closer.asend(None)
+        await self._release_stale()
         return entry
+
+    async def _release_stale(self) -> None:
+        """Release the entries of loops closed without shutdown, and of stranded loops.
+
+        A stranded loop is open but stopped, and the thread that registered it has ended
+        (Pydantic AI's ``run_sync`` sets a loop per thread and never closes it). Only the
+        library's own sockets on it are closed; the loop is left as it is.
+        """
+        # A copy, and popped once: loops of other threads register meanwhile.
+        for known, entry in list(self._loops.items()):
+            if not entry.stale(known):
+                continue
+            if self._loops.get(known) is not entry or self._loops.pop(known, None) is None:
+                continue  # released by another thread's registration
+            if known.is_closed():
+                # Closed without finalizing async generators: the pools' loop is gone.
+                await entry.abandon(known)
+            else:
+                await entry.release_stranded(known, self)
 
     def _forget_after_fork(self) -> None:
         _inherited.append(dict(self._loops))
@@ -275,8 +304,13 @@ class _LoopBackends:
         self.ready: dict[str, Connected] = {}
         self.opening: dict[StorageURL, asyncio.Task[Connected]] = {}
         self.pid = os.getpid()
+        self.thread = threading.current_thread()  # the thread that ran the loop first
         self.abandoned = False
         self.closer = self._close_at_loop_shutdown(weakref.ref(storage))
+
+    def stale(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether ``loop`` (this entry's) was closed, or stranded with no connection opening."""
+        return loop.is_closed() or (not self.opening and stranded.is_stranded(loop, self.thread))
 
     async def abandon(self, closed: asyncio.AbstractEventLoop) -> None:
         """Release what this entry holds once its loop was closed without shutting down.
@@ -300,6 +334,25 @@ class _LoopBackends:
         # Then the backends: their sockets are closed, so they release the rest (files,
         # threads, pools) without touching the closed loop.
         for backend in connected:
+            with contextlib.suppress(Exception):  # sockets closed above; files, threads
+                await asyncio.wait_for(backend.disconnect(), 1)
+
+    async def release_stranded(self, loop: asyncio.AbstractEventLoop, storage: Storage) -> None:
+        """Release what this entry holds on ``loop``, open but stranded by its thread.
+
+        The library's sockets on it are closed at once (see :mod:`.stranded`), then the
+        backends release the rest from the running loop. Backends on an engine the
+        application gave (``use_engine``) keep their connections: they are its owner's.
+        """
+        self.abandoned = True
+        with contextlib.suppress(StopIteration):
+            self.closer.aclose().send(None)
+        connected, self.ready = list(self.ready.values()), {}
+        given = storage._engines
+        own = [each.backend for each in connected if each.url not in given]
+        beyond = [storage, *given.values()]
+        stranded.close_transports(stranded.held_transports(own, loop, beyond=beyond))
+        for backend in own:
             with contextlib.suppress(Exception):  # sockets closed above; files, threads
                 await asyncio.wait_for(backend.disconnect(), 1)
 

@@ -1,0 +1,125 @@
+"""Loops stranded by threads that ended: closing the library's own sockets without the loop.
+
+Pydantic AI's ``agent.run_sync()`` (and code like it) sets a new event loop in each thread it
+runs in and never closes it. When such a thread ends, its loop is stopped, and the library's
+pools on it would stay open for as long as the library keeps them (their loop can no longer
+close them). The loop is not the library's: it is never closed or run here, and of its
+transports only the library's own are closed, found through the library's pools. Whoever
+still holds the loop may run it again: the library then opens new pools on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+import types
+from asyncio import selector_events
+from asyncio.selector_events import _SelectorTransport  # type: ignore[attr-defined]
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["close_transports", "held_transports", "is_stranded"]
+
+# Objects the search does not look into: they lead to code, to other loops' machinery, or to
+# the application's objects, not to a pool's connections.
+_OPAQUE = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.CodeType,
+    types.FrameType,
+    types.CoroutineType,
+    types.GeneratorType,
+    types.AsyncGeneratorType,
+    asyncio.AbstractEventLoop,
+    asyncio.Future,
+    threading.Thread,
+    str,
+    bytes,
+    int,
+    float,
+)
+_SEARCH_LIMIT = 200_000
+"""Objects visited at most per search (a pool of 100 connections is a few thousand)."""
+
+
+def is_stranded(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> bool:
+    """Whether ``loop`` is open, not running, and ``thread`` (which ran it) has ended.
+
+    Only asyncio's own loops qualify: another implementation's transports (uvloop's) cannot be
+    closed without their loop.
+    """
+    return (
+        isinstance(loop, selector_events.BaseSelectorEventLoop)
+        and not loop.is_closed()
+        and not loop.is_running()
+        and _has_ended(thread)
+    )
+
+
+def _has_ended(thread: threading.Thread) -> bool:
+    """Whether ``thread`` has ended; a thread not started by :mod:`threading` counts as running
+    until Python can tell (3.13 raises for one that ended)."""
+    try:
+        return not thread.is_alive()
+    except RuntimeError:  # Python 3.13+: "thread is not alive", a foreign thread that ended
+        return True
+    except AssertionError:  # Python < 3.13, a foreign thread: cannot tell, so not released
+        return False
+
+
+def held_transports(
+    roots: Iterable[object], loop: asyncio.AbstractEventLoop, *, beyond: Iterable[object] = ()
+) -> list[object]:
+    """The transports on ``loop`` reachable from ``roots`` (the library's backends).
+
+    The search follows containers and instances' attributes, never functions, classes,
+    modules, tasks or loops, nor the objects ``beyond`` (the storage, the application's
+    engines), so it finds the sockets of the backends' pools and not the application's.
+    """
+    found: list[object] = []
+    seen: set[int] = {id(item) for item in beyond}
+    stack = list(roots)
+    while stack and len(seen) < _SEARCH_LIMIT:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, asyncio.BaseTransport):
+            if getattr(item, "_loop", None) is loop:
+                found.append(item)
+            continue
+        if not isinstance(item, _OPAQUE):
+            stack.extend(gc.get_referents(item))
+    return found
+
+
+def close_transports(transports: Iterable[object]) -> int:
+    """Close each socket transport at once, without its loop; return how many were closed.
+
+    What ``transport.abort()`` does, with its last step (closing the socket, telling the
+    protocol) taken here rather than queued on the stopped loop: nothing of the library's is
+    left on the loop to run, should it run again. A TLS transport's socket transport is closed
+    beneath it. A transport already closing (its last step queued) is left to its loop.
+    """
+    closed = 0
+    for transport in transports:
+        plain: Any = getattr(getattr(transport, "_ssl_protocol", None), "_transport", transport)
+        if not isinstance(plain, _SelectorTransport):
+            continue
+        if plain._sock is None or plain._conn_lost:
+            continue
+        loop, descriptor = plain._loop, plain._sock_fd
+        loop._remove_reader(descriptor)
+        loop._remove_writer(descriptor)
+        plain._closing = True
+        plain._buffer.clear()
+        plain._conn_lost += 1
+        with contextlib.suppress(Exception):  # a driver's connection_lost; the socket closes
+            plain._call_connection_lost(None)
+        closed += 1
+    return closed
