@@ -279,6 +279,26 @@ def test_a_stranded_loop_kept_by_the_application_runs_again_on_new_connections(
     ] == []
 
 
+@pytest.mark.filterwarnings(_LOOP_NEVER_CLOSED, _ITS_WAKE_UP_SOCKETS)
+def test_close_storage_in_async_code_releases_stranded_loops_without_warning(
+    storage_url: str,
+) -> None:
+    """``close_storage()`` from inside a running loop, with no loop of the library's yet,
+    releases a loop left open by a thread that ended, and reports no blocking call."""
+    model = _model(storage_url)
+    _save_on_a_loop_left_open(model)
+    connections = _server_connections(storage_url)
+
+    async def close_from_async_code() -> None:
+        pydantic_toast.close_storage()  # a BlockingStorageCallWarning would fail the test
+
+    asyncio.run(close_from_async_code())
+    assert pydantic_toast.current_storage()._loops == {}
+    if connections is not None:
+        assert _server_connections(storage_url) == connections - 1
+    gc.collect()
+
+
 class _SlowToClose(MemoryBackend):
     """A memory:// backend counting its connections, whose disconnect takes a loop step."""
 

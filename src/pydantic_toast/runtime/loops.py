@@ -35,6 +35,7 @@ from pydantic_toast.runtime.blocking import report_blocking_call
 __all__ = [
     "close_library_loops",
     "is_library_loop",
+    "run_on_loop_thread",
     "run_sync",
     "shutdown",
     "unwinding_interrupt",
@@ -300,6 +301,17 @@ def close_library_loops(close: Callable[[], Awaitable[None]]) -> None:
             helper.join(_EXIT_TIMEOUT)
         else:
             main_loop.run_until_complete(close())
+
+
+def run_on_loop_thread(function: Callable[[], Awaitable[None]]) -> None:
+    """Run ``function()`` on the loop thread (started if need be), waiting up to 10 s.
+
+    From any thread, inside a running loop too, as :func:`close_library_loops` does; from the
+    loop thread itself, nothing is run (it would wait for itself).
+    """
+    loop_thread = _loops.get_loop_thread()
+    if threading.current_thread() is not loop_thread.thread:
+        loop_thread.call(_as_coroutine(function), timeout=_EXIT_TIMEOUT)
 
 
 async def _as_coroutine(close: Callable[[], Awaitable[None]]) -> None:

@@ -184,7 +184,7 @@ class Storage:
         """
         loops.close_library_loops(self.aclose)
         if any(entry.stale(loop) for loop, entry in list(self._loops.items())):
-            loops.run_sync(self._release_stale, call="Storage.close()", instead="Storage.aclose()")
+            loops.run_on_loop_thread(self._release_stale)
 
     def __enter__(self) -> Storage:
         self._tokens.append(_active.set(self))
