@@ -299,6 +299,42 @@ def test_close_storage_in_async_code_releases_stranded_loops_without_warning(
     gc.collect()
 
 
+def test_a_loop_left_with_a_task_pending_keeps_its_connections(storage_url: str) -> None:
+    """A thread ends with a task still pending on its open loop (paused, not left): its
+    connections are kept when other loops connect, and the task, resumed later by another
+    thread, loads through them."""
+    model = _model(storage_url)
+    reference = pydantic_toast.dump(model(text="kept"))
+    loop = asyncio.new_event_loop()
+    resume = asyncio.Event()
+    pending: list[asyncio.Task[ExternalBaseModel]] = []
+
+    async def load_when_resumed() -> ExternalBaseModel:
+        await resume.wait()
+        return await model.aload(reference)  # type: ignore[attr-defined, no-any-return]
+
+    def start() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(model.aload(reference))  # type: ignore[attr-defined]
+        pending.append(loop.create_task(load_when_resumed()))
+        loop.run_until_complete(asyncio.sleep(0))
+
+    try:
+        _in_a_thread_that_ends(start)
+        entry = pydantic_toast.current_storage()._loops[loop]
+        asyncio.run(model.aload(reference))  # type: ignore[attr-defined]  # another loop
+        assert pydantic_toast.current_storage()._loops.get(loop) is entry
+
+        def finish() -> None:
+            resume.set()
+            assert loop.run_until_complete(pending[0]).text == "kept"  # type: ignore[attr-defined]
+
+        _in_a_thread_that_ends(finish)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 class _SlowToClose(MemoryBackend):
     """A memory:// backend counting its connections, whose disconnect takes a loop step."""
 

@@ -48,16 +48,19 @@ _SEARCH_LIMIT = 200_000
 
 
 def is_stranded(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> bool:
-    """Whether ``loop`` is open, not running, and ``thread`` (which ran it) has ended.
+    """Whether ``loop`` is open, not running, ``thread`` (which ran it) has ended, and no task
+    is pending on it.
 
     Only asyncio's own loops qualify: another implementation's transports (uvloop's) cannot be
-    closed without their loop.
+    closed without their loop. A loop with a task pending was paused, not left: whoever runs
+    it again resumes that task, maybe in the middle of a library call on its connections.
     """
     return (
         isinstance(loop, selector_events.BaseSelectorEventLoop)
         and not loop.is_closed()
         and not loop.is_running()
         and _has_ended(thread)
+        and not asyncio.all_tasks(loop)
     )
 
 
