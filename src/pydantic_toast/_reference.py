@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from array import array
+from binascii import Error as BinasciiError
+from binascii import unhexlify
+from collections import deque
 from collections.abc import Mapping
+from itertools import repeat
+from operator import lshift, or_
 from typing import Any, cast
 from uuid import UUID, SafeUUID
 
@@ -13,10 +20,12 @@ __all__ = [
     "ExternalReference",
     "ParsedReference",
     "RoutedReference",
+    "all_canonical",
     "made_with",
     "parse_reference",
     "trusted_reference",
     "uuid_from_text",
+    "uuids_from_canonical",
 ]
 
 
@@ -223,6 +232,58 @@ def uuid_from_text(text: str) -> UUID:
     return parsed
 
 
+def uuids_from_canonical(texts: list[str]) -> list[UUID] | None:
+    """``[UUID(text) for text in texts]`` when every text is :data:`CANONICAL_ID`, else ``None``.
+
+    The whole list is checked (:func:`_packed_ids`) and converted at once, each step a builtin
+    over all of it: each id's 16 bytes read as its int, set into a new ``UUID`` as
+    ``UUID.__init__`` would. Parsing them one by one (:func:`uuid_from_text`) cost a batch
+    load 6,000 instructions an id, this 4,500 (callgrind, 1,000 ids).
+    """
+    packed = _packed_ids(texts)
+    if packed is None:
+        return None
+    count = len(texts)
+    halves = array(_HALF, packed)  # each id's 16 bytes as two 64-bit halves, high one first
+    if _LITTLE_ENDIAN:
+        halves.byteswap()
+    values = map(or_, map(lshift, halves[0::2], repeat(64)), halves[1::2])
+    ids: list[UUID] = list(map(_new_object, repeat(UUID, count)))
+    _consume(map(_set_int, ids, values), maxlen=0)
+    _consume(map(_set_is_safe, ids, repeat(_UNKNOWN_SAFETY, count)), maxlen=0)
+    return ids
+
+
+def all_canonical(texts: list[str]) -> bool:
+    """Whether every text is :data:`CANONICAL_ID`: ``str(UUID(text)) == text`` for each."""
+    return _packed_ids(texts) is not None
+
+
+def _packed_ids(texts: list[str]) -> bytes | None:
+    """The 16 bytes of each id, joined, when every text is :data:`CANONICAL_ID`, else ``None``.
+
+    The texts are joined and encoded once; the hyphens must stand where ``str(UUID)`` puts them
+    and nowhere else, the rest be lower-case hex (``unhexlify`` refuses any other character).
+    A regular expression over the joined texts cost 2,000 instructions an id.
+    """
+    count = len(texts)
+    joined = "".join(texts).encode()
+    hyphens = b"-" * count
+    if len(joined) != 36 * count or any(joined[at::36] != hyphens for at in _HYPHENS_AT):
+        return None
+    digits = joined.translate(None, b"-")
+    if len(digits) != 32 * count or digits != digits.lower():
+        return None
+    try:
+        return unhexlify(digits)
+    except BinasciiError:
+        return None
+
+
+_HYPHENS_AT = (8, 13, 18, 23)  # where str(UUID) puts them
+_HALF = next(code for code in "QL" if array(code).itemsize == 8)  # a 64-bit unsigned int
+_LITTLE_ENDIAN = sys.byteorder == "little"  # ids' bytes are big-endian (as UUID(bytes=...))
+_consume = deque  # deque(iterator, maxlen=0) runs an iterator for its effects, keeping nothing
 _new_object = object.__new__
 # The slots' own setters: object.__setattr__ looks each name up first (callgrind: 7,138 ->
 # 6,224 instructions per parsed id).

@@ -8,7 +8,7 @@ import gc
 import os
 import threading
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from pydantic import BaseModel, TypeAdapter, field_serializer, field_validator, model_validator
@@ -17,6 +17,7 @@ import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    ExternalReference,
     RecordNotFoundError,
     StorageValidationError,
     StoredDataError,
@@ -371,3 +372,125 @@ def test_a_process_forked_by_the_pausing_thread_pauses_its_own_builds() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert gc.isenabled()
+
+
+_SPELLINGS_NOT_CANONICAL = [
+    pytest.param(lambda text: text.upper(), id="upper case"),
+    pytest.param(lambda text: "{" + text + "}", id="braces"),
+    pytest.param(lambda text: text.replace("-", ""), id="no hyphens"),
+    pytest.param(lambda text: text.replace("-", "") + "----", id="hyphens moved to the end"),
+    pytest.param(lambda text: text[:8] + text[9] + "-" + text[10:], id="a hyphen moved"),
+    pytest.param(lambda text: "+" + text[1:], id="a sign"),
+    pytest.param(lambda text: text[:-2] + "_1", id="an underscore"),
+    pytest.param(lambda text: text[:-1] + " ", id="a space"),
+    pytest.param(lambda text: text[:-1] + "g", id="not hex"),
+    pytest.param(lambda text: text[:-1] + "\u0663", id="a non-ASCII digit"),
+    pytest.param(lambda text: text[:-1], id="one digit short"),
+    pytest.param(lambda text: text + "0", id="one digit more"),
+    pytest.param(lambda text: "", id="empty"),
+]
+
+
+@pytest.mark.parametrize("spelling", _SPELLINGS_NOT_CANONICAL)
+@pytest.mark.parametrize("at", [0, 1, 4])
+def test_ids_are_read_a_list_at_a_time_only_when_every_text_is_str_of_its_id(
+    spelling: Any, at: int
+) -> None:
+    """One text not spelled as str(UUID) spells it, anywhere in the list, makes the whole
+    list unreadable at once (it is then read item by item, as UUID() reads each)."""
+    from pydantic_toast._reference import all_canonical, uuids_from_canonical
+
+    texts = [str(uuid4()) for _ in range(5)]
+    texts[at] = spelling(texts[at])
+    assert uuids_from_canonical(texts) is None
+    assert all_canonical(texts) is False
+
+
+def test_ids_read_a_list_at_a_time_are_the_uuids_uuid_makes() -> None:
+    """Each id equals UUID(text), is a plain UUID of unknown safety, hashes and prints the
+    same, and pickles: the extremes of the range too."""
+    import pickle
+
+    from pydantic_toast._reference import all_canonical, uuids_from_canonical
+
+    texts = [str(uuid4()) for _ in range(300)]
+    texts += [str(UUID(int=0)), str(UUID(int=(1 << 128) - 1)), str(UUID(int=1 << 64))]
+    ids = uuids_from_canonical(texts)
+    assert ids is not None
+    assert all_canonical(texts)
+    for id, text in zip(ids, texts, strict=True):
+        expected = UUID(text)
+        assert type(id) is UUID
+        assert (id, id.int, hash(id), str(id)) == (expected, expected.int, hash(expected), text)
+        assert id.is_safe is expected.is_safe
+        assert pickle.loads(pickle.dumps(id)) == expected
+    assert uuids_from_canonical([]) == []
+
+
+def test_repeated_canonical_references_are_read_once_and_share_one_instance(
+    counting_url: str,
+) -> None:
+    """The same id text twice or more in a list is one key read and one instance."""
+    item = item_on(counting_url)
+    first, second = pydantic_toast.dump([item(n=1), item(n=2)])
+    CALL_LOGS[counting_url].calls.clear()
+    loaded = pydantic_toast.validate(list[item], [first, second, dict(first), first])
+    assert [m.n for m in loaded] == [1, 2, 1, 1]
+    assert loaded[0] is loaded[2] is loaded[3]
+    assert loaded[1] is not loaded[0]
+    assert [(c.method, c.size) for c in CALL_LOGS[counting_url].calls] == [("load", 2)]
+
+
+class _Text(str):
+    """A str subclass: not a plain str, so a batch reads it item by item."""
+
+
+@pytest.mark.parametrize(
+    "respell",
+    [
+        pytest.param(lambda ref: {**ref, "extra": 1}, id="a third key"),
+        pytest.param(lambda ref: {"class_name": ref["class_name"]}, id="no id"),
+        pytest.param(lambda ref: {**ref, "id": _Text(ref["id"])}, id="a str subclass id"),
+        pytest.param(
+            lambda ref: {**ref, "class_name": _Text(ref["class_name"])},
+            id="a str subclass class name",
+        ),
+        pytest.param(lambda ref: {**ref, "class_name": "Other"}, id="another class"),
+        pytest.param(lambda ref: {**ref, "id": UUID(ref["id"])}, id="a UUID id"),
+        pytest.param(lambda ref: {**ref, "id": 7}, id="an int id"),
+        pytest.param(lambda ref: {**ref, "id": "not-a-uuid"}, id="a malformed id"),
+    ],
+)
+def test_a_batch_with_one_unusual_item_validates_as_pydantic_validates_it(
+    memory_url: str, respell: Any
+) -> None:
+    """One item that is not a plain two-key reference with a str(UUID) id, anywhere in the
+    list, gives what validating the list through Pydantic gives: the same instances, or the
+    same error."""
+    item = item_on(memory_url)
+    references = pydantic_toast.dump([item(n=i) for i in range(4)])
+    references[2] = respell(references[2])
+    try:
+        expected: Any = TypeAdapter(list[item]).validate_python(references)
+    except Exception as error:
+        expected = error
+    try:
+        got: Any = pydantic_toast.validate(list[item], references)
+    except Exception as error:
+        got = error
+    if isinstance(expected, Exception):
+        assert type(got) is type(expected)
+        assert str(got) == str(expected)
+    else:
+        assert [(m.n, m.external_id) for m in got] == [(m.n, m.external_id) for m in expected]
+
+
+def test_a_batch_of_external_references_loads_them(memory_url: str) -> None:
+    """ExternalReference items, alone or mixed with plain dicts, load as their records."""
+    item = item_on(memory_url)
+    references = pydantic_toast.dump([item(n=i) for i in range(3)])
+    typed = [
+        ExternalReference(r["class_name"], r["id"]) if i != 1 else dict(r)
+        for i, r in enumerate(references)
+    ]
+    assert [m.n for m in pydantic_toast.validate(list[item], typed)] == [0, 1, 2]
