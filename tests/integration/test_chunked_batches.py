@@ -218,3 +218,87 @@ def test_batch_size_must_be_a_positive_number(value: str) -> None:
     ):
         with pytest.raises(StorageConfigurationError, match="batch_size"):
             model_on(url)
+
+
+def _sized_model(url: str) -> Any:
+    return type(
+        "Sized",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"n": int, "text": str},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Sz{uuid4().hex[:8]}"),
+        },
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_redis_a_batch_read_in_many_pipelined_chunks_of_mixed_sizes_comes_back_exactly(
+    redis_url: str, api: str
+) -> None:
+    """Chunks of 3 (MGETs sent ahead of their replies) of small, 200 KB and missing records,
+    in any order, load each record exactly, in list order; the connection then serves the
+    next batch with its own replies."""
+    sized = _sized_model(redis_url)
+    sizes = [10, 20, 200_000, 30, 40, 50, 60, 250_000, 70, 80, 90, 100, 110, 120, 300_000]
+    items = [sized(n=i, text=chr(97 + i % 26) * size) for i, size in enumerate(sizes)]
+    references = pydantic_toast.dump(items)
+    missing = {"class_name": references[0]["class_name"], "id": str(uuid4())}
+    asked = [*references[:5], missing, *references[5:], missing]
+
+    def load(value: list[Any]) -> list[Any]:
+        if api == "sync":
+            return pydantic_toast.validate(list[sized], value)
+        return asyncio.run(_in_a_loop(lambda: pydantic_toast.avalidate(list[sized], value)))
+
+    with pytest.raises(pydantic_toast.RecordNotFoundError):
+        load(asked)
+    for order in (references, list(reversed(references))):
+        loaded = load(order)
+        assert [(m.n, m.text) for m in loaded] == [(m.n, m.text) for m in _by_ref(items, order)]
+    assert [m.n for m in load(references[:4])] == [0, 1, 2, 3]
+
+
+async def _in_a_loop(make: Any) -> Any:
+    try:
+        return await make()
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+def _by_ref(items: list[Any], references: list[Any]) -> list[Any]:
+    by_id = {str(item.external_id): item for item in items}
+    return [by_id[reference["id"]] for reference in references]
+
+
+@pytest.mark.redis
+async def test_redis_an_error_reply_among_pipelined_reads_is_raised_after_every_reply(
+    redis_base_url: str,
+) -> None:
+    """An error reply to one of several pipelined commands is raised once the replies to the
+    commands sent are read: the connection, back in the pool, answers the next command with
+    its own reply."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    from pydantic_toast.backends import _resp
+
+    prefix = f"toast_test_{uuid4().hex[:10]}"
+    client = aioredis.Redis.from_url(redis_base_url, max_connections=1)
+    try:
+        await client.set(f"{prefix}:a", b"A")
+        mget = _resp.command(b"MGET", f"{prefix}:a".encode(), f"{prefix}:none".encode())
+        wrong = _resp.command(b"NOSUCHCOMMAND", b"x")
+        pool = client.connection_pool
+        with pytest.raises(ResponseError, match="(?i)unknown command"):
+            await _resp.read_many_values(pool, [mget, wrong, mget], piece=1 << 20)
+        assert await _resp.read_many_values(pool, [mget, mget], piece=1 << 20) == [
+            b"A",
+            None,
+            b"A",
+            None,
+        ]
+        assert await client.get(f"{prefix}:a") == b"A"
+    finally:
+        await client.delete(f"{prefix}:a")
+        await client.aclose()

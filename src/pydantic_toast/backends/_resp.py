@@ -26,7 +26,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["HEAD", "Pool", "Script", "Value", "command", "pipeline", "read_values", "run", "stream"]
+__all__ = [
+    "HEAD",
+    "Pool",
+    "Script",
+    "Value",
+    "command",
+    "pipeline",
+    "read_many_values",
+    "read_values",
+    "run",
+    "stream",
+]
 
 
 class Pool(Protocol):
@@ -291,6 +302,21 @@ async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[Value]:
     the reply, started afresh for each piece; a connection error, a timeout or a cancellation
     disconnects the connection and propagates, as in :func:`run`.
     """
+    return await read_many_values(pool, [packed], piece=piece)
+
+
+async def read_many_values(pool: Pool, commands: Sequence[bytes], *, piece: int) -> list[Value]:
+    """:func:`read_values` of each of ``commands`` in turn, on one pooled connection, their
+    arrays joined into one, in order.
+
+    The commands are pipelined: as many are sent ahead, unanswered, as replies the size of
+    the last one read fit in :data:`_AHEAD_BYTES` (at most :data:`_MOST_AHEAD`, and one until
+    a reply is read), so the server runs the next while the client reads the last, and a
+    batch of small records waits for one round trip instead of one per command; replies of
+    large records are still asked for one at a time (the server holds one in its buffer).
+    Each command is still one server call. The socket timeout starts afresh for each reply.
+    An error reply is raised once every reply sent for is read (the connection stays usable).
+    """
     connection = await pool.get_connection()
     try:
         try:
@@ -298,25 +324,54 @@ async def read_values(pool: Pool, packed: bytes, *, piece: int) -> list[Value]:
                 await connection.connect()
             parser, writer = connection._parser, connection._writer
             seconds = connection.socket_timeout
+            loop = asyncio.get_running_loop()
+            values: list[Value] = []
+            error: ResponseError | None = None
+            total, sent, read, ahead = len(commands), 0, 0, 1
             async with asyncio.timeout(seconds) as deadline:
-                writer.write(packed)
-                await writer.drain()
-                if isinstance(parser, _PythonParser):
-                    reply = await _read_array(
-                        _Buffered.of(parser), parser, deadline, seconds, piece
-                    )
-                else:
-                    reply = await _read_with_hiredis(parser, deadline, seconds, piece)
+                while read < sent or (error is None and sent < total):
+                    if error is None and sent - read < ahead and sent < total:
+                        end = min(total, read + ahead)
+                        writer.writelines(commands[sent:end])
+                        sent = end
+                        await writer.drain()
+                    if isinstance(parser, _PythonParser):
+                        reply = await _read_array(
+                            _Buffered.of(parser), parser, deadline, seconds, piece
+                        )
+                    else:
+                        reply = await _read_with_hiredis(parser, deadline, seconds, piece)
+                    read += 1
+                    if isinstance(reply, ResponseError):
+                        error = error or reply
+                    else:
+                        values += reply
+                        ahead = _ahead_for(reply, piece)
+                    if seconds is not None:
+                        deadline.reschedule(loop.time() + seconds)
         except BaseException as exc:
             lost = await _lost(connection, exc)
             if lost is exc:
                 raise
             raise lost from None
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply  # type: ignore[no-any-return]
+        if error is not None:
+            raise error
+        return values
     finally:
         await pool.release(connection)
+
+
+_AHEAD_BYTES = 1 << 20
+"""Bytes of replies :func:`read_many_values` lets the server have ready, unread, at most (as
+far as the last reply's size foretells the next ones')."""
+_MOST_AHEAD = 16
+"""Commands :func:`read_many_values` sends ahead at most."""
+
+
+def _ahead_for(reply: list[Value], piece: int) -> int:
+    """Commands to keep sent ahead after ``reply`` (see :func:`read_many_values`)."""
+    size = sum(len(value) if type(value) is bytes else piece for value in reply if value)
+    return max(1, min(_MOST_AHEAD, _AHEAD_BYTES // max(size, 1)))
 
 
 Value = bytes | list[bytes | memoryview] | None

@@ -870,8 +870,7 @@ class RedisBackend(RecordBackend):
                     command(b"MGET", *names[start : start + size])
                     for start in range(0, len(names), size)
                 ]
-            for packed in chunks:
-                values += await self._call(partial(_resp.read_values, pool, packed, piece=_PIECE))
+            values = await self._call(partial(_resp.read_many_values, pool, chunks, piece=_PIECE))
         return self._records_in(None, keys, values)
 
     def _records_in(
