@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 import redis
@@ -23,6 +23,7 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     StorageConfigurationError,
+    StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.base import batch_spans
@@ -290,7 +291,7 @@ async def test_redis_an_error_reply_among_pipelined_reads_is_raised_after_every_
         mget = _resp.command(b"MGET", f"{prefix}:a".encode(), f"{prefix}:none".encode())
         wrong = _resp.command(b"NOSUCHCOMMAND", b"x")
         pool = client.connection_pool
-        with pytest.raises(ResponseError, match="(?i)unknown command"):
+        with pytest.raises(ResponseError, match=r"(?i)unknown command"):
             await _resp.read_many_values(pool, [mget, wrong, mget], piece=1 << 20)
         assert await _resp.read_many_values(pool, [mget, mget], piece=1 << 20) == [
             b"A",
@@ -302,3 +303,65 @@ async def test_redis_an_error_reply_among_pipelined_reads_is_raised_after_every_
     finally:
         await client.delete(f"{prefix}:a")
         await client.aclose()
+
+
+@pytest.mark.postgresql
+async def test_postgresql_a_chunked_load_in_a_transaction_sees_its_uncommitted_records(
+    postgres_database_url: str,
+) -> None:
+    """Inside transaction(connection), every chunk of a batch load runs on the caller's
+    connection (none is read ahead on another): records written in the transaction, not yet
+    committed, are all found."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = f"{postgres_database_url}?batch_size=3"
+    item = model_on(url)
+    engine = create_async_engine(
+        postgres_database_url.replace("postgresql://", "postgresql+asyncpg://")
+    )
+    try:
+        async with engine.connect() as connection:
+            transaction = await connection.begin()
+            async with pydantic_toast.transaction(connection):
+                references = await pydantic_toast.adump([item(n=i) for i in range(10)])
+                loaded = await pydantic_toast.avalidate(list[item], references)
+                assert [m.n for m in loaded] == list(range(10))
+            await transaction.rollback()
+        with pytest.raises(pydantic_toast.RecordNotFoundError):
+            await pydantic_toast.avalidate(list[item], references)
+    finally:
+        await engine.dispose()
+        await pydantic_toast.aclose_storage()
+
+
+@pytest.mark.postgresql
+async def test_postgresql_a_chunk_refused_while_the_next_is_read_ahead_returns_every_connection(
+    postgres_database_url: str,
+) -> None:
+    """A record of the first chunk with a timestamp Python cannot hold is refused, naming it,
+    while the next chunk's statement is already running: that statement is stopped, its
+    connection goes back to the pool, and the next load of the batch's other chunks works."""
+    import asyncpg
+
+    url = f"{postgres_database_url}?batch_size=3"
+    item = model_on(url)
+    try:
+        references = await pydantic_toast.adump([item(n=i) for i in range(12)])
+        connection = await asyncpg.connect(postgres_database_url)
+        try:
+            await connection.execute(
+                "UPDATE external_records SET created_at = 'infinity' WHERE id = $1",
+                UUID(references[1]["id"]),
+            )
+        finally:
+            await connection.close()
+        for _ in range(3):
+            with pytest.raises(StoredDataError) as info:
+                await pydantic_toast.avalidate(list[item], references)
+            assert str(info.value.id) == references[1]["id"]
+            connected = await current_storage().connected(item._toast_settings().url())
+            assert connected.backend.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        loaded = await pydantic_toast.avalidate(list[item], references[3:])
+        assert [m.n for m in loaded] == list(range(3, 12))
+    finally:
+        await pydantic_toast.aclose_storage()
