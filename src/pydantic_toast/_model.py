@@ -833,6 +833,9 @@ class ExternalBaseModel(BaseModel):
         version = settings.schema_version
         # A fingerprint per loaded instance when the class vouches (see _toast_from_record).
         layout, fields = (None, 0) if fast is None else (fast.load_layout, fast.fields)
+        # Fields of atoms only (no list or dict to spell out): the fingerprint is the
+        # fields' values and the layout, made here without loaded()'s two calls.
+        atoms = layout is not None and not (layout[1] or layout[2])
         instances: list[Self] = []
         add = instances.append
         with nullcontext() if is_trusted() else trusted():  # as _toast_from_record, once
@@ -849,19 +852,21 @@ class ExternalBaseModel(BaseModel):
                     # Raises the error that describes it (the input stays out of the message).
                     add(cls._toast_from_record(record))
                     continue
-                _set_identity(
-                    instance,
-                    Identity(
-                        record.id,
-                        record.created_at,
-                        record.revision,
-                        data,
-                        False,
-                        None
-                        if layout is None or len(instance.__pydantic_fields_set__) != fields
-                        else loaded(instance, layout),
-                    ),
-                )
+                # Identity(...) filled in without its __init__ (a call per record less).
+                identity = _new_identity(Identity)
+                identity.id = record.id
+                identity.created_at = record.created_at
+                identity.revision = record.revision
+                identity.data = data
+                identity.exact = False
+                identity.text = None
+                if layout is None or len(instance.__pydantic_fields_set__) != fields:
+                    identity.fingerprint = None
+                elif atoms:
+                    identity.fingerprint = (*instance.__dict__.values(), layout)
+                else:
+                    identity.fingerprint = loaded(instance, layout)
+                _set_identity(instance, identity)
                 add(instance)
         return instances
 
@@ -1027,6 +1032,17 @@ use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
 _key_of = ExternalBaseModel.__dict__["_toast_key"].__func__
 _has_nested = ExternalBaseModel.__dict__["_toast_has_nested"].__func__
 _from_record = ExternalBaseModel.__dict__["_toast_from_record"].__func__
+_new_identity = object.__new__  # (_toast_from_records fills in each slot of Identity)
+if set(Identity.__slots__) != {  # pragma: no cover
+    "id",
+    "created_at",
+    "revision",
+    "data",
+    "exact",
+    "fingerprint",
+    "text",
+}:
+    raise AssertionError("Identity's slots changed: update _toast_from_records")
 # The slot's own setter: what object.__setattr__ ends up calling, without the name lookup.
 _set_identity: Callable[[object, Identity], None] = ExternalBaseModel.__dict__[
     "_toast_identity"
