@@ -397,8 +397,8 @@ async def _read_with_hiredis(
 
     The stream's first read decides who parses it: hiredis (fed that read), or
     :func:`_read_array` when the reply's first string is :data:`_PYTHON_FROM` bytes or more.
-    What hiredis holds of an earlier reply (nothing, one command being outstanding) is read
-    by hiredis.
+    A reply hiredis already holds the start of (read with the one before it, when commands
+    are pipelined: see :func:`read_many_values`) is read by hiredis, whatever its strings.
 
     That first read is as long as hiredis's own reads (``socket_read_size``, 32 KiB): a
     first read of 64 KiB made the peak RSS of a 100,000-record batch load of 10 fields 7.5
@@ -446,8 +446,8 @@ async def _read_array(
     parser's ``_readline`` and ``_read``, twice a value, cost more than the strings' parsing.
     A string not whole in the buffer comes as its pieces: what the buffer holds of it and the
     rest, read from the stream (in pieces of ``piece`` bytes, each given ``seconds`` afresh by
-    ``deadline``, when it is longer than that). What follows the reply (nothing, one command
-    being outstanding) is handed back to the parser.
+    ``deadline``, when it is longer than that). What follows the reply (nothing, or the start
+    of the next one when commands are pipelined) is handed back to the parser.
     """
     line = await reader.line()
     if line[:1] == b"-":
