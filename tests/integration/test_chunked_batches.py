@@ -365,3 +365,28 @@ async def test_postgresql_a_chunk_refused_while_the_next_is_read_ahead_returns_e
         assert [m.n for m in loaded] == list(range(3, 12))
     finally:
         await pydantic_toast.aclose_storage()
+
+
+@pytest.mark.postgresql
+async def test_postgresql_a_chunked_load_cancelled_midway_returns_every_connection(
+    postgres_database_url: str,
+) -> None:
+    """A batch load cancelled while one chunk's statement runs and the next is read ahead
+    leaves no connection checked out, and the next load works."""
+    url = f"{postgres_database_url}?batch_size=3"
+    item = model_on(url)
+    try:
+        references = await pydantic_toast.adump([item(n=i) for i in range(600)])
+        connected = await current_storage().connected(item._toast_settings().url())
+        pool = connected.backend.engine.pool  # type: ignore[attr-defined]
+        for delay in (0.0, 0.005, 0.02):
+            load = asyncio.ensure_future(pydantic_toast.avalidate(list[item], references))
+            await asyncio.sleep(delay)
+            load.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await load
+            assert pool.checkedout() == 0
+        loaded = await pydantic_toast.avalidate(list[item], references)
+        assert [m.n for m in loaded] == list(range(600))
+    finally:
+        await pydantic_toast.aclose_storage()

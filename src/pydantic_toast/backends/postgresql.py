@@ -851,9 +851,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             ):
                 if pending is None:
                     rows = await self._statement("fetch", name, *args)
-                else:
-                    rows = await pending
-                    pending = None
+                else:  # (a failure or cancellation of it is the caller's, as in _statement)
+                    read_ahead, pending = pending, None
+                    rows = await read_ahead
                 if ahead and index + 1 < len(chunks):
                     _, _, next_name, next_args = chunks[index + 1]
                     pending = asyncio.ensure_future(self._statement("fetch", next_name, *next_args))
@@ -873,7 +873,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 except (TypeError, ValueError):  # only the timestamps raise these
                     raise _unreadable_timestamps(class_name, id) from None
         finally:
-            if pending is not None:  # a chunk's rows were refused: the next is not wanted
+            if pending is not None:  # this chunk's rows were refused: the next is not wanted
                 pending.cancel()
                 await asyncio.wait([pending])
                 if not pending.cancelled():
