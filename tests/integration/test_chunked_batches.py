@@ -310,7 +310,7 @@ async def test_postgresql_a_chunked_load_in_a_transaction_sees_its_uncommitted_r
     postgres_database_url: str,
 ) -> None:
     """Inside transaction(connection), every chunk of a batch load runs on the caller's
-    connection (none is read ahead on another): records written in the transaction, not yet
+    connection (none on another pooled one): records written in the transaction, not yet
     committed, are all found."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -335,12 +335,11 @@ async def test_postgresql_a_chunked_load_in_a_transaction_sees_its_uncommitted_r
 
 
 @pytest.mark.postgresql
-async def test_postgresql_a_chunk_refused_while_the_next_is_read_ahead_returns_every_connection(
+async def test_postgresql_a_refused_chunk_of_a_batch_load_returns_every_connection(
     postgres_database_url: str,
 ) -> None:
-    """A record of the first chunk with a timestamp Python cannot hold is refused, naming it,
-    while the next chunk's statement is already running: that statement is stopped, its
-    connection goes back to the pool, and the next load of the batch's other chunks works."""
+    """A record of the first chunk with a timestamp Python cannot hold is refused, naming it;
+    no connection stays checked out, and the next load of the batch's other chunks works."""
     import asyncpg
 
     url = f"{postgres_database_url}?batch_size=3"
@@ -371,8 +370,8 @@ async def test_postgresql_a_chunk_refused_while_the_next_is_read_ahead_returns_e
 async def test_postgresql_a_chunked_load_cancelled_midway_returns_every_connection(
     postgres_database_url: str,
 ) -> None:
-    """A batch load cancelled while one chunk's statement runs and the next is read ahead
-    leaves no connection checked out, and the next load works."""
+    """A batch load of many chunks cancelled midway leaves no connection checked out, and the
+    next load works."""
     url = f"{postgres_database_url}?batch_size=3"
     item = model_on(url)
     try:

@@ -111,11 +111,7 @@ from pydantic_toast.runtime.errors import sqlstate
 from pydantic_toast.runtime.gate import Gate
 from pydantic_toast.runtime.loops import unwinding_interrupt
 from pydantic_toast.runtime.rollbacks import saves_on
-from pydantic_toast.runtime.transaction import (
-    joined_connection,
-    joined_save,
-    statement_connection,
-)
+from pydantic_toast.runtime.transaction import joined_save, statement_connection
 
 __all__ = ["PostgreSQLBackend", "engine_options"]
 
@@ -838,62 +834,26 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             return [None if row is None else _loaded(class_name, id, row)]
         records: list[StoredRecord | None] = [None] * len(keys)
         size = self._batch_size
-        starts = range(0, len(keys), size)
-        chunks = [self._chunk_query(keys, start, size, now) for start in starts]
-        # Outside a transaction, the next chunk's statement runs (on another pooled
-        # connection) while this chunk's rows are read: the server's work on one overlaps the
-        # client's on the other. Inside one, every statement takes the caller's connection.
-        ahead = len(chunks) > 1 and joined_connection(self._same_store) is None
-        pending: asyncio.Future[Any] | None = None
-        try:
-            for index, (start, (names, ids, name, args)) in enumerate(
-                zip(starts, chunks, strict=True)
-            ):
-                if pending is None:
-                    rows = await self._statement("fetch", name, *args)
-                else:  # (a failure or cancellation of it is the caller's, as in _statement)
-                    read_ahead, pending = pending, None
-                    rows = await read_ahead
-                if ahead and index + 1 < len(chunks):
-                    _, _, next_name, next_args = chunks[index + 1]
-                    pending = asyncio.ensure_future(self._statement("fetch", next_name, *next_args))
-                try:
-                    for row in rows:
-                        position = row[0] - 1  # positions count from 1
-                        class_name, id = names[position], ids[position]
-                        records[start + position] = read_record(
-                            class_name,
-                            id,
-                            row[2],
-                            row[1],
-                            _from_iso(row[3]),
-                            _from_iso(row[4]),
-                            row[5],
-                        )
-                except (TypeError, ValueError):  # only the timestamps raise these
-                    raise _unreadable_timestamps(class_name, id) from None
-        finally:
-            if pending is not None:  # this chunk's rows were refused: the next is not wanted
-                pending.cancel()
-                await asyncio.wait([pending])
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: the refusal is what the caller hears of
+        for start in range(0, len(keys), size):
+            if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array
+                ids = keys.ids[start : start + size]
+                names = [keys.class_name] * len(ids)
+                rows = await self._statement("fetch", "select_class", ids, keys.class_name, now)
+            else:
+                chunk = keys[start : start + size]
+                names = [key[0] for key in chunk]
+                ids = [key[1] for key in chunk]
+                rows = await self._statement("fetch", "select_many", names, ids, now)
+            try:
+                for row in rows:
+                    position = row[0] - 1  # positions count from 1
+                    class_name, id = names[position], ids[position]
+                    records[start + position] = read_record(
+                        class_name, id, row[2], row[1], _from_iso(row[3]), _from_iso(row[4]), row[5]
+                    )
+            except (TypeError, ValueError):  # only the timestamps raise these
+                raise _unreadable_timestamps(class_name, id) from None
         return records
-
-    @staticmethod
-    def _chunk_query(
-        keys: Sequence[RecordKey], start: int, size: int, now: float
-    ) -> tuple[Sequence[str], Sequence[UUID], str, tuple[Any, ...]]:
-        """The class names and ids of the chunk of ``keys`` at ``start``, and the statement
-        and arguments that read it."""
-        if type(keys) is ClassKeys:  # a batch of one class: its name once, not an array
-            ids = keys.ids[start : start + size]
-            names = [keys.class_name] * len(ids)
-            return names, ids, "select_class", (ids, keys.class_name, now)
-        chunk = keys[start : start + size]
-        names = [key[0] for key in chunk]
-        ids = [key[1] for key in chunk]
-        return names, ids, "select_many", (names, ids, now)
 
     async def _statement(self, kind: _Kind, name: str, *args: Any) -> Any:
         """Run one compiled statement: one round trip, no BEGIN/COMMIT around it.
