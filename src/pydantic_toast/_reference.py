@@ -266,6 +266,8 @@ def _packed_ids(texts: list[str]) -> bytes | None:
     and nowhere else, the rest be lower-case hex (``unhexlify`` refuses any other character).
     A regular expression over the joined texts cost 2,000 instructions an id.
     """
+    if not _ID_LENGTH.issuperset(map(len, texts)):  # else one could borrow from the next
+        return None
     count = len(texts)
     joined = "".join(texts).encode()
     hyphens = b"-" * count
@@ -281,6 +283,7 @@ def _packed_ids(texts: list[str]) -> bytes | None:
 
 
 _HYPHENS_AT = (8, 13, 18, 23)  # where str(UUID) puts them
+_ID_LENGTH = frozenset((36,))
 _HALF = next(code for code in "QL" if array(code).itemsize == 8)  # a 64-bit unsigned int
 _LITTLE_ENDIAN = sys.byteorder == "little"  # ids' bytes are big-endian (as UUID(bytes=...))
 _consume = deque  # deque(iterator, maxlen=0) runs an iterator for its effects, keeping nothing

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
@@ -277,6 +278,64 @@ def test_a_stranded_loop_kept_by_the_application_runs_again_on_new_connections(
     assert [
         record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR
     ] == []
+
+
+_APPLICATIONS_CONNECTION: ContextVar[object] = ContextVar("applications_connection")
+
+
+@pytest.mark.filterwarnings(_LOOP_NEVER_CLOSED, _ITS_WAKE_UP_SOCKETS)
+def test_a_release_leaves_the_applications_sockets_alone_whatever_reaches_them(
+    storage_url: str,
+) -> None:
+    """The search for the library's sockets on a stranded loop went through a timer handle's
+    context into what the application keeps in a ContextVar, and through the engine's logger
+    into logging's handlers: the application's own connection kept in either was closed with
+    the library's (PostgreSQL). It follows only the drivers' and the library's objects now."""
+    model = _model(storage_url)
+    kept: list[asyncio.AbstractEventLoop] = []
+    streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    applications, peer = socket.socketpair()
+    handler = logging.Handler()
+    logger = logging.getLogger(f"application.{uuid4().hex}")
+    logger.addHandler(handler)
+
+    def serve_a_request() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        kept.append(loop)
+
+        async def request() -> None:
+            opened = await asyncio.open_unix_connection(sock=applications)
+            _APPLICATIONS_CONNECTION.set(opened)
+            handler.opened = opened  # type: ignore[attr-defined]
+            streams.append(opened)
+            await pydantic_toast.adump(model(text="x"))  # a timer handle keeps this context
+
+        loop.run_until_complete(request())
+
+    try:
+        _in_a_thread_that_ends(serve_a_request)
+        _save_on_a_loop_left_open(model)  # another loop registers: the first is released
+        assert kept[0] not in pydantic_toast.current_storage()._loops
+
+        def the_applications_connection_still_works() -> None:
+            reader, writer = streams[0]
+            writer.write(b"ping")
+            kept[0].run_until_complete(writer.drain())
+            assert peer.recv(4) == b"ping"
+            peer.sendall(b"pong")
+            assert kept[0].run_until_complete(reader.readexactly(4)) == b"pong"
+            writer.close()
+            kept[0].run_until_complete(writer.wait_closed())
+
+        _in_a_thread_that_ends(the_applications_connection_still_works)
+    finally:
+        logger.removeHandler(handler)
+        peer.close()
+        for loop in kept:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+    _release_and_collect()
 
 
 @pytest.mark.filterwarnings(_LOOP_NEVER_CLOSED, _ITS_WAKE_UP_SOCKETS)

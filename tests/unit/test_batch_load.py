@@ -406,6 +406,29 @@ def test_ids_are_read_a_list_at_a_time_only_when_every_text_is_str_of_its_id(
     assert all_canonical(texts) is False
 
 
+def test_an_id_cannot_borrow_characters_from_the_next_one(memory_url: str) -> None:
+    """Two malformed ids whose texts join into two canonical ones (35 and 37 characters) were
+    read as those two: a batch load then answered other records, where a single load refuses
+    each. Each text is measured first now, and the batch refuses them as a single load does."""
+    from pydantic_toast import InvalidReferenceError
+    from pydantic_toast._reference import all_canonical, uuids_from_canonical
+
+    first, second = str(uuid4()), str(uuid4())
+    texts = [first[:35], first[35] + second]
+    assert (uuids_from_canonical(texts), all_canonical(texts)) == (None, False)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    stored = [Memo(text="a"), Memo(text="b")]
+    references = pydantic_toast.dump(stored)
+    a, b = (reference["id"] for reference in references)
+    borrowed = [{"class_name": "Memo", "id": a[:35]}, {"class_name": "Memo", "id": a[35] + b}]
+    with pytest.raises(InvalidReferenceError):
+        pydantic_toast.validate(list[Memo], borrowed)
+
+
 def test_ids_read_a_list_at_a_time_are_the_uuids_uuid_makes() -> None:
     """Each id equals UUID(text), is a plain UUID of unknown safety, hashes and prints the
     same, and pickles: the extremes of the range too."""

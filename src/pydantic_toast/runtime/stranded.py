@@ -11,10 +11,10 @@ still holds the loop may run it again: the library then opens new pools on it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import threading
-import types
 from asyncio import selector_events
 from asyncio.selector_events import _SelectorTransport  # type: ignore[attr-defined]
 from collections.abc import Iterable
@@ -22,26 +22,29 @@ from typing import Any
 
 __all__ = ["close_transports", "held_transports", "is_stranded"]
 
-# Objects the search does not look into: they lead to code, to other loops' machinery, or to
-# the application's objects, not to a pool's connections.
-_OPAQUE = (
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.BuiltinFunctionType,
-    types.MethodType,
-    types.CodeType,
-    types.FrameType,
-    types.CoroutineType,
-    types.GeneratorType,
-    types.AsyncGeneratorType,
-    asyncio.AbstractEventLoop,
-    asyncio.Future,
-    threading.Thread,
-    str,
-    bytes,
-    int,
-    float,
+# What the search looks into: plain containers, and the objects of the drivers' and the
+# library's own modules (pools, connections, their protocols and streams). Anything else (a
+# task's context and what the application keeps in it, loggers and their handlers, timer
+# handles, functions, classes, loops, the application's own objects) is not followed: the
+# application's sockets are reachable from there (through a ContextVar, a logging handler).
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
+_DRIVER_MODULES = frozenset(
+    (
+        "aiobotocore",
+        "aiohttp",
+        "aiosqlite",
+        "asyncpg",
+        "botocore",
+        "pydantic_toast",
+        "redis",
+        "sqlalchemy",
+    )
+)
+_CONTAINERS_AND_STREAMS = (
+    *_CONTAINERS,
+    asyncio.StreamReader,
+    asyncio.StreamWriter,
+    asyncio.StreamReaderProtocol,
 )
 _SEARCH_LIMIT = 200_000
 """Objects looked into at most per search (a PostgreSQL backend with one connection: 1,545)."""
@@ -80,9 +83,11 @@ def held_transports(
 ) -> list[object]:
     """The transports on ``loop`` reachable from ``roots`` (the library's backends).
 
-    The search follows containers and instances' attributes, never functions, classes,
-    modules, tasks or loops, nor the objects ``beyond`` (the storage, the application's
-    engines), so it finds the sockets of the backends' pools and not the application's.
+    The search follows plain containers and the objects of the drivers' modules (see
+    ``_DRIVER_MODULES``), never a task's context, a logger, a timer handle, a function, a
+    class, a loop or an object of the application's, nor the objects ``beyond`` (the storage,
+    the application's engines), so it finds the sockets of the backends' pools and not the
+    application's.
     """
     found: list[object] = []
     seen: set[int] = {id(item) for item in beyond}
@@ -96,9 +101,17 @@ def held_transports(
             if getattr(item, "_loop", None) is loop:
                 found.append(item)
             continue
-        if not isinstance(item, _OPAQUE):
+        if _followed(item):
             stack.extend(gc.get_referents(item))
     return found
+
+
+def _followed(item: object) -> bool:
+    if isinstance(item, _CONTAINERS_AND_STREAMS):  # subclasses too: defaultdict, OrderedDict
+        return True
+    return type(item).__module__.partition(".")[0] in _DRIVER_MODULES and not isinstance(
+        item, (type, asyncio.Handle)
+    )
 
 
 def close_transports(transports: Iterable[object]) -> int:
