@@ -22,7 +22,6 @@ __all__ = [
     "PageCursor",
     "RecordKey",
     "StoredRecord",
-    "as_stored",
     "check_batch_size",
     "new_record",
     "one_path",
@@ -251,24 +250,6 @@ def new_record(
     record.without_floats = without_floats
     record.__class__ = StoredRecord
     return record  # type: ignore[no-any-return]
-
-
-def as_stored(record: StoredRecord, created_at: datetime, revision: int) -> StoredRecord:
-    """``record`` as a store keeps it: its first ``created_at`` and its new ``revision``.
-
-    ``dataclasses.replace(record, created_at=..., revision=...)``, through :func:`new_record`.
-    """
-    return new_record(
-        record.class_name,
-        record.id,
-        record.data,
-        record.schema_version,
-        created_at,
-        record.updated_at,
-        record.ttl,
-        revision,
-        record.without_floats,
-    )
 
 
 class ClassKeys(Sequence[RecordKey]):

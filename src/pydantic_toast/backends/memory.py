@@ -224,7 +224,7 @@ class MemoryBackend(RecordBackend):
                 else:
                     revision, created_at = (old.revision or 0) + 1, old.created_at
                 expires_at = None if record.ttl is None else now + record.ttl
-                # as_stored(record, created_at, revision), without its call
+                # the record with its first created_at and its new revision
                 stored = new_record(
                     record.class_name,
                     record.id,
