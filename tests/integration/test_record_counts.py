@@ -17,6 +17,7 @@ import sqlite3
 from contextlib import redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -62,6 +63,16 @@ async def _exact(url: str, class_name: str) -> int:
         url, "SELECT count(*) FROM external_records WHERE class_name = $1", class_name
     )
     return int(rows[0][0])
+
+
+async def _save_and_count(backend: Any, class_name: str, records: int) -> int:
+    """Save ``records`` new records of ``class_name`` through ``backend``; its count after."""
+    await backend.connect()
+    try:
+        await backend.save_records(_records(class_name, records))
+        return int(await backend.count(class_name))
+    finally:
+        await backend.disconnect()
 
 
 class _Undo(Exception):
@@ -266,20 +277,14 @@ def test_check_names_a_disabled_count_trigger_and_recount_repairs_the_counts(
     assert toast_cli(["migrate", url]) == 0
     assert toast_cli(["check", url]) == 0
 
-    async def write(records: int) -> int:
-        backend = PostgreSQLBackend(url)
-        await backend.connect()
-        try:
-            await backend.save_records(_records("Off", records))
-            return await backend.count("Off")
-        finally:
-            await backend.disconnect()
+    def write(records: int) -> int:
+        return asyncio.run(_save_and_count(PostgreSQLBackend(url), "Off", records))
 
-    assert asyncio.run(write(3)) == 3
+    assert write(3) == 3
     asyncio.run(
         _sql(url, "ALTER TABLE external_records DISABLE TRIGGER external_records_count_insert")
     )
-    assert asyncio.run(write(4)) == 3  # the 4 rows are not counted
+    assert write(4) == 3  # the 4 rows are not counted
 
     out = io.StringIO()
     with redirect_stdout(out):
@@ -295,10 +300,10 @@ def test_check_names_a_disabled_count_trigger_and_recount_repairs_the_counts(
         _sql(url, "ALTER TABLE external_records ENABLE TRIGGER external_records_count_insert")
     )
     assert toast_cli(["check", url]) == 0  # check cannot see the rows missed meanwhile
-    assert asyncio.run(write(0)) == 3
+    assert write(0) == 3
     with redirect_stdout(io.StringIO()):
         assert toast_cli(["recount", url]) == 0
-    assert asyncio.run(write(1)) == 8 == asyncio.run(_exact(url, "Off"))
+    assert write(1) == 8 == asyncio.run(_exact(url, "Off"))
 
 
 @pytest.mark.sqlite
@@ -315,23 +320,17 @@ def test_check_names_a_missing_count_trigger_on_sqlite(
     with contextlib.closing(sqlite3.connect(path)) as connection, connection:
         connection.execute("DROP TRIGGER external_records_count_insert")
 
-    async def write(records: int) -> int:
-        backend = SQLiteBackend(url)
-        await backend.connect()
-        try:
-            await backend.save_records(_records("Gone", records))
-            return await backend.count("Gone")
-        finally:
-            await backend.disconnect()
+    def write(records: int) -> int:
+        return asyncio.run(_save_and_count(SQLiteBackend(url), "Gone", records))
 
-    assert asyncio.run(write(5)) == 0
+    assert write(5) == 0
     out = io.StringIO()
     with redirect_stdout(out):
         assert toast_cli(["check", url]) == 3
     assert "trigger external_records_count_insert is missing" in out.getvalue()
     with redirect_stdout(io.StringIO()):
         assert toast_cli(["recount", url]) == 0
-    assert asyncio.run(write(0)) == 5
+    assert write(0) == 5
 
 
 @pytest.mark.parametrize("operation", ["recount", "partition"])
