@@ -28,6 +28,21 @@ pytestmark = pytest.mark.sqlite
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _memo_on_a_copy(
+    tmp_path: Path, sqlite_template: Path, name: str
+) -> tuple[Path, type[ExternalBaseModel]]:
+    """A migrated SQLite file of the test's own (the template copied as ``name``), and a Memo
+    model with one ``text`` field stored in it."""
+    path = tmp_path / name
+    shutil.copy(sqlite_template, path)
+
+    class Memo(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+
+    return path, Memo
+
+
 def test_unmigrated_file_says_which_command_to_run(tmp_path: Path) -> None:
     """A SQLite file without the table fails with the migrate command, and stays without it."""
     url = f"sqlite:///{tmp_path / 'new.db'}"
@@ -219,12 +234,7 @@ async def test_a_session_savepoint_rolled_back_undoes_the_saves_made_in_it(
     emits its SAVEPOINT only at its next use of the connection: both were committed."""
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-    path = tmp_path / "nested.db"
-    shutil.copy(sqlite_template, path)
-
-    class Memo(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+    path, Memo = _memo_on_a_copy(tmp_path, sqlite_template, "nested.db")
 
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
     try:
@@ -281,12 +291,7 @@ async def test_a_session_joined_with_create_savepoint_serves_the_test_fixture_pa
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-    path = tmp_path / "fixture.db"
-    shutil.copy(sqlite_template, path)
-
-    class Memo(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+    path, Memo = _memo_on_a_copy(tmp_path, sqlite_template, "fixture.db")
 
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
 
@@ -342,12 +347,7 @@ async def test_a_batch_inside_the_callers_transaction_commits_and_rolls_back_wit
     committed, out of reach of the rollback; after another statement it failed."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    path = tmp_path / "joined.db"
-    shutil.copy(sqlite_template, path)
-
-    class Memo(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+    path, Memo = _memo_on_a_copy(tmp_path, sqlite_template, "joined.db")
 
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
 
@@ -398,12 +398,7 @@ async def test_a_single_save_or_load_is_one_call_to_the_connection_thread(
     Counted at aiosqlite's one entry to its thread."""
     import aiosqlite.core
 
-    path = tmp_path / "hops.db"
-    shutil.copy(sqlite_template, path)
-
-    class Memo(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=f"sqlite:///{path}")
+    _, Memo = _memo_on_a_copy(tmp_path, sqlite_template, "hops.db")
 
     calls: list[str] = []
     through = aiosqlite.core.Connection._execute
