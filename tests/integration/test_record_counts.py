@@ -237,6 +237,43 @@ def test_partitioning_keeps_the_counts(empty_database: str) -> None:
     assert "ALTER TABLE external_records_p1 ENABLE TRIGGER external_records_count_move" in (
         out.getvalue()
     )
+    # Disabled on the partitioned table: one statement enables it and every clone below.
+    asyncio.run(
+        _sql(url, "ALTER TABLE external_records DISABLE TRIGGER external_records_count_move")
+    )
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    assert out.getvalue().count("ENABLE TRIGGER") == 1, out.getvalue()
+    assert "ALTER TABLE external_records ENABLE TRIGGER external_records_count_move" in (
+        out.getvalue()
+    )
+    asyncio.run(
+        _sql(url, "ALTER TABLE external_records ENABLE TRIGGER external_records_count_move")
+    )
+    assert toast_cli(["check", url]) == 0
+    # A partition split into partitions of its own: the clone of a clone is checked too.
+    for statement in (
+        "ALTER TABLE external_records DETACH PARTITION external_records_p2",
+        "CREATE TABLE external_records_split (LIKE external_records_p2) PARTITION BY HASH (id)",
+        "CREATE TABLE external_records_split_0 PARTITION OF external_records_split "
+        "FOR VALUES WITH (MODULUS 2, REMAINDER 0)",
+        "CREATE TABLE external_records_split_1 PARTITION OF external_records_split "
+        "FOR VALUES WITH (MODULUS 2, REMAINDER 1)",
+        "INSERT INTO external_records_split SELECT * FROM external_records_p2",
+        "DROP TABLE external_records_p2",
+        "ALTER TABLE external_records ATTACH PARTITION external_records_split "
+        "FOR VALUES WITH (MODULUS 4, REMAINDER 2)",
+        "ALTER TABLE external_records_split_1 DISABLE TRIGGER external_records_count_move",
+    ):
+        asyncio.run(_sql(url, statement))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    assert out.getvalue().count("ENABLE TRIGGER") == 1, out.getvalue()
+    assert "ALTER TABLE external_records_split_1 ENABLE TRIGGER external_records_count_move" in (
+        out.getvalue()
+    )
 
 
 @pytest.mark.sqlite

@@ -45,28 +45,9 @@ async def count_trigger_faults(connection: AsyncConnection) -> list[str]:
     """
     dialect = connection.dialect.name
     expected = COUNT_TRIGGERS[dialect]
-    parent = f"to_regclass('{TABLE_NAME}')"
-    if dialect == "postgresql":
-        # A partitioned table's row trigger has a clone on each partition (PostgreSQL 13 and
-        # later link it by tgparentid), which can be disabled on its own.
-        clones = (
-            f" OR tgparentid IN (SELECT oid FROM pg_trigger WHERE tgrelid = {parent})"
-            if (connection.dialect.server_version_info or (0,)) >= (13,)
-            else ""
-        )
-        query = (
-            "SELECT tgname, tgenabled::text, tgrelid::regclass::text FROM pg_trigger "
-            f"WHERE NOT tgisinternal AND (tgrelid = {parent}{clones})"
-        )
-    else:  # SQLite's triggers cannot be disabled
-        query = (
-            f"SELECT name, 'O', '{TABLE_NAME}' FROM sqlite_master "
-            f"WHERE type = 'trigger' AND tbl_name = '{TABLE_NAME}'"
-        )
-    result = await connection.exec_driver_sql(query)
-    rows = cast("list[tuple[str, str, str]]", result.all())  # (name, state, table)
-    found = {row[0] for row in rows if row[2] == TABLE_NAME}
-    disabled = [(row[2], row[0]) for row in rows if row[1] not in _FIRING and row[0] in expected]
+    rows = await _trigger_tree(connection)
+    found = {name for name, _, table, _ in rows if table == TABLE_NAME}
+    disabled = _to_enable(rows, expected)
     missing = [name for name in expected if name not in found]
     faults = []
     if disabled:
@@ -88,6 +69,52 @@ async def count_trigger_faults(connection: AsyncConnection) -> list[str]:
             "then pydantic-toast recount URL"
         )
     return faults
+
+
+async def _trigger_tree(connection: AsyncConnection) -> list[tuple[str, str, str, str | None]]:
+    """The triggers on ``external_records`` and on its partitions, at any depth: rows of
+    (name, state, table, the table of the trigger it is a clone of, or None)."""
+    parent = f"to_regclass('{TABLE_NAME}')"
+    if connection.dialect.name != "postgresql":  # SQLite's triggers cannot be disabled
+        query = (
+            f"SELECT name, 'O', '{TABLE_NAME}', NULL FROM sqlite_master "
+            f"WHERE type = 'trigger' AND tbl_name = '{TABLE_NAME}'"
+        )
+    elif (connection.dialect.server_version_info or (0,)) < (13,):  # no tgparentid yet
+        query = (
+            "SELECT tgname, tgenabled::text, tgrelid::regclass::text, NULL FROM pg_trigger "
+            f"WHERE NOT tgisinternal AND tgrelid = {parent}"
+        )
+    else:
+        # A partitioned table's row trigger has a clone on each partition, and a
+        # sub-partitioned partition's clone has clones of its own; each can be disabled alone.
+        query = (
+            "WITH RECURSIVE tree AS ("
+            " SELECT oid, tgname, tgenabled, tgrelid, NULL::regclass AS above FROM pg_trigger"
+            f" WHERE NOT tgisinternal AND tgrelid = {parent}"
+            " UNION ALL"
+            " SELECT t.oid, t.tgname, t.tgenabled, t.tgrelid, tree.tgrelid::regclass"
+            " FROM pg_trigger t JOIN tree ON t.tgparentid = tree.oid"
+            ") SELECT tgname, tgenabled::text, tgrelid::regclass::text, above::text FROM tree"
+        )
+    result = await connection.exec_driver_sql(query)
+    return cast("list[tuple[str, str, str, str | None]]", result.all())
+
+
+def _to_enable(
+    rows: list[tuple[str, str, str, str | None]], expected: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """The (table, trigger) pairs to enable, fewest first: ``ENABLE TRIGGER`` on a
+    partitioned table also enables the clones on its partitions, so a disabled clone below a
+    disabled trigger needs no statement of its own."""
+    state = {(table, name): enabled for name, enabled, table, _ in rows}
+    return [
+        (table, name)
+        for name, enabled, table, above in rows
+        if name in expected
+        and enabled not in _FIRING
+        and (above is None or state.get((above, name)) in _FIRING)
+    ]
 
 
 def _triggers(names: list[str]) -> str:
