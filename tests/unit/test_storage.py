@@ -267,6 +267,19 @@ def test_model_config_and_settings_reprs_are_masked() -> None:
         assert note.model_config["storage"] == "minimal://app:hunter2@host/x"  # type: ignore[typeddict-item]
 
 
+def test_storage_repr_reads_no_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """repr() of a storage is cheap: it does not list the installed packages' entry points
+    (5-9 ms), so a log line or a debugger showing it costs nothing."""
+    import importlib.metadata
+
+    def refuse(**_: object) -> None:
+        raise AssertionError("repr() read the installed packages' metadata")
+
+    with isolated_storage() as storage:
+        monkeypatch.setattr(importlib.metadata, "entry_points", refuse)
+        assert repr(storage) == "<Storage loops=0>"
+
+
 def test_memory_store_is_inspectable_and_resettable(memory_url: str) -> None:
     """A MemoryStore lists its live records by class and can be cleared."""
     note = make_note(memory_url, "Inspect")

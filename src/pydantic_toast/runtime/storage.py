@@ -83,7 +83,8 @@ class Storage:
     def __repr__(self) -> str:
         loops_open = len(self._loops)
         default = " default" if self is _default else ""
-        return f"<Storage{default} schemes={len(self.registry.schemes())} loops={loops_open}>"
+        # No scheme count: listing the schemes reads every installed package's entry points.
+        return f"<Storage{default} loops={loops_open}>"
 
     # -- registration ------------------------------------------------------------------------
 
