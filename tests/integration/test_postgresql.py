@@ -1657,3 +1657,82 @@ def test_batch_reads_probe_the_primary_key_whatever_the_class_size(
         assert '"Index Name": "pk_external_records"' in plan
         assert "Hash" not in plan
         assert "Seq Scan" not in plan
+
+
+async def test_a_single_load_is_one_statement_sent_straight_to_the_protocol(
+    postgres_database_url: str,
+) -> None:
+    """A single load outside a transaction sends one statement on the pooled connection and
+    runs no Python layer of asyncpg's (PreparedStatement, Connection) nor the coroutine that
+    looks for a caller's transaction: their calls cost more than the rest of the backend's work.
+    """
+    name = f"direct{uuid4().hex[:12]}"
+    url = f"{postgres_database_url}?pool_size=1"
+    note = model_on(url, name="Direct")
+    reference = await note(text=name).asave()
+    await note.aload(reference)  # prepared on the pool's only connection
+    backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
+    try:
+        async with backend.backend.engine.connect() as connection:  # type: ignore[attr-defined]
+            protocol = (await connection.get_raw_connection()).driver_connection._protocol
+        sent = protocol.queries_count
+        called: set[tuple[str, str]] = set()
+
+        def record(frame: Any, event: str, _: Any) -> None:
+            if event == "call":
+                called.add((Path(frame.f_code.co_filename).name, frame.f_code.co_name))
+
+        sys.setprofile(record)
+        try:
+            loaded = await note.aload(reference)
+        finally:
+            sys.setprofile(None)
+        assert loaded.text == name  # type: ignore[attr-defined]
+        assert protocol.queries_count == sent + 1
+        modules = {module for module, _ in called}
+        assert not modules & {"prepared_stmt.py", "connection.py", "connresource.py"}
+        assert ("transaction.py", "statement_connection") not in called
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
+async def test_a_load_blocked_past_command_timeout_times_out_and_keeps_its_connection(
+    postgres_database_url: str,
+) -> None:
+    """A single load blocked behind a lock on the table ends at command_timeout with a
+    StorageTimeoutError, a cancelled one stays a CancelledError, and the same connection then
+    serves the next load (asyncpg cancelled the statement on the server)."""
+    import asyncpg
+
+    timeout = 1.1
+    name = f"blocked{uuid4().hex[:12]}"
+    note = model_on(
+        f"{postgres_database_url}?command_timeout={timeout}&pool_size=1&application_name={name}"
+    )
+    reference = await note(text="a").asave()
+    await note.aload(reference)  # prepared on the pool's only connection
+    locker = await asyncpg.connect(postgres_database_url)
+    query = "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+    try:
+        pids = {row[0] for row in await locker.fetch(query, name)}
+        for cancelled in (False, True):
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE external_records IN ACCESS EXCLUSIVE MODE")
+            started = loop_time()
+            load = asyncio.ensure_future(note.aload(reference))
+            if cancelled:
+                await asyncio.sleep(0.3)
+                load.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await load
+            else:
+                with pytest.raises(StorageTimeoutError, match="timed out"):
+                    await load
+                assert timeout <= loop_time() - started < timeout + 0.8
+            await transaction.rollback()
+            assert (await note.aload(reference)).text == "a"  # type: ignore[attr-defined]
+            assert {row[0] for row in await locker.fetch(query, name)} == pids
+    finally:
+        await locker.close()
+        await pydantic_toast.aclose_storage()
