@@ -1736,3 +1736,25 @@ async def test_a_load_blocked_past_command_timeout_times_out_and_keeps_its_conne
     finally:
         await locker.close()
         await pydantic_toast.aclose_storage()
+
+
+async def test_a_load_whose_prepared_statement_was_closed_answers_on_a_fresh_connection(
+    postgres_database_url: str,
+) -> None:
+    """A pooled connection whose prepared load statement asyncpg has closed is dropped, as
+    asyncpg's PreparedStatement refuses it, and the load answers on a new connection."""
+    url = f"{postgres_database_url}?pool_size=1"
+    note = model_on(url)
+    reference = await note(text="kept").asave()
+    await note.aload(reference)  # prepared on the pool's only connection
+    backend = await pydantic_toast.current_storage().connected(StorageURL.parse(url))
+    try:
+        async with backend.backend.engine.connect() as connection:  # type: ignore[attr-defined]
+            raw = await connection.get_raw_connection()
+            raw.info[_PREPARED]["select_one"]._state.mark_closed()
+        assert (await note.aload(reference)).text == "kept"  # type: ignore[attr-defined]
+        async with backend.backend.engine.connect() as connection:  # type: ignore[attr-defined]
+            raw = await connection.get_raw_connection()
+            assert not raw.info[_PREPARED]["select_one"]._state.closed
+    finally:
+        await pydantic_toast.aclose_storage()

@@ -951,8 +951,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         The statement goes to the connection's protocol as asyncpg's ``PreparedStatement``
         sends it, without the three coroutines and the checks around that call, which cost
         more instructions than the rest of a small load's backend work: the protocol itself
-        refuses a closed or busy connection (``InterfaceError``, as the checks would).
+        refuses a closed or busy connection (``InterfaceError``, as the checks would), and a
+        statement closed under it is refused here, as ``PreparedStatement`` refuses it.
         """
+        state = prepared._state
+        if state.closed:  # (the connection is then dropped, with its statements)
+            raise asyncpg.InterfaceError("the prepared statement is closed")
         driver: Any = prepared._connection  # lease.driver_connection, without two properties
         protocol = driver._protocol
         limit = 0 if kind == "fetch" else 1
@@ -960,12 +964,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         loop = driver._loop
         task = _current_task(loop)
         if not timeout or task is None or protocol._is_cancelling():
-            rows = await protocol.bind_execute(prepared._state, args, "", limit, False, None)
+            rows = await protocol.bind_execute(state, args, "", limit, False, None)
             return _answer(kind, rows)
         watchdog = self._watchdog
         watchdog.watch(task, loop, timeout)
         try:
-            rows = await protocol.bind_execute(prepared._state, args, "", limit, False, NO_TIMEOUT)
+            rows = await protocol.bind_execute(state, args, "", limit, False, NO_TIMEOUT)
         except asyncio.CancelledError:
             if watchdog.expired(task):
                 raise TimeoutError from None  # what asyncpg's own timer raises
