@@ -870,8 +870,10 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         # Asked without a coroutine first: outside a transaction (the common case) there is
         # no connection to join, and awaiting statement_connection() to learn that costs more
         # instructions than the check.
-        if joined_connection(self._same_store) is not None:
-            joined: Any = await statement_connection(self._same_store)
+        if (
+            joined_connection(self._same_store) is not None
+            and (joined := await statement_connection(self._same_store)) is not None
+        ):
             result = await joined.exec_driver_sql(_SQL[name], args)
             if kind == "execute":
                 return result.rowcount
