@@ -781,12 +781,14 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         spans = batch_spans(
             records, self._batch_size, most_bytes=_CHUNK_BYTES, carried_up_to=staging.STAGE_ABOVE
         )
-        chunks = [records[start:end] for start, end in spans]
-        written: dict[RecordKey, int] = {}
+        # Each chunk's rows are read into its records' revisions and dropped: a batch holds its
+        # revisions, not a (class name, id) key per record.
+        revisions: list[int] = []
         joined = await statement_connection(self._same_store)
         if joined is not None:
             async with _savepoint(joined):  # a conflict undoes this batch, not the caller's
-                for chunk in chunks:
+                for start, end in spans:
+                    chunk = records[start:end]
                     if any(map(staging.is_large, chunk)):
                         raw: Any = await joined.get_raw_connection()
                         rows = await _write_staged(raw.driver_connection, chunk)
@@ -795,30 +797,33 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                             _write_statement(chunk), _columns(chunk)
                         )
                         rows = list(result.all())
-                    written.update({(row[0], row[1]): row[2] for row in rows})
+                    written = {(row[0], row[1]): row[2] for row in rows}
                     missing = _first_missing(chunk, written)
                     if missing is not None:
                         found = await joined.exec_driver_sql(
                             _SQL["revision"], (missing.class_name, missing.id, missing.updated_at)
                         )
                         raise _conflict(missing, found.scalar())
-            return [int(written[record.key]) for record in records]
+                    revisions += [int(written[record.key]) for record in chunk]
+            return revisions
         pooled = await self._checkout()
         driver: Any = pooled.driver_connection
         try:
             async with driver.transaction():
-                for chunk in chunks:
+                for start, end in spans:
+                    chunk = records[start:end]
                     if any(map(staging.is_large, chunk)):
                         rows = await _write_staged(driver, chunk)
                     else:
                         rows = await driver.fetch(_write_statement(chunk), *_columns(chunk))
-                    written.update({(row[0], row[1]): row[2] for row in rows})
+                    written = {(row[0], row[1]): row[2] for row in rows}
                     missing = _first_missing(chunk, written)
                     if missing is not None:
                         current = await driver.fetchval(
                             _SQL["revision"], missing.class_name, missing.id, missing.updated_at
                         )
                         raise _conflict(missing, current)  # rolls the transaction back
+                    revisions += [int(written[record.key]) for record in chunk]
         except (ConcurrencyError, asyncpg.PostgresError):
             self._checkin(pooled, broken=driver.is_closed() or unwinding_interrupt())
             raise
@@ -827,7 +832,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             self._checkin(pooled, broken=True)
             raise
         self._checkin(pooled, broken=False)
-        return [int(written[record.key]) for record in records]
+        return revisions
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Read the records, in the order of ``keys``: one statement per ``batch_size`` keys."""

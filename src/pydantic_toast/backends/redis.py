@@ -635,6 +635,23 @@ class RedisBackend(RecordBackend):
             await self._settle_insert(record, key, named)
         return [1]
 
+    async def _any_exist(self, keys: list[bytes], classes: dict[str, _ClassKeys]) -> bool:
+        """Whether a record of ``keys`` exists or a class of ``classes`` has an expiry set (one
+        round trip; its commands, a copy of every key, are dropped before the writes)."""
+        size = self._batch_size
+        checks = [
+            command(b"EXISTS", *keys[start : start + size]) for start in range(0, len(keys), size)
+        ]
+        checks += [named.exists_expiry for named in classes.values()]
+        pool = self._connected().connection_pool
+        found = await self._call(
+            lambda: _resp.run(pool, checks[-1], before=checks[:-1], replies_before=len(checks) - 1)
+        )
+        for reply in found:
+            if isinstance(reply, Exception):
+                raise reply
+        return any(found)
+
     async def _insert_many(self, records: Sequence[StoredRecord]) -> list[int] | None:
         """First saves of several records without TTL as transactions (see ``_INSERT_WINDOW``);
         ``None`` when a record of the batch exists or a class has an expiry set (nothing was
@@ -648,17 +665,9 @@ class RedisBackend(RecordBackend):
                 named = classes[record.class_name] = self._class_keys(record.class_name)
             keys.append(named.records + str(record.id).encode())
         starts = range(0, len(records), size)
-        checks = [command(b"EXISTS", *keys[start : start + size]) for start in starts]
-        checks += [named.exists_expiry for named in classes.values()]
-        pool = self._connected().connection_pool
-        found = await self._call(
-            lambda: _resp.run(pool, checks[-1], before=checks[:-1], replies_before=len(checks) - 1)
-        )
-        for reply in found:
-            if isinstance(reply, Exception):
-                raise reply
-        if any(found):
+        if await self._any_exist(keys, classes):
             return None
+        pool = self._connected().connection_pool
         blocks = (
             _insertions(records[start : start + size], keys[start : start + size], classes)
             for start in starts
