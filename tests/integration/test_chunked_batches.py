@@ -389,3 +389,35 @@ async def test_postgresql_a_chunked_load_cancelled_midway_returns_every_connecti
         assert [m.n for m in loaded] == list(range(600))
     finally:
         await pydantic_toast.aclose_storage()
+
+
+@pytest.mark.postgresql
+def test_postgresql_batch_write_holds_one_chunks_rows_at_a_time(
+    postgres_database_url: str,
+) -> None:
+    """A batch write of many chunks keeps each record's revision, not its returned row: the
+    memory it allocates beyond its result stays far below a (class name, id) key per record."""
+    import tracemalloc
+
+    from pydantic_toast._records import new_record
+
+    count = 10_000
+    url = f"{postgres_database_url}?batch_size=100"
+    now = datetime.now(UTC)
+    records = [
+        new_record("Held", uuid4(), b'{"n":1}', 1, now, now, None, 0, True) for _ in range(count)
+    ]
+
+    async def write() -> tuple[list[int], int]:
+        backend = (await current_storage().connected(model_on(url)._toast_settings().url())).backend
+        await backend.save_records(records[:2])  # statements prepared outside the measure
+        tracemalloc.start()
+        try:
+            revisions = await backend.save_records(records[2:])
+            return revisions, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    revisions, peak = asyncio.run(write())
+    assert revisions == [1] * (count - 2)
+    assert peak < 100 * count  # a key per record for the whole batch: 300 bytes each
