@@ -1120,7 +1120,7 @@ async def test_a_batch_cancelled_after_its_first_chunks_says_so_when_saved_again
     models = [session(user=f"u{i}") for i in range(count)]
     pipeline = redis_module._resp.pipeline
 
-    async def cancelled_after_two_chunks(pool: Any, blocks: Any, *, window: int) -> Any:
+    async def cancelled_after_two_chunks(pool: Any, blocks: Any, **options: Any) -> Any:
         def two_then_cancel() -> Iterator[Any]:
             for number, block in enumerate(blocks):
                 if number == 2:  # two chunks written, as a cancellation between writes leaves
@@ -1128,7 +1128,7 @@ async def test_a_batch_cancelled_after_its_first_chunks_says_so_when_saved_again
                 yield block
             raise asyncio.CancelledError  # one chunk only: cancelled after its write
 
-        return await pipeline(pool, two_then_cancel(), window=window)
+        return await pipeline(pool, two_then_cancel(), **options)
 
     monkeypatch.setattr(redis_module._resp, "pipeline", cancelled_after_two_chunks)
     with pytest.raises(asyncio.CancelledError):

@@ -111,11 +111,15 @@ async def run(
 
 
 async def pipeline(
-    pool: Pool, blocks: Iterable[tuple[Sequence[bytes], int]], *, window: int
+    pool: Pool,
+    blocks: Iterable[tuple[Sequence[bytes], int]],
+    *,
+    window: int,
+    kept: type | tuple[type, ...] = object,
 ) -> list[Any]:
     """Send ``blocks`` of packed commands (the pieces of each block, and how many replies it
     gets) on one pooled connection, one write per block, at most ``window`` blocks
-    unanswered; return every reply, in order.
+    unanswered; return every reply that is an instance of ``kept`` (all by default), in order.
 
     A block is taken from ``blocks`` once the one before has been written, so the client
     builds the next block while the server runs the last. Replies and failures are as in
@@ -136,7 +140,9 @@ async def pipeline(
                 if len(unanswered) == window:
                     async with asyncio.timeout(seconds):
                         for _ in range(unanswered.popleft()):
-                            replies.append(await parser.read_response())
+                            reply = await parser.read_response()
+                            if isinstance(reply, kept):
+                                replies.append(reply)
                 async with asyncio.timeout(seconds):
                     writer.writelines(pieces)
                     await writer.drain()
@@ -144,7 +150,9 @@ async def pipeline(
             while unanswered:
                 async with asyncio.timeout(seconds):
                     for _ in range(unanswered.popleft()):
-                        replies.append(await parser.read_response())
+                        reply = await parser.read_response()
+                        if isinstance(reply, kept):
+                            replies.append(reply)
         except BaseException as exc:
             lost = await _lost(connection, exc)
             if lost is exc:

@@ -635,13 +635,23 @@ class RedisBackend(RecordBackend):
             await self._settle_insert(record, key, named)
         return [1]
 
-    async def _any_exist(self, keys: list[bytes], classes: dict[str, _ClassKeys]) -> bool:
-        """Whether a record of ``keys`` exists or a class of ``classes`` has an expiry set (one
-        round trip; its commands, a copy of every key, are dropped before the writes)."""
-        size = self._batch_size
-        checks = [
-            command(b"EXISTS", *keys[start : start + size]) for start in range(0, len(keys), size)
-        ]
+    def _record_keys(
+        self, records: Sequence[StoredRecord], classes: dict[str, _ClassKeys]
+    ) -> list[bytes]:
+        """The keys of ``records``, their classes' keys added to ``classes``."""
+        keys: list[bytes] = []
+        for record in records:
+            named = classes.get(record.class_name)
+            if named is None:
+                named = classes[record.class_name] = self._class_keys(record.class_name)
+            keys.append(named.records + str(record.id).encode())
+        return keys
+
+    async def _any_exist(self, keys: list[list[bytes]], classes: dict[str, _ClassKeys]) -> bool:
+        """Whether a record of ``keys`` (one list per chunk) exists or a class of ``classes``
+        has an expiry set (one round trip; its commands, a copy of every key, are dropped
+        before the writes)."""
+        checks = [command(b"EXISTS", *chunk) for chunk in keys]
         checks += [named.exists_expiry for named in classes.values()]
         pool = self._connected().connection_pool
         found = await self._call(
@@ -658,26 +668,26 @@ class RedisBackend(RecordBackend):
         written: the save script decides)."""
         size = self._batch_size
         classes: dict[str, _ClassKeys] = {}
-        keys: list[bytes] = []
-        for record in records:
-            named = classes.get(record.class_name)
-            if named is None:
-                named = classes[record.class_name] = self._class_keys(record.class_name)
-            keys.append(named.records + str(record.id).encode())
         starts = range(0, len(records), size)
+        # Each chunk's keys, dropped once its transaction is packed (the last chunk's first).
+        keys = [self._record_keys(records[start : start + size], classes) for start in starts]
         if await self._any_exist(keys, classes):
             return None
+        keys.reverse()
         pool = self._connected().connection_pool
         blocks = (
-            _insertions(records[start : start + size], keys[start : start + size], classes)
-            for start in starts
+            _insertions(records[start : start + size], keys.pop(), classes) for start in starts
         )
-        replies = await self._call(lambda: _resp.pipeline(pool, blocks, window=_INSERT_WINDOW))
+        # Only the replies read below: the transactions' (lists) and the refusals, not an OK
+        # or QUEUED per command.
+        replies = await self._call(
+            lambda: _resp.pipeline(pool, blocks, window=_INSERT_WINDOW, kept=(list, Exception))
+        )
         refused: list[int] = []  # positions of records another writer created meanwhile
         for reply in replies:  # a refused command (read-only, ACL, OOM): EXECABORT too
             if isinstance(reply, Exception):
                 raise reply
-        execs = [reply for reply in replies if isinstance(reply, list)]  # not OK nor QUEUED
+        execs = replies
         for start, reply in zip(starts, execs, strict=True):
             chunk = records[start : start + size]
             sets = reply[: len(chunk)]
@@ -693,7 +703,8 @@ class RedisBackend(RecordBackend):
                 ]
                 if added != len(landed) or expiring:
                     for i in landed:
-                        await self._settle_insert(records[i], keys[i], classes[class_name])
+                        (key,) = self._record_keys([records[i]], classes)
+                        await self._settle_insert(records[i], key, classes[class_name])
         revisions = [1] * len(records)
         if refused:
             try:
