@@ -1038,6 +1038,30 @@ async def test_a_batch_of_first_saves_with_an_existing_id_writes_nothing(
     ]
 
 
+async def test_a_batch_of_first_saves_keeps_only_its_transactions_replies(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of new records written as transactions holds one reply per transaction (the
+    list of its commands' replies), not also an OK or QUEUED per command of the batch."""
+    chunked = RedisBackend(f"{keys.url}&batch_size=2")
+    await chunked.connect()
+    try:
+        batch = [_stored(b'{"n":%d}' % i, 0) for i in range(5)]
+        pipeline = redis_module._resp.pipeline
+        held: list[Any] = []
+
+        async def watched(*args: Any, **kwargs: Any) -> Any:
+            replies = await pipeline(*args, **kwargs)
+            held.extend(replies)
+            return replies
+
+        monkeypatch.setattr(redis_module._resp, "pipeline", watched)
+        assert await chunked.save_records(batch) == [1] * 5
+        assert [type(reply) for reply in held] == [list] * 3  # chunks of 2, 2 and 1
+    finally:
+        await chunked.disconnect()
+
+
 async def test_a_batch_of_first_saves_raced_by_another_writer_keeps_the_rest_known(
     keys: Keys, backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
