@@ -37,7 +37,7 @@ import hashlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
@@ -260,11 +260,24 @@ def is_encoded(data: bytes) -> bool:
 
 
 def any_encoded(datas: Iterable[bytes]) -> bool:
-    """Whether any of stored ``datas`` is an envelope (one pass in C, no call per item)."""
+    """Whether any of stored ``datas`` is an envelope (passes in C, no call per item).
+
+    Each data's third byte is read first (a fifth of what ``startswith`` costs per item): an
+    envelope's is ``$``, so without one there is none; with one, or a data shorter than three
+    bytes, ``startswith`` decides.
+    """
+    datas = list(datas)
+    try:
+        if _MARK_THIRD.isdisjoint(map(_THIRD_BYTE, datas)):
+            return False
+    except IndexError:
+        pass
     return any(map(_ENVELOPED, datas))
 
 
 _ENVELOPED = methodcaller("startswith", ENVELOPE_MARK)
+_THIRD_BYTE = itemgetter(2)
+_MARK_THIRD = frozenset((ENVELOPE_MARK[2],))
 
 
 def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord:

@@ -19,7 +19,14 @@ from pydantic_toast import (
     StoredDataError,
     StoredRecord,
 )
-from pydantic_toast._codecs import CodecSettings, decode_record, encode_record, is_encoded
+from pydantic_toast._codecs import (
+    ENVELOPE_MARK,
+    CodecSettings,
+    any_encoded,
+    decode_record,
+    encode_record,
+    is_encoded,
+)
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 
@@ -154,3 +161,24 @@ def test_a_serializer_of_the_models_own_writing_the_envelope_key_is_refused() ->
     with pytest.raises(pydantic_toast.StorageValidationError, match=r"'\$toast'.*nothing was"):
         Flattening(longer_field="x").model_dump()
     assert pydantic_toast.count(Flattening) == 0
+
+
+@pytest.mark.parametrize(
+    ("datas", "expected"),
+    [
+        ([b'{"a":1}', b'{"b":2}'], False),
+        ([b'{"$a":1}', b'{"b":2}'], False),  # a third byte of $ that is no envelope
+        ([b'{"a":1}', ENVELOPE_MARK + b":{}}"], True),
+        ([b"{}", b'{"a":1}'], False),  # shorter than three bytes
+        ([b"", ENVELOPE_MARK + b":{}}"], True),
+        ([], False),
+    ],
+)
+def test_any_encoded_says_whether_any_data_is_an_envelope(
+    datas: list[bytes], expected: bool
+) -> None:
+    """any_encoded() answers as is_encoded() on each data does, whatever their third bytes and
+    lengths, from a list or a one-pass iterator."""
+    assert any_encoded(datas) is expected
+    assert any_encoded(iter(datas)) is expected
+    assert expected is any(map(is_encoded, datas))
