@@ -1604,6 +1604,74 @@ async def test_a_stored_timestamp_python_cannot_hold_is_refused_naming_the_recor
                 assert "updated_at" in str(info.value)
 
 
+async def test_a_batch_load_sends_its_ids_as_one_text_and_reads_timestamps_as_iso_text(
+    postgres_database_url: str,
+) -> None:
+    """A batch load of references to one class sends their ids as one comma-joined text (no
+    uuid[] parameter, which asyncpg encodes element by element), and on a session whose
+    DateStyle is ISO reads the timestamps as the server's own text, without to_char."""
+    import asyncpg
+
+    name = f"texts{uuid4().hex[:12]}"
+    note = model_on(f"{postgres_database_url}?application_name={name}")
+    saved = [note(text=str(n)) for n in range(3)]
+    try:
+        references = await pydantic_toast.adump(saved)
+        loaded = await pydantic_toast.avalidate(list[note], references)  # type: ignore[valid-type]
+        watcher = await asyncpg.connect(postgres_database_url)
+        try:
+            query = "SELECT query FROM pg_stat_activity WHERE application_name = $1"
+            last = await watcher.fetchval(query, name)
+        finally:
+            await watcher.close()
+    finally:
+        await pydantic_toast.aclose_storage()
+    assert "string_to_array" in last
+    assert "to_char" not in last
+    assert [n.text for n in loaded] == ["0", "1", "2"]  # type: ignore[attr-defined]
+    assert [n.external_id for n in loaded] == [n.external_id for n in saved]
+
+
+async def test_batch_reads_keep_their_timestamps_under_any_datestyle(
+    postgres_database_url: str,
+) -> None:
+    """A batch read on a connection whose DateStyle is not ISO (set for the session, or set on
+    a pooled connection after it was first used) reads each timestamp exactly."""
+    name = f"styles{uuid4().hex}"
+    created = datetime(2024, 2, 29, 23, 59, 58, 999999, tzinfo=UTC)
+    records = [
+        StoredRecord(name, uuid4(), b'{"n":%d}' % n, 1, created, created + timedelta(seconds=n))
+        for n in range(3)
+    ]
+    keys = ClassKeys(name, [r.id for r in records], [str(r.id) for r in records])
+    expected = [(r.created_at, r.updated_at) for r in records]
+    engine = _engine(
+        postgres_database_url, pool_size=1, connect_args={"server_settings": {"DateStyle": "SQL"}}
+    )
+    try:
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(postgres_database_url, engine)
+            backend = await storage.connected(StorageURL.parse(postgres_database_url))
+            await backend.save_records(records)
+            loaded = await backend.load_records(keys)
+            assert [(r.created_at, r.updated_at) for r in loaded if r is not None] == expected
+            async with engine.connect() as connection:  # the pool's one connection, reset
+                await connection.exec_driver_sql("SET DateStyle = 'ISO'")
+            loaded = await backend.load_records(keys)  # statements of the ISO form prepared
+            assert [(r.created_at, r.updated_at) for r in loaded if r is not None] == expected
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("SET DateStyle = 'German'")
+            loaded = await backend.load_records(keys)
+            assert [(r.created_at, r.updated_at) for r in loaded if r is not None] == expected
+            for style in ("ISO", "Postgres"):  # the statement for keys of several classes
+                async with engine.connect() as connection:
+                    await connection.exec_driver_sql(f"SET DateStyle = '{style}'")
+                loaded = await backend.load_records(list(keys))
+                assert [(r.created_at, r.updated_at) for r in loaded if r is not None] == expected
+    finally:
+        await engine.dispose()
+
+
 def test_batch_reads_probe_the_primary_key_whatever_the_class_size(
     postgres_database_url: str,
 ) -> None:
@@ -1636,9 +1704,14 @@ def test_batch_reads_probe_the_primary_key_whatever_the_class_size(
                 )
             ]
             found = []
+            texts = ",".join(map(str, ids))
             for statement, arguments in (
                 ("select_class", (ids, class_name, 0.0)),
                 ("select_many", ([class_name] * len(ids), ids, 0.0)),
+                ("select_texts", (texts, class_name, 0.0)),
+                ("select_class_iso", (ids, class_name, 0.0)),
+                ("select_many_iso", ([class_name] * len(ids), ids, 0.0)),
+                ("select_texts_iso", (texts, class_name, 0.0)),
             ):
                 plan = await connection.fetchval(
                     f"EXPLAIN (FORMAT JSON) {_SQL[statement]}", *arguments

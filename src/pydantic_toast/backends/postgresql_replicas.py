@@ -63,6 +63,7 @@ _READS: Final = (
     "select_one",
     "select_many",
     "select_class",
+    "select_texts",
     "page_first",
     "page_after",
     "count",
@@ -227,6 +228,9 @@ class Replicas:
         if name == "select_class":  # (ids, class_name, now)
             class_name = args[1]
             return self._recent.has_record((class_name, id) for id in args[0])
+        if name == "select_texts":  # (the ids' canonical texts joined by commas, class_name, now)
+            class_name = args[1]
+            return self._recent.has_record((class_name, UUID(text)) for text in args[0].split(","))
         return self._recent.has_class(args[0])
 
     async def _connect(self, replica: _Replica) -> None:
