@@ -15,6 +15,7 @@ from uuid import UUID, uuid4
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 import pydantic_toast
 from pydantic_toast import (
@@ -208,6 +209,63 @@ def test_hundreds_of_concurrent_operations_wait_for_the_pool(
         return sum(1 for a, b in zip(items, loaded, strict=True) if a == b)
 
     assert asyncio.run(burst()) == 500
+
+
+async def test_an_idle_connection_is_taken_without_redis_pys_checkout(
+    keys: Keys, backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saves and loads made while nobody waits for a connection (the pool's connection opened
+    by connect()) take an idle one at once and give it back at once: redis-py's checkout and
+    release (its lock, timeout, metrics and retry wrapper) run only for a connection that has
+    to be opened or waited for."""
+    calls: list[str] = []
+    pool_class = aioredis.BlockingConnectionPool
+    checkout, release = pool_class.get_connection, pool_class.release
+
+    async def counted_checkout(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("checkout")
+        return await checkout(self, *args, **kwargs)
+
+    async def counted_release(self: Any, connection: Any) -> None:
+        calls.append("release")
+        await release(self, connection)
+
+    monkeypatch.setattr(pool_class, "get_connection", counted_checkout)
+    monkeypatch.setattr(pool_class, "release", counted_release)
+    records = [_stored(b'{"n":%d}' % n, 0) for n in range(1, 4)]
+    for record in records:
+        assert await backend.save_records([record]) == [1]
+    loaded = await backend.load_records([record.key for record in records])
+    assert [record.data for record in loaded if record is not None] == [
+        record.data for record in records
+    ]
+    assert calls == []
+    assert backend.pool_connections() == (0, 1)
+
+
+async def test_waiting_for_a_connection_is_first_come_first_served(keys: Keys) -> None:
+    """On a one-connection pool, saves that wait get the connection in the order they came,
+    a save arriving later waits behind them, and the connection is back when all are done."""
+    backend = RedisBackend(f"{keys.url}&max_connections=1")
+    await backend.connect()
+    try:
+        pool = backend._connected().connection_pool
+        order: list[int] = []
+        held = await pool.get_connection()
+
+        async def save(n: int) -> None:
+            await backend.save_records([_stored(b'{"n":%d}' % n, 0)])
+            order.append(n)
+
+        waiting = [asyncio.create_task(save(n)) for n in range(3)]
+        await asyncio.sleep(0.01)  # all three wait for the held connection
+        await pool.release(held)
+        late = asyncio.create_task(save(3))
+        await asyncio.wait_for(asyncio.gather(*waiting, late), 10)
+        assert order == [0, 1, 2, 3]
+        assert backend.pool_connections() == (0, 1)
+    finally:
+        await backend.disconnect()
 
 
 def test_corrupted_value_names_the_key(keys: Keys) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -452,7 +453,69 @@ class MarksConnecting(aioredis.ConnectionPool):
 
 
 class _WaitingPool(MarksConnecting, aioredis.BlockingConnectionPool):
-    """redis-py's waiting pool, its checkout errors marked as connecting."""
+    """redis-py's waiting pool, its checkout errors marked as connecting, with a short way in
+    and out while nobody waits for a connection.
+
+    redis-py's checkout takes the pool's condition lock, starts a timeout, waits for a
+    predicate that already holds, records metrics and checks the connection through its retry
+    wrapper, and its release takes two locks and dispatches an event: a fifth of the client's
+    time of a save under 100 concurrent tasks (py-spy). While a connection is idle and nobody
+    holds or waits for the lock, a checkout takes it at once, checked as redis-py checks it (a
+    connection not connected, or with unread data or closed by the server, is connected
+    afresh); its release puts it back at once and wakes whoever has come to wait meanwhile.
+    Nobody waiting is overtaken: first come, first served, as before. redis-py's connection
+    metrics (when enabled) count only its own checkouts.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken_at_once: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        """A connection from the pool (see redis-py); its errors marked as connecting."""
+        connection = None if args or kwargs or self._waited_for() else self._idle()
+        if connection is None:
+            return await super().get_connection(*args, **kwargs)
+        try:
+            if not connection.is_connected or await connection.can_read():
+                await self.ensure_connection(connection)
+        except BaseException as exc:
+            await self.release(connection)
+            if isinstance(exc, Exception):
+                connecting(exc)
+            raise
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        """Give ``connection`` back, waking whoever waits for one (see redis-py)."""
+        if connection not in self._taken_at_once:
+            await super().release(connection)
+            return
+        self._taken_at_once.discard(connection)
+        self._in_use_connections.remove(connection)
+        should_reconnect = getattr(connection, "should_reconnect", None)  # redis-py 6+
+        if should_reconnect is not None and should_reconnect():
+            await connection.disconnect()
+        self._available_connections.append(connection)
+        if getattr(connection, "_re_auth_token", None) is not None:  # as redis-py's release
+            await connection.re_auth()
+        if self._waited_for():
+            async with self._condition:
+                self._condition.notify()
+
+    def _idle(self) -> Any:
+        """An idle connection, taken out of the pool; ``None`` when there is none."""
+        if not self._available_connections or getattr(self, "_in_maintenance", False):
+            return None
+        connection = self._available_connections.pop()
+        self._in_use_connections.add(connection)
+        self._taken_at_once.add(connection)
+        return connection
+
+    def _waited_for(self) -> bool:
+        """Whether someone holds the pool's lock or waits for it or for a connection."""
+        condition: Any = self._condition  # asyncio's: its waiters, and its lock's, are private
+        return bool(condition.locked() or condition._waiters or condition._lock._waiters)
 
 
 class RedisBackend(RecordBackend):
