@@ -69,7 +69,7 @@ from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._saving import (
     Identity,
     UnvalidatedIdentity,
-    collecting,
+    collecting_model,
     collecting_now,
     forget_fingerprint,
     identity_of,
@@ -525,7 +525,7 @@ class ExternalBaseModel(BaseModel):
         """
         if not force and (known := unchanged_reference(self)) is not None:
             return known
-        reference, batch = collecting(lambda: store(self), force=force)
+        reference, batch = collecting_model(self, force=force)
         await batch.write()
         return reference
 
