@@ -346,6 +346,31 @@ async def test_memory_pages_and_counts_follow_deletes_expiry_and_recreation() ->
     assert await backend.count("Other") == 1
 
 
+async def test_memory_save_over_an_expired_record_writes_it_afresh() -> None:
+    """A record past its ttl is gone for a save's revision check: expecting its old revision
+    is a conflict that writes nothing, expecting none writes it anew (revision 1, its own
+    created_at), and a batch with a conflict anywhere writes none of its records."""
+    from datetime import UTC, datetime, timedelta
+
+    backend = MemoryBackend("memory://expired", store=MemoryStore())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    later = start + timedelta(days=1)
+    id = uuid4()
+    assert await backend.save_records([StoredRecord("Note", id, b"{}", 1, start, start, 0.05, 0)])
+    await asyncio.sleep(0.06)
+    stale = StoredRecord("Note", id, b'{"n": 1}', 1, later, later, None, 1)
+    fresh = StoredRecord("Other", uuid4(), b"{}", 1, later, later, None, 0)
+    with pytest.raises(pydantic_toast.ConcurrencyError):
+        await backend.save_records([fresh, stale])
+    assert await backend.load_records([("Note", id), ("Other", fresh.id)]) == [None, None]
+    assert await backend.count("Other") == 0
+    again = StoredRecord("Note", id, b'{"n": 2}', 1, later, later, None, 0)
+    assert await backend.save_records([again]) == [1]
+    [stored] = await backend.load_records([("Note", id)])
+    assert stored is not None
+    assert (stored.data, stored.created_at, stored.revision) == (b'{"n": 2}', later, 1)
+
+
 @pytest.mark.parametrize("limit", [2.5, 2.0, True, "2", None, 0, -1, 1001, 10**9])
 def test_a_page_limit_is_an_int_from_1_to_1000(memory_url: str, limit: Any) -> None:
     """A limit that is not an int from 1 to 1000 is refused as a usage error: a float was taken,
