@@ -244,9 +244,11 @@ def _run_until_done(loop: Any, task: asyncio.Task[Any]) -> None:
     if not asyncios_own:
         loop.run_until_complete(task)  # raises what the task raised, as task.result() would
         return
-    if loop.is_running():
+    # is_running() and get_debug() read these two attributes (about 1,000 instructions for
+    # the two method calls).
+    if loop._thread_id is not None:
         raise RuntimeError("pydantic-toast's event loop is already running in another thread")
-    debug = loop.get_debug()
+    debug = loop._debug
     if debug:
         loop._set_coroutine_origin_tracking(True)
     hooks = sys.get_asyncgen_hooks()
