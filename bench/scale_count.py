@@ -23,8 +23,9 @@ Round trips: PostgreSQL and Redis are also reached through a loopback proxy that
 turns of each connection (the client speaking after the server had): each operation is run
 once to warm up (statements prepared, scripts loaded), then counted. Redis also prints the
 server's ``INFO commandstats`` deltas of the counted operations (commands run inside a script
-included) and the server time of the script call. SQLite counts the statements run, through
-SQLAlchemy's ``before_cursor_execute`` event.
+included) and the server time of the script call. SQLite counts the calls made to its
+connection's thread (aiosqlite's ``Connection._execute``; the library's reads run their one
+statement in one such call, not through SQLAlchemy's cursor).
 
 Reads never write: the library's PostgreSQL connections open a database whose default is
 ``default_transaction_read_only = on`` (the bench's own connection turns it off), so a write
@@ -60,7 +61,6 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import redis.asyncio as aioredis
-from sqlalchemy import event
 
 import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, PageCursor
@@ -454,14 +454,18 @@ async def round_trips(store: Any, cursors: dict[str, str]) -> dict[str, str]:
     counted: dict[str, str] = {}
     if store.name == "memory":
         return dict.fromkeys(OPERATIONS, "0 (no I/O)")
-    backend = await _backend(store.counted.model_config["storage"])
+    await _backend(store.counted.model_config["storage"])
     statements = [0]
+    import aiosqlite.core
 
-    def statement(*_: Any) -> None:
+    thread_call = aiosqlite.core.Connection._execute
+
+    async def counted_call(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         statements[0] += 1
+        return await thread_call(self, fn, *args, **kwargs)
 
     if store.name == "sqlite":
-        event.listen(backend._engine.sync_engine, "before_cursor_execute", statement)
+        aiosqlite.core.Connection._execute = counted_call  # type: ignore[method-assign]
     for what, call in _calls(store.counted, cursors).items():
         await call()
         before = await store.commandstats() if store.name == "redis" else {}
@@ -470,7 +474,7 @@ async def round_trips(store: Any, cursors: dict[str, str]) -> dict[str, str]:
         turns = store.proxy.turns if store.name != "sqlite" else 0
         await call()
         if store.name == "sqlite":
-            counted[what] = f"{statements[0]} statement(s)"
+            counted[what] = f"{statements[0]} call(s) to the connection's thread"
             continue
         counted[what] = f"{store.proxy.turns - turns}"
         if store.name == "redis":
@@ -481,7 +485,7 @@ async def round_trips(store: Any, cursors: dict[str, str]) -> dict[str, str]:
             server = (await store.commandstats("usec"))["evalsha"] - spent["evalsha"]
             counted[what] += f" (server time of the script: {server} us)"
     if store.name == "sqlite":
-        event.remove(backend._engine.sync_engine, "before_cursor_execute", statement)
+        aiosqlite.core.Connection._execute = thread_call  # type: ignore[method-assign]
     return counted
 
 
