@@ -202,6 +202,14 @@ def test_concurrent_writers_keep_the_count_exact(postgres_database_url: str) -> 
     assert asyncio.run(main()) == (400, 400)
 
 
+def _failed_check(url: str) -> str:
+    """What ``pydantic-toast check URL`` prints, having exited 3 (count() is off)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert toast_cli(["check", url]) == 3
+    return out.getvalue()
+
+
 def test_partitioning_keeps_the_counts(empty_database: str) -> None:
     """pydantic-toast partition copies the rows without counting them twice, and re-creates
     the triggers on the partitioned table."""
@@ -231,23 +239,15 @@ def test_partitioning_keeps_the_counts(empty_database: str) -> None:
     asyncio.run(
         _sql(url, "ALTER TABLE external_records_p1 DISABLE TRIGGER external_records_count_move")
     )
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert toast_cli(["check", url]) == 3
-    assert "ALTER TABLE external_records_p1 ENABLE TRIGGER external_records_count_move" in (
-        out.getvalue()
-    )
+    report = _failed_check(url)
+    assert "ALTER TABLE external_records_p1 ENABLE TRIGGER external_records_count_move" in report
     # Disabled on the partitioned table: one statement enables it and every clone below.
     asyncio.run(
         _sql(url, "ALTER TABLE external_records DISABLE TRIGGER external_records_count_move")
     )
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert toast_cli(["check", url]) == 3
-    assert out.getvalue().count("ENABLE TRIGGER") == 1, out.getvalue()
-    assert "ALTER TABLE external_records ENABLE TRIGGER external_records_count_move" in (
-        out.getvalue()
-    )
+    report = _failed_check(url)
+    assert report.count("ENABLE TRIGGER") == 1, report
+    assert "ALTER TABLE external_records ENABLE TRIGGER external_records_count_move" in report
     asyncio.run(
         _sql(url, "ALTER TABLE external_records ENABLE TRIGGER external_records_count_move")
     )
@@ -267,12 +267,10 @@ def test_partitioning_keeps_the_counts(empty_database: str) -> None:
         "ALTER TABLE external_records_split_1 DISABLE TRIGGER external_records_count_move",
     ):
         asyncio.run(_sql(url, statement))
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert toast_cli(["check", url]) == 3
-    assert out.getvalue().count("ENABLE TRIGGER") == 1, out.getvalue()
-    assert "ALTER TABLE external_records_split_1 ENABLE TRIGGER external_records_count_move" in (
-        out.getvalue()
+    report = _failed_check(url)
+    assert report.count("ENABLE TRIGGER") == 1, report
+    assert (
+        "ALTER TABLE external_records_split_1 ENABLE TRIGGER external_records_count_move" in report
     )
 
 
@@ -323,10 +321,7 @@ def test_check_names_a_disabled_count_trigger_and_recount_repairs_the_counts(
     )
     assert write(4) == 3  # the 4 rows are not counted
 
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert toast_cli(["check", url]) == 3
-    report = out.getvalue()
+    report = _failed_check(url)
     assert "count() is off" in report
     assert "trigger external_records_count_insert is disabled" in report
     assert "ENABLE TRIGGER" in report
@@ -361,10 +356,7 @@ def test_check_names_a_missing_count_trigger_on_sqlite(
         return asyncio.run(_save_and_count(SQLiteBackend(url), "Gone", records))
 
     assert write(5) == 0
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert toast_cli(["check", url]) == 3
-    assert "trigger external_records_count_insert is missing" in out.getvalue()
+    assert "trigger external_records_count_insert is missing" in _failed_check(url)
     with redirect_stdout(io.StringIO()):
         assert toast_cli(["recount", url]) == 0
     assert write(0) == 5

@@ -370,36 +370,24 @@ def _batch_reads(
     select_many = _key_by_key(
         keys, (c.class_name == keys.c.class_name) & (c.id == keys.c.id), columns, now_seconds
     )
-    # A batch of one class (the usual one): its name once, not an array of the same name.
-    ids = (
-        func.unnest(bindparam("ids", type_=ARRAY(c.id.type)))
-        .table_valued("id", with_ordinality="position")
-        .render_derived(with_types=False)
-    )
-    select_class = _key_by_key(
-        ids,
-        (c.class_name == bindparam("class_name")) & (c.id == ids.c.id),
-        columns,
-        now_seconds,
-    )
+
+    def of_one_class(ids: ColumnElement[Any]) -> Select[Any]:
+        """A batch of one class (the usual one): its name once, not an array of the same name."""
+        numbered = (
+            func.unnest(ids)
+            .table_valued("id", with_ordinality="position")
+            .render_derived(with_types=False)
+        )
+        matches = (c.class_name == bindparam("class_name")) & (c.id == numbered.c.id)
+        return _key_by_key(numbered, matches, columns, now_seconds)
+
+    select_class = of_one_class(bindparam("ids", type_=ARRAY(c.id.type)))
     # The same, its ids sent as their canonical texts joined by commas, one text parameter:
     # asyncpg encodes a uuid[] element by element (4,000 instructions an id: ABC checks for
     # nested arrays, then UUID.bytes), where a batch's references already hold the texts.
-    texts = (
-        func.unnest(
-            cast(
-                func.string_to_array(bindparam("ids", type_=Text()), literal_column("','")),
-                ARRAY(c.id.type),
-            )
-        )
-        .table_valued("id", with_ordinality="position")
-        .render_derived(with_types=False)
-    )
-    select_texts = _key_by_key(
-        texts,
-        (c.class_name == bindparam("class_name")) & (c.id == texts.c.id),
-        columns,
-        now_seconds,
+    joined = bindparam("ids", type_=Text())
+    select_texts = of_one_class(
+        cast(func.string_to_array(joined, literal_column("','")), ARRAY(c.id.type))
     )
     return {"select_many": select_many, "select_class": select_class, "select_texts": select_texts}
 
