@@ -15,7 +15,9 @@ started and removed by the run. ``--postgres-url`` (a throwaway database is crea
 dropped) and ``--redis-url`` (keys under a run prefix, deleted afterwards; never flushed) use
 given servers instead. ``--pin same|split`` pins the throwaway servers to the harness's CPU or
 to the other one (see ``stores.PINNINGS``: unpinned, where the scheduler puts each server
-process moves a PostgreSQL round trip's p50 by a factor of two).
+process moves a PostgreSQL round trip's p50 by a factor of two). The throwaway cluster's
+processes allocate as long-lived ones do (``stores.WARM_MALLOC``): with glibc's defaults a
+connection's speed at sending 100 KB rows depended on the statements it had run before.
 """
 
 from __future__ import annotations
@@ -120,6 +122,14 @@ class Contender:
 
 
 async def async_single(system: System, count: int) -> dict[str, float]:
+    await system.begin_sequential()
+    try:
+        return await _async_single(system, count)
+    finally:
+        await system.end_sequential()
+
+
+async def _async_single(system: System, count: int) -> dict[str, float]:
     objs = [system.make(i) for i in range(count)]
     saves, keys = [], []
     for obj in objs:
@@ -135,6 +145,14 @@ async def async_single(system: System, count: int) -> dict[str, float]:
 
 
 async def async_batch(system: System, count: int) -> dict[str, float]:
+    await system.begin_sequential()
+    try:
+        return await _async_batch(system, count)
+    finally:
+        await system.end_sequential()
+
+
+async def _async_batch(system: System, count: int) -> dict[str, float]:
     objs = [system.make(i) for i in range(count)]
     gc.collect()  # see _collected
     started = time.perf_counter()
@@ -164,7 +182,11 @@ def _collected() -> float:
 
 
 async def async_concurrent(system: System, tasks: int, per_task: int) -> dict[str, float]:
-    seeds = [await system.save(system.make(i)) for i in range(tasks)]
+    await system.begin_sequential()
+    try:
+        seeds = [await system.save(system.make(i)) for i in range(tasks)]
+    finally:
+        await system.end_sequential()
     objs = [[system.make(i) for _ in range(per_task)] for i in range(tasks)]
 
     async def loader(i: int) -> None:

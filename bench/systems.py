@@ -46,6 +46,12 @@ class System:
     async def teardown(self) -> None:
         """Close them."""
 
+    async def begin_sequential(self) -> None:
+        """Before a phase of sequential operations: take what they run on (not timed)."""
+
+    async def end_sequential(self) -> None:
+        """After it: give that back (not timed)."""
+
     async def save(self, obj: Any) -> Any:
         raise NotImplementedError
 
@@ -170,7 +176,11 @@ REDIS_POOL = 50
 class RawAsyncpg(System):
     """asyncpg with prepared statements: one connection sequentially, a pool concurrently.
 
-    The pool is sized like pydantic-toast's (10 kept, up to 20) for the concurrency test.
+    The pool is sized like pydantic-toast's (10 kept, up to 20) for the concurrency test, and
+    each sequential phase takes its connection from it, as pydantic-toast's do from its own (the
+    one returned last): a connection kept for the whole run ran every batch, which leaves its
+    server process faster at sending large rows (see ``stores.WARM_MALLOC``), and it left the
+    concurrency test 19 connections.
     """
 
     name = "raw asyncpg"
@@ -183,11 +193,21 @@ class RawAsyncpg(System):
         self.pool = await asyncpg.create_pool(
             self.urls["postgresql"], min_size=PG_POOL_MIN, max_size=PG_POOL_MAX
         )
-        self.connection = await self.pool.acquire()
+        self.connection: Any = None
+        await self.begin_sequential()  # for scripts that call save and load directly
 
     async def teardown(self) -> None:
-        await self.pool.release(self.connection)
+        await self.end_sequential()
         await self.pool.close()
+
+    async def begin_sequential(self) -> None:
+        if self.connection is None:
+            self.connection = await self.pool.acquire()
+
+    async def end_sequential(self) -> None:
+        if self.connection is not None:
+            await self.pool.release(self.connection)
+            self.connection = None
 
     async def save(self, obj: Any) -> Any:
         key = uuid.uuid4()
