@@ -49,18 +49,21 @@ def pg_binary(name: str) -> str:
 # The throwaway cluster's server processes allocate as long-lived ones do, whatever statements
 # they ran before. With glibc's defaults a process gives the top of its heap back to the kernel
 # above a trim threshold (128 KB, raised only once it frees a larger mapped block) and faults
-# those pages in again for the next statement. Per 100 KB row sent, a fresh connection's process
-# made 6 brk calls and took 123-148 page faults (130-270 us more per load), one that had run
-# pydantic-toast's saves 25-43 faults, while the raw system's connection (it ran every batch,
-# and its upserts raise the thresholds further) took none: a 100 KB load's ratio measured
-# which connection each system got. Given servers (--postgres-url) keep their own settings.
+# those pages in again for the next statement: per 100 KB row sent, a new connection's process
+# (or one that had run only pydantic-toast's saves) took 42-148 page faults (130-270 us more per
+# load), while the raw system's connection (it ran every batch, and its jsonb-typed upserts
+# raise the thresholds) took none, so a 100 KB load's ratio measured which connection each
+# system got. bench/pg_connection_history.py counts them. Given servers keep their settings.
 WARM_MALLOC = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=16777216"
 
 
 class TempCluster:
-    """A throwaway PostgreSQL cluster, fsync on (the shipped default), on a free port."""
+    """A throwaway PostgreSQL cluster, fsync on (the shipped default), on a free port.
 
-    def __init__(self) -> None:
+    ``malloc``: its processes' ``GLIBC_TUNABLES`` (``""``: glibc's defaults).
+    """
+
+    def __init__(self, malloc: str = WARM_MALLOC) -> None:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="toast-bench-pg-"))
         self.data = self.root / "data"
@@ -77,7 +80,7 @@ class TempCluster:
             pg_binary("pg_ctl"),
             *("-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options),
             *("-w", "-t", "60", "start"),
-            env=os.environ | {"GLIBC_TUNABLES": WARM_MALLOC},
+            env=os.environ | {"GLIBC_TUNABLES": malloc},
         )
 
     def _run(self, *argv: str, env: dict[str, str] | None = None) -> None:
