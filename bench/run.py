@@ -384,7 +384,8 @@ def main() -> None:
         "per_task": sizes.per_task,
         "slow_batch": SLOW_BATCH,
         "servers": (
-            f"throwaway (started by the run{f', pinned {args.pin}' if args.pin else ''})"
+            f"throwaway (started by the run{f', pinned {args.pin}' if args.pin else ''}; "
+            "PostgreSQL's processes with GLIBC_TUNABLES as in stores.WARM_MALLOC)"
             if urls.throwaway
             else "given URLs"
         ),
