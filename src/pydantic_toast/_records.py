@@ -14,15 +14,23 @@ from uuid import UUID
 
 import pydantic_core
 
-from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._exceptions import (
+    StorageConfigurationError,
+    StorageValidationError,
+    StoredDataError,
+)
 from pydantic_toast._reference import all_canonical
 
 __all__ = [
+    "FIRST_STORABLE",
+    "LAST_STORABLE",
     "ClassKeys",
     "PageCursor",
     "RecordKey",
     "StoredRecord",
     "check_batch_size",
+    "check_once_each",
+    "check_timestamps",
     "new_record",
     "one_path",
     "read_record",
@@ -392,6 +400,111 @@ def check_batch_size(batch_size: object, most: int) -> None:
         raise StorageConfigurationError(
             f"batch_size must be an int from 1 to {most}, got {batch_size!r}"
         )
+
+
+FIRST_STORABLE = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
+LAST_STORABLE = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
+"""The first and last moments every store keeps exactly. PostgreSQL's driver (asyncpg) writes
+the first and last microsecond a ``datetime`` holds (in UTC) as ``-infinity`` and
+``infinity``, which no ``datetime`` can read back, and a time whose UTC form falls outside
+years 1-9999 cannot be converted to UTC at all (SQLite, PostgreSQL)."""
+_NEAR_END = LAST_STORABLE - timedelta(days=365_250)  # a 1,000-year ttl always fits before it
+_LONGEST_TTL = 1000 * 365 * 86400
+
+
+def check_timestamps(records: Sequence[StoredRecord]) -> None:
+    """Refuse, before anything is written, a record whose ``created_at`` or ``updated_at`` is
+    naive or outside :data:`FIRST_STORABLE` to :data:`LAST_STORABLE`, or whose expiry
+    (``updated_at`` plus ``ttl``) falls past the last.
+
+    Every store then gives back what it was given: memory:// and Redis would keep such a
+    time, PostgreSQL stored an infinity its loads refuse, SQLite failed with a bare
+    ``OverflowError``. A model's own saves always pass (times of this machine's clock); the
+    times of records built by hand or by the AI stores (a conversation's ``after``) may not.
+
+    Raises:
+        StorageValidationError: A timestamp no store can keep exactly; nothing was written.
+    """
+    for record in records:
+        try:
+            if (
+                FIRST_STORABLE <= record.created_at <= LAST_STORABLE
+                and FIRST_STORABLE <= record.updated_at <= LAST_STORABLE
+                and (
+                    record.ttl is None
+                    or (record.ttl <= _LONGEST_TTL and record.updated_at < _NEAR_END)
+                    or _expires_in_range(record)
+                )
+            ):
+                continue
+        except TypeError:  # a naive datetime (it does not compare with an aware one), or none
+            pass
+        raise _timestamp_error(record)
+
+
+def check_once_each(records: Sequence[StoredRecord]) -> None:
+    """Refuse, before anything is written, a batch that holds one record (class name and id)
+    twice.
+
+    Which of the two writes wins, and which revision each gets, differed by store and by
+    whether a chunk boundary fell between them (PostgreSQL refused them within a statement and
+    wrote both, as revisions 1 and 2, across two; Redis wrote one half of a refused batch).
+
+    Raises:
+        StorageValidationError: A record is in the batch twice; nothing was written.
+    """
+    if len(records) < 2 or len({record.id.int for record in records}) == len(records):
+        return  # (ints hash in C, UUIDs in Python)
+    seen: dict[RecordKey, int] = {}
+    for position, record in enumerate(records):
+        first = seen.setdefault(record.key, position)
+        if first != position:
+            raise StorageValidationError(
+                f"the batch holds the {record.class_name} record {record.id} twice (at "
+                f"positions {first} and {position}), so which write wins and the revision of "
+                "each would be ambiguous; nothing was written: pass each record once per "
+                "batch (its last version)",
+                class_name=record.class_name,
+                id=record.id,
+            )
+
+
+def _expires_in_range(record: StoredRecord) -> bool:
+    assert record.ttl is not None
+    try:
+        return record.updated_at + timedelta(seconds=record.ttl) <= LAST_STORABLE
+    except OverflowError:
+        return False
+
+
+def _timestamp_error(record: StoredRecord) -> StorageValidationError:
+    problem = (
+        f"its expiry (updated_at plus a ttl of {record.ttl!r} seconds) falls past {_RANGE}: "
+        "set a shorter ttl, or none"
+    )
+    for label, moment in (("created_at", record.created_at), ("updated_at", record.updated_at)):
+        if not isinstance(moment, datetime) or moment.utcoffset() is None:
+            problem = (
+                f"its {label} is not a timezone-aware datetime: give one with its offset "
+                "(datetime.now(UTC), or .replace(tzinfo=UTC) for a time known to be UTC)"
+            )
+            break
+        if not FIRST_STORABLE <= moment <= LAST_STORABLE:
+            problem = f"its {label} falls outside {_RANGE}: give a time inside it"
+            break
+    return StorageValidationError(
+        f"the {record.class_name} record {record.id} cannot be stored exactly, so nothing was "
+        f"written: {problem}",
+        class_name=record.class_name,
+        id=record.id,
+    )
+
+
+_RANGE = (
+    "0001-01-01 00:00:00.000001 to 9999-12-31 23:59:59.999998 UTC, the times every store "
+    "keeps exactly (PostgreSQL stores the first and last microsecond of a datetime as "
+    "-infinity and infinity, which no datetime reads back)"
+)
 
 
 def _corrupt(class_name: str, id: UUID, detail: str) -> StoredDataError:

@@ -655,7 +655,7 @@ class SaveBatch:
         stored = [entries[0][0]] if len(entries) == 1 else [entry[0] for entry in entries]
         try:
             if not self.encoding:
-                revisions = await backend.save_records(stored)
+                revisions = await backend.save_records(stored, trusted=True)
             else:  # the batch keeps plain JSON: change tracking compares it
                 codecs = [type(entry[1])._toast_settings().codec for entry in entries]
                 for index, codec in enumerate(codecs):
@@ -664,7 +664,7 @@ class SaveBatch:
                 offloads = Offloads(self.storage)
                 try:
                     await offloads.prepare(backend, stored, codecs)
-                    revisions = await backend.save_records(stored)
+                    revisions = await backend.save_records(stored, trusted=True)
                 except BaseException as exc:
                     await offloads.failed(getattr(exc, "written", {}))
                     raise

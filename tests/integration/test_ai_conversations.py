@@ -255,6 +255,21 @@ async def test_a_turn_written_after_reading_sorts_after_it_despite_clock_skew(
     assert _prompts((await behind.aload("skew")).messages) == ["first", "second"]
 
 
+async def test_an_after_no_stored_position_can_follow_is_refused_before_writing(
+    storage_url: str,
+) -> None:
+    """An ``after`` at the last microsecond a store keeps, or past it, is refused up front and
+    the conversation stays empty (PostgreSQL stored the next position as infinity)."""
+    store = _store(storage_url)
+    end = datetime.max.replace(tzinfo=UTC)
+    for after in (end, end - timedelta(microseconds=1)):
+        with pytest.raises(StorageConfigurationError, match="after must be a position before"):
+            await store.aappend("edge", _turn("late"), after=after)
+    assert (await store.aload("edge")).messages == []
+    await store.aappend("edge", _turn("last"), after=end - timedelta(microseconds=2))
+    assert _prompts((await store.aload("edge")).messages) == ["last"]
+
+
 async def test_pages_and_limits_load_whole_turns_in_order(storage_url: str) -> None:
     """Loading in small pages gives every turn once, in order; a limit keeps whole turns."""
     store = _store(storage_url, page_size=4)

@@ -23,13 +23,16 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     StorageConfigurationError,
+    StorageValidationError,
     StoredDataError,
 )
 from pydantic_toast._records import StoredRecord
+from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import batch_spans
 from pydantic_toast.backends.postgresql import _CHUNK_BYTES
 from pydantic_toast.backends.postgresql_staging import STAGE_ABOVE
 from pydantic_toast.runtime.storage import current_storage
+from pydantic_toast.testing import isolated_storage
 
 
 def model_on(url: str) -> Any:
@@ -103,6 +106,44 @@ def test_a_stale_record_in_a_late_chunk_writes_nothing(chunked_url: str) -> None
     stored = pydantic_toast.validate(list[item], references)
     assert [m.n for m in stored] == [*range(9), -1]
     assert [m.external_revision for m in stored] == [1] * 9 + [2]
+
+
+@pytest.mark.parametrize("expected", [None, 0, 1])
+@pytest.mark.parametrize("second", [1, 7], ids=["same-chunk", "later-chunk"])
+def test_a_record_twice_in_a_batch_is_refused_in_any_chunk(
+    chunked_url: str, second: int, expected: int | None
+) -> None:
+    """A batch naming one record twice is refused before anything is written, whether a chunk
+    boundary falls between the two or not (PostgreSQL wrote both, as revisions 1 and 2, when
+    one did, and refused them with a bare SQLSTATE 21000 when none did)."""
+    class_name = f"Twice{uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+
+    def record(id: UUID, n: int, revision: int | None) -> StoredRecord:
+        data = f'{{"n":{n}}}'.encode()
+        return StoredRecord(class_name, id, data, 1, now, now, revision=revision)
+
+    async def main() -> tuple[str, list[StoredRecord | None]]:
+        with isolated_storage() as storage:
+            backend = await storage.connected(StorageURL.parse(chunked_url))
+            try:
+                twice = uuid4()
+                if expected == 1:
+                    await backend.save_records([record(twice, 0, 0)])
+                batch = [record(uuid4(), n, expected and 0) for n in range(10)]
+                batch[0] = batch[second] = record(twice, 1, expected)
+                with pytest.raises(StorageValidationError) as caught:
+                    await backend.save_records(batch)
+                return str(caught.value), await backend.load_records([r.key for r in batch])
+            finally:
+                await storage.aclose()
+
+    message, stored = asyncio.run(main())
+    assert f"twice (at positions 0 and {second})" in message
+    assert "pass each record once per batch" in message
+    assert [None if r is None else r.data.replace(b" ", b"") for r in stored] == [
+        b'{"n":0}' if expected == 1 and n in (0, second) else None for n in range(10)
+    ]
 
 
 @pytest.mark.postgresql

@@ -39,7 +39,7 @@ from pydantic_ai.usage import RunUsage
 
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
-from pydantic_toast._records import PageCursor, StoredRecord
+from pydantic_toast._records import LAST_STORABLE, PageCursor, StoredRecord
 from pydantic_toast.ai._names import (
     CONVERSATIONS,
     check_conversation_id,
@@ -485,7 +485,17 @@ def _header_id(conversation_id: str) -> UUID:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise StorageConfigurationError("after must hold a timezone-aware datetime")
-    return value.astimezone(UTC)
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:  # its UTC form falls outside years 1-9999
+        moment = None
+    if moment is None or moment >= LAST_STORABLE:
+        raise StorageConfigurationError(
+            "after must be a position before 9999-12-31 23:59:59.999998 UTC (pass the "
+            "position aload gave): the next position follows it, and no store keeps a later "
+            "time exactly"
+        )
+    return moment
 
 
 def _decode(record: StoredRecord, conversation_id: str) -> _Loaded:

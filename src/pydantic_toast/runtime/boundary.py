@@ -30,7 +30,13 @@ from pydantic_toast._exceptions import (
     StorageConfigurationError,
     StorageOperationError,
 )
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import (
+    PageCursor,
+    RecordKey,
+    StoredRecord,
+    check_once_each,
+    check_timestamps,
+)
 from pydantic_toast.backends.base import Capability
 from pydantic_toast.runtime import outcomes, telemetry
 from pydantic_toast.runtime.errors import (
@@ -220,7 +226,9 @@ class Connected:
         """``Backend at host:port`` (or the masked URL of a local store), for messages."""
         return Failure(backend=self._kind, url=self.url, operation="").where
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> list[int] | None:
+    async def save_records(
+        self, records: Sequence[StoredRecord], *, trusted: bool = False
+    ) -> list[int] | None:
         """Write ``records``; their new revisions (see :meth:`StorageBackend.save_records`).
 
         Retried once only when the connection failed before the request was sent. Lost after
@@ -228,7 +236,20 @@ class Connected:
         written, the save succeeded; untouched, it is written once more (a revision-checked
         write cannot land twice); otherwise :class:`~pydantic_toast.OutcomeUnknownError`
         (:func:`pydantic_toast.runtime.outcomes.settle_save`).
+
+        ``trusted``: the records are a model save's (its times read from this machine's
+        clock or from this store, one record per key), which skips the checks below: 2,000
+        instructions a record, 2% of a batch save on memory://.
+
+        Raises:
+            StorageValidationError: A record's timestamps are ones some store cannot keep
+                exactly (:func:`~pydantic_toast._records.check_timestamps`), or a record is
+                in the batch twice (:func:`~pydantic_toast._records.check_once_each`): on
+                every store, nothing is written.
         """
+        if not trusted:
+            check_timestamps(records)
+            check_once_each(records)
         failed: Exception | None = None
         if not telemetry.on:
             # As in load_records: a save that answers needs neither translation nor telemetry

@@ -30,7 +30,7 @@ import dataclasses
 import string
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -43,6 +43,7 @@ from pydantic_toast._exceptions import (
     RecordNotFoundError,
     StorageConfigurationError,
     StorageUsageError,
+    StorageValidationError,
 )
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import ClassKeys, PageCursor, StoredRecord
@@ -182,6 +183,61 @@ class BackendConformance:
         assert (loaded.class_name, loaded.id, loaded.schema_version) == (class_name, record.id, 3)
         assert loaded.created_at == created
         assert loaded.created_at.utcoffset() is not None
+
+    def test_edge_timestamps_come_back_exactly_or_are_refused(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """The first and last microsecond every store keeps come back exactly; a naive time,
+        or one at or past either end (PostgreSQL's driver writes those as infinities), is
+        refused with StorageValidationError before anything of its batch is written."""
+        first = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
+        last = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
+        kept = [_record(class_name, uuid4(), b"{}", created=moment) for moment in (first, last)]
+        west = timezone(timedelta(hours=-2))  # its UTC form of datetime.max is in year 10000
+        refused = [
+            datetime.max.replace(tzinfo=UTC),
+            datetime.min.replace(tzinfo=UTC),
+            datetime.max.replace(tzinfo=west),
+            datetime(2024, 1, 1, 12, 0),  # naive
+        ]
+
+        async def job(backend: Connected) -> tuple[list[StoredRecord | None], list[str]]:
+            await backend.save_records(kept)
+            refusals: list[str] = []
+            for moment in refused:
+                good = _record(class_name, uuid4(), b"{}", created=datetime.now(UTC))
+                bad = _record(class_name, uuid4(), b"{}", created=moment)
+                try:
+                    await backend.save_records([good, bad])
+                except StorageValidationError:
+                    (left,) = await backend.load_records([good.key])
+                    refusals.append("refused" if left is None else "half written")
+                else:
+                    refusals.append(f"accepted {moment!r}")
+            return await backend.load_records([r.key for r in kept]), refusals
+
+        result = self.run(storage, storage_url, job)
+        assert isinstance(result, tuple)
+        loaded, refusals = result
+        assert [None if r is None else r.created_at for r in loaded] == [first, last]
+        assert refusals == ["refused"] * len(refused)
+
+    def test_a_record_twice_in_one_batch_is_refused(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A batch holding one record twice is refused with StorageValidationError before any
+        of it is written: which write would win, and at which revision, is ambiguous."""
+        created = datetime.now(UTC)
+        other = _record(class_name, uuid4(), b'{"n":0}', created=created)
+        first = _record(class_name, uuid4(), b'{"n":1}', created=created)
+        again = dataclasses.replace(first, data=b'{"n":2}')
+
+        async def job(backend: Connected) -> list[StoredRecord | None]:
+            with pytest.raises(StorageValidationError, match="twice"):
+                await backend.save_records([first, other, again])
+            return await backend.load_records([first.key, other.key])
+
+        assert self.run(storage, storage_url, job) == [None, None]
 
     def test_large_records_come_back_whole(
         self, storage: Storage, storage_url: str, class_name: str
