@@ -409,7 +409,7 @@ the first and last microsecond a ``datetime`` holds (in UTC) as ``-infinity`` an
 ``infinity``, which no ``datetime`` can read back, and a time whose UTC form falls outside
 years 1-9999 cannot be converted to UTC at all (SQLite, PostgreSQL)."""
 _NEAR_END = LAST_STORABLE - timedelta(days=365_250)  # a 1,000-year ttl always fits before it
-_LONGEST_TTL = 1000 * 365 * 86400
+_LONGEST_TTL = 1000 * 365 * 86400  # the config's longest ttl (_config imports this module)
 
 
 def check_timestamps(records: Sequence[StoredRecord]) -> None:
@@ -419,8 +419,9 @@ def check_timestamps(records: Sequence[StoredRecord]) -> None:
 
     Every store then gives back what it was given: memory:// and Redis would keep such a
     time, PostgreSQL stored an infinity its loads refuse, SQLite failed with a bare
-    ``OverflowError``. A model's own saves always pass (times of this machine's clock); the
-    times of records built by hand or by the AI stores (a conversation's ``after``) may not.
+    ``OverflowError``. A model's own saves skip it (their times come from this machine's
+    clock or from the store); records built by hand or by the AI stores (a conversation's
+    ``after``) are checked.
 
     Raises:
         StorageValidationError: A timestamp no store can keep exactly; nothing was written.
@@ -473,14 +474,14 @@ def _expires_in_range(record: StoredRecord) -> bool:
     assert record.ttl is not None
     try:
         return record.updated_at + timedelta(seconds=record.ttl) <= LAST_STORABLE
-    except OverflowError:
+    except (OverflowError, ValueError):  # past year 9999, or a ttl of NaN
         return False
 
 
 def _timestamp_error(record: StoredRecord) -> StorageValidationError:
     problem = (
-        f"its expiry (updated_at plus a ttl of {record.ttl!r} seconds) falls past {_RANGE}: "
-        "set a shorter ttl, or none"
+        f"its expiry (updated_at plus a ttl of {record.ttl!r} seconds) falls past the end of "
+        f"{_RANGE}: set a shorter ttl, or none"
     )
     for label, moment in (("created_at", record.created_at), ("updated_at", record.updated_at)):
         if not isinstance(moment, datetime) or moment.utcoffset() is None:

@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -22,8 +23,14 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     RecordNotFoundError,
+    StorageValidationError,
+    StoredRecord,
+    current_storage,
 )
+from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.base import Capability
 from pydantic_toast.integrations.cli import main as toast_cli
+from pydantic_toast.testing import isolated_storage
 from tests.integration.conftest import BACKENDS, throwaway_database
 from tests.integration.test_postgresql import alembic
 
@@ -245,3 +252,42 @@ def test_purge_refuses_bad_batch_sizes_and_redis(capsys: pytest.CaptureFixture[s
     with pytest.raises(pydantic_toast.StorageConfigurationError, match="batch_size"):
         pydantic_toast.purge_expired("memory://", batch_size=0)
     assert pydantic_toast.purge_expired("memory://") == 0  # memory:// expires records itself
+
+
+@pytest.mark.parametrize("storage_url", BACKENDS, indirect=True)
+def test_an_expiry_past_the_last_storable_time_is_refused_before_writing(
+    storage_url: str,
+) -> None:
+    """A record whose updated_at plus ttl falls past 9999-12-31 23:59:59.999998 UTC is refused
+    with StorageValidationError on every store, nothing written (the SQL stores failed with a
+    bare OverflowError, Redis kept it); one whose expiry fits is stored."""
+    end = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
+    day = 86400.0
+
+    def record(updated: datetime, ttl: float) -> StoredRecord:
+        return StoredRecord(f"Late{uuid4().hex}", uuid4(), b"{}", 1, updated, updated, ttl=ttl)
+
+    late, fits = record(end - timedelta(days=1), 2 * day), record(end - timedelta(days=2), day)
+
+    async def main() -> tuple[list[StoredRecord | None], list[StoredRecord | None]]:
+        with isolated_storage() as storage:
+            backend = await storage.connected(StorageURL.parse(storage_url))
+            try:
+                with pytest.raises(StorageValidationError, match="its expiry"):
+                    await backend.save_records([late])
+                await backend.save_records([fits])
+                return await backend.load_records([late.key]), await backend.load_records(
+                    [fits.key]
+                )
+            finally:
+                await storage.aclose()
+
+    if (
+        Capability.TTL
+        not in current_storage().registry.class_for(storage_url.split(":")[0]).capabilities
+    ):
+        pytest.skip("the backend does not expire records")
+    refused, stored = asyncio.run(main())
+    assert refused == [None]
+    assert stored[0] is not None
+    assert stored[0].updated_at == fits.updated_at
