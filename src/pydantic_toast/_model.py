@@ -571,6 +571,8 @@ class ExternalBaseModel(BaseModel):
         A record's revision is 1 when first written and grows by one on every write; a write
         from an instance whose revision is no longer the stored one raises
         :class:`~pydantic_toast.ConcurrencyError`. ``None`` too on a backend without revisions.
+        A deleted record written back (by a forced or last-write-wins save) starts again at 1:
+        a revision names a state of a record only while that record exists.
         """
         identity = identity_of(self)
         return None if identity is None or not identity.revision else identity.revision
