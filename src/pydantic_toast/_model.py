@@ -793,7 +793,7 @@ class ExternalBaseModel(BaseModel):
                     if fast is None
                     or fast.load_layout is None
                     or len(instance.__pydantic_fields_set__) != fast.fields
-                    else loaded(instance, fast.load_layout),
+                    else loaded(instance.__dict__.values(), fast.load_layout),
                 )
             else:  # migrated: written back on the next dump, under the new schema_version
                 identity = Identity(record.id, record.created_at, record.revision, None, False)
@@ -867,7 +867,7 @@ class ExternalBaseModel(BaseModel):
                 elif atoms:
                     identity.fingerprint = (*instance.__dict__.values(), layout)
                 else:
-                    identity.fingerprint = loaded(instance, layout)
+                    identity.fingerprint = loaded(instance.__dict__.values(), layout)
                 _set_identity(instance, identity)
                 add(instance)
         return instances

@@ -1521,6 +1521,45 @@ async def test_batch_reads_keep_both_timestamps_to_the_microsecond(
         await pydantic_toast.aclose_storage()
 
 
+async def test_a_batch_read_parses_one_timestamp_of_a_record_written_once(
+    postgres_database_url: str,
+) -> None:
+    """A batch read hands a record whose updated_at is its created_at one datetime for both
+    (one timestamp decoded and parsed, not two), and an updated record its own updated_at:
+    for keys of one class (as ids or texts) and of several, under any DateStyle."""
+    name = f"once{uuid4().hex}"
+    created = datetime(2024, 2, 29, 23, 59, 58, 999999, tzinfo=UTC)
+    records = [
+        StoredRecord(name, uuid4(), b'{"n":0}', 1, created, created),
+        StoredRecord(name, uuid4(), b'{"n":1}', 1, created, created + timedelta(microseconds=1)),
+    ]
+    ids = [r.id for r in records]
+    engine = _engine(postgres_database_url, pool_size=1)
+    try:
+        async with pydantic_toast.Storage() as storage:
+            storage.use_engine(postgres_database_url, engine)
+            backend = await storage.connected(StorageURL.parse(postgres_database_url))
+            await backend.save_records(records)
+            for style in ("ISO", "SQL"):
+                async with engine.connect() as connection:  # the pool's one connection
+                    await connection.exec_driver_sql(f"SET DateStyle = '{style}'")
+                for keys in (
+                    ClassKeys(name, ids),
+                    ClassKeys(name, ids, [str(id) for id in ids], canonical=True),
+                    [r.key for r in records],
+                ):
+                    once, updated = await backend.load_records(keys)
+                    assert once is not None
+                    assert updated is not None
+                    assert once.updated_at is once.created_at == created
+                    assert (updated.created_at, updated.updated_at) == (
+                        created,
+                        records[1].updated_at,
+                    )
+    finally:
+        await engine.dispose()
+
+
 async def _write_every_kind(backend: Any) -> None:
     """Batches of new, checked and forced records, alone and mixed, conflicts and expired rows
     among them: each writes what it should, or nothing."""

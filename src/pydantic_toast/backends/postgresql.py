@@ -310,6 +310,34 @@ _BATCH_READ_PARAMETERS = {
 }
 
 
+def _batch_columns(
+    columns: Sequence[ColumnElement[Any]],
+    as_text: Callable[[ColumnElement[datetime]], ColumnElement[str]],
+) -> list[ColumnElement[Any]]:
+    """A batch read's ``columns``, the timestamps as ``as_text`` writes them, and
+    ``updated_at`` as :data:`_AS_CREATED` when it equals ``created_at``.
+
+    A record written once (the usual one) then has one timestamp to decode and parse, not two:
+    ``datetime.fromisoformat`` and asyncpg's text decoding cost about 2,000 instructions a
+    timestamp, a twentieth of a 10-field batch load.
+    """
+    c = records_table.c
+    made = [
+        as_text(column) if column.key in ("created_at", "updated_at") else column
+        for column in columns
+    ]
+    at = [column.key for column in columns].index("updated_at")
+    made[at] = case(
+        (c.updated_at == c.created_at, literal_column(f"'{_AS_CREATED}'")),
+        else_=as_text(c.updated_at),
+    ).label("updated_at")
+    return made
+
+
+_AS_CREATED = "="
+"""A batch read's ``updated_at`` of a record whose ``updated_at`` is its ``created_at``."""
+
+
 def _iso_dates(driver: Any) -> bool:
     """Whether asyncpg connection ``driver``'s session writes dates in the ISO style.
 
@@ -549,16 +577,12 @@ def _hot_path_statements() -> dict[str, str]:
     select_one = select(*loaded_columns).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id"), live(now_seconds)
     )
-    batch_reads = _batch_reads(loaded_columns, now_seconds)
+    batch_reads = _batch_reads(_batch_columns(columns[2:], _iso_utc), now_seconds)
     # The same, reading the timestamps as the server's own text of them (see _iso_text_utc).
     batch_reads |= {
         _ON_ISO_DATESTYLE[name]: statement
         for name, statement in _batch_reads(
-            [
-                _iso_text_utc(column) if column.key in ("created_at", "updated_at") else column
-                for column in columns[2:]
-            ],
-            now_seconds,
+            _batch_columns(columns[2:], _iso_text_utc), now_seconds
         ).items()
     }
     statements = {}
@@ -931,8 +955,15 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 for row in rows:
                     position = row[0] - 1  # positions count from 1
                     class_name, id = names[position], ids[position]
+                    created, updated = _from_iso(row[3]), row[4]
                     records[start + position] = read_record(
-                        class_name, id, row[2], row[1], _from_iso(row[3]), _from_iso(row[4]), row[5]
+                        class_name,
+                        id,
+                        row[2],
+                        row[1],
+                        created,
+                        created if updated == _AS_CREATED else _from_iso(updated),
+                        row[5],
                     )
             except (TypeError, ValueError):  # only the timestamps raise these
                 raise _unreadable_timestamps(class_name, id) from None
