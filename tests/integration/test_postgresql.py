@@ -1671,6 +1671,26 @@ async def test_a_batch_load_sends_its_ids_as_one_text_and_reads_timestamps_as_is
     assert [n.external_id for n in loaded] == [n.external_id for n in saved]
 
 
+async def test_a_batch_of_saved_references_reuses_their_ids(postgres_database_url: str) -> None:
+    """A batch load of the references asave() returned reuses the UUID each was made with (no
+    id parsed from its text); a reference whose text was replaced is parsed as before."""
+    note = model_on(postgres_database_url)
+    try:
+        saved = [note(text=str(n)) for n in range(3)]
+        references = [await n.asave() for n in saved]
+        loaded = await pydantic_toast.avalidate(list[note], references)  # type: ignore[valid-type]
+        assert all(
+            n.external_id is r._toast_made_id for n, r in zip(loaded, references, strict=True)
+        )
+        assert [n.text for n in loaded] == ["0", "1", "2"]  # type: ignore[attr-defined]
+        references[1]["id"] = str(references[1]["id"]).upper()  # another text of the same id
+        again = await pydantic_toast.avalidate(list[note], references)  # type: ignore[valid-type]
+        assert [n.external_id for n in again] == [n.external_id for n in saved]
+        assert again[1].external_id is not references[1]._toast_made_id
+    finally:
+        await pydantic_toast.aclose_storage()
+
+
 async def test_batch_reads_keep_their_timestamps_under_any_datestyle(
     postgres_database_url: str,
 ) -> None:
