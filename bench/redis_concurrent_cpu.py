@@ -9,8 +9,9 @@ redis.asyncio ``SET`` of the plain model's JSON, each on a pool of 50 connection
 ``bench/run.py``'s concurrent phase). Prints, median [min-max] over rounds (the first is a
 warm-up, dropped): the client's CPU µs per save (``time.process_time``: not the wall clock, so
 another process on the machine moves it less than it moves throughput), the server's (its main
-thread, ``INFO cpu``) and the ratio of pydantic-toast's client CPU to the raw client's,
-measured in the same round. To compare two trees, run it once with each ``--src``, alternately.
+thread, ``INFO cpu``), the ratio of pydantic-toast's client CPU to the raw client's and the
+ratio of its throughput (saves per second of wall clock) to the raw client's, measured in the
+same round. To compare two trees, run it once with each ``--src``, alternately.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ async def _server_cpu(client: Any) -> float:
 
 async def _round(
     save: Callable[[Any], Awaitable[Any]], objs: list[list[Any]], stats: Any
-) -> tuple[float, float]:
-    """Client and server CPU µs per save of ``objs`` saved by ``TASKS`` concurrent tasks."""
+) -> tuple[float, float, float]:
+    """Client and server CPU µs per save of ``objs`` saved by ``TASKS`` concurrent tasks, and
+    the wall clock's µs per save."""
 
     async def saver(mine: list[Any]) -> None:
         for obj in mine:
@@ -51,10 +53,12 @@ async def _round(
 
     gc.collect()
     server, client = await _server_cpu(stats), time.process_time()
+    wall = time.perf_counter()
     await asyncio.gather(*(saver(mine) for mine in objs))
+    wall = time.perf_counter() - wall
     client, server = time.process_time() - client, await _server_cpu(stats) - server
     saves = sum(len(mine) for mine in objs)
-    return client * 1e6 / saves, server * 1e6 / saves
+    return client * 1e6 / saves, server * 1e6 / saves, wall * 1e6 / saves
 
 
 async def run(url: str, workload_name: str, rounds: int, per_task: int) -> None:
@@ -86,21 +90,26 @@ async def run(url: str, workload_name: str, rounds: int, per_task: int) -> None:
         "raw server": [],
     }
     ratios: list[float] = []
+    throughputs: list[float] = []
     for number in range(rounds + 1):
         measured: dict[str, float] = {}
         for name in list(systems)[:: 1 if number % 2 else -1]:
             save, make = systems[name]
             objs = [[make(i) for _ in range(per_task)] for i in range(TASKS)]
-            client, server = await _round(save, objs, stats)
+            client, server, wall = await _round(save, objs, stats)
             measured[f"{name} client"], measured[f"{name} server"] = client, server
+            measured[f"{name} wall"] = wall
         if number:  # the first round opens the pools' connections
             for key, value in measured.items():
-                figures[key].append(value)
+                if key in figures:
+                    figures[key].append(value)
             ratios.append(measured["toast client"] / measured["raw client"])
+            throughputs.append(measured["raw wall"] / measured["toast wall"])
     print(f"{workload_name}, {TASKS} tasks x {per_task} saves, pools of {POOL}, {rounds} rounds")
     for key, values in figures.items():
         print(f"  {key:13} µs CPU/save {_spread(values)}")
     print(f"  toast / raw client CPU  {_spread(ratios, '.2f')}")
+    print(f"  toast / raw throughput  {_spread(throughputs, '.2f')}")
     await pydantic_toast.aclose_storage()
     await raw.aclose()
     await stats.aclose()

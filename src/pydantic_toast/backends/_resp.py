@@ -192,10 +192,10 @@ async def _exchange(connection: Any, packed: list[bytes], count: int) -> list[An
     step); a timeout, a connection error or a cancellation disconnects the connection (the
     next command must not read this one's late replies) and raises redis-py's exception.
     """
-    if not connection.is_connected:  # dropped since the pool's checkout: as redis-py does
-        await connection.connect()
-    parser, writer = connection._parser, connection._writer
     try:
+        if not connection.is_connected:  # dropped since the pool's checkout: as redis-py does
+            await connection.connect()  # (a cancelled handshake is dropped below)
+        parser, writer = connection._parser, connection._writer
         async with asyncio.timeout(connection.socket_timeout):
             writer.writelines(packed)
             await writer.drain()
