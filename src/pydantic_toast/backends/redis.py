@@ -440,23 +440,11 @@ _DOCUMENT = re.compile(
 )
 
 
-class MarksConnecting(aioredis.ConnectionPool):
-    """A pool whose checkout errors are marked as raised while connecting (nothing was sent):
-    the boundary may then retry a write, which it never does once a request may have left."""
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        """A connection from the pool (see redis-py); its errors marked as connecting."""
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            connecting(exc)
-            raise
-
-
 class _WaitingPool(aioredis.BlockingConnectionPool):
     """redis-py's waiting pool (``max_connections``, ``timeout``: the URL's ``pool_timeout``)
-    with a checkout and a release of its own, its checkout errors marked as connecting (see
-    :class:`MarksConnecting`).
+    with a checkout and a release of its own, its checkout errors marked as raised while
+    connecting (nothing was sent): the boundary may then retry a write, which it never does
+    once a request may have left.
 
     redis-py's checkout takes the pool's condition lock, starts a timeout, waits for a
     predicate, records metrics and checks the connection through its retry wrapper; its
@@ -473,8 +461,8 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
     anything, so no cancellation can stop it half-way; a waiter cancelled once its future
     holds a connection hands that connection on the same way. Waiters are served first come,
     first served; one that waits ``timeout`` seconds fails as redis-py's does. A connection
-    is checked as redis-py checks it as it is taken (not connected, marked for reconnection,
-    or with unread data or closed by the server: connected afresh). redis-py's connection
+    is checked as it is taken: not connected, marked for reconnection, or with unread data or
+    closed by the server, it is connected afresh. redis-py's connection
     metrics (when enabled) count none of these checkouts.
     """
 
@@ -510,8 +498,17 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             await connection.disconnect()
         if getattr(connection, "_re_auth_token", None) is not None:  # as redis-py's release
             await connection.re_auth()
-        if not connection.is_connected or await connection.can_read():
+        # Unread data, or closed by the server (CLIENT KILL, a restart): redis-py's own check
+        # keeps such a connection while maintenance notifications may come (redis-py 8's
+        # default, "auto"), and the command sent on it would read the server's close.
+        if connection.is_connected and (self._elsewhere(connection) or await connection.can_read()):
+            await connection.disconnect()
+        if not connection.is_connected:
             await self.ensure_connection(connection)
+
+    def _elsewhere(self, connection: Any) -> bool:
+        """Whether ``connection`` is open on a node it must not be used on (never, here)."""
+        return False
 
     async def release(self, connection: Any) -> None:
         """Give ``connection`` to the first waiter, or back to the pool."""

@@ -55,13 +55,11 @@ PRIMARY_CHECK_RETRY: Final = 10.0
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
-class _WaitingSentinelPool(
-    single.MarksConnecting, SentinelConnectionPool, aioredis.BlockingConnectionPool
-):
+class _WaitingSentinelPool(SentinelConnectionPool, single._WaitingPool):
     """A Sentinel pool that waits ``pool_timeout`` for a free connection, as the Redis
-    backend's pool does, instead of failing at once past ``max_connections`` (its checkout
-    errors marked as connecting), and that never hands out a connection to a node other than
-    the primary the sentinels last named.
+    backend's pool does (its checkout and release, first come first served), instead of
+    failing at once past ``max_connections``, and that never hands out a connection to a
+    node other than the primary the sentinels last named.
 
     redis-py asks the sentinels only when a connection opens: a connection opened before a
     failover stays on the old primary, which, back from a pause or a partition, goes on
@@ -69,10 +67,14 @@ class _WaitingSentinelPool(
     drops them all.
     """
 
+    def _elsewhere(self, connection: Any) -> bool:
+        """Whether ``connection`` is open on a node other than the named primary."""
+        named = self.master_address
+        return named is not None and (connection.host, connection.port) != named
+
     async def ensure_connection(self, connection: Any) -> None:
         """Reconnect ``connection`` to the named primary if it is open on another node."""
-        named = self.master_address
-        if named is not None and (connection.host, connection.port) != named:
+        if self._elsewhere(connection):
             await connection.disconnect()
         await super().ensure_connection(connection)
 
