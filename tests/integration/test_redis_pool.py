@@ -68,8 +68,8 @@ async def test_a_cancellation_storm_loses_no_connection_and_strands_no_waiter(
     opened: RedisBackend,
 ) -> None:
     """Bursts of saves and loads on a small pool, a third of them cancelled (often twice) at
-    random points: no waiter sleeps 0.3 s while a connection is idle, and afterwards every
-    connection is idle and taken at once."""
+    random points: the others succeed, each reading its own replies; no waiter sleeps 0.3 s
+    while a connection is idle; and afterwards every connection is idle and taken at once."""
     backend = opened
     pool: Any = backend._connected().connection_pool
     waiting: dict[object, float] = {}
@@ -80,10 +80,12 @@ async def test_a_cancellation_storm_loses_no_connection_and_strands_no_waiter(
 
     async def worker(n: int) -> None:
         record = _record(n)
-        await backend.save_records([record])
-        await backend.load_records([record.key])
-        await backend.save_records([dataclasses.replace(record, revision=1)])
-        await backend.save_records([_record(n), _record(n + 1)])
+        assert await backend.save_records([record]) == [1]
+        (loaded,) = await backend.load_records([record.key])
+        assert loaded is not None
+        assert (loaded.id, loaded.data) == (record.id, record.data)  # its own reply
+        assert await backend.save_records([dataclasses.replace(record, revision=1)]) == [2]
+        assert await backend.save_records([_record(n), _record(n + 1)]) == [1, 1]
 
     async def watch() -> None:
         since: float | None = None
@@ -204,3 +206,38 @@ async def test_connections_the_server_killed_are_opened_afresh(
         assert backend.pool_connections() == (0, 2)
     finally:
         killer.close()
+
+
+async def test_waiters_cancelled_or_timed_out_leave_the_others_in_order(url: str) -> None:
+    """On a one-connection pool, of four waiting saves the middle two are cancelled: the first
+    and the last get the connection, in order; a save that then waits past pool_timeout fails
+    as redis-py's pool fails, and the next save gets the connection at once."""
+    backend = RedisBackend(f"{url}&max_connections=1&pool_timeout=0.3")
+    await backend.connect()
+    try:
+        pool: Any = backend._connected().connection_pool
+        order: list[int] = []
+        held = await pool.get_connection()
+
+        async def save(n: int) -> None:
+            await backend.save_records([_record(n)])
+            order.append(n)
+
+        waiting = [asyncio.create_task(save(n)) for n in range(4)]
+        await asyncio.sleep(0.05)
+        waiting[1].cancel()
+        waiting[2].cancel()
+        await asyncio.sleep(0)
+        await pool.release(held)
+        await asyncio.wait_for(asyncio.gather(waiting[0], waiting[3]), 1)
+        assert order == [0, 3]
+        assert waiting[1].cancelled()
+        assert waiting[2].cancelled()
+        held = await pool.get_connection()
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            await backend.save_records([_record(4)])
+        await pool.release(held)
+        assert await asyncio.wait_for(backend.save_records([_record(5)]), 0.1) == [1]
+        assert backend.pool_connections() == (0, 1)
+    finally:
+        await backend.disconnect()
