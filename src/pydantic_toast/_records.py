@@ -433,8 +433,8 @@ def check_timestamps(records: Sequence[StoredRecord]) -> None:
                 and FIRST_STORABLE <= record.updated_at <= LAST_STORABLE
                 and (
                     record.ttl is None
-                    or (record.ttl <= _LONGEST_TTL and record.updated_at < _NEAR_END)
-                    or _expires_in_range(record)
+                    or (0 < record.ttl <= _LONGEST_TTL and record.updated_at < _NEAR_END)
+                    or (record.ttl > 0 and _expires_in_range(record))
                 )
             ):
                 continue
@@ -482,6 +482,9 @@ def _timestamp_error(record: StoredRecord) -> StorageValidationError:
     problem = (
         f"its expiry (updated_at plus a ttl of {record.ttl!r} seconds) falls past the end of "
         f"{_RANGE}: set a shorter ttl, or none"
+        if record.ttl is None or record.ttl > 0
+        else f"its ttl of {record.ttl!r} seconds is not above 0 (a record would expire as it "
+        "is written, or, on Redis, never): give a ttl above 0, or none"
     )
     for label, moment in (("created_at", record.created_at), ("updated_at", record.updated_at)):
         if not isinstance(moment, datetime) or moment.utcoffset() is None:

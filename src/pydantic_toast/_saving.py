@@ -546,7 +546,12 @@ class SaveBatch:
         entry = (record, model, print_, identity.text or str(identity.id))
         # One hash of the URL (a Python __hash__): the batch's first record makes the dict.
         records = self.records.setdefault(settings.url(), {})
-        records[(settings.external_name, identity.id.int)] = entry
+        key = (settings.external_name, identity.id.int)
+        earlier = records.get(key)
+        if earlier is not None and earlier[0].data != data:
+            self.refusal = self.refusal or _two_versions_refusal(settings.external_name, identity)
+            raise self.refusal
+        records[key] = entry
         if identity.data is not None:  # a new record replaces nothing
             self.replaced.update(replaced_children(type(model), identity.data, data))
         if settings.codec is not None:
@@ -713,6 +718,21 @@ class SaveBatch:
             if saves is not None:
                 saves.remember(model, _read_identity(model))
             _write_identity(model, identity)
+
+
+def _two_versions_refusal(class_name: str, identity: Identity) -> StorageValidationError:
+    """The refusal of a dump holding two instances of one record (loaded twice) that differ.
+
+    Only one version can be written: the other instance's changes would be lost, where saving
+    the two one after the other raises :class:`~pydantic_toast.ConcurrencyError` for the second.
+    """
+    return StorageValidationError(
+        f"the dump holds two instances of the {class_name} record {identity.id} (loaded twice) "
+        "with different data, and only one version can be stored; nothing was written: make the "
+        "changes on one instance and dump that one",
+        class_name=class_name,
+        id=identity.id,
+    )
 
 
 _Entry = tuple[StoredRecord, "ExternalBaseModel", Fingerprint | None, str | None]

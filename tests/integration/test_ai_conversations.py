@@ -268,6 +268,14 @@ async def test_an_after_no_stored_position_can_follow_is_refused_before_writing(
     assert (await store.aload("edge")).messages == []
     await store.aappend("edge", _turn("last"), after=end - timedelta(microseconds=2))
     assert _prompts((await store.aload("edge")).messages) == ["last"]
+    # The store took the last position: every later append is refused the same way (its
+    # position had moved past the end, and each append then raised a bare OverflowError).
+    for _ in range(2):
+        with pytest.raises(StorageConfigurationError, match="no position follows"):
+            await store.aappend("edge", _turn("later"))
+    with pytest.raises(StorageConfigurationError, match="after must be a position before"):
+        await store.aappend("edge", _turn("late"), after=end - timedelta(microseconds=1))
+    assert _prompts((await store.aload("edge")).messages) == ["last"]
 
 
 async def test_pages_and_limits_load_whole_turns_in_order(storage_url: str) -> None:

@@ -291,3 +291,30 @@ def test_an_expiry_past_the_last_storable_time_is_refused_before_writing(
     assert refused == [None]
     assert stored[0] is not None
     assert stored[0].updated_at == fits.updated_at
+
+
+@pytest.mark.parametrize("storage_url", BACKENDS, indirect=True)
+@pytest.mark.parametrize("ttl", [0.0, -1.0, -1e12])
+def test_a_ttl_not_above_zero_is_refused_before_writing(storage_url: str, ttl: float) -> None:
+    """A hand-built record with a ttl of 0 or less is refused on every expiring store, nothing
+    written: the SQL stores and memory:// took it as expired at once (or failed with a bare
+    OverflowError), Redis kept it for ever (ttl 0) or loaded it (ttl below 0)."""
+    now = datetime.now(UTC)
+    record = StoredRecord(f"Gone{uuid4().hex}", uuid4(), b"{}", 1, now, now, ttl=ttl)
+
+    async def main() -> list[StoredRecord | None]:
+        with isolated_storage() as storage:
+            backend = await storage.connected(StorageURL.parse(storage_url))
+            try:
+                with pytest.raises(StorageValidationError, match="is not above 0"):
+                    await backend.save_records([record])
+                return await backend.load_records([record.key])
+            finally:
+                await storage.aclose()
+
+    if (
+        Capability.TTL
+        not in current_storage().registry.class_for(storage_url.split(":")[0]).capabilities
+    ):
+        pytest.skip("the backend does not expire records")
+    assert asyncio.run(main()) == [None]

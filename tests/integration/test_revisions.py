@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from pydantic_toast import (
     ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
+    StorageValidationError,
     StoredRecord,
     adelete,
     current_storage,
@@ -279,6 +281,30 @@ async def test_unchanged_redump_writes_nothing(storage_url: str) -> None:
     assert changed.revision == 2
     assert isinstance(changed.updated_at, datetime)
     assert changed.updated_at > before.updated_at
+
+
+async def test_two_changed_instances_of_one_record_in_one_dump_are_refused(
+    storage_url: str,
+) -> None:
+    """A record loaded twice, both instances changed differently and dumped together: refused
+    before anything is written (one version was written and the other's change silently
+    dropped, checked or last-write-wins); the same change on both is written once."""
+    counter = counter_on(storage_url)
+    reference = await counter(n=0).asave()
+    for writes in (contextlib.nullcontext, pydantic_toast.last_write_wins):
+        x, y = await counter.aload(reference), await counter.aload(reference)
+        x.n, y.n = 1, 2  # type: ignore[attr-defined]
+        with writes(), pytest.raises(StorageValidationError) as refused:
+            await pydantic_toast.adump([x, y])
+        assert "two instances" in str(refused.value)
+        record = await stored(counter, x.external_id)
+        assert record is not None
+        assert record.revision == 1
+        assert (await counter.aload(reference)).n == 0  # type: ignore[attr-defined]
+    x, y = await counter.aload(reference), await counter.aload(reference)
+    x.n = y.n = 3  # type: ignore[attr-defined]
+    await pydantic_toast.adump([x, y])
+    assert (await counter.aload(reference)).n == 3  # type: ignore[attr-defined]
 
 
 async def test_changed_child_of_unchanged_parent_writes_only_the_child(storage_url: str) -> None:

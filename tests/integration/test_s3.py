@@ -187,6 +187,7 @@ def test_unreachable_store_is_a_connection_error(bucket: str) -> None:
         ("s3://bucket/p?colour=red", "unknown option"),
         ("s3://onlykey@bucket/p", "both the access key and the secret"),
         ("s3://bucket/p?max_concurrency=0", "must be positive"),
+        ("s3://bucket/p?read_timeout=nan", "must be positive"),
     ],
 )
 def test_bad_urls_are_refused_when_the_class_is_defined(url: str, message: str) -> None:

@@ -36,6 +36,7 @@ def test_a_replica_url_keeps_credentials_database_and_options() -> None:
         ("postgresql://u@db/app?replicas=r1:99999", "host:port"),
         ("postgresql://u@db/app?replicas=r1:5432&read_your_writes=soon", "seconds"),
         ("postgresql://u@db/app?replicas=r1:5432&read_your_writes=-1", "seconds"),
+        ("postgresql://u@db/app?replicas=r1:5432&read_your_writes=nan", "seconds"),
         ("postgresql://u@db/app?read_your_writes=3", "add replicas="),
     ],
 )

@@ -64,6 +64,9 @@ def test_the_database_defaults_to_0() -> None:
         ("redis+sentinel://s1:26379/svc?colour=red", "unknown option"),
         ("redis+sentinel://s1:26379,s2/svc", "host:port"),
         ("redis+sentinel://s1:26379/svc?max_connections=0", "positive"),
+        # NaN compared false with 0 and passed: the pool then waited for ever.
+        ("redis+sentinel://s1:26379/svc?pool_timeout=nan", "positive"),
+        ("redis+sentinel://s1:26379/svc?socket_timeout=nan", "positive"),
     ],
 )
 def test_bad_urls_are_refused_at_class_definition(url: str, message: str) -> None:

@@ -272,9 +272,15 @@ class MessageStore:
 
     def _next_position(self, now: datetime, after: datetime | None) -> datetime:
         with self._lock:
-            position = max(now, self._last + _TICK)
+            position = max(now, self._last + _TICK)  # (_last is at most LAST_STORABLE)
             if after is not None:
                 position = max(position, _utc(after) + _TICK)
+            if position > LAST_STORABLE:
+                raise StorageConfigurationError(
+                    "no position follows 9999-12-31 23:59:59.999998 UTC, the last time every "
+                    "store keeps exactly, and an append on this MessageStore took it (an after "
+                    "that close to it leaves no room): no later append can sort after it"
+                )
             self._last = position
             return position
 

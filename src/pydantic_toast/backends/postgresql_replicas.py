@@ -282,7 +282,7 @@ def replica_options(url: StorageURL) -> tuple[list[str], float]:
         window = float(raw) if raw is not None else _DEFAULT_WINDOW
     except ValueError:
         window = -1.0
-    if window < 0:
+    if not window >= 0:  # (NaN too)
         raise StorageConfigurationError(
             f"{url.masked}: read_your_writes must be a number of seconds (0 or more), got "
             f"{shorten(str(raw))!r}"

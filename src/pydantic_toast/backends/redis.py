@@ -1464,7 +1464,7 @@ def _options(url: StorageURL) -> tuple[str, dict[str, Any]]:
             raise StorageConfigurationError(
                 f"{url.masked}: {name} must be a number, got {shorten(raw)!r}"
             ) from None
-        if value <= 0:
+        if not value > 0:  # (NaN too)
             raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
         options["timeout" if name == "pool_timeout" else name] = value
     for name in _SSL:

@@ -580,7 +580,7 @@ class _Options:
                 raise StorageConfigurationError(
                     f"{url.masked}: {name} must be a number, got {raw!r}"
                 ) from None
-            if value <= 0:
+            if not value > 0:  # (NaN too)
                 raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
             numbers[name] = value
         self.max_concurrency = numbers["max_concurrency"]
