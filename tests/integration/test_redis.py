@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import time
 import tracemalloc
@@ -26,7 +27,7 @@ from pydantic_toast import (
     StorageOperationError,
     StoredDataError,
 )
-from pydantic_toast._records import PageCursor, RecordKey, StoredRecord
+from pydantic_toast._records import ClassKeys, PageCursor, RecordKey, StoredRecord
 from pydantic_toast.backends import redis as redis_module
 from pydantic_toast.backends.redis import RedisBackend, _Staging
 from tests import servers
@@ -1023,6 +1024,40 @@ def _commands(client: redis.Redis) -> dict[str, int]:
         name.removeprefix("cmdstat_"): int(value["calls"])
         for name, value in client.info("commandstats").items()
     }
+
+
+async def test_a_batch_load_reads_its_records_with_the_collector_paused(
+    backend: RedisBackend,
+) -> None:
+    """A batch load of 5,000 records starts no garbage collection while it reads them (else
+    one per 700 records, each moving the batch towards the oldest generation), and reads
+    created_at and updated_at exactly, the same or not."""
+    now = datetime.now(UTC)
+    records = [
+        StoredRecord("Paused", uuid4(), b'{"n":%d}' % i, 1, now, now, None, 0) for i in range(5000)
+    ]
+    await backend.save_records(records)
+    later = dataclasses.replace(records[1], updated_at=now + timedelta(seconds=1), revision=1)
+    await backend.save_records([later])
+    started: list[int] = []
+
+    def collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(collection)
+    try:
+        loaded = await backend.load_records(ClassKeys("Paused", [r.id for r in records]))
+    finally:
+        gc.callbacks.remove(collection)
+    assert len(started) <= 2, started  # the reads' own few objects (replies, futures)
+    assert [record.data for record in loaded if record] == [r.data for r in records]
+    first, second = loaded[0], loaded[1]
+    assert first is not None
+    assert second is not None
+    assert (first.created_at, first.updated_at) == (now, now)
+    assert (second.created_at, second.updated_at) == (now, later.updated_at)
 
 
 async def test_a_batch_of_first_saves_is_one_transaction_per_chunk() -> None:
