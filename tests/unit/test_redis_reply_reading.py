@@ -135,3 +135,22 @@ def test_with_hiredis_the_first_string_decides_who_reads_the_reply_exactly(
     assert following == b"OK"
     in_python = first >= _resp._PYTHON_FROM and cut >= 20
     assert any(isinstance(value, list) for value in read) == in_python
+
+
+@pytest.mark.parametrize(
+    ("values", "ahead"),
+    [
+        ([b"x" * 400] * 100, 16),  # 40 KB of replies: as many ahead as allowed
+        ([b"x" * 40_000, None, b""] * 2, 13),  # 80 KB: 13 fit in 1 MiB
+        ([None, None], 16),
+        ([b"x" * 10, [b"a", memoryview(b"b")], None], 1),  # pieces: a large string, one ahead
+        ([b"x" * 3_000_000], 1),
+    ],
+)
+def test_commands_sent_ahead_follow_the_size_of_the_last_reply(
+    values: list[_resp.Value], ahead: int
+) -> None:
+    """The commands a batch read keeps sent ahead are as many replies the size of the last
+    as fit in 1 MiB, at least one and at most 16; a string read in pieces counts as a piece
+    (1 MiB here)."""
+    assert _resp._ahead_for(values, 1 << 20) == ahead

@@ -377,9 +377,16 @@ _MOST_AHEAD = 16
 
 
 def _ahead_for(reply: list[Value], piece: int) -> int:
-    """Commands to keep sent ahead after ``reply`` (see :func:`read_many_values`)."""
-    size = sum(len(value) if type(value) is bytes else piece for value in reply if value)
+    """Commands to keep sent ahead after ``reply`` (see :func:`read_many_values`): a string
+    read in pieces counts as ``piece`` bytes."""
+    if _WHOLE.issuperset(map(type, reply)):  # the usual reply: summed in C, no frame per value
+        size = sum(map(len, filter(None, reply)))
+    else:
+        size = sum(len(value) if type(value) is bytes else piece for value in reply if value)
     return max(1, min(_MOST_AHEAD, _AHEAD_BYTES // max(size, 1)))
+
+
+_WHOLE = frozenset((bytes, type(None)))
 
 
 Value = bytes | list[bytes | memoryview] | None
