@@ -281,6 +281,29 @@ def test_corrupted_value_names_the_key(keys: Keys) -> None:
     assert keys.client.get(key) == b'{"unexpected": true}', "left untouched"
 
 
+async def test_revisions_and_schema_versions_load_exactly_at_any_size(
+    keys: Keys, backend: RedisBackend
+) -> None:
+    """A document's revision and schema version are read as written, small or large (with
+    the space padding of a staged document), alone and in a batch."""
+    stamp = "2026-01-02T03:04:05.000006+00:00"
+    expected = {}
+    for revision, version in ((1, 1), (999, 2), (1000, 1000), (123456789, 7)):
+        id = uuid4()
+        keys.client.set(
+            keys.of("Numbers", id),
+            f'{{"created_at":"{stamp}","revision":{revision}   ,"schema_version":{version},'
+            f'"updated_at":"{stamp}","data":{{}}}}',
+        )
+        expected[id] = (revision, version)
+    wanted = [("Numbers", id) for id in expected]
+    loaded = [*await backend.load_records(wanted), *await backend.load_records(wanted[-1:])]
+    assert [(r.revision, r.schema_version) for r in loaded if r] == [
+        *expected.values(),
+        expected[wanted[-1][1]],
+    ]
+
+
 def test_unreachable_server(redis_base_url: str) -> None:
     """A closed port is a StorageConnectionError naming host:port, never the password."""
     port = servers.free_port()

@@ -1268,9 +1268,20 @@ def _record_of(
         updated = created if updated_text == created_text else _from_iso(updated_text.decode())
     except ValueError:
         return None
+    number = _NUMBER_TEXTS.get
     return read_record(
-        class_name, id, data, int(version), created, updated, int(revision) if revision else 1
+        class_name,
+        id,
+        data,
+        number(version) or int(version),
+        created,
+        updated,
+        (number(revision) or int(revision)) if revision else 1,
     )
+
+
+# The usual schema versions and revisions by their text: a lookup costs a third of int(bytes).
+_NUMBER_TEXTS = {b"%d" % number: number for number in range(1, 1000)}
 
 
 async def _read(pool: _resp.Pool, packed: bytes) -> list[Any]:
