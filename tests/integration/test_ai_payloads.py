@@ -4,11 +4,15 @@
 import json
 import math
 from dataclasses import dataclass
-from datetime import timedelta
-from uuid import uuid4
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_ai import Agent
 from pydantic_ai.messages import (
     ModelMessage,
@@ -205,3 +209,145 @@ async def test_a_tool_returns_an_external_models_fields_with_to_data(storage_url
         answered = await as_is.run("go")
     assert set(json.loads(answered.output)) == {"class_name", "id"}
     assert (await Order.aload(json.loads(answered.output))).customer == "Bob"
+
+
+class _Color(Enum):
+    RED = "red"
+
+
+async def _stored_count(storage_url: str, namespace: str, class_name: str | None = None) -> int:
+    """How many payloads of ``namespace`` (or records of ``class_name``) the store holds."""
+    from pydantic_toast.ai._names import PAYLOADS, kind_class_name
+    from pydantic_toast.ai._storage import backend, checked_url
+
+    target = await backend(checked_url(storage_url, None))
+    name = class_name or kind_class_name(PAYLOADS, namespace)
+    return await target.count(name)  # type: ignore[no-any-return]
+
+
+async def test_values_json_would_change_outside_a_declared_type_are_refused(
+    storage_url: str,
+) -> None:
+    """A tuple, datetime, UUID, int dict key (and the like) where nothing declares its type
+    came back as a list, str or str-keyed dict, silently: now refused before anything is
+    written (nested external models included), naming the type and a path without dict keys."""
+
+    note_name = f"N{uuid4().hex}"
+
+    class Note(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url, external_name=note_name)
+        text: str
+
+    namespace = f"t{uuid4().hex[:12]}"
+    secret = "s3cr3t-value"
+    refused: dict[str, tuple[Any, str, str | None]] = {
+        "tuple": ({"k_pair": (1, 2)}, "tuple", "<key>"),
+        "datetime": ([datetime(2024, 1, 1, tzinfo=UTC)], "datetime", "0"),
+        "uuid": ({"id": UUID(int=1)}, "UUID", "<key>"),
+        "int key": ({"k_int": {1: secret}}, "dict with keys that are not str", "<key>"),
+        "set": ({secret}, "set", None),
+        "decimal": ([[Decimal("1.5")]], "Decimal", "0.0"),
+        "enum": ({"c": _Color.RED}, "_Color", "<key>"),
+        "root tuple": ((1, 2), "tuple", None),
+    }
+    for name, (value, kind, field) in refused.items():
+        with pytest.raises(StorageValidationError, match="nothing was written") as caught:
+            await astore_payload(storage_url, [Note(text="n"), value], namespace=namespace)
+        message = str(caught.value)
+        assert f"holds a {kind} outside any model or dataclass" in message, name
+        for data in (secret, "k_pair", "k_int"):
+            assert data not in message, name
+        assert caught.value.field == (f"1.{field}" if field else "1"), name
+    assert await _stored_count(storage_url, namespace) == 0
+    # The nested external model was not written either.
+    assert await _stored_count(storage_url, namespace, note_name) == 0
+
+
+async def test_declared_types_bring_values_back_exactly(storage_url: str) -> None:
+    """The same values in a dataclass or model whose fields declare their types are stored,
+    and come back equal when loaded as that class; JSON's own types come back as Any."""
+
+    @dataclass
+    class Deps:
+        pair: tuple[int, int]
+        when: datetime
+        id: UUID
+        intkey: dict[int, str]
+        blob: bytes
+
+    class Typed(BaseModel):
+        colors: frozenset[_Color]
+        amount: Decimal
+
+    namespace = f"t{uuid4().hex[:12]}"
+    deps = Deps((1, 2), datetime(2024, 1, 1, tzinfo=UTC), UUID(int=1), {1: "a"}, b"ok")
+    reference = await astore_payload(storage_url, deps, namespace=namespace)
+    assert await aload_payload(storage_url, reference, Deps, namespace=namespace) == deps
+    typed = {"a": [Typed(colors=frozenset({_Color.RED}), amount=Decimal("1.50"))]}
+    reference = await astore_payload(storage_url, typed, namespace=namespace)
+    as_typed = dict[str, list[Typed]]
+    assert await aload_payload(storage_url, reference, as_typed, namespace=namespace) == typed
+    plain = {"a": [1, 2.5, None, True, "x", {"b": []}]}
+    reference = await astore_payload(storage_url, plain, namespace=namespace)
+    back = await aload_payload(storage_url, reference, dict[str, Any], namespace=namespace)
+    assert back == plain
+
+
+async def test_bytes_that_are_not_utf8_are_refused_with_the_fix(storage_url: str) -> None:
+    """Non-UTF-8 bytes leaked a builtins UnicodeDecodeError (a ValueError): now the library's
+    StorageValidationError names the field and the base64 fix, never the bytes; with the
+    base64 config on a Pydantic dataclass or model, they are stored and come back."""
+
+    @dataclass
+    class Deps:
+        blob: bytes
+
+    @dataclass
+    class Outer:
+        inner: list[Deps]
+
+    @pydantic_dataclass(config=ConfigDict(ser_json_bytes="base64", val_json_bytes="base64"))
+    class Base64Deps:
+        blob: bytes
+
+    namespace = f"t{uuid4().hex[:12]}"
+    cases: list[tuple[Any, str | None]] = [
+        (Deps(b"\xff"), "blob"),
+        (Outer([Deps(b"ok"), Deps(b"\x80\xfe")]), "inner.1.blob"),
+        ({"k": Deps(b"\xff")}, "<key>.blob"),
+        (b"\xff", None),
+        ({"b": b"\x80"}, "<key>"),
+    ]
+    for value, field in cases:
+        with pytest.raises(StorageValidationError, match="ser_json_bytes='base64'") as caught:
+            await astore_payload(storage_url, value, namespace=namespace)
+        assert not isinstance(caught.value, ValueError)
+        assert caught.value.field == field
+        assert "nothing was written" in str(caught.value)
+        for data in ("\\x", "xff", "x80"):
+            assert data not in str(caught.value)
+    assert await _stored_count(storage_url, namespace) == 0
+    encoded = Base64Deps(b"\xff\x00")
+    reference = await astore_payload(storage_url, encoded, namespace=namespace)
+    assert await aload_payload(storage_url, reference, Base64Deps, namespace=namespace) == encoded
+
+
+async def test_pydantic_ai_messages_and_tool_outputs_are_accepted(storage_url: str) -> None:
+    """A run's messages (dataclasses whose fields declare their types) are stored as payloads
+    whatever their tool calls and returns hold, and come back as list[ModelMessage]."""
+
+    class Found(BaseModel):
+        at: datetime
+
+    namespace = f"t{uuid4().hex[:12]}"
+    found = Found(at=datetime(2024, 1, 1, tzinfo=UTC))
+    messages: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart("hi")]),
+        ModelResponse(parts=[ToolCallPart("find", {"q": "x", "n": 1})]),
+        ModelRequest(parts=[ToolReturnPart("find", {"hits": [1, 2]}, "c1")]),
+        ModelRequest(parts=[ToolReturnPart("find", found, "c2")]),
+    ]
+    reference = await astore_payload(storage_url, messages, namespace=namespace)
+    loaded = await aload_payload(storage_url, reference, list[ModelMessage], namespace=namespace)
+    assert loaded[:3] == messages[:3]
+    assert loaded[3].parts[0].content == found.model_dump(mode="json")  # Pydantic AI's own rule

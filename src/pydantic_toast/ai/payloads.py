@@ -34,6 +34,7 @@ from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
 from pydantic_toast._trees import adump_through, avalidate
 from pydantic_toast.ai._names import PAYLOADS, kind_class_name
+from pydantic_toast.ai._payload_checks import not_utf8_refusal, untyped_refusal
 from pydantic_toast.ai._storage import backend, checked_url
 
 __all__ = ["aload_payload", "astore_payload"]
@@ -57,16 +58,31 @@ async def astore_payload(
     Args:
         storage: A storage URL or ``env:NAME``.
         value: Anything Pydantic serializes; external models inside it are stored as their
-            own records (in one batch per store) and referenced.
+            own records (in one batch per store) and referenced. Outside models and
+            dataclasses (whose fields declare their types), it may hold only JSON's own types
+            (None, bool, int, float, str, list, dict with str keys): nothing else comes back
+            as itself.
         ttl: Expiry, where the backend supports it: a claim check that nobody collects goes.
         namespace: Separates apps sharing one storage. The stored class name is
             ``pydantic_toast.ai.payloads`` by default, ``pydantic_toast.ai.payloads.<namespace>``
             otherwise: never one of a conversation's or a spilled output's.
+
+    Raises:
+        StorageValidationError: It would not come back as it is: a value of another type
+            than JSON's own outside any model or dataclass (a tuple, a datetime, an int dict
+            key), or bytes that are not UTF-8 text where Pydantic writes them as text; or the
+            store cannot hold it (PostgreSQL: NaN, a NUL character). Nothing was written.
     """
     seconds = ttl_seconds(ttl, "astore_payload")
     url = checked_url(storage, seconds)
     class_name = kind_class_name(PAYLOADS, namespace)
-    data = await adump_through(_PAYLOAD, value)
+    refusal = untyped_refusal(value, class_name)
+    if refusal is not None:
+        raise refusal
+    try:
+        data = await adump_through(_PAYLOAD, value)
+    except UnicodeDecodeError:  # bytes Pydantic writes as UTF-8 text (before any batch write)
+        raise not_utf8_refusal(value, class_name) from None
     now = datetime.now(UTC)
     record = StoredRecord(
         class_name=class_name,
