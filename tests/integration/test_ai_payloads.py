@@ -240,6 +240,8 @@ async def test_values_json_would_change_outside_a_declared_type_are_refused(
 
     namespace = f"t{uuid4().hex[:12]}"
     secret = "s3cr3t-value"
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)  # walked once, not forever
     refused: dict[str, tuple[Any, str, str | None]] = {
         "tuple": ({"k_pair": (1, 2)}, "tuple", "<key>"),
         "datetime": ([datetime(2024, 1, 1, tzinfo=UTC)], "datetime", "0"),
@@ -249,6 +251,7 @@ async def test_values_json_would_change_outside_a_declared_type_are_refused(
         "decimal": ([[Decimal("1.5")]], "Decimal", "0.0"),
         "enum": ({"c": _Color.RED}, "_Color", "<key>"),
         "root tuple": ((1, 2), "tuple", None),
+        "after a cycle": ([cyclic, (1, 2)], "tuple", "1"),
     }
     for name, (value, kind, field) in refused.items():
         with pytest.raises(StorageValidationError, match="nothing was written") as caught:
