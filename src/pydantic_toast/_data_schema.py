@@ -302,6 +302,8 @@ _CONFIGURED = frozenset({"model", "dataclass", "typed-dict"})
 # the default, or not load) and a required one exclude=True leaves out; exclude=True on a
 # field with a default says it is not data (a client, a cache): it comes back as the default.
 _FIELDS = frozenset({"model-field", "dataclass-field", "typed-dict-field"})
+# The schemas whose "fields" maps field names to fields (a dataclass's is a list).
+_NAMED_FIELDS = frozenset({"model-fields", "typed-dict"})
 
 
 def _stored_despite_exclusion(field: dict[str, Any]) -> tuple[str, ...]:
@@ -397,16 +399,26 @@ class _Copier:
         wrapped = wrapped or (
             isinstance(serialization, dict) and serialization.get("type") == "function-wrap"
         )
-        copied = {
-            key: self.copy(
-                value,
-                plain_any=plain_any and inner and key != "serialization",
-                plain=plain and inner and key != "serialization",
-                config=config,
-                wrapped=wrapped,
-            )
-            for key, value in node.items()
-        }
+        # A model's or TypedDict's "fields" maps field names to fields: a field named "type"
+        # or "serialization" is a field like any other, not a key of a schema.
+        named = kind in _NAMED_FIELDS and isinstance(node.get("fields"), dict)
+        copied: dict[str, Any] = {}
+        for key, value in node.items():
+            plain_here = inner and key != "serialization"
+
+            def copy(item: Any, plain_here: bool = plain_here) -> Any:
+                return self.copy(
+                    item,
+                    plain_any=plain_any and plain_here,
+                    plain=plain and plain_here,
+                    config=config,
+                    wrapped=wrapped,
+                )
+
+            if named and key == "fields":
+                copied[key] = {name: copy(field) for name, field in value.items()}
+            else:
+                copied[key] = copy(value)
         if kind in _FIELDS:
             for key in _stored_despite_exclusion(node):
                 del copied[key]

@@ -18,9 +18,10 @@ def schema_nodes(
 
     A node's children are the dicts among its values and inside its lists and tuples, to any
     depth: ``schema``, ``items_schema``, ``choices`` (a labelled choice is a ``(schema,
-    label)`` tuple), ``fields``, ``definitions``, but also ``metadata``, ``serialization`` and
-    default values, which may hold dicts that are not schemas. Stop early by leaving the
-    loop: nothing past the last node taken is visited.
+    label)`` tuple), ``fields`` (a model's or TypedDict's mapping of field names is passed
+    through, not yielded: a field may be named ``type``), ``definitions``, but also
+    ``metadata``, ``serialization`` and default values, which may hold dicts that are not
+    schemas. Stop early by leaving the loop: nothing past the last node taken is visited.
 
     Args:
         schema: A core schema, or a list of them.
@@ -51,7 +52,15 @@ def schema_nodes(
                 target = definitions.get(name) if isinstance(name, str) else None
                 if target is not None:
                     stack.append(target)
-            stack.extend([value for value in node.values() if isinstance(value, _BRANCHES)])
+            kind = node.get("type")
+            fields = node.get("fields")
+            if (kind == "model-fields" or kind == "typed-dict") and isinstance(fields, dict):
+                # Field names are its keys (a field may be named "type"): not a node itself.
+                children = [*node.values(), *fields.values()]
+                children.remove(fields)
+            else:
+                children = list(node.values())
+            stack.extend([value for value in children if isinstance(value, _BRANCHES)])
         elif isinstance(node, _SEQUENCES):
             stack.extend(node)
 
