@@ -273,13 +273,19 @@ def _untimed(schema: Any) -> Any:
         return schema
     copies: dict[int, Any] = {}
 
-    def copy(node: Any) -> Any:
+    def copy(node: Any, names: bool = False) -> Any:
+        # names: node maps field names to fields (a field may be named "now_op"): all kept.
         if not isinstance(node, dict | list | tuple):
             return node
         if id(node) in copies:
             return copies[id(node)]
         if isinstance(node, dict):
-            result: Any = {key: copy(value) for key, value in node.items() if key not in TIME_KEYS}
+            named = not names and node.get("type") in ("model-fields", "typed-dict")
+            result: Any = {
+                key: copy(value, names=named and key == "fields")
+                for key, value in node.items()
+                if names or key not in TIME_KEYS
+            }
         else:
             result = type(node)(copy(item) for item in node)
         copies[id(node)] = result

@@ -1,11 +1,11 @@
 """Fields named like a core schema's keys ("type", "serialization") are fields like any other."""
 
 # No `from __future__ import annotations`: the test defines its classes in functions.
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, FutureDatetime
 from typing_extensions import TypedDict
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
@@ -59,3 +59,16 @@ def test_the_walk_passes_through_a_fields_mapping() -> None:
     nodes = list(schema_nodes(Named.__pydantic_core_schema__))
     assert all(isinstance(node.get("type", ""), str) for node in nodes)
     assert sum(node.get("type") == "model-field" for node in nodes) == 2
+
+
+def test_a_field_named_like_a_time_constraint_key_loads(memory_url: str) -> None:
+    """A field named "now_op" beside a FutureDatetime was left out of the load schema (time
+    constraints are dropped for loads), so it loaded silently missing; now it comes back."""
+
+    class Due(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        now_op: str
+        due: FutureDatetime
+
+    due = Due(now_op="x", due=datetime.now(UTC) + timedelta(days=1))
+    assert Due.model_validate(due.model_dump()).now_op == "x"
