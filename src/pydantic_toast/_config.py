@@ -123,6 +123,8 @@ class ModelSettings:
         ttl: Seconds until a record expires, or ``None``.
         last_write_wins: Writes do not check the stored revision.
         codec: How records are encoded (compression, limits), or ``None`` for plain JSON.
+        owns_children: Whether the class has ``Owned`` fields (``None``: not computed yet; a
+            save reads it here, cheaper than through the class).
     """
 
     storage: MaskedURL
@@ -133,6 +135,7 @@ class ModelSettings:
     codec: CodecSettings | None = None
     _owner: type[BaseModel] | None = field(default=None, repr=False)
     _url: StorageURL | None = field(default=None, repr=False)
+    owns_children: bool | None = field(default=None, repr=False)
 
     def url(self) -> StorageURL:
         """The storage URL, resolving ``env:NAME`` the first time it is needed.

@@ -64,6 +64,7 @@ from pydantic_toast._loading import (
     read_one,
     routes_in,
 )
+from pydantic_toast._ownership import mark_loaded, owns_children, use_owner_slot
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._saving import (
@@ -127,7 +128,7 @@ class ExternalBaseModel(BaseModel):
         order = Order.model_validate(reference)
     """
 
-    __slots__ = ("_toast_identity",)
+    __slots__ = ("_toast_identity", "_toast_owner")
 
     __abstract__: ClassVar[bool] = True
     """Set ``__abstract__ = True`` in a subclass body to make a base without its own storage."""
@@ -743,7 +744,10 @@ class ExternalBaseModel(BaseModel):
             instance = cls._toast_from_record(record, within_hook=within_hook)
         finally:
             session.building.discard(key)
-        return session.built(key, instance)
+        built = session.built(key, instance)
+        if owns_children(cls):  # its children know their parent (see _ownership.check_claims)
+            mark_loaded(built)
+        return built
 
     @classmethod
     def _toast_from_record(cls, record: StoredRecord, *, within_hook: bool = False) -> Self:
@@ -1028,6 +1032,7 @@ def _schema_has_external(root: type[ExternalBaseModel]) -> bool:
 
 
 use_identity_slot(ExternalBaseModel.__dict__["_toast_identity"])
+use_owner_slot(ExternalBaseModel.__dict__["_toast_owner"])
 # ExternalBaseModel's private classmethods a single load calls, as plain functions: a method
 # looked up on a model class goes through Pydantic's metaclass __getattr__ hook, about 1,000
 # instructions a lookup (subclasses do not override these).

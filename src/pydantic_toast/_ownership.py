@@ -9,14 +9,15 @@ references a deleted child.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import pydantic_core
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from pydantic_toast._codecs import is_encoded
-from pydantic_toast._exceptions import ExternalStorageError
+from pydantic_toast._exceptions import ExternalStorageError, StorageUsageError
 from pydantic_toast._loading import Routes, SessionKey, find_references, routes_in
 from pydantic_toast._offload import delete_offloaded, load_offloaded
 from pydantic_toast._records import StoredRecord
@@ -26,7 +27,19 @@ from pydantic_toast.runtime.transaction import after_commit, outside
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
 
-__all__ = ["Owned", "delete_owned", "owned_keys", "owns_children", "replaced_children"]
+__all__ = [
+    "Owned",
+    "check_claims",
+    "delete_owned",
+    "mark_loaded",
+    "owned_keys",
+    "owner_of",
+    "owns_children",
+    "replaced_children",
+    "set_owner",
+    "still_held",
+    "use_owner_slot",
+]
 
 
 class _OwnedMarker:
@@ -41,7 +54,10 @@ Owned: Final = _OwnedMarker()
 
 Deleting the parent deletes them (recursively, through their own owned fields), and an update
 that replaces or removes them deletes them after the update is written. Owned children must
-not be shared with another parent: the parent's delete deletes them all the same.
+not be shared with another parent: the parent's delete deletes them all the same. To move one,
+take it out of the old parent and dump both parents together
+(``pydantic_toast.dump([old_parent, new_parent])``): within a process, a dump that would leave
+a parent referencing a child that another parent deletes (or deleted) is refused.
 """
 
 # A stored record found through an owned field: where it is, and its model class.
@@ -62,8 +78,14 @@ def _owned_routes(cls: type[ExternalBaseModel]) -> dict[str, Routes]:
 
 
 def owns_children(cls: type[ExternalBaseModel]) -> bool:
-    """Whether ``cls`` has fields marked :data:`Owned`."""
-    return bool(_owned_routes(cls))
+    """Whether ``cls`` has fields marked :data:`Owned` (kept in its settings, once known)."""
+    settings = cls.__toast_settings__
+    if settings is None:  # abstract
+        return bool(_owned_routes(cls))
+    owns = settings.owns_children
+    if owns is None:
+        owns = settings.owns_children = bool(_owned_routes(cls))
+    return owns
 
 
 def owned_keys(cls: type[ExternalBaseModel], data: bytes | None) -> dict[SessionKey, Any]:
@@ -173,3 +195,200 @@ def replaced_children(
         return {}
     after = owned_keys(cls, new)
     return {key: model for key, model in before.items() if key not in after}
+
+
+# -- which parent instance owns a child instance (in this process) ------------------------------
+#
+# An owned child remembers, on its ``_toast_owner`` slot, the parent instance it was last loaded
+# or written under. What that parent's identity last read or wrote tells whether the stored
+# parent still references the child: a dump that puts the child in another parent's owned field
+# is refused when the first parent would delete it later (it still holds it and is not dumped
+# too), or already did (it dropped it: its update deleted the record).
+
+
+def _no_owner_slot(model: object) -> Any:
+    return getattr(model, "_toast_owner")  # noqa: B009
+
+
+def _set_owner_attribute(model: object, owner: Any) -> None:
+    object.__setattr__(model, "_toast_owner", owner)
+
+
+_read_owner: Callable[[object], Any] = _no_owner_slot
+_write_owner: Callable[[object, Any], None] = _set_owner_attribute
+
+
+def use_owner_slot(slot: Any) -> None:
+    """Read and write owners through ``slot``, ``ExternalBaseModel``'s member descriptor."""
+    global _read_owner, _write_owner
+    _read_owner = slot.__get__
+    _write_owner = slot.__set__
+
+
+def owner_of(model: ExternalBaseModel) -> ExternalBaseModel | None:
+    """The parent instance ``model`` was last loaded or written under in an owned field."""
+    try:
+        owner: ExternalBaseModel | None = _read_owner(model)
+    except AttributeError:  # never owned
+        return None
+    return owner
+
+
+def set_owner(model: ExternalBaseModel, owner: ExternalBaseModel | None) -> None:
+    """Make ``owner`` the parent instance ``model`` belongs to (``None``: no parent)."""
+    _write_owner(model, owner)
+
+
+def owned_children(parent: ExternalBaseModel) -> Iterator[tuple[str, ExternalBaseModel]]:
+    """Each external model held in ``parent``'s owned fields, with the field's name.
+
+    The values are walked as the serializer meets them: lists, tuples, sets, dicts, plain models
+    and dataclasses, down to the first external model (what that one owns is its own business).
+    """
+    from pydantic_toast._model import ExternalBaseModel
+
+    for name in _owned_routes(type(parent)):
+        stack = [parent.__dict__.get(name)]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, ExternalBaseModel):
+                yield name, item
+            elif isinstance(item, BaseModel):
+                stack.extend(item.__dict__.values())
+                stack.extend((item.__pydantic_extra__ or {}).values())
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple | set | frozenset):
+                stack.extend(item)
+            elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+                stack.extend(getattr(item, field.name) for field in dataclasses.fields(item))
+
+
+def mark_loaded(parent: ExternalBaseModel) -> None:
+    """Note that the children in ``parent``'s owned fields, just loaded with it, are its own."""
+    for _, child in owned_children(parent):
+        set_owner(child, parent)
+
+
+def _key(model: ExternalBaseModel) -> SessionKey | None:
+    from pydantic_toast._saving import identity_of
+
+    identity = identity_of(model)
+    if identity is None:
+        return None
+    settings = type(model)._toast_settings()
+    return (settings.url(), settings.external_name, identity.id)
+
+
+def still_held(
+    owner: ExternalBaseModel,
+    child: ExternalBaseModel,
+    parsed: dict[int, dict[SessionKey, Any]] | None = None,
+) -> bool:
+    """Whether what ``owner`` last read or wrote references ``child`` in an owned field.
+
+    Unknown (its JSON was not kept, as after a migrated load) counts as held. ``parsed``
+    memoizes each owner's owned references by ``id(owner)``.
+    """
+    from pydantic_toast._saving import identity_of
+
+    identity = identity_of(owner)
+    if identity is None or identity.data is None:
+        return True
+    keys = None if parsed is None else parsed.get(id(owner))
+    if keys is None:
+        keys = owned_keys(type(owner), identity.data)
+        if parsed is not None:
+            parsed[id(owner)] = keys
+    return _key(child) in keys
+
+
+# A claim: the child, the parent whose owned field holds it in a dump, and that field's name.
+Claim = tuple["ExternalBaseModel", "ExternalBaseModel", str]
+
+
+def check_claims(
+    parents: Iterable[ExternalBaseModel],
+    in_dump: Collection[int],
+    written: Callable[[ExternalBaseModel], bool],
+) -> list[Claim]:
+    """The children that the owned fields of ``parents`` (written by one dump) hold.
+
+    Refuses, before anything is written, a child that another parent instance of this process
+    owns and would delete: one that still references it and is not written by this dump
+    without it, or one that dropped it already (its update deleted the record), unless the
+    dump writes the child again.
+
+    Args:
+        parents: The owning parents this dump writes, as their fields are now.
+        in_dump: ``id()`` of every model the dump met.
+        written: Whether the dump writes a model's own record.
+
+    Raises:
+        StorageUsageError: A child would be referenced by a parent after being deleted.
+    """
+    claims: dict[int, Claim] = {}
+    changed: set[int] = set()
+    for parent in parents:
+        changed.add(id(parent))
+        for field, child in owned_children(parent):
+            claim = claims.setdefault(id(child), (child, parent, field))
+            if claim[1] is not parent:
+                raise _refusal(child, parent, field, claim[1], "shared")
+    parsed: dict[int, dict[SessionKey, Any]] = {}
+    for child, parent, field in claims.values():
+        owner = owner_of(child)
+        if owner is None:
+            continue
+        if not still_held(owner, child, parsed):
+            if not written(child):
+                raise _refusal(child, parent, field, owner, "deleted")
+        elif owner is parent or id(owner) in changed or _key(owner) == _key(parent):
+            continue  # its own, or moved from a parent written without it by this dump
+        elif id(owner) in in_dump:
+            raise _refusal(child, parent, field, owner, "shared")
+        else:
+            raise _refusal(child, parent, field, owner, "moved")
+    return list(claims.values())
+
+
+def _named_model(model: ExternalBaseModel) -> str:
+    key = _key(model)
+    return type(model).__qualname__ + ("" if key is None else f" {key[2]}")
+
+
+def _refusal(
+    child: ExternalBaseModel,
+    parent: ExternalBaseModel,
+    field: str,
+    owner: ExternalBaseModel,
+    why: str,
+) -> StorageUsageError:
+    named, new, old = _named_model(child), _named_model(parent), _named_model(owner)
+    where = f"{new} holds {named} in its owned field {field!r}"
+    if why == "deleted":
+        reason = (
+            f"{where}, but this process deleted that record when an update of {old} removed it "
+            f"from its owned field: stored, {new} would reference a deleted record; nothing was "
+            "written. Store the child again first (await child.asave(force=True), or "
+            "pydantic_toast.dump(child, force=True)), then dump the new parent. To move an "
+            "owned child, remove it from the old parent and dump both parents together, before "
+            "either is dumped alone: pydantic_toast.dump([old_parent, new_parent])"
+        )
+    elif why == "shared":
+        reason = (
+            f"{where}, and {old} holds it in an owned field too: owned children must not be "
+            "shared (updating or deleting either parent deletes them); nothing was written. "
+            "Remove it from one of them (to move it, dump both parents together: "
+            "pydantic_toast.dump([old_parent, new_parent])), or give the other a copy "
+            "(child.model_copy(), a new record)"
+        )
+    else:
+        reason = (
+            f"{where}, but it is owned by {old}, whose stored record still references it: "
+            f"{old}'s next update without it would delete it, leaving {new} referencing a "
+            "deleted record; nothing was written. To move an owned child, remove it from the "
+            "old parent and dump both parents together: "
+            "pydantic_toast.dump([old_parent, new_parent]) (or await pydantic_toast.adump(...))"
+        )
+    return StorageUsageError(reason)

@@ -54,7 +54,16 @@ from pydantic_toast._ids import new_id
 from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
-from pydantic_toast._ownership import delete_owned, owns_children, replaced_children
+from pydantic_toast._ownership import (
+    Claim,
+    check_claims,
+    delete_owned,
+    owner_of,
+    owns_children,
+    replaced_children,
+    set_owner,
+    still_held,
+)
 from pydantic_toast._records import StoredRecord, new_record
 from pydantic_toast._reference import (
     CANONICAL_ID,
@@ -345,10 +354,12 @@ class SaveBatch:
     """
 
     __slots__ = (
+        "claims",
         "encoding",
         "force",
         "fresh",
         "models",
+        "owners",
         "pending",
         "records",
         "refusal",
@@ -374,6 +385,10 @@ class SaveBatch:
         self.encoding = False
         # Owned children that the written records no longer reference: deleted after the write.
         self.replaced: dict[SessionKey, Any] = {}
+        # The written models that own children (made when the first is met), then, once
+        # checked, the children their owned fields hold.
+        self.owners: list[ExternalBaseModel] | None = None
+        self.claims: Sequence[Claim] = ()
         # The identities this batch stamped with their created_at (see collect()): a dict's
         # keys, not a set, which holds up to four times as many slots (0.2x the JSON of a
         # batch of 10-field records).
@@ -552,12 +567,30 @@ class SaveBatch:
             self.refusal = self.refusal or _two_versions_refusal(settings.external_name, identity)
             raise self.refusal
         records[key] = entry
-        if identity.data is not None:  # a new record replaces nothing
-            self.replaced.update(replaced_children(type(model), identity.data, data))
+        owns = settings.owns_children
+        if owns is None:
+            owns = settings.owns_children = owns_children(cls)
+        if owns:
+            if self.owners is None:
+                self.owners = []
+            self.owners.append(model)
+            if identity.data is not None:  # a new record replaces nothing
+                self.replaced.update(replaced_children(cls, identity.data, data))
         if settings.codec is not None:
             self.encoding = True
         if suspect:
             self.suspects.append((type(model), record))
+
+    def check_owned(self) -> None:
+        """Refuse the batch if an owned child it references is, or will be, deleted by another
+        parent instance of this process (before any write; see :func:`check_claims`)."""
+        self.claims = check_claims(self.owners or (), self.models, self._writes)
+
+    def _writes(self, model: ExternalBaseModel) -> bool:
+        """Whether this batch writes ``model``'s own record."""
+        settings = type(model)._toast_settings()
+        identity = _read_identity(model)
+        return (settings.external_name, identity.id.int) in self.records.get(settings.url(), {})
 
     def verify(self) -> None:
         """Refuse the batch if a record in it could not be read back (before any write).
@@ -605,7 +638,7 @@ class SaveBatch:
             The coroutine that writes (one store, nothing replaced: the store's own write,
             without a coroutine around it, as a single save's).
         """
-        if len(self.records) == 1 and not self.replaced:
+        if len(self.records) == 1 and not (self.replaced or self.owners or self.force):
             ((url, records),) = self.records.items()
             return self._write(url, list(records.values()))
         return self._write_all()
@@ -632,8 +665,33 @@ class SaveBatch:
             await asyncio.gather(
                 *(self._write(url, list(records.values())) for url, records in self.records.items())
             )
+        if self.owners or self.force:
+            self._mark_owners()
         if self.replaced:
             await self._delete_replaced()
+
+    def _mark_owners(self) -> None:
+        """After the write: each child held in an owned field now belongs to its parent, and a
+        child written by a forced dump after its owner dropped it (and deleted it) to none."""
+        for child, parent, _ in self.claims:
+            if owner_of(child) is not parent:
+                self._set_owner(child, parent, parent)
+        if self.force:
+            for records in self.records.values():
+                for _, model, *_ in records.values():
+                    owner = owner_of(model)
+                    if owner is not None and not still_held(owner, model):
+                        self._set_owner(model, None, model)
+
+    def _set_owner(
+        self, child: ExternalBaseModel, owner: ExternalBaseModel | None, written: Any
+    ) -> None:
+        """Set ``child``'s owner; ``written``'s store rolling back its transaction undoes it."""
+        backend = self.storage.ready(type(written)._toast_settings().url())
+        saves = None if backend is None else joined_save(backend.backend)
+        if saves is not None:
+            saves.remember(child, owner_of(child), "_toast_owner")
+        set_owner(child, owner)
 
     async def _delete_replaced(self) -> None:
         """Delete the owned children the written parents dropped (after the write committed).
@@ -647,7 +705,11 @@ class SaveBatch:
             identity = identity_of(model)
             if identity is not None:
                 settings = type(model)._toast_settings()
-                kept.add((settings.url(), settings.external_name, identity.id))
+                key = (settings.url(), settings.external_name, identity.id)
+                kept.add(key)
+                owner = owner_of(model) if key in self.replaced else None
+                if owner is not None and not still_held(owner, model):
+                    self._set_owner(model, None, owner)  # dropped, not deleted: no parent
         doomed = {key: model for key, model in self.replaced.items() if key not in kept}
         try:
             await delete_owned(self.storage, doomed)
@@ -833,6 +895,8 @@ def _collected(dump: Callable[[], T] | None, model: Any, force: bool) -> tuple[A
         raise batch.refusal from None  # raised in a nested model, wrapped by Pydantic
     finally:
         _active_batch.reset(token)
+    if batch.owners:
+        batch.check_owned()
     if batch.suspects:  # (verify() checks only those)
         batch.verify()
     return result, batch

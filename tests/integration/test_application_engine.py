@@ -18,7 +18,13 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned, RecordNotFoundError
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    Owned,
+    RecordNotFoundError,
+    StorageUsageError,
+)
 
 
 @pytest.fixture(
@@ -93,6 +99,39 @@ async def test_saves_and_owned_deletes_through_the_applications_engine_are_kept(
         await engine.dispose()
 
 
+async def test_a_rolled_back_move_gives_the_owned_child_back_to_its_old_parent(
+    storage_and_engine_urls: tuple[str, str],
+) -> None:
+    """A child moved between parents dumped together in a transaction() that rolls back
+    belongs to its old parent again: the new parent saved alone with it is refused (the old
+    parent's stored record still references it), and the move dumped again is kept."""
+    url, engine_url = storage_and_engine_urls
+    parent_class, child_class = models_on(url)
+    one = parent_class(name="one", children=[child_class(label="a")])
+    two = parent_class(name="two")
+    await pydantic_toast.adump([one, two])
+    moved = one.children[0]
+    one.children, two.children = [], [moved]
+    engine = create_async_engine(engine_url)
+
+    async def move_then_fail() -> None:
+        async with engine.begin() as connection:
+            async with pydantic_toast.transaction(connection):
+                await pydantic_toast.adump([one, two])
+            raise RuntimeError("abort")
+
+    try:
+        with pytest.raises(RuntimeError, match="abort"):
+            await move_then_fail()
+    finally:
+        await engine.dispose()
+    with pytest.raises(StorageUsageError, match="whose stored record still references it"):
+        await two.asave()
+    await pydantic_toast.adump([one, two])
+    assert [c.label for c in (await parent_class.aload(two.external_id)).children] == ["a"]
+    assert (await parent_class.aload(one.external_id)).children == []
+
+
 def test_use_engine_with_storage_lifespan_says_where_to_call_it(
     storage_and_engine_urls: tuple[str, str],
 ) -> None:
@@ -105,7 +144,6 @@ def test_use_engine_with_storage_lifespan_says_where_to_call_it(
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from pydantic_toast import StorageUsageError
     from pydantic_toast.fastapi import storage_lifespan
 
     url, engine_url = storage_and_engine_urls

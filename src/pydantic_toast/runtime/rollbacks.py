@@ -50,14 +50,15 @@ class Saves:
         # key of this object in _SAVES, which would then never be let go of.
         self.committing: weakref.ref[Any] | None = None
         self.failed: weakref.WeakSet[Any] = weakref.WeakSet()  # those whose COMMIT raised
-        self.entries: list[tuple[Any, Any, tuple[object, ...]]] = []
+        self.entries: list[tuple[Any, Any, tuple[object, ...], str]] = []
         self.savepoints: list[object] = []
         self.before = before
         self.commit_callbacks: list[tuple[Callable[[], None], tuple[object, ...]]] = []
 
-    def remember(self, model: Any, identity: Any) -> None:
-        """Note that ``model`` was saved; ``identity`` is what it held before."""
-        self.entries.append((model, identity, tuple(self.savepoints)))
+    def remember(self, model: Any, identity: Any, slot: str = "_toast_identity") -> None:
+        """Note that ``model`` was saved; ``identity`` is what it held before (in ``slot``:
+        ``_toast_owner`` for the parent an owned child belonged to)."""
+        self.entries.append((model, identity, tuple(self.savepoints), slot))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the transaction commits (never if it rolls back, nor if a
@@ -128,9 +129,9 @@ class Saves:
         self._forget(undone)
 
     @staticmethod
-    def _forget(entries: list[tuple[Any, Any, tuple[object, ...]]]) -> None:
-        for model, identity, _ in reversed(entries):  # a model saved twice: its first state
-            object.__setattr__(model, "_toast_identity", identity)
+    def _forget(entries: list[tuple[Any, Any, tuple[object, ...], str]]) -> None:
+        for model, identity, _, slot in reversed(entries):  # saved twice: its first state
+            object.__setattr__(model, slot, identity)
 
 
 _SAVES: weakref.WeakKeyDictionary[Connection, Saves] = weakref.WeakKeyDictionary()
