@@ -128,7 +128,8 @@ class ExternalBaseModel(BaseModel):
         order = Order.model_validate(reference)
     """
 
-    __slots__ = ("_toast_identity", "_toast_owner")
+    # __weakref__: an owned child refers to its parent weakly (see _ownership.set_owner).
+    __slots__ = ("__weakref__", "_toast_identity", "_toast_owner")
 
     __abstract__: ClassVar[bool] = True
     """Set ``__abstract__ = True`` in a subclass body to make a base without its own storage."""

@@ -10,6 +10,7 @@ references a deleted child.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,9 +35,11 @@ __all__ = [
     "mark_loaded",
     "owned_keys",
     "owner_of",
+    "owner_reference",
     "owns_children",
     "replaced_children",
     "set_owner",
+    "set_owner_reference",
     "still_held",
     "use_owner_slot",
 ]
@@ -226,17 +229,31 @@ def use_owner_slot(slot: Any) -> None:
 
 
 def owner_of(model: ExternalBaseModel) -> ExternalBaseModel | None:
-    """The parent instance ``model`` was last loaded or written under in an owned field."""
+    """The parent instance ``model`` was last loaded or written under in an owned field.
+
+    ``None`` too once that parent was garbage collected: no instance of this process can
+    update it any more.
+    """
+    reference = owner_reference(model)
+    return None if reference is None else reference()
+
+
+def owner_reference(model: ExternalBaseModel) -> weakref.ref[ExternalBaseModel] | None:
+    """What ``model``'s owner slot holds: a weak reference to its parent, or ``None``."""
     try:
-        owner: ExternalBaseModel | None = _read_owner(model)
+        reference: weakref.ref[ExternalBaseModel] | None = _read_owner(model)
     except AttributeError:  # never owned
         return None
-    return owner
+    return reference
 
 
 def set_owner(model: ExternalBaseModel, owner: ExternalBaseModel | None) -> None:
-    """Make ``owner`` the parent instance ``model`` belongs to (``None``: no parent)."""
-    _write_owner(model, owner)
+    """Make ``owner`` the parent instance ``model`` belongs to (``None``: no parent).
+
+    Held weakly: a strong reference back to the parent would make every loaded tree a
+    cycle, left to the garbage collector instead of freed when dropped.
+    """
+    _write_owner(model, None if owner is None else weakref.ref(owner))
 
 
 def owned_children(parent: ExternalBaseModel) -> Iterator[tuple[str, ExternalBaseModel]]:
@@ -264,10 +281,18 @@ def owned_children(parent: ExternalBaseModel) -> Iterator[tuple[str, ExternalBas
                 stack.extend(getattr(item, field.name) for field in dataclasses.fields(item))
 
 
+def set_owner_reference(
+    model: ExternalBaseModel, reference: weakref.ref[ExternalBaseModel] | None
+) -> None:
+    """Set what ``model``'s owner slot holds (see :func:`owner_reference`)."""
+    _write_owner(model, reference)
+
+
 def mark_loaded(parent: ExternalBaseModel) -> None:
     """Note that the children in ``parent``'s owned fields, just loaded with it, are its own."""
+    reference = weakref.ref(parent)
     for _, child in owned_children(parent):
-        set_owner(child, parent)
+        _write_owner(child, reference)
 
 
 def _key(model: ExternalBaseModel) -> SessionKey | None:
@@ -303,14 +328,16 @@ def still_held(
     return _key(child) in keys
 
 
-# A claim: the child, the parent whose owned field holds it in a dump, and that field's name.
-Claim = tuple["ExternalBaseModel", "ExternalBaseModel", str]
+# A claim: the child, the parent whose owned field holds it in a dump, that field's name, and
+# what the child's owner slot held when the dump checked it.
+Claim = tuple["ExternalBaseModel", "ExternalBaseModel", str, "weakref.ref[Any] | None"]
 
 
 def check_claims(
     parents: Iterable[ExternalBaseModel],
     in_dump: Collection[int],
     written: Callable[[ExternalBaseModel], bool],
+    new: Callable[[ExternalBaseModel], bool],
 ) -> list[Claim]:
     """The children that the owned fields of ``parents`` (written by one dump) hold.
 
@@ -323,21 +350,26 @@ def check_claims(
         parents: The owning parents this dump writes, as their fields are now.
         in_dump: ``id()`` of every model the dump met.
         written: Whether the dump writes a model's own record.
+        new: Whether a model was never loaded nor written (then it has no owner, and its empty
+            slot is not read: an ``AttributeError`` caught costs more than the rest).
 
     Raises:
         StorageUsageError: A child would be referenced by a parent after being deleted.
     """
-    claims: dict[int, Claim] = {}
+    held: dict[int, tuple[ExternalBaseModel, ExternalBaseModel, str]] = {}
     changed: set[int] = set()
     for parent in parents:
         changed.add(id(parent))
         for field, child in owned_children(parent):
-            claim = claims.setdefault(id(child), (child, parent, field))
+            claim = held.setdefault(id(child), (child, parent, field))
             if claim[1] is not parent:
                 raise _refusal(child, parent, field, claim[1], "shared")
+    claims: list[Claim] = []
     parsed: dict[int, dict[SessionKey, Any]] = {}
-    for child, parent, field in claims.values():
-        owner = owner_of(child)
+    for child, parent, field in held.values():
+        reference = None if new(child) else owner_reference(child)
+        claims.append((child, parent, field, reference))
+        owner = None if reference is None else reference()
         if owner is None:
             continue
         if not still_held(owner, child, parsed):
@@ -349,7 +381,7 @@ def check_claims(
             raise _refusal(child, parent, field, owner, "shared")
         else:
             raise _refusal(child, parent, field, owner, "moved")
-    return list(claims.values())
+    return claims
 
 
 def _named_model(model: ExternalBaseModel) -> str:

@@ -59,9 +59,10 @@ from pydantic_toast._ownership import (
     check_claims,
     delete_owned,
     owner_of,
+    owner_reference,
     owns_children,
     replaced_children,
-    set_owner,
+    set_owner_reference,
     still_held,
 )
 from pydantic_toast._records import StoredRecord, new_record
@@ -584,7 +585,11 @@ class SaveBatch:
     def check_owned(self) -> None:
         """Refuse the batch if an owned child it references is, or will be, deleted by another
         parent instance of this process (before any write; see :func:`check_claims`)."""
-        self.claims = check_claims(self.owners or (), self.models, self._writes)
+        self.claims = check_claims(self.owners or (), self.models, self._writes, self._new)
+
+    def _new(self, model: ExternalBaseModel) -> bool:
+        """Whether ``model`` was never loaded nor written (this batch stamped its creation)."""
+        return _read_identity(model) in self.fresh
 
     def _writes(self, model: ExternalBaseModel) -> bool:
         """Whether this batch writes ``model``'s own record."""
@@ -673,25 +678,48 @@ class SaveBatch:
     def _mark_owners(self) -> None:
         """After the write: each child held in an owned field now belongs to its parent, and a
         child written by a forced dump after its owner dropped it (and deleted it) to none."""
-        for child, parent, _ in self.claims:
-            if owner_of(child) is not parent:
-                self._set_owner(child, parent, parent)
+        saves: dict[StorageURL, Saves | None] = {}
+        parent: ExternalBaseModel | None = None
+        reference: weakref.ref[ExternalBaseModel] | None = None
+        joined: Saves | None = None
+        for child, holder, _, before in self.claims:  # (each parent's children in a row)
+            if holder is not parent:
+                parent, reference = holder, weakref.ref(holder)  # (one per parent: no callback)
+                joined = self._joined(holder, saves)
+            if before is not reference:
+                if joined is not None:
+                    joined.remember(child, before, "_toast_owner")
+                set_owner_reference(child, reference)
         if self.force:
+            parsed: dict[int, Any] = {}
             for records in self.records.values():
                 for _, model, *_ in records.values():
                     owner = owner_of(model)
-                    if owner is not None and not still_held(owner, model):
-                        self._set_owner(model, None, model)
+                    if owner is not None and not still_held(owner, model, parsed):
+                        self._set_owner(model, None, model, saves)
+
+    def _joined(
+        self, written: ExternalBaseModel, saves: dict[StorageURL, Saves | None]
+    ) -> Saves | None:
+        """The transaction ``written``'s store joined, if any (``saves``: looked up so far)."""
+        url = written.__toast_settings__.url()  # type: ignore[union-attr]  # (a stored model)
+        if url not in saves:
+            backend = self.storage.ready(url)
+            saves[url] = None if backend is None else joined_save(backend.backend)
+        return saves[url]
 
     def _set_owner(
-        self, child: ExternalBaseModel, owner: ExternalBaseModel | None, written: Any
+        self,
+        child: ExternalBaseModel,
+        reference: weakref.ref[ExternalBaseModel] | None,
+        written: ExternalBaseModel,
+        saves: dict[StorageURL, Saves | None],
     ) -> None:
-        """Set ``child``'s owner; ``written``'s store rolling back its transaction undoes it."""
-        backend = self.storage.ready(type(written)._toast_settings().url())
-        saves = None if backend is None else joined_save(backend.backend)
-        if saves is not None:
-            saves.remember(child, owner_of(child), "_toast_owner")
-        set_owner(child, owner)
+        """Set ``child``'s owner (weakly); a rollback of ``written``'s transaction undoes it."""
+        joined = self._joined(written, saves)
+        if joined is not None:
+            joined.remember(child, owner_reference(child), "_toast_owner")
+        set_owner_reference(child, reference)
 
     async def _delete_replaced(self) -> None:
         """Delete the owned children the written parents dropped (after the write committed).
@@ -701,6 +729,8 @@ class SaveBatch:
         orphan that ``pydantic-toast orphans`` finds.
         """
         kept = set()
+        parsed: dict[int, Any] = {}
+        saves: dict[StorageURL, Saves | None] = {}
         for model in self.models.values():
             identity = identity_of(model)
             if identity is not None:
@@ -708,8 +738,8 @@ class SaveBatch:
                 key = (settings.url(), settings.external_name, identity.id)
                 kept.add(key)
                 owner = owner_of(model) if key in self.replaced else None
-                if owner is not None and not still_held(owner, model):
-                    self._set_owner(model, None, owner)  # dropped, not deleted: no parent
+                if owner is not None and not still_held(owner, model, parsed):
+                    self._set_owner(model, None, owner, saves)  # dropped, kept: no parent
         doomed = {key: model for key, model in self.replaced.items() if key not in kept}
         try:
             await delete_owned(self.storage, doomed)
