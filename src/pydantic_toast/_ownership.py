@@ -23,7 +23,7 @@ from pydantic_toast._loading import Routes, SessionKey, find_references, routes_
 from pydantic_toast._offload import delete_offloaded, load_offloaded
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.runtime.storage import Storage
-from pydantic_toast.runtime.transaction import after_commit, outside
+from pydantic_toast.runtime.transaction import delete_after_commit, outside
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
@@ -169,7 +169,9 @@ async def delete_owned(storage: Storage, children: dict[SessionKey, Any]) -> lis
             next_level.update(below)
         level = next_level
     if deferred:
-        after_commit(lambda: delete_owned(storage, deferred), left="owned records")
+        delete_after_commit(
+            deferred, lambda still: delete_owned(storage, still), left="owned records"
+        )
     for record, codec in payloads:  # after their records: a crash leaves payloads, not holes
         try:
             await delete_offloaded(storage, record, codec)
@@ -413,7 +415,7 @@ def _refusal(
             "shared (updating or deleting either parent deletes them); nothing was written. "
             "Remove it from one of them (to move it, dump both parents together: "
             "pydantic_toast.dump([old_parent, new_parent])), or give the other a copy "
-            "(child.model_copy(), a new record)"
+            "(child.model_copy(deep=True), a new record with copies of what it owns)"
         )
     else:
         reason = (

@@ -71,6 +71,17 @@ async def avalidate(type_: type[T], data: Any) -> T:
         type_: A model class or any type ``TypeAdapter`` accepts, such as ``list[Order]``.
         data: Python data (parse JSON first), with references where external models go.
     """
+    return await _avalidate(type_, data, by_name=False)
+
+
+async def avalidate_dumped(type_: type[T], data: Any) -> T:
+    """:func:`avalidate` of what the library dumped itself: fields are also taken by name, as
+    a dump writes them (a plain model's aliased field is written under its name, and Pydantic
+    validates by alias only unless the model says otherwise)."""
+    return await _avalidate(type_, data, by_name=True)
+
+
+async def _avalidate(type_: type[T], data: Any, *, by_name: bool) -> T:
     adapter, routes, flat = _adapter(type_)
     batch = FlatBatch.parse(flat, data) if flat is not None else None
     if batch is not None:  # a list of references to a model without nested ones
@@ -78,7 +89,7 @@ async def avalidate(type_: type[T], data: Any) -> T:
         return batch.build()  # type: ignore[return-value]
     session = LoadSession(routes)
     await session.fetch(wanted_for(session, data), follow=True)
-    return _validate_in(session, adapter, data)  # type: ignore[no-any-return]
+    return _validate_in(session, adapter, data, by_name=by_name)  # type: ignore[no-any-return]
 
 
 def validate(type_: type[T], data: Any) -> T:
@@ -126,9 +137,13 @@ def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes, Any]:
 _cached_adapter = lru_cache(maxsize=256)(_build_adapter)
 
 
-def _validate_in(session: LoadSession, adapter: TypeAdapter[T], data: Any) -> T:
+def _validate_in(
+    session: LoadSession, adapter: TypeAdapter[T], data: Any, *, by_name: bool = False
+) -> T:
     token = session.activate()
     try:
+        if by_name:
+            return adapter.validate_python(data, by_alias=True, by_name=True)
         return adapter.validate_python(data)
     finally:
         session.deactivate(token)

@@ -11,7 +11,8 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_ai import Agent
 from pydantic_ai.messages import (
@@ -294,6 +295,27 @@ async def test_declared_types_bring_values_back_exactly(storage_url: str) -> Non
     reference = await astore_payload(storage_url, plain, namespace=namespace)
     back = await aload_payload(storage_url, reference, dict[str, Any], namespace=namespace)
     assert back == plain
+
+
+async def test_models_with_aliased_fields_come_back(storage_url: str) -> None:
+    """A payload holding plain models whose fields have aliases (Field(alias=...), an
+    alias_generator) loads back equal: it is written under field names, and Pydantic
+    validates by alias only, so every load of it failed with "Field required"."""
+
+    class Aliased(BaseModel):
+        user_id: int = Field(alias="userId")
+
+    class Camel(BaseModel):
+        model_config = ConfigDict(alias_generator=to_camel)
+        first_name: str
+        tags: list[str] = []
+
+    value = [Aliased(userId=1), Aliased(userId=2)]
+    reference = await astore_payload(storage_url, value)
+    assert await aload_payload(storage_url, reference, list[Aliased]) == value
+    camel = Camel(firstName="Ada", tags=["x"])
+    reference = await astore_payload(storage_url, camel)
+    assert await aload_payload(storage_url, reference, Camel) == camel
 
 
 async def test_bytes_that_are_not_utf8_are_refused_with_the_fix(storage_url: str) -> None:

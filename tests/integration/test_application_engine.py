@@ -8,6 +8,7 @@ without an error.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,53 @@ async def test_a_rolled_back_move_gives_the_owned_child_back_to_its_old_parent(
     await pydantic_toast.adump([one, two])
     assert [c.label for c in (await parent_class.aload(two.external_id)).children] == ["a"]
     assert (await parent_class.aload(one.external_id)).children == []
+
+
+async def test_a_child_on_another_store_written_again_in_the_transaction_is_not_deleted(
+    storage_and_engine_urls: tuple[str, str],
+) -> None:
+    """Parents in the transaction, owned children on memory:// (outside it, so a dropped
+    child's delete waits for the COMMIT): a child the old parent dropped, then written again
+    in the same transaction (edited and saved under another parent, or forced), is kept; the
+    COMMIT deleted it and the new parent referenced a deleted record. A child dropped and not
+    written again is still deleted."""
+    url, engine_url = storage_and_engine_urls
+    tag = uuid4().hex
+
+    class Child(ExternalBaseModel):
+        label: str
+        model_config = ExternalConfigDict(storage=f"memory://{tag}", external_name=f"C{tag}")
+
+    class Parent(ExternalBaseModel):
+        name: str
+        children: Annotated[list[Child], Owned] = []
+        model_config = ExternalConfigDict(storage=url, external_name=f"P{tag}")
+
+    one = Parent(name="one", children=[Child(label="a"), Child(label="b"), Child(label="c")])
+    two = Parent(name="two")
+    await pydantic_toast.adump([one, two])
+    edited, forced, dropped = one.children
+    engine = create_async_engine(engine_url)
+    try:
+        async with engine.begin() as connection, pydantic_toast.transaction(connection):
+            one.children = []
+            await one.asave()  # the three deletes wait for the COMMIT
+            edited.label = "edited"  # written by the next dump
+            await forced.asave(force=True)
+            two.children = [edited, forced]
+            await two.asave()
+    finally:
+        await engine.dispose()
+    for _ in range(500):  # the deletes run in a task of their own once the commit is done
+        try:
+            await Child.aload(dropped.external_id)
+        except RecordNotFoundError:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the dropped child was not deleted after the commit")
+    loaded = await Parent.aload(two.external_id)
+    assert [child.label for child in loaded.children] == ["edited", "b"]
 
 
 def test_use_engine_with_storage_lifespan_says_where_to_call_it(

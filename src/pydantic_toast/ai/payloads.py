@@ -32,7 +32,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
-from pydantic_toast._trees import adump_through, avalidate
+from pydantic_toast._trees import adump_through, avalidate_dumped
 from pydantic_toast.ai._names import PAYLOADS, kind_class_name
 from pydantic_toast.ai._payload_checks import not_utf8_refusal, untyped_refusal
 from pydantic_toast.ai._storage import backend, checked_url
@@ -158,4 +158,4 @@ async def aload_payload(
             class_name=class_name,
             id=id,
         )
-    return await avalidate(type_, stored["value"])
+    return await avalidate_dumped(type_, stored["value"])

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic_toast._exceptions import ExternalStorageError, StorageUsageError
 from pydantic_toast.runtime.rollbacks import Saves, saves_on
@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Joined",
     "after_commit",
+    "delete_after_commit",
     "joined_connection",
     "joined_save",
     "outside",
     "statement_connection",
     "transaction",
+    "written_again",
 ]
 
 
@@ -56,9 +58,14 @@ class Joined:
     saves: Saves
     session: AsyncSession | None = None
     asking: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Records of stores outside the transaction whose deletes wait for its commit; a save in
+    # it that writes one again takes it off (see delete_after_commit).
+    doomed: dict[Hashable, Any] = field(default_factory=dict)
 
 
 logger = logging.getLogger("pydantic_toast")
+
+K = TypeVar("K", bound=Hashable)
 
 _joined: ContextVar[Joined | None] = ContextVar("pydantic_toast_transaction", default=None)
 
@@ -249,6 +256,40 @@ def after_commit(work: Callable[[], Coroutine[Any, Any, object]], *, left: str) 
         task.add_done_callback(_after_commit_tasks.discard)
 
     joined.saves.after_commit(start)
+
+
+def delete_after_commit(
+    records: dict[K, Any],
+    delete: Callable[[dict[K, Any]], Coroutine[Any, Any, object]],
+    *,
+    left: str,
+) -> None:
+    """Once the open :func:`transaction` commits, ``delete`` those of ``records`` that no save
+    in it has written again since (see :func:`written_again`), as :func:`after_commit` runs
+    work.
+
+    An owned child dropped by its parent inside the transaction, then stored again (moved to
+    another parent, or written with ``force=True``), must not be deleted by the commit.
+    """
+    joined = _joined.get()
+    if joined is None:
+        raise StorageUsageError("delete_after_commit() is for work inside transaction()")
+    joined.doomed.update(records.items())
+    doomed = joined.doomed
+
+    def still_doomed() -> Coroutine[Any, Any, object]:
+        return delete({key: value for key, value in records.items() if key in doomed})
+
+    after_commit(still_doomed, left=left)
+
+
+def written_again(keys: Callable[[], Iterable[Hashable]]) -> None:
+    """Take the records ``keys()`` names (just written) off the deletes waiting for the open
+    transaction's commit (see :func:`delete_after_commit`); called only when some wait."""
+    joined = _joined.get()
+    if joined is not None and joined.doomed:
+        for key in keys():
+            joined.doomed.pop(key, None)
 
 
 async def finish_after_commit(seconds: float) -> None:
