@@ -156,9 +156,16 @@ def test_concurrent_discoveries_keep_every_sentinel(sentinel: servers.TempRedisS
             manager.sentinels[:] = listed
             await manager.aclose()
 
+    # After the failover test the sentinels may still be switching (under load they were seen
+    # to fail over again, back to the restarted node): start from a primary they all name.
+    settled = sentinel.primary_port()
+    sentinel.wait_primary_known(settled)
     clients, orders, primaries = asyncio.run(main())
     assert orders == [clients] * 10
-    assert primaries == {sentinel.primary_port()}
+    if sentinel.primary_port() == settled:  # no failover during the rounds
+        assert primaries == {settled}
+    else:
+        assert primaries <= set(sentinel.data_ports)
 
 
 async def _ping(sentinel: servers.TempRedisSentinel) -> bool:
