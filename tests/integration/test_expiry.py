@@ -282,11 +282,7 @@ def test_an_expiry_past_the_last_storable_time_is_refused_before_writing(
             finally:
                 await storage.aclose()
 
-    if (
-        Capability.TTL
-        not in current_storage().registry.class_for(storage_url.split(":")[0]).capabilities
-    ):
-        pytest.skip("the backend does not expire records")
+    _skip_unless_expiring(storage_url)
     refused, stored = asyncio.run(main())
     assert refused == [None]
     assert stored[0] is not None
@@ -312,9 +308,12 @@ def test_a_ttl_not_above_zero_is_refused_before_writing(storage_url: str, ttl: f
             finally:
                 await storage.aclose()
 
-    if (
-        Capability.TTL
-        not in current_storage().registry.class_for(storage_url.split(":")[0]).capabilities
-    ):
-        pytest.skip("the backend does not expire records")
+    _skip_unless_expiring(storage_url)
     assert asyncio.run(main()) == [None]
+
+
+def _skip_unless_expiring(storage_url: str) -> None:
+    """Skip the test on a backend that does not expire records (no Capability.TTL)."""
+    scheme = storage_url.split(":")[0]
+    if Capability.TTL not in current_storage().registry.class_for(scheme).capabilities:
+        pytest.skip("the backend does not expire records")
