@@ -27,6 +27,8 @@ from pydantic_toast._exceptions import StorageValidationError, StoredDataError
 from pydantic_toast._schema_walk import schema_nodes
 
 if TYPE_CHECKING:
+    from pydantic_core import CoreSchema
+
     from pydantic_toast._model import ExternalBaseModel
     from pydantic_toast._records import StoredRecord
 
@@ -37,6 +39,7 @@ __all__ = [
     "SHALLOW_UP_TO",
     "decode_stored",
     "describe_errors",
+    "describe_value_errors",
     "digits_as_zero",
     "field_names",
     "is_too_long",
@@ -192,7 +195,7 @@ def stored_field_names(class_name: str) -> frozenset[str] | None:
         settings = getattr(cls, "__toast_settings__", None)
         if settings is not None and settings.external_name == class_name:
             found = True
-            names |= field_names(cls)
+            names |= field_names(cls.__pydantic_core_schema__)
     return frozenset(names) if found else None
 
 
@@ -210,15 +213,25 @@ def describe_errors(
     that no model, dataclass or TypedDict of ``cls``'s schema names as a field is a dict's
     key, the application's data, and is shown as ``<key>``.
     """
-    names = field_names(cls)
     try:
         decoded = pydantic_core.from_json(data, allow_inf_nan=True)
     except ValueError:
         decoded = None
+    return describe_value_errors(exc, decoded, cls.__pydantic_core_schema__, data=data)
+
+
+def describe_value_errors(
+    exc: ValidationError, value: Any, schema: CoreSchema, *, data: bytes | str = b""
+) -> tuple[str, str | None]:
+    """:func:`describe_errors` of the stored ``value`` (decoded) validated with ``schema``.
+
+    ``data``: the JSON text it was decoded from, which locates an integer too long to parse.
+    """
+    names = field_names(schema)
     field: str | None = None
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:5]:
-        loc = shown_path(error["loc"], decoded, names)
+        loc = shown_path(error["loc"], value, names)
         if not loc and error["type"] == "json_invalid":
             loc = locate(data, is_too_long, names) or ""
             if loc:
@@ -231,7 +244,7 @@ def describe_errors(
             # A validator's own text (or a custom error's) may quote the value: its type only.
             message = f"a validator refused the stored value ({kind})"
         else:
-            message = error["msg"]
+            message = f"{error['msg']} ({kind})"
         problems.append(f"{loc or '<root>'}: {message}")
     return "; ".join(problems), field
 
@@ -259,11 +272,11 @@ def shown_path(loc: Sequence[int | str], value: Any, names: Container[str]) -> s
     return ".".join(parts)
 
 
-def field_names(cls: type[BaseModel]) -> frozenset[str]:
-    """The field names and aliases of every model, dataclass and TypedDict in ``cls``'s schema
-    (the keys of stored JSON that are not data). Walked on error paths only."""
+def field_names(schema: CoreSchema) -> frozenset[str]:
+    """The field names and aliases of every model, dataclass and TypedDict in ``schema`` (the
+    keys of stored JSON that are not data). Walked on error paths only."""
     names: set[str] = set()
-    for node in schema_nodes(cls.__pydantic_core_schema__):
+    for node in schema_nodes(schema):
         fields = node.get("fields")
         if node.get("type") in ("model-fields", "typed-dict") and isinstance(fields, dict):
             named = [(name, field) for name, field in fields.items() if isinstance(field, dict)]

@@ -808,8 +808,10 @@ class ExternalBaseModel(BaseModel):
         unreadable = StoredDataError(
             f"the stored {record.class_name} record {record.id} "
             f"(schema_version {record.schema_version}) does not validate as "
-            f"{cls.__qualname__}: {problems}. If the model changed, bump schema_version and "
-            "override migrate_stored_data() to upgrade old records",
+            f"{cls.__qualname__}: {problems}; it is left untouched. If the model changed, "
+            "bump schema_version and override migrate_stored_data() to upgrade the old "
+            "records, or make the field accept the stored value (a default for a new field, a "
+            "union or a mode='before' validator that converts the old type)",
             class_name=record.class_name,
             id=record.id,
             field=field,
@@ -845,6 +847,7 @@ class ExternalBaseModel(BaseModel):
         atoms = layout is not None and not (layout[1] or layout[2])
         instances: list[Self] = []
         add = instances.append
+        unreadable = None
         with nullcontext() if is_trusted() else trusted():  # as _toast_from_record, once
             for record in records:
                 if record is None:  # (instances holds one per record before it)
@@ -856,9 +859,8 @@ class ExternalBaseModel(BaseModel):
                 try:
                     instance = validate(data, strict=False, by_alias=False, by_name=True)
                 except ValidationError:
-                    # Raises the error that describes it (the input stays out of the message).
-                    add(cls._toast_from_record(record))
-                    continue
+                    unreadable = record  # described below, outside this block (see there)
+                    break
                 # Identity(...) filled in without its __init__ (a call per record less).
                 identity = _new_identity(Identity)
                 identity.id = record.id
@@ -875,6 +877,13 @@ class ExternalBaseModel(BaseModel):
                     identity.fingerprint = loaded(instance.__dict__.values(), layout)
                 _set_identity(instance, identity)
                 add(instance)
+        if unreadable is not None:
+            # Raises the error that describes it, without the stored data. Raised here, not
+            # in the except block, where Pydantic's error (which quotes the stored values)
+            # would be its __context__, printed with every traceback of it.
+            add(cls._toast_from_record(unreadable))
+            done = len(instances)  # (validated this time: a validator that changed its mind)
+            instances += cls._toast_from_records(records[done:], ids[done:])
         return instances
 
     @classmethod

@@ -19,7 +19,7 @@ from pydantic_toast._saving import collecting, dump_value
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["adump", "adump_through", "avalidate", "dump", "validate"]
+__all__ = ["adapter_for", "adump", "adump_through", "avalidate", "dump", "validate"]
 
 T = TypeVar("T")
 
@@ -118,6 +118,11 @@ def _items_in(value: Any) -> int:
     """The items of a list or tuple dumped as a batch (its build pauses the garbage collector
     from :data:`~._collector.PAUSE_FROM`); ``0`` for other values."""
     return len(value) if type(value) in (list, tuple) else 0
+
+
+def adapter_for(type_: Any) -> TypeAdapter[Any]:
+    """The adapter :func:`validate` validates ``type_`` with (built once per type)."""
+    return _adapter(type_)[0]
 
 
 def _adapter(type_: Any) -> tuple[TypeAdapter[Any], Routes, Any]:

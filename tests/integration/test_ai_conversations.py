@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -584,6 +585,46 @@ async def test_tampered_or_foreign_records_are_refused(storage_url: str) -> None
         assert caught.value.id == record.id, problem
         assert await target.delete(record.id, class_name)
     assert _prompts((await store.aload("victim")).messages) == ["real"]
+
+
+async def test_messages_that_no_longer_validate_are_refused_without_their_content(
+    storage_url: str,
+) -> None:
+    """A stored batch whose messages no longer validate (a part kind this pydantic-ai does
+    not know) raises StoredDataError naming the record and where, but neither the stored tag
+    (which Pydantic's message quotes) nor the prompt, in its message or its traceback."""
+    store = _store(storage_url)
+    await store.aappend("victim", _turn("real"))
+    class_name = store._batch_class("victim")
+    messages = pydantic_core.from_json(
+        ModelMessagesTypeAdapter.dump_json(_turn("Sekr1t-Prompt-Text"))
+    )
+    messages[0]["parts"][0]["part_kind"] = "Sekr1t-Part-Kind"
+    now = datetime.now(UTC)
+    record = StoredRecord(
+        class_name=class_name,
+        id=uuid4(),
+        data=pydantic_core.to_json(
+            {
+                "conversation_id": "victim",
+                "count": 2,
+                "messages": pydantic_core.to_json(messages).decode(),
+            }
+        ),
+        schema_version=1,
+        created_at=now + timedelta(seconds=1),
+        updated_at=now,
+    )
+    target = await backend(store._url)
+    await target.save_records([record])
+    with pytest.raises(StoredDataError, match=str(record.id)) as caught:
+        await store.aload("victim")
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "0.request.parts.0: a validator refused the stored value (union_tag_invalid)" in str(
+        caught.value
+    )
+    assert "Sekr1t" not in shown
+    assert await target.delete(record.id, class_name)
 
 
 async def test_a_damaged_header_can_be_skipped_in_listings(

@@ -39,6 +39,7 @@ from pydantic_ai.usage import RunUsage
 
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
+from pydantic_toast._fidelity import describe_value_errors
 from pydantic_toast._records import LAST_STORABLE, PageCursor, StoredRecord
 from pydantic_toast.ai._names import (
     CONVERSATIONS,
@@ -518,14 +519,13 @@ def _decode(record: StoredRecord, conversation_id: str) -> _Loaded:
         raise _corrupt(record, "is not a message batch") from None
     if batch.conversation_id != conversation_id:
         raise _corrupt(record, "belongs to another conversation")
+    where: str | None = None
     try:
         messages = ModelMessagesTypeAdapter.validate_json(batch.messages)
     except ValidationError as exc:
-        where = "; ".join(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)[:3]
-        )
-        raise _corrupt(record, f"holds messages that do not validate ({where})") from None
+        where = _problems(exc, batch.messages)
+    if where is not None:  # raised outside the except block: Pydantic's error quotes the data
+        raise _corrupt(record, f"holds messages that do not validate ({where})")
     if not messages or len(messages) != batch.count:
         raise _corrupt(record, f"holds {len(messages)} messages, not the {batch.count} it says")
     if batch.usage is None:
@@ -536,6 +536,17 @@ def _decode(record: StoredRecord, conversation_id: str) -> _Loaded:
         except ValidationError:
             raise _corrupt(record, "holds a usage that does not validate") from None
     return _Loaded(record.created_at, messages, usage)
+
+
+def _problems(exc: ValidationError, messages: str) -> str:
+    """Where and why stored ``messages`` do not validate, without their text (a validator's
+    message, which may quote it, as its error type; a dict's key as ``<key>``)."""
+    try:
+        decoded = pydantic_core.from_json(messages)
+    except ValueError:
+        decoded = None
+    problems, _ = describe_value_errors(exc, decoded, ModelMessagesTypeAdapter.core_schema)
+    return problems
 
 
 def _corrupt(

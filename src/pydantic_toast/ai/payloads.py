@@ -21,18 +21,20 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import pydantic_core
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import (
     InvalidReferenceError,
     RecordNotFoundError,
     StoredDataError,
+    shorten,
 )
+from pydantic_toast._fidelity import describe_value_errors
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._reference import ExternalReference, parse_reference
 from pydantic_toast._signing import SigningKeys, parse_signed, verify_reference
-from pydantic_toast._trees import adump_through, avalidate_dumped
+from pydantic_toast._trees import adapter_for, adump_through, avalidate_dumped
 from pydantic_toast.ai._names import PAYLOADS, kind_class_name
 from pydantic_toast.ai._payload_checks import not_utf8_refusal, untyped_refusal
 from pydantic_toast.ai._storage import backend, checked_url
@@ -122,7 +124,8 @@ async def aload_payload(
         RecordNotFoundError: Nothing (or nothing any more) is stored under the reference.
         InvalidReferenceError: The reference is malformed, of another namespace, or (with
             ``verify=SigningKeys(...)``) unsigned, altered, signed with another key or expired.
-        StoredDataError: The record under it is not a payload.
+        StoredDataError: The record under it is not a payload, or its value does not
+            validate as ``type_`` (the message names where and why, never the stored values).
     """
     if isinstance(verify, SigningKeys):
         reference = verify_reference(reference, verify)
@@ -158,4 +161,24 @@ async def aload_payload(
             class_name=class_name,
             id=id,
         )
-    return await avalidate_dumped(type_, stored["value"])
+    try:
+        return await avalidate_dumped(type_, stored["value"])
+    except ValidationError as exc:
+        schema = adapter_for(type_).core_schema
+        problems, field = describe_value_errors(exc, stored["value"], schema)
+    # Raised outside the except block: Pydantic's error quotes the stored values as its input,
+    # and as this error's __context__ it would be printed with every traceback of it.
+    raise StoredDataError(
+        f"the stored payload {class_name} {id} does not validate as {_type_name(type_)}: "
+        f"{problems}; it is left untouched. Load it as the type it was stored as, or change "
+        "the type to accept the stored value (a default for a new field, a union or a "
+        "mode='before' validator that converts the old type)",
+        class_name=class_name,
+        id=id,
+        field=field,
+    )
+
+
+def _type_name(type_: Any) -> str:
+    """``type_`` as a message names it: a class by its name, anything else by its repr."""
+    return shorten(type_.__qualname__ if isinstance(type_, type) else repr(type_))
