@@ -23,6 +23,21 @@ from pydantic_toast.backends.memory import MemoryBackend, MemoryStore
 pytest_plugins = ["pytester"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Explain a failed comparison as off CI: truncated, without difflib's full diff.
+
+    With ``CI`` set, pytest diffs the whole of both sides of a failed ``==``; on two lists of
+    thousands of similar items difflib's ndiff runs longer than the test timeout, which then
+    reports a stack in difflib instead of which assertion failed (a CI run of stop 33). The
+    first differing item and the lengths are still shown; ``-v`` gives the full diff.
+    """
+    from _pytest.assertion import _compare_sequence, truncate
+
+    for module in (_compare_sequence, truncate):
+        if hasattr(module, "running_on_ci"):
+            module.running_on_ci = lambda: False
+
+
 @dataclass
 class Call:
     """One batch call a backend received."""
