@@ -28,7 +28,7 @@ from pydantic_toast._records import PageCursor
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
-__all__ = ["Page", "acount", "adelete", "apage", "count", "delete", "page"]
+__all__ = ["Page", "acount", "adelete", "apage", "check_limit", "count", "delete", "page"]
 
 M = TypeVar("M", bound=ExternalBaseModel)
 MAX_PAGE = 1000
@@ -149,7 +149,7 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
         InvalidReferenceError: ``after`` is not a ``next_after`` token (a record id, which
             earlier versions used as the cursor, is refused with the fix).
     """
-    _check_limit(limit)
+    check_limit(limit)
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
     cursor = _cursor(name, after) if after is not None else None
@@ -175,16 +175,20 @@ async def apage(model: type[M], *, limit: int = 50, after: str | None = None) ->
     return Page(items=items, next_after=last)
 
 
-def _check_limit(limit: object) -> None:
-    """Refuse a page size that is not an ``int`` from 1 to ``MAX_PAGE``."""
-    # bool is an int subclass, and a float compares fine but never equals a page's length
+def check_limit(limit: object, *, most: int | None = MAX_PAGE) -> None:
+    """Refuse a ``limit`` that is not an ``int`` from 1 to ``most`` (no upper end for None).
+
+    Raises:
+        StorageUsageError: It is not such an int (``bool`` is refused: it is an ``int``
+            subclass, and a float compares fine but never equals a page's length).
+    """
+    wanted = f"an int from 1 to {most}" if most is not None else "an int of 1 or more"
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise StorageUsageError(
-            f"limit must be an int from 1 to {MAX_PAGE}, got {shorten(repr(limit))} "
-            f"({type(limit).__name__})"
+            f"limit must be {wanted}, got {shorten(repr(limit))} ({type(limit).__name__})"
         )
-    if not 1 <= limit <= MAX_PAGE:
-        raise StorageUsageError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit}")
+    if limit < 1 or (most is not None and limit > most):
+        raise StorageUsageError(f"limit must be {wanted}, got {limit}")
 
 
 def _cursor(class_name: str, after: object) -> PageCursor:

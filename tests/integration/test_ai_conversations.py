@@ -31,6 +31,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_toast import (
     InvalidReferenceError,
     StorageConfigurationError,
+    StorageUsageError,
     StoredDataError,
     StoredRecord,
 )
@@ -690,10 +691,23 @@ def test_bad_settings_fail_at_once_with_the_fix() -> None:
         MessageStore("memory://", ttl=-1)
 
 
-async def test_a_limit_below_one_is_refused() -> None:
-    """aload(limit=0) fails with the accepted range instead of loading nothing."""
-    with pytest.raises(StorageConfigurationError, match="limit must be 1 or more"):
-        await MessageStore("memory://").aload("c", limit=0)
+@pytest.mark.parametrize("limit", [0, -1, 2.5, True, "3"])
+async def test_a_limit_that_is_not_an_int_of_1_or_more_is_refused(limit: object) -> None:
+    """aload(limit=0) fails with the accepted range instead of loading nothing; a float, a
+    bool or a str is refused too, naming its type."""
+    with pytest.raises(StorageUsageError, match="limit must be an int of 1 or more, got"):
+        await MessageStore("memory://").aload("c", limit=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", [0, 1001, 2.5, True, None])
+async def test_a_listing_limit_that_is_not_an_int_from_1_to_1000_is_refused(
+    storage_url: str, limit: object
+) -> None:
+    """alist(limit=...) refuses as page() does, before any I/O, on every backend (a float
+    failed inside SQLite, was refused by Redis as a bad reply, and listed on memory://)."""
+    store = MessageStore(storage_url, namespace=f"t{uuid4().hex[:12]}")
+    with pytest.raises(StorageUsageError, match="limit must be an int from 1 to 1000, got"):
+        await store.alist(limit=limit)  # type: ignore[arg-type]
 
 
 async def test_streamed_and_iterated_runs_are_kept_too(storage_url: str) -> None:

@@ -37,6 +37,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.usage import RunUsage
 
+from pydantic_toast._collections import check_limit
 from pydantic_toast._config import ttl_seconds
 from pydantic_toast._exceptions import StorageConfigurationError, StoredDataError
 from pydantic_toast._fidelity import describe_value_errors
@@ -297,8 +298,8 @@ class MessageStore:
                 tool returns brings the one before it (a tool return without its call would
                 be refused by the model).
         """
-        if limit is not None and limit < 1:
-            raise StorageConfigurationError(f"limit must be 1 or more (or None), got {limit}")
+        if limit is not None:
+            check_limit(limit, most=None)
         batches: list[_Loaded] = []
         loaded = 0
         complete = True
@@ -373,8 +374,7 @@ class MessageStore:
                 (one more round trip to find where it started; an empty list when it no
                 longer exists).
         """
-        if not 1 <= limit <= 1000:
-            raise StorageConfigurationError(f"limit must be from 1 to 1000, got {limit}")
+        check_limit(limit)
         store = await backend(self._url)
         cursor = None
         if isinstance(after, ConversationInfo):
