@@ -760,9 +760,7 @@ class ExternalBaseModel(BaseModel):
         settings = cls.__toast_settings__ or cls._toast_settings()
         data = record.data
         if record.schema_version != settings.schema_version:
-            decoded = decode_stored(record)
-            migrated = cls.migrate_stored_data(decoded, record.schema_version)
-            data = pydantic_core.to_json(migrated, inf_nan_mode="constants")
+            data = cls._toast_migrated(record, settings.schema_version)
         try:
             # Stored data is JSON written by this model under field names: validate it as JSON,
             # by name, and lax, so strict models still accept their own datetimes and sets.
@@ -805,13 +803,20 @@ class ExternalBaseModel(BaseModel):
             _set_identity(instance, identity)
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
+        fix = (
+            f"fix {cls.__qualname__}.migrate_stored_data() so that it returns the data as "
+            f"schema_version {settings.schema_version} has it"
+            if data is not record.data
+            else "If the model changed, bump schema_version and override migrate_stored_data() "
+            "to upgrade the old records, or make the field accept the stored value (a default "
+            "for a new field, a union or a mode='before' validator that converts the old type)"
+        )
         unreadable = StoredDataError(
             f"the stored {record.class_name} record {record.id} "
             f"(schema_version {record.schema_version}) does not validate as "
-            f"{cls.__qualname__}: {problems}; it is left untouched. If the model changed, "
-            "bump schema_version and override migrate_stored_data() to upgrade the old "
-            "records, or make the field accept the stored value (a default for a new field, a "
-            "union or a mode='before' validator that converts the old type)",
+            f"{cls.__qualname__}"
+            f"{' after migrate_stored_data()' if data is not record.data else ''}: "
+            f"{problems}; it is left untouched. {fix[0].upper()}{fix[1:]}",
             class_name=record.class_name,
             id=record.id,
             field=field,
@@ -819,6 +824,39 @@ class ExternalBaseModel(BaseModel):
         if not _fidelity.CHECKING.get():  # a save checking its own records refuses them
             logger.error("%s", unreadable)  # the server's data, not the caller's: worth an alert
         raise unreadable
+
+    @classmethod
+    def _toast_migrated(cls, record: StoredRecord, version: int) -> bytes:
+        """``record``'s data upgraded by :meth:`migrate_stored_data` to ``version``, as JSON.
+
+        Raises:
+            StoredDataError: The hook raised (chained), or returned something else than a dict.
+        """
+        where = (
+            f"{cls.__qualname__}.migrate_stored_data() upgrading the stored "
+            f"{record.class_name} record {record.id} from schema_version "
+            f"{record.schema_version} to {version}"
+        )
+        try:
+            migrated = cls.migrate_stored_data(decode_stored(record), record.schema_version)
+        except StoredDataError:
+            raise
+        except Exception as exc:
+            raise StoredDataError(
+                f"{where} raised {type(exc).__name__}; the record is left untouched. Fix the "
+                "hook for records of that version (the chained error is where it failed)",
+                class_name=record.class_name,
+                id=record.id,
+            ) from exc
+        if not isinstance(migrated, dict):
+            raise StoredDataError(
+                f"{where} returned {type(migrated).__name__}, not the upgraded data as a dict; "
+                "the record is left untouched. Make the hook return the data (`return data` "
+                "after changing it in place)",
+                class_name=record.class_name,
+                id=record.id,
+            )
+        return pydantic_core.to_json(migrated, inf_nan_mode="constants")
 
     @classmethod
     def _toast_from_records(

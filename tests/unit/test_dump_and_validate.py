@@ -381,6 +381,64 @@ def test_schema_version_is_stored_and_old_records_are_migrated(memory_url: str) 
         Person.model_validate(reference)
 
 
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        ("no return", "returned NoneType, not the upgraded data as a dict"),
+        ("raises", "raised KeyError; the record is left untouched"),
+        ("wrong shape", r"Person after migrate_stored_data\(\): last: Field required"),
+    ],
+)
+def test_a_migration_hook_that_fails_is_named_as_the_cause(
+    memory_url: str, mistake: str, expected: str
+) -> None:
+    """A migrate_stored_data() that forgets to return, raises or returns the wrong shape is
+    named (with the record and both versions), not blamed on an unchanged model; the record is
+    left as it was and loads once the hook is fixed."""
+
+    def deploy(hook: str | None) -> type[ExternalBaseModel]:
+        if hook is None:
+
+            class Person(ExternalBaseModel):
+                name: str
+                model_config = ExternalConfigDict(storage=memory_url)
+
+            return Person
+
+        class Person(ExternalBaseModel):  # type: ignore[no-redef]
+            first: str
+            last: str
+            model_config = ExternalConfigDict(storage=memory_url, schema_version=2)
+
+            @classmethod
+            def migrate_stored_data(
+                cls, data: dict[str, object], from_version: int
+            ) -> dict[str, object]:
+                first, _, last = str(data["name"]).partition(" ")
+                if hook == "no return":
+                    data.update(first=first, last=last)
+                    return None  # type: ignore[return-value]
+                if hook == "raises":
+                    return {"first": first, "last": data["surname"]}
+                if hook == "wrong shape":
+                    return {"first": first}
+                return {"first": first, "last": last}
+
+        return Person
+
+    reference = deploy(None)(name="Ada Lovelace").model_dump()  # type: ignore[call-arg]
+    stored = _store_for(memory_url).get(("Person", UUID(reference["id"])))
+    with pytest.raises(StoredDataError, match=expected) as caught:
+        deploy(mistake).model_validate(reference)
+    message = str(caught.value)
+    assert "from schema_version 1 to 2" in message or "(schema_version 1)" in message
+    assert "bump schema_version" not in message, "the model's version was bumped already"
+    assert "Lovelace" not in message
+    assert _store_for(memory_url).get(("Person", UUID(reference["id"]))) == stored
+    fixed = deploy("right").model_validate(reference)
+    assert (fixed.first, fixed.last) == ("Ada", "Lovelace")  # type: ignore[attr-defined]
+
+
 def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory_url: str) -> None:
     """A record that fails validation raises StoredDataError, naming no values."""
 
