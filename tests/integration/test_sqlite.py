@@ -100,6 +100,43 @@ def test_in_memory_sqlite_is_refused_with_a_hint() -> None:
             model_config = ExternalConfigDict(storage="sqlite:///:memory:")
 
 
+def test_query_options_are_refused_at_class_definition() -> None:
+    """SQLite URLs take no options: a typo or another driver's option is refused, by name,
+    instead of being ignored (PostgreSQL and Redis URLs refuse unknown options too)."""
+    with pytest.raises(StorageConfigurationError, match=r"unknown option\(s\) bogus, timeout"):
+
+        class Tuned(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage="sqlite:///tuned.db?timeout=abc&bogus=1")
+
+
+def test_a_file_that_is_not_a_database_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A URL naming a text file: the use and migrate say the file is not a SQLite database
+    (the driver's cause used to be dropped: 'failed during connect with DatabaseError'),
+    and the file is left as it was."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n" * 100)
+    url = f"sqlite:///{path}"
+
+    class Misplaced(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=url)
+
+    with pytest.raises(StorageConnectionError, match="is not a SQLite database file") as caught:
+        pydantic_toast.count(Misplaced)
+    assert str(path) in str(caught.value)
+    assert "point it at the database file" in str(caught.value)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "pydantic_toast", "migrate", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert migrate.returncode != 0
+    assert "is not a SQLite database file" in migrate.stderr
+    assert path.read_text() == "not a database\n" * 100
+
+
 def test_alembic_check_has_no_drift_on_sqlite(tmp_path: Path) -> None:
     """alembic upgrade and check work on a SQLite file too."""
     url = f"sqlite:///{tmp_path / 'checked.db'}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import sys
 import time
@@ -130,6 +131,31 @@ _NUMBERS = {"pool_size": 20, "max_overflow": 0, "connect_timeout": 10.0, "comman
 _OPTIONS = {"sslmode", *_SSL_FILES, *_NUMBERS, "application_name", *REPLICA_OPTIONS, "batch_size"}
 
 
+def _number(url: StorageURL, name: str, default: float) -> float:
+    """Option ``name`` of ``url``: a whole number for a pool size (at least 1; 0 or more for
+    ``max_overflow``), a finite number of seconds above 0 for a timeout.
+
+    Raises:
+        StorageConfigurationError: It is not such a number (asyncpg refused a timeout of 0
+            only when connecting, and took ``nan`` or ``inf``; ``pool_size=2.5`` became 2).
+    """
+    raw = url.query.get(name)
+    if raw is None:
+        return default
+    whole = isinstance(default, int)
+    least = 0 if name == "max_overflow" else 1
+    wanted = f"a whole number of {least} or more" if whole else "a number of seconds above 0"
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not (value >= least if whole else 0 < value < math.inf):
+        raise StorageConfigurationError(
+            f"{url.masked}: {name} must be {wanted}, got {shorten(raw)!r}"
+        )
+    return value
+
+
 def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
     """The SQLAlchemy URL and ``create_async_engine`` options for a libpq-style URL.
 
@@ -144,17 +170,7 @@ def engine_options(url: StorageURL) -> tuple[URL, dict[str, Any]]:
             f"{url.masked}: unknown option(s) {shorten(', '.join(unknown))}; PostgreSQL URLs take "
             f"{', '.join(sorted(_OPTIONS))}"
         )
-    numbers: dict[str, float] = {}
-    for name, default in _NUMBERS.items():
-        raw = url.query.get(name)
-        try:
-            numbers[name] = type(default)(raw) if raw is not None else default
-        except ValueError:
-            raise StorageConfigurationError(
-                f"{url.masked}: {name} must be a number, got {shorten(raw)!r}"
-            ) from None
-        if numbers[name] < 0 or (name == "pool_size" and numbers[name] < 1):
-            raise StorageConfigurationError(f"{url.masked}: {name} must be positive")
+    numbers = {name: _number(url, name, default) for name, default in _NUMBERS.items()}
     connect_args: dict[str, Any] = {
         "timeout": numbers["connect_timeout"],
         "command_timeout": numbers["command_timeout"],

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from pydantic_toast._exceptions import StorageConfigurationError, StorageSchemaError
+from pydantic_toast._exceptions import StorageConfigurationError, StorageSchemaError, shorten
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import Capability
@@ -72,9 +72,14 @@ def engine_url(url: StorageURL) -> URL:
     """The SQLAlchemy URL for ``sqlite:///path``.
 
     Raises:
-        StorageConfigurationError: No file path, or an in-memory database.
+        StorageConfigurationError: No file path, an in-memory database, or query options.
     """
     path = url.path[1:] if url.path.startswith("/") else url.path
+    if url.query:
+        raise StorageConfigurationError(
+            f"{url.masked}: unknown option(s) {shorten(', '.join(sorted(url.query)))}; SQLite "
+            "URLs take none (write sqlite:///path/to/file.db)"
+        )
     if url.host:
         raise StorageConfigurationError(
             f"{url.masked}: write sqlite:///relative/path.db or sqlite:////absolute/path.db "

@@ -381,6 +381,14 @@ def _sqlite(exc: BaseException, failure: Failure) -> Translation:
             f"{failure.where} stayed locked by another writer past the busy timeout: retry",
             url=url,
         ), False
+    if "file is not a database" in message:
+        return StorageConnectionError(
+            f"{shorten(_sqlite_file(failure.url.path), 200)} is not a SQLite database file "
+            f"({type(driver).__name__}: {message}): the URL names another kind of file, or an "
+            "encrypted or damaged one; point it at the database file, or at a new path "
+            "(pydantic-toast migrate creates it)",
+            url=url,
+        ), False
     if "unable to open" in message or "readonly" in message or "disk" in message:
         return StorageConnectionError(
             f"SQLite could not use {shorten(_sqlite_file(failure.url.path), 200)} "
@@ -410,7 +418,12 @@ def _own_sqlite(message: str, kind: str, failure: Failure) -> Translation:
             f"{where}: the SQLite database stayed locked by another writer ({kind}): retry",
             url=url,
         ), False
-    if "unable to open" in message or "readonly" in message or "disk" in message:
+    if (
+        "unable to open" in message
+        or "readonly" in message
+        or "disk" in message
+        or ("file is not a database" in message)
+    ):
         return StorageConnectionError(
             f"{where} could not use its SQLite database file ({kind}: {shorten(message)}): check "
             "the path the backend opens, its folder and their permissions",
