@@ -66,7 +66,12 @@ from pydantic_toast._loading import (
 )
 from pydantic_toast._ownership import mark_loaded, owns_children, use_owner_slot
 from pydantic_toast._records import StoredRecord
-from pydantic_toast._reference import ExternalReference, parse_reference
+from pydantic_toast._reference import (
+    ExternalReference,
+    extra_keys_problem,
+    parse_reference,
+    unexpected_keys,
+)
 from pydantic_toast._saving import (
     Identity,
     UnvalidatedIdentity,
@@ -106,7 +111,8 @@ class ExternalBaseModel(BaseModel):
 
     ``model_dump()`` and ``model_dump_json()`` store the model and return
     ``{"class_name": ..., "id": ...}``; ``model_validate()`` and ``model_validate_json()`` take
-    such a reference and load the model (full data still validates as usual). This holds
+    such a reference and load the model (full data still validates as usual; a mapping with
+    ``class_name``, ``id`` and other keys is neither, and refused). This holds
     wherever Pydantic serializes or validates: nested in other models, in ``TypeAdapter`` and in
     FastAPI. The same instance keeps its id across dumps and updates its record.
 
@@ -201,6 +207,9 @@ class ExternalBaseModel(BaseModel):
         session = active_session()
         reference = parse_reference(value, None if session is None else session.ids)
         if reference is None:
+            extra = unexpected_keys(value)
+            if extra is not None:
+                raise _extra_keys_refusal(cls, value, extra)
             return handler(value)
         settings = cls._toast_settings()
         if reference[0] != settings.external_name:
@@ -256,6 +265,18 @@ class ExternalBaseModel(BaseModel):
                 "external_reference_invalid", "Invalid {class_name} reference", {"class_name": name}
             ) from None
         if reference is None:
+            extra = unexpected_keys(value)
+            if extra is not None:  # a reference sent back with keys added: never data
+                raise PydanticCustomError(
+                    "external_reference_invalid",
+                    "Invalid {class_name} reference: {problem}",
+                    {
+                        "class_name": name,
+                        "problem": extra_keys_problem(
+                            name, extra, client=True, signing=keys is not None
+                        ),
+                    },
+                )
             # Full data: references nested in it are accepted only where their own field says.
             with not_accepting():
                 return handler(value)
@@ -346,9 +367,10 @@ class ExternalBaseModel(BaseModel):
 
         Raises:
             RecordNotFoundError: The reference's record does not exist.
-            StorageValidationError: The reference is malformed or names another class (nested
-                deeper, such a reference is a ``ValidationError`` at its location instead, so
-                that unions can try their next member).
+            StorageValidationError: The reference is malformed (keys added to it, too) or names
+                another class (nested deeper, a reference to another class is a
+                ``ValidationError`` at its location instead, so that unions can try their next
+                member).
             ValidationError: The data does not validate.
         """
         with _MISMATCH_RAISED:
@@ -1042,6 +1064,24 @@ def _instance_reference(instance: ExternalBaseModel, call: str) -> tuple[str, UU
 def _kind(value: object) -> str:
     """What ``value`` is, for a message, without its content (it may be a client's data)."""
     return "None" if value is None else type(value).__name__
+
+
+def _extra_keys_refusal(
+    model: type[ExternalBaseModel], value: Mapping[str, Any], keys: list[str]
+) -> InvalidReferenceError:
+    """The refusal of ``value``, a reference with ``keys`` added, by the application's code.
+
+    Named by the class it names (in a union, the first member reports it) when that is a
+    string, else by ``model``'s.
+    """
+    named = value["class_name"]
+    name = (
+        shorten(named)
+        if isinstance(named, str) and named
+        else model._toast_settings().external_name
+    )
+    problem = extra_keys_problem(name, keys, client=False, signing=False)
+    return InvalidReferenceError(problem, class_name=name)
 
 
 def _mismatch(model: type[ExternalBaseModel], class_name: str) -> str:

@@ -13,7 +13,7 @@ from operator import lshift, or_
 from typing import Any, cast
 from uuid import UUID, SafeUUID
 
-from pydantic_toast._exceptions import InvalidReferenceError
+from pydantic_toast._exceptions import InvalidReferenceError, shorten
 
 __all__ = [
     "CANONICAL_ID",
@@ -21,9 +21,11 @@ __all__ = [
     "ParsedReference",
     "RoutedReference",
     "all_canonical",
+    "extra_keys_problem",
     "made_with",
     "parse_reference",
     "trusted_reference",
+    "unexpected_keys",
     "uuid_from_text",
     "uuids_from_canonical",
 ]
@@ -153,7 +155,9 @@ def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> Parsed
     """Return ``(class_name, id)`` when ``value`` is a reference, ``None`` when it is data.
 
     A reference is a mapping with exactly the keys ``class_name`` and ``id`` (an
-    :class:`ExternalReference` is one). ``ids`` memoizes id strings already parsed (a load
+    :class:`ExternalReference` is one). One with other keys besides is ``None`` here, for the
+    walks over nested data; where a model's validation starts, :func:`unexpected_keys`
+    refuses it. ``ids`` memoizes id strings already parsed (a load
     session's, where every reference is parsed once for the prefetch and once by its
     validator): the same text gives the same ``UUID`` object, which also makes the session's
     key comparisons identity checks.
@@ -207,6 +211,54 @@ def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> Parsed
         "does not parse as one): pass the id exactly as model_dump() returned it",
         class_name=class_name,
         id=raw_id if isinstance(raw_id, str) else None,
+    )
+
+
+def unexpected_keys(value: object) -> list[str] | None:
+    """The keys of a mapping holding both ``class_name`` and ``id`` besides those two (as their
+    names, shortened), ``None`` for any other value.
+
+    For a value :func:`parse_reference` did not take for a reference: such a mapping is a
+    reference sent back with keys added (or a signed one where signatures are not checked),
+    never a model's data, since no field may be named or aliased ``class_name``. Validated as
+    data, it would make a blank new record. (Only where a model's validation starts: nested
+    data of any kind, a dict field, may hold such a mapping.)
+    """
+    if type(value) is not dict and not isinstance(value, Mapping):
+        return None
+    if "class_name" not in value or "id" not in value:
+        return None
+    return [shorten(repr(key), 40) for key in value if key != "class_name" and key != "id"]
+
+
+_SIGNED_PARTS = frozenset(("'signature'", "'expires_at'"))
+
+
+def extra_keys_problem(class_name: str, keys: list[str], *, client: bool, signing: bool) -> str:
+    """Why a reference with ``keys`` added (:func:`unexpected_keys`) is refused, and the fix.
+
+    ``client``: the reference came from a client (an integration's request), which can only
+    send it again; else from the application's code. ``signing``: signed references are
+    checked where it came from, so their two keys are no explanation for the others.
+    """
+    if signing:
+        keys = [key for key in keys if key not in _SIGNED_PARTS] or keys
+    names = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    if client:
+        return (
+            f"unexpected keys {names}: send the reference exactly as it was issued (a mapping "
+            f"with 'class_name' and 'id' is a reference, never {class_name} data)"
+        )
+    if _SIGNED_PARTS.issuperset(keys):
+        return (
+            f"the {class_name} reference is signed (it has the keys {names}): check it with "
+            "verify_reference(value, keys) and validate the reference it returns (a mapping "
+            f"with 'class_name' and 'id' is a reference, never {class_name} data)"
+        )
+    return (
+        f"the {class_name} reference has unexpected keys {names}: a mapping with 'class_name' "
+        f"and 'id' is a reference, never {class_name} data. Pass the reference exactly as it "
+        "was issued ({'class_name', 'id'}), or the data without 'class_name'"
     )
 
 

@@ -25,7 +25,12 @@ from typing import Any
 from uuid import UUID
 
 from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurationError
-from pydantic_toast._reference import ExternalReference, ParsedReference, parse_reference
+from pydantic_toast._reference import (
+    ExternalReference,
+    ParsedReference,
+    parse_reference,
+    unexpected_keys,
+)
 
 __all__ = [
     "MIN_KEY_BYTES",
@@ -49,6 +54,7 @@ _SIGNATURE_CHARS = 43  # 32 bytes of HMAC-SHA256, base64url without padding
 _SIGNATURE = re.compile(f"[A-Za-z0-9_-]{{{_SIGNATURE_CHARS}}}")
 _SIGNED_KEYS = frozenset(("class_name", "id", "signature"))
 _EXPIRING_KEYS = _SIGNED_KEYS | {"expires_at"}
+_SIGNED_NAMES = frozenset(map(repr, ("signature", "expires_at")))  # as unexpected_keys() names them
 
 
 def _key_bytes(position: int, key: object) -> bytes:
@@ -235,6 +241,13 @@ def verify_reference(value: object, keys: SigningKeys) -> ExternalReference:
             verify with any of ``keys``, or it expired.
     """
     signed = parse_signed(value)
+    extra = unexpected_keys(value) if signed is None else None
+    if extra is not None and not _SIGNED_NAMES.issuperset(extra):
+        raise InvalidReferenceError(
+            "verify_reference() takes a signed reference exactly as sign_reference() made it "
+            f"{{'class_name', 'id', 'signature'[, 'expires_at']}}: this one has the unexpected "
+            f"keys {', '.join([key for key in extra if key not in _SIGNED_NAMES][:5])}"
+        )
     if signed is None:
         raise InvalidReferenceError(
             "verify_reference() takes a signed reference {'class_name', 'id', 'signature'"
