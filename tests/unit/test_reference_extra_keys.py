@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 import pytest
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import pydantic_toast
 from pydantic_toast import (
@@ -195,3 +195,27 @@ def test_a_mapping_with_both_keys_inside_data_is_still_data(memory_url: str) -> 
     value = {"class_name": "Pref", "id": "not-a-uuid", "theme": "x"}
     box = Box(plain=PlainHolder(extra=value), free=value)
     assert Box.model_validate(pydantic_toast.dump(box)) == box
+
+
+def test_a_discriminated_union_refuses_a_reference_with_its_tag_added(memory_url: str) -> None:
+    """With the tag added, the union routes it to its member, which refuses it (it made a new
+    record); without the tag, Pydantic reports the missing tag, as before."""
+
+    class Tea(ExternalBaseModel):
+        kind: Literal["tea"] = "tea"
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Cake(ExternalBaseModel):
+        kind: Literal["cake"] = "cake"
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    class Order(BaseModel):
+        item: Annotated[Tea | Cake, Field(discriminator="kind")]
+
+    reference = pydantic_toast.dump(Tea())
+    assert isinstance(Order.model_validate({"item": reference}).item, Tea)
+    with pytest.raises(InvalidReferenceError, match="unexpected keys 'kind'"):
+        Order.model_validate({"item": {**reference, "kind": "tea"}})
+    with pytest.raises(ValidationError, match="union_tag_not_found"):
+        Order.model_validate({"item": {**reference, "v": 1}})
+    assert pydantic_toast.count(Tea) == 1
