@@ -16,12 +16,16 @@ the probes round robin (one child each, so each starts from a clean heap) and pr
     python bench/rss.py table --sizes 10 100 --rounds 3           # one large model
     python bench/rss.py table --batch 100000 --workloads 0 1 --rounds 3   # a batch of records
     python bench/rss.py table ... --src /path/to/other/checkout/src       # code to measure
+    python bench/rss.py table --batch 100000 --kinds postgresql raw-postgresql  # vs raw drivers
 
 ``KIND`` is memory, sqlite, postgresql, redis, redis-cluster, s3, or offload (PostgreSQL
 keeping a pointer, the payload in S3). The peak is read from ``VmHWM`` after resetting it
-(Linux). The driver runs the children with glibc's mmap threshold fixed at 128 KiB
-(``MALLOC_MMAP_THRESHOLD_``; ``--dynamic-malloc`` keeps the default): otherwise memory freed by
-the save stays mapped and the load reuses it unseen.
+(Linux). ``raw-postgresql`` and ``raw-redis`` (batch probes only) are the raw drivers of
+``bench/systems.py`` (asyncpg ``executemany`` and ``ANY`` select; a pipeline of SETs and MGET)
+called on chunks of ``RAW_CHUNK`` records, every loaded model kept, as a caller would write a
+batch that should not grow with its size. The driver runs the children with glibc's mmap
+threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``; ``--dynamic-malloc`` keeps the
+default): otherwise memory freed by the save stays mapped and the load reuses it unseen.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, os.environ.get("TOAST_BENCH_SRC") or str(HERE.parent / "src"))
 
 KINDS = ("memory", "sqlite", "postgresql", "redis", "redis-cluster", "s3", "offload")
+RAW_KINDS = ("raw-postgresql", "raw-redis")
+RAW_CHUNK = 1000
 
 
 def _status(field: str) -> int:
@@ -86,6 +92,40 @@ def probe(kind: str, workload_index: int, count: int, url: str) -> dict[str, flo
         before = reset_peak_rss()
         await system.load_many(keys)
         load_peak = peak_rss() - before
+        await system.teardown()
+        return {"json_bytes": json_bytes, "save_rss": save_peak, "load_rss": load_peak}
+
+    return asyncio.run(run())
+
+
+def raw_probe(kind: str, workload_index: int, count: int, url: str) -> dict[str, float]:
+    """The batch of :func:`probe` through a raw driver, ``RAW_CHUNK`` records per call."""
+    from systems import RawAsyncpg, RawRedis
+    from workloads import WORKLOADS
+
+    workload = WORKLOADS[workload_index]
+    raw = {"postgresql": RawAsyncpg, "redis": RawRedis}[kind]
+    base, _, prefix = url.partition("?prefix=")
+    system = raw(workload, {kind: base, "redis_prefix": prefix})
+
+    async def run() -> dict[str, float]:
+        await system.setup()
+        objs = [system.make(i) for i in range(count)]
+        json_bytes = sum(len(obj.model_dump_json()) for obj in objs)
+        await system.load(await system.save(system.make(0)))  # connect outside the window
+        before = reset_peak_rss()
+        keys: list[object] = []
+        for start in range(0, count, RAW_CHUNK):
+            keys += await system.save_many(objs[start : start + RAW_CHUNK])
+        save_peak = peak_rss() - before
+        del objs
+        before = reset_peak_rss()
+        loaded: list[object] = []
+        for start in range(0, count, RAW_CHUNK):
+            loaded += await system.load_many(keys[start : start + RAW_CHUNK])
+        load_peak = peak_rss() - before
+        assert len(loaded) == count
+        del loaded
         await system.teardown()
         return {"json_bytes": json_bytes, "save_rss": save_peak, "load_rss": load_peak}
 
@@ -179,13 +219,16 @@ class Stores:
             path = self.tmp / "rss.db"
             assert toast_cli(["migrate", f"sqlite:///{path}"]) == 0
             self.urls["sqlite"] = f"sqlite:///{path}"
-        if {"postgresql", "offload"} & set(kinds):
+        if {"postgresql", "offload", "raw-postgresql"} & set(kinds):
             self._admin(f'CREATE DATABASE "{self.database}"')
             pg = f"{self.admin.rpartition('/')[0]}/{self.database}"
             assert toast_cli(["migrate", pg]) == 0
-            self.urls["postgresql"] = self.urls["offload"] = pg
+            self.urls["postgresql"] = self.urls["offload"] = self.urls["raw-postgresql"] = pg
         if "redis" in kinds:
             self.urls["redis"] = f"{os.environ['TOAST_TEST_REDIS_URL']}?prefix={self.redis_prefix}"
+        if "raw-redis" in kinds:
+            redis = os.environ["TOAST_TEST_REDIS_URL"]
+            self.urls["raw-redis"] = f"{redis}?prefix={self.redis_prefix}_raw"
         if "redis-cluster" in kinds:
             given = os.environ.get("TOAST_BENCH_REDIS_CLUSTER_URL")
             if given:
@@ -233,10 +276,10 @@ class Stores:
             asyncio.run(self._delete_cluster_prefix())
         if "postgresql" in self.urls:
             self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        if "redis" in self.urls:
+        if {"redis", "raw-redis"} & set(self.urls):
             from stores import delete_redis_prefix
 
-            delete_redis_prefix(os.environ["TOAST_TEST_REDIS_URL"], f"{self.redis_prefix}:")
+            delete_redis_prefix(os.environ["TOAST_TEST_REDIS_URL"], self.redis_prefix)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -270,7 +313,8 @@ def table(arguments: argparse.Namespace) -> None:
                         assert stores.offload is not None
                         argv.append(stores.offload)
                 if arguments.batch:
-                    argv = [kind, *argv]
+                    raw = kind.removeprefix("raw-")
+                    argv = [kind, *argv] if raw == kind else ["raw", raw, *argv]
                 output = subprocess.run(
                     [sys.executable, str(Path(__file__).resolve()), *argv],
                     capture_output=True,
@@ -327,7 +371,7 @@ def main(argv: list[str]) -> None:
     if argv and argv[0] == "table":
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("--sizes", type=float, nargs="+", default=[10.0, 100.0])
-        parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+        parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS + RAW_KINDS)
         parser.add_argument("--batch", type=int, default=0, help="records per batch probe")
         parser.add_argument("--workloads", type=int, nargs="+", default=[0, 1])
         parser.add_argument("--rounds", type=int, default=3)
@@ -336,6 +380,10 @@ def main(argv: list[str]) -> None:
         )
         parser.add_argument("--src", help="the src directory of the code to measure")
         table(parser.parse_args(argv[1:]))
+        return
+    if argv and argv[0] == "raw":
+        kind, index, count, url = argv[1:5]
+        print(json.dumps(raw_probe(kind, int(index), int(count), url)))
         return
     kind, index, count, url = argv[:4]
     print(json.dumps(probe(kind, int(index), int(count), url)))
