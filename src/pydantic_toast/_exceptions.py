@@ -222,7 +222,9 @@ class ConcurrencyError(ExternalStorageError):
         class_name: The stored class name of the record.
         id: The record id.
         expected: The revision this instance last saw (``0``: it was never stored).
-        current: The stored revision now, or ``None`` when the record no longer exists.
+        current: The stored revision now, or ``None`` when the record no longer exists. It
+            may equal ``expected``: the record was deleted and created again since (a new
+            ``created_at``), and its revisions started again from 1.
         ttl: The record's ttl in seconds when its model has one (a missing record may have
             expired rather than been deleted), else ``None``.
         written: The records of the same save that were written anyway, with their new
@@ -245,6 +247,8 @@ class ConcurrencyError(ExternalStorageError):
             what = "was deleted"
         elif expected == 0:
             what = f"already exists (revision {current})"
+        elif current == expected:  # the revision matched, the record did not
+            what = f"was deleted and created again since (now at revision {current})"
         else:
             what = f"is at revision {current}"
         if deleting:

@@ -548,6 +548,11 @@ class SaveBatch:
         created_at = identity.created_at
         assert created_at is not None  # (stamped by collect())
         now = created_at if identity in self.fresh else datetime.now(UTC)
+        if not checked and identity.revision:
+            # A write regardless may create the record again (deleted meanwhile): it then
+            # starts a new incarnation, with a created_at of its own, which an instance of the
+            # deleted record cannot match. A record still there keeps its created_at.
+            created_at = now
         record = new_record(
             settings.external_name,
             identity.id,
@@ -773,10 +778,11 @@ class SaveBatch:
                     if record.key in exc.written:
                         if saves is not None:
                             saves.remember(model, _read_identity(model))
+                        revision = exc.written[record.key]
                         identity = Identity(
                             record.id,
-                            record.created_at,
-                            exc.written[record.key],
+                            _created_at(record, revision, model),
+                            revision,
                             _kept_json(record.data, print_, model),
                             True,
                             print_,
@@ -799,10 +805,14 @@ class SaveBatch:
         """Give each written model its new identity (``saves``: of the transaction it joined)."""
         for index, (record, model, print_, text) in enumerate(entries):
             data = record.data
+            revision = None if revisions is None else revisions[index]
+            created_at = record.created_at
+            if record.revision is None:  # written regardless: created again, or kept
+                created_at = _created_at(record, revision, model)
             identity = Identity(
                 record.id,
-                record.created_at,
-                None if revisions is None else revisions[index],
+                created_at,
+                revision,
                 data if len(data) <= KEEP_JSON_UP_TO else _kept_json(data, print_, model),
                 True,
                 print_,
@@ -811,6 +821,19 @@ class SaveBatch:
             if saves is not None:
                 saves.remember(model, _read_identity(model))
             _write_identity(model, identity)
+
+
+def _created_at(record: StoredRecord, revision: int | None, model: ExternalBaseModel) -> datetime:
+    """The stored ``created_at`` of ``record`` once written at ``revision``.
+
+    A checked write keeps the one it was checked against (its own). A write regardless
+    carries a new one (see :meth:`SaveBatch._serialize`), stored only if it created the record
+    (revision 1); over an existing record, that record's is kept: the one the instance held.
+    """
+    if record.revision is not None or revision == 1:
+        return record.created_at
+    held = _read_identity(model).created_at
+    return record.created_at if held is None else held
 
 
 def _two_versions_refusal(class_name: str, identity: Identity) -> StorageValidationError:

@@ -108,6 +108,34 @@ def test_a_stale_record_in_a_late_chunk_writes_nothing(chunked_url: str) -> None
     assert [m.external_revision for m in stored] == [1] * 9 + [2]
 
 
+def test_a_stale_instance_of_a_re_created_record_in_a_late_chunk_writes_nothing(
+    chunked_url: str,
+) -> None:
+    """Record 9 deleted and written back by a forced save (revision 1 again, a new
+    created_at): a batch holding the instance loaded before conflicts on it, and no record of
+    the batch changes (Redis: its whole-batch check sees the created_at too)."""
+    item = model_on(chunked_url)
+    items = [item(n=i) for i in range(10)]
+    references = pydantic_toast.dump(items)
+    stale = pydantic_toast.validate(list[item], references)
+    pydantic_toast.delete(item, references[9])
+    items[9].n = -1
+    pydantic_toast.dump(items[9], force=True)
+    for m in stale:
+        m.n += 100
+    with pytest.raises(ConcurrencyError) as caught:
+        pydantic_toast.dump(stale)
+    assert (caught.value.id, caught.value.expected, caught.value.current) == (
+        items[9].external_id,
+        1,
+        1,
+    )
+    assert caught.value.written == {}
+    stored = pydantic_toast.validate(list[item], references)
+    assert [m.n for m in stored] == [*range(9), -1]
+    assert [m.external_revision for m in stored] == [1] * 10
+
+
 @pytest.mark.parametrize("expected", [None, 0, 1])
 @pytest.mark.parametrize("second", [1, 7], ids=["same-chunk", "later-chunk"])
 def test_a_record_twice_in_a_batch_is_refused_in_any_chunk(

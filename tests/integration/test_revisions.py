@@ -202,18 +202,12 @@ async def test_save_after_delete_raises_and_never_resurrects(storage_url: str) -
     assert await pydantic_toast.acount(counter) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/concurrency.md, 'A re-created record starts again at revision 1'): "
-    "revisions restart at 1 when a forced write re-creates a deleted record, and no store "
-    "keeps what the deleted record's revisions were",
-)
 async def test_a_stale_instance_of_a_deleted_record_never_overwrites_its_re_creation(
     storage_url: str,
 ) -> None:
     """An instance holding revision 1 of a record that was deleted and then written back by a
-    forced save conflicts with the new record (no ABA). Fails today: the new record is at
-    revision 1 too, so the stale save passes the check and overwrites it."""
+    forced save conflicts with the new record (no ABA), although that one is at revision 1
+    too: the check compares the record's created_at as well."""
     counter = counter_on(storage_url)
     item = counter(n=1)
     await item.asave()
@@ -224,6 +218,126 @@ async def test_a_stale_instance_of_a_deleted_record_never_overwrites_its_re_crea
     bump(stale, 100)
     with pytest.raises(ConcurrencyError):
         await stale.asave()
+
+
+async def test_the_re_creating_instance_keeps_saving_and_the_stale_one_reloads(
+    storage_url: str,
+) -> None:
+    """After a forced save re-creates a deleted record, the instance that wrote it saves on
+    with revision checks (it knows the new record's created_at), last_write_wins() re-creates
+    it too, and the stale instance, loaded again, saves."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    stale = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    await adelete(counter, item.external_id)  # type: ignore[arg-type]
+    bump(item)
+    await item.asave(force=True)
+    assert item.external_revision == 1
+    recreated = await stored(counter, item.external_id)
+    assert recreated is not None
+    assert recreated.created_at > stale._toast_identity.created_at  # type: ignore[attr-defined]
+    bump(item)
+    await item.asave()  # checked, against the new record
+    assert item.external_revision == 2
+    bump(item)
+    await item.asave(force=True)  # forced over a record that exists: keeps its created_at
+    kept = await stored(counter, item.external_id)
+    assert kept is not None
+    assert (kept.revision, kept.created_at) == (3, recreated.created_at)
+    bump(item)
+    await item.asave()
+    assert item.external_revision == 4
+
+    await adelete(counter, item.external_id)  # type: ignore[arg-type]
+    with pydantic_toast.last_write_wins():
+        bump(stale, 100)
+        await stale.asave()  # the stale instance itself re-creates it, regardless
+    assert stale.external_revision == 1
+    bump(item)
+    with pytest.raises(ConcurrencyError) as info:
+        await item.asave()  # item held revision 4 of the record deleted before
+    assert info.value.current == 1
+    bump(stale)
+    await stale.asave()
+    assert n_of(await counter.aload(item.external_id)) == 102  # type: ignore[arg-type]
+    reloaded = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    bump(reloaded)
+    await reloaded.asave()
+    assert reloaded.external_revision == 3
+
+
+async def test_a_batch_holding_a_stale_instance_of_a_re_created_record_writes_nothing(
+    storage_url: str,
+) -> None:
+    """A dump of several instances, one of them holding revision 1 of a record deleted and
+    created again (by a forced save) since: ConcurrencyError, and the batch's other
+    records are not written (S3, without multi-object writes, checks them all first)."""
+    counter = counter_on(storage_url)
+    items = [counter(n=i) for i in range(3)]
+    await pydantic_toast.adump(items)
+    stale = [await counter.aload(item.external_id) for item in items]  # type: ignore[arg-type]
+    await adelete(counter, items[1].external_id)  # type: ignore[arg-type]
+    bump(items[1], 10)
+    await items[1].asave(force=True)  # a new record, at revision 1 again
+    for instance in stale:
+        bump(instance, 100)
+    with pytest.raises(ConcurrencyError) as info:
+        await pydantic_toast.adump(stale)
+    assert (info.value.id, info.value.expected, info.value.current) == (
+        items[1].external_id,
+        1,
+        1,
+    )
+    assert "deleted and created again" in str(info.value)
+    loaded = [await counter.aload(item.external_id) for item in items]  # type: ignore[arg-type]
+    assert [n_of(instance) for instance in loaded] == [0, 11, 2]
+    assert [instance.external_revision for instance in loaded] == [1, 1, 1]
+
+
+async def test_a_transaction_refuses_a_stale_instance_of_a_re_created_record(
+    storage_url: str,
+) -> None:
+    """Inside transaction() (PostgreSQL, SQLite: the caller's connection), the stale save of
+    a record re-created in the same transaction conflicts; rolled back, the instance that
+    re-created it forgets that save and conflicts with nothing it should not."""
+    if not storage_url.startswith(("postgresql://", "sqlite://")):
+        pytest.skip("transaction() joins SQL stores only")
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    scheme = (
+        "postgresql+asyncpg://" if storage_url.startswith("postgresql") else "sqlite+aiosqlite://"
+    )
+    engine = create_async_engine(scheme + storage_url.split("://", 1)[1].split("?")[0])
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    stale = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    try:
+        async with engine.connect() as connection:
+            async with connection.begin(), pydantic_toast.transaction(connection):
+                await adelete(counter, item.external_id)  # type: ignore[arg-type]
+                bump(item, 10)
+                await item.asave(force=True)
+                bump(stale, 100)
+                with pytest.raises(ConcurrencyError):
+                    await stale.asave()
+                bump(stale, 100)
+                with pytest.raises(ConcurrencyError):
+                    await pydantic_toast.adump([stale, counter(n=5)])
+            assert n_of(await counter.aload(item.external_id)) == 11  # type: ignore[arg-type]
+
+            async with connection.begin() as rolled_back, pydantic_toast.transaction(connection):
+                await adelete(counter, item.external_id)  # type: ignore[arg-type]
+                bump(item)
+                await item.asave(force=True)
+                await rolled_back.rollback()
+        assert item.external_revision == 1  # the forced save is forgotten: the record before
+        bump(item)
+        await item.asave()  # checked against the record the rollback kept
+        assert n_of(await counter.aload(item.external_id)) == 13  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
 
 
 async def test_escape_hatches_write_regardless(storage_url: str) -> None:

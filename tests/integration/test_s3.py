@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -22,6 +23,7 @@ from pydantic_toast import (
     StoredRecord,
 )
 from pydantic_toast._url import StorageURL
+from pydantic_toast.backends.s3 import _revision_suffix
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 
@@ -80,7 +82,10 @@ def test_key_layout_is_documented(
 
     metadata, data, index = on_server(seaweedfs, read)
     assert json.loads(data) == {"text": "tea"}
-    assert data == b'{"text":"tea"}\t'  # revision 1, spelt in whitespace (see the ETag test)
+    # Revision 1 and created_at, spelt in whitespace (see the ETag test).
+    created_at = datetime.fromisoformat(metadata["toast-created-at"])
+    assert data == b'{"text":"tea"}' + _revision_suffix(1, created_at)
+    assert data.rstrip(b" \t\r\n") == b'{"text":"tea"}'
     assert set(metadata) == {
         "toast-created-at",
         "toast-updated-at",
@@ -232,7 +237,8 @@ def test_a_write_of_identical_bytes_changes_the_etag(
     s3_url: str, seaweedfs: servers.TempSeaweedFS, bucket: str
 ) -> None:
     """If-Match compares ETags, and S3's ETag is the MD5 of the body alone: a rewrite of the
-    same fields must still change it, or a writer that HEADed before it would pass If-Match.
+    same fields must still change it, or a writer that HEADed before it would pass If-Match;
+    so must the record's re-creation at revision 1 with the same fields (a new created_at).
     """
     note = model_on(s3_url)
     saved = note(text="same")
@@ -258,6 +264,10 @@ def test_a_write_of_identical_bytes_changes_the_etag(
     assert note.model_validate(reference).text == "same"  # type: ignore[attr-defined]
     raw_first, raw_second = on_server(seaweedfs, raw_rewrites)
     assert raw_first == raw_second  # why: the store ignores metadata in the ETag
+    pydantic_toast.delete(note, reference)
+    pydantic_toast.dump(saved, force=True)  # the same bytes at revision 1: a new record
+    assert saved.external_revision == 1
+    assert on_server(seaweedfs, etag) not in (before, after)
 
 
 async def _stored_on(

@@ -89,8 +89,11 @@ class Capability(enum.StrEnum):
 
     ``load_records`` gives each record's stored ``revision``. ``save_records`` checks, for each
     record whose ``revision`` is not ``None``, that the stored revision is that one (``0``: no
-    record exists) and raises :class:`~pydantic_toast.ConcurrencyError` otherwise, writing none
-    of the batch; it writes a record with ``revision=None`` whatever is stored. It returns the
+    record exists) and, for an existing record, that its stored ``created_at`` is the record's
+    (a record deleted and created again since starts at revision 1 again: the ``created_at``
+    tells the two apart), and raises :class:`~pydantic_toast.ConcurrencyError` otherwise,
+    writing none of the batch; it writes a record with ``revision=None`` whatever is stored,
+    keeping the ``created_at`` of an existing record (a new one takes the record's). It returns the
     new revision of each record (1 for a new record, one more than before otherwise). The
     check and the write must be atomic (one statement, a transaction, a server script).
     A record found at another revision is a conflict even when it holds exactly the record

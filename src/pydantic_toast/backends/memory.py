@@ -213,7 +213,9 @@ class MemoryBackend(RecordBackend):
     async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
         """Store records, keeping each existing record's ``created_at``; all or none.
 
-        Every expected revision is checked before anything is written.
+        Every expected revision is checked before anything is written, with the
+        ``created_at`` of the record it was read from (a record deleted and created again
+        since is another one, whatever its revision).
         """
         now = time.monotonic()
         store = self._store
@@ -225,7 +227,10 @@ class MemoryBackend(RecordBackend):
                 classes = store.records_of(record.class_name)
                 old = classes.live(record.id.int, now)
                 expected = record.revision
-                if expected is not None and (0 if old is None else old.revision or 0) != expected:
+                if expected is not None and (
+                    (0 if old is None else old.revision or 0) != expected
+                    or (expected and old is not None and old.created_at != record.created_at)
+                ):
                     current = None if old is None else old.revision
                     raise ConcurrencyError(
                         record.class_name,

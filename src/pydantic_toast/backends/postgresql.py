@@ -481,6 +481,7 @@ _CHANGED = f"""UPDATE {TABLE_NAME} AS t
       updated_at = r.updated_at, expires_at = r.expires_at, revision = t.revision + 1
   FROM {{rows}}
   WHERE t.class_name = r.class_name AND t.id = r.id AND t.revision = r.expected
+    AND t.created_at = r.created_at
     AND (t.expires_at IS NULL OR t.expires_at > r.updated_at)
   RETURNING t.class_name, t.id, t.revision"""
 _INSERT = f"""INSERT INTO {TABLE_NAME} (class_name, id, schema_version, data, data_exact,
@@ -611,6 +612,7 @@ def _hot_path_statements() -> dict[str, str]:
         "b_class_name",
         "b_id",
         "b_expected",
+        "b_created_at",
     ]
     for name, statement, expected in (
         ("insert", writes["insert"], names),
@@ -867,6 +869,7 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                     record.class_name,
                     record.id,
                     expected,
+                    record.created_at,
                 )
         except _Ended as ended:
             return _timed_out_write(record, ended)

@@ -83,9 +83,11 @@ _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 # id is the record key's last 36 characters (every key layout ends with it).
 # Every expected revision is checked before anything is written (a script runs atomically),
 # so a batch is all or nothing; a document without a revision (written before revisions
-# existed) is at revision 1. The old document is never read whole: created_at and revision
-# are cut from its first bytes (GETRANGE), so the data is never decoded, copied or re-encoded
-# by Lua.
+# existed) is at revision 1. An existing record must also have the created_at the record
+# carries: one deleted and created again since it was read (by a write regardless, which
+# carries a new created_at) is another record, whatever its revision. The old document is
+# never read whole: created_at and revision are cut from its first bytes (GETRANGE), so the
+# data is never decoded, copied or re-encoded by Lua.
 #
 # A small document travels in ARGV and is written by SET. A large one would cost the server
 # about 4 µs per KB in Lua (argument, concatenation, SET): the client stages it whole under
@@ -145,7 +147,8 @@ for i = 1, n do
     end
     existed[i] = true
   end
-  if expected ~= '' and tonumber(expected) ~= current then
+  if expected ~= '' and (tonumber(expected) ~= current
+      or (current > 0 and created ~= ARGV[base + 2])) then
     for j = 1, n do
       if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
     end
@@ -313,18 +316,27 @@ end
 return 1
 """
 )
-# KEYS: record keys. ARGV: the revision each expects ('': any). The first record whose stored
-# revision differs, as the save script finds it, without writing anything: a batch larger than
-# batch_size is checked whole with this before its chunks are written.
+# KEYS: record keys. ARGV, 2 per record: the revision it expects ('': any) and its created_at.
+# The first record whose stored revision (or created_at) differs, as the save script finds
+# it, without writing anything: a batch larger than batch_size is checked whole with this
+# before its chunks are written.
 # Returns {1} or {0, index, current revision (0: none)}.
 _CHECK_SCRIPT = """
 for i = 1, #KEYS do
   local head = redis.call('GETRANGE', KEYS[i], 0, 127)
-  local current = 0
+  local current, created = 0, ARGV[2 * i]
   if head ~= '' then
-    current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
+    local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
+    if stored then
+      created, current = stored, tonumber(revision)
+    else
+      current = 1
+      created = string.match(head, '^{"created_at":"([^"]*)"') or created
+    end
   end
-  if ARGV[i] ~= '' and tonumber(ARGV[i]) ~= current then
+  local expected = ARGV[2 * i - 1]
+  if expected ~= '' and (tonumber(expected) ~= current
+      or (current > 0 and created ~= ARGV[2 * i])) then
     return {0, i, current}
   end
 end
@@ -705,7 +717,7 @@ class RedisBackend(RecordBackend):
         chunks = [records[start:end] for start, end in spans]
         for (offset, _), chunk in zip(spans, chunks, strict=True):
             keys = [self.key(r.class_name, r.id) for r in chunk]
-            expected = ["" if r.revision is None else r.revision for r in chunk]
+            expected = expectations(chunk)
             result = await self._call(partial(self._check_script, keys=keys, args=expected))
             if result[0] == 0:
                 raise _conflict(records[offset + int(result[1]) - 1], int(result[2]))
@@ -1448,6 +1460,15 @@ def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> b
     if current != revision:
         raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
     return True
+
+
+def expectations(records: Sequence[StoredRecord]) -> list[Any]:
+    """What each record expects to find, for the check scripts: its revision ('': any) and
+    its created_at, as the save script writes it (an existing record must have both)."""
+    pairs: list[Any] = []
+    for record in records:
+        pairs += ("" if record.revision is None else record.revision, record.created_at.isoformat())
+    return pairs
 
 
 def _conflict(record: StoredRecord, current: int) -> ConcurrencyError:

@@ -96,8 +96,9 @@ _IN_FLIGHT = 16
 # for this long at most (then StorageBusyError: retry): until then, a save's keys (the lock
 # and expiry keys are usually absent) are on neither side whole (TRYAGAIN).
 _MIGRATION_SECONDS = 10.0
-# KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then each
-# record's expected revision ('': any). Returns {1}, {0, index, current revision} or {2, index}.
+# KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then for
+# each record its expected revision ('': any) and its created_at (an existing record must have
+# both, as in the save script). Returns {1}, {0, index, current revision} or {2, index}.
 _PREPARE_SCRIPT = """
 local n = #KEYS / 2
 for i = 1, n do
@@ -105,14 +106,20 @@ for i = 1, n do
   if holder and holder ~= ARGV[1] then
     return {2, i}
   end
-  local expected = ARGV[2 + i]
+  local expected = ARGV[1 + 2 * i]
   if expected ~= '' then
-    local old = redis.call('GET', KEYS[i])
-    local current = 0
-    if old then
-      current = tonumber(string.match(old, '^{"created_at":"[^"]*","revision":(%d+),') or '1')
+    local head = redis.call('GETRANGE', KEYS[i], 0, 127)
+    local current, created = 0, ARGV[2 + 2 * i]
+    if head ~= '' then
+      local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
+      if stored then
+        created, current = stored, tonumber(revision)
+      else
+        current = 1
+        created = string.match(head, '^{"created_at":"([^"]*)"') or created
+      end
     end
-    if tonumber(expected) ~= current then
+    if tonumber(expected) ~= current or (current > 0 and created ~= ARGV[2 + 2 * i]) then
       return {0, i, current}
     end
   end
@@ -399,7 +406,7 @@ class RedisClusterBackend(single.RedisBackend):
     async def _prepare(self, part: list[StoredRecord], token: str) -> None:
         keys = [self.key(r.class_name, r.id) for r in part]
         keys += [self.lock_key(r.class_name, r.id) for r in part]
-        expected = ["" if r.revision is None else r.revision for r in part]
+        expected = single.expectations(part)
         result = await self._prepare_script(keys=keys, args=[token, _LOCK_MS, *expected])
         if result[0] == 0:
             raise single._conflict(part[int(result[1]) - 1], int(result[2]))

@@ -29,8 +29,11 @@ revision ``r`` over ``r - 1`` is a HEAD (the stored revision and ETag) and a PUT
 ``If-Match: <that ETag>``, so a writer that raced in between makes the PUT fail (412) and the
 write raises :class:`~pydantic_toast.ConcurrencyError`. S3's ETag is the MD5 of the body alone
 (metadata does not count), so a write of identical bytes would keep the ETag and let a stale
-``If-Match`` through: each body therefore ends with JSON whitespace spelling its revision
-(base 4 in space, tab, CR, LF), which makes every write's ETag new; loads strip it.
+``If-Match`` through: each body therefore ends with JSON whitespace spelling its revision and
+``created_at`` (base 4 in space, tab, CR, LF), which makes every write's ETag new, also across
+a delete and a re-creation; loads strip it. A checked write also compares the HEAD's
+``created_at`` with the one the writer read: a record deleted and created again since is
+another record, whatever its revision.
 
 Batches are not atomic: S3 has no multi-object transaction. What a batch save guarantees:
 
@@ -235,7 +238,9 @@ class S3Backend(RecordBackend):
             )
             for record, head in zip(checked, found, strict=True):
                 current = None if head is None else _revision_of(head)
-                if (current or 0) != record.revision:
+                if (current or 0) != record.revision or (
+                    head is not None and self._created(record, head) != record.created_at
+                ):
                     raise ConcurrencyError(
                         record.class_name,
                         record.id,
@@ -446,13 +451,14 @@ class S3Backend(RecordBackend):
         self, record: StoredRecord, key: str, revision: int, head: Any, **conditions: str
     ) -> None:
         """PUT the record's body at ``revision``, keeping the created_at of ``head``."""
+        created_at = record.created_at if head is None else self._created(record, head)
         created = record.created_at.isoformat()
         if head is not None:
             created = head["Metadata"].get(_CREATED, created)
         await self._connected().put_object(
             Bucket=self._options.bucket,
             Key=key,
-            Body=record.data + _revision_suffix(revision),
+            Body=record.data + _revision_suffix(revision, created_at),
             ContentType="application/json",
             Metadata={
                 _CREATED: created,
@@ -468,6 +474,11 @@ class S3Backend(RecordBackend):
             Bucket=self._options.bucket,
             Key=self.index_key(record.class_name, record.created_at, record.id),
         )
+
+    def _created(self, record: StoredRecord, head: Any) -> datetime:
+        """The stored ``created_at`` of ``record``'s object, whose HEAD is ``head``."""
+        key = self.key(record.class_name, record.id)
+        return self._metadata(key, record.class_name, record.id, head["Metadata"])[0]
 
     async def _load_one(self, class_name: str, id: UUID) -> StoredRecord | None:
         client, key = self._connected(), self.key(class_name, id)
@@ -606,11 +617,15 @@ def _revision_of(response: Any) -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
-def _revision_suffix(revision: int) -> bytes:
-    """``revision`` in base 4, spelt in JSON whitespace: every write's body (and ETag) is new."""
+def _revision_suffix(revision: int, created_at: datetime) -> bytes:
+    """``revision`` and ``created_at`` in base 4, spelt in JSON whitespace: every write's body
+    (and ETag) is new, also that of a record deleted and created again at a revision its
+    earlier incarnation had (an ``If-Match`` naming the earlier one fails)."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    number = micros << 40 | revision if micros > 0 else revision
     digits = bytearray()
-    while revision:
-        revision, digit = divmod(revision, 4)
+    while number:
+        number, digit = divmod(number, 4)
         digits.append(_WHITESPACE[digit])
     return bytes(digits)
 

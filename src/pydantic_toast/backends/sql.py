@@ -328,7 +328,8 @@ def write_statements(
     * ``insert``: a new record (expected revision 0): inserts, or takes the place of an
       expired row, or returns no row if a live record has the id;
     * ``update``: an existing record at ``expected``: updates it only if the stored revision is
-      still that one and it has not expired, so a deleted or expired record is never written
+      still that one, its ``created_at`` still the one read (a record deleted and created
+      again is another one) and it has not expired, so a deleted or expired record is never written
       back; under READ COMMITTED PostgreSQL re-checks the condition on the newest row version
       after waiting for a concurrent writer, so two writers expecting the same revision cannot
       both succeed;
@@ -362,6 +363,7 @@ def write_statements(
             _c.class_name == bindparam("b_class_name"),
             _c.id == bindparam("b_id"),
             _c.revision == bindparam("b_expected"),
+            _c.created_at == bindparam("b_created_at", type_=_c.created_at.type),
             live(bindparam("b_updated_at", type_=_c.updated_at.type)),
         )
         .values(
@@ -417,7 +419,6 @@ def write_parameters(record: StoredRecord) -> tuple[str, dict[str, Any]]:
         return "upsert", parameters
     if expected == 0:
         return "insert", parameters
-    del parameters["created_at"]
     parameters = {f"b_{k}": v for k, v in parameters.items()}
     parameters["b_expected"] = expected
     return "update", parameters

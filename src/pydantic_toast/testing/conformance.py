@@ -882,6 +882,63 @@ class BackendConformance:
         revision, data = outcomes[3]
         assert (revision, data.replace(b" ", b"")) == (2, b'{"v":2}')
 
+    def test_a_record_created_again_is_another_record(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """A record deleted and written again (regardless, with a new ``created_at``) starts
+        at revision 1 again: a write expecting revision 1 of the deleted one conflicts,
+        batches included, and writes nothing; one carrying the new ``created_at`` lands, and
+        a write regardless over it keeps that ``created_at``."""
+        if Capability.REVISIONS not in self._capabilities(storage, storage_url):
+            return  # test_revisions checks the refusal
+        before = datetime.now(UTC).replace(microsecond=0)
+        first = _record(class_name, uuid4(), b'{"v":1}', created=before)
+        again = dataclasses.replace(first, created_at=before + timedelta(seconds=1), revision=None)
+        stale = dataclasses.replace(
+            first, data=b'{"v":3}', updated_at=before + timedelta(seconds=2), revision=1
+        )
+        # Enough new records to span several slots of a cluster (a two-phase batch there).
+        others = [
+            dataclasses.replace(
+                _record(class_name, uuid4(), b'{"v":0}', created=before), revision=0
+            )
+            for _ in range(20)
+        ]
+
+        async def job(backend: Connected) -> list[object]:
+            outcomes: list[object] = [await backend.save_records([first])]
+            await backend.delete(first.id, class_name)
+            outcomes.append(await backend.save_records([again]))
+            for batch in ([stale], [*others, stale]):
+                try:
+                    await backend.save_records(batch)
+                except ConcurrencyError as exc:
+                    outcomes.append((exc.expected, exc.current))
+            outcomes.append(await backend.load_records([first.key, others[0].key]))
+            current = dataclasses.replace(stale, created_at=again.created_at)
+            outcomes.append(await backend.save_records([current]))
+            later = before + timedelta(seconds=3)
+            forced = dataclasses.replace(again, created_at=later, updated_at=later)
+            outcomes.append(await backend.save_records([forced]))
+            outcomes.append(await backend.load_records([first.key]))
+            return outcomes
+
+        outcomes = self.run(storage, storage_url, job)
+        assert isinstance(outcomes, list)
+        assert outcomes[:4] == [[1], [1], (1, 1), (1, 1)]
+        loaded, missing = outcomes[4]
+        assert loaded is not None
+        assert (loaded.revision, loaded.created_at, loaded.data.replace(b" ", b"")) == (
+            1,
+            again.created_at,
+            b'{"v":1}',
+        )
+        assert missing is None  # the batch with a conflict wrote nothing
+        assert outcomes[5:7] == [[2], [3]]
+        (kept,) = outcomes[7]
+        assert kept is not None
+        assert (kept.revision, kept.created_at) == (3, again.created_at)
+
     def test_revision_checked_delete(
         self, storage: Storage, storage_url: str, class_name: str
     ) -> None:
