@@ -451,14 +451,13 @@ class S3Backend(RecordBackend):
         self, record: StoredRecord, key: str, revision: int, head: Any, **conditions: str
     ) -> None:
         """PUT the record's body at ``revision``, keeping the created_at of ``head``."""
-        created_at = record.created_at if head is None else self._created(record, head)
         created = record.created_at.isoformat()
         if head is not None:
             created = head["Metadata"].get(_CREATED, created)
         await self._connected().put_object(
             Bucket=self._options.bucket,
             Key=key,
-            Body=record.data + _revision_suffix(revision, created_at),
+            Body=record.data + _revision_suffix(revision, created),
             ContentType="application/json",
             Metadata={
                 _CREATED: created,
@@ -617,11 +616,14 @@ def _revision_of(response: Any) -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
-def _revision_suffix(revision: int, created_at: datetime) -> bytes:
-    """``revision`` and ``created_at`` in base 4, spelt in JSON whitespace: every write's body
-    (and ETag) is new, also that of a record deleted and created again at a revision its
-    earlier incarnation had (an ``If-Match`` naming the earlier one fails)."""
-    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+def _revision_suffix(revision: int, created: str) -> bytes:
+    """``revision`` and ``created`` (the ``created_at`` metadata) in base 4, spelt in JSON
+    whitespace: every write's body (and ETag) is new, also that of a record deleted and created
+    again at a revision its earlier incarnation had (an ``If-Match`` naming that one fails)."""
+    try:
+        micros = (datetime.fromisoformat(created) - _EPOCH) // timedelta(microseconds=1)
+    except (TypeError, ValueError):  # not written by pydantic-toast: the revision alone
+        micros = 0
     number = micros << 40 | revision if micros > 0 else revision
     digits = bytearray()
     while number:
