@@ -229,7 +229,13 @@ class MemoryBackend(RecordBackend):
                 expected = record.revision
                 if expected is not None and (
                     (0 if old is None else old.revision or 0) != expected
-                    or (expected and old is not None and old.created_at != record.created_at)
+                    or (
+                        expected
+                        and old is not None
+                        # (usually the very object stored: no datetime comparison)
+                        and old.created_at is not record.created_at
+                        and old.created_at != record.created_at
+                    )
                 ):
                     current = None if old is None else old.revision
                     raise ConcurrencyError(
