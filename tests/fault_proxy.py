@@ -8,7 +8,9 @@ through unchanged until a fault is armed:
   server last answered) is forwarded to the server; the server's reply is read until it
   falls silent, and thrown away; then both sides of that connection are closed. The server
   has executed the request (and committed it: the reply comes after the commit); the client
-  sees its connection drop, as when a network path dies after the request left.
+  sees its connection drop, as when a network path dies after the request left. Its
+  ``then`` runs once the reply is thrown away, before the connection is cut: a fault of the
+  test's own that the client then meets (a server gone busy while the reply was lost).
 * :meth:`FaultProxy.delay_reply_to` ``(trigger, seconds)``: the reply to the first request
   holding ``trigger`` reaches the client ``seconds`` late, on a connection that stays open
   (a slow network: the server executed the request at once).
@@ -26,6 +28,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 _CHUNK = 65536
@@ -41,6 +44,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._trigger: bytes | re.Pattern[bytes] | None = None
+        self._then: Callable[[], None] | None = None  # run once the armed reply is lost
         self._delay = 0.0  # the armed trigger delays its reply this long (0: loses it)
         self._refuse = 0
         self.replies_lost = 0
@@ -61,15 +65,18 @@ class FaultProxy:
     ) -> None:
         self.close()
 
-    def lose_reply_to(self, trigger: bytes | re.Pattern[bytes]) -> None:
-        """Lose the reply to the next request holding ``trigger`` (see the module docstring)."""
+    def lose_reply_to(
+        self, trigger: bytes | re.Pattern[bytes], then: Callable[[], None] | None = None
+    ) -> None:
+        """Lose the reply to the next request holding ``trigger``, then run ``then()`` before
+        cutting the connection (see the module docstring)."""
         with self._lock:
-            self._trigger, self._delay = trigger, 0.0
+            self._trigger, self._delay, self._then = trigger, 0.0, then
 
     def delay_reply_to(self, trigger: bytes | re.Pattern[bytes], seconds: float) -> None:
         """Hold the reply to the next request holding ``trigger`` for ``seconds``."""
         with self._lock:
-            self._trigger, self._delay = trigger, seconds
+            self._trigger, self._delay, self._then = trigger, seconds, None
 
     def refuse_connections(self, count: int) -> None:
         """Close the next ``count`` connections at once, before reading anything."""
@@ -134,6 +141,11 @@ class FaultProxy:
             self._trigger = None
             return self._delay
 
+    def _take_then(self) -> Callable[[], None] | None:
+        with self._lock:
+            then, self._then = self._then, None
+            return then
+
 
 class _Link:
     """One proxied connection: a client socket and its server socket."""
@@ -179,6 +191,9 @@ class _Link:
                     self._drain()
                     with self.proxy._lock:
                         self.proxy.replies_lost += 1
+                    then = self.proxy._take_then()
+                    if then is not None:
+                        then()
                     break
                 self.request = b""
                 if self.delay:

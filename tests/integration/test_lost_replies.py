@@ -17,15 +17,20 @@ import dataclasses
 import logging
 import re
 import shutil
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import pydantic_toast
 from pydantic_toast import (
@@ -201,9 +206,11 @@ def test_batch_whose_commit_reply_is_lost_is_reported_saved(proxied: Proxied) ->
 
 
 def test_lost_save_that_cannot_be_read_back_is_outcome_unknown(proxied: Proxied) -> None:
-    """The reply is lost and the store cannot be reached again to read back: the caller gets
-    OutcomeUnknownError (a StorageConnectionError) naming the record and the fix, not a
-    ConcurrencyError and not "nothing was written"; the write itself landed once."""
+    """The reply is lost and the store cannot be reached again to read back, within the reply
+    timeout (2 s) that bounds reading back: the caller gets OutcomeUnknownError (a
+    StorageConnectionError) naming the record and the fix, not a ConcurrencyError and not
+    "nothing was written"; the write itself landed once."""
+    proxied = _timing_out(proxied, 2.0)
     note, twin = notes_on(proxied)
     item = note(text="first")
     item.model_dump()
@@ -227,7 +234,169 @@ def test_lost_save_that_cannot_be_read_back_is_outcome_unknown(proxied: Proxied)
     assert error.operation == "save"
     assert error.keys == ((twin.__toast_settings__.external_name, item.external_id),)  # type: ignore[attr-defined]
     assert isinstance(error.__cause__, ExternalStorageError)  # the failed read-back
+    assert "tried again for 2 s (the backend's reply timeout)" in message
     assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+
+
+# -- reading back meets a store busy or unreachable for a while ------------------------------
+#
+# The lost reply often comes with the store itself in trouble (restarting, failing over):
+# reading back is tried again after a pause while the store is busy or refuses connections,
+# for as long as the backend waits for one reply. Before, a read-back refused twice (its one
+# retry) or answered busy once raised OutcomeUnknownError although the save had landed.
+
+_REFUSED = 4  # connections refused after the reply is lost: more than a read's one retry
+
+
+def test_lost_save_whose_read_back_is_refused_for_a_while_is_settled(proxied: Proxied) -> None:
+    """The reply is lost and the next connections are refused (the store restarting): reading
+    back is tried again until one is accepted: saved at revision 2, written once."""
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    proxy = proxied.proxy
+    proxy.lose_reply_to(text.encode(), then=lambda: proxy.refuse_connections(_REFUSED))
+    item.model_dump()
+    assert proxy.replies_lost == 1
+    assert proxy.refused == _REFUSED  # each refused connection was a read-back's attempt
+    assert item.external_revision == 2  # type: ignore[attr-defined]
+    assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
+    assert pydantic_toast.count(twin) == 1
+
+
+# A script running past busy-reply-threshold makes Redis answer every other client "BUSY"
+# until it returns (the server a script keeps busy, as in a failover's CLUSTERDOWN).
+_BUSY_SCRIPT = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+@dataclass
+class BusyRedis:
+    """A Redis server of the test's own behind a fault proxy, which a script can keep busy."""
+
+    server: servers.TempRedis
+    proxy: FaultProxy
+    prefix: str
+    busy_since: float = 0.0
+    scripts: list[threading.Thread] = dataclasses.field(default_factory=list)
+
+    def proxied(self, **options: object) -> Proxied:
+        query = urlencode({"prefix": self.prefix, **options})
+        direct = f"redis://127.0.0.1:{self.server.port}/0?prefix={self.prefix}"
+        url = f"redis://127.0.0.1:{self.proxy.port}/0?{query}"
+        return Proxied("redis", self.proxy, url, direct, None)
+
+    def busy_for(self, seconds: float) -> Callable[[], None]:
+        """What keeps the server busy for ``seconds``, returning once it answers BUSY."""
+
+        def start() -> None:
+            script = threading.Thread(target=self._run_script, args=(seconds,), daemon=True)
+            script.start()
+            self.scripts.append(script)
+            client = redis.Redis(port=self.server.port)
+            try:
+                while True:
+                    try:
+                        client.ping()
+                    except redis.ResponseError as exc:
+                        if str(exc).startswith("BUSY"):
+                            break
+                        raise
+                    time.sleep(0.005)
+            finally:
+                client.close()
+            self.busy_since = time.monotonic()
+
+        return start
+
+    def _run_script(self, seconds: float) -> None:
+        # Sent once: redis-py 8 would send it again after its 5 s default socket timeout.
+        once = Retry(NoBackoff(), 0)
+        with redis.Redis(port=self.server.port, socket_timeout=seconds + 30, retry=once) as client:
+            client.eval(_BUSY_SCRIPT, 0, int(seconds * 1_000_000))
+
+    def wait_idle(self) -> None:
+        for script in self.scripts:
+            script.join(30)
+
+
+@pytest.fixture
+def busy_redis() -> Iterator[BusyRedis]:
+    """A redis-server of this test (never the shared one) answering BUSY 20 ms into a script."""
+    try:
+        server = servers.TempRedis("--busy-reply-threshold", "20")
+    except FileNotFoundError:
+        pytest.skip("redis-server is not installed")
+    try:
+        with FaultProxy("127.0.0.1", server.port) as proxy:
+            busy = BusyRedis(server, proxy, f"toast_test_{uuid4().hex[:12]}")
+            try:
+                yield busy
+            finally:
+                busy.wait_idle()
+                pydantic_toast.close_storage()
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_lost_save_whose_read_back_meets_a_busy_server_is_settled(busy_redis: BusyRedis) -> None:
+    """The reply is lost and the server is busy (a script running) for 1.5 s, within the
+    reply timeout (5 s): reading back is tried again until the server answers, and the save
+    is reported saved at revision 3, the record exactly as saved."""
+    proxied = busy_redis.proxied(socket_timeout=5)
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    item.text = "second"  # type: ignore[attr-defined]
+    item.model_dump()  # the save script is loaded on the fresh server (an update runs it)
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    proxied.proxy.lose_reply_to(text.encode(), then=busy_redis.busy_for(1.5))
+    item.model_dump()
+    waited = time.monotonic() - busy_redis.busy_since
+    assert proxied.proxy.replies_lost == 1
+    assert 1.0 < waited < 5.0  # settled once the script ended, within the reply timeout
+    assert item.external_revision == 3  # type: ignore[attr-defined]
+    assert stored(twin, item.external_id) == (text, 3)  # type: ignore[attr-defined]
+    assert pydantic_toast.count(twin) == 1
+
+
+@pytest.mark.redis
+def test_lost_save_whose_server_stays_busy_past_the_reply_timeout_is_outcome_unknown(
+    busy_redis: BusyRedis,
+) -> None:
+    """The server stays busy (6 s) past the reply timeout (1 s) that bounds reading back:
+    OutcomeUnknownError about 1 s after the server went busy, naming the cause (busy), the
+    time tried and the fix; once the server answers again, the save is there, nothing lost."""
+    proxied = busy_redis.proxied(socket_timeout=1)
+    note, twin = notes_on(proxied)
+    item = note(text="first")
+    item.model_dump()
+    item.text = "second"  # type: ignore[attr-defined]
+    item.model_dump()  # the save script is loaded on the fresh server (an update runs it)
+    text = marker()
+    item.text = text  # type: ignore[attr-defined]
+    proxied.proxy.lose_reply_to(text.encode(), then=busy_redis.busy_for(6))
+    with pytest.raises(ExternalStorageError) as info:
+        item.model_dump()
+    waited = time.monotonic() - busy_redis.busy_since
+    error = info.value
+    assert type(error) is OutcomeUnknownError, f"{type(error).__name__}: {error}"
+    assert waited < 2.5  # the reply timeout (1 s) and a last try, not the script's 6 s
+    message = str(error)
+    assert "reading the records back failed too (StorageBusyError" in message
+    assert "tried again for 1 s (the backend's reply timeout)" in message
+    assert "load the record, check its revision" in message
+    assert error.keys == ((twin.__toast_settings__.external_name, item.external_id),)  # type: ignore[attr-defined]
+    busy_redis.wait_idle()
+    assert stored(twin, item.external_id) == (text, 3)  # type: ignore[attr-defined]
 
 
 def test_save_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
@@ -296,7 +465,7 @@ def test_delete_refused_before_sending_is_retried_once(pooled: Proxied) -> None:
 # adversarial run): now it is settled like a lost reply. On PostgreSQL, asyncpg then asks the
 # server to cancel the statement, which had already committed: the cancel comes too late.
 
-_TIMEOUT_OPTION = {"postgresql": "command_timeout", "redis": "socket_timeout"}
+_TIMEOUT_OPTION = {"postgresql": "command_timeout", "redis": "socket_timeout", "s3": "read_timeout"}
 
 
 def _timing_out(proxied: Proxied, seconds: float = 0.1) -> Proxied:

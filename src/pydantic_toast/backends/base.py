@@ -366,6 +366,17 @@ class StorageBackend(ABC):
         """
         return None
 
+    def reply_timeout(self) -> float | None:
+        """How long, in seconds, the backend waits for the store's reply to one request (the
+        URL's ``socket_timeout``, ``command_timeout`` or ``read_timeout`` for the built-in
+        ones), or ``None`` when it sets no bound of its own.
+
+        It bounds settling a save whose reply was lost: reading its records back is tried
+        again, while the store answers busy or cannot be reached, for this long (10 s when
+        ``None``).
+        """
+        return None
+
     async def discard_connections(self) -> None:
         """Drop pooled connections after the connection to the store was lost.
 

@@ -1273,6 +1273,12 @@ class PostgreSQLBackend(SQLAlchemyBackend):
             entry.invalidate()  # terminated (synchronous); the entry goes back empty
         entry.checkin()
 
+    def reply_timeout(self) -> float | None:
+        """The URL's ``command_timeout`` (``None`` for 0: no timeout)."""
+        raw = self._parsed.query.get("command_timeout")
+        seconds = _NUMBERS["command_timeout"] if raw is None else float(raw)
+        return seconds or None
+
     async def discard_connections(self) -> None:
         """Close the pool: after a lost connection its idle connections are likely dead."""
         await super().discard_connections()

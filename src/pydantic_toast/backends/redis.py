@@ -646,6 +646,10 @@ class RedisBackend(RecordBackend):
         """The expiry set a save of ``record`` touches (one per class here)."""
         return self.expiry_key(record.class_name)
 
+    def reply_timeout(self) -> float:
+        """The URL's ``socket_timeout``."""
+        return float(self._pool_options["socket_timeout"])
+
     def pool_connections(self) -> tuple[int, int] | None:
         """redis-py's connection pool: connections in use, and idle ones."""
         pool = getattr(self._client, "connection_pool", None)  # a cluster client has none

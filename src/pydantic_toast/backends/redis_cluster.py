@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from contextvars import ContextVar
@@ -73,6 +72,7 @@ from pydantic_toast._url import StorageURL, host_list
 from pydantic_toast.backends import _resp
 from pydantic_toast.backends import redis as single
 from pydantic_toast.backends.base import Capability, batch_size_of
+from pydantic_toast.runtime.backoff import Backoff
 
 __all__ = ["RedisClusterBackend"]
 
@@ -501,7 +501,7 @@ class RedisClusterBackend(single.RedisBackend):
         node = cluster.get_node_from_key(key)
         asking = False
         redirects = 0
-        wait_out = _MigrationWait()
+        wait_out = Backoff(_MIGRATION_SECONDS)
         while True:
             assert node is not None  # initialize() maps every slot (full coverage required)
             replies = await send(node, asking)
@@ -521,7 +521,8 @@ class RedisClusterBackend(single.RedisBackend):
                 node = await self._asked_node(reply)
                 asking = True
             elif _migrating(reply):  # the same node again, with ASKING if it needed it
-                await wait_out(reply)
+                if not await wait_out.wait():
+                    raise reply
             else:
                 return replies
 
@@ -569,15 +570,16 @@ class RedisClusterBackend(single.RedisBackend):
         would not finish sooner: the script can only run once the migration has ended.
         """
         cluster = self._connected_cluster()
-        wait_out = _MigrationWait()
+        wait_out = Backoff(_MIGRATION_SECONDS)
         while True:
             await cluster.initialize()  # a no-op unless a lost connection asked for it
             try:
                 return await super()._save_streamed(keys, arguments, stages, streamed)
             except MovedError as moved:
                 await cluster.nodes_manager.move_slot(moved)
-            except (AskError, TryAgainError) as refused:  # the script's own waiting: _on_slot
-                await wait_out(refused)
+            except (AskError, TryAgainError):  # the script's own waiting: _on_slot
+                if not await wait_out.wait():
+                    raise
 
     async def _drop_staged(self, pool: _resp.Pool, keys: list[bytes]) -> None:
         """Delete the staged copies ``keys``, followed to the importing node of a slot being
@@ -790,24 +792,6 @@ async def _sent(commands: list[tuple[Any, ...]], node: ClusterNode, asking: bool
     if not asking:
         return await _on_one_connection(node, commands)
     return (await _on_one_connection(node, [("ASKING",), *commands]))[1:]
-
-
-class _MigrationWait:
-    """The pauses between sends of a command refused while its slot is being migrated: from
-    50 ms, doubling up to 0.5 s, for ``_MIGRATION_SECONDS`` in all."""
-
-    __slots__ = ("give_up", "pause")
-
-    def __init__(self) -> None:
-        self.give_up = time.monotonic() + _MIGRATION_SECONDS
-        self.pause = 0.05
-
-    async def __call__(self, refusal: Exception) -> None:
-        """Sleep the next pause, or raise ``refusal`` if that would pass the time allowed."""
-        if time.monotonic() + self.pause > self.give_up:
-            raise refusal
-        await asyncio.sleep(self.pause)
-        self.pause = min(self.pause * 2, 0.5)
 
 
 def _migrating(reply: Any) -> bool:

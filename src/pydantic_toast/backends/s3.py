@@ -217,6 +217,10 @@ class S3Backend(RecordBackend):
             await stack.aclose()
             raise
 
+    def reply_timeout(self) -> float:
+        """The URL's ``read_timeout``."""
+        return self._options.read_timeout
+
     async def disconnect(self) -> None:
         """Close the client and its connection pool."""
         stack, self._stack, self._client = self._stack, None, None

@@ -6,18 +6,22 @@ Here, and only here, a call into a backend
   chained to a data-free summary of the driver's exception, and logged;
 * is retried once when the connection was lost, if repeating it cannot change the outcome:
   a read always; a write (save, delete, purge) only when it failed before its request could
-  reach the store (opening or checking out a connection). A save lost after it was sent, or
-  whose reply did not come within the timeout (the server may have applied it), is settled by
-  reading its records back (:mod:`pydantic_toast.runtime.outcomes`); a delete or purge then
-  raises :class:`~pydantic_toast.OutcomeUnknownError`. So a save never
-  reports a conflict with its own first attempt, and a delete never reports "not found"
-  because its first attempt had committed;
+  reach the store (opening or checking out a connection). A read given a
+  :class:`~pydantic_toast.runtime.backoff.Backoff` (reading back a save, below) is tried
+  again after a pause while the store is busy or cannot be reached, until its time is up.
+  A save lost after it was sent, or whose reply did not come within the timeout (the server
+  may have applied it), is settled by reading its records back
+  (:mod:`pydantic_toast.runtime.outcomes`); a delete or purge then raises
+  :class:`~pydantic_toast.OutcomeUnknownError`. So a save never reports a conflict with its
+  own first attempt, and a delete never reports "not found" because its first attempt had
+  committed;
 * is measured for telemetry, when telemetry is on (:mod:`pydantic_toast.runtime.telemetry`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import datetime
@@ -27,6 +31,7 @@ from uuid import UUID
 from pydantic_toast._exceptions import (
     ConcurrencyError,
     ExternalStorageError,
+    StorageBusyError,
     StorageConfigurationError,
     StorageOperationError,
 )
@@ -52,6 +57,7 @@ from pydantic_toast.runtime.transaction import joined_save
 if TYPE_CHECKING:
     from pydantic_toast._url import StorageURL
     from pydantic_toast.backends.base import StorageBackend
+    from pydantic_toast.runtime.backoff import Backoff
 
 __all__ = [
     "Connected",
@@ -326,8 +332,11 @@ class Connected:
             failed=failed,
         )
 
-    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Read ``keys`` (see :meth:`StorageBackend.load_records`)."""
+    async def load_records(
+        self, keys: Sequence[RecordKey], *, backoff: Backoff | None = None
+    ) -> list[StoredRecord | None]:
+        """Read ``keys`` (see :meth:`StorageBackend.load_records`); ``backoff``: see
+        :meth:`cross`."""
         failed: Exception | None = None
         if not telemetry.on:
             # The common case without the crossing's own coroutine: a load that answers needs
@@ -348,6 +357,7 @@ class Connected:
             count=len(keys),
             size=_loaded_bytes,
             failed=failed,
+            backoff=backoff,
         )
         if self._answers_checked:
             self._check_answer(keys, records)
@@ -479,8 +489,10 @@ class Connected:
         keys: Sequence[RecordKey] | Callable[[], Sequence[RecordKey]] = (),
         size: Callable[[T], int] | None = None,
         failed: Exception | None = None,
+        backoff: Backoff | None = None,
     ) -> T:
-        """Run ``call`` across the boundary: translated errors, at most one retry, telemetry.
+        """Run ``call`` across the boundary: translated errors, at most one retry (more with
+        ``backoff``), telemetry.
 
         ``repeat`` says when a lost connection is retried (see :data:`Repeat`). A ``write``
         lost after its request was sent, or timed out waiting for its reply, is never repeated
@@ -490,13 +502,16 @@ class Connected:
         a callable). ``size`` gives the bytes
         moved from the result, for telemetry only (not called when off). ``failed``: how a
         first attempt the caller made itself failed (``call`` then starts at the second).
+        ``backoff``: a read that finds the store busy (:class:`~pydantic_toast.StorageBusyError`)
+        or cannot reach it, after its one retry, is tried again after each of its pauses until
+        its time is up; then the last error is raised.
         """
         span = (
             telemetry.start(operation, self._kind, class_name, count, self.url)
             if telemetry.on
             else None
         )
-        for attempt in (1, 2):
+        for attempt in itertools.count(1):
             try:
                 if failed is not None:
                     first, failed = failed, None
@@ -531,6 +546,18 @@ class Connected:
                 if span is not None:
                     span.retried()
                 await self._discard_connections()
+                continue
+            if (
+                backoff is not None
+                and repeat == "read"
+                and (lost or isinstance(mapped, StorageBusyError))
+                and await self._paused(backoff, span)
+            ):
+                logger.info("%s on %s failed (%s); trying again", operation, self.url, mapped)
+                if span is not None:
+                    span.retried()
+                if lost:
+                    await self._discard_connections()
                 continue
             # A write sent and then lost, or whose reply never came in time (the server may
             # have applied it, or may still unless the backend waited for its end: see
@@ -580,6 +607,16 @@ class Connected:
                 raise mapped
             raise mapped from cause
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _paused(backoff: Backoff, span: telemetry.Span | None) -> bool:
+        """``backoff.wait()``, ending ``span`` if the wait is cancelled."""
+        try:
+            return await backoff.wait()
+        except BaseException as interrupt:
+            if span is not None:
+                span.finish(interrupt)
+            raise
 
     def _failure(self, exc: BaseException, operation: str, class_name: str | None) -> Failure:
         return Failure(

@@ -17,6 +17,13 @@ after it was sent. A save is settled by reading its records back (a read is safe
 * anything else (changed by another writer since, deleted, unreadable):
   :class:`~pydantic_toast.OutcomeUnknownError`, naming the record and what reading back found.
 
+Reading back meets the store as the lost reply left it: restarting, failing over, its
+connections dropped. While it answers busy (:class:`~pydantic_toast.StorageBusyError`) or
+cannot be reached, reading back is tried again after a pause
+(:class:`~pydantic_toast.runtime.backoff.Backoff`), for as long as the backend waits for one
+reply (its :meth:`~pydantic_toast.StorageBackend.reply_timeout`; 10 s when it sets none);
+still failing then, the save's outcome is unknown.
+
 A delete or a purge lost after it was sent raises :class:`~pydantic_toast.OutcomeUnknownError`
 (:func:`unknown`).
 """
@@ -33,6 +40,7 @@ from pydantic_toast._exceptions import (
     shorten,
 )
 from pydantic_toast._records import RecordKey, StoredRecord, written_by
+from pydantic_toast.runtime.backoff import Backoff
 
 if TYPE_CHECKING:
     from pydantic_toast.runtime.boundary import Connected
@@ -45,6 +53,9 @@ _FIX = {
     "delete": "load the record to see whether it is gone, and delete it again if it is not",
     "purge": "run the purge again: it deletes only records that have expired",
 }
+
+SETTLE_SECONDS = 10.0
+"""How long reading back is tried again for a backend whose ``reply_timeout()`` is ``None``."""
 
 
 async def settle_save(
@@ -63,7 +74,9 @@ async def settle_save(
     :class:`~pydantic_toast.ConcurrencyError` of the repeated write when another writer
     changed a record in between.
     """
-    stored = await _read_back(connected, records, timed_out)
+    seconds = connected.backend.reply_timeout() or SETTLE_SECONDS
+    backoff = Backoff(seconds)  # one deadline for every read back of this save
+    stored = await _read_back(connected, records, timed_out, backoff)
     pending = [i for i, record in enumerate(records) if not written_by(record, stored[i])]
     if not pending:
         return _revisions(stored)
@@ -74,7 +87,7 @@ async def settle_save(
         rewritten = await connected.write_records(rest, again=False)
     except ConcurrencyError:
         # The first attempt may have landed after it was read back: read again.
-        late = await _read_back(connected, rest, timed_out)
+        late = await _read_back(connected, rest, timed_out, backoff)
         if not all(written_by(record, found) for record, found in zip(rest, late, strict=True)):
             raise
         rewritten = _revisions(late)
@@ -111,15 +124,20 @@ def unknown(
 
 
 async def _read_back(
-    connected: Connected, records: Sequence[StoredRecord], timed_out: bool
+    connected: Connected, records: Sequence[StoredRecord], timed_out: bool, backoff: Backoff
 ) -> list[StoredRecord | None]:
     try:
-        return await connected.load_records([record.key for record in records])
+        return await connected.load_records([record.key for record in records], backoff=backoff)
     except ExternalStorageError as exc:
         keys = [record.key for record in records]
+        tried = (
+            f", tried again for {backoff.seconds:g} s (the backend's reply timeout)"
+            if backoff.pauses
+            else ""
+        )
         why = (
             f", and reading the records back failed too ({type(exc).__name__}: "
-            f"{shorten(exc, 400)}); the save was not repeated."
+            f"{shorten(exc, 400)}){tried}; the save was not repeated."
         )
         raise unknown(connected, "save", keys, why, timed_out=timed_out) from exc
 
