@@ -40,6 +40,7 @@ from pydantic_toast import (
     ExternalStorageError,
     OutcomeUnknownError,
     RecordNotFoundError,
+    StorageBusyError,
     StorageConnectionError,
     StorageTimeoutError,
     StoredRecord,
@@ -728,9 +729,18 @@ def test_proxy_passes_traffic_through(proxied: Proxied) -> None:
 
 
 class _LosesReplies:
-    """Applies each write to the real store, then loses the reply of the next one armed."""
+    """Applies each write to the real store, then loses the reply of the next one armed;
+    answers the next ``busy_reads`` reads busy."""
 
     armed = 0
+    busy_reads = 0
+
+    async def load_records(self, keys: Any) -> Any:
+        if _LosesReplies.busy_reads:
+            _LosesReplies.busy_reads -= 1
+            url = self.url  # type: ignore[attr-defined]
+            raise StorageBusyError("the store is busy (a test's): retry in a moment", url=url)
+        return await super().load_records(keys)  # type: ignore[misc]
 
     async def save_records(self, records: Any) -> Any:
         result = await super().save_records(records)  # type: ignore[misc]
@@ -770,9 +780,9 @@ def local_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         path = tmp_path / "toast.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         url = f"lostreplysqlite:///{path}"
-    _LosesReplies.armed = 0
+    _LosesReplies.armed = _LosesReplies.busy_reads = 0
     yield url
-    _LosesReplies.armed = 0
+    _LosesReplies.armed = _LosesReplies.busy_reads = 0
     pydantic_toast.close_storage()
 
 
@@ -806,6 +816,24 @@ def test_local_update_and_create_whose_reply_is_lost_are_reported_saved(local_ur
     loaded = note.model_validate({"class_name": reference["class_name"], "id": item.external_id})  # type: ignore[attr-defined]
     assert (loaded.text, loaded.external_revision) == ("second", 2)  # type: ignore[attr-defined]
     assert pydantic_toast.count(note) == 2
+
+
+def test_local_lost_save_whose_read_back_meets_a_busy_store_is_settled(local_url: str) -> None:
+    """Memory and SQLite (no reply timeout of their own: reading back is tried for 10 s): an
+    update applied, its reply lost, and the store busy for the next three reads: reported
+    saved once at revision 2 (before: OutcomeUnknownError at the first busy read)."""
+    note = local_notes(local_url)
+    item = note(text="first")
+    item.model_dump()
+    item.text = "second"  # type: ignore[attr-defined]
+    _LosesReplies.armed, _LosesReplies.busy_reads = 1, 3
+    item.model_dump()
+    assert (_LosesReplies.armed, _LosesReplies.busy_reads) == (0, 0)
+    assert item.external_revision == 2  # type: ignore[attr-defined]
+    loaded = note.model_validate(
+        {"class_name": item.__toast_settings__.external_name, "id": item.external_id}
+    )  # type: ignore[attr-defined]
+    assert (loaded.text, loaded.external_revision) == ("second", 2)  # type: ignore[attr-defined]
 
 
 def test_local_delete_whose_reply_is_lost_is_outcome_unknown(local_url: str) -> None:
