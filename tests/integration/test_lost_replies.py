@@ -235,7 +235,7 @@ def test_lost_save_that_cannot_be_read_back_is_outcome_unknown(proxied: Proxied)
     assert error.operation == "save"
     assert error.keys == ((twin.__toast_settings__.external_name, item.external_id),)  # type: ignore[attr-defined]
     assert isinstance(error.__cause__, ExternalStorageError)  # the failed read-back
-    assert "tried again for 2 s (the backend's reply timeout)" in message
+    assert "tried again for 2 s" in message
     assert stored(twin, item.external_id) == (text, 2)  # type: ignore[attr-defined]
 
 
@@ -393,7 +393,7 @@ def test_lost_save_whose_server_stays_busy_past_the_reply_timeout_is_outcome_unk
     assert waited < 2.5  # the reply timeout (1 s) and a last try, not the script's 6 s
     message = str(error)
     assert "reading the records back failed too (StorageBusyError" in message
-    assert "tried again for 1 s (the backend's reply timeout)" in message
+    assert "tried again for 1 s" in message
     assert "load the record, check its revision" in message
     assert error.keys == ((twin.__toast_settings__.external_name, item.external_id),)  # type: ignore[attr-defined]
     busy_redis.wait_idle()

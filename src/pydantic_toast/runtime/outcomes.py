@@ -30,6 +30,7 @@ A delete or a purge lost after it was sent raises :class:`~pydantic_toast.Outcom
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -74,8 +75,7 @@ async def settle_save(
     :class:`~pydantic_toast.ConcurrencyError` of the repeated write when another writer
     changed a record in between.
     """
-    seconds = connected.backend.reply_timeout() or SETTLE_SECONDS
-    backoff = Backoff(seconds)  # one deadline for every read back of this save
+    backoff = Backoff(_settle_seconds(connected))  # one deadline for every read back of it
     stored = await _read_back(connected, records, timed_out, backoff)
     pending = [i for i, record in enumerate(records) if not written_by(record, stored[i])]
     if not pending:
@@ -130,16 +130,22 @@ async def _read_back(
         return await connected.load_records([record.key for record in records], backoff=backoff)
     except ExternalStorageError as exc:
         keys = [record.key for record in records]
-        tried = (
-            f", tried again for {backoff.seconds:g} s (the backend's reply timeout)"
-            if backoff.pauses
-            else ""
-        )
+        tried = f", tried again for {backoff.seconds:g} s" if backoff.pauses else ""
         why = (
             f", and reading the records back failed too ({type(exc).__name__}: "
             f"{shorten(exc, 400)}){tried}; the save was not repeated."
         )
         raise unknown(connected, "save", keys, why, timed_out=timed_out) from exc
+
+
+def _settle_seconds(connected: Connected) -> float:
+    """How long reading back a save of ``connected`` is tried again: the backend's reply
+    timeout, when it is a positive finite number (a backend of the application's own may
+    answer anything; NaN would never end the wait), else :data:`SETTLE_SECONDS`."""
+    seconds = connected.backend.reply_timeout()
+    if isinstance(seconds, int | float) and 0 < seconds < math.inf:
+        return float(seconds)
+    return SETTLE_SECONDS
 
 
 def _untouched(record: StoredRecord, found: StoredRecord | None) -> bool:
