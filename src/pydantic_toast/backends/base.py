@@ -338,6 +338,18 @@ class StorageBackend(ABC):
         """How many records of ``class_name`` are stored."""
         raise self._unsupported("count", "async def count(self, class_name) -> int")
 
+    async def list_class_names(self) -> list[str]:
+        """The class names that have records stored here, in any order (a name whose records
+        have all expired but are not yet removed may be among them).
+
+        Orphan deletion reads it first: a record of a class it cannot read may reference the
+        records it would delete, so on a backend without it orphans are reported, never
+        deleted.
+        """
+        raise self._unsupported(
+            "listing class names", "async def list_class_names(self) -> list[str]"
+        )
+
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired records; return how many were deleted.
 

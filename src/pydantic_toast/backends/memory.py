@@ -53,6 +53,10 @@ class MemoryStore:
             ]
         return sorted(live, key=lambda r: (r.created_at, r.id))
 
+    def class_names(self) -> list[str]:
+        """The class names that have live records (call with :attr:`lock` held)."""
+        return [name for name in list(self._classes) if self.count(name)]
+
     def clear(self) -> None:
         """Forget every record."""
         with self.lock:
@@ -300,6 +304,11 @@ class MemoryBackend(RecordBackend):
         """Records newest first (by ``created_at``, then id), strictly past ``after``."""
         with self._store.lock:
             return self._store.page(class_name, limit, after)
+
+    async def list_class_names(self) -> list[str]:
+        """The class names that have live records."""
+        with self._store.lock:
+            return self._store.class_names()
 
     async def count(self, class_name: str) -> int:
         """How many live records of ``class_name`` there are."""

@@ -1218,6 +1218,16 @@ class RedisBackend(RecordBackend):
         keys = [self.index_key(class_name), self.expiry_key(class_name)]
         return int(await self._call(lambda: self._count_script(keys=keys)))
 
+    async def list_class_names(self) -> list[str]:
+        """The class names that have an index (a sorted set Redis removes with its last
+        member): one SCAN of the database's keys, ``COUNT 1000`` per call."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._prefix) + ":*:index"
+        start, end = len(self._prefix) + 1, -len(":index")
+        names = set()
+        async for key in self._connected().scan_iter(match=pattern, count=1000):
+            names.add((key.decode() if isinstance(key, bytes) else key)[start:end])
+        return sorted(names)
+
     def _connected(self) -> aioredis.Redis:
         if self._client is None:
             raise StorageUsageError(f"{self!r} is not connected: call connect() first")

@@ -358,6 +358,19 @@ class S3Backend(RecordBackend):
             where = {"ContinuationToken": page["NextContinuationToken"]}
         return ids[:limit]
 
+    async def list_class_names(self) -> list[str]:
+        """The class names that have index entries: the whole index listed (one LIST per
+        1,000 records; a class name may hold "/", so no delimiter can list names alone)."""
+        pages = self._connected().get_paginator("list_objects_v2")
+        start = f"{self._options.prefix}{_INDEX}/"
+        names = set()
+        async for page in pages.paginate(Bucket=self._options.bucket, Prefix=start):
+            for entry in page.get("Contents", []):
+                name = entry["Key"][len(start) :].rpartition("/")[0]
+                if name:
+                    names.add(name)
+        return sorted(names)
+
     async def count(self, class_name: str) -> int:
         """How many records ``class_name`` has (one LIST per 1,000 records)."""
         pages = self._connected().get_paginator("list_objects_v2")

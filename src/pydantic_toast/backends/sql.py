@@ -679,6 +679,16 @@ class SQLAlchemyBackend(RecordBackend):
         ((count,),) = await self._select("count", COUNT, parameters)
         return int(count)
 
+    async def list_class_names(self) -> list[str]:
+        """The class names that have rows (expired ones too, until purged): one SELECT
+        DISTINCT, which walks the primary key's index."""
+
+        async def read(connection: AsyncConnection) -> list[str]:
+            result = await connection.execute(select(_c.class_name).distinct())
+            return [str(name) for (name,) in result]
+
+        return await self._run(read)
+
     async def _select(
         self, name: str, statement: Select[Any], parameters: dict[str, Any]
     ) -> Sequence[Sequence[Any]]:

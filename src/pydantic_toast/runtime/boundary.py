@@ -464,6 +464,10 @@ class Connected:
             "count", lambda: self.backend.count(class_name), class_name=class_name
         )
 
+    async def list_class_names(self) -> list[str]:
+        """The class names with records here (see :meth:`StorageBackend.list_class_names`)."""
+        return await self.cross("list", self.backend.list_class_names)
+
     async def purge_expired(self, *, limit: int) -> int:
         """Delete at most ``limit`` expired records (see :meth:`StorageBackend.purge_expired`)."""
         return await self.cross(
