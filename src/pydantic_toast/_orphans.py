@@ -7,6 +7,13 @@ kept), then pages through the class itself and reports (and on request deletes) 
 nobody references. Records created after the scan started are never reported, so a record
 being saved with its new parent meanwhile is safe.
 
+Before that, the class names stored in the class's own store are listed: records the library
+writes outside models (AI payloads, conversations, spilled tool outputs) are read for
+references too, and a class whose model is not imported (a module left out) may hold
+references nobody can see, so deleting is refused while one is stored (unless its records are
+read as plain JSON with ``read_unimported=True``). A store that cannot list its class names
+has its orphans reported, never deleted.
+
 A payload scan (:func:`afind_orphaned_payloads`) does the same for a model's offload store: it
 lists the ids of the payloads there (``{class_name}.payloads``), then pages through the model's
 records collecting the payload ids their pointers name, and reports (and on request deletes) the
@@ -27,17 +34,23 @@ import pydantic_core
 from pydantic import ConfigDict, PydanticSchemaGenerationError, TypeAdapter
 
 from pydantic_toast._codecs import is_encoded, pointer_of
-from pydantic_toast._exceptions import StorageConfigurationError
+from pydantic_toast._exceptions import (
+    ExternalStorageError,
+    StorageConfigurationError,
+    StorageUsageError,
+)
 from pydantic_toast._loading import Routes, find_references, routes_in
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import load_offloaded, payload_class
 from pydantic_toast._ownership import delete_owned
-from pydantic_toast._records import PageCursor, check_batch_size
+from pydantic_toast._records import PageCursor, StoredRecord, check_batch_size
+from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
 __all__ = [
     "OrphanReport",
+    "UnreadReferrersError",
     "afind_orphaned_payloads",
     "afind_orphans",
     "find_orphaned_payloads",
@@ -47,6 +60,9 @@ __all__ = [
 ]
 
 MAX_BATCH = 1000
+# The start of the stored class names of the records pydantic_toast.ai writes outside models
+# (payloads, conversations, spilled tool outputs): plain JSON, references in the usual shape.
+_AI_RECORDS = "pydantic_toast.ai."
 
 
 @dataclass
@@ -61,6 +77,13 @@ class OrphanReport:
         deleted: How many of them were deleted.
         next_after: Pass it as ``after`` to resume after the last page checked; ``None`` once
             the scan has finished.
+        read_as_json: The stored names of the classes with no imported model (AI payloads,
+            conversations; with ``read_unimported=True`` the others too) whose records were
+            read as plain JSON for references.
+        unread: The stored names of the classes in the store whose records were not read:
+            their models are not imported, so their records may reference orphans reported
+            here (deleting is refused while it is not empty). ``None``: the store cannot list
+            its class names, so nobody can tell.
     """
 
     class_name: str
@@ -69,6 +92,21 @@ class OrphanReport:
     orphans: list[UUID] = field(default_factory=list)
     deleted: int = 0
     next_after: str | None = None
+    read_as_json: list[str] = field(default_factory=list)
+    unread: list[str] | None = field(default_factory=list)
+
+
+class UnreadReferrersError(StorageConfigurationError):
+    """Deleting orphans was refused: records the scan cannot read may reference them.
+
+    Attributes:
+        unread: The stored class names whose records were not read, or ``None`` when the
+            store cannot list its class names.
+    """
+
+    def __init__(self, message: str, unread: list[str] | None) -> None:
+        super().__init__(message)
+        self.unread = unread
 
 
 def referencing_classes(model: type[ExternalBaseModel]) -> list[type[ExternalBaseModel]]:
@@ -150,35 +188,74 @@ async def afind_orphans(
     batch_size: int = 500,
     after: str | None = None,
     progress: Callable[[OrphanReport], None] | None = None,
+    read_unimported: bool = False,
 ) -> OrphanReport:
     """Find, and with ``delete=True`` delete, the records of ``model`` nobody references.
+
+    The records of ``model``'s store that no imported model describes are checked as well:
+    those of :mod:`pydantic_toast.ai` (payloads, conversations) are read for references; those
+    of a class whose model is not imported are read only with ``read_unimported=True``, and
+    otherwise listed in the report's ``unread``, where they make ``delete=True`` fail before
+    anything is deleted.
 
     Args:
         model: The class whose records are checked.
         referencing: The classes whose records may reference them; by default every live
-            class whose fields can hold ``model`` (import your models first).
+            class whose fields can hold ``model`` (import your models first). Found none,
+            ``delete=True`` is refused (every record would go): pass ``[]`` to mean it.
         delete: Delete the orphans (with what they own), one page at a time.
         batch_size: Records per page (1 to 1000).
         after: A ``next_after`` of an earlier report: resume there.
         progress: Called with the report so far after each page.
+        read_unimported: Read the records of the stored classes whose models are not
+            imported as plain JSON for references (a compressed, encrypted or offloaded one
+            cannot be read, and still refuses deleting), instead of leaving them unread.
 
     Raises:
         StorageConfigurationError: ``batch_size`` is out of range.
+        UnreadReferrersError: With ``delete=True``: the store holds records that were not
+            read (a class whose model is not imported), or cannot list its class names, or
+            no referencing class was found (and ``referencing`` not given). Nothing was
+            deleted.
     """
     check_batch_size(batch_size, MAX_BATCH)
     started = datetime.now(UTC)
     settings = model._toast_settings()
     url, name = settings.url(), settings.external_name
-    sources = list(referencing) if referencing is not None else referencing_classes(model)
-    report = OrphanReport(name, [cls._toast_settings().external_name for cls in sources])
-    referenced = set()
-    for cls in sources:
-        referenced |= await _referenced_ids(cls, name, batch_size)
-    storage = current_storage()
-    backend = await storage.connected(url)
     cursor = PageCursor.from_token(after) if after is not None else None
     if after is not None and cursor is None:
         raise StorageConfigurationError(f"after={after!r} is not a next_after of an orphan scan")
+    sources = list(referencing) if referencing is not None else referencing_classes(model)
+    report = OrphanReport(name, [cls._toast_settings().external_name for cls in sources])
+    storage = current_storage()
+    backend = await storage.connected(url)
+    stored = await _stored_class_names(backend)
+    if stored is None:
+        report.unread = None
+    else:
+        read = {cls._toast_settings().external_name for cls in sources}
+        for class_name in _unmodelled(stored, url, name, read):
+            if class_name.startswith(_AI_RECORDS) or read_unimported:
+                report.read_as_json.append(class_name)
+            else:
+                report.unread.append(class_name)  # type: ignore[union-attr]  # a list here
+    if delete and report.unread != []:
+        raise _refusal(model, report.unread, url)
+    referenced = set()
+    for cls in sources:
+        referenced |= await _referenced_ids(cls, name, batch_size)
+    for class_name in report.read_as_json:
+        found = await _referenced_in_json(backend, class_name, name, batch_size)
+        if found is None:  # encoded: nothing tells how to read it
+            report.read_as_json.remove(class_name)
+            report.unread.append(class_name)  # type: ignore[union-attr]  # a list here
+            if delete:
+                raise _refusal(model, report.unread, url)
+        else:
+            referenced |= found
+    # Records of no imported class that could hold model's ones: a forgotten module, likely
+    # (read as JSON on request, unimported ones count; the AI's own records do not).
+    referrers = bool(sources) or any(not n.startswith(_AI_RECORDS) for n in report.read_as_json)
     while True:
         records = await backend.list_records(name, limit=batch_size, after=cursor)
         orphans = [
@@ -186,6 +263,8 @@ async def afind_orphans(
             for record in records
             if record.created_at < started and record.id not in referenced
         ]
+        if delete and orphans and referencing is None and not referrers:
+            raise _nobody_refusal(model)
         if delete and orphans:
             await delete_owned(storage, {(url, name, id): model for id in orphans})
             report.deleted += len(orphans)
@@ -198,6 +277,95 @@ async def afind_orphans(
             progress(report)
         if cursor is None:
             return report
+
+
+async def _stored_class_names(backend: Any) -> list[str] | None:
+    """The class names stored in ``backend``, or ``None`` if it cannot list them."""
+    try:
+        return list(await backend.list_class_names())
+    except StorageUsageError:  # a backend without list_class_names
+        return None
+
+
+def _unmodelled(stored: list[str], url: StorageURL, name: str, read: set[str]) -> list[str]:
+    """The names in ``stored`` (the class names of ``url``'s store) that no imported model
+    accounts for: neither ``name``, nor read already (``read``), nor an imported model of
+    that store (whose fields cannot hold ``name``), nor the offloaded payloads of one."""
+    imported = set()
+    for cls in live_models():
+        settings = cls._toast_settings()
+        imported.add(payload_class(settings.external_name))  # offload store may be anywhere
+        try:
+            if settings.url() == url:
+                imported.add(settings.external_name)
+        except ExternalStorageError:  # its env: variable is unset: not known here
+            continue
+    known = imported | read | {name}
+    return sorted(class_name for class_name in stored if class_name not in known)
+
+
+def _refusal(
+    model: type[ExternalBaseModel], unread: list[str] | None, url: StorageURL
+) -> UnreadReferrersError:
+    """The error refusing to delete ``model``'s orphans while ``unread`` records may
+    reference them."""
+    name = model._toast_settings().external_name
+    if unread is None:
+        why = (
+            f"{url.masked} cannot list the class names it holds (its backend has no "
+            "list_class_names), so records no imported model describes may reference them"
+        )
+    else:
+        shown = ", ".join(unread[:10]) + (
+            f" and {len(unread) - 10} more" if len(unread) > 10 else ""
+        )
+        why = (
+            f"{url.masked} holds records of classes whose models are not imported, and those "
+            f"may reference them: {shown}"
+        )
+    return UnreadReferrersError(
+        f"refusing to delete the orphans of {name}: {why}. Import the modules that define "
+        "those models first (the CLI: --module), or pass read_unimported=True to read their "
+        "records as plain JSON; without delete=True the orphans are only reported",
+        unread,
+    )
+
+
+def _nobody_refusal(model: type[ExternalBaseModel]) -> UnreadReferrersError:
+    """The error refusing to delete every record of ``model``: no imported model can
+    reference it, more likely because the one that does is not imported."""
+    name = model._toast_settings().external_name
+    return UnreadReferrersError(
+        f"refusing to delete the orphans of {name}: no imported model can reference it, so "
+        "every record would be deleted. Import the modules that define the models referencing "
+        f"it (the CLI: --module); if none does, pass referencing=[] (the CLI: "
+        "--no-referencing-classes)",
+        [],
+    )
+
+
+async def _referenced_in_json(
+    backend: Any, class_name: str, name: str, batch_size: int
+) -> set[UUID] | None:
+    """The ids of ``name`` referenced by ``class_name``'s records read as plain JSON, page
+    by page; ``None`` if one is encoded (compressed, encrypted, offloaded)."""
+    found: set[UUID] = set()
+    cursor: PageCursor | None = None
+    while True:
+        records: list[StoredRecord] = await backend.list_records(
+            class_name, limit=batch_size, after=cursor
+        )
+        for record in records:
+            if is_encoded(record.data):
+                return None
+            try:
+                fields: Any = pydantic_core.from_json(record.data, allow_inf_nan=True)
+            except ValueError:
+                return None
+            found.update(id for referenced, id in find_references(fields) if referenced == name)
+        if len(records) < batch_size:
+            return found
+        cursor = PageCursor.of(records[-1])
 
 
 async def _referenced_ids(cls: type[ExternalBaseModel], name: str, batch_size: int) -> set[UUID]:
@@ -226,6 +394,7 @@ def find_orphans(
     batch_size: int = 500,
     after: str | None = None,
     progress: Callable[[OrphanReport], None] | None = None,
+    read_unimported: bool = False,
 ) -> OrphanReport:
     """The blocking form of :func:`afind_orphans`."""
     return run_sync(
@@ -236,6 +405,7 @@ def find_orphans(
             batch_size=batch_size,
             after=after,
             progress=progress,
+            read_unimported=read_unimported,
         ),
         call="pydantic_toast.find_orphans()",
         instead="await pydantic_toast.afind_orphans()",

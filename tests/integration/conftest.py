@@ -170,6 +170,36 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         _delete_redis_prefix(url, f"toast_test_{tag}")
 
 
+@pytest.fixture(params=[*BACKENDS, S3])
+def own_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL, on each backend in turn, of a store that holds nothing but this test's
+    records (PostgreSQL: a migrated database of its own, not the session's shared one), for
+    checks over every class a store holds."""
+    kind, tag = request.param, uuid4().hex[:12]
+    if kind == "s3":
+        yield request.getfixturevalue("s3_url")
+        return
+    if kind == "postgresql":
+        admin = request.getfixturevalue("postgres_admin_url")
+        with throwaway_database(admin, "toast_own_") as url:
+            assert toast_cli(["migrate", url]) == 0
+            yield url
+        return
+    if kind == "memory":
+        yield f"memory://{tag}"
+    elif kind == "sqlite":
+        path = tmp_path / "own.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+    else:
+        url = f"{request.getfixturevalue('redis_base_url')}?prefix=toast_own_{tag}"
+        yield url
+        pydantic_toast.close_storage()
+        _delete_redis_prefix(url, f"toast_own_{tag}")
+        return
+    pydantic_toast.close_storage()
+
+
 def _delete_redis_prefix(url: str, prefix: str) -> None:
     _delete_redis_keys(url, f"{prefix}:*")
 

@@ -184,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
         help="report (or delete) the records of a class that no stored record references",
         description="Import the --module(s) that define your models, read the records of every "
         "class that can reference --class, page by page, then list the records of --class that "
-        "none references (created before the scan started). Progress and a resume cursor on "
+        "none references (created before the scan started). The AI payloads and conversations "
+        "in --class's store are read for references too; records of a class whose module is "
+        "not imported are not, so --delete is then refused. Progress and a resume cursor on "
         "stderr; orphan ids on stdout. Works on every storage URL. With --payloads, list the "
         "offloaded payloads of --class that no record points to instead.",
     )
@@ -202,7 +204,26 @@ def _parser() -> argparse.ArgumentParser:
         help="with --payloads: seconds a payload must have existed to be reported (default: "
         "600; a younger one may belong to a save in flight)",
     )
-    orphans.add_argument("--delete", action="store_true", help="delete the orphans found")
+    orphans.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete the orphans found; refused (nothing deleted) while the store holds "
+        "records of a class whose model is not imported, or no imported model can reference "
+        "--class",
+    )
+    orphans.add_argument(
+        "--read-unimported",
+        action="store_true",
+        help="read the records of stored classes whose models are not imported as plain JSON "
+        "for references, instead of refusing --delete (compressed, encrypted or offloaded "
+        "records still refuse it)",
+    )
+    orphans.add_argument(
+        "--no-referencing-classes",
+        action="store_true",
+        help="nothing references --class: with --delete, delete all its records not "
+        "referenced from AI payloads or conversations",
+    )
     _add_paging_arguments(orphans, "records per page")
     reencrypt = commands.add_parser(
         "reencrypt",
@@ -425,9 +446,19 @@ def _purge(url: str, batch_size: int) -> int:
 
 
 def _orphans(url: str, args: argparse.Namespace) -> int:
-    from pydantic_toast._orphans import OrphanReport, afind_orphaned_payloads, afind_orphans
+    from pydantic_toast._orphans import (
+        OrphanReport,
+        UnreadReferrersError,
+        afind_orphaned_payloads,
+        afind_orphans,
+    )
 
     parsed = _upkeep_url(url, args)
+    if args.payloads and (args.read_unimported or args.no_referencing_classes):
+        raise CommandError(
+            "--read-unimported and --no-referencing-classes do not apply to --payloads",
+            EXIT_USAGE,
+        )
     if args.after is not None and args.payloads:
         raise CommandError("--after does not apply to --payloads (a payload scan)", EXIT_USAGE)
     if args.min_age < 0:
@@ -454,25 +485,66 @@ def _orphans(url: str, args: argparse.Namespace) -> int:
                     )
                 return await afind_orphans(
                     model,
+                    referencing=[] if args.no_referencing_classes else None,
                     delete=args.delete,
                     batch_size=args.batch_size,
                     after=args.after,
                     progress=progress,
+                    read_unimported=args.read_unimported,
                 )
             finally:
                 await storage.aclose()
 
-        report = asyncio.run(scan())
+        try:
+            report = asyncio.run(scan())
+        except UnreadReferrersError as exc:
+            raise CommandError(_refused_deletion(parsed, args, exc), EXIT_USAGE) from exc
     for id in report.orphans:
         print(id)
     verb = "deleted" if args.delete else "found"
-    sources = ", ".join(report.referencing) or "none"
+    sources = ", ".join(report.referencing + report.read_as_json) or "none"
     print(
         f"{parsed.masked}: {report.class_name}: {len(report.orphans)} orphans {verb} among "
         f"{report.checked} records (referencing classes: {sources})",
         file=sys.stderr,
     )
+    if report.unread is None or report.unread:
+        unread = "unknown classes" if report.unread is None else ", ".join(report.unread)
+        print(
+            f"warning: records not read may reference these orphans ({unread}: their models "
+            "are not imported); pass their modules with --module before any --delete",
+            file=sys.stderr,
+        )
     return EXIT_OK
+
+
+def _refused_deletion(url: StorageURL, args: argparse.Namespace, exc: Any) -> str:
+    """The message of an orphan deletion refused (``exc``, an ``UnreadReferrersError``):
+    what may reference the orphans, and the options that fix it."""
+    unread: list[str] | None = exc.unread
+    if unread is None:
+        return (
+            f"refusing --delete: {url.masked} cannot list the class names it holds, so records "
+            f"of classes no --module defines may reference {args.class_name}'s orphans; "
+            "nothing was deleted (run without --delete to report them)"
+        )
+    if not unread:
+        return (
+            f"refusing --delete: no imported model can reference {args.class_name}, so every "
+            "record of it would be deleted; nothing was deleted. Pass --module for the modules "
+            "defining the models that reference it, or --no-referencing-classes if none does"
+        )
+    shown = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
+    return (
+        f"refusing --delete: {url.masked} holds records of classes whose models are not "
+        f"imported ({shown}), and they may reference {args.class_name}'s orphans; nothing was "
+        "deleted. Pass --module for the modules defining those models"
+        + (
+            " (their records are compressed, encrypted or offloaded: not readable as plain JSON)"
+            if args.read_unimported
+            else ", or --read-unimported to read their records as plain JSON"
+        )
+    )
 
 
 def _reencrypt(url: str, args: argparse.Namespace) -> int:
