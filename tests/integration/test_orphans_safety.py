@@ -22,11 +22,15 @@ import pydantic_toast
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    StorageBackend,
     StorageConfigurationError,
     StorageURL,
+    register_backend,
+    unregister_backend,
 )
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.ai import aload_payload, astore_payload
+from pydantic_toast.backends.memory import MemoryBackend
 
 T = TypeVar("T")
 
@@ -216,3 +220,34 @@ def test_a_memory_store_lists_its_class_names(memory_url: str) -> None:
         return await backend.list_class_names()
 
     assert _run(names) == [tag.model_config["external_name"]]
+
+
+class _UnlistingBackend(MemoryBackend):
+    """memory:// as a backend of one's own that cannot list its class names."""
+
+    async def list_class_names(self) -> list[str]:
+        return await StorageBackend.list_class_names(self)
+
+
+def test_a_store_that_cannot_list_its_classes_reports_orphans_but_never_deletes() -> None:
+    """On a backend without ``list_class_names`` the report's ``unread`` is ``None`` and
+    ``delete=True`` is refused, whatever the imported models."""
+    register_backend("unlisting", _UnlistingBackend)
+    try:
+        url = f"unlisting://{uuid4().hex}"
+        tag = _tag_class(url)
+
+        class Post(ExternalBaseModel):
+            tags: list[tag] = []  # type: ignore[valid-type]
+            model_config = ExternalConfigDict(storage=url, external_name=f"P{uuid4().hex}")
+
+        Post(tags=[tag(label="used")]).model_dump()
+        tag(label="lonely").model_dump()
+        report = pydantic_toast.find_orphans(tag)
+        assert (len(report.orphans), report.unread) == (1, None)
+        with pytest.raises(StorageConfigurationError, match="cannot list the class names"):
+            pydantic_toast.find_orphans(tag, delete=True)
+        assert pydantic_toast.count(tag) == 2
+    finally:
+        pydantic_toast.close_storage()
+        unregister_backend("unlisting")
