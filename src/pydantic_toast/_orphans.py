@@ -244,7 +244,7 @@ async def afind_orphans(
     referenced = set()
     for cls in sources:
         referenced |= await _referenced_ids(cls, name, batch_size)
-    for class_name in report.read_as_json:
+    for class_name in list(report.read_as_json):
         found = await _referenced_in_json(backend, class_name, name, batch_size)
         if found is None:  # encoded: nothing tells how to read it
             report.read_as_json.remove(class_name)
