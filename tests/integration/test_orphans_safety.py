@@ -56,14 +56,16 @@ def _tag_class(url: str) -> type[ExternalBaseModel]:
     return Tag
 
 
-def _store_unimported_post(url: str, tag_reference: dict[str, str]) -> None:
+def _store_unimported_post(
+    url: str, tag_reference: dict[str, str], class_name: str = "", data: bytes = b""
+) -> None:
     """A record of a class no model in this process describes, referencing a tag (what a
-    post leaves in the store when its module is not imported)."""
+    post leaves in the store when its module is not imported); ``data`` instead, if given."""
     now = datetime.now(UTC)
     record = StoredRecord(
-        class_name=f"Post{uuid4().hex}",
+        class_name=class_name or f"Post{uuid4().hex}",
         id=uuid4(),
-        data=pydantic_core.to_json({"title": "p", "tags": [tag_reference]}),
+        data=data or pydantic_core.to_json({"title": "p", "tags": [tag_reference]}),
         schema_version=1,
         created_at=now,
         updated_at=now,
@@ -93,6 +95,27 @@ def test_a_referencing_class_not_imported_refuses_deletion(own_store_url: str) -
     deleted = pydantic_toast.find_orphans(tag, delete=True, read_unimported=True)
     assert [str(id) for id in deleted.orphans] == [lonely["id"]]
     assert tag.model_validate(used).label == "used"  # type: ignore[attr-defined]
+
+
+def test_an_unimported_class_that_is_not_plain_json_still_refuses_deletion(
+    memory_url: str,
+) -> None:
+    """With ``read_unimported=True``, an unimported class whose records are encoded (here an
+    envelope, as compression writes) stays unread and refuses ``delete=True``; the plain one
+    listed after it is still read."""
+    tag = _tag_class(memory_url)
+    used, lonely = tag(label="used").model_dump(), tag(label="lonely").model_dump()
+    envelope = b'{"$toast": {"codec": "zstd"}, "data": "KLUv/QBYAQAA"}'
+    _store_unimported_post(memory_url, used, class_name=f"A{uuid4().hex}", data=envelope)
+    _store_unimported_post(memory_url, used, class_name=f"B{uuid4().hex}")
+    report = pydantic_toast.find_orphans(tag, read_unimported=True)
+    assert report.unread is not None
+    assert [n[0] for n in report.unread] == ["A"]
+    assert [n[0] for n in report.read_as_json] == ["B"]
+    assert [str(id) for id in report.orphans] == [lonely["id"]]
+    with pytest.raises(StorageConfigurationError, match="not imported"):
+        pydantic_toast.find_orphans(tag, delete=True, read_unimported=True)
+    assert pydantic_toast.count(tag) == 2
 
 
 def test_no_referencing_class_refuses_deleting_every_record(own_store_url: str) -> None:
