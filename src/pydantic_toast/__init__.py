@@ -42,6 +42,7 @@ from pydantic_toast._exceptions import (
     StorageValidationError,
     StoredDataError,
     UnknownSchemeError,
+    UnreadReferrersError,
 )
 from pydantic_toast._expanded import Expanded, to_data
 from pydantic_toast._expiry import apurge_expired, purge_expired
@@ -125,6 +126,7 @@ __all__ = [
     "StoredDataError",
     "StoredRecord",
     "UnknownSchemeError",
+    "UnreadReferrersError",
     "aclose_storage",
     "acount",
     "adelete",

@@ -64,6 +64,7 @@ __all__ = [
     "StorageValidationError",
     "StoredDataError",
     "UnknownSchemeError",
+    "UnreadReferrersError",
     "shorten",
 ]
 
@@ -100,6 +101,19 @@ def _unpickled(kind: type[ExternalStorageError], args: tuple[Any, ...]) -> Exter
 
 class StorageConfigurationError(ExternalStorageError):
     """A model class, storage URL or environment variable is configured wrongly."""
+
+
+class UnreadReferrersError(StorageConfigurationError):
+    """Deleting orphans was refused: records the scan cannot read may reference them.
+
+    Attributes:
+        unread: The stored class names whose records were not read, or ``None`` when the
+            store cannot list its class names.
+    """
+
+    def __init__(self, message: str, unread: list[str] | None) -> None:
+        super().__init__(message)
+        self.unread = unread
 
 
 class StorageConnectionError(ExternalStorageError, ConnectionError):

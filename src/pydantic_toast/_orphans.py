@@ -38,6 +38,7 @@ from pydantic_toast._exceptions import (
     ExternalStorageError,
     StorageConfigurationError,
     StorageUsageError,
+    UnreadReferrersError,
 )
 from pydantic_toast._loading import Routes, find_references, routes_in
 from pydantic_toast._model import ExternalBaseModel
@@ -50,7 +51,6 @@ from pydantic_toast.runtime.storage import current_storage
 
 __all__ = [
     "OrphanReport",
-    "UnreadReferrersError",
     "afind_orphaned_payloads",
     "afind_orphans",
     "find_orphaned_payloads",
@@ -94,19 +94,6 @@ class OrphanReport:
     next_after: str | None = None
     read_as_json: list[str] = field(default_factory=list)
     unread: list[str] | None = field(default_factory=list)
-
-
-class UnreadReferrersError(StorageConfigurationError):
-    """Deleting orphans was refused: records the scan cannot read may reference them.
-
-    Attributes:
-        unread: The stored class names whose records were not read, or ``None`` when the
-            store cannot list its class names.
-    """
-
-    def __init__(self, message: str, unread: list[str] | None) -> None:
-        super().__init__(message)
-        self.unread = unread
 
 
 def referencing_classes(model: type[ExternalBaseModel]) -> list[type[ExternalBaseModel]]:

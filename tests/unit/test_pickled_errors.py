@@ -24,6 +24,7 @@ from pydantic_toast import (
     StorageUsageError,
     StoredDataError,
     UnknownSchemeError,
+    UnreadReferrersError,
 )
 from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime import errors
@@ -119,6 +120,7 @@ MADE: dict[type[BaseException], Callable[[], BaseException]] = {
         "unknown key id", class_name="Pet", id=ID, key_id="2026-01"
     ),
     BlockingStorageCallWarning: lambda: BlockingStorageCallWarning("Pet.save() on a loop"),
+    UnreadReferrersError: lambda: UnreadReferrersError("refusing to delete", ["Post"]),
     DriverError: lambda: summary(_PostgresError("23505")),
 }
 

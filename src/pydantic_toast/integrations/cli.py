@@ -446,9 +446,9 @@ def _purge(url: str, batch_size: int) -> int:
 
 
 def _orphans(url: str, args: argparse.Namespace) -> int:
+    from pydantic_toast._exceptions import UnreadReferrersError
     from pydantic_toast._orphans import (
         OrphanReport,
-        UnreadReferrersError,
         afind_orphaned_payloads,
         afind_orphans,
     )
