@@ -65,6 +65,7 @@ from pydantic_toast._ownership import (
     set_owner_reference,
     still_held,
 )
+from pydantic_toast._placement import Place, declared_classes, places_of, shown_type
 from pydantic_toast._records import StoredRecord, new_record
 from pydantic_toast._reference import (
     CANONICAL_ID,
@@ -430,18 +431,45 @@ class SaveBatch:
         not load (a reference must name the field's class): stored, ``holder`` could never be
         loaded again. Only reached when ``holder``'s fields declare no class stored as ``name``.
         """
-        for declared in _declared_models(type(holder)):
-            if isinstance(model, declared):
-                child, base = type(model).__qualname__, declared.__qualname__
-                refusal = StorageValidationError(
-                    f"{type(holder).__qualname__} holds a {child} in a field declared as {base}, "
-                    f"a base class of it: stored under its own name ({name!r}), it could not be "
-                    f"loaded back through that field; nothing was written. Declare the field as "
-                    f"{child}, or as a union such as {base} | {child}",
-                    class_name=name,
-                )
-                self.refusal = self.refusal or refusal
-                raise refusal
+        if not any(isinstance(model, declared) for declared in _declared_models(type(holder))):
+            return
+        # Some field declares a base class of it: find out whether ``model`` sits there, or
+        # elsewhere (an Any field, refused for that after ``holder`` is serialized).
+        found = False
+        for place in places_of(holder, model):
+            found = True
+            bases = [
+                declared
+                for declared in declared_classes(place.declared)
+                if hasattr(declared, "__toast_settings__") and isinstance(model, declared)
+            ]
+            if bases:
+                self._refuse_declared(holder, model, name, place, bases[0])
+        if not found:  # not in its fields (a serializer of the application's made it)
+            self._refuse_declared(holder, model, name, None, None)
+
+    def _refuse_declared(
+        self, holder: Any, model: ExternalBaseModel, name: str, place: Place | None, base: Any
+    ) -> None:
+        child = type(model).__qualname__
+        if place is None:
+            where, field, base_name = "a field declared as a base class of it", None, "it"
+        else:
+            base_name = base.__qualname__
+            where = f"field {place.field!r} (declared as {shown_type(place.field_type)})"
+            if place.path != place.field:
+                where += f" at {place.path}"
+            where += f", where {base_name} is declared, a base class of it"
+            field = place.path
+        refusal = StorageValidationError(
+            f"{type(holder).__qualname__} holds a {child} in {where}: stored under its own name "
+            f"({name!r}), it could not be loaded back through that field; nothing was written. "
+            f"Declare the field as {child}, or as a union such as {base_name} | {child}",
+            class_name=name,
+            field=field,
+        )
+        self.refusal = self.refusal or refusal
+        raise refusal
 
     def drain(self) -> None:
         """Serialize every queued model, and the models they queue in turn, into records.

@@ -321,6 +321,58 @@ def test_a_subclass_in_a_plain_field_of_its_base_class_is_refused_unwritten(
     assert type(loaded.pet) is Dog
 
 
+class _Inner(BaseModel):
+    anything: Any = None
+
+
+def test_a_refused_subclass_is_blamed_on_the_field_that_holds_it(storage_url: str) -> None:
+    """A Photo refused because a field declares Media, its base class, is blamed on the field
+    it sits in (at any depth, among fields of one type), with that field's type; one in an Any
+    field, while another field declares Media, is refused as an Any value, naming the Any field;
+    nothing is written either way."""
+    tag = uuid4().hex[:8]
+
+    class Media(ExternalBaseModel):
+        __abstract__ = True
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    class Photo(Media):
+        px: int
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Photo_{tag}")
+
+    class Album(ExternalBaseModel):
+        cover: Media | None = None
+        back: Media | None = None
+        pages: list[Media] = []
+        captions: dict[str, Media | None] = {}
+        inner: _Inner = _Inner()
+        anything: Any = None
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Album_{tag}")
+
+    photo = Photo(px=2)
+    in_any = ("Photo inside a value of type Any",)
+    in_back = ("in field 'back' (declared as ", "Media | None), where ")
+    for album, field, says in (
+        (Album(anything=photo), "anything", in_any),
+        (Album(anything=[1, photo]), "anything", in_any),
+        (Album(anything={"private": photo}), "anything", in_any),
+        (Album(inner=_Inner(anything=photo)), "inner", in_any),
+        (Album(back=photo), "back", in_back),
+        (Album(pages=[photo]), "pages.0", ("in field 'pages' (declared as list[", "]) at pages.0")),
+        (Album(captions={"private": photo}), "captions.<key>", (" at captions.<key>, where",)),
+        (Album(anything=photo, back=photo), "back", in_back),
+    ):
+        with pytest.raises(StorageValidationError) as refused:
+            album.model_dump()
+        message = str(refused.value)
+        assert refused.value.field == field, message
+        assert all(part in message for part in says), message
+        assert "nothing was written" in message
+        assert "'cover'" not in message
+        assert "private" not in message
+    assert [pydantic_toast.count(cls) for cls in (Album, Photo)] == [0, 0]
+
+
 def test_two_writers_of_the_same_data_in_the_same_microsecond_conflict(
     storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
