@@ -65,7 +65,6 @@ from pydantic_toast._ownership import (
     set_owner_reference,
     still_held,
 )
-from pydantic_toast._placement import Place, declared_classes, places_of, shown_type
 from pydantic_toast._records import StoredRecord, new_record
 from pydantic_toast._reference import (
     CANONICAL_ID,
@@ -82,6 +81,7 @@ from pydantic_toast.runtime.transaction import joined_save, written_again
 
 if TYPE_CHECKING:
     from pydantic_toast._model import ExternalBaseModel
+    from pydantic_toast._placement import Place
 
 __all__ = [
     "Identity",
@@ -435,6 +435,8 @@ class SaveBatch:
             return
         # Some field declares a base class of it: find out whether ``model`` sits there, or
         # elsewhere (an Any field, refused for that after ``holder`` is serialized).
+        from pydantic_toast._placement import declared_classes, places_of
+
         found = False
         for place in places_of(holder, model):
             found = True
@@ -451,6 +453,8 @@ class SaveBatch:
     def _refuse_declared(
         self, holder: Any, model: ExternalBaseModel, name: str, place: Place | None, base: Any
     ) -> None:
+        from pydantic_toast._placement import shown_type
+
         child = type(model).__qualname__
         if place is None:
             where, field, base_name = "a field declared as a base class of it", None, "it"
