@@ -340,9 +340,14 @@ def test_a_refused_subclass_is_blamed_on_the_field_that_holds_it(storage_url: st
         px: int
         model_config = ExternalConfigDict(storage=storage_url, external_name=f"Photo_{tag}")
 
+    class Frame(ExternalBaseModel):
+        width: int = 1
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"Frame_{tag}")
+
     class Album(ExternalBaseModel):
         cover: Media | None = None
         back: Media | None = None
+        framed: Frame | Media | None = None
         pages: list[Media] = []
         captions: dict[str, Media | None] = {}
         inner: _Inner = _Inner()
@@ -361,6 +366,7 @@ def test_a_refused_subclass_is_blamed_on_the_field_that_holds_it(storage_url: st
         (Album(pages=[photo]), "pages.0", ("in field 'pages' (declared as list[", "]) at pages.0")),
         (Album(captions={"private": photo}), "captions.<key>", (" at captions.<key>, where",)),
         (Album(anything=photo, back=photo), "back", in_back),
+        (Album(framed=photo), "framed", ("field 'framed' (declared as ", "Media | None), where")),
     ):
         with pytest.raises(StorageValidationError) as refused:
             album.model_dump()
@@ -370,7 +376,7 @@ def test_a_refused_subclass_is_blamed_on_the_field_that_holds_it(storage_url: st
         assert "nothing was written" in message
         assert "'cover'" not in message
         assert "private" not in message
-    assert [pydantic_toast.count(cls) for cls in (Album, Photo)] == [0, 0]
+    assert [pydantic_toast.count(cls) for cls in (Album, Photo, Frame)] == [0, 0, 0]
 
 
 def test_two_writers_of_the_same_data_in_the_same_microsecond_conflict(
