@@ -431,7 +431,8 @@ class SaveBatch:
         not load (a reference must name the field's class): stored, ``holder`` could never be
         loaded again. Only reached when ``holder``'s fields declare no class stored as ``name``.
         """
-        if not any(isinstance(model, declared) for declared in _declared_models(type(holder))):
+        bases = [base for base in _declared_models(type(holder)) if isinstance(model, base)]
+        if not bases:
             return
         # Some field declares a base class of it: find out whether ``model`` sits there, or
         # elsewhere (an Any field, refused for that after ``holder`` is serialized).
@@ -440,26 +441,21 @@ class SaveBatch:
         found = False
         for place in places_of(holder, model):
             found = True
-            bases = [
-                declared
-                for declared in declared_classes(place.declared)
-                if hasattr(declared, "__toast_settings__") and isinstance(model, declared)
-            ]
-            if bases:
-                self._refuse_declared(holder, model, name, place, bases[0])
+            there = [base for base in declared_classes(place.declared) if base in bases]
+            if there:
+                self._refuse_declared(holder, model, name, place, there[0])
         if not found:  # not in its fields (a serializer of the application's made it)
-            self._refuse_declared(holder, model, name, None, None)
+            self._refuse_declared(holder, model, name, None, bases[0])
 
     def _refuse_declared(
-        self, holder: Any, model: ExternalBaseModel, name: str, place: Place | None, base: Any
+        self, holder: Any, model: ExternalBaseModel, name: str, place: Place | None, base: type
     ) -> None:
         from pydantic_toast._placement import shown_type
 
-        child = type(model).__qualname__
+        child, base_name = type(model).__qualname__, base.__qualname__
         if place is None:
-            where, field, base_name = "a field declared as a base class of it", None, "it"
+            where, field = f"a field declared as {base_name}, a base class of it", None
         else:
-            base_name = base.__qualname__
             where = f"field {place.field!r} (declared as {shown_type(place.field_type)})"
             if place.path != place.field:
                 where += f" at {place.path}"
