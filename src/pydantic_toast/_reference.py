@@ -137,18 +137,20 @@ def made_with(reference: ExternalReference, text: object) -> UUID | None:
 class RoutedReference(dict[str, Any]):
     """A reference with a discriminated union's tag added, so the union picks its member.
 
-    Built only by the union router in ``_unions``; the member's validator reads the reference
-    back from :attr:`parsed` and ignores the added key.
+    Built only by the union router in ``_unions``; the member's validator ignores the added
+    key: it reads a plain reference back from :attr:`parsed`, and any other (a signed one,
+    one with keys added: :attr:`parsed` is ``None``) from :attr:`sent`.
     """
 
-    __slots__ = ("parsed",)
+    __slots__ = ("parsed", "sent")
 
     def __init__(
-        self, reference: Mapping[str, Any], key: str, tag: object, parsed: ParsedReference
+        self, reference: Mapping[str, Any], key: str, tag: object, parsed: ParsedReference | None
     ):
         dict.__init__(self, reference)
         self[key] = tag
         self.parsed = parsed
+        self.sent = reference
 
 
 def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> ParsedReference | None:
@@ -224,8 +226,11 @@ def unexpected_keys(value: object) -> list[str] | None:
     data, it would make a blank new record. (Only where a model's validation starts: nested
     data of any kind, a dict field, may hold such a mapping.)
     """
-    if type(value) is not dict and not isinstance(value, Mapping):
-        return None
+    if type(value) is not dict:
+        if type(value) is RoutedReference:
+            value = value.sent  # the reference as it was sent, without the union's tag
+        elif not isinstance(value, Mapping):
+            return None
     if "class_name" not in value or "id" not in value:
         return None
     return [shorten(repr(key), 40) for key in value if key != "class_name" and key != "id"]

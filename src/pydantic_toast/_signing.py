@@ -28,6 +28,7 @@ from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurati
 from pydantic_toast._reference import (
     ExternalReference,
     ParsedReference,
+    RoutedReference,
     parse_reference,
     unexpected_keys,
 )
@@ -192,6 +193,8 @@ def parse_signed(value: object) -> tuple[ParsedReference, str, int | None] | Non
     Raises:
         InvalidReferenceError: The shape of a signed reference with a malformed part.
     """
+    if type(value) is RoutedReference:
+        value = value.sent  # routed by a discriminated union: the reference as it was sent
     if not isinstance(value, Mapping) or not value.keys() >= _SIGNED_KEYS:
         return None
     if not value.keys() <= _EXPIRING_KEYS:

@@ -28,11 +28,13 @@ from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
 
 from pydantic_toast._config import ModelSettings
+from pydantic_toast._exceptions import shorten
 from pydantic_toast._reference import RoutedReference, parse_reference
 
 __all__ = ["install"]
 
 _WRAPPERS = ("nullable", "missing-sentinel", "definitions")
+_SIGNED_KEYS = frozenset(("class_name", "id", "signature", "expires_at"))
 
 
 Resolve = Callable[[dict[str, Any]], Any]
@@ -145,6 +147,10 @@ class _Tags:
             self._by_name = by_name
         return by_name.get(class_name)
 
+    def first(self) -> Hashable:
+        """The first member's tag."""
+        return self._members[0][0]
+
     def names(self) -> str:
         self.get("")
         return ", ".join(sorted(self._by_name or ()))
@@ -179,25 +185,49 @@ def _top_level_key(discriminator: Any) -> str | None:
     return None
 
 
+def _member_of_sent(value: dict[str, Any], tags: _Tags) -> Hashable:
+    """The tag of the member that checks ``value``, a reference with keys besides its two.
+
+    The member its class names, which verifies a signed reference as a field of its own type
+    would (or refuses the keys added); for a class none of the members is, the first member,
+    which refuses the keys added, as the first member of a plain union does.
+
+    Raises:
+        PydanticCustomError: ``value`` is a signed reference (no other key added) to a class
+            none of the members is.
+    """
+    class_name = value["class_name"]
+    tag = tags.get(class_name) if isinstance(class_name, str) else None
+    if tag is not None:
+        return tag
+    if isinstance(class_name, str) and value.keys() <= _SIGNED_KEYS:
+        raise _unknown_class(class_name, tags)
+    return tags.first()
+
+
 def _unknown_class(class_name: str, tags: _Tags) -> PydanticCustomError:
     return PydanticCustomError(
         "external_reference_class",
         "the reference names class {class_name}, which is none of this union's external "
         "models ({members}); if one of them was renamed from {class_name}, keep the stored "
         "name with ExternalConfigDict(external_name='{class_name}')",
-        {"class_name": class_name, "members": tags.names()},
+        {"class_name": shorten(class_name), "members": tags.names()},
     )
 
 
 def _router(key: str, tags: _Tags) -> Callable[[Any, ValidatorFunctionWrapHandler], Any]:
     def route(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if isinstance(value, dict) and len(value) == 2:
-            parsed = parse_reference(value)
-            if parsed is not None:
-                tag = tags.get(parsed[0])
-                if tag is None:
-                    raise _unknown_class(parsed[0], tags)
-                value = RoutedReference(value, key, tag, parsed)
+        if isinstance(value, dict) and "class_name" in value:
+            if len(value) == 2:
+                parsed = parse_reference(value)
+                if parsed is not None:
+                    tag = tags.get(parsed[0])
+                    if tag is None:
+                        raise _unknown_class(parsed[0], tags)
+                    value = RoutedReference(value, key, tag, parsed)
+            elif "id" in value and key not in value:
+                # Signed, or with keys added: its member verifies it, or refuses the keys.
+                value = RoutedReference(value, key, _member_of_sent(value, tags), None)
         return handler(value)
 
     return route
@@ -207,12 +237,15 @@ def _by_class_name_first(
     discriminator: Callable[[Any], Hashable], tags: _Tags
 ) -> Callable[[Any], Hashable]:
     def discriminate(value: Any) -> Hashable:
-        if isinstance(value, dict) and len(value) == 2:
-            parsed = parse_reference(value)
-            if parsed is not None:
-                # An unknown class name is no tag of this union: Pydantic reports it as such.
-                tag = tags.get(parsed[0])
-                return parsed[0] if tag is None else tag
+        if isinstance(value, dict) and "class_name" in value:
+            if len(value) == 2:
+                parsed = parse_reference(value)
+                if parsed is not None:
+                    # An unknown class name is no tag of this union: Pydantic reports it so.
+                    tag = tags.get(parsed[0])
+                    return parsed[0] if tag is None else tag
+            elif "id" in value:
+                return _member_of_sent(value, tags)
         return discriminator(value)
 
     discriminate.__toast_wrapped__ = True  # type: ignore[attr-defined]

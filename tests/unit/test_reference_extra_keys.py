@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 import pytest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 import pydantic_toast
 from pydantic_toast import (
@@ -197,9 +197,10 @@ def test_a_mapping_with_both_keys_inside_data_is_still_data(memory_url: str) -> 
     assert Box.model_validate(pydantic_toast.dump(box)) == box
 
 
-def test_a_discriminated_union_refuses_a_reference_with_its_tag_added(memory_url: str) -> None:
+def test_a_discriminated_union_refuses_a_reference_with_keys_added(memory_url: str) -> None:
     """With the tag added, the union routes it to its member, which refuses it (it made a new
-    record); without the tag, Pydantic reports the missing tag, as before."""
+    record); without the tag, the member its class names refuses it the same way (it was
+    Pydantic's missing tag), and a callable discriminator's too."""
 
     class Tea(ExternalBaseModel):
         kind: Literal["tea"] = "tea"
@@ -216,6 +217,22 @@ def test_a_discriminated_union_refuses_a_reference_with_its_tag_added(memory_url
     assert isinstance(Order.model_validate({"item": reference}).item, Tea)
     with pytest.raises(InvalidReferenceError, match="unexpected keys 'kind'"):
         Order.model_validate({"item": {**reference, "kind": "tea"}})
-    with pytest.raises(ValidationError, match="union_tag_not_found"):
+    with pytest.raises(InvalidReferenceError, match="the Tea reference has unexpected keys 'v'"):
         Order.model_validate({"item": {**reference, "v": 1}})
+    signed = {**reference, "signature": "a" * 43}
+    with pytest.raises(InvalidReferenceError, match="verify_reference"):
+        Order.model_validate({"item": signed})
+    tagged = TypeAdapter(
+        Annotated[
+            Annotated[Cake, Tag("c")] | Annotated[Tea, Tag("t")],
+            Discriminator(lambda value: value.get("kind", "")[:1]),
+        ]
+    )
+    with pytest.raises(InvalidReferenceError, match="the Tea reference has unexpected keys 'v'"):
+        tagged.validate_python({**reference, "v": 1})
+    with pytest.raises(InvalidReferenceError, match="the Zed reference has unexpected keys"):
+        Order.model_validate({"item": {**reference, "class_name": "Zed", "v": 1}})
+    with pytest.raises(ValidationError, match="none of this union's external models"):
+        Order.model_validate({"item": {**signed, "class_name": "Zed"}})
     assert pydantic_toast.count(Tea) == 1
+    assert pydantic_toast.count(Cake) == 0
