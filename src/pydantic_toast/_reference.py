@@ -19,6 +19,7 @@ __all__ = [
     "CANONICAL_ID",
     "ExternalReference",
     "ParsedReference",
+    "RoutedAsSent",
     "RoutedReference",
     "all_canonical",
     "extra_keys_problem",
@@ -137,20 +138,36 @@ def made_with(reference: ExternalReference, text: object) -> UUID | None:
 class RoutedReference(dict[str, Any]):
     """A reference with a discriminated union's tag added, so the union picks its member.
 
-    Built only by the union router in ``_unions``; the member's validator ignores the added
-    key: it reads a plain reference back from :attr:`parsed`, and any other (a signed one,
-    one with keys added: :attr:`parsed` is ``None``) from :attr:`sent`.
+    Built only by the union router in ``_unions``; the member's validator reads the reference
+    back from :attr:`parsed` and ignores the added key.
     """
 
-    __slots__ = ("parsed", "sent")
+    __slots__ = ("parsed",)
 
     def __init__(
-        self, reference: Mapping[str, Any], key: str, tag: object, parsed: ParsedReference | None
+        self, reference: Mapping[str, Any], key: str, tag: object, parsed: ParsedReference
     ):
         dict.__init__(self, reference)
         self[key] = tag
         self.parsed = parsed
-        self.sent = reference
+
+
+class RoutedAsSent(dict[str, Any]):
+    """A mapping with ``class_name`` and ``id`` and other keys besides (a signed reference, or
+    one with keys added), with a discriminated union's tag added, so the union picks the member
+    that checks it.
+
+    Built only by the union router in ``_unions``; :func:`unexpected_keys` and
+    ``_signing.parse_signed`` read it as :attr:`sent`, without the added key (not a
+    reference to :func:`parse_reference`, as what was sent is not).
+    """
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: Mapping[str, Any], key: str, tag: object):
+        dict.__init__(self, sent)
+        self[key] = tag
+        self.sent = sent
 
 
 def parse_reference(value: object, ids: dict[str, UUID] | None = None) -> ParsedReference | None:
@@ -226,13 +243,12 @@ def unexpected_keys(value: object) -> list[str] | None:
     data, it would make a blank new record. (Only where a model's validation starts: nested
     data of any kind, a dict field, may hold such a mapping.)
     """
-    if type(value) is not dict:
-        if type(value) is RoutedReference:
-            value = value.sent  # the reference as it was sent, without the union's tag
-        elif not isinstance(value, Mapping):
-            return None
+    if type(value) is not dict and not isinstance(value, Mapping):
+        return None
     if "class_name" not in value or "id" not in value:
         return None
+    if type(value) is RoutedAsSent:
+        value = value.sent  # as it was sent, without the union's tag
     return [shorten(repr(key), 40) for key in value if key != "class_name" and key != "id"]
 
 

@@ -28,7 +28,7 @@ from pydantic_toast._exceptions import InvalidReferenceError, StorageConfigurati
 from pydantic_toast._reference import (
     ExternalReference,
     ParsedReference,
-    RoutedReference,
+    RoutedAsSent,
     parse_reference,
     unexpected_keys,
 )
@@ -193,12 +193,11 @@ def parse_signed(value: object) -> tuple[ParsedReference, str, int | None] | Non
     Raises:
         InvalidReferenceError: The shape of a signed reference with a malformed part.
     """
-    if type(value) is RoutedReference:
-        value = value.sent  # routed by a discriminated union: the reference as it was sent
     if not isinstance(value, Mapping) or not value.keys() >= _SIGNED_KEYS:
         return None
     if not value.keys() <= _EXPIRING_KEYS:
-        return None
+        # Routed by a discriminated union (its tag added): read as it was sent.
+        return parse_signed(value.sent) if type(value) is RoutedAsSent else None
     parsed = parse_reference({"class_name": value["class_name"], "id": value["id"]})
     assert parsed is not None  # the two keys are there
     signature: Any = value["signature"]

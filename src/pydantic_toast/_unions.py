@@ -9,9 +9,13 @@ up on that module by both of Pydantic's call sites) and ``Discriminator._convert
 (callable discriminators). When the tagged union has external models among its members:
 
 - a field discriminator gets a wrap validator that adds the member's tag to a reference before
-  the union looks for it (data still goes through Pydantic's own tag lookup, unchanged);
-- a callable discriminator is wrapped to answer a reference's tag from its class name first,
-  so the user's function only ever sees data.
+  the union looks for it (data still goes through Pydantic's own tag lookup, unchanged); a
+  mapping with other keys besides ``class_name`` and ``id`` (a signed reference, or one with
+  keys added) and no tag gets its member's tag once the union found none, so that the member
+  verifies it, or refuses the keys, as a field of its own type would;
+- a callable discriminator is wrapped to answer a reference's tag from its class name first
+  (a signed reference's, or one's with keys added, too), so the user's function only ever
+  sees data.
 
 Unions without external models are returned untouched. A plain ``A | B`` needs none of this:
 a member refuses another class's reference with a "does not match" error and Pydantic tries
@@ -23,13 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from pydantic import ValidatorFunctionWrapHandler
+from pydantic import ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
 
 from pydantic_toast._config import ModelSettings
 from pydantic_toast._exceptions import shorten
-from pydantic_toast._reference import RoutedReference, parse_reference
+from pydantic_toast._reference import RoutedAsSent, RoutedReference, parse_reference
 
 __all__ = ["install"]
 
@@ -185,6 +189,12 @@ def _top_level_key(discriminator: Any) -> str | None:
     return None
 
 
+def _sent_as_reference(value: Any, key: str) -> bool:
+    """Whether ``value`` is a mapping sent as a reference, with keys besides its two, without
+    the union's tag ``key``."""
+    return isinstance(value, dict) and key not in value and "class_name" in value and "id" in value
+
+
 def _member_of_sent(value: dict[str, Any], tags: _Tags) -> Hashable:
     """The tag of the member that checks ``value``, a reference with keys besides its two.
 
@@ -217,18 +227,22 @@ def _unknown_class(class_name: str, tags: _Tags) -> PydanticCustomError:
 
 def _router(key: str, tags: _Tags) -> Callable[[Any, ValidatorFunctionWrapHandler], Any]:
     def route(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if isinstance(value, dict) and "class_name" in value:
-            if len(value) == 2:
-                parsed = parse_reference(value)
-                if parsed is not None:
-                    tag = tags.get(parsed[0])
-                    if tag is None:
-                        raise _unknown_class(parsed[0], tags)
-                    value = RoutedReference(value, key, tag, parsed)
-            elif "id" in value and key not in value:
-                # Signed, or with keys added: its member verifies it, or refuses the keys.
-                value = RoutedReference(value, key, _member_of_sent(value, tags), None)
-        return handler(value)
+        if isinstance(value, dict) and len(value) == 2:
+            parsed = parse_reference(value)
+            if parsed is not None:
+                tag = tags.get(parsed[0])
+                if tag is None:
+                    raise _unknown_class(parsed[0], tags)
+                value = RoutedReference(value, key, tag, parsed)
+        try:
+            return handler(value)
+        except ValidationError:
+            # No tag: a reference with keys besides its two (signed, or with keys added) is
+            # routed to the member that verifies it or refuses the keys. Checked only once
+            # the union failed, which costs data that has its tag nothing.
+            if not _sent_as_reference(value, key):
+                raise
+        return handler(RoutedAsSent(value, key, _member_of_sent(value, tags)))
 
     return route
 
@@ -237,14 +251,14 @@ def _by_class_name_first(
     discriminator: Callable[[Any], Hashable], tags: _Tags
 ) -> Callable[[Any], Hashable]:
     def discriminate(value: Any) -> Hashable:
-        if isinstance(value, dict) and "class_name" in value:
+        if isinstance(value, dict):
             if len(value) == 2:
                 parsed = parse_reference(value)
                 if parsed is not None:
                     # An unknown class name is no tag of this union: Pydantic reports it so.
                     tag = tags.get(parsed[0])
                     return parsed[0] if tag is None else tag
-            elif "id" in value:
+            elif "class_name" in value and "id" in value:
                 return _member_of_sent(value, tags)
         return discriminator(value)
 
