@@ -13,6 +13,13 @@ A field that can hold a storable value is left to the save, which refuses an uns
 when one is there: a nullable field (``Callable[[], int] | None = None``), or a union with a
 storable member. Refused here is a union all of whose members are unstorable.
 
+An enum or a ``Literal`` with a value JSON does not give back (a tuple comes back a list, a
+datetime, a ``Decimal`` or bytes a str) is refused wherever it appears, in a union too: its
+member is written, and no load could find it again. Whether each value reads back is asked of
+Pydantic itself (a ``_missing_`` of the enum's may bring it back). Integer values are left to
+the save, which validates back any record holding a number of 19 digits or more (an ``IntEnum``
+member beyond 64 bits beside members within, see ``_fidelity``).
+
 What a user's function decides is theirs: a field under a serializer or a wrap or plain
 validator of the user's, and a field excluded from dumps with a default (not data), are not
 looked into. Nested external models are stored as records of their own and checked with their
@@ -21,7 +28,16 @@ own class.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
+from weakref import WeakKeyDictionary
+
+from pydantic_core import (
+    PydanticSerializationError,
+    SchemaSerializer,
+    SchemaValidator,
+    core_schema,
+)
 
 from pydantic_toast._exceptions import StorageConfigurationError
 from pydantic_toast._schema_walk import schema_nodes
@@ -48,9 +64,20 @@ _TIMED = (
     "fields are loaded with such constraints left out), or declare its field as datetime or "
     "date and check the constraint where values are entered"
 )
+_UNREAD_CHOICE = (
+    "is {what}, whose value {value!r} is written as {written}, which Pydantic does not read "
+    "back as that value: a record holding it would be saved and could never be loaded. Give "
+    "the {kind} str or int values, or declare the field with the values' own type "
+    "({shown} and the like), which reads them back"
+)
 # What a user's function decides, which this check does not second-guess.
 _USERS = frozenset({"function-wrap", "function-plain"})
 _CLASSES = frozenset({"model", "dataclass"})
+_CHOICES = frozenset({"enum", "literal"})
+# Keys of an enum or literal schema node left out of the one built to check its values.
+_NOT_CHOICE = frozenset({"ref", "serialization", "metadata"})
+# The answer for each enum class met (None: its values read back).
+_ENUMS_ANSWERED: WeakKeyDictionary[type, str | None] = WeakKeyDictionary()
 # Schemas whose values may be of several kinds, one of them storable though others are not.
 _ALTERNATIVES = frozenset({"nullable", "union", "tagged-union"})
 
@@ -115,6 +142,10 @@ def _problem(schema: object, definitions: dict[str, Any], cleared: set[type]) ->
     for node in schema_nodes(schema, definitions=definitions, descend=descend):
         if node.get("type") in _CLASSES and not hasattr(node.get("cls"), "_toast_serialize"):
             nested.append(node)
+        elif node.get("type") in _CHOICES and not _serialized_by_user(node):
+            problem = _unread_choice(node)
+            if problem is not None:
+                return problem
     # Any member of a union counts here: the save-time checks cannot see a time constraint,
     # and a value stored through it would stop loading once its time passed.
     for node in nested:
@@ -176,6 +207,68 @@ def _unwritable_node(node: dict[str, Any]) -> str | None:
         what = f"any instance of {shown}" if kind == "is-instance" else f"type[{shown}]"
         return _NO_JSON.format(what=what)
     return None
+
+
+def _unread_choice(node: dict[str, Any]) -> str | None:
+    """Why enum or literal schema ``node`` has a value its JSON does not give back, or ``None``
+    (an enum's answer is kept: the same enum is met in many classes).
+
+    The values are written and read back by Pydantic, as a save and a load would, all in one
+    list; one at a time only to find which failed. Integers are left to the save (see the
+    module's docstring).
+    """
+    is_enum = node["type"] == "enum"
+    if is_enum and node.get("cls") in _ENUMS_ANSWERED:
+        return _ENUMS_ANSWERED[node["cls"]]
+    values = [
+        value
+        for value in node.get("members" if is_enum else "expected", [])
+        if not _left_to_the_save(value.value if isinstance(value, Enum) else value)
+    ]
+    schema: Any = {key: value for key, value in node.items() if key not in _NOT_CHOICE}
+    problem = None
+    if values and _read_back(core_schema.list_schema(schema), values) is not None:
+        for value in values:
+            written = _read_back(schema, value)
+            if written is not None:
+                problem = _UNREAD_CHOICE.format(
+                    what=f"the enum {node['cls'].__qualname__}" if is_enum else "a Literal",
+                    value=value,
+                    written=written,
+                    kind="enum" if is_enum else "Literal",
+                    shown=type(value.value if isinstance(value, Enum) else value).__qualname__,
+                )
+                break
+    if is_enum and isinstance(node.get("cls"), type):
+        _ENUMS_ANSWERED[node["cls"]] = problem
+    return problem
+
+
+def _left_to_the_save(value: object) -> bool:
+    """Whether ``value`` is an integer, which the save checks (see the module's docstring)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_back(schema: Any, value: Any) -> str | None:
+    """``None`` when Pydantic reads ``value`` back from the JSON it writes of it with core
+    ``schema`` (the same objects, or equal ones of the same types), else that JSON."""
+    try:
+        written = SchemaSerializer(schema, {"ser_json_inf_nan": "constants"}).to_json(value)
+    except PydanticSerializationError:
+        return "nothing"
+    try:
+        back = SchemaValidator(schema).validate_json(written, strict=False)
+    except ValueError:
+        return written.decode()
+    if _same(back, value):
+        return None
+    return written.decode()
+
+
+def _same(back: Any, value: Any) -> bool:
+    if isinstance(value, list):
+        return len(back) == len(value) and all(map(_same, back, value))
+    return back is value or (type(back) is type(value) and back == value)
 
 
 def _members(node: dict[str, Any]) -> list[Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import gc
 from collections.abc import Callable, Iterable
-from datetime import timedelta
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 import pytest
@@ -18,6 +20,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
 )
+from typing_extensions import TypedDict
 
 import pydantic_toast
 from pydantic_toast import (
@@ -456,3 +459,118 @@ def test_a_forward_reference_is_checked_when_it_resolves(memory_url: str) -> Non
         pydantic_toast.delete(Pending, "00000000-0000-0000-0000-000000000001")
     del Pending
     gc.collect()  # the refused class, off ExternalBaseModel.__subclasses__() (orphan scans)
+
+
+class Shape(enum.Enum):
+    POINT = (0, 0)
+    UNIT = (1, 1)
+
+
+class Epoch(enum.Enum):
+    START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Price(enum.Enum):
+    TEN = Decimal("10.00")
+
+
+class Mixed(enum.Enum):
+    ONE = 1
+    PAIR = (1, 2)
+
+
+@dataclasses.dataclass
+class Drawing:
+    shape: Shape
+
+
+class Sketch(TypedDict):
+    shapes: list[Shape]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [
+        (Shape, r"the enum Shape, whose value <Shape.POINT: \(0, 0\)> is written as \[0,0\]"),
+        (Epoch, 'the enum Epoch, .* is written as "1970-01-01T00:00:00Z"'),
+        (Price, r"the enum Price, whose value <Price.TEN: Decimal\('10.00'\)> is written as"),
+        (Mixed, r"the enum Mixed, whose value <Mixed.PAIR: \(1, 2\)>"),
+        (Literal[((1, 2),)], r"a Literal, whose value \(1, 2\) is written as \[1,2\]"),
+        (Literal["a", b"b"], "a Literal, whose value b'b' is written as \"b\""),
+        (Literal[Shape.UNIT], "a Literal, whose value <Shape.UNIT"),
+        (list[Shape], "the enum Shape"),
+        (Shape | None, "the enum Shape"),
+        (dict[str, int | Shape], "the enum Shape"),
+        (Drawing, "the enum Shape"),
+        (Sketch, "the enum Shape"),
+    ],
+    ids=[
+        "tuple",
+        "datetime",
+        "decimal",
+        "mixed",
+        "literal-tuple",
+        "literal-bytes",
+        "literal-member",
+        "list",
+        "nullable",
+        "union",
+        "dataclass",
+        "typeddict",
+    ],
+)
+def test_enums_and_literals_whose_values_json_changes_are_refused_at_definition(
+    memory_url: str, annotation: Any, expected: str
+) -> None:
+    """An enum or Literal value that JSON gives back as another (a tuple as a list, a datetime
+    or Decimal as a str) would be saved and never loaded: the class statement fails, naming
+    the field, the type and the fix, wherever the type is nested, in a union too."""
+    with pytest.raises(StorageConfigurationError, match=expected) as info:
+        type(
+            "Chosen",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": {"field": annotation},
+                "model_config": ExternalConfigDict(storage=memory_url),
+            },
+        )
+    message = str(info.value)
+    assert message.startswith("Chosen cannot be stored: field 'field' ")
+    assert "could never be loaded" in message
+    assert "str or int values" in message
+
+
+class Flavour(enum.Enum):
+    PLAIN = "plain"
+    ONE = 1
+    HALF = 0.5
+    NOTHING = None
+    YES = True
+
+
+class Corner(enum.Enum):
+    """Tuple values, brought back by the enum's own ``_missing_`` from the JSON list."""
+
+    ORIGIN = (0, 0)
+
+    @classmethod
+    def _missing_(cls, value: object) -> Corner | None:
+        return cls(tuple(value)) if isinstance(value, list) else None
+
+
+def test_enums_and_literals_whose_values_json_keeps_are_stored(memory_url: str) -> None:
+    """Values JSON gives back (str, int, float, None, bool), and values an enum's own
+    ``_missing_`` brings back, are accepted and load back as the same members."""
+
+    class Chosen(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        flavours: list[Flavour]
+        corner: Corner
+        literal: Literal["a", 1, None, True]
+
+    saved = Chosen(flavours=list(Flavour), corner=Corner.ORIGIN, literal=True)
+    loaded = Chosen.model_validate(saved.model_dump())
+    assert loaded == saved
+    assert loaded.flavours == list(Flavour)
+    assert loaded.corner is Corner.ORIGIN
+    assert loaded.literal is True
