@@ -56,6 +56,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._expanded import EXPANDED_KEY, is_expanding
 from pydantic_toast._fidelity import decode_stored, describe_errors
 from pydantic_toast._fingerprint import loaded
+from pydantic_toast._key_order import note_key_order
 from pydantic_toast._loading import (
     LoadSession,
     Routes,
@@ -178,6 +179,7 @@ class ExternalBaseModel(BaseModel):
     def _toast_check_storable(cls) -> None:
         try:
             check_storable(cls)
+            note_key_order(cls)
         except StorageConfigurationError as refusal:
             # Until it is collected, a refused class is among its base's subclasses: never
             # taken for a stored one (orphan scans, error messages) with its base's settings.

@@ -51,6 +51,7 @@ from pydantic_toast._exceptions import (
 )
 from pydantic_toast._fingerprint import Fingerprint, fingerprint, unchanged
 from pydantic_toast._ids import new_id
+from pydantic_toast._key_order import KEY_ORDER_KEPT
 from pydantic_toast._loading import SessionKey
 from pydantic_toast._loading import fill as _fill
 from pydantic_toast._offload import Offloads
@@ -80,6 +81,7 @@ from pydantic_toast.runtime.storage import Storage, current_storage
 from pydantic_toast.runtime.transaction import joined_save, written_again
 
 if TYPE_CHECKING:
+    from pydantic_toast._config import ModelSettings
     from pydantic_toast._model import ExternalBaseModel
     from pydantic_toast._placement import Place
 
@@ -184,13 +186,20 @@ class Identity:
         self.id, self.created_at, self.revision, self.data, self.exact = state[:5]
         self.fingerprint = self.text = None
 
-    def unchanged(self, data: bytes) -> bool:
-        """Whether ``data`` is what was last read or written (the same JSON value)."""
+    def unchanged(self, data: bytes, settings: ModelSettings) -> bool:
+        """Whether ``data`` is what was last read or written (the same JSON value) for a
+        record of the class of ``settings``; the key order counts for a class holding an
+        ``OrderedDict`` (whose records every store hands back as written, see ``_key_order``).
+        """
         if self.data is None:
             return False
         if data == self.data:
             return True
-        return not self.exact and _canonical(data) == _canonical(self.data)
+        return (
+            not self.exact
+            and settings.external_name not in KEY_ORDER_KEPT
+            and _canonical(data) == _canonical(self.data)
+        )
 
 
 class UnvalidatedIdentity(Identity):
@@ -542,7 +551,7 @@ class SaveBatch:
             if changed is not None:
                 self.refusal = self.refusal or changed
                 raise self.refusal
-        if identity.data is not None and not self.force and identity.unchanged(data):
+        if identity.data is not None and not self.force and identity.unchanged(data, settings):
             if not identity.exact or print_ is not None:  # compare bytes, or objects, next time
                 text = identity.text or str(identity.id)
                 kept = _kept_json(data, print_, model)

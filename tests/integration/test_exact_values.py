@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Annotated, Any, Literal
@@ -1292,3 +1292,43 @@ def test_a_one_pass_value_under_the_users_serializer_is_refused(storage_url: str
     kept = listed(values=[6])
     kept.model_dump()
     assert listed.model_validate(kept.model_dump()).values == [6]
+
+
+@dataclasses.dataclass
+class Setlist:
+    sets: list[OrderedDict[str, int]]
+
+
+def test_ordered_dicts_come_back_in_their_key_order(storage_url: str) -> None:
+    """An OrderedDict, whose == compares key order, comes back in its order on every backend
+    (PostgreSQL's jsonb sorts keys its own way), nested or not, saved alone, in a batch of
+    records and again after a change."""
+
+    class Track(ExternalBaseModel):
+        lengths: OrderedDict[str, int]
+        setlist: Setlist | None = None
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"T{uuid4().hex}")
+
+    class Album(ExternalBaseModel):
+        tracks: list[Track]
+        model_config = ExternalConfigDict(storage=storage_url, external_name=f"A{uuid4().hex}")
+
+    order = OrderedDict([("zebra", 1), ("apple", 2), ("mango", 3), ("b", 4)])
+    track = Track(lengths=order, setlist=Setlist(sets=[OrderedDict(reversed(order.items()))]))
+    loaded = Track.model_validate(track.model_dump())
+    assert loaded == track
+    assert list(loaded.lengths) == ["zebra", "apple", "mango", "b"]
+    assert loaded.setlist is not None
+    assert list(loaded.setlist.sets[0]) == ["b", "mango", "apple", "zebra"]
+    loaded.lengths.move_to_end("zebra")
+    again = Track.model_validate(loaded.model_dump())
+    assert list(again.lengths) == ["apple", "mango", "b", "zebra"]
+    album = Album(
+        tracks=[Track(lengths=OrderedDict(reversed(order.items()))), Track(lengths=order)]
+    )
+    back = Album.model_validate(album.model_dump())
+    assert back == album  # a batch of two records
+    assert [list(item.lengths) for item in back.tracks] == [
+        ["b", "mango", "apple", "zebra"],
+        ["zebra", "apple", "mango", "b"],
+    ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections import OrderedDict
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from pydantic_toast import StorageValidationError
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
 from pydantic_toast._records import StoredRecord
 from pydantic_toast.backends.jsonb import exact_text, refuse_unstorable
 
@@ -57,8 +61,6 @@ def test_a_translation_is_reused_only_for_the_same_bytes_object() -> None:
 def test_a_record_vouched_free_of_floats_is_not_scanned() -> None:
     """A save that proved its record holds no float spares it the scan (the bytes here would
     be flagged: the flag is what decides); a codec's new data loses the proof."""
-    from dataclasses import replace
-
     vouched = _record(b'{"x":1e+5}', without_floats=True)
     assert exact_text(vouched) is None
     assert exact_text(replace(vouched, without_floats=False)) == '{"x":1e+5}'
@@ -80,3 +82,33 @@ def test_lookalikes_inside_strings_are_stored() -> None:
     """The tokens' letters in ordinary text (capital N and I, backslash escapes) pass."""
     data = b'{"s":"Not Infinite, I said \\"NaN\\"\\n"}'
     refuse_unstorable(StoredRecord("c", uuid.uuid4(), data, 1, _NOW, _NOW))
+
+
+def test_a_class_holding_an_ordered_dict_keeps_its_text_others_do_not(memory_url: str) -> None:
+    """jsonb sorts an object's keys its own way: a class whose fields can hold an OrderedDict
+    (nested too, or alone) keeps its records' exact text, a plain dict does not; such a class's
+    records are never vouched free of floats (which would skip the look)."""
+    from pydantic_toast._data_schema import data_schema
+    from pydantic_toast._key_order import KEY_ORDER_KEPT  # (new: the other tests run without)
+
+    @dataclasses.dataclass
+    class Inner:
+        steps: list[OrderedDict[str, int]] | None
+
+    def define(annotation: Any) -> tuple[type[ExternalBaseModel], str]:
+        name = f"C{uuid.uuid4().hex}"
+        config = ExternalConfigDict(storage=memory_url, external_name=name)
+        namespace = {"__annotations__": {"steps": annotation}, "model_config": config}
+        return type("C", (ExternalBaseModel,), namespace), name
+
+    data = b'{"steps":{"b":1,"a":2}}'
+    nested, alone, plain = define(Inner), define(OrderedDict[str, int]), define(dict[str, int])
+    try:
+        for cls, name in (nested, alone):
+            assert exact_text(replace(_record(data), class_name=name)) == data.decode()
+            schema = data_schema(cls)
+            assert schema is not None
+            assert schema.numbers.scan
+        assert exact_text(replace(_record(data), class_name=plain[1])) is None
+    finally:
+        KEY_ORDER_KEPT.difference_update({nested[1], alone[1]})

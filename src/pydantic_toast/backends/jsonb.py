@@ -4,7 +4,9 @@
 comes back expanded (``1e+16`` as the integer ``10000000000000000``), so an ``int | float``,
 ``Any`` or ``dict[str, Any]`` field would change type. Such records keep their exact JSON text
 in ``data_exact`` beside the ``jsonb``. ``jsonb`` refuses NaN, the infinities and ``\\u0000``
-outright: those records are refused before they are sent, naming the field.
+outright: those records are refused before they are sent, naming the field. ``jsonb`` also
+sorts an object's keys its own way: the records of a class holding an ``OrderedDict``, whose
+``==`` compares key order, keep their exact text too (see ``_key_order``).
 
 The scans look for a number right after ``:``, ``,`` or ``[`` (Pydantic's compact JSON has no
 spaces), so dates and UUIDs inside strings do not match; a string that happens to contain such
@@ -24,6 +26,7 @@ from pydantic_toast._fidelity import (
     locate,
     stored_field_names,
 )
+from pydantic_toast._key_order import KEY_ORDER_KEPT
 from pydantic_toast._records import StoredRecord
 
 __all__ = ["exact_text", "needs_exact_text", "refuse_unstorable"]
@@ -36,28 +39,36 @@ _SCAN_PIECE = REUSED_UP_TO
 
 
 def exact_text(record: StoredRecord) -> str | None:
-    """The record's JSON as text when ``jsonb`` would rewrite a number in it, else ``None``."""
+    """The record's JSON as text when ``jsonb`` would rewrite a number in it or lose its key
+    order (an ``OrderedDict``'s), else ``None``."""
     return record.data.decode() if needs_exact_text(record) else None
 
 
 def needs_exact_text(record: StoredRecord) -> bool:
-    """Whether ``jsonb`` would rewrite a number in the record's JSON (then its text is kept
-    too)."""
+    """Whether ``jsonb`` would rewrite a number in the record's JSON, or lose the key order
+    its class keeps (then its text is kept too)."""
     # Substring searches run at C speed; the regex runs only when one of them hits. With
     # digits as 0 and E as e, a digit followed by an exponent marker is one search (the
     # translation the save already made for its own checks; in pieces for a large record).
     # A record whose class writes no float was vouched for by its save (see _number_plan).
     # (bytes.find, not ``in``: ``in`` first tries its operand as an integer and formats the
     # TypeError it then discards, 2k instructions per test, 20k of a 10-field save.)
+    # A class holding an OrderedDict keeps its text for its key order (see _key_order). Its
+    # records are never vouched free of floats (an OrderedDict is no simple field, see
+    # _number_plan): only scanned records are looked up, and none while no such class exists.
     if record.without_floats:
         return False
     data = record.data
     if len(data) <= _SCAN_PIECE:
         if (data.find(b"-") < 0 or data.find(b"-0.0") < 0) and digits_as_zero(data).find(b"0e") < 0:
-            return False
+            return _keeps_key_order(record) if KEY_ORDER_KEPT else False
     elif data.find(b"-0.0") < 0 and not _has_exponent(data):
-        return False
-    return _REWRITTEN_NUMBER.search(data) is not None
+        return _keeps_key_order(record) if KEY_ORDER_KEPT else False
+    return _REWRITTEN_NUMBER.search(data) is not None or _keeps_key_order(record)
+
+
+def _keeps_key_order(record: StoredRecord) -> bool:
+    return record.class_name in KEY_ORDER_KEPT
 
 
 def _has_exponent(data: bytes) -> bool:
