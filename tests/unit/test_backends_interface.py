@@ -208,6 +208,7 @@ def test_public_api_is_pinned() -> None:
         "StoredDataError",
         "StoredRecord",
         "UnknownSchemeError",
+        "UnreadReferrersError",
         "aclose_storage",
         "acount",
         "adelete",
