@@ -187,9 +187,10 @@ async def afind_orphans(
 
     Args:
         model: The class whose records are checked.
-        referencing: The classes whose records may reference them; by default every live
-            class whose fields can hold ``model`` (import your models first). Found none,
-            ``delete=True`` is refused (every record would go): pass ``[]`` to mean it.
+        referencing: More classes whose records may reference them, read besides every
+            live class whose fields can hold ``model`` (always read: import your models
+            first). With none of either, ``delete=True`` is refused (every record would go):
+            pass ``[]`` to mean it.
         delete: Delete the orphans (with what they own), one page at a time.
         batch_size: Records per page (1 to 1000).
         after: A ``next_after`` of an earlier report: resume there.
@@ -212,7 +213,9 @@ async def afind_orphans(
     cursor = PageCursor.from_token(after) if after is not None else None
     if after is not None and cursor is None:
         raise StorageConfigurationError(f"after={after!r} is not a next_after of an orphan scan")
-    sources = list(referencing) if referencing is not None else referencing_classes(model)
+    # Given classes add to the found ones: a class known to reference model is never skipped.
+    sources = referencing_classes(model)
+    sources += [cls for cls in referencing or () if cls not in sources]
     report = OrphanReport(name, [cls._toast_settings().external_name for cls in sources])
     storage = current_storage()
     backend = await storage.connected(url)

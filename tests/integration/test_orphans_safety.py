@@ -130,6 +130,35 @@ def test_no_referencing_class_refuses_deleting_every_record(own_store_url: str) 
     assert pydantic_toast.count(tag) == 0
 
 
+def test_given_referencing_classes_never_leave_out_one_known_to_reference(
+    own_store_url: str,
+) -> None:
+    """``referencing=[]`` or another class does not make the scan skip an imported model whose
+    fields hold the class: the tag a post references is kept, the one nobody does goes."""
+    tag = _tag_class(own_store_url)
+
+    class Post(ExternalBaseModel):
+        tag: tag  # type: ignore[valid-type]
+        model_config = ExternalConfigDict(storage=own_store_url, external_name=f"P{uuid4().hex}")
+
+    kept = tag(label="kept")
+    Post(tag=kept).model_dump()
+    lonely = tag(label="lonely")
+    lonely.model_dump()
+    for given in ([], [tag]):
+        report = pydantic_toast.find_orphans(tag, referencing=given)
+        assert report.orphans == [lonely.external_id]
+    report = pydantic_toast.find_orphans(tag, referencing=[], delete=True)
+    assert report.deleted == 1
+    assert (
+        tag.model_validate(
+            {"class_name": kept.model_dump()["class_name"], "id": str(kept.external_id)}
+        ).label
+        == "kept"
+    )  # type: ignore[attr-defined]
+    assert pydantic_toast.count(tag) == 1
+
+
 def test_a_tag_held_only_by_an_ai_payload_is_not_deleted(own_store_url: str) -> None:
     """A tag referenced only from an ``astore_payload`` payload is no orphan: the payload still
     loads after a delete, which deletes the tag nobody references."""
