@@ -560,3 +560,33 @@ async def test_a_connection_returned_inside_a_transaction_is_rolled_back(
             other.execute("ROLLBACK")
     finally:
         await backend.disconnect()
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["row", "large-row"])
+def test_a_row_whose_created_at_sql_wrote_saves_with_its_revision_check(
+    tmp_path: Path, sqlite_template: Path, large: bool
+) -> None:
+    """A row whose created_at is spelt as SQL writes it (the column's default,
+    CURRENT_TIMESTAMP: no fraction of a second) loads, and saves with checks: the check
+    compares the instant, not the text; a re-creation is still another record."""
+    path, Memo = _memo_on_a_copy(tmp_path, sqlite_template, "sql_time.db")
+    body = "x" * (2_000_000 if large else 10)
+    memo = Memo(text=body)
+    reference = memo.model_dump()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "UPDATE external_records SET created_at = '2026-01-02 03:04:05' WHERE id = ?",
+            (reference["id"].replace("-", ""),),
+        )
+        assert db.total_changes == 1
+    loaded = Memo.model_validate(reference)
+    loaded.text = body + "!"  # type: ignore[attr-defined]
+    loaded.model_dump()
+    assert loaded.external_revision == 2
+    stale = Memo.model_validate(reference)
+    pydantic_toast.delete(Memo, loaded.external_id)  # type: ignore[arg-type]
+    pydantic_toast.dump(loaded, force=True)  # created again
+    stale.text = "stale"  # type: ignore[attr-defined]
+    with pytest.raises(ConcurrencyError):
+        stale.model_dump()
+    assert Memo.model_validate(reference).text == body + "!"  # type: ignore[attr-defined]

@@ -320,8 +320,22 @@ def upsert(insert: Any) -> Any:
     )
 
 
+def _same_created_at(times_as_text: bool) -> Any:
+    """The update's condition that the stored ``created_at`` is the one the writer read."""
+    held = bindparam("b_created_at", type_=_c.created_at.type)
+    if not times_as_text:
+        return _c.created_at == held
+    # julianday() reads any spelling SQLite knows, to about 40 microseconds: the exact text
+    # first, so that the library's own rows keep the exact comparison.
+    return or_(_c.created_at == held, func.julianday(_c.created_at) == func.julianday(held))
+
+
 def write_statements(
-    insert: Callable[..., Any], data: Callable[[str], Any], *, returning: bool = True
+    insert: Callable[..., Any],
+    data: Callable[[str], Any],
+    *,
+    returning: bool = True,
+    times_as_text: bool = False,
 ) -> dict[str, Any]:
     """The three single-record writes, each one statement returning the new revision.
 
@@ -344,6 +358,9 @@ def write_statements(
             may cast the text).
         returning: Whether the statements return the new revision (without it, a write that
             found another revision changes no row).
+        times_as_text: The database keeps times as text (SQLite): a ``created_at`` spelt
+            otherwise than SQLAlchemy spells it (a row written by SQL, whose column default is
+            ``CURRENT_TIMESTAMP``, or by another tool) is compared as an instant.
     """
     values = {
         "class_name": bindparam("class_name"),
@@ -363,7 +380,7 @@ def write_statements(
             _c.class_name == bindparam("b_class_name"),
             _c.id == bindparam("b_id"),
             _c.revision == bindparam("b_expected"),
-            _c.created_at == bindparam("b_created_at", type_=_c.created_at.type),
+            _same_created_at(times_as_text),
             live(bindparam("b_updated_at", type_=_c.updated_at.type)),
         )
         .values(
@@ -480,6 +497,8 @@ class SQLAlchemyBackend(RecordBackend):
     """
 
     _insert: Callable[..., Any]
+    # Whether the database keeps times as text (see write_statements).
+    _times_as_text = False
     # Whether a cancelled operation runs on to its end before the cancellation is raised (a
     # driver whose statements cannot be abandoned half-way; see SQLiteBackend).
     _finish_when_cancelled = False
@@ -489,7 +508,9 @@ class SQLAlchemyBackend(RecordBackend):
         self._parsed = StorageURL.parse(url)
         self._given = engine
         self._engine: AsyncEngine | None = None
-        self._writes = write_statements(self._insert, _json_bytes_as_text)
+        self._writes = write_statements(
+            self._insert, _json_bytes_as_text, times_as_text=self._times_as_text
+        )
 
     def _create_engine(self) -> AsyncEngine:
         raise NotImplementedError

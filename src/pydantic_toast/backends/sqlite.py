@@ -60,7 +60,10 @@ def _large_statements() -> dict[str, Any]:
     """
     c = records_table.c
     statements = write_statements(
-        insert, lambda name: func.zeroblob(bindparam(name, type_=Integer())), returning=False
+        insert,
+        lambda name: func.zeroblob(bindparam(name, type_=Integer())),
+        returning=False,
+        times_as_text=True,
     )
     statements["locate"] = select(c.revision, literal_column("rowid")).where(
         c.class_name == bindparam("class_name"), c.id == bindparam("id")
@@ -109,6 +112,7 @@ class SQLiteBackend(SQLAlchemyBackend):
     """Records in a SQLite file's ``external_records`` table."""
 
     _insert = staticmethod(insert)
+    _times_as_text = True
     # aiosqlite runs each statement in its connection's thread, where a cancellation cannot
     # reach it. Abandoned between its execute and its fetch, an INSERT ... RETURNING holds the
     # file's write lock; SQLAlchemy then closes the connection, which Python's sqlite3 does
