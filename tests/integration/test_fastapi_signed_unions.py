@@ -46,9 +46,9 @@ class Shop:
 
         choice = Annotated[Tea | Cake, Field(discriminator="kind")]
 
-        class Order(ExternalBaseModel):
+        class Order(ExternalBaseModel):  # its own stored name: other tests' Order share url
             item: choice  # type: ignore[valid-type]
-            model_config = ExternalConfigDict(storage=url)
+            model_config = ExternalConfigDict(storage=url, external_name="SignedUnionOrder")
 
         class OrderRequest(BaseModel):
             item: Ref[choice]  # type: ignore[valid-type]

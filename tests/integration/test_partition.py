@@ -119,7 +119,7 @@ def test_single_record_statements_hit_one_partition(
     args: dict[str, tuple[Any, ...]] = {
         "select_one": (class_name, id, now.timestamp()),  # loads pass epoch seconds
         "delete": (class_name, id),
-        "update": (1, '{"text": "x"}', None, now, None, class_name, id, 1),
+        "update": (1, '{"text": "x"}', None, now, None, class_name, id, 1, now),
         "insert": (class_name, uuid4(), 1, '{"text": "x"}', None, now, now, None),
     }
     # An INSERT routes its row at run time: ANALYZE shows where it went (the test database).
