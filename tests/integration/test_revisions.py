@@ -295,14 +295,20 @@ async def test_a_batch_holding_a_stale_instance_of_a_re_created_record_writes_no
     assert [instance.external_revision for instance in loaded] == [1, 1, 1]
 
 
+@pytest.mark.parametrize(  # transaction() joins SQL stores only
+    "storage_url",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ],
+    indirect=True,
+)
 async def test_a_transaction_refuses_a_stale_instance_of_a_re_created_record(
     storage_url: str,
 ) -> None:
     """Inside transaction() (PostgreSQL, SQLite: the caller's connection), the stale save of
     a record re-created in the same transaction conflicts; rolled back, the instance that
     re-created it forgets that save and conflicts with nothing it should not."""
-    if not storage_url.startswith(("postgresql://", "sqlite://")):
-        pytest.skip("transaction() joins SQL stores only")
     from sqlalchemy.ext.asyncio import create_async_engine
 
     scheme = (
