@@ -717,8 +717,9 @@ def test_large_records_keep_ttl_and_batch_with_small_ones(
                     _large("small", ttl=60.0),
                     _large(_multibyte(2, "b"), ttl=60.0),
                 ]
-                if backend is many:
-                    assert len({backend.bucket(r.id) for r in records}) > 1
+                # Random ids: all three in one of many's buckets now and then (CI met it).
+                while backend is many and len({backend.bucket(r.id) for r in records}) == 1:
+                    records[0] = _large(_multibyte(1.5, "a"), ttl=60.0)
                 assert await backend.save_records(records) == [1, 1, 1]
                 for record in records:
                     assert 0 < await client.pttl(backend.key("Scan", record.id)) <= 60_000
