@@ -15,8 +15,9 @@ storable member. Refused here is a union all of whose members are unstorable.
 
 An enum or a ``Literal`` with a value JSON does not give back (a tuple comes back a list, a
 datetime, a ``Decimal`` or bytes a str) is refused wherever it appears, in a union too: its
-member is written, and no load could find it again. Whether each value reads back is asked of
-Pydantic itself (a ``_missing_`` of the enum's may bring it back). Integer values are left to
+member (or, with ``use_enum_values``, its value) is written, and no load could find it again.
+Whether each value reads back is asked of Pydantic itself (a ``_missing_`` of the enum's may
+bring it back). Integer values are left to
 the save, which validates back any record holding a number of 19 digits or more (an ``IntEnum``
 member beyond 64 bits beside members within, see ``_fidelity``).
 
@@ -297,11 +298,14 @@ def _looked_into(node: dict[str, Any]) -> bool:
 
 
 def _serialized_by_user(node: dict[str, Any]) -> bool:
+    """Whether a function of the user's writes ``node``'s values. Pydantic's own (the one
+    ``use_enum_values`` puts around an enum of tuples, say) is not the user's: the values under
+    it are checked as any others."""
     serialization = node.get("serialization")
-    return isinstance(serialization, dict) and serialization.get("type") in (
-        "function-plain",
-        "function-wrap",
-    )
+    if not isinstance(serialization, dict) or serialization.get("type") not in _USERS:
+        return False
+    module = getattr(serialization.get("function"), "__module__", None) or ""
+    return not module.startswith("pydantic.")
 
 
 def _times_itself(model: dict[str, Any], definitions: dict[str, Any]) -> bool:

@@ -574,3 +574,38 @@ def test_enums_and_literals_whose_values_json_keeps_are_stored(memory_url: str) 
     assert loaded.flavours == list(Flavour)
     assert loaded.corner is Corner.ORIGIN
     assert loaded.literal is True
+
+
+@pytest.mark.parametrize("annotation", [Shape, list[Shape], Shape | None, Mixed])
+def test_enum_values_json_changes_are_refused_with_use_enum_values(
+    memory_url: str, annotation: Any
+) -> None:
+    """``use_enum_values=True`` keeps the raw value (a tuple), which is written as a JSON list
+    the enum does not read back: refused at definition as without it (it was saved, and every
+    load failed with "bump schema_version")."""
+    with pytest.raises(StorageConfigurationError, match="could never be loaded") as info:
+        type(
+            "Valued",
+            (ExternalBaseModel,),
+            {
+                "__annotations__": {"field": annotation},
+                "model_config": ExternalConfigDict(storage=memory_url, use_enum_values=True),
+            },
+        )
+    assert str(info.value).startswith("Valued cannot be stored: field 'field' is the enum ")
+
+
+def test_enum_values_json_keeps_are_stored_with_use_enum_values(memory_url: str) -> None:
+    """With ``use_enum_values=True`` the values JSON gives back, and those an enum's own
+    ``_missing_`` brings back, are accepted and load back as the same values."""
+
+    class Valued(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url, use_enum_values=True)
+        flavours: list[Flavour]
+        corner: Corner
+
+    saved = Valued(flavours=list(Flavour), corner=Corner.ORIGIN)
+    loaded = Valued.model_validate(saved.model_dump())
+    assert loaded.flavours == [flavour.value for flavour in Flavour]
+    assert loaded.corner == (0, 0)
+    assert loaded == saved
