@@ -405,3 +405,24 @@ def test_an_env_url_is_read_once_isolated_storage_does_not_reread_it(
         EnvNote(text="b").model_dump()
         assert memory_records("memory://second", "EnvNote") == []
         assert len(memory_records("memory://first", "EnvNote")) == 1
+
+
+def test_the_async_api_outside_asyncio_says_so(memory_url: str) -> None:
+    """A coroutine of the async API driven by another runner (trio drives coroutines with
+    ``send``, as here) raises the library's error naming asyncio and the sync alternative, not
+    asyncio's bare ``RuntimeError: no running event loop``."""
+
+    class Runner(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        v: int
+
+    for coroutine in (
+        Runner(v=1).asave(),
+        Runner.aload(pydantic_toast.ExternalReference("Runner", uuid4())),
+    ):
+        with pytest.raises(
+            pydantic_toast.StorageUsageError, match="async API runs on asyncio"
+        ) as info:
+            coroutine.send(None)
+        assert "trio.to_thread.run_sync" in str(info.value)
+        coroutine.close()

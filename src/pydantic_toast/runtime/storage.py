@@ -93,7 +93,9 @@ class Storage:
         self.registry.register(scheme, backend_class)
 
     def unregister_backend(self, scheme: str) -> None:
-        """Forget the backend of ``scheme``; models defined afterwards cannot use it."""
+        """Forget the backend of ``scheme``: models defined afterwards are refused, a model
+        already defined raises :class:`UnknownSchemeError` when it next connects, and the
+        connections already open keep serving until they are closed."""
         self.registry.unregister(scheme)
 
     def store_identity(self, url: StorageURL) -> Hashable:
@@ -141,7 +143,10 @@ class Storage:
 
     async def connected(self, url: StorageURL) -> Connected:
         """The connected backend for ``url`` on the running loop, connecting on first use."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise _not_on_asyncio() from None
         entry = self._loops.get(loop)
         if entry is not None:
             connected = entry.ready.get(url.raw)
@@ -154,7 +159,10 @@ class Storage:
 
         No coroutine: a single load asks ``storage.ready(url) or await storage.connected(url)``.
         """
-        entry = self._loops.get(asyncio.get_running_loop())
+        try:
+            entry = self._loops.get(asyncio.get_running_loop())
+        except RuntimeError:
+            raise _not_on_asyncio() from None
         return None if entry is None else entry.ready.get(url.raw)
 
     async def aclose(self) -> None:
@@ -475,3 +483,13 @@ def _close_at_exit() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _not_on_asyncio() -> StorageUsageError:
+    """The error of the async API awaited where no asyncio event loop runs (trio, a bare
+    ``coroutine.send``)."""
+    return StorageUsageError(
+        "pydantic-toast's async API runs on asyncio, and no asyncio event loop is running here "
+        "(under trio, say): await it under asyncio (anyio's asyncio backend), or call the sync "
+        "API (model_dump(), model_validate()) from a worker thread (trio.to_thread.run_sync)"
+    )

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,11 @@ from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.storage import Storage, current_storage
 
 __all__ = ["isolated_storage", "memory_records"]
+
+if "pytest" in sys.modules and "pydantic_toast.testing.conformance" not in sys.modules:
+    # Importing the suite imports this package first: pytest then rewrites the suite's asserts,
+    # so that a backend author's failure shows the values compared, not a bare AssertionError.
+    sys.modules["pytest"].register_assert_rewrite("pydantic_toast.testing.conformance")
 
 
 @contextmanager
