@@ -17,9 +17,11 @@ from uuid import UUID, uuid4
 
 import pytest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticSerializationError
 
+import pydantic_toast
 from pydantic_toast import (
+    ConcurrencyError,
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalReference,
@@ -641,3 +643,32 @@ def test_a_models_own_validators_run_once_per_load(memory_url: str) -> None:
     # As in plain Pydantic's model_validate(model_dump()): the validator runs once per load.
     assert Checked.model_validate(reference).value == 4
     assert asyncio.run(Checked.aload(reference)).value == 4
+
+
+def test_a_plain_values_storage_errors_come_as_they_are_through_pydantic_toast_dump(
+    memory_url: str,
+) -> None:
+    """As docs/concepts.md says: Pydantic wraps an error raised while a plain model's
+    ``model_dump()`` saves an external model in its ``PydanticSerializationError`` (the
+    library's error as ``__cause__`` in Python mode); ``pydantic_toast.dump()`` raises the
+    library's error itself, in both modes, and writes nothing."""
+
+    class Ticket(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        seats: int
+
+    class Envelope(BaseModel):
+        ticket: Ticket
+
+    reference = Ticket(seats=1).model_dump()
+    first, stale = Ticket.model_validate(reference), Ticket.model_validate(reference)
+    first.seats = 2
+    first.model_dump()
+    stale.seats = 3
+    with pytest.raises(PydanticSerializationError) as wrapped:
+        Envelope(ticket=stale).model_dump()
+    assert isinstance(wrapped.value.__cause__, ConcurrencyError)
+    for mode in ("python", "json"):
+        with pytest.raises(ConcurrencyError):
+            pydantic_toast.dump(Envelope(ticket=stale), mode=mode)
+    assert Ticket.model_validate(reference).seats == 2
