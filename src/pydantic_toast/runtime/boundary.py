@@ -20,6 +20,7 @@ Here, and only here, a call into a backend
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -213,13 +214,15 @@ class Connected:
         capabilities: What the backend declared it supports.
     """
 
-    __slots__ = ("_answers_checked", "_kind", "backend", "capabilities", "url")
+    __slots__ = ("_answers_checked", "_idle", "_kind", "_running", "backend", "capabilities", "url")
 
     def __init__(self, backend: StorageBackend, url: StorageURL) -> None:
         self.backend = backend
         self.url = url
         self.capabilities: frozenset[Capability] = type(backend).capabilities
         self._kind = _kind_of(backend)
+        self._running = 0  # crossings under way: a close waits for them (see drained())
+        self._idle: asyncio.Event | None = None
         # A backend of the application's own: its load_records answers are checked to be
         # one record per key, in the keys' order (the built-in ones are tested for it).
         self._answers_checked = not type(backend).__module__.startswith(_BUILT_IN)
@@ -231,6 +234,27 @@ class Connected:
     def where(self) -> str:
         """``Backend at host:port`` (or the masked URL of a local store), for messages."""
         return Failure(backend=self._kind, url=self.url, operation="").where
+
+    async def drained(self, within: float) -> None:
+        """Wait until no operation is crossing to the backend, at most ``within`` seconds.
+
+        A close waits for it, so that the operations other tasks or threads have under way end
+        as they would have (a save is not cut between its write and its read-back); the next
+        operation reconnects.
+        """
+        if self._running == 0:
+            return
+        if self._idle is None or self._idle.is_set():
+            self._idle = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._idle.wait()
+
+    def _left(self) -> None:
+        """An operation ended its crossing (see :meth:`drained`)."""
+        self._running -= 1
+        if self._running == 0 and self._idle is not None:
+            self._idle.set()
 
     async def save_records(
         self, records: Sequence[StoredRecord], *, trusted: bool = False
@@ -261,6 +285,7 @@ class Connected:
             # As in load_records: a save that answers needs neither translation nor telemetry
             # (the crossing's coroutines and closures cost 8,000 instructions, 5% of a save on
             # memory://). A failure goes through the crossing as its first attempt.
+            self._running += 1
             try:
                 revisions = await self.backend.save_records(records)
             except Exception as exc:
@@ -269,6 +294,8 @@ class Connected:
                 if self._answers_checked:
                     self._check_revisions(records, revisions)
                 return revisions
+            finally:
+                self._left()
         revisions = await self.write_records(records, again=True, failed=failed)
         if self._answers_checked:
             self._check_revisions(records, revisions)
@@ -342,6 +369,7 @@ class Connected:
             # The common case without the crossing's own coroutine: a load that answers needs
             # neither translation nor telemetry. A failure goes through :meth:`cross` below as
             # its first attempt.
+            self._running += 1
             try:
                 records = await self.backend.load_records(keys)
             except Exception as exc:
@@ -350,6 +378,8 @@ class Connected:
                 if self._answers_checked:
                     self._check_answer(keys, records)
                 return records
+            finally:
+                self._left()
         records = await self.cross(
             "load",
             lambda: self.backend.load_records(keys),
@@ -510,106 +540,112 @@ class Connected:
         or cannot reach it, after its one retry, is tried again after each of its pauses until
         its time is up; then the last error is raised.
         """
-        span = (
-            telemetry.start(operation, self._kind, class_name, count, self.url)
-            if telemetry.on
-            else None
-        )
-        for attempt in itertools.count(1):
-            try:
-                if failed is not None:
-                    first, failed = failed, None
-                    raise first
-                result = await call()
-            except Exception as exc:
-                failure = self._failure(exc, operation, class_name)
-                mapped, lost = translate(exc, failure)
-                cause = None if mapped is exc else summary(exc)
-                timed_out = not lost and repeat == "write" and unanswered(exc, failure)
-                found: str | None = None
-                logged = False
-                fix: str | None = None
-                if timed_out:
-                    found = getattr(exc, _ENDED, None)
-                    if found is not None:
-                        fix = _ENDED_FIX.get(operation)
-                    elif (joined := _in_transaction(self.backend, operation)) is not None:
-                        found, fix = joined
-            except BaseException as interrupt:  # cancelled or interrupted: end the span, re-raise
-                if span is not None:
-                    span.finish(interrupt)
-                raise
-            else:
-                if span is not None:
-                    span.finish(None, size(result) if size is not None else None)
-                return result
-            # Outside the except block: the driver's exception must not become __context__.
-            unsent = failure.connecting
-            if lost and attempt == 1 and (repeat == "read" or (repeat == "write" and unsent)):
-                logger.info("%s on %s lost its connection; retrying once", operation, self.url)
-                if span is not None:
-                    span.retried()
-                await self._discard_connections()
-                continue
-            if (
-                backoff is not None
-                and repeat == "read"
-                and (lost or isinstance(mapped, StorageBusyError))
-                and await self._paused(backoff, span)
-            ):
-                logger.info("%s on %s failed (%s); trying again", operation, self.url, mapped)
-                if span is not None:
-                    span.retried()
-                if lost:
-                    await self._discard_connections()
-                continue
-            # A write sent and then lost, or whose reply never came in time (the server may
-            # have applied it, or may still unless the backend waited for its end: see
-            # ended_unknown): never repeated blindly.
-            if (lost or timed_out) and repeat == "write" and not unsent:
-                logger.info(
-                    "%s on %s %s after the request was sent (%s)",
-                    operation,
-                    self.url,
-                    "timed out" if timed_out else "lost its connection",
-                    cause,
-                )
-                if lost:
-                    await self._discard_connections()
-                if settle is None or found is not None:  # what reading back could tell is known
-                    named = keys() if callable(keys) else keys  # (made only when needed)
-                    mapped = outcomes.unknown(
-                        self, operation, named, timed_out=timed_out, ended=found, fix=fix
-                    )
+        self._running += 1
+        try:
+            span = (
+                telemetry.start(operation, self._kind, class_name, count, self.url)
+                if telemetry.on
+                else None
+            )
+            for attempt in itertools.count(1):
+                try:
+                    if failed is not None:
+                        first, failed = failed, None
+                        raise first
+                    result = await call()
+                except Exception as exc:
+                    failure = self._failure(exc, operation, class_name)
+                    mapped, lost = translate(exc, failure)
+                    cause = None if mapped is exc else summary(exc)
+                    timed_out = not lost and repeat == "write" and unanswered(exc, failure)
+                    found: str | None = None
+                    logged = False
+                    fix: str | None = None
+                    if timed_out:
+                        found = getattr(exc, _ENDED, None)
+                        if found is not None:
+                            fix = _ENDED_FIX.get(operation)
+                        elif (joined := _in_transaction(self.backend, operation)) is not None:
+                            found, fix = joined
+                except (
+                    BaseException
+                ) as interrupt:  # cancelled or interrupted: end the span, re-raise
+                    if span is not None:
+                        span.finish(interrupt)
+                    raise
                 else:
-                    try:
-                        result = await settle(timed_out)
-                    except ExternalStorageError as outcome:
-                        mapped = outcome  # raised below, logged as any failure
-                        # unless the crossing of a second write logged it already
-                        logged = getattr(outcome, _LOGGED, False)
-                        if outcome.__cause__ is not None:
-                            cause = None
-                    except BaseException as interrupt:
-                        if span is not None:
-                            span.finish(interrupt)
-                        raise
+                    if span is not None:
+                        span.finish(None, size(result) if size is not None else None)
+                    return result
+                # Outside the except block: the driver's exception must not become __context__.
+                unsent = failure.connecting
+                if lost and attempt == 1 and (repeat == "read" or (repeat == "write" and unsent)):
+                    logger.info("%s on %s lost its connection; retrying once", operation, self.url)
+                    if span is not None:
+                        span.retried()
+                    await self._discard_connections()
+                    continue
+                if (
+                    backoff is not None
+                    and repeat == "read"
+                    and (lost or isinstance(mapped, StorageBusyError))
+                    and await self._paused(backoff, span)
+                ):
+                    logger.info("%s on %s failed (%s); trying again", operation, self.url, mapped)
+                    if span is not None:
+                        span.retried()
+                    if lost:
+                        await self._discard_connections()
+                    continue
+                # A write sent and then lost, or whose reply never came in time (the server may
+                # have applied it, or may still unless the backend waited for its end: see
+                # ended_unknown): never repeated blindly.
+                if (lost or timed_out) and repeat == "write" and not unsent:
+                    logger.info(
+                        "%s on %s %s after the request was sent (%s)",
+                        operation,
+                        self.url,
+                        "timed out" if timed_out else "lost its connection",
+                        cause,
+                    )
+                    if lost:
+                        await self._discard_connections()
+                    if settle is None or found is not None:  # what reading back could tell is known
+                        named = keys() if callable(keys) else keys  # (made only when needed)
+                        mapped = outcomes.unknown(
+                            self, operation, named, timed_out=timed_out, ended=found, fix=fix
+                        )
                     else:
-                        if span is not None:
-                            span.finish(None, size(result) if size is not None else None)
-                        return result
-            if span is not None:
-                span.finish(mapped)
-            if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
-                logger.debug("%s on %s: %s", operation, self.url, mapped)
-                raise mapped
-            if not logged:
-                logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
-                with contextlib.suppress(AttributeError):
-                    setattr(mapped, _LOGGED, True)
-            if cause is None:
-                raise mapped
-            raise mapped from cause
+                        try:
+                            result = await settle(timed_out)
+                        except ExternalStorageError as outcome:
+                            mapped = outcome  # raised below, logged as any failure
+                            # unless the crossing of a second write logged it already
+                            logged = getattr(outcome, _LOGGED, False)
+                            if outcome.__cause__ is not None:
+                                cause = None
+                        except BaseException as interrupt:
+                            if span is not None:
+                                span.finish(interrupt)
+                            raise
+                        else:
+                            if span is not None:
+                                span.finish(None, size(result) if size is not None else None)
+                            return result
+                if span is not None:
+                    span.finish(mapped)
+                if isinstance(mapped, ConcurrencyError):  # an expected outcome, not a failure
+                    logger.debug("%s on %s: %s", operation, self.url, mapped)
+                    raise mapped
+                if not logged:
+                    logger.warning("%s on %s failed: %s (%s)", operation, self.url, mapped, cause)
+                    with contextlib.suppress(AttributeError):
+                        setattr(mapped, _LOGGED, True)
+                if cause is None:
+                    raise mapped
+                raise mapped from cause
+        finally:
+            self._left()
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

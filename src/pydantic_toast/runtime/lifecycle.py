@@ -11,8 +11,9 @@ async def aclose_storage() -> None:
     """Close the connections that the async API opened on the running event loop.
 
     They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn), so
-    call this to release them earlier, for example in a FastAPI lifespan. The next operation
-    reconnects. Acts on the current :class:`~pydantic_toast.Storage`.
+    call this to release them earlier, for example in a FastAPI lifespan. Operations other
+    tasks have under way end first (up to 30 s); the next operation reconnects. Acts on the
+    current :class:`~pydantic_toast.Storage`.
     """
     await current_storage().aclose()
 
@@ -20,7 +21,8 @@ async def aclose_storage() -> None:
 def close_storage() -> None:
     """Close the connections that the sync API (``model_dump``, ``model_validate``) opened.
 
-    They are also closed at interpreter exit. The next operation reconnects. Acts on the
-    current :class:`~pydantic_toast.Storage`.
+    They are also closed at interpreter exit. Operations other threads have under way end
+    first (up to 30 s); the next operation reconnects. Acts on the current
+    :class:`~pydantic_toast.Storage`.
     """
     current_storage().close()

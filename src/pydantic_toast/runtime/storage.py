@@ -366,10 +366,18 @@ class _LoopBackends:
                 await asyncio.wait_for(backend.disconnect(), 1)
 
     async def close(self) -> None:
-        for task in self.opening.values():
-            task.cancel()
         connected, self.ready = list(self.ready.values()), {}
+        # Connections being opened are awaited, not cancelled: operations are waiting for
+        # them (cancelled, they raised CancelledError). Those operations resume before this
+        # one does (they waited first), and are then under way on the new backend.
+        opening, self.opening = list(self.opening.values()), {}
+        for opened in await asyncio.gather(*opening, return_exceptions=True):
+            if isinstance(opened, Connected) and opened not in connected:
+                connected.append(opened)
         for backend in connected:
+            # Operations under way end first (they hold the backend already); new ones
+            # reconnect, as the entry no longer holds it.
+            await backend.drained(_DRAIN_WAIT)
             await backend.disconnect()
 
     async def _close_at_loop_shutdown(self, storage: weakref.ref[Storage]) -> AsyncGenerator[None]:
@@ -469,6 +477,8 @@ def _forget_after_fork() -> None:
 
 _AFTER_COMMIT_WAIT = 30.0
 """Seconds :meth:`Storage.aclose` waits for work waiting for a transaction's commit."""
+_DRAIN_WAIT = 30.0
+"""Seconds a close waits for the operations under way on a connection before closing it."""
 
 
 @atexit.register
