@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, AliasPath, ConfigDict
 
+from pydantic_toast._class_spelling import qualified_spelling
 from pydantic_toast._codecs import CodecSettings, codec_settings
 from pydantic_toast._encryption import EncryptionKeys
 from pydantic_toast._exceptions import ExternalStorageError, StorageConfigurationError, shorten
@@ -246,7 +247,22 @@ def _resolve(settings: ModelSettings) -> StorageURL:
 
 
 def _claim(storage: Storage, cls: type[BaseModel], url: StorageURL, name: str) -> None:
-    storage.catalog.claim(cls, storage.store_identity(url), name, where=url.masked)
+    store = storage.store_identity(url)
+    origin = cls.__pydantic_generic_metadata__["origin"]
+    if origin is None:
+        storage.catalog.claim(cls, store, name, where=url.masked)
+        return
+    # Pydantic names a parametrization by its arguments' bare names, so Box[billing.Item] and
+    # Box[warehouse.Item] are both 'Box[Item]': their qualified spellings tell them apart.
+    fix = (
+        f"Pydantic names parametrizations of {origin.__qualname__} by their arguments' bare "
+        "names: rename one of the argument classes, or give "
+        f"{origin.__qualname__} a model_parametrized_name classmethod that names them apart "
+        f"(records already stored as {name!r} load only through a class stored under that name)"
+    )
+    storage.catalog.claim(
+        cls, store, name, where=url.masked, qualified=qualified_spelling(cls), fix=fix
+    )
 
 
 _MOST_TTL = 1000 * 365 * 86400

@@ -1,0 +1,61 @@
+"""A model class's module-qualified spelling, telling apart parametrizations named alike.
+
+Pydantic names a generic model's parametrization by its arguments' bare names: ``Box[Item]``
+for ``Box[billing.Item]`` and for ``Box[warehouse.Item]`` alike, and that name is the stored
+one. This spelling qualifies every class inside it (``shop.Box[billing.Item]``), so the name
+catalog can tell two different parametrizations from one parametrization made again (a
+reloaded module, an argument class redefined in a notebook), as it does for plain classes.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from typing import Any, Literal
+
+__all__ = ["qualified_spelling"]
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def qualified_spelling(kind: object) -> str:
+    """``kind`` spelled with the module of every class in it.
+
+    Spellings that Pydantic's names treat as one stay one: ``Optional[int]`` and
+    ``int | None`` are both ``Union[int, NoneType]``; ``List[int]`` and ``list[int]`` are both
+    ``list[int]`` (Pydantic names them apart). A value inside the
+    arguments (``Annotated`` metadata) counts by its class, as in Pydantic's name; a
+    ``Literal`` value by its repr (an enum member's with its class's module).
+    """
+    if isinstance(kind, str):  # a forward reference, as Pydantic spells it
+        return kind
+    if isinstance(kind, type):
+        metadata: Any = getattr(kind, "__pydantic_generic_metadata__", None)
+        if metadata and metadata.get("origin") is not None:
+            return _with_arguments(metadata["origin"], metadata["args"])
+    origin = typing.get_origin(kind)
+    if origin is not None:
+        if origin is Literal:
+            values = ", ".join(_literal(value) for value in typing.get_args(kind))
+            return f"Literal[{values}]"
+        if origin in _UNIONS:
+            return f"Union[{', '.join(map(qualified_spelling, typing.get_args(kind)))}]"
+        return _with_arguments(origin, typing.get_args(kind))
+    if isinstance(kind, list | tuple):  # Callable's parameter list
+        return f"[{', '.join(map(qualified_spelling, kind))}]"
+    if not isinstance(kind, type):
+        kind = type(kind)
+    if kind.__module__ == "builtins":  # as Pydantic spells them: Box[int], not Box[builtins.int]
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _with_arguments(origin: object, arguments: tuple[object, ...]) -> str:
+    return f"{qualified_spelling(origin)}[{', '.join(map(qualified_spelling, arguments))}]"
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return f"{qualified_spelling(type(value))}.{value.name}"
+    return repr(value)
