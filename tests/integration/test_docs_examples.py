@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
+import types
 from pathlib import Path
 from uuid import uuid4
 
@@ -92,7 +94,11 @@ def test_page_examples_run(
         text = text.replace(REDIS_IN_DOCS, f"{redis_base_url}?prefix={prefix}")
         return text.replace("file:///tmp/", f"file://{tmp_path}/")
 
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    # A module of its own, importable as a reader's file is (a generic model parametrized at
+    # the top level is put in its module's globals by Pydantic).
+    module = types.ModuleType(f"docs_{page.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     ran = 0
     try:
         for lang, code, reason in blocks(page):
