@@ -175,6 +175,10 @@ def test_orphans_command_reports_deletes_and_refuses_unknown_classes(tmp_path: P
     unknown = run(*cli, "--class", "Nope")
     assert unknown.returncode == 2
     assert "no imported model is stored as 'Nope'" in unknown.stderr
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    elsewhere = run(*cli[:3], other, *cli[4:], "--class", "Tag")
+    assert elsewhere.returncode == 2
+    assert f"stored elsewhere: blog_models.Tag in {url}" in elsewhere.stderr
 
 
 @pytest.mark.sqlite

@@ -636,6 +636,7 @@ def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
 
     identity = storage.store_identity(url)
     unresolved = []
+    elsewhere = []
     for cls in live_models():
         settings = cls._toast_settings()
         if settings.external_name != name:
@@ -647,6 +648,14 @@ def _model_named(storage: Storage, url: StorageURL, name: str) -> Any:
             continue
         if storage.store_identity(where) == identity:
             return cls
+        elsewhere.append(f"{cls.__module__}.{cls.__qualname__} in {where.masked}")
+    if elsewhere and not unresolved:
+        raise CommandError(
+            f"no imported model is stored as {name!r} in {url.masked}; the one imported is "
+            f"stored elsewhere: {', '.join(elsewhere)}. Pass the URL of its storage, or the "
+            "module of the model stored in this one",
+            EXIT_USAGE,
+        )
     if unresolved:
         raise CommandError(
             f"the model stored as {name!r} names its storage by an environment variable that "
