@@ -295,7 +295,10 @@ class Connected:
                     self._check_revisions(records, revisions)
                 return revisions
             finally:
-                self._left()
+                # self._left(), inline: a call costs 2% of a load on memory://
+                self._running -= 1
+                if self._idle is not None and not self._running:
+                    self._idle.set()
         revisions = await self.write_records(records, again=True, failed=failed)
         if self._answers_checked:
             self._check_revisions(records, revisions)
@@ -379,7 +382,10 @@ class Connected:
                     self._check_answer(keys, records)
                 return records
             finally:
-                self._left()
+                # self._left(), inline: a call costs 2% of a load on memory://
+                self._running -= 1
+                if self._idle is not None and not self._running:
+                    self._idle.set()
         records = await self.cross(
             "load",
             lambda: self.backend.load_records(keys),
