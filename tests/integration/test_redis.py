@@ -1299,3 +1299,94 @@ async def test_a_batch_cancelled_after_its_first_chunks_says_so_when_saved_again
     assert await pydantic_toast.acount(session) == landed
     two_ahead = pydantic_toast.ConcurrencyError("A", info.value.id, expected=1, current=3)
     assert "cancelled" not in str(two_ahead)
+
+
+# created_at 2026-01-02T03:04:05.600000+00:00 as another tool may spell it.
+_SPELLINGS = (
+    "2026-01-02T03:04:05.600000Z",
+    "2026-01-02T03:04:05.6+00:00",
+    "2026-01-02 05:04:05.600000+02:00",
+    "2026-01-01T23:04:05.6000000-0400",
+)
+
+
+def _foreign_document(created_at: str, revision: int, user: str) -> str:
+    """A record as another tool writes it: created_at spelt ``created_at``."""
+    return (
+        f'{{"created_at":"{created_at}","revision":{revision},"schema_version":1,'
+        f'"updated_at":"{created_at}","data":{{"user":"{user}"}}}}'
+    )
+
+
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_another_spelling_of_created_at_saves_and_deletes_with_checks(
+    keys: Keys, spelling: str
+) -> None:
+    """A document another tool wrote, spelling its created_at otherwise than the library
+    (``Z``, fewer or more fraction digits, another offset, a space), loads and saves with
+    revision checks (the scripts compare the instant, not the text) keeping that spelling,
+    and a checked delete of it deletes; a document at the same revision whose created_at is
+    another instant (created again) still conflicts on both."""
+    session = model_on(keys.url)
+    name = model_name(session)
+    id = uuid4()
+    key = keys.of(name, id)
+    keys.client.set(key, _foreign_document(spelling, 3, "ada"))
+    loaded = session.model_validate({"class_name": name, "id": str(id)})
+    loaded.user = "bob"  # type: ignore[attr-defined]
+    loaded.model_dump()
+    assert loaded.external_revision == 4
+    stored = json.loads(keys.client.get(key))  # type: ignore[arg-type]
+    assert (stored["created_at"], stored["revision"], stored["data"]) == (
+        spelling,
+        4,
+        {"user": "bob"},
+    )
+
+    stale = session.model_validate({"class_name": name, "id": str(id)})
+    other = spelling.replace(":05.6", ":05.7", 1)  # a tenth of a second later: another record
+    keys.client.set(key, _foreign_document(other, 4, "eve"))
+    stale.user = "mallory"  # type: ignore[attr-defined]
+    with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+        stale.model_dump()
+    assert (info.value.expected, info.value.current) == (4, 4)
+    with pytest.raises(pydantic_toast.ConcurrencyError):
+        pydantic_toast.delete(session, stale, revision=4)
+    assert json.loads(keys.client.get(key))["data"] == {"user": "eve"}  # type: ignore[arg-type]
+
+    keys.client.set(key, _foreign_document(spelling, 4, "ada"))
+    pydantic_toast.delete(session, stale, revision=4)
+    assert keys.client.get(key) is None
+
+
+async def test_another_spelling_of_created_at_passes_a_chunked_batchs_check(
+    keys: Keys,
+) -> None:
+    """A batch larger than batch_size (checked whole by the check script first) writes
+    records whose stored created_at is spelt otherwise, and refuses, writing nothing, when one
+    record's created_at is another instant."""
+    backend = RedisBackend(f"{keys.url}&batch_size=2")
+    await backend.connect()
+    try:
+        created = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+        records = [
+            StoredRecord("Spelt", uuid4(), b'{"user":"x"}', 1, created, created, None, 2)
+            for _ in _SPELLINGS
+        ]
+        for record, spelling in zip(records, _SPELLINGS, strict=True):
+            keys.client.set(keys.of("Spelt", record.id), _foreign_document(spelling, 2, "a"))
+        assert await backend.save_records(records) == [3, 3, 3, 3]
+        later = created + timedelta(microseconds=1)
+        stale = [dataclasses.replace(r, revision=3) for r in records]
+        stale[2] = dataclasses.replace(stale[2], created_at=later)
+        with pytest.raises(pydantic_toast.ConcurrencyError) as info:
+            await backend.save_records(stale)
+        assert (info.value.id, info.value.expected, info.value.current) == (records[2].id, 3, 3)
+        assert [r.revision for r in await backend.load_records([r.key for r in records]) if r] == [
+            3,
+            3,
+            3,
+            3,
+        ]
+    finally:
+        await backend.disconnect()

@@ -41,7 +41,13 @@ from pydantic_toast.runtime.storage import Storage
 from pydantic_toast.testing.conformance import BackendConformance
 from tests import servers
 from tests.failover import run_with
-from tests.integration.test_redis import _multibyte, loads_while_rewritten, traced_peak
+from tests.integration.test_redis import (
+    _SPELLINGS,
+    _foreign_document,
+    _multibyte,
+    loads_while_rewritten,
+    traced_peak,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -217,6 +223,46 @@ def test_a_stale_batch_across_slots_writes_nothing(cluster: servers.TempRedisClu
             assert await client.exists(*locks) == 0
             updated[-1] = dataclasses.replace(updated[-1], revision=1)
             assert await backend.save_records(updated) == [2] * 40
+
+    asyncio.run(main())
+
+
+def test_another_spelling_of_created_at_passes_a_batch_across_slots(
+    cluster: servers.TempRedisCluster,
+) -> None:
+    """A batch spanning several slots (the prepare script checks each slot, then the save
+    script writes) writes records whose stored created_at another tool spelt otherwise, and
+    writes nothing, leaving no lock, when one record's created_at is another instant."""
+
+    async def main() -> None:
+        async with _connected(cluster.url(f"spelt{uuid4().hex[:8]}")) as backend:
+            records = [dataclasses.replace(r, revision=2) for r in _records(40)]
+            records = [
+                dataclasses.replace(r, created_at=datetime(2026, 1, 2, 3, 4, 5, 600000, UTC))
+                for r in records
+            ]
+            assert len({backend.bucket(r.id) for r in records}) > 1
+            client = backend._connected_cluster()
+            for index, record in enumerate(records):
+                spelling = _SPELLINGS[index % len(_SPELLINGS)]
+                await client.set(
+                    backend.key("Item", record.id), _foreign_document(spelling, 2, "a")
+                )
+            assert await backend.save_records(records) == [3] * 40
+            stale = [dataclasses.replace(r, revision=3, data=b'{"n":-1}') for r in records]
+            later = records[-1].created_at + timedelta(microseconds=1)
+            stale[-1] = dataclasses.replace(stale[-1], created_at=later)
+            with pytest.raises(ConcurrencyError) as info:
+                await backend.save_records(stale)
+            assert (info.value.id, info.value.expected, info.value.current) == (
+                records[-1].id,
+                3,
+                3,
+            )
+            loaded = await backend.load_records([("Item", r.id) for r in records])
+            assert [r.data for r in loaded if r is not None] == [r.data for r in records]
+            locks = [backend.lock_key("Item", r.id) for r in records]
+            assert await client.exists(*locks) == 0
 
     asyncio.run(main())
 

@@ -76,6 +76,84 @@ _NUMBERS = {
 _SSL = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _OPTIONS = {"prefix", "batch_size", *_NUMBERS, *_SSL}
 
+# The head of a stored record, and the comparison of created_at, shared by every script that
+# checks a record (the save, check and checked-delete scripts here, the prepare script of
+# redis_cluster.py), so that the document's format is parsed in one place.
+# stored_head(key): the stored revision (nil: no record; 1: a document written before
+# revisions) and created_at text (nil: a head without one, which any created_at matches), cut
+# from the document's first bytes (GETRANGE): the data is never decoded, copied or re-encoded.
+# same_instant(a, b): whether two created_at texts name one instant. The library's own
+# spelling matches as text; another tool's (`Z` or another offset for `+00:00`, fewer fraction
+# digits, a space for `T`) is compared as an instant: seconds and microseconds (digits past
+# six dropped, as Python reads them), a text without offset only with one without offset. A
+# text it cannot read matches only itself.
+_HEAD = """
+local function stored_head(key)
+  local head = redis.call('GETRANGE', key, 0, 127)
+  if head == '' then
+    return nil, nil
+  end
+  local created, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
+  if created then
+    return tonumber(revision), created
+  end
+  return 1, string.match(head, '^{"created_at":"([^"]*)"')
+end
+local function instant(text)
+  local y, mo, d, h, mi, s, rest = string.match(
+    text, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
+  if not y then
+    return nil
+  end
+  y, mo, d, h, mi, s = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi),
+    tonumber(s)
+  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or s > 59 then
+    return nil
+  end
+  local micro = 0
+  local fraction = string.match(rest, '^[.,](%d+)')
+  if fraction then
+    micro = tonumber(string.sub(fraction .. '00000', 1, 6))
+    rest = string.sub(rest, #fraction + 2)
+  end
+  local offset = nil
+  if rest == 'Z' then
+    offset = 0
+  elseif rest ~= '' then
+    local sign, hours, minutes = string.match(rest, '^([+-])(%d%d):?(%d%d)$')
+    if not sign then
+      sign, hours = string.match(rest, '^([+-])(%d%d)$')
+      minutes = '00'
+    end
+    if not sign then
+      return nil
+    end
+    offset = (tonumber(hours) * 60 + tonumber(minutes)) * 60
+    if sign == '-' then
+      offset = -offset
+    end
+  end
+  -- days since a fixed day (0000-03-01), from the proleptic Gregorian calendar
+  if mo <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local of_era = y - era * 400
+  local of_year = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local days = era * 146097 + of_era * 365 + math.floor(of_era / 4) - math.floor(of_era / 100)
+    + of_year
+  return days * 86400 + h * 3600 + mi * 60 + s - (offset or 0), micro, offset ~= nil
+end
+local function same_instant(a, b)
+  if a == b then
+    return true
+  end
+  local seconds, micro, aware = instant(a)
+  local other_seconds, other_micro, other_aware = instant(b)
+  return seconds ~= nil and seconds == other_seconds and micro == other_micro
+    and aware == other_aware
+end
+"""
 # KEYS: record keys, then the class index keys, the class expiry keys and the staged keys (same
 # order; a record's own key again when it is not staged). ARGV, 5 per record: the document
 # after created_at and revision (starting with ','; empty when staged), its created_at, its
@@ -124,7 +202,8 @@ local function swept(index, gone)
 end
 """
 _SAVE_SCRIPT = (
-    _SWEPT
+    _HEAD
+    + _SWEPT
     + """
 local n = #KEYS / 4
 local STAGED_HEADER = 96
@@ -134,21 +213,12 @@ local result = {1}
 for i = 1, n do
   local base = (i - 1) * 5
   local expected = ARGV[base + 5]
-  local head = redis.call('GETRANGE', KEYS[i], 0, 127)
-  local current = 0
-  local created = ARGV[base + 2]
-  if head ~= '' then
-    local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
-    if stored then
-      created, current = stored, tonumber(revision)
-    else
-      current = 1
-      created = string.match(head, '^{"created_at":"([^"]*)"') or created
-    end
-    existed[i] = true
-  end
+  local found, stored = stored_head(KEYS[i])
+  local current = found or 0
+  local created = stored or ARGV[base + 2]
+  existed[i] = found ~= nil
   if expected ~= '' and (tonumber(expected) ~= current
-      or (current > 0 and created ~= ARGV[base + 2])) then
+      or (current > 0 and not same_instant(created, ARGV[base + 2]))) then
     for j = 1, n do
       if ARGV[(j - 1) * 5 + 1] == '' then redis.call('DEL', KEYS[3 * n + j]) end
     end
@@ -260,7 +330,9 @@ _INSERTED_HEAD = b'{"created_at":"%b","revision":1,"schema_version":%d,"updated_
 # revision plus one. Writes only when the stored document starts with exactly that created_at
 # and revision (so created_at is kept) and the class has no expiry set (nothing to sweep, no
 # entry to drop); returns 1 then, else 0 with nothing written, and the save script runs (a
-# conflict, a document without a revision, an expiry set).
+# conflict, a document without a revision, created_at spelt otherwise by another tool, an
+# expiry set). It parses the head itself, not through _HEAD: the hottest write path, and it
+# needs only an exact match.
 _UPDATED_HEAD = b'{"created_at":"%b","revision":%d,"schema_version":%d,"updated_at":"'
 _UPDATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -321,44 +393,43 @@ return 1
 # it, without writing anything: a batch larger than batch_size is checked whole with this
 # before its chunks are written.
 # Returns {1} or {0, index, current revision (0: none)}.
-_CHECK_SCRIPT = """
+_CHECK_SCRIPT = (
+    _HEAD
+    + """
 for i = 1, #KEYS do
-  local head = redis.call('GETRANGE', KEYS[i], 0, 127)
-  local current, created = 0, ARGV[2 * i]
-  if head ~= '' then
-    local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
-    if stored then
-      created, current = stored, tonumber(revision)
-    else
-      current = 1
-      created = string.match(head, '^{"created_at":"([^"]*)"') or created
-    end
-  end
+  local found, stored = stored_head(KEYS[i])
+  local current = found or 0
   local expected = ARGV[2 * i - 1]
   if expected ~= '' and (tonumber(expected) ~= current
-      or (current > 0 and created ~= ARGV[2 * i])) then
+      or (current > 0 and stored and not same_instant(stored, ARGV[2 * i]))) then
     return {0, i, current}
   end
 end
 return {1}
 """
+)
 # KEYS: the record, its class index, its expiry set. ARGV: the id, the revision the caller
-# read. Deletes the record and its index entries only if it is at that revision. Returns the
-# revision found (0: no record): equal to ARGV[2] when it was deleted.
-_DELETE_CHECKED_SCRIPT = """
-local head = redis.call('GETRANGE', KEYS[1], 0, 127)
-if head == '' then
-  return 0
+# read and the created_at it read ('': unknown, the revision alone decides). Deletes the record
+# and its index entries only if it is at that revision and, as in the save script, has that
+# created_at (one deleted and created again since is another record). Returns the revision
+# found (0: no record) and 1 if the record was deleted, else 0.
+_DELETE_CHECKED_SCRIPT = (
+    _HEAD
+    + """
+local found, stored = stored_head(KEYS[1])
+if not found then
+  return {0, 0}
 end
-local current = tonumber(string.match(head, '^{"created_at":"[^"]*","revision":(%d+) *,') or '1')
-if current ~= tonumber(ARGV[2]) then
-  return current
+if found ~= tonumber(ARGV[2])
+    or (ARGV[3] ~= '' and stored and not same_instant(stored, ARGV[3])) then
+  return {found, 0}
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-return current
+return {found, 1}
 """
+)
 # A UUID whose text stands for any id in a key (the last 36 characters of every key layout).
 _NIL = UUID(int=0)
 # Classes whose keys a backend keeps packed (see RedisBackend._class_keys).
@@ -1139,13 +1210,15 @@ class RedisBackend(RecordBackend):
         deleted, _, _ = await self._call(delete_both)
         return bool(deleted)
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete one record at ``revision``: one script (check and delete, atomically)."""
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete one record at ``revision`` (and ``created_at``): one script (check and delete,
+        atomically)."""
         keys = [self.key(class_name, id), self.index_key(class_name), self.expiry_key(class_name)]
-        current = await self._call(
-            lambda: self._delete_checked_script(keys=keys, args=[str(id), revision])
-        )
-        return checked_outcome(class_name, id, revision, int(current))
+        args = [str(id), revision, checked_created_at(created_at)]
+        reply = await self._call(lambda: self._delete_checked_script(keys=keys, args=args))
+        return checked_outcome(class_name, id, revision, reply)
 
     async def list_records(
         self, class_name: str, *, limit: int, after: PageCursor | None = None
@@ -1463,17 +1536,25 @@ def _insertions(
     return pieces, len(records) + 2 * len(entries) + 2
 
 
-def checked_outcome(class_name: str, id: UUID, revision: int, current: int) -> bool:
-    """Whether a checked delete deleted, from the revision its script found (0: none).
+def checked_created_at(created_at: datetime | None) -> str:
+    """The checked-delete script's created_at argument (``''``: the revision alone decides)."""
+    return "" if created_at is None else created_at.isoformat()
+
+
+def checked_outcome(class_name: str, id: UUID, revision: int, reply: Sequence[int]) -> bool:
+    """Whether a checked delete deleted, from its script's reply: the revision found (0:
+    none) and whether it deleted.
 
     Raises:
-        ConcurrencyError: The record is at another revision (nothing was deleted).
+        ConcurrencyError: The record is at another revision, or at this one but created again
+            since (another ``created_at``); nothing was deleted.
     """
+    current, deleted = (int(value) for value in reply)
+    if deleted:
+        return True
     if current == 0:
         return False
-    if current != revision:
-        raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
-    return True
+    raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
 
 
 def expectations(records: Sequence[StoredRecord]) -> list[Any]:

@@ -99,7 +99,9 @@ _MIGRATION_SECONDS = 10.0
 # KEYS: record keys, then their lock keys. ARGV: the token, the lock's milliseconds, then for
 # each record its expected revision ('': any) and its created_at (an existing record must have
 # both, as in the save script). Returns {1}, {0, index, current revision} or {2, index}.
-_PREPARE_SCRIPT = """
+_PREPARE_SCRIPT = (
+    single._HEAD
+    + """
 local n = #KEYS / 2
 for i = 1, n do
   local holder = redis.call('GET', KEYS[n + i])
@@ -108,18 +110,10 @@ for i = 1, n do
   end
   local expected = ARGV[1 + 2 * i]
   if expected ~= '' then
-    local head = redis.call('GETRANGE', KEYS[i], 0, 127)
-    local current, created = 0, ARGV[2 + 2 * i]
-    if head ~= '' then
-      local stored, revision = string.match(head, '^{"created_at":"([^"]*)","revision":(%d+) *,')
-      if stored then
-        created, current = stored, tonumber(revision)
-      else
-        current = 1
-        created = string.match(head, '^{"created_at":"([^"]*)"') or created
-      end
-    end
-    if tonumber(expected) ~= current or (current > 0 and created ~= ARGV[2 + 2 * i]) then
+    local found, stored = stored_head(KEYS[i])
+    local current = found or 0
+    if tonumber(expected) ~= current
+        or (current > 0 and stored and not same_instant(stored, ARGV[2 + 2 * i])) then
       return {0, i, current}
     end
   end
@@ -129,6 +123,7 @@ for i = 1, n do
 end
 return {1}
 """
+)
 # KEYS: the shared save script's keys, then one lock key per record. ARGV: the shared script's
 # arguments, then the batch token ('': not part of a two-phase batch). The lock keys and the
 # token are taken off KEYS and ARGV, so the shared script runs on exactly its own arguments.
@@ -183,9 +178,8 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return deleted
 """
 
-# The single-node script behind the same lock check (ARGV[2]: the revision the caller read).
-# Returns -1 (locked), or the revision found (0: no record), equal to ARGV[2] when the record
-# was deleted.
+# The single-node script behind the same lock check (ARGV[2], ARGV[3]: the revision and the
+# created_at the caller read). Returns -1 (locked), or the single-node script's reply.
 _DELETE_CHECKED_SCRIPT = (
     """
 if redis.call('EXISTS', KEYS[4]) == 1 then
@@ -673,14 +667,18 @@ class RedisClusterBackend(single.RedisBackend):
             raise _locked(keys[0], self._masked)
         return bool(deleted)
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete the record at ``revision``: check and delete in one script (same slot)."""
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete the record at ``revision`` (and ``created_at``): check and delete in one
+        script (same slot)."""
         keys = self._delete_keys(class_name, id)
         sha = self._delete_checked_cluster_script.sha
-        current = await self._written(_DELETE_CHECKED_SCRIPT, sha, keys, str(id), revision)
-        if current == -1:
+        created = single.checked_created_at(created_at)
+        reply = await self._written(_DELETE_CHECKED_SCRIPT, sha, keys, str(id), revision, created)
+        if reply == -1:
             raise _locked(keys[0], self._masked)
-        return single.checked_outcome(class_name, id, revision, int(current))
+        return single.checked_outcome(class_name, id, revision, reply)
 
     async def _written(self, script: str, sha: str, keys: list[str], *args: Any) -> Any:
         """The reply of a writing ``script`` on ``keys`` (one slot), sent once by the backend
