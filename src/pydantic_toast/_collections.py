@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._offload import delete_offloaded, load_offloaded
 from pydantic_toast._ownership import delete_owned, owned_keys, owns_children
 from pydantic_toast._records import PageCursor
+from pydantic_toast._saving import UnvalidatedIdentity, identity_of
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.storage import current_storage
 
@@ -121,13 +123,28 @@ async def _delete(
     if revision is None:
         deleted = await backend.delete(id, class_name)
     else:
-        deleted = await backend.delete_checked(id, class_name, revision)
+        created_at = _held_created_at(reference)
+        deleted = await backend.delete_checked(id, class_name, revision, created_at=created_at)
     if not deleted:
         raise RecordNotFoundError(class_name, id)
     if stored is not None and codec is not None:
         await delete_offloaded(storage, stored, codec)
     if children:
         await delete_owned(storage, children)
+
+
+def _held_created_at(
+    reference: Mapping[str, Any] | UUID | str | ExternalBaseModel,
+) -> datetime | None:
+    """The ``created_at`` a saved instance read or wrote, which a checked delete compares as a
+    checked save does (a record deleted and created again is another record); ``None`` for a
+    reference or an id, which carry none."""
+    if not isinstance(reference, ExternalBaseModel):
+        return None
+    identity = identity_of(reference)
+    if identity is None or type(identity) is UnvalidatedIdentity:
+        return None
+    return identity.created_at
 
 
 async def apage(model: type[M], *, limit: int = 50, after: str | None = None) -> Page[M]:

@@ -462,6 +462,31 @@ async def test_revision_checked_delete_never_deletes_a_newer_write(storage_url: 
         await adelete(counter, item.external_id, revision=2)  # type: ignore[arg-type]
 
 
+async def test_a_stale_instances_checked_delete_never_deletes_a_re_creation(
+    storage_url: str,
+) -> None:
+    """adelete(instance, revision=) by an instance holding revision 1 of a record that was
+    deleted and then written back by a forced save (at revision 1 again) raises
+    ConcurrencyError and leaves the new record (no ABA): the delete compares the record's
+    created_at as well; the re-creating instance's checked delete deletes it."""
+    counter = counter_on(storage_url)
+    item = counter(n=1)
+    await item.asave()
+    stale = await counter.aload(item.external_id)  # type: ignore[arg-type]
+    await adelete(counter, item.external_id)  # type: ignore[arg-type]
+    bump(item, 10)
+    await item.asave(force=True)  # written back: a new record
+    assert item.external_revision == stale.external_revision == 1
+    with pytest.raises(ConcurrencyError) as info:
+        await adelete(counter, stale, revision=stale.external_revision)
+    assert (info.value.expected, info.value.current) == (1, 1)
+    assert "was deleted and created again since" in str(info.value)
+    assert "nothing was deleted" in str(info.value)
+    assert n_of(await counter.aload(item.external_id)) == 11  # type: ignore[arg-type]
+    await adelete(counter, item, revision=item.external_revision)
+    assert await stored(counter, item.external_id) is None
+
+
 async def test_checked_delete_racing_a_save_never_both_succeed(storage_url: str) -> None:
     """A save and a checked delete of the same read, at the same instant: exactly one wins.
 

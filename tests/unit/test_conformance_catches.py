@@ -10,16 +10,21 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
 
+import pydantic_toast
 from pydantic_toast import (
     Capability,
     ConcurrencyError,
+    ExternalBaseModel,
+    ExternalConfigDict,
     PageCursor,
     RecordKey,
+    RecordNotFoundError,
     StorageBackend,
     StorageOperationError,
     StoredRecord,
@@ -43,6 +48,7 @@ class DictBackend(StorageBackend):
     cuts_data_at: int | None = None
     lists_first_versions = False
     needs_a_list_of_keys = False
+    ignores_created_at_on_delete = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -112,11 +118,14 @@ class DictBackend(StorageBackend):
                 del self.store[key]
         return found
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
         stored = self.get((class_name, id))
         if stored is None:
             return False
-        if stored.revision != revision:
+        recreated = created_at is not None and stored.created_at != created_at
+        if stored.revision != revision or (recreated and not self.ignores_created_at_on_delete):
             raise ConcurrencyError(
                 class_name, id, expected=revision, current=stored.revision, deleting=True
             )
@@ -135,6 +144,13 @@ class DictBackend(StorageBackend):
 
     async def count(self, class_name: str) -> int:
         return sum(1 for k in list(self.store) if k[0] == class_name and self.get(k))
+
+
+class RevisionOnlyDeletes(DictBackend):
+    """A backend written before ``delete_checked`` took ``created_at``: the revision decides."""
+
+    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:  # type: ignore[override]
+        return await super().delete_checked(id, class_name, revision)
 
 
 def flawed(**flaws: object) -> type[DictBackend]:
@@ -192,6 +208,11 @@ FLAWS = [
         id="lists-stale-records",
     ),
     pytest.param(
+        {"ignores_created_at_on_delete": True},
+        "test_revision_checked_delete_leaves_a_re_created_record",
+        id="checked-delete-of-a-re-creation",
+    ),
+    pytest.param(
         {"needs_a_list_of_keys": True},
         "test_batch_loads_take_the_keys_of_one_class_as_a_sequence",
         id="keys-must-be-a-list",
@@ -213,3 +234,30 @@ def test_the_suite_fails_a_flawed_backend(flaws: dict[str, object], test_name: s
 def test_the_correct_backend_passes(test_name: object) -> None:
     """Without its flaws, the same backend passes each of those tests."""
     run_suite_test(DictBackend, str(test_name))
+
+
+def test_a_backend_whose_checked_delete_takes_no_created_at_keeps_working() -> None:
+    """A backend whose ``delete_checked`` predates ``created_at`` is called without it: a
+    checked delete of a saved instance deletes at its revision (the revision alone decides,
+    as before), a stale one raises, and the conformance test of the parameter is skipped."""
+    with isolated_storage() as storage:
+        storage.registry.register("revision-only", RevisionOnlyDeletes)
+
+        class Note(ExternalBaseModel):
+            text: str
+            model_config = ExternalConfigDict(storage=f"revision-only://{uuid4().hex}")
+
+        note = Note(text="a")
+        note.model_dump()
+        read = Note.model_validate(note.model_dump())
+        note.text = "b"
+        note.model_dump()
+        with pytest.raises(ConcurrencyError):
+            pydantic_toast.delete(Note, read, revision=read.external_revision)
+        pydantic_toast.delete(Note, note, revision=note.external_revision)
+        with pytest.raises(RecordNotFoundError):
+            Note.model_validate(note.model_dump())
+    with pytest.raises(pytest.skip.Exception, match="takes no created_at"):
+        run_suite_test(
+            RevisionOnlyDeletes, "test_revision_checked_delete_leaves_a_re_created_record"
+        )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -20,6 +22,7 @@ __all__ = [
     "StorageBackend",
     "batch_size_of",
     "batch_spans",
+    "checks_created_at_on_delete",
 ]
 
 REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
@@ -103,6 +106,15 @@ class Capability(enum.StrEnum):
     reading back). Models on a backend without it must declare
     ``concurrency="last-write-wins"``.
     """
+
+
+def checks_created_at_on_delete(backend_class: type[StorageBackend]) -> bool:
+    """Whether ``backend_class.delete_checked`` takes ``created_at`` (a backend written before
+    that parameter existed does not: its checked deletes compare the revision alone)."""
+    parameters = inspect.signature(backend_class.delete_checked).parameters
+    return "created_at" in parameters or any(
+        parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+    )
 
 
 # The optional methods whose override declares a capability, when a class declares none.
@@ -254,19 +266,28 @@ class StorageBackend(ABC):
         """Delete one record; return whether it existed."""
         raise self._unsupported("delete", "async def delete(self, id, class_name) -> bool")
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
         """Delete one record only if its stored revision is ``revision``; whether it existed.
 
         The check and the delete must be atomic (one statement, a server script, a
         conditional request), as for the writes of :attr:`Capability.REVISIONS`: a write
-        landing between them is never deleted.
+        landing between them is never deleted. With ``created_at`` (the one the caller read;
+        ``None``: unknown), the stored ``created_at`` must be that instant too, as for a
+        revision-checked write: a record deleted and created again since, back at
+        ``revision``, is another record and is not deleted. The parameter is optional: the
+        library passes it only to a method that declares it (see
+        :func:`checks_created_at_on_delete`), so a backend written without it keeps working,
+        with the revision alone deciding.
 
         Raises:
-            ConcurrencyError: The record exists at another revision; nothing was deleted.
+            ConcurrencyError: The record exists at another revision (or at this one with
+                another ``created_at``); nothing was deleted.
         """
         raise self._unsupported(
             "revision-checked deletes",
-            "async def delete_checked(self, id, class_name, revision) -> bool",
+            "async def delete_checked(self, id, class_name, revision, *, created_at=None) -> bool",
         )
 
     async def list_records(

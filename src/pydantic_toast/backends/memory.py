@@ -286,13 +286,17 @@ class MemoryBackend(RecordBackend):
         with self._store.lock:
             return self._store.pop((class_name, id))
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete a record if it is at ``revision``; whether it existed."""
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete a record if it is at ``revision`` (and ``created_at``); whether it existed."""
         with self._store.lock:
             stored = self._store.get((class_name, id))
             if stored is None:
                 return False
-            if (stored.revision or 1) != revision:
+            if (stored.revision or 1) != revision or (
+                created_at is not None and stored.created_at != created_at
+            ):
                 raise ConcurrencyError(
                     class_name, id, expected=revision, current=stored.revision, deleting=True
                 )

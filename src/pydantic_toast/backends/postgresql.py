@@ -625,7 +625,7 @@ def _hot_path_statements() -> dict[str, str]:
             for name, statement in batch_reads.items()
         ),
         ("delete", DELETE, ["class_name", "id"]),
-        ("delete_checked", DELETE_CHECKED, ["class_name", "id", "revision"]),
+        ("delete_checked", DELETE_CHECKED, ["class_name", "id", "revision", "b_created_at"]),
         ("count", COUNT, ["class_name", "now"]),
         ("page_first", page_statement(columns, after=False), ["class_name", "now", "limit"]),
         (
@@ -742,8 +742,11 @@ class PostgreSQLBackend(SQLAlchemyBackend):
                 _timed_out_delete(ended)
         return any(row[0] is None or row[0] > now for row in rows)
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete one record at ``revision``: one statement; its revision is read on a miss.
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete one record at ``revision`` (and ``created_at``): one statement; its revision
+        is read on a miss.
 
         Under READ COMMITTED the statement re-checks the revision on the newest version of a
         row that a concurrent write changed, so a write committed first is never deleted.
@@ -752,7 +755,9 @@ class PostgreSQLBackend(SQLAlchemyBackend):
         now = datetime.now(UTC)
         with self._writing([(class_name, id)]):
             try:
-                rows = await self._statement("fetch", "delete_checked", class_name, id, revision)
+                rows = await self._statement(
+                    "fetch", "delete_checked", class_name, id, revision, created_at
+                )
             except _Ended as ended:
                 _timed_out_delete(ended)
         if any(row[0] is None or row[0] > now for row in rows):

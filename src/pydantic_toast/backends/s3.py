@@ -290,8 +290,11 @@ class S3Backend(RecordBackend):
         await client.delete_object(Bucket=bucket, Key=key)
         return True
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete the record if it is at ``revision``: a HEAD, then a DELETE with ``If-Match``.
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete the record if it is at ``revision`` (and ``created_at``): a HEAD, then a
+        DELETE with ``If-Match``.
 
         The DELETE names the ETag the HEAD saw, so a write landing in between makes it fail
         (412) on stores that honour ``If-Match`` on DELETE (AWS S3 does); the index entry,
@@ -308,6 +311,10 @@ class S3Backend(RecordBackend):
                 class_name, id, expected=revision, current=current, deleting=True
             )
         created = self._metadata(key, class_name, id, head["Metadata"])[0]
+        if created_at is not None and created != created_at:  # deleted and created again
+            raise ConcurrencyError(
+                class_name, id, expected=revision, current=current, deleting=True
+            )
         index = self.index_key(class_name, created, id)
         await client.delete_object(Bucket=bucket, Key=index)
         try:

@@ -114,8 +114,6 @@ DELETE = (
     .where(_c.class_name == bindparam("class_name"), _c.id == bindparam("id"))
     .returning(_c.expires_at)
 )
-# The same, only at the revision the caller read: a row changed since is left alone.
-DELETE_CHECKED = DELETE.where(_c.revision == bindparam("revision"))
 # The class's counter rows, kept exact by triggers (migration 0004_record_counts): at most
 # 16 rows read through the primary key, whatever the number of records; less the class's rows
 # that have expired and wait for the purge (a range of the partial index on (class_name,
@@ -330,6 +328,20 @@ def _same_created_at(times_as_text: bool) -> Any:
     return or_(_c.created_at == held, func.julianday(_c.created_at) == func.julianday(held))
 
 
+def delete_checked_statement(times_as_text: bool) -> Any:
+    """``DELETE`` only at the revision the caller read and, when it knows it (``b_created_at``
+    not NULL), with the ``created_at`` it read: a row changed, or deleted and created again,
+    since is left alone. ``times_as_text``: as in :func:`write_statements`."""
+    held = bindparam("b_created_at", type_=_c.created_at.type)
+    same = _c.created_at == func.coalesce(held, _c.created_at)
+    if times_as_text:
+        same = or_(same, func.julianday(_c.created_at) == func.julianday(held))
+    return DELETE.where(_c.revision == bindparam("revision"), same)
+
+
+DELETE_CHECKED = delete_checked_statement(times_as_text=False)
+
+
 def write_statements(
     insert: Callable[..., Any],
     data: Callable[[str], Any],
@@ -459,19 +471,18 @@ REVISION = select(_c.revision).where(
 
 
 def deleted_at(class_name: str, id: UUID, revision: int, current: int | None) -> bool:
-    """A checked delete's outcome from the revision it met (``None``: no record).
+    """The outcome of a checked delete whose statement deleted no live row, from the revision
+    read after it (``None``: no record).
 
-    ``current`` equal to ``revision`` means the row went; anything else means the statement
-    found it at another revision (or, read a moment later, changed since) and left it.
+    A record there was found at another revision, or at this one with another ``created_at``
+    (deleted and created again since), or changed since: it was left alone.
 
     Raises:
-        ConcurrencyError: The record exists at another revision.
+        ConcurrencyError: The record exists; nothing was deleted.
     """
     if current is None:
         return False
-    if current != revision:
-        raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
-    return True
+    raise ConcurrencyError(class_name, id, expected=revision, current=current, deleting=True)
 
 
 def json_passthrough(value: Any) -> str:
@@ -511,6 +522,7 @@ class SQLAlchemyBackend(RecordBackend):
         self._writes = write_statements(
             self._insert, _json_bytes_as_text, times_as_text=self._times_as_text
         )
+        self._delete_checked = delete_checked_statement(self._times_as_text)
 
     def _create_engine(self) -> AsyncEngine:
         raise NotImplementedError
@@ -630,19 +642,23 @@ class SQLAlchemyBackend(RecordBackend):
 
         return await self._run(delete)
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete one record at ``revision`` (one statement); read its revision on a miss."""
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete one record at ``revision`` (and ``created_at``): one statement; its revision
+        is read on a miss."""
         now = _now()
         key = {"class_name": class_name, "id": id}
+        checked = {**key, "revision": revision, "b_created_at": created_at}
 
-        async def delete(connection: AsyncConnection) -> int | None:
-            result = await connection.execute(DELETE_CHECKED, {**key, "revision": revision})
+        async def delete(connection: AsyncConnection) -> tuple[bool, int | None]:
+            result = await connection.execute(self._delete_checked, checked)
             if any(row.expires_at is None or row.expires_at > now for row in result):
-                return revision
-            return (await connection.execute(REVISION, {**key, "now": now})).scalar()
+                return True, revision
+            return False, (await connection.execute(REVISION, {**key, "now": now})).scalar()
 
-        current = await self._run(delete)
-        return deleted_at(class_name, id, revision, current)
+        deleted, current = await self._run(delete)
+        return deleted or deleted_at(class_name, id, revision, current)
 
     async def delete_records(self, keys: Sequence[RecordKey]) -> list[bool]:
         """Delete the records in one statement; whether each existed (an expired one did not)."""

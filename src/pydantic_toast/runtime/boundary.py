@@ -26,6 +26,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 from uuid import UUID
 
@@ -43,7 +44,7 @@ from pydantic_toast._records import (
     check_once_each,
     check_timestamps,
 )
-from pydantic_toast.backends.base import Capability
+from pydantic_toast.backends.base import Capability, checks_created_at_on_delete
 from pydantic_toast.runtime import outcomes, telemetry
 from pydantic_toast.runtime.errors import (
     NOT_APPLIED,
@@ -214,7 +215,16 @@ class Connected:
         capabilities: What the backend declared it supports.
     """
 
-    __slots__ = ("_answers_checked", "_idle", "_kind", "_running", "backend", "capabilities", "url")
+    __slots__ = (
+        "_answers_checked",
+        "_deletes_by_created_at",
+        "_idle",
+        "_kind",
+        "_running",
+        "backend",
+        "capabilities",
+        "url",
+    )
 
     def __init__(self, backend: StorageBackend, url: StorageURL) -> None:
         self.backend = backend
@@ -226,6 +236,7 @@ class Connected:
         # A backend of the application's own: its load_records answers are checked to be
         # one record per key, in the keys' order (the built-in ones are tested for it).
         self._answers_checked = not type(backend).__module__.startswith(_BUILT_IN)
+        self._deletes_by_created_at = checks_created_at_on_delete(type(backend))
 
     def __repr__(self) -> str:
         return f"<Connected {self.backend!r}>"
@@ -443,11 +454,21 @@ class Connected:
             keys=((class_name, id),),
         )
 
-    async def delete_checked(self, id: UUID, class_name: str, revision: int) -> bool:
-        """Delete one record at ``revision`` (see :meth:`StorageBackend.delete_checked`)."""
+    async def delete_checked(
+        self, id: UUID, class_name: str, revision: int, *, created_at: datetime | None = None
+    ) -> bool:
+        """Delete one record at ``revision`` and ``created_at`` (see
+        :meth:`StorageBackend.delete_checked`; a backend whose method does not take
+        ``created_at`` checks the revision alone)."""
+        if created_at is None or not self._deletes_by_created_at:
+            delete = partial(self.backend.delete_checked, id, class_name, revision)
+        else:
+            delete = partial(
+                self.backend.delete_checked, id, class_name, revision, created_at=created_at
+            )
         return await self.cross(
             "delete",
-            lambda: self.backend.delete_checked(id, class_name, revision),
+            delete,
             class_name=class_name,
             repeat="write",
             keys=((class_name, id),),

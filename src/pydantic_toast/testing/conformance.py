@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import string
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
@@ -48,7 +48,7 @@ from pydantic_toast._exceptions import (
 from pydantic_toast._model import ExternalBaseModel
 from pydantic_toast._records import ClassKeys, PageCursor, StoredRecord
 from pydantic_toast._url import StorageURL
-from pydantic_toast.backends.base import Capability, StorageBackend
+from pydantic_toast.backends.base import Capability, StorageBackend, checks_created_at_on_delete
 from pydantic_toast.runtime.boundary import Connected
 from pydantic_toast.runtime.storage import Storage, current_storage
 from pydantic_toast.testing import isolated_storage
@@ -979,6 +979,62 @@ class BackendConformance:
         if Capability.LIST in capabilities:
             expected.append([])
         assert outcomes == expected
+
+    def test_revision_checked_delete_leaves_a_re_created_record(
+        self, storage: Storage, storage_url: str, class_name: str
+    ) -> None:
+        """``delete_checked`` given the ``created_at`` the caller read (any spelling of that
+        instant) deletes that record, and leaves one deleted and created again since at the
+        same revision (another ``created_at``), raising ``ConcurrencyError``.
+
+        Skipped for a backend whose ``delete_checked`` takes no ``created_at`` (written before
+        the parameter existed: its checked deletes compare the revision alone).
+        """
+        backend_class = storage.registry.class_for(StorageURL.parse(storage_url).scheme)
+        if backend_class.delete_checked is StorageBackend.delete_checked:
+            with pytest.raises(StorageUsageError, match="delete_checked"):
+                self.run(storage, storage_url, self._delete_checked_once(class_name))
+            return
+        if not checks_created_at_on_delete(backend_class):
+            pytest.skip("delete_checked takes no created_at: the revision alone decides")
+        first = datetime.now(UTC) - timedelta(seconds=10)
+        again = first + timedelta(seconds=1)
+        record = _record(class_name, uuid4(), b'{"v":1}', created=first)
+        recreated = _record(class_name, record.id, b'{"v":2}', created=again)
+        elsewhere = timezone(timedelta(hours=2))
+
+        async def job(backend: Connected) -> list[object]:
+            outcomes: list[object] = []
+            await backend.save_records([record])
+            outcomes.append(
+                await backend.delete_checked(record.id, class_name, 1, created_at=first)
+            )
+            await backend.save_records([recreated])  # back at revision 1
+            try:
+                await backend.delete_checked(record.id, class_name, 1, created_at=first)
+            except ConcurrencyError as exc:
+                outcomes.append((exc.expected, exc.current, "nothing was deleted" in str(exc)))
+            kept = (await backend.load_records([record.key]))[0]
+            outcomes.append(None if kept is None else (kept.revision, kept.created_at == again))
+            outcomes.append(
+                await backend.delete_checked(
+                    record.id, class_name, 1, created_at=again.astimezone(elsewhere)
+                )
+            )
+            outcomes.append(await backend.load_records([record.key]))
+            return outcomes
+
+        outcomes = self.run(storage, storage_url, job)
+        assert outcomes == [True, (1, 1, True), (1, True), True, [None]]
+
+    @staticmethod
+    def _delete_checked_once(class_name: str) -> Callable[[Connected], Awaitable[object]]:
+        async def job(backend: Connected) -> object:
+            return await backend.delete_checked(
+                uuid4(), class_name, 1, created_at=datetime.now(UTC)
+            )
+
+        return job
 
     def _assert_listing_refused(self, storage: Storage, storage_url: str, class_name: str) -> None:
         async def job(backend: Connected) -> object:
