@@ -62,10 +62,11 @@ def conditional(
     ``ETag`` of the model after the route saved it, and the route's OpenAPI declares 404,
     409, 412, 428 (with ``require``), 500 and 503.
 
-    On ``DELETE``, delete with the revision that was checked, so that a write landing after
-    the check is never deleted (a 409 instead)::
+    On ``DELETE``, delete the instance at the revision that was checked, so that a write
+    landing after the check (or a re-creation of the record) is never deleted (a 409
+    instead)::
 
-        await pydantic_toast.adelete(Todo, todo.external_id, revision=todo.external_revision)
+        await pydantic_toast.adelete(Todo, todo, revision=todo.external_revision)
     """
 
     async def load(request: Request, response: Response, **path: UUID) -> M:
