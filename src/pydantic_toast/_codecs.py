@@ -14,10 +14,10 @@ the two apart by the envelope's key: field names are Python identifiers, so no m
 starts with ``{"$toast"``. Records written before a model turned compression on keep loading,
 and so do compressed ones after it is turned off.
 
-A model with ``encryption`` (:mod:`pydantic_toast._encryption`) stores every record as an
-envelope whose chain ends with ``"aes-gcm"``, compressed first when large enough, the way
-Temporal runs its payload codecs (compression, then encryption) and offloads afterwards; the
-envelope names the key in ``"key"``::
+A model with ``encryption`` (:mod:`pydantic_toast._encryption`) whose keys have a current one
+stores every record as an envelope whose chain ends with ``"aes-gcm"``, compressed first when
+large enough, the way Temporal runs its payload codecs (compression, then encryption) and
+offloads afterwards; the envelope names the key in ``"key"``::
 
     {"$toast": {"codecs": ["zstd", "aes-gcm"], "key": "2026-12", "size": ..., "sha256": ...,
                 "payload": "<base64 of nonce + ciphertext + tag>"}}
@@ -92,7 +92,8 @@ class CodecSettings:
         max_decompressed_size: A load refuses records that would decompress to more bytes.
         offload: The store that holds the payloads of large records (see :mod:`_offload`).
         offload_above: Records whose stored bytes reach this size go to ``offload``.
-        encryption: The keys every record is encrypted with (after compression), or ``None``.
+        encryption: The keys records are read with and, when they have a current one,
+            every record is encrypted with (after compression); ``None``: no keys.
     """
 
     compression: str | None = None
@@ -284,11 +285,13 @@ def encode_record(record: StoredRecord, settings: CodecSettings) -> StoredRecord
     """``record`` as stored under ``settings``: an envelope when it is encoded, else itself.
 
     The chain runs compression first (records of ``compress_above`` bytes or more), then
-    encryption (every record of a model with keys).
+    encryption (every record of a model whose keys have a current one).
     """
     data = record.data
     compress = settings.compression is not None and len(data) >= settings.compress_above
     keys = settings.encryption
+    if keys is not None and keys.current is None:
+        keys = None  # keys that only decrypt: written unencrypted
     if not compress and keys is None:
         return record
     codecs: list[str] = []
@@ -357,8 +360,10 @@ def _decrypt(
     if keys is None:
         raise EncryptionKeyError(
             f"the stored {name} record {id} is encrypted with key id {key_id!r:.70}, but the "
-            "model reading it has no encryption keys: set encryption=EncryptionKeys(...) in "
-            "its ExternalConfigDict with that key; it is left untouched",
+            "model reading it has no encryption keys, so it is left untouched: set "
+            "encryption=EncryptionKeys(...) in its ExternalConfigDict with that key; to turn "
+            "encryption off, give it that key with current=None and run "
+            "pydantic_toast.reencrypt, which rewrites the records unencrypted",
             class_name=name,
             id=id,
             key_id=key_id,

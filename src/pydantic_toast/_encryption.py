@@ -8,6 +8,11 @@ flag day: new writes use ``current``, records written under older ids keep loadi
 keys stay in the mapping, and :func:`pydantic_toast.reencrypt` rewrites them under the current
 key before an old one is dropped.
 
+Turning encryption off runs the same way: ``EncryptionKeys({...}, current=None)`` holds keys
+that only decrypt, so the model reads the records encrypted under them and writes every record
+unencrypted; :func:`pydantic_toast.reencrypt` then rewrites the stored ones unencrypted, after
+which ``encryption`` can go.
+
 The stored bytes are a fresh 96-bit nonce followed by the AES-GCM ciphertext and its tag. The
 associated data binds the ciphertext to the record's class name and id, so an encrypted payload
 copied onto another record fails authentication instead of loading as that record.
@@ -40,24 +45,30 @@ _KEY_SIZES: Final = (16, 24, 32)
 class EncryptionKeys:
     """AES-GCM keys by id: new records are encrypted with ``current``, loads use any of them.
 
+    With ``current=None`` the keys only decrypt: records encrypted under them keep loading and
+    every write stores its record unencrypted (the way to turn encryption off, see
+    :func:`pydantic_toast.reencrypt`).
+
     Args:
         keys: Key id to key: 32 random bytes for AES-256 (16 or 24 for AES-128 or AES-192),
             for example ``os.urandom(32)`` kept in a secret store. Ids are 1 to 64 letters,
             digits, ``.``, ``_`` or ``-`` and are stored in every record, so never reuse an
             id for another key.
-        current: The id of the key new writes use.
+        current: The id of the key new writes use, or ``None`` to write records
+            unencrypted while the keys still read those encrypted before.
 
     Raises:
         StorageConfigurationError: An id or key is malformed, ``current`` is not one of the
             ids, or the ``cryptography`` package is missing. Messages never show a key.
 
-    Example:
+    Examples:
         ``EncryptionKeys({"2026-06": old_key, "2026-12": new_key}, current="2026-12")``
+        (a rotation), ``EncryptionKeys({"2026-12": key}, current=None)`` (turning it off).
     """
 
     __slots__ = ("_ciphers", "current")
 
-    def __init__(self, keys: Mapping[str, bytes], *, current: str) -> None:
+    def __init__(self, keys: Mapping[str, bytes], *, current: str | None) -> None:
         aesgcm = _aesgcm()
         if not isinstance(keys, Mapping) or not keys:
             raise StorageConfigurationError(
@@ -78,13 +89,14 @@ class EncryptionKeys:
                     "key kept as text (base64.b64decode)"
                 )
             ciphers[key_id] = aesgcm.AESGCM(key)
-        if current not in ciphers:
+        if current is not None and current not in ciphers:
             raise StorageConfigurationError(
                 f"EncryptionKeys: current={current!r:.70} is not one of the key ids "
-                f"({', '.join(sorted(ciphers))})"
+                f"({', '.join(sorted(ciphers))}): name one of them, or pass current=None for "
+                "keys that only decrypt (records are then written unencrypted)"
             )
         self._ciphers = ciphers
-        self.current: str = current
+        self.current: str | None = current
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -95,9 +107,18 @@ class EncryptionKeys:
         return f"EncryptionKeys(ids={list(self.ids)!r}, current={self.current!r})"
 
     def encrypt(self, data: bytes, associated: bytes) -> tuple[str, bytes]:
-        """``data`` encrypted with the current key: ``(key id, nonce + ciphertext + tag)``."""
+        """``data`` encrypted with the current key: ``(key id, nonce + ciphertext + tag)``.
+
+        Raises:
+            StorageConfigurationError: These keys only decrypt (``current=None``).
+        """
+        current = self.current
+        if current is None:
+            raise StorageConfigurationError(
+                f"{self!r} only decrypts (current=None): name a current key to encrypt with"
+            )
         nonce = os.urandom(_NONCE)
-        return self.current, nonce + self._ciphers[self.current].encrypt(nonce, data, associated)
+        return current, nonce + self._ciphers[current].encrypt(nonce, data, associated)
 
     def decrypt(
         self, key_id: str, payload: bytes, associated: bytes, *, class_name: str, id: UUID

@@ -359,9 +359,9 @@ class StoredDataError(ExternalStorageError):
 class EncryptionKeyError(StoredDataError):
     """An encrypted record cannot be decrypted with the keys its model holds.
 
-    Either the key id it was written with is missing from the model's
-    :class:`EncryptionKeys`, or the key under that id is not the one it was written with (or
-    the record was changed). The record is left untouched.
+    Either the model has no ``encryption``, or the key id it was written with is missing from
+    the model's :class:`EncryptionKeys`, or the key under that id is not the one it was
+    written with (or the record was changed). The record is left untouched.
 
     Attributes:
         key_id: The id of the key the record was encrypted with.

@@ -3,9 +3,10 @@
 After a key rotation (a new ``current`` in the model's ``EncryptionKeys``), records written
 under older key ids keep loading as long as those keys stay in the mapping. :func:`reencrypt`
 rewrites them under the current key so that the old keys can then be dropped. It also encrypts
-records written before the model encrypted at all, and, on a model without ``encryption``,
-decrypts the records encrypted earlier (its keys must still be readable: keep ``encryption``
-with ``current`` set to the old key for the run instead). Each record is decoded and encoded
+records written before the model encrypted at all. With keys that only decrypt
+(``EncryptionKeys({...}, current=None)``) it decrypts: every encrypted record is rewritten
+unencrypted, after which the model can drop ``encryption`` (a model without ``encryption``
+cannot read encrypted records, so it cannot decrypt them). Each record is decoded and encoded
 again with the model's current settings (compression included); its fields are not parsed.
 
 Each rewrite keeps the record's ``created_at``, ``updated_at`` and schema version, and checks
@@ -51,9 +52,10 @@ class ReencryptReport:
 
     Attributes:
         class_name: The stored class name.
-        key_id: The key id records are now encrypted with (``None``: stored unencrypted).
+        key_id: The key id records are now encrypted with (``None``: stored unencrypted,
+            the model's keys having no current one, or no keys).
         checked: Records read.
-        rewritten: Records rewritten under ``key_id``.
+        rewritten: Records rewritten under ``key_id`` (unencrypted when it is ``None``).
         changed: Records skipped because another writer changed them meanwhile.
         next_after: Pass it as ``after`` to resume after the last page; ``None`` when done.
     """
@@ -75,17 +77,21 @@ async def areencrypt(
 ) -> ReencryptReport:
     """Rewrite the records of ``model`` not encrypted with its current key (see the module).
 
+    To turn encryption off, give the model ``EncryptionKeys({...}, current=None)`` holding
+    the keys its records were written with, run this until it rewrites 0 records, then drop
+    ``encryption``.
+
     Args:
         model: The class whose records are rewritten; its ``encryption`` must hold every key
-            id its records were written with.
+            id its records were written with (``current=None``: they are decrypted).
         batch_size: Records per page and per write (1 to 1000).
         after: A ``next_after`` of an earlier report: resume there.
         progress: Called with the report so far after each page.
 
     Raises:
         StorageConfigurationError: ``batch_size`` or ``after`` is invalid.
-        EncryptionKeyError: A record's key id is missing from the model's keys (nothing of
-            that page is written; pages before it are).
+        EncryptionKeyError: A record's key id is missing from the model's keys, or the
+            model has no ``encryption`` (nothing of that page is written; pages before it are).
     """
     check_batch_size(batch_size, MAX_BATCH)
     cursor = PageCursor.from_token(after) if after is not None else None

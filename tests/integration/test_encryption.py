@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -342,3 +344,215 @@ def test_the_reencrypt_command_rotates_resumes_and_reports_errors(
     bad = run("k2,k3", "k3", *cli, "--after", "nope")
     assert bad.returncode == 2
     assert "--after 'nope' is not a cursor" in bad.stderr
+
+
+def test_keys_that_only_decrypt_turn_encryption_off(storage_url: str) -> None:
+    """``EncryptionKeys({...}, current=None)`` reads records encrypted under its ids and
+    writes unencrypted; reencrypt rewrites every encrypted record unencrypted (a second run
+    rewrites 0), after which a model with ``encryption=None`` reads them all."""
+    sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    r_k1 = sealed(title="k1", body=SECRET).model_dump()
+    rotated = note_model(storage_url, encryption=EncryptionKeys({"k1": K1, "k2": K2}, current="k2"))
+    r_k2 = rotated(title="k2", body=SECRET).model_dump()
+    r_plain = note_model(storage_url)(title="plain", body=SECRET).model_dump()
+    before = stored(storage_url, r_k1["class_name"], r_k1["id"])
+    assert codecs_of(before) == (["aes-gcm"], "k1")
+
+    opening = note_model(storage_url, encryption=EncryptionKeys({"k1": K1, "k2": K2}, current=None))
+    assert opening.model_validate(r_k1).body == SECRET  # type: ignore[attr-defined]
+    r_new = opening(title="new", body=SECRET).model_dump()
+    assert json.loads(stored(storage_url, r_new["class_name"], r_new["id"]).data) == {
+        "title": "new",
+        "body": SECRET,
+    }
+
+    report = pydantic_toast.reencrypt(opening, batch_size=2)
+    assert (report.checked, report.rewritten, report.changed) == (4, 2, 0)
+    assert report.key_id is None
+    bare = note_model(storage_url)
+    for reference, title in [(r_k1, "k1"), (r_k2, "k2"), (r_plain, "plain"), (r_new, "new")]:
+        raw = stored(storage_url, reference["class_name"], reference["id"])
+        assert json.loads(raw.data) == {"title": title, "body": SECRET}  # plain JSON
+        assert bare.model_validate(reference).title == title  # type: ignore[attr-defined]
+    after = stored(storage_url, r_k1["class_name"], r_k1["id"])
+    assert (after.created_at, after.schema_version) == (before.created_at, before.schema_version)
+    assert pydantic_toast.reencrypt(opening).rewritten == 0
+    assert pydantic_toast.reencrypt(bare).rewritten == 0  # nothing encrypted is left
+
+
+def test_compressed_records_stay_compressed_when_decrypted(memory_url: str) -> None:
+    """Decrypting keeps the rest of the chain: a large record of a model with compression is
+    rewritten as a zstd envelope without key, readable once encryption is dropped."""
+    sealed = note_model(
+        memory_url, compression="zstd", encryption=EncryptionKeys({"k1": K1}, current="k1")
+    )
+    reference = sealed(title="big", body=BIG).model_dump()
+    opening = note_model(
+        memory_url, compression="zstd", encryption=EncryptionKeys({"k1": K1}, current=None)
+    )
+    assert pydantic_toast.reencrypt(opening).rewritten == 1
+    assert codecs_of(stored(memory_url, reference["class_name"], reference["id"])) == (
+        ["zstd"],
+        None,
+    )
+    zipped = note_model(memory_url, compression="zstd")
+    assert zipped.model_validate(reference).body == BIG  # type: ignore[attr-defined]
+
+
+def test_reencrypt_without_keys_names_the_way_to_decrypt(storage_url: str) -> None:
+    """A model with ``encryption=None`` cannot decrypt: reencrypt stops with an error that
+    names ``current=None`` as the fix, shows no key or data, and leaves the records as they
+    were."""
+    sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    reference = sealed(title=SECRET).model_dump()
+    before = stored(storage_url, reference["class_name"], reference["id"])
+    with pytest.raises(EncryptionKeyError, match="has no encryption keys") as caught:
+        pydantic_toast.reencrypt(note_model(storage_url))
+    message = str(caught.value)
+    assert "current=None" in message
+    assert "pydantic_toast.reencrypt" in message
+    assert SECRET not in message
+    assert K1.hex() not in message
+    assert stored(storage_url, reference["class_name"], reference["id"]).data == before.data
+
+
+def test_keys_that_only_decrypt_are_checked_and_cannot_encrypt() -> None:
+    """``current=None`` is accepted and shown in the repr; encrypting with such keys is
+    refused; a ``current`` that is no key id names ``current=None`` as the other choice."""
+    from pydantic_toast import StorageConfigurationError
+
+    keys = EncryptionKeys({"k1": K1}, current=None)
+    assert repr(keys) == "EncryptionKeys(ids=['k1'], current=None)"
+    with pytest.raises(StorageConfigurationError, match="only decrypts") as caught:
+        keys.encrypt(b"data", b"associated")
+    assert K1.hex() not in str(caught.value)
+    with pytest.raises(StorageConfigurationError, match="current=None"):
+        EncryptionKeys({"k1": K1}, current="k2")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLite file of this test's own, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        path = tmp_path / "vault.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+    else:
+        yield request.getfixturevalue("postgres_database_url")
+    pydantic_toast.close_storage()
+
+
+def test_the_reencrypt_command_turns_encryption_off(sql_url: str, tmp_path: Path) -> None:
+    """``pydantic-toast reencrypt`` with a module whose keys have ``current=None`` rewrites
+    every record unencrypted and a second run rewrites 0; with ``encryption=None`` it exits 1
+    with one line naming the fix and no key; afterwards a model without encryption reads them."""
+    name = f"Memo{uuid4().hex[:8]}"
+    (tmp_path / "vault_models.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from pydantic_toast import EncryptionKeys, ExternalBaseModel, ExternalConfigDict
+
+            KEYS = dict(pair.split("=") for pair in os.environ["VAULT_KEYS"].split(",") if pair)
+
+            class Memo(ExternalBaseModel):
+                text: str
+                model_config = ExternalConfigDict(
+                    storage="{sql_url}",
+                    external_name="{name}",
+                    encryption=EncryptionKeys(
+                        {{k: bytes.fromhex(v) for k, v in KEYS.items()}},
+                        current=os.environ["VAULT_CURRENT"] or None,
+                    ) if KEYS else None,
+                )
+            """
+        )
+    )
+    secret = os.urandom(32).hex()
+
+    def run(keys: str, current: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "VAULT_KEYS": f"k1={secret}" if keys else "",
+            "VAULT_CURRENT": current,
+        }
+        return subprocess.run(
+            [sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+
+    def stored_data() -> list[bytes]:
+        async def read() -> list[bytes]:
+            try:
+                backend = await pydantic_toast.current_storage().connected(
+                    StorageURL.parse(sql_url)
+                )
+                return [record.data for record in await backend.list_records(name, limit=10)]
+            finally:
+                await pydantic_toast.aclose_storage()
+
+        return asyncio.run(read())
+
+    setup = (
+        "import json, vault_models as m\n"
+        "print(json.dumps([m.Memo(text=f'memo {i}').model_dump(mode='json') for i in range(3)]))"
+    )
+    made = run("k1", "k1", "-c", setup)
+    assert made.returncode == 0, made.stderr
+    references = made.stdout.strip()
+    assert [json.loads(data)["$toast"]["key"] for data in stored_data()] == ["k1"] * 3
+    cli = ["-m", "pydantic_toast", "reencrypt", sql_url]
+    cli += ["--module", "vault_models", "--class", name, "--batch-size", "2"]
+
+    keyless = run("", "", *cli)
+    assert keyless.returncode == 1
+    error = keyless.stderr.strip().splitlines()
+    assert len(error) == 1, keyless.stderr
+    assert "has no encryption keys" in error[0]
+    assert "current=None" in error[0]
+    assert secret not in keyless.stdout + keyless.stderr
+    assert all(b"memo" not in data for data in stored_data())
+
+    decrypted = run("k1", "", *cli)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert f"{name}: 3 of 3 records rewritten unencrypted;" in decrypted.stdout
+    assert secret not in decrypted.stdout + decrypted.stderr
+    assert sorted(json.loads(data)["text"] for data in stored_data()) == [
+        "memo 0",
+        "memo 1",
+        "memo 2",
+    ]
+    again = run("k1", "", *cli)
+    assert again.returncode == 0, again.stderr
+    assert f"{name}: 0 of 3 records rewritten unencrypted;" in again.stdout
+
+    read = "import json, sys, vault_models as m\n"
+    read += "print(sorted(m.Memo.model_validate(r).text for r in json.loads(sys.argv[1])))"
+    plain = run("", "", "-c", read, references)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == "['memo 0', 'memo 1', 'memo 2']"
+
+
+def test_offloaded_payloads_are_decrypted(storage_url: str, s3_url: str) -> None:
+    """Decrypting an offloaded record uploads its payload unencrypted, under a pointer whose
+    key is ``None``, so a second run downloads nothing (the old payload is deleted)."""
+    big = "out of line and secret. " * 20_000
+    sealed = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
+    reference = sealed(title="t", body=big).model_dump()
+    opening = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current=None))
+    assert pydantic_toast.reencrypt(opening).rewritten == 1
+    pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
+    target = pointer["$toast"]["offloaded"]
+    assert target["key"] is None
+    payload = asyncio.run(_payload_closing(s3_url, target["class_name"], UUID(target["id"])))
+    assert payload is not None
+    assert b"out of line and secret" in payload.data  # plain JSON
+    asyncio.run(_delete_payload_closing(s3_url, target["class_name"], UUID(target["id"])))
+    report = pydantic_toast.reencrypt(opening)  # would fail on the missing payload if fetched
+    assert (report.checked, report.rewritten) == (1, 0)

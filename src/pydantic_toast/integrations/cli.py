@@ -228,10 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     reencrypt = commands.add_parser(
         "reencrypt",
         parents=[common],
-        help="rewrite a class's records under its current encryption key (after a rotation)",
+        help="rewrite a class's records under its current encryption key (after a rotation), "
+        "or unencrypted when its keys have current=None (to turn encryption off)",
         description="Import the --module(s) that define your models, then read the records of "
         "--class page by page and rewrite those not encrypted with the current key of the "
-        "model's encryption (its keys come from the module, never from the command line), "
+        "model's encryption (its keys come from the module, never from the command line; "
+        "EncryptionKeys(..., current=None) decrypts them: rewritten unencrypted), "
         "each page one write that checks revisions: a record changed meanwhile is skipped and "
         "counted. Offloaded payloads are downloaded only when they need rewriting. Progress "
         "and a resume cursor on stderr after each page; safe to interrupt and resume with "
@@ -580,10 +582,10 @@ def _reencrypt(url: str, args: argparse.Namespace) -> int:
                 f"; the pages before were rewritten: resume with --after {cursor}" if cursor else ""
             )
             raise CommandError(_masked(f"{exc}{resume}", url), EXIT_STORAGE) from exc
-    key = f"key {report.key_id!r}" if report.key_id is not None else "no key (decrypted)"
+    how = f"under key {report.key_id!r}" if report.key_id is not None else "unencrypted"
     print(
         f"{parsed.masked}: {report.class_name}: {report.rewritten} of {report.checked} records "
-        f"rewritten under {key}; {report.changed} changed meanwhile by another writer (skipped)"
+        f"rewritten {how}; {report.changed} changed meanwhile by another writer (skipped)"
     )
     return EXIT_OK
 
