@@ -176,6 +176,9 @@ def _taken(values: Iterable[Any], shape: Shape) -> Fingerprint:
     if not (lists or dicts):
         return (*values, shape)
     parts = [*values]
+    if not dicts and len(lists) == 1:  # one tuple built at once: no calls of list methods
+        items = parts[lists[0]]
+        return (*parts, len(items), *items, shape)
     for index in lists:
         items = parts[index]
         parts.append(len(items))

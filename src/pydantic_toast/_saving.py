@@ -78,7 +78,7 @@ from pydantic_toast._url import StorageURL
 from pydantic_toast.runtime.loops import run_sync
 from pydantic_toast.runtime.rollbacks import Saves
 from pydantic_toast.runtime.storage import Storage, current_storage
-from pydantic_toast.runtime.transaction import joined_save, written_again
+from pydantic_toast.runtime.transaction import current_transaction, joined_save, written_again
 
 if TYPE_CHECKING:
     from pydantic_toast._config import ModelSettings
@@ -827,8 +827,10 @@ class SaveBatch:
                         )
                         object.__setattr__(model, "_toast_identity", identity)
             raise
-        saves = joined_save(backend.backend)  # rolled back, the models forget this save
-        written_again(lambda: [(url, record.class_name, record.id) for record, *_ in entries])
+        saves = None
+        if current_transaction() is not None:
+            saves = joined_save(backend.backend)  # rolled back, the models forget this save
+            written_again(lambda: [(url, record.class_name, record.id) for record, *_ in entries])
         if len(entries) < PAUSE_FROM:
             self._remember(entries, revisions, saves)
         else:

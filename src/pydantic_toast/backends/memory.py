@@ -223,13 +223,21 @@ class MemoryBackend(RecordBackend):
         """
         now = time.monotonic()
         store = self._store
+        known = store._classes
         with store.lock:
             # Each record's class's records and what is stored there now, all of them checked
             # before anything is written.
             existing = []
             for record in records:
-                classes = store.records_of(record.class_name)
-                old = classes.live(record.id.int, now)
+                # records_of() and live(), inlined: two Python calls less per record.
+                classes = known.get(record.class_name) or store.records_of(record.class_name)
+                entry = classes.entries.get(record.id.int)
+                old = None
+                if entry is not None:
+                    old, expires_at = entry
+                    if expires_at is not None and expires_at <= now:
+                        classes.remove(record.id.int)
+                        old = None
                 expected = record.revision
                 if expected is not None and (
                     (0 if old is None else old.revision or 0) != expected

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Joined",
     "after_commit",
+    "current_transaction",
     "delete_after_commit",
     "joined_connection",
     "joined_save",
@@ -105,6 +106,12 @@ async def transaction(target: AsyncConnection | AsyncSession) -> AsyncIterator[A
         yield connection
     finally:
         _joined.reset(token)
+
+
+current_transaction: Callable[[], Joined | None] = _joined.get
+"""The open :func:`transaction` here, if any: a save outside one (nearly every save) asks no
+more (:func:`joined_save` and :func:`written_again` each read it again, through a call of
+their own)."""
 
 
 def joined_save(backend: object) -> Saves | None:
