@@ -279,3 +279,32 @@ print("parent ok")
     )
     assert result.returncode == 0, result.stderr
     assert "parent ok" in result.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_child_forked_from_a_thread_runs_sync_calls_in_place() -> None:
+    """In a child forked by another thread than the main one, that thread is the child's main
+    thread: its sync calls run in place, with no loop thread started."""
+    result = run_script(
+        SCRIPT_PRELUDE
+        + """
+import threading, warnings
+warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
+codes = []
+def fork_here():
+    pid = os.fork()
+    if pid == 0:
+        loaded = Item.model_validate(Item(n=4).model_dump()).n == 4
+        threads = {thread.name for thread in threading.enumerate()}
+        os._exit(0 if loaded and "pydantic-toast-loop" not in threads else 1)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+worker = threading.Thread(target=fork_here)
+worker.start()
+worker.join()
+assert codes == [0], codes
+print("child ok")
+"""
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child ok" in result.stdout

@@ -55,6 +55,7 @@ class _LoopThread:
             target=self.loop.run_forever, name="pydantic-toast-loop", daemon=True
         )
         self.thread.start()
+        self.ident = self.thread.ident  # (set once start() returns)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on this loop in the caller's context; wait for its result.
@@ -93,6 +94,10 @@ class _Loops:
         self.loop_thread: _LoopThread | None = None
         self.lock = threading.Lock()
         self.interrupted = False
+        # Compared with the caller's thread ident on every sync call (threading's
+        # current_thread() and main_thread() are two Python calls). In a forked child, made
+        # after threading's own fork hook (registered first) named the child's main thread.
+        self.main_ident = threading.main_thread().ident
 
     def get_main_loop(self) -> asyncio.AbstractEventLoop:
         loop = self.main_loop
@@ -156,9 +161,9 @@ def run_sync(
         StorageUsageError: Called from the library's own loop thread, where waiting for the
             loop would deadlock.
     """
-    current = threading.current_thread()
+    current = threading.get_ident()
     loop_thread = _loops.loop_thread
-    if loop_thread is not None and current is loop_thread.thread:
+    if loop_thread is not None and current == loop_thread.ident:
         raise StorageUsageError(
             "a blocking pydantic-toast call (model_dump, model_validate, ...) was made on "
             "pydantic-toast's own event loop thread, where it would deadlock: inside a storage "
@@ -167,8 +172,8 @@ def run_sync(
     # asyncio's own "is a loop running in this thread" (None when not), without the
     # exception get_running_loop() raises on every call from plain sync code.
     in_loop = asyncio._get_running_loop() is not None
-    if not in_loop and current is threading.main_thread():
-        return _run_in_place(_loops.get_main_loop(), function())
+    if not in_loop and current == _loops.main_ident:
+        return _run_in_place(_loops.main_loop or _loops.get_main_loop(), function())
     if in_loop:
         report_blocking_call(call, instead)
     return _loops.get_loop_thread().call(function())
