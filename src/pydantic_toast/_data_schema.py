@@ -95,11 +95,14 @@ class DataSchema:
         load_layout: Where a loaded instance's lists and dicts sit, when a fingerprint taken at
             load vouches for its fields (see :func:`._fingerprint.load_layout`), else ``None``.
         tracking: What change tracking knows of the class (see :class:`._fingerprint.Tracking`).
+        keyed: Whether the fields can hold dicts whose keys Pydantic writes itself, which it
+            writes changed when one holds a lone surrogate (see ``_fidelity.LOSSY_KEY``).
     """
 
     __slots__ = (
         "fields",
         "hook_at_root",
+        "keyed",
         "load_layout",
         "loader",
         "numbers",
@@ -122,6 +125,7 @@ class DataSchema:
         tracking: Tracking,
         numbers: NumberPlan = SCAN,
         load_layout: LoadLayout | None = None,
+        keyed: bool = True,
     ) -> None:
         self.owner = owner
         self.source = source
@@ -133,6 +137,7 @@ class DataSchema:
         self.fields = len(getattr(owner, "__pydantic_fields__", ()))
         self.load_layout = load_layout
         self.tracking = tracking
+        self.keyed = keyed
 
 
 def data_schema_of(model: Any) -> DataSchema | None:
@@ -218,6 +223,7 @@ def data_schema(cls: type[Any]) -> DataSchema | None:
         tracking=Tracking(
             schema, names, save_types(stored, names, (_CHECKS["datetime"], _CHECKS["time"]))
         ),
+        keyed=_writes_keys(stored),
     )
     cls.__toast_data_schema__ = built
     return built
@@ -252,6 +258,12 @@ def load_validator(cls: type[Any]) -> Any:
         )
         cached = cls.__toast_untimed__ = (schema, untimed)
     return validator if cached[1] is None else cached[1]
+
+
+def _writes_keys(schema: object) -> bool:
+    """Whether core ``schema`` has a dict (or Counter, OrderedDict...) whose keys it types: an
+    untyped key, written as Any, fails on a lone surrogate instead of being written changed."""
+    return any("keys_schema" in node or node.get("type") == "dict" for node in schema_nodes(schema))
 
 
 def _timed(schema: object) -> bool:

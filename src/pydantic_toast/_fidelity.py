@@ -6,7 +6,8 @@ Pydantic writes some values that it cannot read back: integers of more than 4,30
 least 19 digits, so a byte scan of the serialized record (a few hundred nanoseconds) decides
 whether a record needs the real check: validating it back exactly as a load would.
 Strings Pydantic cannot encode (lone surrogates) fail during serialization and are refused
-here, naming the field; so are datetimes and times whose UTC offset is not whole minutes, which
+here, naming the field (a dict key holding one is written changed instead: see
+:data:`LOSSY_KEY`); so are datetimes and times whose UTC offset is not whole minutes, which
 Pydantic writes rounded, and values inside ``Any`` fields that JSON would not give back as
 themselves (both noted during serialization, see ``_data_schema``).
 """
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKING",
     "DIGITS_AS_ZERO",
+    "LOSSY_BYTE",
+    "LOSSY_KEY",
     "REUSED_UP_TO",
     "SHALLOW_UP_TO",
     "decode_stored",
@@ -50,6 +53,7 @@ __all__ = [
     "serialization_refusal",
     "shown_path",
     "stored_field_names",
+    "surrogate_key_refusal",
     "unreadable_nested_refusal",
     "unreadable_refusal",
 ]
@@ -61,6 +65,15 @@ DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
 # too: they only cost a validation.
 _NINETEEN_DIGITS = b"0" * 19
 _INT_DIGITS_LIMIT = 4300
+LOSSY_KEY = "\ufffd\ufffd\ufffd".encode()
+"""How Pydantic writes a lone surrogate in a dict key: its three UTF-8 bytes, each replaced by
+U+FFFD (in a value it fails instead). Where the JSON of a class that can hold such keys holds
+:data:`LOSSY_BYTE`, :func:`surrogate_key_refusal` looks further."""
+LOSSY_BYTE = LOSSY_KEY[-1:]
+"""The last byte of U+FFFD, rare in UTF-8 text: one byte, found with a memchr (about 0.1
+instructions a byte, 700 a call at 300 bytes, where a search for :data:`LOSSY_KEY` costs 1,500
+and ``bytes.isascii`` 0.9 a byte)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DEPTH_LIMIT = 200  # jiter's recursion limit, Pydantic's JSON parser's
 SHALLOW_UP_TO = 2 * _DEPTH_LIMIT
 """Bytes of JSON up to which a record cannot nest as deep as :func:`may_be_too_deep` asks."""
@@ -489,6 +502,57 @@ def noted_refusal(model: ExternalBaseModel) -> StorageValidationError | None:
     return StorageValidationError(
         f"{cls.__qualname__} cannot be stored: {problem}", class_name=_name(cls), field=field
     )
+
+
+def surrogate_key_refusal(model: ExternalBaseModel, data: bytes) -> StorageValidationError | None:
+    """The refusal for a model with a dict key holding a lone surrogate, which Pydantic writes
+    as :data:`LOSSY_KEY` (it would come back changed, or as one key with another), naming
+    where; ``None`` when there is none (its JSON ``data`` holds U+FFFD characters of the data's
+    own, or none)."""
+    from pydantic_toast._data_schema import noting, storage_serializer
+
+    if data.find(LOSSY_KEY) < 0:
+        return None
+    cls = type(model)
+    serializer = storage_serializer(cls)
+    try:  # Python mode keeps the keys as they are (and nested external models as references)
+        fields, _ = noting(
+            lambda: serializer.to_python(model, by_alias=False, round_trip=True, warnings=False)
+        )
+    except (ValueError, TypeError, pydantic_core.PydanticSerializationError):
+        return None  # JSON mode serialized it: nothing found to refuse
+    path = _surrogate_key(fields, [], field_names(cls.__pydantic_core_schema__))
+    if path is None:
+        return None
+    where = f"field {path[0]!r}" if path[0] in cls.model_fields else "an extra field"
+    return StorageValidationError(
+        f"{cls.__qualname__} cannot be stored: {where} holds a dict key with a lone surrogate "
+        f"character (from undecodable bytes) at {'.'.join(path)}, which Pydantic writes as "
+        "replacement characters (U+FFFD), so the key would come back changed, or merged with "
+        "another key; nothing was written. Clean such keys first (e.g. "
+        "key.encode('utf-8', 'backslashreplace').decode())",
+        class_name=_name(cls),
+        field=".".join(path),
+    )
+
+
+def _surrogate_key(value: Any, path: list[str], names: Container[str]) -> list[str] | None:
+    """The path to the first dict key in ``value`` holding a lone surrogate (a key not in
+    ``names``, the fields of ``value``'s models, is data: shown as ``<key>``), or ``None``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            shown = key if isinstance(key, str) and key in names else DICT_KEY
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return [*path, shown]
+            found = _surrogate_key(item, [*path, shown], names)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _surrogate_key(item, [*path, str(index)], names)
+            if found is not None:
+                return found
+    return None
 
 
 def unreadable_refusal(

@@ -541,6 +541,17 @@ class SaveBatch:
         ):
             self.refusal = self.refusal or _reserved_key_refusal(model)
             raise self.refusal
+        # A dict key with a lone surrogate, written changed (see _fidelity.LOSSY_KEY): a
+        # partition (a memchr; find parses its arguments, 1,100 instructions) where it can be.
+        if (fast is None or fast.keyed) and data.partition(_fidelity.LOSSY_BYTE)[1]:
+            token = _serializing.set(serialized)  # the check serializes its own fields
+            try:
+                lossy = _fidelity.surrogate_key_refusal(serialized, data)
+            finally:
+                _serializing.reset(token)
+            if lossy is not None:
+                self.refusal = self.refusal or lossy
+                raise self.refusal
         # An offset with seconds written rounded, an Any value changed:
         if note_pending() is not None and noted() is not None:
             token = _serializing.set(serialized)  # the check serializes its own fields

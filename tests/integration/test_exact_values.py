@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import re
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Annotated, Any, Literal
@@ -160,6 +160,43 @@ def test_lone_surrogates_are_refused_naming_the_field(storage_url: str) -> None:
     with pytest.raises(StorageValidationError) as nested:
         parent_cls(child=child_cls(name="\udfff")).model_dump()
     assert nested.value.field == "name"
+
+
+class Tagged(BaseModel):
+    tags: dict[str, int] = {}
+
+
+def test_dict_keys_with_lone_surrogates_are_refused_naming_where(storage_url: str) -> None:
+    """A dict key holding a lone surrogate, which Pydantic writes as U+FFFD characters (it came
+    back changed, and two keys could come back as one, a value lost), is refused before
+    anything is written, at any depth, naming where but not the key; keys of U+FFFD characters
+    of the data's own are stored as they are."""
+    cls: Any = model(
+        storage_url,
+        plain=dict[str, Any],
+        rows=list[dict[str, int]],
+        inner=Tagged,
+        counts=Counter[str],
+    )
+    empty = {"plain": {}, "rows": [], "inner": Tagged(), "counts": Counter()}
+    replaced = "\ufffd\ufffd\ufffd"  # how the surrogate was written
+    for values, field in (
+        ({"plain": {"\udfff": 1, "ok": 2}}, "plain.<key>"),
+        ({"plain": {"\udfff": "first", replaced: "second"}}, "plain.<key>"),
+        ({"rows": [{}, {"a\ud800b": 1}]}, "rows.1.<key>"),
+        ({"inner": Tagged(tags={"\udc80": 1})}, "inner.tags.<key>"),
+        ({"counts": Counter({"\udfff": 2})}, "counts.<key>"),
+    ):
+        bad = cls(**{**empty, **values})
+        with pytest.raises(StorageValidationError, match="lone surrogate") as info:
+            bad.model_dump()
+        assert info.value.field == field
+        assert "nothing was written" in str(info.value)
+        assert not re.search("[\ud800-\udfff\ufffd]", str(info.value))
+        assert_not_written(cls, bad)
+    fine = cls(**{**empty, "plain": {replaced: "kept", "ok": 2}, "rows": [{replaced: 1}]})
+    loaded = cls.model_validate(fine.model_dump())
+    assert (loaded.plain, loaded.rows) == ({replaced: "kept", "ok": 2}, [{replaced: 1}])
 
 
 def test_bytes_not_utf8_are_refused_naming_the_fix(storage_url: str) -> None:
