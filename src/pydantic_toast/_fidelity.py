@@ -50,6 +50,7 @@ __all__ = [
     "may_be_too_deep",
     "may_be_unreadable",
     "noted_refusal",
+    "refused_extra",
     "serialization_refusal",
     "shown_path",
     "stored_field_names",
@@ -230,21 +231,31 @@ def describe_errors(
         decoded = pydantic_core.from_json(data, allow_inf_nan=True)
     except ValueError:
         decoded = None
-    return describe_value_errors(exc, decoded, cls.__pydantic_core_schema__, data=data)
+    return describe_value_errors(exc, decoded, cls.__pydantic_core_schema__, data=data, record=True)
 
 
 def describe_value_errors(
-    exc: ValidationError, value: Any, schema: CoreSchema, *, data: bytes | str = b""
+    exc: ValidationError,
+    value: Any,
+    schema: CoreSchema,
+    *,
+    data: bytes | str = b"",
+    record: bool = False,
 ) -> tuple[str, str | None]:
     """:func:`describe_errors` of the stored ``value`` (decoded) validated with ``schema``.
 
     ``data``: the JSON text it was decoded from, which locates an integer too long to parse.
+    ``record``: ``value`` is a record's fields, whose top keys are field names: one that
+    ``extra='forbid'`` refuses is a field of an older version of the model, named.
     """
     names = field_names(schema)
     field: str | None = None
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:5]:
-        loc = shown_path(error["loc"], value, names)
+        if record and error["type"] == _EXTRA and len(error["loc"]) == 1:
+            loc = str(error["loc"][0])
+        else:
+            loc = shown_path(error["loc"], value, names)
         if not loc and error["type"] == "json_invalid":
             loc = locate(data, is_too_long, names) or ""
             if loc:
@@ -262,6 +273,13 @@ def describe_value_errors(
     return "; ".join(problems), field
 
 
+def refused_extra(exc: ValidationError) -> int:
+    """How many of ``exc``'s errors refuse a key the model does not have (``extra='forbid'``)."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return sum(error["type"] == _EXTRA for error in errors)
+
+
+_EXTRA = "extra_forbidden"
 DICT_KEY = "<key>"
 
 

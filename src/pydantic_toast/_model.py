@@ -809,6 +809,8 @@ class ExternalBaseModel(BaseModel):
                     )
         except ValidationError as exc:
             problems, field = describe_errors(exc, data, cls)
+            removed = _fidelity.refused_extra(exc)
+            others = exc.error_count() > removed
         else:
             if data is record.data:
                 identity = Identity(  # positional: a load makes one, keywords cost more
@@ -830,14 +832,27 @@ class ExternalBaseModel(BaseModel):
             _set_identity(instance, identity)
             return instance  # type: ignore[no-any-return]
         # Raised outside the except block: Pydantic's error holds the stored data as input.
-        fix = (
-            f"fix {cls.__qualname__}.migrate_stored_data() so that it returns the data as "
-            f"schema_version {settings.schema_version} has it"
-            if data is not record.data
-            else "If the model changed, bump schema_version and override migrate_stored_data() "
-            "to upgrade the old records, or make the field accept the stored value (a default "
-            "for a new field, a union or a mode='before' validator that converts the old type)"
-        )
+        if data is not record.data:
+            fix = (
+                f"fix {cls.__qualname__}.migrate_stored_data() so that it returns the data as "
+                f"schema_version {settings.schema_version} has it"
+            )
+        else:
+            fix = (
+                "If the model changed, bump schema_version and override migrate_stored_data() "
+                "to upgrade the old records, or make the field accept the stored value (a "
+                "default for a new field, a union or a mode='before' validator that converts "
+                "the old type)"
+            )
+            if removed:
+                fix = (
+                    "A field no longer in the model (or a model it holds) is still in the stored "
+                    "record, and "
+                    "extra='forbid' refuses it: bump schema_version and drop the field in "
+                    "migrate_stored_data() (data.pop(name, None)), or let the model accept it "
+                    "(extra='ignore' drops it as it loads, extra='allow' keeps it)"
+                    + (f". {fix}" if others else "")
+                )
         unreadable = StoredDataError(
             f"the stored {record.class_name} record {record.id} "
             f"(schema_version {record.schema_version}) does not validate as "

@@ -464,6 +464,67 @@ def test_stored_data_that_no_longer_validates_is_refused_without_the_data(memory
     assert "value:" in str(info.value)
 
 
+class Settings(BaseModel):
+    theme: str = "dark"
+    model_config = ConfigDict(extra="forbid")
+
+
+def test_a_field_removed_from_a_model_forbidding_extra_is_named_with_the_fix(
+    memory_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored field that a model with extra='forbid' no longer has is named in the
+    StoredDataError (a field of an older version of the model, not data: before, <key>), which
+    says to drop it in migrate_stored_data() or let the model accept it; a key refused inside
+    a field stays <key>, and the record loads once the field is dropped as the fix says."""
+
+    def release(version: int) -> type[ExternalBaseModel]:
+        if version == 0:
+
+            class Account(ExternalBaseModel):
+                owner: str
+                legacy_flag: bool = False
+                settings: dict[str, object] = {}
+                model_config = ExternalConfigDict(storage=memory_url)
+
+            return Account
+
+        class Account(ExternalBaseModel):  # type: ignore[no-redef]  # legacy_flag removed, strict
+            owner: str
+            settings: Settings = Settings()
+            model_config = ExternalConfigDict(
+                storage=memory_url, extra="forbid", schema_version=version
+            )
+
+            @classmethod
+            def migrate_stored_data(
+                cls, data: dict[str, object], from_version: int
+            ) -> dict[str, object]:
+                data.pop("legacy_flag", None)
+                data["settings"] = {}
+                return data
+
+        return Account
+
+    old = release(0)
+    reference = old(owner="ada", settings={"theme": "x"}).model_dump()
+    nested = old(owner="bob", settings={"theme": "x", "alice@secret": 1}).model_dump()
+    with caplog.at_level(logging.DEBUG, logger="pydantic_toast"):
+        with pytest.raises(StoredDataError) as info:
+            release(1).model_validate(reference)
+        with pytest.raises(StoredDataError, match=r"settings\.<key>: Extra inputs") as inside:
+            release(1).model_validate(nested)
+    message = str(info.value)
+    assert info.value.field == "legacy_flag"
+    assert "legacy_flag: Extra inputs are not permitted (extra_forbidden)" in message
+    assert "drop the field in migrate_stored_data()" in message
+    assert "extra='ignore'" in message
+    assert "legacy_flag: Extra inputs" in str(inside.value)
+    assert "alice@secret" not in str(inside.value)
+    assert "alice@secret" not in caplog.text
+    assert release(2).model_validate(reference).owner == "ada"  # type: ignore[attr-defined]
+    assert release(2).model_validate(nested).owner == "bob"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("kind", ["ValueError", "assert", "PydanticCustomError"])
 def test_a_validators_message_quoting_stored_data_stays_out_of_errors_and_logs(
     memory_url: str, kind: str, caplog: pytest.LogCaptureFixture
