@@ -246,13 +246,15 @@ def describe_value_errors(
 
     ``data``: the JSON text it was decoded from, which locates an integer too long to parse.
     ``record``: ``value`` is a record's fields, whose top keys are field names: one that
-    ``extra='forbid'`` refuses is a field of an older version of the model, named.
+    ``extra='forbid'`` refuses is a field of an older version of the model, named when it is
+    spelt as one (an identifier of at most 64 characters; a key a model with ``extra='allow'``
+    once took from its users may be their data, and stays ``<key>``).
     """
     names = field_names(schema)
     field: str | None = None
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:5]:
-        if record and error["type"] == _EXTRA and len(error["loc"]) == 1:
+        if record and error["type"] == _EXTRA and _field_like(error["loc"]):
             loc = str(error["loc"][0])
         else:
             loc = shown_path(error["loc"], value, names)
@@ -271,6 +273,11 @@ def describe_value_errors(
             message = f"{error['msg']} ({kind})"
         problems.append(f"{loc or '<root>'}: {message}")
     return "; ".join(problems), field
+
+
+def _field_like(loc: tuple[int | str, ...]) -> bool:
+    """Whether the error location ``loc`` is one top key spelt as a field name."""
+    return len(loc) == 1 and isinstance(loc[0], str) and len(loc[0]) <= 64 and loc[0].isidentifier()
 
 
 def refused_extra(exc: ValidationError) -> int:

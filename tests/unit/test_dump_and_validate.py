@@ -12,7 +12,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
 import pytest
@@ -733,3 +733,21 @@ def test_a_plain_values_storage_errors_come_as_they_are_through_pydantic_toast_d
         with pytest.raises(ConcurrencyError):
             pydantic_toast.dump(Envelope(ticket=stale), mode=mode)
     assert Ticket.model_validate(reference).seats == 2
+
+
+def test_a_top_key_not_spelt_as_a_field_stays_hidden_under_extra_forbid(memory_url: str) -> None:
+    """A record's top key that is no field name (one a model with extra='allow' took from its
+    users, say an e-mail address) is not named by the StoredDataError of a model that now
+    forbids extras: it may be the user's data."""
+
+    def release(extra: Literal["allow", "forbid"]) -> type[ExternalBaseModel]:
+        class Guestbook(ExternalBaseModel):
+            model_config = ExternalConfigDict(storage=memory_url, extra=extra)
+            title: str
+
+        return Guestbook
+
+    reference = release("allow")(title="t", **{"alice@example.com": "hello"}).model_dump()
+    with pytest.raises(StoredDataError, match=r"<key>: Extra inputs") as info:
+        release("forbid").model_validate(reference)
+    assert "alice@example.com" not in str(info.value)
