@@ -29,7 +29,7 @@ from pydantic_toast import (
 from pydantic_toast._records import StoredRecord
 from pydantic_toast._url import StorageURL
 from pydantic_toast.backends.base import batch_spans
-from pydantic_toast.backends.postgresql import _CHUNK_BYTES
+from pydantic_toast.backends.postgresql import _CHUNK_BYTES, _RUN_BYTES, _runs
 from pydantic_toast.backends.postgresql_staging import STAGE_ABOVE
 from pydantic_toast.runtime.storage import current_storage
 from pydantic_toast.testing import isolated_storage
@@ -222,6 +222,71 @@ def test_postgresql_batch_chunks_are_bounded_by_records_and_bytes() -> None:
     assert shape(1000, _CHUNK_BYTES + 1, 10, 10) == [1, 2]
     assert shape(1000, third, STAGE_ABOVE + 1, third, third, third) == [4, 1]
     assert shape(5) == []
+
+
+def test_postgresql_runs_of_chunks_sent_together_are_bounded() -> None:
+    """Consecutive chunks written by one statement are sent as one pipeline, up to batch_size
+    records and _RUN_BYTES of JSON a run; a chunk holding a staged record goes alone, and
+    another statement starts another run."""
+
+    def shape(size: int, *records: tuple[int, int | None]) -> list[list[int]]:
+        now = datetime.now(UTC)
+        made = [
+            StoredRecord("C", uuid4(), b"x" * n, 1, now, now, revision=revision)
+            for n, revision in records
+        ]
+        spans = batch_spans(made, size, most_bytes=_CHUNK_BYTES, carried_up_to=STAGE_ABOVE)
+        runs = _runs(made, spans, size)
+        assert [span for _, run in runs for span in run] == spans
+        return [[end - start for start, end in run] for _, run in runs]
+
+    half = _CHUNK_BYTES // 2
+    new = (half, 0)  # two new records fill a chunk
+    assert shape(1000, *[new] * 8) == [[2, 2, 2, 2]]
+    assert shape(5, *[new] * 8) == [[2, 2], [2, 2]]  # 5 records a run at most
+    many = _RUN_BYTES // half + 4
+    assert shape(1000, *[new] * many) == [[2] * (_RUN_BYTES // _CHUNK_BYTES), [2, 2]]
+    assert shape(1000, new, new, (half, None), (half, None), new, new) == [[2], [2], [2]]
+    staged = (STAGE_ABOVE + 1, 0)  # weighs nothing: its chunk holds two more, and goes alone
+    assert shape(1000, new, new, staged, new, new, new) == [[3], [2, 1]]
+    assert shape(3, *[(10, 0)] * 7) == [[3], [3], [1]]  # small records: a chunk a run
+    assert shape(5) == []
+
+
+@pytest.mark.postgresql
+def test_postgresql_a_batch_of_large_records_waits_for_the_server_once(
+    postgres_database_url: str,
+) -> None:
+    """30 records of 100 KB are 15 statements of two (see _CHUNK_BYTES), sent together: the
+    save waits for the server's replies once (its transaction's BEGIN and COMMIT aside), not
+    once per statement, and the records round-trip."""
+    url = f"{postgres_database_url}?pool_size=1"
+    doc = type(
+        "Doc",
+        (ExternalBaseModel,),
+        {
+            "__annotations__": {"n": int, "body": str},
+            "model_config": ExternalConfigDict(storage=url, external_name=f"Doc{uuid4().hex[:8]}"),
+        },
+    )
+    body = "lorem ipsum " * 8_500
+
+    async def save() -> tuple[int, list[Any]]:
+        await pydantic_toast.adump([doc(n=-1, body=body), doc(n=-2, body=body)])  # prepared
+        backend = (await current_storage().connected(doc._toast_settings().url())).backend
+        async with backend.engine.connect() as connection:  # type: ignore[attr-defined]
+            protocol = (await connection.get_raw_connection()).driver_connection._protocol
+        before = protocol.queries_count
+        references = await pydantic_toast.adump([doc(n=i, body=body) for i in range(30)])
+        waits = protocol.queries_count - before
+        loaded = await pydantic_toast.avalidate(list[doc], references)
+        await pydantic_toast.aclose_storage()
+        return waits, loaded
+
+    waits, loaded = asyncio.run(save())
+    assert waits <= 3  # BEGIN, the statements, COMMIT (one per statement before: 17)
+    assert [m.n for m in loaded] == list(range(30))
+    assert all(m.body == body for m in loaded)
 
 
 @pytest.mark.redis
