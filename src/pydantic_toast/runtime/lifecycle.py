@@ -12,7 +12,7 @@ async def aclose_storage() -> None:
 
     They are also closed when the loop ends (``asyncio.run``, ``asyncio.Runner``, uvicorn), so
     call this to release them earlier, for example in a FastAPI lifespan. Operations other
-    tasks have under way end first (up to 30 s); the next operation reconnects. Acts on the
+    tasks have under way end first (up to 5 s); the next operation reconnects. Acts on the
     current :class:`~pydantic_toast.Storage`.
     """
     await current_storage().aclose()
@@ -22,7 +22,7 @@ def close_storage() -> None:
     """Close the connections that the sync API (``model_dump``, ``model_validate``) opened.
 
     They are also closed at interpreter exit. Operations other threads have under way end
-    first (up to 30 s); the next operation reconnects. Acts on the current
+    first (up to 5 s); the next operation reconnects. Acts on the current
     :class:`~pydantic_toast.Storage`.
     """
     current_storage().close()

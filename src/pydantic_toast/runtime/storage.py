@@ -177,8 +177,12 @@ class Storage:
         """
         from pydantic_toast.runtime.transaction import finish_after_commit
 
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise _not_on_asyncio() from None
         await finish_after_commit(_AFTER_COMMIT_WAIT)
-        entry = self._loops.pop(asyncio.get_running_loop(), None)
+        entry = self._loops.pop(loop, None)
         if entry is not None:
             # Closing the generator runs its cleanup now: left to the collector, it would
             # leave a task behind on the loop.
@@ -367,17 +371,20 @@ class _LoopBackends:
 
     async def close(self) -> None:
         connected, self.ready = list(self.ready.values()), {}
-        # Connections being opened are awaited, not cancelled: operations are waiting for
-        # them (cancelled, they raised CancelledError). Those operations resume before this
-        # one does (they waited first), and are then under way on the new backend.
         opening, self.opening = list(self.opening.values()), {}
-        for opened in await asyncio.gather(*opening, return_exceptions=True):
-            if isinstance(opened, Connected) and opened not in connected:
-                connected.append(opened)
+        if opening:
+            # Operations wait for these connections: they get a moment to open (cancelled at
+            # once, the operations raised CancelledError), then are cancelled (a connect that
+            # never answers must not hold the close, or the process's exit).
+            done, pending = await asyncio.wait(opening, timeout=_OPENING_WAIT)
+            for task in pending:
+                task.cancel()
+            opened = [t.result() for t in done if not t.cancelled() and t.exception() is None]
+            connected += [each for each in opened if each not in connected]
+        # Operations under way end first (they hold their backend already), all within one
+        # wait; new ones reconnect, as the entry no longer holds any.
+        await asyncio.gather(*(backend.drained(_DRAIN_WAIT) for backend in connected))
         for backend in connected:
-            # Operations under way end first (they hold the backend already); new ones
-            # reconnect, as the entry no longer holds it.
-            await backend.drained(_DRAIN_WAIT)
             await backend.disconnect()
 
     async def _close_at_loop_shutdown(self, storage: weakref.ref[Storage]) -> AsyncGenerator[None]:
@@ -477,8 +484,11 @@ def _forget_after_fork() -> None:
 
 _AFTER_COMMIT_WAIT = 30.0
 """Seconds :meth:`Storage.aclose` waits for work waiting for a transaction's commit."""
-_DRAIN_WAIT = 30.0
-"""Seconds a close waits for the operations under way on a connection before closing it."""
+_DRAIN_WAIT = 5.0
+"""Seconds a close waits for the operations under way before closing their connections (less
+than the library loops' 10 s for a close, which would cut it and leave them open)."""
+_OPENING_WAIT = 1.0
+"""Seconds a close waits for a connection being opened, which operations are waiting for."""
 
 
 @atexit.register
