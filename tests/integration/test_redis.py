@@ -1178,16 +1178,44 @@ async def test_a_batch_of_first_saves_keeps_only_its_transactions_replies(
     try:
         batch = [_stored(b'{"n":%d}' % i, 0) for i in range(5)]
         pipeline = redis_module._resp.pipeline
-        held: list[Any] = []
+        held: list[list[Any]] = []
 
         async def watched(*args: Any, **kwargs: Any) -> Any:
             replies = await pipeline(*args, **kwargs)
-            held.extend(replies)
+            held.append(replies)
             return replies
 
         monkeypatch.setattr(redis_module._resp, "pipeline", watched)
         assert await chunked.save_records(batch) == [1] * 5
-        assert [type(reply) for reply in held] == [list] * 3  # chunks of 2, 2 and 1
+        checks, transactions = held
+        assert checks == [0] * 4  # EXISTS of each chunk, then of the class's expiry set
+        assert [type(reply) for reply in transactions] == [list] * 3  # chunks of 2, 2 and 1
+    finally:
+        await chunked.disconnect()
+
+
+async def test_a_batch_of_first_saves_packs_its_existence_checks_chunk_by_chunk(
+    keys: Keys,
+) -> None:
+    """The check that no record of a batch of new records exists packs each chunk's EXISTS
+    as it is sent: the save allocates far less than a copy of every key on top of the keys
+    themselves (which it keeps for the transactions)."""
+    chunked = RedisBackend(f"{keys.url}&batch_size=100")
+    await chunked.connect()
+    try:
+        count = 10_000
+        batch = [_stored(b'{"n":1}', 0) for _ in range(count)]
+        assert await chunked.save_records(batch[:2]) == [1, 1]  # connected outside the measure
+        gc.collect()
+        tracemalloc.start()
+        try:
+            revisions = await chunked.save_records(batch[2:])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert revisions == [1] * (count - 2)
+        key = len(keys.of("Flushed", batch[0].id)) + 33  # one key as a bytes object
+        assert peak < (key + 100) * count  # all packed at once: 2 more copies of each key
     finally:
         await chunked.disconnect()
 
@@ -1204,9 +1232,12 @@ async def test_a_batch_of_first_saves_raced_by_another_writer_keeps_the_rest_kno
         batch = [_stored(b'{"n":%d}' % i, 0) for i in range(5)]
         rival = _stored(b'{"rival":1}', 0, id=batch[3].id)
         pipeline = redis_module._resp.pipeline
+        calls: list[object] = []
 
         async def raced(*args: Any, **kwargs: Any) -> Any:
-            assert await backend.save_records([rival]) == [1]
+            calls.append(args)
+            if len(calls) == 2:  # the transactions (the first call checks that none exists)
+                assert await backend.save_records([rival]) == [1]
             return await pipeline(*args, **kwargs)
 
         monkeypatch.setattr(redis_module._resp, "pipeline", raced)
@@ -1273,8 +1304,13 @@ async def test_a_batch_cancelled_after_its_first_chunks_says_so_when_saved_again
     session = model_on(f"{keys.url}&batch_size=10")
     models = [session(user=f"u{i}") for i in range(count)]
     pipeline = redis_module._resp.pipeline
+    calls: list[object] = []
 
     async def cancelled_after_two_chunks(pool: Any, blocks: Any, **options: Any) -> Any:
+        calls.append(blocks)
+        if len(calls) == 1:  # the check that no record exists: the transactions come next
+            return await pipeline(pool, blocks, **options)
+
         def two_then_cancel() -> Iterator[Any]:
             for number, block in enumerate(blocks):
                 if number == 2:  # two chunks written, as a cancellation between writes leaves

@@ -847,14 +847,15 @@ class RedisBackend(RecordBackend):
 
     async def _any_exist(self, keys: list[list[bytes]], classes: dict[str, _ClassKeys]) -> bool:
         """Whether a record of ``keys`` (one list per chunk) exists or a class of ``classes``
-        has an expiry set (one round trip; its commands, a copy of every key, are dropped
-        before the writes)."""
-        checks = [command(b"EXISTS", *chunk) for chunk in keys]
-        checks += [named.exists_expiry for named in classes.values()]
+        has an expiry set (one round trip for a chunk, pipelined for more).
+
+        Each chunk's command, a copy of its keys, is packed as it is sent: packed all at once,
+        the commands and the socket's buffer of them held 0.4x the JSON of a batch of
+        10-field records at the save's peak."""
+        expiry = [named.exists_expiry for named in classes.values()]
+        blocks = _existence_checks(keys, expiry)
         pool = self._connected().connection_pool
-        found = await self._call(
-            lambda: _resp.run(pool, checks[-1], before=checks[:-1], replies_before=len(checks) - 1)
-        )
+        found = await self._call(lambda: _resp.pipeline(pool, blocks, window=_INSERT_WINDOW))
         for reply in found:
             if isinstance(reply, Exception):
                 raise reply
@@ -1508,6 +1509,19 @@ def _set_new(key: bytes, record: StoredRecord) -> tuple[bytes, bytes, bytes]:
         data,
         b"}\r\n$2\r\nNX\r\n",
     )
+
+
+def _existence_checks(
+    keys: list[list[bytes]], expiry: list[bytes]
+) -> Iterator[tuple[list[bytes], int]]:
+    """The blocks of :meth:`RedisBackend._any_exist`: an ``EXISTS`` of each chunk's ``keys``,
+    packed when taken, the ``expiry`` checks (packed commands) sent with the last one."""
+    last = len(keys) - 1
+    for index, chunk in enumerate(keys):
+        checks = [command(b"EXISTS", *chunk)]
+        if index == last:
+            checks += expiry
+        yield checks, len(checks)
 
 
 def _insertions(
