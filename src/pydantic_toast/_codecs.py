@@ -362,7 +362,7 @@ def _decrypt(
             f"the stored {name} record {id} is encrypted with key id {key_id!r:.70}, but the "
             "model reading it has no encryption keys, so it is left untouched: set "
             "encryption=EncryptionKeys(...) in its ExternalConfigDict with that key; to turn "
-            "encryption off, give it that key with current=None and run "
+            "encryption off, give it that key in EncryptionKeys.decrypt_only({...}) and run "
             "pydantic_toast.reencrypt, which rewrites the records unencrypted",
             class_name=name,
             id=id,

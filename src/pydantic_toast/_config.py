@@ -60,8 +60,8 @@ class ExternalConfigDict(ConfigDict, total=False):
         encryption: ``EncryptionKeys({key id: key}, current=...)``: every record is stored
             encrypted with AES-GCM (after compression), its key id recorded; records written
             before, plain or under older ids still held, keep loading (see the Compression
-            page). ``current=None``: the keys only decrypt, records are written unencrypted
-            (the way to turn encryption off). Default ``None``.
+            page). ``EncryptionKeys.decrypt_only(...)``: the keys only decrypt, records are
+            written unencrypted (the way to turn encryption off). Default ``None``.
     """
 
     storage: str

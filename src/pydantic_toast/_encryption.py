@@ -8,7 +8,7 @@ flag day: new writes use ``current``, records written under older ids keep loadi
 keys stay in the mapping, and :func:`pydantic_toast.reencrypt` rewrites them under the current
 key before an old one is dropped.
 
-Turning encryption off runs the same way: ``EncryptionKeys({...}, current=None)`` holds keys
+Turning encryption off runs the same way: ``EncryptionKeys.decrypt_only({...})`` holds keys
 that only decrypt, so the model reads the records encrypted under them and writes every record
 unencrypted; :func:`pydantic_toast.reencrypt` then rewrites the stored ones unencrypted, after
 which ``encryption`` can go.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 from pydantic_toast._exceptions import EncryptionKeyError, StorageConfigurationError
@@ -45,8 +45,8 @@ _KEY_SIZES: Final = (16, 24, 32)
 class EncryptionKeys:
     """AES-GCM keys by id: new records are encrypted with ``current``, loads use any of them.
 
-    With ``current=None`` the keys only decrypt: records encrypted under them keep loading and
-    every write stores its record unencrypted (the way to turn encryption off, see
+    :meth:`decrypt_only` makes keys that only decrypt: records encrypted under them keep
+    loading and every write stores its record unencrypted (the way to turn encryption off, see
     :func:`pydantic_toast.reencrypt`).
 
     Args:
@@ -54,8 +54,8 @@ class EncryptionKeys:
             for example ``os.urandom(32)`` kept in a secret store. Ids are 1 to 64 letters,
             digits, ``.``, ``_`` or ``-`` and are stored in every record, so never reuse an
             id for another key.
-        current: The id of the key new writes use, or ``None`` to write records
-            unencrypted while the keys still read those encrypted before.
+        current: The id of the key new writes use (``current`` is ``None`` on keys made by
+            :meth:`decrypt_only`).
 
     Raises:
         StorageConfigurationError: An id or key is malformed, ``current`` is not one of the
@@ -63,40 +63,36 @@ class EncryptionKeys:
 
     Examples:
         ``EncryptionKeys({"2026-06": old_key, "2026-12": new_key}, current="2026-12")``
-        (a rotation), ``EncryptionKeys({"2026-12": key}, current=None)`` (turning it off).
+        (a rotation), ``EncryptionKeys.decrypt_only({"2026-12": key})`` (turning it off).
     """
 
     __slots__ = ("_ciphers", "current")
 
-    def __init__(self, keys: Mapping[str, bytes], *, current: str | None) -> None:
-        aesgcm = _aesgcm()
-        if not isinstance(keys, Mapping) or not keys:
+    def __init__(self, keys: Mapping[str, bytes], *, current: str) -> None:
+        ciphers = _ciphers(keys)
+        if not isinstance(current, str) or current not in ciphers:
+            # None too: an unset environment variable must not turn encryption off.
             raise StorageConfigurationError(
-                "EncryptionKeys needs a non-empty mapping of key id to key bytes"
-            )
-        ciphers = {}
-        for key_id, key in keys.items():
-            if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
-                raise StorageConfigurationError(
-                    f"EncryptionKeys: key id {key_id!r:.70} must be 1 to 64 letters, digits, "
-                    "'.', '_' or '-', starting with a letter or digit"
-                )
-            if not isinstance(key, bytes) or len(key) not in _KEY_SIZES:
-                size = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
-                raise StorageConfigurationError(
-                    f"EncryptionKeys: the key {key_id!r} must be 32 bytes (AES-256; 16 or 24 "
-                    f"for AES-128 or AES-192), got {size}: use os.urandom(32), or decode a "
-                    "key kept as text (base64.b64decode)"
-                )
-            ciphers[key_id] = aesgcm.AESGCM(key)
-        if current is not None and current not in ciphers:
-            raise StorageConfigurationError(
-                f"EncryptionKeys: current={current!r:.70} is not one of the key ids "
-                f"({', '.join(sorted(ciphers))}): name one of them, or pass current=None for "
-                "keys that only decrypt (records are then written unencrypted)"
+                f"EncryptionKeys: current={_shown(current)} is not one of the key ids "
+                f"({', '.join(sorted(ciphers))}): name one of them; for keys that only decrypt "
+                "(records then written unencrypted), use EncryptionKeys.decrypt_only({...})"
             )
         self._ciphers = ciphers
         self.current: str | None = current
+
+    @classmethod
+    def decrypt_only(cls, keys: Mapping[str, bytes]) -> EncryptionKeys:
+        """Keys that only decrypt: records encrypted under them keep loading, and every write
+        stores its record unencrypted (the way to turn encryption off, see
+        :func:`pydantic_toast.reencrypt`).
+
+        Raises:
+            StorageConfigurationError: As the constructor, for the keys.
+        """
+        made = cls.__new__(cls)
+        made._ciphers = _ciphers(keys)
+        made.current = None
+        return made
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -110,12 +106,13 @@ class EncryptionKeys:
         """``data`` encrypted with the current key: ``(key id, nonce + ciphertext + tag)``.
 
         Raises:
-            StorageConfigurationError: These keys only decrypt (``current=None``).
+            StorageConfigurationError: These keys only decrypt (made by ``decrypt_only``).
         """
         current = self.current
         if current is None:
             raise StorageConfigurationError(
-                f"{self!r} only decrypts (current=None): name a current key to encrypt with"
+                f"{self!r} only decrypts (EncryptionKeys.decrypt_only): name a current key "
+                "to encrypt with"
             )
         nonce = os.urandom(_NONCE)
         return current, nonce + self._ciphers[current].encrypt(nonce, data, associated)
@@ -155,6 +152,38 @@ class EncryptionKeys:
                 key_id=key_id,
             )
         return data
+
+
+def _ciphers(keys: Mapping[str, bytes]) -> dict[str, Any]:
+    """An AES-GCM cipher per key id of ``keys``, checked (messages never show a key)."""
+    aesgcm = _aesgcm()
+    if not isinstance(keys, Mapping) or not keys:
+        raise StorageConfigurationError(
+            "EncryptionKeys needs a non-empty mapping of key id to key bytes"
+        )
+    ciphers = {}
+    for key_id, key in keys.items():
+        if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+            raise StorageConfigurationError(
+                f"EncryptionKeys: key id {_shown(key_id)} must be 1 to 64 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (the mapping is key id to "
+                "key bytes)"
+            )
+        if not isinstance(key, bytes) or len(key) not in _KEY_SIZES:
+            size = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
+            raise StorageConfigurationError(
+                f"EncryptionKeys: the key {key_id!r} must be 32 bytes (AES-256; 16 or 24 "
+                f"for AES-128 or AES-192), got {size}: use os.urandom(32), or decode a "
+                "key kept as text (base64.b64decode)"
+            )
+        ciphers[key_id] = aesgcm.AESGCM(key)
+    return ciphers
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: a text as itself (shortened), anything else by its type only
+    (bytes given where an id goes may be a key)."""
+    return f"{value!r:.70}" if isinstance(value, str) or value is None else type(value).__name__
 
 
 def associated_data(class_name: str, id: UUID) -> bytes:

@@ -4,7 +4,7 @@ After a key rotation (a new ``current`` in the model's ``EncryptionKeys``), reco
 under older key ids keep loading as long as those keys stay in the mapping. :func:`reencrypt`
 rewrites them under the current key so that the old keys can then be dropped. It also encrypts
 records written before the model encrypted at all. With keys that only decrypt
-(``EncryptionKeys({...}, current=None)``) it decrypts: every encrypted record is rewritten
+(``EncryptionKeys.decrypt_only({...})``) it decrypts: every encrypted record is rewritten
 unencrypted, after which the model can drop ``encryption`` (a model without ``encryption``
 cannot read encrypted records, so it cannot decrypt them). Each record is decoded and encoded
 again with the model's current settings (compression included); its fields are not parsed.
@@ -77,13 +77,13 @@ async def areencrypt(
 ) -> ReencryptReport:
     """Rewrite the records of ``model`` not encrypted with its current key (see the module).
 
-    To turn encryption off, give the model ``EncryptionKeys({...}, current=None)`` holding
+    To turn encryption off, give the model ``EncryptionKeys.decrypt_only({...})`` holding
     the keys its records were written with, run this until it rewrites 0 records, then drop
     ``encryption``.
 
     Args:
         model: The class whose records are rewritten; its ``encryption`` must hold every key
-            id its records were written with (``current=None``: they are decrypted).
+            id its records were written with (``None`` for decrypt-only keys: they are decrypted).
         batch_size: Records per page and per write (1 to 1000).
         after: A ``next_after`` of an earlier report: resume there.
         progress: Called with the report so far after each page.

@@ -347,7 +347,7 @@ def test_the_reencrypt_command_rotates_resumes_and_reports_errors(
 
 
 def test_keys_that_only_decrypt_turn_encryption_off(storage_url: str) -> None:
-    """``EncryptionKeys({...}, current=None)`` reads records encrypted under its ids and
+    """``EncryptionKeys.decrypt_only({...})`` reads records encrypted under its ids and
     writes unencrypted; reencrypt rewrites every encrypted record unencrypted (a second run
     rewrites 0), after which a model with ``encryption=None`` reads them all."""
     sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
@@ -358,7 +358,7 @@ def test_keys_that_only_decrypt_turn_encryption_off(storage_url: str) -> None:
     before = stored(storage_url, r_k1["class_name"], r_k1["id"])
     assert codecs_of(before) == (["aes-gcm"], "k1")
 
-    opening = note_model(storage_url, encryption=EncryptionKeys({"k1": K1, "k2": K2}, current=None))
+    opening = note_model(storage_url, encryption=EncryptionKeys.decrypt_only({"k1": K1, "k2": K2}))
     assert opening.model_validate(r_k1).body == SECRET  # type: ignore[attr-defined]
     r_new = opening(title="new", body=SECRET).model_dump()
     assert json.loads(stored(storage_url, r_new["class_name"], r_new["id"]).data) == {
@@ -388,7 +388,7 @@ def test_compressed_records_stay_compressed_when_decrypted(memory_url: str) -> N
     )
     reference = sealed(title="big", body=BIG).model_dump()
     opening = note_model(
-        memory_url, compression="zstd", encryption=EncryptionKeys({"k1": K1}, current=None)
+        memory_url, compression="zstd", encryption=EncryptionKeys.decrypt_only({"k1": K1})
     )
     assert pydantic_toast.reencrypt(opening).rewritten == 1
     assert codecs_of(stored(memory_url, reference["class_name"], reference["id"])) == (
@@ -401,15 +401,15 @@ def test_compressed_records_stay_compressed_when_decrypted(memory_url: str) -> N
 
 def test_reencrypt_without_keys_names_the_way_to_decrypt(storage_url: str) -> None:
     """A model with ``encryption=None`` cannot decrypt: reencrypt stops with an error that
-    names ``current=None`` as the fix, shows no key or data, and leaves the records as they
-    were."""
+    names ``EncryptionKeys.decrypt_only`` as the fix, shows no key or data, and leaves the
+    records as they were."""
     sealed = note_model(storage_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
     reference = sealed(title=SECRET).model_dump()
     before = stored(storage_url, reference["class_name"], reference["id"])
     with pytest.raises(EncryptionKeyError, match="has no encryption keys") as caught:
         pydantic_toast.reencrypt(note_model(storage_url))
     message = str(caught.value)
-    assert "current=None" in message
+    assert "EncryptionKeys.decrypt_only" in message
     assert "pydantic_toast.reencrypt" in message
     assert SECRET not in message
     assert K1.hex() not in message
@@ -417,17 +417,26 @@ def test_reencrypt_without_keys_names_the_way_to_decrypt(storage_url: str) -> No
 
 
 def test_keys_that_only_decrypt_are_checked_and_cannot_encrypt() -> None:
-    """``current=None`` is accepted and shown in the repr; encrypting with such keys is
-    refused; a ``current`` that is no key id names ``current=None`` as the other choice."""
+    """``EncryptionKeys.decrypt_only`` keys show ``current=None`` in the repr and refuse to
+    encrypt. ``current=None`` itself is refused (an unset environment variable,
+    ``os.environ.get("KEY_ID")``, must not turn encryption off), as is a ``current`` that is no
+    key id, both naming ``decrypt_only`` as the other choice; bytes given where an id goes (a
+    key, maybe) are never shown."""
     from pydantic_toast import StorageConfigurationError
 
-    keys = EncryptionKeys({"k1": K1}, current=None)
+    keys = EncryptionKeys.decrypt_only({"k1": K1})
     assert repr(keys) == "EncryptionKeys(ids=['k1'], current=None)"
     with pytest.raises(StorageConfigurationError, match="only decrypts") as caught:
         keys.encrypt(b"data", b"associated")
     assert K1.hex() not in str(caught.value)
-    with pytest.raises(StorageConfigurationError, match="current=None"):
-        EncryptionKeys({"k1": K1}, current="k2")
+    for current in ("k2", None):
+        with pytest.raises(StorageConfigurationError, match="decrypt_only"):
+            EncryptionKeys({"k1": K1}, current=current)  # type: ignore[arg-type]
+    for wrong in ({"k1": K1, "current": K1}, {K1: "k1"}):
+        with pytest.raises(StorageConfigurationError) as shown:
+            EncryptionKeys(wrong, current=K1)  # type: ignore[arg-type]
+        assert K1.hex() not in str(shown.value)
+        assert repr(K1)[:12] not in str(shown.value)
 
 
 @pytest.fixture(
@@ -448,7 +457,7 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_reencrypt_command_turns_encryption_off(sql_url: str, tmp_path: Path) -> None:
-    """``pydantic-toast reencrypt`` with a module whose keys have ``current=None`` rewrites
+    """``pydantic-toast reencrypt`` with a module whose keys only decrypt rewrites
     every record unencrypted and a second run rewrites 0; with ``encryption=None`` it exits 1
     with one line naming the fix and no key; afterwards a model without encryption reads them."""
     name = f"Memo{uuid4().hex[:8]}"
@@ -465,9 +474,13 @@ def test_the_reencrypt_command_turns_encryption_off(sql_url: str, tmp_path: Path
                 model_config = ExternalConfigDict(
                     storage="{sql_url}",
                     external_name="{name}",
-                    encryption=EncryptionKeys(
-                        {{k: bytes.fromhex(v) for k, v in KEYS.items()}},
-                        current=os.environ["VAULT_CURRENT"] or None,
+                    encryption=(
+                        EncryptionKeys(
+                            {{k: bytes.fromhex(v) for k, v in KEYS.items()}},
+                            current=os.environ["VAULT_CURRENT"],
+                        ) if os.environ["VAULT_CURRENT"] else EncryptionKeys.decrypt_only(
+                            {{k: bytes.fromhex(v) for k, v in KEYS.items()}}
+                        )
                     ) if KEYS else None,
                 )
             """
@@ -515,7 +528,7 @@ def test_the_reencrypt_command_turns_encryption_off(sql_url: str, tmp_path: Path
     error = keyless.stderr.strip().splitlines()
     assert len(error) == 1, keyless.stderr
     assert "has no encryption keys" in error[0]
-    assert "current=None" in error[0]
+    assert "EncryptionKeys.decrypt_only" in error[0]
     assert secret not in keyless.stdout + keyless.stderr
     assert all(b"memo" not in data for data in stored_data())
 
@@ -545,7 +558,7 @@ def test_offloaded_payloads_are_decrypted(storage_url: str, s3_url: str) -> None
     big = "out of line and secret. " * 20_000
     sealed = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current="k1"))
     reference = sealed(title="t", body=big).model_dump()
-    opening = report_model(storage_url, s3_url, encryption=EncryptionKeys({"k1": K1}, current=None))
+    opening = report_model(storage_url, s3_url, encryption=EncryptionKeys.decrypt_only({"k1": K1}))
     assert pydantic_toast.reencrypt(opening).rewritten == 1
     pointer = json.loads(stored(storage_url, reference["class_name"], reference["id"]).data)
     target = pointer["$toast"]["offloaded"]

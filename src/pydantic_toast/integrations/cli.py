@@ -229,11 +229,12 @@ def _parser() -> argparse.ArgumentParser:
         "reencrypt",
         parents=[common],
         help="rewrite a class's records under its current encryption key (after a rotation), "
-        "or unencrypted when its keys have current=None (to turn encryption off)",
+        "or unencrypted when its keys are EncryptionKeys.decrypt_only(...) (to turn encryption "
+        "off)",
         description="Import the --module(s) that define your models, then read the records of "
         "--class page by page and rewrite those not encrypted with the current key of the "
         "model's encryption (its keys come from the module, never from the command line; "
-        "EncryptionKeys(..., current=None) decrypts them: rewritten unencrypted), "
+        "EncryptionKeys.decrypt_only(...) decrypts them: rewritten unencrypted), "
         "each page one write that checks revisions: a record changed meanwhile is skipped and "
         "counted. Offloaded payloads are downloaded only when they need rewriting. Progress "
         "and a resume cursor on stderr after each page; safe to interrupt and resume with "
