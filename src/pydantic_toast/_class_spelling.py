@@ -19,31 +19,35 @@ __all__ = ["qualified_spelling"]
 _UNIONS = (typing.Union, types.UnionType)
 
 
-def qualified_spelling(kind: object) -> str:
+def qualified_spelling(kind: object, home: str = "") -> str:
     """``kind`` spelled with the module of every class in it.
 
     Spellings that Pydantic's names treat as one stay one: ``Optional[int]`` and
     ``int | None`` are both ``Union[int, NoneType]``; ``List[int]`` and ``list[int]`` are both
     ``list[int]`` (Pydantic names them apart). A value inside the
     arguments (``Annotated`` metadata) counts by its class, as in Pydantic's name; a
-    ``Literal`` value by its repr (an enum member's with its class's module).
+    ``Literal`` value by its repr (an enum member's with its class's module). A forward
+    reference (``Box['Item']``) is spelled in ``home``, the module the parametrization was made
+    in (Pydantic resolves it there), as the class it names will be once defined there.
     """
     if isinstance(kind, str):  # a forward reference, as Pydantic spells it
-        return kind
+        return f"{home}.{kind}" if home and "." not in kind else kind
     if isinstance(kind, type):
         metadata: Any = getattr(kind, "__pydantic_generic_metadata__", None)
         if metadata and metadata.get("origin") is not None:
-            return _with_arguments(metadata["origin"], metadata["args"])
+            home = home or kind.__module__
+            return _with_arguments(metadata["origin"], metadata["args"], home)
     origin = typing.get_origin(kind)
     if origin is not None:
         if origin is Literal:
             values = ", ".join(_literal(value) for value in typing.get_args(kind))
             return f"Literal[{values}]"
         if origin in _UNIONS:
-            return f"Union[{', '.join(map(qualified_spelling, typing.get_args(kind)))}]"
-        return _with_arguments(origin, typing.get_args(kind))
+            members = ", ".join(qualified_spelling(each, home) for each in typing.get_args(kind))
+            return f"Union[{members}]"
+        return _with_arguments(origin, typing.get_args(kind), home)
     if isinstance(kind, list | tuple):  # Callable's parameter list
-        return f"[{', '.join(map(qualified_spelling, kind))}]"
+        return f"[{', '.join(qualified_spelling(each, home) for each in kind)}]"
     if not isinstance(kind, type):
         kind = type(kind)
     if kind.__module__ == "builtins":  # as Pydantic spells them: Box[int], not Box[builtins.int]
@@ -51,8 +55,9 @@ def qualified_spelling(kind: object) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _with_arguments(origin: object, arguments: tuple[object, ...]) -> str:
-    return f"{qualified_spelling(origin)}[{', '.join(map(qualified_spelling, arguments))}]"
+def _with_arguments(origin: object, arguments: tuple[object, ...], home: str) -> str:
+    spelled = ", ".join(qualified_spelling(argument, home) for argument in arguments)
+    return f"{qualified_spelling(origin)}[{spelled}]"
 
 
 def _literal(value: object) -> str:

@@ -255,3 +255,33 @@ def test_storage_errors_never_derive_from_value_error() -> None:
         obj = getattr(pydantic_toast, name)
         if isinstance(obj, type) and issubclass(obj, pydantic_toast.ExternalStorageError):
             assert not issubclass(obj, ValueError), name
+
+
+def test_only_a_named_created_at_parameter_gets_created_at_on_checked_deletes() -> None:
+    """A ``delete_checked`` wrapped by a decorator taking ``(*args, **kwargs)`` around an older
+    method is not handed ``created_at`` (the older method would fail with a TypeError on every
+    checked delete); one naming the parameter is."""
+    import functools
+
+    from pydantic_toast.backends.base import checks_created_at_on_delete
+    from pydantic_toast.backends.memory import MemoryBackend
+
+    def logged(method: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await method(*args, **kwargs)
+
+        return wrapper
+
+    class Older(MemoryBackend):
+        @logged
+        async def delete_checked(self, id: Any, class_name: str, revision: int) -> bool:
+            return await super().delete_checked(id, class_name, revision)
+
+    class Wrapped(MemoryBackend):
+        @functools.wraps(MemoryBackend.delete_checked)
+        async def delete_checked(self, *args: Any, **kwargs: Any) -> bool:
+            return await super().delete_checked(*args, **kwargs)
+
+    assert not checks_created_at_on_delete(Older)
+    assert checks_created_at_on_delete(Wrapped)  # functools.wraps shows the named parameter
+    assert checks_created_at_on_delete(MemoryBackend)

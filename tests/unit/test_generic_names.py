@@ -150,3 +150,23 @@ def test_qualified_spelling(kinds: Sequence[Any], same: bool) -> None:
     first, second = map(qualified_spelling, kinds)
     assert (first == second) is same
     assert "int" in first
+
+
+def test_a_forward_reference_and_its_class_share_a_stored_name(memory_url: str) -> None:
+    """``Box['Shelf']`` (a forward reference, as in a field declared before its class) and
+    ``Box[Shelf]`` are one parametrization: Pydantic names both ``Box[Shelf]`` and resolves the
+    first in this module, so they share the name and their records (the second was refused)."""
+    box = _box(memory_url)
+    ahead = box["Shelf"]
+    ahead.model_rebuild(_types_namespace={"Shelf": Shelf})
+    resolved = box[Shelf]
+    assert ahead._toast_settings().external_name == "Box[Shelf]"
+    assert resolved._toast_settings().external_name == "Box[Shelf]"
+    reference = ahead(value=Shelf(rows=2)).model_dump()
+    assert resolved.model_validate(reference).value.rows == 2  # type: ignore[attr-defined]
+
+
+class Shelf(BaseModel):
+    """Defined after its forward reference, at module level as the reference names it."""
+
+    rows: int
