@@ -925,6 +925,13 @@ class ExternalBaseModel(BaseModel):
         # Fields of atoms only (no list or dict to spell out): the fingerprint is the
         # fields' values and the layout, made here without loaded()'s two calls.
         atoms = layout is not None and not (layout[1] or layout[2])
+        # One list and no dict (a usual shape): its field's name, to take the fingerprint
+        # inline as loaded() does, without its call and its list of the values first.
+        one_list = (
+            tuple(cls.__pydantic_fields__)[layout[1][0]]
+            if layout is not None and len(layout[1]) == 1 and not layout[2]
+            else None
+        )
         instances: list[Self] = []
         add = instances.append
         unreadable = None
@@ -953,6 +960,10 @@ class ExternalBaseModel(BaseModel):
                     identity.fingerprint = None
                 elif atoms:
                     identity.fingerprint = (*instance.__dict__.values(), layout)
+                elif one_list is not None:
+                    values = instance.__dict__
+                    items = values[one_list]
+                    identity.fingerprint = (*values.values(), len(items), *items, layout)
                 else:
                     identity.fingerprint = loaded(instance.__dict__.values(), layout)
                 _set_identity(instance, identity)

@@ -517,3 +517,29 @@ def test_a_batch_of_external_references_loads_them(memory_url: str) -> None:
         for i, r in enumerate(references)
     ]
     assert [m.n for m in pydantic_toast.validate(list[item], typed)] == [0, 1, 2]
+
+
+def test_a_batch_loaded_list_field_is_tracked_like_a_single_load(counting_url: str) -> None:
+    """A class of one list field (its fingerprint taken inline by the batch): unchanged
+    instances are not written again, one whose list changed in place is, and the fingerprint
+    is the one a single load takes."""
+
+    class Tagged(ExternalBaseModel):
+        n: int
+        tags: list[int]
+        label: str = "x"
+        model_config = ExternalConfigDict(storage=counting_url)
+
+    references = pydantic_toast.dump([Tagged(n=i, tags=[i, i + 1]) for i in range(3)])
+    loaded = pydantic_toast.validate(list[Tagged], references)
+    single = Tagged.model_validate(references[1])
+    fingerprints = [m._toast_identity.fingerprint for m in (loaded[1], single)]
+    assert fingerprints[0] is not None
+    assert fingerprints[0] == fingerprints[1]
+    CALL_LOGS[counting_url].calls.clear()
+    pydantic_toast.dump(loaded)
+    assert [c.method for c in CALL_LOGS[counting_url].calls] == []
+    loaded[2].tags.append(9)
+    pydantic_toast.dump(loaded)
+    assert [(c.method, c.size) for c in CALL_LOGS[counting_url].calls] == [("save", 1)]
+    assert Tagged.model_validate(references[2]).tags == [2, 3, 9]
