@@ -109,28 +109,29 @@ async def _delete(
     url, class_name, id = model._toast_key(reference, call)
     storage = current_storage()
     backend = await storage.connected(url)
-    codec = model._toast_settings().codec
-    owns = owns_children(model)
-    stored = None
-    if owns or (codec is not None and codec.offload is not None):  # read before it goes
-        (stored,) = await backend.load_records([(class_name, id)])
-    children = {}
-    if owns and stored is not None:
-        readable = (
-            await load_offloaded(storage, stored, codec) if is_encoded(stored.data) else stored
-        )
-        children = owned_keys(model, readable.data)
-    if revision is None:
-        deleted = await backend.delete(id, class_name)
-    else:
-        created_at = _held_created_at(reference)
-        deleted = await backend.delete_checked(id, class_name, revision, created_at=created_at)
-    if not deleted:
-        raise RecordNotFoundError(class_name, id)
-    if stored is not None and codec is not None:
-        await delete_offloaded(storage, stored, codec)
-    if children:
-        await delete_owned(storage, children)
+    with backend.in_use():  # a close waits for the delete's steps, not only for one
+        codec = model._toast_settings().codec
+        owns = owns_children(model)
+        stored = None
+        if owns or (codec is not None and codec.offload is not None):  # read before it goes
+            (stored,) = await backend.load_records([(class_name, id)])
+        children = {}
+        if owns and stored is not None:
+            readable = (
+                await load_offloaded(storage, stored, codec) if is_encoded(stored.data) else stored
+            )
+            children = owned_keys(model, readable.data)
+        if revision is None:
+            deleted = await backend.delete(id, class_name)
+        else:
+            created_at = _held_created_at(reference)
+            deleted = await backend.delete_checked(id, class_name, revision, created_at=created_at)
+        if not deleted:
+            raise RecordNotFoundError(class_name, id)
+        if stored is not None and codec is not None:
+            await delete_offloaded(storage, stored, codec)
+        if children:
+            await delete_owned(storage, children)
 
 
 def _held_created_at(

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Annotated
+
+import pytest
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned
 
 _ROUNDS = 40  # save-and-load rounds per worker
+_HAMMERING = 3.0  # seconds of deletes under closes every 5 ms
 _CLOSES = 8  # at most, while the workers run (each makes them connect again: S3's is slow)
 
 
@@ -71,3 +75,49 @@ async def test_aclose_storage_lets_other_tasks_operations_end(storage_url: str) 
         closes += 1
     await workers  # raises the first failure
     assert closes >= 1
+
+
+@pytest.mark.parametrize(
+    "storage_url",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+    indirect=True,
+)
+def test_a_close_waits_for_every_step_of_a_delete_with_owned_children(storage_url: str) -> None:
+    """A delete of a parent owning children reads the record, deletes it, then its children:
+    several crossings. A close between two of them cut the rest on Redis ("not connected",
+    children left behind as orphans); it now waits for the whole delete."""
+
+    class Leaf(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url)
+        n: int
+
+    class Branch(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=storage_url)
+        leaves: Annotated[list[Leaf], Owned] = []
+
+    failures: list[BaseException] = []
+    deadline = time.monotonic() + _HAMMERING
+
+    def work() -> None:
+        try:
+            while time.monotonic() < deadline:
+                branch = Branch(leaves=[Leaf(n=n) for n in range(3)])
+                loaded = Branch.model_validate(branch.model_dump())
+                pydantic_toast.delete(Branch, loaded, revision=loaded.external_revision)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.005)
+        pydantic_toast.close_storage()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert pydantic_toast.count(Leaf) == 0

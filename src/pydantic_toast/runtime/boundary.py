@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
@@ -260,6 +260,16 @@ class Connected:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await self._idle.wait()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold off a close (see :meth:`drained`) across the crossings of one operation that
+        makes several (a delete reading its owned children first)."""
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._left()
 
     def _left(self) -> None:
         """An operation ended its crossing (see :meth:`drained`)."""
