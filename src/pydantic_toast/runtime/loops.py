@@ -94,6 +94,10 @@ class _Loops:
         self.loop_thread: _LoopThread | None = None
         self.lock = threading.Lock()
         self.interrupted = False
+        # The task of the call running in place (main thread), for the SIGINT handler, and
+        # whether Ctrl-C has cancelled it.
+        self.in_place_task: asyncio.Task[Any] | None = None
+        self.sigint_seen = False
         # Compared with the caller's thread ident on every sync call (threading's
         # current_thread() and main_thread() are two Python calls). In a forked child, made
         # after threading's own fork hook (registered first) named the child's main thread.
@@ -187,25 +191,20 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
     half-read), as ``asyncio.Runner`` does; ``KeyboardInterrupt`` is raised once the task has
     unwound. A second Ctrl-C raises at once. A program's own SIGINT handler is left alone.
     """
-    task = loop.create_task(coroutine, name=_TASK_NAME)
-    interrupted = False
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        if interrupted or task.done():
-            raise KeyboardInterrupt
-        interrupted = True
-        task.cancel()
-        loop.call_soon_threadsafe(_wake)  # out of the selector, to run the cancelled task
-
+    # The C Task itself, not loop.create_task(): the same task (a library loop has no task
+    # factory) without a Python call and a closed-loop check that call_soon() makes anyway.
+    task: asyncio.Task[T] = asyncio.Task(coroutine, loop=loop, name=_TASK_NAME)
+    loops = _loops
+    loops.in_place_task = task
+    loops.sigint_seen = False
     previous = None
     if _signals.getsignal(_SIGINT) is signal.default_int_handler:
-        previous = _signals.signal(_SIGINT, on_sigint)
+        previous = _signals.signal(_SIGINT, _on_sigint)
     try:
         _run_until_done(loop, task)
         result = task.result()
     except asyncio.CancelledError:
-        if interrupted:
+        if loops.sigint_seen:
             raise KeyboardInterrupt from None
         raise
     except BaseException:
@@ -216,21 +215,36 @@ def _run_in_place(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
             # Its CancelledError, or a second Ctrl-C: the first interrupt is the one raised.
             # The interrupt may have hit a driver's callback mid-message: while the task
             # unwinds, backends drop the connections it used rather than reuse them.
-            _loops.interrupted = True
+            loops.interrupted = True
             try:
                 with contextlib.suppress(BaseException):
                     _run_until_done(loop, task)
             finally:
-                _loops.interrupted = False
+                loops.interrupted = False
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
         raise
     finally:
         if previous is not None:
             _signals.signal(_SIGINT, previous)
-    if interrupted:  # Ctrl-C came as the work finished: it is done, and the program stops
+        loops.in_place_task = None
+    if loops.sigint_seen:  # Ctrl-C came as the work finished: it is done, and the program stops
         raise KeyboardInterrupt
     return result
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """SIGINT while a call runs in place: cancel its task (a second one raises at once).
+
+    One function for every call (its state is on ``_loops``): no closure made per call.
+    """
+    loops = _loops
+    task = loops.in_place_task
+    if loops.sigint_seen or task is None or task.done():
+        raise KeyboardInterrupt
+    loops.sigint_seen = True
+    task.cancel()
+    task.get_loop().call_soon_threadsafe(_wake)  # out of the selector, to run the task
 
 
 def _run_until_done(loop: Any, task: asyncio.Task[Any]) -> None:
@@ -256,7 +270,8 @@ def _run_until_done(loop: Any, task: asyncio.Task[Any]) -> None:
     debug = loop._debug
     if debug:
         loop._set_coroutine_origin_tracking(True)
-    hooks = sys.get_asyncgen_hooks()
+    # Two names, not the struct sequence and a star call: cheaper to take and to put back.
+    firstiter, finalizer = sys.get_asyncgen_hooks()
     sys.set_asyncgen_hooks(loop._asyncgen_firstiter_hook, loop._asyncgen_finalizer_hook)
     loop._thread_id = threading.get_ident()
     asyncio._set_running_loop(loop)
@@ -272,7 +287,7 @@ def _run_until_done(loop: Any, task: asyncio.Task[Any]) -> None:
         asyncio._set_running_loop(None)
         loop._thread_id = None
         loop._stopping = False  # a stop() asked for meanwhile would end the next run at once
-        sys.set_asyncgen_hooks(*hooks)
+        sys.set_asyncgen_hooks(firstiter, finalizer)
         if debug:
             loop._set_coroutine_origin_tracking(False)
 
