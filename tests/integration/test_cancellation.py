@@ -255,3 +255,36 @@ def test_ctrl_c_before_a_sync_call_has_started_interrupts_it() -> None:
     waited in the selector forever (the Ctrl-C test above hung 3 runs in 5 on Redis).
     """
     assert_interrupted_cleanly(CTRL_C_BEFORE_THE_FIRST_STEP, timeout=60)
+
+
+CTRL_C_DURING_THE_FIRST_STEP = textwrap.dedent(
+    """
+    import asyncio, signal, sys, warnings
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in the script above)
+    warnings.simplefilter("error")
+    from pydantic_toast.runtime.loops import run_sync
+
+    async def interrupted(times):
+        for _ in range(times):
+            signal.raise_signal(signal.SIGINT)  # in the task's first step (eager on 3.12+)
+        await asyncio.sleep(0)
+        return "not interrupted"
+
+    async def current():
+        return asyncio.current_task().get_name()
+
+    for times in (1, 2):
+        try:
+            print(run_sync(lambda: interrupted(times)), flush=True)
+        except KeyboardInterrupt:
+            pass
+        assert run_sync(current) == "pydantic-toast"
+    print("interrupted", flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_a_sync_calls_first_step_interrupts_it() -> None:
+    """Ctrl-C (once, and twice) while a sync call's task runs its first step: raised, the
+    task is not lost (no "exception was never retrieved"), and the next call works."""
+    assert_interrupted_cleanly(CTRL_C_DURING_THE_FIRST_STEP, timeout=60)
