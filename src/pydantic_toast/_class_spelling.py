@@ -10,6 +10,7 @@ reloaded module, an argument class redefined in a notebook), as it does for plai
 from __future__ import annotations
 
 import enum
+import sys
 import types
 import typing
 from typing import Any, Literal
@@ -31,7 +32,7 @@ def qualified_spelling(kind: object, home: str = "") -> str:
     in (Pydantic resolves it there), as the class it names will be once defined there.
     """
     if isinstance(kind, str):  # a forward reference, as Pydantic spells it
-        return f"{home}.{kind}" if home and "." not in kind else kind
+        return _forward(kind, home)
     if isinstance(kind, type):
         metadata: Any = getattr(kind, "__pydantic_generic_metadata__", None)
         if metadata and metadata.get("origin") is not None:
@@ -53,6 +54,22 @@ def qualified_spelling(kind: object, home: str = "") -> str:
     if kind.__module__ == "builtins":  # as Pydantic spells them: Box[int], not Box[builtins.int]
         return kind.__qualname__
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _forward(text: str, home: str) -> str:
+    """The forward reference ``text`` spelled as what it names in module ``home`` (builtins
+    included: ``'int'`` is ``int``) when it names something there already; else as the class
+    of that name the module will define."""
+    namespace = getattr(sys.modules.get(home), "__dict__", None)
+    if namespace is not None:
+        try:
+            # What typing.get_type_hints() does with an annotation's text, in that module.
+            resolved = eval(text, dict(namespace))
+        except Exception:  # not defined yet, or not an expression of types
+            resolved = None
+        if resolved is not None and not isinstance(resolved, str):
+            return qualified_spelling(resolved, home)
+    return f"{home}.{text}" if home and text.isidentifier() else text
 
 
 def _with_arguments(origin: object, arguments: tuple[object, ...], home: str) -> str:

@@ -74,8 +74,9 @@ class EncryptionKeys:
             # None too: an unset environment variable must not turn encryption off.
             raise StorageConfigurationError(
                 f"EncryptionKeys: current={_shown(current)} is not one of the key ids "
-                f"({', '.join(sorted(ciphers))}): name one of them; for keys that only decrypt "
-                "(records then written unencrypted), use EncryptionKeys.decrypt_only({...})"
+                f"({', '.join(map(_shown, sorted(ciphers)))}): name one of them; for keys that "
+                "only decrypt (records then written unencrypted), use "
+                "EncryptionKeys.decrypt_only({...})"
             )
         self._ciphers = ciphers
         self.current: str | None = current
@@ -100,6 +101,8 @@ class EncryptionKeys:
         return tuple(sorted(self._ciphers))
 
     def __repr__(self) -> str:
+        if self.current is None:
+            return f"EncryptionKeys.decrypt_only(ids={list(self.ids)!r})"
         return f"EncryptionKeys(ids={list(self.ids)!r}, current={self.current!r})"
 
     def encrypt(self, data: bytes, associated: bytes) -> tuple[str, bytes]:
@@ -172,8 +175,8 @@ def _ciphers(keys: Mapping[str, bytes]) -> dict[str, Any]:
         if not isinstance(key, bytes) or len(key) not in _KEY_SIZES:
             size = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
             raise StorageConfigurationError(
-                f"EncryptionKeys: the key {key_id!r} must be 32 bytes (AES-256; 16 or 24 "
-                f"for AES-128 or AES-192), got {size}: use os.urandom(32), or decode a "
+                f"EncryptionKeys: the key under id {_shown(key_id)} must be 32 bytes (AES-256; "
+                f"16 or 24 for AES-128 or AES-192), got {size}: use os.urandom(32), or decode a "
                 "key kept as text (base64.b64decode)"
             )
         ciphers[key_id] = aesgcm.AESGCM(key)
@@ -181,9 +184,17 @@ def _ciphers(keys: Mapping[str, bytes]) -> dict[str, Any]:
 
 
 def _shown(value: object) -> str:
-    """``value`` for a message: a text as itself (shortened), anything else by its type only
-    (bytes given where an id goes may be a key)."""
-    return f"{value!r:.70}" if isinstance(value, str) or value is None else type(value).__name__
+    """``value`` given where a key id goes, for a message: a short text as itself, anything
+    else by its kind only (bytes, or a long text such as hex or base64, may be a key)."""
+    if value is None or (isinstance(value, str) and len(value) <= _SHOWN_ID):
+        return repr(value)
+    if isinstance(value, str):
+        return f"<a text of {len(value)} characters, not shown: it may be a key>"
+    return f"<{type(value).__name__}, not shown>"
+
+
+_SHOWN_ID = 20
+"""The longest key id a message shows (a 16-byte key is 24 characters of base64)."""
 
 
 def associated_data(class_name: str, id: UUID) -> bytes:

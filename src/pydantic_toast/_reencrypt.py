@@ -83,7 +83,8 @@ async def areencrypt(
 
     Args:
         model: The class whose records are rewritten; its ``encryption`` must hold every key
-            id its records were written with (``None`` for decrypt-only keys: they are decrypted).
+            id its records were written with (``None`` for keys made by
+            ``EncryptionKeys.decrypt_only``: they are decrypted).
         batch_size: Records per page and per write (1 to 1000).
         after: A ``next_after`` of an earlier report: resume there.
         progress: Called with the report so far after each page.

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from typing import Annotated
+from uuid import uuid4
 
 import pytest
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned, StoredRecord
+from pydantic_toast.backends.memory import MemoryBackend
 
 _ROUNDS = 40  # save-and-load rounds per worker
 _HAMMERING = 3.0  # seconds of deletes under closes every 5 ms
@@ -121,3 +124,74 @@ def test_a_close_waits_for_every_step_of_a_delete_with_owned_children(storage_ur
         thread.join()
     assert failures == []
     assert pydantic_toast.count(Leaf) == 0
+
+
+class _SlowStore(MemoryBackend):
+    """A memory store whose writes take 0.3 s, and whose connect takes 1.5 s when asked."""
+
+    connect_delay = 0.0
+
+    async def connect(self) -> None:
+        await asyncio.sleep(self.connect_delay)
+        await super().connect()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> list[int]:
+        await asyncio.sleep(0.3)
+        return await super().save_records(records)
+
+
+@pytest.mark.parametrize(
+    "storage_url",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+    indirect=True,
+)
+async def test_a_close_waits_for_a_save_moving_from_its_offload_store_to_its_own(
+    storage_url: str,
+) -> None:
+    """A save with an offloaded field uploads to the offload store, then writes the record:
+    a close that found the record's store idle during the upload closed it under the write
+    (Redis: OutcomeUnknownError, "not connected"). The close now waits until every store is
+    idle at once."""
+    pydantic_toast.register_backend("slowstore", _SlowStore)
+
+    class Scan(ExternalBaseModel):
+        model_config = ExternalConfigDict(
+            storage=storage_url, offload=f"slowstore://{uuid4().hex}", offload_above=1024
+        )
+        blob: str
+
+    scan = Scan(blob="y" * 5000)
+    await scan.asave()  # both stores connected
+    scan.blob = "z" * 5000
+
+    async def close_during_the_upload() -> None:
+        await asyncio.sleep(0.1)
+        await pydantic_toast.aclose_storage()
+
+    saved, _ = await asyncio.gather(scan.asave(), close_during_the_upload())
+    assert (await Scan.aload(saved)).blob == "z" * 5000
+
+
+async def test_an_operation_waiting_for_a_slow_connect_a_close_cancels_connects_again() -> None:
+    """A close cancels a connect that takes more than a second; the operation waiting for it
+    (not itself cancelled) connects again instead of raising CancelledError."""
+
+    class SlowConnect(_SlowStore):
+        connect_delay = 1.5
+
+    pydantic_toast.register_backend("slowconnect", SlowConnect)
+
+    class Note(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=f"slowconnect://{uuid4().hex}")
+        title: str
+
+    async def close_during_the_connect() -> None:
+        await asyncio.sleep(0.2)
+        await pydantic_toast.aclose_storage()
+
+    saved, _ = await asyncio.gather(Note(title="a").asave(), close_during_the_connect())
+    assert (await Note.aload(saved)).title == "a"

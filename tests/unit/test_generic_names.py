@@ -164,6 +164,11 @@ def test_a_forward_reference_and_its_class_share_a_stored_name(memory_url: str) 
     assert resolved._toast_settings().external_name == "Box[Shelf]"
     reference = ahead(value=Shelf(rows=2)).model_dump()
     assert resolved.model_validate(reference).value.rows == 2  # type: ignore[attr-defined]
+    # A reference naming a builtin or an expression of classes defined already, likewise.
+    for text, kind in (("int", int), ("list[Shelf]", list[Shelf])):
+        assert (
+            box[text]._toast_settings().external_name == box[kind]._toast_settings().external_name
+        )
 
 
 class Shelf(BaseModel):

@@ -246,6 +246,11 @@ class Connected:
         """``Backend at host:port`` (or the masked URL of a local store), for messages."""
         return Failure(backend=self._kind, url=self.url, operation="").where
 
+    @property
+    def running(self) -> bool:
+        """Whether an operation is crossing to the backend (see :meth:`drained`)."""
+        return self._running > 0
+
     async def drained(self, within: float) -> None:
         """Wait until no operation is crossing to the backend, at most ``within`` seconds.
 

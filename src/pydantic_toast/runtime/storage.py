@@ -239,6 +239,13 @@ class Storage:
             task = entry.opening[url] = loop.create_task(self._connect(url))
         try:
             connected = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # A close cancelled a connect that took too long, not this operation: it
+                # connects anew (the close took the entry away).
+                return await self._open(loop, url)
+            raise
         finally:
             if task.done():
                 entry.opening.pop(url, None)
@@ -382,8 +389,13 @@ class _LoopBackends:
             opened = [t.result() for t in done if not t.cancelled() and t.exception() is None]
             connected += [each for each in opened if each not in connected]
         # Operations under way end first (they hold their backend already), all within one
-        # wait; new ones reconnect, as the entry no longer holds any.
-        await asyncio.gather(*(backend.drained(_DRAIN_WAIT) for backend in connected))
+        # wait; new ones reconnect, as the entry no longer holds any. The backends are closed
+        # once all are idle at once: an operation spanning two stores (an upload to the
+        # offload store, then the save) moves to the second while the first is drained.
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + _DRAIN_WAIT
+        while (busy := [each for each in connected if each.running]) and clock() < deadline:
+            await busy[0].drained(deadline - clock())
         for backend in connected:
             await backend.disconnect()
 
