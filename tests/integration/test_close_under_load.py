@@ -20,6 +20,16 @@ import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, Owned, StoredRecord
 from pydantic_toast.backends.memory import MemoryBackend
 
+# The stores whose connections a close cuts (memory://'s has none to cut; S3's reconnects slowly).
+_ON_SERVERS = pytest.mark.parametrize(
+    "storage_url",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+    indirect=True,
+)
 _ROUNDS = 40  # save-and-load rounds per worker
 _HAMMERING = 3.0  # seconds of deletes under closes every 5 ms
 _CLOSES = 8  # at most, while the workers run (each makes them connect again: S3's is slow)
@@ -80,15 +90,7 @@ async def test_aclose_storage_lets_other_tasks_operations_end(storage_url: str) 
     assert closes >= 1
 
 
-@pytest.mark.parametrize(
-    "storage_url",
-    [
-        pytest.param("sqlite", marks=pytest.mark.sqlite),
-        pytest.param("postgresql", marks=pytest.mark.postgresql),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ],
-    indirect=True,
-)
+@_ON_SERVERS
 def test_a_close_waits_for_every_step_of_a_delete_with_owned_children(storage_url: str) -> None:
     """A delete of a parent owning children reads the record, deletes it, then its children:
     several crossings. A close between two of them cut the rest on Redis ("not connected",
@@ -140,15 +142,7 @@ class _SlowStore(MemoryBackend):
         return await super().save_records(records)
 
 
-@pytest.mark.parametrize(
-    "storage_url",
-    [
-        pytest.param("sqlite", marks=pytest.mark.sqlite),
-        pytest.param("postgresql", marks=pytest.mark.postgresql),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ],
-    indirect=True,
-)
+@_ON_SERVERS
 async def test_a_close_waits_for_a_save_moving_from_its_offload_store_to_its_own(
     storage_url: str,
 ) -> None:

@@ -609,9 +609,8 @@ class Connected:
                             fix = _ENDED_FIX.get(operation)
                         elif (joined := _in_transaction(self.backend, operation)) is not None:
                             found, fix = joined
-                except (
-                    BaseException
-                ) as interrupt:  # cancelled or interrupted: end the span, re-raise
+                # Cancelled or interrupted: end the span, re-raise.
+                except BaseException as interrupt:
                     if span is not None:
                         span.finish(interrupt)
                     raise
